@@ -1,0 +1,402 @@
+"""Stage 2, the archive (our MDM): merge a level-1 and a level-2 table, store them checksummed, load them back.
+
+File layout (all little-endian):
+  prefix  56 bytes: magic b"HLMCMDM\\x1a", format version (u32), reserved (u32),
+                    header length (u64), SHA-256 of everything after the prefix (32 bytes)
+  header  UTF-8 JSON, padded with spaces to a multiple of 8 bytes: names, ids, sources, notes,
+          and the byte offset and shape of each array
+  arrays  float64 level-1 data (one variable after another, records sorted by unit),
+          float64 level-2 data (one variable after another), int64 unit offsets (J + 1)
+
+Arrays are raw float64 so a load is one read plus zero-copy views, and the JSON header stays
+readable with any tool. The checksum covers header and arrays, so a damaged file is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .files import atomic_write, sha256_file
+from .readers import Table, find_column, numeric_column, unit_codes
+
+FORMAT_VERSION = 1
+MAGIC = b"HLMCMDM\x1a"
+_PREFIX = struct.Struct("<8sIIQ32s")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file the archive was built from, with what is needed to notice it changed."""
+
+    role: str  # "level-1" or "level-2"
+    name: str
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    format: str
+    encoding: str | None
+
+
+@dataclass
+class Archive:
+    """Merged two-level data: level-1 records sorted by unit, one level-2 row per unit."""
+
+    level1_names: list[str]
+    level2_names: list[str]
+    level1: np.ndarray  # (variables, records)
+    level2: np.ndarray  # (variables, units)
+    unit_ids: list[str]
+    offsets: np.ndarray  # records of unit j are offsets[j]:offsets[j+1]
+    id_kind: str
+    id_names: tuple[str, str]
+    missing: str  # "now" or "analysis": when records with missing values are dropped
+    sources: list[Source] = field(default_factory=list)
+    value_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def n_level1(self) -> int:
+        return int(self.level1.shape[1])
+
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_ids)
+
+    @property
+    def unit_sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def unit_index(self) -> np.ndarray:
+        """Each record's unit number (0..J-1)."""
+        return np.repeat(np.arange(self.n_units), self.unit_sizes)
+
+    def level1_column(self, name: str) -> np.ndarray:
+        return self.level1[self.level1_names.index(name)]
+
+    def level2_column(self, name: str) -> np.ndarray:
+        return self.level2[self.level2_names.index(name)]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    id1: str
+    id2: str
+    keep1: tuple[str, ...] | None = None
+    keep2: tuple[str, ...] | None = None
+    missing: str = "analysis"
+    drop_unmatched: bool = False
+
+    def as_dict(self) -> dict:
+        return {"id1": self.id1, "id2": self.id2, "keep1": self.keep1, "keep2": self.keep2,
+                "missing": self.missing, "drop_unmatched": self.drop_unmatched}
+
+
+def _first_few(items, k: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(str(x) for x in items[:k])
+    return shown + (", …" if len(items) > k else "")
+
+
+def _resolve_keep(table: Table, requested, exclude: set[str], what: str) -> list[str]:
+    if requested is None:
+        return [c for c in table.data.columns if c.lower() not in exclude]
+    return [find_column(table, name, what) for name in requested]
+
+
+def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file: bool = False,
+                  warn=lambda message: None) -> Archive:
+    """Merge two tables into an Archive. Raises DataError on anything a user must fix."""
+    if options.missing not in ("now", "analysis"):
+        raise DataError(f"--missing must be 'now' or 'analysis', not '{options.missing}'")
+    id1 = find_column(level1, options.id1, "unit id")
+    id2 = find_column(level2, options.id2, "unit id")
+
+    codes2, ids2, kind2 = unit_codes(level2, id2)
+    codes1, ids1, kind1 = unit_codes(level1, id1)
+
+    if same_file:
+        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable") if options.keep2 is not None else None
+        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable") if options.keep1 is not None else None
+        if keep2 is None:  # one file for both levels: level-2 variables are those constant within units
+            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)]
+            keep2 = [c for c in candidates if _constant_within(numeric_column(level2, c), codes2)]
+        if keep1 is None:
+            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2]
+    else:
+        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable")
+        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable")
+    clash = sorted({c.lower() for c in keep1} & {c.lower() for c in keep2})
+    if clash:
+        raise DataError(
+            f"{level1.path} and {level2.path}: variable '{clash[0]}' is in both levels; "
+            "leave it out of one level with --l1-vars/--l2-vars"
+        )
+    names = keep1 + keep2
+    folded = [n.lower() for n in names]
+    dup = sorted({n for n in names if folded.count(n.lower()) > 1})
+    if dup:
+        raise DataError(f"{level1.path}: variables {', '.join(dup)} differ only in case; rename one")
+
+    # Level-2 rows: one per unit.
+    l2_values = np.vstack([numeric_column(level2, c) for c in keep2]) if keep2 else np.empty((0, len(codes2)))
+    if same_file:
+        first = np.unique(codes2, return_index=True)[1]
+        for k, name in enumerate(keep2):
+            col = l2_values[k]
+            if not _constant_within(col, codes2):
+                bad = _first_varying_unit(col, codes2)
+                raise DataError(
+                    f"{level2.path}: column {name} varies within unit {ids2[bad]}; a level-2 variable must be "
+                    f"constant within each unit, so leave {name} out of the level-2 variables"
+                )
+        l2_values = l2_values[:, first]
+    else:
+        if len(ids2) != len(codes2):
+            counts = np.bincount(codes2)
+            dups = [ids2[i] for i in np.flatnonzero(counts > 1)]
+            raise DataError(
+                f"{level2.path}: column {id2}: {len(dups)} unit id(s) appear more than once ({_first_few(dups)}); "
+                "the level-2 file needs exactly one row per unit"
+            )
+
+    # Match level-1 records to level-2 units.
+    position = {uid: j for j, uid in enumerate(ids2)}
+    unit_of_code = np.array([position.get(uid, -1) for uid in ids1], dtype=np.int64)
+    unit = unit_of_code[codes1]
+    notes: dict = {"level1_records_read": int(len(codes1)), "dropped_unmatched": 0, "dropped_missing": 0,
+                   "units_without_records": 0}
+    unmatched = unit < 0
+    if unmatched.any():
+        missing_ids = [ids1[c] for c in range(len(ids1)) if unit_of_code[c] < 0]
+        if not options.drop_unmatched:
+            raise DataError(
+                f"{level1.path}: {int(unmatched.sum())} level-1 records in {len(missing_ids)} unit(s) have no "
+                f"level-2 record in {level2.path} (ids {_first_few(missing_ids)}); add them there or pass --drop-unmatched"
+            )
+        notes["dropped_unmatched"] = int(unmatched.sum())
+        warn(f"dropped {int(unmatched.sum())} level-1 records whose unit is not in {level2.path.name} "
+             f"(ids {_first_few(missing_ids)})")
+
+    l1_values = np.vstack([numeric_column(level1, c) for c in keep1]) if keep1 else np.empty((0, len(codes1)))
+    keep_rows = ~unmatched
+    if options.missing == "now" and keep1:
+        has_missing = np.isnan(l1_values).any(axis=0) & keep_rows
+        notes["dropped_missing"] = int(has_missing.sum())
+        keep_rows &= ~has_missing
+    if not keep_rows.all():
+        l1_values = l1_values[:, keep_rows]
+        unit = unit[keep_rows]
+    if unit.size == 0:
+        raise DataError(f"{level1.path}: no level-1 records are left after matching and deletion; check the id columns and missing values")
+
+    # Units in level-2 file order; those without level-1 records are left out.
+    counts = np.bincount(unit, minlength=len(ids2))
+    present = counts > 0
+    if not present.all():
+        absent = [ids2[j] for j in np.flatnonzero(~present)]
+        notes["units_without_records"] = len(absent)
+        warn(f"{len(absent)} level-2 unit(s) in {level2.path.name} have no level-1 records and are left out "
+             f"(ids {_first_few(absent)})")
+    renumber = np.cumsum(present) - 1
+    unit = renumber[unit]
+    l2_values = l2_values[:, present]
+    unit_ids = [ids2[j] for j in np.flatnonzero(present)]
+
+    for k, name in enumerate(keep2):
+        bad = np.flatnonzero(np.isnan(l2_values[k]))
+        if bad.size:
+            raise DataError(
+                f"{level2.path}: column {name} is missing for unit {unit_ids[bad[0]]}"
+                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; HLM needs complete level-2 data, "
+                f"so fill it in or leave {name} out with --l2-vars"
+            )
+
+    if unit.size > 1 and np.any(unit[1:] < unit[:-1]):
+        order = np.argsort(unit, kind="stable")
+        unit = unit[order]
+        l1_values = l1_values[:, order]
+    offsets = np.concatenate(([0], np.cumsum(np.bincount(unit, minlength=len(unit_ids))))).astype(np.int64)
+
+    labels = {}
+    for table, cols in ((level1, keep1), (level2, keep2)):
+        for c in cols:
+            if c in table.value_labels:
+                labels[c] = table.value_labels[c]
+    return Archive(
+        level1_names=list(keep1), level2_names=list(keep2),
+        level1=np.ascontiguousarray(l1_values, dtype=np.float64),
+        level2=np.ascontiguousarray(l2_values, dtype=np.float64),
+        unit_ids=unit_ids, offsets=offsets,
+        id_kind=kind2 if kind2 == kind1 else "string", id_names=(id1, id2), missing=options.missing,
+        value_labels=labels, notes=notes,
+    )
+
+
+def _constant_within(values: np.ndarray, codes: np.ndarray) -> bool:
+    return _first_varying_unit(values, codes) is None
+
+
+def _first_varying_unit(values: np.ndarray, codes: np.ndarray):
+    n_units = int(codes.max()) + 1 if codes.size else 0
+    lo = np.full(n_units, np.inf)
+    hi = np.full(n_units, -np.inf)
+    finite = ~np.isnan(values)
+    np.minimum.at(lo, codes[finite], values[finite])
+    np.maximum.at(hi, codes[finite], values[finite])
+    nan_count = np.bincount(codes[~finite], minlength=n_units)
+    mixed = (nan_count > 0) & np.isfinite(lo)  # some records missing, others not
+    bad = np.flatnonzero((hi > lo) | mixed)
+    return int(bad[0]) if bad.size else None
+
+
+def describe_source(path: str | os.PathLike, role: str, table: Table) -> Source:
+    path = Path(path)
+    stat = path.stat()
+    return Source(role=role, name=path.name, path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                  sha256=sha256_file(path), format=table.format, encoding=table.encoding)
+
+
+# ---------------------------------------------------------------- writing and loading
+
+def _header(archive: Archive) -> dict:
+    return {
+        "tool": "hlmcli", "format_version": FORMAT_VERSION,
+        "level1_names": archive.level1_names, "level2_names": archive.level2_names,
+        "n_level1": archive.n_level1, "n_units": archive.n_units,
+        "unit_ids": archive.unit_ids, "id_kind": archive.id_kind, "id_names": list(archive.id_names),
+        "missing": archive.missing, "value_labels": archive.value_labels, "notes": archive.notes,
+        "sources": [s.__dict__ for s in archive.sources],
+    }
+
+
+def archive_bytes(archive: Archive) -> list[bytes]:
+    arrays = [archive.level1.astype("<f8", copy=False), archive.level2.astype("<f8", copy=False),
+              archive.offsets.astype("<i8", copy=False)]
+    header = _header(archive)
+    header["arrays"] = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)}
+                        for n, a in zip(("level1", "level2", "offsets"), arrays)]
+    text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    body = [text] + [np.ascontiguousarray(a).tobytes() for a in arrays]
+    digest = hashlib.sha256()
+    for chunk in body:
+        digest.update(chunk)
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())
+    return [prefix] + body
+
+
+def write_archive(archive: Archive, path: str | os.PathLike) -> None:
+    atomic_write(path, archive_bytes(archive))
+
+
+class CorruptArchive(DataError):
+    """The file is not an archive of ours, or its checksum does not match."""
+
+
+def load_archive(path: str | os.PathLike) -> Archive:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such archive; build it with 'hlmcli mdm build'")
+    raw = path.read_bytes()
+    if len(raw) < _PREFIX.size or raw[:8] != MAGIC:
+        raise CorruptArchive(f"{path}: not an hlmcli archive; build one with 'hlmcli mdm build'")
+    _, version, _, header_len, checksum = _PREFIX.unpack_from(raw)
+    if version != FORMAT_VERSION:
+        raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {FORMAT_VERSION}; rebuild it with 'hlmcli mdm build'")
+    body = memoryview(raw)[_PREFIX.size:]
+    if hashlib.sha256(body).digest() != checksum:
+        raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; rebuild it with 'hlmcli mdm build'")
+    try:
+        header = json.loads(bytes(body[:header_len]).decode("utf-8"))
+    except ValueError:
+        raise CorruptArchive(f"{path}: unreadable archive header; rebuild it with 'hlmcli mdm build'") from None
+    arrays = {}
+    offset = header_len
+    for spec in header["arrays"]:
+        count = int(np.prod(spec["shape"])) if spec["shape"] else 1
+        arr = np.frombuffer(body, dtype=np.dtype(spec["dtype"]), count=count, offset=offset).reshape(spec["shape"])
+        offset += arr.nbytes
+        arrays[spec["name"]] = arr
+    return Archive(
+        level1_names=header["level1_names"], level2_names=header["level2_names"],
+        level1=arrays["level1"], level2=arrays["level2"], unit_ids=header["unit_ids"],
+        offsets=arrays["offsets"], id_kind=header["id_kind"], id_names=tuple(header["id_names"]),
+        missing=header["missing"], sources=[Source(**s) for s in header["sources"]],
+        value_labels=header["value_labels"], notes=header["notes"], path=path,
+    )
+
+
+def changed_sources(archive: Archive) -> list[str]:
+    """Sources that still exist where they were but whose content differs from when the archive was built."""
+    changed = []
+    for src in archive.sources:
+        p = Path(src.path)
+        if not p.exists():
+            continue
+        st = p.stat()
+        if st.st_size == src.size and st.st_mtime_ns == src.mtime_ns:
+            continue
+        if st.st_size != src.size or sha256_file(p) != src.sha256:
+            changed.append(src.path)
+    return changed
+
+
+# ---------------------------------------------------------------- statistics for `mdm info`
+
+@dataclass(frozen=True)
+class VariableSummary:
+    name: str
+    n: int
+    mean: float
+    sd: float
+    minimum: float
+    maximum: float
+
+
+def summarize(values: np.ndarray, names: list[str]) -> list[VariableSummary]:
+    out = []
+    for name, col in zip(names, values):
+        ok = col[~np.isnan(col)]
+        n = ok.size
+        mean = float(ok.mean()) if n else float("nan")
+        sd = float(ok.std(ddof=1)) if n > 1 else float("nan")
+        out.append(VariableSummary(name, n, mean, sd, float(ok.min()) if n else float("nan"),
+                                   float(ok.max()) if n else float("nan")))
+    return out
+
+
+# ---------------------------------------------------------------- from files
+
+def build_from_files(level1_path, level2_path, options: BuildOptions, fmt: str | None = None,
+                     delimiter: str | None = None, warn=lambda message: None, progress=None) -> Archive:
+    """Read both files and merge them. `progress(step_name)` is called once per stage."""
+    from .files import same_file
+    from .readers import read_table
+
+    step = progress or (lambda name: None)
+    same = same_file(level1_path, level2_path)
+    step(f"reading {Path(level1_path).name}")
+    level1 = read_table(level1_path, fmt, delimiter, string_columns=(options.id1,))
+    if same:
+        level2 = level1
+    else:
+        step(f"reading {Path(level2_path).name}")
+        level2 = read_table(level2_path, fmt, delimiter, string_columns=(options.id2,))
+    step("merging")
+    archive = build_archive(level1, level2, options, same_file=same, warn=warn)
+    step("hashing sources")
+    first = describe_source(level1_path, "level-1", level1)
+    second = Source(**{**first.__dict__, "role": "level-2"}) if same else describe_source(level2_path, "level-2", level2)
+    archive.sources = [first, second]
+    return archive

@@ -1,0 +1,253 @@
+"""Stage 1, readers: a data file (CSV, SAS, SPSS, Stata) to a DataFrame plus what the file said about itself."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+# Names users may give to --format, including HLM 7's `rawdattype` words.
+FORMAT_ALIASES = {
+    "csv": "csv", "ascii": "csv", "txt": "csv", "tsv": "csv", "dat": "csv",
+    "sas": "sas", "sas7bdat": "sas",
+    "spss": "spss", "sav": "spss", "zsav": "spss",
+    "stata": "stata", "dta": "stata",
+}
+_EXTENSIONS = {
+    ".csv": "csv", ".txt": "csv", ".tsv": "csv", ".dat": "csv",
+    ".sas7bdat": "sas", ".sav": "spss", ".zsav": "spss", ".dta": "stata",
+}
+# Strings that mean "missing" in a text file, as SAS, SPSS, Stata and R write them.
+CSV_MISSING = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", ".", "#N/A"]
+_SNIFF_DELIMITERS = ",;\t| "
+
+
+@dataclass
+class Table:
+    """One source file as read: its columns, value labels, and how it was read."""
+
+    path: Path
+    format: str
+    data: pd.DataFrame
+    value_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    encoding: str | None = None
+    delimiter: str | None = None
+
+
+def detect_format(path: str | os.PathLike, override: str | None = None) -> str:
+    if override:
+        fmt = FORMAT_ALIASES.get(override.lower())
+        if fmt is None:
+            raise DataError(f"{path}: unknown --format '{override}'; use csv, sas, spss or stata")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    fmt = _EXTENSIONS.get(suffix)
+    if fmt is None:
+        raise DataError(
+            f"{path}: cannot tell the file format from the extension '{suffix or '(none)'}'; "
+            "use .csv, .sas7bdat, .sav, .zsav or .dta, or give --format csv|sas|spss|stata"
+        )
+    return fmt
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file; give the file's path")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot be read (permission denied); fix its permissions")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; give a file with a header and data rows")
+
+
+def read_table(path: str | os.PathLike, fmt: str | None = None, delimiter: str | None = None,
+               string_columns: tuple[str, ...] = ()) -> Table:
+    """Read one data file. `string_columns` (matched case-insensitively) are kept as text, e.g. ids."""
+    path = Path(path)
+    _check_readable(path)
+    kind = detect_format(path, fmt)
+    if kind == "csv":
+        table = _read_csv(path, delimiter, string_columns)
+    else:
+        table = _read_binary(path, kind)
+    if table.data.shape[0] == 0:
+        raise DataError(f"{path}: the file has a header but no data rows; give a file with data")
+    return table
+
+
+def _sniff_delimiter(path: Path, sample: str) -> str:
+    first = sample.splitlines()[0] if sample else ""
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=_SNIFF_DELIMITERS).delimiter
+    except csv.Error:
+        for cand in ",;\t|":
+            if cand in first:
+                return cand
+        if len(first.split()) > 1:
+            return " "
+        return ","
+
+
+def _read_csv(path: Path, delimiter: str | None, string_columns: tuple[str, ...]) -> Table:
+    raw = path.read_bytes()
+    encoding = "utf-8"
+    try:
+        text_head = raw[: 1 << 16].decode("utf-8")
+    except UnicodeDecodeError:
+        # Not UTF-8: Windows exports are usually cp1252, which decodes any byte.
+        encoding = "cp1252"
+        text_head = raw[: 1 << 16].decode(encoding, errors="replace")
+    if text_head.startswith("\ufeff"):
+        encoding = "utf-8-sig"
+        text_head = text_head[1:]
+    if not text_head.strip():
+        raise DataError(f"{path}: the file is empty; give a file with a header and data rows")
+    sep = delimiter if delimiter else _sniff_delimiter(path, text_head)
+    if sep == "\\t":
+        sep = "\t"
+    header = next(csv.reader([text_head.splitlines()[0]], delimiter=sep))
+    header = [h.strip() for h in header]
+    wanted = {c.lower() for c in string_columns}
+    dtypes = {h: str for h in header if h.lower() in wanted}
+    _check_ragged(path, raw, sep, len(header))
+    try:
+        data = pd.read_csv(
+            io.BytesIO(raw), sep=r"\s+" if sep == " " else sep, engine="c" if sep != " " else "python",
+            dtype=dtypes or None, na_values=CSV_MISSING, keep_default_na=False, encoding=encoding,
+            skipinitialspace=True,
+        )
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; give a file with a header and data rows") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: malformed CSV ({_short(exc)}); make every row have as many fields as the header") from None
+    data.columns = [str(c).strip() for c in data.columns]
+    note = None if encoding.startswith("utf-8") else encoding
+    return Table(path=path, format="csv", data=data, encoding=note, delimiter=sep)
+
+
+def _short(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _check_ragged(path: Path, raw: bytes, sep: str, n_fields: int) -> None:
+    """Name the first line whose field count differs from the header's (pandas pads short rows silently)."""
+    if sep == " " or b'"' in raw or len(sep) != 1:
+        return  # quoted fields may hold delimiters; pandas' own check applies
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    newlines = np.flatnonzero(buf == 10)
+    ends = newlines if (buf.size and buf[-1] == 10) else np.append(newlines, buf.size)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    nonblank = ends - starts > (buf[np.maximum(ends - 1, 0)] == 13).astype(np.int64)
+    counts = np.add.reduceat((buf == ord(sep)).astype(np.int64), starts) if starts.size else np.array([])
+    counts = np.where(ends > starts, counts, 0)
+    bad = np.flatnonzero(nonblank & (counts != n_fields - 1))
+    if bad.size:
+        line = int(bad[0]) + 1
+        raise DataError(
+            f"{path}: line {line} has {int(counts[bad[0]]) + 1} fields but the header has {n_fields}; "
+            "fix that row (every row needs one value per column, empty for missing)"
+        )
+
+
+def _read_binary(path: Path, kind: str) -> Table:
+    import pyreadstat
+
+    readers = {"sas": pyreadstat.read_sas7bdat, "spss": pyreadstat.read_sav, "stata": pyreadstat.read_dta}
+    # user_missing=False (the default) turns SPSS user-defined missing values and
+    # SAS/Stata special missing values (.A-.Z) into NaN, as HLM 7 treats them.
+    encoding_note = None
+    try:
+        data, meta = readers[kind](str(path))
+    except pyreadstat.ReadstatError as exc:
+        if "encoding" in str(exc).lower() or "unicode" in str(exc).lower():
+            data, meta = readers[kind](str(path), encoding="latin1")
+            encoding_note = "latin1 (the file's own encoding could not be decoded)"
+        else:
+            raise DataError(f"{path}: not a readable {kind.upper()} file ({_short(exc)}); check the file or --format") from None
+    except Exception as exc:  # pyreadstat raises plain errors on some damaged files
+        raise DataError(f"{path}: not a readable {kind.upper()} file ({_short(exc)}); check the file or --format") from None
+    labels = {
+        str(col): {_label_key(k): str(v) for k, v in mapping.items()}
+        for col, mapping in (meta.variable_value_labels or {}).items()
+    }
+    encoding = encoding_note or getattr(meta, "file_encoding", None)
+    data.columns = [str(c) for c in data.columns]
+    return Table(path=path, format=kind, data=data, value_labels=labels, encoding=encoding)
+
+
+def _label_key(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def numeric_column(table: Table, column: str) -> np.ndarray:
+    """A column as float64; a value that is not a number is an error naming the row."""
+    series = table.data[column]
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return series.to_numpy(dtype=np.float64)
+    converted = pd.to_numeric(series, errors="coerce")
+    bad = converted.isna() & series.notna()
+    if table.format == "csv":
+        bad &= ~series.astype(str).str.strip().isin(CSV_MISSING)
+    if bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy())[0])
+        where = f"line {pos + 2}" if table.format == "csv" else f"row {pos + 1}"
+        raise DataError(
+            f"{table.path}: column {column}, {where}: '{series.iloc[pos]}' is not a number; "
+            f"fix the value, or leave {column} out of the variables to keep"
+        )
+    return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def unit_codes(table: Table, column: str) -> tuple[np.ndarray, list[str], str]:
+    """Each record's unit as a code into a list of distinct ids, kept as text exactly as given
+    (leading zeros too), and whether the file held them as numbers or as text."""
+    series = table.data[column]
+    where = (lambda pos: f"line {pos + 2}") if table.format == "csv" else (lambda pos: f"row {pos + 1}")
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = np.isnan(values)
+        kind = "integer" if np.all(values[~missing] == np.round(values[~missing])) else "number"
+    else:
+        values = series.astype(object)
+        missing = (pd.isna(values) | (values.astype(str).str.strip() == "")).to_numpy()
+        kind = "string"
+    if missing.any():
+        pos = int(np.flatnonzero(missing)[0])
+        raise DataError(f"{table.path}: column {column}, {where(pos)}: the unit id is missing; give every record an id")
+    codes, uniques = pd.factorize(values, sort=False)
+    if kind == "integer":
+        names = [str(int(v)) for v in uniques]
+    elif kind == "number":
+        names = [repr(float(v)) for v in uniques]
+    else:
+        names = [str(v).strip() for v in uniques]
+        if len(set(names)) != len(names):  # ids that differ only by padding are one unit
+            remap, names = pd.factorize(np.array(names, dtype=object))
+            codes = remap[codes]
+            names = list(names)
+    return np.asarray(codes, dtype=np.int64), names, kind
+
+
+def find_column(table: Table, name: str, what: str) -> str:
+    """The file's own spelling of `name`, matched case-insensitively (HLM upper-cases names)."""
+    if name in table.data.columns:
+        return name
+    matches = [c for c in table.data.columns if c.lower() == name.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise DataError(f"{table.path}: columns {', '.join(matches)} differ only in case; rename one so '{name}' is unambiguous")
+    cols = ", ".join(list(table.data.columns)[:12])
+    raise DataError(f"{table.path}: no {what} column '{name}' (columns are: {cols}); check the name")
