@@ -1,0 +1,205 @@
+"""Stage 4, design: a ModelSpec plus an Archive to arrays, with deletion and centering applied.
+
+The fixed part of an HLM is the set of columns X_q * W_s, so we keep the level-1 design L
+(N x (Q+1), intercept first) and each equation's level-2 design W_q (J x (S_q+1)) instead of
+materialising the N x p matrix X: X_j = L_j @ B_j, with B_j placing W_qj in row q.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .archive import Archive
+from .equations import ModelSpec, Term, Variables
+from .errors import ModelError
+
+
+def variables_of(archive: Archive) -> Variables:
+    files = {s.role: s.name for s in archive.sources}
+    return Variables(tuple(archive.level1_names), tuple(archive.level2_names),
+                     files.get("level-1", "the level-1 file"), files.get("level-2", "the level-2 file"))
+
+
+@dataclass(frozen=True)
+class FixedEffect:
+    q: int  # level-1 coefficient
+    s: int  # level-2 predictor (0 = INTRCPT2)
+    coefficient: str  # INTRCPT1 or the level-1 variable
+    predictor: str  # INTRCPT2 or the level-2 variable
+    label: str  # γqs
+
+
+@dataclass
+class Design:
+    spec: ModelSpec
+    y: np.ndarray  # (N,)
+    L: np.ndarray  # (N, Q+1): intercept, then level-1 predictors as centered
+    W: list[np.ndarray]  # per coefficient q: (J, S_q+1), ones first
+    offsets: np.ndarray  # (J+1,)
+    unit_ids: list[str]
+    unit_positions: np.ndarray  # archive unit index of each unit kept
+    record_positions: np.ndarray | None  # archive record index of each record kept (None = all)
+    n_deleted: int
+    units_deleted: int
+    fixed: list[FixedEffect]
+    random: np.ndarray  # bool (Q+1,)
+    level2_values: dict[str, np.ndarray]  # every level-2 variable, for residual files
+    centering_means: dict[str, float]  # grand means used, for the report
+
+    @property
+    def n(self) -> int:
+        return int(self.y.size)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_ids)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def n_fixed(self) -> int:
+        return len(self.fixed)
+
+    def block_design(self) -> np.ndarray:
+        """B: (J, Q+1, p) with X_j = L_j @ B_j."""
+        Q1 = self.L.shape[1]
+        B = np.zeros((self.n_units, Q1, self.n_fixed))
+        col = 0
+        for q, Wq in enumerate(self.W):
+            B[:, q, col:col + Wq.shape[1]] = Wq
+            col += Wq.shape[1]
+        return B
+
+    def fixed_matrix(self) -> np.ndarray:
+        """The full N x p fixed-effects matrix (for tests and small data only)."""
+        unit = np.repeat(np.arange(self.n_units), self.sizes)
+        cols = [self.L[:, q:q + 1] * Wq[unit] for q, Wq in enumerate(self.W)]
+        return np.hstack(cols)
+
+
+def _unit_means(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    sizes = np.diff(offsets)
+    return np.add.reduceat(values, offsets[:-1]) / sizes
+
+
+def make_design(spec: ModelSpec, archive: Archive) -> Design:
+    level1_needed = [spec.outcome] + [t.name for t in spec.level1]
+    level1_needed += [t.name for eq in spec.level2 for t in eq.predictors if t.unit_mean]
+    level1_needed = list(dict.fromkeys(level1_needed))
+    columns = {name: archive.level1_column(name) for name in level1_needed}
+
+    # Run-time deletion: a record missing any variable this model uses is dropped.
+    keep = np.ones(archive.n_level1, dtype=bool)
+    for col in columns.values():
+        keep &= ~np.isnan(col)
+    n_deleted = int((~keep).sum())
+    if n_deleted:
+        unit_index = archive.unit_index
+        sizes = np.bincount(unit_index[keep], minlength=archive.n_units)
+        record_positions = np.flatnonzero(keep)
+        columns = {k: v[keep] for k, v in columns.items()}
+    else:
+        sizes = archive.unit_sizes
+        record_positions = None
+    unit_kept = sizes > 0
+    if not unit_kept.any():
+        raise ModelError(f"every record has a missing value in {', '.join(level1_needed)}; nothing is left to analyse")
+    units_deleted = int((~unit_kept).sum())
+    sizes = sizes[unit_kept]
+    offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    unit_positions = np.flatnonzero(unit_kept)
+    unit_ids = [archive.unit_ids[j] for j in unit_positions]
+    J = len(unit_ids)
+    N = int(offsets[-1])
+
+    centering_means: dict[str, float] = {}
+    L = np.empty((N, len(spec.level1) + 1), order="F")  # column access in the cross-products
+    L[:, 0] = 1.0
+    for k, term in enumerate(spec.level1, start=1):
+        x = columns[term.name]
+        if term.centering == "group":
+            x = x - np.repeat(_unit_means(x, offsets), sizes)
+        elif term.centering == "grand":
+            mean = float(x.mean())
+            centering_means[f"{term.name} (level 1)"] = mean
+            x = x - mean
+        L[:, k] = x
+
+    def level2_column(term: Term) -> np.ndarray:
+        if term.unit_mean:
+            w = _unit_means(columns[term.name], offsets)
+        else:
+            w = archive.level2_column(term.name)[unit_positions]
+        if term.centering == "grand":
+            mean = float(w.mean())  # over units, each counted once
+            centering_means[f"{'mean(' + term.name + ')' if term.unit_mean else term.name} (level 2)"] = mean
+            w = w - mean
+        return w
+
+    W = []
+    fixed: list[FixedEffect] = []
+    names = spec.coefficient_names()
+    for q, eq in enumerate(spec.level2):
+        cols = [np.ones(J)] + [level2_column(t) for t in eq.predictors]
+        W.append(np.column_stack(cols))
+        fixed.append(FixedEffect(q, 0, names[q], "INTRCPT2", f"γ{q}0"))
+        for s, t in enumerate(eq.predictors, start=1):
+            fixed.append(FixedEffect(q, s, names[q], predictor_name(t), f"γ{q}{s}"))
+
+    level2_values = {name: archive.level2[k][unit_positions] for k, name in enumerate(archive.level2_names)}
+    design = Design(spec=spec, y=np.ascontiguousarray(columns[spec.outcome]), L=L, W=W, offsets=offsets,
+                    unit_ids=unit_ids, unit_positions=unit_positions, record_positions=record_positions,
+                    n_deleted=n_deleted, units_deleted=units_deleted, fixed=fixed,
+                    random=np.array(spec.random), level2_values=level2_values, centering_means=centering_means)
+    check_random_slopes(design)
+    return design
+
+
+def predictor_name(term: Term) -> str:
+    return f"mean({term.name})" if term.unit_mean else term.name
+
+
+def check_random_slopes(design: Design) -> None:
+    """A slope cannot vary across units if its predictor never varies within a unit."""
+    for q in np.flatnonzero(design.random):
+        if q == 0:
+            continue
+        x = design.L[:, q]
+        means = np.repeat(_unit_means(x, design.offsets), design.sizes)
+        if np.all(np.abs(x - means) <= 1e-12 * max(1.0, float(np.abs(x).max()))):
+            term = design.spec.level1[q - 1]
+            why = ("after group-mean centering it is zero everywhere" if term.centering == "group"
+                   else "it is constant within every unit")
+            raise ModelError(
+                f"b{q} ({term.name}) cannot have a random slope: {term.name} {why}, so its slope "
+                f"cannot be estimated separately in any unit; remove u{q} from b{q}'s equation"
+            )
+
+
+def check_collinearity(design: Design, xtx: np.ndarray) -> None:
+    """Name the fixed-effect columns that are linear combinations of earlier ones."""
+    d = np.sqrt(np.clip(np.diag(xtx), 0, None))
+    labels = [f"{f.label} ({f.predictor} for {f.coefficient})" for f in design.fixed]
+    zero = np.flatnonzero(d <= 1e-12 * max(1.0, d.max()))
+    if zero.size:
+        raise ModelError(
+            f"the fixed effect {labels[zero[0]]} has a column of zeros (e.g. a group-mean-centered variable that is "
+            "constant within units); remove that term"
+        )
+    corr = xtx / np.outer(d, d)
+    p = corr.shape[0]
+    for k in range(1, p):
+        sub = corr[: k + 1, : k + 1]
+        eig = np.linalg.eigvalsh(sub)
+        if eig[0] <= 1e-10 * eig[-1]:
+            # find which earlier columns it depends on
+            vec = np.linalg.eigh(sub)[1][:, 0]
+            partners = [labels[i] for i in np.flatnonzero(np.abs(vec) > 1e-6) if i != k]
+            raise ModelError(
+                f"the fixed effects are collinear: {labels[k]} is a linear combination of "
+                f"{', '.join(partners) or 'earlier terms'}; remove one of them"
+            )

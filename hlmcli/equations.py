@@ -1,0 +1,625 @@
+"""Stage 3, equations: level-by-level model text (inline, model files, HLM 7 .hlm files) to a ModelSpec.
+
+The parser knows only the names of the variables at each level; it never touches data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelError
+
+CENTERINGS = ("none", "group", "grand")
+
+
+@dataclass(frozen=True)
+class Term:
+    """A predictor: a variable, how it is centered, and whether it is the unit mean of a level-1 variable."""
+
+    name: str
+    centering: str = "none"  # none | group (level 1 only) | grand
+    unit_mean: bool = False  # level 2: mean(X) of level-1 variable X over each unit's records used
+
+
+@dataclass(frozen=True)
+class Level2Equation:
+    predictors: tuple[Term, ...] = ()
+    random: bool = False
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """Rows of a contrast matrix C (one per restriction) over the model's γs, tested as Cγ = 0."""
+
+    label: str
+    rows: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Settings that travel with a model: from the command line or an HLM 7 command file."""
+
+    method: str = "REML"
+    max_iterations: int = 100
+    stopval: float | None = None
+    title: str | None = None
+    hypotheses: tuple[Hypothesis, ...] = ()
+    prior_deviance: float | None = None
+    prior_params: int | None = None
+    residuals_l1: str | None = None
+    residuals_l2: str | None = None
+    homogeneity: bool = False
+    full_output: bool = False
+    ols_units: int = 10
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    outcome: str
+    level1: tuple[Term, ...]  # predictors β1..βQ (the intercept β0 is implicit)
+    level2: tuple[Level2Equation, ...]  # one per coefficient, β0..βQ
+    options: RunOptions = field(default_factory=RunOptions)
+
+    @property
+    def method(self) -> str:
+        return self.options.method
+
+    def coefficient_names(self) -> list[str]:
+        return ["INTRCPT1"] + [t.name for t in self.level1]
+
+    @property
+    def random(self) -> list[bool]:
+        return [eq.random for eq in self.level2]
+
+
+@dataclass(frozen=True)
+class Variables:
+    """The names known at each level, and the file each level came from (for messages)."""
+
+    level1: tuple[str, ...]
+    level2: tuple[str, ...]
+    level1_file: str = "the level-1 file"
+    level2_file: str = "the level-2 file"
+
+    def lookup(self, name: str, level: int) -> str | None:
+        names = self.level1 if level == 1 else self.level2
+        hits = [n for n in names if n.lower() == name.lower()]
+        if len(hits) > 1:
+            raise ModelError(f"variable '{name}' matches {', '.join(hits)}, which differ only in case; rename one in the data")
+        return hits[0] if hits else None
+
+    def level_of(self, name: str) -> int | None:
+        if self.lookup(name, 1):
+            return 1
+        if self.lookup(name, 2):
+            return 2
+        return None
+
+
+# ---------------------------------------------------------------- text normalisation and errors
+
+_REPLACEMENTS = {
+    "×": "*", "·": "*", "⋅": "*", "∙": "*", "•": ".", "−": "-", "–": "-", "—": "-",
+    "β": "b", "Β": "b", "γ": "g", "Γ": "g", "ε": "r", "＝": "=",
+}
+
+
+def _normalise(text: str) -> str:
+    for a, b in _REPLACEMENTS.items():
+        text = text.replace(a, b)
+    return text
+
+
+class _Syntax(ModelError):
+    def __init__(self, equation: str, position: int, problem: str, hint: str):
+        pos = max(0, min(position, len(equation)))
+        super().__init__(f"in '{equation.strip()}' at character {pos + 1}: {problem}; {hint}")
+        self.detail = f"    {equation}\n    {' ' * pos}^"
+
+
+def _closest(name: str, variables: Variables) -> str:
+    pool = list(variables.level1) + list(variables.level2)
+    close = difflib.get_close_matches(name.upper(), [p.upper() for p in pool], n=3, cutoff=0.6)
+    out = []
+    for c in close:
+        real = next(p for p in pool if p.upper() == c)
+        out.append(f"{real} (level {variables.level_of(real)})")
+    return f"; did you mean {', '.join(out)}?" if out else "; check the spelling against 'hlmcli mdm info'"
+
+
+# ---------------------------------------------------------------- tokens
+
+_BETA = re.compile(r"^b(\d+)j?$", re.I)
+_GAMMA = re.compile(r"^g(?:(\d)(\d)|(\d+)[,_](\d+))$", re.I)
+_U = re.compile(r"^u(\d+)j?$", re.I)
+_R = re.compile(r"^(r|e)(ij)?$", re.I)
+
+
+def _split_top(text: str, sep: str = "+") -> list[tuple[str, int]]:
+    """Split on `sep` outside parentheses, keeping each piece's start offset."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append((text[start:i], start))
+            start = i + 1
+    parts.append((text[start:], start))
+    return parts
+
+
+def _strip_piece(piece: str, offset: int) -> tuple[str, int]:
+    lead = len(piece) - len(piece.lstrip())
+    return piece.strip(), offset + lead
+
+
+def _unwrap(text: str) -> str:
+    text = text.strip()
+    while text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
+        text = text[1:-1].strip()
+    return text
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+# ---------------------------------------------------------------- predictors
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def _resolve(name: str, level: int, variables: Variables, equation: str, pos: int, where: str) -> str:
+    """A variable at `level`, allowing HLM's ij / j subscripts; a clear error otherwise."""
+    candidates = [name]
+    for suffix in ("ij", "j"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            candidates.append(name[: -len(suffix)])
+    for cand in candidates:
+        hit = variables.lookup(cand, level)
+        if hit:
+            return hit
+    other = 2 if level == 1 else 1
+    for cand in candidates:
+        hit = variables.lookup(cand, other)
+        if hit:
+            file = variables.level2_file if other == 2 else variables.level1_file
+            if level == 1:
+                hint = f"level-2 variables go in a level-2 equation (e.g. b0 = g00 + g01*{hit} + u0)"
+            else:
+                hint = f"a level-1 variable goes in the level-1 equation, or use mean({hit}) for its unit mean"
+            raise ModelError(f"in '{equation.strip()}': {hit} is a level-{other} variable (in {file}), "
+                             f"not usable in {where}; {hint}")
+    raise ModelError(f"in '{equation.strip()}': unknown variable '{name}'{_closest(name, variables)}")
+
+
+def _parse_predictor(text: str, level: int, variables: Variables, equation: str, pos: int) -> Term:
+    where = "a level-1 equation" if level == 1 else "a level-2 equation"
+    body = _unwrap(text)
+    m = re.fullmatch(rf"(group|grand|mean)\s*\((.*)\)", body, re.I)
+    if m:
+        func, inner = m.group(1).lower(), m.group(2).strip()
+        if func == "group":
+            if level != 1:
+                raise ModelError(f"in '{equation.strip()}': group() centering applies to level-1 variables only; use grand() at level 2")
+            return Term(_resolve(inner, 1, variables, equation, pos, where), "group")
+        if func == "mean":
+            if level != 2:
+                raise ModelError(f"in '{equation.strip()}': mean({inner}) is a unit mean and belongs in a level-2 equation")
+            return Term(_resolve(inner, 1, variables, equation, pos, "mean()"), "none", unit_mean=True)
+        inner_term = _parse_predictor(inner, level, variables, equation, pos)
+        if inner_term.centering != "none":
+            raise ModelError(f"in '{equation.strip()}': {text.strip()} centers twice; use one of group() or grand()")
+        return Term(inner_term.name, "grand", inner_term.unit_mean)
+    # HLM's printed forms: (X - X.j) group mean, (X - X..) grand mean, (W - W.) level-2 grand mean
+    m = re.fullmatch(rf"({_NAME})\s*-\s*({_NAME})\s*(\.j|\.\.|\.)", body)
+    if m:
+        left, right, mark = m.group(1), m.group(2), m.group(3)
+        name = _resolve(left, level, variables, equation, pos, where)
+        if _resolve(right, level, variables, equation, pos, where) != name:
+            raise _Syntax(equation, pos, f"'{body}' subtracts the mean of a different variable",
+                          f"write ({name} - {name}{mark})")
+        if mark == ".j":
+            if level != 1:
+                raise ModelError(f"in '{equation.strip()}': group-mean centering applies to level-1 variables only")
+            return Term(name, "group")
+        if mark == ".." and level != 1:
+            raise ModelError(f"in '{equation.strip()}': at level 2 the grand mean is written ({name} - {name}.)")
+        if mark == "." and level != 2:
+            raise ModelError(f"in '{equation.strip()}': at level 1 the grand mean is written ({name} - {name}..)")
+        return Term(name, "grand")
+    if re.fullmatch(_NAME, body):
+        return Term(_resolve(body, level, variables, equation, pos, where), "none")
+    raise _Syntax(equation, pos, f"cannot read the predictor '{text.strip()}'",
+                  "write NAME, group(NAME), grand(NAME), mean(NAME) or (NAME - NAME.j)")
+
+
+def _coef_and_predictor(piece: str, pos: int, equation: str):
+    """'b1*(SES)' -> ('b1', '(SES)', offset of the predictor); 'g00' -> ('g00', None, None)."""
+    star = None
+    depth = 0
+    for i, ch in enumerate(piece):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "*" and depth == 0:
+            star = i
+            break
+    if star is None:
+        m = re.match(rf"^([A-Za-z]+[0-9,_]*j?)\s*(\(.*)$", piece)  # b1(SES) without '*'
+        if m and (_BETA.match(m.group(1)) or _GAMMA.match(m.group(1))):
+            return m.group(1), m.group(2), pos + m.start(2)
+        return piece.strip(), None, None
+    coef = piece[:star].strip()
+    pred = piece[star + 1:]
+    return coef, pred, pos + star + 1 + (len(pred) - len(pred.lstrip()))
+
+
+def parse_level1(equation: str, variables: Variables) -> tuple[str, list[tuple[int, Term]]]:
+    """'Y = b0 + b1*X + r' -> outcome and [(1, Term X)]."""
+    text = _normalise(equation)
+    if text.count("=") != 1:
+        at = text.find("=", text.find("=") + 1) if text.count("=") > 1 else len(text)
+        raise _Syntax(text, at, "a level-1 equation needs exactly one '='", "write OUTCOME = b0 + b1*X + r")
+    lhs, rhs = text.split("=")
+    outcome_raw = _unwrap(lhs)
+    if not re.fullmatch(_NAME, outcome_raw):
+        raise _Syntax(text, 0, f"'{lhs.strip()}' is not a variable name", "write OUTCOME = b0 + ... + r")
+    if _BETA.match(outcome_raw):
+        raise ModelError(f"in '{equation.strip()}': this is a level-2 equation (it defines {outcome_raw}); pass it with -2/--level2")
+    outcome = _resolve(outcome_raw, 1, variables, text, 0, "the outcome")
+    base = len(lhs) + 1
+    terms: list[tuple[int, Term]] = []
+    seen_intercept = seen_r = False
+    for raw, off in _split_top(rhs):
+        piece, pos = _strip_piece(raw, base + off)
+        if not piece:
+            raise _Syntax(text, pos, "empty term", "remove the extra '+'")
+        if seen_r:
+            raise _Syntax(text, pos, "a term after the level-1 residual r", "put r last")
+        coef, pred, ppos = _coef_and_predictor(piece, pos, text)
+        if _R.match(coef) and pred is None:
+            seen_r = True
+            continue
+        m = _BETA.match(coef)
+        if not m:
+            if "-" in piece and "(" not in piece:
+                raise _Syntax(text, pos + piece.find("-"), "'-' between terms", "terms are joined by '+'")
+            raise _Syntax(text, pos, f"expected a coefficient like b1 or β1, found '{coef}'", "write b1*NAME")
+        q = int(m.group(1))
+        if q == 0:
+            if pred is not None:
+                raise _Syntax(text, pos, "the intercept b0 takes no predictor", "write b0 alone")
+            seen_intercept = True
+            continue
+        if pred is None:
+            raise _Syntax(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
+        terms.append((q, _parse_predictor(pred, 1, variables, text, ppos)))
+    if not seen_intercept:
+        raise _Syntax(text, base, "the level-1 equation has no intercept b0", "HLM models always include b0: write OUTCOME = b0 + ...")
+    indices = [q for q, _ in terms]
+    expected = list(range(1, len(terms) + 1))
+    if sorted(indices) != expected:
+        dup = sorted({q for q in indices if indices.count(q) > 1})
+        if dup:
+            raise ModelError(f"in '{equation.strip()}': b{dup[0]} appears twice; number the coefficients b1, b2, ... once each")
+        raise ModelError(f"in '{equation.strip()}': coefficients are numbered {', '.join(f'b{q}' for q in indices)}; "
+                         f"number them b1..b{len(terms)} without gaps")
+    names = [t.name for _, t in terms]
+    for name in names:
+        if names.count(name) > 1:
+            raise ModelError(f"in '{equation.strip()}': {name} appears twice at level 1; use it once")
+    return outcome, sorted(terms, key=lambda x: x[0])
+
+
+def parse_level2(equation: str, variables: Variables, n_coefficients: int) -> tuple[int, Level2Equation]:
+    """'b1 = g10 + g11*SECTOR + u1' -> (1, Level2Equation)."""
+    text = _normalise(equation)
+    if text.count("=") != 1:
+        raise _Syntax(text, len(text), "a level-2 equation needs exactly one '='", "write b0 = g00 + g01*W + u0")
+    lhs, rhs = text.split("=")
+    m = _BETA.match(_unwrap(lhs))
+    if not m:
+        raise _Syntax(text, 0, f"a level-2 equation must define a coefficient like b0, not '{lhs.strip()}'",
+                      "write b0 = g00 + ... (a level-1 equation goes with -1/--level1)")
+    q = int(m.group(1))
+    if q >= n_coefficients:
+        raise ModelError(f"in '{equation.strip()}': b{q} has no term in the level-1 equation "
+                         f"(it has b0..b{n_coefficients - 1}); add b{q}*NAME there or renumber")
+    base = len(lhs) + 1
+    predictors: list[Term] = []
+    random = False
+    s_expected = 0
+    for raw, off in _split_top(rhs):
+        piece, pos = _strip_piece(raw, base + off)
+        if not piece:
+            raise _Syntax(text, pos, "empty term", "remove the extra '+'")
+        coef, pred, ppos = _coef_and_predictor(piece, pos, text)
+        mu = _U.match(coef)
+        if mu and pred is None:
+            if int(mu.group(1)) != q:
+                raise ModelError(f"in '{equation.strip()}': the random effect of b{q} is u{q}, not {coef}")
+            random = True
+            continue
+        mg = _GAMMA.match(coef)
+        if not mg:
+            raise _Syntax(text, pos, f"expected a coefficient like g{q}0 or γ{q}0, found '{coef}'",
+                          f"write g{q}1*NAME")
+        gq = int(mg.group(1) or mg.group(3))
+        gs = int(mg.group(2) or mg.group(4))
+        if gq != q:
+            raise ModelError(f"in '{equation.strip()}': {coef} belongs to b{gq}, but this equation defines b{q}; "
+                             f"write g{q}{gs}")
+        if gs != s_expected:
+            raise ModelError(f"in '{equation.strip()}': {coef} is out of order; number the terms g{q}0, g{q}1, ... in turn")
+        s_expected += 1
+        if gs == 0:
+            if pred is not None:
+                raise _Syntax(text, pos, f"{coef} is the intercept and takes no predictor", f"write g{q}0 alone")
+            continue
+        if pred is None:
+            raise _Syntax(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
+        predictors.append(_parse_predictor(pred, 2, variables, text, ppos))
+    if s_expected == 0:
+        raise _Syntax(text, base, f"the equation for b{q} has no intercept g{q}0", f"write b{q} = g{q}0 + ...")
+    keys = [(t.name, t.unit_mean) for t in predictors]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise ModelError(f"in '{equation.strip()}': {k[0]} appears twice; use it once")
+    return q, Level2Equation(tuple(predictors), random)
+
+
+def build_spec(level1: str, level2: list[str], variables: Variables, options: RunOptions | None = None) -> ModelSpec:
+    outcome, terms = parse_level1(level1, variables)
+    n = len(terms) + 1
+    equations: dict[int, Level2Equation] = {}
+    for eq in level2:
+        q, parsed = parse_level2(eq, variables, n)
+        if q in equations:
+            raise ModelError(f"in '{eq.strip()}': b{q} already has a level-2 equation; give one equation per coefficient")
+        equations[q] = parsed
+    # HLM's defaults: a random intercept; other coefficients fixed with no level-2 predictors.
+    level2_eqs = tuple(equations.get(q, Level2Equation((), q == 0)) for q in range(n))
+    if not any(eq.random for eq in level2_eqs):
+        raise ModelError("no coefficient is random, so this is not a two-level model; add u0 to the intercept's equation")
+    return ModelSpec(outcome, tuple(t for _, t in terms), level2_eqs, options or RunOptions())
+
+
+# ---------------------------------------------------------------- model files
+
+def is_hlm_command_file(path: str | Path, text: str) -> bool:
+    if str(path).lower().endswith(".hlm"):
+        return True
+    return any(line.strip().lower().startswith(("level1:", "level2:")) for line in text.splitlines())
+
+
+def read_model_file(path: str | Path) -> tuple[str, list[str]]:
+    """A plain model file: equations one per line, '#' comments; the one not defining a β is level 1."""
+    path = Path(path)
+    text = _read_text(path)
+    level1, level2 = None, []
+    for line_no, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        lhs = _normalise(line).split("=", 1)[0]
+        if _BETA.match(_unwrap(lhs)):
+            level2.append(line)
+        elif level1 is None:
+            level1 = line
+        else:
+            raise ModelError(f"{path}: line {line_no}: a second level-1 equation; keep one 'OUTCOME = ...' line")
+    if level1 is None:
+        raise ModelError(f"{path}: no level-1 equation found; add a line like 'MATHACH = b0 + r'")
+    return level1, level2
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise ModelError(f"{path}: no such model file; check the path")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252")
+
+
+# HLM 7 command-file keys. Values that switch on something we do not implement are refused by name.
+_GUI_KEYS = {
+    "fixtau": "how often HLM 7's EM algorithm refreshes τ; hlmcli optimizes directly, so it has no effect",
+    "accel": "HLM 7's EM acceleration; no effect, hlmcli optimizes directly",
+    "output": "HLM 7's output file; hlmcli writes to stdout or -o",
+    "graphgammas": "HLM 7's graphics window; no effect",
+    "printvariance-covariance": "HLM 7 prints the γ covariance; hlmcli puts it in the JSON output",
+    "nonlin": None, "lev1ols": None, "fulloutput": None,
+}
+_OFF_VALUES = {"level1weight": "none", "level2weight": "none", "varianceknown": "none", "constrain": "n",
+               "heterol1var": "n", "lvr": "n", "fixsigma2": "n", "laplace": "n", "mlf": None}
+
+
+def parse_hlm_file(path: str | Path, variables: Variables) -> ModelSpec:
+    """An HLM 7 command file (.hlm) to a ModelSpec, refusing keys we do not implement."""
+    path = Path(path)
+    text = _read_text(path)
+    opts: dict = {}
+    level1_line = None
+    level2_lines: list[tuple[str, int]] = []
+    contrasts: dict[str, list[tuple[int, list[str]]]] = {}
+    for line_no, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if ":" not in line:
+            raise ModelError(f"{path}: line {line_no}: expected key:value, got '{line}'")
+        key, value = (s.strip() for s in line.split(":", 1))
+        key = key.lower()
+        where = f"{path}: line {line_no}"
+        if key == "level1":
+            level1_line = (value, line_no)
+        elif key == "level2":
+            level2_lines.append((value, line_no))
+        elif key == "nonlin":
+            if value.lower() not in ("n", "no", "none", "linear"):
+                raise ModelError(f"{where}: nonlin:{value} (a nonlinear HGLM) is not supported; hlmcli fits linear models (nonlin:n)")
+        elif key == "mlf":
+            opts["method"] = "ML" if value.lower().startswith("y") else "REML"
+        elif key == "numit":
+            opts["max_iterations"] = _int(value, where, key)
+        elif key == "stopval":
+            opts["stopval"] = _float(value, where, key)
+        elif key == "title":
+            opts["title"] = None if value.lower() in ("", "no title") else value
+        elif key == "hypoth":
+            opts["hypoth"] = value.lower().startswith("y")
+        elif re.fullmatch(r"gamma\d+", key):
+            contrasts.setdefault(key[5:], []).append((line_no, [v for v in value.split(",") if v.strip()]))
+        elif key == "deviance":
+            opts["prior_deviance"] = _float(value, where, key)
+        elif key == "df":
+            opts["prior_params"] = _int(value, where, key)
+        elif key in ("resfil1", "resfil2"):
+            opts[key] = value.lower().startswith("y")
+        elif key in ("resfil1name", "resfil2name", "resfiltype"):
+            opts[key] = value
+        elif key == "homvar":
+            opts["homogeneity"] = value.lower().startswith("y")
+        elif key == "fulloutput":
+            opts["full_output"] = value.lower().startswith("y")
+        elif key == "lev1ols":
+            opts["ols_units"] = _int(value, where, key)
+        elif key in _GUI_KEYS:
+            continue
+        elif key in _OFF_VALUES:
+            off = _OFF_VALUES[key]
+            if value.lower() not in (off, off[:1] if off else "", "no", "none", "n", "0"):
+                raise ModelError(f"{where}: '{key}:{value}' is not supported by hlmcli; remove the line or set it to {off}")
+        elif key in ("macroit", "microit", "stopmicro", "stopmacro"):
+            raise ModelError(f"{where}: '{key}' is for nonlinear models, which hlmcli does not fit; remove the line")
+        else:
+            raise ModelError(f"{where}: the key '{key}' is not supported by hlmcli; remove the line")
+    if level1_line is None:
+        raise ModelError(f"{path}: no level1: line; add one like level1:MATHACH=INTRCPT1+SES,1+RANDOM")
+    level1_eq = _hlm_level1(path, *level1_line)
+    coef_names = [n for n in level1_eq[1]]
+    level2_eqs = [_hlm_level2(path, v, n, coef_names) for v, n in level2_lines]
+    spec_options = RunOptions(
+        method=opts.get("method", "REML"), max_iterations=opts.get("max_iterations", 100),
+        stopval=opts.get("stopval"), title=opts.get("title"),
+        prior_deviance=opts.get("prior_deviance"), prior_params=opts.get("prior_params"),
+        residuals_l1=(opts.get("resfil1name") or "resfil1.csv") if opts.get("resfil1") else None,
+        residuals_l2=(opts.get("resfil2name") or "resfil2.csv") if opts.get("resfil2") else None,
+        homogeneity=opts.get("homogeneity", False), full_output=opts.get("full_output", False),
+        ols_units=opts.get("ols_units", 10),
+    )
+    spec = build_spec(level1_eq[0], level2_eqs, variables, spec_options)
+    if contrasts and opts.get("hypoth", True):
+        from .hypotheses import contrasts_from_rows
+
+        tests = tuple(contrasts_from_rows(spec, f"{path}", label, rows) for label, rows in sorted(contrasts.items(), key=lambda kv: int(kv[0])))
+        spec = ModelSpec(spec.outcome, spec.level1, spec.level2, _replace(spec.options, hypotheses=tests))
+    return spec
+
+
+def _replace(options: RunOptions, **changes) -> RunOptions:
+    from dataclasses import replace
+
+    return replace(options, **changes)
+
+
+def _int(value: str, where: str, key: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ModelError(f"{where}: {key} must be a whole number, not '{value}'") from None
+
+
+def _float(value: str, where: str, key: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ModelError(f"{where}: {key} must be a number, not '{value}'") from None
+
+
+def _hlm_term(token: str, where: str) -> str:
+    name, _, suffix = token.strip().partition(",")
+    suffix = suffix.strip()
+    if suffix == "1":
+        return f"group({name.strip()})"
+    if suffix == "2":
+        return f"grand({name.strip()})"
+    if suffix:
+        raise ModelError(f"{where}: centering code ',{suffix}' on {name} is not known; use ,1 (group mean) or ,2 (grand mean)")
+    return name.strip()
+
+
+def _hlm_level1(path: Path, value: str, line_no: int) -> tuple[str, list[str]]:
+    where = f"{path}: line {line_no}"
+    if "=" not in value:
+        raise ModelError(f"{where}: level1 needs OUTCOME=INTRCPT1+...+RANDOM")
+    outcome, rhs = value.split("=", 1)
+    tokens = [t.strip() for t in rhs.split("+") if t.strip()]
+    names = []
+    parts = [f"{outcome.strip()} = b0"]
+    for tok in tokens:
+        if tok.upper() in ("INTRCPT1", "RANDOM"):
+            continue
+        names.append(tok.split(",")[0].strip())
+        parts.append(f"b{len(names)}*{_hlm_term(tok, where)}")
+    return " + ".join(parts + ["r"]), ["INTRCPT1"] + names
+
+
+def _hlm_level2(path: Path, value: str, line_no: int, coef_names: list[str]) -> str:
+    where = f"{path}: line {line_no}"
+    if "=" not in value:
+        raise ModelError(f"{where}: level2 needs COEFFICIENT=INTRCPT2+...+random/ or .../")
+    coef, rhs = value.split("=", 1)
+    coef = coef.strip()
+    upper = [c.upper() for c in coef_names]
+    if coef.upper() not in upper:
+        raise ModelError(f"{where}: level2 line for '{coef}', which is not a level-1 coefficient ({', '.join(coef_names)})")
+    q = upper.index(coef.upper())
+    rhs = rhs.strip()
+    if rhs.endswith("/"):
+        rhs = rhs[:-1]
+    tokens = [t.strip() for t in rhs.split("+") if t.strip()]
+    random = any(t.lower() == "random" for t in tokens)
+    parts = [f"b{q} = g{q}0"]
+    s = 0
+    for tok in tokens:
+        if tok.upper() in ("INTRCPT2", "RANDOM"):
+            continue
+        s += 1
+        name, _, suffix = tok.partition(",")
+        if suffix.strip() not in ("", "2"):
+            raise ModelError(f"{where}: centering code ',{suffix.strip()}' on {name} is not known at level 2; use ,2 (grand mean)")
+        term = f"grand({name.strip()})" if suffix.strip() == "2" else name.strip()
+        parts.append(f"g{q},{s}*{term}")
+    if random:
+        parts.append(f"u{q}")
+    return " + ".join(parts)
+
+
+def spec_from_inputs(level1: str | None, level2: list[str], model_file: str | None, variables: Variables,
+                     options: RunOptions) -> ModelSpec:
+    """One ModelSpec from whichever form the user gave. Command-line options win over file settings."""
+    if model_file and level1:
+        raise ModelError(f"{model_file}: give the model either with --model or with -1/-2, not both")
+    if model_file:
+        text = _read_text(Path(model_file))
+        if is_hlm_command_file(model_file, text):
+            return parse_hlm_file(model_file, variables)
+        level1, level2_file = read_model_file(model_file)
+        level2 = level2_file + list(level2)
+    if not level1:
+        raise ModelError("no model given; pass -1 'OUTCOME = b0 + ... + r' (and -2 equations), or --model FILE")
+    return build_spec(level1, list(level2), variables, options)
