@@ -51,6 +51,7 @@ class ModelStats:
     """The cross-products of the mixed model y = Xγ + Zu + r, per unit where the likelihood needs them."""
 
     N: int
+    n: np.ndarray  # (J,) records per unit
     ZZ: np.ndarray  # (J, q, q)
     Zy: np.ndarray  # (J, q)
     ZX: np.ndarray  # (J, q, p)
@@ -80,6 +81,6 @@ def model_stats(unit: UnitStats, B: np.ndarray, random_mask: np.ndarray) -> Mode
     XX = np.einsum("jkp,jkr->pr", B, LB)
     Xy = np.einsum("jkp,jk->p", B, unit.Ly)
     return ModelStats(
-        N=int(unit.n.sum()), ZZ=np.ascontiguousarray(unit.LL[:, r][:, :, r]), Zy=np.ascontiguousarray(unit.Ly[:, r]),
+        N=int(unit.n.sum()), n=unit.n, ZZ=np.ascontiguousarray(unit.LL[:, r][:, :, r]), Zy=np.ascontiguousarray(unit.Ly[:, r]),
         ZX=np.ascontiguousarray(ZX), XX=(XX + XX.T) / 2, Xy=Xy, yy=float(unit.yy.sum()), B=B, random=r,
     )
