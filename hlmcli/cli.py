@@ -181,5 +181,193 @@ def mdm_info(archive_file, unit, out_format):
     click.echo(dumps_json(info) if out_format == "json" else archive_info_text(info), nl=False)
 
 
+# ---------------------------------------------------------------- models and fits
+
+def _load_data(data, build_opts: dict, cache_dir, quiet: bool):
+    """One archive, or two data files through the cache. Returns (archive, data source text)."""
+    from .archive import changed_sources, load_archive
+    from .cache import cached_archive
+
+    warn = (lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}"))
+    if len(data) == 1:
+        path = data[0]
+        if not str(path).lower().endswith(".mdm") and Path(path).exists():
+            with open(path, "rb") as handle:
+                if handle.read(8) != b"HLMCMDM\x1a":
+                    raise click.UsageError(f"{path} is not an archive; give an .mdm file, or the level-1 and level-2 files with --id")
+        archive = load_archive(path)
+        for changed in changed_sources(archive):
+            warn(f"{changed} changed since {Path(path).name} was built; rebuild it with 'hlmcli mdm build'")
+        return archive, Path(path).name
+    if len(data) == 2:
+        options = make_build_options(**build_opts)
+        archive, _status = cached_archive(data[0], data[1], options, cache_dir=cache_dir, warn=warn)
+        return archive, f"{Path(data[0]).name} and {Path(data[1]).name}"
+    raise click.UsageError("give one archive (.mdm) or two data files (level-1 and level-2)")
+
+
+_model_options = [
+    click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False)),
+    click.option("-1", "--level1", "level1", help="Level-1 equation, e.g. 'MATHACH = b0 + b1*group(SES) + r'."),
+    click.option("-2", "--level2", "level2", multiple=True, help="A level-2 equation, e.g. 'b0 = g00 + g01*SECTOR + u0'. Repeat."),
+    click.option("--model", "model_file", type=click.Path(dir_okay=False), help="Model file: equations, or an HLM 7 .hlm command file."),
+    click.option("--ml", is_flag=True, default=None, help="Full maximum likelihood (default: REML)."),
+    click.option("--ascii", "ascii_only", is_flag=True, help="B/G/U instead of Greek letters."),
+    click.option("--id", "id_", help="Unit id column (when DATA is two files)."),
+    click.option("--id1", help="Unit id column of the level-1 file."),
+    click.option("--id2", help="Unit id column of the level-2 file."),
+    click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
+                 help="When DATA is two files: when to drop records with missing values."),
+    click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
+    click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cached archives go (default: beside the data)."),
+]
+
+
+def model_options(func):
+    for option in reversed(_model_options):
+        func = option(func)
+    return func
+
+
+def _spec(archive, level1, level2, model_file, ml, extra=None):
+    from dataclasses import replace
+
+    from .design import variables_of
+    from .equations import RunOptions, spec_from_inputs
+
+    spec = spec_from_inputs(level1, list(level2), model_file, variables_of(archive), RunOptions())
+    changes = dict(extra or {})
+    if ml is not None:
+        changes["method"] = "ML" if ml else "REML"
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if changes:
+        spec = replace(spec, options=replace(spec.options, **changes))
+    return spec
+
+
+def _use_ascii(flag: bool) -> bool:
+    if flag:
+        return True
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower()
+    return "utf" not in encoding
+
+
+def _build_opts(id_, id1, id2, missing, drop_unmatched):
+    return {"id_": id_, "id1": id1, "id2": id2, "l1_vars": None, "l2_vars": None,
+            "missing": missing, "drop_unmatched": drop_unmatched}
+
+
+@main.command("model")
+@model_options
+@user_errors
+def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir):
+    """Print the model as HLM 7 writes it, and its lme4 formula, without fitting."""
+    from .report import Symbols, lme4_formula, model_summary
+
+    archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched), cache_dir, quiet=False)
+    spec = _spec(archive, level1, level2, model_file, ml)
+    lines = model_summary(spec, Symbols(_use_ascii(ascii_only)))
+    formula, notes = lme4_formula(spec, archive.id_names[0])
+    lines += ["", f"Method of estimation: {'restricted maximum likelihood' if spec.method == 'REML' else 'full maximum likelihood'}",
+              "", "The same model in R (lme4)", f" {formula}"] + [f"   {n}" for n in notes]
+    click.echo("\n".join(lines))
+
+
+@main.command("fit")
+@model_options
+@click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the output here (atomically) instead of stdout.")
+@click.option("--title", help="Problem title for the output.")
+@click.option("--timestamp", is_flag=True, help="Add the date and time to the text output (off: output is reproducible).")
+@click.option("--df", "df_method", type=click.Choice(["hlm", "satterthwaite"]), default="hlm", show_default=True,
+              help="d.f. of the fixed effects: HLM 7's rule, or Satterthwaite's as lmerTest.")
+@click.option("--strict", is_flag=True, help="Exit 3 on a boundary fit too.")
+@click.option("--max-iterations", type=click.IntRange(1), help="Iteration limit (HLM's numit).")
+@click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
+@click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
+@click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
+@click.option("--residuals-l1", type=click.Path(dir_okay=False), help="Write the level-1 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l2", type=click.Path(dir_okay=False), help="Write the level-2 residual file (.csv, .sav, .dta).")
+@click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
+@click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
+@click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
+@click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
+@user_errors
+def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
+            out_format, output, title, timestamp, df_method, strict, max_iterations, tests, compare_deviance,
+            compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet):
+    """Fit a two-level model and print HLM 7's tables (text) or a stable JSON document."""
+    from .errors import EXIT_NOT_CONVERGED
+    from .files import atomic_write_text, refuse_overwriting_inputs
+    from .hypotheses import parse_test
+    from .pipeline import add_extras, analyse
+    from .report import Symbols, dumps_json, fit_json, fit_text
+
+    sources = list(data) + [model_file]
+    for path in (output, residuals_l1, residuals_l2):
+        if path:
+            refuse_overwriting_inputs(path, sources)
+    archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched), cache_dir, quiet)
+    spec = _spec(archive, level1, level2, model_file, ml, {
+        "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance,
+        "prior_params": compare_params, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2,
+        "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
+    })
+    hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
+    analysis = analyse(spec, archive, df_method)
+    opts = spec.options
+    add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
+               opts.full_output, opts.ols_units)
+    if opts.residuals_l1 or opts.residuals_l2:
+        from .inference import empirical_bayes
+        from .residual_files import level1_table, level2_table, write_table
+
+        eb = empirical_bayes(analysis.unit, analysis.stats, analysis.result)
+        for path in (opts.residuals_l1, opts.residuals_l2):
+            if path:
+                refuse_overwriting_inputs(path, sources)
+        if opts.residuals_l2:
+            write_table(level2_table(analysis, eb), opts.residuals_l2)
+        if opts.residuals_l1:
+            write_table(level1_table(analysis, eb), opts.residuals_l1)
+    meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
+            "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
+    if timestamp:
+        from datetime import datetime, timezone
+
+        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if out_format == "json":
+        text = dumps_json(fit_json(analysis, meta))
+    else:
+        text = fit_text(analysis, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only))
+    if output:
+        atomic_write_text(output, text)
+    else:
+        click.echo(text, nl=False)
+    result = analysis.result
+    if not result.converged:
+        _stderr("hlmcli: warning: the estimation did not converge; the output is not at the optimum")
+        sys.exit(EXIT_NOT_CONVERGED)
+    if result.boundary and not quiet:
+        for note in result.boundary:
+            _stderr(f"hlmcli: warning: {note}")
+    if strict and result.boundary:
+        sys.exit(EXIT_NOT_CONVERGED)
+
+
+@main.command("compare")
+@click.argument("fit_a", type=click.Path(dir_okay=False))
+@click.argument("fit_b", type=click.Path(dir_okay=False))
+@click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@user_errors
+def compare_cmd(fit_a, fit_b, out_format):
+    """Compare two saved JSON fits (A the simpler): deviance test and variance explained."""
+    from .compare import compare_fits, compare_text, read_fit
+    from .report import dumps_json
+
+    result = compare_fits(read_fit(fit_a), read_fit(fit_b), Path(fit_a).name, Path(fit_b).name)
+    click.echo(dumps_json(result) if out_format == "json" else compare_text(result), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

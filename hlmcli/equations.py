@@ -36,6 +36,7 @@ class Hypothesis:
 
     label: str
     rows: tuple[tuple[float, ...], ...]
+    rhs: tuple[float, ...] = ()  # Cγ = rhs; empty means all zero
 
 
 @dataclass(frozen=True)

@@ -309,8 +309,9 @@ def homogeneity_test(unit: UnitStats) -> tuple[float, int, float, int]:
     return H, dfree, float(sps.chi2.sf(H, dfree)), int(good.sum())
 
 
-def wald_test(C: np.ndarray, gamma: np.ndarray, cov: np.ndarray) -> tuple[float, int, float]:
-    Cg = C @ gamma
+def wald_test(C: np.ndarray, gamma: np.ndarray, cov: np.ndarray, rhs: np.ndarray | None = None) -> tuple[float, int, float]:
+    """Wald χ² of Cγ = rhs: (Cγ - rhs)'(C V C')⁻¹(Cγ - rhs) on rows(C) d.f."""
+    Cg = C @ gamma - (0.0 if rhs is None else rhs)
     chi2 = float(Cg @ np.linalg.solve(C @ cov @ C.T, Cg))
     df = C.shape[0]
     return chi2, df, float(sps.chi2.sf(chi2, df))
@@ -326,3 +327,54 @@ def mixture_p(chi2: float, df: int) -> float:
     """50:50 mixture of χ²(df-1) and χ²(df) (Stram & Lee 1994) for a test that puts one variance on its boundary."""
     lower = sps.chi2.sf(chi2, df - 1) if df > 1 else float(chi2 <= 0)
     return float(0.5 * lower + 0.5 * sps.chi2.sf(chi2, df))
+
+
+def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: int) -> dict:
+    """HLM's full output: OLS of the first units, OLS of the fixed effects, and least-squares σ², T."""
+    K = unit.LL.shape[1]
+    names = design.spec.coefficient_names()
+    per_unit = []
+    sufficient = []
+    betas = np.full((stats.J, K), np.nan)
+    s2 = np.full(stats.J, np.nan)
+    for j in range(stats.J):
+        f = unit.n[j] - K
+        try:
+            ok = f > 0 and np.linalg.cond(unit.LL[j]) < 1e12
+        except np.linalg.LinAlgError:
+            ok = False
+        if ok:
+            b = np.linalg.solve(unit.LL[j], unit.Ly[j])
+            rss = unit.yy[j] - b @ unit.Ly[j]
+            betas[j], s2[j] = b, rss / f
+            sufficient.append(j)
+    betas_out = betas.copy()
+    betas_out[:, 0] += unit.y_shift
+    for j in range(min(n_units, stats.J)):
+        per_unit.append({"unit": design.unit_ids[j], "n": int(unit.n[j]), "ok": bool(np.isfinite(s2[j])),
+                         "coefficients": dict(zip(names, [float(x) for x in betas_out[j]])),
+                         "residual_variance": float(s2[j])})
+    # OLS of the fixed effects, ignoring the nesting
+    gamma_ols = np.linalg.solve(stats.XX, stats.Xy)
+    rss = stats.yy - gamma_ols @ stats.Xy
+    sigma2_ols = rss / (stats.N - stats.p)
+    se_ols = np.sqrt(np.diag(sigma2_ols * np.linalg.inv(stats.XX)))
+    gamma_out = gamma_ols.copy()
+    gamma_out[0] += unit.y_shift
+    # least-squares σ² (pooled within units) and T (spread of unit OLS estimates beyond their sampling error)
+    idx = np.array(sufficient, dtype=int)
+    f = unit.n[idx] - K
+    sigma2_ls = float((s2[idx] * f).sum() / f.sum()) if idx.size else float("nan")
+    r = stats.random
+    tau_ls = np.full((len(r), len(r)), np.nan)
+    if idx.size > 1:
+        coef = np.einsum("jkp,p->jk", stats.B, gamma_ols)
+        dev = (betas[idx] - coef[idx])[:, r]
+        inv = np.linalg.inv(unit.LL[idx])[:, r][:, :, r]
+        tau_ls = dev.T @ dev / (idx.size - 1) - sigma2_ls * inv.mean(axis=0)
+        w, v = np.linalg.eigh(tau_ls)
+        tau_ls = (v * np.clip(w, 0, None)) @ v.T
+    return {"ols_units": per_unit, "units_with_ols": int(idx.size),
+            "gamma_ols": [{"gamma": f.label, "coefficient": f.coefficient, "predictor": f.predictor,
+                           "estimate": float(g), "se": float(s)} for f, g, s in zip(design.fixed, gamma_out, se_ols)],
+            "sigma2_ols": float(sigma2_ols), "sigma2_least_squares": sigma2_ls, "tau_least_squares": tau_ls.tolist()}

@@ -74,3 +74,53 @@ def boundary_notes(tau: np.ndarray, spec: ModelSpec) -> list[str]:
         if eig[0] <= 1e-8 * eig[-1]:
             notes.append("boundary fit: τ is singular (a combination of the random effects has zero variance)")
     return notes
+
+
+def add_extras(analysis: Analysis, hypotheses=(), prior_deviance=None, prior_params=None,
+               homogeneity: bool = False, full_output: bool = False, ols_units: int = 10) -> None:
+    """The numbers researchers compute after the main tables; stored JSON-ready in analysis.extras."""
+    a = analysis
+    r, fx = a.result, a.fixed
+    names = a.spec.coefficient_names()
+    rand_q = [int(q) for q in a.stats.random]
+    ex: dict = {}
+    if rand_q == [0]:
+        ex["icc"] = float(r.tau[0, 0] / (r.tau[0, 0] + r.sigma2))
+    ranges = []
+    for k, q in enumerate(rand_q):
+        g = float(fx.gamma[[i for i, f in enumerate(a.design.fixed) if f.q == q and f.s == 0][0]])
+        half = 1.96 * float(np.sqrt(max(r.tau[k, k], 0.0)))
+        ranges.append({"coefficient": names[q], "gamma": g, "low": g - half, "high": g + half,
+                       "at_zero_level2_predictors": bool(a.spec.level2[q].predictors)})
+    ex["plausible_ranges"] = ranges
+    tests = []
+    for h in hypotheses:
+        C = np.array(h.rows, dtype=float)
+        d = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
+        if C.shape[1] != fx.gamma.size:
+            raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {fx.gamma.size} γs")
+        if np.linalg.matrix_rank(C) < C.shape[0]:
+            raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
+        entry = {"label": h.label, "contrast": C.tolist(), "rhs": d.tolist()}
+        for kind, cov in (("model", fx.cov), ("robust", fx.robust_cov)):
+            chi2, df, p = inference.wald_test(C, fx.gamma, cov, d)
+            entry[kind] = {"chi2": chi2, "df": df, "p": p}
+        tests.append(entry)
+    if tests:
+        ex["hypothesis_tests"] = tests
+    if prior_deviance is not None:
+        if prior_params is None:
+            raise ModelError("a prior deviance needs the prior model's number of parameters (--compare-params or df:)")
+        if prior_params < r.n_params:
+            chi2, df, p = inference.deviance_test(prior_deviance, prior_params, r.deviance, r.n_params)
+        else:
+            chi2, df, p = inference.deviance_test(r.deviance, r.n_params, prior_deviance, prior_params)
+        ex["deviance_test"] = {"prior_deviance": prior_deviance, "prior_params": prior_params,
+                               "chi2": chi2, "df": df, "p": p}
+    if homogeneity:
+        H, df, p, used = inference.homogeneity_test(a.unit)
+        ex["homogeneity"] = {"H": H, "df": df, "p": p, "units_used": used}
+    if full_output:
+        ex["full_output"] = inference.least_squares(a.design, a.unit, a.stats, ols_units)
+    a.extras.update(ex)
+

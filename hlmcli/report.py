@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 from . import __version__
 from .archive import Archive, summarize
 
@@ -98,3 +100,426 @@ def archive_info_text(info: dict) -> str:
         for name, value in u["level2"].items():
             w(f"    {name} = {value:.6g}")
     return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- the model, as HLM 7 prints it
+
+class Symbols:
+    """Greek with HLM's subscripts, or plain ASCII for terminals and files that need it."""
+
+    def __init__(self, ascii_only: bool):
+        self.ascii = ascii_only
+        self.beta = "B" if ascii_only else "β"
+        self.gamma = "G" if ascii_only else "γ"
+        self.u = "U" if ascii_only else "u"
+        self.r = "R" if ascii_only else "r"
+        self.dot = "." if ascii_only else "•"
+        self.sigma2 = "sigma^2" if ascii_only else "σ2"
+        self.tau = "tau" if ascii_only else "τ"
+        self.chi2 = "Chi-square" if ascii_only else "χ2"
+
+    def g(self, q: int, s: int) -> str:
+        return f"{self.gamma}{q}{s}" if q < 10 and s < 10 else f"{self.gamma}{q},{s}"
+
+
+def _level1_term(term, sym: Symbols) -> str:
+    if term.centering == "group":
+        return f"({term.name}ij - {term.name}{sym.dot}j)"
+    if term.centering == "grand":
+        return f"({term.name}ij - {term.name}{sym.dot}{sym.dot})"
+    return f"({term.name}ij)"
+
+
+def _level2_term(term, sym: Symbols) -> str:
+    name = f"mean({term.name})" if term.unit_mean else term.name
+    if term.centering == "grand":
+        return f"({name}j - {name}{sym.dot})"
+    return f"({name}j)"
+
+
+def model_summary(spec, sym: Symbols) -> list[str]:
+    b, u = sym.beta, sym.u
+    out = ["Summary of the model specified", "", "Level-1 Model", ""]
+    rhs = [f"{b}0j"] + [f"{b}{k}j*{_level1_term(t, sym)}" for k, t in enumerate(spec.level1, start=1)]
+    out.append(f"    {spec.outcome}ij = " + " + ".join(rhs) + f" + {sym.r.lower() if not sym.ascii else 'r'}ij")
+    out += ["", "Level-2 Model", ""]
+    for q, eq in enumerate(spec.level2):
+        parts = [sym.g(q, 0)] + [f"{sym.g(q, s)}*{_level2_term(t, sym)}" for s, t in enumerate(eq.predictors, start=1)]
+        if eq.random:
+            parts.append(f"{u}{q}j")
+        out.append(f"    {b}{q}j = " + " + ".join(parts))
+    out += ["", "Mixed Model", ""]
+    lines = []
+    for q, eq in enumerate(spec.level2):
+        x = "" if q == 0 else f"*{spec.level1[q - 1].name}ij"
+        terms = [f"{sym.g(q, 0)}{x}"]
+        for s, t in enumerate(eq.predictors, start=1):
+            name = f"mean({t.name})" if t.unit_mean else t.name
+            terms.append(f"{sym.g(q, s)}*{name}j{x}")
+        lines.append(" + ".join(terms))
+    out.append(f"    {spec.outcome}ij = {lines[0]}")
+    out += [f"    + {line}" for line in lines[1:]]
+    rand = []
+    for q, eq in enumerate(spec.level2):
+        if eq.random:
+            rand.append(f"{u}{q}j" + ("" if q == 0 else f"*{spec.level1[q - 1].name}ij"))
+    out.append("     + " + " + ".join(rand + ["rij"]))
+    notes = centering_notes(spec)
+    if notes:
+        out.append("")
+        out += notes
+    return out
+
+
+def centering_notes(spec) -> list[str]:
+    out = []
+    for t in spec.level1:
+        if t.centering == "group":
+            out.append(f"{t.name} has been centered around the group mean.")
+        elif t.centering == "grand":
+            out.append(f"{t.name} has been centered around the grand mean.")
+    seen = set()
+    for eq in spec.level2:
+        for t in eq.predictors:
+            name = f"mean({t.name})" if t.unit_mean else t.name
+            if name in seen:
+                continue
+            seen.add(name)
+            if t.unit_mean:
+                out.append(f"{name} is the mean of {t.name} over each unit's records used in this analysis.")
+            if t.centering == "grand":
+                out.append(f"{name} has been centered around the grand mean.")
+    return out
+
+
+def _r_name(term, level: int) -> str:
+    base = f"mean_{term.name}" if term.unit_mean else term.name
+    if term.centering == "group":
+        return f"{base}_gc"
+    if term.centering == "grand":
+        return f"{base}_c"
+    return base
+
+
+def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
+    """The same model in lme4 syntax, and how to make its derived columns in R."""
+    fixed = ["1"]
+    for q, eq in enumerate(spec.level2):
+        x = None if q == 0 else _r_name(spec.level1[q - 1], 1)
+        if x:
+            fixed.append(x)
+        for t in eq.predictors:
+            w = _r_name(t, 2)
+            fixed.append(w if x is None else f"{w}:{x}")
+    fixed = list(dict.fromkeys(fixed))
+    rand = [("1" if q == 0 else _r_name(spec.level1[q - 1], 1)) for q, eq in enumerate(spec.level2) if eq.random]
+    if "1" not in rand:
+        rand = ["0"] + rand
+    formula = f"{spec.outcome} ~ {' + '.join(fixed)} + ({' + '.join(rand)} | {id_name})"
+    notes = []
+    made = set()
+    for t in list(spec.level1) + [t for eq in spec.level2 for t in eq.predictors]:
+        name = _r_name(t, 1)
+        if name in made or name == t.name:
+            continue
+        made.add(name)
+        src = f"ave({t.name}, {id_name})" if t.unit_mean else t.name
+        if t.unit_mean and t.centering == "grand":
+            notes.append(f"{name} = {src} - mean of {src} over units (one value per {id_name})")
+        elif t.unit_mean:
+            notes.append(f"{name} = {src}")
+        elif t.centering == "group":
+            notes.append(f"{name} = {t.name} - ave({t.name}, {id_name})")
+        elif spec.level1 and t in spec.level1:
+            notes.append(f"{name} = {t.name} - mean({t.name})")
+        else:
+            notes.append(f"{name} = {t.name} - mean of {t.name} over units (one value per {id_name})")
+    if notes:
+        notes.append("(means over the records used in the analysis, after deleting records with missing values)")
+    method = "REML = TRUE" if spec.method == "REML" else "REML = FALSE"
+    return formula, notes + [f"fit with lmer(..., {method})"]
+
+
+# ---------------------------------------------------------------- fit output
+
+def hlm_p(p: float) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return ""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def hlm_e(x: float) -> str:
+    """HLM's E-notation: -2.406403E+003."""
+    mant, exp = f"{x:.6E}".split("E")
+    return f"{mant}E{int(exp):+04d}"
+
+
+def _coef_label(design, q: int, sym: Symbols) -> str:
+    name = design.spec.coefficient_names()[q]
+    return f"{name}, {sym.beta}{q}" if q == 0 else f"{name} slope, {sym.beta}{q}"
+
+
+def _random_label(design, q: int, sym: Symbols) -> str:
+    name = design.spec.coefficient_names()[q]
+    return f"{name}, {sym.u}{q}" if q == 0 else f"{name} slope, {sym.u}{q}"
+
+
+def _df_text(df: float) -> str:
+    if df is None or (isinstance(df, float) and math.isnan(df)):
+        return "."
+    return f"{df:.0f}" if float(df).is_integer() else f"{df:.2f}"
+
+
+def _df_value(df):
+    df = float(df)
+    return int(df) if df.is_integer() else df
+
+
+def fit_json(analysis, meta: dict) -> dict:
+    a = analysis
+    d, r, fx, vt = a.design, a.result, a.fixed, a.variance
+    names = d.spec.coefficient_names()
+    rand_q = [int(q) for q in a.stats.random]
+    df = a.satterthwaite if a.satterthwaite is not None else fx.df
+    fixed = []
+    from .inference import two_sided_p
+
+    p = two_sided_p(fx.t, df)
+    rp = two_sided_p(fx.robust_t, df)
+    for k, f in enumerate(d.fixed):
+        term = d.spec.level2[f.q].predictors[f.s - 1] if f.s else None
+        fixed.append({
+            "coefficient": f.coefficient, "predictor": f.predictor, "gamma": f.label,
+            "centering": term.centering if term else None,
+            "estimate": float(fx.gamma[k]), "se": float(fx.se[k]), "t": float(fx.t[k]), "df": _df_value(df[k]),
+            "p": float(p[k]), "robust_se": float(fx.robust_se[k]), "robust_t": float(fx.robust_t[k]),
+            "robust_p": float(rp[k]),
+        })
+    tau = r.tau
+    sd = np.sqrt(np.clip(np.diag(tau), 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = tau / np.outer(sd, sd)
+    components = []
+    for k, q in enumerate(rand_q):
+        components.append({"effect": names[q], "label": f"u{q}", "sd": float(sd[k]), "variance": float(tau[k, k]),
+                           "df": _df_value(vt.df[k]), "chi2": float(vt.chi2[k]), "p": float(vt.p[k])})
+    components.append({"effect": "level-1", "label": "r", "sd": math.sqrt(r.sigma2), "variance": r.sigma2,
+                       "df": None, "chi2": None, "p": None})
+    out = {
+        "schema": 1, "tool": "hlmcli", "version": __version__,
+        "title": meta.get("title"), "data_source": meta.get("data_source"),
+        "method": r.method, "outcome": d.spec.outcome,
+        "n_level1": d.n, "n_level2": d.n_units, "n_deleted": d.n_deleted, "units_deleted": d.units_deleted,
+        "converged": r.converged, "iterations": r.iterations, "boundary": bool(r.boundary),
+        "boundary_notes": r.boundary, "gradient_norm": r.gradient_norm, "newton_decrement": r.newton_decrement,
+        "df_method": "satterthwaite" if a.satterthwaite is not None else "hlm",
+        "sigma2": r.sigma2, "se_sigma2": a.se_sigma2,
+        "random_coefficients": [names[q] for q in rand_q],
+        "tau": tau.tolist(), "se_tau": a.se_tau.tolist() if a.se_tau is not None else None,
+        "tau_correlation": corr.tolist(),
+        "reliability": {names[q]: float(vt.reliability[k]) for k, q in enumerate(rand_q)},
+        "units_with_sufficient_data": vt.n_sufficient,
+        "fixed_effects": fixed,
+        "gamma_covariance": fx.cov.tolist(), "gamma_robust_covariance": fx.robust_cov.tolist(),
+        "variance_components": components,
+        "deviance": r.deviance, "n_params": r.n_params, "loglik": -r.deviance / 2,
+        "lme4_formula": lme4_formula(d.spec, meta.get("id_name", "ID"))[0],
+        "centering_means": d.centering_means,
+    }
+    for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output"):
+        if key in a.extras:
+            out[key] = a.extras[key]
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]], widths: list[int]) -> list[str]:
+    rule = "-" * (sum(widths) + len(widths))
+    lines = [rule, " ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w) in enumerate(zip(header, widths))), rule]
+    for row in rows:
+        if len(row) == 1:
+            lines.append(row[0])
+        else:
+            lines.append(" ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, w) in enumerate(zip(row, widths))))
+    lines.append(rule)
+    return lines
+
+
+def fit_text(analysis, meta: dict, sym: Symbols) -> str:
+    a = analysis
+    d, r, fx, vt = a.design, a.result, a.fixed, a.variance
+    names = d.spec.coefficient_names()
+    rand_q = [int(q) for q in a.stats.random]
+    out: list[str] = []
+    w = out.append
+    if not r.converged:
+        w("WARNING: the estimation did not converge; the numbers below are not at the optimum.")
+        w("")
+    w(f"hlmcli {__version__}: hierarchical linear models, two levels (HLM2)")
+    if meta.get("timestamp"):
+        w(f"Date: {meta['timestamp']}")
+    w("")
+    w("Specifications for this HLM2 run")
+    w("")
+    w(f"Problem Title: {meta.get('title') or 'no title'}")
+    w("")
+    w(f" The data source for this run  = {meta.get('data_source')}")
+    if meta.get("command_file"):
+        w(f" The command file for this run = {meta['command_file']}")
+    w(f" The maximum number of level-1 units = {d.n}")
+    w(f" The maximum number of level-2 units = {d.n_units}")
+    w(f" The maximum number of iterations = {d.spec.options.max_iterations}")
+    w("")
+    w(f" Method of estimation: {'restricted maximum likelihood' if r.method == 'REML' else 'full maximum likelihood'}")
+    w("")
+    w(f" The outcome variable is  {d.spec.outcome}")
+    w("")
+    out += model_summary(d.spec, sym)
+    if d.n_deleted:
+        w("")
+        w(f"Run-time deletion has reduced the number of level-1 records to {d.n} ({d.n_deleted} deleted"
+          + (f", {d.units_deleted} units left with no records" if d.units_deleted else "") + ")")
+    if "full_output" in a.extras:
+        out += full_output_text(a.extras["full_output"], sym)
+    w("")
+    w(f"Final Results - Iteration {r.iterations}")
+    w("")
+    if r.converged:
+        w(f"Iterations stopped at the optimum (Newton decrement {r.newton_decrement:.1E}, "
+          f"largest projected gradient {r.gradient_norm:.1E})")
+    else:
+        w(f"Iterations stopped WITHOUT convergence ({r.message}); largest projected gradient {r.gradient_norm:.1E}")
+    for note in r.boundary:
+        w(note)
+    w("")
+    w(f" {sym.sigma2} = {r.sigma2:12.5f}")
+    if a.se_sigma2 is not None:
+        w("")
+        w(f" Standard error of {sym.sigma2} = {a.se_sigma2:12.5f}")
+    labels = [f"{names[q]},{sym.beta}{q}" for q in rand_q]
+    lw = max(len(x) for x in labels)
+
+    def matrix(title, m, fmt):
+        w("")
+        w(title)
+        for k, lab in enumerate(labels):
+            w(f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]))
+
+    matrix(sym.tau, r.tau, "{:13.5f}")
+    if a.se_tau is not None:
+        matrix(f"Standard errors of {sym.tau}", a.se_tau, "{:13.5f}")
+    if len(rand_q) > 1:
+        sd = np.sqrt(np.clip(np.diag(r.tau), 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            matrix(f"{sym.tau} (as correlations)", r.tau / np.outer(sd, sd), "{:7.3f}")
+    w("")
+    rows = [[f"{names[q]}, {sym.beta}{q}", f"{vt.reliability[k]:.3f}"] for k, q in enumerate(rand_q)]
+    out += _table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
+    w("")
+    w(f"The value of the log-likelihood function at iteration {r.iterations} = {hlm_e(-r.deviance / 2)}")
+    df = a.satterthwaite if a.satterthwaite is not None else fx.df
+    from .inference import two_sided_p
+
+    for robust in (False, True):
+        w("")
+        w("Final estimation of fixed effects" + ("" if not robust else ""))
+        if robust:
+            w("(with robust standard errors)")
+        if a.satterthwaite is not None:
+            w("(d.f. by Satterthwaite's method, as lmerTest computes them)")
+        se = fx.robust_se if robust else fx.se
+        t = fx.gamma / se
+        p = two_sided_p(t, df)
+        rows = []
+        for k, f in enumerate(d.fixed):
+            if f.s == 0:
+                rows.append([f"For {_coef_label(d, f.q, sym)}"])
+            rows.append([f"    {f.predictor}, {sym.g(f.q, f.s)}", f"{fx.gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}",
+                         _df_text(df[k]), hlm_p(p[k])])
+        out += _table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+                      rows, [30, 12, 14, 9, 12, 8])
+    w("")
+    w("Final estimation of variance components")
+    rows = []
+    sd = np.sqrt(np.clip(np.diag(r.tau), 0, None))
+    for k, q in enumerate(rand_q):
+        rows.append([_random_label(d, q, sym), f"{sd[k]:.5f}", f"{r.tau[k, k]:.5f}", _df_text(vt.df[k]),
+                     f"{vt.chi2[k]:.5f}", hlm_p(vt.p[k])])
+    rows.append([f"level-1, r", f"{math.sqrt(r.sigma2):.5f}", f"{r.sigma2:.5f}", "", "", ""])
+    out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+                  rows, [26, 18, 18, 6, 12, 8])
+    if vt.n_sufficient < d.n_units:
+        w(f"Note: the {sym.chi2} statistics are based on {vt.n_sufficient} of {d.n_units} units with sufficient data.")
+    w("")
+    w("Statistics for the current model")
+    w(f" Deviance                       = {r.deviance:.6f}")
+    w(f" Number of estimated parameters = {r.n_params}")
+    out += extras_text(a.extras, sym)
+    formula, notes = lme4_formula(d.spec, meta.get("id_name", "ID"))
+    w("")
+    w("The same model in R (lme4)")
+    w(f" {formula}")
+    for note in notes:
+        w(f"   {note}")
+    return "\n".join(line.rstrip() for line in out) + "\n"
+
+
+def extras_text(ex: dict, sym: Symbols) -> list[str]:
+    out: list[str] = []
+    w = out.append
+    if "deviance_test" in ex:
+        t = ex["deviance_test"]
+        w("")
+        w("Variance-Covariance components test")
+        w(f" {sym.chi2} statistic = {t['chi2']:.6f}")
+        w(f" Degrees of freedom = {t['df']}")
+        w(f" p-value = {hlm_p(t['p']) if t['p'] >= 0.001 else '<0.001'}")
+    for h in ex.get("hypothesis_tests", []):
+        w("")
+        w(f"Results of General Linear Hypothesis Testing: {h['label']}")
+        for kind, title in (("model", "model-based"), ("robust", "robust")):
+            r = h[kind]
+            w(f" {title:>12}: {sym.chi2} statistic = {r['chi2']:.6f}, d.f. = {r['df']}, p-value = {hlm_p(r['p'])}")
+    if "homogeneity" in ex:
+        t = ex["homogeneity"]
+        w("")
+        w("Test of homogeneity of level-1 variance")
+        w(f" {sym.chi2} statistic = {t['H']:.5f}")
+        w(f" Number of degrees of freedom = {t['df']}")
+        w(f" P-value = {hlm_p(t['p'])}")
+        w(f" ({t['units_used']} units with n_j > number of level-1 coefficients)")
+    if "icc" in ex:
+        w("")
+        w(f"Intraclass correlation {sym.tau}00 / ({sym.tau}00 + {sym.sigma2}) = {ex['icc']:.3f}")
+    if ex.get("plausible_ranges"):
+        w("")
+        w("95% plausible value ranges (γ ± 1.96·√τ)" if not sym.ascii else "95% plausible value ranges (G +/- 1.96*sqrt(tau))")
+        for r in ex["plausible_ranges"]:
+            where = " (units with all level-2 predictors at zero)" if r["at_zero_level2_predictors"] else ""
+            w(f" {r['coefficient']}: {r['low']:.3f} to {r['high']:.3f}{where}")
+    return out
+
+
+def full_output_text(full: dict, sym: Symbols) -> list[str]:
+    out: list[str] = [""]
+    w = out.append
+    w(f"Level-1 OLS regressions (first {len(full['ols_units'])} units)")
+    for u in full["ols_units"]:
+        w("")
+        w(f" Level-1 OLS regression for level-2 unit {u['unit']} (n = {u['n']})")
+        if not u["ok"]:
+            w("  not computable: too few records or collinear predictors in this unit")
+            continue
+        w(f"  Residual variance = {u['residual_variance']:.5f}")
+        for name, b in u["coefficients"].items():
+            w(f"  {name:>12} {b:12.5f}")
+    w("")
+    w("The OLS regression of the outcome on the fixed-effect columns (ignoring the nesting)")
+    for g in full["gamma_ols"]:
+        w(f"  For {g['coefficient']:>10}, {g['predictor']:>10} {g['estimate']:12.6f} {g['se']:10.6f}")
+    w("")
+    w(f"Least Squares Estimates (from the {full['units_with_ols']} units with an OLS fit)")
+    w(f" {sym.sigma2} = {full['sigma2_least_squares']:.5f}")
+    w(f" {sym.tau} =")
+    for row in full["tau_least_squares"]:
+        w("  " + " ".join(f"{v:12.5f}" for v in row))
+    return out

@@ -1,0 +1,84 @@
+"""`hlmcli compare`: two saved JSON fits, the deviance test between them, and the variance explained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import DataError
+from .inference import deviance_test, mixture_p
+from .report import hlm_p
+
+
+def read_fit(path: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: no such file; save a fit with 'hlmcli fit ... --format json -o {p.name}'")
+    try:
+        fit = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise DataError(f"{path}: not a JSON fit; save one with 'hlmcli fit ... --format json'") from None
+    if not isinstance(fit, dict) or fit.get("tool") != "hlmcli" or "deviance" not in fit:
+        raise DataError(f"{path}: not an hlmcli JSON fit; save one with 'hlmcli fit ... --format json'")
+    if fit.get("schema") != 1:
+        raise DataError(f"{path}: JSON schema {fit.get('schema')} is not one this hlmcli reads (1); refit with this version")
+    return fit
+
+
+def _fixed_key(fit: dict) -> list[tuple[str, str]]:
+    return [(f["coefficient"], f["predictor"], f.get("centering")) for f in fit["fixed_effects"]]
+
+
+def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
+    if a["method"] != b["method"]:
+        raise DataError(f"{name_a} is {a['method']} and {name_b} is {b['method']}; fit both the same way (both --ml for different fixed effects)")
+    if (a["n_level1"], a["n_level2"]) != (b["n_level1"], b["n_level2"]) or a["outcome"] != b["outcome"]:
+        raise DataError(f"{name_a} and {name_b} were fitted to different data or outcomes; a deviance test needs the same records")
+    same_fixed = sorted(_fixed_key(a)) == sorted(_fixed_key(b))
+    if a["method"] == "REML" and not same_fixed:
+        raise DataError(
+            f"{name_a} and {name_b} have different fixed effects, and REML deviances of such models are not "
+            "comparable; refit both with --ml"
+        )
+    simple, full, swapped = (a, b, False) if a["n_params"] <= b["n_params"] else (b, a, True)
+    chi2, df, p = deviance_test(simple["deviance"], simple["n_params"], full["deviance"], full["n_params"])
+    result = {"tool": "hlmcli", "schema": 1, "model_a": name_a, "model_b": name_b, "method": a["method"],
+              "deviance_a": a["deviance"], "deviance_b": b["deviance"], "n_params_a": a["n_params"],
+              "n_params_b": b["n_params"], "chi2": chi2, "df": df, "p": p, "p_mixture": None, "mixture_note": None}
+    ra, rb = simple["random_coefficients"], full["random_coefficients"]
+    added = [c for c in rb if c not in ra]
+    if same_fixed and set(ra) <= set(rb) and len(added) == 1 and df == len(rb):
+        result["p_mixture"] = mixture_p(chi2, df)
+        result["mixture_note"] = (f"the test that the variance of {added[0]} is zero puts it on the boundary; "
+                                  f"p_mixture is the 50:50 mixture of chi-square({df - 1}) and chi-square({df}) "
+                                  "(Stram & Lee 1994), p is the naive chi-square")
+    reductions = []
+    tau_a = {name: a["tau"][k][k] for k, name in enumerate(a["random_coefficients"])}
+    tau_b = {name: b["tau"][k][k] for k, name in enumerate(b["random_coefficients"])}
+    for name in tau_a:
+        if name in tau_b and tau_a[name] > 0:
+            reductions.append({"component": name, "a": tau_a[name], "b": tau_b[name],
+                               "proportion_reduction": (tau_a[name] - tau_b[name]) / tau_a[name]})
+    reductions.append({"component": "level-1", "a": a["sigma2"], "b": b["sigma2"],
+                       "proportion_reduction": (a["sigma2"] - b["sigma2"]) / a["sigma2"]})
+    result["variance_reduction"] = reductions
+    result["order_note"] = "B has fewer parameters than A; the test treats B as the simpler model" if swapped else None
+    return result
+
+
+def compare_text(r: dict) -> str:
+    out = [f"Model comparison: A = {r['model_a']}, B = {r['model_b']} ({r['method']})", ""]
+    out.append(f" Deviance A = {r['deviance_a']:.6f} with {r['n_params_a']} parameters")
+    out.append(f" Deviance B = {r['deviance_b']:.6f} with {r['n_params_b']} parameters")
+    out.append(f" Chi-square statistic = {r['chi2']:.6f}")
+    out.append(f" Degrees of freedom = {r['df']}")
+    out.append(f" p-value = {hlm_p(r['p'])}  (naive chi-square)")
+    if r["p_mixture"] is not None:
+        out.append(f" p-value = {hlm_p(r['p_mixture'])}  (50:50 mixture, for a variance on its boundary)")
+        out.append(f"   {r['mixture_note']}")
+    if r.get("order_note"):
+        out.append(f" Note: {r['order_note']}")
+    out += ["", " Proportion reduction in variance, (A - B) / A:"]
+    for v in r["variance_reduction"]:
+        out.append(f"  {v['component']:>12}: {v['a']:.5f} -> {v['b']:.5f}  {v['proportion_reduction']:.3f}")
+    return "\n".join(out) + "\n"

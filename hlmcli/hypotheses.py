@@ -1,0 +1,66 @@
+"""Linear hypotheses on the fixed effects: '--test "γ01 = 0, γ11 = 0"' and HLM 7's gammaG: contrast lines."""
+
+from __future__ import annotations
+
+import re
+
+from .equations import Hypothesis, ModelSpec, _normalise
+from .errors import ModelError
+
+
+def gamma_labels(spec: ModelSpec) -> list[tuple[int, int]]:
+    """(q, s) of each γ in model order: γ00, γ01, ..., γ10, ..."""
+    return [(q, s) for q, eq in enumerate(spec.level2) for s in range(len(eq.predictors) + 1)]
+
+
+_TERM = re.compile(r"^\s*([+-]?)\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)?\s*\*?\s*g(?:(\d)(\d)|(\d+),(\d+))\s*$", re.I)
+
+
+def parse_test(text: str, spec: ModelSpec) -> Hypothesis:
+    """'γ01 = 0, γ11 - γ01 = 0' -> a Hypothesis with one row per restriction."""
+    labels = gamma_labels(spec)
+    rows, rhs = [], []
+    norm = _normalise(text)
+    for restriction in [r for r in norm.split(",") if r.strip()]:
+        if restriction.count("=") != 1:
+            raise ModelError(f"--test '{text}': each restriction needs one '=', e.g. 'g01 = 0'")
+        left, right = restriction.split("=")
+        try:
+            value = float(right.strip())
+        except ValueError:
+            raise ModelError(f"--test '{text}': the right side of '{restriction.strip()}' must be a number") from None
+        row = [0.0] * len(labels)
+        pieces = re.findall(r"[+-]?[^+-]+", left.replace(" ", ""))
+        if not pieces:
+            raise ModelError(f"--test '{text}': '{restriction.strip()}' has nothing to test")
+        for piece in pieces:
+            m = _TERM.match(piece)
+            if not m:
+                raise ModelError(f"--test '{text}': cannot read '{piece}'; write terms like g01, 2*g11 or -g02")
+            sign = -1.0 if m.group(1) == "-" else 1.0
+            mult = float(m.group(2)) if m.group(2) else 1.0
+            q = int(m.group(3) or m.group(5))
+            s = int(m.group(4) or m.group(6))
+            if (q, s) not in labels:
+                known = ", ".join(f"g{a}{b}" for a, b in labels)
+                raise ModelError(f"--test '{text}': this model has no γ{q}{s}; its γs are {known}")
+            row[labels.index((q, s))] += sign * mult
+        rows.append(tuple(row))
+        rhs.append(value)
+    if not rows:
+        raise ModelError(f"--test '{text}': no restrictions given; write e.g. --test 'g01 = 0, g11 = 0'")
+    return Hypothesis(label=text.strip(), rows=tuple(rows), rhs=tuple(rhs))
+
+
+def contrasts_from_rows(spec: ModelSpec, where: str, label: str, rows: list[tuple[int, list[str]]]) -> Hypothesis:
+    """HLM 7's gammaG:c1,...,cF lines: one coefficient per γ in model order; lines sharing G form one test."""
+    n = len(gamma_labels(spec))
+    out = []
+    for line_no, values in rows:
+        if len(values) != n:
+            raise ModelError(f"{where}: line {line_no}: gamma{label} has {len(values)} values but the model has {n} γs; give one per γ")
+        try:
+            out.append(tuple(float(v) for v in values))
+        except ValueError:
+            raise ModelError(f"{where}: line {line_no}: gamma{label} values must be numbers") from None
+    return Hypothesis(label=f"hypothesis {label}", rows=tuple(out))
