@@ -72,7 +72,27 @@ class _Progress:
             self.bar.__exit__(None, None, None)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """Usage errors as one line too, like every other error (exit 2)."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            return super().main(args=args, prog_name=prog_name or "hlmcli", standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            _stderr("hlmcli: aborted")
+            sys.exit(130)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "hlmcli"
+            _stderr(f"hlmcli: usage error: {exc.format_message()}; see '{where} --help'")
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            _stderr(f"hlmcli: error: {exc.format_message()}")
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
     """Two-level hierarchical linear models, the way HLM 7 fits them."""
@@ -116,11 +136,11 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 
 
 @mdm.command("build")
-@click.argument("level1_file", required=False, type=click.Path(dir_okay=False))
-@click.argument("level2_file", required=False, type=click.Path(dir_okay=False))
+@click.argument("level1_file", required=False, type=click.Path())
+@click.argument("level2_file", required=False, type=click.Path())
 @build_options
-@click.option("--template", type=click.Path(dir_okay=False), help="Build from an HLM 7 MDM template (.mdmt).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Archive to write (.mdm).")
+@click.option("--template", type=click.Path(), help="Build from an HLM 7 MDM template (.mdmt).")
+@click.option("-o", "--output", type=click.Path(), help="Archive to write (.mdm).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @user_errors
 def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched,
@@ -162,7 +182,7 @@ def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing
 
 
 @mdm.command("info")
-@click.argument("archive_file", type=click.Path(dir_okay=False))
+@click.argument("archive_file", type=click.Path())
 @click.option("--unit", help="Also show one unit: its number of records and level-2 values.")
 @click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @user_errors
@@ -207,10 +227,10 @@ def _load_data(data, build_opts: dict, cache_dir, quiet: bool):
 
 
 _model_options = [
-    click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False)),
+    click.argument("data", nargs=-1, required=True, type=click.Path()),
     click.option("-1", "--level1", "level1", help="Level-1 equation, e.g. 'MATHACH = b0 + b1*group(SES) + r'."),
     click.option("-2", "--level2", "level2", multiple=True, help="A level-2 equation, e.g. 'b0 = g00 + g01*SECTOR + u0'. Repeat."),
-    click.option("--model", "model_file", type=click.Path(dir_okay=False), help="Model file: equations, or an HLM 7 .hlm command file."),
+    click.option("--model", "model_file", type=click.Path(), help="Model file: equations, or an HLM 7 .hlm command file."),
     click.option("--ml", is_flag=True, default=None, help="Full maximum likelihood (default: REML)."),
     click.option("--ascii", "ascii_only", is_flag=True, help="B/G/U instead of Greek letters."),
     click.option("--id", "id_", help="Unit id column (when DATA is two files)."),
@@ -276,7 +296,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @main.command("fit")
 @model_options
 @click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the output here (atomically) instead of stdout.")
+@click.option("-o", "--output", type=click.Path(), help="Write the output here (atomically) instead of stdout.")
 @click.option("--title", help="Problem title for the output.")
 @click.option("--timestamp", is_flag=True, help="Add the date and time to the text output (off: output is reproducible).")
 @click.option("--df", "df_method", type=click.Choice(["hlm", "satterthwaite"]), default="hlm", show_default=True,
@@ -286,8 +306,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
-@click.option("--residuals-l1", type=click.Path(dir_okay=False), help="Write the level-1 residual file (.csv, .sav, .dta).")
-@click.option("--residuals-l2", type=click.Path(dir_okay=False), help="Write the level-2 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
 @click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
@@ -356,8 +376,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
 
 
 @main.command("compare")
-@click.argument("fit_a", type=click.Path(dir_okay=False))
-@click.argument("fit_b", type=click.Path(dir_okay=False))
+@click.argument("fit_a", type=click.Path())
+@click.argument("fit_b", type=click.Path())
 @click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @user_errors
 def compare_cmd(fit_a, fit_b, out_format):

@@ -222,3 +222,29 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000) -> 
         newton_decrement=float(decrement) if np.isfinite(decrement) else float("nan"),
         theta=theta, message=str(best.message), evaluation=ev,
     )
+
+
+def deviance_at(sigma2: float, tau: np.ndarray, stats: ModelStats, method: str = "REML") -> float:
+    """The (RE)ML deviance at given σ² and τ (not profiled), e.g. to judge another program's estimates."""
+    reml = method.upper() == "REML"
+    q, p, N = stats.q, stats.p, stats.N
+    G = np.asarray(tau, dtype=float) / sigma2
+    A = stats.ZZ
+    IAG = np.eye(q) + np.matmul(A, G)
+    sign, logdet = np.linalg.slogdet(IAG)
+    if np.any(sign <= 0):
+        return float("inf")
+    K = np.matmul(G, np.linalg.inv(IAG))
+    KZX = np.matmul(K, stats.ZX)
+    P = stats.XX - np.einsum("jqp,jqr->pr", stats.ZX, KZX)
+    KZy = np.einsum("jab,jb->ja", K, stats.Zy)
+    c = stats.Xy - np.einsum("jqp,jq->p", stats.ZX, KZy)
+    s = stats.yy - float(np.einsum("jq,jq->", stats.Zy, KZy))
+    gamma = np.linalg.solve(P, c)
+    rss = s - float(c @ gamma)
+    dev = logdet.sum() + N * np.log(sigma2) + rss / sigma2
+    if reml:
+        dev += np.linalg.slogdet(P)[1] - p * np.log(sigma2) + (N - p) * LOG_2PI
+    else:
+        dev += N * LOG_2PI
+    return float(dev)

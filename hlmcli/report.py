@@ -122,16 +122,22 @@ class Symbols:
         return f"{self.gamma}{q}{s}" if q < 10 and s < 10 else f"{self.gamma}{q},{s}"
 
 
+def hlm_name(name: str) -> str:
+    """HLM 7 prints variable names upper-cased; the data keep their own case."""
+    return name.upper()
+
+
 def _level1_term(term, sym: Symbols) -> str:
+    n = hlm_name(term.name)
     if term.centering == "group":
-        return f"({term.name}ij - {term.name}{sym.dot}j)"
+        return f"({n}ij - {n}{sym.dot}j)"
     if term.centering == "grand":
-        return f"({term.name}ij - {term.name}{sym.dot}{sym.dot})"
-    return f"({term.name}ij)"
+        return f"({n}ij - {n}{sym.dot}{sym.dot})"
+    return f"({n}ij)"
 
 
 def _level2_term(term, sym: Symbols) -> str:
-    name = f"mean({term.name})" if term.unit_mean else term.name
+    name = f"mean({hlm_name(term.name)})" if term.unit_mean else hlm_name(term.name)
     if term.centering == "grand":
         return f"({name}j - {name}{sym.dot})"
     return f"({name}j)"
@@ -141,7 +147,7 @@ def model_summary(spec, sym: Symbols) -> list[str]:
     b, u = sym.beta, sym.u
     out = ["Summary of the model specified", "", "Level-1 Model", ""]
     rhs = [f"{b}0j"] + [f"{b}{k}j*{_level1_term(t, sym)}" for k, t in enumerate(spec.level1, start=1)]
-    out.append(f"    {spec.outcome}ij = " + " + ".join(rhs) + f" + {sym.r.lower() if not sym.ascii else 'r'}ij")
+    out.append(f"    {hlm_name(spec.outcome)}ij = " + " + ".join(rhs) + " + rij")
     out += ["", "Level-2 Model", ""]
     for q, eq in enumerate(spec.level2):
         parts = [sym.g(q, 0)] + [f"{sym.g(q, s)}*{_level2_term(t, sym)}" for s, t in enumerate(eq.predictors, start=1)]
@@ -151,18 +157,18 @@ def model_summary(spec, sym: Symbols) -> list[str]:
     out += ["", "Mixed Model", ""]
     lines = []
     for q, eq in enumerate(spec.level2):
-        x = "" if q == 0 else f"*{spec.level1[q - 1].name}ij"
+        x = "" if q == 0 else f"*{hlm_name(spec.level1[q - 1].name)}ij"
         terms = [f"{sym.g(q, 0)}{x}"]
         for s, t in enumerate(eq.predictors, start=1):
-            name = f"mean({t.name})" if t.unit_mean else t.name
+            name = f"mean({hlm_name(t.name)})" if t.unit_mean else hlm_name(t.name)
             terms.append(f"{sym.g(q, s)}*{name}j{x}")
         lines.append(" + ".join(terms))
-    out.append(f"    {spec.outcome}ij = {lines[0]}")
+    out.append(f"    {hlm_name(spec.outcome)}ij = {lines[0]}")
     out += [f"    + {line}" for line in lines[1:]]
     rand = []
     for q, eq in enumerate(spec.level2):
         if eq.random:
-            rand.append(f"{u}{q}j" + ("" if q == 0 else f"*{spec.level1[q - 1].name}ij"))
+            rand.append(f"{u}{q}j" + ("" if q == 0 else f"*{hlm_name(spec.level1[q - 1].name)}ij"))
     out.append("     + " + " + ".join(rand + ["rij"]))
     notes = centering_notes(spec)
     if notes:
@@ -175,18 +181,18 @@ def centering_notes(spec) -> list[str]:
     out = []
     for t in spec.level1:
         if t.centering == "group":
-            out.append(f"{t.name} has been centered around the group mean.")
+            out.append(f"{hlm_name(t.name)} has been centered around the group mean.")
         elif t.centering == "grand":
-            out.append(f"{t.name} has been centered around the grand mean.")
+            out.append(f"{hlm_name(t.name)} has been centered around the grand mean.")
     seen = set()
     for eq in spec.level2:
         for t in eq.predictors:
-            name = f"mean({t.name})" if t.unit_mean else t.name
+            name = f"mean({hlm_name(t.name)})" if t.unit_mean else hlm_name(t.name)
             if name in seen:
                 continue
             seen.add(name)
             if t.unit_mean:
-                out.append(f"{name} is the mean of {t.name} over each unit's records used in this analysis.")
+                out.append(f"{name} is the mean of {hlm_name(t.name)} over each unit's records used in this analysis.")
             if t.centering == "grand":
                 out.append(f"{name} has been centered around the grand mean.")
     return out
@@ -255,12 +261,12 @@ def hlm_e(x: float) -> str:
 
 
 def _coef_label(design, q: int, sym: Symbols) -> str:
-    name = design.spec.coefficient_names()[q]
+    name = hlm_name(design.spec.coefficient_names()[q])
     return f"{name}, {sym.beta}{q}" if q == 0 else f"{name} slope, {sym.beta}{q}"
 
 
 def _random_label(design, q: int, sym: Symbols) -> str:
-    name = design.spec.coefficient_names()[q]
+    name = hlm_name(design.spec.coefficient_names()[q])
     return f"{name}, {sym.u}{q}" if q == 0 else f"{name} slope, {sym.u}{q}"
 
 
@@ -371,7 +377,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if r.method == 'REML' else 'full maximum likelihood'}")
     w("")
-    w(f" The outcome variable is  {d.spec.outcome}")
+    w(f" The outcome variable is  {hlm_name(d.spec.outcome)}")
     w("")
     out += model_summary(d.spec, sym)
     if d.n_deleted:
@@ -395,7 +401,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     if a.se_sigma2 is not None:
         w("")
         w(f" Standard error of {sym.sigma2} = {a.se_sigma2:12.5f}")
-    labels = [f"{names[q]},{sym.beta}{q}" for q in rand_q]
+    labels = [f"{hlm_name(names[q])},{sym.beta}{q}" for q in rand_q]
     lw = max(len(x) for x in labels)
 
     def matrix(title, m, fmt):
@@ -412,7 +418,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         with np.errstate(invalid="ignore", divide="ignore"):
             matrix(f"{sym.tau} (as correlations)", r.tau / np.outer(sd, sd), "{:7.3f}")
     w("")
-    rows = [[f"{names[q]}, {sym.beta}{q}", f"{vt.reliability[k]:.3f}"] for k, q in enumerate(rand_q)]
+    rows = [[f"{hlm_name(names[q])}, {sym.beta}{q}", f"{vt.reliability[k]:.3f}"] for k, q in enumerate(rand_q)]
     out += _table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
     w("")
     w(f"The value of the log-likelihood function at iteration {r.iterations} = {hlm_e(-r.deviance / 2)}")
@@ -433,7 +439,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         for k, f in enumerate(d.fixed):
             if f.s == 0:
                 rows.append([f"For {_coef_label(d, f.q, sym)}"])
-            rows.append([f"    {f.predictor}, {sym.g(f.q, f.s)}", f"{fx.gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}",
+            rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{fx.gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}",
                          _df_text(df[k]), hlm_p(p[k])])
         out += _table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                       rows, [30, 12, 14, 9, 12, 8])
