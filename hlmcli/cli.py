@@ -26,6 +26,8 @@ def user_errors(func):
             return func(*args, **kwargs)
         except HlmError as exc:
             _stderr(f"hlmcli: error: {exc}")
+            if getattr(exc, "detail", None):  # a syntax error's equation with a caret under the place
+                _stderr(exc.detail)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             _stderr("hlmcli: interrupted; no output file was changed")

@@ -172,8 +172,8 @@ def check_random_slopes(design: Design) -> None:
         means = np.repeat(_unit_means(x, design.offsets), design.sizes)
         if np.all(np.abs(x - means) <= 1e-12 * max(1.0, float(np.abs(x).max()))):
             term = design.spec.level1[q - 1]
-            why = ("after group-mean centering it is zero everywhere" if term.centering == "group"
-                   else "it is constant within every unit")
+            why = ("is zero everywhere after group-mean centering" if term.centering == "group"
+                   else "is constant within every unit")
             raise ModelError(
                 f"b{q} ({term.name}) cannot have a random slope: {term.name} {why}, so its slope "
                 f"cannot be estimated separately in any unit; remove u{q} from b{q}'s equation"

@@ -316,10 +316,10 @@ def parse_level1(equation: str, variables: Variables) -> tuple[str, list[tuple[i
             raise ModelError(f"in '{equation.strip()}': b{dup[0]} appears twice; number the coefficients b1, b2, ... once each")
         raise ModelError(f"in '{equation.strip()}': coefficients are numbered {', '.join(f'b{q}' for q in indices)}; "
                          f"number them b1..b{len(terms)} without gaps")
-    names = [t.name for _, t in terms]
-    for name in names:
-        if names.count(name) > 1:
-            raise ModelError(f"in '{equation.strip()}': {name} appears twice at level 1; use it once")
+    keys = [(t.name, t.centering) for _, t in terms]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ModelError(f"in '{equation.strip()}': {key[0]} appears twice at level 1 with the same centering; use it once")
     return outcome, sorted(terms, key=lambda x: x[0])
 
 
