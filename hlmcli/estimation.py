@@ -160,12 +160,12 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000) -> 
         if start is None:
             # A second start only when the first ends on the boundary: boundary optima are where
             # quasi-Newton methods most often stop short.
-            if best is None or not np.any(best.x[diag] <= 1e-8):
+            if best is None or not np.any(best.x[diag] <= 1e-8) or iterations >= max_iterations:
                 break
             start = best.x.copy()
             start[diag] = np.maximum(start[diag], 0.1 * np.abs(_start(stats)[diag]))
         res = optimize.minimize(fun, start, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"maxiter": max_iterations, "ftol": 1e-15, "gtol": 1e-9, "maxcor": 20})
+                                options={"maxiter": max_iterations - iterations, "ftol": 1e-15, "gtol": 1e-9, "maxcor": 20})
         iterations += int(res.nit)
         if best is None or res.fun < best.fun - 1e-10:
             best = res
@@ -175,7 +175,7 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000) -> 
     # Newton polish on the free parameters, with a backtracking line search: a few steps take
     # L-BFGS-B's answer to the optimum to machine precision, and give the decrement as proof.
     decrement = np.nan
-    for _ in range(20):
+    for _ in range(min(20, max(0, max_iterations - iterations))):
         free = ~((theta <= lower + 1e-10) & (ev.gradient > 0))
         if not free.any():
             decrement = 0.0

@@ -41,7 +41,7 @@ def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm") -> Analys
     design_stage.check_collinearity(design, stats.XX)
     if design.n <= stats.p + 1:
         raise ModelError(f"only {design.n} records for {stats.p} fixed effects; the model needs more data")
-    result = fit(stats, spec.method, max_iterations=max(spec.options.max_iterations, 1000))
+    result = fit(stats, spec.method, max_iterations=spec.options.max_iterations)
     result.boundary = boundary_notes(result.tau, spec)
     fixed = inference.fixed_effects(design, unit, stats, result)
     ols = inference.unit_ols(design, unit, stats, result)
