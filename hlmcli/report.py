@@ -501,7 +501,7 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
         w("95% plausible value ranges (γ ± 1.96·√τ)" if not sym.ascii else "95% plausible value ranges (G +/- 1.96*sqrt(tau))")
         for r in ex["plausible_ranges"]:
             where = " (units with all level-2 predictors at zero)" if r["at_zero_level2_predictors"] else ""
-            w(f" {r['coefficient']}: {r['low']:.3f} to {r['high']:.3f}{where}")
+            w(f" {hlm_name(r['coefficient'])}: {r['low']:.3f} to {r['high']:.3f}{where}")
     return out
 
 
