@@ -80,5 +80,5 @@ def compare_text(r: dict) -> str:
         out.append(f" Note: {r['order_note']}")
     out += ["", " Proportion reduction in variance, (A - B) / A:"]
     for v in r["variance_reduction"]:
-        out.append(f"  {v['component']:>12}: {v['a']:.5f} -> {v['b']:.5f}  {v['proportion_reduction']:.3f}")
+        out.append(f"  {v['component']:>12}: {v['a']:.5f} -> {v['b']:.5f}  {round(v['proportion_reduction'], 3) + 0.0:.3f}")
     return "\n".join(out) + "\n"
