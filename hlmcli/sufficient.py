@@ -60,6 +60,10 @@ class ModelStats:
     yy: float  # total
     B: np.ndarray  # (J, K, p), X_j = L_j B_j
     random: np.ndarray  # indices of the random columns of L
+    ZXt: np.ndarray  # (q, J, p): ZX with the random-effect index first, each slice contiguous
+    ZZc: np.ndarray  # (q, q, J): Z'Z component-first, for the estimation's vectorised algebra
+    Zyc: np.ndarray  # (q, J)
+    ZXouter: np.ndarray | None  # (q(q+1)/2, J, p²): vec(ZX_j[a]' ZX_j[b]) for a ≤ b, when it fits in memory
 
     @property
     def J(self) -> int:
@@ -83,4 +87,23 @@ def model_stats(unit: UnitStats, B: np.ndarray, random_mask: np.ndarray) -> Mode
     return ModelStats(
         N=int(unit.n.sum()), n=unit.n, ZZ=np.ascontiguousarray(unit.LL[:, r][:, :, r]), Zy=np.ascontiguousarray(unit.Ly[:, r]),
         ZX=np.ascontiguousarray(ZX), XX=(XX + XX.T) / 2, Xy=Xy, yy=float(unit.yy.sum()), B=B, random=r,
+        ZXt=np.ascontiguousarray(np.transpose(ZX, (1, 0, 2))),
+        ZZc=np.ascontiguousarray(np.transpose(unit.LL[:, r][:, :, r], (1, 2, 0))),
+        Zyc=np.ascontiguousarray(unit.Ly[:, r].T),
+        ZXouter=_outer_products(ZX),
     )
+
+
+OUTER_LIMIT_BYTES = 256 * 2**20
+
+
+def _outer_products(ZX: np.ndarray) -> np.ndarray | None:
+    """Per-unit ZX_j[a]ᵀZX_j[b] flattened, so Σ_j ZX_j'K_jZX_j becomes q(q+1)/2 matrix-vector products."""
+    J, q, p = ZX.shape
+    pairs = [(a, b) for a in range(q) for b in range(a, q)]
+    if len(pairs) * J * p * p * 8 > OUTER_LIMIT_BYTES:
+        return None
+    out = np.empty((len(pairs), J, p * p))
+    for k, (a, b) in enumerate(pairs):
+        out[k] = (ZX[:, a, :, None] * ZX[:, b, None, :]).reshape(J, p * p)
+    return out
