@@ -513,12 +513,13 @@ def parse_hlm_file(path: str | Path, variables: Variables) -> ModelSpec:
     level1_eq = _hlm_level1(path, *level1_line)
     coef_names = [n for n in level1_eq[1]]
     level2_eqs = [_hlm_level2(path, v, n, coef_names) for v, n in level2_lines]
+    ext = {"spss": ".sav", "stata": ".dta"}.get(str(opts.get("resfiltype", "")).lower(), ".csv")
     spec_options = RunOptions(
         method=opts.get("method", "REML"), max_iterations=opts.get("max_iterations", 100),
         stopval=opts.get("stopval"), title=opts.get("title"),
         prior_deviance=opts.get("prior_deviance"), prior_params=opts.get("prior_params"),
-        residuals_l1=(opts.get("resfil1name") or "resfil1.csv") if opts.get("resfil1") else None,
-        residuals_l2=(opts.get("resfil2name") or "resfil2.csv") if opts.get("resfil2") else None,
+        residuals_l1=(opts.get("resfil1name") or f"resfil1{ext}") if opts.get("resfil1") else None,
+        residuals_l2=(opts.get("resfil2name") or f"resfil2{ext}") if opts.get("resfil2") else None,
         homogeneity=opts.get("homogeneity", False), full_output=opts.get("full_output", False),
         ols_units=opts.get("ols_units", 10),
     )

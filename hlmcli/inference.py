@@ -334,20 +334,15 @@ def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: i
     K = unit.LL.shape[1]
     names = design.spec.coefficient_names()
     per_unit = []
-    sufficient = []
+    f_all = unit.n - K
+    eig = np.linalg.eigvalsh(unit.LL)
+    ok = (f_all > 0) & (eig[:, 0] > 1e-12 * np.maximum(eig[:, -1], 1e-300))
     betas = np.full((stats.J, K), np.nan)
     s2 = np.full(stats.J, np.nan)
-    for j in range(stats.J):
-        f = unit.n[j] - K
-        try:
-            ok = f > 0 and np.linalg.cond(unit.LL[j]) < 1e12
-        except np.linalg.LinAlgError:
-            ok = False
-        if ok:
-            b = np.linalg.solve(unit.LL[j], unit.Ly[j])
-            rss = unit.yy[j] - b @ unit.Ly[j]
-            betas[j], s2[j] = b, rss / f
-            sufficient.append(j)
+    if ok.any():
+        betas[ok] = np.linalg.solve(unit.LL[ok], unit.Ly[ok][..., None])[..., 0]
+        s2[ok] = (unit.yy[ok] - np.einsum("jk,jk->j", betas[ok], unit.Ly[ok])) / f_all[ok]
+    sufficient = np.flatnonzero(ok)
     betas_out = betas.copy()
     betas_out[:, 0] += unit.y_shift
     for j in range(min(n_units, stats.J)):

@@ -226,6 +226,24 @@ def test_full_output_ols_of_the_first_units(hsb_archive):
     assert text.index("Least Squares Estimates") < text.index("Final Results")
 
 
+def test_full_output_and_homogeneity_from_an_hlm_file(hsb_archive, tmp_path):
+    path = tmp_path / "m.hlm"
+    path.write_text("level1:MATHACH=INTRCPT1+SES,1+RANDOM\nlevel2:INTRCPT1=INTRCPT2+random/\n"
+                    "level2:SES=INTRCPT2+random/\nfulloutput:y\nlev1ols:2\nhomvar:y\n")
+    fit = json.loads(hlmcli("fit", hsb_archive, "--model", path, "--format", "json").stdout)
+    assert len(fit["full_output"]["ols_units"]) == 2
+    direct = fit_json(hsb_archive, "hsb_m3", "--test-homogeneity")
+    assert fit["homogeneity"]["H"] == pytest.approx(direct["homogeneity"]["H"], rel=1e-12)
+
+
+def test_residual_file_type_from_an_hlm_file(hsb_archive, tmp_path):
+    path = tmp_path / "m.hlm"
+    path.write_text("level1:MATHACH=INTRCPT1+RANDOM\nresfil2:y\nresfiltype:stata\n")
+    assert hlmcli("fit", hsb_archive, "--model", path, cwd=tmp_path).returncode == 0
+    table, _ = pyreadstat.read_dta(str(tmp_path / "resfil2.dta"))
+    assert len(table) == 160
+
+
 # ---------------------------------------------------------------- 7. the Makefile example
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
