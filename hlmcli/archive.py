@@ -20,12 +20,15 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import DataError
 from .files import atomic_write, sha256_file
-from .readers import Table, find_column, numeric_column, unit_codes
+
+if TYPE_CHECKING:
+    from .readers import Table
 
 FORMAT_VERSION = 1
 MAGIC = b"HLMCMDM\x1a"
@@ -109,6 +112,8 @@ def _first_few(items, k: int = 5) -> str:
 
 
 def _resolve_keep(table: Table, requested, exclude: set[str], what: str) -> list[str]:
+    from .readers import find_column
+
     if requested is None:
         return [c for c in table.data.columns if c.lower() not in exclude]
     return [find_column(table, name, what) for name in requested]
@@ -117,6 +122,7 @@ def _resolve_keep(table: Table, requested, exclude: set[str], what: str) -> list
 def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file: bool = False,
                   warn=lambda message: None) -> Archive:
     """Merge two tables into an Archive. Raises DataError on anything a user must fix."""
+    from .readers import find_column, numeric_column, unit_codes  # pandas: only when building
     if options.missing not in ("now", "analysis"):
         raise DataError(f"--missing must be 'now' or 'analysis', not '{options.missing}'")
     id1 = find_column(level1, options.id1, "unit id")

@@ -36,6 +36,13 @@ def refuse_overwriting_inputs(output: str | os.PathLike, inputs) -> None:
             )
 
 
+def set_plain_mode(fd: int) -> None:
+    """mkstemp makes files 0600; give ours the mode a plain open() would (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+
+
 def atomic_write(path: str | os.PathLike, chunks) -> None:
     """Write an iterable of bytes to `path` so readers only ever see the old or the whole new file."""
     path = Path(path)
@@ -47,6 +54,7 @@ def atomic_write(path: str | os.PathLike, chunks) -> None:
     except OSError as exc:
         raise DataError(f"{path}: cannot write here ({exc.strerror}); choose a writable output path") from None
     try:
+        set_plain_mode(fd)
         with os.fdopen(fd, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)

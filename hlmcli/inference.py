@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
+from scipy import special  # lighter than scipy.stats, which the CLI would import on every run
 
 from .design import Design
 from .estimation import FitResult
@@ -43,7 +43,7 @@ class FixedTable:
 
 
 def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
-    return 2.0 * sps.t.sf(np.abs(t), df)
+    return 2.0 * special.stdtr(df, -np.abs(t))
 
 
 def hlm_fixed_df(design: Design) -> np.ndarray:
@@ -136,7 +136,7 @@ def variance_tests(design: Design, ols: UnitOLS, tau: np.ndarray, stats: ModelSt
     df = np.array([J_s - (design.W[q].shape[1] - 1) - 1 for q in r], dtype=float)
     tdiag = np.diag(tau)
     reliability = (tdiag / (tdiag + vdiag)).mean(axis=0) if J_s else np.full(len(r), np.nan)
-    return VarianceTests(chi2=chi2, df=df, p=sps.chi2.sf(chi2, df), reliability=reliability, n_sufficient=J_s)
+    return VarianceTests(chi2=chi2, df=df, p=special.chdtrc(df, chi2), reliability=reliability, n_sufficient=J_s)
 
 
 # ---------------------------------------------------------------- ML standard errors of σ² and τ
@@ -306,7 +306,7 @@ def homogeneity_test(unit: UnitStats) -> tuple[float, int, float, int]:
     d = (logs - pooled) / np.sqrt(2.0 / fj)
     H = float((d ** 2).sum())
     dfree = int(good.sum()) - 1
-    return H, dfree, float(sps.chi2.sf(H, dfree)), int(good.sum())
+    return H, dfree, float(special.chdtrc(dfree, H)), int(good.sum())
 
 
 def wald_test(C: np.ndarray, gamma: np.ndarray, cov: np.ndarray, rhs: np.ndarray | None = None) -> tuple[float, int, float]:
@@ -314,19 +314,19 @@ def wald_test(C: np.ndarray, gamma: np.ndarray, cov: np.ndarray, rhs: np.ndarray
     Cg = C @ gamma - (0.0 if rhs is None else rhs)
     chi2 = float(Cg @ np.linalg.solve(C @ cov @ C.T, Cg))
     df = C.shape[0]
-    return chi2, df, float(sps.chi2.sf(chi2, df))
+    return chi2, df, float(special.chdtrc(df, chi2))
 
 
 def deviance_test(d_restricted: float, p_restricted: int, d_full: float, p_full: int) -> tuple[float, int, float]:
     chi2 = d_restricted - d_full
     df = p_full - p_restricted
-    return chi2, df, float(sps.chi2.sf(chi2, df)) if df > 0 else float("nan")
+    return chi2, df, float(special.chdtrc(df, chi2)) if df > 0 else float("nan")
 
 
 def mixture_p(chi2: float, df: int) -> float:
     """50:50 mixture of χ²(df-1) and χ²(df) (Stram & Lee 1994) for a test that puts one variance on its boundary."""
-    lower = sps.chi2.sf(chi2, df - 1) if df > 1 else float(chi2 <= 0)
-    return float(0.5 * lower + 0.5 * sps.chi2.sf(chi2, df))
+    lower = special.chdtrc(df - 1, chi2) if df > 1 else float(chi2 <= 0)
+    return float(0.5 * lower + 0.5 * special.chdtrc(df, chi2))
 
 
 def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: int) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .files import atomic_write_text
+from .files import atomic_write_text, set_plain_mode
 
 
 def level2_table(analysis, eb) -> pd.DataFrame:
@@ -62,6 +62,7 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
 
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    set_plain_mode(fd)
     os.close(fd)
     try:
         frame = frame.copy()
