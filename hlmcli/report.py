@@ -478,7 +478,7 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
         w("Variance-Covariance components test")
         w(f" {sym.chi2} statistic = {t['chi2']:.6f}")
         w(f" Degrees of freedom = {t['df']}")
-        w(f" p-value = {hlm_p(t['p']) if t['p'] >= 0.001 else '<0.001'}")
+        w(f" p-value = {hlm_p(t['p'])}")
     for h in ex.get("hypothesis_tests", []):
         w("")
         w(f"Results of General Linear Hypothesis Testing: {h['label']}")

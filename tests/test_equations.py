@@ -17,6 +17,20 @@ from hlmcli.report import Symbols, lme4_formula, model_summary
 from conftest import HSB_MODELS, REFERENCE, SAMPLE, hlmcli
 
 
+def _small_archive(tmp_path, level1: str, level2: str):
+    from click.testing import CliRunner
+
+    from hlmcli.archive import load_archive
+    from hlmcli.cli import main
+
+    (tmp_path / "a.csv").write_text(level1)
+    (tmp_path / "b.csv").write_text(level2)
+    r = CliRunner().invoke(main, ["mdm", "build", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--id", "id",
+                                  "-o", str(tmp_path / "a.mdm")])
+    assert r.exit_code == 0, r.output
+    return load_archive(tmp_path / "a.mdm")
+
+
 def spec_from_reference(case: dict) -> tuple:
     """The reference file's own description of a model, as (outcome, level1, level2) of plain tuples."""
     m = case["model"]
@@ -154,16 +168,7 @@ def test_grand_mean_at_level1_is_over_records(hsb_loaded):
 
 
 def test_missing_values_are_deleted_before_centering(tmp_path):
-    from hlmcli.archive import load_archive
-    from click.testing import CliRunner
-    from hlmcli.cli import main
-
-    l1 = tmp_path / "a.csv"
-    l2 = tmp_path / "b.csv"
-    l1.write_text("id,x,y\n1,1,2\n1,,3\n1,3,4\n2,3,5\n2,5,4\n")
-    l2.write_text("id,w\n1,0\n2,1\n")
-    CliRunner().invoke(main, ["mdm", "build", str(l1), str(l2), "--id", "id", "-o", str(tmp_path / "a.mdm")])
-    a = load_archive(tmp_path / "a.mdm")
+    a = _small_archive(tmp_path, "id,x,y\n1,1,2\n1,,3\n1,3,4\n2,3,5\n2,5,4\n", "id,w\n1,0\n2,1\n")
     d = make_design(build_spec("y = b0 + b1*group(x) + r", [], variables_of(a)), a)
     assert d.n == 4 and d.n_deleted == 1
     assert list(d.L[:, 1]) == [-1.0, 1.0, -1.0, 1.0]  # means over the records used: 2 and 4
@@ -205,32 +210,9 @@ def test_duplicate_level2_equation(hsb_loaded):
 
 
 def test_random_slope_of_within_constant_predictor(tmp_path):
-    from hlmcli.archive import load_archive
-    from click.testing import CliRunner
-    from hlmcli.cli import main
-
-    l1 = tmp_path / "a.csv"
-    l2 = tmp_path / "b.csv"
-    l1.write_text("id,x,y\n1,1,2\n1,1,3\n2,3,5\n2,3,4\n3,2,1\n3,2,2\n")
-    l2.write_text("id,w\n1,0\n2,1\n3,0\n")
-    CliRunner().invoke(main, ["mdm", "build", str(l1), str(l2), "--id", "id", "-o", str(tmp_path / "a.mdm")])
-    a = load_archive(tmp_path / "a.mdm")
+    a = _small_archive(tmp_path, "id,x,y\n1,1,2\n1,1,3\n2,3,5\n2,3,4\n3,2,1\n3,2,2\n", "id,w\n1,0\n2,1\n3,0\n")
     with pytest.raises(ModelError, match=r"b1 \(x\) cannot have a random slope: x is constant within every unit"):
         make_design(build_spec("y = b0 + b1*x + r", ["b1 = g10 + u1"], variables_of(a)), a)
-
-
-def _small_archive(tmp_path, level1: str, level2: str):
-    from click.testing import CliRunner
-
-    from hlmcli.archive import load_archive
-    from hlmcli.cli import main
-
-    (tmp_path / "a.csv").write_text(level1)
-    (tmp_path / "b.csv").write_text(level2)
-    r = CliRunner().invoke(main, ["mdm", "build", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--id", "id",
-                                  "-o", str(tmp_path / "a.mdm")])
-    assert r.exit_code == 0, r.output
-    return load_archive(tmp_path / "a.mdm")
 
 
 def test_collinear_predictors_are_named(tmp_path):
