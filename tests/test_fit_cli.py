@@ -271,3 +271,18 @@ def test_strict_turns_a_boundary_fit_into_exit_3(tmp_path):
     assert fit["fixed_effects"][1]["estimate"] == pytest.approx(0.5, rel=1e-9)
     strict = hlmcli(*args, "--strict")
     assert strict.returncode == 3 and "boundary fit" in strict.stderr
+
+
+def test_satterthwaite_df_match_lmertest(hsb_archive):
+    """Seed 003 prints lmerTest's Satterthwaite d.f.: 156.6473 for the empty model's intercept, and
+    156.7529 and 155.2167 for the random-coefficient model (the same data as Hsb82 there)."""
+    for model, expected in (("hsb_m1", [156.6473]), ("hsb_m3", [156.7529, 155.2167])):
+        l1, l2 = HSB_MODELS[model]
+        args = ["fit", hsb_archive, "-1", l1]
+        for e in l2:
+            args += ["-2", e]
+        fit = json.loads(hlmcli(*args, "--df", "satterthwaite", "--format", "json").stdout)
+        assert fit["df_method"] == "satterthwaite"
+        assert [round(f["df"], 4) for f in fit["fixed_effects"]] == expected
+    text = hlmcli(*args, "--df", "satterthwaite").stdout
+    assert "155.22" in text and "Satterthwaite" in text
