@@ -146,6 +146,8 @@ def main() -> None:
         rows.append(row)
         sm = row.get("statsmodels_s")
         ratio = f"{sm / row['fit_s']:8.1f}x" if sm else "       -"
+        if sm:  # both maximize the same REML likelihood; ours must not be worse
+            ratio += f"  deviance ours - statsmodels {row['deviance'] - row['statsmodels_deviance']:+.1e}"
         print(f"{n:>10,} rows {J:>7,} units  build {row['build_s']:8.3f} s  fit {row['fit_s']:8.3f} s "
               f"(engine {row['engine_s']:.3f} s, {row['iterations']} it)  peak {row['peak_bytes'] / 2**30:5.2f} GiB  "
               f"statsmodels {('%.2f s' % sm) if sm else 'skipped':>10}  ratio {ratio}", flush=True)
