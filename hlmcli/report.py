@@ -350,6 +350,12 @@ def _table(header: list[str], rows: list[list[str]], widths: list[int]) -> list[
     return lines
 
 
+def _small(x: float, floor: float) -> str:
+    """Convergence measures below `floor` are rounding noise: print the bound, so text output
+    does not change with the platform's last bits (JSON keeps the exact values)."""
+    return f"below {floor:.0E}" if x < floor else f"{x:.1E}"
+
+
 def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     a = analysis
     d, r, fx, vt = a.design, a.result, a.fixed, a.variance
@@ -390,8 +396,8 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w(f"Final Results - Iteration {r.iterations}")
     w("")
     if r.converged:
-        w(f"Iterations stopped at the optimum (Newton decrement {r.newton_decrement:.1E}, "
-          f"largest projected gradient {r.gradient_norm:.1E})")
+        w(f"Iterations stopped at the optimum (Newton decrement {_small(r.newton_decrement, 1e-12)}, "
+          f"largest projected gradient {_small(r.gradient_norm, 1e-6)})")
     else:
         w(f"Iterations stopped WITHOUT convergence ({r.message}); largest projected gradient {r.gradient_norm:.1E}")
     for note in r.boundary:

@@ -62,3 +62,8 @@ def test_readme_states_the_two_commands_and_ci_runs_the_test_one():
     assert "pip install" in blocks[0] and "hlmcli fit" in blocks[0]
     assert "python -m pytest -q" in blocks[1]
     assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_shows_the_current_output():
+    golden = (ROOT / "tests" / "golden" / "hsb_m4.txt").read_text(encoding="utf-8")
+    assert golden[golden.index("Final Results"):] in (ROOT / "README.md").read_text(encoding="utf-8")
