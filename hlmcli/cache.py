@@ -56,7 +56,7 @@ def cached_archive(level1_path, level2_path, options: BuildOptions, fmt=None, de
     if target.exists():
         try:
             return load_archive(target), "reused"
-        except CorruptArchive as exc:
+        except CorruptArchive:
             status = "rebuilt (the cached archive was damaged)"
             warn(f"{target}: cached archive failed its checksum; rebuilding it")
     archive = build_from_files(level1_path, level2_path, options, fmt, delimiter, warn=warn)

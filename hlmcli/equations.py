@@ -208,7 +208,7 @@ def _resolve(name: str, level: int, variables: Variables, equation: str, pos: in
 def _parse_predictor(text: str, level: int, variables: Variables, equation: str, pos: int) -> Term:
     where = "a level-1 equation" if level == 1 else "a level-2 equation"
     body = _unwrap(text)
-    m = re.fullmatch(rf"(group|grand|mean)\s*\((.*)\)", body, re.I)
+    m = re.fullmatch(r"(group|grand|mean)\s*\((.*)\)", body, re.I)
     if m:
         func, inner = m.group(1).lower(), m.group(2).strip()
         if func == "group":
@@ -257,7 +257,7 @@ def _coef_and_predictor(piece: str, pos: int, equation: str):
             star = i
             break
     if star is None:
-        m = re.match(rf"^([A-Za-z]+[0-9,_]*j?)\s*(\(.*)$", piece)  # b1(SES) without '*'
+        m = re.match(r"^([A-Za-z]+[0-9,_]*j?)\s*(\(.*)$", piece)  # b1(SES) without '*'
         if m and (_BETA.match(m.group(1)) or _GAMMA.match(m.group(1))):
             return m.group(1), m.group(2), pos + m.start(2)
         return piece.strip(), None, None
@@ -442,10 +442,9 @@ _GUI_KEYS = {
     "output": "HLM 7's output file; hlmcli writes to stdout or -o",
     "graphgammas": "HLM 7's graphics window; no effect",
     "printvariance-covariance": "HLM 7 prints the γ covariance; hlmcli puts it in the JSON output",
-    "nonlin": None, "lev1ols": None, "fulloutput": None,
 }
 _OFF_VALUES = {"level1weight": "none", "level2weight": "none", "varianceknown": "none", "constrain": "n",
-               "heterol1var": "n", "lvr": "n", "fixsigma2": "n", "laplace": "n", "mlf": None}
+               "heterol1var": "n", "lvr": "n", "fixsigma2": "n", "laplace": "n"}
 
 
 def parse_hlm_file(path: str | Path, variables: Variables) -> ModelSpec:
@@ -502,7 +501,7 @@ def parse_hlm_file(path: str | Path, variables: Variables) -> ModelSpec:
             continue
         elif key in _OFF_VALUES:
             off = _OFF_VALUES[key]
-            if value.lower() not in (off, off[:1] if off else "", "no", "none", "n", "0"):
+            if value.lower() not in (off, off[:1], "no", "none", "n", "0"):
                 raise ModelError(f"{where}: '{key}:{value}' is not supported by hlmcli; remove the line or set it to {off}")
         elif key in ("macroit", "microit", "stopmicro", "stopmacro"):
             raise ModelError(f"{where}: '{key}' is for nonlinear models, which hlmcli does not fit; remove the line")

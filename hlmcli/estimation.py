@@ -35,7 +35,7 @@ class Evaluation:
 @dataclass
 class FitResult:
     method: str
-    gamma: np.ndarray  # on the shifted outcome scale removed: see `gamma` after unshift
+    gamma: np.ndarray  # for y centered at its mean (inference adds the shift back to γ00)
     cov_gamma: np.ndarray
     sigma2: float
     tau: np.ndarray

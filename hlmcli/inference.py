@@ -70,8 +70,7 @@ def unit_xx_xy(unit: UnitStats, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def fixed_effects(design: Design, unit: UnitStats, stats: ModelStats, result: FitResult) -> FixedTable:
     ev = result.evaluation
     gamma = ev.gamma
-    _, Xy_j = unit_xx_xy(unit, stats.B)
-    XX_j = np.matmul(np.swapaxes(stats.B, 1, 2), np.matmul(unit.LL, stats.B))
+    XX_j, Xy_j = unit_xx_xy(unit, stats.B)
     Xe = Xy_j - np.einsum("jpr,r->jp", XX_j, gamma)
     Ze = stats.Zy - np.einsum("jqp,p->jq", stats.ZX, gamma)
     KZe = np.einsum("jab,jb->ja", ev.K, Ze)
@@ -189,7 +188,7 @@ def _reml_gradient(sigma2: float, tau: np.ndarray, stats: ModelStats, XX_j: np.n
                    yy_j: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Gradient of the REML deviance in (σ², τ lower triangle), and Φ = (X'V⁻¹X)⁻¹ with its derivatives'
     ingredients. Analytic; O(J q² p) per call."""
-    q, p = stats.q, stats.p
+    q = stats.q
     A = stats.ZZ
     G = tau / sigma2
     Hinv = np.eye(q) + np.matmul(A, G)

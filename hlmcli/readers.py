@@ -83,7 +83,7 @@ def read_table(path: str | os.PathLike, fmt: str | None = None, delimiter: str |
     return table
 
 
-def _sniff_delimiter(path: Path, sample: str) -> str:
+def _sniff_delimiter(sample: str) -> str:
     first = sample.splitlines()[0] if sample else ""
     try:
         return csv.Sniffer().sniff(sample, delimiters=_SNIFF_DELIMITERS).delimiter
@@ -110,7 +110,7 @@ def _read_csv(path: Path, delimiter: str | None, string_columns: tuple[str, ...]
         text_head = text_head[1:]
     if not text_head.strip():
         raise DataError(f"{path}: the file is empty; give a file with a header and data rows")
-    sep = delimiter if delimiter else _sniff_delimiter(path, text_head)
+    sep = delimiter if delimiter else _sniff_delimiter(text_head)
     if sep == "\\t":
         sep = "\t"
     header = next(csv.reader([text_head.splitlines()[0]], delimiter=sep))

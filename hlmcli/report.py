@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from . import __version__
-from .archive import Archive, summarize
+from .archive import FORMAT_VERSION, Archive, summarize
 
 
 def _num(x: float, width: int = 12, digits: int = 6) -> str:
@@ -41,7 +41,7 @@ def archive_info(archive: Archive, unit: str | None = None) -> dict:
     info = {
         "tool": "hlmcli", "version": __version__,
         "archive": archive.path.name if archive.path else None,
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "id": {"level1": archive.id_names[0], "level2": archive.id_names[1], "kind": archive.id_kind},
         "missing": archive.missing,
         "n_level1": archive.n_level1, "n_level2": archive.n_units,
@@ -456,7 +456,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     for k, q in enumerate(rand_q):
         rows.append([_random_label(d, q, sym), f"{sd[k]:.5f}", f"{r.tau[k, k]:.5f}", _df_text(vt.df[k]),
                      f"{vt.chi2[k]:.5f}", hlm_p(vt.p[k])])
-    rows.append([f"level-1, r", f"{math.sqrt(r.sigma2):.5f}", f"{r.sigma2:.5f}", "", "", ""])
+    rows.append(["level-1, r", f"{math.sqrt(r.sigma2):.5f}", f"{r.sigma2:.5f}", "", "", ""])
     out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
                   rows, [26, 18, 18, 6, 12, 8])
     if vt.n_sufficient < d.n_units:

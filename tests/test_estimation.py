@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hlmcli.archive import BuildOptions, build_archive
-from hlmcli.design import make_design, variables_of
+from hlmcli.design import variables_of
 from hlmcli.equations import RunOptions, build_spec
 from hlmcli.estimation import deviance_at
 from hlmcli.pipeline import analyse

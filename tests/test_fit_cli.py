@@ -170,7 +170,7 @@ def test_golden_popular2_from_its_hlm_file(tmp_path):
     for f in ref["fixed"]:
         assert printed(text, f["estimate"], 6) and printed(text, f["robust_se"], 6)
     assert "Method of estimation: full maximum likelihood" in text
-    assert f"Number of estimated parameters = 8" in text
+    assert "Number of estimated parameters = 8" in text
     assert " Standard error of σ2 =" in text
 
 
