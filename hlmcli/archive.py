@@ -159,9 +159,8 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
     if same_file:
         first = np.unique(codes2, return_index=True)[1]
         for k, name in enumerate(keep2):
-            col = l2_values[k]
-            if not _constant_within(col, codes2):
-                bad = _first_varying_unit(col, codes2)
+            bad = _first_varying_unit(l2_values[k], codes2)
+            if bad is not None:
                 raise DataError(
                     f"{level2.path}: column {name} varies within unit {ids2[bad]}; a level-2 variable must be "
                     f"constant within each unit, so leave {name} out of the level-2 variables"

@@ -207,7 +207,7 @@ def mdm_info(archive_file, unit, out_format):
 
 def _load_data(data, build_opts: dict, cache_dir, quiet: bool):
     """One archive, or two data files through the cache. Returns (archive, data source text)."""
-    from .archive import changed_sources, load_archive
+    from .archive import MAGIC, changed_sources, load_archive
     from .cache import cached_archive
 
     warn = (lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}"))
@@ -215,7 +215,7 @@ def _load_data(data, build_opts: dict, cache_dir, quiet: bool):
         path = data[0]
         if not str(path).lower().endswith(".mdm") and Path(path).exists():
             with open(path, "rb") as handle:
-                if handle.read(8) != b"HLMCMDM\x1a":
+                if handle.read(len(MAGIC)) != MAGIC:
                     raise click.UsageError(f"{path} is not an archive; give an .mdm file, or the level-1 and level-2 files with --id")
         archive = load_archive(path)
         for changed in changed_sources(archive):
