@@ -368,7 +368,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         click.echo(text, nl=False)
     result = analysis.result
     if not result.converged:
-        _stderr("hlmcli: warning: the estimation did not converge; the output is not at the optimum")
+        _stderr("hlmcli: warning: the optimum is not certified: " + "; ".join(result.certificate.failed))
         sys.exit(EXIT_NOT_CONVERGED)
     if result.boundary and not quiet:
         for note in result.boundary:

@@ -1,338 +1,329 @@
-"""Stage 6, estimation: the profiled (RE)ML deviance, its analytic gradient, and the optimizer.
+"""Stage 6, estimation: minimise the profiled (RE)ML deviance over positive semi-definite τ, and
+certify the optimum.
 
-Parameterisation (as in lme4): T = σ² ΛΛ', Λ lower triangular, θ = its lower-triangle entries.
-For unit j with A = Z'Z, G = ΛΛ', K = Λ(I + Λ'AΛ)⁻¹Λ' and H = (I + AG)⁻¹ = I - AK:
-  σ²·V⁻¹ = I - Z K Z',   log|V/σ²| = log|I + Λ'AΛ|.
-γ and σ² are profiled out, so the optimizer sees only θ (q(q+1)/2 numbers).
+- The objective and its gradient come from the one per-unit solve (unitsolve.py). γ and σ² are
+  profiled out; the search is over G = τ/σ².
+- The search runs on standardised random-effect columns Z̃ = ZA (unit root-mean-square, centred at
+  the grand mean when the intercept is random), so it does not depend on how the user scaled or
+  located a predictor; τ = σ²·A G̃ A' maps the answer back exactly.
+- L-BFGS-B over the lower-triangular factor Λ̃ (G̃ = Λ̃Λ̃', as lme4), from more than one start, then
+  Newton steps on the face of the PSD cone the answer lies on, then the certificate
+  (certificate.py). A descent direction out of a false boundary or a saddle is followed and the
+  search resumes; "at the optimum" is claimed only when the certificate holds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 from scipy import optimize
 
-from .sufficient import ModelStats
+from .certificate import HESSIAN_TOL, Certificate, Face, certify
+from .sufficient import ModelStats, transform_random
+from .unitsolve import UnitSolve, factor, unit_ols, unit_solve
 
-LOG_2PI = float(np.log(2 * np.pi))
 
-
-@dataclass
-class Evaluation:
-    """Everything computed at one θ, reused by inference."""
-
-    deviance: float
-    gradient: np.ndarray
-    gamma: np.ndarray
-    sigma2: float
-    G: np.ndarray  # T / σ²
-    K: np.ndarray  # (J, q, q)
-    P: np.ndarray  # X'V⁻¹X · σ²
-    rss: float
+class TauStructure(str, Enum):
+    UNSTRUCTURED = "unstructured"
+    DIAGONAL = "diagonal"
 
 
 @dataclass
 class FitResult:
     method: str
-    gamma: np.ndarray  # for y centered at its mean (inference adds the shift back to γ00)
+    gamma: np.ndarray  # for y centered at its mean (inference adds the shift back)
     cov_gamma: np.ndarray
     sigma2: float
     tau: np.ndarray
     deviance: float
     n_params: int
     iterations: int
-    converged: bool
-    gradient_norm: float
-    newton_decrement: float
-    theta: np.ndarray
+    converged: bool  # the certificate holds
+    certificate: Certificate
+    solve: UnitSolve  # the per-unit solve at the answer, in the user's coordinates
+    structure: TauStructure = TauStructure.UNSTRUCTURED
+    start: str = ""
+    evaluations: int = 0
     boundary: list[str] = field(default_factory=list)
     message: str = ""
-    evaluation: Evaluation | None = None
+
+    @property
+    def theta(self) -> np.ndarray:
+        """lme4's θ: the lower triangle of the Cholesky factor of τ/σ² (rows in order)."""
+        G = self.tau / self.sigma2
+        q = G.shape[0]
+        return _chol_psd(G)[np.tril_indices(q)]
 
 
-def theta_to_lambda(theta: np.ndarray, q: int) -> np.ndarray:
-    lam = np.zeros((q, q))
-    lam[np.tril_indices(q)] = theta
-    return lam
+def _chol_psd(G: np.ndarray) -> np.ndarray:
+    """Lower-triangular Λ with ΛΛ' = G for PSD G (zero columns where G is singular)."""
+    q = G.shape[0]
+    L = np.zeros((q, q))
+    for j in range(q):
+        d = G[j, j] - L[j, :j] @ L[j, :j]
+        scale = max(abs(G[j, j]), 1e-300)
+        if d <= 1e-14 * scale:
+            continue  # a zero pivot: column j stays zero
+        L[j, j] = np.sqrt(d)
+        for i in range(j + 1, q):
+            L[i, j] = (G[i, j] - L[i, :j] @ L[j, :j]) / L[j, j]
+    return L
 
 
-def diagonal_positions(q: int) -> np.ndarray:
-    rows, cols = np.tril_indices(q)
-    return np.flatnonzero(rows == cols)
+def standardising_map(stats: ModelStats, structure: TauStructure) -> np.ndarray:
+    """A with Z̃ = ZA: each random column centred at its grand mean (when the intercept is random
+    and τ unstructured, so that the centring is a reparametrisation of τ) and scaled to unit
+    root-mean-square over the records."""
+    q, N = stats.q, stats.N
+    total = stats.ZZ.sum(axis=0)  # Σ Z'Z
+    A = np.eye(q)
+    means = np.zeros(q)
+    intercept = [k for k in range(q) if abs(total[k, k] - N) <= 1e-12 * N and np.allclose(stats.ZZ[:, k, k], stats.n)]
+    if intercept and structure is TauStructure.UNSTRUCTURED:
+        i0 = intercept[0]
+        means = total[i0] / N
+        means[i0] = 0.0
+        A[i0] += -means
+        A[i0, i0] = 1.0
+    for k in range(q):
+        if intercept and k == intercept[0] and structure is TauStructure.UNSTRUCTURED:
+            continue
+        var = total[k, k] / N - means[k] ** 2
+        s = np.sqrt(var) if var > 1e-24 * max(total[k, k] / N, 1e-300) else np.sqrt(max(total[k, k] / N, 1e-300))
+        A[:, k] = A[:, k] / s
+    return A
 
 
-def cmm(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Products of many small matrices stored component-first, X (a,b,J) @ Y (b,c,J) -> (a,c,J).
+# ---------------------------------------------------------------- the objective in G̃
 
-    Each component is a contiguous vector over units, so q³ vector operations replace J tiny
-    matrix products: for random-effect dimensions this is far faster than batched matmul."""
-    a, b, J = X.shape
-    c = Y.shape[1]
-    out = np.empty((a, c, J))
-    for i in range(a):
-        for k in range(c):
-            acc = X[i, 0] * Y[0, k]
-            for m in range(1, b):
-                acc += X[i, m] * Y[m, k]
-            out[i, k] = acc
-    return out
+class Objective:
+    """The profiled deviance and its G-gradient on standardised stats, counting evaluations."""
 
+    def __init__(self, stats: ModelStats, reml: bool):
+        self.stats, self.reml, self.count = stats, reml, 0
 
-def cmv(X: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """X (a,b,J) @ v (b,J) -> (a,J)."""
-    out = X[:, 0] * v[0]
-    for m in range(1, X.shape[1]):
-        out += X[:, m] * v[m]
-    return out
+    def solve(self, lam: np.ndarray) -> UnitSolve:
+        self.count += 1
+        return unit_solve(self.stats, lam)
 
+    def at(self, G: np.ndarray) -> tuple[float, np.ndarray]:
+        try:
+            us = self.solve(factor(G))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf, np.zeros_like(G)
+        return us.profiled_deviance(self.reml), us.gradient_G(self.reml)
 
-def spd_inverse_logdet(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse and log-determinant of symmetric positive definite matrices stored component-first,
-    M (q,q,J): a Cholesky written out over the q(q+1)/2 entries, vectorised across units.
-    Raises LinAlgError if some M_j is not positive definite."""
-    q, _, J = M.shape
-    L = [[None] * q for _ in range(q)]
-    logdet = np.zeros(J)
-    for i in range(q):
-        for j in range(i + 1):
-            s = M[i, j].copy()
-            for k in range(j):
-                s -= L[i][k] * L[j][k]
-            if i == j:
-                if not np.all(s > 0):
-                    raise np.linalg.LinAlgError("matrix is not positive definite")
-                L[i][i] = np.sqrt(s)
-                logdet += np.log(s)
-            else:
-                L[i][j] = s / L[j][j]
-    Li = [[None] * q for _ in range(q)]  # the inverse of the triangular factor
-    for i in range(q):
-        Li[i][i] = 1.0 / L[i][i]
-        for j in range(i):
-            s = L[i][j] * Li[j][j]
-            for k in range(j + 1, i):
-                s = s + L[i][k] * Li[k][j]
-            Li[i][j] = -s / L[i][i]
-    inv = np.empty((q, q, J))
-    for a in range(q):
-        for b in range(a + 1):
-            s = Li[a][a] * Li[a][b]
-            for k in range(a + 1, q):
-                s = s + Li[k][a] * Li[k][b]
-            inv[a, b] = inv[b, a] = s
-    return inv, logdet
+    def value(self, G: np.ndarray) -> float:
+        try:
+            return self.solve(factor(G)).profiled_deviance(self.reml)
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf
 
 
-def _sandwich(lam: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """Λ'A_jΛ for every unit, A component-first (q,q,J), as two BLAS products."""
-    LA = np.tensordot(lam, A, axes=([0], [0]))  # (q, q, J): Λ'A
-    return np.ascontiguousarray(np.tensordot(LA, lam, axes=([1], [0])).transpose(0, 2, 1))
-
-
-def evaluate(theta: np.ndarray, stats: ModelStats, reml: bool, want_gradient: bool = True) -> Evaluation:
-    q, p, N = stats.q, stats.p, stats.N
-    J = stats.J
-    lam = theta_to_lambda(np.asarray(theta, dtype=float), q)
-    G = lam @ lam.T
-    A = stats.ZZc  # (q, q, J)
-    Zt = stats.ZXt  # (q, J, p)
-    Zy = stats.Zyc  # (q, J)
-    # M_j = I + Λ'A_jΛ; K_j = Λ M_j⁻¹ Λ'
-    M = _sandwich(lam, A)
-    for a in range(q):
-        M[a, a] += 1.0
-    Minv, logdets = spd_inverse_logdet(M)
-    logdet = float(logdets.sum())
-    K = _sandwich(lam.T, Minv)
-    KZy = cmv(K, Zy)
-    # Σ_j ZX_j'K_jZX_j as q² weighted cross-products (BLAS), never forming K_jZX_j per unit
-    pairs = [(a, b) for a in range(q) for b in range(a, q)]
-    P = stats.XX.copy()
-    for k, (a, b) in enumerate(pairs):
-        if stats.ZXouter is not None:
-            block = (K[a, b] @ stats.ZXouter[k]).reshape(p, p)
-        else:
-            block = (Zt[a] * K[a, b][:, None]).T @ Zt[b]
-        P -= block if a == b else block + block.T
-    P = 0.5 * (P + P.T)
-    c = stats.Xy - sum(Zt[a].T @ KZy[a] for a in range(q))
-    s = stats.yy - float(np.vdot(Zy, KZy))
-    try:
-        cholP = np.linalg.cholesky(P)
-    except np.linalg.LinAlgError:
-        raise FloatingPointError("X'V⁻¹X is not positive definite") from None
-    gamma = np.linalg.solve(cholP.T, np.linalg.solve(cholP, c))
-    rss = s - float(c @ gamma)
-    if not rss > 0:
-        raise FloatingPointError("the residual sum of squares is not positive")
-    dof = N - p if reml else N
-    sigma2 = rss / dof
-    deviance = logdet + dof * (1.0 + LOG_2PI + np.log(sigma2))
-    if reml:
-        deviance += 2.0 * np.log(np.diag(cholP)).sum()
-    grad = np.zeros(0)
-    if want_gradient:
-        H = -cmm(A, K)  # (I + A G)⁻¹ = I - A K
-        for a in range(q):
-            H[a, a] += 1.0
-        e = Zy - np.stack([Zt[a] @ gamma for a in range(q)])
-        v = cmv(H, e)
-        Gamma = cmm(H, A).sum(axis=2) - (dof / rss) * (v @ v.T)
-        if reml:
-            # Σ_j H_j ZX_j P⁻¹ ZX_j' H_j': first R_j = ZX_j P⁻¹ ZX_j' (q×q), then H R H'
-            Pinv = np.linalg.solve(cholP.T, np.linalg.solve(cholP, np.eye(p)))
-            R = np.empty((q, q, J))
-            if stats.ZXouter is not None:
-                for k, (a, b) in enumerate(pairs):
-                    R[a, b] = R[b, a] = stats.ZXouter[k] @ Pinv.ravel()
-            else:
-                ZP = [Zt[a] @ Pinv for a in range(q)]
-                for a, b in pairs:
-                    R[a, b] = R[b, a] = np.einsum("jp,jp->j", ZP[a], Zt[b])
-            Gamma -= cmm(cmm(H, R), H.transpose(1, 0, 2)).sum(axis=2)
-        Gamma = 0.5 * (Gamma + Gamma.T)
-        grad = (2.0 * Gamma @ lam)[np.tril_indices(q)]
-    return Evaluation(float(deviance), grad, gamma, float(sigma2), G, K.transpose(2, 0, 1), P, float(rss))
-
-
-def _projected_gradient(theta: np.ndarray, grad: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    g = grad.copy()
-    at_bound = (theta <= lower + 1e-12) & (g > 0)
-    g[at_bound] = 0.0
-    return g
-
-
-def _hessian(theta: np.ndarray, grad: np.ndarray, stats: ModelStats, reml: bool, free: np.ndarray) -> np.ndarray:
-    """Hessian over the free θs by forward differences of the analytic gradient: one evaluation per
-    parameter; its O(h) error only slows Newton's quadratic convergence to a fast linear one."""
-    k = theta.size
-    Hm = np.zeros((k, k))
-    for i in np.flatnonzero(free):
-        h = 1e-6 * max(1.0, abs(theta[i]))
-        tp = theta.copy()
-        tp[i] += h
-        Hm[:, i] = (evaluate(tp, stats, reml).gradient - grad) / h
-    Hm = 0.5 * (Hm + Hm.T)
-    return Hm[np.ix_(free, free)]
-
-
-def _start(stats: ModelStats) -> np.ndarray:
-    """θ at T/σ² = diag(1 / mean Z'Z diagonal) scaled: a unit-free start away from T = 0,
-    which is a stationary point of the profiled deviance for any data."""
-    q = stats.q
-    scale = np.sqrt(np.maximum(np.mean(np.diagonal(stats.ZZ, axis1=1, axis2=2), axis=0), 1e-12))
-    mean_n = stats.N / stats.J
-    lam = np.diag(np.sqrt(mean_n) / scale * 0.5)
-    return lam[np.tril_indices(q)]
-
-
-def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000) -> FitResult:
-    reml = method.upper() == "REML"
-    q = stats.q
-    diag = diagonal_positions(q)
-    lower = np.full(q * (q + 1) // 2, -np.inf)
-    lower[diag] = 0.0
-    bounds = [(0.0, None) if i in diag else (None, None) for i in range(lower.size)]
+def _lbfgs(obj: Objective, G0: np.ndarray, structure: TauStructure, maxiter: int) -> tuple[np.ndarray, float, int, str]:
+    """L-BFGS-B over the Cholesky factor (diagonal ≥ 0), from G0."""
+    q = G0.shape[0]
+    if structure is TauStructure.DIAGONAL:
+        idx = (np.arange(q), np.arange(q))
+        theta0 = np.sqrt(np.clip(np.diag(G0), 0, None))
+        bounds = [(0.0, None)] * q
+    else:
+        idx = np.tril_indices(q)
+        theta0 = _chol_psd(G0)[idx]
+        bounds = [(0.0, None) if r == c else (None, None) for r, c in zip(*idx)]
 
     def fun(theta):
+        lam = np.zeros((q, q))
+        lam[idx] = theta
         try:
-            ev = evaluate(theta, stats, reml)
+            us = obj.solve(lam)
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(theta)
-        return ev.deviance, ev.gradient
+        grad = 2.0 * us.gradient_G(obj.reml) @ lam
+        return us.profiled_deviance(obj.reml), grad[idx]
 
+    res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
+                            options={"maxiter": max(1, maxiter), "ftol": 1e-10, "gtol": 1e-7, "maxcor": 20})
+    lam = np.zeros((q, q))
+    lam[idx] = res.x
+    return lam @ lam.T, float(res.fun), int(res.nit), str(res.message)
+
+
+def _moment_start(stats: ModelStats, structure: TauStructure) -> np.ndarray | None:
+    """HLM's kind of start: the spread of per-unit OLS slopes beyond their sampling error, over the
+    pooled within-unit σ², projected onto the PSD cone (standardised coordinates)."""
+    fit = unit_ols(stats.ZZ, stats.Zy, stats.n, None)
+    ok = fit.ok
+    if ok.sum() < stats.q + 2:
+        return None
+    # pooled σ² from the units' OLS residuals needs y'y per unit; a ridge-free proxy: the total
+    # residual variance of the pooled regression on Z, which bounds σ² from above.
+    beta = fit.beta[ok]
+    Zyt, ZZt = stats.Zy.sum(axis=0), stats.ZZ.sum(axis=0)
+    b_pool = np.linalg.lstsq(ZZt, Zyt, rcond=None)[0]
+    s2 = max((stats.yy - b_pool @ Zyt) / max(stats.N - stats.q, 1), 1e-300)
+    T = np.cov(beta.T, ddof=1).reshape(stats.q, stats.q) - 0.5 * s2 * fit.inv[ok].mean(axis=0)
+    w, V = np.linalg.eigh(0.5 * (T + T.T))
+    G = (V * np.clip(w, 0, None)) @ V.T / s2
+    if structure is TauStructure.DIAGONAL:
+        G = np.diag(np.diag(G))
+    floor = 0.01
+    G = G + floor * np.eye(stats.q)  # away from the boundary, where L-BFGS-B can stall
+    return G if np.all(np.isfinite(G)) else None
+
+
+# ---------------------------------------------------------------- Newton on the face
+
+TOL_DECREMENT_ABS = 1e-10  # deviance units
+
+
+def tol_decrement(deviance: float) -> float:
+    """A remaining decrease below this is no decrease: 1e-10 plus the rounding noise of the deviance."""
+    return TOL_DECREMENT_ABS + 1e-14 * abs(deviance)
+
+
+def _face_newton(obj: Objective, G: np.ndarray, diagonal: bool, max_steps: int = 30):
+    """Newton steps on the face through G (certificate.Face), with backtracking that keeps S ≻ 0;
+    the face is re-derived after each step. Returns (G, deviance, steps, saddle curve or None)."""
+    dev = obj.value(G)
+    steps = 0
+    for _ in range(max_steps):
+        face = Face(G, diagonal)
+        if face.size == 0:
+            break
+        x0 = face.x0()
+        G0 = face.G(x0)
+        d0, Gam = obj.at(G0)
+        if d0 <= dev + tol_decrement(dev):  # dropping eigenvalues below the rank tolerance
+            G, dev = G0, min(d0, dev)
+        g = face.gradient(Gam, x0)
+        Hs = face.hessian(obj, x0)
+        w, E = np.linalg.eigh(Hs)
+        top = max(abs(float(w[-1])), 1e-300)
+        if w[0] < -HESSIAN_TOL * top:
+            return G, dev, steps, (face, x0, E[:, 0])
+        keep = w > HESSIAN_TOL * top
+        step = E[:, keep] @ ((E[:, keep].T @ g) / w[keep])
+        if 0.5 * float(g @ step) <= 0.01 * tol_decrement(dev):
+            break
+        t, moved = 1.0, False
+        while t > 1e-10:
+            x = x0 - t * step
+            if face.feasible(x):
+                d_new = obj.value(face.G(x))
+                if d_new <= dev:
+                    G, dev, moved = face.G(x), d_new, True
+                    break
+            t *= 0.5
+        steps += 1
+        if not moved:
+            break
+    return G, dev, steps, None
+
+
+def _escape(obj: Objective, curve, dev: float) -> tuple[np.ndarray, float] | None:
+    """A line search along a feasible curve t -> G(t), t > 0, for a clearly lower deviance."""
+    best = None
+    for t in np.logspace(-6, 2, 33):
+        Gt = curve(t)
+        if Gt is None:
+            continue
+        d = obj.value(Gt)
+        if d < dev - tol_decrement(dev) and (best is None or d < best[1]):
+            best = (Gt, d)
+    return best
+
+
+def _along(G: np.ndarray, D: np.ndarray):
+    scale = max(1.0, float(np.abs(np.linalg.eigvalsh(G)).max()))
+    return lambda t: G + (t * scale) * D
+
+
+def _along_face(face: Face, x0: np.ndarray, e: np.ndarray, sign: float):
+    def curve(t):
+        x = x0 + sign * t * max(1.0, float(np.abs(x0).max())) * e
+        return face.G(x) if face.feasible(x) else None
+    return curve
+
+
+def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
+        structure: TauStructure = TauStructure.UNSTRUCTURED) -> FitResult:
+    reml = method.upper() == "REML"
+    diagonal = structure is TauStructure.DIAGONAL
+    q = stats.q
+    A = standardising_map(stats, structure)
+    std = transform_random(stats, A)
+    obj = Objective(std, reml)
+
+    starts = [("identity", 0.25 * np.eye(q))]
+    moment = _moment_start(std, structure)
+    if moment is not None:
+        starts.append(("moment", moment))
     iterations = 0
     best = None
-    for start in (_start(stats), None):
-        if start is None:
-            # A second start only when the first ends on the boundary: boundary optima are where
-            # quasi-Newton methods most often stop short.
-            if best is None or not np.any(best.x[diag] <= 1e-8) or iterations >= max_iterations:
-                break
-            start = best.x.copy()
-            start[diag] = np.maximum(start[diag], 0.1 * np.abs(_start(stats)[diag]))
-        res = optimize.minimize(fun, start, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"maxiter": max_iterations - iterations, "ftol": 1e-7, "gtol": 1e-2, "maxcor": 20})
-        iterations += int(res.nit)
-        if best is None or res.fun < best.fun - 1e-10:
-            best = res
-    theta = best.x.copy()
-    ev = evaluate(theta, stats, reml)
+    for name, G0 in starts:
+        G1, d1, nit, msg = _lbfgs(obj, G0, structure, max_iterations - iterations)
+        iterations += nit
+        if best is None or d1 < best[1] - 1e-12 * abs(d1):
+            best = (G1, d1, name, msg)
+        if iterations >= max_iterations:
+            break
+    G, dev, start_name, message = best
 
-    # Newton polish on the free parameters, with a backtracking line search: a few steps take
-    # L-BFGS-B's answer to the optimum to machine precision, and give the decrement as proof.
-    decrement = np.nan
-    for _ in range(min(20, max(0, max_iterations - iterations))):
-        free = ~((theta <= lower + 1e-10) & (ev.gradient > 0))
-        if not free.any():
-            decrement = 0.0
-            break
-        Hf = _hessian(theta, ev.gradient, stats, reml, free)
-        gf = ev.gradient[free]
-        try:
-            step = np.linalg.solve(Hf, gf)
-            decrement = float(gf @ step)
-        except np.linalg.LinAlgError:
-            break
-        if not np.isfinite(decrement) or decrement < 0:
-            break
-        if decrement < 1e-20:  # quadratic convergence: one step past 1e-10 lands here
-            break
-        t = 1.0
-        improved = False
-        while t > 1e-6:
-            cand = theta.copy()
-            cand[free] -= t * step
-            cand = np.maximum(cand, lower)
-            try:
-                ev_c = evaluate(cand, stats, reml)
-            except (FloatingPointError, np.linalg.LinAlgError):
-                t /= 2
-                continue
-            if ev_c.deviance <= ev.deviance + 1e-12 * abs(ev.deviance):
-                theta, ev, improved = cand, ev_c, True
+    cert = None
+    for _ in range(10):
+        G, dev, steps, saddle = _face_newton(obj, G, diagonal)
+        iterations += steps
+        moved = None
+        if saddle is not None:
+            face, x0, e = saddle
+            for sign in (1.0, -1.0):
+                moved = _escape(obj, _along_face(face, x0, e, sign), dev)
+                if moved is not None:
+                    break
+            if moved is None:
+                cert = certify(obj, G, diagonal, tol_decrement(dev))
                 break
-            t /= 2
-        iterations += 1
-        if not improved:
+        else:
+            cert = certify(obj, G, diagonal, tol_decrement(dev))
+            if cert.certified or cert.descent is None:
+                break
+            moved = _escape(obj, _along(G, cert.descent), dev)
+            if moved is None:
+                break
+        G, dev = moved
+        cert = None
+        if iterations >= max_iterations:
             break
+        G, dev, nit, message = _lbfgs(obj, G, structure, max_iterations - iterations)
+        iterations += nit
+    if cert is None:
+        cert = certify(obj, G, diagonal, tol_decrement(dev))
 
-    pg = _projected_gradient(theta, ev.gradient, lower)
-    grad_norm = float(np.max(np.abs(pg))) if pg.size else 0.0
-    converged = bool(np.isfinite(ev.deviance) and (
-        (np.isfinite(decrement) and decrement < 1e-6) or grad_norm < 1e-6))
-    n_params = 1 + q * (q + 1) // 2 + (0 if reml else stats.p)
+    G_user = A @ G @ A.T
+    G_user = 0.5 * (G_user + G_user.T)
+    if diagonal:
+        G_user = np.diag(np.diag(G_user))
+    std_solve = obj.solve(factor(G))
+    solve = unit_solve(stats, A @ factor(G))  # the user's coordinates; any factor of G_user will do
+    sigma2 = std_solve.sigma2_hat(reml)
+    n_params = 1 + (q if diagonal else q * (q + 1) // 2) + (0 if reml else stats.p)
     return FitResult(
-        method="REML" if reml else "ML", gamma=ev.gamma, cov_gamma=ev.sigma2 * np.linalg.inv(ev.P),
-        sigma2=ev.sigma2, tau=ev.sigma2 * ev.G, deviance=ev.deviance, n_params=n_params,
-        iterations=iterations, converged=converged, gradient_norm=grad_norm,
-        newton_decrement=float(decrement) if np.isfinite(decrement) else float("nan"),
-        theta=theta, message=str(best.message), evaluation=ev,
+        method="REML" if reml else "ML", gamma=std_solve.gamma, cov_gamma=sigma2 * std_solve.Pinv(),
+        sigma2=sigma2, tau=sigma2 * G_user, deviance=std_solve.profiled_deviance(reml), n_params=n_params,
+        iterations=iterations, converged=cert.certified, certificate=cert, solve=solve, structure=structure,
+        start=start_name, evaluations=obj.count, message=message,
     )
 
 
 def deviance_at(sigma2: float, tau: np.ndarray, stats: ModelStats, method: str = "REML") -> float:
     """The (RE)ML deviance at given σ² and τ (not profiled), e.g. to judge another program's estimates."""
     reml = method.upper() == "REML"
-    q, p, N = stats.q, stats.p, stats.N
     G = np.asarray(tau, dtype=float) / sigma2
-    A = stats.ZZ
-    IAG = np.eye(q) + np.matmul(A, G)
-    sign, logdet = np.linalg.slogdet(IAG)
-    if np.any(sign <= 0):
+    try:
+        us = unit_solve(stats, factor(G))
+    except (FloatingPointError, np.linalg.LinAlgError):
         return float("inf")
-    K = np.matmul(G, np.linalg.inv(IAG))
-    KZX = np.matmul(K, stats.ZX)
-    P = stats.XX - np.einsum("jqp,jqr->pr", stats.ZX, KZX)
-    KZy = np.einsum("jab,jb->ja", K, stats.Zy)
-    c = stats.Xy - np.einsum("jqp,jq->p", stats.ZX, KZy)
-    s = stats.yy - float(np.einsum("jq,jq->", stats.Zy, KZy))
-    gamma = np.linalg.solve(P, c)
-    rss = s - float(c @ gamma)
-    dev = logdet.sum() + N * np.log(sigma2) + rss / sigma2
-    if reml:
-        dev += np.linalg.slogdet(P)[1] - p * np.log(sigma2) + (N - p) * LOG_2PI
-    else:
-        dev += N * LOG_2PI
-    return float(dev)
+    return us.deviance(sigma2, reml)

@@ -13,6 +13,7 @@ from scipy import special  # lighter than scipy.stats, which the CLI would impor
 
 from .design import Design
 from .estimation import FitResult
+from . import unitsolve
 from .sufficient import ModelStats, UnitStats
 
 
@@ -60,28 +61,22 @@ def hlm_fixed_df(design: Design) -> np.ndarray:
     return np.array(out, dtype=float)
 
 
-def unit_xx_xy(unit: UnitStats, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-unit X_j'X_j and X_j'y_j from the level-1 cross-products."""
-    XX = np.matmul(np.swapaxes(B, 1, 2), np.matmul(unit.LL, B))
-    Xy = np.einsum("jkp,jk->jp", B, unit.Ly)
-    return XX, Xy
+def on_outcome_scale(gamma: np.ndarray, unit: UnitStats) -> np.ndarray:
+    """The one place that undoes the internal centring of y: its mean goes back into γ00."""
+    out = np.array(gamma, dtype=float, copy=True)
+    if unit.y_shift:
+        out[0] += unit.y_shift
+    return out
 
 
 def fixed_effects(design: Design, unit: UnitStats, stats: ModelStats, result: FitResult) -> FixedTable:
-    ev = result.evaluation
-    gamma = ev.gamma
-    XX_j, Xy_j = unit_xx_xy(unit, stats.B)
-    Xe = Xy_j - np.einsum("jpr,r->jp", XX_j, gamma)
-    Ze = stats.Zy - np.einsum("jqp,p->jq", stats.ZX, gamma)
-    KZe = np.einsum("jab,jb->ja", ev.K, Ze)
-    w = Xe - np.einsum("jqp,jq->jp", stats.ZX, KZe)  # σ²·X_j'V_j⁻¹e_j
-    Pinv = np.linalg.inv(ev.P)
+    us = result.solve
+    w = us.XVe_units()  # σ²·X_j'V_j⁻¹e_j
+    Pinv = us.Pinv()
     robust = Pinv @ (w.T @ w) @ Pinv  # the CR0 cluster sandwich (σ² cancels)
     cov = result.cov_gamma
-    shifted = gamma.copy()
-    shifted[0] += unit.y_shift  # γ00 back on the outcome's own scale
-    return FixedTable(gamma=shifted, se=np.sqrt(np.diag(cov)), robust_se=np.sqrt(np.diag(robust)),
-                      df=hlm_fixed_df(design), cov=cov, robust_cov=robust)
+    return FixedTable(gamma=on_outcome_scale(us.gamma, unit), se=np.sqrt(np.diag(cov)),
+                      robust_se=np.sqrt(np.diag(robust)), df=hlm_fixed_df(design), cov=cov, robust_cov=robust)
 
 
 # ---------------------------------------------------------------- per-unit OLS: χ² and reliability
@@ -96,24 +91,13 @@ class UnitOLS:
 
 def unit_ols(design: Design, unit: UnitStats, stats: ModelStats, result: FitResult) -> UnitOLS:
     """OLS of ỹ_j (y minus the fixed coefficients' contributions at γ̂) on the random level-1 columns."""
-    gamma = result.evaluation.gamma
+    gamma = result.solve.gamma
     r = stats.random
-    J, q = stats.J, stats.q
     coef = np.einsum("jkp,p->jk", stats.B, gamma)  # each unit's level-2 prediction of every β_q
     fixed_cols = np.setdiff1d(np.arange(unit.LL.shape[1]), r)
     Zy_adj = stats.Zy - np.einsum("jaf,jf->ja", unit.LL[:, r][:, :, fixed_cols], coef[:, fixed_cols])
-    A = stats.ZZ
-    eig = np.linalg.eigvalsh(A)
-    scale = np.maximum(eig[:, -1], 1e-300)
-    sufficient = (unit.n > q) & (eig[:, 0] > 1e-10 * scale)
-    beta = np.full((J, q), np.nan)
-    var = np.full((J, q, q), np.nan)
-    if sufficient.any():
-        Ainv = np.linalg.inv(A[sufficient])
-        beta[sufficient] = np.einsum("jab,jb->ja", Ainv, Zy_adj[sufficient])
-        var[sufficient] = result.sigma2 * Ainv
-    fitted = coef[:, r]
-    return UnitOLS(sufficient=sufficient, beta=beta, var=var, fitted=fitted)
+    fit = unitsolve.unit_ols(stats.ZZ, Zy_adj, unit.n)
+    return UnitOLS(sufficient=fit.ok, beta=fit.beta, var=result.sigma2 * fit.inv, fitted=coef[:, r])
 
 
 @dataclass
@@ -140,10 +124,14 @@ def variance_tests(design: Design, ols: UnitOLS, tau: np.ndarray, stats: ModelSt
 
 # ---------------------------------------------------------------- ML standard errors of σ² and τ
 
-def _tau_basis(q: int) -> list[tuple[int, int, np.ndarray]]:
+def _tau_basis(q: int, structure=None) -> list[tuple[int, int, np.ndarray]]:
+    """The free entries of τ (all of the lower triangle, or the diagonal alone) as symmetric E_ab."""
+    diagonal = structure is not None and structure.value == "diagonal"
     out = []
     for a in range(q):
         for b in range(a + 1):
+            if diagonal and a != b:
+                continue
             E = np.zeros((q, q))
             E[a, b] = E[b, a] = 1.0
             out.append((a, b, E))
@@ -151,16 +139,18 @@ def _tau_basis(q: int) -> list[tuple[int, int, np.ndarray]]:
 
 
 def variance_information(stats: ModelStats, result: FitResult) -> np.ndarray:
-    """Expected (Fisher) information of θ = (σ², τ lower triangle) under full ML."""
-    ev = result.evaluation
+    """Expected (Fisher) information of (σ², τ lower triangle) under full ML:
+    I_ab = ½ Σ_j tr(V_j⁻¹ ∂V_j/∂θ_a V_j⁻¹ ∂V_j/∂θ_b), from the per-unit solve (∂V/∂σ² = I,
+    ∂V/∂τ_ab = Z E_ab Z')."""
+    us = result.solve
     s2 = result.sigma2
-    A, K = stats.ZZ, ev.K
+    A, K = stats.ZZ, us.K_units
     KA = np.matmul(K, A)
     AKA = np.matmul(A, KA)
     S = (A - AKA) / s2  # Z'V⁻¹Z per unit
     ZV2Z = (A - 2 * AKA + np.matmul(AKA, KA)) / s2 ** 2
     trV2 = (stats.n - 2 * np.trace(KA, axis1=1, axis2=2) + np.einsum("jab,jba->j", KA, KA)) / s2 ** 2
-    basis = _tau_basis(stats.q)
+    basis = _tau_basis(stats.q, result.structure)
     m = 1 + len(basis)
     info = np.zeros((m, m))
     info[0, 0] = 0.5 * trV2.sum()
@@ -173,85 +163,76 @@ def variance_information(stats: ModelStats, result: FitResult) -> np.ndarray:
 
 
 def variance_standard_errors(stats: ModelStats, result: FitResult) -> tuple[float, np.ndarray]:
-    cov = np.linalg.inv(variance_information(stats, result))
+    cov = np.linalg.pinv(variance_information(stats, result))
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
     q = stats.q
     se_tau = np.zeros((q, q))
-    for i, (a, b, _) in enumerate(_tau_basis(q), start=1):
+    for i, (a, b, _) in enumerate(_tau_basis(q, result.structure), start=1):
         se_tau[a, b] = se_tau[b, a] = se[i]
     return float(se[0]), se_tau
 
 
 # ---------------------------------------------------------------- Satterthwaite d.f. (as lmerTest)
 
-def _reml_gradient(sigma2: float, tau: np.ndarray, stats: ModelStats, XX_j: np.ndarray, Xy_j: np.ndarray,
-                   yy_j: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Gradient of the REML deviance in (σ², τ lower triangle), and Φ = (X'V⁻¹X)⁻¹ with its derivatives'
-    ingredients. Analytic; O(J q² p) per call."""
-    q = stats.q
-    A = stats.ZZ
-    G = tau / sigma2
-    Hinv = np.eye(q) + np.matmul(A, G)
-    H = np.linalg.inv(Hinv)  # (I + AG)⁻¹
-    K = np.matmul(G, H)
-    K = 0.5 * (K + np.swapaxes(K, 1, 2))
-    ZVX = np.matmul(H, stats.ZX) / sigma2  # Z'V⁻¹X
-    XVX = (stats.XX - np.einsum("jqp,jqr->pr", stats.ZX, np.matmul(K, stats.ZX))) / sigma2
-    Phi = np.linalg.inv(XVX)
-    XVy = (stats.Xy - np.einsum("jqp,jq->p", stats.ZX, np.einsum("jab,jb->ja", K, stats.Zy))) / sigma2
-    gamma = Phi @ XVy
-    Ze = stats.Zy - np.einsum("jqp,p->jq", stats.ZX, gamma)
-    ee = yy_j - 2 * Xy_j @ gamma + np.einsum("p,jpr,r->j", gamma, XX_j, gamma)
-    KZe = np.einsum("jab,jb->ja", K, Ze)
-    KA = np.matmul(K, A)
-    ZVe = np.einsum("jab,jb->ja", H, Ze) / sigma2
-    # X'V⁻²X and e'V⁻²e per unit, for the σ² direction
-    ZXK = np.matmul(K, stats.ZX)
-    XV2X = (XX_j - 2 * np.matmul(np.swapaxes(stats.ZX, 1, 2), ZXK)
-            + np.matmul(np.swapaxes(ZXK, 1, 2), np.matmul(A, ZXK))).sum(axis=0) / sigma2 ** 2
-    eV2e = (ee - 2 * np.einsum("ja,ja->j", Ze, KZe) + np.einsum("ja,jab,jb->j", KZe, A, KZe)).sum() / sigma2 ** 2
-    trVinv = (stats.n - np.trace(KA, axis1=1, axis2=2)).sum() / sigma2
-    S = (A - np.matmul(A, KA)) / sigma2
-    grads = [trVinv - np.trace(Phi @ XV2X) - eV2e]
-    dXVX = [XV2X]
-    for _, _, E in _tau_basis(q):
-        M = np.einsum("jap,ab,jbr->pr", ZVX, E, ZVX)
-        dXVX.append(M)
-        grads.append(np.einsum("jab,ba->", S, E) - np.trace(Phi @ M) - np.einsum("ja,ab,jb->", ZVe, E, ZVe))
-    return np.array(grads), Phi, dXVX
+LMERTEST_EIGEN_TOL = 1e-8  # lmerTest drops Hessian eigenvalues at or below this (as_lmerModLT's tol)
 
 
 def satterthwaite_df(stats: ModelStats, unit: UnitStats, result: FitResult) -> np.ndarray:
-    """Per-γ Satterthwaite d.f.: 2(c'Φc)² / (g'Ag), A = 2·H⁻¹ from the REML deviance's Hessian in
-    (σ², τ), g = ∂(c'Φc)/∂θ. The Hessian is central differences of the analytic gradient."""
-    XX_j, Xy_j = unit_xx_xy(unit, stats.B)
-    yy_j = unit.yy
-    basis = _tau_basis(stats.q)
-    theta0 = np.array([result.sigma2] + [result.tau[a, b] for a, b, _ in basis])
+    """Per-γ Satterthwaite d.f. exactly as lmerTest computes them.
 
-    def grad_at(theta):
-        tau = np.zeros((stats.q, stats.q))
-        for i, (a, b, _) in enumerate(basis, start=1):
-            tau[a, b] = tau[b, a] = theta[i]
-        return _reml_gradient(theta[0], tau, stats, XX_j, Xy_j, yy_j)
+    lmerTest works in its variance parameters φ = (θ, σ): θ the lower triangle of lme4's Cholesky
+    factor of τ/σ² (one entry per term for independent effects), and differentiates the fit's own
+    deviance, REML or ML, at fixed σ (unitsolve.UnitSolve.deviance). With Φ(φ) = σ²P⁻¹ = Cov(γ̂),
+    H the Hessian of that deviance, A = 2H⁺ (eigenvalues ≤ 1e-8 dropped) and g = ∂Φ_kk/∂φ:
+        d.f._k = 2Φ_kk² / (g'Ag).
+    At a boundary the zero column of Λ drops out by itself: the deviance is even in it, so Φ's
+    derivative along it vanishes. H comes from central differences of the analytic gradient
+    (∂d/∂Λ = 2ΓΛ, ∂d/∂σ = (2/σ)(ν − rss/σ²)); g from central differences of Φ."""
+    from .estimation import TauStructure, _chol_psd
 
-    _, Phi, dXVX = grad_at(theta0)
-    m = theta0.size
+    reml = result.method == "REML"
+    q = stats.q
+    idx = (np.arange(q), np.arange(q)) if result.structure is TauStructure.DIAGONAL else np.tril_indices(q)
+    lam0 = _chol_psd(result.tau / result.sigma2)
+    x0 = np.concatenate([lam0[idx], [np.sqrt(result.sigma2)]])
+    nu = stats.N - stats.p if reml else stats.N
+    col_scale = np.sqrt(stats.N / np.maximum(np.diagonal(stats.ZZ, axis1=1, axis2=2).sum(axis=0), 1e-300))
+    steps = np.array([1e-4 * max(abs(x0[i]), 1e-2 * col_scale[idx[1][i]]) for i in range(x0.size - 1)]
+                     + [1e-4 * x0[-1]])
+
+    def at(x):
+        lam = np.zeros((q, q))
+        lam[idx] = x[:-1]
+        return unitsolve.unit_solve(stats, lam), lam, x[-1] ** 2
+
+    def gradient(x):
+        us, lam, s2 = at(x)
+        g_lam = (2.0 * us.gradient_G(reml, sigma2=s2) @ lam)[idx]
+        return np.concatenate([g_lam, [2.0 / x[-1] * (nu - us.rss / s2)]])
+
+    def cov_beta(x):
+        us, _, s2 = at(x)
+        return s2 * us.Pinv()
+
+    m = x0.size
     hess = np.zeros((m, m))
+    jac = np.zeros((stats.p, stats.p, m))
     for i in range(m):
-        h = 1e-4 * max(abs(theta0[i]), 1e-3 * abs(theta0[0]))
-        tp, tm = theta0.copy(), theta0.copy()
-        tp[i] += h
-        tm[i] -= h
-        hess[:, i] = (grad_at(tp)[0] - grad_at(tm)[0]) / (2 * h)
+        xp, xm = x0.copy(), x0.copy()
+        xp[i] += steps[i]
+        xm[i] -= steps[i]
+        hess[:, i] = (gradient(xp) - gradient(xm)) / (2 * steps[i])
+        jac[:, :, i] = (cov_beta(xp) - cov_beta(xm)) / (2 * steps[i])
     hess = 0.5 * (hess + hess.T)
-    A = 2.0 * np.linalg.pinv(hess)
+    w, V = np.linalg.eigh(hess)
+    pos = w > LMERTEST_EIGEN_TOL
+    A = 2.0 * (V[:, pos] / w[pos]) @ V[:, pos].T
+    Phi = cov_beta(x0)
     out = []
     for k in range(stats.p):
-        var = Phi[k, k]
-        g = np.array([-(Phi @ D @ Phi)[k, k] for D in dXVX])
-        denom = g @ A @ g
-        out.append(2 * var ** 2 / denom if denom > 0 else np.nan)
+        g = jac[k, k]
+        denom = float(g @ A @ g)
+        out.append(2 * Phi[k, k] ** 2 / denom if denom > 0 else np.nan)
     return np.array(out)
 
 
@@ -267,19 +248,12 @@ class UnitEstimates:
 
 
 def empirical_bayes(unit: UnitStats, stats: ModelStats, result: FitResult) -> UnitEstimates:
-    ev = result.evaluation
-    gamma = ev.gamma
-    Ze = stats.Zy - np.einsum("jqp,p->jq", stats.ZX, gamma)
-    tau = result.tau
-    # E[u_j | y] = T Z'V⁻¹e = σ²G·(Z'e - A K Z'e)/σ² = G H Z'e
-    H = np.eye(stats.q) - np.matmul(stats.ZZ, ev.K)
-    u = np.einsum("ab,jbc,jc->ja", ev.G, H, Ze)
-    post_var = result.sigma2 * ev.K  # Var(u_j | y, γ) = σ² K_j
-    coef = np.einsum("jkp,p->jk", stats.B, gamma)
-    coef[:, 0] += unit.y_shift  # γ00 back on the outcome's scale
+    u, post_var = result.solve.posterior(result.sigma2)
+    coef = np.einsum("jkp,p->jk", stats.B, result.solve.gamma)
+    coef[:, 0] += unit.y_shift  # β0 back on the outcome's scale (y_shift is 0 when y was not centred)
     eb = coef.copy()
     eb[:, stats.random] += u
-    marginal = tau[None, :, :] - post_var  # Var(û_j) = T - Var(u_j | y)
+    marginal = result.tau[None, :, :] - post_var  # Var(û_j) = T - Var(u_j | y)
     maha = np.full(stats.J, np.nan)
     try:
         maha = np.einsum("ja,ja->j", u, np.linalg.solve(marginal, u[..., None])[..., 0])
@@ -290,22 +264,24 @@ def empirical_bayes(unit: UnitStats, stats: ModelStats, result: FitResult) -> Un
 
 # ---------------------------------------------------------------- tests beyond the tables
 
-def homogeneity_test(unit: UnitStats) -> tuple[float, int, float, int]:
-    """H = Σ d_j², d_j = (ln s_j² - pooled) / √(2/f_j), over units with f_j = n_j - Q - 1 > 0."""
+def homogeneity_test(unit: UnitStats) -> tuple[float, int, float, int, int]:
+    """H = Σ d_j², d_j = (ln s_j² - pooled) / √(2/f_j), over units with f_j = n_j - Q - 1 > 0 whose
+    level-1 OLS is estimable (one rank rule, unitsolve.unit_ols) and whose residual variance is
+    positive. Returns (H, d.f., p, units used, units left out)."""
     K = unit.LL.shape[1]
+    fit = unitsolve.unit_ols(unit.LL, unit.Ly, unit.n, unit.yy)
     f = unit.n - K
-    ok = f > 0
-    LL, Ly, yy = unit.LL[ok], unit.Ly[ok], unit.yy[ok]
-    beta = np.linalg.solve(LL, Ly[..., None])[..., 0]
-    rss = yy - np.einsum("jk,jk->j", beta, Ly)
-    s2 = rss / f[ok]
-    good = s2 > 0
-    fj, logs = f[ok][good], np.log(s2[good])
+    s2 = np.where(fit.ok, fit.rss / np.where(f > 0, f, 1), np.nan)
+    good = fit.ok & (s2 > 0)
+    fj, logs = f[good], np.log(s2[good])
+    used = int(good.sum())
+    if used < 2:
+        return float("nan"), 0, float("nan"), used, int(unit.n.size - used)
     pooled = (fj * logs).sum() / fj.sum()
     d = (logs - pooled) / np.sqrt(2.0 / fj)
     H = float((d ** 2).sum())
-    dfree = int(good.sum()) - 1
-    return H, dfree, float(special.chdtrc(dfree, H)), int(good.sum())
+    dfree = used - 1
+    return H, dfree, float(special.chdtrc(dfree, H)), used, int(unit.n.size - used)
 
 
 def wald_test(C: np.ndarray, gamma: np.ndarray, cov: np.ndarray, rhs: np.ndarray | None = None) -> tuple[float, int, float]:
@@ -334,13 +310,9 @@ def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: i
     names = design.spec.coefficient_names()
     per_unit = []
     f_all = unit.n - K
-    eig = np.linalg.eigvalsh(unit.LL)
-    ok = (f_all > 0) & (eig[:, 0] > 1e-12 * np.maximum(eig[:, -1], 1e-300))
-    betas = np.full((stats.J, K), np.nan)
-    s2 = np.full(stats.J, np.nan)
-    if ok.any():
-        betas[ok] = np.linalg.solve(unit.LL[ok], unit.Ly[ok][..., None])[..., 0]
-        s2[ok] = (unit.yy[ok] - np.einsum("jk,jk->j", betas[ok], unit.Ly[ok])) / f_all[ok]
+    ols = unitsolve.unit_ols(unit.LL, unit.Ly, unit.n, unit.yy)
+    ok, betas = ols.ok, ols.beta
+    s2 = np.where(ok, ols.rss / np.where(f_all > 0, f_all, 1), np.nan)
     sufficient = np.flatnonzero(ok)
     betas_out = betas.copy()
     betas_out[:, 0] += unit.y_shift
@@ -364,7 +336,7 @@ def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: i
     if idx.size > 1:
         coef = np.einsum("jkp,p->jk", stats.B, gamma_ols)
         dev = (betas[idx] - coef[idx])[:, r]
-        inv = np.linalg.inv(unit.LL[idx])[:, r][:, :, r]
+        inv = ols.inv[idx][:, r][:, :, r]
         tau_ls = dev.T @ dev / (idx.size - 1) - sigma2_ls * inv.mean(axis=0)
         w, v = np.linalg.eigh(tau_ls)
         tau_ls = (v * np.clip(w, 0, None)) @ v.T

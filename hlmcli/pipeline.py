@@ -14,7 +14,8 @@ from . import inference
 from .archive import Archive
 from .equations import ModelSpec
 from .errors import ModelError
-from .estimation import FitResult, fit
+from .certificate import RANK_TOL
+from .estimation import FitResult, TauStructure, fit
 from .sufficient import ModelStats, UnitStats, model_stats, unit_cross_products
 
 
@@ -36,13 +37,18 @@ class Analysis:
 
 def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm") -> Analysis:
     design = design_stage.make_design(spec, archive)
-    unit = unit_cross_products(design.L, design.y, design.offsets)
+    check_estimable(design)
+    # y is centred before the cross-products (so sums of squares do not cancel) only when the
+    # model has an overall intercept γ00 to absorb the shift.
+    has_intercept = bool(design.fixed) and (design.fixed[0].q, design.fixed[0].s) == (0, 0)
+    unit = unit_cross_products(design.L, design.y, design.offsets, center_y=has_intercept)
     stats = model_stats(unit, design.block_design(), design.random)
     design_stage.check_collinearity(design, stats.XX)
     if design.n <= stats.p + 1:
         raise ModelError(f"only {design.n} records for {stats.p} fixed effects; the model needs more data")
-    result = fit(stats, spec.method, max_iterations=spec.options.max_iterations)
-    result.boundary = boundary_notes(result.tau, spec)
+    structure = TauStructure(getattr(spec.options, "tau", "unstructured"))
+    result = fit(stats, spec.method, max_iterations=spec.options.max_iterations, structure=structure)
+    result.boundary = boundary_notes(result, spec)
     fixed = inference.fixed_effects(design, unit, stats, result)
     ols = inference.unit_ols(design, unit, stats, result)
     variance = inference.variance_tests(design, ols, result.tau, stats)
@@ -54,25 +60,52 @@ def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm") -> Analys
     return analysis
 
 
-def boundary_notes(tau: np.ndarray, spec: ModelSpec) -> list[str]:
-    """Plain-words notes when T is singular at the optimum."""
-    names = [n for n, r in zip(range(len(spec.level2)), spec.random) if r]
+def check_estimable(design: design_stage.Design) -> None:
+    """Refuse, in one line, models whose variance components cannot be estimated from these data."""
+    spec = design.spec
+    J, N = design.n_units, design.n
+    q = int(np.sum(design.random))
+    if J < 2:
+        raise ModelError(f"the data have {J} level-2 unit{'s' if J != 1 else ''} after deletion; a two-level model "
+                         "needs at least 2 units to estimate a level-2 variance (use a one-level regression)")
+    if N <= J * q:
+        raise ModelError(f"{N} records for {J} units with {q} random effect{'s' if q != 1 else ''} each: the level-1 "
+                         f"variance cannot be separated from the level-2 ones (lme4 refuses this too); "
+                         "remove random effects or use data with more records per unit")
+    outcome = spec.outcome.lower()
+    for t in spec.level1:
+        if t.name.lower() == outcome:
+            raise ModelError(f"{spec.outcome} is the outcome and also a level-1 predictor; remove it from the right-hand side")
+    for q_, eq in enumerate(spec.level2):
+        for t in eq.predictors:
+            if t.unit_mean and t.name.lower() == outcome:
+                raise ModelError(f"mean({t.name}) in the equation for b{q_} is the unit mean of the outcome, which makes the "
+                                 "model circular; use a level-2 variable measured apart from the outcome")
+
+
+def boundary_notes(result: FitResult, spec: ModelSpec) -> list[str]:
+    """Plain-words notes when τ is singular at the certified optimum: judged on the standardised
+    scale the certificate used (certificate.RANK_TOL), so they do not depend on the data's units."""
+    cert = result.certificate
+    if cert.rank == cert.q:
+        return []
+    names = [q for q, r in zip(range(len(spec.level2)), spec.random) if r]
+    G = cert.G
+    d = np.diag(G)
+    tol = RANK_TOL * max(1.0, float(np.abs(np.linalg.eigvalsh(G)).max()))
     notes = []
-    d = np.diag(tau)
-    scale = max(float(np.max(np.abs(d))), 1e-300)
     for k, q in enumerate(names):
-        if d[k] <= 1e-8 * scale:
+        if d[k] <= tol:
             notes.append(f"boundary fit: the variance of u{q} is estimated as zero")
     for a in range(len(names)):
         for b in range(a):
-            if d[a] > 1e-8 * scale and d[b] > 1e-8 * scale:
-                corr = tau[a, b] / np.sqrt(d[a] * d[b])
-                if abs(corr) > 1 - 1e-6:
+            if d[a] > tol and d[b] > tol:
+                sub = G[np.ix_([b, a], [b, a])]
+                if np.linalg.eigvalsh(sub)[0] <= tol:
+                    corr = result.tau[a, b] / np.sqrt(result.tau[a, a] * result.tau[b, b])
                     notes.append(f"boundary fit: the correlation of u{names[b]} and u{names[a]} is estimated as {corr:+.0f}")
-    if not notes and len(names) > 1:
-        eig = np.linalg.eigvalsh(tau)
-        if eig[0] <= 1e-8 * eig[-1]:
-            notes.append("boundary fit: τ is singular (a combination of the random effects has zero variance)")
+    if not notes:
+        notes.append("boundary fit: τ is singular (a combination of the random effects has zero variance)")
     return notes
 
 
@@ -118,8 +151,8 @@ def add_extras(analysis: Analysis, hypotheses=(), prior_deviance=None, prior_par
         ex["deviance_test"] = {"prior_deviance": prior_deviance, "prior_params": prior_params,
                                "chi2": chi2, "df": df, "p": p}
     if homogeneity:
-        H, df, p, used = inference.homogeneity_test(a.unit)
-        ex["homogeneity"] = {"H": H, "df": df, "p": p, "units_used": used}
+        H, df, p, used, left_out = inference.homogeneity_test(a.unit)
+        ex["homogeneity"] = {"H": H, "df": df, "p": p, "units_used": used, "units_left_out": left_out}
     if full_output:
         ex["full_output"] = inference.least_squares(a.design, a.unit, a.stats, ols_units)
     a.extras.update(ex)

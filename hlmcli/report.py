@@ -143,6 +143,54 @@ def _level2_term(term, sym: Symbols) -> str:
     return f"({name}j)"
 
 
+def certificate_text(r, sym: Symbols) -> list[str]:
+    """What was checked, as bounds (the tolerance) so the text is the same on every platform; the
+    exact numbers are in the JSON."""
+    c = r.certificate
+    if not c.certified:
+        return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in c.failed]
+    rank = "positive definite" if c.rank == c.q else f"of rank {c.rank} of {c.q}"
+    text = (f"Iterations stopped at the optimum (certified): with {sym.tau} {rank}, the deviance can fall by less "
+            f"than {c.tolerance:.0E} on its face")
+    if c.hessian_eigenvalue is not None:
+        text += ", the face Hessian is positive semi-definite"
+    if c.null_eigenvalue is not None:
+        text += ", and no direction into the positive semi-definite cone lowers it"
+    return [text]
+
+
+def model_record(spec, meta: dict) -> dict:
+    """The whole model as fitted, for `hlmcli compare` and for the record: the equations as given,
+    as normalised, the centring of every predictor, the method and the τ structure."""
+    plain = Symbols(ascii_only=True)
+    summary = model_summary(spec, plain)
+    level1 = [line.strip() for line in summary[summary.index("Level-1 Model") + 2:summary.index("Level-2 Model") - 1]]
+    level2 = [line.strip() for line in summary[summary.index("Level-2 Model") + 2:summary.index("Mixed Model") - 1]]
+    return {
+        "given": meta.get("model_given"),
+        "normalised": {"level1": level1, "level2": level2},
+        "outcome": spec.outcome,
+        "level1_predictors": [{"name": t.name, "centering": t.centering} for t in spec.level1],
+        "level2_equations": [{"coefficient": n, "random": eq.random,
+                              "predictors": [{"name": t.name, "centering": t.centering, "unit_mean": t.unit_mean}
+                                             for t in eq.predictors]}
+                             for n, eq in zip(spec.coefficient_names(), spec.level2)],
+        "method": spec.method,
+        "tau_structure": getattr(spec.options, "tau", "unstructured"),
+    }
+
+
+def data_hash(design) -> str:
+    """SHA-256 of the records a deviance is computed on: the outcome, the units and their sizes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(design.y, dtype="<f8").tobytes())
+    h.update(np.ascontiguousarray(design.offsets, dtype="<i8").tobytes())
+    h.update("\x1f".join(design.unit_ids).encode("utf-8"))
+    return h.hexdigest()
+
+
 def model_summary(spec, sym: Symbols) -> list[str]:
     b, u = sym.beta, sym.u
     out = ["Summary of the model specified", "", "Level-1 Model", ""]
@@ -317,7 +365,8 @@ def fit_json(analysis, meta: dict) -> dict:
         "method": r.method, "outcome": d.spec.outcome,
         "n_level1": d.n, "n_level2": d.n_units, "n_deleted": d.n_deleted, "units_deleted": d.units_deleted,
         "converged": r.converged, "iterations": r.iterations, "boundary": bool(r.boundary),
-        "boundary_notes": r.boundary, "gradient_norm": r.gradient_norm, "newton_decrement": r.newton_decrement,
+        "boundary_notes": r.boundary, "certificate": r.certificate.to_json(), "start": r.start,
+        "tau_structure": r.structure.value, "model": model_record(d.spec, meta), "data_hash": data_hash(d),
         "df_method": "satterthwaite" if a.satterthwaite is not None else "hlm",
         "sigma2": r.sigma2, "se_sigma2": a.se_sigma2,
         "random_coefficients": [names[q] for q in rand_q],
@@ -364,7 +413,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     out: list[str] = []
     w = out.append
     if not r.converged:
-        w("WARNING: the estimation did not converge; the numbers below are not at the optimum.")
+        w("WARNING: the optimum is NOT certified; the numbers below may not be at the optimum.")
         w("")
     w(f"hlmcli {__version__}: hierarchical linear models, two levels (HLM2)")
     if meta.get("timestamp"):
@@ -395,11 +444,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w("")
     w(f"Final Results - Iteration {r.iterations}")
     w("")
-    if r.converged:
-        w(f"Iterations stopped at the optimum (Newton decrement {_small(r.newton_decrement, 1e-12)}, "
-          f"largest projected gradient {_small(r.gradient_norm, 1e-6)})")
-    else:
-        w(f"Iterations stopped WITHOUT convergence ({r.message}); largest projected gradient {r.gradient_norm:.1E}")
+    out += certificate_text(r, sym)
     for note in r.boundary:
         w(note)
     w("")

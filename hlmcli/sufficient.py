@@ -22,10 +22,12 @@ class UnitStats:
     y_shift: float  # y was centered at this value first, so sums of squares do not cancel
 
 
-def unit_cross_products(L: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> UnitStats:
+def unit_cross_products(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, center_y: bool = True) -> UnitStats:
+    """Per-unit cross-products; y is centred at its mean first when the model can absorb the shift
+    in its intercept (center_y), which keeps y'y from cancelling against the fitted part."""
     N, K = L.shape
     starts = offsets[:-1]
-    shift = float(y.mean())
+    shift = float(y.mean()) if center_y else 0.0
     yc = y - shift
     J = starts.size
     LL = np.empty((J, K, K))
@@ -64,6 +66,8 @@ class ModelStats:
     ZZc: np.ndarray  # (q, q, J): Z'Z component-first, for the estimation's vectorised algebra
     Zyc: np.ndarray  # (q, J)
     ZXouter: np.ndarray | None  # (q(q+1)/2, J, p²): vec(ZX_j[a]' ZX_j[b]) for a ≤ b, when it fits in memory
+    XX_units: np.ndarray  # (J, p, p) X_j'X_j, for the robust scores
+    Xy_units: np.ndarray  # (J, p) X_j'y_j
 
     @property
     def J(self) -> int:
@@ -82,16 +86,35 @@ def model_stats(unit: UnitStats, B: np.ndarray, random_mask: np.ndarray) -> Mode
     r = np.flatnonzero(random_mask)
     LB = np.matmul(unit.LL, B)  # (J, K, p)
     ZX = LB[:, r, :]
-    XX = np.einsum("jkp,jkr->pr", B, LB)
-    Xy = np.einsum("jkp,jk->p", B, unit.Ly)
+    XX_units = np.matmul(np.swapaxes(B, 1, 2), LB)
+    Xy_units = np.einsum("jkp,jk->jp", B, unit.Ly)
+    XX = XX_units.sum(axis=0)
+    return _assemble(int(unit.n.sum()), unit.n, np.ascontiguousarray(unit.LL[:, r][:, :, r]),
+                     np.ascontiguousarray(unit.Ly[:, r]), np.ascontiguousarray(ZX), (XX + XX.T) / 2,
+                     Xy_units.sum(axis=0), float(unit.yy.sum()), B, r, XX_units, Xy_units)
+
+
+def _assemble(N, n, ZZ, Zy, ZX, XX, Xy, yy, B, r, XX_units, Xy_units) -> ModelStats:
     return ModelStats(
-        N=int(unit.n.sum()), n=unit.n, ZZ=np.ascontiguousarray(unit.LL[:, r][:, :, r]), Zy=np.ascontiguousarray(unit.Ly[:, r]),
-        ZX=np.ascontiguousarray(ZX), XX=(XX + XX.T) / 2, Xy=Xy, yy=float(unit.yy.sum()), B=B, random=r,
+        N=N, n=n, ZZ=ZZ, Zy=Zy, ZX=ZX, XX=XX, Xy=Xy, yy=yy, B=B, random=r,
         ZXt=np.ascontiguousarray(np.transpose(ZX, (1, 0, 2))),
-        ZZc=np.ascontiguousarray(np.transpose(unit.LL[:, r][:, :, r], (1, 2, 0))),
-        Zyc=np.ascontiguousarray(unit.Ly[:, r].T),
-        ZXouter=_outer_products(ZX),
+        ZZc=np.ascontiguousarray(np.transpose(ZZ, (1, 2, 0))),
+        Zyc=np.ascontiguousarray(Zy.T),
+        ZXouter=_outer_products(ZX), XX_units=XX_units, Xy_units=Xy_units,
     )
+
+
+def transform_random(stats: ModelStats, A: np.ndarray) -> ModelStats:
+    """The same model with the random-effect columns Z replaced by Z̃ = ZA (A invertible, q×q).
+
+    The likelihood is unchanged when τ = Aτ̃A' (Zu = Z̃ũ with u = Aũ), so a fit in the new
+    coordinates maps back exactly; the estimation uses this to work on standardised columns."""
+    ZZ = np.einsum("ab,jbc,cd->jad", A.T, stats.ZZ, A)
+    ZZ = 0.5 * (ZZ + np.swapaxes(ZZ, 1, 2))
+    Zy = stats.Zy @ A
+    ZX = np.einsum("ba,jbp->jap", A, stats.ZX)
+    return _assemble(stats.N, stats.n, np.ascontiguousarray(ZZ), np.ascontiguousarray(Zy), np.ascontiguousarray(ZX),
+                     stats.XX, stats.Xy, stats.yy, stats.B, stats.random, stats.XX_units, stats.Xy_units)
 
 
 OUTER_LIMIT_BYTES = 256 * 2**20

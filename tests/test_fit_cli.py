@@ -247,7 +247,7 @@ def test_exit_codes(hsb_archive):
     assert json.loads(proc.stdout)["converged"] is False
     text = hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + b1*group(SES) + r", "-2", "b1 = g10 + u1",
                   "--max-iterations", "1").stdout
-    assert text.startswith("WARNING: the estimation did not converge")
+    assert text.startswith("WARNING: the optimum is NOT certified")
 
 
 def test_strict_turns_a_boundary_fit_into_exit_3(tmp_path):

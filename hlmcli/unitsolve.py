@@ -1,0 +1,294 @@
+"""The one per-unit solve: everything the likelihood, its gradient, the information, Satterthwaite,
+empirical Bayes and the robust SEs need at given (σ², τ), computed once, vectorised over units.
+
+Model for unit j: y_j = X_jγ + Z_ju_j + r_j, u_j ~ N(0, τ), r_j ~ N(0, σ²I). Write G = τ/σ² = ΛΛ'
+(Λ any square factor, not necessarily triangular) and A_j = Z_j'Z_j. With
+
+    M_j = I + Λ'A_jΛ,   K_j = Λ M_j⁻¹ Λ' = G(I + A_jG)⁻¹,   H_j = I − A_jK_j = (I + A_jG)⁻¹,
+
+the Woodbury identity gives σ²V_j⁻¹ = I − Z_jK_jZ_j', and the determinant lemma log|V_j/σ²| = log|M_j|.
+Every product with V_j⁻¹ therefore reduces to q×q algebra on the cross-products Z'Z, Z'X, Z'y:
+
+    σ²Z_j'V_j⁻¹Z_j = H_jA_j,   σ²Z_j'V_j⁻¹X_j = H_j Z_j'X_j,   σ²X'V⁻¹X = X'X − Σ_j (Z_j'X_j)'K_j(Z_j'X_j) =: P.
+
+GLS: γ̂ = P⁻¹c, c = X'y − Σ (Z_j'X_j)'K_jZ_j'y_j; the weighted residual sum of squares
+rss = e'(σ²V⁻¹)e = y'(σ²V⁻¹)y − c'γ̂.
+
+Deviances (−2 log-likelihood), with σ² profiled (σ̂² = rss/ν, ν = N − p for REML, N for ML):
+
+    d(G) = Σ_j log|M_j| + ν(1 + log 2π + log σ̂²) [+ log|P| for REML].
+
+Gradient with respect to G (symmetric convention d(G + E) ≈ d(G) + tr(ΓE)), from
+∂log|I + ZGZ'| = tr(Z'Ṽ⁻¹Z ∂G), ∂rss = −tr(v v' ∂G) with v_j = H_j Z_j'e_j, and
+∂log|P| = −tr(Σ_j H_jR_jH_j' ∂G) with R_j = Z_j'X_j P⁻¹ (Z_j'X_j)':
+
+    Γ = Σ_j H_jA_j − (1/σ²) Σ_j v_jv_j' [− Σ_j H_jR_jH_j' for REML],
+
+where σ² is σ̂² when profiled, or the given value for the unprofiled deviance. The chain rule for
+G = ΛΛ' gives ∂d/∂Λ = 2ΓΛ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .sufficient import ModelStats
+
+LOG_2PI = float(np.log(2 * np.pi))
+
+# One tolerance for every per-unit OLS: Z_j'Z_j is singular when its smallest eigenvalue is below
+# this fraction of its largest (scale-free, and well above rounding noise in a q×q product).
+OLS_RANK_TOL = 1e-10
+
+
+def cmm(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Products of many small matrices stored component-first, X (a,b,J) @ Y (b,c,J) -> (a,c,J).
+
+    Each component is a contiguous vector over units, so q³ vector operations replace J tiny
+    matrix products: for random-effect dimensions this is far faster than batched matmul."""
+    a, b, J = X.shape
+    c = Y.shape[1]
+    out = np.empty((a, c, J))
+    for i in range(a):
+        for k in range(c):
+            acc = X[i, 0] * Y[0, k]
+            for m in range(1, b):
+                acc += X[i, m] * Y[m, k]
+            out[i, k] = acc
+    return out
+
+
+def cmv(X: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """X (a,b,J) @ v (b,J) -> (a,J)."""
+    out = X[:, 0] * v[0]
+    for m in range(1, X.shape[1]):
+        out += X[:, m] * v[m]
+    return out
+
+
+def spd_inverse_logdet(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse and log-determinant of symmetric positive definite matrices stored component-first,
+    M (q,q,J): a Cholesky written out over the q(q+1)/2 entries, vectorised across units.
+    Raises LinAlgError if some M_j is not positive definite."""
+    q, _, J = M.shape
+    L = [[None] * q for _ in range(q)]
+    logdet = np.zeros(J)
+    for i in range(q):
+        for j in range(i + 1):
+            s = M[i, j].copy()
+            for k in range(j):
+                s -= L[i][k] * L[j][k]
+            if i == j:
+                if not np.all(s > 0):
+                    raise np.linalg.LinAlgError("matrix is not positive definite")
+                L[i][i] = np.sqrt(s)
+                logdet += np.log(s)
+            else:
+                L[i][j] = s / L[j][j]
+    Li = [[None] * q for _ in range(q)]  # the inverse of the triangular factor
+    for i in range(q):
+        Li[i][i] = 1.0 / L[i][i]
+        for j in range(i):
+            s = L[i][j] * Li[j][j]
+            for k in range(j + 1, i):
+                s = s + L[i][k] * Li[k][j]
+            Li[i][j] = -s / L[i][i]
+    inv = np.empty((q, q, J))
+    for a in range(q):
+        for b in range(a + 1):
+            s = Li[a][a] * Li[a][b]
+            for k in range(a + 1, q):
+                s = s + Li[k][a] * Li[k][b]
+            inv[a, b] = inv[b, a] = s
+    return inv, logdet
+
+
+def sandwich(lam: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """Λ'A_jΛ for every unit, A component-first (q,q,J), as two BLAS products."""
+    LA = np.tensordot(lam, A, axes=([0], [0]))  # (q, q, J): Λ'A
+    return np.ascontiguousarray(np.tensordot(LA, lam, axes=([1], [0])).transpose(0, 2, 1))
+
+
+def _pairs(q: int) -> list[tuple[int, int]]:
+    return [(a, b) for a in range(q) for b in range(a, q)]
+
+
+@dataclass
+class UnitSolve:
+    """The per-unit algebra at one relative covariance G = ΛΛ', and the GLS fit it implies.
+
+    Arrays are component-first ((q, q, J), (q, J)) as the vectorised algebra wants them; the
+    `*_units` properties give unit-first views for code that prefers them."""
+
+    stats: ModelStats
+    lam: np.ndarray  # (q, q) a factor of G
+    G: np.ndarray  # (q, q) τ/σ²
+    K: np.ndarray  # (q, q, J)
+    logdet: np.ndarray  # (J,) log|M_j| = log|V_j/σ²|
+    P: np.ndarray  # (p, p) σ²X'V⁻¹X
+    cholP: np.ndarray  # its Cholesky factor
+    c: np.ndarray  # (p,)
+    s: float  # y'(σ²V⁻¹)y
+    gamma: np.ndarray  # (p,) GLS estimate
+    rss: float  # e'(σ²V⁻¹)e at γ̂
+
+    # ---------------------------------------------------------------- derived per-unit pieces
+    @property
+    def q(self) -> int:
+        return self.G.shape[0]
+
+    @property
+    def H(self) -> np.ndarray:
+        """(I + A_jG)⁻¹ = I − A_jK_j, component-first."""
+        H = -cmm(self.stats.ZZc, self.K)
+        for a in range(self.q):
+            H[a, a] += 1.0
+        return H
+
+    @property
+    def K_units(self) -> np.ndarray:
+        return self.K.transpose(2, 0, 1)
+
+    def Ze(self, gamma: np.ndarray | None = None) -> np.ndarray:
+        """Z_j'e_j (q, J) with e = y − Xγ (γ̂ by default)."""
+        g = self.gamma if gamma is None else gamma
+        return self.stats.Zyc - np.stack([self.stats.ZXt[a] @ g for a in range(self.q)])
+
+    def v(self) -> np.ndarray:
+        """σ²Z_j'V_j⁻¹e_j = H_jZ_j'e_j (q, J)."""
+        return cmv(self.H, self.Ze())
+
+    def Pinv(self) -> np.ndarray:
+        p = self.P.shape[0]
+        return np.linalg.solve(self.cholP.T, np.linalg.solve(self.cholP, np.eye(p)))
+
+    def log_det_P(self) -> float:
+        return 2.0 * float(np.log(np.diag(self.cholP)).sum())
+
+    # ---------------------------------------------------------------- likelihood pieces
+    def dof(self, reml: bool) -> int:
+        return self.stats.N - self.stats.p if reml else self.stats.N
+
+    def sigma2_hat(self, reml: bool) -> float:
+        return self.rss / self.dof(reml)
+
+    def profiled_deviance(self, reml: bool) -> float:
+        nu = self.dof(reml)
+        d = float(self.logdet.sum()) + nu * (1.0 + LOG_2PI + np.log(self.rss / nu))
+        return d + self.log_det_P() if reml else d
+
+    def deviance(self, sigma2: float, reml: bool) -> float:
+        """The deviance at this G and a given σ² (γ at its GLS value), as lmerTest's devfun_vp."""
+        N, p = self.stats.N, self.stats.p
+        d = float(self.logdet.sum()) + self.rss / sigma2 + N * (LOG_2PI + np.log(sigma2))
+        if reml:
+            d += self.log_det_P() - p * (LOG_2PI + np.log(sigma2))
+        return d
+
+    def gradient_G(self, reml: bool, sigma2: float | None = None) -> np.ndarray:
+        """Γ = ∂d/∂G (symmetric convention), σ² profiled unless given (see the module docstring)."""
+        st, q = self.stats, self.q
+        s2 = self.sigma2_hat(reml) if sigma2 is None else sigma2
+        H = self.H
+        v = cmv(H, self.Ze())
+        Gamma = cmm(H, st.ZZc).sum(axis=2) - (v @ v.T) / s2
+        if reml:
+            Pinv = self.Pinv()
+            J = st.J
+            R = np.empty((q, q, J))
+            if st.ZXouter is not None:
+                for k, (a, b) in enumerate(_pairs(q)):
+                    R[a, b] = R[b, a] = st.ZXouter[k] @ Pinv.ravel()
+            else:
+                ZP = [st.ZXt[a] @ Pinv for a in range(q)]
+                for a, b in _pairs(q):
+                    R[a, b] = R[b, a] = np.einsum("jp,jp->j", ZP[a], st.ZXt[b])
+            Gamma -= cmm(cmm(H, R), H.transpose(1, 0, 2)).sum(axis=2)
+        return 0.5 * (Gamma + Gamma.T)
+
+    # ---------------------------------------------------------------- quantities for inference
+    def XVe_units(self) -> np.ndarray:
+        """σ²X_j'V_j⁻¹e_j per unit (J, p): the scores of γ, for the cluster-robust sandwich."""
+        st = self.stats
+        Xe = st.Xy_units - st.XX_units @ self.gamma
+        KZe = cmv(self.K, self.Ze())
+        return Xe - np.einsum("qjp,qj->jp", st.ZXt, KZe)
+
+    def posterior(self, sigma2: float) -> tuple[np.ndarray, np.ndarray]:
+        """E(u_j | y) = G H_j Z_j'e_j and Var(u_j | y, γ) = σ²K_j, unit-first (J, q) and (J, q, q)."""
+        u = (self.G @ self.v()).T
+        return u, sigma2 * self.K_units
+
+    def ZVZ_units(self, sigma2: float) -> np.ndarray:
+        """Z_j'V_j⁻¹Z_j per unit (J, q, q)."""
+        return (cmm(self.H, self.stats.ZZc) / sigma2).transpose(2, 0, 1)
+
+
+def unit_solve(stats: ModelStats, lam: np.ndarray) -> UnitSolve:
+    """Solve every unit at G = ΛΛ'. Raises FloatingPointError when X'V⁻¹X is not positive definite
+    or the weighted residual sum of squares is not positive (the model is degenerate there)."""
+    q, p = stats.q, stats.p
+    lam = np.asarray(lam, dtype=float)
+    M = sandwich(lam, stats.ZZc)
+    for a in range(q):
+        M[a, a] += 1.0
+    Minv, logdets = spd_inverse_logdet(M)
+    K = sandwich(lam.T, Minv)
+    KZy = cmv(K, stats.Zyc)
+    # Σ_j ZX_j'K_jZX_j as q² weighted cross-products (BLAS), never forming K_jZX_j per unit
+    P = stats.XX.copy()
+    for k, (a, b) in enumerate(_pairs(q)):
+        if stats.ZXouter is not None:
+            block = (K[a, b] @ stats.ZXouter[k]).reshape(p, p)
+        else:
+            block = (stats.ZXt[a] * K[a, b][:, None]).T @ stats.ZXt[b]
+        P -= block if a == b else block + block.T
+    P = 0.5 * (P + P.T)
+    c = stats.Xy - sum(stats.ZXt[a].T @ KZy[a] for a in range(q))
+    s = stats.yy - float(np.vdot(stats.Zyc, KZy))
+    try:
+        cholP = np.linalg.cholesky(P)
+    except np.linalg.LinAlgError:
+        raise FloatingPointError("X'V⁻¹X is not positive definite") from None
+    gamma = np.linalg.solve(cholP.T, np.linalg.solve(cholP, c))
+    rss = s - float(c @ gamma)
+    if not rss > 0:
+        raise FloatingPointError("the residual sum of squares is not positive")
+    return UnitSolve(stats, lam, lam @ lam.T, K, logdets, P, cholP, c, s, gamma, rss)
+
+
+def factor(G: np.ndarray) -> np.ndarray:
+    """A square factor Λ with ΛΛ' = G for a PSD G (singular allowed): V·sqrt(max(λ, 0))."""
+    w, V = np.linalg.eigh(0.5 * (G + G.T))
+    return V * np.sqrt(np.clip(w, 0.0, None))
+
+
+# ---------------------------------------------------------------- per-unit OLS, one routine
+
+@dataclass
+class UnitOLSFit:
+    ok: np.ndarray  # bool (J,): n_j > k and Z_j'Z_j non-singular
+    beta: np.ndarray  # (J, k), nan where not ok
+    inv: np.ndarray  # (J, k, k) (Z_j'Z_j)⁻¹, nan where not ok
+    rss: np.ndarray  # (J,) residual sum of squares, nan where not ok or not asked for
+
+
+def unit_ols(ZZ: np.ndarray, Zy: np.ndarray, n: np.ndarray, yy: np.ndarray | None = None) -> UnitOLSFit:
+    """OLS of y_j on Z_j in every unit from the cross-products (unit-first ZZ (J,k,k), Zy (J,k)).
+
+    A unit counts when it has more records than columns and Z_j'Z_j is non-singular, judged by
+    OLS_RANK_TOL on the ratio of its extreme eigenvalues."""
+    J, k = Zy.shape
+    eig = np.linalg.eigvalsh(ZZ) if J else np.zeros((0, k))
+    ok = (n > k) & (eig[:, 0] > OLS_RANK_TOL * np.maximum(eig[:, -1], 1e-300)) if J else np.zeros(0, bool)
+    beta = np.full((J, k), np.nan)
+    inv = np.full((J, k, k), np.nan)
+    rss = np.full(J, np.nan)
+    if ok.any():
+        inv[ok] = np.linalg.inv(ZZ[ok])
+        beta[ok] = np.einsum("jab,jb->ja", inv[ok], Zy[ok])
+        if yy is not None:
+            rss[ok] = yy[ok] - np.einsum("jk,jk->j", beta[ok], Zy[ok])
+    return UnitOLSFit(ok, beta, inv, rss)
