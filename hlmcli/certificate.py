@@ -177,19 +177,24 @@ def _null_check(obj, G, Gamma, face: Face, tol: float):
     return mu, decrease, (D if decrease > tol else None)
 
 
-def certify(obj, G: np.ndarray, diagonal: bool, tol: float) -> Certificate:
+def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> Certificate:
     """Check the first- and second-order conditions at G (standardised coordinates); `obj.at(G)`
-    gives (deviance, Γ). Returns a descent direction when one is found."""
-    face = Face(G, diagonal)
-    dev, Gamma = obj.at(G)
+    gives (deviance, Γ). Returns a descent direction when one is found. `face_data` = (face, x, H,
+    g, deviance, Γ) at G, when the caller computed them there already."""
     failed: list[str] = []
     descent = None
     decrement, grad_max, hmin = 0.0, 0.0, None
+    if face_data is not None:
+        face, x0, H, g, dev, Gamma = face_data
+    else:
+        face = Face(G, diagonal)
+        dev, Gamma = obj.at(G)
+        if face.size:
+            x0 = face.x0()
+            g = face.gradient(Gamma, x0)
+            H = face.hessian(obj, x0)
     if face.size:
-        x0 = face.x0()
-        g = face.gradient(Gamma, x0)
         grad_max = float(np.abs(g).max())
-        H = face.hessian(obj, x0)
         w, E = np.linalg.eigh(H)
         top = max(abs(float(w[-1])), 1e-300)
         hmin = float(w[0]) / top

@@ -185,42 +185,54 @@ def tol_decrement(deviance: float) -> float:
 
 
 def _face_newton(obj: Objective, G: np.ndarray, diagonal: bool, max_steps: int = 30):
-    """Newton steps on the face through G (certificate.Face), with backtracking that keeps S ≻ 0;
-    the face is re-derived after each step. Returns (G, deviance, steps, saddle curve or None)."""
-    dev = obj.value(G)
+    """Newton steps on the face through G (certificate.Face) in fixed face coordinates, with
+    backtracking that keeps S ≻ 0. The Hessian (central differences) is reused while steps succeed
+    and recomputed at the last point, so the decrement that ends the loop is an exact Newton
+    decrement there: the certificate takes it over. Returns (G, deviance, steps, saddle, face_data)."""
+    face = Face(G, diagonal)
     steps = 0
+    if face.size == 0:
+        return G, obj.value(G), steps, None, None
+    x = face.x0()
+    dev0 = obj.value(G)
+    dev, Gam = obj.at(face.G(x))  # eigenvalues below the rank tolerance dropped
+    if not dev <= dev0 + tol_decrement(dev0):
+        return G, dev0, steps, None, None
+    G = face.G(x)
+    H, fresh = face.hessian(obj, x), True
     for _ in range(max_steps):
-        face = Face(G, diagonal)
-        if face.size == 0:
-            break
-        x0 = face.x0()
-        G0 = face.G(x0)
-        d0, Gam = obj.at(G0)
-        if d0 <= dev + tol_decrement(dev):  # dropping eigenvalues below the rank tolerance
-            G, dev = G0, min(d0, dev)
-        g = face.gradient(Gam, x0)
-        Hs = face.hessian(obj, x0)
-        w, E = np.linalg.eigh(Hs)
+        g = face.gradient(Gam, x)
+        w, E = np.linalg.eigh(H)
         top = max(abs(float(w[-1])), 1e-300)
         if w[0] < -HESSIAN_TOL * top:
-            return G, dev, steps, (face, x0, E[:, 0])
+            if fresh:
+                return G, dev, steps, (face, x, E[:, 0]), None
+            H, fresh = face.hessian(obj, x), True
+            continue
         keep = w > HESSIAN_TOL * top
         step = E[:, keep] @ ((E[:, keep].T @ g) / w[keep])
         if 0.5 * float(g @ step) <= 0.01 * tol_decrement(dev):
-            break
+            if fresh:
+                return G, dev, steps, None, (face, x, H, g, dev, Gam)
+            H, fresh = face.hessian(obj, x), True
+            continue
         t, moved = 1.0, False
         while t > 1e-10:
-            x = x0 - t * step
-            if face.feasible(x):
-                d_new = obj.value(face.G(x))
+            x_new = x - t * step
+            if face.feasible(x_new):
+                d_new, Gam_new = obj.at(face.G(x_new))
                 if d_new <= dev:
-                    G, dev, moved = face.G(x), d_new, True
+                    x, G, dev, Gam, moved = x_new, face.G(x_new), d_new, Gam_new, True
                     break
             t *= 0.5
         steps += 1
         if not moved:
-            break
-    return G, dev, steps, None
+            if fresh:
+                break
+            H, fresh = face.hessian(obj, x), True
+        else:
+            fresh = False
+    return G, dev, steps, None, None
 
 
 def _escape(obj: Objective, curve, dev: float) -> tuple[np.ndarray, float] | None:
@@ -261,20 +273,23 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
     moment = _moment_start(std, structure)
     if moment is not None:
         starts.append(("moment", moment))
+    # One L-BFGS-B run from the start with the lower deviance; the other start too when that run
+    # ends on the boundary, where false boundaries and local optima live.
+    starts.sort(key=lambda s: obj.value(s[1]))
     iterations = 0
     best = None
-    for name, G0 in starts:
+    for k, (name, G0) in enumerate(starts):
+        if k and (iterations >= max_iterations or Face(best[0], diagonal).r == q):
+            break
         G1, d1, nit, msg = _lbfgs(obj, G0, structure, max_iterations - iterations)
         iterations += nit
         if best is None or d1 < best[1] - 1e-12 * abs(d1):
             best = (G1, d1, name, msg)
-        if iterations >= max_iterations:
-            break
     G, dev, start_name, message = best
 
     cert = None
     for _ in range(10):
-        G, dev, steps, saddle = _face_newton(obj, G, diagonal)
+        G, dev, steps, saddle, face_data = _face_newton(obj, G, diagonal)
         iterations += steps
         moved = None
         if saddle is not None:
@@ -287,7 +302,7 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
                 cert = certify(obj, G, diagonal, tol_decrement(dev))
                 break
         else:
-            cert = certify(obj, G, diagonal, tol_decrement(dev))
+            cert = certify(obj, G, diagonal, tol_decrement(dev), face_data)
             if cert.certified or cert.descent is None:
                 break
             moved = _escape(obj, _along(G, cert.descent), dev)
