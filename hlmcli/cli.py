@@ -304,6 +304,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--df", "df_method", type=click.Choice(["hlm", "satterthwaite"]), default="hlm", show_default=True,
               help="d.f. of the fixed effects: HLM 7's rule, or Satterthwaite's as lmerTest.")
 @click.option("--strict", is_flag=True, help="Exit 3 on a boundary fit too.")
+@click.option("--tau", "tau_structure", type=click.Choice(["unstructured", "diagonal"]), default=None,
+              help="Covariance of the random effects: unstructured (default) or diagonal (independent effects).")
 @click.option("--max-iterations", type=click.IntRange(1), help="Iteration limit (HLM's numit).")
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
@@ -316,7 +318,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
-            out_format, output, title, timestamp, df_method, strict, max_iterations, tests, compare_deviance,
+            out_format, output, title, timestamp, df_method, strict, tau_structure, max_iterations, tests, compare_deviance,
             compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet):
     """Fit a two-level model and print HLM 7's tables (text) or a stable JSON document."""
     from .errors import EXIT_NOT_CONVERGED
@@ -331,7 +333,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
             refuse_overwriting_inputs(path, sources)
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched), cache_dir, quiet)
     spec = _spec(archive, level1, level2, model_file, ml, {
-        "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance,
+        "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance, "tau": tau_structure,
         "prior_params": compare_params, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2,
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
     })
@@ -353,6 +355,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         if opts.residuals_l1:
             write_table(level1_table(analysis, eb), opts.residuals_l1)
     meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
+            "model_given": {"level1": level1, "level2": list(level2),
+                            "model_file": Path(model_file).name if model_file else None},
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
     if timestamp:
         from datetime import datetime, timezone

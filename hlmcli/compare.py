@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import DataError
+from .errors import DataError, ModelError
 from .inference import deviance_test, mixture_p
 from .report import hlm_p
 
@@ -20,31 +20,45 @@ def read_fit(path: str) -> dict:
         raise DataError(f"{path}: not a JSON fit; save one with 'hlmcli fit ... --format json'") from None
     if not isinstance(fit, dict) or fit.get("tool") != "hlmcli" or "deviance" not in fit:
         raise DataError(f"{path}: not an hlmcli JSON fit; save one with 'hlmcli fit ... --format json'")
-    if fit.get("schema") != 1:
-        raise DataError(f"{path}: JSON schema {fit.get('schema')} is not one this hlmcli reads (1); refit with this version")
+    if fit.get("schema") != 2:
+        raise DataError(f"{path}: JSON schema {fit.get('schema')} is not one this hlmcli reads (2); refit with this version")
     return fit
 
 
-def _fixed_key(fit: dict) -> list[tuple[str, str]]:
-    return [(f["coefficient"], f["predictor"], f.get("centering")) for f in fit["fixed_effects"]]
+def _fixed_key(fit: dict) -> list[tuple]:
+    """The fixed part as a set of columns: each γ's level-1 variable with its centring, and its
+    level-2 predictor with its centring (so group(SES) and raw SES are different columns)."""
+    centering = {t["name"]: t["centering"] for t in fit.get("model", {}).get("level1_predictors", [])}
+    return sorted((f["coefficient"], centering.get(f["coefficient"], "none"), f["predictor"], f.get("centering"))
+                  for f in fit["fixed_effects"])
 
 
 def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
+    for fit, name in ((a, name_a), (b, name_b)):
+        if "data_hash" not in fit or "model" not in fit:
+            raise DataError(f"{name} does not record its model and data (an older hlmcli wrote it); refit it with this version")
+        if not fit.get("converged"):
+            raise DataError(f"{name} is not a certified optimum, so its deviance cannot be tested; fix the fit first")
     if a["method"] != b["method"]:
         raise DataError(f"{name_a} is {a['method']} and {name_b} is {b['method']}; fit both the same way (both --ml for different fixed effects)")
-    if (a["n_level1"], a["n_level2"]) != (b["n_level1"], b["n_level2"]) or a["outcome"] != b["outcome"]:
-        raise DataError(f"{name_a} and {name_b} were fitted to different data or outcomes; a deviance test needs the same records")
-    same_fixed = sorted(_fixed_key(a)) == sorted(_fixed_key(b))
+    if a["data_hash"] != b["data_hash"] or a["outcome"] != b["outcome"]:
+        raise DataError(f"{name_a} and {name_b} were fitted to different records (outcome, units or deleted records differ); "
+                        "a deviance test needs the same data")
+    same_fixed = _fixed_key(a) == _fixed_key(b)
     if a["method"] == "REML" and not same_fixed:
         raise DataError(
-            f"{name_a} and {name_b} have different fixed effects, and REML deviances of such models are not "
-            "comparable; refit both with --ml"
+            f"{name_a} and {name_b} have different fixed effects (centring included), and REML deviances of such models "
+            "are not comparable; refit both with --ml"
         )
     simple, full, swapped = (a, b, False) if a["n_params"] <= b["n_params"] else (b, a, True)
-    chi2, df, p = deviance_test(simple["deviance"], simple["n_params"], full["deviance"], full["n_params"])
-    result = {"tool": "hlmcli", "schema": 1, "model_a": name_a, "model_b": name_b, "method": a["method"],
+    try:
+        chi2, df, p = deviance_test(simple["deviance"], simple["n_params"], full["deviance"], full["n_params"])
+    except ModelError as exc:
+        raise DataError(f"{name_a} and {name_b}: {exc}") from None
+    result = {"tool": "hlmcli", "schema": 2, "model_a": name_a, "model_b": name_b, "method": a["method"],
               "deviance_a": a["deviance"], "deviance_b": b["deviance"], "n_params_a": a["n_params"],
-              "n_params_b": b["n_params"], "chi2": chi2, "df": df, "p": p, "p_mixture": None, "mixture_note": None}
+              "n_params_b": b["n_params"], "aic_a": a.get("aic"), "aic_b": b.get("aic"), "bic_a": a.get("bic"),
+              "bic_b": b.get("bic"), "chi2": chi2, "df": df, "p": p, "p_mixture": None, "mixture_note": None}
     ra, rb = simple["random_coefficients"], full["random_coefficients"]
     added = [c for c in rb if c not in ra]
     if same_fixed and set(ra) <= set(rb) and len(added) == 1 and df == len(rb):
@@ -70,6 +84,8 @@ def compare_text(r: dict) -> str:
     out = [f"Model comparison: A = {r['model_a']}, B = {r['model_b']} ({r['method']})", ""]
     out.append(f" Deviance A = {r['deviance_a']:.6f} with {r['n_params_a']} parameters")
     out.append(f" Deviance B = {r['deviance_b']:.6f} with {r['n_params_b']} parameters")
+    if r.get("aic_a") is not None:
+        out.append(f" AIC A = {r['aic_a']:.6f}, AIC B = {r['aic_b']:.6f}; BIC A = {r['bic_a']:.6f}, BIC B = {r['bic_b']:.6f}")
     out.append(f" Chi-square statistic = {r['chi2']:.6f}")
     out.append(f" Degrees of freedom = {r['df']}")
     out.append(f" p-value = {hlm_p(r['p'])}  (naive chi-square)")

@@ -144,9 +144,11 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
     fixed: list[FixedEffect] = []
     names = spec.coefficient_names()
     for q, eq in enumerate(spec.level2):
-        cols = [np.ones(J)] + [level2_column(t) for t in eq.predictors]
-        W.append(np.column_stack(cols))
-        fixed.append(FixedEffect(q, 0, names[q], "INTRCPT2", f"γ{q}0"))
+        # W_q holds the fixed columns of coefficient q: INTRCPT2 (unless 'bq = uq'), then predictors
+        cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
+        W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
+        if eq.intercept:
+            fixed.append(FixedEffect(q, 0, names[q], "INTRCPT2", f"γ{q}0"))
         for s, t in enumerate(eq.predictors, start=1):
             fixed.append(FixedEffect(q, s, names[q], predictor_name(t), f"γ{q}{s}"))
 

@@ -28,6 +28,12 @@ class Term:
 class Level2Equation:
     predictors: tuple[Term, ...] = ()
     random: bool = False
+    intercept: bool = True  # the fixed intercept γq0; False for 'b1 = u1' (HLM 7's random/ with no INTRCPT2)
+
+    @property
+    def present(self) -> bool:
+        """False for the level-1 intercept of a model written without b0."""
+        return self.intercept or self.random or bool(self.predictors)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class RunOptions:
     homogeneity: bool = False
     full_output: bool = False
     ols_units: int = 10
+    tau: str = "unstructured"  # unstructured | diagonal (independent random effects)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,10 @@ class ModelSpec:
     @property
     def method(self) -> str:
         return self.options.method
+
+    @property
+    def level1_intercept(self) -> bool:
+        return self.level2[0].present
 
     def coefficient_names(self) -> list[str]:
         return ["INTRCPT1"] + [t.name for t in self.level1]
@@ -266,8 +277,9 @@ def _coef_and_predictor(piece: str, pos: int, equation: str):
     return coef, pred, pos + star + 1 + (len(pred) - len(pred.lstrip()))
 
 
-def parse_level1(equation: str, variables: Variables) -> tuple[str, list[tuple[int, Term]]]:
-    """'Y = b0 + b1*X + r' -> outcome and [(1, Term X)]."""
+def parse_level1(equation: str, variables: Variables, with_intercept: bool = False):
+    """'Y = b0 + b1*X + r' -> outcome and [(1, Term X)] (and whether b0 is there, if asked);
+    without b0 the model has no level-1 intercept."""
     text = _normalise(equation)
     if text.count("=") != 1:
         at = text.find("=", text.find("=") + 1) if text.count("=") > 1 else len(text)
@@ -306,8 +318,8 @@ def parse_level1(equation: str, variables: Variables) -> tuple[str, list[tuple[i
         if pred is None:
             raise _Syntax(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
         terms.append((q, _parse_predictor(pred, 1, variables, text, ppos)))
-    if not seen_intercept:
-        raise _Syntax(text, base, "the level-1 equation has no intercept b0", "HLM models always include b0: write OUTCOME = b0 + ...")
+    if not seen_intercept and not terms:
+        raise _Syntax(text, base, "the level-1 equation has no terms", "write OUTCOME = b0 + b1*X + r")
     indices = [q for q, _ in terms]
     expected = list(range(1, len(terms) + 1))
     if sorted(indices) != expected:
@@ -320,7 +332,8 @@ def parse_level1(equation: str, variables: Variables) -> tuple[str, list[tuple[i
     for key in keys:
         if keys.count(key) > 1:
             raise ModelError(f"in '{equation.strip()}': {key[0]} appears twice at level 1 with the same centering; use it once")
-    return outcome, sorted(terms, key=lambda x: x[0])
+    ordered = sorted(terms, key=lambda x: x[0])
+    return (outcome, ordered, seen_intercept) if with_intercept else (outcome, ordered)
 
 
 def parse_level2(equation: str, variables: Variables, n_coefficients: int) -> tuple[int, Level2Equation]:
@@ -371,26 +384,32 @@ def parse_level2(equation: str, variables: Variables, n_coefficients: int) -> tu
         if pred is None:
             raise _Syntax(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
         predictors.append(_parse_predictor(pred, 2, variables, text, ppos))
-    if s_expected == 0:
-        raise _Syntax(text, base, f"the equation for b{q} has no intercept g{q}0", f"write b{q} = g{q}0 + ...")
+    if s_expected == 0 and not random:
+        raise _Syntax(text, base, f"the equation for b{q} has neither a fixed intercept g{q}0 nor a random effect u{q}",
+                      f"write b{q} = g{q}0 + ... or b{q} = u{q}")
     keys = [(t.name, t.unit_mean) for t in predictors]
     for k in keys:
         if keys.count(k) > 1:
             raise ModelError(f"in '{equation.strip()}': {k[0]} appears twice; use it once")
-    return q, Level2Equation(tuple(predictors), random)
+    return q, Level2Equation(tuple(predictors), random, intercept=s_expected > 0)
 
 
 def build_spec(level1: str, level2: list[str], variables: Variables, options: RunOptions | None = None) -> ModelSpec:
-    outcome, terms = parse_level1(level1, variables)
+    outcome, terms, has_b0 = parse_level1(level1, variables, with_intercept=True)
     n = len(terms) + 1
     equations: dict[int, Level2Equation] = {}
     for eq in level2:
         q, parsed = parse_level2(eq, variables, n)
         if q in equations:
             raise ModelError(f"in '{eq.strip()}': b{q} already has a level-2 equation; give one equation per coefficient")
+        if q == 0 and not has_b0:
+            raise ModelError(f"in '{eq.strip()}': the level-1 equation has no intercept b0, so b0 has no equation; "
+                             "add b0 to the level-1 equation or drop this one")
         equations[q] = parsed
     # HLM's defaults: a random intercept; other coefficients fixed with no level-2 predictors.
-    level2_eqs = tuple(equations.get(q, Level2Equation((), q == 0)) for q in range(n))
+    # Without b0 at level 1 the intercept is absent: no fixed and no random part.
+    absent = Level2Equation((), False, intercept=False)
+    level2_eqs = tuple(equations.get(q, Level2Equation((), q == 0) if (q or has_b0) else absent) for q in range(n))
     if not any(eq.random for eq in level2_eqs):
         raise ModelError("no coefficient is random, so this is not a two-level model; add u0 to the intercept's equation")
     return ModelSpec(outcome, tuple(t for _, t in terms), level2_eqs, options or RunOptions())
@@ -570,13 +589,15 @@ def _hlm_level1(path: Path, value: str, line_no: int) -> tuple[str, list[str]]:
     outcome, rhs = value.split("=", 1)
     tokens = [t.strip() for t in rhs.split("+") if t.strip()]
     names = []
-    parts = [f"{outcome.strip()} = b0"]
+    # without INTRCPT1 the model has no level-1 intercept (HLM 7 lets the user remove it)
+    intercept = any(t.upper() == "INTRCPT1" for t in tokens)
+    parts = ["b0"] if intercept else []
     for tok in tokens:
         if tok.upper() in ("INTRCPT1", "RANDOM"):
             continue
         names.append(tok.split(",")[0].strip())
         parts.append(f"b{len(names)}*{_hlm_term(tok, where)}")
-    return " + ".join(parts + ["r"]), ["INTRCPT1"] + names
+    return f"{outcome.strip()} = " + " + ".join(parts + ["r"]), ["INTRCPT1"] + names
 
 
 def _hlm_level2(path: Path, value: str, line_no: int, coef_names: list[str]) -> str:
@@ -594,6 +615,12 @@ def _hlm_level2(path: Path, value: str, line_no: int, coef_names: list[str]) -> 
         rhs = rhs[:-1]
     tokens = [t.strip() for t in rhs.split("+") if t.strip()]
     random = any(t.lower() == "random" for t in tokens)
+    intercept = any(t.upper() == "INTRCPT2" for t in tokens)
+    if not intercept:  # HLM 7's 'random/' with no INTRCPT2: a random effect with no fixed part
+        if len(tokens) != int(random) or not random:
+            raise ModelError(f"{where}: without INTRCPT2 a level-2 line can only be '{coef}=random/' "
+                             "(a random effect with no fixed part); add INTRCPT2")
+        return f"b{q} = u{q}"
     parts = [f"b{q} = g{q}0"]
     s = 0
     for tok in tokens:

@@ -55,7 +55,7 @@ def hlm_fixed_df(design: Design) -> np.ndarray:
     out = []
     for f in design.fixed:
         if design.random[f.q]:
-            out.append(J - (design.W[f.q].shape[1] - 1) - 1)
+            out.append(J - len(design.spec.level2[f.q].predictors) - 1)
         else:
             out.append(N - J * R - F)
     return np.array(out, dtype=float)
@@ -116,7 +116,7 @@ def variance_tests(design: Design, ols: UnitOLS, tau: np.ndarray, stats: ModelSt
     vdiag = np.diagonal(ols.var[s], axis1=1, axis2=2)
     chi2 = (dev ** 2 / vdiag).sum(axis=0)
     J_s = int(s.sum())
-    df = np.array([J_s - (design.W[q].shape[1] - 1) - 1 for q in r], dtype=float)
+    df = np.array([J_s - len(design.spec.level2[q].predictors) - 1 for q in r], dtype=float)
     tdiag = np.diag(tau)
     reliability = (tdiag / (tdiag + vdiag)).mean(axis=0) if J_s else np.full(len(r), np.nan)
     return VarianceTests(chi2=chi2, df=df, p=special.chdtrc(df, chi2), reliability=reliability, n_sufficient=J_s)
@@ -293,9 +293,29 @@ def wald_test(C: np.ndarray, gamma: np.ndarray, cov: np.ndarray, rhs: np.ndarray
 
 
 def deviance_test(d_restricted: float, p_restricted: int, d_full: float, p_full: int) -> tuple[float, int, float]:
+    """Likelihood-ratio χ² of a restricted model against a fuller one. Refuses what cannot be a
+    test: no extra parameters, or a fuller model that fits worse (beyond rounding, 1e-9 relative)."""
+    from .errors import ModelError
+
     chi2 = d_restricted - d_full
     df = p_full - p_restricted
-    return chi2, df, float(special.chdtrc(df, chi2)) if df > 0 else float("nan")
+    if not (np.isfinite(d_restricted) and np.isfinite(d_full)):
+        raise ModelError("a deviance in the test is not a finite number; give the deviances as printed by the fits")
+    if df <= 0:
+        raise ModelError(f"the models have {p_restricted} and {p_full} parameters: a deviance test needs the fuller "
+                         "model to have more; check the parameter counts")
+    if chi2 < -1e-9 * max(abs(d_full), 1.0):
+        raise ModelError(f"the model with more parameters has the larger deviance ({d_full:.6f} > {d_restricted:.6f}), "
+                         "so the models are not nested or a fit is not at its optimum; no test is possible")
+    chi2 = max(chi2, 0.0)
+    return chi2, df, float(special.chdtrc(df, chi2))
+
+
+def information_criteria(deviance: float, n_fixed: int, n_variance: int, n_records: int) -> tuple[float, float]:
+    """AIC and BIC as lme4's AIC() and BIC(): every fixed effect and variance parameter counts
+    (under REML too), and BIC's n is the number of level-1 records."""
+    k = n_fixed + n_variance
+    return deviance + 2.0 * k, deviance + k * float(np.log(n_records))
 
 
 def mixture_p(chi2: float, df: int) -> float:

@@ -143,6 +143,14 @@ def _level2_term(term, sym: Symbols) -> str:
     return f"({name}j)"
 
 
+def fit_criteria(a) -> tuple[float, float]:
+    from .inference import information_criteria
+
+    r = a.result
+    n_var = r.n_params - (a.stats.p if r.method == "ML" else 0)
+    return information_criteria(r.deviance, a.stats.p, n_var, a.design.n)
+
+
 def certificate_text(r, sym: Symbols) -> list[str]:
     """What was checked, as bounds (the tolerance) so the text is the same on every platform; the
     exact numbers are in the JSON."""
@@ -194,25 +202,35 @@ def data_hash(design) -> str:
 def model_summary(spec, sym: Symbols) -> list[str]:
     b, u = sym.beta, sym.u
     out = ["Summary of the model specified", "", "Level-1 Model", ""]
-    rhs = [f"{b}0j"] + [f"{b}{k}j*{_level1_term(t, sym)}" for k, t in enumerate(spec.level1, start=1)]
+    present = [q for q, eq in enumerate(spec.level2) if eq.present]
+    rhs = [f"{b}{q}j" + ("" if q == 0 else f"*{_level1_term(spec.level1[q - 1], sym)}") for q in present]
     out.append(f"    {hlm_name(spec.outcome)}ij = " + " + ".join(rhs) + " + rij")
     out += ["", "Level-2 Model", ""]
-    for q, eq in enumerate(spec.level2):
-        parts = [sym.g(q, 0)] + [f"{sym.g(q, s)}*{_level2_term(t, sym)}" for s, t in enumerate(eq.predictors, start=1)]
+    for q in present:
+        eq = spec.level2[q]
+        parts = ([sym.g(q, 0)] if eq.intercept else []) + [
+            f"{sym.g(q, s)}*{_level2_term(t, sym)}" for s, t in enumerate(eq.predictors, start=1)]
         if eq.random:
             parts.append(f"{u}{q}j")
         out.append(f"    {b}{q}j = " + " + ".join(parts))
+    if spec.options.tau == "diagonal":
+        out += ["", f"The random effects are independent: the off-diagonal elements of {sym.tau} are fixed at 0."]
     out += ["", "Mixed Model", ""]
     lines = []
-    for q, eq in enumerate(spec.level2):
+    for q in present:
+        eq = spec.level2[q]
         x = "" if q == 0 else f"*{hlm_name(spec.level1[q - 1].name)}ij"
-        terms = [f"{sym.g(q, 0)}{x}"]
+        terms = [f"{sym.g(q, 0)}{x}"] if eq.intercept else []
         for s, t in enumerate(eq.predictors, start=1):
             name = f"mean({hlm_name(t.name)})" if t.unit_mean else hlm_name(t.name)
             terms.append(f"{sym.g(q, s)}*{name}j{x}")
-        lines.append(" + ".join(terms))
-    out.append(f"    {hlm_name(spec.outcome)}ij = {lines[0]}")
-    out += [f"    + {line}" for line in lines[1:]]
+        if terms:
+            lines.append(" + ".join(terms))
+    if lines:
+        out.append(f"    {hlm_name(spec.outcome)}ij = {lines[0]}")
+        out += [f"    + {line}" for line in lines[1:]]
+    else:
+        out.append(f"    {hlm_name(spec.outcome)}ij =")
     rand = []
     for q, eq in enumerate(spec.level2):
         if eq.random:
@@ -257,19 +275,24 @@ def _r_name(term, level: int) -> str:
 
 def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
     """The same model in lme4 syntax, and how to make its derived columns in R."""
-    fixed = ["1"]
+    fixed = ["1"] if spec.level2[0].intercept else ["0"]
     for q, eq in enumerate(spec.level2):
         x = None if q == 0 else _r_name(spec.level1[q - 1], 1)
-        if x:
+        if x and eq.intercept:
             fixed.append(x)
         for t in eq.predictors:
             w = _r_name(t, 2)
             fixed.append(w if x is None else f"{w}:{x}")
     fixed = list(dict.fromkeys(fixed))
     rand = [("1" if q == 0 else _r_name(spec.level1[q - 1], 1)) for q, eq in enumerate(spec.level2) if eq.random]
-    if "1" not in rand:
-        rand = ["0"] + rand
-    formula = f"{spec.outcome} ~ {' + '.join(fixed)} + ({' + '.join(rand)} | {id_name})"
+    if spec.options.tau == "diagonal":
+        # independent random effects: one term per effect, as (1 | g) + (0 + x | g)
+        parts = [f"({'1' if r == '1' else '0 + ' + r} | {id_name})" for r in rand]
+        formula = f"{spec.outcome} ~ {' + '.join(fixed)} + {' + '.join(parts)}"
+    else:
+        if "1" not in rand:
+            rand = ["0"] + rand
+        formula = f"{spec.outcome} ~ {' + '.join(fixed)} + ({' + '.join(rand)} | {id_name})"
     notes = []
     made = set()
     for t in list(spec.level1) + [t for eq in spec.level2 for t in eq.predictors]:
@@ -360,7 +383,7 @@ def fit_json(analysis, meta: dict) -> dict:
     components.append({"effect": "level-1", "label": "r", "sd": math.sqrt(r.sigma2), "variance": r.sigma2,
                        "df": None, "chi2": None, "p": None})
     out = {
-        "schema": 1, "tool": "hlmcli", "version": __version__,
+        "schema": 2, "tool": "hlmcli", "version": __version__,
         "title": meta.get("title"), "data_source": meta.get("data_source"),
         "method": r.method, "outcome": d.spec.outcome,
         "n_level1": d.n, "n_level2": d.n_units, "n_deleted": d.n_deleted, "units_deleted": d.units_deleted,
@@ -378,6 +401,7 @@ def fit_json(analysis, meta: dict) -> dict:
         "gamma_covariance": fx.cov.tolist(), "gamma_robust_covariance": fx.robust_cov.tolist(),
         "variance_components": components,
         "deviance": r.deviance, "n_params": r.n_params, "loglik": -r.deviance / 2,
+        "aic": fit_criteria(a)[0], "bic": fit_criteria(a)[1],
         "lme4_formula": lme4_formula(d.spec, meta.get("id_name", "ID"))[0],
         "centering_means": d.centering_means,
     }
@@ -488,7 +512,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         p = two_sided_p(t, df)
         rows = []
         for k, f in enumerate(d.fixed):
-            if f.s == 0:
+            if k == 0 or d.fixed[k - 1].q != f.q:
                 rows.append([f"For {_coef_label(d, f.q, sym)}"])
             rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{fx.gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}",
                          _df_text(df[k]), hlm_p(p[k])])
@@ -510,6 +534,8 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w("Statistics for the current model")
     w(f" Deviance                       = {r.deviance:.6f}")
     w(f" Number of estimated parameters = {r.n_params}")
+    aic, bic = fit_criteria(a)
+    w(f" AIC = {aic:.6f}, BIC = {bic:.6f} (as lme4: every fixed effect and variance parameter counted)")
     out += extras_text(a.extras, sym)
     formula, notes = lme4_formula(d.spec, meta.get("id_name", "ID"))
     w("")
@@ -543,7 +569,8 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
         w(f" {sym.chi2} statistic = {t['H']:.5f}")
         w(f" Number of degrees of freedom = {t['df']}")
         w(f" P-value = {hlm_p(t['p'])}")
-        w(f" ({t['units_used']} units with n_j > number of level-1 coefficients)")
+        w(f" ({t['units_used']} units with n_j > number of level-1 coefficients and an estimable level-1 regression"
+          + (f"; {t['units_left_out']} units left out" if t.get("units_left_out") else "") + ")")
     if "icc" in ex:
         w("")
         w(f"Intraclass correlation {sym.tau}00 / ({sym.tau}00 + {sym.sigma2}) = {ex['icc']:.3f}")

@@ -81,6 +81,50 @@ def test_compare_refuses_reml_fits_with_different_fixed_effects(hsb_archive, tmp
     assert proc.returncode == 1 and "refit both with --ml" in proc.stderr
 
 
+def _save(tmp_path, name, proc):
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / name).write_text(proc.stdout)
+    return tmp_path / name
+
+
+def test_compare_refuses_different_centering_under_reml(hsb_archive, tmp_path):
+    """group(SES) with a fixed slope against raw SES with a random slope is not a valid REML test."""
+    a = _save(tmp_path, "a.json", hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + b1*group(SES) + r", "--format", "json"))
+    b = _save(tmp_path, "b.json", hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + b1*SES + r", "-2", "b1 = g10 + u1",
+                                         "--format", "json"))
+    proc = hlmcli("compare", a, b)
+    assert proc.returncode == 1 and "centring included" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_compare_refuses_fits_of_different_data(hsb_archive, popular_archive, tmp_path):
+    a = _save(tmp_path, "a.json", hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + r", "--format", "json", "--ml"))
+    # the same model on the records with SES > 0 only: different data, same names
+    b = _save(tmp_path, "b.json", hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + b1*FEMALE + r", "--format", "json", "--ml"))
+    data = json.loads(b.read_text())
+    data["data_hash"] = "0" * 64
+    b.write_text(json.dumps(data))
+    proc = hlmcli("compare", a, b)
+    assert proc.returncode == 1 and "different records" in proc.stderr
+
+
+def test_compare_refuses_zero_df_and_negative_chi2(hsb_archive, tmp_path):
+    a = _save(tmp_path, "a.json", hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + r", "--format", "json", "--ml"))
+    proc = hlmcli("compare", a, a)
+    assert proc.returncode == 1 and "needs the fuller model to have more" in proc.stderr
+    b = json.loads(hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + b1*group(SES) + r", "--format", "json", "--ml").stdout)
+    b["deviance"] = json.loads(a.read_text())["deviance"] + 5.0  # a fuller model that fits worse
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    proc = hlmcli("compare", a, tmp_path / "b.json")
+    assert proc.returncode == 1 and "larger deviance" in proc.stderr
+
+
+def test_fit_refuses_an_impossible_prior_deviance(hsb_archive):
+    proc = hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + r", "--compare-deviance", "10", "--compare-params", "1")
+    assert proc.returncode == 1 and "larger deviance" in proc.stderr
+    proc = hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + r", "--compare-deviance", "50000", "--compare-params", "2")
+    assert proc.returncode == 1 and "needs the fuller model to have more" in proc.stderr
+
+
 def test_compare_ml_deviance_test_and_variance_reduction(hsb_archive, tmp_path):
     a, b = fit_json(hsb_archive, "hsb_m1", "--ml"), fit_json(hsb_archive, "hsb_m2", "--ml")
     (tmp_path / "a.json").write_text(json.dumps(a))
@@ -258,7 +302,11 @@ def test_makefile_example(tmp_path):
     for m in ("m1_empty", "m2_means", "m3_random_coef", "m4_slopes"):
         assert json.loads((work / "results" / f"{m}.json").read_text())["converged"]
         assert "Final estimation of fixed effects" in (work / "results" / f"{m}.txt").read_text()
-    assert "Chi-square statistic" in (work / "results" / "compare_m3_m4.txt").read_text()
+    compare = (work / "results" / "compare_m3_m4.txt").read_text()
+    # lme4 reaches ML deviance 46633.881 for model 4 (an interior optimum, correlation 0.82), so the
+    # comparison with model 3 is chi-square 77.10 and the slope variance falls by 0.646 (the issue)
+    assert "Deviance B = 46633.88" in compare and "Chi-square statistic = 77.09" in compare
+    assert "SES: 0.67824 -> 0.23984  0.646" in compare and "AIC A =" in compare
     assert run("-q").returncode == 0  # up to date: a second make does nothing
     second = run()
     assert "hlmcli" not in second.stdout
