@@ -46,8 +46,13 @@ def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm") -> Analys
     design_stage.check_collinearity(design, stats.XX)
     if design.n <= stats.p + 1:
         raise ModelError(f"only {design.n} records for {stats.p} fixed effects; the model needs more data")
+    check_residual_variation(stats, spec)
     structure = TauStructure(getattr(spec.options, "tau", "unstructured"))
-    result = fit(stats, spec.method, max_iterations=spec.options.max_iterations, structure=structure)
+    try:
+        result = fit(stats, spec.method, max_iterations=spec.options.max_iterations, structure=structure)
+    except (FloatingPointError, np.linalg.LinAlgError) as exc:
+        raise ModelError(f"the model cannot be fitted to these data ({exc}); check for an outcome that the "
+                         "predictors determine exactly, or remove random effects") from None
     result.boundary = boundary_notes(result, spec)
     fixed = inference.fixed_effects(design, unit, stats, result)
     ols = inference.unit_ols(design, unit, stats, result)
@@ -58,6 +63,17 @@ def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm") -> Analys
     if df_method == "satterthwaite":
         analysis.satterthwaite = inference.satterthwaite_df(stats, unit, result)
     return analysis
+
+
+def check_residual_variation(stats, spec: ModelSpec) -> None:
+    """σ² is not estimable when the fixed effects reproduce the outcome exactly (a constant outcome
+    in an intercept-only model, or y an exact linear function of the predictors)."""
+    beta = np.linalg.lstsq(stats.XX, stats.Xy, rcond=None)[0] if stats.p else np.zeros(0)
+    rss = stats.yy - float(beta @ stats.Xy) if stats.p else stats.yy
+    if not rss > 1e-12 * max(stats.yy, 1e-300) or stats.yy == 0:
+        raise ModelError(f"{spec.outcome} is reproduced exactly by the fixed effects (no residual variation), so "
+                         "the level-1 variance cannot be estimated; check that the outcome is not constant or a "
+                         "copy of a predictor")
 
 
 def check_estimable(design: design_stage.Design) -> None:

@@ -235,3 +235,19 @@ def test_homogeneity_leaves_out_singular_units_instead_of_crashing():
     h = json.loads(proc.stdout)["homogeneity"]
     assert h["units_used"] + h["units_left_out"] == 100 and h["df"] == h["units_used"] - 1
     assert h["H"] > 0
+
+
+@pytest.mark.parametrize("outcome", ["5", "{x}"])
+def test_an_outcome_without_residual_variation_is_refused(tmp_path, outcome):
+    """A constant outcome, or one equal to a predictor: σ² is not estimable (the deviance is unbounded)."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for j in range(10):
+        for _ in range(5):
+            x = round(float(rng.normal()), 3)
+            rows.append(f"{j},{x},{outcome.format(x=x)}")
+    (tmp_path / "l1.csv").write_text("ID,X,Y\n" + "\n".join(rows) + "\n")
+    (tmp_path / "l2.csv").write_text("ID\n" + "".join(f"{j}\n" for j in range(10)))
+    proc = hlmcli("fit", tmp_path / "l1.csv", tmp_path / "l2.csv", "--id", "ID", "-1", "Y = b0 + b1*X + r",
+                  "--cache-dir", tmp_path)
+    _one_line_error(proc, "no residual variation")
