@@ -156,3 +156,17 @@ def test_rescaled_ses_matches_lme4(tmp_path):
         assert fit["deviance"] <= ref["deviance"] * (1 + 1e-12) and rel(fit["deviance"], ref["deviance"]) < 1e-9
         ses = [f for f in fit["fixed_effects"] if f["coefficient"] == "SES"][0]
         assert ses["estimate"] == pytest.approx(ref["fixef"]["ses_k"], rel=1e-5)
+
+
+@pytest.mark.parametrize("hlm,case", [
+    ("level1:MATHACH=INTRCPT1+SES,1+RANDOM\nlevel2:INTRCPT1=INTRCPT2+random/\nlevel2:SES=random/\n", "hsb_no_fixed_slope"),
+    ("level1:MATHACH=SES+RANDOM\nlevel2:SES=INTRCPT2+random/\n", "hsb_no_intercept"),
+])
+def test_hlm_command_files_write_the_same_forms(tmp_path, hlm, case):
+    """HLM 7 writes 'random/' without INTRCPT2 for a random effect with no fixed part, and drops
+    INTRCPT1 from level1: for a model without an intercept."""
+    path = tmp_path / "m.hlm"
+    path.write_text(hlm)
+    proc = hlmcli("fit", *HSB, "--model", path, "--format", "json", "--cache-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert rel(json.loads(proc.stdout)["deviance"], REF[f"{case}_reml"]["deviance"]) < 1e-9
