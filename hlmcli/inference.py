@@ -61,21 +61,13 @@ def hlm_fixed_df(design: Design) -> np.ndarray:
     return np.array(out, dtype=float)
 
 
-def on_outcome_scale(gamma: np.ndarray, unit: UnitStats) -> np.ndarray:
-    """The one place that undoes the internal centring of y: its mean goes back into γ00."""
-    out = np.array(gamma, dtype=float, copy=True)
-    if unit.y_shift:
-        out[0] += unit.y_shift
-    return out
-
-
 def fixed_effects(design: Design, unit: UnitStats, stats: ModelStats, result: FitResult) -> FixedTable:
     us = result.solve
     w = us.XVe_units()  # σ²·X_j'V_j⁻¹e_j
     Pinv = us.Pinv()
     robust = Pinv @ (w.T @ w) @ Pinv  # the CR0 cluster sandwich (σ² cancels)
     cov = result.cov_gamma
-    return FixedTable(gamma=on_outcome_scale(us.gamma, unit), se=np.sqrt(np.diag(cov)),
+    return FixedTable(gamma=unit.on_outcome_scale(us.gamma), se=np.sqrt(np.diag(cov)),
                       robust_se=np.sqrt(np.diag(robust)), df=hlm_fixed_df(design), cov=cov, robust_cov=robust)
 
 
@@ -249,8 +241,7 @@ class UnitEstimates:
 
 def empirical_bayes(unit: UnitStats, stats: ModelStats, result: FitResult) -> UnitEstimates:
     u, post_var = result.solve.posterior(result.sigma2)
-    coef = np.einsum("jkp,p->jk", stats.B, result.solve.gamma)
-    coef[:, 0] += unit.y_shift  # β0 back on the outcome's scale (y_shift is 0 when y was not centred)
+    coef = unit.on_outcome_scale(np.einsum("jkp,p->jk", stats.B, result.solve.gamma))
     eb = coef.copy()
     eb[:, stats.random] += u
     marginal = result.tau[None, :, :] - post_var  # Var(û_j) = T - Var(u_j | y)
@@ -334,8 +325,7 @@ def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: i
     ok, betas = ols.ok, ols.beta
     s2 = np.where(ok, ols.rss / np.where(f_all > 0, f_all, 1), np.nan)
     sufficient = np.flatnonzero(ok)
-    betas_out = betas.copy()
-    betas_out[:, 0] += unit.y_shift
+    betas_out = unit.on_outcome_scale(betas)
     for j in range(min(n_units, stats.J)):
         per_unit.append({"unit": design.unit_ids[j], "n": int(unit.n[j]), "ok": bool(np.isfinite(s2[j])),
                          "coefficients": dict(zip(names, [float(x) for x in betas_out[j]])),
@@ -345,8 +335,7 @@ def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: i
     rss = stats.yy - gamma_ols @ stats.Xy
     sigma2_ols = rss / (stats.N - stats.p)
     se_ols = np.sqrt(np.diag(sigma2_ols * np.linalg.inv(stats.XX)))
-    gamma_out = gamma_ols.copy()
-    gamma_out[0] += unit.y_shift
+    gamma_out = unit.on_outcome_scale(gamma_ols)
     # least-squares σ² (pooled within units) and T (spread of unit OLS estimates beyond their sampling error)
     idx = np.array(sufficient, dtype=int)
     f = unit.n[idx] - K

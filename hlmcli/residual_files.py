@@ -19,9 +19,7 @@ def level2_table(analysis, eb) -> pd.DataFrame:
     names = d.spec.coefficient_names()
     rand_q = [int(q) for q in a.stats.random]
     cols: dict[str, object] = {"id": d.unit_ids, "nj": a.unit.n.astype(int)}
-    ols = a.ols.beta.copy()
-    if 0 in rand_q:
-        ols[:, rand_q.index(0)] += a.unit.y_shift
+    ols = a.unit.on_outcome_scale(a.ols.beta, rand_q.index(0) if 0 in rand_q else None)
     for k, q in enumerate(rand_q):
         cols[f"u_{names[q]}"] = eb.u[:, k]
         cols[f"postvar_{names[q]}"] = eb.u_var[:, k, k]

@@ -21,6 +21,15 @@ class UnitStats:
     yy: np.ndarray  # (J,)       y_j'y_j
     y_shift: float  # y was centered at this value first, so sums of squares do not cancel
 
+    def on_outcome_scale(self, values: np.ndarray, intercept: int | None = 0) -> np.ndarray:
+        """The one place that undoes the centring of y: the shift goes back into the intercept
+        (index `intercept` of the last axis: γ00 among the γs, β0 among a unit's coefficients).
+        With no intercept y was not centred (y_shift is 0)."""
+        out = np.array(values, dtype=float, copy=True)
+        if self.y_shift and intercept is not None:
+            out[..., intercept] += self.y_shift
+        return out
+
 
 def unit_cross_products(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, center_y: bool = True) -> UnitStats:
     """Per-unit cross-products; y is centred at its mean first when the model can absorb the shift
