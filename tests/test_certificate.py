@@ -251,3 +251,33 @@ def test_an_outcome_without_residual_variation_is_refused(tmp_path, outcome):
     proc = hlmcli("fit", tmp_path / "l1.csv", tmp_path / "l2.csv", "--id", "ID", "-1", "Y = b0 + b1*X + r",
                   "--cache-dir", tmp_path)
     _one_line_error(proc, "no residual variation")
+
+
+class _Quartic:
+    """d(g) = -(g-1)² + (g-1)⁴ for a 1×1 G: a local maximum (a saddle of the search) at g = 1,
+    minima at g = 1 ± 1/√2. Exact gradient, so the test judges the certificate alone."""
+
+    def at(self, G):
+        g = float(G[0, 0]) - 1.0
+        return -g * g + g ** 4, np.array([[-2 * g + 4 * g ** 3]])
+
+    def value(self, G):
+        return self.at(G)[0]
+
+
+def test_certificate_sees_a_stationary_point_that_is_not_a_minimum_and_the_search_leaves_it():
+    from hlmcli.estimation import _along_face, _escape, _face_newton
+
+    obj = _Quartic()
+    G = np.array([[1.0]])
+    cert = certify(obj, G, False, 1e-10)
+    assert not cert.certified and cert.face_decrement <= 1e-10
+    assert cert.hessian_eigenvalue < 0 and any("saddle" in f for f in cert.failed)
+    G1, dev, steps, saddle, _ = _face_newton(obj, G, False)
+    assert saddle is not None
+    face, x0, e = saddle
+    moved = _escape(obj, _along_face(face, x0, e, 1.0), dev) or _escape(obj, _along_face(face, x0, e, -1.0), dev)
+    assert moved is not None and moved[1] < dev
+    G2, dev2, _, saddle2, data = _face_newton(obj, moved[0], False)
+    assert saddle2 is None and abs(abs(G2[0, 0] - 1.0) - 2 ** -0.5) < 1e-5  # decrement 1e-10 <-> |δ| ~ 7e-6
+    assert certify(obj, G2, False, 1e-10, data).certified
