@@ -10,13 +10,14 @@ spanning its null space, they are
          G(S, B) = (V₊ + V₀B) S (V₊ + V₀B)',
      whose gradient at B = 0 is (V₊'ΓV₊ in S, 2V₀'ΓV₊S in B): ΓG = 0 exactly when it vanishes;
   2. no descent into the cone: μ = λ_min(V₀'ΓV₀) ≥ 0. If μ < 0 with eigenvector w, G + t·vv'
-     (v = V₀w) is feasible and d falls at rate μ.
+     (v = V₀w) is feasible and d falls at rate μ; the decrease available along it is measured by
+     a scan over t.
 Second order: the Hessian of d in (S, B), by central differences of the analytic gradient, is PSD.
 
 Every test is judged in deviance units, so it is free of the data's scale: the face decrement
-½g'H⁻¹g and, into the cone, μ²/(2h) with h the curvature along vv' are the decreases still
-available; both must be below the tolerance the caller gives. The rank of G is decided on the
-standardised scale (see estimation.py): an eigenvalue of G at most RANK_TOL·max(1, λ_max) is zero.
+½g'H⁻¹g and, into the cone, the decrease found along vv' are the decreases still available; both
+must be below the tolerance the caller gives. The rank of G is decided on the
+standardised scale (see estimation.py): an eigenvalue of G at most rank_tolerance() is zero.
 For a diagonal τ the face is the set of positive diagonal entries and the cone is G_kk ≥ 0.
 """
 
@@ -26,7 +27,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-RANK_TOL = 1e-6
+RANK_TOL = 1e-6  # an eigenvalue of G (standardised) at most this is zero ...
+RANK_NOISE = 1e-11  # ... or at most this times the largest, the eigen-solver's rounding
+
+
+def rank_tolerance(eigenvalues) -> float:
+    """Eigenvalues of the standardised G = τ/σ² at or below this are zero. G is dimensionless (the
+    variance of a random effect on a unit-RMS column, over σ²), so an absolute 1e-6 is free of the
+    data's units; the relative term only covers rounding when G also has very large eigenvalues."""
+    top = float(np.max(np.abs(eigenvalues), initial=0.0))
+    return max(RANK_TOL, RANK_NOISE * top)
+
+
 HESSIAN_TOL = 1e-7  # a face-Hessian eigenvalue below −this × the largest one is negative
 
 
@@ -38,11 +50,12 @@ class Certificate:
     face_decrement: float  # ½ g'H⁻¹g on the face: the decrease Newton still predicts (deviance units)
     face_gradient: float  # largest |entry| of the face gradient
     null_eigenvalue: float | None  # λ_min(V₀'ΓV₀); None when τ is positive definite
-    null_decrease: float | None  # μ²/(2h) when μ < 0, else 0; None when τ is positive definite
+    null_decrease: float | None  # the decrease found along vv' when μ < 0, else 0; None when τ is positive definite
     hessian_eigenvalue: float | None  # smallest face-Hessian eigenvalue, relative to the largest
     tolerance: float
     failed: list[str] = field(default_factory=list)
     descent: np.ndarray | None = None  # a feasible direction that lowers the deviance
+    descent_step: float = 1.0  # the step along it that the local quadratic model predicts is best
     G: np.ndarray | None = None  # the point certified (standardised coordinates)
 
     def describe(self) -> str:
@@ -68,21 +81,23 @@ class Face:
     def __init__(self, G: np.ndarray, diagonal: bool):
         self.q = G.shape[0]
         self.diagonal = diagonal
+        # The range basis is scaled by √λ so that S = I at G: every face coordinate is then a
+        # relative change, and the face Hessian stays well conditioned however different the
+        # eigenvalues of G are.
         if diagonal:
             d = np.diag(G)
-            pos = d > RANK_TOL * max(1.0, float(d.max(initial=0.0)))
+            pos = d > rank_tolerance(d)
             self.pos = np.flatnonzero(pos)
             self.zero = np.flatnonzero(~pos)
             self.r = self.pos.size
-            self.V = np.eye(self.q)[:, self.pos]
+            self.V = np.eye(self.q)[:, self.pos] * np.sqrt(d[self.pos])
             self.V0 = np.eye(self.q)[:, self.zero]
-            self.S = np.diag(d[self.pos])
         else:
             w, E = np.linalg.eigh(0.5 * (G + G.T))
-            pos = w > RANK_TOL * max(1.0, float(w[-1]))
+            pos = w > rank_tolerance(w)
             self.r = int(pos.sum())
-            self.V, self.V0 = E[:, pos], E[:, ~pos]
-            self.S = np.diag(w[pos])
+            self.V, self.V0 = E[:, pos] * np.sqrt(w[pos]), E[:, ~pos]
+        self.S = np.eye(self.r)
         self.tril = np.tril_indices(self.r)
 
     @property
@@ -139,7 +154,7 @@ class Face:
         """Central differences of the analytic face gradient; steps small against S's spectrum so
         every point stays on the face."""
         S, _ = self.parts(x)
-        lo = float(np.linalg.eigvalsh(S)[0]) if self.r else 1.0
+        lo = min(1.0, float(np.linalg.eigvalsh(S)[0])) if self.r else 1.0
         n = self.size
         Hm = np.zeros((n, n))
         for i in range(n):
@@ -153,10 +168,12 @@ class Face:
         return 0.5 * (Hm + Hm.T)
 
 
-def _null_check(obj, G, Gamma, face: Face, tol: float):
-    """μ = λ_min(V₀'ΓV₀), its direction vv', and the decrease μ²/(2h) available along it."""
+def _null_check(obj, G, Gamma, face: Face, tol: float, dev: float):
+    """μ = λ_min(V₀'ΓV₀), and when μ < 0 the decrease actually available along G + t·vv': the
+    deviance is scanned over t from 1e-9 to 1e3 (G is standardised, so these are absolute), which
+    does not depend on estimating a curvature that can vary over many orders of magnitude."""
     if face.r == face.q:
-        return None, None, None
+        return None, None, None, 1.0
     if face.diagonal:
         diag = np.diag(Gamma)[face.zero]
         k = int(np.argmin(diag))
@@ -166,15 +183,14 @@ def _null_check(obj, G, Gamma, face: Face, tol: float):
         w, E = np.linalg.eigh(face.V0.T @ Gamma @ face.V0)
         mu = float(w[0])
         v = face.V0 @ E[:, 0]
-    D = np.outer(v, v)
     if mu >= 0:
-        return mu, 0.0, None
-    # curvature along D from the change of the directional derivative tr(ΓD)
-    delta = 1e-4 * max(1.0, float(np.abs(np.linalg.eigvalsh(G)).max()))
-    mu_delta = float(np.sum(obj.at(G + delta * D)[1] * D))
-    h = (mu_delta - mu) / delta
-    decrease = mu * mu / (2 * h) if h > 0 else np.inf
-    return mu, decrease, (D if decrease > tol else None)
+        return mu, 0.0, None, 1.0
+    D = np.outer(v, v)
+    steps = np.logspace(-9, 3, 25)
+    values = np.array([obj.value(G + t * D) for t in steps])
+    k = int(np.argmin(values))
+    decrease = max(0.0, dev - float(values[k]))
+    return mu, decrease, (D if decrease > tol else None), float(steps[k])
 
 
 def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> Certificate:
@@ -205,7 +221,7 @@ def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> C
             failed.append(f"the face Hessian has a negative eigenvalue ({hmin:+.1E} relative): a saddle point")
         if not np.isfinite(decrement) or decrement > tol:
             failed.append(f"the deviance can still fall by {decrement:.1E} on the face (tolerance {tol:.0E})")
-    mu, null_decrease, D = _null_check(obj, G, Gamma, face, tol)
+    mu, null_decrease, D, step_size = _null_check(obj, G, Gamma, face, tol, dev)
     if D is not None:
         descent = D
         failed.append(f"a direction into the cone lowers the deviance (null-space gradient eigenvalue {mu:+.1E}, "
@@ -214,4 +230,5 @@ def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> C
         failed.append("the deviance is not finite")
     return Certificate(certified=not failed, rank=face.r, q=face.q, face_decrement=float(decrement),
                        face_gradient=grad_max, null_eigenvalue=mu, null_decrease=null_decrease,
-                       hessian_eigenvalue=hmin, tolerance=tol, failed=failed, descent=descent, G=G)
+                       hessian_eigenvalue=hmin, tolerance=tol, failed=failed, descent=descent,
+                       descent_step=float(step_size), G=G)

@@ -115,6 +115,12 @@ class Objective:
             return np.inf, np.zeros_like(G)
         return us.profiled_deviance(self.reml), us.gradient_G(self.reml)
 
+    def noise(self, G: np.ndarray) -> float:
+        try:
+            return self.solve(factor(G)).rounding_noise(self.reml)
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return 0.0
+
     def value(self, G: np.ndarray) -> float:
         try:
             return self.solve(factor(G)).profiled_deviance(self.reml)
@@ -179,9 +185,11 @@ def _moment_start(stats: ModelStats, structure: TauStructure) -> np.ndarray | No
 TOL_DECREMENT_ABS = 1e-10  # deviance units
 
 
-def tol_decrement(deviance: float) -> float:
-    """A remaining decrease below this is no decrease: 1e-10 plus the rounding noise of the deviance."""
-    return TOL_DECREMENT_ABS + 1e-14 * abs(deviance)
+def tol_decrement(deviance: float, noise: float = 0.0) -> float:
+    """A remaining decrease below this is no decrease: 1e-10 plus 1e-14 of the deviance, or, when
+    the data make the deviance itself less precise than that, ten times its rounding noise
+    (UnitSolve.rounding_noise): a smaller decrease could not be verified."""
+    return max(TOL_DECREMENT_ABS + 1e-14 * abs(deviance), 10.0 * noise)
 
 
 def _face_newton(obj: Objective, G: np.ndarray, diagonal: bool, max_steps: int = 30):
@@ -194,6 +202,7 @@ def _face_newton(obj: Objective, G: np.ndarray, diagonal: bool, max_steps: int =
     if face.size == 0:
         return G, obj.value(G), steps, None, None
     x = face.x0()
+    noise = obj.noise(G)
     dev0 = obj.value(G)
     dev, Gam = obj.at(face.G(x))  # eigenvalues below the rank tolerance dropped
     if not dev <= dev0 + tol_decrement(dev0):
@@ -211,7 +220,7 @@ def _face_newton(obj: Objective, G: np.ndarray, diagonal: bool, max_steps: int =
             continue
         keep = w > HESSIAN_TOL * top
         step = E[:, keep] @ ((E[:, keep].T @ g) / w[keep])
-        if 0.5 * float(g @ step) <= 0.01 * tol_decrement(dev):
+        if 0.5 * float(g @ step) <= 0.01 * tol_decrement(dev, noise):
             if fresh:
                 return G, dev, steps, None, (face, x, H, g, dev, Gam)
             H, fresh = face.hessian(obj, x), True
@@ -235,10 +244,11 @@ def _face_newton(obj: Objective, G: np.ndarray, diagonal: bool, max_steps: int =
     return G, dev, steps, None, None
 
 
-def _escape(obj: Objective, curve, dev: float) -> tuple[np.ndarray, float] | None:
-    """A line search along a feasible curve t -> G(t), t > 0, for a clearly lower deviance."""
+def _escape(obj: Objective, curve, dev: float, t0: float) -> tuple[np.ndarray, float] | None:
+    """A line search along a feasible curve t -> G(t), t > 0, for a clearly lower deviance: steps
+    from 1e-3 to 10 times t0, the best step the certificate found, and from 1e-9 to 1e3."""
     best = None
-    for t in np.logspace(-6, 2, 33):
+    for t in np.concatenate([t0 * np.logspace(-3, 1, 17), np.logspace(-9, 3, 13)]):
         Gt = curve(t)
         if Gt is None:
             continue
@@ -249,13 +259,12 @@ def _escape(obj: Objective, curve, dev: float) -> tuple[np.ndarray, float] | Non
 
 
 def _along(G: np.ndarray, D: np.ndarray):
-    scale = max(1.0, float(np.abs(np.linalg.eigvalsh(G)).max()))
-    return lambda t: G + (t * scale) * D
+    return lambda t: G + t * D
 
 
 def _along_face(face: Face, x0: np.ndarray, e: np.ndarray, sign: float):
     def curve(t):
-        x = x0 + sign * t * max(1.0, float(np.abs(x0).max())) * e
+        x = x0 + sign * t * e
         return face.G(x) if face.feasible(x) else None
     return curve
 
@@ -287,35 +296,42 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
             best = (G1, d1, name, msg)
     G, dev, start_name, message = best
 
+    # Newton on the face, then the certificate; a saddle or a descent direction into the cone is
+    # followed and the loop resumes. L-BFGS-B runs again only when Newton cannot finish.
     cert = None
-    for _ in range(10):
+    stalled = False
+    for _ in range(25):
         G, dev, steps, saddle, face_data = _face_newton(obj, G, diagonal)
         iterations += steps
-        moved = None
         if saddle is not None:
             face, x0, e = saddle
+            moved = None
             for sign in (1.0, -1.0):
-                moved = _escape(obj, _along_face(face, x0, e, sign), dev)
+                moved = _escape(obj, _along_face(face, x0, e, sign), dev, 1.0)
                 if moved is not None:
                     break
             if moved is None:
-                cert = certify(obj, G, diagonal, tol_decrement(dev))
                 break
-        else:
-            cert = certify(obj, G, diagonal, tol_decrement(dev), face_data)
-            if cert.certified or cert.descent is None:
+            G, dev = moved
+            continue
+        cert = certify(obj, G, diagonal, tol_decrement(dev, obj.noise(G)), face_data)
+        if cert.certified:
+            break
+        if cert.descent is None:
+            if face_data is not None or stalled or iterations >= max_iterations:
                 break
-            moved = _escape(obj, _along(G, cert.descent), dev)
-            if moved is None:
-                break
+            # Newton could not finish on this face: one more quasi-Newton run, then give up
+            stalled = True
+            G, dev, nit, message = _lbfgs(obj, G, structure, max_iterations - iterations)
+            iterations += nit + 1
+            continue
+        moved = _escape(obj, _along(G, cert.descent), dev, cert.descent_step)
+        if moved is None:
+            break
         G, dev = moved
         cert = None
-        if iterations >= max_iterations:
-            break
-        G, dev, nit, message = _lbfgs(obj, G, structure, max_iterations - iterations)
-        iterations += nit
-    if cert is None:
-        cert = certify(obj, G, diagonal, tol_decrement(dev))
+    if cert is None or cert.G is not G:
+        cert = certify(obj, G, diagonal, tol_decrement(dev, obj.noise(G)))
 
     G_user = A @ G @ A.T
     G_user = 0.5 * (G_user + G_user.T)

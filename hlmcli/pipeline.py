@@ -14,7 +14,7 @@ from . import inference
 from .archive import Archive
 from .equations import ModelSpec
 from .errors import ModelError
-from .certificate import RANK_TOL
+from .certificate import rank_tolerance
 from .estimation import FitResult, TauStructure, fit
 from .sufficient import ModelStats, UnitStats, model_stats, unit_cross_products
 
@@ -108,7 +108,7 @@ def boundary_notes(result: FitResult, spec: ModelSpec) -> list[str]:
     names = [q for q, r in zip(range(len(spec.level2)), spec.random) if r]
     G = cert.G
     d = np.diag(G)
-    tol = RANK_TOL * max(1.0, float(np.abs(np.linalg.eigvalsh(G)).max()))
+    tol = rank_tolerance(np.linalg.eigvalsh(G))
     notes = []
     for k, q in enumerate(names):
         if d[k] <= tol:

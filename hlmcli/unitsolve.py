@@ -179,6 +179,17 @@ class UnitSolve:
         d = float(self.logdet.sum()) + nu * (1.0 + LOG_2PI + np.log(self.rss / nu))
         return d + self.log_det_P() if reml else d
 
+    def rounding_noise(self, reml: bool) -> float:
+        """How far rounding can move the profiled deviance: rss = y'y − Σ(Z'y)'K(Z'y) − c'γ̂ loses the
+        digits its terms share, and ν·log(rss) carries that relative error; the log-determinants add theirs.
+        A decrease smaller than this cannot be verified by evaluating the deviance."""
+        eps = np.finfo(float).eps
+        nu = self.dof(reml)
+        yy = self.stats.yy  # s = y'y − Σ Z'y'KZ'y and rss = s − c'γ̂: both differences can cancel
+        cancel = (abs(yy) + abs(yy - self.s) + abs(float(self.c @ self.gamma))) / self.rss
+        logdets = float(np.abs(self.logdet).sum()) + (abs(self.log_det_P()) if reml else 0.0)
+        return 8.0 * eps * (nu * cancel + logdets + nu * abs(np.log(self.rss / nu)))
+
     def deviance(self, sigma2: float, reml: bool) -> float:
         """The deviance at this G and a given σ² (γ at its GLS value), as lmerTest's devfun_vp."""
         N, p = self.stats.N, self.stats.p
