@@ -80,7 +80,7 @@ class Case:
 FAST = frozenset({
     0, 2, 21,  # tiny J (2 and 5 units), q = 1, 2
     30, 56,  # 160 units, true correlation 0.8
-    64, 67, 72,  # correlations +0.99 (q = 3) and -0.99 (q = 2)
+    67, 72,  # correlations +0.99 (q = 3) and -0.99 (q = 2)
     84, 87, 91, 92,  # true variances exactly 0, q = 1, 2
     104, 113, 128, 136, 141,  # predictors scaled by 1e-6, 1e-3, 1e6, 1e8 (the last with mean 1e11)
     148, 152,  # mean-1000 predictors with random slopes, 200 and 1000 units
@@ -89,7 +89,7 @@ FAST = frozenset({
     186,  # 1000 units of 50..200 records
     190,  # level-2 predictors on the intercept and the slope
     211, 214,  # 50-90% of units with one record, q = 2, 3
-    219, 222,  # q = 4
+    222,  # q = 4
     236,  # sizes 1..200, lognormal
     249, 283, 287, 290,  # random mixtures
 })
