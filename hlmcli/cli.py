@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import EXIT_DATA, EXIT_USAGE, HlmError
+from .errors import EXIT_DATA, EXIT_INTERNAL, EXIT_USAGE, HlmError
 
 
 def _stderr(message: str) -> None:
@@ -35,6 +35,11 @@ def user_errors(func):
         except MemoryError:
             _stderr("hlmcli: error: out of memory; use a smaller model or a machine with more memory")
             sys.exit(EXIT_DATA)
+        except click.exceptions.ClickException:
+            raise  # usage errors: OneLineErrors prints them with exit 2
+        except RecursionError:
+            _stderr("hlmcli: error: the input is nested too deeply to read; simplify it")
+            sys.exit(EXIT_DATA)
         except OSError as exc:
             name = exc.filename or ""
             _stderr(f"hlmcli: error: {name}: {exc.strerror or exc}; check the path and permissions".replace(": : ", ": "))
@@ -42,10 +47,15 @@ def user_errors(func):
         except Exception as exc:  # a bug of ours: still one line, details on request
             if os.environ.get("HLMCLI_DEBUG"):
                 raise
-            _stderr(f"hlmcli: internal error: {type(exc).__name__}: {exc}; rerun with HLMCLI_DEBUG=1 and report it")
-            sys.exit(EXIT_DATA)
+            _stderr(f"hlmcli: internal error: {type(exc).__name__}: {_one_line(exc)}; this is a bug in hlmcli, "
+                    "please rerun with HLMCLI_DEBUG=1 and report it with the traceback")
+            sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def _split_names(value: str | None) -> tuple[str, ...] | None:
