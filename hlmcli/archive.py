@@ -2,14 +2,16 @@
 
 File layout (all little-endian):
   prefix  56 bytes: magic b"HLMCMDM\\x1a", format version (u32), reserved (u32),
-                    header length (u64), SHA-256 of everything after the prefix (32 bytes)
+                    header length (u64), SHA-256 of the whole file with these 32 bytes zeroed
   header  UTF-8 JSON, padded with spaces to a multiple of 8 bytes: names, ids, sources, notes,
           and the byte offset and shape of each array
   arrays  float64 level-1 data (one variable after another, records sorted by unit),
           float64 level-2 data (one variable after another), int64 unit offsets (J + 1)
 
 Arrays are raw float64 so a load is one read plus zero-copy views, and the JSON header stays
-readable with any tool. The checksum covers header and arrays, so a damaged file is never used.
+readable with any tool. The checksum covers the whole file, prefix included (format 2; format 1
+left the prefix out, so a lowered header length went unnoticed), and the header must describe
+exactly the bytes that follow it, so a damaged file is never read past its prefix.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .files import atomic_write, sha256_file
 if TYPE_CHECKING:
     from .readers import Table
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"HLMCMDM\x1a"
 _PREFIX = struct.Struct("<8sIIQ32s")
 
@@ -294,7 +296,7 @@ def archive_bytes(archive: Archive) -> list[bytes]:
     text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     body = [text] + [np.ascontiguousarray(a).tobytes() for a in arrays]
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
     for chunk in body:
         digest.update(chunk)
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())
@@ -310,36 +312,61 @@ class CorruptArchive(DataError):
 
 
 def load_archive(path: str | os.PathLike) -> Archive:
+    from .files import check_regular
+
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: no such archive; build it with 'hlmcli mdm build'")
+    check_regular(path, "archive")
     raw = path.read_bytes()
+    rebuild = "rebuild it with 'hlmcli mdm build'"
     if len(raw) < _PREFIX.size or raw[:8] != MAGIC:
         raise CorruptArchive(f"{path}: not an hlmcli archive; build one with 'hlmcli mdm build'")
-    _, version, _, header_len, checksum = _PREFIX.unpack_from(raw)
+    _, version, reserved, header_len, checksum = _PREFIX.unpack_from(raw)
     if version != FORMAT_VERSION:
-        raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {FORMAT_VERSION}; rebuild it with 'hlmcli mdm build'")
+        raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {FORMAT_VERSION}; {rebuild}")
+    digest = hashlib.sha256(_PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
     body = memoryview(raw)[_PREFIX.size:]
-    if hashlib.sha256(body).digest() != checksum:
-        raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; rebuild it with 'hlmcli mdm build'")
+    digest.update(body)
+    if digest.digest() != checksum:
+        raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
+    damaged = CorruptArchive(f"{path}: the archive header does not describe its contents; {rebuild}")
+    if header_len > len(body) or header_len % 8:
+        raise damaged
     try:
         header = json.loads(bytes(body[:header_len]).decode("utf-8"))
-    except ValueError:
-        raise CorruptArchive(f"{path}: unreadable archive header; rebuild it with 'hlmcli mdm build'") from None
-    arrays = {}
-    offset = header_len
-    for spec in header["arrays"]:
-        count = int(np.prod(spec["shape"])) if spec["shape"] else 1
-        arr = np.frombuffer(body, dtype=np.dtype(spec["dtype"]), count=count, offset=offset).reshape(spec["shape"])
-        offset += arr.nbytes
-        arrays[spec["name"]] = arr
-    return Archive(
-        level1_names=header["level1_names"], level2_names=header["level2_names"],
-        level1=arrays["level1"], level2=arrays["level2"], unit_ids=header["unit_ids"],
-        offsets=arrays["offsets"], id_kind=header["id_kind"], id_names=tuple(header["id_names"]),
-        missing=header["missing"], sources=[Source(**s) for s in header["sources"]],
-        value_labels=header["value_labels"], notes=header["notes"], path=path,
-    )
+        arrays = {}
+        offset = header_len
+        for spec in header["arrays"]:
+            dtype = np.dtype(spec["dtype"])
+            if dtype.str not in ("<f8", "<i8") or not all(isinstance(n, int) and n >= 0 for n in spec["shape"]):
+                raise damaged
+            count = int(np.prod(spec["shape"], dtype=np.int64)) if spec["shape"] else 1
+            if offset + count * dtype.itemsize > len(body):
+                raise damaged
+            arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(spec["shape"])
+            offset += arr.nbytes
+            arrays[spec["name"]] = arr
+        if offset != len(body):
+            raise damaged
+        archive = Archive(
+            level1_names=header["level1_names"], level2_names=header["level2_names"],
+            level1=arrays["level1"], level2=arrays["level2"], unit_ids=header["unit_ids"],
+            offsets=arrays["offsets"], id_kind=header["id_kind"], id_names=tuple(header["id_names"]),
+            missing=header["missing"], sources=[Source(**s) for s in header["sources"]],
+            value_labels=header["value_labels"], notes=header["notes"], path=path,
+        )
+    except CorruptArchive:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise damaged from None
+    n_vars1, n_vars2 = len(archive.level1_names), len(archive.level2_names)
+    if (archive.level1.ndim != 2 or archive.level2.ndim != 2 or archive.level1.shape[0] != n_vars1
+            or archive.level2.shape != (n_vars2, len(archive.unit_ids)) or archive.offsets.shape != (len(archive.unit_ids) + 1,)
+            or archive.offsets[0] != 0 or archive.offsets[-1] != archive.level1.shape[1]
+            or np.any(np.diff(archive.offsets) < 0)):
+        raise damaged
+    return archive
 
 
 def changed_sources(archive: Archive) -> list[str]:

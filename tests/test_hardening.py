@@ -124,3 +124,31 @@ def test_hostile_equations_are_one_line_errors(hsb_archive, equation, words):
 
 def test_contrast_with_nan_through_test_option(hsb_archive):
     one_line_error(hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + r", "--test", "g00 = nan"), 1, "finite")
+
+
+# ---------------------------------------------------------------- the archive checksum covers the prefix
+
+@pytest.mark.parametrize("delta", [-8, -3, 8])
+def test_a_changed_header_length_is_detected(tmp_path, hsb_archive, delta):
+    import struct
+
+    raw = bytearray(hsb_archive.read_bytes())
+    (header_len,) = struct.unpack_from("<Q", raw, 16)
+    struct.pack_into("<Q", raw, 16, header_len + delta)
+    bad = tmp_path / "bad.mdm"
+    bad.write_bytes(bytes(raw))
+    proc = hlmcli("mdm", "info", bad)
+    one_line_error(proc, 1, "damaged", "rebuild")
+    assert proc.stdout == ""
+
+
+def test_an_old_format_archive_asks_for_a_rebuild(tmp_path, hsb_archive):
+    import struct
+
+    raw = bytearray(hsb_archive.read_bytes())
+    struct.pack_into("<I", raw, 8, 1)
+    old = tmp_path / "old.mdm"
+    old.write_bytes(bytes(raw))
+    proc = hlmcli("mdm", "info", old)
+    one_line_error(proc, 1, "format version 1", "rebuild")
+    assert len(proc.stderr.strip().splitlines()) == 1
