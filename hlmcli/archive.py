@@ -303,8 +303,8 @@ def archive_bytes(archive: Archive) -> list[bytes]:
     return [prefix] + body
 
 
-def write_archive(archive: Archive, path: str | os.PathLike) -> None:
-    atomic_write(path, archive_bytes(archive))
+def write_archive(archive: Archive, path: str | os.PathLike, mode: int | None = None) -> None:
+    atomic_write(path, archive_bytes(archive), mode=mode)
 
 
 class CorruptArchive(DataError):

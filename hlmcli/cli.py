@@ -180,6 +180,10 @@ def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing
         options = make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
     if output is None:
         raise click.UsageError("give -o/--output, the archive to write")
+    from .files import check_regular
+
+    for source in (level1_file, level2_file):
+        check_regular(source, "data file")
     refuse_overwriting_inputs(output, [level1_file, level2_file, template])
     progress = _Progress(quiet, 4)
     try:
@@ -223,6 +227,9 @@ def _load_data(data, build_opts: dict, cache_dir, quiet: bool):
     warn = (lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}"))
     if len(data) == 1:
         path = data[0]
+        from .files import check_regular
+
+        check_regular(path, "archive")  # before opening it: a FIFO would block, /dev/zero never end
         if not str(path).lower().endswith(".mdm") and Path(path).exists():
             with open(path, "rb") as handle:
                 if handle.read(len(MAGIC)) != MAGIC:
@@ -251,7 +258,8 @@ _model_options = [
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
-    click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cached archives go (default: beside the data)."),
+    click.option("--cache-dir", type=click.Path(file_okay=False),
+                 help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else $XDG_CACHE_HOME/hlmcli, else ~/.cache/hlmcli)."),
 ]
 
 
@@ -385,6 +393,46 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
             _stderr(f"hlmcli: warning: {note}")
     if strict and result.boundary:
         sys.exit(EXIT_NOT_CONVERGED)
+
+
+@main.group("cache")
+def cache_group():
+    """List or prune the archives cached by 'hlmcli fit L1 L2'."""
+
+
+@cache_group.command("list")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache folder (default as for fit).")
+@user_errors
+def cache_list(cache_dir):
+    """List cached archives: file, size, last use and the data they were built from."""
+    import time
+
+    from .cache import list_cache
+    from .report import printable
+
+    folder, entries = list_cache(cache_dir)
+    click.echo(f"cache folder: {printable(str(folder))}")
+    total = 0
+    for e in entries:
+        total += e.size
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime))
+        what = ", ".join(printable(s) for s in e.sources) if e.readable else "(unreadable; 'hlmcli cache prune' removes it)"
+        click.echo(f"{e.path.name}  {e.size:>12,d} bytes  {used}  {what}")
+    click.echo(f"{len(entries)} archive(s), {total:,d} bytes")
+
+
+@cache_group.command("prune")
+@click.option("--older-than", "older_than", type=click.FloatRange(0), metavar="DAYS",
+              help="Remove only archives not used for DAYS days (default: remove all).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache folder (default as for fit).")
+@user_errors
+def cache_prune(older_than, cache_dir):
+    """Remove cached archives (and temp files left by killed runs)."""
+    from .cache import prune_cache
+    from .report import printable
+
+    folder, removed, freed = prune_cache(cache_dir, older_than)
+    click.echo(f"removed {removed} file(s), {freed:,d} bytes, from {printable(str(folder))}")
 
 
 @main.command("compare")

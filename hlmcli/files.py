@@ -55,7 +55,10 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:
-        return Path(a).resolve() == Path(b).resolve()
+        try:
+            return Path(a).resolve() == Path(b).resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            return False
 
 
 def refuse_overwriting_inputs(output: str | os.PathLike, inputs) -> None:
@@ -74,24 +77,70 @@ def set_plain_mode(fd: int) -> None:
     os.fchmod(fd, 0o666 & ~umask)
 
 
-def atomic_write(path: str | os.PathLike, chunks) -> None:
-    """Write an iterable of bytes to `path` so readers only ever see the old or the whole new file."""
+def _lock(fd: int, blocking: bool) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locks, so no cleanup of others' files
+        return blocking
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        return True
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, name: str | None = None) -> tuple[int, int]:
+    """Remove temp files that a killed run left behind (ours are named .NAME.XXXX.tmp). A writer holds
+    a lock on its temp file for as long as it lives, so a file we can lock has no writer left."""
+    import stat
+
+    removed = freed = 0
+    pattern = f".{name}.*.tmp" if name else ".*.tmp"
+    for tmp in Path(directory).glob(pattern):
+        try:
+            st = os.lstat(tmp)
+            if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
+                continue
+            fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if _lock(fd, blocking=False) and tmp.exists():
+                os.unlink(tmp)
+                removed += 1
+                freed += st.st_size
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed, freed
+
+
+def atomic_write(path: str | os.PathLike, chunks, mode: int | None = None) -> None:
+    """Write an iterable of bytes to `path` so readers only ever see the old or the whole new file.
+
+    `mode` sets the permission bits (default: what a plain open() would give)."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise DataError(f"{path}: the folder {directory} does not exist; create it or choose another output path")
+    remove_stale_temporaries(directory, path.name)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise DataError(f"{path}: cannot write here ({exc.strerror}); choose a writable output path") from None
     try:
-        set_plain_mode(fd)
+        _lock(fd, blocking=True)  # held until the file is renamed or removed; marks it as in use
+        if mode is None:
+            set_plain_mode(fd)
+        else:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -58,10 +58,9 @@ def detect_format(path: str | os.PathLike, override: str | None = None) -> str:
 
 
 def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise DataError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not a data file; give the file's path")
+    from .files import check_regular
+
+    check_regular(path, "data file")  # folders, FIFOs, devices and symlink loops, before any read
     if not os.access(path, os.R_OK):
         raise DataError(f"{path}: cannot be read (permission denied); fix its permissions")
     if path.stat().st_size == 0:

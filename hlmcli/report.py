@@ -535,3 +535,11 @@ def full_output_text(full: dict, sym: Symbols) -> list[str]:
     for row in full["tau_least_squares"]:
         w("  " + " ".join(f"{v:12.5f}" for v in row))
     return out
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def printable(text: str) -> str:
+    """Names from data files shown on a terminal: control characters (escape sequences) as \\xNN."""
+    return str(text).translate(_CONTROL)

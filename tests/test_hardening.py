@@ -152,3 +152,139 @@ def test_an_old_format_archive_asks_for_a_rebuild(tmp_path, hsb_archive):
     proc = hlmcli("mdm", "info", old)
     one_line_error(proc, 1, "format version 1", "rebuild")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- the cache cannot be poisoned
+
+def _copy_hsb(tmp_path, mode=None):
+    import shutil
+
+    l1, l2 = tmp_path / "l1.csv", tmp_path / "l2.csv"
+    shutil.copy(HSB1, l1)
+    shutil.copy(HSB2, l2)
+    if mode is not None:
+        os.chmod(l1, mode)
+        os.chmod(l2, mode)
+    return l1, l2
+
+
+def _fit_files(l1, l2, *extra, cache=None):
+    args = ["fit", l1, l2, "--id", "ID", "-1", "MATHACH = b0 + r", "--format", "json", *extra]
+    if cache is not None:
+        args += ["--cache-dir", cache]
+    return hlmcli(*args)
+
+
+def test_a_planted_archive_under_our_key_is_not_used(tmp_path):
+    import shutil
+
+    l1, l2 = _copy_hsb(tmp_path)
+    cache = tmp_path / "cache"
+    good = json.loads(_fit_files(l1, l2, cache=cache).stdout)["deviance"]
+    (key_file,) = cache.glob("*.mdm")
+    # the attacker's archive: a valid archive of other data, under our key
+    other = tmp_path / "other"
+    other.mkdir()
+    o1, o2 = _copy_hsb(other)
+    lines = o1.read_text().splitlines()
+    o1.write_text("\n".join(lines[:1] + lines[1:3000]) + "\n")
+    hlmcli("mdm", "build", o1, o2, "--id", "ID", "--drop-unmatched", "-o", other / "x.mdm", check=True)
+    shutil.copy(other / "x.mdm", key_file)
+    proc = _fit_files(l1, l2, cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["deviance"] == pytest.approx(good, rel=1e-12)
+    assert "does not match the input files" in proc.stderr
+
+
+def test_the_default_cache_is_not_beside_the_data(tmp_path):
+    l1, l2 = _copy_hsb(tmp_path)
+    env_cache = os.environ["HLMCLI_CACHE_DIR"]
+    assert _fit_files(l1, l2).returncode == 0
+    assert not (tmp_path / ".hlmcli-cache").exists()
+    assert stat.S_IMODE(os.stat(env_cache).st_mode) == 0o700
+
+
+def test_a_symlinked_cache_folder_is_refused(tmp_path):
+    l1, l2 = _copy_hsb(tmp_path)
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    one_line_error(_fit_files(l1, l2, cache=tmp_path / "link"), 1, "symbolic link")
+
+
+def test_a_world_writable_cache_folder_is_refused(tmp_path):
+    l1, l2 = _copy_hsb(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    one_line_error(_fit_files(l1, l2, cache=shared), 1, "written by other users")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_a_foreign_owned_cache_folder_is_refused(tmp_path):
+    l1, l2 = _copy_hsb(tmp_path)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o700)
+    os.chown(foreign, 65534, 65534)
+    one_line_error(_fit_files(l1, l2, cache=foreign), 1, "another user")
+
+
+def test_private_data_gives_a_private_cached_archive(tmp_path):
+    l1, l2 = _copy_hsb(tmp_path, mode=0o600)
+    cache = tmp_path / "cache"
+    assert _fit_files(l1, l2, cache=cache).returncode == 0
+    (cached,) = cache.glob("*.mdm")
+    assert stat.S_IMODE(os.stat(cached).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("kind", ["devzero", "fifo", "folder", "loop"])
+def test_special_files_are_refused_before_hashing(tmp_path, kind):
+    import time
+
+    l1, l2 = _copy_hsb(tmp_path)
+    special = tmp_path / "special.csv"
+    if kind == "devzero":
+        special = "/dev/zero"
+    elif kind == "fifo":
+        os.mkfifo(special)
+    elif kind == "folder":
+        special.mkdir()
+    else:
+        (tmp_path / "a").symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(tmp_path / "a")
+        special = tmp_path / "a"
+    start = time.perf_counter()
+    one_line_error(_fit_files(special, l2, cache=tmp_path / "cache"), 1)
+    one_line_error(hlmcli("fit", special, "-1", "MATHACH = b0 + r"), 1)
+    one_line_error(hlmcli("mdm", "build", special, l2, "--id", "ID", "-o", tmp_path / "x.mdm"), 1)
+    assert time.perf_counter() - start < 20
+
+
+def test_leftover_temp_files_are_removed_and_cache_commands(tmp_path):
+    l1, l2 = _copy_hsb(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    stale = cache / ".0123.mdm.abcd.tmp"
+    stale.write_bytes(b"x" * 1000)
+    assert _fit_files(l1, l2, cache=cache).returncode == 0
+    assert not stale.exists()
+    listing = hlmcli("cache", "list", "--cache-dir", cache)
+    assert listing.returncode == 0 and "l1.csv, l2.csv" in listing.stdout and "1 archive(s)" in listing.stdout
+    keep = hlmcli("cache", "prune", "--older-than", "1", "--cache-dir", cache)
+    assert keep.returncode == 0 and "removed 0 file(s)" in keep.stdout
+    gone = hlmcli("cache", "prune", "--cache-dir", cache)
+    assert gone.returncode == 0 and "removed 1 file(s)" in gone.stdout and not list(cache.glob("*.mdm"))
+
+
+def test_a_temp_file_in_use_is_not_removed(tmp_path):
+    import fcntl
+
+    from hlmcli.files import remove_stale_temporaries
+
+    busy = tmp_path / ".x.mdm.abcd.tmp"
+    busy.write_bytes(b"x")
+    with open(busy, "rb") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        assert remove_stale_temporaries(tmp_path) == (0, 0)
+        assert busy.exists()
+    assert remove_stale_temporaries(tmp_path) == (1, 1)
