@@ -113,12 +113,50 @@ def _first_few(items, k: int = 5) -> str:
     return shown + (", …" if len(items) > k else "")
 
 
-def _resolve_keep(table: Table, requested, exclude: set[str], what: str) -> list[str]:
+def _resolve_keep(table: Table, requested, exclude: set[str], what: str, text_columns: list | None = None) -> list[str]:
     from .readers import find_column
 
     if requested is None:
-        return [c for c in table.data.columns if c.lower() not in exclude]
+        return [c for c in table.data.columns if c.lower() not in exclude and not _is_text(table, c, text_columns)]
     return [find_column(table, name, what) for name in requested]
+
+
+def _is_text(table: Table, column: str, text_columns: list | None) -> bool:
+    """A column none of whose values is a number (e.g. gender F/M) is a label, not a variable: left out
+    of the default variables instead of aborting the build. A column of numbers with a stray word in it
+    is still an error naming the row, and so is a text column named with --l1-vars/--l2-vars."""
+    import pandas as pd
+
+    series = table.data[column]
+    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        return False
+    if pd.to_numeric(series, errors="coerce").notna().any():
+        return False
+    if series.isna().all():
+        return False
+    if text_columns is not None and column not in text_columns:
+        text_columns.append(column)
+    return True
+
+
+def _refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_missing: bool, warn, notes: dict) -> None:
+    """Inf, 1e999 or Infinity would pass the build and break the fit: refused here, with file, column and
+    row; with --missing now they are treated as missing (and reported)."""
+    for k, name in enumerate(names):
+        bad = np.flatnonzero(np.isinf(values[k]))
+        if not bad.size:
+            continue
+        pos = int(bad[0])
+        where = f"line {pos + 2}" if table.format == "csv" else f"row {pos + 1}"
+        if not as_missing:
+            raise DataError(
+                f"{table.path}: column {name}, {where}: the value is infinite ({values[k][pos]:g})"
+                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; fix it, or pass --missing now to "
+                "treat infinite values as missing"
+            )
+        values[k][bad] = np.nan
+        notes.setdefault("infinite_as_missing", {})[name] = int(bad.size)
+        warn(f"{table.path.name}: column {name}: {bad.size} infinite value(s) (first at {where}) treated as missing")
 
 
 def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file: bool = False,
@@ -133,17 +171,23 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
     codes2, ids2, kind2 = unit_codes(level2, id2)
     codes1, ids1, kind1 = unit_codes(level1, id1)
 
+    text_columns: list[str] = []
     if same_file:
         keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable") if options.keep2 is not None else None
         keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable") if options.keep1 is not None else None
         if keep2 is None:  # one file for both levels: level-2 variables are those constant within units
-            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)]
+            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)
+                          and not _is_text(level2, c, text_columns)]
             keep2 = [c for c in candidates if _constant_within(numeric_column(level2, c), codes2)]
         if keep1 is None:
-            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2]
+            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2
+                     and not _is_text(level1, c, text_columns)]
     else:
-        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable")
-        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable")
+        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable", text_columns)
+        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable", text_columns)
+    if text_columns:
+        warn(f"text column(s) {_first_few(text_columns)} are labels, not numbers, and are left out of the "
+             "variables; name them with --l1-vars/--l2-vars only if they hold numbers")
     clash = sorted({c.lower() for c in keep1} & {c.lower() for c in keep2})
     if clash:
         raise DataError(
@@ -158,6 +202,8 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
 
     # Level-2 rows: one per unit.
     l2_values = np.vstack([numeric_column(level2, c) for c in keep2]) if keep2 else np.empty((0, len(codes2)))
+    infinite_notes: dict = {}
+    _refuse_infinite(level2, keep2, l2_values, options.missing == "now", warn, infinite_notes)
     if same_file:
         first = np.unique(codes2, return_index=True)[1]
         for k, name in enumerate(keep2):
@@ -183,6 +229,8 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
     unit = unit_of_code[codes1]
     notes: dict = {"level1_records_read": int(len(codes1)), "dropped_unmatched": 0, "dropped_missing": 0,
                    "units_without_records": 0}
+    if text_columns:
+        notes["text_columns"] = list(text_columns)
     unmatched = unit < 0
     if unmatched.any():
         missing_ids = [ids1[c] for c in range(len(ids1)) if unit_of_code[c] < 0]
@@ -196,6 +244,8 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
              f"(ids {_first_few(missing_ids)})")
 
     l1_values = np.vstack([numeric_column(level1, c) for c in keep1]) if keep1 else np.empty((0, len(codes1)))
+    _refuse_infinite(level1, keep1, l1_values, options.missing == "now", warn, infinite_notes)
+    notes.update(infinite_notes)
     keep_rows = ~unmatched
     if options.missing == "now" and keep1:
         has_missing = np.isnan(l1_values).any(axis=0) & keep_rows
@@ -268,6 +318,12 @@ def _first_varying_unit(values: np.ndarray, codes: np.ndarray):
 
 
 def describe_source(path: str | os.PathLike, role: str, table: Table) -> Source:
+    if str(path) == "-":  # standard input: no file to stat or rehash later
+        from .readers import _stdin_bytes
+
+        raw = _stdin_bytes()
+        return Source(role=role, name="<stdin>", path="-", size=len(raw), mtime_ns=0,
+                      sha256=hashlib.sha256(raw).hexdigest(), format=table.format, encoding=table.encoding)
     path = Path(path)
     stat = path.stat()
     return Source(role=role, name=path.name, path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
@@ -374,7 +430,7 @@ def changed_sources(archive: Archive) -> list[str]:
     changed = []
     for src in archive.sources:
         p = Path(src.path)
-        if not p.exists():
+        if src.path == "-" or not p.is_file():
             continue
         st = p.stat()
         if st.st_size == src.size and st.st_mtime_ns == src.mtime_ns:
@@ -417,7 +473,8 @@ def build_from_files(level1_path, level2_path, options: BuildOptions, fmt: str |
     from .readers import read_table
 
     step = progress or (lambda name: None)
-    same = same_file(level1_path, level2_path)
+    same = str(level1_path) == str(level2_path) == "-" or (
+        "-" not in (str(level1_path), str(level2_path)) and same_file(level1_path, level2_path))
     step(f"reading {Path(level1_path).name}")
     level1 = read_table(level1_path, fmt, delimiter, string_columns=(options.id1,))
     if same:
@@ -425,6 +482,9 @@ def build_from_files(level1_path, level2_path, options: BuildOptions, fmt: str |
     else:
         step(f"reading {Path(level2_path).name}")
         level2 = read_table(level2_path, fmt, delimiter, string_columns=(options.id2,))
+    for table in (level1, level2) if not same else (level1,):
+        if table.format == "csv" and table.encoding:
+            warn(f"{table.path.name}: not valid UTF-8, so the whole file was decoded as {table.encoding}")
     step("merging")
     archive = build_archive(level1, level2, options, same_file=same, warn=warn)
     step("hashing sources")

@@ -34,7 +34,7 @@ def check_regular(path: str | os.PathLike, what: str = "file") -> Path:
     except FileNotFoundError:
         if os.path.islink(path):
             raise DataError(f"{path}: a symbolic link to a missing file; fix the link") from None
-        raise DataError(f"{path}: no such {what}; check the path") from None
+        raise DataError(f"{path}: no such file; check the path") from None
     except OSError as exc:  # ELOOP: a symlink loop; ENAMETOOLONG; EACCES on a folder on the way
         raise DataError(f"{path}: cannot be opened ({exc.strerror}); check the path") from None
     if stat.S_ISDIR(st.st_mode):

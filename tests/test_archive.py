@@ -229,9 +229,9 @@ def test_unreadable_file(pair):
 
 def test_unknown_format(pair):
     l1, l2, out = pair
-    odd = l1.with_suffix(".xlsx")
+    odd = l1.with_suffix(".xls")
     odd.write_text("x")
-    _assert_user_error(run("mdm", "build", odd, l2, "--id", "id", "-o", out), "l1.xlsx", "--format")
+    _assert_user_error(run("mdm", "build", odd, l2, "--id", "id", "-o", out), "l1.xls", "--format")
 
 
 def test_id_column_absent(pair):

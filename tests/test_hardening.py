@@ -288,3 +288,222 @@ def test_a_temp_file_in_use_is_not_removed(tmp_path):
         assert remove_stale_temporaries(tmp_path) == (0, 0)
         assert busy.exists()
     assert remove_stale_temporaries(tmp_path) == (1, 1)
+
+
+# ---------------------------------------------------------------- values checked where they enter
+
+def _small_pair(tmp_path, l1_text, l2_text="id,w\n1,0\n2,1\n3,1\n"):
+    l1, l2 = tmp_path / "l1.csv", tmp_path / "l2.csv"
+    l1.write_text(l1_text)
+    l2.write_text(l2_text)
+    return l1, l2
+
+
+ROWS = "".join(f"{j},{i},{i * 0.5 + j}\n" for j in (1, 2, 3) for i in range(6))
+
+
+@pytest.mark.parametrize("value", ["inf", "1e999", "Infinity", "-inf"])
+def test_infinite_values_are_refused_at_build_with_file_column_row(tmp_path, value):
+    l1, l2 = _small_pair(tmp_path, "id,x,y\n" + ROWS + f"3,{value},2\n")
+    proc = hlmcli("mdm", "build", l1, l2, "--id", "id", "-o", tmp_path / "o.mdm")
+    one_line_error(proc, 1, "l1.csv", "column x", "line 20", "infinite", "--missing now")
+    assert not (tmp_path / "o.mdm").exists()
+    fit = hlmcli("fit", l1, l2, "--id", "id", "-1", "y = b0 + b1*x + r")
+    one_line_error(fit, 1, "column x", "infinite")
+
+
+def test_infinite_values_with_missing_now_are_missing_and_reported(tmp_path):
+    l1, l2 = _small_pair(tmp_path, "id,x,y\n" + ROWS + "3,1e999,2\n")
+    proc = hlmcli("mdm", "build", l1, l2, "--id", "id", "--missing", "now", "-o", tmp_path / "o.mdm")
+    assert proc.returncode == 0, proc.stderr
+    assert "infinite value(s)" in proc.stderr and "treated as missing" in proc.stderr
+    info = json.loads(hlmcli("mdm", "info", tmp_path / "o.mdm", "--format", "json").stdout)
+    assert info["n_level1"] == 18
+
+
+@pytest.mark.parametrize("bad", [b"caf\xe9", b"\x81"])
+def test_a_non_utf8_byte_after_64kb_is_decoded_not_a_crash(tmp_path, bad):
+    rows = b"".join(b"%d,%d,%d,note\n" % (j, i, i + j) for j in (1, 2, 3) for i in range(2000))
+    l1 = tmp_path / "l1.csv"
+    l1.write_bytes(b"id,x,y,label\n" + rows + b"3,1,2," + bad + b"\n")
+    assert l1.stat().st_size > 1 << 16
+    (tmp_path / "l2.csv").write_text("id,w\n1,0\n2,1\n3,1\n")
+    proc = hlmcli("mdm", "build", l1, tmp_path / "l2.csv", "--id", "id", "-o", tmp_path / "o.mdm")
+    assert proc.returncode == 0, proc.stderr
+    assert "decoded as" in proc.stderr
+
+
+def test_a_text_column_the_model_does_not_use_does_not_abort_the_build(tmp_path):
+    rows = "".join(f"{j},{i},{i * 0.5 + j},{'FM'[i % 2]}\n" for j in (1, 2, 3) for i in range(6))
+    l1, l2 = _small_pair(tmp_path, "id,x,y,gender\n" + rows)
+    proc = hlmcli("fit", l1, l2, "--id", "id", "-1", "y = b0 + b1*x + r", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert "gender" in proc.stderr and "labels" in proc.stderr
+    used = hlmcli("fit", l1, l2, "--id", "id", "-1", "y = b0 + b1*gender + r")
+    one_line_error(used, 1, "gender")
+
+
+@pytest.mark.parametrize("delimiter", ["tab", "\\t", "\t", "TAB"])
+def test_tab_delimiter_spellings(tmp_path, delimiter):
+    l1, l2 = _small_pair(tmp_path, ("id,x,y\n" + ROWS).replace(",", "\t"), "id\tw\n1\t0\n2\t1\n3\t1\n")
+    proc = hlmcli("mdm", "build", l1, l2, "--id", "id", "--delimiter", delimiter, "-o", tmp_path / "o.mdm")
+    assert proc.returncode == 0, proc.stderr
+    fit = hlmcli("fit", l1, l2, "--id", "id", "--delimiter", delimiter, "-1", "y = b0 + b1*x + r", "--format", "json")
+    assert fit.returncode == 0, fit.stderr
+
+
+def test_a_bad_delimiter_is_one_line(tmp_path):
+    l1, l2 = _small_pair(tmp_path, "id,x,y\n" + ROWS)
+    one_line_error(hlmcli("mdm", "build", l1, l2, "--id", "id", "--delimiter", "ab", "-o", tmp_path / "o.mdm"), 1,
+                   "--delimiter")
+
+
+def test_gzip_csv_and_stdin(tmp_path):
+    import gzip
+
+    l1, l2 = _small_pair(tmp_path, "id,x,y\n" + ROWS)
+    gz = tmp_path / "l1.csv.gz"
+    gz.write_bytes(gzip.compress(l1.read_bytes()))
+    a = hlmcli("mdm", "build", gz, l2, "--id", "id", "-o", tmp_path / "a.mdm")
+    assert a.returncode == 0, a.stderr
+    b = hlmcli("mdm", "build", "-", l2, "--id", "id", "-o", tmp_path / "b.mdm", input=l1.read_text())
+    assert b.returncode == 0, b.stderr
+    ja = json.loads(hlmcli("mdm", "info", tmp_path / "a.mdm", "--format", "json").stdout)
+    jb = json.loads(hlmcli("mdm", "info", tmp_path / "b.mdm", "--format", "json").stdout)
+    assert ja["n_level1"] == jb["n_level1"] == 18
+
+
+@pytest.mark.parametrize("suffix,module,extra", [(".parquet", "pyarrow", "parquet"), (".xlsx", "openpyxl", "excel")])
+def test_parquet_and_excel(tmp_path, suffix, module, extra):
+    import importlib.util
+
+    import pandas as pd
+
+    l1, l2 = _small_pair(tmp_path, "id,x,y\n" + ROWS)
+    target = tmp_path / f"l1{suffix}"
+    if importlib.util.find_spec(module) is None:
+        target.write_bytes(b"PAR1")
+        one_line_error(hlmcli("mdm", "build", target, l2, "--id", "id", "-o", tmp_path / "o.mdm"), 1,
+                       f"hlmcli[{extra}]")
+        return
+    frame = pd.read_csv(l1)
+    frame.to_parquet(target) if suffix == ".parquet" else frame.to_excel(target, index=False)
+    proc = hlmcli("mdm", "build", target, l2, "--id", "id", "-o", tmp_path / "o.mdm")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_sav_file_given_as_ascii_in_a_template(tmp_path):
+    import shutil
+
+    shutil.copy(POP / "popular2.sav", tmp_path / "popular2.sav")
+    text = (POP / "creatmdm.mdmt").read_text().replace("rawdattype:spss", "rawdattype:ascii")
+    (tmp_path / "t.mdmt").write_text(text)
+    one_line_error(hlmcli("mdm", "build", "--template", tmp_path / "t.mdmt"), 1, "binary file")
+
+
+def test_fit_takes_the_data_options_of_mdm_build(tmp_path):
+    rows = "".join(f"{j};{i};{i * 0.5 + j};{i % 3}\n" for j in (1, 2, 3) for i in range(6))
+    l1, l2 = _small_pair(tmp_path, "id;x;y;z\n" + rows, "id;w;v\n1;0;a\n2;1;b\n3;1;c\n")
+    l1t, l2t = tmp_path / "l1.txt", tmp_path / "l2.txt"
+    l1.rename(l1t)
+    l2.rename(l2t)
+    proc = hlmcli("fit", l1t, l2t, "--id", "id", "--l1-vars", "x,y", "--l2-vars", "w", "--delimiter", ";",
+                  "--data-format", "csv", "-1", "y = b0 + b1*x + r", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert hlmcli("model", l1t, l2t, "--id", "id", "--l1-vars", "x,y", "--l2-vars", "w", "--delimiter", ";",
+                  "-1", "y = b0 + b1*x + r").returncode == 0
+
+
+def test_reml_overrides_an_hlm_files_mlf(pop_mdm):
+    ml = json.loads(hlmcli("fit", pop_mdm, "--model", POP / "popular.hlm", "--format", "json").stdout)
+    reml = json.loads(hlmcli("fit", pop_mdm, "--model", POP / "popular.hlm", "--reml", "--format", "json").stdout)
+    assert ml["method"] == "ML" and reml["method"] == "REML"
+    one_line_error(hlmcli("fit", pop_mdm, "--model", POP / "popular.hlm", "--reml", "--ml"), 2, "--reml")
+
+
+# ---------------------------------------------------------------- writes only where the user pointed
+
+def test_resfil_names_stay_in_the_hlm_files_folder(tmp_path, pop_mdm):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    notes = elsewhere / "notes.txt"
+    notes.write_text("precious\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    model = _hlm(work, resfil2="y", resfil2name="../elsewhere/notes.txt")
+    one_line_error(hlmcli("fit", pop_mdm, "--model", model), 1, "outside", "--allow-outside")
+    model = _hlm(work, resfil2="y", resfil2name=str(notes))
+    one_line_error(hlmcli("fit", pop_mdm, "--model", model), 1, "outside")
+    assert notes.read_text() == "precious\n"
+    # inside the folder: written relative to the .hlm file, not the current folder
+    model = _hlm(work, resfil2="y", resfil2name="res2.csv")
+    assert hlmcli("fit", pop_mdm, "--model", model, cwd=tmp_path).returncode == 0
+    assert (work / "res2.csv").exists() and not (tmp_path / "res2.csv").exists()
+    # and never overwritten without --force
+    one_line_error(hlmcli("fit", pop_mdm, "--model", model), 1, "already exists", "--force")
+    assert hlmcli("fit", pop_mdm, "--model", model, "--force").returncode == 0
+    # --allow-outside lets it leave the folder, still not overwriting without --force
+    model = _hlm(work, resfil2="y", resfil2name="../elsewhere/new.csv")
+    assert hlmcli("fit", pop_mdm, "--model", model, "--allow-outside").returncode == 0
+    assert (elsewhere / "new.csv").exists()
+
+
+def test_mdmname_cannot_overwrite_a_sibling(tmp_path):
+    import shutil
+
+    shutil.copy(POP / "popular2.sav", tmp_path / "popular2.sav")
+    sibling = tmp_path / "other.mdmt"
+    sibling.write_text("keep me\n")
+    text = (POP / "creatmdm.mdmt").read_text().replace("mdmname:popular2.mdm", "mdmname:other.mdmt")
+    (tmp_path / "t.mdmt").write_text(text)
+    one_line_error(hlmcli("mdm", "build", "--template", tmp_path / "t.mdmt"), 1, "already exists", "--force")
+    assert sibling.read_text() == "keep me\n"
+    outside = text.replace("mdmname:other.mdmt", "mdmname:../x.mdm")
+    (tmp_path / "t.mdmt").write_text(outside)
+    one_line_error(hlmcli("mdm", "build", "--template", tmp_path / "t.mdmt"), 1, "outside")
+    good = text.replace("mdmname:other.mdmt", "mdmname:popular2.mdm")
+    (tmp_path / "t.mdmt").write_text(good)
+    assert hlmcli("mdm", "build", "--template", tmp_path / "t.mdmt", cwd=tmp_path.parent).returncode == 0
+    assert (tmp_path / "popular2.mdm").exists()
+    # the -o the user typed may overwrite
+    assert hlmcli("mdm", "build", "--template", tmp_path / "t.mdmt", "-o", sibling).returncode == 0
+
+
+# ---------------------------------------------------------------- make- and CI-safe outputs
+
+def _unconverged(hsb_archive, *extra):
+    return hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + b1*group(SES) + r", "-2", "b1 = g10 + u1",
+                  "--max-iterations", "1", *extra)
+
+
+def test_a_failed_fit_leaves_no_output_file(tmp_path, hsb_archive):
+    out = tmp_path / "fit.txt"
+    proc = _unconverged(hsb_archive, "-o", out)
+    assert proc.returncode == 3 and not out.exists() and "not written" in proc.stderr
+    kept = _unconverged(hsb_archive, "-o", out, "--keep-failed-output")
+    assert kept.returncode == 3 and out.exists()
+
+
+def test_quiet_silences_the_non_convergence_warning_but_not_the_exit_code(hsb_archive):
+    proc = _unconverged(hsb_archive, "-q")
+    assert proc.returncode == 3 and proc.stderr == ""
+
+
+@pytest.mark.skipif(__import__("shutil").which("make") is None, reason="make is not installed")
+def test_make_after_a_failed_fit_fails_again(tmp_path, hsb_archive):
+    import shutil
+    import subprocess
+
+    exe = shutil.which("hlmcli", path=os.path.dirname(sys.executable)) or "hlmcli"
+    (tmp_path / "model.txt").write_text("MATHACH = b0 + b1*group(SES) + r\nb1 = g10 + u1\n")
+    shutil.copy(hsb_archive, tmp_path / "hsb.mdm")
+    (tmp_path / "Makefile").write_text(
+        ".DELETE_ON_ERROR:\nfit.txt: model.txt hsb.mdm\n\t$(HLMCLI) fit hsb.mdm --model model.txt --max-iterations 1 -o $@\n")
+    run = lambda: subprocess.run(["make", "-C", str(tmp_path), f"HLMCLI={exe}"], capture_output=True, text=True)
+    assert run().returncode != 0
+    assert not (tmp_path / "fit.txt").exists()
+    assert run().returncode != 0
+
+
+def test_sample_makefile_deletes_on_error():
+    assert ".DELETE_ON_ERROR:" in (SAMPLE / "Makefile").read_text()
