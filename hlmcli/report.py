@@ -39,7 +39,7 @@ def _clean(obj):
 def archive_info(archive: Archive, unit: str | None = None) -> dict:
     sizes = archive.unit_sizes
     info = {
-        "tool": "hlmcli", "version": __version__,
+        "schema": 1, "tool": "hlmcli", "version": __version__,
         "archive": archive.path.name if archive.path else None,
         "format_version": FORMAT_VERSION,
         "id": {"level1": archive.id_names[0], "level2": archive.id_names[1], "kind": archive.id_kind},
