@@ -14,7 +14,9 @@ from .errors import EXIT_DATA, EXIT_INTERNAL, EXIT_USAGE, HlmError
 
 
 def _stderr(message: str) -> None:
-    click.echo(message, err=True)
+    from .report import printable  # names from data files may hold terminal escape sequences
+
+    click.echo("\n".join(printable(line) for line in str(message).split("\n")), err=True)
 
 
 def user_errors(func):
@@ -342,7 +344,9 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     formula, notes = lme4_formula(spec, archive.id_names[0])
     lines += ["", f"Method of estimation: {'restricted maximum likelihood' if spec.method == 'REML' else 'full maximum likelihood'}",
               "", "The same model in R (lme4)", f" {formula}"] + [f"   {n}" for n in notes]
-    click.echo("\n".join(lines))
+    from .report import printable
+
+    click.echo("\n".join(printable(line) for line in lines))
 
 
 @main.command("fit")
@@ -444,6 +448,28 @@ def _fit_status(result, strict: bool) -> tuple[int, list[str]]:
     if strict and result.boundary:
         failures += list(result.boundary)
     return (EXIT_NOT_CONVERGED if failures else 0), failures
+
+
+@main.command("man")
+def man_cmd():
+    """Show the manual page (the same as 'man hlmcli')."""
+    import shutil
+    import subprocess
+
+    page = _man_page()
+    if page is None:
+        raise click.ClickException("the manual page is not installed; see man/hlmcli.1 in the source")
+    if sys.stdout.isatty() and shutil.which("man"):
+        sys.exit(subprocess.call(["man", "-l", str(page)]))
+    click.echo(page.read_text(encoding="utf-8"), nl=False)
+
+
+def _man_page():
+    """The page in a source checkout, else where pip installed it (<prefix>/share/man/man1)."""
+    candidates = [Path(__file__).resolve().parent.parent / "man" / "hlmcli.1",
+                  Path(sys.prefix) / "share" / "man" / "man1" / "hlmcli.1",
+                  Path(sys.base_prefix) / "share" / "man" / "man1" / "hlmcli.1"]
+    return next((p for p in candidates if p.is_file()), None)
 
 
 @main.group("cache")

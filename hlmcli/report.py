@@ -99,7 +99,7 @@ def archive_info_text(info: dict) -> str:
         w(f"  unit {u['id']}: {u['n']} level-1 records")
         for name, value in u["level2"].items():
             w(f"    {name} = {value:.6g}")
-    return "\n".join(out) + "\n"
+    return "\n".join(printable(line) for line in out) + "\n"
 
 
 # ---------------------------------------------------------------- the model, as HLM 7 prints it
@@ -339,6 +339,9 @@ def fit_json(analysis, meta: dict) -> dict:
 
 
 def _table(header: list[str], rows: list[list[str]], widths: list[int]) -> list[str]:
+    rows = [[printable(c) for c in row] for row in rows]
+    # a long variable name widens the first column instead of pushing its row out of line
+    widths = [max([widths[0]] + [len(row[0]) for row in rows if len(row) > 1])] + list(widths[1:])
     rule = "-" * (sum(widths) + len(widths))
     lines = [rule, " ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w) in enumerate(zip(header, widths))), rule]
     for row in rows:
@@ -472,7 +475,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w(f" {formula}")
     for note in notes:
         w(f"   {note}")
-    return "\n".join(line.rstrip() for line in out) + "\n"
+    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
 def extras_text(ex: dict, sym: Symbols) -> list[str]:

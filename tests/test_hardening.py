@@ -507,3 +507,61 @@ def test_make_after_a_failed_fit_fails_again(tmp_path, hsb_archive):
 
 def test_sample_makefile_deletes_on_error():
     assert ".DELETE_ON_ERROR:" in (SAMPLE / "Makefile").read_text()
+
+
+# ---------------------------------------------------------------- friction
+
+@pytest.mark.parametrize("mangle", [
+    lambda t: t[: len(t) // 2],                       # cut short
+    lambda t: json.dumps({k: v for k, v in json.loads(t).items() if k != "tau"}),
+    lambda t: json.dumps({**json.loads(t), "sigma2": 0}),
+    lambda t: json.dumps({**json.loads(t), "fixed_effects": [1, 2]}),
+    lambda t: json.dumps({**json.loads(t), "n_params": "four"}),
+    lambda t: "[" * 100000,
+])
+def test_incomplete_json_to_compare_is_one_line(tmp_path, hsb_archive, mangle):
+    good = hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + r", "--ml", "--format", "json").stdout
+    (tmp_path / "a.json").write_text(good)
+    (tmp_path / "b.json").write_text(mangle(good))
+    proc = hlmcli("compare", tmp_path / "a.json", tmp_path / "b.json")
+    one_line_error(proc, 1, "b.json")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_control_characters_in_names_are_escaped(tmp_path):
+    evil = "x\x1b[31m"
+    rows = "".join(f"{j},{i},{i * 0.5 + j + (i % 2)}\n" for j in range(1, 9) for i in range(6))
+    l1, l2 = _small_pair(tmp_path, f"id,{evil},y\n" + rows, "id,w\n" + "".join(f"{j},{j % 2}\n" for j in range(1, 9)))
+    out = tmp_path / "o.mdm"
+    assert hlmcli("mdm", "build", l1, l2, "--id", "id", "-o", out).returncode == 0
+    info = hlmcli("mdm", "info", out)
+    assert "\x1b" not in info.stdout and "\\x1b[31m" in info.stdout.lower().replace("\\X1B", "\\x1b")
+    wrong = hlmcli("fit", out, "-1", "y = b0 + b1*nope\x1b[2J + r")
+    assert wrong.returncode == 1 and "\x1b" not in wrong.stderr
+
+
+def test_long_names_keep_the_variance_table_aligned(tmp_path):
+    long_name = "a_very_long_level_one_predictor_name"
+    rows = "".join(f"{j},{i},{(i * 0.7 + j * 1.3) % 5 + i * (j % 3)}\n" for j in range(1, 30) for i in range(8))
+    l1, l2 = _small_pair(tmp_path, f"id,{long_name},y\n" + rows, "id,w\n" + "".join(f"{j},{j % 2}\n" for j in range(1, 30)))
+    proc = hlmcli("fit", l1, l2, "--id", "id", "-1", f"y = b0 + b1*{long_name} + r", "-2", "b1 = g10 + u1")
+    assert proc.returncode in (0, 3), proc.stderr
+    lines = proc.stdout.splitlines()
+    start = lines.index("Final estimation of variance components")
+    table = lines[start + 1: start + 8]
+    rule = table[0]
+    assert set(rule) == {"-"}
+    body = [l for l in table[3:] if l and set(l) != {"-"}]
+    assert any(long_name.upper() in l for l in body)
+    for line in body:
+        assert len(line.rstrip()) <= len(rule) and line.split()[-1]
+    # the numbers line up: every row's variance column ends at the same place
+    ends = {len(l[: l.rindex(l.split()[-4]) + len(l.split()[-4])]) for l in body[:-1]}
+    assert len(ends) == 1
+
+
+def test_man_command_and_completion_are_documented():
+    proc = hlmcli("man")
+    assert proc.returncode == 0 and ".SH EXIT STATUS" in proc.stdout
+    readme = (SAMPLE.parent / "README.md").read_text()
+    assert "_HLMCLI_COMPLETE" in readme and "_HLMCLI_COMPLETE" in proc.stdout
