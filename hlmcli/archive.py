@@ -151,8 +151,8 @@ def _refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_miss
         if not as_missing:
             raise DataError(
                 f"{table.path}: column {name}, {where}: the value is infinite ({values[k][pos]:g})"
-                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; fix it, or pass --missing now to "
-                "treat infinite values as missing"
+                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; fix it, leave {name} out with --l1-vars/--l2-vars "
+                "if the model does not use it, or pass --missing now to treat infinite values as missing"
             )
         values[k][bad] = np.nan
         notes.setdefault("infinite_as_missing", {})[name] = int(bad.size)
