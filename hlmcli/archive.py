@@ -2,14 +2,16 @@
 
 File layout (all little-endian):
   prefix  56 bytes: magic b"HLMCMDM\\x1a", format version (u32), reserved (u32),
-                    header length (u64), SHA-256 of everything after the prefix (32 bytes)
+                    header length (u64), SHA-256 of the whole file with these 32 bytes zeroed
   header  UTF-8 JSON, padded with spaces to a multiple of 8 bytes: names, ids, sources, notes,
           and the byte offset and shape of each array
   arrays  float64 level-1 data (one variable after another, records sorted by unit),
           float64 level-2 data (one variable after another), int64 unit offsets (J + 1)
 
 Arrays are raw float64 so a load is one read plus zero-copy views, and the JSON header stays
-readable with any tool. The checksum covers header and arrays, so a damaged file is never used.
+readable with any tool. The checksum covers the whole file, prefix included (format 2; format 1
+left the prefix out, so a lowered header length went unnoticed), and the header must describe
+exactly the bytes that follow it, so a damaged file is never read past its prefix.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .files import atomic_write, sha256_file
 if TYPE_CHECKING:
     from .readers import Table
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"HLMCMDM\x1a"
 _PREFIX = struct.Struct("<8sIIQ32s")
 
@@ -111,12 +113,50 @@ def _first_few(items, k: int = 5) -> str:
     return shown + (", …" if len(items) > k else "")
 
 
-def _resolve_keep(table: Table, requested, exclude: set[str], what: str) -> list[str]:
+def _resolve_keep(table: Table, requested, exclude: set[str], what: str, text_columns: list | None = None) -> list[str]:
     from .readers import find_column
 
     if requested is None:
-        return [c for c in table.data.columns if c.lower() not in exclude]
+        return [c for c in table.data.columns if c.lower() not in exclude and not _is_text(table, c, text_columns)]
     return [find_column(table, name, what) for name in requested]
+
+
+def _is_text(table: Table, column: str, text_columns: list | None) -> bool:
+    """A column none of whose values is a number (e.g. gender F/M) is a label, not a variable: left out
+    of the default variables instead of aborting the build. A column of numbers with a stray word in it
+    is still an error naming the row, and so is a text column named with --l1-vars/--l2-vars."""
+    import pandas as pd
+
+    series = table.data[column]
+    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        return False
+    if pd.to_numeric(series, errors="coerce").notna().any():
+        return False
+    if series.isna().all():
+        return False
+    if text_columns is not None and column not in text_columns:
+        text_columns.append(column)
+    return True
+
+
+def _refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_missing: bool, warn, notes: dict) -> None:
+    """Inf, 1e999 or Infinity would pass the build and break the fit: refused here, with file, column and
+    row; with --missing now they are treated as missing (and reported)."""
+    for k, name in enumerate(names):
+        bad = np.flatnonzero(np.isinf(values[k]))
+        if not bad.size:
+            continue
+        pos = int(bad[0])
+        where = f"line {pos + 2}" if table.format == "csv" else f"row {pos + 1}"
+        if not as_missing:
+            raise DataError(
+                f"{table.path}: column {name}, {where}: the value is infinite ({values[k][pos]:g})"
+                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; fix it, leave {name} out with --l1-vars/--l2-vars "
+                "if the model does not use it, or pass --missing now to treat infinite values as missing"
+            )
+        values[k][bad] = np.nan
+        notes.setdefault("infinite_as_missing", {})[name] = int(bad.size)
+        warn(f"{table.path.name}: column {name}: {bad.size} infinite value(s) (first at {where}) treated as missing")
 
 
 def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file: bool = False,
@@ -131,17 +171,23 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
     codes2, ids2, kind2 = unit_codes(level2, id2)
     codes1, ids1, kind1 = unit_codes(level1, id1)
 
+    text_columns: list[str] = []
     if same_file:
         keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable") if options.keep2 is not None else None
         keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable") if options.keep1 is not None else None
         if keep2 is None:  # one file for both levels: level-2 variables are those constant within units
-            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)]
+            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)
+                          and not _is_text(level2, c, text_columns)]
             keep2 = [c for c in candidates if _constant_within(numeric_column(level2, c), codes2)]
         if keep1 is None:
-            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2]
+            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2
+                     and not _is_text(level1, c, text_columns)]
     else:
-        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable")
-        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable")
+        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable", text_columns)
+        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable", text_columns)
+    if text_columns:
+        warn(f"text column(s) {_first_few(text_columns)} are labels, not numbers, and are left out of the "
+             "variables; name them with --l1-vars/--l2-vars only if they hold numbers")
     clash = sorted({c.lower() for c in keep1} & {c.lower() for c in keep2})
     if clash:
         raise DataError(
@@ -156,6 +202,8 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
 
     # Level-2 rows: one per unit.
     l2_values = np.vstack([numeric_column(level2, c) for c in keep2]) if keep2 else np.empty((0, len(codes2)))
+    infinite_notes: dict = {}
+    _refuse_infinite(level2, keep2, l2_values, options.missing == "now", warn, infinite_notes)
     if same_file:
         first = np.unique(codes2, return_index=True)[1]
         for k, name in enumerate(keep2):
@@ -181,6 +229,8 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
     unit = unit_of_code[codes1]
     notes: dict = {"level1_records_read": int(len(codes1)), "dropped_unmatched": 0, "dropped_missing": 0,
                    "units_without_records": 0}
+    if text_columns:
+        notes["text_columns"] = list(text_columns)
     unmatched = unit < 0
     if unmatched.any():
         missing_ids = [ids1[c] for c in range(len(ids1)) if unit_of_code[c] < 0]
@@ -194,6 +244,8 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
              f"(ids {_first_few(missing_ids)})")
 
     l1_values = np.vstack([numeric_column(level1, c) for c in keep1]) if keep1 else np.empty((0, len(codes1)))
+    _refuse_infinite(level1, keep1, l1_values, options.missing == "now", warn, infinite_notes)
+    notes.update(infinite_notes)
     keep_rows = ~unmatched
     if options.missing == "now" and keep1:
         has_missing = np.isnan(l1_values).any(axis=0) & keep_rows
@@ -266,6 +318,12 @@ def _first_varying_unit(values: np.ndarray, codes: np.ndarray):
 
 
 def describe_source(path: str | os.PathLike, role: str, table: Table) -> Source:
+    if str(path) == "-":  # standard input: no file to stat or rehash later
+        from .readers import _stdin_bytes
+
+        raw = _stdin_bytes()
+        return Source(role=role, name="<stdin>", path="-", size=len(raw), mtime_ns=0,
+                      sha256=hashlib.sha256(raw).hexdigest(), format=table.format, encoding=table.encoding)
     path = Path(path)
     stat = path.stat()
     return Source(role=role, name=path.name, path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
@@ -294,15 +352,15 @@ def archive_bytes(archive: Archive) -> list[bytes]:
     text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     body = [text] + [np.ascontiguousarray(a).tobytes() for a in arrays]
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
     for chunk in body:
         digest.update(chunk)
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())
     return [prefix] + body
 
 
-def write_archive(archive: Archive, path: str | os.PathLike) -> None:
-    atomic_write(path, archive_bytes(archive))
+def write_archive(archive: Archive, path: str | os.PathLike, mode: int | None = None) -> None:
+    atomic_write(path, archive_bytes(archive), mode=mode)
 
 
 class CorruptArchive(DataError):
@@ -310,36 +368,61 @@ class CorruptArchive(DataError):
 
 
 def load_archive(path: str | os.PathLike) -> Archive:
+    from .files import check_regular
+
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: no such archive; build it with 'hlmcli mdm build'")
+    check_regular(path, "archive")
     raw = path.read_bytes()
+    rebuild = "rebuild it with 'hlmcli mdm build'"
     if len(raw) < _PREFIX.size or raw[:8] != MAGIC:
         raise CorruptArchive(f"{path}: not an hlmcli archive; build one with 'hlmcli mdm build'")
-    _, version, _, header_len, checksum = _PREFIX.unpack_from(raw)
+    _, version, reserved, header_len, checksum = _PREFIX.unpack_from(raw)
     if version != FORMAT_VERSION:
-        raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {FORMAT_VERSION}; rebuild it with 'hlmcli mdm build'")
+        raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {FORMAT_VERSION}; {rebuild}")
+    digest = hashlib.sha256(_PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
     body = memoryview(raw)[_PREFIX.size:]
-    if hashlib.sha256(body).digest() != checksum:
-        raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; rebuild it with 'hlmcli mdm build'")
+    digest.update(body)
+    if digest.digest() != checksum:
+        raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
+    damaged = CorruptArchive(f"{path}: the archive header does not describe its contents; {rebuild}")
+    if header_len > len(body) or header_len % 8:
+        raise damaged
     try:
         header = json.loads(bytes(body[:header_len]).decode("utf-8"))
-    except ValueError:
-        raise CorruptArchive(f"{path}: unreadable archive header; rebuild it with 'hlmcli mdm build'") from None
-    arrays = {}
-    offset = header_len
-    for spec in header["arrays"]:
-        count = int(np.prod(spec["shape"])) if spec["shape"] else 1
-        arr = np.frombuffer(body, dtype=np.dtype(spec["dtype"]), count=count, offset=offset).reshape(spec["shape"])
-        offset += arr.nbytes
-        arrays[spec["name"]] = arr
-    return Archive(
-        level1_names=header["level1_names"], level2_names=header["level2_names"],
-        level1=arrays["level1"], level2=arrays["level2"], unit_ids=header["unit_ids"],
-        offsets=arrays["offsets"], id_kind=header["id_kind"], id_names=tuple(header["id_names"]),
-        missing=header["missing"], sources=[Source(**s) for s in header["sources"]],
-        value_labels=header["value_labels"], notes=header["notes"], path=path,
-    )
+        arrays = {}
+        offset = header_len
+        for spec in header["arrays"]:
+            dtype = np.dtype(spec["dtype"])
+            if dtype.str not in ("<f8", "<i8") or not all(isinstance(n, int) and n >= 0 for n in spec["shape"]):
+                raise damaged
+            count = int(np.prod(spec["shape"], dtype=np.int64)) if spec["shape"] else 1
+            if offset + count * dtype.itemsize > len(body):
+                raise damaged
+            arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(spec["shape"])
+            offset += arr.nbytes
+            arrays[spec["name"]] = arr
+        if offset != len(body):
+            raise damaged
+        archive = Archive(
+            level1_names=header["level1_names"], level2_names=header["level2_names"],
+            level1=arrays["level1"], level2=arrays["level2"], unit_ids=header["unit_ids"],
+            offsets=arrays["offsets"], id_kind=header["id_kind"], id_names=tuple(header["id_names"]),
+            missing=header["missing"], sources=[Source(**s) for s in header["sources"]],
+            value_labels=header["value_labels"], notes=header["notes"], path=path,
+        )
+    except CorruptArchive:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise damaged from None
+    n_vars1, n_vars2 = len(archive.level1_names), len(archive.level2_names)
+    if (archive.level1.ndim != 2 or archive.level2.ndim != 2 or archive.level1.shape[0] != n_vars1
+            or archive.level2.shape != (n_vars2, len(archive.unit_ids)) or archive.offsets.shape != (len(archive.unit_ids) + 1,)
+            or archive.offsets[0] != 0 or archive.offsets[-1] != archive.level1.shape[1]
+            or np.any(np.diff(archive.offsets) < 0)):
+        raise damaged
+    return archive
 
 
 def changed_sources(archive: Archive) -> list[str]:
@@ -347,7 +430,7 @@ def changed_sources(archive: Archive) -> list[str]:
     changed = []
     for src in archive.sources:
         p = Path(src.path)
-        if not p.exists():
+        if src.path == "-" or not p.is_file():
             continue
         st = p.stat()
         if st.st_size == src.size and st.st_mtime_ns == src.mtime_ns:
@@ -390,7 +473,8 @@ def build_from_files(level1_path, level2_path, options: BuildOptions, fmt: str |
     from .readers import read_table
 
     step = progress or (lambda name: None)
-    same = same_file(level1_path, level2_path)
+    same = str(level1_path) == str(level2_path) == "-" or (
+        "-" not in (str(level1_path), str(level2_path)) and same_file(level1_path, level2_path))
     step(f"reading {Path(level1_path).name}")
     level1 = read_table(level1_path, fmt, delimiter, string_columns=(options.id1,))
     if same:
@@ -398,6 +482,9 @@ def build_from_files(level1_path, level2_path, options: BuildOptions, fmt: str |
     else:
         step(f"reading {Path(level2_path).name}")
         level2 = read_table(level2_path, fmt, delimiter, string_columns=(options.id2,))
+    for table in (level1, level2) if not same else (level1,):
+        if table.format == "csv" and table.encoding:
+            warn(f"{table.path.name}: not valid UTF-8, so the whole file was decoded as {table.encoding}")
     step("merging")
     archive = build_archive(level1, level2, options, same_file=same, warn=warn)
     step("hashing sources")

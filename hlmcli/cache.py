@@ -1,46 +1,88 @@
-"""The archive cache behind `hlmcli fit LEVEL1 LEVEL2 --id ID`: keyed by the sources' content and the build options."""
+"""The archive cache behind `hlmcli fit LEVEL1 LEVEL2 --id ID`: keyed by the sources' content and the build options.
+
+The cache lives in the user's own folder: --cache-dir, else $HLMCLI_CACHE_DIR, else
+$XDG_CACHE_HOME/hlmcli, else ~/.cache/hlmcli. It is created with mode 0700 and refused when it is a
+symbolic link, belongs to another user, or can be written by group or others, so nobody else can
+plant an archive in it. A cached archive is used only when the source hashes recorded in it match
+the inputs; it is written with the sources' own permission bits (0600 data gives a 0600 archive).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
+import struct
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import FORMAT_VERSION, Archive, BuildOptions, CorruptArchive, build_from_files, load_archive, write_archive
-from .files import sha256_file
+from .archive import _PREFIX, FORMAT_VERSION, MAGIC, Archive, BuildOptions, CorruptArchive, build_from_files, load_archive, write_archive
+from .errors import DataError
+from .files import check_regular, remove_stale_temporaries, sha256_file
 
-CACHE_FOLDER = ".hlmcli-cache"
 
-
-def cache_key(level1_path, level2_path, options: BuildOptions, fmt: str | None, delimiter: str | None) -> str:
+def cache_key(level1_path, level2_path, options: BuildOptions, fmt: str | None, delimiter: str | None,
+              hashes: tuple[str, str] | None = None) -> str:
+    h1, h2 = hashes or (sha256_file(level1_path), sha256_file(level2_path))
     material = {
-        "format_version": FORMAT_VERSION,
-        "level1": sha256_file(level1_path), "level2": sha256_file(level2_path),
+        "format_version": FORMAT_VERSION, "level1": h1, "level2": h2,
         "options": options.as_dict(), "format": fmt, "delimiter": delimiter,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _writable_dir(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(path, os.W_OK)
-
-
-def cache_dir_for(level1_path, explicit: str | os.PathLike | None) -> Path:
-    """--cache-dir, else $HLMCLI_CACHE_DIR, else a folder next to the data, else the user's cache folder."""
-    if explicit:
-        return Path(explicit)
+def default_cache_dir() -> Path:
     env = os.environ.get("HLMCLI_CACHE_DIR")
     if env:
         return Path(env)
-    beside = Path(level1_path).resolve().parent / CACHE_FOLDER
-    if _writable_dir(beside):
-        return beside
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hlmcli"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "hlmcli"
+
+
+def cache_dir_for(explicit: str | os.PathLike | None = None) -> Path:
+    """--cache-dir, else $HLMCLI_CACHE_DIR, else $XDG_CACHE_HOME/hlmcli, else ~/.cache/hlmcli."""
+    return Path(explicit) if explicit else default_cache_dir()
+
+
+def secure_cache_dir(folder: Path, create: bool = True) -> Path:
+    """Create the folder 0700 if absent; refuse one that another user could have written to."""
+    if create and not os.path.lexists(folder):
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise DataError(f"{folder}: cannot create the cache folder ({exc.strerror}); "
+                            "give a writable --cache-dir or set HLMCLI_CACHE_DIR") from None
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        raise DataError(f"{folder}: no such cache folder") from None
+    where = f"{folder}: the cache folder"
+    if stat.S_ISLNK(st.st_mode):
+        raise DataError(f"{where} is a symbolic link; a cache must be a real folder of your own, "
+                        "so remove the link or give another --cache-dir")
+    if not stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{where} is not a folder; remove it or give another --cache-dir")
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        raise DataError(f"{where} belongs to another user, who could plant archives in it; "
+                        "give a --cache-dir of your own")
+    if st.st_mode & 0o022:
+        raise DataError(f"{where} can be written by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                        f"run 'chmod 700 {folder}' or give another --cache-dir")
+    return folder
+
+
+def _source_mode(*paths) -> int:
+    """The permission bits every source shares: a cached copy is never more readable than its data."""
+    mode = 0o666
+    for p in paths:
+        mode &= os.stat(p).st_mode
+    return stat.S_IMODE(mode) & 0o666
 
 
 def cached_archive(level1_path, level2_path, options: BuildOptions, fmt=None, delimiter=None,
@@ -49,18 +91,103 @@ def cached_archive(level1_path, level2_path, options: BuildOptions, fmt=None, de
 
     Returns the archive and what happened: "reused", "built" or "rebuilt (…)".
     """
-    folder = cache_dir_for(level1_path, cache_dir)
-    key = cache_key(level1_path, level2_path, options, fmt, delimiter)
+    for p in (level1_path, level2_path):  # before hashing: /dev/zero or a FIFO would never end
+        check_regular(p, "data file")
+    folder = secure_cache_dir(cache_dir_for(cache_dir))
+    remove_stale_temporaries(folder)
+    hashes = (sha256_file(level1_path), sha256_file(level2_path))
+    key = cache_key(level1_path, level2_path, options, fmt, delimiter, hashes)
     target = folder / f"{key}.mdm"
     status = "built"
-    if target.exists():
+    if os.path.lexists(target):
         try:
-            return load_archive(target), "reused"
+            check_regular(target, "cached archive")
+            archive = load_archive(target)
+            recorded = tuple(s.sha256 for s in archive.sources)
+            if recorded != hashes:
+                status = "rebuilt (the cached archive was built from other data)"
+                warn(f"{target}: cached archive does not match the input files; rebuilding it")
+            else:
+                try:
+                    os.utime(target)  # last use, for 'hlmcli cache prune --older-than'
+                except OSError:
+                    pass
+                return archive, "reused"
         except CorruptArchive:
             status = "rebuilt (the cached archive was damaged)"
             warn(f"{target}: cached archive failed its checksum; rebuilding it")
+        except DataError as exc:
+            status = "rebuilt (the cached archive was unusable)"
+            warn(f"{exc}; rebuilding it")
+        if os.path.islink(target) or not os.path.isfile(target):
+            raise DataError(f"{target}: not a regular file in the cache folder; remove it")
     archive = build_from_files(level1_path, level2_path, options, fmt, delimiter, warn=warn)
-    if _writable_dir(folder):
-        write_archive(archive, target)
-        archive.path = target
+    if tuple(s.sha256 for s in archive.sources) != hashes:
+        raise DataError(f"{level1_path}: the data changed while it was being read; run the command again")
+    write_archive(archive, target, mode=_source_mode(level1_path, level2_path))
+    archive.path = target
     return archive, status
+
+
+# ---------------------------------------------------------------- hlmcli cache list / prune
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    size: int
+    mtime: float
+    sources: tuple[str, ...]
+    readable: bool
+
+
+def _peek_sources(path: Path) -> tuple[tuple[str, ...], bool]:
+    """Source names from an archive's header, without reading its arrays (for listing only)."""
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(_PREFIX.size)
+            if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
+                return (), False
+            _, version, _, header_len, _ = _PREFIX.unpack(prefix)
+            if version != FORMAT_VERSION or header_len > (1 << 30):
+                return (), False
+            header = json.loads(handle.read(header_len).decode("utf-8"))
+        return tuple(str(s.get("name", "?")) for s in header.get("sources", [])), True
+    except (OSError, ValueError, struct.error, AttributeError):
+        return (), False
+
+
+def list_cache(cache_dir=None) -> tuple[Path, list[CacheEntry]]:
+    folder = cache_dir_for(cache_dir)
+    if not os.path.lexists(folder):
+        return folder, []
+    secure_cache_dir(folder, create=False)
+    entries = []
+    for p in sorted(folder.glob("*.mdm")):
+        st = os.lstat(p)
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        sources, ok = _peek_sources(p)
+        entries.append(CacheEntry(p, st.st_size, st.st_mtime, sources, ok))
+    return folder, entries
+
+
+def prune_cache(cache_dir=None, older_than_days: float | None = None) -> tuple[Path, int, int]:
+    """Remove cached archives not used for `older_than_days` (all when None) and leftover temp files.
+    Returns the folder, the number of files removed and the bytes freed."""
+    folder = cache_dir_for(cache_dir)
+    if not os.path.lexists(folder):
+        return folder, 0, 0
+    secure_cache_dir(folder, create=False)
+    removed, freed = remove_stale_temporaries(folder)
+    cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+    for p in folder.glob("*.mdm"):
+        st = os.lstat(p)
+        if not stat.S_ISREG(st.st_mode) or (cutoff is not None and st.st_mtime >= cutoff):
+            continue
+        try:
+            os.unlink(p)
+        except OSError:
+            continue
+        removed += 1
+        freed += st.st_size
+    return folder, removed, freed

@@ -16,11 +16,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import click  # noqa: E402
 
 from . import __version__
-from .errors import EXIT_DATA, EXIT_USAGE, HlmError
+from .errors import EXIT_DATA, EXIT_INTERNAL, EXIT_USAGE, HlmError
 
 
 def _stderr(message: str) -> None:
-    click.echo(message, err=True)
+    from .report import printable  # names from data files may hold terminal escape sequences
+
+    click.echo("\n".join(printable(line) for line in str(message).split("\n")), err=True)
 
 
 def user_errors(func):
@@ -41,6 +43,11 @@ def user_errors(func):
         except MemoryError:
             _stderr("hlmcli: error: out of memory; use a smaller model or a machine with more memory")
             sys.exit(EXIT_DATA)
+        except click.exceptions.ClickException:
+            raise  # usage errors: OneLineErrors prints them with exit 2
+        except RecursionError:
+            _stderr("hlmcli: error: the input is nested too deeply to read; simplify it")
+            sys.exit(EXIT_DATA)
         except OSError as exc:
             name = exc.filename or ""
             _stderr(f"hlmcli: error: {name}: {exc.strerror or exc}; check the path and permissions".replace(": : ", ": "))
@@ -48,10 +55,15 @@ def user_errors(func):
         except Exception as exc:  # a bug of ours: still one line, details on request
             if os.environ.get("HLMCLI_DEBUG"):
                 raise
-            _stderr(f"hlmcli: internal error: {type(exc).__name__}: {exc}; rerun with HLMCLI_DEBUG=1 and report it")
-            sys.exit(EXIT_DATA)
+            _stderr(f"hlmcli: internal error: {type(exc).__name__}: {_one_line(exc)}; this is a bug in hlmcli, "
+                    "please rerun with HLMCLI_DEBUG=1 and report it with the traceback")
+            sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def _split_names(value: str | None) -> tuple[str, ...] | None:
@@ -120,8 +132,8 @@ _build_options = [
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="Drop level-1 records with missing values now (at build) or per model at analysis."),
     click.option("--drop-unmatched", is_flag=True, help="Drop level-1 records whose unit has no level-2 record."),
-    click.option("--format", "file_format", help="Input format: csv, sas, spss or stata (default: by extension)."),
-    click.option("--delimiter", help="CSV delimiter (default: sniffed). Use '\\t' for tab."),
+    click.option("--format", "file_format", help="Input format: csv, sas, spss, stata, parquet or excel (default: by extension)."),
+    click.option("--delimiter", help="CSV delimiter (default: sniffed): one character, or tab, '\\t', comma, semicolon, pipe, space."),
 ]
 
 
@@ -150,9 +162,11 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.option("--template", type=click.Path(), help="Build from an HLM 7 MDM template (.mdmt).")
 @click.option("-o", "--output", type=click.Path(), help="Archive to write (.mdm).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file named by the template's mdmname:.")
+@click.option("--allow-outside", is_flag=True, help="Let the template's mdmname: point outside the template's folder.")
 @user_errors
 def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched,
-              file_format, delimiter, template, output, quiet):
+              file_format, delimiter, template, output, quiet, force, allow_outside):
     """Merge a level-1 and a level-2 file into an archive."""
     from .archive import BuildOptions, build_from_files, write_archive
     from .errors import DataError
@@ -167,15 +181,27 @@ def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing
         level1_file, level2_file, file_format = tpl.level1_file, tpl.level2_file, file_format or tpl.format
         options = BuildOptions(id1=tpl.id1, id2=tpl.id2, keep1=tpl.level1_vars or None,
                                keep2=tpl.level2_vars or None, missing=tpl.missing, drop_unmatched=drop_unmatched)
-        if output is None:
+        if output is None:  # a name from the template: beside it, never leaving its folder, never overwriting
+            from pathlib import PureWindowsPath
+
+            from .files import output_from_file, refuse_clobber
+
             name = tpl.mdm_name or Path(template).with_suffix(".mdm").name
-            output = str(Path(template).parent / Path(name.replace("\\", "/")).name)
+            if PureWindowsPath(name).drive:  # D:\\...\\x.mdm, written by HLM 7 on Windows: its base name
+                name = PureWindowsPath(name).name
+            output = str(output_from_file(template, name, "mdmname", allow_outside))
+            refuse_clobber(output, force, Path(template).name)
     else:
         if not level1_file or not level2_file:
             raise click.UsageError("give LEVEL1_FILE and LEVEL2_FILE (they may be the same file), or --template")
         options = make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
     if output is None:
         raise click.UsageError("give -o/--output, the archive to write")
+    from .files import check_regular
+
+    for source in (level1_file, level2_file):
+        if str(source) != "-":  # '-' is standard input
+            check_regular(source, "data file")
     refuse_overwriting_inputs(output, [level1_file, level2_file, template])
     progress = _Progress(quiet, 4)
     try:
@@ -219,6 +245,11 @@ def _load_data(data, build_opts: dict, cache_dir, quiet: bool):
     warn = (lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}"))
     if len(data) == 1:
         path = data[0]
+        from .files import check_regular
+
+        if str(path) == "-":
+            raise click.UsageError("an archive cannot be read from standard input; give the .mdm file's path")
+        check_regular(path, "archive")  # before opening it: a FIFO would block, /dev/zero never end
         if not str(path).lower().endswith(".mdm") and Path(path).exists():
             with open(path, "rb") as handle:
                 if handle.read(len(MAGIC)) != MAGIC:
@@ -228,8 +259,15 @@ def _load_data(data, build_opts: dict, cache_dir, quiet: bool):
             warn(f"{changed} changed since {Path(path).name} was built; rebuild it with 'hlmcli mdm build'")
         return archive, Path(path).name
     if len(data) == 2:
+        if "-" in data:
+            raise click.UsageError("standard input ('-') can be read by 'hlmcli mdm build' only; build an archive first")
+        build_opts = dict(build_opts)
+        fmt, delimiter = build_opts.pop("file_format", None), build_opts.pop("delimiter", None)
         options = make_build_options(**build_opts)
-        archive, _status = cached_archive(data[0], data[1], options, cache_dir=cache_dir, warn=warn)
+        from .readers import normalise_delimiter
+
+        archive, _status = cached_archive(data[0], data[1], options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
+                                          cache_dir=cache_dir, warn=warn)
         return archive, f"{Path(data[0]).name} and {Path(data[1]).name}"
     raise click.UsageError("give one archive (.mdm) or two data files (level-1 and level-2)")
 
@@ -247,7 +285,16 @@ _model_options = [
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
-    click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cached archives go (default: beside the data)."),
+    click.option("--cache-dir", type=click.Path(file_okay=False),
+                 help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else $XDG_CACHE_HOME/hlmcli, else ~/.cache/hlmcli)."),
+    click.option("--l1-vars", help="When DATA is two files: level-1 variables to keep, comma-separated (default: all)."),
+    click.option("--l2-vars", help="When DATA is two files: level-2 variables to keep, comma-separated (default: all)."),
+    click.option("--delimiter", help="When DATA is two CSV files: the delimiter (default: sniffed); tab or '\\t' for tab."),
+    click.option("--data-format", "file_format",
+                 help="When DATA is two files: their format, csv, sas, spss, stata, parquet or excel (default: by extension)."),
+    click.option("--reml", is_flag=True, default=None, help="Restricted maximum likelihood, overriding a .hlm file's mlf:y."),
+    click.option("--allow-outside", is_flag=True,
+                 help="Let output names in a .hlm file (resfil1name:, resfil2name:) point outside its folder."),
 ]
 
 
@@ -257,16 +304,20 @@ def model_options(func):
     return func
 
 
-def _spec(archive, level1, level2, model_file, ml, extra=None):
+def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False):
     from dataclasses import replace
 
     from .design import variables_of
     from .equations import RunOptions, spec_from_inputs
 
-    spec = spec_from_inputs(level1, list(level2), model_file, variables_of(archive), RunOptions())
+    spec = spec_from_inputs(level1, list(level2), model_file, variables_of(archive), RunOptions(), allow_outside)
     changes = dict(extra or {})
+    if ml and reml:
+        raise click.UsageError("give --ml or --reml, not both")
     if ml is not None:
         changes["method"] = "ML" if ml else "REML"
+    if reml:
+        changes["method"] = "REML"
     changes = {k: v for k, v in changes.items() if v is not None}
     if changes:
         spec = replace(spec, options=replace(spec.options, **changes))
@@ -280,25 +331,28 @@ def _use_ascii(flag: bool) -> bool:
     return "utf" not in encoding
 
 
-def _build_opts(id_, id1, id2, missing, drop_unmatched):
-    return {"id_": id_, "id1": id1, "id2": id2, "l1_vars": None, "l2_vars": None,
-            "missing": missing, "drop_unmatched": drop_unmatched}
+def _build_opts(id_, id1, id2, missing, drop_unmatched, l1_vars=None, l2_vars=None, file_format=None, delimiter=None,
+                **_ignored):
+    return {"id_": id_, "id1": id1, "id2": id2, "l1_vars": l1_vars, "l2_vars": l2_vars,
+            "missing": missing, "drop_unmatched": drop_unmatched, "file_format": file_format, "delimiter": delimiter}
 
 
 @main.command("model")
 @model_options
 @user_errors
-def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir):
+def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir, **more):
     """Print the model as HLM 7 writes it, and its lme4 formula, without fitting."""
     from .report import Symbols, lme4_formula, model_summary
 
-    archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched), cache_dir, quiet=False)
-    spec = _spec(archive, level1, level2, model_file, ml)
+    archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet=False)
+    spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
     lines = model_summary(spec, Symbols(_use_ascii(ascii_only)))
     formula, notes = lme4_formula(spec, archive.id_names[0])
     lines += ["", f"Method of estimation: {'restricted maximum likelihood' if spec.method == 'REML' else 'full maximum likelihood'}",
               "", "The same model in R (lme4)", f" {formula}"] + [f"   {n}" for n in notes]
-    click.echo("\n".join(lines))
+    from .report import printable
+
+    click.echo("\n".join(printable(line) for line in lines))
 
 
 @main.command("fit")
@@ -321,14 +375,15 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
 @click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
-@click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr (the exit code still tells).")
+@click.option("--keep-failed-output", is_flag=True, help="Write -o and residual files even when the fit is not certified (exit 3).")
+@click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, title, timestamp, df_method, strict, tau_structure, max_iterations, tests, compare_deviance,
-            compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet):
+            compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet, **more):
     """Fit a two-level model and print HLM 7's tables (text) or a stable JSON document."""
-    from .errors import EXIT_NOT_CONVERGED
-    from .files import atomic_write_text, refuse_overwriting_inputs
+    from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
     from .report import Symbols, dumps_json, fit_json, fit_text
@@ -337,8 +392,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     for path in (output, residuals_l1, residuals_l2):
         if path:
             refuse_overwriting_inputs(path, sources)
-    archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched), cache_dir, quiet)
-    spec = _spec(archive, level1, level2, model_file, ml, {
+    archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
+    spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"], extra={
         "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance, "tau": tau_structure,
         "prior_params": compare_params, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2,
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
@@ -348,14 +403,20 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     opts = spec.options
     add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
                opts.full_output, opts.ols_units)
-    if opts.residuals_l1 or opts.residuals_l2:
+    # Whether the fit is certified is decided here, before any file is moved into place, so a run
+    # that exits non-zero leaves no -o or residual file behind for make to take as a result.
+    status, failures = _fit_status(analysis.result, strict)
+    write_files = status == 0 or more["keep_failed_output"]
+    if write_files and (opts.residuals_l1 or opts.residuals_l2):
         from .inference import empirical_bayes
         from .residual_files import level1_table, level2_table, write_table
 
         eb = empirical_bayes(analysis.unit, analysis.stats, analysis.result)
-        for path in (opts.residuals_l1, opts.residuals_l2):
+        for path, typed in ((opts.residuals_l1, residuals_l1), (opts.residuals_l2, residuals_l2)):
             if path:
                 refuse_overwriting_inputs(path, sources)
+                if not typed:
+                    refuse_clobber(path, more["force"], Path(model_file).name)
         if opts.residuals_l2:
             write_table(level2_table(analysis, eb), opts.residuals_l2)
         if opts.residuals_l1:
@@ -372,19 +433,93 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         text = dumps_json(fit_json(analysis, meta))
     else:
         text = fit_text(analysis, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only))
-    if output:
+    if output and write_files:
         atomic_write_text(output, text)
-    else:
+    elif not output:
         click.echo(text, nl=False)
     result = analysis.result
+    if not quiet:
+        for message in failures + ([] if strict else list(result.boundary or [])):
+            _stderr(f"hlmcli: warning: {message}")
+        if output and not write_files:
+            _stderr(f"hlmcli: {output} not written because the fit is not certified; "
+                    "pass --keep-failed-output to write it anyway")
+    if status:
+        sys.exit(status)
+
+
+def _fit_status(result, strict: bool) -> tuple[int, list[str]]:
+    """The exit status of a finished fit and why: 3 when it is not certified."""
+    from .errors import EXIT_NOT_CONVERGED
+
+    failures = []
     if not result.converged:
-        _stderr("hlmcli: warning: the optimum is not certified: " + "; ".join(result.certificate.failed))
-        sys.exit(EXIT_NOT_CONVERGED)
-    if result.boundary and not quiet:
-        for note in result.boundary:
-            _stderr(f"hlmcli: warning: {note}")
+        failures.append("the optimum is not certified: " + "; ".join(result.certificate.failed))
     if strict and result.boundary:
-        sys.exit(EXIT_NOT_CONVERGED)
+        failures += list(result.boundary)
+    return (EXIT_NOT_CONVERGED if failures else 0), failures
+
+
+@main.command("man")
+def man_cmd():
+    """Show the manual page (the same as 'man hlmcli')."""
+    import shutil
+    import subprocess
+
+    page = _man_page()
+    if page is None:
+        raise click.ClickException("the manual page is not installed; see man/hlmcli.1 in the source")
+    if sys.stdout.isatty() and shutil.which("man"):
+        sys.exit(subprocess.call(["man", "-l", str(page)]))
+    click.echo(page.read_text(encoding="utf-8"), nl=False)
+
+
+def _man_page():
+    """The page in a source checkout, else where pip installed it (<prefix>/share/man/man1)."""
+    candidates = [Path(__file__).resolve().parent.parent / "man" / "hlmcli.1",
+                  Path(sys.prefix) / "share" / "man" / "man1" / "hlmcli.1",
+                  Path(sys.base_prefix) / "share" / "man" / "man1" / "hlmcli.1"]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+@main.group("cache")
+def cache_group():
+    """List or prune the archives cached by 'hlmcli fit L1 L2'."""
+
+
+@cache_group.command("list")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache folder (default as for fit).")
+@user_errors
+def cache_list(cache_dir):
+    """List cached archives: file, size, last use and the data they were built from."""
+    import time
+
+    from .cache import list_cache
+    from .report import printable
+
+    folder, entries = list_cache(cache_dir)
+    click.echo(f"cache folder: {printable(str(folder))}")
+    total = 0
+    for e in entries:
+        total += e.size
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime))
+        what = ", ".join(printable(s) for s in e.sources) if e.readable else "(unreadable; 'hlmcli cache prune' removes it)"
+        click.echo(f"{e.path.name}  {e.size:>12,d} bytes  {used}  {what}")
+    click.echo(f"{len(entries)} archive(s), {total:,d} bytes")
+
+
+@cache_group.command("prune")
+@click.option("--older-than", "older_than", type=click.FloatRange(0), metavar="DAYS",
+              help="Remove only archives not used for DAYS days (default: remove all).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache folder (default as for fit).")
+@user_errors
+def cache_prune(older_than, cache_dir):
+    """Remove cached archives (and temp files left by killed runs)."""
+    from .cache import prune_cache
+    from .report import printable
+
+    folder, removed, freed = prune_cache(cache_dir, older_than)
+    click.echo(f"removed {removed} file(s), {freed:,d} bytes, from {printable(str(folder))}")
 
 
 @main.command("compare")

@@ -11,18 +11,58 @@ from .report import hlm_p
 
 
 def read_fit(path: str) -> dict:
+    from .files import read_small_bytes
+
     p = Path(path)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         raise DataError(f"{path}: no such file; save a fit with 'hlmcli fit ... --format json -o {p.name}'")
     try:
-        fit = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise DataError(f"{path}: not a JSON fit; save one with 'hlmcli fit ... --format json'") from None
+        fit = json.loads(read_small_bytes(p, "JSON fit").decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise DataError(f"{path}: not a JSON fit (incomplete or not JSON); save one with 'hlmcli fit ... --format json'") from None
     if not isinstance(fit, dict) or fit.get("tool") != "hlmcli" or "deviance" not in fit:
         raise DataError(f"{path}: not an hlmcli JSON fit; save one with 'hlmcli fit ... --format json'")
     if fit.get("schema") != 2:
-        raise DataError(f"{path}: JSON schema {fit.get('schema')} is not one this hlmcli reads (2); refit with this version")
+        raise DataError(f"{path}: JSON schema {str(fit.get('schema'))[:20]} is not one this hlmcli reads (2); refit with this version")
+    problem = _incomplete(fit)
+    if problem:
+        raise DataError(f"{path}: incomplete or edited JSON fit ({problem}); save it again with 'hlmcli fit ... --format json'")
     return fit
+
+
+def _number(x, positive=False) -> bool:
+    import math
+
+    ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return ok and (x > 0 if positive else True)
+
+
+def _incomplete(fit: dict) -> str | None:
+    """What is missing or malformed among the keys compare uses; None if all is well."""
+    for key in ("method", "outcome"):
+        if not isinstance(fit.get(key), str):
+            return f"'{key}' is missing or not text"
+    if fit["method"] not in ("REML", "ML"):
+        return "'method' is neither REML nor ML"
+    for key in ("n_level1", "n_level2", "n_params"):
+        if not isinstance(fit.get(key), int) or isinstance(fit.get(key), bool) or fit[key] < 0:
+            return f"'{key}' is missing or not a count"
+    if not _number(fit.get("deviance")):
+        return "'deviance' is missing or not a finite number"
+    if not _number(fit.get("sigma2"), positive=True):
+        return "'sigma2' is missing or not a positive number"
+    fixed = fit.get("fixed_effects")
+    if not isinstance(fixed, list) or not all(isinstance(f, dict) and isinstance(f.get("coefficient"), str)
+                                              and isinstance(f.get("predictor"), str) for f in fixed):
+        return "'fixed_effects' is missing or malformed"
+    names = fit.get("random_coefficients")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "'random_coefficients' is missing or malformed"
+    tau = fit.get("tau")
+    if (not isinstance(tau, list) or len(tau) != len(names)
+            or not all(isinstance(row, list) and len(row) == len(names) and all(_number(v) for v in row) for row in tau)):
+        return "'tau' is missing or does not match 'random_coefficients'"
+    return None
 
 
 def _fixed_key(fit: dict) -> list[tuple]:

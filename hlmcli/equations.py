@@ -125,6 +125,40 @@ def _normalise(text: str) -> str:
     return text
 
 
+# Bounds that keep parsing linear in the input: no real equation comes near them.
+MAX_EQUATION_CHARS = 10_000
+MAX_NESTING = 32
+MAX_INDEX_DIGITS = 4
+
+
+def _check_shape(text: str) -> None:
+    """One linear pass before any parsing: length, balanced parentheses, nesting depth."""
+    if len(text) > MAX_EQUATION_CHARS:
+        raise ModelError(f"an equation of {len(text)} characters is longer than the {MAX_EQUATION_CHARS} "
+                         "hlmcli reads; write one term per predictor")
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise _Syntax(text[:200], min(i, 199), f"parentheses nested more than {MAX_NESTING} deep",
+                              "remove the redundant parentheses")
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise _Syntax(text, i, "a ')' without its '('", "balance the parentheses")
+    if depth:
+        raise _Syntax(text, len(text), f"{depth} '(' not closed", "balance the parentheses")
+
+
+def _index(digits: str, what: str, equation: str) -> int:
+    """A coefficient subscript, refused when implausibly long (int() of thousands of digits raises)."""
+    if len(digits) > MAX_INDEX_DIGITS:
+        raise ModelError(f"in '{equation.strip()[:80]}': the subscript of {what}{digits[:8]}... has {len(digits)} digits; "
+                         "number the coefficients 0, 1, 2, ...")
+    return int(digits)
+
+
 class _Syntax(ModelError):
     def __init__(self, equation: str, position: int, problem: str, hint: str):
         pos = max(0, min(position, len(equation)))
@@ -281,6 +315,7 @@ def parse_level1(equation: str, variables: Variables, with_intercept: bool = Fal
     """'Y = b0 + b1*X + r' -> outcome and [(1, Term X)] (and whether b0 is there, if asked);
     without b0 the model has no level-1 intercept."""
     text = _normalise(equation)
+    _check_shape(text)
     if text.count("=") != 1:
         at = text.find("=", text.find("=") + 1) if text.count("=") > 1 else len(text)
         raise _Syntax(text, at, "a level-1 equation needs exactly one '='", "write OUTCOME = b0 + b1*X + r")
@@ -309,8 +344,10 @@ def parse_level1(equation: str, variables: Variables, with_intercept: bool = Fal
             if "-" in piece and "(" not in piece:
                 raise _Syntax(text, pos + piece.find("-"), "'-' between terms", "terms are joined by '+'")
             raise _Syntax(text, pos, f"expected a coefficient like b1 or β1, found '{coef}'", "write b1*NAME")
-        q = int(m.group(1))
+        q = _index(m.group(1), "b", text)
         if q == 0:
+            if seen_intercept:
+                raise ModelError(f"in '{equation.strip()}': b0 appears twice; write the intercept once")
             if pred is not None:
                 raise _Syntax(text, pos, "the intercept b0 takes no predictor", "write b0 alone")
             seen_intercept = True
@@ -339,6 +376,7 @@ def parse_level1(equation: str, variables: Variables, with_intercept: bool = Fal
 def parse_level2(equation: str, variables: Variables, n_coefficients: int) -> tuple[int, Level2Equation]:
     """'b1 = g10 + g11*SECTOR + u1' -> (1, Level2Equation)."""
     text = _normalise(equation)
+    _check_shape(text)
     if text.count("=") != 1:
         raise _Syntax(text, len(text), "a level-2 equation needs exactly one '='", "write b0 = g00 + g01*W + u0")
     lhs, rhs = text.split("=")
@@ -346,7 +384,7 @@ def parse_level2(equation: str, variables: Variables, n_coefficients: int) -> tu
     if not m:
         raise _Syntax(text, 0, f"a level-2 equation must define a coefficient like b0, not '{lhs.strip()}'",
                       "write b0 = g00 + ... (a level-1 equation goes with -1/--level1)")
-    q = int(m.group(1))
+    q = _index(m.group(1), "b", text)
     if q >= n_coefficients:
         raise ModelError(f"in '{equation.strip()}': b{q} has no term in the level-1 equation "
                          f"(it has b0..b{n_coefficients - 1}); add b{q}*NAME there or renumber")
@@ -361,16 +399,18 @@ def parse_level2(equation: str, variables: Variables, n_coefficients: int) -> tu
         coef, pred, ppos = _coef_and_predictor(piece, pos, text)
         mu = _U.match(coef)
         if mu and pred is None:
-            if int(mu.group(1)) != q:
+            if _index(mu.group(1), "u", text) != q:
                 raise ModelError(f"in '{equation.strip()}': the random effect of b{q} is u{q}, not {coef}")
+            if random:
+                raise ModelError(f"in '{equation.strip()}': u{q} appears twice; write the random effect once")
             random = True
             continue
         mg = _GAMMA.match(coef)
         if not mg:
             raise _Syntax(text, pos, f"expected a coefficient like g{q}0 or γ{q}0, found '{coef}'",
                           f"write g{q}1*NAME")
-        gq = int(mg.group(1) or mg.group(3))
-        gs = int(mg.group(2) or mg.group(4))
+        gq = _index(mg.group(1) or mg.group(3), "g", text)
+        gs = _index(mg.group(2) or mg.group(4), "g", text)
         if gq != q:
             raise ModelError(f"in '{equation.strip()}': {coef} belongs to b{gq}, but this equation defines b{q}; "
                              f"write g{q}{gs}")
@@ -445,9 +485,11 @@ def read_model_file(path: str | Path) -> tuple[str, list[str]]:
 
 
 def _read_text(path: Path) -> str:
-    if not path.exists():
+    from .files import read_small_bytes
+
+    if not path.exists() and not path.is_symlink():
         raise ModelError(f"{path}: no such model file; check the path")
-    raw = path.read_bytes()
+    raw = read_small_bytes(path, "model file")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -466,7 +508,35 @@ _OFF_VALUES = {"level1weight": "none", "level2weight": "none", "varianceknown": 
                "heterol1var": "n", "lvr": "n", "fixsigma2": "n", "laplace": "n"}
 
 
-def parse_hlm_file(path: str | Path, variables: Variables) -> ModelSpec:
+_YES = ("y", "yes", "true", "1")
+_NO = ("n", "no", "false", "0")
+# Keys HLM 7 or its wrappers (e.g. Stata's hlm) write, refused by name because they change the model.
+_REFUSED_KEYS = {
+    "level3": "three-level models are not supported; hlmcli fits two-level models",
+    "level3weight": "three-level models are not supported",
+    "level3deletion": "three-level models are not supported",
+    "resfil3": "three-level models are not supported",
+    "fixtau3": "three-level models are not supported",
+    "agq": "adaptive quadrature is for nonlinear models, which hlmcli does not fit",
+    "agqderivlevel": "adaptive quadrature is for nonlinear models, which hlmcli does not fit",
+    "autoimpute": "HLM 7's multiple imputation is not implemented; impute the data first",
+    "autoimputeit": "HLM 7's multiple imputation is not implemented; impute the data first",
+    "lvr-beta": "latent variable regression is not implemented",
+    "fishertype": "Fisher-scoring variants are for nonlinear models, which hlmcli does not fit",
+    "restrict": "constrained γs are not implemented",
+}
+
+
+def _yes_no(value: str, where: str, key: str) -> bool:
+    low = value.strip().lower()
+    if low in _YES:
+        return True
+    if low in _NO:
+        return False
+    raise ModelError(f"{where}: {key}:{value} must be y or n")
+
+
+def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool = False) -> ModelSpec:
     """An HLM 7 command file (.hlm) to a ModelSpec, refusing keys we do not implement."""
     path = Path(path)
     text = _read_text(path)
@@ -479,11 +549,13 @@ def parse_hlm_file(path: str | Path, variables: Variables) -> ModelSpec:
         if not line or line.startswith("#"):
             continue
         if ":" not in line:
-            raise ModelError(f"{path}: line {line_no}: expected key:value, got '{line}'")
+            raise ModelError(f"{path}: line {line_no}: expected key:value, got '{line[:80]}'")
         key, value = (s.strip() for s in line.split(":", 1))
         key = key.lower()
         where = f"{path}: line {line_no}"
         if key == "level1":
+            if level1_line is not None:
+                raise ModelError(f"{where}: a second level1: line (the first is on line {level1_line[1]}); keep one")
             level1_line = (value, line_no)
         elif key == "level2":
             level2_lines.append((value, line_no))
@@ -491,31 +563,37 @@ def parse_hlm_file(path: str | Path, variables: Variables) -> ModelSpec:
             if value.lower() not in ("n", "no", "none", "linear"):
                 raise ModelError(f"{where}: nonlin:{value} (a nonlinear HGLM) is not supported; hlmcli fits linear models (nonlin:n)")
         elif key == "mlf":
-            opts["method"] = "ML" if value.lower().startswith("y") else "REML"
+            opts["method"] = "ML" if _yes_no(value, where, key) else "REML"
         elif key == "numit":
-            opts["max_iterations"] = _int(value, where, key)
+            opts["max_iterations"] = _int(value, where, key, 1, 1_000_000)
         elif key == "stopval":
-            opts["stopval"] = _float(value, where, key)
+            opts["stopval"] = _float(value, where, key, positive=True)
         elif key == "title":
             opts["title"] = None if value.lower() in ("", "no title") else value
         elif key == "hypoth":
-            opts["hypoth"] = value.lower().startswith("y")
-        elif re.fullmatch(r"gamma\d+", key):
+            opts["hypoth"] = _yes_no(value, where, key)
+        elif re.fullmatch(r"gamma\d{1,4}", key):
             contrasts.setdefault(key[5:], []).append((line_no, [v for v in value.split(",") if v.strip()]))
         elif key == "deviance":
             opts["prior_deviance"] = _float(value, where, key)
         elif key == "df":
-            opts["prior_params"] = _int(value, where, key)
+            opts["prior_params"] = _int(value, where, key, 1, 1_000_000)
         elif key in ("resfil1", "resfil2"):
-            opts[key] = value.lower().startswith("y")
+            opts[key] = _yes_no(value, where, key)
         elif key in ("resfil1name", "resfil2name", "resfiltype"):
             opts[key] = value
         elif key == "homvar":
-            opts["homogeneity"] = value.lower().startswith("y")
+            opts["homogeneity"] = _yes_no(value, where, key)
         elif key == "fulloutput":
-            opts["full_output"] = value.lower().startswith("y")
+            opts["full_output"] = _yes_no(value, where, key)
         elif key == "lev1ols":
-            opts["ols_units"] = _int(value, where, key)
+            opts["ols_units"] = _int(value, where, key, 0, 1_000_000)
+        elif key in ("level1deletion", "level2deletion"):
+            # Stata's hlm wrapper writes level1deletion:none; hlmcli drops records with missing values
+            # when the archive is built (--missing now) or per model (--missing analysis).
+            if value.lower() not in ("none", "n", "no", ""):
+                raise ModelError(f"{where}: '{key}:{value}' is not supported; missing values are handled by "
+                                 "mdm build --missing now|analysis, so remove the line or set it to none")
         elif key in _GUI_KEYS:
             continue
         elif key in _OFF_VALUES:
@@ -524,14 +602,22 @@ def parse_hlm_file(path: str | Path, variables: Variables) -> ModelSpec:
                 raise ModelError(f"{where}: '{key}:{value}' is not supported by hlmcli; remove the line or set it to {off}")
         elif key in ("macroit", "microit", "stopmicro", "stopmacro"):
             raise ModelError(f"{where}: '{key}' is for nonlinear models, which hlmcli does not fit; remove the line")
+        elif key in _REFUSED_KEYS:
+            raise ModelError(f"{where}: '{key}' is not supported: {_REFUSED_KEYS[key]}; remove the line")
         else:
-            raise ModelError(f"{where}: the key '{key}' is not supported by hlmcli; remove the line")
+            raise ModelError(f"{where}: the key '{key[:40]}' is not supported by hlmcli; remove the line")
     if level1_line is None:
         raise ModelError(f"{path}: no level1: line; add one like level1:MATHACH=INTRCPT1+SES,1+RANDOM")
     level1_eq = _hlm_level1(path, *level1_line)
     coef_names = [n for n in level1_eq[1]]
     level2_eqs = [_hlm_level2(path, v, n, coef_names) for v, n in level2_lines]
     ext = {"spss": ".sav", "stata": ".dta"}.get(str(opts.get("resfiltype", "")).lower(), ".csv")
+    from .files import output_from_file
+
+    for level in ("1", "2"):  # names in the file are relative to the file's folder and stay inside it
+        if opts.get(f"resfil{level}"):
+            name = opts.get(f"resfil{level}name") or f"resfil{level}{ext}"
+            opts[f"resfil{level}name"] = str(output_from_file(path, name, f"resfil{level}name", allow_outside))
     spec_options = RunOptions(
         method=opts.get("method", "REML"), max_iterations=opts.get("max_iterations", 100),
         stopval=opts.get("stopval"), title=opts.get("title"),
@@ -556,18 +642,30 @@ def _replace(options: RunOptions, **changes) -> RunOptions:
     return replace(options, **changes)
 
 
-def _int(value: str, where: str, key: str) -> int:
+def _int(value: str, where: str, key: str, low: int | None = None, high: int | None = None) -> int:
     try:
-        return int(value)
+        number = int(value) if len(value) <= 20 else None
     except ValueError:
-        raise ModelError(f"{where}: {key} must be a whole number, not '{value}'") from None
+        number = None
+    if number is None:
+        raise ModelError(f"{where}: {key} must be a whole number, not '{value[:40]}'")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise ModelError(f"{where}: {key}:{number} is out of range; give a whole number from {low} to {high}")
+    return number
 
 
-def _float(value: str, where: str, key: str) -> float:
+def _float(value: str, where: str, key: str, positive: bool = False) -> float:
+    import math
+
     try:
-        return float(value)
+        number = float(value) if len(value) <= 60 else None
     except ValueError:
-        raise ModelError(f"{where}: {key} must be a number, not '{value}'") from None
+        number = None
+    if number is None or not math.isfinite(number):
+        raise ModelError(f"{where}: {key} must be a finite number, not '{value[:40]}'")
+    if positive and number <= 0:
+        raise ModelError(f"{where}: {key} must be greater than zero, not {value}")
+    return number
 
 
 def _hlm_term(token: str, where: str) -> str:
@@ -638,14 +736,17 @@ def _hlm_level2(path: Path, value: str, line_no: int, coef_names: list[str]) -> 
 
 
 def spec_from_inputs(level1: str | None, level2: list[str], model_file: str | None, variables: Variables,
-                     options: RunOptions) -> ModelSpec:
+                     options: RunOptions, allow_outside: bool = False) -> ModelSpec:
     """One ModelSpec from whichever form the user gave. Command-line options win over file settings."""
     if model_file and level1:
         raise ModelError(f"{model_file}: give the model either with --model or with -1/-2, not both")
     if model_file:
         text = _read_text(Path(model_file))
         if is_hlm_command_file(model_file, text):
-            return parse_hlm_file(model_file, variables)
+            if level2:
+                raise ModelError(f"{model_file}: an HLM 7 command file holds the whole model, so -2 equations "
+                                 "cannot be added to it; edit its level2: lines or drop --model")
+            return parse_hlm_file(model_file, variables, allow_outside)
         level1, level2_file = read_model_file(model_file)
         level2 = level2_file + list(level2)
     if not level1:

@@ -6,7 +6,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_DATA = 1
 EXIT_USAGE = 2
-EXIT_NOT_CONVERGED = 3
+EXIT_NOT_CONVERGED = 3  # also: a fit that is not certified
+EXIT_INTERNAL = 70  # a bug in hlmcli (EX_SOFTWARE); the message asks for a report
 
 
 class HlmError(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .equations import Hypothesis, ModelSpec, _normalise
@@ -28,7 +29,9 @@ def parse_test(text: str, spec: ModelSpec) -> Hypothesis:
         try:
             value = float(right.strip())
         except ValueError:
-            raise ModelError(f"--test '{text}': the right side of '{restriction.strip()}' must be a number") from None
+            value = math.nan
+        if not math.isfinite(value):
+            raise ModelError(f"--test '{text}': the right side of '{restriction.strip()}' must be a finite number")
         row = [0.0] * len(labels)
         pieces = re.findall(r"[+-]?[^+-]+", left.replace(" ", ""))
         if not pieces:
@@ -39,6 +42,8 @@ def parse_test(text: str, spec: ModelSpec) -> Hypothesis:
                 raise ModelError(f"--test '{text}': cannot read '{piece}'; write terms like g01, 2*g11 or -g02")
             sign = -1.0 if m.group(1) == "-" else 1.0
             mult = float(m.group(2)) if m.group(2) else 1.0
+            if not math.isfinite(mult) or len(m.group(5) or "") > 4 or len(m.group(6) or "") > 4:
+                raise ModelError(f"--test '{text}': cannot read '{piece}'; write terms like g01, 2*g11 or -g02")
             q = int(m.group(3) or m.group(5))
             s = int(m.group(4) or m.group(6))
             if (q, s) not in labels:
@@ -60,7 +65,12 @@ def contrasts_from_rows(spec: ModelSpec, where: str, label: str, rows: list[tupl
         if len(values) != n:
             raise ModelError(f"{where}: line {line_no}: gamma{label} has {len(values)} values but the model has {n} γs; give one per γ")
         try:
-            out.append(tuple(float(v) for v in values))
+            row = tuple(float(v) for v in values)
         except ValueError:
             raise ModelError(f"{where}: line {line_no}: gamma{label} values must be numbers") from None
+        if not all(math.isfinite(v) for v in row):
+            raise ModelError(f"{where}: line {line_no}: gamma{label} values must be finite numbers (not nan or inf)")
+        if not any(row):
+            raise ModelError(f"{where}: line {line_no}: gamma{label} is all zeros, so it tests nothing; give a contrast")
+        out.append(row)
     return Hypothesis(label=f"hypothesis {label}", rows=tuple(out))

@@ -26,15 +26,20 @@ class MdmTemplate:
 
 def _locate(template: Path, written: str, line_no: int) -> Path:
     """A path as written in the template; if absent (e.g. D:\\... from Windows), its base name beside the template."""
+    if not written or "\x00" in written or len(written) > 4096:
+        raise DataError(f"{template}: line {line_no}: '{written[:40]}' is not a usable file name; fix the path")
     as_given = Path(written)
     if not as_given.is_absolute() and not PureWindowsPath(written).drive:
         as_given = template.parent / written
-    if as_given.exists():
-        return as_given
-    base = PureWindowsPath(written).name if ("\\" in written or ":" in written) else Path(written).name
-    beside = template.parent / base
-    if beside.exists():
-        return beside
+    try:
+        if as_given.exists():
+            return as_given
+        base = PureWindowsPath(written).name if ("\\" in written or ":" in written) else Path(written).name
+        beside = template.parent / base
+        if base and beside.exists():
+            return beside
+    except OSError as exc:
+        raise DataError(f"{template}: line {line_no}: '{written[:80]}' cannot be used ({exc.strerror}); fix the path") from None
     raise DataError(
         f"{template}: line {line_no}: data file not found at '{written}' nor at '{beside}'; "
         "put the file beside the template or fix the path"
@@ -42,14 +47,21 @@ def _locate(template: Path, written: str, line_no: int) -> Path:
 
 
 def parse_template(path: str | os.PathLike) -> MdmTemplate:
+    from .files import read_small_bytes
+
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: no such template file; check the path")
+    raw = read_small_bytes(path, "template")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("cp1252", errors="replace")
     values: dict[str, tuple[str, int]] = {}
     section = None
     vars_by_section: dict[str, list[str]] = {"l1vars": [], "l2vars": []}
     ids: dict[str, str] = {}
-    for line_no, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for line_no, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -19,11 +19,18 @@ FORMAT_ALIASES = {
     "sas": "sas", "sas7bdat": "sas",
     "spss": "spss", "sav": "spss", "zsav": "spss",
     "stata": "stata", "dta": "stata",
+    "parquet": "parquet", "pq": "parquet",
+    "excel": "excel", "xlsx": "excel",
 }
 _EXTENSIONS = {
     ".csv": "csv", ".txt": "csv", ".tsv": "csv", ".dat": "csv",
     ".sas7bdat": "sas", ".sav": "spss", ".zsav": "spss", ".dta": "stata",
+    ".parquet": "parquet", ".pq": "parquet", ".xlsx": "excel",
 }
+# Optional readers: the extra to install, and the module it brings.
+_EXTRAS = {"parquet": ("parquet", "pyarrow"), "excel": ("excel", "openpyxl")}
+_DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+STDIN = "-"
 # Strings that mean "missing" in a text file, as SAS, SPSS, Stata and R write them.
 CSV_MISSING = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", ".", "#N/A"]
 _SNIFF_DELIMITERS = ",;\t| "
@@ -41,27 +48,43 @@ class Table:
     delimiter: str | None = None
 
 
+def normalise_delimiter(value: str | None) -> str | None:
+    """--delimiter as typed: tab, '\\t', a real tab, comma, ... or any single character."""
+    if value is None or value == "":
+        return None
+    sep = _DELIMITER_NAMES.get(value.lower(), value)
+    if len(sep) != 1 or sep in "\"\r\n" or sep.isalnum():
+        raise DataError(f"--delimiter '{value}' is not a delimiter; give one character such as ',' or ';', "
+                        "or tab, comma, semicolon, pipe or space")
+    return sep
+
+
 def detect_format(path: str | os.PathLike, override: str | None = None) -> str:
     if override:
         fmt = FORMAT_ALIASES.get(override.lower())
         if fmt is None:
-            raise DataError(f"{path}: unknown --format '{override}'; use csv, sas, spss or stata")
+            raise DataError(f"{path}: unknown --format '{override}'; use csv, sas, spss, stata, parquet or excel")
         return fmt
+    if str(path) == STDIN:
+        return "csv"
     suffix = Path(path).suffix.lower()
+    if suffix == ".gz":
+        suffix = Path(Path(path).stem).suffix.lower()
+        if _EXTENSIONS.get(suffix) != "csv":
+            raise DataError(f"{path}: only gzip-compressed CSV (.csv.gz) is read; decompress the file first")
     fmt = _EXTENSIONS.get(suffix)
     if fmt is None:
         raise DataError(
             f"{path}: cannot tell the file format from the extension '{suffix or '(none)'}'; "
-            "use .csv, .sas7bdat, .sav, .zsav or .dta, or give --format csv|sas|spss|stata"
+            "use .csv, .csv.gz, .sas7bdat, .sav, .zsav, .dta, .parquet or .xlsx, or give --format csv|sas|spss|stata"
         )
     return fmt
 
 
 def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise DataError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not a data file; give the file's path")
+    from .files import check_regular
+
+    check_regular(path, "data file")  # folders, FIFOs, devices and symlink loops, before any read
     if not os.access(path, os.R_OK):
         raise DataError(f"{path}: cannot be read (permission denied); fix its permissions")
     if path.stat().st_size == 0:
@@ -71,13 +94,40 @@ def _check_readable(path: Path) -> None:
 def read_table(path: str | os.PathLike, fmt: str | None = None, delimiter: str | None = None,
                string_columns: tuple[str, ...] = ()) -> Table:
     """Read one data file. `string_columns` (matched case-insensitively) are kept as text, e.g. ids."""
+    kind = detect_format(path, fmt)
+    if str(path) == STDIN:
+        if kind != "csv":
+            raise DataError("-: standard input is read as CSV; give the file's path for other formats")
+        table = _read_csv(Path(STDIN), normalise_delimiter(delimiter), string_columns, _stdin_bytes())
+        table.path = Path("<stdin>")
+        return _nonempty(table)
     path = Path(path)
     _check_readable(path)
-    kind = detect_format(path, fmt)
     if kind == "csv":
-        table = _read_csv(path, delimiter, string_columns)
+        table = _read_csv(path, normalise_delimiter(delimiter), string_columns)
+    elif kind in _EXTRAS:
+        table = _read_optional(path, kind, string_columns)
     else:
         table = _read_binary(path, kind)
+    return _nonempty(table)
+
+
+_STDIN_CACHE: list[bytes] = []
+
+
+def _stdin_bytes() -> bytes:
+    """Standard input, read once (a file given as '-' for both levels is read one time)."""
+    import sys
+
+    if not _STDIN_CACHE:
+        _STDIN_CACHE.append(sys.stdin.buffer.read())
+    if not _STDIN_CACHE[0]:
+        raise DataError("-: standard input is empty; pipe a CSV file with a header and data rows")
+    return _STDIN_CACHE[0]
+
+
+def _nonempty(table: Table) -> Table:
+    path = table.path
     if table.data.shape[0] == 0:
         raise DataError(f"{path}: the file has a header but no data rows; give a file with data")
     return table
@@ -96,18 +146,63 @@ def _sniff_delimiter(sample: str) -> str:
         return ","
 
 
-def _read_csv(path: Path, delimiter: str | None, string_columns: tuple[str, ...]) -> Table:
-    raw = path.read_bytes()
-    encoding = "utf-8"
+def _read_optional(path: Path, kind: str, string_columns: tuple[str, ...]) -> Table:
+    extra, module = _EXTRAS[kind]
     try:
-        text_head = raw[: 1 << 16].decode("utf-8")
+        __import__(module)
+    except ImportError:
+        raise DataError(f"{path}: reading {kind} files needs {module}; install it with "
+                        f"pip install 'hlmcli[{extra}]'") from None
+    wanted = {c.lower() for c in string_columns}
+    try:
+        if kind == "parquet":
+            data = pd.read_parquet(path)
+        else:
+            data = pd.read_excel(path, sheet_name=0, engine="openpyxl")
+    except Exception as exc:  # the readers raise many kinds of errors on damaged files
+        raise DataError(f"{path}: not a readable {kind} file ({_short(exc)[:200]}); check the file or --format") from None
+    data.columns = [str(c).strip() for c in data.columns]
+    for c in data.columns:
+        if c.lower() in wanted and not pd.api.types.is_numeric_dtype(data[c].dtype):
+            data[c] = data[c].astype(str)
+    return Table(path=path, format=kind, data=data)
+
+
+def _decode(path: Path, raw: bytes) -> tuple[str, str]:
+    """The whole file as text, and the encoding used: UTF-8 if all of it is, else cp1252, else Latin-1
+    (which decodes every byte). Deciding on the whole file, not its head, means a Latin-1 byte after
+    64 KB cannot crash the read."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        try:
+            return raw[3:].decode("utf-8"), "utf-8-sig"
+        except UnicodeDecodeError:
+            raw = raw[3:]
+    try:
+        return raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
-        # Not UTF-8: Windows exports are usually cp1252, which decodes any byte.
-        encoding = "cp1252"
-        text_head = raw[: 1 << 16].decode(encoding, errors="replace")
-    if text_head.startswith("\ufeff"):
-        encoding = "utf-8-sig"
-        text_head = text_head[1:]
+        pass
+    for encoding in ("cp1252", "latin-1"):  # recorded in the sources; the build warns that it was used
+        try:
+            return raw.decode(encoding), encoding
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
+
+
+def _read_csv(path: Path, delimiter: str | None, string_columns: tuple[str, ...], raw: bytes | None = None) -> Table:
+    import gzip
+
+    raw = path.read_bytes() if raw is None else raw
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise DataError(f"{path}: damaged gzip file ({_short(exc)}); check the file") from None
+    if b"\x00" in raw[: 1 << 16]:
+        raise DataError(f"{path}: this is a binary file, not CSV text; give its real format with --format "
+                        "(or rawdattype: in a template), e.g. spss for a .sav file")
+    text, encoding = _decode(path, raw)
+    text_head = text[: 1 << 16]
     if not text_head.strip():
         raise DataError(f"{path}: the file is empty; give a file with a header and data rows")
     sep = delimiter if delimiter else _sniff_delimiter(text_head)
@@ -120,14 +215,14 @@ def _read_csv(path: Path, delimiter: str | None, string_columns: tuple[str, ...]
     _check_ragged(path, raw, sep, len(header))
     try:
         data = pd.read_csv(
-            io.BytesIO(raw), sep=r"\s+" if sep == " " else sep, engine="c" if sep != " " else "python",
-            dtype=dtypes or None, na_values=CSV_MISSING, keep_default_na=False, encoding=encoding,
+            io.StringIO(text), sep=r"\s+" if sep == " " else sep, engine="c" if sep != " " else "python",
+            dtype=dtypes or None, na_values=CSV_MISSING, keep_default_na=False,
             skipinitialspace=True,
         )
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; give a file with a header and data rows") from None
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: malformed CSV ({_short(exc)}); make every row have as many fields as the header") from None
+    except (pd.errors.ParserError, ValueError, OverflowError) as exc:
+        raise DataError(f"{path}: malformed CSV ({_short(exc)[:200]}); make every row have as many fields as the header") from None
     data.columns = [str(c).strip() for c in data.columns]
     note = None if encoding.startswith("utf-8") else encoding
     return Table(path=path, format="csv", data=data, encoding=note, delimiter=sep)

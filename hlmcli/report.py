@@ -39,7 +39,7 @@ def _clean(obj):
 def archive_info(archive: Archive, unit: str | None = None) -> dict:
     sizes = archive.unit_sizes
     info = {
-        "tool": "hlmcli", "version": __version__,
+        "schema": 1, "tool": "hlmcli", "version": __version__,
         "archive": archive.path.name if archive.path else None,
         "format_version": FORMAT_VERSION,
         "id": {"level1": archive.id_names[0], "level2": archive.id_names[1], "kind": archive.id_kind},
@@ -99,7 +99,7 @@ def archive_info_text(info: dict) -> str:
         w(f"  unit {u['id']}: {u['n']} level-1 records")
         for name, value in u["level2"].items():
             w(f"    {name} = {value:.6g}")
-    return "\n".join(out) + "\n"
+    return "\n".join(printable(line) for line in out) + "\n"
 
 
 # ---------------------------------------------------------------- the model, as HLM 7 prints it
@@ -412,6 +412,9 @@ def fit_json(analysis, meta: dict) -> dict:
 
 
 def _table(header: list[str], rows: list[list[str]], widths: list[int]) -> list[str]:
+    rows = [[printable(c) for c in row] for row in rows]
+    # a long variable name widens the first column instead of pushing its row out of line
+    widths = [max([widths[0]] + [len(row[0]) for row in rows if len(row) > 1])] + list(widths[1:])
     rule = "-" * (sum(widths) + len(widths))
     lines = [rule, " ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w) in enumerate(zip(header, widths))), rule]
     for row in rows:
@@ -543,7 +546,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w(f" {formula}")
     for note in notes:
         w(f"   {note}")
-    return "\n".join(line.rstrip() for line in out) + "\n"
+    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
 def extras_text(ex: dict, sym: Symbols) -> list[str]:
@@ -607,3 +610,11 @@ def full_output_text(full: dict, sym: Symbols) -> list[str]:
     for row in full["tau_least_squares"]:
         w("  " + " ".join(f"{v:12.5f}" for v in row))
     return out
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def printable(text: str) -> str:
+    """Names from data files shown on a terminal: control characters (escape sequences) as \\xNN."""
+    return str(text).translate(_CONTROL)

@@ -16,6 +16,12 @@ SAMPLE = ROOT / "sample_data"
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = json.loads((DATA / "hlm7_cases.json").read_text())
 
+# Tests never touch the user's own cache: every run (in-process and through the CLI) gets a fresh one.
+if "HLMCLI_TEST_KEEP_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["HLMCLI_CACHE_DIR"] = os.path.join(tempfile.mkdtemp(prefix="hlmcli-test-"), "cache")
+
 # The four HSB models of the reference file, as equations (ASCII form).
 HSB_MODELS = {
     "hsb_m1": ("MATHACH = b0 + r", ["b0 = g00 + u0"]),
