@@ -78,7 +78,9 @@ class Face:
     """The face of the PSD cone (or of the non-negative diagonal) through G, and coordinates x on
     it: x = (S's lower triangle, vec B) for unstructured G, the positive diagonal entries otherwise."""
 
-    def __init__(self, G: np.ndarray, diagonal: bool):
+    def __init__(self, G: np.ndarray, diagonal: bool, min_rank: int = 0):
+        """min_rank keeps that many of G's largest (positive) eigenvalues even below the rank
+        tolerance: used when dropping them would raise the deviance measurably."""
         self.q = G.shape[0]
         self.diagonal = diagonal
         # The range basis is scaled by √λ so that S = I at G: every face coordinate is then a
@@ -87,6 +89,8 @@ class Face:
         if diagonal:
             d = np.diag(G)
             pos = d > rank_tolerance(d)
+            if pos.sum() < min_rank:
+                pos = (d >= np.sort(d)[::-1][min_rank - 1]) & (d > 0)
             self.pos = np.flatnonzero(pos)
             self.zero = np.flatnonzero(~pos)
             self.r = self.pos.size
@@ -95,6 +99,8 @@ class Face:
         else:
             w, E = np.linalg.eigh(0.5 * (G + G.T))
             pos = w > rank_tolerance(w)
+            if pos.sum() < min_rank:
+                pos = (np.arange(self.q) >= self.q - min_rank) & (w > 0)
             self.r = int(pos.sum())
             self.V, self.V0 = E[:, pos] * np.sqrt(w[pos]), E[:, ~pos]
         self.S = np.eye(self.r)
