@@ -48,6 +48,12 @@ def user_errors(func):
     return wrapper
 
 
+class _UsageProblem(HlmError):
+    """A usage error found inside a command (exit 2, one line)."""
+
+    exit_code = EXIT_USAGE
+
+
 def _split_names(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -347,7 +353,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     results = Results(analysis, archive, {"warn": (lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")),
                                           "source_files": tuple(data) if len(data) == 2 else None})
     if keep and not (opts.residuals_l1 or opts.residuals_l2):
-        raise click.UsageError("--keep names columns for the residual files; give --residuals-l1 or --residuals-l2 too")
+        raise _UsageProblem("--keep names columns for the residual files; give --residuals-l1 or --residuals-l2 too")
     if opts.residuals_l1 or opts.residuals_l2:
         for path in (opts.residuals_l1, opts.residuals_l2):
             if path:
@@ -442,7 +448,7 @@ def table_cmd(fits, out_format, names, output):
 
     headings = list(_split_names(names) or [Path(f).stem for f in fits])
     if len(headings) != len(fits):
-        raise click.UsageError(f"--names gives {len(headings)} names for {len(fits)} fits")
+        raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
     text = side_by_side_text([read_fit(f) for f in fits], headings, out_format)
     if output:
         refuse_overwriting_inputs(output, list(fits))

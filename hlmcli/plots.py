@@ -46,8 +46,11 @@ def _figure(size=_COLUMN) -> Figure:
 
 
 def _context():
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingExtra("plots need matplotlib, which is not installed; "
+                           "install it with: pip install 'hlmcli[plot]'") from None
     return matplotlib.rc_context(_STYLE)
 
 
