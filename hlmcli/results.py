@@ -213,9 +213,11 @@ class Results:
                     continue
                 if level == "level-2" or frames.same or column in frames.level2.columns:
                     table[name] = frames.level2[column].to_numpy()[rows]
-                else:  # a level-1 column: kept when it is constant within every unit
+                else:  # a level-1 column: the unit's value where it is constant within the unit, else empty
+                    from .sources import _ids_as_archive_text
+
                     values = frames.level1[column]
-                    ids = frames.level1[frames.id1].astype(str).str.strip()
+                    ids = _ids_as_archive_text(frames.level1, frames.id1, frames.level1_name)
                     per_unit = values.groupby(ids, sort=False).agg(lambda v: v.iloc[0] if v.nunique(dropna=False) == 1 else None)
                     table[name] = per_unit.reindex(list(self.analysis.design.unit_ids)).to_numpy()
         return table

@@ -71,9 +71,11 @@ def record_source_rows(archive, frames: SourceFrames) -> np.ndarray:
     """For each archive record (in archive order), its 0-based row in the level-1 source."""
     from .readers import Table, numeric_column
 
-    ids = _ids_as_archive_text(frames.level1, frames.id1, frames.level1_name)
+    from .readers import unit_codes
+
+    codes, names, _ = unit_codes(Table(Path(frames.level1_name), "dataframe", frames.level1), frames.id1)
     position = {uid: j for j, uid in enumerate(archive.unit_ids)}
-    unit = np.array([position.get(uid, -1) for uid in ids], dtype=np.int64)
+    unit = np.array([position.get(uid, -1) for uid in names], dtype=np.int64)[codes]  # one lookup per unit
     keep = unit >= 0
     if archive.missing == "now":
         table = Table(Path(frames.level1_name), "dataframe", frames.level1)
