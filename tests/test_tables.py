@@ -125,3 +125,17 @@ def test_table_usage_errors(saved_fits, tmp_path):
     (tmp_path / "x.json").write_text("{}")
     bad = hlmcli("table", tmp_path / "x.json")
     assert bad.returncode == 1 and "not an hlmcli JSON fit" in bad.stderr
+
+
+def test_missing_extras_give_the_install_hint(saved_fits, monkeypatch):
+    import sys
+
+    from hlmcli.errors import HlmError
+
+    fits = [json.loads(p.read_text()) for p in saved_fits[:1]]
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    monkeypatch.setitem(sys.modules, "tabulate", None)
+    for fmt in ("latex", "html", "markdown"):
+        with pytest.raises(HlmError, match=r"pip install 'hlmcli\[tables\]'"):
+            side_by_side_text(fits, ["m1"], fmt)
+    assert side_by_side_text(fits, ["m1"], "csv").startswith(" ,m1")
