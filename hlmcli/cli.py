@@ -413,10 +413,11 @@ def compare_cmd(fit_a, fit_b, out_format):
 @click.option("--coef", help="shrinkage, caterpillar, diagnostics: the random coefficient (default: the intercept).")
 @click.option("--sample", type=click.IntRange(1), help="units: draw a random sample of this many units.")
 @click.option("--seed", type=int, default=1, show_default=True, help="units: the seed of that sample.")
+@click.option("--x-range", help="equation from a saved JSON fit: LOW,HIGH of the x axis on the model's scale (default -2,2).")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
 @user_errors
 def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
-             output, x_var, by, coef, sample, seed, quiet):
+             output, x_var, by, coef, sample, seed, x_range, quiet):
     """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
     from .files import refuse_overwriting_inputs
     from .pipeline import analyse
@@ -425,12 +426,44 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
 
     check_output(output)
     refuse_overwriting_inputs(output, list(data) + [model_file])
+    if len(data) == 1 and str(data[0]).lower().endswith(".json"):
+        _plot_saved_fit(kind, data[0], output, x_var, by, x_range)
+        if not quiet:
+            _stderr(f"hlmcli: wrote {output}")
+        return
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched), cache_dir, quiet)
     spec = _spec(archive, level1, level2, model_file, ml)
     results = Results(analyse(spec, archive), archive, {"data_source": source_text})
     results.plot(kind, output, x=x_var, by=list(by) or None, coef=coef, sample=sample, seed=seed)
     if not quiet:
         _stderr(f"hlmcli: wrote {output}")
+
+
+def _plot_saved_fit(kind, path, output, x_var, by, x_range):
+    """A saved JSON fit holds the γs but no data: enough for the equation graph, given the values."""
+    from .compare import read_fit
+    from .plots import plot_equation_from_fit
+
+    if kind != "equation":
+        raise _UsageProblem(f"a {kind} plot needs the data (unit estimates); give the archive or the data files "
+                            "and the model, not a saved JSON fit")
+    at = {}
+    for item in by:
+        name, sep, values = item.partition("=")
+        try:
+            at[name.strip()] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            at[name.strip()] = []
+        if not sep or not at[name.strip()]:
+            raise _UsageProblem(f"--by {item}: with a saved JSON fit give the values too, e.g. --by SECTOR=0,1")
+    low_high = (-2.0, 2.0)
+    if x_range:
+        try:
+            low, high = (float(v) for v in x_range.split(","))
+        except ValueError:
+            raise _UsageProblem(f"--x-range {x_range}: give LOW,HIGH, e.g. --x-range=-3,3") from None
+        low_high = (low, high)
+    plot_equation_from_fit(read_fit(path), output, x_var, at, low_high)
 
 
 @main.command("table")

@@ -148,6 +148,10 @@ def _raw_level1(results: Results, name: str) -> np.ndarray:
 
 def plot_equation(results: Results, x: str | None = None, by: Sequence[str] | None = None, **_) -> Figure:
     xlabel, xs, lines = equation_lines(results, x, by)
+    return _equation_figure(xlabel, xs, lines, results.analysis.design.spec.outcome, results.method)
+
+
+def _equation_figure(xlabel: str, xs: np.ndarray, lines, outcome: str, method: str) -> Figure:
     fig = _figure()
     ax = fig.add_subplot()
     colors = ["#1b6ca8", "#d1495b", "#2e8b57", "#8d6a9f", "#e08e0b", "#555555"]
@@ -158,12 +162,70 @@ def plot_equation(results: Results, x: str | None = None, by: Sequence[str] | No
     for (label, y), (first, rest, *_) in zip(lines, parts):
         ax.plot(xs, y, color=colors[firsts.index(first) % len(colors)],
                 linestyle=styles[rests.index(rest) % len(styles)], linewidth=1.6, label=label)
-    outcome = results.analysis.design.spec.outcome
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"Predicted {outcome}")
-    ax.set_title(f"{outcome}: equation graph ({results.method})")
+    ax.set_title(f"{outcome}: equation graph ({method})")
     ax.legend(frameon=False, loc="best")
     ax.grid(alpha=0.3)
+    return fig
+
+
+def equation_lines_from_fit(fit: dict, x: str | None, at: dict[str, list[float]],
+                            x_range: tuple[float, float], points: int = 50):
+    """The equation graph from a saved JSON fit, which holds the γs but not the data: the x range
+    (on the model's scale, e.g. group-centred) and the level-2 values to draw lines at are given.
+    Level-2 predictors not in `at` are held at 0 on the model's scale (at their grand mean when
+    grand-centred); other level-1 predictors at 0."""
+    coefs = list(dict.fromkeys(f["coefficient"] for f in fit["fixed_effects"]))
+    slopes = [c for c in coefs if c != "INTRCPT1"]
+    if not slopes:
+        raise ModelError("the model has no level-1 predictor to put on the x axis")
+    if x is None:
+        x = slopes[0]
+    match = [c for c in slopes if c.lower() == x.lower()]
+    if not match:
+        raise ModelError(f"--x {x}: not a level-1 predictor of the fit (choose from {', '.join(slopes)})")
+    x = match[0]
+    level2 = {f["predictor"]: f.get("centering") for f in fit["fixed_effects"] if f["predictor"] != "INTRCPT2"}
+    lookup = {n.lower(): n for n in level2}
+    given = {}
+    for name, values in at.items():
+        if name.lower() not in lookup:
+            raise ModelError(f"--by {name}: not a level-2 predictor of the fit (choose from {', '.join(level2) or 'none'})")
+        given[lookup[name.lower()]] = values
+    means = fit.get("centering_means") or {}
+    xs = np.linspace(x_range[0], x_range[1], points)
+    lines = []
+    for combo in itertools.product(*[[(n, v) for v in vals] for n, vals in given.items()]):
+        values = dict(combo)
+        y = np.zeros(points)
+        for f in fit["fixed_effects"]:
+            if f["coefficient"] not in ("INTRCPT1", x):
+                continue
+            p = f["predictor"]
+            if p == "INTRCPT2":
+                w = 1.0
+            elif p in values:
+                w = values[p] - (means.get(f"{p} (level 2)", 0.0) if level2[p] == "grand" else 0.0)
+            else:
+                w = 0.0
+            y += f["estimate"] * w * (xs if f["coefficient"] == x else 1.0)
+        label = ", ".join(f"{n} = {v:g}" for n, v in combo) or "all predictors at 0"
+        lines.append((label, y))
+    return x, xs, lines
+
+
+def plot_equation_from_fit(fit: dict, path: str | os.PathLike | None = None, x: str | None = None,
+                           at: dict[str, list[float]] | None = None,
+                           x_range: tuple[float, float] = (-2.0, 2.0)) -> Figure:
+    """`plot_equation` for a saved JSON fit; see `equation_lines_from_fit`."""
+    if path is not None:
+        check_output(path)
+    xlabel, xs, lines = equation_lines_from_fit(fit, x, at or {}, x_range)
+    with _context():
+        fig = _equation_figure(f"{xlabel} (the model's scale)", xs, lines, fit["outcome"], fit["method"])
+        if path is not None:
+            save(fig, path)
     return fig
 
 

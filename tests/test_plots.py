@@ -118,3 +118,27 @@ def test_missing_matplotlib_gives_the_install_hint(oneway, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(HlmError, match=r"pip install 'hlmcli\[plot\]'"):
         oneway.plot("shrinkage")
+
+
+def test_equation_graph_from_a_saved_json_fit_matches_the_one_from_data(seed000, tmp_path):
+    fit = tmp_path / "fit.json"
+    fit.write_text(seed000.to_json(), encoding="utf-8")
+    ref_fig = seed000.plot("equation", by=["SECTOR", "MEANSES"])
+    ref_lines = ref_fig.axes[0].get_lines()
+    x = ref_lines[0].get_xdata()
+    q1, q3 = np.quantile(pd.read_csv(HSB2)["MEANSES"], [0.25, 0.75])
+    out = tmp_path / "eq.png"
+    proc = run_cli("plot", "equation", fit, "--by", "SECTOR=0,1", "--by", f"MEANSES={float(q1)!r},{float(q3)!r}",
+                   f"--x-range={float(x.min())!r},{float(x.max())!r}", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    from hlmcli.plots import plot_equation_from_fit
+    import json
+
+    fig = plot_equation_from_fit(json.loads(fit.read_text()), None, "SES", {"SECTOR": [0, 1], "MEANSES": [q1, q3]},
+                                 (x.min(), x.max()))
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 4
+    for a, b in zip(lines, ref_lines):
+        assert np.allclose(a.get_ydata(), b.get_ydata())
+    bad = run_cli("plot", "shrinkage", fit, "-o", tmp_path / "s.png")
+    assert bad.returncode == 2 and "needs the data" in bad.stderr
