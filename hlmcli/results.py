@@ -65,17 +65,18 @@ class Results:
         self.archive = archive
         self.meta: dict = {"id_name": archive.id_names[0], **(meta or {})}
         self._sources = sources
-        self._json: dict | None = None
+        self._json: tuple | None = None
         self._eb = None
 
     # ------------------------------------------------------------ the numbers
     def to_dict(self) -> dict:
         """The CLI's JSON document (schema 1) as a dict."""
-        if self._json is None:
+        key = tuple(self.meta.get(k) for k in ("data_source", "title", "id_name", "command_file", "timestamp"))
+        if self._json is None or self._json[0] != key:  # recomputed when the meta it prints changes
             from .report import _clean, fit_json
 
-            self._json = _clean(fit_json(self.analysis, self.meta))
-        return self._json
+            self._json = (key, _clean(fit_json(self.analysis, self.meta)))
+        return self._json[1]
 
     def to_json(self) -> str:
         """Exactly what `hlmcli fit --format json` prints."""
