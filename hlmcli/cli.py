@@ -66,6 +66,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
+class _UsageProblem(HlmError):
+    """A usage error found inside a command (exit 2, one line)."""
+
+    exit_code = EXIT_USAGE
+
+
 def _split_names(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -357,8 +363,11 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 
 @main.command("fit")
 @model_options
-@click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "out_format", type=click.Choice(["text", "json", "csv", "markdown", "latex", "html"]), default="text",
+              show_default=True, help="HLM 7's text, JSON, or the tables for papers (csv: broom's tidy columns).")
 @click.option("-o", "--output", type=click.Path(), help="Write the output here (atomically) instead of stdout.")
+@click.option("--json-out", type=click.Path(), help="Also write the JSON to this file, from the same fit.")
+@click.option("--keep", help="Source columns (text too) to carry into the residual files, comma-separated.")
 @click.option("--title", help="Problem title for the output.")
 @click.option("--timestamp", is_flag=True, help="Add the date and time to the text output (off: output is reproducible).")
 @click.option("--df", "df_method", type=click.Choice(["hlm", "satterthwaite"]), default="hlm", show_default=True,
@@ -380,16 +389,16 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
-            out_format, output, title, timestamp, df_method, strict, tau_structure, max_iterations, tests, compare_deviance,
-            compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet, **more):
+            out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
+            tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
+            quiet, **more):
     """Fit a two-level model and print HLM 7's tables (text) or a stable JSON document."""
     from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
-    from .report import Symbols, dumps_json, fit_json, fit_text
 
     sources = list(data) + [model_file]
-    for path in (output, residuals_l1, residuals_l2):
+    for path in (output, residuals_l1, residuals_l2, json_out):
         if path:
             refuse_overwriting_inputs(path, sources)
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
@@ -407,20 +416,19 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     # that exits non-zero leaves no -o or residual file behind for make to take as a result.
     status, failures = _fit_status(analysis.result, strict)
     write_files = status == 0 or more["keep_failed_output"]
-    if write_files and (opts.residuals_l1 or opts.residuals_l2):
-        from .inference import empirical_bayes
-        from .residual_files import level1_table, level2_table, write_table
+    from .results import Results
 
-        eb = empirical_bayes(analysis.unit, analysis.stats, analysis.result)
+    results = Results(analysis, archive, {"warn": (lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")),
+                                          "source_files": tuple(data) if len(data) == 2 else None})
+    if keep and not (opts.residuals_l1 or opts.residuals_l2):
+        raise _UsageProblem("--keep names columns for the residual files; give --residuals-l1 or --residuals-l2 too")
+    if write_files and (opts.residuals_l1 or opts.residuals_l2):
         for path, typed in ((opts.residuals_l1, residuals_l1), (opts.residuals_l2, residuals_l2)):
             if path:
                 refuse_overwriting_inputs(path, sources)
                 if not typed:
                     refuse_clobber(path, more["force"], Path(model_file).name)
-        if opts.residuals_l2:
-            write_table(level2_table(analysis, eb), opts.residuals_l2)
-        if opts.residuals_l1:
-            write_table(level1_table(analysis, eb), opts.residuals_l1)
+        results.write_residuals(opts.residuals_l1, opts.residuals_l2, keep=_split_names(keep) or ())
     meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
             "model_given": {"level1": level1, "level2": list(level2),
                             "model_file": Path(model_file).name if model_file else None},
@@ -429,10 +437,15 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         from datetime import datetime, timezone
 
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    results.meta.update(meta)
     if out_format == "json":
-        text = dumps_json(fit_json(analysis, meta))
+        text = results.to_json()
+    elif out_format == "text":
+        text = results.summary(ascii=_use_ascii(ascii_only) if not output else ascii_only)
     else:
-        text = fit_text(analysis, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only))
+        text = results.table(out_format)
+    if json_out and write_files:
+        atomic_write_text(json_out, results.to_json())
     if output and write_files:
         atomic_write_text(output, text)
     elif not output:
@@ -534,6 +547,93 @@ def compare_cmd(fit_a, fit_b, out_format):
 
     result = compare_fits(read_fit(fit_a), read_fit(fit_b), Path(fit_a).name, Path(fit_b).name)
     click.echo(dumps_json(result) if out_format == "json" else compare_text(result), nl=False)
+
+
+@main.command("plot")
+@click.argument("kind", type=click.Choice(["equation", "units", "shrinkage", "caterpillar", "diagnostics"]))
+@model_options
+@click.option("-o", "--output", required=True, type=click.Path(), help="The picture to write: .png, .svg or .pdf.")
+@click.option("--x", "x_var", help="equation, units: the level-1 predictor on the x axis (default: the first).")
+@click.option("--by", multiple=True, help="equation: a level-2 predictor to draw lines for (its values, or its "
+              "25th and 75th percentiles). Repeat; the first sets the colours. Default: those in the equations.")
+@click.option("--coef", help="shrinkage, caterpillar, diagnostics: the random coefficient (default: the intercept).")
+@click.option("--sample", type=click.IntRange(1), help="units: draw a random sample of this many units.")
+@click.option("--seed", type=int, default=1, show_default=True, help="units: the seed of that sample.")
+@click.option("--x-range", help="equation from a saved JSON fit: LOW,HIGH of the x axis on the model's scale (default -2,2).")
+@click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
+@user_errors
+def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
+             output, x_var, by, coef, sample, seed, x_range, quiet):
+    """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
+    from .files import refuse_overwriting_inputs
+    from .pipeline import analyse
+    from .plots import check_output
+    from .results import Results
+
+    check_output(output)
+    refuse_overwriting_inputs(output, list(data) + [model_file])
+    if len(data) == 1 and str(data[0]).lower().endswith(".json"):
+        _plot_saved_fit(kind, data[0], output, x_var, by, x_range)
+        if not quiet:
+            _stderr(f"hlmcli: wrote {output}")
+        return
+    archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched), cache_dir, quiet)
+    spec = _spec(archive, level1, level2, model_file, ml)
+    results = Results(analyse(spec, archive), archive, {"data_source": source_text})
+    results.plot(kind, output, x=x_var, by=list(by) or None, coef=coef, sample=sample, seed=seed)
+    if not quiet:
+        _stderr(f"hlmcli: wrote {output}")
+
+
+def _plot_saved_fit(kind, path, output, x_var, by, x_range):
+    """A saved JSON fit holds the γs but no data: enough for the equation graph, given the values."""
+    from .compare import read_fit
+    from .plots import plot_equation_from_fit
+
+    if kind != "equation":
+        raise _UsageProblem(f"a {kind} plot needs the data (unit estimates); give the archive or the data files "
+                            "and the model, not a saved JSON fit")
+    at = {}
+    for item in by:
+        name, sep, values = item.partition("=")
+        try:
+            at[name.strip()] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            at[name.strip()] = []
+        if not sep or not at[name.strip()]:
+            raise _UsageProblem(f"--by {item}: with a saved JSON fit give the values too, e.g. --by SECTOR=0,1")
+    low_high = (-2.0, 2.0)
+    if x_range:
+        try:
+            low, high = (float(v) for v in x_range.split(","))
+        except ValueError:
+            raise _UsageProblem(f"--x-range {x_range}: give LOW,HIGH, e.g. --x-range=-3,3") from None
+        low_high = (low, high)
+    plot_equation_from_fit(read_fit(path), output, x_var, at, low_high)
+
+
+@main.command("table")
+@click.argument("fits", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "out_format", type=click.Choice(["markdown", "latex", "html", "csv"]), default="markdown",
+              show_default=True)
+@click.option("--names", help="Column headings, comma-separated (default: the file names without .json).")
+@click.option("-o", "--output", type=click.Path(), help="Write the table here (atomically) instead of stdout.")
+@user_errors
+def table_cmd(fits, out_format, names, output):
+    """Saved JSON fits side by side: coefficients (SEs), variance components, deviance, AIC, BIC, N, J."""
+    from .compare import read_fit
+    from .files import atomic_write_text, refuse_overwriting_inputs
+    from .tables import side_by_side_text
+
+    headings = list(_split_names(names) or [Path(f).stem for f in fits])
+    if len(headings) != len(fits):
+        raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
+    text = side_by_side_text([read_fit(f) for f in fits], headings, out_format)
+    if output:
+        refuse_overwriting_inputs(output, list(fits))
+        atomic_write_text(output, text)
+    else:
+        click.echo(text, nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover
