@@ -7,7 +7,6 @@ empirical Bayes estimates per unit, predictions, residual files, paper tables an
 
 from __future__ import annotations
 
-import math
 import os
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -30,13 +29,10 @@ def term_name(coefficient: str, predictor: str) -> str:
 
 
 def information_criteria(fit: dict) -> tuple[int, float, float]:
-    """(k, AIC, BIC) from a fit's JSON, counted as lme4 does: k = fixed effects + distinct elements
-    of τ + σ², whatever the method (HLM's n_params leaves out the γs under REML), and BIC with
-    log(N), N the level-1 records."""
-    q = len(fit["random_coefficients"])
-    k = len(fit["fixed_effects"]) + q * (q + 1) // 2 + 1
-    dev = float(fit["deviance"])
-    return k, dev + 2 * k, dev + k * math.log(fit["n_level1"])
+    """(k, AIC, BIC) of a fit's JSON, as the fit computed them (inference.information_criteria,
+    lme4's counting: every fixed effect and variance parameter, under REML too; BIC with log N)."""
+    k = int(round((fit["aic"] - fit["deviance"]) / 2))
+    return k, float(fit["aic"]), float(fit["bic"])
 
 
 def _column(frame: pd.DataFrame, name: str) -> str | None:
