@@ -77,7 +77,7 @@ def standardising_map(stats: ModelStats, structure: TauStructure) -> np.ndarray:
     and τ unstructured, so that the centring is a reparametrisation of τ) and scaled to unit
     root-mean-square over the records."""
     q, N = stats.q, stats.N
-    total = stats.ZZ.sum(axis=0)  # Σ Z'Z
+    total = stats.unit_sum(stats.ZZ)  # Σ Z'Z (w_j-weighted in a weighted fit)
     A = np.eye(q)
     means = np.zeros(q)
     intercept = [k for k in range(q) if abs(total[k, k] - N) <= 1e-12 * N and np.allclose(stats.ZZ[:, k, k], stats.n)]
