@@ -405,6 +405,8 @@ def fit_json(analysis, meta: dict) -> dict:
         "lme4_formula": lme4_formula(d.spec, meta.get("id_name", "ID"))[0],
         "centering_means": d.centering_means,
     }
+    if getattr(a, "weights", None) is not None:
+        out["weights"] = a.weights.to_json()
     for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output"):
         if key in a.extras:
             out[key] = a.extras[key]
@@ -455,6 +457,10 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w(f" The maximum number of iterations = {d.spec.options.max_iterations}")
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if r.method == 'REML' else 'full maximum likelihood'}")
+    if getattr(a, "weights", None) is not None:
+        from .weights import weighting_lines
+
+        out += weighting_lines(a.weights)
     w("")
     w(f" The outcome variable is  {hlm_name(d.spec.outcome)}")
     w("")
@@ -505,6 +511,8 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         w("Final estimation of fixed effects" + ("" if not robust else ""))
         if robust:
             w("(with robust standard errors)")
+            if getattr(a, "weights", None) is not None:
+                w("(sandwich clustered on level-2 units: the standard errors to report with sampling weights)")
         if a.satterthwaite is not None:
             w("(d.f. by Satterthwaite's method, as lmerTest computes them)")
         se = fx.robust_se if robust else fx.se

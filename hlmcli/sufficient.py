@@ -61,6 +61,31 @@ def unit_cross_products(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, cente
     return UnitStats(n=np.diff(offsets).astype(np.float64), LL=LL, Ly=Ly, yy=yy, y_shift=shift)
 
 
+def unit_cross_products_many(L: np.ndarray, Y: np.ndarray, offsets: np.ndarray, center_y: bool = True,
+                             weights: np.ndarray | None = None) -> list[UnitStats]:
+    """unit_cross_products for several outcomes Y (N, M) on one design (plausible values): L'L and
+    the weight sums once, then L'y and y'y of every outcome in one vectorised pass over Y."""
+    first = unit_cross_products(L, Y[:, 0], offsets, center_y, weights)
+    M = Y.shape[1]
+    if M == 1:
+        return [first]
+    starts = offsets[:-1]
+    shifts = Y.mean(axis=0) if center_y else np.zeros(M)
+    Yc = Y[:, 1:] - shifts[1:]
+    WYc = Yc if weights is None else Yc * np.asarray(weights, dtype=float)[:, None]
+    K = L.shape[1]
+    Ly = np.empty((starts.size, K, M - 1))
+    for a in range(K):
+        col = L[:, a]
+        Ly[:, a, :] = np.add.reduceat(WYc if np.all(col == 1.0) else col[:, None] * WYc, starts, axis=0)
+    yy = np.add.reduceat(WYc * Yc, starts, axis=0)
+    out = [first]
+    for m in range(1, M):
+        out.append(UnitStats(n=first.n, LL=first.LL, Ly=np.ascontiguousarray(Ly[:, :, m - 1]), yy=yy[:, m - 1].copy(),
+                             y_shift=float(shifts[m]), records=first.records))
+    return out
+
+
 def _weighted_cross_products(columns, yc, offsets, shift, w, ones) -> UnitStats:
     starts = offsets[:-1]
     K, J = len(columns), starts.size

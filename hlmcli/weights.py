@@ -127,3 +127,27 @@ def _find(name: str, names: list[str], level: str, other: list[str]) -> str:
             {n.lower() for n in other} else "")
     raise ModelError(f"the {level} weight {name} is not a {level} variable{hint}; {level} variables: "
                      f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+
+
+def weighting_lines(weights: Weights | None) -> list[str]:
+    """HLM's "Weighting Specification" block (layout as HLM 6/7 print it) and how the fit used them."""
+    if weights is None:
+        return []
+    sp = weights.spec
+    normalized = "yes" if sp.normalize != "none" else "no"
+
+    def row(level, name):
+        return f" {level:<17}{'yes' if name else 'no':<10}{name or '':<14}{normalized if name else ''}".rstrip()
+
+    lines = ["", " Weighting Specification", " -----------------------",
+             "                        Weight", "                        Variable",
+             "               Weighting?   Name        Normalized?",
+             row("Level 1", sp.level1), row("Level 2", sp.level2), row("Precision", None), ""]
+    how = {"none": "as given", "cluster": "level-1 weights scaled to sum to n_j in each unit, level-2 weights to sum to J",
+           "total": "level-1 weights scaled to sum to N, level-2 weights to sum to J"}[sp.normalize]
+    lines += [f" Normalization: {sp.normalize} ({how})",
+              " Estimation: multilevel pseudo-maximum likelihood (Rabe-Hesketh & Skrondal 2006)",
+              " With sampling weights the robust standard errors (sandwich, clustered on level-2 units)",
+              " are the ones to report; the model-based ones assume the weights carry no information."]
+    lines += [f" Note: {n}" for n in weights.notes]
+    return lines
