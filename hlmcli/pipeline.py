@@ -56,7 +56,7 @@ def has_overall_intercept(design) -> bool:
     return bool(design.fixed) and (design.fixed[0].q, design.fixed[0].s) == (0, 0)
 
 
-def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None) -> Analysis:
+def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None, start=None) -> Analysis:
     """The fit and its inference from a design and its per-unit cross-products (weights: a
     weights.Weights, already applied to `unit` at level 1)."""
     spec = design.spec
@@ -72,7 +72,7 @@ def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None)
         method = "ML"
         weights.notes.append("REML was asked for; with sampling weights the fit is full pseudo-maximum likelihood "
                              "(a restricted pseudo-likelihood would depend on the weights' scale)")
-    result = fit(stats, method, max_iterations=spec.options.max_iterations, structure=structure)
+    result = fit(stats, method, max_iterations=spec.options.max_iterations, structure=structure, start=start)
     result.boundary = boundary_notes(result, spec)
     fixed = inference.fixed_effects(design, unit, stats, result)
     ols = inference.unit_ols(design, unit, stats, result)

@@ -88,18 +88,25 @@ def plain_rubin(fits, kind):
 def test_rubin_matches_a_plain_loop_over_separate_fits(pv_archive, weights, method):
     together = analyse_plausible(_spec(pv_archive, method=method), pv_archive, OUTCOMES, weights=weights)
     separate = [analyse(_spec(pv_archive, o, method), pv_archive, weights=weights) for o in OUTCOMES]
-    for a, b in zip(together, separate):  # the one-pass cross-products give the same fits
-        assert np.allclose(a.fixed.gamma, b.fixed.gamma, rtol=1e-9, atol=1e-10)
+    for a, b in zip(together, separate):
+        # the one-pass cross-products and the previous fit's start give the same optimum, to the
+        # optimiser's precision (both certified)
+        assert a.result.converged and b.result.converged
+        assert np.allclose(a.fixed.gamma, b.fixed.gamma, rtol=1e-7)
         assert np.allclose(a.fixed.robust_se, b.fixed.robust_se, rtol=1e-7)
-        assert np.isclose(a.result.sigma2, b.result.sigma2, rtol=1e-9)
+        assert np.isclose(a.result.sigma2, b.result.sigma2, rtol=1e-7)
     c = combine(together)
     for kind, key in (("model", "fixed_effects"), ("robust", "fixed_effects_robust")):
-        expected = plain_rubin(separate, kind)
-        for row, e in zip(c[key], expected):
+        # the formulas exactly, on the very fits combined ...
+        for row, e in zip(c[key], plain_rubin(together, kind)):
             for name, v in e.items():
-                assert row[name] == pytest.approx(v, rel=1e-6), (kind, row["gamma"], name)
-    assert c["sigma2"] == pytest.approx(np.mean([f.result.sigma2 for f in separate]), rel=1e-9)
-    assert c["tau"][0][0] == pytest.approx(np.mean([f.result.tau[0, 0] for f in separate]), rel=1e-8)
+                assert row[name] == pytest.approx(v, rel=1e-9), (kind, row["gamma"], name)
+        # ... and on fits made one by one, each with its own design and cross-products
+        for row, e in zip(c[key], plain_rubin(separate, kind)):
+            for name, v in e.items():
+                assert row[name] == pytest.approx(v, rel=1e-5), (kind, row["gamma"], name)
+    assert c["sigma2"] == pytest.approx(np.mean([f.result.sigma2 for f in separate]), rel=1e-7)
+    assert c["tau"][0][0] == pytest.approx(np.mean([f.result.tau[0, 0] for f in separate]), rel=1e-6)
 
 
 def test_rubin_matches_mice_pool_scalar():
