@@ -146,3 +146,53 @@ def test_weight_at_the_wrong_level_is_named(hsbw):
 def test_satterthwaite_refused_with_weights(hsbw):
     with pytest.raises(ModelError, match="Satterthwaite"):
         analyse(_spec(hsbw), hsbw, df_method="satterthwaite", weights=CASES["raw"])
+
+
+# ---------------------------------------------------------------- the command line
+
+from conftest import hlmcli  # noqa: E402
+
+CLI_MODEL = ["-1", "MATHACH = b0 + b1*SES + r", "-2", "b0 = g00 + g01*SECTOR + u0", "-2", "b1 = g10", "--ascii"]
+
+
+@pytest.fixture(scope="module")
+def wfiles(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wcli")
+    for f in ("hsbw_l1.csv", "hsbw_l2.csv"):
+        (d / f).write_text((WDATA / f).read_text())
+    return d
+
+
+def test_cli_weights_text_json_and_hlm_keys(wfiles):
+    ref = json.loads((WDATA / "hsbw_ri_norm_cluster.json").read_text())["reference"]
+    args = ["fit", "hsbw_l1.csv", "hsbw_l2.csv", "--id", "ID", *CLI_MODEL, "--weight1", "W1", "--weight2", "W2"]
+    text = hlmcli(*args, cwd=wfiles, check=True).stdout
+    assert "Weighting Specification" in text
+    assert " Level 1          yes       W1            yes" in text
+    assert " Level 2          yes       W2            yes" in text
+    assert "robust standard errors (sandwich, clustered on level-2 units)" in text
+    assert "the standard errors to report with sampling weights" in text
+    assert "full maximum likelihood" in text and "REML was asked for" in text
+    doc = json.loads(hlmcli(*args, "--format", "json", cwd=wfiles, check=True).stdout)
+    assert doc["weights"]["level1"] == "W1" and doc["weights"]["level2"] == "W2"
+    assert doc["weights"]["normalize"] == "cluster" and doc["method"] == "ML"
+    for row in doc["fixed_effects"]:
+        e = ref["fixed"][row["gamma"]]
+        assert abs(row["estimate"] - e["est"]) <= TOL * abs(e["est"])
+        assert abs(row["robust_se"] - e["se"]) <= TOL * e["se"]
+    # the same through an HLM 7 command file
+    (wfiles / "w.hlm").write_text("level1:MATHACH=INTRCPT1+SES+RANDOM\nlevel2:INTRCPT1=INTRCPT2+SECTOR+random/\n"
+                                  "level2:SES=INTRCPT2/\nlevel1weight:W1\nlevel2weight:W2\nmlf:y\n")
+    doc2 = json.loads(hlmcli("fit", "hsbw_l1.csv", "hsbw_l2.csv", "--id", "ID", "--model", "w.hlm", "--format", "json",
+                             cwd=wfiles, check=True).stdout)
+    assert [r["robust_se"] for r in doc2["fixed_effects"]] == pytest.approx([r["robust_se"] for r in doc["fixed_effects"]], rel=1e-8)
+    raw = json.loads(hlmcli(*args, "--normalize", "none", "--format", "json", cwd=wfiles, check=True).stdout)
+    rref = json.loads((WDATA / "hsbw_ri_raw.json").read_text())["reference"]
+    assert raw["fixed_effects"][2]["robust_se"] == pytest.approx(rref["fixed"]["γ10"]["se"], rel=TOL)
+
+
+def test_cli_refuses_normalize_without_weights_and_names_bad_weights(wfiles):
+    p = hlmcli("fit", "hsbw_l1.csv", "hsbw_l2.csv", "--id", "ID", *CLI_MODEL, "--normalize", "total", cwd=wfiles)
+    assert p.returncode != 0 and "--normalize needs --weight1 or --weight2" in p.stderr
+    p = hlmcli("fit", "hsbw_l1.csv", "hsbw_l2.csv", "--id", "ID", *CLI_MODEL, "--weight1", "SES", cwd=wfiles)
+    assert p.returncode != 0 and "hsbw_l1.csv: column SES" in p.stderr and "negative" in p.stderr
