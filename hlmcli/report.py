@@ -544,6 +544,8 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w(f" Number of estimated parameters = {r.n_params}")
     aic, bic = fit_criteria(a)
     w(f" AIC = {aic:.6f}, BIC = {bic:.6f} (as lme4: every fixed effect and variance parameter counted)")
+    if getattr(a, "weights", None) is not None:
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     out += extras_text(a.extras, sym)
     formula, notes = lme4_formula(d.spec, meta.get("id_name", "ID"))
     w("")

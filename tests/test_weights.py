@@ -173,6 +173,7 @@ def test_cli_weights_text_json_and_hlm_keys(wfiles):
     assert "robust standard errors (sandwich, clustered on level-2 units)" in text
     assert "the standard errors to report with sampling weights" in text
     assert "full maximum likelihood" in text and "REML was asked for" in text
+    assert "pseudo-likelihood quantities: not for likelihood-ratio tests" in text
     doc = json.loads(hlmcli(*args, "--format", "json", cwd=wfiles, check=True).stdout)
     assert doc["weights"]["level1"] == "W1" and doc["weights"]["level2"] == "W2"
     assert doc["weights"]["normalize"] == "cluster" and doc["method"] == "ML"
