@@ -387,11 +387,17 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr (the exit code still tells).")
 @click.option("--keep-failed-output", is_flag=True, help="Write -o and residual files even when the fit is not certified (exit 3).")
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
+@click.option("--weight1", help="Level-1 sampling weight variable (HLM's level1weight:).")
+@click.option("--weight2", help="Level-2 sampling weight variable (HLM's level2weight:).")
+@click.option("--normalize", type=click.Choice(["none", "cluster", "total"]), default=None,
+              help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
+@click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
+@click.option("--imputed", multiple=True, help="Further level-1 files (or archives), one per imputation; repeat or comma-separate.")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
-            quiet, **more):
+            quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
     """Fit a two-level model and print HLM 7's tables (text) or a stable JSON document."""
     from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
@@ -408,7 +414,14 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
     })
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
-    analysis = analyse(spec, archive, df_method)
+    wspec = _weight_spec(spec, weight1, weight2, normalize)
+    if plausible_values or imputed:
+        _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
+                      df_method, ascii_only, wspec, plausible_values, imputed, full_output,
+                      _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet,
+                      more["keep_failed_output"])
+        return
+    analysis = analyse(spec, archive, df_method, weights=wspec if wspec.any else None)
     opts = spec.options
     add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
                opts.full_output, opts.ols_units)
@@ -533,6 +546,71 @@ def cache_prune(older_than, cache_dir):
 
     folder, removed, freed = prune_cache(cache_dir, older_than)
     click.echo(f"removed {removed} file(s), {freed:,d} bytes, from {printable(str(folder))}")
+
+
+def _weight_spec(spec, weight1, weight2, normalize):
+    from .weights import DEFAULT_NORMALIZATION, WeightSpec
+
+    w = WeightSpec(weight1 or spec.options.weight1, weight2 or spec.options.weight2, normalize or DEFAULT_NORMALIZATION)
+    if normalize and not w.any:
+        raise click.UsageError("--normalize needs --weight1 or --weight2")
+    return w
+
+
+def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
+                  df_method, ascii_only, wspec, plausible_values, imputed, full_output, build_opts, cache_dir, quiet,
+                  keep_failed_output=False):
+    """Plausible values (one archive, several outcome columns) or imputed files (several archives):
+    one fit each, combined with Rubin's rules (plausible.py)."""
+    from .errors import EXIT_NOT_CONVERGED
+    from .files import atomic_write_text
+    from .pipeline import analyse
+    from .plausible import analyse_plausible, combined_json, combined_text, outcome_columns
+    from .report import Symbols, dumps_json
+
+    opts = spec.options
+    if plausible_values and imputed:
+        raise click.UsageError("give --plausible-values or --imputed, not both")
+    if opts.residuals_l1 or opts.residuals_l2 or opts.hypotheses or opts.prior_deviance is not None or opts.homogeneity:
+        raise click.UsageError("residual files, tests and deviance comparisons are not available for combined fits; "
+                               "fit one plausible value or data set at a time for those")
+    weights = wspec if wspec.any else None
+    labels = None
+    if plausible_values:
+        outcomes = outcome_columns(plausible_values, list(archive.level1_names))
+        analyses = analyse_plausible(spec, archive, outcomes, df_method, weights)
+        source = "plausible values"
+    else:
+        extra = [p.strip() for item in imputed for p in item.split(",") if p.strip()]
+        archives, labels = [archive], [source_text]
+        for path in extra:
+            more, text = _load_data((path,) if len(data) == 1 else (path, data[1]), build_opts, cache_dir, quiet)
+            archives.append(more)
+            labels.append(text)
+        analyses = [analyse(spec, a, df_method, weights=weights) for a in archives]
+        source = "imputed data sets"
+    meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
+            "model_given": {"level1": level1, "level2": list(level2),
+                            "model_file": Path(model_file).name if model_file else None}}
+    if timestamp:
+        from datetime import datetime, timezone
+
+        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if out_format == "json":
+        text = dumps_json(combined_json(analyses, meta, source, bool(full_output), labels))
+    else:
+        text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
+                             bool(full_output or opts.full_output), labels)
+    certified = all(a.result.converged for a in analyses)
+    if output and (certified or keep_failed_output):
+        atomic_write_text(output, text)
+    elif not output:
+        click.echo(text, nl=False)
+    if not certified:
+        if not quiet:
+            _stderr("hlmcli: warning: the optimum of at least one fit is not certified"
+                    + (f"; {output} not written (--keep-failed-output writes it)" if output and not keep_failed_output else ""))
+        sys.exit(EXIT_NOT_CONVERGED)
 
 
 @main.command("compare")
