@@ -1,3 +1,28 @@
-"""hlmcli: two-level hierarchical linear models from the command line, the HLM 7 way."""
+"""hlmcli: two-level hierarchical linear models from the command line, the HLM 7 way.
+
+The Python API is loaded on first use, so `import hlmcli` stays light:
+`hlmcli.fit(...)` returns `hlmcli.Results` (see hlmcli.api).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+__all__ = ["fit", "Results", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import fit
+    from .results import Results
+
+
+def __getattr__(name: str):
+    if name == "fit":
+        from .api import fit
+
+        return fit
+    if name == "Results":
+        from .results import Results
+
+        return Results
+    raise AttributeError(f"module 'hlmcli' has no attribute '{name}'")

@@ -66,6 +66,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
+class _UsageProblem(HlmError):
+    """A usage error found inside a command (exit 2, one line)."""
+
+    exit_code = EXIT_USAGE
+
+
 def _split_names(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -357,8 +363,11 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 
 @main.command("fit")
 @model_options
-@click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "out_format", type=click.Choice(["text", "json", "csv", "markdown", "latex", "html"]), default="text",
+              show_default=True, help="HLM 7's text, JSON, or the tables for papers (csv: broom's tidy columns).")
 @click.option("-o", "--output", type=click.Path(), help="Write the output here (atomically) instead of stdout.")
+@click.option("--json-out", type=click.Path(), help="Also write the JSON to this file, from the same fit.")
+@click.option("--keep", help="Source columns (text too) to carry into the residual files, comma-separated.")
 @click.option("--title", help="Problem title for the output.")
 @click.option("--timestamp", is_flag=True, help="Add the date and time to the text output (off: output is reproducible).")
 @click.option("--df", "df_method", type=click.Choice(["hlm", "satterthwaite"]), default="hlm", show_default=True,
@@ -378,18 +387,24 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr (the exit code still tells).")
 @click.option("--keep-failed-output", is_flag=True, help="Write -o and residual files even when the fit is not certified (exit 3).")
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
+@click.option("--weight1", help="Level-1 sampling weight variable (HLM's level1weight:).")
+@click.option("--weight2", help="Level-2 sampling weight variable (HLM's level2weight:).")
+@click.option("--normalize", type=click.Choice(["none", "cluster", "total"]), default=None,
+              help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
+@click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
+@click.option("--imputed", multiple=True, help="Further level-1 files (or archives), one per imputation; repeat or comma-separate.")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
-            out_format, output, title, timestamp, df_method, strict, tau_structure, max_iterations, tests, compare_deviance,
-            compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet, **more):
+            out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
+            tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
+            quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
     """Fit a two-level model and print HLM 7's tables (text) or a stable JSON document."""
     from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
-    from .report import Symbols, dumps_json, fit_json, fit_text
 
     sources = list(data) + [model_file]
-    for path in (output, residuals_l1, residuals_l2):
+    for path in (output, residuals_l1, residuals_l2, json_out):
         if path:
             refuse_overwriting_inputs(path, sources)
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
@@ -399,7 +414,14 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
     })
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
-    analysis = analyse(spec, archive, df_method)
+    wspec = _weight_spec(spec, weight1, weight2, normalize)
+    if plausible_values or imputed:
+        _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
+                      df_method, ascii_only, wspec, plausible_values, imputed, full_output,
+                      _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet,
+                      more["keep_failed_output"])
+        return
+    analysis = analyse(spec, archive, df_method, weights=wspec if wspec.any else None)
     opts = spec.options
     add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
                opts.full_output, opts.ols_units)
@@ -407,20 +429,19 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     # that exits non-zero leaves no -o or residual file behind for make to take as a result.
     status, failures = _fit_status(analysis.result, strict)
     write_files = status == 0 or more["keep_failed_output"]
-    if write_files and (opts.residuals_l1 or opts.residuals_l2):
-        from .inference import empirical_bayes
-        from .residual_files import level1_table, level2_table, write_table
+    from .results import Results
 
-        eb = empirical_bayes(analysis.unit, analysis.stats, analysis.result)
+    results = Results(analysis, archive, {"warn": (lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")),
+                                          "source_files": tuple(data) if len(data) == 2 else None})
+    if keep and not (opts.residuals_l1 or opts.residuals_l2):
+        raise _UsageProblem("--keep names columns for the residual files; give --residuals-l1 or --residuals-l2 too")
+    if write_files and (opts.residuals_l1 or opts.residuals_l2):
         for path, typed in ((opts.residuals_l1, residuals_l1), (opts.residuals_l2, residuals_l2)):
             if path:
                 refuse_overwriting_inputs(path, sources)
                 if not typed:
                     refuse_clobber(path, more["force"], Path(model_file).name)
-        if opts.residuals_l2:
-            write_table(level2_table(analysis, eb), opts.residuals_l2)
-        if opts.residuals_l1:
-            write_table(level1_table(analysis, eb), opts.residuals_l1)
+        results.write_residuals(opts.residuals_l1, opts.residuals_l2, keep=_split_names(keep) or ())
     meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
             "model_given": {"level1": level1, "level2": list(level2),
                             "model_file": Path(model_file).name if model_file else None},
@@ -429,10 +450,15 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         from datetime import datetime, timezone
 
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    results.meta.update(meta)
     if out_format == "json":
-        text = dumps_json(fit_json(analysis, meta))
+        text = results.to_json()
+    elif out_format == "text":
+        text = results.summary(ascii=_use_ascii(ascii_only) if not output else ascii_only)
     else:
-        text = fit_text(analysis, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only))
+        text = results.table(out_format)
+    if json_out and write_files:
+        atomic_write_text(json_out, results.to_json())
     if output and write_files:
         atomic_write_text(output, text)
     elif not output:
@@ -522,6 +548,71 @@ def cache_prune(older_than, cache_dir):
     click.echo(f"removed {removed} file(s), {freed:,d} bytes, from {printable(str(folder))}")
 
 
+def _weight_spec(spec, weight1, weight2, normalize):
+    from .weights import DEFAULT_NORMALIZATION, WeightSpec
+
+    w = WeightSpec(weight1 or spec.options.weight1, weight2 or spec.options.weight2, normalize or DEFAULT_NORMALIZATION)
+    if normalize and not w.any:
+        raise click.UsageError("--normalize needs --weight1 or --weight2")
+    return w
+
+
+def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
+                  df_method, ascii_only, wspec, plausible_values, imputed, full_output, build_opts, cache_dir, quiet,
+                  keep_failed_output=False):
+    """Plausible values (one archive, several outcome columns) or imputed files (several archives):
+    one fit each, combined with Rubin's rules (plausible.py)."""
+    from .errors import EXIT_NOT_CONVERGED
+    from .files import atomic_write_text
+    from .pipeline import analyse
+    from .plausible import analyse_plausible, combined_json, combined_text, outcome_columns
+    from .report import Symbols, dumps_json
+
+    opts = spec.options
+    if plausible_values and imputed:
+        raise click.UsageError("give --plausible-values or --imputed, not both")
+    if opts.residuals_l1 or opts.residuals_l2 or opts.hypotheses or opts.prior_deviance is not None or opts.homogeneity:
+        raise click.UsageError("residual files, tests and deviance comparisons are not available for combined fits; "
+                               "fit one plausible value or data set at a time for those")
+    weights = wspec if wspec.any else None
+    labels = None
+    if plausible_values:
+        outcomes = outcome_columns(plausible_values, list(archive.level1_names))
+        analyses = analyse_plausible(spec, archive, outcomes, df_method, weights)
+        source = "plausible values"
+    else:
+        extra = [p.strip() for item in imputed for p in item.split(",") if p.strip()]
+        archives, labels = [archive], [source_text]
+        for path in extra:
+            more, text = _load_data((path,) if len(data) == 1 else (path, data[1]), build_opts, cache_dir, quiet)
+            archives.append(more)
+            labels.append(text)
+        analyses = [analyse(spec, a, df_method, weights=weights) for a in archives]
+        source = "imputed data sets"
+    meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
+            "model_given": {"level1": level1, "level2": list(level2),
+                            "model_file": Path(model_file).name if model_file else None}}
+    if timestamp:
+        from datetime import datetime, timezone
+
+        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if out_format == "json":
+        text = dumps_json(combined_json(analyses, meta, source, bool(full_output), labels))
+    else:
+        text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
+                             bool(full_output or opts.full_output), labels)
+    certified = all(a.result.converged for a in analyses)
+    if output and (certified or keep_failed_output):
+        atomic_write_text(output, text)
+    elif not output:
+        click.echo(text, nl=False)
+    if not certified:
+        if not quiet:
+            _stderr("hlmcli: warning: the optimum of at least one fit is not certified"
+                    + (f"; {output} not written (--keep-failed-output writes it)" if output and not keep_failed_output else ""))
+        sys.exit(EXIT_NOT_CONVERGED)
+
+
 @main.command("compare")
 @click.argument("fit_a", type=click.Path())
 @click.argument("fit_b", type=click.Path())
@@ -534,6 +625,93 @@ def compare_cmd(fit_a, fit_b, out_format):
 
     result = compare_fits(read_fit(fit_a), read_fit(fit_b), Path(fit_a).name, Path(fit_b).name)
     click.echo(dumps_json(result) if out_format == "json" else compare_text(result), nl=False)
+
+
+@main.command("plot")
+@click.argument("kind", type=click.Choice(["equation", "units", "shrinkage", "caterpillar", "diagnostics"]))
+@model_options
+@click.option("-o", "--output", required=True, type=click.Path(), help="The picture to write: .png, .svg or .pdf.")
+@click.option("--x", "x_var", help="equation, units: the level-1 predictor on the x axis (default: the first).")
+@click.option("--by", multiple=True, help="equation: a level-2 predictor to draw lines for (its values, or its "
+              "25th and 75th percentiles). Repeat; the first sets the colours. Default: those in the equations.")
+@click.option("--coef", help="shrinkage, caterpillar, diagnostics: the random coefficient (default: the intercept).")
+@click.option("--sample", type=click.IntRange(1), help="units: draw a random sample of this many units.")
+@click.option("--seed", type=int, default=1, show_default=True, help="units: the seed of that sample.")
+@click.option("--x-range", help="equation from a saved JSON fit: LOW,HIGH of the x axis on the model's scale (default -2,2).")
+@click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
+@user_errors
+def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
+             output, x_var, by, coef, sample, seed, x_range, quiet):
+    """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
+    from .files import refuse_overwriting_inputs
+    from .pipeline import analyse
+    from .plots import check_output
+    from .results import Results
+
+    check_output(output)
+    refuse_overwriting_inputs(output, list(data) + [model_file])
+    if len(data) == 1 and str(data[0]).lower().endswith(".json"):
+        _plot_saved_fit(kind, data[0], output, x_var, by, x_range)
+        if not quiet:
+            _stderr(f"hlmcli: wrote {output}")
+        return
+    archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched), cache_dir, quiet)
+    spec = _spec(archive, level1, level2, model_file, ml)
+    results = Results(analyse(spec, archive), archive, {"data_source": source_text})
+    results.plot(kind, output, x=x_var, by=list(by) or None, coef=coef, sample=sample, seed=seed)
+    if not quiet:
+        _stderr(f"hlmcli: wrote {output}")
+
+
+def _plot_saved_fit(kind, path, output, x_var, by, x_range):
+    """A saved JSON fit holds the γs but no data: enough for the equation graph, given the values."""
+    from .compare import read_fit
+    from .plots import plot_equation_from_fit
+
+    if kind != "equation":
+        raise _UsageProblem(f"a {kind} plot needs the data (unit estimates); give the archive or the data files "
+                            "and the model, not a saved JSON fit")
+    at = {}
+    for item in by:
+        name, sep, values = item.partition("=")
+        try:
+            at[name.strip()] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            at[name.strip()] = []
+        if not sep or not at[name.strip()]:
+            raise _UsageProblem(f"--by {item}: with a saved JSON fit give the values too, e.g. --by SECTOR=0,1")
+    low_high = (-2.0, 2.0)
+    if x_range:
+        try:
+            low, high = (float(v) for v in x_range.split(","))
+        except ValueError:
+            raise _UsageProblem(f"--x-range {x_range}: give LOW,HIGH, e.g. --x-range=-3,3") from None
+        low_high = (low, high)
+    plot_equation_from_fit(read_fit(path), output, x_var, at, low_high)
+
+
+@main.command("table")
+@click.argument("fits", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "out_format", type=click.Choice(["markdown", "latex", "html", "csv"]), default="markdown",
+              show_default=True)
+@click.option("--names", help="Column headings, comma-separated (default: the file names without .json).")
+@click.option("-o", "--output", type=click.Path(), help="Write the table here (atomically) instead of stdout.")
+@user_errors
+def table_cmd(fits, out_format, names, output):
+    """Saved JSON fits side by side: coefficients (SEs), variance components, deviance, AIC, BIC, N, J."""
+    from .compare import read_fit
+    from .files import atomic_write_text, refuse_overwriting_inputs
+    from .tables import side_by_side_text
+
+    headings = list(_split_names(names) or [Path(f).stem for f in fits])
+    if len(headings) != len(fits):
+        raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
+    text = side_by_side_text([read_fit(f) for f in fits], headings, out_format)
+    if output:
+        refuse_overwriting_inputs(output, list(fits))
+        atomic_write_text(output, text)
+    else:
+        click.echo(text, nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -62,6 +62,8 @@ class RunOptions:
     full_output: bool = False
     ols_units: int = 10
     tau: str = "unstructured"  # unstructured | diagonal (independent random effects)
+    weight1: str | None = None  # level-1 sampling weight (HLM's level1weight:)
+    weight2: str | None = None  # level-2 sampling weight (HLM's level2weight:)
 
 
 @dataclass(frozen=True)
@@ -596,6 +598,8 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
                                  "mdm build --missing now|analysis, so remove the line or set it to none")
         elif key in _GUI_KEYS:
             continue
+        elif key in ("level1weight", "level2weight") and value.lower() not in ("none", "n", "no", "0", ""):
+            opts["weight" + key[5]] = value.split(",")[0].strip()  # the variable name
         elif key in _OFF_VALUES:
             off = _OFF_VALUES[key]
             if value.lower() not in (off, off[:1], "no", "none", "n", "0"):
@@ -625,7 +629,7 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
         residuals_l1=(opts.get("resfil1name") or f"resfil1{ext}") if opts.get("resfil1") else None,
         residuals_l2=(opts.get("resfil2name") or f"resfil2{ext}") if opts.get("resfil2") else None,
         homogeneity=opts.get("homogeneity", False), full_output=opts.get("full_output", False),
-        ols_units=opts.get("ols_units", 10),
+        ols_units=opts.get("ols_units", 10), weight1=opts.get("weight1"), weight2=opts.get("weight2"),
     )
     spec = build_spec(level1_eq[0], level2_eqs, variables, spec_options)
     if contrasts and opts.get("hypoth", True):

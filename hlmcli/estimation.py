@@ -77,7 +77,7 @@ def standardising_map(stats: ModelStats, structure: TauStructure) -> np.ndarray:
     and τ unstructured, so that the centring is a reparametrisation of τ) and scaled to unit
     root-mean-square over the records."""
     q, N = stats.q, stats.N
-    total = stats.ZZ.sum(axis=0)  # Σ Z'Z
+    total = stats.unit_sum(stats.ZZ)  # Σ Z'Z (w_j-weighted in a weighted fit)
     A = np.eye(q)
     means = np.zeros(q)
     intercept = [k for k in range(q) if abs(total[k, k] - N) <= 1e-12 * N and np.allclose(stats.ZZ[:, k, k], stats.n)]
@@ -279,7 +279,9 @@ def _along_face(face: Face, x0: np.ndarray, e: np.ndarray, sign: float):
 
 
 def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
-        structure: TauStructure = TauStructure.UNSTRUCTURED) -> FitResult:
+        structure: TauStructure = TauStructure.UNSTRUCTURED, start: np.ndarray | None = None) -> FitResult:
+    """start: a G̃ on the standardised scale (a previous fit's certificate.G) to start from alone,
+    e.g. the fit of the previous plausible value; the certificate is the same either way."""
     reml = method.upper() == "REML"
     diagonal = structure is TauStructure.DIAGONAL
     q = stats.q
@@ -287,10 +289,13 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
     std = transform_random(stats, A)
     obj = Objective(std, reml)
 
-    starts = [("identity", 0.25 * np.eye(q))]
-    moment = _moment_start(std, structure)
-    if moment is not None:
-        starts.append(("moment", moment))
+    if start is not None:
+        starts = [("previous fit", np.asarray(start, dtype=float))]
+    else:
+        starts = [("identity", 0.25 * np.eye(q))]
+        moment = _moment_start(std, structure)
+        if moment is not None:
+            starts.append(("moment", moment))
     # One L-BFGS-B run from the start with the lower deviance; the other start too when that run
     # ends on the boundary, where false boundaries and local optima live.
     starts.sort(key=lambda s: obj.value(s[1]))

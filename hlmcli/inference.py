@@ -65,10 +65,23 @@ def fixed_effects(design: Design, unit: UnitStats, stats: ModelStats, result: Fi
     us = result.solve
     w = us.XVe_units()  # σ²·X_j'V_j⁻¹e_j
     Pinv = us.Pinv()
-    robust = Pinv @ (w.T @ w) @ Pinv  # the CR0 cluster sandwich (σ² cancels)
+    if stats.weighted:
+        robust = weighted_sandwich(w, stats.w2, Pinv)
+    else:
+        robust = Pinv @ (w.T @ w) @ Pinv  # the CR0 cluster sandwich (σ² cancels)
     cov = result.cov_gamma
     return FixedTable(gamma=unit.on_outcome_scale(us.gamma), se=np.sqrt(np.diag(cov)),
                       robust_se=np.sqrt(np.diag(robust)), df=hlm_fixed_df(design), cov=cov, robust_cov=robust)
+
+
+def weighted_sandwich(xve: np.ndarray, w2: np.ndarray, Pinv: np.ndarray) -> np.ndarray:
+    """The pseudo-ML sandwich of γ̂ as WeMix 4.0.4 computes it (analyticSolve, robustSE=TRUE):
+    Cov = H⁻¹ (J/(J−1)) Σ_j s_js_j' H⁻¹, with s_j the derivative of unit j's weighted
+    pseudo-log-likelihood in γ, w_j X_j'W_jV_j⁻¹e_j, and H⁻¹ = σ²P⁻¹ its inverse information.
+    σ² cancels: Cov = J/(J−1) P⁻¹ (Σ_j w_j² (σ²X_j'V_j⁻¹e_j)(…)') P⁻¹. Clustered at level 2."""
+    J = xve.shape[0]
+    s = xve * w2[:, None]
+    return (J / (J - 1.0)) * (Pinv @ (s.T @ s) @ Pinv)
 
 
 # ---------------------------------------------------------------- per-unit OLS: χ² and reliability
@@ -88,7 +101,7 @@ def unit_ols(design: Design, unit: UnitStats, stats: ModelStats, result: FitResu
     coef = np.einsum("jkp,p->jk", stats.B, gamma)  # each unit's level-2 prediction of every β_q
     fixed_cols = np.setdiff1d(np.arange(unit.LL.shape[1]), r)
     Zy_adj = stats.Zy - np.einsum("jaf,jf->ja", unit.LL[:, r][:, :, fixed_cols], coef[:, fixed_cols])
-    fit = unitsolve.unit_ols(stats.ZZ, Zy_adj, unit.n)
+    fit = unitsolve.unit_ols(stats.ZZ, Zy_adj, unit.count)
     return UnitOLS(sufficient=fit.ok, beta=fit.beta, var=result.sigma2 * fit.inv, fitted=coef[:, r])
 
 
@@ -260,19 +273,19 @@ def homogeneity_test(unit: UnitStats) -> tuple[float, int, float, int, int]:
     level-1 OLS is estimable (one rank rule, unitsolve.unit_ols) and whose residual variance is
     positive. Returns (H, d.f., p, units used, units left out)."""
     K = unit.LL.shape[1]
-    fit = unitsolve.unit_ols(unit.LL, unit.Ly, unit.n, unit.yy)
-    f = unit.n - K
+    fit = unitsolve.unit_ols(unit.LL, unit.Ly, unit.count, unit.yy)
+    f = unit.count - K
     s2 = np.where(fit.ok, fit.rss / np.where(f > 0, f, 1), np.nan)
     good = fit.ok & (s2 > 0)
     fj, logs = f[good], np.log(s2[good])
     used = int(good.sum())
     if used < 2:
-        return float("nan"), 0, float("nan"), used, int(unit.n.size - used)
+        return float("nan"), 0, float("nan"), used, int(unit.count.size - used)
     pooled = (fj * logs).sum() / fj.sum()
     d = (logs - pooled) / np.sqrt(2.0 / fj)
     H = float((d ** 2).sum())
     dfree = used - 1
-    return H, dfree, float(special.chdtrc(dfree, H)), used, int(unit.n.size - used)
+    return H, dfree, float(special.chdtrc(dfree, H)), used, int(unit.count.size - used)
 
 
 def wald_test(C: np.ndarray, gamma: np.ndarray, cov: np.ndarray, rhs: np.ndarray | None = None) -> tuple[float, int, float]:
@@ -320,14 +333,14 @@ def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: i
     K = unit.LL.shape[1]
     names = design.spec.coefficient_names()
     per_unit = []
-    f_all = unit.n - K
-    ols = unitsolve.unit_ols(unit.LL, unit.Ly, unit.n, unit.yy)
+    f_all = unit.count - K
+    ols = unitsolve.unit_ols(unit.LL, unit.Ly, unit.count, unit.yy)
     ok, betas = ols.ok, ols.beta
     s2 = np.where(ok, ols.rss / np.where(f_all > 0, f_all, 1), np.nan)
     sufficient = np.flatnonzero(ok)
     betas_out = unit.on_outcome_scale(betas)
     for j in range(min(n_units, stats.J)):
-        per_unit.append({"unit": design.unit_ids[j], "n": int(unit.n[j]), "ok": bool(np.isfinite(s2[j])),
+        per_unit.append({"unit": design.unit_ids[j], "n": int(unit.count[j]), "ok": bool(np.isfinite(s2[j])),
                          "coefficients": dict(zip(names, [float(x) for x in betas_out[j]])),
                          "residual_variance": float(s2[j])})
     # OLS of the fixed effects, ignoring the nesting
@@ -338,7 +351,7 @@ def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: i
     gamma_out = unit.on_outcome_scale(gamma_ols)
     # least-squares σ² (pooled within units) and T (spread of unit OLS estimates beyond their sampling error)
     idx = np.array(sufficient, dtype=int)
-    f = unit.n[idx] - K
+    f = unit.count[idx] - K
     sigma2_ls = float((s2[idx] * f).sum() / f.sum()) if idx.size else float("nan")
     r = stats.random
     tau_ls = np.full((len(r), len(r)), np.nan)

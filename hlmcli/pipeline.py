@@ -33,23 +33,48 @@ class Analysis:
     se_tau: np.ndarray | None = None
     satterthwaite: np.ndarray | None = None
     extras: dict = field(default_factory=dict)
+    weights: object = None  # weights.Weights of a pseudo-likelihood fit, or None
 
 
-def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm") -> Analysis:
+def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm", weights=None) -> Analysis:
+    """weights: a weights.WeightSpec (level-1/level-2 columns and normalisation) or None."""
     design = design_stage.make_design(spec, archive)
     check_estimable(design)
-    # y is centred before the cross-products (so sums of squares do not cancel) only when the
-    # model has an overall intercept γ00 to absorb the shift.
-    has_intercept = bool(design.fixed) and (design.fixed[0].q, design.fixed[0].s) == (0, 0)
-    unit = unit_cross_products(design.L, design.y, design.offsets, center_y=has_intercept)
-    stats = model_stats(unit, design.block_design(), design.random)
+    resolved = None
+    if weights is not None and weights.any:
+        from .weights import resolve
+
+        resolved = resolve(weights, archive, design)
+    unit = unit_cross_products(design.L, design.y, design.offsets, center_y=has_overall_intercept(design),
+                               weights=None if resolved is None else resolved.w1)
+    return analyse_stats(design, unit, df_method, resolved)
+
+
+def has_overall_intercept(design) -> bool:
+    """y is centred before the cross-products (so sums of squares do not cancel) only when the
+    model has an overall intercept γ00 to absorb the shift."""
+    return bool(design.fixed) and (design.fixed[0].q, design.fixed[0].s) == (0, 0)
+
+
+def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None, start=None) -> Analysis:
+    """The fit and its inference from a design and its per-unit cross-products (weights: a
+    weights.Weights, already applied to `unit` at level 1)."""
+    spec = design.spec
+    stats = model_stats(unit, design.block_design(), design.random, None if weights is None else weights.w2)
     design_stage.check_collinearity(design, stats.XX)
     if design.n <= stats.p + 1:
         raise ModelError(f"only {design.n} records for {stats.p} fixed effects; the model needs more data")
     check_residual_variation(stats, spec)
     structure = TauStructure(getattr(spec.options, "tau", "unstructured"))
+    method = spec.method
+    if weights is not None and method.upper() == "REML":
+        # a restricted pseudo-likelihood is not defined: its answer would move with the scale of the
+        # level-2 weights (tested), so a weighted fit is full pseudo-ML, as WeMix and Stata's mixed
+        method = "ML"
+        weights.notes.append("REML was asked for; with sampling weights the fit is full pseudo-maximum likelihood "
+                             "(a restricted pseudo-likelihood would depend on the weights' scale)")
     try:
-        result = fit(stats, spec.method, max_iterations=spec.options.max_iterations, structure=structure)
+        result = fit(stats, method, max_iterations=spec.options.max_iterations, structure=structure, start=start)
     except (FloatingPointError, np.linalg.LinAlgError) as exc:
         raise ModelError(f"the model cannot be fitted to these data ({exc}); check for an outcome that the "
                          "predictors determine exactly, or remove random effects") from None
@@ -58,8 +83,11 @@ def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm") -> Analys
     ols = inference.unit_ols(design, unit, stats, result)
     variance = inference.variance_tests(design, ols, result.tau, stats)
     analysis = Analysis(spec, design, unit, stats, result, fixed, ols, variance)
-    if result.method == "ML":
+    analysis.weights = weights
+    if result.method == "ML" and weights is None:  # model-based; not valid under sampling weights
         analysis.se_sigma2, analysis.se_tau = inference.variance_standard_errors(stats, result)
+    if df_method == "satterthwaite" and weights is not None:
+        raise ModelError("Satterthwaite d.f. are not defined for a pseudo-likelihood fit with sampling weights; use --df hlm")
     if df_method == "satterthwaite":
         analysis.satterthwaite = inference.satterthwaite_df(stats, unit, result)
     return analysis

@@ -405,6 +405,8 @@ def fit_json(analysis, meta: dict) -> dict:
         "lme4_formula": lme4_formula(d.spec, meta.get("id_name", "ID"))[0],
         "centering_means": d.centering_means,
     }
+    if getattr(a, "weights", None) is not None:
+        out["weights"] = a.weights.to_json()
     for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output"):
         if key in a.extras:
             out[key] = a.extras[key]
@@ -458,6 +460,10 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w(f" The maximum number of iterations = {d.spec.options.max_iterations}")
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if r.method == 'REML' else 'full maximum likelihood'}")
+    if getattr(a, "weights", None) is not None:
+        from .weights import weighting_lines
+
+        out += weighting_lines(a.weights)
     w("")
     w(f" The outcome variable is  {hlm_name(d.spec.outcome)}")
     w("")
@@ -508,6 +514,8 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         w("Final estimation of fixed effects" + ("" if not robust else ""))
         if robust:
             w("(with robust standard errors)")
+            if getattr(a, "weights", None) is not None:
+                w("(sandwich clustered on level-2 units: the standard errors to report with sampling weights)")
         if a.satterthwaite is not None:
             w("(d.f. by Satterthwaite's method, as lmerTest computes them)")
         se = fx.robust_se if robust else fx.se
@@ -539,6 +547,8 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w(f" Number of estimated parameters = {r.n_params}")
     aic, bic = fit_criteria(a)
     w(f" AIC = {aic:.6f}, BIC = {bic:.6f} (as lme4: every fixed effect and variance parameter counted)")
+    if getattr(a, "weights", None) is not None:
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     out += extras_text(a.extras, sym)
     formula, notes = lme4_formula(d.spec, meta.get("id_name", "ID"))
     w("")

@@ -18,7 +18,7 @@ def level2_table(analysis, eb) -> pd.DataFrame:
     d = a.design
     names = d.spec.coefficient_names()
     rand_q = [int(q) for q in a.stats.random]
-    cols: dict[str, object] = {"id": d.unit_ids, "nj": a.unit.n.astype(int)}
+    cols: dict[str, object] = {"id": d.unit_ids, "nj": a.unit.count.astype(int)}
     ols = a.unit.on_outcome_scale(a.ols.beta, rand_q.index(0) if 0 in rand_q else None)
     for k, q in enumerate(rand_q):
         cols[f"u_{names[q]}"] = eb.u[:, k]

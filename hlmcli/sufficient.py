@@ -20,6 +20,12 @@ class UnitStats:
     Ly: np.ndarray  # (J, K)     L_j'y_j
     yy: np.ndarray  # (J,)       y_j'y_j
     y_shift: float  # y was centered at this value first, so sums of squares do not cancel
+    records: np.ndarray | None = None  # (J,) records per unit when n holds level-1 weight sums
+
+    @property
+    def count(self) -> np.ndarray:
+        """Records per unit (n itself unless level-1 weights made n the weight sums)."""
+        return self.n if self.records is None else self.records
 
     def on_outcome_scale(self, values: np.ndarray, intercept: int | None = 0) -> np.ndarray:
         """The one place that undoes the centring of y: the shift goes back into the intercept
@@ -31,9 +37,14 @@ class UnitStats:
         return out
 
 
-def unit_cross_products(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, center_y: bool = True) -> UnitStats:
+def unit_cross_products(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, center_y: bool = True,
+                        weights: np.ndarray | None = None) -> UnitStats:
     """Per-unit cross-products; y is centred at its mean first when the model can absorb the shift
-    in its intercept (center_y), which keeps y'y from cancelling against the fitted part."""
+    in its intercept (center_y), which keeps y'y from cancelling against the fitted part.
+
+    With level-1 weights w (N,) every product carries them (L_j'W_jL_j, L_j'W_jy_j, y_j'W_jy_j) and
+    n_j becomes Σ_i w_i|j: the per-unit pseudo-likelihood has exactly the unweighted algebra on
+    these (see unitsolve.py); `records` keeps the record counts."""
     N, K = L.shape
     starts = offsets[:-1]
     shift = float(y.mean()) if center_y else 0.0
@@ -43,6 +54,8 @@ def unit_cross_products(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, cente
     Ly = np.empty((J, K))
     columns = [L[:, a] for a in range(K)]
     ones = [a for a in range(K) if a == 0 and np.all(columns[0] == 1.0)]
+    if weights is not None:
+        return _weighted_cross_products(columns, yc, offsets, shift, np.asarray(weights, dtype=float), ones)
     for a in range(K):
         for b in range(a, K):
             if a in ones:
@@ -55,6 +68,48 @@ def unit_cross_products(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, cente
         Ly[:, a] = np.add.reduceat(yc if a in ones else columns[a] * yc, starts)
     yy = np.add.reduceat(yc * yc, starts)
     return UnitStats(n=np.diff(offsets).astype(np.float64), LL=LL, Ly=Ly, yy=yy, y_shift=shift)
+
+
+def unit_cross_products_many(L: np.ndarray, Y: np.ndarray, offsets: np.ndarray, center_y: bool = True,
+                             weights: np.ndarray | None = None) -> list[UnitStats]:
+    """unit_cross_products for several outcomes Y (N, M) on one design (plausible values): L'L and
+    the weight sums once, then L'y and y'y of every outcome in one vectorised pass over Y."""
+    first = unit_cross_products(L, Y[:, 0], offsets, center_y, weights)
+    M = Y.shape[1]
+    if M == 1:
+        return [first]
+    starts = offsets[:-1]
+    shifts = Y.mean(axis=0) if center_y else np.zeros(M)
+    Yc = Y[:, 1:] - shifts[1:]
+    WYc = Yc if weights is None else Yc * np.asarray(weights, dtype=float)[:, None]
+    K = L.shape[1]
+    Ly = np.empty((starts.size, K, M - 1))
+    for a in range(K):
+        col = L[:, a]
+        Ly[:, a, :] = np.add.reduceat(WYc if np.all(col == 1.0) else col[:, None] * WYc, starts, axis=0)
+    yy = np.add.reduceat(WYc * Yc, starts, axis=0)
+    out = [first]
+    for m in range(1, M):
+        out.append(UnitStats(n=first.n, LL=first.LL, Ly=np.ascontiguousarray(Ly[:, :, m - 1]), yy=yy[:, m - 1].copy(),
+                             y_shift=float(shifts[m]), records=first.records))
+    return out
+
+
+def _weighted_cross_products(columns, yc, offsets, shift, w, ones) -> UnitStats:
+    starts = offsets[:-1]
+    K, J = len(columns), starts.size
+    wcols = [w if a in ones else w * columns[a] for a in range(K)]
+    LL = np.empty((J, K, K))
+    Ly = np.empty((J, K))
+    for a in range(K):
+        for b in range(a, K):
+            prod = wcols[a] if b in ones else wcols[a] * columns[b]
+            LL[:, a, b] = LL[:, b, a] = np.add.reduceat(prod, starts)
+        Ly[:, a] = np.add.reduceat(wcols[a] * yc, starts)
+    wy = w * yc
+    yy = np.add.reduceat(wy * yc, starts)
+    return UnitStats(n=np.add.reduceat(w, starts), LL=LL, Ly=Ly, yy=yy, y_shift=shift,
+                     records=np.diff(offsets).astype(np.float64))
 
 
 @dataclass(frozen=True)
@@ -77,6 +132,15 @@ class ModelStats:
     ZXouter: np.ndarray | None  # (q(q+1)/2, J, p²): vec(ZX_j[a]' ZX_j[b]) for a ≤ b, when it fits in memory
     XX_units: np.ndarray  # (J, p, p) X_j'X_j, for the robust scores
     Xy_units: np.ndarray  # (J, p) X_j'y_j
+    w2: np.ndarray | None = None  # (J,) level-2 weights of a weighted (pseudo-likelihood) fit; None = unweighted
+
+    @property
+    def weighted(self) -> bool:
+        return self.w2 is not None
+
+    def unit_sum(self, x: np.ndarray) -> np.ndarray:
+        """Σ_j x_j over units (axis 0), each unit counted w_j times in a weighted fit."""
+        return x.sum(axis=0) if self.w2 is None else np.tensordot(self.w2, x, axes=(0, 0))
 
     @property
     def J(self) -> int:
@@ -91,25 +155,34 @@ class ModelStats:
         return self.ZZ.shape[1]
 
 
-def model_stats(unit: UnitStats, B: np.ndarray, random_mask: np.ndarray) -> ModelStats:
+def model_stats(unit: UnitStats, B: np.ndarray, random_mask: np.ndarray, w2: np.ndarray | None = None) -> ModelStats:
+    """The model's cross-products. With level-2 weights w2 (a weighted fit; ones when only level-1
+    weights are given) the totals are w_j-weighted sums and N = Σ_j w_j n_j, n_j the level-1
+    weight sums: each unit's pseudo-log-likelihood counts w_j times."""
     r = np.flatnonzero(random_mask)
     LB = np.matmul(unit.LL, B)  # (J, K, p)
     ZX = LB[:, r, :]
     XX_units = np.matmul(np.swapaxes(B, 1, 2), LB)
     Xy_units = np.einsum("jkp,jk->jp", B, unit.Ly)
-    XX = XX_units.sum(axis=0)
-    return _assemble(int(unit.n.sum()), unit.n, np.ascontiguousarray(unit.LL[:, r][:, :, r]),
+    if w2 is None:
+        N, XX, Xy, yy = int(unit.n.sum()), XX_units.sum(axis=0), Xy_units.sum(axis=0), float(unit.yy.sum())
+    else:
+        w2 = np.asarray(w2, dtype=float)
+        N = float(w2 @ unit.n)
+        XX = np.tensordot(w2, XX_units, axes=(0, 0))
+        Xy, yy = w2 @ Xy_units, float(w2 @ unit.yy)
+    return _assemble(N, unit.n, np.ascontiguousarray(unit.LL[:, r][:, :, r]),
                      np.ascontiguousarray(unit.Ly[:, r]), np.ascontiguousarray(ZX), (XX + XX.T) / 2,
-                     Xy_units.sum(axis=0), float(unit.yy.sum()), B, r, XX_units, Xy_units)
+                     Xy, yy, B, r, XX_units, Xy_units, w2)
 
 
-def _assemble(N, n, ZZ, Zy, ZX, XX, Xy, yy, B, r, XX_units, Xy_units) -> ModelStats:
+def _assemble(N, n, ZZ, Zy, ZX, XX, Xy, yy, B, r, XX_units, Xy_units, w2=None) -> ModelStats:
     return ModelStats(
         N=N, n=n, ZZ=ZZ, Zy=Zy, ZX=ZX, XX=XX, Xy=Xy, yy=yy, B=B, random=r,
         ZXt=np.ascontiguousarray(np.transpose(ZX, (1, 0, 2))),
         ZZc=np.ascontiguousarray(np.transpose(ZZ, (1, 2, 0))),
         Zyc=np.ascontiguousarray(Zy.T),
-        ZXouter=_outer_products(ZX), XX_units=XX_units, Xy_units=Xy_units,
+        ZXouter=_outer_products(ZX), XX_units=XX_units, Xy_units=Xy_units, w2=w2,
     )
 
 
@@ -123,7 +196,7 @@ def transform_random(stats: ModelStats, A: np.ndarray) -> ModelStats:
     Zy = stats.Zy @ A
     ZX = np.einsum("ba,jbp->jap", A, stats.ZX)
     return _assemble(stats.N, stats.n, np.ascontiguousarray(ZZ), np.ascontiguousarray(Zy), np.ascontiguousarray(ZX),
-                     stats.XX, stats.Xy, stats.yy, stats.B, stats.random, stats.XX_units, stats.Xy_units)
+                     stats.XX, stats.Xy, stats.yy, stats.B, stats.random, stats.XX_units, stats.Xy_units, stats.w2)
 
 
 OUTER_LIMIT_BYTES = 256 * 2**20

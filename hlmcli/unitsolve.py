@@ -26,6 +26,18 @@ Gradient with respect to G (symmetric convention d(G + E) ≈ d(G) + tr(ΓE)), f
 
 where σ² is σ̂² when profiled, or the given value for the unprofiled deviance. The chain rule for
 G = ΛΛ' gives ∂d/∂Λ = 2ΓΛ.
+
+Sampling weights (multilevel pseudo-ML; Pfeffermann et al. 1998, Rabe-Hesketh & Skrondal 2006).
+With level-1 weights w_i|j and level-2 weights w_j the pseudo-log-likelihood is
+Σ_j w_j log ∫ Π_i f(y_ij | u)^{w_i|j} φ(u; τ) du. For the normal model the integrand is a Gaussian
+in u whose algebra is the above with W_j = diag(w_i|j) inside every cross-product (A_j = Z_j'W_jZ_j,
+Z_j'W_jX_j, Z_j'W_jy_j, X_j'W_jX_j, y_j'W_jy_j) and n_j = Σ_i w_i|j, so
+
+    −2 log PL = Σ_j w_j log|M_j| + N_w log(2πσ²) + rss/σ²,   N_w = Σ_j w_j n_j,
+
+with P, c, y'(σ²V⁻¹)y, rss and every sum over units in Γ taken w_j-weighted (sufficient.py builds
+the weighted cross-products; here only the sums over units change). ν = N_w (ML) or N_w − p.
+With all weights 1 (stats.w2 None) nothing differs from the unweighted formulas.
 """
 
 from __future__ import annotations
@@ -164,11 +176,16 @@ class UnitSolve:
         p = self.P.shape[0]
         return np.linalg.solve(self.cholP.T, np.linalg.solve(self.cholP, np.eye(p)))
 
+    def unit_sum(self, x: np.ndarray) -> np.ndarray:
+        """Σ_j x_j over the last (unit) axis, each unit counted w_j times in a weighted fit."""
+        w = self.stats.w2
+        return x.sum(axis=-1) if w is None else x @ w
+
     def log_det_P(self) -> float:
         return 2.0 * float(np.log(np.diag(self.cholP)).sum())
 
     # ---------------------------------------------------------------- likelihood pieces
-    def dof(self, reml: bool) -> int:
+    def dof(self, reml: bool) -> float:
         return self.stats.N - self.stats.p if reml else self.stats.N
 
     def sigma2_hat(self, reml: bool) -> float:
@@ -176,7 +193,7 @@ class UnitSolve:
 
     def profiled_deviance(self, reml: bool) -> float:
         nu = self.dof(reml)
-        d = float(self.logdet.sum()) + nu * (1.0 + LOG_2PI + np.log(self.rss / nu))
+        d = float(self.unit_sum(self.logdet)) + nu * (1.0 + LOG_2PI + np.log(self.rss / nu))
         return d + self.log_det_P() if reml else d
 
     def rounding_noise(self, reml: bool) -> float:
@@ -193,7 +210,7 @@ class UnitSolve:
     def deviance(self, sigma2: float, reml: bool) -> float:
         """The deviance at this G and a given σ² (γ at its GLS value), as lmerTest's devfun_vp."""
         N, p = self.stats.N, self.stats.p
-        d = float(self.logdet.sum()) + self.rss / sigma2 + N * (LOG_2PI + np.log(sigma2))
+        d = float(self.unit_sum(self.logdet)) + self.rss / sigma2 + N * (LOG_2PI + np.log(sigma2))
         if reml:
             d += self.log_det_P() - p * (LOG_2PI + np.log(sigma2))
         return d
@@ -204,7 +221,8 @@ class UnitSolve:
         s2 = self.sigma2_hat(reml) if sigma2 is None else sigma2
         H = self.H
         v = cmv(H, self.Ze())
-        Gamma = cmm(H, st.ZZc).sum(axis=2) - (v @ v.T) / s2
+        vw = v if st.w2 is None else v * st.w2
+        Gamma = self.unit_sum(cmm(H, st.ZZc)) - (vw @ v.T) / s2
         if reml:
             Pinv = self.Pinv()
             J = st.J
@@ -216,12 +234,13 @@ class UnitSolve:
                 ZP = [st.ZXt[a] @ Pinv for a in range(q)]
                 for a, b in _pairs(q):
                     R[a, b] = R[b, a] = np.einsum("jp,jp->j", ZP[a], st.ZXt[b])
-            Gamma -= cmm(cmm(H, R), H.transpose(1, 0, 2)).sum(axis=2)
+            Gamma -= self.unit_sum(cmm(cmm(H, R), H.transpose(1, 0, 2)))
         return 0.5 * (Gamma + Gamma.T)
 
     # ---------------------------------------------------------------- quantities for inference
     def XVe_units(self) -> np.ndarray:
-        """σ²X_j'V_j⁻¹e_j per unit (J, p): the scores of γ, for the cluster-robust sandwich."""
+        """σ²X_j'V_j⁻¹e_j per unit (J, p): the scores of γ, for the cluster-robust sandwich (in a
+        weighted fit, unit j's pseudo-score is w_j times this over σ²)."""
         st = self.stats
         Xe = st.Xy_units - st.XX_units @ self.gamma
         KZe = cmv(self.K, self.Ze())
@@ -247,14 +266,15 @@ def unit_solve(stats: ModelStats, lam: np.ndarray) -> UnitSolve:
         M[a, a] += 1.0
     Minv, logdets = spd_inverse_logdet(M)
     K = sandwich(lam.T, Minv)
-    KZy = cmv(K, stats.Zyc)
+    Kw = K if stats.w2 is None else K * stats.w2  # each unit's term counted w_j times
+    KZy = cmv(Kw, stats.Zyc)
     # Σ_j ZX_j'K_jZX_j as q² weighted cross-products (BLAS), never forming K_jZX_j per unit
     P = stats.XX.copy()
     for k, (a, b) in enumerate(_pairs(q)):
         if stats.ZXouter is not None:
-            block = (K[a, b] @ stats.ZXouter[k]).reshape(p, p)
+            block = (Kw[a, b] @ stats.ZXouter[k]).reshape(p, p)
         else:
-            block = (stats.ZXt[a] * K[a, b][:, None]).T @ stats.ZXt[b]
+            block = (stats.ZXt[a] * Kw[a, b][:, None]).T @ stats.ZXt[b]
         P -= block if a == b else block + block.T
     P = 0.5 * (P + P.T)
     c = stats.Xy - sum(stats.ZXt[a].T @ KZy[a] for a in range(q))

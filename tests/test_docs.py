@@ -67,3 +67,49 @@ def test_readme_states_the_two_commands_and_ci_runs_the_test_one():
 def test_readme_shows_the_current_output():
     golden = (ROOT / "tests" / "golden" / "hsb_m4.txt").read_text(encoding="utf-8")
     assert golden[golden.index("Final Results"):] in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _readme_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+
+
+@pytest.fixture
+def in_scratch_copy(tmp_path, monkeypatch):
+    """A scratch folder that sees the repository's sample data, so README commands write nothing here."""
+    (tmp_path / "sample_data").symlink_to(ROOT / "sample_data")
+    (tmp_path / "docs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HLMCLI_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_readme_notebook_example_runs(in_scratch_copy, capsys):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("jinja2")
+    (code,) = [b for b in _readme_blocks("python") if "hlmcli.fit(" in b]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    res = namespace["res"]
+    assert len(namespace["schools_eb"]) == 160
+    assert namespace["text"].startswith("hlmcli ") and namespace["doc"].startswith("{")
+    assert "\\begin{tabular}" in namespace["latex"]
+    assert (in_scratch_copy / "caterpillar.png").exists()
+    assert abs(res.deviance - 46638.6024) < 1e-3  # hsb_m4 in tests/data/hlm7_cases.json
+
+
+def test_readme_plot_commands_regenerate_the_images(in_scratch_copy):
+    pytest.importorskip("matplotlib")
+    import shlex
+
+    from conftest import hlmcli
+
+    commands = [line for b in _readme_blocks("sh") for line in b.splitlines() if line.startswith("hlmcli plot")]
+    assert len(commands) == 2
+    for line in commands:
+        args = shlex.split(line)[1:]
+        image = args[args.index("-o") + 1]
+        assert f"]({image})" in (ROOT / "README.md").read_text(encoding="utf-8")
+        assert (ROOT / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the committed picture
+        proc = hlmcli(*args, cwd=in_scratch_copy)
+        assert proc.returncode == 0, proc.stderr
+        assert (in_scratch_copy / image).stat().st_size > 10_000

@@ -244,8 +244,8 @@ def test_syntax_error_shows_a_caret(hsb_loaded):
 
 def test_hlm_file_unsupported_key_is_refused(hsb_loaded, tmp_path):
     path = tmp_path / "x.hlm"
-    path.write_text("level1:MATHACH=INTRCPT1+RANDOM\nlevel1weight:WT\n")
-    with pytest.raises(ModelError, match="line 2: 'level1weight:WT' is not supported"):
+    path.write_text("level1:MATHACH=INTRCPT1+RANDOM\nvarianceknown:V\n")
+    with pytest.raises(ModelError, match="line 2: 'varianceknown:V' is not supported"):
         parse_hlm_file(path, variables_of(hsb_loaded))
     path.write_text("level1:MATHACH=INTRCPT1+RANDOM\nnonlin:binomial\n")
     with pytest.raises(ModelError, match="nonlin:binomial"):
@@ -253,6 +253,13 @@ def test_hlm_file_unsupported_key_is_refused(hsb_loaded, tmp_path):
     path.write_text("level1:MATHACH=INTRCPT1+RANDOM\nfrobnicate:y\n")
     with pytest.raises(ModelError, match="the key 'frobnicate' is not supported"):
         parse_hlm_file(path, variables_of(hsb_loaded))
+
+
+def test_hlm_file_weights_are_read(hsb_loaded, tmp_path):
+    path = tmp_path / "x.hlm"
+    path.write_text("level1:MATHACH=INTRCPT1+RANDOM\nlevel1weight:WT\nlevel2weight:none\n")
+    spec = parse_hlm_file(path, variables_of(hsb_loaded))
+    assert (spec.options.weight1, spec.options.weight2) == ("WT", None)
 
 
 def test_hlm_file_gui_keys_are_accepted(hsb_loaded, tmp_path):

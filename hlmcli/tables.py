@@ -1,0 +1,195 @@
+"""Tables for papers, from fits' JSON documents (a fresh fit or saved `--format json` files).
+
+- `tidy`: broom's column names, one row per fixed effect (and per variance component), as CSV;
+- `fit_table`: one fit's fixed-effects and variance-component tables as csv, markdown, latex or html;
+- `side_by_side`: several fits in columns, as modelsummary and texreg print them.
+
+Escaping and layout come from maintained libraries: pandas' Styler (jinja2) for LaTeX and HTML,
+tabulate (through pandas) for Markdown. Both are the optional extra `hlmcli[tables]`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import HlmError, ModelError
+from .results import information_criteria, term_name
+
+FORMATS = ("csv", "markdown", "latex", "html")
+
+
+class MissingExtra(HlmError):
+    """An optional dependency is not installed."""
+
+
+def _t_quantile(level: float, df) -> float:
+    from scipy import special
+
+    if df is None or (isinstance(df, float) and math.isnan(df)):
+        return float("nan")
+    return float(special.stdtrit(float(df), 0.5 + level / 2))
+
+
+def tidy(fit: dict, conf_level: float = 0.95) -> pd.DataFrame:
+    """broom-style rows: effect ("fixed" or "ran_pars"), term, estimate, std_error, statistic, df,
+    p_value, conf_low, conf_high, then robust_std_error, robust_statistic, robust_p_value,
+    robust_conf_low, robust_conf_high, and HLM's gamma label. Variance components are rows
+    "var__<coefficient>" and "var__Residual" with HLM's χ² test as statistic."""
+    rows = []
+    for f in fit["fixed_effects"]:
+        t = _t_quantile(conf_level, f["df"])
+        rows.append({
+            "effect": "fixed", "term": term_name(f["coefficient"], f["predictor"]),
+            "estimate": f["estimate"], "std_error": f["se"], "statistic": f["t"], "df": f["df"], "p_value": f["p"],
+            "conf_low": f["estimate"] - t * f["se"], "conf_high": f["estimate"] + t * f["se"],
+            "robust_std_error": f["robust_se"], "robust_statistic": f["robust_t"], "robust_p_value": f["robust_p"],
+            "robust_conf_low": f["estimate"] - t * f["robust_se"], "robust_conf_high": f["estimate"] + t * f["robust_se"],
+            "gamma": f["gamma"],
+        })
+    for v in fit["variance_components"]:
+        rows.append({"effect": "ran_pars", "term": f"var__{'Residual' if v['label'] == 'r' else v['effect']}",
+                     "estimate": v["variance"], "statistic": v["chi2"], "df": v["df"], "p_value": v["p"],
+                     "gamma": v["label"]})
+    columns = ["effect", "term", "estimate", "std_error", "statistic", "df", "p_value", "conf_low", "conf_high",
+               "robust_std_error", "robust_statistic", "robust_p_value", "robust_conf_low", "robust_conf_high", "gamma"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _p(p) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return ""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _f(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return f"{x:.{digits}f}"
+
+
+def _df(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return f"{x:g}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def fit_frames(fit: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two tables of one fit, as text cells ready to print."""
+    fixed = pd.DataFrame([{
+        "Fixed effect": f"{term_name(f['coefficient'], f['predictor'])} ({f['gamma'].replace('γ', 'g')})",
+        "Coefficient": _f(f["estimate"]), "SE": _f(f["se"]), "t-ratio": _f(f["t"], 2), "d.f.": _df(f["df"]),
+        "p-value": _p(f["p"]), "Robust SE": _f(f["robust_se"]), "Robust p-value": _p(f["robust_p"]),
+    } for f in fit["fixed_effects"]])
+    var = pd.DataFrame([{
+        "Random effect": "level-1, r" if v["label"] == "r" else f"{v['effect']}, {v['label']}",
+        "SD": _f(v["sd"]), "Variance": _f(v["variance"]), "d.f.": _df(v["df"]), "Chi-square": _f(v["chi2"], 2),
+        "p-value": _p(v["p"]),
+    } for v in fit["variance_components"]])
+    return fixed, var
+
+
+def _render(frame: pd.DataFrame, fmt: str, index: bool) -> str:
+    if fmt == "csv":
+        return frame.to_csv(index=index, lineterminator="\n")
+    if fmt == "markdown":
+        try:
+            import tabulate  # noqa: F401
+        except ImportError:
+            raise MissingExtra("Markdown tables need tabulate, which is not installed; "
+                               "install it with: pip install 'hlmcli[tables]'") from None
+        return frame.to_markdown(index=index, disable_numparse=True, colalign=["left"] + ["right"] * (frame.shape[1] - (0 if index else 1))) + "\n"
+    try:
+        import jinja2  # noqa: F401
+    except ImportError:
+        raise MissingExtra(f"{'LaTeX' if fmt == 'latex' else 'HTML'} tables need jinja2, which is not installed; "
+                           "install it with: pip install 'hlmcli[tables]'") from None
+    styler = frame.style
+    if not index:
+        styler = styler.hide(axis="index")
+    if fmt == "latex":
+        styler = styler.format(escape="latex").format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+        columns = ("l" if index else "") + "l" + "r" * (frame.shape[1] - 1)
+        return styler.to_latex(hrules=True, column_format=columns)
+    if fmt == "html":
+        styler = styler.format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+        return styler.to_html()
+    raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
+
+
+def fit_table(fit: dict, fmt: str) -> str:
+    """One fit's tables: CSV is the tidy table; the other formats give the fixed effects, then the
+    variance components and the deviance."""
+    if fmt == "csv":
+        return tidy(fit).to_csv(index=False, lineterminator="\n", float_format="%.10g")
+    if fmt not in FORMATS:
+        raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    fixed, var = fit_frames(fit)
+    _, aic, bic = information_criteria(fit)
+    stats = pd.DataFrame([{"Statistic": "Deviance", "Value": f"{fit['deviance']:.2f}"},
+                          {"Statistic": f"Estimated parameters ({fit['method']}, HLM count)", "Value": str(fit["n_params"])},
+                          {"Statistic": "AIC", "Value": f"{aic:.2f}"}, {"Statistic": "BIC", "Value": f"{bic:.2f}"},
+                          {"Statistic": "N (level 1)", "Value": str(fit["n_level1"])},
+                          {"Statistic": "J (level 2)", "Value": str(fit["n_level2"])}])
+    sep = {"markdown": "\n", "latex": "\n", "html": "\n"}[fmt]
+    return sep.join(_render(frame, fmt, index=False) for frame in (fixed, var, stats))
+
+
+def side_by_side(fits: Sequence[dict], names: Sequence[str]) -> pd.DataFrame:
+    """Models in columns: each fixed effect's estimate with its SE in parentheses below, then the
+    variance components, deviance, AIC, BIC, N and J (as modelsummary and texreg lay them out)."""
+    if len(fits) != len(names):
+        raise ModelError("give one name per model")
+    terms: list[str] = []
+    for fit in fits:
+        for f in fit["fixed_effects"]:
+            t = term_name(f["coefficient"], f["predictor"])
+            if t not in terms:
+                terms.append(t)
+    var_rows: list[str] = []
+    for fit in fits:
+        for v in fit["variance_components"]:
+            label = "Var: Residual" if v["label"] == "r" else f"Var: {v['effect']}"
+            if label not in var_rows:
+                var_rows.append(label)
+    var_rows = [r for r in var_rows if r != "Var: Residual"] + ["Var: Residual"]
+    index: list[str] = []
+    for t in terms:
+        index += [t, f"{t} (SE)"]
+    index += var_rows + ["Deviance", "AIC", "BIC", "Method", "N", "J"]
+    table = pd.DataFrame("", index=index, columns=list(names))
+    for fit, name in zip(fits, names):
+        for f in fit["fixed_effects"]:
+            t = term_name(f["coefficient"], f["predictor"])
+            table.loc[t, name] = _f(f["estimate"])
+            table.loc[f"{t} (SE)", name] = f"({_f(f['se'])})"
+        for v in fit["variance_components"]:
+            label = "Var: Residual" if v["label"] == "r" else f"Var: {v['effect']}"
+            table.loc[label, name] = _f(v["variance"])
+        _, aic, bic = information_criteria(fit)
+        table.loc["Deviance", name] = f"{fit['deviance']:.2f}"
+        table.loc["AIC", name] = f"{aic:.2f}"
+        table.loc["BIC", name] = f"{bic:.2f}"
+        table.loc["Method", name] = fit["method"]
+        table.loc["N", name] = str(fit["n_level1"])
+        table.loc["J", name] = str(fit["n_level2"])
+    # The SE rows print with an empty label, as in the papers' tables.
+    table.index = [("" if i.endswith(" (SE)") else i) for i in table.index]
+    return table
+
+
+def side_by_side_text(fits: Sequence[dict], names: Sequence[str], fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    table = side_by_side(fits, names)
+    table.insert(0, " ", table.index)
+    return _render(table.reset_index(drop=True), fmt, index=False)
+
+
+def latex_document(body: str) -> str:
+    """A minimal document around a table (tables use booktabs' rules), for checking that it compiles."""
+    return ("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body
+            + "\n\\end{document}\n")

@@ -1,0 +1,153 @@
+"""Sampling weights: which columns, checked and normalised for the records and units a design keeps.
+
+The fit itself is multilevel pseudo-maximum likelihood (unitsolve.py's docstring): level-1 weights
+enter the per-unit cross-products, level-2 weights multiply each unit's contribution.
+
+Normalisation (`normalize`):
+- ``none``: the weights as given;
+- ``cluster``: level-1 weights scaled to sum to n_j (the unit's records) in each unit, level-2
+  weights scaled to sum to J (Pfeffermann et al. 1998, "method 2");
+- ``total``: level-1 weights scaled to sum to N over all records, level-2 weights to sum to J.
+Scaling the level-2 weights by a constant changes no estimate and no sandwich SE; it changes the
+pseudo-deviance only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ModelError
+
+NORMALIZATIONS = ("none", "cluster", "total")
+# Which normalisation HLM 7 applies is not verified (see README): 'cluster' is the documented
+# candidate (level-1 weights to n_j within each unit, level-2 weights to J).
+DEFAULT_NORMALIZATION = "cluster"
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    level1: str | None = None
+    level2: str | None = None
+    normalize: str = DEFAULT_NORMALIZATION
+
+    @property
+    def any(self) -> bool:
+        return bool(self.level1 or self.level2)
+
+
+@dataclass
+class Weights:
+    spec: WeightSpec
+    w1: np.ndarray | None  # (N,) level-1 weights of the records kept, normalised; None = no level-1 weights
+    w2: np.ndarray  # (J,) level-2 weights of the units kept, normalised (ones when none are given)
+    notes: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        def summary(w):
+            return None if w is None else {"sum": float(w.sum()), "min": float(w.min()), "max": float(w.max())}
+
+        return {"level1": self.spec.level1, "level2": self.spec.level2, "normalize": self.spec.normalize,
+                "level1_summary": summary(self.w1), "level2_summary": summary(self.w2) if self.spec.level2 else None,
+                "estimator": "multilevel pseudo-maximum likelihood (Rabe-Hesketh & Skrondal 2006)",
+                "notes": list(self.notes),
+                "standard_errors": "robust (sandwich) clustered on level-2 units, as WeMix: J/(J-1) small-sample factor"}
+
+
+def _source_name(archive, role: str, fallback: str) -> str:
+    for s in getattr(archive, "sources", []) or []:
+        if s.role == role:
+            return s.name
+    return fallback
+
+
+def _check(values: np.ndarray, where, file: str, column: str, zero_ok: bool) -> None:
+    """Refuse a missing, non-finite, negative (or zero, where not allowed) weight, naming its row."""
+    bad = ~np.isfinite(values) | (values < 0) | ((values == 0) if not zero_ok else False)
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad)[0])
+    v = values[i]
+    what = ("missing" if np.isnan(v) else "not finite" if not np.isfinite(v) else "negative" if v < 0
+            else "zero")
+    rule = "weights must be positive numbers" if not zero_ok else "weights must be finite and not negative"
+    raise ModelError(f"{file}: column {column}: the weight of {where(i)} is {what} ({v:g}); {rule} "
+                     f"({int(bad.sum())} bad value{'s' if bad.sum() != 1 else ''} in all)")
+
+
+def resolve(spec: WeightSpec, archive, design) -> Weights:
+    """The weights of the records and units `design` keeps, checked and normalised."""
+    if spec.normalize not in NORMALIZATIONS:
+        raise ModelError(f"--normalize {spec.normalize}: use one of {', '.join(NORMALIZATIONS)}")
+    offsets = design.offsets
+    J, N = design.n_units, design.n
+    w1 = None
+    if spec.level1:
+        name = _find(spec.level1, archive.level1_names, "level-1", archive.level2_names)
+        col = archive.level1_column(name)
+        pos = design.record_positions
+        w1 = np.array(col if pos is None else col[pos], dtype=float)
+        file = _source_name(archive, "level-1", "the level-1 file")
+
+        def where(i):
+            j = int(np.searchsorted(offsets, i, side="right") - 1)
+            rec = int(i - offsets[j] + 1)
+            arch = int(pos[i] if pos is not None else i) + 1
+            return f"record {rec} of unit {design.unit_ids[j]} (archive record {arch})"
+
+        _check(w1, where, file, name, zero_ok=True)
+        sums = np.add.reduceat(w1, offsets[:-1])
+        if np.any(sums <= 0):
+            j = int(np.flatnonzero(sums <= 0)[0])
+            raise ModelError(f"{file}: column {name}: every level-1 weight of unit {design.unit_ids[j]} is zero; "
+                             "a unit needs a positive weight sum (drop the unit from the data instead)")
+        sizes = np.diff(offsets).astype(float)
+        if spec.normalize == "cluster":
+            w1 = w1 * np.repeat(sizes / sums, np.diff(offsets))
+        elif spec.normalize == "total":
+            w1 = w1 * (N / w1.sum())
+    if spec.level2:
+        name = _find(spec.level2, archive.level2_names, "level-2", archive.level1_names)
+        w2 = np.array(archive.level2_column(name)[design.unit_positions], dtype=float)
+        file = _source_name(archive, "level-2", "the level-2 file")
+        _check(w2, lambda j: f"unit {design.unit_ids[j]}", file, name, zero_ok=False)
+        if spec.normalize in ("cluster", "total"):
+            w2 = w2 * (J / w2.sum())
+    else:
+        w2 = np.ones(J)
+    return Weights(spec, w1, w2)
+
+
+def _find(name: str, names: list[str], level: str, other: list[str]) -> str:
+    by_lower = {n.lower(): n for n in names}
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    hint = (f"; {name} is a {'level-2' if level == 'level-1' else 'level-1'} variable" if name.lower() in
+            {n.lower() for n in other} else "")
+    raise ModelError(f"the {level} weight {name} is not a {level} variable{hint}; {level} variables: "
+                     f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+
+
+def weighting_lines(weights: Weights | None) -> list[str]:
+    """HLM's "Weighting Specification" block (layout as HLM 6/7 print it) and how the fit used them."""
+    if weights is None:
+        return []
+    sp = weights.spec
+    normalized = "yes" if sp.normalize != "none" else "no"
+
+    def row(level, name):
+        return f" {level:<17}{'yes' if name else 'no':<10}{name or '':<14}{normalized if name else ''}".rstrip()
+
+    lines = ["", " Weighting Specification", " -----------------------",
+             "                        Weight", "                        Variable",
+             "               Weighting?   Name        Normalized?",
+             row("Level 1", sp.level1), row("Level 2", sp.level2), row("Precision", None), ""]
+    how = {"none": "as given", "cluster": "level-1 weights scaled to sum to n_j in each unit, level-2 weights to sum to J",
+           "total": "level-1 weights scaled to sum to N, level-2 weights to sum to J"}[sp.normalize]
+    lines += [f" Normalization: {sp.normalize} ({how})",
+              " Estimation: multilevel pseudo-maximum likelihood (Rabe-Hesketh & Skrondal 2006)",
+              " With sampling weights the robust standard errors (sandwich, clustered on level-2 units)",
+              " are the ones to report; the model-based ones assume the weights carry no information."]
+    lines += [f" Note: {n}" for n in weights.notes]
+    return lines

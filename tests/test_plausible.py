@@ -1,0 +1,193 @@
+"""Plausible values and imputed files: Rubin's rules against a plain loop over separate fits with the
+formulas written out here, against mice::pool.scalar (numbers stored in tests/data/weights/), and the
+command line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from hlmcli.archive import BuildOptions, build_from_files
+from hlmcli.design import variables_of
+from hlmcli.equations import RunOptions, spec_from_inputs
+from hlmcli.pipeline import analyse
+from hlmcli.plausible import analyse_plausible, combine, outcome_columns, rubin
+from hlmcli.weights import WeightSpec
+
+from conftest import hlmcli
+
+WDATA = Path(__file__).resolve().parent / "data" / "weights"
+M = 5
+
+
+def make_pv_files(d: Path) -> tuple[Path, Path]:
+    """HSB with five deterministic-seed plausible values of MATHACH (MATHACH plus noise)."""
+    rng = np.random.default_rng(20261123)
+    l1 = pd.read_csv(WDATA / "hsbw_l1.csv")
+    for k in range(1, M + 1):
+        l1[f"PV{k}MATH"] = np.round(l1.MATHACH + rng.normal(0, 2.5, len(l1)) + 0.3 * k * l1.SES, 4)
+    l1.to_csv(d / "pv_l1.csv", index=False)
+    (d / "l2.csv").write_text((WDATA / "hsbw_l2.csv").read_text())
+    return d / "pv_l1.csv", d / "l2.csv"
+
+
+@pytest.fixture(scope="module")
+def pvdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pv")
+    make_pv_files(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def pv_archive(pvdir):
+    return build_from_files(pvdir / "pv_l1.csv", pvdir / "l2.csv", BuildOptions(id1="ID", id2="ID"))
+
+
+def _spec(archive, outcome="PV1MATH", method="ML"):
+    spec = spec_from_inputs(f"{outcome} = b0 + b1*SES + r", ["b0 = g00 + g01*SECTOR + u0", "b1 = g10"], None,
+                            variables_of(archive), RunOptions())
+    return replace(spec, options=replace(spec.options, method=method))
+
+
+OUTCOMES = [f"PV{k}MATH" for k in range(1, M + 1)]
+
+
+def plain_rubin(fits, kind):
+    """Rubin's rules written out, one coefficient at a time, from separate fits."""
+    out = []
+    p = fits[0].fixed.gamma.size
+    for k in range(p):
+        q = [f.fixed.gamma[k] for f in fits]
+        u = [(f.fixed.se[k] if kind == "model" else f.fixed.robust_se[k]) ** 2 for f in fits]
+        m = len(q)
+        qbar = sum(q) / m
+        ubar = sum(u) / m
+        b = sum((x - qbar) ** 2 for x in q) / (m - 1)
+        t = ubar + (1 + 1 / m) * b
+        lam = max((1 + 1 / m) * b / t, 1e-4)
+        riv = (1 + 1 / m) * b / ubar
+        dfcom = fits[0].fixed.df[k]
+        dfold = (m - 1) / lam ** 2
+        dfobs = (dfcom + 1) / (dfcom + 3) * dfcom * (1 - lam)
+        df = dfold * dfobs / (dfold + dfobs)
+        fmi = (riv + 2 / (df + 3)) / (riv + 1)
+        tval = qbar / t ** 0.5
+        out.append({"estimate": qbar, "within": ubar, "between": b, "total": t, "se": t ** 0.5, "df": df,
+                    "fmi": fmi, "riv": riv, "t": tval, "p": 2 * sps.t.sf(abs(tval), df)})
+    return out
+
+
+@pytest.mark.parametrize("weights", [None, WeightSpec("W1", "W2", "cluster")], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("method", ["REML", "ML"])
+def test_rubin_matches_a_plain_loop_over_separate_fits(pv_archive, weights, method):
+    together = analyse_plausible(_spec(pv_archive, method=method), pv_archive, OUTCOMES, weights=weights)
+    separate = [analyse(_spec(pv_archive, o, method), pv_archive, weights=weights) for o in OUTCOMES]
+    for a, b in zip(together, separate):
+        # the one-pass cross-products and the previous fit's start give the same optimum, to the
+        # optimiser's precision (both certified)
+        assert a.result.converged and b.result.converged
+        assert np.allclose(a.fixed.gamma, b.fixed.gamma, rtol=1e-7)
+        assert np.allclose(a.fixed.robust_se, b.fixed.robust_se, rtol=1e-7)
+        assert np.isclose(a.result.sigma2, b.result.sigma2, rtol=1e-7)
+    c = combine(together)
+    for kind, key in (("model", "fixed_effects"), ("robust", "fixed_effects_robust")):
+        # the formulas exactly, on the very fits combined ...
+        for row, e in zip(c[key], plain_rubin(together, kind)):
+            for name, v in e.items():
+                assert row[name] == pytest.approx(v, rel=1e-9), (kind, row["gamma"], name)
+        # ... and on fits made one by one, each with its own design and cross-products
+        for row, e in zip(c[key], plain_rubin(separate, kind)):
+            for name, v in e.items():
+                assert row[name] == pytest.approx(v, rel=1e-5), (kind, row["gamma"], name)
+    assert c["sigma2"] == pytest.approx(np.mean([f.result.sigma2 for f in separate]), rel=1e-7)
+    assert c["tau"][0][0] == pytest.approx(np.mean([f.result.tau[0, 0] for f in separate]), rel=1e-6)
+
+
+def test_rubin_matches_mice_pool_scalar():
+    """mice 3.x pool.scalar on fixed inputs (tests/data/weights/mice_pool_scalar.json, made by
+    tests/reference_scripts/mice_pool_scalar.R)."""
+    path = WDATA / "mice_pool_scalar.json"
+    if not path.exists():
+        pytest.skip("mice reference numbers not generated (r-cran-mice not installed where the data were made)")
+    ref = json.loads(path.read_text())
+    for case in ref["cases"]:
+        Q, U, dfcom = np.array(case["Q"]), np.array(case["U"]), case["n"] - case["k"]
+        r = rubin(Q[:, None], U[:, None, None], np.array([dfcom]))
+        assert r["estimate"][0] == pytest.approx(case["qbar"], rel=1e-10)
+        assert r["within"][0] == pytest.approx(case["ubar"], rel=1e-10)
+        assert r["between"][0] == pytest.approx(case["b"], rel=1e-10)
+        assert r["total"][0] == pytest.approx(case["t"], rel=1e-10)
+        assert r["df"][0] == pytest.approx(case["df"], rel=1e-8)
+        assert r["riv"][0] == pytest.approx(case["r"], rel=1e-10)
+        assert r["fmi"][0] == pytest.approx(case["fmi"], rel=1e-8)
+
+
+def test_outcome_columns():
+    names = ["ID", "PV1MATH", "PV2MATH", "PV1READ", "PV10MATH", "SES"]
+    assert outcome_columns("PV*MATH", names) == ["PV1MATH", "PV2MATH", "PV10MATH"]
+    assert outcome_columns("pv1math, PV2MATH", names) == ["PV1MATH", "PV2MATH"]
+    from hlmcli.errors import ModelError
+
+    for bad in ("PV*SCIE", "PV1MATH", "PV1MATH,NOPE", "PV1MATH,PV1MATH"):
+        with pytest.raises(ModelError):
+            outcome_columns(bad, names)
+
+
+def test_plausible_values_must_be_missing_together(tmp_path):
+    l1 = pd.read_csv(WDATA / "hsbw_l1.csv")
+    l1["PV1"] = l1.MATHACH
+    l1["PV2"] = l1.MATHACH + 1
+    l1.loc[5, "PV2"] = np.nan
+    l1.to_csv(tmp_path / "l1.csv", index=False)
+    (tmp_path / "l2.csv").write_text((WDATA / "hsbw_l2.csv").read_text())
+    arch = build_from_files(tmp_path / "l1.csv", tmp_path / "l2.csv", BuildOptions(id1="ID", id2="ID"))
+    from hlmcli.errors import ModelError
+
+    with pytest.raises(ModelError, match="missing on different records"):
+        analyse_plausible(_spec(arch, "PV1"), arch, ["PV1", "PV2"])
+
+
+MODEL = ["-1", "PV1MATH = b0 + b1*SES + r", "-2", "b0 = g00 + g01*SECTOR + u0", "-2", "b1 = g10"]
+
+
+def test_cli_plausible_values_and_imputed_files_agree(pvdir):
+    l1, l2 = pvdir / "pv_l1.csv", pvdir / "l2.csv"
+    pv = hlmcli("fit", l1, l2, "--id", "ID", *MODEL, "--weight1", "W1", "--weight2", "W2",
+                "--plausible-values", "PV*MATH", "--format", "json", cwd=pvdir, check=True)
+    doc = json.loads(pv.stdout)
+    assert doc["combining"]["m"] == M and doc["combining"]["outcomes"] == OUTCOMES
+    assert "Rubin" in doc["combining"]["rule"]
+    assert doc["weights"]["level1"] == "W1" and doc["weights"]["normalize"] == "cluster"
+    assert len(doc["fits"]) == M
+    # the same five data sets as separate complete files, one per imputation
+    frame = pd.read_csv(l1)
+    files = []
+    for k in range(1, M + 1):
+        f = pvdir / f"imp{k}.csv"
+        frame.assign(PV1MATH=frame[f"PV{k}MATH"]).to_csv(f, index=False)
+        files.append(f)
+    imp = hlmcli("fit", files[0], l2, "--id", "ID", *MODEL, "--weight1", "W1", "--weight2", "W2",
+                 "--imputed", ",".join(str(f) for f in files[1:3]), "--imputed", files[3], "--imputed", files[4],
+                 "--format", "json", cwd=pvdir, check=True)
+    doc2 = json.loads(imp.stdout)
+    assert doc2["combining"]["source"] == "imputed data sets" and doc2["combining"]["m"] == M
+    for a, b in zip(doc["fixed_effects_robust"], doc2["fixed_effects_robust"]):
+        assert a["estimate"] == pytest.approx(b["estimate"], rel=1e-8)
+        assert a["se"] == pytest.approx(b["se"], rel=1e-6)
+        assert a["df"] == pytest.approx(b["df"], rel=1e-6)
+
+
+def test_cli_text_has_the_combined_tables_and_each_fit_with_full_output(pvdir):
+    out = hlmcli("fit", pvdir / "pv_l1.csv", pvdir / "l2.csv", "--id", "ID", *MODEL, "--plausible-values",
+                 "PV1MATH,PV2MATH,PV3MATH", "--full-output", "--ascii", cwd=pvdir, check=True).stdout
+    assert "Results combined over 3 plausible values" in out
+    assert "combined over the fits" in out and "FMI" in out
+    assert out.count("Final Results - Iteration") == 3
+    assert "Fit 3 of 3: PV3MATH" in out
+    assert "Weighting Specification" not in out

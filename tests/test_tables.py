@@ -1,0 +1,141 @@
+"""Tables for papers: broom's tidy CSV against the reference optimum, the four HSB models side by
+side (and the LaTeX compiles when a LaTeX engine is installed), escaping by the libraries."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from conftest import REFERENCE, SAMPLE, hlmcli
+
+pytest.importorskip("jinja2")
+pytest.importorskip("tabulate")
+
+from hlmcli.tables import latex_document, side_by_side_text  # noqa: E402
+
+MODELS = ["m1_empty", "m2_means", "m3_random_coef", "m4_slopes"]
+CASES = ["hsb_m1", "hsb_m2", "hsb_m3", "hsb_m4"]
+TIDY = ["term", "estimate", "std_error", "statistic", "df", "p_value", "conf_low", "conf_high"]
+
+
+@pytest.fixture(scope="module")
+def saved_fits(hsb_archive, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fits")
+    paths = []
+    for m in MODELS:
+        out = folder / f"{m}.json"
+        hlmcli("fit", hsb_archive, "--model", SAMPLE / "models" / f"{m}.txt", "--format", "json", "-o", out, check=True)
+        paths.append(out)
+    return paths
+
+
+def test_fit_csv_is_broom_tidy_with_reference_numbers(hsb_archive):
+    proc = hlmcli("fit", hsb_archive, "--model", SAMPLE / "models" / "m4_slopes.txt", "--format", "csv", check=True)
+    table = pd.read_csv(io.StringIO(proc.stdout))
+    assert list(table.columns[1:9]) == TIDY
+    assert {"robust_std_error", "robust_statistic", "robust_p_value", "robust_conf_low", "robust_conf_high"} <= set(table.columns)
+    fixed = table[table["effect"] == "fixed"]
+    ref = REFERENCE["hsb_m4"]["optimum"]["fixed"]
+    assert list(fixed["term"]) == ["(Intercept)", "SECTOR", "SES", "SES:SECTOR"]
+    assert np.allclose(fixed["estimate"], [f["estimate"] for f in ref], rtol=1e-6)
+    assert np.allclose(fixed["std_error"], [f["se"] for f in ref], rtol=1e-5)
+    assert np.allclose(fixed["robust_std_error"], [f["robust_se"] for f in ref], rtol=1e-5)
+    assert list(fixed["df"]) == [f["df"] for f in ref]
+    t = stats.t.ppf(0.975, 158)
+    assert np.allclose(fixed["conf_low"], fixed["estimate"] - t * fixed["std_error"])
+    assert np.allclose(fixed["robust_conf_high"], fixed["estimate"] + t * fixed["robust_std_error"])
+    ran = table[table["effect"] == "ran_pars"].set_index("term")
+    assert np.isclose(ran.loc["var__Residual", "estimate"], REFERENCE["hsb_m4"]["optimum"]["sigma2"], rtol=1e-5)
+    assert np.isclose(ran.loc["var__SES", "statistic"], REFERENCE["hsb_m4"]["optimum"]["varcomp"][1]["chi2"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "latex", "html"])
+def test_fit_tables_in_each_format(hsb_archive, fmt):
+    out = hlmcli("fit", hsb_archive, "--model", SAMPLE / "models" / "m4_slopes.txt", "--format", fmt, check=True).stdout
+    for text in ("SES:SECTOR", "11.394", "Chi-square", "Deviance", "46638.60"):
+        assert text in out
+
+
+def test_four_hsb_models_side_by_side(saved_fits):
+    proc = hlmcli("table", *saved_fits, "--format", "csv", check=True)
+    table = pd.read_csv(io.StringIO(proc.stdout), dtype=str, keep_default_na=False)
+    assert list(table.columns) == [" "] + MODELS
+    rows = table.set_index(" ")
+    for m, case in zip(MODELS, CASES):
+        ref = REFERENCE[case]["optimum"]
+        intercept = rows.loc["(Intercept)", m]
+        assert intercept == f"{ref['fixed'][0]['estimate']:.3f}"
+        se_row = table.index[table[" "] == "(Intercept)"][0] + 1
+        assert table.loc[se_row, m] == f"({ref['fixed'][0]['se']:.3f})"
+        assert rows.loc["Var: Residual", m] == f"{ref['sigma2']:.3f}"
+        assert rows.loc["Deviance", m] == f"{ref['deviance']:.2f}"
+        q = len(ref["tau"])
+        k = len(ref["fixed"]) + q * (q + 1) // 2 + 1  # lme4's count: γs, τ's distinct elements, σ²
+        assert rows.loc["AIC", m] == f"{ref['deviance'] + 2 * k:.2f}"
+        assert rows.loc["BIC", m] == f"{ref['deviance'] + k * np.log(7185):.2f}"
+        assert rows.loc["N", m] == "7185" and rows.loc["J", m] == "160"
+    assert rows.loc["SES:SECTOR", "m1_empty"] == "" and rows.loc["Var: SES", "m3_random_coef"] != ""
+
+
+def test_four_hsb_models_latex_compiles(saved_fits, tmp_path):
+    out = tmp_path / "models.tex"
+    hlmcli("table", *saved_fits, "--format", "latex", "-o", out, check=True)
+    tex = out.read_text()
+    assert tex.startswith("\\begin{tabular}{lrrrr}") and tex.rstrip().endswith("\\end{tabular}")
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert " & m1\\_empty & m2\\_means & m3\\_random\\_coef & m4\\_slopes \\\\" in tex
+    body = [line for line in tex.splitlines() if line.endswith("\\\\")]
+    assert all(line.count("&") == 4 for line in body)
+    assert len(body) == 1 + 2 * 5 + 3 + 6  # header, 5 terms with SE rows, 3 variances, 6 statistics
+    engine = shutil.which("pdflatex")
+    if engine is None:
+        pytest.skip("no LaTeX engine installed; structure checked only")
+    doc = tmp_path / "doc.tex"
+    doc.write_text(latex_document(tex))
+    kpse = subprocess.run(["kpsewhich", "booktabs.sty"], capture_output=True, text=True)
+    if not kpse.stdout.strip():
+        pytest.skip("booktabs is not installed for the LaTeX engine; structure checked only")
+    proc = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").exists()
+
+
+def test_escaping_comes_from_the_libraries(saved_fits):
+    fits = [json.loads(p.read_text()) for p in saved_fits[:2]]
+    names = ["a_b & <c>", "50% #1"]
+    latex = side_by_side_text(fits, names, "latex")
+    assert "a\\_b \\& <c>" in latex and "50\\% \\#1" in latex
+    html = side_by_side_text(fits, names, "html")
+    assert "a_b &amp; &lt;c&gt;" in html and "<c>" not in html
+    md = side_by_side_text(fits, names, "markdown")
+    assert md.splitlines()[0].count("|") == 4
+
+
+def test_table_usage_errors(saved_fits, tmp_path):
+    bad = hlmcli("table", *saved_fits, "--names", "a,b")
+    assert bad.returncode == 2 and "2 names for 4 fits" in bad.stderr
+    (tmp_path / "x.json").write_text("{}")
+    bad = hlmcli("table", tmp_path / "x.json")
+    assert bad.returncode == 1 and "not an hlmcli JSON fit" in bad.stderr
+
+
+def test_missing_extras_give_the_install_hint(saved_fits, monkeypatch):
+    import sys
+
+    from hlmcli.errors import HlmError
+
+    fits = [json.loads(p.read_text()) for p in saved_fits[:1]]
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    monkeypatch.setitem(sys.modules, "tabulate", None)
+    for fmt in ("latex", "html", "markdown"):
+        with pytest.raises(HlmError, match=r"pip install 'hlmcli\[tables\]'"):
+            side_by_side_text(fits, ["m1"], fmt)
+    assert side_by_side_text(fits, ["m1"], "csv").startswith(" ,m1")
