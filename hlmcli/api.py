@@ -146,6 +146,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
                      full_output=full_output, ols_units=ols_units)
     analysis = analyse_with_extras(spec, archive, df, tests)
     meta = {"data_source": source, "title": spec.options.title, "id_name": archive.id_names[0],
+            "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
+                            "model_file": Path(model).name if model else None},
             "command_file": Path(model).name if model and str(model).lower().endswith(".hlm") else None, "warn": say}
     if frames is None and level2 is not None:
         meta["source_files"] = (str(level1), str(level2))

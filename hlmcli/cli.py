@@ -641,7 +641,7 @@ def compare_cmd(fit_a, fit_b, out_format):
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
 @user_errors
 def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
-             output, x_var, by, coef, sample, seed, x_range, quiet):
+             output, x_var, by, coef, sample, seed, x_range, quiet, **more):
     """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
     from .files import refuse_overwriting_inputs
     from .pipeline import analyse
@@ -655,8 +655,8 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
         if not quiet:
             _stderr(f"hlmcli: wrote {output}")
         return
-    archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched), cache_dir, quiet)
-    spec = _spec(archive, level1, level2, model_file, ml)
+    archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
+    spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
     results = Results(analyse(spec, archive), archive, {"data_source": source_text})
     results.plot(kind, output, x=x_var, by=list(by) or None, coef=coef, sample=sample, seed=seed)
     if not quiet:

@@ -168,7 +168,8 @@ def add_extras(analysis: Analysis, hypotheses=(), prior_deviance=None, prior_par
         at = [i for i, f in enumerate(a.design.fixed) if f.q == q and f.s == 0]
         g = float(fx.gamma[at[0]]) if at else 0.0  # 'bq = uq' has mean 0
         half = 1.96 * float(np.sqrt(max(r.tau[k, k], 0.0)))
-        ranges.append({"coefficient": names[q], "gamma": g, "low": g - half, "high": g + half,
+        label = a.design.fixed[at[0]].label if at else None
+        ranges.append({"coefficient": names[q], "gamma": label, "estimate": g, "low": g - half, "high": g + half,
                        "at_zero_level2_predictors": bool(a.spec.level2[q].predictors)})
     ex["plausible_ranges"] = ranges
     tests = []

@@ -183,6 +183,8 @@ def test_plausible_value_range_of_the_ses_slope(hsb_archive):
     ses = [r for r in fit["plausible_ranges"] if r["coefficient"] == "SES"][0]
     half = 1.96 * np.sqrt(fit["tau"][1][1])
     assert ses["low"] == pytest.approx(fit["fixed_effects"][1]["estimate"] - half, rel=1e-12)
+    # "gamma" is the γ's label here as in fixed_effects; its value is "estimate"
+    assert ses["gamma"] == fit["fixed_effects"][1]["gamma"] == "γ10" and ses["estimate"] == fit["fixed_effects"][1]["estimate"]
     assert abs(ses["low"] - 0.557) < 0.005 and abs(ses["high"] - 3.823) < 0.005
 
 
