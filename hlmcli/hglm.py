@@ -139,10 +139,19 @@ class GLMData:
 
 # ====================================================================== PQL and the PA model
 
-def weighted_stats(data: GLMData, z: np.ndarray, w: np.ndarray):
+def weighted_stats(data: GLMData, z: np.ndarray, w: np.ndarray, with_unit: bool = False):
+    """The cross-products of the working model z = Xγ + Zb + e, Var(e) = σ²W⁻¹: those of √W·L and √W·z."""
     s = np.sqrt(w)
     unit = unit_cross_products(data.L * s[:, None], z * s, data.offs, center_y=False)
-    return model_stats(unit, data.B, np.isin(np.arange(data.K), data.rnd))
+    stats = model_stats(unit, data.B, np.isin(np.arange(data.K), data.rnd))
+    return (stats, unit) if with_unit else stats
+
+
+def working_model(data: GLMData, eta: np.ndarray):
+    """(stats, unit stats) of the working model linearised at η (offset included)."""
+    dl, W, _ = data.family.derivatives(eta, data.y, data.trials)
+    z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
+    return weighted_stats(data, z, W, with_unit=True)
 
 
 def _fixed_sigma_fit(stats, reml: bool, lam0: np.ndarray, maxiter: int, tol: float):
