@@ -58,7 +58,8 @@ class Family:
         """ℓ_i without c_i (the constant: see constant())."""
         if self.link == "logit":
             nn = 1.0 if n is None else n
-            return y * eta - nn * np.logaddexp(0.0, eta)
+            # log(1 + e^η) = max(η, 0) + log1p(e^−|η|), cheaper than logaddexp and as exact
+            return y * eta - nn * (np.maximum(eta, 0.0) + np.log1p(np.exp(-np.abs(eta))))
         return y * eta - np.exp(eta)
 
     def constant(self, y: np.ndarray, n: np.ndarray | None) -> float:

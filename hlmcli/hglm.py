@@ -102,8 +102,25 @@ class GLMData:
         beta = np.einsum("jkp,p->jk", self.B, gamma)
         if b is not None:
             beta[:, self.rnd] += b
-        e = np.einsum("nk,nk->n", self.L, beta[self.unit]) if self.K > 1 else self.L[:, 0] * beta[self.unit, 0]
+        e = self.rowdot(self.L, beta)
         return e + self.offset if self.offset is not None else e
+
+    def rowdot(self, M: np.ndarray, per_unit: np.ndarray) -> np.ndarray:
+        """Σ_k M[i, k]·per_unit[unit(i), k] per record, one column at a time (faster than a gather of rows)."""
+        e = M[:, 0] * per_unit[:, 0][self.unit]
+        for k in range(1, M.shape[1]):
+            e += M[:, k] * per_unit[:, k][self.unit]
+        return e
+
+    def quad(self, S: np.ndarray) -> np.ndarray:
+        """z_i'S_jz_i per record for per-unit symmetric S (J, q, q)."""
+        Z = self.Z
+        h = Z[:, 0] * Z[:, 0] * S[:, 0, 0][self.unit]
+        for a in range(self.q):
+            for c in range(a + 1):
+                if a or c:
+                    h += (1.0 if a == c else 2.0) * Z[:, a] * Z[:, c] * S[:, a, c][self.unit]
+        return h
 
     def Lv(self, v: np.ndarray) -> np.ndarray:
         """Per-unit L_j'v_j, (J, K)."""
@@ -300,7 +317,7 @@ class Conditional:
         eta0 = d.eta(gamma, None)
 
         def state(u):
-            eta = eta0 + np.einsum("nq,nq->n", d.Z, (u @ lam.T)[d.unit])
+            eta = eta0 + d.rowdot(d.Z, u @ lam.T)
             pl = d.loglik_units(eta) - 0.5 * np.sum(u * u, axis=1)
             return eta, pl
 
@@ -313,7 +330,7 @@ class Conditional:
             grad = g @ lam - u
             step = _bsolve(H, grad)
             dec = np.einsum("jq,jq->j", step, grad)
-            if np.max(dec) < tol * tol and np.max(np.abs(step)) < tol:
+            if np.max(np.abs(step)) < tol:
                 break
             t = np.ones(d.J)
             for _h in range(30):
@@ -350,7 +367,7 @@ class Conditional:
         terms = []
         for zk, lw in zip(self.z, self.logw):
             uk = u + np.einsum("jab,b->ja", R, zk)
-            etak = eta + np.einsum("nq,nq->n", d.Z, ((uk - u) @ lam.T)[d.unit])
+            etak = eta + d.rowdot(d.Z, (uk - u) @ lam.T)
             terms.append(lw + d.loglik_units(etak) - 0.5 * np.sum(uk * uk, axis=1) + 0.5 * zk @ zk)
         T = np.stack(terms)
         mx = T.max(axis=0)
@@ -364,8 +381,7 @@ class Conditional:
         dev = float(-2.0 * (ll.sum() + d.const) + np.sum(u * u) + logdet.sum())
         Hinv = np.linalg.inv(H)
         S = np.einsum("ab,jbc,dc->jad", lam, Hinv, lam)  # ΛH⁻¹Λ'
-        Zr = d.Z
-        h = np.einsum("na,nab,nb->n", Zr, S[d.unit], Zr)
+        h = d.quad(S)
         c = k3 * h
         Zc = d.Zv(c)
         g = d.Zv(dl)
@@ -446,7 +462,8 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         cond.b = lap.b.copy()
         fun = lambda x: (f_val(x), _num_grad(f_val, x, 1e-6))  # noqa: E731
     bounds = [(0.0, None) if i == j else (None, None) for i, j in zip(*np.tril_indices(q))] + [(None, None)] * p
-    opts = {"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-9, "maxcor": 20} if nodes == 1 else \
+    # a loose search: the Newton polish below finishes the job quadratically
+    opts = {"maxiter": maxiter, "ftol": 1e-12, "gtol": 1e-5, "maxcor": 20} if nodes == 1 else \
         {"maxiter": min(maxiter, 100), "ftol": 1e-13, "gtol": 1e-6, "maxcor": 20}
     res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
     x = res.x
@@ -456,8 +473,9 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
     grad_fn = (lambda x: f_lap(x)[1]) if nodes == 1 else (lambda x: _num_grad(f_val, x, 1e-5))
     Hs = _hessian(grad_fn, x)
     diag = np.isin(np.arange(x.size), _diag_idx(q))
+    f_and_g = f_lap if nodes == 1 else fun
+    fx, g = f_and_g(x)
     for _ in range(10):
-        g = grad_fn(x)
         free = ~(diag & (x <= 1e-10) & (g > 0))
         try:
             step = np.zeros_like(x)
@@ -466,13 +484,15 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
             break
         xn = x + step
         xn[diag] = np.maximum(xn[diag], 0.0)
-        if f_val(xn) <= f_val(x) + 1e-12 * abs(f_val(x)):
-            x = xn
+        fn, gn = f_and_g(xn)
+        if fn <= fx + 1e-12 * abs(fx):
+            x, fx, g = xn, fn, gn
         else:
             break
         if np.max(np.abs(step)) < 1e-10:
             break
-    Hs = _hessian(grad_fn, x)
+    if np.max(np.abs(x - res.x)) > 1e-4:  # moved far in the polish: refresh the Hessian for the SEs
+        Hs = _hessian(grad_fn, x)
     gamma, lam = _unpack(x, p, q)
     dev = f_val(x)
     try:
@@ -518,7 +538,7 @@ class _ProfiledML:
 
     def _profile(self, lam):
         gamma = self.gamma.copy()
-        for _ in range(50 if self.nodes == 1 else 4):
+        for _ in range(8 if self.nodes == 1 else 4):
             if self.nodes == 1:
                 dev, gg, glam = self.cond.gradient(gamma, lam)
             else:
@@ -530,7 +550,7 @@ class _ProfiledML:
                 break
             step = np.linalg.solve(self.Hg, gg)
             gamma = gamma - step
-            if np.max(np.abs(step)) < 1e-11:
+            if np.max(np.abs(step)) < 1e-10:
                 break
         return gamma
 
