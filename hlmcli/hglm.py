@@ -538,7 +538,7 @@ class _ProfiledML:
 
     def _profile(self, lam):
         gamma = self.gamma.copy()
-        for _ in range(8 if self.nodes == 1 else 4):
+        for _ in range(4):
             if self.nodes == 1:
                 dev, gg, glam = self.cond.gradient(gamma, lam)
             else:
