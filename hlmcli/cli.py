@@ -289,7 +289,9 @@ def _hglm_changes(level1):
     if level1:
         level1, fam, _exposure = hlm_block(level1)
         if fam is not None and given.get("family") not in (None, fam.value):
-            raise click.UsageError(f"the level-1 block is a {fam.value} model but --family is {given['family']}")
+            from .errors import ModelError
+
+            raise ModelError(f"the level-1 block is a {fam.value} model but --family is {given['family']}")
     changes = {k: v for k, v in given.items() if v is not None}
     if fam is not None:
         changes.setdefault("family", fam.value)
@@ -395,6 +397,15 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
     })
     if spec.options.family != "normal":
+        unsupported = [name for name, on in (("--test", tests), ("--df satterthwaite", df_method != "hlm"),
+                                             ("--compare-deviance", compare_deviance is not None),
+                                             ("--test-homogeneity", test_homogeneity), ("--full-output", full_output),
+                                             ("--tau diagonal", spec.options.tau == "diagonal"),
+                                             ("--strict", strict)) if on]
+        if unsupported:
+            from .errors import ModelError
+
+            raise ModelError(f"{', '.join(unsupported)}: not available for a {spec.options.family} outcome (HGLM) yet")
         return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources)
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
     analysis = analyse(spec, archive, df_method)

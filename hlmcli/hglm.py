@@ -59,7 +59,6 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .certificate import Certificate, certify
-from .errors import ModelError
 from .estimation import fit as linear_fit
 from .family import Family
 from .sufficient import model_stats, unit_cross_products
@@ -329,7 +328,6 @@ class Conditional:
             H = np.einsum("ab,jbc,cd->jad", lam.T, A, lam) + np.eye(q)
             grad = g @ lam - u
             step = _bsolve(H, grad)
-            dec = np.einsum("jq,jq->j", step, grad)
             if np.max(np.abs(step)) < tol:
                 break
             t = np.ones(d.J)
@@ -438,7 +436,6 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
     nt = q * (q + 1) // 2
     if start is None:
         start = pql(data, reml=False, population_average=False)
-    lam0 = _psd_factor(start.tau)
     lam0 = np.linalg.cholesky(start.tau + 1e-8 * np.eye(q)) if np.all(np.linalg.eigvalsh(start.tau) > 1e-10) else np.diag(np.sqrt(np.clip(np.diag(start.tau), 1e-4, None)))
     cond = Conditional(data, nodes)
     x0 = np.concatenate([lam0[np.tril_indices(q)], start.gamma])
@@ -467,7 +464,6 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         {"maxiter": min(maxiter, 100), "ftol": 1e-13, "gtol": 1e-6, "maxcor": 20}
     res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
     x = res.x
-    n_search = cond.count
     # Newton polish on the interior with a central-difference Hessian of the gradient, computed
     # once (the steps are tiny by now); diagonal entries of Λ at zero stay there
     grad_fn = (lambda x: f_lap(x)[1]) if nodes == 1 else (lambda x: _num_grad(f_val, x, 1e-5))

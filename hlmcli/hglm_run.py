@@ -19,7 +19,6 @@ from . import inference
 from .errors import DataError, ModelError
 from .family import family as get_family
 from .hglm import GLMData, MLResult, PQLResult, ml_fit, pql, working_model
-from .spec import Estimation, FamilyName
 
 Z975 = float(special.ndtri(0.975))
 
@@ -230,15 +229,6 @@ def estimation_text(opts) -> str:
 
 
 # ====================================================================== tables
-
-def _fixed_rows(a: HGLMAnalysis, gamma, cov, robust: bool):
-    from .report import hlm_p
-
-    se = np.sqrt(np.diag(cov))
-    t = gamma / se
-    p = inference.two_sided_p(t, a.df)
-    return se, t, p
-
 
 def fixed_json(a: HGLMAnalysis, gamma, cov, rcov, df) -> list[dict]:
     fam = a.data.family
