@@ -282,3 +282,21 @@ def test_r_under_a_nonnormal_family_is_refused():
     args[1] = "DEATHS = b0 + b1*UVB + r"
     proc = hlmcli("fit", H / "mmmec_l1.csv", H / "mmmec_l2.csv", *args)
     assert proc.returncode == 1 and "has no residual r" in proc.stderr
+
+
+def test_laplace_two_random_effects_matches_glmer():
+    """A random intercept and slope (tests/reference_scripts/hglm_slope_glmer.R made the numbers)."""
+    g = json.loads((H / "slope_laplace.json").read_text())
+    proc = hlmcli("fit", H / "slope_l1.csv", H / "slope_l2.csv", "--id", "id", "-1", "y = b0 + b1*x",
+                  "-2", "b0 = g00 + g01*w + u0", "-2", "b1 = g10 + u1", "--family", "bernoulli",
+                  "--estimation", "laplace", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["certificate"]["certified"]
+    assert out["deviance"] <= g["deviance"] + 1e-9
+    assert math.isclose(out["deviance"], g["deviance"], rel_tol=1e-6)
+    est = {f["gamma"]: f for f in out["fixed_effects"]}
+    for label, name in (("γ00", "(Intercept)"), ("γ01", "w"), ("γ10", "x")):
+        assert abs(est[label]["estimate"] - g["fixef"][name]) < 1e-3 * g["se"][name] * 10
+        assert math.isclose(est[label]["se"], g["se"][name], rel_tol=2e-2)
+    assert np.allclose(out["tau"], g["tau"], rtol=1e-2, atol=1e-3)
