@@ -49,6 +49,19 @@ class Family:
             return y - mu, mu, mu
         raise ValueError(self.link)
 
+    def evaluate(self, eta: np.ndarray, y: np.ndarray, n: np.ndarray | None):
+        """(ℓ_i without c_i, ∂ℓ/∂η, W, κ3) per record from one exponential: the Laplace inner loop's kernel."""
+        if self.link == "logit":
+            nn = 1.0 if n is None else n
+            e = np.exp(-np.abs(eta))
+            inv = 1.0 / (1.0 + e)
+            p = np.where(eta >= 0, inv, e * inv)
+            ll = y * eta - nn * (np.maximum(eta, 0.0) + np.log1p(e))
+            w = p * (1.0 - p)
+            return ll, y - nn * p, nn * w, nn * w * (1.0 - 2.0 * p)
+        mu = np.exp(eta)
+        return y * eta - mu, y - mu, mu, mu
+
     def mean(self, eta: np.ndarray, n: np.ndarray | None) -> np.ndarray:
         if self.link == "logit":
             return (1.0 if n is None else n) * expit(eta)

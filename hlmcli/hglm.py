@@ -308,7 +308,8 @@ class Conditional:
         self.count = 0
 
     def modes(self, gamma, lam, tol=1e-10, maxit=60):
-        """Newton for û_j in every unit at once, with per-unit step halving."""
+        """Newton for û_j in every unit at once, with per-unit step halving. Returns û, η and the
+        per-record (ℓ, ℓ', W, κ3) at η, each family evaluation shared by the step test and the next step."""
         d = self.data
         q = d.q
         self.count += 1
@@ -317,12 +318,13 @@ class Conditional:
 
         def state(u):
             eta = eta0 + d.rowdot(d.Z, u @ lam.T)
-            pl = d.loglik_units(eta) - 0.5 * np.sum(u * u, axis=1)
-            return eta, pl
+            ev = d.family.evaluate(eta, d.y, d.trials)
+            pl = np.add.reduceat(ev[0], d.starts) - 0.5 * np.sum(u * u, axis=1)
+            return eta, pl, ev
 
-        eta, pl = state(u)
+        eta, pl, ev = state(u)
         for _ in range(maxit):
-            dl, W, _ = d.family.derivatives(eta, d.y, d.trials)
+            _, dl, W, _ = ev
             g = d.Zv(dl)
             A = d.ZWZ(W)
             H = np.einsum("ab,jbc,cd->jad", lam.T, A, lam) + np.eye(q)
@@ -333,23 +335,24 @@ class Conditional:
             t = np.ones(d.J)
             for _h in range(30):
                 un = u + t[:, None] * step
-                etan, pln = state(un)
+                etan, pln, evn = state(un)
                 worse = pln < pl - 1e-12 * np.abs(pl)
                 if not worse.any():
                     break
                 t = np.where(worse, t * 0.5, t)
-            u, eta, pl = un, etan, pln
+            u, eta, pl, ev = un, etan, pln, evn
         self.b = u @ lam.T
+        self.last = ev
         return u, eta
 
     def laplace_pieces(self, gamma, lam):
         d = self.data
         u, eta = self.modes(gamma, lam)
-        dl, W, k3 = d.family.derivatives(eta, d.y, d.trials)
+        llt, dl, W, k3 = self.last
         A = d.ZWZ(W)
         H = np.einsum("ab,jbc,cd->jad", lam.T, A, lam) + np.eye(d.q)
         sign, logdet = np.linalg.slogdet(H)
-        ll = d.loglik_units(eta)
+        ll = np.add.reduceat(llt, d.starts)
         return u, eta, dl, W, k3, A, H, logdet, ll
 
     def deviance(self, gamma, lam):
@@ -501,7 +504,8 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
     _, _, _, W, _, A, H, _, _ = cond.laplace_pieces(gamma, lam)
     bvar = np.einsum("ab,jbc,dc->jad", lam, np.linalg.inv(H), lam)
     tau = lam @ lam.T
-    cert = certify(_ProfiledML(data, cond, gamma, cov if np.all(np.isfinite(cov)) else None, nodes),
+    Hgg = Hs[nt:, nt:] if np.all(np.isfinite(Hs)) else None
+    cert = certify(_ProfiledML(data, cond, gamma, Hgg, nodes),
                    tau, False, 1e-6 * max(1.0, 1e-6 * abs(dev)))
     return MLResult(method="laplace" if nodes == 1 else "agq", nodes=nodes, gamma=gamma, cov=cov, robust_cov=None,
                     tau=tau, deviance=dev, b=b, b_var=bvar, eta=eta, iterations=int(res.nit),
@@ -527,45 +531,48 @@ def _hessian(grad_fn, x, h=1e-5):
 class _ProfiledML:
     """The objective the certificate needs: at(G) -> (deviance profiled over γ, Γ = ∂d/∂G)."""
 
-    def __init__(self, data, cond, gamma, cov, nodes):
+    def __init__(self, data, cond, gamma, Hgg, nodes):
         self.data, self.cond, self.gamma, self.nodes = data, cond, gamma.copy(), nodes
-        # a fixed Newton matrix for γ (the inverse of cov/2); the identity-scaled fallback is slow but safe
-        self.Hg = 2.0 * np.linalg.inv(cov) if cov is not None else None
+        # a fixed Newton matrix for γ at fixed Λ: the γ block of the deviance Hessian at the optimum
+        self.Hg = Hgg
 
     def _profile(self, lam):
+        """γ minimising the deviance at this Λ (fixed-Hessian Newton from the optimum's γ), and for
+        Laplace the (deviance, ∂d/∂Λ) evaluated there."""
         gamma = self.gamma.copy()
-        for _ in range(4):
+        last = None
+        for k in range(5):
             if self.nodes == 1:
                 dev, gg, glam = self.cond.gradient(gamma, lam)
+                last = (dev, glam)
             else:
-                f = lambda g_: self.cond.deviance(g_, lam)  # noqa: E731
-                gg = _num_grad(f, gamma, 1e-6)
-                if np.max(np.abs(gg)) < 1e-6:
-                    break
-            if self.Hg is None:
+                gg = _num_grad(lambda g_: self.cond.deviance(g_, lam), gamma, 1e-6)  # noqa: E731
+            if self.Hg is None or k == 4:
                 break
             step = np.linalg.solve(self.Hg, gg)
-            gamma = gamma - step
             if np.max(np.abs(step)) < 1e-10:
                 break
-        return gamma
+            gamma = gamma - step
+            last = None
+        return gamma, last
 
     def value(self, G):
         lam = _psd_factor(G)
-        return self.cond.deviance(self._profile(lam), lam)
+        gamma, last = self._profile(lam)
+        return last[0] if last is not None else self.cond.deviance(gamma, lam)
 
     def at(self, G):
         G = 0.5 * (G + G.T)
         if np.linalg.eigvalsh(G)[0] < -1e-12:
             return np.inf, np.zeros_like(G)
-        lam = _psd_factor(G)
-        gamma = self._profile(lam)
         if self.nodes == 1 and np.linalg.eigvalsh(G)[0] > 1e-8 * max(1.0, np.abs(G).max()):
             lam = np.linalg.cholesky(G)
-            dev, _, glam = self.cond.gradient(gamma, lam)
+            gamma, last = self._profile(lam)
+            dev, glam = last if last is not None else self.cond.gradient(gamma, lam)[0::2]
             Gam = 0.5 * glam @ np.linalg.inv(lam)
             return dev, 0.5 * (Gam + Gam.T)
-        dev = self.cond.deviance(gamma, lam)
+        lam = _psd_factor(G)
+        dev = self.value(G)
         q = G.shape[0]
         Gam = np.zeros((q, q))
         h = 1e-5 * max(1.0, float(np.abs(G).max()))
