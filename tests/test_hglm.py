@@ -300,3 +300,15 @@ def test_laplace_two_random_effects_matches_glmer():
         assert abs(est[label]["estimate"] - g["fixef"][name]) < 1e-3 * g["se"][name] * 10
         assert math.isclose(est[label]["se"], g["se"][name], rel_tol=2e-2)
     assert np.allclose(out["tau"], g["tau"], rtol=1e-2, atol=1e-3)
+
+
+def test_agq_two_random_effects_from_the_command_line():
+    proc = hlmcli("fit", H / "slope_l1.csv", H / "slope_l2.csv", "--id", "id", "-1", "y = b0 + b1*x",
+                  "-2", "b0 = g00 + g01*w + u0", "-2", "b1 = g10 + u1", "--family", "bernoulli",
+                  "--estimation", "agq", "--quadrature-points", "5", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    g = json.loads((H / "slope_laplace.json").read_text())
+    assert out["certificate"]["certified"] and out["quadrature_points"] == 5
+    assert abs(out["deviance"] - g["deviance"]) < 1e-3 * g["deviance"]  # close to Laplace, not equal
+    assert out["deviance"] != pytest.approx(g["deviance"], rel=1e-7)
