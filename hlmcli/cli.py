@@ -304,10 +304,53 @@ _model_options = [
 ]
 
 
+def _keep_hglm(ctx, param, value):
+    ctx.meta.setdefault("hglm", {})[param.name] = value
+    return value
+
+
+# HGLM options (spec.py, hglm_run.py): collected into ctx.meta so the commands' signatures stay as they are
+_hglm_options = [
+    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson"]), default=None,
+                 expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; logit link for "
+                 "bernoulli/binomial, log link for poisson)."),
+    click.option("--trials", default=None, expose_value=False, callback=_keep_hglm,
+                 help="Binomial: the number-of-trials variable."),
+    click.option("--exposure", default=None, expose_value=False, callback=_keep_hglm,
+                 help="Poisson: the exposure variable (log exposure is an offset)."),
+    click.option("--overdispersion", is_flag=True, default=None, expose_value=False, callback=_keep_hglm,
+                 help="Binomial/Poisson under PQL: estimate the level-1 scale instead of fixing it at 1."),
+    click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,
+                 callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
+    click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
+                 help="AGQ: quadrature points per random effect (default 7)."),
+]
+
+
 def model_options(func):
-    for option in reversed(_model_options):
+    for option in reversed(_model_options + _hglm_options):
         func = option(func)
     return func
+
+
+def _hglm_changes(level1):
+    """The HGLM settings from the command line and from HLM 7's printed level-1 block."""
+    from .spec import hlm_block
+
+    given = dict(click.get_current_context().meta.get("hglm", {}))
+    fam = None
+    if level1:
+        level1, fam, _exposure = hlm_block(level1)
+        if fam is not None and given.get("family") not in (None, fam.value):
+            from .errors import ModelError
+
+            raise ModelError(f"the level-1 block is a {fam.value} model but --family is {given['family']}")
+    changes = {k: v for k, v in given.items() if v is not None}
+    if fam is not None:
+        changes.setdefault("family", fam.value)
+    if changes.get("estimation") == "agq" and "quadrature_points" not in changes:
+        changes["quadrature_points"] = 7
+    return level1, changes
 
 
 def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False):
@@ -316,8 +359,10 @@ def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_
     from .design import variables_of
     from .equations import RunOptions, spec_from_inputs
 
+    level1, hglm_changes = _hglm_changes(level1)
     spec = spec_from_inputs(level1, list(level2), model_file, variables_of(archive), RunOptions(), allow_outside)
     changes = dict(extra or {})
+    changes.update(hglm_changes)
     if ml and reml:
         raise click.UsageError("give --ml or --reml, not both")
     if ml is not None:
@@ -352,6 +397,14 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 
     archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet=False)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
+    if spec.options.family != "normal":
+        from .hglm_run import estimation_text, glmer_call, hglm_model_summary
+
+        lines = hglm_model_summary(spec, Symbols(_use_ascii(ascii_only)))
+        lines += ["", f"Method of estimation: {estimation_text(spec.options)}", "", "The same model in R (lme4)",
+                  f" {glmer_call(spec, archive.id_names[0])}"]
+        click.echo("\n".join(lines))
+        return
     lines = model_summary(spec, Symbols(_use_ascii(ascii_only)))
     formula, notes = lme4_formula(spec, archive.id_names[0])
     lines += ["", f"Method of estimation: {'restricted maximum likelihood' if spec.method == 'REML' else 'full maximum likelihood'}",
@@ -413,6 +466,17 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         "prior_params": compare_params, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2,
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
     })
+    if spec.options.family != "normal":
+        unsupported = [name for name, on in (("--test", tests), ("--df satterthwaite", df_method != "hlm"),
+                                             ("--compare-deviance", compare_deviance is not None),
+                                             ("--test-homogeneity", test_homogeneity), ("--full-output", full_output),
+                                             ("--tau diagonal", spec.options.tau == "diagonal"),
+                                             ("--strict", strict)) if on]
+        if unsupported:
+            from .errors import ModelError
+
+            raise ModelError(f"{', '.join(unsupported)}: not available for a {spec.options.family} outcome (HGLM) yet")
+        return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources)
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
     wspec = _weight_spec(spec, weight1, weight2, normalize)
     if plausible_values or imputed:
@@ -610,6 +674,31 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         if not quiet:
             _stderr("hlmcli: warning: the optimum of at least one fit is not certified"
                     + (f"; {output} not written (--keep-failed-output writes it)" if output and not keep_failed_output else ""))
+        sys.exit(EXIT_NOT_CONVERGED)
+
+
+def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources):
+    """fit for a binary, binomial or count outcome (hglm_run.py)."""
+    from .errors import EXIT_NOT_CONVERGED
+    from .files import atomic_write_text
+    from .hglm_run import analyse_hglm, hglm_json, hglm_text, write_residuals
+    from .report import Symbols, dumps_json
+
+    a = analyse_hglm(spec, archive, level1)
+    meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
+            "model_given": {"level1": level1, "level2": list(level2),
+                            "model_file": Path(model_file).name if model_file else None}}
+    write_residuals(a, sources)
+    text = dumps_json(hglm_json(a, meta)) if out_format == "json" else \
+        hglm_text(a, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only))
+    if output:
+        atomic_write_text(output, text)
+    else:
+        click.echo(text, nl=False)
+    if not a.converged:
+        what = "PQL did not converge in its macro iterations" if a.pql is not None else \
+            "the optimum is not certified: " + "; ".join(a.ml.certificate.failed)
+        _stderr("hlmcli: warning: " + what)
         sys.exit(EXIT_NOT_CONVERGED)
 
 

@@ -64,6 +64,17 @@ class RunOptions:
     tau: str = "unstructured"  # unstructured | diagonal (independent random effects)
     weight1: str | None = None  # level-1 sampling weight (HLM's level1weight:)
     weight2: str | None = None  # level-2 sampling weight (HLM's level2weight:)
+    # HGLM (spec.py, hglm.py): the level-1 family and how it is estimated
+    family: str = "normal"  # normal | bernoulli | binomial | poisson
+    trials: str | None = None  # binomial: the number-of-trials variable
+    exposure: str | None = None  # poisson: the exposure variable (log exposure is an offset)
+    overdispersion: bool = False  # estimate the level-1 scale instead of fixing it at 1
+    estimation: str = "pql"  # pql | laplace | agq
+    quadrature_points: int = 1  # AGQ points per random effect
+    macroit: int = 100  # PQL macro iterations
+    microit: int = 100  # PQL micro iterations (inner linear fit)
+    stopmacro: float = 1e-8  # PQL: max|Δη| <= stopmacro·(1 + max|η|)
+    stopmicro: float = 1e-8  # PQL: inner fit tolerance
 
 
 @dataclass(frozen=True)
@@ -562,8 +573,16 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
         elif key == "level2":
             level2_lines.append((value, line_no))
         elif key == "nonlin":
-            if value.lower() not in ("n", "no", "none", "linear"):
-                raise ModelError(f"{where}: nonlin:{value} (a nonlinear HGLM) is not supported; hlmcli fits linear models (nonlin:n)")
+            _hlm_nonlin(opts, value, where)
+        elif key in ("macroit", "microit"):
+            opts[key] = _int(value.split(",")[0], where, key)
+        elif key in ("stopmacro", "stopmicro"):
+            opts[key] = _float(value, where, key)
+        elif key == "fixsigma2":
+            opts["fixsigma2"] = value
+        elif key in ("laplace", "laplace6", "emlaplace5"):
+            if value.lower().startswith("y"):
+                opts["estimation"] = "laplace"
         elif key == "mlf":
             opts["method"] = "ML" if _yes_no(value, where, key) else "REML"
         elif key == "numit":
@@ -604,8 +623,6 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
             off = _OFF_VALUES[key]
             if value.lower() not in (off, off[:1], "no", "none", "n", "0"):
                 raise ModelError(f"{where}: '{key}:{value}' is not supported by hlmcli; remove the line or set it to {off}")
-        elif key in ("macroit", "microit", "stopmicro", "stopmacro"):
-            raise ModelError(f"{where}: '{key}' is for nonlinear models, which hlmcli does not fit; remove the line")
         elif key in _REFUSED_KEYS:
             raise ModelError(f"{where}: '{key}' is not supported: {_REFUSED_KEYS[key]}; remove the line")
         else:
@@ -631,6 +648,7 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
         homogeneity=opts.get("homogeneity", False), full_output=opts.get("full_output", False),
         ols_units=opts.get("ols_units", 10), weight1=opts.get("weight1"), weight2=opts.get("weight2"),
     )
+    spec_options = _hlm_hglm_options(spec_options, opts, path)
     spec = build_spec(level1_eq[0], level2_eqs, variables, spec_options)
     if contrasts and opts.get("hypoth", True):
         from .hypotheses import contrasts_from_rows
@@ -638,6 +656,54 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
         tests = tuple(contrasts_from_rows(spec, f"{path}", label, rows) for label, rows in sorted(contrasts.items(), key=lambda kv: int(kv[0])))
         spec = ModelSpec(spec.outcome, spec.level1, spec.level2, _replace(spec.options, hypotheses=tests))
     return spec
+
+
+def _hlm_nonlin(opts: dict, value: str, where: str) -> None:
+    """nonlin:n | binomial (Bernoulli) | binomial,TRIALS | poisson | poisson,EXPOSURE (as HLM 7 writes them)."""
+    parts = [v.strip() for v in value.split(",")]
+    kind = parts[0].lower()
+    if kind in ("n", "no", "none", "linear"):
+        return
+    if kind in ("bernoulli",) or (kind == "binomial" and len(parts) == 1):
+        opts["family"] = "bernoulli"
+    elif kind == "binomial":
+        opts["family"], opts["trials"] = "binomial", parts[1]
+    elif kind == "poisson":
+        opts["family"] = "poisson"
+        if len(parts) > 1 and parts[1]:
+            opts["exposure"] = parts[1]
+    elif kind in ("multinomial", "ordinal"):
+        raise ModelError(f"{where}: nonlin:{value} ({kind} outcomes) is not supported; hlmcli fits Bernoulli, "
+                         "binomial and Poisson outcomes")
+    else:
+        raise ModelError(f"{where}: nonlin:{value} is not a level-1 distribution HLM 7 knows "
+                         "(n, binomial[,TRIALS], poisson[,EXPOSURE])")
+
+
+def _hlm_hglm_options(options: RunOptions, opts: dict, path) -> RunOptions:
+    """The HGLM settings of a command file. As HLM 7 writes them, fixsigma2:1 marks a nonlinear model
+    without over-dispersion, and its absence means over-dispersion."""
+    fam = opts.get("family")
+    if fam is None:
+        fs = str(opts.get("fixsigma2", "n")).lower()
+        if fs not in ("n", "no", "none", "0"):
+            raise ModelError(f"{path}: 'fixsigma2:{opts['fixsigma2']}' is for nonlinear models; remove the line")
+        for k in ("macroit", "microit", "stopmacro", "stopmicro", "estimation"):
+            if k in opts:
+                raise ModelError(f"{path}: '{k}' is for nonlinear models (nonlin:binomial or nonlin:poisson); "
+                                 "remove the line or set nonlin:")
+        return options
+    fixed = opts.get("fixsigma2")
+    over = fixed is None and fam != "bernoulli"
+    if fixed is not None:
+        try:
+            if abs(float(fixed) - 1.0) > 1e-12:
+                raise ValueError
+        except ValueError:
+            raise ModelError(f"{path}: fixsigma2:{fixed}: a nonlinear model fixes σ² at 1 or estimates it "
+                             "(leave the line out for over-dispersion)") from None
+    changes = {k: opts[k] for k in ("trials", "exposure", "macroit", "microit", "stopmacro", "stopmicro", "estimation") if k in opts}
+    return _replace(options, family=fam, overdispersion=over, **changes)
 
 
 def _replace(options: RunOptions, **changes) -> RunOptions:

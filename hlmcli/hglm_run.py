@@ -1,0 +1,427 @@
+"""The HGLM stages after the design: data checks, the fit (hglm.py), and HLM 7's HGLM tables and JSON.
+
+Kept apart from pipeline.py and report.py so the linear engine's code paths are untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+from scipy import special
+
+from . import __version__
+from . import design as design_stage
+from . import inference
+from .errors import DataError, ModelError
+from .family import family as get_family
+from .hglm import GLMData, MLResult, PQLResult, ml_fit, pql, working_model
+
+Z975 = float(special.ndtri(0.975))
+
+
+@dataclass
+class HGLMAnalysis:
+    spec: object
+    design: design_stage.Design
+    data: GLMData
+    estimation: str
+    nodes: int
+    pql: PQLResult | None
+    ml: MLResult | None
+    gamma: np.ndarray
+    cov: np.ndarray
+    robust_cov: np.ndarray
+    tau: np.ndarray
+    sigma2: float | None
+    df: np.ndarray
+    variance: inference.VarianceTests
+    converged: bool
+    b: np.ndarray
+    b_var: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+def _column(archive, name, design):
+    col = archive.level1_column(name)
+    return col if design.record_positions is None else col[design.record_positions]
+
+
+def check_options(opts) -> None:
+    fam = opts.family
+    if fam == "binomial" and not opts.trials:
+        raise ModelError("--family binomial needs --trials VAR, the number of trials of each record "
+                         "(for 0/1 outcomes use --family bernoulli)")
+    if opts.trials and fam != "binomial":
+        raise ModelError(f"--trials is for --family binomial (this model is {fam})")
+    if opts.exposure and fam != "poisson":
+        raise ModelError(f"--exposure is for --family poisson (this model is {fam})")
+    if opts.overdispersion and fam == "bernoulli":
+        raise ModelError("--overdispersion cannot be estimated for a 0/1 outcome: the Bernoulli variance is fixed by its mean")
+    if opts.overdispersion and opts.estimation != "pql":
+        raise ModelError("--overdispersion is a quasi-likelihood scale: use it with --estimation pql")
+    if opts.estimation == "agq" and opts.quadrature_points < 1:
+        raise ModelError("--quadrature-points must be at least 1")
+    if opts.estimation != "agq" and opts.quadrature_points not in (None, 1):
+        raise ModelError("--quadrature-points is for --estimation agq")
+
+
+def _separation(y, n, columns: dict, rows, file_name) -> None:
+    """A predictor that perfectly separates the outcome: every record with a success lies above (or
+    below) every record with a failure. Then the ML estimate is infinite."""
+    succ = y > 0
+    fail = y < (1.0 if n is None else n)
+    if not succ.any() or not fail.any():
+        kind = "successes" if not fail.any() else "failures"
+        raise DataError(f"{file_name}, column {columns['__outcome__']}, row {int(rows[0]) + 1}: every record is one of "
+                        f"{kind}; the intercept is not estimable (perfect separation)")
+    for name, x in columns.items():
+        if name == "__outcome__":
+            continue
+        if x.min() == x.max():
+            continue
+        lo_s, hi_s = x[succ].min(), x[succ].max()
+        lo_f, hi_f = x[fail].min(), x[fail].max()
+        if hi_f < lo_s or hi_s < lo_f:
+            k = int(np.flatnonzero(succ)[0])
+            raise DataError(f"{file_name}, column {name}, row {int(rows[k]) + 1}: {name} perfectly separates the outcome "
+                            f"(every success is {'above' if hi_f < lo_s else 'below'} every failure), so its coefficient "
+                            "has no finite estimate; remove it or combine categories")
+
+
+def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
+    opts = spec.options
+    check_options(opts)
+    if level1_text and re.search(r"\+\s*[rR](ij)?\s*$", level1_text.strip()):
+        raise ModelError(f"'{level1_text.strip()}': a {opts.family} level-1 model has no residual r (its variance is "
+                         "fixed by the mean); write the linear predictor alone, e.g. Y = b0 + b1*X")
+    fam = get_family(opts.family)
+    design = design_stage.make_design(spec, archive)
+    if not design.random.any():
+        raise ModelError("an HGLM needs at least one random effect (add u0 to the equation for b0)")
+    files = {s.role: s.name for s in archive.sources}
+    l1file = files.get("level-1", "the level-1 file")
+    rows = design.record_positions if design.record_positions is not None else np.arange(design.n)
+    trials = _column(archive, opts.trials, design).astype(float) if opts.trials else None
+    exposure = _column(archive, opts.exposure, design).astype(float) if opts.exposure else None
+    for name, col in (("trials", trials), ("exposure", exposure)):
+        if col is not None and np.isnan(col).any():
+            k = int(np.flatnonzero(np.isnan(col))[0])
+            raise DataError(f"{l1file}, column {getattr(opts, name)}, row {int(rows[k]) + 1}: missing value")
+    fam.check(design.y, trials, exposure, {"file": l1file, "outcome": spec.outcome, "trials": opts.trials,
+                                           "exposure": opts.exposure, "rows": rows})
+    if fam.link == "logit":
+        cols = {"__outcome__": spec.outcome}
+        cols.update({t.name: design.L[:, k] for k, t in enumerate(spec.level1, start=1)})
+        _separation(design.y, trials, cols, rows, l1file)
+    data = GLMData(fam, design.L, design.block_design(), design.offsets, np.flatnonzero(design.random), design.y,
+                   trials, np.log(exposure) if exposure is not None else None)
+    reml = spec.method == "REML"
+    est = opts.estimation
+    p_res = m_res = None
+    if est == "pql":
+        p_res = pql(data, reml=reml, overdispersion=opts.overdispersion, macroit=opts.macroit, microit=opts.microit,
+                    stopmacro=opts.stopmacro, stopmicro=opts.stopmicro)
+        gamma, cov, rcov, tau = p_res.gamma, p_res.cov, p_res.robust_cov, p_res.tau
+        sigma2 = p_res.sigma2 if opts.overdispersion else None
+        eta, converged, b, bvar = p_res.eta, p_res.converged, p_res.b, p_res.b_var
+    else:
+        nodes = opts.quadrature_points if est == "agq" else 1
+        if est == "agq" and data.q > 3:
+            raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use --estimation laplace")
+        start = pql(data, reml=False, population_average=False, macroit=opts.macroit)
+        m_res = ml_fit(data, nodes, start)
+        gamma, cov, tau, eta = m_res.gamma, m_res.cov, m_res.tau, m_res.eta
+        sigma2, converged, b, bvar = None, m_res.converged, m_res.b, m_res.b_var
+        # robust SEs from the working model linearised at the ML estimates, τ held
+        from .unitsolve import unit_solve
+        stats, _ = working_model(data, eta)
+        lam = np.linalg.cholesky(tau) if np.all(np.linalg.eigvalsh(tau) > 0) else np.zeros_like(tau)
+        us = unit_solve(stats, lam)
+        Pinv = us.Pinv()
+        s = us.XVe_units()
+        rcov = Pinv @ (s.T @ s) @ Pinv
+    stats, unit = working_model(data, eta)
+    fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
+    ols = inference.unit_ols(design, unit, stats, fake)
+    variance = inference.variance_tests(design, ols, tau, stats)
+    return HGLMAnalysis(spec, design, data, est, opts.quadrature_points if est == "agq" else (1 if est == "laplace" else 0),
+                        p_res, m_res, gamma, cov, rcov, tau, sigma2, inference.hlm_fixed_df(design), variance,
+                        converged, b, bvar)
+
+
+# ====================================================================== model printing
+
+def link_lines(spec, sym) -> list[str]:
+    """HLM 7's level-1 block for the family (hglm-hlm3-weights.md §1)."""
+    b, y = sym.beta, spec.outcome.upper()[:8]
+    phi = "phi" if sym.ascii else "φ"
+    lam = "lambda" if sym.ascii else "λ"
+    eta = "eta" if sym.ascii else "η"
+    fam = spec.options.family
+    if fam == "bernoulli":
+        top = [f"    Prob({y}ij=1|{b}j) = {phi}ij", f"    log[{phi}ij/(1 - {phi}ij)] = {eta}ij"]
+    elif fam == "binomial":
+        top = [f"    E({y}ij|{b}j) = mij*{phi}ij", f"    Var({y}ij|{b}j) = mij*{phi}ij(1 - {phi}ij)",
+               f"    log[{phi}ij/(1 - {phi}ij)] = {eta}ij", f"    (mij = {spec.options.trials.upper()[:8]}, the number of trials)"]
+    else:
+        m = "mij*" if spec.options.exposure else ""
+        top = [f"    E({y}ij|{b}j) = {m}{lam}ij", f"    log[{lam}ij] = {eta}ij"]
+        if spec.options.exposure:
+            top.append(f"    (mij = {spec.options.exposure.upper()[:8]}, the exposure; log mij is an offset)")
+    return top
+
+
+def hglm_model_summary(spec, sym) -> list[str]:
+    from .report import hlm_name, model_summary
+
+    lines = model_summary(spec, sym)
+    out = []
+    head = f"    {hlm_name(spec.outcome)}ij = "
+    eta = "eta" if sym.ascii else "η"
+    in_l1 = False
+    for line in lines:
+        if line == "Level-1 Model":
+            in_l1 = True
+        elif line == "Level-2 Model":
+            in_l1 = False
+        if in_l1 and line.startswith(head):
+            out += link_lines(spec, sym)
+            rhs = line[len(head):]
+            out.append(f"    {eta}ij = " + re.sub(r"\s*\+\s*rij$", "", rhs))
+            continue
+        if line.startswith("     + ") and line.rstrip().endswith("rij"):
+            line = re.sub(r"\s*\+\s*rij$", "", line)
+            if line.strip() == "+":
+                continue
+        if line.startswith(head):
+            line = f"    {eta}ij = " + line[len(head):]
+        out.append(line)
+    return out
+
+
+def glmer_call(spec, id_name: str) -> str:
+    from .report import lme4_formula
+
+    formula, _ = lme4_formula(spec, id_name)
+    opts = spec.options
+    lhs, rhs = formula.split(" ~ ", 1)
+    if opts.family == "binomial":
+        lhs = f"cbind({lhs}, {opts.trials} - {lhs})"
+    if opts.exposure:
+        rhs = rhs.replace(" + (", f" + offset(log({opts.exposure})) + (", 1)
+    nagq = {"pql": "", "laplace": ", nAGQ = 1", "agq": f", nAGQ = {opts.quadrature_points}"}[opts.estimation]
+    fam = "binomial" if opts.family in ("bernoulli", "binomial") else "poisson"
+    return f"glmer({lhs} ~ {rhs}, family = {fam}{nagq})"
+
+
+def estimation_text(opts) -> str:
+    if opts.estimation == "pql":
+        kind = "restricted" if opts.method == "REML" else "full"
+        od = ", level-1 scale estimated (over-dispersion)" if opts.overdispersion else ", level-1 scale fixed at 1"
+        return f"penalized quasi-likelihood ({kind} PQL{od})"
+    if opts.estimation == "laplace":
+        return "full maximum likelihood, Laplace approximation"
+    return f"full maximum likelihood, adaptive Gauss-Hermite quadrature with {opts.quadrature_points} points per random effect"
+
+
+# ====================================================================== tables
+
+def fixed_json(a: HGLMAnalysis, gamma, cov, rcov, df) -> list[dict]:
+    fam = a.data.family
+    out = []
+    se = np.sqrt(np.diag(cov))
+    rse = np.sqrt(np.diag(rcov)) if rcov is not None else np.full_like(se, np.nan)
+    t, rt = gamma / se, gamma / rse
+    p, rp = inference.two_sided_p(t, df), inference.two_sided_p(rt, df)
+    for k, f in enumerate(a.design.fixed):
+        term = a.spec.level2[f.q].predictors[f.s - 1] if f.s else None
+        tq = special.stdtrit(df[k], 0.975)
+        out.append({
+            "coefficient": f.coefficient, "predictor": f.predictor, "gamma": f.label,
+            "centering": term.centering if term else None,
+            "estimate": float(gamma[k]), "se": float(se[k]), "t": float(t[k]), "df": float(df[k]), "p": float(p[k]),
+            "robust_se": float(rse[k]), "robust_t": float(rt[k]), "robust_p": float(rp[k]),
+            fam.ratio_name: float(np.exp(gamma[k])),
+            "ci_low": float(np.exp(gamma[k] - tq * se[k])), "ci_high": float(np.exp(gamma[k] + tq * se[k])),
+            "robust_ci_low": float(np.exp(gamma[k] - tq * rse[k])), "robust_ci_high": float(np.exp(gamma[k] + tq * rse[k])),
+        })
+    return out
+
+
+def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
+    from .report import data_hash, model_record
+
+    d, opts = a.design, a.spec.options
+    names = a.spec.coefficient_names()
+    rand_q = [int(q) for q in np.flatnonzero(d.random)]
+    sd = np.sqrt(np.clip(np.diag(a.tau), 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = a.tau / np.outer(sd, sd)
+    vt = a.variance
+    comps = [{"effect": names[q], "label": f"u{q}", "sd": float(sd[k]), "variance": float(a.tau[k, k]),
+              "df": float(vt.df[k]), "chi2": float(vt.chi2[k]), "p": float(vt.p[k])} for k, q in enumerate(rand_q)]
+    if a.sigma2 is not None:
+        comps.append({"effect": "level-1", "label": "r", "sd": math.sqrt(a.sigma2), "variance": a.sigma2,
+                      "df": None, "chi2": None, "p": None})
+    out = {
+        "schema": 2, "tool": "hlmcli", "version": __version__, "title": meta.get("title"),
+        "data_source": meta.get("data_source"), "outcome": a.spec.outcome,
+        "family": opts.family, "link": a.data.family.link, "estimation": a.estimation,
+        "quadrature_points": a.nodes if a.estimation == "agq" else (1 if a.estimation == "laplace" else None),
+        "method": a.spec.method if a.estimation == "pql" else "ML",
+        "trials": opts.trials, "exposure": opts.exposure, "overdispersion": opts.overdispersion,
+        "n_level1": d.n, "n_level2": d.n_units, "n_deleted": d.n_deleted, "units_deleted": d.units_deleted,
+        "converged": a.converged, "model": model_record(a.spec, meta), "data_hash": data_hash(d),
+        "random_coefficients": [names[q] for q in rand_q],
+        "tau": a.tau.tolist(), "tau_correlation": corr.tolist(),
+        "reliability": {names[q]: float(vt.reliability[k]) for k, q in enumerate(rand_q)},
+        "fixed_effects": fixed_json(a, a.gamma, a.cov, a.robust_cov, a.df),
+        "gamma_covariance": a.cov.tolist(), "gamma_robust_covariance": a.robust_cov.tolist(),
+        "variance_components": comps,
+        "sigma2": a.sigma2,
+        "deviance": a.ml.deviance if a.ml else None,
+        "deviance_note": None if a.ml else "PQL maximises a quasi-likelihood: there is no deviance to compare models with",
+        "n_params": a.ml.n_params if a.ml else None,
+        "loglik": -a.ml.deviance / 2 if a.ml else None,
+        "loglik_constant": a.data.const,
+        "lme4_formula": glmer_call(a.spec, meta.get("id_name", "ID")),
+        "centering_means": d.centering_means,
+    }
+    if a.pql is not None:
+        out["macro_iterations"] = a.pql.macro_iterations
+        out["micro_iterations"] = a.pql.micro_iterations
+        if a.pql.pa_gamma is not None:
+            out["population_average"] = {
+                "definition": "GEE with the linearised marginal working covariance σ²W⁻¹ + ZτZ', τ and σ² held at the "
+                              "unit-specific PQL estimates (Raudenbush & Bryk 2002, ch. 10)",
+                "iterations": a.pql.pa_iterations,
+                "fixed_effects": fixed_json(a, a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov, a.df)}
+    if a.ml is not None:
+        out["certificate"] = a.ml.certificate.to_json()
+        out["iterations"] = a.ml.iterations
+    return out
+
+
+def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
+    from .report import hlm_p
+
+    opts = a.spec.options
+    d = a.design
+    L = []
+    if meta.get("title"):
+        L += [meta["title"], ""]
+    L += [f"Data: {meta.get('data_source')}", ""]
+    L += hglm_model_summary(a.spec, sym)
+    L += ["", f"Level-1 distribution: {opts.family}" + (f", trials {opts.trials}" if opts.trials else "")
+          + (f", exposure {opts.exposure}" if opts.exposure else ""),
+          f"Method of estimation: {estimation_text(opts)}",
+          f"Number of level-1 units = {d.n}", f"Number of level-2 units = {d.n_units}", ""]
+    if a.pql is not None:
+        L.append(f"Final Results - Iteration {a.pql.macro_iterations} (macro iterations)"
+                 + ("" if a.converged else "  NOT CONVERGED"))
+    else:
+        L.append(f"Final Results ({'Laplace' if a.estimation == 'laplace' else 'AGQ'}): "
+                 + ("the optimum is certified: " if a.converged else "NOT certified: ") + a.ml.certificate.describe())
+    names = a.spec.coefficient_names()
+    rand_q = [int(q) for q in np.flatnonzero(d.random)]
+    tau_sym = "tau" if sym.ascii else "τ"
+    L += ["", f"{tau_sym}"] + ["  " + " ".join(f"{x:12.5f}" for x in row) for row in a.tau]
+    sd = np.sqrt(np.clip(np.diag(a.tau), 0, None))
+    if len(rand_q) > 1:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = a.tau / np.outer(sd, sd)
+        L += ["", f"{tau_sym} (as correlations)"] + ["  " + " ".join(f"{x:8.3f}" for x in row) for row in corr]
+    L += ["", "----------------------------------------------------", " Random level-1 coefficient   Reliability estimate",
+          "----------------------------------------------------"]
+    for k, q in enumerate(rand_q):
+        L.append(f" {names[q].upper()[:8]:<29s}{a.variance.reliability[k]:10.3f}")
+    L.append("----------------------------------------------------")
+    ratio = "Odds Ratio" if a.data.family.link == "logit" else "Event Rate Ratio"
+    lab = "(Unit-specific model)" if a.estimation == "pql" else ""
+
+    def fixed_tables(title, gamma, cov, rcov):
+        out = []
+        for robust in (False, True):
+            c = rcov if robust else cov
+            if c is None:
+                continue
+            se = np.sqrt(np.diag(c))
+            t = gamma / se
+            p = inference.two_sided_p(t, a.df)
+            head = f"Final estimation of fixed effects {title}" + (" (with robust standard errors)" if robust else "")
+            out += ["", head, "-" * 78, f"{'Fixed Effect':<24s}{'Coefficient':>12s}{'Standard error':>16s}{'t-ratio':>9s}"
+                    f"{'Approx. d.f.':>13s}{'p-value':>9s}", "-" * 78]
+            for k, f in enumerate(d.fixed):
+                out.append(f"{(f.predictor if f.s else f.coefficient + ', ' + sym.g(f.q, 0))[:22]:<24s}"
+                           f"{gamma[k]:12.6f}{se[k]:16.6f}{t[k]:9.3f}{int(a.df[k]):13d}{hlm_p(p[k]):>9s}")
+            out += ["-" * 78, "", f"{'Fixed Effect':<24s}{'Coefficient':>12s}{ratio:>18s}{'Confidence Interval':>24s}", "-" * 78]
+            for k, f in enumerate(d.fixed):
+                tq = special.stdtrit(a.df[k], 0.975)
+                out.append(f"{(f.predictor if f.s else f.coefficient + ', ' + sym.g(f.q, 0))[:22]:<24s}{gamma[k]:12.6f}"
+                           f"{np.exp(gamma[k]):18.6f}   ({np.exp(gamma[k] - tq * se[k]):.3f},{np.exp(gamma[k] + tq * se[k]):.3f})")
+            out.append("-" * 78)
+        return out
+
+    L += fixed_tables(lab, a.gamma, a.cov, a.robust_cov)
+    L += ["", "Final estimation of variance components", "-" * 78,
+          f"{'Random Effect':<22s}{'Standard Deviation':>19s}{'Variance Component':>20s}{'d.f.':>6s}{'chi-square':>12s}{'p-value':>9s}",
+          "-" * 78]
+    for k, q in enumerate(rand_q):
+        L.append(f"{(names[q].upper()[:8] + ', u' + str(q)):<22s}{sd[k]:19.5f}{a.tau[k, k]:20.5f}{int(a.variance.df[k]):6d}"
+                 f"{a.variance.chi2[k]:12.5f}{hlm_p(a.variance.p[k]):>9s}")
+    if a.sigma2 is not None:
+        L.append(f"{'level-1, r':<22s}{math.sqrt(a.sigma2):19.5f}{a.sigma2:20.5f}")
+    L.append("-" * 78)
+    if a.ml is not None:
+        L += ["", "Statistics for the current model", f"  Deviance = {a.ml.deviance:.6f}",
+              f"  Number of estimated parameters = {a.ml.n_params}",
+              "  (−2 × the full log-likelihood, every constant included)" if not sym.ascii else
+              "  (-2 x the full log-likelihood, every constant included)"]
+    else:
+        L += ["", "Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test;",
+              "use --estimation laplace or agq for a deviance."]
+    if a.pql is not None and a.pql.pa_gamma is not None:
+        L += ["", "Results for Population-average Model"]
+        L += fixed_tables("(Population-average model)", a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov)
+    L += ["", "The same model in R (lme4)", f" {glmer_call(a.spec, meta.get('id_name', 'ID'))}"]
+    return "\n".join(L) + "\n"
+
+
+def write_residuals(a: HGLMAnalysis, sources) -> None:
+    """EB estimates and level-1 fitted values on the link scale (η), as HLM 7's residual files."""
+    opts = a.spec.options
+    if not (opts.residuals_l1 or opts.residuals_l2):
+        return
+    import pandas as pd
+
+    from .residual_files import write_table
+
+    d = a.design
+    names = a.spec.coefficient_names()
+    rand_q = [int(q) for q in np.flatnonzero(d.random)]
+    coef = np.einsum("jkp,p->jk", a.data.B, a.gamma)
+    eb = coef.copy()
+    eb[:, a.data.rnd] += a.b
+    if opts.residuals_l2:
+        cols: dict[str, object] = {"id": d.unit_ids, "nj": d.sizes.astype(int)}
+        for k, q in enumerate(rand_q):
+            cols[f"u_{names[q]}"] = a.b[:, k]
+            cols[f"postvar_{names[q]}"] = a.b_var[:, k, k]
+        for q, name in enumerate(names):
+            cols[f"fitted_{name}"] = coef[:, q]
+            cols[f"eb_{name}"] = eb[:, q]
+        for name, values in d.level2_values.items():
+            cols[name] = values
+        write_table(pd.DataFrame(cols), opts.residuals_l2)
+    if opts.residuals_l1:
+        unit = a.data.unit
+        eta = a.data.eta(a.gamma, a.b)
+        cols = {"id": np.array(d.unit_ids, dtype=object)[unit], "eta": eta,
+                "fitted": a.data.family.mean(eta, a.data.trials), d.spec.outcome: d.y}
+        for k, term in enumerate(d.spec.level1, start=1):
+            cols[term.name if term.centering == "none" else f"{term.name}_{term.centering}"] = d.L[:, k]
+        write_table(pd.DataFrame(cols), opts.residuals_l1)

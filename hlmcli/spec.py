@@ -1,0 +1,67 @@
+"""The level-1 family and the estimation method of a model: small enums shared by the CLI, the
+command-file reader and the HGLM engine, and the reader of HLM 7's printed HGLM level-1 block."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+from .errors import ModelError
+
+
+class FamilyName(str, Enum):
+    NORMAL = "normal"
+    BERNOULLI = "bernoulli"
+    BINOMIAL = "binomial"
+    POISSON = "poisson"
+
+
+class Estimation(str, Enum):
+    PQL = "pql"
+    LAPLACE = "laplace"
+    AGQ = "agq"
+
+
+# HLM 7's printed level-1 block, e.g.
+#   Prob(USE=1|β) = φ ; log[φ/(1-φ)] = η ; η = β0 + β1*URBAN
+#   E(Y|β) = λ (or mλ) ; log[λ] = η ; η = β0 + β1*X
+_PROB = re.compile(r"^\s*prob\s*\(\s*([A-Za-z_][\w.]*)\w*\s*=\s*1\s*\|[^)]*\)\s*=\s*(φ|phi)\w*\s*$", re.I)
+_EXPECT = re.compile(r"^\s*e\s*\(\s*([A-Za-z_][\w.]*?)(ij)?\s*\|[^)]*\)\s*=\s*(m\w*\s*[·*]?\s*)?(λ|lambda|φ|phi)\w*\s*$", re.I)
+_LINK = re.compile(r"^\s*log\s*[\[(].*[\])]\s*=\s*(η|eta)\w*\s*$", re.I)
+_VAR = re.compile(r"^\s*var\s*\(", re.I)
+_ETA = re.compile(r"^\s*(η|eta)\w*\s*=", re.I)
+
+
+def hlm_block(text: str):
+    """HLM 7's printed HGLM level-1 block -> (equation 'Y = b0 + ...', family or None, exposure implied).
+
+    Returns (text, None, False) unchanged when the text is not such a block."""
+    lines = [s for s in re.split(r"[\n;]", text) if s.strip()]
+    if len(lines) < 2:
+        return text, None, False
+    outcome = fam = None
+    exposure = False
+    eta_rhs = None
+    for line in lines:
+        if m := _PROB.match(line):
+            outcome, fam = m.group(1), FamilyName.BERNOULLI
+        elif m := _EXPECT.match(line):
+            outcome = m.group(1)
+            is_phi = m.group(4).lower() in ("φ", "phi")
+            fam = FamilyName.BINOMIAL if is_phi else FamilyName.POISSON
+            exposure = bool(m.group(3)) and not is_phi
+        elif _LINK.match(line) or _VAR.match(line):
+            continue
+        elif _ETA.match(line):
+            eta_rhs = line.split("=", 1)[1]
+        else:
+            return text, None, False
+    if outcome is None or eta_rhs is None:
+        raise ModelError(f"'{text.strip()}': an HGLM level-1 block needs the outcome line (Prob(Y=1|β) = φ or "
+                         "E(Y|β) = λ) and the line η = β0 + ...")
+    return f"{outcome} = {eta_rhs.strip()}", fam, exposure
+
+
+def has_residual(equation: str) -> bool:
+    """Whether a level-1 equation ends in the level-1 residual r."""
+    return re.search(r"\+\s*[rR](ij)?\s*$", equation.strip()) is not None
