@@ -156,9 +156,12 @@ def _two_files(tmp_path):
     return tmp_path / "l1.csv", tmp_path / "l2.csv"
 
 
-def test_cache_is_reused_rebuilt_on_change_and_on_damage(tmp_path):
+def test_cache_is_reused_rebuilt_on_change_and_on_damage(tmp_path, monkeypatch):
     from hlmcli.archive import BuildOptions
     from hlmcli.cache import cached_archive
+
+    # a cache of this test's own: other tests may already have cached the same HSB files
+    monkeypatch.setenv("HLMCLI_CACHE_DIR", str(tmp_path / "cache"))
 
     l1, l2 = _two_files(tmp_path)
     opts = BuildOptions(id1="ID", id2="ID")
