@@ -128,23 +128,21 @@ class GLMData:
     def Xv(self, v: np.ndarray) -> np.ndarray:
         return np.einsum("jkp,jk->p", self.B, self.Lv(v))
 
-    def LWL(self, w: np.ndarray) -> np.ndarray:
-        K = self.K
-        out = np.empty((self.J, K, K))
-        for a in range(K):
-            La = self.L[:, a] * w
-            for c in range(a, K):
-                out[:, a, c] = out[:, c, a] = np.add.reduceat(La * self.L[:, c], self.starts)
+    def _weighted_cross(self, M: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Per-unit M_j'W_jM_j, (J, k, k), for the record-level columns M (N, k)."""
+        k = M.shape[1]
+        out = np.empty((self.J, k, k))
+        for a in range(k):
+            Ma = M[:, a] * w
+            for c in range(a, k):
+                out[:, a, c] = out[:, c, a] = np.add.reduceat(Ma * M[:, c], self.starts)
         return out
 
+    def LWL(self, w: np.ndarray) -> np.ndarray:
+        return self._weighted_cross(self.L, w)
+
     def ZWZ(self, w: np.ndarray) -> np.ndarray:
-        q = self.q
-        out = np.empty((self.J, q, q))
-        for a in range(q):
-            Za = self.Z[:, a] * w
-            for c in range(a, q):
-                out[:, a, c] = out[:, c, a] = np.add.reduceat(Za * self.Z[:, c], self.starts)
-        return out
+        return self._weighted_cross(self.Z, w)
 
     def Zv(self, v: np.ndarray) -> np.ndarray:
         return self.usum(self.Z * v[:, None])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from .errors import HlmError, ModelError
