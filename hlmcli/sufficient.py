@@ -186,19 +186,6 @@ def _assemble(N, n, ZZ, Zy, ZX, XX, Xy, yy, B, r, XX_units, Xy_units, w2=None) -
     )
 
 
-def transform_random(stats: ModelStats, A: np.ndarray) -> ModelStats:
-    """The same model with the random-effect columns Z replaced by Z̃ = ZA (A invertible, q×q).
-
-    The likelihood is unchanged when τ = Aτ̃A' (Zu = Z̃ũ with u = Aũ), so a fit in the new
-    coordinates maps back exactly; the estimation uses this to work on standardised columns."""
-    ZZ = np.einsum("ab,jbc,cd->jad", A.T, stats.ZZ, A)
-    ZZ = 0.5 * (ZZ + np.swapaxes(ZZ, 1, 2))
-    Zy = stats.Zy @ A
-    ZX = np.einsum("ba,jbp->jap", A, stats.ZX)
-    return _assemble(stats.N, stats.n, np.ascontiguousarray(ZZ), np.ascontiguousarray(Zy), np.ascontiguousarray(ZX),
-                     stats.XX, stats.Xy, stats.yy, stats.B, stats.random, stats.XX_units, stats.Xy_units, stats.w2)
-
-
 OUTER_LIMIT_BYTES = 256 * 2**20
 
 
@@ -212,3 +199,28 @@ def _outer_products(ZX: np.ndarray) -> np.ndarray | None:
     for k, (a, b) in enumerate(pairs):
         out[k] = (ZX[:, a, :, None] * ZX[:, b, None, :]).reshape(J, p * p)
     return out
+
+
+def reparametrise(stats: ModelStats, A: np.ndarray, Tinv: np.ndarray, b: np.ndarray) -> ModelStats:
+    """The same model with the random-effect columns Z replaced by Z̃ = ZA (A invertible, q×q), the
+    fixed-effect columns X by X̃ = XT (T = Tinv⁻¹) and the outcome by ỹ = y − X̃b.
+
+    The likelihood is unchanged when τ = Aτ̃A' (Zu = Z̃ũ with u = Aũ). GLS is equivariant under the
+    other two (γ = T(γ̃ + b)); σ²V⁻¹ and the residuals e = ỹ − X̃γ̃ are unchanged, so the ML deviance
+    is unchanged and the REML deviance moves by 2 log|det T| through log|X'V⁻¹X|. The estimation
+    works in these coordinates (standardised Z, whitened X, residualised y) and maps back exactly:
+    then P = X'X − Σ(Z'X)'K(Z'X) and rss = y'V⁻¹y − c'γ̂ cancel only as far as the model forces."""
+    T = np.linalg.inv(Tinv)
+    ZZ = np.einsum("ab,jbc,cd->jad", A.T, stats.ZZ, A)
+    ZZ = 0.5 * (ZZ + np.swapaxes(ZZ, 1, 2))
+    XX = T.T @ stats.XX @ T
+    XX = 0.5 * (XX + XX.T)
+    ZX = np.einsum("ba,jbp->jap", A, stats.ZX) @ T
+    XX_units = np.einsum("ab,jbc,cd->jad", T.T, stats.XX_units, T)
+    Xy_units = stats.Xy_units @ T - XX_units @ b
+    TXy = T.T @ stats.Xy
+    Xy = TXy - XX @ b
+    Zy = stats.Zy @ A - ZX @ b
+    yy = float(stats.yy - 2.0 * b @ TXy + b @ XX @ b)
+    return _assemble(stats.N, stats.n, np.ascontiguousarray(ZZ), np.ascontiguousarray(Zy), np.ascontiguousarray(ZX),
+                     XX, Xy, yy, stats.B @ T, stats.random, XX_units, Xy_units, stats.w2)
