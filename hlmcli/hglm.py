@@ -507,6 +507,11 @@ def _newton(fg, x, f, g, H, maxit, tol):
     return x, f, g, maxit, -0.5 * float(g @ _newton_step(H, g)) <= tol
 
 
+# PQL only supplies the start of the ML search, so a loose macro tolerance does (Newton finishes)
+START_TOL = 1e-4
+FINAL_FORWARD = True
+
+
 def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxiter: int = 100,
            diagonal: bool = False) -> MLResult:
     """Laplace (nodes = 1) or AGQ (nodes > 1) maximum likelihood, certified over PSD τ (or over
@@ -515,7 +520,7 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
     idx = _theta_index(q, diagonal)
     nt = idx[0].size
     if start is None:
-        start = pql(data, reml=False, population_average=False)
+        start = pql(data, reml=False, population_average=False, stopmacro=START_TOL)
     cond = Conditional(data, nodes)
     H0 = None
     if nodes > 1:
@@ -559,7 +564,7 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         x = res.x
         f, g = fg(x)
         iters += int(res.nit)
-    Hs = _hessian(grad, x)
+    Hs = _hessian(grad, x, g0=g, h=1e-6) if FINAL_FORWARD else _hessian(grad, x)
     x1 = x
     x, f, g, n2, ok = _newton(fg, x, f, g, Hs, 20, 1e-11)
     iters += n2
