@@ -59,6 +59,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .certificate import Certificate, Face, certify
+from .estimation import TauStructure
 from .estimation import fit as linear_fit
 from .family import Family
 from .sufficient import model_stats, unit_cross_products
@@ -168,10 +169,11 @@ def working_model(data: GLMData, eta: np.ndarray):
     return weighted_stats(data, z, W, with_unit=True)
 
 
-def _fixed_sigma_fit(stats, reml: bool, lam0: np.ndarray, maxiter: int, tol: float):
-    """τ of the weighted LMM with σ² = 1: L-BFGS-B over the lower triangle of Λ (τ = ΛΛ')."""
+def _fixed_sigma_fit(stats, reml: bool, lam0: np.ndarray, maxiter: int, tol: float, diagonal: bool = False):
+    """τ of the weighted LMM with σ² = 1: L-BFGS-B over the lower triangle of Λ (τ = ΛΛ'), or over
+    its diagonal for a diagonal τ."""
     q = stats.q
-    tril = np.tril_indices(q)
+    tril = _theta_index(q, diagonal)
 
     def fun(th):
         lam = np.zeros((q, q))
@@ -215,7 +217,8 @@ class PQLResult:
 
 
 def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit: int = 100,
-        microit: int = 100, stopmacro: float = 1e-8, stopmicro: float = 1e-8, population_average: bool = True) -> PQLResult:
+        microit: int = 100, stopmacro: float = 1e-8, stopmicro: float = 1e-8, population_average: bool = True,
+        diagonal: bool = False) -> PQLResult:
     fam = data.family
     eta = fam.start(data.y, data.trials, data.offset) + (data.offset if data.offset is not None else 0.0)
     lam = 0.5 * np.eye(data.q)
@@ -227,14 +230,15 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
         z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
         stats = weighted_stats(data, z, W)
         if overdispersion:
-            r = linear_fit(stats, "REML" if reml else "ML", max_iterations=microit)
+            r = linear_fit(stats, "REML" if reml else "ML", max_iterations=microit,
+                           structure=TauStructure.DIAGONAL if diagonal else TauStructure.UNSTRUCTURED)
             sigma2 = float(r.sigma2)
             tau = r.tau
             lam = np.linalg.cholesky(tau / sigma2 + 1e-300 * np.eye(data.q)) if np.all(np.linalg.eigvalsh(tau) > 0) \
                 else _psd_factor(tau / sigma2)
             micro += r.iterations
         else:
-            lam, nit = _fixed_sigma_fit(stats, reml, lam, microit, stopmicro)
+            lam, nit = _fixed_sigma_fit(stats, reml, lam, microit, stopmicro, diagonal)
             micro += nit
         us = unit_solve(stats, lam)
         b, bvar = us.posterior(sigma2)
