@@ -320,6 +320,10 @@ class Conditional:
         else:
             self.z, self.logw = np.zeros((1, data.q)), np.zeros(1)
         self.count = 0
+        # For the difference Hessian only: the family's values at a record's η + δ from those at the
+        # last exactly evaluated η (self.base) by Taylor series, while max|δ| ≤ TAYLOR_STEP.
+        self.taylor = False
+        self.base = None
 
     def modes(self, gamma, lam, tol=1e-10, maxit=60):
         """Newton for û_j in every unit at once, with per-unit step halving. Returns û and η, and
@@ -333,7 +337,15 @@ class Conditional:
 
         def state(u):
             eta = eta0 + d.rowdot(d.Z, u @ lam.T)
-            ev = d.family.evaluate(eta, d.y, d.trials)
+            ev = None
+            if self.taylor and self.base is not None:
+                delta = eta - self.base[0]
+                if np.max(np.abs(delta)) <= TAYLOR_STEP:
+                    ev = d.family.taylor(self.base[1], delta, d.trials)
+            if ev is None:
+                ev = d.family.evaluate(eta, d.y, d.trials)
+                if not self.taylor:
+                    self.base = (eta, ev)
             pl = d.usum(ev[0]) - 0.5 * np.sum(u * u, axis=1)
             return eta, pl, ev
 
@@ -360,7 +372,17 @@ class Conditional:
         return u, eta
 
     def evaluate(self, gamma, lam, grad: bool = True):
-        """The deviance, and with grad (∂d/∂γ, ∂d/∂Λ) exactly (module docstring, "AGQ gradient")."""
+        """The deviance, and with grad (∂d/∂γ, ∂d/∂Λ) exactly (module docstring, "AGQ gradient").
+        The last exact result is kept: the certificate asks again at the optimum."""
+        key = (np.asarray(gamma, float).tobytes(), np.asarray(lam, float).tobytes(), grad)
+        if not self.taylor and getattr(self, "_memo", (None,))[0] == key:
+            return self._memo[1]
+        out = self._evaluate(gamma, lam, grad)
+        if not self.taylor:
+            self._memo = (key, out)
+        return out
+
+    def _evaluate(self, gamma, lam, grad):
         d, fam = self.data, self.data.family
         q, rnd = d.q, d.rnd
         u, eta = self.modes(gamma, lam)
@@ -384,10 +406,14 @@ class Conditional:
             T = np.empty((nk, d.J))
             if grad:
                 XL, U = np.empty((nk, d.J, d.K)), np.empty((nk, d.J, q))
+            # per record z_i'ΛR_j, so that each node's η is η̂ + M z_k (no per-node gathers)
+            LR = lam @ R
+            M = np.empty((d.N, q))
+            for b in range(q):
+                M[:, b] = d.rowdot(d.Z, LR[:, :, b])
             for k, (zk, lw) in enumerate(zip(self.z, self.logw)):
-                delta = np.einsum("jab,b->ja", R, zk)
-                uk = u + delta
-                lk, dlk, _, _ = fam.evaluate(eta + d.rowdot(d.Z, delta @ lam.T), d.y, d.trials, second=False)
+                uk = u + np.einsum("jab,b->ja", R, zk)
+                lk, dlk, _, _ = fam.evaluate(eta + M @ zk, d.y, d.trials, second=False)
                 T[k] = lw + d.usum(lk) - 0.5 * np.sum(uk * uk, axis=1) + 0.5 * float(zk @ zk)
                 if grad:
                     XL[k], U[k] = d.Lv(dlk), uk
@@ -472,8 +498,18 @@ class MLResult:
     diagonal: bool = False
 
 
-def _hessian(grad_fn, x, g0=None, h=1e-5):
-    """Central (or, given g0 = grad_fn(x), forward) differences of the analytic gradient."""
+TAYLOR_STEP = 1e-4
+
+
+def _hessian(grad_fn, x, g0=None, h=1e-5, cond=None):
+    """Central (or, given g0 = grad_fn(x), forward) differences of the analytic gradient; with cond,
+    its family values come by Taylor series from those at x (Conditional.taylor)."""
+    if cond is not None:
+        cond.taylor = True
+        try:
+            return _hessian(grad_fn, x, g0, h)
+        finally:
+            cond.taylor = False
     n = x.size
     Hm = np.empty((n, n))
     for i in range(n):
@@ -513,7 +549,6 @@ def _newton(fg, x, f, g, H, maxit, tol):
 
 # PQL only supplies the start of the ML search, so a loose macro tolerance does (Newton finishes)
 START_TOL = 1e-4
-FINAL_FORWARD = True
 
 
 def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxiter: int = 100,
@@ -559,7 +594,7 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
     x, f = x0, None
     f, g = fg(x)
     if H0 is None:
-        H0 = _hessian(grad, x, g0=g, h=1e-6)
+        H0 = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
     iters = 0
     x, f, g, n1, ok = _newton(fg, x, f, g, H0, 50, 1e-6)
     iters += n1
@@ -568,12 +603,12 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         x = res.x
         f, g = fg(x)
         iters += int(res.nit)
-    Hs = _hessian(grad, x, g0=g, h=1e-6) if FINAL_FORWARD else _hessian(grad, x)
+    Hs = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
     x1 = x
     x, f, g, n2, ok = _newton(fg, x, f, g, Hs, 20, 1e-11)
     iters += n2
     if np.max(np.abs(x - x1)) > 1e-5 * (1.0 + np.max(np.abs(x))):  # moved: refresh the Hessian for the SEs
-        Hs = _hessian(grad, x)
+        Hs = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
         x, f, g, n3, ok = _newton(fg, x, f, g, Hs, 20, 1e-11)
         iters += n3
     # the sign convention: Λ's diagonal non-negative (a column's sign flips with its u)
@@ -615,7 +650,7 @@ def _certify_ml(data, cond, x, g, Hs, nt, idx, nodes, diagonal, tol) -> Certific
     gamma, lam = _unpack(x, q, idx)
     G = lam @ lam.T
     Hgg = Hs[nt:, nt:] if np.all(np.isfinite(Hs)) else None
-    obj = _ProfiledML(data, cond, gamma, Hgg, diagonal)
+    obj = _ProfiledML(data, cond, gamma, Hgg, diagonal, lam)
     face = Face(G, diagonal)
     if face.r < q or Hgg is None:
         return certify(obj, G, diagonal, tol)
@@ -661,8 +696,8 @@ class _ProfiledML:
     """The objective the certificate needs: at(G) -> (deviance profiled over γ, Γ = ∂d/∂G), with
     Λ the lower-triangular factor of G, as in the search."""
 
-    def __init__(self, data, cond, gamma, Hgg, diagonal):
-        self.data, self.cond, self.gamma = data, cond, gamma.copy()
+    def __init__(self, data, cond, gamma, Hgg, diagonal, lam=None):
+        self.data, self.cond, self.gamma, self.lam = data, cond, gamma.copy(), lam
         self.idx = _theta_index(data.q, diagonal)
         # a fixed Newton matrix for γ at fixed Λ: the γ block of the deviance Hessian at the optimum
         self.Hg = Hgg
@@ -693,6 +728,8 @@ class _ProfiledML:
             # exact: dΛ = ΛΦ(Λ⁻¹dGΛ⁻ᵀ) for the Cholesky factor, so Γ = Λ⁻ᵀ sym(Φ(Λ'D))Λ⁻¹ with D
             # the lower triangle of ∂d/∂Λ (the diagonal of it for a diagonal τ)
             lam = np.linalg.cholesky(G)
+            if self.lam is not None and np.allclose(lam, self.lam, rtol=0.0, atol=1e-14):
+                lam = self.lam  # the optimum itself (its evaluation is kept)
             dev, glam = self._profile(lam)
             D = np.zeros((q, q))
             D[self.idx] = glam[self.idx]
