@@ -20,34 +20,55 @@ covariance V_j = σ²W_j⁻¹ + Z_jτZ_j', τ and σ² held at their PQL values;
 point of the GLS on the working variate (a GEE with that working covariance). Model-based SEs
 (ΣX'V⁻¹X)⁻¹, robust SEs the CR0 sandwich on level-2 units.
 
-Laplace (exact ML): for each unit the mode û_j of ℓ_j(u) − ½|u|² (Newton, vectorised), and
+Laplace (exact ML): for each unit the mode û_j of f_j(u) = ℓ_j(u) − ½|u|² (Newton, vectorised),
+H_j = I + Λ'Z_j'W_jZ_jΛ = −∇²f_j(û_j), and
 
-    d(γ, Λ) = −2Σℓ(û) + Σ|û_j|² + Σ log|H_j|,   H_j = I + Λ'Z_j'W_jZ_jΛ,
+    d(γ, Λ) = −2Σℓ(û) + Σ|û_j|² + Σ log|H_j|,
 
-the same function glmer(nAGQ = 1) minimises. Its exact gradient (envelope theorem on û, plus
-the dependence of W on η through κ3 = ∂W/∂η, canonical links):
-with c_i = κ3_i z_i'ΛH⁻¹Λ'z_i, g_j = Z_j'ℓ', m_j = H_j⁻¹Λ'Z_j'c, A_j = Z_j'W_jZ_j,
-
-    ∂d/∂γ = −2X'ℓ' + X'c − Σ_j X_j'W_jZ_jΛ m_j,
-    ∂d/∂Λ = Σ_j [−2g_jû_j' + 2A_jΛH_j⁻¹ + (Z_j'c)û_j' + g_jm_j' − (A_jΛm_j)û_j'].
+the same function glmer(nAGQ = 1) minimises.
 
 Adaptive Gauss–Hermite quadrature (AGQ, K points per dimension, product rule for q = 2, 3):
-with R_j R_j' = H_j⁻¹ and (z_k, w_k) the rule for the standard normal,
+with H_j = C_jC_j' (Cholesky), R_j = C_j⁻ᵀ (so R_jR_j' = H_j⁻¹), (z_k, w_k) the rule for the
+standard normal and u_k = û_j + R_jz_k,
 
-    ∫ e^{ℓ_j(u)} φ_q(u) du ≈ |R_j| Σ_k w_k exp(ℓ_j(û_j + R_jz_k) − ½|û_j + R_jz_k|² + ½|z_k|²),
+    log I_j = −½ log|H_j| + log Σ_k w_k exp(f_j(u_k) + ½|z_k|²),   d = −2Σ_j log I_j,
 
-which is Laplace at K = 1 and glmer(nAGQ = K) at q = 1. The AGQ gradient is by central
-differences (documented; AGQ is for small and medium data).
+which is Laplace at K = 1 and glmer(nAGQ = K) at q = 1.
 
-Standard errors of γ for Laplace and AGQ: as glmer, from the inverse of the Hessian of the
-deviance in (θ, γ) (θ the lower triangle of Λ), by central differences of the gradient;
-cov = 2H⁻¹.
+Exact gradient (both; Laplace is K = 1, z = 0). Differentiate log I_j in a parameter φ with û, H
+and R as functions of it. With π_k the normalised node weights (softmax of the terms above),
+∇f_k = Λ'Z'ℓ'(η_k) − u_k, ḡ = Σπ_k∇f_k, M = Σπ_k z_k∇f_k':
+  * the R term: Σπ_k∇f_k'dR z_k = tr(dR M), and dR = −R dC' R, dC = CΦ(C⁻¹dHC⁻ᵀ) (Φ: lower
+    triangle, diagonal halved) give tr(dR M) = −⟨dH, R S R'⟩ with S = sym(Φ(C'RMR));
+  * so d log I = ⟨Ψ, dH⟩ + Σπ_k ∂_φ f(u_k) + ḡ'dû with Ψ = −½H⁻¹ − RSR';
+  * dH = dΛ'AΛ + Λ'A dΛ + Λ'Z' diag(κ3 dη̂) ZΛ (A = Z'WZ, κ3 = ∂W/∂η, canonical links), and
+    dη̂ = X dγ + Z dΛ û + ZΛ dû; the implicit function theorem on ∇f(û) = 0 gives
+    dû = H⁻¹(−Λ'Z'WX dγ + dΛ'Z'ℓ̂' − Λ'A dΛ û).
+Collecting, with c_i = κ3_i z_i'ΛΨΛ'z_i, m = H⁻¹(ḡ + Λ'Z'c), ĝ = Z'ℓ'(η̂), per unit:
+
+    ∂log I/∂γ = Σπ_k X'ℓ'_k + X'c − X'WZΛm,
+    ∂log I/∂Λ = 2AΛΨ + Σπ_k (Z'ℓ'_k)u_k' + (Z'c)û' + ĝm' − (AΛm)û',
+
+and ∂d = −2Σ_j ∂log I_j. At K = 1 (∇f(û) = 0, Ψ = −½H⁻¹) this is the Laplace gradient
+(envelope theorem on û plus W's dependence on η). tests/test_hglm.py checks both against
+differences of the deviance to 1e-7.
+
+Search (ml_fit): θ = the lower triangle of Λ (its diagonal for a diagonal τ) and γ, unconstrained
+(a column of Λ may change sign: τ does not see it). Newton with a forward-difference Hessian of
+the exact gradient taken at the PQL start (Laplace) or Laplace's Hessian (AGQ), then a fresh
+Hessian near the optimum and Newton to a predicted decrease below 1e-11. Inside the difference
+Hessian the family's per-record values come by Taylor series from the last exact point
+(Conditional.taylor), exact to far below the difference step's own error.
+
+Standard errors of γ for Laplace and AGQ: as glmer, from the inverse of that Hessian of the
+deviance in (θ, γ); cov = 2H⁻¹.
 
 The ML fits carry the optimality certificate of the linear engine (certificate.certify) over PSD
-τ: the objective's at(G) profiles γ out (Newton steps at fixed G) and returns the Laplace or AGQ
-deviance and Γ = ∂d/∂G. For Laplace, Γ = sym(½ ∂d/∂Λ · Λ⁻¹) with Λ a square factor of G (exact,
-γ at its optimum so the γ part vanishes); at a singular G and for AGQ, Γ is by central differences
-of the profiled deviance in the entries of G (documented, numerical).
+τ, tolerance 1e-6 deviance units for both: the objective's at(G) profiles γ out (Newton steps at
+fixed G) and returns the deviance and Γ = ∂d/∂G = Λ⁻ᵀ sym(Φ(Λ'D))Λ⁻¹ for the Cholesky factor Λ
+of G and D = ∂d/∂Λ (exact). At a positive definite τ the face Hessian comes from the (θ, γ)
+Hessian by the Schur complement and the chain rule through θ(G) (_certify_ml); at a singular τ,
+Γ and the face Hessian are by differences of the profiled deviance (numerical).
 """
 
 from __future__ import annotations

@@ -369,7 +369,8 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         out["certificate"] = a.ml.certificate.to_json()
         out["iterations"] = a.ml.iterations
     out["tau_structure"] = "diagonal" if opts.tau == "diagonal" else "unstructured"
-    out["boundary"] = list(a.notes)
+    out["boundary"] = bool(a.notes)  # as the linear engine's JSON: a flag and its notes
+    out["boundary_notes"] = list(a.notes)
     for key in ("hypothesis_tests", "deviance_test"):
         if key in a.extras:
             out[key] = a.extras[key]

@@ -401,6 +401,6 @@ def test_strict_refuses_a_boundary_fit(tmp_path):
     args = ["fit", l1, l2, "--id", "ID", "-1", "Y = b0 + b1*X", "-2", "b0 = g00 + u0", "--family", "bernoulli",
             "--estimation", "laplace", "--format", "json"]
     out = json.loads(hlmcli(*args, check=True).stdout)
-    assert out["tau"][0][0] < 1e-8 and out["boundary"]
+    assert out["tau"][0][0] < 1e-8 and out["boundary"] and "boundary fit" in out["boundary_notes"][0]
     proc = hlmcli(*args, "--strict")
     assert proc.returncode == 3 and "--strict: boundary fit" in proc.stderr
