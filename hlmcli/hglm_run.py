@@ -201,15 +201,17 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
         m_res = ml_fit(data, nodes, start, diagonal=diagonal)
         gamma, cov, tau, eta = m_res.gamma, m_res.cov, m_res.tau, m_res.eta
         sigma2, converged, b, bvar = None, m_res.converged, m_res.b, m_res.b_var
-        # robust SEs from the working model linearised at the ML estimates, τ held
+    stats, unit = working_model(data, eta)
+    if m_res is not None:
+        # robust SEs from the working model linearised at the ML estimates, τ held (any factor of
+        # τ, singular or not, gives the same V)
+        from .hglm import _psd_lower
         from .unitsolve import unit_solve
-        stats, _ = working_model(data, eta)
-        lam = np.linalg.cholesky(tau) if np.all(np.linalg.eigvalsh(tau) > 0) else np.zeros_like(tau)
-        us = unit_solve(stats, lam)
+
+        us = unit_solve(stats, _psd_lower(tau))
         Pinv = us.Pinv()
         s = us.XVe_units()
         rcov = Pinv @ (s.T @ s) @ Pinv
-    stats, unit = working_model(data, eta)
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
     variance = inference.variance_tests(design, ols, tau, stats)
