@@ -364,6 +364,18 @@ def test_diagonal_tau_laplace_matches_glmer():
     assert np.allclose(np.diag(out["tau"]), g["tau"], rtol=1e-4)
 
 
+def test_diagonal_tau_pql_matches_nlme():
+    """--tau diagonal --ml PQL against the macro iterations written out around nlme::lme with pdDiag
+    (tests/reference_scripts/hglm_diagonal_pql.R)."""
+    r = json.loads((H / "contra_diag_pql_ml.json").read_text())
+    out = json.loads(hlmcli("fit", H / "contra_l1.csv", H / "contra_l2.csv", "-1", "USE = b0 + b1*URBAN + b2*AGE",
+                            "-2", "b0 = g00 + u0", "-2", "b1 = g10 + u1", "--id", "DISTRICT", "--family", "bernoulli",
+                            "--tau", "diagonal", "--ml", "--format", "json", check=True).stdout)
+    for f, name in zip(out["fixed_effects"], ("(Intercept)", "URBAN", "AGE")):
+        assert close(f["estimate"], r["fixef"][name], 1e-6) and close(f["se"], r["se"][name], 1e-6)
+    assert out["tau"][0][1] == 0.0 and np.allclose(np.diag(out["tau"]), r["tau"], rtol=1e-6)
+
+
 def test_hypothesis_and_deviance_tests():
     base = ["fit", H / "mmmec_l1.csv", H / "mmmec_l2.csv", *MODELS["mmmec"], "--estimation", "laplace"]
     out = json.loads(hlmcli(*base, "--test", "g10 = 0", "--compare-deviance", "2300", "--compare-params", "2",
