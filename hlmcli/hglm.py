@@ -112,6 +112,9 @@ class GLMData:
         self.starts = self.offs[:-1]
         self.unit = np.repeat(np.arange(self.J), np.diff(self.offs))
         self.Z = np.ascontiguousarray(self.L[:, self.rnd])
+        # column-major copies: every per-record pass below reads one contiguous column at a time
+        self.LT = np.ascontiguousarray(self.L.T)
+        self.ZT = np.ascontiguousarray(self.Z.T)
         self.const = self.family.constant(self.y, self.trials)
 
     # -------------------------------------------------------------- per-unit sums
@@ -123,51 +126,57 @@ class GLMData:
         beta = np.einsum("jkp,p->jk", self.B, gamma)
         if b is not None:
             beta[:, self.rnd] += b
-        e = self.rowdot(self.L, beta)
+        e = self.rowdot(self.LT, beta)
         return e + self.offset if self.offset is not None else e
 
-    def rowdot(self, M: np.ndarray, per_unit: np.ndarray) -> np.ndarray:
-        """Σ_k M[i, k]·per_unit[unit(i), k] per record, one column at a time (faster than a gather of rows)."""
-        e = M[:, 0] * per_unit[:, 0][self.unit]
-        for k in range(1, M.shape[1]):
-            e += M[:, k] * per_unit[:, k][self.unit]
+    def rowdot(self, MT: np.ndarray, per_unit: np.ndarray) -> np.ndarray:
+        """Σ_k M[i, k]·per_unit[unit(i), k] per record from the columns MT = M' (faster than a gather of rows)."""
+        e = MT[0] * per_unit[:, 0][self.unit]
+        for k in range(1, MT.shape[0]):
+            e += MT[k] * per_unit[:, k][self.unit]
         return e
 
     def quad(self, S: np.ndarray) -> np.ndarray:
         """z_i'S_jz_i per record for per-unit symmetric S (J, q, q)."""
-        Z = self.Z
-        h = Z[:, 0] * Z[:, 0] * S[:, 0, 0][self.unit]
+        ZT = self.ZT
+        h = ZT[0] * ZT[0] * S[:, 0, 0][self.unit]
         for a in range(self.q):
             for c in range(a + 1):
                 if a or c:
-                    h += (1.0 if a == c else 2.0) * Z[:, a] * Z[:, c] * S[:, a, c][self.unit]
+                    h += (1.0 if a == c else 2.0) * ZT[a] * ZT[c] * S[:, a, c][self.unit]
         return h
+
+    def _cols_v(self, MT: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out = np.empty((self.J, MT.shape[0]))
+        for k in range(MT.shape[0]):
+            out[:, k] = np.add.reduceat(MT[k] * v, self.starts)
+        return out
 
     def Lv(self, v: np.ndarray) -> np.ndarray:
         """Per-unit L_j'v_j, (J, K)."""
-        return self.usum(self.L * v[:, None])
+        return self._cols_v(self.LT, v)
+
+    def Zv(self, v: np.ndarray) -> np.ndarray:
+        return self._cols_v(self.ZT, v)
 
     def Xv(self, v: np.ndarray) -> np.ndarray:
         return np.einsum("jkp,jk->p", self.B, self.Lv(v))
 
-    def _weighted_cross(self, M: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Per-unit M_j'W_jM_j, (J, k, k), for the record-level columns M (N, k)."""
-        k = M.shape[1]
+    def _weighted_cross(self, MT: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Per-unit M_j'W_jM_j, (J, k, k), from the record-level columns MT = M' (k, N)."""
+        k = MT.shape[0]
         out = np.empty((self.J, k, k))
         for a in range(k):
-            Ma = M[:, a] * w
+            Ma = MT[a] * w
             for c in range(a, k):
-                out[:, a, c] = out[:, c, a] = np.add.reduceat(Ma * M[:, c], self.starts)
+                out[:, a, c] = out[:, c, a] = np.add.reduceat(Ma * MT[c], self.starts)
         return out
 
     def LWL(self, w: np.ndarray) -> np.ndarray:
-        return self._weighted_cross(self.L, w)
+        return self._weighted_cross(self.LT, w)
 
     def ZWZ(self, w: np.ndarray) -> np.ndarray:
-        return self._weighted_cross(self.Z, w)
-
-    def Zv(self, v: np.ndarray) -> np.ndarray:
-        return self.usum(self.Z * v[:, None])
+        return self._weighted_cross(self.ZT, w)
 
     def loglik_units(self, eta: np.ndarray) -> np.ndarray:
         return np.add.reduceat(self.family.loglik_terms(eta, self.y, self.trials), self.starts)
@@ -357,7 +366,7 @@ class Conditional:
         eta0 = d.eta(gamma, None)
 
         def state(u):
-            eta = eta0 + d.rowdot(d.Z, u @ lam.T)
+            eta = eta0 + d.rowdot(d.ZT, u @ lam.T)
             ev = None
             if self.taylor and self.base is not None:
                 delta = eta - self.base[0]
@@ -431,7 +440,7 @@ class Conditional:
             LR = lam @ R
             M = np.empty((d.N, q))
             for b in range(q):
-                M[:, b] = d.rowdot(d.Z, LR[:, :, b])
+                M[:, b] = d.rowdot(d.ZT, LR[:, :, b])
             for k, (zk, lw) in enumerate(zip(self.z, self.logw)):
                 uk = u + np.einsum("jab,b->ja", R, zk)
                 lk, dlk, _, _ = fam.evaluate(eta + M @ zk, d.y, d.trials, second=False)
