@@ -471,7 +471,11 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
 
         o = spec.options
         refuse_options(o, df_method=df_method, prior_deviance=o.prior_deviance, homogeneity=bool(o.homogeneity),
-                       full_output=bool(o.full_output))
+                       full_output=bool(o.full_output), unsupported={
+                           "--weight1/--weight2 (sampling weights)": _weight_spec(spec, weight1, weight2, normalize).any,
+                           "--plausible-values/--imputed": bool(plausible_values or imputed),
+                           f"--format {out_format}": out_format not in ("text", "json"),
+                           "--json-out": bool(json_out), "--keep": bool(keep)})
         hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
         return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
                          hypotheses, strict)

@@ -71,8 +71,13 @@ def check_options(opts) -> None:
 
 
 def refuse_options(opts, *, tests=(), df_method="hlm", prior_deviance=None, homogeneity=False,
-                   full_output=False) -> None:
-    """The fit options that have no HGLM meaning (or none under PQL), each refused in one line saying why."""
+                   full_output=False, unsupported: dict | None = None) -> None:
+    """The fit options that have no HGLM meaning (or none under PQL), each refused in one line saying
+    why; `unsupported` names options the HGLM path does not implement (rather than ignore them)."""
+    given = [name for name, on in (unsupported or {}).items() if on]
+    if given:
+        raise ModelError(f"{', '.join(given)}: not available for a {opts.family} outcome (HGLM); "
+                         "fit without it, or use the normal model")
     if df_method != "hlm":
         raise ModelError("--df satterthwaite is not available for an HGLM: Satterthwaite's d.f. come from the normal "
                          "model's REML/ML variance of the variance estimates; HGLM tables use HLM 7's d.f.")

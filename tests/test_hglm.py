@@ -397,6 +397,8 @@ def test_hypothesis_and_deviance_tests():
     (["--df", "satterthwaite"], "Satterthwaite"),
     (["--test-homogeneity"], "fixed by the mean"),
     (["--full-output"], "normal outcome"),
+    (["--format", "csv"], "--format csv: not available"),
+    (["--weight1", "UVB"], "sampling weights"),
 ])
 def test_options_without_hglm_meaning_are_refused(args, why):
     proc = hlmcli("fit", H / "mmmec_l1.csv", H / "mmmec_l2.csv", *MODELS["mmmec"], *args)
