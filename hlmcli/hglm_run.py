@@ -70,7 +70,7 @@ def check_options(opts) -> None:
         raise ModelError("--quadrature-points is for --estimation agq")
 
 
-def refuse_options(opts, *, tests=(), df_method="hlm", prior_deviance=None, homogeneity=False,
+def refuse_options(opts, *, df_method="hlm", prior_deviance=None, homogeneity=False,
                    full_output=False, unsupported: dict | None = None) -> None:
     """The fit options that have no HGLM meaning (or none under PQL), each refused in one line saying
     why; `unsupported` names options the HGLM path does not implement (rather than ignore them)."""
