@@ -649,7 +649,6 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         sgn = np.concatenate([flip[idx[1]], np.ones(p)])
         x = np.concatenate([lam[idx], gamma])
         g, Hs = g * sgn, Hs * np.outer(sgn, sgn)
-        cond.b = cond.b  # b = Λu is unchanged by the flip
     try:
         cov = 2.0 * np.linalg.inv(Hs)[nt:, nt:]
     except np.linalg.LinAlgError:
