@@ -467,16 +467,18 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
     })
     if spec.options.family != "normal":
-        unsupported = [name for name, on in (("--test", tests), ("--df satterthwaite", df_method != "hlm"),
-                                             ("--compare-deviance", compare_deviance is not None),
-                                             ("--test-homogeneity", test_homogeneity), ("--full-output", full_output),
-                                             ("--tau diagonal", spec.options.tau == "diagonal"),
-                                             ("--strict", strict)) if on]
-        if unsupported:
-            from .errors import ModelError
+        from .hglm_run import refuse_options
 
-            raise ModelError(f"{', '.join(unsupported)}: not available for a {spec.options.family} outcome (HGLM) yet")
-        return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources)
+        o = spec.options
+        refuse_options(o, df_method=df_method, prior_deviance=o.prior_deviance, homogeneity=bool(o.homogeneity),
+                       full_output=bool(o.full_output), unsupported={
+                           "--weight1/--weight2 (sampling weights)": _weight_spec(spec, weight1, weight2, normalize).any,
+                           "--plausible-values/--imputed": bool(plausible_values or imputed),
+                           f"--format {out_format}": out_format not in ("text", "json"),
+                           "--json-out": bool(json_out), "--keep": bool(keep)})
+        hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
+        return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
+                         hypotheses, strict)
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
     wspec = _weight_spec(spec, weight1, weight2, normalize)
     if plausible_values or imputed:
@@ -677,14 +679,17 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         sys.exit(EXIT_NOT_CONVERGED)
 
 
-def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources):
+def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
+              hypotheses=(), strict=False):
     """fit for a binary, binomial or count outcome (hglm_run.py)."""
     from .errors import EXIT_NOT_CONVERGED
     from .files import atomic_write_text
-    from .hglm_run import analyse_hglm, hglm_json, hglm_text, write_residuals
+    from .hglm_run import analyse_hglm, boundary_notes, hglm_extras, hglm_json, hglm_text, write_residuals
     from .report import Symbols, dumps_json
 
     a = analyse_hglm(spec, archive, level1)
+    a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
+    a.notes = boundary_notes(a)
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
             "model_given": {"level1": level1, "level2": list(level2),
                             "model_file": Path(model_file).name if model_file else None}}
@@ -695,9 +700,10 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)
-    if not a.converged:
-        what = "PQL did not converge in its macro iterations" if a.pql is not None else \
-            "the optimum is not certified: " + "; ".join(a.ml.certificate.failed)
+    if not a.converged or (strict and a.notes):
+        what = ("PQL did not converge in its macro iterations" if a.pql is not None else
+                "the optimum is not certified: " + "; ".join(a.ml.certificate.failed)) if not a.converged else \
+            "--strict: " + "; ".join(a.notes)
         _stderr("hlmcli: warning: " + what)
         sys.exit(EXIT_NOT_CONVERGED)
 
