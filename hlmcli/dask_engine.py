@@ -22,6 +22,7 @@ from .errors import DataError
 from .moments import KeyedMoments, chunk_moments, merge_keyed
 
 FAN_IN = 8  # summaries merged per node of the reduction tree
+CONNECT_TIMEOUT = "20s"  # to reach a --scheduler
 
 
 def _dask():
@@ -144,7 +145,7 @@ def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress:
     cluster = None
     if scheduler:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except OSError as exc:
             raise DataError(f"--scheduler {scheduler}: no Dask scheduler answers there ({exc}); check the address") from None
     else:
