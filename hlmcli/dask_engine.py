@@ -62,6 +62,9 @@ def dask_frame(level1, level2, id1, id2, fmt=None, delimiter=None):
     from .streaming import file_columns
 
     first = _files(str(level1))[0]
+    if os.path.isfile(str(level2)) and os.path.samefile(first, level2):
+        raise DataError(f"{level2}: --engine dask needs a separate level-2 file (one row per unit); give one, "
+                        "or use --engine stream")
     cols = file_columns(first, "parquet" if is_parquet(level1) else (fmt or "csv"), delimiter)
     id1 = cols.find(id1, "unit id")
     ids2, values, idcol2 = read_level2(level2, id2, None, None)

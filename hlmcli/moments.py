@@ -66,9 +66,10 @@ def chunk_moments(columns, codes: np.ndarray, J: int) -> Moments:
         m = np.bincount(codes, weights=col, minlength=J) / safe
         d = col - m[codes]
         # the correction of the two-pass algorithm: Σd is the rounding error of the first pass
-        m += np.bincount(codes, weights=d, minlength=J) / safe
-        mean[:, a] = m
-        centred.append(col - m[codes])
+        fix = np.bincount(codes, weights=d, minlength=J) / safe
+        mean[:, a] = m + fix
+        d -= fix[codes]
+        centred.append(d)
     C = np.empty((J, P, P))
     for a in range(P):
         for b in range(a, P):
