@@ -163,7 +163,13 @@ def main() -> None:
     ap.add_argument("--memory-cap-gib", type=float, default=12.0, help="kill the in-memory engine above this")
     ap.add_argument("--skip-memory", action="store_true", help="run the Dask engine only")
     ap.add_argument("--skip-dask", action="store_true", help="run the in-memory side only (after a Dask run)")
+    ap.add_argument("--phases", action="store_true", help="also time the phases of the Dask fit (in a child process)")
+    ap.add_argument("--phases-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.phases_child:
+        l1, l2 = generate(args.rows, args.units, args.parts, args.seed, args.data_dir)
+        print(json.dumps(phases(l1, l2)))
+        return
     t = time.perf_counter()
     l1, l2 = generate(args.rows, args.units, args.parts, args.seed, args.data_dir)
     gen_s = time.perf_counter() - t
@@ -172,8 +178,10 @@ def main() -> None:
     results = {"rows": args.rows, "units": args.units, "files": args.parts, "dataset_bytes": size,
                "cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
     target = HERE / "dask_results.json"
-    if args.skip_dask:  # the in-memory side only, added to the results of an earlier run
-        results = json.loads(target.read_text())
+    earlier = json.loads(target.read_text()) if target.exists() else {}
+    if earlier.get("rows") == args.rows and earlier.get("units") == args.units:
+        results = {**earlier, **results}  # a run of one side keeps the other side's numbers
+    if args.skip_dask:
         fit = results.get("dask_fit_json")
     else:
         dask_run = run_sampled(["fit", l1, l2, "--id", "id", "--engine", "dask", *MODEL, "--format", "json", "-q"])
@@ -181,9 +189,49 @@ def main() -> None:
         results["dask"] = dask_run
         results["dask_fit_json"] = fit
         report_dask(results, fit)
+    if args.phases:
+        cmd = [sys.executable, __file__, "--phases-child", "--rows", str(args.rows), "--units", str(args.units),
+               "--parts", str(args.parts), "--seed", str(args.seed), "--data-dir", str(args.data_dir)]
+        results["dask_phases"] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        print("phases:", ", ".join(f"{k} {v:.1f}" for k, v in results["dask_phases"].items() if k.endswith("_s")),
+              flush=True)
     if not args.skip_memory:
         compare_memory(args, l1, l2, results, fit)
     target.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def phases(l1: Path, l2: Path) -> dict:
+    """Where the Dask fit's time goes (run in a child process): starting the LocalCluster, the pass
+    over the records on the workers, and the client's work (level-2 file, matching, the fit)."""
+    import logging
+
+    from distributed import LocalCluster
+
+    from hlmcli.dask_engine import dask_frame
+    from hlmcli.engines import analyse_summary, model_columns, summarise
+    from hlmcli.equations import RunOptions, spec_from_inputs
+
+    out = {}
+    t = time.perf_counter()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster:
+        out["cluster_start_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        frame, cols, level2_data = dask_frame(l1, l2, "id", "id")
+        from hlmcli.design import variables_of
+
+        spec = spec_from_inputs(LEVEL1, LEVEL2, None, variables_of(frame), RunOptions(), False)
+        names, l2names = model_columns(spec)
+        out["level2_file_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        summary = summarise(frame, cols, level2_data, names, l2names, "dask", False, lambda m: None,
+                            scheduler=cluster.scheduler_address, paths=(l1, l2))
+        out["records_pass_and_matching_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    analysis = analyse_summary(spec, summary)
+    out["fit_on_client_s"] = time.perf_counter() - t
+    out["deviance"] = analysis.result.deviance
+    return out
 
 
 def report_dask(results: dict, fit) -> None:

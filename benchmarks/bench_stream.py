@@ -100,20 +100,22 @@ def timed(args: list, stdout=None) -> dict:
     """One command under /usr/bin/time -v: wall seconds, peak memory (bytes), exit code, stdout."""
     proc = subprocess.run(["/usr/bin/time", "-v"] + hlmcli() + [str(a) for a in args], capture_output=True, text=True)
     err = proc.stderr
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): (\S+)", err).group(1)) for k in ("User", "System"))
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", err).group(1)) * 1024
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", err).group(1)
     parts = [float(p) for p in wall.split(":")]
     seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
     if proc.returncode not in (0,):
         tail = [line for line in err.splitlines() if "hlmcli" in line][:2]
-        return {"wall_s": seconds, "peak_bytes": rss, "rc": proc.returncode, "error": " ".join(tail)[:300]}
-    return {"wall_s": seconds, "peak_bytes": rss, "rc": 0, "stdout": proc.stdout}
+        return {"wall_s": seconds, "cpu_s": cpu, "peak_bytes": rss, "rc": proc.returncode, "error": " ".join(tail)[:300]}
+    return {"wall_s": seconds, "cpu_s": cpu, "peak_bytes": rss, "rc": 0, "stdout": proc.stdout}
 
 
 def median_run(args, repeats: int) -> dict:
     runs = [timed(args) for _ in range(repeats)]
     best = runs[0]
-    return {"wall_s": statistics.median(r["wall_s"] for r in runs), "peak_bytes": max(r["peak_bytes"] for r in runs),
+    return {"wall_s": statistics.median(r["wall_s"] for r in runs), "cpu_s": statistics.median(r["cpu_s"] for r in runs),
+            "peak_bytes": max(r["peak_bytes"] for r in runs),
             "rc": max(r["rc"] for r in runs), "stdout": best.get("stdout"), "all_wall_s": [r["wall_s"] for r in runs]}
 
 
@@ -143,22 +145,23 @@ def main() -> None:
         direct = median_run(["fit", l1, l2, "--id", "id", "--engine", "stream", *MODEL, "--format", "json"], args.repeats)
         fits[fmt] = json.loads(fit["stdout"])
         fits[fmt + "_direct"] = json.loads(direct["stdout"])
-        results[fmt] = {"build": {k: build[k] for k in ("wall_s", "peak_bytes", "all_wall_s")},
-                        "fit_from_statistics": {k: fit[k] for k in ("wall_s", "peak_bytes", "all_wall_s")},
-                        "fit_from_files": {k: direct[k] for k in ("wall_s", "peak_bytes", "all_wall_s")},
+        results[fmt] = {"build": {k: build[k] for k in ("wall_s", "cpu_s", "peak_bytes", "all_wall_s")},
+                        "fit_from_statistics": {k: fit[k] for k in ("wall_s", "cpu_s", "peak_bytes", "all_wall_s")},
+                        "fit_from_files": {k: direct[k] for k in ("wall_s", "cpu_s", "peak_bytes", "all_wall_s")},
                         "statistics_archive_bytes": ssm.stat().st_size}
         total = build["wall_s"] + fit["wall_s"]
-        print(f"{fmt:8s} build --engine stream {build['wall_s']:6.2f} s ({gib(build['peak_bytes'])})  "
-              f"fit {fit['wall_s']:5.2f} s ({gib(fit['peak_bytes'])})  build+fit {total:6.2f} s  |  "
-              f"fit --engine stream from the files {direct['wall_s']:6.2f} s ({gib(direct['peak_bytes'])})", flush=True)
+        print(f"{fmt:8s} build --engine stream {build['wall_s']:6.2f} s (cpu {build['cpu_s']:.2f} s, {gib(build['peak_bytes'])})  "
+              f"fit {fit['wall_s']:5.2f} s (cpu {fit['cpu_s']:.2f} s, {gib(fit['peak_bytes'])})  build+fit {total:6.2f} s  |  "
+              f"fit --engine stream from the files {direct['wall_s']:6.2f} s (cpu {direct['cpu_s']:.2f} s, "
+              f"{gib(direct['peak_bytes'])})", flush=True)
     if not args.skip_memory:
         mdm = work / "memory.mdm"
         build = timed(["mdm", "build", paths["l1_csv"], paths["l2_csv"], "--id", "id", "-o", mdm, "-q"])
         fit = timed(["fit", mdm, *MODEL, "--format", "json"])
-        results["memory"] = {"build": {k: build[k] for k in ("wall_s", "peak_bytes", "rc")},
-                             "fit": {k: fit[k] for k in ("wall_s", "peak_bytes", "rc")}}
-        print(f"memory   build {build['wall_s']:6.2f} s ({gib(build['peak_bytes'])})  fit {fit['wall_s']:5.2f} s "
-              f"({gib(fit['peak_bytes'])})", flush=True)
+        results["memory"] = {"build": {k: build[k] for k in ("wall_s", "cpu_s", "peak_bytes", "rc")},
+                             "fit": {k: fit[k] for k in ("wall_s", "cpu_s", "peak_bytes", "rc")}}
+        print(f"memory   build {build['wall_s']:6.2f} s (cpu {build['cpu_s']:.2f} s, {gib(build['peak_bytes'])})  "
+              f"fit {fit['wall_s']:5.2f} s (cpu {fit['cpu_s']:.2f} s, {gib(fit['peak_bytes'])})", flush=True)
         if fit["rc"] == 0:
             mem = json.loads(fit["stdout"])
             sys.path.insert(0, str(HERE.parent / "tests"))

@@ -488,8 +488,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                            "full_output": full_output, "ols_units": ols_units},
                        unsupported={"--residuals-l1": residuals_l1, "--residuals-l2": residuals_l2, "--keep": keep,
                                     "--weight1": weight1, "--weight2": weight2, "--plausible-values": plausible_values,
-                                    "--imputed": imputed, "--keep-failed-output": more["keep_failed_output"]},
-                       reml=more["reml"], allow_outside=more["allow_outside"], hypotheses=tests)
+                                    "--imputed": imputed},
+                       reml=more["reml"], allow_outside=more["allow_outside"], hypotheses=tests,
+                       keep_failed_output=more["keep_failed_output"])
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"], extra={
         "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance, "tau": tau_structure,

@@ -131,6 +131,9 @@ def refuse_unsupported(spec, engine: str, **options) -> None:
     elif getattr(spec, "levels", 2) != 2 or getattr(spec, "level3", None):
         why = "three-level models are not summarised per unit yet; fit them with --engine memory"
     else:
+        o = spec.options  # a .hlm command file can ask for these too
+        options = {**options, "level1weight:": getattr(o, "weight1", None), "level2weight:": getattr(o, "weight2", None),
+                   "resfil1:": getattr(o, "residuals_l1", None), "resfil2:": getattr(o, "residuals_l2", None)}
         given = [name for name, on in options.items() if on]
         if given:
             why = (f"{', '.join(given)}: needs the records themselves (residual files, sampling weights, plausible "
@@ -269,7 +272,7 @@ def analyse_summary(spec, summary: Summary, df_method: str = "hlm"):
 
 def cli_fit(data, level1, level2, model_file, ml, engine, scheduler, build_opts: dict, out_format, output, json_out,
             title, timestamp, df_method, strict, ascii_only, quiet, extra: dict, unsupported: dict, reml=None,
-            allow_outside=False, hypotheses=()):
+            allow_outside=False, hypotheses=(), keep_failed_output=False):
     """`hlmcli fit` through the stream or dask engine, or from a statistics archive."""
     import sys
 
@@ -289,7 +292,7 @@ def cli_fit(data, level1, level2, model_file, ml, engine, scheduler, build_opts:
         summary, frame = load_stats_archive(data[0])
         source_text = Path(data[0]).name
         spec = cli._spec(frame, level1, level2, model_file, ml, extra, reml=reml, allow_outside=allow_outside)
-        refuse_unsupported(spec, engine if engine != "memory" else "stream", **unsupported)
+        refuse_unsupported(spec, engine if engine != "memory" else "stream (a statistics archive)", **unsupported)
         names, l2names = model_columns(spec)
         missing = [n for n in names if n not in summary.names]
         if missing:
@@ -338,7 +341,7 @@ def cli_fit(data, level1, level2, model_file, ml, engine, scheduler, build_opts:
         text = results.summary(ascii=cli._use_ascii(ascii_only) if not output else ascii_only)
     else:
         text = results.table(out_format)
-    write_files = status == 0
+    write_files = status == 0 or keep_failed_output
     if json_out and write_files:
         atomic_write_text(json_out, results.to_json())
     if output and write_files:
@@ -348,6 +351,9 @@ def cli_fit(data, level1, level2, model_file, ml, engine, scheduler, build_opts:
     if not quiet:
         for message in failures + ([] if strict else list(analysis.result.boundary or [])):
             cli._stderr(f"hlmcli: warning: {message}")
+        if output and not write_files:
+            cli._stderr(f"hlmcli: {output} not written because the fit is not certified; "
+                        "pass --keep-failed-output to write it anyway")
     if status:
         sys.exit(status)
 

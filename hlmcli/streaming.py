@@ -21,7 +21,7 @@ import numpy as np
 from .errors import DataError
 from .moments import Moments, chunk_moments, merge
 
-CHUNK_BYTES = 64 << 20  # CSV block size: 64 MiB of text per chunk
+CHUNK_BYTES = 16 << 20  # CSV block size: 16 MiB of text per chunk (64 MiB: same speed, 0.3 GiB more memory at 10M rows)
 PARQUET_BATCH = 1 << 21  # records per Parquet batch
 
 

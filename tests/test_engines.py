@@ -141,3 +141,39 @@ def test_cross_products_of_centred_columns():
         xc = x[codes == j] - gmean[0]
         L = np.column_stack([np.ones(xc.size), xc])
         np.testing.assert_allclose(S[j], L.T @ L, rtol=1e-12, atol=1e-12)
+
+
+def test_run_time_deletion_as_in_memory(tmp_path):
+    """Records with a missing value in a variable the model uses are deleted per model; a unit left
+    with none counts as a unit deleted; statistics archives need --missing now."""
+    rng = np.random.default_rng(8)
+    J, n = 30, 12
+    unit = np.repeat(np.arange(J), n)
+    x = rng.normal(size=J * n)
+    z = rng.normal(size=J * n)
+    y = 1 + 0.5 * x + np.repeat(rng.normal(size=J), n) + rng.normal(size=J * n)
+    x[rng.choice(J * n, 25, replace=False)] = np.nan
+    x[unit == 4] = np.nan  # unit 4 has no complete record for a model with x
+    z[:7] = np.nan  # not used by the model: must not delete anything
+    cell = lambda v: "" if np.isnan(v) else repr(float(v))  # noqa: E731
+    l1 = tmp_path / "l1.csv"
+    l1.write_text("id,x,z,y\n" + "".join(f"{u},{cell(a)},{cell(b)},{float(c)!r}\n" for u, a, b, c in zip(unit, x, z, y)))
+    l2 = tmp_path / "l2.csv"
+    l2.write_text("id,w\n" + "".join(f"{j},{j % 2}\n" for j in range(J)))
+    eqs = ["-1", "y = b0 + b1*grand(x) + r", "-2", "b0 = g00 + g01*w + u0", "-2", "b1 = g10 + u1"]
+    memory = fit_json([l1, l2, "--id", "id"], eqs)
+    streamed = fit_json([l1, l2, "--id", "id"], eqs, "--engine", "stream")
+    assert memory["n_deleted"] == streamed["n_deleted"] > 0 and memory["units_deleted"] == streamed["units_deleted"] == 1
+    assert differences(memory, streamed) == []
+    rc, msg = run("mdm", "build", l1, l2, "--id", "id", "--engine", "stream", "-o", tmp_path / "a.ssm")
+    assert rc == 1 and "--missing now" in msg
+    assert run("mdm", "build", l1, l2, "--id", "id", "--engine", "stream", "--missing", "now", "--l1-vars", "x,y",
+               "-o", tmp_path / "a.ssm")[0] == 0
+    assert run("mdm", "build", l1, l2, "--id", "id", "--missing", "now", "--l1-vars", "x,y", "-o", tmp_path / "a.mdm")[0] == 0
+    assert differences(fit_json([tmp_path / "a.mdm"], eqs), fit_json([tmp_path / "a.ssm"], eqs)) == []
+
+
+def test_weights_refused_in_one_line():
+    data, eqs = CASES["hsb_m1"]
+    rc, msg = run("fit", *data, *eqs, "--engine", "stream", "--weight2", "SECTOR")
+    assert rc == 1 and msg.count("\n") == 1 and "--weight2" in msg
