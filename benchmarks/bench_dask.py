@@ -109,6 +109,7 @@ def run_sampled(args: list, limit_bytes: int | None = None) -> dict:
     peaks: dict = {}
     total = [0]
     killed = [None]
+    cpu: dict = {}  # pid -> CPU seconds at its last sample (a process's last 0.2 s may be missed)
     stop = threading.Event()
 
     def sample():
@@ -123,6 +124,8 @@ def run_sampled(args: list, limit_bytes: int | None = None) -> dict:
                 try:
                     rss = q.memory_info().rss
                     name = " ".join(q.cmdline()[:6])[-90:]
+                    times = q.cpu_times()
+                    cpu[q.pid] = times.user + times.system
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 s += rss
@@ -144,7 +147,8 @@ def run_sampled(args: list, limit_bytes: int | None = None) -> dict:
     stop.set()
     thread.join()
     wall = time.perf_counter() - t0
-    return {"rc": proc.returncode, "wall_s": wall, "peak_total_bytes": total[0], "killed_after_s": killed[0],
+    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": sum(cpu.values()), "peak_total_bytes": total[0],
+            "killed_after_s": killed[0], "load_average": os.getloadavg()[0],
             "processes": [{"pid": pid, "command": name, "peak_bytes": b} for (pid, name), b in sorted(peaks.items())],
             "stdout": out, "stderr_tail": err.strip().splitlines()[-2:] if err.strip() else []}
 
@@ -236,7 +240,8 @@ def phases(l1: Path, l2: Path) -> dict:
 
 def report_dask(results: dict, fit) -> None:
     dask_run = results["dask"]
-    print(f"dask     rc {dask_run['rc']}  wall {dask_run['wall_s']:.1f} s  peak of all processes together "
+    print(f"dask     rc {dask_run['rc']}  wall {dask_run['wall_s']:.1f} s  cpu {dask_run['cpu_s']:.1f} s (all processes)  "
+          f"load average {dask_run['load_average']:.1f}  peak of all processes together "
           f"{gib(dask_run['peak_total_bytes'])}", flush=True)
     for p in dask_run["processes"]:
         print(f"           {gib(p['peak_bytes'])}  {p['command']}", flush=True)

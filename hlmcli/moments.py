@@ -53,27 +53,49 @@ class Moments:
 
 def chunk_moments(columns, codes: np.ndarray, J: int) -> Moments:
     """The statistics of one chunk of records: per-unit (n, mean, C) of `columns` (P arrays of N
-    values, no NaN) for records whose unit is codes[i] in 0..J-1 (any order). Two passes over the
-    chunk (means, then centred products), so C does not cancel; units with no record get zeros."""
+    values, no NaN) for records whose unit is codes[i] in 0..J-1, in any order. Two passes over
+    the chunk (means, then centred products) with the corrected two-pass mean, so C does not
+    cancel; units with no record get zeros. Records grouped by unit (the usual layout, and the
+    in-memory archive's) take a faster path with the same arithmetic in the same order."""
     codes = np.asarray(codes, dtype=np.intp)
     columns = [np.asarray(c, dtype=np.float64) for c in columns]
     P = len(columns)
-    n = np.bincount(codes, minlength=J).astype(np.float64)
+    counts = np.bincount(codes, minlength=J)
+    n = counts.astype(np.float64)
+    grouped = codes.size > 0 and not np.any(codes[1:] < codes[:-1])
+    if grouped:  # sums by reduceat over each unit's run, means spread back by repeat
+        present = np.flatnonzero(counts)
+        runs = counts[present]
+        starts = np.concatenate(([0], np.cumsum(runs)[:-1]))
+
+        def unit_sum(values):
+            out = np.zeros(J)
+            out[present] = np.add.reduceat(values, starts)
+            return out
+
+        def spread(per_unit):
+            return np.repeat(per_unit[present], runs)
+    else:
+        def unit_sum(values):
+            return np.bincount(codes, weights=values, minlength=J)
+
+        def spread(per_unit):
+            return per_unit[codes]
     safe = np.where(n > 0, n, 1.0)
     mean = np.empty((J, P))
     centred = []
     for a, col in enumerate(columns):
-        m = np.bincount(codes, weights=col, minlength=J) / safe
-        d = col - m[codes]
+        m = unit_sum(col) / safe
+        d = col - spread(m)
         # the correction of the two-pass algorithm: Σd is the rounding error of the first pass
-        fix = np.bincount(codes, weights=d, minlength=J) / safe
+        fix = unit_sum(d) / safe
         mean[:, a] = m + fix
-        d -= fix[codes]
+        d -= spread(fix)
         centred.append(d)
     C = np.empty((J, P, P))
     for a in range(P):
         for b in range(a, P):
-            C[:, a, b] = C[:, b, a] = np.bincount(codes, weights=centred[a] * centred[b], minlength=J)
+            C[:, a, b] = C[:, b, a] = unit_sum(centred[a] * centred[b])
     return Moments(n, mean, C)
 
 
