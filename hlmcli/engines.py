@@ -238,7 +238,8 @@ def summarise(frame: Frame, cols, level2_data, names: list[str], level2_names: l
     if engine == "dask":
         from .dask_engine import dask_moments
 
-        unit_ids, m, read, deleted = dask_moments(paths[0], frame.id_names[0], l1, scheduler, progress=progress)
+        unit_ids, m, read, deleted = dask_moments(paths[0], frame.id_names[0], l1, scheduler, progress=progress,
+                                                  delimiter=cols.delimiter)
     else:
         from .streaming import stream_moments
 

@@ -22,7 +22,7 @@ from .errors import DataError
 from .moments import Moments, chunk_moments, merge
 
 CHUNK_BYTES = 16 << 20  # CSV block size: 16 MiB of text per chunk (64 MiB: same speed, 0.3 GiB more memory at 10M rows)
-PARQUET_BATCH = 1 << 21  # records per Parquet batch
+PARQUET_BATCH = 1 << 20  # records per Parquet batch
 
 
 def _pyarrow():
@@ -240,4 +240,5 @@ def stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing: 
         else:
             acc.add(where, m)
     unit_ids, m = acc.result()
+    pa.default_memory_pool().release_unused()  # the chunks' buffers: the fit that follows needs the room
     return unit_ids, m, read, deleted
