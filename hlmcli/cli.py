@@ -242,6 +242,14 @@ def mdm_info(archive_file, unit, out_format):
     from .errors import DataError
     from .report import archive_info, archive_info_text, dumps_json
 
+    from .engines import is_stats_archive
+
+    if is_stats_archive(archive_file):
+        from .engines import stats_archive_info, stats_archive_info_text
+
+        info = stats_archive_info(archive_file)
+        click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
+        return
     archive = load_archive(archive_file)
     if unit is not None and unit not in archive.unit_ids:
         raise DataError(f"{archive_file}: no unit '{unit}' in the archive; ids look like {', '.join(archive.unit_ids[:3])}")

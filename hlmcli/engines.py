@@ -390,3 +390,33 @@ def cli_build(level1_file, level2_file, options, file_format, delimiter, output,
 
     write_stats_archive(summary, frame, output)
     return int(summary.moments.n.sum()), summary.moments.J
+
+
+def stats_archive_info(path) -> dict:
+    """What `hlmcli mdm info` shows of a statistics archive: sizes, and each variable's N, mean and SD
+    (level 1 from the merged moments; level 2 over units)."""
+    from .moments import grand
+
+    summary, frame = load_stats_archive(path)
+    m = summary.moments
+    N, mean, C = grand(m)
+    level1 = [{"name": k, "n": int(N), "mean": float(mean[i]), "sd": float(np.sqrt(C[i, i] / (N - 1))) if N > 1 else None}
+              for i, k in enumerate(summary.names)]
+    level2 = [{"name": k, "n": int(v.size), "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if v.size > 1 else None}
+              for k, v in summary.level2.items()]
+    return {"archive": Path(path).name, "kind": "statistics (per-unit count, mean and centred cross-products)",
+            "id": {"level1": frame.id_names[0], "level2": frame.id_names[1]}, "n_level1": int(N),
+            "n_level2": m.J, "notes": summary.notes, "level1": level1, "level2": level2}
+
+
+def stats_archive_info_text(info: dict) -> str:
+    lines = [f"{info['archive']}: a statistics archive ({info['n_level1']} level-1 records in {info['n_level2']} units; "
+             f"id {info['id']['level1']})", "", "LEVEL-1 DESCRIPTIVE STATISTICS",
+             f"{'VARIABLE NAME':>16}{'N':>12}{'MEAN':>14}{'SD':>14}"]
+    for level in ("level1", "level2"):
+        if level == "level2":
+            lines += ["", "LEVEL-2 DESCRIPTIVE STATISTICS", f"{'VARIABLE NAME':>16}{'N':>12}{'MEAN':>14}{'SD':>14}"]
+        for v in info[level]:
+            sd = "" if v["sd"] is None else f"{v['sd']:14.5f}"
+            lines.append(f"{v['name']:>16}{v['n']:>12}{v['mean']:14.5f}{sd}")
+    return "\n".join(lines) + "\n"

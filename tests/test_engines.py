@@ -177,3 +177,20 @@ def test_weights_refused_in_one_line():
     data, eqs = CASES["hsb_m1"]
     rc, msg = run("fit", *data, *eqs, "--engine", "stream", "--weight2", "SECTOR")
     assert rc == 1 and msg.count("\n") == 1 and "--weight2" in msg
+
+
+def test_mdm_info_of_a_statistics_archive(tmp_path):
+    """The descriptive statistics from the merged moments equal the record archive's."""
+    import json
+
+    assert run("mdm", "build", *HSB, "--engine", "stream", "-o", tmp_path / "a.ssm")[0] == 0
+    assert run("mdm", "build", *HSB, "-o", tmp_path / "a.mdm")[0] == 0
+    rc, out = run("mdm", "info", tmp_path / "a.ssm", "--format", "json")
+    stats = json.loads(out)
+    records = json.loads(run("mdm", "info", tmp_path / "a.mdm", "--format", "json")[1])
+    assert (stats["n_level1"], stats["n_level2"]) == (records["n_level1"], records["n_level2"]) == (7185, 160)
+    for level in ("level1", "level2"):
+        ours = {v["name"]: v for v in stats[level]}
+        for v in records[level]:
+            assert ours[v["name"]]["mean"] == pytest.approx(v["mean"], rel=1e-12, abs=1e-12)
+            assert ours[v["name"]]["sd"] == pytest.approx(v["sd"], rel=1e-10)
