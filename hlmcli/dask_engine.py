@@ -130,6 +130,12 @@ def tree(summaries, fan_in: int = FAN_IN):
             return level[0]
 
 
+def _read_error(path, exc) -> DataError:
+    text = " ".join(str(exc).split())
+    text = text.split("Original Message: ")[-1][:240]
+    return DataError(f"{path}: {text}; check the files (every column the model uses must hold numbers)")
+
+
 def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress: bool = False, delimiter=None):
     """Per-unit moments of `names` over a Parquet dataset or CSV glob, on a cluster. Returns
     (unit ids as text, Moments, records read, records deleted)."""
@@ -142,8 +148,13 @@ def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress:
 
     from .streaming import id_text
 
-    ddf = read_dataset(str(path), id_name, names, delimiter)
-    summaries = [delayed(partition_moments)(part, id_name, names) for part in ddf.to_delayed()]
+    try:
+        ddf = read_dataset(str(path), id_name, names, delimiter)
+        summaries = [delayed(partition_moments)(part, id_name, names) for part in ddf.to_delayed()]
+    except DataError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # Dask reads a sample to learn the columns' types
+        raise _read_error(path, exc) from None
     final = tree(summaries)
     cluster = None
     if scheduler:
@@ -163,6 +174,13 @@ def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress:
             with contextlib.redirect_stdout(sys.stderr):  # stdout carries the tables
                 bar(future)
         keyed, read, deleted = future.result()
+    except DataError:
+        raise
+    except ImportError as exc:  # raised on a worker that has no hlmcli
+        raise DataError(f"--engine dask: a worker cannot import what it needs ({exc}); install "
+                        "'hlmcli[dask]' on every worker") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # unreadable file, a value that is not a number
+        raise _read_error(path, exc) from None
     finally:
         client.close()
         if cluster is not None:

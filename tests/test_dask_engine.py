@@ -73,3 +73,18 @@ def test_dask_bad_scheduler_is_one_line(tmp_path, monkeypatch):
     data, eqs = CASES["hsb_m1"]
     rc, msg = run("fit", *split(data, tmp_path, "parquet"), *eqs, "--engine", "dask", "--scheduler", "tcp://127.0.0.1:9")
     assert rc == 1 and msg.count("\n") == 1 and "no Dask scheduler" in msg
+
+
+def test_dask_default_local_cluster(tmp_path):
+    """Without --scheduler the command starts (and closes) its own LocalCluster."""
+    data, eqs = CASES["hsb_m3"]
+    assert differences(fit_json(data, eqs), fit_json(split(data, tmp_path, "parquet", parts=2), eqs, "--engine", "dask")) == []
+
+
+def test_dask_text_in_a_number_column_is_one_line(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.csv").write_text("ID,MATHACH,SES\n1224,abc,0.1\n1224,3,0.2\n")
+    rc, msg = run("fit", str(folder / "*.csv"), CASES["hsb_m1"][0][1], "--id", "ID", "--engine", "dask",
+                  "-1", "MATHACH = b0 + r", "-2", "b0 = g00 + u0")
+    assert rc == 1 and msg.count("\n") == 1 and "'abc'" in msg
