@@ -47,7 +47,12 @@ def _source(role: str, path) -> object:
     from .archive import Source
 
     p = Path(path)
-    return Source(role=role, name=p.name, path=str(p), size=0, mtime_ns=0, sha256="", format="", encoding=None)
+    try:  # size and time only: hashing a file larger than memory would cost a second pass
+        st = p.stat()
+        size, mtime = (st.st_size, st.st_mtime_ns) if p.is_file() else (0, 0)
+    except OSError:  # a glob
+        size, mtime = 0, 0
+    return Source(role=role, name=p.name, path=str(p), size=size, mtime_ns=mtime, sha256="", format="", encoding=None)
 
 
 # ---------------------------------------------------------------- level 2 and matching
@@ -386,8 +391,6 @@ def cli_build(level1_file, level2_file, options, file_format, delimiter, output,
         summary = Summary([summary.unit_ids[j] for j in keep], summary.names, summary.moments.take(keep),
                           {k: v[keep] for k, v in summary.level2.items()}, summary.n_deleted, summary.notes)
     summary.notes["dropped_missing"] = summary.n_deleted
-    from .archive import describe_source  # noqa: F401  (sources are named, not hashed: the files may be huge)
-
     write_stats_archive(summary, frame, output)
     return int(summary.moments.n.sum()), summary.moments.J
 
