@@ -154,6 +154,10 @@ _SSM_PREFIX = struct.Struct("<8sIIQ32s")
 
 
 def is_stats_archive(path) -> bool:
+    import os
+
+    if not os.path.isfile(path):  # a FIFO or a device would block or never end: check_regular names it later
+        return False
     try:
         with open(path, "rb") as handle:
             return handle.read(len(SSM_MAGIC)) == SSM_MAGIC
@@ -222,6 +226,8 @@ def frame_of_files(level1, level2, id1, id2, fmt=None, delimiter=None):
     from .files import same_file
     from .streaming import file_columns
 
+    if "-" in (str(level1), str(level2)):
+        raise DataError("standard input cannot be streamed; give the file's path, or use --engine memory")
     cols = file_columns(level1, fmt, delimiter)
     id1 = cols.find(id1, "unit id")
     same = same_file(level1, level2)
@@ -305,8 +311,12 @@ def cli_fit(data, level1, level2, model_file, ml, engine, scheduler, build_opts:
             raise ModelError(f"{data[0]}: no level-1 variable {missing[0]} in the statistics archive")
         summary = _restrict(summary, names)
     elif len(data) == 2:
+        from .files import check_regular
+
         if engine == "memory":
             engine = "stream"
+        for path in data if engine == "stream" else data[1:]:  # the dask level-1 data are a folder or a glob
+            check_regular(path, "data file")
         opts = cli.make_build_options(build_opts["id_"], build_opts["id1"], build_opts["id2"], None, None,
                                       build_opts["missing"], build_opts["drop_unmatched"])
         if engine == "dask":

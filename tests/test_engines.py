@@ -194,3 +194,14 @@ def test_mdm_info_of_a_statistics_archive(tmp_path):
         for v in records[level]:
             assert ours[v["name"]]["mean"] == pytest.approx(v["mean"], rel=1e-12, abs=1e-12)
             assert ours[v["name"]]["sd"] == pytest.approx(v["sd"], rel=1e-10)
+
+
+def test_special_files_are_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "l1.csv"
+    os.mkfifo(fifo)
+    for args in (["fit", fifo, HSB[1], "--id", "ID", "--engine", "stream"], ["fit", fifo], ["mdm", "info", fifo],
+                 ["mdm", "build", fifo, HSB[1], "--id", "ID", "--engine", "stream", "-o", tmp_path / "a.ssm"]):
+        rc, msg = run(*args, "-1", "MATHACH = b0 + r", "-2", "b0 = g00 + u0") if args[0] == "fit" else run(*args)
+        assert rc in (1, 2) and msg.count("\n") == 1, (args, msg)
