@@ -217,7 +217,7 @@ def phases(l1: Path, l2: Path) -> dict:
 
     out = {}
     t = time.perf_counter()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                       silence_logs=logging.ERROR) as cluster:
         out["cluster_start_s"] = time.perf_counter() - t
         t = time.perf_counter()

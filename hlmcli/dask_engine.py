@@ -164,7 +164,7 @@ def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress:
             raise DataError(f"--scheduler {scheduler}: no Dask scheduler answers there ({exc}); check the address") from None
     else:
         cluster = LocalCluster(n_workers=min(2, os.cpu_count() or 1), threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
         client = Client(cluster)
     try:
         future = client.compute(final)
