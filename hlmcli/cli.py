@@ -170,9 +170,11 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file named by the template's mdmname:.")
 @click.option("--allow-outside", is_flag=True, help="Let the template's mdmname: point outside the template's folder.")
+@click.option("--engine", type=click.Choice(["memory", "stream"]), default="memory", show_default=True,
+              help="stream: one chunked pass (pyarrow) writing per-unit statistics, in bounded memory.")
 @user_errors
 def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched,
-              file_format, delimiter, template, output, quiet, force, allow_outside):
+              file_format, delimiter, template, output, quiet, force, allow_outside, engine="memory"):
     """Merge a level-1 and a level-2 file into an archive."""
     from .archive import BuildOptions, build_from_files, write_archive
     from .errors import DataError
@@ -209,6 +211,14 @@ def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing
         if str(source) != "-":  # '-' is standard input
             check_regular(source, "data file")
     refuse_overwriting_inputs(output, [level1_file, level2_file, template])
+    if engine == "stream":
+        from .engines import cli_build
+
+        records, units = cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet,
+                                   warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")))
+        if not quiet:
+            _stderr(f"hlmcli: wrote {output}: per-unit statistics of {records} level-1 records in {units} units")
+        return
     progress = _Progress(quiet, 4)
     try:
         archive = build_from_files(level1_file, level2_file, options, file_format, delimiter,
@@ -232,6 +242,14 @@ def mdm_info(archive_file, unit, out_format):
     from .errors import DataError
     from .report import archive_info, archive_info_text, dumps_json
 
+    from .engines import is_stats_archive
+
+    if is_stats_archive(archive_file):
+        from .engines import stats_archive_info, stats_archive_info_text
+
+        info = stats_archive_info(archive_file)
+        click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
+        return
     archive = load_archive(archive_file)
     if unit is not None and unit not in archive.unit_ids:
         raise DataError(f"{archive_file}: no unit '{unit}' in the archive; ids look like {', '.join(archive.unit_ids[:3])}")
@@ -446,6 +464,9 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
 @click.option("--imputed", multiple=True, help="Further level-1 files (or archives), one per imputation; repeat or comma-separate.")
+@click.option("--engine", type=click.Choice(["memory", "stream", "dask"]), default="memory", show_default=True,
+              help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
+@click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
@@ -460,6 +481,24 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     for path in (output, residuals_l1, residuals_l2, json_out):
         if path:
             refuse_overwriting_inputs(path, sources)
+    from .engines import is_stats_archive
+
+    if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
+        from .engines import cli_fit
+
+        if more["scheduler"] and more["engine"] != "dask":
+            raise click.UsageError("--scheduler is for --engine dask")
+        return cli_fit(data, level1, level2, model_file, ml, more["engine"], more["scheduler"],
+                       _build_opts(id_, id1, id2, missing, drop_unmatched, **more), out_format, output, json_out, title,
+                       timestamp, df_method, strict, ascii_only, quiet, extra={
+                           "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance,
+                           "tau": tau_structure, "prior_params": compare_params, "homogeneity": test_homogeneity,
+                           "full_output": full_output, "ols_units": ols_units},
+                       unsupported={"--residuals-l1": residuals_l1, "--residuals-l2": residuals_l2, "--keep": keep,
+                                    "--weight1": weight1, "--weight2": weight2, "--plausible-values": plausible_values,
+                                    "--imputed": imputed},
+                       reml=more["reml"], allow_outside=more["allow_outside"], hypotheses=tests,
+                       keep_failed_output=more["keep_failed_output"])
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"], extra={
         "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance, "tau": tau_structure,
