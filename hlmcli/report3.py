@@ -144,7 +144,7 @@ def lme4_formula3(spec: ModelSpec3, id2: str, id3: str) -> tuple[str, list[str]]
         unit = {1: id2, 2: id2, 3: id3}[t.level]
         src = t.name
         if t.mean_of:
-            src = f"ave({t.name}, {unit})"
+            src = f"ave({t.name}, {unit})" if t.mean_of == 1 else f"(mean of {t.name} over the level-2 units of each {id3})"
             if t.centering is Centering.NONE:
                 notes.append(f"{name} = {src}")
                 continue
