@@ -8,6 +8,9 @@ import json
 import shutil
 
 import pytest
+from click.testing import CliRunner
+
+from hlmcli.cli import main
 
 from conftest import DATA, SAMPLE, hlmcli
 
@@ -17,6 +20,17 @@ PASTES = REFS / "pastes"
 EG_MODEL = ["-1", "MATH = π0 + π1*YEAR + e", "-2", "π0 = β00 + r0", "-2", "π1 = β10 + r1",
             "-3", "β00 = γ000 + u00", "-3", "β10 = γ100 + u10"]
 PASTES_MODEL = ["-1", "STRENGTH = p0 + e", "-2", "p0 = b00 + r0", "-3", "b00 = g000 + u00"]
+
+
+class _Run:
+    def __init__(self, result):
+        self.returncode, self.stdout, self.stderr = result.exit_code, result.stdout, result.stderr
+
+
+def run(*args):
+    """In process (one import for the whole file, so the file stays fast); the ML fit goes through the
+    installed command as a user types it."""
+    return _Run(CliRunner().invoke(main, [str(a) for a in args]))
 
 
 def ref(name: str) -> dict:
@@ -85,7 +99,7 @@ def test_eg_ml_matches_lme4_and_table_8_2(eg_ml):
 
 
 def test_eg_reml_matches_lme4(eg_archive):
-    proc = hlmcli("fit", eg_archive, *EG_MODEL, "--reml", "--format", "json")
+    proc = run("fit", eg_archive, *EG_MODEL, "--reml", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["method"] == "REML"
@@ -96,11 +110,11 @@ def test_eg_reml_matches_lme4(eg_archive):
 def test_pastes_from_three_files_matches_lme4(method, tmp_path):
     """Three files straight to fit (built and cached as 'fit L1 L2' does); a text column (CASK) is left out."""
     extra = ["--reml"] if method == "reml" else []
-    proc = hlmcli("fit", PASTES / "pastes_l1.csv", PASTES / "pastes_l2.csv", PASTES / "pastes_l3.csv",
+    proc = run("fit", PASTES / "pastes_l1.csv", PASTES / "pastes_l2.csv", PASTES / "pastes_l3.csv",
                   "--id2", "SAMPLE", "--id3", "BATCH", *PASTES_MODEL, *extra, "--format", "json", "--cache-dir", tmp_path / "c")
     assert proc.returncode == 0, proc.stderr
     check_against_lme4(json.loads(proc.stdout), ref(f"pastes_{method}"), "BATCH:SAMPLE", "BATCH")
-    again = hlmcli("fit", PASTES / "pastes_l1.csv", PASTES / "pastes_l2.csv", PASTES / "pastes_l3.csv",
+    again = run("fit", PASTES / "pastes_l1.csv", PASTES / "pastes_l2.csv", PASTES / "pastes_l3.csv",
                    "--id2", "SAMPLE", "--id3", "BATCH", *PASTES_MODEL, *extra, "--format", "json", "--cache-dir", tmp_path / "c")
     assert again.stdout == proc.stdout  # byte-identical, from the cached archive
     assert len(list((tmp_path / "c").glob("*.mdm"))) == 1
@@ -129,12 +143,12 @@ def test_residual_files(eg_ml):
 
 
 def test_mdm_info_three_levels(eg_archive):
-    proc = hlmcli("mdm", "info", eg_archive)
+    proc = run("mdm", "info", eg_archive)
     assert proc.returncode == 0, proc.stderr
     for title in ("LEVEL-1 DESCRIPTIVE STATISTICS", "LEVEL-2 DESCRIPTIVE STATISTICS", "LEVEL-3 DESCRIPTIVE STATISTICS"):
         assert title in proc.stdout
     assert "level-3 units:   60" in proc.stdout
-    doc = json.loads(hlmcli("mdm", "info", eg_archive, "--format", "json").stdout)
+    doc = json.loads(run("mdm", "info", eg_archive, "--format", "json").stdout)
     assert doc["levels"] == 3 and doc["n_level3"] == 60 and [v["name"] for v in doc["level3"]] == ["SIZE", "LOWINC", "MOBILITY"]
     mobility = next(v for v in doc["level3"] if v["name"] == "MOBILITY")
     assert abs(mobility["mean"] - 34.745) < 1e-9  # mean of eg_l3.csv's MOBILITY, by hand (60 schools)
@@ -153,7 +167,7 @@ def test_model_forms_agree(eg_archive):
     ]
     outputs = []
     for form in forms:
-        proc = hlmcli("model", eg_archive, *form)
+        proc = run("model", eg_archive, *form)
         assert proc.returncode == 0, (form, proc.stderr)
         outputs.append(proc.stdout)
     assert all(o == outputs[0] for o in outputs)
@@ -164,9 +178,9 @@ def test_model_forms_agree(eg_archive):
 def test_hlm3_template_builds_the_same_archive(tmp_path, eg_archive):
     for name in ("eg.mdmt", "eg_l1.csv", "eg_l2.csv", "eg_l3.csv"):
         shutil.copy(EG / name, tmp_path / name)
-    proc = hlmcli("mdm", "build", "--template", tmp_path / "eg.mdmt")
+    proc = run("mdm", "build", "--template", tmp_path / "eg.mdmt")
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(hlmcli("mdm", "info", tmp_path / "eg.mdm", "--format", "json").stdout)
+    doc = json.loads(run("mdm", "info", tmp_path / "eg.mdm", "--format", "json").stdout)
     assert (doc["n_level1"], doc["n_level2"], doc["n_level3"]) == (7230, 1721, 60)
     assert [v["name"] for v in doc["level1"]] == ["YEAR", "MATH"] and [v["name"] for v in doc["level3"]] == ["LOWINC", "MOBILITY"]
 
@@ -190,11 +204,11 @@ def test_level2_unit_under_two_level3_units(tmp_path):
     l1 = _write(tmp_path / "l1.csv", "S,C,Y\n1,10,1.0\n1,10,2.0\n2,10,3.0\n2,11,4.0\n")
     l2 = _write(tmp_path / "l2.csv", "C,S\n10,1\n10,2\n11,2\n")
     l3 = _write(tmp_path / "l3.csv", "S\n1\n2\n")
-    proc = hlmcli("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "S", "-o", tmp_path / "x.mdm")
+    proc = run("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "S", "-o", tmp_path / "x.mdm")
     _one_line_error(proc, 1, "level-2 unit 10", "two level-3 units")
     # the level-1 file alone gives the link (level-2 file without S): the same refusal
     l2b = _write(tmp_path / "l2b.csv", "C\n10\n11\n")
-    proc = hlmcli("mdm", "build", l1, l2b, l3, "--id2", "C", "--id3", "S", "-o", tmp_path / "x.mdm")
+    proc = run("mdm", "build", l1, l2b, l3, "--id2", "C", "--id3", "S", "-o", tmp_path / "x.mdm")
     _one_line_error(proc, 1, "two level-3 units")
 
 
@@ -202,11 +216,11 @@ def test_missing_ids_and_unmatched_records(tmp_path):
     l1 = _write(tmp_path / "l1.csv", "S,C,Y\n1,10,1.0\n1,12,2.0\n")
     l2 = _write(tmp_path / "l2.csv", "C,S\n10,1\n")
     l3 = _write(tmp_path / "l3.csv", "S\n1\n")
-    _one_line_error(hlmcli("mdm", "build", l1, l2, l3, "--id2", "C", "-o", tmp_path / "x.mdm"), 1, "--id3")
-    _one_line_error(hlmcli("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "T", "-o", tmp_path / "x.mdm"), 1, "T")
-    _one_line_error(hlmcli("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "S", "-o", tmp_path / "x.mdm"), 1,
+    _one_line_error(run("mdm", "build", l1, l2, l3, "--id2", "C", "-o", tmp_path / "x.mdm"), 1, "--id3")
+    _one_line_error(run("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "T", "-o", tmp_path / "x.mdm"), 1, "T")
+    _one_line_error(run("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "S", "-o", tmp_path / "x.mdm"), 1,
                     "no level-2 record", "12")
-    ok = hlmcli("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "S", "--drop-unmatched", "-o", tmp_path / "x.mdm")
+    ok = run("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "S", "--drop-unmatched", "-o", tmp_path / "x.mdm")
     assert ok.returncode == 0 and "dropped 1 level-1 records" in ok.stderr
 
 
@@ -220,18 +234,18 @@ def test_missing_ids_and_unmatched_records(tmp_path):
     (["-1", "MATH = p0 + e", "-3", "b00 = g000"], ["no β is random at level 3"]),
 ])
 def test_bad_equations(eg_archive, model, words):
-    _one_line_error(hlmcli("model", eg_archive, *model), 1, *words)
+    _one_line_error(run("model", eg_archive, *model), 1, *words)
 
 
 def test_options_not_yet_available_are_refused(eg_archive):
-    proc = hlmcli("fit", eg_archive, *EG_MODEL, "--weight1", "YEAR", "--df", "satterthwaite")
+    proc = run("fit", eg_archive, *EG_MODEL, "--weight1", "YEAR", "--df", "satterthwaite")
     _one_line_error(proc, 2, "--df satterthwaite", "--weight1", "not available for three-level models")
-    _one_line_error(hlmcli("fit", eg_archive, *EG_MODEL, "--family", "bernoulli"), 2, "--family")
-    _one_line_error(hlmcli("plot", "units", eg_archive, *EG_MODEL, "-o", "x.png"), 1, "not available for three-level")
+    _one_line_error(run("fit", eg_archive, *EG_MODEL, "--family", "bernoulli"), 2, "--family")
+    _one_line_error(run("plot", "units", eg_archive, *EG_MODEL, "-o", "x.png"), 1, "not available for three-level")
 
 
 def test_two_level_commands_refuse_a_three_level_archive_and_level3_lines(eg_archive, hsb_archive, tmp_path):
     hlm = _write(tmp_path / "m.hlm", "level1:MATHACH=INTRCPT1+RANDOM\nlevel2:INTRCPT1=INTRCPT2+random/\n"
                                      "level3:INTRCPT2=INTRCPT3+random/\n")
-    _one_line_error(hlmcli("fit", hsb_archive, "--model", hlm), 1, "level3", "three data files")
-    _one_line_error(hlmcli("fit", hsb_archive, "-1", "MATHACH = b0 + r", "-3", "b00 = g000 + u00"), 2, "-3/--level3")
+    _one_line_error(run("fit", hsb_archive, "--model", hlm), 1, "level3", "three data files")
+    _one_line_error(run("fit", hsb_archive, "-1", "MATHACH = b0 + r", "-3", "b00 = g000 + u00"), 2, "-3/--level3")
