@@ -285,6 +285,9 @@ def parse_level1(equation: str, variables: Variables3):
             if _B.match(coef) or _G.match(coef):
                 raise _Syntax(text, pos, f"{coef} is a level-{2 if _B.match(coef) else 3} coefficient",
                               "the level-1 equation uses π0, π1, ... (p0, p1 in ASCII)")
+            if re.fullmatch(r"b\d+j?", coef, re.I):
+                raise _Syntax(text, pos, f"{coef} is the two-level form (HLM2's β at level 1)",
+                              "a three-level model's level-1 equation uses π0, π1, ... (p0, p1 in ASCII)")
             raise _Syntax(text, pos, f"expected a coefficient like π1 (p1), found '{coef}'", "write p1*NAME")
         p = _index(m.group(1), "p", text)
         if p == 0:
@@ -375,9 +378,9 @@ def _parse_upper(equation: str, level: int, variables: Variables3):
     if s_next == 0 and not random:
         raise _Syntax(text, base, f"the equation of {name_l} has no terms",
                       f"write {name_l} = {sym_c}{''.join(map(str, key))}0 + ...")
-    keys = [(t.name, t.mean_of) for t in predictors]
+    keys = [(t.name, t.mean_of, t.centering) for t in predictors]
     if len(set(keys)) != len(keys):
-        raise ModelError(f"in '{equation.strip()}': a predictor appears twice; use it once")
+        raise ModelError(f"in '{equation.strip()}': a predictor appears twice with the same centring; use it once")
     return key, tuple(predictors), s_next > 0, random
 
 
@@ -448,16 +451,15 @@ def classify(lines: list[str]) -> tuple[str | None, list[str], list[str]]:
     """Equations (one per line) to (level-1, π equations, β equations), by what each defines. Pasted HLM3
     output is read up to its 'Mixed Model' block; 'Y = ...' takes the outcome from 'The outcome variable is'."""
     level1, level2, level3 = None, [], []
-    outcome = None
+    found = [m.group(1) for m in (_OUTCOME.search(x) for x in lines) if m]
+    outcome = found[0] if found else None
     for raw in lines:
         line = raw.split("#", 1)[0].strip()
         if not line or _HEADER.match(line):
             continue
         if _STOP.match(line):
             break
-        m = _OUTCOME.search(line)
-        if m:
-            outcome = m.group(1)
+        if _OUTCOME.search(line):
             continue
         if "=" not in line:
             raise ModelError(f"'{line[:80]}' is not an equation; write one equation per line")
