@@ -20,8 +20,8 @@ def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatc
     from .cli import _split_names
 
     if id_ or id1:
-        raise _Usage("three-level data take --id2 (the level-2 unit id) and --id3 (the level-3 unit id), "
-                     "not --id or --id1")
+        raise click.UsageError("three data files make a three-level model, which takes --id2 (the level-2 unit id) "
+                               "and --id3 (the level-3 unit id), not --id or --id1")
     if not id2 or not id3:
         raise DataError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
                         "(the level-3 unit id, e.g. SCHOOLID)")
