@@ -206,11 +206,49 @@ def _offsets(sorted_ids: np.ndarray, n_units: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)])
 
 
+def _validate(data: NestedData) -> None:
+    """The array contract of NestedData; a violation is a ValueError saying which array and why."""
+    y, A = np.asarray(data.y), np.asarray(data.A)
+    X2, W3 = np.asarray(data.X2), np.asarray(data.W3)
+    unit2, unit3 = np.asarray(data.unit2), np.asarray(data.unit3)
+    N, J2 = y.shape[0], unit3.shape[0]
+    if y.ndim != 1 or N == 0:
+        raise ValueError("y must be a non-empty vector")
+    if A.ndim != 2 or A.shape[0] != N or unit2.shape != (N,):
+        raise ValueError(f"A must have N = {N} rows and unit2 N entries")
+    if X2.ndim != 2 or X2.shape[0] != J2:
+        raise ValueError(f"X2 must have one row per level-2 unit ({J2})")
+    if J2 == 0 or unit2.min() < 0 or unit2.max() >= J2 or np.any(np.diff(unit2) < 0):
+        raise ValueError("unit2 must be nondecreasing level-2 unit numbers 0..J2-1 (records sorted by unit)")
+    J3 = int(unit3.max()) + 1
+    if unit3.min() < 0 or np.any(np.diff(unit3) < 0):
+        raise ValueError("unit3 must be nondecreasing level-3 unit numbers 0..J3-1")
+    if W3.ndim != 2 or W3.shape[0] != J3:
+        raise ValueError(f"W3 must have one row per level-3 unit ({J3})")
+    for name, arr in (("y", y), ("A", A), ("X2", X2), ("W3", W3)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} has missing or infinite values")
+    for ip, pi in enumerate(data.layout.pis):
+        if pi.level1_col is not None and not 0 <= pi.level1_col < A.shape[1]:
+            raise ValueError(f"pi {ip}: level-1 column {pi.level1_col} is not a column of A")
+        if not pi.betas and not pi.random:
+            raise ValueError(f"pi {ip} has neither level-2 coefficients nor a random effect")
+        for beta in pi.betas:
+            if beta.level2_col is not None and not 0 <= beta.level2_col < X2.shape[1]:
+                raise ValueError(f"pi {ip}: level-2 column {beta.level2_col} is not a column of X2")
+            if not beta.level3_cols and not beta.random:
+                raise ValueError(f"pi {ip}: a level-2 coefficient is neither fixed nor random (leave it out)")
+            for s in beta.level3_cols:
+                if s is not None and not 0 <= s < W3.shape[1]:
+                    raise ValueError(f"pi {ip}: level-3 column {s} is not a column of W3")
+
+
 def reduce_nested(data: NestedData) -> NestedStats:
     """One vectorised pass over the records: the cross-products of [a_0..a_{P-1}, y] per level-2
     unit (P = number of π's), from which every column of the model, a_p times a level-2-unit
     factor, follows by scaling (never a Python loop over units)."""
     cols = _columns(data.layout)
+    _validate(data)
     y = np.asarray(data.y, dtype=float)
     N = y.size
     unit2 = np.asarray(data.unit2, dtype=np.int64)
