@@ -206,11 +206,49 @@ def _offsets(sorted_ids: np.ndarray, n_units: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)])
 
 
+def _validate(data: NestedData) -> None:
+    """The array contract of NestedData; a violation is a ValueError saying which array and why."""
+    y, A = np.asarray(data.y), np.asarray(data.A)
+    X2, W3 = np.asarray(data.X2), np.asarray(data.W3)
+    unit2, unit3 = np.asarray(data.unit2), np.asarray(data.unit3)
+    N, J2 = y.shape[0], unit3.shape[0]
+    if y.ndim != 1 or N == 0:
+        raise ValueError("y must be a non-empty vector")
+    if A.ndim != 2 or A.shape[0] != N or unit2.shape != (N,):
+        raise ValueError(f"A must have N = {N} rows and unit2 N entries")
+    if X2.ndim != 2 or X2.shape[0] != J2:
+        raise ValueError(f"X2 must have one row per level-2 unit ({J2})")
+    if J2 == 0 or unit2.min() < 0 or unit2.max() >= J2 or np.any(np.diff(unit2) < 0):
+        raise ValueError("unit2 must be nondecreasing level-2 unit numbers 0..J2-1 (records sorted by unit)")
+    J3 = int(unit3.max()) + 1
+    if unit3.min() < 0 or np.any(np.diff(unit3) < 0):
+        raise ValueError("unit3 must be nondecreasing level-3 unit numbers 0..J3-1")
+    if W3.ndim != 2 or W3.shape[0] != J3:
+        raise ValueError(f"W3 must have one row per level-3 unit ({J3})")
+    for name, arr in (("y", y), ("A", A), ("X2", X2), ("W3", W3)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} has missing or infinite values")
+    for ip, pi in enumerate(data.layout.pis):
+        if pi.level1_col is not None and not 0 <= pi.level1_col < A.shape[1]:
+            raise ValueError(f"pi {ip}: level-1 column {pi.level1_col} is not a column of A")
+        if not pi.betas and not pi.random:
+            raise ValueError(f"pi {ip} has neither level-2 coefficients nor a random effect")
+        for beta in pi.betas:
+            if beta.level2_col is not None and not 0 <= beta.level2_col < X2.shape[1]:
+                raise ValueError(f"pi {ip}: level-2 column {beta.level2_col} is not a column of X2")
+            if not beta.level3_cols and not beta.random:
+                raise ValueError(f"pi {ip}: a level-2 coefficient is neither fixed nor random (leave it out)")
+            for s in beta.level3_cols:
+                if s is not None and not 0 <= s < W3.shape[1]:
+                    raise ValueError(f"pi {ip}: level-3 column {s} is not a column of W3")
+
+
 def reduce_nested(data: NestedData) -> NestedStats:
     """One vectorised pass over the records: the cross-products of [a_0..a_{P-1}, y] per level-2
     unit (P = number of π's), from which every column of the model, a_p times a level-2-unit
     factor, follows by scaling (never a Python loop over units)."""
     cols = _columns(data.layout)
+    _validate(data)
     y = np.asarray(data.y, dtype=float)
     N = y.size
     unit2 = np.asarray(data.unit2, dtype=np.int64)
@@ -263,9 +301,12 @@ def reduce_nested(data: NestedData) -> NestedStats:
 # ---------------------------------------------------------------- the solve at (G2, G3)
 
 def _sandwich(lam: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """Λ'A_jΛ, component-first."""
-    LA = np.tensordot(lam, A, axes=([0], [0]))
-    return np.ascontiguousarray(np.tensordot(LA, lam, axes=([1], [0])).transpose(0, 2, 1))
+    """Λ'A_jΛ for every unit, component-first: vec(Λ'AΛ) = (Λ⊗Λ)' vec(A), one BLAS product over
+    the contiguous (q², J) array, no transposed copies."""
+    q = lam.shape[0]
+    J = A.shape[2]
+    out = np.kron(lam, lam).T @ np.ascontiguousarray(A).reshape(q * q, J)
+    return out.reshape(q, q, J)
 
 
 def _quad(U: np.ndarray, K: np.ndarray, V: np.ndarray | None = None) -> np.ndarray:
@@ -389,24 +430,60 @@ class NestedSolve:
         return ZVZ, ZVB
 
     def gradients(self, reml: bool, sigma2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(Γ2, Γ3) = ∂d/∂(G2, G3), symmetric convention, σ² profiled unless given."""
+        """(Γ2, Γ3) = ∂d/∂(G2, G3), symmetric convention, σ² profiled unless given (module docstring).
+
+        Only sums over units enter Γ, so the residual is contracted first (v = Z'Ṽ⁻¹[X|y]·(−γ̂, 1))
+        and Σ_j terms are taken as BLAS contractions over (component, unit) axes: the per-unit
+        work at level 2 is a few q×q products, and the p-sized pieces are formed only for REML."""
         st = self.stats
+        q2, q3, p = st.q2, st.q3, st.p
         s2 = self.sigma2_hat(reml) if sigma2 is None else sigma2
         Pinv = self.Pinv() if reml else None
-        out = []
-        for level, q in ((2, st.q2), (3, st.q3)):
-            if q == 0:
-                out.append(np.zeros((0, 0)))
-                continue
-            ZVZ, ZVB = self.level2_pieces() if level == 2 else self.level3_pieces()
-            Q = ZVB[:, : st.p]
-            v = ZVB[:, st.p] - np.einsum("qpj,p->qj", Q, self.gamma)
-            Gam = ZVZ.sum(axis=2) - (v @ v.T) / s2
+        ge = np.append(-self.gamma, 1.0)
+
+        def blocksum(X, Y):  # Σ_j X_j Y_j' for component-first X (a,b,J), Y (c,b,J)
+            return np.tensordot(X, Y, axes=([1, 2], [1, 2]))
+
+        G3 = np.zeros((0, 0))
+        if q3:
+            S = self.W[:q3, :q3]
+            WB = self.W[:q3, q3:]  # (q3, p+1, J3)
+            H3 = -cmm(S, self.K3)
+            for a in range(q3):
+                H3[a, a] += 1.0
+            We = np.tensordot(WB, ge, axes=([1], [0]))  # W_k[Z3, e] (q3, J3)
+            v3 = cmv(H3, We)
+            G3 = np.tensordot(H3, S, axes=([1, 2], [0, 2])) - (v3 @ v3.T) / s2
             if reml:
-                QP = np.einsum("qpj,pr->qrj", Q, Pinv)
-                Gam -= np.einsum("qpj,rpj->qr", QP, Q)
-            out.append(0.5 * (Gam + Gam.T))
-        return out[0], out[1]
+                Q3 = cmm(H3, WB[:, :p])
+                G3 -= blocksum(np.tensordot(Q3, Pinv, axes=([1], [0])).transpose(0, 2, 1), Q3)
+            G3 = 0.5 * (G3 + G3.T)
+        G2 = np.zeros((0, 0))
+        if q2:
+            A = st.ZZ2
+            H2 = -cmm(A, self.K2)
+            for a in range(q2):
+                H2[a, a] += 1.0
+            ZXy = st.Z2B[:, q3:]
+            f = cmv(H2, np.tensordot(ZXy, ge, axes=([1], [0])))  # H2 Z2'e (q2, J2)
+            G2 = np.tensordot(H2, A, axes=([1, 2], [0, 2]))
+            if q3:
+                T = cmm(H2, st.Z2B[:, :q3])  # Z2'R⁻¹Z3 (q2, q3, J2)
+                K3e = self.K3[:, :, st.unit3]
+                TK = cmm(T, K3e)
+                G2 -= blocksum(TK, T)
+                w = cmv(self.K3, We)[:, st.unit3]  # K3_k W_k[Z3, e] per level-2 unit
+                v2 = f - cmv(T, w)
+            else:
+                v2 = f
+            G2 -= (v2 @ v2.T) / s2
+            if reml:
+                Q2 = cmm(H2, ZXy[:, :p])
+                if q3:
+                    Q2 -= cmm(TK, WB[:, :p][:, :, st.unit3])
+                G2 -= blocksum(np.tensordot(Q2, Pinv, axes=([1], [0])).transpose(0, 2, 1), Q2)
+            G2 = 0.5 * (G2 + G2.T)
+        return G2, G3
 
     def posterior(self, sigma2: float):
         """EB: (E r_j (J2,q2), Var r_j (J2,q2,q2), E u_k (J3,q3), Var u_k (J3,q3,q3)), given γ̂."""

@@ -69,10 +69,19 @@ def standardising_maps(data: NestedData, stats: NestedStats) -> tuple[np.ndarray
 class Objective:
     def __init__(self, stats: NestedStats, reml: bool):
         self.stats, self.reml, self.count = stats, reml, 0
+        self._cache: list = []
 
     def solve(self, lam2, lam3) -> NestedSolve:
+        # the search asks for the value, the gradient and the rounding noise at the same point:
+        # the last few solves are kept (keyed on the exact factors)
+        key = (np.asarray(lam2, float).tobytes(), np.asarray(lam3, float).tobytes())
+        for k, us in self._cache:
+            if k == key:
+                return us
         self.count += 1
-        return nested_solve(self.stats, lam2, lam3)
+        us = nested_solve(self.stats, lam2, lam3)
+        self._cache = [(key, us)] + self._cache[:3]
+        return us
 
     def at(self, Gs):
         try:

@@ -306,3 +306,143 @@ def test_fit_is_invariant_to_a_predictors_scale():
     D = np.diag([1.0, c])  # τ of a column scaled by c is scaled by 1/c²
     np.testing.assert_allclose(D @ f1.tau_pi @ D / np.abs(np.diag(f0.tau_pi)).max(),
                                f0.tau_pi / np.abs(np.diag(f0.tau_pi)).max(), atol=1e-5)
+
+
+# ---------------------------------------------------------------- layouts with one level not random
+
+def _dense_optimum(data, reml, q2, q3, starts=3):
+    """An independent optimum: the dense deviance minimised by L-BFGS-B with numerical gradients
+    over (log σ², Cholesky factors of τπ, τβ) from several starts."""
+    from scipy import optimize
+    i2, i3 = np.tril_indices(q2), np.tril_indices(q3)
+    n2 = len(i2[0])
+
+    def unpack(t):
+        L2, L3 = np.zeros((q2, q2)), np.zeros((q3, q3))
+        L2[i2], L3[i3] = t[1:1 + n2], t[1 + n2:]
+        return np.exp(t[0]), L2 @ L2.T, L3 @ L3.T
+    best = np.inf
+    rng = np.random.default_rng(1)
+    for _ in range(starts):
+        t0 = np.concatenate([[0.0], np.eye(q2)[i2] * rng.uniform(0.3, 1.5), np.eye(q3)[i3] * rng.uniform(0.3, 1.5)])
+        res = optimize.minimize(lambda t: _dense_fit(data, *unpack(t), reml)[0], t0, method="BFGS",
+                                options={"gtol": 1e-9, "maxiter": 2000})
+        best = min(best, res.fun)
+    return best
+
+
+@pytest.mark.parametrize("which", ["level2_only", "level3_only"])
+def test_layouts_random_at_one_level_only(which):
+    base = _small(11)
+    if which == "level2_only":  # no β random: a two-level model of level-2 units
+        pis = (Pi(None, (Beta(None, (None, 0), False),), True), Pi(0, (Beta(None, (None,), False),), True))
+        q2, q3 = 2, 0
+    else:  # no π random: a two-level model of level-3 units
+        pis = (Pi(None, (Beta(None, (None, 0), True), Beta(0, (None,), False)), False),
+               Pi(0, (Beta(None, (None,), True),), False))
+        q2, q3 = 0, 2
+    data = NestedData(base.y, base.A, base.X2, base.W3, base.unit2, base.unit3, NestedLayout(pis))
+    fit = fit_nested(data)
+    assert fit.converged, fit.message
+    assert fit.tau_pi.shape == (q2, q2) and fit.tau_beta.shape == (q3, q3)
+    assert fit.deviance == pytest.approx(_dense_fit(data, fit.sigma2, fit.tau_pi, fit.tau_beta, False)[0], rel=1e-12)
+    assert fit.deviance <= _dense_optimum(data, False, q2, q3) + 1e-7
+
+
+# ---------------------------------------------------------------- χ² tests and reliabilities, record by record
+
+def test_chi_square_and_reliability_equal_a_record_by_record_computation():
+    """The documented formulas (nested_fit.fit_nested), computed here directly from the records."""
+    from scipy import stats as sps
+    data = _small(13)
+    fit = fit_nested(data)
+    assert fit.converged
+    pis = data.layout.pis
+    J2, J3 = data.unit3.size, int(data.unit3.max()) + 1
+    N = data.y.size
+    a = lambda c: np.ones(N) if c is None else data.A[:, c]  # noqa: E731
+    x2 = lambda c, j: 1.0 if c is None else data.X2[j, c]  # noqa: E731
+    w3 = lambda s, k: 1.0 if s is None else data.W3[k, s]  # noqa: E731
+    # β fitted (Σγ W) and β* (+ EB u) per level-3 unit, in layout order
+    g, rb = 0, 0
+    bfit, bstar = {}, {}
+    for ip, pi in enumerate(pis):
+        for iq, b in enumerate(pi.betas):
+            f = np.array([sum(fit.gamma[g + i] * w3(s, k) for i, s in enumerate(b.level3_cols)) for k in range(J3)])
+            g += len(b.level3_cols)
+            bfit[ip, iq] = f
+            bstar[ip, iq] = f + (fit.eb_beta[:, rb] if b.random else 0.0)
+            rb += b.random
+    rand = [ip for ip, pi in enumerate(pis) if pi.random]
+    chi = np.zeros(len(rand))
+    rel = np.zeros(len(rand))
+    n_ok = 0
+    for j in range(J2):
+        rows = data.unit2 == j
+        k = data.unit3[j]
+        pistar = [sum(bstar[ip, iq][k] * x2(b.level2_col, j) for iq, b in enumerate(pi.betas)) for ip, pi in enumerate(pis)]
+        Z = np.column_stack([a(pis[ip].level1_col)[rows] for ip in rand])
+        yt = data.y[rows] - sum(a(pi.level1_col)[rows] * pistar[ip] for ip, pi in enumerate(pis) if not pi.random)
+        if rows.sum() <= len(rand) or np.linalg.matrix_rank(Z) < len(rand):
+            continue
+        n_ok += 1
+        ZZi = np.linalg.inv(Z.T @ Z)
+        bhat = ZZi @ Z.T @ yt
+        V = fit.sigma2 * np.diag(ZZi)
+        chi += (bhat - np.array([pistar[ip] for ip in rand])) ** 2 / V
+        rel += np.diag(fit.tau_pi) / (np.diag(fit.tau_pi) + V)
+    for i, ip in enumerate(rand):
+        df = n_ok - len(pis[ip].betas)
+        assert fit.chi2_pi[i]["n_units"] == n_ok and fit.chi2_pi[i]["df"] == df
+        assert fit.chi2_pi[i]["chi2"] == pytest.approx(chi[i], rel=1e-9)
+        assert fit.chi2_pi[i]["p"] == pytest.approx(sps.chi2.sf(chi[i], df), rel=1e-9)
+    np.testing.assert_allclose(fit.reliability_pi, rel / n_ok, rtol=1e-9)
+    # level 3: GLS of the random β's from each level-3 unit given τπ, dense
+    X, Z2, Z3, _, _ = _dense(data)
+    fixed_cols, g = [], 0
+    for pi in pis:
+        for b in pi.betas:
+            if not b.random:
+                fixed_cols += list(range(g, g + len(b.level3_cols)))
+            g += len(b.level3_cols)
+    yt = data.y - X[:, fixed_cols] @ fit.gamma[fixed_cols]
+    V2 = fit.sigma2 * np.eye(N) + Z2 @ np.kron(np.eye(J2), fit.tau_pi) @ Z2.T
+    q3 = fit.tau_beta.shape[0]
+    chi3, rel3, n_ok3 = np.zeros(q3), np.zeros(q3), 0
+    k_of = data.unit3[data.unit2]
+    for k in range(J3):
+        rows = k_of == k
+        Zk = Z3[np.ix_(rows, range(k * q3, (k + 1) * q3))]
+        Vi = np.linalg.inv(V2[np.ix_(rows, rows)])
+        S = Zk.T @ Vi @ Zk
+        if np.linalg.matrix_rank(S) < q3:  # e.g. one level-2 unit: X_q is constant within k
+            continue
+        n_ok3 += 1
+        Si = np.linalg.inv(S)
+        bhat = Si @ Zk.T @ Vi @ yt[rows]
+        fitted = np.array([bfit[ip, iq][k] for ip, pi in enumerate(pis) for iq, b in enumerate(pi.betas) if b.random])
+        chi3 += (bhat - fitted) ** 2 / np.diag(Si)
+        rel3 += np.diag(fit.tau_beta) / (np.diag(fit.tau_beta) + np.diag(Si))
+    for i in range(q3):
+        assert fit.chi2_beta[i]["chi2"] == pytest.approx(chi3[i], rel=1e-8)
+        assert fit.chi2_beta[i]["n_units"] == n_ok3 < J3
+    np.testing.assert_allclose(fit.reliability_beta, rel3 / n_ok3, rtol=1e-8)
+
+
+def test_random_coefficients_without_fixed_parts_and_bad_input():
+    """β_pq = u_pq (no γ) and π_p = r_p (no β) are models of their own (as lme4's
+    (0 + x | g) terms without a fixed x); arrays that break the contract are refused by name."""
+    base = _small(17)
+    pis = (Pi(None, (Beta(None, (None,), True),), True), Pi(0, (Beta(None, (), True),), True), Pi(1, (), True))
+    data = NestedData(base.y, base.A, base.X2, base.W3, base.unit2, base.unit3, NestedLayout(pis))
+    fit = fit_nested(data)
+    assert fit.gamma.shape == (1,) and fit.tau_pi.shape == (3, 3) and fit.tau_beta.shape == (2, 2)
+    assert fit.deviance == pytest.approx(_dense_fit(data, fit.sigma2, fit.tau_pi, fit.tau_beta, False)[0], rel=1e-12)
+    assert fit.converged, fit.message
+    bad = NestedData(base.y, base.A, base.X2, base.W3, base.unit2[::-1].copy(), base.unit3, base.layout)
+    with pytest.raises(ValueError, match="unit2"):
+        fit_nested(bad)
+    bad = NestedData(base.y, base.A, base.X2, base.W3, base.unit2, base.unit3,
+                     NestedLayout((Pi(None, (Beta(None, (None,), True),), True), Pi(0, (Beta(None, (), False),), True))))
+    with pytest.raises(ValueError, match="neither fixed nor random"):
+        fit_nested(bad)
