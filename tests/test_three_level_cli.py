@@ -249,3 +249,34 @@ def test_two_level_commands_refuse_a_three_level_archive_and_level3_lines(eg_arc
                                      "level3:INTRCPT2=INTRCPT3+random/\n")
     _one_line_error(run("fit", hsb_archive, "--model", hlm), 1, "level3", "three data files")
     _one_line_error(run("fit", hsb_archive, "-1", "MATHACH = b0 + r", "-3", "b00 = g000 + u00"), 2, "-3/--level3")
+
+
+CENTRED_MODEL = ["-1", "MATH = p0 + p1*group(YEAR) + e",
+                 "-2", "p0 = b00 + b01*mean(YEAR) + b02*group(FEMALE) + r0", "-2", "p1 = b10 + b11*BLACK + r1",
+                 "-3", "b00 = g000 + g001*grand(LOWINC) + u00", "-3", "b10 = g100 + g101*grand(LOWINC) + u10"]
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+def test_centring_at_every_level_matches_lme4(eg_archive, method):
+    """group() at levels 1 and 2, mean() and grand() against lme4 on columns centred by hand in R
+    (tests/reference_scripts/three_level_centring_lme4.R -> tests/data/three_level/eg_centring.json)."""
+    reference = json.loads((REFS / "eg_centring.json").read_text())[method]
+    proc = run("fit", eg_archive, *CENTRED_MODEL, *(["--reml"] if method == "reml" else []), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["lme4_formula"] == reference["formula"]
+    for fx in doc["fixed_effects"]:
+        close(fx["estimate"], reference["fixed"][fx["gamma"]]["est"], 1e-5, fx["gamma"])
+        close(fx["se"], reference["fixed"][fx["gamma"]]["se"], 1e-4, f"se {fx['gamma']}")
+    close(doc["sigma2"], reference["sigma2"], 1e-5, "sigma2")
+    close(doc["deviance"], reference["deviance"], 1e-8, "deviance")
+    for key in ("tau_pi", "tau_beta"):
+        for mine, theirs in zip(sum(doc[key]["matrix"], []), sum(reference[key], [])):
+            assert abs(mine - theirs) <= 1e-4 * abs(theirs) + 1e-7, (key, mine, theirs)
+
+
+def test_uncertified_fit_exits_3_and_writes_nothing(eg_archive, tmp_path):
+    proc = run("fit", eg_archive, *EG_MODEL, "--max-iterations", "1", "-o", tmp_path / "out.txt",
+               "--residuals-l3", tmp_path / "r3.csv")
+    assert proc.returncode == 3 and "not certified" in proc.stderr
+    assert not (tmp_path / "out.txt").exists() and not (tmp_path / "r3.csv").exists()
