@@ -247,3 +247,45 @@ def test_model_summary_and_formula_with_centring():
     assert formula == ("MATH ~ 1 + LOWINC + FEMALE_c + YEAR_gc + (1 + YEAR_gc | SCHOOLID) + "
                        "(1 + YEAR_gc | SCHOOLID:CHILDID)")
     assert any(n.startswith("YEAR_gc = YEAR - ") for n in notes)
+
+
+HLM3 = ("#WHLM CMD FILE\nnonlin:n\nnumit:100\nlevel1:MATH=INTRCPT1+YEAR,1+RANDOM\n"
+        "level2:INTRCPT1=INTRCPT2+FEMALE,2+random/\nlevel3:INTRCPT2=INTRCPT3+LOWINC,2+random/\nlevel3:FEMALE=INTRCPT3/\n"
+        "level2:YEAR=INTRCPT2+random/\nlevel3:INTRCPT2=INTRCPT3+random/\nfixtau3:3\nresfil3:n\ntitle:x\n")
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, len(HLM3)), st.sampled_from(ALPHABET + ":/,\n")), min_size=1, max_size=8))
+def test_fuzz_hlm3_command_files(edits):
+    import tempfile
+
+    text = list(HLM3)
+    for pos, ch in edits:
+        if pos % 2:
+            text.insert(pos % (len(text) + 1), ch)
+        elif text:
+            del text[pos % len(text)]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "m.hlm")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("".join(text))
+        try:
+            parse_hlm3_file(path, V)
+        except HlmError as exc:
+            assert "\n" not in str(exc)
+
+
+def test_cache_notices_changed_sources(tmp_path):
+    from hlmcli.archive3 import cached_archive3
+
+    pd.DataFrame({"S": [1, 1, 2], "C": [1, 2, 3], "Y": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "l1.csv", index=False)
+    pd.DataFrame({"C": [1, 2, 3], "S": [1, 1, 2]}).to_csv(tmp_path / "l2.csv", index=False)
+    pd.DataFrame({"S": [1, 2], "Z": [0.5, 1.5]}).to_csv(tmp_path / "l3.csv", index=False)
+    files = [tmp_path / f"l{k}.csv" for k in (1, 2, 3)]
+    options = BuildOptions3("C", "S")
+    _, first = cached_archive3(files, options, cache_dir=tmp_path / "c")
+    _, again = cached_archive3(files, options, cache_dir=tmp_path / "c")
+    pd.DataFrame({"S": [1, 2], "Z": [0.5, 2.5]}).to_csv(tmp_path / "l3.csv", index=False)
+    archive, changed = cached_archive3(files, options, cache_dir=tmp_path / "c")
+    assert (first, again, changed) == ("built", "reused", "built")
+    assert list(archive.level3[0]) == [0.5, 2.5]
