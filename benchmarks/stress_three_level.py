@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from scipy import optimize  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hlmcli.errors import HlmError  # noqa: E402
 from hlmcli.nested import Beta, NestedData, NestedLayout, Pi, fit_nested  # noqa: E402
 
 
@@ -164,7 +165,7 @@ def main() -> None:
         data, reml = simulate(i)
         try:
             fit = fit_nested(data, reml=reml)
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+        except (HlmError, ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
             print(f"seed {i}: refused ({exc})")
             continue
         ref = dense_optimum(data, reml, fit, rng)

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import optimize, stats as sps
 
 from .certificate import HESSIAN_TOL, Face, rank_tolerance
+from .errors import ModelError
 from .estimation import tol_decrement
 from .nested import (NestedData, NestedFit, NestedSolve, NestedStats, _columns, _factor, nested_solve,
                      reduce_nested)
@@ -605,6 +606,28 @@ def boundary_messages(G: np.ndarray, tau: np.ndarray, name: str, labels: list[st
     return out
 
 
+def estimable(raw: NestedStats) -> None:
+    """Refuse, in one line, models whose parameters cannot be estimated from these data (as lme4
+    does: a grouping factor needs more than one level and fewer levels than observations)."""
+    N, J2, J3, q2, q3, p = raw.N, raw.J2, raw.J3, raw.q2, raw.q3, raw.p
+    if p == 0:
+        raise ModelError("the model has no fixed effects (every level-3 equation is empty)")
+    if N <= p:
+        raise ModelError(f"only {N} records for {p} fixed effects; the model needs more data")
+    if q3 and J3 < 2:
+        raise ModelError(f"the data have {J3} level-3 unit; level-3 random effects need at least 2 units "
+                         "(remove the u terms or use a two-level model)")
+    if q2 and J2 < 2:
+        raise ModelError(f"the data have {J2} level-2 unit; level-2 random effects need at least 2 units")
+    if q2 and N <= J2 * q2:
+        raise ModelError(f"{N} records for {J2} level-2 units with {q2} random effect{'s' if q2 != 1 else ''} each: "
+                         "the level-1 variance cannot be separated from the level-2 ones (lme4 refuses this too); "
+                         "remove r terms or use data with more records per level-2 unit")
+    if q3 and N <= J3 * q3:
+        raise ModelError(f"{N} records for {J3} level-3 units with {q3} random effect{'s' if q3 != 1 else ''} each: "
+                         "the level-1 variance cannot be separated from the level-3 ones; remove u terms")
+
+
 def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000) -> NestedFit:
     """The certified (RE)ML fit and HLM3's inference.
 
@@ -624,8 +647,7 @@ def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000)
     reml = bool(reml)
     raw = reduce_nested(data)
     q2, q3, p = raw.q2, raw.q3, raw.p
-    if p == 0:
-        raise ValueError("the model has no fixed effects")
+    estimable(raw)
     A2, A3 = standardising_maps(data, raw)
     std = raw.transformed(A2, A3)
     obj = Objective(std, reml)
