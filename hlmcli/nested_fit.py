@@ -60,8 +60,10 @@ def standardising_maps(data: NestedData, stats: NestedStats) -> tuple[np.ndarray
     i2 = next((k for k, p in enumerate(cols.z2) if data.layout.pis[p].level1_col is None), None)
     i3 = next((k for k, (p, c) in enumerate(cols.z3) if data.layout.pis[p].level1_col is None and c is None), None)
     ZZ2 = stats.ZZ2.sum(axis=2) if q2 else np.zeros((0, 0))
-    ZZ3 = np.einsum("abj,j->ab", stats.DD[stats.D_index[q2:q2 + q3][:, None], stats.D_index[q2:q2 + q3][None, :]]
-                    * stats.F[q2:q2 + q3][:, None] * stats.F[q2:q2 + q3][None, :], np.ones(stats.J2)) if q3 else np.zeros((0, 0))
+    ZZ3 = np.zeros((0, 0))
+    if q3:  # Σ over records of Z3'Z3: level-1 cross-products times the level-2 factors of each column
+        d, f = stats.D_index[q2:q2 + q3], stats.F[q2:q2 + q3]
+        ZZ3 = (stats.DD[d[:, None], d[None, :]] * f[:, None] * f[None, :]).sum(axis=2)
     return _standardiser(ZZ2, stats.N, i2), _standardiser(ZZ3, stats.N, i3)
 
 
@@ -458,15 +460,14 @@ def search(obj: Objective, q2: int, q3: int, max_iterations: int):
 # ---------------------------------------------------------------- inference
 
 def hlm3_df(data: NestedData, J2: int, J3: int, N: int) -> np.ndarray:
-    """Approximate d.f. of each γ_pqs (HLM3's rules as documented for HLM 7 in R&B 2002 ch. 8 and
-    the HLM 7 manual; only the first is stated there explicitly, the others are the analogue of
-    HLM2's rule and are UNVERIFIED against HLM 7 output):
-    - β_pq random at level 3: K − (number of γ's in β_pq's equation) (= K − S − 1 with an intercept),
-      K the number of level-3 units;
+    """Approximate d.f. of each γ_pqs, the rules used (none is checked against HLM 7 output here):
+    - β_pq random at level 3: K − (number of γ's in β_pq's equation), K the level-3 units; with an
+      intercept this is HLM3's K − S − 1 (Raudenbush & Bryk 2002, ch. 8);
     - β_pq not random at level 3 but π_p random at level 2: J2 − (number of γ's in π_p's equations
-      that belong to β's not random at level 3), J2 the number of level-2 units (HLM2's J − S − 1
-      with the level-2 units playing J);
-    - neither: N − p."""
+      that belong to β's not random at level 3), J2 the level-2 units: HLM2's J − S − 1 with the
+      level-2 units as J (an analogue; UNVERIFIED);
+    - neither random: N − p (UNVERIFIED; HLM 7's HLM2 uses N − J·R − F for fixed level-1
+      coefficients, HLM 6 used N − p)."""
     out = []
     p = sum(len(b.level3_cols) for pi in data.layout.pis for b in pi.betas)
     for pi in data.layout.pis:
