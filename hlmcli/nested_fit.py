@@ -435,6 +435,15 @@ def search(obj: Objective, q2: int, q3: int, max_iterations: int):
     Gs, dev, cert, used, message = _polish_and_certify(obj, G1, d1, max_iterations - iterations, msg)
     iterations += used
     start = "identity"
+    if cert.certified and cert.ranks != cert.qs and iterations < max_iterations:
+        # a certified boundary answer is a local optimum; false boundaries and other local optima
+        # live there, so a second start from larger variances gets its chance (as at two levels)
+        G1, d1, nit, m1 = _lbfgs(obj, (2.5 * np.eye(q2), 2.5 * np.eye(q3)), max_iterations - iterations)
+        iterations += nit
+        G1, d1, c1, used, m1 = _polish_and_certify(obj, G1, d1, max_iterations - iterations, m1)
+        iterations += used
+        if c1.certified and d1 < dev - 1e-12 * abs(dev):
+            Gs, dev, cert, start, message = G1, d1, c1, "identity*10", m1
     if not cert.certified and iterations < max_iterations:
         rng = np.random.default_rng(20261123)
         extra = [("identity/100", (0.0025 * np.eye(q2), 0.0025 * np.eye(q3))),
