@@ -327,6 +327,27 @@ def _quad(U: np.ndarray, K: np.ndarray, V: np.ndarray | None = None) -> np.ndarr
     return out
 
 
+def _quad_sum(U: np.ndarray, K: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Σ_{j∈k} U_j'K_jU_j for U (q,a,J), K (q,q,J) symmetric, summed over the unit segments that
+    begin at `starts` -> (a,a,len(starts)): the a(a+1)/2 distinct products as multiply-adds into
+    one contiguous buffer, then one segment sum."""
+    q, a, J = U.shape
+    KU = cmm(K, U)
+    pairs = [(i, k) for i in range(a) for k in range(i, a)]
+    prod = np.empty((len(pairs), J))
+    tmp = np.empty(J)
+    for r, (i, k) in enumerate(pairs):
+        np.multiply(U[0, i], KU[0, k], out=prod[r])
+        for c in range(1, q):
+            np.multiply(U[c, i], KU[c, k], out=tmp)
+            prod[r] += tmp
+    S = np.add.reduceat(prod, starts, axis=1)
+    out = np.empty((a, a, len(starts)))
+    for r, (i, k) in enumerate(pairs):
+        out[i, k] = out[k, i] = S[r]
+    return out
+
+
 def _absorb(lam: np.ndarray, ZZ: np.ndarray):
     """M = I + Λ'ZZΛ per unit: K = ΛM⁻¹Λ' and log|M|."""
     q = lam.shape[0]
@@ -525,8 +546,7 @@ def nested_solve(stats: NestedStats, lam2: np.ndarray, lam3: np.ndarray) -> Nest
     lam3 = np.asarray(lam3, dtype=float).reshape(q3, q3)
     if q2:
         K2, logdet2 = _absorb(lam2, stats.ZZ2)
-        corr = _quad(stats.Z2B, K2)  # (nb, nb, J2)
-        W = stats.BB - np.add.reduceat(corr, stats.starts3, axis=2)
+        W = stats.BB - _quad_sum(stats.Z2B, K2, stats.starts3)
     else:
         K2, logdet2 = np.zeros((0, 0, stats.J2)), np.zeros(stats.J2)
         W = stats.BB

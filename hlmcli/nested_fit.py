@@ -22,6 +22,7 @@ import numpy as np
 from scipy import optimize, stats as sps
 
 from .certificate import HESSIAN_TOL, Face, rank_tolerance
+from .errors import ModelError
 from .estimation import tol_decrement
 from .nested import (NestedData, NestedFit, NestedSolve, NestedStats, _columns, _factor, nested_solve,
                      reduce_nested)
@@ -59,8 +60,10 @@ def standardising_maps(data: NestedData, stats: NestedStats) -> tuple[np.ndarray
     i2 = next((k for k, p in enumerate(cols.z2) if data.layout.pis[p].level1_col is None), None)
     i3 = next((k for k, (p, c) in enumerate(cols.z3) if data.layout.pis[p].level1_col is None and c is None), None)
     ZZ2 = stats.ZZ2.sum(axis=2) if q2 else np.zeros((0, 0))
-    ZZ3 = np.einsum("abj,j->ab", stats.DD[stats.D_index[q2:q2 + q3][:, None], stats.D_index[q2:q2 + q3][None, :]]
-                    * stats.F[q2:q2 + q3][:, None] * stats.F[q2:q2 + q3][None, :], np.ones(stats.J2)) if q3 else np.zeros((0, 0))
+    ZZ3 = np.zeros((0, 0))
+    if q3:  # Σ over records of Z3'Z3: level-1 cross-products times the level-2 factors of each column
+        d, f = stats.D_index[q2:q2 + q3], stats.F[q2:q2 + q3]
+        ZZ3 = (stats.DD[d[:, None], d[None, :]] * f[:, None] * f[None, :]).sum(axis=2)
     return _standardiser(ZZ2, stats.N, i2), _standardiser(ZZ3, stats.N, i3)
 
 
@@ -297,7 +300,9 @@ def _lbfgs(obj: Objective, Gs0, maxiter: int):
         return us.profiled_deviance(obj.reml), np.concatenate([(2.0 * g2 @ l2)[i2], (2.0 * g3 @ l3)[i3]])
 
     res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": max(1, maxiter), "ftol": 1e-10, "gtol": 1e-7, "maxcor": 20})
+                            # tighter than two levels: ending closer to the optimum usually saves the
+                            # Newton polish its second face Hessian (2·face-size evaluations)
+                            options={"maxiter": max(1, maxiter), "ftol": 1e-13, "gtol": 1e-9, "maxcor": 20})
     l2, l3 = lams(res.x)
     return (l2 @ l2.T, l3 @ l3.T), float(res.fun), int(res.nit), str(res.message)
 
@@ -430,6 +435,15 @@ def search(obj: Objective, q2: int, q3: int, max_iterations: int):
     Gs, dev, cert, used, message = _polish_and_certify(obj, G1, d1, max_iterations - iterations, msg)
     iterations += used
     start = "identity"
+    if cert.certified and cert.ranks != cert.qs and iterations < max_iterations:
+        # a certified boundary answer is a local optimum; false boundaries and other local optima
+        # live there, so a second start from larger variances gets its chance (as at two levels)
+        G1, d1, nit, m1 = _lbfgs(obj, (2.5 * np.eye(q2), 2.5 * np.eye(q3)), max_iterations - iterations)
+        iterations += nit
+        G1, d1, c1, used, m1 = _polish_and_certify(obj, G1, d1, max_iterations - iterations, m1)
+        iterations += used
+        if c1.certified and d1 < dev - 1e-12 * abs(dev):
+            Gs, dev, cert, start, message = G1, d1, c1, "identity*10", m1
     if not cert.certified and iterations < max_iterations:
         rng = np.random.default_rng(20261123)
         extra = [("identity/100", (0.0025 * np.eye(q2), 0.0025 * np.eye(q3))),
@@ -457,15 +471,14 @@ def search(obj: Objective, q2: int, q3: int, max_iterations: int):
 # ---------------------------------------------------------------- inference
 
 def hlm3_df(data: NestedData, J2: int, J3: int, N: int) -> np.ndarray:
-    """Approximate d.f. of each γ_pqs (HLM3's rules as documented for HLM 7 in R&B 2002 ch. 8 and
-    the HLM 7 manual; only the first is stated there explicitly, the others are the analogue of
-    HLM2's rule and are UNVERIFIED against HLM 7 output):
-    - β_pq random at level 3: K − (number of γ's in β_pq's equation) (= K − S − 1 with an intercept),
-      K the number of level-3 units;
+    """Approximate d.f. of each γ_pqs, the rules used (none is checked against HLM 7 output here):
+    - β_pq random at level 3: K − (number of γ's in β_pq's equation), K the level-3 units; with an
+      intercept this is HLM3's K − S − 1 (Raudenbush & Bryk 2002, ch. 8);
     - β_pq not random at level 3 but π_p random at level 2: J2 − (number of γ's in π_p's equations
-      that belong to β's not random at level 3), J2 the number of level-2 units (HLM2's J − S − 1
-      with the level-2 units playing J);
-    - neither: N − p."""
+      that belong to β's not random at level 3), J2 the level-2 units: HLM2's J − S − 1 with the
+      level-2 units as J (an analogue; UNVERIFIED);
+    - neither random: N − p (UNVERIFIED; HLM 7's HLM2 uses N − J·R − F for fixed level-1
+      coefficients, HLM 6 used N − p)."""
     out = []
     p = sum(len(b.level3_cols) for pi in data.layout.pis for b in pi.betas)
     for pi in data.layout.pis:
@@ -605,6 +618,28 @@ def boundary_messages(G: np.ndarray, tau: np.ndarray, name: str, labels: list[st
     return out
 
 
+def estimable(raw: NestedStats) -> None:
+    """Refuse, in one line, models whose parameters cannot be estimated from these data (as lme4
+    does: a grouping factor needs more than one level and fewer levels than observations)."""
+    N, J2, J3, q2, q3, p = raw.N, raw.J2, raw.J3, raw.q2, raw.q3, raw.p
+    if p == 0:
+        raise ModelError("the model has no fixed effects (every level-3 equation is empty)")
+    if N <= p:
+        raise ModelError(f"only {N} records for {p} fixed effects; the model needs more data")
+    if q3 and J3 < 2:
+        raise ModelError(f"the data have {J3} level-3 unit; level-3 random effects need at least 2 units "
+                         "(remove the u terms or use a two-level model)")
+    if q2 and J2 < 2:
+        raise ModelError(f"the data have {J2} level-2 unit; level-2 random effects need at least 2 units")
+    if q2 and N <= J2 * q2:
+        raise ModelError(f"{N} records for {J2} level-2 units with {q2} random effect{'s' if q2 != 1 else ''} each: "
+                         "the level-1 variance cannot be separated from the level-2 ones (lme4 refuses this too); "
+                         "remove r terms or use data with more records per level-2 unit")
+    if q3 and N <= J3 * q3:
+        raise ModelError(f"{N} records for {J3} level-3 units with {q3} random effect{'s' if q3 != 1 else ''} each: "
+                         "the level-1 variance cannot be separated from the level-3 ones; remove u terms")
+
+
 def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000) -> NestedFit:
     """The certified (RE)ML fit and HLM3's inference.
 
@@ -624,8 +659,7 @@ def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000)
     reml = bool(reml)
     raw = reduce_nested(data)
     q2, q3, p = raw.q2, raw.q3, raw.p
-    if p == 0:
-        raise ValueError("the model has no fixed effects")
+    estimable(raw)
     A2, A3 = standardising_maps(data, raw)
     std = raw.transformed(A2, A3)
     obj = Objective(std, reml)

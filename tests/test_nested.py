@@ -160,13 +160,13 @@ def test_level3_variance_zero_is_certified_at_the_boundary(method):
 
 # ---------------------------------------------------------------- brute force on a small data set
 
-def _small(seed=3, with_predictors=True):
+def _small(seed=3, min_records=1):
     rng = np.random.default_rng(seed)
     J3 = 5
     per3 = rng.integers(1, 5, size=J3)
     unit3 = np.repeat(np.arange(J3), per3)
     J2 = unit3.size
-    n2 = rng.integers(1, 5, size=J2)
+    n2 = rng.integers(min_records, min_records + 4, size=J2)
     unit2 = np.repeat(np.arange(J2), n2)
     N = unit2.size
     A = np.column_stack([rng.normal(size=N) + 2.0, rng.integers(0, 2, size=N).astype(float)])
@@ -432,7 +432,7 @@ def test_chi_square_and_reliability_equal_a_record_by_record_computation():
 def test_random_coefficients_without_fixed_parts_and_bad_input():
     """β_pq = u_pq (no γ) and π_p = r_p (no β) are models of their own (as lme4's
     (0 + x | g) terms without a fixed x); arrays that break the contract are refused by name."""
-    base = _small(17)
+    base = _small(17, min_records=4)
     pis = (Pi(None, (Beta(None, (None,), True),), True), Pi(0, (Beta(None, (), True),), True), Pi(1, (), True))
     data = NestedData(base.y, base.A, base.X2, base.W3, base.unit2, base.unit3, NestedLayout(pis))
     fit = fit_nested(data)
@@ -446,3 +446,15 @@ def test_random_coefficients_without_fixed_parts_and_bad_input():
                      NestedLayout((Pi(None, (Beta(None, (None,), True),), True), Pi(0, (Beta(None, (), False),), True))))
     with pytest.raises(ValueError, match="neither fixed nor random"):
         fit_nested(bad)
+
+
+def test_models_that_cannot_be_estimated_are_refused():
+    from hlmcli.errors import ModelError
+    base = _small(19)
+    one3 = NestedData(base.y, base.A, base.X2, base.W3[:1], base.unit2, np.zeros_like(base.unit3), base.layout)
+    with pytest.raises(ModelError, match="1 level-3 unit"):
+        fit_nested(one3)
+    first = base.unit2 != np.r_[-1, base.unit2[:-1]]  # one record per level-2 unit
+    one_each = NestedData(base.y[first], base.A[first], base.X2, base.W3, base.unit2[first], base.unit3, base.layout)
+    with pytest.raises(ModelError, match="cannot be separated"):
+        fit_nested(one_each)
