@@ -81,13 +81,14 @@ def load3(data, build_opts: dict, cache_dir, warn):
 
 
 def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_iterations=None,
-          residuals_l2=None, residuals_l3=None):
+          residuals_l2=None, residuals_l3=None, allow_outside=False):
     from dataclasses import replace
 
     from .design3 import variables3_of
     from .equations3 import RunOptions3, spec3_from_inputs
 
-    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables3_of(archive), RunOptions3())
+    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables3_of(archive), RunOptions3(),
+                             allow_outside)
     changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations), ("residuals_l2", residuals_l2),
                                  ("residuals_l3", residuals_l3)) if v is not None}
     if reml:
@@ -114,7 +115,8 @@ def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, 
 
     refuse_unsupported([(x, True) for x in _hglm_given()])
     archive, _ = load3(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
-    spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"))
+    spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"),
+                 allow_outside=bool(more.get("allow_outside")))
     lines = model_summary3(spec, Symbols3(use_ascii(ascii_only)))
     formula, notes = lme4_formula3(spec, *archive.id_names)
     method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
@@ -143,8 +145,10 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
         ("--tau diagonal", tau_structure == "diagonal"), ("--weight1", bool(weight1)), ("--weight2", bool(weight2)),
         ("--normalize", bool(normalize)), ("--plausible-values", bool(plausible_values)), ("--imputed", bool(imputed)),
         ("--residuals-l1", bool(residuals_l1)), ("--keep", bool(keep)),
-        (f"--format {out_format}", out_format not in ("text", "json")), ("--ml with --reml", bool(more.get("ml")) and bool(more.get("reml"))),
+        (f"--format {out_format}", out_format not in ("text", "json")),
     ] + [(x, True) for x in _hglm_given()])
+    if more.get("ml") and more.get("reml"):
+        raise click.UsageError("give --ml or --reml, not both")
     residuals_l3 = more.get("residuals_l3")
     sources = list(data) + [model_file]
     for path in (output, residuals_l2, residuals_l3, json_out):
@@ -153,7 +157,8 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
     archive, source_text = load3(data, build_opts, cache_dir, warn)
     spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"), title=title,
-                 max_iterations=max_iterations, residuals_l2=residuals_l2, residuals_l3=residuals_l3)
+                 max_iterations=max_iterations, residuals_l2=residuals_l2, residuals_l3=residuals_l3,
+                 allow_outside=bool(more.get("allow_outside")))
     design = design3(spec, archive)
     fit = fit_nested(design.data, reml=spec.method == "REML", max_iterations=spec.options.max_iterations)
     failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(getattr(fit.certificate, "failed", []) or [fit.message])]

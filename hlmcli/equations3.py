@@ -509,7 +509,7 @@ def _hlm_terms(rhs: str, where: str, intercept_name: str, level: int) -> tuple[l
     return terms, intercept, random
 
 
-def parse_hlm3_file(path: str | Path, variables: Variables3) -> ModelSpec3:
+def parse_hlm3_file(path: str | Path, variables: Variables3, allow_outside: bool = False) -> ModelSpec3:
     """An HLM 7 HLM3 command file: level1:, then each level2: line followed by its level3: lines."""
     from .equations import _read_text
 
@@ -606,7 +606,7 @@ def parse_hlm3_file(path: str | Path, variables: Variables3) -> ModelSpec3:
     for lev in ("2", "3"):
         if opts.get(f"resfil{lev}"):
             name = opts.get(f"resfil{lev}name") or f"resfil{lev}.csv"
-            opts[f"residuals_l{lev}"] = str(output_from_file(path, name, f"resfil{lev}name", False))
+            opts[f"residuals_l{lev}"] = str(output_from_file(path, name, f"resfil{lev}name", allow_outside))
     options = RunOptions3(max_iterations=opts.get("max_iterations", 1000), title=opts.get("title"),
                           residuals_l2=opts.get("residuals_l2"), residuals_l3=opts.get("residuals_l3"))
     return build_spec3(level1, level2_eqs, level3_eqs, variables, options)
@@ -619,7 +619,7 @@ def is_command_file(path, text: str) -> bool:
 
 
 def spec3_from_inputs(level1: str | None, level2: list[str], level3: list[str], model_file: str | None,
-                      variables: Variables3, options: RunOptions3) -> ModelSpec3:
+                      variables: Variables3, options: RunOptions3, allow_outside: bool = False) -> ModelSpec3:
     """One ModelSpec3 from -1/-2/-3, a model file (equations in three blocks), a .hlm file or pasted HLM3 output."""
     from .equations import _read_text
 
@@ -631,7 +631,7 @@ def spec3_from_inputs(level1: str | None, level2: list[str], level3: list[str], 
             if level2 or level3:
                 raise ModelError(f"{model_file}: an HLM 7 command file holds the whole model, so -2/-3 equations "
                                  "cannot be added to it; edit its level2:/level3: lines or drop --model")
-            return parse_hlm3_file(model_file, variables)
+            return parse_hlm3_file(model_file, variables, allow_outside)
         level1, more2, more3 = classify(text.splitlines())
         level2, level3 = more2 + list(level2), more3 + list(level3)
     elif level1 and ("\n" in level1 or ";" in level1):  # pasted HLM3 output or several equations in one -1

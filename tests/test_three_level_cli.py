@@ -16,7 +16,7 @@ from conftest import DATA, SAMPLE, hlmcli
 
 EG = SAMPLE / "eg"
 REFS = DATA / "three_level"
-PASTES = REFS / "pastes"
+PASTES = REFS  # pastes_l1.csv, pastes_l2.csv, pastes_l3.csv (lme4::Pastes)
 EG_MODEL = ["-1", "MATH = π0 + π1*YEAR + e", "-2", "π0 = β00 + r0", "-2", "π1 = β10 + r1",
             "-3", "β00 = γ000 + u00", "-3", "β10 = γ100 + u10"]
 PASTES_MODEL = ["-1", "STRENGTH = p0 + e", "-2", "p0 = b00 + r0", "-3", "b00 = g000 + u00"]
