@@ -519,7 +519,10 @@ def archive3_info(archive: Archive3, unit: str | None = None) -> dict:
     info = {
         "schema": 1, "tool": "hlmcli", "version": __version__, "levels": 3,
         "archive": archive.path.name if archive.path else None, "format_version": FORMAT_VERSION,
-        "id": {"level2": archive.id_names[0], "level3": archive.id_names[1], "kind": archive.id_kind},
+        # as the two-level document (mdm-info-1.json): the id linking level-1 records to level-2 units,
+        # the level-2 unit id, plus the level-3 unit id
+        "id": {"level1": archive.id_names[0], "level2": archive.id_names[0], "level3": archive.id_names[1],
+               "kind": archive.id_kind},
         "missing": archive.missing,
         "n_level1": archive.n_level1, "n_level2": archive.n_level2, "n_level3": archive.n_level3,
         "records_per_unit": {"min": int(n2.min()), "max": int(n2.max()), "mean": float(n2.mean())},

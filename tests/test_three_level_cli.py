@@ -150,6 +150,10 @@ def test_mdm_info_three_levels(eg_archive):
     assert "level-3 units:   60" in proc.stdout
     doc = json.loads(run("mdm", "info", eg_archive, "--format", "json").stdout)
     assert doc["levels"] == 3 and doc["n_level3"] == 60 and [v["name"] for v in doc["level3"]] == ["SIZE", "LOWINC", "MOBILITY"]
+    jsonschema = pytest.importorskip("jsonschema")
+    from importlib import resources
+
+    jsonschema.validate(doc, json.loads(resources.files("hlmcli").joinpath("schema", "mdm-info-1.json").read_text()))
     mobility = next(v for v in doc["level3"] if v["name"] == "MOBILITY")
     assert abs(mobility["mean"] - 34.745) < 1e-9  # mean of eg_l3.csv's MOBILITY, by hand (60 schools)
 
