@@ -245,6 +245,21 @@ def _predictor(text_piece: str, level: int, variables: Variables3, text: str, po
             raise _Syntax(text, pos, "group() centring has no meaning at level 3 (there is no higher unit)",
                           "use grand() or no centring")
         return Term3(inner_term.name, level, Centering(func), inner_term.mean_of)
+    # HLM's printed centring, as `hlmcli model` prints it too: (Xijk - X.jk) group and (Xijk - X...) grand
+    # at level 1, (Wjk - W.k) and (Wjk - W..) at level 2, (Zk - Z.) at level 3 ('•' for '.' in Unicode)
+    m = re.fullmatch(rf"({_NAME})\s*-\s*({_NAME})\s*([.•](?:jk|k|[.•]*))", body)
+    if m:
+        name = _resolve(m.group(1), level, variables, text, where)
+        if _resolve(m.group(2), level, variables, text, where) != name:
+            raise _Syntax(text, pos, f"'{body}' subtracts the mean of a different variable", f"write group({name}) or grand({name})")
+        mark = m.group(3).replace("•", ".")
+        group = {1: ".jk", 2: ".k"}.get(level)
+        if mark == group:
+            return Term3(name, level, Centering.GROUP)
+        if set(mark) == {"."}:
+            return Term3(name, level, Centering.GRAND)
+        raise _Syntax(text, pos, f"'{body}' is not a centring HLM3 prints at level {level}",
+                      f"write group({name}) or grand({name})")
     if re.fullmatch(_NAME, body):
         return Term3(_resolve(body, level, variables, text, where), level)
     raise _Syntax(text, pos, f"cannot read the predictor '{text_piece.strip()}'",
@@ -445,6 +460,7 @@ def _pi_text(p, pi_eqs) -> str:
 _HEADER = re.compile(r"^\s*(level[- ]?[123] model|summary of the model specified)\s*$", re.I)
 _STOP = re.compile(r"^\s*mixed model\s*$", re.I)
 _OUTCOME = re.compile(r"the outcome variable is\s+([A-Za-z_]\w*)", re.I)
+_NOTE = re.compile(r"has been centered|has been centred| is the mean of ", re.I)  # the notes under a printed model
 
 
 def classify(lines: list[str]) -> tuple[str | None, list[str], list[str]]:
@@ -459,7 +475,7 @@ def classify(lines: list[str]) -> tuple[str | None, list[str], list[str]]:
             continue
         if _STOP.match(line):
             break
-        if _OUTCOME.search(line):
+        if _OUTCOME.search(line) or _NOTE.search(line):
             continue
         if "=" not in line:
             raise ModelError(f"'{line[:80]}' is not an equation; write one equation per line")

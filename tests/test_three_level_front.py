@@ -289,3 +289,13 @@ def test_cache_notices_changed_sources(tmp_path):
     archive, changed = cached_archive3(files, options, cache_dir=tmp_path / "c")
     assert (first, again, changed) == ("built", "reused", "built")
     assert list(archive.level3[0]) == [0.5, 2.5]
+
+
+def test_the_printed_model_reads_back_as_the_same_model():
+    """`hlmcli model` output (HLM3's form, centring as differences from means) pasted back in."""
+    spec = build_spec3("MATH = p0 + p1*group(YEAR) + p2*grand(GRADE) + e",
+                       ["p0 = b00 + b01*group(FEMALE) + b02*grand(BLACK) + r0", "p1 = b10 + r1"],
+                       ["b00 = g000 + g001*grand(LOWINC) + u00", "b10 = g100 + g101*MOBILITY + u10"], V)
+    for ascii_only in (False, True):
+        printed = "\n".join(model_summary3(spec, Symbols3(ascii_only)))
+        assert spec3_from_inputs(printed, [], [], None, V, RunOptions3()) == spec
