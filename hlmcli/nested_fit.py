@@ -281,6 +281,8 @@ def _lbfgs(obj: Objective, Gs0, maxiter: int):
     i2, i3 = np.tril_indices(q2), np.tril_indices(q3)
     n2 = len(i2[0])
     theta0 = np.concatenate([_chol_psd(Gs0[0])[i2], _chol_psd(Gs0[1])[i3]])
+    if theta0.size == 0:  # no random effects: the GLS fit is ordinary least squares, nothing to search
+        return Gs0, obj.value(Gs0), 0, "no covariance parameters besides sigma2"
     bounds = ([(0.0, None) if r == c else (None, None) for r, c in zip(*i2)]
               + [(0.0, None) if r == c else (None, None) for r, c in zip(*i3)])
 

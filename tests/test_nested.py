@@ -439,6 +439,12 @@ def test_random_coefficients_without_fixed_parts_and_bad_input():
     assert fit.gamma.shape == (1,) and fit.tau_pi.shape == (3, 3) and fit.tau_beta.shape == (2, 2)
     assert fit.deviance == pytest.approx(_dense_fit(data, fit.sigma2, fit.tau_pi, fit.tau_beta, False)[0], rel=1e-12)
     assert fit.converged, fit.message
+    ols = NestedLayout((Pi(None, (Beta(None, (None, 0), False),), False), Pi(0, (Beta(0, (None,), False),), False)))
+    fit = fit_nested(NestedData(base.y, base.A, base.X2, base.W3, base.unit2, base.unit3, ols))
+    X = _dense(NestedData(base.y, base.A, base.X2, base.W3, base.unit2, base.unit3, ols))[0]
+    rss = np.sum((base.y - X @ np.linalg.lstsq(X, base.y, rcond=None)[0]) ** 2)
+    n = base.y.size
+    assert fit.converged and fit.deviance == pytest.approx(n * (1 + np.log(2 * np.pi * rss / n)), rel=1e-12)
     bad = NestedData(base.y, base.A, base.X2, base.W3, base.unit2[::-1].copy(), base.unit3, base.layout)
     with pytest.raises(ValueError, match="unit2"):
         fit_nested(bad)
