@@ -298,6 +298,114 @@ def reduce_nested(data: NestedData) -> NestedStats:
                        float(y @ y), DD, F, dindex)
 
 
+@dataclass(frozen=True)
+class Standardisation:
+    """The internal coordinates of the search: Z̃2 = Z2A2, Z̃3 = Z3A3, X̃ = XTX (orthogonal columns
+    of unit root-mean-square: TX = √N·R⁻¹ from X = QR), ỹ = y − Xb (b the OLS fit, so the outcome's
+    sums of squares do not cancel). τπ = σ²A2G̃2A2', τβ = σ²A3G̃3A3', γ = TXγ̃ + b, and
+    log|X'V⁻¹X| = log|X̃'V⁻¹X̃| − 2 log|det TX| (the REML shift)."""
+    A2: np.ndarray
+    A3: np.ndarray
+    TX: np.ndarray
+    b: np.ndarray
+
+    @property
+    def log_det_TX(self) -> float:
+        return float(np.linalg.slogdet(self.TX)[1])
+
+
+def _centre_scale(C: np.ndarray, intercept: int | None) -> np.ndarray:
+    """T with C·T centred at the grand mean (when an all-ones column is among C's, as a
+    reparametrisation) and scaled to unit spread, each column from the records themselves, so a
+    predictor whose mean dwarfs its spread loses only eps·mean/spread, not its square."""
+    k = C.shape[1]
+    T = np.eye(k)
+    for c in range(k):
+        if c == intercept:
+            continue
+        col = C[:, c]
+        if intercept is not None:
+            m = float(col.mean())
+            T[intercept, c] = -m
+            sd = float(np.sqrt(np.mean((col - m) ** 2)))
+        else:
+            sd = float(np.sqrt(np.mean(col * col)))
+        if not sd > 0:
+            sd = max(float(np.sqrt(np.mean(col * col))), 1e-300)
+        T[:, c] /= sd
+    return T
+
+
+def reduce_standardised(data: NestedData) -> tuple["NestedStats", Standardisation]:
+    """The per-unit cross-products of the standardised columns [Z̃2 | Z̃3 | X̃ | ỹ], formed record by
+    record (the transform is applied to the records, before any product: centring cross-products
+    afterwards would cancel digits quadratically in a predictor's mean/spread)."""
+    cols = _columns(data.layout)
+    _validate(data)
+    pis = data.layout.pis
+    y = np.asarray(data.y, dtype=float)
+    N = y.size
+    unit2 = np.asarray(data.unit2, dtype=np.int64)
+    unit3 = np.asarray(data.unit3, dtype=np.int64)
+    J2 = unit3.size
+    J3 = int(unit3.max()) + 1
+    k_rec = unit3[unit2]
+    A = np.asarray(data.A, dtype=float)
+    X2 = np.asarray(data.X2, dtype=float)
+    W3 = np.asarray(data.W3, dtype=float)
+    a = lambda p: None if pis[p].level1_col is None else A[:, pis[p].level1_col]  # noqa: E731
+    x2 = lambda c: None if c is None else X2[unit2, c]  # noqa: E731
+    w3 = lambda s: None if s is None else W3[k_rec, s]  # noqa: E731
+
+    def prod(*vs):
+        out = np.ones(N)
+        for v in vs:
+            if v is not None:
+                out = out * v
+        return out
+    q2, q3, p = len(cols.z2), len(cols.z3), len(cols.x)
+    Z2 = np.column_stack([prod(a(ip)) for ip in cols.z2]) if q2 else np.zeros((N, 0))
+    Z3 = np.column_stack([prod(a(ip), x2(c)) for ip, c in cols.z3]) if q3 else np.zeros((N, 0))
+    X = np.column_stack([prod(a(ip), x2(c), w3(s)) for ip, c, s, _ in cols.x]) if p else np.zeros((N, 0))
+    i2 = next((k for k, ip in enumerate(cols.z2) if pis[ip].level1_col is None), None)
+    i3 = next((k for k, (ip, c) in enumerate(cols.z3) if pis[ip].level1_col is None and c is None), None)
+    A2, A3 = _centre_scale(Z2, i2), _centre_scale(Z3, i3)
+    # Householder QR is backward stable, so Q keeps the fixed-effect columns' information however
+    # collinear the user's parametrisation (a predictor shifted by 1e6 times its spread)
+    Q, R = np.linalg.qr(X)
+    d = np.abs(np.diag(R))
+    if p and not d.min() > 1e-13 * d.max():
+        raise FloatingPointError("the fixed-effect columns are linearly dependent")
+    TX = np.sqrt(N) * np.linalg.inv(R) if p else np.zeros((0, 0))
+    Qy = Q.T @ y
+    b = np.linalg.solve(R, Qy) if p else np.zeros(0)
+    C = np.column_stack([Z2 @ A2, Z3 @ A3, Q * np.sqrt(N), y - Q @ Qy])
+    del Q
+    del Z2, Z3, X
+    m = C.shape[1]
+    off2 = _offsets(unit2, J2)
+    starts2 = off2[:-1]
+    starts3_rec = off2[_offsets(unit3, J3)[:-1]]
+    n2 = np.diff(off2).astype(float)
+    ZZ2 = np.empty((q2, q2, J2))
+    Z2B = np.empty((q2, m - q2, J2))
+    BB = np.empty((m - q2, m - q2, J3))
+    for i in range(m):
+        for k in range(i, m):
+            if k < q2 or i < q2:
+                v = np.add.reduceat(C[:, i] * C[:, k], starts2)
+                if k < q2:
+                    ZZ2[i, k] = ZZ2[k, i] = v
+                else:
+                    Z2B[i, k - q2] = v
+            else:
+                BB[i - q2, k - q2] = BB[k - q2, i - q2] = np.add.reduceat(C[:, i] * C[:, k], starts3_rec)
+    yc = C[:, -1]
+    starts3 = _offsets(unit3, J3)[:-1]
+    stats = NestedStats(N, n2, unit3, starts3, q2, q3, p, ZZ2, Z2B, BB, float(yc @ yc))
+    return stats, Standardisation(A2, A3, TX, b)
+
+
 # ---------------------------------------------------------------- the solve at (G2, G3)
 
 def _sandwich(lam: np.ndarray, A: np.ndarray) -> np.ndarray:

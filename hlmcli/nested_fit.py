@@ -25,7 +25,7 @@ from .certificate import HESSIAN_TOL, Face, rank_tolerance
 from .errors import ModelError
 from .estimation import tol_decrement
 from .nested import (NestedData, NestedFit, NestedSolve, NestedStats, _columns, _factor, nested_solve,
-                     reduce_nested)
+                     reduce_nested, reduce_standardised)
 from .unitsolve import unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
@@ -662,34 +662,50 @@ def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000)
     raw = reduce_nested(data)
     q2, q3, p = raw.q2, raw.q3, raw.p
     estimable(raw)
-    A2, A3 = standardising_maps(data, raw)
-    std = raw.transformed(A2, A3)
+    try:
+        std, tr = reduce_standardised(data)
+    except FloatingPointError:
+        raise ModelError("the fixed effects are linearly dependent (collinear predictors, or a predictor that is "
+                         "constant where it enters); remove one of them") from None
+    A2, A3, TX = tr.A2, tr.A3, tr.TX
     obj = Objective(std, reml)
     Gs, dev, cert, iterations, message, start = search(obj, q2, q3, max_iterations)
-    us = obj.solve(_factor(Gs[0]), _factor(Gs[1]))
+    try:
+        if not np.isfinite(dev):
+            raise FloatingPointError
+        us = obj.solve(_factor(Gs[0]), _factor(Gs[1]))
+    except (FloatingPointError, np.linalg.LinAlgError):
+        raise ModelError("the deviance cannot be evaluated at any point the search reached (X'V⁻¹X or a "
+                         "per-unit covariance matrix is numerically singular): check for collinear predictors, "
+                         "and centre any predictor whose mean is far larger than its spread") from None
     sigma2 = us.sigma2_hat(reml)
     G2u = A2 @ Gs[0] @ A2.T
     G3u = A3 @ Gs[1] @ A3.T
     tau_pi = sigma2 * 0.5 * (G2u + G2u.T)
     tau_beta = sigma2 * 0.5 * (G3u + G3u.T)
+    # back to the user's fixed-effect columns: X̃ = X·TX, ỹ = y − Xb, so γ = TXγ̃ + b
     Pinv = us.Pinv()
-    cov = sigma2 * Pinv
+    cov = sigma2 * (TX @ Pinv @ TX.T)
     sc = us.scores3()
-    robust = Pinv @ (sc.T @ sc) @ Pinv
+    robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
+    gamma = TX @ us.gamma + tr.b
+    deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)
     r_m, r_v, u_m, u_v = us.posterior(sigma2)
     # back to the user's columns: Z̃ = ZA, so r = A r̃ and Var r = A Var r̃ A'
     eb_pi = r_m @ A2.T
     eb_pi_var = np.einsum("ab,jbc,dc->jad", A2, r_v, A2)
     eb_beta = u_m @ A3.T
     eb_beta_var = np.einsum("ab,jbc,dc->jad", A3, u_v, A3)
-    user = {"gamma": us.gamma, "eb_beta": eb_beta}
+    user = {"gamma": gamma, "eb_beta": eb_beta}
     if q3:
         # Z3'V2⁻¹[Z3|X|y] per level-3 unit in the user's columns: undo Z̃3 = Z3A3 on the rows
         A3i = np.linalg.inv(A3)
         W = us.W
         S3 = np.einsum("ba,bcj,cd->jad", A3i, W[:q3, :q3], A3i) / sigma2
         ZB = np.einsum("ba,bcj->jac", A3i, W[:q3, q3:]) / sigma2
-        user.update(S3=S3, Z3Vy=ZB[:, :, p], Z3VX=ZB[:, :, :p])
+        Z3VX = ZB[:, :, :p] @ np.linalg.inv(TX)  # X = X̃·TX⁻¹
+        Z3Vy = ZB[:, :, p] + Z3VX @ tr.b  # y = ỹ + Xb
+        user.update(S3=S3, Z3Vy=Z3Vy, Z3VX=Z3VX)
     rel_pi, rel_beta, chi_pi, chi_beta = level_tests(data, raw, user, sigma2, tau_pi, tau_beta)
     cols = _columns(data.layout)
     lab2 = [f"r{p_}" for p_ in cols.z2]
@@ -708,9 +724,9 @@ def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000)
     else:
         message = "not certified: " + "; ".join(cert.failed) + f" [{message}]"
     return NestedFit(
-        method="REML" if reml else "ML", gamma=us.gamma, cov_gamma=cov, cov_gamma_robust=robust,
+        method="REML" if reml else "ML", gamma=gamma, cov_gamma=cov, cov_gamma_robust=robust,
         df_gamma=hlm3_df(data, raw.J2, raw.J3, raw.N), sigma2=sigma2, tau_pi=tau_pi, tau_beta=tau_beta,
-        deviance=us.profiled_deviance(reml), n_params=n_params, reliability_pi=rel_pi, reliability_beta=rel_beta,
+        deviance=deviance, n_params=n_params, reliability_pi=rel_pi, reliability_beta=rel_beta,
         chi2_pi=chi_pi, chi2_beta=chi_beta, eb_pi=eb_pi, eb_pi_var=eb_pi_var, eb_beta=eb_beta,
         eb_beta_var=eb_beta_var, certificate=cert, converged=bool(cert.certified), iterations=iterations,
         message=message, boundary=boundary, solve=us, evaluations=obj.count, start=start)
