@@ -336,6 +336,34 @@ def _centre_scale(C: np.ndarray, intercept: int | None) -> np.ndarray:
     return T
 
 
+def _orthonormalise(X: np.ndarray, intercept: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Q (orthonormal columns) and R⁻¹ with X·R⁻¹ = Q. Centred and scaled columns first, then
+    Cholesky QR twice (two p×p Gram matrices: fast, and accurate while the centred columns'
+    condition number is below about 1e7); Householder QR, backward stable whatever the
+    collinearity, when that fails. Raises FloatingPointError for linearly dependent columns."""
+    N, p = X.shape
+    if p == 0:
+        return X, np.zeros((0, 0))
+    T1 = _centre_scale(X, intercept)
+    try:
+        Q = X @ T1
+        Rinv = T1
+        for _ in range(2):
+            L = np.linalg.cholesky(Q.T @ Q)
+            Li = np.linalg.inv(L).T  # R⁻¹ for R = L'
+            Q = Q @ Li
+            Rinv = Rinv @ Li
+        if not (np.all(np.isfinite(Q)) and np.allclose(Q.T @ Q, np.eye(p), atol=1e-10)):
+            raise np.linalg.LinAlgError
+        return Q, Rinv
+    except np.linalg.LinAlgError:
+        Q, R = np.linalg.qr(X @ T1)
+        d = np.abs(np.diag(R))
+        if not d.min() > 1e-13 * d.max():
+            raise FloatingPointError("the fixed-effect columns are linearly dependent") from None
+        return Q, T1 @ np.linalg.inv(R)
+
+
 def reduce_standardised(data: NestedData) -> tuple["NestedStats", Standardisation]:
     """The per-unit cross-products of the standardised columns [Z̃2 | Z̃3 | X̃ | ỹ], formed record by
     record (the transform is applied to the records, before any product: centring cross-products
@@ -369,20 +397,17 @@ def reduce_standardised(data: NestedData) -> tuple["NestedStats", Standardisatio
     X = np.column_stack([prod(a(ip), x2(c), w3(s)) for ip, c, s, _ in cols.x]) if p else np.zeros((N, 0))
     i2 = next((k for k, ip in enumerate(cols.z2) if pis[ip].level1_col is None), None)
     i3 = next((k for k, (ip, c) in enumerate(cols.z3) if pis[ip].level1_col is None and c is None), None)
+    i0 = next((k for k, (ip, c, s, _) in enumerate(cols.x) if pis[ip].level1_col is None and c is None and s is None),
+              None)
     A2, A3 = _centre_scale(Z2, i2), _centre_scale(Z3, i3)
-    # Householder QR is backward stable, so Q keeps the fixed-effect columns' information however
-    # collinear the user's parametrisation (a predictor shifted by 1e6 times its spread)
-    Q, R = np.linalg.qr(X)
-    d = np.abs(np.diag(R))
-    if p and not d.min() > 1e-13 * d.max():
-        raise FloatingPointError("the fixed-effect columns are linearly dependent")
-    TX = np.sqrt(N) * np.linalg.inv(R) if p else np.zeros((0, 0))
+    Q, Rinv = _orthonormalise(X, i0)
+    TX = np.sqrt(N) * Rinv
     Qy = Q.T @ y
-    b = np.linalg.solve(R, Qy) if p else np.zeros(0)
-    C = np.column_stack([Z2 @ A2, Z3 @ A3, Q * np.sqrt(N), y - Q @ Qy])
+    b = Rinv @ Qy
+    C = np.ascontiguousarray(np.column_stack([Z2 @ A2, Z3 @ A3, Q * np.sqrt(N), y - Q @ Qy]).T)  # rows = columns
     del Q
     del Z2, Z3, X
-    m = C.shape[1]
+    m = C.shape[0]
     off2 = _offsets(unit2, J2)
     starts2 = off2[:-1]
     starts3_rec = off2[_offsets(unit3, J3)[:-1]]
@@ -393,14 +418,14 @@ def reduce_standardised(data: NestedData) -> tuple["NestedStats", Standardisatio
     for i in range(m):
         for k in range(i, m):
             if k < q2 or i < q2:
-                v = np.add.reduceat(C[:, i] * C[:, k], starts2)
+                v = np.add.reduceat(C[i] * C[k], starts2)
                 if k < q2:
                     ZZ2[i, k] = ZZ2[k, i] = v
                 else:
                     Z2B[i, k - q2] = v
             else:
-                BB[i - q2, k - q2] = BB[k - q2, i - q2] = np.add.reduceat(C[:, i] * C[:, k], starts3_rec)
-    yc = C[:, -1]
+                BB[i - q2, k - q2] = BB[k - q2, i - q2] = np.add.reduceat(C[i] * C[k], starts3_rec)
+    yc = C[-1]
     starts3 = _offsets(unit3, J3)[:-1]
     stats = NestedStats(N, n2, unit3, starts3, q2, q3, p, ZZ2, Z2B, BB, float(yc @ yc))
     return stats, Standardisation(A2, A3, TX, b)

@@ -471,3 +471,9 @@ def test_models_that_cannot_be_estimated_are_refused():
     one_each = NestedData(base.y[first], base.A[first], base.X2, base.W3, base.unit2[first], base.unit3, base.layout)
     with pytest.raises(ModelError, match="cannot be separated"):
         fit_nested(one_each)
+    # the same fixed column twice (a level-1 predictor that is 2 × another)
+    twice = NestedData(base.y, np.column_stack([base.A[:, 0], 2 * base.A[:, 0]]), base.X2, base.W3, base.unit2,
+                       base.unit3, NestedLayout((Pi(None, (RR,), True), Pi(0, (Beta(None, (None,), False),), False),
+                                                 Pi(1, (Beta(None, (None,), False),), False))))
+    with pytest.raises(ModelError, match="linearly dependent"):
+        fit_nested(twice)
