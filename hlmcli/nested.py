@@ -43,6 +43,9 @@ H2_j = I − A_jK2_j and T_j = H2_j(Z2_j'Z3_j) (= Z2_j'R⁻¹Z3_j):
 
     Z2_j'Ṽ⁻¹Z2_j = H2_jA_j − T_jK3_kT_j',   Z2_j'Ṽ⁻¹[X|y] = H2_j(Z2_j'[X|y]) − T_jK3_kW_k[Z3,Xy].
 
+The search works on standardised columns formed record by record (reduce_standardised); the
+solve is the same algebra on either set of cross-products (reduce_nested gives the user's own).
+
 Empirical Bayes: E(r_j | y) = G2 v2_j, Var(r_j | y, γ̂) = σ²(G2 − G2(Z2_j'Ṽ⁻¹Z2_j)G2);
 E(u_k | y) = G3 v3_k, Var(u_k | y, γ̂) = σ²K3_k.
 """
@@ -120,7 +123,8 @@ class NestedFit:
     iterations: int
     message: str
     boundary: list[str] = field(default_factory=list)
-    solve: object | None = None  # the NestedSolve at the answer (standardised random columns)
+    solve: object | None = None  # the NestedSolve at the answer, in the standardised coordinates
+    standardisation: object | None = None  # nested.Standardisation: the map back to the user's columns
     evaluations: int = 0
     start: str = ""
 
@@ -188,17 +192,6 @@ class NestedStats:
     @property
     def nb(self) -> int:
         return self.q3 + self.p + 1
-
-    def transformed(self, A2: np.ndarray, A3: np.ndarray) -> "NestedStats":
-        """The same model with Z2 → Z2A2, Z3 → Z3A3 (τπ = A2τ̃πA2', τβ = A3τ̃βA3')."""
-        TB = np.eye(self.nb)
-        TB[: self.q3, : self.q3] = A3
-        ZZ2 = np.einsum("ba,bcj,cd->adj", A2, self.ZZ2, A2) if self.q2 else self.ZZ2
-        Z2B = np.einsum("ba,bcj,cd->adj", A2, self.Z2B, TB) if self.q2 else self.Z2B
-        BB = np.einsum("ba,bcj,cd->adj", TB, self.BB, TB)
-        sym = lambda M: np.ascontiguousarray(0.5 * (M + M.transpose(1, 0, 2)))  # noqa: E731
-        return NestedStats(self.N, self.n2, self.unit3, self.starts3, self.q2, self.q3, self.p, sym(ZZ2),
-                           np.ascontiguousarray(Z2B), sym(BB), self.yy, self.DD, self.F, self.D_index)
 
 
 def _offsets(sorted_ids: np.ndarray, n_units: int) -> np.ndarray:

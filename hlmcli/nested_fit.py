@@ -2,16 +2,18 @@
 product cone), certify the optimum, and compute the inference HLM3 prints.
 
 The method is the two-level one (estimation.py, certificate.py), with G = (G2, G3) block-diagonal:
-- the search runs on standardised random columns (each random column of Z2 and of Z3 centred at its
-  grand mean when that block has an intercept, and scaled to unit root-mean-square over the records),
-  so it does not depend on a predictor's scale or location; τ = σ²·A G̃ A' maps back exactly;
+- the search runs in standardised coordinates, formed on the records before any cross-product
+  (nested.reduce_standardised): each block of random columns centred at its grand mean when it has
+  an intercept and scaled to unit spread, the fixed-effect columns orthonormalised, the outcome
+  residualised on them; so the search does not depend on a predictor's scale or location, and
+  τ = σ²·A G̃ A', γ = TXγ̃ + b map back exactly;
 - L-BFGS-B over the two lower-triangular factors, from more than one start;
 - Newton on the face of the product cone through the answer: the face is the product of the two
   blocks' faces (certificate.Face), so a rank-deficient block keeps its own null space;
 - the certificate: face decrement and face-Hessian PSD over both blocks jointly, and for each
   singular block λ_min(V₀'ΓℓV₀) ≥ 0 (no descent into that block's cone), with the same scale-free
   tolerances as two levels; a saddle or a false boundary is left along its descent direction and
-  the search resumes; more starts when still uncertified.
+  the search resumes; a second start when the answer is on the boundary, more when uncertified.
 """
 
 from __future__ import annotations
@@ -29,42 +31,6 @@ from .nested import (NestedData, NestedFit, NestedSolve, NestedStats, _columns, 
 from .unitsolve import unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
-
-
-# ---------------------------------------------------------------- standardisation
-
-def _standardiser(ZZ_total: np.ndarray, N: int, intercept: int | None) -> np.ndarray:
-    """A with Z̃ = ZA: columns centred at their grand mean when the block has an intercept column
-    (a reparametrisation of an unstructured τ), then scaled to unit root-mean-square."""
-    q = ZZ_total.shape[0]
-    A = np.eye(q)
-    means = np.zeros(q)
-    if intercept is not None:
-        means = ZZ_total[intercept] / N
-        means[intercept] = 0.0
-        A[intercept] -= means
-        A[intercept, intercept] = 1.0
-    for k in range(q):
-        if k == intercept:
-            continue
-        ms = ZZ_total[k, k] / N
-        var = ms - means[k] ** 2
-        s = np.sqrt(var) if var > 1e-24 * max(ms, 1e-300) else np.sqrt(max(ms, 1e-300))
-        A[:, k] /= s
-    return A
-
-
-def standardising_maps(data: NestedData, stats: NestedStats) -> tuple[np.ndarray, np.ndarray]:
-    cols = _columns(data.layout)
-    q2, q3 = stats.q2, stats.q3
-    i2 = next((k for k, p in enumerate(cols.z2) if data.layout.pis[p].level1_col is None), None)
-    i3 = next((k for k, (p, c) in enumerate(cols.z3) if data.layout.pis[p].level1_col is None and c is None), None)
-    ZZ2 = stats.ZZ2.sum(axis=2) if q2 else np.zeros((0, 0))
-    ZZ3 = np.zeros((0, 0))
-    if q3:  # Σ over records of Z3'Z3: level-1 cross-products times the level-2 factors of each column
-        d, f = stats.D_index[q2:q2 + q3], stats.F[q2:q2 + q3]
-        ZZ3 = (stats.DD[d[:, None], d[None, :]] * f[:, None] * f[None, :]).sum(axis=2)
-    return _standardiser(ZZ2, stats.N, i2), _standardiser(ZZ3, stats.N, i3)
 
 
 # ---------------------------------------------------------------- the objective over (G2, G3)
@@ -729,4 +695,4 @@ def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000)
         deviance=deviance, n_params=n_params, reliability_pi=rel_pi, reliability_beta=rel_beta,
         chi2_pi=chi_pi, chi2_beta=chi_beta, eb_pi=eb_pi, eb_pi_var=eb_pi_var, eb_beta=eb_beta,
         eb_beta_var=eb_beta_var, certificate=cert, converged=bool(cert.certified), iterations=iterations,
-        message=message, boundary=boundary, solve=us, evaluations=obj.count, start=start)
+        message=message, boundary=boundary, solve=us, standardisation=tr, evaluations=obj.count, start=start)
