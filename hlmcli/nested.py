@@ -43,6 +43,9 @@ H2_j = I − A_jK2_j and T_j = H2_j(Z2_j'Z3_j) (= Z2_j'R⁻¹Z3_j):
 
     Z2_j'Ṽ⁻¹Z2_j = H2_jA_j − T_jK3_kT_j',   Z2_j'Ṽ⁻¹[X|y] = H2_j(Z2_j'[X|y]) − T_jK3_kW_k[Z3,Xy].
 
+The search works on standardised columns formed record by record (reduce_standardised); the
+solve is the same algebra on either set of cross-products (reduce_nested gives the user's own).
+
 Empirical Bayes: E(r_j | y) = G2 v2_j, Var(r_j | y, γ̂) = σ²(G2 − G2(Z2_j'Ṽ⁻¹Z2_j)G2);
 E(u_k | y) = G3 v3_k, Var(u_k | y, γ̂) = σ²K3_k.
 """
@@ -120,7 +123,8 @@ class NestedFit:
     iterations: int
     message: str
     boundary: list[str] = field(default_factory=list)
-    solve: object | None = None  # the NestedSolve at the answer (standardised random columns)
+    solve: object | None = None  # the NestedSolve at the answer, in the standardised coordinates
+    standardisation: object | None = None  # nested.Standardisation: the map back to the user's columns
     evaluations: int = 0
     start: str = ""
 
@@ -188,17 +192,6 @@ class NestedStats:
     @property
     def nb(self) -> int:
         return self.q3 + self.p + 1
-
-    def transformed(self, A2: np.ndarray, A3: np.ndarray) -> "NestedStats":
-        """The same model with Z2 → Z2A2, Z3 → Z3A3 (τπ = A2τ̃πA2', τβ = A3τ̃βA3')."""
-        TB = np.eye(self.nb)
-        TB[: self.q3, : self.q3] = A3
-        ZZ2 = np.einsum("ba,bcj,cd->adj", A2, self.ZZ2, A2) if self.q2 else self.ZZ2
-        Z2B = np.einsum("ba,bcj,cd->adj", A2, self.Z2B, TB) if self.q2 else self.Z2B
-        BB = np.einsum("ba,bcj,cd->adj", TB, self.BB, TB)
-        sym = lambda M: np.ascontiguousarray(0.5 * (M + M.transpose(1, 0, 2)))  # noqa: E731
-        return NestedStats(self.N, self.n2, self.unit3, self.starts3, self.q2, self.q3, self.p, sym(ZZ2),
-                           np.ascontiguousarray(Z2B), sym(BB), self.yy, self.DD, self.F, self.D_index)
 
 
 def _offsets(sorted_ids: np.ndarray, n_units: int) -> np.ndarray:
@@ -296,6 +289,139 @@ def reduce_nested(data: NestedData) -> NestedStats:
     del CC
     return NestedStats(N, n2, unit3, starts3, q2, q3, p, ZZ2, Z2B, np.ascontiguousarray(BB),
                        float(y @ y), DD, F, dindex)
+
+
+@dataclass(frozen=True)
+class Standardisation:
+    """The internal coordinates of the search: Z̃2 = Z2A2, Z̃3 = Z3A3, X̃ = XTX (orthogonal columns
+    of unit root-mean-square: TX = √N·R⁻¹ from X = QR), ỹ = y − Xb (b the OLS fit, so the outcome's
+    sums of squares do not cancel). τπ = σ²A2G̃2A2', τβ = σ²A3G̃3A3', γ = TXγ̃ + b, and
+    log|X'V⁻¹X| = log|X̃'V⁻¹X̃| − 2 log|det TX| (the REML shift)."""
+    A2: np.ndarray
+    A3: np.ndarray
+    TX: np.ndarray
+    b: np.ndarray
+
+    @property
+    def log_det_TX(self) -> float:
+        return float(np.linalg.slogdet(self.TX)[1])
+
+
+def _centre_scale(C: np.ndarray, intercept: int | None) -> np.ndarray:
+    """T with C·T centred at the grand mean (when an all-ones column is among C's, as a
+    reparametrisation) and scaled to unit spread, each column from the records themselves, so a
+    predictor whose mean dwarfs its spread loses only eps·mean/spread, not its square."""
+    k = C.shape[1]
+    T = np.eye(k)
+    for c in range(k):
+        if c == intercept:
+            continue
+        col = C[:, c]
+        if intercept is not None:
+            m = float(col.mean())
+            T[intercept, c] = -m
+            sd = float(np.sqrt(np.mean((col - m) ** 2)))
+        else:
+            sd = float(np.sqrt(np.mean(col * col)))
+        if not sd > 0:
+            sd = max(float(np.sqrt(np.mean(col * col))), 1e-300)
+        T[:, c] /= sd
+    return T
+
+
+def _orthonormalise(X: np.ndarray, intercept: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Q (orthonormal columns) and R⁻¹ with X·R⁻¹ = Q. Centred and scaled columns first, then
+    Cholesky QR twice (two p×p Gram matrices: fast, and accurate while the centred columns'
+    condition number is below about 1e7); Householder QR, backward stable whatever the
+    collinearity, when that fails. Raises FloatingPointError for linearly dependent columns."""
+    N, p = X.shape
+    if p == 0:
+        return X, np.zeros((0, 0))
+    T1 = _centre_scale(X, intercept)
+    try:
+        Q = X @ T1
+        Rinv = T1
+        for _ in range(2):
+            L = np.linalg.cholesky(Q.T @ Q)
+            Li = np.linalg.inv(L).T  # R⁻¹ for R = L'
+            Q = Q @ Li
+            Rinv = Rinv @ Li
+        if not (np.all(np.isfinite(Q)) and np.allclose(Q.T @ Q, np.eye(p), atol=1e-10)):
+            raise np.linalg.LinAlgError
+        return Q, Rinv
+    except np.linalg.LinAlgError:
+        Q, R = np.linalg.qr(X @ T1)
+        d = np.abs(np.diag(R))
+        if not d.min() > 1e-13 * d.max():
+            raise FloatingPointError("the fixed-effect columns are linearly dependent") from None
+        return Q, T1 @ np.linalg.inv(R)
+
+
+def reduce_standardised(data: NestedData) -> tuple["NestedStats", Standardisation]:
+    """The per-unit cross-products of the standardised columns [Z̃2 | Z̃3 | X̃ | ỹ], formed record by
+    record (the transform is applied to the records, before any product: centring cross-products
+    afterwards would cancel digits quadratically in a predictor's mean/spread)."""
+    cols = _columns(data.layout)
+    _validate(data)
+    pis = data.layout.pis
+    y = np.asarray(data.y, dtype=float)
+    N = y.size
+    unit2 = np.asarray(data.unit2, dtype=np.int64)
+    unit3 = np.asarray(data.unit3, dtype=np.int64)
+    J2 = unit3.size
+    J3 = int(unit3.max()) + 1
+    k_rec = unit3[unit2]
+    A = np.asarray(data.A, dtype=float)
+    X2 = np.asarray(data.X2, dtype=float)
+    W3 = np.asarray(data.W3, dtype=float)
+    a = lambda p: None if pis[p].level1_col is None else A[:, pis[p].level1_col]  # noqa: E731
+    x2 = lambda c: None if c is None else X2[unit2, c]  # noqa: E731
+    w3 = lambda s: None if s is None else W3[k_rec, s]  # noqa: E731
+
+    def prod(*vs):
+        out = np.ones(N)
+        for v in vs:
+            if v is not None:
+                out = out * v
+        return out
+    q2, q3, p = len(cols.z2), len(cols.z3), len(cols.x)
+    Z2 = np.column_stack([prod(a(ip)) for ip in cols.z2]) if q2 else np.zeros((N, 0))
+    Z3 = np.column_stack([prod(a(ip), x2(c)) for ip, c in cols.z3]) if q3 else np.zeros((N, 0))
+    X = np.column_stack([prod(a(ip), x2(c), w3(s)) for ip, c, s, _ in cols.x]) if p else np.zeros((N, 0))
+    i2 = next((k for k, ip in enumerate(cols.z2) if pis[ip].level1_col is None), None)
+    i3 = next((k for k, (ip, c) in enumerate(cols.z3) if pis[ip].level1_col is None and c is None), None)
+    i0 = next((k for k, (ip, c, s, _) in enumerate(cols.x) if pis[ip].level1_col is None and c is None and s is None),
+              None)
+    A2, A3 = _centre_scale(Z2, i2), _centre_scale(Z3, i3)
+    Q, Rinv = _orthonormalise(X, i0)
+    TX = np.sqrt(N) * Rinv
+    Qy = Q.T @ y
+    b = Rinv @ Qy
+    C = np.ascontiguousarray(np.column_stack([Z2 @ A2, Z3 @ A3, Q * np.sqrt(N), y - Q @ Qy]).T)  # rows = columns
+    del Q
+    del Z2, Z3, X
+    m = C.shape[0]
+    off2 = _offsets(unit2, J2)
+    starts2 = off2[:-1]
+    starts3_rec = off2[_offsets(unit3, J3)[:-1]]
+    n2 = np.diff(off2).astype(float)
+    ZZ2 = np.empty((q2, q2, J2))
+    Z2B = np.empty((q2, m - q2, J2))
+    BB = np.empty((m - q2, m - q2, J3))
+    for i in range(m):
+        for k in range(i, m):
+            if k < q2 or i < q2:
+                v = np.add.reduceat(C[i] * C[k], starts2)
+                if k < q2:
+                    ZZ2[i, k] = ZZ2[k, i] = v
+                else:
+                    Z2B[i, k - q2] = v
+            else:
+                BB[i - q2, k - q2] = BB[k - q2, i - q2] = np.add.reduceat(C[i] * C[k], starts3_rec)
+    yc = C[-1]
+    starts3 = _offsets(unit3, J3)[:-1]
+    stats = NestedStats(N, n2, unit3, starts3, q2, q3, p, ZZ2, Z2B, BB, float(yc @ yc))
+    return stats, Standardisation(A2, A3, TX, b)
 
 
 # ---------------------------------------------------------------- the solve at (G2, G3)

@@ -2,16 +2,18 @@
 product cone), certify the optimum, and compute the inference HLM3 prints.
 
 The method is the two-level one (estimation.py, certificate.py), with G = (G2, G3) block-diagonal:
-- the search runs on standardised random columns (each random column of Z2 and of Z3 centred at its
-  grand mean when that block has an intercept, and scaled to unit root-mean-square over the records),
-  so it does not depend on a predictor's scale or location; τ = σ²·A G̃ A' maps back exactly;
+- the search runs in standardised coordinates, formed on the records before any cross-product
+  (nested.reduce_standardised): each block of random columns centred at its grand mean when it has
+  an intercept and scaled to unit spread, the fixed-effect columns orthonormalised, the outcome
+  residualised on them; so the search does not depend on a predictor's scale or location, and
+  τ = σ²·A G̃ A', γ = TXγ̃ + b map back exactly;
 - L-BFGS-B over the two lower-triangular factors, from more than one start;
 - Newton on the face of the product cone through the answer: the face is the product of the two
   blocks' faces (certificate.Face), so a rank-deficient block keeps its own null space;
 - the certificate: face decrement and face-Hessian PSD over both blocks jointly, and for each
   singular block λ_min(V₀'ΓℓV₀) ≥ 0 (no descent into that block's cone), with the same scale-free
   tolerances as two levels; a saddle or a false boundary is left along its descent direction and
-  the search resumes; more starts when still uncertified.
+  the search resumes; a second start when the answer is on the boundary, more when uncertified.
 """
 
 from __future__ import annotations
@@ -25,46 +27,10 @@ from .certificate import HESSIAN_TOL, Face, rank_tolerance
 from .errors import ModelError
 from .estimation import tol_decrement
 from .nested import (NestedData, NestedFit, NestedSolve, NestedStats, _columns, _factor, nested_solve,
-                     reduce_nested)
+                     reduce_nested, reduce_standardised)
 from .unitsolve import unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
-
-
-# ---------------------------------------------------------------- standardisation
-
-def _standardiser(ZZ_total: np.ndarray, N: int, intercept: int | None) -> np.ndarray:
-    """A with Z̃ = ZA: columns centred at their grand mean when the block has an intercept column
-    (a reparametrisation of an unstructured τ), then scaled to unit root-mean-square."""
-    q = ZZ_total.shape[0]
-    A = np.eye(q)
-    means = np.zeros(q)
-    if intercept is not None:
-        means = ZZ_total[intercept] / N
-        means[intercept] = 0.0
-        A[intercept] -= means
-        A[intercept, intercept] = 1.0
-    for k in range(q):
-        if k == intercept:
-            continue
-        ms = ZZ_total[k, k] / N
-        var = ms - means[k] ** 2
-        s = np.sqrt(var) if var > 1e-24 * max(ms, 1e-300) else np.sqrt(max(ms, 1e-300))
-        A[:, k] /= s
-    return A
-
-
-def standardising_maps(data: NestedData, stats: NestedStats) -> tuple[np.ndarray, np.ndarray]:
-    cols = _columns(data.layout)
-    q2, q3 = stats.q2, stats.q3
-    i2 = next((k for k, p in enumerate(cols.z2) if data.layout.pis[p].level1_col is None), None)
-    i3 = next((k for k, (p, c) in enumerate(cols.z3) if data.layout.pis[p].level1_col is None and c is None), None)
-    ZZ2 = stats.ZZ2.sum(axis=2) if q2 else np.zeros((0, 0))
-    ZZ3 = np.zeros((0, 0))
-    if q3:  # Σ over records of Z3'Z3: level-1 cross-products times the level-2 factors of each column
-        d, f = stats.D_index[q2:q2 + q3], stats.F[q2:q2 + q3]
-        ZZ3 = (stats.DD[d[:, None], d[None, :]] * f[:, None] * f[None, :]).sum(axis=2)
-    return _standardiser(ZZ2, stats.N, i2), _standardiser(ZZ3, stats.N, i3)
 
 
 # ---------------------------------------------------------------- the objective over (G2, G3)
@@ -281,6 +247,8 @@ def _lbfgs(obj: Objective, Gs0, maxiter: int):
     i2, i3 = np.tril_indices(q2), np.tril_indices(q3)
     n2 = len(i2[0])
     theta0 = np.concatenate([_chol_psd(Gs0[0])[i2], _chol_psd(Gs0[1])[i3]])
+    if theta0.size == 0:  # no random effects: the GLS fit is ordinary least squares, nothing to search
+        return Gs0, obj.value(Gs0), 0, "no covariance parameters besides sigma2"
     bounds = ([(0.0, None) if r == c else (None, None) for r, c in zip(*i2)]
               + [(0.0, None) if r == c else (None, None) for r, c in zip(*i3)])
 
@@ -660,34 +628,50 @@ def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000)
     raw = reduce_nested(data)
     q2, q3, p = raw.q2, raw.q3, raw.p
     estimable(raw)
-    A2, A3 = standardising_maps(data, raw)
-    std = raw.transformed(A2, A3)
+    try:
+        std, tr = reduce_standardised(data)
+    except FloatingPointError:
+        raise ModelError("the fixed effects are linearly dependent (collinear predictors, or a predictor that is "
+                         "constant where it enters); remove one of them") from None
+    A2, A3, TX = tr.A2, tr.A3, tr.TX
     obj = Objective(std, reml)
     Gs, dev, cert, iterations, message, start = search(obj, q2, q3, max_iterations)
-    us = obj.solve(_factor(Gs[0]), _factor(Gs[1]))
+    try:
+        if not np.isfinite(dev):
+            raise FloatingPointError
+        us = obj.solve(_factor(Gs[0]), _factor(Gs[1]))
+    except (FloatingPointError, np.linalg.LinAlgError):
+        raise ModelError("the deviance cannot be evaluated at any point the search reached (X'V⁻¹X or a "
+                         "per-unit covariance matrix is numerically singular): check for collinear predictors, "
+                         "and centre any predictor whose mean is far larger than its spread") from None
     sigma2 = us.sigma2_hat(reml)
     G2u = A2 @ Gs[0] @ A2.T
     G3u = A3 @ Gs[1] @ A3.T
     tau_pi = sigma2 * 0.5 * (G2u + G2u.T)
     tau_beta = sigma2 * 0.5 * (G3u + G3u.T)
+    # back to the user's fixed-effect columns: X̃ = X·TX, ỹ = y − Xb, so γ = TXγ̃ + b
     Pinv = us.Pinv()
-    cov = sigma2 * Pinv
+    cov = sigma2 * (TX @ Pinv @ TX.T)
     sc = us.scores3()
-    robust = Pinv @ (sc.T @ sc) @ Pinv
+    robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
+    gamma = TX @ us.gamma + tr.b
+    deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)
     r_m, r_v, u_m, u_v = us.posterior(sigma2)
     # back to the user's columns: Z̃ = ZA, so r = A r̃ and Var r = A Var r̃ A'
     eb_pi = r_m @ A2.T
     eb_pi_var = np.einsum("ab,jbc,dc->jad", A2, r_v, A2)
     eb_beta = u_m @ A3.T
     eb_beta_var = np.einsum("ab,jbc,dc->jad", A3, u_v, A3)
-    user = {"gamma": us.gamma, "eb_beta": eb_beta}
+    user = {"gamma": gamma, "eb_beta": eb_beta}
     if q3:
         # Z3'V2⁻¹[Z3|X|y] per level-3 unit in the user's columns: undo Z̃3 = Z3A3 on the rows
         A3i = np.linalg.inv(A3)
         W = us.W
         S3 = np.einsum("ba,bcj,cd->jad", A3i, W[:q3, :q3], A3i) / sigma2
         ZB = np.einsum("ba,bcj->jac", A3i, W[:q3, q3:]) / sigma2
-        user.update(S3=S3, Z3Vy=ZB[:, :, p], Z3VX=ZB[:, :, :p])
+        Z3VX = ZB[:, :, :p] @ np.linalg.inv(TX)  # X = X̃·TX⁻¹
+        Z3Vy = ZB[:, :, p] + Z3VX @ tr.b  # y = ỹ + Xb
+        user.update(S3=S3, Z3Vy=Z3Vy, Z3VX=Z3VX)
     rel_pi, rel_beta, chi_pi, chi_beta = level_tests(data, raw, user, sigma2, tau_pi, tau_beta)
     cols = _columns(data.layout)
     lab2 = [f"r{p_}" for p_ in cols.z2]
@@ -706,9 +690,9 @@ def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000)
     else:
         message = "not certified: " + "; ".join(cert.failed) + f" [{message}]"
     return NestedFit(
-        method="REML" if reml else "ML", gamma=us.gamma, cov_gamma=cov, cov_gamma_robust=robust,
+        method="REML" if reml else "ML", gamma=gamma, cov_gamma=cov, cov_gamma_robust=robust,
         df_gamma=hlm3_df(data, raw.J2, raw.J3, raw.N), sigma2=sigma2, tau_pi=tau_pi, tau_beta=tau_beta,
-        deviance=us.profiled_deviance(reml), n_params=n_params, reliability_pi=rel_pi, reliability_beta=rel_beta,
+        deviance=deviance, n_params=n_params, reliability_pi=rel_pi, reliability_beta=rel_beta,
         chi2_pi=chi_pi, chi2_beta=chi_beta, eb_pi=eb_pi, eb_pi_var=eb_pi_var, eb_beta=eb_beta,
         eb_beta_var=eb_beta_var, certificate=cert, converged=bool(cert.certified), iterations=iterations,
-        message=message, boundary=boundary, solve=us, evaluations=obj.count, start=start)
+        message=message, boundary=boundary, solve=us, standardisation=tr, evaluations=obj.count, start=start)

@@ -295,17 +295,24 @@ def test_inference_and_eb_equal_dense_formulas():
         np.testing.assert_allclose(fit.eb_beta_var[k], Vu[k * q3:(k + 1) * q3, k * q3:(k + 1) * q3], rtol=1e-7, atol=1e-10)
 
 
-def test_fit_is_invariant_to_a_predictors_scale():
-    """Scaling a level-1 predictor by c leaves the ML deviance unchanged and scales τ back."""
-    base = _eg(EG_M1)
+def test_fit_is_invariant_to_a_predictors_scale_and_location():
+    """Scaling a level-1 predictor by c, and shifting the level-3 predictors by 1e6 (about 4e4 times
+    their spread; a reparametrisation, each level-3 equation has an intercept), leave the ML
+    deviance unchanged and map τ back (the standardisation works on the records, before any
+    cross-product, so nothing cancels)."""
+    base = _eg(EG_M2)
     c = 1e-3
-    scaled = NestedData(base.y, base.A * c, base.X2, base.W3, base.unit2, base.unit3, base.layout)
-    f0, f1 = fit_nested(base), fit_nested(scaled)
-    assert f1.converged
+    moved = NestedData(base.y, base.A * c, base.X2, base.W3 + 1e6, base.unit2, base.unit3, base.layout)
+    f0, f1 = fit_nested(base), fit_nested(moved)
+    assert f0.converged and f1.converged, f1.message
     assert f1.deviance == pytest.approx(f0.deviance, rel=1e-10)
     D = np.diag([1.0, c])  # τ of a column scaled by c is scaled by 1/c²
-    np.testing.assert_allclose(D @ f1.tau_pi @ D / np.abs(np.diag(f0.tau_pi)).max(),
-                               f0.tau_pi / np.abs(np.diag(f0.tau_pi)).max(), atol=1e-5)
+    top = np.abs(np.diag(f0.tau_pi)).max()
+    np.testing.assert_allclose(D @ f1.tau_pi @ D / top, f0.tau_pi / top, atol=1e-6)
+    np.testing.assert_allclose(D @ f1.tau_beta @ D / top, f0.tau_beta / top, atol=1e-6)
+    # the slope on LOWINC is unchanged by the shift (γ001, γ101 in the user's units, YEAR scaled)
+    assert f1.gamma[1] == pytest.approx(f0.gamma[1], rel=1e-6)
+    assert f1.gamma[4] * c == pytest.approx(f0.gamma[4], rel=1e-6)
 
 
 # ---------------------------------------------------------------- layouts with one level not random
@@ -439,6 +446,12 @@ def test_random_coefficients_without_fixed_parts_and_bad_input():
     assert fit.gamma.shape == (1,) and fit.tau_pi.shape == (3, 3) and fit.tau_beta.shape == (2, 2)
     assert fit.deviance == pytest.approx(_dense_fit(data, fit.sigma2, fit.tau_pi, fit.tau_beta, False)[0], rel=1e-12)
     assert fit.converged, fit.message
+    ols = NestedLayout((Pi(None, (Beta(None, (None, 0), False),), False), Pi(0, (Beta(0, (None,), False),), False)))
+    fit = fit_nested(NestedData(base.y, base.A, base.X2, base.W3, base.unit2, base.unit3, ols))
+    X = _dense(NestedData(base.y, base.A, base.X2, base.W3, base.unit2, base.unit3, ols))[0]
+    rss = np.sum((base.y - X @ np.linalg.lstsq(X, base.y, rcond=None)[0]) ** 2)
+    n = base.y.size
+    assert fit.converged and fit.deviance == pytest.approx(n * (1 + np.log(2 * np.pi * rss / n)), rel=1e-12)
     bad = NestedData(base.y, base.A, base.X2, base.W3, base.unit2[::-1].copy(), base.unit3, base.layout)
     with pytest.raises(ValueError, match="unit2"):
         fit_nested(bad)
@@ -458,3 +471,9 @@ def test_models_that_cannot_be_estimated_are_refused():
     one_each = NestedData(base.y[first], base.A[first], base.X2, base.W3, base.unit2[first], base.unit3, base.layout)
     with pytest.raises(ModelError, match="cannot be separated"):
         fit_nested(one_each)
+    # the same fixed column twice (a level-1 predictor that is 2 × another)
+    twice = NestedData(base.y, np.column_stack([base.A[:, 0], 2 * base.A[:, 0]]), base.X2, base.W3, base.unit2,
+                       base.unit3, NestedLayout((Pi(None, (RR,), True), Pi(0, (Beta(None, (None,), False),), False),
+                                                 Pi(1, (Beta(None, (None,), False),), False))))
+    with pytest.raises(ModelError, match="linearly dependent"):
+        fit_nested(twice)
