@@ -299,3 +299,18 @@ def test_the_printed_model_reads_back_as_the_same_model():
     for ascii_only in (False, True):
         printed = "\n".join(model_summary3(spec, Symbols3(ascii_only)))
         assert spec3_from_inputs(printed, [], [], None, V, RunOptions3()) == spec
+
+
+def test_analysis_time_deletion_drops_records_and_empty_units(tmp_path):
+    """--missing analysis: records missing a variable of the model are dropped when it is fitted; a child
+    left with no records, and a school left with no children, drop out; means are over what is used."""
+    pd.DataFrame({"S": ["A", "A", "A", "B"], "C": [1, 1, 2, 3], "X": [1.0, 3.0, 5.0, 7.0],
+                  "Y": [1.0, None, 3.0, None]}).to_csv(tmp_path / "l1.csv", index=False)
+    pd.DataFrame({"C": [1, 2, 3], "S": ["A", "A", "B"]}).to_csv(tmp_path / "l2.csv", index=False)
+    pd.DataFrame({"S": ["A", "B"]}).to_csv(tmp_path / "l3.csv", index=False)
+    a = build_from_files3([tmp_path / f"l{k}.csv" for k in (1, 2, 3)], BuildOptions3("C", "S"))
+    spec = build_spec3("Y = p0 + p1*grand(X) + e", [], [], variables3_of(a))
+    d = design3(spec, a)
+    assert (d.n, d.n2, d.n3, d.n_deleted, d.units2_deleted, d.units3_deleted) == (2, 2, 1, 2, 1, 1)
+    np.testing.assert_allclose(d.data.A[:, 0], [-2.0, 2.0])  # X of the records used: 1 and 5, mean 3
+    assert d.unit2_ids == ["1", "2"] and d.unit3_ids == ["A"]
