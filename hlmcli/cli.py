@@ -121,7 +121,7 @@ class OneLineErrors(click.Group):
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
-    """Two-level hierarchical linear models, the way HLM 7 fits them."""
+    """Two- and three-level hierarchical linear models, the way HLM 7 (HLM2, HLM3) fits them."""
 
 
 @main.group()
@@ -132,9 +132,11 @@ def mdm():
 _build_options = [
     click.option("--id", "id_", help="Unit id column, in both files."),
     click.option("--id1", help="Unit id column in the level-1 file (if named differently)."),
-    click.option("--id2", help="Unit id column in the level-2 file (if named differently)."),
+    click.option("--id2", help="Unit id column in the level-2 file (if named differently); with three files, the level-2 unit id."),
+    click.option("--id3", help="Three files: the level-3 unit id column (in the level-3 file, and in the level-1 or level-2 file)."),
     click.option("--l1-vars", help="Level-1 variables to keep, comma-separated (default: all)."),
     click.option("--l2-vars", help="Level-2 variables to keep, comma-separated (default: all)."),
+    click.option("--l3-vars", help="Three files: level-3 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="Drop level-1 records with missing values now (at build) or per model at analysis."),
     click.option("--drop-unmatched", is_flag=True, help="Drop level-1 records whose unit has no level-2 record."),
@@ -164,6 +166,7 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @mdm.command("build")
 @click.argument("level1_file", required=False, type=click.Path())
 @click.argument("level2_file", required=False, type=click.Path())
+@click.argument("level3_file", required=False, type=click.Path())
 @build_options
 @click.option("--template", type=click.Path(), help="Build from an HLM 7 MDM template (.mdmt).")
 @click.option("-o", "--output", type=click.Path(), help="Archive to write (.mdm).")
@@ -173,19 +176,26 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.option("--engine", type=click.Choice(["memory", "stream"]), default="memory", show_default=True,
               help="stream: one chunked pass (pyarrow) writing per-unit statistics, in bounded memory.")
 @user_errors
-def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched,
-              file_format, delimiter, template, output, quiet, force, allow_outside, engine="memory"):
-    """Merge a level-1 and a level-2 file into an archive."""
+def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing,
+              drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside, engine="memory"):
+    """Merge a level-1 and a level-2 file (and a level-3 file: HLM3) into an archive."""
     from .archive import BuildOptions, build_from_files, write_archive
     from .errors import DataError
     from .files import refuse_overwriting_inputs
 
+    three = None  # three-level build (cli3.py): the files and their options
     if template:
         if level1_file or level2_file:
             raise DataError(f"{template}: give either a template or two data files, not both")
         from .mdmt import parse_template
 
         tpl = parse_template(template)
+        if tpl.level3_file is not None:
+            from .archive3 import BuildOptions3
+
+            three = ((tpl.level1_file, tpl.level2_file, tpl.level3_file),
+                     BuildOptions3(id2=tpl.id2, id3=tpl.id3, keep1=tpl.level1_vars or None, keep2=tpl.level2_vars or None,
+                                   keep3=tpl.level3_vars or None, missing=tpl.missing, drop_unmatched=drop_unmatched))
         level1_file, level2_file, file_format = tpl.level1_file, tpl.level2_file, file_format or tpl.format
         options = BuildOptions(id1=tpl.id1, id2=tpl.id2, keep1=tpl.level1_vars or None,
                                keep2=tpl.level2_vars or None, missing=tpl.missing, drop_unmatched=drop_unmatched)
@@ -199,12 +209,30 @@ def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing
                 name = PureWindowsPath(name).name
             output = str(output_from_file(template, name, "mdmname", allow_outside))
             refuse_clobber(output, force, Path(template).name)
+    elif level3_file or id3 or l3_vars:
+        if not (level1_file and level2_file and level3_file):
+            raise click.UsageError("a three-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE with --id2 and --id3")
+        from .cli3 import options3
+
+        three = ((level1_file, level2_file, level3_file),
+                 options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched))
     else:
         if not level1_file or not level2_file:
             raise click.UsageError("give LEVEL1_FILE and LEVEL2_FILE (they may be the same file), or --template")
         options = make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
     if output is None:
         raise click.UsageError("give -o/--output, the archive to write")
+    if three is not None:
+        if engine != "memory":
+            raise click.UsageError("--engine stream builds two-level archives only; three-level archives are built in memory")
+        from .cli3 import build3
+
+        progress = _Progress(quiet, 5)
+        try:
+            build3(three[0], template, three[1], file_format, delimiter, output, quiet, force, allow_outside, _stderr, progress)
+        finally:
+            progress.close()
+        return
     from .files import check_regular
 
     for source in (level1_file, level2_file):
@@ -249,6 +277,19 @@ def mdm_info(archive_file, unit, out_format):
 
         info = stats_archive_info(archive_file)
         click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
+        return
+    from .archive3 import archive_levels
+    if Path(archive_file).is_file() and archive_levels(archive_file) == 3:
+        from .archive3 import archive3_info, archive3_info_text, load_archive3
+
+        a3 = load_archive3(archive_file)
+        if unit is not None and unit not in a3.unit2_ids and unit not in a3.unit3_ids:
+            raise DataError(f"{archive_file}: no level-2 or level-3 unit '{unit}' in the archive; "
+                            f"ids look like {', '.join(a3.unit2_ids[:2] + a3.unit3_ids[:1])}")
+        for path in changed_sources(a3):
+            _stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
+        info = archive3_info(a3, unit)
+        click.echo(dumps_json(info) if out_format == "json" else archive3_info_text(info), nl=False)
         return
     archive = load_archive(archive_file)
     if unit is not None and unit not in archive.unit_ids:
@@ -299,13 +340,18 @@ def _load_data(data, build_opts: dict, cache_dir, quiet: bool):
 _model_options = [
     click.argument("data", nargs=-1, required=True, type=click.Path()),
     click.option("-1", "--level1", "level1", help="Level-1 equation, e.g. 'MATHACH = b0 + b1*group(SES) + r'."),
-    click.option("-2", "--level2", "level2", multiple=True, help="A level-2 equation, e.g. 'b0 = g00 + g01*SECTOR + u0'. Repeat."),
+    click.option("-2", "--level2", "level2", multiple=True, help="A level-2 equation, e.g. 'b0 = g00 + g01*SECTOR + u0' "
+                 "(three levels: 'p0 = b00 + b01*FEMALE + r0'). Repeat."),
+    click.option("-3", "--level3", "level3", multiple=True,
+                 help="Three levels: a level-3 equation, e.g. 'b00 = g000 + g001*LOWINC + u00'. Repeat."),
     click.option("--model", "model_file", type=click.Path(), help="Model file: equations, or an HLM 7 .hlm command file."),
     click.option("--ml", is_flag=True, default=None, help="Full maximum likelihood (default: REML)."),
     click.option("--ascii", "ascii_only", is_flag=True, help="B/G/U instead of Greek letters."),
     click.option("--id", "id_", help="Unit id column (when DATA is two files)."),
     click.option("--id1", help="Unit id column of the level-1 file."),
-    click.option("--id2", help="Unit id column of the level-2 file."),
+    click.option("--id2", help="Unit id column of the level-2 file; with three files, the level-2 unit id."),
+    click.option("--id3", help="When DATA is three files: the level-3 unit id."),
+    click.option("--l3-vars", help="When DATA is three files: level-3 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
@@ -316,7 +362,8 @@ _model_options = [
     click.option("--delimiter", help="When DATA is two CSV files: the delimiter (default: sniffed); tab or '\\t' for tab."),
     click.option("--data-format", "file_format",
                  help="When DATA is two files: their format, csv, sas, spss, stata, parquet or excel (default: by extension)."),
-    click.option("--reml", is_flag=True, default=None, help="Restricted maximum likelihood, overriding a .hlm file's mlf:y."),
+    click.option("--reml", is_flag=True, default=None, help="Restricted maximum likelihood, overriding a .hlm file's mlf:y "
+                 "(three levels: ML is the default, as in HLM3)."),
     click.option("--allow-outside", is_flag=True,
                  help="Let output names in a .hlm file (resfil1name:, resfil2name:) point outside its folder."),
 ]
@@ -400,6 +447,12 @@ def _use_ascii(flag: bool) -> bool:
     return "utf" not in encoding
 
 
+def _build_opts3(id_, id1, id2, missing, drop_unmatched, id3=None, l1_vars=None, l2_vars=None, l3_vars=None,
+                 file_format=None, delimiter=None, **_ignored):
+    return {"id_": id_, "id1": id1, "id2": id2, "id3": id3, "l1_vars": l1_vars, "l2_vars": l2_vars, "l3_vars": l3_vars,
+            "missing": missing, "drop_unmatched": drop_unmatched, "file_format": file_format, "delimiter": delimiter}
+
+
 def _build_opts(id_, id1, id2, missing, drop_unmatched, l1_vars=None, l2_vars=None, file_format=None, delimiter=None,
                 **_ignored):
     return {"id_": id_, "id1": id1, "id2": id2, "l1_vars": l1_vars, "l2_vars": l2_vars,
@@ -412,6 +465,14 @@ def _build_opts(id_, id1, id2, missing, drop_unmatched, l1_vars=None, l2_vars=No
 def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir, **more):
     """Print the model as HLM 7 writes it, and its lme4 formula, without fitting."""
     from .report import Symbols, lme4_formula, model_summary
+
+    from .cli3 import is_three_level
+    if is_three_level(data, more):
+        from .cli3 import model3
+
+        return model3(data, level1, level2, model_file, ascii_only,
+                      _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, {**more, "ml": ml},
+                      _stderr, _use_ascii)
 
     archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet=False)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
@@ -452,6 +513,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
 @click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
@@ -472,10 +534,23 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
             quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
-    """Fit a two-level model and print HLM 7's tables (text) or a stable JSON document."""
+    """Fit a two- or three-level model and print HLM 7's tables (text) or a stable JSON document."""
     from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
+
+    from .cli3 import is_three_level
+    if is_three_level(data, more):
+        from .cli3 import fit3
+
+        return fit3(data, level1, level2, model_file, ascii_only,
+                    _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, out_format, output, json_out,
+                    keep, title, timestamp, df_method, strict, tau_structure, max_iterations, tests, compare_deviance,
+                    compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet, weight1,
+                    weight2, normalize, plausible_values, imputed, {**more, "ml": ml}, _stderr, _use_ascii)
+    if more.get("level3") or more.get("residuals_l3"):
+        raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
+                            "three-level archive")
 
     sources = list(data) + [model_file]
     for path in (output, residuals_l1, residuals_l2, json_out):
@@ -783,6 +858,9 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     from .results import Results
 
     check_output(output)
+    from .cli3 import is_three_level, unsupported_command
+    if is_three_level(data, more):
+        unsupported_command("plot")
     refuse_overwriting_inputs(output, list(data) + [model_file])
     if len(data) == 1 and str(data[0]).lower().endswith(".json"):
         _plot_saved_fit(kind, data[0], output, x_var, by, x_range)
