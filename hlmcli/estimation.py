@@ -420,7 +420,7 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
     c_std = std_solve.c + std_solve.P @ b
     P_user = Tt @ std_solve.P @ Tinv
     solve = replace(std_solve, stats=stats, lam=A @ std_solve.lam, G=G_user,
-                    K=np.ascontiguousarray(np.einsum("ac,cdj,bd->abj", A, std_solve.K, A)),
+                    K=np.ascontiguousarray((A @ std_solve.K.transpose(2, 0, 1) @ A.T).transpose(1, 2, 0)),
                     P=0.5 * (P_user + P_user.T), cholP=Tt @ std_solve.cholP, c=Tt @ c_std,
                     s=float(std_solve.s + 2.0 * b @ std_solve.c + b @ std_solve.P @ b),
                     gamma=np.linalg.solve(Tinv, std_solve.gamma + b))

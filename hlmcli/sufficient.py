@@ -6,6 +6,7 @@ of these, so after this stage no computation touches the N records again.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,10 +136,15 @@ class ModelStats:
     ZXt: np.ndarray  # (q, J, p): ZX with the random-effect index first, each slice contiguous
     ZZc: np.ndarray  # (q, q, J): Z'Z component-first, for the estimation's vectorised algebra
     Zyc: np.ndarray  # (q, J)
-    ZXouter: np.ndarray | None  # (q(q+1)/2, J, p²): vec(ZX_j[a]' ZX_j[b]) for a ≤ b, when it fits in memory
     XX_units: np.ndarray  # (J, p, p) X_j'X_j, for the robust scores
     Xy_units: np.ndarray  # (J, p) X_j'y_j
     w2: np.ndarray | None = None  # (J,) level-2 weights of a weighted (pseudo-likelihood) fit; None = unweighted
+
+    @functools.cached_property
+    def ZXouter(self) -> np.ndarray | None:
+        """(q(q+1)/2, J, p²): vec(ZX_j[a]' ZX_j[b]) for a ≤ b, when it fits in memory; made on first
+        use, as only the statistics the search runs on need it."""
+        return _outer_products(self.ZX)
 
     @property
     def weighted(self) -> bool:
@@ -188,7 +194,7 @@ def _assemble(N, n, ZZ, Zy, ZX, XX, Xy, yy, B, r, XX_units, Xy_units, w2=None) -
         ZXt=np.ascontiguousarray(np.transpose(ZX, (1, 0, 2))),
         ZZc=np.ascontiguousarray(np.transpose(ZZ, (1, 2, 0))),
         Zyc=np.ascontiguousarray(Zy.T),
-        ZXouter=_outer_products(ZX), XX_units=XX_units, Xy_units=Xy_units, w2=w2,
+        XX_units=XX_units, Xy_units=Xy_units, w2=w2,
     )
 
 
@@ -217,12 +223,12 @@ def reparametrise(stats: ModelStats, A: np.ndarray, Tinv: np.ndarray, b: np.ndar
     works in these coordinates (standardised Z, whitened X, residualised y) and maps back exactly:
     then P = X'X − Σ(Z'X)'K(Z'X) and rss = y'V⁻¹y − c'γ̂ cancel only as far as the model forces."""
     T = np.linalg.inv(Tinv)
-    ZZ = np.einsum("ab,jbc,cd->jad", A.T, stats.ZZ, A)
+    ZZ = A.T @ stats.ZZ @ A  # stacked matmul over units (einsum is many times slower here)
     ZZ = 0.5 * (ZZ + np.swapaxes(ZZ, 1, 2))
     XX = T.T @ stats.XX @ T
     XX = 0.5 * (XX + XX.T)
-    ZX = np.einsum("ba,jbp->jap", A, stats.ZX) @ T
-    XX_units = np.einsum("ab,jbc,cd->jad", T.T, stats.XX_units, T)
+    ZX = A.T @ stats.ZX @ T
+    XX_units = T.T @ stats.XX_units @ T
     Xy_units = stats.Xy_units @ T - XX_units @ b
     TXy = T.T @ stats.Xy
     Xy = TXy - XX @ b
