@@ -391,6 +391,9 @@ def load_archive(path: str | os.PathLike) -> Archive:
         raise damaged
     try:
         header = json.loads(bytes(body[:header_len]).decode("utf-8"))
+        if isinstance(header, dict) and header.get("levels", 2) != 2:  # archive3.py's three-level archives
+            raise DataError(f"{path}: a three-level archive; this command takes two-level data "
+                            "(three-level archives work with 'hlmcli mdm info', 'model' and 'fit')")
         arrays = {}
         offset = header_len
         for spec in header["arrays"]:
@@ -412,7 +415,7 @@ def load_archive(path: str | os.PathLike) -> Archive:
             missing=header["missing"], sources=[Source(**s) for s in header["sources"]],
             value_labels=header["value_labels"], notes=header["notes"], path=path,
         )
-    except CorruptArchive:
+    except DataError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError):
         raise damaged from None

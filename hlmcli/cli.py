@@ -121,7 +121,7 @@ class OneLineErrors(click.Group):
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
-    """Two-level hierarchical linear models, the way HLM 7 fits them."""
+    """Two- and three-level hierarchical linear models, the way HLM 7 (HLM2, HLM3) fits them."""
 
 
 @main.group()
@@ -132,9 +132,11 @@ def mdm():
 _build_options = [
     click.option("--id", "id_", help="Unit id column, in both files."),
     click.option("--id1", help="Unit id column in the level-1 file (if named differently)."),
-    click.option("--id2", help="Unit id column in the level-2 file (if named differently)."),
+    click.option("--id2", help="Unit id column in the level-2 file (if named differently); with three files, the level-2 unit id."),
+    click.option("--id3", help="Three files: the level-3 unit id column (in the level-3 file, and in the level-1 or level-2 file)."),
     click.option("--l1-vars", help="Level-1 variables to keep, comma-separated (default: all)."),
     click.option("--l2-vars", help="Level-2 variables to keep, comma-separated (default: all)."),
+    click.option("--l3-vars", help="Three files: level-3 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="Drop level-1 records with missing values now (at build) or per model at analysis."),
     click.option("--drop-unmatched", is_flag=True, help="Drop level-1 records whose unit has no level-2 record."),
@@ -164,26 +166,36 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @mdm.command("build")
 @click.argument("level1_file", required=False, type=click.Path())
 @click.argument("level2_file", required=False, type=click.Path())
+@click.argument("level3_file", required=False, type=click.Path())
 @build_options
 @click.option("--template", type=click.Path(), help="Build from an HLM 7 MDM template (.mdmt).")
 @click.option("-o", "--output", type=click.Path(), help="Archive to write (.mdm).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file named by the template's mdmname:.")
 @click.option("--allow-outside", is_flag=True, help="Let the template's mdmname: point outside the template's folder.")
+@click.option("--engine", type=click.Choice(["memory", "stream"]), default="memory", show_default=True,
+              help="stream: one chunked pass (pyarrow) writing per-unit statistics, in bounded memory.")
 @user_errors
-def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched,
-              file_format, delimiter, template, output, quiet, force, allow_outside):
-    """Merge a level-1 and a level-2 file into an archive."""
+def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing,
+              drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside, engine="memory"):
+    """Merge a level-1 and a level-2 file (and a level-3 file: HLM3) into an archive."""
     from .archive import BuildOptions, build_from_files, write_archive
     from .errors import DataError
     from .files import refuse_overwriting_inputs
 
+    three = None  # three-level build (cli3.py): the files and their options
     if template:
         if level1_file or level2_file:
             raise DataError(f"{template}: give either a template or two data files, not both")
         from .mdmt import parse_template
 
         tpl = parse_template(template)
+        if tpl.level3_file is not None:
+            from .archive3 import BuildOptions3
+
+            three = ((tpl.level1_file, tpl.level2_file, tpl.level3_file),
+                     BuildOptions3(id2=tpl.id2, id3=tpl.id3, keep1=tpl.level1_vars or None, keep2=tpl.level2_vars or None,
+                                   keep3=tpl.level3_vars or None, missing=tpl.missing, drop_unmatched=drop_unmatched))
         level1_file, level2_file, file_format = tpl.level1_file, tpl.level2_file, file_format or tpl.format
         options = BuildOptions(id1=tpl.id1, id2=tpl.id2, keep1=tpl.level1_vars or None,
                                keep2=tpl.level2_vars or None, missing=tpl.missing, drop_unmatched=drop_unmatched)
@@ -197,18 +209,44 @@ def mdm_build(level1_file, level2_file, id_, id1, id2, l1_vars, l2_vars, missing
                 name = PureWindowsPath(name).name
             output = str(output_from_file(template, name, "mdmname", allow_outside))
             refuse_clobber(output, force, Path(template).name)
+    elif level3_file or id3 or l3_vars:
+        if not (level1_file and level2_file and level3_file):
+            raise click.UsageError("a three-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE with --id2 and --id3")
+        from .cli3 import options3
+
+        three = ((level1_file, level2_file, level3_file),
+                 options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched))
     else:
         if not level1_file or not level2_file:
             raise click.UsageError("give LEVEL1_FILE and LEVEL2_FILE (they may be the same file), or --template")
         options = make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
     if output is None:
         raise click.UsageError("give -o/--output, the archive to write")
+    if three is not None:
+        if engine != "memory":
+            raise click.UsageError("--engine stream builds two-level archives only; three-level archives are built in memory")
+        from .cli3 import build3
+
+        progress = _Progress(quiet, 5)
+        try:
+            build3(three[0], template, three[1], file_format, delimiter, output, quiet, force, allow_outside, _stderr, progress)
+        finally:
+            progress.close()
+        return
     from .files import check_regular
 
     for source in (level1_file, level2_file):
         if str(source) != "-":  # '-' is standard input
             check_regular(source, "data file")
     refuse_overwriting_inputs(output, [level1_file, level2_file, template])
+    if engine == "stream":
+        from .engines import cli_build
+
+        records, units = cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet,
+                                   warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")))
+        if not quiet:
+            _stderr(f"hlmcli: wrote {output}: per-unit statistics of {records} level-1 records in {units} units")
+        return
     progress = _Progress(quiet, 4)
     try:
         archive = build_from_files(level1_file, level2_file, options, file_format, delimiter,
@@ -232,6 +270,27 @@ def mdm_info(archive_file, unit, out_format):
     from .errors import DataError
     from .report import archive_info, archive_info_text, dumps_json
 
+    from .engines import is_stats_archive
+
+    if is_stats_archive(archive_file):
+        from .engines import stats_archive_info, stats_archive_info_text
+
+        info = stats_archive_info(archive_file)
+        click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
+        return
+    from .archive3 import archive_levels
+    if Path(archive_file).is_file() and archive_levels(archive_file) == 3:
+        from .archive3 import archive3_info, archive3_info_text, load_archive3
+
+        a3 = load_archive3(archive_file)
+        if unit is not None and unit not in a3.unit2_ids and unit not in a3.unit3_ids:
+            raise DataError(f"{archive_file}: no level-2 or level-3 unit '{unit}' in the archive; "
+                            f"ids look like {', '.join(a3.unit2_ids[:2] + a3.unit3_ids[:1])}")
+        for path in changed_sources(a3):
+            _stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
+        info = archive3_info(a3, unit)
+        click.echo(dumps_json(info) if out_format == "json" else archive3_info_text(info), nl=False)
+        return
     archive = load_archive(archive_file)
     if unit is not None and unit not in archive.unit_ids:
         raise DataError(f"{archive_file}: no unit '{unit}' in the archive; ids look like {', '.join(archive.unit_ids[:3])}")
@@ -281,13 +340,18 @@ def _load_data(data, build_opts: dict, cache_dir, quiet: bool):
 _model_options = [
     click.argument("data", nargs=-1, required=True, type=click.Path()),
     click.option("-1", "--level1", "level1", help="Level-1 equation, e.g. 'MATHACH = b0 + b1*group(SES) + r'."),
-    click.option("-2", "--level2", "level2", multiple=True, help="A level-2 equation, e.g. 'b0 = g00 + g01*SECTOR + u0'. Repeat."),
+    click.option("-2", "--level2", "level2", multiple=True, help="A level-2 equation, e.g. 'b0 = g00 + g01*SECTOR + u0' "
+                 "(three levels: 'p0 = b00 + b01*FEMALE + r0'). Repeat."),
+    click.option("-3", "--level3", "level3", multiple=True,
+                 help="Three levels: a level-3 equation, e.g. 'b00 = g000 + g001*LOWINC + u00'. Repeat."),
     click.option("--model", "model_file", type=click.Path(), help="Model file: equations, or an HLM 7 .hlm command file."),
     click.option("--ml", is_flag=True, default=None, help="Full maximum likelihood (default: REML)."),
     click.option("--ascii", "ascii_only", is_flag=True, help="B/G/U instead of Greek letters."),
     click.option("--id", "id_", help="Unit id column (when DATA is two files)."),
     click.option("--id1", help="Unit id column of the level-1 file."),
-    click.option("--id2", help="Unit id column of the level-2 file."),
+    click.option("--id2", help="Unit id column of the level-2 file; with three files, the level-2 unit id."),
+    click.option("--id3", help="When DATA is three files: the level-3 unit id."),
+    click.option("--l3-vars", help="When DATA is three files: level-3 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
@@ -298,7 +362,8 @@ _model_options = [
     click.option("--delimiter", help="When DATA is two CSV files: the delimiter (default: sniffed); tab or '\\t' for tab."),
     click.option("--data-format", "file_format",
                  help="When DATA is two files: their format, csv, sas, spss, stata, parquet or excel (default: by extension)."),
-    click.option("--reml", is_flag=True, default=None, help="Restricted maximum likelihood, overriding a .hlm file's mlf:y."),
+    click.option("--reml", is_flag=True, default=None, help="Restricted maximum likelihood, overriding a .hlm file's mlf:y "
+                 "(three levels: ML is the default, as in HLM3)."),
     click.option("--allow-outside", is_flag=True,
                  help="Let output names in a .hlm file (resfil1name:, resfil2name:) point outside its folder."),
 ]
@@ -382,6 +447,12 @@ def _use_ascii(flag: bool) -> bool:
     return "utf" not in encoding
 
 
+def _build_opts3(id_, id1, id2, missing, drop_unmatched, id3=None, l1_vars=None, l2_vars=None, l3_vars=None,
+                 file_format=None, delimiter=None, **_ignored):
+    return {"id_": id_, "id1": id1, "id2": id2, "id3": id3, "l1_vars": l1_vars, "l2_vars": l2_vars, "l3_vars": l3_vars,
+            "missing": missing, "drop_unmatched": drop_unmatched, "file_format": file_format, "delimiter": delimiter}
+
+
 def _build_opts(id_, id1, id2, missing, drop_unmatched, l1_vars=None, l2_vars=None, file_format=None, delimiter=None,
                 **_ignored):
     return {"id_": id_, "id1": id1, "id2": id2, "l1_vars": l1_vars, "l2_vars": l2_vars,
@@ -394,6 +465,14 @@ def _build_opts(id_, id1, id2, missing, drop_unmatched, l1_vars=None, l2_vars=No
 def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir, **more):
     """Print the model as HLM 7 writes it, and its lme4 formula, without fitting."""
     from .report import Symbols, lme4_formula, model_summary
+
+    from .cli3 import is_three_level
+    if is_three_level(data, more):
+        from .cli3 import model3
+
+        return model3(data, level1, level2, model_file, ascii_only,
+                      _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, {**more, "ml": ml},
+                      _stderr, _use_ascii)
 
     archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet=False)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
@@ -434,6 +513,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
 @click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
@@ -446,20 +526,54 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
 @click.option("--imputed", multiple=True, help="Further level-1 files (or archives), one per imputation; repeat or comma-separate.")
+@click.option("--engine", type=click.Choice(["memory", "stream", "dask"]), default="memory", show_default=True,
+              help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
+@click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
             quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
-    """Fit a two-level model and print HLM 7's tables (text) or a stable JSON document."""
+    """Fit a two- or three-level model and print HLM 7's tables (text) or a stable JSON document."""
     from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
+
+    from .cli3 import is_three_level
+    if is_three_level(data, more):
+        from .cli3 import fit3
+
+        return fit3(data, level1, level2, model_file, ascii_only,
+                    _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, out_format, output, json_out,
+                    keep, title, timestamp, df_method, strict, tau_structure, max_iterations, tests, compare_deviance,
+                    compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet, weight1,
+                    weight2, normalize, plausible_values, imputed, {**more, "ml": ml}, _stderr, _use_ascii)
+    if more.get("level3") or more.get("residuals_l3"):
+        raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
+                            "three-level archive")
 
     sources = list(data) + [model_file]
     for path in (output, residuals_l1, residuals_l2, json_out):
         if path:
             refuse_overwriting_inputs(path, sources)
+    from .engines import is_stats_archive
+
+    if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
+        from .engines import cli_fit
+
+        if more["scheduler"] and more["engine"] != "dask":
+            raise click.UsageError("--scheduler is for --engine dask")
+        return cli_fit(data, level1, level2, model_file, ml, more["engine"], more["scheduler"],
+                       _build_opts(id_, id1, id2, missing, drop_unmatched, **more), out_format, output, json_out, title,
+                       timestamp, df_method, strict, ascii_only, quiet, extra={
+                           "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance,
+                           "tau": tau_structure, "prior_params": compare_params, "homogeneity": test_homogeneity,
+                           "full_output": full_output, "ols_units": ols_units},
+                       unsupported={"--residuals-l1": residuals_l1, "--residuals-l2": residuals_l2, "--keep": keep,
+                                    "--weight1": weight1, "--weight2": weight2, "--plausible-values": plausible_values,
+                                    "--imputed": imputed},
+                       reml=more["reml"], allow_outside=more["allow_outside"], hypotheses=tests,
+                       keep_failed_output=more["keep_failed_output"])
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"], extra={
         "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance, "tau": tau_structure,
@@ -467,16 +581,18 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
     })
     if spec.options.family != "normal":
-        unsupported = [name for name, on in (("--test", tests), ("--df satterthwaite", df_method != "hlm"),
-                                             ("--compare-deviance", compare_deviance is not None),
-                                             ("--test-homogeneity", test_homogeneity), ("--full-output", full_output),
-                                             ("--tau diagonal", spec.options.tau == "diagonal"),
-                                             ("--strict", strict)) if on]
-        if unsupported:
-            from .errors import ModelError
+        from .hglm_run import refuse_options
 
-            raise ModelError(f"{', '.join(unsupported)}: not available for a {spec.options.family} outcome (HGLM) yet")
-        return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources)
+        o = spec.options
+        refuse_options(o, df_method=df_method, prior_deviance=o.prior_deviance, homogeneity=bool(o.homogeneity),
+                       full_output=bool(o.full_output), unsupported={
+                           "--weight1/--weight2 (sampling weights)": _weight_spec(spec, weight1, weight2, normalize).any,
+                           "--plausible-values/--imputed": bool(plausible_values or imputed),
+                           f"--format {out_format}": out_format not in ("text", "json"),
+                           "--json-out": bool(json_out), "--keep": bool(keep)})
+        hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
+        return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
+                         hypotheses, strict)
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
     wspec = _weight_spec(spec, weight1, weight2, normalize)
     if plausible_values or imputed:
@@ -677,14 +793,17 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         sys.exit(EXIT_NOT_CONVERGED)
 
 
-def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources):
+def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
+              hypotheses=(), strict=False):
     """fit for a binary, binomial or count outcome (hglm_run.py)."""
     from .errors import EXIT_NOT_CONVERGED
     from .files import atomic_write_text
-    from .hglm_run import analyse_hglm, hglm_json, hglm_text, write_residuals
+    from .hglm_run import analyse_hglm, boundary_notes, hglm_extras, hglm_json, hglm_text, write_residuals
     from .report import Symbols, dumps_json
 
     a = analyse_hglm(spec, archive, level1)
+    a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
+    a.notes = boundary_notes(a)
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
             "model_given": {"level1": level1, "level2": list(level2),
                             "model_file": Path(model_file).name if model_file else None}}
@@ -695,9 +814,10 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)
-    if not a.converged:
-        what = "PQL did not converge in its macro iterations" if a.pql is not None else \
-            "the optimum is not certified: " + "; ".join(a.ml.certificate.failed)
+    if not a.converged or (strict and a.notes):
+        what = ("PQL did not converge in its macro iterations" if a.pql is not None else
+                "the optimum is not certified: " + "; ".join(a.ml.certificate.failed)) if not a.converged else \
+            "--strict: " + "; ".join(a.notes)
         _stderr("hlmcli: warning: " + what)
         sys.exit(EXIT_NOT_CONVERGED)
 
@@ -738,6 +858,9 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     from .results import Results
 
     check_output(output)
+    from .cli3 import is_three_level, unsupported_command
+    if is_three_level(data, more):
+        unsupported_command("plot")
     refuse_overwriting_inputs(output, list(data) + [model_file])
     if len(data) == 1 and str(data[0]).lower().endswith(".json"):
         _plot_saved_fit(kind, data[0], output, x_var, by, x_range)

@@ -22,6 +22,9 @@ def read_fit(path: str) -> dict:
         raise DataError(f"{path}: not a JSON fit (incomplete or not JSON); save one with 'hlmcli fit ... --format json'") from None
     if not isinstance(fit, dict) or fit.get("tool") != "hlmcli" or "deviance" not in fit:
         raise DataError(f"{path}: not an hlmcli JSON fit; save one with 'hlmcli fit ... --format json'")
+    if fit.get("levels") == 3:
+        raise DataError(f"{path}: a three-level fit (schema 3); 'compare' and 'table' read two-level fits only "
+                        "for now, so compare the deviances and parameter counts in the JSON by hand")
     if fit.get("schema") != 2:
         raise DataError(f"{path}: JSON schema {str(fit.get('schema'))[:20]} is not one this hlmcli reads (2); refit with this version")
     problem = _incomplete(fit)

@@ -525,11 +525,11 @@ _YES = ("y", "yes", "true", "1")
 _NO = ("n", "no", "false", "0")
 # Keys HLM 7 or its wrappers (e.g. Stata's hlm) write, refused by name because they change the model.
 _REFUSED_KEYS = {
-    "level3": "three-level models are not supported; hlmcli fits two-level models",
-    "level3weight": "three-level models are not supported",
-    "level3deletion": "three-level models are not supported",
-    "resfil3": "three-level models are not supported",
-    "fixtau3": "three-level models are not supported",
+    "level3": "a level3: line makes this an HLM3 command file; give three data files or a three-level archive",
+    "level3weight": "level-3 weights belong to three-level models; give three data files or a three-level archive",
+    "level3deletion": "this is for three-level models; give three data files or a three-level archive",
+    "resfil3": "a level-3 residual file belongs to three-level models; give three data files or a three-level archive",
+    "fixtau3": "this is for three-level models; give three data files or a three-level archive",
     "agq": "adaptive quadrature is for nonlinear models, which hlmcli does not fit",
     "agqderivlevel": "adaptive quadrature is for nonlinear models, which hlmcli does not fit",
     "autoimpute": "HLM 7's multiple imputation is not implemented; impute the data first",

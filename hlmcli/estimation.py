@@ -21,7 +21,7 @@ import numpy as np
 from scipy import optimize
 
 from .certificate import HESSIAN_TOL, Certificate, Face, certify
-from .sufficient import ModelStats, transform_random
+from .sufficient import ModelStats, reparametrise
 from .unitsolve import UnitSolve, factor, unit_ols, unit_solve
 
 
@@ -94,6 +94,32 @@ def standardising_map(stats: ModelStats, structure: TauStructure) -> np.ndarray:
         s = np.sqrt(var) if var > 1e-24 * max(total[k, k] / N, 1e-300) else np.sqrt(max(total[k, k] / N, 1e-300))
         A[:, k] = A[:, k] / s
     return A
+
+
+def fixed_standardising(stats: ModelStats) -> tuple[np.ndarray, np.ndarray]:
+    """(T⁻¹, b) for sufficient.reparametrise: X̃ = XT with X̃'X̃ = N·I (unit-RMS column scaling D,
+    then the Cholesky factor R of the scaled Gram matrix, T = D⁻¹R⁻¹, so T⁻¹ = RD is upper
+    triangular), and b the OLS coefficients of y on X̃. A predictor's scale or location then cannot
+    make X'V⁻¹X ill-conditioned, and y'V⁻¹y − c'γ̂ does not cancel what OLS already explains.
+    When the scaled Gram matrix is numerically singular, only the diagonal scaling is used."""
+    p, N = stats.p, float(stats.N)
+    d = np.sqrt(np.clip(np.diag(stats.XX), 0.0, None) / N)
+    d[~(d > 0)] = 1.0
+    C = stats.XX / np.outer(d, d) / N
+    try:
+        R = np.linalg.cholesky(0.5 * (C + C.T)).T
+        if not np.all(np.isfinite(R)) or np.min(np.abs(np.diag(R))) < 1e-7:
+            raise np.linalg.LinAlgError
+    except np.linalg.LinAlgError:
+        R = np.eye(p)
+    Tinv = R * d[None, :]
+    T = np.linalg.inv(Tinv)
+    XXt = T.T @ stats.XX @ T
+    try:
+        b = np.linalg.solve(0.5 * (XXt + XXt.T), T.T @ stats.Xy)
+    except np.linalg.LinAlgError:
+        b = np.zeros(p)
+    return Tinv, b if np.all(np.isfinite(b)) else np.zeros(p)
 
 
 # ---------------------------------------------------------------- the objective in G̃
@@ -309,8 +335,10 @@ def _polish_and_certify(obj: Objective, G: np.ndarray, dev: float, structure: Ta
                 break
             # Newton could not finish on this face: one more quasi-Newton run, then give up
             stalled = True
-            G, dev, nit, message = _lbfgs(obj, G, structure, max(1, budget - iterations))
+            G1, d1, nit, msg = _lbfgs(obj, G, structure, max(1, budget - iterations))
             iterations += nit + 1
+            if d1 < dev:  # its start is G re-factored, so it may end higher: then keep G
+                G, dev, message = G1, d1, msg
             continue
         moved = _escape(obj, _along(G, cert.descent), dev, cert.descent_step)
         if moved is None:
@@ -330,7 +358,8 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
     diagonal = structure is TauStructure.DIAGONAL
     q = stats.q
     A = standardising_map(stats, structure)
-    std = transform_random(stats, A)
+    Tinv, b = fixed_standardising(stats)  # X and y are untouched by A
+    std = reparametrise(stats, A, Tinv, b)
     obj = Objective(std, reml)
 
     if start is not None:
@@ -383,16 +412,23 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
     if diagonal:
         G_user = np.diag(np.diag(G_user))
     std_solve = obj.solve(factor(G))
-    # The same solve in the user's coordinates, mapped rather than recomputed (Z̃ = ZA gives
-    # K = A K̃ A', and P, c, γ̂, rss and the log-determinants are unchanged), so a badly scaled Z
-    # cannot spoil it.
+    # The same solve in the user's coordinates, mapped rather than recomputed, so a badly scaled X
+    # or Z cannot spoil it. Random part (Z̃ = ZA): K = A K̃ A', log-determinants unchanged. Fixed part
+    # (X̃ = XT, ỹ = y − X̃b): γ = T(γ̃ + b), P = T⁻ᵀP̃T⁻¹ with Cholesky factor T⁻ᵀL̃ (T⁻ᵀ = (RD)' is
+    # lower triangular), c = T⁻ᵀ(c̃ + P̃b), y'V⁻¹y = s̃ + 2b'c̃ + b'P̃b, rss unchanged.
+    Tt = Tinv.T
+    c_std = std_solve.c + std_solve.P @ b
+    P_user = Tt @ std_solve.P @ Tinv
     solve = replace(std_solve, stats=stats, lam=A @ std_solve.lam, G=G_user,
-                    K=np.ascontiguousarray(np.einsum("ac,cdj,bd->abj", A, std_solve.K, A)))
-    sigma2 = std_solve.sigma2_hat(reml)
+                    K=np.ascontiguousarray(np.einsum("ac,cdj,bd->abj", A, std_solve.K, A)),
+                    P=0.5 * (P_user + P_user.T), cholP=Tt @ std_solve.cholP, c=Tt @ c_std,
+                    s=float(std_solve.s + 2.0 * b @ std_solve.c + b @ std_solve.P @ b),
+                    gamma=np.linalg.solve(Tinv, std_solve.gamma + b))
+    sigma2 = solve.sigma2_hat(reml)
     n_params = 1 + (q if diagonal else q * (q + 1) // 2) + (0 if reml else stats.p)
     return FitResult(
-        method="REML" if reml else "ML", gamma=std_solve.gamma, cov_gamma=sigma2 * std_solve.Pinv(),
-        sigma2=sigma2, tau=sigma2 * G_user, deviance=std_solve.profiled_deviance(reml), n_params=n_params,
+        method="REML" if reml else "ML", gamma=solve.gamma, cov_gamma=sigma2 * solve.Pinv(),
+        sigma2=sigma2, tau=sigma2 * G_user, deviance=solve.profiled_deviance(reml), n_params=n_params,
         iterations=iterations, converged=cert.certified, certificate=cert, solve=solve, structure=structure,
         start=start_name, evaluations=obj.count, message=message,
     )

@@ -49,18 +49,63 @@ class Family:
             return y - mu, mu, mu
         raise ValueError(self.link)
 
-    def evaluate(self, eta: np.ndarray, y: np.ndarray, n: np.ndarray | None):
-        """(ℓ_i without c_i, ∂ℓ/∂η, W, κ3) per record from one exponential: the Laplace inner loop's kernel."""
+    def evaluate(self, eta: np.ndarray, y: np.ndarray, n: np.ndarray | None, second: bool = True):
+        """(ℓ_i without c_i, ∂ℓ/∂η, W, κ3) per record from one exponential and one logarithm: the
+        Laplace and quadrature inner loops' kernel (with second=False, W and κ3 are None).
+
+        Logit: with e = exp(−|η|), log(1 + e^η) = max(η, 0) + log(1 + e) and p = ½ + sign(η)(1/(1+e) − ½).
+        log(1 + e) in place of log1p(e) and 1 − 1/(1 + e) for p when η < 0 are exact to an absolute
+        1e-16 per record, which is all a sum of N terms (ℓ) or a score (y − p) can use; log1p and
+        a branch cost twice as much here."""
         if self.link == "logit":
-            nn = 1.0 if n is None else n
-            e = np.exp(-np.abs(eta))
-            inv = 1.0 / (1.0 + e)
-            p = np.where(eta >= 0, inv, e * inv)
-            ll = y * eta - nn * (np.maximum(eta, 0.0) + np.log1p(e))
-            w = p * (1.0 - p)
-            return ll, y - nn * p, nn * w, nn * w * (1.0 - 2.0 * p)
+            # in place where possible: this runs once per node and Newton step over all N records
+            a = np.abs(eta)
+            e = np.negative(a)
+            np.exp(e, out=e)  # e^−|η|
+            ope = e + 1.0
+            sp = np.log(ope)
+            a += eta
+            a *= 0.5
+            sp += a  # softplus(η) = max(η, 0) + log(1 + e)
+            inv = np.divide(1.0, ope, out=ope)
+            w = k3 = None
+            if second:
+                w = e * inv
+                w *= inv  # p(1 − p) = e/(1 + e)² for either sign of η
+            p = inv
+            p -= 0.5
+            np.copysign(p, eta, out=p)
+            p += 0.5
+            if second:
+                k3 = 1.0 - 2.0 * p
+                k3 *= w
+            ll = np.multiply(y, eta, out=a)
+            if n is not None:
+                sp *= n
+                p *= n
+                if second:
+                    w *= n
+                    k3 *= n
+            ll -= sp
+            dl = np.subtract(y, p, out=sp)
+            return ll, dl, w, k3
         mu = np.exp(eta)
         return y * eta - mu, y - mu, mu, mu
+
+    def taylor(self, ev, d: np.ndarray, n: np.ndarray | None):
+        """(ℓ, ℓ', W, κ3) at η + d from their values ev at η, by Taylor series with κ4 = ∂κ3/∂η
+        (logit: W(1 − 6W/n), log: W): ℓ to d⁴, ℓ' to d³, W to d², κ3 to d. For |d| ≤ 1e-4 the
+        errors are below 1e-17 (ℓ, ℓ'), 1e-13 (W) and 1e-9 (κ3) per record: used only for the
+        difference Hessian, whose own step error is larger."""
+        ll, dl, W, k3 = ev
+        if self.link == "logit":
+            k4 = W - 6.0 * W * W / (1.0 if n is None else n)
+        else:
+            k4 = W
+        return (ll + d * (dl - d * (0.5 * W + d * (k3 / 6.0 + d * (k4 / 24.0)))),
+                dl - d * (W + d * (0.5 * k3 + d * (k4 / 6.0))),
+                W + d * (k3 + 0.5 * d * k4),
+                k3 + d * k4)
 
     def mean(self, eta: np.ndarray, n: np.ndarray | None) -> np.ndarray:
         if self.link == "logit":

@@ -20,34 +20,55 @@ covariance V_j = σ²W_j⁻¹ + Z_jτZ_j', τ and σ² held at their PQL values;
 point of the GLS on the working variate (a GEE with that working covariance). Model-based SEs
 (ΣX'V⁻¹X)⁻¹, robust SEs the CR0 sandwich on level-2 units.
 
-Laplace (exact ML): for each unit the mode û_j of ℓ_j(u) − ½|u|² (Newton, vectorised), and
+Laplace (exact ML): for each unit the mode û_j of f_j(u) = ℓ_j(u) − ½|u|² (Newton, vectorised),
+H_j = I + Λ'Z_j'W_jZ_jΛ = −∇²f_j(û_j), and
 
-    d(γ, Λ) = −2Σℓ(û) + Σ|û_j|² + Σ log|H_j|,   H_j = I + Λ'Z_j'W_jZ_jΛ,
+    d(γ, Λ) = −2Σℓ(û) + Σ|û_j|² + Σ log|H_j|,
 
-the same function glmer(nAGQ = 1) minimises. Its exact gradient (envelope theorem on û, plus
-the dependence of W on η through κ3 = ∂W/∂η, canonical links):
-with c_i = κ3_i z_i'ΛH⁻¹Λ'z_i, g_j = Z_j'ℓ', m_j = H_j⁻¹Λ'Z_j'c, A_j = Z_j'W_jZ_j,
-
-    ∂d/∂γ = −2X'ℓ' + X'c − Σ_j X_j'W_jZ_jΛ m_j,
-    ∂d/∂Λ = Σ_j [−2g_jû_j' + 2A_jΛH_j⁻¹ + (Z_j'c)û_j' + g_jm_j' − (A_jΛm_j)û_j'].
+the same function glmer(nAGQ = 1) minimises.
 
 Adaptive Gauss–Hermite quadrature (AGQ, K points per dimension, product rule for q = 2, 3):
-with R_j R_j' = H_j⁻¹ and (z_k, w_k) the rule for the standard normal,
+with H_j = C_jC_j' (Cholesky), R_j = C_j⁻ᵀ (so R_jR_j' = H_j⁻¹), (z_k, w_k) the rule for the
+standard normal and u_k = û_j + R_jz_k,
 
-    ∫ e^{ℓ_j(u)} φ_q(u) du ≈ |R_j| Σ_k w_k exp(ℓ_j(û_j + R_jz_k) − ½|û_j + R_jz_k|² + ½|z_k|²),
+    log I_j = −½ log|H_j| + log Σ_k w_k exp(f_j(u_k) + ½|z_k|²),   d = −2Σ_j log I_j,
 
-which is Laplace at K = 1 and glmer(nAGQ = K) at q = 1. The AGQ gradient is by central
-differences (documented; AGQ is for small and medium data).
+which is Laplace at K = 1 and glmer(nAGQ = K) at q = 1.
 
-Standard errors of γ for Laplace and AGQ: as glmer, from the inverse of the Hessian of the
-deviance in (θ, γ) (θ the lower triangle of Λ), by central differences of the gradient;
-cov = 2H⁻¹.
+Exact gradient (both; Laplace is K = 1, z = 0). Differentiate log I_j in a parameter φ with û, H
+and R as functions of it. With π_k the normalised node weights (softmax of the terms above),
+∇f_k = Λ'Z'ℓ'(η_k) − u_k, ḡ = Σπ_k∇f_k, M = Σπ_k z_k∇f_k':
+  * the R term: Σπ_k∇f_k'dR z_k = tr(dR M), and dR = −R dC' R, dC = CΦ(C⁻¹dHC⁻ᵀ) (Φ: lower
+    triangle, diagonal halved) give tr(dR M) = −⟨dH, R S R'⟩ with S = sym(Φ(C'RMR));
+  * so d log I = ⟨Ψ, dH⟩ + Σπ_k ∂_φ f(u_k) + ḡ'dû with Ψ = −½H⁻¹ − RSR';
+  * dH = dΛ'AΛ + Λ'A dΛ + Λ'Z' diag(κ3 dη̂) ZΛ (A = Z'WZ, κ3 = ∂W/∂η, canonical links), and
+    dη̂ = X dγ + Z dΛ û + ZΛ dû; the implicit function theorem on ∇f(û) = 0 gives
+    dû = H⁻¹(−Λ'Z'WX dγ + dΛ'Z'ℓ̂' − Λ'A dΛ û).
+Collecting, with c_i = κ3_i z_i'ΛΨΛ'z_i, m = H⁻¹(ḡ + Λ'Z'c), ĝ = Z'ℓ'(η̂), per unit:
+
+    ∂log I/∂γ = Σπ_k X'ℓ'_k + X'c − X'WZΛm,
+    ∂log I/∂Λ = 2AΛΨ + Σπ_k (Z'ℓ'_k)u_k' + (Z'c)û' + ĝm' − (AΛm)û',
+
+and ∂d = −2Σ_j ∂log I_j. At K = 1 (∇f(û) = 0, Ψ = −½H⁻¹) this is the Laplace gradient
+(envelope theorem on û plus W's dependence on η). tests/test_hglm.py checks both against
+differences of the deviance to 1e-7.
+
+Search (ml_fit): θ = the lower triangle of Λ (its diagonal for a diagonal τ) and γ, unconstrained
+(a column of Λ may change sign: τ does not see it). Newton with a forward-difference Hessian of
+the exact gradient taken at the PQL start (Laplace) or Laplace's Hessian (AGQ), then a fresh
+Hessian near the optimum and Newton to a predicted decrease below 1e-11. Inside the difference
+Hessian the family's per-record values come by Taylor series from the last exact point
+(Conditional.taylor), exact to far below the difference step's own error.
+
+Standard errors of γ for Laplace and AGQ: as glmer, from the inverse of that Hessian of the
+deviance in (θ, γ); cov = 2H⁻¹.
 
 The ML fits carry the optimality certificate of the linear engine (certificate.certify) over PSD
-τ: the objective's at(G) profiles γ out (Newton steps at fixed G) and returns the Laplace or AGQ
-deviance and Γ = ∂d/∂G. For Laplace, Γ = sym(½ ∂d/∂Λ · Λ⁻¹) with Λ a square factor of G (exact,
-γ at its optimum so the γ part vanishes); at a singular G and for AGQ, Γ is by central differences
-of the profiled deviance in the entries of G (documented, numerical).
+τ, tolerance 1e-6 deviance units for both: the objective's at(G) profiles γ out (Newton steps at
+fixed G) and returns the deviance and Γ = ∂d/∂G = Λ⁻ᵀ sym(Φ(Λ'D))Λ⁻¹ for the Cholesky factor Λ
+of G and D = ∂d/∂Λ (exact). At a positive definite τ the face Hessian comes from the (θ, γ)
+Hessian by the Schur complement and the chain rule through θ(G) (_certify_ml); at a singular τ,
+Γ and the face Hessian are by differences of the profiled deviance (numerical).
 """
 
 from __future__ import annotations
@@ -58,7 +79,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from .certificate import Certificate, certify
+from .certificate import Certificate, Face, certify
+from .estimation import TauStructure
 from .estimation import fit as linear_fit
 from .family import Family
 from .sufficient import model_stats, unit_cross_products
@@ -90,6 +112,9 @@ class GLMData:
         self.starts = self.offs[:-1]
         self.unit = np.repeat(np.arange(self.J), np.diff(self.offs))
         self.Z = np.ascontiguousarray(self.L[:, self.rnd])
+        # column-major copies: every per-record pass below reads one contiguous column at a time
+        self.LT = np.ascontiguousarray(self.L.T)
+        self.ZT = np.ascontiguousarray(self.Z.T)
         self.const = self.family.constant(self.y, self.trials)
 
     # -------------------------------------------------------------- per-unit sums
@@ -101,51 +126,57 @@ class GLMData:
         beta = np.einsum("jkp,p->jk", self.B, gamma)
         if b is not None:
             beta[:, self.rnd] += b
-        e = self.rowdot(self.L, beta)
+        e = self.rowdot(self.LT, beta)
         return e + self.offset if self.offset is not None else e
 
-    def rowdot(self, M: np.ndarray, per_unit: np.ndarray) -> np.ndarray:
-        """Σ_k M[i, k]·per_unit[unit(i), k] per record, one column at a time (faster than a gather of rows)."""
-        e = M[:, 0] * per_unit[:, 0][self.unit]
-        for k in range(1, M.shape[1]):
-            e += M[:, k] * per_unit[:, k][self.unit]
+    def rowdot(self, MT: np.ndarray, per_unit: np.ndarray) -> np.ndarray:
+        """Σ_k M[i, k]·per_unit[unit(i), k] per record from the columns MT = M' (faster than a gather of rows)."""
+        e = MT[0] * per_unit[:, 0][self.unit]
+        for k in range(1, MT.shape[0]):
+            e += MT[k] * per_unit[:, k][self.unit]
         return e
 
     def quad(self, S: np.ndarray) -> np.ndarray:
         """z_i'S_jz_i per record for per-unit symmetric S (J, q, q)."""
-        Z = self.Z
-        h = Z[:, 0] * Z[:, 0] * S[:, 0, 0][self.unit]
+        ZT = self.ZT
+        h = ZT[0] * ZT[0] * S[:, 0, 0][self.unit]
         for a in range(self.q):
             for c in range(a + 1):
                 if a or c:
-                    h += (1.0 if a == c else 2.0) * Z[:, a] * Z[:, c] * S[:, a, c][self.unit]
+                    h += (1.0 if a == c else 2.0) * ZT[a] * ZT[c] * S[:, a, c][self.unit]
         return h
+
+    def _cols_v(self, MT: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out = np.empty((self.J, MT.shape[0]))
+        for k in range(MT.shape[0]):
+            out[:, k] = np.add.reduceat(MT[k] * v, self.starts)
+        return out
 
     def Lv(self, v: np.ndarray) -> np.ndarray:
         """Per-unit L_j'v_j, (J, K)."""
-        return self.usum(self.L * v[:, None])
+        return self._cols_v(self.LT, v)
+
+    def Zv(self, v: np.ndarray) -> np.ndarray:
+        return self._cols_v(self.ZT, v)
 
     def Xv(self, v: np.ndarray) -> np.ndarray:
         return np.einsum("jkp,jk->p", self.B, self.Lv(v))
 
-    def _weighted_cross(self, M: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Per-unit M_j'W_jM_j, (J, k, k), for the record-level columns M (N, k)."""
-        k = M.shape[1]
+    def _weighted_cross(self, MT: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Per-unit M_j'W_jM_j, (J, k, k), from the record-level columns MT = M' (k, N)."""
+        k = MT.shape[0]
         out = np.empty((self.J, k, k))
         for a in range(k):
-            Ma = M[:, a] * w
+            Ma = MT[a] * w
             for c in range(a, k):
-                out[:, a, c] = out[:, c, a] = np.add.reduceat(Ma * M[:, c], self.starts)
+                out[:, a, c] = out[:, c, a] = np.add.reduceat(Ma * MT[c], self.starts)
         return out
 
     def LWL(self, w: np.ndarray) -> np.ndarray:
-        return self._weighted_cross(self.L, w)
+        return self._weighted_cross(self.LT, w)
 
     def ZWZ(self, w: np.ndarray) -> np.ndarray:
-        return self._weighted_cross(self.Z, w)
-
-    def Zv(self, v: np.ndarray) -> np.ndarray:
-        return self.usum(self.Z * v[:, None])
+        return self._weighted_cross(self.ZT, w)
 
     def loglik_units(self, eta: np.ndarray) -> np.ndarray:
         return np.add.reduceat(self.family.loglik_terms(eta, self.y, self.trials), self.starts)
@@ -168,10 +199,11 @@ def working_model(data: GLMData, eta: np.ndarray):
     return weighted_stats(data, z, W, with_unit=True)
 
 
-def _fixed_sigma_fit(stats, reml: bool, lam0: np.ndarray, maxiter: int, tol: float):
-    """τ of the weighted LMM with σ² = 1: L-BFGS-B over the lower triangle of Λ (τ = ΛΛ')."""
+def _fixed_sigma_fit(stats, reml: bool, lam0: np.ndarray, maxiter: int, tol: float, diagonal: bool = False):
+    """τ of the weighted LMM with σ² = 1: L-BFGS-B over the lower triangle of Λ (τ = ΛΛ'), or over
+    its diagonal for a diagonal τ."""
     q = stats.q
-    tril = np.tril_indices(q)
+    tril = _theta_index(q, diagonal)
 
     def fun(th):
         lam = np.zeros((q, q))
@@ -215,7 +247,8 @@ class PQLResult:
 
 
 def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit: int = 100,
-        microit: int = 100, stopmacro: float = 1e-8, stopmicro: float = 1e-8, population_average: bool = True) -> PQLResult:
+        microit: int = 100, stopmacro: float = 1e-8, stopmicro: float = 1e-8, population_average: bool = True,
+        diagonal: bool = False) -> PQLResult:
     fam = data.family
     eta = fam.start(data.y, data.trials, data.offset) + (data.offset if data.offset is not None else 0.0)
     lam = 0.5 * np.eye(data.q)
@@ -227,14 +260,15 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
         z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
         stats = weighted_stats(data, z, W)
         if overdispersion:
-            r = linear_fit(stats, "REML" if reml else "ML", max_iterations=microit)
+            r = linear_fit(stats, "REML" if reml else "ML", max_iterations=microit,
+                           structure=TauStructure.DIAGONAL if diagonal else TauStructure.UNSTRUCTURED)
             sigma2 = float(r.sigma2)
             tau = r.tau
             lam = np.linalg.cholesky(tau / sigma2 + 1e-300 * np.eye(data.q)) if np.all(np.linalg.eigvalsh(tau) > 0) \
                 else _psd_factor(tau / sigma2)
             micro += r.iterations
         else:
-            lam, nit = _fixed_sigma_fit(stats, reml, lam, microit, stopmicro)
+            lam, nit = _fixed_sigma_fit(stats, reml, lam, microit, stopmicro, diagonal)
             micro += nit
         us = unit_solve(stats, lam)
         b, bvar = us.posterior(sigma2)
@@ -289,8 +323,18 @@ def _bsolve(H, v):
     return np.linalg.solve(H, v[..., None])[..., 0]
 
 
+def _phi(P):
+    """Φ(P): the lower triangle of P with its diagonal halved (batched). For M = CC' (C lower),
+    dC = CΦ(C⁻¹dMC⁻ᵀ); Φ is its own adjoint as an elementwise mask."""
+    out = np.tril(P)
+    q = P.shape[-1]
+    out[..., range(q), range(q)] *= 0.5
+    return out
+
+
 class Conditional:
-    """Modes û_j and the Laplace/AGQ deviance at (γ, Λ), warm-started from the last b̂ = Λû."""
+    """The Laplace/AGQ deviance at (γ, Λ) and its exact gradient (module docstring), with the
+    modes û_j warm-started from the last b̂ = Λû."""
 
     def __init__(self, data: GLMData, nodes: int = 1):
         self.data = data
@@ -303,11 +347,18 @@ class Conditional:
             wg = np.meshgrid(*([w] * data.q), indexing="ij")
             self.z = np.stack([g.ravel() for g in grids], axis=1)  # (K^q, q)
             self.logw = np.sum(np.log(np.stack([g.ravel() for g in wg], axis=1)), axis=1)
+        else:
+            self.z, self.logw = np.zeros((1, data.q)), np.zeros(1)
         self.count = 0
+        # For the difference Hessian only: the family's values at a record's η + δ from those at the
+        # last exactly evaluated η (self.base) by Taylor series, while max|δ| ≤ TAYLOR_STEP.
+        self.taylor = False
+        self.base = None
 
     def modes(self, gamma, lam, tol=1e-10, maxit=60):
-        """Newton for û_j in every unit at once, with per-unit step halving. Returns û, η and the
-        per-record (ℓ, ℓ', W, κ3) at η, each family evaluation shared by the step test and the next step."""
+        """Newton for û_j in every unit at once, with per-unit step halving. Returns û and η, and
+        keeps the per-record (ℓ, ℓ', W, κ3) at η in self.last, each family evaluation shared by the
+        step test and the next step."""
         d = self.data
         q = d.q
         self.count += 1
@@ -315,9 +366,17 @@ class Conditional:
         eta0 = d.eta(gamma, None)
 
         def state(u):
-            eta = eta0 + d.rowdot(d.Z, u @ lam.T)
-            ev = d.family.evaluate(eta, d.y, d.trials)
-            pl = np.add.reduceat(ev[0], d.starts) - 0.5 * np.sum(u * u, axis=1)
+            eta = eta0 + d.rowdot(d.ZT, u @ lam.T)
+            ev = None
+            if self.taylor and self.base is not None:
+                delta = eta - self.base[0]
+                if np.max(np.abs(delta)) <= TAYLOR_STEP:
+                    ev = d.family.taylor(self.base[1], delta, d.trials)
+            if ev is None:
+                ev = d.family.evaluate(eta, d.y, d.trials)
+                if not self.taylor:
+                    self.base = (eta, ev)
+            pl = d.usum(ev[0]) - 0.5 * np.sum(u * u, axis=1)
             return eta, pl, ev
 
         eta, pl, ev = state(u)
@@ -325,9 +384,8 @@ class Conditional:
             _, dl, W, _ = ev
             g = d.Zv(dl)
             A = d.ZWZ(W)
-            H = np.einsum("ab,jbc,cd->jad", lam.T, A, lam) + np.eye(q)
-            grad = g @ lam - u
-            step = _bsolve(H, grad)
+            H = np.einsum("ba,jbc,cd->jad", lam, A, lam) + np.eye(q)
+            step = _bsolve(H, g @ lam - u)
             if np.max(np.abs(step)) < tol:
                 break
             t = np.ones(d.J)
@@ -343,63 +401,109 @@ class Conditional:
         self.last = ev
         return u, eta
 
-    def laplace_pieces(self, gamma, lam):
-        d = self.data
+    def evaluate(self, gamma, lam, grad: bool = True):
+        """The deviance, and with grad (∂d/∂γ, ∂d/∂Λ) exactly (module docstring, "AGQ gradient").
+        The last exact result is kept: the certificate asks again at the optimum."""
+        key = (np.asarray(gamma, float).tobytes(), np.asarray(lam, float).tobytes(), grad)
+        if not self.taylor and getattr(self, "_memo", (None,))[0] == key:
+            return self._memo[1]
+        out = self._evaluate(gamma, lam, grad)
+        if not self.taylor:
+            self._memo = (key, out)
+        return out
+
+    def _evaluate(self, gamma, lam, grad):
+        d, fam = self.data, self.data.family
+        q, rnd = d.q, d.rnd
         u, eta = self.modes(gamma, lam)
         llt, dl, W, k3 = self.last
-        A = d.ZWZ(W)
-        H = np.einsum("ab,jbc,cd->jad", lam.T, A, lam) + np.eye(d.q)
-        sign, logdet = np.linalg.slogdet(H)
-        ll = np.add.reduceat(llt, d.starts)
-        return u, eta, dl, W, k3, A, H, logdet, ll
+        if grad:
+            LWL = d.LWL(W)
+            A = LWL[:, rnd][:, :, rnd]
+        else:
+            A = d.ZWZ(W)
+        H = np.einsum("ba,jbc,cd->jad", lam, A, lam) + np.eye(q)
+        C = np.linalg.cholesky(H)
+        logdet = 2.0 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(axis=1)
+        nk = len(self.logw)
+        XL = U = R = None
+        if self.nodes == 1:
+            T = (d.usum(llt) - 0.5 * np.sum(u * u, axis=1))[None]
+            if grad:
+                XL, U = d.Lv(dl)[None], u[None]
+        else:
+            R = np.linalg.inv(C).transpose(0, 2, 1)  # C⁻ᵀ: RR' = H⁻¹
+            T = np.empty((nk, d.J))
+            if grad:
+                XL, U = np.empty((nk, d.J, d.K)), np.empty((nk, d.J, q))
+            # per record z_i'ΛR_j, so that each node's η is η̂ + M z_k (no per-node gathers)
+            LR = lam @ R
+            M = np.empty((d.N, q))
+            for b in range(q):
+                M[:, b] = d.rowdot(d.ZT, LR[:, :, b])
+            for k, (zk, lw) in enumerate(zip(self.z, self.logw)):
+                uk = u + np.einsum("jab,b->ja", R, zk)
+                lk, dlk, _, _ = fam.evaluate(eta + M @ zk, d.y, d.trials, second=False)
+                T[k] = lw + d.usum(lk) - 0.5 * np.sum(uk * uk, axis=1) + 0.5 * float(zk @ zk)
+                if grad:
+                    XL[k], U[k] = d.Lv(dlk), uk
+        mx = T.max(axis=0)
+        E = np.exp(T - mx)
+        s = E.sum(axis=0)
+        dev = float(-2.0 * (np.sum(mx + np.log(s) - 0.5 * logdet) + d.const))
+        if not grad:
+            return dev
+        pi = E / s  # the nodes' posterior weights, (nodes, J)
+        Gk = XL[:, :, rnd]  # Z_j'ℓ'(η_k)
+        F = np.einsum("kja,ab->kjb", Gk, lam) - U  # ∇f_j(u_k) = Λ'Z_j'ℓ'_k − u_k
+        gbar = np.einsum("kj,kja->ja", pi, F)
+        Hinv = np.linalg.inv(H)
+        if R is None:
+            Psi = -0.5 * Hinv
+        else:
+            M = np.einsum("kj,ka,kjb->jab", pi, self.z, F)
+            N = R @ M @ R
+            S = _phi(np.einsum("jba,jbc->jac", C, N))
+            S = 0.5 * (S + S.transpose(0, 2, 1))
+            Psi = -0.5 * Hinv - R @ S @ R.transpose(0, 2, 1)
+        c = k3 * d.quad(lam @ Psi @ lam.T)
+        Lc = d.Lv(c)
+        Zc = Lc[:, rnd]
+        m = np.einsum("jab,jb->ja", Hinv, gbar + Zc @ lam)
+        ghat = d.Zv(dl) if self.nodes > 1 else Gk[0]
+        dgam = np.einsum("kj,kjl->jl", pi, XL) + Lc - np.einsum("jlq,jq->jl", LWL[:, :, rnd], m @ lam.T)
+        ggam = np.einsum("jkp,jk->p", d.B, dgam)
+        AL = A @ lam
+        glam = (2.0 * np.einsum("jab,jbc->ac", AL, Psi) + np.einsum("kj,kja,kjb->ab", pi, Gk, U)
+                + Zc.T @ u + ghat.T @ m - np.einsum("jab,jb->ja", AL, m).T @ u)
+        return dev, -2.0 * ggam, -2.0 * glam
 
     def deviance(self, gamma, lam):
-        if self.nodes == 1:
-            u, eta, dl, W, k3, A, H, logdet, ll = self.laplace_pieces(gamma, lam)
-            return float(-2.0 * (ll.sum() + self.data.const) + np.sum(u * u) + logdet.sum())
-        return self.agq_deviance(gamma, lam)
-
-    def agq_deviance(self, gamma, lam):
-        d = self.data
-        u, eta, dl, W, k3, A, H, logdet, ll = self.laplace_pieces(gamma, lam)
-        R = np.linalg.cholesky(np.linalg.inv(H))  # (J, q, q)
-        terms = []
-        for zk, lw in zip(self.z, self.logw):
-            uk = u + np.einsum("jab,b->ja", R, zk)
-            etak = eta + d.rowdot(d.Z, (uk - u) @ lam.T)
-            terms.append(lw + d.loglik_units(etak) - 0.5 * np.sum(uk * uk, axis=1) + 0.5 * zk @ zk)
-        T = np.stack(terms)
-        mx = T.max(axis=0)
-        logI = -0.5 * logdet + mx + np.log(np.exp(T - mx).sum(axis=0))
-        return float(-2.0 * (logI.sum() + d.const))
+        return self.evaluate(gamma, lam, grad=False)
 
     def gradient(self, gamma, lam):
-        """(deviance, ∂d/∂γ, ∂d/∂Λ) for Laplace (module docstring)."""
+        """(deviance, ∂d/∂γ, ∂d/∂Λ)."""
+        return self.evaluate(gamma, lam, grad=True)
+
+    def posterior(self, gamma, lam):
+        """b̂ = Λû and Var(b | y) ≈ ΛH⁻¹Λ' per unit, at the mode."""
         d = self.data
-        u, eta, dl, W, k3, A, H, logdet, ll = self.laplace_pieces(gamma, lam)
-        dev = float(-2.0 * (ll.sum() + d.const) + np.sum(u * u) + logdet.sum())
-        Hinv = np.linalg.inv(H)
-        S = np.einsum("ab,jbc,dc->jad", lam, Hinv, lam)  # ΛH⁻¹Λ'
-        h = d.quad(S)
-        c = k3 * h
-        Zc = d.Zv(c)
-        g = d.Zv(dl)
-        m = np.einsum("jab,jb->ja", Hinv, Zc @ lam)
-        # X_j'W_jZ_jΛm_j = Σ_j B_j' L_j'W_jZ_j Λ m_j
-        LWZ = d.LWL(W)[:, :, d.rnd]  # (J, K, q)
-        v = np.einsum("jkq,jq->jk", LWZ, m @ lam.T)
-        ggam = -2.0 * d.Xv(dl) + d.Xv(c) - np.einsum("jkp,jk->p", d.B, v)
-        AL = np.einsum("jab,bc->jac", A, lam)
-        glam = (-2.0 * np.einsum("ja,jb->ab", g, u) + 2.0 * np.einsum("jab,jbc->ac", AL, Hinv)
-                + np.einsum("ja,jb->ab", Zc, u) + np.einsum("ja,jb->ab", g, m)
-                - np.einsum("ja,jb->ab", np.einsum("jab,jb->ja", AL, m), u))
-        return dev, ggam, glam
+        u, _ = self.modes(gamma, lam)
+        H = np.einsum("ba,jbc,cd->jad", lam, d.ZWZ(self.last[2]), lam) + np.eye(d.q)
+        return u @ lam.T, np.einsum("ab,jbc,dc->jad", lam, np.linalg.inv(H), lam)
 
 
-def _unpack(x, p, q):
+def _theta_index(q: int, diagonal: bool):
+    """Positions in Λ of the parameters θ: its lower triangle, or its diagonal for a diagonal τ."""
+    rows, cols = np.tril_indices(q)
+    keep = rows == cols if diagonal else np.ones(rows.size, bool)
+    return rows[keep], cols[keep]
+
+
+def _unpack(x, q, idx):
     lam = np.zeros((q, q))
-    lam[np.tril_indices(q)] = x[:q * (q + 1) // 2]
-    return x[q * (q + 1) // 2:], lam
+    lam[idx] = x[:idx[0].size]
+    return x[idx[0].size:], lam
 
 
 @dataclass
@@ -420,160 +524,249 @@ class MLResult:
     converged: bool
     n_params: int
     theta: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    hessian: np.ndarray | None = None  # of the deviance in (θ, γ), at the answer
+    diagonal: bool = False
 
 
-def _num_grad(f, x, h=1e-5):
-    g = np.empty_like(x)
-    for i in range(x.size):
-        e = np.zeros_like(x)
-        e[i] = h * max(1.0, abs(x[i]))
-        g[i] = (f(x + e) - f(x - e)) / (2 * e[i])
-    return g
+TAYLOR_STEP = 1e-4
 
 
-def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxiter: int = 500) -> MLResult:
-    """Laplace (nodes = 1) or AGQ (nodes > 1) maximum likelihood, certified over PSD τ."""
-    q, p = data.q, data.p
-    nt = q * (q + 1) // 2
-    if start is None:
-        start = pql(data, reml=False, population_average=False)
-    lam0 = np.linalg.cholesky(start.tau + 1e-8 * np.eye(q)) if np.all(np.linalg.eigvalsh(start.tau) > 1e-10) else np.diag(np.sqrt(np.clip(np.diag(start.tau), 1e-4, None)))
-    cond = Conditional(data, nodes)
-    x0 = np.concatenate([lam0[np.tril_indices(q)], start.gamma])
-    cond.b = start.b.copy()
-
-    def f_lap(x):
-        gamma, lam = _unpack(x, p, q)
-        dev, gg, gl = cond.gradient(gamma, lam)
-        return dev, np.concatenate([gl[np.tril_indices(q)], gg])
-
-    def f_val(x):
-        gamma, lam = _unpack(x, p, q)
-        return cond.deviance(gamma, lam)
-
-    if nodes == 1:
-        fun = f_lap
-    else:
-        # AGQ starts from the Laplace optimum, where it is close; its gradient is numerical
-        lap = ml_fit(data, 1, start, maxiter)
-        x0 = np.concatenate([lap.theta, lap.gamma])
-        cond.b = lap.b.copy()
-        fun = lambda x: (f_val(x), _num_grad(f_val, x, 1e-6))  # noqa: E731
-    bounds = [(0.0, None) if i == j else (None, None) for i, j in zip(*np.tril_indices(q))] + [(None, None)] * p
-    # a loose search: the Newton polish below finishes the job quadratically
-    opts = {"maxiter": maxiter, "ftol": 1e-12, "gtol": 1e-5, "maxcor": 20} if nodes == 1 else \
-        {"maxiter": min(maxiter, 100), "ftol": 1e-13, "gtol": 1e-6, "maxcor": 20}
-    res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
-    x = res.x
-    # Newton polish on the interior with a central-difference Hessian of the gradient, computed
-    # once (the steps are tiny by now); diagonal entries of Λ at zero stay there
-    grad_fn = (lambda x: f_lap(x)[1]) if nodes == 1 else (lambda x: _num_grad(f_val, x, 1e-5))
-    Hs = _hessian(grad_fn, x)
-    diag = np.isin(np.arange(x.size), _diag_idx(q))
-    f_and_g = f_lap if nodes == 1 else fun
-    fx, g = f_and_g(x)
-    for _ in range(10):
-        free = ~(diag & (x <= 1e-10) & (g > 0))
+def _hessian(grad_fn, x, g0=None, h=1e-5, cond=None):
+    """Central (or, given g0 = grad_fn(x), forward) differences of the analytic gradient; with cond,
+    its family values come by Taylor series from those at x (Conditional.taylor)."""
+    if cond is not None:
+        cond.taylor = True
         try:
-            step = np.zeros_like(x)
-            step[free] = -np.linalg.solve(Hs[np.ix_(free, free)], g[free])
-        except np.linalg.LinAlgError:
-            break
-        xn = x + step
-        xn[diag] = np.maximum(xn[diag], 0.0)
-        fn, gn = f_and_g(xn)
-        if fn <= fx + 1e-12 * abs(fx):
-            x, fx, g = xn, fn, gn
-        else:
-            break
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    if np.max(np.abs(x - res.x)) > 1e-4:  # moved far in the polish: refresh the Hessian for the SEs
-        Hs = _hessian(grad_fn, x)
-    gamma, lam = _unpack(x, p, q)
-    dev = f_val(x)
-    try:
-        cov_all = 2.0 * np.linalg.inv(Hs)
-        cov = cov_all[nt:, nt:]
-    except np.linalg.LinAlgError:
-        cov = np.full((p, p), np.nan)
-    u, eta = cond.modes(gamma, lam)
-    b = u @ lam.T
-    _, _, _, W, _, A, H, _, _ = cond.laplace_pieces(gamma, lam)
-    bvar = np.einsum("ab,jbc,dc->jad", lam, np.linalg.inv(H), lam)
-    tau = lam @ lam.T
-    Hgg = Hs[nt:, nt:] if np.all(np.isfinite(Hs)) else None
-    # the decrease still available must be below 1e-6 deviance units (Laplace, analytic gradient) or
-    # 1e-5 (AGQ, whose Γ comes from central differences of a γ-profiled deviance: the finer level is noise)
-    cert = certify(_ProfiledML(data, cond, gamma, Hgg, nodes),
-                   tau, False, (1e-6 if nodes == 1 else 1e-5) * max(1.0, 1e-6 * abs(dev)))
-    return MLResult(method="laplace" if nodes == 1 else "agq", nodes=nodes, gamma=gamma, cov=cov, robust_cov=None,
-                    tau=tau, deviance=dev, b=b, b_var=bvar, eta=eta, iterations=int(res.nit),
-                    evaluations=cond.count, certificate=cert, converged=bool(cert.certified),
-                    n_params=p + nt, theta=x[:nt])
-
-
-def _diag_idx(q):
-    rows, cols = np.tril_indices(q)
-    return [k for k, (i, j) in enumerate(zip(rows, cols)) if i == j]
-
-
-def _hessian(grad_fn, x, h=1e-5):
+            return _hessian(grad_fn, x, g0, h)
+        finally:
+            cond.taylor = False
     n = x.size
     Hm = np.empty((n, n))
     for i in range(n):
         e = np.zeros(n)
         e[i] = h * max(1.0, abs(x[i]))
-        Hm[:, i] = (grad_fn(x + e) - grad_fn(x - e)) / (2 * e[i])
+        Hm[:, i] = (grad_fn(x + e) - g0) / e[i] if g0 is not None else (grad_fn(x + e) - grad_fn(x - e)) / (2 * e[i])
     return 0.5 * (Hm + Hm.T)
 
 
-class _ProfiledML:
-    """The objective the certificate needs: at(G) -> (deviance profiled over γ, Γ = ∂d/∂G)."""
+def _newton_step(H, g):
+    """−H⁻¹g, with H's eigenvalues made positive (a descent direction far from the optimum)."""
+    w, V = np.linalg.eigh(H)
+    top = max(float(np.abs(w).max()), 1e-300)
+    w = np.maximum(np.abs(w), 1e-8 * top)
+    return -V @ ((V.T @ g) / w)
 
-    def __init__(self, data, cond, gamma, Hgg, nodes):
-        self.data, self.cond, self.gamma, self.nodes = data, cond, gamma.copy(), nodes
+
+def _newton(fg, x, f, g, H, maxit, tol):
+    """Damped Newton with a fixed matrix H (Armijo backtracking); stops when the decrease the
+    quadratic model still predicts, ½g'H⁻¹g, is below tol. Returns (x, f, g, iterations, ok)."""
+    for it in range(1, maxit + 1):
+        step = _newton_step(H, g)
+        slope = float(g @ step)
+        if -0.5 * slope <= tol:
+            return x, f, g, it - 1, True
+        t = 1.0
+        while t > 1e-8:
+            fn, gn = fg(x + t * step)
+            if np.isfinite(fn) and fn <= f + 1e-4 * t * slope:
+                break
+            t *= 0.5
+        else:
+            return x, f, g, it, False
+        x, f, g = x + t * step, fn, gn
+    return x, f, g, maxit, -0.5 * float(g @ _newton_step(H, g)) <= tol
+
+
+# PQL only supplies the start of the ML search, so a loose macro tolerance does (Newton finishes)
+START_TOL = 1e-4
+
+
+def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxiter: int = 100,
+           diagonal: bool = False) -> MLResult:
+    """Laplace (nodes = 1) or AGQ (nodes > 1) maximum likelihood, certified over PSD τ (or over
+    non-negative diagonal τ when diagonal)."""
+    q, p = data.q, data.p
+    idx = _theta_index(q, diagonal)
+    nt = idx[0].size
+    if start is None:
+        start = pql(data, reml=False, population_average=False, stopmacro=START_TOL)
+    cond = Conditional(data, nodes)
+    H0 = None
+    if nodes > 1:
+        # AGQ starts from the Laplace optimum, where it is close, with Laplace's Hessian
+        lap = ml_fit(data, 1, start, maxiter, diagonal)
+        x0 = np.concatenate([lap.theta, lap.gamma])
+        cond.b = lap.b.copy()
+        H0 = lap.hessian
+        cond.count = lap.evaluations
+    else:
+        tau0 = np.diag(np.diag(start.tau)) if diagonal else start.tau
+        lam0 = np.linalg.cholesky(tau0 + 1e-8 * np.eye(q)) if np.all(np.linalg.eigvalsh(tau0) > 1e-10) \
+            else np.diag(np.sqrt(np.clip(np.diag(tau0), 1e-4, None)))
+        x0 = np.concatenate([lam0[idx], start.gamma])
+        cond.b = start.b.copy()
+
+    def fg(x):
+        gamma, lam = _unpack(x, q, idx)
+        try:
+            dev, gg, gl = cond.gradient(gamma, lam)
+        except (np.linalg.LinAlgError, FloatingPointError):
+            return np.inf, np.zeros_like(x)
+        return dev, np.concatenate([gl[idx], gg])
+
+    def grad(x):
+        return fg(x)[1]
+
+    # Λ's columns may change sign freely (τ = ΛΛ' does not see it), so the search is unconstrained.
+    # Stage 1: Newton with one Hessian (forward differences at the start, or Laplace's for AGQ);
+    # stage 2: a central-difference Hessian near the optimum, Newton to the end with it, and that
+    # Hessian also gives the standard errors and the certificate's face Hessian.
+    x, f = x0, None
+    f, g = fg(x)
+    if H0 is None:
+        H0 = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
+    iters = 0
+    x, f, g, n1, ok = _newton(fg, x, f, g, H0, 50, 1e-6)
+    iters += n1
+    if not ok:  # a poor start: L-BFGS, then the Newton stages
+        res = minimize(fg, x, jac=True, method="L-BFGS-B", options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-6})
+        x = res.x
+        f, g = fg(x)
+        iters += int(res.nit)
+    Hs = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
+    x1 = x
+    x, f, g, n2, ok = _newton(fg, x, f, g, Hs, 20, 1e-11)
+    iters += n2
+    if np.max(np.abs(x - x1)) > 1e-5 * (1.0 + np.max(np.abs(x))):  # moved: refresh the Hessian for the SEs
+        Hs = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
+        x, f, g, n3, ok = _newton(fg, x, f, g, Hs, 20, 1e-11)
+        iters += n3
+    # the sign convention: Λ's diagonal non-negative (a column's sign flips with its u)
+    gamma, lam = _unpack(x, q, idx)
+    flip = np.where(np.diag(lam) < 0, -1.0, 1.0)
+    if np.any(flip < 0):
+        lam = lam * flip[None, :]
+        sgn = np.concatenate([flip[idx[1]], np.ones(p)])
+        x = np.concatenate([lam[idx], gamma])
+        g, Hs = g * sgn, Hs * np.outer(sgn, sgn)
+    try:
+        cov = 2.0 * np.linalg.inv(Hs)[nt:, nt:]
+    except np.linalg.LinAlgError:
+        cov = np.full((p, p), np.nan)
+    b, bvar = cond.posterior(gamma, lam)
+    eta = data.eta(gamma, b)
+    tau = lam @ lam.T
+    dev = f
+    cert = _certify_ml(data, cond, x, g, Hs, nt, idx, nodes, diagonal, 1e-6 * max(1.0, 1e-6 * abs(dev)))
+    return MLResult(method="laplace" if nodes == 1 else "agq", nodes=nodes, gamma=gamma, cov=cov, robust_cov=None,
+                    tau=tau, deviance=dev, b=b, b_var=bvar, eta=eta, iterations=iters,
+                    evaluations=cond.count, certificate=cert, converged=bool(cert.certified),
+                    n_params=p + nt, theta=x[:nt], hessian=Hs, diagonal=diagonal)
+
+
+def _chol_theta(G, idx):
+    return np.linalg.cholesky(0.5 * (G + G.T))[idx]
+
+
+def _certify_ml(data, cond, x, g, Hs, nt, idx, nodes, diagonal, tol) -> Certificate:
+    """The linear engine's certificate over PSD τ (certificate.certify) for the deviance with γ
+    profiled out. At a positive definite τ its face Hessian comes from the (θ, γ) Hessian already
+    computed: the Schur complement Hθθ − HθγHγγ⁻¹Hγθ is the Hessian of the γ-profiled deviance
+    (implicit function theorem), and the face coordinates s enter through θ(s) = chol(G(s)):
+    ∇²_s = J'H_pJ + Σ_k g_p,k ∇²θ_k, with J and ∇²θ_k by differences of that smooth map (no
+    deviance evaluations). At a singular τ the certificate differentiates the profiled deviance itself."""
+    q = data.q
+    gamma, lam = _unpack(x, q, idx)
+    G = lam @ lam.T
+    Hgg = Hs[nt:, nt:] if np.all(np.isfinite(Hs)) else None
+    obj = _ProfiledML(data, cond, gamma, Hgg, diagonal, lam)
+    face = Face(G, diagonal)
+    if face.r < q or Hgg is None:
+        return certify(obj, G, diagonal, tol)
+    dev, Gamma = obj.at(G)
+    xf = face.x0()
+    gf = face.gradient(Gamma, xf)
+    sol = np.linalg.solve(Hgg, np.column_stack([Hs[nt:, :nt], g[nt:]]))
+    Hp = Hs[:nt, :nt] - Hs[:nt, nt:] @ sol[:, :nt]
+    gp = g[:nt] - Hs[:nt, nt:] @ sol[:, nt]
+    n = face.size
+    h = 1e-4
+    J = np.empty((nt, n))
+    T2 = np.zeros((nt, n, n))
+    th0 = _chol_theta(face.G(xf), idx)
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = h
+        tp, tm = _chol_theta(face.G(xf + e), idx), _chol_theta(face.G(xf - e), idx)
+        J[:, i] = (tp - tm) / (2 * h)
+        T2[:, i, i] = (tp - 2 * th0 + tm) / h ** 2
+        for k in range(i):
+            e2 = np.zeros(n)
+            e2[k] = h
+            t = (_chol_theta(face.G(xf + e + e2), idx) - _chol_theta(face.G(xf + e - e2), idx)
+                 - _chol_theta(face.G(xf - e + e2), idx) + _chol_theta(face.G(xf - e - e2), idx)) / (4 * h * h)
+            T2[:, i, k] = T2[:, k, i] = t
+    Hf = J.T @ Hp @ J + np.einsum("k,kab->ab", gp, T2)
+    return certify(obj, G, diagonal, tol, face_data=(face, xf, 0.5 * (Hf + Hf.T), gf, dev, Gamma))
+
+
+def _psd_lower(G):
+    """A lower-triangular factor of a PSD G (Cholesky where it exists; else from an eigen factor by QR)."""
+    try:
+        return np.linalg.cholesky(G)
+    except np.linalg.LinAlgError:
+        F = _psd_factor(G)
+        r = np.linalg.qr(F.T, mode="r")  # F = (QR)' ... G = FF' = R'R: R' is lower triangular
+        L = r.T
+        return L * np.where(np.diag(L) < 0, -1.0, 1.0)[None, :]
+
+
+class _ProfiledML:
+    """The objective the certificate needs: at(G) -> (deviance profiled over γ, Γ = ∂d/∂G), with
+    Λ the lower-triangular factor of G, as in the search."""
+
+    def __init__(self, data, cond, gamma, Hgg, diagonal, lam=None):
+        self.data, self.cond, self.gamma, self.lam = data, cond, gamma.copy(), lam
+        self.idx = _theta_index(data.q, diagonal)
         # a fixed Newton matrix for γ at fixed Λ: the γ block of the deviance Hessian at the optimum
         self.Hg = Hgg
 
     def _profile(self, lam):
-        """γ minimising the deviance at this Λ (fixed-Hessian Newton from the optimum's γ), and for
-        Laplace the (deviance, ∂d/∂Λ) evaluated there."""
+        """γ minimising the deviance at this Λ (fixed-Hessian Newton from the optimum's γ) and the
+        (deviance, ∂d/∂Λ) there."""
         gamma = self.gamma.copy()
-        last = None
-        for k in range(5):
-            if self.nodes == 1:
-                dev, gg, glam = self.cond.gradient(gamma, lam)
-                last = (dev, glam)
-            else:
-                gg = _num_grad(lambda g_: self.cond.deviance(g_, lam), gamma, 1e-6)  # noqa: E731
-            if self.Hg is None or k == 4:
+        for k in range(6):
+            dev, gg, glam = self.cond.gradient(gamma, lam)
+            if self.Hg is None or k == 5:
                 break
             step = np.linalg.solve(self.Hg, gg)
             if np.max(np.abs(step)) < 1e-10:
                 break
             gamma = gamma - step
-            last = None
-        return gamma, last
+        return dev, glam
 
     def value(self, G):
-        lam = _psd_factor(G)
-        gamma, last = self._profile(lam)
-        return last[0] if last is not None else self.cond.deviance(gamma, lam)
+        return self._profile(_psd_lower(0.5 * (G + G.T)))[0]
 
     def at(self, G):
         G = 0.5 * (G + G.T)
         if np.linalg.eigvalsh(G)[0] < -1e-12:
             return np.inf, np.zeros_like(G)
-        if self.nodes == 1 and np.linalg.eigvalsh(G)[0] > 1e-8 * max(1.0, np.abs(G).max()):
-            lam = np.linalg.cholesky(G)
-            gamma, last = self._profile(lam)
-            dev, glam = last if last is not None else self.cond.gradient(gamma, lam)[0::2]
-            Gam = 0.5 * glam @ np.linalg.inv(lam)
-            return dev, 0.5 * (Gam + Gam.T)
-        lam = _psd_factor(G)
-        dev = self.value(G)
         q = G.shape[0]
+        if np.linalg.eigvalsh(G)[0] > 1e-8 * max(1.0, np.abs(G).max()):
+            # exact: dΛ = ΛΦ(Λ⁻¹dGΛ⁻ᵀ) for the Cholesky factor, so Γ = Λ⁻ᵀ sym(Φ(Λ'D))Λ⁻¹ with D
+            # the lower triangle of ∂d/∂Λ (the diagonal of it for a diagonal τ)
+            lam = np.linalg.cholesky(G)
+            if self.lam is not None and np.allclose(lam, self.lam, rtol=0.0, atol=1e-14):
+                lam = self.lam  # the optimum itself (its evaluation is kept)
+            dev, glam = self._profile(lam)
+            D = np.zeros((q, q))
+            D[self.idx] = glam[self.idx]
+            P = _phi(lam.T @ D)
+            Li = np.linalg.inv(lam)
+            Gam = Li.T @ (0.5 * (P + P.T)) @ Li
+            return dev, 0.5 * (Gam + Gam.T)
+        dev = self.value(G)
         Gam = np.zeros((q, q))
         h = 1e-5 * max(1.0, float(np.abs(G).max()))
         for a in range(q):

@@ -18,7 +18,7 @@ from . import design as design_stage
 from . import inference
 from .errors import DataError, ModelError
 from .family import family as get_family
-from .hglm import GLMData, MLResult, PQLResult, ml_fit, pql, working_model
+from .hglm import START_TOL, GLMData, MLResult, PQLResult, ml_fit, pql, working_model
 
 Z975 = float(special.ndtri(0.975))
 
@@ -42,7 +42,8 @@ class HGLMAnalysis:
     converged: bool
     b: np.ndarray
     b_var: np.ndarray
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # boundary notes (for --strict)
+    extras: dict = field(default_factory=dict)  # hypothesis_tests, deviance_test
 
 
 def _column(archive, name, design):
@@ -67,6 +68,73 @@ def check_options(opts) -> None:
         raise ModelError("--quadrature-points must be at least 1")
     if opts.estimation != "agq" and opts.quadrature_points not in (None, 1):
         raise ModelError("--quadrature-points is for --estimation agq")
+
+
+def refuse_options(opts, *, df_method="hlm", prior_deviance=None, homogeneity=False,
+                   full_output=False, unsupported: dict | None = None) -> None:
+    """The fit options that have no HGLM meaning (or none under PQL), each refused in one line saying
+    why; `unsupported` names options the HGLM path does not implement (rather than ignore them)."""
+    given = [name for name, on in (unsupported or {}).items() if on]
+    if given:
+        raise ModelError(f"{', '.join(given)}: not available for a {opts.family} outcome (HGLM); "
+                         "fit without it, or use the normal model")
+    if df_method != "hlm":
+        raise ModelError("--df satterthwaite is not available for an HGLM: Satterthwaite's d.f. come from the normal "
+                         "model's REML/ML variance of the variance estimates; HGLM tables use HLM 7's d.f.")
+    if homogeneity:
+        raise ModelError("--test-homogeneity is not available for an HGLM: its level-1 variance is fixed by the mean "
+                         "(φ(1 - φ) or λ), so there is no level-1 variance to test for homogeneity")
+    if full_output:
+        raise ModelError("--full-output is not available for an HGLM: its unit-by-unit OLS regressions and least-squares "
+                         "estimates are for a normal outcome")
+    if prior_deviance is not None and opts.estimation == "pql":
+        raise ModelError("--compare-deviance needs a deviance, and PQL has none (it maximises a quasi-likelihood): "
+                         "use --estimation laplace or agq for both models")
+
+
+def hglm_extras(a: "HGLMAnalysis", hypotheses=(), prior_deviance=None, prior_params=None) -> dict:
+    """Wald tests of linear hypotheses on γ (model-based and robust covariance) and the likelihood-ratio
+    test against a prior model's deviance (Laplace and AGQ only), as the linear engine's extras."""
+    ex: dict = {}
+    tests = []
+    for h in hypotheses:
+        C = np.array(h.rows, dtype=float)
+        rhs = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
+        if C.shape[1] != a.gamma.size:
+            raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {a.gamma.size} γs")
+        if np.linalg.matrix_rank(C) < C.shape[0]:
+            raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
+        entry = {"label": h.label, "contrast": C.tolist(), "rhs": rhs.tolist()}
+        for kind, cov in (("model", a.cov), ("robust", a.robust_cov)):
+            chi2, df, p = inference.wald_test(C, a.gamma, cov, rhs)
+            entry[kind] = {"chi2": chi2, "df": df, "p": p}
+        tests.append(entry)
+    if tests:
+        ex["hypothesis_tests"] = tests
+    if prior_deviance is not None:
+        if prior_params is None:
+            raise ModelError("a prior deviance needs the prior model's number of parameters (--compare-params or df:)")
+        dev, npar = a.ml.deviance, a.ml.n_params
+        if prior_params < npar:
+            chi2, df, p = inference.deviance_test(prior_deviance, prior_params, dev, npar)
+        else:
+            chi2, df, p = inference.deviance_test(dev, npar, prior_deviance, prior_params)
+        ex["deviance_test"] = {"prior_deviance": prior_deviance, "prior_params": prior_params,
+                               "chi2": chi2, "df": df, "p": p}
+    return ex
+
+
+def boundary_notes(a: "HGLMAnalysis") -> list[str]:
+    """Why a fit is on the boundary of the parameter space (τ singular), for --strict."""
+    from .certificate import rank_tolerance
+
+    if a.ml is not None:
+        rank = a.ml.certificate.rank
+    else:
+        w = np.linalg.eigvalsh(a.tau)
+        rank = int(np.sum(w > rank_tolerance(w)))
+    q = a.tau.shape[0]
+    return [] if rank == q else [f"boundary fit: τ has rank {rank} of {q} (a variance or correlation at its limit)"]
 
 
 def _separation(y, n, columns: dict, rows, file_name) -> None:
@@ -121,10 +189,11 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
                    trials, np.log(exposure) if exposure is not None else None)
     reml = spec.method == "REML"
     est = opts.estimation
+    diagonal = opts.tau == "diagonal"
     p_res = m_res = None
     if est == "pql":
         p_res = pql(data, reml=reml, overdispersion=opts.overdispersion, macroit=opts.macroit, microit=opts.microit,
-                    stopmacro=opts.stopmacro, stopmicro=opts.stopmicro)
+                    stopmacro=opts.stopmacro, stopmicro=opts.stopmicro, diagonal=diagonal)
         gamma, cov, rcov, tau = p_res.gamma, p_res.cov, p_res.robust_cov, p_res.tau
         sigma2 = p_res.sigma2 if opts.overdispersion else None
         eta, converged, b, bvar = p_res.eta, p_res.converged, p_res.b, p_res.b_var
@@ -132,19 +201,22 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
         nodes = opts.quadrature_points if est == "agq" else 1
         if est == "agq" and data.q > 3:
             raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use --estimation laplace")
-        start = pql(data, reml=False, population_average=False, macroit=opts.macroit)
-        m_res = ml_fit(data, nodes, start)
+        start = pql(data, reml=False, population_average=False, macroit=opts.macroit, stopmacro=START_TOL,
+                    diagonal=diagonal)
+        m_res = ml_fit(data, nodes, start, diagonal=diagonal)
         gamma, cov, tau, eta = m_res.gamma, m_res.cov, m_res.tau, m_res.eta
         sigma2, converged, b, bvar = None, m_res.converged, m_res.b, m_res.b_var
-        # robust SEs from the working model linearised at the ML estimates, τ held
+    stats, unit = working_model(data, eta)
+    if m_res is not None:
+        # robust SEs from the working model linearised at the ML estimates, τ held (any factor of
+        # τ, singular or not, gives the same V)
+        from .hglm import _psd_lower
         from .unitsolve import unit_solve
-        stats, _ = working_model(data, eta)
-        lam = np.linalg.cholesky(tau) if np.all(np.linalg.eigvalsh(tau) > 0) else np.zeros_like(tau)
-        us = unit_solve(stats, lam)
+
+        us = unit_solve(stats, _psd_lower(tau))
         Pinv = us.Pinv()
         s = us.XVe_units()
         rcov = Pinv @ (s.T @ s) @ Pinv
-    stats, unit = working_model(data, eta)
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
     variance = inference.variance_tests(design, ols, tau, stats)
@@ -303,48 +375,101 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     if a.ml is not None:
         out["certificate"] = a.ml.certificate.to_json()
         out["iterations"] = a.ml.iterations
+    out["tau_structure"] = "diagonal" if opts.tau == "diagonal" else "unstructured"
+    out["boundary"] = bool(a.notes)  # as the linear engine's JSON: a flag and its notes
+    out["boundary_notes"] = list(a.notes)
+    for key in ("hypothesis_tests", "deviance_test"):
+        if key in a.extras:
+            out[key] = a.extras[key]
     return out
 
 
 def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
-    from .report import hlm_p
+    """HLM 7's printed HGLM results.
+
+    Layout sources. Verified against real HLM 7 output (HLM2.EXE 7.01, linear model,
+    http://www.edmeasurement.net/8268/mr_uncond.html and .../mr-cond3.html): the "Final Results -
+    Iteration N" header, τ and τ (as correlations) with "INTRCPT1,β0" labels, the reliability table,
+    "Final estimation of fixed effects" with "For INTRCPT1, β0" group rows and the columns Fixed
+    Effect / Coefficient / Standard error / t-ratio / Approx. d.f. / p-value, its "(with robust
+    standard errors)" twin, and "Final estimation of variance components" (Random Effect / Standard
+    Deviation / Variance Component / d.f. / χ2 / p-value). The HGLM level-1 block (Prob(Y=1|β) = φ,
+    log[φ/(1 - φ)] = η, η = β0 + ...) is as in HLM's output quoted in N. Sarkisian's SC708 class
+    notes (https://docslib.org/doc/13693439/class-notes-non-continuous-dependent-variables).
+    Not verified against printed HLM 7 HGLM output (none could be found): the HGLM table titles
+    "(Unit-specific model)", "(Unit-specific model with robust standard errors)", "Results for
+    Population-average Model" / "(Population-average model)", and the Odds Ratio (Event Rate Ratio)
+    table with its Confidence Interval column; these follow the HLM 7 manual's description
+    (shared/docs/hglm-hlm3-weights.md, marked [M] there) in the verified linear table format.
+    """
+    from .report import _coef_label, _random_label, _table, extras_text, hlm_name, hlm_p, printable
 
     opts = a.spec.options
     d = a.design
-    L = []
-    if meta.get("title"):
-        L += [meta["title"], ""]
-    L += [f"Data: {meta.get('data_source')}", ""]
-    L += hglm_model_summary(a.spec, sym)
-    L += ["", f"Level-1 distribution: {opts.family}" + (f", trials {opts.trials}" if opts.trials else "")
-          + (f", exposure {opts.exposure}" if opts.exposure else ""),
-          f"Method of estimation: {estimation_text(opts)}",
-          f"Number of level-1 units = {d.n}", f"Number of level-2 units = {d.n_units}", ""]
-    if a.pql is not None:
-        L.append(f"Final Results - Iteration {a.pql.macro_iterations} (macro iterations)"
-                 + ("" if a.converged else "  NOT CONVERGED"))
-    else:
-        L.append(f"Final Results ({'Laplace' if a.estimation == 'laplace' else 'AGQ'}): "
-                 + ("the optimum is certified: " if a.converged else "NOT certified: ") + a.ml.certificate.describe())
     names = a.spec.coefficient_names()
     rand_q = [int(q) for q in np.flatnonzero(d.random)]
-    tau_sym = "tau" if sym.ascii else "τ"
-    L += ["", f"{tau_sym}"] + ["  " + " ".join(f"{x:12.5f}" for x in row) for row in a.tau]
+    out: list[str] = []
+    w = out.append
+    if not a.converged:
+        w("WARNING: " + ("PQL did NOT converge; the numbers below are from its last iteration." if a.pql is not None
+                         else "the optimum is NOT certified; the numbers below may not be at the optimum."))
+        w("")
+    w(f"hlmcli {__version__}: hierarchical generalized linear models, two levels (HLM2)")
+    w("")
+    w("Specifications for this nonlinear HLM2 run")
+    w("")
+    w(f"Problem Title: {meta.get('title') or 'no title'}")
+    w("")
+    w(f" The data source for this run  = {meta.get('data_source')}")
+    w(f" The maximum number of level-1 units = {d.n}")
+    w(f" The maximum number of level-2 units = {d.n_units}")
+    if a.pql is not None:
+        w(f" The maximum number of micro iterations = {opts.microit}")
+        w(f" The maximum number of macro iterations = {opts.macroit}")
+    w("")
+    w(f" Method of estimation: {estimation_text(opts)}")
+    w(f" Distribution at Level-1: {opts.family}" + (f", trials {opts.trials}" if opts.trials else "")
+      + (f", exposure {opts.exposure}" if opts.exposure else ""))
+    w("")
+    w(f" The outcome variable is  {hlm_name(a.spec.outcome)}")
+    w("")
+    out += hglm_model_summary(a.spec, sym)
+    if d.n_deleted:
+        w("")
+        w(f"Run-time deletion has reduced the number of level-1 records to {d.n} ({d.n_deleted} deleted)")
+    w("")
+    if a.pql is not None:
+        w(f"Final Results - Iteration {a.pql.macro_iterations} (macro iterations)"
+          + ("" if a.converged else "  NOT CONVERGED"))
+    else:
+        w(f"Final Results - Iteration {a.ml.iterations} ({'Laplace' if a.estimation == 'laplace' else 'AGQ'})")
+        w("")
+        w(("The optimum is certified: " if a.converged else "NOT certified: ") + a.ml.certificate.describe())
+    for note in a.notes:
+        w(note)
+    if a.sigma2 is not None:
+        w("")
+        w(f" {sym.sigma2} = {a.sigma2:12.5f}")
+    labels = [f"{hlm_name(names[q])},{sym.beta}{q}" for q in rand_q]
+    lw = max(len(x) for x in labels)
+
+    def matrix(title, m, fmt):
+        w("")
+        w(title)
+        for k, lab in enumerate(labels):
+            w(f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]))
+
+    matrix(sym.tau, a.tau, "{:13.5f}")
     sd = np.sqrt(np.clip(np.diag(a.tau), 0, None))
     if len(rand_q) > 1:
         with np.errstate(invalid="ignore", divide="ignore"):
-            corr = a.tau / np.outer(sd, sd)
-        L += ["", f"{tau_sym} (as correlations)"] + ["  " + " ".join(f"{x:8.3f}" for x in row) for row in corr]
-    L += ["", "----------------------------------------------------", " Random level-1 coefficient   Reliability estimate",
-          "----------------------------------------------------"]
-    for k, q in enumerate(rand_q):
-        L.append(f" {names[q].upper()[:8]:<29s}{a.variance.reliability[k]:10.3f}")
-    L.append("----------------------------------------------------")
+            matrix(f"{sym.tau} (as correlations)", a.tau / np.outer(sd, sd), "{:7.3f}")
+    w("")
+    rows = [[f"{hlm_name(names[q])}, {sym.beta}{q}", f"{a.variance.reliability[k]:.3f}"] for k, q in enumerate(rand_q)]
+    out += _table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
     ratio = "Odds Ratio" if a.data.family.link == "logit" else "Event Rate Ratio"
-    lab = "(Unit-specific model)" if a.estimation == "pql" else ""
 
-    def fixed_tables(title, gamma, cov, rcov):
-        out = []
+    def fixed_tables(model, gamma, cov, rcov):
         for robust in (False, True):
             c = rcov if robust else cov
             if c is None:
@@ -352,43 +477,52 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
             se = np.sqrt(np.diag(c))
             t = gamma / se
             p = inference.two_sided_p(t, a.df)
-            head = f"Final estimation of fixed effects {title}" + (" (with robust standard errors)" if robust else "")
-            out += ["", head, "-" * 78, f"{'Fixed Effect':<24s}{'Coefficient':>12s}{'Standard error':>16s}{'t-ratio':>9s}"
-                    f"{'Approx. d.f.':>13s}{'p-value':>9s}", "-" * 78]
+            w("")
+            w("Final estimation of fixed effects:")
+            w(f"({model}" + (" with robust standard errors)" if robust else ")"))
+            rows, ratio_rows = [], []
             for k, f in enumerate(d.fixed):
-                out.append(f"{(f.predictor if f.s else f.coefficient + ', ' + sym.g(f.q, 0))[:22]:<24s}"
-                           f"{gamma[k]:12.6f}{se[k]:16.6f}{t[k]:9.3f}{int(a.df[k]):13d}{hlm_p(p[k]):>9s}")
-            out += ["-" * 78, "", f"{'Fixed Effect':<24s}{'Coefficient':>12s}{ratio:>18s}{'Confidence Interval':>24s}", "-" * 78]
-            for k, f in enumerate(d.fixed):
+                if k == 0 or d.fixed[k - 1].q != f.q:
+                    rows.append([f"For {_coef_label(d, f.q, sym)}"])
+                    ratio_rows.append(rows[-1])
+                label = f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}"
+                rows.append([label, f"{gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", f"{a.df[k]:.0f}", hlm_p(p[k])])
                 tq = special.stdtrit(a.df[k], 0.975)
-                out.append(f"{(f.predictor if f.s else f.coefficient + ', ' + sym.g(f.q, 0))[:22]:<24s}{gamma[k]:12.6f}"
-                           f"{np.exp(gamma[k]):18.6f}   ({np.exp(gamma[k] - tq * se[k]):.3f},{np.exp(gamma[k] + tq * se[k]):.3f})")
-            out.append("-" * 78)
-        return out
+                ratio_rows.append([label, f"{gamma[k]:.6f}", f"{np.exp(gamma[k]):.6f}",
+                                   f"({np.exp(gamma[k] - tq * se[k]):.3f},{np.exp(gamma[k] + tq * se[k]):.3f})"])
+            out.extend(_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+                              rows, [30, 12, 14, 9, 12, 8]))
+            w("")
+            out.extend(_table(["Fixed Effect", "Coefficient", ratio, "Confidence Interval"], ratio_rows, [30, 12, 16, 22]))
 
-    L += fixed_tables(lab, a.gamma, a.cov, a.robust_cov)
-    L += ["", "Final estimation of variance components", "-" * 78,
-          f"{'Random Effect':<22s}{'Standard Deviation':>19s}{'Variance Component':>20s}{'d.f.':>6s}{'chi-square':>12s}{'p-value':>9s}",
-          "-" * 78]
-    for k, q in enumerate(rand_q):
-        L.append(f"{(names[q].upper()[:8] + ', u' + str(q)):<22s}{sd[k]:19.5f}{a.tau[k, k]:20.5f}{int(a.variance.df[k]):6d}"
-                 f"{a.variance.chi2[k]:12.5f}{hlm_p(a.variance.p[k]):>9s}")
+    fixed_tables("Unit-specific model", a.gamma, a.cov, a.robust_cov)
+    w("")
+    w("Final estimation of variance components")
+    rows = [[_random_label(d, q, sym), f"{sd[k]:.5f}", f"{a.tau[k, k]:.5f}", f"{a.variance.df[k]:.0f}",
+             f"{a.variance.chi2[k]:.5f}", hlm_p(a.variance.p[k])] for k, q in enumerate(rand_q)]
     if a.sigma2 is not None:
-        L.append(f"{'level-1, r':<22s}{math.sqrt(a.sigma2):19.5f}{a.sigma2:20.5f}")
-    L.append("-" * 78)
+        rows.append(["level-1, r", f"{math.sqrt(a.sigma2):.5f}", f"{a.sigma2:.5f}", "", "", ""])
+    out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+                  rows, [26, 18, 18, 6, 12, 8])
+    w("")
     if a.ml is not None:
-        L += ["", "Statistics for the current model", f"  Deviance = {a.ml.deviance:.6f}",
-              f"  Number of estimated parameters = {a.ml.n_params}",
-              "  (−2 × the full log-likelihood, every constant included)" if not sym.ascii else
-              "  (-2 x the full log-likelihood, every constant included)"]
+        w("Statistics for the current model")
+        w(f" Deviance                       = {a.ml.deviance:.6f}")
+        w(f" Number of estimated parameters = {a.ml.n_params}")
+        w(" (-2 x the full log-likelihood, every constant included)" if sym.ascii else
+          " (−2 × the full log-likelihood, every constant included)")
     else:
-        L += ["", "Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test;",
-              "use --estimation laplace or agq for a deviance."]
+        w("Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test;")
+        w("use --estimation laplace or agq for a deviance.")
+    out += extras_text(a.extras, sym)
     if a.pql is not None and a.pql.pa_gamma is not None:
-        L += ["", "Results for Population-average Model"]
-        L += fixed_tables("(Population-average model)", a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov)
-    L += ["", "The same model in R (lme4)", f" {glmer_call(a.spec, meta.get('id_name', 'ID'))}"]
-    return "\n".join(L) + "\n"
+        w("")
+        w("Results for Population-average Model")
+        fixed_tables("Population-average model", a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov)
+    w("")
+    w("The same model in R (lme4)")
+    w(f" {glmer_call(a.spec, meta.get('id_name', 'ID'))}")
+    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
 def write_residuals(a: HGLMAnalysis, sources) -> None:

@@ -22,6 +22,10 @@ class MdmTemplate:
     level2_vars: tuple[str, ...]
     missing: str
     mdm_name: str | None
+    # HLM3 templates (l3fname:, *begin l3vars, level3id:), as Reardon's hlmmkmdm3.ado writes them for HLM 6
+    level3_file: Path | None = None
+    id3: str | None = None
+    level3_vars: tuple[str, ...] = ()
 
 
 def _locate(template: Path, written: str, line_no: int) -> Path:
@@ -59,8 +63,9 @@ def parse_template(path: str | os.PathLike) -> MdmTemplate:
         text = raw.decode("cp1252", errors="replace")
     values: dict[str, tuple[str, int]] = {}
     section = None
-    vars_by_section: dict[str, list[str]] = {"l1vars": [], "l2vars": []}
+    vars_by_section: dict[str, list[str]] = {"l1vars": [], "l2vars": [], "l3vars": []}
     ids: dict[str, str] = {}
+    ids3: dict[str, str] = {}
     for line_no, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -69,7 +74,7 @@ def parse_template(path: str | os.PathLike) -> MdmTemplate:
         if low.startswith("*begin"):
             section = low.split(None, 1)[1].strip() if len(low.split()) > 1 else ""
             if section not in vars_by_section:
-                raise DataError(f"{path}: line {line_no}: unknown section '{line}'; expected *begin l1vars or *begin l2vars")
+                raise DataError(f"{path}: line {line_no}: unknown section '{line}'; expected *begin l1vars, l2vars or l3vars")
             continue
         if low.startswith("*end"):
             section = None
@@ -77,6 +82,8 @@ def parse_template(path: str | os.PathLike) -> MdmTemplate:
         if section:
             if low.startswith("level2id:"):
                 ids[section] = line.split(":", 1)[1].strip()
+            elif low.startswith("level3id:"):
+                ids3[section] = line.split(":", 1)[1].strip()
             else:
                 vars_by_section[section].append(line)
             continue
@@ -87,6 +94,9 @@ def parse_template(path: str | os.PathLike) -> MdmTemplate:
     for key in ("l1fname", "l2fname"):
         if key not in values:
             raise DataError(f"{path}: the template has no {key}: line; add one naming the data file")
+    three = "l3fname" in values
+    if three and not ids3.get("l3vars"):
+        raise DataError(f"{path}: an HLM3 template (l3fname:) needs a level3id: line in *begin l3vars")
     if "l1vars" not in ids or "l2vars" not in ids:
         raise DataError(f"{path}: the template needs a level2id: line in both *begin l1vars and *begin l2vars")
     rawtype = values.get("rawdattype", ("", 0))[0].lower()
@@ -103,4 +113,6 @@ def parse_template(path: str | os.PathLike) -> MdmTemplate:
         id1=ids["l1vars"], id2=ids["l2vars"],
         level1_vars=tuple(vars_by_section["l1vars"]), level2_vars=tuple(vars_by_section["l2vars"]),
         missing=missing, mdm_name=values.get("mdmname", (None, 0))[0],
+        level3_file=_locate(path, *values["l3fname"]) if three else None, id3=ids3.get("l3vars") if three else None,
+        level3_vars=tuple(vars_by_section["l3vars"]),
     )

@@ -46,28 +46,34 @@ def unit_cross_products(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, cente
     n_j becomes Σ_i w_i|j: the per-unit pseudo-likelihood has exactly the unweighted algebra on
     these (see unitsolve.py); `records` keeps the record counts."""
     N, K = L.shape
-    starts = offsets[:-1]
     shift = float(y.mean()) if center_y else 0.0
-    yc = y - shift
-    J = starts.size
-    LL = np.empty((J, K, K))
-    Ly = np.empty((J, K))
     columns = [L[:, a] for a in range(K)]
     ones = [a for a in range(K) if a == 0 and np.all(columns[0] == 1.0)]
     if weights is not None:
-        return _weighted_cross_products(columns, yc, offsets, shift, np.asarray(weights, dtype=float), ones)
-    for a in range(K):
-        for b in range(a, K):
-            if a in ones:
-                prod = columns[b]
-            elif b in ones:
-                prod = columns[a]
-            else:
-                prod = columns[a] * columns[b]
-            LL[:, a, b] = LL[:, b, a] = np.add.reduceat(prod, starts)
-        Ly[:, a] = np.add.reduceat(yc if a in ones else columns[a] * yc, starts)
-    yy = np.add.reduceat(yc * yc, starts)
-    return UnitStats(n=np.diff(offsets).astype(np.float64), LL=LL, Ly=Ly, yy=yy, y_shift=shift)
+        return _weighted_cross_products(columns, y - shift, offsets, shift, np.asarray(weights, dtype=float), ones)
+    return cross_products_of_columns(columns[1:] if ones else columns, y, offsets, shift, intercept=bool(ones))
+
+
+def cross_products_of_columns(columns, y: np.ndarray, offsets: np.ndarray, shift: float, intercept: bool) -> UnitStats:
+    """UnitStats of L = [1 (if intercept), columns...] and y - shift through the one statistics
+    function of the engines (moments.chunk_moments), so the in-memory, streaming and Dask engines
+    compute the same numbers the same way."""
+    from .moments import chunk_moments, cross_products
+
+    J = offsets.size - 1
+    codes = np.repeat(np.arange(J), np.diff(offsets))
+    m = chunk_moments(list(columns) + [y], codes, J)
+    centers = np.zeros(m.P)
+    centers[-1] = shift
+    return unit_stats_from_products(*cross_products(m, centers, intercept), shift)
+
+
+def unit_stats_from_products(n: np.ndarray, S: np.ndarray, shift: float, records=None) -> UnitStats:
+    """Split the per-unit cross-products S of [L, y] (outcome last) into UnitStats."""
+    K = S.shape[1] - 1
+    return UnitStats(n=np.asarray(n, dtype=np.float64), LL=np.ascontiguousarray(S[:, :K, :K]),
+                     Ly=np.ascontiguousarray(S[:, :K, K]), yy=np.ascontiguousarray(S[:, K, K]), y_shift=shift,
+                     records=records)
 
 
 def unit_cross_products_many(L: np.ndarray, Y: np.ndarray, offsets: np.ndarray, center_y: bool = True,
@@ -186,19 +192,6 @@ def _assemble(N, n, ZZ, Zy, ZX, XX, Xy, yy, B, r, XX_units, Xy_units, w2=None) -
     )
 
 
-def transform_random(stats: ModelStats, A: np.ndarray) -> ModelStats:
-    """The same model with the random-effect columns Z replaced by Z̃ = ZA (A invertible, q×q).
-
-    The likelihood is unchanged when τ = Aτ̃A' (Zu = Z̃ũ with u = Aũ), so a fit in the new
-    coordinates maps back exactly; the estimation uses this to work on standardised columns."""
-    ZZ = np.einsum("ab,jbc,cd->jad", A.T, stats.ZZ, A)
-    ZZ = 0.5 * (ZZ + np.swapaxes(ZZ, 1, 2))
-    Zy = stats.Zy @ A
-    ZX = np.einsum("ba,jbp->jap", A, stats.ZX)
-    return _assemble(stats.N, stats.n, np.ascontiguousarray(ZZ), np.ascontiguousarray(Zy), np.ascontiguousarray(ZX),
-                     stats.XX, stats.Xy, stats.yy, stats.B, stats.random, stats.XX_units, stats.Xy_units, stats.w2)
-
-
 OUTER_LIMIT_BYTES = 256 * 2**20
 
 
@@ -212,3 +205,28 @@ def _outer_products(ZX: np.ndarray) -> np.ndarray | None:
     for k, (a, b) in enumerate(pairs):
         out[k] = (ZX[:, a, :, None] * ZX[:, b, None, :]).reshape(J, p * p)
     return out
+
+
+def reparametrise(stats: ModelStats, A: np.ndarray, Tinv: np.ndarray, b: np.ndarray) -> ModelStats:
+    """The same model with the random-effect columns Z replaced by Z̃ = ZA (A invertible, q×q), the
+    fixed-effect columns X by X̃ = XT (T = Tinv⁻¹) and the outcome by ỹ = y − X̃b.
+
+    The likelihood is unchanged when τ = Aτ̃A' (Zu = Z̃ũ with u = Aũ). GLS is equivariant under the
+    other two (γ = T(γ̃ + b)); σ²V⁻¹ and the residuals e = ỹ − X̃γ̃ are unchanged, so the ML deviance
+    is unchanged and the REML deviance moves by 2 log|det T| through log|X'V⁻¹X|. The estimation
+    works in these coordinates (standardised Z, whitened X, residualised y) and maps back exactly:
+    then P = X'X − Σ(Z'X)'K(Z'X) and rss = y'V⁻¹y − c'γ̂ cancel only as far as the model forces."""
+    T = np.linalg.inv(Tinv)
+    ZZ = np.einsum("ab,jbc,cd->jad", A.T, stats.ZZ, A)
+    ZZ = 0.5 * (ZZ + np.swapaxes(ZZ, 1, 2))
+    XX = T.T @ stats.XX @ T
+    XX = 0.5 * (XX + XX.T)
+    ZX = np.einsum("ba,jbp->jap", A, stats.ZX) @ T
+    XX_units = np.einsum("ab,jbc,cd->jad", T.T, stats.XX_units, T)
+    Xy_units = stats.Xy_units @ T - XX_units @ b
+    TXy = T.T @ stats.Xy
+    Xy = TXy - XX @ b
+    Zy = stats.Zy @ A - ZX @ b
+    yy = float(stats.yy - 2.0 * b @ TXy + b @ XX @ b)
+    return _assemble(stats.N, stats.n, np.ascontiguousarray(ZZ), np.ascontiguousarray(Zy), np.ascontiguousarray(ZX),
+                     XX, Xy, yy, stats.B @ T, stats.random, XX_units, Xy_units, stats.w2)

@@ -18,7 +18,7 @@ from scipy import optimize
 
 from hlmcli.certificate import certify
 from hlmcli.estimation import Objective, TauStructure, fit, standardising_map
-from hlmcli.sufficient import model_stats, transform_random, unit_cross_products
+from hlmcli.sufficient import model_stats, reparametrise, unit_cross_products
 from hlmcli.unitsolve import unit_solve
 
 
@@ -75,7 +75,7 @@ def test_certificate_rejects_the_stationary_point_at_zero():
     """Λ = 0 is stationary in the Cholesky parameters for any data; the certificate must see the descent."""
     stats = stats_of(*simulate(60, 12, 2, 0.3, seed=3))
     A = standardising_map(stats, TauStructure.UNSTRUCTURED)
-    obj = Objective(transform_random(stats, A), reml=True)
+    obj = Objective(reparametrise(stats, A, np.eye(stats.p), np.zeros(stats.p)), reml=True)
     cert = certify(obj, np.zeros((2, 2)), False, 1e-8)
     assert not cert.certified and cert.descent is not None
     assert cert.null_eigenvalue < 0 and any("false boundary" in f for f in cert.failed)

@@ -1,0 +1,435 @@
+"""Fits whose records are summarised per unit before the model sees them: --engine stream and
+--engine dask, and fits from a statistics archive (mdm build --engine stream).
+
+Each engine ends in the same place: unit ids, per-unit moments of the level-1 columns
+(moments.Moments) and the level-2 values; from there moments.design_from_moments and
+pipeline.analyse_stats give the same Analysis, tables, certificate and JSON as the in-memory engine.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, ModelError
+from .moments import Moments, design_from_moments, digest_of
+
+
+@dataclass
+class Frame:
+    """What a fit needs to know of the data besides the moments (the archive's role in Results)."""
+
+    level1_names: list[str]
+    level2_names: list[str]
+    id_names: tuple[str, str]
+    sources: list = field(default_factory=list)
+    id_kind: str = "string"
+    same_file: bool = False
+
+
+@dataclass
+class Summary:
+    """Per-unit moments of `names` for `unit_ids` (level-2 order), and the level-2 values."""
+
+    unit_ids: list[str]
+    names: list[str]
+    moments: Moments
+    level2: dict
+    n_deleted: int = 0
+    notes: dict = field(default_factory=dict)
+
+
+def _source(role: str, path) -> object:
+    from .archive import Source
+
+    p = Path(path)
+    try:  # size and time only: hashing a file larger than memory would cost a second pass
+        st = p.stat()
+        size, mtime = (st.st_size, st.st_mtime_ns) if p.is_file() else (0, 0)
+    except OSError:  # a glob
+        size, mtime = 0, 0
+    return Source(role=role, name=p.name, path=str(p), size=size, mtime_ns=mtime, sha256="", format="", encoding=None)
+
+
+# ---------------------------------------------------------------- level 2 and matching
+
+def read_level2(path, id2: str, fmt=None, delimiter=None):
+    """The level-2 file (one row per unit: small) through the in-memory reader. Returns (ids, {name: values})."""
+    from .archive import _is_text
+    from .readers import find_column, numeric_column, read_table, unit_codes
+
+    table = read_table(path, fmt, delimiter, string_columns=(id2,))
+    idcol = find_column(table, id2, "unit id")
+    codes, ids, _kind = unit_codes(table, idcol)
+    if len(ids) != len(codes):
+        counts = np.bincount(codes)
+        dups = [ids[i] for i in np.flatnonzero(counts > 1)][:5]
+        raise DataError(f"{table.path}: column {idcol}: unit id(s) appear more than once ({', '.join(dups)}); "
+                        "the level-2 file needs exactly one row per unit")
+    values = {c: numeric_column(table, c)[np.argsort(codes)] for c in table.data.columns
+              if c != idcol and not _is_text(table, c, None)}
+    order_ids = [ids[c] for c in np.sort(codes)]
+    return order_ids, values, idcol
+
+
+def match_units(unit_ids: list[str], m: Moments, ids2: list[str], level2: dict, level1_path, level2_path,
+                drop_unmatched: bool, warn) -> tuple[list[str], Moments, dict, dict]:
+    """Units in level-2 file order, as the archive keeps them; unmatched level-1 units refused or dropped."""
+    position = {uid: j for j, uid in enumerate(ids2)}
+    where = np.array([position.get(u, -1) for u in unit_ids], dtype=np.int64)
+    notes = {"dropped_unmatched": 0, "units_without_records": 0}
+    if (where < 0).any():
+        missing = [unit_ids[k] for k in np.flatnonzero(where < 0)]
+        records = int(m.n[where < 0].sum())
+        if not drop_unmatched:
+            raise DataError(f"{level1_path}: level-1 records in {len(missing)} unit(s) have no level-2 record in "
+                            f"{level2_path} (ids {', '.join(missing[:5])}); add them there or pass --drop-unmatched")
+        notes["dropped_unmatched"] = records
+        warn(f"dropped the level-1 records of {len(missing)} unit(s) not in {Path(level2_path).name} "
+             f"(ids {', '.join(missing[:5])})")
+    have = np.flatnonzero(where >= 0)
+    order = have[np.argsort(where[have], kind="stable")]
+    pos2 = where[order]
+    absent = len(ids2) - pos2.size
+    if absent:
+        notes["units_without_records"] = absent
+        warn(f"{absent} level-2 unit(s) in {Path(level2_path).name} have no level-1 records and are left out")
+    return ([unit_ids[k] for k in order], m.take(order), {k: np.asarray(v)[pos2] for k, v in level2.items()}, notes)
+
+
+def level2_from_same_file(unit_ids, m: Moments, names: list[str], level2_names: list[str], path) -> dict:
+    """One file for both levels: a level-2 variable is a column constant within each unit, so its
+    value is the unit's mean and its within-unit co-moment must vanish."""
+    out = {}
+    for name in level2_names:
+        k = names.index(name)
+        scale = max(1.0, float(np.abs(m.mean[:, k]).max()))
+        spread = np.sqrt(np.clip(m.C[:, k, k], 0, None) / np.where(m.n > 0, m.n, 1))
+        bad = np.flatnonzero(spread > 1e-9 * scale)
+        if bad.size:
+            raise DataError(f"{path}: column {name} varies within unit {unit_ids[bad[0]]}; a level-2 variable must be "
+                            "constant within each unit")
+        out[name] = m.mean[:, k].copy()
+    return out
+
+
+# ---------------------------------------------------------------- the engines' passes
+
+def model_columns(spec) -> tuple[list[str], list[str]]:
+    """(level-1 columns the model reads: outcome, predictors, unit means; level-2 variables it uses)."""
+    l1 = [spec.outcome] + [t.name for t in spec.level1]
+    l1 += [t.name for eq in spec.level2 for t in eq.predictors if t.unit_mean]
+    l2 = [t.name for eq in spec.level2 for t in eq.predictors if not t.unit_mean]
+    return list(dict.fromkeys(l1)), list(dict.fromkeys(l2))
+
+
+def refuse_unsupported(spec, engine: str, **options) -> None:
+    """One line for what the summarised engines cannot do (README, 'Big data')."""
+    why = None
+    if spec.options.family != "normal":
+        why = (f"a {spec.options.family} outcome needs repeated passes over the records (PQL, Laplace); "
+               "fit it with --engine memory")
+    elif getattr(spec, "levels", 2) != 2 or getattr(spec, "level3", None):
+        why = "three-level models are not summarised per unit yet; fit them with --engine memory"
+    else:
+        o = spec.options  # a .hlm command file can ask for these too
+        options = {**options, "level1weight:": getattr(o, "weight1", None), "level2weight:": getattr(o, "weight2", None),
+                   "resfil1:": getattr(o, "residuals_l1", None), "resfil2:": getattr(o, "residuals_l2", None)}
+        given = [name for name, on in options.items() if on]
+        if given:
+            why = (f"{', '.join(given)}: needs the records themselves (residual files, sampling weights, plausible "
+                   "values, imputations, --missing now); fit with --engine memory")
+    if why:
+        raise ModelError(f"--engine {engine}: {why}")
+
+
+# ---------------------------------------------------------------- the statistics archive
+
+SSM_MAGIC = b"HLMCSSM\x1a"
+_SSM_PREFIX = struct.Struct("<8sIIQ32s")
+
+
+def is_stats_archive(path) -> bool:
+    import os
+
+    if not os.path.isfile(path):  # a FIFO or a device would block or never end: check_regular names it later
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(SSM_MAGIC)) == SSM_MAGIC
+    except OSError:
+        return False
+
+
+def write_stats_archive(summary: Summary, frame: Frame, path) -> None:
+    """Per-unit statistics of every level-1 variable (HLM's SSM idea): J × P² numbers whatever N is.
+    Layout as the record archive: prefix (magic, version, header length, SHA-256 of the file with
+    the checksum zeroed), a JSON header, then little-endian float64 arrays n, mean, C, level-2."""
+    import hashlib
+
+    from .files import atomic_write
+
+    m = summary.moments
+    l2 = np.vstack([summary.level2[k] for k in frame.level2_names]) if frame.level2_names else np.zeros((0, m.J))
+    header = {"level1_names": summary.names, "level2_names": frame.level2_names, "unit_ids": summary.unit_ids,
+              "id_names": list(frame.id_names), "id_kind": frame.id_kind, "notes": summary.notes,
+              "J": m.J, "P": m.P, "sources": [s.__dict__ for s in frame.sources]}
+    text = json.dumps(header, sort_keys=True).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    body = [text] + [np.ascontiguousarray(a, dtype="<f8").tobytes() for a in (m.n, m.mean, m.C, l2)]
+    prefix = _SSM_PREFIX.pack(SSM_MAGIC, 1, 0, len(text), b"\0" * 32)
+    h = hashlib.sha256(prefix)
+    for b in body:
+        h.update(b)
+    atomic_write(path, [_SSM_PREFIX.pack(SSM_MAGIC, 1, 0, len(text), h.digest())] + body)
+
+
+def load_stats_archive(path) -> tuple[Summary, Frame]:
+    import hashlib
+
+    from .archive import Source
+
+    raw = Path(path).read_bytes()
+    if len(raw) < _SSM_PREFIX.size:
+        raise DataError(f"{path}: the statistics archive is truncated; rebuild it with 'hlmcli mdm build --engine stream'")
+    magic, version, _r, hlen, digest = _SSM_PREFIX.unpack_from(raw)
+    h = hashlib.sha256(_SSM_PREFIX.pack(magic, version, _r, hlen, b"\0" * 32))
+    h.update(raw[_SSM_PREFIX.size:])
+    if version != 1 or h.digest() != digest:
+        raise DataError(f"{path}: the statistics archive is damaged (checksum mismatch); rebuild it with "
+                        "'hlmcli mdm build --engine stream'")
+    start = _SSM_PREFIX.size
+    header = json.loads(raw[start:start + hlen])
+    J, P, L2 = header["J"], header["P"], len(header["level2_names"])
+    arrays = np.frombuffer(raw, dtype="<f8", offset=start + hlen)
+    sizes = [J, J * P, J * P * P, L2 * J]
+    if arrays.size != sum(sizes):
+        raise DataError(f"{path}: the statistics archive is damaged (wrong size); rebuild it")
+    parts = np.split(arrays, np.cumsum(sizes)[:-1])
+    m = Moments(parts[0].copy(), parts[1].reshape(J, P).copy(), parts[2].reshape(J, P, P).copy())
+    l2 = parts[3].reshape(L2, J)
+    summary = Summary(header["unit_ids"], header["level1_names"], m,
+                      {k: l2[i].copy() for i, k in enumerate(header["level2_names"])}, 0, header["notes"])
+    frame = Frame(header["level1_names"], header["level2_names"], tuple(header["id_names"]),
+                  [Source(**s) for s in header["sources"]], header["id_kind"])
+    return summary, frame
+
+
+# ---------------------------------------------------------------- from the files to a Summary
+
+def frame_of_files(level1, level2, id1, id2, fmt=None, delimiter=None):
+    """The columns of both files (the level-2 file read whole: one row per unit) without reading the records."""
+    from .files import same_file
+    from .streaming import file_columns
+
+    if "-" in (str(level1), str(level2)):
+        raise DataError("standard input cannot be streamed; give the file's path, or use --engine memory")
+    cols = file_columns(level1, fmt, delimiter)
+    id1 = cols.find(id1, "unit id")
+    same = same_file(level1, level2)
+    if same:
+        names = [c for c in cols.names if c != id1]
+        frame = Frame(names, names, (id1, id1), [_source("level-1", level1), _source("level-2", level2)], same_file=True)
+        return frame, cols, None
+    ids2, values, idcol2 = read_level2(level2, id2, fmt, delimiter)
+    frame = Frame([c for c in cols.names if c != id1], list(values), (id1, idcol2),
+                  [_source("level-1", level1), _source("level-2", level2)])
+    return frame, cols, (ids2, values)
+
+
+def summarise(frame: Frame, cols, level2_data, names: list[str], level2_names: list[str], engine: str,
+              drop_unmatched: bool, warn, scheduler=None, drop_missing: bool = True, progress: bool = False,
+              paths=None) -> Summary:
+    """One pass over the level-1 records by the chosen engine, matched to the level-2 units."""
+    l1 = list(dict.fromkeys(names + (level2_names if frame.same_file else [])))
+    if engine == "dask":
+        from .dask_engine import dask_moments
+
+        unit_ids, m, read, deleted = dask_moments(paths[0], frame.id_names[0], l1, scheduler, progress=progress,
+                                                  delimiter=cols.delimiter)
+    else:
+        from .streaming import stream_moments
+
+        unit_ids, m, read, deleted = stream_moments(cols, frame.id_names[0], l1, drop_missing=drop_missing)
+    notes = {"level1_records_read": int(read)}
+    if frame.same_file:
+        level2 = level2_from_same_file(unit_ids, m, l1, level2_names, cols.path)
+    else:
+        ids2, values = level2_data
+        unit_ids, m, level2, more = match_units(unit_ids, m, ids2, {k: values[k] for k in level2_names},
+                                                cols.path, paths[1] if paths else "", drop_unmatched, warn)
+        notes.update(more)
+        for k in level2_names:
+            bad = np.flatnonzero(np.isnan(level2[k]) & (m.n > 0))
+            if bad.size:
+                raise DataError(f"{paths[1] if paths else 'level-2 file'}: column {k} is missing for unit {unit_ids[bad[0]]}; "
+                                "HLM needs complete level-2 data, so fill it in")
+    return Summary(unit_ids, l1, m, level2, deleted, notes)
+
+
+def analyse_summary(spec, summary: Summary, df_method: str = "hlm"):
+    from .pipeline import analyse_stats, check_estimable
+
+    design, unit = design_from_moments(spec, summary.unit_ids, summary.names, summary.moments, summary.level2,
+                                       summary.n_deleted, digest_of(summary.unit_ids, summary.moments))
+    check_estimable(design)
+    return analyse_stats(design, unit, df_method)
+
+
+# ---------------------------------------------------------------- the command line
+
+def cli_fit(data, level1, level2, model_file, ml, engine, scheduler, build_opts: dict, out_format, output, json_out,
+            title, timestamp, df_method, strict, ascii_only, quiet, extra: dict, unsupported: dict, reml=None,
+            allow_outside=False, hypotheses=(), keep_failed_output=False):
+    """`hlmcli fit` through the stream or dask engine, or from a statistics archive."""
+    import sys
+
+    import click
+
+    from . import cli
+    from .files import atomic_write_text
+    from .hypotheses import parse_test
+    from .pipeline import add_extras
+    from .results import Results
+
+    warn = (lambda m: None) if quiet else (lambda m: cli._stderr(f"hlmcli: warning: {m}"))
+    if len(data) == 1:
+        if not is_stats_archive(data[0]):
+            raise click.UsageError(f"--engine {engine} reads two data files (level-1 and level-2), or a statistics "
+                                   "archive from 'hlmcli mdm build --engine stream'")
+        summary, frame = load_stats_archive(data[0])
+        source_text = Path(data[0]).name
+        spec = cli._spec(frame, level1, level2, model_file, ml, extra, reml=reml, allow_outside=allow_outside)
+        refuse_unsupported(spec, engine if engine != "memory" else "stream (a statistics archive)", **unsupported)
+        names, l2names = model_columns(spec)
+        missing = [n for n in names if n not in summary.names]
+        if missing:
+            raise ModelError(f"{data[0]}: no level-1 variable {missing[0]} in the statistics archive")
+        summary = _restrict(summary, names)
+    elif len(data) == 2:
+        from .files import check_regular
+
+        if engine == "memory":
+            engine = "stream"
+        for path in data if engine == "stream" else data[1:]:  # the dask level-1 data are a folder or a glob
+            check_regular(path, "data file")
+        opts = cli.make_build_options(build_opts["id_"], build_opts["id1"], build_opts["id2"], None, None,
+                                      build_opts["missing"], build_opts["drop_unmatched"])
+        if engine == "dask":
+            from .dask_engine import dask_frame
+
+            frame, cols, level2_data = dask_frame(data[0], data[1], opts.id1, opts.id2, build_opts.get("file_format"),
+                                                  build_opts.get("delimiter"))
+        else:
+            frame, cols, level2_data = frame_of_files(data[0], data[1], opts.id1, opts.id2,
+                                                      build_opts.get("file_format"), build_opts.get("delimiter"))
+        source_text = f"{Path(data[0]).name} and {Path(data[1]).name}"
+        spec = cli._spec(frame, level1, level2, model_file, ml, extra, reml=reml, allow_outside=allow_outside)
+        refuse_unsupported(spec, engine, **unsupported, **{"--missing now": build_opts["missing"] == "now"})
+        names, l2names = model_columns(spec)
+        summary = summarise(frame, cols, level2_data, names, l2names, engine, opts.drop_unmatched, warn,
+                            scheduler=scheduler, progress=not quiet and sys.stderr.isatty(), paths=data)
+    else:
+        raise click.UsageError("give one statistics archive or two data files (level-1 and level-2)")
+    hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in hypotheses]
+    analysis = analyse_summary(spec, summary, df_method)
+    opts = spec.options
+    add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
+               opts.full_output, opts.ols_units)
+    status, failures = cli._fit_status(analysis.result, strict)
+    results = Results(analysis, frame, {"warn": warn, "source_files": None})
+    meta = {"data_source": source_text, "title": opts.title, "id_name": frame.id_names[0],
+            "model_given": {"level1": level1, "level2": list(level2),
+                            "model_file": Path(model_file).name if model_file else None},
+            "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
+    if timestamp:
+        from datetime import datetime, timezone
+
+        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    results.meta.update(meta)
+    if out_format == "json":
+        text = results.to_json()
+    elif out_format == "text":
+        text = results.summary(ascii=cli._use_ascii(ascii_only) if not output else ascii_only)
+    else:
+        text = results.table(out_format)
+    write_files = status == 0 or keep_failed_output
+    if json_out and write_files:
+        atomic_write_text(json_out, results.to_json())
+    if output and write_files:
+        atomic_write_text(output, text)
+    elif not output:
+        click.echo(text, nl=False)
+    if not quiet:
+        for message in failures + ([] if strict else list(analysis.result.boundary or [])):
+            cli._stderr(f"hlmcli: warning: {message}")
+        if output and not write_files:
+            cli._stderr(f"hlmcli: {output} not written because the fit is not certified; "
+                        "pass --keep-failed-output to write it anyway")
+    if status:
+        sys.exit(status)
+
+
+def _restrict(summary: Summary, names: list[str]) -> Summary:
+    idx = [summary.names.index(n) for n in names]
+    m = summary.moments
+    return Summary(summary.unit_ids, names, Moments(m.n, m.mean[:, idx], m.C[:, idx][:, :, idx]), summary.level2,
+                   summary.n_deleted, summary.notes)
+
+
+def cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet, warn) -> tuple[int, int]:
+    """`hlmcli mdm build --engine stream`: one pass, a statistics archive. Returns (records, units)."""
+    frame, cols, level2_data = frame_of_files(level1_file, level2_file, options.id1, options.id2, file_format, delimiter)
+    if options.keep1 is not None:
+        names = [cols.find(n, "level-1 variable") for n in options.keep1]
+    else:
+        names = [n for n in frame.level1_names if n not in (frame.level2_names if frame.same_file else [])]
+    if frame.same_file:
+        raise DataError(f"{level1_file}: a statistics archive needs a separate level-2 file; give one, or use "
+                        "--engine memory")
+    if options.keep2 is not None:
+        frame.level2_names = [n for n in frame.level2_names if n.lower() in {k.lower() for k in options.keep2}]
+    frame.level1_names = names
+    summary = summarise(frame, cols, level2_data, names, frame.level2_names, "stream", options.drop_unmatched, warn,
+                        drop_missing=options.missing == "now", paths=(level1_file, level2_file))
+    if (summary.moments.n == 0).any():
+        keep = np.flatnonzero(summary.moments.n > 0)
+        summary = Summary([summary.unit_ids[j] for j in keep], summary.names, summary.moments.take(keep),
+                          {k: v[keep] for k, v in summary.level2.items()}, summary.n_deleted, summary.notes)
+    summary.notes["dropped_missing"] = summary.n_deleted
+    write_stats_archive(summary, frame, output)
+    return int(summary.moments.n.sum()), summary.moments.J
+
+
+def stats_archive_info(path) -> dict:
+    """What `hlmcli mdm info` shows of a statistics archive: sizes, and each variable's N, mean and SD
+    (level 1 from the merged moments; level 2 over units)."""
+    from .moments import grand
+
+    summary, frame = load_stats_archive(path)
+    m = summary.moments
+    N, mean, C = grand(m)
+    level1 = [{"name": k, "n": int(N), "mean": float(mean[i]), "sd": float(np.sqrt(C[i, i] / (N - 1))) if N > 1 else None}
+              for i, k in enumerate(summary.names)]
+    level2 = [{"name": k, "n": int(v.size), "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if v.size > 1 else None}
+              for k, v in summary.level2.items()]
+    return {"archive": Path(path).name, "kind": "statistics (per-unit count, mean and centred cross-products)",
+            "id": {"level1": frame.id_names[0], "level2": frame.id_names[1]}, "n_level1": int(N),
+            "n_level2": m.J, "notes": summary.notes, "level1": level1, "level2": level2}
+
+
+def stats_archive_info_text(info: dict) -> str:
+    lines = [f"{info['archive']}: a statistics archive ({info['n_level1']} level-1 records in {info['n_level2']} units; "
+             f"id {info['id']['level1']})", "", "LEVEL-1 DESCRIPTIVE STATISTICS",
+             f"{'VARIABLE NAME':>16}{'N':>12}{'MEAN':>14}{'SD':>14}"]
+    for level in ("level1", "level2"):
+        if level == "level2":
+            lines += ["", "LEVEL-2 DESCRIPTIVE STATISTICS", f"{'VARIABLE NAME':>16}{'N':>12}{'MEAN':>14}{'SD':>14}"]
+        for v in info[level]:
+            sd = "" if v["sd"] is None else f"{v['sd']:14.5f}"
+            lines.append(f"{v['name']:>16}{v['n']:>12}{v['mean']:14.5f}{sd}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,284 @@
+"""One statistics pass: per-unit moments of the records, and the algebra that turns them into any model's cross-products.
+
+A chunk of records (in memory, a streamed batch, a Dask partition) is summarised per unit by
+(n_j, m_j, C_j): the record count, the mean vector and the centred co-moment matrix
+C_j = Σ_i (v_ij - m_j)(v_ij - m_j)' of the raw columns v = [level-1 variables..., outcome].
+`chunk_moments` is that one function; the in-memory engine (sufficient.unit_cross_products), the
+streaming reader and the Dask engine all call it.
+
+Why centred moments and not raw sums Σv, Σvv': raw sums of data with a large mean cancel
+(Σx² - (Σx)²/n loses every digit the mean has beyond the spread), while (n, m, C) combine without
+cancellation by the parallel update of Chan, Golub & LeVeque (1979): for two parts a, b of a unit,
+
+    n = n_a + n_b,  δ = m_b - m_a,  m = m_a + δ n_b/n,  C = C_a + C_b + δδ' n_a n_b / n,
+
+so records of one unit may be spread over any number of chunks or partitions, in any order.
+
+Any centering is then algebra on (n, m, C). With L_k = v_k - c_k (c_k = m_jk for group-mean
+centering, the grand mean for grand-mean centering, 0 for none) and d_k = m_jk - c_k,
+
+    Σ_i L_k L_l = C_kl + n d_k d_l,   Σ_i L_k = n d_k,
+
+which is exact when d is small (group centering: d = 0) and never subtracts two large sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .design import Design
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-unit (n, mean, centred co-moment) of P columns, for J units (n may be 0 in a merge)."""
+
+    n: np.ndarray  # (J,) records
+    mean: np.ndarray  # (J, P)
+    C: np.ndarray  # (J, P, P)  Σ (v - mean)(v - mean)'
+
+    @property
+    def J(self) -> int:
+        return int(self.n.size)
+
+    @property
+    def P(self) -> int:
+        return int(self.mean.shape[1])
+
+    def take(self, index: np.ndarray) -> "Moments":
+        return Moments(self.n[index], self.mean[index], self.C[index])
+
+
+def chunk_moments(columns, codes: np.ndarray, J: int) -> Moments:
+    """The statistics of one chunk of records: per-unit (n, mean, C) of `columns` (P arrays of N
+    values, no NaN) for records whose unit is codes[i] in 0..J-1, in any order. Two passes over
+    the chunk (means, then centred products) with the corrected two-pass mean, so C does not
+    cancel; units with no record get zeros. Records grouped by unit (the usual layout, and the
+    in-memory archive's) take a faster path with the same arithmetic in the same order."""
+    codes = np.asarray(codes, dtype=np.intp)
+    columns = [np.asarray(c, dtype=np.float64) for c in columns]
+    P = len(columns)
+    counts = np.bincount(codes, minlength=J)
+    n = counts.astype(np.float64)
+    grouped = codes.size > 0 and not np.any(codes[1:] < codes[:-1])
+    if grouped:  # sums by reduceat over each unit's run, means spread back by repeat
+        present = np.flatnonzero(counts)
+        runs = counts[present]
+        starts = np.concatenate(([0], np.cumsum(runs)[:-1]))
+
+        def unit_sum(values):
+            out = np.zeros(J)
+            out[present] = np.add.reduceat(values, starts)
+            return out
+
+        def spread(per_unit):
+            return np.repeat(per_unit[present], runs)
+    else:
+        def unit_sum(values):
+            return np.bincount(codes, weights=values, minlength=J)
+
+        def spread(per_unit):
+            return per_unit[codes]
+    safe = np.where(n > 0, n, 1.0)
+    mean = np.empty((J, P))
+    centred = []
+    for a, col in enumerate(columns):
+        m = unit_sum(col) / safe
+        d = col - spread(m)
+        # the correction of the two-pass algorithm: Σd is the rounding error of the first pass
+        fix = unit_sum(d) / safe
+        mean[:, a] = m + fix
+        d -= spread(fix)
+        centred.append(d)
+    C = np.empty((J, P, P))
+    for a in range(P):
+        for b in range(a, P):
+            C[:, a, b] = C[:, b, a] = unit_sum(centred[a] * centred[b])
+    return Moments(n, mean, C)
+
+
+def merge(a: Moments, b: Moments) -> Moments:
+    """Two summaries of the same J units (aligned), combined by Chan et al.'s parallel update."""
+    n = a.n + b.n
+    safe = np.where(n > 0, n, 1.0)
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.n / safe)[:, None]
+    C = a.C + b.C + (a.n * b.n / safe)[:, None, None] * delta[:, :, None] * delta[:, None, :]
+    return Moments(n, mean, C)
+
+
+@dataclass(frozen=True)
+class KeyedMoments:
+    """Moments of the units named by `keys` (sorted, distinct): what a partition or chunk hands on,
+    so summaries of different partitions combine whichever units they hold."""
+
+    keys: np.ndarray  # (J,) unit ids, sorted
+    moments: Moments
+
+
+def keyed_chunk_moments(keys: np.ndarray, columns) -> KeyedMoments:
+    """chunk_moments for records labelled by their unit ids (text or integers)."""
+    uniq, codes = np.unique(keys, return_inverse=True)
+    return KeyedMoments(uniq, chunk_moments(columns, codes.reshape(-1), uniq.size))
+
+
+def merge_keyed(parts) -> KeyedMoments:
+    """Combine any number of KeyedMoments (a node of the tree reduction): the union of their units,
+    each unit's parts merged pairwise in the order given."""
+    parts = [p for p in parts if p is not None]
+    if len(parts) == 1:
+        return parts[0]
+    keys = np.unique(np.concatenate([p.keys for p in parts]))
+    P = parts[0].moments.P
+    J = keys.size
+    total = Moments(np.zeros(J), np.zeros((J, P)), np.zeros((J, P, P)))
+    for p in parts:
+        where = np.searchsorted(keys, p.keys)
+        here = total.take(where)
+        merged = merge(here, p.moments)
+        total.n[where], total.mean[where], total.C[where] = merged.n, merged.mean, merged.C
+    return KeyedMoments(keys, total)
+
+
+def grand(m: Moments) -> tuple[float, np.ndarray, np.ndarray]:
+    """(N, mean, C) of all records together: the units merged pairwise (a balanced tree, so the
+    rounding grows like log J), used for grand means and for the overall variance."""
+    n, mean, C = m.n, m.mean, m.C
+    while n.size > 1:
+        if n.size % 2:
+            n, mean, C = (np.append(n, 0.0), np.vstack([mean, np.zeros((1, mean.shape[1]))]),
+                          np.concatenate([C, np.zeros((1,) + C.shape[1:])]))
+        merged = merge(Moments(n[0::2], mean[0::2], C[0::2]), Moments(n[1::2], mean[1::2], C[1::2]))
+        n, mean, C = merged.n, merged.mean, merged.C
+    return float(n[0]), mean[0].copy(), C[0].copy()
+
+
+def cross_products(m: Moments, centers: np.ndarray, intercept: bool = True):
+    """Raw cross-products of the shifted columns [1, v - c] per unit from (n, mean, C).
+
+    centers: (J, P) or (P,) the value c subtracted from each column (a unit's mean, a grand mean, 0).
+    Returns (n, S) with S (J, P+1, P+1) = Σ_i [1, v_i - c][1, v_i - c]' (or (J, P, P) without the
+    intercept row). Σ (v_k - c_k)(v_l - c_l) = C_kl + n d_k d_l with d = m - c (module docstring)."""
+    d = m.mean - np.broadcast_to(centers, m.mean.shape)
+    inner = m.C + m.n[:, None, None] * d[:, :, None] * d[:, None, :]
+    if not intercept:
+        return m.n, inner
+    J, P = d.shape
+    S = np.empty((J, P + 1, P + 1))
+    S[:, 0, 0] = m.n
+    S[:, 0, 1:] = S[:, 1:, 0] = m.n[:, None] * d
+    S[:, 1:, 1:] = inner
+    return m.n, S
+
+
+# ---------------------------------------------------------------- a model's design from the moments
+
+def design_from_moments(spec, unit_ids: list[str], names: list[str], m: Moments, level2: dict,
+                        n_deleted: int = 0, digest: str = ""):
+    """The Design (without the N×K arrays) and the UnitStats of `spec`, from per-unit moments.
+
+    unit_ids, m: the units that had records (n may be 0 where run-time deletion removed them all);
+    names: the columns of m; level2: every level-2 variable's (J,) values for those units.
+    Centering follows make_design: group = the unit's own mean, grand = the mean over records
+    (level 1) or over units (level 2); y is shifted by its grand mean when the model has γ00."""
+    from .design import FixedEffect, predictor_name
+    from .errors import ModelError
+    from .pipeline import has_overall_intercept
+    from .sufficient import unit_stats_from_products
+
+    kept = m.n > 0
+    if not kept.any():
+        raise ModelError("every record has a missing value in the model's variables; nothing is left to analyse")
+    units_deleted = int((~kept).sum())
+    positions = np.flatnonzero(kept)
+    m = m.take(positions)
+    unit_ids = [unit_ids[j] for j in positions]
+    J = len(unit_ids)
+    col = {name: k for k, name in enumerate(names)}
+    N, grand_mean, _ = grand(m)
+
+    centering_means: dict[str, float] = {}
+    index = [col[t.name] for t in spec.level1] + [col[spec.outcome]]
+    sub = Moments(m.n, m.mean[:, index], m.C[:, index][:, :, index])
+    centers = np.zeros((J, len(index)))
+    for k, term in enumerate(spec.level1):
+        if term.centering == "group":
+            centers[:, k] = sub.mean[:, k]
+        elif term.centering == "grand":
+            centers[:, k] = grand_mean[col[term.name]]
+            centering_means[f"{term.name} (level 1)"] = float(grand_mean[col[term.name]])
+
+    def level2_column(term) -> np.ndarray:
+        w = m.mean[:, col[term.name]].copy() if term.unit_mean else np.asarray(level2[term.name], dtype=float)[positions]
+        if term.centering == "grand":
+            mean = float(w.mean())
+            centering_means[f"{'mean(' + term.name + ')' if term.unit_mean else term.name} (level 2)"] = mean
+            w = w - mean
+        return w
+
+    W, fixed = [], []
+    coef_names = spec.coefficient_names()
+    for q, eq in enumerate(spec.level2):
+        cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
+        W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
+        if eq.intercept:
+            fixed.append(FixedEffect(q, 0, coef_names[q], "INTRCPT2", f"γ{q}0"))
+        for s, t in enumerate(eq.predictors, start=1):
+            fixed.append(FixedEffect(q, s, coef_names[q], predictor_name(t), f"γ{q}{s}"))
+    offsets = np.concatenate(([0], np.cumsum(m.n.astype(np.int64)))).astype(np.int64)
+    design = MomentsDesign(
+        spec=spec, y=np.zeros(0), L=np.zeros((0, len(spec.level1) + 1)), W=W, offsets=offsets, unit_ids=unit_ids, unit_positions=positions,
+        record_positions=None, n_deleted=int(n_deleted), units_deleted=units_deleted, fixed=fixed,
+        random=np.array(spec.random), level2_values={k: np.asarray(v, dtype=float)[positions] for k, v in level2.items()},
+        centering_means=centering_means, N=int(round(N)), data_digest=digest)
+    shift = float(grand_mean[col[spec.outcome]]) if has_overall_intercept(design) else 0.0
+    centers[:, -1] = shift
+    _check_random_slopes(design, sub, centers)
+    unit = unit_stats_from_products(*cross_products(sub, centers, intercept=True), shift)
+    return design, unit
+
+
+def _check_random_slopes(design, m: Moments, centers: np.ndarray) -> None:
+    """design.check_random_slopes on moments: a predictor with no spread within any unit
+    (C_kk = 0 up to rounding) cannot carry a random slope."""
+    from .errors import ModelError
+
+    for q in np.flatnonzero(design.random):
+        if q == 0:
+            continue
+        k = q - 1
+        sd = np.sqrt(np.clip(m.C[:, k, k], 0, None) / m.n)
+        scale = max(1.0, float(np.max(np.abs(m.mean[:, k] - centers[:, k]) + sd)))
+        if np.all(sd <= 1e-12 * scale):
+            term = design.spec.level1[k]
+            why = ("is zero everywhere after group-mean centering" if term.centering == "group"
+                   else "is constant within every unit")
+            raise ModelError(
+                f"b{q} ({term.name}) cannot have a random slope: {term.name} {why}, so its slope "
+                f"cannot be estimated separately in any unit; remove u{q} from b{q}'s equation")
+
+
+def digest_of(unit_ids: list[str], m: Moments) -> str:
+    """A fingerprint of the data a fit from moments used: the units, their record counts and the
+    moments of the columns (the in-memory engine hashes the records themselves, so the two differ)."""
+    import hashlib
+
+    h = hashlib.sha256(b"moments\x1f")
+    h.update("\x1f".join(unit_ids).encode("utf-8"))
+    for a in (m.n, m.mean, m.C):
+        h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class MomentsDesign(Design):
+    """A Design whose records were summarised, not kept: L and y have no rows, n is stored."""
+
+    N: int = 0
+    data_digest: str = ""
+
+    @property
+    def n(self) -> int:
+        return self.N

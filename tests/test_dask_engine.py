@@ -1,0 +1,90 @@
+"""--engine dask on a real LocalCluster (2 worker processes on the loopback interface): the fit
+equals the in-memory fit to 1e-10 relative on the public references, with the level-1 records
+shuffled over Parquet partitions (and CSV files) so that every unit spans partitions."""
+
+from __future__ import annotations
+
+import pytest
+from engine_cases import CASES, differences, fit_json, run
+
+pytest.importorskip("distributed")
+pytest.importorskip("pyarrow")
+
+import pandas as pd  # noqa: E402
+
+DASK_CASES = ["hsb_m1", "hsb_m2", "hsb_m4", "hsb_ses_grand", "hsb_mean_of_ses", "popular2", "pop_cor_minus1", "sim_cor"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as c:
+        yield c
+
+
+def split(data, tmp, kind: str, parts: int = 4):
+    """The level-1 file shuffled into `parts` files (each unit in several), and the level-2 file
+    (one file for both levels is split into a level-1 and a level-2 file first)."""
+    level1, level2, _, idname = data
+    frame = pd.read_csv(level1, dtype={idname: str})
+    if level1 == level2:
+        l2 = frame.drop_duplicates(idname)[[idname, "W"]]
+        level2 = tmp / "level2.csv"
+        l2.to_csv(level2, index=False)
+    shuffled = frame.sample(frac=1.0, random_state=7)
+    folder = tmp / f"l1_{kind}"
+    folder.mkdir()
+    for k in range(parts):
+        part = shuffled.iloc[k::parts]
+        if kind == "parquet":
+            part.to_parquet(folder / f"part{k}.parquet", index=False)
+        else:
+            part.to_csv(folder / f"part{k}.csv", index=False)
+    source = folder if kind == "parquet" else str(folder / "*.csv")
+    return [source, level2, "--id", idname]
+
+
+@pytest.mark.parametrize("name", DASK_CASES)
+def test_dask_equals_memory(cluster, tmp_path, name):
+    data, eqs = CASES[name]
+    memory = fit_json(data, eqs)
+    dask_fit = fit_json(split(data, tmp_path, "parquet"), eqs, "--engine", "dask",
+                        "--scheduler", cluster.scheduler_address)
+    assert dask_fit["certificate"]["certified"] == memory["certificate"]["certified"]
+    assert differences(memory, dask_fit) == []
+
+
+def test_dask_csv_glob_ml(cluster, tmp_path):
+    data, eqs = CASES["hsb_m4"]
+    memory = fit_json(data, eqs, "--ml")
+    dask_fit = fit_json(split(data, tmp_path, "csv", parts=3), eqs, "--engine", "dask", "--ml",
+                        "--scheduler", cluster.scheduler_address)
+    assert differences(memory, dask_fit) == []
+
+
+def test_dask_bad_scheduler_is_one_line(tmp_path, monkeypatch):
+    import hlmcli.dask_engine
+
+    monkeypatch.setattr(hlmcli.dask_engine, "CONNECT_TIMEOUT", "2s")
+    data, eqs = CASES["hsb_m1"]
+    rc, msg = run("fit", *split(data, tmp_path, "parquet"), *eqs, "--engine", "dask", "--scheduler", "tcp://127.0.0.1:9")
+    assert rc == 1 and msg.count("\n") == 1 and "no Dask scheduler" in msg
+
+
+def test_dask_default_local_cluster(tmp_path):
+    """Without --scheduler the command starts (and closes) its own LocalCluster."""
+    data, eqs = CASES["hsb_m3"]
+    assert differences(fit_json(data, eqs), fit_json(split(data, tmp_path, "parquet", parts=2), eqs, "--engine", "dask")) == []
+
+
+def test_dask_text_in_a_number_column_is_one_line(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.csv").write_text("ID,MATHACH,SES\n1224,abc,0.1\n1224,3,0.2\n")
+    rc, msg = run("fit", str(folder / "*.csv"), CASES["hsb_m1"][0][1], "--id", "ID", "--engine", "dask",
+                  "-1", "MATHACH = b0 + r", "-2", "b0 = g00 + u0")
+    assert rc == 1 and msg.count("\n") == 1 and "'abc'" in msg
