@@ -54,10 +54,10 @@ class FitResult:
         """lme4's θ: the lower triangle of the Cholesky factor of τ/σ² (rows in order)."""
         G = self.tau / self.sigma2
         q = G.shape[0]
-        return _chol_psd(G)[np.tril_indices(q)]
+        return chol_psd(G)[np.tril_indices(q)]
 
 
-def _chol_psd(G: np.ndarray) -> np.ndarray:
+def chol_psd(G: np.ndarray) -> np.ndarray:
     """Lower-triangular Λ with ΛΛ' = G for PSD G (zero columns where G is singular)."""
     q = G.shape[0]
     L = np.zeros((q, q))
@@ -163,7 +163,7 @@ def _lbfgs(obj: Objective, G0: np.ndarray, structure: TauStructure, maxiter: int
         bounds = [(0.0, None)] * q
     else:
         idx = np.tril_indices(q)
-        theta0 = _chol_psd(G0)[idx]
+        theta0 = chol_psd(G0)[idx]
         bounds = [(0.0, None) if r == c else (None, None) for r, c in zip(*idx)]
 
     def fun(theta):
@@ -242,6 +242,14 @@ def _face_newton(obj: Objective, G: np.ndarray, diagonal: bool, max_steps: int =
         if wider.r == face.r:
             return G, dev0, steps, None, None
         face = wider
+    return newton_on_face(obj, face, x, dev, Gam, noise, max_steps)
+
+
+def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int = 30):
+    """Newton steps from face coordinates x (deviance dev, gradient matrix Gam there) on a fixed
+    face: certificate.Face for one τ, or the three-level search's face over two τ blocks (any
+    object with G, gradient, hessian and feasible). Returns (G, deviance, steps, saddle, face_data)."""
+    steps = 0
     G = face.G(x)
     H, fresh = face.hessian(obj, x), True
     for _ in range(max_steps):
@@ -279,7 +287,7 @@ def _face_newton(obj: Objective, G: np.ndarray, diagonal: bool, max_steps: int =
     return G, dev, steps, None, None
 
 
-def _escape(obj: Objective, curve, dev: float, t0: float) -> tuple[np.ndarray, float] | None:
+def escape_along(obj: Objective, curve, dev: float, t0: float) -> tuple[np.ndarray, float] | None:
     """A line search along a feasible curve t -> G(t), t > 0, for a clearly lower deviance: steps
     from 1e-3 to 10 times t0, the best step the certificate found, and from 1e-9 to 1e3."""
     best = None
@@ -320,7 +328,7 @@ def _polish_and_certify(obj: Objective, G: np.ndarray, dev: float, structure: Ta
             face, x0, e = saddle
             moved = None
             for sign in (1.0, -1.0):
-                moved = _escape(obj, _along_face(face, x0, e, sign), dev, 1.0)
+                moved = escape_along(obj, _along_face(face, x0, e, sign), dev, 1.0)
                 if moved is not None:
                     break
             if moved is None:
@@ -340,7 +348,7 @@ def _polish_and_certify(obj: Objective, G: np.ndarray, dev: float, structure: Ta
             if d1 < dev:  # its start is G re-factored, so it may end higher: then keep G
                 G, dev, message = G1, d1, msg
             continue
-        moved = _escape(obj, _along(G, cert.descent), dev, cert.descent_step)
+        moved = escape_along(obj, _along(G, cert.descent), dev, cert.descent_step)
         if moved is None:
             break
         G, dev = moved

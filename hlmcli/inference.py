@@ -193,12 +193,12 @@ def satterthwaite_df(stats: ModelStats, unit: UnitStats, result: FitResult) -> n
     At a boundary the zero column of Λ drops out by itself: the deviance is even in it, so Φ's
     derivative along it vanishes. H comes from central differences of the analytic gradient
     (∂d/∂Λ = 2ΓΛ, ∂d/∂σ = (2/σ)(ν − rss/σ²)); g from central differences of Φ."""
-    from .estimation import TauStructure, _chol_psd
+    from .estimation import TauStructure, chol_psd
 
     reml = result.method == "REML"
     q = stats.q
     idx = (np.arange(q), np.arange(q)) if result.structure is TauStructure.DIAGONAL else np.tril_indices(q)
-    lam0 = _chol_psd(result.tau / result.sigma2)
+    lam0 = chol_psd(result.tau / result.sigma2)
     x0 = np.concatenate([lam0[idx], [np.sqrt(result.sigma2)]])
     nu = stats.N - stats.p if reml else stats.N
     col_scale = np.sqrt(stats.N / np.maximum(np.diagonal(stats.ZZ, axis1=1, axis2=2).sum(axis=0), 1e-300))

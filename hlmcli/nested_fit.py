@@ -25,7 +25,7 @@ from scipy import optimize, stats as sps
 
 from .certificate import HESSIAN_TOL, Face, rank_tolerance
 from .errors import ModelError
-from .estimation import tol_decrement
+from .estimation import chol_psd, escape_along, newton_on_face, tol_decrement
 from .nested import (NestedData, NestedFit, NestedSolve, NestedStats, _columns, _factor, nested_solve,
                      reduce_nested, reduce_standardised)
 from .unitsolve import unit_ols
@@ -229,24 +229,11 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCert
 
 # ---------------------------------------------------------------- the search
 
-def _chol_psd(G: np.ndarray) -> np.ndarray:
-    q = G.shape[0]
-    L = np.zeros((q, q))
-    for j in range(q):
-        d = G[j, j] - L[j, :j] @ L[j, :j]
-        if d <= 1e-14 * max(abs(G[j, j]), 1e-300):
-            continue
-        L[j, j] = np.sqrt(d)
-        for i in range(j + 1, q):
-            L[i, j] = (G[i, j] - L[i, :j] @ L[j, :j]) / L[j, j]
-    return L
-
-
 def _lbfgs(obj: Objective, Gs0, maxiter: int):
     q2, q3 = Gs0[0].shape[0], Gs0[1].shape[0]
     i2, i3 = np.tril_indices(q2), np.tril_indices(q3)
     n2 = len(i2[0])
-    theta0 = np.concatenate([_chol_psd(Gs0[0])[i2], _chol_psd(Gs0[1])[i3]])
+    theta0 = np.concatenate([chol_psd(Gs0[0])[i2], chol_psd(Gs0[1])[i3]])
     if theta0.size == 0:  # no random effects: the GLS fit is ordinary least squares, nothing to search
         return Gs0, obj.value(Gs0), 0, "no covariance parameters besides sigma2"
     bounds = ([(0.0, None) if r == c else (None, None) for r, c in zip(*i2)]
@@ -302,53 +289,7 @@ def _face_newton(obj: Objective, Gs, max_steps: int = 30):
                     break
         if not widened:
             return Gs, dev0, steps, None, None
-    Gs = face.G(x)
-    H, fresh = face.hessian(obj, x), True
-    for _ in range(max_steps):
-        g = face.gradient(Gam, x)
-        w, E = np.linalg.eigh(H)
-        top = max(abs(float(w[-1])), 1e-300)
-        if w[0] < -HESSIAN_TOL * top:
-            if fresh:
-                return Gs, dev, steps, (face, x, E[:, 0]), None
-            H, fresh = face.hessian(obj, x), True
-            continue
-        keep = w > HESSIAN_TOL * top
-        step = E[:, keep] @ ((E[:, keep].T @ g) / w[keep])
-        if 0.5 * float(g @ step) <= 0.01 * tol_decrement(dev, noise):
-            if fresh:
-                return Gs, dev, steps, None, (face, x, H, g, dev, Gam)
-            H, fresh = face.hessian(obj, x), True
-            continue
-        t, moved = 1.0, False
-        while t > 1e-10:
-            x_new = x - t * step
-            if face.feasible(x_new):
-                d_new, Gam_new = obj.at(face.G(x_new))
-                if d_new <= dev:
-                    x, Gs, dev, Gam, moved = x_new, face.G(x_new), d_new, Gam_new, True
-                    break
-            t *= 0.5
-        steps += 1
-        if not moved:
-            if fresh:
-                break
-            H, fresh = face.hessian(obj, x), True
-        else:
-            fresh = False
-    return Gs, dev, steps, None, None
-
-
-def _escape(obj: Objective, curve, dev: float, t0: float):
-    best = None
-    for t in np.concatenate([t0 * np.logspace(-3, 1, 17), np.logspace(-9, 3, 13)]):
-        Gt = curve(t)
-        if Gt is None:
-            continue
-        d = obj.value(Gt)
-        if d < dev - tol_decrement(dev) and (best is None or d < best[1]):
-            best = (Gt, d)
-    return best
+    return newton_on_face(obj, face, x, dev, Gam, noise, max_steps)
 
 
 def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: str):
@@ -365,7 +306,7 @@ def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: st
                 def curve(t, sign=sign):
                     x = x0 + sign * t * e
                     return face.G(x) if face.feasible(x) else None
-                moved = _escape(obj, curve, dev, 1.0)
+                moved = escape_along(obj, curve, dev, 1.0)
                 if moved is not None:
                     break
             if moved is None:
@@ -384,7 +325,7 @@ def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: st
             continue
         b, D = cert.descent
         G0 = Gs
-        moved = _escape(obj, lambda t: _with(G0, b, G0[b] + t * D), dev, cert.descent_step)
+        moved = escape_along(obj, lambda t: _with(G0, b, G0[b] + t * D), dev, cert.descent_step)
         if moved is None:
             break
         Gs, dev = moved

@@ -269,7 +269,7 @@ class _Quartic:
 
 
 def test_certificate_sees_a_stationary_point_that_is_not_a_minimum_and_the_search_leaves_it():
-    from hlmcli.estimation import _along_face, _escape, _face_newton
+    from hlmcli.estimation import _along_face, _face_newton, escape_along
 
     obj = _Quartic()
     G = np.array([[1.0]])
@@ -279,7 +279,7 @@ def test_certificate_sees_a_stationary_point_that_is_not_a_minimum_and_the_searc
     G1, dev, steps, saddle, _ = _face_newton(obj, G, False)
     assert saddle is not None
     face, x0, e = saddle
-    moved = _escape(obj, _along_face(face, x0, e, 1.0), dev, 1.0) or _escape(obj, _along_face(face, x0, e, -1.0), dev, 1.0)
+    moved = escape_along(obj, _along_face(face, x0, e, 1.0), dev, 1.0) or escape_along(obj, _along_face(face, x0, e, -1.0), dev, 1.0)
     assert moved is not None and moved[1] < dev
     G2, dev2, _, saddle2, data = _face_newton(obj, moved[0], False)
     assert saddle2 is None and abs(abs(G2[0, 0] - 1.0) - 2 ** -0.5) < 1e-5  # decrement 1e-10 <-> |δ| ~ 7e-6
