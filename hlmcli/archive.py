@@ -367,7 +367,17 @@ class CorruptArchive(DataError):
     """The file is not an archive of ours, or its checksum does not match."""
 
 
-def load_archive(path: str | os.PathLike) -> Archive:
+_WRONG_LEVELS = {
+    2: "a three-level archive; this command takes two-level data "
+       "(three-level archives work with 'hlmcli mdm info', 'model' and 'fit')",
+    3: "a two-level archive; give three data files or a three-level archive for a three-level model",
+}
+
+
+def read_archive_file(path: str | os.PathLike, levels: int = 2) -> tuple[Path, dict, dict, CorruptArchive]:
+    """Read and verify an archive file of the given number of levels (the two- and three-level
+    archives share the format): (path, JSON header, arrays by name as zero-copy views, the error
+    to raise when the header does not describe the contents)."""
     from .files import check_regular
 
     path = Path(path)
@@ -391,9 +401,8 @@ def load_archive(path: str | os.PathLike) -> Archive:
         raise damaged
     try:
         header = json.loads(bytes(body[:header_len]).decode("utf-8"))
-        if isinstance(header, dict) and header.get("levels", 2) != 2:  # archive3.py's three-level archives
-            raise DataError(f"{path}: a three-level archive; this command takes two-level data "
-                            "(three-level archives work with 'hlmcli mdm info', 'model' and 'fit')")
+        if isinstance(header, dict) and header.get("levels", 2) != levels:
+            raise DataError(f"{path}: {_WRONG_LEVELS[levels]}")
         arrays = {}
         offset = header_len
         for spec in header["arrays"]:
@@ -408,6 +417,16 @@ def load_archive(path: str | os.PathLike) -> Archive:
             arrays[spec["name"]] = arr
         if offset != len(body):
             raise damaged
+    except DataError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise damaged from None
+    return path, header, arrays, damaged
+
+
+def load_archive(path: str | os.PathLike) -> Archive:
+    path, header, arrays, damaged = read_archive_file(path, 2)
+    try:
         archive = Archive(
             level1_names=header["level1_names"], level2_names=header["level2_names"],
             level1=arrays["level1"], level2=arrays["level2"], unit_ids=header["unit_ids"],

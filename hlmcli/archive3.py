@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .archive import _PREFIX, FORMAT_VERSION, MAGIC, CorruptArchive, Source, _first_few, _is_text, _refuse_infinite
+from .archive import (_PREFIX, FORMAT_VERSION, MAGIC, CorruptArchive, Source, _first_few, _is_text, _refuse_infinite,
+                      read_archive_file)
 from .errors import DataError
 from .files import atomic_write, sha256_file
 
@@ -403,43 +404,8 @@ def archive_levels(path) -> int:
 
 
 def load_archive3(path) -> Archive3:
-    from .files import check_regular
-
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        raise DataError(f"{path}: no such archive; build it with 'hlmcli mdm build'")
-    check_regular(path, "archive")
-    raw = path.read_bytes()
-    rebuild = "rebuild it with 'hlmcli mdm build'"
-    if len(raw) < _PREFIX.size or raw[:8] != MAGIC:
-        raise CorruptArchive(f"{path}: not an hlmcli archive; build one with 'hlmcli mdm build'")
-    _, version, reserved, header_len, checksum = _PREFIX.unpack_from(raw)
-    if version != FORMAT_VERSION:
-        raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {FORMAT_VERSION}; {rebuild}")
-    digest = hashlib.sha256(_PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
-    body = memoryview(raw)[_PREFIX.size:]
-    digest.update(body)
-    if digest.digest() != checksum:
-        raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
-    damaged = CorruptArchive(f"{path}: the archive header does not describe its contents; {rebuild}")
-    if header_len > len(body) or header_len % 8:
-        raise damaged
+    path, header, arrays, damaged = read_archive_file(path, LEVELS)
     try:
-        header = json.loads(bytes(body[:header_len]).decode("utf-8"))
-        if header.get("levels") != LEVELS:
-            raise DataError(f"{path}: a two-level archive; give three data files or a three-level archive for a three-level model")
-        arrays, offset = {}, header_len
-        for spec in header["arrays"]:
-            dtype = np.dtype(spec["dtype"])
-            if dtype.str not in ("<f8", "<i8") or not all(isinstance(n, int) and n >= 0 for n in spec["shape"]):
-                raise damaged
-            count = int(np.prod(spec["shape"], dtype=np.int64)) if spec["shape"] else 1
-            if offset + count * dtype.itemsize > len(body):
-                raise damaged
-            arrays[spec["name"]] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(spec["shape"])
-            offset += arrays[spec["name"]].nbytes
-        if offset != len(body):
-            raise damaged
         a = Archive3(
             level1_names=header["level1_names"], level2_names=header["level2_names"], level3_names=header["level3_names"],
             level1=arrays["level1"], level2=arrays["level2"], level3=arrays["level3"],
