@@ -199,6 +199,24 @@ def _null_check(obj, G, Gamma, face: Face, tol: float, dev: float):
     return mu, decrease, (D if decrease > tol else None), float(steps[k])
 
 
+def face_conditions(H: np.ndarray, g: np.ndarray, tol: float, failed: list[str]) -> tuple[float, float, float]:
+    """The conditions on the face: the Newton decrement ½g'H⁺g (over H's clearly positive eigenvalues)
+    at most tol, and H positive semi-definite up to HESSIAN_TOL of its largest eigenvalue. Appends
+    what fails to `failed`; returns (decrement, largest |gradient|, smallest relative eigenvalue)."""
+    grad_max = float(np.abs(g).max())
+    w, E = np.linalg.eigh(H)
+    top = max(abs(float(w[-1])), 1e-300)
+    hmin = float(w[0]) / top
+    keep = w > HESSIAN_TOL * top
+    step = E[:, keep] @ ((E[:, keep].T @ g) / w[keep])
+    decrement = 0.5 * float(g @ step)
+    if hmin < -HESSIAN_TOL:
+        failed.append(f"the face Hessian has a negative eigenvalue ({hmin:+.1E} relative): a saddle point")
+    if not np.isfinite(decrement) or decrement > tol:
+        failed.append(f"the deviance can still fall by {decrement:.1E} on the face (tolerance {tol:.0E})")
+    return decrement, grad_max, hmin
+
+
 def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> Certificate:
     """Check the first- and second-order conditions at G (standardised coordinates); `obj.at(G)`
     gives (deviance, Γ). Returns a descent direction when one is found. `face_data` = (face, x, H,
@@ -216,17 +234,7 @@ def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> C
             g = face.gradient(Gamma, x0)
             H = face.hessian(obj, x0)
     if face.size:
-        grad_max = float(np.abs(g).max())
-        w, E = np.linalg.eigh(H)
-        top = max(abs(float(w[-1])), 1e-300)
-        hmin = float(w[0]) / top
-        keep = w > HESSIAN_TOL * top
-        step = E[:, keep] @ ((E[:, keep].T @ g) / w[keep])
-        decrement = 0.5 * float(g @ step)
-        if hmin < -HESSIAN_TOL:
-            failed.append(f"the face Hessian has a negative eigenvalue ({hmin:+.1E} relative): a saddle point")
-        if not np.isfinite(decrement) or decrement > tol:
-            failed.append(f"the deviance can still fall by {decrement:.1E} on the face (tolerance {tol:.0E})")
+        decrement, grad_max, hmin = face_conditions(H, g, tol, failed)
     mu, null_decrease, D, step_size = _null_check(obj, G, Gamma, face, tol, dev)
     if D is not None:
         descent = D

@@ -535,7 +535,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
             quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
     """Fit a two- or three-level model and print HLM 7's tables (text) or a stable JSON document."""
-    from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
+    from .files import refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
@@ -622,7 +622,19 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                 if not typed:
                     refuse_clobber(path, more["force"], Path(model_file).name)
         results.write_residuals(opts.residuals_l1, opts.residuals_l2, keep=_split_names(keep) or ())
-    meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
+    _finish_fit(results, analysis.result, status, failures, write_files, source_text=source_text, title=opts.title,
+                id_name=archive.id_names[0], level1=level1, level2=level2, model_file=model_file, timestamp=timestamp,
+                out_format=out_format, output=output, json_out=json_out, ascii_only=ascii_only, strict=strict,
+                quiet=quiet)
+
+
+def _finish_fit(results, result, status: int, failures: list[str], write_files: bool, *, source_text, title, id_name,
+                level1, level2, model_file, timestamp, out_format, output, json_out, ascii_only, strict, quiet) -> None:
+    """The end of a two-level fit, whichever engine ran it: the run's metadata, the tables or JSON,
+    the files (only when the fit is certified, or --keep-failed-output), the warnings, the exit status."""
+    from .files import atomic_write_text
+
+    meta = {"data_source": source_text, "title": title, "id_name": id_name,
             "model_given": {"level1": level1, "level2": list(level2),
                             "model_file": Path(model_file).name if model_file else None},
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
@@ -643,7 +655,6 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         atomic_write_text(output, text)
     elif not output:
         click.echo(text, nl=False)
-    result = analysis.result
     if not quiet:
         for message in failures + ([] if strict else list(result.boundary or [])):
             _stderr(f"hlmcli: warning: {message}")

@@ -291,7 +291,6 @@ def cli_fit(data, level1, level2, model_file, ml, engine, scheduler, build_opts:
     import click
 
     from . import cli
-    from .files import atomic_write_text
     from .hypotheses import parse_test
     from .pipeline import add_extras
     from .results import Results
@@ -342,36 +341,11 @@ def cli_fit(data, level1, level2, model_file, ml, engine, scheduler, build_opts:
                opts.full_output, opts.ols_units)
     status, failures = cli._fit_status(analysis.result, strict)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})
-    meta = {"data_source": source_text, "title": opts.title, "id_name": frame.id_names[0],
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None},
-            "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
-    if timestamp:
-        from datetime import datetime, timezone
-
-        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    results.meta.update(meta)
-    if out_format == "json":
-        text = results.to_json()
-    elif out_format == "text":
-        text = results.summary(ascii=cli._use_ascii(ascii_only) if not output else ascii_only)
-    else:
-        text = results.table(out_format)
     write_files = status == 0 or keep_failed_output
-    if json_out and write_files:
-        atomic_write_text(json_out, results.to_json())
-    if output and write_files:
-        atomic_write_text(output, text)
-    elif not output:
-        click.echo(text, nl=False)
-    if not quiet:
-        for message in failures + ([] if strict else list(analysis.result.boundary or [])):
-            cli._stderr(f"hlmcli: warning: {message}")
-        if output and not write_files:
-            cli._stderr(f"hlmcli: {output} not written because the fit is not certified; "
-                        "pass --keep-failed-output to write it anyway")
-    if status:
-        sys.exit(status)
+    cli._finish_fit(results, analysis.result, status, failures, write_files, source_text=source_text, title=opts.title,
+                    id_name=frame.id_names[0], level1=level1, level2=level2, model_file=model_file,
+                    timestamp=timestamp, out_format=out_format, output=output, json_out=json_out,
+                    ascii_only=ascii_only, strict=strict, quiet=quiet)
 
 
 def _restrict(summary: Summary, names: list[str]) -> Summary:

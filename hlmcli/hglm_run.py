@@ -95,33 +95,11 @@ def refuse_options(opts, *, df_method="hlm", prior_deviance=None, homogeneity=Fa
 def hglm_extras(a: "HGLMAnalysis", hypotheses=(), prior_deviance=None, prior_params=None) -> dict:
     """Wald tests of linear hypotheses on γ (model-based and robust covariance) and the likelihood-ratio
     test against a prior model's deviance (Laplace and AGQ only), as the linear engine's extras."""
-    ex: dict = {}
-    tests = []
-    for h in hypotheses:
-        C = np.array(h.rows, dtype=float)
-        rhs = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
-        if C.shape[1] != a.gamma.size:
-            raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {a.gamma.size} γs")
-        if np.linalg.matrix_rank(C) < C.shape[0]:
-            raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
-        entry = {"label": h.label, "contrast": C.tolist(), "rhs": rhs.tolist()}
-        for kind, cov in (("model", a.cov), ("robust", a.robust_cov)):
-            chi2, df, p = inference.wald_test(C, a.gamma, cov, rhs)
-            entry[kind] = {"chi2": chi2, "df": df, "p": p}
-        tests.append(entry)
-    if tests:
-        ex["hypothesis_tests"] = tests
-    if prior_deviance is not None:
-        if prior_params is None:
-            raise ModelError("a prior deviance needs the prior model's number of parameters (--compare-params or df:)")
-        dev, npar = a.ml.deviance, a.ml.n_params
-        if prior_params < npar:
-            chi2, df, p = inference.deviance_test(prior_deviance, prior_params, dev, npar)
-        else:
-            chi2, df, p = inference.deviance_test(dev, npar, prior_deviance, prior_params)
-        ex["deviance_test"] = {"prior_deviance": prior_deviance, "prior_params": prior_params,
-                               "chi2": chi2, "df": df, "p": p}
-    return ex
+    from .pipeline import tests_of_gamma
+
+    ml = a.ml
+    return tests_of_gamma(hypotheses, a.gamma, a.cov, a.robust_cov, prior_deviance, prior_params,
+                          None if ml is None else ml.deviance, None if ml is None else ml.n_params)
 
 
 def boundary_notes(a: "HGLMAnalysis") -> list[str]:

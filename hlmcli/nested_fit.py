@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize, stats as sps
 
-from .certificate import HESSIAN_TOL, Face, rank_tolerance
+from .certificate import Face, face_conditions, rank_tolerance
 from .errors import ModelError
 from .estimation import chol_psd, escape_along, newton_on_face, tol_decrement
 from .nested import (NestedData, NestedFit, NestedSolve, NestedStats, _columns, _factor, nested_solve,
@@ -200,17 +200,7 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCert
             g = face.gradient(Gams, x0)
             H = face.hessian(obj, x0)
     if face.size:
-        grad_max = float(np.abs(g).max())
-        w, E = np.linalg.eigh(H)
-        top = max(abs(float(w[-1])), 1e-300)
-        hmin = float(w[0]) / top
-        keep = w > HESSIAN_TOL * top
-        step = E[:, keep] @ ((E[:, keep].T @ g) / w[keep])
-        decrement = 0.5 * float(g @ step)
-        if hmin < -HESSIAN_TOL:
-            failed.append(f"the face Hessian has a negative eigenvalue ({hmin:+.1E} relative): a saddle point")
-        if not np.isfinite(decrement) or decrement > tol:
-            failed.append(f"the deviance can still fall by {decrement:.1E} on the face (tolerance {tol:.0E})")
+        decrement, grad_max, hmin = face_conditions(H, g, tol, failed)
     mus, decs, descent, dstep = [], [], None, 1.0
     for b, name in enumerate(("tau_pi", "tau_beta")):
         mu, dec, D, st = _null_check_block(obj, Gs, Gams, face, b, tol, dev)
@@ -419,7 +409,7 @@ def level_tests(data: NestedData, raw: NestedStats, solve_user: dict, sigma2: fl
     """Reliabilities and χ² tests at levels 2 and 3 (formulas in fit_nested's docstring)."""
     cols = _columns(data.layout)
     pis = data.layout.pis
-    q2, q3, p = raw.q2, raw.q3, raw.p
+    q2, q3 = raw.q2, raw.q3
     gamma = solve_user["gamma"]
     eb_beta = solve_user["eb_beta"]  # (J3, q3)
     J2, J3 = raw.J2, raw.J3

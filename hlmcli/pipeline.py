@@ -153,6 +153,39 @@ def boundary_notes(result: FitResult, spec: ModelSpec) -> list[str]:
     return notes
 
 
+def tests_of_gamma(hypotheses, gamma, cov, robust_cov, prior_deviance=None, prior_params=None,
+                   deviance=None, n_params=None) -> dict:
+    """Wald tests of linear hypotheses on γ (model-based and robust covariance), and the likelihood-ratio
+    test of this fit's deviance against a prior model's: the entries 'hypothesis_tests' and
+    'deviance_test' of the extras, shared by the linear and the HGLM analyses."""
+    ex: dict = {}
+    tests = []
+    for h in hypotheses:
+        C = np.array(h.rows, dtype=float)
+        d = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
+        if C.shape[1] != gamma.size:
+            raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {gamma.size} γs")
+        if np.linalg.matrix_rank(C) < C.shape[0]:
+            raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
+        entry = {"label": h.label, "contrast": C.tolist(), "rhs": d.tolist()}
+        for kind, V in (("model", cov), ("robust", robust_cov)):
+            chi2, df, p = inference.wald_test(C, gamma, V, d)
+            entry[kind] = {"chi2": chi2, "df": df, "p": p}
+        tests.append(entry)
+    if tests:
+        ex["hypothesis_tests"] = tests
+    if prior_deviance is not None:
+        if prior_params is None:
+            raise ModelError("a prior deviance needs the prior model's number of parameters (--compare-params or df:)")
+        if prior_params < n_params:
+            chi2, df, p = inference.deviance_test(prior_deviance, prior_params, deviance, n_params)
+        else:
+            chi2, df, p = inference.deviance_test(deviance, n_params, prior_deviance, prior_params)
+        ex["deviance_test"] = {"prior_deviance": prior_deviance, "prior_params": prior_params,
+                               "chi2": chi2, "df": df, "p": p}
+    return ex
+
+
 def add_extras(analysis: Analysis, hypotheses=(), prior_deviance=None, prior_params=None,
                homogeneity: bool = False, full_output: bool = False, ols_units: int = 10) -> None:
     """The numbers researchers compute after the main tables; stored JSON-ready in analysis.extras."""
@@ -172,30 +205,8 @@ def add_extras(analysis: Analysis, hypotheses=(), prior_deviance=None, prior_par
         ranges.append({"coefficient": names[q], "gamma": label, "estimate": g, "low": g - half, "high": g + half,
                        "at_zero_level2_predictors": bool(a.spec.level2[q].predictors)})
     ex["plausible_ranges"] = ranges
-    tests = []
-    for h in hypotheses:
-        C = np.array(h.rows, dtype=float)
-        d = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
-        if C.shape[1] != fx.gamma.size:
-            raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {fx.gamma.size} γs")
-        if np.linalg.matrix_rank(C) < C.shape[0]:
-            raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
-        entry = {"label": h.label, "contrast": C.tolist(), "rhs": d.tolist()}
-        for kind, cov in (("model", fx.cov), ("robust", fx.robust_cov)):
-            chi2, df, p = inference.wald_test(C, fx.gamma, cov, d)
-            entry[kind] = {"chi2": chi2, "df": df, "p": p}
-        tests.append(entry)
-    if tests:
-        ex["hypothesis_tests"] = tests
-    if prior_deviance is not None:
-        if prior_params is None:
-            raise ModelError("a prior deviance needs the prior model's number of parameters (--compare-params or df:)")
-        if prior_params < r.n_params:
-            chi2, df, p = inference.deviance_test(prior_deviance, prior_params, r.deviance, r.n_params)
-        else:
-            chi2, df, p = inference.deviance_test(r.deviance, r.n_params, prior_deviance, prior_params)
-        ex["deviance_test"] = {"prior_deviance": prior_deviance, "prior_params": prior_params,
-                               "chi2": chi2, "df": df, "p": p}
+    ex.update(tests_of_gamma(hypotheses, fx.gamma, fx.cov, fx.robust_cov, prior_deviance, prior_params,
+                             r.deviance, r.n_params))
     if homogeneity:
         H, df, p, used, left_out = inference.homogeneity_test(a.unit)
         ex["homogeneity"] = {"H": H, "df": df, "p": p, "units_used": used, "units_left_out": left_out}
