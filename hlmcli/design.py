@@ -14,6 +14,7 @@ import numpy as np
 from .archive import Archive
 from .equations import ModelSpec, Term, Variables
 from .errors import ModelError
+from .spec import gamma_label
 
 
 def variables_of(archive: Archive) -> Variables:
@@ -148,9 +149,9 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
         cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
         W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
         if eq.intercept:
-            fixed.append(FixedEffect(q, 0, names[q], "INTRCPT2", f"γ{q}0"))
+            fixed.append(FixedEffect(q, 0, names[q], "INTRCPT2", gamma_label(q, 0)))
         for s, t in enumerate(eq.predictors, start=1):
-            fixed.append(FixedEffect(q, s, names[q], predictor_name(t), f"γ{q}{s}"))
+            fixed.append(FixedEffect(q, s, names[q], predictor_name(t), gamma_label(q, s)))
 
     level2_values = {name: archive.level2[k][unit_positions] for k, name in enumerate(archive.level2_names)}
     design = Design(spec=spec, y=np.ascontiguousarray(columns[spec.outcome]), L=L, W=W, offsets=offsets,

@@ -302,6 +302,12 @@ def fixed_json(a: HGLMAnalysis, gamma, cov, rcov, df) -> list[dict]:
     return out
 
 
+def information_criteria(a: HGLMAnalysis) -> tuple[float, float]:
+    """AIC and BIC of a Laplace or AGQ fit, as lme4's AIC()/BIC() of glmer: its deviance (-2 log-likelihood)
+    plus 2k or k·log N, k = γs + τ parameters, N the level-1 records. PQL has no likelihood, so none."""
+    return inference.information_criteria(a.ml.deviance, a.ml.n_params, 0, a.design.n)
+
+
 def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     from .report import data_hash, model_record
 
@@ -312,6 +318,7 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = a.tau / np.outer(sd, sd)
     vt = a.variance
+    criteria = information_criteria(a) if a.ml else None
     comps = [{"effect": names[q], "label": f"u{q}", "sd": float(sd[k]), "variance": float(a.tau[k, k]),
               "df": float(vt.df[k]), "chi2": float(vt.chi2[k]), "p": float(vt.p[k])} for k, q in enumerate(rand_q)]
     if a.sigma2 is not None:
@@ -325,9 +332,11 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         "method": a.spec.method if a.estimation == "pql" else "ML",
         "trials": opts.trials, "exposure": opts.exposure, "overdispersion": opts.overdispersion,
         "n_level1": d.n, "n_level2": d.n_units, "n_deleted": d.n_deleted, "units_deleted": d.units_deleted,
-        "converged": a.converged, "model": model_record(a.spec, meta), "data_hash": data_hash(d),
+        "converged": a.converged, "iterations": a.pql.macro_iterations if a.pql is not None else a.ml.iterations,
+        "df_method": "hlm", "model": model_record(a.spec, meta), "data_hash": data_hash(d),
         "random_coefficients": [names[q] for q in rand_q],
-        "tau": a.tau.tolist(), "tau_correlation": corr.tolist(),
+        "tau": a.tau.tolist(), "se_tau": None, "se_sigma2": None, "tau_correlation": corr.tolist(),
+        "units_with_sufficient_data": vt.n_sufficient,
         "reliability": {names[q]: float(vt.reliability[k]) for k, q in enumerate(rand_q)},
         "fixed_effects": fixed_json(a, a.gamma, a.cov, a.robust_cov, a.df),
         "gamma_covariance": a.cov.tolist(), "gamma_robust_covariance": a.robust_cov.tolist(),
@@ -337,6 +346,8 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         "deviance_note": None if a.ml else "PQL maximises a quasi-likelihood: there is no deviance to compare models with",
         "n_params": a.ml.n_params if a.ml else None,
         "loglik": -a.ml.deviance / 2 if a.ml else None,
+        "aic": criteria[0] if a.ml else None, "bic": criteria[1] if a.ml else None,
+        "start": "pql" if a.ml else None,
         "loglik_constant": a.data.const,
         "lme4_formula": glmer_call(a.spec, meta.get("id_name", "ID")),
         "centering_means": d.centering_means,
@@ -350,9 +361,7 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
                               "unit-specific PQL estimates (Raudenbush & Bryk 2002, ch. 10)",
                 "iterations": a.pql.pa_iterations,
                 "fixed_effects": fixed_json(a, a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov, a.df)}
-    if a.ml is not None:
-        out["certificate"] = a.ml.certificate.to_json()
-        out["iterations"] = a.ml.iterations
+    out["certificate"] = a.ml.certificate.to_json() if a.ml is not None else None
     out["tau_structure"] = "diagonal" if opts.tau == "diagonal" else "unstructured"
     out["boundary"] = bool(a.notes)  # as the linear engine's JSON: a flag and its notes
     out["boundary_notes"] = list(a.notes)
@@ -487,6 +496,8 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         w("Statistics for the current model")
         w(f" Deviance                       = {a.ml.deviance:.6f}")
         w(f" Number of estimated parameters = {a.ml.n_params}")
+        aic, bic = information_criteria(a)
+        w(f" AIC = {aic:.6f}, BIC = {bic:.6f} (as lme4: every fixed effect and variance parameter counted)")
         w(" (-2 x the full log-likelihood, every constant included)" if sym.ascii else
           " (−2 × the full log-likelihood, every constant included)")
     else:

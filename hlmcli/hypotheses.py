@@ -7,6 +7,7 @@ import re
 
 from .equations import Hypothesis, ModelSpec, _normalise
 from .errors import ModelError
+from .spec import gamma_label
 
 
 def gamma_labels(spec: ModelSpec) -> list[tuple[int, int]]:
@@ -17,12 +18,17 @@ def gamma_labels(spec: ModelSpec) -> list[tuple[int, int]]:
 _TERM = re.compile(r"^\s*([+-]?)\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)?\s*\*?\s*g(?:(\d)(\d)|(\d+),(\d+))\s*$", re.I)
 
 
+_LABEL_COMMA = re.compile(r"g(\d+),(\d+)", re.I)
+
+
 def parse_test(text: str, spec: ModelSpec) -> Hypothesis:
     """'γ01 = 0, γ11 - γ01 = 0' -> a Hypothesis with one row per restriction."""
     labels = gamma_labels(spec)
     rows, rhs = [], []
-    norm = _normalise(text)
+    # a comma inside a label (γ1,10, as printed) is not one between restrictions: mark it first
+    norm = _LABEL_COMMA.sub(r"g\1;\2", _normalise(text))
     for restriction in [r for r in norm.split(",") if r.strip()]:
+        restriction = restriction.replace(";", ",")
         if restriction.count("=") != 1:
             raise ModelError(f"--test '{text}': each restriction needs one '=', e.g. 'g01 = 0'")
         left, right = restriction.split("=")
@@ -47,8 +53,8 @@ def parse_test(text: str, spec: ModelSpec) -> Hypothesis:
             q = int(m.group(3) or m.group(5))
             s = int(m.group(4) or m.group(6))
             if (q, s) not in labels:
-                known = ", ".join(f"g{a}{b}" for a, b in labels)
-                raise ModelError(f"--test '{text}': this model has no γ{q}{s}; its γs are {known}")
+                known = ", ".join(gamma_label(a, b, "g") for a, b in labels)
+                raise ModelError(f"--test '{text}': this model has no {gamma_label(q, s)}; its γs are {known}")
             row[labels.index((q, s))] += sign * mult
         rows.append(tuple(row))
         rhs.append(value)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .design import Design
+from .spec import gamma_label
 
 
 @dataclass(frozen=True)
@@ -224,9 +225,9 @@ def design_from_moments(spec, unit_ids: list[str], names: list[str], m: Moments,
         cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
         W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
         if eq.intercept:
-            fixed.append(FixedEffect(q, 0, coef_names[q], "INTRCPT2", f"γ{q}0"))
+            fixed.append(FixedEffect(q, 0, coef_names[q], "INTRCPT2", gamma_label(q, 0)))
         for s, t in enumerate(eq.predictors, start=1):
-            fixed.append(FixedEffect(q, s, coef_names[q], predictor_name(t), f"γ{q}{s}"))
+            fixed.append(FixedEffect(q, s, coef_names[q], predictor_name(t), gamma_label(q, s)))
     offsets = np.concatenate(([0], np.cumsum(m.n.astype(np.int64)))).astype(np.int64)
     design = MomentsDesign(
         spec=spec, y=np.zeros(0), L=np.zeros((0, len(spec.level1) + 1)), W=W, offsets=offsets, unit_ids=unit_ids, unit_positions=positions,

@@ -119,7 +119,9 @@ class Symbols:
         self.chi2 = "Chi-square" if ascii_only else "χ2"
 
     def g(self, q: int, s: int) -> str:
-        return f"{self.gamma}{q}{s}" if q < 10 and s < 10 else f"{self.gamma}{q},{s}"
+        from .spec import gamma_label
+
+        return gamma_label(q, s, self.gamma)
 
 
 def hlm_name(name: str) -> str:

@@ -32,6 +32,17 @@ _VAR = re.compile(r"^\s*var\s*\(", re.I)
 _ETA = re.compile(r"^\s*(η|eta)\w*\s*=", re.I)
 
 
+def subscript(*indices: int) -> str:
+    """HLM 7's subscripts: digits run together while each index has one digit (γ01, π2, β10), and are
+    separated by commas as soon as one has two (γ1,10 and γ11,0, which run together would both read γ110)."""
+    return "".join(map(str, indices)) if all(0 <= i < 10 for i in indices) else ",".join(map(str, indices))
+
+
+def gamma_label(q: int, s: int, letter: str = "γ") -> str:
+    """The label of γqs, as every output prints it and `--test` reads it (ASCII: letter='g')."""
+    return f"{letter}{subscript(q, s)}"
+
+
 def hlm_block(text: str):
     """HLM 7's printed HGLM level-1 block -> (equation 'Y = b0 + ...', family or None, exposure implied).
 
