@@ -17,8 +17,10 @@ from typing import Callable, Sequence, Union
 
 import pandas as pd
 
+from .equations import ModelSpec
 from .errors import DataError, ModelError
 from .results import Results
+from .spec import Engine, Estimation, FamilyName, FitOptions, Method, OutputOptions, TauStructure
 
 DataLike = Union[str, os.PathLike, pd.DataFrame]
 
@@ -81,70 +83,171 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
 def make_spec(archive, level1_eq: str | None, level2_eqs: Sequence[str] = (), model: str | os.PathLike | None = None,
               method: str | None = None, **options):
     """A ModelSpec from equations or a model file; `options` override RunOptions fields (None = keep)."""
+    if method is not None and method.upper() not in ("REML", "ML"):
+        raise ModelError(f"method must be 'REML' or 'ML', not '{method}'")
+    return model_spec(archive, level1_eq, level2_eqs, model, FitOptions(method=Method(method.upper()) if method else None),
+                      **options)
+
+
+def _enum(kind, value, what: str):
+    if value is None or isinstance(value, kind):
+        return value
+    try:
+        return kind(str(value).upper() if kind is Method else str(value).lower())
+    except ValueError:
+        raise ModelError(f"{what} must be one of {', '.join(repr(k.value) for k in kind)}, not '{value}'") from None
+
+
+def fit_options(**given) -> FitOptions:
+    """FitOptions from the API's or the command line's keywords, each checked (one line if wrong)."""
+    for name, kind in (("method", Method), ("family", FamilyName), ("estimation", Estimation), ("tau", TauStructure),
+                       ("engine", Engine)):
+        if name in given:
+            given[name] = _enum(kind, given[name], name)
+    if given.get("engine") is None:
+        given.pop("engine", None)
+    if given.get("df_method") is None:
+        given.pop("df_method", None)
+    if given.get("df_method", "hlm") not in ("hlm", "satterthwaite"):
+        raise ModelError(f"df must be 'hlm' or 'satterthwaite', not '{given['df_method']}'")
+    for name in ("tests", "imputed"):
+        value = given.get(name)
+        if isinstance(value, str):
+            given[name] = (value,)
+        elif value is not None:
+            given[name] = tuple(value)
+        else:
+            given.pop(name, None)
+    return FitOptions(**given)
+
+
+def model_spec(archive, level1: str | None, level2: Sequence[str], model_file, fit: FitOptions,
+               allow_outside: bool = False, **run_options) -> ModelSpec:
+    """The one ModelSpec of a request, whichever door it came by: the equations (HLM 7's printed HGLM
+    block too) or the model file with its own settings (a .hlm file's nonlin:, level1weight:, mlf:),
+    then what `fit` asks, which wins; `run_options` set RunOptions fields (None = keep)."""
     from .design import variables_of
     from .equations import RunOptions, spec_from_inputs
+    from .spec import hlm_block
 
-    if isinstance(level2_eqs, str):
-        level2_eqs = [level2_eqs]
-    spec = spec_from_inputs(level1_eq, list(level2_eqs), str(model) if model else None, variables_of(archive), RunOptions())
-    changes = {k: v for k, v in options.items() if v is not None}
-    if method is not None:
-        method = method.upper()
-        if method not in ("REML", "ML"):
-            raise ModelError(f"method must be 'REML' or 'ML', not '{method}'")
-        changes["method"] = method
+    if isinstance(level2, str):
+        level2 = [level2]
+    family = fit.family
+    if level1:
+        level1, block_family, _exposure = hlm_block(level1)
+        if block_family is not None:
+            if family is not None and family != block_family:
+                raise ModelError(f"the level-1 block is a {block_family.value} model but the family is {family.value}")
+            family = block_family
+    spec = spec_from_inputs(level1, list(level2), str(model_file) if model_file else None, variables_of(archive),
+                            RunOptions(), allow_outside)
+    changes = {k: v for k, v in run_options.items() if v is not None}
+    asked = {"family": family.value if family else None, "trials": fit.trials, "exposure": fit.exposure,
+             "overdispersion": fit.overdispersion, "estimation": fit.estimation.value if fit.estimation else None,
+             "quadrature_points": fit.quadrature_points, "method": fit.method.value if fit.method else None,
+             "tau": fit.tau.value if fit.tau else None, "weight1": fit.weight1, "weight2": fit.weight2,
+             "max_iterations": fit.max_iterations, "prior_deviance": fit.compare_deviance,
+             "prior_params": fit.compare_params, "homogeneity": fit.test_homogeneity, "full_output": fit.full_output,
+             "ols_units": fit.ols_units}
+    changes.update({k: v for k, v in asked.items() if v is not None})
+    if changes.get("estimation", spec.options.estimation) == "agq" and "quadrature_points" not in changes \
+            and spec.options.quadrature_points == 1:
+        changes["quadrature_points"] = 7  # HLM 7's and our default for AGQ
     if changes:
         spec = replace(spec, options=replace(spec.options, **changes))
     return spec
 
 
-def analyse_with_extras(spec, archive, df_method: str = "hlm", tests: Sequence[str] = ()):
-    """The fit and every extra the options ask for: what `hlmcli fit` computes."""
+def weight_spec(spec, fit: FitOptions):
+    """The sampling weights a fit uses: the options' or the model file's columns, and the normalisation."""
+    from .weights import DEFAULT_NORMALIZATION, WeightSpec
+
+    w = WeightSpec(fit.weight1 or spec.options.weight1, fit.weight2 or spec.options.weight2,
+                   fit.normalize or DEFAULT_NORMALIZATION)
+    if fit.normalize and not w.any:
+        raise ModelError("--normalize needs --weight1 or --weight2")
+    return w
+
+
+def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None):
+    """The fit a spec asks for, with every extra (tests, deviance test, homogeneity, full output):
+    the linear engine (weighted or not) or the HGLM engine, decided by the spec's family alone."""
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
-    if df_method not in ("hlm", "satterthwaite"):
-        raise ModelError(f"df must be 'hlm' or 'satterthwaite', not '{df_method}'")
-    hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
-    analysis = analyse(spec, archive, df_method)
+    hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in fit.tests]
     o = spec.options
+    if not spec.family.linear:
+        from .hglm_run import analyse_hglm, boundary_notes, hglm_extras
+
+        a = analyse_hglm(spec, archive, level1_text)
+        a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
+        a.notes = boundary_notes(a)
+        return a
+    weights = weight_spec(spec, fit)
+    analysis = analyse(spec, archive, fit.df_method, weights=weights if weights.any else None)
     add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params, o.homogeneity, o.full_output, o.ols_units)
     return analysis
+
+
+def analyse_with_extras(spec, archive, df_method: str = "hlm", tests: Sequence[str] = ()):
+    """The fit and every extra the options ask for: what `hlmcli fit` computes."""
+    return analyse_model(spec, archive, fit_options(df_method=df_method, tests=tests))
 
 
 def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         level1_eq: str | None = None, level2_eqs: Sequence[str] = (), method: str | None = None, *,
         model: str | os.PathLike | None = None, id1: str | None = None, id2: str | None = None,
         missing: str = "analysis", drop_unmatched: bool = False, df: str = "hlm",
+        family: str | None = None, trials: str | None = None, exposure: str | None = None,
+        overdispersion: bool | None = None, estimation: str | None = None, quadrature_points: int | None = None,
+        weight1: str | None = None, weight2: str | None = None, normalize: str | None = None,
+        tau: str | None = None, engine: str = "memory",
         max_iterations: int | None = None, title: str | None = None, tests: Sequence[str] = (),
         compare_deviance: float | None = None, compare_params: int | None = None,
         test_homogeneity: bool | None = None, full_output: bool | None = None, ols_units: int | None = None,
         file_format: str | None = None, delimiter: str | None = None,
         cache_dir: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None) -> Results:
-    """Fit a two-level model, as `hlmcli fit` does, and return its Results.
+    """Fit a two-level model, as `hlmcli fit` does (the same stages), and return its Results.
 
     level1, level2: paths to data files (CSV, SAS, SPSS, Stata) or pandas DataFrames; or `level1`
         an archive (.mdm) and `level2` None; or one DataFrame holding both levels (level-2
         variables are then those constant within units).
-    id (or id1/id2): the unit id column. level1_eq, level2_eqs: the equations, as `-1`/`-2`;
-    or `model`, an equations file or HLM 7 `.hlm` file. method: "REML" or "ML" (default REML,
-    or what a `.hlm` file says).
+    id (or id1/id2): the unit id column. level1_eq, level2_eqs: the equations, as `-1`/`-2`
+    (HLM 7's printed HGLM level-1 block too); or `model`, an equations file or HLM 7 `.hlm` file,
+    whose settings (nonlin:, level1weight:, mlf:, ...) are used. method: "REML" or "ML" (default
+    REML, or what a `.hlm` file says).
+    family ("normal", "bernoulli", "binomial", "poisson"), trials, exposure, overdispersion,
+    estimation ("pql", "laplace", "agq"), quadrature_points: an HGLM, as --family and its options.
+    weight1, weight2, normalize: sampling weights. tau: "unstructured" or "diagonal".
+    engine: "memory" (the records in memory); "stream" and "dask" are for `hlmcli fit` with files.
     The other keywords mirror the CLI's options: df ("hlm" or "satterthwaite"), max_iterations,
     title, tests (e.g. ["g01 = 0, g11 = 0"]), compare_deviance/compare_params, test_homogeneity,
     full_output, ols_units, missing ("now"/"analysis"), drop_unmatched, file_format, delimiter,
     cache_dir. `warn` receives warnings (default: Python's warnings module).
-    Raises hlmcli.errors.DataError or ModelError with a one-line message on bad input.
+    Refused options (capabilities.check) and bad input raise hlmcli.errors.DataError or ModelError
+    with a one-line message.
     """
     import warnings
 
+    from . import capabilities
+
     say = warn or (lambda m: warnings.warn(m, stacklevel=3))
+    options = fit_options(method=method, family=family, trials=trials, exposure=exposure, overdispersion=overdispersion,
+                          estimation=estimation, quadrature_points=quadrature_points, tau=tau, weight1=weight1,
+                          weight2=weight2, normalize=normalize, df_method=df, tests=tests,
+                          compare_deviance=compare_deviance, compare_params=compare_params,
+                          test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
+                          max_iterations=max_iterations, engine=engine)
+    if options.engine != Engine.MEMORY:
+        raise ModelError(f"engine='{options.engine.value}' reads files in chunks from the command line "
+                         "('hlmcli fit --engine ...'); hlmcli.fit holds the records in memory: use engine='memory'")
     archive, source, frames = load_data(level1, level2, id, id1=id1, id2=id2, missing=missing,
                                         drop_unmatched=drop_unmatched, file_format=file_format,
                                         delimiter=delimiter, cache_dir=cache_dir, warn=say)
-    spec = make_spec(archive, level1_eq, level2_eqs, model, method, title=title, max_iterations=max_iterations,
-                     prior_deviance=compare_deviance, prior_params=compare_params, homogeneity=test_homogeneity,
-                     full_output=full_output, ols_units=ols_units)
-    analysis = analyse_with_extras(spec, archive, df, tests)
+    spec = model_spec(archive, level1_eq, level2_eqs, model, options, title=title)
+    capabilities.check(spec, options, OutputOptions(title=title))
+    analysis = analyse_model(spec, archive, options, level1_eq)
     meta = {"data_source": source, "title": spec.options.title, "id_name": archive.id_names[0],
             "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
                             "model_file": Path(model).name if model else None},
@@ -152,6 +255,6 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     if frames is None and level2 is not None:
         meta["source_files"] = (str(level1), str(level2))
     results = Results(analysis, archive, meta, frames)
-    if not analysis.result.converged:
-        say("the estimation did not converge; the results are not at the optimum")
+    for message in results.failures:
+        say(message + "; the results are not at the optimum")
     return results

@@ -27,9 +27,14 @@ def read_fit(path: str) -> dict:
                         "for now, so compare the deviances and parameter counts in the JSON by hand")
     if fit.get("schema") != 2:
         raise DataError(f"{path}: JSON schema {str(fit.get('schema'))[:20]} is not one this hlmcli reads (2); refit with this version")
-    problem = _incomplete(fit)
+    if fit.get("kind") == "combined":
+        raise DataError(f"{path}: results combined over plausible values or imputed data sets have no single deviance "
+                        "or fit to read; 'table' and 'compare' take the single fits (each is under 'fits' in the file)")
+    from .schemas import first_error
+
+    problem = first_error(fit, "fit") or _incomplete(fit)
     if problem:
-        raise DataError(f"{path}: incomplete or edited JSON fit ({problem}); save it again with 'hlmcli fit ... --format json'")
+        raise DataError(f"{path}: not a valid saved fit: {problem}; save it again with 'hlmcli fit ... --format json'")
     return fit
 
 
@@ -48,11 +53,14 @@ def _incomplete(fit: dict) -> str | None:
     if fit["method"] not in ("REML", "ML"):
         return "'method' is neither REML nor ML"
     for key in ("n_level1", "n_level2", "n_params"):
+        if key == "n_params" and "family" in fit and fit.get(key) is None:
+            continue
         if not isinstance(fit.get(key), int) or isinstance(fit.get(key), bool) or fit[key] < 0:
             return f"'{key}' is missing or not a count"
-    if not _number(fit.get("deviance")):
+    hglm = "family" in fit
+    if not (_number(fit.get("deviance")) or (hglm and fit.get("deviance") is None)):
         return "'deviance' is missing or not a finite number"
-    if not _number(fit.get("sigma2"), positive=True):
+    if not (_number(fit.get("sigma2"), positive=True) or (hglm and fit.get("sigma2") is None)):
         return "'sigma2' is missing or not a positive number"
     fixed = fit.get("fixed_effects")
     if not isinstance(fixed, list) or not all(isinstance(f, dict) and isinstance(f.get("coefficient"), str)
@@ -82,6 +90,14 @@ def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
             raise DataError(f"{name} does not record its model and data (an older hlmcli wrote it); refit it with this version")
         if not fit.get("converged"):
             raise DataError(f"{name} is not a certified optimum, so its deviance cannot be tested; fix the fit first")
+    for fit, name in ((a, name_a), (b, name_b)):
+        if fit["deviance"] is None:
+            raise DataError(f"{name} is a PQL fit, and PQL has no deviance (it maximises a quasi-likelihood), so no "
+                            "likelihood-ratio test; fit both models with --estimation laplace or agq")
+    if (a.get("family"), a.get("estimation"), a.get("quadrature_points")) != \
+            (b.get("family"), b.get("estimation"), b.get("quadrature_points")):
+        raise DataError(f"{name_a} and {name_b} differ in family or estimation (quadrature points included), so their "
+                        "deviances are not on one scale; fit both the same way")
     if a["method"] != b["method"]:
         raise DataError(f"{name_a} is {a['method']} and {name_b} is {b['method']}; fit both the same way (both --ml for different fixed effects)")
     if a["data_hash"] != b["data_hash"] or a["outcome"] != b["outcome"]:
@@ -116,8 +132,9 @@ def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
         if name in tau_b and tau_a[name] > 0:
             reductions.append({"component": name, "a": tau_a[name], "b": tau_b[name],
                                "proportion_reduction": (tau_a[name] - tau_b[name]) / tau_a[name]})
-    reductions.append({"component": "level-1", "a": a["sigma2"], "b": b["sigma2"],
-                       "proportion_reduction": (a["sigma2"] - b["sigma2"]) / a["sigma2"]})
+    if a["sigma2"] is not None and b["sigma2"] is not None:  # an HGLM's level-1 variance is fixed by its mean
+        reductions.append({"component": "level-1", "a": a["sigma2"], "b": b["sigma2"],
+                           "proportion_reduction": (a["sigma2"] - b["sigma2"]) / a["sigma2"]})
     result["variance_reduction"] = reductions
     result["order_note"] = "B has fewer parameters than A; the test treats B as the simpler model" if swapped else None
     return result

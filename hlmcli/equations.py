@@ -88,6 +88,32 @@ class ModelSpec:
     def method(self) -> str:
         return self.options.method
 
+    # The model's kind as values (spec.py): what the engines, the capabilities table and the report
+    # branch on, rather than on which command or file the model came from.
+    @property
+    def levels(self) -> tuple:
+        """The equations level by level: (level-1 predictors, level-2 equations)."""
+        return (self.level1, self.level2)
+
+    @property
+    def family(self):
+        from .spec import Family
+
+        return Family.of(self.options.family)
+
+    @property
+    def estimation(self):
+        """How the model is estimated: the method (REML/ML) of a linear model, PQL/Laplace/AGQ of an HGLM."""
+        from .spec import Estimation, Method
+
+        return Method(self.options.method) if self.family.linear else Estimation(self.options.estimation)
+
+    @property
+    def tau_structure(self):
+        from .spec import TauStructure
+
+        return TauStructure(self.options.tau)
+
     @property
     def level1_intercept(self) -> bool:
         return self.level2[0].present

@@ -514,14 +514,10 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
-def write_residuals(a: HGLMAnalysis, sources) -> None:
-    """EB estimates and level-1 fitted values on the link scale (η), as HLM 7's residual files."""
-    opts = a.spec.options
-    if not (opts.residuals_l1 or opts.residuals_l2):
-        return
+def level2_table(a: HGLMAnalysis):
+    """HLM 7's level-2 residual file of an HGLM: per unit the EB random effects (posterior modes) and
+    their posterior variances, each coefficient's level-2 prediction and EB value, on the link scale."""
     import pandas as pd
-
-    from .residual_files import write_table
 
     d = a.design
     names = a.spec.coefficient_names()
@@ -529,22 +525,28 @@ def write_residuals(a: HGLMAnalysis, sources) -> None:
     coef = np.einsum("jkp,p->jk", a.data.B, a.gamma)
     eb = coef.copy()
     eb[:, a.data.rnd] += a.b
-    if opts.residuals_l2:
-        cols: dict[str, object] = {"id": d.unit_ids, "nj": d.sizes.astype(int)}
-        for k, q in enumerate(rand_q):
-            cols[f"u_{names[q]}"] = a.b[:, k]
-            cols[f"postvar_{names[q]}"] = a.b_var[:, k, k]
-        for q, name in enumerate(names):
-            cols[f"fitted_{name}"] = coef[:, q]
-            cols[f"eb_{name}"] = eb[:, q]
-        for name, values in d.level2_values.items():
-            cols[name] = values
-        write_table(pd.DataFrame(cols), opts.residuals_l2)
-    if opts.residuals_l1:
-        unit = a.data.unit
-        eta = a.data.eta(a.gamma, a.b)
-        cols = {"id": np.array(d.unit_ids, dtype=object)[unit], "eta": eta,
-                "fitted": a.data.family.mean(eta, a.data.trials), d.spec.outcome: d.y}
-        for k, term in enumerate(d.spec.level1, start=1):
-            cols[term.name if term.centering == "none" else f"{term.name}_{term.centering}"] = d.L[:, k]
-        write_table(pd.DataFrame(cols), opts.residuals_l1)
+    cols: dict[str, object] = {"id": d.unit_ids, "nj": d.sizes.astype(int)}
+    for k, q in enumerate(rand_q):
+        cols[f"u_{names[q]}"] = a.b[:, k]
+        cols[f"postvar_{names[q]}"] = a.b_var[:, k, k]
+    for q, name in enumerate(names):
+        cols[f"fitted_{name}"] = coef[:, q]
+        cols[f"eb_{name}"] = eb[:, q]
+    for name, values in d.level2_values.items():
+        cols[name] = values
+    return pd.DataFrame(cols)
+
+
+def level1_table(a: HGLMAnalysis):
+    """HLM 7's level-1 residual file of an HGLM: the linear predictor η with the EB effects, the fitted
+    mean, the outcome and the predictors, in unit order."""
+    import pandas as pd
+
+    d = a.design
+    unit = a.data.unit
+    eta = a.data.eta(a.gamma, a.b)
+    cols = {"id": np.array(d.unit_ids, dtype=object)[unit], "eta": eta,
+            "fitted": a.data.family.mean(eta, a.data.trials), d.spec.outcome: d.y}
+    for k, term in enumerate(d.spec.level1, start=1):
+        cols[term.name if term.centering == "none" else f"{term.name}_{term.centering}"] = d.L[:, k]
+    return pd.DataFrame(cols)

@@ -148,10 +148,17 @@ def _raw_level1(results: Results, name: str) -> np.ndarray:
 
 def plot_equation(results: Results, x: str | None = None, by: Sequence[str] | None = None, **_) -> Figure:
     xlabel, xs, lines = equation_lines(results, x, by)
-    return _equation_figure(xlabel, xs, lines, results.analysis.design.spec.outcome, results.method)
+    fit = results.to_dict() if results.hglm else None
+    return _equation_figure(xlabel, xs, lines, results.analysis.design.spec.outcome, results.method,
+                            link_scale(fit) if fit else None)
 
 
-def _equation_figure(xlabel: str, xs: np.ndarray, lines, outcome: str, method: str) -> Figure:
+def link_scale(fit: dict) -> str | None:
+    """The y axis of an HGLM's equation graph: the linear predictor η on its link's scale."""
+    return {"logit": "log-odds", "log": "log rate"}.get(fit.get("link")) if "family" in fit else None
+
+
+def _equation_figure(xlabel: str, xs: np.ndarray, lines, outcome: str, method: str, scale: str | None = None) -> Figure:
     fig = _figure()
     ax = fig.add_subplot()
     colors = ["#1b6ca8", "#d1495b", "#2e8b57", "#8d6a9f", "#e08e0b", "#555555"]
@@ -163,7 +170,7 @@ def _equation_figure(xlabel: str, xs: np.ndarray, lines, outcome: str, method: s
         ax.plot(xs, y, color=colors[firsts.index(first) % len(colors)],
                 linestyle=styles[rests.index(rest) % len(styles)], linewidth=1.6, label=label)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"Predicted {outcome}")
+    ax.set_ylabel(f"Predicted {outcome}" if scale is None else f"Predicted {outcome}, {scale} (η)")
     ax.set_title(f"{outcome}: equation graph ({method})")
     ax.legend(frameon=False, loc="best")
     ax.grid(alpha=0.3)
@@ -223,7 +230,7 @@ def plot_equation_from_fit(fit: dict, path: str | os.PathLike | None = None, x: 
         check_output(path)
     xlabel, xs, lines = equation_lines_from_fit(fit, x, at or {}, x_range)
     with _context():
-        fig = _equation_figure(f"{xlabel} (the model's scale)", xs, lines, fit["outcome"], fit["method"])
+        fig = _equation_figure(f"{xlabel} (the model's scale)", xs, lines, fit["outcome"], fit["method"], link_scale(fit))
         if path is not None:
             save(fig, path)
     return fig
@@ -352,6 +359,9 @@ def plot(results: Results, kind: str, path: str | os.PathLike | None = None, **o
     """Draw `kind` (one of KINDS) for `results`; save it to `path` when given. Returns the Figure."""
     if kind not in _PLOTTERS:
         raise ModelError(f"unknown plot '{kind}'; choose one of {', '.join(KINDS)}")
+    if results.hglm and kind != "equation":
+        raise ModelError(f"a {kind} plot reads the normal model's unit OLS and EB estimates and level-1 residuals; "
+                         "for a binary, binomial or count outcome draw the equation graph (on the link scale)")
     if path is not None:
         check_output(path)
     with _context():

@@ -31,6 +31,8 @@ def term_name(coefficient: str, predictor: str) -> str:
 def information_criteria(fit: dict) -> tuple[int, float, float]:
     """(k, AIC, BIC) of a fit's JSON, as the fit computed them (inference.information_criteria,
     lme4's counting: every fixed effect and variance parameter, under REML too; BIC with log N)."""
+    if fit.get("aic") is None:  # PQL: no likelihood, so no criteria
+        return int(fit["n_params"] or 0), None, None
     k = int(round((fit["aic"] - fit["deviance"]) / 2))
     return k, float(fit["aic"]), float(fit["bic"])
 
@@ -42,8 +44,13 @@ def _column(frame: pd.DataFrame, name: str) -> str | None:
     return hits[0] if hits else None
 
 
+def is_hglm(analysis) -> bool:
+    """Whether an analysis is of a binary, binomial or count outcome (hglm_run.HGLMAnalysis)."""
+    return hasattr(analysis, "estimation")
+
+
 class Results:
-    """A fitted two-level model.
+    """A fitted two-level model: linear, weighted or HGLM (PQL, Laplace, AGQ), from any engine.
 
     Attributes and methods:
       fixed_effects, variance_components  DataFrames of HLM 7's two main tables
@@ -63,6 +70,7 @@ class Results:
         self._sources = sources
         self._json: tuple | None = None
         self._eb = None
+        self.hglm = is_hglm(analysis)
 
     # ------------------------------------------------------------ the numbers
     def to_dict(self) -> dict:
@@ -71,7 +79,13 @@ class Results:
         if self._json is None or self._json[0] != key:  # recomputed when the meta it prints changes
             from .report import _clean, fit_json
 
-            self._json = (key, _clean(fit_json(self.analysis, self.meta)))
+            if self.hglm:
+                from .hglm_run import hglm_json
+
+                doc = hglm_json(self.analysis, self.meta)
+            else:
+                doc = fit_json(self.analysis, self.meta)
+            self._json = (key, _clean(doc))
         return self._json[1]
 
     def to_json(self) -> str:
@@ -84,20 +98,43 @@ class Results:
         """Exactly what `hlmcli fit` prints (`ascii=True` is `--ascii`)."""
         from .report import Symbols, fit_text
 
+        if self.hglm:
+            from .hglm_run import hglm_text
+
+            return hglm_text(self.analysis, self.meta, Symbols(ascii))
         return fit_text(self.analysis, self.meta, Symbols(ascii))
 
     def __repr__(self) -> str:
         fit = self.to_dict()
-        return (f"<hlmcli.Results {fit['method']} {fit['outcome']}: N={fit['n_level1']}, J={fit['n_level2']}, "
-                f"deviance={fit['deviance']:.4f}>")
+        deviance = "none (PQL)" if fit["deviance"] is None else f"{fit['deviance']:.4f}"
+        kind = f"{fit['family']} {fit['estimation'].upper()} " if self.hglm else ""
+        return (f"<hlmcli.Results {kind}{fit['method']} {fit['outcome']}: N={fit['n_level1']}, J={fit['n_level2']}, "
+                f"deviance={deviance}>")
 
     @property
     def method(self) -> str:
-        return self.analysis.result.method
+        return self.to_dict()["method"] if self.hglm else self.analysis.result.method
 
     @property
     def converged(self) -> bool:
-        return bool(self.analysis.result.converged)
+        """Whether the fit is at its certified optimum (PQL: its macro iterations converged)."""
+        return bool(self.analysis.converged if self.hglm else self.analysis.result.converged)
+
+    @property
+    def failures(self) -> list[str]:
+        """Why the fit is not certified; empty when it is."""
+        if self.converged:
+            return []
+        a = self.analysis
+        if self.hglm and a.pql is not None:
+            return ["PQL did not converge in its macro iterations"]
+        certificate = a.ml.certificate if self.hglm else a.result.certificate
+        return ["the optimum is not certified: " + "; ".join(certificate.failed)]
+
+    @property
+    def boundary_notes(self) -> list[str]:
+        """Why the fit is on the boundary of the parameter space (a singular τ); empty when it is not."""
+        return list(self.analysis.notes if self.hglm else (self.analysis.result.boundary or []))
 
     @property
     def fixed_effects(self) -> pd.DataFrame:
@@ -119,15 +156,22 @@ class Results:
     def tau(self) -> pd.DataFrame:
         """τ, the covariance matrix of the random effects, labelled by coefficient."""
         names = self.random_coefficients
-        return pd.DataFrame(np.array(self.analysis.result.tau, dtype=float), index=names, columns=names)
+        tau = self.analysis.tau if self.hglm else self.analysis.result.tau
+        return pd.DataFrame(np.array(tau, dtype=float), index=names, columns=names)
 
     @property
-    def sigma2(self) -> float:
-        return float(self.analysis.result.sigma2)
+    def sigma2(self) -> float | None:
+        """σ²; for an HGLM the level-1 scale when it is estimated (over-dispersion), else None (fixed at 1)."""
+        value = self.to_dict()["sigma2"] if self.hglm else self.analysis.result.sigma2
+        return None if value is None else float(value)
 
     @property
     def deviance(self) -> float:
-        return float(self.analysis.result.deviance)
+        value = self.to_dict()["deviance"]
+        if value is None:
+            raise ModelError("PQL has no deviance (it maximises a quasi-likelihood); fit with estimation='laplace' "
+                             "or 'agq' for one")
+        return float(value)
 
     @property
     def loglik(self) -> float:
@@ -136,16 +180,21 @@ class Results:
     @property
     def n_params(self) -> int:
         """HLM 7's number of estimated parameters (σ² and τ under REML; plus the γs under ML)."""
-        return int(self.analysis.result.n_params)
+        value = self.to_dict()["n_params"]
+        if value is None:
+            raise ModelError("PQL has no likelihood, so no count of its parameters; fit with estimation='laplace' or 'agq'")
+        return int(value)
 
     @property
     def aic(self) -> float:
         """deviance + 2k, k counted as lme4 does (see `information_criteria`)."""
+        self.deviance  # noqa: B018 (PQL: refused, saying why)
         return information_criteria(self.to_dict())[1]
 
     @property
     def bic(self) -> float:
         """deviance + k·log(N), as lme4."""
+        self.deviance  # noqa: B018
         return information_criteria(self.to_dict())[2]
 
     def tidy(self, conf_level: float = 0.95) -> pd.DataFrame:
@@ -171,6 +220,9 @@ class Results:
     @property
     def eb(self):
         """The engine's empirical Bayes estimates (inference.UnitEstimates), computed once."""
+        if self.hglm:
+            raise ModelError("the linear engine's EB estimates are for a normal outcome; an HGLM's unit estimates "
+                             "are in random_effects() (posterior modes and variances)")
         if self._eb is None:
             from .inference import empirical_bayes
 
@@ -182,11 +234,18 @@ class Results:
         """One row per unit (indexed by its id): n, and for each random coefficient the EB residual u_,
         its posterior variance postvar_, the unit's OLS estimate ols_; for every coefficient the
         level-2 prediction fitted_ and the EB coefficient eb_ (= fitted_ + u_); the Mahalanobis distance."""
-        from .residual_files import level2_table
-
-        table = level2_table(self.analysis, self.eb)
+        table = self._level2_table()
         keep = [c for c in table.columns if c not in self.analysis.design.level2_values]
         return table[keep].rename(columns={"nj": "n"}).set_index("id").rename_axis(self.meta["id_name"])
+
+    def _level2_table(self) -> pd.DataFrame:
+        if self.hglm:
+            from .hglm_run import level2_table as hglm_level2
+
+            return hglm_level2(self.analysis)
+        from .residual_files import level2_table
+
+        return level2_table(self.analysis, self.eb)
 
     def _source_frames(self) -> SourceFrames:
         if self._sources is None:
@@ -197,9 +256,7 @@ class Results:
 
     def residuals_level2(self, keep: Sequence[str] = ()) -> pd.DataFrame:
         """HLM's level-2 residual file, plus the `keep` columns of the level-2 source."""
-        from .residual_files import level2_table
-
-        table = level2_table(self.analysis, self.eb)
+        table = self._level2_table()
         if keep:
             from .sources import level2_rows, resolve_columns
 
@@ -224,11 +281,16 @@ class Results:
         record's 1-based row in the level-1 source, so the file merges back. `order="source"` (the
         default) keeps the user's row order, `order="unit"` the archive's (sorted by unit). `keep`
         carries source columns, text too: level-1 columns directly, level-2 columns through the unit."""
-        from .residual_files import level1_table
-
         if order not in ("source", "unit"):
             raise ModelError(f"order must be 'source' or 'unit', not '{order}'")
-        table = level1_table(self.analysis, self.eb)
+        if self.hglm:
+            from .hglm_run import level1_table as hglm_level1
+
+            table = hglm_level1(self.analysis)
+        else:
+            from .residual_files import level1_table
+
+            table = level1_table(self.analysis, self.eb)
         if not keep and order == "unit":
             return table
         try:
@@ -291,12 +353,13 @@ class Results:
         for new records, so give it as the deviation from the unit's mean (the model's own scale).
         With the unit id column present and `random_effects=True`, a known unit's EB random effects
         are added (as lme4's predict); unknown units get the fixed-effects prediction.
+        An HGLM's prediction is on the link scale (η: log-odds or log rate), as lme4's default.
         """
         from .design import predictor_name
 
         d = self.analysis.design
         spec = d.spec
-        gamma = np.asarray(self.analysis.fixed.gamma, dtype=float)
+        gamma = np.asarray(self.analysis.gamma if self.hglm else self.analysis.fixed.gamma, dtype=float)
         n = len(newdata)
         means = d.centering_means
 
@@ -326,7 +389,8 @@ class Results:
                 ids = newdata[id_col].map(lambda v: str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v).strip())
                 j = np.array([position.get(u, -1) for u in ids], dtype=np.int64)
                 known = j >= 0
-                u = self.eb.u
-                for k, q in enumerate(int(q) for q in self.analysis.stats.random):
+                u = self.analysis.b if self.hglm else self.eb.u
+                random = np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random
+                for k, q in enumerate(int(q) for q in random):
                     pred[known] += u[j[known], k] * L[q][known]
         return pred

@@ -1,9 +1,12 @@
-"""The level-1 family and the estimation method of a model: small enums shared by the CLI, the
-command-file reader and the HGLM engine, and the reader of HLM 7's printed HGLM level-1 block."""
+"""What a model is and what is asked of a fit, as values: the family with its link, the method, the
+τ structure (enums shared by the CLI, the API, the command-file reader and the engines); the options
+of a fit (`FitOptions`: what is estimated) kept apart from those of its output (`OutputOptions`: what
+is written); γ labels; and the reader of HLM 7's printed HGLM level-1 block."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import Enum
 
 from .errors import ModelError
@@ -16,10 +19,104 @@ class FamilyName(str, Enum):
     POISSON = "poisson"
 
 
+class Link(str, Enum):
+    IDENTITY = "identity"
+    LOGIT = "logit"
+    LOG = "log"
+
+
+# The canonical link of each family, the only one hlmcli fits (as HLM 7).
+LINKS = {FamilyName.NORMAL: Link.IDENTITY, FamilyName.BERNOULLI: Link.LOGIT, FamilyName.BINOMIAL: Link.LOGIT,
+         FamilyName.POISSON: Link.LOG}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A level-1 distribution with its link."""
+
+    name: FamilyName
+    link: Link
+
+    @classmethod
+    def of(cls, name: str) -> "Family":
+        fam = FamilyName(name)
+        return cls(fam, LINKS[fam])
+
+    @property
+    def linear(self) -> bool:
+        return self.name == FamilyName.NORMAL
+
+
+class Method(str, Enum):
+    REML = "REML"
+    ML = "ML"
+
+
 class Estimation(str, Enum):
     PQL = "pql"
     LAPLACE = "laplace"
     AGQ = "agq"
+
+
+class TauStructure(str, Enum):
+    UNSTRUCTURED = "unstructured"
+    DIAGONAL = "diagonal"
+
+
+class Engine(str, Enum):
+    MEMORY = "memory"
+    STREAM = "stream"
+    DASK = "dask"
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """What a fit estimates, from the command line or the API (None: what the model file says, else the
+    default). The model file's own settings (a .hlm file's nonlin:, level1weight:, ...) are merged in
+    by `api.model_spec`."""
+
+    method: Method | None = None
+    family: FamilyName | None = None
+    trials: str | None = None
+    exposure: str | None = None
+    overdispersion: bool | None = None
+    estimation: Estimation | None = None
+    quadrature_points: int | None = None
+    tau: TauStructure | None = None
+    weight1: str | None = None
+    weight2: str | None = None
+    normalize: str | None = None
+    plausible_values: str | None = None
+    imputed: tuple[str, ...] = ()
+    df_method: str = "hlm"
+    tests: tuple[str, ...] = ()
+    compare_deviance: float | None = None
+    compare_params: int | None = None
+    test_homogeneity: bool | None = None
+    full_output: bool | None = None
+    ols_units: int | None = None
+    max_iterations: int | None = None
+    engine: Engine = Engine.MEMORY
+    scheduler: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What a fit writes: the format, the files, and what it says on stderr."""
+
+    out_format: str = "text"
+    output: str | None = None
+    json_out: str | None = None
+    residuals_l1: str | None = None
+    residuals_l2: str | None = None
+    keep: tuple[str, ...] = ()
+    quiet: bool = False
+    timestamp: bool = False
+    title: str | None = None
+    ascii_only: bool = False
+    strict: bool = False
+    keep_failed_output: bool = False
+    force: bool = False
 
 
 # HLM 7's printed level-1 block, e.g.

@@ -55,6 +55,12 @@ def tidy(fit: dict, conf_level: float = 0.95) -> pd.DataFrame:
                      "gamma": v["label"]})
     columns = ["effect", "term", "estimate", "std_error", "statistic", "df", "p_value", "conf_low", "conf_high",
                "robust_std_error", "robust_statistic", "robust_p_value", "robust_conf_low", "robust_conf_high", "gamma"]
+    ratio = ratio_key(fit)
+    if ratio:  # an HGLM: exp(γ) with its interval, as broom's exponentiate = TRUE
+        for row, f in zip(rows, fit["fixed_effects"]):
+            row.update({ratio: f[ratio], f"{ratio}_conf_low": math.exp(row["conf_low"]),
+                        f"{ratio}_conf_high": math.exp(row["conf_high"])})
+        columns += [ratio, f"{ratio}_conf_low", f"{ratio}_conf_high"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -76,12 +82,27 @@ def _df(x) -> str:
     return f"{x:g}" if float(x).is_integer() else f"{x:.1f}"
 
 
+RATIO_HEADINGS = {"odds_ratio": "Odds ratio", "rate_ratio": "Rate ratio"}
+
+
+def ratio_key(fit: dict) -> str | None:
+    """The key of exp(γ) in an HGLM fit's fixed effects (odds or event-rate ratio), None for a linear fit."""
+    rows = fit["fixed_effects"]
+    return next((k for k in RATIO_HEADINGS if rows and k in rows[0]), None)
+
+
+def _stat(x, digits: int = 2) -> str:
+    return "none" if x is None else f"{x:.{digits}f}"
+
+
 def fit_frames(fit: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The two tables of one fit, as text cells ready to print."""
+    ratio = ratio_key(fit)
     fixed = pd.DataFrame([{
         "Fixed effect": f"{term_name(f['coefficient'], f['predictor'])} ({f['gamma'].replace('γ', 'g')})",
         "Coefficient": _f(f["estimate"]), "SE": _f(f["se"]), "t-ratio": _f(f["t"], 2), "d.f.": _df(f["df"]),
         "p-value": _p(f["p"]), "Robust SE": _f(f["robust_se"]), "Robust p-value": _p(f["robust_p"]),
+        **({RATIO_HEADINGS[ratio]: _f(f[ratio]), "95% CI": f"({_f(f['ci_low'])}, {_f(f['ci_high'])})"} if ratio else {}),
     } for f in fit["fixed_effects"]])
     var = pd.DataFrame([{
         "Random effect": "level-1, r" if v["label"] == "r" else f"{v['effect']}, {v['label']}",
@@ -128,13 +149,21 @@ def fit_table(fit: dict, fmt: str) -> str:
         raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
     fixed, var = fit_frames(fit)
     _, aic, bic = information_criteria(fit)
-    stats = pd.DataFrame([{"Statistic": "Deviance", "Value": f"{fit['deviance']:.2f}"},
-                          {"Statistic": f"Estimated parameters ({fit['method']}, HLM count)", "Value": str(fit["n_params"])},
-                          {"Statistic": "AIC", "Value": f"{aic:.2f}"}, {"Statistic": "BIC", "Value": f"{bic:.2f}"},
+    stats = pd.DataFrame([{"Statistic": "Deviance", "Value": _stat(fit["deviance"])},
+                          {"Statistic": f"Estimated parameters ({_method(fit)}, HLM count)", "Value": str(fit["n_params"])},
+                          {"Statistic": "AIC", "Value": _stat(aic)}, {"Statistic": "BIC", "Value": _stat(bic)},
                           {"Statistic": "N (level 1)", "Value": str(fit["n_level1"])},
                           {"Statistic": "J (level 2)", "Value": str(fit["n_level2"])}])
     sep = {"markdown": "\n", "latex": "\n", "html": "\n"}[fmt]
     return sep.join(_render(frame, fmt, index=False) for frame in (fixed, var, stats))
+
+
+def _method(fit: dict) -> str:
+    """REML or ML; for an HGLM also the family and the estimation (PQL has no deviance to read)."""
+    if "family" not in fit:
+        return fit["method"]
+    how = {"pql": f"PQL ({fit['method']})", "laplace": "Laplace", "agq": f"AGQ {fit.get('quadrature_points')}"}
+    return f"{fit['family']}, {how[fit['estimation']]}"
 
 
 def side_by_side(fits: Sequence[dict], names: Sequence[str]) -> pd.DataFrame:
@@ -169,10 +198,10 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str]) -> pd.DataFrame:
             label = "Var: Residual" if v["label"] == "r" else f"Var: {v['effect']}"
             table.loc[label, name] = _f(v["variance"])
         _, aic, bic = information_criteria(fit)
-        table.loc["Deviance", name] = f"{fit['deviance']:.2f}"
-        table.loc["AIC", name] = f"{aic:.2f}"
-        table.loc["BIC", name] = f"{bic:.2f}"
-        table.loc["Method", name] = fit["method"]
+        table.loc["Deviance", name] = _stat(fit["deviance"])
+        table.loc["AIC", name] = _stat(aic)
+        table.loc["BIC", name] = _stat(bic)
+        table.loc["Method", name] = _method(fit)
         table.loc["N", name] = str(fit["n_level1"])
         table.loc["J", name] = str(fit["n_level2"])
     # The SE rows print with an empty label, as in the papers' tables.
