@@ -24,14 +24,15 @@ _RECORDS = ("needs the records themselves, which the per-unit summaries of the s
             "keep; fit with --engine memory")
 _HGLM_SUMMARY = ("a binary, binomial or count outcome has no per-unit sufficient statistics (its likelihood "
                  "changes with every value of γ and τ), so it needs the records; fit with --engine memory")
-_NO_DEVIANCE = "PQL has no deviance (it maximises a quasi-likelihood); use --estimation laplace or agq for both models"
+_NO_DEVIANCE = ("a likelihood-ratio test needs a deviance, and PQL has none (it maximises a quasi-likelihood); "
+                "use --estimation laplace or agq for both models")
 _HGLM_WEIGHTS = ("sampling weights of an HGLM enter its likelihood inside the integral over the random effects "
                  "(Rabe-Hesketh & Skrondal 2006); hlmcli weights the normal likelihood only")
 _HGLM_COMBINED = ("Rubin's rules need one complete-data fit per data set with its covariance; they are wired for "
                   "the normal model only so far; fit each plausible value or data set on its own")
 _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML covariance of the variance estimates; "
                   "HGLM tables use HLM 7's d.f.")
-_HOMOGENEITY = ("an HGLM's level-1 variance is fixed by its mean (φ(1 - φ) or λ), so there is no level-1 variance "
+_HOMOGENEITY = ("an HGLM's level-1 variance is fixed by the mean (φ(1 - φ) or λ), so there is no level-1 variance "
                 "to test for homogeneity")
 _FULL_OUTPUT = "the unit-by-unit OLS regressions and least-squares estimates of --full-output are for a normal outcome"
 _OVERDISPERSION_ML = ("--overdispersion is a quasi-likelihood scale: it exists under PQL only, as Laplace and AGQ "

@@ -17,6 +17,7 @@ import click  # noqa: E402
 
 from . import __version__
 from .errors import EXIT_DATA, EXIT_INTERNAL, EXIT_USAGE, HlmError
+from .spec import OutputOptions
 
 
 def _stderr(message: str) -> None:
@@ -398,46 +399,25 @@ def model_options(func):
     return func
 
 
-def _hglm_changes(level1):
-    """The HGLM settings from the command line and from HLM 7's printed level-1 block."""
-    from .spec import hlm_block
+def _fit_options(ml=None, reml=None, **given):
+    """FitOptions from the command line: the given options and the HGLM options kept in ctx.meta."""
+    from .api import fit_options
 
-    given = dict(click.get_current_context().meta.get("hglm", {}))
-    fam = None
-    if level1:
-        level1, fam, _exposure = hlm_block(level1)
-        if fam is not None and given.get("family") not in (None, fam.value):
-            from .errors import ModelError
-
-            raise ModelError(f"the level-1 block is a {fam.value} model but --family is {given['family']}")
-    changes = {k: v for k, v in given.items() if v is not None}
-    if fam is not None:
-        changes.setdefault("family", fam.value)
-    if changes.get("estimation") == "agq" and "quadrature_points" not in changes:
-        changes["quadrature_points"] = 7
-    return level1, changes
-
-
-def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False):
-    from dataclasses import replace
-
-    from .design import variables_of
-    from .equations import RunOptions, spec_from_inputs
-
-    level1, hglm_changes = _hglm_changes(level1)
-    spec = spec_from_inputs(level1, list(level2), model_file, variables_of(archive), RunOptions(), allow_outside)
-    changes = dict(extra or {})
-    changes.update(hglm_changes)
     if ml and reml:
         raise click.UsageError("give --ml or --reml, not both")
-    if ml is not None:
-        changes["method"] = "ML" if ml else "REML"
-    if reml:
-        changes["method"] = "REML"
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if changes:
-        spec = replace(spec, options=replace(spec.options, **changes))
-    return spec
+    method = "REML" if reml else ("ML" if ml else ("REML" if ml is False else None))
+    hglm = dict(click.get_current_context().meta.get("hglm", {}))
+    return fit_options(method=method, **hglm, **given)
+
+
+def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False, fit=None):
+    """The model of a command: api.model_spec, the one reader of equations, model files and fit options."""
+    from .api import model_spec
+
+    extra = dict(extra or {})
+    tau = extra.pop("tau", None)
+    fit = fit or _fit_options(ml, reml, tau=tau)
+    return model_spec(archive, level1, list(level2), model_file, fit, allow_outside, **extra)
 
 
 def _use_ascii(flag: bool) -> bool:
@@ -535,9 +515,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
             quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
     """Fit a two- or three-level model and print HLM 7's tables (text) or a stable JSON document."""
-    from .files import refuse_clobber, refuse_overwriting_inputs
-    from .hypotheses import parse_test
-    from .pipeline import add_extras, analyse
+    from .files import refuse_overwriting_inputs
 
     from .cli3 import is_three_level
     if is_three_level(data, more):
@@ -574,99 +552,114 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                                     "--imputed": imputed},
                        reml=more["reml"], allow_outside=more["allow_outside"], hypotheses=tests,
                        keep_failed_output=more["keep_failed_output"])
+    fit = _fit_options(ml, more["reml"], tau=tau_structure, weight1=weight1, weight2=weight2, normalize=normalize,
+                       plausible_values=plausible_values, imputed=imputed, df_method=df_method, tests=tests,
+                       compare_deviance=compare_deviance, compare_params=compare_params,
+                       test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
+                       max_iterations=max_iterations)
+    out = OutputOptions(out_format=out_format, output=output, json_out=json_out, residuals_l1=residuals_l1,
+                        residuals_l2=residuals_l2, keep=_split_names(keep) or (), quiet=quiet, timestamp=timestamp,
+                        title=title, ascii_only=ascii_only, strict=strict,
+                        keep_failed_output=more["keep_failed_output"], force=more["force"])
+    if fit.normalize and not (fit.weight1 or fit.weight2):
+        raise click.UsageError("--normalize needs --weight1 or --weight2")
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
-    spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"], extra={
-        "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance, "tau": tau_structure,
-        "prior_params": compare_params, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2,
-        "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
-    })
-    if spec.options.family != "normal":
-        from .hglm_run import refuse_options
+    spec = _spec(archive, level1, level2, model_file, None, fit=fit, allow_outside=more["allow_outside"],
+                 extra={"title": title, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2})
+    from . import capabilities
 
-        o = spec.options
-        refuse_options(o, df_method=df_method, prior_deviance=o.prior_deviance, homogeneity=bool(o.homogeneity),
-                       full_output=bool(o.full_output), unsupported={
-                           "--weight1/--weight2 (sampling weights)": _weight_spec(spec, weight1, weight2, normalize).any,
-                           "--plausible-values/--imputed": bool(plausible_values or imputed),
-                           f"--format {out_format}": out_format not in ("text", "json"),
-                           "--json-out": bool(json_out), "--keep": bool(keep)})
-        hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
-        return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
-                         hypotheses, strict)
-    hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
-    wspec = _weight_spec(spec, weight1, weight2, normalize)
+    capabilities.check(spec, fit, out)
     if plausible_values or imputed:
+        from .api import weight_spec
+
         _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
-                      df_method, ascii_only, wspec, plausible_values, imputed, full_output,
+                      df_method, ascii_only, weight_spec(spec, fit), plausible_values, imputed, full_output,
                       _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet,
                       more["keep_failed_output"])
         return
-    analysis = analyse(spec, archive, df_method, weights=wspec if wspec.any else None)
-    opts = spec.options
-    add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
-               opts.full_output, opts.ols_units)
-    # Whether the fit is certified is decided here, before any file is moved into place, so a run
-    # that exits non-zero leaves no -o or residual file behind for make to take as a result.
-    status, failures = _fit_status(analysis.result, strict)
-    write_files = status == 0 or more["keep_failed_output"]
+    from .api import analyse_model
     from .results import Results
 
+    analysis = analyse_model(spec, archive, fit, level1)
     results = Results(analysis, archive, {"warn": (lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")),
                                           "source_files": tuple(data) if len(data) == 2 else None})
-    if keep and not (opts.residuals_l1 or opts.residuals_l2):
-        raise _UsageProblem("--keep names columns for the residual files; give --residuals-l1 or --residuals-l2 too")
-    if write_files and (opts.residuals_l1 or opts.residuals_l2):
-        for path, typed in ((opts.residuals_l1, residuals_l1), (opts.residuals_l2, residuals_l2)):
-            if path:
-                refuse_overwriting_inputs(path, sources)
-                if not typed:
-                    refuse_clobber(path, more["force"], Path(model_file).name)
-        results.write_residuals(opts.residuals_l1, opts.residuals_l2, keep=_split_names(keep) or ())
-    _finish_fit(results, analysis.result, status, failures, write_files, source_text=source_text, title=opts.title,
-                id_name=archive.id_names[0], level1=level1, level2=level2, model_file=model_file, timestamp=timestamp,
-                out_format=out_format, output=output, json_out=json_out, ascii_only=ascii_only, strict=strict,
-                quiet=quiet)
+    finish(results, out, sources, source_text=source_text, level1=level1, level2=level2, model_file=model_file)
 
 
-def _finish_fit(results, result, status: int, failures: list[str], write_files: bool, *, source_text, title, id_name,
-                level1, level2, model_file, timestamp, out_format, output, json_out, ascii_only, strict, quiet) -> None:
-    """The end of a two-level fit, whichever engine ran it: the run's metadata, the tables or JSON,
-    the files (only when the fit is certified, or --keep-failed-output), the warnings, the exit status."""
-    from .files import atomic_write_text
+def finish(results, out: OutputOptions, sources, *, source_text, level1, level2, model_file) -> None:
+    """The one end of a two-level fit, whichever kind and engine ran it: the run's metadata, the
+    residual files, the text, JSON or tables, the warnings and the exit status. Whether the fit is
+    certified is decided before any file is moved into place, so a run that exits non-zero leaves no
+    -o, --json-out or residual file behind for make to take as a result (unless --keep-failed-output)."""
+    from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
 
-    meta = {"data_source": source_text, "title": title, "id_name": id_name,
+    status, failures = fit_status(results, out.strict)
+    write_files = status == 0 or out.keep_failed_output
+    opts = results.analysis.design.spec.options
+    meta = {"data_source": source_text, "title": opts.title, "id_name": results.archive.id_names[0],
             "model_given": {"level1": level1, "level2": list(level2),
                             "model_file": Path(model_file).name if model_file else None},
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
-    if timestamp:
+    if out.timestamp:
         from datetime import datetime, timezone
 
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     results.meta.update(meta)
-    if out_format == "json":
+    residuals = (opts.residuals_l1, opts.residuals_l2)
+    if out.keep and not any(residuals):
+        raise _UsageProblem("--keep names columns for the residual files; give --residuals-l1 or --residuals-l2 too")
+    if write_files and any(residuals):
+        for path, typed in zip(residuals, (out.residuals_l1, out.residuals_l2)):
+            if path:
+                refuse_overwriting_inputs(path, sources)
+                if not typed:  # a name from the .hlm file
+                    refuse_clobber(path, out.force, Path(model_file).name)
+        results.write_residuals(*residuals, keep=out.keep)
+    if out.out_format == "json":
         text = results.to_json()
-    elif out_format == "text":
-        text = results.summary(ascii=_use_ascii(ascii_only) if not output else ascii_only)
+    elif out.out_format == "text":
+        text = results.summary(ascii=_use_ascii(out.ascii_only) if not out.output else out.ascii_only)
     else:
-        text = results.table(out_format)
-    if json_out and write_files:
-        atomic_write_text(json_out, results.to_json())
-    if output and write_files:
-        atomic_write_text(output, text)
-    elif not output:
+        text = results.table(out.out_format)
+    if out.json_out and write_files:
+        atomic_write_text(out.json_out, results.to_json())
+    if out.output and write_files:
+        atomic_write_text(out.output, text)
+    elif not out.output:
         click.echo(text, nl=False)
-    if not quiet:
-        for message in failures + ([] if strict else list(result.boundary or [])):
+    if not out.quiet:
+        for message in failures + ([] if out.strict else results.boundary_notes):
             _stderr(f"hlmcli: warning: {message}")
-        if output and not write_files:
-            _stderr(f"hlmcli: {output} not written because the fit is not certified; "
+        unwritten = [p for p in (out.output, out.json_out, *residuals) if p and not write_files]
+        if unwritten:
+            _stderr(f"hlmcli: {', '.join(map(str, unwritten))} not written because the fit is not certified; "
                     "pass --keep-failed-output to write it anyway")
     if status:
         sys.exit(status)
 
 
+def fit_status(results, strict: bool) -> tuple[int, list[str]]:
+    """The exit status of a finished fit and why: 3 when it is not certified (or, with --strict, on the boundary)."""
+    from .errors import EXIT_NOT_CONVERGED
+
+    failures = list(results.failures)
+    if strict and results.boundary_notes:
+        failures += (["--strict: " + "; ".join(results.boundary_notes)] if results.hglm else results.boundary_notes)
+    return (EXIT_NOT_CONVERGED if failures else 0), failures
+
+
+def _finish_fit(results, result, status: int, failures: list[str], write_files: bool, *, source_text, title, id_name,
+                level1, level2, model_file, timestamp, out_format, output, json_out, ascii_only, strict, quiet,
+                keep_failed_output=False) -> None:
+    """The stream and Dask engines' end: `finish` (their fits write no residual files)."""
+    finish(results, OutputOptions(out_format=out_format, output=output, json_out=json_out, quiet=quiet,
+                                  timestamp=timestamp, title=title, ascii_only=ascii_only, strict=strict,
+                                  keep_failed_output=write_files and status != 0),
+           [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
+
+
 def _fit_status(result, strict: bool) -> tuple[int, list[str]]:
-    """The exit status of a finished fit and why: 3 when it is not certified."""
+    """The exit status of a linear fit's engine result: 3 when it is not certified."""
     from .errors import EXIT_NOT_CONVERGED
 
     failures = []
@@ -739,15 +732,6 @@ def cache_prune(older_than, cache_dir):
     click.echo(f"removed {removed} file(s), {freed:,d} bytes, from {printable(str(folder))}")
 
 
-def _weight_spec(spec, weight1, weight2, normalize):
-    from .weights import DEFAULT_NORMALIZATION, WeightSpec
-
-    w = WeightSpec(weight1 or spec.options.weight1, weight2 or spec.options.weight2, normalize or DEFAULT_NORMALIZATION)
-    if normalize and not w.any:
-        raise click.UsageError("--normalize needs --weight1 or --weight2")
-    return w
-
-
 def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                   df_method, ascii_only, wspec, plausible_values, imputed, full_output, build_opts, cache_dir, quiet,
                   keep_failed_output=False):
@@ -804,35 +788,6 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         sys.exit(EXIT_NOT_CONVERGED)
 
 
-def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
-              hypotheses=(), strict=False):
-    """fit for a binary, binomial or count outcome (hglm_run.py)."""
-    from .errors import EXIT_NOT_CONVERGED
-    from .files import atomic_write_text
-    from .hglm_run import analyse_hglm, boundary_notes, hglm_extras, hglm_json, hglm_text, write_residuals
-    from .report import Symbols, dumps_json
-
-    a = analyse_hglm(spec, archive, level1)
-    a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
-    a.notes = boundary_notes(a)
-    meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None}}
-    write_residuals(a, sources)
-    text = dumps_json(hglm_json(a, meta)) if out_format == "json" else \
-        hglm_text(a, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only))
-    if output:
-        atomic_write_text(output, text)
-    else:
-        click.echo(text, nl=False)
-    if not a.converged or (strict and a.notes):
-        what = ("PQL did not converge in its macro iterations" if a.pql is not None else
-                "the optimum is not certified: " + "; ".join(a.ml.certificate.failed)) if not a.converged else \
-            "--strict: " + "; ".join(a.notes)
-        _stderr("hlmcli: warning: " + what)
-        sys.exit(EXIT_NOT_CONVERGED)
-
-
 @main.command("compare")
 @click.argument("fit_a", type=click.Path())
 @click.argument("fit_b", type=click.Path())
@@ -858,13 +813,13 @@ def compare_cmd(fit_a, fit_b, out_format):
 @click.option("--sample", type=click.IntRange(1), help="units: draw a random sample of this many units.")
 @click.option("--seed", type=int, default=1, show_default=True, help="units: the seed of that sample.")
 @click.option("--x-range", help="equation from a saved JSON fit: LOW,HIGH of the x axis on the model's scale (default -2,2).")
+@click.option("--json-out", type=click.Path(), help="Also save the fit that was drawn, as 'fit --format json' writes it.")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
 @user_errors
 def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
-             output, x_var, by, coef, sample, seed, x_range, quiet, **more):
+             output, x_var, by, coef, sample, seed, x_range, json_out, quiet, **more):
     """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
     from .files import refuse_overwriting_inputs
-    from .pipeline import analyse
     from .plots import check_output
     from .results import Results
 
@@ -878,12 +833,35 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
         if not quiet:
             _stderr(f"hlmcli: wrote {output}")
         return
+    if json_out:
+        refuse_overwriting_inputs(json_out, list(data) + [model_file, output])
+    # the fit that `hlmcli fit` makes of the same arguments: the same options, table and engine
+    from . import capabilities
+    from .api import analyse_model
+
+    fit = _fit_options(ml, more["reml"])
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
-    spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
-    results = Results(analyse(spec, archive), archive, {"data_source": source_text})
+    spec = _spec(archive, level1, level2, model_file, None, fit=fit, allow_outside=more["allow_outside"])
+    capabilities.check(spec, fit, OutputOptions(json_out=json_out, quiet=quiet))
+    meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
+            "model_given": {"level1": level1, "level2": list(level2),
+                            "model_file": Path(model_file).name if model_file else None},
+            "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
+    results = Results(analyse_model(spec, archive, fit, level1), archive, meta)
+    status, failures = fit_status(results, strict=False)
     results.plot(kind, output, x=x_var, by=list(by) or None, coef=coef, sample=sample, seed=seed)
+    if json_out and not status:
+        from .files import atomic_write_text
+
+        atomic_write_text(json_out, results.to_json())
     if not quiet:
-        _stderr(f"hlmcli: wrote {output}")
+        for message in failures + results.boundary_notes:
+            _stderr(f"hlmcli: warning: {message}")
+        _stderr(f"hlmcli: wrote {output}" + (f" and {json_out}" if json_out and not status else ""))
+        if json_out and status:
+            _stderr(f"hlmcli: {json_out} not written because the fit is not certified")
+    if status:
+        sys.exit(status)
 
 
 def _plot_saved_fit(kind, path, output, x_var, by, x_range):

@@ -127,24 +127,26 @@ def model_columns(spec) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(l1)), list(dict.fromkeys(l2))
 
 
+# The command-line flags the summarised engines are asked about, as features of the capabilities table.
+_FLAG_FEATURES = {"--residuals-l1": "residuals", "--residuals-l2": "residuals", "--keep": "keep",
+                  "--weight1": "weights", "--weight2": "weights", "--plausible-values": "plausible_values",
+                  "--imputed": "plausible_values", "--missing now": "missing_now"}
+
+
 def refuse_unsupported(spec, engine: str, **options) -> None:
-    """One line for what the summarised engines cannot do (README, 'Big data')."""
-    why = None
-    if spec.options.family != "normal":
-        why = (f"a {spec.options.family} outcome needs repeated passes over the records (PQL, Laplace); "
-               "fit it with --engine memory")
-    elif getattr(spec, "levels", 2) != 2 or getattr(spec, "level3", None):
-        why = "three-level models are not summarised per unit yet; fit them with --engine memory"
-    else:
-        o = spec.options  # a .hlm command file can ask for these too
-        options = {**options, "level1weight:": getattr(o, "weight1", None), "level2weight:": getattr(o, "weight2", None),
-                   "resfil1:": getattr(o, "residuals_l1", None), "resfil2:": getattr(o, "residuals_l2", None)}
-        given = [name for name, on in options.items() if on]
-        if given:
-            why = (f"{', '.join(given)}: needs the records themselves (residual files, sampling weights, plausible "
-                   "values, imputations, --missing now); fit with --engine memory")
-    if why:
-        raise ModelError(f"--engine {engine}: {why}")
+    """One line for what the summarised engines cannot do (capabilities.py, README 'What hlmcli fits')."""
+    from . import capabilities
+    from .spec import FitOptions, OutputOptions
+
+    if getattr(spec, "level3", None):
+        raise ModelError(f"--engine {engine}: three-level models are not summarised per unit yet; "
+                         "fit them with --engine memory")
+    extra = tuple(dict.fromkeys(_FLAG_FEATURES[name] for name, on in options.items() if on))
+    try:
+        capabilities.check(spec, FitOptions(engine="stream" if engine.startswith("stream") else engine),
+                           OutputOptions(), "stream" if engine.startswith("stream") else engine, extra=extra)
+    except ModelError as exc:
+        raise ModelError(f"--engine {engine}: {exc}") from None
 
 
 # ---------------------------------------------------------------- the statistics archive

@@ -62,34 +62,8 @@ def check_options(opts) -> None:
         raise ModelError(f"--exposure is for --family poisson (this model is {fam})")
     if opts.overdispersion and fam == "bernoulli":
         raise ModelError("--overdispersion cannot be estimated for a 0/1 outcome: the Bernoulli variance is fixed by its mean")
-    if opts.overdispersion and opts.estimation != "pql":
-        raise ModelError("--overdispersion is a quasi-likelihood scale: use it with --estimation pql")
     if opts.estimation == "agq" and opts.quadrature_points < 1:
         raise ModelError("--quadrature-points must be at least 1")
-    if opts.estimation != "agq" and opts.quadrature_points not in (None, 1):
-        raise ModelError("--quadrature-points is for --estimation agq")
-
-
-def refuse_options(opts, *, df_method="hlm", prior_deviance=None, homogeneity=False,
-                   full_output=False, unsupported: dict | None = None) -> None:
-    """The fit options that have no HGLM meaning (or none under PQL), each refused in one line saying
-    why; `unsupported` names options the HGLM path does not implement (rather than ignore them)."""
-    given = [name for name, on in (unsupported or {}).items() if on]
-    if given:
-        raise ModelError(f"{', '.join(given)}: not available for a {opts.family} outcome (HGLM); "
-                         "fit without it, or use the normal model")
-    if df_method != "hlm":
-        raise ModelError("--df satterthwaite is not available for an HGLM: Satterthwaite's d.f. come from the normal "
-                         "model's REML/ML variance of the variance estimates; HGLM tables use HLM 7's d.f.")
-    if homogeneity:
-        raise ModelError("--test-homogeneity is not available for an HGLM: its level-1 variance is fixed by the mean "
-                         "(φ(1 - φ) or λ), so there is no level-1 variance to test for homogeneity")
-    if full_output:
-        raise ModelError("--full-output is not available for an HGLM: its unit-by-unit OLS regressions and least-squares "
-                         "estimates are for a normal outcome")
-    if prior_deviance is not None and opts.estimation == "pql":
-        raise ModelError("--compare-deviance needs a deviance, and PQL has none (it maximises a quasi-likelihood): "
-                         "use --estimation laplace or agq for both models")
 
 
 def hglm_extras(a: "HGLMAnalysis", hypotheses=(), prior_deviance=None, prior_params=None) -> dict:
@@ -402,6 +376,8 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
                          else "the optimum is NOT certified; the numbers below may not be at the optimum."))
         w("")
     w(f"hlmcli {__version__}: hierarchical generalized linear models, two levels (HLM2)")
+    if meta.get("timestamp"):
+        w(f"Date: {meta['timestamp']}")
     w("")
     w("Specifications for this nonlinear HLM2 run")
     w("")

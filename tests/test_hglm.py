@@ -397,7 +397,6 @@ def test_hypothesis_and_deviance_tests():
     (["--df", "satterthwaite"], "Satterthwaite"),
     (["--test-homogeneity"], "fixed by the mean"),
     (["--full-output"], "normal outcome"),
-    (["--format", "csv"], "--format csv: not available"),
     (["--weight1", "UVB"], "sampling weights"),
 ])
 def test_options_without_hglm_meaning_are_refused(args, why):
