@@ -240,8 +240,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
                           test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
                           max_iterations=max_iterations, engine=engine)
     if options.engine != Engine.MEMORY:
-        raise ModelError(f"engine='{options.engine.value}' reads files in chunks from the command line "
-                         "('hlmcli fit --engine ...'); hlmcli.fit holds the records in memory: use engine='memory'")
+        return _fit_summarised(level1, level2, id1 or id, id2 or id, level1_eq, level2_eqs, model, options, title,
+                               drop_unmatched, missing, file_format, delimiter, say)
     archive, source, frames = load_data(level1, level2, id, id1=id1, id2=id2, missing=missing,
                                         drop_unmatched=drop_unmatched, file_format=file_format,
                                         delimiter=delimiter, cache_dir=cache_dir, warn=say)
@@ -255,6 +255,45 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     if frames is None and level2 is not None:
         meta["source_files"] = (str(level1), str(level2))
     results = Results(analysis, archive, meta, frames)
+    for message in results.failures:
+        say(message + "; the results are not at the optimum")
+    return results
+
+
+def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, options: FitOptions, title,
+                    drop_unmatched, missing, file_format, delimiter, say) -> Results:
+    """hlmcli.fit(engine="stream" | "dask"): the command line's summarised engines, on two data files."""
+    from . import capabilities
+    from .engines import analyse_summary, frame_of_files, model_columns, summarise
+    from .hypotheses import parse_test
+    from .pipeline import add_extras
+
+    if isinstance(level1, pd.DataFrame) or isinstance(level2, pd.DataFrame) or level2 is None:
+        raise DataError(f"engine='{options.engine.value}' reads the level-1 and level-2 files in chunks; give their "
+                        "paths (DataFrames and archives are already in memory: use engine='memory')")
+    if not id1 or not id2:
+        raise DataError("no unit id column given; pass id='NAME' (or id1= and id2=)")
+    if options.engine == Engine.DASK:
+        from .dask_engine import dask_frame
+
+        frame, cols, level2_data = dask_frame(level1, level2, id1, id2, file_format, delimiter)
+    else:
+        frame, cols, level2_data = frame_of_files(level1, level2, id1, id2, file_format, delimiter)
+    spec = model_spec(frame, level1_eq, level2_eqs, model, options, title=title)
+    capabilities.check(spec, options, OutputOptions(title=title), options.engine,
+                       extra=("missing_now",) if missing == "now" else ())
+    names, level2_names = model_columns(spec)
+    summary = summarise(frame, cols, level2_data, names, level2_names, options.engine.value, drop_unmatched, say,
+                        scheduler=options.scheduler, paths=(level1, level2))
+    analysis = analyse_summary(spec, summary, options.df_method)
+    o = spec.options
+    hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in options.tests]
+    add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params, o.homogeneity, o.full_output, o.ols_units)
+    meta = {"data_source": f"{Path(level1).name} and {Path(level2).name}", "title": o.title,
+            "id_name": frame.id_names[0], "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
+                                                          "model_file": Path(model).name if model else None},
+            "command_file": Path(model).name if model and str(model).lower().endswith(".hlm") else None, "warn": say}
+    results = Results(analysis, frame, meta)
     for message in results.failures:
         say(message + "; the results are not at the optimum")
     return results

@@ -22,8 +22,8 @@ KINDS = {
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
-_HGLM_SUMMARY = ("a binary, binomial or count outcome has no per-unit sufficient statistics (its likelihood "
-                 "changes with every value of γ and τ), so it needs the records; fit with --engine memory")
+_HGLM_SUMMARY = ("a binary, binomial or count outcome needs repeated passes over the records: it has no per-unit "
+                 "sufficient statistics, as its likelihood changes with every value of γ and τ; fit with --engine memory")
 _NO_DEVIANCE = ("a likelihood-ratio test needs a deviance, and PQL has none (it maximises a quasi-likelihood); "
                 "use --estimation laplace or agq for both models")
 _HGLM_WEIGHTS = ("sampling weights of an HGLM enter its likelihood inside the integral over the random effects "
@@ -38,6 +38,8 @@ _FULL_OUTPUT = "the unit-by-unit OLS regressions and least-squares estimates of 
 _OVERDISPERSION_ML = ("--overdispersion is a quasi-likelihood scale: it exists under PQL only, as Laplace and AGQ "
                       "maximise a true likelihood")
 _LINEAR_SCALE = "the level-1 variance σ² of a normal model is always estimated"
+_PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
+                 "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 _NODES = "quadrature points are for --estimation agq (Laplace is AGQ with one point; PQL integrates nothing)"
 
 
@@ -50,7 +52,7 @@ class Feature:
 
 FEATURES = (
     Feature("api", "Python API (hlmcli.fit)", {}),
-    Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale)", {}),
+    Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale)", {"linear-summary": _PLOT_SUMMARY}),
     Feature("table", "hlmcli table of saved fits", {}),
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
@@ -109,10 +111,17 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "weights": bool(fit.weight1 or fit.weight2 or o.weight1 or o.weight2),
         "plausible_values": bool(fit.plausible_values or fit.imputed),
         "overdispersion": bool(o.overdispersion),
-        "quadrature_points": fit.quadrature_points is not None,
+        "quadrature_points": fit.quadrature_points is not None or o.quadrature_points not in (None, 1),
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
     }
     return [key for key, on in asked.items() if on]
+
+
+def refuse(feature: str, kind: str) -> None:
+    """Raise the one-line refusal of `feature` for `kind`, if the table has one."""
+    why = reason(feature, kind)
+    if why:
+        raise ModelError(f"{_BY_KEY[feature].label.split(' (')[0]}: not available for a {KINDS[kind]} fit: {why}")
 
 
 def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engine.MEMORY,
@@ -121,9 +130,7 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     `extra` names features asked outside the options (e.g. 'missing_now' from the archive build)."""
     kind = kind_of(spec, engine)
     for key in features_asked(spec, fit, out) + list(extra):
-        why = reason(key, kind)
-        if why:
-            raise ModelError(f"{_BY_KEY[key].label.split(' (')[0]}: not available for a {KINDS[kind]} fit: {why}")
+        refuse(key, kind)
 
 
 def markdown_table() -> str:
@@ -141,7 +148,7 @@ def markdown_table() -> str:
                 if why not in notes:
                     notes.append(why)
                 cells.append(f"no ({notes.index(why) + 1})")
-        rows.append(f"| {f.label} | " + " | ".join(cells) + " |")
+        rows.append(f"| {f.label.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
     rows.append("")
     rows += [f"{k}. {why}" for k, why in enumerate(notes, start=1)]
     return "\n".join(rows) + "\n"

@@ -670,6 +670,14 @@ def _fit_status(result, strict: bool) -> tuple[int, list[str]]:
     return (EXIT_NOT_CONVERGED if failures else 0), failures
 
 
+@main.command("capabilities")
+def capabilities_cmd():
+    """Print what each kind of two-level model supports (the README's table), with each refusal's reason."""
+    from .capabilities import markdown_table
+
+    click.echo(markdown_table(), nl=False)
+
+
 @main.command("man")
 def man_cmd():
     """Show the manual page (the same as 'man hlmcli')."""
@@ -828,6 +836,12 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     if is_three_level(data, more):
         unsupported_command("plot")
     refuse_overwriting_inputs(output, list(data) + [model_file])
+    from .engines import is_stats_archive
+
+    if len(data) == 1 and is_stats_archive(data[0]):
+        from .capabilities import refuse
+
+        refuse("plot", "linear-summary")
     if len(data) == 1 and str(data[0]).lower().endswith(".json"):
         _plot_saved_fit(kind, data[0], output, x_var, by, x_range)
         if not quiet:

@@ -146,6 +146,8 @@ def refuse_unsupported(spec, engine: str, **options) -> None:
         capabilities.check(spec, FitOptions(engine="stream" if engine.startswith("stream") else engine),
                            OutputOptions(), "stream" if engine.startswith("stream") else engine, extra=extra)
     except ModelError as exc:
+        if str(exc).startswith("--engine"):
+            raise
         raise ModelError(f"--engine {engine}: {exc}") from None
 
 
