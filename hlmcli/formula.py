@@ -314,7 +314,8 @@ def _equations(outcome, ids, k, fixed, random_order, random_keys, tau) -> Formul
             pieces = [f"{letters[m - 1]}{digits(q)}" + ("" if q[-1] is None else f"*{q[-1]}") for q in kids]
             if (m, parent) in random_keys:
                 pieces.append(f"{rand[m - 1]}{digits(parent)}")
-            if pieces:
+            fixed_slope = k == 2 and parent != (None,) and pieces == [f"{letters[1]}{digits(parent)}0"]
+            if pieces and not fixed_slope:  # HLM's default for a slope with no equation: fixed, γq0 alone
                 equations[m - 1].append(f"{letters[m - 2]}{digits(parent)} = " + " + ".join(pieces))
     return FormulaModel(outcome, ids, tuple(tuple(e) for e in equations), tau)
 
