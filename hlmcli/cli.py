@@ -361,7 +361,8 @@ _model_options = [
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
     click.option("--cache-dir", type=click.Path(file_okay=False),
-                 help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else $XDG_CACHE_HOME/hlmcli, else ~/.cache/hlmcli)."),
+                 help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else the platform's cache folder: "
+                 "$XDG_CACHE_HOME/hlmcli or ~/.cache/hlmcli; ~/Library/Caches/hlmcli on macOS; %LOCALAPPDATA%\\hlmcli\\Cache on Windows)."),
     click.option("--l1-vars", help="When DATA is two files: level-1 variables to keep, comma-separated (default: all)."),
     click.option("--l2-vars", help="When DATA is two files: level-2 variables to keep, comma-separated (default: all)."),
     click.option("--delimiter", help="When DATA is two CSV files: the delimiter (default: sniffed); tab or '\\t' for tab."),
