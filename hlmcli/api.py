@@ -230,7 +230,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     """
     import warnings
 
-    from . import capabilities
+    from .capabilities import check as check_capabilities
 
     say = warn or (lambda m: warnings.warn(m, stacklevel=3))
     options = fit_options(method=method, family=family, trials=trials, exposure=exposure, overdispersion=overdispersion,
@@ -246,7 +246,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
                                         drop_unmatched=drop_unmatched, file_format=file_format,
                                         delimiter=delimiter, cache_dir=cache_dir, warn=say)
     spec = model_spec(archive, level1_eq, level2_eqs, model, options, title=title)
-    capabilities.check(spec, options, OutputOptions(title=title))
+    check_capabilities(spec, options, OutputOptions(title=title))
     analysis = analyse_model(spec, archive, options, level1_eq)
     meta = {"data_source": source, "title": spec.options.title, "id_name": archive.id_names[0],
             "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
@@ -263,35 +263,22 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
 def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, options: FitOptions, title,
                     drop_unmatched, missing, file_format, delimiter, say) -> Results:
     """hlmcli.fit(engine="stream" | "dask"): the command line's summarised engines, on two data files."""
-    from . import capabilities
-    from .engines import analyse_summary, frame_of_files, model_columns, summarise
-    from .hypotheses import parse_test
-    from .pipeline import add_extras
+    from .engines import analyse_summary_with_extras, summary_for_fit
 
     if isinstance(level1, pd.DataFrame) or isinstance(level2, pd.DataFrame) or level2 is None:
         raise DataError(f"engine='{options.engine.value}' reads the level-1 and level-2 files in chunks; give their "
                         "paths (DataFrames and archives are already in memory: use engine='memory')")
     if not id1 or not id2:
         raise DataError("no unit id column given; pass id='NAME' (or id1= and id2=)")
-    if options.engine == Engine.DASK:
-        from .dask_engine import dask_frame
-
-        frame, cols, level2_data = dask_frame(level1, level2, id1, id2, file_format, delimiter)
-    else:
-        frame, cols, level2_data = frame_of_files(level1, level2, id1, id2, file_format, delimiter)
-    spec = model_spec(frame, level1_eq, level2_eqs, model, options, title=title)
-    capabilities.check(spec, options, OutputOptions(title=title), options.engine,
-                       extra=("missing_now",) if missing == "now" else ())
-    names, level2_names = model_columns(spec)
-    summary = summarise(frame, cols, level2_data, names, level2_names, options.engine.value, drop_unmatched, say,
-                        scheduler=options.scheduler, paths=(level1, level2))
-    analysis = analyse_summary(spec, summary, options.df_method)
+    spec, summary, frame, source = summary_for_fit(
+        (str(level1), str(level2)), options.engine.value, options.scheduler, (id1, id2), drop_unmatched, missing,
+        file_format, delimiter, lambda frame: model_spec(frame, level1_eq, level2_eqs, model, options, title=title),
+        {}, say)
+    analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests)
     o = spec.options
-    hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in options.tests]
-    add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params, o.homogeneity, o.full_output, o.ols_units)
-    meta = {"data_source": f"{Path(level1).name} and {Path(level2).name}", "title": o.title,
-            "id_name": frame.id_names[0], "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
-                                                          "model_file": Path(model).name if model else None},
+    meta = {"data_source": source, "title": o.title, "id_name": frame.id_names[0],
+            "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
+                            "model_file": Path(model).name if model else None},
             "command_file": Path(model).name if model and str(model).lower().endswith(".hlm") else None, "warn": say}
     results = Results(analysis, frame, meta)
     for message in results.failures:

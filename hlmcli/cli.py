@@ -626,21 +626,18 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .engines import is_stats_archive
 
     if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
-        from .engines import cli_fit
-
         if more["scheduler"] and more["engine"] != "dask":
             raise click.UsageError("--scheduler is for --engine dask")
-        return cli_fit(data, level1, level2, model_file, ml, more["engine"], more["scheduler"],
-                       _build_opts(id_, id1, id2, missing, drop_unmatched, **more), out_format, output, json_out, title,
-                       timestamp, df_method, strict, ascii_only, quiet, extra={
-                           "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance,
-                           "tau": tau_structure, "prior_params": compare_params, "homogeneity": test_homogeneity,
-                           "full_output": full_output, "ols_units": ols_units},
-                       unsupported={"--residuals-l1": residuals_l1, "--residuals-l2": residuals_l2, "--keep": keep,
-                                    "--weight1": weight1, "--weight2": weight2, "--plausible-values": plausible_values,
-                                    "--imputed": imputed},
-                       reml=more["reml"], allow_outside=more["allow_outside"], hypotheses=tests,
-                       keep_failed_output=more["keep_failed_output"])
+        return _fit_summarised(data, level1, level2, model_file, ml, more, tau_structure, df_method, tests, title,
+                               max_iterations, compare_deviance, compare_params, test_homogeneity, full_output,
+                               ols_units, OutputOptions(out_format=out_format, output=output, json_out=json_out,
+                                                        quiet=quiet, timestamp=timestamp, title=title,
+                                                        ascii_only=ascii_only, strict=strict,
+                                                        keep_failed_output=more["keep_failed_output"]),
+                               _build_opts(id_, id1, id2, missing, drop_unmatched, **more),
+                               {"--residuals-l1": residuals_l1, "--residuals-l2": residuals_l2, "--keep": keep,
+                                "--weight1": weight1, "--weight2": weight2, "--plausible-values": plausible_values,
+                                "--imputed": imputed})
     fit = _fit_options(ml, more["reml"], tau=tau_structure, weight1=weight1, weight2=weight2, normalize=normalize,
                        plausible_values=plausible_values, imputed=imputed, df_method=df_method, tests=tests,
                        compare_deviance=compare_deviance, compare_params=compare_params,
@@ -655,9 +652,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
     spec = _spec(archive, level1, level2, model_file, None, fit=fit, allow_outside=more["allow_outside"],
                  extra={"title": title, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2})
-    from . import capabilities
+    from .capabilities import check as check_capabilities
 
-    capabilities.check(spec, fit, out)
+    check_capabilities(spec, fit, out)
     if plausible_values or imputed:
         from .api import weight_spec
 
@@ -736,26 +733,33 @@ def fit_status(results, strict: bool) -> tuple[int, list[str]]:
     return (EXIT_NOT_CONVERGED if failures else 0), failures
 
 
-def _finish_fit(results, result, status: int, failures: list[str], write_files: bool, *, source_text, title, id_name,
-                level1, level2, model_file, timestamp, out_format, output, json_out, ascii_only, strict, quiet,
-                keep_failed_output=False) -> None:
-    """The stream and Dask engines' end: `finish` (their fits write no residual files)."""
-    finish(results, OutputOptions(out_format=out_format, output=output, json_out=json_out, quiet=quiet,
-                                  timestamp=timestamp, title=title, ascii_only=ascii_only, strict=strict,
-                                  keep_failed_output=write_files and status != 0),
-           [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
+def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, tests, title, max_iterations,
+                    compare_deviance, compare_params, test_homogeneity, full_output, ols_units, out: OutputOptions,
+                    build_opts: dict, unsupported: dict) -> None:
+    """`hlmcli fit` by the stream or dask engine, or from a statistics archive: the per-unit summary
+    (engines.py), the same spec, fit and ending as in memory."""
+    from .engines import analyse_summary_with_extras, summary_for_fit
+    from .results import Results
 
-
-def _fit_status(result, strict: bool) -> tuple[int, list[str]]:
-    """The exit status of a linear fit's engine result: 3 when it is not certified."""
-    from .errors import EXIT_NOT_CONVERGED
-
-    failures = []
-    if not result.converged:
-        failures.append("the optimum is not certified: " + "; ".join(result.certificate.failed))
-    if strict and result.boundary:
-        failures += list(result.boundary)
-    return (EXIT_NOT_CONVERGED if failures else 0), failures
+    engine = more["engine"]
+    warn = (lambda m: None) if out.quiet else (lambda m: _stderr(f"hlmcli: warning: {m}"))
+    fit = _fit_options(ml, more["reml"], tau=tau, df_method=df_method, tests=tests, max_iterations=max_iterations,
+                       compare_deviance=compare_deviance, compare_params=compare_params,
+                       test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units)
+    ids = (None, None)
+    if len(data) == 2:
+        opts = make_build_options(build_opts["id_"], build_opts["id1"], build_opts["id2"], None, None,
+                                  build_opts["missing"], build_opts["drop_unmatched"])
+        ids = (opts.id1, opts.id2)
+    spec, summary, frame, source_text = summary_for_fit(
+        data, engine, more["scheduler"], ids, build_opts["drop_unmatched"], build_opts["missing"],
+        build_opts.get("file_format"), build_opts.get("delimiter"),
+        lambda frame: _spec(frame, level1, level2, model_file, None, fit=fit,
+                            allow_outside=more["allow_outside"], extra={"title": title}),
+        unsupported, warn, progress=not out.quiet and sys.stderr.isatty())
+    analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
+    results = Results(analysis, frame, {"warn": warn, "source_files": None})
+    finish(results, out, [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
 
 
 @main.command("capabilities")
@@ -937,13 +941,13 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     if json_out:
         refuse_overwriting_inputs(json_out, list(data) + [model_file, output])
     # the fit that `hlmcli fit` makes of the same arguments: the same options, table and engine
-    from . import capabilities
+    from .capabilities import check as check_capabilities
     from .api import analyse_model
 
     fit = _fit_options(ml, more["reml"])
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
     spec = _spec(archive, level1, level2, model_file, None, fit=fit, allow_outside=more["allow_outside"])
-    capabilities.check(spec, fit, OutputOptions(json_out=json_out, quiet=quiet))
+    check_capabilities(spec, fit, OutputOptions(json_out=json_out, quiet=quiet))
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
             "model_given": model_given(level1, level2, model_file),
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}

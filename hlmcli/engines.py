@@ -135,7 +135,7 @@ _FLAG_FEATURES = {"--residuals-l1": "residuals", "--residuals-l2": "residuals", 
 
 def refuse_unsupported(spec, engine: str, **options) -> None:
     """One line for what the summarised engines cannot do (capabilities.py, README 'What hlmcli fits')."""
-    from . import capabilities
+    from .capabilities import check as check_capabilities
     from .spec import FitOptions, OutputOptions
 
     if getattr(spec, "level3", None):
@@ -143,7 +143,7 @@ def refuse_unsupported(spec, engine: str, **options) -> None:
                          "fit them with --engine memory")
     extra = tuple(dict.fromkeys(_FLAG_FEATURES[name] for name, on in options.items() if on))
     try:
-        capabilities.check(spec, FitOptions(engine="stream" if engine.startswith("stream") else engine),
+        check_capabilities(spec, FitOptions(engine="stream" if engine.startswith("stream") else engine),
                            OutputOptions(), "stream" if engine.startswith("stream") else engine, extra=extra)
     except ModelError as exc:
         if str(exc).startswith("--engine"):
@@ -286,70 +286,58 @@ def analyse_summary(spec, summary: Summary, df_method: str = "hlm"):
 
 # ---------------------------------------------------------------- the command line
 
-def cli_fit(data, level1, level2, model_file, ml, engine, scheduler, build_opts: dict, out_format, output, json_out,
-            title, timestamp, df_method, strict, ascii_only, quiet, extra: dict, unsupported: dict, reml=None,
-            allow_outside=False, hypotheses=(), keep_failed_output=False):
-    """`hlmcli fit` through the stream or dask engine, or from a statistics archive."""
-    import sys
+def summary_for_fit(data, engine: str, scheduler, ids: tuple[str, str], drop_unmatched: bool, missing: str,
+                    file_format, delimiter, spec_of, unsupported: dict, warn, progress: bool = False):
+    """The per-unit summary a summarised fit reads: from a statistics archive (one path) or from two data
+    files by the stream or dask engine. `spec_of(frame)` makes the model from the data's columns (the
+    caller's one path to a ModelSpec), checked here against the capabilities table.
+    Returns (spec, summary, frame, data source text)."""
+    from .errors import UsageError
 
-    import click
-
-    from . import cli
-    from .hypotheses import parse_test
-    from .pipeline import add_extras
-    from .results import Results
-
-    warn = (lambda m: None) if quiet else (lambda m: cli._stderr(f"hlmcli: warning: {m}"))
     if len(data) == 1:
         if not is_stats_archive(data[0]):
-            raise click.UsageError(f"--engine {engine} reads two data files (level-1 and level-2), or a statistics "
-                                   "archive from 'hlmcli mdm build --engine stream'")
+            raise UsageError(f"--engine {engine} reads two data files (level-1 and level-2), or a statistics "
+                             "archive from 'hlmcli mdm build --engine stream'")
         summary, frame = load_stats_archive(data[0])
-        source_text = Path(data[0]).name
-        spec = cli._spec(frame, level1, level2, model_file, ml, extra, reml=reml, allow_outside=allow_outside)
+        spec = spec_of(frame)
         refuse_unsupported(spec, engine if engine != "memory" else "stream (a statistics archive)", **unsupported)
-        names, l2names = model_columns(spec)
-        missing = [n for n in names if n not in summary.names]
-        if missing:
-            raise ModelError(f"{data[0]}: no level-1 variable {missing[0]} in the statistics archive")
-        summary = _restrict(summary, names)
-    elif len(data) == 2:
-        from .files import check_regular
+        names, _ = model_columns(spec)
+        missing_names = [n for n in names if n not in summary.names]
+        if missing_names:
+            raise ModelError(f"{data[0]}: no level-1 variable {missing_names[0]} in the statistics archive")
+        return spec, _restrict(summary, names), frame, Path(data[0]).name
+    if len(data) != 2:
+        raise UsageError("give one statistics archive or two data files (level-1 and level-2)")
+    from .files import check_regular
 
-        if engine == "memory":
-            engine = "stream"
-        for path in data if engine == "stream" else data[1:]:  # the dask level-1 data are a folder or a glob
-            check_regular(path, "data file")
-        opts = cli.make_build_options(build_opts["id_"], build_opts["id1"], build_opts["id2"], None, None,
-                                      build_opts["missing"], build_opts["drop_unmatched"])
-        if engine == "dask":
-            from .dask_engine import dask_frame
+    if engine == "memory":
+        engine = "stream"
+    for path in data if engine == "stream" else data[1:]:  # the dask level-1 data are a folder or a glob
+        check_regular(path, "data file")
+    if engine == "dask":
+        from .dask_engine import dask_frame
 
-            frame, cols, level2_data = dask_frame(data[0], data[1], opts.id1, opts.id2, build_opts.get("file_format"),
-                                                  build_opts.get("delimiter"))
-        else:
-            frame, cols, level2_data = frame_of_files(data[0], data[1], opts.id1, opts.id2,
-                                                      build_opts.get("file_format"), build_opts.get("delimiter"))
-        source_text = f"{Path(data[0]).name} and {Path(data[1]).name}"
-        spec = cli._spec(frame, level1, level2, model_file, ml, extra, reml=reml, allow_outside=allow_outside)
-        refuse_unsupported(spec, engine, **unsupported, **{"--missing now": build_opts["missing"] == "now"})
-        names, l2names = model_columns(spec)
-        summary = summarise(frame, cols, level2_data, names, l2names, engine, opts.drop_unmatched, warn,
-                            scheduler=scheduler, progress=not quiet and sys.stderr.isatty(), paths=data)
+        frame, cols, level2_data = dask_frame(data[0], data[1], ids[0], ids[1], file_format, delimiter)
     else:
-        raise click.UsageError("give one statistics archive or two data files (level-1 and level-2)")
-    hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in hypotheses]
+        frame, cols, level2_data = frame_of_files(data[0], data[1], ids[0], ids[1], file_format, delimiter)
+    spec = spec_of(frame)
+    refuse_unsupported(spec, engine, **unsupported, **{"--missing now": missing == "now"})
+    names, l2names = model_columns(spec)
+    summary = summarise(frame, cols, level2_data, names, l2names, engine, drop_unmatched, warn,
+                        scheduler=scheduler, progress=progress, paths=data)
+    return spec, summary, frame, f"{Path(data[0]).name} and {Path(data[1]).name}"
+
+
+def analyse_summary_with_extras(spec, summary: Summary, df_method: str = "hlm", tests=()):
+    """analyse_summary and the extras the options ask for (tests, deviance test, homogeneity, full output)."""
+    from .hypotheses import parse_test
+    from .pipeline import add_extras
+
+    o = spec.options
+    hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
     analysis = analyse_summary(spec, summary, df_method)
-    opts = spec.options
-    add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
-               opts.full_output, opts.ols_units)
-    status, failures = cli._fit_status(analysis.result, strict)
-    results = Results(analysis, frame, {"warn": warn, "source_files": None})
-    write_files = status == 0 or keep_failed_output
-    cli._finish_fit(results, analysis.result, status, failures, write_files, source_text=source_text, title=opts.title,
-                    id_name=frame.id_names[0], level1=level1, level2=level2, model_file=model_file,
-                    timestamp=timestamp, out_format=out_format, output=output, json_out=json_out,
-                    ascii_only=ascii_only, strict=strict, quiet=quiet)
+    add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params, o.homogeneity, o.full_output, o.ols_units)
+    return analysis
 
 
 def _restrict(summary: Summary, names: list[str]) -> Summary:

@@ -25,3 +25,9 @@ class DataError(HlmError):
 
 class ModelError(HlmError):
     """An equation or command file that cannot be turned into a model."""
+
+
+class UsageError(HlmError):
+    """Arguments that do not go together (exit 2, as click's usage errors)."""
+
+    exit_code = EXIT_USAGE

@@ -45,6 +45,19 @@ class HGLMAnalysis:
     notes: list[str] = field(default_factory=list)  # boundary notes (for --strict)
     extras: dict = field(default_factory=dict)  # hypothesis_tests, deviance_test
 
+    # What `Results` reads of an HGLM fit (a linear analysis is read by report.py and residual_files.py).
+    def to_json(self, meta: dict) -> dict:
+        return hglm_json(self, meta)
+
+    def to_text(self, meta: dict, sym) -> str:
+        return hglm_text(self, meta, sym)
+
+    def level1_table(self):
+        return level1_table(self)
+
+    def level2_table(self):
+        return level2_table(self)
+
 
 def _column(archive, name, design):
     col = archive.level1_column(name)

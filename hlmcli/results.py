@@ -80,9 +80,7 @@ class Results:
             from .report import _clean, fit_json
 
             if self.hglm:
-                from .hglm_run import hglm_json
-
-                doc = hglm_json(self.analysis, self.meta)
+                doc = self.analysis.to_json(self.meta)
             else:
                 doc = fit_json(self.analysis, self.meta)
             self._json = (key, _clean(doc))
@@ -99,9 +97,7 @@ class Results:
         from .report import Symbols, fit_text
 
         if self.hglm:
-            from .hglm_run import hglm_text
-
-            return hglm_text(self.analysis, self.meta, Symbols(ascii))
+            return self.analysis.to_text(self.meta, Symbols(ascii))
         return fit_text(self.analysis, self.meta, Symbols(ascii))
 
     def __repr__(self) -> str:
@@ -240,9 +236,7 @@ class Results:
 
     def _level2_table(self) -> pd.DataFrame:
         if self.hglm:
-            from .hglm_run import level2_table as hglm_level2
-
-            return hglm_level2(self.analysis)
+            return self.analysis.level2_table()
         from .residual_files import level2_table
 
         return level2_table(self.analysis, self.eb)
@@ -284,9 +278,7 @@ class Results:
         if order not in ("source", "unit"):
             raise ModelError(f"order must be 'source' or 'unit', not '{order}'")
         if self.hglm:
-            from .hglm_run import level1_table as hglm_level1
-
-            table = hglm_level1(self.analysis)
+            table = self.analysis.level1_table()
         else:
             from .residual_files import level1_table
 
