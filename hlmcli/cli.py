@@ -595,6 +595,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                          hypotheses, strict)
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
     wspec = _weight_spec(spec, weight1, weight2, normalize)
+    if wspec.any and spec.options.prior_deviance is not None:
+        _refuse_weighted_likelihood_ratio(compare_deviance, model_file)
     if plausible_values or imputed:
         _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                       df_method, ascii_only, wspec, plausible_values, imputed, full_output,
@@ -746,6 +748,16 @@ def _weight_spec(spec, weight1, weight2, normalize):
     if normalize and not w.any:
         raise click.UsageError("--normalize needs --weight1 or --weight2")
     return w
+
+
+def _refuse_weighted_likelihood_ratio(compare_deviance, model_file):
+    """A pseudo-likelihood fit (sampling weights) gets Wald tests, never a likelihood-ratio test."""
+    from .errors import ModelError
+    from .weights import NO_LIKELIHOOD_RATIO
+
+    if compare_deviance is not None:
+        raise _UsageProblem(f"--compare-deviance: {NO_LIKELIHOOD_RATIO}")
+    raise ModelError(f"{Path(model_file).name}: deviance: asks for a likelihood-ratio test; {NO_LIKELIHOOD_RATIO}")
 
 
 def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
