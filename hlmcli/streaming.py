@@ -129,6 +129,9 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
             names = list(pq.read_schema(path).names)
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise DataError(f"{path}: not a readable Parquet file ({str(exc)[:160]})") from None
+        from .readers import refuse_duplicate_names
+
+        refuse_duplicate_names(path, names)
         return Columns(path, [n.strip() for n in names], {n.strip(): n for n in names})
     from .readers import _sniff_delimiter, normalise_delimiter
 
@@ -138,7 +141,13 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
 
         opener = gzip.open
     with opener(path, "rb") as handle:
-        head = handle.read(1 << 16).decode("utf-8", errors="replace")
+        head = handle.read(1 << 16)
+        while b"\n" not in head:  # a header longer than one read (thousands of columns): read on to its end
+            more = handle.read(1 << 16)
+            if not more:
+                break
+            head += more
+        head = head.decode("utf-8", errors="replace")
     if not head.strip():
         raise DataError(f"{path}: the file is empty; give a file with a header and data rows")
     sep = normalise_delimiter(delimiter) or _sniff_delimiter(head)
@@ -147,6 +156,9 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
     if sep == " ":
         raise DataError(f"{path}: space-delimited text cannot be streamed; convert it to CSV or Parquet, or use --engine memory")
     header = next(csv.reader(io.StringIO(head.splitlines()[0]), delimiter=sep))
+    from .readers import refuse_duplicate_names
+
+    refuse_duplicate_names(path, header)
     return Columns(path, [h.strip() for h in header], {h.strip(): h for h in header}, sep)
 
 
