@@ -250,7 +250,7 @@ def refuse_duplicate_names(path, names) -> None:
         if key in seen:
             first, spelled = seen[key]
             if spelled == name:
-                raise DataError(f"{path}: column '{name}' is named twice in the header (columns {first} and {k}); "
+                raise DataError(f"{path}: column '{name}' is named twice (columns {first} and {k}); "
                                 "rename one so that every column has its own name")
             raise DataError(f"{path}: columns '{spelled}' and '{name}' (columns {first} and {k}) differ only in case, "
                             "and names are matched without regard to case; rename one")
