@@ -11,6 +11,7 @@ tabulate (through pandas) for Markdown. Both are the optional extra `hlmcli[tabl
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import pandas as pd
@@ -91,6 +92,29 @@ def fit_frames(fit: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     return fixed, var
 
 
+# Markdown has no escaping in tabulate (its "pipe" format writes cells as they are), so names are
+# escaped here: a '|' would end the cell, a newline the row, and * _ ` ~ [ ] < > & would start
+# emphasis, code, links, HTML or entities. A backslash before ASCII punctuation is CommonMark's
+# escape (spec 2.4), which GitHub's tables also honour for '|'.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_~\[\]<>&|])")
+
+
+def markdown_escape(text: str) -> str:
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def _markdown_names(frame: pd.DataFrame, index: bool) -> pd.DataFrame:
+    """The names in a table (column headings, the label column, the index) escaped; the numbers,
+    which hlmcli formats itself, are left as they are ('<0.001' is not HTML)."""
+    frame = frame.copy()
+    if frame.shape[1] and not index:
+        frame.iloc[:, 0] = frame.iloc[:, 0].map(markdown_escape)
+    if index:
+        frame.index = [markdown_escape(i) for i in frame.index]
+    frame.columns = [markdown_escape(c) for c in frame.columns]
+    return frame
+
+
 def _render(frame: pd.DataFrame, fmt: str, index: bool) -> str:
     if fmt == "csv":
         return frame.to_csv(index=index, lineterminator="\n")
@@ -100,6 +124,7 @@ def _render(frame: pd.DataFrame, fmt: str, index: bool) -> str:
         except ImportError:
             raise MissingExtra("Markdown tables need tabulate, which is not installed; "
                                "install it with: pip install 'hlmcli[tables]'") from None
+        frame = _markdown_names(frame, index)
         return frame.to_markdown(index=index, disable_numparse=True, colalign=["left"] + ["right"] * (frame.shape[1] - (0 if index else 1))) + "\n"
     try:
         import jinja2  # noqa: F401
