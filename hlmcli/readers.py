@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, OptionError
 
 # Names users may give to --format, including HLM 7's `rawdattype` words.
 FORMAT_ALIASES = {
@@ -375,4 +375,5 @@ def find_column(table: Table, name: str, what: str) -> str:
     if len(matches) > 1:
         raise DataError(f"{table.path}: columns {', '.join(matches)} differ only in case; rename one so '{name}' is unambiguous")
     cols = ", ".join(list(table.data.columns)[:12])
-    raise DataError(f"{table.path}: no {what} column '{name}' (columns are: {cols}); check the name")
+    raise (OptionError if what.endswith("unit id") else DataError)(
+        f"{table.path}: no {what} column '{name}' (columns are: {cols}); check the name")

@@ -114,7 +114,10 @@ class Columns:
             return hits[0]
         if len(hits) > 1:
             raise DataError(f"{self.path}: columns {', '.join(hits)} differ only in case; rename one so '{name}' is unambiguous")
-        raise DataError(f"{self.path}: no {what} column '{name}' (columns are: {', '.join(self.names[:12])}); check the name")
+        from .errors import OptionError
+
+        raise (OptionError if what.endswith("unit id") else DataError)(
+            f"{self.path}: no {what} column '{name}' (columns are: {', '.join(self.names[:12])}); check the name")
 
 
 def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> Columns:
