@@ -126,3 +126,12 @@ def test_plot_and_build_options_that_do_nothing_are_refused(archive, tmp_path):
     one_line_usage_error(hlmcli("mdm", "build", *HSB, "--id", "ID", "--force", "-o", tmp_path / "b.mdm"),
                          "--force", "template")
     assert not list(tmp_path.iterdir())
+
+
+def test_duplicated_csv_header_is_refused_end_to_end(tmp_path):
+    l1 = tmp_path / "l1.csv"
+    lines = (SAMPLE / "hsb" / "hsb1.csv").read_text().splitlines()
+    l1.write_text("\n".join([lines[0] + ",MATHACH"] + [row + ",0" for row in lines[1:]]) + "\n")
+    proc = hlmcli("fit", l1, HSB[1], "--id", "ID", *EMPTY)
+    assert proc.returncode == 1 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1
+    assert "l1.csv: column 'MATHACH' is named twice (columns 5 and 6)" in proc.stderr
