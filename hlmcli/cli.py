@@ -603,7 +603,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     })
     o = spec.options
     check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
-                        method=o.method, full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
+                        full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
         from .hglm_run import refuse_options
 
@@ -803,8 +803,6 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         raise click.UsageError("residual files, deviance comparisons and the homogeneity test are not available for "
                                "combined fits (a deviance difference has no Rubin's rule: use --test, combined by D1); "
                                "fit one plausible value or data set at a time for those")
-    if allow_unequal and not imputed:
-        raise click.UsageError("--allow-unequal-imputations is for --imputed data sets; drop it")
     weights = wspec if wspec.any else None
     labels = None
     if plausible_values:

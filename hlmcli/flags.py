@@ -55,13 +55,15 @@ def check_fit_options(given: set[str], *, archive: str | None, engine: str, hlm_
         if "--ols-units" in given and "--full-output" not in given:
             _refuse("--ols-units sets how many units' OLS regressions --full-output prints; give --full-output too, "
                     "or drop --ols-units")
+    if "--allow-unequal-imputations" in given and "--imputed" not in given:
+        _refuse("--allow-unequal-imputations is for --imputed data sets (it lets their records differ); drop it")
     if "--timestamp" in given and out_format != "text":
         _refuse(f"--timestamp adds the date to the text output, and --format {out_format} has none (it stays "
                 "reproducible); drop --timestamp")
 
 
-def check_model_options(given: set[str], *, family: str, estimation: str | None, method: str,
-                        full_output: bool, prior_deviance: bool) -> None:
+def check_model_options(given: set[str], *, family: str, estimation: str | None, full_output: bool,
+                        prior_deviance: bool) -> None:
     """The rules that need the model as specified (family, estimation, options from a .hlm file)."""
     if family == "normal":
         hglm = [o for o in HGLM_OPTIONS if o in given]

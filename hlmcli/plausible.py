@@ -173,11 +173,13 @@ def combined_tests(analyses: list, hypotheses, robust_only: bool = False) -> lis
 def same_records(analyses: list, labels: list[str]) -> None:
     """Imputed data sets differ in imputed values only: the same records in the same units. A file
     with fewer records (a deleted or lost block) would be combined as if it were another draw."""
+    def sizes(design) -> dict:  # unit id -> records used; the files' row order may differ
+        return dict(zip(design.unit_ids, np.diff(design.offsets).tolist()))
+
     d0 = analyses[0].design
     for a, label in zip(analyses[1:], labels[1:]):
         d = a.design
-        if d.n != d0.n or d.n_units != d0.n_units or list(d.unit_ids) != list(d0.unit_ids) \
-                or not np.array_equal(d.offsets, d0.offsets):
+        if d.n != d0.n or d.n_units != d0.n_units or sizes(d) != sizes(d0):
             raise ModelError(f"{label}: the fit uses {d.n} level-1 records in {d.n_units} units, but {labels[0]} "
                              f"uses {d0.n} in {d0.n_units}{'' if d.n != d0.n or d.n_units != d0.n_units else ' (other units or unit sizes)'}; "
                              "imputed data sets must hold the same records; fix the files, or pass "

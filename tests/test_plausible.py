@@ -292,3 +292,19 @@ def test_imputed_files_with_different_records_are_refused_unless_asked(pvdir):
     assert json.loads(ok.stdout)["combining"]["m"] == 2
     bad = _pv(pvdir, *PV_ARGS, "--allow-unequal-imputations", check=False)
     assert bad.returncode == 2 and "--allow-unequal-imputations is for --imputed" in bad.stderr
+
+
+def test_same_records_ignores_row_order_but_not_unit_sizes():
+    from types import SimpleNamespace
+
+    from hlmcli.errors import ModelError
+    from hlmcli.plausible import same_records
+
+    def fit(ids, sizes):
+        return SimpleNamespace(design=SimpleNamespace(unit_ids=ids, offsets=np.concatenate(([0], np.cumsum(sizes))),
+                                                      n=int(sum(sizes)), n_units=len(ids)))
+
+    same_records([fit(["a", "b"], [3, 2]), fit(["b", "a"], [2, 3])], ["one", "two"])
+    with pytest.raises(ModelError, match=r"two: the fit uses 5 level-1 records in 2 units, but one uses 5 in 2 "
+                                         r"\(other units or unit sizes\)"):
+        same_records([fit(["a", "b"], [3, 2]), fit(["a", "b"], [2, 3])], ["one", "two"])
