@@ -566,8 +566,15 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
                       _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, {**more, "ml": ml},
                       _stderr, _use_ascii)
 
+    from .flags import check_archive_options, check_model_options
+
+    given = _given_options()
+    check_archive_options(given, Path(data[0]).name if len(data) == 1 else None)
     archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet=False)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
+    o = spec.options
+    check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
+                        full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
         from .hglm_run import estimation_text, glmer_call, hglm_model_summary
 
@@ -1003,7 +1010,11 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     check_output(output)
     from .flags import check_plot_options
 
-    check_plot_options(_given_options(), kind, len(data) == 1 and str(data[0]).lower().endswith(".json"))
+    from .flags import check_archive_options
+
+    saved = len(data) == 1 and str(data[0]).lower().endswith(".json")
+    check_plot_options(_given_options(), kind, saved)
+    check_archive_options(_given_options(), Path(data[0]).name if len(data) == 1 and not saved else None)
     from .cli3 import is_three_level, unsupported_command
     if is_three_level(data, more):
         unsupported_command("plot")
