@@ -1,5 +1,7 @@
 """What hlmcli fits, as one table: for each kind of two-level model and each feature, either supported
-or refused with the statistical reason. `check` is the one place a fit is refused for what it asks
+or refused with the statistical reason. (Options that would do nothing in a combination, such as
+--quadrature-points without --estimation agq or an HGLM option with a normal outcome, are usage
+errors refused by flags.py before this check.) `check` is the one place a fit is refused for what it asks
 (the command line, the API and `plot` all call it before fitting), and the README's matrix is
 generated from the same table (`hlmcli capabilities`, kept current by tests/test_capabilities.py).
 """
@@ -35,12 +37,8 @@ _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML cov
 _HOMOGENEITY = ("an HGLM's level-1 variance is fixed by the mean (φ(1 - φ) or λ), so there is no level-1 variance "
                 "to test for homogeneity")
 _FULL_OUTPUT = "the unit-by-unit OLS regressions and least-squares estimates of --full-output are for a normal outcome"
-_OVERDISPERSION_ML = ("--overdispersion is a quasi-likelihood scale: it exists under PQL only, as Laplace and AGQ "
-                      "maximise a true likelihood")
-_LINEAR_SCALE = "the level-1 variance σ² of a normal model is always estimated"
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
-_NODES = "quadrature points are for --estimation agq (Laplace is AGQ with one point; PQL integrates nothing)"
 
 
 @dataclass(frozen=True)
@@ -71,11 +69,6 @@ FEATURES = (
     Feature("plausible_values", "--plausible-values/--imputed",
             {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS}),
-    Feature("overdispersion", "--overdispersion",
-            {"linear": _LINEAR_SCALE, "linear-summary": _LINEAR_SCALE, "laplace": _OVERDISPERSION_ML,
-             "agq": _OVERDISPERSION_ML}),
-    Feature("quadrature_points", "--quadrature-points",
-            {"linear": _NODES, "linear-summary": _NODES, "pql": _NODES, "laplace": _NODES}),
     Feature("stream_dask", "--engine stream/dask",
             {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY}),
 )
@@ -110,8 +103,6 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "full_output": bool(o.full_output),
         "weights": bool(fit.weight1 or fit.weight2 or o.weight1 or o.weight2),
         "plausible_values": bool(fit.plausible_values or fit.imputed),
-        "overdispersion": bool(o.overdispersion),
-        "quadrature_points": fit.quadrature_points is not None or o.quadrature_points not in (None, 1),
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
     }
     return [key for key, on in asked.items() if on]

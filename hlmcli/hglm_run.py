@@ -75,6 +75,10 @@ def check_options(opts) -> None:
         raise ModelError(f"--exposure is for --family poisson (this model is {fam})")
     if opts.overdispersion and fam == "bernoulli":
         raise ModelError("--overdispersion cannot be estimated for a 0/1 outcome: the Bernoulli variance is fixed by its mean")
+    if opts.overdispersion and opts.estimation != "pql":
+        raise ModelError("--overdispersion is a quasi-likelihood scale: use it with --estimation pql")
+    if opts.estimation != "agq" and opts.quadrature_points not in (None, 1):
+        raise ModelError("--quadrature-points is for --estimation agq")
     if opts.estimation == "agq" and opts.quadrature_points < 1:
         raise ModelError("--quadrature-points must be at least 1")
 

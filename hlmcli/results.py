@@ -347,8 +347,10 @@ class Results:
         are added (as lme4's predict); unknown units get the fixed-effects prediction.
         An HGLM's prediction is on the link scale (η: log-odds or log rate), as lme4's default.
         """
+        from .api import check_frame_columns
         from .design import predictor_name
 
+        check_frame_columns(newdata, "newdata")
         d = self.analysis.design
         spec = d.spec
         gamma = np.asarray(self.analysis.gamma if self.hglm else self.analysis.fixed.gamma, dtype=float)

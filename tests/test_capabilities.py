@@ -266,18 +266,6 @@ def check_missing_now(kind, tmp_path):
     matches_reference(doc["fixed_effects"], kind)
 
 
-def check_overdispersion(kind, tmp_path):
-    doc = fit_json(kind, "--overdispersion", "--ml")
-    ref = _ref(H / "refs" / "mmmec_ri_pql_ml_od.json")
-    assert doc["sigma2"] == pytest.approx(ref["variance_components"]["level1_scale_sigma2"], rel=1e-4)
-
-
-def check_quadrature_points(kind, tmp_path):
-    doc = fit_json(kind)  # 25 points, as the reference
-    matches_reference(doc["fixed_effects"], kind)
-    assert doc["deviance"] == pytest.approx(REFERENCE[kind][0]["deviance"], rel=1e-9)
-
-
 def check_stream_dask(kind, tmp_path):
     engine = "stream" if kind == "linear" else "dask"
     args = [a for a in base("linear") if a not in ("--engine", "stream")]
@@ -305,8 +293,6 @@ ASK = {
     "satterthwaite": lambda kind, d: ["--df", "satterthwaite"],
     "homogeneity": lambda kind, d: ["--test-homogeneity"],
     "full_output": lambda kind, d: ["--full-output"],
-    "overdispersion": lambda kind, d: ["--overdispersion"],
-    "quadrature_points": lambda kind, d: ["--quadrature-points", "5"],
     "stream_dask": lambda kind, d: ["--engine", "stream"],
     "compare_deviance": lambda kind, d: ["--compare-deviance", "2300", "--compare-params", "2"],
 }
