@@ -306,7 +306,7 @@ def check_refused(feature, kind, why, tmp_path):
     if feature == "plot":  # a statistics archive from the stream engine
         archive = tmp_path / "stats.ssm"
         run_cli("mdm", "build", *LINEAR_FILES, "--id", "ID", "--engine", "stream", "-o", archive, "-q").check_returncode()
-        proc = run_cli("plot", "equation", archive, *LINEAR_MODEL, "-o", tmp_path / "eq.png")
+        proc = run_cli("plot", "equation", archive, *LINEAR_MODEL[2:], "-o", tmp_path / "eq.png")  # no --id
         one_line_refusal(proc, why)
         assert not (tmp_path / "eq.png").exists()
         return
