@@ -30,8 +30,13 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from .files import output_transaction
+
         try:
-            return func(*args, **kwargs)
+            # every file the command writes is staged and put in place only if it succeeds (files.py)
+            ctx = click.get_current_context(silent=True)
+            with output_transaction(no_follow=bool(ctx is not None and ctx.meta.get("no_follow"))):
+                return func(*args, **kwargs)
         except HlmError as exc:
             _stderr(f"hlmcli: error: {exc}")
             if getattr(exc, "detail", None):  # a syntax error's equation with a caret under the place
@@ -70,6 +75,16 @@ class _UsageProblem(HlmError):
     """A usage error found inside a command (exit 2, one line)."""
 
     exit_code = EXIT_USAGE
+
+
+def _keep_no_follow(ctx, param, value):
+    ctx.meta["no_follow"] = value
+    return value
+
+
+# on every command that writes files; read by user_errors (files.output_transaction)
+no_follow_option = click.option("--no-follow", is_flag=True, expose_value=False, callback=_keep_no_follow,
+                                help="Refuse an output path that is a symbolic link (default: write to the link's target).")
 
 
 def _split_names(value: str | None) -> tuple[str, ...] | None:
@@ -175,13 +190,14 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.option("--allow-outside", is_flag=True, help="Let the template's mdmname: point outside the template's folder.")
 @click.option("--engine", type=click.Choice(["memory", "stream"]), default="memory", show_default=True,
               help="stream: one chunked pass (pyarrow) writing per-unit statistics, in bounded memory.")
+@no_follow_option
 @user_errors
 def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing,
               drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside, engine="memory"):
     """Merge a level-1 and a level-2 file (and a level-3 file: HLM3) into an archive."""
     from .archive import BuildOptions, build_from_files, write_archive
     from .errors import DataError
-    from .files import refuse_overwriting_inputs
+    from .files import check_outputs, commit_outputs
 
     three = None  # three-level build (cli3.py): the files and their options
     if template:
@@ -238,12 +254,13 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     for source in (level1_file, level2_file):
         if str(source) != "-":  # '-' is standard input
             check_regular(source, "data file")
-    refuse_overwriting_inputs(output, [level1_file, level2_file, template])
+    check_outputs([("-o", output)], [level1_file, level2_file, template])
     if engine == "stream":
         from .engines import cli_build
 
         records, units = cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet,
                                    warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")))
+        commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}: per-unit statistics of {records} level-1 records in {units} units")
         return
@@ -255,6 +272,7 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
         write_archive(archive, output)
     finally:
         progress.close()
+    commit_outputs()
     if not quiet:
         _stderr(f"hlmcli: wrote {output}: {archive.n_level1} level-1 records in {archive.n_units} units")
 
@@ -529,13 +547,14 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--engine", type=click.Choice(["memory", "stream", "dask"]), default="memory", show_default=True,
               help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
+@no_follow_option
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
             quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
     """Fit a two- or three-level model and print HLM 7's tables (text) or a stable JSON document."""
-    from .files import refuse_clobber, refuse_overwriting_inputs
+    from .files import check_outputs, refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
@@ -553,9 +572,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                             "three-level archive")
 
     sources = list(data) + [model_file]
-    for path in (output, residuals_l1, residuals_l2, json_out):
-        if path:
-            refuse_overwriting_inputs(path, sources)
+    check_outputs([("-o", output), ("--json-out", json_out), ("--residuals-l1", residuals_l1),
+                   ("--residuals-l2", residuals_l2)], sources)
     from .engines import is_stats_archive
 
     if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
@@ -859,11 +877,12 @@ def compare_cmd(fit_a, fit_b, out_format):
 @click.option("--seed", type=int, default=1, show_default=True, help="units: the seed of that sample.")
 @click.option("--x-range", help="equation from a saved JSON fit: LOW,HIGH of the x axis on the model's scale (default -2,2).")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
+@no_follow_option
 @user_errors
 def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
              output, x_var, by, coef, sample, seed, x_range, quiet, **more):
     """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
-    from .files import refuse_overwriting_inputs
+    from .files import check_outputs, commit_outputs
     from .pipeline import analyse
     from .plots import check_output
     from .results import Results
@@ -872,9 +891,10 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     from .cli3 import is_three_level, unsupported_command
     if is_three_level(data, more):
         unsupported_command("plot")
-    refuse_overwriting_inputs(output, list(data) + [model_file])
+    check_outputs([("-o", output)], list(data) + [model_file])
     if len(data) == 1 and str(data[0]).lower().endswith(".json"):
         _plot_saved_fit(kind, data[0], output, x_var, by, x_range)
+        commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}")
         return
@@ -882,6 +902,7 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
     results = Results(analyse(spec, archive), archive, {"data_source": source_text})
     results.plot(kind, output, x=x_var, by=list(by) or None, coef=coef, sample=sample, seed=seed)
+    commit_outputs()
     if not quiet:
         _stderr(f"hlmcli: wrote {output}")
 
@@ -919,19 +940,20 @@ def _plot_saved_fit(kind, path, output, x_var, by, x_range):
               show_default=True)
 @click.option("--names", help="Column headings, comma-separated (default: the file names without .json).")
 @click.option("-o", "--output", type=click.Path(), help="Write the table here (atomically) instead of stdout.")
+@no_follow_option
 @user_errors
 def table_cmd(fits, out_format, names, output):
     """Saved JSON fits side by side: coefficients (SEs), variance components, deviance, AIC, BIC, N, J."""
     from .compare import read_fit
-    from .files import atomic_write_text, refuse_overwriting_inputs
+    from .files import atomic_write_text, check_outputs
     from .tables import side_by_side_text
 
+    check_outputs([("-o", output)], list(fits))
     headings = list(_split_names(names) or [Path(f).stem for f in fits])
     if len(headings) != len(fits):
         raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
     text = side_by_side_text([read_fit(f) for f in fits], headings, out_format)
     if output:
-        refuse_overwriting_inputs(output, list(fits))
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)
