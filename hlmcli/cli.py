@@ -729,22 +729,45 @@ def cache_list(cache_dir):
     """List cached archives: file, size, last use and the data they were built from."""
     import time
 
-    from .cache import list_cache
+    from .cache import indexed_names, list_cache
     from .report import printable
 
     folder, entries = list_cache(cache_dir)
+    ours = indexed_names(cache_dir)
     click.echo(f"cache folder: {printable(str(folder))}")
     total = 0
     for e in entries:
         total += e.size
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime))
-        what = ", ".join(printable(s) for s in e.sources) if e.readable else "(unreadable; 'hlmcli cache prune' removes it)"
+        what = ", ".join(printable(s) for s in e.sources) if e.readable else "(unreadable)"
+        if e.path.name not in ours:
+            what += "  (not written by this cache: 'hlmcli cache prune' leaves it alone)"
         click.echo(f"{e.path.name}  {e.size:>12,d} bytes  {used}  {what}")
     click.echo(f"{len(entries)} archive(s), {total:,d} bytes")
 
 
+class _Days(click.ParamType):
+    """A finite number of days, 0 or more: nan would compare false with every age (and delete all)."""
+
+    name = "days"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of days", param, ctx)
+        if not math.isfinite(days) or days < 0:
+            self.fail(f"{value!r} is not a finite number of days, 0 or more", param, ctx)
+        return days
+
+
+_DAYS = _Days()
+
+
 @cache_group.command("prune")
-@click.option("--older-than", "older_than", type=click.FloatRange(0), metavar="DAYS",
+@click.option("--older-than", "older_than", type=_DAYS, metavar="DAYS",
               help="Remove only archives not used for DAYS days (default: remove all).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache folder (default as for fit).")
 @user_errors
