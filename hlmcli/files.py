@@ -201,9 +201,10 @@ def output_target(path: str | os.PathLike, no_follow: bool = False) -> OutputTar
                             "safely; choose another output path")
         return OutputTarget(given, real, False, identity)
     if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
-        if not os.access(real, os.W_OK):
+        if not os.access(given, os.W_OK):
             raise DataError(f"{given}: this device or FIFO is not writable; choose another output path")
-        return OutputTarget(given, real, True, identity)
+        # opened by the given name: /dev/stdout's target (/proc/self/fd/1 -> pipe:[...]) has no path of its own
+        return OutputTarget(given, given, True, identity)
     kind = "a block device" if stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file"
     raise DataError(f"{given}: is {kind}; outputs go to files, character devices (/dev/null) or FIFOs")
 
