@@ -400,3 +400,23 @@ def test_html_has_fixed_ids(tmp_path, hsb_archive):
     proc = _fit(hsb_archive, "--format", "html")
     assert proc.returncode == 0
     assert '<table id="T_fixed">' in proc.stdout and '<table id="T_variance">' in proc.stdout
+    assert proc.stdout.count('<table id="T_fixed">') == 1
+
+
+def test_combined_fit_html_is_byte_identical_across_runs(tmp_path):
+    """Plausible values: the combined tables get fixed ids as well."""
+    import pandas as pd
+
+    l1 = pd.read_csv(HSB1)
+    for k in (1, 2, 3):  # deterministic stand-ins for plausible values
+        l1[f"PV{k}MATH"] = (l1.MATHACH + 0.5 * k * l1.SES).round(4)
+    l1.to_csv(tmp_path / "pv.csv", index=False)
+    model = ["-1", "PV1MATH = b0 + r", "-2", "b0 = g00 + u0"]
+    first, second = _twice(tmp_path, "pv.html", lambda out: hlmcli(
+        "fit", tmp_path / "pv.csv", HSB2, "--id", "ID", *model, "--plausible-values", "PV*MATH", "--format", "html",
+        "-o", out))
+    assert first == second
+    import re
+
+    ids = re.findall(r'<table id="([^"]+)"', (tmp_path / "run1" / "pv.html").read_text())
+    assert len(ids) == 3 and len(set(ids)) == 3, ids  # one document, three tables: no id twice
