@@ -72,6 +72,25 @@ class _UsageProblem(HlmError):
     exit_code = EXIT_USAGE
 
 
+def _dask_scheduler(more: dict):
+    """--scheduler, --timeout and --deadline as one dask_engine.Scheduler (None for the other engines)."""
+    given = [name for name, key in (("--scheduler", "scheduler"), ("--timeout", "dask_timeout"),
+                                     ("--deadline", "dask_deadline")) if more.get(key) is not None]
+    if more.get("engine") != "dask":
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: for --engine dask only")
+        return None
+    if more.get("dask_timeout") is not None and more.get("scheduler") is None:
+        raise click.UsageError("--timeout: for --scheduler (the time to connect to it)")
+    from .dask_engine import CONNECT_TIMEOUT, Scheduler, check_seconds, parse_address
+
+    if more.get("scheduler") is not None:
+        parse_address(more["scheduler"])
+    timeout = check_seconds("--timeout", more.get("dask_timeout"))
+    return Scheduler(more.get("scheduler"), CONNECT_TIMEOUT if timeout is None else timeout,
+                     check_seconds("--deadline", more.get("dask_deadline")))
+
+
 def _split_names(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -529,6 +548,10 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--engine", type=click.Choice(["memory", "stream", "dask"]), default="memory", show_default=True,
               help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
+@click.option("--timeout", "dask_timeout", type=float, metavar="SECONDS",
+              help="--scheduler: seconds to connect and find a worker (default 30).")
+@click.option("--deadline", "dask_deadline", type=float, metavar="SECONDS",
+              help="--engine dask: seconds the whole computation may take (default: no limit).")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
@@ -539,6 +562,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
+    _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
     from .cli3 import is_three_level
     if is_three_level(data, more):
         from .cli3 import fit3
@@ -561,9 +585,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
         from .engines import cli_fit
 
-        if more["scheduler"] and more["engine"] != "dask":
-            raise click.UsageError("--scheduler is for --engine dask")
-        return cli_fit(data, level1, level2, model_file, ml, more["engine"], more["scheduler"],
+        return cli_fit(data, level1, level2, model_file, ml, more["engine"], _dask_scheduler(more),
                        _build_opts(id_, id1, id2, missing, drop_unmatched, **more), out_format, output, json_out, title,
                        timestamp, df_method, strict, ascii_only, quiet, extra={
                            "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance,
