@@ -407,7 +407,7 @@ _hglm_options = [
     click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
-                 help="AGQ: quadrature points per random effect (default 7)."),
+                 help="AGQ: quadrature points per random effect (default 7, at most 100)."),
 ]
 
 
@@ -834,7 +834,9 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
     from .hglm_run import analyse_hglm, boundary_notes, hglm_extras, hglm_json, hglm_text, write_residuals
     from .report import Symbols, dumps_json
 
-    a = analyse_hglm(spec, archive, level1)
+    from .data_checks import fit_or_refuse
+
+    a = fit_or_refuse(lambda: analyse_hglm(spec, archive, level1), archive, spec.outcome)
     a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
     a.notes = boundary_notes(a)
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
