@@ -633,7 +633,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
 @click.option("--timeout", "dask_timeout", type=float, metavar="SECONDS",
-              help="--scheduler: seconds to connect and find a worker (default 30).")
+              help="--scheduler: seconds for each step of connecting and finding a worker (default 30).")
 @click.option("--deadline", "dask_deadline", type=float, metavar="SECONDS",
               help="--engine dask: seconds the whole computation may take (default: no limit).")
 @user_errors

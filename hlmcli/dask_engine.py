@@ -158,13 +158,14 @@ def _within(seconds: float, what: str, func):
     return box["value"]
 
 
-def connect(where: Scheduler, start: float):
-    """A Client of the scheduler at where.address, with one worker or more, within where.timeout
-    seconds of `start` (time.monotonic(), before the probe); every way of failing is one line."""
+def connect(where: Scheduler):
+    """A Client of the scheduler at where.address (probed already), with one worker or more, within
+    where.timeout seconds; every way of failing is one line."""
     from distributed import Client
 
     address = where.address
     name = f"--scheduler {address}"
+    start = time.monotonic()
 
     def left():
         return max(where.timeout - (time.monotonic() - start), 0.5)
@@ -173,7 +174,7 @@ def connect(where: Scheduler, start: float):
         return Client(address, timeout=left(), set_as_default=False)
 
     try:
-        client = _within(left(), name, open_client)
+        client = _within(where.timeout, name, open_client)
     except HlmError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the far end did, it is not a usable scheduler
@@ -339,10 +340,12 @@ def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress:
     final = tree(summaries)
     cluster = None
     if where.address:
-        client = connect(where, started)
+        client = connect(where)
     else:
+        # CRITICAL: a worker's log lines (a heartbeat that fails while a stopped run closes the
+        # cluster) would break the one-line error; its real failures reach us through the future
         cluster = LocalCluster(n_workers=min(2, os.cpu_count() or 1), threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
         future = client.compute(final)

@@ -133,6 +133,16 @@ def test_an_endpoint_that_greets_with_other_bytes_is_refused(level1, listener, g
     assert "not a Dask scheduler's greeting" in msg
 
 
+def test_an_endpoint_that_stalls_after_a_greeting_is_refused(level1, listener):
+    """The first 16 bytes of a Dask greeting, then silence: past the probe, Dask's client would wait
+    for the rest with no limit; the guarded connect gives up after --timeout."""
+    import struct
+
+    server = listener(lambda conn: conn.sendall(struct.pack("<QQ", 58, 1)))
+    msg = one_line(fit(level1, f"127.0.0.1:{server.port}", "--timeout", "2"), 1)
+    assert msg == f"hlmcli: error: --scheduler 127.0.0.1:{server.port}: no answer within 2 s; check the address or raise --timeout"
+
+
 def test_an_endpoint_that_closes_at_once_is_refused(level1, listener):
     server = listener(lambda conn: conn.close())
     msg = one_line(fit(level1, f"tcp://127.0.0.1:{server.port}", "--timeout", "5"), 1)
