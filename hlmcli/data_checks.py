@@ -80,9 +80,26 @@ def check_linear_outcome(design, l1file: str) -> None:
     record exactly, so σ² → 0 and the likelihood has no maximum (it grows without bound)."""
     if design.y.size == 0 or not design.random[0] or not constant_within_units(design.y, design.offsets):
         return
-    raise DataError(f"{l1file}, column {design.spec.outcome}: the outcome is constant within every unit, so the unit "
-                    "means fit every record exactly and the level-1 variance σ² would be 0 (the likelihood has no "
-                    "maximum); fit the unit means as a one-level model, or check the outcome column")
+    raise _constant_outcome(design.spec.outcome, l1file)
+
+
+def check_linear_outcome_moments(spec, n, mean, C, l1file: str = "the level-1 data") -> None:
+    """check_linear_outcome from per-unit moments of the outcome (--engine stream/dask): a unit's
+    outcome counts as constant when its within-unit SD is within 1e-12 of its mean's size (the
+    rounding of running means), as moments._check_random_slopes judges a predictor."""
+    kept = n > 0
+    n, mean, C = n[kept], mean[kept], C[kept]
+    if not spec.random[0] or not (n > 1).any():
+        return
+    sd = np.sqrt(np.clip(C, 0, None) / n)
+    if np.all(sd <= 1e-12 * np.abs(mean)):
+        raise _constant_outcome(spec.outcome, l1file)
+
+
+def _constant_outcome(outcome: str, l1file: str) -> DataError:
+    return DataError(f"{l1file}, column {outcome}: the outcome is constant within every unit, so the unit means fit "
+                     "every record exactly and the level-1 variance σ² would be 0 (the likelihood has no maximum); fit "
+                     "the unit means as a one-level model, or check the outcome column")
 
 
 def level1_option_column(archive, design, name: str, option: str) -> np.ndarray:

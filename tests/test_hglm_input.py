@@ -73,6 +73,21 @@ def test_outcome_constant_within_every_unit_is_refused(tmp_path):
     assert "l1.csv, column Y: the outcome is constant within every unit" in msg and "σ² would be 0" in msg
 
 
+def test_linear_outcome_constant_within_every_unit_summarised_engine(tmp_path):
+    """--engine stream judges it from the per-unit moments (a value such as 1.1 leaves rounding in the
+    running means); before, it printed σ² = 4e-17 as a certified optimum."""
+    d = ordinary()
+    y = (d["unit"] % 3) * 1.1
+    l1, l2 = write_case(tmp_path, y, d["x"], d["unit"], d["w"])
+    msg = refused(hlmcli("fit", l1, l2, "--id", "ID", "-1", "Y = b0 + b1*X + r", "-2", "b0 = g00 + u0",
+                         "--engine", "stream"))
+    assert "column Y: the outcome is constant within every unit" in msg
+    y[5] += 0.5  # one record differs: an ordinary fit (the control)
+    l1, l2 = write_case(tmp_path, y, d["x"], d["unit"], d["w"])
+    proc = hlmcli("fit", l1, l2, "--id", "ID", "-1", "Y = b0 + b1*X + r", "-2", "b0 = g00 + u0", "--engine", "stream")
+    assert proc.returncode in (0, 3), proc.stderr
+
+
 def test_binomial_all_or_nothing_units_are_refused(tmp_path):
     d = ordinary()
     y = np.where(d["unit"] % 2 == 0, 0.0, d["trials"])
