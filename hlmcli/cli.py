@@ -85,14 +85,16 @@ class _UsageProblem(HlmError):
 
 def _dask_scheduler(more: dict):
     """--scheduler, --timeout and --deadline as one dask_engine.Scheduler (None for the other engines)."""
-    given = [name for name, key in (("--scheduler", "scheduler"), ("--timeout", "dask_timeout"),
-                                     ("--deadline", "dask_deadline")) if more.get(key) is not None]
-    if more.get("engine") != "dask":
+    given = [name for name, key in (("--timeout", "dask_timeout"), ("--deadline", "dask_deadline"))
+             if more.get(key) is not None]
+    if more.get("engine") != "dask":  # --scheduler alone: flags.check_fit_options
         if given:
-            raise click.UsageError(f"{', '.join(given)}: for --engine dask only")
+            raise click.UsageError(f"{', '.join(given)}: for --engine dask only (the time allowed to its scheduler); "
+                                   "give --engine dask too, or drop it")
         return None
     if more.get("dask_timeout") is not None and more.get("scheduler") is None:
-        raise click.UsageError("--timeout: for --scheduler (the time to connect to it)")
+        raise click.UsageError("--timeout is the time to connect to --scheduler, and none is given (the default "
+                               "LocalCluster runs here); give --scheduler, or drop --timeout")
     from .dask_engine import CONNECT_TIMEOUT, Scheduler, check_seconds, parse_address
 
     if more.get("scheduler") is not None:

@@ -202,10 +202,10 @@ def test_dask_options_need_the_dask_engine(level1):
     msg = one_line(hlmcli("fit", HSB / "hsb1.csv", HSB / "hsb2.csv", "--id", "ID", *MODEL, "--timeout", "3"), 2)
     assert "--timeout: for --engine dask only" in msg
     msg = one_line(hlmcli("fit", HSB / "hsb1.csv", HSB / "hsb2.csv", "--id", "ID", *MODEL, "--engine", "stream",
-                          "--scheduler", "tcp://127.0.0.1:9"), 2)
-    assert "--scheduler: for --engine dask only" in msg
+                          "--scheduler", "tcp://127.0.0.1:9", "--deadline", "5"), 2)
+    assert "--deadline: for --engine dask only" in msg
     msg = one_line(hlmcli("fit", level1, HSB / "hsb2.csv", "--id", "ID", *MODEL, "--engine", "dask", "--timeout", "3"), 2)
-    assert "--timeout: for --scheduler" in msg
+    assert "--timeout is the time to connect to --scheduler, and none is given" in msg
 
 
 def test_a_scheduler_without_workers_is_refused():
