@@ -159,19 +159,15 @@ def _within(seconds: float, what: str, func):
 
 
 def connect(where: Scheduler):
-    """A Client of the scheduler at where.address (probed already), with one worker or more, within
-    where.timeout seconds; every way of failing is one line."""
+    """A Client of the scheduler at where.address (probed already) with one worker or more: opening
+    it and finding a worker get where.timeout seconds each; every way of failing is one line."""
     from distributed import Client
 
     address = where.address
     name = f"--scheduler {address}"
-    start = time.monotonic()
-
-    def left():
-        return max(where.timeout - (time.monotonic() - start), 0.5)
 
     def open_client():
-        return Client(address, timeout=left(), set_as_default=False)
+        return Client(address, timeout=where.timeout, set_as_default=False)
 
     try:
         client = _within(where.timeout, name, open_client)
@@ -181,7 +177,7 @@ def connect(where: Scheduler):
         raise DataError(f"{name}: no Dask scheduler answers there ({type(exc).__name__}: "
                         f"{' '.join(str(exc).split())[:160]}); check the address") from None
     try:
-        _within(left() + 1.0, name, lambda: client.wait_for_workers(1, timeout=left()))
+        _within(where.timeout + 1.0, name, lambda: client.wait_for_workers(1, timeout=where.timeout))
     except HlmError:
         _close(client)
         raise
