@@ -156,13 +156,18 @@ def _fixed(hlm: HLMOutput, fit: dict, findings: list[str]) -> list[dict]:
     for fx in fit.get("fixed_effects", []):
         label = _ascii_label(fx["gamma"])
         h = theirs.get(label) or theirs.get(label.replace("G", "B", 1))
+        r = robust.get(label) or robust.get(label.replace("G", "B", 1))
+        # an output (or an excerpt of one) may hold the robust table only: its γ are the same, its SEs robust
+        only_robust = h is None and r is not None and bool(fx.get("robust_se"))
+        if only_robust:
+            h = r
         if h is None:
             continue
+        fit_se = fx["robust_se"] if only_robust else fx["se"]
         in_se = (h.estimate - fx["estimate"]) / fx["se"] if fx["se"] else float("nan")
         row = {"gamma": fx["gamma"], "hlm": h.estimate, "fit": fx["estimate"], "difference_in_se": in_se,
-               "hlm_se": h.se, "fit_se": fx["se"], "se_relative": h.se / fx["se"] - 1 if fx["se"] else float("nan"),
-               "hlm_df": h.df, "fit_df": fx.get("df")}
-        r = robust.get(label)
+               "hlm_se": h.se, "fit_se": fit_se, "se_relative": h.se / fit_se - 1 if fit_se else float("nan"),
+               "se_kind": "robust" if only_robust else "model", "hlm_df": h.df, "fit_df": fx.get("df")}
         if r is not None and fx.get("robust_se"):
             row.update({"hlm_robust_se": r.se, "fit_robust_se": fx["robust_se"], "robust_se_relative": r.se / fx["robust_se"] - 1})
         rows.append(row)
@@ -194,7 +199,8 @@ def _df_rule(hlm: HLMOutput, fit: dict, n_records: int, findings: list[str]) -> 
     for fx in fit.get("fixed_effects", []):
         if fx["coefficient"] in randoms or fx["coefficient"] == "INTRCPT1":
             continue
-        h = theirs.get(_ascii_label(fx["gamma"]))
+        label = _ascii_label(fx["gamma"])
+        h = theirs.get(label) or theirs.get(label.replace("G", "B", 1))  # HLM 5/6's P/B notation
         if h is None or h.df is None:
             continue
         if h.df == fx.get("df"):
