@@ -620,7 +620,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
-@click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
+@click.option("--ols-units", type=click.IntRange(0), help="How many units' OLS regressions --full-output prints (default 10): the first units whose OLS can be computed, as HLM counts them.")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr (the exit code still tells).")
 @click.option("--keep-failed-output", is_flag=True, help="Write -o and residual files even when the fit is not certified (exit 3).")
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")

@@ -339,7 +339,9 @@ def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: i
     s2 = np.where(ok, ols.rss / np.where(f_all > 0, f_all, 1), np.nan)
     sufficient = np.flatnonzero(ok)
     betas_out = unit.on_outcome_scale(betas)
-    for j in range(min(n_units, stats.J)):
+    # as HLM: the first n_units units whose OLS can be computed (a unit with fewer records than
+    # coefficients, or a singular X_j'X_j, is skipped, not listed)
+    for j in np.flatnonzero(ok)[:n_units]:
         per_unit.append({"unit": design.unit_ids[j], "n": int(unit.count[j]), "ok": bool(np.isfinite(s2[j])),
                          "coefficients": dict(zip(names, [float(x) for x in betas_out[j]])),
                          "residual_variance": float(s2[j])})

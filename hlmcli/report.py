@@ -610,7 +610,7 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
 def full_output_text(full: dict, sym: Symbols) -> list[str]:
     out: list[str] = [""]
     w = out.append
-    w(f"Level-1 OLS regressions (first {len(full['ols_units'])} units)")
+    w(f"Level-1 OLS regressions (first {len(full['ols_units'])} units whose OLS can be computed)")
     for u in full["ols_units"]:
         w("")
         w(f" Level-1 OLS regression for level-2 unit {u['unit']} (n = {u['n']})")
