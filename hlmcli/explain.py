@@ -77,9 +77,15 @@ def explain(hlm: HLMOutput, fit: dict, deviance_at: Callable[[float, np.ndarray]
             out["deviance_on_segment_to_optimum"] = segment
             out["consistent_with_early_stop"] = downhill
             if downhill:
+                where = ", ".join(x for x in (hlm.stopped, f"iteration {hlm.iterations}" if hlm.iterations else None) if x)
                 findings.append(f"HLM's σ² and τ lie {gap:.6f} deviance units above the certified optimum, and the "
                                 "deviance falls steadily from HLM's point to the optimum: HLM stopped early "
-                                f"({hlm.stopped or 'its stopping rule'}, iteration {hlm.iterations})")
+                                f"({where or 'its stopping rule'})")
+                if fit.get("boundary"):
+                    # the optimum on the boundary: HLM's point is inside, where its printed τ says otherwise
+                    notes = "; ".join(fit.get("boundary_notes") or []) or "a variance or correlation at its limit"
+                    findings.append(f"the certified optimum is on the boundary of the parameter space ({notes}); "
+                                    "HLM's printed τ is inside it")
             else:
                 findings.append(f"HLM's σ² and τ lie {gap:.6f} deviance units above the certified optimum, but not on "
                                 "a steady descent to it: HLM stopped at another point of the surface (check the model)")
