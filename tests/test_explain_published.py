@@ -147,6 +147,8 @@ def test_snijders_bosker_4_1_ln_2pi_offset(tmp_path):
     assert g00["se_kind"] == "robust" and g00["hlm"] == 40.364049
     assert g00["fit"] == pytest.approx(ref["fixef"], abs=1e-6)
     assert g00["fit_robust_se"] == pytest.approx(0.426363, abs=1e-6)
+    text = hlmcli("explain", fit, tmp_path / "hlm.txt", *BDF, "--id", "SCHOOL").stdout
+    assert "16251.380618" in text and "ln 2π" in text and "robust SEs" in text
 
 
 def test_snijders_bosker_4_2_fixed_slope_df(tmp_path):
