@@ -121,8 +121,8 @@ def fit_options(**given) -> FitOptions:
         given.pop("engine", None)
     if given.get("df_method") is None:
         given.pop("df_method", None)
-    if given.get("df_method", "hlm") not in ("hlm", "satterthwaite"):
-        raise ModelError(f"df must be 'hlm' or 'satterthwaite', not '{given['df_method']}'")
+    if given.get("df_method", "hlm") not in ("hlm", "hlm6", "satterthwaite"):
+        raise ModelError(f"df must be 'hlm', 'hlm6' or 'satterthwaite', not '{given['df_method']}'")
     for name in ("tests", "imputed"):
         value = given.get(name)
         if isinstance(value, str):
@@ -193,13 +193,23 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
     if not spec.family.linear:
         from .hglm_run import analyse_hglm, boundary_notes, hglm_extras
 
-        a = analyse_hglm(spec, archive, level1_text)
+        from .data_checks import fit_or_refuse
+
+        a = fit_or_refuse(lambda: analyse_hglm(spec, archive, level1_text), archive, spec.outcome)
         a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
         a.notes = boundary_notes(a)
         return a
     weights = weight_spec(spec, fit)
     analysis = analyse(spec, archive, fit.df_method, weights=weights if weights.any else None)
-    add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params, o.homogeneity, o.full_output, o.ols_units)
+    prior = o.prior_deviance
+    if fit.prior_version and prior is not None:  # HLM 5/6 print the ML deviance ln 2π low
+        from .inference import prior_deviance_as_printed_here
+
+        prior = prior_deviance_as_printed_here(prior, fit.prior_version, analysis.result.method)
+    add_extras(analysis, hypotheses, prior, o.prior_params, o.homogeneity, o.full_output, o.ols_units)
+    if fit.prior_version and "deviance_test" in analysis.extras:
+        analysis.extras["deviance_test"].update({"prior_version": fit.prior_version,
+                                                 "prior_deviance_printed": o.prior_deviance})
     return analysis
 
 

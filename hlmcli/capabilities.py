@@ -34,6 +34,8 @@ _HGLM_COMBINED = ("Rubin's rules need one complete-data fit per data set with it
                   "the normal model only so far; fit each plausible value or data set on its own")
 _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML covariance of the variance estimates; "
                   "HGLM tables use HLM 7's d.f.")
+_HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; HGLM tables use HLM 7's d.f., "
+         "as HLM 7 prints them")
 _HOMOGENEITY = ("an HGLM's level-1 variance is fixed by the mean (φ(1 - φ) or λ), so there is no level-1 variance "
                 "to test for homogeneity")
 _FULL_OUTPUT = "the unit-by-unit OLS regressions and least-squares estimates of --full-output are for a normal outcome"
@@ -62,6 +64,7 @@ FEATURES = (
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
             {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE}),
+    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6}),
     Feature("homogeneity", "--test-homogeneity", {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY}),
     Feature("full_output", "--full-output", {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT}),
     Feature("weights", "--weight1/--weight2 (sampling weights)",
@@ -99,6 +102,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "compare_deviance": o.prior_deviance is not None,
         "tau_diagonal": o.tau == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
+        "df_hlm6": fit.df_method == "hlm6",
         "homogeneity": bool(o.homogeneity),
         "full_output": bool(o.full_output),
         "weights": bool(fit.weight1 or fit.weight2 or o.weight1 or o.weight2),

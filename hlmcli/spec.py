@@ -92,6 +92,7 @@ class FitOptions:
     tests: tuple[str, ...] = ()
     compare_deviance: float | None = None
     compare_params: int | None = None
+    prior_version: str | None = None  # the program that printed compare_deviance: hlm6 or hlm7
     test_homogeneity: bool | None = None
     full_output: bool | None = None
     ols_units: int | None = None

@@ -230,6 +230,16 @@ def check_satterthwaite(kind, tmp_path):
     assert abs(g10["df"] - (doc["n_level1"] - doc["n_level2"] - 1)) / g10["df"] < 0.05
 
 
+def check_df_hlm6(kind, tmp_path):
+    doc = fit_json(kind, "--df", "hlm6")
+    # HLM 5/6: N - F for the γ of a fixed slope (Snijders & Bosker's example 4.2), J - S - 1 as HLM 7 otherwise
+    g10 = next(f for f in doc["fixed_effects"] if f["gamma"] == "γ10")
+    assert g10["df"] == doc["n_level1"] - len(doc["fixed_effects"])
+    g01 = next(f for f in doc["fixed_effects"] if f["gamma"] == "γ01")
+    assert g01["df"] == doc["n_level2"] - 2
+    matches_reference(doc["fixed_effects"], kind)
+
+
 def check_homogeneity(kind, tmp_path):
     doc = fit_json(kind, "--test-homogeneity")
     h = doc["homogeneity"]
@@ -291,6 +301,7 @@ ASK = {
     "plausible_values": lambda kind, d: ["--plausible-values", "MATHACH,SES" if kind.startswith("linear") else "DEATHS,UVB"],
     "missing_now": lambda kind, d: ["--missing", "now"],
     "satterthwaite": lambda kind, d: ["--df", "satterthwaite"],
+    "df_hlm6": lambda kind, d: ["--df", "hlm6"],
     "homogeneity": lambda kind, d: ["--test-homogeneity"],
     "full_output": lambda kind, d: ["--full-output"],
     "stream_dask": lambda kind, d: ["--engine", "stream"],
