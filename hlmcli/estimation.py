@@ -48,6 +48,9 @@ class FitResult:
     evaluations: int = 0
     boundary: list[str] = field(default_factory=list)
     message: str = ""
+    # the coordinates the search ran in: (standardised stats, A, T⁻¹, b) with Z̃ = ZA, X̃ = XT,
+    # ỹ = y − X̃b; the certificate's G is τ/σ² there (inference.satterthwaite_df works there too)
+    standardised: tuple | None = None
 
     @property
     def theta(self) -> np.ndarray:
@@ -359,15 +362,26 @@ def _polish_and_certify(obj: Objective, G: np.ndarray, dev: float, structure: Ta
 
 
 def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
-        structure: TauStructure = TauStructure.UNSTRUCTURED, start: np.ndarray | None = None) -> FitResult:
+        structure: TauStructure = TauStructure.UNSTRUCTURED, start: np.ndarray | None = None,
+        centred=None) -> FitResult:
     """start: a G̃ on the standardised scale (a previous fit's certificate.G) to start from alone,
-    e.g. the fit of the previous plausible value; the certificate is the same either way."""
+    e.g. the fit of the previous plausible value; the certificate is the same either way.
+    centred: the same model on internally centred columns (centring.Centred), when the caller has
+    it: the search and the reported deviance then come from its statistics, which large means
+    cannot spoil, and the answer is mapped back through its T and A."""
     reml = method.upper() == "REML"
     diagonal = structure is TauStructure.DIAGONAL
     q = stats.q
-    A = standardising_map(stats, structure)
-    Tinv, b = fixed_standardising(stats)  # X and y are untouched by A
-    std = reparametrise(stats, A, Tinv, b)
+    base = stats if centred is None else centred.stats
+    A = standardising_map(base, structure)
+    Tinv, b = fixed_standardising(base)  # X and y are untouched by A
+    std = reparametrise(base, A, Tinv, b)
+    if centred is not None:
+        # compose: Z̃ = (ZA_c)A, X̃ = (XT_c)T, y = ỹ + X_cb₀ = ỹ_std + X̃(b + T⁻¹b₀); T_c is unit upper
+        # triangular, so Tinv stays upper triangular
+        A = centred.A @ A
+        b = b + Tinv @ centred.b0
+        Tinv = Tinv @ np.linalg.inv(centred.T)
     obj = Objective(std, reml)
 
     if start is not None:
@@ -438,7 +452,7 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
         method="REML" if reml else "ML", gamma=solve.gamma, cov_gamma=sigma2 * solve.Pinv(),
         sigma2=sigma2, tau=sigma2 * G_user, deviance=solve.profiled_deviance(reml), n_params=n_params,
         iterations=iterations, converged=cert.certified, certificate=cert, solve=solve, structure=structure,
-        start=start_name, evaluations=obj.count, message=message,
+        start=start_name, evaluations=obj.count, message=message, standardised=(std, A, Tinv, b),
     )
 
 
