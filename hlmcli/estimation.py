@@ -361,6 +361,52 @@ def _polish_and_certify(obj: Objective, G: np.ndarray, dev: float, structure: Ta
     return G, dev, cert, iterations, message
 
 
+def lower_faces(G: np.ndarray, diagonal: bool, rank: int) -> list[np.ndarray]:
+    """Points on the faces below G's, where the search may not have looked: τ = 0 always; at a
+    boundary (rank r < q) also G's best rank-k approximations, k = 1..r−1 (unstructured), or G
+    with every proper non-empty subset of its positive entries kept (diagonal)."""
+    q = G.shape[0]
+    out = [np.zeros((q, q))]
+    if rank >= q or rank <= 1:
+        return out
+    if diagonal:
+        d = np.diag(G)
+        pos = [int(k) for k in np.argsort(-d)[:rank]]
+        for mask in range(1, 2 ** rank - 1):
+            keep = [pos[i] for i in range(rank) if mask >> i & 1]
+            D = np.zeros(q)
+            D[keep] = d[keep]
+            out.append(np.diag(D))
+    else:
+        w, E = np.linalg.eigh(0.5 * (G + G.T))
+        for k in range(1, rank):
+            out.append((E[:, -k:] * w[-k:]) @ E[:, -k:].T)
+    return out
+
+
+def best_lower_face(obj, candidates, make_face, dev: float, noise: float):
+    """The global check of a certified boundary optimum: the minimum of the deviance on each
+    candidate's face (Newton on that face from the candidate), and the lowest of them when it is
+    below dev by more than the tolerance (then the search continues from there), else None. The
+    local certificate cannot see another face's minimum: a ±1 correlation that is a genuine local
+    minimum can sit above τ = 0."""
+    best = None
+    tol = tol_decrement(dev, noise)
+    for Gc in candidates:
+        face = make_face(Gc)
+        if face.size == 0:
+            G1, d1 = Gc, obj.value(Gc)
+        else:
+            x = face.x0()
+            d0, Gam = obj.at(face.G(x))
+            if not np.isfinite(d0):
+                continue
+            G1, d1, _, _, _ = newton_on_face(obj, face, x, d0, Gam, obj.noise(face.G(x)))
+        if d1 < dev - tol and (best is None or d1 < best[1]):
+            best = (G1, d1)
+    return best
+
+
 def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
         structure: TauStructure = TauStructure.UNSTRUCTURED, start: np.ndarray | None = None,
         centred=None) -> FitResult:
@@ -428,6 +474,21 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
                 G, dev, cert, start_name, message = G1, d1, c1, name, msg
             if cert.certified:
                 break
+    for _ in range(q + 1):
+        if not cert.certified:
+            break
+        lower = best_lower_face(obj, lower_faces(G, diagonal, cert.rank), lambda Gc: Face(Gc, diagonal), dev,
+                                obj.noise(G))
+        if lower is None:
+            break
+        G, dev, cert, used, message = _polish_and_certify(obj, lower[0], lower[1], structure,
+                                                          max(1, max_iterations - iterations), message)
+        iterations += used
+        start_name += ", continued from a lower face"
+    else:
+        if cert.certified:
+            cert.certified = False
+            cert.failed.append("a lower face of the PSD cone still has a lower deviance")
 
     G_user = A @ G @ A.T
     G_user = 0.5 * (G_user + G_user.T)
