@@ -188,12 +188,12 @@ COLLINEAR_TOL = 1e-10  # a predictor is a combination of the others when less th
 # inflation factor of 1e10): free of the data's units and location, and far above rounding.
 
 
-def residual_shares(xtx: np.ndarray, intercept: int | None) -> tuple[np.ndarray, np.ndarray]:
+def residual_shares(xtx: np.ndarray, intercept: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each column k of X (Gram matrix xtx), 1 − R²_k: the share of its variation about the mean
-    (about zero without an intercept) left after regressing it on the earlier columns, and the
-    rounding noise of that share: the centred Gram C = X'X − X'1 1'X / N gives back the digits the
-    column's mean took, a factor κ_k = (X'X)_kk / C_kk, so its entries are good to about ε·κ_k.
-    The intercept's own entry is 1 (nothing before it)."""
+    (about zero without an intercept) left after regressing it on the earlier columns; the rounding
+    noise of that share: the centred Gram C = X'X − X'1 1'X / N gives back the digits the column's
+    mean took, a factor κ_k = (X'X)_kk / C_kk, so its entries are good to about ε·κ_k; and whether
+    the column is constant (C_kk within 64ε of (X'X)_kk, or zero). The intercept's share is 1."""
     p = xtx.shape[0]
     eps = np.finfo(float).eps
     if intercept is not None:
@@ -203,16 +203,20 @@ def residual_shares(xtx: np.ndarray, intercept: int | None) -> tuple[np.ndarray,
         C = xtx.copy()
     diag = np.diag(xtx).copy()
     cdiag = np.diag(C).copy()
-    kappa = np.where(cdiag > 0, diag / np.where(cdiag > 0, cdiag, 1.0), np.inf)
+    constant = ~(cdiag > 64.0 * eps * diag) | ~(diag > 0)
+    if intercept is not None:
+        constant[intercept] = False
+    kappa = np.where(constant | ~(cdiag > 0), 1.0, diag / np.where(cdiag > 0, cdiag, 1.0))
     share = np.ones(p)
     noise = np.zeros(p)
     earlier: list[int] = []
     for k in range(p):
         if k == intercept:
             continue
-        if not cdiag[k] > 0:
+        if constant[k]:
             share[k] = 0.0
-        elif earlier:
+            continue
+        if earlier:
             s = np.sqrt(cdiag[earlier])
             R = C[np.ix_(earlier, earlier)] / np.outer(s, s)
             r = C[earlier, k] / (s * np.sqrt(cdiag[k]))
@@ -222,15 +226,16 @@ def residual_shares(xtx: np.ndarray, intercept: int | None) -> tuple[np.ndarray,
                 share[k] = 0.0
         noise[k] = 64.0 * eps * float(max([kappa[k]] + [kappa[i] for i in earlier]))
         earlier.append(k)
-    return share, noise
+    return share, noise, constant
 
 
-def check_collinearity(design: Design, xtx: np.ndarray) -> None:
+def check_collinearity(design: Design, xtx: np.ndarray, centred_xtx: np.ndarray | None = None) -> None:
     """Name the fixed-effect column that is a linear combination of earlier ones: judged on
     centred (when the model has γ00), scaled columns, so a predictor's location and units never
     matter; refused when 1 − R² ≤ COLLINEAR_TOL, or when it is within the Gram matrix's own
-    rounding (residual_shares). xtx may be the Gram matrix of any X·T with T unit upper triangular
-    (internally centred columns): each column's share is the same."""
+    rounding (residual_shares). centred_xtx: the Gram matrix of X·T with T unit upper triangular
+    (the internally centred columns, centring.py), which gives each column the same share with
+    fewer digits lost; columns of zeros are judged on X itself."""
     d = np.sqrt(np.clip(np.diag(xtx), 0, None))
     labels = [f"{f.label} ({f.predictor} for {f.coefficient})" for f in design.fixed]
     zero = np.flatnonzero(d <= 1e-12 * max(1.0, d.max()))
@@ -240,11 +245,13 @@ def check_collinearity(design: Design, xtx: np.ndarray) -> None:
             "constant within units); remove that term"
         )
     intercept = 0 if design.fixed and (design.fixed[0].q, design.fixed[0].s) == (0, 0) else None
-    share, noise = residual_shares(xtx, intercept)
+    if centred_xtx is not None:
+        xtx = centred_xtx
+    share, noise, constant = residual_shares(xtx, intercept)
     for k in range(xtx.shape[0]):
         if share[k] <= max(COLLINEAR_TOL, noise[k]):
             earlier = [labels[i] for i in _partners(xtx, intercept, k)]
-            if intercept is not None and share[k] <= noise[k] and k and _constant_share(xtx, intercept, k, noise[k]):
+            if intercept is not None and constant[k]:
                 raise ModelError(f"the fixed effects are collinear: {labels[k]} is constant, a multiple of "
                                  f"{labels[intercept]}; remove it")
             raise ModelError(
@@ -269,9 +276,3 @@ def _partners(xtx: np.ndarray, intercept: int | None, k: int) -> list[int]:
         big = np.abs(beta) > 1e-6 * max(float(np.abs(beta).max()), 1e-300)
         out += [i for i, b in zip(earlier, big) if b]
     return sorted(out)
-
-
-def _constant_share(xtx: np.ndarray, intercept: int, k: int, noise: float) -> bool:
-    a = xtx[:, intercept]
-    c = xtx[k, k] - a[k] ** 2 / a[intercept]
-    return c <= noise * xtx[k, k]

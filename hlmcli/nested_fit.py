@@ -25,7 +25,7 @@ from scipy import optimize, stats as sps
 
 from .certificate import Face, face_conditions, rank_tolerance
 from .errors import ModelError
-from .estimation import chol_psd, escape_along, newton_on_face, tol_decrement
+from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
 from .nested import (NestedData, NestedFit, NestedSolve, NestedStats, _columns, _factor, nested_solve,
                      reduce_nested, reduce_standardised)
 from .unitsolve import unit_ols
@@ -364,6 +364,25 @@ def search(obj: Objective, q2: int, q3: int, max_iterations: int):
                 Gs, dev, cert, start, message = G1, d1, c1, name, m1
             if cert.certified:
                 break
+    for _ in range(q2 + q3 + 1):
+        # the global check (estimation.best_lower_face): each block at itself, at τ = 0, or at its lower
+        # ranks, every combination but the point itself
+        if not cert.certified:
+            break
+        options = [[Gs[b]] + (lower_faces(Gs[b], False, r) if Gs[b].shape[0] else [])
+                   for b, r in enumerate(cert.ranks)]
+        candidates = [(a, c) for i, a in enumerate(options[0]) for k, c in enumerate(options[1]) if i or k]
+        lower = best_lower_face(obj, candidates, BlockFace, dev, obj.noise(Gs))
+        if lower is None:
+            break
+        Gs, dev, cert, used, message = _polish_and_certify(obj, lower[0], lower[1], max(1, max_iterations - iterations),
+                                                           message)
+        iterations += used
+        start += ", continued from a lower face"
+    else:
+        if cert.certified:
+            cert.certified = False
+            cert.failed.append("a lower face of the PSD cones still has a lower deviance")
     return Gs, dev, cert, iterations, message, start
 
 

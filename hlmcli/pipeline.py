@@ -74,7 +74,7 @@ def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None,
     records are at hand)."""
     spec = design.spec
     stats = model_stats(unit, design.block_design(), design.random, None if weights is None else weights.w2)
-    design_stage.check_collinearity(design, stats.XX if centred is None else centred.stats.XX)
+    design_stage.check_collinearity(design, stats.XX, None if centred is None else centred.stats.XX)
     if design.n <= stats.p + 1:
         raise ModelError(f"only {design.n} records for {stats.p} fixed effects; the model needs more data")
     check_residual_variation(stats, spec)
