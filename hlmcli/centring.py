@@ -68,6 +68,16 @@ def _rows(B: np.ndarray) -> np.ndarray:
     return rows
 
 
+def _residual(y: np.ndarray, X: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """y − Xb with the products and the sum in extended precision (np.longdouble, 64-bit mantissa on
+    x86): when the fitted values are large (1e9 for an outcome the predictors move that far) a
+    double's rounding of them, about 1e-7 each, would be part of every residual."""
+    acc = np.asarray(y, dtype=np.longdouble).copy()
+    for k in range(X.shape[1]):
+        acc -= X[:, k].astype(np.longdouble) * np.longdouble(b[k])
+    return acc.astype(float)
+
+
 def centred_model(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, B: np.ndarray, random: np.ndarray,
                   unstructured: bool, weights=None, w2=None) -> Centred:
     """The model y = LBγ + Zu + r (y as the fit sees it: shifted by its grand mean when the model
@@ -121,10 +131,9 @@ def centred_model(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, B: np.ndarr
     b0 = np.zeros(p)
     if p:
         b0 = np.linalg.lstsq(Xc, y, rcond=None)[0]
-        resid = y - Xc @ b0
-        b0 = b0 + np.linalg.lstsq(Xc, resid, rcond=None)[0]  # one step of refinement
+        b0 = b0 + np.linalg.lstsq(Xc, _residual(y, Xc, b0), rcond=None)[0]  # one step of refinement
         if not np.all(np.isfinite(b0)):
             b0 = np.zeros(p)
-    yc = y - Xc @ b0
+    yc = _residual(y, Xc, b0)
     unit_c = unit_cross_products(Lc, yc, offsets, center_y=False, weights=weights)
     return Centred(model_stats(unit_c, Bh, random, w2), T1 @ T2, A, b0)
