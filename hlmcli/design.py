@@ -238,7 +238,13 @@ def check_collinearity(design: Design, xtx: np.ndarray, centred_xtx: np.ndarray 
     fewer digits lost; columns of zeros are judged on X itself."""
     d = np.sqrt(np.clip(np.diag(xtx), 0, None))
     labels = [f"{f.label} ({f.predictor} for {f.coefficient})" for f in design.fixed]
-    zero = np.flatnonzero(d <= 1e-12 * max(1.0, d.max()))
+    # a column of zeros: exactly, or (a group-mean-centred variable constant within units keeps only
+    # rounding) tiny against the other columns; judging every column that way would call a predictor
+    # in units of 1e-6 beside one in units of 1e8 "zeros"
+    spec = getattr(design, "spec", None)
+    group = np.array([bool(spec is not None and f.q > 0 and f.q <= len(spec.level1)
+                           and spec.level1[f.q - 1].centering == "group") for f in design.fixed], dtype=bool)
+    zero = np.flatnonzero((d == 0) | (group & (d <= 1e-12 * max(1.0, d.max()))))
     if zero.size:
         raise ModelError(
             f"the fixed effect {labels[zero[0]]} has a column of zeros (e.g. a group-mean-centered variable that is "
