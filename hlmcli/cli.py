@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import click  # noqa: E402
 
 from . import __version__
-from .errors import EXIT_DATA, EXIT_INTERNAL, EXIT_USAGE, HlmError
+from .errors import EXIT_CODES_HELP, EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HlmError
 
 
 def _stderr(message: str) -> None:
@@ -39,7 +40,7 @@ def user_errors(func):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             _stderr("hlmcli: interrupted; no output file was changed")
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except MemoryError:
             _stderr("hlmcli: error: out of memory; use a smaller model or a machine with more memory")
             sys.exit(EXIT_DATA)
@@ -60,6 +61,16 @@ def user_errors(func):
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def _given_options() -> set[str]:
+    """The long names of the options typed on the command line (not defaults), for flags.py."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {o for p in ctx.command.params if ctx.get_parameter_source(p.name) in typed for o in p.opts
+            if o.startswith("--")}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -108,7 +119,7 @@ class OneLineErrors(click.Group):
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             _stderr("hlmcli: aborted")
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "hlmcli"
             _stderr(f"hlmcli: usage error: {exc.format_message()}; see '{where} --help'")
@@ -118,7 +129,7 @@ class OneLineErrors(click.Group):
             sys.exit(exc.exit_code)
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
     """Two- and three-level hierarchical linear models, the way HLM 7 (HLM2, HLM3) fits them."""
@@ -153,12 +164,12 @@ def build_options(func):
 
 def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched):
     from .archive import BuildOptions
-    from .errors import DataError
+    from .errors import OptionError
 
     id1 = id1 or id_
     id2 = id2 or id_
     if not id1 or not id2:
-        raise DataError("no unit id column given; pass --id NAME (or --id1 and --id2)")
+        raise OptionError("no unit id column given; pass --id NAME (or --id1 and --id2)")
     return BuildOptions(id1=id1, id2=id2, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
                         missing=missing, drop_unmatched=drop_unmatched)
 
@@ -183,6 +194,9 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     from .errors import DataError
     from .files import refuse_overwriting_inputs
 
+    from .flags import check_build_options
+
+    check_build_options(_given_options(), bool(template))
     three = None  # three-level build (cli3.py): the files and their options
     if template:
         if level1_file or level2_file:
@@ -345,6 +359,10 @@ _model_options = [
     click.option("-3", "--level3", "level3", multiple=True,
                  help="Three levels: a level-3 equation, e.g. 'b00 = g000 + g001*LOWINC + u00'. Repeat."),
     click.option("--model", "model_file", type=click.Path(), help="Model file: equations, or an HLM 7 .hlm command file."),
+    click.option("--formula", default=None, expose_value=False, callback=lambda ctx, p, v: ctx.meta.__setitem__("formula", v),
+                 help="The model as an lme4 formula instead of equations, e.g. 'MATHACH ~ SECTOR*group(SES) + "
+                 "(group(SES) | ID)'; (…|S/C) nests C in S (three levels), || makes τ diagonal. DATA may then be one "
+                 "file holding both levels. Needs the [formula] extra."),
     click.option("--ml", is_flag=True, default=None, help="Full maximum likelihood (default: REML)."),
     click.option("--ascii", "ascii_only", is_flag=True, help="B/G/U instead of Greek letters."),
     click.option("--id", "id_", help="Unit id column (when DATA is two files)."),
@@ -356,7 +374,8 @@ _model_options = [
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
     click.option("--cache-dir", type=click.Path(file_okay=False),
-                 help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else $XDG_CACHE_HOME/hlmcli, else ~/.cache/hlmcli)."),
+                 help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else the platform's cache folder: "
+                 "$XDG_CACHE_HOME/hlmcli or ~/.cache/hlmcli; ~/Library/Caches/hlmcli on macOS; %LOCALAPPDATA%\\hlmcli\\Cache on Windows)."),
     click.option("--l1-vars", help="When DATA is two files: level-1 variables to keep, comma-separated (default: all)."),
     click.option("--l2-vars", help="When DATA is two files: level-2 variables to keep, comma-separated (default: all)."),
     click.option("--delimiter", help="When DATA is two CSV files: the delimiter (default: sniffed); tab or '\\t' for tab."),
@@ -418,15 +437,86 @@ def _hglm_changes(level1):
     return level1, changes
 
 
+def _formula_front(data, level1, level2, model_file, id_, id2, more):
+    """--formula: refuse it beside equations, take the unit ids from its grouping factors, and let one data
+    file hold both levels. The equations themselves are made from it where the variables' levels are known
+    (_spec, cli3.spec3)."""
+    formula = click.get_current_context().meta.get("formula")
+    if formula is None:
+        return data, id_, id2, more
+    if level1 or level2 or more.get("level3") or model_file:
+        raise _UsageProblem("give the model as --formula or as equations (-1/-2/-3, --model), not both")
+    from .formula import grouping
+
+    ids = grouping(formula)
+    if len(ids) == 1:
+        if id_ and id_ != ids[0]:
+            raise _UsageProblem(f"--id {id_} differs from the formula's grouping factor {ids[0]}; drop --id")
+        id_ = ids[0]
+        if len(data) == 1 and not _looks_like_archive(data[0]):
+            data = (data[0], data[0])  # one file holding both levels: level-2 variables are constant within units
+    else:
+        if len(data) not in (1, 3):
+            raise _UsageProblem(f"the formula has three levels ({ids[1]}/{ids[0]}): give three data files or a "
+                                "three-level archive")
+        id2 = id2 or ids[0]
+        more = {**more, "id3": more.get("id3") or ids[1]}
+    return data, id_, id2, more
+
+
+def model_given(level1, level2, model_file, level3=None) -> dict:
+    """The model as the user gave it, for the JSON; a formula is recorded as the equations it stands for,
+    so that a formula and its equations give the same document."""
+    ctx = click.get_current_context(silent=True)
+    made = ctx.meta.get("formula_given") if ctx else None
+    if made:
+        level1, level2, level3 = made[0], made[1], (made[2] if level3 is not None else None)
+    out = {"level1": level1, "level2": list(level2)}
+    if level3 is not None:
+        out["level3"] = list(level3)
+    out["model_file"] = Path(model_file).name if model_file else None
+    return out
+
+
+def _looks_like_archive(path) -> bool:
+    from .archive import MAGIC
+
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def formula_equations(variables, level1, level2, level3=()):
+    """The equations, and τ's structure if the formula sets it, from --formula when it was given."""
+    ctx = click.get_current_context(silent=True)
+    formula = ctx.meta.get("formula") if ctx else None
+    if formula is None:
+        return level1, level2, level3, None
+    from .formula import translate
+
+    m = translate(formula, variables.level_of)
+    eqs = [list(e) for e in m.equations] + [[]] * (3 - len(m.equations))
+    if ctx.meta.get("hglm", {}).get("family") not in (None, "normal"):
+        eqs[0][0] = re.sub(r"\s*\+\s*[re]$", "", eqs[0][0])  # an HGLM's level-1 equation has no residual term
+    ctx.meta["formula_given"] = (eqs[0][0], list(eqs[1]), list(eqs[2]))
+    return eqs[0][0], list(eqs[1]), list(eqs[2]), (m.tau if m.tau == "diagonal" else None)
+
+
 def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False):
     from dataclasses import replace
 
     from .design import variables_of
     from .equations import RunOptions, spec_from_inputs
 
+    variables = variables_of(archive)
+    level1, level2, _, formula_tau = formula_equations(variables, level1, level2)
     level1, hglm_changes = _hglm_changes(level1)
-    spec = spec_from_inputs(level1, list(level2), model_file, variables_of(archive), RunOptions(), allow_outside)
+    spec = spec_from_inputs(level1, list(level2), model_file, variables, RunOptions(), allow_outside)
     changes = dict(extra or {})
+    if formula_tau and not changes.get("tau"):
+        changes["tau"] = formula_tau
     changes.update(hglm_changes)
     if ml and reml:
         raise click.UsageError("give --ml or --reml, not both")
@@ -466,6 +556,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     """Print the model as HLM 7 writes it, and its lme4 formula, without fitting."""
     from .report import Symbols, lme4_formula, model_summary
 
+    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
+
     from .cli3 import is_three_level
     if is_three_level(data, more):
         from .cli3 import model3
@@ -474,8 +566,15 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
                       _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, {**more, "ml": ml},
                       _stderr, _use_ascii)
 
+    from .flags import check_archive_options, check_model_options
+
+    given = _given_options()
+    check_archive_options(given, Path(data[0]).name if len(data) == 1 else None)
     archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet=False)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
+    o = spec.options
+    check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
+                        full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
         from .hglm_run import estimation_text, glmer_call, hglm_model_summary
 
@@ -488,12 +587,17 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     formula, notes = lme4_formula(spec, archive.id_names[0])
     lines += ["", f"Method of estimation: {'restricted maximum likelihood' if spec.method == 'REML' else 'full maximum likelihood'}",
               "", "The same model in R (lme4)", f" {formula}"] + [f"   {n}" for n in notes]
+    from .formula import formula_of
+
+    own = formula_of(spec, archive.id_names[0])
+    if own:
+        lines += ["", "The same model for hlmcli --formula", f" {own}"]
     from .report import printable
 
     click.echo("\n".join(printable(line) for line in lines))
 
 
-@main.command("fit")
+@main.command("fit", epilog=EXIT_CODES_HELP)
 @model_options
 @click.option("--format", "out_format", type=click.Choice(["text", "json", "csv", "markdown", "latex", "html"]), default="text",
               show_default=True, help="HLM 7's text, JSON, or the tables for papers (csv: broom's tidy columns).")
@@ -526,6 +630,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
 @click.option("--imputed", multiple=True, help="Further level-1 files (or archives), one per imputation; repeat or comma-separate.")
+@click.option("--allow-unequal-imputations", is_flag=True,
+              help="Combine imputed data sets even when their records differ (refused by default).")
 @click.option("--engine", type=click.Choice(["memory", "stream", "dask"]), default="memory", show_default=True,
               help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
@@ -539,6 +645,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
+    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
     from .cli3 import is_three_level
     if is_three_level(data, more):
         from .cli3 import fit3
@@ -552,6 +659,12 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
                             "three-level archive")
 
+    from .flags import check_fit_options, check_model_options
+
+    given = _given_options()
+    check_fit_options(given, archive=Path(data[0]).name if len(data) == 1 else None, engine=more["engine"],
+                      hlm_file=bool(model_file and str(model_file).lower().endswith(".hlm")), out_format=out_format,
+                      outputs=bool(output or json_out or residuals_l1 or residuals_l2))
     sources = list(data) + [model_file]
     for path in (output, residuals_l1, residuals_l2, json_out):
         if path:
@@ -580,6 +693,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         "prior_params": compare_params, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2,
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
     })
+    o = spec.options
+    check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
+                        full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
         from .hglm_run import refuse_options
 
@@ -595,11 +711,14 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                          hypotheses, strict)
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
     wspec = _weight_spec(spec, weight1, weight2, normalize)
+    if wspec.any and spec.options.prior_deviance is not None:
+        _refuse_weighted_likelihood_ratio(compare_deviance, model_file)
     if plausible_values or imputed:
         _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                       df_method, ascii_only, wspec, plausible_values, imputed, full_output,
                       _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet,
-                      more["keep_failed_output"])
+                      more["keep_failed_output"], hypotheses=hypotheses, json_out=json_out,
+                      allow_unequal=more["allow_unequal_imputations"])
         return
     analysis = analyse(spec, archive, df_method, weights=wspec if wspec.any else None)
     opts = spec.options
@@ -635,8 +754,7 @@ def _finish_fit(results, result, status: int, failures: list[str], write_files: 
     from .files import atomic_write_text
 
     meta = {"data_source": source_text, "title": title, "id_name": id_name,
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None},
+            "model_given": model_given(level1, level2, model_file),
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
     if timestamp:
         from datetime import datetime, timezone
@@ -748,22 +866,33 @@ def _weight_spec(spec, weight1, weight2, normalize):
     return w
 
 
+def _refuse_weighted_likelihood_ratio(compare_deviance, model_file):
+    """A pseudo-likelihood fit (sampling weights) gets Wald tests, never a likelihood-ratio test."""
+    from .errors import ModelError
+    from .weights import NO_LIKELIHOOD_RATIO
+
+    if compare_deviance is not None:
+        raise _UsageProblem(f"--compare-deviance: {NO_LIKELIHOOD_RATIO}")
+    raise ModelError(f"{Path(model_file).name}: deviance: asks for a likelihood-ratio test; {NO_LIKELIHOOD_RATIO}")
+
+
 def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                   df_method, ascii_only, wspec, plausible_values, imputed, full_output, build_opts, cache_dir, quiet,
-                  keep_failed_output=False):
+                  keep_failed_output=False, hypotheses=(), json_out=None, allow_unequal=False):
     """Plausible values (one archive, several outcome columns) or imputed files (several archives):
-    one fit each, combined with Rubin's rules (plausible.py)."""
+    one fit each, combined with Rubin's rules (plausible.py); --test by D1."""
     from .errors import EXIT_NOT_CONVERGED
     from .files import atomic_write_text
     from .pipeline import analyse
-    from .plausible import analyse_plausible, combined_json, combined_text, outcome_columns
+    from .plausible import analyse_plausible, combined_json, combined_tests, combined_text, outcome_columns, same_records
     from .report import Symbols, dumps_json
 
     opts = spec.options
     if plausible_values and imputed:
         raise click.UsageError("give --plausible-values or --imputed, not both")
-    if opts.residuals_l1 or opts.residuals_l2 or opts.hypotheses or opts.prior_deviance is not None or opts.homogeneity:
-        raise click.UsageError("residual files, tests and deviance comparisons are not available for combined fits; "
+    if opts.residuals_l1 or opts.residuals_l2 or opts.prior_deviance is not None or opts.homogeneity:
+        raise click.UsageError("residual files, deviance comparisons and the homogeneity test are not available for "
+                               "combined fits (a deviance difference has no Rubin's rule: use --test, combined by D1); "
                                "fit one plausible value or data set at a time for those")
     weights = wspec if wspec.any else None
     labels = None
@@ -779,28 +908,39 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
             archives.append(more)
             labels.append(text)
         analyses = [analyse(spec, a, df_method, weights=weights) for a in archives]
+        if not allow_unequal:
+            same_records(analyses, labels)
         source = "imputed data sets"
     meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None}}
+            "model_given": model_given(level1, level2, model_file)}
     if timestamp:
         from datetime import datetime, timezone
 
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    tests = combined_tests(analyses, hypotheses, robust_only=weights is not None) if hypotheses else None
+    doc = combined_json(analyses, meta, source, bool(full_output), labels, tests)
     if out_format == "json":
-        text = dumps_json(combined_json(analyses, meta, source, bool(full_output), labels))
-    else:
+        text = dumps_json(doc)
+    elif out_format == "text":
         text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
-                             bool(full_output or opts.full_output), labels)
+                             bool(full_output or opts.full_output), labels, tests)
+    else:
+        from .tables import combined_table
+
+        text = combined_table(doc, out_format)
     certified = all(a.result.converged for a in analyses)
+    if json_out and (certified or keep_failed_output):
+        atomic_write_text(json_out, dumps_json(doc))
     if output and (certified or keep_failed_output):
         atomic_write_text(output, text)
     elif not output:
         click.echo(text, nl=False)
     if not certified:
         if not quiet:
+            unwritten = [f for f in (output, json_out) if f]
             _stderr("hlmcli: warning: the optimum of at least one fit is not certified"
-                    + (f"; {output} not written (--keep-failed-output writes it)" if output and not keep_failed_output else ""))
+                    + (f"; {', '.join(map(str, unwritten))} not written (--keep-failed-output writes it)"
+                       if unwritten and not keep_failed_output else ""))
         sys.exit(EXIT_NOT_CONVERGED)
 
 
@@ -816,8 +956,7 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
     a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
     a.notes = boundary_notes(a)
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None}}
+            "model_given": model_given(level1, level2, model_file)}
     write_residuals(a, sources)
     text = dumps_json(hglm_json(a, meta)) if out_format == "json" else \
         hglm_text(a, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only))
@@ -869,6 +1008,13 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     from .results import Results
 
     check_output(output)
+    from .flags import check_plot_options
+
+    from .flags import check_archive_options
+
+    saved = len(data) == 1 and str(data[0]).lower().endswith(".json")
+    check_plot_options(_given_options(), kind, saved)
+    check_archive_options(_given_options(), Path(data[0]).name if len(data) == 1 and not saved else None)
     from .cli3 import is_three_level, unsupported_command
     if is_three_level(data, more):
         unsupported_command("plot")
@@ -939,3 +1085,67 @@ def table_cmd(fits, out_format, names, output):
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.command("explain")
+@click.argument("fit_json", type=click.Path())
+@click.argument("hlm_output", type=click.Path())
+@click.argument("data", nargs=-1, type=click.Path())
+@click.option("--id", "id_", help="Unit id column, when DATA is two files (as for fit).")
+@click.option("--model", "model_file", type=click.Path(), help="The model file FIT_JSON was fitted from, if it was (.hlm or equations).")
+@click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cached archives go (as for fit).")
+@user_errors
+def explain_cmd(fit_json, hlm_output, data, id_, model_file, out_format, cache_dir):
+    """Explain why HLM's printed numbers differ from a certified fit (FIT_JSON, from `fit --format json`).
+
+    HLM_OUTPUT is HLM's own output file (HLM 5, 6 or 7; text or HTML). DATA are the data FIT_JSON was fitted
+    to (an archive, or two files with --id); by default the files FIT_JSON names, next to it."""
+    import json
+
+    from .errors import DataError
+    from .estimation import deviance_at
+    from .explain import explain
+    from .explain_report import explain_text
+    from .hlm_output import read_hlm_output
+    from .pipeline import analyse
+    from .report import data_hash, dumps_json
+
+    try:
+        fit = json.loads(Path(fit_json).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{fit_json}: not a fit's JSON ({_one_line(exc)}); save one with 'hlmcli fit ... --format json'") from None
+    need = ("model", "method", "data_hash", "deviance", "sigma2", "tau", "fixed_effects")
+    if not isinstance(fit, dict) or fit.get("schema") != 2 or any(k not in fit for k in need):
+        raise DataError(f"{fit_json}: not a two-level linear fit's JSON (schema 2 with {', '.join(need)}); "
+                        "explain compares two-level HLM2 output")
+    hlm = read_hlm_output(hlm_output)
+    if not data:
+        source = str(fit.get("data_source") or "")
+        names = [n.strip() for n in source.split(" and ")] if source else []
+        folder = Path(fit_json).resolve().parent
+        data = tuple(str(folder / n) for n in names if (folder / n).exists())
+        if not data or len(data) != len(names):
+            raise _UsageProblem(f"give the data {fit_json} was fitted to ({source or 'its data source is not recorded'}): "
+                                "hlmcli explain FIT.json HLM_OUTPUT DATA...")
+    given = fit["model"].get("given") or {}
+    if given.get("model_file") and not model_file:
+        candidate = Path(fit_json).resolve().parent / given["model_file"]
+        if not candidate.exists():
+            raise _UsageProblem(f"{fit_json} was fitted from the model file {given['model_file']}; give it with --model")
+        model_file = str(candidate)
+    archive, _ = _load_data(data, {"id_": id_, "id1": None, "id2": None, "missing": "analysis", "drop_unmatched": False,
+                             "l1_vars": None, "l2_vars": None},
+                            cache_dir, quiet=True)
+    spec = _spec(archive, given.get("level1"), given.get("level2") or (), model_file, fit["method"] == "ML",
+                 extra={"tau": fit.get("tau_structure")})
+    analysis = analyse(spec, archive)
+    if data_hash(analysis.design) != fit["data_hash"]:
+        raise DataError(f"{', '.join(map(str, data))}: not the data {fit_json} was fitted to (their hash differs); "
+                        "give the same files, or refit")
+    method = analysis.result.method
+    report = explain(hlm, fit, lambda s2, tau: deviance_at(s2, tau, analysis.stats, method),
+                     n_records=analysis.design.n, n_units=analysis.design.n_units,
+                     tau_order=list(fit.get("random_coefficients") or []))
+    report = {"schema": 1, "kind": "explain", "fit": Path(fit_json).name, "hlm_output": Path(hlm_output).name, **report}
+    click.echo(dumps_json(report) if out_format == "json" else explain_text(report), nl=out_format != "json")

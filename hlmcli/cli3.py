@@ -23,7 +23,9 @@ def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatc
         raise click.UsageError("three data files make a three-level model, which takes --id2 (the level-2 unit id) "
                                "and --id3 (the level-3 unit id), not --id or --id1")
     if not id2 or not id3:
-        raise DataError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
+        from .errors import OptionError
+
+        raise OptionError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
                         "(the level-3 unit id, e.g. SCHOOLID)")
     return BuildOptions3(id2=id2, id3=id3, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
                          keep3=_split_names(l3_vars), missing=missing, drop_unmatched=drop_unmatched)
@@ -87,7 +89,13 @@ def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_ite
     from .design3 import variables3_of
     from .equations3 import RunOptions3, spec3_from_inputs
 
-    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables3_of(archive), RunOptions3(),
+    from .cli import formula_equations
+
+    variables = variables3_of(archive)
+    level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
+    if formula_tau:
+        raise _Usage("uncorrelated random effects (|| or one bar per effect) are not available for three-level models yet")
+    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptions3(),
                              allow_outside)
     changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations), ("residuals_l2", residuals_l2),
                                  ("residuals_l3", residuals_l3)) if v is not None}
@@ -124,6 +132,12 @@ def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, 
     click.echo("\n".join(printable(line) for line in lines))
 
 
+def _model_given(*args):
+    from .cli import model_given
+
+    return model_given(*args)
+
+
 def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, out_format, output, json_out, keep,
          title, timestamp, df_method, strict, tau_structure, max_iterations, tests, compare_deviance, compare_params,
          residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet, weight1, weight2, normalize,
@@ -144,6 +158,7 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
         ("--full-output", bool(full_output)), ("--ols-units", ols_units is not None),
         ("--tau diagonal", tau_structure == "diagonal"), ("--weight1", bool(weight1)), ("--weight2", bool(weight2)),
         ("--normalize", bool(normalize)), ("--plausible-values", bool(plausible_values)), ("--imputed", bool(imputed)),
+        ("--allow-unequal-imputations", bool(more.get("allow_unequal_imputations"))),
         ("--residuals-l1", bool(residuals_l1)), ("--keep", bool(keep)),
         (f"--format {out_format}", out_format not in ("text", "json")),
         (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
@@ -169,8 +184,7 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     status = EXIT_NOT_CONVERGED if failures else 0
     write_files = status == 0 or more.get("keep_failed_output")
     meta = {"data_source": source_text, "title": spec.options.title, "id2": archive.id_names[0], "id3": archive.id_names[1],
-            "model_given": {"level1": level1, "level2": list(level2), "level3": list(more.get("level3") or ()),
-                            "model_file": Path(model_file).name if model_file else None},
+            "model_given": _model_given(level1, level2, model_file, list(more.get("level3") or ())),
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
     if timestamp:
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
