@@ -31,8 +31,13 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from .files import output_transaction
+
         try:
-            return func(*args, **kwargs)
+            # every file the command writes is staged and put in place only if it succeeds (files.py)
+            ctx = click.get_current_context(silent=True)
+            with output_transaction(no_follow=bool(ctx is not None and ctx.meta.get("no_follow"))):
+                return func(*args, **kwargs)
         except HlmError as exc:
             _stderr(f"hlmcli: error: {exc}")
             if getattr(exc, "detail", None):  # a syntax error's equation with a caret under the place
@@ -81,6 +86,37 @@ class _UsageProblem(HlmError):
     """A usage error found inside a command (exit 2, one line)."""
 
     exit_code = EXIT_USAGE
+
+
+def _keep_no_follow(ctx, param, value):
+    ctx.meta["no_follow"] = value
+    return value
+
+
+# on every command that writes files; read by user_errors (files.output_transaction)
+no_follow_option = click.option("--no-follow", is_flag=True, expose_value=False, callback=_keep_no_follow,
+                                help="Refuse an output path that is a symbolic link (default: write to the link's target).")
+
+
+def _dask_scheduler(more: dict):
+    """--scheduler, --timeout and --deadline as one dask_engine.Scheduler (None for the other engines)."""
+    given = [name for name, key in (("--timeout", "dask_timeout"), ("--deadline", "dask_deadline"))
+             if more.get(key) is not None]
+    if more.get("engine") != "dask":  # --scheduler alone: flags.check_fit_options
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: for --engine dask only (the time allowed to its scheduler); "
+                                   "give --engine dask too, or drop it")
+        return None
+    if more.get("dask_timeout") is not None and more.get("scheduler") is None:
+        raise click.UsageError("--timeout is the time to connect to --scheduler, and none is given (the default "
+                               "LocalCluster runs here); give --scheduler, or drop --timeout")
+    from .dask_engine import CONNECT_TIMEOUT, Scheduler, check_seconds, parse_address
+
+    if more.get("scheduler") is not None:
+        parse_address(more["scheduler"])
+    timeout = check_seconds("--timeout", more.get("dask_timeout"))
+    return Scheduler(more.get("scheduler"), CONNECT_TIMEOUT if timeout is None else timeout,
+                     check_seconds("--deadline", more.get("dask_deadline")))
 
 
 def _split_names(value: str | None) -> tuple[str, ...] | None:
@@ -186,13 +222,14 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.option("--allow-outside", is_flag=True, help="Let the template's mdmname: point outside the template's folder.")
 @click.option("--engine", type=click.Choice(["memory", "stream"]), default="memory", show_default=True,
               help="stream: one chunked pass (pyarrow) writing per-unit statistics, in bounded memory.")
+@no_follow_option
 @user_errors
 def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing,
               drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside, engine="memory"):
     """Merge a level-1 and a level-2 file (and a level-3 file: HLM3) into an archive."""
     from .archive import BuildOptions, build_from_files, write_archive
     from .errors import DataError
-    from .files import refuse_overwriting_inputs
+    from .files import check_outputs, commit_outputs
 
     from .flags import check_build_options
 
@@ -252,12 +289,13 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     for source in (level1_file, level2_file):
         if str(source) != "-":  # '-' is standard input
             check_regular(source, "data file")
-    refuse_overwriting_inputs(output, [level1_file, level2_file, template])
+    check_outputs([("-o", output)], [level1_file, level2_file, template])
     if engine == "stream":
         from .engines import cli_build
 
         records, units = cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet,
                                    warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")))
+        commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}: per-unit statistics of {records} level-1 records in {units} units")
         return
@@ -269,6 +307,7 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
         write_archive(archive, output)
     finally:
         progress.close()
+    commit_outputs()
     if not quiet:
         _stderr(f"hlmcli: wrote {output}: {archive.n_level1} level-1 records in {archive.n_units} units")
 
@@ -407,7 +446,7 @@ _hglm_options = [
     click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
-                 help="AGQ: quadrature points per random effect (default 7)."),
+                 help="AGQ: quadrature points per random effect (default 7, at most 100)."),
 ]
 
 
@@ -606,8 +645,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--keep", help="Source columns (text too) to carry into the residual files, comma-separated.")
 @click.option("--title", help="Problem title for the output.")
 @click.option("--timestamp", is_flag=True, help="Add the date and time to the text output (off: output is reproducible).")
-@click.option("--df", "df_method", type=click.Choice(["hlm", "satterthwaite"]), default="hlm", show_default=True,
-              help="d.f. of the fixed effects: HLM 7's rule, or Satterthwaite's as lmerTest.")
+@click.option("--df", "df_method", type=click.Choice(["hlm", "hlm6", "satterthwaite"]), default="hlm", show_default=True,
+              help="d.f. of the fixed effects: HLM 7's rule, HLM 5/6's (fixed slopes get N - F), or Satterthwaite's as lmerTest.")
 @click.option("--strict", is_flag=True, help="Exit 3 on a boundary fit too.")
 @click.option("--tau", "tau_structure", type=click.Choice(["unstructured", "diagonal"]), default=None,
               help="Covariance of the random effects: unstructured (default) or diagonal (independent effects).")
@@ -615,12 +654,14 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
+@click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
+              help="The program that printed the prior deviance: hlm6 (HLM 5/6 print the ML deviance ln 2π low; it is added back) or hlm7.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
-@click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
+@click.option("--ols-units", type=click.IntRange(0), help="How many units' OLS regressions --full-output prints (default 10): the first units whose OLS can be computed, as HLM counts them.")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr (the exit code still tells).")
 @click.option("--keep-failed-output", is_flag=True, help="Write -o and residual files even when the fit is not certified (exit 3).")
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
@@ -635,19 +676,29 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--engine", type=click.Choice(["memory", "stream", "dask"]), default="memory", show_default=True,
               help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
+@click.option("--timeout", "dask_timeout", type=float, metavar="SECONDS",
+              help="--scheduler: seconds for each step of connecting and finding a worker (default 30).")
+@click.option("--deadline", "dask_deadline", type=float, metavar="SECONDS",
+              help="--engine dask: seconds the whole computation may take (default: no limit).")
+@no_follow_option
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
             quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
     """Fit a two- or three-level model and print HLM 7's tables (text) or a stable JSON document."""
-    from .files import refuse_clobber, refuse_overwriting_inputs
+    from .files import check_outputs, refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
     data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
+    prior_version = more.pop("prior_version", None)
+    _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
     from .cli3 import is_three_level
-    if is_three_level(data, more):
+    three = is_three_level(data, more)
+    if prior_version and (three or more["engine"] != "memory" or plausible_values or imputed):
+        raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
+    if three:
         from .cli3 import fit3
 
         return fit3(data, level1, level2, model_file, ascii_only,
@@ -666,17 +717,16 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                       hlm_file=bool(model_file and str(model_file).lower().endswith(".hlm")), out_format=out_format,
                       outputs=bool(output or json_out or residuals_l1 or residuals_l2))
     sources = list(data) + [model_file]
-    for path in (output, residuals_l1, residuals_l2, json_out):
-        if path:
-            refuse_overwriting_inputs(path, sources)
+    check_outputs([("-o", output), ("--json-out", json_out), ("--residuals-l1", residuals_l1),
+                   ("--residuals-l2", residuals_l2)], sources)
     from .engines import is_stats_archive
 
     if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
         from .engines import cli_fit
 
-        if more["scheduler"] and more["engine"] != "dask":
-            raise click.UsageError("--scheduler is for --engine dask")
-        return cli_fit(data, level1, level2, model_file, ml, more["engine"], more["scheduler"],
+        if prior_version:
+            raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
+        return cli_fit(data, level1, level2, model_file, ml, more["engine"], _dask_scheduler(more),
                        _build_opts(id_, id1, id2, missing, drop_unmatched, **more), out_format, output, json_out, title,
                        timestamp, df_method, strict, ascii_only, quiet, extra={
                            "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance,
@@ -706,6 +756,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                            "--plausible-values/--imputed": bool(plausible_values or imputed),
                            f"--format {out_format}": out_format not in ("text", "json"),
                            "--json-out": bool(json_out), "--keep": bool(keep)})
+        if prior_version:
+            raise _UsageProblem("--prior-version is for normal outcomes: HGLM deviances are not compared with HLM 5/6's")
         hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
         return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
                          hypotheses, strict)
@@ -722,8 +774,17 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         return
     analysis = analyse(spec, archive, df_method, weights=wspec if wspec.any else None)
     opts = spec.options
-    add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
+    prior = opts.prior_deviance
+    if prior_version:
+        from .inference import prior_deviance_as_printed_here
+
+        if prior is None:
+            raise _UsageProblem("--prior-version says which program printed --compare-deviance; give --compare-deviance too")
+        prior = prior_deviance_as_printed_here(prior, prior_version, analysis.result.method)
+    add_extras(analysis, hypotheses, prior, opts.prior_params, opts.homogeneity,
                opts.full_output, opts.ols_units)
+    if prior_version and "deviance_test" in analysis.extras:
+        analysis.extras["deviance_test"].update({"prior_version": prior_version, "prior_deviance_printed": opts.prior_deviance})
     # Whether the fit is certified is decided here, before any file is moved into place, so a run
     # that exits non-zero leaves no -o or residual file behind for make to take as a result.
     status, failures = _fit_status(analysis.result, strict)
@@ -829,22 +890,45 @@ def cache_list(cache_dir):
     """List cached archives: file, size, last use and the data they were built from."""
     import time
 
-    from .cache import list_cache
+    from .cache import indexed_names, list_cache
     from .report import printable
 
     folder, entries = list_cache(cache_dir)
+    ours = indexed_names(cache_dir)
     click.echo(f"cache folder: {printable(str(folder))}")
     total = 0
     for e in entries:
         total += e.size
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime))
-        what = ", ".join(printable(s) for s in e.sources) if e.readable else "(unreadable; 'hlmcli cache prune' removes it)"
+        what = ", ".join(printable(s) for s in e.sources) if e.readable else "(unreadable)"
+        if e.path.name not in ours:
+            what += "  (not written by this cache: 'hlmcli cache prune' leaves it alone)"
         click.echo(f"{e.path.name}  {e.size:>12,d} bytes  {used}  {what}")
     click.echo(f"{len(entries)} archive(s), {total:,d} bytes")
 
 
+class _Days(click.ParamType):
+    """A finite number of days, 0 or more: nan would compare false with every age (and delete all)."""
+
+    name = "days"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of days", param, ctx)
+        if not math.isfinite(days) or days < 0:
+            self.fail(f"{value!r} is not a finite number of days, 0 or more", param, ctx)
+        return days
+
+
+_DAYS = _Days()
+
+
 @cache_group.command("prune")
-@click.option("--older-than", "older_than", type=click.FloatRange(0), metavar="DAYS",
+@click.option("--older-than", "older_than", type=_DAYS, metavar="DAYS",
               help="Remove only archives not used for DAYS days (default: remove all).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache folder (default as for fit).")
 @user_errors
@@ -952,7 +1036,9 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
     from .hglm_run import analyse_hglm, boundary_notes, hglm_extras, hglm_json, hglm_text, write_residuals
     from .report import Symbols, dumps_json
 
-    a = analyse_hglm(spec, archive, level1)
+    from .data_checks import fit_or_refuse
+
+    a = fit_or_refuse(lambda: analyse_hglm(spec, archive, level1), archive, spec.outcome)
     a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
     a.notes = boundary_notes(a)
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
@@ -998,11 +1084,12 @@ def compare_cmd(fit_a, fit_b, out_format):
 @click.option("--seed", type=int, default=1, show_default=True, help="units: the seed of that sample.")
 @click.option("--x-range", help="equation from a saved JSON fit: LOW,HIGH of the x axis on the model's scale (default -2,2).")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
+@no_follow_option
 @user_errors
 def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
              output, x_var, by, coef, sample, seed, x_range, quiet, **more):
     """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
-    from .files import refuse_overwriting_inputs
+    from .files import check_outputs, commit_outputs
     from .pipeline import analyse
     from .plots import check_output
     from .results import Results
@@ -1018,9 +1105,10 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     from .cli3 import is_three_level, unsupported_command
     if is_three_level(data, more):
         unsupported_command("plot")
-    refuse_overwriting_inputs(output, list(data) + [model_file])
+    check_outputs([("-o", output)], list(data) + [model_file])
     if len(data) == 1 and str(data[0]).lower().endswith(".json"):
         _plot_saved_fit(kind, data[0], output, x_var, by, x_range)
+        commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}")
         return
@@ -1028,6 +1116,7 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
     results = Results(analyse(spec, archive), archive, {"data_source": source_text})
     results.plot(kind, output, x=x_var, by=list(by) or None, coef=coef, sample=sample, seed=seed)
+    commit_outputs()
     if not quiet:
         _stderr(f"hlmcli: wrote {output}")
 
@@ -1065,19 +1154,20 @@ def _plot_saved_fit(kind, path, output, x_var, by, x_range):
               show_default=True)
 @click.option("--names", help="Column headings, comma-separated (default: the file names without .json).")
 @click.option("-o", "--output", type=click.Path(), help="Write the table here (atomically) instead of stdout.")
+@no_follow_option
 @user_errors
 def table_cmd(fits, out_format, names, output):
     """Saved JSON fits side by side: coefficients (SEs), variance components, deviance, AIC, BIC, N, J."""
     from .compare import read_fit
-    from .files import atomic_write_text, refuse_overwriting_inputs
+    from .files import atomic_write_text, check_outputs
     from .tables import side_by_side_text
 
+    check_outputs([("-o", output)], list(fits))
     headings = list(_split_names(names) or [Path(f).stem for f in fits])
     if len(headings) != len(fits):
         raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
     text = side_by_side_text([read_fit(f) for f in fits], headings, out_format)
     if output:
-        refuse_overwriting_inputs(output, list(fits))
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)
