@@ -18,7 +18,7 @@ from . import design as design_stage
 from . import inference
 from .errors import DataError, ModelError
 from .family import family as get_family
-from .hglm import START_TOL, GLMData, MLResult, PQLResult, ml_fit, pql, working_model
+from .hglm import GLMData, MLResult, PQLResult, ml_fit, ml_start, pql, working_model
 
 Z975 = float(special.ndtri(0.975))
 
@@ -179,8 +179,7 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
         nodes = opts.quadrature_points if est == "agq" else 1
         if est == "agq" and data.q > 3:
             raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use --estimation laplace")
-        start = pql(data, reml=False, population_average=False, macroit=opts.macroit, stopmacro=START_TOL,
-                    diagonal=diagonal)
+        start = ml_start(data, opts.macroit, diagonal)
         m_res = ml_fit(data, nodes, start, diagonal=diagonal)
         gamma, cov, tau, eta = m_res.gamma, m_res.cov, m_res.tau, m_res.eta
         sigma2, converged, b, bvar = None, m_res.converged, m_res.b, m_res.b_var
