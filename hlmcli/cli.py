@@ -388,7 +388,7 @@ _hglm_options = [
     click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
-                 help="AGQ: quadrature points per random effect (default 7)."),
+                 help="AGQ: quadrature points per random effect (default: adaptive, from 7 until the deviance changes by at most 1e-6 relative)."),
 ]
 
 
@@ -414,7 +414,7 @@ def _hglm_changes(level1):
     if fam is not None:
         changes.setdefault("family", fam.value)
     if changes.get("estimation") == "agq" and "quadrature_points" not in changes:
-        changes["quadrature_points"] = 7
+        changes["quadrature_points"] = 0  # adaptive (hglm.agq_fit)
     return level1, changes
 
 

@@ -527,6 +527,8 @@ class MLResult:
     theta: np.ndarray = field(default_factory=lambda: np.zeros(0))
     hessian: np.ndarray | None = None  # of the deviance in (θ, γ), at the answer
     diagonal: bool = False
+    lam: np.ndarray | None = None  # the factor of τ the deviance was evaluated with
+    quadrature: "QuadratureCheck | None" = None  # AGQ: the points used and the accuracy check
 
 
 TAYLOR_STEP = 1e-4
@@ -624,7 +626,7 @@ def _glm_gamma(data: GLMData, maxit: int = 100) -> np.ndarray:
 
 
 def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxiter: int = 100,
-           diagonal: bool = False) -> MLResult:
+           diagonal: bool = False, init: MLResult | None = None) -> MLResult:
     """Laplace (nodes = 1) or AGQ (nodes > 1) maximum likelihood, certified over PSD τ (or over
     non-negative diagonal τ when diagonal)."""
     q, p = data.q, data.p
@@ -635,8 +637,9 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
     cond = Conditional(data, nodes)
     H0 = None
     if nodes > 1:
-        # AGQ starts from the Laplace optimum, where it is close, with Laplace's Hessian
-        lap = ml_fit(data, 1, start, maxiter, diagonal)
+        # AGQ starts from the Laplace optimum (or from `init`, an AGQ fit with fewer points), where it
+        # is close, with that fit's Hessian
+        lap = init if init is not None else ml_fit(data, 1, start, maxiter, diagonal)
         x0 = np.concatenate([lap.theta, lap.gamma])
         cond.b = lap.b.copy()
         H0 = lap.hessian
@@ -699,7 +702,92 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
     return MLResult(method="laplace" if nodes == 1 else "agq", nodes=nodes, gamma=gamma, cov=cov, robust_cov=None,
                     tau=tau, deviance=dev, b=b, b_var=bvar, eta=eta, iterations=iters,
                     evaluations=cond.count, certificate=cert, converged=bool(cert.certified),
-                    n_params=p + nt, theta=theta, hessian=Hs, diagonal=diagonal)
+                    n_params=p + nt, theta=theta, hessian=Hs, diagonal=diagonal, lam=lam)
+
+
+# Adaptive quadrature: K from QUAD_START up the sequence until the deviance at the optimum changes by
+# at most QUAD_TOL (relative) to the next K, with at most QUAD_BUDGET nodes (K^q) per unit.
+QUAD_START = 7
+QUAD_TOL = 1e-6
+QUAD_BUDGET = 1500
+QUAD_SEQUENCE = (7, 9, 11, 15, 21, 31, 41, 51)
+
+
+@dataclass
+class QuadratureCheck:
+    points: int  # K, per random effect
+    adaptive: bool  # K chosen by the rule above (or given by the user)
+    check_points: int | None  # K' of the re-evaluation at the optimum
+    deviance_check: float | None  # the deviance at the optimum with K' points
+    change: float | None  # |d(K') − d(K)| / max(1, |d(K)|)
+    tolerance: float
+    accurate: bool
+    budget: int  # the largest K the budget allows for this q
+
+    def describe(self) -> str:
+        how = "chosen adaptively" if self.adaptive else "as given"
+        if self.check_points is None:
+            return f"{self.points} points per random effect ({how}); no accuracy check within the budget"
+        return (f"{self.points} points per random effect ({how}); at the optimum the deviance with "
+                f"{self.check_points} points differs by {self.change:.1E} relative (tolerance {self.tolerance:.0E})")
+
+    def to_json(self) -> dict:
+        return {"points": self.points, "adaptive": self.adaptive, "check_points": self.check_points,
+                "deviance_check": self.deviance_check, "relative_change": self.change,
+                "tolerance": self.tolerance, "accurate": self.accurate, "max_points": self.budget}
+
+
+def _quad_next(K: int, q: int, allow_over: bool = False) -> int | None:
+    """The next K of the sequence within the budget (allow_over: one evaluation past it, for the
+    check of a user's K)."""
+    for k in QUAD_SEQUENCE:
+        if k > K and k ** q <= QUAD_BUDGET:
+            return k
+    if allow_over and (K + 10) ** q <= 20 * QUAD_BUDGET:
+        return K + 10
+    return None
+
+
+def _deviance_at(data, res: MLResult, K: int) -> float:
+    cond = Conditional(data, K)
+    cond.b = res.b.copy()
+    return cond.deviance(res.gamma, res.lam)
+
+
+def agq_fit(data: GLMData, nodes: int | None = None, start=None, diagonal: bool = False) -> MLResult:
+    """AGQ with K = nodes, or adaptively (nodes None): fit at K = 7, raise K at that optimum until the
+    deviance changes by at most QUAD_TOL relative to the next K, refit there, and repeat the check at
+    the new optimum. Either way the result carries the check: the deviance at the optimum re-evaluated
+    with the next K (res.quadrature)."""
+    q = data.q
+    adaptive = nodes is None
+    K = QUAD_START if adaptive else nodes
+    res = ml_fit(data, K, start, diagonal=diagonal)
+    while True:
+        Kn = _quad_next(K, q, allow_over=not adaptive)
+        if Kn is None:
+            check = (None, None, None)
+            break
+        dn = _deviance_at(data, res, Kn)
+        change = abs(dn - res.deviance) / max(1.0, abs(res.deviance))
+        check = (Kn, dn, change)
+        if change <= QUAD_TOL or not adaptive:
+            break
+        # the deviance at this point settles at some K' ≥ Kn: refit with K' points from here
+        K2, d2 = Kn, dn
+        while (K3 := _quad_next(K2, q)) is not None:
+            d3 = _deviance_at(data, res, K3)
+            if abs(d3 - d2) <= QUAD_TOL * max(1.0, abs(d2)):
+                break
+            K2, d2 = K3, d3
+        res = ml_fit(data, K2, start, diagonal=diagonal, init=res)
+        K = K2
+    top = max([k for k in QUAD_SEQUENCE if k ** q <= QUAD_BUDGET], default=QUAD_START)
+    Kn, dn, change = check
+    res.quadrature = QuadratureCheck(points=K, adaptive=adaptive, check_points=Kn, deviance_check=dn, change=change,
+                                     tolerance=QUAD_TOL, accurate=change is not None and change <= QUAD_TOL,
+                                     budget=top)
+    return res
 
 
 def _search(fg, grad, x, H0, cond):
