@@ -706,11 +706,13 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
 
 
 # Adaptive quadrature: K from QUAD_START up the sequence until the deviance at the optimum changes by
-# at most QUAD_TOL (relative) to the next K, with at most QUAD_BUDGET nodes (K^q) per unit.
+# at most QUAD_TOL (relative) to the next K. A fit uses at most QUAD_BUDGET nodes (K^q) per unit; the
+# check, one evaluation of the deviance at the optimum, at most CHECK_BUDGET.
 QUAD_START = 7
 QUAD_TOL = 1e-6
-QUAD_BUDGET = 1500
-QUAD_SEQUENCE = (7, 9, 11, 15, 21, 31, 41, 51)
+QUAD_BUDGET = 2000
+CHECK_BUDGET = 4000
+QUAD_SEQUENCE = (7, 9, 11, 15, 21, 31, 41, 51, 61, 81, 101)
 
 
 @dataclass
@@ -737,15 +739,9 @@ class QuadratureCheck:
                 "tolerance": self.tolerance, "accurate": self.accurate, "max_points": self.budget}
 
 
-def _quad_next(K: int, q: int, allow_over: bool = False) -> int | None:
-    """The next K of the sequence within the budget (allow_over: one evaluation past it, for the
-    check of a user's K)."""
-    for k in QUAD_SEQUENCE:
-        if k > K and k ** q <= QUAD_BUDGET:
-            return k
-    if allow_over and (K + 10) ** q <= 20 * QUAD_BUDGET:
-        return K + 10
-    return None
+def _quad_next(K: int) -> int | None:
+    """The next K of the sequence (a user's K may lie between its entries)."""
+    return next((k for k in QUAD_SEQUENCE if k > K), None)
 
 
 def _deviance_at(data, res: MLResult, K: int) -> float:
@@ -757,27 +753,30 @@ def _deviance_at(data, res: MLResult, K: int) -> float:
 def agq_fit(data: GLMData, nodes: int | None = None, start=None, diagonal: bool = False) -> MLResult:
     """AGQ with K = nodes, or adaptively (nodes None): fit at K = 7, raise K at that optimum until the
     deviance changes by at most QUAD_TOL relative to the next K, refit there, and repeat the check at
-    the new optimum. Either way the result carries the check: the deviance at the optimum re-evaluated
-    with the next K (res.quadrature)."""
+    the new optimum, within QUAD_BUDGET nodes per unit. Either way the result carries the check: the
+    deviance at the optimum re-evaluated with the next K of the sequence (res.quadrature)."""
     q = data.q
     adaptive = nodes is None
     K = QUAD_START if adaptive else nodes
     res = ml_fit(data, K, start, diagonal=diagonal)
+
+    def rel(a, b):
+        return abs(a - b) / max(1.0, abs(b))
+
     while True:
-        Kn = _quad_next(K, q, allow_over=not adaptive)
-        if Kn is None:
-            check = (None, None, None)
+        Kn = _quad_next(K)
+        check = (None, None, None)
+        if Kn is None or Kn ** q > CHECK_BUDGET:
             break
         dn = _deviance_at(data, res, Kn)
-        change = abs(dn - res.deviance) / max(1.0, abs(res.deviance))
-        check = (Kn, dn, change)
-        if change <= QUAD_TOL or not adaptive:
+        check = (Kn, dn, rel(dn, res.deviance))
+        if check[2] <= QUAD_TOL or not adaptive or Kn ** q > QUAD_BUDGET:
             break
-        # the deviance at this point settles at some K' ≥ Kn: refit with K' points from here
+        # the deviance at this point settles at some K' ≥ Kn (or the budget stops it): refit there
         K2, d2 = Kn, dn
-        while (K3 := _quad_next(K2, q)) is not None:
+        while (K3 := _quad_next(K2)) is not None and K3 ** q <= QUAD_BUDGET:
             d3 = _deviance_at(data, res, K3)
-            if abs(d3 - d2) <= QUAD_TOL * max(1.0, abs(d2)):
+            if rel(d3, d2) <= QUAD_TOL:
                 break
             K2, d2 = K3, d3
         res = ml_fit(data, K2, start, diagonal=diagonal, init=res)
