@@ -67,8 +67,18 @@ The ML fits carry the optimality certificate of the linear engine (certificate.c
 τ, tolerance 1e-6 deviance units for both: the objective's at(G) profiles γ out (Newton steps at
 fixed G) and returns the deviance and Γ = ∂d/∂G = Λ⁻ᵀ sym(Φ(Λ'D))Λ⁻¹ for the Cholesky factor Λ
 of G and D = ∂d/∂Λ (exact). At a positive definite τ the face Hessian comes from the (θ, γ)
-Hessian by the Schur complement and the chain rule through θ(G) (_certify_ml); at a singular τ,
-Γ and the face Hessian are by differences of the profiled deviance (numerical).
+Hessian by the Schur complement and the chain rule through θ(G) (_certify_ml); at a singular τ
+the certificate works on the face of τ's rank with the exact gradient (_boundary_point): the
+factor of τ with exact zero columns at the vanishing pivots, γ re-profiled, and the same Schur
+complement and chain rule; the derivative into the cone comes from the exact gradient just inside
+it. When it finds a lower point, the search restarts from there (in Cholesky coordinates a zero
+column has zero gradient, so the search alone could not leave it).
+
+Start (ml_start): full PQL, or, when it breaks down (rare events), a plain GLM's γ with τ = ¼I.
+
+AGQ's number of points (agq_fit): adaptive by default, K = 7, 9, 11, 15, ... until the deviance at
+the optimum changes by at most 1e-6 relative to the next K (then refitted there), within 2000 nodes
+per unit; the check is reported with the fit (QuadratureCheck).
 """
 
 from __future__ import annotations
@@ -839,7 +849,8 @@ def _certify_ml(data, cond, x, g, Hs, nt, idx, nodes, diagonal, tol) -> Certific
     computed: the Schur complement Hθθ − HθγHγγ⁻¹Hγθ is the Hessian of the γ-profiled deviance
     (implicit function theorem), and the face coordinates s enter through θ(s) = chol(G(s)):
     ∇²_s = J'H_pJ + Σ_k g_p,k ∇²θ_k, with J and ∇²θ_k by differences of that smooth map (no
-    deviance evaluations). At a singular τ the certificate differentiates the profiled deviance itself."""
+    deviance evaluations). At a singular τ: _boundary_point, or, without a clean pivot pattern, the
+    certificate differentiates the profiled deviance itself."""
     q = data.q
     gamma, lam = _unpack(x, q, idx)
     G = lam @ lam.T
