@@ -365,6 +365,7 @@ class Conditional:
         # last exactly evaluated η (self.base) by Taylor series, while max|δ| ≤ TAYLOR_STEP.
         self.taylor = False
         self.base = None
+        self.keep_units = False
 
     def modes(self, gamma, lam, tol=1e-10, maxit=60):
         """Newton for û_j in every unit at once, with per-unit step halving. Returns û and η, and
@@ -485,6 +486,11 @@ class Conditional:
         dgam = np.einsum("kj,kjl->jl", pi, XL) + Lc - np.einsum("jlq,jq->jl", LWL[:, :, rnd], m @ lam.T)
         ggam = np.einsum("jkp,jk->p", d.B, dgam)
         AL = A @ lam
+        if self.keep_units:  # each unit's ∂log I_j/∂γ and ∂log I_j/∂Λ (the sum over j below, unsummed)
+            self.unit_scores = (np.einsum("jkp,jk->jp", d.B, dgam),
+                                2.0 * np.einsum("jab,jbc->jac", AL, Psi) + np.einsum("kj,kja,kjb->jab", pi, Gk, U)
+                                + np.einsum("ja,jb->jab", Zc, u)
+                                + np.einsum("ja,jb->jab", ghat, m) - np.einsum("ja,jb->jab", np.einsum("jab,jb->ja", AL, m), u))
         glam = (2.0 * np.einsum("jab,jbc->ac", AL, Psi) + np.einsum("kj,kja,kjb->ab", pi, Gk, U)
                 + Zc.T @ u + ghat.T @ m - np.einsum("jab,jb->ja", AL, m).T @ u)
         return dev, -2.0 * ggam, -2.0 * glam
@@ -678,10 +684,9 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         x, f, g, Hs, n = _search(fg, grad, x, H0, cond)
         iters += n
         gamma, lam, x, g, Hs = _sign_convention(x, g, Hs, q, p, idx)
-        try:
-            cov = 2.0 * np.linalg.inv(Hs)[nt:, nt:]
-        except np.linalg.LinAlgError:
-            cov = np.full((p, p), np.nan)
+        # at the answer, central differences (the search's forward differences are 1e-5 off in the SEs)
+        Hs = _hessian(grad, x, h=1e-5, cond=cond)
+        H_se, sel = Hs, idx
         tol = 1e-6 * max(1.0, 1e-6 * abs(f))
         dev = f
         theta = x[:nt]  # the search's own point: AGQ starts there (a zero column of Λ would pin it)
@@ -693,10 +698,10 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
             break
         # the boundary point itself (τ exactly singular, γ re-profiled), with its certificate; its
         # γ block of the inverse (face, γ) Hessian gives the SEs (the zero columns do not couple to γ)
-        gamma_b, lam_b, dev_b, cert, cov_b, escape = boundary
+        gamma_b, lam_b, dev_b, cert, H_b, fidx, escape = boundary
         if cert.certified or escape is None or attempt == 3:
             if dev_b <= f + tol:
-                gamma, lam, dev, cov = gamma_b, lam_b, dev_b, cov_b
+                gamma, lam, dev, H_se, sel = gamma_b, lam_b, dev_b, H_b, fidx
             break
         # Not a minimum: in Cholesky coordinates the search cannot leave a zero column by itself (its
         # gradient there is 0 whatever the deviance does), so restart it from the lower point the
@@ -706,10 +711,11 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         lam_new = np.linalg.cholesky(np.diag(np.diag(G_new)) if diagonal else G_new)
         x = np.concatenate([lam_new[idx], gamma_new])
         H0 = None
+    cov, robust = _covariances(cond, gamma, lam, H_se, sel, p)
     b, bvar = cond.posterior(gamma, lam)
     eta = data.eta(gamma, b)
     tau = lam @ lam.T
-    return MLResult(method="laplace" if nodes == 1 else "agq", nodes=nodes, gamma=gamma, cov=cov, robust_cov=None,
+    return MLResult(method="laplace" if nodes == 1 else "agq", nodes=nodes, gamma=gamma, cov=cov, robust_cov=robust,
                     tau=tau, deviance=dev, b=b, b_var=bvar, eta=eta, iterations=iters,
                     evaluations=cond.count, certificate=cert, converged=bool(cert.certified),
                     n_params=p + nt, theta=theta, hessian=Hs, diagonal=diagonal, lam=lam)
@@ -797,6 +803,29 @@ def agq_fit(data: GLMData, nodes: int | None = None, start=None, diagonal: bool 
                                      tolerance=QUAD_TOL, accurate=change is not None and change <= QUAD_TOL,
                                      budget=top)
     return res
+
+
+def _covariances(cond, gamma, lam, H, sel, p):
+    """cov(γ): the γ block of 2H⁻¹, H the deviance Hessian in (θ, γ), as glmer. Robust: the γ block of
+    the cluster sandwich A⁻¹(Σ_j s_js_j')A⁻¹ over all parameters (θ, γ), A = H/2 the Hessian of
+    −log L and s_j = ∂log I_j/∂(θ, γ) unit j's exact score (Conditional with keep_units), CR0 as
+    R's sandwich package. At a singular τ, θ is the face's free entries of Λ (the zero columns
+    have zero scores)."""
+    try:
+        Hinv = np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        nan = np.full((p, p), np.nan)
+        return nan, nan
+    nt = sel[0].size
+    cond.keep_units, cond._memo = True, (None,)
+    try:
+        cond.gradient(gamma, lam)
+    finally:
+        cond.keep_units = False
+    sg, sl = cond.unit_scores
+    S = np.column_stack([sl[:, sel[0], sel[1]], sg])
+    Ainv = 2.0 * Hinv
+    return Ainv[nt:, nt:], (Ainv @ (S.T @ S) @ Ainv)[nt:, nt:]
 
 
 def _search(fg, grad, x, H0, cond):
@@ -1015,8 +1044,9 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
     from its limit. Polarisation over E gives the null-space block of Γ; certify() then scans the
     deviance along its most negative direction, as for the linear engine.
 
-    Returns (γ, Λ, deviance, certificate, cov(γ), escape) or None when no clean pivot pattern exists;
-    escape = (G, γ), a lower point to restart the search from, when the certificate fails."""
+    Returns (γ, Λ, deviance, certificate, the (θ_f, γ) Hessian, θ_f's positions in Λ, escape) or None
+    when no clean pivot pattern exists; escape = (G, γ), a lower point to restart the search from,
+    when the certificate fails."""
     q = data.q
     p = data.p
     G = lam @ lam.T
@@ -1127,10 +1157,6 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
     if dev > f_search + tol:
         cert.failed.append(f"the boundary point's deviance is {dev - f_search:.1E} above the search's point")
     cert.certified = not cert.failed
-    try:
-        cov = 2.0 * np.linalg.inv(H)[nf:, nf:]
-    except np.linalg.LinAlgError:
-        cov = np.full((p, p), np.nan)
     escape = None
     if not cert.certified and dev <= f_search + tol:
         # where to restart the search: along the descent into the cone, or a Newton step on the face
@@ -1147,4 +1173,4 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
         if G_new is not None:
             obj.value(G_new)
             escape = (G_new, obj.last_gamma.copy())
-    return gamma_r, Lr, dev, cert, cov, escape
+    return gamma_r, Lr, dev, cert, H, fidx, escape

@@ -187,15 +187,7 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
         sigma2, converged, b, bvar = None, m_res.converged, m_res.b, m_res.b_var
     stats, unit = working_model(data, eta)
     if m_res is not None:
-        # robust SEs from the working model linearised at the ML estimates, τ held (any factor of
-        # τ, singular or not, gives the same V)
-        from .hglm import _psd_lower
-        from .unitsolve import unit_solve
-
-        us = unit_solve(stats, _psd_lower(tau))
-        Pinv = us.Pinv()
-        s = us.XVe_units()
-        rcov = Pinv @ (s.T @ s) @ Pinv
+        rcov = m_res.robust_cov  # the cluster sandwich of the exact scores (hglm._covariances)
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
     variance = inference.variance_tests(design, ols, tau, stats)
