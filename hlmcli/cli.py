@@ -17,7 +17,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import click  # noqa: E402
 
 from . import __version__
-from .errors import EXIT_DATA, EXIT_INTERNAL, EXIT_USAGE, HlmError
+from .errors import EXIT_CODES_HELP, EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HlmError
 
 
 def _stderr(message: str) -> None:
@@ -40,7 +40,7 @@ def user_errors(func):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             _stderr("hlmcli: interrupted; no output file was changed")
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except MemoryError:
             _stderr("hlmcli: error: out of memory; use a smaller model or a machine with more memory")
             sys.exit(EXIT_DATA)
@@ -63,6 +63,16 @@ def user_errors(func):
     return wrapper
 
 
+def _given_options() -> set[str]:
+    """The long names of the options typed on the command line (not defaults), for flags.py."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {o for p in ctx.command.params if ctx.get_parameter_source(p.name) in typed for o in p.opts
+            if o.startswith("--")}
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
@@ -71,6 +81,27 @@ class _UsageProblem(HlmError):
     """A usage error found inside a command (exit 2, one line)."""
 
     exit_code = EXIT_USAGE
+
+
+def _dask_scheduler(more: dict):
+    """--scheduler, --timeout and --deadline as one dask_engine.Scheduler (None for the other engines)."""
+    given = [name for name, key in (("--timeout", "dask_timeout"), ("--deadline", "dask_deadline"))
+             if more.get(key) is not None]
+    if more.get("engine") != "dask":  # --scheduler alone: flags.check_fit_options
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: for --engine dask only (the time allowed to its scheduler); "
+                                   "give --engine dask too, or drop it")
+        return None
+    if more.get("dask_timeout") is not None and more.get("scheduler") is None:
+        raise click.UsageError("--timeout is the time to connect to --scheduler, and none is given (the default "
+                               "LocalCluster runs here); give --scheduler, or drop --timeout")
+    from .dask_engine import CONNECT_TIMEOUT, Scheduler, check_seconds, parse_address
+
+    if more.get("scheduler") is not None:
+        parse_address(more["scheduler"])
+    timeout = check_seconds("--timeout", more.get("dask_timeout"))
+    return Scheduler(more.get("scheduler"), CONNECT_TIMEOUT if timeout is None else timeout,
+                     check_seconds("--deadline", more.get("dask_deadline")))
 
 
 def _split_names(value: str | None) -> tuple[str, ...] | None:
@@ -109,7 +140,7 @@ class OneLineErrors(click.Group):
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             _stderr("hlmcli: aborted")
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "hlmcli"
             _stderr(f"hlmcli: usage error: {exc.format_message()}; see '{where} --help'")
@@ -119,7 +150,7 @@ class OneLineErrors(click.Group):
             sys.exit(exc.exit_code)
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
     """Two- and three-level hierarchical linear models, the way HLM 7 (HLM2, HLM3) fits them."""
@@ -154,12 +185,12 @@ def build_options(func):
 
 def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched):
     from .archive import BuildOptions
-    from .errors import DataError
+    from .errors import OptionError
 
     id1 = id1 or id_
     id2 = id2 or id_
     if not id1 or not id2:
-        raise DataError("no unit id column given; pass --id NAME (or --id1 and --id2)")
+        raise OptionError("no unit id column given; pass --id NAME (or --id1 and --id2)")
     return BuildOptions(id1=id1, id2=id2, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
                         missing=missing, drop_unmatched=drop_unmatched)
 
@@ -184,6 +215,9 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     from .errors import DataError
     from .files import refuse_overwriting_inputs
 
+    from .flags import check_build_options
+
+    check_build_options(_given_options(), bool(template))
     three = None  # three-level build (cli3.py): the files and their options
     if template:
         if level1_file or level2_file:
@@ -394,7 +428,8 @@ _hglm_options = [
     click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
-                 help="AGQ: quadrature points per random effect (default: adaptive, from 7 until the deviance changes by at most 1e-6 relative)."),
+                 help="AGQ: quadrature points per random effect (default: adaptive, from 7 until the deviance changes "
+                 "by at most 1e-6 relative; at most 100)."),
 ]
 
 
@@ -553,8 +588,15 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
                       _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, {**more, "ml": ml},
                       _stderr, _use_ascii)
 
+    from .flags import check_archive_options, check_model_options
+
+    given = _given_options()
+    check_archive_options(given, Path(data[0]).name if len(data) == 1 else None)
     archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet=False)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
+    o = spec.options
+    check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
+                        full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
         from .hglm_run import estimation_text, glmer_call, hglm_model_summary
 
@@ -577,7 +619,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     click.echo("\n".join(printable(line) for line in lines))
 
 
-@main.command("fit")
+@main.command("fit", epilog=EXIT_CODES_HELP)
 @model_options
 @click.option("--format", "out_format", type=click.Choice(["text", "json", "csv", "markdown", "latex", "html"]), default="text",
               show_default=True, help="HLM 7's text, JSON, or the tables for papers (csv: broom's tidy columns).")
@@ -586,8 +628,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--keep", help="Source columns (text too) to carry into the residual files, comma-separated.")
 @click.option("--title", help="Problem title for the output.")
 @click.option("--timestamp", is_flag=True, help="Add the date and time to the text output (off: output is reproducible).")
-@click.option("--df", "df_method", type=click.Choice(["hlm", "satterthwaite"]), default="hlm", show_default=True,
-              help="d.f. of the fixed effects: HLM 7's rule, or Satterthwaite's as lmerTest.")
+@click.option("--df", "df_method", type=click.Choice(["hlm", "hlm6", "satterthwaite"]), default="hlm", show_default=True,
+              help="d.f. of the fixed effects: HLM 7's rule, HLM 5/6's (fixed slopes get N - F), or Satterthwaite's as lmerTest.")
 @click.option("--strict", is_flag=True, help="Exit 3 on a boundary fit too.")
 @click.option("--tau", "tau_structure", type=click.Choice(["unstructured", "diagonal"]), default=None,
               help="Covariance of the random effects: unstructured (default) or diagonal (independent effects).")
@@ -595,12 +637,14 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
+@click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
+              help="The program that printed the prior deviance: hlm6 (HLM 5/6 print the ML deviance ln 2π low; it is added back) or hlm7.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
-@click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
+@click.option("--ols-units", type=click.IntRange(0), help="How many units' OLS regressions --full-output prints (default 10): the first units whose OLS can be computed, as HLM counts them.")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr (the exit code still tells).")
 @click.option("--keep-failed-output", is_flag=True, help="Write -o and residual files even when the fit is not certified (exit 3).")
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
@@ -610,9 +654,15 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
 @click.option("--imputed", multiple=True, help="Further level-1 files (or archives), one per imputation; repeat or comma-separate.")
+@click.option("--allow-unequal-imputations", is_flag=True,
+              help="Combine imputed data sets even when their records differ (refused by default).")
 @click.option("--engine", type=click.Choice(["memory", "stream", "dask"]), default="memory", show_default=True,
               help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
+@click.option("--timeout", "dask_timeout", type=float, metavar="SECONDS",
+              help="--scheduler: seconds for each step of connecting and finding a worker (default 30).")
+@click.option("--deadline", "dask_deadline", type=float, metavar="SECONDS",
+              help="--engine dask: seconds the whole computation may take (default: no limit).")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
@@ -624,8 +674,13 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .pipeline import add_extras, analyse
 
     data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
+    prior_version = more.pop("prior_version", None)
+    _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
     from .cli3 import is_three_level
-    if is_three_level(data, more):
+    three = is_three_level(data, more)
+    if prior_version and (three or more["engine"] != "memory" or plausible_values or imputed):
+        raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
+    if three:
         from .cli3 import fit3
 
         return fit3(data, level1, level2, model_file, ascii_only,
@@ -637,6 +692,12 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
                             "three-level archive")
 
+    from .flags import check_fit_options, check_model_options
+
+    given = _given_options()
+    check_fit_options(given, archive=Path(data[0]).name if len(data) == 1 else None, engine=more["engine"],
+                      hlm_file=bool(model_file and str(model_file).lower().endswith(".hlm")), out_format=out_format,
+                      outputs=bool(output or json_out or residuals_l1 or residuals_l2))
     sources = list(data) + [model_file]
     for path in (output, residuals_l1, residuals_l2, json_out):
         if path:
@@ -646,9 +707,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
         from .engines import cli_fit
 
-        if more["scheduler"] and more["engine"] != "dask":
-            raise click.UsageError("--scheduler is for --engine dask")
-        return cli_fit(data, level1, level2, model_file, ml, more["engine"], more["scheduler"],
+        if prior_version:
+            raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
+        return cli_fit(data, level1, level2, model_file, ml, more["engine"], _dask_scheduler(more),
                        _build_opts(id_, id1, id2, missing, drop_unmatched, **more), out_format, output, json_out, title,
                        timestamp, df_method, strict, ascii_only, quiet, extra={
                            "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance,
@@ -665,6 +726,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         "prior_params": compare_params, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2,
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
     })
+    o = spec.options
+    check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
+                        full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
         from .hglm_run import refuse_options
 
@@ -675,21 +739,35 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                            "--plausible-values/--imputed": bool(plausible_values or imputed),
                            f"--format {out_format}": out_format not in ("text", "json"),
                            "--json-out": bool(json_out), "--keep": bool(keep)})
+        if prior_version:
+            raise _UsageProblem("--prior-version is for normal outcomes: HGLM deviances are not compared with HLM 5/6's")
         hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
         return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
                          hypotheses, strict)
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
     wspec = _weight_spec(spec, weight1, weight2, normalize)
+    if wspec.any and spec.options.prior_deviance is not None:
+        _refuse_weighted_likelihood_ratio(compare_deviance, model_file)
     if plausible_values or imputed:
         _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                       df_method, ascii_only, wspec, plausible_values, imputed, full_output,
                       _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet,
-                      more["keep_failed_output"])
+                      more["keep_failed_output"], hypotheses=hypotheses, json_out=json_out,
+                      allow_unequal=more["allow_unequal_imputations"])
         return
     analysis = analyse(spec, archive, df_method, weights=wspec if wspec.any else None)
     opts = spec.options
-    add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
+    prior = opts.prior_deviance
+    if prior_version:
+        from .inference import prior_deviance_as_printed_here
+
+        if prior is None:
+            raise _UsageProblem("--prior-version says which program printed --compare-deviance; give --compare-deviance too")
+        prior = prior_deviance_as_printed_here(prior, prior_version, analysis.result.method)
+    add_extras(analysis, hypotheses, prior, opts.prior_params, opts.homogeneity,
                opts.full_output, opts.ols_units)
+    if prior_version and "deviance_test" in analysis.extras:
+        analysis.extras["deviance_test"].update({"prior_version": prior_version, "prior_deviance_printed": opts.prior_deviance})
     # Whether the fit is certified is decided here, before any file is moved into place, so a run
     # that exits non-zero leaves no -o or residual file behind for make to take as a result.
     status, failures = _fit_status(analysis.result, strict)
@@ -832,22 +910,33 @@ def _weight_spec(spec, weight1, weight2, normalize):
     return w
 
 
+def _refuse_weighted_likelihood_ratio(compare_deviance, model_file):
+    """A pseudo-likelihood fit (sampling weights) gets Wald tests, never a likelihood-ratio test."""
+    from .errors import ModelError
+    from .weights import NO_LIKELIHOOD_RATIO
+
+    if compare_deviance is not None:
+        raise _UsageProblem(f"--compare-deviance: {NO_LIKELIHOOD_RATIO}")
+    raise ModelError(f"{Path(model_file).name}: deviance: asks for a likelihood-ratio test; {NO_LIKELIHOOD_RATIO}")
+
+
 def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                   df_method, ascii_only, wspec, plausible_values, imputed, full_output, build_opts, cache_dir, quiet,
-                  keep_failed_output=False):
+                  keep_failed_output=False, hypotheses=(), json_out=None, allow_unequal=False):
     """Plausible values (one archive, several outcome columns) or imputed files (several archives):
-    one fit each, combined with Rubin's rules (plausible.py)."""
+    one fit each, combined with Rubin's rules (plausible.py); --test by D1."""
     from .errors import EXIT_NOT_CONVERGED
     from .files import atomic_write_text
     from .pipeline import analyse
-    from .plausible import analyse_plausible, combined_json, combined_text, outcome_columns
+    from .plausible import analyse_plausible, combined_json, combined_tests, combined_text, outcome_columns, same_records
     from .report import Symbols, dumps_json
 
     opts = spec.options
     if plausible_values and imputed:
         raise click.UsageError("give --plausible-values or --imputed, not both")
-    if opts.residuals_l1 or opts.residuals_l2 or opts.hypotheses or opts.prior_deviance is not None or opts.homogeneity:
-        raise click.UsageError("residual files, tests and deviance comparisons are not available for combined fits; "
+    if opts.residuals_l1 or opts.residuals_l2 or opts.prior_deviance is not None or opts.homogeneity:
+        raise click.UsageError("residual files, deviance comparisons and the homogeneity test are not available for "
+                               "combined fits (a deviance difference has no Rubin's rule: use --test, combined by D1); "
                                "fit one plausible value or data set at a time for those")
     weights = wspec if wspec.any else None
     labels = None
@@ -863,6 +952,8 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
             archives.append(more)
             labels.append(text)
         analyses = [analyse(spec, a, df_method, weights=weights) for a in archives]
+        if not allow_unequal:
+            same_records(analyses, labels)
         source = "imputed data sets"
     meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
             "model_given": model_given(level1, level2, model_file)}
@@ -870,20 +961,30 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         from datetime import datetime, timezone
 
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    tests = combined_tests(analyses, hypotheses, robust_only=weights is not None) if hypotheses else None
+    doc = combined_json(analyses, meta, source, bool(full_output), labels, tests)
     if out_format == "json":
-        text = dumps_json(combined_json(analyses, meta, source, bool(full_output), labels))
-    else:
+        text = dumps_json(doc)
+    elif out_format == "text":
         text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
-                             bool(full_output or opts.full_output), labels)
+                             bool(full_output or opts.full_output), labels, tests)
+    else:
+        from .tables import combined_table
+
+        text = combined_table(doc, out_format)
     certified = all(a.result.converged for a in analyses)
+    if json_out and (certified or keep_failed_output):
+        atomic_write_text(json_out, dumps_json(doc))
     if output and (certified or keep_failed_output):
         atomic_write_text(output, text)
     elif not output:
         click.echo(text, nl=False)
     if not certified:
         if not quiet:
+            unwritten = [f for f in (output, json_out) if f]
             _stderr("hlmcli: warning: the optimum of at least one fit is not certified"
-                    + (f"; {output} not written (--keep-failed-output writes it)" if output and not keep_failed_output else ""))
+                    + (f"; {', '.join(map(str, unwritten))} not written (--keep-failed-output writes it)"
+                       if unwritten and not keep_failed_output else ""))
         sys.exit(EXIT_NOT_CONVERGED)
 
 
@@ -895,7 +996,9 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
     from .hglm_run import analyse_hglm, boundary_notes, hglm_extras, hglm_json, hglm_text, write_residuals
     from .report import Symbols, dumps_json
 
-    a = analyse_hglm(spec, archive, level1)
+    from .data_checks import fit_or_refuse
+
+    a = fit_or_refuse(lambda: analyse_hglm(spec, archive, level1), archive, spec.outcome)
     a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
     a.notes = boundary_notes(a)
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
@@ -951,6 +1054,13 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     from .results import Results
 
     check_output(output)
+    from .flags import check_plot_options
+
+    from .flags import check_archive_options
+
+    saved = len(data) == 1 and str(data[0]).lower().endswith(".json")
+    check_plot_options(_given_options(), kind, saved)
+    check_archive_options(_given_options(), Path(data[0]).name if len(data) == 1 and not saved else None)
     from .cli3 import is_three_level, unsupported_command
     if is_three_level(data, more):
         unsupported_command("plot")

@@ -23,7 +23,9 @@ def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatc
         raise click.UsageError("three data files make a three-level model, which takes --id2 (the level-2 unit id) "
                                "and --id3 (the level-3 unit id), not --id or --id1")
     if not id2 or not id3:
-        raise DataError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
+        from .errors import OptionError
+
+        raise OptionError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
                         "(the level-3 unit id, e.g. SCHOOLID)")
     return BuildOptions3(id2=id2, id3=id3, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
                          keep3=_split_names(l3_vars), missing=missing, drop_unmatched=drop_unmatched)
@@ -151,11 +153,12 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     from .residual_files import write_table
 
     refuse_unsupported([
-        ("--test", bool(tests)), ("--df satterthwaite", df_method != "hlm"), ("--compare-deviance", compare_deviance is not None),
+        ("--test", bool(tests)), (f"--df {df_method}", df_method != "hlm"), ("--compare-deviance", compare_deviance is not None),
         ("--compare-params", compare_params is not None), ("--test-homogeneity", bool(test_homogeneity)),
         ("--full-output", bool(full_output)), ("--ols-units", ols_units is not None),
         ("--tau diagonal", tau_structure == "diagonal"), ("--weight1", bool(weight1)), ("--weight2", bool(weight2)),
         ("--normalize", bool(normalize)), ("--plausible-values", bool(plausible_values)), ("--imputed", bool(imputed)),
+        ("--allow-unequal-imputations", bool(more.get("allow_unequal_imputations"))),
         ("--residuals-l1", bool(residuals_l1)), ("--keep", bool(keep)),
         (f"--format {out_format}", out_format not in ("text", "json")),
         (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
