@@ -190,7 +190,10 @@ def run(root: Path, jobs: int = 1, with_pql: bool = False) -> None:
             print(case["id"], method, rec["exit"], f"{rec['wall']:.1f}s", flush=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    (out / "_timing.json").write_text(json.dumps({"cpu_seconds": cpu, "runs": len(todo), "jobs": jobs}))
+    timing = out / "_timing.json"  # one entry per invocation (a rerun of missing runs adds one)
+    log = json.loads(timing.read_text()) if timing.exists() else []
+    log.append({"cpu_seconds": cpu, "runs": len(todo), "jobs": jobs})
+    timing.write_text(json.dumps(log))
 
 
 # ----------------------------------------------------------------------------- the independent integration
@@ -333,60 +336,74 @@ def _factor(tau):
 
 # ----------------------------------------------------------------------------- compare
 
-def compare(root: Path, out_path: Path) -> dict:
+def compare(root: Path, out_path: Path, jobs: int = 1) -> dict:
+    from concurrent.futures import ProcessPoolExecutor
+
     cases = json.loads((root / "cases.json").read_text())
     rows = []
-    for case in cases:
-        ref_file = root / "ref" / f"{case['id']}.json"
-        ref = json.loads(ref_file.read_text()) if ref_file.exists() else {}
-        for method in methods_for(case, with_pql=True):
-            path = root / "hlmcli" / f"{case['id']}_{method}.json"
-            if not path.exists():
-                continue
-            rec = json.loads(path.read_text())
-            row = {"id": case["id"], "scenario": case["scenario"], "family": case["family"], "q": case["q"],
-                   "event_rate": case["event_rate"], "method": method, "exit": rec["exit"], "wall": rec["wall"],
-                   "internal": rec["exit"] == 70 or "Traceback" in rec["stderr"]}
-            out = rec["json"]
-            if method == "pql":
-                fp = out.get(PQL_FIXED_POINT_KEY) if out else None
-                row["fixed_point"] = None if fp is None else bool(fp.get("checked", fp) if isinstance(fp, dict) else fp)
-                rows.append(row)
-                continue
-            if out is None:
-                row.update(deviance=None, best=None, above_best=False, false_cert=False, false_uncert=False,
-                           error=rec["stderr"][-300:])
-                rows.append(row)
-                continue
-            d = out["deviance"]
-            cert = bool(out["certificate"]["certified"])
-            row.update(deviance=d, certified=cert, rank=out["certificate"]["rank"],
-                       points=out.get("quadrature_points"))
-            if method == "laplace":
-                refs = {k: ref[k]["deviance"] for k in ("glmer_laplace", "tmb") if k in ref and ref[k].get("deviance") is not None}
-                d_hlm = d
-            else:
-                ex = Exact(case, root)
-                b, t = _hlm_point(out)
-                d_hlm = ex.deviance(b, t)
-                refs = {}
-                for k in ("glmer_laplace", "tmb", "glmer_agq"):
-                    if k in ref and ref[k].get("beta") is not None:
-                        refs[k + "@exact"] = ex.deviance(*_ref_point(ref[k]))
-                refs["independent_min"] = _local_min(ex, b, t)
-                row["deviance_exact"] = d_hlm
-                if "glmer_agq" in ref and ref["glmer_agq"].get("deviance") is not None \
-                        and ref["glmer_agq"].get("nAGQ") == out.get("quadrature_points"):
-                    row["glmer_same_K"] = ref["glmer_agq"]["deviance"]
-                    row["above_glmer_same_K"] = d - ref["glmer_agq"]["deviance"] > REL_TOL * abs(d)
-            refs = {k: v for k, v in refs.items() if v is not None and np.isfinite(v)}
-            best = min(refs.values()) if refs else None
-            above = best is not None and d_hlm - best > REL_TOL * abs(best)
-            row.update(refs=refs, best=best, excess=None if best is None else (d_hlm - best) / abs(best),
-                       above_best=bool(above or row.get("above_glmer_same_K", False)),
-                       false_cert=bool(cert and (above or row.get("above_glmer_same_K", False))),
-                       false_uncert=bool(not cert and best is not None and not above))
+    with ProcessPoolExecutor(jobs) as pool:
+        for part in pool.map(_compare_case, cases, [root] * len(cases)):
+            rows.extend(part)
+    return _summarise(cases, rows, root, out_path)
+
+
+def _compare_case(case, root: Path) -> list[dict]:
+    rows = []
+    ref_file = root / "ref" / f"{case['id']}.json"
+    ref = json.loads(ref_file.read_text()) if ref_file.exists() else {}
+    for method in methods_for(case, with_pql=True):
+        path = root / "hlmcli" / f"{case['id']}_{method}.json"
+        if not path.exists():
+            continue
+        rec = json.loads(path.read_text())
+        row = {"id": case["id"], "scenario": case["scenario"], "family": case["family"], "q": case["q"],
+               "event_rate": case["event_rate"], "method": method, "exit": rec["exit"], "wall": rec["wall"],
+               "internal": rec["exit"] == 70 or "Traceback" in rec["stderr"]}
+        out = rec["json"]
+        if method == "pql":
+            fp = out.get(PQL_FIXED_POINT_KEY) if out else None
+            row["fixed_point"] = None if fp is None else bool(fp.get("checked", fp) if isinstance(fp, dict) else fp)
             rows.append(row)
+            continue
+        if out is None:
+            row.update(deviance=None, best=None, above_best=False, false_cert=False, false_uncert=False,
+                       error=rec["stderr"][-300:])
+            rows.append(row)
+            continue
+        d = out["deviance"]
+        cert = bool(out["certificate"]["certified"])
+        row.update(deviance=d, certified=cert, rank=out["certificate"]["rank"],
+                   points=out.get("quadrature_points"))
+        if method == "laplace":
+            refs = {k: ref[k]["deviance"] for k in ("glmer_laplace", "tmb") if k in ref and ref[k].get("deviance") is not None}
+            d_hlm = d
+        else:
+            ex = Exact(case, root)
+            b, t = _hlm_point(out)
+            d_hlm = ex.deviance(b, t)
+            refs = {}
+            for k in ("glmer_laplace", "tmb", "glmer_agq"):
+                if k in ref and ref[k].get("beta") is not None:
+                    refs[k + "@exact"] = ex.deviance(*_ref_point(ref[k]))
+            if case["q"] == 1:  # (for q = 2 the dense rule is evaluated at the points only: time)
+                refs["independent_min"] = _local_min(ex, b, t)
+            row["deviance_exact"] = d_hlm
+            if "glmer_agq" in ref and ref["glmer_agq"].get("deviance") is not None \
+                    and ref["glmer_agq"].get("nAGQ") == out.get("quadrature_points"):
+                row["glmer_same_K"] = ref["glmer_agq"]["deviance"]
+                row["above_glmer_same_K"] = d - ref["glmer_agq"]["deviance"] > REL_TOL * abs(d)
+        refs = {k: v for k, v in refs.items() if v is not None and np.isfinite(v)}
+        best = min(refs.values()) if refs else None
+        above = best is not None and d_hlm - best > REL_TOL * abs(best)
+        row.update(refs=refs, best=best, excess=None if best is None else (d_hlm - best) / abs(best),
+                   above_best=bool(above or row.get("above_glmer_same_K", False)),
+                   false_cert=bool(cert and (above or row.get("above_glmer_same_K", False))),
+                   false_uncert=bool(not cert and best is not None and not above))
+        rows.append(row)
+    return rows
+
+
+def _summarise(cases, rows, root: Path, out_path: Path) -> dict:
     ml = [r for r in rows if r["method"] != "pql"]
     pql = [r for r in rows if r["method"] == "pql"]
     fp = [r for r in pql if r.get("fixed_point") is not None]
@@ -405,7 +422,7 @@ def compare(root: Path, out_path: Path) -> dict:
         "pql_runs": len(pql) or "not run (stress_hglm.py run --with-pql)", "pql_exit": {str(c): sum(r["exit"] == c for r in pql) for c in sorted({r["exit"] for r in pql})},
         "pql_not_fixed_point": (sum(not r["fixed_point"] for r in fp) if fp else "not available: no fixed-point check "
                                 "in hlmcli's PQL JSON"),
-        "hlmcli_cpu_seconds": json.loads((root / "hlmcli" / "_timing.json").read_text())["cpu_seconds"]
+        "hlmcli_cpu": json.loads((root / "hlmcli" / "_timing.json").read_text())
         if (root / "hlmcli" / "_timing.json").exists() else None,
         "hlmcli_wall_seconds_summed": sum(r["wall"] for r in rows),
     }
@@ -427,7 +444,7 @@ def main(argv=None) -> int:
     elif a.step == "run":
         run(a.dir, a.jobs, a.with_pql)
     else:
-        s = compare(a.dir, a.out)["summary"]
+        s = compare(a.dir, a.out, a.jobs)["summary"]
         print(json.dumps(s, indent=1))
     return 0
 
