@@ -137,9 +137,9 @@ def test_a_false_boundary_is_not_certified():
 
     cond = Conditional(data, 1)
     cond.b = best.b.copy()
-    gamma, lam_b, dev, cert, _, escape = _boundary_point(data, cond, best.gamma, lam, np.inf,
-                                                          _theta_index(2, False), False, 1e-6,
-                                                          best.hessian[-2:, -2:])
+    gamma, lam_b, dev, cert, _, _, escape = _boundary_point(data, cond, best.gamma, lam, np.inf,
+                                                             _theta_index(2, False), False, 1e-6,
+                                                             best.hessian[-2:, -2:])
     assert dev > best.deviance + 1.0  # the point is not the optimum ...
     assert not cert.certified  # ... and the certificate says so, with somewhere lower to go
     assert escape is not None
