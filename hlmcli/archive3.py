@@ -432,13 +432,14 @@ def load_archive3(path) -> Archive3:
 def cached_archive3(paths, options: BuildOptions3, fmt=None, delimiter=None, cache_dir=None,
                     warn=lambda m: None) -> tuple[Archive3, str]:
     """`hlmcli fit L1 L2 L3`: load the cached archive for these sources and options, else build it."""
-    from .cache import _source_mode, cache_dir_for, secure_cache_dir
-    from .files import check_regular, remove_stale_temporaries
+    from .cache import (_source_mode, cache_dir_for, remove_stale_cache_temporaries, reused_archive, secure_cache_dir,
+                        store_archive)
+    from .files import check_regular
 
     for p in paths:
         check_regular(p, "data file")
     folder = secure_cache_dir(cache_dir_for(cache_dir))
-    remove_stale_temporaries(folder)
+    remove_stale_cache_temporaries(folder)
     hashes = tuple(sha256_file(p) for p in paths)
     material = {"format_version": FORMAT_VERSION, "levels": LEVELS, "sources": list(hashes),
                 "options": options.as_dict(), "format": fmt, "delimiter": delimiter}
@@ -450,10 +451,7 @@ def cached_archive3(paths, options: BuildOptions3, fmt=None, delimiter=None, cac
             check_regular(target, "cached archive")
             archive = load_archive3(target)
             if tuple(s.sha256 for s in archive.sources) == hashes:
-                try:
-                    os.utime(target)
-                except OSError:
-                    pass
+                reused_archive(folder, target)
                 return archive, "reused"
             status = "rebuilt (the cached archive was built from other data)"
             warn(f"{target}: cached archive does not match the input files; rebuilding it")
@@ -468,7 +466,7 @@ def cached_archive3(paths, options: BuildOptions3, fmt=None, delimiter=None, cac
     archive = build_from_files3(paths, options, fmt, delimiter, warn=warn)
     if tuple(s.sha256 for s in archive.sources) != hashes:
         raise DataError(f"{paths[0]}: the data changed while it was being read; run the command again")
-    write_archive3(archive, target, mode=_source_mode(*paths))
+    store_archive(folder, target, lambda: write_archive3(archive, target, mode=_source_mode(*paths)))
     archive.path = target
     return archive, status
 
