@@ -5,7 +5,11 @@ Three-level data written in the K-level form must give the three-level fit exact
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from hlmcli.nested import (Coefficient as C, LevelsData, _factor, as_levels, deviance_levels, fit_nested,
@@ -201,3 +205,69 @@ def test_three_level_data_in_the_k_level_form_fit_the_same():
     np.testing.assert_array_equal(a.gamma, b.gamma)
     np.testing.assert_array_equal(a.tau_beta, b.taus[1])
     assert a.chi2_pi == b.chi2[0] and a.chi2_beta == b.chi2[1]
+
+
+# ---------------------------------------------------------------- four levels against lme4 and nlme
+
+DATA4 = Path(__file__).parent / "data" / "four_level"
+
+
+def _read4(name, ids, l1_cols, l2_cols, l3_cols, l4_cols):
+    """The four files of a four-level data set as LevelsData arrays, records sorted by unit."""
+    l1, l2, l3, l4 = (pd.read_csv(DATA4 / f"{name}_l{k}.csv") for k in (1, 2, 3, 4))
+    id2, id3, id4 = ids
+    l3 = l3.merge(l4[[id4]].reset_index().rename(columns={"index": "k4"}), on=id4).sort_values(["k4", id3])
+    l3["k3"] = np.arange(len(l3))
+    l2 = l2.merge(l3[[id3, "k3"]], on=id3).sort_values(["k3", id2])
+    l2["k2"] = np.arange(len(l2))
+    l1 = l1.merge(l2[[id2, "k2"]], on=id2, sort=False)
+    l1 = l1.iloc[np.argsort(l1["k2"].to_numpy(), kind="stable")]
+    l4 = l4.iloc[np.sort(l3["k4"].unique())]
+    preds = (l1[l1_cols].to_numpy(float), l2[l2_cols].to_numpy(float), l3[l3_cols].to_numpy(float),
+             l4[l4_cols].to_numpy(float))
+    parents = (l1["k2"].to_numpy(), l2["k3"].to_numpy(), l3["k4"].to_numpy())
+    return l1, preds, parents
+
+
+def schools():
+    l1, preds, parents = _read4("schools", ("STUDENTID", "CLASSID", "SCHOOLID"), ["TIME"], ["SES"], ["CSIZE"],
+                                ["SECTOR"])
+    # SCORE = p0 + p1*TIME; p0 = b00 + b01*SES + r0; p1 = b10 + r1; b00 = g000 + g001*CSIZE + u00;
+    # g000 = d0000 + d0001*SECTOR + v000; the rest fixed
+    layout = (C(None, (C(None, (C(None, (C(None), C(0)), True), C(0, (C(None),))), True),
+                       C(0, (C(None, (C(None),)),))), True),
+              C(0, (C(None, (C(None, (C(None),)),)),), True))
+    return LevelsData(l1["SCORE"].to_numpy(float), preds, parents, layout), ["d0000", "d0001", "d0010", "d0100",
+                                                                            "d1000"]
+
+
+def hospitals():
+    l1, preds, parents = _read4("hospitals", ("PATIENTID", "WARDID", "HOSPID"), ["DOSE"], ["AGE"], ["STAFF"],
+                                ["TEACHING"])
+    # Y = p0 + p1*DOSE; p0 = b00 + b01*AGE + r0; p1 = b10; b00 = g000 + g001*STAFF + u00; b01 = g010;
+    # b10 = g100 + u10; g000 = d0000 + d0001*TEACHING + v000; g100 = d1000 + d1001*TEACHING + v100
+    layout = (C(None, (C(None, (C(None, (C(None), C(0)), True), C(0, (C(None),))), True),
+                       C(0, (C(None, (C(None),)),))), True),
+              C(0, (C(None, (C(None, (C(None), C(0)), True),), True),)))
+    return LevelsData(l1["Y"].to_numpy(float), preds, parents, layout), ["d0000", "d0001", "d0010", "d0100",
+                                                                        "d1000", "d1001"]
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+@pytest.mark.parametrize("name", ["schools", "hospitals"])
+def test_four_levels_match_lmer(name, method):
+    data, labels = {"schools": schools, "hospitals": hospitals}[name]()
+    ref = json.loads((DATA4 / f"{name}.json").read_text())[method]
+    fit = fit_nested(data, reml=method == "reml")
+    assert fit.converged, fit.message
+    # lme4's polished optimum, and nlme's as a second tool
+    assert fit.deviance == pytest.approx(ref["deviance"], rel=1e-8)
+    assert fit.deviance == pytest.approx(ref["nlme"]["minus2loglik"], rel=1e-8)
+    assert fit.deviance <= ref["deviance"] + 1e-9 * abs(ref["deviance"])
+    est = np.array([ref["fixed"][k]["est"] for k in labels])
+    se = np.array([ref["fixed"][k]["se"] for k in labels])
+    np.testing.assert_allclose(fit.gamma, est, rtol=1e-6)
+    np.testing.assert_allclose(np.sqrt(np.diag(fit.cov_gamma)), se, rtol=1e-5)
+    assert fit.sigma2 == pytest.approx(ref["sigma2"], rel=1e-6)
+    for tau, key in zip(fit.taus, ("tau_pi", "tau_beta", "tau_gamma")):
+        np.testing.assert_allclose(tau, np.array(ref[key]), rtol=1e-5, atol=1e-6 * np.abs(ref[key]).max())
