@@ -137,6 +137,8 @@ _build_options = [
     click.option("--l1-vars", help="Level-1 variables to keep, comma-separated (default: all)."),
     click.option("--l2-vars", help="Level-2 variables to keep, comma-separated (default: all)."),
     click.option("--l3-vars", help="Three files: level-3 variables to keep, comma-separated (default: all)."),
+    click.option("--id4", help="Four files: the level-4 unit id column (in the level-4 and level-3 files)."),
+    click.option("--l4-vars", help="Four files: level-4 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="Drop level-1 records with missing values now (at build) or per model at analysis."),
     click.option("--drop-unmatched", is_flag=True, help="Drop level-1 records whose unit has no level-2 record."),
@@ -167,6 +169,7 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.argument("level1_file", required=False, type=click.Path())
 @click.argument("level2_file", required=False, type=click.Path())
 @click.argument("level3_file", required=False, type=click.Path())
+@click.argument("level4_file", required=False, type=click.Path())
 @build_options
 @click.option("--template", type=click.Path(), help="Build from an HLM 7 MDM template (.mdmt).")
 @click.option("-o", "--output", type=click.Path(), help="Archive to write (.mdm).")
@@ -176,14 +179,33 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.option("--engine", type=click.Choice(["memory", "stream"]), default="memory", show_default=True,
               help="stream: one chunked pass (pyarrow) writing per-unit statistics, in bounded memory.")
 @user_errors
-def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing,
-              drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside, engine="memory"):
-    """Merge a level-1 and a level-2 file (and a level-3 file: HLM3) into an archive."""
+def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2, id3, id4, l1_vars, l2_vars, l3_vars,
+              l4_vars, missing, drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside,
+              engine="memory"):
+    """Merge a level-1 and a level-2 file (a level-3 file: HLM3; and a level-4 file: HLM4) into an archive."""
     from .archive import BuildOptions, build_from_files, write_archive
     from .errors import DataError
     from .files import refuse_overwriting_inputs
 
     three = None  # three-level build (cli3.py): the files and their options
+    if level4_file or id4 or l4_vars:
+        from .cli_levels import build_levels, build_options_levels
+
+        if not (level1_file and level2_file and level3_file and level4_file) or template or id_ or id1:
+            raise click.UsageError("a four-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE LEVEL4_FILE with "
+                                   "--id2, --id3 and --id4")
+        if output is None:
+            raise click.UsageError("give -o/--output, the archive to write")
+        if engine != "memory":
+            raise click.UsageError("--engine stream builds two-level archives only; four-level archives are built in memory")
+        options = build_options_levels((id2, id3, id4), (l1_vars, l2_vars, l3_vars, l4_vars), missing, drop_unmatched, 4)
+        progress = _Progress(quiet, 6)
+        try:
+            build_levels((level1_file, level2_file, level3_file, level4_file), options, file_format, delimiter, output,
+                         quiet, _stderr, progress)
+        finally:
+            progress.close()
+        return
     if template:
         if level1_file or level2_file:
             raise DataError(f"{template}: give either a template or two data files, not both")
@@ -279,6 +301,12 @@ def mdm_info(archive_file, unit, out_format):
         click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
         return
     from .archive3 import archive_levels
+    if Path(archive_file).is_file() and archive_levels(archive_file) >= 4:
+        from .cli_levels import info_levels
+
+        if unit is not None:
+            raise DataError(f"{archive_file}: --unit is not available for four-level archives yet; drop it")
+        return info_levels(archive_file, out_format, _stderr)
     if Path(archive_file).is_file() and archive_levels(archive_file) == 3:
         from .archive3 import archive3_info, archive3_info_text, load_archive3
 
@@ -344,6 +372,8 @@ _model_options = [
                  "(three levels: 'p0 = b00 + b01*FEMALE + r0'). Repeat."),
     click.option("-3", "--level3", "level3", multiple=True,
                  help="Three levels: a level-3 equation, e.g. 'b00 = g000 + g001*LOWINC + u00'. Repeat."),
+    click.option("-4", "--level4", "level4", multiple=True,
+                 help="Four levels: a level-4 equation, e.g. 'g000 = d0000 + d0001*URBAN + v000'. Repeat."),
     click.option("--model", "model_file", type=click.Path(), help="Model file: equations, or an HLM 7 .hlm command file."),
     click.option("--ml", is_flag=True, default=None, help="Full maximum likelihood (default: REML)."),
     click.option("--ascii", "ascii_only", is_flag=True, help="B/G/U instead of Greek letters."),
@@ -352,6 +382,8 @@ _model_options = [
     click.option("--id2", help="Unit id column of the level-2 file; with three files, the level-2 unit id."),
     click.option("--id3", help="When DATA is three files: the level-3 unit id."),
     click.option("--l3-vars", help="When DATA is three files: level-3 variables to keep, comma-separated (default: all)."),
+    click.option("--id4", help="When DATA is four files: the level-4 unit id."),
+    click.option("--l4-vars", help="When DATA is four files: level-4 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
@@ -466,6 +498,13 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     """Print the model as HLM 7 writes it, and its lme4 formula, without fitting."""
     from .report import Symbols, lme4_formula, model_summary
 
+    from .cli_levels import is_many_levels
+    if is_many_levels(data, more):
+        from .cli_levels import model_levels
+
+        return model_levels(data, level1, level2, model_file, ascii_only,
+                            {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, more,
+                            _stderr, _use_ascii)
     from .cli3 import is_three_level
     if is_three_level(data, more):
         from .cli3 import model3
@@ -514,6 +553,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l4", type=click.Path(), help="Four levels: write the level-4 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
 @click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
@@ -539,6 +579,14 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
+    from .cli_levels import is_many_levels
+    if is_many_levels(data, more):
+        from .cli_levels import fit_levels, refusals
+
+        return fit_levels(data, level1, level2, model_file, ascii_only,
+                          {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, out_format,
+                          output, json_out, title, timestamp, strict, max_iterations, quiet, refusals(locals()),
+                          {**more, "ml": ml, "residuals_l2": residuals_l2}, _stderr, _use_ascii)
     from .cli3 import is_three_level
     if is_three_level(data, more):
         from .cli3 import fit3
@@ -870,7 +918,8 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
 
     check_output(output)
     from .cli3 import is_three_level, unsupported_command
-    if is_three_level(data, more):
+    from .cli_levels import is_many_levels
+    if is_many_levels(data, more) or is_three_level(data, more):
         unsupported_command("plot")
     refuse_overwriting_inputs(output, list(data) + [model_file])
     if len(data) == 1 and str(data[0]).lower().endswith(".json"):

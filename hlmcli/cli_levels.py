@@ -1,0 +1,238 @@
+"""The commands for models of four levels (HLM 7's HLM4) behind cli.py: `mdm build L1 L2 L3 L4`, `mdm info`,
+`model` and `fit` on four files or a four-level archive. cli.py decides which path a command takes and
+calls in here; the archive, language, design, engine and report are the K-level ones."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import DataError, HlmError, ModelError
+
+
+class _Usage(HlmError):
+    exit_code = 2
+
+
+def archive_n_levels(path) -> int:
+    from .archive3 import archive_levels
+
+    return archive_levels(path)
+
+
+def is_many_levels(data, more: dict) -> bool:
+    """Four data files, or one archive whose header says four or more levels; -4 or --id4 alone do not decide."""
+    if len(data) >= 4:
+        return True
+    if len(data) == 1 and str(data[0]) != "-" and Path(data[0]).is_file():
+        return archive_n_levels(data[0]) >= 4
+    if more.get("level4") or more.get("id4") or more.get("residuals_l4"):
+        raise _Usage("a four-level model needs four data files (level 1, 2, 3 and 4) or a four-level archive")
+    return False
+
+
+def build_options_levels(ids, keeps, missing, drop_unmatched, n_files: int):
+    from .archive_levels import BuildOptionsLevels
+    from .cli import _split_names
+
+    if len(ids) != n_files - 1 or not all(ids):
+        need = " ".join(f"--id{k} NAME" for k in range(2, n_files + 1))
+        raise DataError(f"a {n_files}-level build needs {need} (the unit id of each level above the first)")
+    return BuildOptionsLevels(tuple(ids), tuple(_split_names(k) for k in keeps), missing, drop_unmatched)
+
+
+def build_levels(files, options, file_format, delimiter, output, quiet, stderr, progress):
+    """`hlmcli mdm build L1 L2 L3 L4 --id2 A --id3 B --id4 C`."""
+    from .archive_levels import build_from_files_levels, write_archive_levels
+    from .files import check_regular, refuse_overwriting_inputs
+
+    for source in files:
+        if str(source) != "-":
+            check_regular(source, "data file")
+    refuse_overwriting_inputs(output, list(files))
+    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
+    archive = build_from_files_levels(list(files), options, file_format, delimiter, warn=warn, progress=progress)
+    write_archive_levels(archive, output)
+    if not quiet:
+        counts = " in ".join([f"{archive.n(1)} level-1 records"] + [f"{archive.n(k)} level-{k} units"
+                                                                    for k in range(2, archive.n_levels + 1)])
+        stderr(f"hlmcli: wrote {output}: {counts}")
+
+
+def info_levels(archive_file, out_format, stderr):
+    from .archive import changed_sources
+    from .archive_levels import archive_levels_info, archive_levels_info_text, load_archive_levels
+    from .report import dumps_json
+
+    a = load_archive_levels(archive_file, archive_n_levels(archive_file))
+    for path in changed_sources(a):
+        stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
+    info = archive_levels_info(a)
+    click.echo(dumps_json(info) if out_format == "json" else archive_levels_info_text(info), nl=False)
+
+
+def _ids_and_keeps(build_opts: dict, K: int):
+    ids = [build_opts.get(f"id{k}") for k in range(2, K + 1)]
+    keeps = [build_opts.get(f"l{k}_vars") for k in range(1, K + 1)]
+    return ids, keeps
+
+
+def load_levels(data, build_opts: dict, cache_dir, warn):
+    from .archive import changed_sources
+    from .archive_levels import cached_archive_levels, load_archive_levels
+    from .readers import normalise_delimiter
+
+    if len(data) == 1:
+        archive = load_archive_levels(data[0], archive_n_levels(data[0]))
+        for changed in changed_sources(archive):
+            warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
+        return archive, Path(data[0]).name
+    if "-" in data:
+        raise click.UsageError("standard input ('-') cannot be one of the data files; give their paths")
+    K = len(data)
+    if build_opts.get("id_") or build_opts.get("id1"):
+        raise click.UsageError(f"{K} data files make a {K}-level model, which takes --id2 ... --id{K}, not --id or --id1")
+    ids, keeps = _ids_and_keeps(build_opts, K)
+    options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
+                                   build_opts.get("drop_unmatched", False), K)
+    archive, _ = cached_archive_levels(list(data), options, fmt=build_opts.get("file_format"),
+                                       delimiter=normalise_delimiter(build_opts.get("delimiter")),
+                                       cache_dir=cache_dir, warn=warn)
+    return archive, ", ".join(Path(p).name for p in data)
+
+
+def spec_levels(archive, equations, model_file, reml, title=None, max_iterations=None, residuals=()):
+    from .design_levels import variables_of
+    from .equations3 import is_command_file
+    from .equations import _read_text
+    from .equations_levels import RunOptionsLevels, build_levels_spec, classify_levels
+
+    K = archive.n_levels
+    equations = [list(e) for e in equations]
+    if model_file:
+        text = _read_text(Path(model_file))
+        if is_command_file(model_file, text):
+            raise ModelError(f"{model_file}: HLM 7 command files (.hlm) are read for two and three levels; give a "
+                             f"{K}-level model as equations (-1 ... -{K}, or a model file of equations)")
+        if equations[0]:
+            raise ModelError(f"{model_file}: give the model either with --model or with -1 ... -{K}, not both")
+        found = classify_levels(text.splitlines(), K)
+        equations = [f + e for f, e in zip(found, equations)]
+    options = RunOptionsLevels(method="REML" if reml else "ML", max_iterations=max_iterations or 1000, title=title,
+                               residuals=tuple(residuals) + (None,) * (K - 1 - len(residuals)))
+    return build_levels_spec(equations, variables_of(archive), options)
+
+
+def _equations(level1, level2, more, K):
+    given = [[level1] if level1 else [], list(level2), list(more.get("level3") or ()), list(more.get("level4") or ())]
+    if K > 4:
+        raise ModelError(f"the archive has {K} levels; hlmcli reads equations for up to four levels (-1 ... -4)")
+    return given[:K]
+
+
+def refuse_unsupported(pairs) -> None:
+    given = [name for name, on in pairs if on]
+    if given:
+        raise _Usage(f"{', '.join(given)}: not available for four-level models yet; drop "
+                     f"{'it' if len(given) == 1 else 'them'} (four-level fits give HLM4's tables, JSON and EB residual "
+                     "files)")
+
+
+def _hglm_given() -> list[str]:
+    given = click.get_current_context().meta.get("hglm", {})
+    return [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and not (k == "family" and v == "normal")]
+
+
+def model_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, more, stderr, use_ascii):
+    from .report import printable
+    from .report_levels import SymbolsLevels, lme4_formula, model_summary
+
+    refuse_unsupported([(x, True) for x in _hglm_given()])
+    archive, _ = load_levels(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
+    spec = spec_levels(archive, _equations(level1, level2, more, archive.n_levels), model_file, more.get("reml"))
+    lines = model_summary(spec, SymbolsLevels(use_ascii(ascii_only)))
+    method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
+    lines += ["", f"Method of estimation: {method}", "", "The same model in R (lme4)",
+              f" {lme4_formula(spec, archive.id_names)}"]
+    click.echo("\n".join(printable(line) for line in lines))
+
+
+def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, out_format, output, json_out,
+               title, timestamp, strict, max_iterations, quiet, refused, more, stderr, use_ascii):
+    """`hlmcli fit` for a model of four levels: HLM4's text, or the JSON document of schema 4."""
+    from datetime import datetime, timezone
+
+    from .design_levels import design_levels
+    from .errors import EXIT_NOT_CONVERGED
+    from .files import atomic_write_text, refuse_overwriting_inputs
+    from .nested import fit_nested
+    from .report_levels import SymbolsLevels, fit_json_text, fit_text, level_residuals
+    from .residual_files import write_table
+
+    refuse_unsupported(list(refused) + [(f"--format {out_format}", out_format not in ("text", "json"))]
+                       + [(x, True) for x in _hglm_given()])
+    if more.get("ml") and more.get("reml"):
+        raise click.UsageError("give --ml or --reml, not both")
+    sources = list(data) + [model_file]
+    residuals = [more.get(f"residuals_l{k}") for k in (2, 3, 4)]
+    for path in [output, json_out] + residuals:
+        if path:
+            refuse_overwriting_inputs(path, sources)
+    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
+    archive, source_text = load_levels(data, build_opts, cache_dir, warn)
+    K = archive.n_levels
+    spec = spec_levels(archive, _equations(level1, level2, more, K), model_file, more.get("reml"), title=title,
+                       max_iterations=max_iterations, residuals=residuals[:K - 1])
+    design = design_levels(spec, archive)
+    fit = fit_nested(design.data, reml=spec.method == "REML", max_iterations=spec.options.max_iterations)
+    failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(fit.certificate.failed or [fit.message])]
+    if strict and fit.boundary:
+        failures += list(fit.boundary)
+    status = EXIT_NOT_CONVERGED if failures else 0
+    write_files = status == 0 or more.get("keep_failed_output")
+    meta = {"data_source": source_text, "title": spec.options.title, "ids": list(archive.id_names),
+            "model_given": {"level1": level1, "level2": list(level2), "level3": list(more.get("level3") or ()),
+                            "level4": list(more.get("level4") or ()),
+                            "model_file": Path(model_file).name if model_file else None}}
+    if timestamp:
+        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if write_files:
+        for level, path in enumerate(spec.options.residuals, start=2):
+            if path:
+                write_table(level_residuals(design, fit, archive, level), path)
+    text = fit_json_text(design, fit, meta) if out_format == "json" else \
+        fit_text(design, fit, meta, SymbolsLevels(use_ascii(ascii_only) if not output else ascii_only))
+    if json_out and write_files:
+        atomic_write_text(json_out, fit_json_text(design, fit, meta))
+    if output and write_files:
+        atomic_write_text(output, text)
+    elif not output:
+        click.echo(text, nl=False)
+    if not quiet:
+        for message in failures + ([] if strict else list(fit.boundary or [])):
+            stderr(f"hlmcli: warning: {message}")
+        if output and not write_files:
+            stderr(f"hlmcli: {output} not written because the fit is not certified; "
+                   "pass --keep-failed-output to write it anyway")
+    if status:
+        sys.exit(status)
+
+
+def refusals(params: dict) -> list:
+    """The `fit` options with no four-level meaning yet, as (option, given) pairs."""
+    more = params.get("more", {})
+    return [
+        ("--test", bool(params.get("tests"))), ("--df satterthwaite", params.get("df_method", "hlm") != "hlm"),
+        ("--compare-deviance", params.get("compare_deviance") is not None),
+        ("--compare-params", params.get("compare_params") is not None),
+        ("--test-homogeneity", bool(params.get("test_homogeneity"))), ("--full-output", bool(params.get("full_output"))),
+        ("--ols-units", params.get("ols_units") is not None), ("--tau diagonal", params.get("tau_structure") == "diagonal"),
+        ("--weight1", bool(params.get("weight1"))), ("--weight2", bool(params.get("weight2"))),
+        ("--normalize", bool(params.get("normalize"))), ("--plausible-values", bool(params.get("plausible_values"))),
+        ("--imputed", bool(params.get("imputed"))), ("--residuals-l1", bool(params.get("residuals_l1"))),
+        ("--keep", bool(params.get("keep"))),
+        (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
+        ("--scheduler", bool(more.get("scheduler"))),
+    ]
