@@ -213,7 +213,7 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
 
         tpl = parse_template(template)
         if tpl.level3_file is not None:
-            from .archive3 import BuildOptions3
+            from .archive_levels import BuildOptions3
 
             three = ((tpl.level1_file, tpl.level2_file, tpl.level3_file),
                      BuildOptions3(id2=tpl.id2, id3=tpl.id3, keep1=tpl.level1_vars or None, keep2=tpl.level2_vars or None,
@@ -300,7 +300,7 @@ def mdm_info(archive_file, unit, out_format):
         info = stats_archive_info(archive_file)
         click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
         return
-    from .archive3 import archive_levels
+    from .archive_levels import archive_levels
     if Path(archive_file).is_file() and archive_levels(archive_file) >= 4:
         from .cli_levels import info_levels
 
@@ -308,7 +308,7 @@ def mdm_info(archive_file, unit, out_format):
             raise DataError(f"{archive_file}: --unit is not available for four-level archives yet; drop it")
         return info_levels(archive_file, out_format, _stderr)
     if Path(archive_file).is_file() and archive_levels(archive_file) == 3:
-        from .archive3 import archive3_info, archive3_info_text, load_archive3
+        from .archive_levels import archive3_info, archive3_info_text, load_archive3
 
         a3 = load_archive3(archive_file)
         if unit is not None and unit not in a3.unit2_ids and unit not in a3.unit3_ids:

@@ -16,7 +16,7 @@ class _Usage(HlmError):
 
 
 def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched):
-    from .archive3 import BuildOptions3
+    from .archive_levels import BuildOptions3
     from .cli import _split_names
 
     if id_ or id1:
@@ -34,7 +34,7 @@ def is_three_level(data, more: dict) -> bool:
     if len(data) == 3:
         return True
     if len(data) == 1 and str(data[0]) != "-" and Path(data[0]).is_file():
-        from .archive3 import archive_levels
+        from .archive_levels import archive_levels
 
         return archive_levels(data[0]) == 3
     if len(data) == 2 and (more.get("level3") or more.get("id3")):
@@ -44,7 +44,7 @@ def is_three_level(data, more: dict) -> bool:
 
 def build3(files, template, options, file_format, delimiter, output, quiet, force, allow_outside, stderr, progress):
     """`hlmcli mdm build L1 L2 L3 --id2 ... --id3 ...` or an HLM3 template."""
-    from .archive3 import build_from_files3, write_archive3
+    from .archive_levels import build_from_files3, write_archive3
     from .files import check_regular, refuse_overwriting_inputs
 
     for source in files:
@@ -60,7 +60,7 @@ def build3(files, template, options, file_format, delimiter, output, quiet, forc
 
 
 def load3(data, build_opts: dict, cache_dir, warn):
-    from .archive3 import cached_archive3, load_archive3
+    from .archive_levels import cached_archive3, load_archive3
     from .readers import normalise_delimiter
 
     if len(data) == 1:

@@ -17,7 +17,7 @@ class _Usage(HlmError):
 
 
 def archive_n_levels(path) -> int:
-    from .archive3 import archive_levels
+    from .archive_levels import archive_levels
 
     return archive_levels(path)
 

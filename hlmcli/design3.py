@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .archive3 import Archive3
+from .archive_levels import ArchiveLevels as Archive3
 from .equations3 import Centering, ModelSpec3, Term3, Variables3
 from .errors import ModelError
 from .nested import Beta, NestedData, NestedLayout, Pi

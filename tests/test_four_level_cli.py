@@ -125,3 +125,38 @@ def test_four_level_bad_input_is_one_line_with_its_exit_code(schools_archive, tm
     proc = hlmcli("fit", schools_archive, "-1", "SCORE = p0 + e", "-2", "p0 = b00 + r0", "-3", "b00 = g000",
                   "-4", "g000 = d0000")
     assert proc.returncode == 1 and "nothing is random at level 3" in proc.stderr
+
+
+def test_three_level_archives_are_the_k_level_format_at_three_levels():
+    """The one K-level writer gives three-level archives the bytes they had before it (sha256 pinned from
+    the three-level writer it replaced, sources' paths and times fixed), and the K-level loader reads them."""
+    import hashlib
+
+    from hlmcli.archive import Source
+    from hlmcli.archive_levels import BuildOptions3, archive3_bytes, build_from_files3
+
+    from conftest import SAMPLE
+
+    cases = [([SAMPLE / "eg" / f"eg_l{k}.csv" for k in (1, 2, 3)], ("CHILDID", "SCHOOLID"),
+              "33ca8dbb51eee873c56002029048baa13427f2958677a1b6345fd49b2aa4971f"),
+             ([DATA / "three_level" / f"pastes_l{k}.csv" for k in (1, 2, 3)], ("SAMPLE", "BATCH"),
+              "b52e7cb717f71d44746b604eb2eeb3189e9c02c183b7d105300f5dce35d7c893")]
+    for files, ids, sha in cases:
+        a = build_from_files3(files, BuildOptions3(*ids))
+        a.sources = [Source(s.role, s.name, "fixed/" + s.name, s.size, 0, s.sha256, s.format, s.encoding)
+                     for s in a.sources]
+        raw = b"".join(archive3_bytes(a))
+        assert hashlib.sha256(raw).hexdigest() == sha
+
+
+def test_k_level_loader_reads_a_three_level_archive(tmp_path):
+    from hlmcli.archive_levels import BuildOptions3, build_from_files3, load_archive_levels, write_archive3
+
+    from conftest import SAMPLE
+
+    a = build_from_files3([SAMPLE / "eg" / f"eg_l{k}.csv" for k in (1, 2, 3)], BuildOptions3("CHILDID", "SCHOOLID"))
+    write_archive3(a, tmp_path / "eg.mdm")
+    b = load_archive_levels(tmp_path / "eg.mdm", 3)
+    assert b.n_levels == 3 and b.n_level3 == 60 and b.unit3_ids == a.unit3_ids
+    assert all(np.array_equal(x.values, y.values) for x, y in zip(a.levels, b.levels))
+    np.testing.assert_array_equal(b.offsets2, a.offsets2)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hlmcli.archive3 import BuildOptions3, build_from_files3, load_archive3, write_archive3
+from hlmcli.archive_levels import BuildOptions3, build_from_files3, load_archive3, write_archive3
 from hlmcli.design3 import design3, variables3_of
 from hlmcli.equations3 import (Centering, RunOptions3, Variables3, build_spec3, classify, parse_hlm3_file,
                                spec3_from_inputs)
@@ -276,7 +276,7 @@ def test_fuzz_hlm3_command_files(edits):
 
 
 def test_cache_notices_changed_sources(tmp_path):
-    from hlmcli.archive3 import cached_archive3
+    from hlmcli.archive_levels import cached_archive3
 
     pd.DataFrame({"S": [1, 1, 2], "C": [1, 2, 3], "Y": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "l1.csv", index=False)
     pd.DataFrame({"C": [1, 2, 3], "S": [1, 1, 2]}).to_csv(tmp_path / "l2.csv", index=False)
