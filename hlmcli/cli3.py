@@ -84,7 +84,7 @@ def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_ite
           residuals_l2=None, residuals_l3=None, allow_outside=False):
     from dataclasses import replace
 
-    from .design3 import variables3_of
+    from .design_levels import variables3_of
     from .equations3 import RunOptions3, spec3_from_inputs
 
     spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables3_of(archive), RunOptions3(),
@@ -131,7 +131,7 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     """`hlmcli fit` for a three-level model: HLM3's text, or the JSON document of schema 3."""
     from datetime import datetime, timezone
 
-    from .design3 import design3
+    from .design_levels import design3
     from .errors import EXIT_NOT_CONVERGED
     from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
     from .nested import fit_nested

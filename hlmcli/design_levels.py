@@ -1,5 +1,6 @@
-"""The design of a K-level model: a LevelsSpec and an archive of K levels to the engine's LevelsData,
-deletion and centring applied. Three-level centring (design3.py), one level at a time:
+"""The design of a model of K ≥ 3 levels: a LevelsSpec (or a three-level ModelSpec3) and an archive of
+K levels to the engine's LevelsData (NestedData at three levels), deletion and centring applied.
+HLM3's centring, one level at a time:
 
   level ℓ   group(X): X minus the mean of X over the level-ℓ units of its level-(ℓ+1) unit (level 1:
             over the records of its level-2 unit; not at the top level);
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .archive_levels import ArchiveLevels
-from .equations3 import Centering, Term3
-from .equations_levels import LevelsSpec, VariablesLevels
+from .equations3 import Centering, ModelSpec3, Term3, Variables3
+from .equations_levels import Equation, LevelsSpec, VariablesLevels
 from .errors import ModelError
-from .nested import Coefficient, LevelsData
+from .nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
 
 
 def variables_of(archive: ArchiveLevels) -> VariablesLevels:
@@ -138,3 +139,62 @@ def design_levels(spec: LevelsSpec, archive: ArchiveLevels) -> DesignLevels:
     unit_ids = tuple([archive.levels[level - 1].ids[j] for j in positions[level - 2]] for level in range(2, K + 1))
     return DesignLevels(spec, data, unit_ids, positions, n_deleted,
                         tuple(int((~present[level]).sum()) for level in range(2, K + 1)), means)
+
+
+# ---------------------------------------------------------------- three levels (HLM3's names)
+
+def variables3_of(archive: ArchiveLevels) -> Variables3:
+    return Variables3(tuple(archive.level1_names), tuple(archive.level2_names), tuple(archive.level3_names))
+
+
+@dataclass
+class Design3:
+    spec: ModelSpec3
+    data: NestedData
+    unit2_ids: list[str]
+    unit3_ids: list[str]
+    n_deleted: int  # level-1 records dropped for missing values (analysis-time deletion)
+    units2_deleted: int
+    units3_deleted: int
+    level2_positions: np.ndarray  # archive level-2 unit index of each unit kept
+    level3_positions: np.ndarray
+    centering_means: dict[str, float]  # grand means used, "NAME (level L)" -> mean
+
+    @property
+    def n(self) -> int:
+        return int(self.data.y.size)
+
+    @property
+    def n2(self) -> int:
+        return len(self.unit2_ids)
+
+    @property
+    def n3(self) -> int:
+        return len(self.unit3_ids)
+
+
+def spec3_as_levels(spec: ModelSpec3) -> LevelsSpec:
+    """The K-level form of a three-level model (the same equations, γ order and τ orders)."""
+    eqs = []
+    for p, eq in enumerate(spec.pis):
+        if p not in spec.present_pis():
+            eqs.append(None)
+            continue
+        present = set(spec.present_betas(p))
+        kids = tuple(Equation(b.predictors, b.intercept, b.random) if q in present else None
+                     for q, b in enumerate(eq.betas))
+        eqs.append(Equation(eq.predictors, eq.intercept, eq.random, kids))
+    return LevelsSpec(spec.outcome, 3, spec.level1, spec.intercept, tuple(eqs))
+
+
+def design3(spec: ModelSpec3, archive: ArchiveLevels) -> Design3:
+    """design_levels at three levels, in HLM3's names (NestedData, level-2 and level-3 ids)."""
+    d = design_levels(spec3_as_levels(spec), archive)
+    data = d.data
+    pis = tuple(Pi(node.col, tuple(Beta(b.col, tuple(g.col for g in b.terms), b.random) for b in node.terms),
+                   node.random) for node in data.layout)
+    nested = NestedData(y=data.y, A=data.predictors[0], X2=data.predictors[1], W3=data.predictors[2],
+                        unit2=data.parents[0], unit3=data.parents[1], layout=NestedLayout(pis))
+    return Design3(spec=spec, data=nested, unit2_ids=d.unit_ids[0], unit3_ids=d.unit_ids[1], n_deleted=d.n_deleted,
+                   units2_deleted=d.units_deleted[0], units3_deleted=d.units_deleted[1],
+                   level2_positions=d.positions[0], level3_positions=d.positions[1], centering_means=d.centering_means)
