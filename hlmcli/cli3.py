@@ -85,7 +85,7 @@ def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_ite
     from dataclasses import replace
 
     from .design_levels import variables3_of
-    from .equations3 import RunOptions3, spec3_from_inputs
+    from .equations_levels import RunOptions3, spec3_from_inputs
 
     spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables3_of(archive), RunOptions3(),
                              allow_outside)

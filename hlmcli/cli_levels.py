@@ -105,7 +105,7 @@ def load_levels(data, build_opts: dict, cache_dir, warn):
 
 def spec_levels(archive, equations, model_file, reml, title=None, max_iterations=None, residuals=()):
     from .design_levels import variables_of
-    from .equations3 import is_command_file
+    from .equations_levels import is_command_file
     from .equations import _read_text
     from .equations_levels import RunOptionsLevels, build_levels_spec, classify_levels
 

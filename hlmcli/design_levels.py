@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .archive_levels import ArchiveLevels
-from .equations3 import Centering, ModelSpec3, Term3, Variables3
-from .equations_levels import Equation, LevelsSpec, VariablesLevels
+from .equations_levels import Centering, Equation, LevelsSpec, ModelSpec3, Term3, Variables3, VariablesLevels
 from .errors import ModelError
 from .nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
 

@@ -2,7 +2,7 @@
 EB residual files at levels 2 and 3. Pure functions of a Design3 and a NestedFit: no fitting here.
 
 HLM3's layout, from its printed output (HLM3.EXE 7.00 and HLM3S 6.00 runs; see the module docstring of
-equations3.py for the notation): π/β/γ (P/B/G in ASCII), r at level 2, u at level 3, e at level 1;
+equations_levels.py for the notation): π/β/γ (P/B/G in ASCII), r at level 2, u at level 3, e at level 1;
 "Final estimation of level-1 and level-2 variance components" and "Final estimation of level-3
 variance components" tables with χ² over units with sufficient data; fixed effects nested
 "For INTRCPT1, π0 / For INTRCPT2, β00 / INTRCPT3, γ000".
@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from . import __version__
-from .equations3 import Centering, ModelSpec3, Term3
+from .equations_levels import Centering, ModelSpec3, Term3
 from .report import _df_text, _df_value, _table, dumps_json, hlm_e, hlm_name, hlm_p, printable
 
 SCHEMA = 3

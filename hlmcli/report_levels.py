@@ -15,8 +15,7 @@ import math
 import numpy as np
 
 from . import __version__
-from .equations3 import Centering, Term3
-from .equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, LevelsSpec, symbol
+from .equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, Term3, symbol
 from .report import _df_text, _df_value, _table, dumps_json, hlm_e, hlm_name, hlm_p, printable
 
 SCHEMA = 4

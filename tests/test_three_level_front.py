@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from hlmcli.archive_levels import BuildOptions3, build_from_files3, load_archive3, write_archive3
 from hlmcli.design_levels import design3, variables3_of
-from hlmcli.equations3 import (Centering, RunOptions3, Variables3, build_spec3, classify, parse_hlm3_file,
+from hlmcli.equations_levels import (Centering, RunOptions3, Variables3, build_spec3, classify, parse_hlm3_file,
                                spec3_from_inputs)
 from hlmcli.errors import DataError, HlmError, ModelError
 from hlmcli.nested import NestedFit
