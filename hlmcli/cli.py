@@ -187,9 +187,9 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
     from .errors import DataError
     from .files import refuse_overwriting_inputs
 
-    three = None  # three-level build (cli3.py): the files and their options
+    three = None  # three-level build (levels.py): the files and their options
     if level4_file or id4 or l4_vars:
-        from .cli_levels import build_levels, build_options_levels
+        from .levels import build_levels, build_options_levels
 
         if not (level1_file and level2_file and level3_file and level4_file) or template or id_ or id1:
             raise click.UsageError("a four-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE LEVEL4_FILE with "
@@ -234,7 +234,7 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
     elif level3_file or id3 or l3_vars:
         if not (level1_file and level2_file and level3_file):
             raise click.UsageError("a three-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE with --id2 and --id3")
-        from .cli3 import options3
+        from .levels import options3
 
         three = ((level1_file, level2_file, level3_file),
                  options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched))
@@ -247,7 +247,7 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
     if three is not None:
         if engine != "memory":
             raise click.UsageError("--engine stream builds two-level archives only; three-level archives are built in memory")
-        from .cli3 import build3
+        from .levels import build3
 
         progress = _Progress(quiet, 5)
         try:
@@ -302,7 +302,7 @@ def mdm_info(archive_file, unit, out_format):
         return
     from .archive_levels import archive_levels
     if Path(archive_file).is_file() and archive_levels(archive_file) >= 4:
-        from .cli_levels import info_levels
+        from .levels import info_levels
 
         if unit is not None:
             raise DataError(f"{archive_file}: --unit is not available for four-level archives yet; drop it")
@@ -498,16 +498,16 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     """Print the model as HLM 7 writes it, and its lme4 formula, without fitting."""
     from .report import Symbols, lme4_formula, model_summary
 
-    from .cli_levels import is_many_levels
+    from .levels import is_many_levels
     if is_many_levels(data, more):
-        from .cli_levels import model_levels
+        from .levels import model_levels
 
         return model_levels(data, level1, level2, model_file, ascii_only,
                             {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, more,
                             _stderr, _use_ascii)
-    from .cli3 import is_three_level
+    from .levels import is_three_level
     if is_three_level(data, more):
-        from .cli3 import model3
+        from .levels import model3
 
         return model3(data, level1, level2, model_file, ascii_only,
                       _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, {**more, "ml": ml},
@@ -579,17 +579,17 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
-    from .cli_levels import is_many_levels
+    from .levels import is_many_levels
     if is_many_levels(data, more):
-        from .cli_levels import fit_levels, refusals
+        from .levels import fit_levels, refusals
 
         return fit_levels(data, level1, level2, model_file, ascii_only,
                           {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, out_format,
                           output, json_out, title, timestamp, strict, max_iterations, quiet, refusals(locals()),
                           {**more, "ml": ml, "residuals_l2": residuals_l2}, _stderr, _use_ascii)
-    from .cli3 import is_three_level
+    from .levels import is_three_level
     if is_three_level(data, more):
-        from .cli3 import fit3
+        from .levels import fit3
 
         return fit3(data, level1, level2, model_file, ascii_only,
                     _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, out_format, output, json_out,
@@ -917,8 +917,8 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     from .results import Results
 
     check_output(output)
-    from .cli3 import is_three_level, unsupported_command
-    from .cli_levels import is_many_levels
+    from .levels import is_three_level, unsupported_command
+    from .levels import is_many_levels
     if is_many_levels(data, more) or is_three_level(data, more):
         unsupported_command("plot")
     refuse_overwriting_inputs(output, list(data) + [model_file])

@@ -1,4 +1,15 @@
-"""Output of models of K ≥ 4 levels in HLM3's layout continued one level up (text), the JSON document
+"""Output of models of three and more levels, pure functions of a design and a NestedFit (no fitting here).
+
+Three levels: Three-level output as HLM3 prints it (text), the JSON document (schema 3), the lme4 formula and the
+EB residual files at levels 2 and 3. Pure functions of a Design3 and a NestedFit: no fitting here.
+
+HLM3's layout, from its printed output (HLM3.EXE 7.00 and HLM3S 6.00 runs; see the module docstring of
+equations_levels.py for the notation): π/β/γ (P/B/G in ASCII), r at level 2, u at level 3, e at level 1;
+"Final estimation of level-1 and level-2 variance components" and "Final estimation of level-3
+variance components" tables with χ² over units with sufficient data; fixed effects nested
+"For INTRCPT1, π0 / For INTRCPT2, β00 / INTRCPT3, γ000".
+
+K ≥ 4 levels: Output of models of K ≥ 4 levels in HLM3's layout continued one level up (text), the JSON document
 (schema 4, "levels": K, one τ block per level), the lme4 formula and the EB residual files of every
 level. Pure functions of a DesignLevels and a NestedFit: no fitting here.
 
@@ -15,10 +26,438 @@ import math
 import numpy as np
 
 from . import __version__
-from .equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, Term3, symbol
+from .equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, ModelSpec3, Term3, symbol
 from .report import _df_text, _df_value, _table, dumps_json, hlm_e, hlm_name, hlm_p, printable
 
-SCHEMA = 4
+SCHEMA3 = 3
+
+
+class Symbols3:
+    def __init__(self, ascii_only: bool):
+        self.ascii = ascii_only
+        self.pi, self.beta, self.gamma = ("P", "B", "G") if ascii_only else ("π", "β", "γ")
+        self.r, self.u, self.e = ("R", "U", "E") if ascii_only else ("r", "u", "e")
+        self.dot = "." if ascii_only else "•"
+        self.sigma2 = "sigma^2" if ascii_only else "σ2"
+        self.tau_pi = "tau(pi)" if ascii_only else "τπ"
+        self.tau_beta = "tau(beta)" if ascii_only else "τβ"
+        self.chi2 = "Chi-square" if ascii_only else "χ2"
+
+    @staticmethod
+    def idx(*k: int) -> str:
+        return "".join(map(str, k)) if all(i < 10 for i in k) else ",".join(map(str, k))
+
+    def p(self, p: int) -> str:
+        return f"{self.pi}{p}"
+
+    def b(self, p: int, q: int) -> str:
+        return f"{self.beta}{self.idx(p, q)}"
+
+    def g(self, p: int, q: int, s: int) -> str:
+        return f"{self.gamma}{self.idx(p, q, s)}"
+
+
+def _term(t: Term3, sym: Symbols3) -> str:
+    """HLM's printed predictor: subscripts ijk / jk / k, centring as a difference from the mean."""
+    sub = {1: "ijk", 2: "jk", 3: "k"}[t.level]
+    name = f"mean({hlm_name(t.name)})" if t.mean_of else hlm_name(t.name)
+    if t.centering is Centering.GROUP:
+        return f"({name}{sub} - {name}{sym.dot}{sub[1:]})"
+    if t.centering is Centering.GRAND:
+        return f"({name}{sub} - {name}{sym.dot * len(sub)})"
+    return f"({name}{sub})"
+
+
+def model_summary3(spec: ModelSpec3, sym: Symbols3) -> list[str]:
+    out = ["Summary of the model specified", "", "Level-1 Model", ""]
+    pis = spec.present_pis()
+    rhs = [f"{sym.p(p)}jk" + ("" if p == 0 else f"*{_term(spec.level1[p - 1], sym)}") for p in pis]
+    out.append(f"    {hlm_name(spec.outcome)}ijk = " + " + ".join(rhs) + f" + {sym.e}ijk")
+    out += ["", "Level-2 Model", ""]
+    for p in pis:
+        eq = spec.pis[p]
+        parts = [f"{sym.b(p, q)}k" + ("" if q == 0 else f"*{_term(eq.predictors[q - 1], sym)}") for q in spec.present_betas(p)]
+        if eq.random:
+            parts.append(f"{sym.r}{p}jk")
+        out.append(f"    {sym.p(p)}jk = " + " + ".join(parts))
+    out += ["", "Level-3 Model", ""]
+    for p in pis:
+        for q in spec.present_betas(p):
+            b = spec.pis[p].betas[q]
+            parts = ([sym.g(p, q, 0)] if b.intercept else []) + [
+                f"{sym.g(p, q, s)}*{_term(t, sym)}" for s, t in enumerate(b.predictors, 1)]
+            if b.random:
+                parts.append(f"{sym.u}{sym.idx(p, q)}k")
+            out.append(f"    {sym.b(p, q)}k = " + " + ".join(parts))
+    notes = centering_notes3(spec)
+    if notes:
+        out += [""] + notes
+    return out
+
+
+def centering_notes3(spec: ModelSpec3) -> list[str]:
+    out, seen = [], set()
+    terms = list(spec.level1) + [t for p in spec.present_pis() for t in spec.pis[p].predictors] + [
+        t for p in spec.present_pis() for b in spec.pis[p].betas for t in b.predictors]
+    for t in terms:
+        key = (t.label, t.level, t.centering)
+        if key in seen:
+            continue
+        seen.add(key)
+        name = hlm_name(t.label)
+        if t.mean_of:
+            over = "records" if t.mean_of == 1 else "level-2 units"
+            out.append(f"{name} at level {t.level} is the mean of {hlm_name(t.name)} over each level-{t.level} unit's {over} used.")
+        if t.centering is Centering.GROUP:
+            where = "level-2 unit's mean" if t.level == 1 else "level-3 unit's mean (over its level-2 units)"
+            out.append(f"{name} has been centered around its {where}.")
+        elif t.centering is Centering.GRAND:
+            out.append(f"{name} has been centered around the grand mean.")
+    return out
+
+
+def _r_name(t: Term3) -> str:
+    base = f"mean_{t.name}" if t.mean_of else t.name
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+
+
+def lme4_formula3(spec: ModelSpec3, id2: str, id3: str) -> tuple[str, list[str]]:
+    """The same model in lme4: fixed columns a_p·X_q·W_s, (a_p·X_q | level 3) for random β's, (a_p | level 3:level 2)."""
+    def product(*names):
+        names = [n for n in names if n is not None]
+        return ":".join(names) if names else "1"
+
+    a = [None] + [_r_name(t) for t in spec.level1]
+    fixed = []
+    for g in spec.gammas():
+        x = None if g.q == 0 else _r_name(spec.pis[g.p].predictors[g.q - 1])
+        w = None if g.s == 0 else _r_name(spec.pis[g.p].betas[g.q].predictors[g.s - 1])
+        fixed.append(product(w, x, a[g.p]))
+    fixed = list(dict.fromkeys(fixed))
+    if "1" not in fixed:
+        fixed.insert(0, "0")
+    r3 = [product(None if q == 0 else _r_name(spec.pis[p].predictors[q - 1]), a[p]) for p, q in spec.random_betas()]
+    r2 = [product(a[p]) for p in spec.random_pis()]
+    if "1" not in r3:
+        r3.insert(0, "0")
+    if "1" not in r2:
+        r2.insert(0, "0")
+    formula = (f"{spec.outcome} ~ {' + '.join(fixed)} + ({' + '.join(r3)} | {id3}) + "
+               f"({' + '.join(r2)} | {id3}:{id2})")
+    notes, made = [], set()
+    terms = list(spec.level1) + [t for p in spec.present_pis() for t in spec.pis[p].predictors] + [
+        t for p in spec.present_pis() for b in spec.pis[p].betas for t in b.predictors]
+    for t in terms:
+        name = _r_name(t)
+        if name == t.name or name in made:
+            continue
+        made.add(name)
+        unit = {1: id2, 2: id2, 3: id3}[t.level]
+        src = t.name
+        if t.mean_of:
+            src = f"ave({t.name}, {unit})" if t.mean_of == 1 else f"(mean of {t.name} over the level-2 units of each {id3})"
+            if t.centering is Centering.NONE:
+                notes.append(f"{name} = {src}")
+                continue
+        if t.centering is Centering.GROUP:
+            within = id2 if t.level == 1 else id3
+            notes.append(f"{name} = {src} - (mean of {src} over the level-{t.level} units of each {within})")
+        elif t.centering is Centering.GRAND:
+            notes.append(f"{name} = {src} - (mean of {src} over level-{t.level} units)")
+    if notes:
+        notes.append("(means over the records and units used in the analysis)")
+    return formula, notes + [f"fit with lmer(..., REML = {'TRUE' if spec.method == 'REML' else 'FALSE'})"]
+
+
+# ---------------------------------------------------------------- labels
+
+def _pi_label(spec: ModelSpec3, p: int, sym: Symbols3, letter: str | None = None) -> str:
+    name = hlm_name(spec.coefficient_names()[p])
+    tag = f"{letter}{p}" if letter else sym.p(p)
+    return f"{name}, {tag}" if p == 0 else f"{name} slope, {tag}"
+
+
+def _beta_label(spec: ModelSpec3, p: int, q: int, sym: Symbols3, letter: str | None = None) -> str:
+    tag = f"{letter}{sym.idx(p, q)}" if letter else sym.b(p, q)
+    return f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.level2_names(p)[q])}, {tag}"
+
+
+def _corr(t: np.ndarray) -> np.ndarray:
+    sd = np.sqrt(np.clip(np.diag(t), 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return t / np.outer(sd, sd)
+
+
+def _two_sided_p(t, df):
+    from scipy import stats
+
+    return 2 * stats.t.sf(np.abs(t), df)
+
+
+def certificate_text3(fit, sym: Symbols3) -> list[str]:
+    c = fit.certificate
+    if not c.certified:
+        return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
+    ranks, qs = getattr(c, "ranks", None), getattr(c, "qs", None)
+    text = "Iterations stopped at the optimum (certified)"
+    if ranks is not None and qs is not None:
+        def rk(name, r, q):
+            return f"{name} positive definite" if r == q else f"{name} of rank {r} of {q}"
+        text += f": with {rk(sym.tau_pi, ranks[0], qs[0])} and {rk(sym.tau_beta, ranks[1], qs[1])}"
+    tol = getattr(c, "tolerance", None)
+    if tol is not None:
+        text += f", the deviance can fall by less than {tol:.0E} on its face"
+    if getattr(c, "hessian_eigenvalue", None) is not None:
+        text += ", the face Hessian is positive semi-definite"
+    return [text]
+
+
+# ---------------------------------------------------------------- text
+
+def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
+    spec = design.spec
+    out: list[str] = []
+    w = out.append
+    if not fit.converged:
+        w("WARNING: the optimum is NOT certified; the numbers below may not be at the optimum.")
+        w("")
+    w(f"hlmcli {__version__}: hierarchical linear models, three levels (HLM3)")
+    if meta.get("timestamp"):
+        w(f"Date: {meta['timestamp']}")
+    w("")
+    w("Specifications for this HLM3 run")
+    w("")
+    w(f"Problem Title: {meta.get('title') or 'no title'}")
+    w("")
+    w(f" The data source for this run  = {meta.get('data_source')}")
+    if meta.get("command_file"):
+        w(f" The command file for this run = {meta['command_file']}")
+    w(f" The maximum number of level-1 units = {design.n}")
+    w(f" The maximum number of level-2 units = {design.n2}")
+    w(f" The maximum number of level-3 units = {design.n3}")
+    w(f" The maximum number of iterations = {spec.options.max_iterations}")
+    w("")
+    w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
+    w("")
+    w(f" The outcome variable is  {hlm_name(spec.outcome)}")
+    w("")
+    out += model_summary3(spec, sym)
+    if design.n_deleted:
+        w("")
+        w(f"Run-time deletion has reduced the number of level-1 records to {design.n} ({design.n_deleted} deleted)")
+    w("")
+    w(f"Final Results - Iteration {fit.iterations}")
+    w("")
+    out += certificate_text3(fit, sym)
+    for note in fit.boundary:
+        w(note)
+    w("")
+    w(f" {sym.sigma2} = {fit.sigma2:12.5f}")
+    rp, rb = spec.random_pis(), spec.random_betas()
+
+    def matrix(title, labels, m, fmt):
+        lw = max(len(x) for x in labels)
+        w("")
+        w(title)
+        for k, lab in enumerate(labels):
+            w(f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]))
+
+    lab_pi = [f"{hlm_name(spec.coefficient_names()[p])},{sym.p(p)}" for p in rp]
+    matrix(f" {sym.tau_pi}", lab_pi, fit.tau_pi, "{:13.5f}")
+    if len(rp) > 1:
+        matrix(f" {sym.tau_pi} (as correlations)", lab_pi, _corr(fit.tau_pi), "{:7.3f}")
+    w("")
+    rows = [[_pi_label(spec, p, sym), f"{fit.reliability_pi[k]:.3f}"] for k, p in enumerate(rp)]
+    out += _table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
+    lab_b = [f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.level2_names(p)[q])},{sym.b(p, q)}" for p, q in rb]
+    matrix(f" {sym.tau_beta}", lab_b, fit.tau_beta, "{:13.5f}")
+    if len(rb) > 1:
+        matrix(f" {sym.tau_beta} (as correlations)", lab_b, _corr(fit.tau_beta), "{:7.3f}")
+    w("")
+    rows = [[_beta_label(spec, p, q, sym), f"{fit.reliability_beta[k]:.3f}"] for k, (p, q) in enumerate(rb)]
+    out += _table(["Random level-2 coefficient", "Reliability estimate"], rows, [28, 22])
+    w("")
+    w(f"The value of the log-likelihood function at iteration {fit.iterations} = {hlm_e(-fit.deviance / 2)}")
+    gammas = spec.gammas()
+    for robust in (False, True):
+        w("")
+        w("Final estimation of fixed effects")
+        if robust:
+            w("(with robust standard errors, clustered on level-3 units)")
+        se = np.sqrt(np.diag(fit.cov_gamma_robust if robust else fit.cov_gamma))
+        t = fit.gamma / se
+        pv = _two_sided_p(t, fit.df_gamma)
+        rows = []
+        for k, g in enumerate(gammas):
+            if k == 0 or gammas[k - 1].p != g.p:
+                rows.append([f"For {_pi_label(spec, g.p, sym)}"])
+            if k == 0 or (gammas[k - 1].p, gammas[k - 1].q) != (g.p, g.q):
+                rows.append([f"   For {hlm_name(g.level2)}, {sym.b(g.p, g.q)}"])
+            rows.append([f"      {hlm_name(g.level3)}, {sym.g(g.p, g.q, g.s)}", f"{fit.gamma[k]:.6f}", f"{se[k]:.6f}",
+                         f"{t[k]:.3f}", _df_text(fit.df_gamma[k]), hlm_p(pv[k])])
+        out += _table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+                      rows, [30, 12, 14, 9, 12, 8])
+    w("")
+    w("Final estimation of level-1 and level-2 variance components")
+    sd = np.sqrt(np.clip(np.diag(fit.tau_pi), 0, None))
+    rows = []
+    for k, p in enumerate(rp):
+        c = fit.chi2_pi[k]
+        rows.append([_pi_label(spec, p, sym, sym.r), f"{sd[k]:.5f}", f"{fit.tau_pi[k, k]:.5f}", _df_text(c["df"]),
+                     f"{c['chi2']:.5f}", hlm_p(c["p"])])
+    rows.append([f"level-1, {sym.e}", f"{math.sqrt(fit.sigma2):.5f}", f"{fit.sigma2:.5f}", "", "", ""])
+    out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+                  rows, [26, 18, 18, 6, 12, 8])
+    n_units = {c.get("n_units") for c in fit.chi2_pi}
+    if n_units and max(n_units) is not None and min(n_units) < design.n2:
+        w(f"Note: the {sym.chi2} statistics are based on {min(n_units)} of {design.n2} level-2 units with sufficient data.")
+    w("")
+    w("Final estimation of level-3 variance components")
+    sd = np.sqrt(np.clip(np.diag(fit.tau_beta), 0, None))
+    rows = []
+    for k, (p, q) in enumerate(rb):
+        c = fit.chi2_beta[k]
+        rows.append([_beta_label(spec, p, q, sym, sym.u), f"{sd[k]:.5f}", f"{fit.tau_beta[k, k]:.5f}", _df_text(c["df"]),
+                     f"{c['chi2']:.5f}", hlm_p(c["p"])])
+    out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+                  rows, [30, 18, 18, 6, 12, 8])
+    n_units = {c.get("n_units") for c in fit.chi2_beta}
+    if n_units and max(n_units) is not None and min(n_units) < design.n3:
+        w(f"Note: the {sym.chi2} statistics are based on {min(n_units)} of {design.n3} level-3 units with sufficient data.")
+    w("")
+    w("Statistics for the current model")
+    w(f" Deviance                       = {fit.deviance:.6f}")
+    w(f" Number of estimated parameters = {fit.n_params}")
+    formula, notes = lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"))
+    w("")
+    w("The same model in R (lme4)")
+    w(f" {formula}")
+    for note in notes:
+        w(f"   {note}")
+    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+
+
+# ---------------------------------------------------------------- JSON (schema 3)
+
+def _chi2_json(c: dict) -> dict:
+    return {"chi2": float(c["chi2"]), "df": _df_value(c["df"]), "p": float(c["p"]),
+            "n_units": None if c.get("n_units") is None else int(c["n_units"])}
+
+
+def model_record3(spec: ModelSpec3, meta: dict) -> dict:
+    plain = Symbols3(True)
+    lines = model_summary3(spec, plain)
+
+    def block(a, b):
+        i = lines.index(a) + 2
+        j = lines.index(b) - 1 if b in lines else len(lines)
+        return [x.strip() for x in lines[i:j] if x.strip()]
+
+    def term(t):
+        return {"name": t.name, "centering": t.centering.value, "mean_of_level": t.mean_of}
+
+    return {
+        "given": meta.get("model_given"),
+        "normalised": {"level1": block("Level-1 Model", "Level-2 Model"), "level2": block("Level-2 Model", "Level-3 Model"),
+                       "level3": [x for x in block("Level-3 Model", "") if "centered" not in x and " is the mean " not in x]},
+        "outcome": spec.outcome,
+        "level1_predictors": [term(t) for t in spec.level1],
+        "level2_equations": [{"coefficient": spec.coefficient_names()[p], "random": spec.pis[p].random,
+                              "predictors": [term(t) for t in spec.pis[p].predictors],
+                              "level3_equations": [{"coefficient": spec.level2_names(p)[q],
+                                                    "random": spec.pis[p].betas[q].random,
+                                                    "predictors": [term(t) for t in spec.pis[p].betas[q].predictors]}
+                                                   for q in spec.present_betas(p)]}
+                             for p in spec.present_pis()],
+        "method": spec.method,
+    }
+
+
+def fit_json3(design, fit, meta: dict) -> dict:
+    spec = design.spec
+    rp, rb = spec.random_pis(), spec.random_betas()
+    se = np.sqrt(np.diag(fit.cov_gamma))
+    rse = np.sqrt(np.diag(fit.cov_gamma_robust))
+    t, rt = fit.gamma / se, fit.gamma / rse
+    pv, rpv = _two_sided_p(t, fit.df_gamma), _two_sided_p(rt, fit.df_gamma)
+    fixed = []
+    for k, g in enumerate(spec.gammas()):
+        fixed.append({"gamma": f"γ{Symbols3.idx(g.p, g.q, g.s)}", "p": g.p, "q": g.q, "s": g.s,
+                      "coefficient": g.coefficient, "level2_predictor": g.level2, "level3_predictor": g.level3,
+                      "estimate": float(fit.gamma[k]), "se": float(se[k]), "t": float(t[k]), "df": _df_value(fit.df_gamma[k]),
+                      "p_value": float(pv[k]), "robust_se": float(rse[k]), "robust_t": float(rt[k]),
+                      "robust_p_value": float(rpv[k])})
+    names = spec.coefficient_names()
+    pi_names = [names[p] for p in rp]
+    beta_names = [f"{names[p]}/{spec.level2_names(p)[q]}" for p, q in rb]
+    return {
+        "schema": SCHEMA3, "levels": 3, "tool": "hlmcli", "version": __version__,
+        "title": meta.get("title"), "data_source": meta.get("data_source"),
+        "method": fit.method, "outcome": spec.outcome,
+        "ids": {"level2": meta.get("id2"), "level3": meta.get("id3")},
+        "n_level1": design.n, "n_level2": design.n2, "n_level3": design.n3, "n_deleted": design.n_deleted,
+        "converged": bool(fit.converged), "iterations": int(fit.iterations), "boundary": bool(fit.boundary),
+        "boundary_notes": list(fit.boundary), "certificate": fit.certificate.to_json(),
+        "model": model_record3(spec, meta),
+        "sigma2": float(fit.sigma2),
+        "tau_pi": {"coefficients": pi_names, "labels": [f"r{p}" for p in rp], "matrix": fit.tau_pi.tolist(),
+                   "correlation": _corr(fit.tau_pi).tolist(),
+                   "reliability": [float(x) for x in fit.reliability_pi],
+                   "chi2": [_chi2_json(c) for c in fit.chi2_pi]},
+        "tau_beta": {"coefficients": beta_names, "labels": [f"u{Symbols3.idx(p, q)}" for p, q in rb],
+                     "matrix": fit.tau_beta.tolist(), "correlation": _corr(fit.tau_beta).tolist(),
+                     "reliability": [float(x) for x in fit.reliability_beta],
+                     "chi2": [_chi2_json(c) for c in fit.chi2_beta]},
+        "fixed_effects": fixed,
+        "gamma_covariance": fit.cov_gamma.tolist(), "gamma_robust_covariance": fit.cov_gamma_robust.tolist(),
+        "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
+        "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"))[0],
+        "centering_means": design.centering_means,
+    }
+
+
+def fit_json3_text(design, fit, meta: dict) -> str:
+    return dumps_json(fit_json3(design, fit, meta))
+
+
+# ---------------------------------------------------------------- residual files
+
+def level2_residuals(design, fit, archive):
+    """One row per level-2 unit: its ids, record count, EB r's with posterior variances, and its level-2 data."""
+    import pandas as pd
+
+    spec = design.spec
+    names = spec.coefficient_names()
+    unit3 = design.data.unit3
+    cols: dict = {"id": design.unit2_ids, archive.id_names[1]: np.array(design.unit3_ids, dtype=object)[unit3],
+                  "nj": np.bincount(design.data.unit2, minlength=design.n2).astype(int)}
+    for k, p in enumerate(spec.random_pis()):
+        cols[f"r_{names[p]}"] = fit.eb_pi[:, k]
+        cols[f"postvar_r_{names[p]}"] = fit.eb_pi_var[:, k, k]
+    for i, n in enumerate(archive.level2_names):
+        cols[n] = archive.level2[i][design.level2_positions]
+    return pd.DataFrame(cols)
+
+
+def level3_residuals(design, fit, archive):
+    import pandas as pd
+
+    spec = design.spec
+    names = spec.coefficient_names()
+    cols: dict = {"id": design.unit3_ids, "n2": np.bincount(design.data.unit3, minlength=design.n3).astype(int),
+                  "n1": np.bincount(design.data.unit3[design.data.unit2], minlength=design.n3).astype(int)}
+    for k, (p, q) in enumerate(spec.random_betas()):
+        label = f"{names[p]}_{spec.level2_names(p)[q]}"
+        cols[f"u_{label}"] = fit.eb_beta[:, k]
+        cols[f"postvar_u_{label}"] = fit.eb_beta_var[:, k, k]
+    for i, n in enumerate(archive.level3_names):
+        cols[n] = archive.level3[i][design.level3_positions]
+    return pd.DataFrame(cols)
+
+
+# ---------------------------------------------------------------- K ≥ 4 levels
+
+SCHEMA_LEVELS = 4
 _SUBSCRIPTS = "ijkl"
 
 
@@ -49,7 +488,7 @@ def _sub(level: int, K: int) -> str:
     return _SUBSCRIPTS[level - 1:K]
 
 
-def _term(t: Term3, sym: SymbolsLevels, K: int) -> str:
+def _term_k(t: Term3, sym: SymbolsLevels, K: int) -> str:
     sub = _sub(t.level, K)
     name = f"mean({hlm_name(t.name)})" if t.mean_of else hlm_name(t.name)
     if t.centering is Centering.GROUP:
@@ -63,7 +502,7 @@ def model_summary(spec: LevelsSpec, sym: SymbolsLevels) -> list[str]:
     K = spec.n_levels
     out = ["Summary of the model specified", "", "Level-1 Model", ""]
     pis = [p for p, eq in enumerate(spec.equations) if eq is not None]
-    rhs = [f"{sym.coef(1, (p,))}{_sub(2, K)}" + ("" if p == 0 else f"*{_term(spec.level1[p - 1], sym, K)}") for p in pis]
+    rhs = [f"{sym.coef(1, (p,))}{_sub(2, K)}" + ("" if p == 0 else f"*{_term_k(spec.level1[p - 1], sym, K)}") for p in pis]
     out.append(f"    {hlm_name(spec.outcome)}{_sub(1, K)} = " + " + ".join(rhs) + f" + {'E' if sym.ascii else 'e'}{_sub(1, K)}")
     walk = spec.walk()
     for level in range(2, K + 1):
@@ -72,7 +511,7 @@ def model_summary(spec: LevelsSpec, sym: SymbolsLevels) -> list[str]:
             if depth != level - 1:
                 continue
             s = _sub(level + 1, K)
-            parts = [f"{sym.coef(level, idx + (k,))}{s}" + ("" if k == 0 else f"*{_term(eq.predictors[k - 1], sym, K)}")
+            parts = [f"{sym.coef(level, idx + (k,))}{s}" + ("" if k == 0 else f"*{_term_k(eq.predictors[k - 1], sym, K)}")
                      for k in eq.present()]
             if eq.random:
                 parts.append(f"{sym.rand(level, idx)}{_sub(level, K)}")
@@ -106,7 +545,7 @@ def centering_notes(spec: LevelsSpec) -> list[str]:
     return out
 
 
-def _r_name(t: Term3) -> str:
+def _r_name_k(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
     return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
 
@@ -120,13 +559,13 @@ def lme4_formula(spec: LevelsSpec, ids) -> str:
         names = [n for n in names if n is not None]
         return ":".join(reversed(names)) if names else "1"
 
-    a = [None] + [_r_name(t) for t in spec.level1]
+    a = [None] + [_r_name_k(t) for t in spec.level1]
 
     def path_names(idx):
         out = [a[idx[0]]]
         eq = spec.equations[idx[0]]
         for k in idx[1:]:
-            out.append(None if k == 0 else _r_name(eq.predictors[k - 1]))
+            out.append(None if k == 0 else _r_name_k(eq.predictors[k - 1]))
             eq = eq.terms[k] if eq.terms else None
         return out
 
@@ -141,18 +580,6 @@ def lme4_formula(spec: LevelsSpec, ids) -> str:
         group = ":".join(reversed([ids[m - 2] for m in range(level, K + 1)]))
         parts.append(f"({' + '.join(cols)} | {group})")
     return " + ".join(parts)
-
-
-def _corr(t: np.ndarray) -> np.ndarray:
-    sd = np.sqrt(np.clip(np.diag(t), 0, None))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return t / np.outer(sd, sd)
-
-
-def _two_sided_p(t, df):
-    from scipy import stats
-
-    return 2 * stats.t.sf(np.abs(t), df)
 
 
 def _coef_label(names, idx, sym: SymbolsLevels, depth: int, letter=None) -> str:
@@ -286,11 +713,6 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
 
 # ---------------------------------------------------------------- JSON (schema 4)
 
-def _chi2_json(c: dict) -> dict:
-    return {"chi2": float(c["chi2"]), "df": _df_value(c["df"]), "p": float(c["p"]),
-            "n_units": None if c.get("n_units") is None else int(c["n_units"])}
-
-
 def fit_json(design, fit, meta: dict) -> dict:
     spec = design.spec
     K = spec.n_levels
@@ -317,7 +739,7 @@ def fit_json(design, fit, meta: dict) -> dict:
                        "chi2": [_chi2_json(c) for c in fit.chi2[level - 2]]})
     lines = model_summary(spec, plain)
     return {
-        "schema": SCHEMA, "levels": K, "tool": "hlmcli", "version": __version__,
+        "schema": SCHEMA_LEVELS, "levels": K, "tool": "hlmcli", "version": __version__,
         "title": meta.get("title"), "data_source": meta.get("data_source"),
         "method": fit.method, "outcome": spec.outcome,
         "ids": {f"level{m}": meta["ids"][m - 2] for m in range(2, K + 1)},

@@ -19,7 +19,7 @@ from hlmcli.equations_levels import (Centering, RunOptions3, Variables3, build_s
                                spec3_from_inputs)
 from hlmcli.errors import DataError, HlmError, ModelError
 from hlmcli.nested import NestedFit
-from hlmcli.report3 import Symbols3, fit_json3, fit_text3, lme4_formula3, model_summary3
+from hlmcli.report_levels import Symbols3, fit_json3, fit_text3, lme4_formula3, model_summary3
 
 V = Variables3(("YEAR", "GRADE", "MATH"), ("FEMALE", "BLACK"), ("LOWINC", "MOBILITY"))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
