@@ -25,7 +25,8 @@ and summing C'Rℓ⁻¹C over the level-ℓ units of a level-(ℓ+1) unit gives 
 sums over all units hold P = σ²X'V⁻¹X, c = σ²X'V⁻¹y and s = σ²y'V⁻¹y: γ̂ = P⁻¹c, rss = s − c'γ̂.
 Everything is q×q algebra per unit, vectorised over units (component-first arrays as in
 unitsolve.py): the cost is linear in N, and no N×N or unit-sized matrix is ever formed.
-(Three levels: W3 is the three-level docstring's W_k, K2 and K3 its K2_j and K3_k.)
+(Three levels, HLM3: W3 = Σ_j∈k B_j'(σ²V2_j⁻¹)B_j per level-3 unit k with B = [Z3 | X | y], the
+level-2 step K2_j = Λ2M_j⁻¹Λ2' and the level-3 step K3_k = Λ3M_k⁻¹Λ3'; the solve is linear in N.)
 
 Deviance (lme4's), σ² profiled: ν = N (ML) or N − p (REML), σ̂² = rss/ν,
 
@@ -232,10 +233,6 @@ def columns_of(layout, n_levels: int) -> Columns:
     return Columns(tuple(z), x, tuple(zr), xr, xrand, xnodes)
 
 
-def _columns(layout: NestedLayout):
-    return columns_of(as_levels(NestedData(None, None, None, None, None, None, layout)).layout, 3)
-
-
 # ---------------------------------------------------------------- the reduction (once)
 
 @dataclass
@@ -357,7 +354,7 @@ def _validate(data: LevelsData) -> None:
         check(node, 1, f"pi {ip}")
 
 
-def _level1(data: LevelsData, ip: int, N: int):
+def _level1(data: LevelsData, ip: int):
     col = data.layout[ip].col
     return None if col is None else np.asarray(data.predictors[0][:, col], dtype=float)
 
@@ -408,7 +405,7 @@ def reduce_levels(data: LevelsData) -> LevelsStats:
             raise ValueError(f"a level-{level} unit has no level-{level - 1} units")
         starts.append(off[:-1])
     P = len(data.layout)
-    level1 = [_level1(data, ip, N) for ip in range(P)]
+    level1 = [_level1(data, ip) for ip in range(P)]
     is_one = [v is None for v in level1] + [False]
     level1 = [np.ones(N) if v is None else v for v in level1] + [y]
     DD = np.empty((P + 1, P + 1, J2))
