@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -375,6 +376,10 @@ _model_options = [
     click.option("-4", "--level4", "level4", multiple=True,
                  help="Four levels: a level-4 equation, e.g. 'g000 = d0000 + d0001*URBAN + v000'. Repeat."),
     click.option("--model", "model_file", type=click.Path(), help="Model file: equations, or an HLM 7 .hlm command file."),
+    click.option("--formula", default=None, expose_value=False, callback=lambda ctx, p, v: ctx.meta.__setitem__("formula", v),
+                 help="The model as an lme4 formula instead of equations, e.g. 'MATHACH ~ SECTOR*group(SES) + "
+                 "(group(SES) | ID)'; (…|S/C) nests C in S (three levels), || makes τ diagonal. DATA may then be one "
+                 "file holding both levels. Needs the [formula] extra."),
     click.option("--ml", is_flag=True, default=None, help="Full maximum likelihood (default: REML)."),
     click.option("--ascii", "ascii_only", is_flag=True, help="B/G/U instead of Greek letters."),
     click.option("--id", "id_", help="Unit id column (when DATA is two files)."),
@@ -388,7 +393,8 @@ _model_options = [
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
     click.option("--cache-dir", type=click.Path(file_okay=False),
-                 help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else $XDG_CACHE_HOME/hlmcli, else ~/.cache/hlmcli)."),
+                 help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else the platform's cache folder: "
+                 "$XDG_CACHE_HOME/hlmcli or ~/.cache/hlmcli; ~/Library/Caches/hlmcli on macOS; %LOCALAPPDATA%\\hlmcli\\Cache on Windows)."),
     click.option("--l1-vars", help="When DATA is two files: level-1 variables to keep, comma-separated (default: all)."),
     click.option("--l2-vars", help="When DATA is two files: level-2 variables to keep, comma-separated (default: all)."),
     click.option("--delimiter", help="When DATA is two CSV files: the delimiter (default: sniffed); tab or '\\t' for tab."),
@@ -450,15 +456,86 @@ def _hglm_changes(level1):
     return level1, changes
 
 
+def _formula_front(data, level1, level2, model_file, id_, id2, more):
+    """--formula: refuse it beside equations, take the unit ids from its grouping factors, and let one data
+    file hold both levels. The equations themselves are made from it where the variables' levels are known
+    (_spec, levels.spec3)."""
+    formula = click.get_current_context().meta.get("formula")
+    if formula is None:
+        return data, id_, id2, more
+    if level1 or level2 or more.get("level3") or model_file:
+        raise _UsageProblem("give the model as --formula or as equations (-1/-2/-3, --model), not both")
+    from .formula import grouping
+
+    ids = grouping(formula)
+    if len(ids) == 1:
+        if id_ and id_ != ids[0]:
+            raise _UsageProblem(f"--id {id_} differs from the formula's grouping factor {ids[0]}; drop --id")
+        id_ = ids[0]
+        if len(data) == 1 and not _looks_like_archive(data[0]):
+            data = (data[0], data[0])  # one file holding both levels: level-2 variables are constant within units
+    else:
+        if len(data) not in (1, 3):
+            raise _UsageProblem(f"the formula has three levels ({ids[1]}/{ids[0]}): give three data files or a "
+                                "three-level archive")
+        id2 = id2 or ids[0]
+        more = {**more, "id3": more.get("id3") or ids[1]}
+    return data, id_, id2, more
+
+
+def model_given(level1, level2, model_file, level3=None) -> dict:
+    """The model as the user gave it, for the JSON; a formula is recorded as the equations it stands for,
+    so that a formula and its equations give the same document."""
+    ctx = click.get_current_context(silent=True)
+    made = ctx.meta.get("formula_given") if ctx else None
+    if made:
+        level1, level2, level3 = made[0], made[1], (made[2] if level3 is not None else None)
+    out = {"level1": level1, "level2": list(level2)}
+    if level3 is not None:
+        out["level3"] = list(level3)
+    out["model_file"] = Path(model_file).name if model_file else None
+    return out
+
+
+def _looks_like_archive(path) -> bool:
+    from .archive import MAGIC
+
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def formula_equations(variables, level1, level2, level3=()):
+    """The equations, and τ's structure if the formula sets it, from --formula when it was given."""
+    ctx = click.get_current_context(silent=True)
+    formula = ctx.meta.get("formula") if ctx else None
+    if formula is None:
+        return level1, level2, level3, None
+    from .formula import translate
+
+    m = translate(formula, variables.level_of)
+    eqs = [list(e) for e in m.equations] + [[]] * (3 - len(m.equations))
+    if ctx.meta.get("hglm", {}).get("family") not in (None, "normal"):
+        eqs[0][0] = re.sub(r"\s*\+\s*[re]$", "", eqs[0][0])  # an HGLM's level-1 equation has no residual term
+    ctx.meta["formula_given"] = (eqs[0][0], list(eqs[1]), list(eqs[2]))
+    return eqs[0][0], list(eqs[1]), list(eqs[2]), (m.tau if m.tau == "diagonal" else None)
+
+
 def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False):
     from dataclasses import replace
 
     from .design import variables_of
     from .equations import RunOptions, spec_from_inputs
 
+    variables = variables_of(archive)
+    level1, level2, _, formula_tau = formula_equations(variables, level1, level2)
     level1, hglm_changes = _hglm_changes(level1)
-    spec = spec_from_inputs(level1, list(level2), model_file, variables_of(archive), RunOptions(), allow_outside)
+    spec = spec_from_inputs(level1, list(level2), model_file, variables, RunOptions(), allow_outside)
     changes = dict(extra or {})
+    if formula_tau and not changes.get("tau"):
+        changes["tau"] = formula_tau
     changes.update(hglm_changes)
     if ml and reml:
         raise click.UsageError("give --ml or --reml, not both")
@@ -505,6 +582,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
         return model_levels(data, level1, level2, model_file, ascii_only,
                             {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, more,
                             _stderr, _use_ascii)
+    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
+
     from .levels import is_three_level
     if is_three_level(data, more):
         from .levels import model3
@@ -527,6 +606,11 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     formula, notes = lme4_formula(spec, archive.id_names[0])
     lines += ["", f"Method of estimation: {'restricted maximum likelihood' if spec.method == 'REML' else 'full maximum likelihood'}",
               "", "The same model in R (lme4)", f" {formula}"] + [f"   {n}" for n in notes]
+    from .formula import formula_of
+
+    own = formula_of(spec, archive.id_names[0])
+    if own:
+        lines += ["", "The same model for hlmcli --formula", f" {own}"]
     from .report import printable
 
     click.echo("\n".join(printable(line) for line in lines))
@@ -587,6 +671,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                           {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, out_format,
                           output, json_out, title, timestamp, strict, max_iterations, quiet, refusals(locals()),
                           {**more, "ml": ml, "residuals_l2": residuals_l2}, _stderr, _use_ascii)
+    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
     from .levels import is_three_level
     if is_three_level(data, more):
         from .levels import fit3
@@ -683,8 +768,7 @@ def _finish_fit(results, result, status: int, failures: list[str], write_files: 
     from .files import atomic_write_text
 
     meta = {"data_source": source_text, "title": title, "id_name": id_name,
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None},
+            "model_given": model_given(level1, level2, model_file),
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
     if timestamp:
         from datetime import datetime, timezone
@@ -829,8 +913,7 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         analyses = [analyse(spec, a, df_method, weights=weights) for a in archives]
         source = "imputed data sets"
     meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None}}
+            "model_given": model_given(level1, level2, model_file)}
     if timestamp:
         from datetime import datetime, timezone
 
@@ -864,8 +947,7 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
     a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
     a.notes = boundary_notes(a)
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None}}
+            "model_given": model_given(level1, level2, model_file)}
     write_residuals(a, sources)
     text = dumps_json(hglm_json(a, meta)) if out_format == "json" else \
         hglm_text(a, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only))
@@ -988,3 +1070,67 @@ def table_cmd(fits, out_format, names, output):
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.command("explain")
+@click.argument("fit_json", type=click.Path())
+@click.argument("hlm_output", type=click.Path())
+@click.argument("data", nargs=-1, type=click.Path())
+@click.option("--id", "id_", help="Unit id column, when DATA is two files (as for fit).")
+@click.option("--model", "model_file", type=click.Path(), help="The model file FIT_JSON was fitted from, if it was (.hlm or equations).")
+@click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cached archives go (as for fit).")
+@user_errors
+def explain_cmd(fit_json, hlm_output, data, id_, model_file, out_format, cache_dir):
+    """Explain why HLM's printed numbers differ from a certified fit (FIT_JSON, from `fit --format json`).
+
+    HLM_OUTPUT is HLM's own output file (HLM 5, 6 or 7; text or HTML). DATA are the data FIT_JSON was fitted
+    to (an archive, or two files with --id); by default the files FIT_JSON names, next to it."""
+    import json
+
+    from .errors import DataError
+    from .estimation import deviance_at
+    from .explain import explain
+    from .explain_report import explain_text
+    from .hlm_output import read_hlm_output
+    from .pipeline import analyse
+    from .report import data_hash, dumps_json
+
+    try:
+        fit = json.loads(Path(fit_json).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{fit_json}: not a fit's JSON ({_one_line(exc)}); save one with 'hlmcli fit ... --format json'") from None
+    need = ("model", "method", "data_hash", "deviance", "sigma2", "tau", "fixed_effects")
+    if not isinstance(fit, dict) or fit.get("schema") != 2 or any(k not in fit for k in need):
+        raise DataError(f"{fit_json}: not a two-level linear fit's JSON (schema 2 with {', '.join(need)}); "
+                        "explain compares two-level HLM2 output")
+    hlm = read_hlm_output(hlm_output)
+    if not data:
+        source = str(fit.get("data_source") or "")
+        names = [n.strip() for n in source.split(" and ")] if source else []
+        folder = Path(fit_json).resolve().parent
+        data = tuple(str(folder / n) for n in names if (folder / n).exists())
+        if not data or len(data) != len(names):
+            raise _UsageProblem(f"give the data {fit_json} was fitted to ({source or 'its data source is not recorded'}): "
+                                "hlmcli explain FIT.json HLM_OUTPUT DATA...")
+    given = fit["model"].get("given") or {}
+    if given.get("model_file") and not model_file:
+        candidate = Path(fit_json).resolve().parent / given["model_file"]
+        if not candidate.exists():
+            raise _UsageProblem(f"{fit_json} was fitted from the model file {given['model_file']}; give it with --model")
+        model_file = str(candidate)
+    archive, _ = _load_data(data, {"id_": id_, "id1": None, "id2": None, "missing": "analysis", "drop_unmatched": False,
+                             "l1_vars": None, "l2_vars": None},
+                            cache_dir, quiet=True)
+    spec = _spec(archive, given.get("level1"), given.get("level2") or (), model_file, fit["method"] == "ML",
+                 extra={"tau": fit.get("tau_structure")})
+    analysis = analyse(spec, archive)
+    if data_hash(analysis.design) != fit["data_hash"]:
+        raise DataError(f"{', '.join(map(str, data))}: not the data {fit_json} was fitted to (their hash differs); "
+                        "give the same files, or refit")
+    method = analysis.result.method
+    report = explain(hlm, fit, lambda s2, tau: deviance_at(s2, tau, analysis.stats, method),
+                     n_records=analysis.design.n, n_units=analysis.design.n_units,
+                     tau_order=list(fit.get("random_coefficients") or []))
+    report = {"schema": 1, "kind": "explain", "fit": Path(fit_json).name, "hlm_output": Path(hlm_output).name, **report}
+    click.echo(dumps_json(report) if out_format == "json" else explain_text(report), nl=out_format != "json")
