@@ -122,7 +122,7 @@ class OneLineErrors(click.Group):
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
-    """Two- and three-level hierarchical linear models, the way HLM 7 (HLM2, HLM3) fits them."""
+    """Two-, three- and four-level hierarchical linear models, the way HLM 7 (HLM2, HLM3, HLM4) fits them."""
 
 
 @main.group()
