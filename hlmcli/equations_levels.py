@@ -806,6 +806,12 @@ def _resolve_k(name: str, level: int, variables: VariablesLevels, text: str) -> 
     hit = variables.lookup(name, level)
     if hit:
         return hit
+    # HLM's printed subscripts (SCOREijkl, SESjkl, SECTORl), as `hlmcli model` prints them
+    for sub in ("ijkl", "jkl", "kl", "l"):
+        if name.lower().endswith(sub) and len(name) > len(sub):
+            hit = variables.lookup(name[: -len(sub)], level)
+            if hit:
+                return hit
     other = variables.level_of(name)
     if other:
         raise ModelError(f"in '{text.strip()}': {variables.lookup(name, other)} is a level-{other} variable, not usable "
@@ -821,7 +827,7 @@ def _resolve_k(name: str, level: int, variables: VariablesLevels, text: str) -> 
 
 def _predictor_k(piece: str, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term3:
     body = _unwrap(piece)
-    m = re.fullmatch(r"(group|grand|mean)\s*\((.*)\)", body, re.I)
+    m = re.fullmatch(r"(group|grand|mean)\s*\((.*)\)(?:[ijkl]*)", body, re.I)  # mean(X)jkl: as printed
     if m:
         func, inner = m.group(1).lower(), m.group(2).strip()
         if func == "mean":
@@ -841,6 +847,20 @@ def _predictor_k(piece: str, level: int, variables: VariablesLevels, text: str, 
             raise _Syntax(text, pos, f"group() centring has no meaning at level {K} (there is no higher unit)",
                           "use grand() or no centring")
         return Term3(inner_term.name, level, Centering(func), inner_term.mean_of)
+    # HLM's printed centring: (Xijkl - X.jkl) around the unit one level up, (Xijkl - X....) the grand mean
+    m = re.fullmatch(rf"({_NAME})\s*-\s*({_NAME})\s*([.•][a-z.•]*)", body)
+    if m:
+        name = _resolve_k(m.group(1), level, variables, text)
+        if _resolve_k(m.group(2), level, variables, text) != name:
+            raise _Syntax(text, pos, f"'{body}' subtracts the mean of a different variable",
+                          f"write group({name}) or grand({name})")
+        mark = m.group(3).replace("•", ".")
+        if set(mark) == {"."}:
+            return Term3(name, level, Centering.GRAND)
+        if level < K and mark == "." + "ijkl"[level:K]:
+            return Term3(name, level, Centering.GROUP)
+        raise _Syntax(text, pos, f"'{body}' is not a centring HLM prints at level {level}",
+                      f"write group({name}) or grand({name})")
     if re.fullmatch(_NAME, body):
         return Term3(_resolve_k(body, level, variables, text), level)
     raise _Syntax(text, pos, f"cannot read the predictor '{piece.strip()}'",
@@ -988,11 +1008,16 @@ def build_levels_spec(equations: list, variables: VariablesLevels, options: RunO
 
 
 def classify_levels(lines: list[str], K: int) -> list[list[str]]:
-    """Equations (one per line, '#' comments) sorted into levels by what each defines."""
+    """Equations (one per line, '#' comments) sorted into levels by what each defines. The output of
+    `hlmcli model` reads back: its headings and centring notes are skipped, and reading stops at
+    "Method of estimation" (what follows is the lme4 formula)."""
     out: list[list[str]] = [[] for _ in range(K)]
     for raw in lines:
         line = raw.split("#", 1)[0].strip()
-        if not line or re.fullmatch(r"level[- ]?\d+ model", line, re.I):
+        if re.match(r"(method of estimation|the same model in r)\b", line, re.I):
+            break
+        if (not line or re.fullmatch(r"(level[- ]?\d+ model|summary of the model specified)", line, re.I)
+                or re.search(r"has been centered| is the mean of ", line)):
             continue
         if "=" not in line:
             raise ModelError(f"'{line[:80]}' is not an equation; write one equation per line")

@@ -6,6 +6,7 @@ HLM3's forms at three levels (equations_levels.py, report_levels.py)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -327,6 +328,9 @@ def spec_levels(archive, equations, model_file, reml, title=None, max_iterations
             raise ModelError(f"{model_file}: give the model either with --model or with -1 ... -{K}, not both")
         found = classify_levels(text.splitlines(), K)
         equations = [f + e for f, e in zip(found, equations)]
+    elif equations[0] and any("\n" in e or ";" in e for e in equations[0]):  # pasted output or several in one -1
+        found = classify_levels(re.split(r"[\n;]", equations[0][0]), K)
+        equations = [f + e for f, e in zip(found, [[]] + equations[1:])]
     options = RunOptionsLevels(method="REML" if reml else "ML", max_iterations=max_iterations or 1000, title=title,
                                residuals=tuple(residuals) + (None,) * (K - 1 - len(residuals)))
     return build_levels_spec(equations, variables_of(archive), options)
@@ -349,7 +353,7 @@ def refuse_unsupported_levels(pairs) -> None:
 
 def model_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, more, stderr, use_ascii):
     from .report import printable
-    from .report_levels import SymbolsLevels, lme4_formula, model_summary
+    from .report_levels import SymbolsLevels, lme4_formula, lme4_notes, model_summary
 
     refuse_unsupported_levels([(x, True) for x in _hglm_given()])
     archive, _ = load_levels(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
@@ -357,7 +361,7 @@ def model_levels(data, level1, level2, model_file, ascii_only, build_opts, cache
     lines = model_summary(spec, SymbolsLevels(use_ascii(ascii_only)))
     method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
     lines += ["", f"Method of estimation: {method}", "", "The same model in R (lme4)",
-              f" {lme4_formula(spec, archive.id_names)}"]
+              f" {lme4_formula(spec, archive.id_names)}"] + [f"   {n}" for n in lme4_notes(spec, archive.id_names)]
     click.echo("\n".join(printable(line) for line in lines))
 
 

@@ -582,6 +582,31 @@ def lme4_formula(spec: LevelsSpec, ids) -> str:
     return " + ".join(parts)
 
 
+def lme4_notes(spec: LevelsSpec, ids) -> list[str]:
+    """How the formula's derived columns are made from the data (ids: the unit ids of levels 2..K)."""
+    notes, made = [], set()
+    for t in _all_terms(spec):
+        name = _r_name_k(t)
+        if name == t.name or name in made:
+            continue
+        made.add(name)
+        src = t.name
+        if t.mean_of:
+            below = "records" if t.mean_of == 1 else f"level-{t.mean_of} units"
+            src = f"(mean of {t.name} over the {below} of each {ids[t.level - 2]})"
+            if t.centering is Centering.NONE:
+                notes.append(f"{name} = {src}")
+                continue
+        if t.centering is Centering.GROUP:
+            what = "records" if t.level == 1 else f"level-{t.level} units"
+            notes.append(f"{name} = {src} - (mean of {src} over the {what} of each {ids[t.level - 1]})")
+        elif t.centering is Centering.GRAND:
+            notes.append(f"{name} = {src} - (mean of {src} over level-{t.level} units)")
+    if notes:
+        notes.append("(means over the records and units used in the analysis)")
+    return notes
+
+
 def _coef_label(names, idx, sym: SymbolsLevels, depth: int, letter=None) -> str:
     tag = sym.rand(depth + 1, idx) if letter else sym.coef(depth, idx)
     text = "/".join(hlm_name(n) for n in names)
@@ -707,6 +732,8 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
     w("")
     w("The same model in R (lme4)")
     w(f" {lme4_formula(spec, meta['ids'])}")
+    for note in lme4_notes(spec, meta["ids"]):
+        w(f"   {note}")
     w(f"   fit with lmer(..., REML = {'TRUE' if spec.method == 'REML' else 'FALSE'})")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 

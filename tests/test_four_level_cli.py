@@ -160,3 +160,35 @@ def test_k_level_loader_reads_a_three_level_archive(tmp_path):
     assert b.n_levels == 3 and b.n_level3 == 60 and b.unit3_ids == a.unit3_ids
     assert all(np.array_equal(x.values, y.values) for x, y in zip(a.levels, b.levels))
     np.testing.assert_array_equal(b.offsets2, a.offsets2)
+
+
+CENTRED_MODEL = ["-1", "SCORE = p0 + p1*group(TIME) + e",
+                 "-2", "p0 = b00 + b01*grand(SES) + b02*mean(TIME) + r0", "-2", "p1 = b10 + r1",
+                 "-3", "b00 = g000 + g001*group(CSIZE) + g002*mean(SES) + u00",
+                 "-4", "g000 = d0000 + d0001*SECTOR + d0002*mean(CSIZE) + v000"]
+
+
+def test_centring_and_unit_means_at_every_level_match_lmer(schools_archive, tmp_path):
+    """group(), grand() and mean() at levels 1 to 4 against the columns built by hand in R
+    (tests/reference_scripts/four_level_centring_lme4.R); the optimum is on the boundary (r0 and r1
+    correlated +1), certified there, and the model printed by `hlmcli model` reads back as itself."""
+    ref = json.loads((D4 / "schools_centring.json").read_text())["ml"]
+    proc = hlmcli("fit", schools_archive, *CENTRED_MODEL, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["converged"] and doc["boundary_notes"] == ["correlation of r0 and r1 is +1"]
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    labels = ["d" + "".join(map(str, f["subscripts"])) for f in doc["fixed_effects"]]
+    assert labels == list(ref["fixed"])
+    np.testing.assert_allclose([f["estimate"] for f in doc["fixed_effects"]],
+                               [ref["fixed"][k]["est"] for k in labels], rtol=1e-6)
+    np.testing.assert_allclose([f["se"] for f in doc["fixed_effects"]], [ref["fixed"][k]["se"] for k in labels],
+                               rtol=1e-5)
+    for block, key in zip(doc["random_effects"], ("tau_pi", "tau_beta", "tau_gamma")):
+        np.testing.assert_allclose(block["matrix"], ref[key], rtol=1e-5)
+    printed = hlmcli("model", schools_archive, *CENTRED_MODEL)
+    assert "(TIMEijkl - TIME•jkl)" in printed.stdout and "(SESjkl - SES•••)" in printed.stdout
+    (tmp_path / "model.txt").write_text(printed.stdout, encoding="utf-8")
+    again = hlmcli("fit", schools_archive, "--model", tmp_path / "model.txt", "--format", "json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["deviance"] == doc["deviance"]
