@@ -585,7 +585,7 @@ def estimable(raw: LevelsStats) -> None:
         raise ModelError(f"the model has no fixed effects (every level-{K} equation is empty)")
     if N <= p:
         raise ModelError(f"only {N} records for {p} fixed effects; the model needs more data")
-    letters = "reuvw"
+    letters = "ruvw"
     for level in range(K, 1, -1):
         q, J = raw.qs[level - 2], raw.J(level)
         if q and J < 2:
@@ -603,7 +603,7 @@ def estimable(raw: LevelsStats) -> None:
 def random_labels(layout, n_levels: int) -> tuple:
     """The random effects of each level in τ order, in the ASCII notation (r0, u01, v012, ...)."""
     out = [[] for _ in range(n_levels - 1)]
-    letters = "reuvw"
+    letters = "ruvw"
 
     def walk(node, depth, idx):
         if depth == n_levels:

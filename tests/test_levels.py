@@ -271,3 +271,13 @@ def test_four_levels_match_lmer(name, method):
     assert fit.sigma2 == pytest.approx(ref["sigma2"], rel=1e-6)
     for tau, key in zip(fit.taus, ("tau_pi", "tau_beta", "tau_gamma")):
         np.testing.assert_allclose(tau, np.array(ref[key]), rtol=1e-5, atol=1e-6 * np.abs(ref[key]).max())
+
+
+def test_random_effects_are_named_r_u_v_by_level():
+    """The boundary notes name random effects as the equations do: r at level 2, u at 3, v at 4."""
+    from test_nested import _small
+
+    from hlmcli.nested_fit import random_labels
+
+    assert random_labels(_four_level().layout, 4) == (["r0", "r1"], ["u00", "u10"], ["v000", "v100"])
+    assert random_labels(as_levels(_small()).layout, 3) == (["r0", "r1"], ["u00", "u10", "u11"])
