@@ -281,3 +281,68 @@ def test_random_effects_are_named_r_u_v_by_level():
 
     assert random_labels(_four_level().layout, 4) == (["r0", "r1"], ["u00", "u10"], ["v000", "v100"])
     assert random_labels(as_levels(_small()).layout, 3) == (["r0", "r1"], ["u00", "u10", "u11"])
+
+
+# ---------------------------------------------------------------- random four-level layouts, dense optimum
+
+def _random_four_level(seed):
+    rng = np.random.default_rng(seed)
+    data = _four_level(seed, records=(1, 6), units2=(1, 4), units3=(1, 3), J4=int(rng.integers(3, 6)))
+    pick = lambda p: bool(rng.random() < p)  # noqa: E731
+    # every level has a random intercept; slopes and their random effects drawn at random
+    slope_random = [pick(0.5) for _ in range(3)]
+    layout = (
+        C(None, (C(None, (C(None, (C(None), C(0)) if pick(0.5) else (C(None),), True),
+                          C(0, (C(None),), slope_random[2])), True),
+                 C(0, (C(None, (C(None),)),), slope_random[1])), True),
+        C(0, (C(None, (C(None, (C(None),), slope_random[0]),), True),), pick(0.7)),
+    )
+    return LevelsData(data.y, data.predictors, data.parents, layout)
+
+
+def _dense_best(data, fit, reml, rng, starts=3):
+    """An independent optimum: the dense deviance over (log σ², Cholesky factors of each τ) by
+    Nelder–Mead from hlmcli's answer and from random starts."""
+    from scipy import optimize
+
+    qs = [t.shape[0] for t in fit.taus]
+    tril = [np.tril_indices(q) for q in qs]
+
+    def unpack(t):
+        taus, k = [], 1
+        for q, ix in zip(qs, tril):
+            L = np.zeros((q, q))
+            L[ix] = t[k:k + len(ix[0])]
+            k += len(ix[0])
+            taus.append(L @ L.T)
+        return np.exp(t[0]), taus
+
+    def f(t):
+        s2, taus = unpack(t)
+        return _dense(data, s2, taus, reml)[0]
+    t0 = [np.log(fit.sigma2)]
+    for tau in fit.taus:
+        w, V = np.linalg.eigh(tau)
+        L = np.linalg.cholesky(V @ np.diag(np.clip(w, 1e-8 * max(w.max(), 1e-12), None)) @ V.T)
+        t0 += list(L[np.tril_indices(L.shape[0])])
+    inits = [np.array(t0)] + [np.concatenate([[np.log(fit.sigma2)], rng.normal(size=len(t0) - 1)])
+                              for _ in range(starts)]
+    opts = {"xatol": 1e-10, "fatol": 1e-12, "maxiter": 40000, "maxfev": 40000}
+    return min(optimize.minimize(f, x, method="Nelder-Mead", options=opts).fun for x in inits)
+
+
+def _check_random_layout(seed):
+    data = _random_four_level(seed)
+    reml = bool(seed % 2)
+    fit = fit_nested(data, reml=reml)
+    assert fit.converged, fit.message
+    best = _dense_best(data, fit, reml, np.random.default_rng(seed))
+    # never worse than the independent optimum; a lower dense value would be a false certificate
+    assert fit.deviance <= best + 1e-7 * abs(best), (fit.deviance, best)
+    assert fit.deviance == pytest.approx(_dense(data, fit.sigma2, fit.taus, reml)[0], rel=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(9))  # the fast test of this: test_four_level_optimum_is_the_dense_optimum
+def test_random_four_level_layouts_are_at_the_dense_optimum(seed):
+    _check_random_layout(seed)
