@@ -658,7 +658,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
             quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
-    """Fit a two- or three-level model and print HLM 7's tables (text) or a stable JSON document."""
+    """Fit a two-, three- or four-level model and print HLM 7's tables (text) or a stable JSON document."""
     from .files import refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse

@@ -300,6 +300,8 @@ def load_levels(data, build_opts: dict, cache_dir, warn):
     if "-" in data:
         raise click.UsageError("standard input ('-') cannot be one of the data files; give their paths")
     K = len(data)
+    if K > 4:
+        raise click.UsageError(f"{K} data files: hlmcli fits models of up to four levels (one file per level)")
     if build_opts.get("id_") or build_opts.get("id1"):
         raise click.UsageError(f"{K} data files make a {K}-level model, which takes --id2 ... --id{K}, not --id or --id1")
     ids, keeps = _ids_and_keeps(build_opts, K)
