@@ -41,6 +41,9 @@ def tau_names(n_levels: int) -> tuple:
 # ---------------------------------------------------------------- the objective over (G2, …, GK)
 
 class Objective:
+    """The profiled deviance over (G2, …, GK) on standardised stats: estimation.DevianceObjective, the
+    protocol of the two-level Objective, with a tuple of blocks as its point."""
+
     def __init__(self, stats: LevelsStats, reml: bool):
         self.stats, self.reml, self.count = stats, reml, 0
         self._cache: list = []
