@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .errors import DataError, HlmError, ModelError
+from .errors import HlmError, ModelError
 
 
 class _Usage(HlmError):
@@ -27,8 +27,10 @@ def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatc
         raise click.UsageError("three data files make a three-level model, which takes --id2 (the level-2 unit id) "
                                "and --id3 (the level-3 unit id), not --id or --id1")
     if not id2 or not id3:
-        raise DataError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
-                        "(the level-3 unit id, e.g. SCHOOLID)")
+        from .errors import OptionError
+
+        raise OptionError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
+                          "(the level-3 unit id, e.g. SCHOOLID)")
     return BuildOptions3(id2=id2, id3=id3, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
                          keep3=_split_names(l3_vars), missing=missing, drop_unmatched=drop_unmatched)
 
@@ -246,8 +248,10 @@ def build_options_levels(ids, keeps, missing, drop_unmatched, n_files: int):
     from .cli import _split_names
 
     if len(ids) != n_files - 1 or not all(ids):
+        from .errors import OptionError
+
         need = " ".join(f"--id{k} NAME" for k in range(2, n_files + 1))
-        raise DataError(f"a {n_files}-level build needs {need} (the unit id of each level above the first)")
+        raise OptionError(f"a {n_files}-level build needs {need} (the unit id of each level above the first)")
     return BuildOptionsLevels(tuple(ids), tuple(_split_names(k) for k in keeps), missing, drop_unmatched)
 
 

@@ -113,7 +113,7 @@ def test_mdm_info_and_model_for_four_levels(schools_archive):
 
 def test_four_level_bad_input_is_one_line_with_its_exit_code(schools_archive, tmp_path):
     proc = hlmcli("mdm", "build", *SCHOOLS, "--id2", "STUDENTID", "--id3", "CLASSID", "-o", tmp_path / "x.mdm")
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "--id4" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--id4" in proc.stderr
     assert not (tmp_path / "x.mdm").exists()
     proc = hlmcli("fit", schools_archive, *SCHOOLS_MODEL[:-2], "-4", "g000 = d0000 + d0001*SES + v000")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
