@@ -192,3 +192,9 @@ def test_centring_and_unit_means_at_every_level_match_lmer(schools_archive, tmp_
     again = hlmcli("fit", schools_archive, "--model", tmp_path / "model.txt", "--format", "json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["deviance"] == doc["deviance"]
+
+
+def test_four_level_output_is_byte_identical_run_to_run(schools_archive):
+    args = ["fit", schools_archive, *SCHOOLS_MODEL]
+    a, b = hlmcli(*args, "--format", "json"), hlmcli(*args, "--format", "json")
+    assert a.returncode == 0 and a.stdout == b.stdout
