@@ -806,8 +806,25 @@ def archive3_info_text(info: dict) -> str:
     return "\n".join(printable(line) for line in out) + "\n"
 
 
-def archive_levels_info(archive: ArchiveLevels) -> dict:
-    """HLM 7's MDM statistics for every level."""
+def unit_info(archive: ArchiveLevels, unit: str) -> dict | None:
+    """One unit, looked up from the top level down: its level, records, units one level down, values."""
+    for level in range(archive.n_levels, 1, -1):
+        ids = archive.levels[level - 1].ids
+        if unit in ids:
+            k = ids.index(unit)
+            lo, hi = k, k + 1
+            for m in range(level, 1, -1):  # the range of records under it
+                off = archive.levels[m - 1].offsets
+                lo, hi = int(off[lo]), int(off[hi])
+            off = archive.levels[level - 1].offsets
+            return {"id": unit, "level": level, "n": hi - lo, "n_below": int(off[k + 1] - off[k]),
+                    f"level{level}": {n: float(archive.levels[level - 1].values[i, k])
+                                      for i, n in enumerate(archive.names(level))}}
+    return None
+
+
+def archive_levels_info(archive: ArchiveLevels, unit: str | None = None) -> dict:
+    """HLM 7's MDM statistics for every level (and one unit's, with `unit`)."""
     from . import __version__
     from .archive import summarize
 
@@ -829,6 +846,12 @@ def archive_levels_info(archive: ArchiveLevels) -> dict:
            for k in range(1, K + 1)},
         "value_labels": archive.value_labels,
     }
+    if unit is not None:
+        found = unit_info(archive, unit)
+        if found is None:
+            raise DataError(f"{archive.path.name if archive.path else 'the archive'}: no unit '{unit}' at any level; "
+                            f"ids look like {', '.join(archive.levels[1].ids[:2] + archive.levels[-1].ids[:1])}")
+        info["unit"] = found
     return info
 
 
@@ -868,4 +891,14 @@ def archive_levels_info_text(info: dict) -> str:
         w("  value labels:")
         for name, labels in info["value_labels"].items():
             w(f"    {name}: " + ", ".join(f"{k} = {v}" for k, v in labels.items()))
+    if "unit" in info:
+        un = info["unit"]
+        w("")
+        if un["level"] == 2:
+            w(f"  level-2 unit {un['id']}: {un['n']} level-1 records")
+        else:
+            w(f"  level-{un['level']} unit {un['id']} (ids are looked up from the top level down): "
+              f"{un['n_below']} level-{un['level'] - 1} units, {un['n']} level-1 records")
+        for name, value in un[f"level{un['level']}"].items():
+            w(f"    {name} = {value:.6g}")
     return "\n".join(printable(line) for line in out) + "\n"

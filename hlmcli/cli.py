@@ -318,9 +318,7 @@ def mdm_info(archive_file, unit, out_format):
     if Path(archive_file).is_file() and archive_levels(archive_file) >= 4:
         from .levels import info_levels
 
-        if unit is not None:
-            raise DataError(f"{archive_file}: --unit is not available for four-level archives yet; drop it")
-        return info_levels(archive_file, out_format, _stderr)
+        return info_levels(archive_file, out_format, _stderr, unit)
     if Path(archive_file).is_file() and archive_levels(archive_file) == 3:
         from .archive_levels import archive3_info, archive3_info_text, load_archive3
 

@@ -273,7 +273,7 @@ def build_levels(files, options, file_format, delimiter, output, quiet, stderr, 
         stderr(f"hlmcli: wrote {output}: {counts}")
 
 
-def info_levels(archive_file, out_format, stderr):
+def info_levels(archive_file, out_format, stderr, unit=None):
     from .archive import changed_sources
     from .archive_levels import archive_levels_info, archive_levels_info_text, load_archive_levels
     from .report import dumps_json
@@ -281,7 +281,7 @@ def info_levels(archive_file, out_format, stderr):
     a = load_archive_levels(archive_file, archive_n_levels(archive_file))
     for path in changed_sources(a):
         stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
-    info = archive_levels_info(a)
+    info = archive_levels_info(a, unit)
     click.echo(dumps_json(info) if out_format == "json" else archive_levels_info_text(info), nl=False)
 
 

@@ -106,6 +106,16 @@ def test_mdm_info_and_model_for_four_levels(schools_archive):
     assert doc["id"]["level4"] == "SCHOOLID"
     text = hlmcli("mdm", "info", schools_archive).stdout
     assert "(4 levels, HLM4)" in text and "LEVEL-4 DESCRIPTIVE STATISTICS" in text
+    unit = json.loads(hlmcli("mdm", "info", schools_archive, "--unit", "40", "--format", "json").stdout)["unit"]
+    l1 = pd.read_csv(D4 / "schools_l1.csv")
+    l2 = pd.read_csv(D4 / "schools_l2.csv")
+    l3 = pd.read_csv(D4 / "schools_l3.csv")
+    classes = l3.loc[l3.SCHOOLID == 40, "CLASSID"]
+    students = l2.loc[l2.CLASSID.isin(classes), "STUDENTID"]
+    assert unit["level"] == 4 and unit["n_below"] == len(classes) and unit["n"] == int(l1.STUDENTID.isin(students).sum())
+    assert "level-2 unit 700: 4 level-1 records" in hlmcli("mdm", "info", schools_archive, "--unit", "700").stdout
+    missing = hlmcli("mdm", "info", schools_archive, "--unit", "nope")
+    assert missing.returncode == 1 and "no unit 'nope'" in missing.stderr
     model = hlmcli("model", schools_archive, *SCHOOLS_MODEL, "--ascii")
     assert model.returncode == 0, model.stderr
     assert "G000l = D0000 + D0001*(SECTORl) + V000l" in model.stdout
