@@ -346,3 +346,51 @@ def _check_random_layout(seed):
 @pytest.mark.parametrize("seed", range(9))  # the fast test of this: test_four_level_optimum_is_the_dense_optimum
 def test_random_four_level_layouts_are_at_the_dense_optimum(seed):
     _check_random_layout(seed)
+
+
+# ---------------------------------------------------------------- the four-level language: only one-line errors
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from hlmcli.equations_levels import VariablesLevels, build_levels_spec  # noqa: E402
+from hlmcli.errors import HlmError  # noqa: E402
+
+FUZZ4 = settings(max_examples=150, deadline=2000, suppress_health_check=list(HealthCheck), derandomize=True)
+VARS4 = VariablesLevels((("SCORE", "TIME"), ("SES",), ("CSIZE",), ("SECTOR",)))
+MODEL4 = [["SCORE = p0 + p1*group(TIME) + e"], ["p0 = b00 + b01*grand(SES) + b02*mean(TIME) + r0", "p1 = b10 + r1"],
+          ["b00 = g000 + g001*CSIZE + g002*mean(SES) + u00"], ["γ000 = δ0000 + δ0001*(SECTORl) + δ0002*mean(CSIZE) + v000l"]]
+ALPHABET4 = "pbgdeuvrPBGDUV0123456789*+-=()., _ijklSCORETIMESCSIZEmeanπβγδ•×−\t\n\x00"
+
+
+def _parse_only_hlm_errors(equations):
+    try:
+        build_levels_spec(equations, VARS4)
+    except HlmError:
+        pass
+
+
+def test_the_four_level_model_parses():
+    spec = build_levels_spec(MODEL4, VARS4)
+    assert [f.idx for f in spec.fixed()] == [(0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 0, 2), (0, 0, 1, 0), (0, 0, 2, 0),
+                                            (0, 1, 0, 0), (0, 2, 0, 0), (1, 0, 0, 0)]
+
+
+@FUZZ4
+@given(st.lists(st.lists(st.text(ALPHABET4, max_size=60), max_size=2), min_size=4, max_size=4))
+def test_random_four_level_equations_raise_only_hlm_errors(equations):
+    _parse_only_hlm_errors(equations)
+
+
+@FUZZ4
+@given(st.data())
+def test_mutated_four_level_equations_raise_only_hlm_errors(data):
+    level = data.draw(st.integers(0, 3))
+    k = data.draw(st.integers(0, len(MODEL4[level]) - 1))
+    text = MODEL4[level][k]
+    i = data.draw(st.integers(0, len(text)))
+    j = data.draw(st.integers(i, min(len(text), i + 4)))
+    new = text[:i] + data.draw(st.text(ALPHABET4, max_size=4)) + text[j:]
+    equations = [list(e) for e in MODEL4]
+    equations[level][k] = new
+    _parse_only_hlm_errors(equations)
