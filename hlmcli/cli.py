@@ -603,8 +603,15 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
                       _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, {**more, "ml": ml},
                       _stderr, _use_ascii)
 
+    from .flags import check_archive_options, check_model_options
+
+    given = _given_options()
+    check_archive_options(given, Path(data[0]).name if len(data) == 1 else None)
     archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet=False)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
+    o = spec.options
+    check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
+                        full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
         from .hglm_run import estimation_text, glmer_call, hglm_model_summary
 
@@ -678,8 +685,13 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
 
     from .levels import is_many_levels
     if is_many_levels(data, more):
+        from .flags import check_fit_options
         from .levels import fit_levels, refusals
 
+        check_fit_options(_given_options(), archive=Path(data[0]).name if len(data) == 1 else None,
+                          engine=more["engine"], hlm_file=False, out_format=out_format,
+                          outputs=bool(output or json_out or residuals_l2 or more.get("residuals_l3")
+                                       or more.get("residuals_l4")))
         return fit_levels(data, level1, level2, model_file, ascii_only,
                           {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, out_format,
                           output, json_out, title, timestamp, strict, max_iterations, quiet, refusals(locals()),
@@ -1049,7 +1061,11 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     check_output(output)
     from .flags import check_plot_options
 
-    check_plot_options(_given_options(), kind, len(data) == 1 and str(data[0]).lower().endswith(".json"))
+    from .flags import check_archive_options
+
+    saved = len(data) == 1 and str(data[0]).lower().endswith(".json")
+    check_plot_options(_given_options(), kind, saved)
+    check_archive_options(_given_options(), Path(data[0]).name if len(data) == 1 and not saved else None)
     from .levels import is_many_levels, is_three_level, unsupported_command
     if is_many_levels(data, more) or is_three_level(data, more):
         unsupported_command("plot")

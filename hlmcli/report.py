@@ -553,6 +553,11 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     out += extras_text(a.extras, sym)
     formula, notes = lme4_formula(d.spec, meta.get("id_name", "ID"))
+    if getattr(a, "weights", None) is not None:
+        # lmer's weights= are precision weights, not sampling weights, and this fit is pseudo-ML whatever
+        # the spec asked for (pipeline.analyse_stats): "lmer(..., REML = TRUE)" would name another fit
+        notes = notes[:-1] + ["lmer has no sampling weights (its weights= are precision weights): lmer(..., REML = FALSE) "
+                              "gives the unweighted fit; the pseudo-likelihood fit in R is WeMix::mix"]
     w("")
     w("The same model in R (lme4)")
     w(f" {formula}")
