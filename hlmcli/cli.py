@@ -83,6 +83,27 @@ class _UsageProblem(HlmError):
     exit_code = EXIT_USAGE
 
 
+def _dask_scheduler(more: dict):
+    """--scheduler, --timeout and --deadline as one dask_engine.Scheduler (None for the other engines)."""
+    given = [name for name, key in (("--timeout", "dask_timeout"), ("--deadline", "dask_deadline"))
+             if more.get(key) is not None]
+    if more.get("engine") != "dask":  # --scheduler alone: flags.check_fit_options
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: for --engine dask only (the time allowed to its scheduler); "
+                                   "give --engine dask too, or drop it")
+        return None
+    if more.get("dask_timeout") is not None and more.get("scheduler") is None:
+        raise click.UsageError("--timeout is the time to connect to --scheduler, and none is given (the default "
+                               "LocalCluster runs here); give --scheduler, or drop --timeout")
+    from .dask_engine import CONNECT_TIMEOUT, Scheduler, check_seconds, parse_address
+
+    if more.get("scheduler") is not None:
+        parse_address(more["scheduler"])
+    timeout = check_seconds("--timeout", more.get("dask_timeout"))
+    return Scheduler(more.get("scheduler"), CONNECT_TIMEOUT if timeout is None else timeout,
+                     check_seconds("--deadline", more.get("dask_deadline")))
+
+
 def _split_names(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -437,7 +458,7 @@ _hglm_options = [
     click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
-                 help="AGQ: quadrature points per random effect (default 7)."),
+                 help="AGQ: quadrature points per random effect (default 7, at most 100)."),
 ]
 
 
@@ -673,6 +694,10 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--engine", type=click.Choice(["memory", "stream", "dask"]), default="memory", show_default=True,
               help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
+@click.option("--timeout", "dask_timeout", type=float, metavar="SECONDS",
+              help="--scheduler: seconds for each step of connecting and finding a worker (default 30).")
+@click.option("--deadline", "dask_deadline", type=float, metavar="SECONDS",
+              help="--engine dask: seconds the whole computation may take (default: no limit).")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
@@ -683,6 +708,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
+    _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels
     if is_many_levels(data, more):
         from .flags import check_fit_options
@@ -725,9 +751,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
         from .engines import cli_fit
 
-        if more["scheduler"] and more["engine"] != "dask":
-            raise click.UsageError("--scheduler is for --engine dask")
-        return cli_fit(data, level1, level2, model_file, ml, more["engine"], more["scheduler"],
+        return cli_fit(data, level1, level2, model_file, ml, more["engine"], _dask_scheduler(more),
                        _build_opts(id_, id1, id2, missing, drop_unmatched, **more), out_format, output, json_out, title,
                        timestamp, df_method, strict, ascii_only, quiet, extra={
                            "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance,
@@ -1003,7 +1027,9 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
     from .hglm_run import analyse_hglm, boundary_notes, hglm_extras, hglm_json, hglm_text, write_residuals
     from .report import Symbols, dumps_json
 
-    a = analyse_hglm(spec, archive, level1)
+    from .data_checks import fit_or_refuse
+
+    a = fit_or_refuse(lambda: analyse_hglm(spec, archive, level1), archive, spec.outcome)
     a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
     a.notes = boundary_notes(a)
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
