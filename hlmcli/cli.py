@@ -664,8 +664,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--keep", help="Source columns (text too) to carry into the residual files, comma-separated.")
 @click.option("--title", help="Problem title for the output.")
 @click.option("--timestamp", is_flag=True, help="Add the date and time to the text output (off: output is reproducible).")
-@click.option("--df", "df_method", type=click.Choice(["hlm", "satterthwaite"]), default="hlm", show_default=True,
-              help="d.f. of the fixed effects: HLM 7's rule, or Satterthwaite's as lmerTest.")
+@click.option("--df", "df_method", type=click.Choice(["hlm", "hlm6", "satterthwaite"]), default="hlm", show_default=True,
+              help="d.f. of the fixed effects: HLM 7's rule, HLM 5/6's (fixed slopes get N - F), or Satterthwaite's as lmerTest.")
 @click.option("--strict", is_flag=True, help="Exit 3 on a boundary fit too.")
 @click.option("--tau", "tau_structure", type=click.Choice(["unstructured", "diagonal"]), default=None,
               help="Covariance of the random effects: unstructured (default) or diagonal (independent effects).")
@@ -673,13 +673,15 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
+@click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
+              help="The program that printed the prior deviance: hlm6 (HLM 5/6 print the ML deviance ln 2π low; it is added back) or hlm7.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l4", type=click.Path(), help="Four levels: write the level-4 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
-@click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
+@click.option("--ols-units", type=click.IntRange(0), help="How many units' OLS regressions --full-output prints (default 10): the first units whose OLS can be computed, as HLM counts them.")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr (the exit code still tells).")
 @click.option("--keep-failed-output", is_flag=True, help="Write -o and residual files even when the fit is not certified (exit 3).")
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
@@ -708,12 +710,15 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
+    prior_version = more.pop("prior_version", None)
     _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels
     if is_many_levels(data, more):
         from .flags import check_fit_options
         from .levels import fit_levels, refusals
 
+        if prior_version:
+            raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
         check_fit_options(_given_options(), archive=Path(data[0]).name if len(data) == 1 else None,
                           engine=more["engine"], hlm_file=False, out_format=out_format,
                           outputs=bool(output or json_out or residuals_l2 or more.get("residuals_l3")
@@ -724,7 +729,10 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                           {**more, "ml": ml, "residuals_l2": residuals_l2}, _stderr, _use_ascii)
     data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
     from .levels import is_three_level
-    if is_three_level(data, more):
+    three = is_three_level(data, more)
+    if prior_version and (three or more["engine"] != "memory" or plausible_values or imputed):
+        raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
+    if three:
         from .levels import fit3
 
         return fit3(data, level1, level2, model_file, ascii_only,
@@ -751,6 +759,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
         from .engines import cli_fit
 
+        if prior_version:
+            raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
         return cli_fit(data, level1, level2, model_file, ml, more["engine"], _dask_scheduler(more),
                        _build_opts(id_, id1, id2, missing, drop_unmatched, **more), out_format, output, json_out, title,
                        timestamp, df_method, strict, ascii_only, quiet, extra={
@@ -781,6 +791,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                            "--plausible-values/--imputed": bool(plausible_values or imputed),
                            f"--format {out_format}": out_format not in ("text", "json"),
                            "--json-out": bool(json_out), "--keep": bool(keep)})
+        if prior_version:
+            raise _UsageProblem("--prior-version is for normal outcomes: HGLM deviances are not compared with HLM 5/6's")
         hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
         return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
                          hypotheses, strict)
@@ -797,8 +809,17 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         return
     analysis = analyse(spec, archive, df_method, weights=wspec if wspec.any else None)
     opts = spec.options
-    add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
+    prior = opts.prior_deviance
+    if prior_version:
+        from .inference import prior_deviance_as_printed_here
+
+        if prior is None:
+            raise _UsageProblem("--prior-version says which program printed --compare-deviance; give --compare-deviance too")
+        prior = prior_deviance_as_printed_here(prior, prior_version, analysis.result.method)
+    add_extras(analysis, hypotheses, prior, opts.prior_params, opts.homogeneity,
                opts.full_output, opts.ols_units)
+    if prior_version and "deviance_test" in analysis.extras:
+        analysis.extras["deviance_test"].update({"prior_version": prior_version, "prior_deviance_printed": opts.prior_deviance})
     # Whether the fit is certified is decided here, before any file is moved into place, so a run
     # that exits non-zero leaves no -o or residual file behind for make to take as a result.
     status, failures = _fit_status(analysis.result, strict)

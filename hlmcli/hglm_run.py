@@ -74,6 +74,8 @@ def refuse_options(opts, *, df_method="hlm", prior_deviance=None, homogeneity=Fa
     if given:
         raise ModelError(f"{', '.join(given)}: not available for a {opts.family} outcome (HGLM); "
                          "fit without it, or use the normal model")
+    if df_method == "hlm6":
+        raise ModelError("--df hlm6 is not available for an HGLM: HGLM tables use HLM 7's d.f.")
     if df_method != "hlm":
         raise ModelError("--df satterthwaite is not available for an HGLM: Satterthwaite's d.f. come from the normal "
                          "model's REML/ML variance of the variance estimates; HGLM tables use HLM 7's d.f.")

@@ -157,7 +157,7 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     from .residual_files import write_table
 
     refuse_unsupported([
-        ("--test", bool(tests)), ("--df satterthwaite", df_method != "hlm"), ("--compare-deviance", compare_deviance is not None),
+        ("--test", bool(tests)), (f"--df {df_method}", df_method != "hlm"), ("--compare-deviance", compare_deviance is not None),
         ("--compare-params", compare_params is not None), ("--test-homogeneity", bool(test_homogeneity)),
         ("--full-output", bool(full_output)), ("--ols-units", ols_units is not None),
         ("--tau diagonal", tau_structure == "diagonal"), ("--weight1", bool(weight1)), ("--weight2", bool(weight2)),
@@ -437,7 +437,7 @@ def refusals(params: dict) -> list:
     """The `fit` options with no four-level meaning yet, as (option, given) pairs."""
     more = params.get("more", {})
     return [
-        ("--test", bool(params.get("tests"))), ("--df satterthwaite", params.get("df_method", "hlm") != "hlm"),
+        ("--test", bool(params.get("tests"))), (f"--df {params.get('df_method')}", params.get("df_method", "hlm") != "hlm"),
         ("--compare-deviance", params.get("compare_deviance") is not None),
         ("--compare-params", params.get("compare_params") is not None),
         ("--test-homogeneity", bool(params.get("test_homogeneity"))), ("--full-output", bool(params.get("full_output"))),
