@@ -665,14 +665,15 @@ def cached_archive_levels(paths, options, fmt=None, delimiter=None, cache_dir=No
                           warn=lambda m: None) -> tuple[ArchiveLevels, str]:
     """`hlmcli fit L1 … LK`: load the cached archive for these sources and options (BuildOptions3 or
     BuildOptionsLevels), else build it."""
-    from .cache import _source_mode, cache_dir_for, secure_cache_dir
-    from .files import check_regular, remove_stale_temporaries
+    from .cache import (_source_mode, cache_dir_for, remove_stale_cache_temporaries, reused_archive, secure_cache_dir,
+                        store_archive)
+    from .files import check_regular
 
     K = options.as_dict()["levels"]
     for p in paths:
         check_regular(p, "data file")
     folder = secure_cache_dir(cache_dir_for(cache_dir))
-    remove_stale_temporaries(folder)
+    remove_stale_cache_temporaries(folder)
     hashes = tuple(sha256_file(p) for p in paths)
     material = {"format_version": FORMAT_VERSION, "levels": K, "sources": list(hashes),
                 "options": options.as_dict(), "format": fmt, "delimiter": delimiter}
@@ -684,10 +685,7 @@ def cached_archive_levels(paths, options, fmt=None, delimiter=None, cache_dir=No
             check_regular(target, "cached archive")
             archive = load_archive_levels(target, K)
             if tuple(s.sha256 for s in archive.sources) == hashes:
-                try:
-                    os.utime(target)
-                except OSError:
-                    pass
+                reused_archive(folder, target)
                 return archive, "reused"
             status = "rebuilt (the cached archive was built from other data)"
             warn(f"{target}: cached archive does not match the input files; rebuilding it")
@@ -703,7 +701,7 @@ def cached_archive_levels(paths, options, fmt=None, delimiter=None, cache_dir=No
     archive = build(paths, options, fmt, delimiter, warn=warn)
     if tuple(s.sha256 for s in archive.sources) != hashes:
         raise DataError(f"{paths[0]}: the data changed while it was being read; run the command again")
-    write_archive_levels(archive, target, mode=_source_mode(*paths))
+    store_archive(folder, target, lambda: write_archive_levels(archive, target, mode=_source_mode(*paths)))
     archive.path = target
     return archive, status
 

@@ -31,8 +31,13 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from .files import output_transaction
+
         try:
-            return func(*args, **kwargs)
+            # every file the command writes is staged and put in place only if it succeeds (files.py)
+            ctx = click.get_current_context(silent=True)
+            with output_transaction(no_follow=bool(ctx is not None and ctx.meta.get("no_follow"))):
+                return func(*args, **kwargs)
         except HlmError as exc:
             _stderr(f"hlmcli: error: {exc}")
             if getattr(exc, "detail", None):  # a syntax error's equation with a caret under the place
@@ -81,6 +86,16 @@ class _UsageProblem(HlmError):
     """A usage error found inside a command (exit 2, one line)."""
 
     exit_code = EXIT_USAGE
+
+
+def _keep_no_follow(ctx, param, value):
+    ctx.meta["no_follow"] = value
+    return value
+
+
+# on every command that writes files; read by user_errors (files.output_transaction)
+no_follow_option = click.option("--no-follow", is_flag=True, expose_value=False, callback=_keep_no_follow,
+                                help="Refuse an output path that is a symbolic link (default: write to the link's target).")
 
 
 def _dask_scheduler(more: dict):
@@ -210,6 +225,7 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.option("--allow-outside", is_flag=True, help="Let the template's mdmname: point outside the template's folder.")
 @click.option("--engine", type=click.Choice(["memory", "stream"]), default="memory", show_default=True,
               help="stream: one chunked pass (pyarrow) writing per-unit statistics, in bounded memory.")
+@no_follow_option
 @user_errors
 def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2, id3, id4, l1_vars, l2_vars, l3_vars,
               l4_vars, missing, drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside,
@@ -217,7 +233,7 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
     """Merge a level-1 and a level-2 file (a level-3 file: HLM3; and a level-4 file: HLM4) into an archive."""
     from .archive import BuildOptions, build_from_files, write_archive
     from .errors import DataError
-    from .files import refuse_overwriting_inputs
+    from .files import check_outputs, commit_outputs
 
     from .flags import check_build_options
 
@@ -295,12 +311,13 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
     for source in (level1_file, level2_file):
         if str(source) != "-":  # '-' is standard input
             check_regular(source, "data file")
-    refuse_overwriting_inputs(output, [level1_file, level2_file, template])
+    check_outputs([("-o", output)], [level1_file, level2_file, template])
     if engine == "stream":
         from .engines import cli_build
 
         records, units = cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet,
                                    warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")))
+        commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}: per-unit statistics of {records} level-1 records in {units} units")
         return
@@ -312,6 +329,7 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
         write_archive(archive, output)
     finally:
         progress.close()
+    commit_outputs()
     if not quiet:
         _stderr(f"hlmcli: wrote {output}: {archive.n_level1} level-1 records in {archive.n_units} units")
 
@@ -700,13 +718,14 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="--scheduler: seconds for each step of connecting and finding a worker (default 30).")
 @click.option("--deadline", "dask_deadline", type=float, metavar="SECONDS",
               help="--engine dask: seconds the whole computation may take (default: no limit).")
+@no_follow_option
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
             quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
     """Fit a two-, three- or four-level model and print HLM 7's tables (text) or a stable JSON document."""
-    from .files import refuse_clobber, refuse_overwriting_inputs
+    from .files import check_outputs, refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
@@ -751,9 +770,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                       hlm_file=bool(model_file and str(model_file).lower().endswith(".hlm")), out_format=out_format,
                       outputs=bool(output or json_out or residuals_l1 or residuals_l2))
     sources = list(data) + [model_file]
-    for path in (output, residuals_l1, residuals_l2, json_out):
-        if path:
-            refuse_overwriting_inputs(path, sources)
+    check_outputs([("-o", output), ("--json-out", json_out), ("--residuals-l1", residuals_l1),
+                   ("--residuals-l2", residuals_l2)], sources)
     from .engines import is_stats_archive
 
     if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
@@ -925,22 +943,45 @@ def cache_list(cache_dir):
     """List cached archives: file, size, last use and the data they were built from."""
     import time
 
-    from .cache import list_cache
+    from .cache import indexed_names, list_cache
     from .report import printable
 
     folder, entries = list_cache(cache_dir)
+    ours = indexed_names(cache_dir)
     click.echo(f"cache folder: {printable(str(folder))}")
     total = 0
     for e in entries:
         total += e.size
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime))
-        what = ", ".join(printable(s) for s in e.sources) if e.readable else "(unreadable; 'hlmcli cache prune' removes it)"
+        what = ", ".join(printable(s) for s in e.sources) if e.readable else "(unreadable)"
+        if e.path.name not in ours:
+            what += "  (not written by this cache: 'hlmcli cache prune' leaves it alone)"
         click.echo(f"{e.path.name}  {e.size:>12,d} bytes  {used}  {what}")
     click.echo(f"{len(entries)} archive(s), {total:,d} bytes")
 
 
+class _Days(click.ParamType):
+    """A finite number of days, 0 or more: nan would compare false with every age (and delete all)."""
+
+    name = "days"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of days", param, ctx)
+        if not math.isfinite(days) or days < 0:
+            self.fail(f"{value!r} is not a finite number of days, 0 or more", param, ctx)
+        return days
+
+
+_DAYS = _Days()
+
+
 @cache_group.command("prune")
-@click.option("--older-than", "older_than", type=click.FloatRange(0), metavar="DAYS",
+@click.option("--older-than", "older_than", type=_DAYS, metavar="DAYS",
               help="Remove only archives not used for DAYS days (default: remove all).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache folder (default as for fit).")
 @user_errors
@@ -1096,11 +1137,12 @@ def compare_cmd(fit_a, fit_b, out_format):
 @click.option("--seed", type=int, default=1, show_default=True, help="units: the seed of that sample.")
 @click.option("--x-range", help="equation from a saved JSON fit: LOW,HIGH of the x axis on the model's scale (default -2,2).")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
+@no_follow_option
 @user_errors
 def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
              output, x_var, by, coef, sample, seed, x_range, quiet, **more):
     """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
-    from .files import refuse_overwriting_inputs
+    from .files import check_outputs, commit_outputs
     from .pipeline import analyse
     from .plots import check_output
     from .results import Results
@@ -1116,9 +1158,10 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     from .levels import is_many_levels, is_three_level, unsupported_command
     if is_many_levels(data, more) or is_three_level(data, more):
         unsupported_command("plot")
-    refuse_overwriting_inputs(output, list(data) + [model_file])
+    check_outputs([("-o", output)], list(data) + [model_file])
     if len(data) == 1 and str(data[0]).lower().endswith(".json"):
         _plot_saved_fit(kind, data[0], output, x_var, by, x_range)
+        commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}")
         return
@@ -1126,6 +1169,7 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
     results = Results(analyse(spec, archive), archive, {"data_source": source_text})
     results.plot(kind, output, x=x_var, by=list(by) or None, coef=coef, sample=sample, seed=seed)
+    commit_outputs()
     if not quiet:
         _stderr(f"hlmcli: wrote {output}")
 
@@ -1163,19 +1207,20 @@ def _plot_saved_fit(kind, path, output, x_var, by, x_range):
               show_default=True)
 @click.option("--names", help="Column headings, comma-separated (default: the file names without .json).")
 @click.option("-o", "--output", type=click.Path(), help="Write the table here (atomically) instead of stdout.")
+@no_follow_option
 @user_errors
 def table_cmd(fits, out_format, names, output):
     """Saved JSON fits side by side: coefficients (SEs), variance components, deviance, AIC, BIC, N, J."""
     from .compare import read_fit
-    from .files import atomic_write_text, refuse_overwriting_inputs
+    from .files import atomic_write_text, check_outputs
     from .tables import side_by_side_text
 
+    check_outputs([("-o", output)], list(fits))
     headings = list(_split_names(names) or [Path(f).stem for f in fits])
     if len(headings) != len(fits):
         raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
     text = side_by_side_text([read_fit(f) for f in fits], headings, out_format)
     if output:
-        refuse_overwriting_inputs(output, list(fits))
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)

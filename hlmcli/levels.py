@@ -51,15 +51,16 @@ def is_three_level(data, more: dict) -> bool:
 def build3(files, template, options, file_format, delimiter, output, quiet, force, allow_outside, stderr, progress):
     """`hlmcli mdm build L1 L2 L3 --id2 ... --id3 ...` or an HLM3 template."""
     from .archive_levels import build_from_files3, write_archive3
-    from .files import check_regular, refuse_overwriting_inputs
+    from .files import check_outputs, check_regular, commit_outputs
 
     for source in files:
         if str(source) != "-":
             check_regular(source, "data file")
-    refuse_overwriting_inputs(output, list(files) + [template])
+    check_outputs([("-o", output)], list(files) + [template])
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
     archive = build_from_files3(files, options, file_format, delimiter, warn=warn, progress=progress)
     write_archive3(archive, output)
+    commit_outputs()
     if not quiet:
         stderr(f"hlmcli: wrote {output}: {archive.n_level1} level-1 records in {archive.n_level2} level-2 units "
                f"in {archive.n_level3} level-3 units")
@@ -151,7 +152,7 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
 
     from .design_levels import design3
     from .errors import EXIT_NOT_CONVERGED
-    from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
+    from .files import atomic_write_text, check_outputs, refuse_clobber, refuse_overwriting_inputs
     from .nested import fit_nested
     from .report_levels import Symbols3, fit_json3_text, fit_text3, level2_residuals, level3_residuals
     from .residual_files import write_table
@@ -172,9 +173,8 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
         raise click.UsageError("give --ml or --reml, not both")
     residuals_l3 = more.get("residuals_l3")
     sources = list(data) + [model_file]
-    for path in (output, residuals_l2, residuals_l3, json_out):
-        if path:
-            refuse_overwriting_inputs(path, sources)
+    check_outputs([("-o", output), ("--json-out", json_out), ("--residuals-l2", residuals_l2),
+                   ("--residuals-l3", residuals_l3)], sources)
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
     archive, source_text = load3(data, build_opts, cache_dir, warn)
     spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"), title=title,
@@ -259,15 +259,16 @@ def build_options_levels(ids, keeps, missing, drop_unmatched, n_files: int):
 def build_levels(files, options, file_format, delimiter, output, quiet, stderr, progress):
     """`hlmcli mdm build L1 L2 L3 L4 --id2 A --id3 B --id4 C`."""
     from .archive_levels import build_from_files_levels, write_archive_levels
-    from .files import check_regular, refuse_overwriting_inputs
+    from .files import check_outputs, check_regular, commit_outputs
 
     for source in files:
         if str(source) != "-":
             check_regular(source, "data file")
-    refuse_overwriting_inputs(output, list(files))
+    check_outputs([("-o", output)], list(files))
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
     archive = build_from_files_levels(list(files), options, file_format, delimiter, warn=warn, progress=progress)
     write_archive_levels(archive, output)
+    commit_outputs()
     if not quiet:
         counts = " in ".join([f"{archive.n(1)} level-1 records"] + [f"{archive.n(k)} level-{k} units"
                                                                     for k in range(2, archive.n_levels + 1)])
@@ -379,7 +380,7 @@ def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_d
 
     from .design_levels import design_levels
     from .errors import EXIT_NOT_CONVERGED
-    from .files import atomic_write_text, refuse_overwriting_inputs
+    from .files import atomic_write_text, check_outputs
     from .nested import fit_nested
     from .report_levels import SymbolsLevels, fit_json_text, fit_text, level_residuals
     from .residual_files import write_table
@@ -390,9 +391,8 @@ def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_d
         raise click.UsageError("give --ml or --reml, not both")
     sources = list(data) + [model_file]
     residuals = [more.get(f"residuals_l{k}") for k in (2, 3, 4)]
-    for path in [output, json_out] + residuals:
-        if path:
-            refuse_overwriting_inputs(path, sources)
+    check_outputs([("-o", output), ("--json-out", json_out)]
+                  + [(f"--residuals-l{k}", path) for k, path in zip((2, 3, 4), residuals)], sources)
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
     archive, source_text = load_levels(data, build_opts, cache_dir, warn)
     K = archive.n_levels
