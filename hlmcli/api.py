@@ -165,7 +165,7 @@ def model_spec(archive, level1: str | None, level2: Sequence[str], model_file, f
     changes.update({k: v for k, v in asked.items() if v is not None})
     if changes.get("estimation", spec.options.estimation) == "agq" and "quadrature_points" not in changes \
             and spec.options.quadrature_points == 1:
-        changes["quadrature_points"] = 7  # HLM 7's and our default for AGQ
+        changes["quadrature_points"] = 0  # adaptive: K chosen by hglm.agq_fit
     if changes:
         spec = replace(spec, options=replace(spec.options, **changes))
     return spec

@@ -169,7 +169,7 @@ class OneLineErrors(click.Group):
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
-    """Two- and three-level hierarchical linear models, the way HLM 7 (HLM2, HLM3) fits them."""
+    """Two-, three- and four-level hierarchical linear models, the way HLM 7 (HLM2, HLM3, HLM4) fits them."""
 
 
 @main.group()
@@ -185,6 +185,8 @@ _build_options = [
     click.option("--l1-vars", help="Level-1 variables to keep, comma-separated (default: all)."),
     click.option("--l2-vars", help="Level-2 variables to keep, comma-separated (default: all)."),
     click.option("--l3-vars", help="Three files: level-3 variables to keep, comma-separated (default: all)."),
+    click.option("--id4", help="Four files: the level-4 unit id column (in the level-4 and level-3 files)."),
+    click.option("--l4-vars", help="Four files: level-4 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="Drop level-1 records with missing values now (at build) or per model at analysis."),
     click.option("--drop-unmatched", is_flag=True, help="Drop level-1 records whose unit has no level-2 record."),
@@ -215,6 +217,7 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.argument("level1_file", required=False, type=click.Path())
 @click.argument("level2_file", required=False, type=click.Path())
 @click.argument("level3_file", required=False, type=click.Path())
+@click.argument("level4_file", required=False, type=click.Path())
 @build_options
 @click.option("--template", type=click.Path(), help="Build from an HLM 7 MDM template (.mdmt).")
 @click.option("-o", "--output", type=click.Path(), help="Archive to write (.mdm).")
@@ -225,9 +228,10 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
               help="stream: one chunked pass (pyarrow) writing per-unit statistics, in bounded memory.")
 @no_follow_option
 @user_errors
-def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing,
-              drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside, engine="memory"):
-    """Merge a level-1 and a level-2 file (and a level-3 file: HLM3) into an archive."""
+def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2, id3, id4, l1_vars, l2_vars, l3_vars,
+              l4_vars, missing, drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside,
+              engine="memory"):
+    """Merge a level-1 and a level-2 file (a level-3 file: HLM3; and a level-4 file: HLM4) into an archive."""
     from .archive import BuildOptions, build_from_files, write_archive
     from .errors import DataError
     from .files import check_outputs, commit_outputs
@@ -235,7 +239,25 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     from .flags import check_build_options
 
     check_build_options(_given_options(), bool(template))
-    three = None  # three-level build (cli3.py): the files and their options
+    three = None  # three-level build (levels.py): the files and their options
+    if level4_file or id4 or l4_vars:
+        from .levels import build_levels, build_options_levels
+
+        if not (level1_file and level2_file and level3_file and level4_file) or template or id_ or id1:
+            raise click.UsageError("a four-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE LEVEL4_FILE with "
+                                   "--id2, --id3 and --id4")
+        if output is None:
+            raise click.UsageError("give -o/--output, the archive to write")
+        if engine != "memory":
+            raise click.UsageError("--engine stream builds two-level archives only; four-level archives are built in memory")
+        options = build_options_levels((id2, id3, id4), (l1_vars, l2_vars, l3_vars, l4_vars), missing, drop_unmatched, 4)
+        progress = _Progress(quiet, 6)
+        try:
+            build_levels((level1_file, level2_file, level3_file, level4_file), options, file_format, delimiter, output,
+                         quiet, _stderr, progress)
+        finally:
+            progress.close()
+        return
     if template:
         if level1_file or level2_file:
             raise DataError(f"{template}: give either a template or two data files, not both")
@@ -243,7 +265,7 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
 
         tpl = parse_template(template)
         if tpl.level3_file is not None:
-            from .archive3 import BuildOptions3
+            from .archive_levels import BuildOptions3
 
             three = ((tpl.level1_file, tpl.level2_file, tpl.level3_file),
                      BuildOptions3(id2=tpl.id2, id3=tpl.id3, keep1=tpl.level1_vars or None, keep2=tpl.level2_vars or None,
@@ -264,7 +286,7 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     elif level3_file or id3 or l3_vars:
         if not (level1_file and level2_file and level3_file):
             raise click.UsageError("a three-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE with --id2 and --id3")
-        from .cli3 import options3
+        from .levels import options3
 
         three = ((level1_file, level2_file, level3_file),
                  options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched))
@@ -277,7 +299,7 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     if three is not None:
         if engine != "memory":
             raise click.UsageError("--engine stream builds two-level archives only; three-level archives are built in memory")
-        from .cli3 import build3
+        from .levels import build3
 
         progress = _Progress(quiet, 5)
         try:
@@ -332,9 +354,13 @@ def mdm_info(archive_file, unit, out_format):
         info = stats_archive_info(archive_file)
         click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
         return
-    from .archive3 import archive_levels
+    from .archive_levels import archive_levels
+    if Path(archive_file).is_file() and archive_levels(archive_file) >= 4:
+        from .levels import info_levels
+
+        return info_levels(archive_file, out_format, _stderr, unit)
     if Path(archive_file).is_file() and archive_levels(archive_file) == 3:
-        from .archive3 import archive3_info, archive3_info_text, load_archive3
+        from .archive_levels import archive3_info, archive3_info_text, load_archive3
 
         a3 = load_archive3(archive_file)
         if unit is not None and unit not in a3.unit2_ids and unit not in a3.unit3_ids:
@@ -398,6 +424,8 @@ _model_options = [
                  "(three levels: 'p0 = b00 + b01*FEMALE + r0'). Repeat."),
     click.option("-3", "--level3", "level3", multiple=True,
                  help="Three levels: a level-3 equation, e.g. 'b00 = g000 + g001*LOWINC + u00'. Repeat."),
+    click.option("-4", "--level4", "level4", multiple=True,
+                 help="Four levels: a level-4 equation, e.g. 'g000 = d0000 + d0001*URBAN + v000'. Repeat."),
     click.option("--model", "model_file", type=click.Path(), help="Model file: equations, or an HLM 7 .hlm command file."),
     click.option("--formula", default=None, expose_value=False, callback=lambda ctx, p, v: ctx.meta.__setitem__("formula", v),
                  help="The model as an lme4 formula instead of equations, e.g. 'MATHACH ~ SECTOR*group(SES) + "
@@ -410,6 +438,8 @@ _model_options = [
     click.option("--id2", help="Unit id column of the level-2 file; with three files, the level-2 unit id."),
     click.option("--id3", help="When DATA is three files: the level-3 unit id."),
     click.option("--l3-vars", help="When DATA is three files: level-3 variables to keep, comma-separated (default: all)."),
+    click.option("--id4", help="When DATA is four files: the level-4 unit id."),
+    click.option("--l4-vars", help="When DATA is four files: level-4 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
@@ -447,7 +477,8 @@ _hglm_options = [
     click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
-                 help="AGQ: quadrature points per random effect (default 7, at most 100)."),
+                 help="AGQ: quadrature points per random effect (default: adaptive, from 7 until the deviance changes "
+                 "by at most 1e-6 relative; at most 100)."),
 ]
 
 
@@ -471,7 +502,7 @@ def _fit_options(ml=None, reml=None, **given):
 def _formula_front(data, level1, level2, model_file, id_, id2, more):
     """--formula: refuse it beside equations, take the unit ids from its grouping factors, and let one data
     file hold both levels. The equations themselves are made from it where the variables' levels are known
-    (_spec, cli3.spec3)."""
+    (_spec, levels.spec3)."""
     formula = click.get_current_context().meta.get("formula")
     if formula is None:
         return data, id_, id2, more
@@ -579,11 +610,18 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     """Print the model as HLM 7 writes it, and its lme4 formula, without fitting."""
     from .report import Symbols, lme4_formula, model_summary
 
+    from .levels import is_many_levels
+    if is_many_levels(data, more):
+        from .levels import model_levels
+
+        return model_levels(data, level1, level2, model_file, ascii_only,
+                            {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, more,
+                            _stderr, _use_ascii)
     data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
 
-    from .cli3 import is_three_level
+    from .levels import is_three_level
     if is_three_level(data, more):
-        from .cli3 import model3
+        from .levels import model3
 
         return model3(data, level1, level2, model_file, ascii_only,
                       _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, {**more, "ml": ml},
@@ -643,6 +681,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l4", type=click.Path(), help="Four levels: write the level-4 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
 @click.option("--ols-units", type=click.IntRange(0), help="How many units' OLS regressions --full-output prints (default 10): the first units whose OLS can be computed, as HLM counts them.")
@@ -670,18 +709,33 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
             quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
-    """Fit a two- or three-level model and print HLM 7's tables (text) or a stable JSON document."""
+    """Fit a two-, three- or four-level model and print HLM 7's tables (text) or a stable JSON document."""
     from .files import check_outputs
 
-    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
     prior_version = more.pop("prior_version", None)
     _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
-    from .cli3 import is_three_level
+    from .levels import is_many_levels
+    if is_many_levels(data, more):
+        from .flags import check_fit_options
+        from .levels import fit_levels, refusals
+
+        if prior_version:
+            raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
+        check_fit_options(_given_options(), archive=Path(data[0]).name if len(data) == 1 else None,
+                          engine=more["engine"], hlm_file=False, out_format=out_format,
+                          outputs=bool(output or json_out or residuals_l2 or more.get("residuals_l3")
+                                       or more.get("residuals_l4")))
+        return fit_levels(data, level1, level2, model_file, ascii_only,
+                          {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, out_format,
+                          output, json_out, title, timestamp, strict, max_iterations, quiet, refusals(locals()),
+                          {**more, "ml": ml, "residuals_l2": residuals_l2}, _stderr, _use_ascii)
+    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
+    from .levels import is_three_level
     three = is_three_level(data, more)
     if prior_version and (three or more["engine"] != "memory" or plausible_values or imputed):
         raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
     if three:
-        from .cli3 import fit3
+        from .levels import fit3
 
         return fit3(data, level1, level2, model_file, ascii_only,
                     _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, out_format, output, json_out,
@@ -1066,8 +1120,8 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     saved = len(data) == 1 and str(data[0]).lower().endswith(".json")
     check_plot_options(_given_options(), kind, saved)
     check_archive_options(_given_options(), Path(data[0]).name if len(data) == 1 and not saved else None)
-    from .cli3 import is_three_level, unsupported_command
-    if is_three_level(data, more):
+    from .levels import is_many_levels, is_three_level, unsupported_command
+    if is_many_levels(data, more) or is_three_level(data, more):
         unsupported_command("plot")
     check_outputs([("-o", output), ("--json-out", json_out)], list(data) + [model_file])
     from .engines import is_stats_archive

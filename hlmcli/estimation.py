@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Protocol
 
 import numpy as np
 from scipy import optimize
@@ -48,6 +49,9 @@ class FitResult:
     evaluations: int = 0
     boundary: list[str] = field(default_factory=list)
     message: str = ""
+    # the coordinates the search ran in: (standardised stats, A, T⁻¹, b) with Z̃ = ZA, X̃ = XT,
+    # ỹ = y − X̃b; the certificate's G is τ/σ² there (inference.satterthwaite_df works there too)
+    standardised: tuple | None = None
 
     @property
     def theta(self) -> np.ndarray:
@@ -124,8 +128,22 @@ def fixed_standardising(stats: ModelStats) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- the objective in G̃
 
+class DevianceObjective(Protocol):
+    """What the search, the Newton step on the face, the escapes and the certificate ask of a model:
+    the profiled deviance at a point (`value`), with its gradient in G (`at`), and how far rounding
+    can move it there (`noise`). A point is G (two levels, Objective below) or a tuple of PSD blocks
+    (G2, …, GK) for nested models (nested_fit.Objective); the gradient has the point's shape."""
+
+    def at(self, G) -> tuple[float, object]: ...
+
+    def value(self, G) -> float: ...
+
+    def noise(self, G) -> float: ...
+
+
 class Objective:
-    """The profiled deviance and its G-gradient on standardised stats, counting evaluations."""
+    """The profiled deviance and its G-gradient on standardised stats, counting evaluations
+    (a DevianceObjective)."""
 
     def __init__(self, stats: ModelStats, reml: bool):
         self.stats, self.reml, self.count = stats, reml, 0
@@ -245,7 +263,7 @@ def _face_newton(obj: Objective, G: np.ndarray, diagonal: bool, max_steps: int =
     return newton_on_face(obj, face, x, dev, Gam, noise, max_steps)
 
 
-def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int = 30):
+def newton_on_face(obj: DevianceObjective, face, x, dev: float, Gam, noise: float, max_steps: int = 30):
     """Newton steps from face coordinates x (deviance dev, gradient matrix Gam there) on a fixed
     face: certificate.Face for one τ, or the three-level search's face over two τ blocks (any
     object with G, gradient, hessian and feasible). Returns (G, deviance, steps, saddle, face_data)."""
@@ -287,7 +305,7 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
     return G, dev, steps, None, None
 
 
-def escape_along(obj: Objective, curve, dev: float, t0: float) -> tuple[np.ndarray, float] | None:
+def escape_along(obj: DevianceObjective, curve, dev: float, t0: float) -> tuple[np.ndarray, float] | None:
     """A line search along a feasible curve t -> G(t), t > 0, for a clearly lower deviance: steps
     from 1e-3 to 10 times t0, the best step the certificate found, and from 1e-9 to 1e3."""
     best = None
@@ -358,16 +376,73 @@ def _polish_and_certify(obj: Objective, G: np.ndarray, dev: float, structure: Ta
     return G, dev, cert, iterations, message
 
 
+def lower_faces(G: np.ndarray, diagonal: bool, rank: int) -> list[np.ndarray]:
+    """Points on the faces below G's, where the search may not have looked: τ = 0 always; at a
+    boundary (rank r < q) also G's best rank-k approximations, k = 1..r−1 (unstructured), or G
+    with every proper non-empty subset of its positive entries kept (diagonal)."""
+    q = G.shape[0]
+    out = [np.zeros((q, q))]
+    if rank >= q or rank <= 1:
+        return out
+    if diagonal:
+        d = np.diag(G)
+        pos = [int(k) for k in np.argsort(-d)[:rank]]
+        for mask in range(1, 2 ** rank - 1):
+            keep = [pos[i] for i in range(rank) if mask >> i & 1]
+            D = np.zeros(q)
+            D[keep] = d[keep]
+            out.append(np.diag(D))
+    else:
+        w, E = np.linalg.eigh(0.5 * (G + G.T))
+        for k in range(1, rank):
+            out.append((E[:, -k:] * w[-k:]) @ E[:, -k:].T)
+    return out
+
+
+def best_lower_face(obj, candidates, make_face, dev: float, noise: float):
+    """The global check of a certified boundary optimum: the minimum of the deviance on each
+    candidate's face (Newton on that face from the candidate), and the lowest of them when it is
+    below dev by more than the tolerance (then the search continues from there), else None. The
+    local certificate cannot see another face's minimum: a ±1 correlation that is a genuine local
+    minimum can sit above τ = 0."""
+    best = None
+    tol = tol_decrement(dev, noise)
+    for Gc in candidates:
+        face = make_face(Gc)
+        if face.size == 0:
+            G1, d1 = Gc, obj.value(Gc)
+        else:
+            x = face.x0()
+            d0, Gam = obj.at(face.G(x))
+            if not np.isfinite(d0):
+                continue
+            G1, d1, _, _, _ = newton_on_face(obj, face, x, d0, Gam, obj.noise(face.G(x)))
+        if d1 < dev - tol and (best is None or d1 < best[1]):
+            best = (G1, d1)
+    return best
+
+
 def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
-        structure: TauStructure = TauStructure.UNSTRUCTURED, start: np.ndarray | None = None) -> FitResult:
+        structure: TauStructure = TauStructure.UNSTRUCTURED, start: np.ndarray | None = None,
+        centred=None) -> FitResult:
     """start: a G̃ on the standardised scale (a previous fit's certificate.G) to start from alone,
-    e.g. the fit of the previous plausible value; the certificate is the same either way."""
+    e.g. the fit of the previous plausible value; the certificate is the same either way.
+    centred: the same model on internally centred columns (centring.Centred), when the caller has
+    it: the search and the reported deviance then come from its statistics, which large means
+    cannot spoil, and the answer is mapped back through its T and A."""
     reml = method.upper() == "REML"
     diagonal = structure is TauStructure.DIAGONAL
     q = stats.q
-    A = standardising_map(stats, structure)
-    Tinv, b = fixed_standardising(stats)  # X and y are untouched by A
-    std = reparametrise(stats, A, Tinv, b)
+    base = stats if centred is None else centred.stats
+    A = standardising_map(base, structure)
+    Tinv, b = fixed_standardising(base)  # X and y are untouched by A
+    std = reparametrise(base, A, Tinv, b)
+    if centred is not None:
+        # compose: Z̃ = (ZA_c)A, X̃ = (XT_c)T, y = ỹ + X_cb₀ = ỹ_std + X̃(b + T⁻¹b₀); T_c is unit upper
+        # triangular, so Tinv stays upper triangular
+        A = centred.A @ A
+        b = b + Tinv @ centred.b0
+        Tinv = Tinv @ np.linalg.inv(centred.T)
     obj = Objective(std, reml)
 
     if start is not None:
@@ -414,6 +489,21 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
                 G, dev, cert, start_name, message = G1, d1, c1, name, msg
             if cert.certified:
                 break
+    for _ in range(q + 1):
+        if not cert.certified:
+            break
+        lower = best_lower_face(obj, lower_faces(G, diagonal, cert.rank), lambda Gc: Face(Gc, diagonal), dev,
+                                obj.noise(G))
+        if lower is None:
+            break
+        G, dev, cert, used, message = _polish_and_certify(obj, lower[0], lower[1], structure,
+                                                          max(1, max_iterations - iterations), message)
+        iterations += used
+        start_name += ", continued from a lower face"
+    else:
+        if cert.certified:
+            cert.certified = False
+            cert.failed.append("a lower face of the PSD cone still has a lower deviance")
 
     G_user = A @ G @ A.T
     G_user = 0.5 * (G_user + G_user.T)
@@ -438,7 +528,7 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
         method="REML" if reml else "ML", gamma=solve.gamma, cov_gamma=sigma2 * solve.Pinv(),
         sigma2=sigma2, tau=sigma2 * G_user, deviance=solve.profiled_deviance(reml), n_params=n_params,
         iterations=iterations, converged=cert.certified, certificate=cert, solve=solve, structure=structure,
-        start=start_name, evaluations=obj.count, message=message,
+        start=start_name, evaluations=obj.count, message=message, standardised=(std, A, Tinv, b),
     )
 
 
