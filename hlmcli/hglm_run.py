@@ -237,6 +237,9 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     design = design_stage.make_design(spec, archive)
     if not design.random.any():
         raise ModelError("an HGLM needs at least one random effect (add u0 to the equation for b0)")
+    from .identifiability import check_units
+
+    check_units(design.n_units, int(design.random.sum()))
     files = {s.role: s.name for s in archive.sources}
     l1file = files.get("level-1", "the level-1 file")
     rows = design.record_positions if design.record_positions is not None else np.arange(design.n)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize, stats as sps
 
-from .certificate import Face, face_conditions, rank_tolerance
+from .certificate import Face, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
 from .estimation import chol_psd, escape_along, newton_on_face, tol_decrement
 from .nested import (NestedData, NestedFit, NestedSolve, NestedStats, _columns, _factor, nested_solve,
@@ -200,7 +200,8 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCert
             g = face.gradient(Gams, x0)
             H = face.hessian(obj, x0)
     if face.size:
-        decrement, grad_max, hmin = face_conditions(H, g, tol, failed)
+        decrement, grad_max, hmin = face_conditions(H, g, tol, failed,
+                                                    lambda e: name_direction(face.G, x0, e, ("tau_pi", "tau_beta")))
     mus, decs, descent, dstep = [], [], None, 1.0
     for b, name in enumerate(("tau_pi", "tau_beta")):
         mu, dec, D, st = _null_check_block(obj, Gs, Gams, face, b, tol, dev)
