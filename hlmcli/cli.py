@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -345,6 +346,10 @@ _model_options = [
     click.option("-3", "--level3", "level3", multiple=True,
                  help="Three levels: a level-3 equation, e.g. 'b00 = g000 + g001*LOWINC + u00'. Repeat."),
     click.option("--model", "model_file", type=click.Path(), help="Model file: equations, or an HLM 7 .hlm command file."),
+    click.option("--formula", default=None, expose_value=False, callback=lambda ctx, p, v: ctx.meta.__setitem__("formula", v),
+                 help="The model as an lme4 formula instead of equations, e.g. 'MATHACH ~ SECTOR*group(SES) + "
+                 "(group(SES) | ID)'; (…|S/C) nests C in S (three levels), || makes τ diagonal. DATA may then be one "
+                 "file holding both levels. Needs the [formula] extra."),
     click.option("--ml", is_flag=True, default=None, help="Full maximum likelihood (default: REML)."),
     click.option("--ascii", "ascii_only", is_flag=True, help="B/G/U instead of Greek letters."),
     click.option("--id", "id_", help="Unit id column (when DATA is two files)."),
@@ -421,15 +426,86 @@ def _hglm_changes(level1):
     return level1, changes
 
 
+def _formula_front(data, level1, level2, model_file, id_, id2, more):
+    """--formula: refuse it beside equations, take the unit ids from its grouping factors, and let one data
+    file hold both levels. The equations themselves are made from it where the variables' levels are known
+    (_spec, cli3.spec3)."""
+    formula = click.get_current_context().meta.get("formula")
+    if formula is None:
+        return data, id_, id2, more
+    if level1 or level2 or more.get("level3") or model_file:
+        raise _UsageProblem("give the model as --formula or as equations (-1/-2/-3, --model), not both")
+    from .formula import grouping
+
+    ids = grouping(formula)
+    if len(ids) == 1:
+        if id_ and id_ != ids[0]:
+            raise _UsageProblem(f"--id {id_} differs from the formula's grouping factor {ids[0]}; drop --id")
+        id_ = ids[0]
+        if len(data) == 1 and not _looks_like_archive(data[0]):
+            data = (data[0], data[0])  # one file holding both levels: level-2 variables are constant within units
+    else:
+        if len(data) not in (1, 3):
+            raise _UsageProblem(f"the formula has three levels ({ids[1]}/{ids[0]}): give three data files or a "
+                                "three-level archive")
+        id2 = id2 or ids[0]
+        more = {**more, "id3": more.get("id3") or ids[1]}
+    return data, id_, id2, more
+
+
+def model_given(level1, level2, model_file, level3=None) -> dict:
+    """The model as the user gave it, for the JSON; a formula is recorded as the equations it stands for,
+    so that a formula and its equations give the same document."""
+    ctx = click.get_current_context(silent=True)
+    made = ctx.meta.get("formula_given") if ctx else None
+    if made:
+        level1, level2, level3 = made[0], made[1], (made[2] if level3 is not None else None)
+    out = {"level1": level1, "level2": list(level2)}
+    if level3 is not None:
+        out["level3"] = list(level3)
+    out["model_file"] = Path(model_file).name if model_file else None
+    return out
+
+
+def _looks_like_archive(path) -> bool:
+    from .archive import MAGIC
+
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def formula_equations(variables, level1, level2, level3=()):
+    """The equations, and τ's structure if the formula sets it, from --formula when it was given."""
+    ctx = click.get_current_context(silent=True)
+    formula = ctx.meta.get("formula") if ctx else None
+    if formula is None:
+        return level1, level2, level3, None
+    from .formula import translate
+
+    m = translate(formula, variables.level_of)
+    eqs = [list(e) for e in m.equations] + [[]] * (3 - len(m.equations))
+    if ctx.meta.get("hglm", {}).get("family") not in (None, "normal"):
+        eqs[0][0] = re.sub(r"\s*\+\s*[re]$", "", eqs[0][0])  # an HGLM's level-1 equation has no residual term
+    ctx.meta["formula_given"] = (eqs[0][0], list(eqs[1]), list(eqs[2]))
+    return eqs[0][0], list(eqs[1]), list(eqs[2]), (m.tau if m.tau == "diagonal" else None)
+
+
 def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False):
     from dataclasses import replace
 
     from .design import variables_of
     from .equations import RunOptions, spec_from_inputs
 
+    variables = variables_of(archive)
+    level1, level2, _, formula_tau = formula_equations(variables, level1, level2)
     level1, hglm_changes = _hglm_changes(level1)
-    spec = spec_from_inputs(level1, list(level2), model_file, variables_of(archive), RunOptions(), allow_outside)
+    spec = spec_from_inputs(level1, list(level2), model_file, variables, RunOptions(), allow_outside)
     changes = dict(extra or {})
+    if formula_tau and not changes.get("tau"):
+        changes["tau"] = formula_tau
     changes.update(hglm_changes)
     if ml and reml:
         raise click.UsageError("give --ml or --reml, not both")
@@ -469,6 +545,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     """Print the model as HLM 7 writes it, and its lme4 formula, without fitting."""
     from .report import Symbols, lme4_formula, model_summary
 
+    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
+
     from .cli3 import is_three_level
     if is_three_level(data, more):
         from .cli3 import model3
@@ -491,6 +569,11 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     formula, notes = lme4_formula(spec, archive.id_names[0])
     lines += ["", f"Method of estimation: {'restricted maximum likelihood' if spec.method == 'REML' else 'full maximum likelihood'}",
               "", "The same model in R (lme4)", f" {formula}"] + [f"   {n}" for n in notes]
+    from .formula import formula_of
+
+    own = formula_of(spec, archive.id_names[0])
+    if own:
+        lines += ["", "The same model for hlmcli --formula", f" {own}"]
     from .report import printable
 
     click.echo("\n".join(printable(line) for line in lines))
@@ -542,6 +625,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
+    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
     from .cli3 import is_three_level
     if is_three_level(data, more):
         from .cli3 import fit3
@@ -638,8 +722,7 @@ def _finish_fit(results, result, status: int, failures: list[str], write_files: 
     from .files import atomic_write_text
 
     meta = {"data_source": source_text, "title": title, "id_name": id_name,
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None},
+            "model_given": model_given(level1, level2, model_file),
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
     if timestamp:
         from datetime import datetime, timezone
@@ -784,8 +867,7 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         analyses = [analyse(spec, a, df_method, weights=weights) for a in archives]
         source = "imputed data sets"
     meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None}}
+            "model_given": model_given(level1, level2, model_file)}
     if timestamp:
         from datetime import datetime, timezone
 
@@ -821,8 +903,7 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
     for message in a.warnings:
         _stderr("hlmcli: warning: " + message)
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
-            "model_given": {"level1": level1, "level2": list(level2),
-                            "model_file": Path(model_file).name if model_file else None}}
+            "model_given": model_given(level1, level2, model_file)}
     failed = not a.converged or (strict and a.notes)
     if not failed:  # as the linear path: a run that exits 3 leaves no -o or residual file behind
         write_residuals(a, sources)

@@ -87,7 +87,13 @@ def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_ite
     from .design3 import variables3_of
     from .equations3 import RunOptions3, spec3_from_inputs
 
-    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables3_of(archive), RunOptions3(),
+    from .cli import formula_equations
+
+    variables = variables3_of(archive)
+    level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
+    if formula_tau:
+        raise _Usage("uncorrelated random effects (|| or one bar per effect) are not available for three-level models yet")
+    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptions3(),
                              allow_outside)
     changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations), ("residuals_l2", residuals_l2),
                                  ("residuals_l3", residuals_l3)) if v is not None}
@@ -122,6 +128,12 @@ def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, 
     method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
     lines += ["", f"Method of estimation: {method}", "", "The same model in R (lme4)", f" {formula}"] + [f"   {n}" for n in notes]
     click.echo("\n".join(printable(line) for line in lines))
+
+
+def _model_given(*args):
+    from .cli import model_given
+
+    return model_given(*args)
 
 
 def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, out_format, output, json_out, keep,
@@ -172,8 +184,7 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     status = EXIT_NOT_CONVERGED if failures else 0
     write_files = status == 0 or more.get("keep_failed_output")
     meta = {"data_source": source_text, "title": spec.options.title, "id2": archive.id_names[0], "id3": archive.id_names[1],
-            "model_given": {"level1": level1, "level2": list(level2), "level3": list(more.get("level3") or ()),
-                            "model_file": Path(model_file).name if model_file else None},
+            "model_given": _model_given(level1, level2, model_file, list(more.get("level3") or ())),
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
     if timestamp:
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
