@@ -29,9 +29,10 @@ from scipy import optimize, special
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hlmcli.errors import HlmError  # noqa: E402
 from hlmcli.family import family as get_family  # noqa: E402
 from hlmcli.hglm import GLMData, pql  # noqa: E402
-from hlmcli.separation import find_separation  # noqa: E402
+from hlmcli.separation import find_combination, find_separation  # noqa: E402
 
 
 def simulate(seed: int):
@@ -134,7 +135,7 @@ def dense_inner(X, Z, z, W, unit, J, reml, tau_hlm):
         if best is None or r.fun < best.fun:
             best = r
     r = optimize.minimize(f, best.x, method="Nelder-Mead",
-                          options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000, "maxfev": 40000})
+                          options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 3000, "maxfev": 3000})
     if r.fun < best.fun:
         best = r
     return best.fun, parts(best.x), parts
@@ -182,7 +183,11 @@ def refused(data) -> str | None:
     if data.family.link == "log" and np.all(y <= 0):
         return "every count is 0"
     sep = find_separation(data.L, y, data.trials, data.family.link)
-    return f"column {sep[0].column} separates the outcome" if sep else None
+    if sep:
+        return f"column {sep[0].column} separates the outcome"
+    if find_combination(data.L, y, data.trials, data.family.link) is not None:
+        return "a combination of columns separates the outcome"
+    return None
 
 
 def main():
@@ -209,6 +214,8 @@ def main():
             else:
                 meta.update(fixed_point=False)
             meta["error"] = None
+        except HlmError as exc:  # refused in one line by the engine itself (a data error, exit 1)
+            meta.update(refused=str(exc), error=None, converged=False, fixed_point=None)
         except Exception as exc:  # an internal error: counted, never hidden
             meta.update(error=f"{type(exc).__name__}: {exc}", converged=False, fixed_point=False)
         rows.append(meta)

@@ -80,6 +80,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .certificate import Certificate, Face, certify
+from .errors import DataError
 from .estimation import TauStructure
 from .estimation import fit as linear_fit
 from .family import Family
@@ -193,9 +194,11 @@ def weighted_stats(data: GLMData, z: np.ndarray, w: np.ndarray, with_unit: bool 
 
 
 def working_model(data: GLMData, eta: np.ndarray):
-    """(stats, unit stats) of the working model linearised at η (offset included)."""
+    """(stats, unit stats) of the working model linearised at η (offset included). Weights that
+    underflow to 0 give a non-finite z, and the fit of these stats then fails (pql reports it)."""
     dl, W, _ = data.family.derivatives(eta, data.y, data.trials)
-    z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
     return weighted_stats(data, z, W, with_unit=True)
 
 
@@ -307,17 +310,28 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
     failed: list[str] = []
     r = None
     for it in range(1, macroit + 1):
-        stats = working_model(data, eta)[0]
-        r = inner_fit(stats, reml, overdispersion, diagonal, microit, G)
+        try:
+            stats = working_model(data, eta)[0]
+            r_new = inner_fit(stats, reml, overdispersion, diagonal, microit, G)
+        except (FloatingPointError, np.linalg.LinAlgError) as exc:
+            # the working model cannot be fitted (weights that vanish, X'WX singular): an outcome
+            # separated by a combination of predictors ends here, never in a crash
+            why = (f"the linearised model cannot be fitted at macro iteration {it} ({exc}); the outcome may be "
+                   "separated by a combination of predictors, or a predictor may have no variation left")
+            if r is None:
+                raise DataError(why + "; simplify the model") from None
+            failed.append(why)
+            break
+        r = r_new
         micro += r.iterations
         G = r.tau / r.sigma2
         b, _ = r.solve.posterior(r.sigma2)
         new = data.eta(r.gamma, b)
-        change = float(np.max(np.abs(new - eta)))
-        eta = new
-        if not np.all(np.isfinite(eta)):
+        if not np.all(np.isfinite(new)):
             failed.append(f"the linear predictor is not finite at macro iteration {it}")
             break
+        change = float(np.max(np.abs(new - eta)))
+        eta = new
         if change <= stopmacro * (1.0 + float(np.max(np.abs(eta)))):
             converged = True
             break
@@ -326,8 +340,13 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
     fp = None
     if converged and np.all(np.isfinite(eta)):
         # the fixed point itself: re-linearise at the final η and refit afresh
-        stats = working_model(data, eta)[0]
-        refit = inner_fit(stats, reml, overdispersion, diagonal, microit) if check else r
+        try:
+            stats = working_model(data, eta)[0]
+            refit = inner_fit(stats, reml, overdispersion, diagonal, microit) if check else r
+        except (FloatingPointError, np.linalg.LinAlgError) as exc:
+            refit, check = r, False
+            converged = False
+            failed.append(f"the linearised model at the final η cannot be fitted ({exc})")
         if check:
             fp = _check_fixed_point(r, refit, FIXED_POINT_TOL)
             failed += fp.failed
@@ -345,7 +364,12 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
                     micro_iterations=micro, converged=converged, reml=reml, overdispersion=overdispersion, solve=us,
                     check=fp, failed=failed)
     if population_average:
-        _population_average(data, res, lam, macroit, stopmacro)
+        try:
+            _population_average(data, res, lam, macroit, stopmacro)
+        except (FloatingPointError, np.linalg.LinAlgError) as exc:
+            res.pa_gamma = None  # the population-average tables are then left out
+            res.failed.append(f"the population-average model cannot be fitted ({exc})")
+            res.converged = False
     return res
 
 

@@ -164,13 +164,24 @@ def check_separation(design, B, trials, link, l1file, l2file, rows, mode):
     """Separation by one fixed-effect column (separation.py), found before fitting. Complete separation
     is refused; quasi-complete separation too unless mode is "fit", when the separated coefficients
     are returned to be held at their bounds."""
-    from .separation import find_separation
+    from .separation import find_combination, find_separation
 
     if design.n_fixed < 2:
         return []
     unit = np.repeat(np.arange(design.n_units), design.sizes)
     X = np.column_stack([_fixed_column(design.L, B, unit, k) for k in range(design.n_fixed)])
     found = find_separation(X, design.y, trials, link)
+    if not found:
+        combo = find_combination(X, design.y, trials, link)
+        if combo is not None:
+            beta, moved = combo
+            big = np.flatnonzero(np.abs(beta) * np.abs(X).max(axis=0) > 1e-6 * np.max(np.abs(beta) * np.abs(X).max(axis=0)))
+            names = [_effect_label(design, k) for k in big if k > 0]
+            raise DataError(f"{l1file}: the fixed effects {', '.join(names)} together separate the outcome (a "
+                            f"combination of them puts the outcome at its limit on rows "
+                            f"{_listed(int(rows[i]) + 1 for i in moved)}), so their coefficients have no finite "
+                            "estimate; remove one of them or combine categories (--separation fit holds one "
+                            "separating predictor, not a combination)")
     for s in found:
         if s.complete or mode != "fit":
             f = design.fixed[s.column]

@@ -111,3 +111,40 @@ def test_find_separation_by_hand():
     # counts: a positive count away from the smallest value breaks it
     assert [s.column for s in find_separation(X[:, :2], np.array([3, 1, 0, 0, 2, 1, 4]), None, "log")] == [1]
     assert find_separation(X[:, :2], np.array([3, 1, 0, 2, 2, 1, 4]), None, "log") == []
+
+
+def test_separation_by_a_combination_is_refused_for_every_method(tmp_path):
+    """Y = 1 exactly when A + B > 0: no single column separates, the two together do. Before, PQL
+    exited 3 after a failed macro iteration and Laplace crashed (exit 70)."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for j in range(1, 21):
+        for _ in range(6):
+            a, b = rng.normal(), rng.normal()
+            rows.append(f"{j},{int(a + b > 0)},{a:.4f},{b:.4f}")
+    (tmp_path / "l1.csv").write_text("ID,Y,A,B\n" + "\n".join(rows) + "\n")
+    (tmp_path / "l2.csv").write_text("ID\n" + "\n".join(str(j) for j in range(1, 21)) + "\n")
+    for est in ("pql", "laplace"):
+        proc = hlmcli("fit", tmp_path / "l1.csv", tmp_path / "l2.csv", "--id", "ID", "-1", "Y = b0 + b1*A + b2*B",
+                      "-2", "b0 = g00 + u0", "--family", "bernoulli", "--estimation", est)
+        assert proc.returncode == 1, proc.stderr
+        line = proc.stderr.strip()
+        assert len(line.splitlines()) == 1
+        assert "γ10 (INTRCPT2 for A), γ20 (INTRCPT2 for B) together separate the outcome" in line
+
+
+def test_find_combination_by_hand():
+    from hlmcli.separation import find_combination
+
+    a = np.array([-2.0, -1.0, 0.5, 1.0, 2.0, -0.5])
+    b = np.array([1.0, 0.5, -0.2, 0.3, -1.0, 0.2])
+    X = np.column_stack([np.ones(6), a, b])
+    y = (a + 2 * b > 0).astype(float)  # [0, 0, 1, 1, 0, 0]: separated by a + 2b
+    beta, moved = find_combination(X, y, None, "logit")
+    assert moved.size and np.all(np.sign(X @ beta)[moved] == np.where(y[moved] > 0, 1, -1))
+    assert np.all((X @ beta) * np.where(y > 0, 1, -1) >= -1e-12)
+    # record 3 (a + 2b = 1.6) made a failure, or alternating outcomes: no separating direction
+    y2 = y.copy()
+    y2[3] = 0.0
+    assert find_combination(X, y2, None, "logit") is None
+    assert find_combination(X, np.array([1.0, 0, 1, 0, 1, 0]), None, "logit") is None
