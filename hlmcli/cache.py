@@ -1,9 +1,9 @@
 """The archive cache behind `hlmcli fit LEVEL1 LEVEL2 --id ID`: keyed by the sources' content and the build options.
 
-The cache lives in the user's own folder: --cache-dir, else $HLMCLI_CACHE_DIR, else
-$XDG_CACHE_HOME/hlmcli, else ~/.cache/hlmcli. It is created with mode 0700 and refused when it is a
-symbolic link, belongs to another user, or can be written by group or others, so nobody else can
-plant an archive in it. A cached archive is used only when the source hashes recorded in it match
+The cache lives in the user's own folder: --cache-dir, else $HLMCLI_CACHE_DIR, else the platform's
+cache folder (default_cache_dir). It is created with mode 0700 and refused when it is a symbolic link,
+belongs to another user, or (POSIX) can be written by group or others, so nobody else can plant an
+archive in it. A cached archive is used only when the source hashes recorded in it match
 the inputs; it is written with the sources' own permission bits (0600 data gives a 0600 archive).
 """
 
@@ -14,6 +14,7 @@ import json
 import os
 import stat
 import struct
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +34,27 @@ def cache_key(level1_path, level2_path, options: BuildOptions, fmt: str | None, 
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(platform: str | None = None) -> Path:
+    """$HLMCLI_CACHE_DIR, else the platform's cache folder, where platformdirs would put it:
+    %LOCALAPPDATA%\\hlmcli\\Cache on Windows, ~/Library/Caches/hlmcli on macOS, $XDG_CACHE_HOME/hlmcli
+    (else ~/.cache/hlmcli) elsewhere. (The conventions, not the package: the runtime dependencies are fixed.)"""
     env = os.environ.get("HLMCLI_CACHE_DIR")
     if env:
         return Path(env)
+    platform = platform or sys.platform
+    if platform.startswith("win"):
+        local = os.environ.get("LOCALAPPDATA")
+        base = Path(local) if local else Path.home() / "AppData" / "Local"
+        return base / "hlmcli" / "Cache"
+    if platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "hlmcli"
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
     return base / "hlmcli"
 
 
 def cache_dir_for(explicit: str | os.PathLike | None = None) -> Path:
-    """--cache-dir, else $HLMCLI_CACHE_DIR, else $XDG_CACHE_HOME/hlmcli, else ~/.cache/hlmcli."""
+    """--cache-dir, else default_cache_dir()."""
     return Path(explicit) if explicit else default_cache_dir()
 
 
@@ -71,7 +82,9 @@ def secure_cache_dir(folder: Path, create: bool = True) -> Path:
     if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
         raise DataError(f"{where} belongs to another user, who could plant archives in it; "
                         "give a --cache-dir of your own")
-    if st.st_mode & 0o022:
+    # Windows has no group/other mode bits (os.stat reports 0o777 for every folder): its folders under
+    # %LOCALAPPDATA% are private by their ACLs, which Python cannot read, so only POSIX modes are checked
+    if os.name != "nt" and st.st_mode & 0o022:
         raise DataError(f"{where} can be written by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
                         f"run 'chmod 700 {folder}' or give another --cache-dir")
     return folder

@@ -361,7 +361,8 @@ _model_options = [
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
     click.option("--cache-dir", type=click.Path(file_okay=False),
-                 help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else $XDG_CACHE_HOME/hlmcli, else ~/.cache/hlmcli)."),
+                 help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else the platform's cache folder: "
+                 "$XDG_CACHE_HOME/hlmcli or ~/.cache/hlmcli; ~/Library/Caches/hlmcli on macOS; %LOCALAPPDATA%\\hlmcli\\Cache on Windows)."),
     click.option("--l1-vars", help="When DATA is two files: level-1 variables to keep, comma-separated (default: all)."),
     click.option("--l2-vars", help="When DATA is two files: level-2 variables to keep, comma-separated (default: all)."),
     click.option("--delimiter", help="When DATA is two CSV files: the delimiter (default: sniffed); tab or '\\t' for tab."),
@@ -1027,3 +1028,67 @@ def table_cmd(fits, out_format, names, output):
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.command("explain")
+@click.argument("fit_json", type=click.Path())
+@click.argument("hlm_output", type=click.Path())
+@click.argument("data", nargs=-1, type=click.Path())
+@click.option("--id", "id_", help="Unit id column, when DATA is two files (as for fit).")
+@click.option("--model", "model_file", type=click.Path(), help="The model file FIT_JSON was fitted from, if it was (.hlm or equations).")
+@click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cached archives go (as for fit).")
+@user_errors
+def explain_cmd(fit_json, hlm_output, data, id_, model_file, out_format, cache_dir):
+    """Explain why HLM's printed numbers differ from a certified fit (FIT_JSON, from `fit --format json`).
+
+    HLM_OUTPUT is HLM's own output file (HLM 5, 6 or 7; text or HTML). DATA are the data FIT_JSON was fitted
+    to (an archive, or two files with --id); by default the files FIT_JSON names, next to it."""
+    import json
+
+    from .errors import DataError
+    from .estimation import deviance_at
+    from .explain import explain
+    from .explain_report import explain_text
+    from .hlm_output import read_hlm_output
+    from .pipeline import analyse
+    from .report import data_hash, dumps_json
+
+    try:
+        fit = json.loads(Path(fit_json).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{fit_json}: not a fit's JSON ({_one_line(exc)}); save one with 'hlmcli fit ... --format json'") from None
+    need = ("model", "method", "data_hash", "deviance", "sigma2", "tau", "fixed_effects")
+    if not isinstance(fit, dict) or fit.get("schema") != 2 or any(k not in fit for k in need):
+        raise DataError(f"{fit_json}: not a two-level linear fit's JSON (schema 2 with {', '.join(need)}); "
+                        "explain compares two-level HLM2 output")
+    hlm = read_hlm_output(hlm_output)
+    if not data:
+        source = str(fit.get("data_source") or "")
+        names = [n.strip() for n in source.split(" and ")] if source else []
+        folder = Path(fit_json).resolve().parent
+        data = tuple(str(folder / n) for n in names if (folder / n).exists())
+        if not data or len(data) != len(names):
+            raise _UsageProblem(f"give the data {fit_json} was fitted to ({source or 'its data source is not recorded'}): "
+                                "hlmcli explain FIT.json HLM_OUTPUT DATA...")
+    given = fit["model"].get("given") or {}
+    if given.get("model_file") and not model_file:
+        candidate = Path(fit_json).resolve().parent / given["model_file"]
+        if not candidate.exists():
+            raise _UsageProblem(f"{fit_json} was fitted from the model file {given['model_file']}; give it with --model")
+        model_file = str(candidate)
+    archive, _ = _load_data(data, {"id_": id_, "id1": None, "id2": None, "missing": "analysis", "drop_unmatched": False,
+                             "l1_vars": None, "l2_vars": None},
+                            cache_dir, quiet=True)
+    spec = _spec(archive, given.get("level1"), given.get("level2") or (), model_file, fit["method"] == "ML",
+                 extra={"tau": fit.get("tau_structure")})
+    analysis = analyse(spec, archive)
+    if data_hash(analysis.design) != fit["data_hash"]:
+        raise DataError(f"{', '.join(map(str, data))}: not the data {fit_json} was fitted to (their hash differs); "
+                        "give the same files, or refit")
+    method = analysis.result.method
+    report = explain(hlm, fit, lambda s2, tau: deviance_at(s2, tau, analysis.stats, method),
+                     n_records=analysis.design.n, n_units=analysis.design.n_units,
+                     tau_order=list(fit.get("random_coefficients") or []))
+    report = {"schema": 1, "kind": "explain", "fit": Path(fit_json).name, "hlm_output": Path(hlm_output).name, **report}
+    click.echo(dumps_json(report) if out_format == "json" else explain_text(report), nl=out_format != "json")
