@@ -70,3 +70,17 @@ def test_random_slope_on_a_unit_constant_predictor_is_refused(tmp_path):
                   "-1", "MATHACH = b0 + b1*MSES + r", "-2", "b0 = g00 + u0", "-2", "b1 = g10 + u1")
     assert proc.returncode == 1 and "constant within every unit" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_three_level_random_slope_on_a_child_constant_predictor_is_refused(tmp_path):
+    """EG with FEMALE copied to the records: constant within every child (level-2 unit), so its
+    level-2 random slope is one column with the random intercept there."""
+    eg = SAMPLE / "eg"
+    l1 = pd.read_csv(eg / "eg_l1.csv").merge(pd.read_csv(eg / "eg_l2.csv")[["CHILDID", "FEMALE"]], on="CHILDID")
+    l1.rename(columns={"FEMALE": "FEM1"}).to_csv(tmp_path / "l1.csv", index=False)
+    proc = hlmcli("fit", tmp_path / "l1.csv", eg / "eg_l2.csv", eg / "eg_l3.csv", "--id2", "CHILDID", "--id3",
+                  "SCHOOLID", "-1", "MATH = p0 + p1*FEM1 + e", "-2", "p0 = b00 + r0", "-2", "p1 = b10 + r1",
+                  "-3", "b00 = g000 + u00", "-3", "b10 = g100")
+    assert proc.returncode == 1
+    assert "INTRCPT1 and FEM1 are both constant within every level-2 unit" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
