@@ -206,12 +206,13 @@ def face_conditions(H: np.ndarray, g: np.ndarray, tol: float, failed: list[str],
                     direction=None) -> tuple[float, float, float]:
     """The conditions on the face: the Newton decrement ½g'H⁺g (over H's clearly positive eigenvalues)
     at most tol, and H positive semi-definite up to HESSIAN_TOL of its largest eigenvalue, and
-    positive definite: no flat direction. Face coordinates are relative changes of the variances, so
-    an eigenvalue λ says how much the deviance rises when they change by 100% along its eigenvector:
-    a direction with λ ≤ 2·tol (the rise is within the tolerance), or λ within rounding of 0 relative
-    to the largest (FLAT_TOL), is flat: the data do not identify that combination of (σ², τ).
-    `direction(e)` names the change of τ along face direction e. Appends what fails to `failed`;
-    returns (decrement, largest |gradient|, smallest relative eigenvalue)."""
+    without a zero eigenvalue: one within rounding of 0 relative to the largest (between
+    −HESSIAN_TOL and FLAT_TOL) is a direction along which the deviance is flat, so the data do not
+    identify that combination of (σ², τ) (σ² is profiled: a ridge in (σ², τ) is one in G = τ/σ²).
+    Being relative, this cannot show on a one-dimensional face; the designs that make one are
+    refused before fitting (identifiability.py). `direction(e)` names the change of τ along face
+    direction e. Appends what fails to `failed`; returns (decrement, largest |gradient|, smallest
+    relative eigenvalue)."""
     grad_max = float(np.abs(g).max())
     w, E = np.linalg.eigh(H)
     top = max(abs(float(w[-1])), 1e-300)
@@ -221,7 +222,7 @@ def face_conditions(H: np.ndarray, g: np.ndarray, tol: float, failed: list[str],
     decrement = 0.5 * float(g @ step)
     if hmin < -HESSIAN_TOL:
         failed.append(f"the face Hessian has a negative eigenvalue ({hmin:+.1E} relative): a saddle point")
-    elif hmin <= FLAT_TOL or float(w[0]) <= 2.0 * tol:
+    elif hmin <= FLAT_TOL:
         where = f" ({direction(E[:, 0])})" if direction is not None else ""
         failed.append(f"the deviance is flat along a direction of the variance components{where}: face-Hessian "
                       f"eigenvalue {float(w[0]):.1E} ({hmin:+.1E} relative), so the data do not identify them; "
