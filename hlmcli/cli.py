@@ -17,7 +17,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import click  # noqa: E402
 
 from . import __version__
-from .errors import EXIT_DATA, EXIT_INTERNAL, EXIT_USAGE, HlmError
+from .errors import EXIT_CODES_HELP, EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HlmError
 
 
 def _stderr(message: str) -> None:
@@ -40,7 +40,7 @@ def user_errors(func):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             _stderr("hlmcli: interrupted; no output file was changed")
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except MemoryError:
             _stderr("hlmcli: error: out of memory; use a smaller model or a machine with more memory")
             sys.exit(EXIT_DATA)
@@ -61,6 +61,16 @@ def user_errors(func):
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def _given_options() -> set[str]:
+    """The long names of the options typed on the command line (not defaults), for flags.py."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {o for p in ctx.command.params if ctx.get_parameter_source(p.name) in typed for o in p.opts
+            if o.startswith("--")}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -109,7 +119,7 @@ class OneLineErrors(click.Group):
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             _stderr("hlmcli: aborted")
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "hlmcli"
             _stderr(f"hlmcli: usage error: {exc.format_message()}; see '{where} --help'")
@@ -119,7 +129,7 @@ class OneLineErrors(click.Group):
             sys.exit(exc.exit_code)
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
     """Two- and three-level hierarchical linear models, the way HLM 7 (HLM2, HLM3) fits them."""
@@ -154,12 +164,12 @@ def build_options(func):
 
 def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched):
     from .archive import BuildOptions
-    from .errors import DataError
+    from .errors import OptionError
 
     id1 = id1 or id_
     id2 = id2 or id_
     if not id1 or not id2:
-        raise DataError("no unit id column given; pass --id NAME (or --id1 and --id2)")
+        raise OptionError("no unit id column given; pass --id NAME (or --id1 and --id2)")
     return BuildOptions(id1=id1, id2=id2, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
                         missing=missing, drop_unmatched=drop_unmatched)
 
@@ -184,6 +194,9 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     from .errors import DataError
     from .files import refuse_overwriting_inputs
 
+    from .flags import check_build_options
+
+    check_build_options(_given_options(), bool(template))
     three = None  # three-level build (cli3.py): the files and their options
     if template:
         if level1_file or level2_file:
@@ -580,7 +593,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     click.echo("\n".join(printable(line) for line in lines))
 
 
-@main.command("fit")
+@main.command("fit", epilog=EXIT_CODES_HELP)
 @model_options
 @click.option("--format", "out_format", type=click.Choice(["text", "json", "csv", "markdown", "latex", "html"]), default="text",
               show_default=True, help="HLM 7's text, JSON, or the tables for papers (csv: broom's tidy columns).")
@@ -613,6 +626,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
 @click.option("--imputed", multiple=True, help="Further level-1 files (or archives), one per imputation; repeat or comma-separate.")
+@click.option("--allow-unequal-imputations", is_flag=True,
+              help="Combine imputed data sets even when their records differ (refused by default).")
 @click.option("--engine", type=click.Choice(["memory", "stream", "dask"]), default="memory", show_default=True,
               help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
@@ -640,6 +655,12 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
                             "three-level archive")
 
+    from .flags import check_fit_options, check_model_options
+
+    given = _given_options()
+    check_fit_options(given, archive=Path(data[0]).name if len(data) == 1 else None, engine=more["engine"],
+                      hlm_file=bool(model_file and str(model_file).lower().endswith(".hlm")), out_format=out_format,
+                      outputs=bool(output or json_out or residuals_l1 or residuals_l2))
     sources = list(data) + [model_file]
     for path in (output, residuals_l1, residuals_l2, json_out):
         if path:
@@ -668,6 +689,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         "prior_params": compare_params, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2,
         "homogeneity": test_homogeneity, "full_output": full_output, "ols_units": ols_units,
     })
+    o = spec.options
+    check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
+                        full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
         from .hglm_run import refuse_options
 
@@ -683,11 +707,14 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                          hypotheses, strict)
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
     wspec = _weight_spec(spec, weight1, weight2, normalize)
+    if wspec.any and spec.options.prior_deviance is not None:
+        _refuse_weighted_likelihood_ratio(compare_deviance, model_file)
     if plausible_values or imputed:
         _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                       df_method, ascii_only, wspec, plausible_values, imputed, full_output,
                       _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet,
-                      more["keep_failed_output"])
+                      more["keep_failed_output"], hypotheses=hypotheses, json_out=json_out,
+                      allow_unequal=more["allow_unequal_imputations"])
         return
     analysis = analyse(spec, archive, df_method, weights=wspec if wspec.any else None)
     opts = spec.options
@@ -835,22 +862,33 @@ def _weight_spec(spec, weight1, weight2, normalize):
     return w
 
 
+def _refuse_weighted_likelihood_ratio(compare_deviance, model_file):
+    """A pseudo-likelihood fit (sampling weights) gets Wald tests, never a likelihood-ratio test."""
+    from .errors import ModelError
+    from .weights import NO_LIKELIHOOD_RATIO
+
+    if compare_deviance is not None:
+        raise _UsageProblem(f"--compare-deviance: {NO_LIKELIHOOD_RATIO}")
+    raise ModelError(f"{Path(model_file).name}: deviance: asks for a likelihood-ratio test; {NO_LIKELIHOOD_RATIO}")
+
+
 def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                   df_method, ascii_only, wspec, plausible_values, imputed, full_output, build_opts, cache_dir, quiet,
-                  keep_failed_output=False):
+                  keep_failed_output=False, hypotheses=(), json_out=None, allow_unequal=False):
     """Plausible values (one archive, several outcome columns) or imputed files (several archives):
-    one fit each, combined with Rubin's rules (plausible.py)."""
+    one fit each, combined with Rubin's rules (plausible.py); --test by D1."""
     from .errors import EXIT_NOT_CONVERGED
     from .files import atomic_write_text
     from .pipeline import analyse
-    from .plausible import analyse_plausible, combined_json, combined_text, outcome_columns
+    from .plausible import analyse_plausible, combined_json, combined_tests, combined_text, outcome_columns, same_records
     from .report import Symbols, dumps_json
 
     opts = spec.options
     if plausible_values and imputed:
         raise click.UsageError("give --plausible-values or --imputed, not both")
-    if opts.residuals_l1 or opts.residuals_l2 or opts.hypotheses or opts.prior_deviance is not None or opts.homogeneity:
-        raise click.UsageError("residual files, tests and deviance comparisons are not available for combined fits; "
+    if opts.residuals_l1 or opts.residuals_l2 or opts.prior_deviance is not None or opts.homogeneity:
+        raise click.UsageError("residual files, deviance comparisons and the homogeneity test are not available for "
+                               "combined fits (a deviance difference has no Rubin's rule: use --test, combined by D1); "
                                "fit one plausible value or data set at a time for those")
     weights = wspec if wspec.any else None
     labels = None
@@ -866,6 +904,8 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
             archives.append(more)
             labels.append(text)
         analyses = [analyse(spec, a, df_method, weights=weights) for a in archives]
+        if not allow_unequal:
+            same_records(analyses, labels)
         source = "imputed data sets"
     meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
             "model_given": model_given(level1, level2, model_file)}
@@ -873,20 +913,30 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         from datetime import datetime, timezone
 
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    tests = combined_tests(analyses, hypotheses, robust_only=weights is not None) if hypotheses else None
+    doc = combined_json(analyses, meta, source, bool(full_output), labels, tests)
     if out_format == "json":
-        text = dumps_json(combined_json(analyses, meta, source, bool(full_output), labels))
-    else:
+        text = dumps_json(doc)
+    elif out_format == "text":
         text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
-                             bool(full_output or opts.full_output), labels)
+                             bool(full_output or opts.full_output), labels, tests)
+    else:
+        from .tables import combined_table
+
+        text = combined_table(doc, out_format)
     certified = all(a.result.converged for a in analyses)
+    if json_out and (certified or keep_failed_output):
+        atomic_write_text(json_out, dumps_json(doc))
     if output and (certified or keep_failed_output):
         atomic_write_text(output, text)
     elif not output:
         click.echo(text, nl=False)
     if not certified:
         if not quiet:
+            unwritten = [f for f in (output, json_out) if f]
             _stderr("hlmcli: warning: the optimum of at least one fit is not certified"
-                    + (f"; {output} not written (--keep-failed-output writes it)" if output and not keep_failed_output else ""))
+                    + (f"; {', '.join(map(str, unwritten))} not written (--keep-failed-output writes it)"
+                       if unwritten and not keep_failed_output else ""))
         sys.exit(EXIT_NOT_CONVERGED)
 
 
@@ -958,6 +1008,9 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     from .results import Results
 
     check_output(output)
+    from .flags import check_plot_options
+
+    check_plot_options(_given_options(), kind, len(data) == 1 and str(data[0]).lower().endswith(".json"))
     from .cli3 import is_three_level, unsupported_command
     if is_three_level(data, more):
         unsupported_command("plot")

@@ -23,7 +23,9 @@ def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatc
         raise click.UsageError("three data files make a three-level model, which takes --id2 (the level-2 unit id) "
                                "and --id3 (the level-3 unit id), not --id or --id1")
     if not id2 or not id3:
-        raise DataError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
+        from .errors import OptionError
+
+        raise OptionError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
                         "(the level-3 unit id, e.g. SCHOOLID)")
     return BuildOptions3(id2=id2, id3=id3, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
                          keep3=_split_names(l3_vars), missing=missing, drop_unmatched=drop_unmatched)

@@ -80,6 +80,10 @@ def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     for fit, name in ((a, name_a), (b, name_b)):
         if "data_hash" not in fit or "model" not in fit:
             raise DataError(f"{name} does not record its model and data (an older hlmcli wrote it); refit it with this version")
+        if fit.get("weights"):
+            from .weights import NO_LIKELIHOOD_RATIO
+
+            raise DataError(f"{name} is a weighted fit: {NO_LIKELIHOOD_RATIO}")
         if not fit.get("converged"):
             raise DataError(f"{name} is not a certified optimum, so its deviance cannot be tested; fix the fit first")
     if a["method"] != b["method"]:

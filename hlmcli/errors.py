@@ -8,6 +8,16 @@ EXIT_DATA = 1
 EXIT_USAGE = 2
 EXIT_NOT_CONVERGED = 3  # also: a fit that is not certified
 EXIT_INTERNAL = 70  # a bug in hlmcli (EX_SOFTWARE); the message asks for a report
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); no output file was changed
+
+# The same list for --help (click's '\b' keeps the lines as they are).
+EXIT_CODES_HELP = ("\b\nExit status:\n"
+                   f"  {EXIT_OK:<4} success\n"
+                   f"  {EXIT_DATA:<4} data or model error (one line names the file, column or line)\n"
+                   f"  {EXIT_USAGE:<4} usage error (unknown or conflicting options, missing argument)\n"
+                   f"  {EXIT_NOT_CONVERGED:<4} the optimum is not certified (or, with --strict, a boundary fit)\n"
+                   f"  {EXIT_INTERNAL:<4} internal error: a bug in hlmcli; rerun with HLMCLI_DEBUG=1 and report it\n"
+                   f"  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C); no output file was changed")
 
 
 class HlmError(Exception):
@@ -25,3 +35,10 @@ class DataError(HlmError):
 
 class ModelError(HlmError):
     """An equation or command file that cannot be turned into a model."""
+
+
+class OptionError(DataError):
+    """An option that is missing or names what the data do not have (no --id, or --id FOO with no
+    column FOO): a usage error, exit 2 as the man page documents; a DataError for the Python API."""
+
+    exit_code = EXIT_USAGE

@@ -157,11 +157,18 @@ def boundary_notes(result: FitResult, spec: ModelSpec) -> list[str]:
 
 
 def tests_of_gamma(hypotheses, gamma, cov, robust_cov, prior_deviance=None, prior_params=None,
-                   deviance=None, n_params=None) -> dict:
+                   deviance=None, n_params=None, robust_only: bool = False) -> dict:
     """Wald tests of linear hypotheses on γ (model-based and robust covariance), and the likelihood-ratio
     test of this fit's deviance against a prior model's: the entries 'hypothesis_tests' and
-    'deviance_test' of the extras, shared by the linear and the HGLM analyses."""
+    'deviance_test' of the extras, shared by the linear and the HGLM analyses.
+    robust_only (a pseudo-likelihood fit with sampling weights): the model-based covariance assumes the
+    weights carry no information, so only the sandwich test is given (the model entry is null) and a
+    likelihood-ratio test is refused (weights.NO_LIKELIHOOD_RATIO)."""
     ex: dict = {}
+    if robust_only and prior_deviance is not None:
+        from .weights import NO_LIKELIHOOD_RATIO
+
+        raise ModelError(NO_LIKELIHOOD_RATIO)
     tests = []
     for h in hypotheses:
         C = np.array(h.rows, dtype=float)
@@ -172,8 +179,13 @@ def tests_of_gamma(hypotheses, gamma, cov, robust_cov, prior_deviance=None, prio
             raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
         entry = {"label": h.label, "contrast": C.tolist(), "rhs": d.tolist()}
         for kind, V in (("model", cov), ("robust", robust_cov)):
+            if kind == "model" and robust_only:
+                entry[kind] = {"chi2": None, "df": None, "p": None}
+                continue
             chi2, df, p = inference.wald_test(C, gamma, V, d)
             entry[kind] = {"chi2": chi2, "df": df, "p": p}
+        if robust_only:
+            entry["covariance"] = "robust (sandwich, clustered on level-2 units): sampling weights"
         tests.append(entry)
     if tests:
         ex["hypothesis_tests"] = tests
@@ -209,7 +221,7 @@ def add_extras(analysis: Analysis, hypotheses=(), prior_deviance=None, prior_par
                        "at_zero_level2_predictors": bool(a.spec.level2[q].predictors)})
     ex["plausible_ranges"] = ranges
     ex.update(tests_of_gamma(hypotheses, fx.gamma, fx.cov, fx.robust_cov, prior_deviance, prior_params,
-                             r.deviance, r.n_params))
+                             r.deviance, r.n_params, robust_only=a.weights is not None))
     if homogeneity:
         H, df, p, used, left_out = inference.homogeneity_test(a.unit)
         ex["homogeneity"] = {"H": H, "df": df, "p": p, "units_used": used, "units_left_out": left_out}

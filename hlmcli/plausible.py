@@ -115,6 +115,77 @@ def rubin(estimates: np.ndarray, covariances: np.ndarray, dfcom: np.ndarray) -> 
             "df": df, "p": p, "riv": riv, "lambda": lam, "fmi": fmi, "total_covariance": t}
 
 
+def d1_test(C: np.ndarray, rhs: np.ndarray, estimates: np.ndarray, covariances: np.ndarray) -> dict:
+    """The multivariate Wald test of Cγ = rhs combined over M fits: D1 of Li, Raghunathan & Rubin (1991),
+    as mitml::testModels(method = "D1") computes it.
+
+    With Q_m = Cγ_m − rhs, Ū = mean of C V_m C', B = the (M − 1)-divisor covariance of the Q_m and
+    k = rows(C): r = (1 + 1/M)·tr(B Ū⁻¹)/k (the average relative increase in variance),
+    D1 = Q̄'((1 + r)Ū)⁻¹Q̄/k, referred to F(k, ν) with t = k(M − 1) and
+    ν = 4 + (t − 4)(1 + (1 − 2/t)/r)² when t > 4, else t(1 + 1/k)(1 + 1/r)²/2.
+    That ν is Reiter's (2007) small-sample ν with infinite complete-data d.f., which is right here:
+    each fit's own Wald test is a χ² test (HLM's), not an F test. For k = 1, D1 is the square of
+    the t-ratio of the combined table (T = Ū + (1 + 1/M)B). When the fits agree exactly (B = 0),
+    ν is infinite and D1·k is χ²(k)."""
+    C = np.atleast_2d(np.asarray(C, dtype=float))
+    est = np.asarray(estimates, dtype=float)
+    M, k = est.shape[0], C.shape[0]
+    Q = est @ C.T - np.asarray(rhs, dtype=float)
+    qbar = Q.mean(axis=0)
+    ubar = np.mean([C @ V @ C.T for V in np.asarray(covariances, dtype=float)], axis=0)
+    dev = Q - qbar
+    b = dev.T @ dev / (M - 1)
+    r = float((1 + 1 / M) * np.trace(np.linalg.solve(ubar, b)) / k)
+    f = float(qbar @ np.linalg.solve((1 + r) * ubar, qbar) / k)
+    t = k * (M - 1)
+    if r <= 0:
+        nu = math.inf
+    elif t > 4:
+        nu = 4 + (t - 4) * (1 + (1 - 2 / t) / r) ** 2
+    else:
+        nu = t * (1 + 1 / k) * (1 + 1 / r) ** 2 / 2
+    p = float(special.chdtrc(k, k * f)) if math.isinf(nu) else float(special.fdtrc(k, nu, f))
+    return {"F": f, "df1": k, "df2": nu if math.isfinite(nu) else None, "p": p, "riv": r}
+
+
+def combined_tests(analyses: list, hypotheses, robust_only: bool = False) -> list[dict]:
+    """--test on combined fits: each hypothesis by D1, with the model-based and the robust covariances
+    (robust only for a weighted fit: the model-based covariance ignores the weights' information)."""
+    est = np.array([a.fixed.gamma for a in analyses])
+    out = []
+    for h in hypotheses:
+        C = np.array(h.rows, dtype=float)
+        d = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
+        if C.shape[1] != est.shape[1]:
+            raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {est.shape[1]} γs")
+        if np.linalg.matrix_rank(C) < C.shape[0]:
+            raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
+        entry = {"label": h.label, "contrast": C.tolist(), "rhs": d.tolist(), "statistic": "D1"}
+        for kind, attr in (("model", "cov"), ("robust", "robust_cov")):
+            if kind == "model" and robust_only:
+                entry[kind] = None
+                continue
+            entry[kind] = d1_test(C, d, est, np.array([getattr(a.fixed, attr) for a in analyses]))
+        out.append(entry)
+    return out
+
+
+def same_records(analyses: list, labels: list[str]) -> None:
+    """Imputed data sets differ in imputed values only: the same records in the same units. A file
+    with fewer records (a deleted or lost block) would be combined as if it were another draw."""
+    def sizes(design) -> dict:  # unit id -> records used; the files' row order may differ
+        return dict(zip(design.unit_ids, np.diff(design.offsets).tolist()))
+
+    d0 = analyses[0].design
+    for a, label in zip(analyses[1:], labels[1:]):
+        d = a.design
+        if d.n != d0.n or d.n_units != d0.n_units or sizes(d) != sizes(d0):
+            raise ModelError(f"{label}: the fit uses {d.n} level-1 records in {d.n_units} units, but {labels[0]} "
+                             f"uses {d0.n} in {d0.n_units}{'' if d.n != d0.n or d.n_units != d0.n_units else ' (other units or unit sizes)'}; "
+                             "imputed data sets must hold the same records; fix the files, or pass "
+                             "--allow-unequal-imputations to combine them anyway")
+
+
 def combine(analyses: list, labels: list[str] | None = None) -> dict:
     """The combined results of M analyses: model-based and robust fixed-effect tables and averaged
     variance components (JSON-ready)."""
@@ -151,7 +222,7 @@ def combine(analyses: list, labels: list[str] | None = None) -> dict:
     }
 
 
-def combined_json(analyses: list, meta: dict, source: str, full_output: bool, labels=None) -> dict:
+def combined_json(analyses: list, meta: dict, source: str, full_output: bool, labels=None, tests=None) -> dict:
     from . import __version__
     from .report import fit_json, model_record
 
@@ -163,11 +234,13 @@ def combined_json(analyses: list, meta: dict, source: str, full_output: bool, la
            "n_level1": a0.design.n, "n_level2": a0.design.n_units, "model": model_record(a0.design.spec, meta),
            "weights": a0.weights.to_json() if a0.weights is not None else None}
     out.update({k: v for k, v in c.items() if k not in ("m", "rule", "outcomes")})
+    if tests:
+        out["hypothesis_tests"] = tests
     out["fits"] = [fit_json(a, meta) for a in analyses]
     return out
 
 
-def combined_text(analyses: list, meta: dict, sym, source: str, full_output: bool, labels=None) -> str:
+def combined_text(analyses: list, meta: dict, sym, source: str, full_output: bool, labels=None, tests=None) -> str:
     from . import __version__
     from .report import _table, fit_text, hlm_name, hlm_p, model_summary
     from .weights import weighting_lines
@@ -236,6 +309,19 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
     w("")
     w(f" Deviance (average over the fits) = {c['deviance']:.6f}")
     w(f" Number of estimated parameters   = {c['n_params']}")
+    for h in tests or []:
+        w("")
+        w(f"Results of General Linear Hypothesis Testing, combined over the fits: {h['label']}")
+        for kind, title in (("model", "model-based"), ("robust", "robust")):
+            r = h[kind]
+            if r is None:
+                continue
+            df2 = "infinite" if r["df2"] is None else f"{r['df2']:.2f}"
+            w(f" {title:>12}: D1 F statistic = {r['F']:.6f}, d.f. = {r['df1']}, {df2}, p-value = {hlm_p(r['p'])}")
+        if h["model"] is None:
+            w(" (sampling weights: the test uses the robust covariance only)")
+    if tests:
+        w(" (D1: Li, Raghunathan & Rubin 1991, F reference with their d.f., as mitml::testModels)")
     text = "\n".join(line.rstrip() for line in out) + "\n"
     if full_output:
         for m, a in enumerate(analyses, start=1):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, OptionError
 
 # Names users may give to --format, including HLM 7's `rawdattype` words.
 FORMAT_ALIASES = {
@@ -162,6 +162,7 @@ def _read_optional(path: Path, kind: str, string_columns: tuple[str, ...]) -> Ta
     except Exception as exc:  # the readers raise many kinds of errors on damaged files
         raise DataError(f"{path}: not a readable {kind} file ({_short(exc)[:200]}); check the file or --format") from None
     data.columns = [str(c).strip() for c in data.columns]
+    refuse_duplicate_names(path, data.columns)
     for c in data.columns:
         if c.lower() in wanted and not pd.api.types.is_numeric_dtype(data[c].dtype):
             data[c] = data[c].astype(str)
@@ -202,7 +203,7 @@ def _read_csv(path: Path, delimiter: str | None, string_columns: tuple[str, ...]
         raise DataError(f"{path}: this is a binary file, not CSV text; give its real format with --format "
                         "(or rawdattype: in a template), e.g. spss for a .sav file")
     text, encoding = _decode(path, raw)
-    text_head = text[: 1 << 16]
+    text_head = head_sample(text)
     if not text_head.strip():
         raise DataError(f"{path}: the file is empty; give a file with a header and data rows")
     sep = delimiter if delimiter else _sniff_delimiter(text_head)
@@ -210,6 +211,7 @@ def _read_csv(path: Path, delimiter: str | None, string_columns: tuple[str, ...]
         sep = "\t"
     header = next(csv.reader([text_head.splitlines()[0]], delimiter=sep))
     header = [h.strip() for h in header]
+    refuse_duplicate_names(path, header)
     wanted = {c.lower() for c in string_columns}
     dtypes = {h: str for h in header if h.lower() in wanted}
     _check_ragged(path, raw, sep, len(header))
@@ -226,6 +228,33 @@ def _read_csv(path: Path, delimiter: str | None, string_columns: tuple[str, ...]
     data.columns = [str(c).strip() for c in data.columns]
     note = None if encoding.startswith("utf-8") else encoding
     return Table(path=path, format="csv", data=data, encoding=note, delimiter=sep)
+
+
+def head_sample(text: str, size: int = 1 << 16) -> str:
+    """The whole first line (a header may be longer than `size`: 10,000 columns are) and up to
+    `size` characters after it: what the delimiter is sniffed from and the header parsed from."""
+    end = text.find("\n")
+    return text[: size if end < 0 else max(size, end + 1 + size)]
+
+
+def refuse_duplicate_names(path, names) -> None:
+    """A column named twice (pandas would read the second as 'X.1' and a model would silently use
+    the first), or two names that differ only in case (names are matched case-insensitively, as in
+    HLM): refused, naming the column. Empty names (a trailing delimiter) are left to the reader."""
+    seen: dict[str, tuple[int, str]] = {}
+    for k, name in enumerate(names, start=1):
+        name = str(name).strip()
+        if not name:
+            continue
+        key = name.lower()
+        if key in seen:
+            first, spelled = seen[key]
+            if spelled == name:
+                raise DataError(f"{path}: column '{name}' is named twice (columns {first} and {k}); "
+                                "rename one so that every column has its own name")
+            raise DataError(f"{path}: columns '{spelled}' and '{name}' (columns {first} and {k}) differ only in case, "
+                            "and names are matched without regard to case; rename one")
+        seen[key] = (k, name)
 
 
 def _short(exc: Exception) -> str:
@@ -275,6 +304,7 @@ def _read_binary(path: Path, kind: str) -> Table:
     }
     encoding = encoding_note or getattr(meta, "file_encoding", None)
     data.columns = [str(c) for c in data.columns]
+    refuse_duplicate_names(path, data.columns)
     return Table(path=path, format=kind, data=data, value_labels=labels, encoding=encoding)
 
 
@@ -345,4 +375,5 @@ def find_column(table: Table, name: str, what: str) -> str:
     if len(matches) > 1:
         raise DataError(f"{table.path}: columns {', '.join(matches)} differ only in case; rename one so '{name}' is unambiguous")
     cols = ", ".join(list(table.data.columns)[:12])
-    raise DataError(f"{table.path}: no {what} column '{name}' (columns are: {cols}); check the name")
+    raise (OptionError if what.endswith("unit id") else DataError)(
+        f"{table.path}: no {what} column '{name}' (columns are: {cols}); check the name")

@@ -576,7 +576,11 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
         w(f"Results of General Linear Hypothesis Testing: {h['label']}")
         for kind, title in (("model", "model-based"), ("robust", "robust")):
             r = h[kind]
+            if r["chi2"] is None:  # a weighted fit: the sandwich test only
+                continue
             w(f" {title:>12}: {sym.chi2} statistic = {r['chi2']:.6f}, d.f. = {r['df']}, p-value = {hlm_p(r['p'])}")
+        if h.get("covariance"):
+            w(" (sampling weights: the test uses the robust covariance only; the model-based one ignores the weights' information)")
     if "homogeneity" in ex:
         t = ex["homogeneity"]
         w("")

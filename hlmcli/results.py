@@ -292,8 +292,10 @@ class Results:
         With the unit id column present and `random_effects=True`, a known unit's EB random effects
         are added (as lme4's predict); unknown units get the fixed-effects prediction.
         """
+        from .api import check_frame_columns
         from .design import predictor_name
 
+        check_frame_columns(newdata, "newdata")
         d = self.analysis.design
         spec = d.spec
         gamma = np.asarray(self.analysis.fixed.gamma, dtype=float)

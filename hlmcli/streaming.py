@@ -114,7 +114,10 @@ class Columns:
             return hits[0]
         if len(hits) > 1:
             raise DataError(f"{self.path}: columns {', '.join(hits)} differ only in case; rename one so '{name}' is unambiguous")
-        raise DataError(f"{self.path}: no {what} column '{name}' (columns are: {', '.join(self.names[:12])}); check the name")
+        from .errors import OptionError
+
+        raise (OptionError if what.endswith("unit id") else DataError)(
+            f"{self.path}: no {what} column '{name}' (columns are: {', '.join(self.names[:12])}); check the name")
 
 
 def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> Columns:
@@ -129,6 +132,9 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
             names = list(pq.read_schema(path).names)
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise DataError(f"{path}: not a readable Parquet file ({str(exc)[:160]})") from None
+        from .readers import refuse_duplicate_names
+
+        refuse_duplicate_names(path, names)
         return Columns(path, [n.strip() for n in names], {n.strip(): n for n in names})
     from .readers import _sniff_delimiter, normalise_delimiter
 
@@ -138,7 +144,13 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
 
         opener = gzip.open
     with opener(path, "rb") as handle:
-        head = handle.read(1 << 16).decode("utf-8", errors="replace")
+        head = handle.read(1 << 16)
+        while b"\n" not in head:  # a header longer than one read (thousands of columns): read on to its end
+            more = handle.read(1 << 16)
+            if not more:
+                break
+            head += more
+        head = head.decode("utf-8", errors="replace")
     if not head.strip():
         raise DataError(f"{path}: the file is empty; give a file with a header and data rows")
     sep = normalise_delimiter(delimiter) or _sniff_delimiter(head)
@@ -147,6 +159,9 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
     if sep == " ":
         raise DataError(f"{path}: space-delimited text cannot be streamed; convert it to CSV or Parquet, or use --engine memory")
     header = next(csv.reader(io.StringIO(head.splitlines()[0]), delimiter=sep))
+    from .readers import refuse_duplicate_names
+
+    refuse_duplicate_names(path, header)
     return Columns(path, [h.strip() for h in header], {h.strip(): h for h in header}, sep)
 
 

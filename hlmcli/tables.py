@@ -11,6 +11,7 @@ tabulate (through pandas) for Markdown. Both are the optional extra `hlmcli[tabl
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import pandas as pd
@@ -91,6 +92,29 @@ def fit_frames(fit: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     return fixed, var
 
 
+# Markdown has no escaping in tabulate (its "pipe" format writes cells as they are), so names are
+# escaped here: a '|' would end the cell, a newline the row, and * _ ` ~ [ ] < > & would start
+# emphasis, code, links, HTML or entities. A backslash before ASCII punctuation is CommonMark's
+# escape (spec 2.4), which GitHub's tables also honour for '|'.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_~\[\]<>&|])")
+
+
+def markdown_escape(text: str) -> str:
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def _markdown_names(frame: pd.DataFrame, index: bool) -> pd.DataFrame:
+    """The names in a table (column headings, the label column, the index) escaped; the numbers,
+    which hlmcli formats itself, are left as they are ('<0.001' is not HTML)."""
+    frame = frame.copy()
+    if frame.shape[1] and not index:
+        frame.iloc[:, 0] = frame.iloc[:, 0].map(markdown_escape)
+    if index:
+        frame.index = [markdown_escape(i) for i in frame.index]
+    frame.columns = [markdown_escape(c) for c in frame.columns]
+    return frame
+
+
 def _render(frame: pd.DataFrame, fmt: str, index: bool) -> str:
     if fmt == "csv":
         return frame.to_csv(index=index, lineterminator="\n")
@@ -100,6 +124,7 @@ def _render(frame: pd.DataFrame, fmt: str, index: bool) -> str:
         except ImportError:
             raise MissingExtra("Markdown tables need tabulate, which is not installed; "
                                "install it with: pip install 'hlmcli[tables]'") from None
+        frame = _markdown_names(frame, index)
         return frame.to_markdown(index=index, disable_numparse=True, colalign=["left"] + ["right"] * (frame.shape[1] - (0 if index else 1))) + "\n"
     try:
         import jinja2  # noqa: F401
@@ -192,3 +217,52 @@ def latex_document(body: str) -> str:
     """A minimal document around a table (tables use booktabs' rules), for checking that it compiles."""
     return ("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body
             + "\n\\end{document}\n")
+
+
+def combined_table(doc: dict, fmt: str) -> str:
+    """Plausible values or imputed data sets combined by Rubin's rules (plausible.combined_json's
+    document): CSV is a tidy table (broom's columns, as mice::pool's summary, plus the fraction of
+    missing information); the other formats give the fixed effects, the averaged variance components
+    and the run's numbers."""
+    if fmt not in FORMATS:
+        raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    robust = {r["gamma"]: r for r in doc["fixed_effects_robust"]}
+    names = doc["random_coefficients"]
+    if fmt == "csv":
+        rows = []
+        for f in doc["fixed_effects"]:
+            rb = robust[f["gamma"]]
+            t = _t_quantile(0.95, f["df"])
+            tr = _t_quantile(0.95, rb["df"])
+            rows.append({
+                "effect": "fixed", "term": term_name(f["coefficient"], f["predictor"]), "estimate": f["estimate"],
+                "std_error": f["se"], "statistic": f["t"], "df": f["df"], "p_value": f["p"],
+                "conf_low": f["estimate"] - t * f["se"], "conf_high": f["estimate"] + t * f["se"],
+                "fmi": f["fmi"], "riv": f["riv"], "within": f["within"], "between": f["between"],
+                "robust_std_error": rb["se"], "robust_statistic": rb["t"], "robust_df": rb["df"],
+                "robust_p_value": rb["p"], "robust_conf_low": rb["estimate"] - tr * rb["se"],
+                "robust_conf_high": rb["estimate"] + tr * rb["se"], "robust_fmi": rb["fmi"], "gamma": f["gamma"]})
+        for k, name in enumerate(names):
+            rows.append({"effect": "ran_pars", "term": f"var__{name}", "estimate": doc["tau"][k][k]})
+        rows.append({"effect": "ran_pars", "term": "var__Residual", "estimate": doc["sigma2"]})
+        columns = ["effect", "term", "estimate", "std_error", "statistic", "df", "p_value", "conf_low", "conf_high",
+                   "fmi", "riv", "within", "between", "robust_std_error", "robust_statistic", "robust_df",
+                   "robust_p_value", "robust_conf_low", "robust_conf_high", "robust_fmi", "gamma"]
+        return pd.DataFrame(rows, columns=columns).to_csv(index=False, lineterminator="\n", float_format="%.10g")
+    fixed = pd.DataFrame([{
+        "Fixed effect": f"{term_name(f['coefficient'], f['predictor'])} ({f['gamma'].replace('γ', 'g')})",
+        "Coefficient": _f(f["estimate"]), "SE": _f(f["se"]), "t-ratio": _f(f["t"], 2), "d.f.": _df(f["df"]),
+        "p-value": _p(f["p"]), "FMI": _f(f["fmi"]), "Robust SE": _f(robust[f["gamma"]]["se"]),
+        "Robust p-value": _p(robust[f["gamma"]]["p"]),
+    } for f in doc["fixed_effects"]])
+    var = pd.DataFrame([{"Random effect": name, "SD": _f(math.sqrt(max(doc["tau"][k][k], 0.0))),
+                         "Variance": _f(doc["tau"][k][k])} for k, name in enumerate(names)]
+                       + [{"Random effect": "level-1, r", "SD": _f(math.sqrt(doc["sigma2"])),
+                           "Variance": _f(doc["sigma2"])}])
+    combining = doc["combining"]
+    stats = pd.DataFrame([{"Statistic": f"Fits combined ({combining['source']})", "Value": str(combining["m"])},
+                          {"Statistic": "Deviance (average over the fits)", "Value": f"{doc['deviance']:.2f}"},
+                          {"Statistic": f"Estimated parameters ({doc['method']}, HLM count)", "Value": str(doc["n_params"])},
+                          {"Statistic": "N (level 1)", "Value": str(doc["n_level1"])},
+                          {"Statistic": "J (level 2)", "Value": str(doc["n_level2"])}])
+    return "\n".join(_render(frame, fmt, index=False) for frame in (fixed, var, stats))

@@ -24,6 +24,13 @@ NORMALIZATIONS = ("none", "cluster", "total")
 # Which normalisation HLM 7 applies is not verified (see README): 'cluster' is the documented
 # candidate (level-1 weights to n_j within each unit, level-2 weights to J).
 DEFAULT_NORMALIZATION = "cluster"
+# Why a weighted fit gets no likelihood-ratio test: the pseudo-deviance is -2 times a weighted sum of
+# log-likelihoods, and the difference of two such sums is not χ²-distributed under H0 (it is a
+# weighted sum of χ²(1)s with unknown weights; Rabe-Hesketh & Skrondal 2006). Wald tests with the
+# sandwich covariance are valid, so they are what a weighted fit offers.
+NO_LIKELIHOOD_RATIO = ("with sampling weights the fit maximises a pseudo-likelihood, whose deviance difference has no "
+                       "chi-square distribution, so no likelihood-ratio test is possible; test the fixed effects with "
+                       "Wald tests instead, e.g. --test 'g01 = 0' (they use the robust covariance)")
 
 
 @dataclass(frozen=True)

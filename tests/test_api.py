@@ -156,3 +156,33 @@ def test_bad_inputs_are_one_line_errors(frames):
         hlmcli.fit(students, schools, level1_eq="MATHACH = b0 + r", method="OLS")
     with pytest.raises(DataError, match="not an archive"):
         hlmcli.fit(HSB1)
+
+
+@pytest.mark.parametrize("columns,words", [
+    (["ID", "MATHACH", "MATHACH"], ["level-1 DataFrame", "column 'MATHACH' is named twice", "columns 2 and 3"]),
+    (["ID", "MATHACH", "mathach"], ["level-1 DataFrame", "'MATHACH' and 'mathach'", "differ only in case"]),
+    (["ID", "MATHACH", 7], ["level-1 DataFrame", "column 3 is named 7 (int), not text"]),
+    (["ID", "MATHACH", ("a", "b")], ["column 3 is named ('a', 'b') (tuple), not text"]),
+])
+def test_dataframe_column_names_are_checked(frames, columns, words):
+    from hlmcli.errors import DataError
+
+    students, schools = frames
+    bad = students[["ID", "MATHACH", "SES"]].copy()
+    bad.columns = columns
+    with pytest.raises(DataError) as err:
+        hlmcli.fit(bad, schools, level1_eq="MATHACH = b0 + r", level2_eqs=["b0 = g00 + u0"])
+    assert all(w in str(err.value) for w in words), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_predict_checks_newdata_column_names(frames):
+    from hlmcli.errors import DataError
+
+    students, schools = frames
+    res = hlmcli.fit(students, schools, level1_eq="MATHACH = b0 + b1*SES + r", level2_eqs=["b0 = g00 + u0", "b1 = g10"])
+    new = pd.DataFrame([[0.5, 0.7]], columns=["SES", "ses"])
+    with pytest.raises(DataError, match="newdata: columns 'SES' and 'ses'"):
+        res.predict(new)
+    with pytest.raises(DataError, match="newdata: column 1 is named 0"):
+        res.predict(pd.DataFrame([[0.5]]))

@@ -191,3 +191,120 @@ def test_cli_text_has_the_combined_tables_and_each_fit_with_full_output(pvdir):
     assert out.count("Final Results - Iteration") == 3
     assert "Fit 3 of 3: PV3MATH" in out
     assert "Weighting Specification" not in out
+
+
+# ---------------------------------------------------------------- output formats, --json-out, --test, record sets
+
+PV_ARGS = ["--plausible-values", "PV*MATH"]
+
+
+def _pv(pvdir, *extra, check=True):
+    return hlmcli("fit", pvdir / "pv_l1.csv", pvdir / "l2.csv", "--id", "ID", *MODEL, *extra, cwd=pvdir, check=check)
+
+
+@pytest.fixture(scope="module")
+def pv_doc(pvdir):
+    return json.loads(_pv(pvdir, *PV_ARGS, "--format", "json").stdout)
+
+
+def test_combined_fit_gives_each_table_format(pvdir, pv_doc):
+    import io
+
+    pytest.importorskip("jinja2")
+    pytest.importorskip("tabulate")
+    csv = pd.read_csv(io.StringIO(_pv(pvdir, *PV_ARGS, "--format", "csv").stdout))
+    fixed = csv[csv["effect"] == "fixed"]
+    assert list(fixed["term"]) == ["(Intercept)", "SECTOR", "SES"]
+    assert np.allclose(fixed["estimate"], [r["estimate"] for r in pv_doc["fixed_effects"]], rtol=1e-9)
+    assert np.allclose(fixed["df"], [r["df"] for r in pv_doc["fixed_effects"]], rtol=1e-9)
+    assert np.allclose(fixed["fmi"], [r["fmi"] for r in pv_doc["fixed_effects"]], rtol=1e-9)
+    assert np.allclose(fixed["robust_std_error"], [r["se"] for r in pv_doc["fixed_effects_robust"]], rtol=1e-9)
+    t = sps.t.ppf(0.975, fixed["df"])
+    assert np.allclose(fixed["conf_low"], fixed["estimate"] - t * fixed["std_error"], rtol=1e-9)
+    var = csv[csv["effect"] == "ran_pars"].set_index("term")
+    assert var.loc["var__Residual", "estimate"] == pytest.approx(pv_doc["sigma2"], rel=1e-9)
+    se_g10 = f"{pv_doc['fixed_effects'][2]['se']:.3f}"
+    for fmt, marks in (("markdown", ["|:--", "| SES (g10)"]), ("latex", ["\\begin{tabular}", "\\toprule"]),
+                       ("html", ["<table", "</table>"])):
+        out = _pv(pvdir, *PV_ARGS, "--format", fmt).stdout
+        assert all(m in out for m in marks), fmt
+        assert se_g10 in out and "FMI" in out and "Results combined over" not in out, fmt
+
+
+def test_combined_fit_writes_json_out(pvdir, pv_doc, tmp_path):
+    out = tmp_path / "pv.json"
+    text = _pv(pvdir, *PV_ARGS, "--json-out", out).stdout
+    assert "Results combined over 5 plausible values" in text
+    assert json.loads(out.read_text()) == pv_doc
+
+
+def d1_by_hand(fits, C, kind="gamma_covariance"):
+    """Li, Raghunathan & Rubin (1991), written out from the M fits' printed γs and covariances."""
+    M, k = len(fits), C.shape[0]
+    Q = [C @ np.array([f["estimate"] for f in fit["fixed_effects"]]) for fit in fits]
+    U = [C @ np.array(fit[kind]) @ C.T for fit in fits]
+    qbar = sum(Q) / M
+    ubar = sum(U) / M
+    B = sum(np.outer(q - qbar, q - qbar) for q in Q) / (M - 1)
+    r = (1 + 1 / M) * np.trace(B @ np.linalg.inv(ubar)) / k
+    F = qbar @ np.linalg.inv((1 + r) * ubar) @ qbar / k
+    t = k * (M - 1)
+    nu = 4 + (t - 4) * (1 + (1 - 2 / t) / r) ** 2 if t > 4 else t * (1 + 1 / k) * (1 + 1 / r) ** 2 / 2
+    return F, nu, sps.f.sf(F, k, nu), r
+
+
+def test_combined_fit_honours_test_with_d1(pvdir):
+    doc = json.loads(_pv(pvdir, *PV_ARGS, "--test", "g01 = 0, g10 = 0", "--test", "g10 = 0", "--format",
+                         "json").stdout)
+    both, one = doc["hypothesis_tests"]
+    C = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    for kind, cov in (("model", "gamma_covariance"), ("robust", "gamma_robust_covariance")):
+        F, nu, p, r = d1_by_hand(doc["fits"], C, cov)
+        assert both[kind]["F"] == pytest.approx(F, rel=1e-9) and both[kind]["df1"] == 2
+        assert both[kind]["df2"] == pytest.approx(nu, rel=1e-9) and both[kind]["riv"] == pytest.approx(r, rel=1e-9)
+        assert both[kind]["p"] == pytest.approx(p, rel=1e-6)
+    # one γ: D1 is the square of the combined table's t-ratio (T = Ū + (1 + 1/M)B)
+    assert one["model"]["F"] == pytest.approx(doc["fixed_effects"][2]["t"] ** 2, rel=1e-9)
+    assert one["robust"]["F"] == pytest.approx(doc["fixed_effects_robust"][2]["t"] ** 2, rel=1e-9)
+    text = _pv(pvdir, *PV_ARGS, "--test", "g01 = 0, g10 = 0", "--ascii").stdout
+    assert "combined over the fits: g01 = 0, g10 = 0" in text and f"{both['model']['F']:.6f}" in text
+
+
+def test_weighted_combined_test_is_robust_only(pvdir):
+    doc = json.loads(_pv(pvdir, *PV_ARGS, "--weight1", "W1", "--weight2", "W2", "--test", "g10 = 0",
+                         "--format", "json").stdout)
+    test = doc["hypothesis_tests"][0]
+    assert test["model"] is None
+    assert test["robust"]["F"] == pytest.approx(doc["fixed_effects_robust"][2]["t"] ** 2, rel=1e-9)
+
+
+def test_imputed_files_with_different_records_are_refused_unless_asked(pvdir):
+    frame = pd.read_csv(pvdir / "pv_l1.csv")
+    full, short = pvdir / "imp_full.csv", pvdir / "imp_short.csv"
+    frame.to_csv(full, index=False)
+    frame.assign(PV1MATH=frame["PV2MATH"]).iloc[:-50].to_csv(short, index=False)
+    args = ["fit", full, pvdir / "l2.csv", "--id", "ID", *MODEL, "--imputed", short]
+    p = hlmcli(*args, cwd=pvdir)
+    assert p.returncode == 1 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1
+    assert "imp_short.csv" in p.stderr and str(len(frame) - 50) in p.stderr and str(len(frame)) in p.stderr
+    assert "--allow-unequal-imputations" in p.stderr
+    ok = hlmcli(*args, "--allow-unequal-imputations", "--format", "json", cwd=pvdir, check=True)
+    assert json.loads(ok.stdout)["combining"]["m"] == 2
+    bad = _pv(pvdir, *PV_ARGS, "--allow-unequal-imputations", check=False)
+    assert bad.returncode == 2 and "--allow-unequal-imputations is for --imputed" in bad.stderr
+
+
+def test_same_records_ignores_row_order_but_not_unit_sizes():
+    from types import SimpleNamespace
+
+    from hlmcli.errors import ModelError
+    from hlmcli.plausible import same_records
+
+    def fit(ids, sizes):
+        return SimpleNamespace(design=SimpleNamespace(unit_ids=ids, offsets=np.concatenate(([0], np.cumsum(sizes))),
+                                                      n=int(sum(sizes)), n_units=len(ids)))
+
+    same_records([fit(["a", "b"], [3, 2]), fit(["b", "a"], [2, 3])], ["one", "two"])
+    with pytest.raises(ModelError, match=r"two: the fit uses 5 level-1 records in 2 units, but one uses 5 in 2 "
+                                         r"\(other units or unit sizes\)"):
+        same_records([fit(["a", "b"], [3, 2]), fit(["a", "b"], [2, 3])], ["one", "two"])

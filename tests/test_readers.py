@@ -89,3 +89,51 @@ def test_non_numeric_value_names_file_column_and_line(tmp_path):
     path.write_text("id,x\n1,2\n1,abc\n")
     with pytest.raises(DataError, match=r"bad.csv: column x, line 3: 'abc' is not a number"):
         numeric_column(read_table(path), "x")
+
+
+@pytest.mark.parametrize("header,words", [
+    ("ID,X,X,Y", ["column 'X' is named twice", "columns 2 and 3"]),
+    ("ID,X,Y, X ", ["column 'X' is named twice", "columns 2 and 4"]),
+    ("ID,ses,Y,SES", ["'ses' and 'SES'", "differ only in case"]),
+])
+def test_duplicated_csv_header_is_refused_with_the_column_name(tmp_path, header, words):
+    f = tmp_path / "dup.csv"
+    f.write_text(header + "\n1,1,2,3\n1,2,3,4\n2,3,4,5\n")
+    with pytest.raises(DataError) as err:
+        read_table(f)
+    assert all(w in str(err.value) for w in words) and "dup.csv" in str(err.value)
+
+
+def test_duplicated_names_in_a_stata_file_differing_in_case_are_refused(tmp_path):
+    f = tmp_path / "case.dta"
+    pyreadstat.write_dta(pd.DataFrame({"ID": [1, 1, 2], "x": [1.0, 2.0, 3.0], "X": [4.0, 5.0, 6.0]}), str(f))
+    with pytest.raises(DataError, match="'x' and 'X'.*differ only in case"):
+        read_table(f)
+
+
+def test_csv_header_over_64_kib_is_read_whole(tmp_path):
+    """10,000 columns make a 90 KB header: it is parsed whole, not cut at 64 KiB into a false 'fields' error."""
+    names = [f"VARIABLE{i:05d}" for i in range(10_000)]
+    header = "ID," + ",".join(names)
+    assert len(header) > 1 << 16
+    rows = [f"{j // 2}," + ",".join(str((i + j) % 7) for i in range(10_000)) for j in range(6)]
+    f = tmp_path / "wide.csv"
+    f.write_text(header + "\n" + "\n".join(rows) + "\n")
+    table = read_table(f)
+    assert table.data.shape == (6, 10_001) and table.delimiter == ","
+    assert list(table.data.columns[-2:]) == names[-2:]
+    assert table.data[names[-1]].tolist() == [(9_999 + j) % 7 for j in range(6)]
+
+
+def test_stream_engine_reads_a_long_header_and_refuses_duplicates(tmp_path):
+    pytest.importorskip("pyarrow")
+    from hlmcli.streaming import file_columns
+
+    names = [f"VARIABLE{i:05d}" for i in range(10_000)]
+    f = tmp_path / "wide.csv"
+    f.write_text("ID," + ",".join(names) + "\n" + "1," + ",".join("0" for _ in names) + "\n")
+    cols = file_columns(f)
+    assert len(cols.names) == 10_001 and cols.names[-1] == names[-1]
+    f.write_text("ID,X,x\n1,2,3\n")
+    with pytest.raises(DataError, match="'X' and 'x'"):
+        file_columns(f)

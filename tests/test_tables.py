@@ -139,3 +139,28 @@ def test_missing_extras_give_the_install_hint(saved_fits, monkeypatch):
         with pytest.raises(HlmError, match=r"pip install 'hlmcli\[tables\]'"):
             side_by_side_text(fits, ["m1"], fmt)
     assert side_by_side_text(fits, ["m1"], "csv").startswith(" ,m1")
+
+
+def test_markdown_escapes_names(saved_fits, hsb_archive, tmp_path):
+    """A '|' in a name would split its cell (every row must keep one cell per column), and * _ ` < >
+    would become emphasis, code or HTML: names are escaped with CommonMark's backslash."""
+    import re
+
+    fits = [json.loads(p.read_text()) for p in saved_fits[:2]]
+    md = side_by_side_text(fits, ["a|b", "x*y_z <i>"], "markdown")
+    lines = md.splitlines()
+    assert lines[0].split("|")[1:] and "a\\|b" in lines[0] and "x\\*y\\_z \\<i\\>" in lines[0]
+    cells = [len(re.findall(r"(?<!\\)\|", line)) for line in lines]
+    assert set(cells) == {4}, cells  # a label column and two models: four unescaped bars on every row
+    # end to end: a saved fit whose file name holds a bar and an underscore
+    odd = tmp_path / "m|1_a.json"
+    odd.write_text(saved_fits[0].read_text())
+    out = hlmcli("table", odd, saved_fits[1], "--format", "markdown", check=True).stdout
+    assert "m\\|1\\_a" in out.splitlines()[0]
+    assert {len(re.findall(r"(?<!\\)\|", line)) for line in out.splitlines()} == {4}
+
+    # numbers are hlmcli's own and stay as they are
+    fit_md = hlmcli("fit", hsb_archive, "--model", SAMPLE / "models" / "m4_slopes.txt", "--format", "markdown",
+                    check=True).stdout
+    assert "| <0.001 |" in fit_md.replace("  ", " ") or " <0.001 " in fit_md
+    assert "SES:SECTOR (g11)" in fit_md and "\\" not in fit_md.split("Random effect")[0]

@@ -220,8 +220,9 @@ def test_missing_ids_and_unmatched_records(tmp_path):
     l1 = _write(tmp_path / "l1.csv", "S,C,Y\n1,10,1.0\n1,12,2.0\n")
     l2 = _write(tmp_path / "l2.csv", "C,S\n10,1\n")
     l3 = _write(tmp_path / "l3.csv", "S\n1\n")
-    _one_line_error(run("mdm", "build", l1, l2, l3, "--id2", "C", "-o", tmp_path / "x.mdm"), 1, "--id3")
-    _one_line_error(run("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "T", "-o", tmp_path / "x.mdm"), 1, "T")
+    # a missing id, or one that names no column, is a usage error (exit 2, as the man page says)
+    _one_line_error(run("mdm", "build", l1, l2, l3, "--id2", "C", "-o", tmp_path / "x.mdm"), 2, "--id3")
+    _one_line_error(run("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "T", "-o", tmp_path / "x.mdm"), 2, "T")
     _one_line_error(run("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "S", "-o", tmp_path / "x.mdm"), 1,
                     "no level-2 record", "12")
     ok = run("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "S", "--drop-unmatched", "-o", tmp_path / "x.mdm")

@@ -207,3 +207,64 @@ def test_cli_refuses_normalize_without_weights_and_names_bad_weights(wfiles):
     assert p.returncode != 0 and "--normalize needs --weight1 or --weight2" in p.stderr
     p = hlmcli("fit", "hsbw_l1.csv", "hsbw_l2.csv", "--id", "ID", *CLI_MODEL, "--weight1", "SES", cwd=wfiles)
     assert p.returncode != 0 and "hsbw_l1.csv: column SES" in p.stderr and "negative" in p.stderr
+
+
+# ---------------------------------------------------------------- tests of a weighted (pseudo-likelihood) fit
+
+WARGS = ["fit", "hsbw_l1.csv", "hsbw_l2.csv", "--id", "ID", *CLI_MODEL, "--weight1", "W1", "--weight2", "W2"]
+
+
+def test_weighted_fit_refuses_a_likelihood_ratio_test_and_points_to_wald(wfiles):
+    p = hlmcli(*WARGS, "--compare-deviance", "47000", "--compare-params", "3", cwd=wfiles)
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert "--compare-deviance" in p.stderr and "pseudo-likelihood" in p.stderr
+    assert "no chi-square distribution" in p.stderr and "--test" in p.stderr
+    # the same request from an HLM 7 command file (deviance:, df:) is refused too
+    (wfiles / "wdev.hlm").write_text("level1:MATHACH=INTRCPT1+SES+RANDOM\nlevel2:INTRCPT1=INTRCPT2+SECTOR+random/\n"
+                                     "level2:SES=INTRCPT2/\nlevel1weight:W1\nlevel2weight:W2\nmlf:y\n"
+                                     "deviance:47000\ndf:3\n")
+    p = hlmcli("fit", "hsbw_l1.csv", "hsbw_l2.csv", "--id", "ID", "--model", "wdev.hlm", cwd=wfiles)
+    assert p.returncode == 1 and "wdev.hlm: deviance:" in p.stderr and "pseudo-likelihood" in p.stderr
+    # unweighted, the same option still gives the likelihood-ratio test
+    ok = hlmcli("fit", "hsbw_l1.csv", "hsbw_l2.csv", "--id", "ID", *CLI_MODEL, "--ml", "--compare-deviance", "47000",
+                "--compare-params", "3", cwd=wfiles, check=True)
+    assert "Variance-Covariance components test" in ok.stdout
+
+
+def test_weighted_wald_test_uses_the_robust_covariance(wfiles):
+    """The χ² of 'g01 = 0, g10 = 0' by hand, from the printed γs and robust covariance (the sandwich
+    whose SEs match WeMix, test_matches_wemix): (Cγ)'(C V_robust C')⁻¹(Cγ) on 2 d.f."""
+    from scipy import stats as sps
+
+    doc = json.loads(hlmcli(*WARGS, "--test", "g01 = 0, g10 = 0", "--format", "json", cwd=wfiles, check=True).stdout)
+    gamma = np.array([f["estimate"] for f in doc["fixed_effects"]])
+    V = np.array(doc["gamma_robust_covariance"])
+    C = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    chi2 = float((C @ gamma) @ np.linalg.solve(C @ V @ C.T, C @ gamma))
+    test = doc["hypothesis_tests"][0]
+    assert test["robust"]["chi2"] == pytest.approx(chi2, rel=1e-10)
+    assert test["robust"]["df"] == 2
+    assert test["robust"]["p"] == pytest.approx(sps.chi2.sf(chi2, 2), rel=1e-8, abs=1e-300)
+    # the model-based covariance ignores the weights' information: no test from it
+    assert test["model"] == {"chi2": None, "df": None, "p": None}
+    # one g10 alone: its robust z² = (γ/robust SE)², the t-ratio of the robust table squared
+    doc1 = json.loads(hlmcli(*WARGS, "--test", "g10 = 0", "--format", "json", cwd=wfiles, check=True).stdout)
+    g10 = doc1["fixed_effects"][2]
+    assert doc1["hypothesis_tests"][0]["robust"]["chi2"] == pytest.approx((g10["estimate"] / g10["robust_se"]) ** 2,
+                                                                           rel=1e-10)
+    text = hlmcli(*WARGS, "--test", "g01 = 0, g10 = 0", cwd=wfiles, check=True).stdout
+    block = text[text.index("Results of General Linear Hypothesis Testing"):]
+    assert "robust: Chi-square statistic" in block and "model-based:" not in block
+    assert f"{chi2:.6f}" in block and "robust covariance only" in block
+
+
+def test_compare_refuses_weighted_fits_and_says_why(wfiles):
+    small = wfiles / "w_small.json"
+    big = wfiles / "w_big.json"
+    hlmcli("fit", "hsbw_l1.csv", "hsbw_l2.csv", "--id", "ID", "-1", "MATHACH = b0 + b1*SES + r", "-2", "b0 = g00 + u0",
+           "-2", "b1 = g10", "--weight1", "W1", "--weight2", "W2", "--format", "json", "-o", small, cwd=wfiles, check=True)
+    hlmcli(*WARGS, "--format", "json", "-o", big, cwd=wfiles, check=True)
+    p = hlmcli("compare", small, big, cwd=wfiles)
+    assert p.returncode == 1 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1
+    assert "w_small.json is a weighted fit" in p.stderr and "pseudo-likelihood" in p.stderr and "--test" in p.stderr
