@@ -157,8 +157,9 @@ def check(meta, data, res):
     unit = data.unit
     q = data.q
     best, (d_b, g_b, T_b, Vinv, r_b), parts = dense_inner(X, Z, z, W, unit, data.J, res.reml, res.tau)
-    L = np.linalg.cholesky(res.tau + 1e-300 * np.eye(q)) if np.all(np.linalg.eigvalsh(res.tau) > 0) else None
-    if L is None:
+    try:
+        L = np.linalg.cholesky(res.tau)
+    except np.linalg.LinAlgError:  # singular τ: a triangular factor from an eigen factor by QR
         w, V = np.linalg.eigh(res.tau)
         F = V * np.sqrt(np.clip(w, 0, None))
         L = np.linalg.qr(F.T, mode="r").T
@@ -190,14 +191,28 @@ def refused(data) -> str | None:
     return None
 
 
+def count(rows) -> dict:
+    return {
+        "data_sets": len(rows),
+        "internal_errors": sum(r["error"] is not None for r in rows),
+        "converged": sum(r["converged"] for r in rows),
+        "false_converged": sum(r["converged"] and not r.get("fixed_point") for r in rows),
+        "false_not_converged": sum((not r["converged"]) and bool(r.get("fixed_point")) for r in rows),
+        "not_converged": sum(not r["converged"] and not r.get("refused") for r in rows),
+        "refused_before_fitting": sum(bool(r.get("refused")) for r in rows),
+        "check_errors": sum(bool(r.get("check_error")) for r in rows),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=120)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "stress_pql_results.json"))
+    ap.add_argument("--only", type=int, nargs="*", help="rerun these seeds and replace them in --out")
     args = ap.parse_args()
     rows = []
     t0, c0 = time.time(), time.process_time()
-    for seed in range(args.n):
+    for seed in (args.only if args.only else range(args.n)):
         meta, data = simulate(seed)
         why = refused(data)
         if why:  # the CLI refuses these before fitting, in one line
@@ -209,30 +224,31 @@ def main():
             res = pql(data, reml=meta["reml"])
             meta.update(converged=bool(res.converged), failed=list(res.failed),
                         tau=res.tau.tolist(), gamma=res.gamma.tolist())
-            if np.all(np.isfinite(res.eta)):
-                meta.update(check(meta, data, res))
-            else:
-                meta.update(fixed_point=False)
             meta["error"] = None
         except HlmError as exc:  # refused in one line by the engine itself (a data error, exit 1)
             meta.update(refused=str(exc), error=None, converged=False, fixed_point=None)
-        except Exception as exc:  # an internal error: counted, never hidden
+            res = None
+        except Exception as exc:  # an internal error of hlmcli: counted, never hidden
             meta.update(error=f"{type(exc).__name__}: {exc}", converged=False, fixed_point=False)
+            res = None
+        try:
+            if res is not None:
+                meta.update(check(meta, data, res) if np.all(np.isfinite(res.eta)) else {"fixed_point": False})
+        except Exception as exc:  # the check's own failure: reported apart from hlmcli's errors
+            meta.update(check_error=f"{type(exc).__name__}: {exc}", fixed_point=None)
         rows.append(meta)
         print(f"{seed:4d} {meta['family']:9s} q={meta['q']} J={meta['J']:3d} n={meta['nj']:2d} {meta['kind']:5s} "
               f"{'REML' if meta['reml'] else 'ML  '} events {meta['events']:.3f} "
               f"{'converged' if meta['converged'] else 'NOT conv.'} fixed={meta.get('fixed_point')} "
               f"{meta['error'] or ''}", flush=True)
-    counts = {
-        "data_sets": len(rows),
-        "internal_errors": sum(r["error"] is not None for r in rows),
-        "converged": sum(r["converged"] for r in rows),
-        "false_converged": sum(r["converged"] and not r.get("fixed_point") for r in rows),
-        "false_not_converged": sum((not r["converged"]) and bool(r.get("fixed_point")) for r in rows),
-        "not_converged": sum(not r["converged"] and not r.get("refused") for r in rows),
-        "refused_before_fitting": sum(bool(r.get("refused")) for r in rows),
-    }
-    doc = {"counts": counts, "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0, "cases": rows}
+    doc = {"wall_s": time.time() - t0, "cpu_s": time.process_time() - c0}
+    if args.only:  # replace the rerun seeds in the stored results and count again
+        old = json.loads(Path(args.out).read_text())
+        new = {r["seed"]: r for r in rows}
+        rows = [new.get(r["seed"], r) for r in old["cases"]]
+        doc = {"wall_s": old["wall_s"], "cpu_s": old["cpu_s"],
+               "rerun": {"seeds": args.only, "wall_s": doc["wall_s"], "cpu_s": doc["cpu_s"]}}
+    doc = {"counts": count(rows), **doc, "cases": rows}
     Path(args.out).write_text(json.dumps(doc, indent=1, default=float) + "\n")
     print(json.dumps(counts), f"{doc['wall_s']:.0f} s wall, {doc['cpu_s']:.0f} s CPU")
 

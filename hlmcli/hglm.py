@@ -267,6 +267,7 @@ class PQLResult:
     solve: object = None
     check: FixedPointCheck | None = None
     failed: list[str] = field(default_factory=list)  # why not converged, one reason each
+    pa_failed: str | None = None  # why the population-average model is missing
 
 
 def _check_fixed_point(last, refit, tol: float) -> FixedPointCheck:
@@ -367,9 +368,9 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
         try:
             _population_average(data, res, lam, macroit, stopmacro)
         except (FloatingPointError, np.linalg.LinAlgError) as exc:
-            res.pa_gamma = None  # the population-average tables are then left out
-            res.failed.append(f"the population-average model cannot be fitted ({exc})")
-            res.converged = False
+            # the unit-specific answer stands; only the population-average tables are left out
+            res.pa_gamma = None
+            res.pa_failed = f"the population-average model cannot be fitted ({exc})"
     return res
 
 

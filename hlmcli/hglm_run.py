@@ -482,6 +482,8 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
                               "unit-specific PQL estimates (Raudenbush & Bryk 2002, ch. 10)",
                 "iterations": a.pql.pa_iterations,
                 "fixed_effects": fixed_json(a, a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov, a.df)}
+        elif a.pql.pa_failed:
+            out["population_average"] = {"error": a.pql.pa_failed}
     if a.ml is not None:
         out["certificate"] = a.ml.certificate.to_json()
         out["iterations"] = a.ml.iterations
@@ -628,6 +630,9 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         w("Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test;")
         w("use --estimation laplace or agq for a deviance.")
     out += extras_text(a.extras, sym)
+    if a.pql is not None and a.pql.pa_failed:
+        w("")
+        w(f"Results for Population-average Model: none; {a.pql.pa_failed}")
     if a.pql is not None and a.pql.pa_gamma is not None:
         w("")
         w("Results for Population-average Model")
