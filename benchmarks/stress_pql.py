@@ -5,7 +5,7 @@ Simulated binary, binomial and count data sets (rare events down to 0.5%, units 
 each, hlmcli's pql() runs as the CLI runs it; then, independently of hlmcli's code, at its final η:
   * the working variate z = η − offset + (y − μ)/W and weights W are recomputed here;
   * the weighted LMM deviance (σ² = 1) is written out densely per unit, V_j = W_j⁻¹ + Z_jτZ_j',
-    and minimised over the Cholesky factor of τ by L-BFGS-B from τ = 0, 0.1·I, I, 4·I and hlmcli's
+    and minimised over the Cholesky factor of τ by L-BFGS-B from τ = 0, 0.09·I, I, 4·I and hlmcli's
     τ, then Nelder-Mead from the best; the lowest deviance is the best known inner optimum;
   * one more macro iteration from that optimum gives η'.
 A PQL fit is a fixed point when hlmcli's τ is within 1e-6 (deviance units) of the best known inner
@@ -129,7 +129,7 @@ def dense_inner(X, Z, z, W, unit, J, reml, tau_hlm):
     L0 = np.linalg.cholesky(tau_hlm + 1e-12 * np.eye(q)) if np.all(np.linalg.eigvalsh(tau_hlm) > 1e-10) else None
     starts = [np.zeros((q, q)), 0.3 * np.eye(q), np.eye(q), 2 * np.eye(q)] + ([L0] if L0 is not None else [])
     best = None
-    for S in starts:  # Cholesky factors: τ = 0, 0.1·I, I, 4·I and hlmcli's τ
+    for S in starts:  # Cholesky factors: τ = 0, 0.09·I, I, 4·I and hlmcli's τ
         th0 = S[tril]
         r = optimize.minimize(f, th0, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000})
         if best is None or r.fun < best.fun:
