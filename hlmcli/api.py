@@ -116,8 +116,8 @@ def analyse_with_extras(spec, archive, df_method: str = "hlm", tests: Sequence[s
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
-    if df_method not in ("hlm", "satterthwaite"):
-        raise ModelError(f"df must be 'hlm' or 'satterthwaite', not '{df_method}'")
+    if df_method not in ("hlm", "hlm6", "satterthwaite"):
+        raise ModelError(f"df must be 'hlm', 'hlm6' or 'satterthwaite', not '{df_method}'")
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in tests]
     analysis = analyse(spec, archive, df_method)
     o = spec.options

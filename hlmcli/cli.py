@@ -83,6 +83,27 @@ class _UsageProblem(HlmError):
     exit_code = EXIT_USAGE
 
 
+def _dask_scheduler(more: dict):
+    """--scheduler, --timeout and --deadline as one dask_engine.Scheduler (None for the other engines)."""
+    given = [name for name, key in (("--timeout", "dask_timeout"), ("--deadline", "dask_deadline"))
+             if more.get(key) is not None]
+    if more.get("engine") != "dask":  # --scheduler alone: flags.check_fit_options
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: for --engine dask only (the time allowed to its scheduler); "
+                                   "give --engine dask too, or drop it")
+        return None
+    if more.get("dask_timeout") is not None and more.get("scheduler") is None:
+        raise click.UsageError("--timeout is the time to connect to --scheduler, and none is given (the default "
+                               "LocalCluster runs here); give --scheduler, or drop --timeout")
+    from .dask_engine import CONNECT_TIMEOUT, Scheduler, check_seconds, parse_address
+
+    if more.get("scheduler") is not None:
+        parse_address(more["scheduler"])
+    timeout = check_seconds("--timeout", more.get("dask_timeout"))
+    return Scheduler(more.get("scheduler"), CONNECT_TIMEOUT if timeout is None else timeout,
+                     check_seconds("--deadline", more.get("dask_deadline")))
+
+
 def _split_names(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -407,7 +428,7 @@ _hglm_options = [
     click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
-                 help="AGQ: quadrature points per random effect (default 7)."),
+                 help="AGQ: quadrature points per random effect (default 7, at most 100)."),
     click.option("--separation", type=click.Choice(["refuse", "fit"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="Binary, binomial and count outcomes: a predictor that separates the "
                  "outcome quasi-completely is refused (default), or with 'fit' held at a bound with a warning."),
@@ -569,8 +590,15 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
                       _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, {**more, "ml": ml},
                       _stderr, _use_ascii)
 
+    from .flags import check_archive_options, check_model_options
+
+    given = _given_options()
+    check_archive_options(given, Path(data[0]).name if len(data) == 1 else None)
     archive, _ = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet=False)
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
+    o = spec.options
+    check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
+                        full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
         from .hglm_run import estimation_text, glmer_call, hglm_model_summary
 
@@ -602,8 +630,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--keep", help="Source columns (text too) to carry into the residual files, comma-separated.")
 @click.option("--title", help="Problem title for the output.")
 @click.option("--timestamp", is_flag=True, help="Add the date and time to the text output (off: output is reproducible).")
-@click.option("--df", "df_method", type=click.Choice(["hlm", "satterthwaite"]), default="hlm", show_default=True,
-              help="d.f. of the fixed effects: HLM 7's rule, or Satterthwaite's as lmerTest.")
+@click.option("--df", "df_method", type=click.Choice(["hlm", "hlm6", "satterthwaite"]), default="hlm", show_default=True,
+              help="d.f. of the fixed effects: HLM 7's rule, HLM 5/6's (fixed slopes get N - F), or Satterthwaite's as lmerTest.")
 @click.option("--strict", is_flag=True, help="Exit 3 on a boundary fit too.")
 @click.option("--tau", "tau_structure", type=click.Choice(["unstructured", "diagonal"]), default=None,
               help="Covariance of the random effects: unstructured (default) or diagonal (independent effects).")
@@ -611,12 +639,14 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
+@click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
+              help="The program that printed the prior deviance: hlm6 (HLM 5/6 print the ML deviance ln 2π low; it is added back) or hlm7.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
-@click.option("--ols-units", type=click.IntRange(0), help="Units whose OLS regressions --full-output prints (default 10).")
+@click.option("--ols-units", type=click.IntRange(0), help="How many units' OLS regressions --full-output prints (default 10): the first units whose OLS can be computed, as HLM counts them.")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr (the exit code still tells).")
 @click.option("--keep-failed-output", is_flag=True, help="Write -o and residual files even when the fit is not certified (exit 3).")
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
@@ -631,6 +661,10 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--engine", type=click.Choice(["memory", "stream", "dask"]), default="memory", show_default=True,
               help="memory: records in memory; stream: one chunked pass (pyarrow), bounded memory; dask: a Dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS", help="--engine dask: a dask.distributed scheduler (default: a LocalCluster).")
+@click.option("--timeout", "dask_timeout", type=float, metavar="SECONDS",
+              help="--scheduler: seconds for each step of connecting and finding a worker (default 30).")
+@click.option("--deadline", "dask_deadline", type=float, metavar="SECONDS",
+              help="--engine dask: seconds the whole computation may take (default: no limit).")
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
@@ -642,8 +676,13 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .pipeline import add_extras, analyse
 
     data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
+    prior_version = more.pop("prior_version", None)
+    _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
     from .cli3 import is_three_level
-    if is_three_level(data, more):
+    three = is_three_level(data, more)
+    if prior_version and (three or more["engine"] != "memory" or plausible_values or imputed):
+        raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
+    if three:
         from .cli3 import fit3
 
         return fit3(data, level1, level2, model_file, ascii_only,
@@ -670,9 +709,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
         from .engines import cli_fit
 
-        if more["scheduler"] and more["engine"] != "dask":
-            raise click.UsageError("--scheduler is for --engine dask")
-        return cli_fit(data, level1, level2, model_file, ml, more["engine"], more["scheduler"],
+        if prior_version:
+            raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
+        return cli_fit(data, level1, level2, model_file, ml, more["engine"], _dask_scheduler(more),
                        _build_opts(id_, id1, id2, missing, drop_unmatched, **more), out_format, output, json_out, title,
                        timestamp, df_method, strict, ascii_only, quiet, extra={
                            "title": title, "max_iterations": max_iterations, "prior_deviance": compare_deviance,
@@ -702,6 +741,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                            "--plausible-values/--imputed": bool(plausible_values or imputed),
                            f"--format {out_format}": out_format not in ("text", "json"),
                            "--json-out": bool(json_out), "--keep": bool(keep)})
+        if prior_version:
+            raise _UsageProblem("--prior-version is for normal outcomes: HGLM deviances are not compared with HLM 5/6's")
         hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
         return _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format, output, ascii_only, sources,
                          hypotheses, strict)
@@ -718,8 +759,17 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         return
     analysis = analyse(spec, archive, df_method, weights=wspec if wspec.any else None)
     opts = spec.options
-    add_extras(analysis, hypotheses, opts.prior_deviance, opts.prior_params, opts.homogeneity,
+    prior = opts.prior_deviance
+    if prior_version:
+        from .inference import prior_deviance_as_printed_here
+
+        if prior is None:
+            raise _UsageProblem("--prior-version says which program printed --compare-deviance; give --compare-deviance too")
+        prior = prior_deviance_as_printed_here(prior, prior_version, analysis.result.method)
+    add_extras(analysis, hypotheses, prior, opts.prior_params, opts.homogeneity,
                opts.full_output, opts.ols_units)
+    if prior_version and "deviance_test" in analysis.extras:
+        analysis.extras["deviance_test"].update({"prior_version": prior_version, "prior_deviance_printed": opts.prior_deviance})
     # Whether the fit is certified is decided here, before any file is moved into place, so a run
     # that exits non-zero leaves no -o or residual file behind for make to take as a result.
     status, failures = _fit_status(analysis.result, strict)
@@ -948,7 +998,9 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
     from .hglm_run import analyse_hglm, boundary_notes, hglm_extras, hglm_json, hglm_text, write_residuals
     from .report import Symbols, dumps_json
 
-    a = analyse_hglm(spec, archive, level1)
+    from .data_checks import fit_or_refuse
+
+    a = fit_or_refuse(lambda: analyse_hglm(spec, archive, level1), archive, spec.outcome)
     a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
     a.notes = boundary_notes(a)
     for message in a.warnings:
@@ -1010,7 +1062,11 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     check_output(output)
     from .flags import check_plot_options
 
-    check_plot_options(_given_options(), kind, len(data) == 1 and str(data[0]).lower().endswith(".json"))
+    from .flags import check_archive_options
+
+    saved = len(data) == 1 and str(data[0]).lower().endswith(".json")
+    check_plot_options(_given_options(), kind, saved)
+    check_archive_options(_given_options(), Path(data[0]).name if len(data) == 1 and not saved else None)
     from .cli3 import is_three_level, unsupported_command
     if is_three_level(data, more):
         unsupported_command("plot")

@@ -153,11 +153,12 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     from .residual_files import write_table
 
     refuse_unsupported([
-        ("--test", bool(tests)), ("--df satterthwaite", df_method != "hlm"), ("--compare-deviance", compare_deviance is not None),
+        ("--test", bool(tests)), (f"--df {df_method}", df_method != "hlm"), ("--compare-deviance", compare_deviance is not None),
         ("--compare-params", compare_params is not None), ("--test-homogeneity", bool(test_homogeneity)),
         ("--full-output", bool(full_output)), ("--ols-units", ols_units is not None),
         ("--tau diagonal", tau_structure == "diagonal"), ("--weight1", bool(weight1)), ("--weight2", bool(weight2)),
         ("--normalize", bool(normalize)), ("--plausible-values", bool(plausible_values)), ("--imputed", bool(imputed)),
+        ("--allow-unequal-imputations", bool(more.get("allow_unequal_imputations"))),
         ("--residuals-l1", bool(residuals_l1)), ("--keep", bool(keep)),
         (f"--format {out_format}", out_format not in ("text", "json")),
         (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),

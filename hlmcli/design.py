@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .archive import Archive
+from .data_checks import check_linear_outcome, check_magnitudes
 from .equations import ModelSpec, Term, Variables
 from .errors import ModelError
 
@@ -90,6 +91,7 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
     level1_needed = [spec.outcome] + [t.name for t in spec.level1]
     level1_needed += [t.name for eq in spec.level2 for t in eq.predictors if t.unit_mean]
     level1_needed = list(dict.fromkeys(level1_needed))
+    check_magnitudes(archive, level1_needed, [t.name for eq in spec.level2 for t in eq.predictors if not t.unit_mean])
     columns = {name: archive.level1_column(name) for name in level1_needed}
 
     # Run-time deletion: a record missing any variable this model uses is dropped.
@@ -158,6 +160,8 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
                     n_deleted=n_deleted, units_deleted=units_deleted, fixed=fixed,
                     random=np.array(spec.random), level2_values=level2_values, centering_means=centering_means)
     check_random_slopes(design)
+    if getattr(spec.options, "family", "normal") == "normal":
+        check_linear_outcome(design, variables_of(archive).level1_file)
     return design
 
 

@@ -272,8 +272,12 @@ def summarise(frame: Frame, cols, level2_data, names: list[str], level2_names: l
 
 
 def analyse_summary(spec, summary: Summary, df_method: str = "hlm"):
+    from .data_checks import check_linear_outcome_moments
     from .pipeline import analyse_stats, check_estimable
 
+    if spec.outcome in summary.names:  # σ² = 0 is refused here as in the in-memory engine (design.make_design)
+        m, k = summary.moments, summary.names.index(spec.outcome)
+        check_linear_outcome_moments(spec, m.n, m.mean[:, k], m.C[:, k, k])
     design, unit = design_from_moments(spec, summary.unit_ids, summary.names, summary.moments, summary.level2,
                                        summary.n_deleted, digest_of(summary.unit_ids, summary.moments))
     check_estimable(design)

@@ -77,9 +77,15 @@ def explain(hlm: HLMOutput, fit: dict, deviance_at: Callable[[float, np.ndarray]
             out["deviance_on_segment_to_optimum"] = segment
             out["consistent_with_early_stop"] = downhill
             if downhill:
+                where = ", ".join(x for x in (hlm.stopped, f"iteration {hlm.iterations}" if hlm.iterations else None) if x)
                 findings.append(f"HLM's σ² and τ lie {gap:.6f} deviance units above the certified optimum, and the "
                                 "deviance falls steadily from HLM's point to the optimum: HLM stopped early "
-                                f"({hlm.stopped or 'its stopping rule'}, iteration {hlm.iterations})")
+                                f"({where or 'its stopping rule'})")
+                if fit.get("boundary"):
+                    # the optimum on the boundary: HLM's point is inside, where its printed τ says otherwise
+                    notes = "; ".join(fit.get("boundary_notes") or []) or "a variance or correlation at its limit"
+                    findings.append(f"the certified optimum is on the boundary of the parameter space ({notes}); "
+                                    "HLM's printed τ is inside it")
             else:
                 findings.append(f"HLM's σ² and τ lie {gap:.6f} deviance units above the certified optimum, but not on "
                                 "a steady descent to it: HLM stopped at another point of the surface (check the model)")
@@ -156,13 +162,18 @@ def _fixed(hlm: HLMOutput, fit: dict, findings: list[str]) -> list[dict]:
     for fx in fit.get("fixed_effects", []):
         label = _ascii_label(fx["gamma"])
         h = theirs.get(label) or theirs.get(label.replace("G", "B", 1))
+        r = robust.get(label) or robust.get(label.replace("G", "B", 1))
+        # an output (or an excerpt of one) may hold the robust table only: its γ are the same, its SEs robust
+        only_robust = h is None and r is not None and bool(fx.get("robust_se"))
+        if only_robust:
+            h = r
         if h is None:
             continue
+        fit_se = fx["robust_se"] if only_robust else fx["se"]
         in_se = (h.estimate - fx["estimate"]) / fx["se"] if fx["se"] else float("nan")
         row = {"gamma": fx["gamma"], "hlm": h.estimate, "fit": fx["estimate"], "difference_in_se": in_se,
-               "hlm_se": h.se, "fit_se": fx["se"], "se_relative": h.se / fx["se"] - 1 if fx["se"] else float("nan"),
-               "hlm_df": h.df, "fit_df": fx.get("df")}
-        r = robust.get(label)
+               "hlm_se": h.se, "fit_se": fit_se, "se_relative": h.se / fit_se - 1 if fit_se else float("nan"),
+               "se_kind": "robust" if only_robust else "model", "hlm_df": h.df, "fit_df": fx.get("df")}
         if r is not None and fx.get("robust_se"):
             row.update({"hlm_robust_se": r.se, "fit_robust_se": fx["robust_se"], "robust_se_relative": r.se / fx["robust_se"] - 1})
         rows.append(row)
@@ -194,7 +205,8 @@ def _df_rule(hlm: HLMOutput, fit: dict, n_records: int, findings: list[str]) -> 
     for fx in fit.get("fixed_effects", []):
         if fx["coefficient"] in randoms or fx["coefficient"] == "INTRCPT1":
             continue
-        h = theirs.get(_ascii_label(fx["gamma"]))
+        label = _ascii_label(fx["gamma"])
+        h = theirs.get(label) or theirs.get(label.replace("G", "B", 1))  # HLM 5/6's P/B notation
         if h is None or h.df is None:
             continue
         if h.df == fx.get("df"):

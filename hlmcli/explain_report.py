@@ -27,7 +27,8 @@ def explain_text(r: dict) -> str:
         for f in r["fixed_effects"]:
             lines.append(f"  {f['gamma']:8}{f['hlm']:>14.6f}{f['fit']:>14.6f}{f['difference_in_se']:>10.3f}"
                          f"{f['hlm_se']:>12.6f}{f['fit_se']:>12.6f}{f['se_relative']:>10.2%}"
-                         f"{_g(f['hlm_df'], '{:.0f}'):>10}{_g(f['fit_df'], '{}'):>10}")
+                         f"{_g(f['hlm_df'], '{:.0f}'):>10}{_g(f['fit_df'], '{}'):>10}"
+                         + ("   (robust SEs: HLM's output has no model-based table)" if f.get("se_kind") == "robust" else ""))
         lines.append("")
     if r.get("tau"):
         lines += ["Variance components", f"  {'':28}{'HLM':>14}{'fit':>14}{'relative':>10}"]

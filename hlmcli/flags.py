@@ -37,10 +37,7 @@ def check_fit_options(given: set[str], *, archive: str | None, engine: str, hlm_
     residual file is asked for on the command line."""
     if "--scheduler" in given and engine != "dask":
         _refuse("--scheduler is the Dask scheduler for --engine dask; give --engine dask too, or drop --scheduler")
-    build = [o for o in BUILD_OPTIONS if o in given]
-    if archive is not None and build:
-        _refuse(f"{', '.join(build)}: these say how to build an archive from two data files, and {archive} is an "
-                "archive already built (its ids and variables are fixed); drop them, or rebuild it with 'hlmcli mdm build'")
+    check_archive_options(given, archive)
     if not hlm_file:
         for option, what in (("--force", "lets a .hlm file's resfil1name:/resfil2name: overwrite existing files"),
                              ("--allow-outside", "lets a .hlm file's output names point outside its folder")):
@@ -60,6 +57,14 @@ def check_fit_options(given: set[str], *, archive: str | None, engine: str, hlm_
     if "--timestamp" in given and out_format != "text":
         _refuse(f"--timestamp adds the date to the text output, and --format {out_format} has none (it stays "
                 "reproducible); drop --timestamp")
+
+
+def check_archive_options(given: set[str], archive: str | None) -> None:
+    """`archive`: the archive's name when DATA is one archive (fit, model, plot), else None."""
+    build = [o for o in BUILD_OPTIONS if o in given]
+    if archive is not None and build:
+        _refuse(f"{', '.join(build)}: these say how to build an archive from two data files, and {archive} is an "
+                "archive already built (its ids and variables are fixed); drop them, or rebuild it with 'hlmcli mdm build'")
 
 
 def check_model_options(given: set[str], *, family: str, estimation: str | None, full_output: bool,

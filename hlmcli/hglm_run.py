@@ -16,6 +16,7 @@ from scipy import special
 from . import __version__
 from . import design as design_stage
 from . import inference
+from .data_checks import check_hglm_outcome, check_quadrature, level1_option_column
 from .errors import DataError, ModelError
 from .family import family as get_family
 from .hglm import START_TOL, GLMData, MLResult, PQLResult, ml_fit, pql, working_model
@@ -47,11 +48,6 @@ class HGLMAnalysis:
     warnings: list[str] = field(default_factory=list)  # --separation fit: the coefficients held at a bound
 
 
-def _column(archive, name, design):
-    col = archive.level1_column(name)
-    return col if design.record_positions is None else col[design.record_positions]
-
-
 def check_options(opts) -> None:
     fam = opts.family
     if fam == "binomial" and not opts.trials:
@@ -79,6 +75,8 @@ def refuse_options(opts, *, df_method="hlm", prior_deviance=None, homogeneity=Fa
     if given:
         raise ModelError(f"{', '.join(given)}: not available for a {opts.family} outcome (HGLM); "
                          "fit without it, or use the normal model")
+    if df_method == "hlm6":
+        raise ModelError("--df hlm6 is not available for an HGLM: HGLM tables use HLM 7's d.f.")
     if df_method != "hlm":
         raise ModelError("--df satterthwaite is not available for an HGLM: Satterthwaite's d.f. come from the normal "
                          "model's REML/ML variance of the variance estimates; HGLM tables use HLM 7's d.f.")
@@ -254,14 +252,15 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     files = {s.role: s.name for s in archive.sources}
     l1file = files.get("level-1", "the level-1 file")
     rows = design.record_positions if design.record_positions is not None else np.arange(design.n)
-    trials = _column(archive, opts.trials, design).astype(float) if opts.trials else None
-    exposure = _column(archive, opts.exposure, design).astype(float) if opts.exposure else None
+    trials = level1_option_column(archive, design, opts.trials, "--trials") if opts.trials else None
+    exposure = level1_option_column(archive, design, opts.exposure, "--exposure") if opts.exposure else None
     for name, col in (("trials", trials), ("exposure", exposure)):
         if col is not None and np.isnan(col).any():
             k = int(np.flatnonzero(np.isnan(col))[0])
             raise DataError(f"{l1file}, column {getattr(opts, name)}, row {int(rows[k]) + 1}: missing value")
-    fam.check(design.y, trials, exposure, {"file": l1file, "outcome": spec.outcome, "trials": opts.trials,
-                                           "exposure": opts.exposure, "rows": rows})
+    where = {"file": l1file, "outcome": spec.outcome, "trials": opts.trials, "exposure": opts.exposure, "rows": rows}
+    fam.check(design.y, trials, exposure, where)
+    check_hglm_outcome(fam, design, trials, where)
     if fam.link == "logit":
         cols = {"__outcome__": spec.outcome}
         cols.update({t.name: design.L[:, k] for k, t in enumerate(spec.level1, start=1)})
@@ -291,6 +290,8 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
         nodes = opts.quadrature_points if est == "agq" else 1
         if est == "agq" and data.q > 3:
             raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use --estimation laplace")
+        if est == "agq":
+            check_quadrature(nodes, data.q)
         start = pql(data, reml=False, population_average=False, macroit=opts.macroit, stopmacro=START_TOL,
                     diagonal=diagonal, check=False)
         m_res = ml_fit(data, nodes, start, diagonal=diagonal)

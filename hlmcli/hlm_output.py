@@ -212,12 +212,13 @@ def _fixed_tables(lines: list[str]) -> tuple[list[FixedRow], list[FixedRow]]:
             coef, buffer = m.group(1).strip(), ""
             continue
         buffer = f"{buffer} {s}".strip() if buffer else s
-        m = re.match(rf"^([A-Za-z_][\w.]*)\s*,\s*(G\s*[\d,]+)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})", buffer)
+        # HLM 5/6 name a two-level model's coefficients P (level 1) and B (level 2) in some runs: 'INTRCPT2, B00'
+        m = re.match(rf"^([A-Za-z_][\w.]*)\s*,\s*([GB]\s*[\d,]+)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})", buffer)
         if m and coef is not None:
             current.append(FixedRow(coef, m.group(1), m.group(2).replace(" ", ""), _num(m.group(3)), _num(m.group(4)),
                                     _num(m.group(5)), _num(m.group(6))))
             buffer = ""
-        elif not re.match(r"^[A-Za-z_][\w.]*\s*,\s*G", buffer):
+        elif not re.match(r"^[A-Za-z_][\w.]*\s*,\s*[GB]", buffer):
             buffer = ""
     model = next((rows for robust, rows in tables if not robust and rows), [])
     robust = next((rows for is_robust, rows in tables if is_robust and rows), [])

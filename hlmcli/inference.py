@@ -61,6 +61,26 @@ def hlm_fixed_df(design: Design) -> np.ndarray:
     return np.array(out, dtype=float)
 
 
+def hlm6_fixed_df(design: Design) -> np.ndarray:
+    """HLM 5/6's Approx. d.f.: J - S_q - 1 for γs of random coefficients (as HLM 7), N - F for the γs of
+    fixed coefficients, F counting every γ (Snijders & Bosker's example 4.2: 2287 - 2 = 2285; HLM 7 prints
+    N - J·R - F = 2155 there)."""
+    df = hlm_fixed_df(design)
+    for i, f in enumerate(design.fixed):
+        if not design.random[f.q]:
+            df[i] = design.n - len(design.fixed)
+    return df
+
+
+def prior_deviance_as_printed_here(deviance: float, prior_version: str | None, method: str) -> float:
+    """A prior model's deviance as this program prints it. HLM 5 and 6 print the ML deviance ln 2π below
+    -2 log L (bdf's empty model: 16251.380618 printed, 16253.218495 = -2 log L); their REML deviance and
+    HLM 7's deviances are -2 log L."""
+    if prior_version == "hlm6" and method.upper() == "ML":
+        return deviance + float(np.log(2 * np.pi))
+    return deviance
+
+
 def fixed_effects(design: Design, unit: UnitStats, stats: ModelStats, result: FitResult) -> FixedTable:
     us = result.solve
     w = us.XVe_units()  # σ²·X_j'V_j⁻¹e_j
@@ -339,7 +359,9 @@ def least_squares(design: Design, unit: UnitStats, stats: ModelStats, n_units: i
     s2 = np.where(ok, ols.rss / np.where(f_all > 0, f_all, 1), np.nan)
     sufficient = np.flatnonzero(ok)
     betas_out = unit.on_outcome_scale(betas)
-    for j in range(min(n_units, stats.J)):
+    # as HLM: the first n_units units whose OLS can be computed (a unit with fewer records than
+    # coefficients, or a singular X_j'X_j, is skipped, not listed)
+    for j in np.flatnonzero(ok)[:n_units]:
         per_unit.append({"unit": design.unit_ids[j], "n": int(unit.count[j]), "ok": bool(np.isfinite(s2[j])),
                          "coefficients": dict(zip(names, [float(x) for x in betas_out[j]])),
                          "residual_variance": float(s2[j])})

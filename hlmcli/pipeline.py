@@ -34,6 +34,7 @@ class Analysis:
     satterthwaite: np.ndarray | None = None
     extras: dict = field(default_factory=dict)
     weights: object = None  # weights.Weights of a pseudo-likelihood fit, or None
+    df_rule: str = "hlm"  # the Approx. d.f. of the fixed effects: "hlm" (HLM 7's rule) or "hlm6"
 
 
 def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm", weights=None) -> Analysis:
@@ -90,6 +91,9 @@ def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None,
         raise ModelError("Satterthwaite d.f. are not defined for a pseudo-likelihood fit with sampling weights; use --df hlm")
     if df_method == "satterthwaite":
         analysis.satterthwaite = inference.satterthwaite_df(stats, unit, result)
+    if df_method == "hlm6":
+        analysis.fixed.df = inference.hlm6_fixed_df(design)
+        analysis.df_rule = "hlm6"
     return analysis
 
 

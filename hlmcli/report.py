@@ -392,7 +392,7 @@ def fit_json(analysis, meta: dict) -> dict:
         "converged": r.converged, "iterations": r.iterations, "boundary": bool(r.boundary),
         "boundary_notes": r.boundary, "certificate": r.certificate.to_json(), "start": r.start,
         "tau_structure": r.structure.value, "model": model_record(d.spec, meta), "data_hash": data_hash(d),
-        "df_method": "satterthwaite" if a.satterthwaite is not None else "hlm",
+        "df_method": "satterthwaite" if a.satterthwaite is not None else getattr(a, "df_rule", "hlm"),
         "sigma2": r.sigma2, "se_sigma2": a.se_sigma2,
         "random_coefficients": [names[q] for q in rand_q],
         "tau": tau.tolist(), "se_tau": a.se_tau.tolist() if a.se_tau is not None else None,
@@ -520,6 +520,8 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
                 w("(sandwich clustered on level-2 units: the standard errors to report with sampling weights)")
         if a.satterthwaite is not None:
             w("(d.f. by Satterthwaite's method, as lmerTest computes them)")
+        elif getattr(a, "df_rule", "hlm") == "hlm6":
+            w("(d.f. by HLM 5/6's rule: N - F for the coefficients of fixed level-1 slopes)")
         se = fx.robust_se if robust else fx.se
         t = fx.gamma / se
         p = two_sided_p(t, df)
@@ -553,6 +555,11 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     out += extras_text(a.extras, sym)
     formula, notes = lme4_formula(d.spec, meta.get("id_name", "ID"))
+    if getattr(a, "weights", None) is not None:
+        # lmer's weights= are precision weights, not sampling weights, and this fit is pseudo-ML whatever
+        # the spec asked for (pipeline.analyse_stats): "lmer(..., REML = TRUE)" would name another fit
+        notes = notes[:-1] + ["lmer has no sampling weights (its weights= are precision weights): lmer(..., REML = FALSE) "
+                              "gives the unweighted fit; the pseudo-likelihood fit in R is WeMix::mix"]
     w("")
     w("The same model in R (lme4)")
     w(f" {formula}")
@@ -571,6 +578,9 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
         w(f" {sym.chi2} statistic = {t['chi2']:.6f}")
         w(f" Degrees of freedom = {t['df']}")
         w(f" p-value = {hlm_p(t['p'])}")
+        if t.get("prior_version") == "hlm6" and t["prior_deviance"] != t["prior_deviance_printed"]:
+            w(f" (the prior deviance {t['prior_deviance_printed']:.6f} printed by HLM 5/6 is taken as "
+              f"{t['prior_deviance']:.6f}: HLM 5/6 print the ML deviance ln(2*pi) low)")
     for h in ex.get("hypothesis_tests", []):
         w("")
         w(f"Results of General Linear Hypothesis Testing: {h['label']}")
@@ -605,7 +615,7 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
 def full_output_text(full: dict, sym: Symbols) -> list[str]:
     out: list[str] = [""]
     w = out.append
-    w(f"Level-1 OLS regressions (first {len(full['ols_units'])} units)")
+    w(f"Level-1 OLS regressions (first {len(full['ols_units'])} units whose OLS can be computed)")
     for u in full["ols_units"]:
         w("")
         w(f" Level-1 OLS regression for level-2 unit {u['unit']} (n = {u['n']})")

@@ -135,3 +135,11 @@ def test_duplicated_csv_header_is_refused_end_to_end(tmp_path):
     proc = hlmcli("fit", l1, HSB[1], "--id", "ID", *EMPTY)
     assert proc.returncode == 1 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1
     assert "l1.csv: column 'MATHACH' is named twice (columns 5 and 6)" in proc.stderr
+
+
+def test_model_and_plot_refuse_options_that_do_nothing(archive, tmp_path):
+    one_line_usage_error(hlmcli("model", archive, *EMPTY, "--trials", "SES"), "--trials", "outcome is normal")
+    one_line_usage_error(hlmcli("model", archive, *EMPTY, "--id", "ID"), "--id", "archive already built")
+    one_line_usage_error(hlmcli("plot", "caterpillar", archive, *EMPTY, "--delimiter", ";", "-o", tmp_path / "c.png"),
+                         "--delimiter", "archive already built")
+    assert "MATHACH" in hlmcli("model", *HSB, "--id", "ID", *EMPTY, check=True).stdout

@@ -184,6 +184,8 @@ def test_cli_weights_text_json_and_hlm_keys(wfiles):
     assert "the standard errors to report with sampling weights" in text
     assert "full maximum likelihood" in text and "REML was asked for" in text
     assert "pseudo-likelihood quantities: not for likelihood-ratio tests" in text
+    # the lme4 call is not offered as the same fit: lmer has no sampling weights, and the fit is ML
+    assert "REML = TRUE" not in text and "lmer has no sampling weights" in text and "WeMix::mix" in text
     doc = json.loads(hlmcli(*args, "--format", "json", cwd=wfiles, check=True).stdout)
     assert doc["weights"]["level1"] == "W1" and doc["weights"]["level2"] == "W2"
     assert doc["weights"]["normalize"] == "cluster" and doc["method"] == "ML"
