@@ -225,8 +225,10 @@ def main():
             meta.update(converged=bool(res.converged), failed=list(res.failed),
                         tau=res.tau.tolist(), gamma=res.gamma.tolist())
             meta["error"] = None
-        except HlmError as exc:  # refused in one line by the engine itself (a data error, exit 1)
-            meta.update(refused=str(exc), error=None, converged=False, fixed_point=None)
+        except (HlmError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            # refused in one line: by the engine, or as a numerical breakdown by the CLI
+            # (data_checks.fit_or_refuse, exit 1)
+            meta.update(refused=f"{type(exc).__name__}: {exc}", error=None, converged=False, fixed_point=None)
             res = None
         except Exception as exc:  # an internal error of hlmcli: counted, never hidden
             meta.update(error=f"{type(exc).__name__}: {exc}", converged=False, fixed_point=False)
@@ -250,7 +252,7 @@ def main():
                "rerun": {"seeds": args.only, "wall_s": doc["wall_s"], "cpu_s": doc["cpu_s"]}}
     doc = {"counts": count(rows), **doc, "cases": rows}
     Path(args.out).write_text(json.dumps(doc, indent=1, default=float) + "\n")
-    print(json.dumps(counts), f"{doc['wall_s']:.0f} s wall, {doc['cpu_s']:.0f} s CPU")
+    print(json.dumps(doc["counts"]), f"{doc['wall_s']:.0f} s wall, {doc['cpu_s']:.0f} s CPU")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,6 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .certificate import Certificate, Face, certify
-from .errors import DataError
 from .estimation import TauStructure
 from .estimation import fit as linear_fit
 from .family import Family
@@ -315,14 +314,9 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
             stats = working_model(data, eta)[0]
             r_new = inner_fit(stats, reml, overdispersion, diagonal, microit, G)
         except (FloatingPointError, np.linalg.LinAlgError) as exc:
-            # the working model cannot be fitted (weights that vanish, X'WX singular): an outcome
-            # separated by a combination of predictors ends here, never in a crash
-            why = (f"the linearised model cannot be fitted at macro iteration {it} ({exc}); the outcome may be "
-                   "separated by a combination of predictors, or a predictor may have no variation left")
-            if r is None:
-                raise DataError(why + "; simplify the model") from None
-            failed.append(why)
-            break
+            # the working model cannot be fitted (weights that vanish, X'WX singular): a numerical
+            # breakdown, which the CLI reports in one line (data_checks.fit_or_refuse), never a crash
+            raise FloatingPointError(f"the linearised model cannot be fitted at macro iteration {it} ({exc})") from None
         r = r_new
         micro += r.iterations
         G = r.tau / r.sigma2
@@ -341,13 +335,8 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
     fp = None
     if converged and np.all(np.isfinite(eta)):
         # the fixed point itself: re-linearise at the final η and refit afresh
-        try:
-            stats = working_model(data, eta)[0]
-            refit = inner_fit(stats, reml, overdispersion, diagonal, microit) if check else r
-        except (FloatingPointError, np.linalg.LinAlgError) as exc:
-            refit, check = r, False
-            converged = False
-            failed.append(f"the linearised model at the final η cannot be fitted ({exc})")
+        stats = working_model(data, eta)[0]
+        refit = inner_fit(stats, reml, overdispersion, diagonal, microit) if check else r
         if check:
             fp = _check_fixed_point(r, refit, FIXED_POINT_TOL)
             failed += fp.failed
