@@ -374,6 +374,13 @@ _WRONG_LEVELS = {
 }
 
 
+def _wrong_levels(found, wanted: int) -> str:
+    if {found, wanted} == {2, 3}:
+        return _WRONG_LEVELS[wanted]
+    return (f"an archive of {found} levels; this command needs {wanted}-level data (give {wanted} data files or a "
+            f"{wanted}-level archive)")
+
+
 def read_archive_file(path: str | os.PathLike, levels: int = 2) -> tuple[Path, dict, dict, CorruptArchive]:
     """Read and verify an archive file of the given number of levels (the two- and three-level
     archives share the format): (path, JSON header, arrays by name as zero-copy views, the error
@@ -402,7 +409,7 @@ def read_archive_file(path: str | os.PathLike, levels: int = 2) -> tuple[Path, d
     try:
         header = json.loads(bytes(body[:header_len]).decode("utf-8"))
         if isinstance(header, dict) and header.get("levels", 2) != levels:
-            raise DataError(f"{path}: {_WRONG_LEVELS[levels]}")
+            raise DataError(f"{path}: {_wrong_levels(header.get('levels', 2), levels)}")
         arrays = {}
         offset = header_len
         for spec in header["arrays"]:

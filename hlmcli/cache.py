@@ -5,13 +5,21 @@ cache folder (default_cache_dir). It is created with mode 0700 and refused when 
 belongs to another user, or (POSIX) can be written by group or others, so nobody else can plant an
 archive in it. A cached archive is used only when the source hashes recorded in it match
 the inputs; it is written with the sources' own permission bits (0600 data gives a 0600 archive).
+
+The folder's index (index.json) names every archive the cache wrote, with the SHA-256 of its bytes.
+`hlmcli cache prune` deletes only those, and only while their bytes still match: a folder given as
+--cache-dir may hold other files (HLM 7's own .mdm files, a user's hidden .tmp files), and those
+are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import stat
 import struct
 import sys
@@ -21,7 +29,12 @@ from pathlib import Path
 
 from .archive import _PREFIX, FORMAT_VERSION, MAGIC, Archive, BuildOptions, CorruptArchive, build_from_files, load_archive, write_archive
 from .errors import DataError
-from .files import check_regular, remove_stale_temporaries, sha256_file
+from .files import atomic_write_text, check_regular, immediate_writes, remove_stale_temporaries, sha256_file
+
+INDEX = "index.json"
+INDEX_FORMAT = "hlmcli-cache-index"
+_ARCHIVE_NAME = re.compile(r"[0-9a-f]{32}\.mdm")  # a cache key (cache_key, archive3's key) and .mdm
+_OUR_TEMP = re.compile(r"\.([0-9a-f]{32}\.mdm|index\.json)\.[a-z0-9_]{8}\.tmp")  # files.atomic_write's temps of those
 
 
 def cache_key(level1_path, level2_path, options: BuildOptions, fmt: str | None, delimiter: str | None,
@@ -90,6 +103,88 @@ def secure_cache_dir(folder: Path, create: bool = True) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------- the index
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """Hold an exclusive lock on the cache folder while its index is read and rewritten: concurrent
+    fits record their archives one after the other, and prune never races a fit's record."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: one process at a time is assumed
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def read_index(folder: Path) -> dict[str, dict]:
+    """The archives this cache wrote: file name -> {"sha256", "size"}. Missing or unreadable: none."""
+    path = folder / INDEX
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > (64 << 20):
+            return {}
+        with open(path, "rb") as handle:
+            document = json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
+        return {}
+    archives = document.get("archives")
+    if not isinstance(archives, dict):
+        return {}
+    return {name: entry for name, entry in archives.items()
+            if isinstance(name, str) and _ARCHIVE_NAME.fullmatch(name) and isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str) and isinstance(entry.get("size"), int)}
+
+
+def _write_index(folder: Path, archives: dict[str, dict]) -> None:
+    document = {"format": INDEX_FORMAT, "version": 1, "archives": dict(sorted(archives.items()))}
+    with immediate_writes():
+        atomic_write_text(folder / INDEX, json.dumps(document, indent=1, sort_keys=True) + "\n")
+
+
+def record_archive(folder: Path, target: Path) -> None:
+    """Name a freshly written (or verified) archive in the index, with the hash of its bytes."""
+    st = os.lstat(target)
+    entry = {"sha256": sha256_file(target), "size": st.st_size}
+    with _locked(folder):
+        archives = read_index(folder)
+        archives[target.name] = entry
+        _write_index(folder, archives)
+
+
+def store_archive(folder: Path, target: Path, write) -> None:
+    """Write a cache archive at once (it is not an output of the run) and record it in the index."""
+    with immediate_writes():
+        write()
+    record_archive(folder, target)
+
+
+def reused_archive(folder: Path, target: Path) -> None:
+    """A cached archive that loaded and matched its sources: mark its use (for prune --older-than),
+    and index it if an older hlmcli wrote it before the cache had an index."""
+    try:
+        os.utime(target)  # last use, for 'hlmcli cache prune --older-than'
+    except OSError:
+        pass
+    if target.name not in read_index(folder):
+        try:
+            record_archive(folder, target)
+        except OSError:
+            pass
+
+
+def remove_stale_cache_temporaries(folder: Path) -> tuple[int, int]:
+    """Temp files of killed runs, ours only (an archive's or the index's): others' are left alone."""
+    return remove_stale_temporaries(folder, keep=lambda name: _OUR_TEMP.fullmatch(name) is not None)
+
+
 def _source_mode(*paths) -> int:
     """The permission bits every source shares: a cached copy is never more readable than its data."""
     mode = 0o666
@@ -107,7 +202,7 @@ def cached_archive(level1_path, level2_path, options: BuildOptions, fmt=None, de
     for p in (level1_path, level2_path):  # before hashing: /dev/zero or a FIFO would never end
         check_regular(p, "data file")
     folder = secure_cache_dir(cache_dir_for(cache_dir))
-    remove_stale_temporaries(folder)
+    remove_stale_cache_temporaries(folder)
     hashes = (sha256_file(level1_path), sha256_file(level2_path))
     key = cache_key(level1_path, level2_path, options, fmt, delimiter, hashes)
     target = folder / f"{key}.mdm"
@@ -121,10 +216,7 @@ def cached_archive(level1_path, level2_path, options: BuildOptions, fmt=None, de
                 status = "rebuilt (the cached archive was built from other data)"
                 warn(f"{target}: cached archive does not match the input files; rebuilding it")
             else:
-                try:
-                    os.utime(target)  # last use, for 'hlmcli cache prune --older-than'
-                except OSError:
-                    pass
+                reused_archive(folder, target)
                 return archive, "reused"
         except CorruptArchive:
             status = "rebuilt (the cached archive was damaged)"
@@ -137,7 +229,7 @@ def cached_archive(level1_path, level2_path, options: BuildOptions, fmt=None, de
     archive = build_from_files(level1_path, level2_path, options, fmt, delimiter, warn=warn)
     if tuple(s.sha256 for s in archive.sources) != hashes:
         raise DataError(f"{level1_path}: the data changed while it was being read; run the command again")
-    write_archive(archive, target, mode=_source_mode(level1_path, level2_path))
+    store_archive(folder, target, lambda: write_archive(archive, target, mode=_source_mode(level1_path, level2_path)))
     archive.path = target
     return archive, status
 
@@ -184,23 +276,52 @@ def list_cache(cache_dir=None) -> tuple[Path, list[CacheEntry]]:
     return folder, entries
 
 
+def indexed_names(cache_dir=None) -> set[str]:
+    """The file names the cache's index holds (what 'hlmcli cache prune' may delete)."""
+    folder = cache_dir_for(cache_dir)
+    return set(read_index(folder)) if os.path.isdir(folder) else set()
+
+
 def prune_cache(cache_dir=None, older_than_days: float | None = None) -> tuple[Path, int, int]:
-    """Remove cached archives not used for `older_than_days` (all when None) and leftover temp files.
-    Returns the folder, the number of files removed and the bytes freed."""
+    """Remove cached archives not used for `older_than_days` (all when None) and our leftover temp files.
+
+    Only archives the index names and whose bytes still have the recorded SHA-256 are deleted; any
+    other file in the folder is left alone. Returns the folder, the number of files removed and the
+    bytes freed."""
+    if older_than_days is not None and not (math.isfinite(older_than_days) and older_than_days >= 0):
+        raise DataError(f"older_than_days={older_than_days!r}: give a finite number of days, 0 or more")
     folder = cache_dir_for(cache_dir)
     if not os.path.lexists(folder):
         return folder, 0, 0
     secure_cache_dir(folder, create=False)
-    removed, freed = remove_stale_temporaries(folder)
+    removed, freed = remove_stale_cache_temporaries(folder)
     cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
-    for p in folder.glob("*.mdm"):
-        st = os.lstat(p)
-        if not stat.S_ISREG(st.st_mode) or (cutoff is not None and st.st_mtime >= cutoff):
-            continue
-        try:
-            os.unlink(p)
-        except OSError:
-            continue
-        removed += 1
-        freed += st.st_size
+    with _locked(folder):
+        archives = read_index(folder)
+        kept = {}
+        for name, entry in archives.items():
+            p = folder / name
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue  # gone: drop it from the index
+            except OSError:
+                kept[name] = entry
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"]:
+                continue  # replaced by something else since: not ours any more, never deleted
+            if cutoff is not None and st.st_mtime >= cutoff:
+                kept[name] = entry
+                continue
+            try:
+                if sha256_file(p) != entry["sha256"]:
+                    continue  # the same name, other bytes: not ours any more
+                os.unlink(p)
+            except OSError:
+                kept[name] = entry
+                continue
+            removed += 1
+            freed += st.st_size
+        if kept != archives:
+            _write_index(folder, kept)
     return folder, removed, freed

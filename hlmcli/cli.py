@@ -31,8 +31,13 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from .files import output_transaction
+
         try:
-            return func(*args, **kwargs)
+            # every file the command writes is staged and put in place only if it succeeds (files.py)
+            ctx = click.get_current_context(silent=True)
+            with output_transaction(no_follow=bool(ctx is not None and ctx.meta.get("no_follow"))):
+                return func(*args, **kwargs)
         except HlmError as exc:
             _stderr(f"hlmcli: error: {exc}")
             if getattr(exc, "detail", None):  # a syntax error's equation with a caret under the place
@@ -81,6 +86,16 @@ class _UsageProblem(HlmError):
     """A usage error found inside a command (exit 2, one line)."""
 
     exit_code = EXIT_USAGE
+
+
+def _keep_no_follow(ctx, param, value):
+    ctx.meta["no_follow"] = value
+    return value
+
+
+# on every command that writes files; read by user_errors (files.output_transaction)
+no_follow_option = click.option("--no-follow", is_flag=True, expose_value=False, callback=_keep_no_follow,
+                                help="Refuse an output path that is a symbolic link (default: write to the link's target).")
 
 
 def _dask_scheduler(more: dict):
@@ -153,7 +168,7 @@ class OneLineErrors(click.Group):
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
-    """Two- and three-level hierarchical linear models, the way HLM 7 (HLM2, HLM3) fits them."""
+    """Two-, three- and four-level hierarchical linear models, the way HLM 7 (HLM2, HLM3, HLM4) fits them."""
 
 
 @main.group()
@@ -169,6 +184,8 @@ _build_options = [
     click.option("--l1-vars", help="Level-1 variables to keep, comma-separated (default: all)."),
     click.option("--l2-vars", help="Level-2 variables to keep, comma-separated (default: all)."),
     click.option("--l3-vars", help="Three files: level-3 variables to keep, comma-separated (default: all)."),
+    click.option("--id4", help="Four files: the level-4 unit id column (in the level-4 and level-3 files)."),
+    click.option("--l4-vars", help="Four files: level-4 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="Drop level-1 records with missing values now (at build) or per model at analysis."),
     click.option("--drop-unmatched", is_flag=True, help="Drop level-1 records whose unit has no level-2 record."),
@@ -199,6 +216,7 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.argument("level1_file", required=False, type=click.Path())
 @click.argument("level2_file", required=False, type=click.Path())
 @click.argument("level3_file", required=False, type=click.Path())
+@click.argument("level4_file", required=False, type=click.Path())
 @build_options
 @click.option("--template", type=click.Path(), help="Build from an HLM 7 MDM template (.mdmt).")
 @click.option("-o", "--output", type=click.Path(), help="Archive to write (.mdm).")
@@ -207,18 +225,38 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.option("--allow-outside", is_flag=True, help="Let the template's mdmname: point outside the template's folder.")
 @click.option("--engine", type=click.Choice(["memory", "stream"]), default="memory", show_default=True,
               help="stream: one chunked pass (pyarrow) writing per-unit statistics, in bounded memory.")
+@no_follow_option
 @user_errors
-def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing,
-              drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside, engine="memory"):
-    """Merge a level-1 and a level-2 file (and a level-3 file: HLM3) into an archive."""
+def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2, id3, id4, l1_vars, l2_vars, l3_vars,
+              l4_vars, missing, drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside,
+              engine="memory"):
+    """Merge a level-1 and a level-2 file (a level-3 file: HLM3; and a level-4 file: HLM4) into an archive."""
     from .archive import BuildOptions, build_from_files, write_archive
     from .errors import DataError
-    from .files import refuse_overwriting_inputs
+    from .files import check_outputs, commit_outputs
 
     from .flags import check_build_options
 
     check_build_options(_given_options(), bool(template))
-    three = None  # three-level build (cli3.py): the files and their options
+    three = None  # three-level build (levels.py): the files and their options
+    if level4_file or id4 or l4_vars:
+        from .levels import build_levels, build_options_levels
+
+        if not (level1_file and level2_file and level3_file and level4_file) or template or id_ or id1:
+            raise click.UsageError("a four-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE LEVEL4_FILE with "
+                                   "--id2, --id3 and --id4")
+        if output is None:
+            raise click.UsageError("give -o/--output, the archive to write")
+        if engine != "memory":
+            raise click.UsageError("--engine stream builds two-level archives only; four-level archives are built in memory")
+        options = build_options_levels((id2, id3, id4), (l1_vars, l2_vars, l3_vars, l4_vars), missing, drop_unmatched, 4)
+        progress = _Progress(quiet, 6)
+        try:
+            build_levels((level1_file, level2_file, level3_file, level4_file), options, file_format, delimiter, output,
+                         quiet, _stderr, progress)
+        finally:
+            progress.close()
+        return
     if template:
         if level1_file or level2_file:
             raise DataError(f"{template}: give either a template or two data files, not both")
@@ -226,7 +264,7 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
 
         tpl = parse_template(template)
         if tpl.level3_file is not None:
-            from .archive3 import BuildOptions3
+            from .archive_levels import BuildOptions3
 
             three = ((tpl.level1_file, tpl.level2_file, tpl.level3_file),
                      BuildOptions3(id2=tpl.id2, id3=tpl.id3, keep1=tpl.level1_vars or None, keep2=tpl.level2_vars or None,
@@ -247,7 +285,7 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     elif level3_file or id3 or l3_vars:
         if not (level1_file and level2_file and level3_file):
             raise click.UsageError("a three-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE with --id2 and --id3")
-        from .cli3 import options3
+        from .levels import options3
 
         three = ((level1_file, level2_file, level3_file),
                  options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched))
@@ -260,7 +298,7 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     if three is not None:
         if engine != "memory":
             raise click.UsageError("--engine stream builds two-level archives only; three-level archives are built in memory")
-        from .cli3 import build3
+        from .levels import build3
 
         progress = _Progress(quiet, 5)
         try:
@@ -273,12 +311,13 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
     for source in (level1_file, level2_file):
         if str(source) != "-":  # '-' is standard input
             check_regular(source, "data file")
-    refuse_overwriting_inputs(output, [level1_file, level2_file, template])
+    check_outputs([("-o", output)], [level1_file, level2_file, template])
     if engine == "stream":
         from .engines import cli_build
 
         records, units = cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet,
                                    warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")))
+        commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}: per-unit statistics of {records} level-1 records in {units} units")
         return
@@ -290,6 +329,7 @@ def mdm_build(level1_file, level2_file, level3_file, id_, id1, id2, id3, l1_vars
         write_archive(archive, output)
     finally:
         progress.close()
+    commit_outputs()
     if not quiet:
         _stderr(f"hlmcli: wrote {output}: {archive.n_level1} level-1 records in {archive.n_units} units")
 
@@ -313,9 +353,13 @@ def mdm_info(archive_file, unit, out_format):
         info = stats_archive_info(archive_file)
         click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
         return
-    from .archive3 import archive_levels
+    from .archive_levels import archive_levels
+    if Path(archive_file).is_file() and archive_levels(archive_file) >= 4:
+        from .levels import info_levels
+
+        return info_levels(archive_file, out_format, _stderr, unit)
     if Path(archive_file).is_file() and archive_levels(archive_file) == 3:
-        from .archive3 import archive3_info, archive3_info_text, load_archive3
+        from .archive_levels import archive3_info, archive3_info_text, load_archive3
 
         a3 = load_archive3(archive_file)
         if unit is not None and unit not in a3.unit2_ids and unit not in a3.unit3_ids:
@@ -379,6 +423,8 @@ _model_options = [
                  "(three levels: 'p0 = b00 + b01*FEMALE + r0'). Repeat."),
     click.option("-3", "--level3", "level3", multiple=True,
                  help="Three levels: a level-3 equation, e.g. 'b00 = g000 + g001*LOWINC + u00'. Repeat."),
+    click.option("-4", "--level4", "level4", multiple=True,
+                 help="Four levels: a level-4 equation, e.g. 'g000 = d0000 + d0001*URBAN + v000'. Repeat."),
     click.option("--model", "model_file", type=click.Path(), help="Model file: equations, or an HLM 7 .hlm command file."),
     click.option("--formula", default=None, expose_value=False, callback=lambda ctx, p, v: ctx.meta.__setitem__("formula", v),
                  help="The model as an lme4 formula instead of equations, e.g. 'MATHACH ~ SECTOR*group(SES) + "
@@ -391,6 +437,8 @@ _model_options = [
     click.option("--id2", help="Unit id column of the level-2 file; with three files, the level-2 unit id."),
     click.option("--id3", help="When DATA is three files: the level-3 unit id."),
     click.option("--l3-vars", help="When DATA is three files: level-3 variables to keep, comma-separated (default: all)."),
+    click.option("--id4", help="When DATA is four files: the level-4 unit id."),
+    click.option("--l4-vars", help="When DATA is four files: level-4 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
                  help="When DATA is two files: when to drop records with missing values."),
     click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
@@ -428,7 +476,8 @@ _hglm_options = [
     click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
-                 help="AGQ: quadrature points per random effect (default 7, at most 100)."),
+                 help="AGQ: quadrature points per random effect (default: adaptive, from 7 until the deviance changes "
+                 "by at most 1e-6 relative; at most 100)."),
     click.option("--separation", type=click.Choice(["refuse", "fit"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="Binary, binomial and count outcomes: a predictor that separates the "
                  "outcome quasi-completely is refused (default), or with 'fit' held at a bound with a warning."),
@@ -457,14 +506,14 @@ def _hglm_changes(level1):
     if fam is not None:
         changes.setdefault("family", fam.value)
     if changes.get("estimation") == "agq" and "quadrature_points" not in changes:
-        changes["quadrature_points"] = 7
+        changes["quadrature_points"] = 0  # adaptive (hglm.agq_fit)
     return level1, changes
 
 
 def _formula_front(data, level1, level2, model_file, id_, id2, more):
     """--formula: refuse it beside equations, take the unit ids from its grouping factors, and let one data
     file hold both levels. The equations themselves are made from it where the variables' levels are known
-    (_spec, cli3.spec3)."""
+    (_spec, levels.spec3)."""
     formula = click.get_current_context().meta.get("formula")
     if formula is None:
         return data, id_, id2, more
@@ -580,11 +629,18 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     """Print the model as HLM 7 writes it, and its lme4 formula, without fitting."""
     from .report import Symbols, lme4_formula, model_summary
 
+    from .levels import is_many_levels
+    if is_many_levels(data, more):
+        from .levels import model_levels
+
+        return model_levels(data, level1, level2, model_file, ascii_only,
+                            {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, more,
+                            _stderr, _use_ascii)
     data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
 
-    from .cli3 import is_three_level
+    from .levels import is_three_level
     if is_three_level(data, more):
-        from .cli3 import model3
+        from .levels import model3
 
         return model3(data, level1, level2, model_file, ascii_only,
                       _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, {**more, "ml": ml},
@@ -644,6 +700,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l4", type=click.Path(), help="Four levels: write the level-4 residual file (.csv, .sav, .dta).")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
 @click.option("--ols-units", type=click.IntRange(0), help="How many units' OLS regressions --full-output prints (default 10): the first units whose OLS can be computed, as HLM counts them.")
@@ -665,25 +722,41 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="--scheduler: seconds for each step of connecting and finding a worker (default 30).")
 @click.option("--deadline", "dask_deadline", type=float, metavar="SECONDS",
               help="--engine dask: seconds the whole computation may take (default: no limit).")
+@no_follow_option
 @user_errors
 def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
             out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
             tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
             quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
-    """Fit a two- or three-level model and print HLM 7's tables (text) or a stable JSON document."""
-    from .files import refuse_clobber, refuse_overwriting_inputs
+    """Fit a two-, three- or four-level model and print HLM 7's tables (text) or a stable JSON document."""
+    from .files import check_outputs, refuse_clobber, refuse_overwriting_inputs
     from .hypotheses import parse_test
     from .pipeline import add_extras, analyse
 
-    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
     prior_version = more.pop("prior_version", None)
     _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
-    from .cli3 import is_three_level
+    from .levels import is_many_levels
+    if is_many_levels(data, more):
+        from .flags import check_fit_options
+        from .levels import fit_levels, refusals
+
+        if prior_version:
+            raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
+        check_fit_options(_given_options(), archive=Path(data[0]).name if len(data) == 1 else None,
+                          engine=more["engine"], hlm_file=False, out_format=out_format,
+                          outputs=bool(output or json_out or residuals_l2 or more.get("residuals_l3")
+                                       or more.get("residuals_l4")))
+        return fit_levels(data, level1, level2, model_file, ascii_only,
+                          {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, out_format,
+                          output, json_out, title, timestamp, strict, max_iterations, quiet, refusals(locals()),
+                          {**more, "ml": ml, "residuals_l2": residuals_l2}, _stderr, _use_ascii)
+    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
+    from .levels import is_three_level
     three = is_three_level(data, more)
     if prior_version and (three or more["engine"] != "memory" or plausible_values or imputed):
         raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
     if three:
-        from .cli3 import fit3
+        from .levels import fit3
 
         return fit3(data, level1, level2, model_file, ascii_only,
                     _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, out_format, output, json_out,
@@ -701,9 +774,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                       hlm_file=bool(model_file and str(model_file).lower().endswith(".hlm")), out_format=out_format,
                       outputs=bool(output or json_out or residuals_l1 or residuals_l2))
     sources = list(data) + [model_file]
-    for path in (output, residuals_l1, residuals_l2, json_out):
-        if path:
-            refuse_overwriting_inputs(path, sources)
+    check_outputs([("-o", output), ("--json-out", json_out), ("--residuals-l1", residuals_l1),
+                   ("--residuals-l2", residuals_l2)], sources)
     from .engines import is_stats_archive
 
     if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
@@ -875,22 +947,45 @@ def cache_list(cache_dir):
     """List cached archives: file, size, last use and the data they were built from."""
     import time
 
-    from .cache import list_cache
+    from .cache import indexed_names, list_cache
     from .report import printable
 
     folder, entries = list_cache(cache_dir)
+    ours = indexed_names(cache_dir)
     click.echo(f"cache folder: {printable(str(folder))}")
     total = 0
     for e in entries:
         total += e.size
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime))
-        what = ", ".join(printable(s) for s in e.sources) if e.readable else "(unreadable; 'hlmcli cache prune' removes it)"
+        what = ", ".join(printable(s) for s in e.sources) if e.readable else "(unreadable)"
+        if e.path.name not in ours:
+            what += "  (not written by this cache: 'hlmcli cache prune' leaves it alone)"
         click.echo(f"{e.path.name}  {e.size:>12,d} bytes  {used}  {what}")
     click.echo(f"{len(entries)} archive(s), {total:,d} bytes")
 
 
+class _Days(click.ParamType):
+    """A finite number of days, 0 or more: nan would compare false with every age (and delete all)."""
+
+    name = "days"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of days", param, ctx)
+        if not math.isfinite(days) or days < 0:
+            self.fail(f"{value!r} is not a finite number of days, 0 or more", param, ctx)
+        return days
+
+
+_DAYS = _Days()
+
+
 @cache_group.command("prune")
-@click.option("--older-than", "older_than", type=click.FloatRange(0), metavar="DAYS",
+@click.option("--older-than", "older_than", type=_DAYS, metavar="DAYS",
               help="Remove only archives not used for DAYS days (default: remove all).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache folder (default as for fit).")
 @user_errors
@@ -1050,11 +1145,12 @@ def compare_cmd(fit_a, fit_b, out_format):
 @click.option("--seed", type=int, default=1, show_default=True, help="units: the seed of that sample.")
 @click.option("--x-range", help="equation from a saved JSON fit: LOW,HIGH of the x axis on the model's scale (default -2,2).")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
+@no_follow_option
 @user_errors
 def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
              output, x_var, by, coef, sample, seed, x_range, quiet, **more):
     """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
-    from .files import refuse_overwriting_inputs
+    from .files import check_outputs, commit_outputs
     from .pipeline import analyse
     from .plots import check_output
     from .results import Results
@@ -1067,12 +1163,13 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     saved = len(data) == 1 and str(data[0]).lower().endswith(".json")
     check_plot_options(_given_options(), kind, saved)
     check_archive_options(_given_options(), Path(data[0]).name if len(data) == 1 and not saved else None)
-    from .cli3 import is_three_level, unsupported_command
-    if is_three_level(data, more):
+    from .levels import is_many_levels, is_three_level, unsupported_command
+    if is_many_levels(data, more) or is_three_level(data, more):
         unsupported_command("plot")
-    refuse_overwriting_inputs(output, list(data) + [model_file])
+    check_outputs([("-o", output)], list(data) + [model_file])
     if len(data) == 1 and str(data[0]).lower().endswith(".json"):
         _plot_saved_fit(kind, data[0], output, x_var, by, x_range)
+        commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}")
         return
@@ -1080,6 +1177,7 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     spec = _spec(archive, level1, level2, model_file, ml, reml=more["reml"], allow_outside=more["allow_outside"])
     results = Results(analyse(spec, archive), archive, {"data_source": source_text})
     results.plot(kind, output, x=x_var, by=list(by) or None, coef=coef, sample=sample, seed=seed)
+    commit_outputs()
     if not quiet:
         _stderr(f"hlmcli: wrote {output}")
 
@@ -1117,19 +1215,20 @@ def _plot_saved_fit(kind, path, output, x_var, by, x_range):
               show_default=True)
 @click.option("--names", help="Column headings, comma-separated (default: the file names without .json).")
 @click.option("-o", "--output", type=click.Path(), help="Write the table here (atomically) instead of stdout.")
+@no_follow_option
 @user_errors
 def table_cmd(fits, out_format, names, output):
     """Saved JSON fits side by side: coefficients (SEs), variance components, deviance, AIC, BIC, N, J."""
     from .compare import read_fit
-    from .files import atomic_write_text, refuse_overwriting_inputs
+    from .files import atomic_write_text, check_outputs
     from .tables import side_by_side_text
 
+    check_outputs([("-o", output)], list(fits))
     headings = list(_split_names(names) or [Path(f).stem for f in fits])
     if len(headings) != len(fits):
         raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
     text = side_by_side_text([read_fit(f) for f in fits], headings, out_format)
     if output:
-        refuse_overwriting_inputs(output, list(fits))
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Protocol
 
 import numpy as np
 from scipy import optimize
@@ -124,10 +125,23 @@ def fixed_standardising(stats: ModelStats) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- the objective in G̃
 
+class DevianceObjective(Protocol):
+    """What the search, the Newton step on the face, the escapes and the certificate ask of a model:
+    the profiled deviance at a point (`value`), with its gradient in G (`at`), and how far rounding
+    can move it there (`noise`). A point is G (two levels, Objective below) or a tuple of PSD blocks
+    (G2, …, GK) for nested models (nested_fit.Objective); the gradient has the point's shape."""
+
+    def at(self, G) -> tuple[float, object]: ...
+
+    def value(self, G) -> float: ...
+
+    def noise(self, G) -> float: ...
+
+
 class Objective:
-    """The profiled deviance and its G-gradient on standardised stats, counting evaluations. With
-    sigma2 given, the deviance at that fixed level-1 variance instead (σ² not profiled; PQL's
-    working model has σ² = 1): then G = τ/σ² with the given σ²."""
+    """The profiled deviance and its G-gradient on standardised stats, counting evaluations
+    (a DevianceObjective). With sigma2 given, the deviance at that fixed level-1 variance instead
+    (σ² not profiled; PQL's working model has σ² = 1): then G = τ/σ² with the given σ²."""
 
     def __init__(self, stats: ModelStats, reml: bool, sigma2: float | None = None):
         self.stats, self.reml, self.count, self.sigma2 = stats, reml, 0, sigma2
@@ -261,7 +275,7 @@ def _face_newton(obj: Objective, G: np.ndarray, diagonal: bool, max_steps: int =
     return newton_on_face(obj, face, x, dev, Gam, noise, max_steps)
 
 
-def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int = 30):
+def newton_on_face(obj: DevianceObjective, face, x, dev: float, Gam, noise: float, max_steps: int = 30):
     """Newton steps from face coordinates x (deviance dev, gradient matrix Gam there) on a fixed
     face: certificate.Face for one τ, or the three-level search's face over two τ blocks (any
     object with G, gradient, hessian and feasible). Returns (G, deviance, steps, saddle, face_data)."""
@@ -303,7 +317,7 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
     return G, dev, steps, None, None
 
 
-def escape_along(obj: Objective, curve, dev: float, t0: float) -> tuple[np.ndarray, float] | None:
+def escape_along(obj: DevianceObjective, curve, dev: float, t0: float) -> tuple[np.ndarray, float] | None:
     """A line search along a feasible curve t -> G(t), t > 0, for a clearly lower deviance: steps
     from 1e-3 to 10 times t0, the best step the certificate found, and from 1e-9 to 1e3."""
     best = None

@@ -67,14 +67,25 @@ The ML fits carry the optimality certificate of the linear engine (certificate.c
 τ, tolerance 1e-6 deviance units for both: the objective's at(G) profiles γ out (Newton steps at
 fixed G) and returns the deviance and Γ = ∂d/∂G = Λ⁻ᵀ sym(Φ(Λ'D))Λ⁻¹ for the Cholesky factor Λ
 of G and D = ∂d/∂Λ (exact). At a positive definite τ the face Hessian comes from the (θ, γ)
-Hessian by the Schur complement and the chain rule through θ(G) (_certify_ml); at a singular τ,
-Γ and the face Hessian are by differences of the profiled deviance (numerical).
+Hessian by the Schur complement and the chain rule through θ(G) (_certify_ml); at a singular τ
+the certificate works on the face of τ's rank with the exact gradient (_boundary_point): the
+factor of τ with exact zero columns at the vanishing pivots, γ re-profiled, and the same Schur
+complement and chain rule; the derivative into the cone comes from the exact gradient just inside
+it. When it finds a lower point, the search restarts from there (in Cholesky coordinates a zero
+column has zero gradient, so the search alone could not leave it).
+
+Start (ml_start): full PQL, or, when it breaks down (rare events), a plain GLM's γ with τ = ¼I.
+
+AGQ's number of points (agq_fit): adaptive by default, K = 7, 9, 11, 15, ... until the deviance at
+the optimum changes by at most 1e-6 relative to the next K (then refitted there), within 2000 nodes
+per unit; the check is reported with the fit (QuadratureCheck).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 from scipy.optimize import minimize
@@ -424,6 +435,7 @@ class Conditional:
         # last exactly evaluated η (self.base) by Taylor series, while max|δ| ≤ TAYLOR_STEP.
         self.taylor = False
         self.base = None
+        self.keep_units = False
 
     def modes(self, gamma, lam, tol=1e-10, maxit=60):
         """Newton for û_j in every unit at once, with per-unit step halving. Returns û and η, and
@@ -544,6 +556,11 @@ class Conditional:
         dgam = np.einsum("kj,kjl->jl", pi, XL) + Lc - np.einsum("jlq,jq->jl", LWL[:, :, rnd], m @ lam.T)
         ggam = np.einsum("jkp,jk->p", d.B, dgam)
         AL = A @ lam
+        if self.keep_units:  # each unit's ∂log I_j/∂γ and ∂log I_j/∂Λ (the sum over j below, unsummed)
+            self.unit_scores = (np.einsum("jkp,jk->jp", d.B, dgam),
+                                2.0 * np.einsum("jab,jbc->jac", AL, Psi) + np.einsum("kj,kja,kjb->jab", pi, Gk, U)
+                                + np.einsum("ja,jb->jab", Zc, u)
+                                + np.einsum("ja,jb->jab", ghat, m) - np.einsum("ja,jb->jab", np.einsum("jab,jb->ja", AL, m), u))
         glam = (2.0 * np.einsum("jab,jbc->ac", AL, Psi) + np.einsum("kj,kja,kjb->ab", pi, Gk, U)
                 + Zc.T @ u + ghat.T @ m - np.einsum("jab,jb->ja", AL, m).T @ u)
         return dev, -2.0 * ggam, -2.0 * glam
@@ -596,6 +613,8 @@ class MLResult:
     theta: np.ndarray = field(default_factory=lambda: np.zeros(0))
     hessian: np.ndarray | None = None  # of the deviance in (θ, γ), at the answer
     diagonal: bool = False
+    lam: np.ndarray | None = None  # the factor of τ the deviance was evaluated with
+    quadrature: "QuadratureCheck | None" = None  # AGQ: the points used and the accuracy check
 
 
 TAYLOR_STEP = 1e-4
@@ -651,20 +670,62 @@ def _newton(fg, x, f, g, H, maxit, tol):
 START_TOL = 1e-4
 
 
+def ml_start(data: GLMData, macroit: int = 100, diagonal: bool = False):
+    """The start of the Laplace search: full PQL, or, when PQL fails on these data (rare events:
+    EB effects of units without a success run off until W = φ(1 − φ) underflows to 0 and the working
+    variate divides by it), a plain GLM's γ with τ = ¼I. The Newton and L-BFGS stages of ml_fit do
+    not need a close start, only a finite one."""
+    try:
+        with np.errstate(divide="raise", invalid="raise"):
+            res = pql(data, reml=False, population_average=False, macroit=macroit, stopmacro=START_TOL,
+                      diagonal=diagonal, check=False)
+        if np.all(np.isfinite(res.gamma)) and np.all(np.isfinite(res.tau)) and np.all(np.isfinite(res.b)):
+            return res
+    except (FloatingPointError, np.linalg.LinAlgError, ZeroDivisionError):
+        pass
+    return SimpleNamespace(gamma=_glm_gamma(data), tau=0.25 * np.eye(data.q), b=np.zeros((data.J, data.q)))
+
+
+def _glm_gamma(data: GLMData, maxit: int = 100) -> np.ndarray:
+    """γ of the GLM without random effects: Newton with step halving on the log-likelihood (a
+    near-separated predictor only makes its coefficient large, which is a start all the same)."""
+    gamma = np.zeros(data.p)
+    ll = float(np.sum(data.loglik_units(data.eta(gamma, None))))
+    for _ in range(maxit):
+        dl, W, _ = data.family.derivatives(data.eta(gamma, None), data.y, data.trials)
+        g = data.Xv(dl)
+        H = np.einsum("jkp,jkl,jlr->pr", data.B, data.LWL(W), data.B)
+        step = np.linalg.lstsq(H + 1e-10 * np.trace(H) * np.eye(data.p), g, rcond=None)[0]
+        t = 1.0
+        while t > 1e-6:
+            new = float(np.sum(data.loglik_units(data.eta(gamma + t * step, None))))
+            if np.isfinite(new) and new >= ll:
+                break
+            t *= 0.5
+        else:
+            break
+        gamma, done = gamma + t * step, new - ll < 1e-10 * (1.0 + abs(ll))
+        ll = new
+        if done:
+            break
+    return gamma
+
+
 def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxiter: int = 100,
-           diagonal: bool = False) -> MLResult:
+           diagonal: bool = False, init: MLResult | None = None) -> MLResult:
     """Laplace (nodes = 1) or AGQ (nodes > 1) maximum likelihood, certified over PSD τ (or over
     non-negative diagonal τ when diagonal)."""
     q, p = data.q, data.p
     idx = _theta_index(q, diagonal)
     nt = idx[0].size
     if start is None:
-        start = pql(data, reml=False, population_average=False, stopmacro=START_TOL, check=False)
+        start = ml_start(data, diagonal=diagonal)
     cond = Conditional(data, nodes)
     H0 = None
     if nodes > 1:
-        # AGQ starts from the Laplace optimum, where it is close, with Laplace's Hessian
-        lap = ml_fit(data, 1, start, maxiter, diagonal)
+        # AGQ starts from the Laplace optimum (or from `init`, an AGQ fit with fewer points), where it
+        # is close, with that fit's Hessian
+        lap = init if init is not None else ml_fit(data, 1, start, maxiter, diagonal)
         x0 = np.concatenate([lap.theta, lap.gamma])
         cond.b = lap.b.copy()
         H0 = lap.hessian
@@ -687,11 +748,162 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
     def grad(x):
         return fg(x)[1]
 
-    # Λ's columns may change sign freely (τ = ΛΛ' does not see it), so the search is unconstrained.
-    # Stage 1: Newton with one Hessian (forward differences at the start, or Laplace's for AGQ);
-    # stage 2: a central-difference Hessian near the optimum, Newton to the end with it, and that
-    # Hessian also gives the standard errors and the certificate's face Hessian.
-    x, f = x0, None
+    iters = 0
+    x = x0
+    for attempt in range(4):
+        x, f, g, Hs, n = _search(fg, grad, x, H0, cond)
+        iters += n
+        gamma, lam, x, g, Hs = _sign_convention(x, g, Hs, q, p, idx)
+        # at the answer, central differences (the search's forward differences are 1e-5 off in the SEs)
+        Hs = _hessian(grad, x, h=1e-5, cond=cond)
+        H_se, sel = Hs, idx
+        tol = 1e-6 * max(1.0, 1e-6 * abs(f))
+        dev = f
+        theta = x[:nt]  # the search's own point: AGQ starts there (a zero column of Λ would pin it)
+        boundary = None
+        if Face(lam @ lam.T, diagonal).r < q and np.all(np.isfinite(Hs)):
+            boundary = _boundary_point(data, cond, gamma, lam, f, idx, diagonal, tol, Hs[nt:, nt:])
+        if boundary is None:
+            cert = _certify_ml(data, cond, x, g, Hs, nt, idx, nodes, diagonal, tol)
+            break
+        # the boundary point itself (τ exactly singular, γ re-profiled), with its certificate; its
+        # γ block of the inverse (face, γ) Hessian gives the SEs (the zero columns do not couple to γ)
+        gamma_b, lam_b, dev_b, cert, H_b, fidx, escape = boundary
+        if cert.certified or escape is None or attempt == 3:
+            if dev_b <= f + tol:
+                gamma, lam, dev, H_se, sel = gamma_b, lam_b, dev_b, H_b, fidx
+            break
+        # Not a minimum: in Cholesky coordinates the search cannot leave a zero column by itself (its
+        # gradient there is 0 whatever the deviance does), so restart it from the lower point the
+        # certificate found, just inside the cone.
+        G_new, gamma_new = escape
+        G_new = G_new + 1e-4 * max(1.0, float(np.abs(G_new).max())) * np.eye(q)
+        lam_new = np.linalg.cholesky(np.diag(np.diag(G_new)) if diagonal else G_new)
+        x = np.concatenate([lam_new[idx], gamma_new])
+        H0 = None
+    cov, robust = _covariances(cond, gamma, lam, H_se, sel, p)
+    b, bvar = cond.posterior(gamma, lam)
+    eta = data.eta(gamma, b)
+    tau = lam @ lam.T
+    return MLResult(method="laplace" if nodes == 1 else "agq", nodes=nodes, gamma=gamma, cov=cov, robust_cov=robust,
+                    tau=tau, deviance=dev, b=b, b_var=bvar, eta=eta, iterations=iters,
+                    evaluations=cond.count, certificate=cert, converged=bool(cert.certified),
+                    n_params=p + nt, theta=theta, hessian=Hs, diagonal=diagonal, lam=lam)
+
+
+# Adaptive quadrature: K from QUAD_START up the sequence until the deviance at the optimum changes by
+# at most QUAD_TOL (relative) to the next K. A fit uses at most QUAD_BUDGET nodes (K^q) per unit; the
+# check, one evaluation of the deviance at the optimum, at most CHECK_BUDGET.
+QUAD_START = 7
+QUAD_TOL = 1e-6
+QUAD_BUDGET = 2000
+CHECK_BUDGET = 4000
+QUAD_SEQUENCE = (7, 9, 11, 15, 21, 31, 41, 51, 61, 81, 101)
+
+
+@dataclass
+class QuadratureCheck:
+    points: int  # K, per random effect
+    adaptive: bool  # K chosen by the rule above (or given by the user)
+    check_points: int | None  # K' of the re-evaluation at the optimum
+    deviance_check: float | None  # the deviance at the optimum with K' points
+    change: float | None  # |d(K') − d(K)| / max(1, |d(K)|)
+    tolerance: float
+    accurate: bool
+    budget: int  # the largest K the budget allows for this q
+
+    def describe(self) -> str:
+        how = "chosen adaptively" if self.adaptive else "as given"
+        if self.check_points is None:
+            return f"{self.points} points per random effect ({how}); no accuracy check within the budget"
+        return (f"{self.points} points per random effect ({how}); at the optimum the deviance with "
+                f"{self.check_points} points differs by {self.change:.1E} relative (tolerance {self.tolerance:.0E})")
+
+    def to_json(self) -> dict:
+        return {"points": self.points, "adaptive": self.adaptive, "check_points": self.check_points,
+                "deviance_check": self.deviance_check, "relative_change": self.change,
+                "tolerance": self.tolerance, "accurate": self.accurate, "max_points": self.budget}
+
+
+def _quad_next(K: int) -> int | None:
+    """The next K of the sequence (a user's K may lie between its entries)."""
+    return next((k for k in QUAD_SEQUENCE if k > K), None)
+
+
+def _deviance_at(data, res: MLResult, K: int) -> float:
+    cond = Conditional(data, K)
+    cond.b = res.b.copy()
+    return cond.deviance(res.gamma, res.lam)
+
+
+def agq_fit(data: GLMData, nodes: int | None = None, start=None, diagonal: bool = False) -> MLResult:
+    """AGQ with K = nodes, or adaptively (nodes None): fit at K = 7, raise K at that optimum until the
+    deviance changes by at most QUAD_TOL relative to the next K, refit there, and repeat the check at
+    the new optimum, within QUAD_BUDGET nodes per unit. Either way the result carries the check: the
+    deviance at the optimum re-evaluated with the next K of the sequence (res.quadrature)."""
+    q = data.q
+    adaptive = nodes is None
+    K = QUAD_START if adaptive else nodes
+    res = ml_fit(data, K, start, diagonal=diagonal)
+
+    def rel(a, b):
+        return abs(a - b) / max(1.0, abs(b))
+
+    while True:
+        Kn = _quad_next(K)
+        check = (None, None, None)
+        if Kn is None or Kn ** q > CHECK_BUDGET:
+            break
+        dn = _deviance_at(data, res, Kn)
+        check = (Kn, dn, rel(dn, res.deviance))
+        if check[2] <= QUAD_TOL or not adaptive or Kn ** q > QUAD_BUDGET:
+            break
+        # the deviance at this point settles at some K' ≥ Kn (or the budget stops it): refit there
+        K2, d2 = Kn, dn
+        while (K3 := _quad_next(K2)) is not None and K3 ** q <= QUAD_BUDGET:
+            d3 = _deviance_at(data, res, K3)
+            if rel(d3, d2) <= QUAD_TOL:
+                break
+            K2, d2 = K3, d3
+        res = ml_fit(data, K2, start, diagonal=diagonal, init=res)
+        K = K2
+    top = max([k for k in QUAD_SEQUENCE if k ** q <= QUAD_BUDGET], default=QUAD_START)
+    Kn, dn, change = check
+    res.quadrature = QuadratureCheck(points=K, adaptive=adaptive, check_points=Kn, deviance_check=dn, change=change,
+                                     tolerance=QUAD_TOL, accurate=change is not None and change <= QUAD_TOL,
+                                     budget=top)
+    return res
+
+
+def _covariances(cond, gamma, lam, H, sel, p):
+    """cov(γ): the γ block of 2H⁻¹, H the deviance Hessian in (θ, γ), as glmer. Robust: the γ block of
+    the cluster sandwich A⁻¹(Σ_j s_js_j')A⁻¹ over all parameters (θ, γ), A = H/2 the Hessian of
+    −log L and s_j = ∂log I_j/∂(θ, γ) unit j's exact score (Conditional with keep_units), CR0 as
+    R's sandwich package. At a singular τ, θ is the face's free entries of Λ (the zero columns
+    have zero scores)."""
+    try:
+        Hinv = np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        nan = np.full((p, p), np.nan)
+        return nan, nan
+    nt = sel[0].size
+    cond.keep_units, cond._memo = True, (None,)
+    try:
+        cond.gradient(gamma, lam)
+    finally:
+        cond.keep_units = False
+    sg, sl = cond.unit_scores
+    S = np.column_stack([sl[:, sel[0], sel[1]], sg])
+    Ainv = 2.0 * Hinv
+    return Ainv[nt:, nt:], (Ainv @ (S.T @ S) @ Ainv)[nt:, nt:]
+
+
+def _search(fg, grad, x, H0, cond):
+    """Λ's columns may change sign freely (τ = ΛΛ' does not see it), so the search is unconstrained.
+    Stage 1: Newton with one Hessian (forward differences at the start, or Laplace's for AGQ);
+    stage 2: a central-difference Hessian near the optimum, Newton to the end with it, and that
+    Hessian also gives the standard errors and the certificate's face Hessian.
+    Returns (x, f, g, Hessian, iterations)."""
     f, g = fg(x)
     if H0 is None:
         H0 = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
@@ -711,7 +923,11 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         Hs = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
         x, f, g, n3, ok = _newton(fg, x, f, g, Hs, 20, 1e-11)
         iters += n3
-    # the sign convention: Λ's diagonal non-negative (a column's sign flips with its u)
+    return x, f, g, Hs, iters
+
+
+def _sign_convention(x, g, Hs, q, p, idx):
+    """Λ's diagonal non-negative (a column's sign flips with its u): (γ, Λ, x, g, Hessian)."""
     gamma, lam = _unpack(x, q, idx)
     flip = np.where(np.diag(lam) < 0, -1.0, 1.0)
     if np.any(flip < 0):
@@ -719,19 +935,7 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         sgn = np.concatenate([flip[idx[1]], np.ones(p)])
         x = np.concatenate([lam[idx], gamma])
         g, Hs = g * sgn, Hs * np.outer(sgn, sgn)
-    try:
-        cov = 2.0 * np.linalg.inv(Hs)[nt:, nt:]
-    except np.linalg.LinAlgError:
-        cov = np.full((p, p), np.nan)
-    b, bvar = cond.posterior(gamma, lam)
-    eta = data.eta(gamma, b)
-    tau = lam @ lam.T
-    dev = f
-    cert = _certify_ml(data, cond, x, g, Hs, nt, idx, nodes, diagonal, 1e-6 * max(1.0, 1e-6 * abs(dev)))
-    return MLResult(method="laplace" if nodes == 1 else "agq", nodes=nodes, gamma=gamma, cov=cov, robust_cov=None,
-                    tau=tau, deviance=dev, b=b, b_var=bvar, eta=eta, iterations=iters,
-                    evaluations=cond.count, certificate=cert, converged=bool(cert.certified),
-                    n_params=p + nt, theta=x[:nt], hessian=Hs, diagonal=diagonal)
+    return gamma, lam, x, g, Hs
 
 
 def _chol_theta(G, idx):
@@ -744,7 +948,8 @@ def _certify_ml(data, cond, x, g, Hs, nt, idx, nodes, diagonal, tol) -> Certific
     computed: the Schur complement Hθθ − HθγHγγ⁻¹Hγθ is the Hessian of the γ-profiled deviance
     (implicit function theorem), and the face coordinates s enter through θ(s) = chol(G(s)):
     ∇²_s = J'H_pJ + Σ_k g_p,k ∇²θ_k, with J and ∇²θ_k by differences of that smooth map (no
-    deviance evaluations). At a singular τ the certificate differentiates the profiled deviance itself."""
+    deviance evaluations). At a singular τ: _boundary_point, or, without a clean pivot pattern, the
+    certificate differentiates the profiled deviance itself."""
     q = data.q
     gamma, lam = _unpack(x, q, idx)
     G = lam @ lam.T
@@ -813,7 +1018,13 @@ class _ProfiledML:
             if np.max(np.abs(step)) < 1e-10:
                 break
             gamma = gamma - step
+        self.last_gamma = gamma
         return dev, glam
+
+    def profile(self, lam):
+        """(γ, deviance) at this Λ with γ profiled out."""
+        dev, _ = self._profile(lam)
+        return self.last_gamma.copy(), dev
 
     def value(self, G):
         return self._profile(_psd_lower(0.5 * (G + G.T)))[0]
@@ -848,3 +1059,188 @@ class _ProfiledML:
                 dd = (fp - fm) / (2 * h) if fm is not None else (fp - dev) / h
                 Gam[a, c] = Gam[c, a] = dd if a == c else dd / 2
         return dev, Gam
+
+
+# ====================================================================== the certificate at a singular τ
+
+def _null_pivots(G, n_null):
+    """The pivots of G's natural-order Cholesky factorisation whose Schur complement vanishes (G of
+    rank q − n_null): there the lower-triangular factor has a zero column, as the search's Λ has in
+    the limit. None when the count does not come out as n_null (then no clean pivot pattern)."""
+    q = G.shape[0]
+    L = np.zeros((q, q))
+    null = []
+    top = max(float(np.max(np.diag(G))), 1e-300)
+    for k in range(q):
+        dk = G[k, k] - L[k, :k] @ L[k, :k]
+        if dk <= 1e-8 * top:
+            null.append(k)
+            continue
+        L[k, k] = math.sqrt(dk)
+        L[k + 1:, k] = (G[k + 1:, k] - L[k + 1:, :k] @ L[k, :k]) / L[k, k]
+    return null if len(null) == n_null else None
+
+
+def _pivot_factor(G, null):
+    """The lower-triangular factor of the PSD G with zero columns at the pivots `null`: smooth in G
+    on the face of G's rank (the search's parametrisation, Λ lower triangular, at its boundary)."""
+    q = G.shape[0]
+    L = np.zeros((q, q))
+    for k in range(q):
+        if k in null:
+            continue
+        L[k, k] = math.sqrt(max(G[k, k] - L[k, :k] @ L[k, :k], 0.0))
+        L[k + 1:, k] = (G[k + 1:, k] - L[k + 1:, :k] @ L[k, :k]) / L[k, k]
+    return L
+
+
+def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
+    """The certificate at a singular τ, with the quadrature-consistent gradient.
+
+    The search's Λ is lower triangular with some columns ≈ 0. Project G = ΛΛ' onto its rank-r face
+    (certificate.Face), factor it with exact zero columns at the vanishing pivots (_pivot_factor) and
+    re-profile γ. On the face the deviance is a smooth function of the remaining entries θ_f of Λ, with
+    the exact gradient of Conditional (Laplace and AGQ alike): its (θ_f, γ) Hessian by central
+    differences of that gradient, γ profiled by the Schur complement, and the chain rule through the
+    smooth map x ↦ θ_f(G(x)) from the face coordinates give the face gradient and Hessian, as
+    _certify_ml does at a positive definite τ. (Differences of the deviance itself in G, one-sided at
+    the boundary, are what wrongly left true optima uncertified: their O(h) error alone exceeds the
+    tolerance.)
+
+    Into the cone: the derivative of the profiled deviance along G + tP (P = V₀EV₀', E ⪰ 0 over the
+    null space) at t → 0⁺, from the exact ∂d/∂Λ at the positive definite G + t₀P, t₀ tiny, through
+    dΛ = ΛΦ(Λ⁻¹PΛ⁻ᵀ) (the Cholesky derivative). The deviance is even in a zero column of Λ (its
+    sign flips with u, and the product rule is symmetric), so this derivative is finite and O(t₀)
+    from its limit. Polarisation over E gives the null-space block of Γ; certify() then scans the
+    deviance along its most negative direction, as for the linear engine.
+
+    Returns (γ, Λ, deviance, certificate, the (θ_f, γ) Hessian, θ_f's positions in Λ, escape) or None
+    when no clean pivot pattern exists; escape = (G, γ), a lower point to restart the search from,
+    when the certificate fails."""
+    q = data.q
+    p = data.p
+    G = lam @ lam.T
+    face = Face(G, diagonal)
+    x0 = face.x0()
+    Gr = face.G(x0)
+    null = _null_pivots(Gr, q - face.r)
+    if null is None:
+        return None
+    # Order the random effects so that the vanishing pivots come last: then the factor's free entries
+    # are exactly as many as the face's dimension. The order matters to AGQ's product rule only
+    # when two or more columns are left (a one-column factor is unique up to sign).
+    perm = np.array([k for k in range(q) if k not in null] + list(null))
+    if np.any(perm != np.arange(q)) and not diagonal:
+        if cond.nodes > 1 and face.r > 1:
+            return None
+        inv = np.argsort(perm)
+        rows, cols = np.tril_indices(q)
+        keep = cols < face.r
+        fidx = (perm[rows[keep]], cols[keep])
+        null_p = list(range(face.r, q))
+
+        def factor(Gm):
+            return _pivot_factor(Gm[np.ix_(perm, perm)], null_p)[inv]
+    else:
+        keep = ~np.isin(idx[1], null)
+        fidx = (idx[0][keep], idx[1][keep])
+
+        def factor(Gm):
+            return _pivot_factor(Gm, null)
+    nf = fidx[0].size
+    if nf != face.size:
+        return None
+    Lr = factor(Gr)
+    obj = _ProfiledML(data, cond, gamma, Hgg, diagonal)
+    gamma_r, dev = obj.profile(Lr)
+
+    def grad(y):
+        lam_y = np.zeros((q, q))
+        lam_y[fidx] = y[:nf]
+        _, gg, gl = cond.gradient(y[nf:], lam_y)
+        return np.concatenate([gl[fidx], gg])
+
+    y0 = np.concatenate([Lr[fidx], gamma_r])
+    g0 = grad(y0)
+    H = _hessian(grad, y0, h=1e-5, cond=cond)
+    Hgg_r = H[nf:, nf:]
+    sol = np.linalg.solve(Hgg_r, np.column_stack([H[nf:, :nf], g0[nf:]]))
+    Hp = H[:nf, :nf] - H[:nf, nf:] @ sol[:, :nf]
+    gp = g0[:nf] - H[:nf, nf:] @ sol[:, nf]
+    # chain rule from the face coordinates x to θ_f(x) (a smooth map: no deviance evaluations)
+    n = face.size
+    h = 1e-4
+
+    def theta(xv):
+        return factor(face.G(xv))[fidx]
+
+    J = np.empty((nf, n))
+    T2 = np.zeros((nf, n, n))
+    th0 = theta(x0)
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = h
+        tp, tm = theta(x0 + e), theta(x0 - e)
+        J[:, i] = (tp - tm) / (2 * h)
+        T2[:, i, i] = (tp - 2 * th0 + tm) / h ** 2
+        for k in range(i):
+            e2 = np.zeros(n)
+            e2[k] = h
+            t = (theta(x0 + e + e2) - theta(x0 + e - e2) - theta(x0 - e + e2) + theta(x0 - e - e2)) / (4 * h * h)
+            T2[:, i, k] = T2[:, k, i] = t
+    gf = J.T @ gp
+    Hf = J.T @ Hp @ J + np.einsum("k,kab->ab", gp, T2)
+    # the null-space block of Γ by one-sided exact derivatives (polarisation over E)
+    m = q - face.r
+    scale = max(1.0, float(np.abs(Gr).max()))
+    t0 = 1e-8 * scale
+
+    def slope(E):
+        P = face.V0 @ E @ face.V0.T
+        Gt = Gr + t0 * P
+        try:
+            L = np.linalg.cholesky(0.5 * (Gt + Gt.T))
+        except np.linalg.LinAlgError:
+            return np.nan
+        _, glam = obj._profile(L)
+        Li = np.linalg.inv(L)
+        dL = L @ _phi(Li @ P @ Li.T)
+        D = np.zeros((q, q))
+        D[idx] = glam[idx]
+        return float(np.sum(D * dL))
+
+    base = slope(np.eye(m))
+    M = np.zeros((m, m))
+    for a in range(m):
+        Ea = np.eye(m)
+        Ea[a, a] += 1.0
+        M[a, a] = slope(Ea) - base
+        for c in range(a):
+            Eac = np.eye(m)
+            Eac[a, c] = Eac[c, a] = 0.5
+            M[a, c] = M[c, a] = slope(Eac) - base
+    Gamma = face.V0 @ M @ face.V0.T
+    obj.gamma = gamma_r
+    cert = certify(obj, Gr, diagonal, tol, face_data=(face, x0, 0.5 * (Hf + Hf.T), gf, dev, Gamma))
+    if not np.all(np.isfinite(M)):
+        cert.failed.append("the derivative into the cone could not be evaluated")
+    if dev > f_search + tol:
+        cert.failed.append(f"the boundary point's deviance is {dev - f_search:.1E} above the search's point")
+    cert.certified = not cert.failed
+    escape = None
+    if not cert.certified and dev <= f_search + tol:
+        # where to restart the search: along the descent into the cone, or a Newton step on the face
+        if cert.descent is not None:
+            G_new = Gr + cert.descent_step * cert.descent
+        else:
+            step = _newton_step(0.5 * (Hf + Hf.T), gf)
+            t, G_new = 1.0, None
+            while t > 1e-6:
+                if face.feasible(x0 + t * step) and obj.value(face.G(x0 + t * step)) < dev - tol:
+                    G_new = face.G(x0 + t * step)
+                    break
+                t *= 0.5
+        if G_new is not None:
+            obj.value(G_new)
+            escape = (G_new, obj.last_gamma.copy())
+    return gamma_r, Lr, dev, cert, H, fidx, escape

@@ -19,7 +19,7 @@ from . import inference
 from .data_checks import check_hglm_outcome, check_quadrature, level1_option_column
 from .errors import DataError, ModelError
 from .family import family as get_family
-from .hglm import START_TOL, GLMData, MLResult, PQLResult, ml_fit, pql, working_model
+from .hglm import GLMData, MLResult, PQLResult, agq_fit, ml_fit, ml_start, pql, working_model
 
 Z975 = float(special.ndtri(0.975))
 
@@ -61,9 +61,9 @@ def check_options(opts) -> None:
         raise ModelError("--overdispersion cannot be estimated for a 0/1 outcome: the Bernoulli variance is fixed by its mean")
     if opts.overdispersion and opts.estimation != "pql":
         raise ModelError("--overdispersion is a quasi-likelihood scale: use it with --estimation pql")
-    if opts.estimation == "agq" and opts.quadrature_points < 1:
+    if opts.estimation == "agq" and opts.quadrature_points is not None and opts.quadrature_points < 0:
         raise ModelError("--quadrature-points must be at least 1")
-    if opts.estimation != "agq" and opts.quadrature_points not in (None, 1):
+    if opts.estimation != "agq" and opts.quadrature_points not in (None, 0, 1):
         raise ModelError("--quadrature-points is for --estimation agq")
 
 
@@ -287,27 +287,20 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
         sigma2 = p_res.sigma2 if opts.overdispersion else None
         eta, converged, b, bvar = p_res.eta, p_res.converged, p_res.b, p_res.b_var
     else:
-        nodes = opts.quadrature_points if est == "agq" else 1
         if est == "agq" and data.q > 3:
             raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use --estimation laplace")
+        if est == "agq":  # quadrature_points 0: K chosen adaptively
+            check_quadrature(opts.quadrature_points or None, data.q)
+        start = ml_start(data, opts.macroit, diagonal)
         if est == "agq":
-            check_quadrature(nodes, data.q)
-        start = pql(data, reml=False, population_average=False, macroit=opts.macroit, stopmacro=START_TOL,
-                    diagonal=diagonal, check=False)
-        m_res = ml_fit(data, nodes, start, diagonal=diagonal)
+            m_res = agq_fit(data, opts.quadrature_points or None, start, diagonal=diagonal)
+        else:
+            m_res = ml_fit(data, 1, start, diagonal=diagonal)
         gamma, cov, tau, eta = m_res.gamma, m_res.cov, m_res.tau, m_res.eta
         sigma2, converged, b, bvar = None, m_res.converged, m_res.b, m_res.b_var
     stats, unit = working_model(data, eta)
     if m_res is not None:
-        # robust SEs from the working model linearised at the ML estimates, τ held (any factor of
-        # τ, singular or not, gives the same V)
-        from .hglm import _psd_lower
-        from .unitsolve import unit_solve
-
-        us = unit_solve(stats, _psd_lower(tau))
-        Pinv = us.Pinv()
-        s = us.XVe_units()
-        rcov = Pinv @ (s.T @ s) @ Pinv
+        rcov = m_res.robust_cov  # the cluster sandwich of the exact scores (hglm._covariances)
     warnings = []
     if held:
         # back to the model as written: the held coefficients at their bounds, with no standard error
@@ -322,7 +315,7 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
     variance = inference.variance_tests(design, ols, tau, stats)
-    return HGLMAnalysis(spec, design, data, est, opts.quadrature_points if est == "agq" else (1 if est == "laplace" else 0),
+    return HGLMAnalysis(spec, design, data, est, m_res.nodes if m_res is not None else 0,
                         p_res, m_res, gamma, cov, rcov, tau, sigma2, inference.hlm_fixed_df(design), variance,
                         converged, b, bvar, warnings=warnings)
 
@@ -377,7 +370,7 @@ def hglm_model_summary(spec, sym) -> list[str]:
     return out
 
 
-def glmer_call(spec, id_name: str) -> str:
+def glmer_call(spec, id_name: str, nodes: int | None = None) -> str:
     from .report import lme4_formula
 
     formula, _ = lme4_formula(spec, id_name)
@@ -387,7 +380,7 @@ def glmer_call(spec, id_name: str) -> str:
         lhs = f"cbind({lhs}, {opts.trials} - {lhs})"
     if opts.exposure:
         rhs = rhs.replace(" + (", f" + offset(log({opts.exposure})) + (", 1)
-    nagq = {"pql": "", "laplace": ", nAGQ = 1", "agq": f", nAGQ = {opts.quadrature_points}"}[opts.estimation]
+    nagq = {"pql": "", "laplace": ", nAGQ = 1", "agq": f", nAGQ = {nodes or opts.quadrature_points or 25}"}[opts.estimation]
     fam = "binomial" if opts.family in ("bernoulli", "binomial") else "poisson"
     return f"glmer({lhs} ~ {rhs}, family = {fam}{nagq})"
 
@@ -399,13 +392,19 @@ def pql_status(p: PQLResult) -> str:
     return "PQL is NOT at a checked fixed point: " + "; ".join(p.failed)
 
 
-def estimation_text(opts) -> str:
+def estimation_text(opts, nodes: int | None = None) -> str:
     if opts.estimation == "pql":
         kind = "restricted" if opts.method == "REML" else "full"
         od = ", level-1 scale estimated (over-dispersion)" if opts.overdispersion else ", level-1 scale fixed at 1"
         return f"penalized quasi-likelihood ({kind} PQL{od})"
     if opts.estimation == "laplace":
         return "full maximum likelihood, Laplace approximation"
+    if not opts.quadrature_points:
+        if nodes is None:
+            return ("full maximum likelihood, adaptive Gauss-Hermite quadrature, points per random effect chosen "
+                    "adaptively (from 7, until the deviance at the optimum changes by at most 1e-6 relative)")
+        return (f"full maximum likelihood, adaptive Gauss-Hermite quadrature with {nodes} points per random effect "
+                "(chosen adaptively)")
     return f"full maximum likelihood, adaptive Gauss-Hermite quadrature with {opts.quadrature_points} points per random effect"
 
 
@@ -469,7 +468,7 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         "n_params": a.ml.n_params if a.ml else None,
         "loglik": -a.ml.deviance / 2 if a.ml else None,
         "loglik_constant": a.data.const,
-        "lme4_formula": glmer_call(a.spec, meta.get("id_name", "ID")),
+        "lme4_formula": glmer_call(a.spec, meta.get("id_name", "ID"), a.nodes or None),
         "centering_means": d.centering_means,
     }
     if a.pql is not None:
@@ -487,6 +486,8 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
             out["population_average"] = {"error": a.pql.pa_failed}
     if a.ml is not None:
         out["certificate"] = a.ml.certificate.to_json()
+        if a.ml.quadrature is not None:
+            out["quadrature_check"] = a.ml.quadrature.to_json()
         out["iterations"] = a.ml.iterations
     out["tau_structure"] = "diagonal" if opts.tau == "diagonal" else "unstructured"
     out["boundary"] = bool(a.notes)  # as the linear engine's JSON: a flag and its notes
@@ -541,7 +542,7 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         w(f" The maximum number of micro iterations = {opts.microit}")
         w(f" The maximum number of macro iterations = {opts.macroit}")
     w("")
-    w(f" Method of estimation: {estimation_text(opts)}")
+    w(f" Method of estimation: {estimation_text(opts, a.nodes or None)}")
     w(f" Distribution at Level-1: {opts.family}" + (f", trials {opts.trials}" if opts.trials else "")
       + (f", exposure {opts.exposure}" if opts.exposure else ""))
     w("")
@@ -561,6 +562,13 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         w(f"Final Results - Iteration {a.ml.iterations} ({'Laplace' if a.estimation == 'laplace' else 'AGQ'})")
         w("")
         w(("The optimum is certified: " if a.converged else "NOT certified: ") + a.ml.certificate.describe())
+        quad = a.ml.quadrature
+        if quad is not None:
+            w(f"Quadrature: {quad.describe()}")
+            if not quad.accurate:
+                w("WARNING: the quadrature accuracy check " + ("failed" if quad.change is not None else "could not be made")
+                  + (" within the budget" if quad.adaptive else "") + "; the deviance may be off by more than 1e-6 relative"
+                  + ("" if quad.adaptive else ": raise --quadrature-points"))
     for note in a.notes + a.warnings:
         w(note)
     if a.sigma2 is not None:
@@ -640,7 +648,7 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         fixed_tables("Population-average model", a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov)
     w("")
     w("The same model in R (lme4)")
-    w(f" {glmer_call(a.spec, meta.get('id_name', 'ID'))}")
+    w(f" {glmer_call(a.spec, meta.get('id_name', 'ID'), a.nodes or None)}")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 

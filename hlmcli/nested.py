@@ -1,53 +1,56 @@
-"""Three-level linear models (HLM 7's HLM3): the nested per-unit solve, the profiled ML/REML
-deviance, its gradient, the certified fit and the inference, as pure functions of arrays.
+"""Nested linear models of any number of levels (HLM 7's HLM3, HLM4, ...): the nested per-unit
+solve, the profiled ML/REML deviance, its gradient, the EB means and the scores, as pure
+functions of arrays.
 
-Model (HLM3's notation). Level 1: Y = Σ_p π_p a_p + e, e ~ N(0, σ²). Level 2: π_p = Σ_q β_pq X_q
-+ r_p. Level 3: β_pq = Σ_s γ_pqs W_s + u_pq. In matrix form, for the records of level-3 unit k,
+Model, K levels. Level 1: Y = Σ_p π_p a_p + e, e ~ N(0, σ²); each coefficient of a level-ℓ
+equation is modelled at level ℓ+1 by its own equation, with a random effect at level ℓ+1 or not;
+the level-K coefficients are the fixed effects. In matrix form, for the records of one top unit,
 
-    y = Xγ + Z2 r + Z3 u + e,   r_j ~ N(0, τπ) per level-2 unit j,   u_k ~ N(0, τβ),
+    y = Xγ + Z2 b2 + Z3 b3 + … + ZK bK + e,   bℓ ~ N(0, τℓ) per level-ℓ unit,
 
-with fixed column a_p·X_q·W_s for γ_pqs, random level-2 column a_p for r_p, random level-3 column
-a_p·X_q for u_pq. Write G2 = τπ/σ² = Λ2Λ2', G3 = τβ/σ² = Λ3Λ3' (any square factors).
+where each column is a path through the equations: a fixed column is the product of the
+predictors on the path from a level-1 coefficient to a level-K one, and a random column at level
+ℓ the product of those from a level-1 coefficient to a level-(ℓ−1) coefficient that has a random
+effect. Three levels (HLM3's π/β/γ): τπ = τ2, τβ = τ3; four levels add τγ = τ4 and the δ's.
+Write Gℓ = τℓ/σ² = ΛℓΛℓ' (any square factors).
 
-The nested Woodbury solve. Let B = [Z3 | X | y] (the columns that are not absorbed at level 2).
-Within level-2 unit j, with A_j = Z2_j'Z2_j,
+The nested Woodbury solve, one level at a time. Let Rℓ = I + Σ_{m≤ℓ} Zm Gm Zm' (block diagonal
+over level-ℓ units; R1 = I) and, for a level-ℓ unit, Wℓ = C'R_{ℓ−1}⁻¹C over the columns not yet
+absorbed, C = [Zℓ | Zℓ+1 … ZK | X | y] (at level 2, W2 = C'C per level-2 unit). With S = Wℓ[Zℓ,Zℓ],
 
-    M_j = I + Λ2'A_jΛ2,   K2_j = Λ2M_j⁻¹Λ2',   σ²V2_j⁻¹ = I − Z2_jK2_jZ2_j',   log|V2_j/σ²| = log|M_j|,
+    M = I + Λℓ'SΛℓ,   Kℓ = ΛℓM⁻¹Λℓ',   log|Rℓ| = Σ_{children} log|R_{ℓ−1}| + log|M|,
+    C'Rℓ⁻¹C = Wℓ[C',C'] − Wℓ[Zℓ,C']'Kℓ Wℓ[Zℓ,C'] (C' = the columns after Zℓ),
 
-so the "V2⁻¹-weighted" cross-products of B are W_j = B_j'B_j − (Z2_j'B_j)'K2_j(Z2_j'B_j). Summed over
-the level-2 units of level-3 unit k they give W_k; its Z3 block S_k = Z3'(σ²V2⁻¹)Z3 plays the role
-of Z'Z one level up:
-
-    M_k = I + Λ3'S_kΛ3,   K3_k = Λ3M_k⁻¹Λ3',
-    σ²V_k⁻¹ = R⁻¹ − R⁻¹Z3K3_kZ3'R⁻¹ (R = V2/σ²),   log|V_k/σ²| = Σ_j∈k log|M_j| + log|M_k|.
-
-Then [X|y]'(σ²V⁻¹)[X|y] = Σ_k W_k[Xy,Xy] − W_k[Z3,Xy]'K3_kW_k[Z3,Xy], which holds P = σ²X'V⁻¹X,
-c = σ²X'V⁻¹y and s = σ²y'V⁻¹y: γ̂ = P⁻¹c and rss = s − c'γ̂. Everything is q×q algebra per unit
-(vectorised over units, component-first arrays as in unitsolve.py): the cost is linear in N, and
-no N×N or level-3-sized matrix is ever formed.
+and summing C'Rℓ⁻¹C over the level-ℓ units of a level-(ℓ+1) unit gives Wℓ+1. After level K the
+sums over all units hold P = σ²X'V⁻¹X, c = σ²X'V⁻¹y and s = σ²y'V⁻¹y: γ̂ = P⁻¹c, rss = s − c'γ̂.
+Everything is q×q algebra per unit, vectorised over units (component-first arrays as in
+unitsolve.py): the cost is linear in N, and no N×N or unit-sized matrix is ever formed.
+(Three levels, HLM3: W3 = Σ_j∈k B_j'(σ²V2_j⁻¹)B_j per level-3 unit k with B = [Z3 | X | y], the
+level-2 step K2_j = Λ2M_j⁻¹Λ2' and the level-3 step K3_k = Λ3M_k⁻¹Λ3'; the solve is linear in N.)
 
 Deviance (lme4's), σ² profiled: ν = N (ML) or N − p (REML), σ̂² = rss/ν,
 
-    d = Σ_j log|M_j| + Σ_k log|M_k| + ν(1 + log 2π + log σ̂²) [+ log|P| for REML].
+    d = Σ_ℓ Σ_units log|Mℓ| + ν(1 + log 2π + log σ̂²) [+ log|P| for REML].
 
-Gradient. With Ṽ = V/σ² = I + Z2G2Z2' + Z3G3Z3' (Z2 block-diagonal over level-2 units, Z3 over
-level-3 units), ∂log|Ṽ|/∂G = Σ (diagonal blocks of Z'Ṽ⁻¹Z), ∂rss/∂G = −Σ v v' with v = Z'Ṽ⁻¹e
-per unit, and ∂log|P|/∂G = −Σ (diagonal blocks of Z'Ṽ⁻¹X P⁻¹ X'Ṽ⁻¹Z) (P here in σ² units), so for
-each block (level ℓ = 2 over level-2 units j, ℓ = 3 over level-3 units k)
+Gradient. With Ṽ = V/σ² = R_K, ∂log|Ṽ|/∂Gℓ = Σ_units Zℓ'Ṽ⁻¹Zℓ, ∂rss/∂Gℓ = −Σ vv' with
+v = Zℓ'Ṽ⁻¹e, and ∂log|P|/∂Gℓ = −Σ Qℓ P⁻¹ Qℓ' with Qℓ = Zℓ'Ṽ⁻¹X, so for each block
 
-    Γℓ = Σ Zℓ'Ṽ⁻¹Zℓ − (1/σ̂²) Σ vℓvℓ' [− Σ Qℓ P⁻¹ Qℓ' for REML],   Qℓ = Zℓ'Ṽ⁻¹X,
+    Γℓ = Σ Zℓ'Ṽ⁻¹Zℓ − (1/σ̂²) Σ vℓvℓ' [− Σ Qℓ P⁻¹ Qℓ' for REML],
 
-exactly the two-level formula (unitsolve.py) once the per-unit pieces are known. At level 3,
-with H3_k = I − S_kK3_k: Z3'Ṽ⁻¹Z3 = H3_kS_k and Z3'Ṽ⁻¹[X|y] = H3_kW_k[Z3,Xy]. At level 2, with
-H2_j = I − A_jK2_j and T_j = H2_j(Z2_j'Z3_j) (= Z2_j'R⁻¹Z3_j):
+the two-level formula (unitsolve.py) once Zℓ'Ṽ⁻¹[Zℓ | X | y] is known per level-ℓ unit. It
+follows downwards from the same Woodbury step: with Tℓ = Zℓ'Rℓ⁻¹[Zℓ | C'] = Hℓ Wℓ[Zℓ, ·],
+Hℓ = I − SKℓ, each higher level m replaces R_{m−1} by R_m within the level-m unit above:
 
-    Z2_j'Ṽ⁻¹Z2_j = H2_jA_j − T_jK3_kT_j',   Z2_j'Ṽ⁻¹[X|y] = H2_j(Z2_j'[X|y]) − T_jK3_kW_k[Z3,Xy].
+    Zℓ'R_m⁻¹D = Zℓ'R_{m−1}⁻¹D − (Zℓ'R_{m−1}⁻¹Zm) Km (Zm'R_{m−1}⁻¹D),
+
+where Zm'R_{m−1}⁻¹D is Wm's Zm rows for D among the columns past Zm, and for D = Zℓ the
+transpose of Tℓ's own Zm block; after m = K, Tℓ = Zℓ'Ṽ⁻¹[Zℓ | X | y]. (Three levels: T2's Z3 block is the
+three-level T_j = H2_j(Z2_j'Z3_j), and Z2'Ṽ⁻¹Z2 = H2A − T K3 T'.)
 
 The search works on standardised columns formed record by record (reduce_standardised); the
 solve is the same algebra on either set of cross-products (reduce_nested gives the user's own).
 
-Empirical Bayes: E(r_j | y) = G2 v2_j, Var(r_j | y, γ̂) = σ²(G2 − G2(Z2_j'Ṽ⁻¹Z2_j)G2);
-E(u_k | y) = G3 v3_k, Var(u_k | y, γ̂) = σ²K3_k.
+Empirical Bayes: E(bℓ | y) = Gℓ vℓ, Var(bℓ | y, γ̂) = σ²(Gℓ − Gℓ(Zℓ'Ṽ⁻¹Zℓ)Gℓ) (= σ²K_K at the top).
 """
 
 from __future__ import annotations
@@ -58,11 +61,44 @@ import numpy as np
 
 from .unitsolve import LOG_2PI, cmm, cmv, spd_inverse_logdet
 
-__all__ = ["Beta", "Pi", "NestedLayout", "NestedData", "NestedFit", "NestedStats", "NestedSolve",
-           "reduce_nested", "nested_solve", "deviance_nested", "fit_nested"]
+__all__ = ["Coefficient", "LevelsData", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
+           "NestedData", "NestedFit", "NestedStats", "NestedSolve", "as_levels", "reduce_nested",
+           "reduce_levels", "levels_solve", "nested_solve", "deviance_nested", "deviance_levels", "fit_nested",
+           "COEFFICIENT_NAMES"]
+
+# the coefficients of the level-1, 2, 3, ... equations of a model of three or more levels (HLM3, HLM4):
+# the random effects at level ℓ are on the level-(ℓ−1) coefficients, τ_ℓ is named after them
+COEFFICIENT_NAMES = ("pi", "beta", "gamma", "delta", "epsilon")
 
 
-# ---------------------------------------------------------------- the interface
+# ---------------------------------------------------------------- the interface, any number of levels
+
+@dataclass(frozen=True)
+class Coefficient:
+    """One coefficient of a level-d equation: its predictor column at level d (None = the
+    intercept), its own equation at level d+1 (`terms`, empty for the top level's coefficients,
+    the fixed effects) and whether it has a random effect at level d+1."""
+    col: int | None
+    terms: tuple["Coefficient", ...] = ()
+    random: bool = False
+
+
+@dataclass(frozen=True)
+class LevelsData:
+    """K ≥ 3 levels. predictors[0] (N, P1) are the level-1 predictors, predictors[ℓ−1] (Jℓ, Pℓ)
+    the level-ℓ ones; parents[0] (N,) is each record's level-2 unit, parents[ℓ−1] (Jℓ,) each
+    level-ℓ unit's level-(ℓ+1) unit, all 0-based and nondecreasing; layout the level-1 equation."""
+    y: np.ndarray
+    predictors: tuple
+    parents: tuple
+    layout: tuple  # of Coefficient
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.predictors)
+
+
+# ---------------------------------------------------------------- three levels (HLM3's names)
 
 @dataclass(frozen=True)
 class Beta:
@@ -98,18 +134,29 @@ class NestedData:
     layout: NestedLayout
 
 
+def as_levels(data) -> LevelsData:
+    """The K-level form of three-level data (the γ order, τ orders and units are the same)."""
+    if isinstance(data, LevelsData):
+        return data
+    layout = tuple(Coefficient(pi.level1_col,
+                               tuple(Coefficient(b.level2_col, tuple(Coefficient(s) for s in b.level3_cols), b.random)
+                                     for b in pi.betas), pi.random)
+                   for pi in data.layout.pis)
+    return LevelsData(data.y, (data.A, data.X2, data.W3), (data.unit2, data.unit3), layout)
+
+
 @dataclass
 class NestedFit:
     method: str  # "ML" or "REML"
     gamma: np.ndarray  # (p,)
     cov_gamma: np.ndarray  # (p, p) model-based
-    cov_gamma_robust: np.ndarray  # (p, p) CR0 sandwich clustered at level 3
-    df_gamma: np.ndarray  # (p,) HLM3 d.f. (see hlm3_df)
+    cov_gamma_robust: np.ndarray  # (p, p) CR0 sandwich clustered at the top level
+    df_gamma: np.ndarray  # (p,) HLM d.f. (see nested_fit.hlm_df)
     sigma2: float
     tau_pi: np.ndarray  # (q2, q2)
     tau_beta: np.ndarray  # (q3, q3)
     deviance: float  # −2 log L (ML) or the REML criterion, lme4's conventions
-    n_params: int  # 1 + q2(q2+1)/2 + q3(q3+1)/2, plus p under ML (HLM's count)
+    n_params: int  # 1 + Σ qℓ(qℓ+1)/2, plus p under ML (HLM's count)
     reliability_pi: np.ndarray  # (q2,)
     reliability_beta: np.ndarray  # (q3,)
     chi2_pi: list[dict]  # per random π: chi2, df, p, n_units
@@ -123,63 +170,92 @@ class NestedFit:
     iterations: int
     message: str
     boundary: list[str] = field(default_factory=list)
-    solve: object | None = None  # the NestedSolve at the answer, in the standardised coordinates
+    solve: object | None = None  # the LevelsSolve at the answer, in the standardised coordinates
     standardisation: object | None = None  # nested.Standardisation: the map back to the user's columns
     evaluations: int = 0
     start: str = ""
+    # every level, 2..K (the fields above are levels 2 and 3 of these)
+    taus: tuple = ()
+    reliabilities: tuple = ()
+    chi2: tuple = ()
+    eb: tuple = ()
+    eb_var: tuple = ()
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.taus) + 1
 
 
 # ---------------------------------------------------------------- columns of the model
 
 @dataclass(frozen=True)
-class _Columns:
-    """Every column of the model as a level-1 column a_p (index into [a_0..a_{P-1}, y]) times a
-    per-level-2-unit factor: Z2 (r_p), Z3 (u_pq), X (γ_pqs), then y."""
-    z2: list  # p
-    z3: list  # (p, level2_col)
-    x: list  # (p, level2_col, level3_col, beta index in random-β order or None)
-    x_beta: list  # (p, index of the β within pi.betas) for each γ
-    n_beta: int
+class Columns:
+    """Every column of the model as a path of (level, predictor column) pairs from a level-1
+    coefficient upwards; its level-1 coefficient (`root`) decides its level-1 factor.
+    z[i]: the random columns at level i+2 (each a path through levels 1..i+1), in depth-first order;
+    x: the fixed columns (paths through levels 1..K), in depth-first order, which is the γ order;
+    x_random: for each fixed column, the levels (2..K) at which a coefficient on its path is random."""
+    z: tuple
+    x: list
+    z_root: tuple
+    x_root: list
+    x_random: list
+    x_path_nodes: list  # for each fixed column, the Coefficient nodes on its path (level 1 .. K)
+
+    @property
+    def qs(self) -> tuple:
+        return tuple(len(z) for z in self.z)
 
 
-def _columns(layout: NestedLayout) -> _Columns:
-    z2, z3, x, xb = [], [], [], []
-    rb = 0
-    for ip, pi in enumerate(layout.pis):
-        if pi.random:
-            z2.append(ip)
-        for iq, beta in enumerate(pi.betas):
-            idx = None
-            if beta.random:
-                z3.append((ip, beta.level2_col))
-                idx = rb
-                rb += 1
-            for s in beta.level3_cols:
-                x.append((ip, beta.level2_col, s, idx))
-                xb.append((ip, iq))
-    return _Columns(z2, z3, x, xb, rb)
+def columns_of(layout, n_levels: int) -> Columns:
+    z = [[] for _ in range(n_levels - 1)]
+    zr = [[] for _ in range(n_levels - 1)]
+    x, xr, xrand, xnodes = [], [], [], []
+
+    def walk(node, depth, path, nodes, root, rand):
+        path = path + ((depth, node.col),)
+        nodes = nodes + (node,)
+        if depth == n_levels:
+            x.append(path)
+            xr.append(root)
+            xrand.append(rand)
+            xnodes.append(nodes)
+            return
+        if node.random:
+            z[depth - 1].append(path)
+            zr[depth - 1].append(root)
+            rand = rand + (depth + 1,)
+        for t in node.terms:
+            walk(t, depth + 1, path, nodes, root, rand)
+
+    for ip, node in enumerate(layout):
+        walk(node, 1, (), (), ip, ())
+    return Columns(tuple(z), x, tuple(zr), xr, xrand, xnodes)
 
 
 # ---------------------------------------------------------------- the reduction (once)
 
 @dataclass
-class NestedStats:
+class LevelsStats:
     """Per-unit cross-products: everything the likelihood needs after one pass over the records.
-    Arrays are component-first (…, J)."""
+    Arrays are component-first (…, J). Columns: [Z2 | Z3 | … | ZK | X | y]."""
     N: int
     n2: np.ndarray  # (J2,) records per level-2 unit
-    unit3: np.ndarray  # (J2,)
-    starts3: np.ndarray  # (J3,) first level-2 unit of each level-3 unit
-    q2: int
-    q3: int
+    parents: tuple  # parents[i] (J_{i+2},): each level-(i+2) unit's unit one level up (i ≥ 0)
+    starts: tuple  # starts[i] (J_{i+3},): first level-(i+2) unit of each level-(i+3) unit
+    qs: tuple  # (q2, …, qK)
     p: int
     ZZ2: np.ndarray  # (q2, q2, J2)  Z2_j'Z2_j
-    Z2B: np.ndarray  # (q2, nb, J2)  Z2_j'B_j, B = [Z3 | X | y]
+    Z2B: np.ndarray  # (q2, nb, J2)  Z2_j'B_j, B = [Z3 … ZK | X | y]
     BB: np.ndarray  # (nb, nb, J3)  Σ_j∈k B_j'B_j
     yy: float  # y'y
     DD: np.ndarray | None = None  # (P+1, P+1, J2) cross-products of [a_0..a_{P-1}, y] (for χ² tests)
-    F: np.ndarray | None = None  # (m, J2) per-level-2-unit factor of each column of [Z2|Z3|X|y]
+    F: np.ndarray | None = None  # (m, J2) per-level-2-unit factor of each column of [Z2|…|X|y]
     D_index: np.ndarray | None = None  # (m,) the level-1 column of each
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.qs) + 1
 
     @property
     def J2(self) -> int:
@@ -187,11 +263,41 @@ class NestedStats:
 
     @property
     def J3(self) -> int:
-        return self.starts3.size
+        return self.starts[0].size
+
+    @property
+    def q2(self) -> int:
+        return self.qs[0]
+
+    @property
+    def q3(self) -> int:
+        return self.qs[1]
+
+    @property
+    def unit3(self) -> np.ndarray:
+        return self.parents[0]
+
+    @property
+    def starts3(self) -> np.ndarray:
+        return self.starts[0]
+
+    def J(self, level: int) -> int:
+        return self.J2 if level == 2 else self.starts[level - 3].size
+
+    def ancestor(self, level: int, up: int) -> np.ndarray:
+        """The level-`up` unit of each level-`level` unit (level ≥ 2)."""
+        a = np.arange(self.J(level))
+        for m in range(level, up):
+            a = self.parents[m - 2][a]
+        return a
 
     @property
     def nb(self) -> int:
-        return self.q3 + self.p + 1
+        return sum(self.qs[1:]) + self.p + 1
+
+
+NestedStats = LevelsStats
+
 
 
 def _offsets(sorted_ids: np.ndarray, n_units: int) -> np.ndarray:
@@ -199,68 +305,109 @@ def _offsets(sorted_ids: np.ndarray, n_units: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)])
 
 
-def _validate(data: NestedData) -> None:
-    """The array contract of NestedData; a violation is a ValueError saying which array and why."""
-    y, A = np.asarray(data.y), np.asarray(data.A)
-    X2, W3 = np.asarray(data.X2), np.asarray(data.W3)
-    unit2, unit3 = np.asarray(data.unit2), np.asarray(data.unit3)
-    N, J2 = y.shape[0], unit3.shape[0]
+def _validate(data: LevelsData) -> None:
+    """The array contract of LevelsData; a violation is a ValueError saying which array and why."""
+    y = np.asarray(data.y)
+    K = data.n_levels
+    if K < 3 or len(data.parents) != K - 1:
+        raise ValueError("a nested model needs predictors for K ≥ 3 levels and K − 1 parent arrays")
+    N = y.shape[0] if y.ndim == 1 else 0
     if y.ndim != 1 or N == 0:
         raise ValueError("y must be a non-empty vector")
-    if A.ndim != 2 or A.shape[0] != N or unit2.shape != (N,):
-        raise ValueError(f"A must have N = {N} rows and unit2 N entries")
-    if X2.ndim != 2 or X2.shape[0] != J2:
-        raise ValueError(f"X2 must have one row per level-2 unit ({J2})")
-    if J2 == 0 or unit2.min() < 0 or unit2.max() >= J2 or np.any(np.diff(unit2) < 0):
-        raise ValueError("unit2 must be nondecreasing level-2 unit numbers 0..J2-1 (records sorted by unit)")
-    J3 = int(unit3.max()) + 1
-    if unit3.min() < 0 or np.any(np.diff(unit3) < 0):
-        raise ValueError("unit3 must be nondecreasing level-3 unit numbers 0..J3-1")
-    if W3.ndim != 2 or W3.shape[0] != J3:
-        raise ValueError(f"W3 must have one row per level-3 unit ({J3})")
-    for name, arr in (("y", y), ("A", A), ("X2", X2), ("W3", W3)):
-        if not np.all(np.isfinite(arr)):
+    n_units = [N]
+    for i, par in enumerate(data.parents):
+        par = np.asarray(par)
+        name = "unit2" if i == 0 else f"unit{i + 2}"
+        if par.shape != (n_units[-1],):
+            raise ValueError(f"{name} must have one entry per level-{i + 1} {'record' if i == 0 else 'unit'} "
+                             f"({n_units[-1]})")
+        if par.size == 0 or par.min() < 0 or np.any(np.diff(par) < 0):
+            raise ValueError(f"{name} must be nondecreasing level-{i + 2} unit numbers 0..J-1 "
+                             "(records sorted by unit)")
+        n_units.append(int(par.max()) + 1)
+    if int(np.asarray(data.parents[0]).max()) + 1 != np.asarray(data.parents[1]).shape[0]:
+        raise ValueError("unit2 must number the level-2 units 0..J2-1 (one entry of unit3 per level-2 unit)")
+    for level, (arr, J) in enumerate(zip(data.predictors, n_units), start=1):
+        arr = np.asarray(arr)
+        name = "A" if level == 1 else f"X{level}"
+        if arr.ndim != 2 or arr.shape[0] != J:
+            raise ValueError(f"{name} must have one row per level-{level} {'record' if level == 1 else 'unit'} ({J})")
+    for name, arr in [("y", y)] + [("A" if i == 0 else f"X{i + 1}", a) for i, a in enumerate(data.predictors)]:
+        if not np.all(np.isfinite(np.asarray(arr, dtype=float))):
             raise ValueError(f"{name} has missing or infinite values")
-    for ip, pi in enumerate(data.layout.pis):
-        if pi.level1_col is not None and not 0 <= pi.level1_col < A.shape[1]:
-            raise ValueError(f"pi {ip}: level-1 column {pi.level1_col} is not a column of A")
-        if not pi.betas and not pi.random:
-            raise ValueError(f"pi {ip} has neither level-2 coefficients nor a random effect")
-        for beta in pi.betas:
-            if beta.level2_col is not None and not 0 <= beta.level2_col < X2.shape[1]:
-                raise ValueError(f"pi {ip}: level-2 column {beta.level2_col} is not a column of X2")
-            if not beta.level3_cols and not beta.random:
-                raise ValueError(f"pi {ip}: a level-2 coefficient is neither fixed nor random (leave it out)")
-            for s in beta.level3_cols:
-                if s is not None and not 0 <= s < W3.shape[1]:
-                    raise ValueError(f"pi {ip}: level-3 column {s} is not a column of W3")
+
+    def check(node, depth, where):
+        width = np.asarray(data.predictors[depth - 1]).shape[1]
+        if node.col is not None and not 0 <= node.col < width:
+            raise ValueError(f"{where}: level-{depth} column {node.col} is not a column of the level-{depth} predictors")
+        if depth < K:
+            if not node.terms and not node.random:
+                if depth == 1:
+                    raise ValueError(f"{where} has neither level-2 coefficients nor a random effect")
+                raise ValueError(f"{where}: a level-{depth} coefficient is neither fixed nor random (leave it out)")
+            for t in node.terms:
+                check(t, depth + 1, where)
+        elif node.terms or node.random:
+            raise ValueError(f"{where}: a level-{K} coefficient can have no equation or random effect")
+
+    for ip, node in enumerate(data.layout):
+        check(node, 1, f"pi {ip}")
 
 
-def reduce_nested(data: NestedData) -> NestedStats:
+def _level1(data: LevelsData, ip: int):
+    col = data.layout[ip].col
+    return None if col is None else np.asarray(data.predictors[0][:, col], dtype=float)
+
+
+def _unit_maps(data: LevelsData):
+    """maps[ℓ] (ℓ = 2..K): the level-ℓ unit of each level-2 unit (maps[2] = identity)."""
+    parents = [np.asarray(p, dtype=np.int64) for p in data.parents]
+    J2 = parents[1].size
+    maps = {2: np.arange(J2)}
+    for level in range(3, data.n_levels + 1):
+        maps[level] = parents[level - 2][maps[level - 1]]
+    return parents, maps
+
+
+def _level_factor(data: LevelsData, path, maps, J2: int) -> np.ndarray:
+    """The product of a path's predictors at levels ≥ 2, per level-2 unit (the intercept is 1)."""
+    out = np.ones(J2)
+    for level, col in path[1:]:
+        if col is not None:
+            out = out * np.asarray(data.predictors[level - 1], dtype=float)[maps[level], col]
+    return out
+
+
+def reduce_levels(data: LevelsData) -> LevelsStats:
     """One vectorised pass over the records: the cross-products of [a_0..a_{P-1}, y] per level-2
     unit (P = number of π's), from which every column of the model, a_p times a level-2-unit
     factor, follows by scaling (never a Python loop over units)."""
-    cols = _columns(data.layout)
+    data = as_levels(data)
+    K = data.n_levels
+    cols = columns_of(data.layout, K)
     _validate(data)
     y = np.asarray(data.y, dtype=float)
     N = y.size
-    unit2 = np.asarray(data.unit2, dtype=np.int64)
-    unit3 = np.asarray(data.unit3, dtype=np.int64)
-    J2 = unit3.size
-    J3 = int(unit3.max()) + 1 if J2 else 0
+    parents, maps = _unit_maps(data)
+    unit2 = parents[0]
+    J2 = parents[1].size
     off2 = _offsets(unit2, J2)
     n2 = np.diff(off2).astype(float)
     if np.any(n2 == 0):
         raise ValueError("a level-2 unit has no records")
     starts2 = off2[:-1]
-    off3 = _offsets(unit3, J3)
-    if np.any(np.diff(off3) == 0):
-        raise ValueError("a level-3 unit has no level-2 units")
-    starts3 = off3[:-1]
-    P = len(data.layout.pis)
-    level1 = [np.ones(N) if pi.level1_col is None else np.asarray(data.A[:, pi.level1_col], dtype=float)
-              for pi in data.layout.pis] + [y]
-    is_one = [pi.level1_col is None for pi in data.layout.pis] + [False]
+    starts = []
+    for level in range(3, K + 1):
+        par = parents[level - 2]
+        Jl = int(par.max()) + 1
+        off = _offsets(par, Jl)
+        if np.any(np.diff(off) == 0):
+            raise ValueError(f"a level-{level} unit has no level-{level - 1} units")
+        starts.append(off[:-1])
+    P = len(data.layout)
+    level1 = [_level1(data, ip) for ip in range(P)]
+    is_one = [v is None for v in level1] + [False]
+    level1 = [np.ones(N) if v is None else v for v in level1] + [y]
     DD = np.empty((P + 1, P + 1, J2))
     for a in range(P + 1):
         for b in range(a, P + 1):
@@ -270,37 +417,45 @@ def reduce_nested(data: NestedData) -> NestedStats:
                 prod = level1[b] if is_one[a] else (level1[a] if is_one[b] else level1[a] * level1[b])
                 DD[a, b] = np.add.reduceat(prod, starts2)
             DD[b, a] = DD[a, b]
-
-    X2 = np.asarray(data.X2, dtype=float)
-    W3 = np.asarray(data.W3, dtype=float)
-    one2 = np.ones(J2)
-    x2 = lambda c: one2 if c is None else X2[:, c]  # noqa: E731
-    w3 = lambda s: one2 if s is None else W3[unit3, s]  # noqa: E731
-    factors = ([one2 for _ in cols.z2] + [x2(c) for _, c in cols.z3]
-               + [x2(c) * w3(s) for _, c, s, _ in cols.x] + [one2])
-    dindex = np.array(list(cols.z2) + [p for p, _ in cols.z3] + [p for p, *_ in cols.x] + [P], dtype=int)
-    F = np.array(factors) if factors else np.zeros((0, J2))
-    q2, q3, p = len(cols.z2), len(cols.z3), len(cols.x)
-    m = q2 + q3 + p + 1
+    paths = [p for z in cols.z for p in z] + cols.x
+    roots = [r for zr in cols.z_root for r in zr] + cols.x_root
+    factors = [_level_factor(data, path, maps, J2) for path in paths] + [np.ones(J2)]
+    dindex = np.array(roots + [P], dtype=int)
+    F = np.array(factors)
+    qs = cols.qs
+    q2, p = qs[0], len(cols.x)
+    m = F.shape[0]
     CC = DD[dindex[:, None], dindex[None, :]] * F[:, None, :] * F[None, :, :]  # (m, m, J2)
     ZZ2 = np.ascontiguousarray(CC[:q2, :q2])
     Z2B = np.ascontiguousarray(CC[:q2, q2:])
-    BB = np.add.reduceat(CC[q2:, q2:], starts3, axis=2) if J2 else np.zeros((m - q2, m - q2, 0))
+    BB = np.add.reduceat(CC[q2:, q2:], starts[0], axis=2) if J2 else np.zeros((m - q2, m - q2, 0))
     del CC
-    return NestedStats(N, n2, unit3, starts3, q2, q3, p, ZZ2, Z2B, np.ascontiguousarray(BB),
+    return LevelsStats(N, n2, tuple(parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, np.ascontiguousarray(BB),
                        float(y @ y), DD, F, dindex)
+
+
+def reduce_nested(data) -> LevelsStats:
+    """reduce_levels for NestedData (three levels) or LevelsData."""
+    return reduce_levels(as_levels(data))
 
 
 @dataclass(frozen=True)
 class Standardisation:
-    """The internal coordinates of the search: Z̃2 = Z2A2, Z̃3 = Z3A3, X̃ = XTX (orthogonal columns
+    """The internal coordinates of the search: Z̃ℓ = ZℓAℓ per level, X̃ = XTX (orthogonal columns
     of unit root-mean-square: TX = √N·R⁻¹ from X = QR), ỹ = y − Xb (b the OLS fit, so the outcome's
-    sums of squares do not cancel). τπ = σ²A2G̃2A2', τβ = σ²A3G̃3A3', γ = TXγ̃ + b, and
+    sums of squares do not cancel). τℓ = σ²AℓG̃ℓAℓ', γ = TXγ̃ + b, and
     log|X'V⁻¹X| = log|X̃'V⁻¹X̃| − 2 log|det TX| (the REML shift)."""
-    A2: np.ndarray
-    A3: np.ndarray
+    As: tuple
     TX: np.ndarray
     b: np.ndarray
+
+    @property
+    def A2(self) -> np.ndarray:
+        return self.As[0]
+
+    @property
+    def A3(self) -> np.ndarray:
+        return self.As[1]
 
     @property
     def log_det_TX(self) -> float:
@@ -357,57 +512,58 @@ def _orthonormalise(X: np.ndarray, intercept: int | None) -> tuple[np.ndarray, n
         return Q, T1 @ np.linalg.inv(R)
 
 
-def reduce_standardised(data: NestedData) -> tuple["NestedStats", Standardisation]:
-    """The per-unit cross-products of the standardised columns [Z̃2 | Z̃3 | X̃ | ỹ], formed record by
-    record (the transform is applied to the records, before any product: centring cross-products
+def reduce_standardised(data) -> tuple[LevelsStats, Standardisation]:
+    """The per-unit cross-products of the standardised columns [Z̃2 | … | Z̃K | X̃ | ỹ], formed record
+    by record (the transform is applied to the records, before any product: centring cross-products
     afterwards would cancel digits quadratically in a predictor's mean/spread)."""
-    cols = _columns(data.layout)
+    data = as_levels(data)
+    K = data.n_levels
+    cols = columns_of(data.layout, K)
     _validate(data)
-    pis = data.layout.pis
     y = np.asarray(data.y, dtype=float)
     N = y.size
-    unit2 = np.asarray(data.unit2, dtype=np.int64)
-    unit3 = np.asarray(data.unit3, dtype=np.int64)
-    J2 = unit3.size
-    J3 = int(unit3.max()) + 1
-    k_rec = unit3[unit2]
-    A = np.asarray(data.A, dtype=float)
-    X2 = np.asarray(data.X2, dtype=float)
-    W3 = np.asarray(data.W3, dtype=float)
-    a = lambda p: None if pis[p].level1_col is None else A[:, pis[p].level1_col]  # noqa: E731
-    x2 = lambda c: None if c is None else X2[unit2, c]  # noqa: E731
-    w3 = lambda s: None if s is None else W3[k_rec, s]  # noqa: E731
+    parents = [np.asarray(p, dtype=np.int64) for p in data.parents]
+    unit2 = parents[0]
+    J2 = parents[1].size
+    rec = {2: unit2}  # the level-ℓ unit of each record
+    for level in range(3, K + 1):
+        rec[level] = parents[level - 2][rec[level - 1]]
+    preds = [np.asarray(a, dtype=float) for a in data.predictors]
 
-    def prod(*vs):
+    def column(path):
         out = np.ones(N)
-        for v in vs:
-            if v is not None:
-                out = out * v
+        for level, col in path:
+            if col is not None:
+                out = out * (preds[0][:, col] if level == 1 else preds[level - 1][rec[level], col])
         return out
-    q2, q3, p = len(cols.z2), len(cols.z3), len(cols.x)
-    Z2 = np.column_stack([prod(a(ip)) for ip in cols.z2]) if q2 else np.zeros((N, 0))
-    Z3 = np.column_stack([prod(a(ip), x2(c)) for ip, c in cols.z3]) if q3 else np.zeros((N, 0))
-    X = np.column_stack([prod(a(ip), x2(c), w3(s)) for ip, c, s, _ in cols.x]) if p else np.zeros((N, 0))
-    i2 = next((k for k, ip in enumerate(cols.z2) if pis[ip].level1_col is None), None)
-    i3 = next((k for k, (ip, c) in enumerate(cols.z3) if pis[ip].level1_col is None and c is None), None)
-    i0 = next((k for k, (ip, c, s, _) in enumerate(cols.x) if pis[ip].level1_col is None and c is None and s is None),
-              None)
-    A2, A3 = _centre_scale(Z2, i2), _centre_scale(Z3, i3)
-    Q, Rinv = _orthonormalise(X, i0)
+
+    def intercept(paths):
+        return next((k for k, path in enumerate(paths) if all(c is None for _, c in path)), None)
+
+    Zs = [np.column_stack([column(path) for path in z]) if z else np.zeros((N, 0)) for z in cols.z]
+    p = len(cols.x)
+    X = np.column_stack([column(path) for path in cols.x]) if p else np.zeros((N, 0))
+    As = tuple(_centre_scale(Z, intercept(z)) for Z, z in zip(Zs, cols.z))
+    Q, Rinv = _orthonormalise(X, intercept(cols.x))
     TX = np.sqrt(N) * Rinv
     Qy = Q.T @ y
     b = Rinv @ Qy
-    C = np.ascontiguousarray(np.column_stack([Z2 @ A2, Z3 @ A3, Q * np.sqrt(N), y - Q @ Qy]).T)  # rows = columns
-    del Q
-    del Z2, Z3, X
+    C = np.ascontiguousarray(np.column_stack([Z @ A for Z, A in zip(Zs, As)] + [Q * np.sqrt(N), y - Q @ Qy]).T)
+    del Q, Zs, X
+    qs = cols.qs
+    q2 = qs[0]
     m = C.shape[0]
     off2 = _offsets(unit2, J2)
     starts2 = off2[:-1]
-    starts3_rec = off2[_offsets(unit3, J3)[:-1]]
+    starts = []
+    for level in range(3, K + 1):
+        par = parents[level - 2]
+        starts.append(_offsets(par, int(par.max()) + 1)[:-1])
+    starts3_rec = off2[starts[0]]
     n2 = np.diff(off2).astype(float)
     ZZ2 = np.empty((q2, q2, J2))
     Z2B = np.empty((q2, m - q2, J2))
-    BB = np.empty((m - q2, m - q2, J3))
+    BB = np.empty((m - q2, m - q2, starts[0].size))
     for i in range(m):
         for k in range(i, m):
             if k < q2 or i < q2:
@@ -419,12 +575,11 @@ def reduce_standardised(data: NestedData) -> tuple["NestedStats", Standardisatio
             else:
                 BB[i - q2, k - q2] = BB[k - q2, i - q2] = np.add.reduceat(C[i] * C[k], starts3_rec)
     yc = C[-1]
-    starts3 = _offsets(unit3, J3)[:-1]
-    stats = NestedStats(N, n2, unit3, starts3, q2, q3, p, ZZ2, Z2B, BB, float(yc @ yc))
-    return stats, Standardisation(A2, A3, TX, b)
+    stats = LevelsStats(N, n2, tuple(parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, BB, float(yc @ yc))
+    return stats, Standardisation(As, TX, b)
 
 
-# ---------------------------------------------------------------- the solve at (G2, G3)
+# ---------------------------------------------------------------- the solve at (G2, …, GK)
 
 def _sandwich(lam: np.ndarray, A: np.ndarray) -> np.ndarray:
     """Λ'A_jΛ for every unit, component-first: vec(Λ'AΛ) = (Λ⊗Λ)' vec(A), one BLAS product over
@@ -484,17 +639,26 @@ def _absorb(lam: np.ndarray, ZZ: np.ndarray):
     return _sandwich(lam.T, Minv), logdet
 
 
+def _cmm(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """cmm that allows an empty inner or outer dimension."""
+    if X.shape[1] == 0 or X.shape[0] == 0 or Y.shape[1] == 0:
+        return np.zeros((X.shape[0], Y.shape[1], X.shape[2]))
+    return cmm(X, Y)
+
+
+def _tail(A: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """A (a, p+1, J) with its [X|y] columns combined by C (p+1, t) -> (a, t, J)."""
+    return np.tensordot(A, C, axes=([1], [0])).transpose(0, 2, 1)
+
+
 @dataclass
-class NestedSolve:
-    """The nested per-unit algebra at G2 = Λ2Λ2', G3 = Λ3Λ3', and the GLS fit it implies."""
-    stats: NestedStats
-    lam2: np.ndarray
-    lam3: np.ndarray
-    K2: np.ndarray  # (q2, q2, J2)
-    K3: np.ndarray  # (q3, q3, J3)
-    logdet2: np.ndarray  # (J2,)
-    logdet3: np.ndarray  # (J3,)
-    W: np.ndarray  # (nb, nb, J3) Σ_j∈k B'(σ²V2⁻¹)B
+class LevelsSolve:
+    """The nested per-unit algebra at Gℓ = ΛℓΛℓ' (ℓ = 2..K), and the GLS fit it implies."""
+    stats: LevelsStats
+    lams: tuple  # Λ2 … ΛK
+    Ks: tuple  # Kℓ (qℓ, qℓ, Jℓ)
+    logdets: tuple  # log|Mℓ| (Jℓ,)
+    Ws: tuple  # Wℓ (nbℓ, nbℓ, Jℓ), ℓ = 3..K: columns [Zℓ … ZK | X | y] of R_{ℓ−1}⁻¹
     P: np.ndarray
     cholP: np.ndarray
     c: np.ndarray
@@ -502,13 +666,38 @@ class NestedSolve:
     gamma: np.ndarray
     rss: float
 
+    # three-level names
+    @property
+    def lam2(self):
+        return self.lams[0]
+
+    @property
+    def lam3(self):
+        return self.lams[1]
+
+    @property
+    def K2(self):
+        return self.Ks[0]
+
+    @property
+    def K3(self):
+        return self.Ks[1]
+
+    @property
+    def W(self):
+        return self.Ws[0]
+
+    @property
+    def Gs(self) -> tuple:
+        return tuple(lam @ lam.T for lam in self.lams)
+
     @property
     def G2(self) -> np.ndarray:
-        return self.lam2 @ self.lam2.T
+        return self.Gs[0]
 
     @property
     def G3(self) -> np.ndarray:
-        return self.lam3 @ self.lam3.T
+        return self.Gs[1]
 
     def dof(self, reml: bool) -> float:
         return self.stats.N - self.stats.p if reml else self.stats.N
@@ -520,7 +709,7 @@ class NestedSolve:
         return 2.0 * float(np.log(np.diag(self.cholP)).sum())
 
     def logdet_V(self) -> float:
-        return float(self.logdet2.sum() + self.logdet3.sum())
+        return float(sum(ld.sum() for ld in self.logdets))
 
     def profiled_deviance(self, reml: bool) -> float:
         nu = self.dof(reml)
@@ -540,7 +729,7 @@ class NestedSolve:
         eps = np.finfo(float).eps
         nu = self.dof(reml)
         cancel = (abs(self.stats.yy) + abs(self.stats.yy - self.s) + abs(float(self.c @ self.gamma))) / self.rss
-        logdets = float(np.abs(self.logdet2).sum() + np.abs(self.logdet3).sum())
+        logdets = float(sum(np.abs(ld).sum() for ld in self.logdets))
         logdets += abs(self.log_det_P()) if reml else 0.0
         return 8.0 * eps * (nu * cancel + logdets + nu * abs(np.log(self.rss / nu)))
 
@@ -549,139 +738,156 @@ class NestedSolve:
         return np.linalg.solve(self.cholP.T, np.linalg.solve(self.cholP, np.eye(p)))
 
     # ------------------------------------------------------------ per-unit pieces for Γ, EB, inference
+    def pieces(self, level: int, tail: np.ndarray):
+        """(Zℓ'Ṽ⁻¹Zℓ (q,q,Jℓ), Zℓ'Ṽ⁻¹[X|y]·tail (q,t,Jℓ)) per level-ℓ unit: the downward recursion
+        of the module docstring. `tail` (p+1, t) combines the [X|y] columns first (the residual
+        e = [X|y](−γ̂, 1) alone for ML), so the higher levels carry t columns, not p + 1."""
+        st = self.stats
+        qs = st.qs
+        K = st.n_levels
+        q = qs[level - 2]
+        higher = sum(qs[level - 1:])
+        if level == 2:
+            Szz, Szh, Sxy = st.ZZ2, st.Z2B[:, :higher], st.Z2B[:, higher:]
+        else:
+            W = self.Ws[level - 3]
+            Szz, Szh, Sxy = W[:q, :q], W[:q, q:q + higher], W[:q, q + higher:]
+        H = -_cmm(Szz, self.Ks[level - 2])
+        for a in range(q):
+            H[a, a] += 1.0
+        own = _cmm(H, Szz)
+        T = _cmm(H, Szh)
+        E = _cmm(H, _tail(Sxy, tail))
+        for m in range(level + 1, K + 1):
+            qm = qs[m - 2]
+            if qm == 0:
+                continue
+            anc = st.ancestor(level, m)
+            Tm, T = T[:, :qm], T[:, qm:]
+            TK = _cmm(Tm, self.Ks[m - 2][:, :, anc])
+            own -= _cmm(TK, Tm.transpose(1, 0, 2))
+            Wm = self.Ws[m - 3]
+            hm = sum(qs[m - 1:])
+            if T.shape[1]:
+                T = T - _cmm(TK, Wm[:qm, qm:qm + hm][:, :, anc])
+            E = E - _cmm(TK, _tail(Wm[:qm, qm + hm:], tail)[:, :, anc])
+        return own, E
+
     def level3_pieces(self):
-        """(Z3'Ṽ⁻¹Z3 (q3,q3,J3), Z3'Ṽ⁻¹[X|y] (q3,p+1,J3)) per level-3 unit."""
-        q3 = self.stats.q3
-        S = self.W[:q3, :q3]
-        WB = self.W[:q3, q3:]
-        H3 = -cmm(S, self.K3)
-        for a in range(q3):
-            H3[a, a] += 1.0
-        return cmm(H3, S), cmm(H3, WB)
+        """(Z3'Ṽ⁻¹Z3, Z3'Ṽ⁻¹[X|y]) per level-3 unit (three-level name)."""
+        return self.pieces(3, np.eye(self.stats.p + 1))
 
     def level2_pieces(self):
-        """(Z2'Ṽ⁻¹Z2 (q2,q2,J2), Z2'Ṽ⁻¹[X|y] (q2,p+1,J2)) per level-2 unit."""
-        st = self.stats
-        q2, q3 = st.q2, st.q3
-        H2 = -cmm(st.ZZ2, self.K2)
-        for a in range(q2):
-            H2[a, a] += 1.0
-        ZVZ = cmm(H2, st.ZZ2)
-        ZVB = cmm(H2, st.Z2B[:, q3:])
-        if q3:
-            T = cmm(H2, st.Z2B[:, :q3])  # Z2'R⁻¹Z3
-            K3e = self.K3[:, :, st.unit3]
-            TK = cmm(T, K3e)
-            ZVZ -= cmm(TK, T.transpose(1, 0, 2))
-            ZVB -= cmm(TK, self.W[:q3, q3:][:, :, st.unit3])
-        return ZVZ, ZVB
+        """(Z2'Ṽ⁻¹Z2, Z2'Ṽ⁻¹[X|y]) per level-2 unit (three-level name)."""
+        return self.pieces(2, np.eye(self.stats.p + 1))
 
-    def gradients(self, reml: bool, sigma2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(Γ2, Γ3) = ∂d/∂(G2, G3), symmetric convention, σ² profiled unless given (module docstring).
+    def _tail_matrix(self, reml: bool) -> np.ndarray:
+        p = self.stats.p
+        ge = np.append(-self.gamma, 1.0)[:, None]
+        if not reml:
+            return ge
+        return np.hstack([np.vstack([np.eye(p), np.zeros((1, p))]), ge])
 
-        Only sums over units enter Γ, so the residual is contracted first (v = Z'Ṽ⁻¹[X|y]·(−γ̂, 1))
-        and Σ_j terms are taken as BLAS contractions over (component, unit) axes: the per-unit
-        work at level 2 is a few q×q products, and the p-sized pieces are formed only for REML."""
+    def gradients(self, reml: bool, sigma2: float | None = None) -> tuple:
+        """(Γ2, …, ΓK) = ∂d/∂(G2, …, GK), symmetric convention, σ² profiled unless given (module
+        docstring). Only sums over units enter Γ: the residual is contracted first, and the
+        p-sized pieces are formed only for REML."""
         st = self.stats
-        q2, q3, p = st.q2, st.q3, st.p
+        p = st.p
         s2 = self.sigma2_hat(reml) if sigma2 is None else sigma2
         Pinv = self.Pinv() if reml else None
-        ge = np.append(-self.gamma, 1.0)
-
-        def blocksum(X, Y):  # Σ_j X_j Y_j' for component-first X (a,b,J), Y (c,b,J)
-            return np.tensordot(X, Y, axes=([1, 2], [1, 2]))
-
-        G3 = np.zeros((0, 0))
-        if q3:
-            S = self.W[:q3, :q3]
-            WB = self.W[:q3, q3:]  # (q3, p+1, J3)
-            H3 = -cmm(S, self.K3)
-            for a in range(q3):
-                H3[a, a] += 1.0
-            We = np.tensordot(WB, ge, axes=([1], [0]))  # W_k[Z3, e] (q3, J3)
-            v3 = cmv(H3, We)
-            G3 = np.tensordot(H3, S, axes=([1, 2], [0, 2])) - (v3 @ v3.T) / s2
+        tail = self._tail_matrix(reml)
+        out = []
+        for level, q in enumerate(st.qs, start=2):
+            if q == 0:
+                out.append(np.zeros((0, 0)))
+                continue
+            own, E = self.pieces(level, tail)
+            v = E[:, -1]
+            G = own.sum(axis=2) - (v @ v.T) / s2
             if reml:
-                Q3 = cmm(H3, WB[:, :p])
-                G3 -= blocksum(np.tensordot(Q3, Pinv, axes=([1], [0])).transpose(0, 2, 1), Q3)
-            G3 = 0.5 * (G3 + G3.T)
-        G2 = np.zeros((0, 0))
-        if q2:
-            A = st.ZZ2
-            H2 = -cmm(A, self.K2)
-            for a in range(q2):
-                H2[a, a] += 1.0
-            ZXy = st.Z2B[:, q3:]
-            f = cmv(H2, np.tensordot(ZXy, ge, axes=([1], [0])))  # H2 Z2'e (q2, J2)
-            G2 = np.tensordot(H2, A, axes=([1, 2], [0, 2]))
-            if q3:
-                T = cmm(H2, st.Z2B[:, :q3])  # Z2'R⁻¹Z3 (q2, q3, J2)
-                K3e = self.K3[:, :, st.unit3]
-                TK = cmm(T, K3e)
-                G2 -= blocksum(TK, T)
-                w = cmv(self.K3, We)[:, st.unit3]  # K3_k W_k[Z3, e] per level-2 unit
-                v2 = f - cmv(T, w)
+                Q = E[:, :p]
+                G -= np.tensordot(np.tensordot(Q, Pinv, axes=([1], [0])).transpose(0, 2, 1), Q,
+                                  axes=([1, 2], [1, 2]))
+            out.append(0.5 * (G + G.T))
+        return tuple(out)
+
+    def posterior_levels(self, sigma2: float) -> tuple:
+        """EB per level ℓ = 2..K: ((E bℓ (Jℓ,qℓ), Var bℓ (Jℓ,qℓ,qℓ)), …), given γ̂."""
+        st = self.stats
+        tail = self._tail_matrix(False)
+        out = []
+        for level, (q, G) in enumerate(zip(st.qs, self.Gs), start=2):
+            J = st.J(level)
+            if q == 0:
+                out.append((np.zeros((J, 0)), np.zeros((J, 0, 0))))
+                continue
+            own, E = self.pieces(level, tail)
+            mean = (G @ E[:, -1]).T
+            if level == st.n_levels:
+                var = sigma2 * self.Ks[-1].transpose(2, 0, 1)
             else:
-                v2 = f
-            G2 -= (v2 @ v2.T) / s2
-            if reml:
-                Q2 = cmm(H2, ZXy[:, :p])
-                if q3:
-                    Q2 -= cmm(TK, WB[:, :p][:, :, st.unit3])
-                G2 -= blocksum(np.tensordot(Q2, Pinv, axes=([1], [0])).transpose(0, 2, 1), Q2)
-            G2 = 0.5 * (G2 + G2.T)
-        return G2, G3
+                var = sigma2 * (G[None] - np.einsum("ab,bcj,cd->jad", G, own, G))
+            out.append((mean, 0.5 * (var + var.transpose(0, 2, 1))))
+        return tuple(out)
 
     def posterior(self, sigma2: float):
-        """EB: (E r_j (J2,q2), Var r_j (J2,q2,q2), E u_k (J3,q3), Var u_k (J3,q3,q3)), given γ̂."""
-        st = self.stats
-        res = []
-        for level, q, G in ((2, st.q2, self.G2), (3, st.q3, self.G3)):
-            J = st.J2 if level == 2 else st.J3
-            if q == 0:
-                res += [np.zeros((J, 0)), np.zeros((J, 0, 0))]
-                continue
-            ZVZ, ZVB = self.level2_pieces() if level == 2 else self.level3_pieces()
-            v = ZVB[:, st.p] - np.einsum("qpj,p->qj", ZVB[:, : st.p], self.gamma)
-            mean = (G @ v).T
-            if level == 3:
-                var = sigma2 * self.K3.transpose(2, 0, 1)
-            else:
-                var = sigma2 * (G[None] - np.einsum("ab,bcj,cd->jad", G, ZVZ, G))
-            res += [mean, 0.5 * (var + var.transpose(0, 2, 1))]
-        return tuple(res)
+        """Three levels: (E r_j, Var r_j, E u_k, Var u_k)."""
+        (rm, rv), (um, uv) = self.posterior_levels(sigma2)[:2]
+        return rm, rv, um, uv
 
-    def scores3(self) -> np.ndarray:
-        """σ²X_k'V_k⁻¹e_k per level-3 unit (J3, p): the scores of γ for the sandwich."""
+    def scores(self) -> np.ndarray:
+        """σ²X_k'V_k⁻¹e_k per top unit (J_K, p): the scores of γ for the sandwich."""
         st = self.stats
-        q3, p = st.q3, st.p
-        Wx = self.W[q3:, q3:]  # (p+1, p+1, J3)
+        qK, p = st.qs[-1], st.p
+        W = self.Ws[-1]
+        Wx = W[qK:, qK:]  # (p+1, p+1, J_K)
         s = Wx[:p, p].T - np.einsum("abj,b->ja", Wx[:p, :p], self.gamma)
-        if q3:
-            WB = self.W[:q3, q3:]
-            e3 = WB[:, p] - np.einsum("qpj,p->qj", WB[:, :p], self.gamma)
-            s -= np.einsum("qpj,qj->jp", WB[:, :p], cmv(self.K3, e3))
+        if qK:
+            WB = W[:qK, qK:]
+            e = WB[:, p] - np.einsum("qpj,p->qj", WB[:, :p], self.gamma)
+            s -= np.einsum("qpj,qj->jp", WB[:, :p], cmv(self.Ks[-1], e))
         return s
 
+    scores3 = scores
 
-def nested_solve(stats: NestedStats, lam2: np.ndarray, lam3: np.ndarray) -> NestedSolve:
-    """Solve every unit at G2 = Λ2Λ2', G3 = Λ3Λ3'. Raises FloatingPointError when P is not positive
-    definite or rss is not positive (the model is degenerate there)."""
-    q2, q3, p = stats.q2, stats.q3, stats.p
-    lam2 = np.asarray(lam2, dtype=float).reshape(q2, q2)
-    lam3 = np.asarray(lam3, dtype=float).reshape(q3, q3)
+
+NestedSolve = LevelsSolve
+
+
+def levels_solve(stats: LevelsStats, lams) -> LevelsSolve:
+    """Solve every unit at Gℓ = ΛℓΛℓ'. Raises FloatingPointError when P is not positive definite
+    or rss is not positive (the model is degenerate there)."""
+    qs, p = stats.qs, stats.p
+    K = stats.n_levels
+    lams = tuple(np.asarray(lam, dtype=float).reshape(q, q) for lam, q in zip(lams, qs))
+    q2 = qs[0]
     if q2:
-        K2, logdet2 = _absorb(lam2, stats.ZZ2)
-        W = stats.BB - _quad_sum(stats.Z2B, K2, stats.starts3)
+        K2, logdet2 = _absorb(lams[0], stats.ZZ2)
+        W = stats.BB - _quad_sum(stats.Z2B, K2, stats.starts[0])
     else:
         K2, logdet2 = np.zeros((0, 0, stats.J2)), np.zeros(stats.J2)
         W = stats.BB
-    if q3:
-        K3, logdet3 = _absorb(lam3, W[:q3, :q3])
-        tot = W[q3:, q3:].sum(axis=2) - _quad(W[:q3, q3:], K3).sum(axis=2)
-    else:
-        K3, logdet3 = np.zeros((0, 0, stats.J3)), np.zeros(stats.J3)
-        tot = W.sum(axis=2)
+    Ks, logdets, Ws = [K2], [logdet2], []
+    for level in range(3, K + 1):
+        q = qs[level - 2]
+        Ws.append(W)
+        J = W.shape[2]
+        if q:
+            Kl, ld = _absorb(lams[level - 2], W[:q, :q])
+        else:
+            Kl, ld = np.zeros((0, 0, J)), np.zeros(J)
+        Ks.append(Kl)
+        logdets.append(ld)
+        if level < K:
+            nxt = stats.starts[level - 2]
+            W = np.add.reduceat(W[q:, q:], nxt, axis=2)
+            if q:
+                W = W - _quad_sum(Ws[-1][:q, q:], Kl, nxt)
+        elif q:
+            tot = W[q:, q:].sum(axis=2) - _quad(W[:q, q:], Kl).sum(axis=2)
+        else:
+            tot = W.sum(axis=2)
     tot = 0.5 * (tot + tot.T)
     P, c, s = tot[:p, :p], tot[:p, p], float(tot[p, p])
     try:
@@ -692,7 +898,14 @@ def nested_solve(stats: NestedStats, lam2: np.ndarray, lam3: np.ndarray) -> Nest
     rss = s - float(c @ gamma)
     if not rss > 0:
         raise FloatingPointError("the residual sum of squares is not positive")
-    return NestedSolve(stats, lam2, lam3, K2, K3, logdet2, logdet3, W, P, cholP, c, s, gamma, rss)
+    return LevelsSolve(stats, lams, tuple(Ks), tuple(logdets), tuple(Ws), P, cholP, c, s, gamma, rss)
+
+
+def nested_solve(stats: LevelsStats, *lams) -> LevelsSolve:
+    """levels_solve with the factors as separate arguments (three levels: Λ2, Λ3)."""
+    if len(lams) == 1 and isinstance(lams[0], (tuple, list)):
+        lams = tuple(lams[0])
+    return levels_solve(stats, lams)
 
 
 def _factor(G: np.ndarray) -> np.ndarray:
@@ -704,20 +917,23 @@ def _factor(G: np.ndarray) -> np.ndarray:
     return V * np.sqrt(np.clip(w, 0.0, None))
 
 
-def deviance_nested(data: NestedData, sigma2: float, tau_pi: np.ndarray, tau_beta: np.ndarray,
-                    reml: bool = False) -> float:
-    """The ML or REML deviance (lme4's conventions, γ at its GLS value) at given σ², τπ, τβ (PSD,
+def deviance_levels(data, sigma2: float, taus, reml: bool = False) -> float:
+    """The ML or REML deviance (lme4's conventions, γ at its GLS value) at given σ² and τℓ (PSD,
     singular allowed), e.g. to judge another program's estimates."""
-    stats = data if isinstance(data, NestedStats) else reduce_nested(data)
+    stats = data if isinstance(data, LevelsStats) else reduce_nested(data)
     try:
-        us = nested_solve(stats, _factor(np.asarray(tau_pi, float) / sigma2),
-                          _factor(np.asarray(tau_beta, float) / sigma2))
+        us = levels_solve(stats, tuple(_factor(np.asarray(t, float) / sigma2) for t in taus))
     except (FloatingPointError, np.linalg.LinAlgError):
         return float("inf")
     return us.deviance(sigma2, reml)
 
 
-def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000) -> NestedFit:
-    """The certified (RE)ML fit over PSD τπ × PSD τβ; see nested_fit.py."""
+def deviance_nested(data, sigma2: float, tau_pi: np.ndarray, tau_beta: np.ndarray, reml: bool = False) -> float:
+    """deviance_levels at three levels (τπ, τβ)."""
+    return deviance_levels(data, sigma2, (tau_pi, tau_beta), reml)
+
+
+def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFit:
+    """The certified (RE)ML fit over the PSD τ blocks of every level; see nested_fit.py."""
     from .nested_fit import fit_nested as _fit
     return _fit(data, reml=reml, max_iterations=max_iterations)

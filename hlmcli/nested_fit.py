@@ -26,56 +26,67 @@ from scipy import optimize, stats as sps
 from .certificate import Face, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
 from .estimation import chol_psd, escape_along, newton_on_face, tol_decrement
-from .nested import (NestedData, NestedFit, NestedSolve, NestedStats, _columns, _factor, nested_solve,
-                     reduce_nested, reduce_standardised)
+from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit,
+                     _factor, as_levels, columns_of, levels_solve, reduce_nested, reduce_standardised)
 from .unitsolve import unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
 
 
-# ---------------------------------------------------------------- the objective over (G2, G3)
+def tau_names(n_levels: int) -> tuple:
+    """The τ block of each level 2..K, named after the coefficients it varies: τπ (level 2), τβ, τγ, …"""
+    return tuple(f"tau_{COEFFICIENT_NAMES[i]}" for i in range(n_levels - 1))
+
+
+# ---------------------------------------------------------------- the objective over (G2, …, GK)
 
 class Objective:
-    def __init__(self, stats: NestedStats, reml: bool):
+    """The profiled deviance over (G2, …, GK) on standardised stats: estimation.DevianceObjective, the
+    protocol of the two-level Objective, with a tuple of blocks as its point."""
+
+    def __init__(self, stats: LevelsStats, reml: bool):
         self.stats, self.reml, self.count = stats, reml, 0
         self._cache: list = []
 
-    def solve(self, lam2, lam3) -> NestedSolve:
+    def solve(self, *lams) -> LevelsSolve:
         # the search asks for the value, the gradient and the rounding noise at the same point:
         # the last few solves are kept (keyed on the exact factors)
-        key = (np.asarray(lam2, float).tobytes(), np.asarray(lam3, float).tobytes())
+        if len(lams) == 1 and isinstance(lams[0], (tuple, list)):
+            lams = tuple(lams[0])
+        key = tuple(np.asarray(lam, float).tobytes() for lam in lams)
         for k, us in self._cache:
             if k == key:
                 return us
         self.count += 1
-        us = nested_solve(self.stats, lam2, lam3)
+        us = levels_solve(self.stats, lams)
         self._cache = [(key, us)] + self._cache[:3]
         return us
 
     def at(self, Gs):
         try:
-            us = self.solve(_factor(Gs[0]), _factor(Gs[1]))
+            us = self.solve(tuple(_factor(G) for G in Gs))
         except (FloatingPointError, np.linalg.LinAlgError):
-            return np.inf, (np.zeros_like(Gs[0]), np.zeros_like(Gs[1]))
+            return np.inf, tuple(np.zeros_like(G) for G in Gs)
         return us.profiled_deviance(self.reml), us.gradients(self.reml)
 
     def value(self, Gs) -> float:
         try:
-            return self.solve(_factor(Gs[0]), _factor(Gs[1])).profiled_deviance(self.reml)
+            return self.solve(tuple(_factor(G) for G in Gs)).profiled_deviance(self.reml)
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf
 
     def noise(self, Gs) -> float:
         try:
-            return self.solve(_factor(Gs[0]), _factor(Gs[1])).rounding_noise(self.reml)
+            return self.solve(tuple(_factor(G) for G in Gs)).rounding_noise(self.reml)
         except (FloatingPointError, np.linalg.LinAlgError):
             return 0.0
 
 
 class BlockFace:
-    """The face of PSD(q2) × PSD(q3) through (G2, G3): the product of the blocks' faces."""
+    """The face of PSD(q2) × … × PSD(qK) through (G2, …, GK): the product of the blocks' faces."""
 
-    def __init__(self, Gs, min_ranks=(0, 0)):
+    def __init__(self, Gs, min_ranks=None):
+        min_ranks = (0,) * len(Gs) if min_ranks is None else min_ranks
         self.faces = [Face(G, False, min_rank=m) if G.shape[0] else None for G, m in zip(Gs, min_ranks)]
         self.sizes = [f.size if f is not None else 0 for f in self.faces]
         self.qs = [G.shape[0] for G in Gs]
@@ -85,11 +96,11 @@ class BlockFace:
         return sum(self.sizes)
 
     @property
-    def ranks(self) -> tuple[int, int]:
+    def ranks(self) -> tuple:
         return tuple(f.r if f is not None else 0 for f in self.faces)
 
     def split(self, x):
-        return x[: self.sizes[0]], x[self.sizes[0]:]
+        return np.split(x, np.cumsum(self.sizes)[:-1])
 
     def x0(self) -> np.ndarray:
         return np.concatenate([f.x0() if f is not None else np.zeros(0) for f in self.faces])
@@ -133,8 +144,8 @@ class BlockFace:
 @dataclass
 class NestedCertificate:
     certified: bool
-    ranks: tuple[int, int]  # ranks of τπ and τβ at the answer
-    qs: tuple[int, int]
+    ranks: tuple  # ranks of the τ blocks (levels 2..K) at the answer
+    qs: tuple
     face_decrement: float
     face_gradient: float
     null_eigenvalues: list  # per block: λ_min(V₀'ΓV₀), None when that block is positive definite
@@ -148,7 +159,7 @@ class NestedCertificate:
 
     def describe(self) -> str:
         parts = [f"face decrement {self.face_decrement:.1E}"]
-        for name, mu in zip(("tau_pi", "tau_beta"), self.null_eigenvalues):
+        for name, mu in zip(tau_names(len(self.qs) + 1), self.null_eigenvalues):
             if mu is not None:
                 parts.append(f"smallest {name} null-space gradient eigenvalue {mu:+.1E}")
         if self.hessian_eigenvalue is not None:
@@ -203,7 +214,7 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCert
         decrement, grad_max, hmin = face_conditions(H, g, tol, failed,
                                                     lambda e: name_direction(face.G, x0, e, ("tau_pi", "tau_beta")))
     mus, decs, descent, dstep = [], [], None, 1.0
-    for b, name in enumerate(("tau_pi", "tau_beta")):
+    for b, name in enumerate(tau_names(len(Gs) + 1)):
         mu, dec, D, st = _null_check_block(obj, Gs, Gams, face, b, tol, dev)
         mus.append(mu)
         decs.append(dec)
@@ -221,36 +232,36 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCert
 # ---------------------------------------------------------------- the search
 
 def _lbfgs(obj: Objective, Gs0, maxiter: int):
-    q2, q3 = Gs0[0].shape[0], Gs0[1].shape[0]
-    i2, i3 = np.tril_indices(q2), np.tril_indices(q3)
-    n2 = len(i2[0])
-    theta0 = np.concatenate([chol_psd(Gs0[0])[i2], chol_psd(Gs0[1])[i3]])
+    qs = [G.shape[0] for G in Gs0]
+    idx = [np.tril_indices(q) for q in qs]
+    cuts = np.cumsum([len(i[0]) for i in idx])[:-1]
+    theta0 = np.concatenate([chol_psd(G)[i] for G, i in zip(Gs0, idx)])
     if theta0.size == 0:  # no random effects: the GLS fit is ordinary least squares, nothing to search
         return Gs0, obj.value(Gs0), 0, "no covariance parameters besides sigma2"
-    bounds = ([(0.0, None) if r == c else (None, None) for r, c in zip(*i2)]
-              + [(0.0, None) if r == c else (None, None) for r, c in zip(*i3)])
+    bounds = [(0.0, None) if r == c else (None, None) for i in idx for r, c in zip(*i)]
 
     def lams(theta):
-        l2, l3 = np.zeros((q2, q2)), np.zeros((q3, q3))
-        l2[i2] = theta[:n2]
-        l3[i3] = theta[n2:]
-        return l2, l3
+        out = []
+        for q, i, t in zip(qs, idx, np.split(theta, cuts)):
+            lam = np.zeros((q, q))
+            lam[i] = t
+            out.append(lam)
+        return tuple(out)
 
     def fun(theta):
-        l2, l3 = lams(theta)
+        ls = lams(theta)
         try:
-            us = obj.solve(l2, l3)
+            us = obj.solve(ls)
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(theta)
-        g2, g3 = us.gradients(obj.reml)
-        return us.profiled_deviance(obj.reml), np.concatenate([(2.0 * g2 @ l2)[i2], (2.0 * g3 @ l3)[i3]])
+        gs = us.gradients(obj.reml)
+        return us.profiled_deviance(obj.reml), np.concatenate([(2.0 * g @ lam)[i] for g, lam, i in zip(gs, ls, idx)])
 
     res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                             # tighter than two levels: ending closer to the optimum usually saves the
                             # Newton polish its second face Hessian (2·face-size evaluations)
                             options={"maxiter": max(1, maxiter), "ftol": 1e-13, "gtol": 1e-9, "maxcor": 20})
-    l2, l3 = lams(res.x)
-    return (l2 @ l2.T, l3 @ l3.T), float(res.fun), int(res.nit), str(res.message)
+    return tuple(lam @ lam.T for lam in lams(res.x)), float(res.fun), int(res.nit), str(res.message)
 
 
 def _face_newton(obj: Objective, Gs, max_steps: int = 30):
@@ -269,7 +280,7 @@ def _face_newton(obj: Objective, Gs, max_steps: int = 30):
         if dev <= dev0 + tol_decrement(dev0, noise):
             break
         widened = False
-        for b in range(2):
+        for b in range(len(face.faces)):
             f = face.faces[b]
             if f is not None and f.r < f.q:
                 trial = list(face.ranks)
@@ -326,9 +337,9 @@ def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: st
     return Gs, dev, cert, iterations, message
 
 
-def search(obj: Objective, q2: int, q3: int, max_iterations: int):
+def search(obj: Objective, qs, max_iterations: int):
     """From the best of the starts to the certified optimum (or the best uncertified point)."""
-    starts = [("identity", (0.25 * np.eye(q2), 0.25 * np.eye(q3)))]
+    starts = [("identity", tuple(0.25 * np.eye(q) for q in qs))]
     iterations = 0
     G1, d1, nit, msg = _lbfgs(obj, starts[0][1], max_iterations)
     iterations += nit
@@ -338,7 +349,7 @@ def search(obj: Objective, q2: int, q3: int, max_iterations: int):
     if cert.certified and cert.ranks != cert.qs and iterations < max_iterations:
         # a certified boundary answer is a local optimum; false boundaries and other local optima
         # live there, so a second start from larger variances gets its chance (as at two levels)
-        G1, d1, nit, m1 = _lbfgs(obj, (2.5 * np.eye(q2), 2.5 * np.eye(q3)), max_iterations - iterations)
+        G1, d1, nit, m1 = _lbfgs(obj, tuple(2.5 * np.eye(q) for q in qs), max_iterations - iterations)
         iterations += nit
         G1, d1, c1, used, m1 = _polish_and_certify(obj, G1, d1, max_iterations - iterations, m1)
         iterations += used
@@ -346,11 +357,11 @@ def search(obj: Objective, q2: int, q3: int, max_iterations: int):
             Gs, dev, cert, start, message = G1, d1, c1, "identity*10", m1
     if not cert.certified and iterations < max_iterations:
         rng = np.random.default_rng(20261123)
-        extra = [("identity/100", (0.0025 * np.eye(q2), 0.0025 * np.eye(q3))),
-                 ("identity*10", (2.5 * np.eye(q2), 2.5 * np.eye(q3)))]
+        extra = [("identity/100", tuple(0.0025 * np.eye(q) for q in qs)),
+                 ("identity*10", tuple(2.5 * np.eye(q) for q in qs))]
         for k in range(3):
             Ms = []
-            for q in (q2, q3):
+            for q in qs:
                 M = rng.normal(size=(q, q))
                 Ms.append(M @ M.T / max(q, 1) + 0.1 * np.eye(q))
             extra.append((f"random {k + 1}", tuple(Ms)))
@@ -370,129 +381,181 @@ def search(obj: Objective, q2: int, q3: int, max_iterations: int):
 
 # ---------------------------------------------------------------- inference
 
-def hlm3_df(data: NestedData, J2: int, J3: int, N: int) -> np.ndarray:
-    """Approximate d.f. of each γ_pqs, the rules used (none is checked against HLM 7 output here):
-    - β_pq random at level 3: K − (number of γ's in β_pq's equation), K the level-3 units; with an
-      intercept this is HLM3's K − S − 1 (Raudenbush & Bryk 2002, ch. 8);
-    - β_pq not random at level 3 but π_p random at level 2: J2 − (number of γ's in π_p's equations
-      that belong to β's not random at level 3), J2 the level-2 units: HLM2's J − S − 1 with the
-      level-2 units as J (an analogue; UNVERIFIED);
-    - neither random: N − p (UNVERIFIED; HLM 7's HLM2 uses N − J·R − F for fixed level-1
-      coefficients, HLM 6 used N − p)."""
+def hlm_df(data, n_units: dict, N: int) -> np.ndarray:
+    """Approximate d.f. of each fixed effect, the rules used (none is checked against HLM 7 output here):
+    - its coefficient one level down (the level-(K−1) coefficient whose equation it is in) random at
+      level K: K-units − (number of terms in that equation); with an intercept this is HLM3's
+      K − S − 1 (Raudenbush & Bryk 2002, ch. 8);
+    - otherwise the nearest coefficient below on its path that is random, at level ℓ: ℓ-units −
+      (number of fixed effects under that coefficient reached through no other random coefficient):
+      HLM2's J − S − 1 with the level-ℓ units as J (an analogue; UNVERIFIED);
+    - no random coefficient on its path: N − p (UNVERIFIED; HLM 7's HLM2 uses N − J·R − F for fixed
+      level-1 coefficients, HLM 6 used N − p)."""
+    data = as_levels(data)
+    K = data.n_levels
+    cols = columns_of(data.layout, K)
+    p = len(cols.x)
     out = []
-    p = sum(len(b.level3_cols) for pi in data.layout.pis for b in pi.betas)
-    for pi in data.layout.pis:
-        fixed_gammas = sum(len(b.level3_cols) for b in pi.betas if not b.random)
-        for beta in pi.betas:
-            for _ in beta.level3_cols:
-                if beta.random:
-                    out.append(J3 - len(beta.level3_cols))
-                elif pi.random:
-                    out.append(J2 - fixed_gammas)
-                else:
-                    out.append(N - p)
+    for nodes in cols.x_path_nodes:
+        df = N - p
+        for depth in range(K - 1, 0, -1):  # the coefficient at depth d is random at level d + 1
+            node = nodes[depth - 1]
+            if not node.random:
+                continue
+            df = n_units[depth + 1] - _fixed_under(node, depth, K)
+            break
+        out.append(df)
     return np.array(out, dtype=float)
 
 
-def _sigma_inv_diag(S: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """diag(S_j⁻¹) for unit-first S where ok, nan elsewhere."""
-    out = np.full(S.shape[:2], np.nan)
-    if ok.any():
-        out[ok] = np.diagonal(np.linalg.inv(S[ok]), axis1=1, axis2=2)
-    return out
+def _fixed_under(node, depth: int, K: int) -> int:
+    """Fixed effects under a coefficient reached through no random coefficient below it."""
+    if depth == K:
+        return 1
+    return sum(_fixed_under(t, depth + 1, K) for t in node.terms if depth + 1 == K or not t.random)
+
+
+def hlm3_df(data: NestedData, J2: int, J3: int, N: int) -> np.ndarray:
+    """hlm_df at three levels."""
+    return hlm_df(data, {2: J2, 3: J3}, N)
 
 
 def _pchisq_upper(chi2: float, df: float) -> float:
     return float(sps.chi2.sf(chi2, df)) if df > 0 else float("nan")
 
 
-def level_tests(data: NestedData, raw: NestedStats, solve_user: dict, sigma2: float, tau_pi, tau_beta):
-    """Reliabilities and χ² tests at levels 2 and 3 (formulas in fit_nested's docstring)."""
-    cols = _columns(data.layout)
-    pis = data.layout.pis
-    q2, q3 = raw.q2, raw.q3
-    gamma = solve_user["gamma"]
-    eb_beta = solve_user["eb_beta"]  # (J3, q3)
-    J2, J3 = raw.J2, raw.J3
-    P = len(pis)
-    X2 = np.asarray(data.X2, float)
-    W3 = np.asarray(data.W3, float)
-    one2 = np.ones(J2)
-    x2 = lambda c: one2 if c is None else X2[:, c]  # noqa: E731
-    w3 = lambda s: np.ones(J3) if s is None else W3[:, s]  # noqa: E731
-    # β*_pq per level-2 unit: fixed part + level-3 EB (for random β's)
-    rb = {}
+def _has_fixed(node, depth: int, K: int) -> bool:
+    return depth == K or any(_has_fixed(t, depth + 1, K) for t in node.terms)
+
+
+def _stars(data: LevelsData, gamma: np.ndarray, eb: tuple):
+    """For each coefficient of a level-d equation (d < K), keyed by its id: its fitted value per
+    level-(d+1) unit from its own equation (`fit`: the fixed part plus the EB of the higher levels)
+    and `star` = fit + its own level-(d+1) EB when it is random (R&B's β* one level at a time)."""
+    K = data.n_levels
+    preds = [np.asarray(a, float) for a in data.predictors]
+    parents = [np.asarray(x, dtype=np.int64) for x in data.parents]
+    fit, star = {}, {}
+    counters = {"g": 0, **{lv: 0 for lv in range(2, K + 1)}}
+
+    def walk(node, depth):
+        if depth == K:
+            g = gamma[counters["g"]]
+            counters["g"] += 1
+            return g
+        level = depth + 1
+        J = preds[level - 1].shape[0]
+        f = np.zeros(J)
+        if node.random:  # DFS order of the random coefficients is their order in τ_level
+            a = counters[level]
+            counters[level] += 1
+        for t in node.terms:
+            v = walk(t, depth + 1)
+            if depth + 1 < K:
+                v = v[parents[level - 1]]  # level-(level+1) values onto level-`level` units
+            x = 1.0 if t.col is None else preds[level - 1][:, t.col]
+            f = f + v * x
+        fit[id(node)] = f
+        star[id(node)] = f + (eb[level - 2][:, a] if node.random else 0.0)
+        return star[id(node)]
+
+    for node in data.layout:
+        walk(node, 1)
+    return fit, star
+
+
+def _user_W(us: LevelsSolve, tr, level: int, sigma2: float) -> np.ndarray:
+    """Wℓ/σ² in the user's columns: [Z|X|y] = [Z̃|X̃|ỹ]·M, M = diag(Aℓ⁻¹ … AK⁻¹, TX⁻¹, 1) with
+    TX⁻¹b in y's column (ỹ = y − Xb), so W_user = M'W̃M."""
+    st = us.stats
+    blocks = [np.linalg.inv(A) for A in tr.As[level - 2:]]
+    TXi = np.linalg.inv(tr.TX)
+    n = sum(b.shape[0] for b in blocks) + st.p + 1
+    M = np.zeros((n, n))
     k = 0
-    for ip, pi in enumerate(pis):
-        for iq, beta in enumerate(pi.betas):
-            if beta.random:
-                rb[(ip, iq)] = k
-                k += 1
-    gi = 0
-    beta_star = {}  # (ip, iq) -> (J3,) fixed+EB value; beta_fixed -> fitted Σγ W
-    beta_fit = {}
-    for ip, pi in enumerate(pis):
-        for iq, beta in enumerate(pi.betas):
-            f = np.zeros(J3)
-            for s in beta.level3_cols:
-                f += gamma[gi] * w3(s)
-                gi += 1
-            beta_fit[(ip, iq)] = f
-            beta_star[(ip, iq)] = f + (eb_beta[:, rb[(ip, iq)]] if beta.random else 0.0)
-    # π fitted per level-2 unit: Σ_q β*_pq X_q
-    pi_fit = np.zeros((P, J2))
-    for ip, pi in enumerate(pis):
-        for iq, beta in enumerate(pi.betas):
-            pi_fit[ip] += beta_star[(ip, iq)][raw.unit3] * x2(beta.level2_col)
-    DD = raw.DD  # (P+1, P+1, J2)
-    # ---- level 2
-    rel_pi, chi_pi = np.full(q2, np.nan), []
-    if q2:
-        z2 = np.array(cols.z2)
-        fixed_p = [ip for ip in range(P) if not pis[ip].random]
-        ZZ = DD[z2[:, None], z2[None, :]].transpose(2, 0, 1)
-        # Z'ỹ with ỹ = y − Σ_{fixed π} a_p π*_p: the fixed π's at their fixed + level-3 EB values
-        Zy = DD[z2, P].T.copy()
-        for ip in fixed_p:
-            Zy -= (DD[z2, ip] * pi_fit[ip]).T
-        fit = unit_ols(ZZ, Zy, raw.n2, None)
-        ok = fit.ok
-        V = sigma2 * np.diagonal(fit.inv, axis1=1, axis2=2)  # (J2, q2), nan where not ok
-        tau_d = np.diag(tau_pi)
-        rel_pi = np.array([float(np.mean(tau_d[a] / (tau_d[a] + V[ok, a]))) if ok.any() else np.nan for a in range(q2)])
-        for a, ip in enumerate(z2):
-            dev = fit.beta[ok, a] - pi_fit[ip][ok]
+    for b in blocks:
+        M[k:k + b.shape[0], k:k + b.shape[0]] = b
+        k += b.shape[0]
+    M[k:k + st.p, k:k + st.p] = TXi
+    M[k:k + st.p, -1] = TXi @ tr.b
+    M[-1, -1] = 1.0
+    W = us.Ws[level - 3]
+    return np.einsum("ba,bcj,cd->adj", M, W, M) / sigma2
+
+
+def level_tests(data, raw: LevelsStats, us: LevelsSolve, tr, sigma2: float, taus, gamma, eb):
+    """Reliabilities and χ² tests at every level 2..K (formulas in fit_nested's docstring).
+    Returns (reliabilities, chi2) as tuples over the levels."""
+    data = as_levels(data)
+    K = data.n_levels
+    cols = columns_of(data.layout, K)
+    qs, p = raw.qs, raw.p
+    fit, star = _stars(data, gamma, eb)
+    # the coefficient at depth d of every column's path
+    zpaths = [[] for _ in range(K - 1)]
+
+    def collect(node, depth, nodes):
+        nodes = nodes + (node,)
+        if depth < K:
+            if node.random:
+                zpaths[depth - 1].append(nodes)
+            for t in node.terms:
+                collect(t, depth + 1, nodes)
+
+    for node in data.layout:
+        collect(node, 1, ())
+    rels, chis = [], []
+    for level in range(2, K + 1):
+        q = qs[level - 2]
+        if q == 0:
+            rels.append(np.full(0, np.nan))
+            chis.append([])
+            continue
+        depth = level - 1
+        nodes = [path[-1] for path in zpaths[level - 2]]
+        # ỹ = y minus the coefficients of depth `depth` that are not random, at their fitted values:
+        # their fixed effects at γ̂ and their higher-level random columns at the EB means
+        keep_x = np.array([not path[depth - 1].random for path in cols.x_path_nodes], dtype=float)
+        J = raw.J(level)
+        if level == 2:
+            Szz = raw.ZZ2
+            rest = raw.Z2B  # [Z3 … ZK | X | y]
+        else:
+            W = _user_W(us, tr, level, sigma2)
+            Szz, rest = W[:q, :q], W[:q, q:]
+        zy = rest[:, -1] - np.einsum("qpj,p->qj", rest[:, -1 - p:-1], gamma * keep_x)
+        k = 0
+        for m in range(level + 1, K + 1):
+            qm = qs[m - 2]
+            if qm:
+                keep = np.array([not path[depth - 1].random for path in zpaths[m - 2]], dtype=float)
+                ebm = (eb[m - 2] * keep)[raw.ancestor(level, m)] if level < m else None
+                zy = zy - np.einsum("qaj,ja->qj", rest[:, k:k + qm], ebm)
+            k += qm
+        fits = np.array([fit[id(n)][:J] if np.ndim(fit[id(n)]) else np.full(J, fit[id(n)]) for n in nodes])
+        if level == 2:
+            ols = unit_ols(Szz.transpose(2, 0, 1), zy.T, raw.n2, None)
+            ok, bhat = ols.ok, ols.beta
+            V = sigma2 * np.diagonal(ols.inv, axis1=1, axis2=2)
+        else:
+            S = Szz.transpose(2, 0, 1)
+            eig = np.linalg.eigvalsh(S)
+            ok = eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300)
+            Sinv = np.full_like(S, np.nan)
+            Sinv[ok] = np.linalg.inv(S[ok])
+            bhat = np.einsum("kab,bk->ka", Sinv, zy)
+            V = np.diagonal(Sinv, axis1=1, axis2=2)
+        tau_d = np.diag(taus[level - 2])
+        rels.append(np.array([float(np.mean(tau_d[a] / (tau_d[a] + V[ok, a]))) if ok.any() else np.nan
+                              for a in range(q)]))
+        chi_l = []
+        for a, node in enumerate(nodes):
+            dev = bhat[ok, a] - fits[a][ok]
             chi = float(np.sum(dev * dev / V[ok, a]))
-            df = int(ok.sum()) - sum(len(b.level3_cols) > 0 for b in pis[ip].betas)
-            chi_pi.append({"chi2": chi, "df": df, "p": _pchisq_upper(chi, df), "n_units": int(ok.sum())})
-    # ---- level 3: GLS of the random β's from each level-3 unit's data given τπ
-    rel_beta, chi_beta = np.full(q3, np.nan), []
-    if q3:
-        S = solve_user["S3"]  # (J3, q3, q3) Z3'(V2)⁻¹Z3 (σ² included)
-        Zy3 = solve_user["Z3Vy"].copy()  # (J3, q3) Z3'V2⁻¹y
-        Z3VX = solve_user["Z3VX"]  # (J3, q3, p)
-        fixed_cols = [i for i, (ip, c, s, idx) in enumerate(cols.x) if idx is None]
-        if fixed_cols:
-            Zy3 -= Z3VX[:, :, fixed_cols] @ gamma[fixed_cols]
-        eig = np.linalg.eigvalsh(S)
-        ok = eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300)
-        Sinv = np.full_like(S, np.nan)
-        Sinv[ok] = np.linalg.inv(S[ok])
-        bhat = np.einsum("kab,kb->ka", Sinv, Zy3)
-        V = np.diagonal(Sinv, axis1=1, axis2=2)
-        tau_d = np.diag(tau_beta)
-        rel_beta = np.array([float(np.mean(tau_d[a] / (tau_d[a] + V[ok, a]))) if ok.any() else np.nan for a in range(q3)])
-        a = 0
-        for ip, pi in enumerate(pis):
-            for iq, beta in enumerate(pi.betas):
-                if not beta.random:
-                    continue
-                dev = bhat[ok, a] - beta_fit[(ip, iq)][ok]
-                chi = float(np.sum(dev * dev / V[ok, a]))
-                df = int(ok.sum()) - len(beta.level3_cols)
-                chi_beta.append({"chi2": chi, "df": df, "p": _pchisq_upper(chi, df), "n_units": int(ok.sum())})
-                a += 1
-    return rel_pi, rel_beta, chi_pi, chi_beta
+            df = int(ok.sum()) - sum(_has_fixed(t, depth + 1, K) for t in node.terms)
+            chi_l.append({"chi2": chi, "df": df, "p": _pchisq_upper(chi, df), "n_units": int(ok.sum())})
+        chis.append(chi_l)
+    return tuple(rels), tuple(chis)
 
 
 def boundary_messages(G: np.ndarray, tau: np.ndarray, name: str, labels: list[str], rank: int) -> list[str]:
@@ -518,113 +581,117 @@ def boundary_messages(G: np.ndarray, tau: np.ndarray, name: str, labels: list[st
     return out
 
 
-def estimable(raw: NestedStats) -> None:
+def estimable(raw: LevelsStats) -> None:
     """Refuse, in one line, models whose parameters cannot be estimated from these data (as lme4
     does: a grouping factor needs more than one level and fewer levels than observations)."""
-    N, J2, J3, q2, q3, p = raw.N, raw.J2, raw.J3, raw.q2, raw.q3, raw.p
+    N, p, K = raw.N, raw.p, raw.n_levels
     if p == 0:
-        raise ModelError("the model has no fixed effects (every level-3 equation is empty)")
+        raise ModelError(f"the model has no fixed effects (every level-{K} equation is empty)")
     if N <= p:
         raise ModelError(f"only {N} records for {p} fixed effects; the model needs more data")
-    if q3 and J3 < 2:
-        raise ModelError(f"the data have {J3} level-3 unit; level-3 random effects need at least 2 units "
-                         "(remove the u terms or use a two-level model)")
-    if q2 and J2 < 2:
-        raise ModelError(f"the data have {J2} level-2 unit; level-2 random effects need at least 2 units")
-    if q2 and N <= J2 * q2:
-        raise ModelError(f"{N} records for {J2} level-2 units with {q2} random effect{'s' if q2 != 1 else ''} each: "
-                         "the level-1 variance cannot be separated from the level-2 ones (lme4 refuses this too); "
-                         "remove r terms or use data with more records per level-2 unit")
-    if q3 and N <= J3 * q3:
-        raise ModelError(f"{N} records for {J3} level-3 units with {q3} random effect{'s' if q3 != 1 else ''} each: "
-                         "the level-1 variance cannot be separated from the level-3 ones; remove u terms")
+    letters = "ruvw"
+    for level in range(K, 1, -1):
+        q, J = raw.qs[level - 2], raw.J(level)
+        if q and J < 2:
+            raise ModelError(f"the data have {J} level-{level} unit; level-{level} random effects need at least 2 "
+                             f"units (remove the {letters[level - 2]} terms or use a model of fewer levels)")
+    for level in range(2, K + 1):
+        q, J = raw.qs[level - 2], raw.J(level)
+        if q and N <= J * q:
+            raise ModelError(f"{N} records for {J} level-{level} units with {q} random effect{'s' if q != 1 else ''} "
+                             f"each: the level-1 variance cannot be separated from the level-{level} ones (lme4 "
+                             f"refuses this too); remove {letters[level - 2]} terms"
+                             + (" or use data with more records per level-2 unit" if level == 2 else ""))
 
 
-def fit_nested(data: NestedData, reml: bool = False, max_iterations: int = 1000) -> NestedFit:
-    """The certified (RE)ML fit and HLM3's inference.
+def random_labels(layout, n_levels: int) -> tuple:
+    """The random effects of each level in τ order, in the ASCII notation (r0, u01, v012, ...)."""
+    out = [[] for _ in range(n_levels - 1)]
+    letters = "ruvw"
 
-    Reliabilities (R&B 2002 ch. 8; HLM2's formula one level at a time; UNVERIFIED against HLM 7):
-    - level 2, each random π_p: the mean over level-2 units with sufficient data (n_j > q2 and
-      Z2_j'Z2_j non-singular) of τπ_pp / (τπ_pp + V_pp,j), V_j = σ²(Z2_j'Z2_j)⁻¹;
-    - level 3, each random β: the mean over level-3 units with non-singular S_k of
-      τβ_aa / (τβ_aa + V_aa,k), V_k = (Z3_k'V2_k⁻¹Z3_k)⁻¹, the sampling variance of the GLS estimate
-      of β_k from unit k's data alone given τπ and σ².
+    def walk(node, depth, idx):
+        if depth == n_levels:
+            return
+        if node.random:
+            out[depth - 1].append(letters[depth - 1] + "".join(str(i) for i in idx))
+        for i, t in enumerate(node.terms):
+            walk(t, depth + 1, idx + (i,))
+
+    for ip, node in enumerate(layout):
+        walk(node, 1, (ip,))
+    return tuple(out)
+
+
+def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFit:
+    """The certified (RE)ML fit over the τ blocks of levels 2..K and HLM's inference.
+
+    Reliabilities, at each level ℓ (R&B 2002 ch. 8; HLM2's formula one level at a time; UNVERIFIED
+    against HLM 7), for each random coefficient a of the level-(ℓ−1) equations: the mean over
+    level-ℓ units with sufficient data of τℓ_aa / (τℓ_aa + V_aa), V = (Zℓ'R_{ℓ−1}⁻¹Zℓ)⁻¹σ², the
+    sampling variance of the GLS estimate of the unit's coefficients from its own data given the
+    lower levels' τ and σ² (level 2: OLS, V = σ²(Z2'Z2)⁻¹, units with n_j > q2 and Z2'Z2 non-singular).
     χ² tests (HLM2's formula one level at a time; UNVERIFIED against HLM 7, no reference exists here):
-    - level 2: over the same units, π̂_j = OLS of ỹ_j on Z2_j, with ỹ = y minus the non-random π's
-      at their fixed + level-3 EB values; χ²_p = Σ_j (π̂_pj − π*_pj)²/V_pp,j with π*_pj = Σ_q β*_pq X_qj,
-      β* = fixed part + level-3 EB; d.f. = units − number of β's in π_p's equation;
-    - level 3: β̂_k = S_k⁻¹ Z3_k'V2_k⁻¹ỹ_k (ỹ = y minus the fixed-at-level-3 β terms at γ̂),
-      χ² = Σ_k (β̂_ak − Σ_s γ̂ W_sk)²/V_aa,k; d.f. = units − number of γ's in that β's equation.
-    EB posterior variances are given γ̂ (as the two-level engine's)."""
+    b̂ = that GLS estimate from ỹ (y minus the level-(ℓ−1) coefficients that are not random, at
+    their fixed + higher-level EB values); χ²_a = Σ (b̂_a − b*_a)²/V_aa with b* the coefficient's
+    fitted value (its γ's and the higher levels' EB); d.f. = units − the terms of its equation that
+    hold fixed effects. EB posterior variances are given γ̂ (as the two-level engine's)."""
     reml = bool(reml)
+    data = as_levels(data)
+    K = data.n_levels
     raw = reduce_nested(data)
-    q2, q3, p = raw.q2, raw.q3, raw.p
+    qs, p = raw.qs, raw.p
     estimable(raw)
     try:
         std, tr = reduce_standardised(data)
     except FloatingPointError:
         raise ModelError("the fixed effects are linearly dependent (collinear predictors, or a predictor that is "
                          "constant where it enters); remove one of them") from None
-    A2, A3, TX = tr.A2, tr.A3, tr.TX
+    TX = tr.TX
     obj = Objective(std, reml)
-    Gs, dev, cert, iterations, message, start = search(obj, q2, q3, max_iterations)
+    Gs, dev, cert, iterations, message, start = search(obj, qs, max_iterations)
     try:
         if not np.isfinite(dev):
             raise FloatingPointError
-        us = obj.solve(_factor(Gs[0]), _factor(Gs[1]))
+        us = obj.solve(tuple(_factor(G) for G in Gs))
     except (FloatingPointError, np.linalg.LinAlgError):
         raise ModelError("the deviance cannot be evaluated at any point the search reached (X'V⁻¹X or a "
                          "per-unit covariance matrix is numerically singular): check for collinear predictors, "
                          "and centre any predictor whose mean is far larger than its spread") from None
     sigma2 = us.sigma2_hat(reml)
-    G2u = A2 @ Gs[0] @ A2.T
-    G3u = A3 @ Gs[1] @ A3.T
-    tau_pi = sigma2 * 0.5 * (G2u + G2u.T)
-    tau_beta = sigma2 * 0.5 * (G3u + G3u.T)
+    taus = []
+    for A, G in zip(tr.As, Gs):
+        Gu = A @ G @ A.T
+        taus.append(sigma2 * 0.5 * (Gu + Gu.T))
     # back to the user's fixed-effect columns: X̃ = X·TX, ỹ = y − Xb, so γ = TXγ̃ + b
     Pinv = us.Pinv()
     cov = sigma2 * (TX @ Pinv @ TX.T)
-    sc = us.scores3()
+    sc = us.scores()
     robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
     gamma = TX @ us.gamma + tr.b
     deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)
-    r_m, r_v, u_m, u_v = us.posterior(sigma2)
-    # back to the user's columns: Z̃ = ZA, so r = A r̃ and Var r = A Var r̃ A'
-    eb_pi = r_m @ A2.T
-    eb_pi_var = np.einsum("ab,jbc,dc->jad", A2, r_v, A2)
-    eb_beta = u_m @ A3.T
-    eb_beta_var = np.einsum("ab,jbc,dc->jad", A3, u_v, A3)
-    user = {"gamma": gamma, "eb_beta": eb_beta}
-    if q3:
-        # Z3'V2⁻¹[Z3|X|y] per level-3 unit in the user's columns: undo Z̃3 = Z3A3 on the rows
-        A3i = np.linalg.inv(A3)
-        W = us.W
-        S3 = np.einsum("ba,bcj,cd->jad", A3i, W[:q3, :q3], A3i) / sigma2
-        ZB = np.einsum("ba,bcj->jac", A3i, W[:q3, q3:]) / sigma2
-        Z3VX = ZB[:, :, :p] @ np.linalg.inv(TX)  # X = X̃·TX⁻¹
-        Z3Vy = ZB[:, :, p] + Z3VX @ tr.b  # y = ỹ + Xb
-        user.update(S3=S3, Z3Vy=Z3Vy, Z3VX=Z3VX)
-    rel_pi, rel_beta, chi_pi, chi_beta = level_tests(data, raw, user, sigma2, tau_pi, tau_beta)
-    cols = _columns(data.layout)
-    lab2 = [f"r{p_}" for p_ in cols.z2]
-    lab3 = []
-    for ip, pi in enumerate(data.layout.pis):
-        for iq, beta in enumerate(pi.betas):
-            if beta.random:
-                lab3.append(f"u{ip}{iq}")
+    # back to the user's columns: Z̃ = ZA, so b = A b̃ and Var b = A Var b̃ A'
+    eb, eb_var = [], []
+    for A, (m, v) in zip(tr.As, us.posterior_levels(sigma2)):
+        eb.append(m @ A.T)
+        eb_var.append(np.einsum("ab,jbc,dc->jad", A, v, A))
+    rels, chis = level_tests(data, raw, us, tr, sigma2, taus, gamma, eb)
+    labels = random_labels(data.layout, K)
+    names = tau_names(K)
     boundary = []
     if cert.certified:
-        boundary += boundary_messages(Gs[0], tau_pi, "tau_pi", lab2, cert.ranks[0])
-        boundary += boundary_messages(Gs[1], tau_beta, "tau_beta", lab3, cert.ranks[1])
-    n_params = 1 + q2 * (q2 + 1) // 2 + q3 * (q3 + 1) // 2 + (0 if reml else p)
+        for b in range(K - 1):
+            boundary += boundary_messages(Gs[b], taus[b], names[b], list(labels[b]), cert.ranks[b])
+    n_params = 1 + sum(q * (q + 1) // 2 for q in qs) + (0 if reml else p)
     if cert.certified:
         message = f"at the optimum ({cert.describe()})"
     else:
         message = "not certified: " + "; ".join(cert.failed) + f" [{message}]"
+    n_units = {level: raw.J(level) for level in range(2, K + 1)}
     return NestedFit(
         method="REML" if reml else "ML", gamma=gamma, cov_gamma=cov, cov_gamma_robust=robust,
-        df_gamma=hlm3_df(data, raw.J2, raw.J3, raw.N), sigma2=sigma2, tau_pi=tau_pi, tau_beta=tau_beta,
-        deviance=deviance, n_params=n_params, reliability_pi=rel_pi, reliability_beta=rel_beta,
-        chi2_pi=chi_pi, chi2_beta=chi_beta, eb_pi=eb_pi, eb_pi_var=eb_pi_var, eb_beta=eb_beta,
-        eb_beta_var=eb_beta_var, certificate=cert, converged=bool(cert.certified), iterations=iterations,
-        message=message, boundary=boundary, solve=us, standardisation=tr, evaluations=obj.count, start=start)
+        df_gamma=hlm_df(data, n_units, raw.N), sigma2=sigma2, tau_pi=taus[0], tau_beta=taus[1],
+        deviance=deviance, n_params=n_params, reliability_pi=rels[0], reliability_beta=rels[1],
+        chi2_pi=chis[0], chi2_beta=chis[1], eb_pi=eb[0], eb_pi_var=eb_var[0], eb_beta=eb[1],
+        eb_beta_var=eb_var[1], certificate=cert, converged=bool(cert.certified), iterations=iterations,
+        message=message, boundary=boundary, solve=us, standardisation=tr, evaluations=obj.count, start=start,
+        taus=tuple(taus), reliabilities=rels, chi2=chis, eb=tuple(eb), eb_var=tuple(eb_var))

@@ -362,22 +362,18 @@ def plot(results: Results, kind: str, path: str | os.PathLike | None = None, **o
 
 
 def save(fig: Figure, path: str | os.PathLike) -> None:
-    """Write atomically; the format follows the extension. PNGs at 200 dpi; no timestamps in SVG/PDF."""
-    import tempfile
+    """Write atomically (files.write_with); the format follows the extension. PNGs at 200 dpi; no
+    timestamps, and SVG ids from a fixed salt, so the same figure gives the same bytes."""
+    import matplotlib
 
-    from .files import set_plain_mode
+    from .files import write_with
 
-    path = str(path)
-    suffix = os.path.splitext(path)[1].lower()
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".plot.", suffix=suffix, dir=folder)
-    set_plain_mode(fd)
-    os.close(fd)
-    try:
-        metadata = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}[suffix[1:]]
-        fig.savefig(tmp, dpi=200, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    suffix = os.path.splitext(str(path))[1].lower()
+    metadata = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}[suffix[1:]]
+
+    def writer(tmp: str) -> None:
+        # svg.hashsalt: without it the clip-path and glyph ids are random (uuid4) on every run
+        with matplotlib.rc_context({"svg.hashsalt": "hlmcli"}):
+            fig.savefig(tmp, dpi=200, metadata=metadata, format=suffix[1:])
+
+    write_with(path, writer)

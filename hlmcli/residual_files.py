@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .files import atomic_write_text, set_plain_mode
+from .files import atomic_write_text, write_with
 
 
 def level2_table(analysis, eb) -> pd.DataFrame:
@@ -58,19 +57,7 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
         raise DataError(f"{path}: residual files can be .csv, .sav or .dta; change the extension")
     import pyreadstat
 
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
-    set_plain_mode(fd)
-    os.close(fd)
-    try:
-        frame = frame.copy()
-        frame["id"] = frame["id"].astype(str)
-        if suffix == ".sav":
-            pyreadstat.write_sav(frame, tmp)
-        else:
-            pyreadstat.write_dta(frame, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    frame = frame.copy()
+    frame["id"] = frame["id"].astype(str)
+    write = pyreadstat.write_sav if suffix == ".sav" else pyreadstat.write_dta
+    write_with(path, lambda tmp: write(frame, tmp))

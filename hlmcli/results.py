@@ -264,13 +264,15 @@ class Results:
 
     def write_residuals(self, level1: str | os.PathLike | None = None, level2: str | os.PathLike | None = None,
                         keep: Sequence[str] = (), order: str = "source") -> None:
-        """Write the residual files (.csv, .sav or .dta by extension), atomically."""
+        """Write the residual files (.csv, .sav or .dta by extension), atomically: both or neither."""
+        from .files import output_transaction
         from .residual_files import write_table
 
-        if level2:
-            write_table(self.residuals_level2(keep), level2)
-        if level1:
-            write_table(self.residuals_level1(keep, order), level1)
+        with output_transaction():
+            if level2:
+                write_table(self.residuals_level2(keep), level2)
+            if level1:
+                write_table(self.residuals_level1(keep, order), level1)
 
     def _warn(self, message: str) -> None:
         warn = self.meta.get("warn")

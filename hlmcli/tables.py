@@ -115,7 +115,7 @@ def _markdown_names(frame: pd.DataFrame, index: bool) -> pd.DataFrame:
     return frame
 
 
-def _render(frame: pd.DataFrame, fmt: str, index: bool) -> str:
+def _render(frame: pd.DataFrame, fmt: str, index: bool, name: str = "table") -> str:
     if fmt == "csv":
         return frame.to_csv(index=index, lineterminator="\n")
     if fmt == "markdown":
@@ -140,7 +140,8 @@ def _render(frame: pd.DataFrame, fmt: str, index: bool) -> str:
         return styler.to_latex(hrules=True, column_format=columns)
     if fmt == "html":
         styler = styler.format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)
-        return styler.to_html()
+        # a fixed id per table (Styler's default is random on every run): the same fit, the same bytes
+        return styler.set_uuid(name).to_html()
     raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
 
 
@@ -159,7 +160,8 @@ def fit_table(fit: dict, fmt: str) -> str:
                           {"Statistic": "N (level 1)", "Value": str(fit["n_level1"])},
                           {"Statistic": "J (level 2)", "Value": str(fit["n_level2"])}])
     sep = {"markdown": "\n", "latex": "\n", "html": "\n"}[fmt]
-    return sep.join(_render(frame, fmt, index=False) for frame in (fixed, var, stats))
+    return sep.join(_render(frame, fmt, index=False, name=name)
+                    for frame, name in ((fixed, "fixed"), (var, "variance"), (stats, "statistics")))
 
 
 def side_by_side(fits: Sequence[dict], names: Sequence[str]) -> pd.DataFrame:
@@ -210,7 +212,7 @@ def side_by_side_text(fits: Sequence[dict], names: Sequence[str], fmt: str) -> s
         raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
     table = side_by_side(fits, names)
     table.insert(0, " ", table.index)
-    return _render(table.reset_index(drop=True), fmt, index=False)
+    return _render(table.reset_index(drop=True), fmt, index=False, name="models")
 
 
 def latex_document(body: str) -> str:
@@ -265,4 +267,5 @@ def combined_table(doc: dict, fmt: str) -> str:
                           {"Statistic": f"Estimated parameters ({doc['method']}, HLM count)", "Value": str(doc["n_params"])},
                           {"Statistic": "N (level 1)", "Value": str(doc["n_level1"])},
                           {"Statistic": "J (level 2)", "Value": str(doc["n_level2"])}])
-    return "\n".join(_render(frame, fmt, index=False) for frame in (fixed, var, stats))
+    return "\n".join(_render(frame, fmt, index=False, name=name)
+                     for frame, name in ((fixed, "fixed"), (var, "variance"), (stats, "statistics")))

@@ -264,7 +264,7 @@ def test_leftover_temp_files_are_removed_and_cache_commands(tmp_path):
     l1, l2 = _copy_hsb(tmp_path)
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o700)
-    stale = cache / ".0123.mdm.abcd.tmp"
+    stale = cache / f".{'0123' * 8}.mdm.abcd1234.tmp"  # the name atomic_write gives a cached archive's temp
     stale.write_bytes(b"x" * 1000)
     assert _fit_files(l1, l2, cache=cache).returncode == 0
     assert not stale.exists()
@@ -281,7 +281,7 @@ def test_a_temp_file_in_use_is_not_removed(tmp_path):
 
     from hlmcli.files import remove_stale_temporaries
 
-    busy = tmp_path / ".x.mdm.abcd.tmp"
+    busy = tmp_path / ".x.mdm.abcd1234.tmp"
     busy.write_bytes(b"x")
     with open(busy, "rb") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)

@@ -1,0 +1,453 @@
+"""The commands for models of three and more levels behind cli.py: `mdm build L1 L2 L3 [L4]`, `mdm info`,
+`model` and `fit` on three or four files or an archive of three or four levels. cli.py decides which
+path a command takes and calls in here; the archive, design and engine are the K-level ones
+(archive_levels.py, design_levels.py, nested.py, nested_fit.py); the language and the report keep
+HLM3's forms at three levels (equations_levels.py, report_levels.py)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import HlmError, ModelError
+
+
+class _Usage(HlmError):
+    exit_code = 2
+
+
+def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched):
+    from .archive_levels import BuildOptions3
+    from .cli import _split_names
+
+    if id_ or id1:
+        raise click.UsageError("three data files make a three-level model, which takes --id2 (the level-2 unit id) "
+                               "and --id3 (the level-3 unit id), not --id or --id1")
+    if not id2 or not id3:
+        from .errors import OptionError
+
+        raise OptionError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
+                          "(the level-3 unit id, e.g. SCHOOLID)")
+    return BuildOptions3(id2=id2, id3=id3, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
+                         keep3=_split_names(l3_vars), missing=missing, drop_unmatched=drop_unmatched)
+
+
+def is_three_level(data, more: dict) -> bool:
+    """Three data files, or one archive whose header says three levels; -3 or --id3 alone do not decide."""
+    if len(data) == 3:
+        return True
+    if len(data) == 1 and str(data[0]) != "-" and Path(data[0]).is_file():
+        from .archive_levels import archive_levels
+
+        return archive_levels(data[0]) == 3
+    if len(data) == 2 and (more.get("level3") or more.get("id3")):
+        raise _Usage("a three-level model needs three data files (level 1, 2 and 3) or a three-level archive")
+    return False
+
+
+def build3(files, template, options, file_format, delimiter, output, quiet, force, allow_outside, stderr, progress):
+    """`hlmcli mdm build L1 L2 L3 --id2 ... --id3 ...` or an HLM3 template."""
+    from .archive_levels import build_from_files3, write_archive3
+    from .files import check_outputs, check_regular, commit_outputs
+
+    for source in files:
+        if str(source) != "-":
+            check_regular(source, "data file")
+    check_outputs([("-o", output)], list(files) + [template])
+    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
+    archive = build_from_files3(files, options, file_format, delimiter, warn=warn, progress=progress)
+    write_archive3(archive, output)
+    commit_outputs()
+    if not quiet:
+        stderr(f"hlmcli: wrote {output}: {archive.n_level1} level-1 records in {archive.n_level2} level-2 units "
+               f"in {archive.n_level3} level-3 units")
+
+
+def load3(data, build_opts: dict, cache_dir, warn):
+    from .archive_levels import cached_archive3, load_archive3
+    from .readers import normalise_delimiter
+
+    if len(data) == 1:
+        from .archive import changed_sources
+
+        archive = load_archive3(data[0])
+        for changed in changed_sources(archive):
+            warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
+        return archive, Path(data[0]).name
+    if "-" in data:
+        raise click.UsageError("standard input ('-') cannot be one of the three data files; give their paths")
+    opts = dict(build_opts)
+    fmt, delimiter = opts.pop("file_format", None), opts.pop("delimiter", None)
+    options = options3(**opts)
+    archive, _ = cached_archive3(list(data), options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
+                                 cache_dir=cache_dir, warn=warn)
+    return archive, ", ".join(Path(p).name for p in data)
+
+
+def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_iterations=None,
+          residuals_l2=None, residuals_l3=None, allow_outside=False):
+    from dataclasses import replace
+
+    from .design_levels import variables3_of
+    from .equations_levels import RunOptions3, spec3_from_inputs
+
+    from .cli import formula_equations
+
+    variables = variables3_of(archive)
+    level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
+    if formula_tau:
+        raise _Usage("uncorrelated random effects (|| or one bar per effect) are not available for three-level models yet")
+    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptions3(),
+                             allow_outside)
+    changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations), ("residuals_l2", residuals_l2),
+                                 ("residuals_l3", residuals_l3)) if v is not None}
+    if reml:
+        changes["method"] = "REML"
+    return replace(spec, options=replace(spec.options, **changes)) if changes else spec
+
+
+def refuse_unsupported(pairs) -> None:
+    """Options that have no three-level meaning yet: one line naming them."""
+    given = [name for name, on in pairs if on]
+    if given:
+        raise _Usage(f"{', '.join(given)}: not available for three-level models yet; drop "
+                     f"{'it' if len(given) == 1 else 'them'} (three-level fits give HLM3's tables, JSON and EB residual files)")
+
+
+def _hglm_given() -> list[str]:
+    given = click.get_current_context().meta.get("hglm", {})
+    return [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and not (k == "family" and v == "normal")]
+
+
+def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, more, stderr, use_ascii):
+    from .report import printable
+    from .report_levels import Symbols3, lme4_formula3, model_summary3
+
+    refuse_unsupported([(x, True) for x in _hglm_given()])
+    archive, _ = load3(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
+    spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"),
+                 allow_outside=bool(more.get("allow_outside")))
+    lines = model_summary3(spec, Symbols3(use_ascii(ascii_only)))
+    formula, notes = lme4_formula3(spec, *archive.id_names)
+    method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
+    lines += ["", f"Method of estimation: {method}", "", "The same model in R (lme4)", f" {formula}"] + [f"   {n}" for n in notes]
+    click.echo("\n".join(printable(line) for line in lines))
+
+
+def _model_given(*args):
+    from .cli import model_given
+
+    return model_given(*args)
+
+
+def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, out_format, output, json_out, keep,
+         title, timestamp, df_method, strict, tau_structure, max_iterations, tests, compare_deviance, compare_params,
+         residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet, weight1, weight2, normalize,
+         plausible_values, imputed, more, stderr, use_ascii):
+    """`hlmcli fit` for a three-level model: HLM3's text, or the JSON document of schema 3."""
+    from datetime import datetime, timezone
+
+    from .design_levels import design3
+    from .errors import EXIT_NOT_CONVERGED
+    from .files import atomic_write_text, check_outputs, refuse_clobber, refuse_overwriting_inputs
+    from .nested import fit_nested
+    from .report_levels import Symbols3, fit_json3_text, fit_text3, level2_residuals, level3_residuals
+    from .residual_files import write_table
+
+    refuse_unsupported([
+        ("--test", bool(tests)), (f"--df {df_method}", df_method != "hlm"), ("--compare-deviance", compare_deviance is not None),
+        ("--compare-params", compare_params is not None), ("--test-homogeneity", bool(test_homogeneity)),
+        ("--full-output", bool(full_output)), ("--ols-units", ols_units is not None),
+        ("--tau diagonal", tau_structure == "diagonal"), ("--weight1", bool(weight1)), ("--weight2", bool(weight2)),
+        ("--normalize", bool(normalize)), ("--plausible-values", bool(plausible_values)), ("--imputed", bool(imputed)),
+        ("--allow-unequal-imputations", bool(more.get("allow_unequal_imputations"))),
+        ("--residuals-l1", bool(residuals_l1)), ("--keep", bool(keep)),
+        (f"--format {out_format}", out_format not in ("text", "json")),
+        (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
+        ("--scheduler", bool(more.get("scheduler"))),
+    ] + [(x, True) for x in _hglm_given()])
+    if more.get("ml") and more.get("reml"):
+        raise click.UsageError("give --ml or --reml, not both")
+    residuals_l3 = more.get("residuals_l3")
+    sources = list(data) + [model_file]
+    check_outputs([("-o", output), ("--json-out", json_out), ("--residuals-l2", residuals_l2),
+                   ("--residuals-l3", residuals_l3)], sources)
+    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
+    archive, source_text = load3(data, build_opts, cache_dir, warn)
+    spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"), title=title,
+                 max_iterations=max_iterations, residuals_l2=residuals_l2, residuals_l3=residuals_l3,
+                 allow_outside=bool(more.get("allow_outside")))
+    design = design3(spec, archive)
+    fit = fit_nested(design.data, reml=spec.method == "REML", max_iterations=spec.options.max_iterations)
+    failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(getattr(fit.certificate, "failed", []) or [fit.message])]
+    if strict and fit.boundary:
+        failures += list(fit.boundary)
+    status = EXIT_NOT_CONVERGED if failures else 0
+    write_files = status == 0 or more.get("keep_failed_output")
+    meta = {"data_source": source_text, "title": spec.options.title, "id2": archive.id_names[0], "id3": archive.id_names[1],
+            "model_given": _model_given(level1, level2, model_file, list(more.get("level3") or ())),
+            "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
+    if timestamp:
+        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if write_files:
+        for path, typed, table in ((spec.options.residuals_l2, residuals_l2, level2_residuals),
+                                   (spec.options.residuals_l3, residuals_l3, level3_residuals)):
+            if path:
+                refuse_overwriting_inputs(path, sources)
+                if not typed:
+                    refuse_clobber(path, more.get("force"), Path(model_file).name)
+                write_table(table(design, fit, archive), path)
+    text = fit_json3_text(design, fit, meta) if out_format == "json" else \
+        fit_text3(design, fit, meta, Symbols3(use_ascii(ascii_only) if not output else ascii_only))
+    if json_out and write_files:
+        atomic_write_text(json_out, fit_json3_text(design, fit, meta))
+    if output and write_files:
+        atomic_write_text(output, text)
+    elif not output:
+        click.echo(text, nl=False)
+    if not quiet:
+        for message in failures + ([] if strict else list(fit.boundary or [])):
+            stderr(f"hlmcli: warning: {message}")
+        if output and not write_files:
+            stderr(f"hlmcli: {output} not written because the fit is not certified; "
+                   "pass --keep-failed-output to write it anyway")
+    if status:
+        sys.exit(status)
+
+
+def unsupported_command(name: str):
+    raise ModelError(f"'hlmcli {name}' is not available for three-level models yet; use 'hlmcli fit' "
+                     "(text or --format json) and the EB residual files (--residuals-l2, --residuals-l3)")
+
+
+# ---------------------------------------------------------------- four levels
+
+def archive_n_levels(path) -> int:
+    from .archive_levels import archive_levels
+
+    return archive_levels(path)
+
+
+def is_many_levels(data, more: dict) -> bool:
+    """Four data files, or one archive whose header says four or more levels; -4 or --id4 alone do not decide."""
+    many = len(data) >= 4 or (len(data) == 1 and str(data[0]) != "-" and Path(data[0]).is_file()
+                               and archive_n_levels(data[0]) >= 4)
+    if many and click.get_current_context().meta.get("formula") is not None:
+        raise _Usage("--formula is not available for four-level models yet; give the model as -1 ... -4 equations")
+    if many:
+        return True
+    if more.get("level4") or more.get("id4") or more.get("residuals_l4"):
+        raise _Usage("a four-level model needs four data files (level 1, 2, 3 and 4) or a four-level archive")
+    return False
+
+
+def build_options_levels(ids, keeps, missing, drop_unmatched, n_files: int):
+    from .archive_levels import BuildOptionsLevels
+    from .cli import _split_names
+
+    if len(ids) != n_files - 1 or not all(ids):
+        from .errors import OptionError
+
+        need = " ".join(f"--id{k} NAME" for k in range(2, n_files + 1))
+        raise OptionError(f"a {n_files}-level build needs {need} (the unit id of each level above the first)")
+    return BuildOptionsLevels(tuple(ids), tuple(_split_names(k) for k in keeps), missing, drop_unmatched)
+
+
+def build_levels(files, options, file_format, delimiter, output, quiet, stderr, progress):
+    """`hlmcli mdm build L1 L2 L3 L4 --id2 A --id3 B --id4 C`."""
+    from .archive_levels import build_from_files_levels, write_archive_levels
+    from .files import check_outputs, check_regular, commit_outputs
+
+    for source in files:
+        if str(source) != "-":
+            check_regular(source, "data file")
+    check_outputs([("-o", output)], list(files))
+    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
+    archive = build_from_files_levels(list(files), options, file_format, delimiter, warn=warn, progress=progress)
+    write_archive_levels(archive, output)
+    commit_outputs()
+    if not quiet:
+        counts = " in ".join([f"{archive.n(1)} level-1 records"] + [f"{archive.n(k)} level-{k} units"
+                                                                    for k in range(2, archive.n_levels + 1)])
+        stderr(f"hlmcli: wrote {output}: {counts}")
+
+
+def info_levels(archive_file, out_format, stderr, unit=None):
+    from .archive import changed_sources
+    from .archive_levels import archive_levels_info, archive_levels_info_text, load_archive_levels
+    from .report import dumps_json
+
+    a = load_archive_levels(archive_file, archive_n_levels(archive_file))
+    for path in changed_sources(a):
+        stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
+    info = archive_levels_info(a, unit)
+    click.echo(dumps_json(info) if out_format == "json" else archive_levels_info_text(info), nl=False)
+
+
+def _ids_and_keeps(build_opts: dict, K: int):
+    ids = [build_opts.get(f"id{k}") for k in range(2, K + 1)]
+    keeps = [build_opts.get(f"l{k}_vars") for k in range(1, K + 1)]
+    return ids, keeps
+
+
+def load_levels(data, build_opts: dict, cache_dir, warn):
+    from .archive import changed_sources
+    from .archive_levels import cached_archive_levels, load_archive_levels
+    from .readers import normalise_delimiter
+
+    if len(data) == 1:
+        archive = load_archive_levels(data[0], archive_n_levels(data[0]))
+        for changed in changed_sources(archive):
+            warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
+        return archive, Path(data[0]).name
+    if "-" in data:
+        raise click.UsageError("standard input ('-') cannot be one of the data files; give their paths")
+    K = len(data)
+    if K > 4:
+        raise click.UsageError(f"{K} data files: hlmcli fits models of up to four levels (one file per level)")
+    if build_opts.get("id_") or build_opts.get("id1"):
+        raise click.UsageError(f"{K} data files make a {K}-level model, which takes --id2 ... --id{K}, not --id or --id1")
+    ids, keeps = _ids_and_keeps(build_opts, K)
+    options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
+                                   build_opts.get("drop_unmatched", False), K)
+    archive, _ = cached_archive_levels(list(data), options, fmt=build_opts.get("file_format"),
+                                       delimiter=normalise_delimiter(build_opts.get("delimiter")),
+                                       cache_dir=cache_dir, warn=warn)
+    return archive, ", ".join(Path(p).name for p in data)
+
+
+def spec_levels(archive, equations, model_file, reml, title=None, max_iterations=None, residuals=()):
+    from .design_levels import variables_of
+    from .equations_levels import is_command_file
+    from .equations import _read_text
+    from .equations_levels import RunOptionsLevels, build_levels_spec, classify_levels
+
+    K = archive.n_levels
+    equations = [list(e) for e in equations]
+    if model_file:
+        text = _read_text(Path(model_file))
+        if is_command_file(model_file, text):
+            raise ModelError(f"{model_file}: HLM 7 command files (.hlm) are read for two and three levels; give a "
+                             f"{K}-level model as equations (-1 ... -{K}, or a model file of equations)")
+        if equations[0]:
+            raise ModelError(f"{model_file}: give the model either with --model or with -1 ... -{K}, not both")
+        found = classify_levels(text.splitlines(), K)
+        equations = [f + e for f, e in zip(found, equations)]
+    elif equations[0] and any("\n" in e or ";" in e for e in equations[0]):  # pasted output or several in one -1
+        found = classify_levels(re.split(r"[\n;]", equations[0][0]), K)
+        equations = [f + e for f, e in zip(found, [[]] + equations[1:])]
+    options = RunOptionsLevels(method="REML" if reml else "ML", max_iterations=max_iterations or 1000, title=title,
+                               residuals=tuple(residuals) + (None,) * (K - 1 - len(residuals)))
+    return build_levels_spec(equations, variables_of(archive), options)
+
+
+def _equations(level1, level2, more, K):
+    given = [[level1] if level1 else [], list(level2), list(more.get("level3") or ()), list(more.get("level4") or ())]
+    if K > 4:
+        raise ModelError(f"the archive has {K} levels; hlmcli reads equations for up to four levels (-1 ... -4)")
+    return given[:K]
+
+
+def refuse_unsupported_levels(pairs) -> None:
+    given = [name for name, on in pairs if on]
+    if given:
+        raise _Usage(f"{', '.join(given)}: not available for four-level models yet; drop "
+                     f"{'it' if len(given) == 1 else 'them'} (four-level fits give HLM4's tables, JSON and EB residual "
+                     "files)")
+
+
+def model_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, more, stderr, use_ascii):
+    from .report import printable
+    from .report_levels import SymbolsLevels, lme4_formula, lme4_notes, model_summary
+
+    refuse_unsupported_levels([(x, True) for x in _hglm_given()])
+    archive, _ = load_levels(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
+    spec = spec_levels(archive, _equations(level1, level2, more, archive.n_levels), model_file, more.get("reml"))
+    lines = model_summary(spec, SymbolsLevels(use_ascii(ascii_only)))
+    method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
+    lines += ["", f"Method of estimation: {method}", "", "The same model in R (lme4)",
+              f" {lme4_formula(spec, archive.id_names)}"] + [f"   {n}" for n in lme4_notes(spec, archive.id_names)]
+    click.echo("\n".join(printable(line) for line in lines))
+
+
+def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, out_format, output, json_out,
+               title, timestamp, strict, max_iterations, quiet, refused, more, stderr, use_ascii):
+    """`hlmcli fit` for a model of four levels: HLM4's text, or the JSON document of schema 4."""
+    from datetime import datetime, timezone
+
+    from .design_levels import design_levels
+    from .errors import EXIT_NOT_CONVERGED
+    from .files import atomic_write_text, check_outputs
+    from .nested import fit_nested
+    from .report_levels import SymbolsLevels, fit_json_text, fit_text, level_residuals
+    from .residual_files import write_table
+
+    refuse_unsupported_levels(list(refused) + [(f"--format {out_format}", out_format not in ("text", "json"))]
+                       + [(x, True) for x in _hglm_given()])
+    if more.get("ml") and more.get("reml"):
+        raise click.UsageError("give --ml or --reml, not both")
+    sources = list(data) + [model_file]
+    residuals = [more.get(f"residuals_l{k}") for k in (2, 3, 4)]
+    check_outputs([("-o", output), ("--json-out", json_out)]
+                  + [(f"--residuals-l{k}", path) for k, path in zip((2, 3, 4), residuals)], sources)
+    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
+    archive, source_text = load_levels(data, build_opts, cache_dir, warn)
+    K = archive.n_levels
+    spec = spec_levels(archive, _equations(level1, level2, more, K), model_file, more.get("reml"), title=title,
+                       max_iterations=max_iterations, residuals=residuals[:K - 1])
+    design = design_levels(spec, archive)
+    fit = fit_nested(design.data, reml=spec.method == "REML", max_iterations=spec.options.max_iterations)
+    failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(fit.certificate.failed or [fit.message])]
+    if strict and fit.boundary:
+        failures += list(fit.boundary)
+    status = EXIT_NOT_CONVERGED if failures else 0
+    write_files = status == 0 or more.get("keep_failed_output")
+    meta = {"data_source": source_text, "title": spec.options.title, "ids": list(archive.id_names),
+            "model_given": {"level1": level1, "level2": list(level2), "level3": list(more.get("level3") or ()),
+                            "level4": list(more.get("level4") or ()),
+                            "model_file": Path(model_file).name if model_file else None}}
+    if timestamp:
+        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if write_files:
+        for level, path in enumerate(spec.options.residuals, start=2):
+            if path:
+                write_table(level_residuals(design, fit, archive, level), path)
+    text = fit_json_text(design, fit, meta) if out_format == "json" else \
+        fit_text(design, fit, meta, SymbolsLevels(use_ascii(ascii_only) if not output else ascii_only))
+    if json_out and write_files:
+        atomic_write_text(json_out, fit_json_text(design, fit, meta))
+    if output and write_files:
+        atomic_write_text(output, text)
+    elif not output:
+        click.echo(text, nl=False)
+    if not quiet:
+        for message in failures + ([] if strict else list(fit.boundary or [])):
+            stderr(f"hlmcli: warning: {message}")
+        if output and not write_files:
+            stderr(f"hlmcli: {output} not written because the fit is not certified; "
+                   "pass --keep-failed-output to write it anyway")
+    if status:
+        sys.exit(status)
+
+
+def refusals(params: dict) -> list:
+    """The `fit` options with no four-level meaning yet, as (option, given) pairs."""
+    more = params.get("more", {})
+    return [
+        ("--test", bool(params.get("tests"))), (f"--df {params.get('df_method')}", params.get("df_method", "hlm") != "hlm"),
+        ("--compare-deviance", params.get("compare_deviance") is not None),
+        ("--compare-params", params.get("compare_params") is not None),
+        ("--test-homogeneity", bool(params.get("test_homogeneity"))), ("--full-output", bool(params.get("full_output"))),
+        ("--ols-units", params.get("ols_units") is not None), ("--tau diagonal", params.get("tau_structure") == "diagonal"),
+        ("--weight1", bool(params.get("weight1"))), ("--weight2", bool(params.get("weight2"))),
+        ("--normalize", bool(params.get("normalize"))), ("--plausible-values", bool(params.get("plausible_values"))),
+        ("--imputed", bool(params.get("imputed"))),
+        ("--allow-unequal-imputations", bool(more.get("allow_unequal_imputations"))),
+        ("--residuals-l1", bool(params.get("residuals_l1"))),
+        ("--keep", bool(params.get("keep"))),
+        (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
+        ("--scheduler", bool(more.get("scheduler"))),
+    ]

@@ -1,0 +1,210 @@
+"""Four-level models (HLM4) end to end through the command line, as a user types it: build the archive
+from four files, describe it, fit the schools and hospitals models under ML and REML, and check the
+printed and JSON numbers against lme4 (tests/data/four_level/*.json, made by
+tests/reference_scripts/four_level_lme4.R, cross-checked there with nlme); the JSON validates against
+hlmcli/schema/fit-levels.json; bad input is one line with its exit code."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import DATA, hlmcli
+
+D4 = DATA / "four_level"
+SCHOOLS = [D4 / f"schools_l{k}.csv" for k in (1, 2, 3, 4)]
+HOSPITALS = [D4 / f"hospitals_l{k}.csv" for k in (1, 2, 3, 4)]
+SCHOOLS_IDS = ["--id2", "STUDENTID", "--id3", "CLASSID", "--id4", "SCHOOLID"]
+HOSPITALS_IDS = ["--id2", "PATIENTID", "--id3", "WARDID", "--id4", "HOSPID"]
+SCHOOLS_MODEL = ["-1", "SCORE = p0 + p1*TIME + e", "-2", "p0 = b00 + b01*SES + r0", "-2", "p1 = b10 + r1",
+                 "-3", "b00 = g000 + g001*CSIZE + u00", "-4", "g000 = d0000 + d0001*SECTOR + v000"]
+HOSPITALS_MODEL = ["-1", "Y = π0 + π1*DOSE + e", "-2", "π0 = β00 + β01*AGE + r0", "-2", "π1 = β10",
+                   "-3", "β00 = γ000 + γ001*STAFF + u00", "-3", "β10 = γ100 + u10",
+                   "-4", "γ000 = δ0000 + δ0001*TEACHING + v000", "-4", "γ100 = δ1000 + δ1001*TEACHING + v100"]
+FIXED = {"schools": ["d0000", "d0001", "d0010", "d0100", "d1000"],
+         "hospitals": ["d0000", "d0001", "d0010", "d0100", "d1000", "d1001"]}
+
+
+@pytest.fixture(scope="module")
+def schools_archive(tmp_path_factory):
+    out = tmp_path_factory.mktemp("schools") / "schools.mdm"
+    proc = hlmcli("mdm", "build", *SCHOOLS, *SCHOOLS_IDS, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "1904 level-1 records in 766 level-2 units in 144 level-3 units in 40 level-4 units" in proc.stderr
+    return out
+
+
+def _check(doc: dict, name: str, method: str) -> None:
+    ref = json.loads((D4 / f"{name}.json").read_text())[method]
+    assert doc["converged"] and doc["certificate"]["certified"]
+    assert doc["method"] == method.upper() and doc["levels"] == 4
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    est = [f["estimate"] for f in doc["fixed_effects"]]
+    se = [f["se"] for f in doc["fixed_effects"]]
+    np.testing.assert_allclose(est, [ref["fixed"][k]["est"] for k in FIXED[name]], rtol=1e-6)
+    np.testing.assert_allclose(se, [ref["fixed"][k]["se"] for k in FIXED[name]], rtol=1e-5)
+    assert [f["label"] for f in doc["fixed_effects"]] == [k.replace("d", "δ") for k in FIXED[name]]
+    assert doc["sigma2"] == pytest.approx(ref["sigma2"], rel=1e-6)
+    for block, key in zip(doc["random_effects"], ("tau_pi", "tau_beta", "tau_gamma")):
+        assert block["name"] == key
+        np.testing.assert_allclose(block["matrix"], ref[key], rtol=1e-5, atol=1e-6 * np.abs(ref[key]).max())
+
+
+def test_schools_ml_from_an_archive_text_json_and_residual_files(schools_archive, tmp_path):
+    proc = hlmcli("fit", schools_archive, *SCHOOLS_MODEL, "--json-out", tmp_path / "fit.json",
+                  "--residuals-l2", tmp_path / "r2.csv", "--residuals-l3", tmp_path / "r3.csv",
+                  "--residuals-l4", tmp_path / "r4.csv")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "fit.json").read_text())
+    _check(doc, "schools", "ml")
+    text = proc.stdout
+    assert "hierarchical linear models, 4 levels (HLM4)" in text and "full maximum likelihood" in text
+    assert "γ000l = δ0000 + δ0001*(SECTORl) + v000l" in text
+    assert "Final estimation of level-4 variance components" in text
+    assert f"Deviance                       = {doc['deviance']:.6f}" in text
+    assert "(1 | SCHOOLID) + (1 | SCHOOLID:CLASSID) + (1 + TIME | SCHOOLID:CLASSID:STUDENTID)" in text
+    # χ² and reliability at every level, one τ block per level
+    assert [len(b["chi2"]) for b in doc["random_effects"]] == [2, 1, 1]
+    assert all(0 < r < 1 for b in doc["random_effects"] for r in b["reliability"])
+    r4 = pd.read_csv(tmp_path / "r4.csv")
+    assert len(r4) == 40 and list(r4.columns[:2]) == ["id", "n"]
+    r2 = pd.read_csv(tmp_path / "r2.csv")
+    assert len(r2) == 766 and "CLASSID" in r2.columns and "r_TIME" in r2.columns
+    assert len(pd.read_csv(tmp_path / "r3.csv")) == 144
+
+
+def test_four_level_json_validates_against_its_schema(schools_archive):
+    jsonschema = pytest.importorskip("jsonschema")
+    proc = hlmcli("fit", schools_archive, *SCHOOLS_MODEL, "--format", "json", "--reml")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    schema = json.loads(resources.files("hlmcli").joinpath("schema", "fit-levels.json").read_text())
+    jsonschema.validate(doc, schema)
+    _check(doc, "schools", "reml")
+    broken = dict(doc, random_effects=doc["random_effects"][:1])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+def test_hospitals_from_four_files_random_slopes_at_levels_3_and_4(method, tmp_path):
+    args = ["fit", *HOSPITALS, *HOSPITALS_IDS, *HOSPITALS_MODEL, "--format", "json", "--cache-dir", tmp_path]
+    proc = hlmcli(*args, *(["--reml"] if method == "reml" else []))
+    assert proc.returncode == 0, proc.stderr
+    _check(json.loads(proc.stdout), "hospitals", method)
+
+
+def test_mdm_info_and_model_for_four_levels(schools_archive):
+    info = hlmcli("mdm", "info", schools_archive, "--format", "json")
+    assert info.returncode == 0, info.stderr
+    doc = json.loads(info.stdout)
+    assert doc["levels"] == 4 and [doc[f"n_level{k}"] for k in (1, 2, 3, 4)] == [1904, 766, 144, 40]
+    assert doc["id"]["level4"] == "SCHOOLID"
+    text = hlmcli("mdm", "info", schools_archive).stdout
+    assert "(4 levels, HLM4)" in text and "LEVEL-4 DESCRIPTIVE STATISTICS" in text
+    unit = json.loads(hlmcli("mdm", "info", schools_archive, "--unit", "40", "--format", "json").stdout)["unit"]
+    l1 = pd.read_csv(D4 / "schools_l1.csv")
+    l2 = pd.read_csv(D4 / "schools_l2.csv")
+    l3 = pd.read_csv(D4 / "schools_l3.csv")
+    classes = l3.loc[l3.SCHOOLID == 40, "CLASSID"]
+    students = l2.loc[l2.CLASSID.isin(classes), "STUDENTID"]
+    assert unit["level"] == 4 and unit["n_below"] == len(classes) and unit["n"] == int(l1.STUDENTID.isin(students).sum())
+    assert "level-2 unit 700: 4 level-1 records" in hlmcli("mdm", "info", schools_archive, "--unit", "700").stdout
+    missing = hlmcli("mdm", "info", schools_archive, "--unit", "nope")
+    assert missing.returncode == 1 and "no unit 'nope'" in missing.stderr
+    model = hlmcli("model", schools_archive, *SCHOOLS_MODEL, "--ascii")
+    assert model.returncode == 0, model.stderr
+    assert "G000l = D0000 + D0001*(SECTORl) + V000l" in model.stdout
+
+
+def test_four_level_bad_input_is_one_line_with_its_exit_code(schools_archive, tmp_path):
+    proc = hlmcli("mdm", "build", *SCHOOLS, "--id2", "STUDENTID", "--id3", "CLASSID", "-o", tmp_path / "x.mdm")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--id4" in proc.stderr
+    assert not (tmp_path / "x.mdm").exists()
+    proc = hlmcli("fit", schools_archive, *SCHOOLS_MODEL[:-2], "-4", "g000 = d0000 + d0001*SES + v000")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "SES is a level-2 variable" in proc.stderr and "Traceback" not in proc.stderr
+    proc = hlmcli("fit", schools_archive, *SCHOOLS_MODEL, "--test", "g000 = 0")
+    assert proc.returncode == 2 and "not available for four-level models" in proc.stderr
+    proc = hlmcli("fit", schools_archive, *SCHOOLS_MODEL, "-4", "g001 = d0010 + v001", "-3", "b01 = g010")
+    assert proc.returncode == 0, proc.stderr  # another random effect at level 4, still certified
+    proc = hlmcli("fit", schools_archive, "-1", "SCORE = p0 + e", "-2", "p0 = b00 + r0", "-3", "b00 = g000",
+                  "-4", "g000 = d0000")
+    assert proc.returncode == 1 and "nothing is random at level 3" in proc.stderr
+
+
+def test_three_level_archives_are_the_k_level_format_at_three_levels():
+    """The one K-level writer gives three-level archives the bytes they had before it (sha256 pinned from
+    the three-level writer it replaced, sources' paths and times fixed), and the K-level loader reads them."""
+    import hashlib
+
+    from hlmcli.archive import Source
+    from hlmcli.archive_levels import BuildOptions3, archive3_bytes, build_from_files3
+
+    from conftest import SAMPLE
+
+    cases = [([SAMPLE / "eg" / f"eg_l{k}.csv" for k in (1, 2, 3)], ("CHILDID", "SCHOOLID"),
+              "33ca8dbb51eee873c56002029048baa13427f2958677a1b6345fd49b2aa4971f"),
+             ([DATA / "three_level" / f"pastes_l{k}.csv" for k in (1, 2, 3)], ("SAMPLE", "BATCH"),
+              "b52e7cb717f71d44746b604eb2eeb3189e9c02c183b7d105300f5dce35d7c893")]
+    for files, ids, sha in cases:
+        a = build_from_files3(files, BuildOptions3(*ids))
+        a.sources = [Source(s.role, s.name, "fixed/" + s.name, s.size, 0, s.sha256, s.format, s.encoding)
+                     for s in a.sources]
+        raw = b"".join(archive3_bytes(a))
+        assert hashlib.sha256(raw).hexdigest() == sha
+
+
+def test_k_level_loader_reads_a_three_level_archive(tmp_path):
+    from hlmcli.archive_levels import BuildOptions3, build_from_files3, load_archive_levels, write_archive3
+
+    from conftest import SAMPLE
+
+    a = build_from_files3([SAMPLE / "eg" / f"eg_l{k}.csv" for k in (1, 2, 3)], BuildOptions3("CHILDID", "SCHOOLID"))
+    write_archive3(a, tmp_path / "eg.mdm")
+    b = load_archive_levels(tmp_path / "eg.mdm", 3)
+    assert b.n_levels == 3 and b.n_level3 == 60 and b.unit3_ids == a.unit3_ids
+    assert all(np.array_equal(x.values, y.values) for x, y in zip(a.levels, b.levels))
+    np.testing.assert_array_equal(b.offsets2, a.offsets2)
+
+
+CENTRED_MODEL = ["-1", "SCORE = p0 + p1*group(TIME) + e",
+                 "-2", "p0 = b00 + b01*grand(SES) + b02*mean(TIME) + r0", "-2", "p1 = b10 + r1",
+                 "-3", "b00 = g000 + g001*group(CSIZE) + g002*mean(SES) + u00",
+                 "-4", "g000 = d0000 + d0001*SECTOR + d0002*mean(CSIZE) + v000"]
+
+
+def test_centring_and_unit_means_at_every_level_match_lmer(schools_archive, tmp_path):
+    """group(), grand() and mean() at levels 1 to 4 against the columns built by hand in R
+    (tests/reference_scripts/four_level_centring_lme4.R); the optimum is on the boundary (r0 and r1
+    correlated +1), certified there, and the model printed by `hlmcli model` reads back as itself."""
+    ref = json.loads((D4 / "schools_centring.json").read_text())["ml"]
+    proc = hlmcli("fit", schools_archive, *CENTRED_MODEL, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["converged"] and doc["boundary_notes"] == ["correlation of r0 and r1 is +1"]
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    labels = ["d" + "".join(map(str, f["subscripts"])) for f in doc["fixed_effects"]]
+    assert labels == list(ref["fixed"])
+    np.testing.assert_allclose([f["estimate"] for f in doc["fixed_effects"]],
+                               [ref["fixed"][k]["est"] for k in labels], rtol=1e-6)
+    np.testing.assert_allclose([f["se"] for f in doc["fixed_effects"]], [ref["fixed"][k]["se"] for k in labels],
+                               rtol=1e-5)
+    for block, key in zip(doc["random_effects"], ("tau_pi", "tau_beta", "tau_gamma")):
+        np.testing.assert_allclose(block["matrix"], ref[key], rtol=1e-5)
+    printed = hlmcli("model", schools_archive, *CENTRED_MODEL)
+    assert "(TIMEijkl - TIME•jkl)" in printed.stdout and "(SESjkl - SES•••)" in printed.stdout
+    (tmp_path / "model.txt").write_text(printed.stdout, encoding="utf-8")
+    again = hlmcli("fit", schools_archive, "--model", tmp_path / "model.txt", "--format", "json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["deviance"] == doc["deviance"]
+
+
+def test_four_level_output_is_byte_identical_run_to_run(schools_archive):
+    args = ["fit", schools_archive, *SCHOOLS_MODEL]
+    a, b = hlmcli(*args, "--format", "json"), hlmcli(*args, "--format", "json")
+    assert a.returncode == 0 and a.stdout == b.stdout
