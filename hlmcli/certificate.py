@@ -245,7 +245,9 @@ def name_direction(G_of, x0, e, names=("τ",)) -> str:
         for a, c in zip(*np.tril_indices(D.shape[0])):
             entries.append((f"{name}[{a},{c}]", float(D[a, c])))
     scale = max(float(np.sqrt(sum(v * v for _, v in entries))), 1e-300)
-    return ", ".join(f"{k} {v / scale:+.2f}" for k, v in entries if abs(v) > 0.05 * scale)
+    first = next((v for _, v in entries if abs(v) > 0.05 * scale), 1.0)
+    scale = scale if first > 0 else -scale  # an eigenvector's sign is arbitrary: the first entry shown is +
+    return ", ".join(f"{k} {v / scale:+.2f}" for k, v in entries if abs(v) > 0.05 * abs(scale))
 
 
 def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> Certificate:
