@@ -157,7 +157,8 @@ def model_spec(archive, level1: str | None, level2: Sequence[str], model_file, f
     changes = {k: v for k, v in run_options.items() if v is not None}
     asked = {"family": family.value if family else None, "trials": fit.trials, "exposure": fit.exposure,
              "overdispersion": fit.overdispersion, "estimation": fit.estimation.value if fit.estimation else None,
-             "quadrature_points": fit.quadrature_points, "method": fit.method.value if fit.method else None,
+             "quadrature_points": fit.quadrature_points, "separation": fit.separation,
+             "method": fit.method.value if fit.method else None,
              "tau": fit.tau.value if fit.tau else None, "weight1": fit.weight1, "weight2": fit.weight2,
              "max_iterations": fit.max_iterations, "prior_deviance": fit.compare_deviance,
              "prior_params": fit.compare_params, "homogeneity": fit.test_homogeneity, "full_output": fit.full_output,

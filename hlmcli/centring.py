@@ -127,11 +127,18 @@ def centred_model(L: np.ndarray, y: np.ndarray, offsets: np.ndarray, B: np.ndarr
     Lc = L - c[None, :]
     Lc[:, 0] = L[:, 0]
     unit = np.repeat(np.arange(J), np.diff(offsets))
-    Xc = np.einsum("nk,nkp->np", Lc, Bh[unit])
+    Xc = np.zeros((Lc.shape[0], p))  # X_c = L̃B̂ record by record, one level-1 column at a time (never N×K×p)
+    for k in range(K):
+        used = np.flatnonzero(np.any(Bh[:, k, :] != 0.0, axis=0))
+        if used.size:
+            Xc[:, used] += Lc[:, k:k + 1] * Bh[:, k, used][unit]
     b0 = np.zeros(p)
     if p:
-        b0 = np.linalg.lstsq(Xc, y, rcond=None)[0]
-        b0 = b0 + np.linalg.lstsq(Xc, _residual(y, Xc, b0), rcond=None)[0]  # one step of refinement
+        # normal equations on the centred columns (any b₀ keeps the map exact; this one only has to
+        # make ỹ small), then one step of refinement on the extended-precision residual
+        XtX = Xc.T @ Xc
+        b0 = np.linalg.lstsq(XtX, Xc.T @ y, rcond=None)[0]
+        b0 = b0 + np.linalg.lstsq(XtX, Xc.T @ _residual(y, Xc, b0), rcond=None)[0]
         if not np.all(np.isfinite(b0)):
             b0 = np.zeros(p)
     yc = _residual(y, Xc, b0)

@@ -479,6 +479,9 @@ _hglm_options = [
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
                  help="AGQ: quadrature points per random effect (default: adaptive, from 7 until the deviance changes "
                  "by at most 1e-6 relative; at most 100)."),
+    click.option("--separation", type=click.Choice(["refuse", "fit"]), default=None, expose_value=False,
+                 callback=_keep_hglm, help="Binary, binomial and count outcomes: a predictor that separates the "
+                 "outcome quasi-completely is refused (default), or with 'fit' held at a bound with a warning."),
 ]
 
 
@@ -856,7 +859,7 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
     elif not out.output:
         click.echo(text, nl=False)
     if not out.quiet:
-        for message in failures + ([] if out.strict else results.boundary_notes):
+        for message in results.warnings + failures + ([] if out.strict else results.boundary_notes):
             _stderr(f"hlmcli: warning: {message}")
         unwritten = [p for p in (out.output, out.json_out, *residuals) if p and not write_files]
         if unwritten:

@@ -143,31 +143,46 @@ class DevianceObjective(Protocol):
 
 class Objective:
     """The profiled deviance and its G-gradient on standardised stats, counting evaluations
-    (a DevianceObjective)."""
+    (a DevianceObjective). With sigma2 given, the deviance at that fixed level-1 variance instead
+    (σ² not profiled; PQL's working model has σ² = 1): then G = τ/σ² with the given σ²."""
 
-    def __init__(self, stats: ModelStats, reml: bool):
-        self.stats, self.reml, self.count = stats, reml, 0
+    def __init__(self, stats: ModelStats, reml: bool, sigma2: float | None = None):
+        self.stats, self.reml, self.count, self.sigma2 = stats, reml, 0, sigma2
 
     def solve(self, lam: np.ndarray) -> UnitSolve:
         self.count += 1
         return unit_solve(self.stats, lam)
+
+    def deviance_of(self, us: UnitSolve) -> float:
+        return us.profiled_deviance(self.reml) if self.sigma2 is None else us.deviance(self.sigma2, self.reml)
+
+    def gradient_of(self, us: UnitSolve) -> np.ndarray:
+        return us.gradient_G(self.reml, sigma2=self.sigma2)
 
     def at(self, G: np.ndarray) -> tuple[float, np.ndarray]:
         try:
             us = self.solve(factor(G))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(G)
-        return us.profiled_deviance(self.reml), us.gradient_G(self.reml)
+        return self.deviance_of(us), self.gradient_of(us)
 
     def noise(self, G: np.ndarray) -> float:
         try:
-            return self.solve(factor(G)).rounding_noise(self.reml)
+            us = self.solve(factor(G))
         except (FloatingPointError, np.linalg.LinAlgError):
             return 0.0
+        if self.sigma2 is None:
+            return us.rounding_noise(self.reml)
+        # σ² fixed: rss/σ² carries the absolute rounding of the differences that make rss
+        eps = np.finfo(float).eps
+        yy = self.stats.yy
+        cancel = abs(yy) + abs(yy - us.s) + abs(float(us.c @ us.gamma))
+        logdets = float(np.abs(us.logdet).sum()) + (abs(us.log_det_P()) if self.reml else 0.0)
+        return 8.0 * eps * (cancel / self.sigma2 + logdets)
 
     def value(self, G: np.ndarray) -> float:
         try:
-            return self.solve(factor(G)).profiled_deviance(self.reml)
+            return self.deviance_of(self.solve(factor(G)))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf
 
@@ -191,8 +206,8 @@ def _lbfgs(obj: Objective, G0: np.ndarray, structure: TauStructure, maxiter: int
             us = obj.solve(lam)
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(theta)
-        grad = 2.0 * us.gradient_G(obj.reml) @ lam
-        return us.profiled_deviance(obj.reml), grad[idx]
+        grad = 2.0 * obj.gradient_of(us) @ lam
+        return obj.deviance_of(us), grad[idx]
 
     res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                             options={"maxiter": max(1, maxiter), "ftol": 1e-10, "gtol": 1e-7, "maxcor": 20})
@@ -424,12 +439,14 @@ def best_lower_face(obj, candidates, make_face, dev: float, noise: float):
 
 def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
         structure: TauStructure = TauStructure.UNSTRUCTURED, start: np.ndarray | None = None,
-        centred=None) -> FitResult:
+        sigma2: float | None = None, centred=None) -> FitResult:
     """start: a G̃ on the standardised scale (a previous fit's certificate.G) to start from alone,
     e.g. the fit of the previous plausible value; the certificate is the same either way.
     centred: the same model on internally centred columns (centring.Centred), when the caller has
     it: the search and the reported deviance then come from its statistics, which large means
-    cannot spoil, and the answer is mapped back through its T and A."""
+    cannot spoil, and the answer is mapped back through its T and A.
+    sigma2: hold the level-1 variance at this value instead of profiling it (the search, the
+    certificate and the escapes are the same; G = τ/σ²)."""
     reml = method.upper() == "REML"
     diagonal = structure is TauStructure.DIAGONAL
     q = stats.q
@@ -443,7 +460,7 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
         A = centred.A @ A
         b = b + Tinv @ centred.b0
         Tinv = Tinv @ np.linalg.inv(centred.T)
-    obj = Objective(std, reml)
+    obj = Objective(std, reml, sigma2)
 
     if start is not None:
         starts = [("previous fit", np.asarray(start, dtype=float))]
@@ -522,11 +539,13 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
                     P=0.5 * (P_user + P_user.T), cholP=Tt @ std_solve.cholP, c=Tt @ c_std,
                     s=float(std_solve.s + 2.0 * b @ std_solve.c + b @ std_solve.P @ b),
                     gamma=np.linalg.solve(Tinv, std_solve.gamma + b))
-    sigma2 = solve.sigma2_hat(reml)
-    n_params = 1 + (q if diagonal else q * (q + 1) // 2) + (0 if reml else stats.p)
+    fixed = sigma2 is not None
+    sigma2 = sigma2 if fixed else solve.sigma2_hat(reml)
+    n_params = (0 if fixed else 1) + (q if diagonal else q * (q + 1) // 2) + (0 if reml else stats.p)
     return FitResult(
         method="REML" if reml else "ML", gamma=solve.gamma, cov_gamma=sigma2 * solve.Pinv(),
-        sigma2=sigma2, tau=sigma2 * G_user, deviance=solve.profiled_deviance(reml), n_params=n_params,
+        sigma2=sigma2, tau=sigma2 * G_user, n_params=n_params,
+        deviance=solve.deviance(sigma2, reml) if fixed else solve.profiled_deviance(reml),
         iterations=iterations, converged=cert.certified, certificate=cert, solve=solve, structure=structure,
         start=start_name, evaluations=obj.count, message=message, standardised=(std, A, Tinv, b),
     )

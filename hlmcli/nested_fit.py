@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize, stats as sps
 
-from .certificate import Face, face_conditions, rank_tolerance
+from .certificate import Face, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit,
@@ -212,7 +212,8 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCert
             g = face.gradient(Gams, x0)
             H = face.hessian(obj, x0)
     if face.size:
-        decrement, grad_max, hmin = face_conditions(H, g, tol, failed)
+        decrement, grad_max, hmin = face_conditions(H, g, tol, failed,
+                                                    lambda e: name_direction(face.G, x0, e, ("tau_pi", "tau_beta")))
     mus, decs, descent, dstep = [], [], None, 1.0
     for b, name in enumerate(tau_names(len(Gs) + 1)):
         mu, dec, D, st = _null_check_block(obj, Gs, Gams, face, b, tol, dev)

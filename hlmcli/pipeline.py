@@ -130,6 +130,9 @@ def check_estimable(design: design_stage.Design) -> None:
     if J < 2:
         raise ModelError(f"the data have {J} level-2 unit{'s' if J != 1 else ''} after deletion; a two-level model "
                          "needs at least 2 units to estimate a level-2 variance (use a one-level regression)")
+    from .identifiability import check_units
+
+    check_units(J, q)
     if N <= J * q:
         raise ModelError(f"{N} records for {J} units with {q} random effect{'s' if q != 1 else ''} each: the level-1 "
                          f"variance cannot be separated from the level-2 ones (lme4 refuses this too); "

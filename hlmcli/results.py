@@ -123,9 +123,14 @@ class Results:
             return []
         a = self.analysis
         if self.hglm and a.pql is not None:
-            return ["PQL did not converge in its macro iterations"]
+            return ["PQL is not at a checked fixed point: " + "; ".join(a.pql.failed)]
         certificate = a.ml.certificate if self.hglm else a.result.certificate
         return ["the optimum is not certified: " + "; ".join(certificate.failed)]
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the engine noted about the fit for the user (an HGLM's, e.g. a population-average model left out)."""
+        return list(getattr(self.analysis, "warnings", None) or []) if self.hglm else []
 
     @property
     def boundary_notes(self) -> list[str]:

@@ -82,6 +82,7 @@ class FitOptions:
     overdispersion: bool | None = None
     estimation: Estimation | None = None
     quadrature_points: int | None = None
+    separation: str | None = None  # refuse | fit: a separated coefficient held at a bound (HGLM)
     tau: TauStructure | None = None
     weight1: str | None = None
     weight2: str | None = None
