@@ -75,6 +75,9 @@ it. When it finds a lower point, the search restarts from there (in Cholesky coo
 column has zero gradient, so the search alone could not leave it).
 
 Start (ml_start): full PQL, or, when it breaks down (rare events), a plain GLM's γ with τ = ¼I.
+Then ml_fit also searches from a GLM's γ with τ = ¼I and τ = I (glmmTMB's start) and compares
+τ = 0, and reports and certifies only the lowest optimum: the certificate is local, and on rare
+events the Laplace deviance has several local minima (τ = 0 and a large τ).
 
 AGQ's number of points (agq_fit): adaptive by default, K = 7, 9, 11, 15, ... until the deviance at
 the optimum changes by at most 1e-6 relative to the next K (then refitted there), within 2000 nodes
