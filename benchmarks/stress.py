@@ -1,4 +1,6 @@
-"""The full stress suite: hlmcli's fit against an independent optimum on 340 simulated data sets.
+"""The full stress suite: hlmcli's fit against an independent optimum on 413 simulated data sets
+(340 general ones, and 73 for large means, tiny J with an uncentred year, and boundary Satterthwaite
+d.f. under centring).
 
     python benchmarks/stress.py                    # all cases, 2 worker processes
     python benchmarks/stress.py --jobs 1 --only 136 218   # some cases by id prefix, one process
@@ -47,12 +49,13 @@ def summarise(results: list[dict]) -> str:
     lines.append("")
     for k, text in stress_lib.CATEGORIES:
         lines.append(f"  {k}: {text}")
-    bad = [r for r in results if r["worse"] or r["false_boundary"] or r["disagree"] or r["error"]]
+    bad = [r for r in results if r["worse"] or r["false_boundary"] or r["disagree"] or r["error"] or r["location_df"]]
     if bad:
         lines.append("")
-        lines.append("Failing cases (worse / false_converged / false_boundary / disagree / error):")
+        lines.append("Failing cases (worse / false_converged / false_boundary / disagree / error / refused / location_df):")
         for r in bad:
-            flags = [k for k in ("worse", "false_converged", "false_boundary", "disagree", "error") if r[k]]
+            flags = [k for k in ("worse", "false_converged", "false_boundary", "disagree", "error", "refused",
+                                 "location_df") if r[k]]
             gap = "" if r["gap_rel"] is None else f"gap {r['gap_rel']:.2e}"
             agree = "" if r["agree_rel"] is None else f"report off {r['agree_rel']:.1e}"
             lines.append(f"  {r['id']:34s} {','.join(flags):40s} {gap:15s} {agree}")

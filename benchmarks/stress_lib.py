@@ -70,6 +70,7 @@ class Case:
     sigma: float = 1.0
     y_mean: float = 0.0
     fast: bool = False  # part of the fast CI subset
+    centre_random: bool = False  # random effects multiply the predictors centred at their means
 
     def to_dict(self):
         return asdict(self)
@@ -199,6 +200,65 @@ def make_cases() -> list[Case]:
                           fast=k in FAST))
         k += 1
         n_mixed += 1
+    cases += linear_gap_cases(k)
+    return cases
+
+
+# The linear cases of issue 20, after the 340 above (their ids and seeds are unchanged):
+# N. predictors far from zero: 1e5 ± 1, 1e5 ± 10, Julian dates, with level-2 1e5 ± 1 variables on the
+#    intercept and on the slope (cross-level products near 1e10): none may be refused as collinear;
+# O. tiny J with an uncentred year slope, q = 2, 3: the global check (one certified non-global
+#    optimum was found by a scan at seed 499, included as is);
+# P. a random year slope with true variance 0 (boundary fits): Satterthwaite d.f. with the year
+#    uncentred and centred must agree (run_case checks this for every case of N-P without level-2
+#    predictors, where centring the column is an exact reparametrisation).
+LINEAR_GAP_FAMILIES = ("largemean", "tinyJyear", "sattcentre")
+# in the fast subset: 1e5 ± 1 with a level-2 1e5 ± 1 on the slope only (its cross-level product is not
+# absorbed by an intercept), a Julian date with a random slope, a boundary Satterthwaite case; and the
+# certified non-global optimum of seed 499 (the last case)
+FAST_LINEAR_GAPS = frozenset({344, 372, 400})
+
+
+def linear_gap_cases(k0: int) -> list[Case]:
+    # large-mean predictors are recorded in steps of 1/1024 (1e5 ± 10: 27 bits), a level-2 "big" in steps of
+    # 1/64 (23 bits), dates and years are integers: every product x·w is then an exact double, so the
+    # independent deviance (which forms X = L·B in doubles) is not spoilt by rounding those products
+    BIG1 = dict(kind="normal", mean=1e5, sd=1.0, scale=1.0, quantum=2.0 ** -10)
+    BIG10 = dict(kind="normal", mean=1e5, sd=10.0, scale=1.0, quantum=2.0 ** -10)
+    DATE = dict(kind="date", mean=2460311.0, sd=0.0, scale=1.0)
+    YEAR = dict(kind="year", mean=2000.0, sd=0.0, scale=1.0)
+    N01 = dict(kind="normal", mean=0.0, sd=1.0, scale=1.0)
+    specs = []
+    for pred in (BIG1, BIG10, DATE):
+        for q in (1, 2):
+            for l2 in ([], [["big"], ["big"]], [[], ["big"]]):
+                # the slope's random effect multiplies x − x̄: an SD of 0.02 per unit of a raw 2460311-day date
+                # would give the intercept at the mean an SD of 5e4 (1e9 times σ², beyond what any double
+                # evaluation of y'V⁻¹y resolves; see benchmarks/README.md)
+                specs.append(dict(family="largemean", J=60, sizes=("uniform", 2, 25), predictors=[pred, N01], q=q,
+                                  sd=[1.0, 0.02][:q], corr=0.3, level2=l2, centre_random=True))
+    for J in (3, 4):
+        for q in (2, 3):
+            for sd in (1.0, 3.0, 10.0):
+                specs.append(dict(family="tinyJyear", J=J, sizes=("uniform", 2, 15),
+                                  predictors=[dict(kind="normal", mean=2000.0, sd=sd, scale=1.0), N01], q=q,
+                                  sd=[0.3, 0.02, 0.1][:q], corr=0.5))
+    for J in (30, 60, 120):
+        for n_hi in (8, 20):
+            specs.append(dict(family="sattcentre", J=J, sizes=("uniform", 4, n_hi), predictors=[YEAR], q=2,
+                              sd=[1.0, 0.0], corr=0.0, sigma=2.0, y_mean=10.0))
+    cases = []
+    k = k0
+    for sp in specs:
+        for method in ("REML", "ML"):
+            cases.append(Case(id=_case_id(k, sp["family"], sp["J"], sp["q"], method), seed=20261123 + k,
+                              method=method, fast=k in FAST_LINEAR_GAPS, **sp))
+            k += 1
+    # the case a scan of 700 tiny-J uncentred-year fits found: a rank-2 τ certified at 90.2952, τ = 0 at 90.2933
+    # (tests/data/linear_gaps/global_*.csv hold the same data)
+    cases.append(Case(id=_case_id(k, "tinyJyear", 3, 3, "ML"), family="tinyJyear", seed=499, method="ML", J=3,
+                      sizes=("uniform", 5, 15), predictors=[dict(kind="normal", mean=2000.0, sd=10.0, scale=1.0), N01],
+                      q=3, sd=[0.0, 0.0, 0.0], corr=0.4187727218571974, fast=True))
     return cases
 
 
@@ -248,9 +308,15 @@ def simulate(case: Case) -> Data:
         if pr["kind"] == "binary":
             pj = rng.uniform(0.1, 0.9, J)  # unit-specific rates, so the 0/1 varies within and between units
             x = (rng.random(N) < pj[unit]).astype(float)
+        elif pr["kind"] == "date":  # a Julian date: the mean plus a day of the year
+            x = pr["mean"] + rng.integers(0, 366, N).astype(float)
+        elif pr["kind"] == "year":  # a calendar year, 0..20 years after the mean
+            x = pr["mean"] + rng.integers(0, 21, N).astype(float)
         else:
             shift = 0.5 * rng.standard_normal(J)[unit]  # some between-unit variation of the predictor mean
             x = pr["mean"] + pr["sd"] * (rng.standard_normal(N) + shift)
+            if pr.get("quantum"):  # recorded to a binary fraction, so its products with w are exact doubles
+                x = pr["mean"] + np.round((x - pr["mean"]) / pr["quantum"]) * pr["quantum"]
         L[:, k] = x * pr["scale"]
     q = case.q
     random_mask = np.zeros(K, dtype=bool)
@@ -270,6 +336,8 @@ def simulate(case: Case) -> Data:
                 cols.append((rng.random(J) < 0.4).astype(float))
             elif kind == "uncentered":
                 cols.append(50.0 + 5.0 * rng.standard_normal(J))
+            elif kind == "big":  # 1e5 ± 1 in steps of 1/64: products with a level-1 1e5 ± 10 are exact doubles
+                cols.append(1e5 + np.round(64.0 * rng.standard_normal(J)) / 64.0)
             else:
                 cols.append(rng.standard_normal(J))
         W.append(np.column_stack(cols))
@@ -284,13 +352,17 @@ def simulate(case: Case) -> Data:
     for k in range(K):
         s = 1.0 if k == 0 else case.predictors[k - 1]["scale"]
         base = (case.y_mean if k == 0 else rng.uniform(-1, 1)) / s
-        gam += [base] + list(rng.uniform(-0.5, 0.5, W[k].shape[1] - 1) / s)
+        effects = rng.uniform(-0.5, 0.5, W[k].shape[1] - 1) / s
+        kinds = case.level2[k] if k < len(case.level2) else []
+        effects = [e / 1e5 if kind == "big" else e for e, kind in zip(effects, kinds)]  # per 1e5 units of a "big" w
+        gam += [base] + list(effects)
     gam = np.array(gam)
     Xg = np.einsum("nk,nk->n", L, (B @ gam)[unit])
     # random effects, exactly 0 where a true SD is 0
     evals, evecs = np.linalg.eigh(T)
     u = (rng.standard_normal((J, q)) * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
-    zu = np.einsum("nq,nq->n", L[:, :q], u[unit])
+    Zs = L[:, :q] - (L[:, :q].mean(axis=0) * (np.arange(q) > 0)) if case.centre_random else L[:, :q]
+    zu = np.einsum("nq,nq->n", Zs, u[unit])
     y = Xg + zu + case.sigma * rng.standard_normal(N)
     return Data(L=L, y=y, offsets=offsets, B=B, random_mask=random_mask, tau=T, sigma2=case.sigma ** 2)
 
@@ -575,20 +647,57 @@ def boundary_optimum(prof: Profiled, candidates) -> float:
 
 # ----------------------------------------------------------------------------- hlmcli and the verdict
 
-def run_hlmcli(data: Data, method: str):
-    """Fit with hlmcli exactly as the pipeline does, from the sufficient statistics."""
+def _fixed_labels(B: np.ndarray) -> list:
+    """design.FixedEffect for each column of B (for the collinearity check's labels and intercept)."""
+    from hlmcli.design import FixedEffect
+
+    out, seen = [], {}
+    for k in range(B.shape[2]):
+        a = int(np.flatnonzero(np.any(B[:, :, k] != 0, axis=0))[0]) if np.any(B[:, :, k] != 0) else 0
+        s = seen.get(a, 0)
+        seen[a] = s + 1
+        out.append(FixedEffect(a, s, f"b{a}", "INTRCPT2" if s == 0 else f"w{s}", f"γ{a}{s}"))
+    return out
+
+
+def run_hlmcli(data: Data, method: str, with_df: bool = False):
+    """Fit with hlmcli exactly as the pipeline does: the sufficient statistics, the internally
+    centred ones (centring.py), the collinearity check (raises ModelError when it refuses), the fit;
+    with_df adds the Satterthwaite d.f."""
+    from hlmcli.centring import centred_model
+    from hlmcli.design import check_collinearity
     from hlmcli.estimation import fit
+    from hlmcli.inference import satterthwaite_df
     from hlmcli.sufficient import model_stats, unit_cross_products
 
     unit = unit_cross_products(data.L, data.y, data.offsets)
     stats = model_stats(unit, data.B, data.random_mask)
-    res = fit(stats, method)
+    centred = centred_model(data.L, data.y - unit.y_shift, data.offsets, data.B, data.random_mask, True)
+    check_collinearity(SimpleNamespace(fixed=_fixed_labels(data.B)), stats.XX, centred.stats.XX)
+    res = fit(stats, method, centred=centred)
     from hlmcli.pipeline import boundary_notes
 
     # the notes a user of the CLI sees (the pipeline adds them after fit)
     spec = SimpleNamespace(level2=[None] * data.L.shape[1], random=list(data.random_mask))
     notes = list(res.boundary or []) + boundary_notes(res, spec)
+    if with_df:
+        return res, notes, satterthwaite_df(stats, unit, res)
     return res, notes
+
+
+DF_REL_TOL = 1e-6  # d.f. of the same γ with a predictor centred and uncentred must agree to this, relative
+
+
+def location_df_check(data: Data, method: str, df: np.ndarray) -> tuple[float, list, list]:
+    """The d.f. again with level-1 column 1 centred at its mean (an exact reparametrisation when the
+    model has no level-2 predictors: every equation has an intercept to absorb the shift).
+    Returns (largest relative difference over the γs other than γ00, d.f. uncentred, centred)."""
+    L = data.L.copy()
+    L[:, 1] -= L[:, 1].mean()
+    _, _, df_c = run_hlmcli(Data(L=L, y=data.y, offsets=data.offsets, B=data.B, random_mask=data.random_mask,
+                                 tau=data.tau, sigma2=data.sigma2), method, with_df=True)
+    diff = float(np.max(np.abs(df[1:] - df_c[1:]) / np.abs(df_c[1:]))) if df.size > 1 else 0.0
+    return diff, df.tolist(), df_c.tolist()
 
 
 def _eig_ratio(Gt: np.ndarray) -> tuple[float, float]:
@@ -605,8 +714,13 @@ def run_case(case: Case, n_starts: int | None = None) -> dict:
                n_max=int(np.diff(data.offsets).max()))
     t1 = time.perf_counter()
     extra = []
+    check_df = case.family in LINEAR_GAP_FAMILIES and not any(case.level2)
+    out.update(refused=False, location_df=False, df_rel_diff=None)
     try:
-        res, notes = run_hlmcli(data, case.method)
+        if check_df:
+            res, notes, df = run_hlmcli(data, case.method, with_df=True)
+        else:
+            res, notes = run_hlmcli(data, case.method)
         out["hlm_seconds"] = time.perf_counter() - t1
         out.update(hlm_deviance=float(res.deviance), hlm_converged=bool(res.converged),
                    hlm_sigma2=float(res.sigma2), hlm_tau=np.asarray(res.tau).tolist(), hlm_notes=notes,
@@ -619,7 +733,11 @@ def run_case(case: Case, n_starts: int | None = None) -> dict:
         out["hlm_singular"] = bool(hi <= 0 or lo <= SINGULAR_RATIO * hi)
         extra.append(prof.theta_of(Gt_hlm))
         Gt_hlm = 0.5 * (Gt_hlm + Gt_hlm.T)
+        if check_df:
+            out["df_rel_diff"], out["df_uncentred"], out["df_centred"] = location_df_check(data, case.method, df)
+            out["location_df"] = bool(not out["df_rel_diff"] <= DF_REL_TOL)
     except Exception as e:  # noqa: BLE001 - a crash is a finding, recorded
+        out["refused"] = type(e).__name__ == "ModelError" and "collinear" in str(e)
         out["hlm_seconds"] = time.perf_counter() - t1
         out.update(hlm_error=f"{type(e).__name__}: {e}", hlm_deviance=None, hlm_converged=False, hlm_notes=[],
                    ours_at_hlm=None, agree_rel=None, hlm_singular=False)
@@ -674,4 +792,6 @@ CATEGORIES = [
     ("disagree", "our deviance at hlmcli's (σ², τ) differs from its report by > 1e-8 relative"),
     ("error", "hlmcli raised an exception"),
     ("optimizer_behind", "our optimiser's best above hlmcli's (hlmcli was the best known)"),
+    ("refused", "hlmcli refused the (never collinear) simulated design as collinear"),
+    ("location_df", "Satterthwaite d.f. changed by > 1e-6 relative when a predictor is centred (families N-P)"),
 ]

@@ -199,10 +199,20 @@ def _null_check(obj, G, Gamma, face: Face, tol: float, dev: float):
     return mu, decrease, (D if decrease > tol else None), float(steps[k])
 
 
-def face_conditions(H: np.ndarray, g: np.ndarray, tol: float, failed: list[str]) -> tuple[float, float, float]:
+FLAT_TOL = 1e-9  # a face-Hessian eigenvalue within [−HESSIAN_TOL, this] × the largest one is zero
+
+
+def face_conditions(H: np.ndarray, g: np.ndarray, tol: float, failed: list[str],
+                    direction=None) -> tuple[float, float, float]:
     """The conditions on the face: the Newton decrement ½g'H⁺g (over H's clearly positive eigenvalues)
-    at most tol, and H positive semi-definite up to HESSIAN_TOL of its largest eigenvalue. Appends
-    what fails to `failed`; returns (decrement, largest |gradient|, smallest relative eigenvalue)."""
+    at most tol, and H positive semi-definite up to HESSIAN_TOL of its largest eigenvalue, and
+    without a zero eigenvalue: one within rounding of 0 relative to the largest (between
+    −HESSIAN_TOL and FLAT_TOL) is a direction along which the deviance is flat, so the data do not
+    identify that combination of (σ², τ) (σ² is profiled: a ridge in (σ², τ) is one in G = τ/σ²).
+    Being relative, this cannot show on a one-dimensional face; the designs that make one are
+    refused before fitting (identifiability.py). `direction(e)` names the change of τ along face
+    direction e. Appends what fails to `failed`; returns (decrement, largest |gradient|, smallest
+    relative eigenvalue)."""
     grad_max = float(np.abs(g).max())
     w, E = np.linalg.eigh(H)
     top = max(abs(float(w[-1])), 1e-300)
@@ -212,9 +222,32 @@ def face_conditions(H: np.ndarray, g: np.ndarray, tol: float, failed: list[str])
     decrement = 0.5 * float(g @ step)
     if hmin < -HESSIAN_TOL:
         failed.append(f"the face Hessian has a negative eigenvalue ({hmin:+.1E} relative): a saddle point")
+    elif hmin <= FLAT_TOL:
+        where = f" ({direction(E[:, 0])})" if direction is not None else ""
+        failed.append(f"the deviance is flat along a direction of the variance components{where}: face-Hessian "
+                      f"eigenvalue {float(w[0]):.1E} ({hmin:+.1E} relative), so the data do not identify them; "
+                      "simplify the random part")
     if not np.isfinite(decrement) or decrement > tol:
         failed.append(f"the deviance can still fall by {decrement:.1E} on the face (tolerance {tol:.0E})")
     return decrement, grad_max, hmin
+
+
+def name_direction(G_of, x0, e, names=("τ",)) -> str:
+    """The change of G (or of each block of a tuple of them) along face direction e, by its entries,
+    e.g. "τ[0,0] +0.71, τ[1,1] −0.71" (standardised scale, unit length; entries under 5% left out)."""
+    h = 1e-6
+    P, M = G_of(x0 + h * e), G_of(x0 - h * e)
+    if not isinstance(P, tuple):
+        P, M = (P,), (M,)
+    entries = []
+    for name, Pb, Mb in zip(names, P, M):
+        D = (Pb - Mb) / (2 * h)
+        for a, c in zip(*np.tril_indices(D.shape[0])):
+            entries.append((f"{name}[{a},{c}]", float(D[a, c])))
+    scale = max(float(np.sqrt(sum(v * v for _, v in entries))), 1e-300)
+    first = next((v for _, v in entries if abs(v) > 0.05 * scale), 1.0)
+    scale = scale if first > 0 else -scale  # an eigenvector's sign is arbitrary: the first entry shown is +
+    return ", ".join(f"{k} {v / scale:+.2f}" for k, v in entries if abs(v) > 0.05 * abs(scale))
 
 
 def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> Certificate:
@@ -234,7 +267,7 @@ def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> C
             g = face.gradient(Gamma, x0)
             H = face.hessian(obj, x0)
     if face.size:
-        decrement, grad_max, hmin = face_conditions(H, g, tol, failed)
+        decrement, grad_max, hmin = face_conditions(H, g, tol, failed, lambda e: name_direction(face.G, x0, e))
     mu, null_decrease, D, step_size = _null_check(obj, G, Gamma, face, tol, dev)
     if D is not None:
         descent = D

@@ -478,6 +478,9 @@ _hglm_options = [
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
                  help="AGQ: quadrature points per random effect (default: adaptive, from 7 until the deviance changes "
                  "by at most 1e-6 relative; at most 100)."),
+    click.option("--separation", type=click.Choice(["refuse", "fit"]), default=None, expose_value=False,
+                 callback=_keep_hglm, help="Binary, binomial and count outcomes: a predictor that separates the "
+                 "outcome quasi-completely is refused (default), or with 'fit' held at a bound with a warning."),
 ]
 
 
@@ -1095,20 +1098,24 @@ def _fit_hglm(spec, archive, source_text, level1, level2, model_file, out_format
     a = fit_or_refuse(lambda: analyse_hglm(spec, archive, level1), archive, spec.outcome)
     a.extras = hglm_extras(a, hypotheses, spec.options.prior_deviance, spec.options.prior_params)
     a.notes = boundary_notes(a)
+    for message in a.warnings:
+        _stderr("hlmcli: warning: " + message)
     meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
             "model_given": model_given(level1, level2, model_file)}
-    write_residuals(a, sources)
+    failed = not a.converged or (strict and a.notes)
+    if not failed:  # as the linear path: a run that exits 3 leaves no -o or residual file behind
+        write_residuals(a, sources)
     text = dumps_json(hglm_json(a, meta)) if out_format == "json" else \
         hglm_text(a, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only))
-    if output:
+    if output and not failed:
         atomic_write_text(output, text)
-    else:
+    elif not output:
         click.echo(text, nl=False)
-    if not a.converged or (strict and a.notes):
-        what = ("PQL did not converge in its macro iterations" if a.pql is not None else
+    if failed:
+        what = ("PQL is not at a checked fixed point: " + "; ".join(a.pql.failed) if a.pql is not None else
                 "the optimum is not certified: " + "; ".join(a.ml.certificate.failed)) if not a.converged else \
             "--strict: " + "; ".join(a.notes)
-        _stderr("hlmcli: warning: " + what)
+        _stderr("hlmcli: warning: " + what + (f"; {output} not written" if output else ""))
         sys.exit(EXIT_NOT_CONVERGED)
 
 

@@ -187,26 +187,102 @@ def check_random_slopes(design: Design) -> None:
             )
 
 
-def check_collinearity(design: Design, xtx: np.ndarray) -> None:
-    """Name the fixed-effect columns that are linear combinations of earlier ones."""
+COLLINEAR_TOL = 1e-10  # a predictor is a combination of the others when less than this share of its
+# centred variation is left after regressing it on the earlier columns (1 − R² ≤ 1e-10, a variance
+# inflation factor of 1e10): free of the data's units and location, and far above rounding.
+
+
+def residual_shares(xtx: np.ndarray, intercept: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each column k of X (Gram matrix xtx), 1 − R²_k: the share of its variation about the mean
+    (about zero without an intercept) left after regressing it on the earlier columns; the rounding
+    noise of that share: the centred Gram C = X'X − X'1 1'X / N gives back the digits the column's
+    mean took, a factor κ_k = (X'X)_kk / C_kk, so its entries are good to about ε·κ_k; and whether
+    the column is constant (C_kk within 64ε of (X'X)_kk, or zero). The intercept's share is 1."""
+    p = xtx.shape[0]
+    eps = np.finfo(float).eps
+    if intercept is not None:
+        a = xtx[:, intercept]
+        C = xtx - np.outer(a, a) / a[intercept]
+    else:
+        C = xtx.copy()
+    diag = np.diag(xtx).copy()
+    cdiag = np.diag(C).copy()
+    constant = ~(cdiag > 64.0 * eps * diag) | ~(diag > 0)
+    if intercept is not None:
+        constant[intercept] = False
+    kappa = np.where(constant | ~(cdiag > 0), 1.0, diag / np.where(cdiag > 0, cdiag, 1.0))
+    share = np.ones(p)
+    noise = np.zeros(p)
+    earlier: list[int] = []
+    for k in range(p):
+        if k == intercept:
+            continue
+        if constant[k]:
+            share[k] = 0.0
+            continue
+        if earlier:
+            s = np.sqrt(cdiag[earlier])
+            R = C[np.ix_(earlier, earlier)] / np.outer(s, s)
+            r = C[earlier, k] / (s * np.sqrt(cdiag[k]))
+            try:
+                share[k] = 1.0 - float(r @ np.linalg.solve(R, r))
+            except np.linalg.LinAlgError:
+                share[k] = 0.0
+        noise[k] = 64.0 * eps * float(max([kappa[k]] + [kappa[i] for i in earlier]))
+        earlier.append(k)
+    return share, noise, constant
+
+
+def check_collinearity(design: Design, xtx: np.ndarray, centred_xtx: np.ndarray | None = None) -> None:
+    """Name the fixed-effect column that is a linear combination of earlier ones: judged on
+    centred (when the model has γ00), scaled columns, so a predictor's location and units never
+    matter; refused when 1 − R² ≤ COLLINEAR_TOL, or when it is within the Gram matrix's own
+    rounding (residual_shares). centred_xtx: the Gram matrix of X·T with T unit upper triangular
+    (the internally centred columns, centring.py), which gives each column the same share with
+    fewer digits lost; columns of zeros are judged on X itself."""
     d = np.sqrt(np.clip(np.diag(xtx), 0, None))
     labels = [f"{f.label} ({f.predictor} for {f.coefficient})" for f in design.fixed]
-    zero = np.flatnonzero(d <= 1e-12 * max(1.0, d.max()))
+    # a column of zeros: exactly, or (a group-mean-centred variable constant within units keeps only
+    # rounding) tiny against the other columns; judging every column that way would call a predictor
+    # in units of 1e-6 beside one in units of 1e8 "zeros"
+    spec = getattr(design, "spec", None)
+    group = np.array([bool(spec is not None and f.q > 0 and f.q <= len(spec.level1)
+                           and spec.level1[f.q - 1].centering == "group") for f in design.fixed], dtype=bool)
+    zero = np.flatnonzero((d == 0) | (group & (d <= 1e-12 * max(1.0, d.max()))))
     if zero.size:
         raise ModelError(
             f"the fixed effect {labels[zero[0]]} has a column of zeros (e.g. a group-mean-centered variable that is "
             "constant within units); remove that term"
         )
-    corr = xtx / np.outer(d, d)
-    p = corr.shape[0]
-    for k in range(1, p):
-        sub = corr[: k + 1, : k + 1]
-        eig = np.linalg.eigvalsh(sub)
-        if eig[0] <= 1e-10 * eig[-1]:
-            # find which earlier columns it depends on
-            vec = np.linalg.eigh(sub)[1][:, 0]
-            partners = [labels[i] for i in np.flatnonzero(np.abs(vec) > 1e-6) if i != k]
+    intercept = 0 if design.fixed and (design.fixed[0].q, design.fixed[0].s) == (0, 0) else None
+    if centred_xtx is not None:
+        xtx = centred_xtx
+    share, noise, constant = residual_shares(xtx, intercept)
+    for k in range(xtx.shape[0]):
+        if share[k] <= max(COLLINEAR_TOL, noise[k]):
+            earlier = [labels[i] for i in _partners(xtx, intercept, k)]
+            if intercept is not None and constant[k]:
+                raise ModelError(f"the fixed effects are collinear: {labels[k]} is constant, a multiple of "
+                                 f"{labels[intercept]}; remove it")
             raise ModelError(
                 f"the fixed effects are collinear: {labels[k]} is a linear combination of "
-                f"{', '.join(partners) or 'earlier terms'}; remove one of them"
+                f"{', '.join(earlier) or 'earlier terms'}; remove one of them"
             )
+
+
+def _partners(xtx: np.ndarray, intercept: int | None, k: int) -> list[int]:
+    """The earlier columns column k leans on: the intercept (when centred), and those whose
+    coefficient in the regression of the scaled, centred column k on them is not negligible."""
+    if intercept is not None:
+        a = xtx[:, intercept]
+        C = xtx - np.outer(a, a) / a[intercept]
+    else:
+        C = xtx
+    earlier = [i for i in range(k) if i != intercept and C[i, i] > 0]
+    out = [] if intercept is None else [intercept]
+    if earlier:
+        s = np.sqrt(np.diag(C)[earlier])
+        beta = np.linalg.lstsq(C[np.ix_(earlier, earlier)] / np.outer(s, s), C[earlier, k] / s, rcond=None)[0]
+        big = np.abs(beta) > 1e-6 * max(float(np.abs(beta).max()), 1e-300)
+        out += [i for i, b in zip(earlier, big) if b]
+    return sorted(out)

@@ -75,6 +75,7 @@ class RunOptions:
     microit: int = 100  # PQL micro iterations (inner linear fit)
     stopmacro: float = 1e-8  # PQL: max|Δη| <= stopmacro·(1 + max|η|)
     stopmicro: float = 1e-8  # PQL: inner fit tolerance
+    separation: str = "refuse"  # refuse | fit: a separated coefficient held at a bound (separation.py)
 
 
 @dataclass(frozen=True)

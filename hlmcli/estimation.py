@@ -49,6 +49,9 @@ class FitResult:
     evaluations: int = 0
     boundary: list[str] = field(default_factory=list)
     message: str = ""
+    # the coordinates the search ran in: (standardised stats, A, T⁻¹, b) with Z̃ = ZA, X̃ = XT,
+    # ỹ = y − X̃b; the certificate's G is τ/σ² there (inference.satterthwaite_df works there too)
+    standardised: tuple | None = None
 
     @property
     def theta(self) -> np.ndarray:
@@ -140,31 +143,46 @@ class DevianceObjective(Protocol):
 
 class Objective:
     """The profiled deviance and its G-gradient on standardised stats, counting evaluations
-    (a DevianceObjective)."""
+    (a DevianceObjective). With sigma2 given, the deviance at that fixed level-1 variance instead
+    (σ² not profiled; PQL's working model has σ² = 1): then G = τ/σ² with the given σ²."""
 
-    def __init__(self, stats: ModelStats, reml: bool):
-        self.stats, self.reml, self.count = stats, reml, 0
+    def __init__(self, stats: ModelStats, reml: bool, sigma2: float | None = None):
+        self.stats, self.reml, self.count, self.sigma2 = stats, reml, 0, sigma2
 
     def solve(self, lam: np.ndarray) -> UnitSolve:
         self.count += 1
         return unit_solve(self.stats, lam)
+
+    def deviance_of(self, us: UnitSolve) -> float:
+        return us.profiled_deviance(self.reml) if self.sigma2 is None else us.deviance(self.sigma2, self.reml)
+
+    def gradient_of(self, us: UnitSolve) -> np.ndarray:
+        return us.gradient_G(self.reml, sigma2=self.sigma2)
 
     def at(self, G: np.ndarray) -> tuple[float, np.ndarray]:
         try:
             us = self.solve(factor(G))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(G)
-        return us.profiled_deviance(self.reml), us.gradient_G(self.reml)
+        return self.deviance_of(us), self.gradient_of(us)
 
     def noise(self, G: np.ndarray) -> float:
         try:
-            return self.solve(factor(G)).rounding_noise(self.reml)
+            us = self.solve(factor(G))
         except (FloatingPointError, np.linalg.LinAlgError):
             return 0.0
+        if self.sigma2 is None:
+            return us.rounding_noise(self.reml)
+        # σ² fixed: rss/σ² carries the absolute rounding of the differences that make rss
+        eps = np.finfo(float).eps
+        yy = self.stats.yy
+        cancel = abs(yy) + abs(yy - us.s) + abs(float(us.c @ us.gamma))
+        logdets = float(np.abs(us.logdet).sum()) + (abs(us.log_det_P()) if self.reml else 0.0)
+        return 8.0 * eps * (cancel / self.sigma2 + logdets)
 
     def value(self, G: np.ndarray) -> float:
         try:
-            return self.solve(factor(G)).profiled_deviance(self.reml)
+            return self.deviance_of(self.solve(factor(G)))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf
 
@@ -188,8 +206,8 @@ def _lbfgs(obj: Objective, G0: np.ndarray, structure: TauStructure, maxiter: int
             us = obj.solve(lam)
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(theta)
-        grad = 2.0 * us.gradient_G(obj.reml) @ lam
-        return us.profiled_deviance(obj.reml), grad[idx]
+        grad = 2.0 * obj.gradient_of(us) @ lam
+        return obj.deviance_of(us), grad[idx]
 
     res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                             options={"maxiter": max(1, maxiter), "ftol": 1e-10, "gtol": 1e-7, "maxcor": 20})
@@ -373,17 +391,76 @@ def _polish_and_certify(obj: Objective, G: np.ndarray, dev: float, structure: Ta
     return G, dev, cert, iterations, message
 
 
+def lower_faces(G: np.ndarray, diagonal: bool, rank: int) -> list[np.ndarray]:
+    """Points on the faces below G's, where the search may not have looked: τ = 0 always; at a
+    boundary (rank r < q) also G's best rank-k approximations, k = 1..r−1 (unstructured), or G
+    with every proper non-empty subset of its positive entries kept (diagonal)."""
+    q = G.shape[0]
+    out = [np.zeros((q, q))]
+    if rank >= q or rank <= 1:
+        return out
+    if diagonal:
+        d = np.diag(G)
+        pos = [int(k) for k in np.argsort(-d)[:rank]]
+        for mask in range(1, 2 ** rank - 1):
+            keep = [pos[i] for i in range(rank) if mask >> i & 1]
+            D = np.zeros(q)
+            D[keep] = d[keep]
+            out.append(np.diag(D))
+    else:
+        w, E = np.linalg.eigh(0.5 * (G + G.T))
+        for k in range(1, rank):
+            out.append((E[:, -k:] * w[-k:]) @ E[:, -k:].T)
+    return out
+
+
+def best_lower_face(obj, candidates, make_face, dev: float, noise: float):
+    """The global check of a certified boundary optimum: the minimum of the deviance on each
+    candidate's face (Newton on that face from the candidate), and the lowest of them when it is
+    below dev by more than the tolerance (then the search continues from there), else None. The
+    local certificate cannot see another face's minimum: a ±1 correlation that is a genuine local
+    minimum can sit above τ = 0."""
+    best = None
+    tol = tol_decrement(dev, noise)
+    for Gc in candidates:
+        face = make_face(Gc)
+        if face.size == 0:
+            G1, d1 = Gc, obj.value(Gc)
+        else:
+            x = face.x0()
+            d0, Gam = obj.at(face.G(x))
+            if not np.isfinite(d0):
+                continue
+            G1, d1, _, _, _ = newton_on_face(obj, face, x, d0, Gam, obj.noise(face.G(x)))
+        if d1 < dev - tol and (best is None or d1 < best[1]):
+            best = (G1, d1)
+    return best
+
+
 def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
-        structure: TauStructure = TauStructure.UNSTRUCTURED, start: np.ndarray | None = None) -> FitResult:
+        structure: TauStructure = TauStructure.UNSTRUCTURED, start: np.ndarray | None = None,
+        sigma2: float | None = None, centred=None) -> FitResult:
     """start: a G̃ on the standardised scale (a previous fit's certificate.G) to start from alone,
-    e.g. the fit of the previous plausible value; the certificate is the same either way."""
+    e.g. the fit of the previous plausible value; the certificate is the same either way.
+    centred: the same model on internally centred columns (centring.Centred), when the caller has
+    it: the search and the reported deviance then come from its statistics, which large means
+    cannot spoil, and the answer is mapped back through its T and A.
+    sigma2: hold the level-1 variance at this value instead of profiling it (the search, the
+    certificate and the escapes are the same; G = τ/σ²)."""
     reml = method.upper() == "REML"
     diagonal = structure is TauStructure.DIAGONAL
     q = stats.q
-    A = standardising_map(stats, structure)
-    Tinv, b = fixed_standardising(stats)  # X and y are untouched by A
-    std = reparametrise(stats, A, Tinv, b)
-    obj = Objective(std, reml)
+    base = stats if centred is None else centred.stats
+    A = standardising_map(base, structure)
+    Tinv, b = fixed_standardising(base)  # X and y are untouched by A
+    std = reparametrise(base, A, Tinv, b)
+    if centred is not None:
+        # compose: Z̃ = (ZA_c)A, X̃ = (XT_c)T, y = ỹ + X_cb₀ = ỹ_std + X̃(b + T⁻¹b₀); T_c is unit upper
+        # triangular, so Tinv stays upper triangular
+        A = centred.A @ A
+        b = b + Tinv @ centred.b0
+        Tinv = Tinv @ np.linalg.inv(centred.T)
+    obj = Objective(std, reml, sigma2)
 
     if start is not None:
         starts = [("previous fit", np.asarray(start, dtype=float))]
@@ -429,6 +506,21 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
                 G, dev, cert, start_name, message = G1, d1, c1, name, msg
             if cert.certified:
                 break
+    for _ in range(q + 1):
+        if not cert.certified:
+            break
+        lower = best_lower_face(obj, lower_faces(G, diagonal, cert.rank), lambda Gc: Face(Gc, diagonal), dev,
+                                obj.noise(G))
+        if lower is None:
+            break
+        G, dev, cert, used, message = _polish_and_certify(obj, lower[0], lower[1], structure,
+                                                          max(1, max_iterations - iterations), message)
+        iterations += used
+        start_name += ", continued from a lower face"
+    else:
+        if cert.certified:
+            cert.certified = False
+            cert.failed.append("a lower face of the PSD cone still has a lower deviance")
 
     G_user = A @ G @ A.T
     G_user = 0.5 * (G_user + G_user.T)
@@ -447,13 +539,15 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
                     P=0.5 * (P_user + P_user.T), cholP=Tt @ std_solve.cholP, c=Tt @ c_std,
                     s=float(std_solve.s + 2.0 * b @ std_solve.c + b @ std_solve.P @ b),
                     gamma=np.linalg.solve(Tinv, std_solve.gamma + b))
-    sigma2 = solve.sigma2_hat(reml)
-    n_params = 1 + (q if diagonal else q * (q + 1) // 2) + (0 if reml else stats.p)
+    fixed = sigma2 is not None
+    sigma2 = sigma2 if fixed else solve.sigma2_hat(reml)
+    n_params = (0 if fixed else 1) + (q if diagonal else q * (q + 1) // 2) + (0 if reml else stats.p)
     return FitResult(
         method="REML" if reml else "ML", gamma=solve.gamma, cov_gamma=sigma2 * solve.Pinv(),
-        sigma2=sigma2, tau=sigma2 * G_user, deviance=solve.profiled_deviance(reml), n_params=n_params,
+        sigma2=sigma2, tau=sigma2 * G_user, n_params=n_params,
+        deviance=solve.deviance(sigma2, reml) if fixed else solve.profiled_deviance(reml),
         iterations=iterations, converged=cert.certified, certificate=cert, solve=solve, structure=structure,
-        start=start_name, evaluations=obj.count, message=message,
+        start=start_name, evaluations=obj.count, message=message, standardised=(std, A, Tinv, b),
     )
 
 

@@ -20,7 +20,7 @@ class ConflictingOptions(HlmError):
 # The options that say how to build an archive from two data files: with an archive they would be ignored.
 BUILD_OPTIONS = ("--id", "--id1", "--id2", "--l1-vars", "--l2-vars", "--missing", "--drop-unmatched", "--delimiter",
                  "--data-format")
-HGLM_OPTIONS = ("--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points")
+HGLM_OPTIONS = ("--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points", "--separation")
 # plot: the kinds each option draws with
 PLOT_KINDS = {"--x": ("equation", "units"), "--by": ("equation",), "--sample": ("units",), "--seed": ("units",),
               "--coef": ("shrinkage", "caterpillar", "diagnostics")}

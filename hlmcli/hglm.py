@@ -207,35 +207,55 @@ def weighted_stats(data: GLMData, z: np.ndarray, w: np.ndarray, with_unit: bool 
 
 
 def working_model(data: GLMData, eta: np.ndarray):
-    """(stats, unit stats) of the working model linearised at η (offset included)."""
+    """(stats, unit stats) of the working model linearised at η (offset included). Weights that
+    underflow to 0 give a non-finite z, and the fit of these stats then fails (pql reports it)."""
     dl, W, _ = data.family.derivatives(eta, data.y, data.trials)
-    z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
     return weighted_stats(data, z, W, with_unit=True)
 
 
-def _fixed_sigma_fit(stats, reml: bool, lam0: np.ndarray, maxiter: int, tol: float, diagonal: bool = False):
-    """τ of the weighted LMM with σ² = 1: L-BFGS-B over the lower triangle of Λ (τ = ΛΛ'), or over
-    its diagonal for a diagonal τ."""
-    q = stats.q
-    tril = _theta_index(q, diagonal)
+# The fixed-point check (pql): one more macro iteration, its inner fit started afresh, may move γ
+# and τ by at most this: |Δγ_k| ≤ tol·(|γ_k| + se_k), and |ΔG̃| ≤ tol·max(1, max|G̃|) on the
+# standardised G̃ = τ/σ² of the inner fit (dimensionless, so free of the data's units).
+FIXED_POINT_TOL = 1e-6
 
-    def fun(th):
-        lam = np.zeros((q, q))
-        lam[tril] = th
-        try:
-            us = unit_solve(stats, lam)
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return 1e300, np.zeros_like(th)
-        d = us.deviance(1.0, reml)
-        Gam = us.gradient_G(reml, sigma2=1.0)
-        return d, (2.0 * Gam @ lam)[tril]
 
-    bounds = [(0.0, None) if i == j else (None, None) for i, j in zip(*tril)]
-    res = minimize(fun, lam0[tril], jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"maxiter": maxiter, "ftol": tol * 1e-6, "gtol": tol * 1e-4})
-    lam = np.zeros((q, q))
-    lam[tril] = res.x
-    return lam, res.nit
+def inner_fit(stats, reml: bool, overdispersion: bool, diagonal: bool, maxiter: int, start_G=None):
+    """The linearised model's fit: the linear engine's search and certificate over PSD τ
+    (estimation.fit), with σ² = 1 or, with over-dispersion, profiled. start_G (τ/σ² in the user's
+    coordinates) is mapped to the standardised scale of these stats and is the only start;
+    without it the engine's own starts are used."""
+    from .estimation import standardising_map
+
+    structure = TauStructure.DIAGONAL if diagonal else TauStructure.UNSTRUCTURED
+    start = None
+    if start_G is not None:
+        Ainv = np.linalg.inv(standardising_map(stats, structure))
+        start = Ainv @ start_G @ Ainv.T
+        start = np.diag(np.diag(start)) if diagonal else 0.5 * (start + start.T)
+    return linear_fit(stats, "REML" if reml else "ML", max_iterations=max(maxiter, 1000), structure=structure,
+                      start=start, sigma2=None if overdispersion else 1.0)
+
+
+@dataclass
+class FixedPointCheck:
+    """Re-linearised at the final η and refitted from the engine's own starts: how far γ and τ moved."""
+    passed: bool
+    gamma_change: float  # max_k |Δγ_k| / (|γ_k| + se_k)
+    tau_change: float  # max |ΔG̃| / max(1, max|G̃|)
+    tolerance: float
+    certified: bool  # the refit's certificate
+    failed: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (f"largest change of γ {self.gamma_change:.1E} (relative to |γ| + SE), of τ {self.tau_change:.1E} "
+                f"(relative, standardised), tolerance {self.tolerance:.0E}")
+
+    def to_json(self) -> dict:
+        return {"checked": True, "passed": self.passed, "gamma_change": self.gamma_change,
+                "tau_change": self.tau_change, "tolerance": self.tolerance, "inner_fit_certified": self.certified,
+                "failed": list(self.failed)}
 
 
 @dataclass
@@ -250,7 +270,7 @@ class PQLResult:
     eta: np.ndarray
     macro_iterations: int
     micro_iterations: int
-    converged: bool
+    converged: bool  # the macro iterations converged and the fixed point is checked
     reml: bool
     overdispersion: bool
     pa_gamma: np.ndarray | None = None
@@ -258,52 +278,102 @@ class PQLResult:
     pa_robust_cov: np.ndarray | None = None
     pa_iterations: int = 0
     solve: object = None
+    check: FixedPointCheck | None = None
+    failed: list[str] = field(default_factory=list)  # why not converged, one reason each
+    pa_failed: str | None = None  # why the population-average model is missing
+
+
+def _check_fixed_point(last, refit, tol: float) -> FixedPointCheck:
+    """Compare the inner fit of the last macro iteration with the refit at its η (see FIXED_POINT_TOL)."""
+    se = np.sqrt(np.clip(np.diag(refit.cov_gamma), 0.0, None))
+    dg = float(np.max(np.abs(refit.gamma - last.gamma) / (np.abs(refit.gamma) + se + 1e-300)))
+    G1, G0 = refit.certificate.G, last.certificate.G
+    # the two standardised scales differ (A is made from each fit's own weights): compare τ/σ² on
+    # the refit's scale, mapping the last fit's τ through the refit's map
+    from .estimation import standardising_map
+
+    A = standardising_map(refit.solve.stats, last.structure)
+    Ainv = np.linalg.inv(A)
+    G0 = Ainv @ (last.tau / last.sigma2) @ Ainv.T
+    dt = float(np.max(np.abs(G1 - G0)) / max(1.0, float(np.max(np.abs(G1)))))
+    failed = []
+    if not refit.converged:
+        failed.append("the inner fit at the final η is not certified: " + "; ".join(refit.certificate.failed))
+    if not dg <= tol:
+        failed.append(f"re-linearised at the final η, γ moves by {dg:.1E} of (|γ| + SE) (tolerance {tol:.0E})")
+    if not dt <= tol:
+        failed.append(f"re-linearised at the final η, τ moves by {dt:.1E} relative (tolerance {tol:.0E})")
+    return FixedPointCheck(passed=not failed, gamma_change=dg, tau_change=dt, tolerance=tol,
+                           certified=bool(refit.converged), failed=failed)
 
 
 def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit: int = 100,
         microit: int = 100, stopmacro: float = 1e-8, stopmicro: float = 1e-8, population_average: bool = True,
-        diagonal: bool = False) -> PQLResult:
+        diagonal: bool = False, check: bool = True) -> PQLResult:
+    """PQL macro iterations, each inner fit certified over PSD τ (inner_fit), warm-started from the
+    last τ. With check, at the end the model is re-linearised at the final η and refitted from the
+    engine's own starts; converged only if that refit is certified and moves γ and τ by at most
+    FIXED_POINT_TOL (FixedPointCheck). stopmicro is kept for the command-file keyword; the
+    inner fit's own tolerance is the certificate's."""
     fam = data.family
-    eta = fam.start(data.y, data.trials, data.offset) + (data.offset if data.offset is not None else 0.0)
-    lam = 0.5 * np.eye(data.q)
+    off = data.offset if data.offset is not None else 0.0
+    eta = fam.start(data.y, data.trials, data.offset) + off
     micro = 0
     converged = False
-    sigma2 = 1.0
+    G = None
+    failed: list[str] = []
+    r = None
     for it in range(1, macroit + 1):
-        dl, W, _ = fam.derivatives(eta, data.y, data.trials)
-        z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
-        stats = weighted_stats(data, z, W)
-        if overdispersion:
-            r = linear_fit(stats, "REML" if reml else "ML", max_iterations=microit,
-                           structure=TauStructure.DIAGONAL if diagonal else TauStructure.UNSTRUCTURED)
-            sigma2 = float(r.sigma2)
-            tau = r.tau
-            lam = np.linalg.cholesky(tau / sigma2 + 1e-300 * np.eye(data.q)) if np.all(np.linalg.eigvalsh(tau) > 0) \
-                else _psd_factor(tau / sigma2)
-            micro += r.iterations
-        else:
-            lam, nit = _fixed_sigma_fit(stats, reml, lam, microit, stopmicro, diagonal)
-            micro += nit
-        us = unit_solve(stats, lam)
-        b, bvar = us.posterior(sigma2)
-        new = data.eta(us.gamma, b)
+        try:
+            stats = working_model(data, eta)[0]
+            r_new = inner_fit(stats, reml, overdispersion, diagonal, microit, G)
+        except (FloatingPointError, np.linalg.LinAlgError) as exc:
+            # the working model cannot be fitted (weights that vanish, X'WX singular): a numerical
+            # breakdown, which the CLI reports in one line (data_checks.fit_or_refuse), never a crash
+            raise FloatingPointError(f"the linearised model cannot be fitted at macro iteration {it} ({exc})") from None
+        r = r_new
+        micro += r.iterations
+        G = r.tau / r.sigma2
+        b, _ = r.solve.posterior(r.sigma2)
+        new = data.eta(r.gamma, b)
+        if not np.all(np.isfinite(new)):
+            failed.append(f"the linear predictor is not finite at macro iteration {it}")
+            break
         change = float(np.max(np.abs(new - eta)))
         eta = new
         if change <= stopmacro * (1.0 + float(np.max(np.abs(eta)))):
             converged = True
             break
-    # the final linearised model, at the converged η
-    dl, W, _ = fam.derivatives(eta, data.y, data.trials)
-    z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
-    stats = weighted_stats(data, z, W)
-    us = unit_solve(stats, lam)
+    if not converged and not failed:
+        failed.append(f"the macro iterations did not converge in {macroit} (largest change of η {change:.1E})")
+    fp = None
+    if converged and np.all(np.isfinite(eta)):
+        # the fixed point itself: re-linearise at the final η and refit afresh
+        stats = working_model(data, eta)[0]
+        refit = inner_fit(stats, reml, overdispersion, diagonal, microit) if check else r
+        if check:
+            fp = _check_fixed_point(r, refit, FIXED_POINT_TOL)
+            failed += fp.failed
+            converged = fp.passed
+        r = refit
+    elif not r.converged:
+        failed.append("the last inner fit is not certified: " + "; ".join(r.certificate.failed))
+    us, sigma2 = r.solve, float(r.sigma2)
+    b, bvar = us.posterior(sigma2)
     Pinv = us.Pinv()
     scores = us.XVe_units()
-    res = PQLResult(gamma=us.gamma, cov=sigma2 * Pinv, robust_cov=Pinv @ (scores.T @ scores) @ Pinv,
-                    tau=sigma2 * (lam @ lam.T), sigma2=sigma2, b=b, b_var=bvar, eta=eta, macro_iterations=it,
-                    micro_iterations=micro, converged=converged, reml=reml, overdispersion=overdispersion, solve=us)
+    lam = _psd_lower(r.tau / sigma2)
+    res = PQLResult(gamma=r.gamma, cov=sigma2 * Pinv, robust_cov=Pinv @ (scores.T @ scores) @ Pinv,
+                    tau=r.tau, sigma2=sigma2, b=b, b_var=bvar, eta=eta, macro_iterations=it,
+                    micro_iterations=micro, converged=converged, reml=reml, overdispersion=overdispersion, solve=us,
+                    check=fp, failed=failed)
     if population_average:
-        _population_average(data, res, lam, macroit, stopmacro)
+        try:
+            _population_average(data, res, lam, macroit, stopmacro)
+        except (FloatingPointError, np.linalg.LinAlgError) as exc:
+            # the unit-specific answer stands; only the population-average tables are left out
+            res.pa_gamma = None
+            res.pa_failed = f"the population-average model cannot be fitted ({exc})"
     return res
 
 
@@ -613,7 +683,7 @@ def ml_start(data: GLMData, macroit: int = 100, diagonal: bool = False):
     try:
         with np.errstate(divide="raise", invalid="raise"):
             res = pql(data, reml=False, population_average=False, macroit=macroit, stopmacro=START_TOL,
-                      diagonal=diagonal)
+                      diagonal=diagonal, check=False)
         if np.all(np.isfinite(res.gamma)) and np.all(np.isfinite(res.tau)) and np.all(np.isfinite(res.b)):
             return res
     except (FloatingPointError, np.linalg.LinAlgError, ZeroDivisionError):

@@ -45,6 +45,7 @@ class HGLMAnalysis:
     b_var: np.ndarray
     notes: list[str] = field(default_factory=list)  # boundary notes (for --strict)
     extras: dict = field(default_factory=dict)  # hypothesis_tests, deviance_test
+    warnings: list[str] = field(default_factory=list)  # --separation fit: the coefficients held at a bound
 
 
 def check_options(opts) -> None:
@@ -136,6 +137,105 @@ def _separation(y, n, columns: dict, rows, file_name) -> None:
                             "has no finite estimate; remove it or combine categories")
 
 
+def _fixed_column(L, B, unit, k):
+    """Column k of the fixed design X per record (X_j = L_jB_j)."""
+    return np.einsum("ik,ik->i", L, B[unit, :, k])
+
+
+def _effect_label(design, k) -> str:
+    f = design.fixed[k]
+    return f"{f.label} ({f.predictor} for {f.coefficient})"
+
+
+def _unit_level(design, B, k) -> bool:
+    """Whether column k of X is a level-2 predictor of the intercept (constant within every unit)."""
+    f = design.fixed[k]
+    return f.q == 0 and f.s > 0
+
+
+def _listed(items, n=8) -> str:
+    items = [str(v) for v in items]
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def check_separation(design, B, trials, link, l1file, l2file, rows, mode):
+    """Separation by one fixed-effect column (separation.py), found before fitting. Complete separation
+    is refused; quasi-complete separation too unless mode is "fit", when the separated coefficients
+    are returned to be held at their bounds."""
+    from .separation import find_combination, find_separation
+
+    if design.n_fixed < 2:
+        return []
+    unit = np.repeat(np.arange(design.n_units), design.sizes)
+    X = np.column_stack([_fixed_column(design.L, B, unit, k) for k in range(design.n_fixed)])
+    found = find_separation(X, design.y, trials, link)
+    if not found:
+        combo = find_combination(X, design.y, trials, link)
+        if combo is not None:
+            beta, moved = combo
+            big = np.flatnonzero(np.abs(beta) * np.abs(X).max(axis=0) > 1e-6 * np.max(np.abs(beta) * np.abs(X).max(axis=0)))
+            names = [_effect_label(design, k) for k in big if k > 0]
+            raise DataError(f"{l1file}: the fixed effects {', '.join(names)} together separate the outcome (a "
+                            f"combination of them puts the outcome at its limit on rows "
+                            f"{_listed(int(rows[i]) + 1 for i in moved)}), so their coefficients have no finite "
+                            "estimate; remove one of them or combine categories (--separation fit holds one "
+                            "separating predictor, not a combination)")
+    for s in found:
+        if s.complete or mode != "fit":
+            f = design.fixed[s.column]
+            name = f.coefficient if f.s == 0 else (f.predictor if f.q == 0 else f"{f.coefficient}*{f.predictor}")
+            if link == "logit":
+                x = X[:, s.column]
+                sides = [(x > s.threshold, "above"), (x < s.threshold, "below")]
+                kinds = ["success", "failure"] if s.sign > 0 else ["failure", "success"]
+                what = " and ".join(f"every record with {name} {word} {s.threshold:g} is a {kind}"
+                                    for (mask, word), kind in zip(sides, kinds) if mask.any())
+            else:
+                what = f"every record with {name} {'below' if s.sign > 0 else 'above'} {s.threshold:g} has a count of 0"
+            if _unit_level(design, B, s.column):
+                units = sorted({design.unit_ids[j] for j in unit[s.records]}, key=lambda v: (len(str(v)), str(v)))
+                where = f"units {_listed(units)}"
+            else:
+                where = f"rows {_listed(int(rows[i]) + 1 for i in s.records)}"
+            kind = "completely" if s.complete else "quasi-completely"
+            todo = ("remove it or combine categories" if s.complete else
+                    "remove it or combine categories, or pass --separation fit to fit with the coefficient held at a "
+                    "bound (as glmer's huge estimate)")
+            raise DataError(f"{l2file if _unit_level(design, B, s.column) else l1file}, column {name}: "
+                            f"the fixed effect {_effect_label(design, s.column)} separates the outcome {kind} "
+                            f"({what}: {where}), so its coefficient has no finite estimate; {todo}")
+    return found
+
+
+def separation_warning(design, s) -> str:
+    from .separation import BOUND_ETA
+
+    return (f"--separation fit: the fixed effect {_effect_label(design, s.column)} separates the outcome; its "
+            f"coefficient (±∞ at the optimum) is held at {s.bound:.6g}, which moves the linear predictor of the "
+            f"separated records by up to {BOUND_ETA:g}; it has no standard error, and the other estimates are those "
+            "of the limit")
+
+
+def _reinsert(held, gamma, cov, rcov):
+    """γ and its covariances with the held coefficients put back at their places (no variance: NaN)."""
+    cols = sorted(s.column for s in held)
+    p = gamma.size + len(cols)
+    keep = np.setdiff1d(np.arange(p), cols)
+    g = np.empty(p)
+    g[keep] = gamma
+    for s in held:
+        g[s.column] = s.bound
+    out = [g]
+    for c in (cov, rcov):
+        if c is None:
+            out.append(None)
+            continue
+        m = np.full((p, p), np.nan)
+        m[np.ix_(keep, keep)] = c
+        out.append(m)
+    return tuple(out)
+
+
 def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     opts = spec.options
     check_options(opts)
@@ -146,6 +246,9 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     design = design_stage.make_design(spec, archive)
     if not design.random.any():
         raise ModelError("an HGLM needs at least one random effect (add u0 to the equation for b0)")
+    from .identifiability import check_units
+
+    check_units(design.n_units, int(design.random.sum()))
     files = {s.role: s.name for s in archive.sources}
     l1file = files.get("level-1", "the level-1 file")
     rows = design.record_positions if design.record_positions is not None else np.arange(design.n)
@@ -162,8 +265,17 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
         cols = {"__outcome__": spec.outcome}
         cols.update({t.name: design.L[:, k] for k, t in enumerate(spec.level1, start=1)})
         _separation(design.y, trials, cols, rows, l1file)
-    data = GLMData(fam, design.L, design.block_design(), design.offsets, np.flatnonzero(design.random), design.y,
-                   trials, np.log(exposure) if exposure is not None else None)
+    B = design.block_design()
+    offset = np.log(exposure) if exposure is not None else None
+    held = check_separation(design, B, trials, fam.link, l1file, files.get("level-2", "the level-2 file"), rows,
+                            opts.separation)
+    if held:
+        # --separation fit: each separated coefficient held at its bound, as an offset
+        unit = np.repeat(np.arange(design.n_units), design.sizes)
+        extra = sum(s.bound * _fixed_column(design.L, B, unit, s.column) for s in held)
+        offset = extra if offset is None else offset + extra
+        B = np.delete(B, [s.column for s in held], axis=2)
+    data = GLMData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), design.y, trials, offset)
     reml = spec.method == "REML"
     est = opts.estimation
     diagonal = opts.tau == "diagonal"
@@ -189,12 +301,23 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     stats, unit = working_model(data, eta)
     if m_res is not None:
         rcov = m_res.robust_cov  # the cluster sandwich of the exact scores (hglm._covariances)
+    warnings = []
+    if held:
+        # back to the model as written: the held coefficients at their bounds, with no standard error
+        gamma, cov, rcov = _reinsert(held, gamma, cov, rcov)
+        if p_res is not None and p_res.pa_gamma is not None:
+            p_res.pa_gamma, p_res.pa_cov, p_res.pa_robust_cov = _reinsert(held, p_res.pa_gamma, p_res.pa_cov,
+                                                                          p_res.pa_robust_cov)
+        data = GLMData(fam, design.L, design.block_design(), design.offsets, np.flatnonzero(design.random), design.y,
+                       trials, np.log(exposure) if exposure is not None else None)
+        stats, unit = working_model(data, eta)
+        warnings = [separation_warning(design, s) for s in held]
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
     variance = inference.variance_tests(design, ols, tau, stats)
     return HGLMAnalysis(spec, design, data, est, m_res.nodes if m_res is not None else 0,
                         p_res, m_res, gamma, cov, rcov, tau, sigma2, inference.hlm_fixed_df(design), variance,
-                        converged, b, bvar)
+                        converged, b, bvar, warnings=warnings)
 
 
 # ====================================================================== model printing
@@ -260,6 +383,13 @@ def glmer_call(spec, id_name: str, nodes: int | None = None) -> str:
     nagq = {"pql": "", "laplace": ", nAGQ = 1", "agq": f", nAGQ = {nodes or opts.quadrature_points or 25}"}[opts.estimation]
     fam = "binomial" if opts.family in ("bernoulli", "binomial") else "poisson"
     return f"glmer({lhs} ~ {rhs}, family = {fam}{nagq})"
+
+
+def pql_status(p: PQLResult) -> str:
+    """The PQL claim, printed only when the fixed-point check passed."""
+    if p.converged and p.check is not None:
+        return "PQL converged to a fixed point (checked): " + p.check.describe()
+    return "PQL is NOT at a checked fixed point: " + "; ".join(p.failed)
 
 
 def estimation_text(opts, nodes: int | None = None) -> str:
@@ -344,12 +474,16 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     if a.pql is not None:
         out["macro_iterations"] = a.pql.macro_iterations
         out["micro_iterations"] = a.pql.micro_iterations
+        out["fixed_point"] = a.pql.check.to_json() if a.pql.check is not None else {"checked": False, "passed": False,
+                                                                                   "failed": list(a.pql.failed)}
         if a.pql.pa_gamma is not None:
             out["population_average"] = {
                 "definition": "GEE with the linearised marginal working covariance σ²W⁻¹ + ZτZ', τ and σ² held at the "
                               "unit-specific PQL estimates (Raudenbush & Bryk 2002, ch. 10)",
                 "iterations": a.pql.pa_iterations,
                 "fixed_effects": fixed_json(a, a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov, a.df)}
+        elif a.pql.pa_failed:
+            out["population_average"] = {"error": a.pql.pa_failed}
     if a.ml is not None:
         out["certificate"] = a.ml.certificate.to_json()
         if a.ml.quadrature is not None:
@@ -359,6 +493,7 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     out["tau_structure"] = "diagonal" if opts.tau == "diagonal" else "unstructured"
     out["boundary"] = bool(a.notes)  # as the linear engine's JSON: a flag and its notes
     out["boundary_notes"] = list(a.notes)
+    out["separation"] = {"mode": opts.separation, "held": list(a.warnings)}
     for key in ("hypothesis_tests", "deviance_test"):
         if key in a.extras:
             out[key] = a.extras[key]
@@ -422,6 +557,8 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     if a.pql is not None:
         w(f"Final Results - Iteration {a.pql.macro_iterations} (macro iterations)"
           + ("" if a.converged else "  NOT CONVERGED"))
+        w("")
+        w(pql_status(a.pql))
     else:
         w(f"Final Results - Iteration {a.ml.iterations} ({'Laplace' if a.estimation == 'laplace' else 'AGQ'})")
         w("")
@@ -434,7 +571,7 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
                 w("WARNING: the quadrature accuracy check " + ("failed" if quad.change is not None else "could not be made")
                   + (" within the budget" if quad.adaptive else "") + "; the deviance may be off by more than 1e-6 relative"
                   + ("" if quad.adaptive else ": raise --quadrature-points"))
-    for note in a.notes:
+    for note in a.notes + a.warnings:
         w(note)
     if a.sigma2 is not None:
         w("")
@@ -504,6 +641,9 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         w("Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test;")
         w("use --estimation laplace or agq for a deviance.")
     out += extras_text(a.extras, sym)
+    if a.pql is not None and a.pql.pa_failed:
+        w("")
+        w(f"Results for Population-average Model: none; {a.pql.pa_failed}")
     if a.pql is not None and a.pql.pa_gamma is not None:
         w("")
         w("Results for Population-average Model")

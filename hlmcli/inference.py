@@ -203,61 +203,82 @@ LMERTEST_EIGEN_TOL = 1e-8  # lmerTest drops Hessian eigenvalues at or below this
 
 
 def satterthwaite_df(stats: ModelStats, unit: UnitStats, result: FitResult) -> np.ndarray:
-    """Per-γ Satterthwaite d.f. exactly as lmerTest computes them.
+    """Per-γ Satterthwaite d.f. as lmerTest computes them, in coordinates free of the predictors'
+    location and scale.
 
     lmerTest works in its variance parameters φ = (θ, σ): θ the lower triangle of lme4's Cholesky
     factor of τ/σ² (one entry per term for independent effects), and differentiates the fit's own
     deviance, REML or ML, at fixed σ (unitsolve.UnitSolve.deviance). With Φ(φ) = σ²P⁻¹ = Cov(γ̂),
     H the Hessian of that deviance, A = 2H⁺ (eigenvalues ≤ 1e-8 dropped) and g = ∂Φ_kk/∂φ:
         d.f._k = 2Φ_kk² / (g'Ag).
+    In the interior this is the same in any parametrisation linear in θ, but at a boundary the
+    Cholesky factor of a singular τ is not a smooth function of τ's coordinates: θ of an uncentred
+    year and θ of the centred year then see different Hessians (an uncentred year gave d.f. of
+    0.0003 where the centred one gives lmerTest's 150). So θ is taken in the coordinates the search
+    ran in (estimation.fit: random columns centred at their grand mean when the intercept is random
+    and scaled to unit RMS, X orthonormalised, both fixed by the data, not by how the user coded
+    a predictor), and γ_k = t_k'(γ̃ + b) with t_k row k of T = (T⁻¹)⁻¹, so Φ_kk = t_k'Φ̃t_k. For a
+    centred predictor this is lmerTest's own computation on the centred data.
     At a boundary the zero column of Λ drops out by itself: the deviance is even in it, so Φ's
     derivative along it vanishes. H comes from central differences of the analytic gradient
     (∂d/∂Λ = 2ΓΛ, ∂d/∂σ = (2/σ)(ν − rss/σ²)); g from central differences of Φ."""
     from .estimation import TauStructure, chol_psd
 
     reml = result.method == "REML"
-    q = stats.q
+    G = result.tau / result.sigma2
+    contrasts = np.eye(stats.p)
+    work = stats
+    if result.standardised is not None:
+        work, A_map, Tinv, _ = result.standardised
+        Ai = np.linalg.inv(A_map)
+        G = Ai @ G @ Ai.T
+        contrasts = np.linalg.inv(Tinv)  # row k: γ_k = t_k'(γ̃ + b)
+    G = 0.5 * (G + G.T)
+    if result.structure is TauStructure.DIAGONAL:
+        G = np.diag(np.diag(G))
+    q = work.q
     idx = (np.arange(q), np.arange(q)) if result.structure is TauStructure.DIAGONAL else np.tril_indices(q)
-    lam0 = chol_psd(result.tau / result.sigma2)
+    lam0 = chol_psd(G)
     x0 = np.concatenate([lam0[idx], [np.sqrt(result.sigma2)]])
-    nu = stats.N - stats.p if reml else stats.N
-    col_scale = np.sqrt(stats.N / np.maximum(np.diagonal(stats.ZZ, axis1=1, axis2=2).sum(axis=0), 1e-300))
+    nu = work.N - work.p if reml else work.N
+    col_scale = np.sqrt(work.N / np.maximum(np.diagonal(work.ZZ, axis1=1, axis2=2).sum(axis=0), 1e-300))
     steps = np.array([1e-4 * max(abs(x0[i]), 1e-2 * col_scale[idx[1][i]]) for i in range(x0.size - 1)]
                      + [1e-4 * x0[-1]])
 
     def at(x):
         lam = np.zeros((q, q))
         lam[idx] = x[:-1]
-        return unitsolve.unit_solve(stats, lam), lam, x[-1] ** 2
+        return unitsolve.unit_solve(work, lam), lam, x[-1] ** 2
 
     def gradient(x):
         us, lam, s2 = at(x)
         g_lam = (2.0 * us.gradient_G(reml, sigma2=s2) @ lam)[idx]
         return np.concatenate([g_lam, [2.0 / x[-1] * (nu - us.rss / s2)]])
 
-    def cov_beta(x):
+    def var_gamma(x):
+        """Var(γ_k) for every k: diag(T Φ̃ T')."""
         us, _, s2 = at(x)
-        return s2 * us.Pinv()
+        return np.einsum("ka,ab,kb->k", contrasts, s2 * us.Pinv(), contrasts)
 
     m = x0.size
     hess = np.zeros((m, m))
-    jac = np.zeros((stats.p, stats.p, m))
+    jac = np.zeros((stats.p, m))
     for i in range(m):
         xp, xm = x0.copy(), x0.copy()
         xp[i] += steps[i]
         xm[i] -= steps[i]
         hess[:, i] = (gradient(xp) - gradient(xm)) / (2 * steps[i])
-        jac[:, :, i] = (cov_beta(xp) - cov_beta(xm)) / (2 * steps[i])
+        jac[:, i] = (var_gamma(xp) - var_gamma(xm)) / (2 * steps[i])
     hess = 0.5 * (hess + hess.T)
     w, V = np.linalg.eigh(hess)
     pos = w > LMERTEST_EIGEN_TOL
     A = 2.0 * (V[:, pos] / w[pos]) @ V[:, pos].T
-    Phi = cov_beta(x0)
+    Phi = var_gamma(x0)
     out = []
     for k in range(stats.p):
-        g = jac[k, k]
+        g = jac[k]
         denom = float(g @ A @ g)
-        out.append(2 * Phi[k, k] ** 2 / denom if denom > 0 else np.nan)
+        out.append(2 * Phi[k] ** 2 / denom if denom > 0 else np.nan)
     return np.array(out)
 
 

@@ -181,6 +181,9 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
                  max_iterations=max_iterations, residuals_l2=residuals_l2, residuals_l3=residuals_l3,
                  allow_outside=bool(more.get("allow_outside")))
     design = design3(spec, archive)
+    from .identifiability import check_three_level
+
+    check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
     fit = fit_nested(design.data, reml=spec.method == "REML", max_iterations=spec.options.max_iterations)
     failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(getattr(fit.certificate, "failed", []) or [fit.message])]
     if strict and fit.boundary:

@@ -18,14 +18,15 @@ The method is the two-level one (estimation.py, certificate.py), with G = (G2, G
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize, stats as sps
 
-from .certificate import Face, face_conditions, rank_tolerance
+from .certificate import Face, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
-from .estimation import chol_psd, escape_along, newton_on_face, tol_decrement
+from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit,
                      _factor, as_levels, columns_of, levels_solve, reduce_nested, reduce_standardised)
 from .unitsolve import unit_ols
@@ -211,7 +212,8 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCert
             g = face.gradient(Gams, x0)
             H = face.hessian(obj, x0)
     if face.size:
-        decrement, grad_max, hmin = face_conditions(H, g, tol, failed)
+        decrement, grad_max, hmin = face_conditions(H, g, tol, failed,
+                                                    lambda e: name_direction(face.G, x0, e, ("tau_pi", "tau_beta")))
     mus, decs, descent, dstep = [], [], None, 1.0
     for b, name in enumerate(tau_names(len(Gs) + 1)):
         mu, dec, D, st = _null_check_block(obj, Gs, Gams, face, b, tol, dev)
@@ -375,6 +377,26 @@ def search(obj: Objective, qs, max_iterations: int):
                 Gs, dev, cert, start, message = G1, d1, c1, name, m1
             if cert.certified:
                 break
+    for _ in range(sum(qs) + 1):
+        # the global check (estimation.best_lower_face): each block at itself, at τ = 0, or at its lower
+        # ranks, every combination but the point itself
+        if not cert.certified:
+            break
+        options = [[Gs[b]] + (lower_faces(Gs[b], False, r) if Gs[b].shape[0] else [])
+                   for b, r in enumerate(cert.ranks)]
+        candidates = [tuple(opt[i] for opt, i in zip(options, pick))
+                      for pick in itertools.product(*(range(len(opt)) for opt in options)) if any(pick)]
+        lower = best_lower_face(obj, candidates, BlockFace, dev, obj.noise(Gs))
+        if lower is None:
+            break
+        Gs, dev, cert, used, message = _polish_and_certify(obj, lower[0], lower[1], max(1, max_iterations - iterations),
+                                                           message)
+        iterations += used
+        start += ", continued from a lower face"
+    else:
+        if cert.certified:
+            cert.certified = False
+            cert.failed.append("a lower face of the PSD cones still has a lower deviance")
     return Gs, dev, cert, iterations, message, start
 
 

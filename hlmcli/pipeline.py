@@ -48,7 +48,18 @@ def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm", weights=N
         resolved = resolve(weights, archive, design)
     unit = unit_cross_products(design.L, design.y, design.offsets, center_y=has_overall_intercept(design),
                                weights=None if resolved is None else resolved.w1)
-    return analyse_stats(design, unit, df_method, resolved)
+    return analyse_stats(design, unit, df_method, resolved, centred=centred_statistics(design, unit, resolved))
+
+
+def centred_statistics(design, unit: UnitStats, weights=None):
+    """The model on internally centred columns and a residualised outcome (centring.py), from the
+    records, so large means spoil neither the deviance nor the collinearity check."""
+    from .centring import centred_model
+
+    unstructured = getattr(design.spec.options, "tau", "unstructured") == "unstructured"
+    return centred_model(design.L, design.y - unit.y_shift, design.offsets, design.block_design(), design.random,
+                         unstructured, weights=None if weights is None else weights.w1,
+                         w2=None if weights is None else weights.w2)
 
 
 def has_overall_intercept(design) -> bool:
@@ -57,12 +68,14 @@ def has_overall_intercept(design) -> bool:
     return bool(design.fixed) and (design.fixed[0].q, design.fixed[0].s) == (0, 0)
 
 
-def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None, start=None) -> Analysis:
+def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None, start=None,
+                  centred=None) -> Analysis:
     """The fit and its inference from a design and its per-unit cross-products (weights: a
-    weights.Weights, already applied to `unit` at level 1)."""
+    weights.Weights, already applied to `unit` at level 1; centred: centred_statistics, when the
+    records are at hand)."""
     spec = design.spec
     stats = model_stats(unit, design.block_design(), design.random, None if weights is None else weights.w2)
-    design_stage.check_collinearity(design, stats.XX)
+    design_stage.check_collinearity(design, stats.XX, None if centred is None else centred.stats.XX)
     if design.n <= stats.p + 1:
         raise ModelError(f"only {design.n} records for {stats.p} fixed effects; the model needs more data")
     check_residual_variation(stats, spec)
@@ -75,7 +88,8 @@ def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None,
         weights.notes.append("REML was asked for; with sampling weights the fit is full pseudo-maximum likelihood "
                              "(a restricted pseudo-likelihood would depend on the weights' scale)")
     try:
-        result = fit(stats, method, max_iterations=spec.options.max_iterations, structure=structure, start=start)
+        result = fit(stats, method, max_iterations=spec.options.max_iterations, structure=structure, start=start,
+                     centred=centred)
     except (FloatingPointError, np.linalg.LinAlgError) as exc:
         raise ModelError(f"the model cannot be fitted to these data ({exc}); check for an outcome that the "
                          "predictors determine exactly, or remove random effects") from None
@@ -116,6 +130,9 @@ def check_estimable(design: design_stage.Design) -> None:
     if J < 2:
         raise ModelError(f"the data have {J} level-2 unit{'s' if J != 1 else ''} after deletion; a two-level model "
                          "needs at least 2 units to estimate a level-2 variance (use a one-level regression)")
+    from .identifiability import check_units
+
+    check_units(J, q)
     if N <= J * q:
         raise ModelError(f"{N} records for {J} units with {q} random effect{'s' if q != 1 else ''} each: the level-1 "
                          f"variance cannot be separated from the level-2 ones (lme4 refuses this too); "

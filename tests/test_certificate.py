@@ -250,7 +250,9 @@ def test_an_outcome_without_residual_variation_is_refused(tmp_path, outcome):
     (tmp_path / "l2.csv").write_text("ID\n" + "".join(f"{j}\n" for j in range(10)))
     proc = hlmcli("fit", tmp_path / "l1.csv", tmp_path / "l2.csv", "--id", "ID", "-1", "Y = b0 + b1*X + r",
                   "--cache-dir", tmp_path)
-    _one_line_error(proc, "no residual variation")
+    # a constant outcome is caught as soon as the data are read (data_checks), naming the file and column
+    _one_line_error(proc, *(("l1.csv, column Y", "constant within every unit") if outcome == "5"
+                            else ("no residual variation",)))
 
 
 class _Quartic:

@@ -1,4 +1,4 @@
-"""The fast subset of the stress suite (benchmarks/stress.py runs all 340 cases).
+"""The fast subset of the stress suite (benchmarks/stress.py runs all 413 cases).
 
 One test per simulated data set: hlmcli's fit must reach the best optimum we know (our own
 multi-start optimiser of an independently written profiled deviance, and hlmcli's own answer
@@ -86,6 +86,16 @@ def test_no_false_boundary_claim(case_id):
     assert not r["false_boundary"], (
         f"hlmcli claims {r['hlm_notes'] or 'a singular τ'}, but the best singular T has deviance "
         f"{r['boundary_deviance']!r} > the best known {r['best_deviance']!r}")
+
+
+@pytest.mark.parametrize("case_id", list(BY_ID))
+def test_no_wrong_refusal_and_no_location_dependent_df(case_id):
+    """No simulated design is collinear; where centring a predictor is an exact reparametrisation
+    (the families of large means, tiny J with a year, boundary Satterthwaite, without level-2
+    predictors) the Satterthwaite d.f. of every γ but the intercept do not move with it."""
+    r = result(case_id)
+    assert not r["refused"], r["hlm_error"]
+    assert not r["location_df"], (r["df_uncentred"], r["df_centred"])
 
 
 def test_an_ill_conditioned_fixed_part_does_not_spoil_the_search():
