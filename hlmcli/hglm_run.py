@@ -489,6 +489,7 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         if a.ml.quadrature is not None:
             out["quadrature_check"] = a.ml.quadrature.to_json()
         out["iterations"] = a.ml.iterations
+        out["starts"] = a.ml.starts  # searches run (ml_fit): the lowest optimum is reported
     out["tau_structure"] = "diagonal" if opts.tau == "diagonal" else "unstructured"
     out["boundary"] = bool(a.notes)  # as the linear engine's JSON: a flag and its notes
     out["boundary_notes"] = list(a.notes)
@@ -562,6 +563,7 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         w(f"Final Results - Iteration {a.ml.iterations} ({'Laplace' if a.estimation == 'laplace' else 'AGQ'})")
         w("")
         w(("The optimum is certified: " if a.converged else "NOT certified: ") + a.ml.certificate.describe())
+        w(f"Starts tried: {a.ml.starts} (the lowest local optimum is reported)")
         quad = a.ml.quadrature
         if quad is not None:
             w(f"Quadrature: {quad.describe()}")
