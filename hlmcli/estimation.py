@@ -414,6 +414,16 @@ def lower_faces(G: np.ndarray, diagonal: bool, rank: int) -> list[np.ndarray]:
     return out
 
 
+def _truncate(G: np.ndarray, diagonal: bool, rank: int) -> np.ndarray:
+    """G with all but its `rank` largest eigenvalues (diagonal entries, for a diagonal τ) set to zero."""
+    if diagonal:
+        d = np.diag(G).copy()
+        d[np.argsort(-d)[rank:]] = 0.0
+        return np.diag(d)
+    w, E = np.linalg.eigh(0.5 * (G + G.T))
+    return (E[:, -rank:] * w[-rank:]) @ E[:, -rank:].T
+
+
 def best_lower_face(obj, candidates, make_face, dev: float, noise: float):
     """The global check of a certified boundary optimum: the minimum of the deviance on each
     candidate's face (Newton on that face from the candidate), and the lowest of them when it is
@@ -521,6 +531,14 @@ def fit(stats: ModelStats, method: str = "REML", max_iterations: int = 1000,
         if cert.certified:
             cert.certified = False
             cert.failed.append("a lower face of the PSD cone still has a lower deviance")
+    if cert.certified and cert.rank < q:
+        # The certificate judged τ to have this rank: report the point on that face (the eigenvalues it
+        # counts as zero set to zero, e.g. a variance of 5e-8 that is the boundary's), when the deviance
+        # there is the same within the tolerance, so the printed τ and its boundary notes agree.
+        on_face = lower_faces(G, diagonal, q)[0] if cert.rank == 0 else _truncate(G, diagonal, cert.rank)
+        d_face = obj.value(on_face)
+        if np.isfinite(d_face) and d_face <= dev + tol_decrement(dev, obj.noise(G)):
+            G, dev = on_face, d_face
 
     G_user = A @ G @ A.T
     G_user = 0.5 * (G_user + G_user.T)

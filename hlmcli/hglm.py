@@ -75,6 +75,9 @@ it. When it finds a lower point, the search restarts from there (in Cholesky coo
 column has zero gradient, so the search alone could not leave it).
 
 Start (ml_start): full PQL, or, when it breaks down (rare events), a plain GLM's γ with τ = ¼I.
+Then ml_fit also searches from a GLM's γ with τ = ¼I and τ = I (glmmTMB's start) and compares
+τ = 0, and reports and certifies only the lowest optimum: the certificate is local, and on rare
+events the Laplace deviance has several local minima (τ = 0 and a large τ).
 
 AGQ's number of points (agq_fit): adaptive by default, K = 7, 9, 11, 15, ... until the deviance at
 the optimum changes by at most 1e-6 relative to the next K (then refitted there), within 2000 nodes
@@ -615,6 +618,8 @@ class MLResult:
     diagonal: bool = False
     lam: np.ndarray | None = None  # the factor of τ the deviance was evaluated with
     quadrature: "QuadratureCheck | None" = None  # AGQ: the points used and the accuracy check
+    starts: int = 1  # starts of the search tried (ml_fit); the lowest optimum is the answer
+    others: list = field(default_factory=list)  # the higher local optima found (distinct deviances)
 
 
 TAYLOR_STEP = 1e-4
@@ -714,7 +719,69 @@ def _glm_gamma(data: GLMData, maxit: int = 100) -> np.ndarray:
 def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxiter: int = 100,
            diagonal: bool = False, init: MLResult | None = None) -> MLResult:
     """Laplace (nodes = 1) or AGQ (nodes > 1) maximum likelihood, certified over PSD τ (or over
-    non-negative diagonal τ when diagonal)."""
+    non-negative diagonal τ when diagonal), at the lowest of several local optima.
+
+    The certificate is local, and on rare events the Laplace deviance has several local minima (one
+    at τ = 0 or a low rank, another at a large τ). So the search runs from each start glmer and
+    glmmTMB use: the given start (PQL), a plain GLM's γ with τ = ¼I and with τ = I, and from τ = 0
+    itself (the GLM's point, where the Laplace deviance is the GLM's: with Λ = 0 the modes are 0 and
+    log|H| = 0); the lowest deviance wins and only that optimum is reported and certified. AGQ
+    starts from each distinct Laplace optimum (its own surface may rank them differently).
+    `init` (AGQ refitted with more points from an AGQ fit) keeps the one start: there the earlier
+    fit already chose among the optima."""
+    if init is not None:
+        return _ml_fit_one(data, nodes, start, maxiter, diagonal, init)
+    if start is None:
+        start = ml_start(data, diagonal=diagonal)
+    if nodes > 1:
+        lap = ml_fit(data, 1, start, maxiter, diagonal)
+        fits = [_ml_fit_one(data, nodes, start, maxiter, diagonal, o) for o in [lap, *lap.others]]
+        starts = lap.starts
+    else:
+        q = data.q
+        gamma_glm = _glm_gamma(data)
+        b0 = np.zeros((data.J, q))
+        candidates = [start]
+        for scale in (0.25, 1.0):
+            s = SimpleNamespace(gamma=gamma_glm, tau=scale * np.eye(q), b=b0)
+            if not any(_same_start(s, c) for c in candidates):
+                candidates.append(s)
+        fits = []
+        for s in candidates:
+            try:
+                fits.append(_ml_fit_one(data, 1, s, maxiter, diagonal))
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                if not fits and s is candidates[-1]:
+                    raise
+        # τ = 0: the GLM's deviance. Below every optimum found, the search restarts just inside the
+        # cone from there (a zero Λ has zero gradient in Cholesky coordinates: it cannot start at 0)
+        dev0 = -2.0 * float(np.sum(data.loglik_units(data.eta(gamma_glm, None))))
+        tol = 1e-6 * max(1.0, 1e-6 * abs(dev0))
+        starts = len(candidates) + 1
+        if dev0 < min(f.deviance for f in fits) - tol:
+            s = SimpleNamespace(gamma=gamma_glm, tau=1e-4 * np.eye(q), b=b0)
+            fits.append(_ml_fit_one(data, 1, s, maxiter, diagonal))
+            starts += 1
+    fits.sort(key=lambda f: f.deviance)
+    best = fits[0]
+    tol = 1e-6 * max(1.0, 1e-6 * abs(best.deviance))
+    others = []
+    for f in fits[1:]:
+        if f.deviance > best.deviance + tol and all(abs(f.deviance - o.deviance) > tol for o in others):
+            others.append(f)
+    best.others = others
+    best.starts = starts
+    return best
+
+
+def _same_start(a, b) -> bool:
+    return (np.shape(a.gamma) == np.shape(b.gamma) and np.allclose(a.gamma, b.gamma, rtol=1e-8, atol=1e-10)
+            and np.allclose(a.tau, b.tau, rtol=1e-8, atol=1e-10))
+
+
+def _ml_fit_one(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxiter: int = 100,
+                diagonal: bool = False, init: MLResult | None = None) -> MLResult:
+    """One search (and its certificate) from one start: ml_fit's building block."""
     q, p = data.q, data.p
     idx = _theta_index(q, diagonal)
     nt = idx[0].size
@@ -725,7 +792,7 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
     if nodes > 1:
         # AGQ starts from the Laplace optimum (or from `init`, an AGQ fit with fewer points), where it
         # is close, with that fit's Hessian
-        lap = init if init is not None else ml_fit(data, 1, start, maxiter, diagonal)
+        lap = init if init is not None else _ml_fit_one(data, 1, start, maxiter, diagonal)
         x0 = np.concatenate([lap.theta, lap.gamma])
         cond.b = lap.b.copy()
         H0 = lap.hessian
@@ -865,7 +932,9 @@ def agq_fit(data: GLMData, nodes: int | None = None, start=None, diagonal: bool 
             if rel(d3, d2) <= QUAD_TOL:
                 break
             K2, d2 = K3, d3
+        starts = res.starts
         res = ml_fit(data, K2, start, diagonal=diagonal, init=res)
+        res.starts = starts
         K = K2
     top = max([k for k in QUAD_SEQUENCE if k ** q <= QUAD_BUDGET], default=QUAD_START)
     Kn, dn, change = check

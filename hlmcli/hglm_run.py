@@ -485,8 +485,10 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         elif a.pql.pa_failed:
             out["population_average"] = {"error": a.pql.pa_failed}
     out["certificate"] = a.ml.certificate.to_json() if a.ml is not None else None
-    if a.ml is not None and a.ml.quadrature is not None:
-        out["quadrature_check"] = a.ml.quadrature.to_json()
+    if a.ml is not None:
+        if a.ml.quadrature is not None:
+            out["quadrature_check"] = a.ml.quadrature.to_json()
+        out["starts"] = a.ml.starts  # searches run (ml_fit): the lowest optimum is reported
     out["tau_structure"] = "diagonal" if opts.tau == "diagonal" else "unstructured"
     out["boundary"] = bool(a.notes)  # as the linear engine's JSON: a flag and its notes
     out["boundary_notes"] = list(a.notes)
@@ -562,6 +564,7 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         w(f"Final Results - Iteration {a.ml.iterations} ({'Laplace' if a.estimation == 'laplace' else 'AGQ'})")
         w("")
         w(("The optimum is certified: " if a.converged else "NOT certified: ") + a.ml.certificate.describe())
+        w(f"Starts tried: {a.ml.starts} (the lowest local optimum is reported)")
         quad = a.ml.quadrature
         if quad is not None:
             w(f"Quadrature: {quad.describe()}")

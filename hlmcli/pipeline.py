@@ -48,7 +48,18 @@ def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm", weights=N
         resolved = resolve(weights, archive, design)
     unit = unit_cross_products(design.L, design.y, design.offsets, center_y=has_overall_intercept(design),
                                weights=None if resolved is None else resolved.w1)
-    return analyse_stats(design, unit, df_method, resolved, centred=centred_statistics(design, unit, resolved))
+    return analyse_stats(design, unit, df_method, resolved, centred=centred_statistics(design, unit, resolved)
+                         if centring_needed(design, unit) else None)
+
+
+def centring_needed(design, unit: UnitStats) -> bool:
+    """Whether the records must be centred for the deviance to keep its digits (centring.needs_centring):
+    decided from the per-unit products already made, so well-scaled data cost no second pass."""
+    from .centring import needs_centring
+
+    totals_sum = unit.LL[:, 0, :].sum(axis=0)  # Σ over records of each level-1 column (row 0 is the intercept)
+    totals_sq = np.einsum("jaa->a", unit.LL)
+    return needs_centring(totals_sum, totals_sq, float(unit.n.sum()), design.W, unit.n.astype(float))
 
 
 def centred_statistics(design, unit: UnitStats, weights=None):
