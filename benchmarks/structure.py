@@ -57,11 +57,12 @@ def import_graph(mods: dict[str, Path]) -> tuple[dict[str, set[str]], list[str]]
             if isinstance(node, ast.ImportFrom):
                 src = resolve(name, is_package, node.level, node.module) if node.level else (node.module or "")
                 names = [a.name for a in node.names]
-                if src in mods:
-                    targets.append((src, names))
-                for a in names:  # `from . import design` imports the module hlmcli.design
-                    if f"{src}.{a}" in mods:
-                        targets.append((f"{src}.{a}", []))
+                submodules = [a for a in names if f"{src}.{a}" in mods]
+                for a in submodules:  # `from . import design` imports the module hlmcli.design
+                    targets.append((f"{src}.{a}", []))
+                others = [a for a in names if a not in submodules]
+                if src in mods and others:  # a name defined in the module (or package) itself
+                    targets.append((src, others))
             elif isinstance(node, ast.Import):
                 targets = [(a.name, []) for a in node.names if a.name in mods]
             for src, names in targets:

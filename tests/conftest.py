@@ -32,12 +32,13 @@ HSB_MODELS = {
 POPULAR_MODEL = ("popular = b0 + b1*extrav + b2*sex + r", ["b0 = g00 + g01*texp + u0", "b1 = g10 + u1"])
 
 
-def hlmcli(*args, cwd=None, check=False, input=None):
-    """Run the installed command exactly as a user types it."""
+def hlmcli(*args, cwd=None, check=False, input=None, hang_after=None):
+    """Run the installed command exactly as a user types it. hang_after: seconds after which the command
+    counts as hung (the test then fails); a guard against blocking, not a speed check."""
     exe = shutil.which("hlmcli", path=os.path.dirname(sys.executable)) or shutil.which("hlmcli")
     cmd = [exe] if exe else [sys.executable, "-m", "hlmcli.cli"]
     proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, input=input,
-                          env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8"}, timeout=hang_after)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
     return proc
