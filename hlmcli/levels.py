@@ -203,16 +203,26 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
                 if not typed:
                     refuse_clobber(path, more.get("force"), Path(model_file).name)
                 write_table(table(design, fit, archive), path)
-    text = fit_json3_text(design, fit, meta) if out_format == "json" else \
+    json_text = fit_json3_text(design, fit, meta) if out_format == "json" or json_out else None
+    text = json_text if out_format == "json" else \
         fit_text3(design, fit, meta, Symbols3(use_ascii(ascii_only) if not output else ascii_only))
+    _finish(text, json_text, output, json_out, write_files, quiet, failures, strict, fit.boundary, status, stderr)
+
+
+def _finish(text, json_text, output, json_out, write_files: bool, quiet: bool, failures: list, strict: bool,
+            boundary, status: int, stderr) -> None:
+    """The end of a three- or four-level fit: the files only when the fit is certified (or
+    --keep-failed-output), the text on stdout otherwise, the warnings unless -q, the exit status."""
+    from .files import atomic_write_text
+
     if json_out and write_files:
-        atomic_write_text(json_out, fit_json3_text(design, fit, meta))
+        atomic_write_text(json_out, json_text)
     if output and write_files:
         atomic_write_text(output, text)
     elif not output:
         click.echo(text, nl=False)
     if not quiet:
-        for message in failures + ([] if strict else list(fit.boundary or [])):
+        for message in failures + ([] if strict else list(boundary or [])):
             stderr(f"hlmcli: warning: {message}")
         if output and not write_files:
             stderr(f"hlmcli: {output} not written because the fit is not certified; "
@@ -418,22 +428,10 @@ def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_d
         for level, path in enumerate(spec.options.residuals, start=2):
             if path:
                 write_table(level_residuals(design, fit, archive, level), path)
-    text = fit_json_text(design, fit, meta) if out_format == "json" else \
+    json_text = fit_json_text(design, fit, meta) if out_format == "json" or json_out else None
+    text = json_text if out_format == "json" else \
         fit_text(design, fit, meta, SymbolsLevels(use_ascii(ascii_only) if not output else ascii_only))
-    if json_out and write_files:
-        atomic_write_text(json_out, fit_json_text(design, fit, meta))
-    if output and write_files:
-        atomic_write_text(output, text)
-    elif not output:
-        click.echo(text, nl=False)
-    if not quiet:
-        for message in failures + ([] if strict else list(fit.boundary or [])):
-            stderr(f"hlmcli: warning: {message}")
-        if output and not write_files:
-            stderr(f"hlmcli: {output} not written because the fit is not certified; "
-                   "pass --keep-failed-output to write it anyway")
-    if status:
-        sys.exit(status)
+    _finish(text, json_text, output, json_out, write_files, quiet, failures, strict, fit.boundary, status, stderr)
 
 
 def refusals(params: dict) -> list:
