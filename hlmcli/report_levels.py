@@ -118,7 +118,7 @@ def centering_notes3(spec: ModelSpec3) -> list[str]:
 
 def _r_name(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
 def lme4_formula3(spec: ModelSpec3, id2: str, id3: str) -> tuple[str, list[str]]:
@@ -547,7 +547,7 @@ def centering_notes(spec: LevelsSpec) -> list[str]:
 
 def _r_name_k(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
 def lme4_formula(spec: LevelsSpec, ids) -> str:
