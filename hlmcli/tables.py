@@ -308,7 +308,10 @@ def _render(frame: pd.DataFrame, fmt: str, index: bool, name: str = "table") -> 
         raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
     # the Styler escapes text cells; a p-value is a number, formatted after escaping (pandas escapes
     # a cell's value before its formatter runs), so its '$<$' or '&lt;' is kept as written
-    styler = styler.format(escape=fmt).format_index(escape=fmt, axis=0).format_index(escape=fmt, axis=1)
+    # LaTeX: the Styler escapes LaTeX's ten special characters; < > | it leaves, and OT1 (LaTeX's
+    # default font encoding) sets them as ¡ ¿ —, so they become text symbols after its escaping
+    after = _ot1_symbols if fmt == "latex" else None
+    styler = styler.format(after, escape=fmt).format_index(after, escape=fmt, axis=0).format_index(after, escape=fmt, axis=1)
     if p_columns:
         styler = styler.format(_p_cell(fmt), subset=p_columns)
     if fmt == "latex":
@@ -316,6 +319,13 @@ def _render(frame: pd.DataFrame, fmt: str, index: bool, name: str = "table") -> 
         return styler.to_latex(hrules=True, column_format=columns)
     # a fixed id per table (Styler's default is random on every run): the same fit, the same bytes
     return styler.set_uuid(name).to_html()
+
+
+_OT1 = {"<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
+
+
+def _ot1_symbols(value) -> str:
+    return "".join(_OT1.get(ch, ch) for ch in value) if isinstance(value, str) else str(value)
 
 
 # LaTeX's special characters in running text (a caption or a note, which the Styler does not
