@@ -153,9 +153,13 @@ class Results:
 
     @property
     def fixed_effects(self) -> pd.DataFrame:
-        """One row per γ: term, coefficient, predictor, gamma, estimate, se, t, df, p and the robust columns."""
-        frame = pd.DataFrame(self.to_dict()["fixed_effects"])
-        frame.insert(0, "term", [term_name(c, p) for c, p in zip(frame["coefficient"], frame["predictor"])])
+        """One row per γ: term (as the lme4 formula names it: SES_gc, SECTOR:SES_gc), coefficient,
+        predictor, gamma, estimate, se, t, df, p and the robust columns."""
+        from .terms import fixed_names
+
+        fit = self.to_dict()
+        frame = pd.DataFrame(fit["fixed_effects"]).drop(columns="term", errors="ignore")
+        frame.insert(0, "term", [r for r, _ in fixed_names(fit)])
         return frame
 
     @property
@@ -419,8 +423,9 @@ class Results:
         the unit been in the data), mean(X) is that same mean unless `newdata` has a 'mean(X)'
         column, and their random effects are 0 (the fixed-effects prediction, as lme4's
         allow.new.levels). Without an id column every row is a new unit of its own, so a
-        group-centred value must be given as the deviation from its unit's mean. What was done is
-        in `self.predict_notes` and said once as a warning.
+        group-centred value must be given as the deviation from its unit's mean (the population
+        prediction, with no warning). What was done is in `self.predict_notes`, and said as a
+        warning when rows of new units were given with their ids.
 
         `random_effects=True` adds a known unit's EB random effects (as lme4's predict). An HGLM's
         prediction is on the link scale (η: log-odds or log rate), as lme4's default.
@@ -506,11 +511,11 @@ class Results:
             random = np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random
             for k, q in enumerate(int(q) for q in random):
                 pred[known] += u[j[known], k] * L[q][known]
-        if random_effects and new_rows:
+        if random_effects and new_rows and id_col is not None:
             notes.append(f"{new_rows} row(s) of units the fit has not seen get the fixed-effects prediction "
                          "(random effects 0)")
         self.predict_notes = list(dict.fromkeys(notes))
-        if self.predict_notes:
+        if self.predict_notes and id_col is not None:  # without ids the docstring's rule is what was asked for
             self._warn("predict: " + "; ".join(self.predict_notes))
         return pred
 
