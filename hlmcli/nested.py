@@ -180,6 +180,8 @@ class NestedFit:
     chi2: tuple = ()
     eb: tuple = ()
     eb_var: tuple = ()
+    diagonal: tuple = ()  # per level 2..K: τℓ restricted to a diagonal matrix (lme4's ||)
+    df_method: str = "hlm"  # how df_gamma was computed: "hlm" (nested_fit.hlm_df) or "satterthwaite"
 
     @property
     def n_levels(self) -> int:
@@ -512,10 +514,12 @@ def _orthonormalise(X: np.ndarray, intercept: int | None) -> tuple[np.ndarray, n
         return Q, T1 @ np.linalg.inv(R)
 
 
-def reduce_standardised(data) -> tuple[LevelsStats, Standardisation]:
+def reduce_standardised(data, diagonal=()) -> tuple[LevelsStats, Standardisation]:
     """The per-unit cross-products of the standardised columns [Z̃2 | … | Z̃K | X̃ | ỹ], formed record
     by record (the transform is applied to the records, before any product: centring cross-products
-    afterwards would cancel digits quadratically in a predictor's mean/spread)."""
+    afterwards would cancel digits quadratically in a predictor's mean/spread). diagonal[ℓ−2]: τℓ is
+    diagonal, so its columns are scaled only: centring a slope's column on the intercept's would
+    mix the random effects, which a diagonal τ does not allow (it is no reparametrisation then)."""
     data = as_levels(data)
     K = data.n_levels
     cols = columns_of(data.layout, K)
@@ -543,7 +547,8 @@ def reduce_standardised(data) -> tuple[LevelsStats, Standardisation]:
     Zs = [np.column_stack([column(path) for path in z]) if z else np.zeros((N, 0)) for z in cols.z]
     p = len(cols.x)
     X = np.column_stack([column(path) for path in cols.x]) if p else np.zeros((N, 0))
-    As = tuple(_centre_scale(Z, intercept(z)) for Z, z in zip(Zs, cols.z))
+    diagonal = tuple(diagonal) + (False,) * (len(cols.z) - len(tuple(diagonal)))
+    As = tuple(_centre_scale(Z, None if diag else intercept(z)) for Z, z, diag in zip(Zs, cols.z, diagonal))
     Q, Rinv = _orthonormalise(X, intercept(cols.x))
     TX = np.sqrt(N) * Rinv
     Qy = Q.T @ y
@@ -933,7 +938,8 @@ def deviance_nested(data, sigma2: float, tau_pi: np.ndarray, tau_beta: np.ndarra
     return deviance_levels(data, sigma2, (tau_pi, tau_beta), reml)
 
 
-def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFit:
-    """The certified (RE)ML fit over the PSD τ blocks of every level; see nested_fit.py."""
+def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=False,
+               df_method: str = "hlm") -> NestedFit:
+    """The certified (RE)ML fit over the τ blocks of every level (PSD, or diagonal); see nested_fit.py."""
     from .nested_fit import fit_nested as _fit
-    return _fit(data, reml=reml, max_iterations=max_iterations)
+    return _fit(data, reml=reml, max_iterations=max_iterations, diagonal=diagonal, df_method=df_method)
