@@ -277,8 +277,8 @@ def _r_name(term, level: int) -> str:
     return base
 
 
-def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
-    """The same model in lme4 syntax, and how to make its derived columns in R."""
+def r_terms(spec) -> tuple[list[str], list[str]]:
+    """The fixed terms and the random terms (one level-2 grouping) of a two-level model, in R's names."""
     fixed = ["1"] if spec.level2[0].intercept else ["0"]
     for q, eq in enumerate(spec.level2):
         x = None if q == 0 else _r_name(spec.level1[q - 1], 1)
@@ -289,6 +289,12 @@ def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
             fixed.append(w if x is None else f"{w}:{x}")
     fixed = list(dict.fromkeys(fixed))
     rand = [("1" if q == 0 else _r_name(spec.level1[q - 1], 1)) for q, eq in enumerate(spec.level2) if eq.random]
+    return fixed, rand
+
+
+def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
+    """The same model in lme4 syntax, and how to make its derived columns in R."""
+    fixed, rand = r_terms(spec)
     if spec.options.tau == "diagonal":
         # independent random effects: one term per effect, as (1 | g) + (0 + x | g)
         parts = [f"({'1' if r == '1' else '0 + ' + r} | {id_name})" for r in rand]
