@@ -603,7 +603,12 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     else:
         w(f"Final Results - Iteration {a.ml.iterations} ({'Laplace' if a.estimation == 'laplace' else 'AGQ'})")
         w("")
-        w(("The optimum is certified: " if a.converged else "NOT certified: ") + a.ml.certificate.describe())
+        if a.converged:
+            from .certificate import stopping_line
+
+            w(stopping_line(f"γ and {sym.tau}" if not sym.ascii else "gamma and tau"))
+        else:
+            w("NOT certified: " + a.ml.certificate.describe())
         w(f"Starts tried: {a.ml.starts} (the lowest local optimum is reported)")
         quad = a.ml.quadrature
         if quad is not None:
