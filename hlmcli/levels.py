@@ -175,6 +175,7 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
                    ("--residuals-l3", residuals_l3)], sources)
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
     if more.get("engine", "memory") != "memory":
+        refuse_archive_engine(data, more)
         opts = {k: v for k, v in build_opts.items() if k not in ("file_format", "delimiter")}
         archive, source_text, level1_file = summarised_archive(data, options3(**opts), build_opts, more, warn)
     else:
@@ -234,18 +235,21 @@ def _finish(text, json_text, output, json_out, write_files: bool, quiet: bool, f
         sys.exit(status)
 
 
+def refuse_archive_engine(data, more: dict) -> None:
+    if len(data) == 1:
+        raise _Usage(f"--engine {more['engine']} reads the data files, one per level; an archive is already built in "
+                     "memory, so drop --engine")
+
+
 def summarised_archive(data, options, build_opts: dict, more: dict, warn):
     """--engine stream/dask at three or more levels: the archive of the upper files, and the level-1
     file read later, once, into per-level-2-unit moments (engines_levels.py)."""
     from .engines_levels import level1_file, upper_archive
 
-    engine = more["engine"]
-    if len(data) == 1:
-        raise _Usage(f"--engine {engine} reads the data files, one per level; an archive is already built in memory, "
-                     "so drop --engine")
+    refuse_archive_engine(data, more)
     ids = [build_opts.get(f"id{k}") for k in range(2, len(data) + 1)]
     keep1 = options.keep1 if hasattr(options, "keep1") else options.keeps[0]
-    l1 = level1_file(data[0], engine, ids[0], ids, keep1, build_opts.get("file_format"), build_opts.get("delimiter"))
+    l1 = level1_file(data[0], more["engine"], ids[0], ids, keep1, build_opts.get("file_format"), build_opts.get("delimiter"))
     archive = upper_archive(list(data), options, l1, build_opts.get("file_format"), build_opts.get("delimiter"), warn)
     return archive, ", ".join(Path(str(p)).name for p in data), l1
 
@@ -438,8 +442,7 @@ def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_d
                   + [(f"--residuals-l{k}", path) for k, path in zip((2, 3, 4), residuals)], sources)
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
     if more.get("engine", "memory") != "memory":
-        if len(data) == 1:
-            summarised_archive(data, None, build_opts, more, warn)  # refuses an archive
+        refuse_archive_engine(data, more)
         ids, keeps = _ids_and_keeps(build_opts, len(data))
         options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
                                        build_opts.get("drop_unmatched", False), len(data))

@@ -292,7 +292,7 @@ def _face_newton(obj: Objective, Gs, max_steps: int = 30):
                     break
         if not widened:
             return Gs, dev0, steps, None, None
-    return newton_on_face(obj, face, x, dev, Gam, noise, max_steps)
+    return newton_on_face(obj, face, x, dev, Gam, noise, max_steps, last_step=True)
 
 
 def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: str):
