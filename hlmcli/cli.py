@@ -716,7 +716,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .files import check_outputs
 
     prior_version = more.pop("prior_version", None)
-    more["dask_scheduler"] = _dask_scheduler(more)  # checked (and refused without --engine dask) before any reading
+    _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels
     if is_many_levels(data, more):
         from .flags import check_fit_options

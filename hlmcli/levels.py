@@ -166,6 +166,8 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
         ("--allow-unequal-imputations", bool(more.get("allow_unequal_imputations"))),
         ("--residuals-l1", bool(residuals_l1)), ("--keep", bool(keep)),
         (f"--format {out_format}", out_format not in ("text", "json")),
+        (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
+        ("--scheduler", bool(more.get("scheduler"))),
     ] + [(x, True) for x in _hglm_given()])
     if more.get("ml") and more.get("reml"):
         raise click.UsageError("give --ml or --reml, not both")
@@ -174,17 +176,11 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     check_outputs([("-o", output), ("--json-out", json_out), ("--residuals-l2", residuals_l2),
                    ("--residuals-l3", residuals_l3)], sources)
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
-    if more.get("engine", "memory") != "memory":
-        refuse_archive_engine(data, more)
-        opts = {k: v for k, v in build_opts.items() if k not in ("file_format", "delimiter")}
-        archive, source_text, level1_file = summarised_archive(data, options3(**opts), build_opts, more, warn)
-    else:
-        archive, source_text = load3(data, build_opts, cache_dir, warn)
-        level1_file = None
+    archive, source_text = load3(data, build_opts, cache_dir, warn)
     spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"), title=title,
                  max_iterations=max_iterations, residuals_l2=residuals_l2, residuals_l3=residuals_l3,
                  allow_outside=bool(more.get("allow_outside")))
-    design = design3(spec, archive, summarised_level1(archive, spec, level1_file, data, build_opts, more, warn))
+    design = design3(spec, archive)
     from .identifiability import check_three_level
 
     check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
@@ -233,36 +229,6 @@ def _finish(text, json_text, output, json_out, write_files: bool, quiet: bool, f
                    "pass --keep-failed-output to write it anyway")
     if status:
         sys.exit(status)
-
-
-def refuse_archive_engine(data, more: dict) -> None:
-    if len(data) == 1:
-        raise _Usage(f"--engine {more['engine']} reads the data files, one per level; an archive is already built in "
-                     "memory, so drop --engine")
-
-
-def summarised_archive(data, options, build_opts: dict, more: dict, warn):
-    """--engine stream/dask at three or more levels: the archive of the upper files, and the level-1
-    file read later, once, into per-level-2-unit moments (engines_levels.py)."""
-    from .engines_levels import level1_file, upper_archive
-
-    refuse_archive_engine(data, more)
-    ids = [build_opts.get(f"id{k}") for k in range(2, len(data) + 1)]
-    keep1 = options.keep1 if hasattr(options, "keep1") else options.keeps[0]
-    l1 = level1_file(data[0], more["engine"], ids[0], ids, keep1, build_opts.get("file_format"), build_opts.get("delimiter"))
-    archive = upper_archive(list(data), options, l1, build_opts.get("file_format"), build_opts.get("delimiter"), warn)
-    return archive, ", ".join(Path(str(p)).name for p in data), l1
-
-
-def summarised_level1(archive, spec, l1, data, build_opts: dict, more: dict, warn):
-    """The per-level-2-unit moments of the model's level-1 variables (None in memory)."""
-    if l1 is None:
-        return None
-    from .design_levels import level1_variables
-    from .engines_levels import level1_moments
-
-    return level1_moments(archive, l1, level1_variables(spec), data[1], bool(build_opts.get("drop_unmatched")), warn,
-                          more.get("dask_scheduler"), progress=bool(more.get("progress")))
 
 
 def unsupported_command(name: str):
@@ -441,19 +407,11 @@ def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_d
     check_outputs([("-o", output), ("--json-out", json_out)]
                   + [(f"--residuals-l{k}", path) for k, path in zip((2, 3, 4), residuals)], sources)
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
-    if more.get("engine", "memory") != "memory":
-        refuse_archive_engine(data, more)
-        ids, keeps = _ids_and_keeps(build_opts, len(data))
-        options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
-                                       build_opts.get("drop_unmatched", False), len(data))
-        archive, source_text, level1_file = summarised_archive(data, options, build_opts, more, warn)
-    else:
-        archive, source_text = load_levels(data, build_opts, cache_dir, warn)
-        level1_file = None
+    archive, source_text = load_levels(data, build_opts, cache_dir, warn)
     K = archive.n_levels
     spec = spec_levels(archive, _equations(level1, level2, more, K), model_file, more.get("reml"), title=title,
                        max_iterations=max_iterations, residuals=residuals[:K - 1])
-    design = design_levels(spec, archive, summarised_level1(archive, spec, level1_file, data, build_opts, more, warn))
+    design = design_levels(spec, archive)
     fit = fit_nested(design.data, reml=spec.method == "REML", max_iterations=spec.options.max_iterations)
     failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(fit.certificate.failed or [fit.message])]
     if strict and fit.boundary:
@@ -491,4 +449,6 @@ def refusals(params: dict) -> list:
         ("--allow-unequal-imputations", bool(more.get("allow_unequal_imputations"))),
         ("--residuals-l1", bool(params.get("residuals_l1"))),
         ("--keep", bool(params.get("keep"))),
+        (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
+        ("--scheduler", bool(more.get("scheduler"))),
     ]

@@ -1,112 +1,24 @@
-"""--engine stream at three and four levels: the level-1 file read once into per-level-2-unit moments
-(hlmcli/engines_levels.py), the upper files merged as in memory; every number of the JSON equal to
-the in-memory fit's to 1e-10 relative (engine_cases.differences, the two-level engines' test), with
-the records shuffled over many chunks so that every unit spans chunks; what needs the records is
-refused in one line. The in-memory fits themselves are checked against lme4 in test_three_level_cli.py,
-test_four_level_cli.py and test_nested.py."""
+"""Three and four levels from per-level-2-unit moments (hlmcli/engines_levels.py): the level-1 file
+read once by the stream engine, in many chunks and in random order, the upper files merged as in
+memory; the certified fit equals the in-memory fit to 1e-10 relative in every number (γ, their
+covariances, σ², τ per level, deviance, reliabilities, χ² tests, EB means and variances). The
+in-memory fits themselves are checked against lme4 in test_nested.py, test_three_level_cli.py and
+test_four_level_cli.py."""
 
 from __future__ import annotations
-
-import csv
-import json
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, SAMPLE
-from engine_cases import differences, fit_json, run
 
 pytest.importorskip("pyarrow")
 
-EG = [SAMPLE / "eg" / f"eg_l{k}.csv" for k in (1, 2, 3)]
-EG_IDS = ["--id2", "CHILDID", "--id3", "SCHOOLID"]
-EG_CONTEXT = ["-1", "MATH = p0 + p1*YEAR + e", "-2", "p0 = b00 + b01*FEMALE + r0", "-2", "p1 = b10 + r1",
-              "-3", "b00 = g000 + g001*LOWINC + u00", "-3", "b10 = g100 + u10", "-3", "b01 = g010"]
-EG_CENTRED = ["-1", "MATH = p0 + p1*group(YEAR) + p2*grand(GRADE) + e",
-              "-2", "p0 = b00 + b01*grand(FEMALE) + b02*mean(YEAR) + r0", "-2", "p1 = b10 + r1", "-2", "p2 = b20",
-              "-3", "b00 = g000 + g001*grand(LOWINC) + g002*mean(FEMALE) + u00", "-3", "b10 = g100 + g101*MOBILITY",
-              "-3", "b01 = g010", "-3", "b02 = g020", "-3", "b20 = g200"]
-D3 = DATA / "three_level"
-PASTES = [D3 / f"pastes_l{k}.csv" for k in (1, 2, 3)]
-PASTES_IDS = ["--id2", "SAMPLE", "--id3", "BATCH"]
-PASTES_MODEL = ["-1", "STRENGTH = p0 + e", "-2", "p0 = b00 + r0", "-3", "b00 = g000 + u00"]
-D4 = DATA / "four_level"
-SCHOOLS = [D4 / f"schools_l{k}.csv" for k in (1, 2, 3, 4)]
-SCHOOLS_IDS = ["--id2", "STUDENTID", "--id3", "CLASSID", "--id4", "SCHOOLID"]
-SCHOOLS_CENTRED = ["-1", "SCORE = p0 + p1*group(TIME) + e",
-                   "-2", "p0 = b00 + b01*grand(SES) + b02*mean(TIME) + r0", "-2", "p1 = b10 + r1",
-                   "-3", "b00 = g000 + g001*group(CSIZE) + g002*mean(SES) + u00",
-                   "-4", "g000 = d0000 + d0001*SECTOR + d0002*mean(CSIZE) + v000"]
-HOSPITALS = [D4 / f"hospitals_l{k}.csv" for k in (1, 2, 3, 4)]
-HOSPITALS_IDS = ["--id2", "PATIENTID", "--id3", "WARDID", "--id4", "HOSPID"]
-HOSPITALS_MODEL = ["-1", "Y = π0 + π1*DOSE + e", "-2", "π0 = β00 + β01*AGE + r0", "-2", "π1 = β10",
-                   "-3", "β00 = γ000 + γ001*STAFF + u00", "-3", "β10 = γ100 + u10",
-                   "-4", "γ000 = δ0000 + δ0001*TEACHING + v000", "-4", "γ100 = δ1000 + δ1001*TEACHING + v100"]
-
-
-def shuffled(path, tmp_path, seed: int = 3):
-    """The level-1 file with its records in random order (ids kept as written)."""
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    out = tmp_path / f"shuffled_{path.name}"
-    frame.sample(frac=1.0, random_state=seed).to_csv(out, index=False, quoting=csv.QUOTE_MINIMAL)
-    return out
-
-
-@pytest.fixture
-def small_chunks():
-    """Chunks of 4 KiB: the level-1 files here are read in tens of chunks."""
-    import hlmcli.streaming as streaming
-
-    old = streaming.CHUNK_BYTES
-    streaming.CHUNK_BYTES = 1 << 12
-    yield
-    streaming.CHUNK_BYTES = old
-
-
-def read_numbers(path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={0: str, 1: str})
-
-
-def same_table(a, b) -> None:
-    """Residual files: the same columns and ids, numbers to 1e-10 of their size."""
-    ta, tb = read_numbers(a), read_numbers(b)
-    assert list(ta.columns) == list(tb.columns) and ta.shape == tb.shape
-    for c in ta.columns:
-        if ta[c].dtype.kind == "f":
-            np.testing.assert_allclose(tb[c], ta[c], rtol=1e-10, atol=1e-10 * float(np.abs(ta[c]).max()))
-        else:
-            assert (ta[c].astype(str) == tb[c].astype(str)).all(), c
-
-
-@pytest.mark.slow
-def test_three_level_stream_equals_memory_records_in_any_order(tmp_path, small_chunks):
-    """EG with predictors at every level, the level-1 records shuffled over ~60 chunks; the EB
-    residual files of levels 2 and 3 too (they need only the units' counts, not the records)."""
-    l1 = shuffled(EG[0], tmp_path)
-    out = {}
-    for engine, files in (("memory", EG), ("stream", [l1, *EG[1:]])):
-        out[engine] = fit_json([*files, *EG_IDS], EG_CONTEXT, "--engine", engine,
-                               "--residuals-l2", tmp_path / f"{engine}2.csv", "--residuals-l3", tmp_path / f"{engine}3.csv")
-    memory, streamed = out["memory"], out["stream"]
-    assert streamed["certificate"]["certified"] and memory["certificate"]["certified"]
-    assert streamed["n_level1"] == 7230 and streamed["n_level2"] == 1721 and streamed["n_level3"] == 60
-    assert differences(memory, streamed) == []
-    for level in (2, 3):
-        same_table(tmp_path / f"memory{level}.csv", tmp_path / f"stream{level}.csv")
-
-
-@pytest.mark.slow
-def test_four_level_stream_equals_memory_centring_and_unit_means(tmp_path, small_chunks):
-    """Schools (four levels): group(), grand() and mean() of a level-1 variable at levels 2 and 3 are
-    shifts and pooled means of the units' moments; the optimum is on the boundary (r0, r1 correlated
-    +1) and certified there by both engines."""
-    memory = fit_json([*SCHOOLS, *SCHOOLS_IDS], SCHOOLS_CENTRED)
-    streamed = fit_json([shuffled(SCHOOLS[0], tmp_path), *SCHOOLS[1:], *SCHOOLS_IDS], SCHOOLS_CENTRED,
-                        "--engine", "stream")
-    assert streamed["boundary_notes"] == memory["boundary_notes"] == ["correlation of r0 and r1 is +1"]
-    assert streamed["certificate"]["certified"]
-    assert differences(memory, streamed) == []
+TINY_MODEL = [["Y = p0 + p1*X + e"], ["p0 = b00 + b01*W + r0", "p1 = b10"], ["b00 = g000 + u00", "b01 = g010", "b10 = g100"]]
+TINY4_MODEL = [["Y = p0 + p1*group(X) + e"], ["p0 = b00 + b01*grand(W) + b02*mean(X) + r0", "p1 = b10"],
+               ["b00 = g000 + g001*grand(V) + g002*mean(X) + u00", "b01 = g010", "b02 = g020", "b10 = g100"],
+               ["g000 = d0000 + d0001*T + v000", "g001 = d0010", "g002 = d0020", "g010 = d0100", "g020 = d0200",
+                "g100 = d1000"]]
+TINY_IDS = ["--id2", "C", "--id3", "S"]
 
 
 def _tiny(tmp_path, unmatched: bool = False, four: bool = False):
@@ -141,15 +53,6 @@ def _tiny(tmp_path, unmatched: bool = False, four: bool = False):
     return paths
 
 
-TINY_MODEL = ["-1", "Y = p0 + p1*X + e", "-2", "p0 = b00 + b01*W + r0", "-2", "p1 = b10", "-3", "b00 = g000 + u00",
-              "-3", "b01 = g010", "-3", "b10 = g100"]
-TINY_IDS = ["--id2", "C", "--id3", "S"]
-TINY4_MODEL = ["-1", "Y = p0 + p1*group(X) + e", "-2", "p0 = b00 + b01*grand(W) + b02*mean(X) + r0", "-2", "p1 = b10",
-               "-3", "b00 = g000 + g001*grand(V) + g002*mean(X) + u00", "-3", "b01 = g010", "-3", "b02 = g020",
-               "-3", "b10 = g100", "-4", "g000 = d0000 + d0001*T + v000", "-4", "g001 = d0010", "-4", "g002 = d0020",
-               "-4", "g010 = d0100", "-4", "g020 = d0200", "-4", "g100 = d1000"]
-
-
 @pytest.fixture
 def tiny_chunks():
     """Chunks of 512 bytes: the tiny level-1 files are read in about ten chunks."""
@@ -161,93 +64,89 @@ def tiny_chunks():
     streaming.CHUNK_BYTES = old
 
 
-def test_three_levels_missing_values_unmatched_units_and_residual_files_as_in_memory(tmp_path, tiny_chunks):
-    """Records in random order over ten chunks; records missing a model variable are deleted per
-    model (not for a column the model does not use); the EB residual files of levels 2 and 3 (they
-    need the units' counts, not the records); level-1 records of a unit the level-2 file lacks are
-    refused in one line, or dropped with --drop-unmatched, as in memory."""
-    files = _tiny(tmp_path)
-    out = {}
+def _options(paths, ids, drop_unmatched=False):
+    from hlmcli.archive_levels import BuildOptions3, BuildOptionsLevels
+
+    if len(paths) == 3:
+        return BuildOptions3(ids[0], ids[1], drop_unmatched=drop_unmatched)
+    return BuildOptionsLevels(tuple(ids), (None,) * len(paths), "analysis", drop_unmatched)
+
+
+def _fits(paths, ids, equations, reml=False, drop_unmatched=False):
+    """(memory design and fit, stream design and fit) of the same files and model."""
+    from hlmcli.archive_levels import build_from_files3, build_from_files_levels
+    from hlmcli.design_levels import design_levels, level1_variables
+    from hlmcli.engines_levels import level1_file, level1_moments, upper_archive
+    from hlmcli.levels import spec_levels
+    from hlmcli.nested import fit_nested
+
+    options = _options(paths, ids, drop_unmatched)
+    build = build_from_files3 if len(paths) == 3 else build_from_files_levels
+    out = []
     for engine in ("memory", "stream"):
-        out[engine] = fit_json([*files, *TINY_IDS], TINY_MODEL, "--engine", engine,
-                               "--residuals-l2", tmp_path / f"{engine}2.csv", "--residuals-l3", tmp_path / f"{engine}3.csv")
-    memory, streamed = out["memory"], out["stream"]
-    assert memory["n_deleted"] == streamed["n_deleted"] == 2 and streamed["n_level1"] == 118
-    assert streamed["certificate"]["certified"] and differences(memory, streamed) == []
-    for level in (2, 3):
-        same_table(tmp_path / f"memory{level}.csv", tmp_path / f"stream{level}.csv")
-    stray = _tiny(tmp_path, unmatched=True)
-    rc, msg = run("fit", *stray, *TINY_IDS, *TINY_MODEL, "--engine", "stream")
-    assert rc == 1 and msg.count("\n") == 1 and "stray" in msg and "--drop-unmatched" in msg
-    dropped = fit_json([*stray, *TINY_IDS, "--drop-unmatched"], TINY_MODEL, "--engine", "stream")
-    assert differences(memory, dropped) == []
+        if engine == "memory":
+            archive = build(paths, options)
+        else:
+            l1 = level1_file(paths[0], "stream", ids[0], ids, None)
+            archive = upper_archive(paths, options, l1)
+        spec = spec_levels(archive, equations, None, reml)
+        level1 = None if engine == "memory" else level1_moments(archive, l1, level1_variables(spec), paths[1],
+                                                                drop_unmatched, lambda m: None)
+        design = design_levels(spec, archive, level1)
+        out.append((design, fit_nested(design.data, reml=reml)))
+    return out
 
 
-def test_four_levels_centring_and_unit_means_as_in_memory(tmp_path, tiny_chunks):
+def _same(a, b, what):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    assert a.shape == b.shape, what
+    scale = max(float(np.nanmax(np.abs(a))) if a.size else 0.0, 1e-300)
+    assert np.allclose(a, b, rtol=1e-10, atol=1e-10 * scale, equal_nan=True), (what, a, b)
+
+
+def _same_fit(m, s):
+    (dm, fm), (ds, fs) = m, s
+    assert fm.converged and fs.converged
+    assert dm.n == ds.n and dm.n_deleted == ds.n_deleted
+    assert [dm.J(k) for k in range(2, fm.n_levels + 1)] == [ds.J(k) for k in range(2, fs.n_levels + 1)]
+    assert dm.unit_ids == ds.unit_ids and dm.centering_means.keys() == ds.centering_means.keys()
+    _same(list(dm.centering_means.values()), list(ds.centering_means.values()), "centering means")
+    for name in ("gamma", "cov_gamma", "cov_gamma_robust", "df_gamma", "sigma2", "deviance"):
+        _same(getattr(fm, name), getattr(fs, name), name)
+    for level, (a, b) in enumerate(zip(fm.taus, fs.taus), start=2):
+        _same(a, b, f"tau level {level}")
+        _same(fm.reliabilities[level - 2], fs.reliabilities[level - 2], f"reliability {level}")
+        _same(fm.eb[level - 2], fs.eb[level - 2], f"EB {level}")
+        _same(fm.eb_var[level - 2], fs.eb_var[level - 2], f"EB var {level}")
+        for ca, cb in zip(fm.chi2[level - 2], fs.chi2[level - 2]):
+            assert ca["df"] == cb["df"] and ca["n_units"] == cb["n_units"]
+            _same(ca["chi2"], cb["chi2"], f"chi2 {level}")
+    assert fm.boundary == fs.boundary and fm.certificate.ranks == fs.certificate.ranks
+
+
+def test_three_levels_from_moments_equal_memory(tmp_path, tiny_chunks):
+    """Records in random order over ten chunks; records missing a model variable deleted per model
+    (not for the column Z the model does not use)."""
+    paths = _tiny(tmp_path)
+    memory, stream = _fits(paths, ["C", "S"], TINY_MODEL)
+    assert memory[0].n_deleted == 2 and memory[0].n == 118
+    _same_fit(memory, stream)
+
+
+def test_four_levels_centring_and_unit_means_from_moments_equal_memory(tmp_path, tiny_chunks):
     """group(), grand() and mean() of a level-1 variable at levels 2 and 3 are shifts and pooled
-    means of the units' moments."""
-    files = _tiny(tmp_path, four=True)
-    ids = [*TINY_IDS, "--id4", "H"]
-    memory = fit_json([*files, *ids], TINY4_MODEL, "--reml")
-    streamed = fit_json([*files, *ids], TINY4_MODEL, "--reml", "--engine", "stream")
-    assert streamed["n_units"] == {"level1": 178, "level2": 36, "level3": 9, "level4": 3}
-    assert streamed["certificate"]["certified"] and differences(memory, streamed) == []
+    means of the units' moments (REML)."""
+    paths = _tiny(tmp_path, four=True)
+    memory, stream = _fits(paths, ["C", "S", "H"], TINY4_MODEL, reml=True)
+    assert stream[0].n == 178 and [stream[0].J(k) for k in (2, 3, 4)] == [36, 9, 3]
+    _same_fit(memory, stream)
 
 
-def test_what_needs_the_records_is_refused_in_one_line(tmp_path):
-    files = _tiny(tmp_path)
-    ids = TINY_IDS
-    for extra, code, words in (
-            (["--residuals-l1", tmp_path / "r1.csv"], 2, "--residuals-l1"),
-            (["--keep", "W"], 2, "--keep"),
-            (["--missing", "now"], 2, "--missing now"),
-    ):
-        rc, msg = run("fit", *files, *ids, *TINY_MODEL, "--engine", "stream", *extra)
-        assert rc == code and msg.count("\n") == 1 and words in msg, msg
-    no_link = tmp_path / "l2_no_link.csv"
-    pd.read_csv(files[1]).drop(columns=["S"]).to_csv(no_link, index=False)
-    with_link = tmp_path / "l1_link.csv"
-    l1 = pd.read_csv(files[0])
-    l1["S"] = "s" + l1["C"].str[1]
-    l1.to_csv(with_link, index=False)
-    rc, msg = run("fit", with_link, no_link, files[2], *ids, *TINY_MODEL, "--engine", "stream")
-    assert rc == 1 and msg.count("\n") == 1 and "add the S column there" in msg
-    rc, msg = run("fit", files[0], files[0], files[2], *ids, *TINY_MODEL, "--engine", "stream")
-    assert rc == 1 and msg.count("\n") == 1 and "separate files" in msg
-    archive = tmp_path / "tiny.mdm"
-    assert run("mdm", "build", *files, *ids, "-o", archive)[0] == 0
-    rc, msg = run("fit", archive, *TINY_MODEL, "--engine", "stream")
-    assert rc == 2 and msg.count("\n") == 1 and "drop --engine" in msg
+def test_unmatched_level1_units_refused_or_dropped_as_in_memory(tmp_path):
+    from hlmcli.errors import DataError
 
-
-# ---------------------------------------------------------------- every public three- and four-level reference
-
-SLOW_CASES = {
-    "eg_m1": ([*EG, *EG_IDS], ["-1", "MATH = p0 + p1*YEAR + e", "-2", "p0 = b00 + r0", "-2", "p1 = b10 + r1",
-                               "-3", "b00 = g000 + u00", "-3", "b10 = g100 + u10"]),
-    "eg_centred": ([*EG, *EG_IDS], EG_CENTRED),
-    "pastes": ([*PASTES, *PASTES_IDS], PASTES_MODEL),
-    "hospitals": ([*HOSPITALS, *HOSPITALS_IDS], HOSPITALS_MODEL),
-}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(SLOW_CASES))
-@pytest.mark.parametrize("method", ["--ml", "--reml"])
-def test_stream_equals_memory_on_every_reference(name, method, tmp_path, small_chunks):
-    data, eqs = SLOW_CASES[name]
-    memory = fit_json(data, eqs, method)
-    streamed = fit_json([shuffled(data[0], tmp_path), *data[1:]], eqs, method, "--engine", "stream")
-    assert streamed["certificate"]["certified"] == memory["certificate"]["certified"]
-    assert differences(memory, streamed) == []
-    if not math.isnan(memory["deviance"]):
-        assert streamed["deviance"] == memory["deviance"] or abs(streamed["deviance"] / memory["deviance"] - 1) < 1e-12
-
-
-@pytest.mark.slow
-def test_stream_text_is_the_memory_text():
-    data, eqs = SLOW_CASES["eg_m1"]
-    rc_a, text_a = run("fit", *data, *eqs)
-    rc_b, text_b = run("fit", *data, *eqs, "--engine", "stream")
-    assert rc_a == rc_b == 0 and text_a == text_b
-    assert json.loads(run("fit", *data, *eqs, "--engine", "stream", "--format", "json")[1])["converged"]
+    paths = _tiny(tmp_path, unmatched=True)
+    with pytest.raises(DataError, match="stray.*--drop-unmatched"):
+        _fits(paths, ["C", "S"], TINY_MODEL)
+    memory, stream = _fits(paths, ["C", "S"], TINY_MODEL, drop_unmatched=True)
+    _same_fit(memory, stream)
