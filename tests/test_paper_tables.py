@@ -71,18 +71,6 @@ def test_tidy_csv_is_broom_mixed_with_sd_and_cor_rows(hsb_archive):
     assert list(fixed["hlm.label"]) == ["γ00", "γ01", "γ10", "γ11"]
 
 
-def test_grand_centred_terms_in_csv_json_and_formula(hsb_archive, tmp_path):
-    out = tmp_path / "grand.json"
-    proc = hlmcli("fit", hsb_archive, *GRAND, "--format", "csv", "--json-out", out, check=True)
-    check_against_broom(pd.read_csv(io.StringIO(proc.stdout)), "grand")
-    doc = json.loads(out.read_text(encoding="utf-8"))
-    assert [f["term"] for f in doc["fixed_effects"]] == ["(Intercept)", "MEANSES", "SES_grand"]
-    assert doc["lme4_formula"] == "MATHACH ~ 1 + MEANSES + SES_grand + (1 + SES_grand | ID)"
-    md = fit_table(doc, "markdown")
-    assert "SES (grand-centred) (g10)" in md and "SES (grand-centred), u1" in md
-    assert np.isclose(doc["deviance"], BROOM[BROOM["model"] == "grand"]["REMLcrit"].iloc[0], rtol=1e-9)
-
-
 # ------------------------------------------------------------------ LaTeX
 
 _TEXT_MODE_GLYPHS = set("<>|")  # OT1 sets these as ¡ ¿ — in text mode
@@ -145,18 +133,27 @@ def test_latex_tokeniser_catches_what_pdflatex_misprints():
     assert not latex_problems("$<$0.001 \\textless{} a\\_b 50\\% \\begin{tabular}{lr}\na & b \\\\\n\\end{tabular}")
 
 
-def test_fit_latex_with_stars_caption_notes(hsb_archive, tmp_path):
-    tex = hlmcli("fit", hsb_archive, "--model", SAMPLE / "models" / "m4_slopes.txt", "--format", "latex", "--stars",
-                 "--caption", "HSB & <model 4>", "--notes", "Data: 50% of #1 | ~x^2", check=True).stdout
+def test_grand_centred_fit_latex_json_and_tidy(hsb_archive, tmp_path):
+    """One fit, grand-centred SES: its LaTeX with stars, caption and notes sets as written; its JSON
+    names the terms as the lme4 formula does, and its tidy table is broom.mixed's."""
+    out = tmp_path / "grand.json"
+    tex = hlmcli("fit", hsb_archive, *GRAND, "--format", "latex", "--stars", "--caption", "HSB & <grand>",
+                 "--notes", "Data: 50% of #1 | ~x^2", "--json-out", out, check=True).stdout
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert [f["term"] for f in doc["fixed_effects"]] == ["(Intercept)", "MEANSES", "SES_grand"]
+    assert doc["lme4_formula"] == "MATHACH ~ 1 + MEANSES + SES_grand + (1 + SES_grand | ID)"
+    check_against_broom(tidy(doc), "grand")
+    assert np.isclose(doc["deviance"], BROOM[BROOM["model"] == "grand"]["REMLcrit"].iloc[0], rtol=1e-9)
+
     assert latex_problems(tex) == []
     assert "<0.001" not in tex.replace("$<$0.001", "") and "$<$0.001" in tex
-    assert "\\caption{HSB \\& \\textless{}model 4\\textgreater{}}" in tex
-    assert "SES (group-centred) (g10) & 2.803*** &" in tex
-    assert "SECTOR:SES (group-centred) (g11) & -1.341*** &" in tex
-    # τ's covariance and correlation (r = 0.784 of HLM 7's output)
-    ref = REFERENCE["hsb_m4"]["optimum"]["tau"]
-    r = ref[0][1] / math.sqrt(ref[0][0] * ref[1][1])
-    assert f"INTRCPT1, SES (group-centred) (covariance) &  & {ref[0][1]:.3f} &  &  &  & {r:.3f} \\\\" in tex
+    assert "\\caption{HSB \\& \\textless{}grand\\textgreater{}}" in tex
+    assert "SES (grand-centred) (g10) & 2.190*** &" in tex and "SES (grand-centred), u1 &" in tex
+    # τ's covariance and correlation row, against lme4's SDs and correlation
+    ref = BROOM[(BROOM["model"] == "grand")].set_index("term")["estimate"]
+    cov = ref["cor__(Intercept).SES_grand"] * ref["sd__(Intercept)"] * ref["sd__SES_grand"]
+    row = f"INTRCPT1, SES (grand-centred) (covariance) &  & {cov:.3f} &  &  &  & {ref['cor__(Intercept).SES_grand']:.3f} \\\\"
+    assert row in tex
     assert "* p \\textless{} 0.05, ** p \\textless{} 0.01, *** p \\textless{} 0.001." in tex
     assert "Data: 50\\% of \\#1 \\textbar{} \\textasciitilde{}x\\textasciicircum{}2" in tex
     assert "Optimum & certified \\\\" in tex
@@ -230,5 +227,9 @@ def test_table_command_options_and_glance_rows(tmp_path):
     assert rows["N"] == ["7185", "7185"] and rows["J"] == ["160", "160"]
     # the notes are Markdown-escaped: a leading '* ' would start a list, '**' emphasis
     assert "\\* p \\< 0.05, \\*\\* p \\< 0.01, \\*\\*\\* p \\< 0.001." in md and md.rstrip().endswith("Source: HSB.")
-    bad = hlmcli("fit", paths[0], "--stars")
-    assert bad.returncode == 2 and "--format csv, markdown, latex or html" in bad.stderr
+    from click.testing import CliRunner
+
+    from hlmcli.cli import main
+
+    bad = CliRunner().invoke(main, ["fit", str(paths[0]), "--stars"])  # refused before any reading
+    assert bad.exit_code == 2 and "--format csv, markdown, latex or html" in bad.output
