@@ -21,13 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sources import SourceFrames
 
 
-def term_name(coefficient: str, predictor: str) -> str:
-    """A fixed effect's name as in R's model summaries: '(Intercept)', 'SECTOR', 'SES', 'SES:SECTOR'."""
-    if coefficient == "INTRCPT1":
-        return "(Intercept)" if predictor == "INTRCPT2" else predictor
-    return coefficient if predictor == "INTRCPT2" else f"{coefficient}:{predictor}"
-
-
 def information_criteria(fit: dict) -> tuple[int, float, float]:
     """(k, AIC, BIC) of a fit's JSON, as the fit computed them (inference.information_criteria,
     lme4's counting: every fixed effect and variance parameter, under REML too; BIC with log N)."""

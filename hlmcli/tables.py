@@ -55,6 +55,14 @@ class TableOptions:
             raise ModelError(f"se must be one of {', '.join(SE_CHOICES)}, not '{self.se}'")
 
 
+def two_level(fit: dict) -> dict:
+    """The document, if it is of a two-level fit; the tables read those (and combined ones) only."""
+    if fit.get("levels", 2) != 2 or "fixed_effects" not in fit:
+        raise ModelError(f"a {fit.get('levels', '?')}-level fit: the paper tables read two-level fits for now; "
+                         "take the numbers from its JSON or text output")
+    return fit
+
+
 def se_kind(fit: dict, se: str = "auto") -> str:
     """'robust' or 'model': the standard errors a table of this fit reports."""
     if se == "auto":
@@ -143,7 +151,7 @@ def tidy(fit: dict, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
     follows from it are the `se` kind's (se.type says which); df is HLM's, and the interval is
     estimate ± t(df) · SE (broom's Wald interval for lmer uses the normal quantile instead). HLM's
     label of each row and the χ² test of each τ_qq follow; an HGLM adds exp(γ) and its interval."""
-    kind = se_kind(fit, se)
+    kind = se_kind(two_level(fit), se)
     rows = []
     for f, (r_name, _) in zip(fit["fixed_effects"], fixed_names(fit)):
         t = _t_quantile(conf_level, f["df"])
@@ -372,6 +380,7 @@ def _notes(fit_kinds: Sequence[tuple[dict, str]], options: TableOptions) -> list
 def fit_table(fit: dict, fmt: str, options: TableOptions = TableOptions()) -> str:
     """One fit's tables: CSV is the tidy table; the other formats give the fixed effects, then the
     variance components (τ's covariances and correlations among them), and the model's numbers."""
+    two_level(fit)
     if fmt == "csv":
         return tidy(fit, options.conf_level, options.se).to_csv(index=False, lineterminator="\n", float_format="%.10g")
     if fmt not in FORMATS:
@@ -403,6 +412,8 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str], options: TableOptio
     optimum's certificate, N and J (as modelsummary and texreg lay them out)."""
     if len(fits) != len(names):
         raise ModelError("give one name per model")
+    for fit in fits:
+        two_level(fit)
     kinds = [se_kind(fit, options.se) for fit in fits]
     terms: list[str] = []
     var_rows: list[str] = []

@@ -233,3 +233,12 @@ def test_table_command_options_and_glance_rows(tmp_path):
 
     bad = CliRunner().invoke(main, ["fit", str(paths[0]), "--stars"])  # refused before any reading
     assert bad.exit_code == 2 and "--format csv, markdown, latex or html" in bad.output
+
+
+def test_tables_refuse_fits_of_more_levels_in_one_line():
+    from hlmcli.errors import ModelError
+
+    doc = golden("pin_eg_context_json.json")  # a three-level fit
+    for make in (lambda: fit_table(doc, "latex"), lambda: tidy(doc), lambda: side_by_side_text([doc], ["a"], "csv")):
+        with pytest.raises(ModelError, match="3-level fit: the paper tables read two-level fits for now"):
+            make()
