@@ -96,6 +96,11 @@ def upper_archive(paths, options, level1: Level1File, fmt=None, delimiter=None, 
     else:
         opts = replace(options, keeps=([],) + tuple(options.keeps[1:]))
         archive = build_archive_levels([stand_in] + tables, opts, warn=warn)
+    upper = {n.lower() for k in range(2, archive.n_levels + 1) for n in archive.names(k)}
+    both = [n for n in level1.names if n.lower() in upper]
+    if both:
+        raise DataError(f"variable '{both[0]}' is in more than one level; leave it out of all but one with "
+                        f"--l1-vars ... --l{K}-vars")
     archive.levels[0] = LevelData(list(level1.names), np.full((len(level1.names), archive.n(1)), np.nan))
     archive.notes["level1_records_read"] = None
     from .engines import _source
