@@ -18,6 +18,7 @@ import click  # noqa: E402
 
 from . import __version__
 from .errors import EXIT_CODES_HELP, EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HlmError
+from .help import EXAMPLES, GroupedCommand
 from .spec import OutputOptions
 
 
@@ -153,6 +154,12 @@ def _table_options(more: dict, out_format: str):
     return options
 
 
+def _progress_wanted(quiet: bool) -> bool:
+    from .streaming import progress_wanted
+
+    return progress_wanted(quiet)
+
+
 class _Progress:
     """Stage progress on a terminal; silent when stderr is not a TTY or with --quiet."""
 
@@ -173,7 +180,10 @@ class _Progress:
 
 
 class OneLineErrors(click.Group):
-    """Usage errors as one line too, like every other error (exit 2)."""
+    """Usage errors as one line too, like every other error (exit 2); subcommands' options in groups."""
+
+    command_class = GroupedCommand
+    group_class = type  # subgroups (mdm, cache) are OneLineErrors too, so their commands are grouped
 
     def main(self, args=None, prog_name=None, **extra):
         try:
@@ -239,7 +249,7 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
                         missing=missing, drop_unmatched=drop_unmatched)
 
 
-@mdm.command("build")
+@mdm.command("build", epilog=EXAMPLES["mdm build"])
 @click.argument("level1_file", required=False, type=click.Path())
 @click.argument("level2_file", required=False, type=click.Path())
 @click.argument("level3_file", required=False, type=click.Path())
@@ -343,7 +353,8 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
         from .engines import cli_build
 
         records, units = cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet,
-                                   warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")))
+                                   warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")),
+                                   progress=_progress_wanted(quiet))
         commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}: per-unit statistics of {records} level-1 records in {units} units")
@@ -511,10 +522,32 @@ _hglm_options = [
 ]
 
 
-def model_options(func):
+def model_options(func, leave_out=()):
     for option in reversed(_model_options + _hglm_options):
-        func = option(func)
+        if _declared_name(option) not in leave_out:
+            func = option(func)
     return func
+
+
+def _declared_name(option) -> str:
+    """The longest name an option decorator declares (its decorated stand-in's one parameter)."""
+    return max(option(lambda: None).__click_params__[0].opts, key=len)
+
+
+def hidden_options(*names):
+    """Keep options out of --help but still accepted, so that a command can refuse them with a reason."""
+    def hide(func):
+        for param in getattr(func, "__click_params__", []):
+            if max(param.opts, key=len) in names:
+                param.hidden = True
+        return func
+    return hide
+
+
+# plot draws two-level fits only, and prints no equations: --ascii is not offered, and the options of
+# three and four levels are hidden (still taken, so that plot refuses such a model saying why)
+_PLOT_LEAVES_OUT = ("--ascii",)
+_PLOT_HIDES = ("--level3", "--level4", "--id3", "--id4", "--l3-vars", "--l4-vars")
 
 
 def _fit_options(ml=None, reml=None, **given):
@@ -687,7 +720,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     click.echo("\n".join(printable(line) for line in lines))
 
 
-@main.command("fit", epilog=EXIT_CODES_HELP)
+@main.command("fit", epilog=EXAMPLES["fit"] + "\n" + EXIT_CODES_HELP)
 @model_options
 @click.option("--format", "out_format", type=click.Choice(["text", "json", "csv", "markdown", "latex", "html"]), default="text",
               show_default=True, help="HLM 7's text, JSON, or the tables for papers (csv: broom's tidy columns).")
@@ -932,7 +965,7 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
         build_opts.get("file_format"), build_opts.get("delimiter"),
         lambda frame: _spec(frame, level1, level2, model_file, None, fit=fit,
                             allow_outside=more["allow_outside"], extra={"title": title}),
-        unsupported, warn, progress=not out.quiet and sys.stderr.isatty())
+        unsupported, warn, progress=_progress_wanted(out.quiet))
     analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})
     finish(results, out, [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
@@ -1123,9 +1156,10 @@ def compare_cmd(fit_a, fit_b, out_format):
     click.echo(dumps_json(result) if out_format == "json" else compare_text(result), nl=False)
 
 
-@main.command("plot")
+@main.command("plot", epilog=EXAMPLES["plot"])
+@hidden_options(*_PLOT_HIDES)
 @click.argument("kind", type=click.Choice(["equation", "units", "shrinkage", "caterpillar", "diagnostics"]))
-@model_options
+@functools.partial(model_options, leave_out=_PLOT_LEAVES_OUT)
 @click.option("-o", "--output", required=True, type=click.Path(), help="The picture to write: .png, .svg or .pdf.")
 @click.option("--x", "x_var", help="equation, units: the level-1 predictor on the x axis (default: the first).")
 @click.option("--by", multiple=True, help="equation: a level-2 predictor to draw lines for (its values, or its "
@@ -1138,7 +1172,7 @@ def compare_cmd(fit_a, fit_b, out_format):
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
 @no_follow_option
 @user_errors
-def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
+def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing, drop_unmatched, cache_dir,
              output, x_var, by, coef, sample, seed, x_range, json_out, quiet, **more):
     """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
     from .files import check_outputs, commit_outputs
@@ -1230,7 +1264,7 @@ def _plot_saved_fit(kind, path, output, x_var, by, x_range):
     plot_equation_from_fit(read_fit(path), output, x_var, at, low_high)
 
 
-@main.command("table")
+@main.command("table", epilog=EXAMPLES["table"])
 @click.argument("fits", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "out_format", type=click.Choice(["markdown", "latex", "html", "csv"]), default="markdown",
               show_default=True)
