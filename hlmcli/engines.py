@@ -258,7 +258,8 @@ def summarise(frame: Frame, cols, level2_data, names: list[str], level2_names: l
     else:
         from .streaming import stream_moments
 
-        unit_ids, m, read, deleted = stream_moments(cols, frame.id_names[0], l1, drop_missing=drop_missing)
+        unit_ids, m, read, deleted = stream_moments(cols, frame.id_names[0], l1, drop_missing=drop_missing,
+                                                    progress=progress)
     notes = {"level1_records_read": int(read)}
     if frame.same_file:
         level2 = level2_from_same_file(unit_ids, m, l1, level2_names, cols.path)
@@ -351,7 +352,8 @@ def _restrict(summary: Summary, names: list[str]) -> Summary:
                    summary.n_deleted, summary.notes)
 
 
-def cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet, warn) -> tuple[int, int]:
+def cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet, warn,
+              progress: bool = False) -> tuple[int, int]:
     """`hlmcli mdm build --engine stream`: one pass, a statistics archive. Returns (records, units)."""
     frame, cols, level2_data = frame_of_files(level1_file, level2_file, options.id1, options.id2, file_format, delimiter)
     if options.keep1 is not None:
@@ -365,7 +367,7 @@ def cli_build(level1_file, level2_file, options, file_format, delimiter, output,
         frame.level2_names = [n for n in frame.level2_names if n.lower() in {k.lower() for k in options.keep2}]
     frame.level1_names = names
     summary = summarise(frame, cols, level2_data, names, frame.level2_names, "stream", options.drop_unmatched, warn,
-                        drop_missing=options.missing == "now", paths=(level1_file, level2_file))
+                        drop_missing=options.missing == "now", paths=(level1_file, level2_file), progress=progress)
     if (summary.moments.n == 0).any():
         keep = np.flatnonzero(summary.moments.n > 0)
         summary = Summary([summary.unit_ids[j] for j in keep], summary.names, summary.moments.take(keep),

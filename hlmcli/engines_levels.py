@@ -152,7 +152,7 @@ def level1_moments(archive, level1: Level1File, names: list[str], level2_path, d
     else:
         from .streaming import stream_moments
 
-        unit_ids, m, _read, deleted = stream_moments(level1.columns, level1.id2, names)
+        unit_ids, m, _read, deleted = stream_moments(level1.columns, level1.id2, names, progress=progress)
     ids2 = archive.levels[1].ids
     position = {u: j for j, u in enumerate(ids2)}
     where = np.array([position.get(u, -1) for u in unit_ids], dtype=np.int64)
