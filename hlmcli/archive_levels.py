@@ -715,7 +715,7 @@ def cached_archive3(paths, options: BuildOptions3, fmt=None, delimiter=None, cac
 
 def archive3_info(archive: ArchiveLevels, unit: str | None = None) -> dict:
     """HLM 7's MDM statistics for all three levels (same keys as the two-level document, plus level3)."""
-    from . import __version__
+    from .version import __version__
     from .archive import summarize
 
     n2 = np.diff(archive.offsets2)
@@ -823,7 +823,7 @@ def unit_info(archive: ArchiveLevels, unit: str) -> dict | None:
 
 def archive_levels_info(archive: ArchiveLevels, unit: str | None = None) -> dict:
     """HLM 7's MDM statistics for every level (and one unit's, with `unit`)."""
-    from . import __version__
+    from .version import __version__
     from .archive import summarize
 
     K = archive.n_levels

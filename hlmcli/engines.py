@@ -2,21 +2,23 @@
 --engine dask, and fits from a statistics archive (mdm build --engine stream).
 
 Each engine ends in the same place: unit ids, per-unit moments of the level-1 columns
-(moments.Moments) and the level-2 values; from there moments.design_from_moments and
+(moments.Moments) and the level-2 values; from there design.design_from_moments and
 pipeline.analyse_stats give the same Analysis, tables, certificate and JSON as the in-memory engine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .design import design_from_moments
 from .errors import DataError, ModelError
-from .moments import Moments, design_from_moments, digest_of
+from .moments import Moments, digest_of
 
 
 @dataclass
@@ -245,6 +247,24 @@ def frame_of_files(level1, level2, id1, id2, fmt=None, delimiter=None):
     return frame, cols, (ids2, values)
 
 
+def frame_of_dask(level1, level2, id1, id2, fmt=None, delimiter=None):
+    """The columns of the level-1 dataset (from its first file) and the level-2 file (read whole)."""
+    from .dask_engine import is_parquet, level1_files
+    from .streaming import file_columns
+
+    first = level1_files(str(level1))[0]
+    if os.path.isfile(str(level2)) and os.path.samefile(first, level2):
+        raise DataError(f"{level2}: --engine dask needs a separate level-2 file (one row per unit); give one, "
+                        "or use --engine stream")
+    cols = file_columns(first, "parquet" if is_parquet(level1) else (fmt or "csv"), delimiter)
+    id1 = cols.find(id1, "unit id")
+    ids2, values, idcol2 = read_level2(level2, id2, None, None)
+    frame = Frame([c for c in cols.names if c != id1], list(values), (id1, idcol2),
+                  [_source("level-1", level1), _source("level-2", level2)])
+    cols.path = Path(str(level1))
+    return frame, cols, (ids2, values)
+
+
 def summarise(frame: Frame, cols, level2_data, names: list[str], level2_names: list[str], engine: str,
               drop_unmatched: bool, warn, scheduler=None, drop_missing: bool = True, progress: bool = False,
               paths=None) -> Summary:
@@ -319,9 +339,7 @@ def summary_for_fit(data, engine: str, scheduler, ids: tuple[str, str], drop_unm
     for path in data if engine == "stream" else data[1:]:  # the dask level-1 data are a folder or a glob
         check_regular(path, "data file")
     if engine == "dask":
-        from .dask_engine import dask_frame
-
-        frame, cols, level2_data = dask_frame(data[0], data[1], ids[0], ids[1], file_format, delimiter)
+        frame, cols, level2_data = frame_of_dask(data[0], data[1], ids[0], ids[1], file_format, delimiter)
     else:
         frame, cols, level2_data = frame_of_files(data[0], data[1], ids[0], ids[1], file_format, delimiter)
     spec = spec_of(frame)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 from scipy import special
 
-from . import __version__
+from .version import __version__
 from . import design as design_stage
 from . import inference
 from .data_checks import check_hglm_outcome, check_quadrature, level1_option_column

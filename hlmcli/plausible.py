@@ -56,7 +56,7 @@ def outcome_columns(value: str, names: list[str]) -> list[str]:
 def analyse_plausible(spec, archive, outcomes: list[str], df_method: str = "hlm", weights=None) -> list:
     """One Analysis per outcome column, sharing the design, the weights and L'L."""
     from . import design as design_stage
-    from .pipeline import analyse_stats, check_estimable, has_overall_intercept
+    from .pipeline import analyse_stats, check_estimable
     from .sufficient import unit_cross_products_many
 
     base = replace(spec, outcome=outcomes[0])
@@ -77,7 +77,7 @@ def analyse_plausible(spec, archive, outcomes: list[str], df_method: str = "hlm"
         resolved = resolve(weights, archive, design)
     pos = design.record_positions
     Y = np.column_stack([archive.level1_column(o) if pos is None else archive.level1_column(o)[pos] for o in outcomes])
-    units = unit_cross_products_many(design.L, Y, design.offsets, has_overall_intercept(design),
+    units = unit_cross_products_many(design.L, Y, design.offsets, design_stage.has_overall_intercept(design),
                                      None if resolved is None else resolved.w1)
     out = []
     for m, o in enumerate(outcomes):
@@ -223,7 +223,7 @@ def combine(analyses: list, labels: list[str] | None = None) -> dict:
 
 
 def combined_json(analyses: list, meta: dict, source: str, full_output: bool, labels=None, tests=None) -> dict:
-    from . import __version__
+    from .version import __version__
     from .report import fit_json, model_record
 
     a0 = analyses[0]
@@ -241,7 +241,7 @@ def combined_json(analyses: list, meta: dict, source: str, full_output: bool, la
 
 
 def combined_text(analyses: list, meta: dict, sym, source: str, full_output: bool, labels=None, tests=None) -> str:
-    from . import __version__
+    from .version import __version__
     from .report import _table, fit_text, hlm_name, hlm_p, model_summary
     from .weights import weighting_lines
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .archive import FORMAT_VERSION, Archive, summarize
 
 
