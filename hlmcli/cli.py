@@ -16,9 +16,12 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import click  # noqa: E402
 
-from .version import __version__
 from .errors import EXIT_CODES_HELP, EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HlmError
+from .flags import split_names
 from .spec import OutputOptions
+from .version import __version__
+
+_split_names = split_names  # the spelling fit_cmd and levels.py still use
 
 
 def _stderr(message: str) -> None:
@@ -120,13 +123,6 @@ def _dask_scheduler(more: dict):
                      check_seconds("--deadline", more.get("dask_deadline")))
 
 
-def _split_names(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    names = tuple(n for n in value.replace(";", ",").replace(" ", ",").split(",") if n)
-    return names
-
-
 class _Progress:
     """Stage progress on a terminal; silent when stderr is not a TTY or with --quiet."""
 
@@ -209,7 +205,7 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
     id2 = id2 or id_
     if not id1 or not id2:
         raise OptionError("no unit id column given; pass --id NAME (or --id1 and --id2)")
-    return BuildOptions(id1=id1, id2=id2, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
+    return BuildOptions(id1=id1, id2=id2, keep1=split_names(l1_vars), keep2=split_names(l2_vars),
                         missing=missing, drop_unmatched=drop_unmatched)
 
 
@@ -1215,7 +1211,7 @@ def table_cmd(fits, out_format, names, output):
     from .tables import side_by_side_text
 
     check_outputs([("-o", output)], list(fits))
-    headings = list(_split_names(names) or [Path(f).stem for f in fits])
+    headings = list(split_names(names) or [Path(f).stem for f in fits])
     if len(headings) != len(fits):
         raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
     text = side_by_side_text([read_fit(f) for f in fits], headings, out_format)

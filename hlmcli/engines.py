@@ -61,8 +61,7 @@ def _source(role: str, path) -> object:
 
 def read_level2(path, id2: str, fmt=None, delimiter=None):
     """The level-2 file (one row per unit: small) through the in-memory reader. Returns (ids, {name: values})."""
-    from .archive import _is_text
-    from .readers import find_column, numeric_column, read_table, unit_codes
+    from .readers import find_column, is_text_column, numeric_column, read_table, unit_codes
 
     table = read_table(path, fmt, delimiter, string_columns=(id2,))
     idcol = find_column(table, id2, "unit id")
@@ -73,7 +72,7 @@ def read_level2(path, id2: str, fmt=None, delimiter=None):
         raise DataError(f"{table.path}: column {idcol}: unit id(s) appear more than once ({', '.join(dups)}); "
                         "the level-2 file needs exactly one row per unit")
     values = {c: numeric_column(table, c)[np.argsort(codes)] for c in table.data.columns
-              if c != idcol and not _is_text(table, c, None)}
+              if c != idcol and not is_text_column(table, c, None)}
     order_ids = [ids[c] for c in np.sort(codes)]
     return order_ids, values, idcol
 

@@ -98,7 +98,7 @@ from .estimation import TauStructure
 from .estimation import fit as linear_fit
 from .family import Family
 from .sufficient import model_stats, unit_cross_products
-from .unitsolve import unit_solve
+from .unitsolve import factor, unit_solve
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -375,11 +375,6 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
             res.pa_gamma = None
             res.pa_failed = f"the population-average model cannot be fitted ({exc})"
     return res
-
-
-def _psd_factor(G):
-    w, V = np.linalg.eigh(0.5 * (G + G.T))
-    return V * np.sqrt(np.clip(w, 0, None))
 
 
 def _population_average(data: GLMData, res: PQLResult, lam: np.ndarray, maxit: int, tol: float) -> None:
@@ -1059,7 +1054,7 @@ def _psd_lower(G):
     try:
         return np.linalg.cholesky(G)
     except np.linalg.LinAlgError:
-        F = _psd_factor(G)
+        F = factor(G)
         r = np.linalg.qr(F.T, mode="r")  # F = (QR)' ... G = FF' = R'R: R' is lower triangular
         L = r.T
         return L * np.where(np.diag(L) < 0, -1.0, 1.0)[None, :]
@@ -1208,18 +1203,18 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
         fidx = (perm[rows[keep]], cols[keep])
         null_p = list(range(face.r, q))
 
-        def factor(Gm):
+        def face_factor(Gm):
             return _pivot_factor(Gm[np.ix_(perm, perm)], null_p)[inv]
     else:
         keep = ~np.isin(idx[1], null)
         fidx = (idx[0][keep], idx[1][keep])
 
-        def factor(Gm):
+        def face_factor(Gm):
             return _pivot_factor(Gm, null)
     nf = fidx[0].size
     if nf != face.size:
         return None
-    Lr = factor(Gr)
+    Lr = face_factor(Gr)
     obj = _ProfiledML(data, cond, gamma, Hgg, diagonal)
     gamma_r, dev = obj.profile(Lr)
 
@@ -1241,7 +1236,7 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
     h = 1e-4
 
     def theta(xv):
-        return factor(face.G(xv))[fidx]
+        return face_factor(face.G(xv))[fidx]
 
     J = np.empty((nf, n))
     T2 = np.zeros((nf, n, n))

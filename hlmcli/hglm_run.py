@@ -13,13 +13,13 @@ from types import SimpleNamespace
 import numpy as np
 from scipy import special
 
-from .version import __version__
 from . import design as design_stage
 from . import inference
 from .data_checks import check_hglm_outcome, check_quadrature, level1_option_column
 from .errors import DataError, ModelError
 from .family import family as get_family
 from .hglm import GLMData, MLResult, PQLResult, agq_fit, ml_fit, ml_start, pql, working_model
+from .version import __version__
 
 Z975 = float(special.ndtri(0.975))
 
@@ -517,7 +517,8 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     table with its Confidence Interval column; these follow the HLM 7 manual's description
     (shared/docs/hglm-hlm3-weights.md, marked [M] there) in the verified linear table format.
     """
-    from .report import _coef_label, _random_label, _table, extras_text, hlm_name, hlm_p, printable
+    from .report import (coef_label, extras_text, hlm_name, hlm_p, printable, problem_lines, random_label, tau_lines,
+                         text_table)
 
     opts = a.spec.options
     d = a.design
@@ -535,11 +536,7 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     w("")
     w("Specifications for this nonlinear HLM2 run")
     w("")
-    w(f"Problem Title: {meta.get('title') or 'no title'}")
-    w("")
-    w(f" The data source for this run  = {meta.get('data_source')}")
-    w(f" The maximum number of level-1 units = {d.n}")
-    w(f" The maximum number of level-2 units = {d.n_units}")
+    out += problem_lines(meta, d)
     if a.pql is not None:
         w(f" The maximum number of micro iterations = {opts.microit}")
         w(f" The maximum number of macro iterations = {opts.macroit}")
@@ -577,23 +574,8 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     if a.sigma2 is not None:
         w("")
         w(f" {sym.sigma2} = {a.sigma2:12.5f}")
-    labels = [f"{hlm_name(names[q])},{sym.beta}{q}" for q in rand_q]
-    lw = max(len(x) for x in labels)
-
-    def matrix(title, m, fmt):
-        w("")
-        w(title)
-        for k, lab in enumerate(labels):
-            w(f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]))
-
-    matrix(sym.tau, a.tau, "{:13.5f}")
+    out += tau_lines(sym, names, rand_q, a.tau, None, a.variance.reliability)
     sd = np.sqrt(np.clip(np.diag(a.tau), 0, None))
-    if len(rand_q) > 1:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            matrix(f"{sym.tau} (as correlations)", a.tau / np.outer(sd, sd), "{:7.3f}")
-    w("")
-    rows = [[f"{hlm_name(names[q])}, {sym.beta}{q}", f"{a.variance.reliability[k]:.3f}"] for k, q in enumerate(rand_q)]
-    out += _table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
     ratio = "Odds Ratio" if a.data.family.link == "logit" else "Event Rate Ratio"
 
     def fixed_tables(model, gamma, cov, rcov):
@@ -610,26 +592,26 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
             rows, ratio_rows = [], []
             for k, f in enumerate(d.fixed):
                 if k == 0 or d.fixed[k - 1].q != f.q:
-                    rows.append([f"For {_coef_label(d, f.q, sym)}"])
+                    rows.append([f"For {coef_label(d, f.q, sym)}"])
                     ratio_rows.append(rows[-1])
                 label = f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}"
                 rows.append([label, f"{gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", f"{a.df[k]:.0f}", hlm_p(p[k])])
                 tq = special.stdtrit(a.df[k], 0.975)
                 ratio_rows.append([label, f"{gamma[k]:.6f}", f"{np.exp(gamma[k]):.6f}",
                                    f"({np.exp(gamma[k] - tq * se[k]):.3f},{np.exp(gamma[k] + tq * se[k]):.3f})"])
-            out.extend(_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+            out.extend(text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                               rows, [30, 12, 14, 9, 12, 8]))
             w("")
-            out.extend(_table(["Fixed Effect", "Coefficient", ratio, "Confidence Interval"], ratio_rows, [30, 12, 16, 22]))
+            out.extend(text_table(["Fixed Effect", "Coefficient", ratio, "Confidence Interval"], ratio_rows, [30, 12, 16, 22]))
 
     fixed_tables("Unit-specific model", a.gamma, a.cov, a.robust_cov)
     w("")
     w("Final estimation of variance components")
-    rows = [[_random_label(d, q, sym), f"{sd[k]:.5f}", f"{a.tau[k, k]:.5f}", f"{a.variance.df[k]:.0f}",
+    rows = [[random_label(d, q, sym), f"{sd[k]:.5f}", f"{a.tau[k, k]:.5f}", f"{a.variance.df[k]:.0f}",
              f"{a.variance.chi2[k]:.5f}", hlm_p(a.variance.p[k])] for k, q in enumerate(rand_q)]
     if a.sigma2 is not None:
         rows.append(["level-1, r", f"{math.sqrt(a.sigma2):.5f}", f"{a.sigma2:.5f}", "", "", ""])
-    out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
                   rows, [26, 18, 18, 6, 12, 8])
     w("")
     if a.ml is not None:

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .unitsolve import LOG_2PI, cmm, cmv, spd_inverse_logdet
+from .unitsolve import LOG_2PI, cmm, cmv, factor, gls, spd_inverse_logdet
 
 __all__ = ["Coefficient", "LevelsData", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
            "NestedData", "NestedFit", "NestedStats", "NestedSolve", "as_levels", "reduce_nested",
@@ -890,14 +890,7 @@ def levels_solve(stats: LevelsStats, lams) -> LevelsSolve:
             tot = W.sum(axis=2)
     tot = 0.5 * (tot + tot.T)
     P, c, s = tot[:p, :p], tot[:p, p], float(tot[p, p])
-    try:
-        cholP = np.linalg.cholesky(P)
-    except np.linalg.LinAlgError:
-        raise FloatingPointError("X'V⁻¹X is not positive definite") from None
-    gamma = np.linalg.solve(cholP.T, np.linalg.solve(cholP, c))
-    rss = s - float(c @ gamma)
-    if not rss > 0:
-        raise FloatingPointError("the residual sum of squares is not positive")
+    cholP, gamma, rss = gls(P, c, s)
     return LevelsSolve(stats, lams, tuple(Ks), tuple(logdets), tuple(Ws), P, cholP, c, s, gamma, rss)
 
 
@@ -908,21 +901,12 @@ def nested_solve(stats: LevelsStats, *lams) -> LevelsSolve:
     return levels_solve(stats, lams)
 
 
-def _factor(G: np.ndarray) -> np.ndarray:
-    """A square factor Λ with ΛΛ' = G for PSD G (singular allowed)."""
-    G = np.asarray(G, dtype=float)
-    if G.size == 0:
-        return G.reshape(0, 0)
-    w, V = np.linalg.eigh(0.5 * (G + G.T))
-    return V * np.sqrt(np.clip(w, 0.0, None))
-
-
 def deviance_levels(data, sigma2: float, taus, reml: bool = False) -> float:
     """The ML or REML deviance (lme4's conventions, γ at its GLS value) at given σ² and τℓ (PSD,
     singular allowed), e.g. to judge another program's estimates."""
     stats = data if isinstance(data, LevelsStats) else reduce_nested(data)
     try:
-        us = levels_solve(stats, tuple(_factor(np.asarray(t, float) / sigma2) for t in taus))
+        us = levels_solve(stats, tuple(factor(np.asarray(t, float) / sigma2) for t in taus))
     except (FloatingPointError, np.linalg.LinAlgError):
         return float("inf")
     return us.deviance(sigma2, reml)

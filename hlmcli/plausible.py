@@ -242,7 +242,7 @@ def combined_json(analyses: list, meta: dict, source: str, full_output: bool, la
 
 def combined_text(analyses: list, meta: dict, sym, source: str, full_output: bool, labels=None, tests=None) -> str:
     from .version import __version__
-    from .report import _table, fit_text, hlm_name, hlm_p, model_summary
+    from .report import fit_text, hlm_name, hlm_p, model_summary, problem_lines, text_table
     from .weights import weighting_lines
 
     a0 = analyses[0]
@@ -257,11 +257,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
     w("")
     w(f"Results combined over {c['m']} {source}")
     w("")
-    w(f"Problem Title: {meta.get('title') or 'no title'}")
-    w("")
-    w(f" The data source for this run  = {meta.get('data_source')}")
-    w(f" The maximum number of level-1 units = {d.n}")
-    w(f" The maximum number of level-2 units = {d.n_units}")
+    out += problem_lines(meta, d)
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if c['method'] == 'REML' else 'full maximum likelihood'}")
     out += weighting_lines(a0.weights)
@@ -295,7 +291,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
                 prev = f.q
             rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{row['estimate']:.6f}", f"{row['se']:.6f}",
                          f"{row['t']:.3f}", f"{row['df']:.2f}", hlm_p(row['p']), f"{row['fmi']:.3f}"])
-        out += _table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
+        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
                       rows, [30, 12, 14, 9, 12, 8, 6])
     w("(d.f.: Barnard-Rubin, from HLM's approx. d.f.; FMI: fraction of missing information)")
     w("")
@@ -305,7 +301,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
         v = c["tau"][k][k]
         rows.append([f"{hlm_name(n)}", f"{math.sqrt(max(v, 0)):.5f}", f"{v:.5f}"])
     rows.append(["level-1, r", f"{math.sqrt(c['sigma2']):.5f}", f"{c['sigma2']:.5f}"])
-    out += _table(["Random Effect", "Standard Deviation", "Variance Component"], rows, [26, 18, 18])
+    out += text_table(["Random Effect", "Standard Deviation", "Variance Component"], rows, [26, 18, 18])
     w("")
     w(f" Deviance (average over the fits) = {c['deviance']:.6f}")
     w(f" Number of estimated parameters   = {c['n_params']}")
