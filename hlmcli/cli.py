@@ -1221,10 +1221,6 @@ def table_cmd(fits, out_format, names, output):
         click.echo(text, nl=False)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 @main.command("explain")
 @click.argument("fit_json", type=click.Path())
 @click.argument("hlm_output", type=click.Path())
@@ -1287,3 +1283,7 @@ def explain_cmd(fit_json, hlm_output, data, id_, model_file, out_format, cache_d
                      tau_order=list(fit.get("random_coefficients") or []))
     report = {"schema": 1, "kind": "explain", "fit": Path(fit_json).name, "hlm_output": Path(hlm_output).name, **report}
     click.echo(dumps_json(report) if out_format == "json" else explain_text(report), nl=out_format != "json")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
