@@ -164,6 +164,20 @@ def _collapse(table, key_ids: np.ndarray, names: list[str], level: int, id_name:
     return key_ids[keep], values[:, keep], keep
 
 
+def _refuse_repeated_ids(table, column: str, ids: np.ndarray, level: int) -> None:
+    """A level-ℓ file has one row per level-ℓ unit."""
+    uniq, counts = np.unique(ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        dups = list(uniq[counts > 1])
+        raise DataError(f"{table.path}: column {column}: {len(dups)} level-{level} id(s) appear more than once "
+                        f"({first_few(dups)}); the level-{level} file needs exactly one row per level-{level} unit")
+
+
+def _value_labels(tables, keeps) -> dict[str, dict[str, str]]:
+    """The value labels (SPSS, Stata, SAS) of the variables kept, from the file each came from."""
+    return {c: table.value_labels[c] for table, cols in zip(tables, keeps) for c in cols if c in table.value_labels}
+
+
 def build_archive3(t1, t2, t3, options: BuildOptions3, warn=lambda m: None) -> ArchiveLevels:
     """Merge three tables (they may be the same table) into an Archive3. DataError on anything to fix."""
     from .readers import find_column
@@ -196,14 +210,9 @@ def build_archive3(t1, t2, t3, options: BuildOptions3, warn=lambda m: None) -> A
 
 
 def _level1_records3(t1, t2, options: BuildOptions3, id_columns, keep1, pos2, parent, notes, inf_notes, warn):
-    """The level-1 records matched to their level-2 units (the level-3 id, when given, must agree with
-    the link); records of unknown units and, with --missing now, records with missing values dropped."""
-    from .readers import numeric_column
-
+    """The level-1 records matched to their level-2 units; the level-3 id, when given, must agree with the link."""
     id2_in1, id3_in1, id3_in2 = id_columns
-    as_missing = options.missing == "now"
     rec2, _ = _ids(t1, id2_in1)
-    unit = np.array([pos2.get(u, -1) for u in rec2], dtype=np.int64)
     if id3_in1 is not None and id3_in2 is not None:
         rec3, _ = _ids(t1, id3_in1)
         bad = np.flatnonzero([parent.get(a, b) != b for a, b in zip(rec2, rec3)])
@@ -212,16 +221,26 @@ def _level1_records3(t1, t2, options: BuildOptions3, id_columns, keep1, pos2, pa
             raise DataError(f"{t1.path}: line {i + 2}: record of level-2 unit {rec2[i]} says {options.id3} {rec3[i]}, "
                             f"but {t2.path.name} puts that unit in {parent[rec2[i]]}; fix the ids so they agree"
                             + (f" ({bad.size - 1} more such records)" if bad.size > 1 else ""))
+    return _match_records(t1, t2, rec2, pos2, options.id2, keep1, options, notes, inf_notes, warn)
+
+
+def _match_records(t1, t2, rec2, pos2, id2: str, keep1, options, notes, inf_notes, warn):
+    """The level-1 values and level-2 unit of each record kept: records of unknown units refused (or
+    dropped with --drop-unmatched), and with --missing now records with a missing value dropped."""
+    from .readers import numeric_column
+
+    as_missing = options.missing == "now"
+    unit = np.array([pos2.get(u, -1) for u in rec2], dtype=np.int64)
     unmatched = unit < 0
     if unmatched.any():
         missing_ids = list(dict.fromkeys(rec2[unmatched]))
         if not options.drop_unmatched:
             raise DataError(f"{t1.path}: {int(unmatched.sum())} level-1 records in {len(missing_ids)} level-2 unit(s) have "
-                            f"no level-2 record in {t2.path} ({options.id2} {first_few(missing_ids)}); add them there "
+                            f"no level-2 record in {t2.path} ({id2} {first_few(missing_ids)}); add them there "
                             "or pass --drop-unmatched")
         notes["dropped_unmatched"] = int(unmatched.sum())
         warn(f"dropped {int(unmatched.sum())} level-1 records whose level-2 unit is not in {t2.path.name} "
-             f"({options.id2} {first_few(missing_ids)})")
+             f"({id2} {first_few(missing_ids)})")
     l1_values = np.vstack([numeric_column(t1, c) for c in keep1]) if keep1 else np.empty((0, len(unit)))
     refuse_infinite(t1, keep1, l1_values, as_missing, warn, inf_notes)
     notes.update(inf_notes)
@@ -236,7 +255,6 @@ def _level1_records3(t1, t2, options: BuildOptions3, id_columns, keep1, pos2, pa
     return l1_values, unit
 
 
-
 def _level3_units3(t1, t2, t3, options: BuildOptions3, id3_in3: str, keep3, inf_notes, warn):
     """The level-3 units, one row each (collapsed from a file shared with a lower level)."""
     from .readers import numeric_column
@@ -247,11 +265,7 @@ def _level3_units3(t1, t2, t3, options: BuildOptions3, id3_in3: str, keep3, inf_
     else:
         l3_values = np.vstack([numeric_column(t3, c) for c in keep3]) if keep3 else np.empty((0, len(ids3)))
         refuse_infinite(t3, keep3, l3_values, False, warn, inf_notes)
-        uniq, counts = np.unique(ids3.astype(str), return_counts=True)
-        if (counts > 1).any():
-            dups = list(uniq[counts > 1])
-            raise DataError(f"{t3.path}: column {id3_in3}: {len(dups)} level-3 id(s) appear more than once "
-                            f"({first_few(dups)}); the level-3 file needs exactly one row per level-3 unit")
+        _refuse_repeated_ids(t3, id3_in3, ids3, 3)
     return ids3, kind3, l3_values
 
 
@@ -281,11 +295,7 @@ def _level2_units3(t1, t2, t3, options: BuildOptions3, id_columns, keep2, pos3, 
     else:
         l2_values = np.vstack([numeric_column(t2, c) for c in keep2]) if keep2 else np.empty((0, len(ids2)))
         refuse_infinite(t2, keep2, l2_values, False, warn, inf_notes)
-        uniq, counts = np.unique(ids2.astype(str), return_counts=True)
-        if (counts > 1).any():
-            dups = list(uniq[counts > 1])
-            raise DataError(f"{t2.path}: column {id2_in2}: {len(dups)} level-2 id(s) appear more than once "
-                            f"({first_few(dups)}); the level-2 file needs exactly one row per level-2 unit")
+        _refuse_repeated_ids(t2, id2_in2, ids2, 2)
     no_parent = [u for u in ids2 if u not in parent]
     if no_parent:  # only possible when the link comes from the level-1 file
         keep_rows = np.array([u in parent for u in ids2])
@@ -381,11 +391,7 @@ def _ordered_archive3(tables, keeps, values, unit, parent3, ids2, ids3, id_kind,
                                 f"data, so fill it in or leave {name} out with --l{level}-vars")
     offsets2 = np.concatenate(([0], np.cumsum(np.bincount(unit, minlength=len(unit2_ids))))).astype(np.int64)
     offsets3 = np.concatenate(([0], np.cumsum(np.bincount(unit3_of_2, minlength=len(unit3_ids))))).astype(np.int64)
-    labels = {}
-    for table, cols in ((t1, keep1), (t2, keep2), (t3, keep3)):
-        for c in cols:
-            if c in table.value_labels:
-                labels[c] = table.value_labels[c]
+    labels = _value_labels(tables, keeps)
     return ArchiveLevels(
         [LevelData(list(keep1), np.ascontiguousarray(l1_values, dtype=np.float64)),
          LevelData(list(keep2), np.ascontiguousarray(l2_values, dtype=np.float64), unit2_ids, offsets2),
@@ -439,7 +445,7 @@ def build_from_files3(paths, options: BuildOptions3, fmt=None, delimiter=None, w
 
 def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: None) -> ArchiveLevels:
     """Merge K tables, one per level, into an archive. DataError on anything to fix."""
-    from .readers import find_column, is_text_column, numeric_column
+    from .readers import find_column, numeric_column
 
     K = options.n_levels
     if options.missing not in ("now", "analysis"):
@@ -447,25 +453,7 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
     folded = [i.lower() for i in options.ids]
     if len(set(folded)) != len(folded):
         raise DataError("--id2 ... --id" + str(K) + " must name different columns (one unit id per level)")
-    ids_cols = set(folded)
-    text_columns: list[str] = []
-    keeps = []
-    for level, table in enumerate(tables, 1):
-        req = options.keeps[level - 1]
-        if req is not None:
-            keeps.append([find_column(table, n, f"level-{level} variable") for n in req])
-        else:
-            keeps.append([c for c in table.data.columns
-                          if c.lower() not in ids_cols and not is_text_column(table, c, text_columns)])
-    if text_columns:
-        warn(f"text column(s) {first_few(dict.fromkeys(text_columns))} are labels, not numbers, and are left out "
-             "of the variables; name them with --l1-vars ... only if they hold numbers")
-    all_names = [n for k in keeps for n in k]
-    low = [n.lower() for n in all_names]
-    dup = sorted({n for n in all_names if low.count(n.lower()) > 1})
-    if dup:
-        raise DataError(f"variable '{dup[0]}' is in more than one level; leave it out of all but one with "
-                        "--l1-vars ... --l" + str(K) + "-vars")
+    keeps = _variables_levels(tables, options, set(folded), warn)
     notes: dict = {"level1_records_read": int(len(tables[0].data)), "dropped_unmatched": 0, "dropped_missing": 0}
     inf_notes: dict = {}
     kinds = []
@@ -477,11 +465,7 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
         col = find_column(t, id_name, f"level-{level} unit id")
         ids, kind = _ids(t, col)
         kinds.append(kind)
-        uniq, counts = np.unique(ids.astype(str), return_counts=True)
-        if (counts > 1).any():
-            dups = list(uniq[counts > 1])
-            raise DataError(f"{t.path}: column {col}: {len(dups)} level-{level} id(s) appear more than once "
-                            f"({first_few(dups)}); the level-{level} file needs exactly one row per level-{level} unit")
+        _refuse_repeated_ids(t, col, ids, level)
         vals = np.vstack([numeric_column(t, c) for c in keeps[level - 1]]) if keeps[level - 1] else np.empty((0, len(ids)))
         refuse_infinite(t, keeps[level - 1], vals, False, warn, inf_notes)
         if level < K:
@@ -506,28 +490,45 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
     col2 = find_column(t1, options.ids[0], "level-2 unit id")
     rec2, _ = _ids(t1, col2)
     pos2 = {u: j for j, u in enumerate(ids_of[2])}
-    unit = np.array([pos2.get(u, -1) for u in rec2], dtype=np.int64)
-    unmatched = unit < 0
-    if unmatched.any():
-        missing_ids = list(dict.fromkeys(rec2[unmatched]))
-        if not options.drop_unmatched:
-            raise DataError(f"{t1.path}: {int(unmatched.sum())} level-1 records in {len(missing_ids)} level-2 unit(s) have "
-                            f"no level-2 record in {tables[1].path} ({options.ids[0]} {first_few(missing_ids)}); add them "
-                            "there or pass --drop-unmatched")
-        notes["dropped_unmatched"] = int(unmatched.sum())
-        warn(f"dropped {int(unmatched.sum())} level-1 records whose level-2 unit is not in {tables[1].path.name} "
-             f"({options.ids[0]} {first_few(missing_ids)})")
-    l1 = np.vstack([numeric_column(t1, c) for c in keeps[0]]) if keeps[0] else np.empty((0, len(unit)))
-    refuse_infinite(t1, keeps[0], l1, options.missing == "now", warn, inf_notes)
-    notes.update(inf_notes)
-    keep_rows = ~unmatched
-    if options.missing == "now" and keeps[0]:
-        has_missing = np.isnan(l1).any(axis=0) & keep_rows
-        notes["dropped_missing"] = int(has_missing.sum())
-        keep_rows &= ~has_missing
-    l1, unit = l1[:, keep_rows], unit[keep_rows]
-    if unit.size == 0:
-        raise DataError(f"{t1.path}: no level-1 records are left after matching and deletion; check the id columns")
+    l1, unit = _match_records(t1, tables[1], rec2, pos2, options.ids[0], keeps[0], options, notes, inf_notes, warn)
+    levels = _ordered_levels(tables, options, keeps, l1, unit, ids_of, values_of, parent_of, notes, warn)
+    labels = _value_labels(tables, keeps)
+    id_names = tuple(find_column(tables[level - 1], options.ids[level - 2], f"level-{level} unit id")
+                     for level in range(2, K + 1))
+    return ArchiveLevels(levels, kinds[0] if len(set(kinds)) == 1 else "string", id_names, options.missing,
+                         value_labels=labels, notes=notes)
+
+
+def _variables_levels(tables, options: BuildOptionsLevels, ids_cols: set, warn) -> list[list[str]]:
+    """The variables of each level: those named, else every numeric column that is not a unit id."""
+    from .readers import find_column, is_text_column
+
+    K = options.n_levels
+    text_columns: list[str] = []
+    keeps = []
+    for level, table in enumerate(tables, 1):
+        req = options.keeps[level - 1]
+        if req is not None:
+            keeps.append([find_column(table, n, f"level-{level} variable") for n in req])
+        else:
+            keeps.append([c for c in table.data.columns
+                          if c.lower() not in ids_cols and not is_text_column(table, c, text_columns)])
+    if text_columns:
+        warn(f"text column(s) {first_few(dict.fromkeys(text_columns))} are labels, not numbers, and are left out "
+             "of the variables; name them with --l1-vars ... only if they hold numbers")
+    all_names = [n for k in keeps for n in k]
+    low = [n.lower() for n in all_names]
+    dup = sorted({n for n in all_names if low.count(n.lower()) > 1})
+    if dup:
+        raise DataError(f"variable '{dup[0]}' is in more than one level; leave it out of all but one with "
+                        "--l1-vars ... --l" + str(K) + "-vars")
+    return keeps
+
+
+def _ordered_levels(tables, options: BuildOptionsLevels, keeps, l1, unit, ids_of, values_of, parent_of, notes, warn):
+    """Bottom up, units without children are left out; top down, each level's units are numbered by their
+    parent's number, then file order (stable). Returns the LevelData of levels 1..K."""
+    K = options.n_levels
     # bottom up: units without children are left out; then order each level by its parent (stable)
     child = unit
     present = {}
@@ -569,15 +570,8 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
         levels.append(LevelData(list(keeps[level - 1]), np.ascontiguousarray(vals, dtype=np.float64), uids, offsets))
         if level < K:
             child_units = new[level + 1][parent_of[level][order[level]]]
-    labels = {}
-    for table, cols in zip(tables, keeps):
-        for c in cols:
-            if c in table.value_labels:
-                labels[c] = table.value_labels[c]
-    id_names = tuple(find_column(tables[level - 1], options.ids[level - 2], f"level-{level} unit id")
-                     for level in range(2, K + 1))
-    return ArchiveLevels(levels, kinds[0] if len(set(kinds)) == 1 else "string", id_names, options.missing,
-                         value_labels=labels, notes=notes)
+    return levels
+
 
 
 def build_from_files_levels(paths, options: BuildOptionsLevels, fmt=None, delimiter=None, warn=lambda m: None,

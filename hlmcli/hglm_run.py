@@ -517,13 +517,54 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     table with its Confidence Interval column; these follow the HLM 7 manual's description
     (shared/docs/hglm-hlm3-weights.md, marked [M] there) in the verified linear table format.
     """
-    from .report import (coef_label, extras_text, hlm_name, hlm_p, printable, problem_lines, random_label, tau_lines,
-                         text_table)
+    from .report import extras_text, hlm_p, printable, random_label, tau_lines, text_table
 
-    opts = a.spec.options
     d = a.design
     names = a.spec.coefficient_names()
     rand_q = [int(q) for q in np.flatnonzero(d.random)]
+    out: list[str] = []
+    w = out.append
+    out += _hglm_header_lines(a, meta, sym)
+    out += _hglm_status_lines(a)
+    for note in a.notes + a.warnings:
+        w(note)
+    if a.sigma2 is not None:
+        w("")
+        w(f" {sym.sigma2} = {a.sigma2:12.5f}")
+    out += tau_lines(sym, names, rand_q, a.tau, None, a.variance.reliability)
+    sd = np.sqrt(np.clip(np.diag(a.tau), 0, None))
+    out += _fixed_effect_lines(a, sym, "Unit-specific model", a.gamma, a.cov, a.robust_cov)
+    w("")
+    w("Final estimation of variance components")
+    rows = [[random_label(d, q, sym), f"{sd[k]:.5f}", f"{a.tau[k, k]:.5f}", f"{a.variance.df[k]:.0f}",
+             f"{a.variance.chi2[k]:.5f}", hlm_p(a.variance.p[k])] for k, q in enumerate(rand_q)]
+    if a.sigma2 is not None:
+        rows.append(["level-1, r", f"{math.sqrt(a.sigma2):.5f}", f"{a.sigma2:.5f}", "", "", ""])
+    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+                      rows, [26, 18, 18, 6, 12, 8])
+    w("")
+    out += _hglm_deviance_lines(a, sym)
+    out += extras_text(a.extras, sym)
+    if a.pql is not None and a.pql.pa_failed:
+        w("")
+        w(f"Results for Population-average Model: none; {a.pql.pa_failed}")
+    if a.pql is not None and a.pql.pa_gamma is not None:
+        w("")
+        w("Results for Population-average Model")
+        out += _fixed_effect_lines(a, sym, "Population-average model", a.pql.pa_gamma, a.pql.pa_cov,
+                                   a.pql.pa_robust_cov)
+    w("")
+    w("The same model in R (lme4)")
+    w(f" {glmer_call(a.spec, meta.get('id_name', 'ID'), a.nodes or None)}")
+    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+
+
+def _hglm_header_lines(a: HGLMAnalysis, meta: dict, sym) -> list[str]:
+    """The warning when not converged, the run's specifications and the model, as HLM 7 prints them."""
+    from .report import hlm_name, problem_lines
+
+    opts = a.spec.options
+    d = a.design
     out: list[str] = []
     w = out.append
     if not a.converged:
@@ -552,6 +593,13 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {d.n} ({d.n_deleted} deleted)")
     w("")
+    return out
+
+
+def _hglm_status_lines(a: HGLMAnalysis) -> list[str]:
+    """How the fit ended: PQL's iterations, or the Laplace/AGQ certificate, starts and quadrature check."""
+    out: list[str] = []
+    w = out.append
     if a.pql is not None:
         w(f"Final Results - Iteration {a.pql.macro_iterations} (macro iterations)"
           + ("" if a.converged else "  NOT CONVERGED"))
@@ -569,51 +617,49 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
                 w("WARNING: the quadrature accuracy check " + ("failed" if quad.change is not None else "could not be made")
                   + (" within the budget" if quad.adaptive else "") + "; the deviance may be off by more than 1e-6 relative"
                   + ("" if quad.adaptive else ": raise --quadrature-points"))
-    for note in a.notes + a.warnings:
-        w(note)
-    if a.sigma2 is not None:
-        w("")
-        w(f" {sym.sigma2} = {a.sigma2:12.5f}")
-    out += tau_lines(sym, names, rand_q, a.tau, None, a.variance.reliability)
-    sd = np.sqrt(np.clip(np.diag(a.tau), 0, None))
+    return out
+
+
+def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> list[str]:
+    """The fixed effects with model-based and robust standard errors, each followed by its odds
+    (event rate) ratios with confidence intervals."""
+    from .report import coef_label, hlm_name, hlm_p, text_table
+
+    d = a.design
     ratio = "Odds Ratio" if a.data.family.link == "logit" else "Event Rate Ratio"
-
-    def fixed_tables(model, gamma, cov, rcov):
-        for robust in (False, True):
-            c = rcov if robust else cov
-            if c is None:
-                continue
-            se = np.sqrt(np.diag(c))
-            t = gamma / se
-            p = inference.two_sided_p(t, a.df)
-            w("")
-            w("Final estimation of fixed effects:")
-            w(f"({model}" + (" with robust standard errors)" if robust else ")"))
-            rows, ratio_rows = [], []
-            for k, f in enumerate(d.fixed):
-                if k == 0 or d.fixed[k - 1].q != f.q:
-                    rows.append([f"For {coef_label(d, f.q, sym)}"])
-                    ratio_rows.append(rows[-1])
-                label = f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}"
-                rows.append([label, f"{gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", f"{a.df[k]:.0f}", hlm_p(p[k])])
-                tq = special.stdtrit(a.df[k], 0.975)
-                ratio_rows.append([label, f"{gamma[k]:.6f}", f"{np.exp(gamma[k]):.6f}",
-                                   f"({np.exp(gamma[k] - tq * se[k]):.3f},{np.exp(gamma[k] + tq * se[k]):.3f})"])
-            out.extend(text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+    out: list[str] = []
+    w = out.append
+    for robust in (False, True):
+        c = rcov if robust else cov
+        if c is None:
+            continue
+        se = np.sqrt(np.diag(c))
+        t = gamma / se
+        p = inference.two_sided_p(t, a.df)
+        w("")
+        w("Final estimation of fixed effects:")
+        w(f"({model}" + (" with robust standard errors)" if robust else ")"))
+        rows, ratio_rows = [], []
+        for k, f in enumerate(d.fixed):
+            if k == 0 or d.fixed[k - 1].q != f.q:
+                rows.append([f"For {coef_label(d, f.q, sym)}"])
+                ratio_rows.append(rows[-1])
+            label = f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}"
+            rows.append([label, f"{gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", f"{a.df[k]:.0f}", hlm_p(p[k])])
+            tq = special.stdtrit(a.df[k], 0.975)
+            ratio_rows.append([label, f"{gamma[k]:.6f}", f"{np.exp(gamma[k]):.6f}",
+                               f"({np.exp(gamma[k] - tq * se[k]):.3f},{np.exp(gamma[k] + tq * se[k]):.3f})"])
+        out.extend(text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                               rows, [30, 12, 14, 9, 12, 8]))
-            w("")
-            out.extend(text_table(["Fixed Effect", "Coefficient", ratio, "Confidence Interval"], ratio_rows, [30, 12, 16, 22]))
+        w("")
+        out.extend(text_table(["Fixed Effect", "Coefficient", ratio, "Confidence Interval"], ratio_rows, [30, 12, 16, 22]))
+    return out
 
-    fixed_tables("Unit-specific model", a.gamma, a.cov, a.robust_cov)
-    w("")
-    w("Final estimation of variance components")
-    rows = [[random_label(d, q, sym), f"{sd[k]:.5f}", f"{a.tau[k, k]:.5f}", f"{a.variance.df[k]:.0f}",
-             f"{a.variance.chi2[k]:.5f}", hlm_p(a.variance.p[k])] for k, q in enumerate(rand_q)]
-    if a.sigma2 is not None:
-        rows.append(["level-1, r", f"{math.sqrt(a.sigma2):.5f}", f"{a.sigma2:.5f}", "", "", ""])
-    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
-                  rows, [26, 18, 18, 6, 12, 8])
-    w("")
+
+def _hglm_deviance_lines(a: HGLMAnalysis, sym) -> list[str]:
+    """The deviance, parameter count and AIC/BIC of a Laplace or AGQ fit; PQL has none."""
+    out: list[str] = []
+    w = out.append
     if a.ml is not None:
         w("Statistics for the current model")
         w(f" Deviance                       = {a.ml.deviance:.6f}")
@@ -625,18 +671,7 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     else:
         w("Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test;")
         w("use --estimation laplace or agq for a deviance.")
-    out += extras_text(a.extras, sym)
-    if a.pql is not None and a.pql.pa_failed:
-        w("")
-        w(f"Results for Population-average Model: none; {a.pql.pa_failed}")
-    if a.pql is not None and a.pql.pa_gamma is not None:
-        w("")
-        w("Results for Population-average Model")
-        fixed_tables("Population-average model", a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov)
-    w("")
-    w("The same model in R (lme4)")
-    w(f" {glmer_call(a.spec, meta.get('id_name', 'ID'), a.nodes or None)}")
-    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+    return out
 
 
 def level2_table(a: HGLMAnalysis):

@@ -292,7 +292,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
             rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{row['estimate']:.6f}", f"{row['se']:.6f}",
                          f"{row['t']:.3f}", f"{row['df']:.2f}", hlm_p(row['p']), f"{row['fmi']:.3f}"])
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
-                      rows, [30, 12, 14, 9, 12, 8, 6])
+                          rows, [30, 12, 14, 9, 12, 8, 6])
     w("(d.f.: Barnard-Rubin, from HLM's approx. d.f.; FMI: fraction of missing information)")
     w("")
     w("Final estimation of variance components (average over the fits)")

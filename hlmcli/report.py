@@ -566,7 +566,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
             rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{fx.gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}",
                          df_text(df[k]), hlm_p(p[k])])
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
-                      rows, [30, 12, 14, 9, 12, 8])
+                          rows, [30, 12, 14, 9, 12, 8])
     w("")
     w("Final estimation of variance components")
     rows = []
@@ -576,7 +576,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
                      f"{vt.chi2[k]:.5f}", hlm_p(vt.p[k])])
     rows.append(["level-1, r", f"{math.sqrt(r.sigma2):.5f}", f"{r.sigma2:.5f}", "", "", ""])
     out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
-                  rows, [26, 18, 18, 6, 12, 8])
+                      rows, [26, 18, 18, 6, 12, 8])
     if vt.n_sufficient < d.n_units:
         w(f"Note: the {sym.chi2} statistics are based on {vt.n_sufficient} of {d.n_units} units with sufficient data.")
     w("")
