@@ -173,6 +173,16 @@ def _refuse_repeated_ids(table, column: str, ids: np.ndarray, level: int) -> Non
                         f"({first_few(dups)}); the level-{level} file needs exactly one row per level-{level} unit")
 
 
+def _refuse_missing_unit_values(table, names, values: np.ndarray, unit_ids, level: int) -> None:
+    """HLM needs complete data above level 1: a missing level-ℓ value is refused, naming the unit."""
+    for k, name in enumerate(names):
+        bad = np.flatnonzero(np.isnan(values[k]))
+        if bad.size:
+            raise DataError(f"{table.path}: column {name} is missing for level-{level} unit {unit_ids[bad[0]]}"
+                            f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; HLM needs complete level-{level} "
+                            f"data, so fill it in or leave {name} out with --l{level}-vars")
+
+
 def _value_labels(tables, keeps) -> dict[str, dict[str, str]]:
     """The value labels (SPSS, Stata, SAS) of the variables kept, from the file each came from."""
     return {c: table.value_labels[c] for table, cols in zip(tables, keeps) for c in cols if c in table.value_labels}
@@ -382,13 +392,8 @@ def _ordered_archive3(tables, keeps, values, unit, parent3, ids2, ids3, id_kind,
     unit3_of_2 = renum3[parent3[order2]]
     l2_values, l3_values = l2_values[:, order2], l3_values[:, present3]
     unit2_ids, unit3_ids = [str(u) for u in ids2[order2]], [str(u) for u in ids3[present3]]
-    for level, (table, names, values, uids) in enumerate(((t2, keep2, l2_values, unit2_ids), (t3, keep3, l3_values, unit3_ids)), 2):
-        for k, name in enumerate(names):
-            bad = np.flatnonzero(np.isnan(values[k]))
-            if bad.size:
-                raise DataError(f"{table.path}: column {name} is missing for level-{level} unit {uids[bad[0]]}"
-                                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; HLM needs complete level-{level} "
-                                f"data, so fill it in or leave {name} out with --l{level}-vars")
+    _refuse_missing_unit_values(t2, keep2, l2_values, unit2_ids, 2)
+    _refuse_missing_unit_values(t3, keep3, l3_values, unit3_ids, 3)
     offsets2 = np.concatenate(([0], np.cumsum(np.bincount(unit, minlength=len(unit2_ids))))).astype(np.int64)
     offsets3 = np.concatenate(([0], np.cumsum(np.bincount(unit3_of_2, minlength=len(unit3_ids))))).astype(np.int64)
     labels = _value_labels(tables, keeps)
@@ -560,12 +565,7 @@ def _ordered_levels(tables, options: BuildOptionsLevels, keeps, l1, unit, ids_of
         vals = values_of[level][:, order[level]]
         uids = [str(u) for u in ids_of[level][order[level]]]
         t = tables[level - 1]
-        for k, name in enumerate(keeps[level - 1]):
-            bad = np.flatnonzero(np.isnan(vals[k]))
-            if bad.size:
-                raise DataError(f"{t.path}: column {name} is missing for level-{level} unit {uids[bad[0]]}"
-                                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; HLM needs complete "
-                                f"level-{level} data, so fill it in or leave {name} out with --l{level}-vars")
+        _refuse_missing_unit_values(t, keeps[level - 1], vals, uids, level)
         offsets = np.concatenate(([0], np.cumsum(np.bincount(child_units, minlength=len(uids))))).astype(np.int64)
         levels.append(LevelData(list(keeps[level - 1]), np.ascontiguousarray(vals, dtype=np.float64), uids, offsets))
         if level < K:

@@ -90,6 +90,23 @@ def _unit_means(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.add.reduceat(values, offsets[:-1]) / sizes
 
 
+def level2_layout(spec, J: int, level2_column) -> tuple[list[np.ndarray], list[FixedEffect]]:
+    """The γ layout, made once for every engine: W_q holds the fixed columns of coefficient q
+    (INTRCPT2 unless 'bq = uq', then its predictors, from level2_column(term)), and one FixedEffect
+    per γ in model order."""
+    W: list[np.ndarray] = []
+    fixed: list[FixedEffect] = []
+    names = spec.coefficient_names()
+    for q, eq in enumerate(spec.level2):
+        cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
+        W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
+        if eq.intercept:
+            fixed.append(FixedEffect(q, 0, names[q], "INTRCPT2", gamma_label(q, 0)))
+        for s, t in enumerate(eq.predictors, start=1):
+            fixed.append(FixedEffect(q, s, names[q], predictor_name(t), gamma_label(q, s)))
+    return W, fixed
+
+
 def make_design(spec: ModelSpec, archive: Archive) -> Design:
     level1_needed = [spec.outcome] + [t.name for t in spec.level1]
     level1_needed += [t.name for eq in spec.level2 for t in eq.predictors if t.unit_mean]
@@ -145,17 +162,7 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
             w = w - mean
         return w
 
-    W = []
-    fixed: list[FixedEffect] = []
-    names = spec.coefficient_names()
-    for q, eq in enumerate(spec.level2):
-        # W_q holds the fixed columns of coefficient q: INTRCPT2 (unless 'bq = uq'), then predictors
-        cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
-        W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
-        if eq.intercept:
-            fixed.append(FixedEffect(q, 0, names[q], "INTRCPT2", gamma_label(q, 0)))
-        for s, t in enumerate(eq.predictors, start=1):
-            fixed.append(FixedEffect(q, s, names[q], predictor_name(t), gamma_label(q, s)))
+    W, fixed = level2_layout(spec, J, level2_column)
 
     level2_values = {name: archive.level2[k][unit_positions] for k, name in enumerate(archive.level2_names)}
     design = Design(spec=spec, y=np.ascontiguousarray(columns[spec.outcome]), L=L, W=W, offsets=offsets,
@@ -337,15 +344,7 @@ def design_from_moments(spec, unit_ids: list[str], names: list[str], m: Moments,
             w = w - mean
         return w
 
-    W, fixed = [], []
-    coef_names = spec.coefficient_names()
-    for q, eq in enumerate(spec.level2):
-        cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
-        W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
-        if eq.intercept:
-            fixed.append(FixedEffect(q, 0, coef_names[q], "INTRCPT2", gamma_label(q, 0)))
-        for s, t in enumerate(eq.predictors, start=1):
-            fixed.append(FixedEffect(q, s, coef_names[q], predictor_name(t), gamma_label(q, s)))
+    W, fixed = level2_layout(spec, J, level2_column)
     offsets = np.concatenate(([0], np.cumsum(m.n.astype(np.int64)))).astype(np.int64)
     design = MomentsDesign(
         spec=spec, y=np.zeros(0), L=np.zeros((0, len(spec.level1) + 1)), W=W, offsets=offsets, unit_ids=unit_ids, unit_positions=positions,

@@ -366,24 +366,26 @@ def _parse_predictor(text: str, level: int, variables: Variables, equation: str,
                               "write NAME, group(NAME), grand(NAME), mean(NAME) or (NAME - NAME.j)")
 
 
-def _coef_and_predictor(piece: str, pos: int, equation: str):
-    """'b1*(SES)' -> ('b1', '(SES)', offset of the predictor); 'g00' -> ('g00', None, None)."""
-    star = None
+def split_star(piece: str, pos: int):
+    """A term at its first '*' outside parentheses: 'b1*(SES)' -> ('b1', '(SES)', offset of the
+    predictor in the equation); a term with no '*' -> (the term, None, None)."""
     depth = 0
     for i, ch in enumerate(piece):
-        depth += ch == "("
-        depth -= ch == ")"
+        depth += (ch == "(") - (ch == ")")
         if ch == "*" and depth == 0:
-            star = i
-            break
-    if star is None:
+            pred = piece[i + 1:]
+            return piece[:i].strip(), pred, pos + i + 1 + (len(pred) - len(pred.lstrip()))
+    return piece.strip(), None, None
+
+
+def _coef_and_predictor(piece: str, pos: int, equation: str):
+    """'b1*(SES)' -> ('b1', '(SES)', offset of the predictor); 'g00' -> ('g00', None, None)."""
+    coef, pred, ppos = split_star(piece, pos)
+    if pred is None:
         m = re.match(r"^([A-Za-z]+[0-9,_]*j?)\s*(\(.*)$", piece)  # b1(SES) without '*'
         if m and (_BETA.match(m.group(1)) or _GAMMA.match(m.group(1))):
             return m.group(1), m.group(2), pos + m.start(2)
-        return piece.strip(), None, None
-    coef = piece[:star].strip()
-    pred = piece[star + 1:]
-    return coef, pred, pos + star + 1 + (len(pred) - len(pred.lstrip()))
+    return coef, pred, ppos
 
 
 def parse_level1(equation: str, variables: Variables, with_intercept: bool = False):

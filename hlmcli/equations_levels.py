@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .equations import EquationSyntaxError, check_shape, parse_index, right_side_terms, unwrap
+from .equations import EquationSyntaxError, check_shape, parse_index, right_side_terms, split_star, unwrap
 from .errors import ModelError
 
 
@@ -205,16 +205,12 @@ def _triple(m, text) -> tuple[int, int, int]:
 
 def _split_coef(piece: str, pos: int):
     """'p1*YEAR' -> ('p1', 'YEAR', offset); 'G001(MOBILITY)' -> ('G001', '(MOBILITY)', offset); 'r0' -> ('r0', None, None)."""
-    depth = 0
-    for i, ch in enumerate(piece):
-        depth += (ch == "(") - (ch == ")")
-        if ch == "*" and depth == 0:
-            pred = piece[i + 1:]
-            return piece[:i].strip(), pred, pos + i + 1 + (len(pred) - len(pred.lstrip()))
-    m = _COEF_PAREN.match(piece)
-    if m and (_PI.match(m.group(1)) or _B.match(m.group(1)) or _G.match(m.group(1))):
-        return m.group(1), m.group(2), pos + m.start(2)
-    return piece.strip(), None, None
+    coef, pred, ppos = split_star(piece, pos)
+    if pred is None:
+        m = _COEF_PAREN.match(piece)
+        if m and (_PI.match(m.group(1)) or _B.match(m.group(1)) or _G.match(m.group(1))):
+            return m.group(1), m.group(2), pos + m.start(2)
+    return coef, pred, ppos
 
 
 def _resolve(name: str, level: int, variables: Variables3, text: str, where: str) -> str:
@@ -861,16 +857,6 @@ def _predictor_k(piece: str, level: int, variables: VariablesLevels, text: str, 
                               "write NAME, group(NAME), grand(NAME) or mean(NAME)")
 
 
-def _split_star(piece: str, pos: int):
-    depth = 0
-    for i, ch in enumerate(piece):
-        depth += (ch == "(") - (ch == ")")
-        if ch == "*" and depth == 0:
-            pred = piece[i + 1:]
-            return piece[:i].strip(), pred, pos + i + 1 + (len(pred) - len(pred.lstrip()))
-    return piece.strip(), None, None
-
-
 def parse_equation(equation: str, level: int, variables: VariablesLevels, K: int):
     """An equation of `level` (1..K) -> (left side: outcome name or subscripts, predictors, intercept, random)."""
     text = _normalise_k(equation)
@@ -908,7 +894,7 @@ def parse_equation(equation: str, level: int, variables: VariablesLevels, K: int
     for piece, pos in right_side_terms(text, rhs, base):
         if random:
             raise EquationSyntaxError(text, pos, "a term after the residual", "put the residual last")
-        coef, pred, ppos = _split_star(piece, pos)
+        coef, pred, ppos = split_star(piece, pos)
         c = _coef(coef, text)
         want_r = () if level == 1 else key
         if c and c[0] == rand and pred is None and (c[1] == want_r or level == 1):

@@ -666,38 +666,18 @@ class LevelsSolve:
     gamma: np.ndarray
     rss: float
 
-    # three-level names
-    @property
-    def lam2(self):
-        return self.lams[0]
-
-    @property
-    def lam3(self):
-        return self.lams[1]
-
-    @property
-    def K2(self):
-        return self.Ks[0]
-
-    @property
-    def K3(self):
-        return self.Ks[1]
-
-    @property
-    def W(self):
-        return self.Ws[0]
-
     @property
     def Gs(self) -> tuple:
         return tuple(lam @ lam.T for lam in self.lams)
 
-    @property
-    def G2(self) -> np.ndarray:
-        return self.Gs[0]
-
-    @property
-    def G3(self) -> np.ndarray:
-        return self.Gs[1]
+    # three-level names
+    lam2 = property(lambda self: self.lams[0])
+    lam3 = property(lambda self: self.lams[1])
+    K2 = property(lambda self: self.Ks[0])
+    K3 = property(lambda self: self.Ks[1])
+    W = property(lambda self: self.Ws[0])
+    G2 = property(lambda self: self.Gs[0])
+    G3 = property(lambda self: self.Gs[1])
 
     def dof(self, reml: bool) -> float:
         return self.stats.N - self.stats.p if reml else self.stats.N
