@@ -138,7 +138,7 @@ def refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_missi
 def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file: bool = False,
                   warn=lambda message: None) -> Archive:
     """Merge two tables into an Archive. Raises DataError on anything a user must fix."""
-    from .readers import find_column, is_text_column, numeric_column, unit_codes  # pandas: only when building
+    from .readers import find_column, numeric_column, unit_codes  # pandas: only when building
     if options.missing not in ("now", "analysis"):
         raise DataError(f"--missing must be 'now' or 'analysis', not '{options.missing}'")
     id1 = find_column(level1, options.id1, "unit id")
@@ -147,57 +147,11 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
     codes2, ids2, kind2 = unit_codes(level2, id2)
     codes1, ids1, kind1 = unit_codes(level1, id1)
 
-    text_columns: list[str] = []
-    if same_file:
-        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable") if options.keep2 is not None else None
-        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable") if options.keep1 is not None else None
-        if keep2 is None:  # one file for both levels: level-2 variables are those constant within units
-            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)
-                          and not is_text_column(level2, c, text_columns)]
-            keep2 = [c for c in candidates if _constant_within(numeric_column(level2, c), codes2)]
-        if keep1 is None:
-            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2
-                     and not is_text_column(level1, c, text_columns)]
-    else:
-        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable", text_columns)
-        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable", text_columns)
-    if text_columns:
-        warn(f"text column(s) {first_few(text_columns)} are labels, not numbers, and are left out of the "
-             "variables; name them with --l1-vars/--l2-vars only if they hold numbers")
-    clash = sorted({c.lower() for c in keep1} & {c.lower() for c in keep2})
-    if clash:
-        raise DataError(
-            f"{level1.path} and {level2.path}: variable '{clash[0]}' is in both levels; "
-            "leave it out of one level with --l1-vars/--l2-vars"
-        )
-    names = keep1 + keep2
-    folded = [n.lower() for n in names]
-    dup = sorted({n for n in names if folded.count(n.lower()) > 1})
-    if dup:
-        raise DataError(f"{level1.path}: variables {', '.join(dup)} differ only in case; rename one")
+    keep1, keep2, text_columns = _variables2(level1, level2, options, id1, id2, codes2, same_file, warn)
 
     # Level-2 rows: one per unit.
-    l2_values = np.vstack([numeric_column(level2, c) for c in keep2]) if keep2 else np.empty((0, len(codes2)))
     infinite_notes: dict = {}
-    refuse_infinite(level2, keep2, l2_values, options.missing == "now", warn, infinite_notes)
-    if same_file:
-        first = np.unique(codes2, return_index=True)[1]
-        for k, name in enumerate(keep2):
-            bad = _first_varying_unit(l2_values[k], codes2)
-            if bad is not None:
-                raise DataError(
-                    f"{level2.path}: column {name} varies within unit {ids2[bad]}; a level-2 variable must be "
-                    f"constant within each unit, so leave {name} out of the level-2 variables"
-                )
-        l2_values = l2_values[:, first]
-    else:
-        if len(ids2) != len(codes2):
-            counts = np.bincount(codes2)
-            dups = [ids2[i] for i in np.flatnonzero(counts > 1)]
-            raise DataError(
-                f"{level2.path}: column {id2}: {len(dups)} unit id(s) appear more than once ({first_few(dups)}); "
-                "the level-2 file needs exactly one row per unit"
-            )
+    l2_values = _level2_rows(level2, keep2, codes2, ids2, id2, options, same_file, infinite_notes, warn)
 
     # Match level-1 records to level-2 units.
     position = {uid: j for j, uid in enumerate(ids2)}
@@ -233,7 +187,89 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
     if unit.size == 0:
         raise DataError(f"{level1.path}: no level-1 records are left after matching and deletion; check the id columns and missing values")
 
-    # Units in level-2 file order; those without level-1 records are left out.
+    unit, l1_values, l2_values, unit_ids, offsets = _units_in_order(level2, keep2, unit, l1_values, l2_values, ids2,
+                                                                    notes, warn)
+    labels = {c: table.value_labels[c] for table, cols in ((level1, keep1), (level2, keep2)) for c in cols
+              if c in table.value_labels}
+    return Archive(
+        level1_names=list(keep1), level2_names=list(keep2),
+        level1=np.ascontiguousarray(l1_values, dtype=np.float64),
+        level2=np.ascontiguousarray(l2_values, dtype=np.float64),
+        unit_ids=unit_ids, offsets=offsets,
+        id_kind=kind2 if kind2 == kind1 else "string", id_names=(id1, id2), missing=options.missing,
+        value_labels=labels, notes=notes,
+    )
+
+
+def _variables2(level1: Table, level2: Table, options: BuildOptions, id1: str, id2: str, codes2, same_file: bool,
+                warn) -> tuple[list[str], list[str], list[str]]:
+    """The variables of each level, and the text columns left out. One file for both levels: the level-2
+    variables are those constant within units."""
+    from .readers import is_text_column, numeric_column
+
+    text_columns: list[str] = []
+    if same_file:
+        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable") if options.keep2 is not None else None
+        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable") if options.keep1 is not None else None
+        if keep2 is None:  # one file for both levels: level-2 variables are those constant within units
+            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)
+                          and not is_text_column(level2, c, text_columns)]
+            keep2 = [c for c in candidates if _constant_within(numeric_column(level2, c), codes2)]
+        if keep1 is None:
+            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2
+                     and not is_text_column(level1, c, text_columns)]
+    else:
+        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable", text_columns)
+        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable", text_columns)
+    if text_columns:
+        warn(f"text column(s) {first_few(text_columns)} are labels, not numbers, and are left out of the "
+             "variables; name them with --l1-vars/--l2-vars only if they hold numbers")
+    clash = sorted({c.lower() for c in keep1} & {c.lower() for c in keep2})
+    if clash:
+        raise DataError(
+            f"{level1.path} and {level2.path}: variable '{clash[0]}' is in both levels; "
+            "leave it out of one level with --l1-vars/--l2-vars"
+        )
+    names = keep1 + keep2
+    folded = [n.lower() for n in names]
+    dup = sorted({n for n in names if folded.count(n.lower()) > 1})
+    if dup:
+        raise DataError(f"{level1.path}: variables {', '.join(dup)} differ only in case; rename one")
+    return keep1, keep2, text_columns
+
+
+def _level2_rows(level2: Table, keep2, codes2, ids2, id2: str, options: BuildOptions, same_file: bool,
+                 infinite_notes: dict, warn) -> np.ndarray:
+    """The level-2 values, one column per unit: from a file of one row per unit, or the first row of
+    each unit of a shared file (where each must be constant within the unit)."""
+    from .readers import numeric_column
+
+    l2_values = np.vstack([numeric_column(level2, c) for c in keep2]) if keep2 else np.empty((0, len(codes2)))
+    refuse_infinite(level2, keep2, l2_values, options.missing == "now", warn, infinite_notes)
+    if same_file:
+        first = np.unique(codes2, return_index=True)[1]
+        for k, name in enumerate(keep2):
+            bad = _first_varying_unit(l2_values[k], codes2)
+            if bad is not None:
+                raise DataError(
+                    f"{level2.path}: column {name} varies within unit {ids2[bad]}; a level-2 variable must be "
+                    f"constant within each unit, so leave {name} out of the level-2 variables"
+                )
+        l2_values = l2_values[:, first]
+    else:
+        if len(ids2) != len(codes2):
+            counts = np.bincount(codes2)
+            dups = [ids2[i] for i in np.flatnonzero(counts > 1)]
+            raise DataError(
+                f"{level2.path}: column {id2}: {len(dups)} unit id(s) appear more than once ({first_few(dups)}); "
+                "the level-2 file needs exactly one row per unit"
+            )
+    return l2_values
+
+
+def _units_in_order(level2: Table, keep2, unit, l1_values, l2_values, ids2, notes: dict, warn):
+    """Units in level-2 file order, those without level-1 records left out, the records sorted by unit
+    (stable); a missing level-2 value is refused. Returns (unit, level-1 values, level-2 values, ids, offsets)."""
     counts = np.bincount(unit, minlength=len(ids2))
     present = counts > 0
     if not present.all():
@@ -260,20 +296,8 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
         unit = unit[order]
         l1_values = l1_values[:, order]
     offsets = np.concatenate(([0], np.cumsum(np.bincount(unit, minlength=len(unit_ids))))).astype(np.int64)
+    return unit, l1_values, l2_values, unit_ids, offsets
 
-    labels = {}
-    for table, cols in ((level1, keep1), (level2, keep2)):
-        for c in cols:
-            if c in table.value_labels:
-                labels[c] = table.value_labels[c]
-    return Archive(
-        level1_names=list(keep1), level2_names=list(keep2),
-        level1=np.ascontiguousarray(l1_values, dtype=np.float64),
-        level2=np.ascontiguousarray(l2_values, dtype=np.float64),
-        unit_ids=unit_ids, offsets=offsets,
-        id_kind=kind2 if kind2 == kind1 else "string", id_names=(id1, id2), missing=options.missing,
-        value_labels=labels, notes=notes,
-    )
 
 
 def _constant_within(values: np.ndarray, codes: np.ndarray) -> bool:
