@@ -317,6 +317,18 @@ def _first_varying_unit(values: np.ndarray, codes: np.ndarray):
     return int(bad[0]) if bad.size else None
 
 
+def unhashed_source(role: str, path) -> Source:
+    """A source file as the summarised engines record it: size and time only (hashing a file larger
+    than memory would cost a second pass)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        size, mtime = (st.st_size, st.st_mtime_ns) if p.is_file() else (0, 0)
+    except OSError:  # a glob
+        size, mtime = 0, 0
+    return Source(role=role, name=p.name, path=str(p), size=size, mtime_ns=mtime, sha256="", format="", encoding=None)
+
+
 def describe_source(path: str | os.PathLike, role: str, table: Table) -> Source:
     if str(path) == "-":  # standard input: no file to stat or rehash later
         from .readers import stdin_bytes

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .archive import unhashed_source
 from .design import design_from_moments
 from .errors import DataError, ModelError
 from .moments import Moments, digest_of
@@ -43,18 +44,6 @@ class Summary:
     level2: dict
     n_deleted: int = 0
     notes: dict = field(default_factory=dict)
-
-
-def _source(role: str, path) -> object:
-    from .archive import Source
-
-    p = Path(path)
-    try:  # size and time only: hashing a file larger than memory would cost a second pass
-        st = p.stat()
-        size, mtime = (st.st_size, st.st_mtime_ns) if p.is_file() else (0, 0)
-    except OSError:  # a glob
-        size, mtime = 0, 0
-    return Source(role=role, name=p.name, path=str(p), size=size, mtime_ns=mtime, sha256="", format="", encoding=None)
 
 
 # ---------------------------------------------------------------- level 2 and matching
@@ -238,11 +227,12 @@ def frame_of_files(level1, level2, id1, id2, fmt=None, delimiter=None):
     same = same_file(level1, level2)
     if same:
         names = [c for c in cols.names if c != id1]
-        frame = Frame(names, names, (id1, id1), [_source("level-1", level1), _source("level-2", level2)], same_file=True)
+        frame = Frame(names, names, (id1, id1), [unhashed_source("level-1", level1), unhashed_source("level-2", level2)],
+                      same_file=True)
         return frame, cols, None
     ids2, values, idcol2 = read_level2(level2, id2, fmt, delimiter)
     frame = Frame([c for c in cols.names if c != id1], list(values), (id1, idcol2),
-                  [_source("level-1", level1), _source("level-2", level2)])
+                  [unhashed_source("level-1", level1), unhashed_source("level-2", level2)])
     return frame, cols, (ids2, values)
 
 
@@ -259,7 +249,7 @@ def frame_of_dask(level1, level2, id1, id2, fmt=None, delimiter=None):
     id1 = cols.find(id1, "unit id")
     ids2, values, idcol2 = read_level2(level2, id2, None, None)
     frame = Frame([c for c in cols.names if c != id1], list(values), (id1, idcol2),
-                  [_source("level-1", level1), _source("level-2", level2)])
+                  [unhashed_source("level-1", level1), unhashed_source("level-2", level2)])
     cols.path = Path(str(level1))
     return frame, cols, (ids2, values)
 
