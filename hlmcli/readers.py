@@ -393,3 +393,13 @@ def is_text_column(table: Table, column: str, text_columns: list | None) -> bool
     if text_columns is not None and column not in text_columns:
         text_columns.append(column)
     return True
+
+
+def check_frame_columns(frame: pd.DataFrame, what: str) -> None:
+    """Column names as a data file would have them: text, each once (up to case, as names match
+    case-insensitively). A DataFrame allows any hashable name and repeated names; the stages do not."""
+    for k, name in enumerate(frame.columns, start=1):
+        if not isinstance(name, str):
+            raise DataError(f"{what}: column {k} is named {name!r} ({type(name).__name__}), not text; "
+                            "give every column a text name, e.g. frame.columns = frame.columns.map(str)")
+    refuse_duplicate_names(what, frame.columns)
