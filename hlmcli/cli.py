@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import click  # noqa: E402
 
 from .errors import EXIT_CODES_HELP, EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HlmError
-from .flags import split_names
+from .options import formula_equations, model_given, split_names
 from .spec import OutputOptions
 from .version import __version__
 
@@ -525,20 +524,6 @@ def _formula_front(data, level1, level2, model_file, id_, id2, more):
     return data, id_, id2, more
 
 
-def model_given(level1, level2, model_file, level3=None) -> dict:
-    """The model as the user gave it, for the JSON; a formula is recorded as the equations it stands for,
-    so that a formula and its equations give the same document."""
-    ctx = click.get_current_context(silent=True)
-    made = ctx.meta.get("formula_given") if ctx else None
-    if made:
-        level1, level2, level3 = made[0], made[1], (made[2] if level3 is not None else None)
-    out = {"level1": level1, "level2": list(level2)}
-    if level3 is not None:
-        out["level3"] = list(level3)
-    out["model_file"] = Path(model_file).name if model_file else None
-    return out
-
-
 def _looks_like_archive(path) -> bool:
     from .archive import MAGIC
 
@@ -547,22 +532,6 @@ def _looks_like_archive(path) -> bool:
             return handle.read(len(MAGIC)) == MAGIC
     except OSError:
         return False
-
-
-def formula_equations(variables, level1, level2, level3=()):
-    """The equations, and τ's structure if the formula sets it, from --formula when it was given."""
-    ctx = click.get_current_context(silent=True)
-    formula = ctx.meta.get("formula") if ctx else None
-    if formula is None:
-        return level1, level2, level3, None
-    from .formula import translate
-
-    m = translate(formula, variables.level_of)
-    eqs = [list(e) for e in m.equations] + [[]] * (3 - len(m.equations))
-    if ctx.meta.get("hglm", {}).get("family") not in (None, "normal"):
-        eqs[0][0] = re.sub(r"\s*\+\s*[re]$", "", eqs[0][0])  # an HGLM's level-1 equation has no residual term
-    ctx.meta["formula_given"] = (eqs[0][0], list(eqs[1]), list(eqs[2]))
-    return eqs[0][0], list(eqs[1]), list(eqs[2]), (m.tau if m.tau == "diagonal" else None)
 
 
 def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False, fit=None):

@@ -118,11 +118,3 @@ def check_build_options(given: set[str], template: bool) -> None:
             if option in given:
                 _refuse(f"{option} is for the archive name a template (--template FILE.mdmt) gives; "
                         f"without a template -o names the archive, so drop {option}")
-
-
-def split_names(value: str | None) -> tuple[str, ...] | None:
-    """A list of column names as the options take it (commas, semicolons or spaces between)."""
-    if value is None:
-        return None
-    names = tuple(n for n in value.replace(";", ",").replace(" ", ",").split(",") if n)
-    return names
