@@ -118,7 +118,7 @@ def centering_notes3(spec: ModelSpec3) -> list[str]:
 
 def _r_name(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
 def structure_notes(fit, tau_symbol: str) -> list[str]:
@@ -593,7 +593,7 @@ def centering_notes(spec: LevelsSpec) -> list[str]:
 
 def _r_name_k(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
 def lme4_formula(spec: LevelsSpec, ids, diagonal=False) -> str:
