@@ -51,6 +51,36 @@ The search works on standardised columns formed record by record (reduce_standar
 solve is the same algebra on either set of cross-products (reduce_nested gives the user's own).
 
 Empirical Bayes: E(bℓ | y) = Gℓ vℓ, Var(bℓ | y, γ̂) = σ²(Gℓ − Gℓ(Zℓ'Ṽ⁻¹Zℓ)Gℓ) (= σ²K_K at the top).
+
+Sampling weights: multilevel pseudo-ML (Rabe-Hesketh & Skrondal 2006; WeMix's mix(), whose linear
+models use this closed form). The weights are conditional: w_i|j for a record in its level-2 unit,
+w_u|v for a level-ℓ unit u in its level-(ℓ+1) unit v, w_u at the top. The pseudo-likelihood is the
+nested integral with each conditional contribution raised to its weight,
+
+    L2_j(b3…) = ∫ Π_i f(y_i | b2, b3, …)^{w_i|j} φ(b2; τ2) db2,
+    Lℓ_u(bℓ+1…) = ∫ Π_{c ∈ u} L(ℓ−1)_c^{w_c|u} φ(bℓ; τℓ) dbℓ,   log PL = Σ_top w_u log LK_u.
+
+Closed form. f(y|b)^w = (2πσ²)^{−w/2} exp(−w r²/2σ²): a power of a Gaussian factor multiplies its
+quadratic form in the random effects by w, so every integral above stays Gaussian. At level 2,
+Π_i f^{w_i|j} = (2πσ²)^{−n_w/2} exp(−‖W1^½(y − Xγ − Σ Zb)‖²/2σ²), W1 = diag(w_i|j): the unweighted
+integral with the cross-products C'W1C in place of C'C. Its log is −½[n_w log 2πσ² + log|M_j| +
+Q_j(b3, …)/σ²], with Q_j the quadratic that C'R2⁻¹C (from C'W1C) defines. Raised to w_j|k and
+multiplied over j ∈ k, the exponent in b3 is −Σ_j w_j|k Q_j/2σ²: the level-3 integral is the unweighted
+one with W3 = Σ_j w_j|k (C'R2⁻¹C)_j, and so on up. Hence, by induction over the levels:
+- the solve above unchanged, except that every sum of a unit's C'RC into its parent is taken with
+  the unit's conditional weight (W1 inside the level-2 cross-products);
+- each log|M_u| is multiplied by every weight from u to the top, ω_u = w_u|v·ω_v (a power w_c of a
+  child's integral multiplies all the log-determinants beneath it by w_c);
+- σ²'s exponent collects N_w = Σ_i Ω_i, Ω_i = w_i|j·ω_j, the records' unconditional weights;
+
+    −2 log PL = Σ_ℓ Σ_u ω_u log|Mℓ,u| + N_w log 2πσ² + rss/σ²,   σ̂² = rss/N_w,
+
+where rss = s − c'γ̂ is min_{γ,b} Σ_i Ω_i r_i² + σ² Σ_u ω_u b_u'τ⁻¹b_u (WeMix's weighted penalised sum
+of squares, Ω and Ψ there). For integer weights PL is the likelihood of the data with each record and
+unit replicated w times (a replicated unit drawing its own random effects), which carries the
+gradient, EB and score formulas over: a sum over level-ℓ units counts unit u ω_u times, while a
+unit's own pieces (its Kℓ, its Wℓ) come from the weighted solve. REML (not in WeMix) is read the same
+way: ν = N_w − p and log|P| of the weighted P. With every weight 1 nothing differs from above.
 """
 
 from __future__ import annotations
@@ -87,11 +117,15 @@ class Coefficient:
 class LevelsData:
     """K ≥ 3 levels. predictors[0] (N, P1) are the level-1 predictors, predictors[ℓ−1] (Jℓ, Pℓ)
     the level-ℓ ones; parents[0] (N,) is each record's level-2 unit, parents[ℓ−1] (Jℓ,) each
-    level-ℓ unit's level-(ℓ+1) unit, all 0-based and nondecreasing; layout the level-1 equation."""
+    level-ℓ unit's level-(ℓ+1) unit, all 0-based and nondecreasing; layout the level-1 equation.
+    weights: None (unweighted) or K sampling weights, weights[0] (N,) per record, weights[ℓ−1] (Jℓ,)
+    per level-ℓ unit, each conditional on the unit above (w_i|j, w_j|k, …, w_k at the top), positive
+    and already normalised; None for one level means weights 1 there (see `Weighting`)."""
     y: np.ndarray
     predictors: tuple
     parents: tuple
     layout: tuple  # of Coefficient
+    weights: tuple | None = None
 
     @property
     def n_levels(self) -> int:
@@ -252,6 +286,12 @@ class LevelsStats:
     DD: np.ndarray | None = None  # (P+1, P+1, J2) cross-products of [a_0..a_{P-1}, y] (for χ² tests)
     F: np.ndarray | None = None  # (m, J2) per-level-2-unit factor of each column of [Z2|…|X|y]
     D_index: np.ndarray | None = None  # (m,) the level-1 column of each
+    weighting: "Weighting | None" = None  # sampling weights (None: unweighted)
+
+    @property
+    def n_weighted(self) -> float:
+        """N_w = Σ_i Ω_i, the records' unconditional weights (N when unweighted)."""
+        return float(self.N) if self.weighting is None else self.weighting.n_weighted
 
     @property
     def n_levels(self) -> int:
@@ -298,6 +338,55 @@ class LevelsStats:
 
 NestedStats = LevelsStats
 
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """Sampling weights of a K-level fit (module docstring, "Sampling weights"): per level ℓ = 2..K
+    each unit's weight given its parent (`conditional`, w_u|parent; at the top w_u) and the product
+    up to the top (`unconditional`, ω_u = w_u|parent ⋯ w_top); `record` the level-1 w_i|j (None:
+    all 1); `omega` each record's Ω_i = w_i|j·ω_j."""
+    record: np.ndarray | None
+    conditional: tuple
+    unconditional: tuple
+    omega: np.ndarray
+
+    @property
+    def n_weighted(self) -> float:
+        return float(self.omega.sum())
+
+
+def weighting_of(data: LevelsData) -> Weighting | None:
+    """The Weighting of LevelsData.weights (None when it has none), each weight checked: one per
+    record or unit, finite and positive (ValueError saying which otherwise)."""
+    if data.weights is None:
+        return None
+    K = data.n_levels
+    if len(data.weights) != K:
+        raise ValueError(f"weights must give one array (or None) per level, {K} in all")
+    parents = [np.asarray(p, dtype=np.int64) for p in data.parents]
+    sizes = [parents[0].size] + [p.size for p in parents[1:]] + [int(parents[-1].max()) + 1]
+    ws = []
+    for level, (w, n) in enumerate(zip(data.weights, sizes), start=1):
+        if w is None:
+            ws.append(None if level == 1 else np.ones(n))
+            continue
+        w = np.asarray(w, dtype=float)
+        if w.shape != (n,):
+            raise ValueError(f"the level-{level} weights must have one entry per level-{level} "
+                             f"{'record' if level == 1 else 'unit'} ({n})")
+        if not np.all(np.isfinite(w) & (w > 0)):
+            raise ValueError(f"the level-{level} weights must be finite and positive")
+        ws.append(w)
+    conditional = tuple(ws[1:])
+    unconditional = [None] * (K - 1)
+    unconditional[-1] = conditional[-1]
+    for level in range(K - 1, 1, -1):  # ω_u = w_u|parent · ω_parent
+        unconditional[level - 2] = conditional[level - 2] * unconditional[level - 1][parents[level - 1]]
+    omega = unconditional[0][parents[0]]
+    if ws[0] is not None:
+        omega = omega * ws[0]
+    return Weighting(ws[0], conditional, tuple(unconditional), omega)
 
 
 def _offsets(sorted_ids: np.ndarray, n_units: int) -> np.ndarray:
@@ -404,6 +493,8 @@ def reduce_levels(data: LevelsData) -> LevelsStats:
         if np.any(np.diff(off) == 0):
             raise ValueError(f"a level-{level} unit has no level-{level - 1} units")
         starts.append(off[:-1])
+    weighting = weighting_of(data)
+    w1 = None if weighting is None else weighting.record
     P = len(data.layout)
     level1 = [_level1(data, ip) for ip in range(P)]
     is_one = [v is None for v in level1] + [False]
@@ -412,10 +503,10 @@ def reduce_levels(data: LevelsData) -> LevelsStats:
     for a in range(P + 1):
         for b in range(a, P + 1):
             if is_one[a] and is_one[b]:
-                DD[a, b] = n2
+                DD[a, b] = n2 if w1 is None else np.add.reduceat(w1, starts2)
             else:
                 prod = level1[b] if is_one[a] else (level1[a] if is_one[b] else level1[a] * level1[b])
-                DD[a, b] = np.add.reduceat(prod, starts2)
+                DD[a, b] = np.add.reduceat(prod if w1 is None else prod * w1, starts2)
             DD[b, a] = DD[a, b]
     paths = [p for z in cols.z for p in z] + cols.x
     roots = [r for zr in cols.z_root for r in zr] + cols.x_root
@@ -428,10 +519,13 @@ def reduce_levels(data: LevelsData) -> LevelsStats:
     CC = DD[dindex[:, None], dindex[None, :]] * F[:, None, :] * F[None, :, :]  # (m, m, J2)
     ZZ2 = np.ascontiguousarray(CC[:q2, :q2])
     Z2B = np.ascontiguousarray(CC[:q2, q2:])
-    BB = np.add.reduceat(CC[q2:, q2:], starts[0], axis=2) if J2 else np.zeros((m - q2, m - q2, 0))
+    # Σ_{j∈k} w_j|k B_j'W1B_j: each level-2 unit's products counted with its conditional weight
+    Bj = CC[q2:, q2:] if weighting is None else CC[q2:, q2:] * weighting.conditional[0]
+    BB = np.add.reduceat(Bj, starts[0], axis=2) if J2 else np.zeros((m - q2, m - q2, 0))
     del CC
+    yy = float(y @ y) if weighting is None else float(weighting.omega @ (y * y))
     return LevelsStats(N, n2, tuple(parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, np.ascontiguousarray(BB),
-                       float(y @ y), DD, F, dindex)
+                       yy, DD, F, dindex, weighting)
 
 
 def reduce_nested(data) -> LevelsStats:
@@ -560,6 +654,10 @@ def reduce_standardised(data) -> tuple[LevelsStats, Standardisation]:
         par = parents[level - 2]
         starts.append(_offsets(par, int(par.max()) + 1)[:-1])
     starts3_rec = off2[starts[0]]
+    weighting = weighting_of(data)
+    # the record weights of the level-2 products (w_i|j) and of the level-3 sums (w_i|j·w_j|k)
+    w_rec = None if weighting is None else (weighting.record if weighting.record is not None else np.ones(N))
+    w_rec3 = None if weighting is None else w_rec * weighting.conditional[0][unit2]
     n2 = np.diff(off2).astype(float)
     ZZ2 = np.empty((q2, q2, J2))
     Z2B = np.empty((q2, m - q2, J2))
@@ -567,15 +665,17 @@ def reduce_standardised(data) -> tuple[LevelsStats, Standardisation]:
     for i in range(m):
         for k in range(i, m):
             if k < q2 or i < q2:
-                v = np.add.reduceat(C[i] * C[k], starts2)
+                v = np.add.reduceat(C[i] * C[k] if w_rec is None else C[i] * C[k] * w_rec, starts2)
                 if k < q2:
                     ZZ2[i, k] = ZZ2[k, i] = v
                 else:
                     Z2B[i, k - q2] = v
             else:
-                BB[i - q2, k - q2] = BB[k - q2, i - q2] = np.add.reduceat(C[i] * C[k], starts3_rec)
+                prod = C[i] * C[k] if w_rec3 is None else C[i] * C[k] * w_rec3
+                BB[i - q2, k - q2] = BB[k - q2, i - q2] = np.add.reduceat(prod, starts3_rec)
     yc = C[-1]
-    stats = LevelsStats(N, n2, tuple(parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, BB, float(yc @ yc))
+    yy = float(yc @ yc) if weighting is None else float(weighting.omega @ (yc * yc))
+    stats = LevelsStats(N, n2, tuple(parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, BB, yy, weighting=weighting)
     return stats, Standardisation(As, TX, b)
 
 
@@ -700,7 +800,13 @@ class LevelsSolve:
         return self.Gs[1]
 
     def dof(self, reml: bool) -> float:
-        return self.stats.N - self.stats.p if reml else self.stats.N
+        N = self.stats.n_weighted
+        return N - self.stats.p if reml else N
+
+    def unit_weights(self, level: int) -> np.ndarray | None:
+        """ω_u of the level-ℓ units (how many times each counts in a sum over the level), None = all 1."""
+        wt = self.stats.weighting
+        return None if wt is None else wt.unconditional[level - 2]
 
     def sigma2_hat(self, reml: bool) -> float:
         return self.rss / self.dof(reml)
@@ -709,7 +815,10 @@ class LevelsSolve:
         return 2.0 * float(np.log(np.diag(self.cholP)).sum())
 
     def logdet_V(self) -> float:
-        return float(sum(ld.sum() for ld in self.logdets))
+        wt = self.stats.weighting
+        if wt is None:
+            return float(sum(ld.sum() for ld in self.logdets))
+        return float(sum(ld @ w for ld, w in zip(self.logdets, wt.unconditional)))
 
     def profiled_deviance(self, reml: bool) -> float:
         nu = self.dof(reml)
@@ -718,7 +827,7 @@ class LevelsSolve:
 
     def deviance(self, sigma2: float, reml: bool) -> float:
         """At this G and a given σ² (γ at its GLS value), as lmerTest's devfun_vp."""
-        N, p = self.stats.N, self.stats.p
+        N, p = self.stats.n_weighted, self.stats.p
         d = self.logdet_V() + self.rss / sigma2 + N * (LOG_2PI + np.log(sigma2))
         if reml:
             d += self.log_det_P() - p * (LOG_2PI + np.log(sigma2))
@@ -729,7 +838,10 @@ class LevelsSolve:
         eps = np.finfo(float).eps
         nu = self.dof(reml)
         cancel = (abs(self.stats.yy) + abs(self.stats.yy - self.s) + abs(float(self.c @ self.gamma))) / self.rss
-        logdets = float(sum(np.abs(ld).sum() for ld in self.logdets))
+        wt = self.stats.weighting
+        logdets = float(sum(np.abs(ld).sum() if wt is None else np.abs(ld) @ w
+                            for ld, w in zip(self.logdets, (None,) * len(self.logdets) if wt is None
+                                             else wt.unconditional)))
         logdets += abs(self.log_det_P()) if reml else 0.0
         return 8.0 * eps * (nu * cancel + logdets + nu * abs(np.log(self.rss / nu)))
 
@@ -803,11 +915,14 @@ class LevelsSolve:
                 out.append(np.zeros((0, 0)))
                 continue
             own, E = self.pieces(level, tail)
+            w = self.unit_weights(level)
             v = E[:, -1]
-            G = own.sum(axis=2) - (v @ v.T) / s2
+            vw = v if w is None else v * w
+            G = (own.sum(axis=2) if w is None else own @ w) - (vw @ v.T) / s2
             if reml:
                 Q = E[:, :p]
-                G -= np.tensordot(np.tensordot(Q, Pinv, axes=([1], [0])).transpose(0, 2, 1), Q,
+                Qw = Q if w is None else Q * w
+                G -= np.tensordot(np.tensordot(Qw, Pinv, axes=([1], [0])).transpose(0, 2, 1), Q,
                                   axes=([1, 2], [1, 2]))
             out.append(0.5 * (G + G.T))
         return tuple(out)
@@ -861,10 +976,13 @@ def levels_solve(stats: LevelsStats, lams) -> LevelsSolve:
     qs, p = stats.qs, stats.p
     K = stats.n_levels
     lams = tuple(np.asarray(lam, dtype=float).reshape(q, q) for lam, q in zip(lams, qs))
+    wt = stats.weighting
+    # each unit's contribution to its parent's sums counts w_u|parent times (module docstring)
+    cw = (None,) * (K - 1) if wt is None else wt.conditional
     q2 = qs[0]
     if q2:
         K2, logdet2 = _absorb(lams[0], stats.ZZ2)
-        W = stats.BB - _quad_sum(stats.Z2B, K2, stats.starts[0])
+        W = stats.BB - _quad_sum(stats.Z2B, K2 if cw[0] is None else K2 * cw[0], stats.starts[0])
     else:
         K2, logdet2 = np.zeros((0, 0, stats.J2)), np.zeros(stats.J2)
         W = stats.BB
@@ -879,15 +997,15 @@ def levels_solve(stats: LevelsStats, lams) -> LevelsSolve:
             Kl, ld = np.zeros((0, 0, J)), np.zeros(J)
         Ks.append(Kl)
         logdets.append(ld)
+        w = cw[level - 2]
         if level < K:
             nxt = stats.starts[level - 2]
-            W = np.add.reduceat(W[q:, q:], nxt, axis=2)
+            W = np.add.reduceat(W[q:, q:] if w is None else W[q:, q:] * w, nxt, axis=2)
             if q:
-                W = W - _quad_sum(Ws[-1][:q, q:], Kl, nxt)
-        elif q:
-            tot = W[q:, q:].sum(axis=2) - _quad(W[:q, q:], Kl).sum(axis=2)
+                W = W - _quad_sum(Ws[-1][:q, q:], Kl if w is None else Kl * w, nxt)
         else:
-            tot = W.sum(axis=2)
+            tot = W[q:, q:] - _quad(W[:q, q:], Kl) if q else W
+            tot = tot.sum(axis=2) if w is None else tot @ w
     tot = 0.5 * (tot + tot.T)
     P, c, s = tot[:p, :p], tot[:p, p], float(tot[p, p])
     try:

@@ -29,6 +29,7 @@ from .errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit,
                      _factor, as_levels, columns_of, levels_solve, reduce_nested, reduce_standardised)
+from .inference import weighted_sandwich
 from .unitsolve import unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
@@ -687,7 +688,11 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFi
     Pinv = us.Pinv()
     cov = sigma2 * (TX @ Pinv @ TX.T)
     sc = us.scores()
-    robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
+    wt = raw.weighting
+    if wt is None:
+        robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
+    else:  # WeMix's pseudo-ML sandwich, clustered at the top level (inference.weighted_sandwich)
+        robust = TX @ weighted_sandwich(sc, wt.conditional[-1], Pinv) @ TX.T
     gamma = TX @ us.gamma + tr.b
     deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)
     # back to the user's columns: Z̃ = ZA, so b = A b̃ and Var b = A Var b̃ A'
