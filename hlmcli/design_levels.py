@@ -35,6 +35,7 @@ class DesignLevels:
     n_deleted: int  # level-1 records dropped for missing values
     units_deleted: tuple  # per level 2..K
     centering_means: dict
+    record_positions: np.ndarray | None = None  # archive index of each level-1 record kept
 
     @property
     def n(self) -> int:
@@ -137,7 +138,7 @@ def design_levels(spec: LevelsSpec, archive: ArchiveLevels) -> DesignLevels:
     positions = tuple(np.flatnonzero(present[level]) for level in range(2, K + 1))
     unit_ids = tuple([archive.levels[level - 1].ids[j] for j in positions[level - 2]] for level in range(2, K + 1))
     return DesignLevels(spec, data, unit_ids, positions, n_deleted,
-                        tuple(int((~present[level]).sum()) for level in range(2, K + 1)), means)
+                        tuple(int((~present[level]).sum()) for level in range(2, K + 1)), means, np.flatnonzero(keep))
 
 
 # ---------------------------------------------------------------- three levels (HLM3's names)
