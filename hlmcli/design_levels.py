@@ -159,6 +159,7 @@ class Design3:
     level2_positions: np.ndarray  # archive level-2 unit index of each unit kept
     level3_positions: np.ndarray
     centering_means: dict[str, float]  # grand means used, "NAME (level L)" -> mean
+    record_positions: np.ndarray | None = None  # archive index of each level-1 record kept
 
     @property
     def n(self) -> int:
@@ -197,4 +198,5 @@ def design3(spec: ModelSpec3, archive: ArchiveLevels) -> Design3:
                         unit2=data.parents[0], unit3=data.parents[1], layout=NestedLayout(pis))
     return Design3(spec=spec, data=nested, unit2_ids=d.unit_ids[0], unit3_ids=d.unit_ids[1], n_deleted=d.n_deleted,
                    units2_deleted=d.units_deleted[0], units3_deleted=d.units_deleted[1],
-                   level2_positions=d.positions[0], level3_positions=d.positions[1], centering_means=d.centering_means)
+                   level2_positions=d.positions[0], level3_positions=d.positions[1], centering_means=d.centering_means,
+                   record_positions=d.record_positions)

@@ -206,11 +206,13 @@ def resolve_levels(spec: LevelsWeightSpec, archive, design) -> LevelsWeights:
     LevelsWeightSpec). A record's weight may be zero (as two levels), a unit's may not."""
     if spec.normalize not in NORMALIZATIONS:
         raise ModelError(f"--normalize {spec.normalize}: use one of {', '.join(NORMALIZATIONS)}")
+    from .nested import as_levels
+
     K = archive.n_levels
     if len(spec.names) != K:
         raise ModelError(f"a {K}-level model takes weights for levels 1..{K} only")
-    data = design.data
-    parents = [np.asarray(p) for p in data.parents]
+    parents = [np.asarray(p) for p in as_levels(design.data).parents]
+    unit_ids, positions = _design_units(design)
     out = []
     for level, name in enumerate(spec.names, start=1):
         if not name:
@@ -230,14 +232,12 @@ def resolve_levels(spec: LevelsWeightSpec, archive, design) -> LevelsWeights:
         if level == 1:
             pos = design.record_positions
             w = np.array(values if pos is None else values[pos], dtype=float)
-            unit_ids = design.unit_ids[0]
-
-            def where(i, unit_ids=unit_ids, pos=pos):
+            def where(i, unit_ids=unit_ids[0], pos=pos):
                 arch = int(pos[i] if pos is not None else i) + 1
                 return f"record {arch} (level-2 unit {unit_ids[int(parents[0][i])]})"
         else:
-            w = np.array(values[design.positions[level - 2]], dtype=float)
-            ids = design.unit_ids[level - 2]
+            w = np.array(values[positions[level - 2]], dtype=float)
+            ids = unit_ids[level - 2]
 
             def where(i, ids=ids, level=level):
                 return f"level-{level} unit {ids[i]}"
@@ -247,7 +247,7 @@ def resolve_levels(spec: LevelsWeightSpec, archive, design) -> LevelsWeights:
         sums = np.bincount(parent, weights=w, minlength=n_parents)
         if level == 1 and np.any(sums <= 0):
             j = int(np.flatnonzero(sums <= 0)[0])
-            raise ModelError(f"{file}: column {col_name}: every level-1 weight of level-2 unit {design.unit_ids[0][j]} "
+            raise ModelError(f"{file}: column {col_name}: every level-1 weight of level-2 unit {unit_ids[0][j]} "
                              "is zero; a unit needs a positive weight sum (drop the unit from the data instead)")
         if spec.normalize == "cluster" and level < K:
             counts = np.bincount(parent, minlength=n_parents).astype(float)
@@ -256,6 +256,24 @@ def resolve_levels(spec: LevelsWeightSpec, archive, design) -> LevelsWeights:
             w = w * (w.size / w.sum())
         out.append(w)
     return LevelsWeights(spec, tuple(out))
+
+
+def _design_units(design) -> tuple:
+    """(unit ids, archive positions) per level 2..K of a DesignLevels or a three-level Design3."""
+    if hasattr(design, "unit_ids"):
+        return design.unit_ids, design.positions
+    return (design.unit2_ids, design.unit3_ids), (design.level2_positions, design.level3_positions)
+
+
+def weighted_data(design, weights: "LevelsWeights | None"):
+    """The design's LevelsData with the weights attached (unchanged when unweighted)."""
+    from dataclasses import replace
+
+    from .nested import as_levels
+
+    data = as_levels(design.data)
+    w = levels_data_weights(weights)
+    return data if w is None else replace(data, weights=w)
 
 
 def levels_weighting_lines(weights: LevelsWeights | None) -> list[str]:
