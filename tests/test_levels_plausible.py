@@ -25,7 +25,8 @@ MODEL = ("STRENGTH = p0 + e", ["p0 = b00 + r0"], ["b00 = g000 + u00"])
 
 def pastes_files(directory: Path) -> list[Path]:
     """lme4's Pastes with three plausible values of the outcome (STRENGTH plus fixed deterministic
-    noise), a level-1 predictor X and weights at every level (W1, W2, W3), as three CSV files."""
+    noise), a level-1 predictor X and weights at every level (W1, W2, W3; W2I an integer level-2
+    weight), as three CSV files."""
     l1 = pd.read_csv(TDATA / "pastes_l1.csv")
     rng = np.random.default_rng(20)
     for m in (1, 2, 3):
@@ -34,6 +35,7 @@ def pastes_files(directory: Path) -> list[Path]:
     l1["W1"] = 1.0 + (np.arange(len(l1)) % 3)
     l2 = pd.read_csv(TDATA / "pastes_l2.csv")
     l2["W2"] = 1.0 + 0.5 * (l2["SAMPLE"] % 2)
+    l2["W2I"] = 1 + (l2["SAMPLE"] % 3 == 0)
     l3 = pd.read_csv(TDATA / "pastes_l3.csv")
     l3["W3"] = 1.0 + (l3["BATCH"] % 4)
     paths = [directory / f"pastes_l{k}.csv" for k in (1, 2, 3)]
