@@ -27,6 +27,16 @@ def weight_spec_levels(K: int, names: dict, normalize: str | None):
     return LevelsWeightSpec(tuple(given.get(level) for level in range(1, K + 1)), normalize or DEFAULT_NORMALIZATION)
 
 
+NO_REML = ("--reml with sampling weights: the restricted pseudo-likelihood moves with the scale of the top-level "
+           "weights (its log|X'V⁻¹X| term does not scale with them), so weighted fits are full pseudo-ML, as WeMix's "
+           "and the two-level ones; drop --reml")
+
+
+def check_method(wspec, reml: bool) -> None:
+    if wspec is not None and reml:
+        raise UsageError(NO_REML)
+
+
 def weighting_meta(weights) -> dict:
     """What the K-level reports print and save for a weighted fit (nothing when unweighted)."""
     from .weights import levels_weighting_lines
@@ -41,6 +51,7 @@ def fit_weighted(design, archive, wspec, reml: bool, max_iterations: int):
     (fit, resolved weights or None)."""
     from .weights import resolve_levels, weighted_data
 
+    check_method(wspec, reml)
     weights = resolve_levels(wspec, archive, design) if wspec is not None else None
     return fit_nested_checked(weighted_data(design, weights), reml, max_iterations), weights
 
@@ -57,6 +68,7 @@ def fit_combined(design, archive, wspec, reml: bool, max_iterations: int, plausi
 
     if plausible_values and imputed_sets:
         raise UsageError("give --plausible-values or --imputed, not both")
+    check_method(wspec, reml)
     if plausible_values:
         outcomes = outcome_columns(plausible_values, list(archive.names(1)))
         weights = resolve_levels(wspec, archive, design) if wspec is not None else None

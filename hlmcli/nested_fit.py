@@ -695,6 +695,9 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     reml = bool(reml)
     # one statistics pass: everything below reads the per-level-2-unit moments (moments.LevelsSummary)
     data = summary_of(data)
+    if df_method == "satterthwaite" and getattr(data, "weighting", None) is not None:
+        raise ModelError("Satterthwaite's d.f. come from the covariance of the variance estimates under the model; "
+                         "with sampling weights use the robust (sandwich) SEs with HLM's d.f.")
     K = data.n_levels
     raw = reduce_nested(data)
     qs, p = raw.qs, raw.p

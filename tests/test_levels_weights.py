@@ -23,6 +23,7 @@ import pytest
 from scipy import optimize
 from scipy.special import logsumexp
 
+from hlmcli.errors import ModelError
 from hlmcli.nested import Coefficient as C, LevelsData, deviance_levels, fit_nested, levels_solve, reduce_levels
 
 HERE = Path(__file__).resolve().parent
@@ -258,6 +259,12 @@ def test_level1_weights_only_equal_replicated_records_within_units():
     d = _with_weights(data, (w1, None, None))
     taus = [np.diag([0.7, 0.3]), np.array([[0.5]])]
     assert deviance_levels(d, 1.1, taus) == pytest.approx(deviance_levels(rep, 1.1, taus), rel=1e-12)
+
+
+def test_satterthwaite_is_refused_with_weights():
+    data = _small(3, seed=3)
+    with pytest.raises(ModelError, match="Satterthwaite"):
+        fit_nested(_with_weights(data, (None, None, np.ones(_level_sizes(data)[2]))), df_method="satterthwaite")
 
 
 def test_bad_weights_are_refused_naming_the_level():

@@ -171,6 +171,8 @@ def test_weight_columns_that_are_not_there_are_refused(pastes_pv, tmp_path):
     assert proc.returncode == 1 and "W3 is a level-3 variable" in proc.stderr
     proc = hlmcli("fit", *three, "--normalize", "total")
     assert proc.returncode == 2 and "--normalize scales sampling weights" in proc.stderr
+    proc = hlmcli("fit", *three, "--weight3", "W3", "--reml")
+    assert proc.returncode == 2 and "--reml with sampling weights" in proc.stderr
 
 
 @pytest.fixture(scope="module")
