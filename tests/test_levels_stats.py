@@ -157,6 +157,41 @@ def test_satterthwaite_df_at_a_boundary_drop_the_zero_variance():
     np.testing.assert_allclose(fit.df_gamma, [ref["(Intercept)"]["df_dense"], ref["X"]["df_dense"]], rtol=1e-4)
 
 
+def _boundary_corr(shift: float = 0.0) -> LevelsData:
+    """tests/data/three_level/boundary_corr.csv: Y = π0 + π1·YEAR, π0 = β00 + r0, π1 = β10, β00 = γ000 + u00,
+    β10 = γ100 + u10 (lme4: Y ~ YEAR + (1 + YEAR | L3) + (1 | L3:L2)), YEAR + shift."""
+    import pandas as pd
+    from hlmcli.nested import Coefficient as C
+
+    d = pd.read_csv(DATA / "three_level" / "boundary_corr.csv")
+    u2 = d["L2"].to_numpy(np.int64) - 1
+    u3 = d.groupby("L2")["L3"].first().to_numpy(np.int64) - 1
+    layout = (C(None, (C(None, (C(None),), True),), True), C(0, (C(None, (C(None),), True),), False))
+    return LevelsData(d["Y"].to_numpy(float), (d[["YEAR"]].to_numpy(float) + shift, np.zeros((u3.size, 0)),
+                                               np.zeros((u3.max() + 1, 0))), (u2, u3), layout)
+
+
+def test_satterthwaite_df_at_a_rank_deficient_tau_are_lmertests_on_the_centred_year():
+    """Issue 20's case at three levels: an uncentred YEAR whose level-3 slope has a correlation of −1
+    with the intercept (ML). lmerTest's d.f. there depend on where YEAR's zero lies (about 161 with
+    YEAR as it is, 15 with YEAR centred: tests/data/three_level/boundary_corr.json); hlmcli's are
+    lmerTest's on the centred YEAR, whatever the coding: the slope's, and the intercept at YEAR = 0
+    as the contrast (1, −mean YEAR) of the centred fit (contest1D)."""
+    ref = json.loads((DATA / "three_level" / "boundary_corr.json").read_text())
+    c = ref["centred"]
+    fit = fit_nested(_boundary_corr(), reml=False, df_method="satterthwaite")
+    assert fit.certificate.certified and fit.certificate.ranks == (1, 1)
+    assert fit.boundary == ["correlation of u00 and u10 is -1"]
+    assert fit.deviance == pytest.approx(c["deviance"], rel=1e-10)
+    assert fit.deviance <= c["glmmtmb_deviance"] and fit.deviance == pytest.approx(c["glmmtmb_deviance"], rel=1e-8)
+    np.testing.assert_allclose(fit.gamma, [c["intercept_at_year_0"]["est"], c["slope"]["est"]], rtol=1e-6)
+    np.testing.assert_allclose(fit.df_gamma, [c["intercept_at_year_0"]["df"], c["slope"]["df"]], rtol=1e-4)
+    assert ref["uncentred"]["df"]["slope"] > 10 * fit.df_gamma[1]  # what lmerTest says on the raw YEAR
+    centred = fit_nested(_boundary_corr(-ref["mean_year"]), reml=False, df_method="satterthwaite")
+    assert centred.deviance == pytest.approx(fit.deviance, rel=1e-12)
+    assert centred.df_gamma[1] == pytest.approx(fit.df_gamma[1], rel=1e-6)
+
+
 def test_diagonal_parameter_count_and_the_unstructured_fit_differ():
     """The diagonal model has one parameter per variance (lme4's ||), and is a different model."""
     diag = fitted("eg_m1_diag", "ml")
