@@ -14,7 +14,9 @@ import math
 import re
 from typing import Sequence
 
-import pandas as pd
+from .lazy import lazy
+
+pd = lazy("pandas")
 
 from .errors import HlmError, ModelError
 from .results import information_criteria, term_name
