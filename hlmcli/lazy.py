@@ -9,9 +9,14 @@ checks which heavy modules each command loads.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
+
+
+def _load(name: str) -> types.ModuleType:
+    # the import statement's path (not importlib.import_module), so `python -X importtime` lists the module
+    __import__(name)
+    return sys.modules[name]
 
 
 class LazyModule(types.ModuleType):
@@ -23,7 +28,7 @@ class LazyModule(types.ModuleType):
         self.__dict__["_lazy_target"] = name
 
     def __getattr__(self, attr: str):
-        module = importlib.import_module(self.__dict__["_lazy_target"])
+        module = _load(self.__dict__["_lazy_target"])
         self.__dict__.update(module.__dict__)
         return getattr(module, attr)
 
@@ -40,7 +45,7 @@ def lazy_function(module: str, name: str):
     """The function `module.name`, imported at its first call (for `from module import name`)."""
 
     def call(*args, **kwargs):
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+        return getattr(_load(module), name)(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
     return call
