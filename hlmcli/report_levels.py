@@ -196,21 +196,12 @@ def _two_sided_p(t, df):
 
 
 def certificate_text3(fit, sym: Symbols3) -> list[str]:
+    from .certificate import stopping_line
+
     c = fit.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
-    ranks, qs = getattr(c, "ranks", None), getattr(c, "qs", None)
-    text = "Iterations stopped at the optimum (certified)"
-    if ranks is not None and qs is not None:
-        def rk(name, r, q):
-            return f"{name} positive definite" if r == q else f"{name} of rank {r} of {q}"
-        text += f": with {rk(sym.tau_pi, ranks[0], qs[0])} and {rk(sym.tau_beta, ranks[1], qs[1])}"
-    tol = getattr(c, "tolerance", None)
-    if tol is not None:
-        text += f", the deviance can fall by less than {tol:.0E} on its face"
-    if getattr(c, "hessian_eigenvalue", None) is not None:
-        text += ", the face Hessian is positive semi-definite"
-    return [text]
+    return [stopping_line(f"{sym.sigma2}, {sym.tau_pi} and {sym.tau_beta}")]
 
 
 # ---------------------------------------------------------------- text
@@ -615,17 +606,13 @@ def _coef_label(names, idx, sym: SymbolsLevels, depth: int, letter=None) -> str:
 
 
 def certificate_text(fit, sym: SymbolsLevels) -> list[str]:
+    from .certificate import stopping_line
+
     c = fit.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
-    parts = []
-    for level, (r, q) in enumerate(zip(c.ranks, c.qs), start=2):
-        parts.append(f"{sym.tau(level)} positive definite" if r == q else f"{sym.tau(level)} of rank {r} of {q}")
-    text = "Iterations stopped at the optimum (certified): with " + ", ".join(parts)
-    text += f", the deviance can fall by less than {c.tolerance:.0E} on its face"
-    if c.hessian_eigenvalue is not None:
-        text += ", the face Hessian is positive semi-definite"
-    return [text]
+    taus = [sym.tau(level) for level in range(2, len(c.qs) + 2)]
+    return [stopping_line(f"{sym.sigma2}, " + ", ".join(taus[:-1]) + f" and {taus[-1]}")]
 
 
 def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
