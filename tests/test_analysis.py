@@ -296,6 +296,26 @@ def test_residual_file_type_from_an_hlm_file(hsb_archive, tmp_path):
 # ---------------------------------------------------------------- 7. the Makefile example
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_makefile_example_plans_every_step(tmp_path):
+    """The fast check (make -n, which runs nothing): each target's command, in an order make accepts. The
+    commands themselves are each tested elsewhere; test_makefile_example (slow) runs them all."""
+    work = tmp_path / "sample_data"
+    shutil.copytree(SAMPLE, work, ignore=shutil.ignore_patterns(".hlmcli-cache", "results", "*.mdm"))
+    plan = subprocess.run(["make", "-n", "-C", str(work), "HLMCLI=hlmcli"], capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    steps = [line for line in plan.stdout.splitlines() if line.startswith("hlmcli ")]
+    assert steps[0] == "hlmcli mdm build hsb/hsb1.csv hsb/hsb2.csv --id ID -o hsb.mdm --quiet"
+    for m in ("m1_empty", "m2_means", "m3_random_coef", "m4_slopes"):
+        assert f"hlmcli fit hsb.mdm --model models/{m}.txt -o results/{m}.txt" in steps
+        assert f"hlmcli fit hsb.mdm --model models/{m}.txt --format json -o results/{m}.json" in steps
+    ml = [i for i, line in enumerate(steps) if " --ml " in line]
+    compare = next(i for i, line in enumerate(steps) if line.startswith("hlmcli compare "))
+    assert len(ml) == 2 and max(ml) < compare  # the two ML fits come before the comparison that reads them
+    assert steps[-1].startswith("hlmcli table ") and len(steps) == 13
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_makefile_example(tmp_path):
     work = tmp_path / "sample_data"
     shutil.copytree(SAMPLE, work, ignore=shutil.ignore_patterns(".hlmcli-cache", "results", "*.mdm"))
