@@ -111,6 +111,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hlmcli-startup-") as tmp:
         work = Path(tmp)
         env["HLMCLI_CACHE_DIR"] = str(work / "cache")
+        # bytecode written once (by the warm-up) and read after, as after `pip install .`; where
+        # PYTHONDONTWRITEBYTECODE is set, an editable checkout would otherwise recompile hlmcli on every run
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         build_archives(env, work)
         cmds = commands(work)
         load_before = os.getloadavg()
