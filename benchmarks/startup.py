@@ -59,14 +59,14 @@ def build_archives(env: dict, work: Path) -> None:
     ]
     for args in builds:
         subprocess.run([sys.executable, "-c", ENTRY, "mdm", "build", *args], env=env, check=True,
-                       capture_output=True)
+                       capture_output=True, cwd=work)
 
 
 def run_once(args: list[str], env: dict) -> tuple[float, float]:
     """Wall and CPU (user + sys) seconds of one whole process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", ENTRY, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, cwd=env["HLMCLI_BENCH_CWD"])
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -84,7 +84,7 @@ def import_times(args: list[str], env: dict) -> dict[str, float]:
     and the cumulative time of each watched package where it was first imported (nested in whatever
     imported it, so the parts overlap)."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", ENTRY, *args], env=env, capture_output=True,
-                          text=True)
+                          text=True, cwd=env["HLMCLI_BENCH_CWD"])
     total, parts = 0.0, {}
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
@@ -111,6 +111,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hlmcli-startup-") as tmp:
         work = Path(tmp)
         env["HLMCLI_CACHE_DIR"] = str(work / "cache")
+        # `python -c` puts the current folder first on sys.path: run where no hlmcli package is
+        env["HLMCLI_BENCH_CWD"] = str(work)
         # bytecode written once (by the warm-up) and read after, as after `pip install .`; where
         # PYTHONDONTWRITEBYTECODE is set, an editable checkout would otherwise recompile hlmcli on every run
         env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
