@@ -22,7 +22,11 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, stats as sps
+
+from .lazy import lazy
+
+optimize = lazy("scipy.optimize")
+special = lazy("scipy.special")
 
 from .certificate import Face, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
@@ -473,7 +477,8 @@ def hlm3_df(data: NestedData, J2: int, J3: int, N: int) -> np.ndarray:
 
 
 def _pchisq_upper(chi2: float, df: float) -> float:
-    return float(sps.chi2.sf(chi2, df)) if df > 0 else float("nan")
+    # scipy.stats.chi2.sf(chi2, df) is chdtrc(df, chi2) on the support; below it, 1 (chdtrc gives nan).
+    return float(special.chdtrc(df, max(chi2, 0.0))) if df > 0 else float("nan")
 
 
 def _has_fixed(node, depth: int, K: int) -> bool:

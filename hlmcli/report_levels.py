@@ -118,7 +118,7 @@ def centering_notes3(spec: ModelSpec3) -> list[str]:
 
 def _r_name(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
 def structure_notes(fit, tau_symbol: str) -> list[str]:
@@ -232,9 +232,10 @@ def _corr(t: np.ndarray) -> np.ndarray:
 
 
 def _two_sided_p(t, df):
-    from scipy import stats
+    from scipy import special
 
-    return 2 * stats.t.sf(np.abs(t), df)
+    # scipy.stats.t.sf(x, df) is stdtr(df, -x); scipy.stats costs a second of start-up.
+    return 2 * special.stdtr(df, -np.abs(t))
 
 
 def certificate_text3(fit, sym: Symbols3) -> list[str]:
@@ -600,7 +601,7 @@ def centering_notes(spec: LevelsSpec) -> list[str]:
 
 def _r_name_k(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
 def lme4_formula(spec: LevelsSpec, ids, diagonal=False) -> str:
