@@ -685,6 +685,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
 @click.option("--weight1", help="Level-1 sampling weight variable (HLM's level1weight:).")
 @click.option("--weight2", help="Level-2 sampling weight variable (HLM's level2weight:).")
+@click.option("--weight3", help="Level-3 sampling weight variable, three- and four-level models (HLM3's level3weight:).")
+@click.option("--weight4", help="Level-4 sampling weight variable, four-level models.")
 @click.option("--normalize", type=click.Choice(["none", "cluster", "total"]), default=None,
               help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
@@ -724,7 +726,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         return fit_levels(data, level1, level2, model_file, ascii_only,
                           {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, out_format,
                           output, json_out, title, timestamp, strict, max_iterations, quiet, refusals(locals()),
-                          {**more, "ml": ml, "residuals_l2": residuals_l2}, _stderr, _use_ascii)
+                          {**more, "ml": ml, "residuals_l2": residuals_l2, "weight1": weight1, "weight2": weight2,
+                           "normalize": normalize, "plausible_values": plausible_values, "imputed": imputed,
+                           "full_output": full_output}, _stderr, _use_ascii)
     data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
     from .levels import is_three_level
     three = is_three_level(data, more)
@@ -741,6 +745,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     if more.get("level3") or more.get("residuals_l3"):
         raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
                             "three-level archive")
+    if more.pop("weight3", None) or more.pop("weight4", None):
+        raise _UsageProblem("--weight3 and --weight4 are for three- and four-level models; a two-level model takes "
+                            "--weight1 and --weight2")
 
     from .flags import check_fit_options, check_model_options
 
