@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -16,10 +15,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import click  # noqa: E402
 
-from . import __version__
 from .errors import EXIT_CODES_HELP, EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HlmError
 from .help import EXAMPLES, GroupedCommand
+from .options import formula_equations, model_given, split_names
 from .spec import OutputOptions
+from .version import __version__
+
+_split_names = split_names  # the spelling fit_cmd and levels.py still use
 
 
 def _stderr(message: str) -> None:
@@ -119,13 +121,6 @@ def _dask_scheduler(more: dict):
     timeout = check_seconds("--timeout", more.get("dask_timeout"))
     return Scheduler(more.get("scheduler"), CONNECT_TIMEOUT if timeout is None else timeout,
                      check_seconds("--deadline", more.get("dask_deadline")))
-
-
-def _split_names(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    names = tuple(n for n in value.replace(";", ",").replace(" ", ",").split(",") if n)
-    return names
 
 
 def paper_table_options(f):
@@ -245,7 +240,7 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
     id2 = id2 or id_
     if not id1 or not id2:
         raise OptionError("no unit id column given; pass --id NAME (or --id1 and --id2)")
-    return BuildOptions(id1=id1, id2=id2, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
+    return BuildOptions(id1=id1, id2=id2, keep1=split_names(l1_vars), keep2=split_names(l2_vars),
                         missing=missing, drop_unmatched=drop_unmatched)
 
 
@@ -588,20 +583,6 @@ def _formula_front(data, level1, level2, model_file, id_, id2, more):
     return data, id_, id2, more
 
 
-def model_given(level1, level2, model_file, level3=None) -> dict:
-    """The model as the user gave it, for the JSON; a formula is recorded as the equations it stands for,
-    so that a formula and its equations give the same document."""
-    ctx = click.get_current_context(silent=True)
-    made = ctx.meta.get("formula_given") if ctx else None
-    if made:
-        level1, level2, level3 = made[0], made[1], (made[2] if level3 is not None else None)
-    out = {"level1": level1, "level2": list(level2)}
-    if level3 is not None:
-        out["level3"] = list(level3)
-    out["model_file"] = Path(model_file).name if model_file else None
-    return out
-
-
 def _looks_like_archive(path) -> bool:
     from .archive import MAGIC
 
@@ -610,22 +591,6 @@ def _looks_like_archive(path) -> bool:
             return handle.read(len(MAGIC)) == MAGIC
     except OSError:
         return False
-
-
-def formula_equations(variables, level1, level2, level3=()):
-    """The equations, and τ's structure if the formula sets it, from --formula when it was given."""
-    ctx = click.get_current_context(silent=True)
-    formula = ctx.meta.get("formula") if ctx else None
-    if formula is None:
-        return level1, level2, level3, None
-    from .formula import translate
-
-    m = translate(formula, variables.level_of)
-    eqs = [list(e) for e in m.equations] + [[]] * (3 - len(m.equations))
-    if ctx.meta.get("hglm", {}).get("family") not in (None, "normal"):
-        eqs[0][0] = re.sub(r"\s*\+\s*[re]$", "", eqs[0][0])  # an HGLM's level-1 equation has no residual term
-    ctx.meta["formula_given"] = (eqs[0][0], list(eqs[1]), list(eqs[2]))
-    return eqs[0][0], list(eqs[1]), list(eqs[2]), (m.tau if m.tau == "diagonal" else None)
 
 
 def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False, fit=None):
@@ -753,6 +718,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
 @click.option("--weight1", help="Level-1 sampling weight variable (HLM's level1weight:).")
 @click.option("--weight2", help="Level-2 sampling weight variable (HLM's level2weight:).")
+@click.option("--weight3", help="Level-3 sampling weight variable, three- and four-level models (HLM3's level3weight:).")
+@click.option("--weight4", help="Level-4 sampling weight variable, four-level models.")
 @click.option("--normalize", type=click.Choice(["none", "cluster", "total"]), default=None,
               help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
@@ -792,7 +759,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         return fit_levels(data, level1, level2, model_file, ascii_only,
                           {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, out_format,
                           output, json_out, title, timestamp, strict, max_iterations, quiet, refusals(locals()),
-                          {**more, "ml": ml, "residuals_l2": residuals_l2}, _stderr, _use_ascii)
+                          {**more, "ml": ml, "residuals_l2": residuals_l2, "weight1": weight1, "weight2": weight2,
+                           "normalize": normalize, "plausible_values": plausible_values, "imputed": imputed,
+                           "full_output": full_output}, _stderr, _use_ascii)
     data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
     from .levels import is_three_level
     three = is_three_level(data, more)
@@ -809,6 +778,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     if more.get("level3") or more.get("residuals_l3"):
         raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
                             "three-level archive")
+    if more.pop("weight3", None) or more.pop("weight4", None):
+        raise _UsageProblem("--weight3 and --weight4 are for three- and four-level models; a two-level model takes "
+                            "--weight1 and --weight2")
 
     from .flags import check_fit_options, check_model_options
 
@@ -1280,7 +1252,7 @@ def table_cmd(fits, out_format, names, output, **more):
     from .tables import side_by_side_text
 
     check_outputs([("-o", output)], list(fits))
-    headings = list(_split_names(names) or [Path(f).stem for f in fits])
+    headings = list(split_names(names) or [Path(f).stem for f in fits])
     if len(headings) != len(fits):
         raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
     text = side_by_side_text([read_fit(f) for f in fits], headings, out_format, _table_options(more, out_format))
@@ -1288,10 +1260,6 @@ def table_cmd(fits, out_format, names, output, **more):
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 @main.command("explain")
@@ -1356,3 +1324,7 @@ def explain_cmd(fit_json, hlm_output, data, id_, model_file, out_format, cache_d
                      tau_order=list(fit.get("random_coefficients") or []))
     report = {"schema": 1, "kind": "explain", "fit": Path(fit_json).name, "hlm_output": Path(hlm_output).name, **report}
     click.echo(dumps_json(report) if out_format == "json" else explain_text(report), nl=out_format != "json")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

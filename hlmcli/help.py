@@ -19,7 +19,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
                    "--prior-version", "--test-homogeneity", "--strict"),
     "HGLM": ("--family", "--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points",
              "--separation"),
-    "Survey": ("--weight1", "--weight2", "--normalize", "--plausible-values", "--imputed",
+    "Survey": ("--weight1", "--weight2", "--weight3", "--weight4", "--normalize", "--plausible-values", "--imputed",
                "--allow-unequal-imputations"),
     "Output": ("--output", "--json-out", "--se", "--stars", "--caption", "--notes", "--title", "--timestamp",
                "--residuals-l1", "--residuals-l2", "--residuals-l3", "--residuals-l4", "--hlm-names",

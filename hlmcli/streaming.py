@@ -180,7 +180,7 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
 
         refuse_duplicate_names(path, names)
         return Columns(path, [n.strip() for n in names], {n.strip(): n for n in names})
-    from .readers import _sniff_delimiter, normalise_delimiter
+    from .readers import sniff_delimiter, normalise_delimiter
 
     opener = open
     if path.suffix.lower() == ".gz":
@@ -197,7 +197,7 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
         head = head.decode("utf-8", errors="replace")
     if not head.strip():
         raise DataError(f"{path}: the file is empty; give a file with a header and data rows")
-    sep = normalise_delimiter(delimiter) or _sniff_delimiter(head)
+    sep = normalise_delimiter(delimiter) or sniff_delimiter(head)
     if sep == "\\t":
         sep = "\t"
     if sep == " ":

@@ -15,7 +15,9 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-import pandas as pd
+from .lazy import lazy
+
+pd = lazy("pandas")
 
 from .errors import HlmError, ModelError
 from .results import information_criteria

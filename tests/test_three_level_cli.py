@@ -243,8 +243,8 @@ def test_bad_equations(eg_archive, model, words):
 
 
 def test_options_not_yet_available_are_refused(eg_archive):
-    proc = run("fit", eg_archive, *EG_MODEL, "--weight1", "YEAR", "--df", "satterthwaite")
-    _one_line_error(proc, 2, "--df satterthwaite", "--weight1", "not available for three-level models")
+    proc = run("fit", eg_archive, *EG_MODEL, "--df", "satterthwaite")
+    _one_line_error(proc, 2, "--df satterthwaite", "not available for three-level models")
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--family", "bernoulli"), 2, "--family")
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--allow-unequal-imputations"), 2, "--allow-unequal-imputations")
     _one_line_error(run("plot", "units", eg_archive, *EG_MODEL, "-o", "x.png"), 1, "not available for three-level")
