@@ -706,6 +706,10 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
               help="The program that printed the prior deviance: hlm6 (HLM 5/6 print the ML deviance ln 2π low; it is added back) or hlm7.")
+@click.option("--hlm-names", is_flag=True, default=None, expose_value=False,
+              callback=lambda ctx, p, v: ctx.meta.__setitem__("hlm_names", bool(v)),
+              help="Residual files with HLM 7's column names (EBINTRCP, OLINTRCP, FVINTRCP, MDIST, L1RESID, FITVAL, "
+              "...; 8 characters) and, in .sav, SPSS variable labels.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
@@ -853,6 +857,11 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     finish(results, out, sources, source_text=source_text, level1=level1, level2=level2, model_file=model_file)
 
 
+def _hlm_names_given() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get("hlm_names"))
+
+
 def finish(results, out: OutputOptions, sources, *, source_text, level1, level2, model_file) -> None:
     """The one end of a two-level fit, whichever kind and engine ran it: the run's metadata, the
     residual files, the text, JSON or tables, the warnings and the exit status. Whether the fit is
@@ -872,6 +881,8 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     results.meta.update(meta)
     residuals = (opts.residuals_l1, opts.residuals_l2)
+    if _hlm_names_given() and not any(residuals):
+        raise _UsageProblem("--hlm-names names the residual files' columns; give --residuals-l1 or --residuals-l2 too")
     if out.keep and not any(residuals):
         raise _UsageProblem("--keep names columns for the residual files; give --residuals-l1 or --residuals-l2 too")
     if write_files and any(residuals):
@@ -880,7 +891,7 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
                 refuse_overwriting_inputs(path, sources)
                 if not typed:  # a name from the .hlm file
                     refuse_clobber(path, out.force, Path(model_file).name)
-        results.write_residuals(*residuals, keep=out.keep)
+        results.write_residuals(*residuals, keep=out.keep, hlm_names=_hlm_names_given())
     if out.out_format == "json":
         text = results.to_json()
     elif out.out_format == "text":

@@ -164,6 +164,7 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
         ("--tau diagonal", tau_structure == "diagonal"),
         ("--allow-unequal-imputations without --imputed", bool(more.get("allow_unequal_imputations")) and not imputed),
         ("--residuals-l1", bool(residuals_l1)), ("--keep", bool(keep)),
+        ("--hlm-names", bool(click.get_current_context().meta.get("hlm_names"))),
         (f"--format {out_format}", out_format not in ("text", "json")),
         (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
         ("--scheduler", bool(more.get("scheduler"))),
@@ -501,6 +502,7 @@ def refusals(params: dict) -> list:
          bool(more.get("allow_unequal_imputations")) and not params.get("imputed")),
         ("--residuals-l1", bool(params.get("residuals_l1"))),
         ("--keep", bool(params.get("keep"))),
+        ("--hlm-names", bool(click.get_current_context().meta.get("hlm_names"))),
         (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
         ("--scheduler", bool(more.get("scheduler"))),
     ]
