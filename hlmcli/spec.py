@@ -111,6 +111,8 @@ class OutputOptions:
     json_out: str | None = None
     residuals_l1: str | None = None
     residuals_l2: str | None = None
+    residuals_l3: str | None = None  # three and four levels
+    residuals_l4: str | None = None  # four levels
     keep: tuple[str, ...] = ()
     quiet: bool = False
     timestamp: bool = False

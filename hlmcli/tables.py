@@ -26,6 +26,26 @@ class MissingExtra(HlmError):
     """An optional dependency is not installed."""
 
 
+def _term(f: dict) -> str:
+    """A fixed effect's R name: given by a fit of three or more levels (the product along its path), else
+    made from its coefficient and level-2 predictor."""
+    return f.get("term") or term_name(f["coefficient"], f["predictor"])
+
+
+def _ascii(label: str) -> str:
+    return label.replace("γ", "g").replace("δ", "d")
+
+
+def _residual(v: dict) -> bool:
+    """Whether a variance component is level 1's (r at two levels, e at three and four)."""
+    return v["label"] == "r" or v.get("level") == 1
+
+
+def _level_rows(fit: dict) -> list[tuple[str, str]]:
+    """("J (level k)", count) for the levels above 2 of a fit of three or more levels."""
+    return [(f"J (level {k})", str(n)) for k, n in sorted((fit.get("n_units") or {}).items()) if int(k) > 2]
+
+
 def _t_quantile(level: float, df) -> float:
     from scipy import special
 
@@ -43,7 +63,7 @@ def tidy(fit: dict, conf_level: float = 0.95) -> pd.DataFrame:
     for f in fit["fixed_effects"]:
         t = _t_quantile(conf_level, f["df"])
         rows.append({
-            "effect": "fixed", "term": term_name(f["coefficient"], f["predictor"]),
+            "effect": "fixed", "term": _term(f),
             "estimate": f["estimate"], "std_error": f["se"], "statistic": f["t"], "df": f["df"], "p_value": f["p"],
             "conf_low": f["estimate"] - t * f["se"], "conf_high": f["estimate"] + t * f["se"],
             "robust_std_error": f["robust_se"], "robust_statistic": f["robust_t"], "robust_p_value": f["robust_p"],
@@ -51,7 +71,7 @@ def tidy(fit: dict, conf_level: float = 0.95) -> pd.DataFrame:
             "gamma": f["gamma"],
         })
     for v in fit["variance_components"]:
-        rows.append({"effect": "ran_pars", "term": f"var__{'Residual' if v['label'] == 'r' else v['effect']}",
+        rows.append({"effect": "ran_pars", "term": f"var__{'Residual' if _residual(v) else v['effect']}",
                      "estimate": v["variance"], "statistic": v["chi2"], "df": v["df"], "p_value": v["p"],
                      "gamma": v["label"]})
     columns = ["effect", "term", "estimate", "std_error", "statistic", "df", "p_value", "conf_low", "conf_high",
@@ -100,13 +120,13 @@ def fit_frames(fit: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The two tables of one fit, as text cells ready to print."""
     ratio = ratio_key(fit)
     fixed = pd.DataFrame([{
-        "Fixed effect": f"{term_name(f['coefficient'], f['predictor'])} ({f['gamma'].replace('γ', 'g')})",
+        "Fixed effect": f"{_term(f)} ({_ascii(f['gamma'])})",
         "Coefficient": _f(f["estimate"]), "SE": _f(f["se"]), "t-ratio": _f(f["t"], 2), "d.f.": _df(f["df"]),
         "p-value": _p(f["p"]), "Robust SE": _f(f["robust_se"]), "Robust p-value": _p(f["robust_p"]),
         **({RATIO_HEADINGS[ratio]: _f(f[ratio]), "95% CI": f"({_f(f['ci_low'])}, {_f(f['ci_high'])})"} if ratio else {}),
     } for f in fit["fixed_effects"]])
     var = pd.DataFrame([{
-        "Random effect": "level-1, r" if v["label"] == "r" else f"{v['effect']}, {v['label']}",
+        "Random effect": f"level-1, {v['label']}" if _residual(v) else f"{v['effect']}, {v['label']}",
         "SD": _f(v["sd"]), "Variance": _f(v["variance"]), "d.f.": _df(v["df"]), "Chi-square": _f(v["chi2"], 2),
         "p-value": _p(v["p"]),
     } for v in fit["variance_components"]])
@@ -179,7 +199,8 @@ def fit_table(fit: dict, fmt: str) -> str:
                           {"Statistic": f"Estimated parameters ({_method(fit)}, HLM count)", "Value": str(fit["n_params"])},
                           {"Statistic": "AIC", "Value": _stat(aic)}, {"Statistic": "BIC", "Value": _stat(bic)},
                           {"Statistic": "N (level 1)", "Value": str(fit["n_level1"])},
-                          {"Statistic": "J (level 2)", "Value": str(fit["n_level2"])}])
+                          {"Statistic": "J (level 2)", "Value": str(fit["n_level2"])}]
+                         + [{"Statistic": name, "Value": n} for name, n in _level_rows(fit)])
     sep = {"markdown": "\n", "latex": "\n", "html": "\n"}[fmt]
     return sep.join(_render(frame, fmt, index=False, name=name)
                     for frame, name in ((fixed, "fixed"), (var, "variance"), (stats, "statistics")))
@@ -198,31 +219,35 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str]) -> pd.DataFrame:
     variance components, deviance, AIC, BIC, N and J (as modelsummary and texreg lay them out)."""
     if len(fits) != len(names):
         raise ModelError("give one name per model")
+    from .levels_results import table_view
+
+    fits = [table_view(f) if f.get("levels", 2) > 2 else f for f in fits]
     terms: list[str] = []
     for fit in fits:
         for f in fit["fixed_effects"]:
-            t = term_name(f["coefficient"], f["predictor"])
+            t = _term(f)
             if t not in terms:
                 terms.append(t)
     var_rows: list[str] = []
     for fit in fits:
         for v in fit["variance_components"]:
-            label = "Var: Residual" if v["label"] == "r" else f"Var: {v['effect']}"
+            label = "Var: Residual" if _residual(v) else f"Var: {v['effect']}"
             if label not in var_rows:
                 var_rows.append(label)
     var_rows = [r for r in var_rows if r != "Var: Residual"] + ["Var: Residual"]
     index: list[str] = []
     for t in terms:
         index += [t, f"{t} (SE)"]
-    index += var_rows + ["Deviance", "AIC", "BIC", "Method", "N", "J"]
+    higher = sorted({name for fit in fits for name, _ in _level_rows(fit)})
+    index += var_rows + ["Deviance", "AIC", "BIC", "Method", "N", "J"] + higher
     table = pd.DataFrame("", index=index, columns=list(names))
     for fit, name in zip(fits, names):
         for f in fit["fixed_effects"]:
-            t = term_name(f["coefficient"], f["predictor"])
+            t = _term(f)
             table.loc[t, name] = _f(f["estimate"])
             table.loc[f"{t} (SE)", name] = f"({_f(f['se'])})"
         for v in fit["variance_components"]:
-            label = "Var: Residual" if v["label"] == "r" else f"Var: {v['effect']}"
+            label = "Var: Residual" if _residual(v) else f"Var: {v['effect']}"
             table.loc[label, name] = _f(v["variance"])
         _, aic, bic = information_criteria(fit)
         table.loc["Deviance", name] = _stat(fit["deviance"])
@@ -231,6 +256,8 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str]) -> pd.DataFrame:
         table.loc["Method", name] = _method(fit)
         table.loc["N", name] = str(fit["n_level1"])
         table.loc["J", name] = str(fit["n_level2"])
+        for row, n in _level_rows(fit):
+            table.loc[row, name] = n
     # The SE rows print with an empty label, as in the papers' tables.
     table.index = [("" if i.endswith(" (SE)") else i) for i in table.index]
     return table
