@@ -50,8 +50,6 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
                   "residual variances; HLM3 and HLM4 offer none, so there is no reference to match")
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
-_PLOT_K = ("not yet for k levels: hlmcli plot draws two-level fits; for three and four levels use the residual "
-           "files (--residuals-l1 ... --residuals-l4) and the JSON")
 _KEEP_K = ("not yet for k levels: the residual files of three- and four-level fits carry each level's archive "
            "columns, not text columns from the source files")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
@@ -72,8 +70,8 @@ def _k(reason: str) -> dict:
 
 FEATURES = (
     Feature("api", "Python API (hlmcli.fit)", {}),
-    Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale)",
-            {"linear-summary": _PLOT_SUMMARY, **_k(_PLOT_K)}),
+    Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
+            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY}),
     Feature("table", "hlmcli table of saved fits", {}),
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),

@@ -855,22 +855,13 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
     write_files = status == 0 or out.keep_failed_output
     K = getattr(results, "n_levels", 2)
     opts = results.analysis.design.spec.options
-    command_file = Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None
+    meta = run_meta(results, source_text, level1, level2, model_file, higher)
     if K == 2:
-        meta = {"data_source": source_text, "title": opts.title, "id_name": results.archive.id_names[0],
-                "model_given": model_given(level1, level2, model_file), "command_file": command_file}
         residuals = {1: opts.residuals_l1, 2: opts.residuals_l2}
+    elif K == 3:
+        residuals = {1: out.residuals_l1, 2: opts.residuals_l2, 3: opts.residuals_l3}
     else:
-        ids = list(results.archive.id_names)
-        meta = {"data_source": source_text, "title": opts.title, "ids": ids}
-        if K == 3:
-            meta.update({"id2": ids[0], "id3": ids[1], "command_file": command_file,
-                         "model_given": model_given(level1, level2, model_file, list(higher[0]))})
-            residuals = {1: out.residuals_l1, 2: opts.residuals_l2, 3: opts.residuals_l3}
-        else:
-            meta["model_given"] = {"level1": level1, "level2": list(level2), "level3": list(higher[0]),
-                                   "level4": list(higher[1]), "model_file": Path(model_file).name if model_file else None}
-            residuals = {1: out.residuals_l1, **{k: path for k, path in enumerate(opts.residuals, start=2)}}
+        residuals = {1: out.residuals_l1, **{k: path for k, path in enumerate(opts.residuals, start=2)}}
     if out.timestamp:
         from datetime import datetime, timezone
 
@@ -910,6 +901,25 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
                     "pass --keep-failed-output to write it anyway")
     if status:
         sys.exit(status)
+
+
+def run_meta(results, source_text, level1, level2, model_file, higher=()) -> dict:
+    """What the text and JSON say about the run: the data, title, unit ids and the model as given."""
+    K = getattr(results, "n_levels", 2)
+    opts = results.analysis.design.spec.options
+    command_file = Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None
+    if K == 2:
+        return {"data_source": source_text, "title": opts.title, "id_name": results.archive.id_names[0],
+                "model_given": model_given(level1, level2, model_file), "command_file": command_file}
+    ids = list(results.archive.id_names)
+    meta = {"data_source": source_text, "title": opts.title, "ids": ids}
+    if K == 3:
+        meta.update({"id2": ids[0], "id3": ids[1], "command_file": command_file,
+                     "model_given": model_given(level1, level2, model_file, list(higher[0]))})
+    else:
+        meta["model_given"] = {"level1": level1, "level2": list(level2), "level3": list(higher[0]),
+                               "level4": list(higher[1]), "model_file": Path(model_file).name if model_file else None}
+    return meta
 
 
 def fit_status(results, strict: bool) -> tuple[int, list[str]]:
@@ -1168,9 +1178,15 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     check_archive_options(_given_options(), Path(data[0]).name if len(data) == 1 and not saved else None)
     from .levels import is_many_levels, is_three_level
     if is_many_levels(data, more) or is_three_level(data, more):
-        from .capabilities import refuse
-
-        refuse("plot", "four-level" if is_many_levels(data, more) else "three-level")
+        model = {"level1": level1, "level2": level2, "level3": more.get("level3"), "level4": more.get("level4"),
+                 "model_file": model_file, "allow_outside": more.get("allow_outside")}
+        build = {"id_": id_, "id1": id1, "id2": id2, "id3": more.get("id3"), "id4": more.get("id4"),
+                 "l1_vars": more.get("l1_vars"), "l2_vars": more.get("l2_vars"), "l3_vars": more.get("l3_vars"),
+                 "l4_vars": more.get("l4_vars"), "missing": missing, "drop_unmatched": drop_unmatched,
+                 "file_format": more.get("file_format"), "delimiter": more.get("delimiter")}
+        return _plot_levels(kind, data, model, build, cache_dir, _fit_options(ml, more.get("reml")),
+                            OutputOptions(output=output, json_out=json_out, quiet=quiet), output,
+                            {"x": x_var, "by": list(by) or None, "coef": coef, "sample": sample, "seed": seed})
     check_outputs([("-o", output), ("--json-out", json_out)], list(data) + [model_file])
     from .engines import is_stats_archive
 
@@ -1214,6 +1230,31 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
         _stderr(f"hlmcli: wrote {output}" + (f" and {json_out}" if json_out and not status else ""))
         if json_out and status:
             _stderr(f"hlmcli: {json_out} not written because the fit is not certified")
+    if status:
+        sys.exit(status)
+
+
+def _plot_levels(kind, data, model: dict, build: dict, cache_dir, fit: FitOptions, out: OutputOptions, output,
+                 options: dict) -> None:
+    """`hlmcli plot` of a model of three or four levels: the fit that `hlmcli fit` makes of the same
+    arguments (levels.levels_results), drawn; --json-out saves it when it is certified."""
+    from .files import atomic_write_text, commit_outputs
+    from .levels import levels_results
+
+    results, _, source_text, equations = levels_results(data, model, fit, out, build, cache_dir, _stderr)
+    results.meta.update(run_meta(results, source_text, model["level1"], equations[1], model["model_file"],
+                                 equations[2:]))
+    status, failures = fit_status(results, strict=False)
+    results.plot(kind, output, **options)
+    if out.json_out and not status:
+        atomic_write_text(out.json_out, results.to_json())
+    commit_outputs()
+    if not out.quiet:
+        for message in failures + results.boundary_notes:
+            _stderr(f"hlmcli: warning: {message}")
+        _stderr(f"hlmcli: wrote {output}" + (f" and {out.json_out}" if out.json_out and not status else ""))
+        if out.json_out and status:
+            _stderr(f"hlmcli: {out.json_out} not written because the fit is not certified")
     if status:
         sys.exit(status)
 

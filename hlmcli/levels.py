@@ -282,13 +282,11 @@ def model_levels(data, level1, level2, model_file, ascii_only, build_opts, cache
     click.echo("\n".join(printable(line) for line in lines))
 
 
-def fit_levels(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr, use_ascii) -> None:
-    """`hlmcli fit` of a model of three or four levels: the data, the spec, capabilities.check, the
-    certified fit and its extras as `Results`, and the one ending of every fit (cli.finish).
-    `model` holds the equations (level1 ... level4), model_file and allow_outside."""
+def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr):
+    """The archive, spec, capabilities.check and certified fit of a model of three or four levels, as
+    `Results` (what `fit` and `plot` share). Returns (results, sources, source text, equations)."""
     from .api import analyse_levels, model_spec_levels
     from .capabilities import check as check_capabilities
-    from .cli import finish
     from .files import check_outputs
     from .results import Results
 
@@ -308,8 +306,8 @@ def fit_levels(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr,
     K = archive.n_levels
     if out.residuals_l4 and K < 4:
         raise _Usage("--residuals-l4 is for four-level models: give four data files or a four-level archive")
-    level1, level2, level3 = model.get("level1"), list(model.get("level2") or ()), list(model.get("level3") or ())
-    equations = [[level1] if level1 else [], level2, level3, list(model.get("level4") or ())]
+    equations = [[model["level1"]] if model.get("level1") else [], list(model.get("level2") or ()),
+                 list(model.get("level3") or ()), list(model.get("level4") or ())]
     residuals = {k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)}
     spec = model_spec_levels(archive, equations[:K], model_file, fit, bool(model.get("allow_outside")),
                              title=out.title, residuals=residuals)
@@ -317,5 +315,14 @@ def fit_levels(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr,
     analysis = analyse_levels(spec, archive, fit)
     results = Results(analysis, archive, {"data_source": source_text, "title": spec.options.title,
                                           "ids": list(archive.id_names)})
-    finish(results, out, sources, source_text=source_text, level1=level1, level2=level2, model_file=model_file,
-           higher=equations[2:K])
+    return results, sources, source_text, equations[:K]
+
+
+def fit_levels(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr, use_ascii) -> None:
+    """`hlmcli fit` of a model of three or four levels: `levels_results`, then the one ending of every
+    fit (cli.finish). `model` holds the equations (level1 ... level4), model_file and allow_outside."""
+    from .cli import finish
+
+    results, sources, source_text, equations = levels_results(data, model, fit, out, build_opts, cache_dir, stderr)
+    finish(results, out, sources, source_text=source_text, level1=model.get("level1"), level2=equations[1],
+           model_file=model.get("model_file"), higher=equations[2:])

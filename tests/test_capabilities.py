@@ -485,6 +485,22 @@ def check_levels_json_out(kind, tmp_path):
     levels_matches(doc, kind)
 
 
+def check_levels_plot(kind, tmp_path):
+    """The caterpillar plot of the top level's EB residuals, and the fit it drew saved by --json-out (the
+    reference fit); the equation graph's line by hand is test_levels_equation_graph_by_hand."""
+    pytest.importorskip("matplotlib")
+    coef = "INTRCPT1/INTRCPT2" if kind == "three-level" else "INTRCPT1/INTRCPT2/INTRCPT3"
+    proc = run_cli("plot", "caterpillar", *LEVELS_BASE[kind], "--coef", coef, "-o", tmp_path / "cat.png",
+                   "--json-out", tmp_path / "drawn.json", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "cat.png").stat().st_size > 0
+    drawn = json.loads((tmp_path / "drawn.json").read_text())
+    assert drawn == levels_json(kind)
+    levels_matches(drawn, kind)
+    proc = run_cli("plot", "shrinkage", *LEVELS_BASE[kind], "-o", tmp_path / "s.png")
+    one_line_refusal(proc, "compute no unit OLS estimates")
+
+
 def check_levels_missing_now(kind, tmp_path):
     levels_matches(levels_json(kind, "--missing", "now"), kind)  # no missing values: the reference fit
 
@@ -542,8 +558,25 @@ def check_refused(feature, kind, why, tmp_path):
     assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
 
 
+@pytest.mark.slow
+def test_levels_equation_graph_by_hand():
+    """The three-level equation graph: intercept γ000 + γ001·mean(LOWINC) + γ010·mean(FEMALE) and slope
+    γ100 + γ101·mean(LOWINC) + γ102·mean(MOBILITY), the higher-level predictors averaged over the records."""
+    from hlmcli.plots import equation_lines_levels
+
+    res = hlmcli.fit(*EG[:2], level3=EG[2], id2="CHILDID", id3="SCHOOLID", level1_eq=EG_M2[1],
+                     level2_eqs=EG_M2[3:6:2], level3_eqs=EG_M2[7::2])
+    g = {f["gamma"]: f["estimate"] for f in res.to_dict()["fixed_effects"]}
+    l1, l2, l3 = (pd.read_csv(p) for p in EG[:3])
+    rows = l1.merge(l2, on=["CHILDID", "SCHOOLID"], how="left").merge(l3, on="SCHOOLID", how="left")
+    intercept = g["γ000"] + g["γ001"] * rows["LOWINC"].mean() + g["γ010"] * rows["FEMALE"].mean()
+    slope = g["γ100"] + g["γ101"] * rows["LOWINC"].mean() + g["γ102"] * rows["MOBILITY"].mean()
+    _, xs, [(_, y)] = equation_lines_levels(res, "YEAR")
+    assert y == pytest.approx(intercept + slope * xs, rel=1e-10, abs=1e-10)
+
+
 # cells that fit the four-level schools model or the three-level EG models more than once (seconds each)
-SLOW_LEVEL_CELLS = {("compare", "three-level"), ("table", "four-level"), ("compare_deviance", "four-level"),
+SLOW_LEVEL_CELLS = {("compare", "three-level"), ("plot", "four-level"), ("table", "four-level"), ("compare_deviance", "four-level"),
                     ("residuals", "four-level"), ("json_out", "four-level"), ("missing_now", "four-level"),
                     ("test", "four-level"), ("formats", "four-level"), ("api", "four-level")}
 
