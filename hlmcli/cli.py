@@ -641,11 +641,11 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
                         full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
-        from .hglm_run import estimation_text, glmer_call, hglm_model_summary
+        from .hglm_run import estimation_text, hglm_model_summary, r_call_lines
 
         lines = hglm_model_summary(spec, Symbols(_use_ascii(ascii_only)))
-        lines += ["", f"Method of estimation: {estimation_text(spec.options)}", "", "The same model in R (lme4)",
-                  f" {glmer_call(spec, archive.id_names[0])}"]
+        lines += ["", f"Method of estimation: {estimation_text(spec.options)}", ""]
+        lines += r_call_lines(spec, archive.id_names[0])
         click.echo("\n".join(lines))
         return
     lines = model_summary(spec, Symbols(_use_ascii(ascii_only)))

@@ -374,6 +374,45 @@ def glmer_call(spec, id_name: str, nodes: int | None = None) -> str:
     return f"glmer({lhs} ~ {rhs}, family = {fam}{nagq})"
 
 
+def glmmpql_call(spec, id_name: str) -> tuple[str, str | None]:
+    """PQL's counterpart in R, MASS::glmmPQL (glmer is Laplace or AGQ), and a note when it is not this fit.
+
+    glmmPQL runs nlme::lme on the working variate with method "ML" and a free residual scale, so it is
+    full PQL with the level-1 scale estimated: hlmcli's --ml --overdispersion."""
+    from .report import r_terms
+
+    fixed, rand = r_terms(spec)
+    opts = spec.options
+    lhs = spec.outcome
+    if opts.family == "binomial":
+        lhs = f"cbind({lhs}, {opts.trials} - {lhs})"
+    rhs = " + ".join(fixed + ([f"offset(log({opts.exposure}))"] if opts.exposure else []))
+    if not rand:
+        random = f"~ 1 | {id_name}"  # not reached: an HGLM has a random effect
+    elif opts.tau == "diagonal":
+        random = f"list({id_name} = pdDiag(~ {' + '.join(rand if '1' in rand else ['0'] + rand)}))"
+    else:
+        random = f"~ {' + '.join(rand if '1' in rand else ['0'] + rand)} | {id_name}"
+    fam = "binomial" if opts.family in ("bernoulli", "binomial") else "poisson"
+    call = f"MASS::glmmPQL({lhs} ~ {rhs}, random = {random}, family = {fam}, data = d)"
+    give = (["--ml"] if spec.method == "REML" else []) + \
+        (["--overdispersion"] if not opts.overdispersion and opts.family != "bernoulli" else [])
+    note = None
+    if give:
+        note = f"glmmPQL is full PQL with a free level-1 scale: give {' '.join(give)} for its model"
+    if opts.family == "bernoulli":
+        note = (note + "; " if note else "") + "it estimates a level-1 scale for a 0/1 outcome too, which hlmcli holds at 1"
+    return call, note
+
+
+def r_call_lines(spec, id_name: str, nodes: int | None = None) -> list[str]:
+    """The "same model in R" block: glmmPQL for PQL, glmer for Laplace and AGQ."""
+    if spec.options.estimation == "pql":
+        call, note = glmmpql_call(spec, id_name)
+        return ["The same model in R (MASS)", f" {call}"] + ([f"   {note}"] if note else [])
+    return ["The same model in R (lme4)", f" {glmer_call(spec, id_name, nodes)}"]
+
+
 def pql_status(p: PQLResult) -> str:
     """The PQL claim, printed only when the fixed-point check passed."""
     if p.converged and p.check is not None:
@@ -469,6 +508,7 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         "start": "pql" if a.ml else None,
         "loglik_constant": a.data.const,
         "lme4_formula": glmer_call(a.spec, meta.get("id_name", "ID"), a.nodes or None),
+        "r_call": r_call_lines(a.spec, meta.get("id_name", "ID"), a.nodes or None)[1].strip(),
         "centering_means": d.centering_means,
     }
     if a.pql is not None:
@@ -563,7 +603,12 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     else:
         w(f"Final Results - Iteration {a.ml.iterations} ({'Laplace' if a.estimation == 'laplace' else 'AGQ'})")
         w("")
-        w(("The optimum is certified: " if a.converged else "NOT certified: ") + a.ml.certificate.describe())
+        if a.converged:
+            from .certificate import stopping_line
+
+            w(stopping_line(f"γ and {sym.tau}" if not sym.ascii else "gamma and tau"))
+        else:
+            w("NOT certified: " + a.ml.certificate.describe())
         w(f"Starts tried: {a.ml.starts} (the lowest local optimum is reported)")
         quad = a.ml.quadrature
         if quad is not None:
@@ -652,8 +697,8 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         w("Results for Population-average Model")
         fixed_tables("Population-average model", a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov)
     w("")
-    w("The same model in R (lme4)")
-    w(f" {glmer_call(a.spec, meta.get('id_name', 'ID'), a.nodes or None)}")
+    for line in r_call_lines(a.spec, meta.get("id_name", "ID"), a.nodes or None):
+        w(line)
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 

@@ -283,3 +283,81 @@ class MomentsDesign(Design):
     @property
     def n(self) -> int:
         return self.N
+
+
+# ---------------------------------------------------------------- nested models (three and more levels)
+
+@dataclass(frozen=True)
+class LevelsSummary:
+    """The data of a nested linear model of K ≥ 3 levels with its records summarised per level-2 unit.
+
+    Why this is all the likelihood needs: every column of the model (nested.py's docstring) is a
+    level-1 coefficient's predictor a_p times a product f_j of predictors of levels ≥ 2, which is
+    constant within the level-2 unit j. So any column, and any linear combination of columns the
+    search uses (centred, scaled, orthonormalised, the outcome residualised), is on the records of
+    unit j an affine map c_i = B0_j + B1_j'v_i of the level-1 values v_i = [a_1 … a_P, y], and
+
+        Σ_i c_i c_i' = n_j μ_j μ_j' + B1_j' C_j B1_j,   μ_j = B0_j + B1_j' m_j,
+
+    with (n_j, m_j, C_j) the unit's moments (module docstring): no sum over records is formed after
+    the summary, and no two large sums are subtracted (a centred column enters through its small
+    μ_j and C_j). The deviance, its gradient, the EB means, the χ² tests and the reliabilities all
+    follow from these per-unit cross-products and the nesting (nested.reduce_levels).
+
+    moments: per level-2 unit (J2), columns [level-1 predictors as the model centres them, outcome];
+    upper[ℓ−2]: the level-ℓ predictors (Jℓ, Pℓ), ℓ = 2..K; unit_parents[ℓ−2] (Jℓ,): the level-(ℓ+1)
+    unit of each level-ℓ unit (ℓ = 2..K−1), nondecreasing; layout: the level-1 equation (nested.Coefficient)."""
+
+    moments: Moments
+    upper: tuple
+    unit_parents: tuple
+    layout: tuple
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.upper) + 1
+
+    @property
+    def N(self) -> int:
+        return int(round(float(self.moments.n.sum())))
+
+    @property
+    def predictors(self) -> tuple:
+        """As LevelsData.predictors for the levels ≥ 2; level 1 has only its column count (no records)."""
+        return (np.zeros((0, self.moments.P - 1)),) + tuple(self.upper)
+
+    @property
+    def parents(self) -> tuple:
+        """As LevelsData.parents for the levels ≥ 2; the records' level-2 units are not kept."""
+        return (np.zeros(0, dtype=np.int64),) + tuple(self.unit_parents)
+
+
+def records_summary(y, level1, unit2, upper, unit_parents, layout) -> LevelsSummary:
+    """The LevelsSummary of records in memory: chunk_moments of [level-1 predictors, y] by level-2
+    unit (`unit2`, 0..J2−1), the one statistics pass the stream and Dask engines make chunk by chunk."""
+    level1 = np.asarray(level1, dtype=np.float64)
+    J2 = int(np.asarray(upper[0]).shape[0])
+    columns = [level1[:, k] for k in range(level1.shape[1])] + [np.asarray(y, dtype=np.float64)]
+    return LevelsSummary(chunk_moments(columns, unit2, J2), tuple(upper), tuple(unit_parents), tuple(layout))
+
+
+def mapped_products(m: Moments, B0: np.ndarray, B1: np.ndarray):
+    """Per unit, the columns c_i = B0_j + B1_j'v_i of its records: their means μ (k, J) and raw
+    cross-products Σ_i c_i c_i' = n μμ' + B1'CB1 (k, k, J), component-first (LevelsSummary).
+    B0: (k, J), B1: (P, k, J) with P the moments' columns."""
+    mu = B0 + np.einsum("pkj,jp->kj", B1, m.mean)
+    CB = np.einsum("jpr,rkj->pkj", m.C, B1)
+    S = np.einsum("pkj,plj->klj", B1, CB)
+    S += m.n * mu[:, None, :] * mu[None, :, :]
+    return mu, S
+
+
+def mapped_means(m: Moments, B0: np.ndarray, B1: np.ndarray):
+    """For each column c = B0 + B1'v (as mapped_products): its mean over all records and
+    Σ_i (c_i − mean)² = Σ_j n_j (μ_j − mean)² + B1_j'C_jB1_j, without the cross-products."""
+    mu = B0 + np.einsum("pkj,jp->kj", B1, m.mean)
+    N = float(m.n.sum())
+    mean = (mu * m.n).sum(axis=1) / N
+    d = mu - mean[:, None]
+    within = np.einsum("pkj,jpr,rkj->k", B1, m.C, B1)
+    return mean, (m.n * d * d).sum(axis=1) + within, (m.n * mu * mu).sum(axis=1) + within

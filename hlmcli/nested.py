@@ -59,10 +59,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .moments import LevelsSummary, Moments, mapped_means, mapped_products, records_summary
 from .unitsolve import LOG_2PI, cmm, cmv, spd_inverse_logdet
 
-__all__ = ["Coefficient", "LevelsData", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
-           "NestedData", "NestedFit", "NestedStats", "NestedSolve", "as_levels", "reduce_nested",
+__all__ = ["Coefficient", "LevelsData", "LevelsSummary", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
+           "NestedData", "NestedFit", "NestedStats", "NestedSolve", "as_levels", "as_summary", "reduce_nested",
            "reduce_levels", "levels_solve", "nested_solve", "deviance_nested", "deviance_levels", "fit_nested",
            "COEFFICIENT_NAMES"]
 
@@ -135,8 +136,9 @@ class NestedData:
 
 
 def as_levels(data) -> LevelsData:
-    """The K-level form of three-level data (the γ order, τ orders and units are the same)."""
-    if isinstance(data, LevelsData):
+    """The K-level form of three-level data (the γ order, τ orders and units are the same); K-level
+    data and per-unit summaries (moments.LevelsSummary) are passed on."""
+    if isinstance(data, (LevelsData, LevelsSummary)):
         return data
     layout = tuple(Coefficient(pi.level1_col,
                                tuple(Coefficient(b.level2_col, tuple(Coefficient(s) for s in b.level3_cols), b.random)
@@ -354,12 +356,45 @@ def _validate(data: LevelsData) -> None:
         check(node, 1, f"pi {ip}")
 
 
-def _level1(data: LevelsData, ip: int):
-    col = data.layout[ip].col
-    return None if col is None else np.asarray(data.predictors[0][:, col], dtype=float)
+def as_summary(data) -> LevelsSummary:
+    """The per-level-2-unit summary of any nested data (moments.LevelsSummary): records in memory
+    (LevelsData, NestedData) are checked and summarised by moments.records_summary, the one
+    statistics pass; a summary from the stream or Dask engine is checked and passed on."""
+    if isinstance(data, LevelsSummary):
+        _validate_summary(data)
+        return data
+    data = as_levels(data)
+    _validate(data)
+    n2 = np.bincount(np.asarray(data.parents[0], dtype=np.int64), minlength=np.asarray(data.parents[1]).shape[0])
+    if np.any(n2 == 0):
+        raise ValueError("a level-2 unit has no records")
+    return records_summary(data.y, data.predictors[0], np.asarray(data.parents[0], dtype=np.intp),
+                           tuple(data.predictors[1:]), tuple(data.parents[1:]), data.layout)
 
 
-def _unit_maps(data: LevelsData):
+def _validate_summary(s: LevelsSummary) -> None:
+    """The array contract of LevelsSummary (as _validate's for records)."""
+    K = s.n_levels
+    if K < 3 or len(s.unit_parents) != K - 2:
+        raise ValueError("a nested model needs predictors for K ≥ 3 levels and K − 2 unit parent arrays")
+    m = s.moments
+    J = [m.J]
+    for i, par in enumerate(s.unit_parents):
+        par = np.asarray(par)
+        if par.shape != (J[-1],) or par.size == 0 or par.min() < 0 or np.any(np.diff(par) < 0):
+            raise ValueError(f"unit{i + 3} must be nondecreasing level-{i + 3} unit numbers, one per level-{i + 2} unit")
+        J.append(int(par.max()) + 1)
+    for level, (arr, n) in enumerate(zip(s.upper, J), start=2):
+        arr = np.asarray(arr)
+        if arr.ndim != 2 or arr.shape[0] != n or not np.all(np.isfinite(arr)):
+            raise ValueError(f"X{level} must have one finite row per level-{level} unit ({n})")
+    if not (np.all(np.isfinite(m.mean)) and np.all(np.isfinite(m.C))):
+        raise ValueError("the level-1 moments have missing or infinite values")
+    if np.any(m.n <= 0):
+        raise ValueError("a level-2 unit has no records")
+
+
+def _unit_maps(data):
     """maps[ℓ] (ℓ = 2..K): the level-ℓ unit of each level-2 unit (maps[2] = identity)."""
     parents = [np.asarray(p, dtype=np.int64) for p in data.parents]
     J2 = parents[1].size
@@ -369,7 +404,7 @@ def _unit_maps(data: LevelsData):
     return parents, maps
 
 
-def _level_factor(data: LevelsData, path, maps, J2: int) -> np.ndarray:
+def _level_factor(data, path, maps, J2: int) -> np.ndarray:
     """The product of a path's predictors at levels ≥ 2, per level-2 unit (the intercept is 1)."""
     out = np.ones(J2)
     for level, col in path[1:]:
@@ -378,48 +413,58 @@ def _level_factor(data: LevelsData, path, maps, J2: int) -> np.ndarray:
     return out
 
 
-def reduce_levels(data: LevelsData) -> LevelsStats:
-    """One vectorised pass over the records: the cross-products of [a_0..a_{P-1}, y] per level-2
-    unit (P = number of π's), from which every column of the model, a_p times a level-2-unit
-    factor, follows by scaling (never a Python loop over units)."""
-    data = as_levels(data)
-    K = data.n_levels
-    cols = columns_of(data.layout, K)
-    _validate(data)
-    y = np.asarray(data.y, dtype=float)
-    N = y.size
-    parents, maps = _unit_maps(data)
-    unit2 = parents[0]
-    J2 = parents[1].size
-    off2 = _offsets(unit2, J2)
-    n2 = np.diff(off2).astype(float)
-    if np.any(n2 == 0):
-        raise ValueError("a level-2 unit has no records")
-    starts2 = off2[:-1]
+def _structure(s: LevelsSummary):
+    """(columns, J2, starts): the model's columns and, per level ℓ = 3..K, the first level-(ℓ−1)
+    unit of each level-ℓ unit; refuses a level-ℓ unit with no units below it."""
+    K = s.n_levels
     starts = []
     for level in range(3, K + 1):
-        par = parents[level - 2]
-        Jl = int(par.max()) + 1
-        off = _offsets(par, Jl)
+        par = np.asarray(s.parents[level - 2], dtype=np.int64)
+        off = _offsets(par, int(par.max()) + 1)
         if np.any(np.diff(off) == 0):
             raise ValueError(f"a level-{level} unit has no level-{level - 1} units")
         starts.append(off[:-1])
-    P = len(data.layout)
-    level1 = [_level1(data, ip) for ip in range(P)]
-    is_one = [v is None for v in level1] + [False]
-    level1 = [np.ones(N) if v is None else v for v in level1] + [y]
-    DD = np.empty((P + 1, P + 1, J2))
-    for a in range(P + 1):
-        for b in range(a, P + 1):
-            if is_one[a] and is_one[b]:
-                DD[a, b] = n2
-            else:
-                prod = level1[b] if is_one[a] else (level1[a] if is_one[b] else level1[a] * level1[b])
-                DD[a, b] = np.add.reduceat(prod, starts2)
-            DD[b, a] = DD[a, b]
+    return columns_of(s.layout, K), s.moments.J, starts
+
+
+def _maps_of(s: LevelsSummary, paths, with_y: bool):
+    """The affine maps (B0, B1) of moments.mapped_products for the model columns `paths` (and the
+    outcome last): a column a_root·f_j is f_j in its root's row of B1 (B0 for the intercept)."""
+    _, maps = _unit_maps(s)
+    J2 = s.moments.J
+    P1 = s.moments.P - 1
+    k = len(paths) + int(with_y)
+    B0, B1 = np.zeros((k, J2)), np.zeros((P1 + 1, k, J2))
+    for c, path in enumerate(paths):
+        f = _level_factor(s, path, maps, J2)
+        root = path[0][1]
+        if root is None:
+            B0[c] = f
+        else:
+            B1[root, c] = f
+    if with_y:
+        B1[P1, k - 1] = 1.0
+    return B0, B1
+
+
+def _transform(B0: np.ndarray, B1: np.ndarray, T: np.ndarray):
+    """The maps of the columns [c]·T (new column e = Σ_c T[c, e] c)."""
+    return np.einsum("ce,cj->ej", T, B0), np.einsum("pcj,ce->pej", B1, T)
+
+
+def reduce_levels(data) -> LevelsStats:
+    """The per-unit cross-products of the user's columns [Z2 | … | ZK | X | y] from the summary:
+    first those of [a_0..a_{P-1}, y] per level-2 unit (P = number of π's), from which every column
+    of the model, a_p times a level-2-unit factor, follows by scaling."""
+    s = as_summary(data)
+    K = s.n_levels
+    cols, J2, starts = _structure(s)
+    P = len(s.layout)
+    _, DD = mapped_products(s.moments, *_maps_of(s, [((1, node.col),) for node in s.layout], True))
     paths = [p for z in cols.z for p in z] + cols.x
     roots = [r for zr in cols.z_root for r in zr] + cols.x_root
-    factors = [_level_factor(data, path, maps, J2) for path in paths] + [np.ones(J2)]
+    _, maps = _unit_maps(s)
+    factors = [_level_factor(s, path, maps, J2) for path in paths] + [np.ones(J2)]
     dindex = np.array(roots + [P], dtype=int)
     F = np.array(factors)
     qs = cols.qs
@@ -430,13 +475,13 @@ def reduce_levels(data: LevelsData) -> LevelsStats:
     Z2B = np.ascontiguousarray(CC[:q2, q2:])
     BB = np.add.reduceat(CC[q2:, q2:], starts[0], axis=2) if J2 else np.zeros((m - q2, m - q2, 0))
     del CC
-    return LevelsStats(N, n2, tuple(parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, np.ascontiguousarray(BB),
-                       float(y @ y), DD, F, dindex)
+    return LevelsStats(s.N, s.moments.n.astype(float), tuple(s.parents[1:]), tuple(starts), qs, p, ZZ2, Z2B,
+                       np.ascontiguousarray(BB), float(DD[P, P].sum()), DD, F, dindex)
 
 
 def reduce_nested(data) -> LevelsStats:
-    """reduce_levels for NestedData (three levels) or LevelsData."""
-    return reduce_levels(as_levels(data))
+    """reduce_levels for NestedData (three levels), LevelsData or a LevelsSummary."""
+    return reduce_levels(data)
 
 
 @dataclass(frozen=True)
@@ -462,120 +507,107 @@ class Standardisation:
         return float(np.linalg.slogdet(self.TX)[1])
 
 
-def _centre_scale(C: np.ndarray, intercept: int | None) -> np.ndarray:
-    """T with C·T centred at the grand mean (when an all-ones column is among C's, as a
-    reparametrisation) and scaled to unit spread, each column from the records themselves, so a
-    predictor whose mean dwarfs its spread loses only eps·mean/spread, not its square."""
-    k = C.shape[1]
+def _centre_scale(m: Moments, B0: np.ndarray, B1: np.ndarray, intercept: int | None) -> np.ndarray:
+    """T with [c]·T centred at the grand mean (when an all-ones column is among the columns, as a
+    reparametrisation) and scaled to unit spread; each column's mean and spread come from the
+    per-unit moments without forming raw sums of squares (moments.mapped_means), so a predictor
+    whose mean dwarfs its spread loses only eps·mean/spread, not its square."""
+    k = B0.shape[0]
     T = np.eye(k)
+    if k == 0:
+        return T
+    mean, centred, raw = mapped_means(m, B0, B1)
+    N = float(m.n.sum())
     for c in range(k):
         if c == intercept:
             continue
-        col = C[:, c]
         if intercept is not None:
-            m = float(col.mean())
-            T[intercept, c] = -m
-            sd = float(np.sqrt(np.mean((col - m) ** 2)))
+            T[intercept, c] = -mean[c]
+            sd = float(np.sqrt(centred[c] / N))
         else:
-            sd = float(np.sqrt(np.mean(col * col)))
+            sd = float(np.sqrt(raw[c] / N))
         if not sd > 0:
-            sd = max(float(np.sqrt(np.mean(col * col))), 1e-300)
+            sd = max(float(np.sqrt(raw[c] / N)), 1e-300)
         T[:, c] /= sd
     return T
 
 
-def _orthonormalise(X: np.ndarray, intercept: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Q (orthonormal columns) and R⁻¹ with X·R⁻¹ = Q. Centred and scaled columns first, then
-    Cholesky QR twice (two p×p Gram matrices: fast, and accurate while the centred columns'
-    condition number is below about 1e7); Householder QR, backward stable whatever the
-    collinearity, when that fails. Raises FloatingPointError for linearly dependent columns."""
-    N, p = X.shape
+def _orthonormalise(m: Moments, B0: np.ndarray, B1: np.ndarray, intercept: int | None) -> np.ndarray:
+    """R⁻¹ with X·R⁻¹ orthonormal, X the columns (B0, B1): centred and scaled columns first, then
+    Cholesky QR twice, each Gram matrix formed afresh from the moments of the transformed columns
+    (moments.mapped_products), so the second pass corrects the first as it does on records.
+    A Gram matrix from any per-unit summary fixes the singular values of X only to about √eps of
+    the largest, so centred and scaled columns with a condition number past 1e7 (correlations
+    within 1e-14 of ±1) cannot be told from linearly dependent ones: FloatingPointError."""
+    p = B0.shape[0]
     if p == 0:
-        return X, np.zeros((0, 0))
-    T1 = _centre_scale(X, intercept)
-    try:
-        Q = X @ T1
-        Rinv = T1
-        for _ in range(2):
-            L = np.linalg.cholesky(Q.T @ Q)
-            Li = np.linalg.inv(L).T  # R⁻¹ for R = L'
-            Q = Q @ Li
-            Rinv = Rinv @ Li
-        if not (np.all(np.isfinite(Q)) and np.allclose(Q.T @ Q, np.eye(p), atol=1e-10)):
-            raise np.linalg.LinAlgError
-        return Q, Rinv
-    except np.linalg.LinAlgError:
-        Q, R = np.linalg.qr(X @ T1)
-        d = np.abs(np.diag(R))
-        if not d.min() > 1e-13 * d.max():
-            raise FloatingPointError("the fixed-effect columns are linearly dependent") from None
-        return Q, T1 @ np.linalg.inv(R)
+        return np.zeros((0, 0))
+    T1 = _centre_scale(m, B0, B1, intercept)
+
+    def gram(T):
+        return mapped_products(m, *_transform(B0, B1, T))[1].sum(axis=2)
+
+    dependent = FloatingPointError("the fixed-effect columns are linearly dependent")
+    Rinv = T1
+    for _ in range(2):
+        try:
+            L = np.linalg.cholesky(gram(Rinv))
+        except np.linalg.LinAlgError:
+            raise dependent from None
+        d = np.diag(L)
+        if not d.min() > 1e-7 * d.max():
+            raise dependent
+        Rinv = Rinv @ np.linalg.inv(L).T  # R⁻¹ for R = L'
+    if not np.allclose(gram(Rinv), np.eye(p), atol=1e-10):
+        raise dependent
+    return Rinv
 
 
 def reduce_standardised(data) -> tuple[LevelsStats, Standardisation]:
-    """The per-unit cross-products of the standardised columns [Z̃2 | … | Z̃K | X̃ | ỹ], formed record
-    by record (the transform is applied to the records, before any product: centring cross-products
-    afterwards would cancel digits quadratically in a predictor's mean/spread)."""
-    data = as_levels(data)
-    K = data.n_levels
-    cols = columns_of(data.layout, K)
-    _validate(data)
-    y = np.asarray(data.y, dtype=float)
-    N = y.size
-    parents = [np.asarray(p, dtype=np.int64) for p in data.parents]
-    unit2 = parents[0]
-    J2 = parents[1].size
-    rec = {2: unit2}  # the level-ℓ unit of each record
-    for level in range(3, K + 1):
-        rec[level] = parents[level - 2][rec[level - 1]]
-    preds = [np.asarray(a, dtype=float) for a in data.predictors]
-
-    def column(path):
-        out = np.ones(N)
-        for level, col in path:
-            if col is not None:
-                out = out * (preds[0][:, col] if level == 1 else preds[level - 1][rec[level], col])
-        return out
+    """The per-unit cross-products of the standardised columns [Z̃2 | … | Z̃K | X̃ | ỹ] from the summary:
+    the transforms are applied to each unit's affine map of its records before any product
+    (moments.mapped_products), never to cross-products already formed, which would cancel digits
+    quadratically in a predictor's mean/spread."""
+    s = as_summary(data)
+    cols, J2, starts = _structure(s)
+    m = s.moments
+    N = float(m.n.sum())
 
     def intercept(paths):
         return next((k for k, path in enumerate(paths) if all(c is None for _, c in path)), None)
 
-    Zs = [np.column_stack([column(path) for path in z]) if z else np.zeros((N, 0)) for z in cols.z]
+    zmaps = [_maps_of(s, z, False) for z in cols.z]
+    As = tuple(_centre_scale(m, B0, B1, intercept(z)) for (B0, B1), z in zip(zmaps, cols.z))
+    B0x, B1x = _maps_of(s, cols.x, False)
     p = len(cols.x)
-    X = np.column_stack([column(path) for path in cols.x]) if p else np.zeros((N, 0))
-    As = tuple(_centre_scale(Z, intercept(z)) for Z, z in zip(Zs, cols.z))
-    Q, Rinv = _orthonormalise(X, intercept(cols.x))
+    Rinv = _orthonormalise(m, B0x, B1x, intercept(cols.x))
     TX = np.sqrt(N) * Rinv
-    Qy = Q.T @ y
-    b = Rinv @ Qy
-    C = np.ascontiguousarray(np.column_stack([Z @ A for Z, A in zip(Zs, As)] + [Q * np.sqrt(N), y - Q @ Qy]).T)
-    del Q, Zs, X
+    # b: the OLS fit of y on X through the orthonormal X·R⁻¹, refined once on its residual
+    # (corrected semi-normal equations: as accurate as the QR of the records)
+    P1 = m.P - 1
+    b = np.zeros(p)
+    for _ in range(2):
+        r0 = -np.einsum("c,cj->j", b, B0x)
+        r1 = -np.einsum("c,pcj->pj", b, B1x)
+        r1[P1] += 1.0
+        q0, q1 = _transform(B0x, B1x, Rinv)
+        _, S = mapped_products(m, np.vstack([q0, r0]), np.concatenate([q1, r1[:, None]], axis=1))
+        b = b + Rinv @ S[:p, p].sum(axis=1)
+    r0 = -np.einsum("c,cj->j", b, B0x)
+    r1 = -np.einsum("c,pcj->pj", b, B1x)
+    r1[P1] += 1.0
+    parts = [_transform(B0, B1, A) for (B0, B1), A in zip(zmaps, As)] + [_transform(B0x, B1x, TX),
+                                                                          (r0[None], r1[:, None])]
+    B0 = np.vstack([x for x, _ in parts])
+    B1 = np.concatenate([x for _, x in parts], axis=1)
+    _, C = mapped_products(m, B0, B1)
     qs = cols.qs
     q2 = qs[0]
-    m = C.shape[0]
-    off2 = _offsets(unit2, J2)
-    starts2 = off2[:-1]
-    starts = []
-    for level in range(3, K + 1):
-        par = parents[level - 2]
-        starts.append(_offsets(par, int(par.max()) + 1)[:-1])
-    starts3_rec = off2[starts[0]]
-    n2 = np.diff(off2).astype(float)
-    ZZ2 = np.empty((q2, q2, J2))
-    Z2B = np.empty((q2, m - q2, J2))
-    BB = np.empty((m - q2, m - q2, starts[0].size))
-    for i in range(m):
-        for k in range(i, m):
-            if k < q2 or i < q2:
-                v = np.add.reduceat(C[i] * C[k], starts2)
-                if k < q2:
-                    ZZ2[i, k] = ZZ2[k, i] = v
-                else:
-                    Z2B[i, k - q2] = v
-            else:
-                BB[i - q2, k - q2] = BB[k - q2, i - q2] = np.add.reduceat(C[i] * C[k], starts3_rec)
-    yc = C[-1]
-    stats = LevelsStats(N, n2, tuple(parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, BB, float(yc @ yc))
+    ZZ2 = np.ascontiguousarray(C[:q2, :q2])
+    Z2B = np.ascontiguousarray(C[:q2, q2:])
+    BB = np.ascontiguousarray(np.add.reduceat(C[q2:, q2:], starts[0], axis=2))
+    stats = LevelsStats(s.N, m.n.astype(float), tuple(s.parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, BB,
+                        float(C[-1, -1].sum()))
     return stats, Standardisation(As, TX, b)
 
 

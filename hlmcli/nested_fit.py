@@ -28,7 +28,7 @@ from .certificate import Face, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit,
-                     _factor, as_levels, columns_of, levels_solve, reduce_nested, reduce_standardised)
+                     _factor, as_levels, as_summary, columns_of, levels_solve, reduce_nested, reduce_standardised)
 from .unitsolve import unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
@@ -292,7 +292,7 @@ def _face_newton(obj: Objective, Gs, max_steps: int = 30):
                     break
         if not widened:
             return Gs, dev0, steps, None, None
-    return newton_on_face(obj, face, x, dev, Gam, noise, max_steps)
+    return newton_on_face(obj, face, x, dev, Gam, noise, max_steps, last_step=True)
 
 
 def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: str):
@@ -657,7 +657,8 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFi
     fitted value (its γ's and the higher levels' EB); d.f. = units − the terms of its equation that
     hold fixed effects. EB posterior variances are given γ̂ (as the two-level engine's)."""
     reml = bool(reml)
-    data = as_levels(data)
+    # one statistics pass: everything below reads the per-level-2-unit moments (moments.LevelsSummary)
+    data = as_summary(data)
     K = data.n_levels
     raw = reduce_nested(data)
     qs, p = raw.qs, raw.p

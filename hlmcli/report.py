@@ -153,20 +153,25 @@ def fit_criteria(a) -> tuple[float, float]:
     return information_criteria(r.deviance, a.stats.p, n_var, a.design.n)
 
 
-def certificate_text(r, sym: Symbols) -> list[str]:
-    """What was checked, as bounds (the tolerance) so the text is the same on every platform; the
-    exact numbers are in the JSON."""
+def certificate_text(r, sym: Symbols, full: bool = False) -> list[str]:
+    """One plain line; with --full-output also what was checked, as bounds (the tolerance) so the text
+    is the same on every platform. The exact numbers are in the JSON."""
+    from .certificate import stopping_line
+
     c = r.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in c.failed]
+    plain = stopping_line(f"{sym.sigma2} and {sym.tau}")
+    if not full:
+        return [plain]
     rank = "positive definite" if c.rank == c.q else f"of rank {c.rank} of {c.q}"
-    text = (f"Iterations stopped at the optimum (certified): with {sym.tau} {rank}, the deviance can fall by less "
+    text = (f" Checked: with {sym.tau} {rank}, the deviance can fall by less "
             f"than {c.tolerance:.0E} on its face")
     if c.hessian_eigenvalue is not None:
         text += ", the face Hessian is positive semi-definite"
     if c.null_eigenvalue is not None:
         text += ", and no direction into the positive semi-definite cone lowers it"
-    return [text]
+    return [plain, text]
 
 
 def model_record(spec, meta: dict) -> dict:
@@ -277,8 +282,8 @@ def _r_name(term, level: int) -> str:
     return base
 
 
-def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
-    """The same model in lme4 syntax, and how to make its derived columns in R."""
+def r_terms(spec) -> tuple[list[str], list[str]]:
+    """The fixed terms and the random terms (one level-2 grouping) of a two-level model, in R's names."""
     fixed = ["1"] if spec.level2[0].intercept else ["0"]
     for q, eq in enumerate(spec.level2):
         x = None if q == 0 else _r_name(spec.level1[q - 1], 1)
@@ -289,6 +294,12 @@ def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
             fixed.append(w if x is None else f"{w}:{x}")
     fixed = list(dict.fromkeys(fixed))
     rand = [("1" if q == 0 else _r_name(spec.level1[q - 1], 1)) for q, eq in enumerate(spec.level2) if eq.random]
+    return fixed, rand
+
+
+def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
+    """The same model in lme4 syntax, and how to make its derived columns in R."""
+    fixed, rand = r_terms(spec)
     if spec.options.tau == "diagonal":
         # independent random effects: one term per effect, as (1 | g) + (0 + x | g)
         parts = [f"({'1' if r == '1' else '0 + ' + r} | {id_name})" for r in rand]
@@ -481,7 +492,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w("")
     w(f"Final Results - Iteration {r.iterations}")
     w("")
-    out += certificate_text(r, sym)
+    out += certificate_text(r, sym, full="full_output" in a.extras)
     for note in r.boundary:
         w(note)
     w("")

@@ -195,21 +195,12 @@ def _two_sided_p(t, df):
 
 
 def certificate_text3(fit, sym: Symbols3) -> list[str]:
+    from .certificate import stopping_line
+
     c = fit.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
-    ranks, qs = getattr(c, "ranks", None), getattr(c, "qs", None)
-    text = "Iterations stopped at the optimum (certified)"
-    if ranks is not None and qs is not None:
-        def rk(name, r, q):
-            return f"{name} positive definite" if r == q else f"{name} of rank {r} of {q}"
-        text += f": with {rk(sym.tau_pi, ranks[0], qs[0])} and {rk(sym.tau_beta, ranks[1], qs[1])}"
-    tol = getattr(c, "tolerance", None)
-    if tol is not None:
-        text += f", the deviance can fall by less than {tol:.0E} on its face"
-    if getattr(c, "hessian_eigenvalue", None) is not None:
-        text += ", the face Hessian is positive semi-definite"
-    return [text]
+    return [stopping_line(f"{sym.sigma2}, {sym.tau_pi} and {sym.tau_beta}")]
 
 
 # ---------------------------------------------------------------- text
@@ -428,9 +419,9 @@ def level2_residuals(design, fit, archive):
 
     spec = design.spec
     names = spec.coefficient_names()
-    unit3 = design.data.unit3
+    unit3, n1 = _level2_units(design.data)
     cols: dict = {"id": design.unit2_ids, archive.id_names[1]: np.array(design.unit3_ids, dtype=object)[unit3],
-                  "nj": np.bincount(design.data.unit2, minlength=design.n2).astype(int)}
+                  "nj": n1.astype(int)}
     for k, p in enumerate(spec.random_pis()):
         cols[f"r_{names[p]}"] = fit.eb_pi[:, k]
         cols[f"postvar_r_{names[p]}"] = fit.eb_pi_var[:, k, k]
@@ -439,13 +430,22 @@ def level2_residuals(design, fit, archive):
     return pd.DataFrame(cols)
 
 
+def _level2_units(data):
+    """(the level-3 unit of each level-2 unit, its record count), from the records or from the
+    per-unit summary of the stream and Dask engines (moments.LevelsSummary)."""
+    if hasattr(data, "moments"):
+        return np.asarray(data.unit_parents[0]), data.moments.n
+    return np.asarray(data.unit3), np.bincount(data.unit2, minlength=np.asarray(data.unit3).size).astype(float)
+
+
 def level3_residuals(design, fit, archive):
     import pandas as pd
 
     spec = design.spec
     names = spec.coefficient_names()
-    cols: dict = {"id": design.unit3_ids, "n2": np.bincount(design.data.unit3, minlength=design.n3).astype(int),
-                  "n1": np.bincount(design.data.unit3[design.data.unit2], minlength=design.n3).astype(int)}
+    unit3, n1 = _level2_units(design.data)
+    cols: dict = {"id": design.unit3_ids, "n2": np.bincount(unit3, minlength=design.n3).astype(int),
+                  "n1": np.bincount(unit3, weights=n1, minlength=design.n3).round().astype(int)}
     for k, (p, q) in enumerate(spec.random_betas()):
         label = f"{names[p]}_{spec.level2_names(p)[q]}"
         cols[f"u_{label}"] = fit.eb_beta[:, k]
@@ -614,17 +614,13 @@ def _coef_label(names, idx, sym: SymbolsLevels, depth: int, letter=None) -> str:
 
 
 def certificate_text(fit, sym: SymbolsLevels) -> list[str]:
+    from .certificate import stopping_line
+
     c = fit.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
-    parts = []
-    for level, (r, q) in enumerate(zip(c.ranks, c.qs), start=2):
-        parts.append(f"{sym.tau(level)} positive definite" if r == q else f"{sym.tau(level)} of rank {r} of {q}")
-    text = "Iterations stopped at the optimum (certified): with " + ", ".join(parts)
-    text += f", the deviance can fall by less than {c.tolerance:.0E} on its face"
-    if c.hessian_eigenvalue is not None:
-        text += ", the face Hessian is positive semi-definite"
-    return [text]
+    taus = [sym.tau(level) for level in range(2, len(c.qs) + 2)]
+    return [stopping_line(f"{sym.sigma2}, " + ", ".join(taus[:-1]) + f" and {taus[-1]}")]
 
 
 def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
@@ -803,8 +799,10 @@ def level_residuals(design, fit, archive, level: int):
     cols: dict = {"id": design.unit_ids[level - 2]}
     if level < K:
         cols[archive.id_names[level - 1]] = np.array(design.unit_ids[level - 1], dtype=object)[data.parents[level - 1]]
-    below = data.parents[level - 2]
-    cols["n"] = np.bincount(below, minlength=design.J(level)).astype(int)
+    if level == 2 and hasattr(data, "moments"):  # records summarised per level-2 unit: their counts
+        cols["n"] = data.moments.n.round().astype(int)
+    else:
+        cols["n"] = np.bincount(data.parents[level - 2], minlength=design.J(level)).astype(int)
     for k, (idx, names) in enumerate(spec.random(level)):
         label = "_".join(names)
         letter = RANDOM_LETTERS[level - 1]

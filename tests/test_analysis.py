@@ -270,6 +270,9 @@ def test_full_output_ols_of_the_first_units(hsb_archive):
     text = hlmcli("fit", hsb_archive, "-1", l1, "-2", l2[0], "-2", l2[1], "--full-output").stdout
     assert "Level-1 OLS regression for level-2 unit 1224" in text and "Least Squares Estimates" in text
     assert text.index("Least Squares Estimates") < text.index("Final Results")
+    # the plain stopping line, and with --full-output what was checked, in deviance units
+    stop = text.index("Iterations stopped at the optimum (checked: no change of σ2 and τ lowers the deviance)\n")
+    assert text[stop:].splitlines()[1].startswith(" Checked: with τ positive definite, the deviance can fall by less than")
 
 
 def test_full_output_and_homogeneity_from_an_hlm_file(hsb_archive, tmp_path):

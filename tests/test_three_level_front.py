@@ -223,7 +223,7 @@ def test_report_from_a_hand_made_fit(tiny):
     assert "INTRCPT3, γ000               1.500000       0.200000     7.500" in text
     assert "INTRCPT3, γ000               1.500000       0.300000     5.000" in text
     assert "INTRCPT1,π0   1.000   0.500" in text
-    assert "Iterations stopped at the optimum (certified)" in text and "full maximum likelihood" in text
+    assert "Iterations stopped at the optimum (checked: no change of σ2, τπ and τβ lowers the deviance)" in text and "full maximum likelihood" in text
     assert "Y ~ 1 + X + (1 + X | S) + (1 + X | S:C)" in text
     doc = fit_json3(d, fit, meta)
     assert doc["schema"] == 3 and [f["gamma"] for f in doc["fixed_effects"]] == ["γ000", "γ100"]
