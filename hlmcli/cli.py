@@ -1178,6 +1178,9 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, i
     check_archive_options(_given_options(), Path(data[0]).name if len(data) == 1 and not saved else None)
     from .levels import is_many_levels, is_three_level
     if is_many_levels(data, more) or is_three_level(data, more):
+        from .plots import refuse_levels_plot
+
+        refuse_levels_plot(kind, 4 if is_many_levels(data, more) else 3, list(by))
         model = {"level1": level1, "level2": level2, "level3": more.get("level3"), "level4": more.get("level4"),
                  "model_file": model_file, "allow_outside": more.get("allow_outside")}
         build = {"id_": id_, "id1": id1, "id2": id2, "id3": more.get("id3"), "id4": more.get("id4"),

@@ -432,16 +432,22 @@ def equation_lines_levels(results, x: str | None = None, points: int = 50):
     return _axis_name(terms[k]), xs, [("other predictors at their averages", intercept + slope * xs)]
 
 
+def refuse_levels_plot(kind: str, n_levels: int, by=None) -> None:
+    """The plots a fit of three or more levels does not draw, refused in one line with the reason
+    (before fitting, on the command line)."""
+    if kind in _LEVELS_REFUSED:
+        raise ModelError(f"a {kind} plot of a {n_levels}-level fit: {_LEVELS_REFUSED[kind]}")
+    if kind not in LEVELS_KINDS:
+        raise ModelError(f"unknown plot '{kind}'; choose one of {', '.join(KINDS)}")
+    if kind == "equation" and by:
+        raise ModelError("--by draws lines at a level-2 predictor's values in a two-level fit; a fit of three or more "
+                         "levels holds the predictors above level 1 at their averages over the records; drop --by")
+
+
 def plot_levels(results, kind: str, path: str | os.PathLike | None = None, **options: Any) -> Figure:
     """`plot` for a fit of three or four levels: the equation graph, the caterpillar plot of a random
     coefficient at any level, and the diagnostics (level-1 residuals, Q–Q plot of the EB residuals)."""
-    if kind in _LEVELS_REFUSED:
-        raise ModelError(f"a {kind} plot of a {results.n_levels}-level fit: {_LEVELS_REFUSED[kind]}")
-    if kind not in LEVELS_KINDS:
-        raise ModelError(f"unknown plot '{kind}'; choose one of {', '.join(KINDS)}")
-    if kind == "equation" and options.get("by"):
-        raise ModelError("--by draws lines at a level-2 predictor's values in a two-level fit; a fit of three or more "
-                         "levels holds the predictors above level 1 at their averages over the records; drop --by")
+    refuse_levels_plot(kind, results.n_levels, options.get("by"))
     if path is not None:
         check_output(path)
     with _context():

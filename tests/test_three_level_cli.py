@@ -249,7 +249,8 @@ def test_options_not_yet_available_are_refused(eg_archive):
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--family", "bernoulli"), 1, "--family",
                     "three-level linear fit", "at two levels")
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--allow-unequal-imputations"), 2, "--allow-unequal-imputations")
-    _one_line_error(run("plot", "units", eg_archive, *EG_MODEL, "-o", "x.png"), 1, "not available for a three-level")
+    _one_line_error(run("plot", "units", eg_archive, *EG_MODEL, "-o", "x.png"), 1, "a units plot of a 3-level fit",
+                    "not yet for k levels")
 
 
 def test_two_level_commands_refuse_a_three_level_archive_and_level3_lines(eg_archive, hsb_archive, tmp_path):
