@@ -429,3 +429,63 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     for message in results.failures:
         say(message + "; the results are not at the optimum")
     return results
+
+
+def _fit_doc(model, what: str) -> dict:
+    """A fit's JSON document from Results, a dict (a loaded JSON fit) or the path of a saved one."""
+    if isinstance(model, Results):
+        return model.to_dict()
+    if isinstance(model, dict):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from .compare import read_fit
+
+        return read_fit(str(model))
+    raise ModelError(f"{what}: give a fitted model (hlmcli.fit's result), its JSON document or a saved JSON fit, "
+                     f"not {type(model).__name__}")
+
+
+def _model_name(model, k: int) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model).stem
+    return f"Model {k}"
+
+
+class Comparison(dict):
+    """`hlmcli compare`'s JSON document as a dict; printed, its text."""
+
+    def __str__(self) -> str:
+        from .compare import compare_text
+
+        return compare_text(self)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def compare(a, b, names: Sequence[str] | None = None) -> Comparison:
+    """The deviance (likelihood-ratio) test of two fits of the same data and the variance explained,
+    as `hlmcli compare`: `a` and `b` are fitted models, JSON documents or saved JSON fits."""
+    from .compare import compare_fits
+
+    name_a, name_b = names or (_model_name(a, 1) if not isinstance(a, Results) else "A",
+                               _model_name(b, 2) if not isinstance(b, Results) else "B")
+    return Comparison(compare_fits(_fit_doc(a, "a"), _fit_doc(b, "b"), name_a, name_b))
+
+
+def table(models: Sequence, fmt: str | None = None, names: Sequence[str] | None = None, *, se: str = "auto",
+          stars: bool = False, caption: str | None = None, notes: Sequence[str] = ()):
+    """Several fits side by side, as `hlmcli table`: a DataFrame (models in columns: coefficients with
+    their SEs below, variance components with τ's covariances and correlations, deviance, AIC, BIC,
+    method, certificate, N, J), or with `fmt` ('csv', 'markdown', 'latex', 'html') the text."""
+    from .tables import TableOptions, side_by_side, side_by_side_text
+
+    models = list(models)
+    docs = [_fit_doc(m, f"model {k}") for k, m in enumerate(models, start=1)]
+    names = list(names) if names is not None else [_model_name(m, k) for k, m in enumerate(models, start=1)]
+    if len(names) != len(docs):
+        raise ModelError(f"{len(names)} names for {len(docs)} models; give one name per model")
+    options = TableOptions(se=se, stars=stars, caption=caption, notes=tuple(notes))
+    if fmt is None:
+        return side_by_side(docs, names, options)
+    return side_by_side_text(docs, names, fmt, options)

@@ -128,6 +128,32 @@ def _split_names(value: str | None) -> tuple[str, ...] | None:
     return names
 
 
+def paper_table_options(f):
+    """--se, --stars, --caption, --notes: what the paper tables (csv, markdown, latex, html) show."""
+    for decorator in reversed([
+        click.option("--se", "table_se", type=click.Choice(["auto", "model", "robust"]), default="auto", show_default=True,
+                     help="Tables: the standard errors shown (auto: robust for weighted fits, model-based otherwise)."),
+        click.option("--stars", "table_stars", is_flag=True, help="Tables: mark p < 0.05, 0.01, 0.001 with *, **, ***."),
+        click.option("--caption", "table_caption", help="Tables: a caption above the table."),
+        click.option("--notes", "table_notes", multiple=True, help="Tables: a note under the table; repeat for more."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _table_options(more: dict, out_format: str):
+    """TableOptions from the paper-table options (taken out of `more`); refused with text or JSON."""
+    from .tables import TableOptions
+
+    given = {k: more.pop(k, None) for k in ("table_se", "table_stars", "table_caption", "table_notes")}
+    options = TableOptions(se=given["table_se"] or "auto", stars=bool(given["table_stars"]),
+                           caption=given["table_caption"], notes=tuple(given["table_notes"] or ()))
+    if out_format in ("text", "json") and options != TableOptions():
+        raise _UsageProblem("--se, --stars, --caption and --notes shape the paper tables; add --format csv, markdown, "
+                            "latex or html")
+    return options
+
+
 class _Progress:
     """Stage progress on a terminal; silent when stderr is not a TTY or with --quiet."""
 
@@ -668,6 +694,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               show_default=True, help="HLM 7's text, JSON, or the tables for papers (csv: broom's tidy columns).")
 @click.option("-o", "--output", type=click.Path(), help="Write the output here (atomically) instead of stdout.")
 @click.option("--json-out", type=click.Path(), help="Also write the JSON to this file, from the same fit.")
+@paper_table_options
 @click.option("--keep", help="Source columns (text too) to carry into the residual files, comma-separated.")
 @click.option("--title", help="Problem title for the output.")
 @click.option("--timestamp", is_flag=True, help="Add the date and time to the text output (off: output is reproducible).")
@@ -792,7 +819,8 @@ def fit_cmd(**params):
         _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out.out_format, out.output,
                       out.timestamp, fit.df_method, out.ascii_only, weight_spec(spec, fit), fit.plausible_values,
                       fit.imputed, fit.full_output, build2, build["cache_dir"], out.quiet, out.keep_failed_output,
-                      hypotheses=hypotheses, json_out=out.json_out, allow_unequal=more["allow_unequal_imputations"])
+                      hypotheses=hypotheses, json_out=out.json_out, allow_unequal=more["allow_unequal_imputations"],
+                      table_options=out.table)
         return
     from .api import analyse_model
     from .results import Results
@@ -832,12 +860,13 @@ def fit_request(params: dict) -> FitRequest:
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
                        prior_version=p.pop("prior_version"), engine=p.get("engine"), scheduler=p.get("scheduler"))
-    out = OutputOptions(out_format=p.pop("out_format"), output=p.pop("output"), json_out=p.pop("json_out"),
+    out = OutputOptions(out_format=p["out_format"], output=p.pop("output"), json_out=p.pop("json_out"),
                         residuals_l1=p.pop("residuals_l1"), residuals_l2=p.pop("residuals_l2"),
                         residuals_l3=p.pop("residuals_l3"), residuals_l4=p.pop("residuals_l4"),
                         keep=_split_names(p.get("keep")) or (), quiet=p.pop("quiet"), timestamp=p.pop("timestamp"),
                         title=p.pop("title"), ascii_only=p.pop("ascii_only"), strict=p.pop("strict"),
-                        keep_failed_output=p.get("keep_failed_output"), force=p.get("force"))
+                        keep_failed_output=p.get("keep_failed_output"), force=p.get("force"),
+                        table=_table_options(p, p["out_format"]))
     model = {k: p.pop(k) for k in _MODEL_KEYS}
     build = {k: p.pop(k) for k in _BUILD_KEYS}
     return FitRequest(tuple(p.pop("data")), model, fit, out, build, p)
@@ -885,7 +914,7 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
     elif out.out_format == "text":
         text = results.summary(ascii=_use_ascii(out.ascii_only) if not out.output else out.ascii_only)
     else:
-        text = results.table(out.out_format)
+        text = results.table(out.out_format, options=out.table)
     if out.json_out and write_files:
         atomic_write_text(out.json_out, results.to_json())
     if out.output and write_files:
@@ -1066,7 +1095,7 @@ def _refuse_weighted_likelihood_ratio(compare_deviance, model_file):
 
 def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                   df_method, ascii_only, wspec, plausible_values, imputed, full_output, build_opts, cache_dir, quiet,
-                  keep_failed_output=False, hypotheses=(), json_out=None, allow_unequal=False):
+                  keep_failed_output=False, hypotheses=(), json_out=None, allow_unequal=False, table_options=None):
     """Plausible values (one archive, several outcome columns) or imputed files (several archives):
     one fit each, combined with Rubin's rules (plausible.py); --test by D1."""
     from .errors import EXIT_NOT_CONVERGED
@@ -1113,9 +1142,9 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
                              bool(full_output or opts.full_output), labels, tests)
     else:
-        from .tables import combined_table
+        from .tables import TableOptions, combined_table
 
-        text = combined_table(doc, out_format)
+        text = combined_table(doc, out_format, table_options or TableOptions())
     certified = all(a.result.converged for a in analyses)
     if json_out and (certified or keep_failed_output):
         atomic_write_text(json_out, dumps_json(doc))
@@ -1295,9 +1324,10 @@ def _plot_saved_fit(kind, path, output, x_var, by, x_range):
               show_default=True)
 @click.option("--names", help="Column headings, comma-separated (default: the file names without .json).")
 @click.option("-o", "--output", type=click.Path(), help="Write the table here (atomically) instead of stdout.")
+@paper_table_options
 @no_follow_option
 @user_errors
-def table_cmd(fits, out_format, names, output):
+def table_cmd(fits, out_format, names, output, **more):
     """Saved JSON fits side by side: coefficients (SEs), variance components, deviance, AIC, BIC, N, J."""
     from .compare import read_fit
     from .files import atomic_write_text, check_outputs
@@ -1307,7 +1337,7 @@ def table_cmd(fits, out_format, names, output):
     headings = list(_split_names(names) or [Path(f).stem for f in fits])
     if len(headings) != len(fits):
         raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
-    text = side_by_side_text([read_fit(f) for f in fits], headings, out_format)
+    text = side_by_side_text([read_fit(f) for f in fits], headings, out_format, _table_options(more, out_format))
     if output:
         atomic_write_text(output, text)
     else:

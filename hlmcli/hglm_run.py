@@ -536,7 +536,9 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     for key in ("hypothesis_tests", "deviance_test"):
         if key in a.extras:
             out[key] = a.extras[key]
-    return out
+    from .terms import with_terms
+
+    return with_terms(out)
 
 
 def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:

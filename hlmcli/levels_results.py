@@ -177,30 +177,48 @@ def term_of(path: Sequence[str]) -> str:
 
 
 def table_view(doc: dict) -> dict:
-    """A schema 3 or 4 document in the keys the paper tables and `compare` read (tables.py): fixed
-    effects with their R term and HLM label, one variance component per random effect of every level,
-    then level 1; N per level; AIC and BIC as lme4 counts them."""
-    fixed = [{"term": term_of(f["path"]), "gamma": f["label"], "coefficient": f["path"][0], "predictor": "/".join(f["path"][1:]),
-              "estimate": f["estimate"], "se": f["se"], "t": f["t"], "df": f["df"], "p": f["p"],
-              "robust_se": f["robust_se"], "robust_t": f["robust_t"], "robust_p": f["robust_p"]} for f in fixed_rows(doc)]
-    components = []
-    for block in tau_blocks(doc):
+    """A schema 3 or 4 document in the keys the paper tables and `compare` read (tables.py, terms.py):
+    fixed effects with their R term, path and HLM label; the random effects of every level as one
+    block-diagonal τ (random effects of different levels are independent) with each one's level,
+    lme4 grouping factor and R name; variance components with HLM's χ² tests, then level 1; N per
+    level; AIC and BIC as lme4 counts them."""
+    fixed = [{"gamma": f["label"], "term": term_of(f["path"]), "path": f["path"], "coefficient": f["path"][0],
+              "predictor": "/".join(f["path"][1:]), "estimate": f["estimate"], "se": f["se"], "t": f["t"],
+              "df": f["df"], "p": f["p"], "robust_se": f["robust_se"], "robust_t": f["robust_t"],
+              "robust_p": f["robust_p"]} for f in fixed_rows(doc)]
+    blocks = tau_blocks(doc)
+    ids = [doc["ids"][f"level{k}"] for k in range(2, doc["levels"] + 1)]
+    names, r_names, levels, groups, components = [], [], [], [], []
+    for block in blocks:
+        group = ":".join(reversed(ids[block["level"] - 2:]))  # lme4's nested factor, top level first
         for k, (name, label) in enumerate(zip(block["coefficients"], block["labels"])):
+            names.append(f"level-{block['level']} {name}")
+            r_names.append(term_of(name.split("/")))
+            levels.append(block["level"])
+            groups.append(group)
             variance = block["matrix"][k][k]
             c = block["chi2"][k] if k < len(block["chi2"]) else {}
-            components.append({"level": block["level"], "effect": f"level-{block['level']} {name}", "label": label,
+            components.append({"level": block["level"], "effect": names[-1], "label": label,
                                "sd": math.sqrt(max(variance, 0.0)), "variance": variance, "df": c.get("df"),
                                "chi2": c.get("chi2"), "p": c.get("p")})
     components.append({"level": 1, "effect": "level-1", "label": "e", "sd": math.sqrt(doc["sigma2"]),
                        "variance": doc["sigma2"], "df": None, "chi2": None, "p": None})
+    tau = np.zeros((len(names), len(names)))
+    at = 0
+    for block in blocks:
+        q = len(block["coefficients"])
+        tau[at:at + q, at:at + q] = np.array(block["matrix"], dtype=float).reshape(q, q)
+        at += q
     counts = n_units(doc)
-    p = len(fixed)
-    k = p + sum(len(b["coefficients"]) * (len(b["coefficients"]) + 1) // 2 for b in tau_blocks(doc)) + 1
+    k = len(fixed) + sum(len(b["coefficients"]) * (len(b["coefficients"]) + 1) // 2 for b in blocks) + 1
     deviance = doc["deviance"]
     view = {"levels": doc["levels"], "method": doc["method"], "outcome": doc["outcome"], "fixed_effects": fixed,
-            "variance_components": components, "deviance": deviance, "n_params": doc["n_params"],
-            "aic": deviance + 2 * k, "bic": deviance + k * math.log(counts[1]),
-            "n_level1": counts[1], "n_level2": counts[2], "n_units": counts, "sigma2": doc["sigma2"]}
+            "random_coefficients": names, "r_names": r_names, "tau_levels": levels, "tau_groups": groups,
+            "tau": tau.tolist(), "variance_components": components, "sigma2": doc["sigma2"],
+            "deviance": deviance, "n_params": doc["n_params"], "aic": deviance + 2 * k,
+            "bic": deviance + k * math.log(counts[1]), "n_level1": counts[1], "n_level2": counts[2],
+            "n_units": counts, "converged": doc["converged"], "certificate": doc.get("certificate"),
+            "lme4_formula": doc.get("lme4_formula")}
     for key in ("hypothesis_tests", "deviance_test"):
         if key in doc:
             view[key] = doc[key]
@@ -417,15 +435,19 @@ class LevelsResults(Results):
     def bic(self) -> float:
         return information_criteria_levels(self.analysis.fit, self.analysis.design.n)[2]
 
-    def tidy(self, conf_level: float = 0.95) -> pd.DataFrame:
+    def tidy(self, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
+        """broom.mixed's tidy(): the fixed effects, then the sd__/cor__ rows of each level's group."""
         from .tables import tidy
 
-        return tidy(table_view(self.to_dict()), conf_level)
+        return tidy(table_view(self.to_dict()), conf_level, se)
 
-    def table(self, fmt: str = "markdown") -> str:
-        from .tables import fit_table
+    def table(self, fmt: str = "markdown", options=None, **given) -> str:
+        """The fixed-effects and variance-component tables as csv, markdown, latex or html (tables.TableOptions)."""
+        from .tables import TableOptions, fit_table
 
-        return fit_table(table_view(self.to_dict()), fmt)
+        if options is None:
+            options = TableOptions(**{k: tuple(v) if k == "notes" else v for k, v in given.items()})
+        return fit_table(table_view(self.to_dict()), fmt, options)
 
     def plot(self, kind: str, path=None, **options):
         from .plots import plot_levels

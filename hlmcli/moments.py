@@ -341,23 +341,40 @@ def records_summary(y, level1, unit2, upper, unit_parents, layout) -> LevelsSumm
     return LevelsSummary(chunk_moments(columns, unit2, J2), tuple(upper), tuple(unit_parents), tuple(layout))
 
 
+def _unit_means(m: Moments, B0: np.ndarray, B1: np.ndarray) -> np.ndarray:
+    """μ = B0 + B1'm per unit (k, J)."""
+    return B0 + (B1 * m.mean.T[:, None, :]).sum(axis=0)
+
+
+def _C_times(m: Moments, B1: np.ndarray) -> np.ndarray:
+    """C_jB1_j per unit (P, k, J), C symmetric, as P² multiply-adds over contiguous (k, J) arrays."""
+    Ct = np.ascontiguousarray(m.C.transpose(1, 2, 0))
+    CB = np.empty_like(B1)
+    for p in range(B1.shape[0]):
+        CB[p] = (Ct[p][:, None, :] * B1).sum(axis=0)
+    return CB
+
+
 def mapped_products(m: Moments, B0: np.ndarray, B1: np.ndarray):
     """Per unit, the columns c_i = B0_j + B1_j'v_i of its records: their means μ (k, J) and raw
     cross-products Σ_i c_i c_i' = n μμ' + B1'CB1 (k, k, J), component-first (LevelsSummary).
     B0: (k, J), B1: (P, k, J) with P the moments' columns."""
-    mu = B0 + np.einsum("pkj,jp->kj", B1, m.mean)
-    CB = np.einsum("jpr,rkj->pkj", m.C, B1)
-    S = np.einsum("pkj,plj->klj", B1, CB)
-    S += m.n * mu[:, None, :] * mu[None, :, :]
+    mu = _unit_means(m, B0, B1)
+    CB = _C_times(m, B1)
+    k, J = B0.shape
+    S = np.empty((k, k, J))
+    for a in range(k):
+        for b in range(a, k):
+            S[a, b] = S[b, a] = (B1[:, a] * CB[:, b]).sum(axis=0) + m.n * mu[a] * mu[b]
     return mu, S
 
 
 def mapped_means(m: Moments, B0: np.ndarray, B1: np.ndarray):
     """For each column c = B0 + B1'v (as mapped_products): its mean over all records and
-    Σ_i (c_i − mean)² = Σ_j n_j (μ_j − mean)² + B1_j'C_jB1_j, without the cross-products."""
-    mu = B0 + np.einsum("pkj,jp->kj", B1, m.mean)
+    Σ_i (c_i − mean)² = Σ_j n_j (μ_j − mean)² + B1_j'C_jB1_j, and Σ_i c_i², without the cross-products."""
+    mu = _unit_means(m, B0, B1)
     N = float(m.n.sum())
     mean = (mu * m.n).sum(axis=1) / N
     d = mu - mean[:, None]
-    within = np.einsum("pkj,jpr,rkj->k", B1, m.C, B1)
+    within = (B1 * _C_times(m, B1)).sum(axis=(0, 2))
     return mean, (m.n * d * d).sum(axis=1) + within, (m.n * mu * mu).sum(axis=1) + within

@@ -182,6 +182,8 @@ class NestedFit:
     chi2: tuple = ()
     eb: tuple = ()
     eb_var: tuple = ()
+    diagonal: tuple = ()  # per level 2..K: τℓ restricted to a diagonal matrix (lme4's ||)
+    df_method: str = "hlm"  # how df_gamma was computed: "hlm" (nested_fit.hlm_df) or "satterthwaite"
 
     @property
     def n_levels(self) -> int:
@@ -563,11 +565,13 @@ def _orthonormalise(m: Moments, B0: np.ndarray, B1: np.ndarray, intercept: int |
     return Rinv
 
 
-def reduce_standardised(data) -> tuple[LevelsStats, Standardisation]:
+def reduce_standardised(data, diagonal=()) -> tuple[LevelsStats, Standardisation]:
     """The per-unit cross-products of the standardised columns [Z̃2 | … | Z̃K | X̃ | ỹ] from the summary:
     the transforms are applied to each unit's affine map of its records before any product
     (moments.mapped_products), never to cross-products already formed, which would cancel digits
-    quadratically in a predictor's mean/spread."""
+    quadratically in a predictor's mean/spread. diagonal[ℓ−2]: τℓ is diagonal, so its columns are
+    scaled only: centring a slope's column on the intercept's would mix the random effects, which a
+    diagonal τ does not allow (it is no reparametrisation then)."""
     s = as_summary(data)
     cols, J2, starts = _structure(s)
     m = s.moments
@@ -577,7 +581,9 @@ def reduce_standardised(data) -> tuple[LevelsStats, Standardisation]:
         return next((k for k, path in enumerate(paths) if all(c is None for _, c in path)), None)
 
     zmaps = [_maps_of(s, z, False) for z in cols.z]
-    As = tuple(_centre_scale(m, B0, B1, intercept(z)) for (B0, B1), z in zip(zmaps, cols.z))
+    diagonal = tuple(diagonal) + (False,) * (len(cols.z) - len(tuple(diagonal)))
+    As = tuple(_centre_scale(m, B0, B1, None if diag else intercept(z))
+               for (B0, B1), z, diag in zip(zmaps, cols.z, diagonal))
     B0x, B1x = _maps_of(s, cols.x, False)
     p = len(cols.x)
     Rinv = _orthonormalise(m, B0x, B1x, intercept(cols.x))
@@ -965,7 +971,8 @@ def deviance_nested(data, sigma2: float, tau_pi: np.ndarray, tau_beta: np.ndarra
     return deviance_levels(data, sigma2, (tau_pi, tau_beta), reml)
 
 
-def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFit:
-    """The certified (RE)ML fit over the PSD τ blocks of every level; see nested_fit.py."""
+def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=False,
+               df_method: str = "hlm") -> NestedFit:
+    """The certified (RE)ML fit over the τ blocks of every level (PSD, or diagonal); see nested_fit.py."""
     from .nested_fit import fit_nested as _fit
-    return _fit(data, reml=reml, max_iterations=max_iterations)
+    return _fit(data, reml=reml, max_iterations=max_iterations, diagonal=diagonal, df_method=df_method)

@@ -237,7 +237,9 @@ def combined_json(analyses: list, meta: dict, source: str, full_output: bool, la
     if tests:
         out["hypothesis_tests"] = tests
     out["fits"] = [fit_json(a, meta) for a in analyses]
-    return out
+    from .terms import with_terms
+
+    return with_terms(out)
 
 
 def combined_text(analyses: list, meta: dict, sym, source: str, full_output: bool, labels=None, tests=None) -> str:

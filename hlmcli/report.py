@@ -274,12 +274,9 @@ def centering_notes(spec) -> list[str]:
 
 
 def _r_name(term, level: int) -> str:
-    base = f"mean_{term.name}" if term.unit_mean else term.name
-    if term.centering == "group":
-        return f"{base}_gc"
-    if term.centering == "grand":
-        return f"{base}_c"
-    return base
+    from .terms import r_variable  # one naming for the formula and the tables' R names
+
+    return r_variable(term.name, term.centering, term.unit_mean)
 
 
 def r_terms(spec) -> tuple[list[str], list[str]]:
@@ -425,7 +422,9 @@ def fit_json(analysis, meta: dict) -> dict:
     for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output"):
         if key in a.extras:
             out[key] = a.extras[key]
-    return out
+    from .terms import with_terms
+
+    return with_terms(out)
 
 
 def _table(header: list[str], rows: list[list[str]], widths: list[int]) -> list[str]:

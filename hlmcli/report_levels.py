@@ -118,11 +118,54 @@ def centering_notes3(spec: ModelSpec3) -> list[str]:
 
 def _r_name(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
-def lme4_formula3(spec: ModelSpec3, id2: str, id3: str) -> tuple[str, list[str]]:
-    """The same model in lme4: fixed columns a_p·X_q·W_s, (a_p·X_q | level 3) for random β's, (a_p | level 3:level 2)."""
+def structure_notes(fit, tau_symbol: str) -> list[str]:
+    """The lines saying a fit's τ is diagonal (lme4's `||`), for the model summary."""
+    diagonal = tuple(getattr(fit, "diagonal", ()) or ())
+    if not any(diagonal):
+        return []
+    if all(diagonal):
+        return ["", f"The random effects are independent: the off-diagonal elements of every {tau_symbol} are fixed at 0."]
+    levels = ", ".join(str(level) for level, d in enumerate(diagonal, start=2) if d)
+    return ["", f"The random effects are independent at level {levels}: the off-diagonal elements of {tau_symbol} "
+                "there are fixed at 0."]
+
+
+def df_note(fit) -> list[str]:
+    """The line under the fixed-effect tables when the d.f. are not HLM's."""
+    if getattr(fit, "df_method", "hlm") == "satterthwaite":
+        return ["(d.f. by Satterthwaite's method, as lmerTest computes them)"]
+    return []
+
+
+def _diagonal_at(fit) -> tuple:
+    return tuple(getattr(fit, "diagonal", ()) or ())
+
+
+def _structure_keys(fit) -> dict:
+    """tau_structure (each level's τ, in the two-level JSON's words) and df_method, when either is
+    asked for (--tau diagonal, --df satterthwaite); a default fit's document keeps its keys."""
+    diagonal = _diagonal_at(fit)
+    method = getattr(fit, "df_method", "hlm")
+    if not any(diagonal) and method == "hlm":
+        return {}
+    return {"tau_structure": ["diagonal" if d else "unstructured" for d in diagonal], "df_method": method}
+
+
+def _random_terms(cols: list, group: str, diagonal: bool) -> str:
+    """lme4's random part of one level: (c1 + c2 | g), or with a diagonal τ one bar per column,
+    (1 | g) + (0 + c2 | g) (lme4's `||` written out, which also works for products of variables)."""
+    if not diagonal or all(c == "0" for c in cols):
+        return f"({' + '.join(cols)} | {group})"
+    return " + ".join(f"({c if c == '1' else '0 + ' + c} | {group})" for c in cols if c != "0")
+
+
+def lme4_formula3(spec: ModelSpec3, id2: str, id3: str, diagonal=False) -> tuple[str, list[str]]:
+    """The same model in lme4: fixed columns a_p·X_q·W_s, (a_p·X_q | level 3) for random β's, (a_p | level 3:level 2).
+    diagonal: True, or (level 2, level 3) flags: one bar per effect there."""
+    d2, d3 = (diagonal, diagonal) if isinstance(diagonal, bool) else (tuple(diagonal) + (False, False))[:2]
     def product(*names):
         names = [n for n in names if n is not None]
         return ":".join(names) if names else "1"
@@ -142,8 +185,8 @@ def lme4_formula3(spec: ModelSpec3, id2: str, id3: str) -> tuple[str, list[str]]
         r3.insert(0, "0")
     if "1" not in r2:
         r2.insert(0, "0")
-    formula = (f"{spec.outcome} ~ {' + '.join(fixed)} + ({' + '.join(r3)} | {id3}) + "
-               f"({' + '.join(r2)} | {id3}:{id2})")
+    formula = (f"{spec.outcome} ~ {' + '.join(fixed)} + {_random_terms(r3, id3, d3)} + "
+               f"{_random_terms(r2, f'{id3}:{id2}', d2)}")
     notes, made = [], set()
     terms = list(spec.level1) + [t for p in spec.present_pis() for t in spec.pis[p].predictors] + [
         t for p in spec.present_pis() for b in spec.pis[p].betas for t in b.predictors]
@@ -233,6 +276,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     w(f" The outcome variable is  {hlm_name(spec.outcome)}")
     w("")
     out += model_summary3(spec, sym)
+    out += structure_notes(fit, "τ" if not sym.ascii else "tau")
     if design.n_deleted:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {design.n} ({design.n_deleted} deleted)")
@@ -275,6 +319,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
         w("Final estimation of fixed effects")
         if robust:
             w("(with robust standard errors, clustered on level-3 units)")
+        out += df_note(fit)
         se = np.sqrt(np.diag(fit.cov_gamma_robust if robust else fit.cov_gamma))
         t = fit.gamma / se
         pv = _two_sided_p(t, fit.df_gamma)
@@ -319,7 +364,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     w("Statistics for the current model")
     w(f" Deviance                       = {fit.deviance:.6f}")
     w(f" Number of estimated parameters = {fit.n_params}")
-    formula, notes = lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"))
+    formula, notes = lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)
     w("")
     w("The same model in R (lme4)")
     w(f" {formula}")
@@ -402,7 +447,8 @@ def fit_json3(design, fit, meta: dict) -> dict:
         "fixed_effects": fixed,
         "gamma_covariance": fit.cov_gamma.tolist(), "gamma_robust_covariance": fit.cov_gamma_robust.tolist(),
         "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
-        "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"))[0],
+        "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)[0],
+        **_structure_keys(fit),
         "centering_means": design.centering_means,
     }
 
@@ -547,13 +593,15 @@ def centering_notes(spec: LevelsSpec) -> list[str]:
 
 def _r_name_k(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
-def lme4_formula(spec: LevelsSpec, ids) -> str:
+def lme4_formula(spec: LevelsSpec, ids, diagonal=False) -> str:
     """The same model in lme4: each fixed effect the product of its path's predictors, and one
-    (… | id_K:…:id_ℓ) term per level with the random columns of that level."""
+    (… | id_K:…:id_ℓ) term per level with the random columns of that level (one per column where
+    τ is diagonal: `diagonal` True, or one flag per level 2..K)."""
     K = spec.n_levels
+    diag = (diagonal,) * (K - 1) if isinstance(diagonal, bool) else tuple(diagonal) + (False,) * (K - 1)
 
     def product(names):
         names = [n for n in names if n is not None]
@@ -578,7 +626,7 @@ def lme4_formula(spec: LevelsSpec, ids) -> str:
         if "1" not in cols:
             cols.insert(0, "0")
         group = ":".join(reversed([ids[m - 2] for m in range(level, K + 1)]))
-        parts.append(f"({' + '.join(cols)} | {group})")
+        parts.append(_random_terms(cols, group, diag[level - 2]))
     return " + ".join(parts)
 
 
@@ -650,6 +698,7 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
     w(f" The outcome variable is  {hlm_name(spec.outcome)}")
     w("")
     out += model_summary(spec, sym)
+    out += structure_notes(fit, "τ" if not sym.ascii else "tau")
     if design.n_deleted:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {design.n} ({design.n_deleted} deleted)")
@@ -688,6 +737,7 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
         w("Final estimation of fixed effects")
         if robust:
             w(f"(with robust standard errors, clustered on level-{K} units)")
+        out += df_note(fit)
         se = np.sqrt(np.diag(fit.cov_gamma_robust if robust else fit.cov_gamma))
         t = fit.gamma / se
         pv = _two_sided_p(t, fit.df_gamma)
@@ -727,7 +777,7 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
     w(f" Number of estimated parameters = {fit.n_params}")
     w("")
     w("The same model in R (lme4)")
-    w(f" {lme4_formula(spec, meta['ids'])}")
+    w(f" {lme4_formula(spec, meta['ids'], _diagonal_at(fit) or False)}")
     for note in lme4_notes(spec, meta["ids"]):
         w(f"   {note}")
     w(f"   fit with lmer(..., REML = {'TRUE' if spec.method == 'REML' else 'FALSE'})")
@@ -777,7 +827,8 @@ def fit_json(design, fit, meta: dict) -> dict:
         "fixed_effects": fixed,
         "gamma_covariance": fit.cov_gamma.tolist(), "gamma_robust_covariance": fit.cov_gamma_robust.tolist(),
         "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
-        "lme4_formula": lme4_formula(spec, meta["ids"]),
+        "lme4_formula": lme4_formula(spec, meta["ids"], _diagonal_at(fit) or False),
+        **_structure_keys(fit),
         "centering_means": design.centering_means,
     }
 

@@ -151,8 +151,8 @@ def check_formats(kind, tmp_path):
     assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref["fixed"]["γ00"]["est"], rel=tol)
     if not kind.startswith("linear"):  # exp(γ) with its interval, as broom's exponentiate = TRUE
         row = tidy.loc[tidy.term == "UVB"].iloc[0]
-        assert row["rate_ratio"] == pytest.approx(math.exp(row["estimate"]), rel=1e-9)
-        assert row["rate_ratio_conf_low"] == pytest.approx(math.exp(row["conf_low"]), rel=1e-9)
+        assert row["rate.ratio"] == pytest.approx(math.exp(row["estimate"]), rel=1e-9)
+        assert row["rate.ratio.conf.low"] == pytest.approx(math.exp(row["conf.low"]), rel=1e-9)
     for fmt in ("markdown", "latex", "html"):
         proc = run("fit", *base(kind), "--format", fmt)
         assert proc.returncode == 0, proc.stderr
@@ -405,7 +405,7 @@ def check_levels_formats(kind, tmp_path):
     fixed, _ = _levels_reference(kind)
     intercept = "g000" if kind == "three-level" else "d0000"
     assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(fixed[intercept][0], rel=1e-6)
-    assert list(tidy.effect).count("ran_pars") == (3 if kind == "three-level" else 5)
+    assert list(tidy.effect).count("ran_pars") == (3 if kind == "three-level" else 6)  # sd__, cor__ of each level, σ
     pytest.importorskip("jinja2")
     pytest.importorskip("tabulate")
     res = hlmcli.fit(*PASTES[:2], level3=PASTES[2], id2="SAMPLE", id3="BATCH", level1_eq=PASTES_MODEL[1],

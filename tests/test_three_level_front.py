@@ -244,7 +244,7 @@ def test_model_summary_and_formula_with_centring():
     assert "    π0jk = β00k + β01k*(FEMALEjk - FEMALE••) + r0jk" in lines
     assert "    β00k = γ000 + γ001*(LOWINCk) + u00k" in lines
     formula, notes = lme4_formula3(spec, "CHILDID", "SCHOOLID")
-    assert formula == ("MATH ~ 1 + LOWINC + FEMALE_c + YEAR_gc + (1 + YEAR_gc | SCHOOLID) + "
+    assert formula == ("MATH ~ 1 + LOWINC + FEMALE_grand + YEAR_gc + (1 + YEAR_gc | SCHOOLID) + "
                        "(1 + YEAR_gc | SCHOOLID:CHILDID)")
     assert any(n.startswith("YEAR_gc = YEAR - ") for n in notes)
 
