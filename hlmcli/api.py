@@ -15,14 +15,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
-import pandas as pd
+from .lazy import is_dataframe, lazy
+
+pd = lazy("pandas")
 
 from .equations import ModelSpec
 from .errors import DataError, ModelError
 from .results import Results
 from .spec import Engine, Estimation, FamilyName, FitOptions, Method, OutputOptions, TauStructure
 
-DataLike = Union[str, os.PathLike, pd.DataFrame]
+DataLike = Union[str, os.PathLike, "pd.DataFrame"]
 
 
 def _is_archive(path) -> bool:
@@ -46,7 +48,7 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
     from .sources import SourceFrames
 
     options = BuildOptions(id1=id1 or id, id2=id2 or id, missing=missing, drop_unmatched=drop_unmatched)
-    frames_given = isinstance(level1, pd.DataFrame) or isinstance(level2, pd.DataFrame)
+    frames_given = is_dataframe(level1) or is_dataframe(level2)
     if not frames_given and level2 is None:
         if not _is_archive(level1):
             raise DataError(f"{level1}: not an archive; give an .mdm file, or the level-1 and level-2 files (or DataFrames)")
@@ -63,7 +65,7 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
         raise DataError("no unit id column given; pass id='NAME' (or id1= and id2=)")
 
     def table(data, role: str, id_name: str) -> Table:
-        if isinstance(data, pd.DataFrame):
+        if is_dataframe(data):
             check_frame_columns(data, f"the {role} DataFrame")
             return Table(Path(f"the {role} DataFrame"), "dataframe", data.reset_index(drop=True))
         return read_table(data, file_format, delimiter, string_columns=(id_name,))
@@ -76,8 +78,8 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
 
     frames = SourceFrames(t1.data, t2.data, find_column(t1, options.id1, "unit id"), find_column(t2, options.id2, "unit id"),
                           same, str(t1.path), str(t2.path))
-    source = "a DataFrame" if same else f"{'a DataFrame' if isinstance(level1, pd.DataFrame) else Path(level1).name} and " \
-             f"{'a DataFrame' if isinstance(level2, pd.DataFrame) else Path(level2).name}"
+    source = "a DataFrame" if same else f"{'a DataFrame' if is_dataframe(level1) else Path(level1).name} and " \
+             f"{'a DataFrame' if is_dataframe(level2) else Path(level2).name}"
     return archive, source, frames
 
 
@@ -305,7 +307,7 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
     """hlmcli.fit(engine="stream" | "dask"): the command line's summarised engines, on two data files."""
     from .engines import analyse_summary_with_extras, summary_for_fit
 
-    if isinstance(level1, pd.DataFrame) or isinstance(level2, pd.DataFrame) or level2 is None:
+    if is_dataframe(level1) or is_dataframe(level2) or level2 is None:
         raise DataError(f"engine='{options.engine.value}' reads the level-1 and level-2 files in chunks; give their "
                         "paths (DataFrames and archives are already in memory: use engine='memory')")
     if not id1 or not id2:
@@ -358,7 +360,6 @@ def analyse_levels(spec, archive, fit: FitOptions):
     """The certified fit of a model of three or four levels, with the Wald tests and the deviance test
     the options ask for: a levels_results.LevelsAnalysis."""
     from .levels_results import LevelsAnalysis, levels_extras
-    from .nested import fit_nested
 
     if hasattr(spec, "pis"):  # HLM3's form
         from .design_levels import design3
@@ -370,10 +371,22 @@ def analyse_levels(spec, archive, fit: FitOptions):
         from .design_levels import design_levels
 
         design = design_levels(spec, archive)
-    result = fit_nested(design.data, reml=spec.method == "REML", max_iterations=spec.options.max_iterations)
-    analysis = LevelsAnalysis(spec, design, result)
-    analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params)
+    from .levels_combined import fit_weighted, weighting_meta
+
+    result, weights = fit_weighted(design, archive, levels_weight_spec(archive.n_levels, fit), spec.method == "REML",
+                                   spec.options.max_iterations)
+    analysis = LevelsAnalysis(spec, design, result, weighting=weighting_meta(weights))
+    analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
+                                    robust_only=weights is not None)
     return analysis
+
+
+def levels_weight_spec(n_levels: int, fit: FitOptions):
+    """The sampling weights of a fit of three or four levels (--weight1 ... --weight4, --normalize), or None."""
+    from .levels_combined import weight_spec_levels
+
+    return weight_spec_levels(n_levels, {1: fit.weight1, 2: fit.weight2, 3: fit.weight3, 4: fit.weight4},
+                              fit.normalize)
 
 
 def _levels_archive(level1, level2) -> bool:

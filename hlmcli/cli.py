@@ -721,6 +721,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
 @click.option("--weight1", help="Level-1 sampling weight variable (HLM's level1weight:).")
 @click.option("--weight2", help="Level-2 sampling weight variable (HLM's level2weight:).")
+@click.option("--weight3", help="Level-3 sampling weight variable, three- and four-level models (HLM3's level3weight:).")
+@click.option("--weight4", help="Level-4 sampling weight variable, four-level models.")
 @click.option("--normalize", type=click.Choice(["none", "cluster", "total"]), default=None,
               help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
@@ -762,12 +764,16 @@ def fit_cmd(**params):
                           engine=fit.engine.value, hlm_file=False, out_format=out.out_format,
                           outputs=bool(out.output or out.json_out or out.residuals_l1 or out.residuals_l2
                                        or out.residuals_l3 or out.residuals_l4))
-        return fit_levels(data, {**r.model, "allow_outside": more["allow_outside"]}, fit, out, build,
+        return fit_levels(data, {**r.model, "allow_outside": more["allow_outside"],
+                                 "allow_unequal_imputations": more.get("allow_unequal_imputations")}, fit, out, build,
                           build["cache_dir"], _stderr, _use_ascii)
     level1, level2, model_file = r.model["level1"], r.model["level2"], r.model["model_file"]
     if r.model["level3"] or out.residuals_l3:
         raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
                             "three-level archive")
+    if fit.weight3 or fit.weight4:
+        raise _UsageProblem("--weight3 and --weight4 are for three- and four-level models; a two-level model takes "
+                            "--weight1 and --weight2")
     prior_version = fit.prior_version
     if prior_version and (fit.engine != "memory" or fit.plausible_values or fit.imputed):
         raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
@@ -854,7 +860,7 @@ def fit_request(params: dict) -> FitRequest:
     """The click parameters of `fit` turned at once into the options objects."""
     p = dict(params)
     fit = _fit_options(p.pop("ml"), p.get("reml"), tau=p.pop("tau_structure"), weight1=p.pop("weight1"),
-                       weight2=p.pop("weight2"), normalize=p.pop("normalize"), plausible_values=p.pop("plausible_values"),
+                       weight2=p.pop("weight2"), weight3=p.pop("weight3", None), weight4=p.pop("weight4", None), normalize=p.pop("normalize"), plausible_values=p.pop("plausible_values"),
                        imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),

@@ -30,11 +30,35 @@ class Level1File:
     names: list  # its level-1 variables (the id columns left out)
     columns: object = None  # streaming.Columns (stream engine)
     delimiter: str | None = None
+    level2_path: str = ""
+    drop_unmatched: bool = False
+    scheduler: object = None  # dask_engine.Scheduler, an address, or None (a LocalCluster)
+    progress: bool = False
+
+    def moments(self, archive, names: list[str], warn=lambda m: None):
+        """The one pass over the records: level1_moments of `names` (the model's level-1 variables)."""
+        return level1_moments(archive, self, names, self.level2_path, self.drop_unmatched, warn, self.scheduler,
+                              self.progress)
 
 
 def _first_few(items, k: int = 5) -> str:
     items = list(items)
     return ", ".join(str(x) for x in items[:k]) + (f" and {len(items) - k} more" if len(items) > k else "")
+
+
+def summarised(paths, options, engine: str, fmt=None, delimiter=None, warn=lambda m: None, scheduler=None,
+               progress: bool = False):
+    """--engine stream/dask at three or more levels: (the archive of the upper files with one stand-in
+    record per level-2 unit, the Level1File whose records are read later, once, for the model's
+    level-1 variables). `options`: BuildOptions3 or BuildOptionsLevels, as for the memory engine."""
+    from .archive_levels import BuildOptions3
+
+    ids = (options.id2, options.id3) if isinstance(options, BuildOptions3) else tuple(options.ids)
+    keep1 = options.keep1 if isinstance(options, BuildOptions3) else options.keeps[0]
+    l1 = level1_file(paths[0], engine, ids[0], ids, keep1, fmt, delimiter)
+    l1.level2_path, l1.drop_unmatched, l1.scheduler, l1.progress = str(paths[1]), bool(options.drop_unmatched), \
+        scheduler, progress
+    return upper_archive(list(paths), options, l1, fmt, delimiter, warn), l1
 
 
 def level1_file(path, engine: str, id2: str, id_names, keep1, fmt=None, delimiter=None) -> Level1File:
@@ -96,6 +120,11 @@ def upper_archive(paths, options, level1: Level1File, fmt=None, delimiter=None, 
     else:
         opts = replace(options, keeps=([],) + tuple(options.keeps[1:]))
         archive = build_archive_levels([stand_in] + tables, opts, warn=warn)
+    upper = {n.lower() for k in range(2, archive.n_levels + 1) for n in archive.names(k)}
+    both = [n for n in level1.names if n.lower() in upper]
+    if both:
+        raise DataError(f"variable '{both[0]}' is in more than one level; leave it out of all but one with "
+                        f"--l1-vars ... --l{K}-vars")
     archive.levels[0] = LevelData(list(level1.names), np.full((len(level1.names), archive.n(1)), np.nan))
     archive.notes["level1_records_read"] = None
     from .engines import _source

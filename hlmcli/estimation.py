@@ -19,7 +19,10 @@ from enum import Enum
 from typing import Protocol
 
 import numpy as np
-from scipy import optimize
+
+from .lazy import lazy
+
+optimize = lazy("scipy.optimize")
 
 from .certificate import HESSIAN_TOL, Certificate, Face, certify
 from .sufficient import ModelStats, reparametrise

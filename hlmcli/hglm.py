@@ -91,7 +91,10 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.optimize import minimize
+
+from .lazy import lazy_function
+
+minimize = lazy_function("scipy.optimize", "minimize")
 
 from .certificate import Certificate, Face, certify
 from .estimation import TauStructure

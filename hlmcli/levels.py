@@ -140,6 +140,47 @@ def _model_given(*args):
     return model_given(*args)
 
 
+def _combined(archive, source_text, design, design_of, data, build_opts, cache_dir, warn, load, wspec, plausible_values,
+              imputed, more, spec, meta, fit_doc, fit_txt, model_lines, sigma2_symbol, out_format, full_output, residuals):
+    """--plausible-values / --imputed at three or more levels (levels_combined.run_combined): an imputed
+    data set is a level-1 file in place of the first (or an archive in place of the archive)."""
+    from .levels_combined import run_combined
+
+    if any(residuals):
+        raise _Usage("residual files are not available for combined fits (each fit has its own EB residuals); fit "
+                     "one plausible value or data set at a time for those")
+
+    def load_one(path):
+        return load((path,) if len(data) == 1 else (path,) + tuple(data[1:]), build_opts, cache_dir, warn)
+
+    return run_combined(archive, source_text, design, design_of, load_one, wspec, plausible_values, imputed,
+                        bool(more.get("allow_unequal_imputations")), spec.method == "REML",
+                        spec.options.max_iterations, meta, fit_doc, fit_txt, model_lines, sigma2_symbol, out_format,
+                        bool(full_output))
+
+
+def _finish_combined(text, json_text, output, json_out, write_files: bool, quiet: bool, failures: list, strict: bool,
+            boundary, status: int, stderr) -> None:
+    """The end of a three- or four-level fit: the files only when the fit is certified (or
+    --keep-failed-output), the text on stdout otherwise, the warnings unless -q, the exit status."""
+    from .files import atomic_write_text
+
+    if json_out and write_files:
+        atomic_write_text(json_out, json_text)
+    if output and write_files:
+        atomic_write_text(output, text)
+    elif not output:
+        click.echo(text, nl=False)
+    if not quiet:
+        for message in failures + ([] if strict else list(boundary or [])):
+            stderr(f"hlmcli: warning: {message}")
+        if output and not write_files:
+            stderr(f"hlmcli: {output} not written because the fit is not certified; "
+                   "pass --keep-failed-output to write it anyway")
+    if status:
+        sys.exit(status)
+
+
 # ---------------------------------------------------------------- four levels
 
 def archive_n_levels(path) -> int:
@@ -323,6 +364,77 @@ def fit_levels(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr,
     fit (cli.finish). `model` holds the equations (level1 ... level4), model_file and allow_outside."""
     from .cli import finish
 
+    if fit.plausible_values or fit.imputed:
+        return fit_levels_combined(data, model, fit, out, build_opts, cache_dir, stderr, use_ascii)
     results, sources, source_text, equations = levels_results(data, model, fit, out, build_opts, cache_dir, stderr)
     finish(results, out, sources, source_text=source_text, level1=model.get("level1"), level2=equations[1],
            model_file=model.get("model_file"), higher=equations[2:])
+
+
+def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr, use_ascii) -> None:
+    """--plausible-values or --imputed at three or four levels: the same data, spec and capabilities.check
+    as `levels_results`, then one fit per plausible value or data set combined by Rubin's rules
+    (levels_combined.run_combined), written only when every fit is certified."""
+    from dataclasses import replace
+    from datetime import datetime, timezone
+
+    from .api import levels_weight_spec, model_spec_levels
+    from .capabilities import check as check_capabilities
+    from .errors import EXIT_NOT_CONVERGED
+    from .files import check_outputs
+
+    model_file = model.get("model_file")
+    check_outputs([("-o", out.output), ("--json-out", out.json_out)], list(data) + [model_file])
+    warn = (lambda m: None) if out.quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
+    three = len(data) == 3 or (len(data) == 1 and archive_n_levels(data[0]) == 3)
+    keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched", "file_format",
+             "delimiter")
+    opts = {k: build_opts.get(k) for k in keys3} if three else build_opts
+    load = load3 if three else load_levels
+    archive, source_text = load(data, opts, cache_dir, warn)
+    K = archive.n_levels
+    equations = [[model["level1"]] if model.get("level1") else [], list(model.get("level2") or ()),
+                 list(model.get("level3") or ()), list(model.get("level4") or ())][:K]
+    spec = model_spec_levels(archive, equations, model_file, fit, bool(model.get("allow_outside")), title=out.title,
+                             residuals={k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)})
+    # --full-output of combined fits prints each fit's own tables (not HLM2's unit regressions)
+    check_capabilities(spec, replace(fit, full_output=None), out)
+    if fit.tests or fit.compare_deviance is not None:
+        raise _Usage("--test and --compare-deviance are not combined over plausible values or imputed data sets at "
+                     "three or more levels yet; fit one data set at a time for those")
+    wspec = levels_weight_spec(K, fit)
+    ascii_text = use_ascii(out.ascii_only) if not out.output else out.ascii_only
+    if three:
+        from .design_levels import design3
+        from .report_levels import Symbols3, fit_json3, fit_text3, model_summary3
+
+        sym = Symbols3(ascii_text)
+        design = design3(spec, archive)
+        design_of, fit_doc = (lambda a: design3(spec, a)), fit_json3
+        fit_txt, lines = (lambda d, f, m: fit_text3(d, f, m, sym)), model_summary3(spec, sym)
+        meta = {"data_source": source_text, "title": spec.options.title, "id2": archive.id_names[0],
+                "id3": archive.id_names[1], "model_given": _model_given(model.get("level1"), equations[1], model_file,
+                                                                       equations[2]),
+                "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm")
+                else None}
+    else:
+        from .design_levels import design_levels
+        from .report_levels import SymbolsLevels, fit_json, fit_text, model_summary
+
+        sym = SymbolsLevels(ascii_text)
+        design = design_levels(spec, archive)
+        design_of, fit_doc = (lambda a: design_levels(spec, a)), fit_json
+        fit_txt, lines = (lambda d, f, m: fit_text(d, f, m, sym)), model_summary(spec, sym)
+        meta = {"data_source": source_text, "title": spec.options.title, "ids": list(archive.id_names),
+                "model_given": {"level1": model.get("level1"), "level2": equations[1], "level3": equations[2],
+                                "level4": equations[3], "model_file": Path(model_file).name if model_file else None}}
+    if out.timestamp:
+        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    residuals = tuple(getattr(out, f"residuals_l{k}") for k in range(1, K + 1))
+    text, json_text, failures = _combined(
+        archive, source_text, design, design_of, data, opts, cache_dir, warn, load, wspec, fit.plausible_values,
+        fit.imputed, {"allow_unequal_imputations": model.get("allow_unequal_imputations")}, spec, meta, fit_doc,
+        fit_txt, lines, sym.sigma2, out.out_format, fit.full_output, residuals)
+    status = EXIT_NOT_CONVERGED if failures else 0
+    _finish_combined(text, json_text, out.output, out.json_out, status == 0 or out.keep_failed_output, out.quiet,
+                     failures, out.strict, [], status, stderr)

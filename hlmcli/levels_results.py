@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .errors import ModelError
+from .lazy import lazy
 from .results import Results
+
+pd = lazy("pandas")  # only the tables and residual files need it: a fit that prints text does not load it
 
 if TYPE_CHECKING:  # pragma: no cover
     from .nested import NestedFit
@@ -33,6 +35,7 @@ class LevelsAnalysis:
     design: object
     fit: NestedFit
     extras: dict = field(default_factory=dict)
+    weighting: dict = field(default_factory=dict)  # levels_combined.weighting_meta: the weights' lines and record
 
     @property
     def n_levels(self) -> int:
@@ -118,15 +121,16 @@ def parse_test_levels(text: str, spec) -> object:
 
 
 def levels_extras(analysis: LevelsAnalysis, tests: Sequence[str] = (), prior_deviance: float | None = None,
-                  prior_params: int | None = None) -> dict:
+                  prior_params: int | None = None, robust_only: bool = False) -> dict:
     """The Wald tests of γ (model-based and robust covariance) and the likelihood-ratio test against a
-    prior model's deviance, as a two-level fit's extras."""
+    prior model's deviance, as a two-level fit's extras. robust_only (sampling weights): the sandwich
+    test only, and no likelihood-ratio test (a pseudo-likelihood has none)."""
     from .pipeline import tests_of_gamma
 
     fit = analysis.fit
     hypotheses = [parse_test_levels(t, analysis.levels_spec) for t in tests]
     return tests_of_gamma(hypotheses, fit.gamma, fit.cov_gamma, fit.cov_gamma_robust, prior_deviance, prior_params,
-                          float(fit.deviance), int(fit.n_params))
+                          float(fit.deviance), int(fit.n_params), robust_only=robust_only)
 
 
 def information_criteria_levels(fit: NestedFit, n_records: int) -> tuple[int, float, float]:
@@ -219,7 +223,7 @@ def table_view(doc: dict) -> dict:
             "bic": deviance + k * math.log(counts[1]), "n_level1": counts[1], "n_level2": counts[2],
             "n_units": counts, "converged": doc["converged"], "certificate": doc.get("certificate"),
             "lme4_formula": doc.get("lme4_formula")}
-    for key in ("hypothesis_tests", "deviance_test"):
+    for key in ("hypothesis_tests", "deviance_test", "weights"):
         if key in doc:
             view[key] = doc[key]
     return view
@@ -315,7 +319,7 @@ class LevelsResults(Results):
         return self._json[1]
 
     def _report_meta(self) -> dict:
-        meta = dict(self.meta)
+        meta = {**self.meta, **self.analysis.weighting}
         ids = list(meta.get("ids") or self.archive.id_names)
         meta["ids"] = ids
         if self.n_levels == 3:
@@ -376,7 +380,7 @@ class LevelsResults(Results):
 
     # ------------------------------------------------------------ the numbers
     @property
-    def fixed_effects(self) -> pd.DataFrame:
+    def fixed_effects(self) -> "pd.DataFrame":
         """One row per fixed effect: term (R's name), label (γ000; δ0000 at four levels), the names along
         its path (level1 ... levelK), estimate, se, t, df, p and the robust columns."""
         rows = []
@@ -388,7 +392,7 @@ class LevelsResults(Results):
         return pd.DataFrame(rows)
 
     @property
-    def variance_components(self) -> pd.DataFrame:
+    def variance_components(self) -> "pd.DataFrame":
         """One row per random effect, level by level (2..K, each its τ block's diagonal), then level 1:
         level, effect, label, sd, variance, reliability, df, chi2, p."""
         rows = []
@@ -435,7 +439,7 @@ class LevelsResults(Results):
     def bic(self) -> float:
         return information_criteria_levels(self.analysis.fit, self.analysis.design.n)[2]
 
-    def tidy(self, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
+    def tidy(self, conf_level: float = 0.95, se: str = "auto") -> "pd.DataFrame":
         """broom.mixed's tidy(): the fixed effects, then the sd__/cor__ rows of each level's group."""
         from .tables import tidy
 
@@ -463,7 +467,7 @@ class LevelsResults(Results):
     def eb(self):
         raise ModelError("a model of three or more levels has EB estimates at each level: use random_effects(level)")
 
-    def random_effects(self, level: int = 2) -> pd.DataFrame:
+    def random_effects(self, level: int = 2) -> "pd.DataFrame":
         """One row per level-`level` unit (indexed by its id): its parent's id, size, and the EB residual
         and posterior variance of each random coefficient of that level."""
         table = self.residuals_level(level)
@@ -471,7 +475,7 @@ class LevelsResults(Results):
         keep = [c for c in table.columns if c not in data_columns or c == "id"]
         return table[keep].set_index("id").rename_axis(self.archive.id_names[level - 2])
 
-    def residuals_level(self, level: int) -> pd.DataFrame:
+    def residuals_level(self, level: int) -> "pd.DataFrame":
         """HLM's level-`level` residual file (2 ≤ level ≤ K)."""
         if not 2 <= level <= self.n_levels:
             raise ModelError(f"level must be 2 ... {self.n_levels}, not {level}")
@@ -482,10 +486,10 @@ class LevelsResults(Results):
             return (level2_residuals if level == 2 else level3_residuals)(a.design, a.fit, self.archive)
         return level_residuals(a.design, a.fit, self.archive, level)
 
-    def residuals_level2(self, keep: Sequence[str] = ()) -> pd.DataFrame:
+    def residuals_level2(self, keep: Sequence[str] = ()) -> "pd.DataFrame":
         return self.residuals_level(2)
 
-    def residuals_level1(self, keep: Sequence[str] = (), order: str = "unit") -> pd.DataFrame:
+    def residuals_level1(self, keep: Sequence[str] = (), order: str = "unit") -> "pd.DataFrame":
         """The level-1 residual file: each record's unit ids (levels 2..K), the outcome, the fitted value
         from the fixed part (fitted_fixed) and with the EB estimates of every level (fitted), the
         residual (outcome - fitted) and the level-1 predictors, in the archive's order (by unit)."""

@@ -22,13 +22,19 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, stats as sps
+
+from .lazy import lazy
+
+optimize = lazy("scipy.optimize")
+special = lazy("scipy.special")
 
 from .certificate import Face, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit,
-                     _factor, as_levels, as_summary, columns_of, levels_solve, reduce_nested, reduce_standardised)
+                     _factor, as_levels, as_summary, columns_of, levels_solve, reduce_nested, reduce_standardised,
+                     summary_of)
+from .inference import weighted_sandwich
 from .unitsolve import unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
@@ -471,7 +477,8 @@ def hlm3_df(data: NestedData, J2: int, J3: int, N: int) -> np.ndarray:
 
 
 def _pchisq_upper(chi2: float, df: float) -> float:
-    return float(sps.chi2.sf(chi2, df)) if df > 0 else float("nan")
+    # scipy.stats.chi2.sf(chi2, df) is chdtrc(df, chi2) on the support; below it, 1 (chdtrc gives nan).
+    return float(special.chdtrc(df, max(chi2, 0.0))) if df > 0 else float("nan")
 
 
 def _has_fixed(node, depth: int, K: int) -> bool:
@@ -692,7 +699,10 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     (nested_df.satterthwaite_df, as lmerTest)."""
     reml = bool(reml)
     # one statistics pass: everything below reads the per-level-2-unit moments (moments.LevelsSummary)
-    data = as_summary(data)
+    data = summary_of(data)
+    if df_method == "satterthwaite" and getattr(data, "weighting", None) is not None:
+        raise ModelError("Satterthwaite's d.f. come from the covariance of the variance estimates under the model; "
+                         "with sampling weights use the robust (sandwich) SEs with HLM's d.f.")
     K = data.n_levels
     raw = reduce_nested(data)
     qs, p = raw.qs, raw.p
@@ -725,7 +735,11 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     Pinv = us.Pinv()
     cov = sigma2 * (TX @ Pinv @ TX.T)
     sc = us.scores()
-    robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
+    wt = raw.weighting
+    if wt is None:
+        robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
+    else:  # WeMix's pseudo-ML sandwich, clustered at the top level (inference.weighted_sandwich)
+        robust = TX @ weighted_sandwich(sc, wt.conditional[-1], Pinv) @ TX.T
     gamma = TX @ us.gamma + tr.b
     deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)
     # back to the user's columns: Z̃ = ZA, so b = A b̃ and Var b = A Var b̃ A'

@@ -232,9 +232,10 @@ def _corr(t: np.ndarray) -> np.ndarray:
 
 
 def _two_sided_p(t, df):
-    from scipy import stats
+    from scipy import special
 
-    return 2 * stats.t.sf(np.abs(t), df)
+    # scipy.stats.t.sf(x, df) is stdtr(df, -x); scipy.stats costs a second of start-up.
+    return 2 * special.stdtr(df, -np.abs(t))
 
 
 def certificate_text3(fit, sym: Symbols3) -> list[str]:
@@ -272,6 +273,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     w(f" The maximum number of iterations = {spec.options.max_iterations}")
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
+    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
     w("")
     w(f" The outcome variable is  {hlm_name(spec.outcome)}")
     w("")
@@ -364,12 +366,17 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     w("Statistics for the current model")
     w(f" Deviance                       = {fit.deviance:.6f}")
     w(f" Number of estimated parameters = {fit.n_params}")
+    if meta.get("weights"):
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     formula, notes = lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)
     w("")
     w("The same model in R (lme4)")
     w(f" {formula}")
     for note in notes:
         w(f"   {note}")
+    if meta.get("weights"):
+        w("   lmer has no sampling weights (its weights= are precision weights); the pseudo-likelihood fit in R "
+          "is WeMix::mix")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
@@ -450,6 +457,7 @@ def fit_json3(design, fit, meta: dict) -> dict:
         "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)[0],
         **_structure_keys(fit),
         "centering_means": design.centering_means,
+        **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
 
@@ -694,6 +702,7 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
     w(f" The maximum number of iterations = {spec.options.max_iterations}")
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
+    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
     w("")
     w(f" The outcome variable is  {hlm_name(spec.outcome)}")
     w("")
@@ -775,12 +784,17 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
     w("Statistics for the current model")
     w(f" Deviance                       = {fit.deviance:.6f}")
     w(f" Number of estimated parameters = {fit.n_params}")
+    if meta.get("weights"):
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     w("")
     w("The same model in R (lme4)")
     w(f" {lme4_formula(spec, meta['ids'], _diagonal_at(fit) or False)}")
     for note in lme4_notes(spec, meta["ids"]):
         w(f"   {note}")
     w(f"   fit with lmer(..., REML = {'TRUE' if spec.method == 'REML' else 'FALSE'})")
+    if meta.get("weights"):
+        w("   lmer has no sampling weights (its weights= are precision weights); the pseudo-likelihood fit in R "
+          "is WeMix::mix")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
@@ -830,6 +844,7 @@ def fit_json(design, fit, meta: dict) -> dict:
         "lme4_formula": lme4_formula(spec, meta["ids"], _diagonal_at(fit) or False),
         **_structure_keys(fit),
         "centering_means": design.centering_means,
+        **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
 

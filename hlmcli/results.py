@@ -11,7 +11,9 @@ import os
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
+from .lazy import lazy
+
+pd = lazy("pandas")
 
 from .errors import DataError, ModelError
 
@@ -19,13 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .archive import Archive
     from .pipeline import Analysis
     from .sources import SourceFrames
-
-
-def term_name(coefficient: str, predictor: str) -> str:
-    """A fixed effect's name as in R's model summaries: '(Intercept)', 'SECTOR', 'SES', 'SES:SECTOR'."""
-    if coefficient == "INTRCPT1":
-        return "(Intercept)" if predictor == "INTRCPT2" else predictor
-    return coefficient if predictor == "INTRCPT2" else f"{coefficient}:{predictor}"
 
 
 def information_criteria(fit: dict) -> tuple[int, float, float]:

@@ -86,6 +86,8 @@ class FitOptions:
     tau: TauStructure | None = None
     weight1: str | None = None
     weight2: str | None = None
+    weight3: str | None = None  # three and four levels
+    weight4: str | None = None  # four levels
     normalize: str | None = None
     plausible_values: str | None = None
     imputed: tuple[str, ...] = ()

@@ -15,7 +15,9 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-import pandas as pd
+from .lazy import lazy
+
+pd = lazy("pandas")
 
 from .errors import HlmError, ModelError
 from .results import information_criteria
@@ -53,6 +55,14 @@ class TableOptions:
     def __post_init__(self):
         if self.se not in SE_CHOICES:
             raise ModelError(f"se must be one of {', '.join(SE_CHOICES)}, not '{self.se}'")
+
+
+def two_level(fit: dict) -> dict:
+    """The document, if it is of a two-level fit; the tables read those (and combined ones) only."""
+    if (fit.get("levels", 2) != 2 and "r_names" not in fit) or "fixed_effects" not in fit:
+        raise ModelError(f"a {fit.get('levels', '?')}-level fit: the paper tables read two-level fits for now; "
+                         "take the numbers from its JSON or text output")
+    return fit
 
 
 def se_kind(fit: dict, se: str = "auto") -> str:
@@ -145,7 +155,8 @@ def tidy(fit: dict, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
     follows from it are the `se` kind's (se.type says which); df is HLM's, and the interval is
     estimate ± t(df) · SE (broom's Wald interval for lmer uses the normal quantile instead). HLM's
     label of each row and the χ² test of each τ_qq follow; an HGLM adds exp(γ) and its interval."""
-    kind = se_kind(fit, se)
+    fit = _as_table(fit)
+    kind = se_kind(two_level(fit), se)
     rows = []
     for f, (r_name, _) in zip(fit["fixed_effects"], fixed_names(fit)):
         t = _t_quantile(conf_level, f["df"])
@@ -394,6 +405,7 @@ def _notes(fit_kinds: Sequence[tuple[dict, str]], options: TableOptions) -> list
 def fit_table(fit: dict, fmt: str, options: TableOptions = TableOptions()) -> str:
     """One fit's tables: CSV is the tidy table; the other formats give the fixed effects, then the
     variance components (τ's covariances and correlations among them), and the model's numbers."""
+    fit = two_level(_as_table(fit))
     if fmt == "csv":
         return tidy(fit, options.conf_level, options.se).to_csv(index=False, lineterminator="\n", float_format="%.10g")
     if fmt not in FORMATS:

@@ -112,3 +112,15 @@ def test_notebook_display_and_multi_model_helpers(m4):
     assert str(result).startswith("Model comparison: A = full, B = diagonal (REML)")
     with pytest.raises(hlmcli.api.ModelError, match="2 names for 1 models"):
         hlmcli.table([m4], names=["a", "b"])
+
+
+@pytest.mark.slow
+def test_hglm_predict_gives_back_the_residual_files_eta():
+    """An HGLM's prediction is on the link scale: the level-1 residual file's eta, record by record."""
+    h = Path(__file__).resolve().parent / "data" / "hglm"
+    res = hlmcli.fit(h / "contra_l1.csv", h / "contra_l2.csv", id="DISTRICT", level1_eq="USE = b0 + b1*URBAN + b2*AGE",
+                     level2_eqs=["b0 = g00 + u0"], family="bernoulli", estimation="laplace")
+    data = pd.read_csv(h / "contra_l1.csv").merge(pd.read_csv(h / "contra_l2.csv"), on="DISTRICT", how="left")
+    assert np.max(np.abs(res.predict(data) - res.residuals_level1()["eta"].to_numpy())) < 1e-10
+    assert list(res.params.index) == ["(Intercept)", "URBAN", "AGE"] and res.scale == 1.0
+    assert np.isclose(res.llf, -res.deviance / 2) and res.random_effects().index.dtype == np.int64

@@ -501,6 +501,50 @@ def check_levels_plot(kind, tmp_path):
     one_line_refusal(proc, "compute no unit OLS estimates")
 
 
+def check_levels_weights(kind, tmp_path):
+    """Integer weights (--normalize none) against the unweighted fit of the files with the weighted records
+    and units replicated, WeMix's definition (test_levels_weights_cli.py's construction)."""
+    from test_levels_plausible import pastes_files
+    from test_levels_weights_cli import SCHOOLS_IDS as S_IDS, SCHOOLS_MODEL as S_MODEL, _same_fit, _schools_weighted, \
+        _write, replicate_files
+
+    if kind == "three-level":
+        paths = pastes_files(tmp_path)
+        frames = [pd.read_csv(p) for p in paths]
+        ids, model = ["--id2", "SAMPLE", "--id3", "BATCH"], ["-1", "STRENGTH = p0 + e", "-2", "p0 = b00 + r0",
+                                                              "-3", "b00 = g000 + u00"]
+        weights, args = ["W1", "W2I", "W3"], ["--weight1", "W1", "--weight2", "W2I", "--weight3", "W3"]
+        id_cols = [None, "SAMPLE", "BATCH"]
+    else:
+        frames = _schools_weighted()
+        paths = _write(frames, tmp_path, "w")
+        ids, model, weights = S_IDS, S_MODEL, [None, "WS", None, "WT"]
+        args, id_cols = ["--weight2", "WS", "--weight4", "WT"], [None, "STUDENTID", "CLASSID", "SCHOOLID"]
+    rep = _write(replicate_files(frames, id_cols, weights), tmp_path, "rep")
+    proc = run_cli("fit", *paths, *ids, *model, *args, "--normalize", "none", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    plain = run_cli("fit", *rep, *ids, *model, "--format", "json")
+    assert plain.returncode == 0, plain.stderr
+    _same_fit(json.loads(proc.stdout), json.loads(plain.stdout))
+
+
+def check_levels_plausible_values(kind, tmp_path):
+    """Rubin's point estimate is the mean of the fits' estimates (by hand)."""
+    from test_levels_plausible import pastes_files
+
+    if kind == "four-level":
+        pytest.skip("the four-level combination is the three-level code (test_levels_weights_cli.py fits one)")
+    paths = pastes_files(tmp_path)
+    model = ["-1", "PV1 = p0 + e", "-2", "p0 = b00 + r0", "-3", "b00 = g000 + u00"]
+    proc = run_cli("fit", *paths, "--id2", "SAMPLE", "--id3", "BATCH", *model, "--plausible-values", "PV1,PV2,PV3",
+                   "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    for k, f in enumerate(doc["fixed_effects"]):
+        mean = sum(fit["fixed_effects"][k]["estimate"] for fit in doc["fits"]) / len(doc["fits"])
+        assert f["estimate"] == pytest.approx(mean, rel=1e-12)
+
+
 def check_levels_missing_now(kind, tmp_path):
     levels_matches(levels_json(kind, "--missing", "now"), kind)  # no missing values: the reference fit
 
@@ -527,8 +571,6 @@ ASK = {
 
 ASK_LEVELS = {
     "keep": lambda kind, d: ["--residuals-l2", d / "r2.csv", "--keep", "CASK"],
-    "weights": lambda kind, d: ["--weight1", "STRENGTH" if kind == "three-level" else "TIME"],
-    "plausible_values": lambda kind, d: ["--plausible-values", "STRENGTH" if kind == "three-level" else "SCORE,TIME"],
     "tau_diagonal": lambda kind, d: ["--tau", "diagonal"],
 }
 
@@ -576,7 +618,7 @@ def test_levels_equation_graph_by_hand():
 
 
 # cells that fit the four-level schools model or the three-level EG models more than once (seconds each)
-SLOW_LEVEL_CELLS = {("compare", "three-level"), ("plot", "four-level"), ("table", "four-level"), ("compare_deviance", "four-level"),
+SLOW_LEVEL_CELLS = {("compare", "three-level"), ("plot", "four-level"), ("weights", "four-level"), ("table", "four-level"), ("compare_deviance", "four-level"),
                     ("residuals", "four-level"), ("json_out", "four-level"), ("missing_now", "four-level"),
                     ("test", "four-level"), ("formats", "four-level"), ("api", "four-level")}
 
