@@ -21,6 +21,7 @@ pd = lazy("pandas")
 
 from .equations import ModelSpec
 from .errors import DataError, ModelError
+from .readers import check_frame_columns
 from .results import Results
 from .spec import Engine, Estimation, FamilyName, FitOptions, Method, OutputOptions, TauStructure
 
@@ -81,18 +82,6 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
     source = "a DataFrame" if same else f"{'a DataFrame' if is_dataframe(level1) else Path(level1).name} and " \
              f"{'a DataFrame' if is_dataframe(level2) else Path(level2).name}"
     return archive, source, frames
-
-
-def check_frame_columns(frame: pd.DataFrame, what: str) -> None:
-    """Column names as a data file would have them: text, each once (up to case, as names match
-    case-insensitively). A DataFrame allows any hashable name and repeated names; the stages do not."""
-    from .readers import refuse_duplicate_names
-
-    for k, name in enumerate(frame.columns, start=1):
-        if not isinstance(name, str):
-            raise DataError(f"{what}: column {k} is named {name!r} ({type(name).__name__}), not text; "
-                            "give every column a text name, e.g. frame.columns = frame.columns.map(str)")
-    refuse_duplicate_names(what, frame.columns)
 
 
 def make_spec(archive, level1_eq: str | None, level2_eqs: Sequence[str] = (), model: str | os.PathLike | None = None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,9 +16,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import click  # noqa: E402
 
-from . import __version__
 from .errors import EXIT_CODES_HELP, EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HlmError
+from .help import EXAMPLES, GroupedCommand
+from .options import formula_equations, model_given, split_names
 from .spec import FitOptions, OutputOptions
+from .version import __version__
+
+_split_names = split_names  # the spelling fit_cmd and levels.py still use
 
 
 def _stderr(message: str) -> None:
@@ -121,13 +124,6 @@ def _dask_scheduler(more: dict):
                      check_seconds("--deadline", more.get("dask_deadline")))
 
 
-def _split_names(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    names = tuple(n for n in value.replace(";", ",").replace(" ", ",").split(",") if n)
-    return names
-
-
 def paper_table_options(f):
     """--se, --stars, --caption, --notes: what the paper tables (csv, markdown, latex, html) show."""
     for decorator in reversed([
@@ -154,6 +150,12 @@ def _table_options(more: dict, out_format: str):
     return options
 
 
+def _progress_wanted(quiet: bool) -> bool:
+    from .streaming import progress_wanted
+
+    return progress_wanted(quiet)
+
+
 class _Progress:
     """Stage progress on a terminal; silent when stderr is not a TTY or with --quiet."""
 
@@ -174,7 +176,10 @@ class _Progress:
 
 
 class OneLineErrors(click.Group):
-    """Usage errors as one line too, like every other error (exit 2)."""
+    """Usage errors as one line too, like every other error (exit 2); subcommands' options in groups."""
+
+    command_class = GroupedCommand
+    group_class = type  # subgroups (mdm, cache) are OneLineErrors too, so their commands are grouped
 
     def main(self, args=None, prog_name=None, **extra):
         try:
@@ -236,11 +241,11 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
     id2 = id2 or id_
     if not id1 or not id2:
         raise OptionError("no unit id column given; pass --id NAME (or --id1 and --id2)")
-    return BuildOptions(id1=id1, id2=id2, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
+    return BuildOptions(id1=id1, id2=id2, keep1=split_names(l1_vars), keep2=split_names(l2_vars),
                         missing=missing, drop_unmatched=drop_unmatched)
 
 
-@mdm.command("build")
+@mdm.command("build", epilog=EXAMPLES["mdm build"])
 @click.argument("level1_file", required=False, type=click.Path())
 @click.argument("level2_file", required=False, type=click.Path())
 @click.argument("level3_file", required=False, type=click.Path())
@@ -344,7 +349,8 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
         from .engines import cli_build
 
         records, units = cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet,
-                                   warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")))
+                                   warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")),
+                                   progress=_progress_wanted(quiet))
         commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}: per-unit statistics of {records} level-1 records in {units} units")
@@ -512,10 +518,32 @@ _hglm_options = [
 ]
 
 
-def model_options(func):
+def model_options(func, leave_out=()):
     for option in reversed(_model_options + _hglm_options):
-        func = option(func)
+        if _declared_name(option) not in leave_out:
+            func = option(func)
     return func
+
+
+def _declared_name(option) -> str:
+    """The longest name an option decorator declares (its decorated stand-in's one parameter)."""
+    return max(option(lambda: None).__click_params__[0].opts, key=len)
+
+
+def hidden_options(*names):
+    """Keep options out of --help but still accepted, so that a command can refuse them with a reason."""
+    def hide(func):
+        for param in getattr(func, "__click_params__", []):
+            if max(param.opts, key=len) in names:
+                param.hidden = True
+        return func
+    return hide
+
+
+# plot draws two-level fits only, and prints no equations: --ascii is not offered, and the options of
+# three and four levels are hidden (still taken, so that plot refuses such a model saying why)
+_PLOT_LEAVES_OUT = ("--ascii",)
+_PLOT_HIDES = ("--level3", "--level4", "--id3", "--id4", "--l3-vars", "--l4-vars")
 
 
 def _fit_options(ml=None, reml=None, **given):
@@ -556,20 +584,6 @@ def _formula_front(data, level1, level2, model_file, id_, id2, more):
     return data, id_, id2, more
 
 
-def model_given(level1, level2, model_file, level3=None) -> dict:
-    """The model as the user gave it, for the JSON; a formula is recorded as the equations it stands for,
-    so that a formula and its equations give the same document."""
-    ctx = click.get_current_context(silent=True)
-    made = ctx.meta.get("formula_given") if ctx else None
-    if made:
-        level1, level2, level3 = made[0], made[1], (made[2] if level3 is not None else None)
-    out = {"level1": level1, "level2": list(level2)}
-    if level3 is not None:
-        out["level3"] = list(level3)
-    out["model_file"] = Path(model_file).name if model_file else None
-    return out
-
-
 def _looks_like_archive(path) -> bool:
     from .archive import MAGIC
 
@@ -578,22 +592,6 @@ def _looks_like_archive(path) -> bool:
             return handle.read(len(MAGIC)) == MAGIC
     except OSError:
         return False
-
-
-def formula_equations(variables, level1, level2, level3=()):
-    """The equations, and τ's structure if the formula sets it, from --formula when it was given."""
-    ctx = click.get_current_context(silent=True)
-    formula = ctx.meta.get("formula") if ctx else None
-    if formula is None:
-        return level1, level2, level3, None
-    from .formula import translate
-
-    m = translate(formula, variables.level_of)
-    eqs = [list(e) for e in m.equations] + [[]] * (3 - len(m.equations))
-    if ctx.meta.get("hglm", {}).get("family") not in (None, "normal"):
-        eqs[0][0] = re.sub(r"\s*\+\s*[re]$", "", eqs[0][0])  # an HGLM's level-1 equation has no residual term
-    ctx.meta["formula_given"] = (eqs[0][0], list(eqs[1]), list(eqs[2]))
-    return eqs[0][0], list(eqs[1]), list(eqs[2]), (m.tau if m.tau == "diagonal" else None)
 
 
 def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False, fit=None):
@@ -688,7 +686,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     click.echo("\n".join(printable(line) for line in lines))
 
 
-@main.command("fit", epilog=EXIT_CODES_HELP)
+@main.command("fit", epilog=EXAMPLES["fit"] + "\n" + EXIT_CODES_HELP)
 @model_options
 @click.option("--format", "out_format", type=click.Choice(["text", "json", "csv", "markdown", "latex", "html"]), default="text",
               show_default=True, help="HLM 7's text, JSON, or the tables for papers (csv: broom's tidy columns).")
@@ -709,6 +707,10 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
               help="The program that printed the prior deviance: hlm6 (HLM 5/6 print the ML deviance ln 2π low; it is added back) or hlm7.")
+@click.option("--hlm-names", is_flag=True, default=None, expose_value=False,
+              callback=lambda ctx, p, v: ctx.meta.__setitem__("hlm_names", bool(v)),
+              help="Residual files with HLM 7's column names (EBINTRCP, OLINTRCP, FVINTRCP, MDIST, L1RESID, FITVAL, "
+              "...; 8 characters) and, in .sav, SPSS variable labels.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
@@ -878,6 +880,11 @@ def fit_request(params: dict) -> FitRequest:
     return FitRequest(tuple(p.pop("data")), model, fit, out, build, p)
 
 
+def _hlm_names_given() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get("hlm_names"))
+
+
 def finish(results, out: OutputOptions, sources, *, source_text, level1, level2, model_file, higher=()) -> None:
     """The one end of every fit, whichever kind, number of levels and engine ran it: the run's metadata,
     the residual files, the text, JSON or tables, the warnings and the exit status. Whether the fit is
@@ -903,6 +910,11 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     results.meta.update(meta)
     typed = {k: getattr(out, f"residuals_l{k}", None) for k in residuals}
+    if _hlm_names_given() and K > 2:
+        raise _UsageProblem("--hlm-names: HLM 7's column names of the residual files are known for two-level "
+                            "files only; drop it for a model of three or four levels")
+    if _hlm_names_given() and not any(residuals.values()):
+        raise _UsageProblem("--hlm-names names the residual files' columns; give --residuals-l1 or --residuals-l2 too")
     if out.keep and not any(residuals.values()):
         raise _UsageProblem("--keep names columns for the residual files; give --residuals-l1 or --residuals-l2 too")
     if write_files and any(residuals.values()):
@@ -912,7 +924,7 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
                 if not typed[level]:  # a name from the .hlm file
                     refuse_clobber(path, out.force, Path(model_file).name)
         if K == 2:
-            results.write_residuals(residuals[1], residuals[2], keep=out.keep)
+            results.write_residuals(residuals[1], residuals[2], keep=out.keep, hlm_names=_hlm_names_given())
         else:
             results.write_residuals(residuals[1], residuals[2], more={k: residuals[k] for k in range(3, K + 1)})
     if out.out_format == "json":
@@ -990,7 +1002,7 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
         build_opts.get("file_format"), build_opts.get("delimiter"),
         lambda frame: _spec(frame, level1, level2, model_file, None, fit=fit,
                             allow_outside=more["allow_outside"], extra={"title": title}),
-        unsupported, warn, progress=not out.quiet and sys.stderr.isatty())
+        unsupported, warn, progress=_progress_wanted(out.quiet))
     analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})
     finish(results, out, [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
@@ -1181,9 +1193,10 @@ def compare_cmd(fit_a, fit_b, out_format):
     click.echo(dumps_json(result) if out_format == "json" else compare_text(result), nl=False)
 
 
-@main.command("plot")
+@main.command("plot", epilog=EXAMPLES["plot"])
+@hidden_options(*_PLOT_HIDES)
 @click.argument("kind", type=click.Choice(["equation", "units", "shrinkage", "caterpillar", "diagnostics"]))
-@model_options
+@functools.partial(model_options, leave_out=_PLOT_LEAVES_OUT)
 @click.option("-o", "--output", required=True, type=click.Path(), help="The picture to write: .png, .svg or .pdf.")
 @click.option("--x", "x_var", help="equation, units: the level-1 predictor on the x axis (default: the first).")
 @click.option("--by", multiple=True, help="equation: a level-2 predictor to draw lines for (its values, or its "
@@ -1196,7 +1209,7 @@ def compare_cmd(fit_a, fit_b, out_format):
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
 @no_follow_option
 @user_errors
-def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
+def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing, drop_unmatched, cache_dir,
              output, x_var, by, coef, sample, seed, x_range, json_out, quiet, **more):
     """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
     from .files import check_outputs, commit_outputs
@@ -1324,7 +1337,7 @@ def _plot_saved_fit(kind, path, output, x_var, by, x_range):
     plot_equation_from_fit(read_fit(path), output, x_var, at, low_high)
 
 
-@main.command("table")
+@main.command("table", epilog=EXAMPLES["table"])
 @click.argument("fits", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "out_format", type=click.Choice(["markdown", "latex", "html", "csv"]), default="markdown",
               show_default=True)
@@ -1340,7 +1353,7 @@ def table_cmd(fits, out_format, names, output, **more):
     from .tables import side_by_side_text
 
     check_outputs([("-o", output)], list(fits))
-    headings = list(_split_names(names) or [Path(f).stem for f in fits])
+    headings = list(split_names(names) or [Path(f).stem for f in fits])
     if len(headings) != len(fits):
         raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
     text = side_by_side_text([read_fit(f) for f in fits], headings, out_format, _table_options(more, out_format))
@@ -1348,10 +1361,6 @@ def table_cmd(fits, out_format, names, output, **more):
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 @main.command("explain")
@@ -1416,3 +1425,7 @@ def explain_cmd(fit_json, hlm_output, data, id_, model_file, out_format, cache_d
                      tau_order=list(fit.get("random_coefficients") or []))
     report = {"schema": 1, "kind": "explain", "fit": Path(fit_json).name, "hlm_output": Path(hlm_output).name, **report}
     click.echo(dumps_json(report) if out_format == "json" else explain_text(report), nl=out_format != "json")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

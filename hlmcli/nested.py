@@ -90,7 +90,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .moments import LevelsSummary, Moments, mapped_means, mapped_products, records_summary
-from .unitsolve import LOG_2PI, cmm, cmv, spd_inverse_logdet
+from .unitsolve import LOG_2PI, cmm, cmv, factor, gls, spd_inverse_logdet
 
 __all__ = ["Coefficient", "LevelsData", "LevelsSummary", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
            "NestedData", "NestedFit", "NestedStats", "NestedSolve", "as_levels", "as_summary", "reduce_nested",
@@ -861,38 +861,18 @@ class LevelsSolve:
     gamma: np.ndarray
     rss: float
 
-    # three-level names
-    @property
-    def lam2(self):
-        return self.lams[0]
-
-    @property
-    def lam3(self):
-        return self.lams[1]
-
-    @property
-    def K2(self):
-        return self.Ks[0]
-
-    @property
-    def K3(self):
-        return self.Ks[1]
-
-    @property
-    def W(self):
-        return self.Ws[0]
-
     @property
     def Gs(self) -> tuple:
         return tuple(lam @ lam.T for lam in self.lams)
 
-    @property
-    def G2(self) -> np.ndarray:
-        return self.Gs[0]
-
-    @property
-    def G3(self) -> np.ndarray:
-        return self.Gs[1]
+    # three-level names
+    lam2 = property(lambda self: self.lams[0])
+    lam3 = property(lambda self: self.lams[1])
+    K2 = property(lambda self: self.Ks[0])
+    K3 = property(lambda self: self.Ks[1])
+    W = property(lambda self: self.Ws[0])
+    G2 = property(lambda self: self.Gs[0])
+    G3 = property(lambda self: self.Gs[1])
 
     def dof(self, reml: bool) -> float:
         N = self.stats.n_weighted
@@ -1103,14 +1083,7 @@ def levels_solve(stats: LevelsStats, lams) -> LevelsSolve:
             tot = tot.sum(axis=2) if w is None else tot @ w
     tot = 0.5 * (tot + tot.T)
     P, c, s = tot[:p, :p], tot[:p, p], float(tot[p, p])
-    try:
-        cholP = np.linalg.cholesky(P)
-    except np.linalg.LinAlgError:
-        raise FloatingPointError("X'V⁻¹X is not positive definite") from None
-    gamma = np.linalg.solve(cholP.T, np.linalg.solve(cholP, c))
-    rss = s - float(c @ gamma)
-    if not rss > 0:
-        raise FloatingPointError("the residual sum of squares is not positive")
+    cholP, gamma, rss = gls(P, c, s)
     return LevelsSolve(stats, lams, tuple(Ks), tuple(logdets), tuple(Ws), P, cholP, c, s, gamma, rss)
 
 
@@ -1121,21 +1094,12 @@ def nested_solve(stats: LevelsStats, *lams) -> LevelsSolve:
     return levels_solve(stats, lams)
 
 
-def _factor(G: np.ndarray) -> np.ndarray:
-    """A square factor Λ with ΛΛ' = G for PSD G (singular allowed)."""
-    G = np.asarray(G, dtype=float)
-    if G.size == 0:
-        return G.reshape(0, 0)
-    w, V = np.linalg.eigh(0.5 * (G + G.T))
-    return V * np.sqrt(np.clip(w, 0.0, None))
-
-
 def deviance_levels(data, sigma2: float, taus, reml: bool = False) -> float:
     """The ML or REML deviance (lme4's conventions, γ at its GLS value) at given σ² and τℓ (PSD,
     singular allowed), e.g. to judge another program's estimates."""
     stats = data if isinstance(data, LevelsStats) else reduce_nested(data)
     try:
-        us = levels_solve(stats, tuple(_factor(np.asarray(t, float) / sigma2) for t in taus))
+        us = levels_solve(stats, tuple(factor(np.asarray(t, float) / sigma2) for t in taus))
     except (FloatingPointError, np.linalg.LinAlgError):
         return float("inf")
     return us.deviance(sigma2, reml)

@@ -31,11 +31,10 @@ special = lazy("scipy.special")
 from .certificate import Face, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
-from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit,
-                     _factor, as_levels, as_summary, columns_of, levels_solve, reduce_nested, reduce_standardised,
-                     summary_of)
 from .inference import weighted_sandwich
-from .unitsolve import unit_ols
+from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit, as_levels,
+                     as_summary, columns_of, levels_solve, reduce_nested, reduce_standardised, summary_of)
+from .unitsolve import factor, unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
 
@@ -71,20 +70,20 @@ class Objective:
 
     def at(self, Gs):
         try:
-            us = self.solve(tuple(_factor(G) for G in Gs))
+            us = self.solve(tuple(factor(G) for G in Gs))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, tuple(np.zeros_like(G) for G in Gs)
         return us.profiled_deviance(self.reml), us.gradients(self.reml)
 
     def value(self, Gs) -> float:
         try:
-            return self.solve(tuple(_factor(G) for G in Gs)).profiled_deviance(self.reml)
+            return self.solve(tuple(factor(G) for G in Gs)).profiled_deviance(self.reml)
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf
 
     def noise(self, Gs) -> float:
         try:
-            return self.solve(tuple(_factor(G) for G in Gs)).rounding_noise(self.reml)
+            return self.solve(tuple(factor(G) for G in Gs)).rounding_noise(self.reml)
         except (FloatingPointError, np.linalg.LinAlgError):
             return 0.0
 
@@ -721,7 +720,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     try:
         if not np.isfinite(dev):
             raise FloatingPointError
-        us = obj.solve(tuple(_factor(G) for G in Gs))
+        us = obj.solve(tuple(factor(G) for G in Gs))
     except (FloatingPointError, np.linalg.LinAlgError):
         raise ModelError("the deviance cannot be evaluated at any point the search reached (X'V⁻¹X or a "
                          "per-unit covariance matrix is numerically singular): check for collinear predictors, "

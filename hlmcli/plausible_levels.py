@@ -131,7 +131,7 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     """HLM-style text of a combined K-level document: the combined fixed effects (model-based and robust),
     the averaged variance components and reliabilities, D1 tests; each fit's own text after it when given."""
     from . import __version__
-    from .report import _table, hlm_p, printable
+    from .report import hlm_p, printable, text_table
 
     K = doc["levels"]
     out: list[str] = []
@@ -179,8 +179,8 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
               + ("; the standard errors to report with sampling weights)" if doc["weights"] else ")"))
         rows = [[r["gamma"], f"{r['estimate']:.6f}", f"{r['se']:.6f}", f"{r['t']:.3f}", f"{r['df']:.2f}",
                  hlm_p(r["p"]), f"{r['fmi']:.3f}"] for r in doc[kind]]
-        out += _table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
-                      rows, [30, 12, 14, 9, 12, 8, 6])
+        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
+                          rows, [30, 12, 14, 9, 12, 8, 6])
     w("(d.f.: Barnard-Rubin, from HLM's approx. d.f.; FMI: fraction of missing information)")
     w("")
     w(f" {'Pseudo-deviance' if doc['weights'] else 'Deviance'} (average over the fits) = {doc['deviance']:.6f}")
