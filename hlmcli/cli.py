@@ -1195,13 +1195,13 @@ def compare_cmd(fit_a, fit_b, out_format):
 
 @main.command("plot", epilog=EXAMPLES["plot"])
 @hidden_options(*_PLOT_HIDES)
-@click.argument("kind", type=click.Choice(["equation", "units", "shrinkage", "caterpillar", "diagnostics"]))
+@click.argument("kind", type=click.Choice(["equation", "units", "shrinkage", "caterpillar", "diagnostics", "eb-ols"]))
 @functools.partial(model_options, leave_out=_PLOT_LEAVES_OUT)
 @click.option("-o", "--output", required=True, type=click.Path(), help="The picture to write: .png, .svg or .pdf.")
 @click.option("--x", "x_var", help="equation, units: the level-1 predictor on the x axis (default: the first).")
 @click.option("--by", multiple=True, help="equation: a level-2 predictor to draw lines for (its values, or its "
               "25th and 75th percentiles). Repeat; the first sets the colours. Default: those in the equations.")
-@click.option("--coef", help="shrinkage, caterpillar, diagnostics: the random coefficient (default: the intercept).")
+@click.option("--coef", help="shrinkage, caterpillar, diagnostics, eb-ols: the random coefficient (default: the intercept).")
 @click.option("--sample", type=click.IntRange(1), help="units: draw a random sample of this many units.")
 @click.option("--seed", type=int, default=1, show_default=True, help="units: the seed of that sample.")
 @click.option("--x-range", help="equation from a saved JSON fit: LOW,HIGH of the x axis on the model's scale (default -2,2).")
@@ -1211,7 +1211,7 @@ def compare_cmd(fit_a, fit_b, out_format):
 @user_errors
 def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing, drop_unmatched, cache_dir,
              output, x_var, by, coef, sample, seed, x_range, json_out, quiet, **more):
-    """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
+    """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar, diagnostics, or EB against OLS."""
     from .files import check_outputs, commit_outputs
     from .plots import check_output
     from .results import Results

@@ -56,6 +56,7 @@ Examples (in sample_data/):
 
 \b
   hlmcli plot caterpillar hsb.mdm --model models/m4_slopes.txt -o caterpillar.png
+  hlmcli plot eb-ols hsb.mdm --model models/m4_slopes.txt --coef SES -o eb_ols.svg
   hlmcli plot equation hsb.mdm --model models/m4_slopes.txt --by SECTOR -o equation.png
 """,
     "table": """\

@@ -3,7 +3,8 @@
 KINDS: equation (predicted outcome against a level-1 predictor, one line per value or quartile of
 level-2 predictors), units (each unit's EB line), shrinkage (OLS to EB per unit, against unit size),
 caterpillar (sorted EB residuals with 95% posterior intervals), diagnostics (level-1 residuals
-against fitted values, Q–Q plot of the EB residuals, Mahalanobis distances against χ² quantiles).
+against fitted values, Q–Q plot of the EB residuals, Mahalanobis distances against χ² quantiles),
+eb-ols (each unit's EB coefficient against its OLS coefficient, with the 45° line, as HLM 7 draws it).
 
 matplotlib is an optional extra (`pip install 'hlmcli[plot]'`); figures are drawn with the
 object API (no pyplot state), sized for a paper's column, and saved as PNG, SVG or PDF by extension.
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .results import Results
 
-KINDS = ("equation", "units", "shrinkage", "caterpillar", "diagnostics")
+KINDS = ("equation", "units", "shrinkage", "caterpillar", "diagnostics", "eb-ols")
 FORMATS = (".png", ".svg", ".pdf")
 _COLUMN = (4.6, 3.4)  # inches: one column of a two-column paper, with room for the legend
 _STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7.5,
@@ -347,8 +348,38 @@ def plot_diagnostics(results: Results, coef: str | None = None, **_) -> Figure:
     return fig
 
 
+def plot_eb_ols(results: Results, coef: str | None = None, **_) -> Figure:
+    """HLM 7's EB-against-OLS scatter: each unit's EB coefficient (y) against its OLS coefficient
+    (x), with the 45° line on which EB = OLS. Points fall between the line and the level-2
+    prediction: the farther, the more the unit's OLS estimate was shrunk (small or noisy units).
+    Units whose OLS cannot be computed (too few records, or a predictor constant in the unit)
+    have no x: they are left out, and the caption counts them."""
+    name = _coef(results, coef)
+    re = results.random_effects()
+    ols, ebv = re[f"ols_{name}"].to_numpy(dtype=float), re[f"eb_{name}"].to_numpy(dtype=float)
+    ok = np.isfinite(ols)
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.plot(ols[ok], ebv[ok], "o", color="#1b6ca8", markersize=2.5, linestyle="none")
+    if ok.any():
+        low = float(min(ols[ok].min(), ebv[ok].min()))
+        high = float(max(ols[ok].max(), ebv[ok].max()))
+        ax.plot([low, high], [low, high], color="0.2", linewidth=0.8, label="EB = OLS (45° line)")
+        ax.legend(frameon=False, loc="upper left")
+    label = "intercept" if name == "INTRCPT1" else f"{name} slope"
+    ax.set_xlabel(f"OLS estimate of the {label}")
+    ax.set_ylabel(f"EB estimate of the {label}")
+    ax.set_title("EB against OLS estimates")
+    left_out = int((~ok).sum())
+    caption = f"{int(ok.sum())} units" + (f"; {left_out} left out (their OLS cannot be computed)" if left_out else "")
+    fig.text(0.01, 0.005, caption, fontsize=7, color="0.3", ha="left", va="bottom")
+    fig.get_layout_engine().set(h_pad=0.12)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 _PLOTTERS = {"equation": plot_equation, "units": plot_units, "shrinkage": plot_shrinkage,
-             "caterpillar": plot_caterpillar, "diagnostics": plot_diagnostics}
+             "caterpillar": plot_caterpillar, "diagnostics": plot_diagnostics, "eb-ols": plot_eb_ols}
 
 
 def check_output(path: str | os.PathLike) -> None:
