@@ -412,6 +412,8 @@ _LEVELS_REFUSED = {
               "also carries the random effects of the units above it; draw the caterpillar or diagnostics plot"),
     "shrinkage": ("a shrinkage plot moves each unit's own OLS estimate to its EB estimate, and HLM3 and HLM4 compute "
                   "no unit OLS estimates (a level-2 unit may have too few records for one); draw the caterpillar plot"),
+    "eb-ols": ("an EB-against-OLS plot needs each unit's own OLS estimate, and HLM3 and HLM4 compute no unit OLS "
+               "estimates (a level-2 unit may have too few records for one); draw the caterpillar plot"),
 }
 
 
