@@ -71,6 +71,14 @@ class Results:
       tidy(), table(fmt), plot(kind)
     """
 
+    def __new__(cls, analysis=None, *args, **kwargs):
+        # a model of three or more levels (levels_results.LevelsAnalysis) has its own accessors
+        if cls is Results and hasattr(analysis, "levels_spec"):
+            from .levels_results import LevelsResults
+
+            cls = LevelsResults
+        return super().__new__(cls)
+
     def __init__(self, analysis: Analysis, archive: Archive, meta: dict | None = None,
                  sources: SourceFrames | None = None) -> None:
         self.analysis = analysis
