@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
+
 __all__ = ["fit", "compare", "table", "Results", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -36,6 +36,7 @@ class DesignLevels:
     n_deleted: int  # level-1 records dropped for missing values
     units_deleted: tuple  # per level 2..K
     centering_means: dict
+    record_positions: np.ndarray | None = None  # archive index of each level-1 record kept
 
     @property
     def n(self) -> int:
@@ -200,7 +201,7 @@ def design_levels(spec: LevelsSpec, archive: ArchiveLevels, level1: Level1Moment
     positions = tuple(np.flatnonzero(present[level]) for level in range(2, K + 1))
     unit_ids = tuple([archive.levels[level - 1].ids[j] for j in positions[level - 2]] for level in range(2, K + 1))
     return DesignLevels(spec, data, unit_ids, positions, n_deleted,
-                        tuple(int((~present[level]).sum()) for level in range(2, K + 1)), means)
+                        tuple(int((~present[level]).sum()) for level in range(2, K + 1)), means, np.flatnonzero(keep))
 
 
 # ---------------------------------------------------------------- three levels (HLM3's names)
@@ -221,6 +222,7 @@ class Design3:
     level2_positions: np.ndarray  # archive level-2 unit index of each unit kept
     level3_positions: np.ndarray
     centering_means: dict[str, float]  # grand means used, "NAME (level L)" -> mean
+    record_positions: np.ndarray | None = None  # archive index of each level-1 record kept
 
     @property
     def n(self) -> int:
@@ -263,4 +265,5 @@ def design3(spec: ModelSpec3, archive: ArchiveLevels, level1: Level1Moments | No
                             unit2=data.parents[0], unit3=data.parents[1], layout=NestedLayout(pis))
     return Design3(spec=spec, data=nested, unit2_ids=d.unit_ids[0], unit3_ids=d.unit_ids[1], n_deleted=d.n_deleted,
                    units2_deleted=d.units_deleted[0], units3_deleted=d.units_deleted[1],
-                   level2_positions=d.positions[0], level3_positions=d.positions[1], centering_means=d.centering_means)
+                   level2_positions=d.positions[0], level3_positions=d.positions[1], centering_means=d.centering_means,
+                   record_positions=d.record_positions)

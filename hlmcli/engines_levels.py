@@ -68,9 +68,9 @@ def level1_file(path, engine: str, id2: str, id_names, keep1, fmt=None, delimite
     if str(path) == "-":
         raise DataError("standard input cannot be streamed; give the level-1 file's path, or use --engine memory")
     if engine == "dask":
-        from .dask_engine import _files, is_parquet
+        from .dask_engine import is_parquet, level1_files
 
-        cols = file_columns(_files(str(path))[0], "parquet" if is_parquet(str(path)) else (fmt or "csv"), delimiter)
+        cols = file_columns(level1_files(str(path))[0], "parquet" if is_parquet(str(path)) else (fmt or "csv"), delimiter)
     else:
         cols = file_columns(path, fmt, delimiter)
     id_col = cols.find(id2, "unit id")
@@ -127,9 +127,9 @@ def upper_archive(paths, options, level1: Level1File, fmt=None, delimiter=None, 
                         f"--l1-vars ... --l{K}-vars")
     archive.levels[0] = LevelData(list(level1.names), np.full((len(level1.names), archive.n(1)), np.nan))
     archive.notes["level1_records_read"] = None
-    from .engines import _source
+    from .archive import unhashed_source
 
-    archive.sources = [_source(f"level-{k}", p) for k, p in enumerate(paths, 1)]
+    archive.sources = [unhashed_source(f"level-{k}", p) for k, p in enumerate(paths, 1)]
     if K != archive.n_levels:  # pragma: no cover - the builders make K levels
         raise AssertionError("archive levels")
     return archive
@@ -152,7 +152,7 @@ def level1_moments(archive, level1: Level1File, names: list[str], level2_path, d
     else:
         from .streaming import stream_moments
 
-        unit_ids, m, _read, deleted = stream_moments(level1.columns, level1.id2, names)
+        unit_ids, m, _read, deleted = stream_moments(level1.columns, level1.id2, names, progress=progress)
     ids2 = archive.levels[1].ids
     position = {u: j for j, u in enumerate(ids2)}
     where = np.array([position.get(u, -1) for u in unit_ids], dtype=np.int64)

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .design import Design
-from .spec import gamma_label
 
 
 @dataclass(frozen=True)
@@ -174,93 +172,6 @@ def cross_products(m: Moments, centers: np.ndarray, intercept: bool = True):
     return m.n, S
 
 
-# ---------------------------------------------------------------- a model's design from the moments
-
-def design_from_moments(spec, unit_ids: list[str], names: list[str], m: Moments, level2: dict,
-                        n_deleted: int = 0, digest: str = ""):
-    """The Design (without the N×K arrays) and the UnitStats of `spec`, from per-unit moments.
-
-    unit_ids, m: the units that had records (n may be 0 where run-time deletion removed them all);
-    names: the columns of m; level2: every level-2 variable's (J,) values for those units.
-    Centering follows make_design: group = the unit's own mean, grand = the mean over records
-    (level 1) or over units (level 2); y is shifted by its grand mean when the model has γ00."""
-    from .design import FixedEffect, predictor_name
-    from .errors import ModelError
-    from .pipeline import has_overall_intercept
-    from .sufficient import unit_stats_from_products
-
-    kept = m.n > 0
-    if not kept.any():
-        raise ModelError("every record has a missing value in the model's variables; nothing is left to analyse")
-    units_deleted = int((~kept).sum())
-    positions = np.flatnonzero(kept)
-    m = m.take(positions)
-    unit_ids = [unit_ids[j] for j in positions]
-    J = len(unit_ids)
-    col = {name: k for k, name in enumerate(names)}
-    N, grand_mean, _ = grand(m)
-
-    centering_means: dict[str, float] = {}
-    index = [col[t.name] for t in spec.level1] + [col[spec.outcome]]
-    sub = Moments(m.n, m.mean[:, index], m.C[:, index][:, :, index])
-    centers = np.zeros((J, len(index)))
-    for k, term in enumerate(spec.level1):
-        if term.centering == "group":
-            centers[:, k] = sub.mean[:, k]
-        elif term.centering == "grand":
-            centers[:, k] = grand_mean[col[term.name]]
-            centering_means[f"{term.name} (level 1)"] = float(grand_mean[col[term.name]])
-
-    def level2_column(term) -> np.ndarray:
-        w = m.mean[:, col[term.name]].copy() if term.unit_mean else np.asarray(level2[term.name], dtype=float)[positions]
-        if term.centering == "grand":
-            mean = float(w.mean())
-            centering_means[f"{'mean(' + term.name + ')' if term.unit_mean else term.name} (level 2)"] = mean
-            w = w - mean
-        return w
-
-    W, fixed = [], []
-    coef_names = spec.coefficient_names()
-    for q, eq in enumerate(spec.level2):
-        cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
-        W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
-        if eq.intercept:
-            fixed.append(FixedEffect(q, 0, coef_names[q], "INTRCPT2", gamma_label(q, 0)))
-        for s, t in enumerate(eq.predictors, start=1):
-            fixed.append(FixedEffect(q, s, coef_names[q], predictor_name(t), gamma_label(q, s)))
-    offsets = np.concatenate(([0], np.cumsum(m.n.astype(np.int64)))).astype(np.int64)
-    design = MomentsDesign(
-        spec=spec, y=np.zeros(0), L=np.zeros((0, len(spec.level1) + 1)), W=W, offsets=offsets, unit_ids=unit_ids, unit_positions=positions,
-        record_positions=None, n_deleted=int(n_deleted), units_deleted=units_deleted, fixed=fixed,
-        random=np.array(spec.random), level2_values={k: np.asarray(v, dtype=float)[positions] for k, v in level2.items()},
-        centering_means=centering_means, N=int(round(N)), data_digest=digest)
-    shift = float(grand_mean[col[spec.outcome]]) if has_overall_intercept(design) else 0.0
-    centers[:, -1] = shift
-    _check_random_slopes(design, sub, centers)
-    unit = unit_stats_from_products(*cross_products(sub, centers, intercept=True), shift)
-    return design, unit
-
-
-def _check_random_slopes(design, m: Moments, centers: np.ndarray) -> None:
-    """design.check_random_slopes on moments: a predictor with no spread within any unit
-    (C_kk = 0 up to rounding) cannot carry a random slope."""
-    from .errors import ModelError
-
-    for q in np.flatnonzero(design.random):
-        if q == 0:
-            continue
-        k = q - 1
-        sd = np.sqrt(np.clip(m.C[:, k, k], 0, None) / m.n)
-        scale = max(1.0, float(np.max(np.abs(m.mean[:, k] - centers[:, k]) + sd)))
-        if np.all(sd <= 1e-12 * scale):
-            term = design.spec.level1[k]
-            why = ("is zero everywhere after group-mean centering" if term.centering == "group"
-                   else "is constant within every unit")
-            raise ModelError(
-                f"b{q} ({term.name}) cannot have a random slope: {term.name} {why}, so its slope "
-                f"cannot be estimated separately in any unit; remove u{q} from b{q}'s equation")
-
-
 def digest_of(unit_ids: list[str], m: Moments) -> str:
     """A fingerprint of the data a fit from moments used: the units, their record counts and the
     moments of the columns (the in-memory engine hashes the records themselves, so the two differ)."""
@@ -271,18 +182,6 @@ def digest_of(unit_ids: list[str], m: Moments) -> str:
     for a in (m.n, m.mean, m.C):
         h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
     return h.hexdigest()
-
-
-@dataclass
-class MomentsDesign(Design):
-    """A Design whose records were summarised, not kept: L and y have no rows, n is stored."""
-
-    N: int = 0
-    data_digest: str = ""
-
-    @property
-    def n(self) -> int:
-        return self.N
 
 
 # ---------------------------------------------------------------- nested models (three and more levels)

@@ -31,9 +31,10 @@ special = lazy("scipy.special")
 from .certificate import Face, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
-from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit,
-                     _factor, as_levels, as_summary, columns_of, levels_solve, reduce_nested, reduce_standardised)
-from .unitsolve import unit_ols
+from .inference import weighted_sandwich
+from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit, as_levels,
+                     as_summary, columns_of, levels_solve, reduce_nested, reduce_standardised, summary_of)
+from .unitsolve import factor, unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
 
@@ -69,20 +70,20 @@ class Objective:
 
     def at(self, Gs):
         try:
-            us = self.solve(tuple(_factor(G) for G in Gs))
+            us = self.solve(tuple(factor(G) for G in Gs))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, tuple(np.zeros_like(G) for G in Gs)
         return us.profiled_deviance(self.reml), us.gradients(self.reml)
 
     def value(self, Gs) -> float:
         try:
-            return self.solve(tuple(_factor(G) for G in Gs)).profiled_deviance(self.reml)
+            return self.solve(tuple(factor(G) for G in Gs)).profiled_deviance(self.reml)
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf
 
     def noise(self, Gs) -> float:
         try:
-            return self.solve(tuple(_factor(G) for G in Gs)).rounding_noise(self.reml)
+            return self.solve(tuple(factor(G) for G in Gs)).rounding_noise(self.reml)
         except (FloatingPointError, np.linalg.LinAlgError):
             return 0.0
 
@@ -697,7 +698,10 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     (nested_df.satterthwaite_df, as lmerTest)."""
     reml = bool(reml)
     # one statistics pass: everything below reads the per-level-2-unit moments (moments.LevelsSummary)
-    data = as_summary(data)
+    data = summary_of(data)
+    if df_method == "satterthwaite" and getattr(data, "weighting", None) is not None:
+        raise ModelError("Satterthwaite's d.f. come from the covariance of the variance estimates under the model; "
+                         "with sampling weights use the robust (sandwich) SEs with HLM's d.f.")
     K = data.n_levels
     raw = reduce_nested(data)
     qs, p = raw.qs, raw.p
@@ -716,7 +720,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     try:
         if not np.isfinite(dev):
             raise FloatingPointError
-        us = obj.solve(tuple(_factor(G) for G in Gs))
+        us = obj.solve(tuple(factor(G) for G in Gs))
     except (FloatingPointError, np.linalg.LinAlgError):
         raise ModelError("the deviance cannot be evaluated at any point the search reached (X'V⁻¹X or a "
                          "per-unit covariance matrix is numerically singular): check for collinear predictors, "
@@ -730,7 +734,11 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     Pinv = us.Pinv()
     cov = sigma2 * (TX @ Pinv @ TX.T)
     sc = us.scores()
-    robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
+    wt = raw.weighting
+    if wt is None:
+        robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
+    else:  # WeMix's pseudo-ML sandwich, clustered at the top level (inference.weighted_sandwich)
+        robust = TX @ weighted_sandwich(sc, wt.conditional[-1], Pinv) @ TX.T
     gamma = TX @ us.gamma + tr.b
     deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)
     # back to the user's columns: Z̃ = ZA, so b = A b̃ and Var b = A Var b̃ A'

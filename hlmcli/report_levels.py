@@ -273,6 +273,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     w(f" The maximum number of iterations = {spec.options.max_iterations}")
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
+    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
     w("")
     w(f" The outcome variable is  {hlm_name(spec.outcome)}")
     w("")
@@ -365,12 +366,17 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     w("Statistics for the current model")
     w(f" Deviance                       = {fit.deviance:.6f}")
     w(f" Number of estimated parameters = {fit.n_params}")
+    if meta.get("weights"):
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     formula, notes = lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)
     w("")
     w("The same model in R (lme4)")
     w(f" {formula}")
     for note in notes:
         w(f"   {note}")
+    if meta.get("weights"):
+        w("   lmer has no sampling weights (its weights= are precision weights); the pseudo-likelihood fit in R "
+          "is WeMix::mix")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
@@ -451,6 +457,7 @@ def fit_json3(design, fit, meta: dict) -> dict:
         "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)[0],
         **_structure_keys(fit),
         "centering_means": design.centering_means,
+        **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
 
@@ -695,6 +702,7 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
     w(f" The maximum number of iterations = {spec.options.max_iterations}")
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
+    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
     w("")
     w(f" The outcome variable is  {hlm_name(spec.outcome)}")
     w("")
@@ -776,12 +784,17 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
     w("Statistics for the current model")
     w(f" Deviance                       = {fit.deviance:.6f}")
     w(f" Number of estimated parameters = {fit.n_params}")
+    if meta.get("weights"):
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     w("")
     w("The same model in R (lme4)")
     w(f" {lme4_formula(spec, meta['ids'], _diagonal_at(fit) or False)}")
     for note in lme4_notes(spec, meta["ids"]):
         w(f"   {note}")
     w(f"   fit with lmer(..., REML = {'TRUE' if spec.method == 'REML' else 'FALSE'})")
+    if meta.get("weights"):
+        w("   lmer has no sampling weights (its weights= are precision weights); the pseudo-likelihood fit in R "
+          "is WeMix::mix")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
@@ -831,6 +844,7 @@ def fit_json(design, fit, meta: dict) -> dict:
         "lme4_formula": lme4_formula(spec, meta["ids"], _diagonal_at(fit) or False),
         **_structure_keys(fit),
         "centering_means": design.centering_means,
+        **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
 

@@ -5,6 +5,8 @@ error (exit 2), and options that would do nothing in the combination given are r
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -143,3 +145,10 @@ def test_model_and_plot_refuse_options_that_do_nothing(archive, tmp_path):
     one_line_usage_error(hlmcli("plot", "caterpillar", archive, *EMPTY, "--delimiter", ";", "-o", tmp_path / "c.png"),
                          "--delimiter", "archive already built")
     assert "MATHACH" in hlmcli("model", *HSB, "--id", "ID", *EMPTY, check=True).stdout
+
+
+def test_python_m_knows_every_command():
+    """`python -m hlmcli.cli` (what the tests run when no `hlmcli` script is installed) has the commands
+    defined last in the module too: the command line starts only after all of them are registered."""
+    proc = subprocess.run([sys.executable, "-m", "hlmcli.cli", "explain", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "FIT_JSON HLM_OUTPUT" in proc.stdout, proc.stderr

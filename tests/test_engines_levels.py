@@ -78,7 +78,7 @@ def _fits(paths, ids, equations, reml=False, drop_unmatched=False):
     from hlmcli.design_levels import design_levels, level1_variables
     from hlmcli.engines_levels import level1_file, level1_moments, upper_archive
     from hlmcli.levels import spec_levels
-    from hlmcli.nested import fit_nested
+    from hlmcli.nested_fit import fit_nested
 
     options = _options(paths, ids, drop_unmatched)
     build = build_from_files3 if len(paths) == 3 else build_from_files_levels

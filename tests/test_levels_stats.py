@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hlmcli.nested import LevelsData, fit_nested
+from hlmcli.nested import LevelsData
 from hlmcli.nested_df import satterthwaite_df
-from hlmcli.nested_fit import Objective, certify_nested
+from hlmcli.nested_fit import Objective, certify_nested, fit_nested
 from hlmcli.estimation import tol_decrement
 
 from test_levels import hospitals, schools
