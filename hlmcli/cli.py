@@ -748,8 +748,8 @@ def fit_cmd(**params):
 
         if fit.prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
-        if fit.normalize and not (fit.weight1 or fit.weight2):
-            raise click.UsageError("--normalize needs --weight1 or --weight2")
+        if fit.normalize and not (fit.weight1 or fit.weight2 or fit.weight3 or fit.weight4):
+            raise click.UsageError("--normalize needs sampling weights: --weight1 ... --weight4")
         check_fit_options(_given_options(), archive=Path(data[0]).name if len(data) == 1 else None,
                           engine=fit.engine.value, hlm_file=False, out_format=out.out_format,
                           outputs=bool(out.output or out.json_out or out.residuals_l1 or out.residuals_l2
