@@ -744,7 +744,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
 
     prior_version = more.pop("prior_version", None)
     table_options = _table_options(more, out_format)
-    _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
+    more["dask_scheduler"] = _dask_scheduler(more)  # checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels
     if is_many_levels(data, more):
         from .flags import check_fit_options

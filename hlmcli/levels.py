@@ -157,6 +157,9 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     from .report_levels import Symbols3, fit_json3, fit_json3_text, fit_text3, level2_residuals, level3_residuals
     from .residual_files import write_table
 
+    refuse_records_summarised(more, [("--residuals-l1", residuals_l1), ("--keep", keep), ("--weight1", weight1),
+                                     ("--weight2", weight2), ("--weight3", more.get("weight3")),
+                                     ("--plausible-values", plausible_values), ("--imputed", imputed)])
     refuse_unsupported([
         ("--test", bool(tests)), (f"--df {df_method}", df_method != "hlm"), ("--compare-deviance", compare_deviance is not None),
         ("--compare-params", compare_params is not None), ("--test-homogeneity", bool(test_homogeneity)),
@@ -165,8 +168,6 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
         ("--allow-unequal-imputations without --imputed", bool(more.get("allow_unequal_imputations")) and not imputed),
         ("--residuals-l1", bool(residuals_l1)), ("--keep", bool(keep)),
         (f"--format {out_format}", out_format not in ("text", "json")),
-        (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
-        ("--scheduler", bool(more.get("scheduler"))),
     ] + [(x, True) for x in _hglm_given()])
     if more.get("ml") and more.get("reml"):
         raise click.UsageError("give --ml or --reml, not both")
@@ -175,11 +176,12 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     check_outputs([("-o", output), ("--json-out", json_out), ("--residuals-l2", residuals_l2),
                    ("--residuals-l3", residuals_l3)], sources)
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
-    archive, source_text = load3(data, build_opts, cache_dir, warn)
+    archive, source_text, l1 = load_summarised(data, build_opts, more, warn, 3) \
+        if more.get("engine", "memory") != "memory" else (*load3(data, build_opts, cache_dir, warn), None)
     spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"), title=title,
                  max_iterations=max_iterations, residuals_l2=residuals_l2, residuals_l3=residuals_l3,
                  allow_outside=bool(more.get("allow_outside")))
-    design = design3(spec, archive)
+    design = design3(spec, archive, summarised_level1(archive, spec, l1, warn))
     from .identifiability import check_three_level
     from .levels_combined import fit_weighted, weight_spec_levels, weighting_meta
 
@@ -266,6 +268,51 @@ def _finish(text, json_text, output, json_out, write_files: bool, quiet: bool, f
                    "pass --keep-failed-output to write it anyway")
     if status:
         sys.exit(status)
+
+
+# ---------------------------------------------------------------- --engine stream/dask (engines_levels.py)
+
+_RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not keep; "
+            "fit with --engine memory")
+
+
+def refuse_records_summarised(more: dict, asked) -> None:
+    """What a fit from per-level-2-unit summaries cannot do, in one line with the reason."""
+    engine = more.get("engine", "memory")
+    given = [name for name, on in asked if on]
+    if engine != "memory" and given:
+        raise _Usage(f"{', '.join(given)}: not available with --engine {engine}: {_RECORDS}")
+
+
+def load_summarised(data, build_opts: dict, more: dict, warn, K: int):
+    """(the archive of the upper files, its source text, the level-1 file read later) for --engine
+    stream/dask: the records of the level-1 file are read once, per model (engines_levels.py)."""
+    from .engines_levels import summarised
+
+    engine = more["engine"]
+    if len(data) == 1:
+        raise _Usage(f"--engine {engine} reads the data files, one per level; an archive is already built in memory, "
+                     "so drop --engine")
+    if K == 3:
+        opts = {k: build_opts.get(k) for k in ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing",
+                                               "drop_unmatched")}
+        options = options3(**opts)
+    else:
+        ids, keeps = _ids_and_keeps(build_opts, K)
+        options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
+                                       build_opts.get("drop_unmatched", False), K)
+    archive, l1 = summarised(list(data), options, engine, build_opts.get("file_format"), build_opts.get("delimiter"),
+                             warn, more.get("dask_scheduler"), bool(more.get("progress")))
+    return archive, ", ".join(Path(str(p)).name for p in data), l1
+
+
+def summarised_level1(archive, spec, l1, warn):
+    """The per-level-2-unit moments of the model's level-1 variables (None in memory)."""
+    if l1 is None:
+        return None
+    from .design_levels import level1_variables
+
+    return l1.moments(archive, level1_variables(spec), warn)
 
 
 def unsupported_command(name: str):
@@ -435,6 +482,9 @@ def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_d
     from .report_levels import SymbolsLevels, fit_json, fit_json_text, fit_text, level_residuals
     from .residual_files import write_table
 
+    refuse_records_summarised(more, [(name, on) for name, on in refused if name in ("--residuals-l1", "--keep")]
+                              + [(f"--weight{k}", more.get(f"weight{k}")) for k in (1, 2, 3, 4)]
+                              + [("--plausible-values", more.get("plausible_values")), ("--imputed", more.get("imputed"))])
     refuse_unsupported_levels(list(refused) + [(f"--format {out_format}", out_format not in ("text", "json"))]
                        + [(x, True) for x in _hglm_given()])
     if more.get("ml") and more.get("reml"):
@@ -444,11 +494,12 @@ def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_d
     check_outputs([("-o", output), ("--json-out", json_out)]
                   + [(f"--residuals-l{k}", path) for k, path in zip((2, 3, 4), residuals)], sources)
     warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
-    archive, source_text = load_levels(data, build_opts, cache_dir, warn)
+    archive, source_text, l1 = load_summarised(data, build_opts, more, warn, len(data)) \
+        if more.get("engine", "memory") != "memory" else (*load_levels(data, build_opts, cache_dir, warn), None)
     K = archive.n_levels
     spec = spec_levels(archive, _equations(level1, level2, more, K), model_file, more.get("reml"), title=title,
                        max_iterations=max_iterations, residuals=residuals[:K - 1])
-    design = design_levels(spec, archive)
+    design = design_levels(spec, archive, summarised_level1(archive, spec, l1, warn))
     from .levels_combined import fit_weighted, weight_spec_levels, weighting_meta
 
     wspec = weight_spec_levels(K, _weight_names(more.get("weight1"), more.get("weight2"), more), more.get("normalize"))
@@ -501,6 +552,4 @@ def refusals(params: dict) -> list:
          bool(more.get("allow_unequal_imputations")) and not params.get("imputed")),
         ("--residuals-l1", bool(params.get("residuals_l1"))),
         ("--keep", bool(params.get("keep"))),
-        (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
-        ("--scheduler", bool(more.get("scheduler"))),
     ]
