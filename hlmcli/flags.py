@@ -23,7 +23,7 @@ BUILD_OPTIONS = ("--id", "--id1", "--id2", "--l1-vars", "--l2-vars", "--missing"
 HGLM_OPTIONS = ("--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points", "--separation")
 # plot: the kinds each option draws with
 PLOT_KINDS = {"--x": ("equation", "units"), "--by": ("equation",), "--sample": ("units",), "--seed": ("units",),
-              "--coef": ("shrinkage", "caterpillar", "diagnostics")}
+              "--coef": ("shrinkage", "caterpillar", "diagnostics", "eb-ols")}
 
 
 def _refuse(message: str) -> None:

@@ -274,3 +274,16 @@ def test_cli_stream_equals_memory_on_every_reference(name, method, tmp_path):
         streaming.CHUNK_BYTES = old
     assert streamed["certificate"]["certified"] == memory["certificate"]["certified"]
     assert differences(memory, streamed) == []
+
+
+def test_api_three_levels_engine_stream_equals_memory(tmp_path):
+    """hlmcli.fit(..., engine="stream") at three levels: the same Results as in memory."""
+    import hlmcli
+    from engine_cases import differences
+
+    files = _tiny(tmp_path)
+    kw = dict(level3=files[2], id2="C", id3="S", level1_eq=TINY_MODEL[0][0], level2_eqs=TINY_MODEL[1],
+              level3_eqs=TINY_MODEL[2], warn=lambda m: None)
+    memory = hlmcli.fit(*files[:2], **kw).to_dict()
+    streamed = hlmcli.fit(*files[:2], engine="stream", **kw).to_dict()
+    assert streamed["converged"] and differences(memory, streamed) == []
