@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize, stats as sps
 
-from .certificate import Face, face_conditions, name_direction, rank_tolerance
+from .certificate import Face, check_precision, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit,
@@ -226,6 +226,7 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCert
                           f"{mu:+.1E}, available decrease {dec:.1E}): a false boundary")
     if not np.isfinite(dev):
         failed.append("the deviance is not finite")
+    check_precision(tol, dev, failed)
     return NestedCertificate(not failed, face.ranks, tuple(face.qs), float(decrement), grad_max, mus, decs, hmin,
                              tol, failed, descent, dstep, Gs)
 
