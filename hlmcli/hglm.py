@@ -94,7 +94,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .certificate import Certificate, Face, certify
-from .estimation import TauStructure
+from .estimation import TauStructure, lower_faces
 from .estimation import fit as linear_fit
 from .family import Family
 from .sufficient import model_stats, unit_cross_products
@@ -765,7 +765,7 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
     at τ = 0 or a low rank, another at a large τ). So the search runs from each start glmer and
     glmmTMB use: the given start (PQL), a plain GLM's γ with τ = ¼I and with τ = I, and from τ = 0
     itself (the GLM's point, where the Laplace deviance is the GLM's: with Λ = 0 the modes are 0 and
-    log|H| = 0); the lowest deviance wins and only that optimum is reported and certified. AGQ
+    log|H| = 0), and at a boundary optimum of rank r ≥ 2 from its lower-rank faces; the lowest deviance wins and only that optimum is reported and certified. AGQ
     starts from each distinct Laplace optimum (its own surface may rank them differently).
     `init` (AGQ refitted with more points from an AGQ fit) keeps the one start: there the earlier
     fit already chose among the optima."""
@@ -801,6 +801,19 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         if dev0 < min(f.deviance for f in fits) - tol:
             s = SimpleNamespace(gamma=gamma_glm, tau=1e-4 * np.eye(q), b=b0)
             fits.append(_ml_fit_one(data, 1, s, maxiter, diagonal))
+            starts += 1
+        # the lower faces of a boundary optimum, as the linear engine's global check
+        # (estimation.lower_faces): at rank r with 2 ≤ r < q, its best rank-k approximations,
+        # k = 1..r−1 (τ = 0 is compared above); a search from just inside each, with the lowest wins
+        best = min(fits, key=lambda f: f.deviance)
+        rank = best.certificate.rank
+        for G in lower_faces(best.tau, diagonal, rank)[1:] if 2 <= rank < q else []:
+            s = SimpleNamespace(gamma=best.gamma, tau=G + 1e-6 * max(1.0, float(np.abs(G).max())) * np.eye(q),
+                                b=best.b)
+            try:
+                fits.append(_ml_fit_one(data, 1, s, maxiter, diagonal))
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                continue
             starts += 1
     fits.sort(key=lambda f: f.deviance)
     best = fits[0]
