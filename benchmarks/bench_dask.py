@@ -211,8 +211,7 @@ def phases(l1: Path, l2: Path) -> dict:
 
     from distributed import LocalCluster
 
-    from hlmcli.dask_engine import dask_frame
-    from hlmcli.engines import analyse_summary, model_columns, summarise
+    from hlmcli.engines import analyse_summary, frame_of_dask, model_columns, summarise
     from hlmcli.equations import RunOptions, spec_from_inputs
 
     out = {}
@@ -221,7 +220,7 @@ def phases(l1: Path, l2: Path) -> dict:
                       silence_logs=logging.ERROR) as cluster:
         out["cluster_start_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        frame, cols, level2_data = dask_frame(l1, l2, "id", "id")
+        frame, cols, level2_data = frame_of_dask(l1, l2, "id", "id")
         from hlmcli.design import variables_of
 
         spec = spec_from_inputs(LEVEL1, LEVEL2, None, variables_of(frame), RunOptions(), False)

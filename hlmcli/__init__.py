@@ -1,18 +1,20 @@
 """hlmcli: two-level hierarchical linear models from the command line, the HLM 7 way.
 
 The Python API is loaded on first use, so `import hlmcli` stays light:
-`hlmcli.fit(...)` returns `hlmcli.Results` (see hlmcli.api).
+`hlmcli.fit(...)` returns `hlmcli.Results` (see hlmcli.api); `hlmcli.compare(a, b)` tests two fits
+and `hlmcli.table([a, b, c])` sets them side by side.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-__all__ = ["fit", "Results", "__version__"]
+from .version import __version__
+
+__all__ = ["fit", "compare", "table", "Results", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import fit
+    from .api import compare, fit, table
     from .results import Results
 
 
@@ -21,6 +23,10 @@ def __getattr__(name: str):
         from .api import fit
 
         return fit
+    if name in ("compare", "table"):
+        from . import api
+
+        return getattr(api, name)
     if name == "Results":
         from .results import Results
 

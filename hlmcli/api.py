@@ -15,14 +15,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
-import pandas as pd
+from .lazy import is_dataframe, lazy
+
+pd = lazy("pandas")
 
 from .equations import ModelSpec
 from .errors import DataError, ModelError
+from .readers import check_frame_columns
 from .results import Results
 from .spec import Engine, Estimation, FamilyName, FitOptions, Method, OutputOptions, TauStructure
 
-DataLike = Union[str, os.PathLike, pd.DataFrame]
+DataLike = Union[str, os.PathLike, "pd.DataFrame"]
 
 
 def _is_archive(path) -> bool:
@@ -46,7 +49,7 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
     from .sources import SourceFrames
 
     options = BuildOptions(id1=id1 or id, id2=id2 or id, missing=missing, drop_unmatched=drop_unmatched)
-    frames_given = isinstance(level1, pd.DataFrame) or isinstance(level2, pd.DataFrame)
+    frames_given = is_dataframe(level1) or is_dataframe(level2)
     if not frames_given and level2 is None:
         if not _is_archive(level1):
             raise DataError(f"{level1}: not an archive; give an .mdm file, or the level-1 and level-2 files (or DataFrames)")
@@ -63,7 +66,7 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
         raise DataError("no unit id column given; pass id='NAME' (or id1= and id2=)")
 
     def table(data, role: str, id_name: str) -> Table:
-        if isinstance(data, pd.DataFrame):
+        if is_dataframe(data):
             check_frame_columns(data, f"the {role} DataFrame")
             return Table(Path(f"the {role} DataFrame"), "dataframe", data.reset_index(drop=True))
         return read_table(data, file_format, delimiter, string_columns=(id_name,))
@@ -76,21 +79,9 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
 
     frames = SourceFrames(t1.data, t2.data, find_column(t1, options.id1, "unit id"), find_column(t2, options.id2, "unit id"),
                           same, str(t1.path), str(t2.path))
-    source = "a DataFrame" if same else f"{'a DataFrame' if isinstance(level1, pd.DataFrame) else Path(level1).name} and " \
-             f"{'a DataFrame' if isinstance(level2, pd.DataFrame) else Path(level2).name}"
+    source = "a DataFrame" if same else f"{'a DataFrame' if is_dataframe(level1) else Path(level1).name} and " \
+             f"{'a DataFrame' if is_dataframe(level2) else Path(level2).name}"
     return archive, source, frames
-
-
-def check_frame_columns(frame: pd.DataFrame, what: str) -> None:
-    """Column names as a data file would have them: text, each once (up to case, as names match
-    case-insensitively). A DataFrame allows any hashable name and repeated names; the stages do not."""
-    from .readers import refuse_duplicate_names
-
-    for k, name in enumerate(frame.columns, start=1):
-        if not isinstance(name, str):
-            raise DataError(f"{what}: column {k} is named {name!r} ({type(name).__name__}), not text; "
-                            "give every column a text name, e.g. frame.columns = frame.columns.map(str)")
-    refuse_duplicate_names(what, frame.columns)
 
 
 def make_spec(archive, level1_eq: str | None, level2_eqs: Sequence[str] = (), model: str | os.PathLike | None = None,
@@ -295,7 +286,7 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
     """hlmcli.fit(engine="stream" | "dask"): the command line's summarised engines, on two data files."""
     from .engines import analyse_summary_with_extras, summary_for_fit
 
-    if isinstance(level1, pd.DataFrame) or isinstance(level2, pd.DataFrame) or level2 is None:
+    if is_dataframe(level1) or is_dataframe(level2) or level2 is None:
         raise DataError(f"engine='{options.engine.value}' reads the level-1 and level-2 files in chunks; give their "
                         "paths (DataFrames and archives are already in memory: use engine='memory')")
     if not id1 or not id2:
@@ -314,3 +305,63 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
     for message in results.failures:
         say(message + "; the results are not at the optimum")
     return results
+
+
+def _fit_doc(model, what: str) -> dict:
+    """A fit's JSON document from Results, a dict (a loaded JSON fit) or the path of a saved one."""
+    if isinstance(model, Results):
+        return model.to_dict()
+    if isinstance(model, dict):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from .compare import read_fit
+
+        return read_fit(str(model))
+    raise ModelError(f"{what}: give a fitted model (hlmcli.fit's result), its JSON document or a saved JSON fit, "
+                     f"not {type(model).__name__}")
+
+
+def _model_name(model, k: int) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model).stem
+    return f"Model {k}"
+
+
+class Comparison(dict):
+    """`hlmcli compare`'s JSON document as a dict; printed, its text."""
+
+    def __str__(self) -> str:
+        from .compare import compare_text
+
+        return compare_text(self)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def compare(a, b, names: Sequence[str] | None = None) -> Comparison:
+    """The deviance (likelihood-ratio) test of two fits of the same data and the variance explained,
+    as `hlmcli compare`: `a` and `b` are fitted models, JSON documents or saved JSON fits."""
+    from .compare import compare_fits
+
+    name_a, name_b = names or (_model_name(a, 1) if not isinstance(a, Results) else "A",
+                               _model_name(b, 2) if not isinstance(b, Results) else "B")
+    return Comparison(compare_fits(_fit_doc(a, "a"), _fit_doc(b, "b"), name_a, name_b))
+
+
+def table(models: Sequence, fmt: str | None = None, names: Sequence[str] | None = None, *, se: str = "auto",
+          stars: bool = False, caption: str | None = None, notes: Sequence[str] = ()):
+    """Several fits side by side, as `hlmcli table`: a DataFrame (models in columns: coefficients with
+    their SEs below, variance components with τ's covariances and correlations, deviance, AIC, BIC,
+    method, certificate, N, J), or with `fmt` ('csv', 'markdown', 'latex', 'html') the text."""
+    from .tables import TableOptions, side_by_side, side_by_side_text
+
+    models = list(models)
+    docs = [_fit_doc(m, f"model {k}") for k, m in enumerate(models, start=1)]
+    names = list(names) if names is not None else [_model_name(m, k) for k, m in enumerate(models, start=1)]
+    if len(names) != len(docs):
+        raise ModelError(f"{len(names)} names for {len(docs)} models; give one name per model")
+    options = TableOptions(se=se, stars=stars, caption=caption, notes=tuple(notes))
+    if fmt is None:
+        return side_by_side(docs, names, options)
+    return side_by_side_text(docs, names, fmt, options)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, first_few
 from .files import atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 2
 MAGIC = b"HLMCMDM\x1a"
-_PREFIX = struct.Struct("<8sIIQ32s")
+PREFIX = struct.Struct("<8sIIQ32s")
 
 
 @dataclass(frozen=True)
@@ -107,39 +107,15 @@ class BuildOptions:
                 "missing": self.missing, "drop_unmatched": self.drop_unmatched}
 
 
-def _first_few(items, k: int = 5) -> str:
-    items = list(items)
-    shown = ", ".join(str(x) for x in items[:k])
-    return shown + (", …" if len(items) > k else "")
-
-
 def _resolve_keep(table: Table, requested, exclude: set[str], what: str, text_columns: list | None = None) -> list[str]:
-    from .readers import find_column
+    from .readers import find_column, is_text_column
 
     if requested is None:
-        return [c for c in table.data.columns if c.lower() not in exclude and not _is_text(table, c, text_columns)]
+        return [c for c in table.data.columns if c.lower() not in exclude and not is_text_column(table, c, text_columns)]
     return [find_column(table, name, what) for name in requested]
 
 
-def _is_text(table: Table, column: str, text_columns: list | None) -> bool:
-    """A column none of whose values is a number (e.g. gender F/M) is a label, not a variable: left out
-    of the default variables instead of aborting the build. A column of numbers with a stray word in it
-    is still an error naming the row, and so is a text column named with --l1-vars/--l2-vars."""
-    import pandas as pd
-
-    series = table.data[column]
-    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
-        return False
-    if pd.to_numeric(series, errors="coerce").notna().any():
-        return False
-    if series.isna().all():
-        return False
-    if text_columns is not None and column not in text_columns:
-        text_columns.append(column)
-    return True
-
-
-def _refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_missing: bool, warn, notes: dict) -> None:
+def refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_missing: bool, warn, notes: dict) -> None:
     """Inf, 1e999 or Infinity would pass the build and break the fit: refused here, with file, column and
     row; with --missing now they are treated as missing (and reported)."""
     for k, name in enumerate(names):
@@ -171,57 +147,11 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
     codes2, ids2, kind2 = unit_codes(level2, id2)
     codes1, ids1, kind1 = unit_codes(level1, id1)
 
-    text_columns: list[str] = []
-    if same_file:
-        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable") if options.keep2 is not None else None
-        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable") if options.keep1 is not None else None
-        if keep2 is None:  # one file for both levels: level-2 variables are those constant within units
-            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)
-                          and not _is_text(level2, c, text_columns)]
-            keep2 = [c for c in candidates if _constant_within(numeric_column(level2, c), codes2)]
-        if keep1 is None:
-            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2
-                     and not _is_text(level1, c, text_columns)]
-    else:
-        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable", text_columns)
-        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable", text_columns)
-    if text_columns:
-        warn(f"text column(s) {_first_few(text_columns)} are labels, not numbers, and are left out of the "
-             "variables; name them with --l1-vars/--l2-vars only if they hold numbers")
-    clash = sorted({c.lower() for c in keep1} & {c.lower() for c in keep2})
-    if clash:
-        raise DataError(
-            f"{level1.path} and {level2.path}: variable '{clash[0]}' is in both levels; "
-            "leave it out of one level with --l1-vars/--l2-vars"
-        )
-    names = keep1 + keep2
-    folded = [n.lower() for n in names]
-    dup = sorted({n for n in names if folded.count(n.lower()) > 1})
-    if dup:
-        raise DataError(f"{level1.path}: variables {', '.join(dup)} differ only in case; rename one")
+    keep1, keep2, text_columns = _variables2(level1, level2, options, id1, id2, codes2, same_file, warn)
 
     # Level-2 rows: one per unit.
-    l2_values = np.vstack([numeric_column(level2, c) for c in keep2]) if keep2 else np.empty((0, len(codes2)))
     infinite_notes: dict = {}
-    _refuse_infinite(level2, keep2, l2_values, options.missing == "now", warn, infinite_notes)
-    if same_file:
-        first = np.unique(codes2, return_index=True)[1]
-        for k, name in enumerate(keep2):
-            bad = _first_varying_unit(l2_values[k], codes2)
-            if bad is not None:
-                raise DataError(
-                    f"{level2.path}: column {name} varies within unit {ids2[bad]}; a level-2 variable must be "
-                    f"constant within each unit, so leave {name} out of the level-2 variables"
-                )
-        l2_values = l2_values[:, first]
-    else:
-        if len(ids2) != len(codes2):
-            counts = np.bincount(codes2)
-            dups = [ids2[i] for i in np.flatnonzero(counts > 1)]
-            raise DataError(
-                f"{level2.path}: column {id2}: {len(dups)} unit id(s) appear more than once ({_first_few(dups)}); "
-                "the level-2 file needs exactly one row per unit"
-            )
+    l2_values = _level2_rows(level2, keep2, codes2, ids2, id2, options, same_file, infinite_notes, warn)
 
     # Match level-1 records to level-2 units.
     position = {uid: j for j, uid in enumerate(ids2)}
@@ -237,14 +167,14 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
         if not options.drop_unmatched:
             raise DataError(
                 f"{level1.path}: {int(unmatched.sum())} level-1 records in {len(missing_ids)} unit(s) have no "
-                f"level-2 record in {level2.path} (ids {_first_few(missing_ids)}); add them there or pass --drop-unmatched"
+                f"level-2 record in {level2.path} (ids {first_few(missing_ids)}); add them there or pass --drop-unmatched"
             )
         notes["dropped_unmatched"] = int(unmatched.sum())
         warn(f"dropped {int(unmatched.sum())} level-1 records whose unit is not in {level2.path.name} "
-             f"(ids {_first_few(missing_ids)})")
+             f"(ids {first_few(missing_ids)})")
 
     l1_values = np.vstack([numeric_column(level1, c) for c in keep1]) if keep1 else np.empty((0, len(codes1)))
-    _refuse_infinite(level1, keep1, l1_values, options.missing == "now", warn, infinite_notes)
+    refuse_infinite(level1, keep1, l1_values, options.missing == "now", warn, infinite_notes)
     notes.update(infinite_notes)
     keep_rows = ~unmatched
     if options.missing == "now" and keep1:
@@ -257,14 +187,96 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
     if unit.size == 0:
         raise DataError(f"{level1.path}: no level-1 records are left after matching and deletion; check the id columns and missing values")
 
-    # Units in level-2 file order; those without level-1 records are left out.
+    unit, l1_values, l2_values, unit_ids, offsets = _units_in_order(level2, keep2, unit, l1_values, l2_values, ids2,
+                                                                    notes, warn)
+    labels = {c: table.value_labels[c] for table, cols in ((level1, keep1), (level2, keep2)) for c in cols
+              if c in table.value_labels}
+    return Archive(
+        level1_names=list(keep1), level2_names=list(keep2),
+        level1=np.ascontiguousarray(l1_values, dtype=np.float64),
+        level2=np.ascontiguousarray(l2_values, dtype=np.float64),
+        unit_ids=unit_ids, offsets=offsets,
+        id_kind=kind2 if kind2 == kind1 else "string", id_names=(id1, id2), missing=options.missing,
+        value_labels=labels, notes=notes,
+    )
+
+
+def _variables2(level1: Table, level2: Table, options: BuildOptions, id1: str, id2: str, codes2, same_file: bool,
+                warn) -> tuple[list[str], list[str], list[str]]:
+    """The variables of each level, and the text columns left out. One file for both levels: the level-2
+    variables are those constant within units."""
+    from .readers import is_text_column, numeric_column
+
+    text_columns: list[str] = []
+    if same_file:
+        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable") if options.keep2 is not None else None
+        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable") if options.keep1 is not None else None
+        if keep2 is None:  # one file for both levels: level-2 variables are those constant within units
+            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)
+                          and not is_text_column(level2, c, text_columns)]
+            keep2 = [c for c in candidates if _constant_within(numeric_column(level2, c), codes2)]
+        if keep1 is None:
+            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2
+                     and not is_text_column(level1, c, text_columns)]
+    else:
+        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable", text_columns)
+        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable", text_columns)
+    if text_columns:
+        warn(f"text column(s) {first_few(text_columns)} are labels, not numbers, and are left out of the "
+             "variables; name them with --l1-vars/--l2-vars only if they hold numbers")
+    clash = sorted({c.lower() for c in keep1} & {c.lower() for c in keep2})
+    if clash:
+        raise DataError(
+            f"{level1.path} and {level2.path}: variable '{clash[0]}' is in both levels; "
+            "leave it out of one level with --l1-vars/--l2-vars"
+        )
+    names = keep1 + keep2
+    folded = [n.lower() for n in names]
+    dup = sorted({n for n in names if folded.count(n.lower()) > 1})
+    if dup:
+        raise DataError(f"{level1.path}: variables {', '.join(dup)} differ only in case; rename one")
+    return keep1, keep2, text_columns
+
+
+def _level2_rows(level2: Table, keep2, codes2, ids2, id2: str, options: BuildOptions, same_file: bool,
+                 infinite_notes: dict, warn) -> np.ndarray:
+    """The level-2 values, one column per unit: from a file of one row per unit, or the first row of
+    each unit of a shared file (where each must be constant within the unit)."""
+    from .readers import numeric_column
+
+    l2_values = np.vstack([numeric_column(level2, c) for c in keep2]) if keep2 else np.empty((0, len(codes2)))
+    refuse_infinite(level2, keep2, l2_values, options.missing == "now", warn, infinite_notes)
+    if same_file:
+        first = np.unique(codes2, return_index=True)[1]
+        for k, name in enumerate(keep2):
+            bad = _first_varying_unit(l2_values[k], codes2)
+            if bad is not None:
+                raise DataError(
+                    f"{level2.path}: column {name} varies within unit {ids2[bad]}; a level-2 variable must be "
+                    f"constant within each unit, so leave {name} out of the level-2 variables"
+                )
+        l2_values = l2_values[:, first]
+    else:
+        if len(ids2) != len(codes2):
+            counts = np.bincount(codes2)
+            dups = [ids2[i] for i in np.flatnonzero(counts > 1)]
+            raise DataError(
+                f"{level2.path}: column {id2}: {len(dups)} unit id(s) appear more than once ({first_few(dups)}); "
+                "the level-2 file needs exactly one row per unit"
+            )
+    return l2_values
+
+
+def _units_in_order(level2: Table, keep2, unit, l1_values, l2_values, ids2, notes: dict, warn):
+    """Units in level-2 file order, those without level-1 records left out, the records sorted by unit
+    (stable); a missing level-2 value is refused. Returns (unit, level-1 values, level-2 values, ids, offsets)."""
     counts = np.bincount(unit, minlength=len(ids2))
     present = counts > 0
     if not present.all():
         absent = [ids2[j] for j in np.flatnonzero(~present)]
         notes["units_without_records"] = len(absent)
         warn(f"{len(absent)} level-2 unit(s) in {level2.path.name} have no level-1 records and are left out "
-             f"(ids {_first_few(absent)})")
+             f"(ids {first_few(absent)})")
     renumber = np.cumsum(present) - 1
     unit = renumber[unit]
     l2_values = l2_values[:, present]
@@ -284,20 +296,8 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
         unit = unit[order]
         l1_values = l1_values[:, order]
     offsets = np.concatenate(([0], np.cumsum(np.bincount(unit, minlength=len(unit_ids))))).astype(np.int64)
+    return unit, l1_values, l2_values, unit_ids, offsets
 
-    labels = {}
-    for table, cols in ((level1, keep1), (level2, keep2)):
-        for c in cols:
-            if c in table.value_labels:
-                labels[c] = table.value_labels[c]
-    return Archive(
-        level1_names=list(keep1), level2_names=list(keep2),
-        level1=np.ascontiguousarray(l1_values, dtype=np.float64),
-        level2=np.ascontiguousarray(l2_values, dtype=np.float64),
-        unit_ids=unit_ids, offsets=offsets,
-        id_kind=kind2 if kind2 == kind1 else "string", id_names=(id1, id2), missing=options.missing,
-        value_labels=labels, notes=notes,
-    )
 
 
 def _constant_within(values: np.ndarray, codes: np.ndarray) -> bool:
@@ -317,11 +317,23 @@ def _first_varying_unit(values: np.ndarray, codes: np.ndarray):
     return int(bad[0]) if bad.size else None
 
 
+def unhashed_source(role: str, path) -> Source:
+    """A source file as the summarised engines record it: size and time only (hashing a file larger
+    than memory would cost a second pass)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        size, mtime = (st.st_size, st.st_mtime_ns) if p.is_file() else (0, 0)
+    except OSError:  # a glob
+        size, mtime = 0, 0
+    return Source(role=role, name=p.name, path=str(p), size=size, mtime_ns=mtime, sha256="", format="", encoding=None)
+
+
 def describe_source(path: str | os.PathLike, role: str, table: Table) -> Source:
     if str(path) == "-":  # standard input: no file to stat or rehash later
-        from .readers import _stdin_bytes
+        from .readers import stdin_bytes
 
-        raw = _stdin_bytes()
+        raw = stdin_bytes()
         return Source(role=role, name="<stdin>", path="-", size=len(raw), mtime_ns=0,
                       sha256=hashlib.sha256(raw).hexdigest(), format=table.format, encoding=table.encoding)
     path = Path(path)
@@ -352,10 +364,10 @@ def archive_bytes(archive: Archive) -> list[bytes]:
     text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     body = [text] + [np.ascontiguousarray(a).tobytes() for a in arrays]
-    digest = hashlib.sha256(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
+    digest = hashlib.sha256(PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
     for chunk in body:
         digest.update(chunk)
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())
+    prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())
     return [prefix] + body
 
 
@@ -393,13 +405,13 @@ def read_archive_file(path: str | os.PathLike, levels: int = 2) -> tuple[Path, d
     check_regular(path, "archive")
     raw = path.read_bytes()
     rebuild = "rebuild it with 'hlmcli mdm build'"
-    if len(raw) < _PREFIX.size or raw[:8] != MAGIC:
+    if len(raw) < PREFIX.size or raw[:8] != MAGIC:
         raise CorruptArchive(f"{path}: not an hlmcli archive; build one with 'hlmcli mdm build'")
-    _, version, reserved, header_len, checksum = _PREFIX.unpack_from(raw)
+    _, version, reserved, header_len, checksum = PREFIX.unpack_from(raw)
     if version != FORMAT_VERSION:
         raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {FORMAT_VERSION}; {rebuild}")
-    digest = hashlib.sha256(_PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
-    body = memoryview(raw)[_PREFIX.size:]
+    digest = hashlib.sha256(PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
+    body = memoryview(raw)[PREFIX.size:]
     digest.update(body)
     if digest.digest() != checksum:
         raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")

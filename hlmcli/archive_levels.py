@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .archive import (_PREFIX, FORMAT_VERSION, MAGIC, CorruptArchive, Source, _first_few, _is_text, _refuse_infinite,
+from .archive import (FORMAT_VERSION, MAGIC, PREFIX, CorruptArchive, Source, refuse_infinite,
                       read_archive_file)
-from .errors import DataError
-from .files import atomic_write, sha256_file
+from .errors import DataError, first_few
+from .files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -165,9 +164,33 @@ def _collapse(table, key_ids: np.ndarray, names: list[str], level: int, id_name:
     return key_ids[keep], values[:, keep], keep
 
 
+def _refuse_repeated_ids(table, column: str, ids: np.ndarray, level: int) -> None:
+    """A level-ℓ file has one row per level-ℓ unit."""
+    uniq, counts = np.unique(ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        dups = list(uniq[counts > 1])
+        raise DataError(f"{table.path}: column {column}: {len(dups)} level-{level} id(s) appear more than once "
+                        f"({first_few(dups)}); the level-{level} file needs exactly one row per level-{level} unit")
+
+
+def _refuse_missing_unit_values(table, names, values: np.ndarray, unit_ids, level: int) -> None:
+    """HLM needs complete data above level 1: a missing level-ℓ value is refused, naming the unit."""
+    for k, name in enumerate(names):
+        bad = np.flatnonzero(np.isnan(values[k]))
+        if bad.size:
+            raise DataError(f"{table.path}: column {name} is missing for level-{level} unit {unit_ids[bad[0]]}"
+                            f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; HLM needs complete level-{level} "
+                            f"data, so fill it in or leave {name} out with --l{level}-vars")
+
+
+def _value_labels(tables, keeps) -> dict[str, dict[str, str]]:
+    """The value labels (SPSS, Stata, SAS) of the variables kept, from the file each came from."""
+    return {c: table.value_labels[c] for table, cols in zip(tables, keeps) for c in cols if c in table.value_labels}
+
+
 def build_archive3(t1, t2, t3, options: BuildOptions3, warn=lambda m: None) -> ArchiveLevels:
     """Merge three tables (they may be the same table) into an Archive3. DataError on anything to fix."""
-    from .readers import find_column, numeric_column
+    from .readers import find_column
 
     if options.missing not in ("now", "analysis"):
         raise DataError(f"--missing must be 'now' or 'analysis', not '{options.missing}'")
@@ -181,55 +204,88 @@ def build_archive3(t1, t2, t3, options: BuildOptions3, warn=lambda m: None) -> A
     if id3_in2 is None and id3_in1 is None:
         raise DataError(f"{t2.path}: no column {options.id3}, and {t1.path} has none either; one of them must link "
                         f"each level-2 unit to its level-3 unit, so add the {options.id3} column")
-    ids_cols = {options.id2.lower(), options.id3.lower()}
-    same12, same23 = t1 is t2, t2 is t3
-    text_columns: list[str] = []
-
-    def keep_for(table, requested, level, exclude):
-        if requested is not None:
-            return [find_column(table, n, f"level-{level} variable") for n in requested]
-        return [c for c in table.data.columns if c.lower() not in ids_cols | exclude and not _is_text(table, c, text_columns)]
-
-    # Variables of each level. A shared file: a variable belongs to the highest level it is constant in.
-    keep3 = keep_for(t3, options.keep3, 3, set())
-    if same23 and options.keep3 is None:
-        ids3_all, _ = _ids(t3, id3_in3)
-        keep3 = [c for c in keep3 if _constant(numeric_column(t3, c), ids3_all)]
-    keep2 = keep_for(t2, options.keep2, 2, {c.lower() for c in keep3} if same23 else set())
-    if same12 and options.keep2 is None:
-        ids2_all, _ = _ids(t2, id2_in2)
-        keep2 = [c for c in keep2 if _constant(numeric_column(t2, c), ids2_all)]
-    exclude1 = ({c.lower() for c in keep2} if same12 else set()) | ({c.lower() for c in keep3} if t1 is t3 else set())
-    keep1 = keep_for(t1, options.keep1, 1, exclude1)
-    if text_columns:
-        warn(f"text column(s) {_first_few(dict.fromkeys(text_columns))} are labels, not numbers, and are left out "
-             "of the variables; name them with --l1-vars/--l2-vars/--l3-vars only if they hold numbers")
-    all_names = keep1 + keep2 + keep3
-    folded = [n.lower() for n in all_names]
-    dup = sorted({n for n in all_names if folded.count(n.lower()) > 1})
-    if dup:
-        raise DataError(f"variable '{dup[0]}' is in more than one level; leave it out of all but one with "
-                        "--l1-vars/--l2-vars/--l3-vars")
+    keep1, keep2, keep3 = _variables3(t1, t2, t3, options, id2_in2, id3_in3, warn)
     notes: dict = {"level1_records_read": int(len(t1.data)), "dropped_unmatched": 0, "dropped_missing": 0,
                    "level2_units_without_records": 0, "level3_units_without_units": 0}
     inf_notes: dict = {}
-    as_missing = options.missing == "now"
+    ids3, kind3, l3_values = _level3_units3(t1, t2, t3, options, id3_in3, keep3, inf_notes, warn)
+    pos3 = {uid: k for k, uid in enumerate(ids3)}
+    ids2, kind2, l2_values, parent, parent3 = _level2_units3(t1, t2, t3, options, (id2_in1, id2_in2, id3_in1, id3_in2),
+                                                             keep2, pos3, notes, inf_notes, warn)
+    pos2 = {uid: j for j, uid in enumerate(ids2)}
+    l1_values, unit = _level1_records3(t1, t2, options, (id2_in1, id3_in1, id3_in2), keep1, pos2, parent, notes,
+                                       inf_notes, warn)
+    return _ordered_archive3((t1, t2, t3), (keep1, keep2, keep3), (l1_values, l2_values, l3_values), unit, parent3,
+                             ids2, ids3, kind2 if kind2 == kind3 else "string", (id2_in2, id3_in3), options, notes, warn)
 
-    # Level 3: one row per unit.
+
+def _level1_records3(t1, t2, options: BuildOptions3, id_columns, keep1, pos2, parent, notes, inf_notes, warn):
+    """The level-1 records matched to their level-2 units; the level-3 id, when given, must agree with the link."""
+    id2_in1, id3_in1, id3_in2 = id_columns
+    rec2, _ = _ids(t1, id2_in1)
+    if id3_in1 is not None and id3_in2 is not None:
+        rec3, _ = _ids(t1, id3_in1)
+        bad = np.flatnonzero([parent.get(a, b) != b for a, b in zip(rec2, rec3)])
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(f"{t1.path}: line {i + 2}: record of level-2 unit {rec2[i]} says {options.id3} {rec3[i]}, "
+                            f"but {t2.path.name} puts that unit in {parent[rec2[i]]}; fix the ids so they agree"
+                            + (f" ({bad.size - 1} more such records)" if bad.size > 1 else ""))
+    return _match_records(t1, t2, rec2, pos2, options.id2, keep1, options, notes, inf_notes, warn)
+
+
+def _match_records(t1, t2, rec2, pos2, id2: str, keep1, options, notes, inf_notes, warn):
+    """The level-1 values and level-2 unit of each record kept: records of unknown units refused (or
+    dropped with --drop-unmatched), and with --missing now records with a missing value dropped."""
+    from .readers import numeric_column
+
+    as_missing = options.missing == "now"
+    unit = np.array([pos2.get(u, -1) for u in rec2], dtype=np.int64)
+    unmatched = unit < 0
+    if unmatched.any():
+        missing_ids = list(dict.fromkeys(rec2[unmatched]))
+        if not options.drop_unmatched:
+            raise DataError(f"{t1.path}: {int(unmatched.sum())} level-1 records in {len(missing_ids)} level-2 unit(s) have "
+                            f"no level-2 record in {t2.path} ({id2} {first_few(missing_ids)}); add them there "
+                            "or pass --drop-unmatched")
+        notes["dropped_unmatched"] = int(unmatched.sum())
+        warn(f"dropped {int(unmatched.sum())} level-1 records whose level-2 unit is not in {t2.path.name} "
+             f"({id2} {first_few(missing_ids)})")
+    l1_values = np.vstack([numeric_column(t1, c) for c in keep1]) if keep1 else np.empty((0, len(unit)))
+    refuse_infinite(t1, keep1, l1_values, as_missing, warn, inf_notes)
+    notes.update(inf_notes)
+    keep_rows = ~unmatched
+    if as_missing and keep1:
+        has_missing = np.isnan(l1_values).any(axis=0) & keep_rows
+        notes["dropped_missing"] = int(has_missing.sum())
+        keep_rows &= ~has_missing
+    l1_values, unit = l1_values[:, keep_rows], unit[keep_rows]
+    if unit.size == 0:
+        raise DataError(f"{t1.path}: no level-1 records are left after matching and deletion; check the id columns")
+    return l1_values, unit
+
+
+def _level3_units3(t1, t2, t3, options: BuildOptions3, id3_in3: str, keep3, inf_notes, warn):
+    """The level-3 units, one row each (collapsed from a file shared with a lower level)."""
+    from .readers import numeric_column
+
     ids3, kind3 = _ids(t3, id3_in3)
-    if same23 or t1 is t3:
+    if t2 is t3 or t1 is t3:
         ids3, l3_values, _ = _collapse(t3, ids3, keep3, 3, options.id3)
     else:
         l3_values = np.vstack([numeric_column(t3, c) for c in keep3]) if keep3 else np.empty((0, len(ids3)))
-        _refuse_infinite(t3, keep3, l3_values, False, warn, inf_notes)
-        uniq, counts = np.unique(ids3.astype(str), return_counts=True)
-        if (counts > 1).any():
-            dups = list(uniq[counts > 1])
-            raise DataError(f"{t3.path}: column {id3_in3}: {len(dups)} level-3 id(s) appear more than once "
-                            f"({_first_few(dups)}); the level-3 file needs exactly one row per level-3 unit")
-    pos3 = {uid: k for k, uid in enumerate(ids3)}
+        refuse_infinite(t3, keep3, l3_values, False, warn, inf_notes)
+        _refuse_repeated_ids(t3, id3_in3, ids3, 3)
+    return ids3, kind3, l3_values
 
-    # Level 2: one row per unit, and its level-3 unit.
+
+
+def _level2_units3(t1, t2, t3, options: BuildOptions3, id_columns, keep2, pos3, notes, inf_notes, warn):
+    """The level-2 units: one row each, and the level-3 unit each belongs to (from the level-2 file's
+    level-3 id, else from the level-1 records). Returns (ids2, id kind, values, parent id, parent position)."""
+    from .readers import numeric_column
+
+    id2_in1, id2_in2, id3_in1, id3_in2 = id_columns
     ids2, kind2 = _ids(t2, id2_in2)
     link_table, link_id2, link_id3 = (t2, ids2, None) if id3_in2 else (t1, None, None)
     if id3_in2:
@@ -244,79 +300,86 @@ def build_archive3(t1, t2, t3, options: BuildOptions3, warn=lambda m: None) -> A
             raise DataError(f"{link_table.path}: level-2 unit {a} ({options.id2}) appears under two level-3 units, "
                             f"{prev} and {b} ({options.id3}); a level-2 unit belongs to one level-3 unit, so give "
                             "level-2 units ids that are unique across level-3 units")
-    if same12:
+    if t1 is t2:
         ids2, l2_values, _ = _collapse(t2, ids2, keep2, 2, options.id2)
     else:
         l2_values = np.vstack([numeric_column(t2, c) for c in keep2]) if keep2 else np.empty((0, len(ids2)))
-        _refuse_infinite(t2, keep2, l2_values, False, warn, inf_notes)
-        uniq, counts = np.unique(ids2.astype(str), return_counts=True)
-        if (counts > 1).any():
-            dups = list(uniq[counts > 1])
-            raise DataError(f"{t2.path}: column {id2_in2}: {len(dups)} level-2 id(s) appear more than once "
-                            f"({_first_few(dups)}); the level-2 file needs exactly one row per level-2 unit")
+        refuse_infinite(t2, keep2, l2_values, False, warn, inf_notes)
+        _refuse_repeated_ids(t2, id2_in2, ids2, 2)
     no_parent = [u for u in ids2 if u not in parent]
     if no_parent:  # only possible when the link comes from the level-1 file
         keep_rows = np.array([u in parent for u in ids2])
         ids2, l2_values = ids2[keep_rows], l2_values[:, keep_rows]
         notes["level2_units_without_records"] += len(no_parent)
         warn(f"{len(no_parent)} level-2 unit(s) in {t2.path.name} have no level-1 records and are left out "
-             f"(ids {_first_few(no_parent)})")
+             f"(ids {first_few(no_parent)})")
     parent3 = np.array([pos3.get(parent[u], -1) for u in ids2], dtype=np.int64)
     if (parent3 < 0).any():
         lost = sorted({parent[u] for u, p in zip(ids2, parent3) if p < 0})
         if not options.drop_unmatched:
             raise DataError(f"{t2.path}: {int((parent3 < 0).sum())} level-2 unit(s) belong to level-3 unit(s) not in "
-                            f"{t3.path} ({options.id3} {_first_few(lost)}); add them there or pass --drop-unmatched")
+                            f"{t3.path} ({options.id3} {first_few(lost)}); add them there or pass --drop-unmatched")
         warn(f"dropped {int((parent3 < 0).sum())} level-2 unit(s) whose level-3 unit is not in {t3.path.name} "
-             f"({options.id3} {_first_few(lost)})")
+             f"({options.id3} {first_few(lost)})")
         ok = parent3 >= 0
         ids2, l2_values, parent3 = ids2[ok], l2_values[:, ok], parent3[ok]
-    pos2 = {uid: j for j, uid in enumerate(ids2)}
+    return ids2, kind2, l2_values, parent, parent3
 
-    # Level 1: match records to level-2 units; the level-3 id, when given, must agree with the link.
-    rec2, _ = _ids(t1, id2_in1)
-    unit = np.array([pos2.get(u, -1) for u in rec2], dtype=np.int64)
-    if id3_in1 is not None and id3_in2 is not None:
-        rec3, _ = _ids(t1, id3_in1)
-        bad = np.flatnonzero([parent.get(a, b) != b for a, b in zip(rec2, rec3)])
-        if bad.size:
-            i = int(bad[0])
-            raise DataError(f"{t1.path}: line {i + 2}: record of level-2 unit {rec2[i]} says {options.id3} {rec3[i]}, "
-                            f"but {t2.path.name} puts that unit in {parent[rec2[i]]}; fix the ids so they agree"
-                            + (f" ({bad.size - 1} more such records)" if bad.size > 1 else ""))
-    unmatched = unit < 0
-    if unmatched.any():
-        missing_ids = list(dict.fromkeys(rec2[unmatched]))
-        if not options.drop_unmatched:
-            raise DataError(f"{t1.path}: {int(unmatched.sum())} level-1 records in {len(missing_ids)} level-2 unit(s) have "
-                            f"no level-2 record in {t2.path} ({options.id2} {_first_few(missing_ids)}); add them there "
-                            "or pass --drop-unmatched")
-        notes["dropped_unmatched"] = int(unmatched.sum())
-        warn(f"dropped {int(unmatched.sum())} level-1 records whose level-2 unit is not in {t2.path.name} "
-             f"({options.id2} {_first_few(missing_ids)})")
-    l1_values = np.vstack([numeric_column(t1, c) for c in keep1]) if keep1 else np.empty((0, len(unit)))
-    _refuse_infinite(t1, keep1, l1_values, as_missing, warn, inf_notes)
-    notes.update(inf_notes)
-    keep_rows = ~unmatched
-    if as_missing and keep1:
-        has_missing = np.isnan(l1_values).any(axis=0) & keep_rows
-        notes["dropped_missing"] = int(has_missing.sum())
-        keep_rows &= ~has_missing
-    l1_values, unit = l1_values[:, keep_rows], unit[keep_rows]
-    if unit.size == 0:
-        raise DataError(f"{t1.path}: no level-1 records are left after matching and deletion; check the id columns")
 
-    # Level-2 units without records and level-3 units without level-2 units are left out.
+
+
+def _variables3(t1, t2, t3, options: BuildOptions3, id2_in2: str, id3_in3: str, warn):
+    """The variables of each level (keep1, keep2, keep3). A shared file: a variable belongs to the
+    highest level it is constant in; a text column is left out with a warning."""
+    from .readers import find_column, is_text_column, numeric_column
+
+    ids_cols = {options.id2.lower(), options.id3.lower()}
+    same12, same23 = t1 is t2, t2 is t3
+    text_columns: list[str] = []
+
+    def keep_for(table, requested, level, exclude):
+        if requested is not None:
+            return [find_column(table, n, f"level-{level} variable") for n in requested]
+        return [c for c in table.data.columns if c.lower() not in ids_cols | exclude and not is_text_column(table, c, text_columns)]
+
+    keep3 = keep_for(t3, options.keep3, 3, set())
+    if same23 and options.keep3 is None:
+        ids3_all, _ = _ids(t3, id3_in3)
+        keep3 = [c for c in keep3 if _constant(numeric_column(t3, c), ids3_all)]
+    keep2 = keep_for(t2, options.keep2, 2, {c.lower() for c in keep3} if same23 else set())
+    if same12 and options.keep2 is None:
+        ids2_all, _ = _ids(t2, id2_in2)
+        keep2 = [c for c in keep2 if _constant(numeric_column(t2, c), ids2_all)]
+    exclude1 = ({c.lower() for c in keep2} if same12 else set()) | ({c.lower() for c in keep3} if t1 is t3 else set())
+    keep1 = keep_for(t1, options.keep1, 1, exclude1)
+    if text_columns:
+        warn(f"text column(s) {first_few(dict.fromkeys(text_columns))} are labels, not numbers, and are left out "
+             "of the variables; name them with --l1-vars/--l2-vars/--l3-vars only if they hold numbers")
+    all_names = keep1 + keep2 + keep3
+    folded = [n.lower() for n in all_names]
+    dup = sorted({n for n in all_names if folded.count(n.lower()) > 1})
+    if dup:
+        raise DataError(f"variable '{dup[0]}' is in more than one level; leave it out of all but one with "
+                        "--l1-vars/--l2-vars/--l3-vars")
+    return keep1, keep2, keep3
+
+
+def _ordered_archive3(tables, keeps, values, unit, parent3, ids2, ids3, id_kind, id_names, options, notes, warn):
+    """Leave out level-2 units without records and level-3 units without level-2 units, put the units in
+    archive order (level-3 file order, then level-2 file order within), refuse missing level-2/3 values."""
+    t1, t2, t3 = tables
+    keep1, keep2, keep3 = keeps
+    l1_values, l2_values, l3_values = values
     present2 = np.bincount(unit, minlength=len(ids2)) > 0
     if not present2.all():
         absent = list(ids2[~present2])
         notes["level2_units_without_records"] += len(absent)
-        warn(f"{len(absent)} level-2 unit(s) have no level-1 records and are left out (ids {_first_few(absent)})")
+        warn(f"{len(absent)} level-2 unit(s) have no level-1 records and are left out (ids {first_few(absent)})")
     present3 = np.bincount(parent3[present2], minlength=len(ids3)) > 0
     if not present3.all():
         absent = list(ids3[~present3])
         notes["level3_units_without_units"] = len(absent)
-        warn(f"{len(absent)} level-3 unit(s) have no level-2 units with records and are left out (ids {_first_few(absent)})")
+        warn(f"{len(absent)} level-3 unit(s) have no level-2 units with records and are left out (ids {first_few(absent)})")
     renum3 = np.cumsum(present3) - 1
     # level-2 order: by level-3 unit (level-3 file order), then level-2 file order
     kept2 = np.flatnonzero(present2)
@@ -329,25 +392,16 @@ def build_archive3(t1, t2, t3, options: BuildOptions3, warn=lambda m: None) -> A
     unit3_of_2 = renum3[parent3[order2]]
     l2_values, l3_values = l2_values[:, order2], l3_values[:, present3]
     unit2_ids, unit3_ids = [str(u) for u in ids2[order2]], [str(u) for u in ids3[present3]]
-    for level, (table, names, values, uids) in enumerate(((t2, keep2, l2_values, unit2_ids), (t3, keep3, l3_values, unit3_ids)), 2):
-        for k, name in enumerate(names):
-            bad = np.flatnonzero(np.isnan(values[k]))
-            if bad.size:
-                raise DataError(f"{table.path}: column {name} is missing for level-{level} unit {uids[bad[0]]}"
-                                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; HLM needs complete level-{level} "
-                                f"data, so fill it in or leave {name} out with --l{level}-vars")
+    _refuse_missing_unit_values(t2, keep2, l2_values, unit2_ids, 2)
+    _refuse_missing_unit_values(t3, keep3, l3_values, unit3_ids, 3)
     offsets2 = np.concatenate(([0], np.cumsum(np.bincount(unit, minlength=len(unit2_ids))))).astype(np.int64)
     offsets3 = np.concatenate(([0], np.cumsum(np.bincount(unit3_of_2, minlength=len(unit3_ids))))).astype(np.int64)
-    labels = {}
-    for table, cols in ((t1, keep1), (t2, keep2), (t3, keep3)):
-        for c in cols:
-            if c in table.value_labels:
-                labels[c] = table.value_labels[c]
+    labels = _value_labels(tables, keeps)
     return ArchiveLevels(
         [LevelData(list(keep1), np.ascontiguousarray(l1_values, dtype=np.float64)),
          LevelData(list(keep2), np.ascontiguousarray(l2_values, dtype=np.float64), unit2_ids, offsets2),
          LevelData(list(keep3), np.ascontiguousarray(l3_values, dtype=np.float64), unit3_ids, offsets3)],
-        id_kind=kind2 if kind2 == kind3 else "string", id_names=(id2_in2, id3_in3), missing=options.missing,
+        id_kind=id_kind, id_names=id_names, missing=options.missing,
         value_labels=labels, notes=notes,
     )
 
@@ -404,25 +458,7 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
     folded = [i.lower() for i in options.ids]
     if len(set(folded)) != len(folded):
         raise DataError("--id2 ... --id" + str(K) + " must name different columns (one unit id per level)")
-    ids_cols = set(folded)
-    text_columns: list[str] = []
-    keeps = []
-    for level, table in enumerate(tables, 1):
-        req = options.keeps[level - 1]
-        if req is not None:
-            keeps.append([find_column(table, n, f"level-{level} variable") for n in req])
-        else:
-            keeps.append([c for c in table.data.columns
-                          if c.lower() not in ids_cols and not _is_text(table, c, text_columns)])
-    if text_columns:
-        warn(f"text column(s) {_first_few(dict.fromkeys(text_columns))} are labels, not numbers, and are left out "
-             "of the variables; name them with --l1-vars ... only if they hold numbers")
-    all_names = [n for k in keeps for n in k]
-    low = [n.lower() for n in all_names]
-    dup = sorted({n for n in all_names if low.count(n.lower()) > 1})
-    if dup:
-        raise DataError(f"variable '{dup[0]}' is in more than one level; leave it out of all but one with "
-                        "--l1-vars ... --l" + str(K) + "-vars")
+    keeps = _variables_levels(tables, options, set(folded), warn)
     notes: dict = {"level1_records_read": int(len(tables[0].data)), "dropped_unmatched": 0, "dropped_missing": 0}
     inf_notes: dict = {}
     kinds = []
@@ -434,13 +470,9 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
         col = find_column(t, id_name, f"level-{level} unit id")
         ids, kind = _ids(t, col)
         kinds.append(kind)
-        uniq, counts = np.unique(ids.astype(str), return_counts=True)
-        if (counts > 1).any():
-            dups = list(uniq[counts > 1])
-            raise DataError(f"{t.path}: column {col}: {len(dups)} level-{level} id(s) appear more than once "
-                            f"({_first_few(dups)}); the level-{level} file needs exactly one row per level-{level} unit")
+        _refuse_repeated_ids(t, col, ids, level)
         vals = np.vstack([numeric_column(t, c) for c in keeps[level - 1]]) if keeps[level - 1] else np.empty((0, len(ids)))
-        _refuse_infinite(t, keeps[level - 1], vals, False, warn, inf_notes)
+        refuse_infinite(t, keeps[level - 1], vals, False, warn, inf_notes)
         if level < K:
             up_name = options.ids[level - 1]
             up_col = find_column(t, up_name, f"level-{level + 1} unit id (each level-{level} unit's level-{level + 1} unit)")
@@ -452,10 +484,10 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
                 missing_ids = sorted(set(up_ids[lost]))
                 if not options.drop_unmatched:
                     raise DataError(f"{t.path}: {int(lost.sum())} level-{level} unit(s) belong to level-{level + 1} "
-                                    f"unit(s) not in {tables[level].path} ({up_name} {_first_few(missing_ids)}); add "
+                                    f"unit(s) not in {tables[level].path} ({up_name} {first_few(missing_ids)}); add "
                                     "them there or pass --drop-unmatched")
                 warn(f"dropped {int(lost.sum())} level-{level} unit(s) whose level-{level + 1} unit is not in "
-                     f"{tables[level].path.name} ({up_name} {_first_few(missing_ids)})")
+                     f"{tables[level].path.name} ({up_name} {first_few(missing_ids)})")
                 ids, vals, parent = ids[~lost], vals[:, ~lost], parent[~lost]
             parent_of[level] = parent
         ids_of[level], values_of[level] = ids, vals
@@ -463,28 +495,45 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
     col2 = find_column(t1, options.ids[0], "level-2 unit id")
     rec2, _ = _ids(t1, col2)
     pos2 = {u: j for j, u in enumerate(ids_of[2])}
-    unit = np.array([pos2.get(u, -1) for u in rec2], dtype=np.int64)
-    unmatched = unit < 0
-    if unmatched.any():
-        missing_ids = list(dict.fromkeys(rec2[unmatched]))
-        if not options.drop_unmatched:
-            raise DataError(f"{t1.path}: {int(unmatched.sum())} level-1 records in {len(missing_ids)} level-2 unit(s) have "
-                            f"no level-2 record in {tables[1].path} ({options.ids[0]} {_first_few(missing_ids)}); add them "
-                            "there or pass --drop-unmatched")
-        notes["dropped_unmatched"] = int(unmatched.sum())
-        warn(f"dropped {int(unmatched.sum())} level-1 records whose level-2 unit is not in {tables[1].path.name} "
-             f"({options.ids[0]} {_first_few(missing_ids)})")
-    l1 = np.vstack([numeric_column(t1, c) for c in keeps[0]]) if keeps[0] else np.empty((0, len(unit)))
-    _refuse_infinite(t1, keeps[0], l1, options.missing == "now", warn, inf_notes)
-    notes.update(inf_notes)
-    keep_rows = ~unmatched
-    if options.missing == "now" and keeps[0]:
-        has_missing = np.isnan(l1).any(axis=0) & keep_rows
-        notes["dropped_missing"] = int(has_missing.sum())
-        keep_rows &= ~has_missing
-    l1, unit = l1[:, keep_rows], unit[keep_rows]
-    if unit.size == 0:
-        raise DataError(f"{t1.path}: no level-1 records are left after matching and deletion; check the id columns")
+    l1, unit = _match_records(t1, tables[1], rec2, pos2, options.ids[0], keeps[0], options, notes, inf_notes, warn)
+    levels = _ordered_levels(tables, options, keeps, l1, unit, ids_of, values_of, parent_of, notes, warn)
+    labels = _value_labels(tables, keeps)
+    id_names = tuple(find_column(tables[level - 1], options.ids[level - 2], f"level-{level} unit id")
+                     for level in range(2, K + 1))
+    return ArchiveLevels(levels, kinds[0] if len(set(kinds)) == 1 else "string", id_names, options.missing,
+                         value_labels=labels, notes=notes)
+
+
+def _variables_levels(tables, options: BuildOptionsLevels, ids_cols: set, warn) -> list[list[str]]:
+    """The variables of each level: those named, else every numeric column that is not a unit id."""
+    from .readers import find_column, is_text_column
+
+    K = options.n_levels
+    text_columns: list[str] = []
+    keeps = []
+    for level, table in enumerate(tables, 1):
+        req = options.keeps[level - 1]
+        if req is not None:
+            keeps.append([find_column(table, n, f"level-{level} variable") for n in req])
+        else:
+            keeps.append([c for c in table.data.columns
+                          if c.lower() not in ids_cols and not is_text_column(table, c, text_columns)])
+    if text_columns:
+        warn(f"text column(s) {first_few(dict.fromkeys(text_columns))} are labels, not numbers, and are left out "
+             "of the variables; name them with --l1-vars ... only if they hold numbers")
+    all_names = [n for k in keeps for n in k]
+    low = [n.lower() for n in all_names]
+    dup = sorted({n for n in all_names if low.count(n.lower()) > 1})
+    if dup:
+        raise DataError(f"variable '{dup[0]}' is in more than one level; leave it out of all but one with "
+                        "--l1-vars ... --l" + str(K) + "-vars")
+    return keeps
+
+
+def _ordered_levels(tables, options: BuildOptionsLevels, keeps, l1, unit, ids_of, values_of, parent_of, notes, warn):
+    """Bottom up, units without children are left out; top down, each level's units are numbered by their
+    parent's number, then file order (stable). Returns the LevelData of levels 1..K."""
+    K = options.n_levels
     # bottom up: units without children are left out; then order each level by its parent (stable)
     child = unit
     present = {}
@@ -494,7 +543,7 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
             absent = list(ids_of[level][~has])
             notes[f"level{level}_units_left_out"] = len(absent)
             what = "level-1 records" if level == 2 else f"level-{level - 1} units"
-            warn(f"{len(absent)} level-{level} unit(s) have no {what} and are left out (ids {_first_few(absent)})")
+            warn(f"{len(absent)} level-{level} unit(s) have no {what} and are left out (ids {first_few(absent)})")
         present[level] = has
         if level < K:
             child = parent_of[level][has]
@@ -516,25 +565,13 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
         vals = values_of[level][:, order[level]]
         uids = [str(u) for u in ids_of[level][order[level]]]
         t = tables[level - 1]
-        for k, name in enumerate(keeps[level - 1]):
-            bad = np.flatnonzero(np.isnan(vals[k]))
-            if bad.size:
-                raise DataError(f"{t.path}: column {name} is missing for level-{level} unit {uids[bad[0]]}"
-                                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; HLM needs complete "
-                                f"level-{level} data, so fill it in or leave {name} out with --l{level}-vars")
+        _refuse_missing_unit_values(t, keeps[level - 1], vals, uids, level)
         offsets = np.concatenate(([0], np.cumsum(np.bincount(child_units, minlength=len(uids))))).astype(np.int64)
         levels.append(LevelData(list(keeps[level - 1]), np.ascontiguousarray(vals, dtype=np.float64), uids, offsets))
         if level < K:
             child_units = new[level + 1][parent_of[level][order[level]]]
-    labels = {}
-    for table, cols in zip(tables, keeps):
-        for c in cols:
-            if c in table.value_labels:
-                labels[c] = table.value_labels[c]
-    id_names = tuple(find_column(tables[level - 1], options.ids[level - 2], f"level-{level} unit id")
-                     for level in range(2, K + 1))
-    return ArchiveLevels(levels, kinds[0] if len(set(kinds)) == 1 else "string", id_names, options.missing,
-                         value_labels=labels, notes=notes)
+    return levels
+
 
 
 def build_from_files_levels(paths, options: BuildOptionsLevels, fmt=None, delimiter=None, warn=lambda m: None,
@@ -594,10 +631,10 @@ def archive_levels_bytes(archive: ArchiveLevels) -> list[bytes]:
     text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     body = [text] + [np.ascontiguousarray(a).tobytes() for a in arrays]
-    digest = hashlib.sha256(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
+    digest = hashlib.sha256(PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
     for chunk in body:
         digest.update(chunk)
-    return [_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())] + body
+    return [PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())] + body
 
 
 def write_archive_levels(archive: ArchiveLevels, path, mode: int | None = None) -> None:
@@ -609,10 +646,10 @@ def archive_levels(path) -> int:
     so the two-level loader gives its own message."""
     try:
         with open(path, "rb") as handle:
-            prefix = handle.read(_PREFIX.size)
-            if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
+            prefix = handle.read(PREFIX.size)
+            if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
                 return 2
-            _, version, _, header_len, _ = _PREFIX.unpack(prefix)
+            _, version, _, header_len, _ = PREFIX.unpack(prefix)
             if version != FORMAT_VERSION or header_len > (1 << 30):
                 return 2
             header = json.loads(handle.read(header_len).decode("utf-8"))
@@ -665,45 +702,20 @@ def cached_archive_levels(paths, options, fmt=None, delimiter=None, cache_dir=No
                           warn=lambda m: None) -> tuple[ArchiveLevels, str]:
     """`hlmcli fit L1 … LK`: load the cached archive for these sources and options (BuildOptions3 or
     BuildOptionsLevels), else build it."""
-    from .cache import (_source_mode, cache_dir_for, remove_stale_cache_temporaries, reused_archive, secure_cache_dir,
-                        store_archive)
-    from .files import check_regular
+    from .cache import load_or_build, source_mode
 
     K = options.as_dict()["levels"]
-    for p in paths:
-        check_regular(p, "data file")
-    folder = secure_cache_dir(cache_dir_for(cache_dir))
-    remove_stale_cache_temporaries(folder)
-    hashes = tuple(sha256_file(p) for p in paths)
-    material = {"format_version": FORMAT_VERSION, "levels": K, "sources": list(hashes),
-                "options": options.as_dict(), "format": fmt, "delimiter": delimiter}
-    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
-    target = folder / f"{key}.mdm"
-    status = "built"
-    if os.path.lexists(target):
-        try:
-            check_regular(target, "cached archive")
-            archive = load_archive_levels(target, K)
-            if tuple(s.sha256 for s in archive.sources) == hashes:
-                reused_archive(folder, target)
-                return archive, "reused"
-            status = "rebuilt (the cached archive was built from other data)"
-            warn(f"{target}: cached archive does not match the input files; rebuilding it")
-        except CorruptArchive:
-            status = "rebuilt (the cached archive was damaged)"
-            warn(f"{target}: cached archive failed its checksum; rebuilding it")
-        except DataError as exc:
-            status = "rebuilt (the cached archive was unusable)"
-            warn(f"{exc}; rebuilding it")
-        if os.path.islink(target) or not os.path.isfile(target):
-            raise DataError(f"{target}: not a regular file in the cache folder; remove it")
+
+    def key_of(hashes) -> str:
+        material = {"format_version": FORMAT_VERSION, "levels": K, "sources": list(hashes),
+                    "options": options.as_dict(), "format": fmt, "delimiter": delimiter}
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
     build = build_from_files3 if isinstance(options, BuildOptions3) else build_from_files_levels
-    archive = build(paths, options, fmt, delimiter, warn=warn)
-    if tuple(s.sha256 for s in archive.sources) != hashes:
-        raise DataError(f"{paths[0]}: the data changed while it was being read; run the command again")
-    store_archive(folder, target, lambda: write_archive_levels(archive, target, mode=_source_mode(*paths)))
-    archive.path = target
-    return archive, status
+    return load_or_build(paths, key_of, lambda target: load_archive_levels(target, K),
+                         lambda: build(paths, options, fmt, delimiter, warn=warn),
+                         lambda archive, target: write_archive_levels(archive, target, mode=source_mode(*paths)),
+                         cache_dir, warn)
 
 
 def cached_archive3(paths, options: BuildOptions3, fmt=None, delimiter=None, cache_dir=None,
@@ -715,7 +727,7 @@ def cached_archive3(paths, options: BuildOptions3, fmt=None, delimiter=None, cac
 
 def archive3_info(archive: ArchiveLevels, unit: str | None = None) -> dict:
     """HLM 7's MDM statistics for all three levels (same keys as the two-level document, plus level3)."""
-    from . import __version__
+    from .version import __version__
     from .archive import summarize
 
     n2 = np.diff(archive.offsets2)
@@ -754,15 +766,13 @@ def archive3_info(archive: ArchiveLevels, unit: str | None = None) -> dict:
 
 
 def archive3_info_text(info: dict) -> str:
-    from .report import _num, printable
+    from .report import archive_source_lines, descriptive_statistics_lines, printable, value_label_lines
 
     out = []
     w = out.append
     w(f"hlmcli {info['version']} - MDM archive {info['archive'] or ''} (three levels, HLM3)".rstrip())
     w("")
-    for s in info["sources"]:
-        enc = f", encoding {s['encoding']}" if s["encoding"] else ""
-        w(f"  {s['role']} file: {s['file']} ({s['format']}{enc}, {s['size']} bytes, sha256 {s['sha256'][:16]})")
+    out += archive_source_lines(info)
     w(f"  unit ids: {info['id']['level2']} (level-2), {info['id']['level3']} (level-3), stored as {info['id']['kind']}")
     w(f"  missing data deleted: {'when the archive was built' if info['missing'] == 'now' else 'at analysis time, per model'}")
     notes = info["notes"]
@@ -778,18 +788,8 @@ def archive3_info_text(info: dict) -> str:
     r, u = info["records_per_unit"], info["units_per_level3_unit"]
     w(f"  records per level-2 unit: {r['min']} to {r['max']} (mean {r['mean']:.1f})")
     w(f"  level-2 units per level-3 unit: {u['min']} to {u['max']} (mean {u['mean']:.1f})")
-    for level, title in (("level1", "LEVEL-1"), ("level2", "LEVEL-2"), ("level3", "LEVEL-3")):
-        w("")
-        w(f"          {title} DESCRIPTIVE STATISTICS")
-        w("")
-        w(f"{'VARIABLE NAME':>16} {'N':>9} {'MEAN':>12} {'SD':>12} {'MINIMUM':>12} {'MAXIMUM':>12}")
-        for v in info[level]:
-            w(f"{v['name']:>16} {v['n']:>9d} {_num(v['mean'])} {_num(v['sd'])} {_num(v['minimum'])} {_num(v['maximum'])}")
-    if info["value_labels"]:
-        w("")
-        w("  value labels:")
-        for name, labels in info["value_labels"].items():
-            w(f"    {name}: " + ", ".join(f"{k} = {v}" for k, v in labels.items()))
+    out += descriptive_statistics_lines(info, 3)
+    out += value_label_lines(info)
     if "unit" in info:
         un = info["unit"]
         w("")
@@ -823,7 +823,7 @@ def unit_info(archive: ArchiveLevels, unit: str) -> dict | None:
 
 def archive_levels_info(archive: ArchiveLevels, unit: str | None = None) -> dict:
     """HLM 7's MDM statistics for every level (and one unit's, with `unit`)."""
-    from . import __version__
+    from .version import __version__
     from .archive import summarize
 
     K = archive.n_levels
@@ -854,16 +854,14 @@ def archive_levels_info(archive: ArchiveLevels, unit: str | None = None) -> dict
 
 
 def archive_levels_info_text(info: dict) -> str:
-    from .report import _num, printable
+    from .report import archive_source_lines, descriptive_statistics_lines, printable, value_label_lines
 
     K = info["levels"]
     out = []
     w = out.append
     w(f"hlmcli {info['version']} - MDM archive {info['archive'] or ''} ({K} levels, HLM{K})".rstrip())
     w("")
-    for s in info["sources"]:
-        enc = f", encoding {s['encoding']}" if s["encoding"] else ""
-        w(f"  {s['role']} file: {s['file']} ({s['format']}{enc}, {s['size']} bytes, sha256 {s['sha256'][:16]})")
+    out += archive_source_lines(info)
     ids = ", ".join(f"{info['id'][f'level{k}']} (level-{k})" for k in range(2, K + 1))
     w(f"  unit ids: {ids}, stored as {info['id']['kind']}")
     w(f"  missing data deleted: {'when the archive was built' if info['missing'] == 'now' else 'at analysis time, per model'}")
@@ -877,18 +875,8 @@ def archive_levels_info_text(info: dict) -> str:
         u = info["units_per_unit"][f"level{k}"]
         what = "records" if k == 2 else f"level-{k - 1} units"
         w(f"  {what} per level-{k} unit: {u['min']} to {u['max']} (mean {u['mean']:.1f})")
-    for k in range(1, K + 1):
-        w("")
-        w(f"          LEVEL-{k} DESCRIPTIVE STATISTICS")
-        w("")
-        w(f"{'VARIABLE NAME':>16} {'N':>9} {'MEAN':>12} {'SD':>12} {'MINIMUM':>12} {'MAXIMUM':>12}")
-        for v in info[f"level{k}"]:
-            w(f"{v['name']:>16} {v['n']:>9d} {_num(v['mean'])} {_num(v['sd'])} {_num(v['minimum'])} {_num(v['maximum'])}")
-    if info["value_labels"]:
-        w("")
-        w("  value labels:")
-        for name, labels in info["value_labels"].items():
-            w(f"    {name}: " + ", ".join(f"{k} = {v}" for k, v in labels.items()))
+    out += descriptive_statistics_lines(info, K)
+    out += value_label_lines(info)
     if "unit" in info:
         un = info["unit"]
         w("")

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import _PREFIX, FORMAT_VERSION, MAGIC, Archive, BuildOptions, CorruptArchive, build_from_files, load_archive, write_archive
+from .archive import PREFIX, FORMAT_VERSION, MAGIC, Archive, BuildOptions, CorruptArchive, build_from_files, load_archive, write_archive
 from .errors import DataError
 from .files import atomic_write_text, check_regular, immediate_writes, remove_stale_temporaries, sha256_file
 
@@ -185,7 +185,7 @@ def remove_stale_cache_temporaries(folder: Path) -> tuple[int, int]:
     return remove_stale_temporaries(folder, keep=lambda name: _OUR_TEMP.fullmatch(name) is not None)
 
 
-def _source_mode(*paths) -> int:
+def source_mode(*paths) -> int:
     """The permission bits every source shares: a cached copy is never more readable than its data."""
     mode = 0o666
     for p in paths:
@@ -199,18 +199,28 @@ def cached_archive(level1_path, level2_path, options: BuildOptions, fmt=None, de
 
     Returns the archive and what happened: "reused", "built" or "rebuilt (…)".
     """
-    for p in (level1_path, level2_path):  # before hashing: /dev/zero or a FIFO would never end
+    paths = (level1_path, level2_path)
+    return load_or_build(
+        paths, lambda hashes: cache_key(level1_path, level2_path, options, fmt, delimiter, hashes), load_archive,
+        lambda: build_from_files(level1_path, level2_path, options, fmt, delimiter, warn=warn),
+        lambda archive, target: write_archive(archive, target, mode=source_mode(*paths)), cache_dir, warn)
+
+
+def load_or_build(paths, key_of, load, build, write, cache_dir=None, warn=lambda message: None):
+    """The cache's one way for archives of any number of levels: the archive stored under
+    key_of(the sources' hashes) if it loads and was built from these very files, else build() it and
+    store it with write(archive, target). Returns (archive, "reused" | "built" | "rebuilt (…)")."""
+    for p in paths:  # before hashing: /dev/zero or a FIFO would never end
         check_regular(p, "data file")
     folder = secure_cache_dir(cache_dir_for(cache_dir))
     remove_stale_cache_temporaries(folder)
-    hashes = (sha256_file(level1_path), sha256_file(level2_path))
-    key = cache_key(level1_path, level2_path, options, fmt, delimiter, hashes)
-    target = folder / f"{key}.mdm"
+    hashes = tuple(sha256_file(p) for p in paths)
+    target = folder / f"{key_of(hashes)}.mdm"
     status = "built"
     if os.path.lexists(target):
         try:
             check_regular(target, "cached archive")
-            archive = load_archive(target)
+            archive = load(target)
             recorded = tuple(s.sha256 for s in archive.sources)
             if recorded != hashes:
                 status = "rebuilt (the cached archive was built from other data)"
@@ -226,10 +236,10 @@ def cached_archive(level1_path, level2_path, options: BuildOptions, fmt=None, de
             warn(f"{exc}; rebuilding it")
         if os.path.islink(target) or not os.path.isfile(target):
             raise DataError(f"{target}: not a regular file in the cache folder; remove it")
-    archive = build_from_files(level1_path, level2_path, options, fmt, delimiter, warn=warn)
+    archive = build()
     if tuple(s.sha256 for s in archive.sources) != hashes:
-        raise DataError(f"{level1_path}: the data changed while it was being read; run the command again")
-    store_archive(folder, target, lambda: write_archive(archive, target, mode=_source_mode(level1_path, level2_path)))
+        raise DataError(f"{paths[0]}: the data changed while it was being read; run the command again")
+    store_archive(folder, target, lambda: write(archive, target))
     archive.path = target
     return archive, status
 
@@ -249,10 +259,10 @@ def _peek_sources(path: Path) -> tuple[tuple[str, ...], bool]:
     """Source names from an archive's header, without reading its arrays (for listing only)."""
     try:
         with open(path, "rb") as handle:
-            prefix = handle.read(_PREFIX.size)
-            if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
+            prefix = handle.read(PREFIX.size)
+            if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
                 return (), False
-            _, version, _, header_len, _ = _PREFIX.unpack(prefix)
+            _, version, _, header_len, _ = PREFIX.unpack(prefix)
             if version != FORMAT_VERSION or header_len > (1 << 30):
                 return (), False
             header = json.loads(handle.read(header_len).decode("utf-8"))

@@ -27,6 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+def stopping_line(parameters: str) -> str:
+    """The one plain line every certified fit prints; what was checked, in numbers, is in the JSON's
+    certificate block (and, for two-level linear fits, in --full-output)."""
+    return f"Iterations stopped at the optimum (checked: no change of {parameters} lowers the deviance)"
+
+
 RANK_TOL = 1e-6  # an eigenvalue of G (standardised) at most this is zero ...
 RANK_NOISE = 1e-11  # ... or at most this times the largest, the eigen-solver's rounding
 

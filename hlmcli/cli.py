@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -16,9 +15,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import click  # noqa: E402
 
-from . import __version__
 from .errors import EXIT_CODES_HELP, EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HlmError
+from .help import EXAMPLES, GroupedCommand
+from .options import formula_equations, model_given, split_names
 from .spec import OutputOptions
+from .version import __version__
+
+_split_names = split_names  # the spelling fit_cmd and levels.py still use
 
 
 def _stderr(message: str) -> None:
@@ -120,11 +123,36 @@ def _dask_scheduler(more: dict):
                      check_seconds("--deadline", more.get("dask_deadline")))
 
 
-def _split_names(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    names = tuple(n for n in value.replace(";", ",").replace(" ", ",").split(",") if n)
-    return names
+def paper_table_options(f):
+    """--se, --stars, --caption, --notes: what the paper tables (csv, markdown, latex, html) show."""
+    for decorator in reversed([
+        click.option("--se", "table_se", type=click.Choice(["auto", "model", "robust"]), default="auto", show_default=True,
+                     help="Tables: the standard errors shown (auto: robust for weighted fits, model-based otherwise)."),
+        click.option("--stars", "table_stars", is_flag=True, help="Tables: mark p < 0.05, 0.01, 0.001 with *, **, ***."),
+        click.option("--caption", "table_caption", help="Tables: a caption above the table."),
+        click.option("--notes", "table_notes", multiple=True, help="Tables: a note under the table; repeat for more."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _table_options(more: dict, out_format: str):
+    """TableOptions from the paper-table options (taken out of `more`); refused with text or JSON."""
+    from .tables import TableOptions
+
+    given = {k: more.pop(k, None) for k in ("table_se", "table_stars", "table_caption", "table_notes")}
+    options = TableOptions(se=given["table_se"] or "auto", stars=bool(given["table_stars"]),
+                           caption=given["table_caption"], notes=tuple(given["table_notes"] or ()))
+    if out_format in ("text", "json") and options != TableOptions():
+        raise _UsageProblem("--se, --stars, --caption and --notes shape the paper tables; add --format csv, markdown, "
+                            "latex or html")
+    return options
+
+
+def _progress_wanted(quiet: bool) -> bool:
+    from .streaming import progress_wanted
+
+    return progress_wanted(quiet)
 
 
 class _Progress:
@@ -147,7 +175,10 @@ class _Progress:
 
 
 class OneLineErrors(click.Group):
-    """Usage errors as one line too, like every other error (exit 2)."""
+    """Usage errors as one line too, like every other error (exit 2); subcommands' options in groups."""
+
+    command_class = GroupedCommand
+    group_class = type  # subgroups (mdm, cache) are OneLineErrors too, so their commands are grouped
 
     def main(self, args=None, prog_name=None, **extra):
         try:
@@ -209,11 +240,11 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
     id2 = id2 or id_
     if not id1 or not id2:
         raise OptionError("no unit id column given; pass --id NAME (or --id1 and --id2)")
-    return BuildOptions(id1=id1, id2=id2, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
+    return BuildOptions(id1=id1, id2=id2, keep1=split_names(l1_vars), keep2=split_names(l2_vars),
                         missing=missing, drop_unmatched=drop_unmatched)
 
 
-@mdm.command("build")
+@mdm.command("build", epilog=EXAMPLES["mdm build"])
 @click.argument("level1_file", required=False, type=click.Path())
 @click.argument("level2_file", required=False, type=click.Path())
 @click.argument("level3_file", required=False, type=click.Path())
@@ -317,7 +348,8 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
         from .engines import cli_build
 
         records, units = cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet,
-                                   warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")))
+                                   warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")),
+                                   progress=_progress_wanted(quiet))
         commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}: per-unit statistics of {records} level-1 records in {units} units")
@@ -485,10 +517,32 @@ _hglm_options = [
 ]
 
 
-def model_options(func):
+def model_options(func, leave_out=()):
     for option in reversed(_model_options + _hglm_options):
-        func = option(func)
+        if _declared_name(option) not in leave_out:
+            func = option(func)
     return func
+
+
+def _declared_name(option) -> str:
+    """The longest name an option decorator declares (its decorated stand-in's one parameter)."""
+    return max(option(lambda: None).__click_params__[0].opts, key=len)
+
+
+def hidden_options(*names):
+    """Keep options out of --help but still accepted, so that a command can refuse them with a reason."""
+    def hide(func):
+        for param in getattr(func, "__click_params__", []):
+            if max(param.opts, key=len) in names:
+                param.hidden = True
+        return func
+    return hide
+
+
+# plot draws two-level fits only, and prints no equations: --ascii is not offered, and the options of
+# three and four levels are hidden (still taken, so that plot refuses such a model saying why)
+_PLOT_LEAVES_OUT = ("--ascii",)
+_PLOT_HIDES = ("--level3", "--level4", "--id3", "--id4", "--l3-vars", "--l4-vars")
 
 
 def _fit_options(ml=None, reml=None, **given):
@@ -529,20 +583,6 @@ def _formula_front(data, level1, level2, model_file, id_, id2, more):
     return data, id_, id2, more
 
 
-def model_given(level1, level2, model_file, level3=None) -> dict:
-    """The model as the user gave it, for the JSON; a formula is recorded as the equations it stands for,
-    so that a formula and its equations give the same document."""
-    ctx = click.get_current_context(silent=True)
-    made = ctx.meta.get("formula_given") if ctx else None
-    if made:
-        level1, level2, level3 = made[0], made[1], (made[2] if level3 is not None else None)
-    out = {"level1": level1, "level2": list(level2)}
-    if level3 is not None:
-        out["level3"] = list(level3)
-    out["model_file"] = Path(model_file).name if model_file else None
-    return out
-
-
 def _looks_like_archive(path) -> bool:
     from .archive import MAGIC
 
@@ -551,22 +591,6 @@ def _looks_like_archive(path) -> bool:
             return handle.read(len(MAGIC)) == MAGIC
     except OSError:
         return False
-
-
-def formula_equations(variables, level1, level2, level3=()):
-    """The equations, and τ's structure if the formula sets it, from --formula when it was given."""
-    ctx = click.get_current_context(silent=True)
-    formula = ctx.meta.get("formula") if ctx else None
-    if formula is None:
-        return level1, level2, level3, None
-    from .formula import translate
-
-    m = translate(formula, variables.level_of)
-    eqs = [list(e) for e in m.equations] + [[]] * (3 - len(m.equations))
-    if ctx.meta.get("hglm", {}).get("family") not in (None, "normal"):
-        eqs[0][0] = re.sub(r"\s*\+\s*[re]$", "", eqs[0][0])  # an HGLM's level-1 equation has no residual term
-    ctx.meta["formula_given"] = (eqs[0][0], list(eqs[1]), list(eqs[2]))
-    return eqs[0][0], list(eqs[1]), list(eqs[2]), (m.tau if m.tau == "diagonal" else None)
 
 
 def _spec(archive, level1, level2, model_file, ml, extra=None, reml=None, allow_outside=False, fit=None):
@@ -640,11 +664,11 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
                         full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
-        from .hglm_run import estimation_text, glmer_call, hglm_model_summary
+        from .hglm_run import estimation_text, hglm_model_summary, r_call_lines
 
         lines = hglm_model_summary(spec, Symbols(_use_ascii(ascii_only)))
-        lines += ["", f"Method of estimation: {estimation_text(spec.options)}", "", "The same model in R (lme4)",
-                  f" {glmer_call(spec, archive.id_names[0])}"]
+        lines += ["", f"Method of estimation: {estimation_text(spec.options)}", ""]
+        lines += r_call_lines(spec, archive.id_names[0])
         click.echo("\n".join(lines))
         return
     lines = model_summary(spec, Symbols(_use_ascii(ascii_only)))
@@ -661,12 +685,13 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     click.echo("\n".join(printable(line) for line in lines))
 
 
-@main.command("fit", epilog=EXIT_CODES_HELP)
+@main.command("fit", epilog=EXAMPLES["fit"] + "\n" + EXIT_CODES_HELP)
 @model_options
 @click.option("--format", "out_format", type=click.Choice(["text", "json", "csv", "markdown", "latex", "html"]), default="text",
               show_default=True, help="HLM 7's text, JSON, or the tables for papers (csv: broom's tidy columns).")
 @click.option("-o", "--output", type=click.Path(), help="Write the output here (atomically) instead of stdout.")
 @click.option("--json-out", type=click.Path(), help="Also write the JSON to this file, from the same fit.")
+@paper_table_options
 @click.option("--keep", help="Source columns (text too) to carry into the residual files, comma-separated.")
 @click.option("--title", help="Problem title for the output.")
 @click.option("--timestamp", is_flag=True, help="Add the date and time to the text output (off: output is reproducible).")
@@ -693,6 +718,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--force", is_flag=True, help="Overwrite existing files whose names come from a .hlm file (resfil1name:, ...).")
 @click.option("--weight1", help="Level-1 sampling weight variable (HLM's level1weight:).")
 @click.option("--weight2", help="Level-2 sampling weight variable (HLM's level2weight:).")
+@click.option("--weight3", help="Level-3 sampling weight variable, three- and four-level models (HLM3's level3weight:).")
+@click.option("--weight4", help="Level-4 sampling weight variable, four-level models.")
 @click.option("--normalize", type=click.Choice(["none", "cluster", "total"]), default=None,
               help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
@@ -716,6 +743,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     from .files import check_outputs
 
     prior_version = more.pop("prior_version", None)
+    table_options = _table_options(more, out_format)
     _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels
     if is_many_levels(data, more):
@@ -731,7 +759,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         return fit_levels(data, level1, level2, model_file, ascii_only,
                           {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, out_format,
                           output, json_out, title, timestamp, strict, max_iterations, quiet, refusals(locals()),
-                          {**more, "ml": ml, "residuals_l2": residuals_l2}, _stderr, _use_ascii)
+                          {**more, "ml": ml, "residuals_l2": residuals_l2, "weight1": weight1, "weight2": weight2,
+                           "normalize": normalize, "plausible_values": plausible_values, "imputed": imputed,
+                           "full_output": full_output}, _stderr, _use_ascii)
     data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
     from .levels import is_three_level
     three = is_three_level(data, more)
@@ -748,6 +778,9 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     if more.get("level3") or more.get("residuals_l3"):
         raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
                             "three-level archive")
+    if more.pop("weight3", None) or more.pop("weight4", None):
+        raise _UsageProblem("--weight3 and --weight4 are for three- and four-level models; a two-level model takes "
+                            "--weight1 and --weight2")
 
     from .flags import check_fit_options, check_model_options
 
@@ -768,7 +801,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                                ols_units, OutputOptions(out_format=out_format, output=output, json_out=json_out,
                                                         quiet=quiet, timestamp=timestamp, title=title,
                                                         ascii_only=ascii_only, strict=strict,
-                                                        keep_failed_output=more["keep_failed_output"]),
+                                                        keep_failed_output=more["keep_failed_output"],
+                                                        table=table_options),
                                _build_opts(id_, id1, id2, missing, drop_unmatched, **more),
                                {"--residuals-l1": residuals_l1, "--residuals-l2": residuals_l2, "--keep": keep,
                                 "--weight1": weight1, "--weight2": weight2, "--plausible-values": plausible_values,
@@ -781,7 +815,8 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
     out = OutputOptions(out_format=out_format, output=output, json_out=json_out, residuals_l1=residuals_l1,
                         residuals_l2=residuals_l2, keep=_split_names(keep) or (), quiet=quiet, timestamp=timestamp,
                         title=title, ascii_only=ascii_only, strict=strict,
-                        keep_failed_output=more["keep_failed_output"], force=more["force"])
+                        keep_failed_output=more["keep_failed_output"], force=more["force"],
+                        table=table_options)
     if fit.normalize and not (fit.weight1 or fit.weight2):
         raise click.UsageError("--normalize needs --weight1 or --weight2")
     archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
@@ -807,7 +842,7 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
                       df_method, ascii_only, weight_spec(spec, fit), plausible_values, imputed, full_output,
                       _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet,
                       more["keep_failed_output"], hypotheses=hypotheses, json_out=json_out,
-                      allow_unequal=more["allow_unequal_imputations"])
+                      allow_unequal=more["allow_unequal_imputations"], table_options=table_options)
         return
     from .api import analyse_model
     from .results import Results
@@ -851,7 +886,7 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
     elif out.out_format == "text":
         text = results.summary(ascii=_use_ascii(out.ascii_only) if not out.output else out.ascii_only)
     else:
-        text = results.table(out.out_format)
+        text = results.table(out.out_format, options=out.table)
     if out.json_out and write_files:
         atomic_write_text(out.json_out, results.to_json())
     if out.output and write_files:
@@ -902,7 +937,7 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
         build_opts.get("file_format"), build_opts.get("delimiter"),
         lambda frame: _spec(frame, level1, level2, model_file, None, fit=fit,
                             allow_outside=more["allow_outside"], extra={"title": title}),
-        unsupported, warn, progress=not out.quiet and sys.stderr.isatty())
+        unsupported, warn, progress=_progress_wanted(out.quiet))
     analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})
     finish(results, out, [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
@@ -1013,7 +1048,7 @@ def _refuse_weighted_likelihood_ratio(compare_deviance, model_file):
 
 def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                   df_method, ascii_only, wspec, plausible_values, imputed, full_output, build_opts, cache_dir, quiet,
-                  keep_failed_output=False, hypotheses=(), json_out=None, allow_unequal=False):
+                  keep_failed_output=False, hypotheses=(), json_out=None, allow_unequal=False, table_options=None):
     """Plausible values (one archive, several outcome columns) or imputed files (several archives):
     one fit each, combined with Rubin's rules (plausible.py); --test by D1."""
     from .errors import EXIT_NOT_CONVERGED
@@ -1060,9 +1095,9 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
                              bool(full_output or opts.full_output), labels, tests)
     else:
-        from .tables import combined_table
+        from .tables import TableOptions, combined_table
 
-        text = combined_table(doc, out_format)
+        text = combined_table(doc, out_format, table_options or TableOptions())
     certified = all(a.result.converged for a in analyses)
     if json_out and (certified or keep_failed_output):
         atomic_write_text(json_out, dumps_json(doc))
@@ -1093,9 +1128,10 @@ def compare_cmd(fit_a, fit_b, out_format):
     click.echo(dumps_json(result) if out_format == "json" else compare_text(result), nl=False)
 
 
-@main.command("plot")
+@main.command("plot", epilog=EXAMPLES["plot"])
+@hidden_options(*_PLOT_HIDES)
 @click.argument("kind", type=click.Choice(["equation", "units", "shrinkage", "caterpillar", "diagnostics"]))
-@model_options
+@functools.partial(model_options, leave_out=_PLOT_LEAVES_OUT)
 @click.option("-o", "--output", required=True, type=click.Path(), help="The picture to write: .png, .svg or .pdf.")
 @click.option("--x", "x_var", help="equation, units: the level-1 predictor on the x axis (default: the first).")
 @click.option("--by", multiple=True, help="equation: a level-2 predictor to draw lines for (its values, or its "
@@ -1108,7 +1144,7 @@ def compare_cmd(fit_a, fit_b, out_format):
 @click.option("-q", "--quiet", is_flag=True, help="No warnings on stderr.")
 @no_follow_option
 @user_errors
-def plot_cmd(kind, data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
+def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing, drop_unmatched, cache_dir,
              output, x_var, by, coef, sample, seed, x_range, json_out, quiet, **more):
     """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
     from .files import check_outputs, commit_outputs
@@ -1200,33 +1236,30 @@ def _plot_saved_fit(kind, path, output, x_var, by, x_range):
     plot_equation_from_fit(read_fit(path), output, x_var, at, low_high)
 
 
-@main.command("table")
+@main.command("table", epilog=EXAMPLES["table"])
 @click.argument("fits", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "out_format", type=click.Choice(["markdown", "latex", "html", "csv"]), default="markdown",
               show_default=True)
 @click.option("--names", help="Column headings, comma-separated (default: the file names without .json).")
 @click.option("-o", "--output", type=click.Path(), help="Write the table here (atomically) instead of stdout.")
+@paper_table_options
 @no_follow_option
 @user_errors
-def table_cmd(fits, out_format, names, output):
+def table_cmd(fits, out_format, names, output, **more):
     """Saved JSON fits side by side: coefficients (SEs), variance components, deviance, AIC, BIC, N, J."""
     from .compare import read_fit
     from .files import atomic_write_text, check_outputs
     from .tables import side_by_side_text
 
     check_outputs([("-o", output)], list(fits))
-    headings = list(_split_names(names) or [Path(f).stem for f in fits])
+    headings = list(split_names(names) or [Path(f).stem for f in fits])
     if len(headings) != len(fits):
         raise _UsageProblem(f"--names gives {len(headings)} names for {len(fits)} fits")
-    text = side_by_side_text([read_fit(f) for f in fits], headings, out_format)
+    text = side_by_side_text([read_fit(f) for f in fits], headings, out_format, _table_options(more, out_format))
     if output:
         atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 @main.command("explain")
@@ -1291,3 +1324,7 @@ def explain_cmd(fit_json, hlm_output, data, id_, model_file, out_format, cache_d
                      tau_order=list(fit.get("random_coefficients") or []))
     report = {"schema": 1, "kind": "explain", "fit": Path(fit_json).name, "hlm_output": Path(hlm_output).name, **report}
     click.echo(dumps_json(report) if out_format == "json" else explain_text(report), nl=out_format != "json")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -21,7 +21,6 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -214,7 +213,7 @@ def is_parquet(path: str) -> bool:
     return p.lower().endswith((".parquet", ".pq"))
 
 
-def _files(path: str) -> list[str]:
+def level1_files(path: str) -> list[str]:
     if os.path.isdir(path):
         found = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)) or sorted(
             glob.glob(os.path.join(path, "**", "*"), recursive=True))
@@ -224,24 +223,6 @@ def _files(path: str) -> list[str]:
     if not found:
         raise DataError(f"{path}: no file matches; give a Parquet folder, a glob such as 'l1/*.parquet', or CSV files")
     return found
-
-
-def dask_frame(level1, level2, id1, id2, fmt=None, delimiter=None):
-    """The columns of the level-1 dataset (from its first file) and the level-2 file (read whole)."""
-    from .engines import Frame, _source, read_level2
-    from .streaming import file_columns
-
-    first = _files(str(level1))[0]
-    if os.path.isfile(str(level2)) and os.path.samefile(first, level2):
-        raise DataError(f"{level2}: --engine dask needs a separate level-2 file (one row per unit); give one, "
-                        "or use --engine stream")
-    cols = file_columns(first, "parquet" if is_parquet(level1) else (fmt or "csv"), delimiter)
-    id1 = cols.find(id1, "unit id")
-    ids2, values, idcol2 = read_level2(level2, id2, None, None)
-    frame = Frame([c for c in cols.names if c != id1], list(values), (id1, idcol2),
-                  [_source("level-1", level1), _source("level-2", level2)])
-    cols.path = Path(str(level1))
-    return frame, cols, (ids2, values)
 
 
 def partition_moments(pdf, id_name: str, names: list[str]):
@@ -282,10 +263,10 @@ def read_dataset(path: str, id_name: str, names: list[str], delimiter=None):
     dd = _dask()
     columns = list(dict.fromkeys([id_name] + names))
     if is_parquet(path):
-        return dd.read_parquet(_files(path) if not os.path.isdir(path) else path, columns=columns)
+        return dd.read_parquet(level1_files(path) if not os.path.isdir(path) else path, columns=columns)
     from .readers import CSV_MISSING
 
-    return dd.read_csv(_files(path), usecols=columns, dtype={id_name: str, **{c: "float64" for c in names}},
+    return dd.read_csv(level1_files(path), usecols=columns, dtype={id_name: str, **{c: "float64" for c in names}},
                        na_values=CSV_MISSING, keep_default_na=False, sep=delimiter or ",", blocksize="64MB")
 
 

@@ -15,7 +15,9 @@ from .archive import Archive
 from .data_checks import check_linear_outcome, check_magnitudes
 from .equations import ModelSpec, Term, Variables
 from .errors import ModelError
+from .moments import Moments, cross_products, grand
 from .spec import gamma_label
+from .sufficient import unit_stats_from_products
 
 
 def variables_of(archive: Archive) -> Variables:
@@ -83,9 +85,26 @@ class Design:
         return np.hstack(cols)
 
 
-def _unit_means(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def unit_means(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     sizes = np.diff(offsets)
     return np.add.reduceat(values, offsets[:-1]) / sizes
+
+
+def level2_layout(spec, J: int, level2_column) -> tuple[list[np.ndarray], list[FixedEffect]]:
+    """The γ layout, made once for every engine: W_q holds the fixed columns of coefficient q
+    (INTRCPT2 unless 'bq = uq', then its predictors, from level2_column(term)), and one FixedEffect
+    per γ in model order."""
+    W: list[np.ndarray] = []
+    fixed: list[FixedEffect] = []
+    names = spec.coefficient_names()
+    for q, eq in enumerate(spec.level2):
+        cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
+        W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
+        if eq.intercept:
+            fixed.append(FixedEffect(q, 0, names[q], "INTRCPT2", gamma_label(q, 0)))
+        for s, t in enumerate(eq.predictors, start=1):
+            fixed.append(FixedEffect(q, s, names[q], predictor_name(t), gamma_label(q, s)))
+    return W, fixed
 
 
 def make_design(spec: ModelSpec, archive: Archive) -> Design:
@@ -125,7 +144,7 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
     for k, term in enumerate(spec.level1, start=1):
         x = columns[term.name]
         if term.centering == "group":
-            x = x - np.repeat(_unit_means(x, offsets), sizes)
+            x = x - np.repeat(unit_means(x, offsets), sizes)
         elif term.centering == "grand":
             mean = float(x.mean())
             centering_means[f"{term.name} (level 1)"] = mean
@@ -134,7 +153,7 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
 
     def level2_column(term: Term) -> np.ndarray:
         if term.unit_mean:
-            w = _unit_means(columns[term.name], offsets)
+            w = unit_means(columns[term.name], offsets)
         else:
             w = archive.level2_column(term.name)[unit_positions]
         if term.centering == "grand":
@@ -143,17 +162,7 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
             w = w - mean
         return w
 
-    W = []
-    fixed: list[FixedEffect] = []
-    names = spec.coefficient_names()
-    for q, eq in enumerate(spec.level2):
-        # W_q holds the fixed columns of coefficient q: INTRCPT2 (unless 'bq = uq'), then predictors
-        cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
-        W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
-        if eq.intercept:
-            fixed.append(FixedEffect(q, 0, names[q], "INTRCPT2", gamma_label(q, 0)))
-        for s, t in enumerate(eq.predictors, start=1):
-            fixed.append(FixedEffect(q, s, names[q], predictor_name(t), gamma_label(q, s)))
+    W, fixed = level2_layout(spec, J, level2_column)
 
     level2_values = {name: archive.level2[k][unit_positions] for k, name in enumerate(archive.level2_names)}
     design = Design(spec=spec, y=np.ascontiguousarray(columns[spec.outcome]), L=L, W=W, offsets=offsets,
@@ -287,3 +296,97 @@ def _partners(xtx: np.ndarray, intercept: int | None, k: int) -> list[int]:
         big = np.abs(beta) > 1e-6 * max(float(np.abs(beta).max()), 1e-300)
         out += [i for i, b in zip(earlier, big) if b]
     return sorted(out)
+
+
+def has_overall_intercept(design) -> bool:
+    """y is centred before the cross-products (so sums of squares do not cancel) only when the
+    model has an overall intercept γ00 to absorb the shift."""
+    return bool(design.fixed) and (design.fixed[0].q, design.fixed[0].s) == (0, 0)
+
+
+# ---------------------------------------------------------------- a model's design from the moments
+
+def design_from_moments(spec, unit_ids: list[str], names: list[str], m: Moments, level2: dict,
+                        n_deleted: int = 0, digest: str = ""):
+    """The Design (without the N×K arrays) and the UnitStats of `spec`, from per-unit moments.
+
+    unit_ids, m: the units that had records (n may be 0 where run-time deletion removed them all);
+    names: the columns of m; level2: every level-2 variable's (J,) values for those units.
+    Centering follows make_design: group = the unit's own mean, grand = the mean over records
+    (level 1) or over units (level 2); y is shifted by its grand mean when the model has γ00."""
+    kept = m.n > 0
+    if not kept.any():
+        raise ModelError("every record has a missing value in the model's variables; nothing is left to analyse")
+    units_deleted = int((~kept).sum())
+    positions = np.flatnonzero(kept)
+    m = m.take(positions)
+    unit_ids = [unit_ids[j] for j in positions]
+    J = len(unit_ids)
+    col = {name: k for k, name in enumerate(names)}
+    N, grand_mean, _ = grand(m)
+
+    centering_means: dict[str, float] = {}
+    index = [col[t.name] for t in spec.level1] + [col[spec.outcome]]
+    sub = Moments(m.n, m.mean[:, index], m.C[:, index][:, :, index])
+    centers = np.zeros((J, len(index)))
+    for k, term in enumerate(spec.level1):
+        if term.centering == "group":
+            centers[:, k] = sub.mean[:, k]
+        elif term.centering == "grand":
+            centers[:, k] = grand_mean[col[term.name]]
+            centering_means[f"{term.name} (level 1)"] = float(grand_mean[col[term.name]])
+
+    def level2_column(term) -> np.ndarray:
+        w = m.mean[:, col[term.name]].copy() if term.unit_mean else np.asarray(level2[term.name], dtype=float)[positions]
+        if term.centering == "grand":
+            mean = float(w.mean())
+            centering_means[f"{'mean(' + term.name + ')' if term.unit_mean else term.name} (level 2)"] = mean
+            w = w - mean
+        return w
+
+    W, fixed = level2_layout(spec, J, level2_column)
+    offsets = np.concatenate(([0], np.cumsum(m.n.astype(np.int64)))).astype(np.int64)
+    design = MomentsDesign(
+        spec=spec, y=np.zeros(0), L=np.zeros((0, len(spec.level1) + 1)), W=W, offsets=offsets, unit_ids=unit_ids, unit_positions=positions,
+        record_positions=None, n_deleted=int(n_deleted), units_deleted=units_deleted, fixed=fixed,
+        random=np.array(spec.random), level2_values={k: np.asarray(v, dtype=float)[positions] for k, v in level2.items()},
+        centering_means=centering_means, N=int(round(N)), data_digest=digest)
+    shift = float(grand_mean[col[spec.outcome]]) if has_overall_intercept(design) else 0.0
+    centers[:, -1] = shift
+    _check_random_slopes(design, sub, centers)
+    unit = unit_stats_from_products(*cross_products(sub, centers, intercept=True), shift)
+    return design, unit
+
+
+def _check_random_slopes(design, m: Moments, centers: np.ndarray) -> None:
+    """design.check_random_slopes on moments: a predictor with no spread within any unit
+    (C_kk = 0 up to rounding) cannot carry a random slope."""
+    for q in np.flatnonzero(design.random):
+        if q == 0:
+            continue
+        k = q - 1
+        sd = np.sqrt(np.clip(m.C[:, k, k], 0, None) / m.n)
+        scale = max(1.0, float(np.max(np.abs(m.mean[:, k] - centers[:, k]) + sd)))
+        if np.all(sd <= 1e-12 * scale):
+            term = design.spec.level1[k]
+            why = ("is zero everywhere after group-mean centering" if term.centering == "group"
+                   else "is constant within every unit")
+            raise ModelError(
+                f"b{q} ({term.name}) cannot have a random slope: {term.name} {why}, so its slope "
+                f"cannot be estimated separately in any unit; remove u{q} from b{q}'s equation")
+
+
+@dataclass
+class MomentsDesign(Design):
+    """A Design whose records were summarised, not kept: L and y have no rows, n is stored."""
+
+    N: int = 0
+    data_digest: str = ""
+
+    @property
+    def n(self) -> int:
+        return self.N
+
+
+# The former private spelling, still imported by results.py until it switches.
+_unit_means = unit_means

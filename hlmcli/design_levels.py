@@ -19,6 +19,7 @@ import numpy as np
 from .archive_levels import ArchiveLevels
 from .equations_levels import Centering, Equation, LevelsSpec, ModelSpec3, Term3, Variables3, VariablesLevels
 from .errors import ModelError
+from .moments import LevelsSummary, Moments
 from .nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
 
 
@@ -35,10 +36,11 @@ class DesignLevels:
     n_deleted: int  # level-1 records dropped for missing values
     units_deleted: tuple  # per level 2..K
     centering_means: dict
+    record_positions: np.ndarray | None = None  # archive index of each level-1 record kept
 
     @property
     def n(self) -> int:
-        return int(self.data.y.size)
+        return self.data.N if isinstance(self.data, LevelsSummary) else int(self.data.y.size)
 
     def J(self, level: int) -> int:
         return len(self.unit_ids[level - 2])
@@ -48,22 +50,54 @@ def _group_mean(values: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(group, weights=values, minlength=n) / np.bincount(group, minlength=n)
 
 
-def design_levels(spec: LevelsSpec, archive: ArchiveLevels) -> DesignLevels:
+def _terms_by_level(spec: LevelsSpec) -> list:
+    """The predictors of the equations at each level 1..K (a level-d coefficient's equation is at level d+1)."""
+    out: list[list[Term3]] = [list(spec.level1)] + [[] for _ in range(spec.n_levels - 1)]
+    for depth, idx, eq, names in spec.walk():
+        out[depth].extend(eq.predictors)
+    return out
+
+
+def level1_variables(spec) -> list[str]:
+    """The level-1 variables a model reads (outcome, level-1 predictors, X of a mean(X) of level 1),
+    sorted: the columns a summarised engine reads, and those whose missing values delete a record."""
+    if isinstance(spec, ModelSpec3):
+        spec = spec3_as_levels(spec)
+    return sorted({spec.outcome} | {t.name for terms in _terms_by_level(spec) for t in terms
+                                     if (t.mean_of == 1) or (t.level == 1 and t.mean_of is None)})
+
+
+@dataclass(frozen=True)
+class Level1Moments:
+    """Level 1 summarised per level-2 unit (the stream and Dask engines): `moments` of the level-1
+    variables `names`, one row per record of the archive's level 1, which then holds one record
+    per level-2 unit (engines_levels.py); records with a missing value in a model variable were
+    deleted while summarising (n_deleted of them), so a unit may have n = 0."""
+    names: list
+    moments: Moments
+    n_deleted: int
+
+
+def design_levels(spec: LevelsSpec, archive: ArchiveLevels, level1: Level1Moments | None = None) -> DesignLevels:
+    """The design from the archive's records, or, given `level1`, from per-level-2-unit moments:
+    then level-1 centring is a shift of each unit's mean (moments.py's algebra), mean(X) of a
+    level-1 X the record-weighted mean of the units' means, and the data a LevelsSummary."""
     K = spec.n_levels
     if archive.n_levels != K:
         raise ModelError(f"the archive has {archive.n_levels} levels and the model {K}; give -1 ... -{archive.n_levels} "
                          "equations")
     names1 = archive.names(1)
-    y_all = archive.levels[0].values[names1.index(spec.outcome)]
-    terms_by_level: list[list[Term3]] = [list(spec.level1)] + [[] for _ in range(K - 1)]
-    for depth, idx, eq, names in spec.walk():
-        terms_by_level[depth].extend(eq.predictors)  # a level-d coefficient's equation is at level d+1
-    used1 = {spec.outcome} | {t.name for terms in terms_by_level for t in terms
-                              if (t.mean_of == 1) or (t.level == 1 and t.mean_of is None)}
-    keep = np.ones(archive.n(1), dtype=bool)
-    for name in sorted(used1):
-        keep &= ~np.isnan(archive.levels[0].values[names1.index(name)])
-    n_deleted = int((~keep).sum())
+    y_all = archive.levels[0].values[names1.index(spec.outcome)] if level1 is None else None
+    terms_by_level = _terms_by_level(spec)
+    used1 = set(level1_variables(spec))
+    if level1 is None:
+        keep = np.ones(archive.n(1), dtype=bool)
+        for name in sorted(used1):
+            keep &= ~np.isnan(archive.levels[0].values[names1.index(name)])
+        n_deleted = int((~keep).sum())
+    else:
+        keep = level1.moments.n > 0
+        n_deleted = int(level1.n_deleted)
     if not keep.any():
         raise ModelError(f"every level-1 record has a missing value in {', '.join(sorted(used1))}; nothing is left to fit")
     # units kept, bottom up; renumbered within each level
@@ -82,7 +116,13 @@ def design_levels(spec: LevelsSpec, archive: ArchiveLevels) -> DesignLevels:
     for m in range(1, K + 1):
         for level in range(m + 1, K + 1):
             up[(m, level)] = parents[level - 2][up[(m, level - 1)]]
-    values = {1: {n: archive.levels[0].values[k][keep] for k, n in enumerate(names1)}}
+    if level1 is None:
+        values = {1: {n: archive.levels[0].values[k][keep] for k, n in enumerate(names1)}}
+    else:  # per level-2 unit: the records' sums and counts (a mean of level-1 X pools them)
+        m1 = level1.moments.take(np.flatnonzero(keep))
+        col1 = {n: k for k, n in enumerate(level1.names)}
+        values = {1: {}}
+        n1 = m1.n
     for level in range(2, K + 1):
         values[level] = {n: archive.levels[level - 1].values[k][present[level]]
                          for k, n in enumerate(archive.names(level))}
@@ -92,6 +132,11 @@ def design_levels(spec: LevelsSpec, archive: ArchiveLevels) -> DesignLevels:
         if term.mean_of is None:
             return values[term.level][term.name]
         m = term.mean_of
+        if m == 1 and level1 is not None:
+            g = up[(1, term.level)]
+            J = Js[term.level]
+            return (np.bincount(g, weights=n1 * m1.mean[:, col1[term.name]], minlength=J)
+                    / np.bincount(g, weights=n1, minlength=J))
         return _group_mean(values[m][term.name], up[(m, term.level)], Js[term.level])
 
     def column(term: Term3) -> np.ndarray:
@@ -107,7 +152,23 @@ def design_levels(spec: LevelsSpec, archive: ArchiveLevels) -> DesignLevels:
 
     index: list[dict] = []
     preds = []
+    if level1 is not None:  # level 1 as moments: centring shifts each unit's mean, C is unchanged
+        terms1 = list(dict.fromkeys(terms_by_level[0]))
+        index.append({t: k for k, t in enumerate(terms1)})
+        preds.append(np.empty((0, len(terms1))))
+        at = [col1[t.name] for t in terms1] + [col1[spec.outcome]]
+        mean1 = m1.mean[:, at].copy()
+        for k, t in enumerate(terms1):
+            if t.centering is Centering.GRAND:
+                g = float(np.sum(n1 * mean1[:, k]) / np.sum(n1))
+                means[f"{t.label} (level 1)"] = g
+                mean1[:, k] -= g
+            elif t.centering is Centering.GROUP:
+                mean1[:, k] = 0.0
+        level1_moments = Moments(n1.copy(), mean1, np.ascontiguousarray(m1.C[:, at][:, :, at]))
     for level, terms in enumerate(terms_by_level, 1):
+        if level == 1 and level1 is not None:
+            continue
         idx: dict = {}
         cols = []
         for t in terms:
@@ -133,11 +194,14 @@ def design_levels(spec: LevelsSpec, archive: ArchiveLevels) -> DesignLevels:
 
     layout = tuple(node(eq, 1, None if p == 0 else index[0][spec.level1[p - 1]])
                    for p, eq in enumerate(spec.equations) if eq is not None)
-    data = LevelsData(np.ascontiguousarray(y_all[keep], dtype=np.float64), tuple(preds), tuple(parents), layout)
+    if level1 is None:
+        data = LevelsData(np.ascontiguousarray(y_all[keep], dtype=np.float64), tuple(preds), tuple(parents), layout)
+    else:
+        data = LevelsSummary(level1_moments, tuple(preds[1:]), tuple(parents[1:]), layout)
     positions = tuple(np.flatnonzero(present[level]) for level in range(2, K + 1))
     unit_ids = tuple([archive.levels[level - 1].ids[j] for j in positions[level - 2]] for level in range(2, K + 1))
     return DesignLevels(spec, data, unit_ids, positions, n_deleted,
-                        tuple(int((~present[level]).sum()) for level in range(2, K + 1)), means)
+                        tuple(int((~present[level]).sum()) for level in range(2, K + 1)), means, np.flatnonzero(keep))
 
 
 # ---------------------------------------------------------------- three levels (HLM3's names)
@@ -149,7 +213,7 @@ def variables3_of(archive: ArchiveLevels) -> Variables3:
 @dataclass
 class Design3:
     spec: ModelSpec3
-    data: NestedData
+    data: NestedData  # or a LevelsSummary (stream and Dask engines)
     unit2_ids: list[str]
     unit3_ids: list[str]
     n_deleted: int  # level-1 records dropped for missing values (analysis-time deletion)
@@ -158,10 +222,11 @@ class Design3:
     level2_positions: np.ndarray  # archive level-2 unit index of each unit kept
     level3_positions: np.ndarray
     centering_means: dict[str, float]  # grand means used, "NAME (level L)" -> mean
+    record_positions: np.ndarray | None = None  # archive index of each level-1 record kept
 
     @property
     def n(self) -> int:
-        return int(self.data.y.size)
+        return self.data.N if isinstance(self.data, LevelsSummary) else int(self.data.y.size)
 
     @property
     def n2(self) -> int:
@@ -186,14 +251,19 @@ def spec3_as_levels(spec: ModelSpec3) -> LevelsSpec:
     return LevelsSpec(spec.outcome, 3, spec.level1, spec.intercept, tuple(eqs))
 
 
-def design3(spec: ModelSpec3, archive: ArchiveLevels) -> Design3:
-    """design_levels at three levels, in HLM3's names (NestedData, level-2 and level-3 ids)."""
-    d = design_levels(spec3_as_levels(spec), archive)
+def design3(spec: ModelSpec3, archive: ArchiveLevels, level1: Level1Moments | None = None) -> Design3:
+    """design_levels at three levels, in HLM3's names (NestedData, level-2 and level-3 ids); with
+    `level1`, the data stay a LevelsSummary (the records are not kept)."""
+    d = design_levels(spec3_as_levels(spec), archive, level1)
     data = d.data
-    pis = tuple(Pi(node.col, tuple(Beta(b.col, tuple(g.col for g in b.terms), b.random) for b in node.terms),
-                   node.random) for node in data.layout)
-    nested = NestedData(y=data.y, A=data.predictors[0], X2=data.predictors[1], W3=data.predictors[2],
-                        unit2=data.parents[0], unit3=data.parents[1], layout=NestedLayout(pis))
+    if isinstance(data, LevelsSummary):
+        nested = data
+    else:
+        pis = tuple(Pi(node.col, tuple(Beta(b.col, tuple(g.col for g in b.terms), b.random) for b in node.terms),
+                       node.random) for node in data.layout)
+        nested = NestedData(y=data.y, A=data.predictors[0], X2=data.predictors[1], W3=data.predictors[2],
+                            unit2=data.parents[0], unit3=data.parents[1], layout=NestedLayout(pis))
     return Design3(spec=spec, data=nested, unit2_ids=d.unit_ids[0], unit3_ids=d.unit_ids[1], n_deleted=d.n_deleted,
                    units2_deleted=d.units_deleted[0], units3_deleted=d.units_deleted[1],
-                   level2_positions=d.positions[0], level3_positions=d.positions[1], centering_means=d.centering_means)
+                   level2_positions=d.positions[0], level3_positions=d.positions[1], centering_means=d.centering_means,
+                   record_positions=d.record_positions)

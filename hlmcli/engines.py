@@ -2,21 +2,24 @@
 --engine dask, and fits from a statistics archive (mdm build --engine stream).
 
 Each engine ends in the same place: unit ids, per-unit moments of the level-1 columns
-(moments.Moments) and the level-2 values; from there moments.design_from_moments and
+(moments.Moments) and the level-2 values; from there design.design_from_moments and
 pipeline.analyse_stats give the same Analysis, tables, certificate and JSON as the in-memory engine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .archive import unhashed_source
+from .design import design_from_moments
 from .errors import DataError, ModelError
-from .moments import Moments, design_from_moments, digest_of
+from .moments import Moments, digest_of
 
 
 @dataclass
@@ -43,24 +46,11 @@ class Summary:
     notes: dict = field(default_factory=dict)
 
 
-def _source(role: str, path) -> object:
-    from .archive import Source
-
-    p = Path(path)
-    try:  # size and time only: hashing a file larger than memory would cost a second pass
-        st = p.stat()
-        size, mtime = (st.st_size, st.st_mtime_ns) if p.is_file() else (0, 0)
-    except OSError:  # a glob
-        size, mtime = 0, 0
-    return Source(role=role, name=p.name, path=str(p), size=size, mtime_ns=mtime, sha256="", format="", encoding=None)
-
-
 # ---------------------------------------------------------------- level 2 and matching
 
 def read_level2(path, id2: str, fmt=None, delimiter=None):
     """The level-2 file (one row per unit: small) through the in-memory reader. Returns (ids, {name: values})."""
-    from .archive import _is_text
-    from .readers import find_column, numeric_column, read_table, unit_codes
+    from .readers import find_column, is_text_column, numeric_column, read_table, unit_codes
 
     table = read_table(path, fmt, delimiter, string_columns=(id2,))
     idcol = find_column(table, id2, "unit id")
@@ -71,7 +61,7 @@ def read_level2(path, id2: str, fmt=None, delimiter=None):
         raise DataError(f"{table.path}: column {idcol}: unit id(s) appear more than once ({', '.join(dups)}); "
                         "the level-2 file needs exactly one row per unit")
     values = {c: numeric_column(table, c)[np.argsort(codes)] for c in table.data.columns
-              if c != idcol and not _is_text(table, c, None)}
+              if c != idcol and not is_text_column(table, c, None)}
     order_ids = [ids[c] for c in np.sort(codes)]
     return order_ids, values, idcol
 
@@ -237,11 +227,30 @@ def frame_of_files(level1, level2, id1, id2, fmt=None, delimiter=None):
     same = same_file(level1, level2)
     if same:
         names = [c for c in cols.names if c != id1]
-        frame = Frame(names, names, (id1, id1), [_source("level-1", level1), _source("level-2", level2)], same_file=True)
+        frame = Frame(names, names, (id1, id1), [unhashed_source("level-1", level1), unhashed_source("level-2", level2)],
+                      same_file=True)
         return frame, cols, None
     ids2, values, idcol2 = read_level2(level2, id2, fmt, delimiter)
     frame = Frame([c for c in cols.names if c != id1], list(values), (id1, idcol2),
-                  [_source("level-1", level1), _source("level-2", level2)])
+                  [unhashed_source("level-1", level1), unhashed_source("level-2", level2)])
+    return frame, cols, (ids2, values)
+
+
+def frame_of_dask(level1, level2, id1, id2, fmt=None, delimiter=None):
+    """The columns of the level-1 dataset (from its first file) and the level-2 file (read whole)."""
+    from .dask_engine import is_parquet, level1_files
+    from .streaming import file_columns
+
+    first = level1_files(str(level1))[0]
+    if os.path.isfile(str(level2)) and os.path.samefile(first, level2):
+        raise DataError(f"{level2}: --engine dask needs a separate level-2 file (one row per unit); give one, "
+                        "or use --engine stream")
+    cols = file_columns(first, "parquet" if is_parquet(level1) else (fmt or "csv"), delimiter)
+    id1 = cols.find(id1, "unit id")
+    ids2, values, idcol2 = read_level2(level2, id2, None, None)
+    frame = Frame([c for c in cols.names if c != id1], list(values), (id1, idcol2),
+                  [unhashed_source("level-1", level1), unhashed_source("level-2", level2)])
+    cols.path = Path(str(level1))
     return frame, cols, (ids2, values)
 
 
@@ -258,7 +267,8 @@ def summarise(frame: Frame, cols, level2_data, names: list[str], level2_names: l
     else:
         from .streaming import stream_moments
 
-        unit_ids, m, read, deleted = stream_moments(cols, frame.id_names[0], l1, drop_missing=drop_missing)
+        unit_ids, m, read, deleted = stream_moments(cols, frame.id_names[0], l1, drop_missing=drop_missing,
+                                                    progress=progress)
     notes = {"level1_records_read": int(read)}
     if frame.same_file:
         level2 = level2_from_same_file(unit_ids, m, l1, level2_names, cols.path)
@@ -319,9 +329,7 @@ def summary_for_fit(data, engine: str, scheduler, ids: tuple[str, str], drop_unm
     for path in data if engine == "stream" else data[1:]:  # the dask level-1 data are a folder or a glob
         check_regular(path, "data file")
     if engine == "dask":
-        from .dask_engine import dask_frame
-
-        frame, cols, level2_data = dask_frame(data[0], data[1], ids[0], ids[1], file_format, delimiter)
+        frame, cols, level2_data = frame_of_dask(data[0], data[1], ids[0], ids[1], file_format, delimiter)
     else:
         frame, cols, level2_data = frame_of_files(data[0], data[1], ids[0], ids[1], file_format, delimiter)
     spec = spec_of(frame)
@@ -351,7 +359,8 @@ def _restrict(summary: Summary, names: list[str]) -> Summary:
                    summary.n_deleted, summary.notes)
 
 
-def cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet, warn) -> tuple[int, int]:
+def cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet, warn,
+              progress: bool = False) -> tuple[int, int]:
     """`hlmcli mdm build --engine stream`: one pass, a statistics archive. Returns (records, units)."""
     frame, cols, level2_data = frame_of_files(level1_file, level2_file, options.id1, options.id2, file_format, delimiter)
     if options.keep1 is not None:
@@ -365,7 +374,7 @@ def cli_build(level1_file, level2_file, options, file_format, delimiter, output,
         frame.level2_names = [n for n in frame.level2_names if n.lower() in {k.lower() for k in options.keep2}]
     frame.level1_names = names
     summary = summarise(frame, cols, level2_data, names, frame.level2_names, "stream", options.drop_unmatched, warn,
-                        drop_missing=options.missing == "now", paths=(level1_file, level2_file))
+                        drop_missing=options.missing == "now", paths=(level1_file, level2_file), progress=progress)
     if (summary.moments.n == 0).any():
         keep = np.flatnonzero(summary.moments.n > 0)
         summary = Summary([summary.unit_ids[j] for j in keep], summary.names, summary.moments.take(keep),

@@ -6,6 +6,7 @@ The parser knows only the names of the variables at each level; it never touches
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,31 @@ _REPLACEMENTS = {
 }
 
 
-def _normalise(text: str) -> str:
+def gamma_labels(spec: ModelSpec) -> list[tuple[int, int]]:
+    """(q, s) of each γ in model order: γ00, γ01, ..., γ10, ..."""
+    return [(q, s) for q, eq in enumerate(spec.level2) for s in range(len(eq.predictors) + 1)]
+
+
+def contrasts_from_rows(spec: ModelSpec, where: str, label: str, rows: list[tuple[int, list[str]]]) -> Hypothesis:
+    """HLM 7's gammaG:c1,...,cF lines: one coefficient per γ in model order; lines sharing G form one test."""
+    n = len(gamma_labels(spec))
+    out = []
+    for line_no, values in rows:
+        if len(values) != n:
+            raise ModelError(f"{where}: line {line_no}: gamma{label} has {len(values)} values but the model has {n} γs; give one per γ")
+        try:
+            row = tuple(float(v) for v in values)
+        except ValueError:
+            raise ModelError(f"{where}: line {line_no}: gamma{label} values must be numbers") from None
+        if not all(math.isfinite(v) for v in row):
+            raise ModelError(f"{where}: line {line_no}: gamma{label} values must be finite numbers (not nan or inf)")
+        if not any(row):
+            raise ModelError(f"{where}: line {line_no}: gamma{label} is all zeros, so it tests nothing; give a contrast")
+        out.append(row)
+    return Hypothesis(label=f"hypothesis {label}", rows=tuple(out))
+
+
+def normalise(text: str) -> str:
     for a, b in _REPLACEMENTS.items():
         text = text.replace(a, b)
     return text
@@ -171,7 +196,7 @@ MAX_NESTING = 32
 MAX_INDEX_DIGITS = 4
 
 
-def _check_shape(text: str) -> None:
+def check_shape(text: str) -> None:
     """One linear pass before any parsing: length, balanced parentheses, nesting depth."""
     if len(text) > MAX_EQUATION_CHARS:
         raise ModelError(f"an equation of {len(text)} characters is longer than the {MAX_EQUATION_CHARS} "
@@ -181,17 +206,17 @@ def _check_shape(text: str) -> None:
         if ch == "(":
             depth += 1
             if depth > MAX_NESTING:
-                raise _Syntax(text[:200], min(i, 199), f"parentheses nested more than {MAX_NESTING} deep",
-                              "remove the redundant parentheses")
+                raise EquationSyntaxError(text[:200], min(i, 199), f"parentheses nested more than {MAX_NESTING} deep",
+                                          "remove the redundant parentheses")
         elif ch == ")":
             depth -= 1
             if depth < 0:
-                raise _Syntax(text, i, "a ')' without its '('", "balance the parentheses")
+                raise EquationSyntaxError(text, i, "a ')' without its '('", "balance the parentheses")
     if depth:
-        raise _Syntax(text, len(text), f"{depth} '(' not closed", "balance the parentheses")
+        raise EquationSyntaxError(text, len(text), f"{depth} '(' not closed", "balance the parentheses")
 
 
-def _index(digits: str, what: str, equation: str) -> int:
+def parse_index(digits: str, what: str, equation: str) -> int:
     """A coefficient subscript, refused when implausibly long (int() of thousands of digits raises)."""
     if len(digits) > MAX_INDEX_DIGITS:
         raise ModelError(f"in '{equation.strip()[:80]}': the subscript of {what}{digits[:8]}... has {len(digits)} digits; "
@@ -199,11 +224,21 @@ def _index(digits: str, what: str, equation: str) -> int:
     return int(digits)
 
 
-class _Syntax(ModelError):
+class EquationSyntaxError(ModelError):
     def __init__(self, equation: str, position: int, problem: str, hint: str):
         pos = max(0, min(position, len(equation)))
         super().__init__(f"in '{equation.strip()}' at character {pos + 1}: {problem}; {hint}")
         self.detail = f"    {equation}\n    {' ' * pos}^"
+
+
+def right_side_terms(text: str, rhs: str, base: int):
+    """Each top-level term of an equation's right side (which starts at character `base` of `text`)
+    with its position, refusing an empty one."""
+    for raw, off in split_top(rhs):
+        piece, pos = strip_piece(raw, base + off)
+        if not piece:
+            raise EquationSyntaxError(text, pos, "empty term", "remove the extra '+'")
+        yield piece, pos
 
 
 def _closest(name: str, variables: Variables) -> str:
@@ -224,7 +259,7 @@ _U = re.compile(r"^u(\d+)j?$", re.I)
 _R = re.compile(r"^(r|e)(ij)?$", re.I)
 
 
-def _split_top(text: str, sep: str = "+") -> list[tuple[str, int]]:
+def split_top(text: str, sep: str = "+") -> list[tuple[str, int]]:
     """Split on `sep` outside parentheses, keeping each piece's start offset."""
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(text):
@@ -239,12 +274,12 @@ def _split_top(text: str, sep: str = "+") -> list[tuple[str, int]]:
     return parts
 
 
-def _strip_piece(piece: str, offset: int) -> tuple[str, int]:
+def strip_piece(piece: str, offset: int) -> tuple[str, int]:
     lead = len(piece) - len(piece.lstrip())
     return piece.strip(), offset + lead
 
 
-def _unwrap(text: str) -> str:
+def unwrap(text: str) -> str:
     text = text.strip()
     while text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
         text = text[1:-1].strip()
@@ -292,7 +327,7 @@ def _resolve(name: str, level: int, variables: Variables, equation: str, pos: in
 
 def _parse_predictor(text: str, level: int, variables: Variables, equation: str, pos: int) -> Term:
     where = "a level-1 equation" if level == 1 else "a level-2 equation"
-    body = _unwrap(text)
+    body = unwrap(text)
     m = re.fullmatch(r"(group|grand|mean)\s*\((.*)\)", body, re.I)
     if m:
         func, inner = m.group(1).lower(), m.group(2).strip()
@@ -314,8 +349,8 @@ def _parse_predictor(text: str, level: int, variables: Variables, equation: str,
         left, right, mark = m.group(1), m.group(2), m.group(3)
         name = _resolve(left, level, variables, equation, pos, where)
         if _resolve(right, level, variables, equation, pos, where) != name:
-            raise _Syntax(equation, pos, f"'{body}' subtracts the mean of a different variable",
-                          f"write ({name} - {name}{mark})")
+            raise EquationSyntaxError(equation, pos, f"'{body}' subtracts the mean of a different variable",
+                                      f"write ({name} - {name}{mark})")
         if mark == ".j":
             if level != 1:
                 raise ModelError(f"in '{equation.strip()}': group-mean centering applies to level-1 variables only")
@@ -327,54 +362,53 @@ def _parse_predictor(text: str, level: int, variables: Variables, equation: str,
         return Term(name, "grand")
     if re.fullmatch(_NAME, body):
         return Term(_resolve(body, level, variables, equation, pos, where), "none")
-    raise _Syntax(equation, pos, f"cannot read the predictor '{text.strip()}'",
-                  "write NAME, group(NAME), grand(NAME), mean(NAME) or (NAME - NAME.j)")
+    raise EquationSyntaxError(equation, pos, f"cannot read the predictor '{text.strip()}'",
+                              "write NAME, group(NAME), grand(NAME), mean(NAME) or (NAME - NAME.j)")
+
+
+def split_star(piece: str, pos: int):
+    """A term at its first '*' outside parentheses: 'b1*(SES)' -> ('b1', '(SES)', offset of the
+    predictor in the equation); a term with no '*' -> (the term, None, None)."""
+    depth = 0
+    for i, ch in enumerate(piece):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "*" and depth == 0:
+            pred = piece[i + 1:]
+            return piece[:i].strip(), pred, pos + i + 1 + (len(pred) - len(pred.lstrip()))
+    return piece.strip(), None, None
 
 
 def _coef_and_predictor(piece: str, pos: int, equation: str):
     """'b1*(SES)' -> ('b1', '(SES)', offset of the predictor); 'g00' -> ('g00', None, None)."""
-    star = None
-    depth = 0
-    for i, ch in enumerate(piece):
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "*" and depth == 0:
-            star = i
-            break
-    if star is None:
+    coef, pred, ppos = split_star(piece, pos)
+    if pred is None:
         m = re.match(r"^([A-Za-z]+[0-9,_]*j?)\s*(\(.*)$", piece)  # b1(SES) without '*'
         if m and (_BETA.match(m.group(1)) or _GAMMA.match(m.group(1))):
             return m.group(1), m.group(2), pos + m.start(2)
-        return piece.strip(), None, None
-    coef = piece[:star].strip()
-    pred = piece[star + 1:]
-    return coef, pred, pos + star + 1 + (len(pred) - len(pred.lstrip()))
+    return coef, pred, ppos
 
 
 def parse_level1(equation: str, variables: Variables, with_intercept: bool = False):
     """'Y = b0 + b1*X + r' -> outcome and [(1, Term X)] (and whether b0 is there, if asked);
     without b0 the model has no level-1 intercept."""
-    text = _normalise(equation)
-    _check_shape(text)
+    text = normalise(equation)
+    check_shape(text)
     if text.count("=") != 1:
         at = text.find("=", text.find("=") + 1) if text.count("=") > 1 else len(text)
-        raise _Syntax(text, at, "a level-1 equation needs exactly one '='", "write OUTCOME = b0 + b1*X + r")
+        raise EquationSyntaxError(text, at, "a level-1 equation needs exactly one '='", "write OUTCOME = b0 + b1*X + r")
     lhs, rhs = text.split("=")
-    outcome_raw = _unwrap(lhs)
+    outcome_raw = unwrap(lhs)
     if not re.fullmatch(_NAME, outcome_raw):
-        raise _Syntax(text, 0, f"'{lhs.strip()}' is not a variable name", "write OUTCOME = b0 + ... + r")
+        raise EquationSyntaxError(text, 0, f"'{lhs.strip()}' is not a variable name", "write OUTCOME = b0 + ... + r")
     if _BETA.match(outcome_raw):
         raise ModelError(f"in '{equation.strip()}': this is a level-2 equation (it defines {outcome_raw}); pass it with -2/--level2")
     outcome = _resolve(outcome_raw, 1, variables, text, 0, "the outcome")
     base = len(lhs) + 1
     terms: list[tuple[int, Term]] = []
     seen_intercept = seen_r = False
-    for raw, off in _split_top(rhs):
-        piece, pos = _strip_piece(raw, base + off)
-        if not piece:
-            raise _Syntax(text, pos, "empty term", "remove the extra '+'")
+    for piece, pos in right_side_terms(text, rhs, base):
         if seen_r:
-            raise _Syntax(text, pos, "a term after the level-1 residual r", "put r last")
+            raise EquationSyntaxError(text, pos, "a term after the level-1 residual r", "put r last")
         coef, pred, ppos = _coef_and_predictor(piece, pos, text)
         if _R.match(coef) and pred is None:
             seen_r = True
@@ -382,21 +416,21 @@ def parse_level1(equation: str, variables: Variables, with_intercept: bool = Fal
         m = _BETA.match(coef)
         if not m:
             if "-" in piece and "(" not in piece:
-                raise _Syntax(text, pos + piece.find("-"), "'-' between terms", "terms are joined by '+'")
-            raise _Syntax(text, pos, f"expected a coefficient like b1 or β1, found '{coef}'", "write b1*NAME")
-        q = _index(m.group(1), "b", text)
+                raise EquationSyntaxError(text, pos + piece.find("-"), "'-' between terms", "terms are joined by '+'")
+            raise EquationSyntaxError(text, pos, f"expected a coefficient like b1 or β1, found '{coef}'", "write b1*NAME")
+        q = parse_index(m.group(1), "b", text)
         if q == 0:
             if seen_intercept:
                 raise ModelError(f"in '{equation.strip()}': b0 appears twice; write the intercept once")
             if pred is not None:
-                raise _Syntax(text, pos, "the intercept b0 takes no predictor", "write b0 alone")
+                raise EquationSyntaxError(text, pos, "the intercept b0 takes no predictor", "write b0 alone")
             seen_intercept = True
             continue
         if pred is None:
-            raise _Syntax(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
+            raise EquationSyntaxError(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
         terms.append((q, _parse_predictor(pred, 1, variables, text, ppos)))
     if not seen_intercept and not terms:
-        raise _Syntax(text, base, "the level-1 equation has no terms", "write OUTCOME = b0 + b1*X + r")
+        raise EquationSyntaxError(text, base, "the level-1 equation has no terms", "write OUTCOME = b0 + b1*X + r")
     indices = [q for q, _ in terms]
     expected = list(range(1, len(terms) + 1))
     if sorted(indices) != expected:
@@ -415,16 +449,16 @@ def parse_level1(equation: str, variables: Variables, with_intercept: bool = Fal
 
 def parse_level2(equation: str, variables: Variables, n_coefficients: int) -> tuple[int, Level2Equation]:
     """'b1 = g10 + g11*SECTOR + u1' -> (1, Level2Equation)."""
-    text = _normalise(equation)
-    _check_shape(text)
+    text = normalise(equation)
+    check_shape(text)
     if text.count("=") != 1:
-        raise _Syntax(text, len(text), "a level-2 equation needs exactly one '='", "write b0 = g00 + g01*W + u0")
+        raise EquationSyntaxError(text, len(text), "a level-2 equation needs exactly one '='", "write b0 = g00 + g01*W + u0")
     lhs, rhs = text.split("=")
-    m = _BETA.match(_unwrap(lhs))
+    m = _BETA.match(unwrap(lhs))
     if not m:
-        raise _Syntax(text, 0, f"a level-2 equation must define a coefficient like b0, not '{lhs.strip()}'",
-                      "write b0 = g00 + ... (a level-1 equation goes with -1/--level1)")
-    q = _index(m.group(1), "b", text)
+        raise EquationSyntaxError(text, 0, f"a level-2 equation must define a coefficient like b0, not '{lhs.strip()}'",
+                                  "write b0 = g00 + ... (a level-1 equation goes with -1/--level1)")
+    q = parse_index(m.group(1), "b", text)
     if q >= n_coefficients:
         raise ModelError(f"in '{equation.strip()}': b{q} has no term in the level-1 equation "
                          f"(it has b0..b{n_coefficients - 1}); add b{q}*NAME there or renumber")
@@ -432,14 +466,11 @@ def parse_level2(equation: str, variables: Variables, n_coefficients: int) -> tu
     predictors: list[Term] = []
     random = False
     s_expected = 0
-    for raw, off in _split_top(rhs):
-        piece, pos = _strip_piece(raw, base + off)
-        if not piece:
-            raise _Syntax(text, pos, "empty term", "remove the extra '+'")
+    for piece, pos in right_side_terms(text, rhs, base):
         coef, pred, ppos = _coef_and_predictor(piece, pos, text)
         mu = _U.match(coef)
         if mu and pred is None:
-            if _index(mu.group(1), "u", text) != q:
+            if parse_index(mu.group(1), "u", text) != q:
                 raise ModelError(f"in '{equation.strip()}': the random effect of b{q} is u{q}, not {coef}")
             if random:
                 raise ModelError(f"in '{equation.strip()}': u{q} appears twice; write the random effect once")
@@ -447,10 +478,10 @@ def parse_level2(equation: str, variables: Variables, n_coefficients: int) -> tu
             continue
         mg = _GAMMA.match(coef)
         if not mg:
-            raise _Syntax(text, pos, f"expected a coefficient like g{q}0 or γ{q}0, found '{coef}'",
-                          f"write g{q}1*NAME")
-        gq = _index(mg.group(1) or mg.group(3), "g", text)
-        gs = _index(mg.group(2) or mg.group(4), "g", text)
+            raise EquationSyntaxError(text, pos, f"expected a coefficient like g{q}0 or γ{q}0, found '{coef}'",
+                                      f"write g{q}1*NAME")
+        gq = parse_index(mg.group(1) or mg.group(3), "g", text)
+        gs = parse_index(mg.group(2) or mg.group(4), "g", text)
         if gq != q:
             raise ModelError(f"in '{equation.strip()}': {coef} belongs to b{gq}, but this equation defines b{q}; "
                              f"write g{q}{gs}")
@@ -459,14 +490,14 @@ def parse_level2(equation: str, variables: Variables, n_coefficients: int) -> tu
         s_expected += 1
         if gs == 0:
             if pred is not None:
-                raise _Syntax(text, pos, f"{coef} is the intercept and takes no predictor", f"write g{q}0 alone")
+                raise EquationSyntaxError(text, pos, f"{coef} is the intercept and takes no predictor", f"write g{q}0 alone")
             continue
         if pred is None:
-            raise _Syntax(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
+            raise EquationSyntaxError(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
         predictors.append(_parse_predictor(pred, 2, variables, text, ppos))
     if s_expected == 0 and not random:
-        raise _Syntax(text, base, f"the equation for b{q} has neither a fixed intercept g{q}0 nor a random effect u{q}",
-                      f"write b{q} = g{q}0 + ... or b{q} = u{q}")
+        raise EquationSyntaxError(text, base, f"the equation for b{q} has neither a fixed intercept g{q}0 nor a random effect u{q}",
+                                  f"write b{q} = g{q}0 + ... or b{q} = u{q}")
     keys = [(t.name, t.unit_mean) for t in predictors]
     for k in keys:
         if keys.count(k) > 1:
@@ -506,14 +537,14 @@ def is_hlm_command_file(path: str | Path, text: str) -> bool:
 def read_model_file(path: str | Path) -> tuple[str, list[str]]:
     """A plain model file: equations one per line, '#' comments; the one not defining a β is level 1."""
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path)
     level1, level2 = None, []
     for line_no, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        lhs = _normalise(line).split("=", 1)[0]
-        if _BETA.match(_unwrap(lhs)):
+        lhs = normalise(line).split("=", 1)[0]
+        if _BETA.match(unwrap(lhs)):
             level2.append(line)
         elif level1 is None:
             level1 = line
@@ -524,7 +555,7 @@ def read_model_file(path: str | Path) -> tuple[str, list[str]]:
     return level1, level2
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     from .files import read_small_bytes
 
     if not path.exists() and not path.is_symlink():
@@ -579,7 +610,7 @@ def _yes_no(value: str, where: str, key: str) -> bool:
 def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool = False) -> ModelSpec:
     """An HLM 7 command file (.hlm) to a ModelSpec, refusing keys we do not implement."""
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path)
     opts: dict = {}
     level1_line = None
     level2_lines: list[tuple[str, int]] = []
@@ -678,8 +709,6 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
     spec_options = _hlm_hglm_options(spec_options, opts, path)
     spec = build_spec(level1_eq[0], level2_eqs, variables, spec_options)
     if contrasts and opts.get("hypoth", True):
-        from .hypotheses import contrasts_from_rows
-
         tests = tuple(contrasts_from_rows(spec, f"{path}", label, rows) for label, rows in sorted(contrasts.items(), key=lambda kv: int(kv[0])))
         spec = ModelSpec(spec.outcome, spec.level1, spec.level2, _replace(spec.options, hypotheses=tests))
     return spec
@@ -838,7 +867,7 @@ def spec_from_inputs(level1: str | None, level2: list[str], model_file: str | No
     if model_file and level1:
         raise ModelError(f"{model_file}: give the model either with --model or with -1/-2, not both")
     if model_file:
-        text = _read_text(Path(model_file))
+        text = read_text(Path(model_file))
         if is_hlm_command_file(model_file, text):
             if level2:
                 raise ModelError(f"{model_file}: an HLM 7 command file holds the whole model, so -2 equations "
@@ -849,3 +878,7 @@ def spec_from_inputs(level1: str | None, level2: list[str], model_file: str | No
     if not level1:
         raise ModelError("no model given; pass -1 'OUTCOME = b0 + ... + r' (and -2 equations), or --model FILE")
     return build_spec(level1, list(level2), variables, options)
+
+
+# The former private spelling, still imported by levels.py until it switches.
+_read_text = read_text

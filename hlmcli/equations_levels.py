@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .equations import _check_shape, _index, _split_top, _strip_piece, _Syntax, _unwrap
+from .equations import EquationSyntaxError, check_shape, parse_index, right_side_terms, split_star, unwrap
 from .errors import ModelError
 
 
@@ -195,26 +195,22 @@ _COEF_PAREN = re.compile(r"^([A-Za-z]+[0-9,]*(?:jk|k)?)\s*(\(.*)$")
 
 def _pair(m, text, what) -> tuple[int, int]:
     a, b = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
-    return _index(a, what, text), _index(b, what, text)
+    return parse_index(a, what, text), parse_index(b, what, text)
 
 
 def _triple(m, text) -> tuple[int, int, int]:
     parts = m.groups()[:3] if m.group(1) is not None else m.groups()[3:]
-    return tuple(_index(x, "g", text) for x in parts)  # type: ignore[return-value]
+    return tuple(parse_index(x, "g", text) for x in parts)  # type: ignore[return-value]
 
 
 def _split_coef(piece: str, pos: int):
     """'p1*YEAR' -> ('p1', 'YEAR', offset); 'G001(MOBILITY)' -> ('G001', '(MOBILITY)', offset); 'r0' -> ('r0', None, None)."""
-    depth = 0
-    for i, ch in enumerate(piece):
-        depth += (ch == "(") - (ch == ")")
-        if ch == "*" and depth == 0:
-            pred = piece[i + 1:]
-            return piece[:i].strip(), pred, pos + i + 1 + (len(pred) - len(pred.lstrip()))
-    m = _COEF_PAREN.match(piece)
-    if m and (_PI.match(m.group(1)) or _B.match(m.group(1)) or _G.match(m.group(1))):
-        return m.group(1), m.group(2), pos + m.start(2)
-    return piece.strip(), None, None
+    coef, pred, ppos = split_star(piece, pos)
+    if pred is None:
+        m = _COEF_PAREN.match(piece)
+        if m and (_PI.match(m.group(1)) or _B.match(m.group(1)) or _G.match(m.group(1))):
+            return m.group(1), m.group(2), pos + m.start(2)
+    return coef, pred, ppos
 
 
 def _resolve(name: str, level: int, variables: Variables3, text: str, where: str) -> str:
@@ -241,14 +237,14 @@ def _resolve(name: str, level: int, variables: Variables3, text: str, where: str
 
 def _predictor(text_piece: str, level: int, variables: Variables3, text: str, pos: int) -> Term3:
     where = f"a level-{level} equation"
-    body = _unwrap(text_piece)
+    body = unwrap(text_piece)
     m = re.fullmatch(r"(group|grand|mean)\s*\((.*)\)", body, re.I)
     if m:
         func, inner = m.group(1).lower(), m.group(2).strip()
         if func == "mean":
             if level == 1:
-                raise _Syntax(text, pos, f"mean({inner}) is a unit mean and belongs in a π (level-2) or β (level-3) equation",
-                              "use the variable itself at level 1")
+                raise EquationSyntaxError(text, pos, f"mean({inner}) is a unit mean and belongs in a π (level-2) or β (level-3) equation",
+                                          "use the variable itself at level 1")
             for lower in range(level - 1, 0, -1):
                 cands = [inner] + [inner[: -len(s)] for s in ("ijk", "jk", "ij", "j") if inner.lower().endswith(s)]
                 hit = next((variables.lookup(c, lower) for c in cands if variables.lookup(c, lower)), None)
@@ -258,10 +254,10 @@ def _predictor(text_piece: str, level: int, variables: Variables3, text: str, po
                              + ("" if variables.level_of(inner) else f"; unknown variable '{inner}'"))
         inner_term = _predictor(inner, level, variables, text, pos)
         if inner_term.centering is not Centering.NONE:
-            raise _Syntax(text, pos, f"{text_piece.strip()} centres twice", "use one of group() or grand()")
+            raise EquationSyntaxError(text, pos, f"{text_piece.strip()} centres twice", "use one of group() or grand()")
         if func == "group" and level == 3:
-            raise _Syntax(text, pos, "group() centring has no meaning at level 3 (there is no higher unit)",
-                          "use grand() or no centring")
+            raise EquationSyntaxError(text, pos, "group() centring has no meaning at level 3 (there is no higher unit)",
+                                      "use grand() or no centring")
         return Term3(inner_term.name, level, Centering(func), inner_term.mean_of)
     # HLM's printed centring, as `hlmcli model` prints it too: (Xijk - X.jk) group and (Xijk - X...) grand
     # at level 1, (Wjk - W.k) and (Wjk - W..) at level 2, (Zk - Z.) at level 3 ('•' for '.' in Unicode)
@@ -269,19 +265,19 @@ def _predictor(text_piece: str, level: int, variables: Variables3, text: str, po
     if m:
         name = _resolve(m.group(1), level, variables, text, where)
         if _resolve(m.group(2), level, variables, text, where) != name:
-            raise _Syntax(text, pos, f"'{body}' subtracts the mean of a different variable", f"write group({name}) or grand({name})")
+            raise EquationSyntaxError(text, pos, f"'{body}' subtracts the mean of a different variable", f"write group({name}) or grand({name})")
         mark = m.group(3).replace("•", ".")
         group = {1: ".jk", 2: ".k"}.get(level)
         if mark == group:
             return Term3(name, level, Centering.GROUP)
         if set(mark) == {"."}:
             return Term3(name, level, Centering.GRAND)
-        raise _Syntax(text, pos, f"'{body}' is not a centring HLM3 prints at level {level}",
-                      f"write group({name}) or grand({name})")
+        raise EquationSyntaxError(text, pos, f"'{body}' is not a centring HLM3 prints at level {level}",
+                                  f"write group({name}) or grand({name})")
     if re.fullmatch(_NAME, body):
         return Term3(_resolve(body, level, variables, text, where), level)
-    raise _Syntax(text, pos, f"cannot read the predictor '{text_piece.strip()}'",
-                  "write NAME, group(NAME), grand(NAME) or mean(NAME)")
+    raise EquationSyntaxError(text, pos, f"cannot read the predictor '{text_piece.strip()}'",
+                              "write NAME, group(NAME), grand(NAME) or mean(NAME)")
 
 
 # ---------------------------------------------------------------- the three kinds of equation
@@ -289,26 +285,23 @@ def _predictor(text_piece: str, level: int, variables: Variables3, text: str, po
 def parse_level1(equation: str, variables: Variables3):
     """'MATH = p0 + p1*YEAR + e' -> (outcome, terms a_1..a_P, has π0)."""
     text = _normalise(equation)
-    _check_shape(text)
+    check_shape(text)
     if text.count("=") != 1:
-        raise _Syntax(text, len(text), "a level-1 equation needs exactly one '='", "write OUTCOME = π0 + π1*X + e")
+        raise EquationSyntaxError(text, len(text), "a level-1 equation needs exactly one '='", "write OUTCOME = π0 + π1*X + e")
     lhs, rhs = text.split("=")
-    out_raw = _unwrap(lhs)
+    out_raw = unwrap(lhs)
     if _PI.match(out_raw) or _B.match(out_raw):
         raise ModelError(f"in '{equation.strip()}': this defines {out_raw}, so it is a level-"
                          f"{2 if _PI.match(out_raw) else 3} equation; pass it with -{2 if _PI.match(out_raw) else 3}")
     if not re.fullmatch(_NAME, out_raw):
-        raise _Syntax(text, 0, f"'{lhs.strip()}' is not a variable name", "write OUTCOME = π0 + π1*X + e")
+        raise EquationSyntaxError(text, 0, f"'{lhs.strip()}' is not a variable name", "write OUTCOME = π0 + π1*X + e")
     outcome = _resolve(out_raw, 1, variables, text, "the outcome")
     base = len(lhs) + 1
     terms: dict[int, Term3] = {}
     intercept = seen_e = False
-    for raw, off in _split_top(rhs):
-        piece, pos = _strip_piece(raw, base + off)
-        if not piece:
-            raise _Syntax(text, pos, "empty term", "remove the extra '+'")
+    for piece, pos in right_side_terms(text, rhs, base):
         if seen_e:
-            raise _Syntax(text, pos, "a term after the level-1 residual e", "put e last")
+            raise EquationSyntaxError(text, pos, "a term after the level-1 residual e", "put e last")
         coef, pred, ppos = _split_coef(piece, pos)
         if _E.match(coef) and pred is None:
             seen_e = True
@@ -316,27 +309,27 @@ def parse_level1(equation: str, variables: Variables3):
         m = _PI.match(coef)
         if not m:
             if _B.match(coef) or _G.match(coef):
-                raise _Syntax(text, pos, f"{coef} is a level-{2 if _B.match(coef) else 3} coefficient",
-                              "the level-1 equation uses π0, π1, ... (p0, p1 in ASCII)")
+                raise EquationSyntaxError(text, pos, f"{coef} is a level-{2 if _B.match(coef) else 3} coefficient",
+                                          "the level-1 equation uses π0, π1, ... (p0, p1 in ASCII)")
             if re.fullmatch(r"b\d+j?", coef, re.I):
-                raise _Syntax(text, pos, f"{coef} is the two-level form (HLM2's β at level 1)",
-                              "a three-level model's level-1 equation uses π0, π1, ... (p0, p1 in ASCII)")
-            raise _Syntax(text, pos, f"expected a coefficient like π1 (p1), found '{coef}'", "write p1*NAME")
-        p = _index(m.group(1), "p", text)
+                raise EquationSyntaxError(text, pos, f"{coef} is the two-level form (HLM2's β at level 1)",
+                                          "a three-level model's level-1 equation uses π0, π1, ... (p0, p1 in ASCII)")
+            raise EquationSyntaxError(text, pos, f"expected a coefficient like π1 (p1), found '{coef}'", "write p1*NAME")
+        p = parse_index(m.group(1), "p", text)
         if p == 0:
             if intercept:
-                raise _Syntax(text, pos, "π0 appears twice", "write the intercept once")
+                raise EquationSyntaxError(text, pos, "π0 appears twice", "write the intercept once")
             if pred is not None:
-                raise _Syntax(text, pos, "the intercept π0 takes no predictor", "write π0 alone")
+                raise EquationSyntaxError(text, pos, "the intercept π0 takes no predictor", "write π0 alone")
             intercept = True
             continue
         if pred is None:
-            raise _Syntax(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
+            raise EquationSyntaxError(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
         if p in terms:
-            raise _Syntax(text, pos, f"π{p} appears twice", "number the coefficients π1, π2, ... once each")
+            raise EquationSyntaxError(text, pos, f"π{p} appears twice", "number the coefficients π1, π2, ... once each")
         terms[p] = _predictor(pred, 1, variables, text, ppos)
     if not intercept and not terms:
-        raise _Syntax(text, base, "the level-1 equation has no terms", "write OUTCOME = π0 + π1*X + e")
+        raise EquationSyntaxError(text, base, "the level-1 equation has no terms", "write OUTCOME = π0 + π1*X + e")
     if sorted(terms) != list(range(1, len(terms) + 1)):
         raise ModelError(f"in '{equation.strip()}': the coefficients are numbered "
                          f"{', '.join(f'π{p}' for p in sorted(terms))}; number them π1..π{len(terms)} without gaps")
@@ -350,67 +343,64 @@ def parse_level1(equation: str, variables: Variables3):
 def _parse_upper(equation: str, level: int, variables: Variables3):
     """A π equation (level 2) or a β equation (level 3) -> (index of the left side, predictors, intercept, random)."""
     text = _normalise(equation)
-    _check_shape(text)
+    check_shape(text)
     lhs_re, coef_re, res_re = (_PI, _B, _R) if level == 2 else (_B, _G, _U)
     sym_l, sym_c, sym_r = ("π", "β", "r") if level == 2 else ("β", "γ", "u")
     if text.count("=") != 1:
-        raise _Syntax(text, len(text), f"a level-{level} equation needs exactly one '='",
-                      "write π0 = β00 + β01*X + r0" if level == 2 else "write β00 = γ000 + γ001*W + u00")
+        raise EquationSyntaxError(text, len(text), f"a level-{level} equation needs exactly one '='",
+                                  "write π0 = β00 + β01*X + r0" if level == 2 else "write β00 = γ000 + γ001*W + u00")
     lhs, rhs = text.split("=")
-    lhs_u = _unwrap(lhs)
+    lhs_u = unwrap(lhs)
     m = lhs_re.match(lhs_u)
     if not m:
         other = _B.match(lhs_u) if level == 2 else _PI.match(lhs_u)
         if other:
             raise ModelError(f"in '{equation.strip()}': this defines {lhs_u}, a level-{3 if level == 2 else 2} "
                              f"coefficient; pass it with -{3 if level == 2 else 2}")
-        raise _Syntax(text, 0, f"a level-{level} equation must define a coefficient like "
-                      f"{'π0' if level == 2 else 'β00'}, not '{lhs.strip()}'", "put the coefficient on the left")
-    key = (_index(m.group(1), "p", text),) if level == 2 else _pair(m, text, "b")
+        raise EquationSyntaxError(text, 0, f"a level-{level} equation must define a coefficient like "
+                                  f"{'π0' if level == 2 else 'β00'}, not '{lhs.strip()}'", "put the coefficient on the left")
+    key = (parse_index(m.group(1), "p", text),) if level == 2 else _pair(m, text, "b")
     name_l = f"{sym_l}{''.join(map(str, key))}"
     base = len(lhs) + 1
     predictors: list[Term3] = []
     random = False
     s_next = 0
-    for raw, off in _split_top(rhs):
-        piece, pos = _strip_piece(raw, base + off)
-        if not piece:
-            raise _Syntax(text, pos, "empty term", "remove the extra '+'")
+    for piece, pos in right_side_terms(text, rhs, base):
         coef, pred, ppos = _split_coef(piece, pos)
         mr = res_re.match(coef)
         if mr and pred is None:
-            rkey = (_index(mr.group(1), "r", text),) if level == 2 else _pair(mr, text, "u")
+            rkey = (parse_index(mr.group(1), "r", text),) if level == 2 else _pair(mr, text, "u")
             if rkey != key:
-                raise _Syntax(text, pos, f"the residual of {name_l} is {sym_r}{''.join(map(str, key))}, not {coef}",
-                              f"write {sym_r}{''.join(map(str, key))}")
+                raise EquationSyntaxError(text, pos, f"the residual of {name_l} is {sym_r}{''.join(map(str, key))}, not {coef}",
+                                          f"write {sym_r}{''.join(map(str, key))}")
             if random:
-                raise _Syntax(text, pos, f"{coef} appears twice", "write the residual once")
+                raise EquationSyntaxError(text, pos, f"{coef} appears twice", "write the residual once")
             random = True
             continue
         if random:
-            raise _Syntax(text, pos, f"a term after the residual {sym_r}{''.join(map(str, key))}", "put the residual last")
+            raise EquationSyntaxError(text, pos, f"a term after the residual {sym_r}{''.join(map(str, key))}", "put the residual last")
         mc = coef_re.match(coef)
         if not mc:
-            raise _Syntax(text, pos, f"expected a coefficient like {sym_c}{''.join(map(str, key))}{s_next} , found '{coef}'"
-                          .replace(" ,", ","), f"write {sym_c}{''.join(map(str, key))}{s_next}*NAME")
+            raise EquationSyntaxError(text, pos, f"expected a coefficient like {sym_c}{''.join(map(str, key))}{s_next} , found '{coef}'"
+                                      .replace(" ,", ","), f"write {sym_c}{''.join(map(str, key))}{s_next}*NAME")
         ckey = _pair(mc, text, "b") if level == 2 else _triple(mc, text)
         if ckey[:-1] != key:
-            raise _Syntax(text, pos, f"{coef} belongs to {sym_l}{''.join(map(str, ckey[:-1]))}, but this equation "
-                          f"defines {name_l}", f"write {sym_c}{''.join(map(str, key))}{ckey[-1]}")
+            raise EquationSyntaxError(text, pos, f"{coef} belongs to {sym_l}{''.join(map(str, ckey[:-1]))}, but this equation "
+                                      f"defines {name_l}", f"write {sym_c}{''.join(map(str, key))}{ckey[-1]}")
         if ckey[-1] != s_next:
-            raise _Syntax(text, pos, f"{coef} is out of order", f"number the terms {sym_c}{''.join(map(str, key))}0, "
-                          f"{sym_c}{''.join(map(str, key))}1, ... in turn")
+            raise EquationSyntaxError(text, pos, f"{coef} is out of order", f"number the terms {sym_c}{''.join(map(str, key))}0, "
+                                      f"{sym_c}{''.join(map(str, key))}1, ... in turn")
         s_next += 1
         if ckey[-1] == 0:
             if pred is not None:
-                raise _Syntax(text, pos, f"{coef} is the intercept and takes no predictor", f"write {coef} alone")
+                raise EquationSyntaxError(text, pos, f"{coef} is the intercept and takes no predictor", f"write {coef} alone")
             continue
         if pred is None:
-            raise _Syntax(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
+            raise EquationSyntaxError(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
         predictors.append(_predictor(pred, level, variables, text, ppos))
     if s_next == 0 and not random:
-        raise _Syntax(text, base, f"the equation of {name_l} has no terms",
-                      f"write {name_l} = {sym_c}{''.join(map(str, key))}0 + ...")
+        raise EquationSyntaxError(text, base, f"the equation of {name_l} has no terms",
+                                  f"write {name_l} = {sym_c}{''.join(map(str, key))}0 + ...")
     keys = [(t.name, t.mean_of, t.centering) for t in predictors]
     if len(set(keys)) != len(keys):
         raise ModelError(f"in '{equation.strip()}': a predictor appears twice with the same centring; use it once")
@@ -497,7 +487,7 @@ def classify(lines: list[str]) -> tuple[str | None, list[str], list[str]]:
             continue
         if "=" not in line:
             raise ModelError(f"'{line[:80]}' is not an equation; write one equation per line")
-        lhs = _unwrap(_normalise(line).split("=", 1)[0])
+        lhs = unwrap(_normalise(line).split("=", 1)[0])
         if _PI.match(lhs):
             level2.append(line)
         elif _B.match(lhs):
@@ -506,7 +496,7 @@ def classify(lines: list[str]) -> tuple[str | None, list[str], list[str]]:
             level1 = line
         else:
             raise ModelError(f"'{line[:80]}': a second level-1 equation (the first is '{level1[:60]}'); keep one")
-    if level1 and outcome and _unwrap(_normalise(level1).split("=", 1)[0]).upper() == "Y":
+    if level1 and outcome and unwrap(_normalise(level1).split("=", 1)[0]).upper() == "Y":
         level1 = outcome + " = " + level1.split("=", 1)[1]
     return level1, level2, level3
 
@@ -545,10 +535,10 @@ def _hlm_terms(rhs: str, where: str, intercept_name: str, level: int) -> tuple[l
 
 def parse_hlm3_file(path: str | Path, variables: Variables3, allow_outside: bool = False) -> ModelSpec3:
     """An HLM 7 HLM3 command file: level1:, then each level2: line followed by its level3: lines."""
-    from .equations import _read_text
+    from .equations import read_text
 
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path)
     level1 = None
     coef_names: list[str] = []
     level2_eqs: list[str] = []
@@ -655,12 +645,12 @@ def is_command_file(path, text: str) -> bool:
 def spec3_from_inputs(level1: str | None, level2: list[str], level3: list[str], model_file: str | None,
                       variables: Variables3, options: RunOptions3, allow_outside: bool = False) -> ModelSpec3:
     """One ModelSpec3 from -1/-2/-3, a model file (equations in three blocks), a .hlm file or pasted HLM3 output."""
-    from .equations import _read_text
+    from .equations import read_text
 
     if model_file and level1:
         raise ModelError(f"{model_file}: give the model either with --model or with -1/-2/-3, not both")
     if model_file:
-        text = _read_text(Path(model_file))
+        text = read_text(Path(model_file))
         if is_command_file(model_file, text):
             if level2 or level3:
                 raise ModelError(f"{model_file}: an HLM 7 command file holds the whole model, so -2/-3 equations "
@@ -702,7 +692,7 @@ def _coef(token: str, text: str):
     if digits is None:
         return letter, ()
     parts = digits.split(",") if "," in digits else list(digits)
-    return letter, tuple(_index(d, letter, text) for d in parts)
+    return letter, tuple(parse_index(d, letter, text) for d in parts)
 
 
 def symbol(letter: str, idx) -> str:
@@ -826,14 +816,14 @@ def _resolve_k(name: str, level: int, variables: VariablesLevels, text: str) -> 
 
 
 def _predictor_k(piece: str, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term3:
-    body = _unwrap(piece)
+    body = unwrap(piece)
     m = re.fullmatch(r"(group|grand|mean)\s*\((.*)\)(?:[ijkl]*)", body, re.I)  # mean(X)jkl: as printed
     if m:
         func, inner = m.group(1).lower(), m.group(2).strip()
         if func == "mean":
             if level == 1:
-                raise _Syntax(text, pos, f"mean({inner}) is a unit mean and belongs in an equation of level 2 or more",
-                              "use the variable itself at level 1")
+                raise EquationSyntaxError(text, pos, f"mean({inner}) is a unit mean and belongs in an equation of level 2 or more",
+                                          "use the variable itself at level 1")
             for lower in range(level - 1, 0, -1):
                 hit = variables.lookup(inner, lower)
                 if hit:
@@ -842,54 +832,44 @@ def _predictor_k(piece: str, level: int, variables: VariablesLevels, text: str, 
                              + ("" if variables.level_of(inner) else f"; unknown variable '{inner}'"))
         inner_term = _predictor_k(inner, level, variables, text, pos, K)
         if inner_term.centering is not Centering.NONE:
-            raise _Syntax(text, pos, f"{piece.strip()} centres twice", "use one of group() or grand()")
+            raise EquationSyntaxError(text, pos, f"{piece.strip()} centres twice", "use one of group() or grand()")
         if func == "group" and level == K:
-            raise _Syntax(text, pos, f"group() centring has no meaning at level {K} (there is no higher unit)",
-                          "use grand() or no centring")
+            raise EquationSyntaxError(text, pos, f"group() centring has no meaning at level {K} (there is no higher unit)",
+                                      "use grand() or no centring")
         return Term3(inner_term.name, level, Centering(func), inner_term.mean_of)
     # HLM's printed centring: (Xijkl - X.jkl) around the unit one level up, (Xijkl - X....) the grand mean
     m = re.fullmatch(rf"({_NAME})\s*-\s*({_NAME})\s*([.•][a-z.•]*)", body)
     if m:
         name = _resolve_k(m.group(1), level, variables, text)
         if _resolve_k(m.group(2), level, variables, text) != name:
-            raise _Syntax(text, pos, f"'{body}' subtracts the mean of a different variable",
-                          f"write group({name}) or grand({name})")
+            raise EquationSyntaxError(text, pos, f"'{body}' subtracts the mean of a different variable",
+                                      f"write group({name}) or grand({name})")
         mark = m.group(3).replace("•", ".")
         if set(mark) == {"."}:
             return Term3(name, level, Centering.GRAND)
         if level < K and mark == "." + "ijkl"[level:K]:
             return Term3(name, level, Centering.GROUP)
-        raise _Syntax(text, pos, f"'{body}' is not a centring HLM prints at level {level}",
-                      f"write group({name}) or grand({name})")
+        raise EquationSyntaxError(text, pos, f"'{body}' is not a centring HLM prints at level {level}",
+                                  f"write group({name}) or grand({name})")
     if re.fullmatch(_NAME, body):
         return Term3(_resolve_k(body, level, variables, text), level)
-    raise _Syntax(text, pos, f"cannot read the predictor '{piece.strip()}'",
-                  "write NAME, group(NAME), grand(NAME) or mean(NAME)")
-
-
-def _split_star(piece: str, pos: int):
-    depth = 0
-    for i, ch in enumerate(piece):
-        depth += (ch == "(") - (ch == ")")
-        if ch == "*" and depth == 0:
-            pred = piece[i + 1:]
-            return piece[:i].strip(), pred, pos + i + 1 + (len(pred) - len(pred.lstrip()))
-    return piece.strip(), None, None
+    raise EquationSyntaxError(text, pos, f"cannot read the predictor '{piece.strip()}'",
+                              "write NAME, group(NAME), grand(NAME) or mean(NAME)")
 
 
 def parse_equation(equation: str, level: int, variables: VariablesLevels, K: int):
     """An equation of `level` (1..K) -> (left side: outcome name or subscripts, predictors, intercept, random)."""
     text = _normalise_k(equation)
-    _check_shape(text)
+    check_shape(text)
     coef_l = COEF_LETTERS[level - 2] if level > 1 else None
     coef_r = COEF_LETTERS[level - 1]
     rand = RANDOM_LETTERS[level - 1]
     if text.count("=") != 1:
-        raise _Syntax(text, len(text), f"a level-{level} equation needs exactly one '='",
-                      "write OUTCOME = p0 + p1*X + e" if level == 1 else
-                      f"write {coef_l}{'0' * (level - 1)} = {coef_r}{'0' * level} + {rand}{'0' * (level - 1)}")
+        raise EquationSyntaxError(text, len(text), f"a level-{level} equation needs exactly one '='",
+                                  "write OUTCOME = p0 + p1*X + e" if level == 1 else
+                                  f"write {coef_l}{'0' * (level - 1)} = {coef_r}{'0' * level} + {rand}{'0' * (level - 1)}")
     lhs, rhs = text.split("=")
-    lhs_u = _unwrap(lhs)
+    lhs_u = unwrap(lhs)
     got = _coef(lhs_u, text)
     if level == 1:
         if got and got[0] in COEF_LETTERS[:K - 1] and got[1]:
@@ -897,7 +877,7 @@ def parse_equation(equation: str, level: int, variables: VariablesLevels, K: int
             raise ModelError(f"in '{equation.strip()}': this defines {lhs_u}, so it is a level-{d} equation; "
                              f"pass it with -{d}")
         if not re.fullmatch(_NAME, lhs_u):
-            raise _Syntax(text, 0, f"'{lhs.strip()}' is not a variable name", "write OUTCOME = p0 + p1*X + e")
+            raise EquationSyntaxError(text, 0, f"'{lhs.strip()}' is not a variable name", "write OUTCOME = p0 + p1*X + e")
         key = _resolve_k(lhs_u, 1, variables, text)
     else:
         if not got or got[0] != coef_l or len(got[1]) != level - 1:
@@ -905,53 +885,50 @@ def parse_equation(equation: str, level: int, variables: VariablesLevels, K: int
                 d = COEF_LETTERS.index(got[0]) + 2
                 raise ModelError(f"in '{equation.strip()}': this defines {lhs_u}, a level-{d - 1} coefficient; "
                                  f"pass it with -{d}")
-            raise _Syntax(text, 0, f"a level-{level} equation must define a coefficient like "
-                          f"{symbol(coef_l, (0,) * (level - 1))}, not '{lhs.strip()}'", "put the coefficient on the left")
+            raise EquationSyntaxError(text, 0, f"a level-{level} equation must define a coefficient like "
+                                      f"{symbol(coef_l, (0,) * (level - 1))}, not '{lhs.strip()}'", "put the coefficient on the left")
         key = got[1]
     base = len(lhs) + 1
     predictors: dict[int, Term3] = {}
     intercept = random = False
-    for raw, off in _split_top(rhs):
-        piece, pos = _strip_piece(raw, base + off)
-        if not piece:
-            raise _Syntax(text, pos, "empty term", "remove the extra '+'")
+    for piece, pos in right_side_terms(text, rhs, base):
         if random:
-            raise _Syntax(text, pos, "a term after the residual", "put the residual last")
-        coef, pred, ppos = _split_star(piece, pos)
+            raise EquationSyntaxError(text, pos, "a term after the residual", "put the residual last")
+        coef, pred, ppos = split_star(piece, pos)
         c = _coef(coef, text)
         want_r = () if level == 1 else key
         if c and c[0] == rand and pred is None and (c[1] == want_r or level == 1):
             random = True
             continue
         if c and c[0] == rand and pred is None:
-            raise _Syntax(text, pos, f"the residual of {symbol(coef_l, key)} is {rand}{''.join(map(str, key))}, "
-                          f"not {coef}", f"write {rand}{''.join(map(str, key))}")
+            raise EquationSyntaxError(text, pos, f"the residual of {symbol(coef_l, key)} is {rand}{''.join(map(str, key))}, "
+                                      f"not {coef}", f"write {rand}{''.join(map(str, key))}")
         if not c or c[0] != coef_r or len(c[1]) != level:
-            raise _Syntax(text, pos, f"expected a coefficient like {symbol(coef_r, (key if level > 1 else ()) + (1,))}, "
-                          f"found '{coef}'", f"a level-{level} equation of a {K}-level model uses "
-                          f"{GREEK[level - 1]} ({coef_r} in ASCII) with {level} subscript{'s' if level > 1 else ''}")
+            raise EquationSyntaxError(text, pos, f"expected a coefficient like {symbol(coef_r, (key if level > 1 else ()) + (1,))}, "
+                                      f"found '{coef}'", f"a level-{level} equation of a {K}-level model uses "
+                                      f"{GREEK[level - 1]} ({coef_r} in ASCII) with {level} subscript{'s' if level > 1 else ''}")
         if level > 1 and c[1][:-1] != key:
-            raise _Syntax(text, pos, f"{coef} belongs to {symbol(coef_l, c[1][:-1])}, but this equation defines "
-                          f"{symbol(coef_l, key)}", f"write {symbol(coef_r, key + (c[1][-1],))}")
+            raise EquationSyntaxError(text, pos, f"{coef} belongs to {symbol(coef_l, c[1][:-1])}, but this equation defines "
+                                      f"{symbol(coef_l, key)}", f"write {symbol(coef_r, key + (c[1][-1],))}")
         k = c[1][-1]
         if k == 0:
             if intercept:
-                raise _Syntax(text, pos, f"{coef} appears twice", "write the intercept once")
+                raise EquationSyntaxError(text, pos, f"{coef} appears twice", "write the intercept once")
             if pred is not None:
-                raise _Syntax(text, pos, f"{coef} is the intercept and takes no predictor", f"write {coef} alone")
+                raise EquationSyntaxError(text, pos, f"{coef} is the intercept and takes no predictor", f"write {coef} alone")
             intercept = True
             continue
         if pred is None:
-            raise _Syntax(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
+            raise EquationSyntaxError(text, pos + len(piece), f"{coef} has no predictor", f"write {coef}*NAME")
         if k in predictors:
-            raise _Syntax(text, pos, f"{coef} appears twice", "number the coefficients once each")
+            raise EquationSyntaxError(text, pos, f"{coef} appears twice", "number the coefficients once each")
         predictors[k] = _predictor_k(pred, level, variables, text, ppos, K)
     if sorted(predictors) != list(range(1, len(predictors) + 1)):
         raise ModelError(f"in '{equation.strip()}': number the coefficients 1..{len(predictors)} without gaps")
     if level > 1 and not intercept and not predictors and not random:
-        raise _Syntax(text, base, "the equation has no terms", "add the intercept")
+        raise EquationSyntaxError(text, base, "the equation has no terms", "add the intercept")
     if level == 1 and not intercept and not predictors:
-        raise _Syntax(text, base, "the level-1 equation has no terms", "write OUTCOME = p0 + p1*X + e")
+        raise EquationSyntaxError(text, base, "the level-1 equation has no terms", "write OUTCOME = p0 + p1*X + e")
     ordered = tuple(predictors[k] for k in sorted(predictors))
     keys = [(t.name, t.mean_of, t.centering) for t in ordered]
     if len(set(keys)) != len(keys):
@@ -1021,7 +998,7 @@ def classify_levels(lines: list[str], K: int) -> list[list[str]]:
             continue
         if "=" not in line:
             raise ModelError(f"'{line[:80]}' is not an equation; write one equation per line")
-        lhs = _unwrap(_normalise_k(line).split("=", 1)[0])
+        lhs = unwrap(_normalise_k(line).split("=", 1)[0])
         c = _coef(lhs, line)
         if c and c[0] in COEF_LETTERS[:K - 1] and len(c[1]) == COEF_LETTERS.index(c[0]) + 1:
             out[len(c[1])].append(line)

@@ -48,3 +48,10 @@ class OptionError(DataError):
     column FOO): a usage error, exit 2 as the man page documents; a DataError for the Python API."""
 
     exit_code = EXIT_USAGE
+
+
+def first_few(items, k: int = 5) -> str:
+    """The first k items for a message, with an ellipsis when there are more."""
+    items = list(items)
+    shown = ", ".join(str(x) for x in items[:k])
+    return shown + (", …" if len(items) > k else "")

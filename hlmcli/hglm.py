@@ -91,14 +91,17 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.optimize import minimize
+
+from .lazy import lazy_function
+
+minimize = lazy_function("scipy.optimize", "minimize")
 
 from .certificate import Certificate, Face, certify
 from .estimation import TauStructure, lower_faces
 from .estimation import fit as linear_fit
 from .family import Family
 from .sufficient import model_stats, unit_cross_products
-from .unitsolve import unit_solve
+from .unitsolve import factor, unit_solve
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -415,11 +418,6 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
             res.pa_gamma = None
             res.pa_failed = f"the population-average model cannot be fitted ({exc})"
     return res
-
-
-def _psd_factor(G):
-    w, V = np.linalg.eigh(0.5 * (G + G.T))
-    return V * np.sqrt(np.clip(w, 0, None))
 
 
 def _population_average(data: GLMData, res: PQLResult, lam: np.ndarray, maxit: int, tol: float) -> None:
@@ -1112,7 +1110,7 @@ def _psd_lower(G):
     try:
         return np.linalg.cholesky(G)
     except np.linalg.LinAlgError:
-        F = _psd_factor(G)
+        F = factor(G)
         r = np.linalg.qr(F.T, mode="r")  # F = (QR)' ... G = FF' = R'R: R' is lower triangular
         L = r.T
         return L * np.where(np.diag(L) < 0, -1.0, 1.0)[None, :]
@@ -1261,18 +1259,18 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
         fidx = (perm[rows[keep]], cols[keep])
         null_p = list(range(face.r, q))
 
-        def factor(Gm):
+        def face_factor(Gm):
             return _pivot_factor(Gm[np.ix_(perm, perm)], null_p)[inv]
     else:
         keep = ~np.isin(idx[1], null)
         fidx = (idx[0][keep], idx[1][keep])
 
-        def factor(Gm):
+        def face_factor(Gm):
             return _pivot_factor(Gm, null)
     nf = fidx[0].size
     if nf != face.size:
         return None
-    Lr = factor(Gr)
+    Lr = face_factor(Gr)
     obj = _ProfiledML(data, cond, gamma, Hgg, diagonal)
     gamma_r, dev = obj.profile(Lr)
 
@@ -1290,12 +1288,26 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
     Hp = H[:nf, :nf] - H[:nf, nf:] @ sol[:, :nf]
     gp = g0[:nf] - H[:nf, nf:] @ sol[:, nf]
     # chain rule from the face coordinates x to θ_f(x) (a smooth map: no deviance evaluations)
-    n = face.size
-    h = 1e-4
+    gf, Hf = _chain_to_face(lambda xv: face_factor(face.G(xv))[fidx], x0, face.size, nf, gp, Hp)
+    # the null-space block of Γ by one-sided exact derivatives (polarisation over E)
+    M = _cone_slopes(obj, face, Gr, idx, q)
+    Gamma = face.V0 @ M @ face.V0.T
+    obj.gamma = gamma_r
+    cert = certify(obj, Gr, diagonal, tol, face_data=(face, x0, 0.5 * (Hf + Hf.T), gf, dev, Gamma))
+    if not np.all(np.isfinite(M)):
+        cert.failed.append("the derivative into the cone could not be evaluated")
+    if dev > f_search + tol:
+        cert.failed.append(f"the boundary point's deviance is {dev - f_search:.1E} above the search's point")
+    cert.certified = not cert.failed
+    escape = None
+    if not cert.certified and dev <= f_search + tol:
+        escape = _escape_point(obj, cert, face, x0, Gr, Hf, gf, dev, tol)
+    return gamma_r, Lr, dev, cert, H, fidx, escape
 
-    def theta(xv):
-        return factor(face.G(xv))[fidx]
 
+def _chain_to_face(theta, x0, n: int, nf: int, gp, Hp, h: float = 1e-4):
+    """The face gradient and Hessian from those in θ_f (gp, Hp), by the chain rule through the smooth
+    map x ↦ θ_f(x) from the face coordinates (central differences of θ_f: no deviance evaluations)."""
     J = np.empty((nf, n))
     T2 = np.zeros((nf, n, n))
     th0 = theta(x0)
@@ -1312,7 +1324,12 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
             T2[:, i, k] = T2[:, k, i] = t
     gf = J.T @ gp
     Hf = J.T @ Hp @ J + np.einsum("k,kab->ab", gp, T2)
-    # the null-space block of Γ by one-sided exact derivatives (polarisation over E)
+    return gf, Hf
+
+
+def _cone_slopes(obj, face, Gr, idx, q: int) -> np.ndarray:
+    """The null-space block M of Γ (Γ = V₀MV₀') from one-sided exact derivatives into the cone at
+    G + t₀P, t₀ tiny, polarised over E (see _boundary_point)."""
     m = q - face.r
     scale = max(1.0, float(np.abs(Gr).max()))
     t0 = 1e-8 * scale
@@ -1341,28 +1358,23 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
             Eac = np.eye(m)
             Eac[a, c] = Eac[c, a] = 0.5
             M[a, c] = M[c, a] = slope(Eac) - base
-    Gamma = face.V0 @ M @ face.V0.T
-    obj.gamma = gamma_r
-    cert = certify(obj, Gr, diagonal, tol, face_data=(face, x0, 0.5 * (Hf + Hf.T), gf, dev, Gamma))
-    if not np.all(np.isfinite(M)):
-        cert.failed.append("the derivative into the cone could not be evaluated")
-    if dev > f_search + tol:
-        cert.failed.append(f"the boundary point's deviance is {dev - f_search:.1E} above the search's point")
-    cert.certified = not cert.failed
-    escape = None
-    if not cert.certified and dev <= f_search + tol:
-        # where to restart the search: along the descent into the cone, or a Newton step on the face
-        if cert.descent is not None:
-            G_new = Gr + cert.descent_step * cert.descent
-        else:
-            step = _newton_step(0.5 * (Hf + Hf.T), gf)
-            t, G_new = 1.0, None
-            while t > 1e-6:
-                if face.feasible(x0 + t * step) and obj.value(face.G(x0 + t * step)) < dev - tol:
-                    G_new = face.G(x0 + t * step)
-                    break
-                t *= 0.5
-        if G_new is not None:
-            obj.value(G_new)
-            escape = (G_new, obj.last_gamma.copy())
-    return gamma_r, Lr, dev, cert, H, fidx, escape
+    return M
+
+
+def _escape_point(obj, cert, face, x0, Gr, Hf, gf, dev: float, tol: float):
+    """Where to restart the search from an uncertified boundary point: along the descent into the
+    cone, or a Newton step on the face. Returns (G, γ), or None."""
+    if cert.descent is not None:
+        G_new = Gr + cert.descent_step * cert.descent
+    else:
+        step = _newton_step(0.5 * (Hf + Hf.T), gf)
+        t, G_new = 1.0, None
+        while t > 1e-6:
+            if face.feasible(x0 + t * step) and obj.value(face.G(x0 + t * step)) < dev - tol:
+                G_new = face.G(x0 + t * step)
+                break
+            t *= 0.5
+    if G_new is None:
+        return None
+    obj.value(G_new)
+    return G_new, obj.last_gamma.copy()

@@ -13,13 +13,13 @@ from types import SimpleNamespace
 import numpy as np
 from scipy import special
 
-from . import __version__
 from . import design as design_stage
 from . import inference
 from .data_checks import check_hglm_outcome, check_quadrature, level1_option_column
 from .errors import DataError, ModelError
 from .family import family as get_family
 from .hglm import GLMData, MLResult, PQLResult, agq_fit, ml_fit, ml_start, pql, working_model
+from .version import __version__
 
 Z975 = float(special.ndtri(0.975))
 
@@ -409,6 +409,45 @@ def glmer_call(spec, id_name: str, nodes: int | None = None) -> str:
     return f"glmer({lhs} ~ {rhs}, family = {fam}{nagq})"
 
 
+def glmmpql_call(spec, id_name: str) -> tuple[str, str | None]:
+    """PQL's counterpart in R, MASS::glmmPQL (glmer is Laplace or AGQ), and a note when it is not this fit.
+
+    glmmPQL runs nlme::lme on the working variate with method "ML" and a free residual scale, so it is
+    full PQL with the level-1 scale estimated: hlmcli's --ml --overdispersion."""
+    from .report import r_terms
+
+    fixed, rand = r_terms(spec)
+    opts = spec.options
+    lhs = spec.outcome
+    if opts.family == "binomial":
+        lhs = f"cbind({lhs}, {opts.trials} - {lhs})"
+    rhs = " + ".join(fixed + ([f"offset(log({opts.exposure}))"] if opts.exposure else []))
+    if not rand:
+        random = f"~ 1 | {id_name}"  # not reached: an HGLM has a random effect
+    elif opts.tau == "diagonal":
+        random = f"list({id_name} = pdDiag(~ {' + '.join(rand if '1' in rand else ['0'] + rand)}))"
+    else:
+        random = f"~ {' + '.join(rand if '1' in rand else ['0'] + rand)} | {id_name}"
+    fam = "binomial" if opts.family in ("bernoulli", "binomial") else "poisson"
+    call = f"MASS::glmmPQL({lhs} ~ {rhs}, random = {random}, family = {fam}, data = d)"
+    give = (["--ml"] if spec.method == "REML" else []) + \
+        (["--overdispersion"] if not opts.overdispersion and opts.family != "bernoulli" else [])
+    note = None
+    if give:
+        note = f"glmmPQL is full PQL with a free level-1 scale: give {' '.join(give)} for its model"
+    if opts.family == "bernoulli":
+        note = (note + "; " if note else "") + "it estimates a level-1 scale for a 0/1 outcome too, which hlmcli holds at 1"
+    return call, note
+
+
+def r_call_lines(spec, id_name: str, nodes: int | None = None) -> list[str]:
+    """The "same model in R" block: glmmPQL for PQL, glmer for Laplace and AGQ."""
+    if spec.options.estimation == "pql":
+        call, note = glmmpql_call(spec, id_name)
+        return ["The same model in R (MASS)", f" {call}"] + ([f"   {note}"] if note else [])
+    return ["The same model in R (lme4)", f" {glmer_call(spec, id_name, nodes)}"]
+
+
 def pql_status(p: PQLResult) -> str:
     """The PQL claim, printed only when the fixed-point check passed."""
     if p.converged and p.check is not None:
@@ -504,6 +543,7 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         "start": "pql" if a.ml else None,
         "loglik_constant": a.data.const,
         "lme4_formula": glmer_call(a.spec, meta.get("id_name", "ID"), a.nodes or None),
+        "r_call": r_call_lines(a.spec, meta.get("id_name", "ID"), a.nodes or None)[1].strip(),
         "centering_means": d.centering_means,
     }
     if a.pql is not None:
@@ -531,7 +571,9 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     for key in ("hypothesis_tests", "deviance_test"):
         if key in a.extras:
             out[key] = a.extras[key]
-    return out
+    from .terms import with_terms
+
+    return with_terms(out)
 
 
 def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
@@ -552,12 +594,54 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     table with its Confidence Interval column; these follow the HLM 7 manual's description
     (shared/docs/hglm-hlm3-weights.md, marked [M] there) in the verified linear table format.
     """
-    from .report import _coef_label, _random_label, _table, extras_text, hlm_name, hlm_p, printable
+    from .report import extras_text, hlm_p, printable, random_label, tau_lines, text_table
 
-    opts = a.spec.options
     d = a.design
     names = a.spec.coefficient_names()
     rand_q = [int(q) for q in np.flatnonzero(d.random)]
+    out: list[str] = []
+    w = out.append
+    out += _hglm_header_lines(a, meta, sym)
+    out += _hglm_status_lines(a, sym)
+    for note in a.notes + a.warnings:
+        w(note)
+    if a.sigma2 is not None:
+        w("")
+        w(f" {sym.sigma2} = {a.sigma2:12.5f}")
+    out += tau_lines(sym, names, rand_q, a.tau, None, a.variance.reliability)
+    sd = np.sqrt(np.clip(np.diag(a.tau), 0, None))
+    out += _fixed_effect_lines(a, sym, "Unit-specific model", a.gamma, a.cov, a.robust_cov)
+    w("")
+    w("Final estimation of variance components")
+    rows = [[random_label(d, q, sym), f"{sd[k]:.5f}", f"{a.tau[k, k]:.5f}", f"{a.variance.df[k]:.0f}",
+             f"{a.variance.chi2[k]:.5f}", hlm_p(a.variance.p[k])] for k, q in enumerate(rand_q)]
+    if a.sigma2 is not None:
+        rows.append(["level-1, r", f"{math.sqrt(a.sigma2):.5f}", f"{a.sigma2:.5f}", "", "", ""])
+    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+                      rows, [26, 18, 18, 6, 12, 8])
+    w("")
+    out += _hglm_deviance_lines(a, sym)
+    out += extras_text(a.extras, sym)
+    if a.pql is not None and a.pql.pa_failed:
+        w("")
+        w(f"Results for Population-average Model: none; {a.pql.pa_failed}")
+    if a.pql is not None and a.pql.pa_gamma is not None:
+        w("")
+        w("Results for Population-average Model")
+        out += _fixed_effect_lines(a, sym, "Population-average model", a.pql.pa_gamma, a.pql.pa_cov,
+                                   a.pql.pa_robust_cov)
+    w("")
+    for line in r_call_lines(a.spec, meta.get("id_name", "ID"), a.nodes or None):
+        w(line)
+    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+
+
+def _hglm_header_lines(a: HGLMAnalysis, meta: dict, sym) -> list[str]:
+    """The warning when not converged, the run's specifications and the model, as HLM 7 prints them."""
+    from .report import hlm_name, problem_lines
+
+    opts = a.spec.options
+    d = a.design
     out: list[str] = []
     w = out.append
     if not a.converged:
@@ -570,11 +654,7 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     w("")
     w("Specifications for this nonlinear HLM2 run")
     w("")
-    w(f"Problem Title: {meta.get('title') or 'no title'}")
-    w("")
-    w(f" The data source for this run  = {meta.get('data_source')}")
-    w(f" The maximum number of level-1 units = {d.n}")
-    w(f" The maximum number of level-2 units = {d.n_units}")
+    out += problem_lines(meta, d)
     if a.pql is not None:
         w(f" The maximum number of micro iterations = {opts.microit}")
         w(f" The maximum number of macro iterations = {opts.macroit}")
@@ -590,6 +670,13 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {d.n} ({d.n_deleted} deleted)")
     w("")
+    return out
+
+
+def _hglm_status_lines(a: HGLMAnalysis, sym) -> list[str]:
+    """How the fit ended: PQL's iterations, or the Laplace/AGQ certificate, starts and quadrature check."""
+    out: list[str] = []
+    w = out.append
     if a.pql is not None:
         w(f"Final Results - Iteration {a.pql.macro_iterations} (macro iterations)"
           + ("" if a.converged else "  NOT CONVERGED"))
@@ -598,7 +685,12 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     else:
         w(f"Final Results - Iteration {a.ml.iterations} ({'Laplace' if a.estimation == 'laplace' else 'AGQ'})")
         w("")
-        w(("The optimum is certified: " if a.converged else "NOT certified: ") + a.ml.certificate.describe())
+        if a.converged:
+            from .certificate import stopping_line
+
+            w(stopping_line(f"γ and {sym.tau}" if not sym.ascii else "gamma and tau"))
+        else:
+            w("NOT certified: " + a.ml.certificate.describe())
         w(f"Starts tried: {a.ml.starts} (the lowest local optimum is reported)")
         quad = a.ml.quadrature
         if quad is not None:
@@ -607,66 +699,49 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
                 w("WARNING: the quadrature accuracy check " + ("failed" if quad.change is not None else "could not be made")
                   + (" within the budget" if quad.adaptive else "") + "; the deviance may be off by more than 1e-6 relative"
                   + ("" if quad.adaptive else ": raise --quadrature-points"))
-    for note in a.notes + a.warnings:
-        w(note)
-    if a.sigma2 is not None:
-        w("")
-        w(f" {sym.sigma2} = {a.sigma2:12.5f}")
-    labels = [f"{hlm_name(names[q])},{sym.beta}{q}" for q in rand_q]
-    lw = max(len(x) for x in labels)
+    return out
 
-    def matrix(title, m, fmt):
-        w("")
-        w(title)
-        for k, lab in enumerate(labels):
-            w(f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]))
 
-    matrix(sym.tau, a.tau, "{:13.5f}")
-    sd = np.sqrt(np.clip(np.diag(a.tau), 0, None))
-    if len(rand_q) > 1:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            matrix(f"{sym.tau} (as correlations)", a.tau / np.outer(sd, sd), "{:7.3f}")
-    w("")
-    rows = [[f"{hlm_name(names[q])}, {sym.beta}{q}", f"{a.variance.reliability[k]:.3f}"] for k, q in enumerate(rand_q)]
-    out += _table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
+def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> list[str]:
+    """The fixed effects with model-based and robust standard errors, each followed by its odds
+    (event rate) ratios with confidence intervals."""
+    from .report import coef_label, hlm_name, hlm_p, text_table
+
+    d = a.design
     ratio = "Odds Ratio" if a.data.family.link == "logit" else "Event Rate Ratio"
-
-    def fixed_tables(model, gamma, cov, rcov):
-        for robust in (False, True):
-            c = rcov if robust else cov
-            if c is None:
-                continue
-            se = np.sqrt(np.diag(c))
-            t = gamma / se
-            p = inference.two_sided_p(t, a.df)
-            w("")
-            w("Final estimation of fixed effects:")
-            w(f"({model}" + (" with robust standard errors)" if robust else ")"))
-            rows, ratio_rows = [], []
-            for k, f in enumerate(d.fixed):
-                if k == 0 or d.fixed[k - 1].q != f.q:
-                    rows.append([f"For {_coef_label(d, f.q, sym)}"])
-                    ratio_rows.append(rows[-1])
-                label = f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}"
-                rows.append([label, f"{gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", f"{a.df[k]:.0f}", hlm_p(p[k])])
-                tq = special.stdtrit(a.df[k], 0.975)
-                ratio_rows.append([label, f"{gamma[k]:.6f}", f"{np.exp(gamma[k]):.6f}",
-                                   f"({np.exp(gamma[k] - tq * se[k]):.3f},{np.exp(gamma[k] + tq * se[k]):.3f})"])
-            out.extend(_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+    out: list[str] = []
+    w = out.append
+    for robust in (False, True):
+        c = rcov if robust else cov
+        if c is None:
+            continue
+        se = np.sqrt(np.diag(c))
+        t = gamma / se
+        p = inference.two_sided_p(t, a.df)
+        w("")
+        w("Final estimation of fixed effects:")
+        w(f"({model}" + (" with robust standard errors)" if robust else ")"))
+        rows, ratio_rows = [], []
+        for k, f in enumerate(d.fixed):
+            if k == 0 or d.fixed[k - 1].q != f.q:
+                rows.append([f"For {coef_label(d, f.q, sym)}"])
+                ratio_rows.append(rows[-1])
+            label = f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}"
+            rows.append([label, f"{gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", f"{a.df[k]:.0f}", hlm_p(p[k])])
+            tq = special.stdtrit(a.df[k], 0.975)
+            ratio_rows.append([label, f"{gamma[k]:.6f}", f"{np.exp(gamma[k]):.6f}",
+                               f"({np.exp(gamma[k] - tq * se[k]):.3f},{np.exp(gamma[k] + tq * se[k]):.3f})"])
+        out.extend(text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                               rows, [30, 12, 14, 9, 12, 8]))
-            w("")
-            out.extend(_table(["Fixed Effect", "Coefficient", ratio, "Confidence Interval"], ratio_rows, [30, 12, 16, 22]))
+        w("")
+        out.extend(text_table(["Fixed Effect", "Coefficient", ratio, "Confidence Interval"], ratio_rows, [30, 12, 16, 22]))
+    return out
 
-    fixed_tables("Unit-specific model", a.gamma, a.cov, a.robust_cov)
-    w("")
-    w("Final estimation of variance components")
-    rows = [[_random_label(d, q, sym), f"{sd[k]:.5f}", f"{a.tau[k, k]:.5f}", f"{a.variance.df[k]:.0f}",
-             f"{a.variance.chi2[k]:.5f}", hlm_p(a.variance.p[k])] for k, q in enumerate(rand_q)]
-    if a.sigma2 is not None:
-        rows.append(["level-1, r", f"{math.sqrt(a.sigma2):.5f}", f"{a.sigma2:.5f}", "", "", ""])
-    out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
-                  rows, [26, 18, 18, 6, 12, 8])
-    w("")
+
+def _hglm_deviance_lines(a: HGLMAnalysis, sym) -> list[str]:
+    """The deviance, parameter count and AIC/BIC of a Laplace or AGQ fit; PQL has none."""
+    out: list[str] = []
+    w = out.append
     if a.ml is not None:
         w("Statistics for the current model")
         w(f" Deviance                       = {a.ml.deviance:.6f}")
@@ -678,18 +753,7 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     else:
         w("Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test;")
         w("use --estimation laplace or agq for a deviance.")
-    out += extras_text(a.extras, sym)
-    if a.pql is not None and a.pql.pa_failed:
-        w("")
-        w(f"Results for Population-average Model: none; {a.pql.pa_failed}")
-    if a.pql is not None and a.pql.pa_gamma is not None:
-        w("")
-        w("Results for Population-average Model")
-        fixed_tables("Population-average model", a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov)
-    w("")
-    w("The same model in R (lme4)")
-    w(f" {glmer_call(a.spec, meta.get('id_name', 'ID'), a.nodes or None)}")
-    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+    return out
 
 
 def level2_table(a: HGLMAnalysis):

@@ -5,14 +5,9 @@ from __future__ import annotations
 import math
 import re
 
-from .equations import Hypothesis, ModelSpec, _normalise
+from .equations import Hypothesis, ModelSpec, gamma_labels, normalise
 from .errors import ModelError
 from .spec import gamma_label
-
-
-def gamma_labels(spec: ModelSpec) -> list[tuple[int, int]]:
-    """(q, s) of each γ in model order: γ00, γ01, ..., γ10, ..."""
-    return [(q, s) for q, eq in enumerate(spec.level2) for s in range(len(eq.predictors) + 1)]
 
 
 _TERM = re.compile(r"^\s*([+-]?)\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)?\s*\*?\s*g(?:(\d)(\d)|(\d+),(\d+))\s*$", re.I)
@@ -26,7 +21,7 @@ def parse_test(text: str, spec: ModelSpec) -> Hypothesis:
     labels = gamma_labels(spec)
     rows, rhs = [], []
     # a comma inside a label (γ1,10, as printed) is not one between restrictions: mark it first
-    norm = _LABEL_COMMA.sub(r"g\1;\2", _normalise(text))
+    norm = _LABEL_COMMA.sub(r"g\1;\2", normalise(text))
     for restriction in [r for r in norm.split(",") if r.strip()]:
         restriction = restriction.replace(";", ",")
         if restriction.count("=") != 1:
@@ -61,22 +56,3 @@ def parse_test(text: str, spec: ModelSpec) -> Hypothesis:
     if not rows:
         raise ModelError(f"--test '{text}': no restrictions given; write e.g. --test 'g01 = 0, g11 = 0'")
     return Hypothesis(label=text.strip(), rows=tuple(rows), rhs=tuple(rhs))
-
-
-def contrasts_from_rows(spec: ModelSpec, where: str, label: str, rows: list[tuple[int, list[str]]]) -> Hypothesis:
-    """HLM 7's gammaG:c1,...,cF lines: one coefficient per γ in model order; lines sharing G form one test."""
-    n = len(gamma_labels(spec))
-    out = []
-    for line_no, values in rows:
-        if len(values) != n:
-            raise ModelError(f"{where}: line {line_no}: gamma{label} has {len(values)} values but the model has {n} γs; give one per γ")
-        try:
-            row = tuple(float(v) for v in values)
-        except ValueError:
-            raise ModelError(f"{where}: line {line_no}: gamma{label} values must be numbers") from None
-        if not all(math.isfinite(v) for v in row):
-            raise ModelError(f"{where}: line {line_no}: gamma{label} values must be finite numbers (not nan or inf)")
-        if not any(row):
-            raise ModelError(f"{where}: line {line_no}: gamma{label} is all zeros, so it tests nothing; give a contrast")
-        out.append(row)
-    return Hypothesis(label=f"hypothesis {label}", rows=tuple(out))

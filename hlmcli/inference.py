@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special  # lighter than scipy.stats, which the CLI would import on every run
+
+from .lazy import lazy
+
+special = lazy("scipy.special")  # lighter than scipy.stats: only the two tails are needed
 
 from .design import Design
 from .estimation import FitResult

@@ -154,16 +154,15 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     from .errors import EXIT_NOT_CONVERGED
     from .files import atomic_write_text, check_outputs, refuse_clobber, refuse_overwriting_inputs
     from .nested import fit_nested
-    from .report_levels import Symbols3, fit_json3_text, fit_text3, level2_residuals, level3_residuals
+    from .report_levels import Symbols3, fit_json3, fit_json3_text, fit_text3, level2_residuals, level3_residuals
     from .residual_files import write_table
 
     refuse_unsupported([
         ("--test", bool(tests)), (f"--df {df_method}", df_method != "hlm"), ("--compare-deviance", compare_deviance is not None),
         ("--compare-params", compare_params is not None), ("--test-homogeneity", bool(test_homogeneity)),
         ("--full-output", bool(full_output)), ("--ols-units", ols_units is not None),
-        ("--tau diagonal", tau_structure == "diagonal"), ("--weight1", bool(weight1)), ("--weight2", bool(weight2)),
-        ("--normalize", bool(normalize)), ("--plausible-values", bool(plausible_values)), ("--imputed", bool(imputed)),
-        ("--allow-unequal-imputations", bool(more.get("allow_unequal_imputations"))),
+        ("--tau diagonal", tau_structure == "diagonal"),
+        ("--allow-unequal-imputations without --imputed", bool(more.get("allow_unequal_imputations")) and not imputed),
         ("--residuals-l1", bool(residuals_l1)), ("--keep", bool(keep)),
         (f"--format {out_format}", out_format not in ("text", "json")),
         (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
@@ -182,19 +181,34 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
                  allow_outside=bool(more.get("allow_outside")))
     design = design3(spec, archive)
     from .identifiability import check_three_level
+    from .levels_combined import fit_weighted, weight_spec_levels, weighting_meta
 
     check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
-    fit = fit_nested(design.data, reml=spec.method == "REML", max_iterations=spec.options.max_iterations)
-    failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(getattr(fit.certificate, "failed", []) or [fit.message])]
-    if strict and fit.boundary:
-        failures += list(fit.boundary)
-    status = EXIT_NOT_CONVERGED if failures else 0
-    write_files = status == 0 or more.get("keep_failed_output")
+    wspec = weight_spec_levels(3, _weight_names(weight1, weight2, more), normalize)
     meta = {"data_source": source_text, "title": spec.options.title, "id2": archive.id_names[0], "id3": archive.id_names[1],
             "model_given": _model_given(level1, level2, model_file, list(more.get("level3") or ())),
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
     if timestamp:
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if plausible_values or imputed:
+        from .report_levels import model_summary3
+
+        sym = Symbols3(use_ascii(ascii_only) if not output else ascii_only)
+        text, json_text, failures = _combined(
+            archive, source_text, design, lambda a: design3(spec, a), data, build_opts, cache_dir, warn, load3, wspec,
+            plausible_values, imputed, more, spec, meta, fit_json3, lambda d, f, m: fit_text3(d, f, m, sym),
+            model_summary3(spec, sym), sym.sigma2, out_format, full_output, (residuals_l2, residuals_l3))
+        status = EXIT_NOT_CONVERGED if failures else 0
+        _finish(text, json_text, output, json_out, status == 0 or more.get("keep_failed_output"), quiet, failures,
+                strict, [], status, stderr)
+        return
+    fit, weights = fit_weighted(design, archive, wspec, spec.method == "REML", spec.options.max_iterations)
+    meta.update(weighting_meta(weights))
+    failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(getattr(fit.certificate, "failed", []) or [fit.message])]
+    if strict and fit.boundary:
+        failures += list(fit.boundary)
+    status = EXIT_NOT_CONVERGED if failures else 0
+    write_files = status == 0 or more.get("keep_failed_output")
     if write_files:
         for path, typed, table in ((spec.options.residuals_l2, residuals_l2, level2_residuals),
                                    (spec.options.residuals_l3, residuals_l3, level3_residuals)):
@@ -207,6 +221,29 @@ def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, ou
     text = json_text if out_format == "json" else \
         fit_text3(design, fit, meta, Symbols3(use_ascii(ascii_only) if not output else ascii_only))
     _finish(text, json_text, output, json_out, write_files, quiet, failures, strict, fit.boundary, status, stderr)
+
+
+def _weight_names(weight1, weight2, more) -> dict:
+    return {1: weight1, 2: weight2, 3: more.get("weight3"), 4: more.get("weight4")}
+
+
+def _combined(archive, source_text, design, design_of, data, build_opts, cache_dir, warn, load, wspec, plausible_values,
+              imputed, more, spec, meta, fit_doc, fit_txt, model_lines, sigma2_symbol, out_format, full_output, residuals):
+    """--plausible-values / --imputed at three or more levels (levels_combined.run_combined): an imputed
+    data set is a level-1 file in place of the first (or an archive in place of the archive)."""
+    from .levels_combined import run_combined
+
+    if any(residuals):
+        raise _Usage("residual files are not available for combined fits (each fit has its own EB residuals); fit "
+                     "one plausible value or data set at a time for those")
+
+    def load_one(path):
+        return load((path,) if len(data) == 1 else (path,) + tuple(data[1:]), build_opts, cache_dir, warn)
+
+    return run_combined(archive, source_text, design, design_of, load_one, wspec, plausible_values, imputed,
+                        bool(more.get("allow_unequal_imputations")), spec.method == "REML",
+                        spec.options.max_iterations, meta, fit_doc, fit_txt, model_lines, sigma2_symbol, out_format,
+                        bool(full_output))
 
 
 def _finish(text, json_text, output, json_out, write_files: bool, quiet: bool, failures: list, strict: bool,
@@ -395,7 +432,7 @@ def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_d
     from .errors import EXIT_NOT_CONVERGED
     from .files import atomic_write_text, check_outputs
     from .nested import fit_nested
-    from .report_levels import SymbolsLevels, fit_json_text, fit_text, level_residuals
+    from .report_levels import SymbolsLevels, fit_json, fit_json_text, fit_text, level_residuals
     from .residual_files import write_table
 
     refuse_unsupported_levels(list(refused) + [(f"--format {out_format}", out_format not in ("text", "json"))]
@@ -412,18 +449,35 @@ def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_d
     spec = spec_levels(archive, _equations(level1, level2, more, K), model_file, more.get("reml"), title=title,
                        max_iterations=max_iterations, residuals=residuals[:K - 1])
     design = design_levels(spec, archive)
-    fit = fit_nested(design.data, reml=spec.method == "REML", max_iterations=spec.options.max_iterations)
-    failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(fit.certificate.failed or [fit.message])]
-    if strict and fit.boundary:
-        failures += list(fit.boundary)
-    status = EXIT_NOT_CONVERGED if failures else 0
-    write_files = status == 0 or more.get("keep_failed_output")
+    from .levels_combined import fit_weighted, weight_spec_levels, weighting_meta
+
+    wspec = weight_spec_levels(K, _weight_names(more.get("weight1"), more.get("weight2"), more), more.get("normalize"))
     meta = {"data_source": source_text, "title": spec.options.title, "ids": list(archive.id_names),
             "model_given": {"level1": level1, "level2": list(level2), "level3": list(more.get("level3") or ()),
                             "level4": list(more.get("level4") or ()),
                             "model_file": Path(model_file).name if model_file else None}}
     if timestamp:
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if more.get("plausible_values") or more.get("imputed"):
+        from .report_levels import model_summary
+
+        sym = SymbolsLevels(use_ascii(ascii_only) if not output else ascii_only)
+        text, json_text, failures = _combined(
+            archive, source_text, design, lambda a: design_levels(spec, a), data, build_opts, cache_dir, warn,
+            load_levels, wspec, more.get("plausible_values"), more.get("imputed"), more, spec, meta,
+            fit_json, lambda d, f, m: fit_text(d, f, m, sym), model_summary(spec, sym), sym.sigma2, out_format,
+            more.get("full_output"), residuals)
+        status = EXIT_NOT_CONVERGED if failures else 0
+        _finish(text, json_text, output, json_out, status == 0 or more.get("keep_failed_output"), quiet, failures,
+                strict, [], status, stderr)
+        return
+    fit, weights = fit_weighted(design, archive, wspec, spec.method == "REML", spec.options.max_iterations)
+    meta.update(weighting_meta(weights))
+    failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(fit.certificate.failed or [fit.message])]
+    if strict and fit.boundary:
+        failures += list(fit.boundary)
+    status = EXIT_NOT_CONVERGED if failures else 0
+    write_files = status == 0 or more.get("keep_failed_output")
     if write_files:
         for level, path in enumerate(spec.options.residuals, start=2):
             if path:
@@ -443,10 +497,8 @@ def refusals(params: dict) -> list:
         ("--compare-params", params.get("compare_params") is not None),
         ("--test-homogeneity", bool(params.get("test_homogeneity"))), ("--full-output", bool(params.get("full_output"))),
         ("--ols-units", params.get("ols_units") is not None), ("--tau diagonal", params.get("tau_structure") == "diagonal"),
-        ("--weight1", bool(params.get("weight1"))), ("--weight2", bool(params.get("weight2"))),
-        ("--normalize", bool(params.get("normalize"))), ("--plausible-values", bool(params.get("plausible_values"))),
-        ("--imputed", bool(params.get("imputed"))),
-        ("--allow-unequal-imputations", bool(more.get("allow_unequal_imputations"))),
+        ("--allow-unequal-imputations without --imputed",
+         bool(more.get("allow_unequal_imputations")) and not params.get("imputed")),
         ("--residuals-l1", bool(params.get("residuals_l1"))),
         ("--keep", bool(params.get("keep"))),
         (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),

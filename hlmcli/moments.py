@@ -28,8 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .design import Design
-from .spec import gamma_label
 
 
 @dataclass(frozen=True)
@@ -174,93 +172,6 @@ def cross_products(m: Moments, centers: np.ndarray, intercept: bool = True):
     return m.n, S
 
 
-# ---------------------------------------------------------------- a model's design from the moments
-
-def design_from_moments(spec, unit_ids: list[str], names: list[str], m: Moments, level2: dict,
-                        n_deleted: int = 0, digest: str = ""):
-    """The Design (without the N×K arrays) and the UnitStats of `spec`, from per-unit moments.
-
-    unit_ids, m: the units that had records (n may be 0 where run-time deletion removed them all);
-    names: the columns of m; level2: every level-2 variable's (J,) values for those units.
-    Centering follows make_design: group = the unit's own mean, grand = the mean over records
-    (level 1) or over units (level 2); y is shifted by its grand mean when the model has γ00."""
-    from .design import FixedEffect, predictor_name
-    from .errors import ModelError
-    from .pipeline import has_overall_intercept
-    from .sufficient import unit_stats_from_products
-
-    kept = m.n > 0
-    if not kept.any():
-        raise ModelError("every record has a missing value in the model's variables; nothing is left to analyse")
-    units_deleted = int((~kept).sum())
-    positions = np.flatnonzero(kept)
-    m = m.take(positions)
-    unit_ids = [unit_ids[j] for j in positions]
-    J = len(unit_ids)
-    col = {name: k for k, name in enumerate(names)}
-    N, grand_mean, _ = grand(m)
-
-    centering_means: dict[str, float] = {}
-    index = [col[t.name] for t in spec.level1] + [col[spec.outcome]]
-    sub = Moments(m.n, m.mean[:, index], m.C[:, index][:, :, index])
-    centers = np.zeros((J, len(index)))
-    for k, term in enumerate(spec.level1):
-        if term.centering == "group":
-            centers[:, k] = sub.mean[:, k]
-        elif term.centering == "grand":
-            centers[:, k] = grand_mean[col[term.name]]
-            centering_means[f"{term.name} (level 1)"] = float(grand_mean[col[term.name]])
-
-    def level2_column(term) -> np.ndarray:
-        w = m.mean[:, col[term.name]].copy() if term.unit_mean else np.asarray(level2[term.name], dtype=float)[positions]
-        if term.centering == "grand":
-            mean = float(w.mean())
-            centering_means[f"{'mean(' + term.name + ')' if term.unit_mean else term.name} (level 2)"] = mean
-            w = w - mean
-        return w
-
-    W, fixed = [], []
-    coef_names = spec.coefficient_names()
-    for q, eq in enumerate(spec.level2):
-        cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
-        W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
-        if eq.intercept:
-            fixed.append(FixedEffect(q, 0, coef_names[q], "INTRCPT2", gamma_label(q, 0)))
-        for s, t in enumerate(eq.predictors, start=1):
-            fixed.append(FixedEffect(q, s, coef_names[q], predictor_name(t), gamma_label(q, s)))
-    offsets = np.concatenate(([0], np.cumsum(m.n.astype(np.int64)))).astype(np.int64)
-    design = MomentsDesign(
-        spec=spec, y=np.zeros(0), L=np.zeros((0, len(spec.level1) + 1)), W=W, offsets=offsets, unit_ids=unit_ids, unit_positions=positions,
-        record_positions=None, n_deleted=int(n_deleted), units_deleted=units_deleted, fixed=fixed,
-        random=np.array(spec.random), level2_values={k: np.asarray(v, dtype=float)[positions] for k, v in level2.items()},
-        centering_means=centering_means, N=int(round(N)), data_digest=digest)
-    shift = float(grand_mean[col[spec.outcome]]) if has_overall_intercept(design) else 0.0
-    centers[:, -1] = shift
-    _check_random_slopes(design, sub, centers)
-    unit = unit_stats_from_products(*cross_products(sub, centers, intercept=True), shift)
-    return design, unit
-
-
-def _check_random_slopes(design, m: Moments, centers: np.ndarray) -> None:
-    """design.check_random_slopes on moments: a predictor with no spread within any unit
-    (C_kk = 0 up to rounding) cannot carry a random slope."""
-    from .errors import ModelError
-
-    for q in np.flatnonzero(design.random):
-        if q == 0:
-            continue
-        k = q - 1
-        sd = np.sqrt(np.clip(m.C[:, k, k], 0, None) / m.n)
-        scale = max(1.0, float(np.max(np.abs(m.mean[:, k] - centers[:, k]) + sd)))
-        if np.all(sd <= 1e-12 * scale):
-            term = design.spec.level1[k]
-            why = ("is zero everywhere after group-mean centering" if term.centering == "group"
-                   else "is constant within every unit")
-            raise ModelError(
-                f"b{q} ({term.name}) cannot have a random slope: {term.name} {why}, so its slope "
-                f"cannot be estimated separately in any unit; remove u{q} from b{q}'s equation")
-
-
 def digest_of(unit_ids: list[str], m: Moments) -> str:
     """A fingerprint of the data a fit from moments used: the units, their record counts and the
     moments of the columns (the in-memory engine hashes the records themselves, so the two differ)."""
@@ -273,13 +184,96 @@ def digest_of(unit_ids: list[str], m: Moments) -> str:
     return h.hexdigest()
 
 
-@dataclass
-class MomentsDesign(Design):
-    """A Design whose records were summarised, not kept: L and y have no rows, n is stored."""
+# ---------------------------------------------------------------- nested models (three and more levels)
 
-    N: int = 0
-    data_digest: str = ""
+@dataclass(frozen=True)
+class LevelsSummary:
+    """The data of a nested linear model of K ≥ 3 levels with its records summarised per level-2 unit.
+
+    Why this is all the likelihood needs: every column of the model (nested.py's docstring) is a
+    level-1 coefficient's predictor a_p times a product f_j of predictors of levels ≥ 2, which is
+    constant within the level-2 unit j. So any column, and any linear combination of columns the
+    search uses (centred, scaled, orthonormalised, the outcome residualised), is on the records of
+    unit j an affine map c_i = B0_j + B1_j'v_i of the level-1 values v_i = [a_1 … a_P, y], and
+
+        Σ_i c_i c_i' = n_j μ_j μ_j' + B1_j' C_j B1_j,   μ_j = B0_j + B1_j' m_j,
+
+    with (n_j, m_j, C_j) the unit's moments (module docstring): no sum over records is formed after
+    the summary, and no two large sums are subtracted (a centred column enters through its small
+    μ_j and C_j). The deviance, its gradient, the EB means, the χ² tests and the reliabilities all
+    follow from these per-unit cross-products and the nesting (nested.reduce_levels).
+
+    moments: per level-2 unit (J2), columns [level-1 predictors as the model centres them, outcome];
+    upper[ℓ−2]: the level-ℓ predictors (Jℓ, Pℓ), ℓ = 2..K; unit_parents[ℓ−2] (Jℓ,): the level-(ℓ+1)
+    unit of each level-ℓ unit (ℓ = 2..K−1), nondecreasing; layout: the level-1 equation (nested.Coefficient)."""
+
+    moments: Moments
+    upper: tuple
+    unit_parents: tuple
+    layout: tuple
 
     @property
-    def n(self) -> int:
-        return self.N
+    def n_levels(self) -> int:
+        return len(self.upper) + 1
+
+    @property
+    def N(self) -> int:
+        return int(round(float(self.moments.n.sum())))
+
+    @property
+    def predictors(self) -> tuple:
+        """As LevelsData.predictors for the levels ≥ 2; level 1 has only its column count (no records)."""
+        return (np.zeros((0, self.moments.P - 1)),) + tuple(self.upper)
+
+    @property
+    def parents(self) -> tuple:
+        """As LevelsData.parents for the levels ≥ 2; the records' level-2 units are not kept."""
+        return (np.zeros(0, dtype=np.int64),) + tuple(self.unit_parents)
+
+
+def records_summary(y, level1, unit2, upper, unit_parents, layout) -> LevelsSummary:
+    """The LevelsSummary of records in memory: chunk_moments of [level-1 predictors, y] by level-2
+    unit (`unit2`, 0..J2−1), the one statistics pass the stream and Dask engines make chunk by chunk."""
+    level1 = np.asarray(level1, dtype=np.float64)
+    J2 = int(np.asarray(upper[0]).shape[0])
+    columns = [level1[:, k] for k in range(level1.shape[1])] + [np.asarray(y, dtype=np.float64)]
+    return LevelsSummary(chunk_moments(columns, unit2, J2), tuple(upper), tuple(unit_parents), tuple(layout))
+
+
+def _unit_means(m: Moments, B0: np.ndarray, B1: np.ndarray) -> np.ndarray:
+    """μ = B0 + B1'm per unit (k, J)."""
+    return B0 + (B1 * m.mean.T[:, None, :]).sum(axis=0)
+
+
+def _C_times(m: Moments, B1: np.ndarray) -> np.ndarray:
+    """C_jB1_j per unit (P, k, J), C symmetric, as P² multiply-adds over contiguous (k, J) arrays."""
+    Ct = np.ascontiguousarray(m.C.transpose(1, 2, 0))
+    CB = np.empty_like(B1)
+    for p in range(B1.shape[0]):
+        CB[p] = (Ct[p][:, None, :] * B1).sum(axis=0)
+    return CB
+
+
+def mapped_products(m: Moments, B0: np.ndarray, B1: np.ndarray):
+    """Per unit, the columns c_i = B0_j + B1_j'v_i of its records: their means μ (k, J) and raw
+    cross-products Σ_i c_i c_i' = n μμ' + B1'CB1 (k, k, J), component-first (LevelsSummary).
+    B0: (k, J), B1: (P, k, J) with P the moments' columns."""
+    mu = _unit_means(m, B0, B1)
+    CB = _C_times(m, B1)
+    k, J = B0.shape
+    S = np.empty((k, k, J))
+    for a in range(k):
+        for b in range(a, k):
+            S[a, b] = S[b, a] = (B1[:, a] * CB[:, b]).sum(axis=0) + m.n * mu[a] * mu[b]
+    return mu, S
+
+
+def mapped_means(m: Moments, B0: np.ndarray, B1: np.ndarray):
+    """For each column c = B0 + B1'v (as mapped_products): its mean over all records and
+    Σ_i (c_i − mean)² = Σ_j n_j (μ_j − mean)² + B1_j'C_jB1_j, and Σ_i c_i², without the cross-products."""
+    mu = _unit_means(m, B0, B1)
+    N = float(m.n.sum())
+    mean = (mu * m.n).sum(axis=1) / N
+    d = mu - mean[:, None]
+    within = (B1 * _C_times(m, B1)).sum(axis=(0, 2))
+    return mean, (m.n * d * d).sum(axis=1) + within, (m.n * mu * mu).sum(axis=1) + within

@@ -51,18 +51,49 @@ The search works on standardised columns formed record by record (reduce_standar
 solve is the same algebra on either set of cross-products (reduce_nested gives the user's own).
 
 Empirical Bayes: E(bℓ | y) = Gℓ vℓ, Var(bℓ | y, γ̂) = σ²(Gℓ − Gℓ(Zℓ'Ṽ⁻¹Zℓ)Gℓ) (= σ²K_K at the top).
+
+Sampling weights: multilevel pseudo-ML (Rabe-Hesketh & Skrondal 2006; WeMix's mix(), whose linear
+models use this closed form). The weights are conditional: w_i|j for a record in its level-2 unit,
+w_u|v for a level-ℓ unit u in its level-(ℓ+1) unit v, w_u at the top. The pseudo-likelihood is the
+nested integral with each conditional contribution raised to its weight,
+
+    L2_j(b3…) = ∫ Π_i f(y_i | b2, b3, …)^{w_i|j} φ(b2; τ2) db2,
+    Lℓ_u(bℓ+1…) = ∫ Π_{c ∈ u} L(ℓ−1)_c^{w_c|u} φ(bℓ; τℓ) dbℓ,   log PL = Σ_top w_u log LK_u.
+
+Closed form. f(y|b)^w = (2πσ²)^{−w/2} exp(−w r²/2σ²): a power of a Gaussian factor multiplies its
+quadratic form in the random effects by w, so every integral above stays Gaussian. At level 2,
+Π_i f^{w_i|j} = (2πσ²)^{−n_w/2} exp(−‖W1^½(y − Xγ − Σ Zb)‖²/2σ²), W1 = diag(w_i|j): the unweighted
+integral with the cross-products C'W1C in place of C'C. Its log is −½[n_w log 2πσ² + log|M_j| +
+Q_j(b3, …)/σ²], with Q_j the quadratic that C'R2⁻¹C (from C'W1C) defines. Raised to w_j|k and
+multiplied over j ∈ k, the exponent in b3 is −Σ_j w_j|k Q_j/2σ²: the level-3 integral is the unweighted
+one with W3 = Σ_j w_j|k (C'R2⁻¹C)_j, and so on up. Hence, by induction over the levels:
+- the solve above unchanged, except that every sum of a unit's C'RC into its parent is taken with
+  the unit's conditional weight (W1 inside the level-2 cross-products);
+- each log|M_u| is multiplied by every weight from u to the top, ω_u = w_u|v·ω_v (a power w_c of a
+  child's integral multiplies all the log-determinants beneath it by w_c);
+- σ²'s exponent collects N_w = Σ_i Ω_i, Ω_i = w_i|j·ω_j, the records' unconditional weights;
+
+    −2 log PL = Σ_ℓ Σ_u ω_u log|Mℓ,u| + N_w log 2πσ² + rss/σ²,   σ̂² = rss/N_w,
+
+where rss = s − c'γ̂ is min_{γ,b} Σ_i Ω_i r_i² + σ² Σ_u ω_u b_u'τ⁻¹b_u (WeMix's weighted penalised sum
+of squares, Ω and Ψ there). For integer weights PL is the likelihood of the data with each record and
+unit replicated w times (a replicated unit drawing its own random effects), which carries the
+gradient, EB and score formulas over: a sum over level-ℓ units counts unit u ω_u times, while a
+unit's own pieces (its Kℓ, its Wℓ) come from the weighted solve. REML (not in WeMix) is read the same
+way: ν = N_w − p and log|P| of the weighted P. With every weight 1 nothing differs from above.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .unitsolve import LOG_2PI, cmm, cmv, spd_inverse_logdet
+from .moments import LevelsSummary, Moments, mapped_means, mapped_products, records_summary
+from .unitsolve import LOG_2PI, cmm, cmv, factor, gls, spd_inverse_logdet
 
-__all__ = ["Coefficient", "LevelsData", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
-           "NestedData", "NestedFit", "NestedStats", "NestedSolve", "as_levels", "reduce_nested",
+__all__ = ["Coefficient", "LevelsData", "LevelsSummary", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
+           "NestedData", "NestedFit", "NestedStats", "NestedSolve", "as_levels", "as_summary", "reduce_nested",
            "reduce_levels", "levels_solve", "nested_solve", "deviance_nested", "deviance_levels", "fit_nested",
            "COEFFICIENT_NAMES"]
 
@@ -87,11 +118,15 @@ class Coefficient:
 class LevelsData:
     """K ≥ 3 levels. predictors[0] (N, P1) are the level-1 predictors, predictors[ℓ−1] (Jℓ, Pℓ)
     the level-ℓ ones; parents[0] (N,) is each record's level-2 unit, parents[ℓ−1] (Jℓ,) each
-    level-ℓ unit's level-(ℓ+1) unit, all 0-based and nondecreasing; layout the level-1 equation."""
+    level-ℓ unit's level-(ℓ+1) unit, all 0-based and nondecreasing; layout the level-1 equation.
+    weights: None (unweighted) or K sampling weights, weights[0] (N,) per record, weights[ℓ−1] (Jℓ,)
+    per level-ℓ unit, each conditional on the unit above (w_i|j, w_j|k, …, w_k at the top), positive
+    and already normalised; None for one level means weights 1 there (see `Weighting`)."""
     y: np.ndarray
     predictors: tuple
     parents: tuple
     layout: tuple  # of Coefficient
+    weights: tuple | None = None
 
     @property
     def n_levels(self) -> int:
@@ -135,8 +170,9 @@ class NestedData:
 
 
 def as_levels(data) -> LevelsData:
-    """The K-level form of three-level data (the γ order, τ orders and units are the same)."""
-    if isinstance(data, LevelsData):
+    """The K-level form of three-level data (the γ order, τ orders and units are the same); K-level
+    data and per-unit summaries (moments.LevelsSummary) are passed on."""
+    if isinstance(data, (LevelsData, LevelsSummary)):
         return data
     layout = tuple(Coefficient(pi.level1_col,
                                tuple(Coefficient(b.level2_col, tuple(Coefficient(s) for s in b.level3_cols), b.random)
@@ -180,6 +216,8 @@ class NestedFit:
     chi2: tuple = ()
     eb: tuple = ()
     eb_var: tuple = ()
+    diagonal: tuple = ()  # per level 2..K: τℓ restricted to a diagonal matrix (lme4's ||)
+    df_method: str = "hlm"  # how df_gamma was computed: "hlm" (nested_fit.hlm_df) or "satterthwaite"
 
     @property
     def n_levels(self) -> int:
@@ -252,6 +290,12 @@ class LevelsStats:
     DD: np.ndarray | None = None  # (P+1, P+1, J2) cross-products of [a_0..a_{P-1}, y] (for χ² tests)
     F: np.ndarray | None = None  # (m, J2) per-level-2-unit factor of each column of [Z2|…|X|y]
     D_index: np.ndarray | None = None  # (m,) the level-1 column of each
+    weighting: "Weighting | None" = None  # sampling weights (None: unweighted)
+
+    @property
+    def n_weighted(self) -> float:
+        """N_w = Σ_i Ω_i, the records' unconditional weights (N when unweighted)."""
+        return float(self.N) if self.weighting is None else self.weighting.n_weighted
 
     @property
     def n_levels(self) -> int:
@@ -298,6 +342,111 @@ class LevelsStats:
 
 NestedStats = LevelsStats
 
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """Sampling weights of a K-level fit (module docstring, "Sampling weights"): per level ℓ = 2..K
+    each unit's weight given its parent (`conditional`, w_u|parent; at the top w_u) and the product
+    up to the top (`unconditional`, ω_u = w_u|parent ⋯ w_top); `record` the level-1 w_i|j (None:
+    all 1); `omega` each record's Ω_i = w_i|j·ω_j."""
+    record: np.ndarray | None
+    conditional: tuple
+    unconditional: tuple
+    omega: np.ndarray
+    records_per_unit: np.ndarray  # (J2,) records (not weights) of each level-2 unit
+
+    @property
+    def n_weighted(self) -> float:
+        return float(self.omega.sum())
+
+    @property
+    def n_records(self) -> int:
+        return int(self.omega.size)
+
+
+def weighting_of(data: LevelsData) -> Weighting | None:
+    """The Weighting of LevelsData.weights (None when it has none), each weight checked: one per
+    record or unit, finite and positive (a record's may be 0 if its unit's sum is not; ValueError
+    saying which otherwise)."""
+    if not isinstance(data, LevelsData) or data.weights is None:
+        return None
+    K = data.n_levels
+    if len(data.weights) != K:
+        raise ValueError(f"weights must give one array (or None) per level, {K} in all")
+    parents = [np.asarray(p, dtype=np.int64) for p in data.parents]
+    sizes = [parents[0].size] + [p.size for p in parents[1:]] + [int(parents[-1].max()) + 1]
+    ws = []
+    for level, (w, n) in enumerate(zip(data.weights, sizes), start=1):
+        if w is None:
+            ws.append(None if level == 1 else np.ones(n))
+            continue
+        w = np.asarray(w, dtype=float)
+        if w.shape != (n,):
+            raise ValueError(f"the level-{level} weights must have one entry per level-{level} "
+                             f"{'record' if level == 1 else 'unit'} ({n})")
+        if not np.all(np.isfinite(w) & ((w >= 0) if level == 1 else (w > 0))):
+            raise ValueError(f"the level-{level} weights must be finite and positive")
+        if level == 1 and np.any(np.bincount(parents[0], weights=w, minlength=sizes[1]) <= 0):
+            raise ValueError("every level-2 unit needs a positive sum of level-1 weights")
+        ws.append(w)
+    conditional = tuple(ws[1:])
+    unconditional = [None] * (K - 1)
+    unconditional[-1] = conditional[-1]
+    for level in range(K - 1, 1, -1):  # ω_u = w_u|parent · ω_parent
+        unconditional[level - 2] = conditional[level - 2] * unconditional[level - 1][parents[level - 1]]
+    omega = unconditional[0][parents[0]]
+    if ws[0] is not None:
+        omega = omega * ws[0]
+    return Weighting(ws[0], conditional, tuple(unconditional), omega,
+                     np.bincount(parents[0], minlength=sizes[1]).astype(float))
+
+
+def summary_of(data) -> LevelsSummary:
+    """as_summary, keeping sampling weights (a WeightedSummary when the data have them)."""
+    return _summary(data)[0]
+
+
+def _weighted_moments(columns, unit: np.ndarray, J: int, w: np.ndarray) -> Moments:
+    """Per level-2 unit the weighted moments of `columns` (records sorted by unit): n_j = Σ_i w_i,
+    mean_j = Σ_i w_i v_i / n_j, C_j = Σ_i w_i (v_i − mean_j)(v_i − mean_j)' (two passes, so C does not
+    cancel). With them moments.mapped_products gives Σ_i w_i c_i c_i' for any column map: the
+    level-1 weights inside every level-2 cross-product (module docstring, "Sampling weights")."""
+    V = np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
+    starts = _offsets(unit, J)[:-1]
+    n = np.add.reduceat(w, starts)
+    mean = np.add.reduceat(V * w[:, None], starts, axis=0) / n[:, None]
+    D = V - mean[unit]
+    fix = np.add.reduceat(D * w[:, None], starts, axis=0) / n[:, None]  # the two-pass correction
+    mean += fix
+    D -= fix[unit]
+    C = np.add.reduceat(D[:, :, None] * (D * w[:, None])[:, None, :], starts, axis=0)
+    return Moments(n, mean, 0.5 * (C + C.transpose(0, 2, 1)))
+
+
+@dataclass(frozen=True)
+class WeightedSummary(LevelsSummary):
+    """A LevelsSummary of weighted data: the level-1 weights inside its moments, the weights of the
+    levels above in `weighting`."""
+    weighting: Weighting | None = None
+
+
+def _summary(data):
+    """(the summary, the Weighting or None): as_summary, with the level-1 weights inside the
+    per-unit moments and the Weighting carried along when the data have weights."""
+    if isinstance(data, WeightedSummary):
+        return as_summary(data), data.weighting
+    weighting = weighting_of(data)
+    if weighting is None:
+        return as_summary(data), None
+    s = as_summary(replace(data, weights=None))
+    m = s.moments
+    if weighting.record is not None:
+        unit2 = np.asarray(data.parents[0], dtype=np.intp)
+        A = np.asarray(data.predictors[0], dtype=np.float64)
+        m = _weighted_moments([A[:, k] for k in range(A.shape[1])] + [np.asarray(data.y, dtype=np.float64)], unit2,
+                              m.J, weighting.record)
+    return WeightedSummary(m, s.upper, s.unit_parents, s.layout, weighting), weighting
 
 
 def _offsets(sorted_ids: np.ndarray, n_units: int) -> np.ndarray:
@@ -354,12 +503,45 @@ def _validate(data: LevelsData) -> None:
         check(node, 1, f"pi {ip}")
 
 
-def _level1(data: LevelsData, ip: int):
-    col = data.layout[ip].col
-    return None if col is None else np.asarray(data.predictors[0][:, col], dtype=float)
+def as_summary(data) -> LevelsSummary:
+    """The per-level-2-unit summary of any nested data (moments.LevelsSummary): records in memory
+    (LevelsData, NestedData) are checked and summarised by moments.records_summary, the one
+    statistics pass; a summary from the stream or Dask engine is checked and passed on."""
+    if isinstance(data, LevelsSummary):
+        _validate_summary(data)
+        return data
+    data = as_levels(data)
+    _validate(data)
+    n2 = np.bincount(np.asarray(data.parents[0], dtype=np.int64), minlength=np.asarray(data.parents[1]).shape[0])
+    if np.any(n2 == 0):
+        raise ValueError("a level-2 unit has no records")
+    return records_summary(data.y, data.predictors[0], np.asarray(data.parents[0], dtype=np.intp),
+                           tuple(data.predictors[1:]), tuple(data.parents[1:]), data.layout)
 
 
-def _unit_maps(data: LevelsData):
+def _validate_summary(s: LevelsSummary) -> None:
+    """The array contract of LevelsSummary (as _validate's for records)."""
+    K = s.n_levels
+    if K < 3 or len(s.unit_parents) != K - 2:
+        raise ValueError("a nested model needs predictors for K ≥ 3 levels and K − 2 unit parent arrays")
+    m = s.moments
+    J = [m.J]
+    for i, par in enumerate(s.unit_parents):
+        par = np.asarray(par)
+        if par.shape != (J[-1],) or par.size == 0 or par.min() < 0 or np.any(np.diff(par) < 0):
+            raise ValueError(f"unit{i + 3} must be nondecreasing level-{i + 3} unit numbers, one per level-{i + 2} unit")
+        J.append(int(par.max()) + 1)
+    for level, (arr, n) in enumerate(zip(s.upper, J), start=2):
+        arr = np.asarray(arr)
+        if arr.ndim != 2 or arr.shape[0] != n or not np.all(np.isfinite(arr)):
+            raise ValueError(f"X{level} must have one finite row per level-{level} unit ({n})")
+    if not (np.all(np.isfinite(m.mean)) and np.all(np.isfinite(m.C))):
+        raise ValueError("the level-1 moments have missing or infinite values")
+    if np.any(m.n <= 0):
+        raise ValueError("a level-2 unit has no records")
+
+
+def _unit_maps(data):
     """maps[ℓ] (ℓ = 2..K): the level-ℓ unit of each level-2 unit (maps[2] = identity)."""
     parents = [np.asarray(p, dtype=np.int64) for p in data.parents]
     J2 = parents[1].size
@@ -369,7 +551,7 @@ def _unit_maps(data: LevelsData):
     return parents, maps
 
 
-def _level_factor(data: LevelsData, path, maps, J2: int) -> np.ndarray:
+def _level_factor(data, path, maps, J2: int) -> np.ndarray:
     """The product of a path's predictors at levels ≥ 2, per level-2 unit (the intercept is 1)."""
     out = np.ones(J2)
     for level, col in path[1:]:
@@ -378,48 +560,58 @@ def _level_factor(data: LevelsData, path, maps, J2: int) -> np.ndarray:
     return out
 
 
-def reduce_levels(data: LevelsData) -> LevelsStats:
-    """One vectorised pass over the records: the cross-products of [a_0..a_{P-1}, y] per level-2
-    unit (P = number of π's), from which every column of the model, a_p times a level-2-unit
-    factor, follows by scaling (never a Python loop over units)."""
-    data = as_levels(data)
-    K = data.n_levels
-    cols = columns_of(data.layout, K)
-    _validate(data)
-    y = np.asarray(data.y, dtype=float)
-    N = y.size
-    parents, maps = _unit_maps(data)
-    unit2 = parents[0]
-    J2 = parents[1].size
-    off2 = _offsets(unit2, J2)
-    n2 = np.diff(off2).astype(float)
-    if np.any(n2 == 0):
-        raise ValueError("a level-2 unit has no records")
-    starts2 = off2[:-1]
+def _structure(s: LevelsSummary):
+    """(columns, J2, starts): the model's columns and, per level ℓ = 3..K, the first level-(ℓ−1)
+    unit of each level-ℓ unit; refuses a level-ℓ unit with no units below it."""
+    K = s.n_levels
     starts = []
     for level in range(3, K + 1):
-        par = parents[level - 2]
-        Jl = int(par.max()) + 1
-        off = _offsets(par, Jl)
+        par = np.asarray(s.parents[level - 2], dtype=np.int64)
+        off = _offsets(par, int(par.max()) + 1)
         if np.any(np.diff(off) == 0):
             raise ValueError(f"a level-{level} unit has no level-{level - 1} units")
         starts.append(off[:-1])
-    P = len(data.layout)
-    level1 = [_level1(data, ip) for ip in range(P)]
-    is_one = [v is None for v in level1] + [False]
-    level1 = [np.ones(N) if v is None else v for v in level1] + [y]
-    DD = np.empty((P + 1, P + 1, J2))
-    for a in range(P + 1):
-        for b in range(a, P + 1):
-            if is_one[a] and is_one[b]:
-                DD[a, b] = n2
-            else:
-                prod = level1[b] if is_one[a] else (level1[a] if is_one[b] else level1[a] * level1[b])
-                DD[a, b] = np.add.reduceat(prod, starts2)
-            DD[b, a] = DD[a, b]
+    return columns_of(s.layout, K), s.moments.J, starts
+
+
+def _maps_of(s: LevelsSummary, paths, with_y: bool):
+    """The affine maps (B0, B1) of moments.mapped_products for the model columns `paths` (and the
+    outcome last): a column a_root·f_j is f_j in its root's row of B1 (B0 for the intercept)."""
+    _, maps = _unit_maps(s)
+    J2 = s.moments.J
+    P1 = s.moments.P - 1
+    k = len(paths) + int(with_y)
+    B0, B1 = np.zeros((k, J2)), np.zeros((P1 + 1, k, J2))
+    for c, path in enumerate(paths):
+        f = _level_factor(s, path, maps, J2)
+        root = path[0][1]
+        if root is None:
+            B0[c] = f
+        else:
+            B1[root, c] = f
+    if with_y:
+        B1[P1, k - 1] = 1.0
+    return B0, B1
+
+
+def _transform(B0: np.ndarray, B1: np.ndarray, T: np.ndarray):
+    """The maps of the columns [c]·T (new column e = Σ_c T[c, e] c)."""
+    return np.einsum("ce,cj->ej", T, B0), np.einsum("pcj,ce->pej", B1, T)
+
+
+def reduce_levels(data) -> LevelsStats:
+    """The per-unit cross-products of the user's columns [Z2 | … | ZK | X | y] from the summary:
+    first those of [a_0..a_{P-1}, y] per level-2 unit (P = number of π's), from which every column
+    of the model, a_p times a level-2-unit factor, follows by scaling."""
+    s, weighting = _summary(data)
+    K = s.n_levels
+    cols, J2, starts = _structure(s)
+    P = len(s.layout)
+    _, DD = mapped_products(s.moments, *_maps_of(s, [((1, node.col),) for node in s.layout], True))
     paths = [p for z in cols.z for p in z] + cols.x
     roots = [r for zr in cols.z_root for r in zr] + cols.x_root
-    factors = [_level_factor(data, path, maps, J2) for path in paths] + [np.ones(J2)]
+    _, maps = _unit_maps(s)
+    factors = [_level_factor(s, path, maps, J2) for path in paths] + [np.ones(J2)]
     dindex = np.array(roots + [P], dtype=int)
     F = np.array(factors)
     qs = cols.qs
@@ -428,15 +620,22 @@ def reduce_levels(data: LevelsData) -> LevelsStats:
     CC = DD[dindex[:, None], dindex[None, :]] * F[:, None, :] * F[None, :, :]  # (m, m, J2)
     ZZ2 = np.ascontiguousarray(CC[:q2, :q2])
     Z2B = np.ascontiguousarray(CC[:q2, q2:])
-    BB = np.add.reduceat(CC[q2:, q2:], starts[0], axis=2) if J2 else np.zeros((m - q2, m - q2, 0))
+    # Σ_{j∈k} w_j|k B_j'W1B_j: each level-2 unit's products counted with its conditional weight
+    Bj = CC[q2:, q2:] if weighting is None else CC[q2:, q2:] * weighting.conditional[0]
+    BB = np.add.reduceat(Bj, starts[0], axis=2) if J2 else np.zeros((m - q2, m - q2, 0))
     del CC
-    return LevelsStats(N, n2, tuple(parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, np.ascontiguousarray(BB),
-                       float(y @ y), DD, F, dindex)
+    if weighting is None:
+        return LevelsStats(s.N, s.moments.n.astype(float), tuple(s.parents[1:]), tuple(starts), qs, p, ZZ2, Z2B,
+                           np.ascontiguousarray(BB), float(DD[P, P].sum()), DD, F, dindex)
+    # weighted: y'y is Σ_i Ω_i y_i² (each level-2 unit's sum times its unconditional weight)
+    return LevelsStats(weighting.n_records, weighting.records_per_unit, tuple(s.parents[1:]), tuple(starts), qs, p,
+                       ZZ2, Z2B, np.ascontiguousarray(BB), float(DD[P, P] @ weighting.unconditional[0]), DD, F, dindex,
+                       weighting)
 
 
 def reduce_nested(data) -> LevelsStats:
-    """reduce_levels for NestedData (three levels) or LevelsData."""
-    return reduce_levels(as_levels(data))
+    """reduce_levels for NestedData (three levels), LevelsData or a LevelsSummary."""
+    return reduce_levels(data)
 
 
 @dataclass(frozen=True)
@@ -462,120 +661,116 @@ class Standardisation:
         return float(np.linalg.slogdet(self.TX)[1])
 
 
-def _centre_scale(C: np.ndarray, intercept: int | None) -> np.ndarray:
-    """T with C·T centred at the grand mean (when an all-ones column is among C's, as a
-    reparametrisation) and scaled to unit spread, each column from the records themselves, so a
-    predictor whose mean dwarfs its spread loses only eps·mean/spread, not its square."""
-    k = C.shape[1]
+def _centre_scale(m: Moments, B0: np.ndarray, B1: np.ndarray, intercept: int | None) -> np.ndarray:
+    """T with [c]·T centred at the grand mean (when an all-ones column is among the columns, as a
+    reparametrisation) and scaled to unit spread; each column's mean and spread come from the
+    per-unit moments without forming raw sums of squares (moments.mapped_means), so a predictor
+    whose mean dwarfs its spread loses only eps·mean/spread, not its square."""
+    k = B0.shape[0]
     T = np.eye(k)
+    if k == 0:
+        return T
+    mean, centred, raw = mapped_means(m, B0, B1)
+    N = float(m.n.sum())
     for c in range(k):
         if c == intercept:
             continue
-        col = C[:, c]
         if intercept is not None:
-            m = float(col.mean())
-            T[intercept, c] = -m
-            sd = float(np.sqrt(np.mean((col - m) ** 2)))
+            T[intercept, c] = -mean[c]
+            sd = float(np.sqrt(centred[c] / N))
         else:
-            sd = float(np.sqrt(np.mean(col * col)))
+            sd = float(np.sqrt(raw[c] / N))
         if not sd > 0:
-            sd = max(float(np.sqrt(np.mean(col * col))), 1e-300)
+            sd = max(float(np.sqrt(raw[c] / N)), 1e-300)
         T[:, c] /= sd
     return T
 
 
-def _orthonormalise(X: np.ndarray, intercept: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Q (orthonormal columns) and R⁻¹ with X·R⁻¹ = Q. Centred and scaled columns first, then
-    Cholesky QR twice (two p×p Gram matrices: fast, and accurate while the centred columns'
-    condition number is below about 1e7); Householder QR, backward stable whatever the
-    collinearity, when that fails. Raises FloatingPointError for linearly dependent columns."""
-    N, p = X.shape
+def _orthonormalise(m: Moments, B0: np.ndarray, B1: np.ndarray, intercept: int | None) -> np.ndarray:
+    """R⁻¹ with X·R⁻¹ orthonormal, X the columns (B0, B1): centred and scaled columns first, then
+    Cholesky QR twice, each Gram matrix formed afresh from the moments of the transformed columns
+    (moments.mapped_products), so the second pass corrects the first as it does on records.
+    A Gram matrix from any per-unit summary fixes the singular values of X only to about √eps of
+    the largest, so centred and scaled columns with a condition number past 1e7 (correlations
+    within 1e-14 of ±1) cannot be told from linearly dependent ones: FloatingPointError."""
+    p = B0.shape[0]
     if p == 0:
-        return X, np.zeros((0, 0))
-    T1 = _centre_scale(X, intercept)
-    try:
-        Q = X @ T1
-        Rinv = T1
-        for _ in range(2):
-            L = np.linalg.cholesky(Q.T @ Q)
-            Li = np.linalg.inv(L).T  # R⁻¹ for R = L'
-            Q = Q @ Li
-            Rinv = Rinv @ Li
-        if not (np.all(np.isfinite(Q)) and np.allclose(Q.T @ Q, np.eye(p), atol=1e-10)):
-            raise np.linalg.LinAlgError
-        return Q, Rinv
-    except np.linalg.LinAlgError:
-        Q, R = np.linalg.qr(X @ T1)
-        d = np.abs(np.diag(R))
-        if not d.min() > 1e-13 * d.max():
-            raise FloatingPointError("the fixed-effect columns are linearly dependent") from None
-        return Q, T1 @ np.linalg.inv(R)
+        return np.zeros((0, 0))
+    T1 = _centre_scale(m, B0, B1, intercept)
+
+    def gram(T):
+        return mapped_products(m, *_transform(B0, B1, T))[1].sum(axis=2)
+
+    dependent = FloatingPointError("the fixed-effect columns are linearly dependent")
+    Rinv = T1
+    for _ in range(2):
+        try:
+            L = np.linalg.cholesky(gram(Rinv))
+        except np.linalg.LinAlgError:
+            raise dependent from None
+        d = np.diag(L)
+        if not d.min() > 1e-7 * d.max():
+            raise dependent
+        Rinv = Rinv @ np.linalg.inv(L).T  # R⁻¹ for R = L'
+    if not np.allclose(gram(Rinv), np.eye(p), atol=1e-10):
+        raise dependent
+    return Rinv
 
 
-def reduce_standardised(data) -> tuple[LevelsStats, Standardisation]:
-    """The per-unit cross-products of the standardised columns [Z̃2 | … | Z̃K | X̃ | ỹ], formed record
-    by record (the transform is applied to the records, before any product: centring cross-products
-    afterwards would cancel digits quadratically in a predictor's mean/spread)."""
-    data = as_levels(data)
-    K = data.n_levels
-    cols = columns_of(data.layout, K)
-    _validate(data)
-    y = np.asarray(data.y, dtype=float)
-    N = y.size
-    parents = [np.asarray(p, dtype=np.int64) for p in data.parents]
-    unit2 = parents[0]
-    J2 = parents[1].size
-    rec = {2: unit2}  # the level-ℓ unit of each record
-    for level in range(3, K + 1):
-        rec[level] = parents[level - 2][rec[level - 1]]
-    preds = [np.asarray(a, dtype=float) for a in data.predictors]
-
-    def column(path):
-        out = np.ones(N)
-        for level, col in path:
-            if col is not None:
-                out = out * (preds[0][:, col] if level == 1 else preds[level - 1][rec[level], col])
-        return out
+def reduce_standardised(data, diagonal=()) -> tuple[LevelsStats, Standardisation]:
+    """The per-unit cross-products of the standardised columns [Z̃2 | … | Z̃K | X̃ | ỹ] from the summary:
+    the transforms are applied to each unit's affine map of its records before any product
+    (moments.mapped_products), never to cross-products already formed, which would cancel digits
+    quadratically in a predictor's mean/spread. diagonal[ℓ−2]: τℓ is diagonal, so its columns are
+    scaled only: centring a slope's column on the intercept's would mix the random effects, which a
+    diagonal τ does not allow (it is no reparametrisation then)."""
+    s, weighting = _summary(data)
+    cols, J2, starts = _structure(s)
+    m = s.moments
+    N = float(m.n.sum())
 
     def intercept(paths):
         return next((k for k, path in enumerate(paths) if all(c is None for _, c in path)), None)
 
-    Zs = [np.column_stack([column(path) for path in z]) if z else np.zeros((N, 0)) for z in cols.z]
+    zmaps = [_maps_of(s, z, False) for z in cols.z]
+    diagonal = tuple(diagonal) + (False,) * (len(cols.z) - len(tuple(diagonal)))
+    As = tuple(_centre_scale(m, B0, B1, None if diag else intercept(z))
+               for (B0, B1), z, diag in zip(zmaps, cols.z, diagonal))
+    B0x, B1x = _maps_of(s, cols.x, False)
     p = len(cols.x)
-    X = np.column_stack([column(path) for path in cols.x]) if p else np.zeros((N, 0))
-    As = tuple(_centre_scale(Z, intercept(z)) for Z, z in zip(Zs, cols.z))
-    Q, Rinv = _orthonormalise(X, intercept(cols.x))
+    Rinv = _orthonormalise(m, B0x, B1x, intercept(cols.x))
     TX = np.sqrt(N) * Rinv
-    Qy = Q.T @ y
-    b = Rinv @ Qy
-    C = np.ascontiguousarray(np.column_stack([Z @ A for Z, A in zip(Zs, As)] + [Q * np.sqrt(N), y - Q @ Qy]).T)
-    del Q, Zs, X
+    # b: the OLS fit of y on X through the orthonormal X·R⁻¹, refined once on its residual
+    # (corrected semi-normal equations: as accurate as the QR of the records)
+    P1 = m.P - 1
+    b = np.zeros(p)
+    for _ in range(2):
+        r0 = -np.einsum("c,cj->j", b, B0x)
+        r1 = -np.einsum("c,pcj->pj", b, B1x)
+        r1[P1] += 1.0
+        q0, q1 = _transform(B0x, B1x, Rinv)
+        _, S = mapped_products(m, np.vstack([q0, r0]), np.concatenate([q1, r1[:, None]], axis=1))
+        b = b + Rinv @ S[:p, p].sum(axis=1)
+    r0 = -np.einsum("c,cj->j", b, B0x)
+    r1 = -np.einsum("c,pcj->pj", b, B1x)
+    r1[P1] += 1.0
+    parts = [_transform(B0, B1, A) for (B0, B1), A in zip(zmaps, As)] + [_transform(B0x, B1x, TX),
+                                                                          (r0[None], r1[:, None])]
+    B0 = np.vstack([x for x, _ in parts])
+    B1 = np.concatenate([x for _, x in parts], axis=1)
+    _, C = mapped_products(m, B0, B1)
     qs = cols.qs
     q2 = qs[0]
-    m = C.shape[0]
-    off2 = _offsets(unit2, J2)
-    starts2 = off2[:-1]
-    starts = []
-    for level in range(3, K + 1):
-        par = parents[level - 2]
-        starts.append(_offsets(par, int(par.max()) + 1)[:-1])
-    starts3_rec = off2[starts[0]]
-    n2 = np.diff(off2).astype(float)
-    ZZ2 = np.empty((q2, q2, J2))
-    Z2B = np.empty((q2, m - q2, J2))
-    BB = np.empty((m - q2, m - q2, starts[0].size))
-    for i in range(m):
-        for k in range(i, m):
-            if k < q2 or i < q2:
-                v = np.add.reduceat(C[i] * C[k], starts2)
-                if k < q2:
-                    ZZ2[i, k] = ZZ2[k, i] = v
-                else:
-                    Z2B[i, k - q2] = v
-            else:
-                BB[i - q2, k - q2] = BB[k - q2, i - q2] = np.add.reduceat(C[i] * C[k], starts3_rec)
-    yc = C[-1]
-    stats = LevelsStats(N, n2, tuple(parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, BB, float(yc @ yc))
+    ZZ2 = np.ascontiguousarray(C[:q2, :q2])
+    Z2B = np.ascontiguousarray(C[:q2, q2:])
+    if weighting is None:
+        BB = np.ascontiguousarray(np.add.reduceat(C[q2:, q2:], starts[0], axis=2))
+        stats = LevelsStats(s.N, m.n.astype(float), tuple(s.parents[1:]), tuple(starts), qs, p, ZZ2, Z2B, BB,
+                            float(C[-1, -1].sum()))
+    else:  # Σ_{j∈k} w_j|k B_j'W1B_j, and ỹ'ỹ as Σ_i Ω_i ỹ_i²
+        BB = np.ascontiguousarray(np.add.reduceat(C[q2:, q2:] * weighting.conditional[0], starts[0], axis=2))
+        stats = LevelsStats(weighting.n_records, weighting.records_per_unit, tuple(s.parents[1:]), tuple(starts), qs,
+                            p, ZZ2, Z2B, BB, float(C[-1, -1] @ weighting.unconditional[0]), weighting=weighting)
     return stats, Standardisation(As, TX, b)
 
 
@@ -666,41 +861,27 @@ class LevelsSolve:
     gamma: np.ndarray
     rss: float
 
-    # three-level names
-    @property
-    def lam2(self):
-        return self.lams[0]
-
-    @property
-    def lam3(self):
-        return self.lams[1]
-
-    @property
-    def K2(self):
-        return self.Ks[0]
-
-    @property
-    def K3(self):
-        return self.Ks[1]
-
-    @property
-    def W(self):
-        return self.Ws[0]
-
     @property
     def Gs(self) -> tuple:
         return tuple(lam @ lam.T for lam in self.lams)
 
-    @property
-    def G2(self) -> np.ndarray:
-        return self.Gs[0]
-
-    @property
-    def G3(self) -> np.ndarray:
-        return self.Gs[1]
+    # three-level names
+    lam2 = property(lambda self: self.lams[0])
+    lam3 = property(lambda self: self.lams[1])
+    K2 = property(lambda self: self.Ks[0])
+    K3 = property(lambda self: self.Ks[1])
+    W = property(lambda self: self.Ws[0])
+    G2 = property(lambda self: self.Gs[0])
+    G3 = property(lambda self: self.Gs[1])
 
     def dof(self, reml: bool) -> float:
-        return self.stats.N - self.stats.p if reml else self.stats.N
+        N = self.stats.n_weighted
+        return N - self.stats.p if reml else N
+
+    def unit_weights(self, level: int) -> np.ndarray | None:
+        """ω_u of the level-ℓ units (how many times each counts in a sum over the level), None = all 1."""
+        wt = self.stats.weighting
+        return None if wt is None else wt.unconditional[level - 2]
 
     def sigma2_hat(self, reml: bool) -> float:
         return self.rss / self.dof(reml)
@@ -709,7 +890,10 @@ class LevelsSolve:
         return 2.0 * float(np.log(np.diag(self.cholP)).sum())
 
     def logdet_V(self) -> float:
-        return float(sum(ld.sum() for ld in self.logdets))
+        wt = self.stats.weighting
+        if wt is None:
+            return float(sum(ld.sum() for ld in self.logdets))
+        return float(sum(ld @ w for ld, w in zip(self.logdets, wt.unconditional)))
 
     def profiled_deviance(self, reml: bool) -> float:
         nu = self.dof(reml)
@@ -718,7 +902,7 @@ class LevelsSolve:
 
     def deviance(self, sigma2: float, reml: bool) -> float:
         """At this G and a given σ² (γ at its GLS value), as lmerTest's devfun_vp."""
-        N, p = self.stats.N, self.stats.p
+        N, p = self.stats.n_weighted, self.stats.p
         d = self.logdet_V() + self.rss / sigma2 + N * (LOG_2PI + np.log(sigma2))
         if reml:
             d += self.log_det_P() - p * (LOG_2PI + np.log(sigma2))
@@ -729,7 +913,10 @@ class LevelsSolve:
         eps = np.finfo(float).eps
         nu = self.dof(reml)
         cancel = (abs(self.stats.yy) + abs(self.stats.yy - self.s) + abs(float(self.c @ self.gamma))) / self.rss
-        logdets = float(sum(np.abs(ld).sum() for ld in self.logdets))
+        wt = self.stats.weighting
+        logdets = float(sum(np.abs(ld).sum() if wt is None else np.abs(ld) @ w
+                            for ld, w in zip(self.logdets, (None,) * len(self.logdets) if wt is None
+                                             else wt.unconditional)))
         logdets += abs(self.log_det_P()) if reml else 0.0
         return 8.0 * eps * (nu * cancel + logdets + nu * abs(np.log(self.rss / nu)))
 
@@ -803,11 +990,14 @@ class LevelsSolve:
                 out.append(np.zeros((0, 0)))
                 continue
             own, E = self.pieces(level, tail)
+            w = self.unit_weights(level)
             v = E[:, -1]
-            G = own.sum(axis=2) - (v @ v.T) / s2
+            vw = v if w is None else v * w
+            G = (own.sum(axis=2) if w is None else own @ w) - (vw @ v.T) / s2
             if reml:
                 Q = E[:, :p]
-                G -= np.tensordot(np.tensordot(Q, Pinv, axes=([1], [0])).transpose(0, 2, 1), Q,
+                Qw = Q if w is None else Q * w
+                G -= np.tensordot(np.tensordot(Qw, Pinv, axes=([1], [0])).transpose(0, 2, 1), Q,
                                   axes=([1, 2], [1, 2]))
             out.append(0.5 * (G + G.T))
         return tuple(out)
@@ -861,10 +1051,13 @@ def levels_solve(stats: LevelsStats, lams) -> LevelsSolve:
     qs, p = stats.qs, stats.p
     K = stats.n_levels
     lams = tuple(np.asarray(lam, dtype=float).reshape(q, q) for lam, q in zip(lams, qs))
+    wt = stats.weighting
+    # each unit's contribution to its parent's sums counts w_u|parent times (module docstring)
+    cw = (None,) * (K - 1) if wt is None else wt.conditional
     q2 = qs[0]
     if q2:
         K2, logdet2 = _absorb(lams[0], stats.ZZ2)
-        W = stats.BB - _quad_sum(stats.Z2B, K2, stats.starts[0])
+        W = stats.BB - _quad_sum(stats.Z2B, K2 if cw[0] is None else K2 * cw[0], stats.starts[0])
     else:
         K2, logdet2 = np.zeros((0, 0, stats.J2)), np.zeros(stats.J2)
         W = stats.BB
@@ -879,25 +1072,18 @@ def levels_solve(stats: LevelsStats, lams) -> LevelsSolve:
             Kl, ld = np.zeros((0, 0, J)), np.zeros(J)
         Ks.append(Kl)
         logdets.append(ld)
+        w = cw[level - 2]
         if level < K:
             nxt = stats.starts[level - 2]
-            W = np.add.reduceat(W[q:, q:], nxt, axis=2)
+            W = np.add.reduceat(W[q:, q:] if w is None else W[q:, q:] * w, nxt, axis=2)
             if q:
-                W = W - _quad_sum(Ws[-1][:q, q:], Kl, nxt)
-        elif q:
-            tot = W[q:, q:].sum(axis=2) - _quad(W[:q, q:], Kl).sum(axis=2)
+                W = W - _quad_sum(Ws[-1][:q, q:], Kl if w is None else Kl * w, nxt)
         else:
-            tot = W.sum(axis=2)
+            tot = W[q:, q:] - _quad(W[:q, q:], Kl) if q else W
+            tot = tot.sum(axis=2) if w is None else tot @ w
     tot = 0.5 * (tot + tot.T)
     P, c, s = tot[:p, :p], tot[:p, p], float(tot[p, p])
-    try:
-        cholP = np.linalg.cholesky(P)
-    except np.linalg.LinAlgError:
-        raise FloatingPointError("X'V⁻¹X is not positive definite") from None
-    gamma = np.linalg.solve(cholP.T, np.linalg.solve(cholP, c))
-    rss = s - float(c @ gamma)
-    if not rss > 0:
-        raise FloatingPointError("the residual sum of squares is not positive")
+    cholP, gamma, rss = gls(P, c, s)
     return LevelsSolve(stats, lams, tuple(Ks), tuple(logdets), tuple(Ws), P, cholP, c, s, gamma, rss)
 
 
@@ -908,21 +1094,12 @@ def nested_solve(stats: LevelsStats, *lams) -> LevelsSolve:
     return levels_solve(stats, lams)
 
 
-def _factor(G: np.ndarray) -> np.ndarray:
-    """A square factor Λ with ΛΛ' = G for PSD G (singular allowed)."""
-    G = np.asarray(G, dtype=float)
-    if G.size == 0:
-        return G.reshape(0, 0)
-    w, V = np.linalg.eigh(0.5 * (G + G.T))
-    return V * np.sqrt(np.clip(w, 0.0, None))
-
-
 def deviance_levels(data, sigma2: float, taus, reml: bool = False) -> float:
     """The ML or REML deviance (lme4's conventions, γ at its GLS value) at given σ² and τℓ (PSD,
     singular allowed), e.g. to judge another program's estimates."""
     stats = data if isinstance(data, LevelsStats) else reduce_nested(data)
     try:
-        us = levels_solve(stats, tuple(_factor(np.asarray(t, float) / sigma2) for t in taus))
+        us = levels_solve(stats, tuple(factor(np.asarray(t, float) / sigma2) for t in taus))
     except (FloatingPointError, np.linalg.LinAlgError):
         return float("inf")
     return us.deviance(sigma2, reml)
@@ -933,7 +1110,8 @@ def deviance_nested(data, sigma2: float, tau_pi: np.ndarray, tau_beta: np.ndarra
     return deviance_levels(data, sigma2, (tau_pi, tau_beta), reml)
 
 
-def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFit:
-    """The certified (RE)ML fit over the PSD τ blocks of every level; see nested_fit.py."""
+def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=False,
+               df_method: str = "hlm") -> NestedFit:
+    """The certified (RE)ML fit over the τ blocks of every level (PSD, or diagonal); see nested_fit.py."""
     from .nested_fit import fit_nested as _fit
-    return _fit(data, reml=reml, max_iterations=max_iterations)
+    return _fit(data, reml=reml, max_iterations=max_iterations, diagonal=diagonal, df_method=df_method)

@@ -22,14 +22,19 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, stats as sps
+
+from .lazy import lazy
+
+optimize = lazy("scipy.optimize")
+special = lazy("scipy.special")
 
 from .certificate import Face, check_precision, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
-from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit,
-                     _factor, as_levels, columns_of, levels_solve, reduce_nested, reduce_standardised)
-from .unitsolve import unit_ols
+from .inference import weighted_sandwich
+from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit, as_levels,
+                     as_summary, columns_of, levels_solve, reduce_nested, reduce_standardised, summary_of)
+from .unitsolve import factor, unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
 
@@ -65,30 +70,43 @@ class Objective:
 
     def at(self, Gs):
         try:
-            us = self.solve(tuple(_factor(G) for G in Gs))
+            us = self.solve(tuple(factor(G) for G in Gs))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, tuple(np.zeros_like(G) for G in Gs)
         return us.profiled_deviance(self.reml), us.gradients(self.reml)
 
     def value(self, Gs) -> float:
         try:
-            return self.solve(tuple(_factor(G) for G in Gs)).profiled_deviance(self.reml)
+            return self.solve(tuple(factor(G) for G in Gs)).profiled_deviance(self.reml)
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf
 
     def noise(self, Gs) -> float:
         try:
-            return self.solve(tuple(_factor(G) for G in Gs)).rounding_noise(self.reml)
+            return self.solve(tuple(factor(G) for G in Gs)).rounding_noise(self.reml)
         except (FloatingPointError, np.linalg.LinAlgError):
             return 0.0
 
 
-class BlockFace:
-    """The face of PSD(q2) × … × PSD(qK) through (G2, …, GK): the product of the blocks' faces."""
+def diagonal_blocks(diagonal, n_blocks: int) -> tuple:
+    """One flag per τ block (levels 2..K): True where τℓ is diagonal. A bool applies to every level."""
+    if isinstance(diagonal, (bool, np.bool_)) or diagonal is None:
+        return (bool(diagonal),) * n_blocks
+    out = tuple(bool(d) for d in diagonal)
+    if len(out) != n_blocks:
+        raise ValueError(f"diagonal needs one flag per τ block ({n_blocks}), not {len(out)}")
+    return out
 
-    def __init__(self, Gs, min_ranks=None):
+
+class BlockFace:
+    """The face of C2 × … × CK through (G2, …, GK), Cℓ = PSD(qℓ), or the non-negative diagonal
+    matrices where τℓ is diagonal: the product of the blocks' faces."""
+
+    def __init__(self, Gs, min_ranks=None, diagonal=None):
         min_ranks = (0,) * len(Gs) if min_ranks is None else min_ranks
-        self.faces = [Face(G, False, min_rank=m) if G.shape[0] else None for G, m in zip(Gs, min_ranks)]
+        self.diagonal = diagonal_blocks(diagonal, len(Gs))
+        self.faces = [Face(G, d, min_rank=m) if G.shape[0] else None
+                      for G, m, d in zip(Gs, min_ranks, self.diagonal)]
         self.sizes = [f.size if f is not None else 0 for f in self.faces]
         self.qs = [G.shape[0] for G in Gs]
 
@@ -177,14 +195,21 @@ class NestedCertificate:
 
 
 def _null_check_block(obj: Objective, Gs, Gams, face: BlockFace, b: int, tol: float, dev: float):
+    """μ = the smallest slope of the deviance into block b's cone: λ_min(V₀'ΓV₀) for PSD, the smallest
+    Γ_kk over the zero variances for a diagonal τ (its cone is G_kk ≥ 0, so only those directions are
+    feasible: a negative off-diagonal Γ there is no descent)."""
     f = face.faces[b]
     if f is None or f.r == f.q:
         return None, None, None, 1.0
-    w, E = np.linalg.eigh(f.V0.T @ Gams[b] @ f.V0)
-    mu = float(w[0])
+    if f.diagonal:
+        diag = np.diag(Gams[b])[f.zero]
+        k = int(np.argmin(diag))
+        mu, v = float(diag[k]), f.V0[:, k]
+    else:
+        w, E = np.linalg.eigh(f.V0.T @ Gams[b] @ f.V0)
+        mu, v = float(w[0]), f.V0 @ E[:, 0]
     if mu >= 0:
         return mu, 0.0, None, 1.0
-    v = f.V0 @ E[:, 0]
     D = np.outer(v, v)
     steps = np.logspace(-9, 3, 25)
     values = np.array([obj.value(_with(Gs, b, Gs[b] + t * D)) for t in steps])
@@ -199,13 +224,15 @@ def _with(Gs, b, Gb):
     return tuple(out)
 
 
-def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCertificate:
+def certify_nested(obj: Objective, Gs, tol: float, face_data=None, diagonal=None) -> NestedCertificate:
+    """The certificate over the product of the blocks' cones (a diagonal block's cone is the
+    non-negative diagonal, so its face and its null-space check are the diagonal ones)."""
     failed: list[str] = []
     decrement, grad_max, hmin = 0.0, 0.0, None
     if face_data is not None:
         face, x0, H, g, dev, Gams = face_data
     else:
-        face = BlockFace(Gs)
+        face = BlockFace(Gs, diagonal=diagonal)
         dev, Gams = obj.at(Gs)
         if face.size:
             x0 = face.x0()
@@ -213,7 +240,7 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCert
             H = face.hessian(obj, x0)
     if face.size:
         decrement, grad_max, hmin = face_conditions(H, g, tol, failed,
-                                                    lambda e: name_direction(face.G, x0, e, ("tau_pi", "tau_beta")))
+                                                    lambda e: name_direction(face.G, x0, e, tau_names(len(Gs) + 1)))
     mus, decs, descent, dstep = [], [], None, 1.0
     for b, name in enumerate(tau_names(len(Gs) + 1)):
         mu, dec, D, st = _null_check_block(obj, Gs, Gams, face, b, tol, dev)
@@ -233,11 +260,15 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None) -> NestedCert
 
 # ---------------------------------------------------------------- the search
 
-def _lbfgs(obj: Objective, Gs0, maxiter: int):
+def _lbfgs(obj: Objective, Gs0, maxiter: int, diagonal=None):
+    """L-BFGS-B over the lower-triangular factors (diagonal ≥ 0), or over the square roots of a
+    diagonal block's variances."""
     qs = [G.shape[0] for G in Gs0]
-    idx = [np.tril_indices(q) for q in qs]
+    diagonal = diagonal_blocks(diagonal, len(qs))
+    idx = [(np.arange(q), np.arange(q)) if d else np.tril_indices(q) for q, d in zip(qs, diagonal)]
     cuts = np.cumsum([len(i[0]) for i in idx])[:-1]
-    theta0 = np.concatenate([chol_psd(G)[i] for G, i in zip(Gs0, idx)])
+    theta0 = np.concatenate([np.sqrt(np.clip(np.diag(G), 0.0, None)) if d else chol_psd(G)[i]
+                             for G, i, d in zip(Gs0, idx, diagonal)])
     if theta0.size == 0:  # no random effects: the GLS fit is ordinary least squares, nothing to search
         return Gs0, obj.value(Gs0), 0, "no covariance parameters besides sigma2"
     bounds = [(0.0, None) if r == c else (None, None) for i in idx for r, c in zip(*i)]
@@ -266,11 +297,11 @@ def _lbfgs(obj: Objective, Gs0, maxiter: int):
     return tuple(lam @ lam.T for lam in lams(res.x)), float(res.fun), int(res.nit), str(res.message)
 
 
-def _face_newton(obj: Objective, Gs, max_steps: int = 30):
+def _face_newton(obj: Objective, Gs, diagonal=None, max_steps: int = 30):
     """Newton on the product face through Gs (as estimation._face_newton). Eigenvalues below the
     rank tolerance are dropped unless that raises the deviance measurably; then the block keeps one
     more. Returns (Gs, deviance, steps, saddle, face_data)."""
-    face = BlockFace(Gs)
+    face = BlockFace(Gs, diagonal=diagonal)
     steps = 0
     noise = obj.noise(Gs)
     dev0 = obj.value(Gs)
@@ -287,21 +318,21 @@ def _face_newton(obj: Objective, Gs, max_steps: int = 30):
             if f is not None and f.r < f.q:
                 trial = list(face.ranks)
                 trial[b] += 1
-                wider = BlockFace(Gs, tuple(trial))
+                wider = BlockFace(Gs, tuple(trial), face.diagonal)
                 if wider.ranks[b] > face.ranks[b]:
                     face, widened = wider, True
                     break
         if not widened:
             return Gs, dev0, steps, None, None
-    return newton_on_face(obj, face, x, dev, Gam, noise, max_steps)
+    return newton_on_face(obj, face, x, dev, Gam, noise, max_steps, last_step=True)
 
 
-def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: str):
+def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: str, diagonal=None):
     iterations = 0
     cert = None
     stalled = False
     for _ in range(25):
-        Gs, dev, steps, saddle, face_data = _face_newton(obj, Gs)
+        Gs, dev, steps, saddle, face_data = _face_newton(obj, Gs, diagonal)
         iterations += steps
         if saddle is not None:
             face, x0, e = saddle
@@ -317,14 +348,14 @@ def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: st
                 break
             Gs, dev = moved
             continue
-        cert = certify_nested(obj, Gs, tol_decrement(dev, obj.noise(Gs)), face_data)
+        cert = certify_nested(obj, Gs, tol_decrement(dev, obj.noise(Gs)), face_data, diagonal)
         if cert.certified:
             break
         if cert.descent is None:
             if face_data is not None or stalled or iterations >= budget:
                 break
             stalled = True
-            Gs, dev, nit, message = _lbfgs(obj, Gs, max(1, budget - iterations))
+            Gs, dev, nit, message = _lbfgs(obj, Gs, max(1, budget - iterations), diagonal)
             iterations += nit + 1
             continue
         b, D = cert.descent
@@ -335,25 +366,27 @@ def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: st
         Gs, dev = moved
         cert = None
     if cert is None or cert.G is not Gs:
-        cert = certify_nested(obj, Gs, tol_decrement(dev, obj.noise(Gs)))
+        cert = certify_nested(obj, Gs, tol_decrement(dev, obj.noise(Gs)), diagonal=diagonal)
     return Gs, dev, cert, iterations, message
 
 
-def search(obj: Objective, qs, max_iterations: int):
-    """From the best of the starts to the certified optimum (or the best uncertified point)."""
+def search(obj: Objective, qs, max_iterations: int, diagonal=None):
+    """From the best of the starts to the certified optimum (or the best uncertified point).
+    diagonal: per block (or one bool for all), τℓ restricted to diagonal matrices."""
+    diagonal = diagonal_blocks(diagonal, len(qs))
     starts = [("identity", tuple(0.25 * np.eye(q) for q in qs))]
     iterations = 0
-    G1, d1, nit, msg = _lbfgs(obj, starts[0][1], max_iterations)
+    G1, d1, nit, msg = _lbfgs(obj, starts[0][1], max_iterations, diagonal)
     iterations += nit
-    Gs, dev, cert, used, message = _polish_and_certify(obj, G1, d1, max_iterations - iterations, msg)
+    Gs, dev, cert, used, message = _polish_and_certify(obj, G1, d1, max_iterations - iterations, msg, diagonal)
     iterations += used
     start = "identity"
     if cert.certified and cert.ranks != cert.qs and iterations < max_iterations:
         # a certified boundary answer is a local optimum; false boundaries and other local optima
         # live there, so a second start from larger variances gets its chance (as at two levels)
-        G1, d1, nit, m1 = _lbfgs(obj, tuple(2.5 * np.eye(q) for q in qs), max_iterations - iterations)
+        G1, d1, nit, m1 = _lbfgs(obj, tuple(2.5 * np.eye(q) for q in qs), max_iterations - iterations, diagonal)
         iterations += nit
-        G1, d1, c1, used, m1 = _polish_and_certify(obj, G1, d1, max_iterations - iterations, m1)
+        G1, d1, c1, used, m1 = _polish_and_certify(obj, G1, d1, max_iterations - iterations, m1, diagonal)
         iterations += used
         if c1.certified and d1 < dev - 1e-12 * abs(dev):
             Gs, dev, cert, start, message = G1, d1, c1, "identity*10", m1
@@ -363,16 +396,17 @@ def search(obj: Objective, qs, max_iterations: int):
                  ("identity*10", tuple(2.5 * np.eye(q) for q in qs))]
         for k in range(3):
             Ms = []
-            for q in qs:
+            for q, d in zip(qs, diagonal):
                 M = rng.normal(size=(q, q))
-                Ms.append(M @ M.T / max(q, 1) + 0.1 * np.eye(q))
+                M = M @ M.T / max(q, 1) + 0.1 * np.eye(q)
+                Ms.append(np.diag(np.diag(M)) if d else M)
             extra.append((f"random {k + 1}", tuple(Ms)))
         for name, G0 in extra:
             if iterations >= max_iterations:
                 break
-            G1, d1, nit, m1 = _lbfgs(obj, G0, max_iterations - iterations)
+            G1, d1, nit, m1 = _lbfgs(obj, G0, max_iterations - iterations, diagonal)
             iterations += nit
-            G1, d1, c1, used, m1 = _polish_and_certify(obj, G1, d1, max_iterations - iterations, m1)
+            G1, d1, c1, used, m1 = _polish_and_certify(obj, G1, d1, max_iterations - iterations, m1, diagonal)
             iterations += used
             if (c1.certified and not cert.certified) or (c1.certified == cert.certified and d1 < dev):
                 Gs, dev, cert, start, message = G1, d1, c1, name, m1
@@ -383,15 +417,15 @@ def search(obj: Objective, qs, max_iterations: int):
         # ranks, every combination but the point itself
         if not cert.certified:
             break
-        options = [[Gs[b]] + (lower_faces(Gs[b], False, r) if Gs[b].shape[0] else [])
+        options = [[Gs[b]] + (lower_faces(Gs[b], diagonal[b], r) if Gs[b].shape[0] else [])
                    for b, r in enumerate(cert.ranks)]
         candidates = [tuple(opt[i] for opt, i in zip(options, pick))
                       for pick in itertools.product(*(range(len(opt)) for opt in options)) if any(pick)]
-        lower = best_lower_face(obj, candidates, BlockFace, dev, obj.noise(Gs))
+        lower = best_lower_face(obj, candidates, lambda Gc: BlockFace(Gc, diagonal=diagonal), dev, obj.noise(Gs))
         if lower is None:
             break
         Gs, dev, cert, used, message = _polish_and_certify(obj, lower[0], lower[1], max(1, max_iterations - iterations),
-                                                           message)
+                                                           message, diagonal)
         iterations += used
         start += ", continued from a lower face"
     else:
@@ -443,7 +477,8 @@ def hlm3_df(data: NestedData, J2: int, J3: int, N: int) -> np.ndarray:
 
 
 def _pchisq_upper(chi2: float, df: float) -> float:
-    return float(sps.chi2.sf(chi2, df)) if df > 0 else float("nan")
+    # scipy.stats.chi2.sf(chi2, df) is chdtrc(df, chi2) on the support; below it, 1 (chdtrc gives nan).
+    return float(special.chdtrc(df, max(chi2, 0.0))) if df > 0 else float("nan")
 
 
 def _has_fixed(node, depth: int, K: int) -> bool:
@@ -644,7 +679,8 @@ def random_labels(layout, n_levels: int) -> tuple:
     return tuple(out)
 
 
-def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFit:
+def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=False,
+               df_method: str = "hlm") -> NestedFit:
     """The certified (RE)ML fit over the τ blocks of levels 2..K and HLM's inference.
 
     Reliabilities, at each level ℓ (R&B 2002 ch. 8; HLM2's formula one level at a time; UNVERIFIED
@@ -656,25 +692,36 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFi
     b̂ = that GLS estimate from ỹ (y minus the level-(ℓ−1) coefficients that are not random, at
     their fixed + higher-level EB values); χ²_a = Σ (b̂_a − b*_a)²/V_aa with b* the coefficient's
     fitted value (its γ's and the higher levels' EB); d.f. = units − the terms of its equation that
-    hold fixed effects. EB posterior variances are given γ̂ (as the two-level engine's)."""
+    hold fixed effects. EB posterior variances are given γ̂ (as the two-level engine's).
+
+    diagonal: True (every level) or one flag per level 2..K: τℓ diagonal (lme4's `||`), searched and
+    certified over the non-negative diagonal. df_method: "hlm" (hlm_df) or "satterthwaite"
+    (nested_df.satterthwaite_df, as lmerTest)."""
     reml = bool(reml)
-    data = as_levels(data)
+    # one statistics pass: everything below reads the per-level-2-unit moments (moments.LevelsSummary)
+    data = summary_of(data)
+    if df_method == "satterthwaite" and getattr(data, "weighting", None) is not None:
+        raise ModelError("Satterthwaite's d.f. come from the covariance of the variance estimates under the model; "
+                         "with sampling weights use the robust (sandwich) SEs with HLM's d.f.")
     K = data.n_levels
     raw = reduce_nested(data)
     qs, p = raw.qs, raw.p
+    diagonal = diagonal_blocks(diagonal, K - 1)
+    if df_method not in ("hlm", "satterthwaite"):
+        raise ValueError(f"df_method must be 'hlm' or 'satterthwaite', not {df_method!r}")
     estimable(raw)
     try:
-        std, tr = reduce_standardised(data)
+        std, tr = reduce_standardised(data, diagonal)
     except FloatingPointError:
         raise ModelError("the fixed effects are linearly dependent (collinear predictors, or a predictor that is "
                          "constant where it enters); remove one of them") from None
     TX = tr.TX
     obj = Objective(std, reml)
-    Gs, dev, cert, iterations, message, start = search(obj, qs, max_iterations)
+    Gs, dev, cert, iterations, message, start = search(obj, qs, max_iterations, diagonal)
     try:
         if not np.isfinite(dev):
             raise FloatingPointError
-        us = obj.solve(tuple(_factor(G) for G in Gs))
+        us = obj.solve(tuple(factor(G) for G in Gs))
     except (FloatingPointError, np.linalg.LinAlgError):
         raise ModelError("the deviance cannot be evaluated at any point the search reached (X'V⁻¹X or a "
                          "per-unit covariance matrix is numerically singular): check for collinear predictors, "
@@ -688,7 +735,11 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFi
     Pinv = us.Pinv()
     cov = sigma2 * (TX @ Pinv @ TX.T)
     sc = us.scores()
-    robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
+    wt = raw.weighting
+    if wt is None:
+        robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
+    else:  # WeMix's pseudo-ML sandwich, clustered at the top level (inference.weighted_sandwich)
+        robust = TX @ weighted_sandwich(sc, wt.conditional[-1], Pinv) @ TX.T
     gamma = TX @ us.gamma + tr.b
     deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)
     # back to the user's columns: Z̃ = ZA, so b = A b̃ and Var b = A Var b̃ A'
@@ -703,17 +754,24 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000) -> NestedFi
     if cert.certified:
         for b in range(K - 1):
             boundary += boundary_messages(Gs[b], taus[b], names[b], list(labels[b]), cert.ranks[b])
-    n_params = 1 + sum(q * (q + 1) // 2 for q in qs) + (0 if reml else p)
+    n_params = 1 + sum(q if d else q * (q + 1) // 2 for q, d in zip(qs, diagonal)) + (0 if reml else p)
     if cert.certified:
         message = f"at the optimum ({cert.describe()})"
     else:
         message = "not certified: " + "; ".join(cert.failed) + f" [{message}]"
     n_units = {level: raw.J(level) for level in range(2, K + 1)}
+    if df_method == "satterthwaite":
+        from .nested_df import satterthwaite_df
+
+        df_gamma = satterthwaite_df(us, tr, sigma2, reml, diagonal)
+    else:
+        df_gamma = hlm_df(data, n_units, raw.N)
     return NestedFit(
         method="REML" if reml else "ML", gamma=gamma, cov_gamma=cov, cov_gamma_robust=robust,
-        df_gamma=hlm_df(data, n_units, raw.N), sigma2=sigma2, tau_pi=taus[0], tau_beta=taus[1],
+        df_gamma=df_gamma, sigma2=sigma2, tau_pi=taus[0], tau_beta=taus[1],
         deviance=deviance, n_params=n_params, reliability_pi=rels[0], reliability_beta=rels[1],
         chi2_pi=chis[0], chi2_beta=chis[1], eb_pi=eb[0], eb_pi_var=eb_var[0], eb_beta=eb[1],
         eb_beta_var=eb_var[1], certificate=cert, converged=bool(cert.certified), iterations=iterations,
         message=message, boundary=boundary, solve=us, standardisation=tr, evaluations=obj.count, start=start,
-        taus=tuple(taus), reliabilities=rels, chi2=chis, eb=tuple(eb), eb_var=tuple(eb_var))
+        taus=tuple(taus), reliabilities=rels, chi2=chis, eb=tuple(eb), eb_var=tuple(eb_var),
+        diagonal=diagonal, df_method=df_method)

@@ -46,7 +46,7 @@ def analyse(spec: ModelSpec, archive: Archive, df_method: str = "hlm", weights=N
         from .weights import resolve
 
         resolved = resolve(weights, archive, design)
-    unit = unit_cross_products(design.L, design.y, design.offsets, center_y=has_overall_intercept(design),
+    unit = unit_cross_products(design.L, design.y, design.offsets, center_y=design_stage.has_overall_intercept(design),
                                weights=None if resolved is None else resolved.w1)
     return analyse_stats(design, unit, df_method, resolved, centred=centred_statistics(design, unit, resolved)
                          if centring_needed(design, unit) else None)
@@ -71,12 +71,6 @@ def centred_statistics(design, unit: UnitStats, weights=None):
     return centred_model(design.L, design.y - unit.y_shift, design.offsets, design.block_design(), design.random,
                          unstructured, weights=None if weights is None else weights.w1,
                          w2=None if weights is None else weights.w2)
-
-
-def has_overall_intercept(design) -> bool:
-    """y is centred before the cross-products (so sums of squares do not cancel) only when the
-    model has an overall intercept γ00 to absorb the shift."""
-    return bool(design.fixed) and (design.fixed[0].q, design.fixed[0].s) == (0, 0)
 
 
 def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None, start=None,

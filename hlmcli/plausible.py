@@ -56,7 +56,7 @@ def outcome_columns(value: str, names: list[str]) -> list[str]:
 def analyse_plausible(spec, archive, outcomes: list[str], df_method: str = "hlm", weights=None) -> list:
     """One Analysis per outcome column, sharing the design, the weights and L'L."""
     from . import design as design_stage
-    from .pipeline import analyse_stats, check_estimable, has_overall_intercept
+    from .pipeline import analyse_stats, check_estimable
     from .sufficient import unit_cross_products_many
 
     base = replace(spec, outcome=outcomes[0])
@@ -77,7 +77,7 @@ def analyse_plausible(spec, archive, outcomes: list[str], df_method: str = "hlm"
         resolved = resolve(weights, archive, design)
     pos = design.record_positions
     Y = np.column_stack([archive.level1_column(o) if pos is None else archive.level1_column(o)[pos] for o in outcomes])
-    units = unit_cross_products_many(design.L, Y, design.offsets, has_overall_intercept(design),
+    units = unit_cross_products_many(design.L, Y, design.offsets, design_stage.has_overall_intercept(design),
                                      None if resolved is None else resolved.w1)
     out = []
     for m, o in enumerate(outcomes):
@@ -223,7 +223,7 @@ def combine(analyses: list, labels: list[str] | None = None) -> dict:
 
 
 def combined_json(analyses: list, meta: dict, source: str, full_output: bool, labels=None, tests=None) -> dict:
-    from . import __version__
+    from .version import __version__
     from .report import fit_json, model_record
 
     a0 = analyses[0]
@@ -237,12 +237,14 @@ def combined_json(analyses: list, meta: dict, source: str, full_output: bool, la
     if tests:
         out["hypothesis_tests"] = tests
     out["fits"] = [fit_json(a, meta) for a in analyses]
-    return out
+    from .terms import with_terms
+
+    return with_terms(out)
 
 
 def combined_text(analyses: list, meta: dict, sym, source: str, full_output: bool, labels=None, tests=None) -> str:
-    from . import __version__
-    from .report import _table, fit_text, hlm_name, hlm_p, model_summary
+    from .version import __version__
+    from .report import fit_text, hlm_name, hlm_p, model_summary, problem_lines, text_table
     from .weights import weighting_lines
 
     a0 = analyses[0]
@@ -257,11 +259,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
     w("")
     w(f"Results combined over {c['m']} {source}")
     w("")
-    w(f"Problem Title: {meta.get('title') or 'no title'}")
-    w("")
-    w(f" The data source for this run  = {meta.get('data_source')}")
-    w(f" The maximum number of level-1 units = {d.n}")
-    w(f" The maximum number of level-2 units = {d.n_units}")
+    out += problem_lines(meta, d)
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if c['method'] == 'REML' else 'full maximum likelihood'}")
     out += weighting_lines(a0.weights)
@@ -295,8 +293,8 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
                 prev = f.q
             rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{row['estimate']:.6f}", f"{row['se']:.6f}",
                          f"{row['t']:.3f}", f"{row['df']:.2f}", hlm_p(row['p']), f"{row['fmi']:.3f}"])
-        out += _table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
-                      rows, [30, 12, 14, 9, 12, 8, 6])
+        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
+                          rows, [30, 12, 14, 9, 12, 8, 6])
     w("(d.f.: Barnard-Rubin, from HLM's approx. d.f.; FMI: fraction of missing information)")
     w("")
     w("Final estimation of variance components (average over the fits)")
@@ -305,7 +303,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
         v = c["tau"][k][k]
         rows.append([f"{hlm_name(n)}", f"{math.sqrt(max(v, 0)):.5f}", f"{v:.5f}"])
     rows.append(["level-1, r", f"{math.sqrt(c['sigma2']):.5f}", f"{c['sigma2']:.5f}"])
-    out += _table(["Random Effect", "Standard Deviation", "Variance Component"], rows, [26, 18, 18])
+    out += text_table(["Random Effect", "Standard Deviation", "Variance Component"], rows, [26, 18, 18])
     w("")
     w(f" Deviance (average over the fits) = {c['deviance']:.6f}")
     w(f" Number of estimated parameters   = {c['n_params']}")

@@ -16,7 +16,9 @@ import os
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
+from .lazy import lazy
+
+pd = lazy("pandas")
 
 from .errors import DataError, HlmError, ModelError
 

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from .lazy import lazy
+
+pd = lazy("pandas")
 
 from .errors import DataError, OptionError
 
@@ -98,7 +100,7 @@ def read_table(path: str | os.PathLike, fmt: str | None = None, delimiter: str |
     if str(path) == STDIN:
         if kind != "csv":
             raise DataError("-: standard input is read as CSV; give the file's path for other formats")
-        table = _read_csv(Path(STDIN), normalise_delimiter(delimiter), string_columns, _stdin_bytes())
+        table = _read_csv(Path(STDIN), normalise_delimiter(delimiter), string_columns, stdin_bytes())
         table.path = Path("<stdin>")
         return _nonempty(table)
     path = Path(path)
@@ -115,7 +117,7 @@ def read_table(path: str | os.PathLike, fmt: str | None = None, delimiter: str |
 _STDIN_CACHE: list[bytes] = []
 
 
-def _stdin_bytes() -> bytes:
+def stdin_bytes() -> bytes:
     """Standard input, read once (a file given as '-' for both levels is read one time)."""
     import sys
 
@@ -133,7 +135,7 @@ def _nonempty(table: Table) -> Table:
     return table
 
 
-def _sniff_delimiter(sample: str) -> str:
+def sniff_delimiter(sample: str) -> str:
     first = sample.splitlines()[0] if sample else ""
     try:
         return csv.Sniffer().sniff(sample, delimiters=_SNIFF_DELIMITERS).delimiter
@@ -206,7 +208,7 @@ def _read_csv(path: Path, delimiter: str | None, string_columns: tuple[str, ...]
     text_head = head_sample(text)
     if not text_head.strip():
         raise DataError(f"{path}: the file is empty; give a file with a header and data rows")
-    sep = delimiter if delimiter else _sniff_delimiter(text_head)
+    sep = delimiter if delimiter else sniff_delimiter(text_head)
     if sep == "\\t":
         sep = "\t"
     header = next(csv.reader([text_head.splitlines()[0]], delimiter=sep))
@@ -377,3 +379,29 @@ def find_column(table: Table, name: str, what: str) -> str:
     cols = ", ".join(list(table.data.columns)[:12])
     raise (OptionError if what.endswith("unit id") else DataError)(
         f"{table.path}: no {what} column '{name}' (columns are: {cols}); check the name")
+
+
+def is_text_column(table: Table, column: str, text_columns: list | None) -> bool:
+    """A column none of whose values is a number (e.g. gender F/M) is a label, not a variable: left out
+    of the default variables instead of aborting the build. A column of numbers with a stray word in it
+    is still an error naming the row, and so is a text column named with --l1-vars/--l2-vars."""
+    series = table.data[column]
+    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        return False
+    if pd.to_numeric(series, errors="coerce").notna().any():
+        return False
+    if series.isna().all():
+        return False
+    if text_columns is not None and column not in text_columns:
+        text_columns.append(column)
+    return True
+
+
+def check_frame_columns(frame: pd.DataFrame, what: str) -> None:
+    """Column names as a data file would have them: text, each once (up to case, as names match
+    case-insensitively). A DataFrame allows any hashable name and repeated names; the stages do not."""
+    for k, name in enumerate(frame.columns, start=1):
+        if not isinstance(name, str):
+            raise DataError(f"{what}: column {k} is named {name!r} ({type(name).__name__}), not text; "
+                            "give every column a text name, e.g. frame.columns = frame.columns.map(str)")
+    refuse_duplicate_names(what, frame.columns)

@@ -7,11 +7,11 @@ import math
 
 import numpy as np
 
-from . import __version__
 from .archive import FORMAT_VERSION, Archive, summarize
+from .version import __version__
 
 
-def _num(x: float, width: int = 12, digits: int = 6) -> str:
+def number_cell(x: float, width: int = 12, digits: int = 6) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return f"{'.':>{width}}"
     return f"{x:>{width}.{digits}g}"
@@ -19,18 +19,18 @@ def _num(x: float, width: int = 12, digits: int = 6) -> str:
 
 def dumps_json(obj) -> str:
     """Deterministic JSON: sorted keys where order is not meaningful is left to the caller; no NaN."""
-    return json.dumps(_clean(obj), indent=1, ensure_ascii=False) + "\n"
+    return json.dumps(json_safe(obj), indent=1, ensure_ascii=False) + "\n"
 
 
-def _clean(obj):
+def json_safe(obj):
     if isinstance(obj, float):
         return None if (math.isnan(obj) or math.isinf(obj)) else obj
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        return _clean(obj.item())
+        return json_safe(obj.item())
     return obj
 
 
@@ -60,14 +60,40 @@ def archive_info(archive: Archive, unit: str | None = None) -> dict:
     return info
 
 
+def archive_source_lines(info: dict) -> list[str]:
+    """The files an archive was built from, one line each (mdm info at any number of levels)."""
+    out = []
+    for s in info["sources"]:
+        enc = f", encoding {s['encoding']}" if s["encoding"] else ""
+        out.append(f"  {s['role']} file: {s['file']} ({s['format']}{enc}, {s['size']} bytes, sha256 {s['sha256'][:16]})")
+    return out
+
+
+def descriptive_statistics_lines(info: dict, levels: int) -> list[str]:
+    """HLM's descriptive statistics table of each level's variables, levels 1 to `levels`."""
+    out = []
+    for k in range(1, levels + 1):
+        out += ["", f"          LEVEL-{k} DESCRIPTIVE STATISTICS", "",
+                f"{'VARIABLE NAME':>16} {'N':>9} {'MEAN':>12} {'SD':>12} {'MINIMUM':>12} {'MAXIMUM':>12}"]
+        for v in info[f"level{k}"]:
+            out.append(f"{v['name']:>16} {v['n']:>9d} {number_cell(v['mean'])} {number_cell(v['sd'])} "
+                       f"{number_cell(v['minimum'])} {number_cell(v['maximum'])}")
+    return out
+
+
+def value_label_lines(info: dict) -> list[str]:
+    if not info["value_labels"]:
+        return []
+    return ["", "  value labels:"] + [f"    {name}: " + ", ".join(f"{k} = {v}" for k, v in labels.items())
+                                       for name, labels in info["value_labels"].items()]
+
+
 def archive_info_text(info: dict) -> str:
     out = []
     w = out.append
     w(f"hlmcli {info['version']} - MDM archive {info['archive'] or ''}".rstrip())
     w("")
-    for s in info["sources"]:
-        enc = f", encoding {s['encoding']}" if s["encoding"] else ""
-        w(f"  {s['role']} file: {s['file']} ({s['format']}{enc}, {s['size']} bytes, sha256 {s['sha256'][:16]})")
+    out += archive_source_lines(info)
     w(f"  unit id: {info['id']['level1']} (level-1), {info['id']['level2']} (level-2), stored as {info['id']['kind']}")
     w(f"  missing data deleted: {'when the archive was built' if info['missing'] == 'now' else 'at analysis time, per model'}")
     notes = info["notes"]
@@ -81,18 +107,8 @@ def archive_info_text(info: dict) -> str:
     w(f"  level-1 records: {info['n_level1']}")
     w(f"  level-2 units:   {info['n_level2']}")
     w(f"  records per unit: {rpu['min']} to {rpu['max']} (mean {rpu['mean']:.1f})")
-    for level, title in (("level1", "LEVEL-1"), ("level2", "LEVEL-2")):
-        w("")
-        w(f"          {title} DESCRIPTIVE STATISTICS")
-        w("")
-        w(f"{'VARIABLE NAME':>16} {'N':>9} {'MEAN':>12} {'SD':>12} {'MINIMUM':>12} {'MAXIMUM':>12}")
-        for v in info[level]:
-            w(f"{v['name']:>16} {v['n']:>9d} {_num(v['mean'])} {_num(v['sd'])} {_num(v['minimum'])} {_num(v['maximum'])}")
-    if info["value_labels"]:
-        w("")
-        w("  value labels:")
-        for name, labels in info["value_labels"].items():
-            w(f"    {name}: " + ", ".join(f"{k} = {v}" for k, v in labels.items()))
+    out += descriptive_statistics_lines(info, 2)
+    out += value_label_lines(info)
     if "unit" in info:
         u = info["unit"]
         w("")
@@ -153,20 +169,25 @@ def fit_criteria(a) -> tuple[float, float]:
     return information_criteria(r.deviance, a.stats.p, n_var, a.design.n)
 
 
-def certificate_text(r, sym: Symbols) -> list[str]:
-    """What was checked, as bounds (the tolerance) so the text is the same on every platform; the
-    exact numbers are in the JSON."""
+def certificate_text(r, sym: Symbols, full: bool = False) -> list[str]:
+    """One plain line; with --full-output also what was checked, as bounds (the tolerance) so the text
+    is the same on every platform. The exact numbers are in the JSON."""
+    from .certificate import stopping_line
+
     c = r.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in c.failed]
+    plain = stopping_line(f"{sym.sigma2} and {sym.tau}")
+    if not full:
+        return [plain]
     rank = "positive definite" if c.rank == c.q else f"of rank {c.rank} of {c.q}"
-    text = (f"Iterations stopped at the optimum (certified): with {sym.tau} {rank}, the deviance can fall by less "
+    text = (f" Checked: with {sym.tau} {rank}, the deviance can fall by less "
             f"than {c.tolerance:.0E} on its face")
     if c.hessian_eigenvalue is not None:
         text += ", the face Hessian is positive semi-definite"
     if c.null_eigenvalue is not None:
         text += ", and no direction into the positive semi-definite cone lowers it"
-    return [text]
+    return [plain, text]
 
 
 def model_record(spec, meta: dict) -> dict:
@@ -269,16 +290,13 @@ def centering_notes(spec) -> list[str]:
 
 
 def _r_name(term, level: int) -> str:
-    base = f"mean_{term.name}" if term.unit_mean else term.name
-    if term.centering == "group":
-        return f"{base}_gc"
-    if term.centering == "grand":
-        return f"{base}_c"
-    return base
+    from .terms import r_variable  # one naming for the formula and the tables' R names
+
+    return r_variable(term.name, term.centering, term.unit_mean)
 
 
-def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
-    """The same model in lme4 syntax, and how to make its derived columns in R."""
+def r_terms(spec) -> tuple[list[str], list[str]]:
+    """The fixed terms and the random terms (one level-2 grouping) of a two-level model, in R's names."""
     fixed = ["1"] if spec.level2[0].intercept else ["0"]
     for q, eq in enumerate(spec.level2):
         x = None if q == 0 else _r_name(spec.level1[q - 1], 1)
@@ -289,6 +307,12 @@ def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
             fixed.append(w if x is None else f"{w}:{x}")
     fixed = list(dict.fromkeys(fixed))
     rand = [("1" if q == 0 else _r_name(spec.level1[q - 1], 1)) for q, eq in enumerate(spec.level2) if eq.random]
+    return fixed, rand
+
+
+def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
+    """The same model in lme4 syntax, and how to make its derived columns in R."""
+    fixed, rand = r_terms(spec)
     if spec.options.tau == "diagonal":
         # independent random effects: one term per effect, as (1 | g) + (0 + x | g)
         parts = [f"({'1' if r == '1' else '0 + ' + r} | {id_name})" for r in rand]
@@ -335,23 +359,23 @@ def hlm_e(x: float) -> str:
     return f"{mant}E{int(exp):+04d}"
 
 
-def _coef_label(design, q: int, sym: Symbols) -> str:
+def coef_label(design, q: int, sym: Symbols) -> str:
     name = hlm_name(design.spec.coefficient_names()[q])
     return f"{name}, {sym.beta}{q}" if q == 0 else f"{name} slope, {sym.beta}{q}"
 
 
-def _random_label(design, q: int, sym: Symbols) -> str:
+def random_label(design, q: int, sym: Symbols) -> str:
     name = hlm_name(design.spec.coefficient_names()[q])
     return f"{name}, {sym.u}{q}" if q == 0 else f"{name} slope, {sym.u}{q}"
 
 
-def _df_text(df: float) -> str:
+def df_text(df: float) -> str:
     if df is None or (isinstance(df, float) and math.isnan(df)):
         return "."
     return f"{df:.0f}" if float(df).is_integer() else f"{df:.2f}"
 
 
-def _df_value(df):
+def df_value(df):
     df = float(df)
     return int(df) if df.is_integer() else df
 
@@ -372,7 +396,7 @@ def fit_json(analysis, meta: dict) -> dict:
         fixed.append({
             "coefficient": f.coefficient, "predictor": f.predictor, "gamma": f.label,
             "centering": term.centering if term else None,
-            "estimate": float(fx.gamma[k]), "se": float(fx.se[k]), "t": float(fx.t[k]), "df": _df_value(df[k]),
+            "estimate": float(fx.gamma[k]), "se": float(fx.se[k]), "t": float(fx.t[k]), "df": df_value(df[k]),
             "p": float(p[k]), "robust_se": float(fx.robust_se[k]), "robust_t": float(fx.robust_t[k]),
             "robust_p": float(rp[k]),
         })
@@ -383,7 +407,7 @@ def fit_json(analysis, meta: dict) -> dict:
     components = []
     for k, q in enumerate(rand_q):
         components.append({"effect": names[q], "label": f"u{q}", "sd": float(sd[k]), "variance": float(tau[k, k]),
-                           "df": _df_value(vt.df[k]), "chi2": float(vt.chi2[k]), "p": float(vt.p[k])})
+                           "df": df_value(vt.df[k]), "chi2": float(vt.chi2[k]), "p": float(vt.p[k])})
     components.append({"effect": "level-1", "label": "r", "sd": math.sqrt(r.sigma2), "variance": r.sigma2,
                        "df": None, "chi2": None, "p": None})
     out = {
@@ -414,10 +438,46 @@ def fit_json(analysis, meta: dict) -> dict:
     for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output"):
         if key in a.extras:
             out[key] = a.extras[key]
-    return out
+    from .terms import with_terms
+
+    return with_terms(out)
 
 
-def _table(header: list[str], rows: list[list[str]], widths: list[int]) -> list[str]:
+def problem_lines(meta: dict, d) -> list[str]:
+    """The title, the data source and the counts of a two-level run, as HLM prints them."""
+    return [f"Problem Title: {meta.get('title') or 'no title'}", "",
+            f" The data source for this run  = {meta.get('data_source')}",
+            f" The maximum number of level-1 units = {d.n}",
+            f" The maximum number of level-2 units = {d.n_units}"]
+
+
+def tau_lines(sym, names, rand_q, tau, se_tau, reliability) -> list[str]:
+    """HLM's level-2 block: τ, its standard errors (when computed), τ as correlations (two or more
+    random coefficients), and the reliability of each random level-1 coefficient."""
+    out = []
+    w = out.append
+    labels = [f"{hlm_name(names[q])},{sym.beta}{q}" for q in rand_q]
+    lw = max(len(x) for x in labels)
+
+    def matrix(title, m, fmt):
+        w("")
+        w(title)
+        for k, lab in enumerate(labels):
+            w(f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]))
+
+    matrix(sym.tau, tau, "{:13.5f}")
+    if se_tau is not None:
+        matrix(f"Standard errors of {sym.tau}", se_tau, "{:13.5f}")
+    if len(rand_q) > 1:
+        sd = np.sqrt(np.clip(np.diag(tau), 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            matrix(f"{sym.tau} (as correlations)", tau / np.outer(sd, sd), "{:7.3f}")
+    w("")
+    rows = [[f"{hlm_name(names[q])}, {sym.beta}{q}", f"{reliability[k]:.3f}"] for k, q in enumerate(rand_q)]
+    return out + text_table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
+
+
+def text_table(header: list[str], rows: list[list[str]], widths: list[int]) -> list[str]:
     rows = [[printable(c) for c in row] for row in rows]
     # a long variable name widens the first column instead of pushing its row out of line
     widths = [max([widths[0]] + [len(row[0]) for row in rows if len(row) > 1])] + list(widths[1:])
@@ -481,7 +541,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w("")
     w(f"Final Results - Iteration {r.iterations}")
     w("")
-    out += certificate_text(r, sym)
+    out += certificate_text(r, sym, full="full_output" in a.extras)
     for note in r.boundary:
         w(note)
     w("")
@@ -489,25 +549,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     if a.se_sigma2 is not None:
         w("")
         w(f" Standard error of {sym.sigma2} = {a.se_sigma2:12.5f}")
-    labels = [f"{hlm_name(names[q])},{sym.beta}{q}" for q in rand_q]
-    lw = max(len(x) for x in labels)
-
-    def matrix(title, m, fmt):
-        w("")
-        w(title)
-        for k, lab in enumerate(labels):
-            w(f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]))
-
-    matrix(sym.tau, r.tau, "{:13.5f}")
-    if a.se_tau is not None:
-        matrix(f"Standard errors of {sym.tau}", a.se_tau, "{:13.5f}")
-    if len(rand_q) > 1:
-        sd = np.sqrt(np.clip(np.diag(r.tau), 0, None))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            matrix(f"{sym.tau} (as correlations)", r.tau / np.outer(sd, sd), "{:7.3f}")
-    w("")
-    rows = [[f"{hlm_name(names[q])}, {sym.beta}{q}", f"{vt.reliability[k]:.3f}"] for k, q in enumerate(rand_q)]
-    out += _table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
+    out += tau_lines(sym, names, rand_q, r.tau, a.se_tau, vt.reliability)
     w("")
     w(f"The value of the log-likelihood function at iteration {r.iterations} = {hlm_e(-r.deviance / 2)}")
     df = a.satterthwaite if a.satterthwaite is not None else fx.df
@@ -530,21 +572,21 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         rows = []
         for k, f in enumerate(d.fixed):
             if k == 0 or d.fixed[k - 1].q != f.q:
-                rows.append([f"For {_coef_label(d, f.q, sym)}"])
+                rows.append([f"For {coef_label(d, f.q, sym)}"])
             rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{fx.gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}",
-                         _df_text(df[k]), hlm_p(p[k])])
-        out += _table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
-                      rows, [30, 12, 14, 9, 12, 8])
+                         df_text(df[k]), hlm_p(p[k])])
+        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+                          rows, [30, 12, 14, 9, 12, 8])
     w("")
     w("Final estimation of variance components")
     rows = []
     sd = np.sqrt(np.clip(np.diag(r.tau), 0, None))
     for k, q in enumerate(rand_q):
-        rows.append([_random_label(d, q, sym), f"{sd[k]:.5f}", f"{r.tau[k, k]:.5f}", _df_text(vt.df[k]),
+        rows.append([random_label(d, q, sym), f"{sd[k]:.5f}", f"{r.tau[k, k]:.5f}", df_text(vt.df[k]),
                      f"{vt.chi2[k]:.5f}", hlm_p(vt.p[k])])
     rows.append(["level-1, r", f"{math.sqrt(r.sigma2):.5f}", f"{r.sigma2:.5f}", "", "", ""])
-    out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
-                  rows, [26, 18, 18, 6, 12, 8])
+    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+                      rows, [26, 18, 18, 6, 12, 8])
     if vt.n_sufficient < d.n_units:
         w(f"Note: the {sym.chi2} statistics are based on {vt.n_sufficient} of {d.n_units} units with sufficient data.")
     w("")
@@ -646,3 +688,7 @@ _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
 def printable(text: str) -> str:
     """Names from data files shown on a terminal: control characters (escape sequences) as \\xNN."""
     return str(text).translate(_CONTROL)
+
+
+# The former private spellings, still imported by report_levels.py and results.py until they switch.
+_clean, _table, _df_text, _df_value = json_safe, text_table, df_text, df_value

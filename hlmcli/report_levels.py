@@ -118,11 +118,54 @@ def centering_notes3(spec: ModelSpec3) -> list[str]:
 
 def _r_name(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
-def lme4_formula3(spec: ModelSpec3, id2: str, id3: str) -> tuple[str, list[str]]:
-    """The same model in lme4: fixed columns a_p·X_q·W_s, (a_p·X_q | level 3) for random β's, (a_p | level 3:level 2)."""
+def structure_notes(fit, tau_symbol: str) -> list[str]:
+    """The lines saying a fit's τ is diagonal (lme4's `||`), for the model summary."""
+    diagonal = tuple(getattr(fit, "diagonal", ()) or ())
+    if not any(diagonal):
+        return []
+    if all(diagonal):
+        return ["", f"The random effects are independent: the off-diagonal elements of every {tau_symbol} are fixed at 0."]
+    levels = ", ".join(str(level) for level, d in enumerate(diagonal, start=2) if d)
+    return ["", f"The random effects are independent at level {levels}: the off-diagonal elements of {tau_symbol} "
+                "there are fixed at 0."]
+
+
+def df_note(fit) -> list[str]:
+    """The line under the fixed-effect tables when the d.f. are not HLM's."""
+    if getattr(fit, "df_method", "hlm") == "satterthwaite":
+        return ["(d.f. by Satterthwaite's method, as lmerTest computes them)"]
+    return []
+
+
+def _diagonal_at(fit) -> tuple:
+    return tuple(getattr(fit, "diagonal", ()) or ())
+
+
+def _structure_keys(fit) -> dict:
+    """tau_structure (each level's τ, in the two-level JSON's words) and df_method, when either is
+    asked for (--tau diagonal, --df satterthwaite); a default fit's document keeps its keys."""
+    diagonal = _diagonal_at(fit)
+    method = getattr(fit, "df_method", "hlm")
+    if not any(diagonal) and method == "hlm":
+        return {}
+    return {"tau_structure": ["diagonal" if d else "unstructured" for d in diagonal], "df_method": method}
+
+
+def _random_terms(cols: list, group: str, diagonal: bool) -> str:
+    """lme4's random part of one level: (c1 + c2 | g), or with a diagonal τ one bar per column,
+    (1 | g) + (0 + c2 | g) (lme4's `||` written out, which also works for products of variables)."""
+    if not diagonal or all(c == "0" for c in cols):
+        return f"({' + '.join(cols)} | {group})"
+    return " + ".join(f"({c if c == '1' else '0 + ' + c} | {group})" for c in cols if c != "0")
+
+
+def lme4_formula3(spec: ModelSpec3, id2: str, id3: str, diagonal=False) -> tuple[str, list[str]]:
+    """The same model in lme4: fixed columns a_p·X_q·W_s, (a_p·X_q | level 3) for random β's, (a_p | level 3:level 2).
+    diagonal: True, or (level 2, level 3) flags: one bar per effect there."""
+    d2, d3 = (diagonal, diagonal) if isinstance(diagonal, bool) else (tuple(diagonal) + (False, False))[:2]
     def product(*names):
         names = [n for n in names if n is not None]
         return ":".join(names) if names else "1"
@@ -142,8 +185,8 @@ def lme4_formula3(spec: ModelSpec3, id2: str, id3: str) -> tuple[str, list[str]]
         r3.insert(0, "0")
     if "1" not in r2:
         r2.insert(0, "0")
-    formula = (f"{spec.outcome} ~ {' + '.join(fixed)} + ({' + '.join(r3)} | {id3}) + "
-               f"({' + '.join(r2)} | {id3}:{id2})")
+    formula = (f"{spec.outcome} ~ {' + '.join(fixed)} + {_random_terms(r3, id3, d3)} + "
+               f"{_random_terms(r2, f'{id3}:{id2}', d2)}")
     notes, made = [], set()
     terms = list(spec.level1) + [t for p in spec.present_pis() for t in spec.pis[p].predictors] + [
         t for p in spec.present_pis() for b in spec.pis[p].betas for t in b.predictors]
@@ -189,27 +232,19 @@ def _corr(t: np.ndarray) -> np.ndarray:
 
 
 def _two_sided_p(t, df):
-    from scipy import stats
+    from scipy import special
 
-    return 2 * stats.t.sf(np.abs(t), df)
+    # scipy.stats.t.sf(x, df) is stdtr(df, -x); scipy.stats costs a second of start-up.
+    return 2 * special.stdtr(df, -np.abs(t))
 
 
 def certificate_text3(fit, sym: Symbols3) -> list[str]:
+    from .certificate import stopping_line
+
     c = fit.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
-    ranks, qs = getattr(c, "ranks", None), getattr(c, "qs", None)
-    text = "Iterations stopped at the optimum (certified)"
-    if ranks is not None and qs is not None:
-        def rk(name, r, q):
-            return f"{name} positive definite" if r == q else f"{name} of rank {r} of {q}"
-        text += f": with {rk(sym.tau_pi, ranks[0], qs[0])} and {rk(sym.tau_beta, ranks[1], qs[1])}"
-    tol = getattr(c, "tolerance", None)
-    if tol is not None:
-        text += f", the deviance can fall by less than {tol:.0E} on its face"
-    if getattr(c, "hessian_eigenvalue", None) is not None:
-        text += ", the face Hessian is positive semi-definite"
-    return [text]
+    return [stopping_line(f"{sym.sigma2}, {sym.tau_pi} and {sym.tau_beta}")]
 
 
 # ---------------------------------------------------------------- text
@@ -238,10 +273,12 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     w(f" The maximum number of iterations = {spec.options.max_iterations}")
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
+    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
     w("")
     w(f" The outcome variable is  {hlm_name(spec.outcome)}")
     w("")
     out += model_summary3(spec, sym)
+    out += structure_notes(fit, "τ" if not sym.ascii else "tau")
     if design.n_deleted:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {design.n} ({design.n_deleted} deleted)")
@@ -284,6 +321,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
         w("Final estimation of fixed effects")
         if robust:
             w("(with robust standard errors, clustered on level-3 units)")
+        out += df_note(fit)
         se = np.sqrt(np.diag(fit.cov_gamma_robust if robust else fit.cov_gamma))
         t = fit.gamma / se
         pv = _two_sided_p(t, fit.df_gamma)
@@ -328,12 +366,17 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     w("Statistics for the current model")
     w(f" Deviance                       = {fit.deviance:.6f}")
     w(f" Number of estimated parameters = {fit.n_params}")
-    formula, notes = lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"))
+    if meta.get("weights"):
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
+    formula, notes = lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)
     w("")
     w("The same model in R (lme4)")
     w(f" {formula}")
     for note in notes:
         w(f"   {note}")
+    if meta.get("weights"):
+        w("   lmer has no sampling weights (its weights= are precision weights); the pseudo-likelihood fit in R "
+          "is WeMix::mix")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
@@ -411,8 +454,10 @@ def fit_json3(design, fit, meta: dict) -> dict:
         "fixed_effects": fixed,
         "gamma_covariance": fit.cov_gamma.tolist(), "gamma_robust_covariance": fit.cov_gamma_robust.tolist(),
         "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
-        "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"))[0],
+        "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)[0],
+        **_structure_keys(fit),
         "centering_means": design.centering_means,
+        **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
 
@@ -428,9 +473,9 @@ def level2_residuals(design, fit, archive):
 
     spec = design.spec
     names = spec.coefficient_names()
-    unit3 = design.data.unit3
+    unit3, n1 = _level2_units(design.data)
     cols: dict = {"id": design.unit2_ids, archive.id_names[1]: np.array(design.unit3_ids, dtype=object)[unit3],
-                  "nj": np.bincount(design.data.unit2, minlength=design.n2).astype(int)}
+                  "nj": n1.astype(int)}
     for k, p in enumerate(spec.random_pis()):
         cols[f"r_{names[p]}"] = fit.eb_pi[:, k]
         cols[f"postvar_r_{names[p]}"] = fit.eb_pi_var[:, k, k]
@@ -439,13 +484,22 @@ def level2_residuals(design, fit, archive):
     return pd.DataFrame(cols)
 
 
+def _level2_units(data):
+    """(the level-3 unit of each level-2 unit, its record count), from the records or from the
+    per-unit summary of the stream and Dask engines (moments.LevelsSummary)."""
+    if hasattr(data, "moments"):
+        return np.asarray(data.unit_parents[0]), data.moments.n
+    return np.asarray(data.unit3), np.bincount(data.unit2, minlength=np.asarray(data.unit3).size).astype(float)
+
+
 def level3_residuals(design, fit, archive):
     import pandas as pd
 
     spec = design.spec
     names = spec.coefficient_names()
-    cols: dict = {"id": design.unit3_ids, "n2": np.bincount(design.data.unit3, minlength=design.n3).astype(int),
-                  "n1": np.bincount(design.data.unit3[design.data.unit2], minlength=design.n3).astype(int)}
+    unit3, n1 = _level2_units(design.data)
+    cols: dict = {"id": design.unit3_ids, "n2": np.bincount(unit3, minlength=design.n3).astype(int),
+                  "n1": np.bincount(unit3, weights=n1, minlength=design.n3).round().astype(int)}
     for k, (p, q) in enumerate(spec.random_betas()):
         label = f"{names[p]}_{spec.level2_names(p)[q]}"
         cols[f"u_{label}"] = fit.eb_beta[:, k]
@@ -547,13 +601,15 @@ def centering_notes(spec: LevelsSpec) -> list[str]:
 
 def _r_name_k(t: Term3) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_c", Centering.NONE: ""}[t.centering]
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
-def lme4_formula(spec: LevelsSpec, ids) -> str:
+def lme4_formula(spec: LevelsSpec, ids, diagonal=False) -> str:
     """The same model in lme4: each fixed effect the product of its path's predictors, and one
-    (… | id_K:…:id_ℓ) term per level with the random columns of that level."""
+    (… | id_K:…:id_ℓ) term per level with the random columns of that level (one per column where
+    τ is diagonal: `diagonal` True, or one flag per level 2..K)."""
     K = spec.n_levels
+    diag = (diagonal,) * (K - 1) if isinstance(diagonal, bool) else tuple(diagonal) + (False,) * (K - 1)
 
     def product(names):
         names = [n for n in names if n is not None]
@@ -578,7 +634,7 @@ def lme4_formula(spec: LevelsSpec, ids) -> str:
         if "1" not in cols:
             cols.insert(0, "0")
         group = ":".join(reversed([ids[m - 2] for m in range(level, K + 1)]))
-        parts.append(f"({' + '.join(cols)} | {group})")
+        parts.append(_random_terms(cols, group, diag[level - 2]))
     return " + ".join(parts)
 
 
@@ -614,17 +670,13 @@ def _coef_label(names, idx, sym: SymbolsLevels, depth: int, letter=None) -> str:
 
 
 def certificate_text(fit, sym: SymbolsLevels) -> list[str]:
+    from .certificate import stopping_line
+
     c = fit.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
-    parts = []
-    for level, (r, q) in enumerate(zip(c.ranks, c.qs), start=2):
-        parts.append(f"{sym.tau(level)} positive definite" if r == q else f"{sym.tau(level)} of rank {r} of {q}")
-    text = "Iterations stopped at the optimum (certified): with " + ", ".join(parts)
-    text += f", the deviance can fall by less than {c.tolerance:.0E} on its face"
-    if c.hessian_eigenvalue is not None:
-        text += ", the face Hessian is positive semi-definite"
-    return [text]
+    taus = [sym.tau(level) for level in range(2, len(c.qs) + 2)]
+    return [stopping_line(f"{sym.sigma2}, " + ", ".join(taus[:-1]) + f" and {taus[-1]}")]
 
 
 def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
@@ -650,10 +702,12 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
     w(f" The maximum number of iterations = {spec.options.max_iterations}")
     w("")
     w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
+    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
     w("")
     w(f" The outcome variable is  {hlm_name(spec.outcome)}")
     w("")
     out += model_summary(spec, sym)
+    out += structure_notes(fit, "τ" if not sym.ascii else "tau")
     if design.n_deleted:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {design.n} ({design.n_deleted} deleted)")
@@ -692,6 +746,7 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
         w("Final estimation of fixed effects")
         if robust:
             w(f"(with robust standard errors, clustered on level-{K} units)")
+        out += df_note(fit)
         se = np.sqrt(np.diag(fit.cov_gamma_robust if robust else fit.cov_gamma))
         t = fit.gamma / se
         pv = _two_sided_p(t, fit.df_gamma)
@@ -729,12 +784,17 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
     w("Statistics for the current model")
     w(f" Deviance                       = {fit.deviance:.6f}")
     w(f" Number of estimated parameters = {fit.n_params}")
+    if meta.get("weights"):
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     w("")
     w("The same model in R (lme4)")
-    w(f" {lme4_formula(spec, meta['ids'])}")
+    w(f" {lme4_formula(spec, meta['ids'], _diagonal_at(fit) or False)}")
     for note in lme4_notes(spec, meta["ids"]):
         w(f"   {note}")
     w(f"   fit with lmer(..., REML = {'TRUE' if spec.method == 'REML' else 'FALSE'})")
+    if meta.get("weights"):
+        w("   lmer has no sampling weights (its weights= are precision weights); the pseudo-likelihood fit in R "
+          "is WeMix::mix")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
@@ -781,8 +841,10 @@ def fit_json(design, fit, meta: dict) -> dict:
         "fixed_effects": fixed,
         "gamma_covariance": fit.cov_gamma.tolist(), "gamma_robust_covariance": fit.cov_gamma_robust.tolist(),
         "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
-        "lme4_formula": lme4_formula(spec, meta["ids"]),
+        "lme4_formula": lme4_formula(spec, meta["ids"], _diagonal_at(fit) or False),
+        **_structure_keys(fit),
         "centering_means": design.centering_means,
+        **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
 
@@ -803,8 +865,10 @@ def level_residuals(design, fit, archive, level: int):
     cols: dict = {"id": design.unit_ids[level - 2]}
     if level < K:
         cols[archive.id_names[level - 1]] = np.array(design.unit_ids[level - 1], dtype=object)[data.parents[level - 1]]
-    below = data.parents[level - 2]
-    cols["n"] = np.bincount(below, minlength=design.J(level)).astype(int)
+    if level == 2 and hasattr(data, "moments"):  # records summarised per level-2 unit: their counts
+        cols["n"] = data.moments.n.round().astype(int)
+    else:
+        cols["n"] = np.bincount(data.parents[level - 2], minlength=design.J(level)).astype(int)
     for k, (idx, names) in enumerate(spec.random(level)):
         label = "_".join(names)
         letter = RANDOM_LETTERS[level - 1]

@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from .lazy import lazy
+
+pd = lazy("pandas")
 
 from .errors import DataError
 from .files import atomic_write_text, write_with

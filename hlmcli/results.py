@@ -11,7 +11,9 @@ import os
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
+from .lazy import lazy
+
+pd = lazy("pandas")
 
 from .errors import DataError, ModelError
 
@@ -19,13 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .archive import Archive
     from .pipeline import Analysis
     from .sources import SourceFrames
-
-
-def term_name(coefficient: str, predictor: str) -> str:
-    """A fixed effect's name as in R's model summaries: '(Intercept)', 'SECTOR', 'SES', 'SES:SECTOR'."""
-    if coefficient == "INTRCPT1":
-        return "(Intercept)" if predictor == "INTRCPT2" else predictor
-    return coefficient if predictor == "INTRCPT2" else f"{coefficient}:{predictor}"
 
 
 def information_criteria(fit: dict) -> tuple[int, float, float]:
@@ -49,13 +44,27 @@ def is_hglm(analysis) -> bool:
     return hasattr(analysis, "estimation")
 
 
+class RandomEffects(dict):
+    """{unit id: Series of the unit's EB random effects}, as statsmodels' random_effects; called,
+    `res.random_effects()`, the whole per-unit table (a DataFrame indexed by unit id)."""
+
+    def __init__(self, by_unit: dict, table: pd.DataFrame) -> None:
+        super().__init__(by_unit)
+        self.table = table
+
+    def __call__(self) -> pd.DataFrame:
+        return self.table
+
+
 class Results:
     """A fitted two-level model: linear, weighted or HGLM (PQL, Laplace, AGQ), from any engine.
 
     Attributes and methods:
       fixed_effects, variance_components  DataFrames of HLM 7's two main tables
       tau, sigma2, deviance, n_params, aic, bic, loglik
-      random_effects()                    EB, OLS and posterior variance per unit
+      random_effects                      {unit: its EB random effects}; random_effects() the per-unit table
+      params, bse, tvalues, pvalues, conf_int(), cov_params(), llf, cov_re, scale   statsmodels' names
+      glance(), _repr_html_()             broom's glance row; the notebook's display
       predict(newdata)                    predictions for new records
       summary(), to_json(), to_dict()     the CLI's text and JSON, exactly
       residuals_level1(), residuals_level2(), write_residuals()
@@ -139,9 +148,13 @@ class Results:
 
     @property
     def fixed_effects(self) -> pd.DataFrame:
-        """One row per γ: term, coefficient, predictor, gamma, estimate, se, t, df, p and the robust columns."""
-        frame = pd.DataFrame(self.to_dict()["fixed_effects"])
-        frame.insert(0, "term", [term_name(c, p) for c, p in zip(frame["coefficient"], frame["predictor"])])
+        """One row per γ: term (as the lme4 formula names it: SES_gc, SECTOR:SES_gc), coefficient,
+        predictor, gamma, estimate, se, t, df, p and the robust columns."""
+        from .terms import fixed_names
+
+        fit = self.to_dict()
+        frame = pd.DataFrame(fit["fixed_effects"]).drop(columns="term", errors="ignore")
+        frame.insert(0, "term", [r for r, _ in fixed_names(fit)])
         return frame
 
     @property
@@ -198,17 +211,28 @@ class Results:
         self.deviance  # noqa: B018
         return information_criteria(self.to_dict())[2]
 
-    def tidy(self, conf_level: float = 0.95) -> pd.DataFrame:
-        """broom-style rows: term, estimate, std_error, statistic, df, p_value, conf_low, conf_high (+ robust)."""
+    def tidy(self, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
+        """broom.mixed's tidy(): effect, group, term, estimate, std.error, statistic, df, p.value,
+        conf.low, conf.high; fixed rows, then sd__ and cor__ rows (see tables.tidy). `se` is
+        'model', 'robust' or 'auto' (robust for a weighted fit)."""
         from .tables import tidy
 
-        return tidy(self.to_dict(), conf_level)
+        return tidy(self.to_dict(), conf_level, se)
 
-    def table(self, fmt: str = "markdown") -> str:
-        """The fixed-effects and variance-component tables as csv, markdown, latex or html."""
-        from .tables import fit_table
+    def glance(self) -> pd.DataFrame:
+        """broom's glance(), one row: nobs (N), ngrps (J), deviance, AIC, BIC, method, certificate."""
+        from .tables import glance
 
-        return fit_table(self.to_dict(), fmt)
+        return pd.DataFrame([glance(self.to_dict())])
+
+    def table(self, fmt: str = "markdown", options=None, **given) -> str:
+        """The fixed-effects and variance-component tables as csv, markdown, latex or html; `given`
+        are tables.TableOptions' fields (se='robust', stars=True, caption=..., notes=(...))."""
+        from .tables import TableOptions, fit_table
+
+        if options is None:
+            options = TableOptions(**{k: tuple(v) if k == "notes" else v for k, v in given.items()})
+        return fit_table(self.to_dict(), fmt, options)
 
     def plot(self, kind: str, path: str | os.PathLike | None = None, **options: Any):
         """Draw one of `plots.KINDS`; saved to `path` (PNG, SVG or PDF by extension) when given.
@@ -231,13 +255,25 @@ class Results:
             self._eb = empirical_bayes(a.unit, a.stats, a.result)
         return self._eb
 
-    def random_effects(self) -> pd.DataFrame:
-        """One row per unit (indexed by its id): n, and for each random coefficient the EB residual u_,
-        its posterior variance postvar_, the unit's OLS estimate ols_; for every coefficient the
-        level-2 prediction fitted_ and the EB coefficient eb_ (= fitted_ + u_); the Mahalanobis distance."""
+    @property
+    def random_effects(self) -> RandomEffects:
+        """statsmodels' random_effects: {unit id: Series of its EB random effects (u), indexed by
+        random term as the lme4 formula names them}, ids with the user's type.
+
+        Called, `random_effects()`, it gives the whole table: one row per unit (indexed by its id): n,
+        and for each random coefficient the EB residual u_, its posterior variance postvar_, the
+        unit's OLS estimate ols_; for every coefficient the level-2 prediction fitted_ and the EB
+        coefficient eb_ (= fitted_ + u_); the Mahalanobis distance."""
+        from .terms import random_names
+
         table = self._level2_table()
         keep = [c for c in table.columns if c not in self.analysis.design.level2_values]
-        return table[keep].rename(columns={"nj": "n"}).set_index("id").rename_axis(self.meta["id_name"])
+        table = table[keep].rename(columns={"nj": "n"})
+        table.index = self._user_ids(list(table.pop("id")))
+        u_columns = [f"u_{name}" for name in self.random_coefficients]
+        names = [r for r, _ in random_names(self.to_dict())]
+        u = table[u_columns].set_axis(names, axis=1) if all(c in table for c in u_columns) else table.iloc[:, :0]
+        return RandomEffects({unit: row.rename(unit) for unit, row in u.iterrows()}, table)
 
     def _level2_table(self) -> pd.DataFrame:
         if self.hglm:
@@ -253,8 +289,19 @@ class Results:
             self._sources = frames_from_archive(self.archive, self.meta.get("source_files"))
         return self._sources
 
+    def _with_user_ids(self, table: pd.DataFrame) -> pd.DataFrame:
+        ids = list(self.analysis.design.unit_ids)
+        user = dict(zip(ids, self._user_ids(ids)))
+        out = table.copy()
+        out["id"] = pd.Series(table["id"].map(user).to_numpy(), index=table.index).astype(self._user_ids(ids[:1]).dtype)
+        return out
+
     def residuals_level2(self, keep: Sequence[str] = ()) -> pd.DataFrame:
-        """HLM's level-2 residual file, plus the `keep` columns of the level-2 source."""
+        """HLM's level-2 residual file, plus the `keep` columns of the level-2 source; ids with the
+        user's type (as `random_effects`)."""
+        return self._with_user_ids(self._residuals_level2(keep))
+
+    def _residuals_level2(self, keep: Sequence[str] = ()) -> pd.DataFrame:
         table = self._level2_table()
         if keep:
             from .sources import level2_rows, resolve_columns
@@ -279,7 +326,11 @@ class Results:
         """HLM's level-1 residual file: id, fitted, residual, the outcome and predictors; `row`, the
         record's 1-based row in the level-1 source, so the file merges back. `order="source"` (the
         default) keeps the user's row order, `order="unit"` the archive's (sorted by unit). `keep`
-        carries source columns, text too: level-1 columns directly, level-2 columns through the unit."""
+        carries source columns, text too: level-1 columns directly, level-2 columns through the unit.
+        Ids have the user's type (as `random_effects`)."""
+        return self._with_user_ids(self._residuals_level1(keep, order))
+
+    def _residuals_level1(self, keep: Sequence[str] = (), order: str = "source") -> pd.DataFrame:
         if order not in ("source", "unit"):
             raise ModelError(f"order must be 'source' or 'unit', not '{order}'")
         if self.hglm:
@@ -329,9 +380,9 @@ class Results:
 
         with output_transaction():
             if level2:
-                write_table(self.residuals_level2(keep), level2)
+                write_table(self._residuals_level2(keep), level2)
             if level1:
-                write_table(self.residuals_level1(keep, order), level1)
+                write_table(self._residuals_level1(keep, order), level1)
 
     def _warn(self, message: str) -> None:
         warn = self.meta.get("warn")
@@ -343,19 +394,38 @@ class Results:
             warn(message)
 
     # ------------------------------------------------------------ predictions
-    def predict(self, newdata: pd.DataFrame, random_effects: bool = True) -> np.ndarray:
-        """Predicted outcome for each row of `newdata`.
+    def _unit_means(self, name: str) -> np.ndarray:
+        """Each unit's mean of a level-1 column over the records the fit used (as the design centred it)."""
+        from .design import _unit_means
 
-        Columns: every level-1 and level-2 predictor of the model, by name (case-insensitive; a
-        contextual mean as 'mean(SES)'). Values are on the data's own scale: grand-mean centering
-        is applied with the estimation sample's means. A group-centred predictor has no unit mean
-        for new records, so give it as the deviation from the unit's mean (the model's own scale).
-        With the unit id column present and `random_effects=True`, a known unit's EB random effects
-        are added (as lme4's predict); unknown units get the fixed-effects prediction.
-        An HGLM's prediction is on the link scale (η: log-odds or log rate), as lme4's default.
+        d = self.analysis.design
+        x = np.asarray(self.archive.level1_column(name), dtype=float)
+        if d.record_positions is not None:
+            x = x[d.record_positions]
+        return _unit_means(x, d.offsets)
+
+    def predict(self, newdata: pd.DataFrame, random_effects: bool = True) -> np.ndarray:
+        """Predicted outcome for each row of `newdata`, on the data's own scale.
+
+        Columns: the model's level-1 and level-2 predictors by name (case-insensitive), and the unit
+        id column. Centring is the fit's: a grand-centred predictor is centred at the estimation
+        sample's mean; a group-centred predictor at its unit's mean over the records the fit used,
+        and a unit mean mean(X) is that unit's, when the row's unit is one of the fit's. So the
+        estimation data itself gives back the residual file's fitted values.
+
+        New units (an id the fit has not seen) have no mean in the fit: a group-centred predictor is
+        centred at the mean of that unit's rows in `newdata` (as the fit would have centred it had
+        the unit been in the data), mean(X) is that same mean unless `newdata` has a 'mean(X)'
+        column, and their random effects are 0 (the fixed-effects prediction, as lme4's
+        allow.new.levels). Without an id column every row is a new unit of its own, so a
+        group-centred value must be given as the deviation from its unit's mean (the population
+        prediction, with no warning). What was done is in `self.predict_notes`, and said as a
+        warning when rows of new units were given with their ids.
+
+        `random_effects=True` adds a known unit's EB random effects (as lme4's predict). An HGLM's
+        prediction is on the link scale (η: log-odds or log rate), as lme4's default.
         """
         from .api import check_frame_columns
-        from .design import predictor_name
 
         check_frame_columns(newdata, "newdata")
         d = self.analysis.design
@@ -363,35 +433,217 @@ class Results:
         gamma = np.asarray(self.analysis.gamma if self.hglm else self.analysis.fixed.gamma, dtype=float)
         n = len(newdata)
         means = d.centering_means
+        notes: list[str] = []
 
-        def values(name: str, key: str) -> np.ndarray:
+        def column(name: str, required: bool = True) -> np.ndarray | None:
             col = _column(newdata, name)
             if col is None:
+                if not required:
+                    return None
                 raise DataError(f"newdata has no column '{name}'; the model needs it to predict")
-            x = pd.to_numeric(newdata[col], errors="coerce").to_numpy(dtype=float)
-            return x - means[key] if key in means else x
+            return pd.to_numeric(newdata[col], errors="coerce").to_numpy(dtype=float)
+
+        # each row's unit: its position among the fit's units, or -1 for a unit the fit has not seen
+        id_col = _column(newdata, self.meta["id_name"])
+        if id_col is not None:
+            position = self._unit_position()
+            keys = newdata[id_col].map(_id_text)
+            j = np.array([position.get(k, -1) for k in keys], dtype=np.int64)
+            group = pd.factorize(keys)[0]
+        else:
+            j = np.full(n, -1, dtype=np.int64)
+            group = np.arange(n)
+        known = j >= 0
+        new_rows = int((~known).sum())
+
+        def own_means(x: np.ndarray) -> np.ndarray:
+            """Each row's mean over the rows of its unit in newdata (a new unit's centring)."""
+            return pd.Series(x).groupby(group).transform("mean").to_numpy()
 
         L = [np.ones(n)]
         for term in spec.level1:
-            L.append(values(term.name, f"{term.name} (level 1)") if term.centering == "grand" else values(term.name, ""))
+            x = column(term.name)
+            if term.centering == "grand":
+                x = x - means[f"{term.name} (level 1)"]
+            elif term.centering == "group":
+                centre = np.empty(n)
+                centre[known] = self._unit_means(term.name)[j[known]]
+                if id_col is not None:
+                    centre[~known] = own_means(x)[~known]
+                    if new_rows:
+                        notes.append(f"{term.name} (group-centred) of the {new_rows} row(s) of units the fit has not "
+                                     "seen is centred at the mean of each such unit's rows in newdata")
+                else:
+                    centre[:] = 0.0
+                    notes.append(f"newdata has no '{self.meta['id_name']}' column, so {term.name} (group-centred) is "
+                                 "taken as already centred at each unit's mean")
+                x = x - centre
+            L.append(x)
         pred = np.zeros(n)
         for k, f in enumerate(d.fixed):
             if f.s == 0:
                 w = np.ones(n)
             else:
                 term = spec.level2[f.q].predictors[f.s - 1]
-                name = predictor_name(term)
-                w = values(name, f"{name} (level 2)") if term.centering == "grand" else values(name, "")
+                if term.unit_mean:
+                    w = column(f"mean({term.name})", required=False)
+                    if w is None:  # the unit's own mean of X: the fit's for a known unit, newdata's for a new one
+                        w = np.empty(n)
+                        w[known] = self._unit_means(term.name)[j[known]]
+                        w[~known] = own_means(column(term.name))[~known]
+                        if new_rows:
+                            notes.append(f"mean({term.name}) of units the fit has not seen is the mean of their rows "
+                                         "in newdata")
+                    key = f"mean({term.name}) (level 2)"
+                else:
+                    w = column(term.name)
+                    key = f"{term.name} (level 2)"
+                if term.centering == "grand":
+                    w = w - means[key]
             pred += gamma[k] * w * L[f.q]
-        if random_effects:
-            id_col = _column(newdata, self.meta["id_name"])
-            if id_col is not None:
-                position = {u: j for j, u in enumerate(d.unit_ids)}
-                ids = newdata[id_col].map(lambda v: str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v).strip())
-                j = np.array([position.get(u, -1) for u in ids], dtype=np.int64)
-                known = j >= 0
-                u = self.analysis.b if self.hglm else self.eb.u
-                random = np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random
-                for k, q in enumerate(int(q) for q in random):
-                    pred[known] += u[j[known], k] * L[q][known]
+        if random_effects and known.any():
+            u = self.analysis.b if self.hglm else self.eb.u
+            random = np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random
+            for k, q in enumerate(int(q) for q in random):
+                pred[known] += u[j[known], k] * L[q][known]
+        if random_effects and new_rows and id_col is not None:
+            notes.append(f"{new_rows} row(s) of units the fit has not seen get the fixed-effects prediction "
+                         "(random effects 0)")
+        self.predict_notes = list(dict.fromkeys(notes))
+        if self.predict_notes and id_col is not None:  # without ids the docstring's rule is what was asked for
+            self._warn("predict: " + "; ".join(self.predict_notes))
         return pred
+
+    def _unit_position(self) -> dict:
+        """Unit id -> position among the fit's units, keyed by the archive's text and by the user's id."""
+        ids = list(self.analysis.design.unit_ids)
+        position = {u: j for j, u in enumerate(ids)}
+        for j, u in enumerate(self._user_ids(ids)):
+            position.setdefault(_id_text(u), j)
+        return position
+
+    # ------------------------------------------------------------ statsmodels' names
+    def _user_ids(self, text_ids: Sequence[str]) -> pd.Index:
+        """Unit ids with the user's type: the DataFrame's own values when the data were DataFrames;
+        from files, integers when every id is an integer's text (as pandas.read_csv reads the file),
+        else the text. So a join on the user's id column matches."""
+        name = self.meta["id_name"]
+        frames = self._sources
+        if frames is not None and "DataFrame" in str(frames.level2_name):
+            from .sources import _ids_as_archive_text
+
+            column = frames.level2[frames.id2]
+            text = _ids_as_archive_text(frames.level2, frames.id2, frames.level2_name)
+            lookup = dict(zip(text, column))
+            if all(t in lookup for t in text_ids):
+                return pd.Index([lookup[t] for t in text_ids], dtype=column.dtype, name=name)
+        if text_ids and all(_INTEGER.fullmatch(str(t)) for t in text_ids):
+            values = [int(t) for t in text_ids]
+            if len(set(values)) == len(values) and all(-2**63 <= v < 2**63 for v in values):
+                return pd.Index(values, dtype="int64", name=name)
+        return pd.Index(list(text_ids), dtype=object, name=name)
+
+    def _fixed_frame(self) -> pd.DataFrame:
+        from .terms import fixed_names
+
+        fit = self.to_dict()
+        frame = pd.DataFrame(fit["fixed_effects"])
+        frame.index = pd.Index([r for r, _ in fixed_names(fit)], name="term")
+        return frame
+
+    def _se_columns(self) -> tuple[str, str, str]:
+        from .tables import se_kind
+
+        return ("robust_se", "robust_t", "robust_p") if se_kind(self.to_dict()) == "robust" else ("se", "t", "p")
+
+    @property
+    def params(self) -> pd.Series:
+        """The fixed effects γ, indexed by term as the lme4 formula names them (SES_gc, SECTOR:SES_gc);
+        statsmodels' fe_params (its MixedLM params also hold the variance parameters: see cov_re, scale)."""
+        return self._fixed_frame()["estimate"].rename("params")
+
+    fe_params = params
+
+    @property
+    def bse(self) -> pd.Series:
+        """Standard errors of params: robust (sandwich) for a weighted fit, whose model-based SEs assume
+        non-informative weights, as the tables report them; model-based otherwise."""
+        return self._fixed_frame()[self._se_columns()[0]].rename("bse")
+
+    @property
+    def tvalues(self) -> pd.Series:
+        return self._fixed_frame()[self._se_columns()[1]].rename("tvalues")
+
+    @property
+    def pvalues(self) -> pd.Series:
+        """Two-sided p-values from t with HLM's d.f. (`df_resid` per term), as HLM 7 prints them."""
+        return self._fixed_frame()[self._se_columns()[2]].rename("pvalues")
+
+    @property
+    def df_resid(self) -> pd.Series:
+        """HLM's d.f. of each fixed effect's t test (or Satterthwaite's, with df='satterthwaite')."""
+        return self._fixed_frame()["df"].astype(float).rename("df")
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Confidence intervals of params, columns 0 (lower) and 1 (upper) as statsmodels: params ±
+        t(1 - alpha/2; d.f.) · bse, with HLM's d.f. (statsmodels' MixedLM uses the normal quantile)."""
+        from scipy import special
+
+        if not 0 < alpha < 1:
+            raise ModelError(f"alpha must be between 0 and 1, not {alpha}")
+        q = special.stdtrit(self.df_resid.to_numpy(), 1 - alpha / 2)
+        p, se = self.params.to_numpy(), self.bse.to_numpy()
+        return pd.DataFrame({0: p - q * se, 1: p + q * se}, index=self.params.index)
+
+    def cov_params(self) -> pd.DataFrame:
+        """The covariance of params (robust for a weighted fit, as bse)."""
+        fit = self.to_dict()
+        key = "gamma_robust_covariance" if self._se_columns()[0] == "robust_se" else "gamma_covariance"
+        index = self.params.index
+        return pd.DataFrame(np.array(fit[key], dtype=float), index=index, columns=index)
+
+    @property
+    def llf(self) -> float:
+        """The log-likelihood at the optimum (REML's under REML, as statsmodels and lme4); none for PQL."""
+        return self.loglik
+
+    @property
+    def cov_re(self) -> pd.DataFrame:
+        """τ, labelled by random term as the lme4 formula names them: (Intercept), SES_gc."""
+        from .terms import random_names
+
+        names = [r for r, _ in random_names(self.to_dict())]
+        return pd.DataFrame(self.tau.to_numpy(), index=names, columns=names)
+
+    @property
+    def scale(self) -> float:
+        """σ², the level-1 variance (statsmodels' scale); an HGLM's is 1 unless over-dispersion is estimated."""
+        value = self.sigma2
+        return 1.0 if value is None else value
+
+    @property
+    def nobs(self) -> int:
+        return int(self.to_dict()["n_level1"])
+
+    def _repr_html_(self) -> str:
+        """A notebook's display: the model line and HLM's tables (fixed effects, variance components
+        with τ's correlations, the model's numbers), as `table('html')`."""
+        from markupsafe import escape
+
+        try:
+            body = self.table("html")
+        except Exception:  # an optional extra missing: the text output, as the terminal shows it
+            return f"<pre>{escape(self.summary())}</pre>"
+        return f"<div class=\"hlmcli-results\"><p>{escape(repr(self))}</p>\n{body}</div>"
+
+
+_INTEGER = __import__("re").compile(r"[+-]?\d{1,19}")
+
+
+def _id_text(v) -> str:
+    """An id value as the archive's text: 1224, 1224.0 and '1224' are one unit."""
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return str(v).strip()

@@ -28,7 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linprog
+
+from .lazy import lazy_function
+
+linprog = lazy_function("scipy.optimize", "linprog")
 
 # --separation fit: the separated coefficient is held where it moves the linear predictor of the
 # records beyond the threshold by at most this much (a fitted probability within e^-15 ≈ 3e-7 of

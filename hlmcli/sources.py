@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from .lazy import lazy
+
+pd = lazy("pandas")
 
 from .errors import DataError
 
@@ -59,7 +61,7 @@ def frames_from_archive(archive, paths: tuple[str, str] | None = None) -> Source
     return SourceFrames(t1.data, t2.data, id1, id2, same, roles["level-1"].name, roles["level-2"].name)
 
 
-def _ids_as_archive_text(frame: pd.DataFrame, column: str, name: str) -> np.ndarray:
+def ids_as_archive_text(frame: pd.DataFrame, column: str, name: str) -> np.ndarray:
     """Each row's unit id as the archive's text (the readers' own conversion, so they always agree)."""
     from .readers import Table, unit_codes
 
@@ -109,8 +111,12 @@ def resolve_columns(frames: SourceFrames, keep: tuple[str, ...]) -> list[tuple[s
 
 def level2_rows(frames: SourceFrames, unit_ids: list[str]) -> np.ndarray:
     """For each unit id, its row in the level-2 source (the first row of the unit when one file holds both)."""
-    ids = _ids_as_archive_text(frames.level2, frames.id2, frames.level2_name)
+    ids = ids_as_archive_text(frames.level2, frames.id2, frames.level2_name)
     first: dict[str, int] = {}
     for k, uid in enumerate(ids):
         first.setdefault(uid, k)
     return np.array([first[u] for u in unit_ids], dtype=np.int64)
+
+
+# The former private spelling, still imported by results.py until it switches.
+_ids_as_archive_text = ids_as_archive_text

@@ -119,6 +119,7 @@ class OutputOptions:
     strict: bool = False
     keep_failed_output: bool = False
     force: bool = False
+    table: object = None  # tables.TableOptions of the paper tables (None: the defaults)
 
 
 # HLM 7's printed level-1 block, e.g.

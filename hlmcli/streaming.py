@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,48 @@ from .moments import Moments, chunk_moments, merge
 
 CHUNK_BYTES = 16 << 20  # CSV block size: 16 MiB of text per chunk (64 MiB: same speed, 0.3 GiB more memory at 10M rows)
 PARQUET_BATCH = 1 << 20  # records per Parquet batch
+
+
+def progress_wanted(quiet: bool) -> bool:
+    """Show progress on stderr: on a terminal unless -q; HLMCLI_PROGRESS=1 forces it on (for logs and
+    tests), HLMCLI_PROGRESS=0 off."""
+    forced = os.environ.get("HLMCLI_PROGRESS", "")
+    if quiet or forced == "0":
+        return False
+    return forced == "1" or sys.stderr.isatty()
+
+
+class ChunkProgress:
+    """One line on stderr, rewritten per chunk: chunks and records read, and how far into the file.
+    A CSV chunk is CHUNK_BYTES of text (pyarrow's block size, ending on a line break), so chunks ×
+    CHUNK_BYTES bounds the bytes read; a Parquet file is counted by row groups' records instead."""
+
+    def __init__(self, path, parquet: bool):
+        self.path, self.parquet = str(path), parquet
+        try:
+            self.size = os.path.getsize(path)
+        except OSError:  # standard input, a pipe
+            self.size = None
+        self.chunks = self.records = 0
+
+    def __call__(self, records: int) -> None:
+        self.chunks += 1
+        self.records += records
+        where = ""
+        if self.size and not self.parquet:
+            done = min(self.chunks * CHUNK_BYTES, self.size)
+            where = f", {_mib(done)} of {_mib(self.size)} ({100 * done // self.size}%)"
+        sys.stderr.write(f"\rhlmcli: reading {self.path}: chunk {self.chunks}, {self.records:,} records{where}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.chunks:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def _pyarrow():
@@ -136,7 +180,7 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
 
         refuse_duplicate_names(path, names)
         return Columns(path, [n.strip() for n in names], {n.strip(): n for n in names})
-    from .readers import _sniff_delimiter, normalise_delimiter
+    from .readers import sniff_delimiter, normalise_delimiter
 
     opener = open
     if path.suffix.lower() == ".gz":
@@ -153,7 +197,7 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
         head = head.decode("utf-8", errors="replace")
     if not head.strip():
         raise DataError(f"{path}: the file is empty; give a file with a header and data rows")
-    sep = normalise_delimiter(delimiter) or _sniff_delimiter(head)
+    sep = normalise_delimiter(delimiter) or sniff_delimiter(head)
     if sep == "\\t":
         sep = "\t"
     if sep == " ":
@@ -215,15 +259,28 @@ def _arrow_message(exc) -> str:
             "or the variables")
 
 
-def stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing: bool = True):
+def stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing: bool = True,
+                   progress: bool = False):
     """One pass over a file: per-unit moments of `names` (records with a missing value in any of
     them are deleted, as the in-memory engine's run-time deletion does). Returns (unit ids in
-    order of first appearance, Moments, number of records read, number deleted)."""
+    order of first appearance, Moments, number of records read, number deleted). With `progress`,
+    a line on stderr counts the chunks read."""
+    shown = ChunkProgress(cols.path, cols.delimiter is None) if progress else None
+    try:
+        return _stream_moments(cols, id_name, names, drop_missing, shown)
+    finally:
+        if shown is not None:
+            shown.close()
+
+
+def _stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing: bool, shown):
     pa, pc = _pyarrow()
     acc = Accumulator(len(names))
     read = deleted = 0
     for ids, values, first in batches(cols, id_name, names):
         read += len(ids)
+        if shown is not None:
+            shown(len(ids))
         if ids.null_count:
             pos = first + int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
             raise DataError(f"{cols.path}: column {id_name}, record {pos + 1}: the unit id is missing; give every record an id")

@@ -279,6 +279,13 @@ def unit_solve(stats: ModelStats, lam: np.ndarray) -> UnitSolve:
     P = 0.5 * (P + P.T)
     c = stats.Xy - sum(stats.ZXt[a].T @ KZy[a] for a in range(q))
     s = stats.yy - float(np.vdot(stats.Zyc, KZy))
+    cholP, gamma, rss = gls(P, c, s)
+    return UnitSolve(stats, lam, lam @ lam.T, K, logdets, P, cholP, c, s, gamma, rss)
+
+
+def gls(P: np.ndarray, c: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """γ = P⁻¹c by Cholesky and the residual sum of squares s − c'γ, from the profiled normal
+    equations (P = X'V⁻¹X, c = X'V⁻¹y, s = y'V⁻¹y): refused unless P ≻ 0 and the RSS > 0."""
     try:
         cholP = np.linalg.cholesky(P)
     except np.linalg.LinAlgError:
@@ -287,11 +294,14 @@ def unit_solve(stats: ModelStats, lam: np.ndarray) -> UnitSolve:
     rss = s - float(c @ gamma)
     if not rss > 0:
         raise FloatingPointError("the residual sum of squares is not positive")
-    return UnitSolve(stats, lam, lam @ lam.T, K, logdets, P, cholP, c, s, gamma, rss)
+    return cholP, gamma, rss
 
 
 def factor(G: np.ndarray) -> np.ndarray:
     """A square factor Λ with ΛΛ' = G for a PSD G (singular allowed): V·sqrt(max(λ, 0))."""
+    G = np.asarray(G, dtype=float)
+    if G.size == 0:
+        return G.reshape(0, 0)
     w, V = np.linalg.eigh(0.5 * (G + G.T))
     return V * np.sqrt(np.clip(w, 0.0, None))
 

@@ -158,3 +158,154 @@ def weighting_lines(weights: Weights | None) -> list[str]:
               " are the ones to report; the model-based ones assume the weights carry no information."]
     lines += [f" Note: {n}" for n in weights.notes]
     return lines
+
+
+# ---------------------------------------------------------------- K ≥ 3 levels (nested.py's pseudo-likelihood)
+
+@dataclass(frozen=True)
+class LevelsWeightSpec:
+    """The weight column of each level 1..K (None: no weights there) and the normalisation. The
+    weights are conditional, as WeMix's mix(cWeights = TRUE) takes them: a record's given its level-2
+    unit, a level-ℓ unit's given its level-(ℓ+1) unit, the top units' as they are.
+    Normalisation, generalising the two-level choices level by level:
+    - ``none``: as given;
+    - ``cluster``: the weights of level ℓ < K scaled to sum, within each level-(ℓ+1) unit, to the number
+      of its level-ℓ members (records at ℓ = 1); the top level's to J_K;
+    - ``total``: the weights of each level scaled to sum to that level's count (N at level 1).
+    Scaling the top weights by a constant changes no estimate and no sandwich SE (the pseudo-deviance
+    only); the lower levels' scale does change the estimates."""
+    names: tuple  # (level-1 name or None, level-2 ..., level-K)
+    normalize: str = DEFAULT_NORMALIZATION
+
+    @property
+    def any(self) -> bool:
+        return any(self.names)
+
+
+@dataclass
+class LevelsWeights:
+    spec: LevelsWeightSpec
+    weights: tuple  # per level 1..K: the normalised weights of the records/units kept, None where not given
+    notes: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        def summary(w):
+            return None if w is None else {"sum": float(w.sum()), "min": float(w.min()), "max": float(w.max())}
+
+        return {"levels": [{"level": k, "variable": n, "summary": summary(w)}
+                           for k, (n, w) in enumerate(zip(self.spec.names, self.weights), start=1)],
+                "normalize": self.spec.normalize, "conditional": True,
+                "estimator": "multilevel pseudo-maximum likelihood (Rabe-Hesketh & Skrondal 2006), as WeMix's mix()",
+                "notes": list(self.notes),
+                "standard_errors": (f"robust (sandwich) clustered on level-{len(self.weights)} units, as WeMix: "
+                                    "J/(J-1) small-sample factor")}
+
+
+def resolve_levels(spec: LevelsWeightSpec, archive, design) -> LevelsWeights:
+    """The weights of the records and units a DesignLevels keeps, checked and normalised (see
+    LevelsWeightSpec). A record's weight may be zero (as two levels), a unit's may not."""
+    if spec.normalize not in NORMALIZATIONS:
+        raise ModelError(f"--normalize {spec.normalize}: use one of {', '.join(NORMALIZATIONS)}")
+    from .nested import as_levels
+
+    K = archive.n_levels
+    if len(spec.names) != K:
+        raise ModelError(f"a {K}-level model takes weights for levels 1..{K} only")
+    parents = [np.asarray(p) for p in as_levels(design.data).parents]
+    unit_ids, positions = _design_units(design)
+    out = []
+    for level, name in enumerate(spec.names, start=1):
+        if not name:
+            out.append(None)
+            continue
+        where_else = next((k for k in range(1, K + 1) if k != level
+                           and name.lower() in {n.lower() for n in archive.names(k)}), None)
+        by_lower = {n.lower(): n for n in archive.names(level)}
+        if name.lower() not in by_lower:
+            hint = f"; {name} is a level-{where_else} variable" if where_else else ""
+            names = archive.names(level)
+            raise ModelError(f"the level-{level} weight {name} is not a level-{level} variable{hint}; level-{level} "
+                             f"variables: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+        col_name = by_lower[name.lower()]
+        values = archive.levels[level - 1].values[archive.names(level).index(col_name)]
+        file = _source_name(archive, f"level-{level}", f"the level-{level} file")
+        if level == 1:
+            pos = design.record_positions
+            w = np.array(values if pos is None else values[pos], dtype=float)
+            def where(i, unit_ids=unit_ids[0], pos=pos):
+                arch = int(pos[i] if pos is not None else i) + 1
+                return f"record {arch} (level-2 unit {unit_ids[int(parents[0][i])]})"
+        else:
+            w = np.array(values[positions[level - 2]], dtype=float)
+            ids = unit_ids[level - 2]
+
+            def where(i, ids=ids, level=level):
+                return f"level-{level} unit {ids[i]}"
+        _check(w, where, file, col_name, zero_ok=(level == 1))
+        parent = parents[level - 1] if level < K else np.zeros(w.size, dtype=np.int64)
+        n_parents = int(parent.max()) + 1
+        sums = np.bincount(parent, weights=w, minlength=n_parents)
+        if level == 1 and np.any(sums <= 0):
+            j = int(np.flatnonzero(sums <= 0)[0])
+            raise ModelError(f"{file}: column {col_name}: every level-1 weight of level-2 unit {unit_ids[0][j]} "
+                             "is zero; a unit needs a positive weight sum (drop the unit from the data instead)")
+        if spec.normalize == "cluster" and level < K:
+            counts = np.bincount(parent, minlength=n_parents).astype(float)
+            w = w * (counts / sums)[parent]
+        elif spec.normalize in ("cluster", "total"):
+            w = w * (w.size / w.sum())
+        out.append(w)
+    return LevelsWeights(spec, tuple(out))
+
+
+def _design_units(design) -> tuple:
+    """(unit ids, archive positions) per level 2..K of a DesignLevels or a three-level Design3."""
+    if hasattr(design, "unit_ids"):
+        return design.unit_ids, design.positions
+    return (design.unit2_ids, design.unit3_ids), (design.level2_positions, design.level3_positions)
+
+
+def weighted_data(design, weights: "LevelsWeights | None"):
+    """The design's LevelsData with the weights attached (unchanged when unweighted)."""
+    from dataclasses import replace
+
+    from .nested import as_levels
+
+    data = as_levels(design.data)
+    w = levels_data_weights(weights)
+    return data if w is None else replace(data, weights=w)
+
+
+def levels_weighting_lines(weights: LevelsWeights | None) -> list[str]:
+    """HLM's "Weighting Specification" block with a row per level, and how the fit used the weights."""
+    if weights is None:
+        return []
+    sp = weights.spec
+    K = len(sp.names)
+    normalized = "yes" if sp.normalize != "none" else "no"
+
+    def row(level, name):
+        return f" {level:<17}{'yes' if name else 'no':<10}{name or '':<14}{normalized if name else ''}".rstrip()
+
+    lines = ["", " Weighting Specification", " -----------------------",
+             "                        Weight", "                        Variable",
+             "               Weighting?   Name        Normalized?"]
+    lines += [row(f"Level {k}", n) for k, n in enumerate(sp.names, start=1)] + [row("Precision", None), ""]
+    how = {"none": "as given",
+           "cluster": f"each level's weights scaled to sum to the number of its units within each unit above, "
+                      f"level-{K} weights to sum to J",
+           "total": "each level's weights scaled to sum to that level's number of records or units"}[sp.normalize]
+    lines += [f" Normalization: {sp.normalize} ({how})",
+              " The weights are conditional on the unit above (a record's given its level-2 unit, ...).",
+              " Estimation: multilevel pseudo-maximum likelihood (Rabe-Hesketh & Skrondal 2006), as WeMix",
+              f" With sampling weights the robust standard errors (sandwich, clustered on level-{K} units)",
+              " are the ones to report; the model-based ones assume the weights carry no information."]
+    lines += [f" Note: {n}" for n in weights.notes]
+    return lines
+
+
+def levels_data_weights(weights: LevelsWeights | None):
+    """The weights tuple nested.LevelsData takes (None when unweighted)."""
+    if weights is None or not any(w is not None for w in weights.weights):
+        return None
+    return weights.weights

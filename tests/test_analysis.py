@@ -19,14 +19,22 @@ from scipy import stats
 from conftest import HSB_MODELS, SAMPLE, hlmcli
 
 
+_fits: dict = {}
+
+
 def fit_json(archive, model, *extra):
+    """The fit's JSON, a fresh dict each time. A command asked twice runs once: the output is a pure
+    function of the archive and the arguments, and each CLI call costs a Python start-up."""
     l1, l2 = HSB_MODELS[model]
     args = ["fit", archive, "-1", l1]
     for e in l2:
         args += ["-2", e]
-    proc = hlmcli(*args, "--format", "json", *extra)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    key = tuple(map(str, [*args, *extra]))
+    if key not in _fits:
+        proc = hlmcli(*args, "--format", "json", *extra)
+        assert proc.returncode == 0, proc.stderr
+        _fits[key] = proc.stdout
+    return json.loads(_fits[key])
 
 
 # ---------------------------------------------------------------- 1. multivariate hypothesis tests
@@ -38,9 +46,9 @@ def wald(C, gamma, cov):
 
 
 def test_wald_tests_model_based_and_robust(hsb_archive):
-    fit = fit_json(hsb_archive, "hsb_m4", "--test", "γ01 = 0, γ11 = 0", "--test", "g01 - g11 = 0")
+    fit = fit_json(hsb_archive, "hsb_m4", "--test", "γ01 = 0, γ11 = 0", "--test", "g01 - g11 = 0", "--test", "g11 = 0")
     gamma = [f["estimate"] for f in fit["fixed_effects"]]
-    first, second = fit["hypothesis_tests"]
+    first, second, single = fit["hypothesis_tests"]
     C = [[0, 1, 0, 0], [0, 0, 0, 1]]
     assert first["model"]["df"] == 2 and first["robust"]["df"] == 2
     assert first["model"]["chi2"] == pytest.approx(wald(C, gamma, fit["gamma_covariance"]), rel=1e-10)
@@ -51,7 +59,6 @@ def test_wald_tests_model_based_and_robust(hsb_archive):
     z = (gamma[1] - gamma[3]) / np.sqrt(V[1, 1] + V[3, 3] - 2 * V[1, 3])
     assert second["model"]["chi2"] == pytest.approx(z ** 2, rel=1e-10)
     # a single γ: χ² equals the t-ratio squared from the fixed-effects table
-    single = fit_json(hsb_archive, "hsb_m4", "--test", "g11 = 0")["hypothesis_tests"][0]
     assert single["model"]["chi2"] == pytest.approx(fit["fixed_effects"][3]["t"] ** 2, rel=1e-10)
     assert single["robust"]["chi2"] == pytest.approx(fit["fixed_effects"][3]["robust_t"] ** 2, rel=1e-10)
 
@@ -270,6 +277,9 @@ def test_full_output_ols_of_the_first_units(hsb_archive):
     text = hlmcli("fit", hsb_archive, "-1", l1, "-2", l2[0], "-2", l2[1], "--full-output").stdout
     assert "Level-1 OLS regression for level-2 unit 1224" in text and "Least Squares Estimates" in text
     assert text.index("Least Squares Estimates") < text.index("Final Results")
+    # the plain stopping line, and with --full-output what was checked, in deviance units
+    stop = text.index("Iterations stopped at the optimum (checked: no change of σ2 and τ lowers the deviance)\n")
+    assert text[stop:].splitlines()[1].startswith(" Checked: with τ positive definite, the deviance can fall by less than")
 
 
 def test_full_output_and_homogeneity_from_an_hlm_file(hsb_archive, tmp_path):
@@ -292,6 +302,26 @@ def test_residual_file_type_from_an_hlm_file(hsb_archive, tmp_path):
 
 # ---------------------------------------------------------------- 7. the Makefile example
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_makefile_example_plans_every_step(tmp_path):
+    """The fast check (make -n, which runs nothing): each target's command, in an order make accepts. The
+    commands themselves are each tested elsewhere; test_makefile_example (slow) runs them all."""
+    work = tmp_path / "sample_data"
+    shutil.copytree(SAMPLE, work, ignore=shutil.ignore_patterns(".hlmcli-cache", "results", "*.mdm"))
+    plan = subprocess.run(["make", "-n", "-C", str(work), "HLMCLI=hlmcli"], capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    steps = [line for line in plan.stdout.splitlines() if line.startswith("hlmcli ")]
+    assert steps[0] == "hlmcli mdm build hsb/hsb1.csv hsb/hsb2.csv --id ID -o hsb.mdm --quiet"
+    for m in ("m1_empty", "m2_means", "m3_random_coef", "m4_slopes"):
+        assert f"hlmcli fit hsb.mdm --model models/{m}.txt -o results/{m}.txt" in steps
+        assert f"hlmcli fit hsb.mdm --model models/{m}.txt --format json -o results/{m}.json" in steps
+    ml = [i for i, line in enumerate(steps) if " --ml " in line]
+    compare = next(i for i, line in enumerate(steps) if line.startswith("hlmcli compare "))
+    assert len(ml) == 2 and max(ml) < compare  # the two ML fits come before the comparison that reads them
+    assert steps[-1].startswith("hlmcli table ") and len(steps) == 13
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_makefile_example(tmp_path):
     work = tmp_path / "sample_data"

@@ -151,8 +151,8 @@ def check_formats(kind, tmp_path):
     assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref["fixed"]["γ00"]["est"], rel=tol)
     if not kind.startswith("linear"):  # exp(γ) with its interval, as broom's exponentiate = TRUE
         row = tidy.loc[tidy.term == "UVB"].iloc[0]
-        assert row["rate_ratio"] == pytest.approx(math.exp(row["estimate"]), rel=1e-9)
-        assert row["rate_ratio_conf_low"] == pytest.approx(math.exp(row["conf_low"]), rel=1e-9)
+        assert row["rate.ratio"] == pytest.approx(math.exp(row["estimate"]), rel=1e-9)
+        assert row["rate.ratio.conf.low"] == pytest.approx(math.exp(row["conf.low"]), rel=1e-9)
     for fmt in ("markdown", "latex", "html"):
         proc = run("fit", *base(kind), "--format", fmt)
         assert proc.returncode == 0, proc.stderr

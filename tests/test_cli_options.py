@@ -5,6 +5,8 @@ error (exit 2), and options that would do nothing in the combination given are r
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -54,10 +56,8 @@ def test_missing_or_unknown_id_is_a_usage_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    out = tmp_path_factory.mktemp("flags") / "hsb.mdm"
-    hlmcli("mdm", "build", *HSB, "--id", "ID", "-o", out, check=True)
-    return out
+def archive(hsb_archive):
+    return hsb_archive  # the session's HSB archive (conftest.py): one build per test run, not one per file
 
 
 # Each: extra arguments for a fit of the normal model on the archive, and words the refusal must hold.
@@ -107,10 +107,12 @@ def test_conflicting_options_of_an_hglm_fit_are_refused(case):
 
 
 def test_options_that_belong_together_still_work(archive, tmp_path):
-    hlmcli("fit", archive, *EMPTY, "--full-output", "--ols-units", "2", check=True)
+    # one call for the options that do not exclude each other (each CLI call costs a Python start-up)
+    hlmcli("fit", archive, *EMPTY, "--full-output", "--ols-units", "2", "--timestamp", "--keep-failed-output", "-o",
+           tmp_path / "out.txt", check=True)
+    text = (tmp_path / "out.txt").read_text()
+    assert "Date:" in text and "Level-1 OLS regressions (first 2 units" in text
     hlmcli("fit", archive, *EMPTY, "--ml", "--compare-deviance", "48000", "--compare-params", "2", check=True)
-    hlmcli("fit", archive, *EMPTY, "--keep-failed-output", "-o", tmp_path / "out.txt", check=True)
-    hlmcli("fit", archive, *EMPTY, "--timestamp", check=True)
     hlmcli("fit", *CONTRA, "--estimation", "agq", "--quadrature-points", "5", check=True)
 
 
@@ -143,3 +145,10 @@ def test_model_and_plot_refuse_options_that_do_nothing(archive, tmp_path):
     one_line_usage_error(hlmcli("plot", "caterpillar", archive, *EMPTY, "--delimiter", ";", "-o", tmp_path / "c.png"),
                          "--delimiter", "archive already built")
     assert "MATHACH" in hlmcli("model", *HSB, "--id", "ID", *EMPTY, check=True).stdout
+
+
+def test_python_m_knows_every_command():
+    """`python -m hlmcli.cli` (what the tests run when no `hlmcli` script is installed) has the commands
+    defined last in the module too: the command line starts only after all of them are registered."""
+    proc = subprocess.run([sys.executable, "-m", "hlmcli.cli", "explain", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "FIT_JSON HLM_OUTPUT" in proc.stdout, proc.stderr

@@ -113,3 +113,101 @@ def test_readme_plot_commands_regenerate_the_images(in_scratch_copy):
         proc = hlmcli(*args, cwd=in_scratch_copy)
         assert proc.returncode == 0, proc.stderr
         assert (in_scratch_copy / image).stat().st_size > 10_000
+
+
+def test_fit_help_shows_option_groups_and_runnable_examples():
+    from conftest import hlmcli
+
+    proc = hlmcli("fit", "--help")
+    assert proc.returncode == 0, proc.stderr
+    headings = [line for line in proc.stdout.splitlines() if line.endswith(" options:")]
+    assert headings == ["Data options:", "Model options:", "Estimation options:", "HGLM options:", "Survey options:",
+                        "Output options:", "Engine options:"]
+    text = proc.stdout
+    assert text.index("Data options:") < text.index("  --id TEXT") < text.index("Model options:")
+    assert text.index("Survey options:") < text.index("--weight1") < text.index("Output options:")
+    assert text.index("Engine options:") < text.index("--scheduler")
+    assert "Examples (in sample_data/):" in text and "hlmcli fit hsb/hsb1.csv hsb/hsb2.csv --id ID" in text
+    assert "Exit status:" in text
+
+
+def test_every_option_of_every_command_is_in_a_group():
+    from hlmcli.help import commands, grouped_options
+
+    for path, cmd in commands(main):
+        assert "Other" not in grouped_options(cmd, path), path
+
+
+def test_plot_offers_only_the_options_it_uses(tmp_path):
+    from conftest import hlmcli
+
+    proc = hlmcli("plot", "--help")
+    listed = set(re.findall(r"(--[a-z0-9-]+)", proc.stdout))
+    assert not listed & {"--level3", "--level4", "--id3", "--id4", "--l3-vars", "--l4-vars", "--ascii"}
+    assert {"--level1", "--level2", "--family", "--coef", "--x"} <= listed
+    # the three-level options are hidden, not gone: plot still says why it cannot draw such a model
+    hidden = {max(p.opts, key=len) for p in main.commands["plot"].params if getattr(p, "hidden", False)}
+    assert hidden == {"--level3", "--level4", "--id3", "--id4", "--l3-vars", "--l4-vars"}
+
+
+def test_man_page_lists_each_commands_options_by_group_with_the_help_text():
+    from hlmcli.help import MAN_BEGIN, MAN_END, man_option_groups
+
+    text = MAN.read_text(encoding="utf-8")
+    block = text[text.index(MAN_BEGIN):text.index(MAN_END) + len(MAN_END) + 1]
+    assert block == man_option_groups(main), "run: python -m hlmcli.help man/hlmcli.1"
+    # spot checks against --help's own words, so the generator cannot drift either
+    fit = block[block.index(".SS fit\n"):block.index(".SS man\n")]
+    assert fit.index("\\fIHGLM options\\fR") < fit.index("\\fB\\-\\-family ") < fit.index("\\fISurvey options\\fR")
+    assert "Level\\-1 sampling weight variable (HLM's level1weight:)." in fit
+
+
+def _epilog_examples():
+    from hlmcli.help import EXAMPLES
+
+    for command, text in EXAMPLES.items():
+        joined = text.replace("\\\n", " ")
+        for line in joined.splitlines():
+            if line.strip().startswith("hlmcli "):
+                yield command, line.strip()
+
+
+def test_help_examples_parse_and_name_shipped_files():
+    import shlex
+
+    from hlmcli.help import EXAMPLES
+
+    examples = list(_epilog_examples())
+    assert {c for c, _ in examples} == set(EXAMPLES) == {"fit", "mdm build", "plot", "table"}
+    for command, line in examples:
+        args = shlex.split(line)[1:]
+        words = command.split()
+        assert args[:len(words)] == words, line
+        cmd = main
+        for word in words:
+            cmd = cmd.commands[word]
+        cmd.make_context(" ".join(words), args[len(words):])  # raises on an unknown option or bad choice
+        for arg in args:
+            if arg.endswith((".csv", ".txt", ".mdmt")) and "/" in arg:
+                assert (ROOT / "sample_data" / arg).exists(), f"{line}: {arg} is not in sample_data/"
+
+
+@pytest.mark.slow
+def test_help_examples_run_in_sample_data(tmp_path):
+    """Every example of --help, run as written in a copy of sample_data (after the builds and fits
+    whose outputs the later examples read)."""
+    pytest.importorskip("matplotlib")
+    import shlex
+
+    from conftest import hlmcli
+
+    work = tmp_path / "sample_data"
+    shutil.copytree(ROOT / "sample_data", work)
+    setup = [["mdm", "build", "hsb/hsb1.csv", "hsb/hsb2.csv", "--id", "ID", "-o", "hsb.mdm"],
+             ["fit", "hsb.mdm", "--model", "models/m1_empty.txt", "--format", "json", "-o", "m1.json"],
+             ["fit", "hsb.mdm", "--model", "models/m2_means.txt", "--format", "json", "-o", "m2.json"]]
+    for args in setup:
+        assert hlmcli(*args, cwd=work).returncode == 0
+    for command, line in _epilog_examples():
+        proc = hlmcli(*shlex.split(line)[1:], cwd=work)
+        assert proc.returncode == 0, f"{line}: {proc.stderr}"

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import DATA, SAMPLE, hlmcli
 from hlmcli.certificate import face_conditions
-from hlmcli.nested import Beta, NestedData, NestedLayout, Pi, fit_nested
+from hlmcli.nested import Beta, NestedData, NestedLayout, Pi
+from hlmcli.nested_fit import fit_nested
 
 T = DATA / "three_level"
 SINGLE = [T / "single_l1.csv", T / "single_l2.csv", T / "single_l3.csv", "--id2", "SAMPLE", "--id3", "TOP"]

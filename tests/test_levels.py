@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hlmcli.nested import (Coefficient as C, LevelsData, _factor, as_levels, deviance_levels, fit_nested,
+from hlmcli.nested import (Coefficient as C, LevelsData, as_levels, deviance_levels,
                            levels_solve, reduce_levels)
+from hlmcli.nested_fit import fit_nested
+from hlmcli.unitsolve import factor
 
 
 def _four_level(seed=11, records=(2, 5), units2=(1, 4), units3=(1, 3), J4=4):
@@ -119,11 +121,11 @@ def test_four_level_deviance_equals_dense(reml, k):
 def test_four_level_gradient_in_every_block_matches_finite_differences(reml):
     stats = reduce_levels(_four_level(5))
     Gs = [np.array([[0.9, 0.2], [0.2, 0.3]]), np.array([[0.5, 0.1], [0.1, 0.4]]), np.array([[0.7, -0.2], [-0.2, 0.3]])]
-    grads = levels_solve(stats, tuple(_factor(G) for G in Gs)).gradients(reml)
+    grads = levels_solve(stats, tuple(factor(G) for G in Gs)).gradients(reml)
     assert len(grads) == 3
 
     def d(gs):
-        return levels_solve(stats, tuple(_factor(G) for G in gs)).profiled_deviance(reml)
+        return levels_solve(stats, tuple(factor(G) for G in gs)).profiled_deviance(reml)
     h = 1e-6
     for b, (G, g) in enumerate(zip(Gs, grads)):
         q = G.shape[0]

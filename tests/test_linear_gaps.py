@@ -46,7 +46,7 @@ def test_a_certified_local_minimum_above_tau_zero_is_left_for_tau_zero():
     assert np.abs(np.array(fit["tau"])).max() == 0.0
     assert "variance of u0 is estimated as zero" in err
     text = hlmcli("fit", *GLOBAL).stdout
-    assert "at the optimum (certified)" in text and "90.293312" in text
+    assert "at the optimum (checked: " in text and "90.293312" in text
 
 
 def test_lower_faces_are_the_candidates_the_check_tries():

@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hlmcli.nested import (Beta, NestedData, NestedLayout, Pi, _factor, deviance_nested, fit_nested,
+from hlmcli.nested import (Beta, NestedData, NestedLayout, Pi, deviance_nested,
                            nested_solve, reduce_nested)
+from hlmcli.nested_fit import fit_nested
+from hlmcli.unitsolve import factor
 
 DATA = Path(__file__).parent / "data" / "three_level"
 
@@ -243,10 +245,10 @@ def test_gradient_matches_finite_differences(reml):
     stats = reduce_nested(_small(5))
     G2 = np.array([[0.9, 0.2], [0.2, 0.3]])
     G3 = np.array([[0.5, 0.1, 0.0], [0.1, 0.4, -0.1], [0.0, -0.1, 0.2]])
-    g2, g3 = nested_solve(stats, _factor(G2), _factor(G3)).gradients(reml)
+    g2, g3 = nested_solve(stats, factor(G2), factor(G3)).gradients(reml)
 
     def d(a, b):
-        return nested_solve(stats, _factor(a), _factor(b)).profiled_deviance(reml)
+        return nested_solve(stats, factor(a), factor(b)).profiled_deviance(reml)
     h = 1e-6
     for G, g, which in ((G2, g2, 0), (G3, g3, 1)):
         q = G.shape[0]

@@ -218,11 +218,13 @@ def test_combined_fit_gives_each_table_format(pvdir, pv_doc):
     assert np.allclose(fixed["estimate"], [r["estimate"] for r in pv_doc["fixed_effects"]], rtol=1e-9)
     assert np.allclose(fixed["df"], [r["df"] for r in pv_doc["fixed_effects"]], rtol=1e-9)
     assert np.allclose(fixed["fmi"], [r["fmi"] for r in pv_doc["fixed_effects"]], rtol=1e-9)
-    assert np.allclose(fixed["robust_std_error"], [r["se"] for r in pv_doc["fixed_effects_robust"]], rtol=1e-9)
+    assert np.allclose(fixed["robust.std.error"], [r["se"] for r in pv_doc["fixed_effects_robust"]], rtol=1e-9)
+    assert np.allclose(fixed["std.error"], [r["se"] for r in pv_doc["fixed_effects"]], rtol=1e-9)
     t = sps.t.ppf(0.975, fixed["df"])
-    assert np.allclose(fixed["conf_low"], fixed["estimate"] - t * fixed["std_error"], rtol=1e-9)
+    assert np.allclose(fixed["conf.low"], fixed["estimate"] - t * fixed["std.error"], rtol=1e-9)
     var = csv[csv["effect"] == "ran_pars"].set_index("term")
-    assert var.loc["var__Residual", "estimate"] == pytest.approx(pv_doc["sigma2"], rel=1e-9)
+    assert var.loc["sd__Observation", "estimate"] ** 2 == pytest.approx(pv_doc["sigma2"], rel=1e-9)
+    assert var.loc["sd__(Intercept)", "estimate"] ** 2 == pytest.approx(pv_doc["tau"][0][0], rel=1e-9)
     se_g10 = f"{pv_doc['fixed_effects'][2]['se']:.3f}"
     for fmt, marks in (("markdown", ["|:--", "| SES (g10)"]), ("latex", ["\\begin{tabular}", "\\toprule"]),
                        ("html", ["<table", "</table>"])):

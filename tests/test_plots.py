@@ -48,7 +48,7 @@ def test_equation_graph_has_a_line_per_sector_and_meanses_quartile(seed000, tmp_
     for line, (sector, meanses) in zip(ax.get_lines(), [(0, q1), (0, q3), (1, q1), (1, q3)]):
         x, y = line.get_data()
         b0 = g["(Intercept)"] + g["SECTOR"] * sector + g["MEANSES"] * meanses
-        b1 = g["SES"] + g["SES:SECTOR"] * sector + g["SES:MEANSES"] * meanses
+        b1 = g["SES_gc"] + g["SECTOR:SES_gc"] * sector + g["MEANSES:SES_gc"] * meanses
         assert np.allclose(y, b0 + b1 * x)
     # the x range is that of group-centred SES in the data
     data = pd.read_csv(HSB1)

@@ -11,7 +11,6 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from conftest import REFERENCE, SAMPLE, hlmcli
 
@@ -22,7 +21,6 @@ from hlmcli.tables import latex_document, side_by_side_text  # noqa: E402
 
 MODELS = ["m1_empty", "m2_means", "m3_random_coef", "m4_slopes"]
 CASES = ["hsb_m1", "hsb_m2", "hsb_m3", "hsb_m4"]
-TIDY = ["term", "estimate", "std_error", "statistic", "df", "p_value", "conf_low", "conf_high"]
 
 
 @pytest.fixture(scope="module")
@@ -36,30 +34,10 @@ def saved_fits(hsb_archive, tmp_path_factory):
     return paths
 
 
-def test_fit_csv_is_broom_tidy_with_reference_numbers(hsb_archive):
-    proc = hlmcli("fit", hsb_archive, "--model", SAMPLE / "models" / "m4_slopes.txt", "--format", "csv", check=True)
-    table = pd.read_csv(io.StringIO(proc.stdout))
-    assert list(table.columns[1:9]) == TIDY
-    assert {"robust_std_error", "robust_statistic", "robust_p_value", "robust_conf_low", "robust_conf_high"} <= set(table.columns)
-    fixed = table[table["effect"] == "fixed"]
-    ref = REFERENCE["hsb_m4"]["optimum"]["fixed"]
-    assert list(fixed["term"]) == ["(Intercept)", "SECTOR", "SES", "SES:SECTOR"]
-    assert np.allclose(fixed["estimate"], [f["estimate"] for f in ref], rtol=1e-6)
-    assert np.allclose(fixed["std_error"], [f["se"] for f in ref], rtol=1e-5)
-    assert np.allclose(fixed["robust_std_error"], [f["robust_se"] for f in ref], rtol=1e-5)
-    assert list(fixed["df"]) == [f["df"] for f in ref]
-    t = stats.t.ppf(0.975, 158)
-    assert np.allclose(fixed["conf_low"], fixed["estimate"] - t * fixed["std_error"])
-    assert np.allclose(fixed["robust_conf_high"], fixed["estimate"] + t * fixed["robust_std_error"])
-    ran = table[table["effect"] == "ran_pars"].set_index("term")
-    assert np.isclose(ran.loc["var__Residual", "estimate"], REFERENCE["hsb_m4"]["optimum"]["sigma2"], rtol=1e-5)
-    assert np.isclose(ran.loc["var__SES", "statistic"], REFERENCE["hsb_m4"]["optimum"]["varcomp"][1]["chi2"], rtol=1e-4)
-
-
 @pytest.mark.parametrize("fmt", ["markdown", "latex", "html"])
 def test_fit_tables_in_each_format(hsb_archive, fmt):
     out = hlmcli("fit", hsb_archive, "--model", SAMPLE / "models" / "m4_slopes.txt", "--format", fmt, check=True).stdout
-    for text in ("SES:SECTOR", "11.394", "Chi-square", "Deviance", "46638.60"):
+    for text in ("SECTOR:SES (group-centred)", "11.394", "Chi-square", "Deviance", "46638.60", "0.784"):
         assert text in out
 
 
@@ -81,7 +59,12 @@ def test_four_hsb_models_side_by_side(saved_fits):
         assert rows.loc["AIC", m] == f"{ref['deviance'] + 2 * k:.2f}"
         assert rows.loc["BIC", m] == f"{ref['deviance'] + k * np.log(7185):.2f}"
         assert rows.loc["N", m] == "7185" and rows.loc["J", m] == "160"
-    assert rows.loc["SES:SECTOR", "m1_empty"] == "" and rows.loc["Var: SES", "m3_random_coef"] != ""
+    assert rows.loc["SECTOR:SES (group-centred)", "m1_empty"] == ""
+    assert rows.loc["Var: SES (group-centred)", "m3_random_coef"] != ""
+    tau = REFERENCE["hsb_m4"]["optimum"]["tau"]
+    assert rows.loc["Cov: INTRCPT1, SES (group-centred)", "m4_slopes"] == f"{tau[0][1]:.3f}"
+    assert rows.loc["Cor: INTRCPT1, SES (group-centred)", "m4_slopes"] == f"{tau[0][1] / np.sqrt(tau[0][0] * tau[1][1]):.3f}"
+    assert rows.loc["Optimum", "m1_empty"] == "certified" and rows.loc["Method", "m4_slopes"] == "REML"
 
 
 def test_four_hsb_models_latex_compiles(saved_fits, tmp_path):
@@ -93,7 +76,8 @@ def test_four_hsb_models_latex_compiles(saved_fits, tmp_path):
     assert " & m1\\_empty & m2\\_means & m3\\_random\\_coef & m4\\_slopes \\\\" in tex
     body = [line for line in tex.splitlines() if line.endswith("\\\\")]
     assert all(line.count("&") == 4 for line in body)
-    assert len(body) == 1 + 2 * 5 + 3 + 6  # header, 5 terms with SE rows, 3 variances, 6 statistics
+    # header, 5 terms with SE rows, 3 variances and τ's covariance and correlation, 7 statistics
+    assert len(body) == 1 + 2 * 5 + 3 + 2 + 7
     engine = shutil.which("pdflatex")
     if engine is None:
         pytest.skip("no LaTeX engine installed; structure checked only")
@@ -112,7 +96,7 @@ def test_escaping_comes_from_the_libraries(saved_fits):
     fits = [json.loads(p.read_text()) for p in saved_fits[:2]]
     names = ["a_b & <c>", "50% #1"]
     latex = side_by_side_text(fits, names, "latex")
-    assert "a\\_b \\& <c>" in latex and "50\\% \\#1" in latex
+    assert "a\\_b \\& \\textless{}c\\textgreater{}" in latex and "50\\% \\#1" in latex
     html = side_by_side_text(fits, names, "html")
     assert "a_b &amp; &lt;c&gt;" in html and "<c>" not in html
     md = side_by_side_text(fits, names, "markdown")
@@ -163,4 +147,4 @@ def test_markdown_escapes_names(saved_fits, hsb_archive, tmp_path):
     fit_md = hlmcli("fit", hsb_archive, "--model", SAMPLE / "models" / "m4_slopes.txt", "--format", "markdown",
                     check=True).stdout
     assert "| <0.001 |" in fit_md.replace("  ", " ") or " <0.001 " in fit_md
-    assert "SES:SECTOR (g11)" in fit_md and "\\" not in fit_md.split("Random effect")[0]
+    assert "SECTOR:SES (group-centred) (g11)" in fit_md and "\\" not in fit_md.split("Random effect")[0]

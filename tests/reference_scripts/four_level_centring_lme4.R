@@ -31,18 +31,18 @@ l3 <- read.csv(paste0(d, "schools_l3.csv"))
 l4 <- read.csv(paste0(d, "schools_l4.csv"))
 l1$mean_TIME <- ave(l1$TIME, l1$STUDENTID)
 l1$TIME_gc <- l1$TIME - l1$mean_TIME
-l2$SES_c <- l2$SES - mean(l2$SES)
+l2$SES_grand <- l2$SES - mean(l2$SES)
 l2$mean_SES <- ave(l2$SES, l2$CLASSID)
 l3$CSIZE_gc <- l3$CSIZE - ave(l3$CSIZE, l3$SCHOOLID)
 l3$mean_CSIZE <- ave(l3$CSIZE, l3$SCHOOLID)
 cls <- unique(l2[, c("CLASSID", "mean_SES")])
 sc <- unique(l3[, c("SCHOOLID", "mean_CSIZE")])
-x <- merge(merge(merge(l1, l2[, c("STUDENTID", "CLASSID", "SES_c")], by = "STUDENTID"),
+x <- merge(merge(merge(l1, l2[, c("STUDENTID", "CLASSID", "SES_grand")], by = "STUDENTID"),
                  merge(l3[, c("CLASSID", "SCHOOLID", "CSIZE_gc")], cls, by = "CLASSID"), by = "CLASSID"),
            merge(l4, sc, by = "SCHOOLID"), by = "SCHOOLID")
 stu <- unique(l1[, c("STUDENTID", "mean_TIME")])
 x$mean_TIME <- stu$mean_TIME[match(x$STUDENTID, stu$STUDENTID)]
-form <- SCORE ~ 1 + SECTOR + mean_CSIZE + CSIZE_gc + mean_SES + SES_c + mean_TIME + TIME_gc +
+form <- SCORE ~ 1 + SECTOR + mean_CSIZE + CSIZE_gc + mean_SES + SES_grand + mean_TIME + TIME_gc +
   (1 | SCHOOLID) + (1 | SCHOOLID:CLASSID) + (1 + TIME_gc | SCHOOLID:CLASSID:STUDENTID)
 labels <- c("d0000", "d0001", "d0002", "d0010", "d0020", "d0100", "d0200", "d1000")
 

@@ -27,12 +27,12 @@ l1 <- read.csv(paste0(d, "eg_l1.csv"))
 l2 <- read.csv(paste0(d, "eg_l2.csv"))
 l3 <- read.csv(paste0(d, "eg_l3.csv"))
 l2$FEMALE_gc <- l2$FEMALE - ave(l2$FEMALE, l2$SCHOOLID)
-l3$LOWINC_c <- l3$LOWINC - mean(l3$LOWINC)
-eg <- merge(merge(l1, l2[, c("CHILDID", "FEMALE_gc", "BLACK")], by = "CHILDID"), l3[, c("SCHOOLID", "LOWINC_c")],
+l3$LOWINC_grand <- l3$LOWINC - mean(l3$LOWINC)
+eg <- merge(merge(l1, l2[, c("CHILDID", "FEMALE_gc", "BLACK")], by = "CHILDID"), l3[, c("SCHOOLID", "LOWINC_grand")],
             by = "SCHOOLID")
 eg$mean_YEAR <- ave(eg$YEAR, eg$CHILDID)
 eg$YEAR_gc <- eg$YEAR - eg$mean_YEAR
-form <- MATH ~ 1 + LOWINC_c + mean_YEAR + FEMALE_gc + YEAR_gc + LOWINC_c:YEAR_gc + BLACK:YEAR_gc +
+form <- MATH ~ 1 + LOWINC_grand + mean_YEAR + FEMALE_gc + YEAR_gc + LOWINC_grand:YEAR_gc + BLACK:YEAR_gc +
   (1 + YEAR_gc | SCHOOLID) + (1 + YEAR_gc | SCHOOLID:CHILDID)
 labels <- c("γ000", "γ001", "γ010", "γ020", "γ100", "γ101", "γ110")
 
