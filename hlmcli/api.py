@@ -222,7 +222,9 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         compare_deviance: float | None = None, compare_params: int | None = None,
         test_homogeneity: bool | None = None, full_output: bool | None = None, ols_units: int | None = None,
         file_format: str | None = None, delimiter: str | None = None,
-        cache_dir: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None) -> Results:
+        cache_dir: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None,
+        level3: DataLike | None = None, level4: DataLike | None = None, level3_eqs: Sequence[str] = (),
+        level4_eqs: Sequence[str] = (), id3: str | None = None, id4: str | None = None) -> Results:
     """Fit a two-level model, as `hlmcli fit` does (the same stages), and return its Results.
 
     level1, level2: paths to data files (CSV, SAS, SPSS, Stata) or pandas DataFrames; or `level1`
@@ -240,6 +242,10 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     title, tests (e.g. ["g01 = 0, g11 = 0"]), compare_deviance/compare_params, test_homogeneity,
     full_output, ols_units, missing ("now"/"analysis"), drop_unmatched, file_format, delimiter,
     cache_dir. `warn` receives warnings (default: Python's warnings module).
+    Three and four levels (HLM3, HLM4): level1, level2, level3 (and level4) are the files of each
+    level, with id2, id3 (id4) the unit ids of levels 2, 3 (4) as `hlmcli fit --id2 --id3 --id4`; or
+    level1 a three- or four-level archive. level1_eq, level2_eqs, level3_eqs, level4_eqs are the `-1`
+    ... `-4` equations, or `model` an equations file or HLM3 `.hlm` file. ML is the default, as in HLM.
     Refused options (capabilities.check) and bad input raise hlmcli.errors.DataError or ModelError
     with a one-line message.
     """
@@ -260,6 +266,10 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     if hglm_only and options.family in (None, FamilyName.NORMAL) and model is None and "|" not in (level1_eq or ""):
         raise ModelError(f"{', '.join(hglm_only)}: for binary, binomial and count outcomes; give family='bernoulli', "
                          "'binomial' or 'poisson', or drop them")
+    if level3 is not None or level4 is not None or level3_eqs or level4_eqs or _levels_archive(level1, level2):
+        return _fit_levels(level1, level2, level3, level4, (id2, id3, id4), (level1_eq, level2_eqs, level3_eqs,
+                           level4_eqs), model, options, title, missing, drop_unmatched, file_format, delimiter,
+                           cache_dir, say)
     if options.engine != Engine.MEMORY:
         return _fit_summarised(level1, level2, id1 or id, id2 or id, level1_eq, level2_eqs, model, options, title,
                                drop_unmatched, missing, file_format, delimiter, say)
@@ -302,6 +312,122 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
                             "model_file": Path(model).name if model else None},
             "command_file": Path(model).name if model and str(model).lower().endswith(".hlm") else None, "warn": say}
     results = Results(analysis, frame, meta)
+    for message in results.failures:
+        say(message + "; the results are not at the optimum")
+    return results
+
+
+# ---------------------------------------------------------------- three and four levels
+
+def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, fit: FitOptions,
+                      allow_outside: bool = False, title: str | None = None, residuals: dict | None = None):
+    """The spec of a model of K = 3 or 4 levels: `equations` are the level-1 ... level-K equations (one
+    list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
+    iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
+    HLM3 and HLM4. At three levels the spec keeps HLM3's form (ModelSpec3), whose report is HLM3's."""
+    from .levels import spec3, spec_levels
+
+    K = archive.n_levels
+    equations = [list(e) for e in equations] + [[] for _ in range(K - len(equations))]
+    if len(equations) > K and any(equations[K:]):
+        raise ModelError(f"equations for level {K + 1} given, but the data have {K} levels")
+    residuals = residuals or {}
+    reml = fit.method == Method.REML if fit.method is not None else None
+    if K == 3:
+        spec = spec3(archive, equations[0][0] if equations[0] else None, equations[1], equations[2], model_file,
+                     reml, title=title, max_iterations=fit.max_iterations, residuals_l2=residuals.get(2),
+                     residuals_l3=residuals.get(3), allow_outside=allow_outside)
+    else:
+        spec = spec_levels(archive, equations[:K], model_file, reml, title=title, max_iterations=fit.max_iterations,
+                           residuals=[residuals.get(k) for k in range(2, K + 1)])
+    if fit.method == Method.ML and spec.method != "ML":
+        spec = replace(spec, options=replace(spec.options, method="ML"))
+    return spec
+
+
+def analyse_levels(spec, archive, fit: FitOptions):
+    """The certified fit of a model of three or four levels, with the Wald tests and the deviance test
+    the options ask for: a levels_results.LevelsAnalysis."""
+    from .levels_results import LevelsAnalysis, levels_extras
+
+    if hasattr(spec, "pis"):  # HLM3's form
+        from .design_levels import design3
+        from .identifiability import check_three_level
+
+        design = design3(spec, archive)
+        check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
+    else:
+        from .design_levels import design_levels
+
+        design = design_levels(spec, archive)
+    from .levels_combined import fit_weighted, weighting_meta
+
+    result, weights = fit_weighted(design, archive, levels_weight_spec(archive.n_levels, fit), spec.method == "REML",
+                                   spec.options.max_iterations)
+    analysis = LevelsAnalysis(spec, design, result, weighting=weighting_meta(weights))
+    analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
+                                    robust_only=weights is not None)
+    return analysis
+
+
+def levels_weight_spec(n_levels: int, fit: FitOptions):
+    """The sampling weights of a fit of three or four levels (--weight1 ... --weight4, --normalize), or None."""
+    from .levels_combined import weight_spec_levels
+
+    return weight_spec_levels(n_levels, {1: fit.weight1, 2: fit.weight2, 3: fit.weight3, 4: fit.weight4},
+                              fit.normalize)
+
+
+def _levels_archive(level1, level2) -> bool:
+    """Whether `level1` alone is an archive of three or more levels."""
+    if level2 is not None or isinstance(level1, pd.DataFrame) or level1 is None:
+        return False
+    from .archive_levels import archive_levels
+
+    return Path(level1).is_file() and archive_levels(level1) >= 3
+
+
+def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: FitOptions, title, missing,
+                drop_unmatched, file_format, delimiter, cache_dir, say) -> Results:
+    """hlmcli.fit of a model of three or four levels: the archive (built through the cache from the
+    files of each level, or read), the spec, capabilities.check, the fit and its `Results`."""
+    from .capabilities import check as check_capabilities
+    from .levels import archive_n_levels, load3, load_levels
+
+    files = [f for f in (level1, level2, level3, level4) if f is not None]
+    if any(isinstance(f, pd.DataFrame) for f in files):
+        raise DataError("models of three or four levels are read from files (one per level) or an archive, not "
+                        "DataFrames; write the frames to CSV files first")
+    files = [str(f) for f in files]
+    if len(files) == 2:
+        raise DataError("a three-level model needs three files (level 1, 2 and 3) or a three-level archive as level1")
+    id2, id3, id4 = ids
+    build = {"id_": None, "id1": None, "id2": id2, "id3": id3, "id4": id4, "l1_vars": None, "l2_vars": None,
+             "l3_vars": None, "l4_vars": None, "missing": missing, "drop_unmatched": drop_unmatched,
+             "file_format": file_format, "delimiter": delimiter}
+    three = len(files) == 3 or (len(files) == 1 and archive_n_levels(files[0]) == 3)
+    if three:
+        keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched",
+                 "file_format", "delimiter")
+        archive, source = load3(files, {k: build[k] for k in keys3}, cache_dir, say)
+    else:
+        archive, source = load_levels(files, build, cache_dir, say)
+    level1_eq, level2_eqs, level3_eqs, level4_eqs = equations
+    as_list = lambda e: [e] if isinstance(e, str) else list(e or ())  # noqa: E731
+    eqs = [[level1_eq] if level1_eq else [], as_list(level2_eqs), as_list(level3_eqs), as_list(level4_eqs)]
+    spec = model_spec_levels(archive, eqs[:archive.n_levels] if not any(eqs[archive.n_levels:]) else eqs, model,
+                             options, title=title)
+    check_capabilities(spec, options, OutputOptions(title=title))
+    analysis = analyse_levels(spec, archive, options)
+    K = archive.n_levels
+    given = {"level1": level1_eq, "level2": as_list(level2_eqs), "level3": as_list(level3_eqs)}
+    if K == 4:
+        given["level4"] = as_list(level4_eqs)
+    given["model_file"] = Path(model).name if model else None
+    ids_ = list(archive.id_names)
+    meta = {"data_source": source, "title": spec.options.title, "ids": ids_, "model_given": given,
+            "command_file": Path(model).name if model and str(model).lower().endswith(".hlm") and K == 3 else None}
+    results = Results(analysis, archive, meta)
     for message in results.failures:
         say(message + "; the results are not at the optimum")
     return results

@@ -20,7 +20,10 @@ KINDS = {
     "pql": "HGLM PQL",
     "laplace": "HGLM Laplace",
     "agq": "HGLM AGQ",
+    "three-level": "three-level linear",
+    "four-level": "four-level linear",
 }
+_LEVELS = ("three-level", "four-level")
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
@@ -39,6 +42,16 @@ _HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; H
 _HOMOGENEITY = ("an HGLM's level-1 variance is fixed by the mean (φ(1 - φ) or λ), so there is no level-1 variance "
                 "to test for homogeneity")
 _FULL_OUTPUT = "the unit-by-unit OLS regressions and least-squares estimates of --full-output are for a normal outcome"
+_NOT_YET_K = ("not yet for k levels: hlmcli fits models of three and four levels by unweighted (RE)ML, with HLM's d.f. "
+              "and an unstructured τ at each level, from the records in memory")
+_HLM6_K = ("HLM 5/6's N - F d.f. are HLM2's rule for the fixed level-1 slopes of a two-level model; three- and "
+           "four-level tables use HLM 7's d.f. (HLM3/HLM4)")
+_HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is HLM2's, over the level-2 units' OLS "
+                  "residual variances; HLM3 and HLM4 offer none, so there is no reference to match")
+_FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
+                  "print no such tables")
+_KEEP_K = ("not yet for k levels: the residual files of three- and four-level fits carry each level's archive "
+           "columns, not text columns from the source files")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
@@ -50,36 +63,54 @@ class Feature:
     refused: dict  # kind -> reason; a kind not named supports the feature
 
 
+def _k(reason: str) -> dict:
+    """The same refusal for three and four levels."""
+    return {kind: reason for kind in _LEVELS}
+
+
 FEATURES = (
     Feature("api", "Python API (hlmcli.fit)", {}),
-    Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale)", {"linear-summary": _PLOT_SUMMARY}),
+    Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
+            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY}),
     Feature("table", "hlmcli table of saved fits", {}),
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ)", {}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE}),
-    Feature("residuals", "--residuals-l1/--residuals-l2", {"linear-summary": _RECORDS}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS}),
+    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, **_k(_KEEP_K)}),
     Feature("json_out", "--json-out", {}),
-    Feature("tau_diagonal", "--tau diagonal", {}),
+    Feature("tau_diagonal", "--tau diagonal", _k(_NOT_YET_K)),
     Feature("satterthwaite", "--df satterthwaite",
-            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE}),
-    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6}),
-    Feature("homogeneity", "--test-homogeneity", {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY}),
-    Feature("full_output", "--full-output", {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT}),
-    Feature("weights", "--weight1/--weight2 (sampling weights)",
+            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, **_k(_NOT_YET_K)}),
+    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K)}),
+    Feature("homogeneity", "--test-homogeneity",
+            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K)}),
+    Feature("full_output", "--full-output",
+            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K)}),
+    Feature("weights", "--weight1/--weight2 (sampling weights; ... --weight4)",
             {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",
             {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS}),
     Feature("stream_dask", "--engine stream/dask",
-            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY}),
+            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, **_k(_NOT_YET_K)}),
 )
 _BY_KEY = {f.key: f for f in FEATURES}
 
 
+def n_levels_of(spec) -> int:
+    """The number of levels of a spec: ModelSpec (two), ModelSpec3 (three, HLM3's form) or LevelsSpec."""
+    if hasattr(spec, "n_levels"):
+        return int(spec.n_levels)
+    return 3 if hasattr(spec, "pis") else 2
+
+
 def kind_of(spec, engine: Engine | str = Engine.MEMORY) -> str:
-    """The table's column for a model: linear (by engine) or the HGLM estimation."""
+    """The table's column for a model: its levels (three, four), else linear (by engine) or the HGLM estimation."""
+    levels = n_levels_of(spec)
+    if levels > 2:
+        return _LEVELS[levels - 3]
     if spec.options.family == "normal":
         return "linear" if Engine(engine) == Engine.MEMORY else "linear-summary"
     return spec.options.estimation
@@ -93,19 +124,21 @@ def reason(feature: str, kind: str) -> str | None:
 def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
     """The features a fit asks for, from its options and its model file (a .hlm file's resfil1:, weights...)."""
     o = spec.options
+    got = lambda name: getattr(o, name, None)  # noqa: E731 (a K-level spec's options hold fewer settings)
     asked = {
-        "residuals": bool(out.residuals_l1 or out.residuals_l2 or o.residuals_l1 or o.residuals_l2),
+        "residuals": bool(out.residuals_l1 or out.residuals_l2 or out.residuals_l3 or out.residuals_l4
+                          or got("residuals_l1") or got("residuals_l2") or got("residuals_l3")),
         "keep": bool(out.keep),
         "json_out": bool(out.json_out),
         "formats": out.out_format not in ("text", "json"),
-        "test": bool(fit.tests or o.hypotheses),
-        "compare_deviance": o.prior_deviance is not None,
-        "tau_diagonal": o.tau == "diagonal",
+        "test": bool(fit.tests or got("hypotheses")),
+        "compare_deviance": (fit.compare_deviance if got("prior_deviance") is None else got("prior_deviance")) is not None,
+        "tau_diagonal": (fit.tau or got("tau")) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
         "df_hlm6": fit.df_method == "hlm6",
-        "homogeneity": bool(o.homogeneity),
-        "full_output": bool(o.full_output),
-        "weights": bool(fit.weight1 or fit.weight2 or o.weight1 or o.weight2),
+        "homogeneity": bool(fit.test_homogeneity or got("homogeneity")),
+        "full_output": bool(fit.full_output or got("full_output")),
+        "weights": bool(fit.weight1 or fit.weight2 or fit.weight3 or fit.weight4 or got("weight1") or got("weight2")),
         "plausible_values": bool(fit.plausible_values or fit.imputed),
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
     }
@@ -119,11 +152,25 @@ def refuse(feature: str, kind: str) -> None:
         raise ModelError(f"{_BY_KEY[feature].label.split(' (')[0]}: not available for a {KINDS[kind]} fit: {why}")
 
 
+def refuse_family(n_levels: int, fit: FitOptions) -> None:
+    """HGLM options for a model of three or more levels: refused in one line with the reason."""
+    given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
+                                      ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),
+                                      ("quadrature-points", fit.quadrature_points), ("separation", fit.separation))
+             if value is not None and not (name == "family" and value == "normal")]
+    if given:
+        raise ModelError(f"{', '.join('--' + g for g in given)}: not available for a {KINDS[_LEVELS[n_levels - 3]]} fit: "
+                         "hlmcli fits binary, binomial and count outcomes (HGLM) at two levels; models of three and "
+                         "four levels are linear")
+
+
 def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engine.MEMORY,
           extra: tuple[str, ...] = ()) -> None:
     """Refuse, in one line with its reason, the first feature this kind of model does not support.
     `extra` names features asked outside the options (e.g. 'missing_now' from the archive build)."""
     kind = kind_of(spec, engine)
+    if kind in _LEVELS:
+        refuse_family(n_levels_of(spec), fit)
     for key in features_asked(spec, fit, out) + list(extra):
         refuse(key, kind)
 

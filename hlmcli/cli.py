@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # The per-unit algebra is thousands of small BLAS calls; threads only add synchronisation, and
@@ -18,7 +19,7 @@ import click  # noqa: E402
 from .errors import EXIT_CODES_HELP, EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, HlmError
 from .help import EXAMPLES, GroupedCommand
 from .options import formula_equations, model_given, split_names
-from .spec import OutputOptions
+from .spec import FitOptions, OutputOptions
 from .version import __version__
 
 _split_names = split_names  # the spelling fit_cmd and levels.py still use
@@ -529,20 +530,8 @@ def _declared_name(option) -> str:
     return max(option(lambda: None).__click_params__[0].opts, key=len)
 
 
-def hidden_options(*names):
-    """Keep options out of --help but still accepted, so that a command can refuse them with a reason."""
-    def hide(func):
-        for param in getattr(func, "__click_params__", []):
-            if max(param.opts, key=len) in names:
-                param.hidden = True
-        return func
-    return hide
-
-
-# plot draws two-level fits only, and prints no equations: --ascii is not offered, and the options of
-# three and four levels are hidden (still taken, so that plot refuses such a model saying why)
+# plot prints no equations: --ascii is not offered
 _PLOT_LEAVES_OUT = ("--ascii",)
-_PLOT_HIDES = ("--level3", "--level4", "--id3", "--id4", "--l3-vars", "--l4-vars")
 
 
 def _fit_options(ml=None, reml=None, **given):
@@ -706,6 +695,10 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
               help="The program that printed the prior deviance: hlm6 (HLM 5/6 print the ML deviance ln 2π low; it is added back) or hlm7.")
+@click.option("--hlm-names", is_flag=True, default=None, expose_value=False,
+              callback=lambda ctx, p, v: ctx.meta.__setitem__("hlm_names", bool(v)),
+              help="Residual files with HLM 7's column names (EBINTRCP, OLINTRCP, FVINTRCP, MDIST, L1RESID, FITVAL, "
+              "...; 8 characters) and, in .sav, SPSS variable labels.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
 @click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
@@ -735,93 +728,74 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="--engine dask: seconds the whole computation may take (default: no limit).")
 @no_follow_option
 @user_errors
-def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, missing, drop_unmatched, cache_dir,
-            out_format, output, json_out, keep, title, timestamp, df_method, strict, tau_structure, max_iterations,
-            tests, compare_deviance, compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units,
-            quiet, weight1=None, weight2=None, normalize=None, plausible_values=None, imputed=(), **more):
+def fit_cmd(**params):
     """Fit a two-, three- or four-level model and print HLM 7's tables (text) or a stable JSON document."""
     from .files import check_outputs
 
-    prior_version = more.pop("prior_version", None)
-    table_options = _table_options(more, out_format)
-    _dask_scheduler(more)  # the dask options are checked (and refused without --engine dask) before any reading
-    from .levels import is_many_levels
-    if is_many_levels(data, more):
+    r = fit_request(params)
+    _dask_scheduler(params)  # the dask options are checked (and refused without --engine dask) before any reading
+    from .levels import is_many_levels, is_three_level
+
+    many = is_many_levels(r.data, params)
+    data, id_, id2, more = (r.data, r.build["id_"], r.build["id2"], dict(params)) if many else \
+        _formula_front(r.data, r.model["level1"], r.model["level2"], r.model["model_file"], r.build["id_"],
+                       r.build["id2"], dict(params))
+    build = {**r.build, "id_": id_, "id2": id2, "id3": more.get("id3")}
+    fit, out = r.fit, r.out
+    if many or is_three_level(data, more):
         from .flags import check_fit_options
-        from .levels import fit_levels, refusals
+        from .levels import fit_levels
 
-        if prior_version:
+        if fit.prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
+        if fit.normalize and not (fit.weight1 or fit.weight2 or fit.weight3 or fit.weight4):
+            raise click.UsageError("--normalize needs sampling weights: --weight1 ... --weight4")
         check_fit_options(_given_options(), archive=Path(data[0]).name if len(data) == 1 else None,
-                          engine=more["engine"], hlm_file=False, out_format=out_format,
-                          outputs=bool(output or json_out or residuals_l2 or more.get("residuals_l3")
-                                       or more.get("residuals_l4")))
-        return fit_levels(data, level1, level2, model_file, ascii_only,
-                          {**_build_opts3(id_, id1, id2, missing, drop_unmatched, **more), **more}, cache_dir, out_format,
-                          output, json_out, title, timestamp, strict, max_iterations, quiet, refusals(locals()),
-                          {**more, "ml": ml, "residuals_l2": residuals_l2, "weight1": weight1, "weight2": weight2,
-                           "normalize": normalize, "plausible_values": plausible_values, "imputed": imputed,
-                           "full_output": full_output}, _stderr, _use_ascii)
-    data, id_, id2, more = _formula_front(data, level1, level2, model_file, id_, id2, more)
-    from .levels import is_three_level
-    three = is_three_level(data, more)
-    if prior_version and (three or more["engine"] != "memory" or plausible_values or imputed):
-        raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
-    if three:
-        from .levels import fit3
-
-        return fit3(data, level1, level2, model_file, ascii_only,
-                    _build_opts3(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, out_format, output, json_out,
-                    keep, title, timestamp, df_method, strict, tau_structure, max_iterations, tests, compare_deviance,
-                    compare_params, residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet, weight1,
-                    weight2, normalize, plausible_values, imputed, {**more, "ml": ml}, _stderr, _use_ascii)
-    if more.get("level3") or more.get("residuals_l3"):
+                          engine=fit.engine.value, hlm_file=False, out_format=out.out_format,
+                          outputs=bool(out.output or out.json_out or out.residuals_l1 or out.residuals_l2
+                                       or out.residuals_l3 or out.residuals_l4))
+        return fit_levels(data, {**r.model, "allow_outside": more["allow_outside"],
+                                 "allow_unequal_imputations": more.get("allow_unequal_imputations")}, fit, out, build,
+                          build["cache_dir"], _stderr, _use_ascii)
+    level1, level2, model_file = r.model["level1"], r.model["level2"], r.model["model_file"]
+    if r.model["level3"] or out.residuals_l3:
         raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
                             "three-level archive")
-    if more.pop("weight3", None) or more.pop("weight4", None):
+    if fit.weight3 or fit.weight4:
         raise _UsageProblem("--weight3 and --weight4 are for three- and four-level models; a two-level model takes "
                             "--weight1 and --weight2")
+    prior_version = fit.prior_version
+    if prior_version and (fit.engine != "memory" or fit.plausible_values or fit.imputed):
+        raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
 
     from .flags import check_fit_options, check_model_options
 
     given = _given_options()
-    check_fit_options(given, archive=Path(data[0]).name if len(data) == 1 else None, engine=more["engine"],
-                      hlm_file=bool(model_file and str(model_file).lower().endswith(".hlm")), out_format=out_format,
-                      outputs=bool(output or json_out or residuals_l1 or residuals_l2))
+    check_fit_options(given, archive=Path(data[0]).name if len(data) == 1 else None, engine=fit.engine.value,
+                      hlm_file=bool(model_file and str(model_file).lower().endswith(".hlm")), out_format=out.out_format,
+                      outputs=bool(out.output or out.json_out or out.residuals_l1 or out.residuals_l2))
     sources = list(data) + [model_file]
-    check_outputs([("-o", output), ("--json-out", json_out), ("--residuals-l1", residuals_l1),
-                   ("--residuals-l2", residuals_l2)], sources)
+    check_outputs([("-o", out.output), ("--json-out", out.json_out), ("--residuals-l1", out.residuals_l1),
+                   ("--residuals-l2", out.residuals_l2)], sources)
     from .engines import is_stats_archive
 
-    if more["engine"] != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
+    build2 = _build_opts(**build)
+    if fit.engine != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
         if prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
-        return _fit_summarised(data, level1, level2, model_file, ml, more, tau_structure, df_method, tests, title,
-                               max_iterations, compare_deviance, compare_params, test_homogeneity, full_output,
-                               ols_units, OutputOptions(out_format=out_format, output=output, json_out=json_out,
-                                                        quiet=quiet, timestamp=timestamp, title=title,
-                                                        ascii_only=ascii_only, strict=strict,
-                                                        keep_failed_output=more["keep_failed_output"],
-                                                        table=table_options),
-                               _build_opts(id_, id1, id2, missing, drop_unmatched, **more),
-                               {"--residuals-l1": residuals_l1, "--residuals-l2": residuals_l2, "--keep": keep,
-                                "--weight1": weight1, "--weight2": weight2, "--plausible-values": plausible_values,
-                                "--imputed": imputed}, scheduler=_dask_scheduler(more))
-    fit = _fit_options(ml, more["reml"], tau=tau_structure, weight1=weight1, weight2=weight2, normalize=normalize,
-                       plausible_values=plausible_values, imputed=imputed, df_method=df_method, tests=tests,
-                       compare_deviance=compare_deviance, compare_params=compare_params,
-                       test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
-                       max_iterations=max_iterations, prior_version=prior_version)
-    out = OutputOptions(out_format=out_format, output=output, json_out=json_out, residuals_l1=residuals_l1,
-                        residuals_l2=residuals_l2, keep=_split_names(keep) or (), quiet=quiet, timestamp=timestamp,
-                        title=title, ascii_only=ascii_only, strict=strict,
-                        keep_failed_output=more["keep_failed_output"], force=more["force"],
-                        table=table_options)
+        return _fit_summarised(data, level1, level2, model_file, params["ml"], more, params["tau_structure"],
+                               fit.df_method, fit.tests, out.title, fit.max_iterations, fit.compare_deviance,
+                               fit.compare_params, fit.test_homogeneity, fit.full_output, fit.ols_units,
+                               replace(out, residuals_l1=None, residuals_l2=None, keep=(), force=False), build2,
+                               {"--residuals-l1": out.residuals_l1, "--residuals-l2": out.residuals_l2,
+                                "--keep": params["keep"], "--weight1": fit.weight1, "--weight2": fit.weight2,
+                                "--plausible-values": fit.plausible_values, "--imputed": fit.imputed},
+                               scheduler=_dask_scheduler(more))
     if fit.normalize and not (fit.weight1 or fit.weight2):
         raise click.UsageError("--normalize needs --weight1 or --weight2")
-    archive, source_text = _load_data(data, _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet)
+    archive, source_text = _load_data(data, build2, build["cache_dir"], out.quiet)
     spec = _spec(archive, level1, level2, model_file, None, fit=fit, allow_outside=more["allow_outside"],
-                 extra={"title": title, "residuals_l1": residuals_l1, "residuals_l2": residuals_l2})
+                 extra={"title": out.title, "residuals_l1": out.residuals_l1, "residuals_l2": out.residuals_l2})
     o = spec.options
     check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
                         full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
@@ -835,52 +809,112 @@ def fit_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, mis
         raise _UsageProblem("--prior-version says which program printed --compare-deviance; give --compare-deviance too")
     check_capabilities(spec, fit, out)
     if weight_spec(spec, fit).any and o.prior_deviance is not None:
-        _refuse_weighted_likelihood_ratio(compare_deviance, model_file)
-    hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
-    if plausible_values or imputed:
-        _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
-                      df_method, ascii_only, weight_spec(spec, fit), plausible_values, imputed, full_output,
-                      _build_opts(id_, id1, id2, missing, drop_unmatched, **more), cache_dir, quiet,
-                      more["keep_failed_output"], hypotheses=hypotheses, json_out=json_out,
-                      allow_unequal=more["allow_unequal_imputations"], table_options=table_options)
+        _refuse_weighted_likelihood_ratio(fit.compare_deviance, model_file)
+    hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in fit.tests]
+    if fit.plausible_values or fit.imputed:
+        _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out.out_format, out.output,
+                      out.timestamp, fit.df_method, out.ascii_only, weight_spec(spec, fit), fit.plausible_values,
+                      fit.imputed, fit.full_output, build2, build["cache_dir"], out.quiet, out.keep_failed_output,
+                      hypotheses=hypotheses, json_out=out.json_out, allow_unequal=more["allow_unequal_imputations"],
+                      table_options=out.table)
         return
     from .api import analyse_model
     from .results import Results
 
     analysis = analyse_model(spec, archive, fit, level1)
-    results = Results(analysis, archive, {"warn": (lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")),
-                                          "source_files": tuple(data) if len(data) == 2 else None})
+    warn = (lambda m: None) if out.quiet else (lambda m: _stderr(f"hlmcli: warning: {m}"))
+    results = Results(analysis, archive, {"warn": warn, "source_files": tuple(data) if len(data) == 2 else None})
     finish(results, out, sources, source_text=source_text, level1=level1, level2=level2, model_file=model_file)
 
 
-def finish(results, out: OutputOptions, sources, *, source_text, level1, level2, model_file) -> None:
-    """The one end of a two-level fit, whichever kind and engine ran it: the run's metadata, the
-    residual files, the text, JSON or tables, the warnings and the exit status. Whether the fit is
+@dataclass(frozen=True)
+class FitRequest:
+    """`hlmcli fit`'s options as objects: the data files, the model as given, what is estimated
+    (FitOptions), what is written (OutputOptions), how the data are read (build: ids, variables kept,
+    missing values, file format, cache) and the few switches left (more)."""
+
+    data: tuple
+    model: dict
+    fit: FitOptions
+    out: OutputOptions
+    build: dict
+    more: dict
+
+
+_MODEL_KEYS = ("level1", "level2", "level3", "level4", "model_file")
+_BUILD_KEYS = ("id_", "id1", "id2", "id3", "id4", "l1_vars", "l2_vars", "l3_vars", "l4_vars", "missing",
+               "drop_unmatched", "file_format", "delimiter", "cache_dir")
+
+
+def fit_request(params: dict) -> FitRequest:
+    """The click parameters of `fit` turned at once into the options objects."""
+    p = dict(params)
+    fit = _fit_options(p.pop("ml"), p.get("reml"), tau=p.pop("tau_structure"), weight1=p.pop("weight1"),
+                       weight2=p.pop("weight2"), weight3=p.pop("weight3", None), weight4=p.pop("weight4", None), normalize=p.pop("normalize"), plausible_values=p.pop("plausible_values"),
+                       imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
+                       compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
+                       test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
+                       ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
+                       prior_version=p.pop("prior_version"), engine=p.get("engine"), scheduler=p.get("scheduler"))
+    out = OutputOptions(out_format=p["out_format"], output=p.pop("output"), json_out=p.pop("json_out"),
+                        residuals_l1=p.pop("residuals_l1"), residuals_l2=p.pop("residuals_l2"),
+                        residuals_l3=p.pop("residuals_l3"), residuals_l4=p.pop("residuals_l4"),
+                        keep=_split_names(p.get("keep")) or (), quiet=p.pop("quiet"), timestamp=p.pop("timestamp"),
+                        title=p.pop("title"), ascii_only=p.pop("ascii_only"), strict=p.pop("strict"),
+                        keep_failed_output=p.get("keep_failed_output"), force=p.get("force"),
+                        table=_table_options(p, p["out_format"]))
+    model = {k: p.pop(k) for k in _MODEL_KEYS}
+    build = {k: p.pop(k) for k in _BUILD_KEYS}
+    return FitRequest(tuple(p.pop("data")), model, fit, out, build, p)
+
+
+def _hlm_names_given() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get("hlm_names"))
+
+
+def finish(results, out: OutputOptions, sources, *, source_text, level1, level2, model_file, higher=()) -> None:
+    """The one end of every fit, whichever kind, number of levels and engine ran it: the run's metadata,
+    the residual files, the text, JSON or tables, the warnings and the exit status. Whether the fit is
     certified is decided before any file is moved into place, so a run that exits non-zero leaves no
-    -o, --json-out or residual file behind for make to take as a result (unless --keep-failed-output)."""
+    -o, --json-out or residual file behind for make to take as a result (unless --keep-failed-output).
+    `higher` holds the level-3 and level-4 equations of a model of three or four levels."""
     from .files import atomic_write_text, refuse_clobber, refuse_overwriting_inputs
 
     status, failures = fit_status(results, out.strict)
     write_files = status == 0 or out.keep_failed_output
+    K = getattr(results, "n_levels", 2)
     opts = results.analysis.design.spec.options
-    meta = {"data_source": source_text, "title": opts.title, "id_name": results.archive.id_names[0],
-            "model_given": model_given(level1, level2, model_file),
-            "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
+    meta = run_meta(results, source_text, level1, level2, model_file, higher)
+    if K == 2:
+        residuals = {1: opts.residuals_l1, 2: opts.residuals_l2}
+    elif K == 3:
+        residuals = {1: out.residuals_l1, 2: opts.residuals_l2, 3: opts.residuals_l3}
+    else:
+        residuals = {1: out.residuals_l1, **{k: path for k, path in enumerate(opts.residuals, start=2)}}
     if out.timestamp:
         from datetime import datetime, timezone
 
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     results.meta.update(meta)
-    residuals = (opts.residuals_l1, opts.residuals_l2)
-    if out.keep and not any(residuals):
+    typed = {k: getattr(out, f"residuals_l{k}", None) for k in residuals}
+    if _hlm_names_given() and K > 2:
+        raise _UsageProblem("--hlm-names: HLM 7's column names of the residual files are known for two-level "
+                            "files only; drop it for a model of three or four levels")
+    if _hlm_names_given() and not any(residuals.values()):
+        raise _UsageProblem("--hlm-names names the residual files' columns; give --residuals-l1 or --residuals-l2 too")
+    if out.keep and not any(residuals.values()):
         raise _UsageProblem("--keep names columns for the residual files; give --residuals-l1 or --residuals-l2 too")
-    if write_files and any(residuals):
-        for path, typed in zip(residuals, (out.residuals_l1, out.residuals_l2)):
+    if write_files and any(residuals.values()):
+        for level, path in residuals.items():
             if path:
                 refuse_overwriting_inputs(path, sources)
-                if not typed:  # a name from the .hlm file
+                if not typed[level]:  # a name from the .hlm file
                     refuse_clobber(path, out.force, Path(model_file).name)
-        results.write_residuals(*residuals, keep=out.keep)
+        if K == 2:
+            results.write_residuals(residuals[1], residuals[2], keep=out.keep, hlm_names=_hlm_names_given())
+        else:
+            results.write_residuals(residuals[1], residuals[2], more={k: residuals[k] for k in range(3, K + 1)})
     if out.out_format == "json":
         text = results.to_json()
     elif out.out_format == "text":
@@ -896,12 +930,31 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
     if not out.quiet:
         for message in results.warnings + failures + ([] if out.strict else results.boundary_notes):
             _stderr(f"hlmcli: warning: {message}")
-        unwritten = [p for p in (out.output, out.json_out, *residuals) if p and not write_files]
+        unwritten = [p for p in (out.output, out.json_out, *residuals.values()) if p and not write_files]
         if unwritten:
             _stderr(f"hlmcli: {', '.join(map(str, unwritten))} not written because the fit is not certified; "
                     "pass --keep-failed-output to write it anyway")
     if status:
         sys.exit(status)
+
+
+def run_meta(results, source_text, level1, level2, model_file, higher=()) -> dict:
+    """What the text and JSON say about the run: the data, title, unit ids and the model as given."""
+    K = getattr(results, "n_levels", 2)
+    opts = results.analysis.design.spec.options
+    command_file = Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None
+    if K == 2:
+        return {"data_source": source_text, "title": opts.title, "id_name": results.archive.id_names[0],
+                "model_given": model_given(level1, level2, model_file), "command_file": command_file}
+    ids = list(results.archive.id_names)
+    meta = {"data_source": source_text, "title": opts.title, "ids": ids}
+    if K == 3:
+        meta.update({"id2": ids[0], "id3": ids[1], "command_file": command_file,
+                     "model_given": model_given(level1, level2, model_file, list(higher[0]))})
+    else:
+        meta["model_given"] = {"level1": level1, "level2": list(level2), "level3": list(higher[0]),
+                               "level4": list(higher[1]), "model_file": Path(model_file).name if model_file else None}
+    return meta
 
 
 def fit_status(results, strict: bool) -> tuple[int, list[str]]:
@@ -1129,14 +1182,13 @@ def compare_cmd(fit_a, fit_b, out_format):
 
 
 @main.command("plot", epilog=EXAMPLES["plot"])
-@hidden_options(*_PLOT_HIDES)
-@click.argument("kind", type=click.Choice(["equation", "units", "shrinkage", "caterpillar", "diagnostics"]))
+@click.argument("kind", type=click.Choice(["equation", "units", "shrinkage", "caterpillar", "diagnostics", "eb-ols"]))
 @functools.partial(model_options, leave_out=_PLOT_LEAVES_OUT)
 @click.option("-o", "--output", required=True, type=click.Path(), help="The picture to write: .png, .svg or .pdf.")
 @click.option("--x", "x_var", help="equation, units: the level-1 predictor on the x axis (default: the first).")
 @click.option("--by", multiple=True, help="equation: a level-2 predictor to draw lines for (its values, or its "
               "25th and 75th percentiles). Repeat; the first sets the colours. Default: those in the equations.")
-@click.option("--coef", help="shrinkage, caterpillar, diagnostics: the random coefficient (default: the intercept).")
+@click.option("--coef", help="shrinkage, caterpillar, diagnostics, eb-ols: the random coefficient (default: the intercept).")
 @click.option("--sample", type=click.IntRange(1), help="units: draw a random sample of this many units.")
 @click.option("--seed", type=int, default=1, show_default=True, help="units: the seed of that sample.")
 @click.option("--x-range", help="equation from a saved JSON fit: LOW,HIGH of the x axis on the model's scale (default -2,2).")
@@ -1146,7 +1198,7 @@ def compare_cmd(fit_a, fit_b, out_format):
 @user_errors
 def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing, drop_unmatched, cache_dir,
              output, x_var, by, coef, sample, seed, x_range, json_out, quiet, **more):
-    """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar or diagnostics."""
+    """Draw a fitted model: equation graph, unit lines, shrinkage, caterpillar, diagnostics, or EB against OLS."""
     from .files import check_outputs, commit_outputs
     from .plots import check_output
     from .results import Results
@@ -1159,9 +1211,20 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
     saved = len(data) == 1 and str(data[0]).lower().endswith(".json")
     check_plot_options(_given_options(), kind, saved)
     check_archive_options(_given_options(), Path(data[0]).name if len(data) == 1 and not saved else None)
-    from .levels import is_many_levels, is_three_level, unsupported_command
+    from .levels import is_many_levels, is_three_level
     if is_many_levels(data, more) or is_three_level(data, more):
-        unsupported_command("plot")
+        from .plots import refuse_levels_plot
+
+        refuse_levels_plot(kind, 4 if is_many_levels(data, more) else 3, list(by))
+        model = {"level1": level1, "level2": level2, "level3": more.get("level3"), "level4": more.get("level4"),
+                 "model_file": model_file, "allow_outside": more.get("allow_outside")}
+        build = {"id_": id_, "id1": id1, "id2": id2, "id3": more.get("id3"), "id4": more.get("id4"),
+                 "l1_vars": more.get("l1_vars"), "l2_vars": more.get("l2_vars"), "l3_vars": more.get("l3_vars"),
+                 "l4_vars": more.get("l4_vars"), "missing": missing, "drop_unmatched": drop_unmatched,
+                 "file_format": more.get("file_format"), "delimiter": more.get("delimiter")}
+        return _plot_levels(kind, data, model, build, cache_dir, _fit_options(ml, more.get("reml")),
+                            OutputOptions(output=output, json_out=json_out, quiet=quiet), output,
+                            {"x": x_var, "by": list(by) or None, "coef": coef, "sample": sample, "seed": seed})
     check_outputs([("-o", output), ("--json-out", json_out)], list(data) + [model_file])
     from .engines import is_stats_archive
 
@@ -1205,6 +1268,31 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
         _stderr(f"hlmcli: wrote {output}" + (f" and {json_out}" if json_out and not status else ""))
         if json_out and status:
             _stderr(f"hlmcli: {json_out} not written because the fit is not certified")
+    if status:
+        sys.exit(status)
+
+
+def _plot_levels(kind, data, model: dict, build: dict, cache_dir, fit: FitOptions, out: OutputOptions, output,
+                 options: dict) -> None:
+    """`hlmcli plot` of a model of three or four levels: the fit that `hlmcli fit` makes of the same
+    arguments (levels.levels_results), drawn; --json-out saves it when it is certified."""
+    from .files import atomic_write_text, commit_outputs
+    from .levels import levels_results
+
+    results, _, source_text, equations = levels_results(data, model, fit, out, build, cache_dir, _stderr)
+    results.meta.update(run_meta(results, source_text, model["level1"], equations[1], model["model_file"],
+                                 equations[2:]))
+    status, failures = fit_status(results, strict=False)
+    results.plot(kind, output, **options)
+    if out.json_out and not status:
+        atomic_write_text(out.json_out, results.to_json())
+    commit_outputs()
+    if not out.quiet:
+        for message in failures + results.boundary_notes:
+            _stderr(f"hlmcli: warning: {message}")
+        _stderr(f"hlmcli: wrote {output}" + (f" and {out.json_out}" if out.json_out and not status else ""))
+        if out.json_out and status:
+            _stderr(f"hlmcli: {out.json_out} not written because the fit is not certified")
     if status:
         sys.exit(status)
 

@@ -22,9 +22,13 @@ def read_fit(path: str) -> dict:
         raise DataError(f"{path}: not a JSON fit (incomplete or not JSON); save one with 'hlmcli fit ... --format json'") from None
     if not isinstance(fit, dict) or fit.get("tool") != "hlmcli" or "deviance" not in fit:
         raise DataError(f"{path}: not an hlmcli JSON fit; save one with 'hlmcli fit ... --format json'")
-    if fit.get("levels") == 3:
-        raise DataError(f"{path}: a three-level fit (schema 3); 'compare' and 'table' read two-level fits only "
-                        "for now, so compare the deviances and parameter counts in the JSON by hand")
+    if fit.get("levels") in (3, 4) and fit.get("schema") in (3, 4):
+        from .schemas import first_error_file
+
+        problem = first_error_file(fit, "fit-3.json" if fit["levels"] == 3 else "fit-levels.json")
+        if problem:
+            raise DataError(f"{path}: not a valid saved fit: {problem}; save it again with 'hlmcli fit ... --format json'")
+        return fit
     if fit.get("schema") != 2:
         raise DataError(f"{path}: JSON schema {str(fit.get('schema'))[:20]} is not one this hlmcli reads (2); refit with this version")
     if fit.get("kind") == "combined":
@@ -84,7 +88,78 @@ def _fixed_key(fit: dict) -> list[tuple]:
                   for f in fit["fixed_effects"])
 
 
+def _levels_fixed_key(fit: dict) -> list:
+    """The fixed part of a fit of three or more levels: its model's normalised equations without their
+    random terms (names, centring and the fixed effects' places all show in them)."""
+    import re
+
+    lines = fit["model"]["normalised"]
+    if isinstance(lines, dict):
+        lines = [x for level in sorted(lines) for x in lines[level]]
+    return [re.sub(r"\s*\+\s*[ERUV][\d,]*[a-z]*\s*$", "", x) for x in lines]
+
+
+def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
+    """The likelihood-ratio test between two fits of the same three- or four-level data, and the
+    proportion of each level's variance explained, read from their JSON documents."""
+    from .levels_results import n_units, table_view, tau_blocks
+
+    for fit, name in ((a, name_a), (b, name_b)):
+        if not fit.get("converged"):
+            raise DataError(f"{name} is not a certified optimum, so its deviance cannot be tested; fix the fit first")
+    if a["levels"] != b["levels"]:
+        raise DataError(f"{name_a} has {a['levels']} levels and {name_b} {b['levels']}; a deviance test needs the "
+                        "same data")
+    if a["method"] != b["method"]:
+        raise DataError(f"{name_a} is {a['method']} and {name_b} is {b['method']}; fit both the same way (both --ml "
+                        "for different fixed effects)")
+    same = [(key, a.get(key) == b.get(key)) for key in ("outcome", "data_source", "ids", "n_deleted")]
+    same.append(("units", n_units(a) == n_units(b)))
+    differ = [key for key, ok in same if not ok]
+    if differ:
+        raise DataError(f"{name_a} and {name_b} were fitted to different records ({', '.join(differ)} differ); a "
+                        "deviance test needs the same data")
+    if a["method"] == "REML" and _levels_fixed_key(a) != _levels_fixed_key(b):
+        raise DataError(f"{name_a} and {name_b} have different fixed effects (centring included), and REML deviances "
+                        "of such models are not comparable; refit both with --ml")
+    simple, full, swapped = (a, b, False) if a["n_params"] <= b["n_params"] else (b, a, True)
+    try:
+        chi2, df, p = deviance_test(simple["deviance"], simple["n_params"], full["deviance"], full["n_params"])
+    except ModelError as exc:
+        raise DataError(f"{name_a} and {name_b}: {exc}") from None
+    va, vb = table_view(a), table_view(b)
+    result = {"tool": "hlmcli", "schema": 2, "model_a": name_a, "model_b": name_b, "method": a["method"],
+              "deviance_a": a["deviance"], "deviance_b": b["deviance"], "n_params_a": a["n_params"],
+              "n_params_b": b["n_params"], "aic_a": va["aic"], "aic_b": vb["aic"], "bic_a": va["bic"],
+              "bic_b": vb["bic"], "chi2": chi2, "df": df, "p": p, "p_mixture": None, "mixture_note": None}
+    taus = [{(blk["level"], name): blk["matrix"][k][k] for blk in tau_blocks(fit)
+             for k, name in enumerate(blk["coefficients"])} for fit in (simple, full)]
+    added = [key for key in taus[1] if key not in taus[0]]
+    if _levels_fixed_key(a) == _levels_fixed_key(b) and set(taus[0]) <= set(taus[1]) and len(added) == 1:
+        level, name = added[0]
+        block = next(blk for blk in tau_blocks(full) if blk["level"] == level)
+        if df == len(block["coefficients"]):  # the new effect's variance and its covariances with its level's others
+            result["p_mixture"] = mixture_p(chi2, df)
+            result["mixture_note"] = (f"the test that the variance of {name} at level {level} is zero puts it on the "
+                                      f"boundary; p_mixture is the 50:50 mixture of chi-square({df - 1}) and "
+                                      f"chi-square({df}) (Stram & Lee 1994), p is the naive chi-square")
+    ta = {key: v for key, v in taus[0 if not swapped else 1].items()}
+    tb = {key: v for key, v in taus[1 if not swapped else 0].items()}
+    reductions = [{"component": f"level-{level} {name}", "a": ta[(level, name)], "b": tb[(level, name)],
+                   "proportion_reduction": (ta[(level, name)] - tb[(level, name)]) / ta[(level, name)]}
+                  for level, name in ta if (level, name) in tb and ta[(level, name)] > 0]
+    reductions.append({"component": "level-1", "a": a["sigma2"], "b": b["sigma2"],
+                       "proportion_reduction": (a["sigma2"] - b["sigma2"]) / a["sigma2"]})
+    result["variance_reduction"] = reductions
+    result["order_note"] = "B has fewer parameters than A; the test treats B as the simpler model" if swapped else None
+    return result
+
+
 def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
+    if a.get("levels", 2) > 2 or b.get("levels", 2) > 2:
+        if a.get("levels", 2) == 2 or b.get("levels", 2) == 2:
+            raise DataError(f"{name_a} and {name_b} have different numbers of levels; a deviance test needs the same data")
+        return compare_levels(a, b, name_a, name_b)
     for fit, name in ((a, name_a), (b, name_b)):
         if "data_hash" not in fit or "model" not in fit:
             raise DataError(f"{name} does not record its model and data (an older hlmcli wrote it); refit it with this version")

@@ -41,7 +41,7 @@ Examples (in sample_data/):
       -2 'b0 = g00 + g01*SECTOR + u0' -2 'b1 = g10 + g11*SECTOR + u1'
   hlmcli fit hsb/hsb1.csv hsb/hsb2.csv --id ID \\
       --formula 'MATHACH ~ SECTOR*group(SES) + (group(SES) | ID)' --format markdown
-  hlmcli fit hsb.mdm --model models/m4_slopes.txt --ml --residuals-l2 res2.csv
+  hlmcli fit hsb.mdm --model models/m4_slopes.txt --ml --residuals-l2 res2.sav --hlm-names
 """,
     "mdm build": """\
 Examples (in sample_data/):
@@ -56,6 +56,7 @@ Examples (in sample_data/):
 
 \b
   hlmcli plot caterpillar hsb.mdm --model models/m4_slopes.txt -o caterpillar.png
+  hlmcli plot eb-ols hsb.mdm --model models/m4_slopes.txt --coef SES -o eb_ols.svg
   hlmcli plot equation hsb.mdm --model models/m4_slopes.txt --by SECTOR -o equation.png
 """,
     "table": """\

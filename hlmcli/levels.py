@@ -109,24 +109,21 @@ def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_ite
     return replace(spec, options=replace(spec.options, **changes)) if changes else spec
 
 
-def refuse_unsupported(pairs) -> None:
-    """Options that have no three-level meaning yet: one line naming them."""
-    given = [name for name, on in pairs if on]
+def _refuse_family(K: int) -> None:
+    """`hlmcli model` of three or four levels with HGLM options: the capabilities table's refusal."""
+    from .api import fit_options
+    from .capabilities import refuse_family
+
+    given = {k: v for k, v in click.get_current_context().meta.get("hglm", {}).items() if v is not None}
     if given:
-        raise _Usage(f"{', '.join(given)}: not available for three-level models yet; drop "
-                     f"{'it' if len(given) == 1 else 'them'} (three-level fits give HLM3's tables, JSON and EB residual files)")
-
-
-def _hglm_given() -> list[str]:
-    given = click.get_current_context().meta.get("hglm", {})
-    return [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and not (k == "family" and v == "normal")]
+        refuse_family(K, fit_options(**given))
 
 
 def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, more, stderr, use_ascii):
     from .report import printable
     from .report_levels import Symbols3, lme4_formula3, model_summary3
 
-    refuse_unsupported([(x, True) for x in _hglm_given()])
+    _refuse_family(3)
     archive, _ = load3(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
     spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"),
                  allow_outside=bool(more.get("allow_outside")))
@@ -141,90 +138,6 @@ def _model_given(*args):
     from .cli import model_given
 
     return model_given(*args)
-
-
-def fit3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, out_format, output, json_out, keep,
-         title, timestamp, df_method, strict, tau_structure, max_iterations, tests, compare_deviance, compare_params,
-         residuals_l1, residuals_l2, test_homogeneity, full_output, ols_units, quiet, weight1, weight2, normalize,
-         plausible_values, imputed, more, stderr, use_ascii):
-    """`hlmcli fit` for a three-level model: HLM3's text, or the JSON document of schema 3."""
-    from datetime import datetime, timezone
-
-    from .design_levels import design3
-    from .errors import EXIT_NOT_CONVERGED
-    from .files import atomic_write_text, check_outputs, refuse_clobber, refuse_overwriting_inputs
-    from .nested import fit_nested
-    from .report_levels import Symbols3, fit_json3, fit_json3_text, fit_text3, level2_residuals, level3_residuals
-    from .residual_files import write_table
-
-    refuse_unsupported([
-        ("--test", bool(tests)), (f"--df {df_method}", df_method != "hlm"), ("--compare-deviance", compare_deviance is not None),
-        ("--compare-params", compare_params is not None), ("--test-homogeneity", bool(test_homogeneity)),
-        ("--full-output", bool(full_output)), ("--ols-units", ols_units is not None),
-        ("--tau diagonal", tau_structure == "diagonal"),
-        ("--allow-unequal-imputations without --imputed", bool(more.get("allow_unequal_imputations")) and not imputed),
-        ("--residuals-l1", bool(residuals_l1)), ("--keep", bool(keep)),
-        (f"--format {out_format}", out_format not in ("text", "json")),
-        (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
-        ("--scheduler", bool(more.get("scheduler"))),
-    ] + [(x, True) for x in _hglm_given()])
-    if more.get("ml") and more.get("reml"):
-        raise click.UsageError("give --ml or --reml, not both")
-    residuals_l3 = more.get("residuals_l3")
-    sources = list(data) + [model_file]
-    check_outputs([("-o", output), ("--json-out", json_out), ("--residuals-l2", residuals_l2),
-                   ("--residuals-l3", residuals_l3)], sources)
-    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
-    archive, source_text = load3(data, build_opts, cache_dir, warn)
-    spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"), title=title,
-                 max_iterations=max_iterations, residuals_l2=residuals_l2, residuals_l3=residuals_l3,
-                 allow_outside=bool(more.get("allow_outside")))
-    design = design3(spec, archive)
-    from .identifiability import check_three_level
-    from .levels_combined import fit_weighted, weight_spec_levels, weighting_meta
-
-    check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
-    wspec = weight_spec_levels(3, _weight_names(weight1, weight2, more), normalize)
-    meta = {"data_source": source_text, "title": spec.options.title, "id2": archive.id_names[0], "id3": archive.id_names[1],
-            "model_given": _model_given(level1, level2, model_file, list(more.get("level3") or ())),
-            "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
-    if timestamp:
-        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if plausible_values or imputed:
-        from .report_levels import model_summary3
-
-        sym = Symbols3(use_ascii(ascii_only) if not output else ascii_only)
-        text, json_text, failures = _combined(
-            archive, source_text, design, lambda a: design3(spec, a), data, build_opts, cache_dir, warn, load3, wspec,
-            plausible_values, imputed, more, spec, meta, fit_json3, lambda d, f, m: fit_text3(d, f, m, sym),
-            model_summary3(spec, sym), sym.sigma2, out_format, full_output, (residuals_l2, residuals_l3))
-        status = EXIT_NOT_CONVERGED if failures else 0
-        _finish(text, json_text, output, json_out, status == 0 or more.get("keep_failed_output"), quiet, failures,
-                strict, [], status, stderr)
-        return
-    fit, weights = fit_weighted(design, archive, wspec, spec.method == "REML", spec.options.max_iterations)
-    meta.update(weighting_meta(weights))
-    failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(getattr(fit.certificate, "failed", []) or [fit.message])]
-    if strict and fit.boundary:
-        failures += list(fit.boundary)
-    status = EXIT_NOT_CONVERGED if failures else 0
-    write_files = status == 0 or more.get("keep_failed_output")
-    if write_files:
-        for path, typed, table in ((spec.options.residuals_l2, residuals_l2, level2_residuals),
-                                   (spec.options.residuals_l3, residuals_l3, level3_residuals)):
-            if path:
-                refuse_overwriting_inputs(path, sources)
-                if not typed:
-                    refuse_clobber(path, more.get("force"), Path(model_file).name)
-                write_table(table(design, fit, archive), path)
-    json_text = fit_json3_text(design, fit, meta) if out_format == "json" or json_out else None
-    text = json_text if out_format == "json" else \
-        fit_text3(design, fit, meta, Symbols3(use_ascii(ascii_only) if not output else ascii_only))
-    _finish(text, json_text, output, json_out, write_files, quiet, failures, strict, fit.boundary, status, stderr)
-
-
-def _weight_names(weight1, weight2, more) -> dict:
-    return {1: weight1, 2: weight2, 3: more.get("weight3"), 4: more.get("weight4")}
 
 
 def _combined(archive, source_text, design, design_of, data, build_opts, cache_dir, warn, load, wspec, plausible_values,
@@ -246,7 +159,7 @@ def _combined(archive, source_text, design, design_of, data, build_opts, cache_d
                         bool(full_output))
 
 
-def _finish(text, json_text, output, json_out, write_files: bool, quiet: bool, failures: list, strict: bool,
+def _finish_combined(text, json_text, output, json_out, write_files: bool, quiet: bool, failures: list, strict: bool,
             boundary, status: int, stderr) -> None:
     """The end of a three- or four-level fit: the files only when the fit is certified (or
     --keep-failed-output), the text on stdout otherwise, the warnings unless -q, the exit status."""
@@ -266,11 +179,6 @@ def _finish(text, json_text, output, json_out, write_files: bool, quiet: bool, f
                    "pass --keep-failed-output to write it anyway")
     if status:
         sys.exit(status)
-
-
-def unsupported_command(name: str):
-    raise ModelError(f"'hlmcli {name}' is not available for three-level models yet; use 'hlmcli fit' "
-                     "(text or --format json) and the EB residual files (--residuals-l2, --residuals-l3)")
 
 
 # ---------------------------------------------------------------- four levels
@@ -401,19 +309,11 @@ def _equations(level1, level2, more, K):
     return given[:K]
 
 
-def refuse_unsupported_levels(pairs) -> None:
-    given = [name for name, on in pairs if on]
-    if given:
-        raise _Usage(f"{', '.join(given)}: not available for four-level models yet; drop "
-                     f"{'it' if len(given) == 1 else 'them'} (four-level fits give HLM4's tables, JSON and EB residual "
-                     "files)")
-
-
 def model_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, more, stderr, use_ascii):
     from .report import printable
     from .report_levels import SymbolsLevels, lme4_formula, lme4_notes, model_summary
 
-    refuse_unsupported_levels([(x, True) for x in _hglm_given()])
+    _refuse_family(4)
     archive, _ = load_levels(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
     spec = spec_levels(archive, _equations(level1, level2, more, archive.n_levels), model_file, more.get("reml"))
     lines = model_summary(spec, SymbolsLevels(use_ascii(ascii_only)))
@@ -423,84 +323,118 @@ def model_levels(data, level1, level2, model_file, ascii_only, build_opts, cache
     click.echo("\n".join(printable(line) for line in lines))
 
 
-def fit_levels(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, out_format, output, json_out,
-               title, timestamp, strict, max_iterations, quiet, refused, more, stderr, use_ascii):
-    """`hlmcli fit` for a model of four levels: HLM4's text, or the JSON document of schema 4."""
+def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr):
+    """The archive, spec, capabilities.check and certified fit of a model of three or four levels, as
+    `Results` (what `fit` and `plot` share). Returns (results, sources, source text, equations)."""
+    from .api import analyse_levels, model_spec_levels
+    from .capabilities import check as check_capabilities
+    from .files import check_outputs
+    from .results import Results
+
+    model_file = model.get("model_file")
+    sources = list(data) + [model_file]
+    check_outputs([("-o", out.output), ("--json-out", out.json_out), ("--residuals-l1", out.residuals_l1),
+                   ("--residuals-l2", out.residuals_l2), ("--residuals-l3", out.residuals_l3),
+                   ("--residuals-l4", out.residuals_l4)], sources)
+    warn = (lambda m: None) if out.quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
+    three = len(data) == 3 or (len(data) == 1 and archive_n_levels(data[0]) == 3)
+    if three:
+        keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched",
+                 "file_format", "delimiter")
+        archive, source_text = load3(data, {k: build_opts.get(k) for k in keys3}, cache_dir, warn)
+    else:
+        archive, source_text = load_levels(data, build_opts, cache_dir, warn)
+    K = archive.n_levels
+    if out.residuals_l4 and K < 4:
+        raise _Usage("--residuals-l4 is for four-level models: give four data files or a four-level archive")
+    equations = [[model["level1"]] if model.get("level1") else [], list(model.get("level2") or ()),
+                 list(model.get("level3") or ()), list(model.get("level4") or ())]
+    residuals = {k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)}
+    spec = model_spec_levels(archive, equations[:K], model_file, fit, bool(model.get("allow_outside")),
+                             title=out.title, residuals=residuals)
+    check_capabilities(spec, fit, out)
+    analysis = analyse_levels(spec, archive, fit)
+    results = Results(analysis, archive, {"data_source": source_text, "title": spec.options.title,
+                                          "ids": list(archive.id_names)})
+    return results, sources, source_text, equations[:K]
+
+
+def fit_levels(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr, use_ascii) -> None:
+    """`hlmcli fit` of a model of three or four levels: `levels_results`, then the one ending of every
+    fit (cli.finish). `model` holds the equations (level1 ... level4), model_file and allow_outside."""
+    from .cli import finish
+
+    if fit.plausible_values or fit.imputed:
+        return fit_levels_combined(data, model, fit, out, build_opts, cache_dir, stderr, use_ascii)
+    results, sources, source_text, equations = levels_results(data, model, fit, out, build_opts, cache_dir, stderr)
+    finish(results, out, sources, source_text=source_text, level1=model.get("level1"), level2=equations[1],
+           model_file=model.get("model_file"), higher=equations[2:])
+
+
+def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr, use_ascii) -> None:
+    """--plausible-values or --imputed at three or four levels: the same data, spec and capabilities.check
+    as `levels_results`, then one fit per plausible value or data set combined by Rubin's rules
+    (levels_combined.run_combined), written only when every fit is certified."""
+    from dataclasses import replace
     from datetime import datetime, timezone
 
-    from .design_levels import design_levels
+    from .api import levels_weight_spec, model_spec_levels
+    from .capabilities import check as check_capabilities
     from .errors import EXIT_NOT_CONVERGED
-    from .files import atomic_write_text, check_outputs
-    from .nested import fit_nested
-    from .report_levels import SymbolsLevels, fit_json, fit_json_text, fit_text, level_residuals
-    from .residual_files import write_table
+    from .files import check_outputs
 
-    refuse_unsupported_levels(list(refused) + [(f"--format {out_format}", out_format not in ("text", "json"))]
-                       + [(x, True) for x in _hglm_given()])
-    if more.get("ml") and more.get("reml"):
-        raise click.UsageError("give --ml or --reml, not both")
-    sources = list(data) + [model_file]
-    residuals = [more.get(f"residuals_l{k}") for k in (2, 3, 4)]
-    check_outputs([("-o", output), ("--json-out", json_out)]
-                  + [(f"--residuals-l{k}", path) for k, path in zip((2, 3, 4), residuals)], sources)
-    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
-    archive, source_text = load_levels(data, build_opts, cache_dir, warn)
+    model_file = model.get("model_file")
+    check_outputs([("-o", out.output), ("--json-out", out.json_out)], list(data) + [model_file])
+    warn = (lambda m: None) if out.quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
+    three = len(data) == 3 or (len(data) == 1 and archive_n_levels(data[0]) == 3)
+    keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched", "file_format",
+             "delimiter")
+    opts = {k: build_opts.get(k) for k in keys3} if three else build_opts
+    load = load3 if three else load_levels
+    archive, source_text = load(data, opts, cache_dir, warn)
     K = archive.n_levels
-    spec = spec_levels(archive, _equations(level1, level2, more, K), model_file, more.get("reml"), title=title,
-                       max_iterations=max_iterations, residuals=residuals[:K - 1])
-    design = design_levels(spec, archive)
-    from .levels_combined import fit_weighted, weight_spec_levels, weighting_meta
+    equations = [[model["level1"]] if model.get("level1") else [], list(model.get("level2") or ()),
+                 list(model.get("level3") or ()), list(model.get("level4") or ())][:K]
+    spec = model_spec_levels(archive, equations, model_file, fit, bool(model.get("allow_outside")), title=out.title,
+                             residuals={k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)})
+    # --full-output of combined fits prints each fit's own tables (not HLM2's unit regressions)
+    check_capabilities(spec, replace(fit, full_output=None), out)
+    if fit.tests or fit.compare_deviance is not None:
+        raise _Usage("--test and --compare-deviance are not combined over plausible values or imputed data sets at "
+                     "three or more levels yet; fit one data set at a time for those")
+    wspec = levels_weight_spec(K, fit)
+    ascii_text = use_ascii(out.ascii_only) if not out.output else out.ascii_only
+    if three:
+        from .design_levels import design3
+        from .report_levels import Symbols3, fit_json3, fit_text3, model_summary3
 
-    wspec = weight_spec_levels(K, _weight_names(more.get("weight1"), more.get("weight2"), more), more.get("normalize"))
-    meta = {"data_source": source_text, "title": spec.options.title, "ids": list(archive.id_names),
-            "model_given": {"level1": level1, "level2": list(level2), "level3": list(more.get("level3") or ()),
-                            "level4": list(more.get("level4") or ()),
-                            "model_file": Path(model_file).name if model_file else None}}
-    if timestamp:
+        sym = Symbols3(ascii_text)
+        design = design3(spec, archive)
+        design_of, fit_doc = (lambda a: design3(spec, a)), fit_json3
+        fit_txt, lines = (lambda d, f, m: fit_text3(d, f, m, sym)), model_summary3(spec, sym)
+        meta = {"data_source": source_text, "title": spec.options.title, "id2": archive.id_names[0],
+                "id3": archive.id_names[1], "model_given": _model_given(model.get("level1"), equations[1], model_file,
+                                                                       equations[2]),
+                "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm")
+                else None}
+    else:
+        from .design_levels import design_levels
+        from .report_levels import SymbolsLevels, fit_json, fit_text, model_summary
+
+        sym = SymbolsLevels(ascii_text)
+        design = design_levels(spec, archive)
+        design_of, fit_doc = (lambda a: design_levels(spec, a)), fit_json
+        fit_txt, lines = (lambda d, f, m: fit_text(d, f, m, sym)), model_summary(spec, sym)
+        meta = {"data_source": source_text, "title": spec.options.title, "ids": list(archive.id_names),
+                "model_given": {"level1": model.get("level1"), "level2": equations[1], "level3": equations[2],
+                                "level4": equations[3], "model_file": Path(model_file).name if model_file else None}}
+    if out.timestamp:
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if more.get("plausible_values") or more.get("imputed"):
-        from .report_levels import model_summary
-
-        sym = SymbolsLevels(use_ascii(ascii_only) if not output else ascii_only)
-        text, json_text, failures = _combined(
-            archive, source_text, design, lambda a: design_levels(spec, a), data, build_opts, cache_dir, warn,
-            load_levels, wspec, more.get("plausible_values"), more.get("imputed"), more, spec, meta,
-            fit_json, lambda d, f, m: fit_text(d, f, m, sym), model_summary(spec, sym), sym.sigma2, out_format,
-            more.get("full_output"), residuals)
-        status = EXIT_NOT_CONVERGED if failures else 0
-        _finish(text, json_text, output, json_out, status == 0 or more.get("keep_failed_output"), quiet, failures,
-                strict, [], status, stderr)
-        return
-    fit, weights = fit_weighted(design, archive, wspec, spec.method == "REML", spec.options.max_iterations)
-    meta.update(weighting_meta(weights))
-    failures = [] if fit.converged else ["the optimum is not certified: " + "; ".join(fit.certificate.failed or [fit.message])]
-    if strict and fit.boundary:
-        failures += list(fit.boundary)
+    residuals = tuple(getattr(out, f"residuals_l{k}") for k in range(1, K + 1))
+    text, json_text, failures = _combined(
+        archive, source_text, design, design_of, data, opts, cache_dir, warn, load, wspec, fit.plausible_values,
+        fit.imputed, {"allow_unequal_imputations": model.get("allow_unequal_imputations")}, spec, meta, fit_doc,
+        fit_txt, lines, sym.sigma2, out.out_format, fit.full_output, residuals)
     status = EXIT_NOT_CONVERGED if failures else 0
-    write_files = status == 0 or more.get("keep_failed_output")
-    if write_files:
-        for level, path in enumerate(spec.options.residuals, start=2):
-            if path:
-                write_table(level_residuals(design, fit, archive, level), path)
-    json_text = fit_json_text(design, fit, meta) if out_format == "json" or json_out else None
-    text = json_text if out_format == "json" else \
-        fit_text(design, fit, meta, SymbolsLevels(use_ascii(ascii_only) if not output else ascii_only))
-    _finish(text, json_text, output, json_out, write_files, quiet, failures, strict, fit.boundary, status, stderr)
-
-
-def refusals(params: dict) -> list:
-    """The `fit` options with no four-level meaning yet, as (option, given) pairs."""
-    more = params.get("more", {})
-    return [
-        ("--test", bool(params.get("tests"))), (f"--df {params.get('df_method')}", params.get("df_method", "hlm") != "hlm"),
-        ("--compare-deviance", params.get("compare_deviance") is not None),
-        ("--compare-params", params.get("compare_params") is not None),
-        ("--test-homogeneity", bool(params.get("test_homogeneity"))), ("--full-output", bool(params.get("full_output"))),
-        ("--ols-units", params.get("ols_units") is not None), ("--tau diagonal", params.get("tau_structure") == "diagonal"),
-        ("--allow-unequal-imputations without --imputed",
-         bool(more.get("allow_unequal_imputations")) and not params.get("imputed")),
-        ("--residuals-l1", bool(params.get("residuals_l1"))),
-        ("--keep", bool(params.get("keep"))),
-        (f"--engine {more.get('engine')}", more.get("engine", "memory") != "memory"),
-        ("--scheduler", bool(more.get("scheduler"))),
-    ]
+    _finish_combined(text, json_text, out.output, out.json_out, status == 0 or out.keep_failed_output, out.quiet,
+                     failures, out.strict, [], status, stderr)

@@ -46,14 +46,14 @@ def weighting_meta(weights) -> dict:
     return {"weighting_lines": levels_weighting_lines(weights), "weights": weights.to_json()}
 
 
-def fit_weighted(design, archive, wspec, reml: bool, max_iterations: int):
+def fit_weighted(design, archive, wspec, reml: bool, max_iterations: int, **options):
     """The certified nested fit of a design, with its sampling weights when `wspec` gives any:
-    (fit, resolved weights or None)."""
+    (fit, resolved weights or None). `options` go to nested_fit.fit_nested (diagonal=, df_method=)."""
     from .weights import resolve_levels, weighted_data
 
     check_method(wspec, reml)
     weights = resolve_levels(wspec, archive, design) if wspec is not None else None
-    return fit_nested_checked(weighted_data(design, weights), reml, max_iterations), weights
+    return fit_nested_checked(weighted_data(design, weights), reml, max_iterations, **options), weights
 
 
 def fit_combined(design, archive, wspec, reml: bool, max_iterations: int, plausible_values=None,
@@ -88,10 +88,10 @@ def fit_combined(design, archive, wspec, reml: bool, max_iterations: int, plausi
     return fits, designs, labels, "imputed data sets", first
 
 
-def fit_nested_checked(data, reml: bool, max_iterations: int):
-    from .nested import fit_nested
+def fit_nested_checked(data, reml: bool, max_iterations: int, **options):
+    from .nested_fit import fit_nested
 
-    return fit_nested(data, reml=reml, max_iterations=max_iterations)
+    return fit_nested(data, reml=reml, max_iterations=max_iterations, **options)
 
 
 def _with_outcome(design, outcome: str):

@@ -109,7 +109,7 @@ def combined_json_levels(n_units: dict, fits: list, fit_docs: list, meta: dict, 
                          tests=None, weights=None) -> dict:
     """The combined JSON document (schema 4, kind "combined", hlmcli/schema/combined-levels.json):
     the combined tables and averages, and each fit's own document (`fit_docs`) under "fits"."""
-    from . import __version__
+    from .version import __version__
 
     labels = [f.get("label", f.get("gamma")) for f in fit_docs[0]["fixed_effects"]]
     c = combine_levels(fits, labels, outcomes)
@@ -130,7 +130,7 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
                          fit_texts: list[str] | None = None) -> str:
     """HLM-style text of a combined K-level document: the combined fixed effects (model-based and robust),
     the averaged variance components and reliabilities, D1 tests; each fit's own text after it when given."""
-    from . import __version__
+    from .version import __version__
     from .report import hlm_p, printable, text_table
 
     K = doc["levels"]

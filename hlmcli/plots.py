@@ -3,9 +3,10 @@
 KINDS: equation (predicted outcome against a level-1 predictor, one line per value or quartile of
 level-2 predictors), units (each unit's EB line), shrinkage (OLS to EB per unit, against unit size),
 caterpillar (sorted EB residuals with 95% posterior intervals), diagnostics (level-1 residuals
-against fitted values, Q–Q plot of the EB residuals, Mahalanobis distances against χ² quantiles).
+against fitted values, Q–Q plot of the EB residuals, Mahalanobis distances against χ² quantiles),
+eb-ols (each unit's EB coefficient against its OLS coefficient, with the 45° line, as HLM 7 draws it).
 
-matplotlib is an optional extra (`pip install 'hlmcli[plot]'`); figures are drawn with the
+matplotlib is an optional extra (`pip install '.[plot]'` in the source folder); figures are drawn with the
 object API (no pyplot state), sized for a paper's column, and saved as PNG, SVG or PDF by extension.
 """
 
@@ -20,14 +21,14 @@ from .lazy import lazy
 
 pd = lazy("pandas")
 
-from .errors import DataError, HlmError, ModelError
+from .errors import DataError, HlmError, ModelError, install_hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
     from .results import Results
 
-KINDS = ("equation", "units", "shrinkage", "caterpillar", "diagnostics")
+KINDS = ("equation", "units", "shrinkage", "caterpillar", "diagnostics", "eb-ols")
 FORMATS = (".png", ".svg", ".pdf")
 _COLUMN = (4.6, 3.4)  # inches: one column of a two-column paper, with room for the legend
 _STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7.5,
@@ -43,7 +44,7 @@ def _figure(size=_COLUMN) -> Figure:
         from matplotlib.figure import Figure
     except ImportError:
         raise MissingExtra("plots need matplotlib, which is not installed; "
-                           "install it with: pip install 'hlmcli[plot]'") from None
+                           + install_hint("plot")) from None
     return Figure(figsize=size, layout="constrained")
 
 
@@ -52,7 +53,7 @@ def _context():
         import matplotlib
     except ImportError:
         raise MissingExtra("plots need matplotlib, which is not installed; "
-                           "install it with: pip install 'hlmcli[plot]'") from None
+                           + install_hint("plot")) from None
     return matplotlib.rc_context(_STYLE)
 
 
@@ -347,8 +348,38 @@ def plot_diagnostics(results: Results, coef: str | None = None, **_) -> Figure:
     return fig
 
 
+def plot_eb_ols(results: Results, coef: str | None = None, **_) -> Figure:
+    """HLM 7's EB-against-OLS scatter: each unit's EB coefficient (y) against its OLS coefficient
+    (x), with the 45° line on which EB = OLS. Points fall between the line and the level-2
+    prediction: the farther, the more the unit's OLS estimate was shrunk (small or noisy units).
+    Units whose OLS cannot be computed (too few records, or a predictor constant in the unit)
+    have no x: they are left out, and the caption counts them."""
+    name = _coef(results, coef)
+    re = results.random_effects()
+    ols, ebv = re[f"ols_{name}"].to_numpy(dtype=float), re[f"eb_{name}"].to_numpy(dtype=float)
+    ok = np.isfinite(ols)
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.plot(ols[ok], ebv[ok], "o", color="#1b6ca8", markersize=2.5, linestyle="none")
+    if ok.any():
+        low = float(min(ols[ok].min(), ebv[ok].min()))
+        high = float(max(ols[ok].max(), ebv[ok].max()))
+        ax.plot([low, high], [low, high], color="0.2", linewidth=0.8, label="EB = OLS (45° line)")
+        ax.legend(frameon=False, loc="upper left")
+    label = "intercept" if name == "INTRCPT1" else f"{name} slope"
+    ax.set_xlabel(f"OLS estimate of the {label}")
+    ax.set_ylabel(f"EB estimate of the {label}")
+    ax.set_title("EB against OLS estimates")
+    left_out = int((~ok).sum())
+    caption = f"{int(ok.sum())} units" + (f"; {left_out} left out (their OLS cannot be computed)" if left_out else "")
+    fig.text(0.01, 0.005, caption, fontsize=7, color="0.3", ha="left", va="bottom")
+    fig.get_layout_engine().set(h_pad=0.12)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 _PLOTTERS = {"equation": plot_equation, "units": plot_units, "shrinkage": plot_shrinkage,
-             "caterpillar": plot_caterpillar, "diagnostics": plot_diagnostics}
+             "caterpillar": plot_caterpillar, "diagnostics": plot_diagnostics, "eb-ols": plot_eb_ols}
 
 
 def check_output(path: str | os.PathLike) -> None:
@@ -370,6 +401,148 @@ def plot(results: Results, kind: str, path: str | os.PathLike | None = None, **o
         fig = _PLOTTERS[kind](results, **{k: v for k, v in options.items() if v is not None})
         if path is not None:
             save(fig, path)
+    return fig
+
+
+# ---------------------------------------------------------------- three and four levels
+
+LEVELS_KINDS = ("equation", "caterpillar", "diagnostics")
+_LEVELS_REFUSED = {
+    "units": ("not yet for k levels: a units plot draws each level-2 unit's EB line, which at three or more levels "
+              "also carries the random effects of the units above it; draw the caterpillar or diagnostics plot"),
+    "shrinkage": ("a shrinkage plot moves each unit's own OLS estimate to its EB estimate, and HLM3 and HLM4 compute "
+                  "no unit OLS estimates (a level-2 unit may have too few records for one); draw the caterpillar plot"),
+    "eb-ols": ("an EB-against-OLS plot needs each unit's own OLS estimate, and HLM3 and HLM4 compute no unit OLS "
+               "estimates (a level-2 unit may have too few records for one); draw the caterpillar plot"),
+}
+
+
+def _levels_coef(results, name: str | None) -> tuple[int, int, str]:
+    """(level, index in that level's τ, name) of a random coefficient; --coef names it by its path
+    (INTRCPT1 at level 2, INTRCPT1/INTRCPT2 at level 3, ...); default: the first of level 2."""
+    found = [(level, k, n) for level, names in results.random_coefficients.items() for k, n in enumerate(names)]
+    if name is None:
+        return found[0]
+    for level, k, n in found:
+        if n.lower() == name.lower():
+            return level, k, n
+    raise ModelError(f"--coef {name}: not a random coefficient of the model (choose from "
+                     f"{', '.join(n for _, _, n in found)})")
+
+
+def equation_lines_levels(results, x: str | None = None, points: int = 50):
+    """The equation graph of a K-level fit: the fixed part against a level-1 predictor, on the model's
+    scale. Its intercept and slope are the averages over the records of the fixed part without x and
+    of x's coefficient (the products of the γs with the higher-level predictors), so every other
+    predictor is held at its average contribution."""
+    from types import SimpleNamespace
+
+    from .levels_results import level1_fitted
+    from .nested import as_levels
+
+    a = results.analysis
+    spec = a.levels_spec
+    terms = list(spec.level1)
+    if not terms:
+        raise ModelError("the model has no level-1 predictor to put on the x axis")
+    k = 0
+    if x is not None:
+        hits = [i for i, t in enumerate(terms) if t.name.lower() == x.lower()]
+        if not hits:
+            raise ModelError(f"--x {x}: not a level-1 predictor of the model (choose from "
+                             f"{', '.join(t.name for t in terms)})")
+        k = hits[0]
+    data = as_levels(a.design.data)
+    fit = a.fit
+    on_x = np.array([f.names[0] == terms[k].label for f in spec.fixed()])
+    zeros = tuple(np.zeros_like(e) for e in fit.eb)
+    without_x = SimpleNamespace(gamma=np.where(on_x, 0.0, fit.gamma), eb=zeros)
+    intercept = float(level1_fitted(data, without_x)[0].mean())
+    ones = data.predictors[0].copy()
+    ones[:, k] = 1.0
+    slope_data = type(data)(data.y, (ones,) + tuple(data.predictors[1:]), data.parents, data.layout)
+    slope = float(level1_fitted(slope_data, SimpleNamespace(gamma=np.where(on_x, fit.gamma, 0.0), eb=zeros))[0].mean())
+    column = data.predictors[0][:, k]
+    xs = np.linspace(column.min(), column.max(), points)
+    return _axis_name(terms[k]), xs, [("other predictors at their averages", intercept + slope * xs)]
+
+
+def refuse_levels_plot(kind: str, n_levels: int, by=None) -> None:
+    """The plots a fit of three or more levels does not draw, refused in one line with the reason
+    (before fitting, on the command line)."""
+    if kind in _LEVELS_REFUSED:
+        raise ModelError(f"a {kind} plot of a {n_levels}-level fit: {_LEVELS_REFUSED[kind]}")
+    if kind not in LEVELS_KINDS:
+        raise ModelError(f"unknown plot '{kind}'; choose one of {', '.join(KINDS)}")
+    if kind == "equation" and by:
+        raise ModelError("--by draws lines at a level-2 predictor's values in a two-level fit; a fit of three or more "
+                         "levels holds the predictors above level 1 at their averages over the records; drop --by")
+
+
+def plot_levels(results, kind: str, path: str | os.PathLike | None = None, **options: Any) -> Figure:
+    """`plot` for a fit of three or four levels: the equation graph, the caterpillar plot of a random
+    coefficient at any level, and the diagnostics (level-1 residuals, Q–Q plot of the EB residuals)."""
+    refuse_levels_plot(kind, results.n_levels, options.get("by"))
+    if path is not None:
+        check_output(path)
+    with _context():
+        if kind == "equation":
+            xlabel, xs, lines = equation_lines_levels(results, options.get("x"))
+            fig = _equation_figure(xlabel, xs, lines, results.analysis.spec.outcome, results.method)
+        elif kind == "caterpillar":
+            fig = _caterpillar_levels(results, options.get("coef"))
+        else:
+            fig = _diagnostics_levels(results, options.get("coef"))
+        if path is not None:
+            save(fig, path)
+    return fig
+
+
+def _eb_levels(results, coef):
+    level, k, name = _levels_coef(results, coef)
+    fit = results.analysis.fit
+    return level, name, fit.eb[level - 2][:, k], fit.eb_var[level - 2][:, k, k], float(fit.taus[level - 2][k, k])
+
+
+def _caterpillar_levels(results, coef) -> Figure:
+    level, name, u, var, _ = _eb_levels(results, coef)
+    half = 1.96 * np.sqrt(var)
+    order = np.argsort(u, kind="stable")
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.errorbar(np.arange(1, u.size + 1), u[order], yerr=half[order], fmt="o", markersize=2, color="#1b6ca8",
+                ecolor="0.6", elinewidth=0.6)
+    ax.axhline(0.0, color="0.2", linewidth=0.8)
+    ax.set_xlabel(f"Level-{level} units, by rank of the EB residual ({u.size})")
+    ax.set_ylabel(f"EB residual ({name}) ± 1.96 SD")
+    ax.set_title(f"Caterpillar plot of the level-{level} EB residuals")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _diagnostics_levels(results, coef) -> Figure:
+    from scipy import stats
+
+    level, name, u, var, tau = _eb_levels(results, coef)
+    l1 = results.residuals_level1()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = u / np.sqrt(tau - var)  # Var(û) = τ - posterior variance
+    z = np.sort(z[np.isfinite(z)])
+    fig = _figure((6.2, 3.1))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(l1["fitted"], l1["residual"], ".", markersize=1.5, alpha=0.35, color="#1b6ca8")
+    ax1.axhline(0.0, color="0.2", linewidth=0.8)
+    ax1.set_xlabel(f"Fitted {results.analysis.spec.outcome} (EB)")
+    ax1.set_ylabel("Level-1 residual")
+    ax1.set_title("Level-1 residuals")
+    theo = stats.norm.ppf((np.arange(1, z.size + 1) - 0.5) / max(z.size, 1))
+    ax2.plot(theo, z, "o", markersize=2.5, color="#1b6ca8")
+    ax2.plot(theo, theo, color="0.2", linewidth=0.8)
+    ax2.set_xlabel("Normal quantile")
+    ax2.set_ylabel(f"Standardised level-{level} EB residual ({name})")
+    ax2.set_title("Q–Q plot of the EB residuals")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
     return fig
 
 

@@ -49,7 +49,8 @@ def level1_table(analysis, eb) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+def write_table(frame: pd.DataFrame, path: str | os.PathLike, labels: dict[str, str] | None = None) -> None:
+    """`labels`: {column: label}, written as SPSS variable labels in a .sav file (and as Stata's in .dta)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in ("", ".csv", ".txt"):
@@ -60,6 +61,8 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     import pyreadstat
 
     frame = frame.copy()
-    frame["id"] = frame["id"].astype(str)
+    id_column = "id" if "id" in frame.columns else frame.columns[0]  # HLM names: the id's own name, first
+    frame[id_column] = frame[id_column].astype(str)
     write = pyreadstat.write_sav if suffix == ".sav" else pyreadstat.write_dta
-    write_with(path, lambda tmp: write(frame, tmp))
+    column_labels = [labels.get(c, "") for c in frame.columns] if labels else None
+    write_with(path, lambda tmp: write(frame, tmp, column_labels=column_labels))

@@ -71,6 +71,14 @@ class Results:
       tidy(), table(fmt), plot(kind)
     """
 
+    def __new__(cls, analysis=None, *args, **kwargs):
+        # a model of three or more levels (levels_results.LevelsAnalysis) has its own accessors
+        if cls is Results and hasattr(analysis, "levels_spec"):
+            from .levels_results import LevelsResults
+
+            cls = LevelsResults
+        return super().__new__(cls)
+
     def __init__(self, analysis: Analysis, archive: Archive, meta: dict | None = None,
                  sources: SourceFrames | None = None) -> None:
         self.analysis = analysis
@@ -373,16 +381,29 @@ class Results:
         return table
 
     def write_residuals(self, level1: str | os.PathLike | None = None, level2: str | os.PathLike | None = None,
-                        keep: Sequence[str] = (), order: str = "source") -> None:
-        """Write the residual files (.csv, .sav or .dta by extension), atomically: both or neither."""
+                        keep: Sequence[str] = (), order: str = "source", hlm_names: bool = False) -> None:
+        """Write the residual files (.csv, .sav or .dta by extension), atomically: both or neither.
+        `hlm_names`: HLM 7's column names and order (EBINTRCP, OLINTRCP, FVINTRCP, L1RESID, ...; see
+        hlm_names.py), with variable labels in .sav files."""
         from .files import output_transaction
         from .residual_files import write_table
 
+        id_name = self.archive.id_names[0]
         with output_transaction():
             if level2:
-                write_table(self._residuals_level2(keep), level2)
+                table, labels = self._residuals_level2(keep), None
+                if hlm_names:
+                    from .hlm_names import level2_columns
+
+                    table, labels = level2_columns(table, self.analysis.design.spec.coefficient_names(), id_name)
+                write_table(table, level2, labels)
             if level1:
-                write_table(self._residuals_level1(keep, order), level1)
+                table, labels = self._residuals_level1(keep, order), None
+                if hlm_names:
+                    from .hlm_names import level1_columns
+
+                    table, labels = level1_columns(table, id_name)
+                write_table(table, level1, labels)
 
     def _warn(self, message: str) -> None:
         warn = self.meta.get("warn")

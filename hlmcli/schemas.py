@@ -24,13 +24,27 @@ def schema(kind: str) -> dict:
     return json.loads(resources.files("hlmcli").joinpath("schema", name).read_text(encoding="utf-8"))
 
 
+@lru_cache(maxsize=None)
+def schema_file(name: str) -> dict:
+    return json.loads(resources.files("hlmcli").joinpath("schema", name).read_text(encoding="utf-8"))
+
+
+def first_error_file(doc, name: str) -> str | None:
+    """As `first_error`, against the schema file `name` (fit-3.json, fit-levels.json)."""
+    return _first_error(doc, schema_file(name))
+
+
 def first_error(doc, kind: str) -> str | None:
+    return _first_error(doc, schema(kind))
+
+
+def _first_error(doc, schema_doc: dict) -> str | None:
     """The first way `doc` breaks the schema of `kind`, in one line naming where; None if it is valid."""
     try:
         import jsonschema
     except ImportError:
-        return _check(doc, schema(kind), "")
-    errors = sorted(jsonschema.Draft202012Validator(schema(kind)).iter_errors(doc),
+        return _check(doc, schema_doc, "")
+    errors = sorted(jsonschema.Draft202012Validator(schema_doc).iter_errors(doc),
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if not errors:
         return None

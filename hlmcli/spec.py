@@ -86,6 +86,8 @@ class FitOptions:
     tau: TauStructure | None = None
     weight1: str | None = None
     weight2: str | None = None
+    weight3: str | None = None  # three and four levels
+    weight4: str | None = None  # four levels
     normalize: str | None = None
     plausible_values: str | None = None
     imputed: tuple[str, ...] = ()
@@ -111,6 +113,8 @@ class OutputOptions:
     json_out: str | None = None
     residuals_l1: str | None = None
     residuals_l2: str | None = None
+    residuals_l3: str | None = None  # three and four levels
+    residuals_l4: str | None = None  # four levels
     keep: tuple[str, ...] = ()
     quiet: bool = False
     timestamp: bool = False

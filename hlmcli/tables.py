@@ -5,7 +5,7 @@
 - `side_by_side`: several fits in columns, as modelsummary and texreg print them.
 
 Escaping and layout come from maintained libraries: pandas' Styler (jinja2) for LaTeX and HTML,
-tabulate (through pandas) for Markdown. Both are the optional extra `hlmcli[tables]`.
+tabulate (through pandas) for Markdown. Both are the optional extra `tables` (`pip install '.[tables]'`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .lazy import lazy
 
 pd = lazy("pandas")
 
-from .errors import HlmError, ModelError
+from .errors import HlmError, ModelError, install_hint
 from .results import information_criteria
 from .terms import fixed_names, group_name, random_names
 
@@ -59,7 +59,7 @@ class TableOptions:
 
 def two_level(fit: dict) -> dict:
     """The document, if it is of a two-level fit; the tables read those (and combined ones) only."""
-    if fit.get("levels", 2) != 2 or "fixed_effects" not in fit:
+    if (fit.get("levels", 2) != 2 and "r_names" not in fit) or "fixed_effects" not in fit:
         raise ModelError(f"a {fit.get('levels', '?')}-level fit: the paper tables read two-level fits for now; "
                          "take the numbers from its JSON or text output")
     return fit
@@ -121,20 +121,22 @@ def ran_pars(fit: dict) -> list[dict]:
     """broom.mixed's ran_pars rows: sd__ of each random coefficient, cor__ of each pair (in lme4's
     order: each column's SD, then its correlations with the later columns), then the residual's
     sd__Observation (a linear fit). HLM's χ² test of each τ_qq rides along."""
-    group = group_name(fit)
     names = [r for r, _ in random_names(fit)]
+    groups = fit.get("tau_groups") or [group_name(fit)] * len(names)  # three or more levels: one per level
     tau = fit["tau"]
     sd = [math.sqrt(max(tau[k][k], 0.0)) for k in range(len(names))]
     tests = {v["effect"]: v for v in fit.get("variance_components") or [] if v.get("label") != "r"}
     rows = []
     for i, name in enumerate(names):
         test = tests.get(fit["random_coefficients"][i], {})
-        rows.append({"effect": "ran_pars", "group": group, "term": f"sd__{name}", "estimate": sd[i],
+        rows.append({"effect": "ran_pars", "group": groups[i], "term": f"sd__{name}", "estimate": sd[i],
                      "hlm.label": test.get("label", f"u{i}"), "chi2": test.get("chi2"), "chi2.df": test.get("df"),
                      "chi2.p.value": test.get("p")})
         for j in range(i + 1, len(names)):
+            if groups[j] != groups[i]:
+                continue
             cor = tau[i][j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else float("nan")
-            rows.append({"effect": "ran_pars", "group": group, "term": f"cor__{name}.{names[j]}", "estimate": cor})
+            rows.append({"effect": "ran_pars", "group": groups[i], "term": f"cor__{name}.{names[j]}", "estimate": cor})
     if "family" not in fit and fit.get("sigma2") is not None:
         rows.append({"effect": "ran_pars", "group": "Residual", "term": "sd__Observation",
                      "estimate": math.sqrt(fit["sigma2"]), "hlm.label": "r"})
@@ -153,6 +155,7 @@ def tidy(fit: dict, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
     follows from it are the `se` kind's (se.type says which); df is HLM's, and the interval is
     estimate ± t(df) · SE (broom's Wald interval for lmer uses the normal quantile instead). HLM's
     label of each row and the χ² test of each τ_qq follow; an HGLM adds exp(γ) and its interval."""
+    fit = _as_table(fit)
     kind = se_kind(two_level(fit), se)
     rows = []
     for f, (r_name, _) in zip(fit["fixed_effects"], fixed_names(fit)):
@@ -200,7 +203,23 @@ def _stat(x, digits: int = 2) -> str:
 
 
 def _random_labels(fit: dict) -> list[str]:
+    if "r_names" in fit:  # three or more levels: each coefficient with its level
+        return list(fit["random_coefficients"])
     return ["INTRCPT1" if r == "(Intercept)" else lab for r, lab in random_names(fit)]
+
+
+def _level_rows(fit: dict) -> list[tuple[str, str]]:
+    """("J (level k)", count) for the levels above 2 of a fit of three or more levels."""
+    return [(f"J (level {k})", str(n)) for k, n in sorted((fit.get("n_units") or {}).items()) if int(k) > 2]
+
+
+def _as_table(fit: dict) -> dict:
+    """A fit of three or more levels in the keys the tables read (levels_results.table_view)."""
+    if fit.get("levels", 2) > 2 and "r_names" not in fit:
+        from .levels_results import table_view
+
+        return table_view(fit)
+    return fit
 
 
 def fit_frames(fit: dict, options: TableOptions = TableOptions()) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -230,7 +249,8 @@ def fit_frames(fit: dict, options: TableOptions = TableOptions()) -> tuple[pd.Da
     } for v in fit["variance_components"]]
     pairs = _tau_pairs(fit)
     if pairs:
-        at = next((k for k, v in enumerate(fit["variance_components"]) if v["label"] == "r"), len(var_rows))
+        at = next((k for k, v in enumerate(fit["variance_components"]) if v["label"] == "r" or v.get("level") == 1),
+                  len(var_rows))
         extra = [{"Random effect": f"{a}, {b} (covariance)", "SD": "", "Variance": _f(cov), "d.f.": "",
                   "Chi-square": "", "p-value": None, "Correlation": _f(cor)} for a, b, cov, cor in pairs]
         var_rows = var_rows[:at] + extra + var_rows[at:]
@@ -244,9 +264,12 @@ def _tau_pairs(fit: dict) -> list[tuple[str, str, float, float]]:
     """(label a, label b, covariance, correlation) of each pair of random effects, τ's off-diagonal."""
     labels = _random_labels(fit)
     tau = fit["tau"]
+    levels = fit.get("tau_levels") or [2] * len(labels)
     out = []
     for i in range(len(labels)):
         for j in range(i + 1, len(labels)):
+            if levels[i] != levels[j]:  # random effects of different levels are independent
+                continue
             den = math.sqrt(max(tau[i][i], 0.0) * max(tau[j][j], 0.0))
             out.append((labels[i], labels[j], tau[i][j], tau[i][j] / den if den > 0 else float("nan")))
     return out
@@ -303,14 +326,14 @@ def _render(frame: pd.DataFrame, fmt: str, index: bool, name: str = "table") -> 
             import tabulate  # noqa: F401
         except ImportError:
             raise MissingExtra("Markdown tables need tabulate, which is not installed; "
-                               "install it with: pip install 'hlmcli[tables]'") from None
+                               + install_hint("tables")) from None
         frame = _markdown_names(frame, index)
         return frame.to_markdown(index=index, disable_numparse=True, colalign=["left"] + ["right"] * (frame.shape[1] - (0 if index else 1))) + "\n"
     try:
         import jinja2  # noqa: F401
     except ImportError:
         raise MissingExtra(f"{'LaTeX' if fmt == 'latex' else 'HTML'} tables need jinja2, which is not installed; "
-                           "install it with: pip install 'hlmcli[tables]'") from None
+                           + install_hint("tables")) from None
     styler = frame.style
     if not index:
         styler = styler.hide(axis="index")
@@ -382,7 +405,7 @@ def _notes(fit_kinds: Sequence[tuple[dict, str]], options: TableOptions) -> list
 def fit_table(fit: dict, fmt: str, options: TableOptions = TableOptions()) -> str:
     """One fit's tables: CSV is the tidy table; the other formats give the fixed effects, then the
     variance components (τ's covariances and correlations among them), and the model's numbers."""
-    two_level(fit)
+    fit = two_level(_as_table(fit))
     if fmt == "csv":
         return tidy(fit, options.conf_level, options.se).to_csv(index=False, lineterminator="\n", float_format="%.10g")
     if fmt not in FORMATS:
@@ -393,8 +416,9 @@ def fit_table(fit: dict, fmt: str, options: TableOptions = TableOptions()) -> st
                           {"Statistic": f"Estimated parameters ({_method(fit)}, HLM count)", "Value": str(fit["n_params"])},
                           {"Statistic": "AIC", "Value": _stat(g["AIC"])}, {"Statistic": "BIC", "Value": _stat(g["BIC"])},
                           {"Statistic": "N (level 1)", "Value": str(fit["n_level1"])},
-                          {"Statistic": "J (level 2)", "Value": str(fit["n_level2"])},
-                          {"Statistic": "Optimum", "Value": g["certificate"]}])
+                          {"Statistic": "J (level 2)", "Value": str(fit["n_level2"])}]
+                         + [{"Statistic": name, "Value": n} for name, n in _level_rows(fit)]
+                         + [{"Statistic": "Optimum", "Value": g["certificate"]}])
     parts = [_render(frame, fmt, index=False, name=name)
              for frame, name in ((fixed, "fixed"), (var, "variance"), (stats, "statistics"))]
     return _document(parts, fmt, options.caption, _notes([(fit, se_kind(fit, options.se))], options))
@@ -414,8 +438,7 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str], options: TableOptio
     optimum's certificate, N and J (as modelsummary and texreg lay them out)."""
     if len(fits) != len(names):
         raise ModelError("give one name per model")
-    for fit in fits:
-        two_level(fit)
+    fits = [_as_table(fit) for fit in fits]
     kinds = [se_kind(fit, options.se) for fit in fits]
     terms: list[str] = []
     var_rows: list[str] = []
@@ -430,7 +453,8 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str], options: TableOptio
     for t in terms:
         index += [t, f"{t} (SE)"]
     robust_row = ["Standard errors"] if "robust" in kinds else []
-    index += var_rows + ["Deviance", "AIC", "BIC", "Method", "Optimum"] + robust_row + ["N", "J"]
+    higher = sorted({row for fit in fits for row, _ in _level_rows(fit)})
+    index += var_rows + ["Deviance", "AIC", "BIC", "Method", "Optimum"] + robust_row + ["N", "J"] + higher
     table = pd.DataFrame("", index=index, columns=list(names))
     for fit, name, kind in zip(fits, names, kinds):
         for f, (_, t) in zip(fit["fixed_effects"], fixed_names(fit)):
@@ -454,6 +478,8 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str], options: TableOptio
             table.loc["Standard errors", name] = kind
         table.loc["N", name] = str(fit["n_level1"])
         table.loc["J", name] = str(fit["n_level2"])
+        for row, n in _level_rows(fit):
+            table.loc[row, name] = n
     if not (table.loc["Var: Residual"] != "").any():
         table = table.drop(index="Var: Residual")
     # The SE rows print with an empty label, as in the papers' tables.

@@ -41,6 +41,9 @@ def fixed_names(fit: dict) -> list[tuple[str, str]]:
     equations = model.get("level2_equations") or []
     out = []
     for f in fit["fixed_effects"]:
+        if "path" in f:  # a fit of three or more levels (levels_results.table_view): named along its path
+            out.append((f["term"], f["term"]))
+            continue
         q = next((i for i, t in enumerate(level1) if t["name"] == f["coefficient"]), None)
         x = None if q in (None, 0) else level1[q]
         w = None
@@ -65,6 +68,8 @@ def _plain(coefficient: str, predictor: str) -> str:
 
 def random_names(fit: dict) -> list[tuple[str, str]]:
     """(R name, label) of each random coefficient (fit['random_coefficients']): (Intercept), SES_gc."""
+    if "r_names" in fit:  # three or more levels: the R name, and the coefficient with its level
+        return list(zip(fit["r_names"], fit["random_coefficients"]))
     level1 = {t["name"]: t for t in _level1(fit.get("model") or {})}
     out = []
     for name in fit["random_coefficients"]:

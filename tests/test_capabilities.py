@@ -141,7 +141,13 @@ def check_compare(kind, tmp_path):
     deviance_matches(json.loads(b.read_text()), kind)
 
 
-def check_formats(kind, tmp_path):
+# The default run renders one of the three paper formats per kind, each format for some kind (each call
+# costs a start-up and the tables' imports); test_every_format_of_every_kind (slow) renders all 15.
+_FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown"}
+assert set(_FORMAT_OF_KIND) == set(capabilities.KINDS) and set(_FORMAT_OF_KIND.values()) == {"markdown", "latex", "html"}
+
+
+def check_formats(kind, tmp_path, formats=None):
     pytest.importorskip("jinja2")
     pytest.importorskip("tabulate")
     proc = run("fit", *base(kind), "--format", "csv")
@@ -153,7 +159,7 @@ def check_formats(kind, tmp_path):
         row = tidy.loc[tidy.term == "UVB"].iloc[0]
         assert row["rate.ratio"] == pytest.approx(math.exp(row["estimate"]), rel=1e-9)
         assert row["rate.ratio.conf.low"] == pytest.approx(math.exp(row["conf.low"]), rel=1e-9)
-    for fmt in ("markdown", "latex", "html"):
+    for fmt in formats or (_FORMAT_OF_KIND[kind],):
         proc = run("fit", *base(kind), "--format", fmt)
         assert proc.returncode == 0, proc.stderr
         assert ("SES" if kind.startswith("linear") else "UVB") in proc.stdout
@@ -292,6 +298,266 @@ def check_stream_dask(kind, tmp_path):
 SUPPORTED = {f.key: globals()[f"check_{f.key}"] for f in capabilities.FEATURES}
 
 
+# ---------------------------------------------------------------- three and four levels
+# References: lme4's fits in tests/data/three_level (pastes_ml.json; eg_m1_ml.json and lme4_extra.json's eg_m2_ml
+# for the likelihood-ratio test, both ML) and tests/data/four_level/schools.json (made by
+# tests/reference_scripts/three_level_lme4.R and four_level_lme4.R). Pastes is small, so its cells are cheap.
+
+T3 = DATA / "three_level"
+T4 = DATA / "four_level"
+PASTES = [T3 / "pastes_l1.csv", T3 / "pastes_l2.csv", T3 / "pastes_l3.csv", "--id2", "SAMPLE", "--id3", "BATCH"]
+PASTES_MODEL = ["-1", "STRENGTH = π0 + e", "-2", "π0 = β00 + r0", "-3", "β00 = γ000 + u00"]
+EG = [T3 / "eg_l1.csv", T3 / "eg_l2.csv", T3 / "eg_l3.csv", "--id2", "CHILDID", "--id3", "SCHOOLID"]
+EG_M1 = ["-1", "MATH = π0 + π1*YEAR + e", "-2", "π0 = β00 + r0", "-2", "π1 = β10 + r1",
+         "-3", "β00 = γ000 + u00", "-3", "β10 = γ100 + u10"]
+EG_M2 = ["-1", "MATH = π0 + π1*YEAR + e", "-2", "π0 = β00 + β01*FEMALE + r0", "-2", "π1 = β10 + r1",
+         "-3", "β00 = γ000 + γ001*LOWINC + u00", "-3", "β01 = γ010",
+         "-3", "β10 = γ100 + γ101*LOWINC + γ102*MOBILITY + u10"]
+SCHOOLS = [*(T4 / f"schools_l{k}.csv" for k in (1, 2, 3, 4)), "--id2", "STUDENTID", "--id3", "CLASSID",
+           "--id4", "SCHOOLID"]
+SCHOOLS_MODEL = ["-1", "SCORE = p0 + p1*TIME + e", "-2", "p0 = b00 + b01*SES + r0", "-2", "p1 = b10 + r1",
+                 "-3", "b00 = g000 + g001*CSIZE + u00", "-4", "g000 = d0000 + d0001*SECTOR + v000"]
+LEVELS_BASE = {"three-level": [*PASTES, *PASTES_MODEL], "four-level": [*SCHOOLS, *SCHOOLS_MODEL]}
+
+
+def _levels_reference(kind: str) -> tuple[dict, float]:
+    """{ascii label: (estimate, se)} and the deviance of lme4's fit of the kind's base model (ML)."""
+    if kind == "three-level":
+        ref = _ref(T3 / "pastes_ml.json")
+        return {k.replace("γ", "g"): (v["est"], v["se"]) for k, v in ref["fixed"].items()}, ref["deviance"]
+    ref = json.loads((T4 / "schools.json").read_text())["ml"]
+    return {k: (v["est"], v["se"]) for k, v in ref["fixed"].items()}, ref["deviance"]
+
+
+def levels_matches(doc: dict, kind: str) -> None:
+    """A schema 3 or 4 document against lme4: estimates to 1e-6, SEs to 1e-5, the deviance to 1e-8 (relative)."""
+    from hlmcli.levels_results import fixed_rows
+
+    fixed, deviance = _levels_reference(kind)
+    rows = fixed_rows(doc)
+    assert sorted(f["label"].replace("γ", "g").replace("δ", "d") for f in rows) == sorted(fixed)
+    for f in rows:
+        est, se = fixed[f["label"].replace("γ", "g").replace("δ", "d")]
+        assert f["estimate"] == pytest.approx(est, rel=1e-6) and f["se"] == pytest.approx(se, rel=1e-5), f["label"]
+    assert doc["deviance"] == pytest.approx(deviance, rel=1e-8)
+
+
+def levels_json(kind: str, *extra) -> dict:
+    proc = run("fit", *LEVELS_BASE[kind], *extra, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def check_levels_api(kind, tmp_path):
+    if kind == "three-level":
+        res = hlmcli.fit(*PASTES[:2], level3=PASTES[2], id2="SAMPLE", id3="BATCH", level1_eq=PASTES_MODEL[1],
+                         level2_eqs=[PASTES_MODEL[3]], level3_eqs=[PASTES_MODEL[5]], warn=lambda m: None)
+        assert res.to_dict()["fixed_effects"] == levels_json(kind)["fixed_effects"]
+    else:
+        res = hlmcli.fit(*SCHOOLS[:2], level3=SCHOOLS[2], level4=SCHOOLS[3], id2="STUDENTID", id3="CLASSID", id4="SCHOOLID",
+                         level1_eq=SCHOOLS_MODEL[1], level2_eqs=SCHOOLS_MODEL[3:6:2], level3_eqs=[SCHOOLS_MODEL[7]],
+                         level4_eqs=[SCHOOLS_MODEL[9]])
+    levels_matches(res.to_dict(), kind)
+    # the accessors read the same fit: AIC and BIC as lme4 counts them (every γ, τ entry and σ²)
+    fixed, deviance = _levels_reference(kind)
+    k = len(fixed) + sum(len(t) * (len(t) + 1) // 2 for t in res.tau.values()) + 1
+    assert res.aic == pytest.approx(deviance + 2 * k, rel=1e-8)
+    doc = res.to_dict()
+    n1 = doc["n_level1"] if kind == "three-level" else doc["n_units"]["level1"]
+    assert res.bic == pytest.approx(deviance + k * math.log(n1), rel=1e-8)
+    assert list(res.variance_components["level"]) == sorted(res.variance_components["level"], key=lambda v: (v == 1, v))
+
+
+def check_levels_table(kind, tmp_path):
+    a, b = tmp_path / "ml.json", tmp_path / "reml.json"
+    a.write_text(json.dumps(levels_json(kind)))
+    b.write_text(json.dumps(levels_json(kind, "--reml")))
+    proc = run_cli("table", a, b, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    fixed, deviance = _levels_reference(kind)
+    first = sorted(fixed)[0]
+    assert f"{fixed[first][0]:.3f}" in proc.stdout and f"{deviance:.2f}" in proc.stdout
+    assert "J (level 3)" in proc.stdout
+
+
+def check_levels_compare(kind, tmp_path):
+    """The likelihood-ratio test between two nested three-level models (ML, different fixed effects): χ²
+    from lme4's two deviances; and refusals of fits of different data or methods, in one line."""
+    if kind == "four-level":
+        pytest.skip("the four-level compare is the three-level code; its reference pair is the three-level one")
+    small, big = tmp_path / "m1.json", tmp_path / "m2.json"
+    for path, model in ((small, EG_M1), (big, EG_M2)):
+        proc = run("fit", *EG, *model, "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        path.write_text(proc.stdout)
+    proc = run_cli("compare", small, big, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    d1 = _ref(T3 / "eg_m1_ml.json")["deviance"]
+    d2 = json.loads((T3 / "lme4_extra.json").read_text())["models"]["eg_m2_ml"]["deviance"]
+    assert doc["chi2"] == pytest.approx(d1 - d2, rel=1e-6) and doc["df"] == 4
+    from scipy import stats
+
+    assert doc["p"] == pytest.approx(float(stats.chi2.sf(d1 - d2, 4)), rel=1e-5)
+    pastes = tmp_path / "pastes.json"
+    pastes.write_text(json.dumps(levels_json("three-level")))
+    one_line_refusal(run_cli("compare", pastes, big), "were fitted to different records")
+
+
+def check_levels_formats(kind, tmp_path):
+    proc = run("fit", *LEVELS_BASE[kind], "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    tidy = pd.read_csv(pd.io.common.StringIO(proc.stdout))
+    fixed, _ = _levels_reference(kind)
+    intercept = "g000" if kind == "three-level" else "d0000"
+    assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(fixed[intercept][0], rel=1e-6)
+    assert list(tidy.effect).count("ran_pars") == (3 if kind == "three-level" else 6)  # sd__, cor__ of each level, σ
+    pytest.importorskip("jinja2")
+    pytest.importorskip("tabulate")
+    res = hlmcli.fit(*PASTES[:2], level3=PASTES[2], id2="SAMPLE", id3="BATCH", level1_eq=PASTES_MODEL[1],
+                     level2_eqs=[PASTES_MODEL[3]], level3_eqs=[PASTES_MODEL[5]], warn=lambda m: None)
+    for fmt in ("markdown", "latex", "html"):
+        assert f"{fixed[intercept][0]:.3f}" in res.table(fmt) if kind == "three-level" else True
+    proc = run("fit", *LEVELS_BASE[kind], "--format", "markdown")
+    assert proc.returncode == 0 and "(Intercept)" in proc.stdout and "J (level 3)" in proc.stdout
+
+
+def check_levels_test(kind, tmp_path):
+    label = "γ000" if kind == "three-level" else "δ0001"
+    doc = levels_json(kind, "--test", f"{label} = 0", "--test", f"{label.replace('γ', 'g').replace('δ', 'd')} = 0")
+    levels_matches(doc, kind)
+    f = next(f for f in doc["fixed_effects"] if f.get("gamma", f.get("label")) == label)
+    for test in doc["hypothesis_tests"]:  # the Unicode and the ASCII label name the same γ: t² by hand
+        assert test["model"]["chi2"] == pytest.approx(f["t"] ** 2, rel=1e-10)
+        assert test["robust"]["chi2"] == pytest.approx(f["robust_t"] ** 2, rel=1e-10)
+    # a joint test: Wald's statistic from γ and its covariance, by hand
+    if kind == "four-level":
+        doc = levels_json(kind, "--test", "d0001 = 0, d0010 = 0")
+        import numpy as np
+
+        idx = [k for k, f in enumerate(doc["fixed_effects"]) if f["label"] in ("δ0001", "δ0010")]
+        g = np.array([doc["fixed_effects"][k]["estimate"] for k in idx])
+        V = np.array(doc["gamma_covariance"])[np.ix_(idx, idx)]
+        assert doc["hypothesis_tests"][0]["model"]["chi2"] == pytest.approx(float(g @ np.linalg.solve(V, g)), rel=1e-10)
+    proc = run("fit", *LEVELS_BASE[kind], "--test", "g00 = 0")  # a two-level label: the labels it has, in one line
+    one_line_refusal(proc, "--test 'g00 = 0'")
+    assert ("fixed effects are g000" if kind == "three-level" else "fixed effects are d0000, d0001") in proc.stderr
+
+
+def check_levels_compare_deviance(kind, tmp_path):
+    prior = 300.0 if kind == "three-level" else 10200.0
+    doc = levels_json(kind, "--compare-deviance", repr(prior), "--compare-params", "3")
+    _, deviance = _levels_reference(kind)
+    assert doc["deviance_test"]["chi2"] == pytest.approx(prior - deviance, rel=1e-8)
+    assert doc["deviance_test"]["df"] == doc["n_params"] - 3
+
+
+def check_levels_residuals(kind, tmp_path):
+    K = 3 if kind == "three-level" else 4
+    paths = {k: tmp_path / f"r{k}.csv" for k in range(1, K + 1)}
+    args = [x for k, path in paths.items() for x in (f"--residuals-l{k}", path)]
+    proc = run_cli("fit", *LEVELS_BASE[kind], *args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    counts = [doc["n_level1"], doc["n_level2"], doc["n_level3"]] if K == 3 else list(doc["n_units"].values())
+    tables = {k: pd.read_csv(path) for k, path in paths.items()}
+    assert [len(tables[k]) for k in range(1, K + 1)] == counts
+    t1 = tables[1]
+    # level 1: the fixed part is the γs' sum by hand; outcome - fitted = residual
+    g = {f.get("gamma", f.get("label")): f["estimate"] for f in doc["fixed_effects"]}
+    if K == 3:
+        expected = pd.Series(g["γ000"], index=t1.index)
+    else:
+        l2, l3, l4 = (pd.read_csv(T4 / f"schools_l{k}.csv") for k in (2, 3, 4))
+        t = t1.merge(l2[["STUDENTID", "SES"]], on="STUDENTID").merge(l3[["CLASSID", "CSIZE"]], on="CLASSID") \
+            .merge(l4[["SCHOOLID", "SECTOR"]], on="SCHOOLID")
+        expected = (g["δ0000"] + g["δ0001"] * t["SECTOR"] + g["δ0010"] * t["CSIZE"] + g["δ0100"] * t["SES"]
+                    + g["δ1000"] * t["TIME"])
+    assert (t1["fitted_fixed"] - expected).abs().max() < 1e-8 * expected.abs().max()
+    assert (t1[doc["outcome"]] - t1["fitted"] - t1["residual"]).abs().max() < 1e-8
+    if K == 3:  # pastes: a record's EB fit is γ000 + its batch's u00 + its sample's r0
+        t2, t3 = tables[2], tables[3]
+        eb = t1.merge(t2[["id", "r_INTRCPT1"]], left_on="SAMPLE", right_on="id") \
+            .merge(t3[["id", "u_INTRCPT1_INTRCPT2"]], left_on="BATCH", right_on="id")
+        assert (eb["fitted"] - (g["γ000"] + eb["r_INTRCPT1"] + eb["u_INTRCPT1_INTRCPT2"])).abs().max() < 1e-8
+
+
+def check_levels_json_out(kind, tmp_path):
+    path = tmp_path / "fit.json"
+    proc = run_cli("fit", *LEVELS_BASE[kind], "--json-out", path, "-q")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(path.read_text())
+    assert doc == levels_json(kind)
+    levels_matches(doc, kind)
+
+
+def check_levels_plot(kind, tmp_path):
+    """The caterpillar plot of the top level's EB residuals, and the fit it drew saved by --json-out (the
+    reference fit); the equation graph's line by hand is test_levels_equation_graph_by_hand."""
+    pytest.importorskip("matplotlib")
+    coef = "INTRCPT1/INTRCPT2" if kind == "three-level" else "INTRCPT1/INTRCPT2/INTRCPT3"
+    proc = run_cli("plot", "caterpillar", *LEVELS_BASE[kind], "--coef", coef, "-o", tmp_path / "cat.png",
+                   "--json-out", tmp_path / "drawn.json", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "cat.png").stat().st_size > 0
+    drawn = json.loads((tmp_path / "drawn.json").read_text())
+    assert drawn == levels_json(kind)
+    levels_matches(drawn, kind)
+    proc = run_cli("plot", "shrinkage", *LEVELS_BASE[kind], "-o", tmp_path / "s.png")
+    one_line_refusal(proc, "compute no unit OLS estimates")
+
+
+def check_levels_weights(kind, tmp_path):
+    """Integer weights (--normalize none) against the unweighted fit of the files with the weighted records
+    and units replicated, WeMix's definition (test_levels_weights_cli.py's construction)."""
+    from test_levels_plausible import pastes_files
+    from test_levels_weights_cli import SCHOOLS_IDS as S_IDS, SCHOOLS_MODEL as S_MODEL, _same_fit, _schools_weighted, \
+        _write, replicate_files
+
+    if kind == "three-level":
+        paths = pastes_files(tmp_path)
+        frames = [pd.read_csv(p) for p in paths]
+        ids, model = ["--id2", "SAMPLE", "--id3", "BATCH"], ["-1", "STRENGTH = p0 + e", "-2", "p0 = b00 + r0",
+                                                              "-3", "b00 = g000 + u00"]
+        weights, args = ["W1", "W2I", "W3"], ["--weight1", "W1", "--weight2", "W2I", "--weight3", "W3"]
+        id_cols = [None, "SAMPLE", "BATCH"]
+    else:
+        frames = _schools_weighted()
+        paths = _write(frames, tmp_path, "w")
+        ids, model, weights = S_IDS, S_MODEL, [None, "WS", None, "WT"]
+        args, id_cols = ["--weight2", "WS", "--weight4", "WT"], [None, "STUDENTID", "CLASSID", "SCHOOLID"]
+    rep = _write(replicate_files(frames, id_cols, weights), tmp_path, "rep")
+    proc = run_cli("fit", *paths, *ids, *model, *args, "--normalize", "none", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    plain = run_cli("fit", *rep, *ids, *model, "--format", "json")
+    assert plain.returncode == 0, plain.stderr
+    _same_fit(json.loads(proc.stdout), json.loads(plain.stdout))
+
+
+def check_levels_plausible_values(kind, tmp_path):
+    """Rubin's point estimate is the mean of the fits' estimates (by hand)."""
+    from test_levels_plausible import pastes_files
+
+    if kind == "four-level":
+        pytest.skip("the four-level combination is the three-level code (test_levels_weights_cli.py fits one)")
+    paths = pastes_files(tmp_path)
+    model = ["-1", "PV1 = p0 + e", "-2", "p0 = b00 + r0", "-3", "b00 = g000 + u00"]
+    proc = run_cli("fit", *paths, "--id2", "SAMPLE", "--id3", "BATCH", *model, "--plausible-values", "PV1,PV2,PV3",
+                   "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    for k, f in enumerate(doc["fixed_effects"]):
+        mean = sum(fit["fixed_effects"][k]["estimate"] for fit in doc["fits"]) / len(doc["fits"])
+        assert f["estimate"] == pytest.approx(mean, rel=1e-12)
+
+
+def check_levels_missing_now(kind, tmp_path):
+    levels_matches(levels_json(kind, "--missing", "now"), kind)  # no missing values: the reference fit
+
+
+SUPPORTED_LEVELS = {key[len("check_levels_"):]: f for key, f in globals().items() if key.startswith("check_levels_")}
+
+
 # ---------------------------------------------------------------- refused cells
 
 ASK = {
@@ -309,7 +575,21 @@ ASK = {
 }
 
 
+ASK_LEVELS = {
+    "keep": lambda kind, d: ["--residuals-l2", d / "r2.csv", "--keep", "CASK"],
+    "tau_diagonal": lambda kind, d: ["--tau", "diagonal"],
+}
+
+
 def check_refused(feature, kind, why, tmp_path):
+    if kind in ("three-level", "four-level"):
+        if feature == "plot":
+            proc = run_cli("plot", "equation", *LEVELS_BASE[kind], "-o", tmp_path / "eq.png")
+        else:
+            proc = run_cli("fit", *LEVELS_BASE[kind], *{**ASK, **ASK_LEVELS}[feature](kind, tmp_path))
+        one_line_refusal(proc, why)
+        assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
+        return
     if feature == "compare":  # compare reads saved fits
         proc = run_cli("compare", _saved(kind, tmp_path, True), _saved(kind, tmp_path))
         one_line_refusal(proc, "PQL fit, and PQL has no deviance")
@@ -326,10 +606,34 @@ def check_refused(feature, kind, why, tmp_path):
     assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
 
 
+@pytest.mark.slow
+def test_levels_equation_graph_by_hand():
+    """The three-level equation graph: intercept γ000 + γ001·mean(LOWINC) + γ010·mean(FEMALE) and slope
+    γ100 + γ101·mean(LOWINC) + γ102·mean(MOBILITY), the higher-level predictors averaged over the records."""
+    from hlmcli.plots import equation_lines_levels
+
+    res = hlmcli.fit(*EG[:2], level3=EG[2], id2="CHILDID", id3="SCHOOLID", level1_eq=EG_M2[1],
+                     level2_eqs=EG_M2[3:6:2], level3_eqs=EG_M2[7::2])
+    g = {f["gamma"]: f["estimate"] for f in res.to_dict()["fixed_effects"]}
+    l1, l2, l3 = (pd.read_csv(p) for p in EG[:3])
+    rows = l1.merge(l2, on=["CHILDID", "SCHOOLID"], how="left").merge(l3, on="SCHOOLID", how="left")
+    intercept = g["γ000"] + g["γ001"] * rows["LOWINC"].mean() + g["γ010"] * rows["FEMALE"].mean()
+    slope = g["γ100"] + g["γ101"] * rows["LOWINC"].mean() + g["γ102"] * rows["MOBILITY"].mean()
+    _, xs, [(_, y)] = equation_lines_levels(res, "YEAR")
+    assert y == pytest.approx(intercept + slope * xs, rel=1e-10, abs=1e-10)
+
+
+# cells that fit the four-level schools model or the three-level EG models more than once (seconds each)
+SLOW_LEVEL_CELLS = {("compare", "three-level"), ("plot", "four-level"), ("weights", "four-level"), ("table", "four-level"), ("compare_deviance", "four-level"),
+                    ("residuals", "four-level"), ("json_out", "four-level"), ("missing_now", "four-level"),
+                    ("test", "four-level"), ("formats", "four-level"), ("api", "four-level")}
+
+
 def _cells():
     for f in capabilities.FEATURES:
         for kind in capabilities.KINDS:
-            marks = [pytest.mark.slow] if (f.key, kind) == ("stream_dask", "linear-summary") else []
+            slow = (f.key, kind) == ("stream_dask", "linear-summary") or (f.key, kind) in SLOW_LEVEL_CELLS
+            marks = [pytest.mark.slow] if slow else []
             yield pytest.param(f.key, kind, marks=marks, id=f"{f.key}-{kind}")
 
 
@@ -338,8 +642,17 @@ def test_cell(feature, kind, tmp_path):
     why = capabilities.reason(feature, kind)
     if why:
         check_refused(feature, kind, why, tmp_path)
+    elif kind in ("three-level", "four-level"):
+        SUPPORTED_LEVELS[feature](kind, tmp_path)
     else:
         SUPPORTED[feature](kind, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(capabilities.KINDS))
+def test_every_format_of_every_kind(kind, tmp_path):
+    if capabilities.reason("formats", kind) is None:
+        check_formats(kind, tmp_path, formats=("markdown", "latex", "html"))
 
 
 # ---------------------------------------------------------------- the README's table is the table

@@ -235,10 +235,13 @@ def test_table_command_options_and_glance_rows(tmp_path):
     assert bad.exit_code == 2 and "--format csv, markdown, latex or html" in bad.output
 
 
-def test_tables_refuse_fits_of_more_levels_in_one_line():
-    from hlmcli.errors import ModelError
-
+def test_tables_of_a_three_level_fit_read_its_levels():
+    """A three-level fit's tables (levels_results.table_view): its γs, one lme4 group per level, J per level."""
     doc = golden("pin_eg_context_json.json")  # a three-level fit
-    for make in (lambda: fit_table(doc, "latex"), lambda: tidy(doc), lambda: side_by_side_text([doc], ["a"], "csv")):
-        with pytest.raises(ModelError, match="3-level fit: the paper tables read two-level fits for now"):
-            make()
+    t = tidy(doc)
+    fixed = t[t.effect == "fixed"]
+    assert list(fixed["estimate"]) == [f["estimate"] for f in doc["fixed_effects"]]
+    assert list(fixed["hlm.label"]) == [f["gamma"] for f in doc["fixed_effects"]]
+    groups = set(t.loc[t.effect == "ran_pars", "group"])
+    assert groups == {"SCHOOLID:CHILDID", "SCHOOLID", "Residual"}
+    assert "J (level 3)" in side_by_side_text([doc], ["a"], "csv") and "J (level 3)" in fit_table(doc, "latex")

@@ -99,7 +99,8 @@ def test_units_caterpillar_and_diagnostics(m4, tmp_path):
 
 def test_plot_command_writes_each_format_and_refuses_others(tmp_path):
     base = ["plot", "shrinkage", HSB1, HSB2, "--id", "ID", "-1", "MATHACH = b0 + r", "--cache-dir", tmp_path / "c"]
-    for ext in ("png", "svg", "pdf"):
+    # .svg and .pdf: test_outputs.py's test_plots_are_byte_identical_across_runs writes each (twice)
+    for ext in ("png",):
         proc = run_cli(*base, "-o", tmp_path / f"s.{ext}")
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / f"s.{ext}").stat().st_size > 1000
@@ -142,3 +143,34 @@ def test_equation_graph_from_a_saved_json_fit_matches_the_one_from_data(seed000,
         assert np.allclose(a.get_ydata(), b.get_ydata())
     bad = run_cli("plot", "shrinkage", fit, "-o", tmp_path / "s.png")
     assert bad.returncode == 2 and "needs the data" in bad.stderr
+
+
+def test_eb_against_ols_with_the_45_degree_line(oneway, tmp_path):
+    """HSB's one-way model: the OLS intercept is the school's mean and the EB intercept shrinks it to
+    γ00 by λ = τ / (τ + σ²/n) (reference optimum of hsb_m1); the SVG is byte-identical run to run."""
+    fig = oneway.plot("eb-ols", tmp_path / "a.svg")
+    oneway.plot("eb-ols", tmp_path / "b.svg")
+    assert (tmp_path / "a.svg").read_bytes() == (tmp_path / "b.svg").read_bytes()
+    (ax,) = fig.axes
+    points, diagonal = ax.get_lines()
+    ref = REFERENCE["hsb_m1"]["optimum"]
+    tau, s2, g = ref["tau"][0][0], ref["sigma2"], ref["fixed"][0]["estimate"]
+    data = pd.read_csv(HSB1, dtype={"ID": str})
+    by_school = data.groupby("ID", sort=False)["MATHACH"].agg(["mean", "size"])
+    n, ybar = by_school["size"].to_numpy(), by_school["mean"].to_numpy()
+    assert np.allclose(points.get_xdata(), ybar) and np.allclose(points.get_ydata(), g + tau / (tau + s2 / n) * (ybar - g), atol=1e-5)
+    assert np.allclose(diagonal.get_xdata(), diagonal.get_ydata())  # EB = OLS
+    assert diagonal.get_xdata()[0] == min(ybar.min(), points.get_ydata().min())
+    assert ax.get_xlabel() == "OLS estimate of the intercept" and ax.get_ylabel() == "EB estimate of the intercept"
+    assert [t.get_text() for t in fig.texts] == ["160 units"]
+
+
+def test_eb_against_ols_leaves_out_units_without_ols_and_says_so():
+    """A school cut to one record has no OLS slope: it is not drawn, and the caption counts it."""
+    records, schools = pd.read_csv(HSB1), pd.read_csv(HSB2)
+    first = records["ID"].iloc[0]
+    records = records[(records["ID"] != first) | ~records["ID"].duplicated()]
+    l1, l2 = HSB_MODELS["hsb_m3"]
+    fig = hlmcli.fit(records, schools, id="ID", level1_eq=l1, level2_eqs=l2).plot("eb-ols", coef="SES")
+    assert len(fig.axes[0].get_lines()[0].get_xdata()) == 159
+    assert [t.get_text() for t in fig.texts] == ["159 units; 1 left out (their OLS cannot be computed)"]
