@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, ModelSpec3, Term3, symbol
 from .report import _df_text, _df_value, _table, dumps_json, hlm_e, hlm_name, hlm_p, printable
 
