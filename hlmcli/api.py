@@ -325,7 +325,7 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
     iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
     HLM3 and HLM4. At three levels the spec keeps HLM3's form (ModelSpec3), whose report is HLM3's."""
-    from .levels import spec3, spec_levels
+    from .levels_load import spec3, spec_levels
 
     K = archive.n_levels
     equations = [list(e) for e in equations] + [[] for _ in range(K - len(equations))]
@@ -393,7 +393,7 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     """hlmcli.fit of a model of three or four levels: the archive (built through the cache from the
     files of each level, or read), the spec, capabilities.check, the fit and its `Results`."""
     from .capabilities import check as check_capabilities
-    from .levels import archive_n_levels, load3, load_levels, load_summarised, summarised_level1
+    from .levels_load import archive_n_levels, load3, load_levels, load_summarised, summarised_level1
 
     files = [f for f in (level1, level2, level3, level4) if f is not None]
     if any(isinstance(f, pd.DataFrame) for f in files):
