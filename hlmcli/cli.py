@@ -22,8 +22,6 @@ from .options import formula_equations, model_given, split_names
 from .spec import FitOptions, OutputOptions
 from .version import __version__
 
-_split_names = split_names  # the spelling fit_cmd and levels.py still use
-
 
 def _stderr(message: str) -> None:
     from .report import printable  # names from data files may hold terminal escape sequences
@@ -861,7 +859,7 @@ def fit_request(params: dict) -> FitRequest:
     out = OutputOptions(out_format=p["out_format"], output=p.pop("output"), json_out=p.pop("json_out"),
                         residuals_l1=p.pop("residuals_l1"), residuals_l2=p.pop("residuals_l2"),
                         residuals_l3=p.pop("residuals_l3"), residuals_l4=p.pop("residuals_l4"),
-                        keep=_split_names(p.get("keep")) or (), quiet=p.pop("quiet"), timestamp=p.pop("timestamp"),
+                        keep=split_names(p.get("keep")) or (), quiet=p.pop("quiet"), timestamp=p.pop("timestamp"),
                         title=p.pop("title"), ascii_only=p.pop("ascii_only"), strict=p.pop("strict"),
                         keep_failed_output=p.get("keep_failed_output"), force=p.get("force"),
                         table=_table_options(p, p["out_format"]))

@@ -308,14 +308,14 @@ class LevelsResults(Results):
         """The CLI's JSON document (schema 3 at three levels, 4 at four) as a dict."""
         key = self._meta_key()
         if self._json is None or self._json[0] != key:
-            from .report import _clean
+            from .report import json_safe
             from .report_levels import fit_json, fit_json3
 
             a = self.analysis
             doc = fit_json3(a.design, a.fit, self._report_meta()) if self.n_levels == 3 else \
                 fit_json(a.design, a.fit, self._report_meta())
             doc.update(a.extras)
-            self._json = (key, _clean(doc))
+            self._json = (key, json_safe(doc))
         return self._json[1]
 
     def _report_meta(self) -> dict:

@@ -94,13 +94,13 @@ class Results:
         """The CLI's JSON document (schema 1) as a dict."""
         key = tuple(self.meta.get(k) for k in ("data_source", "title", "id_name", "command_file", "timestamp"))
         if self._json is None or self._json[0] != key:  # recomputed when the meta it prints changes
-            from .report import _clean, fit_json
+            from .report import fit_json, json_safe
 
             if self.hglm:
                 doc = self.analysis.to_json(self.meta)
             else:
                 doc = fit_json(self.analysis, self.meta)
-            self._json = (key, _clean(doc))
+            self._json = (key, json_safe(doc))
         return self._json[1]
 
     def to_json(self) -> str:
@@ -322,10 +322,10 @@ class Results:
                 if level == "level-2" or frames.same or column in frames.level2.columns:
                     table[name] = frames.level2[column].to_numpy()[rows]
                 else:  # a level-1 column: the unit's value where it is constant within the unit, else empty
-                    from .sources import _ids_as_archive_text
+                    from .sources import ids_as_archive_text
 
                     values = frames.level1[column]
-                    ids = _ids_as_archive_text(frames.level1, frames.id1, frames.level1_name)
+                    ids = ids_as_archive_text(frames.level1, frames.id1, frames.level1_name)
                     per_unit = values.groupby(ids, sort=False).agg(lambda v: v.iloc[0] if v.nunique(dropna=False) == 1 else None)
                     table[name] = per_unit.reindex(list(self.analysis.design.unit_ids)).to_numpy()
         return table
@@ -417,13 +417,13 @@ class Results:
     # ------------------------------------------------------------ predictions
     def _unit_means(self, name: str) -> np.ndarray:
         """Each unit's mean of a level-1 column over the records the fit used (as the design centred it)."""
-        from .design import _unit_means
+        from .design import unit_means
 
         d = self.analysis.design
         x = np.asarray(self.archive.level1_column(name), dtype=float)
         if d.record_positions is not None:
             x = x[d.record_positions]
-        return _unit_means(x, d.offsets)
+        return unit_means(x, d.offsets)
 
     def predict(self, newdata: pd.DataFrame, random_effects: bool = True) -> np.ndarray:
         """Predicted outcome for each row of `newdata`, on the data's own scale.
@@ -551,10 +551,10 @@ class Results:
         name = self.meta["id_name"]
         frames = self._sources
         if frames is not None and "DataFrame" in str(frames.level2_name):
-            from .sources import _ids_as_archive_text
+            from .sources import ids_as_archive_text
 
             column = frames.level2[frames.id2]
-            text = _ids_as_archive_text(frames.level2, frames.id2, frames.level2_name)
+            text = ids_as_archive_text(frames.level2, frames.id2, frames.level2_name)
             lookup = dict(zip(text, column))
             if all(t in lookup for t in text_ids):
                 return pd.Index([lookup[t] for t in text_ids], dtype=column.dtype, name=name)
