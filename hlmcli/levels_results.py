@@ -1,5 +1,7 @@
-"""A fitted linear model of three or four levels as `Results`: the same accessors, text, JSON, tables,
-tests and residual files as a two-level fit, read from the K-level design and the nested engine's fit.
+"""The analysis of a linear model of three or four levels and the views of it that `Results`
+(results.LevelsResults: the same accessors, text, JSON, tables, tests and residual files as a two-level
+fit), tables.py, plots.py and compare.py read, from the K-level design and the nested engine's fit. It
+imports none of them, so each can import it.
 
 At three levels the report keeps HLM3's forms (report_levels' schema 3 text and JSON); at four it is
 HLM4's (schema 4). Everything else here is level-generic: the fixed effects and τ blocks are read

@@ -668,7 +668,8 @@ def _id_text(v) -> str:
 
 
 class LevelsResults(Results):
-    """A fitted model of three or four levels (`Results(LevelsAnalysis, archive, meta)` makes one).
+    """A fitted model of three or four levels (`Results(LevelsAnalysis, archive, meta)` makes one; the
+    analysis and the views it reads are levels_results.py's).
 
     The two-level accessors hold, per level where a two-level fit has one of a kind:
       fixed_effects, variance_components (one block per level, then level 1), tau (level -> DataFrame),
