@@ -530,20 +530,8 @@ def _declared_name(option) -> str:
     return max(option(lambda: None).__click_params__[0].opts, key=len)
 
 
-def hidden_options(*names):
-    """Keep options out of --help but still accepted, so that a command can refuse them with a reason."""
-    def hide(func):
-        for param in getattr(func, "__click_params__", []):
-            if max(param.opts, key=len) in names:
-                param.hidden = True
-        return func
-    return hide
-
-
-# plot draws two-level fits only, and prints no equations: --ascii is not offered, and the options of
-# three and four levels are hidden (still taken, so that plot refuses such a model saying why)
+# plot prints no equations: --ascii is not offered
 _PLOT_LEAVES_OUT = ("--ascii",)
-_PLOT_HIDES = ("--level3", "--level4", "--id3", "--id4", "--l3-vars", "--l4-vars")
 
 
 def _fit_options(ml=None, reml=None, **given):
@@ -760,8 +748,8 @@ def fit_cmd(**params):
 
         if fit.prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory without plausible values or imputations")
-        if fit.normalize and not (fit.weight1 or fit.weight2):
-            raise click.UsageError("--normalize needs --weight1 or --weight2")
+        if fit.normalize and not (fit.weight1 or fit.weight2 or fit.weight3 or fit.weight4):
+            raise click.UsageError("--normalize needs sampling weights: --weight1 ... --weight4")
         check_fit_options(_given_options(), archive=Path(data[0]).name if len(data) == 1 else None,
                           engine=fit.engine.value, hlm_file=False, out_format=out.out_format,
                           outputs=bool(out.output or out.json_out or out.residuals_l1 or out.residuals_l2
@@ -1194,7 +1182,6 @@ def compare_cmd(fit_a, fit_b, out_format):
 
 
 @main.command("plot", epilog=EXAMPLES["plot"])
-@hidden_options(*_PLOT_HIDES)
 @click.argument("kind", type=click.Choice(["equation", "units", "shrinkage", "caterpillar", "diagnostics", "eb-ols"]))
 @functools.partial(model_options, leave_out=_PLOT_LEAVES_OUT)
 @click.option("-o", "--output", required=True, type=click.Path(), help="The picture to write: .png, .svg or .pdf.")

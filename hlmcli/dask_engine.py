@@ -7,7 +7,7 @@ records in any number of partitions and no worker ever holds more than a partiti
 summaries. Only the reduced statistics (J × P² numbers) come back to the client, which runs the
 optimisation, the certificate and the tables as the in-memory engine does.
 
-Needs the optional extra: pip install 'hlmcli[dask]'.
+Needs the optional extra: pip install '.[dask]' (in the source folder).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EXIT_USAGE, DataError, HlmError
+from .errors import EXIT_USAGE, DataError, HlmError, install_hint
 from .moments import KeyedMoments, chunk_moments, merge_keyed
 
 FAN_IN = 8  # summaries merged per node of the reduction tree
@@ -200,7 +200,7 @@ def _dask():
         import dask.dataframe  # noqa: F401
         import distributed  # noqa: F401
     except ImportError:
-        raise DataError("--engine dask needs Dask: pip install 'hlmcli[dask]'") from None
+        raise DataError(f"--engine dask needs Dask; {install_hint('dask')}") from None
     import dask.dataframe as dd
 
     return dd
@@ -341,7 +341,7 @@ def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress:
         raise
     except ImportError as exc:  # raised on a worker that has no hlmcli
         raise DataError(f"--engine dask: a worker cannot import what it needs ({exc}); install "
-                        "'hlmcli[dask]' on every worker") from None
+                        "hlmcli with its dask extra on every worker (pip install '.[dask]' in its source folder)") from None
     except (OSError, ValueError, TypeError, KeyError) as exc:  # unreadable file, a value that is not a number
         from distributed.comm import CommClosedError
 

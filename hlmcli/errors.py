@@ -55,3 +55,8 @@ def first_few(items, k: int = 5) -> str:
     items = list(items)
     shown = ", ".join(str(x) for x in items[:k])
     return shown + (", …" if len(items) > k else "")
+
+
+def install_hint(extra: str) -> str:
+    """How to add an optional extra: hlmcli is installed from its source folder, not a package index."""
+    return f"install it from hlmcli's source folder with: pip install '.[{extra}]'"

@@ -49,6 +49,8 @@ def check_fit_options(given: set[str], *, archive: str | None, engine: str, hlm_
         if "--compare-params" in given and "--compare-deviance" not in given:
             _refuse("--compare-params is the parameter count of the prior model of --compare-deviance; "
                     "give --compare-deviance too, or drop --compare-params")
+        if "--hlm-names" in given and not given & {"--residuals-l1", "--residuals-l2", "--residuals-l3", "--residuals-l4"}:
+            _refuse("--hlm-names names the residual files' columns; give --residuals-l1 or --residuals-l2 too")
         if "--ols-units" in given and "--full-output" not in given:
             _refuse("--ols-units sets how many units' OLS regressions --full-output prints; give --full-output too, "
                     "or drop --ols-units")

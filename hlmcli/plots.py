@@ -6,7 +6,7 @@ caterpillar (sorted EB residuals with 95% posterior intervals), diagnostics (lev
 against fitted values, Q–Q plot of the EB residuals, Mahalanobis distances against χ² quantiles),
 eb-ols (each unit's EB coefficient against its OLS coefficient, with the 45° line, as HLM 7 draws it).
 
-matplotlib is an optional extra (`pip install 'hlmcli[plot]'`); figures are drawn with the
+matplotlib is an optional extra (`pip install '.[plot]'` in the source folder); figures are drawn with the
 object API (no pyplot state), sized for a paper's column, and saved as PNG, SVG or PDF by extension.
 """
 
@@ -21,7 +21,7 @@ from .lazy import lazy
 
 pd = lazy("pandas")
 
-from .errors import DataError, HlmError, ModelError
+from .errors import DataError, HlmError, ModelError, install_hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -44,7 +44,7 @@ def _figure(size=_COLUMN) -> Figure:
         from matplotlib.figure import Figure
     except ImportError:
         raise MissingExtra("plots need matplotlib, which is not installed; "
-                           "install it with: pip install 'hlmcli[plot]'") from None
+                           + install_hint("plot")) from None
     return Figure(figsize=size, layout="constrained")
 
 
@@ -53,7 +53,7 @@ def _context():
         import matplotlib
     except ImportError:
         raise MissingExtra("plots need matplotlib, which is not installed; "
-                           "install it with: pip install 'hlmcli[plot]'") from None
+                           + install_hint("plot")) from None
     return matplotlib.rc_context(_STYLE)
 
 

@@ -13,7 +13,7 @@ from .lazy import lazy
 
 pd = lazy("pandas")
 
-from .errors import DataError, OptionError
+from .errors import DataError, OptionError, install_hint
 
 # Names users may give to --format, including HLM 7's `rawdattype` words.
 FORMAT_ALIASES = {
@@ -153,8 +153,7 @@ def _read_optional(path: Path, kind: str, string_columns: tuple[str, ...]) -> Ta
     try:
         __import__(module)
     except ImportError:
-        raise DataError(f"{path}: reading {kind} files needs {module}; install it with "
-                        f"pip install 'hlmcli[{extra}]'") from None
+        raise DataError(f"{path}: reading {kind} files needs {module}; {install_hint(extra)}") from None
     wanted = {c.lower() for c in string_columns}
     try:
         if kind == "parquet":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, install_hint
 from .moments import Moments, chunk_moments, merge
 
 CHUNK_BYTES = 16 << 20  # CSV block size: 16 MiB of text per chunk (64 MiB: same speed, 0.3 GiB more memory at 10M rows)
@@ -73,8 +73,7 @@ def _pyarrow():
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise DataError("the stream and dask engines read through pyarrow; install it with "
-                        "pip install 'hlmcli[parquet]'") from None
+        raise DataError("the stream and dask engines read through pyarrow; " + install_hint("parquet")) from None
     import pyarrow as pa
     import pyarrow.compute as pc
 

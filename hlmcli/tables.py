@@ -5,7 +5,7 @@
 - `side_by_side`: several fits in columns, as modelsummary and texreg print them.
 
 Escaping and layout come from maintained libraries: pandas' Styler (jinja2) for LaTeX and HTML,
-tabulate (through pandas) for Markdown. Both are the optional extra `hlmcli[tables]`.
+tabulate (through pandas) for Markdown. Both are the optional extra `tables` (`pip install '.[tables]'`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .lazy import lazy
 
 pd = lazy("pandas")
 
-from .errors import HlmError, ModelError
+from .errors import HlmError, ModelError, install_hint
 from .results import information_criteria
 from .terms import fixed_names, group_name, random_names
 
@@ -326,14 +326,14 @@ def _render(frame: pd.DataFrame, fmt: str, index: bool, name: str = "table") -> 
             import tabulate  # noqa: F401
         except ImportError:
             raise MissingExtra("Markdown tables need tabulate, which is not installed; "
-                               "install it with: pip install 'hlmcli[tables]'") from None
+                               + install_hint("tables")) from None
         frame = _markdown_names(frame, index)
         return frame.to_markdown(index=index, disable_numparse=True, colalign=["left"] + ["right"] * (frame.shape[1] - (0 if index else 1))) + "\n"
     try:
         import jinja2  # noqa: F401
     except ImportError:
         raise MissingExtra(f"{'LaTeX' if fmt == 'latex' else 'HTML'} tables need jinja2, which is not installed; "
-                           "install it with: pip install 'hlmcli[tables]'") from None
+                           + install_hint("tables")) from None
     styler = frame.style
     if not index:
         styler = styler.hide(axis="index")

@@ -142,7 +142,14 @@ def check_compare(kind, tmp_path):
     deviance_matches(json.loads(b.read_text()), kind)
 
 
-def check_formats(kind, tmp_path):
+# The default run renders one of the three paper formats per kind, each format for some kind (each call
+# costs a start-up and the tables' imports); test_every_format_of_every_kind (slow) renders all 15.
+_FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown"}
+_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS if k not in ("three-level", "four-level")]  # the levels' own checks
+assert set(_FORMAT_OF_KIND) == set(_TWO_LEVEL_KINDS) and set(_FORMAT_OF_KIND.values()) == {"markdown", "latex", "html"}
+
+
+def check_formats(kind, tmp_path, formats=None):
     pytest.importorskip("jinja2")
     pytest.importorskip("tabulate")
     proc = run("fit", *base(kind), "--format", "csv")
@@ -154,7 +161,7 @@ def check_formats(kind, tmp_path):
         row = tidy.loc[tidy.term == "UVB"].iloc[0]
         assert row["rate.ratio"] == pytest.approx(math.exp(row["estimate"]), rel=1e-9)
         assert row["rate.ratio.conf.low"] == pytest.approx(math.exp(row["conf.low"]), rel=1e-9)
-    for fmt in ("markdown", "latex", "html"):
+    for fmt in formats or (_FORMAT_OF_KIND[kind],):
         proc = run("fit", *base(kind), "--format", fmt)
         assert proc.returncode == 0, proc.stderr
         assert ("SES" if kind.startswith("linear") else "UVB") in proc.stdout
@@ -701,6 +708,13 @@ def test_cell(feature, kind, tmp_path):
         SUPPORTED_LEVELS[feature](kind, tmp_path)
     else:
         SUPPORTED[feature](kind, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", _TWO_LEVEL_KINDS)
+def test_every_format_of_every_kind(kind, tmp_path):
+    if capabilities.reason("formats", kind) is None:
+        check_formats(kind, tmp_path, formats=("markdown", "latex", "html"))
 
 
 # ---------------------------------------------------------------- the README's table is the table

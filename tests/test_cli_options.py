@@ -122,7 +122,7 @@ def test_plot_and_build_options_that_do_nothing_are_refused(archive, tmp_path):
     one_line_usage_error(hlmcli("plot", "caterpillar", archive, *EMPTY, "--seed", "3", "-o", tmp_path / "a.png"),
                          "--seed is for units plots")
     one_line_usage_error(hlmcli("plot", "equation", archive, *EMPTY, "--coef", "INTRCPT1", "-o", tmp_path / "a.png"),
-                         "--coef is for shrinkage, caterpillar and diagnostics plots")
+                         "--coef is for shrinkage, caterpillar, diagnostics and eb-ols plots")
     one_line_usage_error(hlmcli("plot", "units", archive, *EMPTY, "--x-range=-1,1", "-o", tmp_path / "a.png"),
                          "--x-range", "saved JSON fit")
     one_line_usage_error(hlmcli("mdm", "build", *HSB, "--id", "ID", "--force", "-o", tmp_path / "b.mdm"),

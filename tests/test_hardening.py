@@ -379,7 +379,7 @@ def test_parquet_and_excel(tmp_path, suffix, module, extra):
     if importlib.util.find_spec(module) is None:
         target.write_bytes(b"PAR1")
         one_line_error(hlmcli("mdm", "build", target, l2, "--id", "id", "-o", tmp_path / "o.mdm"), 1,
-                       f"hlmcli[{extra}]")
+                       f"pip install '.[{extra}]'")
         return
     frame = pd.read_csv(l1)
     frame.to_parquet(target) if suffix == ".parquet" else frame.to_excel(target, index=False)

@@ -170,7 +170,7 @@ def test_weight_columns_that_are_not_there_are_refused(pastes_pv, tmp_path):
     proc = hlmcli("fit", *three, "--weight2", "W3")
     assert proc.returncode == 1 and "W3 is a level-3 variable" in proc.stderr
     proc = hlmcli("fit", *three, "--normalize", "total")
-    assert proc.returncode == 2 and "--normalize scales sampling weights" in proc.stderr
+    assert proc.returncode == 2 and "--normalize needs sampling weights: --weight1 ... --weight4" in proc.stderr
     proc = hlmcli("fit", *three, "--weight3", "W3", "--reml")
     assert proc.returncode == 2 and "--reml with sampling weights" in proc.stderr
 
@@ -185,8 +185,8 @@ def test_three_level_plausible_values_with_weights(pastes_pv, tmp_path):
     robust total variance is the mean robust variance plus (1 + 1/M) times the between variance, each
     fit carries the weights, and the text prints the combined tables."""
     paths = pastes_pv
-    proc = hlmcli("fit", *paths, *PASTES_IDS, *PV_MODEL, "--plausible-values", "PV1,PV2,PV3", "--weight1", "W1",
-                  "--weight3", "W3", "--json-out", tmp_path / "c.json", "--cache-dir", tmp_path / "c")
+    proc = hlmcli("fit", *paths, *PASTES_IDS, *PV_MODEL, "--plausible-values", "PV1,PV2,PV3", "--weight3", "W3",
+                  "--normalize", "total", "--json-out", tmp_path / "c.json", "--cache-dir", tmp_path / "c")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "c.json").read_text())
     jsonschema = pytest.importorskip("jsonschema")
@@ -194,6 +194,8 @@ def test_three_level_plausible_values_with_weights(pastes_pv, tmp_path):
     for fit in doc["fits"]:
         jsonschema.validate(fit, _schema("fit-3.json"))
     assert doc["combining"]["outcomes"] == ["PV1", "PV2", "PV3"] and doc["weights"]["levels"][2]["variable"] == "W3"
+    # a level-3 weight alone takes --normalize: the 10 batches' weights scaled to sum to 10
+    assert doc["weights"]["normalize"] == "total" and doc["weights"]["levels"][2]["summary"]["sum"] == pytest.approx(10)
     est = np.array([[g["estimate"] for g in f["fixed_effects"]] for f in doc["fits"]])
     rse = np.array([[g["robust_se"] for g in f["fixed_effects"]] for f in doc["fits"]])
     for k, row in enumerate(doc["fixed_effects_robust"]):

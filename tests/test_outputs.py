@@ -394,6 +394,7 @@ def test_plots_are_byte_identical_across_runs(tmp_path, hsb_archive, suffix):
     first, second = _twice(tmp_path, f"plot.{suffix}",
                            lambda out: hlmcli("plot", "caterpillar", hsb_archive, *MODEL, "-q", "-o", out))
     assert first == second, f".{suffix} plots differ between runs"
+    assert (tmp_path / "run1" / f"plot.{suffix}").stat().st_size > 1000  # a picture, in each of the three formats
 
 
 def test_html_has_fixed_ids(tmp_path, hsb_archive):

@@ -99,7 +99,8 @@ def test_units_caterpillar_and_diagnostics(m4, tmp_path):
 
 def test_plot_command_writes_each_format_and_refuses_others(tmp_path):
     base = ["plot", "shrinkage", HSB1, HSB2, "--id", "ID", "-1", "MATHACH = b0 + r", "--cache-dir", tmp_path / "c"]
-    for ext in ("png", "svg", "pdf"):
+    # .svg and .pdf: test_outputs.py's test_plots_are_byte_identical_across_runs writes each (twice)
+    for ext in ("png",):
         proc = run_cli(*base, "-o", tmp_path / f"s.{ext}")
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / f"s.{ext}").stat().st_size > 1000
