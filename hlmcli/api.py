@@ -345,21 +345,22 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     return spec
 
 
-def analyse_levels(spec, archive, fit: FitOptions):
+def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     """The certified fit of a model of three or four levels, with the Wald tests and the deviance test
-    the options ask for: a levels_results.LevelsAnalysis."""
+    the options ask for: a levels_results.LevelsAnalysis. level1: the per-level-2-unit moments of a
+    summarised engine (design_levels.Level1Moments), None for the archive's records."""
     from .levels_results import LevelsAnalysis, levels_extras
 
     if hasattr(spec, "pis"):  # HLM3's form
         from .design_levels import design3
         from .identifiability import check_three_level
 
-        design = design3(spec, archive)
+        design = design3(spec, archive, level1)
         check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
     else:
         from .design_levels import design_levels
 
-        design = design_levels(spec, archive)
+        design = design_levels(spec, archive, level1)
     from .levels_combined import fit_weighted, weighting_meta
 
     result, weights = fit_weighted(design, archive, levels_weight_spec(archive.n_levels, fit), spec.method == "REML",
@@ -400,7 +401,7 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     """hlmcli.fit of a model of three or four levels: the archive (built through the cache from the
     files of each level, or read), the spec, capabilities.check, the fit and its `Results`."""
     from .capabilities import check as check_capabilities
-    from .levels import archive_n_levels, load3, load_levels
+    from .levels import archive_n_levels, load3, load_levels, load_summarised, summarised_level1
 
     files = [f for f in (level1, level2, level3, level4) if f is not None]
     if any(isinstance(f, pd.DataFrame) for f in files):
@@ -414,7 +415,10 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
              "l3_vars": None, "l4_vars": None, "missing": missing, "drop_unmatched": drop_unmatched,
              "file_format": file_format, "delimiter": delimiter}
     three = len(files) == 3 or (len(files) == 1 and archive_n_levels(files[0]) == 3)
-    if three:
+    level1_file = None
+    if Engine(options.engine) != Engine.MEMORY:  # the level-1 records read once, per model (engines_levels.py)
+        archive, source, level1_file = load_summarised(files, build, options, say, 3 if three else len(files))
+    elif three:
         keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched",
                  "file_format", "delimiter")
         archive, source = load3(files, {k: build[k] for k in keys3}, cache_dir, say)
@@ -425,8 +429,8 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     eqs = [[level1_eq] if level1_eq else [], as_list(level2_eqs), as_list(level3_eqs), as_list(level4_eqs)]
     spec = model_spec_levels(archive, eqs[:archive.n_levels] if not any(eqs[archive.n_levels:]) else eqs, model,
                              options, title=title)
-    check_capabilities(spec, options, OutputOptions(title=title))
-    analysis = analyse_levels(spec, archive, options)
+    check_capabilities(spec, options, OutputOptions(title=title), options.engine)
+    analysis = analyse_levels(spec, archive, options, summarised_level1(archive, spec, level1_file, say))
     K = archive.n_levels
     given = {"level1": level1_eq, "level2": as_list(level2_eqs), "level3": as_list(level3_eqs)}
     if K == 4:

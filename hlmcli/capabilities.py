@@ -42,7 +42,6 @@ _HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; H
 _HOMOGENEITY = ("an HGLM's level-1 variance is fixed by the mean (φ(1 - φ) or λ), so there is no level-1 variance "
                 "to test for homogeneity")
 _FULL_OUTPUT = "the unit-by-unit OLS regressions and least-squares estimates of --full-output are for a normal outcome"
-_NOT_YET_K = "not yet for k levels: hlmcli fits models of three and four levels from the records in memory"
 _HLM6_K = ("HLM 5/6's N - F d.f. are HLM2's rule for the fixed level-1 slopes of a two-level model; three- and "
            "four-level tables use HLM 7's d.f. (HLM3/HLM4)")
 _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is HLM2's, over the level-2 units' OLS "
@@ -92,8 +91,9 @@ FEATURES = (
     Feature("plausible_values", "--plausible-values/--imputed",
             {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS}),
-    Feature("stream_dask", "--engine stream/dask",
-            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, **_k(_NOT_YET_K)}),
+    Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
+            "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
+            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY}),
 )
 _BY_KEY = {f.key: f for f in FEATURES}
 
@@ -170,8 +170,18 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     kind = kind_of(spec, engine)
     if kind in _LEVELS:
         refuse_family(n_levels_of(spec), fit)
-    for key in features_asked(spec, fit, out) + list(extra):
+    asked = features_asked(spec, fit, out) + list(extra)
+    for key in asked:
         refuse(key, kind)
+    if kind in _LEVELS and Engine(engine) != Engine.MEMORY:
+        # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
+        # two levels; the EB residual files of levels 2 to 4 need only the units' record counts
+        for key in asked:
+            why = reason(key, "linear-summary")
+            if why and not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
+                label = "--residuals-l1" if key == "residuals" else _BY_KEY[key].label.split(" (")[0]
+                raise ModelError(f"{label}: not available with --engine {Engine(engine).value} for a {KINDS[kind]} fit: "
+                                 f"{why}")
 
 
 def markdown_table() -> str:

@@ -47,6 +47,27 @@ def rank_tolerance(eigenvalues) -> float:
 
 HESSIAN_TOL = 1e-7  # a face-Hessian eigenvalue below −this × the largest one is negative
 
+# The tolerance a caller gives may widen with the deviance's rounding noise (estimation.tol_decrement:
+# ten times the noise), but only up to this: max(1e-6, 1e-7·|deviance|). Above it a decrease larger
+# than the project's accuracy for deviances (1e-6 relative, here with a margin of 10) could hide in the
+# noise, so no optimum is claimed: e.g. random slopes on a raw Julian date (0.045 deviance units of
+# noise, fits 1.5e-6 relative above the optimum) or an outcome constant within units up to 1e-6.
+NOISE_LIMIT_ABS = 1e-6
+NOISE_LIMIT_REL = 1e-7
+
+
+def noise_limit(deviance: float) -> float:
+    return max(NOISE_LIMIT_ABS, NOISE_LIMIT_REL * abs(deviance))
+
+
+def check_precision(tol: float, deviance: float, failed: list[str]) -> None:
+    """Appends to `failed` when the tolerance exceeds noise_limit(deviance)."""
+    limit = noise_limit(deviance)
+    if np.isfinite(deviance) and not tol <= limit:
+        failed.append(f"the deviance cannot be evaluated to the digits needed: its rounding noise makes the "
+                      f"tolerance {tol:.1E} deviance units, above the limit {limit:.1E} (centre or rescale the "
+                      "predictors, or check for an outcome that is nearly constant within units)")
+
 
 @dataclass
 class Certificate:
@@ -281,6 +302,7 @@ def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> C
                       f"available decrease {null_decrease:.1E}): a false boundary")
     if not np.isfinite(dev):
         failed.append("the deviance is not finite")
+    check_precision(tol, dev, failed)
     return Certificate(certified=not failed, rank=face.r, q=face.q, face_decrement=float(decrement),
                        face_gradient=grad_max, null_eigenvalue=mu, null_decrease=null_decrease,
                        hessian_eigenvalue=hmin, tolerance=tol, failed=failed, descent=descent,

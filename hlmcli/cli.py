@@ -743,6 +743,7 @@ def fit_cmd(**params):
     build = {**r.build, "id_": id_, "id2": id2, "id3": more.get("id3")}
     fit, out = r.fit, r.out
     if many or is_three_level(data, more):
+        build["dask_scheduler"] = _dask_scheduler(params)  # --engine dask of three or four levels
         from .flags import check_fit_options
         from .levels import fit_levels
 

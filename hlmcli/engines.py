@@ -129,8 +129,8 @@ def refuse_unsupported(spec, engine: str, **options) -> None:
     from .spec import FitOptions, OutputOptions
 
     if getattr(spec, "level3", None):
-        raise ModelError(f"--engine {engine}: three-level models are not summarised per unit yet; "
-                         "fit them with --engine memory")
+        raise ModelError(f"--engine {engine}: a three-level model reads one data file per level; give the "
+                         "level-1, level-2 and level-3 files with --id2 and --id3")
     extra = tuple(dict.fromkeys(_FLAG_FEATURES[name] for name, on in options.items() if on))
     try:
         check_capabilities(spec, FitOptions(engine="stream" if engine.startswith("stream") else engine),

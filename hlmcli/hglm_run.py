@@ -131,6 +131,39 @@ def _fixed_column(L, B, unit, k):
     return np.einsum("ik,ik->i", L, B[unit, :, k])
 
 
+# Laplace and AGQ search and take their standard errors in the raw γ (PQL's inner fits standardise
+# the columns), so the Hessian in (θ, γ) has a condition number of about (largest / smallest column
+# RMS)². Past 1e8 that is 1e16, beyond double precision: the Hessian is no longer positive definite
+# as computed and the standard errors would be the square roots of negative numbers.
+SCALE_RATIO_LIMIT = 1e8
+
+
+def check_column_scales(design, B, l1file: str, l2file: str) -> None:
+    """Refuse, in one line naming the column, a fixed-effect column whose root mean square is more than
+    SCALE_RATIO_LIMIT times that of another (zero columns aside)."""
+    unit = np.repeat(np.arange(design.n_units), design.sizes)
+    rms = np.array([math.sqrt(float(np.mean(_fixed_column(design.L, B, unit, k) ** 2))) for k in range(B.shape[2])])
+    ok = np.isfinite(rms) & (rms > 0)
+    if ok.sum() < 2:
+        return
+    hi, lo = int(np.argmax(np.where(ok, rms, -np.inf))), int(np.argmin(np.where(ok, rms, np.inf)))
+    if rms[hi] <= SCALE_RATIO_LIMIT * rms[lo]:
+        return
+    # name the column farther (in orders of magnitude) from the typical scale, e.g. the 1e30 one
+    mid = float(np.median(rms[ok]))
+    odd, other = (hi, lo) if math.log(rms[hi] / mid) >= math.log(mid / rms[lo]) else (lo, hi)
+    f = design.fixed[odd]
+    col = f.coefficient if f.s == 0 else f.predictor
+    where = l1file if f.s == 0 else l2file
+    if f.s and f.q:
+        col = f"{f.predictor} (times {f.coefficient} of {l1file})"
+    ratio = rms[hi] / rms[lo]
+    raise DataError(f"{where}, column {col}: its values (root mean square {rms[odd]:.1E}) differ in scale by a factor "
+                    f"{ratio:.1E} from {_effect_label(design, other)}, beyond what a {design.spec.options.family} "
+                    f"Laplace or AGQ fit can resolve in double precision (limit {SCALE_RATIO_LIMIT:.0E}); rescale it "
+                    "(e.g. divide by a power of ten), or use --estimation pql")
+
+
 def _effect_label(design, k) -> str:
     f = design.fixed[k]
     return f"{f.label} ({f.predictor} for {f.coefficient})"
@@ -267,6 +300,8 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     data = GLMData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), design.y, trials, offset)
     reml = spec.method == "REML"
     est = opts.estimation
+    if est != "pql":
+        check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
     diagonal = opts.tau == "diagonal"
     p_res = m_res = None
     if est == "pql":

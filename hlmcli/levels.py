@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import HlmError, ModelError
+from .spec import Engine
 
 
 class _Usage(HlmError):
@@ -338,7 +339,13 @@ def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, std
                    ("--residuals-l4", out.residuals_l4)], sources)
     warn = (lambda m: None) if out.quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
     three = len(data) == 3 or (len(data) == 1 and archive_n_levels(data[0]) == 3)
-    if three:
+    level1_file = None
+    if Engine(fit.engine) != Engine.MEMORY:
+        from .streaming import progress_wanted
+
+        archive, source_text, level1_file = load_summarised(data, build_opts, fit, warn, 3 if three else len(data),
+                                                            progress_wanted(out.quiet))
+    elif three:
         keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched",
                  "file_format", "delimiter")
         archive, source_text = load3(data, {k: build_opts.get(k) for k in keys3}, cache_dir, warn)
@@ -352,8 +359,8 @@ def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, std
     residuals = {k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)}
     spec = model_spec_levels(archive, equations[:K], model_file, fit, bool(model.get("allow_outside")),
                              title=out.title, residuals=residuals)
-    check_capabilities(spec, fit, out)
-    analysis = analyse_levels(spec, archive, fit)
+    check_capabilities(spec, fit, out, fit.engine)
+    analysis = analyse_levels(spec, archive, fit, summarised_level1(archive, spec, level1_file, warn))
     results = Results(analysis, archive, {"data_source": source_text, "title": spec.options.title,
                                           "ids": list(archive.id_names)})
     return results, sources, source_text, equations[:K]
@@ -385,6 +392,10 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
 
     model_file = model.get("model_file")
     check_outputs([("-o", out.output), ("--json-out", out.json_out)], list(data) + [model_file])
+    if Engine(fit.engine) != Engine.MEMORY:  # before any reading; the refusal and its reason are capabilities'
+        from .capabilities import refuse
+
+        refuse("plausible_values", "linear-summary")
     warn = (lambda m: None) if out.quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
     three = len(data) == 3 or (len(data) == 1 and archive_n_levels(data[0]) == 3)
     keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched", "file_format",
@@ -398,7 +409,7 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     spec = model_spec_levels(archive, equations, model_file, fit, bool(model.get("allow_outside")), title=out.title,
                              residuals={k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)})
     # --full-output of combined fits prints each fit's own tables (not HLM2's unit regressions)
-    check_capabilities(spec, replace(fit, full_output=None), out)
+    check_capabilities(spec, replace(fit, full_output=None), out, fit.engine)
     if fit.tests or fit.compare_deviance is not None:
         raise _Usage("--test and --compare-deviance are not combined over plausible values or imputed data sets at "
                      "three or more levels yet; fit one data set at a time for those")
@@ -442,3 +453,36 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     status = EXIT_NOT_CONVERGED if failures else 0
     _finish_combined(text, json_text, out.output, out.json_out, status == 0 or out.keep_failed_output, out.quiet,
                      failures, out.strict, [], status, stderr)
+
+
+# ---------------------------------------------------------------- --engine stream/dask (engines_levels.py)
+
+def load_summarised(data, build_opts: dict, fit, warn, K: int, progress: bool = False):
+    """(the archive of the upper files, its source text, the level-1 file whose records are read
+    later, once, for the model's variables) for --engine stream/dask (engines_levels.py)."""
+    from .engines_levels import summarised
+
+    engine = Engine(fit.engine).value
+    if len(data) == 1:
+        raise _Usage(f"--engine {engine} reads the data files, one per level; an archive is already built in memory, "
+                     "so drop --engine")
+    if K == 3:
+        options = options3(**{k: build_opts.get(k) for k in ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars",
+                                                               "l3_vars", "missing", "drop_unmatched")})
+    else:
+        ids, keeps = _ids_and_keeps(build_opts, K)
+        options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
+                                       build_opts.get("drop_unmatched", False), K)
+    scheduler = build_opts.get("dask_scheduler") or fit.scheduler
+    archive, l1 = summarised(list(data), options, engine, build_opts.get("file_format"), build_opts.get("delimiter"),
+                             warn, scheduler, progress)
+    return archive, ", ".join(Path(str(p)).name for p in data), l1
+
+
+def summarised_level1(archive, spec, l1, warn):
+    """The per-level-2-unit moments of the model's level-1 variables (None in memory)."""
+    if l1 is None:
+        return None
+    from .design_levels import level1_variables
+
+    return l1.moments(archive, level1_variables(spec), warn)

@@ -28,7 +28,7 @@ from .lazy import lazy
 optimize = lazy("scipy.optimize")
 special = lazy("scipy.special")
 
-from .certificate import Face, face_conditions, name_direction, rank_tolerance
+from .certificate import Face, check_precision, face_conditions, name_direction, rank_tolerance
 from .errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
 from .inference import weighted_sandwich
@@ -253,6 +253,7 @@ def certify_nested(obj: Objective, Gs, tol: float, face_data=None, diagonal=None
                           f"{mu:+.1E}, available decrease {dec:.1E}): a false boundary")
     if not np.isfinite(dev):
         failed.append("the deviance is not finite")
+    check_precision(tol, dev, failed)
     return NestedCertificate(not failed, face.ranks, tuple(face.qs), float(decrement), grad_max, mus, decs, hmin,
                              tol, failed, descent, dstep, Gs)
 

@@ -617,6 +617,18 @@ def check_levels_satterthwaite(kind, tmp_path):
         _stats_matches(doc, "schools", "ml", ["(Intercept)", "SECTOR", "CSIZE", "SES", "TIME"], False)
 
 
+def check_levels_stream_dask(kind, tmp_path):
+    """--engine stream at three and four levels: the JSON equal to memory's to 1e-10 in every number
+    (the Dask engine: tests/test_dask_engine.py), against lme4; --residuals-l1 refused with its reason."""
+    from engine_cases import differences
+
+    doc = levels_json(kind, "--engine", "stream")
+    assert differences(levels_json(kind), doc) == []
+    levels_matches(doc, kind)
+    proc = run("fit", *LEVELS_BASE[kind], "--engine", "stream", "--residuals-l1", tmp_path / "r1.csv", "-q")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "needs the records themselves" in proc.stderr
+
+
 SUPPORTED_LEVELS = {key[len("check_levels_"):]: f for key, f in globals().items() if key.startswith("check_levels_")}
 
 

@@ -265,6 +265,36 @@ def test_an_outcome_without_residual_variation_is_refused(tmp_path, outcome):
                             else ("no residual variation",)))
 
 
+def test_an_outcome_constant_within_units_up_to_rounding_is_not_certified(tmp_path):
+    """y is constant within each unit up to noise of SD 1e-6: σ² ≈ 1e-12, and y'V⁻¹y cancels so many
+    digits that the deviance's rounding noise is about 1e2 units. The certificate's tolerance may not
+    widen that far (certificate.noise_limit): exit 3, "cannot be evaluated to the digits needed"."""
+    rng = np.random.default_rng(5)
+    J, n = 30, 10
+    level = rng.normal(size=J) * 10 + 3
+    rows = [f"{j},{x:.6f},{level[j] + 1e-6 * e:.17g}" for j in range(J)
+            for x, e in zip(rng.normal(size=n), rng.normal(size=n))]
+    (tmp_path / "l1.csv").write_text("ID,X,Y\n" + "\n".join(rows) + "\n")
+    (tmp_path / "l2.csv").write_text("ID\n" + "".join(f"{j}\n" for j in range(J)))
+    proc = hlmcli("fit", tmp_path / "l1.csv", tmp_path / "l2.csv", "--id", "ID", "-1", "Y = b0 + b1*X + r",
+                  "-2", "b0 = g00 + u0", "--cache-dir", tmp_path, "--format", "json")
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot be evaluated to the digits needed" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_noise_limit_is_fixed_and_relative():
+    from hlmcli.certificate import check_precision, noise_limit
+
+    assert noise_limit(5.0) == 1e-6 and noise_limit(-6.4e3) == pytest.approx(6.4e-4)
+    failed = []
+    check_precision(1e-6, 5.0, failed)
+    check_precision(6e-4, 6.4e3, failed)
+    assert failed == []
+    check_precision(0.045, 3.8e3, failed)  # the Julian-date slopes' tolerance
+    assert len(failed) == 1 and "digits needed" in failed[0]
+
+
 class _Quartic:
     """d(g) = -(g-1)² + (g-1)⁴ for a 1×1 G: a local maximum (a saddle of the search) at g = 1,
     minima at g = 1 ± 1/√2. Exact gradient, so the test judges the certificate alone."""

@@ -86,3 +86,24 @@ def test_dask_text_in_a_number_column_is_one_line(tmp_path):
     rc, msg = run("fit", str(folder / "*.csv"), CASES["hsb_m1"][0][1], "--id", "ID", "--engine", "dask",
                   "-1", "MATHACH = b0 + r", "-2", "b0 = g00 + u0")
     assert rc == 1 and msg.count("\n") == 1 and "'abc'" in msg
+
+
+def test_dask_three_and_four_levels_equal_memory(cluster, tmp_path):
+    """Three and four levels: the level-1 records shuffled over Parquet partitions (every level-2 unit
+    in several), per-level-2-unit moments merged by the tree reduction; the upper files read whole."""
+    from test_engines_levels import TINY4_MODEL, TINY_IDS, TINY_MODEL, _cli_model, _tiny
+
+    for four, model, ids in ((False, TINY_MODEL, TINY_IDS), (True, TINY4_MODEL, [*TINY_IDS, "--id4", "H"])):
+        where = tmp_path / ("four" if four else "three")
+        where.mkdir()
+        files = _tiny(where, four=four)
+        frame = pd.read_csv(files[0], dtype={"C": str})
+        folder = where / "l1"
+        folder.mkdir()
+        for k in range(3):
+            frame.iloc[k::3].to_parquet(folder / f"part{k}.parquet", index=False)
+        memory = fit_json([*files, *ids], _cli_model(model))
+        dask_fit = fit_json([folder, *files[1:], *ids], _cli_model(model), "--engine", "dask",
+                            "--scheduler", cluster.scheduler_address)
+        assert dask_fit["certificate"]["certified"] and memory["n_deleted"] == dask_fit["n_deleted"] == 2
+        assert differences(memory, dask_fit) == []

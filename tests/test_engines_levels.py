@@ -76,7 +76,7 @@ def _fits(paths, ids, equations, reml=False, drop_unmatched=False):
     """(memory design and fit, stream design and fit) of the same files and model."""
     from hlmcli.archive_levels import build_from_files3, build_from_files_levels
     from hlmcli.design_levels import design_levels, level1_variables
-    from hlmcli.engines_levels import level1_file, level1_moments, upper_archive
+    from hlmcli.engines_levels import summarised
     from hlmcli.levels import spec_levels
     from hlmcli.nested_fit import fit_nested
 
@@ -87,11 +87,9 @@ def _fits(paths, ids, equations, reml=False, drop_unmatched=False):
         if engine == "memory":
             archive = build(paths, options)
         else:
-            l1 = level1_file(paths[0], "stream", ids[0], ids, None)
-            archive = upper_archive(paths, options, l1)
+            archive, l1 = summarised(paths, options, "stream")
         spec = spec_levels(archive, equations, None, reml)
-        level1 = None if engine == "memory" else level1_moments(archive, l1, level1_variables(spec), paths[1],
-                                                                drop_unmatched, lambda m: None)
+        level1 = None if engine == "memory" else l1.moments(archive, level1_variables(spec))
         design = design_levels(spec, archive, level1)
         out.append((design, fit_nested(design.data, reml=reml)))
     return out
@@ -124,6 +122,7 @@ def _same_fit(m, s):
     assert fm.boundary == fs.boundary and fm.certificate.ranks == fs.certificate.ranks
 
 
+@pytest.mark.slow  # the command-line tests below run the same data by default
 def test_three_levels_from_moments_equal_memory(tmp_path, tiny_chunks):
     """Records in random order over ten chunks; records missing a model variable deleted per model
     (not for the column Z the model does not use)."""
@@ -133,6 +132,7 @@ def test_three_levels_from_moments_equal_memory(tmp_path, tiny_chunks):
     _same_fit(memory, stream)
 
 
+@pytest.mark.slow  # the command-line tests below run the same data by default
 def test_four_levels_centring_and_unit_means_from_moments_equal_memory(tmp_path, tiny_chunks):
     """group(), grand() and mean() of a level-1 variable at levels 2 and 3 are shifts and pooled
     means of the units' moments (REML)."""
@@ -150,3 +150,142 @@ def test_unmatched_level1_units_refused_or_dropped_as_in_memory(tmp_path):
         _fits(paths, ["C", "S"], TINY_MODEL)
     memory, stream = _fits(paths, ["C", "S"], TINY_MODEL, drop_unmatched=True)
     _same_fit(memory, stream)
+
+
+# ---------------------------------------------------------------- the command line, as a user types it
+
+def _cli_model(equations):
+    return [a for level, eqs in enumerate(equations, start=1) for eq in eqs for a in (f"-{level}", eq)]
+
+
+def test_cli_three_levels_stream_equals_memory_with_residual_files(tmp_path, tiny_chunks):
+    """`hlmcli fit L1 L2 L3 --engine stream`: the JSON equal to --engine memory's to 1e-10 in every
+    number (the two-level engines' test), and the EB residual files of levels 2 and 3 too (they need
+    the units' record counts, not the records)."""
+    from engine_cases import differences, fit_json
+
+    files = _tiny(tmp_path)
+    out = {}
+    for engine in ("memory", "stream"):
+        out[engine] = fit_json([*files, *TINY_IDS], _cli_model(TINY_MODEL), "--engine", engine,
+                               "--residuals-l2", tmp_path / f"{engine}2.csv", "--residuals-l3", tmp_path / f"{engine}3.csv")
+    assert out["stream"]["certificate"]["certified"] and out["memory"]["n_deleted"] == out["stream"]["n_deleted"] == 2
+    assert differences(out["memory"], out["stream"]) == []
+    for level in (2, 3):
+        a, b = pd.read_csv(tmp_path / f"memory{level}.csv"), pd.read_csv(tmp_path / f"stream{level}.csv")
+        assert list(a.columns) == list(b.columns) and a.shape == b.shape
+        for c in a.columns:
+            if a[c].dtype.kind == "f":
+                _same(a[c], b[c], f"level-{level} residual file, {c}")
+            else:
+                assert (a[c].astype(str) == b[c].astype(str)).all(), c
+
+
+def test_cli_four_levels_stream_equals_memory(tmp_path, tiny_chunks):
+    from engine_cases import differences, fit_json
+
+    files = _tiny(tmp_path, four=True)
+    ids = [*TINY_IDS, "--id4", "H"]
+    memory = fit_json([*files, *ids], _cli_model(TINY4_MODEL), "--reml")
+    streamed = fit_json([*files, *ids], _cli_model(TINY4_MODEL), "--reml", "--engine", "stream")
+    assert streamed["certificate"]["certified"] and differences(memory, streamed) == []
+
+
+def test_cli_what_needs_the_records_is_refused_in_one_line(tmp_path):
+    from engine_cases import run
+
+    files = _tiny(tmp_path)
+    model = _cli_model(TINY_MODEL)
+    for extra, words in ((["--residuals-l1", tmp_path / "r1.csv"], "--residuals-l1"),
+                         (["--missing", "now"], "--missing now")):
+        rc, msg = run("fit", *files, *TINY_IDS, *model, "--engine", "stream", *extra)
+        assert rc in (1, 2) and msg.count("\n") == 1 and words in msg and "records" in msg, msg
+    no_link = tmp_path / "l2_no_link.csv"
+    pd.read_csv(files[1]).drop(columns=["S"]).to_csv(no_link, index=False)
+    with_link = tmp_path / "l1_link.csv"
+    l1 = pd.read_csv(files[0])
+    l1["S"] = "s" + l1["C"].str[1:3]
+    l1.to_csv(with_link, index=False)
+    rc, msg = run("fit", with_link, no_link, files[2], *TINY_IDS, *model, "--engine", "stream")
+    assert rc == 1 and msg.count("\n") == 1 and "add the S column there" in msg
+    rc, msg = run("fit", files[0], files[0], files[2], *TINY_IDS, *model, "--engine", "stream")
+    assert rc == 1 and msg.count("\n") == 1 and "separate files" in msg
+    archive = tmp_path / "tiny.mdm"
+    assert run("mdm", "build", *files, *TINY_IDS, "-o", archive)[0] == 0
+    rc, msg = run("fit", archive, *model, "--engine", "stream")
+    assert rc == 2 and msg.count("\n") == 1 and "drop --engine" in msg
+
+
+# ---------------------------------------------------------------- every public three- and four-level reference
+
+
+
+def _reference_cases():
+    from conftest import DATA, SAMPLE
+
+    eg = [*[SAMPLE / "eg" / f"eg_l{k}.csv" for k in (1, 2, 3)], "--id2", "CHILDID", "--id3", "SCHOOLID"]
+    d4 = DATA / "four_level"
+    return {
+        "eg_m1": (eg, ["-1", "MATH = p0 + p1*YEAR + e", "-2", "p0 = b00 + r0", "-2", "p1 = b10 + r1",
+                       "-3", "b00 = g000 + u00", "-3", "b10 = g100 + u10"]),
+        "eg_centred": (eg, ["-1", "MATH = p0 + p1*group(YEAR) + p2*grand(GRADE) + e",
+                            "-2", "p0 = b00 + b01*grand(FEMALE) + b02*mean(YEAR) + r0", "-2", "p1 = b10 + r1",
+                            "-2", "p2 = b20", "-3", "b00 = g000 + g001*grand(LOWINC) + g002*mean(FEMALE) + u00",
+                            "-3", "b10 = g100 + g101*MOBILITY", "-3", "b01 = g010", "-3", "b02 = g020",
+                            "-3", "b20 = g200"]),
+        "pastes": ([*[DATA / "three_level" / f"pastes_l{k}.csv" for k in (1, 2, 3)], "--id2", "SAMPLE", "--id3", "BATCH"],
+                   ["-1", "STRENGTH = p0 + e", "-2", "p0 = b00 + r0", "-3", "b00 = g000 + u00"]),
+        "schools_centred": ([*[d4 / f"schools_l{k}.csv" for k in (1, 2, 3, 4)], "--id2", "STUDENTID", "--id3",
+                             "CLASSID", "--id4", "SCHOOLID"],
+                            ["-1", "SCORE = p0 + p1*group(TIME) + e",
+                             "-2", "p0 = b00 + b01*grand(SES) + b02*mean(TIME) + r0", "-2", "p1 = b10 + r1",
+                             "-3", "b00 = g000 + g001*group(CSIZE) + g002*mean(SES) + u00",
+                             "-4", "g000 = d0000 + d0001*SECTOR + d0002*mean(CSIZE) + v000"]),
+        "hospitals": ([*[d4 / f"hospitals_l{k}.csv" for k in (1, 2, 3, 4)], "--id2", "PATIENTID", "--id3", "WARDID",
+                       "--id4", "HOSPID"],
+                      ["-1", "Y = π0 + π1*DOSE + e", "-2", "π0 = β00 + β01*AGE + r0", "-2", "π1 = β10",
+                       "-3", "β00 = γ000 + γ001*STAFF + u00", "-3", "β10 = γ100 + u10",
+                       "-4", "γ000 = δ0000 + δ0001*TEACHING + v000", "-4", "γ100 = δ1000 + δ1001*TEACHING + v100"]),
+    }
+
+
+def _shuffled(path, tmp_path, seed: int = 3):
+    """The level-1 file with its records in random order (ids and values kept as written)."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    out = tmp_path / f"shuffled_{path.name}"
+    frame.sample(frac=1.0, random_state=seed).to_csv(out, index=False)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["eg_m1", "eg_centred", "pastes", "schools_centred", "hospitals"])
+@pytest.mark.parametrize("method", ["--ml", "--reml"])
+def test_cli_stream_equals_memory_on_every_reference(name, method, tmp_path):
+    """The public references (EG, Pastes, the four-level schools with centring at every level and a
+    boundary, hospitals), the level-1 records shuffled over chunks of 4 KiB."""
+    import hlmcli.streaming as streaming
+    from engine_cases import differences, fit_json
+
+    data, eqs = _reference_cases()[name]
+    memory = fit_json(data, eqs, method)
+    old = streaming.CHUNK_BYTES
+    streaming.CHUNK_BYTES = 1 << 12
+    try:
+        streamed = fit_json([_shuffled(data[0], tmp_path), *data[1:]], eqs, method, "--engine", "stream")
+    finally:
+        streaming.CHUNK_BYTES = old
+    assert streamed["certificate"]["certified"] == memory["certificate"]["certified"]
+    assert differences(memory, streamed) == []
+
+
+def test_api_three_levels_engine_stream_equals_memory(tmp_path):
+    """hlmcli.fit(..., engine="stream") at three levels: the same Results as in memory."""
+    import hlmcli
+    from engine_cases import differences
+
+    files = _tiny(tmp_path)
+    kw = dict(level3=files[2], id2="C", id3="S", level1_eq=TINY_MODEL[0][0], level2_eqs=TINY_MODEL[1],
+              level3_eqs=TINY_MODEL[2], warn=lambda m: None)
+    memory = hlmcli.fit(*files[:2], **kw).to_dict()
+    streamed = hlmcli.fit(*files[:2], engine="stream", **kw).to_dict()
+    assert streamed["converged"] and differences(memory, streamed) == []

@@ -417,3 +417,19 @@ def test_strict_refuses_a_boundary_fit(tmp_path):
     assert out["tau"][0][0] < 1e-8 and out["boundary"] and "boundary fit" in out["boundary_notes"][0]
     proc = hlmcli(*args, "--strict")
     assert proc.returncode == 3 and "--strict: boundary fit" in proc.stderr
+
+
+@pytest.mark.slow
+def test_laplace_at_a_rank2_tau_also_searches_its_rank1_face():
+    """q = 3, Laplace's optimum at a rank-2 τ: the global check searches from its rank-1 face too, as
+    the linear engine's (one more start than the four of ml_fit), and the optimum stays glmer's or
+    lower (refs/q3rank2_stress_hglm_ref.json, benchmarks/stress_hglm_ref.R)."""
+    H = DATA / "hglm"
+    ref = json.loads((H / "refs" / "q3rank2_stress_hglm_ref.json").read_text())["glmer_laplace"]
+    proc = hlmcli("fit", H / "q3rank2_l1.csv", H / "q3rank2_l2.csv", "-1", "Y = b0 + b1*X1 + b2*X2",
+                  "-2", "b0 = g00 + g01*W + u0", "-2", "b1 = g10 + u1", "-2", "b2 = g20 + u2", "--id", "ID",
+                  "--family", "bernoulli", "--estimation", "laplace", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["certificate"]["rank"] == 2 and out["starts"] == 5
+    assert out["deviance"] <= ref["deviance"] + 1e-6 * ref["deviance"]

@@ -336,3 +336,16 @@ def test_fuzz_never_exit_70(tmp_path, seed, family, pathology, method):
 @pytest.mark.parametrize("seed, family, pathology, method", cases(len(PATHOLOGIES) * len(METHODS) * 6, 1000))
 def test_fuzz_never_exit_70_more(tmp_path, seed, family, pathology, method):
     run_case(seed, family, pathology, method, tmp_path)
+
+
+def test_a_binomial_predictor_near_1e30_is_refused_for_laplace_naming_the_column(tmp_path):
+    """Laplace and AGQ work on the raw γ: a predictor of about 1e30 beside the intercept makes their
+    (θ, γ) Hessian's condition number 1e60, so it was not positive definite as computed and the
+    standard errors printed as NaN (exit 3). Refused before fitting, in one line naming the column."""
+    d = ordinary(seed=4)
+    x = d["x"] * 1e30
+    l1, l2 = write_case(tmp_path, d["binom"], x, d["unit"], d["w"], trials=d["trials"])
+    proc = hlmcli("fit", l1, l2, *MODEL, "--family", "binomial", "--trials", "T", "--estimation", "laplace",
+                  "--cache-dir", tmp_path)
+    line = refused(proc)
+    assert "l1.csv, column X" in line and "rescale it" in line and "nan" not in line.lower()
