@@ -364,11 +364,19 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     from .levels_combined import fit_weighted, weighting_meta
 
     result, weights = fit_weighted(design, archive, levels_weight_spec(archive.n_levels, fit), spec.method == "REML",
-                                   spec.options.max_iterations)
+                                   spec.options.max_iterations, **levels_fit_options(spec, fit))
     analysis = LevelsAnalysis(spec, design, result, weighting=weighting_meta(weights))
     analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
                                     robust_only=weights is not None)
     return analysis
+
+
+def levels_fit_options(spec, fit: FitOptions) -> dict:
+    """nested_fit.fit_nested's options from the fit's: τ diagonal at every level (--tau diagonal, or the
+    model file's), and Satterthwaite's d.f. (--df satterthwaite)."""
+    tau = fit.tau or getattr(spec.options, "tau", None)
+    return {"diagonal": tau == TauStructure.DIAGONAL,
+            "df_method": "satterthwaite" if fit.df_method == "satterthwaite" else "hlm"}
 
 
 def levels_weight_spec(n_levels: int, fit: FitOptions):

@@ -276,6 +276,10 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     if fit.tests or fit.compare_deviance is not None:
         raise LevelsUsage("--test and --compare-deviance are not combined over plausible values or imputed data sets at "
                      "three or more levels yet; fit one data set at a time for those")
+    if fit.tau == "diagonal" or fit.df_method == "satterthwaite":
+        raise _Usage("--tau diagonal and --df satterthwaite are not combined over plausible values or imputed data "
+                     "sets at three or more levels yet (Rubin's d.f. would need each fit's); fit one data set at a "
+                     "time for those")
     wspec = levels_weight_spec(K, fit)
     ascii_text = use_ascii(out.ascii_only) if not out.output else out.ascii_only
     if three:

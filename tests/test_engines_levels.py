@@ -122,6 +122,7 @@ def _same_fit(m, s):
     assert fm.boundary == fs.boundary and fm.certificate.ranks == fs.certificate.ranks
 
 
+@pytest.mark.slow  # the command-line tests below run the same data by default
 def test_three_levels_from_moments_equal_memory(tmp_path, tiny_chunks):
     """Records in random order over ten chunks; records missing a model variable deleted per model
     (not for the column Z the model does not use)."""
@@ -131,6 +132,7 @@ def test_three_levels_from_moments_equal_memory(tmp_path, tiny_chunks):
     _same_fit(memory, stream)
 
 
+@pytest.mark.slow  # the command-line tests below run the same data by default
 def test_four_levels_centring_and_unit_means_from_moments_equal_memory(tmp_path, tiny_chunks):
     """group(), grand() and mean() of a level-1 variable at levels 2 and 3 are shifts and pooled
     means of the units' moments (REML)."""

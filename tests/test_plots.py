@@ -117,7 +117,7 @@ def test_missing_matplotlib_gives_the_install_hint(oneway, monkeypatch):
     from hlmcli.errors import HlmError
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(HlmError, match=r"pip install 'hlmcli\[plot\]'"):
+    with pytest.raises(HlmError, match=r"pip install '\.\[plot\]'"):
         oneway.plot("shrinkage")
 
 
