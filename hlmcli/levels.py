@@ -87,7 +87,7 @@ def _combined(archive, source_text, design, design_of, data, build_opts, cache_d
 
     if any(residuals):
         raise LevelsUsage("residual files are not available for combined fits (each fit has its own EB residuals); fit "
-                     "one plausible value or data set at a time for those")
+                          "one plausible value or data set at a time for those")
 
     def load_one(path):
         return load((path,) if len(data) == 1 else (path,) + tuple(data[1:]), build_opts, cache_dir, warn)
@@ -274,12 +274,12 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     # --full-output of combined fits prints each fit's own tables (not HLM2's unit regressions)
     check_capabilities(spec, replace(fit, full_output=None), out, fit.engine)
     if fit.tests or fit.compare_deviance is not None:
-        raise LevelsUsage("--test and --compare-deviance are not combined over plausible values or imputed data sets at "
-                     "three or more levels yet; fit one data set at a time for those")
+        raise LevelsUsage("--test and --compare-deviance are not combined over plausible values or imputed data "
+                          "sets at three or more levels yet; fit one data set at a time for those")
     if fit.tau == "diagonal" or fit.df_method == "satterthwaite":
-        raise _Usage("--tau diagonal and --df satterthwaite are not combined over plausible values or imputed data "
-                     "sets at three or more levels yet (Rubin's d.f. would need each fit's); fit one data set at a "
-                     "time for those")
+        raise LevelsUsage("--tau diagonal and --df satterthwaite are not combined over plausible values or "
+                          "imputed data sets at three or more levels yet (Rubin's d.f. would need each fit's); "
+                          "fit one data set at a time for those")
     wspec = levels_weight_spec(K, fit)
     ascii_text = use_ascii(out.ascii_only) if not out.output else out.ascii_only
     if three:

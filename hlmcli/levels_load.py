@@ -67,7 +67,8 @@ def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_ite
     variables = variables3_of(archive)
     level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
     if formula_tau:
-        raise LevelsUsage("uncorrelated random effects (|| or one bar per effect) are not available for three-level models yet")
+        raise LevelsUsage("uncorrelated random effects (|| or one bar per effect) are not available for three-level "
+                          "models yet")
     spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptions3(),
                              allow_outside)
     changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations), ("residuals_l2", residuals_l2),
@@ -159,8 +160,8 @@ def load_summarised(data, build_opts: dict, fit, warn, K: int, progress: bool = 
 
     engine = Engine(fit.engine).value
     if len(data) == 1:
-        raise LevelsUsage(f"--engine {engine} reads the data files, one per level; an archive is already built in memory, "
-                     "so drop --engine")
+        raise LevelsUsage(f"--engine {engine} reads the data files, one per level; an archive is already built in "
+                          "memory, so drop --engine")
     if K == 3:
         options = options3(**{k: build_opts.get(k) for k in ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars",
                                                                "l3_vars", "missing", "drop_unmatched")})
