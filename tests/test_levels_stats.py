@@ -350,3 +350,19 @@ def test_combined_fits_refuse_diagonal_tau_and_satterthwaite_in_one_line(tmp_pat
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "--tau diagonal and --df satterthwaite" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_the_python_api_takes_tau_and_df_at_three_levels():
+    """hlmcli.fit(..., tau="diagonal", df="satterthwaite") is the same fit as the command line's: lmer's
+    `||` deviance and lmerTest's d.f."""
+    import hlmcli
+
+    res = hlmcli.fit(*EG_FILES[:2], level3=EG_FILES[2], id2="CHILDID", id3="SCHOOLID", level1_eq=EG_MODEL[1],
+                     level2_eqs=EG_MODEL[3:6:2], level3_eqs=EG_MODEL[7:10:2], tau="diagonal", df="satterthwaite",
+                     warn=lambda m: None)
+    doc = res.to_dict()
+    ref = reference("eg_m1_diag", "ml")
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    np.testing.assert_allclose([f["df"] for f in doc["fixed_effects"]],
+                               [ref["fixed"][n]["df"] for n in ("(Intercept)", "YEAR")], rtol=1e-4)
+    assert doc["tau_structure"] == ["diagonal", "diagonal"] and doc["df_method"] == "satterthwaite"
