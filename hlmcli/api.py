@@ -325,7 +325,7 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
     iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
     HLM3 and HLM4. At three levels the spec keeps HLM3's form (ModelSpec3), whose report is HLM3's."""
-    from .levels import spec3, spec_levels
+    from .levels_load import spec3, spec_levels
 
     K = archive.n_levels
     equations = [list(e) for e in equations] + [[] for _ in range(K - len(equations))]
@@ -364,11 +364,19 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     from .levels_combined import fit_weighted, weighting_meta
 
     result, weights = fit_weighted(design, archive, levels_weight_spec(archive.n_levels, fit), spec.method == "REML",
-                                   spec.options.max_iterations)
+                                   spec.options.max_iterations, **levels_fit_options(spec, fit))
     analysis = LevelsAnalysis(spec, design, result, weighting=weighting_meta(weights))
     analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
                                     robust_only=weights is not None)
     return analysis
+
+
+def levels_fit_options(spec, fit: FitOptions) -> dict:
+    """nested_fit.fit_nested's options from the fit's: τ diagonal at every level (--tau diagonal, or the
+    model file's), and Satterthwaite's d.f. (--df satterthwaite)."""
+    tau = fit.tau or getattr(spec.options, "tau", None)
+    return {"diagonal": tau == TauStructure.DIAGONAL,
+            "df_method": "satterthwaite" if fit.df_method == "satterthwaite" else "hlm"}
 
 
 def levels_weight_spec(n_levels: int, fit: FitOptions):
@@ -393,7 +401,7 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     """hlmcli.fit of a model of three or four levels: the archive (built through the cache from the
     files of each level, or read), the spec, capabilities.check, the fit and its `Results`."""
     from .capabilities import check as check_capabilities
-    from .levels import archive_n_levels, load3, load_levels, load_summarised, summarised_level1
+    from .levels_load import archive_n_levels, load3, load_levels, load_summarised, summarised_level1
 
     files = [f for f in (level1, level2, level3, level4) if f is not None]
     if any(isinstance(f, pd.DataFrame) for f in files):

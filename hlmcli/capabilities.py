@@ -42,8 +42,6 @@ _HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; H
 _HOMOGENEITY = ("an HGLM's level-1 variance is fixed by the mean (φ(1 - φ) or λ), so there is no level-1 variance "
                 "to test for homogeneity")
 _FULL_OUTPUT = "the unit-by-unit OLS regressions and least-squares estimates of --full-output are for a normal outcome"
-_NOT_YET_K = ("not yet for k levels: hlmcli fits models of three and four levels by unweighted (RE)ML, with HLM's d.f. "
-              "and an unstructured τ at each level, from the records in memory")
 _HLM6_K = ("HLM 5/6's N - F d.f. are HLM2's rule for the fixed level-1 slopes of a two-level model; three- and "
            "four-level tables use HLM 7's d.f. (HLM3/HLM4)")
 _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is HLM2's, over the level-2 units' OLS "
@@ -80,9 +78,9 @@ FEATURES = (
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS}),
     Feature("keep", "--keep", {"linear-summary": _RECORDS, **_k(_KEEP_K)}),
     Feature("json_out", "--json-out", {}),
-    Feature("tau_diagonal", "--tau diagonal", _k(_NOT_YET_K)),
+    Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
-            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, **_k(_NOT_YET_K)}),
+            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE}),
     Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K)}),
     Feature("homogeneity", "--test-homogeneity",
             {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K)}),

@@ -22,8 +22,6 @@ from .options import formula_equations, model_given, split_names
 from .spec import FitOptions, OutputOptions
 from .version import __version__
 
-_split_names = split_names  # the spelling fit_cmd and levels.py still use
-
 
 def _stderr(message: str) -> None:
     from .report import printable  # names from data files may hold terminal escape sequences
@@ -273,7 +271,8 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
     check_build_options(_given_options(), bool(template))
     three = None  # three-level build (levels.py): the files and their options
     if level4_file or id4 or l4_vars:
-        from .levels import build_levels, build_options_levels
+        from .levels import build_levels
+        from .levels_load import build_options_levels
 
         if not (level1_file and level2_file and level3_file and level4_file) or template or id_ or id1:
             raise click.UsageError("a four-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE LEVEL4_FILE with "
@@ -318,7 +317,7 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
     elif level3_file or id3 or l3_vars:
         if not (level1_file and level2_file and level3_file):
             raise click.UsageError("a three-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE with --id2 and --id3")
-        from .levels import options3
+        from .levels_load import options3
 
         three = ((level1_file, level2_file, level3_file),
                  options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched))
@@ -757,7 +756,7 @@ def fit_cmd(**params):
                                        or out.residuals_l3 or out.residuals_l4))
         return fit_levels(data, {**r.model, "allow_outside": more["allow_outside"],
                                  "allow_unequal_imputations": more.get("allow_unequal_imputations")}, fit, out, build,
-                          build["cache_dir"], _stderr, _use_ascii)
+                          build["cache_dir"], _stderr, _use_ascii, finish)
     level1, level2, model_file = r.model["level1"], r.model["level2"], r.model["model_file"]
     if r.model["level3"] or out.residuals_l3:
         raise _UsageProblem("-3/--level3 and --residuals-l3 are for three-level models: give three data files or a "
@@ -860,7 +859,7 @@ def fit_request(params: dict) -> FitRequest:
     out = OutputOptions(out_format=p["out_format"], output=p.pop("output"), json_out=p.pop("json_out"),
                         residuals_l1=p.pop("residuals_l1"), residuals_l2=p.pop("residuals_l2"),
                         residuals_l3=p.pop("residuals_l3"), residuals_l4=p.pop("residuals_l4"),
-                        keep=_split_names(p.get("keep")) or (), quiet=p.pop("quiet"), timestamp=p.pop("timestamp"),
+                        keep=split_names(p.get("keep")) or (), quiet=p.pop("quiet"), timestamp=p.pop("timestamp"),
                         title=p.pop("title"), ascii_only=p.pop("ascii_only"), strict=p.pop("strict"),
                         keep_failed_output=p.get("keep_failed_output"), force=p.get("force"),
                         table=_table_options(p, p["out_format"]))

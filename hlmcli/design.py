@@ -386,7 +386,3 @@ class MomentsDesign(Design):
     @property
     def n(self) -> int:
         return self.N
-
-
-# The former private spelling, still imported by results.py until it switches.
-_unit_means = unit_means

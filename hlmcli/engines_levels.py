@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, UsageError
+from .errors import DataError, UsageError, first_few
 
 
 @dataclass
@@ -39,11 +39,6 @@ class Level1File:
         """The one pass over the records: level1_moments of `names` (the model's level-1 variables)."""
         return level1_moments(archive, self, names, self.level2_path, self.drop_unmatched, warn, self.scheduler,
                               self.progress)
-
-
-def _first_few(items, k: int = 5) -> str:
-    items = list(items)
-    return ", ".join(str(x) for x in items[:k]) + (f" and {len(items) - k} more" if len(items) > k else "")
 
 
 def summarised(paths, options, engine: str, fmt=None, delimiter=None, warn=lambda m: None, scheduler=None,
@@ -158,10 +153,10 @@ def level1_moments(archive, level1: Level1File, names: list[str], level2_path, d
         lost = [unit_ids[k] for k in np.flatnonzero(where < 0)]
         if not drop_unmatched:
             raise DataError(f"{level1.path}: level-1 records in {len(lost)} level-2 unit(s) have no level-2 record in "
-                            f"{level2_path} ({archive.id_names[0]} {_first_few(lost)}); add them there or pass "
+                            f"{level2_path} ({archive.id_names[0]} {first_few(lost)}); add them there or pass "
                             "--drop-unmatched")
         warn(f"dropped the level-1 records of {len(lost)} level-2 unit(s) not in {Path(str(level2_path)).name} "
-             f"({archive.id_names[0]} {_first_few(lost)})")
+             f"({archive.id_names[0]} {first_few(lost)})")
     J2 = len(ids2)
     P = m.P
     n, mean, C = np.zeros(J2), np.zeros((J2, P)), np.zeros((J2, P, P))
@@ -171,6 +166,6 @@ def level1_moments(archive, level1: Level1File, names: list[str], level2_path, d
     seen[where[have]] = True
     if not seen.all():
         absent = [ids2[j] for j in np.flatnonzero(~seen)]
-        warn(f"{len(absent)} level-2 unit(s) have no level-1 records and are left out (ids {_first_few(absent)})")
+        warn(f"{len(absent)} level-2 unit(s) have no level-1 records and are left out (ids {first_few(absent)})")
     rows = archive.parent(1)  # the stand-in records, one per level-2 unit
     return Level1Moments(list(names), Moments(n[rows], mean[rows], C[rows]), int(deleted))

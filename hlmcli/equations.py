@@ -878,7 +878,3 @@ def spec_from_inputs(level1: str | None, level2: list[str], model_file: str | No
     if not level1:
         raise ModelError("no model given; pass -1 'OUTCOME = b0 + ... + r' (and -2 equations), or --model FILE")
     return build_spec(level1, list(level2), variables, options)
-
-
-# The former private spelling, still imported by levels.py until it switches.
-_read_text = read_text

@@ -143,22 +143,16 @@ def man_option_groups(main: click.Group) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rewrite_man(path) -> None:
+def rewrite_man(path, group) -> None:
+    """Rewrites the OPTIONS BY GROUP section of the man page at `path` from the click `group` (cli.main,
+    passed in so that help.py stays below cli.py); `python -m hlmcli.man man/hlmcli.1` runs it."""
     from pathlib import Path
 
-    from .cli import main
-
     page = Path(path).read_text(encoding="utf-8")
-    block = man_option_groups(main)
+    block = man_option_groups(group)
     if MAN_BEGIN in page:
         head, rest = page.split(MAN_BEGIN, 1)
         page = head + block + rest.split(MAN_END + "\n", 1)[1]
     else:  # before EXIT STATUS
         page = page.replace(".SH EXIT STATUS\n", block + ".SH EXIT STATUS\n", 1)
     Path(path).write_text(page, encoding="utf-8")
-
-
-if __name__ == "__main__":
-    import sys
-
-    rewrite_man(sys.argv[1])

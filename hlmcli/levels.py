@@ -6,34 +6,15 @@ HLM3's forms at three levels (equations_levels.py, report_levels.py)."""
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 import click
 
-from .errors import HlmError, ModelError
+from .errors import ModelError
+from .levels_load import (LevelsUsage, archive_n_levels, load3, load_levels, load_summarised, spec3, spec_levels,
+                          summarised_level1)
 from .spec import Engine
-
-
-class _Usage(HlmError):
-    exit_code = 2
-
-
-def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched):
-    from .archive_levels import BuildOptions3
-    from .cli import _split_names
-
-    if id_ or id1:
-        raise click.UsageError("three data files make a three-level model, which takes --id2 (the level-2 unit id) "
-                               "and --id3 (the level-3 unit id), not --id or --id1")
-    if not id2 or not id3:
-        from .errors import OptionError
-
-        raise OptionError("a three-level build needs --id2 NAME (the level-2 unit id, e.g. CHILDID) and --id3 NAME "
-                          "(the level-3 unit id, e.g. SCHOOLID)")
-    return BuildOptions3(id2=id2, id3=id3, keep1=_split_names(l1_vars), keep2=_split_names(l2_vars),
-                         keep3=_split_names(l3_vars), missing=missing, drop_unmatched=drop_unmatched)
 
 
 def is_three_level(data, more: dict) -> bool:
@@ -45,7 +26,7 @@ def is_three_level(data, more: dict) -> bool:
 
         return archive_levels(data[0]) == 3
     if len(data) == 2 and (more.get("level3") or more.get("id3")):
-        raise _Usage("a three-level model needs three data files (level 1, 2 and 3) or a three-level archive")
+        raise LevelsUsage("a three-level model needs three data files (level 1, 2 and 3) or a three-level archive")
     return False
 
 
@@ -65,49 +46,6 @@ def build3(files, template, options, file_format, delimiter, output, quiet, forc
     if not quiet:
         stderr(f"hlmcli: wrote {output}: {archive.n_level1} level-1 records in {archive.n_level2} level-2 units "
                f"in {archive.n_level3} level-3 units")
-
-
-def load3(data, build_opts: dict, cache_dir, warn):
-    from .archive_levels import cached_archive3, load_archive3
-    from .readers import normalise_delimiter
-
-    if len(data) == 1:
-        from .archive import changed_sources
-
-        archive = load_archive3(data[0])
-        for changed in changed_sources(archive):
-            warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
-        return archive, Path(data[0]).name
-    if "-" in data:
-        raise click.UsageError("standard input ('-') cannot be one of the three data files; give their paths")
-    opts = dict(build_opts)
-    fmt, delimiter = opts.pop("file_format", None), opts.pop("delimiter", None)
-    options = options3(**opts)
-    archive, _ = cached_archive3(list(data), options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
-                                 cache_dir=cache_dir, warn=warn)
-    return archive, ", ".join(Path(p).name for p in data)
-
-
-def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_iterations=None,
-          residuals_l2=None, residuals_l3=None, allow_outside=False):
-    from dataclasses import replace
-
-    from .design_levels import variables3_of
-    from .equations_levels import RunOptions3, spec3_from_inputs
-
-    from .cli import formula_equations
-
-    variables = variables3_of(archive)
-    level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
-    if formula_tau:
-        raise _Usage("uncorrelated random effects (|| or one bar per effect) are not available for three-level models yet")
-    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptions3(),
-                             allow_outside)
-    changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations), ("residuals_l2", residuals_l2),
-                                 ("residuals_l3", residuals_l3)) if v is not None}
-    if reml:
-        changes["method"] = "REML"
-    return replace(spec, options=replace(spec.options, **changes)) if changes else spec
 
 
 def _refuse_family(K: int) -> None:
@@ -136,7 +74,7 @@ def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, 
 
 
 def _model_given(*args):
-    from .cli import model_given
+    from .options import model_given
 
     return model_given(*args)
 
@@ -148,8 +86,8 @@ def _combined(archive, source_text, design, design_of, data, build_opts, cache_d
     from .levels_combined import run_combined
 
     if any(residuals):
-        raise _Usage("residual files are not available for combined fits (each fit has its own EB residuals); fit "
-                     "one plausible value or data set at a time for those")
+        raise LevelsUsage("residual files are not available for combined fits (each fit has its own EB residuals); fit "
+                          "one plausible value or data set at a time for those")
 
     def load_one(path):
         return load((path,) if len(data) == 1 else (path,) + tuple(data[1:]), build_opts, cache_dir, warn)
@@ -184,35 +122,18 @@ def _finish_combined(text, json_text, output, json_out, write_files: bool, quiet
 
 # ---------------------------------------------------------------- four levels
 
-def archive_n_levels(path) -> int:
-    from .archive_levels import archive_levels
-
-    return archive_levels(path)
-
 
 def is_many_levels(data, more: dict) -> bool:
     """Four data files, or one archive whose header says four or more levels; -4 or --id4 alone do not decide."""
     many = len(data) >= 4 or (len(data) == 1 and str(data[0]) != "-" and Path(data[0]).is_file()
                                and archive_n_levels(data[0]) >= 4)
     if many and click.get_current_context().meta.get("formula") is not None:
-        raise _Usage("--formula is not available for four-level models yet; give the model as -1 ... -4 equations")
+        raise LevelsUsage("--formula is not available for four-level models yet; give the model as -1 ... -4 equations")
     if many:
         return True
     if more.get("level4") or more.get("id4") or more.get("residuals_l4"):
-        raise _Usage("a four-level model needs four data files (level 1, 2, 3 and 4) or a four-level archive")
+        raise LevelsUsage("a four-level model needs four data files (level 1, 2, 3 and 4) or a four-level archive")
     return False
-
-
-def build_options_levels(ids, keeps, missing, drop_unmatched, n_files: int):
-    from .archive_levels import BuildOptionsLevels
-    from .cli import _split_names
-
-    if len(ids) != n_files - 1 or not all(ids):
-        from .errors import OptionError
-
-        need = " ".join(f"--id{k} NAME" for k in range(2, n_files + 1))
-        raise OptionError(f"a {n_files}-level build needs {need} (the unit id of each level above the first)")
-    return BuildOptionsLevels(tuple(ids), tuple(_split_names(k) for k in keeps), missing, drop_unmatched)
 
 
 def build_levels(files, options, file_format, delimiter, output, quiet, stderr, progress):
@@ -244,63 +165,6 @@ def info_levels(archive_file, out_format, stderr, unit=None):
         stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
     info = archive_levels_info(a, unit)
     click.echo(dumps_json(info) if out_format == "json" else archive_levels_info_text(info), nl=False)
-
-
-def _ids_and_keeps(build_opts: dict, K: int):
-    ids = [build_opts.get(f"id{k}") for k in range(2, K + 1)]
-    keeps = [build_opts.get(f"l{k}_vars") for k in range(1, K + 1)]
-    return ids, keeps
-
-
-def load_levels(data, build_opts: dict, cache_dir, warn):
-    from .archive import changed_sources
-    from .archive_levels import cached_archive_levels, load_archive_levels
-    from .readers import normalise_delimiter
-
-    if len(data) == 1:
-        archive = load_archive_levels(data[0], archive_n_levels(data[0]))
-        for changed in changed_sources(archive):
-            warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
-        return archive, Path(data[0]).name
-    if "-" in data:
-        raise click.UsageError("standard input ('-') cannot be one of the data files; give their paths")
-    K = len(data)
-    if K > 4:
-        raise click.UsageError(f"{K} data files: hlmcli fits models of up to four levels (one file per level)")
-    if build_opts.get("id_") or build_opts.get("id1"):
-        raise click.UsageError(f"{K} data files make a {K}-level model, which takes --id2 ... --id{K}, not --id or --id1")
-    ids, keeps = _ids_and_keeps(build_opts, K)
-    options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
-                                   build_opts.get("drop_unmatched", False), K)
-    archive, _ = cached_archive_levels(list(data), options, fmt=build_opts.get("file_format"),
-                                       delimiter=normalise_delimiter(build_opts.get("delimiter")),
-                                       cache_dir=cache_dir, warn=warn)
-    return archive, ", ".join(Path(p).name for p in data)
-
-
-def spec_levels(archive, equations, model_file, reml, title=None, max_iterations=None, residuals=()):
-    from .design_levels import variables_of
-    from .equations_levels import is_command_file
-    from .equations import _read_text
-    from .equations_levels import RunOptionsLevels, build_levels_spec, classify_levels
-
-    K = archive.n_levels
-    equations = [list(e) for e in equations]
-    if model_file:
-        text = _read_text(Path(model_file))
-        if is_command_file(model_file, text):
-            raise ModelError(f"{model_file}: HLM 7 command files (.hlm) are read for two and three levels; give a "
-                             f"{K}-level model as equations (-1 ... -{K}, or a model file of equations)")
-        if equations[0]:
-            raise ModelError(f"{model_file}: give the model either with --model or with -1 ... -{K}, not both")
-        found = classify_levels(text.splitlines(), K)
-        equations = [f + e for f, e in zip(found, equations)]
-    elif equations[0] and any("\n" in e or ";" in e for e in equations[0]):  # pasted output or several in one -1
-        found = classify_levels(re.split(r"[\n;]", equations[0][0]), K)
-        equations = [f + e for f, e in zip(found, [[]] + equations[1:])]
-    options = RunOptionsLevels(method="REML" if reml else "ML", max_iterations=max_iterations or 1000, title=title,
-                               residuals=tuple(residuals) + (None,) * (K - 1 - len(residuals)))
-    return build_levels_spec(equations, variables_of(archive), options)
 
 
 def _equations(level1, level2, more, K):
@@ -353,7 +217,7 @@ def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, std
         archive, source_text = load_levels(data, build_opts, cache_dir, warn)
     K = archive.n_levels
     if out.residuals_l4 and K < 4:
-        raise _Usage("--residuals-l4 is for four-level models: give four data files or a four-level archive")
+        raise LevelsUsage("--residuals-l4 is for four-level models: give four data files or a four-level archive")
     equations = [[model["level1"]] if model.get("level1") else [], list(model.get("level2") or ()),
                  list(model.get("level3") or ()), list(model.get("level4") or ())]
     residuals = {k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)}
@@ -366,11 +230,10 @@ def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, std
     return results, sources, source_text, equations[:K]
 
 
-def fit_levels(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr, use_ascii) -> None:
+def fit_levels(data, model: dict, fit, out, build_opts: dict, cache_dir, stderr, use_ascii, finish) -> None:
     """`hlmcli fit` of a model of three or four levels: `levels_results`, then the one ending of every
-    fit (cli.finish). `model` holds the equations (level1 ... level4), model_file and allow_outside."""
-    from .cli import finish
-
+    fit, `finish` (cli.finish, passed in so that this module stays below cli.py). `model` holds the
+    equations (level1 ... level4), model_file and allow_outside."""
     if fit.plausible_values or fit.imputed:
         return fit_levels_combined(data, model, fit, out, build_opts, cache_dir, stderr, use_ascii)
     results, sources, source_text, equations = levels_results(data, model, fit, out, build_opts, cache_dir, stderr)
@@ -411,8 +274,12 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     # --full-output of combined fits prints each fit's own tables (not HLM2's unit regressions)
     check_capabilities(spec, replace(fit, full_output=None), out, fit.engine)
     if fit.tests or fit.compare_deviance is not None:
-        raise _Usage("--test and --compare-deviance are not combined over plausible values or imputed data sets at "
-                     "three or more levels yet; fit one data set at a time for those")
+        raise LevelsUsage("--test and --compare-deviance are not combined over plausible values or imputed data "
+                          "sets at three or more levels yet; fit one data set at a time for those")
+    if fit.tau == "diagonal" or fit.df_method == "satterthwaite":
+        raise LevelsUsage("--tau diagonal and --df satterthwaite are not combined over plausible values or "
+                          "imputed data sets at three or more levels yet (Rubin's d.f. would need each fit's); "
+                          "fit one data set at a time for those")
     wspec = levels_weight_spec(K, fit)
     ascii_text = use_ascii(out.ascii_only) if not out.output else out.ascii_only
     if three:
@@ -453,32 +320,4 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
 
 # ---------------------------------------------------------------- --engine stream/dask (engines_levels.py)
 
-def load_summarised(data, build_opts: dict, fit, warn, K: int, progress: bool = False):
-    """(the archive of the upper files, its source text, the level-1 file whose records are read
-    later, once, for the model's variables) for --engine stream/dask (engines_levels.py)."""
-    from .engines_levels import summarised
 
-    engine = Engine(fit.engine).value
-    if len(data) == 1:
-        raise _Usage(f"--engine {engine} reads the data files, one per level; an archive is already built in memory, "
-                     "so drop --engine")
-    if K == 3:
-        options = options3(**{k: build_opts.get(k) for k in ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars",
-                                                               "l3_vars", "missing", "drop_unmatched")})
-    else:
-        ids, keeps = _ids_and_keeps(build_opts, K)
-        options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
-                                       build_opts.get("drop_unmatched", False), K)
-    scheduler = build_opts.get("dask_scheduler") or fit.scheduler
-    archive, l1 = summarised(list(data), options, engine, build_opts.get("file_format"), build_opts.get("delimiter"),
-                             warn, scheduler, progress)
-    return archive, ", ".join(Path(str(p)).name for p in data), l1
-
-
-def summarised_level1(archive, spec, l1, warn):
-    """The per-level-2-unit moments of the model's level-1 variables (None in memory)."""
-    if l1 is None:
-        return None
-    from .design_levels import level1_variables
-
-    return l1.moments(archive, level1_variables(spec), warn)

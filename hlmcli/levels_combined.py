@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .errors import ModelError, UsageError
+from .errors import UsageError
 
 
 def weight_spec_levels(K: int, names: dict, normalize: str | None):

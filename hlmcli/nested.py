@@ -94,7 +94,7 @@ from .unitsolve import LOG_2PI, cmm, cmv, factor, gls, spd_inverse_logdet
 
 __all__ = ["Coefficient", "LevelsData", "LevelsSummary", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
            "NestedData", "NestedFit", "NestedStats", "NestedSolve", "as_levels", "as_summary", "reduce_nested",
-           "reduce_levels", "levels_solve", "nested_solve", "deviance_nested", "deviance_levels", "fit_nested",
+           "reduce_levels", "levels_solve", "nested_solve", "deviance_nested", "deviance_levels",
            "COEFFICIENT_NAMES"]
 
 # the coefficients of the level-1, 2, 3, ... equations of a model of three or more levels (HLM3, HLM4):
@@ -1108,10 +1108,3 @@ def deviance_levels(data, sigma2: float, taus, reml: bool = False) -> float:
 def deviance_nested(data, sigma2: float, tau_pi: np.ndarray, tau_beta: np.ndarray, reml: bool = False) -> float:
     """deviance_levels at three levels (τπ, τβ)."""
     return deviance_levels(data, sigma2, (tau_pi, tau_beta), reml)
-
-
-def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=False,
-               df_method: str = "hlm") -> NestedFit:
-    """The certified (RE)ML fit over the τ blocks of every level (PSD, or diagonal); see nested_fit.py."""
-    from .nested_fit import fit_nested as _fit
-    return _fit(data, reml=reml, max_iterations=max_iterations, diagonal=diagonal, df_method=df_method)

@@ -33,7 +33,7 @@ from .errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
 from .inference import weighted_sandwich
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit, as_levels,
-                     as_summary, columns_of, levels_solve, reduce_nested, reduce_standardised, summary_of)
+                     columns_of, levels_solve, reduce_nested, reduce_standardised, summary_of)
 from .unitsolve import factor, unit_ols
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1

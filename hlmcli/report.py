@@ -688,7 +688,3 @@ _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
 def printable(text: str) -> str:
     """Names from data files shown on a terminal: control characters (escape sequences) as \\xNN."""
     return str(text).translate(_CONTROL)
-
-
-# The former private spellings, still imported by report_levels.py and results.py until they switch.
-_clean, _table, _df_text, _df_value = json_safe, text_table, df_text, df_value

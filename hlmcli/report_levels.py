@@ -25,9 +25,9 @@ import math
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, ModelSpec3, Term3, symbol
-from .report import _df_text, _df_value, _table, dumps_json, hlm_e, hlm_name, hlm_p, printable
+from .report import df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
 
 SCHEMA3 = 3
 
@@ -305,14 +305,14 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
         matrix(f" {sym.tau_pi} (as correlations)", lab_pi, _corr(fit.tau_pi), "{:7.3f}")
     w("")
     rows = [[_pi_label(spec, p, sym), f"{fit.reliability_pi[k]:.3f}"] for k, p in enumerate(rp)]
-    out += _table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
+    out += text_table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
     lab_b = [f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.level2_names(p)[q])},{sym.b(p, q)}" for p, q in rb]
     matrix(f" {sym.tau_beta}", lab_b, fit.tau_beta, "{:13.5f}")
     if len(rb) > 1:
         matrix(f" {sym.tau_beta} (as correlations)", lab_b, _corr(fit.tau_beta), "{:7.3f}")
     w("")
     rows = [[_beta_label(spec, p, q, sym), f"{fit.reliability_beta[k]:.3f}"] for k, (p, q) in enumerate(rb)]
-    out += _table(["Random level-2 coefficient", "Reliability estimate"], rows, [28, 22])
+    out += text_table(["Random level-2 coefficient", "Reliability estimate"], rows, [28, 22])
     w("")
     w(f"The value of the log-likelihood function at iteration {fit.iterations} = {hlm_e(-fit.deviance / 2)}")
     gammas = spec.gammas()
@@ -332,8 +332,8 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
             if k == 0 or (gammas[k - 1].p, gammas[k - 1].q) != (g.p, g.q):
                 rows.append([f"   For {hlm_name(g.level2)}, {sym.b(g.p, g.q)}"])
             rows.append([f"      {hlm_name(g.level3)}, {sym.g(g.p, g.q, g.s)}", f"{fit.gamma[k]:.6f}", f"{se[k]:.6f}",
-                         f"{t[k]:.3f}", _df_text(fit.df_gamma[k]), hlm_p(pv[k])])
-        out += _table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+                         f"{t[k]:.3f}", df_text(fit.df_gamma[k]), hlm_p(pv[k])])
+        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                       rows, [30, 12, 14, 9, 12, 8])
     w("")
     w("Final estimation of level-1 and level-2 variance components")
@@ -341,10 +341,10 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     rows = []
     for k, p in enumerate(rp):
         c = fit.chi2_pi[k]
-        rows.append([_pi_label(spec, p, sym, sym.r), f"{sd[k]:.5f}", f"{fit.tau_pi[k, k]:.5f}", _df_text(c["df"]),
+        rows.append([_pi_label(spec, p, sym, sym.r), f"{sd[k]:.5f}", f"{fit.tau_pi[k, k]:.5f}", df_text(c["df"]),
                      f"{c['chi2']:.5f}", hlm_p(c["p"])])
     rows.append([f"level-1, {sym.e}", f"{math.sqrt(fit.sigma2):.5f}", f"{fit.sigma2:.5f}", "", "", ""])
-    out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
                   rows, [26, 18, 18, 6, 12, 8])
     n_units = {c.get("n_units") for c in fit.chi2_pi}
     if n_units and max(n_units) is not None and min(n_units) < design.n2:
@@ -355,9 +355,9 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     rows = []
     for k, (p, q) in enumerate(rb):
         c = fit.chi2_beta[k]
-        rows.append([_beta_label(spec, p, q, sym, sym.u), f"{sd[k]:.5f}", f"{fit.tau_beta[k, k]:.5f}", _df_text(c["df"]),
+        rows.append([_beta_label(spec, p, q, sym, sym.u), f"{sd[k]:.5f}", f"{fit.tau_beta[k, k]:.5f}", df_text(c["df"]),
                      f"{c['chi2']:.5f}", hlm_p(c["p"])])
-    out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
                   rows, [30, 18, 18, 6, 12, 8])
     n_units = {c.get("n_units") for c in fit.chi2_beta}
     if n_units and max(n_units) is not None and min(n_units) < design.n3:
@@ -383,7 +383,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
 # ---------------------------------------------------------------- JSON (schema 3)
 
 def _chi2_json(c: dict) -> dict:
-    return {"chi2": float(c["chi2"]), "df": _df_value(c["df"]), "p": float(c["p"]),
+    return {"chi2": float(c["chi2"]), "df": df_value(c["df"]), "p": float(c["p"]),
             "n_units": None if c.get("n_units") is None else int(c["n_units"])}
 
 
@@ -427,7 +427,7 @@ def fit_json3(design, fit, meta: dict) -> dict:
     for k, g in enumerate(spec.gammas()):
         fixed.append({"gamma": f"γ{Symbols3.idx(g.p, g.q, g.s)}", "p": g.p, "q": g.q, "s": g.s,
                       "coefficient": g.coefficient, "level2_predictor": g.level2, "level3_predictor": g.level3,
-                      "estimate": float(fit.gamma[k]), "se": float(se[k]), "t": float(t[k]), "df": _df_value(fit.df_gamma[k]),
+                      "estimate": float(fit.gamma[k]), "se": float(se[k]), "t": float(t[k]), "df": df_value(fit.df_gamma[k]),
                       "p_value": float(pv[k]), "robust_se": float(rse[k]), "robust_t": float(rt[k]),
                       "robust_p_value": float(rpv[k])})
     names = spec.coefficient_names()
@@ -737,7 +737,7 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
         w("")
         rows = [[_coef_label(names, idx, sym, level - 1), f"{fit.reliabilities[level - 2][k]:.3f}"]
                 for k, (idx, names) in enumerate(rnd)]
-        out += _table([f"Random level-{level - 1} coefficient", "Reliability estimate"], rows, [34, 22])
+        out += text_table([f"Random level-{level - 1} coefficient", "Reliability estimate"], rows, [34, 22])
     w("")
     w(f"The value of the log-likelihood function at iteration {fit.iterations} = {hlm_e(-fit.deviance / 2)}")
     fixed = spec.fixed()
@@ -757,8 +757,8 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
                 if f.idx[:depth] != prev[:depth]:
                     rows.append([f"{'   ' * (depth - 1)}For {hlm_name(f.names[depth - 1])}, {sym.coef(depth, f.idx[:depth])}"])
             rows.append([f"{'   ' * (K - 1)}{hlm_name(f.names[-1])}, {sym.coef(K, f.idx)}", f"{fit.gamma[k]:.6f}",
-                         f"{se[k]:.6f}", f"{t[k]:.3f}", _df_text(fit.df_gamma[k]), hlm_p(pv[k])])
-        out += _table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+                         f"{se[k]:.6f}", f"{t[k]:.3f}", df_text(fit.df_gamma[k]), hlm_p(pv[k])])
+        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                       rows, [34, 12, 14, 9, 12, 8])
     for level in range(2, K + 1):
         w("")
@@ -770,11 +770,11 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
         for k, (idx, names) in enumerate(spec.random(level)):
             c = fit.chi2[level - 2][k]
             rows.append([_coef_label(names, idx, sym, level - 1, letter=True), f"{sd[k]:.5f}", f"{tau[k, k]:.5f}",
-                         _df_text(c["df"]), f"{c['chi2']:.5f}", hlm_p(c["p"])])
+                         df_text(c["df"]), f"{c['chi2']:.5f}", hlm_p(c["p"])])
         if level == 2:
             rows.append([f"level-1, {'E' if sym.ascii else 'e'}", f"{math.sqrt(fit.sigma2):.5f}", f"{fit.sigma2:.5f}",
                          "", "", ""])
-        out += _table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+        out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
                       rows, [34, 18, 18, 6, 12, 8])
         n_units = {c.get("n_units") for c in fit.chi2[level - 2]}
         if n_units and min(n_units) < design.J(level):
@@ -812,7 +812,7 @@ def fit_json(design, fit, meta: dict) -> dict:
     for k, f in enumerate(spec.fixed()):
         fixed.append({"label": symbol(COEF_LETTERS[K - 1], f.idx), "subscripts": list(f.idx), "path": list(f.names),
                       "estimate": float(fit.gamma[k]), "se": float(se[k]), "t": float(t[k]),
-                      "df": _df_value(fit.df_gamma[k]), "p_value": float(pv[k]), "robust_se": float(rse[k]),
+                      "df": df_value(fit.df_gamma[k]), "p_value": float(pv[k]), "robust_se": float(rse[k]),
                       "robust_t": float(rt[k]), "robust_p_value": float(rpv[k])})
     random = []
     for level in range(2, K + 1):

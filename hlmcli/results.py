@@ -7,6 +7,7 @@ empirical Bayes estimates per unit, predictions, residual files, paper tables an
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -16,20 +17,14 @@ from .lazy import lazy
 pd = lazy("pandas")
 
 from .errors import DataError, ModelError
+from .levels_results import (fixed_rows, information_criteria_levels, level1_fitted, n_units, table_view, tau_blocks,
+                             term_of)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import Archive
+    from .levels_results import LevelsAnalysis
     from .pipeline import Analysis
     from .sources import SourceFrames
-
-
-def information_criteria(fit: dict) -> tuple[int, float, float]:
-    """(k, AIC, BIC) of a fit's JSON, as the fit computed them (inference.information_criteria,
-    lme4's counting: every fixed effect and variance parameter, under REML too; BIC with log N)."""
-    if fit.get("aic") is None:  # PQL: no likelihood, so no criteria
-        return int(fit["n_params"] or 0), None, None
-    k = int(round((fit["aic"] - fit["deviance"]) / 2))
-    return k, float(fit["aic"]), float(fit["bic"])
 
 
 def _column(frame: pd.DataFrame, name: str) -> str | None:
@@ -74,8 +69,6 @@ class Results:
     def __new__(cls, analysis=None, *args, **kwargs):
         # a model of three or more levels (levels_results.LevelsAnalysis) has its own accessors
         if cls is Results and hasattr(analysis, "levels_spec"):
-            from .levels_results import LevelsResults
-
             cls = LevelsResults
         return super().__new__(cls)
 
@@ -94,13 +87,13 @@ class Results:
         """The CLI's JSON document (schema 1) as a dict."""
         key = tuple(self.meta.get(k) for k in ("data_source", "title", "id_name", "command_file", "timestamp"))
         if self._json is None or self._json[0] != key:  # recomputed when the meta it prints changes
-            from .report import _clean, fit_json
+            from .report import fit_json, json_safe
 
             if self.hglm:
                 doc = self.analysis.to_json(self.meta)
             else:
                 doc = fit_json(self.analysis, self.meta)
-            self._json = (key, _clean(doc))
+            self._json = (key, json_safe(doc))
         return self._json[1]
 
     def to_json(self) -> str:
@@ -211,12 +204,16 @@ class Results:
     def aic(self) -> float:
         """deviance + 2k, k counted as lme4 does (see `information_criteria`)."""
         self.deviance  # noqa: B018 (PQL: refused, saying why)
+        from .tables import information_criteria
+
         return information_criteria(self.to_dict())[1]
 
     @property
     def bic(self) -> float:
         """deviance + k·log(N), as lme4."""
         self.deviance  # noqa: B018
+        from .tables import information_criteria
+
         return information_criteria(self.to_dict())[2]
 
     def tidy(self, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
@@ -322,10 +319,10 @@ class Results:
                 if level == "level-2" or frames.same or column in frames.level2.columns:
                     table[name] = frames.level2[column].to_numpy()[rows]
                 else:  # a level-1 column: the unit's value where it is constant within the unit, else empty
-                    from .sources import _ids_as_archive_text
+                    from .sources import ids_as_archive_text
 
                     values = frames.level1[column]
-                    ids = _ids_as_archive_text(frames.level1, frames.id1, frames.level1_name)
+                    ids = ids_as_archive_text(frames.level1, frames.id1, frames.level1_name)
                     per_unit = values.groupby(ids, sort=False).agg(lambda v: v.iloc[0] if v.nunique(dropna=False) == 1 else None)
                     table[name] = per_unit.reindex(list(self.analysis.design.unit_ids)).to_numpy()
         return table
@@ -417,13 +414,13 @@ class Results:
     # ------------------------------------------------------------ predictions
     def _unit_means(self, name: str) -> np.ndarray:
         """Each unit's mean of a level-1 column over the records the fit used (as the design centred it)."""
-        from .design import _unit_means
+        from .design import unit_means
 
         d = self.analysis.design
         x = np.asarray(self.archive.level1_column(name), dtype=float)
         if d.record_positions is not None:
             x = x[d.record_positions]
-        return _unit_means(x, d.offsets)
+        return unit_means(x, d.offsets)
 
     def predict(self, newdata: pd.DataFrame, random_effects: bool = True) -> np.ndarray:
         """Predicted outcome for each row of `newdata`, on the data's own scale.
@@ -446,7 +443,7 @@ class Results:
         `random_effects=True` adds a known unit's EB random effects (as lme4's predict). An HGLM's
         prediction is on the link scale (η: log-odds or log rate), as lme4's default.
         """
-        from .api import check_frame_columns
+        from .readers import check_frame_columns
 
         check_frame_columns(newdata, "newdata")
         d = self.analysis.design
@@ -551,10 +548,10 @@ class Results:
         name = self.meta["id_name"]
         frames = self._sources
         if frames is not None and "DataFrame" in str(frames.level2_name):
-            from .sources import _ids_as_archive_text
+            from .sources import ids_as_archive_text
 
             column = frames.level2[frames.id2]
-            text = _ids_as_archive_text(frames.level2, frames.id2, frames.level2_name)
+            text = ids_as_archive_text(frames.level2, frames.id2, frames.level2_name)
             lookup = dict(zip(text, column))
             if all(t in lookup for t in text_ids):
                 return pd.Index([lookup[t] for t in text_ids], dtype=column.dtype, name=name)
@@ -668,3 +665,264 @@ def _id_text(v) -> str:
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     return str(v).strip()
+
+
+class LevelsResults(Results):
+    """A fitted model of three or four levels (`Results(LevelsAnalysis, archive, meta)` makes one; the
+    analysis and the views it reads are levels_results.py's).
+
+    The two-level accessors hold, per level where a two-level fit has one of a kind:
+      fixed_effects, variance_components (one block per level, then level 1), tau (level -> DataFrame),
+      sigma2, deviance, loglik, n_params, aic, bic, random_effects(level), residuals_level(level),
+      residuals_level1(), write_residuals(...), summary(), to_json(), to_dict(), tidy(), table(fmt)
+    """
+
+    def __init__(self, analysis: LevelsAnalysis, archive, meta: dict | None = None, sources=None) -> None:
+        self.analysis = analysis
+        self.archive = archive
+        self.meta = dict(meta or {})
+        self._sources = sources
+        self._json = None
+        self._eb = None
+        self.hglm = False
+        self.n_levels = analysis.n_levels
+
+    # ------------------------------------------------------------ the documents
+    def _meta_key(self):
+        return tuple(str(self.meta.get(k)) for k in ("data_source", "title", "ids", "model_given", "command_file",
+                                                      "timestamp"))
+
+    def to_dict(self) -> dict:
+        """The CLI's JSON document (schema 3 at three levels, 4 at four) as a dict."""
+        key = self._meta_key()
+        if self._json is None or self._json[0] != key:
+            from .report import json_safe
+            from .report_levels import fit_json, fit_json3
+
+            a = self.analysis
+            doc = fit_json3(a.design, a.fit, self._report_meta()) if self.n_levels == 3 else \
+                fit_json(a.design, a.fit, self._report_meta())
+            doc.update(a.extras)
+            self._json = (key, json_safe(doc))
+        return self._json[1]
+
+    def _report_meta(self) -> dict:
+        meta = {**self.meta, **self.analysis.weighting}
+        ids = list(meta.get("ids") or self.archive.id_names)
+        meta["ids"] = ids
+        if self.n_levels == 3:
+            meta.setdefault("id2", ids[0])
+            meta.setdefault("id3", ids[1])
+        return meta
+
+    def to_json(self) -> str:
+        from .report import dumps_json
+
+        return dumps_json(self.to_dict())
+
+    def summary(self, ascii: bool = False) -> str:
+        """Exactly what `hlmcli fit` prints: HLM3's (three levels) or HLM4's (four) tables."""
+        from .report import Symbols, extras_text, printable
+        from .report_levels import Symbols3, SymbolsLevels, fit_text, fit_text3
+
+        a = self.analysis
+        if self.n_levels == 3:
+            text = fit_text3(a.design, a.fit, self._report_meta(), Symbols3(ascii))
+        else:
+            text = fit_text(a.design, a.fit, self._report_meta(), SymbolsLevels(ascii))
+        extra = extras_text(a.extras, Symbols(ascii)) if a.extras else []
+        return text + ("\n".join(printable(line) for line in extra) + "\n" if extra else "")
+
+    def __repr__(self) -> str:
+        fit = self.analysis.fit
+        counts = ", ".join(f"N{k}={v}" for k, v in self._counts().items())
+        return f"<hlmcli.Results {self.n_levels}-level {fit.method} {self.analysis.spec.outcome}: {counts}, " \
+               f"deviance={float(fit.deviance):.4f}>"
+
+    def _counts(self) -> dict:
+        return n_units(self.to_dict())
+
+    # ------------------------------------------------------------ status
+    @property
+    def method(self) -> str:
+        return self.analysis.fit.method
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.analysis.fit.converged)
+
+    @property
+    def failures(self) -> list[str]:
+        if self.converged:
+            return []
+        fit = self.analysis.fit
+        return ["the optimum is not certified: " + "; ".join(getattr(fit.certificate, "failed", None) or [fit.message])]
+
+    @property
+    def warnings(self) -> list[str]:
+        return []
+
+    @property
+    def boundary_notes(self) -> list[str]:
+        return list(self.analysis.fit.boundary or [])
+
+    # ------------------------------------------------------------ the numbers
+    @property
+    def fixed_effects(self) -> "pd.DataFrame":
+        """One row per fixed effect: term (R's name), label (γ000; δ0000 at four levels), the names along
+        its path (level1 ... levelK), estimate, se, t, df, p and the robust columns."""
+        rows = []
+        for f in fixed_rows(self.to_dict()):
+            row = {"term": term_of(f["path"]), "label": f["label"]}
+            row.update({f"level{k}": name for k, name in enumerate(f["path"], start=1)})
+            row.update({k: f[k] for k in ("estimate", "se", "t", "df", "p", "robust_se", "robust_t", "robust_p")})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    @property
+    def variance_components(self) -> "pd.DataFrame":
+        """One row per random effect, level by level (2..K, each its τ block's diagonal), then level 1:
+        level, effect, label, sd, variance, reliability, df, chi2, p."""
+        rows = []
+        for block in tau_blocks(self.to_dict()):
+            for k, (name, label) in enumerate(zip(block["coefficients"], block["labels"])):
+                c = block["chi2"][k] if k < len(block["chi2"]) else {}
+                variance = block["matrix"][k][k]
+                rows.append({"level": block["level"], "effect": name, "label": label, "sd": math.sqrt(max(variance, 0.0)),
+                             "variance": variance, "reliability": block["reliability"][k], "df": c.get("df"),
+                             "chi2": c.get("chi2"), "p": c.get("p")})
+        s2 = self.sigma2
+        rows.append({"level": 1, "effect": "level-1", "label": "e", "sd": math.sqrt(s2), "variance": s2,
+                     "reliability": None, "df": None, "chi2": None, "p": None})
+        return pd.DataFrame(rows)
+
+    @property
+    def random_coefficients(self) -> dict:
+        """{level: [coefficient path, ...]} in τ order."""
+        return {b["level"]: list(b["coefficients"]) for b in tau_blocks(self.to_dict())}
+
+    @property
+    def tau(self) -> dict:
+        """{level: τ of that level's random effects, labelled by coefficient}."""
+        return {b["level"]: pd.DataFrame(np.array(b["matrix"], dtype=float), index=b["coefficients"],
+                                         columns=b["coefficients"]) for b in tau_blocks(self.to_dict())}
+
+    @property
+    def sigma2(self) -> float:
+        return float(self.analysis.fit.sigma2)
+
+    @property
+    def deviance(self) -> float:
+        return float(self.analysis.fit.deviance)
+
+    @property
+    def n_params(self) -> int:
+        return int(self.analysis.fit.n_params)
+
+    @property
+    def aic(self) -> float:
+        return information_criteria_levels(self.analysis.fit, self.analysis.design.n)[1]
+
+    @property
+    def bic(self) -> float:
+        return information_criteria_levels(self.analysis.fit, self.analysis.design.n)[2]
+
+    def tidy(self, conf_level: float = 0.95, se: str = "auto") -> "pd.DataFrame":
+        """broom.mixed's tidy(): the fixed effects, then the sd__/cor__ rows of each level's group."""
+        from .tables import tidy
+
+        return tidy(table_view(self.to_dict()), conf_level, se)
+
+    def table(self, fmt: str = "markdown", options=None, **given) -> str:
+        """The fixed-effects and variance-component tables as csv, markdown, latex or html (tables.TableOptions)."""
+        from .tables import TableOptions, fit_table
+
+        if options is None:
+            options = TableOptions(**{k: tuple(v) if k == "notes" else v for k, v in given.items()})
+        return fit_table(table_view(self.to_dict()), fmt, options)
+
+    def plot(self, kind: str, path=None, **options):
+        from .plots import plot_levels
+
+        return plot_levels(self, kind, path, **options)
+
+    def predict(self, newdata=None):
+        raise ModelError(f"predict() is for two-level fits; for a {self.n_levels}-level fit, residuals_level1() holds "
+                         "each record's fitted value (fixed part and with the EB estimates of every level)")
+
+    # ------------------------------------------------------------ units
+    @property
+    def eb(self):
+        raise ModelError("a model of three or more levels has EB estimates at each level: use random_effects(level)")
+
+    def random_effects(self, level: int = 2) -> "pd.DataFrame":
+        """One row per level-`level` unit (indexed by its id): its parent's id, size, and the EB residual
+        and posterior variance of each random coefficient of that level."""
+        table = self.residuals_level(level)
+        data_columns = set(self.archive.names(level)) if hasattr(self.archive, "names") else set()
+        keep = [c for c in table.columns if c not in data_columns or c == "id"]
+        return table[keep].set_index("id").rename_axis(self.archive.id_names[level - 2])
+
+    def residuals_level(self, level: int) -> "pd.DataFrame":
+        """HLM's level-`level` residual file (2 ≤ level ≤ K)."""
+        if not 2 <= level <= self.n_levels:
+            raise ModelError(f"level must be 2 ... {self.n_levels}, not {level}")
+        a = self.analysis
+        from .report_levels import level2_residuals, level3_residuals, level_residuals
+
+        if self.n_levels == 3:
+            return (level2_residuals if level == 2 else level3_residuals)(a.design, a.fit, self.archive)
+        return level_residuals(a.design, a.fit, self.archive, level)
+
+    def residuals_level2(self, keep: Sequence[str] = ()) -> "pd.DataFrame":
+        return self.residuals_level(2)
+
+    def residuals_level1(self, keep: Sequence[str] = (), order: str = "unit") -> "pd.DataFrame":
+        """The level-1 residual file: each record's unit ids (levels 2..K), the outcome, the fitted value
+        from the fixed part (fitted_fixed) and with the EB estimates of every level (fitted), the
+        residual (outcome - fitted) and the level-1 predictors, in the archive's order (by unit)."""
+        if order != "unit" or keep:
+            raise ModelError("the level-1 residual file of a model of three or more levels is in the archive's "
+                             "order (by unit), without --keep columns")
+        a = self.analysis
+        data = a.design.data
+        from .nested import as_levels
+
+        levels = as_levels(data)
+        fixed, eb = level1_fitted(data, a.fit)
+        unit = levels.parents[0]
+        cols: dict = {}
+        ids = self._unit_ids()
+        up = unit
+        for level in range(2, self.n_levels + 1):
+            cols[self.archive.id_names[level - 2]] = np.asarray(ids[level - 2], dtype=object)[up]
+            if level < self.n_levels:
+                up = levels.parents[level - 1][up]
+        y = np.asarray(levels.y, dtype=float)
+        cols.update({"fitted": eb, "fitted_fixed": fixed, "residual": y - eb, a.spec.outcome: y})
+        for k, t in enumerate(a.levels_spec.level1):
+            cols[t.label] = levels.predictors[0][:, self._level1_col(k)]
+        return pd.DataFrame(cols)
+
+    def _level1_col(self, k: int) -> int:
+        """The column of the k-th level-1 predictor in the design (design_levels: one column per distinct
+        level-1 term, in the level-1 equation's order; the intercept has none)."""
+        return k
+
+    def _unit_ids(self) -> list:
+        d = self.analysis.design
+        return [d.unit2_ids, d.unit3_ids] if self.n_levels == 3 else list(d.unit_ids)
+
+    def write_residuals(self, level1=None, level2=None, keep: Sequence[str] = (), order: str = "unit",
+                        more: dict | None = None) -> None:
+        """Write the residual files of levels 1..K (.csv, .sav or .dta by extension), atomically: all or none.
+        `more` maps a level above 2 to its path."""
+        from .files import output_transaction
+        from .residual_files import write_table
+
+        paths = {1: level1, 2: level2, **(more or {})}
+        with output_transaction():
+            for level, path in sorted(paths.items()):
+                if path:
+                    table = self.residuals_level1(keep) if level == 1 else self.residuals_level(level)
+                    write_table(table, path)

@@ -116,7 +116,3 @@ def level2_rows(frames: SourceFrames, unit_ids: list[str]) -> np.ndarray:
     for k, uid in enumerate(ids):
         first.setdefault(uid, k)
     return np.array([first[u] for u in unit_ids], dtype=np.int64)
-
-
-# The former private spelling, still imported by results.py until it switches.
-_ids_as_archive_text = ids_as_archive_text

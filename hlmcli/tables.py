@@ -20,7 +20,6 @@ from .lazy import lazy
 pd = lazy("pandas")
 
 from .errors import HlmError, ModelError, install_hint
-from .results import information_criteria
 from .terms import fixed_names, group_name, random_names
 
 FORMATS = ("csv", "markdown", "latex", "html")
@@ -55,6 +54,15 @@ class TableOptions:
     def __post_init__(self):
         if self.se not in SE_CHOICES:
             raise ModelError(f"se must be one of {', '.join(SE_CHOICES)}, not '{self.se}'")
+
+
+def information_criteria(fit: dict) -> tuple[int, float, float]:
+    """(k, AIC, BIC) of a fit's JSON, as the fit computed them (inference.information_criteria,
+    lme4's counting: every fixed effect and variance parameter, under REML too; BIC with log N)."""
+    if fit.get("aic") is None:  # PQL: no likelihood, so no criteria
+        return int(fit["n_params"] or 0), None, None
+    k = int(round((fit["aic"] - fit["deviance"]) / 2))
+    return k, float(fit["aic"]), float(fit["bic"])
 
 
 def two_level(fit: dict) -> dict:

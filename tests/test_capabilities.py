@@ -10,6 +10,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -556,6 +557,66 @@ def check_levels_missing_now(kind, tmp_path):
     levels_matches(levels_json(kind, "--missing", "now"), kind)  # no missing values: the reference fit
 
 
+def _stats_reference(name: str, method: str) -> dict:
+    """lmer's `||` fits and lmerTest's d.f. (tests/reference_scripts/levels_diagonal_satterthwaite.R)."""
+    path = T3 / "eg_diagonal_satterthwaite.json" if name.startswith("eg") else T4 / "diagonal_satterthwaite.json"
+    return json.loads(path.read_text())["models"][f"{name}_{method}"]
+
+
+def _stats_matches(doc: dict, name: str, method: str, names: list[str], diagonal: bool) -> None:
+    """A schema 3 or 4 document against lmer (deviance 1e-8, γ 1e-6, SE 1e-5) and lmerTest's d.f. (1e-4)."""
+    from hlmcli.levels_results import fixed_rows
+
+    ref = _stats_reference(name, method)
+    fixed = ref["fixed"]
+    rows = fixed_rows(doc)
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    for f, n in zip(rows, names):
+        assert f["estimate"] == pytest.approx(fixed[n]["est"], rel=1e-6) and f["se"] == pytest.approx(fixed[n]["se"], rel=1e-5)
+        assert f["df"] == pytest.approx(fixed[n]["df"], rel=1e-4), (n, f["df"], fixed[n]["df"])
+    assert doc["df_method"] == "satterthwaite"
+    if diagonal:
+        assert set(doc["tau_structure"]) == {"diagonal"}
+        taus = [doc["tau_pi"]["matrix"], doc["tau_beta"]["matrix"]] if "tau_pi" in doc else \
+            [b["matrix"] for b in doc["random_effects"]]
+        for m in map(np.array, taus):
+            assert np.all(m[~np.eye(m.shape[0], dtype=bool)] == 0.0)
+
+
+HOSPITALS = [*(T4 / f"hospitals_l{k}.csv" for k in (1, 2, 3, 4)), "--id2", "PATIENTID", "--id3", "WARDID",
+             "--id4", "HOSPID"]
+HOSPITALS_MODEL = ["-1", "Y = p0 + p1*DOSE + e", "-2", "p0 = b00 + b01*AGE + r0", "-2", "p1 = b10",
+                   "-3", "b00 = g000 + g001*STAFF + u00", "-3", "b10 = g100 + u10",
+                   "-4", "g000 = d0000 + d0001*TEACHING + v000", "-4", "g100 = d1000 + d1001*TEACHING + v100"]
+HOSPITALS_NAMES = ["(Intercept)", "TEACHING", "STAFF", "AGE", "DOSE", "TEACHING:DOSE"]
+
+
+def check_levels_tau_diagonal(kind, tmp_path):
+    """τ diagonal at every level (lmer's `||`), with lmerTest's d.f. in the same fit: EG's growth model
+    (three levels, ML) and the hospitals (four levels, REML)."""
+    if kind == "three-level":
+        proc = run("fit", *EG, *EG_M1, "--tau", "diagonal", "--df", "satterthwaite", "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        _stats_matches(json.loads(proc.stdout), "eg_m1_diag", "ml", ["(Intercept)", "YEAR"], True)
+    else:
+        proc = run("fit", *HOSPITALS, *HOSPITALS_MODEL, "--reml", "--tau", "diagonal", "--df", "satterthwaite",
+                   "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        _stats_matches(json.loads(proc.stdout), "hospitals_diag", "reml", HOSPITALS_NAMES, True)
+
+
+def check_levels_satterthwaite(kind, tmp_path):
+    """lmerTest's d.f. with τ unstructured: EG's growth model (three levels) and the kind's four-level base
+    model (schools), ML."""
+    if kind == "three-level":
+        proc = run("fit", *EG, *EG_M1, "--df", "satterthwaite", "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        _stats_matches(json.loads(proc.stdout), "eg_m1", "ml", ["(Intercept)", "YEAR"], False)
+    else:
+        doc = levels_json(kind, "--df", "satterthwaite")
+        _stats_matches(doc, "schools", "ml", ["(Intercept)", "SECTOR", "CSIZE", "SES", "TIME"], False)
+
+
 def check_levels_stream_dask(kind, tmp_path):
     """--engine stream at three and four levels: the JSON equal to memory's to 1e-10 in every number
     (the Dask engine: tests/test_dask_engine.py), against lme4; --residuals-l1 refused with its reason."""
@@ -590,7 +651,6 @@ ASK = {
 
 ASK_LEVELS = {
     "keep": lambda kind, d: ["--residuals-l2", d / "r2.csv", "--keep", "CASK"],
-    "tau_diagonal": lambda kind, d: ["--tau", "diagonal"],
 }
 
 
@@ -637,7 +697,8 @@ def test_levels_equation_graph_by_hand():
 
 
 # cells that fit the four-level schools model or the three-level EG models more than once (seconds each)
-SLOW_LEVEL_CELLS = {("compare", "three-level"), ("plot", "four-level"), ("weights", "four-level"), ("table", "four-level"), ("compare_deviance", "four-level"),
+SLOW_LEVEL_CELLS = {("tau_diagonal", "three-level"), ("tau_diagonal", "four-level"), ("satterthwaite", "three-level"),
+                    ("satterthwaite", "four-level"), ("compare", "three-level"), ("plot", "four-level"), ("weights", "four-level"), ("table", "four-level"), ("compare_deviance", "four-level"),
                     ("residuals", "four-level"), ("json_out", "four-level"), ("missing_now", "four-level"),
                     ("test", "four-level"), ("formats", "four-level"), ("api", "four-level")}
 

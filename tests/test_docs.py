@@ -152,7 +152,7 @@ def test_man_page_lists_each_commands_options_by_group_with_the_help_text():
 
     text = MAN.read_text(encoding="utf-8")
     block = text[text.index(MAN_BEGIN):text.index(MAN_END) + len(MAN_END) + 1]
-    assert block == man_option_groups(main), "run: python -m hlmcli.help man/hlmcli.1"
+    assert block == man_option_groups(main), "run: python -m hlmcli.man man/hlmcli.1"
     # spot checks against --help's own words, so the generator cannot drift either
     fit = block[block.index(".SS fit\n"):block.index(".SS man\n")]
     assert fit.index("\\fIHGLM options\\fR") < fit.index("\\fB\\-\\-family ") < fit.index("\\fISurvey options\\fR")

@@ -16,7 +16,8 @@ from hlmcli.archive_levels import BuildOptions3, build_from_files3
 from hlmcli.design_levels import design3, variables3_of
 from hlmcli.equations_levels import RunOptions3, spec3_from_inputs
 from hlmcli.errors import ModelError
-from hlmcli.nested import as_levels, fit_nested
+from hlmcli.nested import as_levels
+from hlmcli.nested_fit import fit_nested
 from hlmcli.plausible_levels import combine_levels, combined_tests_levels, outcome_data, same_records
 
 TDATA = Path(__file__).resolve().parent / "data" / "three_level"

@@ -256,3 +256,113 @@ def test_satterthwaite_df_do_not_depend_on_a_predictors_location(model, same, mo
     contrast_df = satterthwaite_df(base.solve, base.standardisation, base.sigma2, False, False, contrasts=L)
     np.testing.assert_allclose(shifted.df_gamma[list(moved)], contrast_df, rtol=1e-6)
 
+
+
+# ---------------------------------------------------------------- end to end, as a user types it
+
+EG_FILES = [DATA / "three_level" / f"eg_l{k}.csv" for k in (1, 2, 3)]
+EG_IDS = ["--id2", "CHILDID", "--id3", "SCHOOLID"]
+EG_MODEL = ["-1", "MATH = π0 + π1*YEAR + e", "-2", "π0 = β00 + r0", "-2", "π1 = β10 + r1",
+            "-3", "β00 = γ000 + u00", "-3", "β10 = γ100 + u10"]
+HOSPITAL_FILES = [DATA / "four_level" / f"hospitals_l{k}.csv" for k in (1, 2, 3, 4)]
+HOSPITAL_IDS = ["--id2", "PATIENTID", "--id3", "WARDID", "--id4", "HOSPID"]
+HOSPITAL_MODEL = ["-1", "Y = π0 + π1*DOSE + e", "-2", "π0 = β00 + β01*AGE + r0", "-2", "π1 = β10",
+                  "-3", "β00 = γ000 + γ001*STAFF + u00", "-3", "β10 = γ100 + u10",
+                  "-4", "γ000 = δ0000 + δ0001*TEACHING + v000", "-4", "γ100 = δ1000 + δ1001*TEACHING + v100"]
+
+
+def _check_document(doc: dict, model: str, method: str, tau_keys) -> None:
+    ref = reference(model, method)
+    names = NAMES[model.replace("_diag", "")]
+    fixed = ref["fixed"]
+    entry = lambda n: fixed[n] if n in fixed else fixed[":".join(reversed(n.split(":")))]  # noqa: E731
+    assert doc["converged"] is True
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    est = [f["estimate"] for f in doc["fixed_effects"]]
+    np.testing.assert_allclose(est, [entry(n)["est"] for n in names], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose([f["se"] for f in doc["fixed_effects"]], [entry(n)["se"] for n in names], rtol=1e-5)
+    np.testing.assert_allclose([f["df"] for f in doc["fixed_effects"]], [entry(n)["df"] for n in names], rtol=1e-4)
+    assert doc["tau_structure"] == ["diagonal"] * len(tau_keys) and doc["df_method"] == "satterthwaite"
+    for key in tau_keys:
+        m = np.array(doc[key]["matrix"])
+        assert np.all(m[~np.eye(m.shape[0], dtype=bool)] == 0.0)
+
+
+def test_three_levels_tau_diagonal_and_satterthwaite_from_the_command_line(tmp_path):
+    """One fit as a user types it: HLM3's text on stdout and the JSON beside it, both from --tau diagonal
+    --df satterthwaite, against lmer's `||` fit and lmerTest's d.f."""
+    from conftest import hlmcli
+
+    proc = hlmcli("fit", *EG_FILES, *EG_IDS, *EG_MODEL, "--tau", "diagonal", "--df", "satterthwaite",
+                  "--json-out", tmp_path / "fit.json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "fit.json").read_text())
+    _check_document(doc, "eg_m1_diag", "ml", ("tau_pi", "tau_beta"))
+    assert doc["n_params"] == 7
+    assert "(1 | SCHOOLID) + (0 + YEAR | SCHOOLID) + (1 | SCHOOLID:CHILDID) + (0 + YEAR | SCHOOLID:CHILDID)" in \
+        doc["lme4_formula"]
+    text = proc.stdout
+    assert "(d.f. by Satterthwaite's method, as lmerTest computes them)" in text
+    assert "The random effects are independent: the off-diagonal elements of every τ are fixed at 0." in text
+    assert "(0 + YEAR | SCHOOLID)" in text
+    # the d.f. as printed: lmerTest's, to the printed digits
+    row = next(line for line in text.splitlines() if "INTRCPT3, γ100" in line)
+    assert float(row.split()[-2]) == pytest.approx(reference("eg_m1_diag", "ml")["fixed"]["YEAR"]["df"], abs=0.01)
+
+
+def test_four_levels_tau_diagonal_and_satterthwaite_from_the_command_line():
+    """REML, JSON on stdout: the hospitals model with τ diagonal at levels 2, 3 and 4."""
+    from conftest import hlmcli
+
+    proc = hlmcli("fit", *HOSPITAL_FILES, *HOSPITAL_IDS, *HOSPITAL_MODEL, "--reml", "--tau", "diagonal",
+                  "--df", "satterthwaite", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    _check_document_levels(doc, "hospitals_diag", "reml")
+
+
+def _check_document_levels(doc: dict, model: str, method: str) -> None:
+    ref = reference(model, method)
+    names = NAMES[model.replace("_diag", "")]
+    fixed = ref["fixed"]
+    entry = lambda n: fixed[n] if n in fixed else fixed[":".join(reversed(n.split(":")))]  # noqa: E731
+    assert doc["converged"] is True
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    np.testing.assert_allclose([f["estimate"] for f in doc["fixed_effects"]], [entry(n)["est"] for n in names],
+                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose([f["df"] for f in doc["fixed_effects"]], [entry(n)["df"] for n in names], rtol=1e-4)
+    assert doc["tau_structure"] == ["diagonal"] * 3 and doc["df_method"] == "satterthwaite"
+    for block in doc["random_effects"]:
+        m = np.array(block["matrix"])
+        assert np.all(m[~np.eye(m.shape[0], dtype=bool)] == 0.0)
+    assert "(1 | HOSPID) + (0 + DOSE | HOSPID)" in doc["lme4_formula"]
+
+
+def test_combined_fits_refuse_diagonal_tau_and_satterthwaite_in_one_line(tmp_path):
+    """Rubin's rules at three levels take each fit's HLM d.f.; the two options are refused there, in one
+    line with exit 2, and nothing is written."""
+    from conftest import hlmcli
+
+    pastes = [DATA / "three_level" / f"pastes_l{k}.csv" for k in (1, 2, 3)]
+    proc = hlmcli("fit", *pastes, "--id2", "SAMPLE", "--id3", "BATCH", "-1", "STRENGTH = p0 + e", "-2", "p0 = b00 + r0",
+                  "-3", "b00 = g000 + u00", "--plausible-values", "STRENGTH", "--tau", "diagonal",
+                  "--json-out", tmp_path / "f.json", "-q")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--tau diagonal and --df satterthwaite" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_python_api_takes_tau_and_df_at_three_levels():
+    """hlmcli.fit(..., tau="diagonal", df="satterthwaite") is the same fit as the command line's: lmer's
+    `||` deviance and lmerTest's d.f."""
+    import hlmcli
+
+    res = hlmcli.fit(*EG_FILES[:2], level3=EG_FILES[2], id2="CHILDID", id3="SCHOOLID", level1_eq=EG_MODEL[1],
+                     level2_eqs=EG_MODEL[3:6:2], level3_eqs=EG_MODEL[7:10:2], tau="diagonal", df="satterthwaite",
+                     warn=lambda m: None)
+    doc = res.to_dict()
+    ref = reference("eg_m1_diag", "ml")
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    np.testing.assert_allclose([f["df"] for f in doc["fixed_effects"]],
+                               [ref["fixed"][n]["df"] for n in ("(Intercept)", "YEAR")], rtol=1e-4)
+    assert doc["tau_structure"] == ["diagonal", "diagonal"] and doc["df_method"] == "satterthwaite"

@@ -244,8 +244,8 @@ def test_bad_equations(eg_archive, model, words):
 
 def test_options_not_yet_available_are_refused(eg_archive):
     # refused by the capabilities table, the first feature asked in one line with its reason
-    proc = run("fit", eg_archive, *EG_MODEL, "--weight1", "YEAR", "--df", "satterthwaite")
-    _one_line_error(proc, 1, "--df satterthwaite", "not available for a three-level linear fit", "not yet for k levels")
+    proc = run("fit", eg_archive, *EG_MODEL, "--df", "hlm6")
+    _one_line_error(proc, 1, "--df hlm6", "not available for a three-level linear fit", "HLM 5/6")
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--family", "bernoulli"), 1, "--family",
                     "three-level linear fit", "at two levels")
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--allow-unequal-imputations"), 2, "--allow-unequal-imputations")
