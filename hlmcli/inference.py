@@ -93,8 +93,10 @@ def fixed_effects(design: Design, unit: UnitStats, stats: ModelStats, result: Fi
     else:
         robust = Pinv @ (w.T @ w) @ Pinv  # the CR0 cluster sandwich (σ² cancels)
     cov = result.cov_gamma
-    return FixedTable(gamma=unit.on_outcome_scale(us.gamma), se=np.sqrt(np.diag(cov)),
-                      robust_se=np.sqrt(np.diag(robust)), df=hlm_fixed_df(design), cov=cov, robust_cov=robust)
+    with np.errstate(invalid="ignore"):  # a negative variance (rounding, a degenerate fit) is NaN, not a warning
+        se, robust_se = np.sqrt(np.diag(cov)), np.sqrt(np.diag(robust))
+    return FixedTable(gamma=unit.on_outcome_scale(us.gamma), se=se,
+                      robust_se=robust_se, df=hlm_fixed_df(design), cov=cov, robust_cov=robust)
 
 
 def weighted_sandwich(xve: np.ndarray, w2: np.ndarray, Pinv: np.ndarray) -> np.ndarray:

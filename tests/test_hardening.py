@@ -294,7 +294,9 @@ def _small_pair(tmp_path, l1_text, l2_text="id,w\n1,0\n2,1\n3,1\n"):
     return l1, l2
 
 
-ROWS = "".join(f"{j},{i},{i * 0.5 + j}\n" for j in (1, 2, 3) for i in range(6))
+# y varies about its line within every unit: with y an exact linear function of x in each unit, σ² would
+# be 0 and the likelihood unbounded, which is not what these tests are about
+ROWS = "".join(f"{j},{i},{i * 0.5 + j + 0.25 * ((i * (j + 1)) % 3)}\n" for j in (1, 2, 3) for i in range(6))
 
 
 @pytest.mark.parametrize("value", ["inf", "1e999", "Infinity", "-inf"])
@@ -329,13 +331,23 @@ def test_a_non_utf8_byte_after_64kb_is_decoded_not_a_crash(tmp_path, bad):
 
 
 def test_a_text_column_the_model_does_not_use_does_not_abort_the_build(tmp_path):
-    rows = "".join(f"{j},{i},{i * 0.5 + j},{'FM'[i % 2]}\n" for j in (1, 2, 3) for i in range(6))
+    rows = "".join(f"{j},{i},{i * 0.5 + j + 0.25 * ((i * (j + 1)) % 3)},{'FM'[i % 2]}\n" for j in (1, 2, 3) for i in range(6))
     l1, l2 = _small_pair(tmp_path, "id,x,y,gender\n" + rows)
     proc = hlmcli("fit", l1, l2, "--id", "id", "-1", "y = b0 + b1*x + r", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert "gender" in proc.stderr and "labels" in proc.stderr
     used = hlmcli("fit", l1, l2, "--id", "id", "-1", "y = b0 + b1*gender + r")
     one_line_error(used, 1, "gender")
+
+
+def test_an_outcome_exactly_linear_within_every_unit_is_not_certified_in_plain_words(tmp_path):
+    # y = 0.5x + (a unit's own intercept), exactly: σ² = 0 and the likelihood is unbounded; no optimum to
+    # certify, and no numpy warning or traceback on the way
+    exact = "".join(f"{j},{i},{i * 0.5 + j}\n" for j in (1, 2, 3) for i in range(6))
+    l1, l2 = _small_pair(tmp_path, "id,x,y\n" + exact)
+    proc = hlmcli("fit", l1, l2, "--id", "id", "-1", "y = b0 + b1*x + r")
+    one_line_error(proc, 3, "not certified", "cannot be evaluated")
+    assert "Warning:" not in proc.stderr
 
 
 @pytest.mark.parametrize("delimiter", ["tab", "\\t", "\t", "TAB"])
@@ -397,7 +409,7 @@ def test_a_sav_file_given_as_ascii_in_a_template(tmp_path):
 
 
 def test_fit_takes_the_data_options_of_mdm_build(tmp_path):
-    rows = "".join(f"{j};{i};{i * 0.5 + j};{i % 3}\n" for j in (1, 2, 3) for i in range(6))
+    rows = "".join(f"{j};{i};{i * 0.5 + j + 0.25 * ((i * (j + 1)) % 3)};{i % 3}\n" for j in (1, 2, 3) for i in range(6))
     l1, l2 = _small_pair(tmp_path, "id;x;y;z\n" + rows, "id;w;v\n1;0;a\n2;1;b\n3;1;c\n")
     l1t, l2t = tmp_path / "l1.txt", tmp_path / "l2.txt"
     l1.rename(l1t)

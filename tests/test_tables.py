@@ -120,7 +120,7 @@ def test_missing_extras_give_the_install_hint(saved_fits, monkeypatch):
     monkeypatch.setitem(sys.modules, "jinja2", None)
     monkeypatch.setitem(sys.modules, "tabulate", None)
     for fmt in ("latex", "html", "markdown"):
-        with pytest.raises(HlmError, match=r"pip install 'hlmcli\[tables\]'"):
+        with pytest.raises(HlmError, match=r"pip install '\.\[tables\]'"):
             side_by_side_text(fits, ["m1"], fmt)
     assert side_by_side_text(fits, ["m1"], "csv").startswith(" ,m1")
 
