@@ -60,10 +60,10 @@ def generate(n: int, J: int, seed: int) -> tuple[Path, Path]:
 
 def time_one(n: int, J: int, seed: int, repeats: int) -> dict:
     """Runs inside a child process: build times, fit times, peak memory."""
-    from hlmcli.archive import BuildOptions, build_from_files, load_archive, write_archive
-    from hlmcli.design import variables_of
-    from hlmcli.equations import build_spec
-    from hlmcli.pipeline import analyse
+    from hlmcli.io.archive import BuildOptions, build_from_files, load_archive, write_archive
+    from hlmcli.data.design import variables_of
+    from hlmcli.language.equations import build_spec
+    from hlmcli.analysis.pipeline import analyse
 
     l1, l2 = generate(n, J, seed)
     target = DATA / f"bench_{n}_{J}_{seed}.mdm"
@@ -83,7 +83,7 @@ def time_one(n: int, J: int, seed: int, repeats: int) -> dict:
         fits.append(time.perf_counter() - t)
         result = a
     # the estimation alone, from the sufficient statistics
-    from hlmcli.estimation import fit
+    from hlmcli.engine.estimation import fit
 
     for _ in range(repeats):
         t = time.perf_counter()

@@ -211,8 +211,8 @@ def phases(l1: Path, l2: Path) -> dict:
 
     from distributed import LocalCluster
 
-    from hlmcli.engines import analyse_summary, frame_of_dask, model_columns, summarise
-    from hlmcli.equations import RunOptions, spec_from_inputs
+    from hlmcli.analysis.engines import analyse_summary, frame_of_dask, model_columns, summarise
+    from hlmcli.language.equations import RunOptions, spec_from_inputs
 
     out = {}
     t = time.perf_counter()
@@ -221,7 +221,7 @@ def phases(l1: Path, l2: Path) -> dict:
         out["cluster_start_s"] = time.perf_counter() - t
         t = time.perf_counter()
         frame, cols, level2_data = frame_of_dask(l1, l2, "id", "id")
-        from hlmcli.design import variables_of
+        from hlmcli.data.design import variables_of
 
         spec = spec_from_inputs(LEVEL1, LEVEL2, None, variables_of(frame), RunOptions(), False)
         names, l2names = model_columns(spec)

@@ -63,7 +63,7 @@ def generate(n: int, J: int, seed: int) -> tuple[Path, Path]:
 
 
 def build(l1: Path, l2: Path, archive: Path) -> float:
-    from hlmcli.archive import BuildOptions, build_from_files, write_archive
+    from hlmcli.io.archive import BuildOptions, build_from_files, write_archive
 
     t0 = time.perf_counter()
     write_archive(build_from_files(l1, l2, BuildOptions(id1="SCHOOLID", id2="SCHOOLID")), archive)
@@ -71,12 +71,12 @@ def build(l1: Path, l2: Path, archive: Path) -> float:
 
 
 def fit_once(archive: Path) -> dict:
-    from hlmcli.archive import load_archive
-    from hlmcli.design import variables_of
-    from hlmcli.equations import RunOptions, spec_from_inputs
-    from hlmcli.plausible import analyse_plausible, combined_text, outcome_columns
-    from hlmcli.report import Symbols
-    from hlmcli.weights import WeightSpec
+    from hlmcli.io.archive import load_archive
+    from hlmcli.data.design import variables_of
+    from hlmcli.language.equations import RunOptions, spec_from_inputs
+    from hlmcli.analysis.plausible import analyse_plausible, combined_text, outcome_columns
+    from hlmcli.report.report import Symbols
+    from hlmcli.data.weights import WeightSpec
 
     t0 = time.perf_counter()
     arch = load_archive(archive)

@@ -37,8 +37,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hlmcli.nested import Beta, NestedData, NestedLayout, Pi  # noqa: E402
-from hlmcli.nested_fit import fit_nested  # noqa: E402
+from hlmcli.engine.nested import Beta, NestedData, NestedLayout, Pi  # noqa: E402
+from hlmcli.engine.nested_fit import fit_nested  # noqa: E402
 
 R_SCRIPT = r"""
 suppressPackageStartupMessages(library(lme4))

@@ -51,7 +51,7 @@ def generate(n: int, J: int, seed: int) -> tuple[Path, Path]:
 # SEs, certificate, robust SEs, variance tests) timed inside it, wall clock and CPU.
 FIT = r"""
 import sys, time
-import hlmcli.hglm_run as h
+import hlmcli.analysis.hglm_run as h
 run = h.analyse_hglm
 def timed(*a, **k):
     t, c = time.perf_counter(), time.process_time()

@@ -649,7 +649,7 @@ def boundary_optimum(prof: Profiled, candidates) -> float:
 
 def _fixed_labels(B: np.ndarray) -> list:
     """design.FixedEffect for each column of B (for the collinearity check's labels and intercept)."""
-    from hlmcli.design import FixedEffect
+    from hlmcli.data.design import FixedEffect
 
     out, seen = [], {}
     for k in range(B.shape[2]):
@@ -664,18 +664,18 @@ def run_hlmcli(data: Data, method: str, with_df: bool = False):
     """Fit with hlmcli exactly as the pipeline does: the sufficient statistics, the internally
     centred ones (centring.py), the collinearity check (raises ModelError when it refuses), the fit;
     with_df adds the Satterthwaite d.f."""
-    from hlmcli.centring import centred_model
-    from hlmcli.design import check_collinearity
-    from hlmcli.estimation import fit
-    from hlmcli.inference import satterthwaite_df
-    from hlmcli.sufficient import model_stats, unit_cross_products
+    from hlmcli.engine.centring import centred_model
+    from hlmcli.data.design import check_collinearity
+    from hlmcli.engine.estimation import fit
+    from hlmcli.analysis.inference import satterthwaite_df
+    from hlmcli.engine.sufficient import model_stats, unit_cross_products
 
     unit = unit_cross_products(data.L, data.y, data.offsets)
     stats = model_stats(unit, data.B, data.random_mask)
     centred = centred_model(data.L, data.y - unit.y_shift, data.offsets, data.B, data.random_mask, True)
     check_collinearity(SimpleNamespace(fixed=_fixed_labels(data.B)), stats.XX, centred.stats.XX)
     res = fit(stats, method, centred=centred)
-    from hlmcli.pipeline import boundary_notes
+    from hlmcli.analysis.pipeline import boundary_notes
 
     # the notes a user of the CLI sees (the pipeline adds them after fit)
     spec = SimpleNamespace(level2=[None] * data.L.shape[1], random=list(data.random_mask))

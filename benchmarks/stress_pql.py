@@ -30,9 +30,9 @@ from scipy import optimize, special
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hlmcli.errors import HlmError  # noqa: E402
-from hlmcli.family import family as get_family  # noqa: E402
-from hlmcli.hglm import GLMData, pql  # noqa: E402
-from hlmcli.separation import find_combination, find_separation  # noqa: E402
+from hlmcli.engine.family import family as get_family  # noqa: E402
+from hlmcli.engine.hglm import GLMData, pql  # noqa: E402
+from hlmcli.analysis.separation import find_combination, find_separation  # noqa: E402
 
 
 def simulate(seed: int):

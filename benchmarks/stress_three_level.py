@@ -31,8 +31,8 @@ from scipy import optimize  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlmcli.errors import HlmError  # noqa: E402
-from hlmcli.nested import Beta, NestedData, NestedLayout, Pi  # noqa: E402
-from hlmcli.nested_fit import fit_nested  # noqa: E402
+from hlmcli.engine.nested import Beta, NestedData, NestedLayout, Pi  # noqa: E402
+from hlmcli.engine.nested_fit import fit_nested  # noqa: E402
 
 
 def simulate(seed: int) -> tuple[NestedData, bool]:

@@ -58,7 +58,7 @@ def import_graph(mods: dict[str, Path]) -> tuple[dict[str, set[str]], list[str]]
                 src = resolve(name, is_package, node.level, node.module) if node.level else (node.module or "")
                 names = [a.name for a in node.names]
                 submodules = [a for a in names if f"{src}.{a}" in mods]
-                for a in submodules:  # `from . import design` imports the module hlmcli.design
+                for a in submodules:  # `from . import design` imports the module hlmcli.data.design
                     targets.append((f"{src}.{a}", []))
                 others = [a for a in names if a not in submodules]
                 if src in mods and others:  # a name defined in the module (or package) itself

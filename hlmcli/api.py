@@ -19,9 +19,9 @@ from .lazy import is_dataframe, lazy
 
 pd = lazy("pandas")
 
-from .equations import ModelSpec
+from .language.equations import ModelSpec
 from .errors import DataError, ModelError
-from .readers import check_frame_columns
+from .io.readers import check_frame_columns
 from .results import Results
 from .spec import Engine, Estimation, FamilyName, FitOptions, Method, OutputOptions, TauStructure
 
@@ -29,7 +29,7 @@ DataLike = Union[str, os.PathLike, "pd.DataFrame"]
 
 
 def _is_archive(path) -> bool:
-    from .archive import MAGIC
+    from .io.archive import MAGIC
 
     p = Path(path)
     if not p.is_file():
@@ -44,9 +44,9 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
               warn: Callable[[str], None] = lambda m: None):
     """(archive, data source text, SourceFrames or None) from an archive path, two data files (through
     the same cache as the CLI), or DataFrames (one DataFrame alone holds both levels)."""
-    from .archive import BuildOptions, build_archive, changed_sources, load_archive
-    from .readers import Table, read_table
-    from .sources import SourceFrames
+    from .io.archive import BuildOptions, build_archive, changed_sources, load_archive
+    from .io.readers import Table, read_table
+    from .io.sources import SourceFrames
 
     options = BuildOptions(id1=id1 or id, id2=id2 or id, missing=missing, drop_unmatched=drop_unmatched)
     frames_given = is_dataframe(level1) or is_dataframe(level2)
@@ -58,7 +58,7 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
             warn(f"{changed} changed since {Path(level1).name} was built; rebuild it with 'hlmcli mdm build'")
         return archive, Path(level1).name, None
     if not frames_given:
-        from .cache import cached_archive
+        from .io.cache import cached_archive
 
         archive, _status = cached_archive(level1, level2, options, file_format, delimiter, cache_dir=cache_dir, warn=warn)
         return archive, f"{Path(level1).name} and {Path(level2).name}", None
@@ -75,7 +75,7 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
     same = level2 is None or level2 is level1
     t2 = t1 if same else table(level2, "level-2", options.id2)
     archive = build_archive(t1, t2, options, same_file=same, warn=warn)
-    from .readers import find_column
+    from .io.readers import find_column
 
     frames = SourceFrames(t1.data, t2.data, find_column(t1, options.id1, "unit id"), find_column(t2, options.id2, "unit id"),
                           same, str(t1.path), str(t2.path))
@@ -130,8 +130,8 @@ def model_spec(archive, level1: str | None, level2: Sequence[str], model_file, f
     """The one ModelSpec of a request, whichever door it came by: the equations (HLM 7's printed HGLM
     block too) or the model file with its own settings (a .hlm file's nonlin:, level1weight:, mlf:),
     then what `fit` asks, which wins; `run_options` set RunOptions fields (None = keep)."""
-    from .design import variables_of
-    from .equations import RunOptions, spec_from_inputs
+    from .data.design import variables_of
+    from .language.equations import RunOptions, spec_from_inputs
     from .spec import hlm_block
 
     if isinstance(level2, str):
@@ -165,7 +165,7 @@ def model_spec(archive, level1: str | None, level2: Sequence[str], model_file, f
 
 def weight_spec(spec, fit: FitOptions):
     """The sampling weights a fit uses: the options' or the model file's columns, and the normalisation."""
-    from .weights import DEFAULT_NORMALIZATION, WeightSpec
+    from .data.weights import DEFAULT_NORMALIZATION, WeightSpec
 
     w = WeightSpec(fit.weight1 or spec.options.weight1, fit.weight2 or spec.options.weight2,
                    fit.normalize or DEFAULT_NORMALIZATION)
@@ -177,15 +177,15 @@ def weight_spec(spec, fit: FitOptions):
 def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None):
     """The fit a spec asks for, with every extra (tests, deviance test, homogeneity, full output):
     the linear engine (weighted or not) or the HGLM engine, decided by the spec's family alone."""
-    from .hypotheses import parse_test
-    from .pipeline import add_extras, analyse
+    from .language.hypotheses import parse_test
+    from .analysis.pipeline import add_extras, analyse
 
     hypotheses = list(spec.options.hypotheses) + [parse_test(t, spec) for t in fit.tests]
     o = spec.options
     if not spec.family.linear:
-        from .hglm_run import analyse_hglm, boundary_notes, hglm_extras
+        from .analysis.hglm_run import analyse_hglm, boundary_notes, hglm_extras
 
-        from .data_checks import fit_or_refuse
+        from .data.data_checks import fit_or_refuse
 
         a = fit_or_refuse(lambda: analyse_hglm(spec, archive, level1_text), archive, spec.outcome)
         a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
@@ -195,7 +195,7 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
     analysis = analyse(spec, archive, fit.df_method, weights=weights if weights.any else None)
     prior = o.prior_deviance
     if fit.prior_version and prior is not None:  # HLM 5/6 print the ML deviance ln 2π low
-        from .inference import prior_deviance_as_printed_here
+        from .analysis.inference import prior_deviance_as_printed_here
 
         prior = prior_deviance_as_printed_here(prior, fit.prior_version, analysis.result.method)
     add_extras(analysis, hypotheses, prior, o.prior_params, o.homogeneity, o.full_output, o.ols_units)
@@ -294,7 +294,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
 def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, options: FitOptions, title,
                     drop_unmatched, missing, file_format, delimiter, say) -> Results:
     """hlmcli.fit(engine="stream" | "dask"): the command line's summarised engines, on two data files."""
-    from .engines import analyse_summary_with_extras, summary_for_fit
+    from .analysis.engines import analyse_summary_with_extras, summary_for_fit
 
     if is_dataframe(level1) or is_dataframe(level2) or level2 is None:
         raise DataError(f"engine='{options.engine.value}' reads the level-1 and level-2 files in chunks; give their "
@@ -325,7 +325,7 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
     iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
     HLM3 and HLM4. At three levels the spec keeps HLM3's form (ModelSpec3), whose report is HLM3's."""
-    from .levels_load import spec3, spec_levels
+    from .data.levels_load import spec3, spec_levels
 
     K = archive.n_levels
     equations = [list(e) for e in equations] + [[] for _ in range(K - len(equations))]
@@ -352,16 +352,16 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     from .levels_results import LevelsAnalysis, levels_extras
 
     if hasattr(spec, "pis"):  # HLM3's form
-        from .design_levels import design3
-        from .identifiability import check_three_level
+        from .data.design_levels import design3
+        from .analysis.identifiability import check_three_level
 
         design = design3(spec, archive, level1)
         check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
     else:
-        from .design_levels import design_levels
+        from .data.design_levels import design_levels
 
         design = design_levels(spec, archive, level1)
-    from .levels_combined import fit_weighted, weighting_meta
+    from .analysis.levels_combined import fit_weighted, weighting_meta
 
     result, weights = fit_weighted(design, archive, levels_weight_spec(archive.n_levels, fit), spec.method == "REML",
                                    spec.options.max_iterations, **levels_fit_options(spec, fit))
@@ -381,7 +381,7 @@ def levels_fit_options(spec, fit: FitOptions) -> dict:
 
 def levels_weight_spec(n_levels: int, fit: FitOptions):
     """The sampling weights of a fit of three or four levels (--weight1 ... --weight4, --normalize), or None."""
-    from .levels_combined import weight_spec_levels
+    from .analysis.levels_combined import weight_spec_levels
 
     return weight_spec_levels(n_levels, {1: fit.weight1, 2: fit.weight2, 3: fit.weight3, 4: fit.weight4},
                               fit.normalize)
@@ -391,7 +391,7 @@ def _levels_archive(level1, level2) -> bool:
     """Whether `level1` alone is an archive of three or more levels."""
     if level2 is not None or isinstance(level1, pd.DataFrame) or level1 is None:
         return False
-    from .archive_levels import archive_levels
+    from .io.archive_levels import archive_levels
 
     return Path(level1).is_file() and archive_levels(level1) >= 3
 
@@ -401,7 +401,7 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     """hlmcli.fit of a model of three or four levels: the archive (built through the cache from the
     files of each level, or read), the spec, capabilities.check, the fit and its `Results`."""
     from .capabilities import check as check_capabilities
-    from .levels_load import archive_n_levels, load3, load_levels, load_summarised, summarised_level1
+    from .data.levels_load import archive_n_levels, load3, load_levels, load_summarised, summarised_level1
 
     files = [f for f in (level1, level2, level3, level4) if f is not None]
     if any(isinstance(f, pd.DataFrame) for f in files):
@@ -452,7 +452,7 @@ def _fit_doc(model, what: str) -> dict:
     if isinstance(model, dict):
         return model
     if isinstance(model, (str, os.PathLike)):
-        from .compare import read_fit
+        from .report.compare import read_fit
 
         return read_fit(str(model))
     raise ModelError(f"{what}: give a fitted model (hlmcli.fit's result), its JSON document or a saved JSON fit, "
@@ -469,7 +469,7 @@ class Comparison(dict):
     """`hlmcli compare`'s JSON document as a dict; printed, its text."""
 
     def __str__(self) -> str:
-        from .compare import compare_text
+        from .report.compare import compare_text
 
         return compare_text(self)
 
@@ -480,7 +480,7 @@ class Comparison(dict):
 def compare(a, b, names: Sequence[str] | None = None) -> Comparison:
     """The deviance (likelihood-ratio) test of two fits of the same data and the variance explained,
     as `hlmcli compare`: `a` and `b` are fitted models, JSON documents or saved JSON fits."""
-    from .compare import compare_fits
+    from .report.compare import compare_fits
 
     name_a, name_b = names or (_model_name(a, 1) if not isinstance(a, Results) else "A",
                                _model_name(b, 2) if not isinstance(b, Results) else "B")
@@ -492,7 +492,7 @@ def table(models: Sequence, fmt: str | None = None, names: Sequence[str] | None 
     """Several fits side by side, as `hlmcli table`: a DataFrame (models in columns: coefficients with
     their SEs below, variance components with τ's covariances and correlations, deviance, AIC, BIC,
     method, certificate, N, J), or with `fmt` ('csv', 'markdown', 'latex', 'html') the text."""
-    from .tables import TableOptions, side_by_side, side_by_side_text
+    from .report.tables import TableOptions, side_by_side, side_by_side_text
 
     models = list(models)
     docs = [_fit_doc(m, f"model {k}") for k, m in enumerate(models, start=1)]

@@ -23,7 +23,7 @@ from .lazy import lazy
 pd = lazy("pandas")  # only the tables and residual files need it: a fit that prints text does not load it
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .nested import NestedFit
+    from .engine.nested import NestedFit
 
 
 @dataclass
@@ -46,7 +46,7 @@ class LevelsAnalysis:
     def levels_spec(self):
         """The model in its K-level form (the same equations, γ order and τ orders as the engine's)."""
         if self.n_levels == 3:
-            from .design_levels import spec3_as_levels
+            from .data.design_levels import spec3_as_levels
 
             return spec3_as_levels(self.spec)
         return self.spec
@@ -61,7 +61,7 @@ def fixed_labels(spec) -> list[tuple]:
 
 def label_of(idx, n_levels: int, ascii_only: bool = False) -> str:
     """A fixed effect's label as the output prints it: γ000 (g000), γ1,10,0 with HLM 7's comma rule."""
-    from .equations_levels import COEF_LETTERS, symbol
+    from .language.equations_levels import COEF_LETTERS, symbol
 
     letter = COEF_LETTERS[n_levels - 1]
     return letter + symbol(letter, idx)[1:] if ascii_only else symbol(letter, idx)
@@ -70,8 +70,8 @@ def label_of(idx, n_levels: int, ascii_only: bool = False) -> str:
 def parse_test_levels(text: str, spec) -> object:
     """'γ000 = 0, g100 - g010 = 0' -> a Hypothesis over the K-level γs (δs at four levels). Subscripts
     run together while each has one digit, else they are separated by commas (g1,10,0), as printed."""
-    from .equations import Hypothesis
-    from .equations_levels import COEF_LETTERS, GREEK
+    from .language.equations import Hypothesis
+    from .language.equations_levels import COEF_LETTERS, GREEK
 
     K = spec.n_levels
     letter = COEF_LETTERS[K - 1]
@@ -126,7 +126,7 @@ def levels_extras(analysis: LevelsAnalysis, tests: Sequence[str] = (), prior_dev
     """The Wald tests of γ (model-based and robust covariance) and the likelihood-ratio test against a
     prior model's deviance, as a two-level fit's extras. robust_only (sampling weights): the sandwich
     test only, and no likelihood-ratio test (a pseudo-likelihood has none)."""
-    from .pipeline import tests_of_gamma
+    from .analysis.pipeline import tests_of_gamma
 
     fit = analysis.fit
     hypotheses = [parse_test_levels(t, analysis.levels_spec) for t in tests]
@@ -236,7 +236,7 @@ def level1_fitted(data, fit: NestedFit) -> tuple[np.ndarray, np.ndarray]:
     """(fixed part Xγ, EB fitted value Xγ + Zb̂) of every record. Walks the coefficient tree: a level-d
     coefficient of a level-d unit is Σ (its predictors × the level-(d+1) coefficients of the unit's
     parent) plus its EB residual when it is random; level-1 records weigh the π's by their a's."""
-    from .nested import as_levels
+    from .engine.nested import as_levels
 
     data = as_levels(data)
     K = data.n_levels

@@ -21,10 +21,10 @@ from .levels_results import (fixed_rows, information_criteria_levels, level1_fit
                              term_of)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .archive import Archive
+    from .io.archive import Archive
     from .levels_results import LevelsAnalysis
-    from .pipeline import Analysis
-    from .sources import SourceFrames
+    from .analysis.pipeline import Analysis
+    from .io.sources import SourceFrames
 
 
 def _column(frame: pd.DataFrame, name: str) -> str | None:
@@ -87,7 +87,7 @@ class Results:
         """The CLI's JSON document (schema 1) as a dict."""
         key = tuple(self.meta.get(k) for k in ("data_source", "title", "id_name", "command_file", "timestamp"))
         if self._json is None or self._json[0] != key:  # recomputed when the meta it prints changes
-            from .report import fit_json, json_safe
+            from .report.report import fit_json, json_safe
 
             if self.hglm:
                 doc = self.analysis.to_json(self.meta)
@@ -98,13 +98,13 @@ class Results:
 
     def to_json(self) -> str:
         """Exactly what `hlmcli fit --format json` prints."""
-        from .report import dumps_json
+        from .report.report import dumps_json
 
         return dumps_json(self.to_dict())
 
     def summary(self, ascii: bool = False) -> str:
         """Exactly what `hlmcli fit` prints (`ascii=True` is `--ascii`)."""
-        from .report import Symbols, fit_text
+        from .report.report import Symbols, fit_text
 
         if self.hglm:
             return self.analysis.to_text(self.meta, Symbols(ascii))
@@ -151,7 +151,7 @@ class Results:
     def fixed_effects(self) -> pd.DataFrame:
         """One row per γ: term (as the lme4 formula names it: SES_gc, SECTOR:SES_gc), coefficient,
         predictor, gamma, estimate, se, t, df, p and the robust columns."""
-        from .terms import fixed_names
+        from .report.terms import fixed_names
 
         fit = self.to_dict()
         frame = pd.DataFrame(fit["fixed_effects"]).drop(columns="term", errors="ignore")
@@ -204,7 +204,7 @@ class Results:
     def aic(self) -> float:
         """deviance + 2k, k counted as lme4 does (see `information_criteria`)."""
         self.deviance  # noqa: B018 (PQL: refused, saying why)
-        from .tables import information_criteria
+        from .report.tables import information_criteria
 
         return information_criteria(self.to_dict())[1]
 
@@ -212,7 +212,7 @@ class Results:
     def bic(self) -> float:
         """deviance + k·log(N), as lme4."""
         self.deviance  # noqa: B018
-        from .tables import information_criteria
+        from .report.tables import information_criteria
 
         return information_criteria(self.to_dict())[2]
 
@@ -220,20 +220,20 @@ class Results:
         """broom.mixed's tidy(): effect, group, term, estimate, std.error, statistic, df, p.value,
         conf.low, conf.high; fixed rows, then sd__ and cor__ rows (see tables.tidy). `se` is
         'model', 'robust' or 'auto' (robust for a weighted fit)."""
-        from .tables import tidy
+        from .report.tables import tidy
 
         return tidy(self.to_dict(), conf_level, se)
 
     def glance(self) -> pd.DataFrame:
         """broom's glance(), one row: nobs (N), ngrps (J), deviance, AIC, BIC, method, certificate."""
-        from .tables import glance
+        from .report.tables import glance
 
         return pd.DataFrame([glance(self.to_dict())])
 
     def table(self, fmt: str = "markdown", options=None, **given) -> str:
         """The fixed-effects and variance-component tables as csv, markdown, latex or html; `given`
         are tables.TableOptions' fields (se='robust', stars=True, caption=..., notes=(...))."""
-        from .tables import TableOptions, fit_table
+        from .report.tables import TableOptions, fit_table
 
         if options is None:
             options = TableOptions(**{k: tuple(v) if k == "notes" else v for k, v in given.items()})
@@ -242,7 +242,7 @@ class Results:
     def plot(self, kind: str, path: str | os.PathLike | None = None, **options: Any):
         """Draw one of `plots.KINDS`; saved to `path` (PNG, SVG or PDF by extension) when given.
         Returns the matplotlib Figure."""
-        from .plots import plot
+        from .report.plots import plot
 
         return plot(self, kind, path, **options)
 
@@ -254,7 +254,7 @@ class Results:
             raise ModelError("the linear engine's EB estimates are for a normal outcome; an HGLM's unit estimates "
                              "are in random_effects() (posterior modes and variances)")
         if self._eb is None:
-            from .inference import empirical_bayes
+            from .analysis.inference import empirical_bayes
 
             a = self.analysis
             self._eb = empirical_bayes(a.unit, a.stats, a.result)
@@ -269,7 +269,7 @@ class Results:
         and for each random coefficient the EB residual u_, its posterior variance postvar_, the
         unit's OLS estimate ols_; for every coefficient the level-2 prediction fitted_ and the EB
         coefficient eb_ (= fitted_ + u_); the Mahalanobis distance."""
-        from .terms import random_names
+        from .report.terms import random_names
 
         table = self._level2_table()
         keep = [c for c in table.columns if c not in self.analysis.design.level2_values]
@@ -283,13 +283,13 @@ class Results:
     def _level2_table(self) -> pd.DataFrame:
         if self.hglm:
             return self.analysis.level2_table()
-        from .residual_files import level2_table
+        from .io.residual_files import level2_table
 
         return level2_table(self.analysis, self.eb)
 
     def _source_frames(self) -> SourceFrames:
         if self._sources is None:
-            from .sources import frames_from_archive
+            from .io.sources import frames_from_archive
 
             self._sources = frames_from_archive(self.archive, self.meta.get("source_files"))
         return self._sources
@@ -309,7 +309,7 @@ class Results:
     def _residuals_level2(self, keep: Sequence[str] = ()) -> pd.DataFrame:
         table = self._level2_table()
         if keep:
-            from .sources import level2_rows, resolve_columns
+            from .io.sources import level2_rows, resolve_columns
 
             frames = self._source_frames()
             rows = level2_rows(frames, list(self.analysis.design.unit_ids))
@@ -319,7 +319,7 @@ class Results:
                 if level == "level-2" or frames.same or column in frames.level2.columns:
                     table[name] = frames.level2[column].to_numpy()[rows]
                 else:  # a level-1 column: the unit's value where it is constant within the unit, else empty
-                    from .sources import ids_as_archive_text
+                    from .io.sources import ids_as_archive_text
 
                     values = frames.level1[column]
                     ids = ids_as_archive_text(frames.level1, frames.id1, frames.level1_name)
@@ -341,14 +341,14 @@ class Results:
         if self.hglm:
             table = self.analysis.level1_table()
         else:
-            from .residual_files import level1_table
+            from .io.residual_files import level1_table
 
             table = level1_table(self.analysis, self.eb)
         if not keep and order == "unit":
             return table
         try:
             frames = self._source_frames()
-            from .sources import record_source_rows
+            from .io.sources import record_source_rows
 
             source_row = record_source_rows(self.archive, frames)
         except DataError:
@@ -360,7 +360,7 @@ class Results:
         rows = source_row if positions is None else source_row[positions]
         table.insert(1, "row", rows + 1)
         if keep:
-            from .sources import level2_rows, resolve_columns
+            from .io.sources import level2_rows, resolve_columns
 
             unit = np.repeat(np.arange(self.analysis.design.n_units), self.analysis.design.sizes)
             l2rows = None
@@ -382,22 +382,22 @@ class Results:
         """Write the residual files (.csv, .sav or .dta by extension), atomically: both or neither.
         `hlm_names`: HLM 7's column names and order (EBINTRCP, OLINTRCP, FVINTRCP, L1RESID, ...; see
         hlm_names.py), with variable labels in .sav files."""
-        from .files import output_transaction
-        from .residual_files import write_table
+        from .io.files import output_transaction
+        from .io.residual_files import write_table
 
         id_name = self.archive.id_names[0]
         with output_transaction():
             if level2:
                 table, labels = self._residuals_level2(keep), None
                 if hlm_names:
-                    from .hlm_names import level2_columns
+                    from .io.hlm_names import level2_columns
 
                     table, labels = level2_columns(table, self.analysis.design.spec.coefficient_names(), id_name)
                 write_table(table, level2, labels)
             if level1:
                 table, labels = self._residuals_level1(keep, order), None
                 if hlm_names:
-                    from .hlm_names import level1_columns
+                    from .io.hlm_names import level1_columns
 
                     table, labels = level1_columns(table, id_name)
                 write_table(table, level1, labels)
@@ -414,7 +414,7 @@ class Results:
     # ------------------------------------------------------------ predictions
     def _unit_means(self, name: str) -> np.ndarray:
         """Each unit's mean of a level-1 column over the records the fit used (as the design centred it)."""
-        from .design import unit_means
+        from .data.design import unit_means
 
         d = self.analysis.design
         x = np.asarray(self.archive.level1_column(name), dtype=float)
@@ -443,7 +443,7 @@ class Results:
         `random_effects=True` adds a known unit's EB random effects (as lme4's predict). An HGLM's
         prediction is on the link scale (η: log-odds or log rate), as lme4's default.
         """
-        from .readers import check_frame_columns
+        from .io.readers import check_frame_columns
 
         check_frame_columns(newdata, "newdata")
         d = self.analysis.design
@@ -548,7 +548,7 @@ class Results:
         name = self.meta["id_name"]
         frames = self._sources
         if frames is not None and "DataFrame" in str(frames.level2_name):
-            from .sources import ids_as_archive_text
+            from .io.sources import ids_as_archive_text
 
             column = frames.level2[frames.id2]
             text = ids_as_archive_text(frames.level2, frames.id2, frames.level2_name)
@@ -562,7 +562,7 @@ class Results:
         return pd.Index(list(text_ids), dtype=object, name=name)
 
     def _fixed_frame(self) -> pd.DataFrame:
-        from .terms import fixed_names
+        from .report.terms import fixed_names
 
         fit = self.to_dict()
         frame = pd.DataFrame(fit["fixed_effects"])
@@ -570,7 +570,7 @@ class Results:
         return frame
 
     def _se_columns(self) -> tuple[str, str, str]:
-        from .tables import se_kind
+        from .report.tables import se_kind
 
         return ("robust_se", "robust_t", "robust_p") if se_kind(self.to_dict()) == "robust" else ("se", "t", "p")
 
@@ -628,7 +628,7 @@ class Results:
     @property
     def cov_re(self) -> pd.DataFrame:
         """τ, labelled by random term as the lme4 formula names them: (Intercept), SES_gc."""
-        from .terms import random_names
+        from .report.terms import random_names
 
         names = [r for r, _ in random_names(self.to_dict())]
         return pd.DataFrame(self.tau.to_numpy(), index=names, columns=names)
@@ -696,8 +696,8 @@ class LevelsResults(Results):
         """The CLI's JSON document (schema 3 at three levels, 4 at four) as a dict."""
         key = self._meta_key()
         if self._json is None or self._json[0] != key:
-            from .report import json_safe
-            from .report_levels import fit_json, fit_json3
+            from .report.report import json_safe
+            from .report.report_levels import fit_json, fit_json3
 
             a = self.analysis
             doc = fit_json3(a.design, a.fit, self._report_meta()) if self.n_levels == 3 else \
@@ -716,14 +716,14 @@ class LevelsResults(Results):
         return meta
 
     def to_json(self) -> str:
-        from .report import dumps_json
+        from .report.report import dumps_json
 
         return dumps_json(self.to_dict())
 
     def summary(self, ascii: bool = False) -> str:
         """Exactly what `hlmcli fit` prints: HLM3's (three levels) or HLM4's (four) tables."""
-        from .report import Symbols, extras_text, printable
-        from .report_levels import Symbols3, SymbolsLevels, fit_text, fit_text3
+        from .report.report import Symbols, extras_text, printable
+        from .report.report_levels import Symbols3, SymbolsLevels, fit_text, fit_text3
 
         a = self.analysis
         if self.n_levels == 3:
@@ -829,20 +829,20 @@ class LevelsResults(Results):
 
     def tidy(self, conf_level: float = 0.95, se: str = "auto") -> "pd.DataFrame":
         """broom.mixed's tidy(): the fixed effects, then the sd__/cor__ rows of each level's group."""
-        from .tables import tidy
+        from .report.tables import tidy
 
         return tidy(table_view(self.to_dict()), conf_level, se)
 
     def table(self, fmt: str = "markdown", options=None, **given) -> str:
         """The fixed-effects and variance-component tables as csv, markdown, latex or html (tables.TableOptions)."""
-        from .tables import TableOptions, fit_table
+        from .report.tables import TableOptions, fit_table
 
         if options is None:
             options = TableOptions(**{k: tuple(v) if k == "notes" else v for k, v in given.items()})
         return fit_table(table_view(self.to_dict()), fmt, options)
 
     def plot(self, kind: str, path=None, **options):
-        from .plots import plot_levels
+        from .report.plots import plot_levels
 
         return plot_levels(self, kind, path, **options)
 
@@ -868,7 +868,7 @@ class LevelsResults(Results):
         if not 2 <= level <= self.n_levels:
             raise ModelError(f"level must be 2 ... {self.n_levels}, not {level}")
         a = self.analysis
-        from .report_levels import level2_residuals, level3_residuals, level_residuals
+        from .report.report_levels import level2_residuals, level3_residuals, level_residuals
 
         if self.n_levels == 3:
             return (level2_residuals if level == 2 else level3_residuals)(a.design, a.fit, self.archive)
@@ -886,7 +886,7 @@ class LevelsResults(Results):
                              "order (by unit), without --keep columns")
         a = self.analysis
         data = a.design.data
-        from .nested import as_levels
+        from .engine.nested import as_levels
 
         levels = as_levels(data)
         fixed, eb = level1_fitted(data, a.fit)
@@ -917,8 +917,8 @@ class LevelsResults(Results):
                         more: dict | None = None) -> None:
         """Write the residual files of levels 1..K (.csv, .sav or .dta by extension), atomically: all or none.
         `more` maps a level above 2 to its path."""
-        from .files import output_transaction
-        from .residual_files import write_table
+        from .io.files import output_transaction
+        from .io.residual_files import write_table
 
         paths = {1: level1, 2: level2, **(more or {})}
         with output_transaction():

@@ -154,14 +154,14 @@ def popular_archive(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def hsb_loaded(hsb_archive):
-    from hlmcli.archive import load_archive
+    from hlmcli.io.archive import load_archive
 
     return load_archive(hsb_archive)
 
 
 @pytest.fixture(scope="session")
 def popular_loaded(popular_archive):
-    from hlmcli.archive import load_archive
+    from hlmcli.io.archive import load_archive
 
     return load_archive(popular_archive)
 

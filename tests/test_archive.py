@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from hlmcli.archive import load_archive
+from hlmcli.io.archive import load_archive
 from hlmcli.cli import main
 
 from conftest import SAMPLE, hlmcli
@@ -157,8 +157,8 @@ def _two_files(tmp_path):
 
 
 def test_cache_is_reused_rebuilt_on_change_and_on_damage(tmp_path, monkeypatch):
-    from hlmcli.archive import BuildOptions
-    from hlmcli.cache import cached_archive
+    from hlmcli.io.archive import BuildOptions
+    from hlmcli.io.cache import cached_archive
 
     # a cache of this test's own: other tests may already have cached the same HSB files
     monkeypatch.setenv("HLMCLI_CACHE_DIR", str(tmp_path / "cache"))

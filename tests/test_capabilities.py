@@ -683,7 +683,7 @@ def check_refused(feature, kind, why, tmp_path):
 def test_levels_equation_graph_by_hand():
     """The three-level equation graph: intercept γ000 + γ001·mean(LOWINC) + γ010·mean(FEMALE) and slope
     γ100 + γ101·mean(LOWINC) + γ102·mean(MOBILITY), the higher-level predictors averaged over the records."""
-    from hlmcli.plots import equation_lines_levels
+    from hlmcli.report.plots import equation_lines_levels
 
     res = hlmcli.fit(*EG[:2], level3=EG[2], id2="CHILDID", id3="SCHOOLID", level1_eq=EG_M2[1],
                      level2_eqs=EG_M2[3:6:2], level3_eqs=EG_M2[7::2])

@@ -16,10 +16,10 @@ import pytest
 from conftest import SAMPLE, hlmcli
 from scipy import optimize
 
-from hlmcli.certificate import certify
-from hlmcli.estimation import Objective, TauStructure, fit, standardising_map
-from hlmcli.sufficient import model_stats, reparametrise, unit_cross_products
-from hlmcli.unitsolve import unit_solve
+from hlmcli.engine.certificate import certify
+from hlmcli.engine.estimation import Objective, TauStructure, fit, standardising_map
+from hlmcli.engine.sufficient import model_stats, reparametrise, unit_cross_products
+from hlmcli.engine.unitsolve import unit_solve
 
 
 def simulate(J, n, q, corr, seed, x_mean=0.0, binary=False, tau_diag=(1.0, 0.5, 0.3, 0.2), sizes=None):
@@ -284,7 +284,7 @@ def test_an_outcome_constant_within_units_up_to_rounding_is_not_certified(tmp_pa
 
 
 def test_the_noise_limit_is_fixed_and_relative():
-    from hlmcli.certificate import check_precision, noise_limit
+    from hlmcli.engine.certificate import check_precision, noise_limit
 
     assert noise_limit(5.0) == 1e-6 and noise_limit(-6.4e3) == pytest.approx(6.4e-4)
     failed = []
@@ -311,7 +311,7 @@ class _Quartic:
 
 
 def test_certificate_sees_a_stationary_point_that_is_not_a_minimum_and_the_search_leaves_it():
-    from hlmcli.estimation import _along_face, _face_newton, escape_along
+    from hlmcli.engine.estimation import _along_face, _face_newton, escape_along
 
     obj = _Quartic()
     G = np.array([[1.0]])

@@ -1,6 +1,6 @@
 """The command line's contract: exit codes listed in --help, a missing or unknown --id is a usage
 error (exit 2), and options that would do nothing in the combination given are refused in one line
-(exit 2) instead of being ignored (hlmcli/flags.py)."""
+(exit 2) instead of being ignored (hlmcli/cli/flags.py)."""
 
 from __future__ import annotations
 

@@ -214,7 +214,7 @@ def test_a_scheduler_without_workers_is_refused():
 
     from distributed import LocalCluster
 
-    from hlmcli.dask_engine import Scheduler, dask_moments
+    from hlmcli.data.dask_engine import Scheduler, dask_moments
     from hlmcli.errors import DataError
 
     with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
@@ -224,7 +224,7 @@ def test_a_scheduler_without_workers_is_refused():
 
 
 def test_parse_address():
-    from hlmcli.dask_engine import AddressError, parse_address
+    from hlmcli.data.dask_engine import AddressError, parse_address
 
     assert parse_address("tcp://127.0.0.1:8786") == ("tcp", "127.0.0.1", 8786)
     assert parse_address("127.0.0.1:8786") == ("tcp", "127.0.0.1", 8786)

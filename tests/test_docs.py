@@ -132,7 +132,7 @@ def test_fit_help_shows_option_groups_and_runnable_examples():
 
 
 def test_every_option_of_every_command_is_in_a_group():
-    from hlmcli.help import commands, grouped_options
+    from hlmcli.cli.help import commands, grouped_options
 
     for path, cmd in commands(main):
         assert "Other" not in grouped_options(cmd, path), path
@@ -148,11 +148,11 @@ def test_plot_offers_only_the_options_it_uses(tmp_path):
 
 
 def test_man_page_lists_each_commands_options_by_group_with_the_help_text():
-    from hlmcli.help import MAN_BEGIN, MAN_END, man_option_groups
+    from hlmcli.cli.help import MAN_BEGIN, MAN_END, man_option_groups
 
     text = MAN.read_text(encoding="utf-8")
     block = text[text.index(MAN_BEGIN):text.index(MAN_END) + len(MAN_END) + 1]
-    assert block == man_option_groups(main), "run: python -m hlmcli.man man/hlmcli.1"
+    assert block == man_option_groups(main), "run: python -m hlmcli.cli.man man/hlmcli.1"
     # spot checks against --help's own words, so the generator cannot drift either
     fit = block[block.index(".SS fit\n"):block.index(".SS man\n")]
     assert fit.index("\\fIHGLM options\\fR") < fit.index("\\fB\\-\\-family ") < fit.index("\\fISurvey options\\fR")
@@ -160,7 +160,7 @@ def test_man_page_lists_each_commands_options_by_group_with_the_help_text():
 
 
 def _epilog_examples():
-    from hlmcli.help import EXAMPLES
+    from hlmcli.cli.help import EXAMPLES
 
     for command, text in EXAMPLES.items():
         joined = text.replace("\\\n", " ")
@@ -172,7 +172,7 @@ def _epilog_examples():
 def test_help_examples_parse_and_name_shipped_files():
     import shlex
 
-    from hlmcli.help import EXAMPLES
+    from hlmcli.cli.help import EXAMPLES
 
     examples = list(_epilog_examples())
     assert {c for c, _ in examples} == set(EXAMPLES) == {"fit", "mdm build", "plot", "table"}

@@ -1,4 +1,4 @@
-"""The one statistics pass (hlmcli.moments) and the streaming engine: equal to the in-memory engine
+"""The one statistics pass (hlmcli.engine.moments) and the streaming engine: equal to the in-memory engine
 to 1e-10 relative on every public reference (engine_cases.py), exact algebra of the moments, and
 the statistics archive of 'mdm build --engine stream'."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from engine_cases import CASES, HSB, differences, fit_json, run
 
-from hlmcli.moments import chunk_moments, cross_products, grand, keyed_chunk_moments, merge_keyed
+from hlmcli.engine.moments import chunk_moments, cross_products, grand, keyed_chunk_moments, merge_keyed
 
 pytest.importorskip("pyarrow")
 
@@ -59,7 +59,7 @@ def test_statistics_archive_refuses_damage(tmp_path):
 
 def test_text_ids_kept_as_written_and_units_in_any_order(tmp_path):
     """Ids with leading zeros stay text; a unit's records scattered through the file, read in many chunks."""
-    import hlmcli.streaming as streaming
+    import hlmcli.data.streaming as streaming
 
     rng = np.random.default_rng(5)
     J, n = 40, 25

@@ -1,4 +1,4 @@
-"""Three and four levels from per-level-2-unit moments (hlmcli/engines_levels.py): the level-1 file
+"""Three and four levels from per-level-2-unit moments (hlmcli/analysis/engines_levels.py): the level-1 file
 read once by the stream engine, in many chunks and in random order, the upper files merged as in
 memory; the certified fit equals the in-memory fit to 1e-10 relative in every number (γ, their
 covariances, σ², τ per level, deviance, reliabilities, χ² tests, EB means and variances). The
@@ -56,7 +56,7 @@ def _tiny(tmp_path, unmatched: bool = False, four: bool = False):
 @pytest.fixture
 def tiny_chunks():
     """Chunks of 512 bytes: the tiny level-1 files are read in about ten chunks."""
-    import hlmcli.streaming as streaming
+    import hlmcli.data.streaming as streaming
 
     old = streaming.CHUNK_BYTES
     streaming.CHUNK_BYTES = 1 << 9
@@ -65,7 +65,7 @@ def tiny_chunks():
 
 
 def _options(paths, ids, drop_unmatched=False):
-    from hlmcli.archive_levels import BuildOptions3, BuildOptionsLevels
+    from hlmcli.io.archive_levels import BuildOptions3, BuildOptionsLevels
 
     if len(paths) == 3:
         return BuildOptions3(ids[0], ids[1], drop_unmatched=drop_unmatched)
@@ -74,11 +74,11 @@ def _options(paths, ids, drop_unmatched=False):
 
 def _fits(paths, ids, equations, reml=False, drop_unmatched=False):
     """(memory design and fit, stream design and fit) of the same files and model."""
-    from hlmcli.archive_levels import build_from_files3, build_from_files_levels
-    from hlmcli.design_levels import design_levels, level1_variables
-    from hlmcli.engines_levels import summarised
-    from hlmcli.levels import spec_levels
-    from hlmcli.nested_fit import fit_nested
+    from hlmcli.io.archive_levels import build_from_files3, build_from_files_levels
+    from hlmcli.data.design_levels import design_levels, level1_variables
+    from hlmcli.analysis.engines_levels import summarised
+    from hlmcli.cli.levels import spec_levels
+    from hlmcli.engine.nested_fit import fit_nested
 
     options = _options(paths, ids, drop_unmatched)
     build = build_from_files3 if len(paths) == 3 else build_from_files_levels
@@ -263,7 +263,7 @@ def _shuffled(path, tmp_path, seed: int = 3):
 def test_cli_stream_equals_memory_on_every_reference(name, method, tmp_path):
     """The public references (EG, Pastes, the four-level schools with centring at every level and a
     boundary, hospitals), the level-1 records shuffled over chunks of 4 KiB."""
-    import hlmcli.streaming as streaming
+    import hlmcli.data.streaming as streaming
     from engine_cases import differences, fit_json
 
     data, eqs = _reference_cases()[name]

@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from hlmcli.design import make_design, variables_of
-from hlmcli.equations import (Level2Equation, ModelSpec, RunOptions, Term, build_spec, parse_hlm_file,
+from hlmcli.data.design import make_design, variables_of
+from hlmcli.language.equations import (Level2Equation, ModelSpec, RunOptions, Term, build_spec, parse_hlm_file,
                               spec_from_inputs)
 from hlmcli.errors import ModelError
-from hlmcli.report import Symbols, lme4_formula, model_summary
+from hlmcli.report.report import Symbols, lme4_formula, model_summary
 
 from conftest import HSB_MODELS, REFERENCE, SAMPLE, hlmcli
 
@@ -20,7 +20,7 @@ from conftest import HSB_MODELS, REFERENCE, SAMPLE, hlmcli
 def _small_archive(tmp_path, level1: str, level2: str):
     from click.testing import CliRunner
 
-    from hlmcli.archive import load_archive
+    from hlmcli.io.archive import load_archive
     from hlmcli.cli import main
 
     (tmp_path / "a.csv").write_text(level1)
@@ -216,7 +216,7 @@ def test_random_slope_of_within_constant_predictor(tmp_path):
 
 
 def test_collinear_predictors_are_named(tmp_path):
-    from hlmcli.pipeline import analyse
+    from hlmcli.analysis.pipeline import analyse
 
     rows = "\n".join(f"{j},{(i * 7 + j) % 5},{i + j}" for j in range(1, 6) for i in range(4))
     a = _small_archive(tmp_path, "id,x,y\n" + rows + "\n", "id,w,v\n1,0,0\n2,1,2\n3,0,0\n4,1,2\n5,2,4\n")
@@ -226,7 +226,7 @@ def test_collinear_predictors_are_named(tmp_path):
 
 
 def test_within_constant_predictor_with_its_group_centered_twin(tmp_path):
-    from hlmcli.pipeline import analyse
+    from hlmcli.analysis.pipeline import analyse
 
     rows = "\n".join(f"{j},{j % 3},{i + j}" for j in range(1, 6) for i in range(4))
     a = _small_archive(tmp_path, "id,x,y\n" + rows + "\n", "id,w\n1,0\n2,1\n3,0\n4,1\n5,2\n")
@@ -271,7 +271,7 @@ def test_hlm_file_gui_keys_are_accepted(hsb_loaded, tmp_path):
 
 
 def test_names_colliding_by_case_are_an_error(tmp_path):
-    from hlmcli.equations import Variables
+    from hlmcli.language.equations import Variables
 
     v = Variables(("ses", "SES", "y"), ("w",))
     with pytest.raises(ModelError, match="differ only in case"):

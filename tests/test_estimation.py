@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hlmcli.archive import BuildOptions, build_archive
-from hlmcli.design import variables_of
-from hlmcli.equations import RunOptions, build_spec
-from hlmcli.estimation import deviance_at
-from hlmcli.pipeline import analyse
-from hlmcli.readers import Table
+from hlmcli.io.archive import BuildOptions, build_archive
+from hlmcli.data.design import variables_of
+from hlmcli.language.equations import RunOptions, build_spec
+from hlmcli.engine.estimation import deviance_at
+from hlmcli.analysis.pipeline import analyse
+from hlmcli.io.readers import Table
 
 from conftest import HSB_MODELS, POPULAR_MODEL, REFERENCE, rel
 

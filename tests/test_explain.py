@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from hlmcli.cli import main
-from hlmcli.hlm_output import parse_hlm_output, read_hlm_output
+from hlmcli.io.hlm_output import parse_hlm_output, read_hlm_output
 
 from conftest import DATA, REFERENCE, SAMPLE
 
@@ -122,7 +122,7 @@ def test_hlm6_ml_deviance_offset_is_named(tmp_path, popular_fit):
     """An HLM 6-style ML deviance printed ln 2π below the likelihood at its own estimates."""
     raw = (DATA / "PopularHLM7_output.html").read_text(encoding="utf-8")
     fit = json.loads(popular_fit.read_text())
-    from hlmcli.hlm_output import parse_hlm_output as parse
+    from hlmcli.io.hlm_output import parse_hlm_output as parse
 
     hlm = parse(raw)
     shifted = raw.replace(f"{hlm.deviance:.6f}", f"{hlm.deviance - math.log(2 * math.pi):.6f}")

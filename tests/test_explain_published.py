@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from hlmcli.hlm_output import parse_hlm_output
+from hlmcli.io.hlm_output import parse_hlm_output
 
 from conftest import DATA, hlmcli
 

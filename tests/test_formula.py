@@ -1,4 +1,4 @@
-"""The lme4 formula as a second way in (hlmcli/formula.py): each formula's equations written out by hand
+"""The lme4 formula as a second way in (hlmcli/language/formula.py): each formula's equations written out by hand
 from HLM's rules, the refusals, and the round trip equations -> formula -> equations."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("formulae")
 
-from hlmcli.equations import Variables, build_spec  # noqa: E402
+from hlmcli.language.equations import Variables, build_spec  # noqa: E402
 from hlmcli.errors import ModelError  # noqa: E402
-from hlmcli.formula import formula_of, grouping, split_bars, translate  # noqa: E402
+from hlmcli.language.formula import formula_of, grouping, split_bars, translate  # noqa: E402
 
 HSB = {"MATHACH": 1, "SES": 1, "FEMALE": 1, "MINORITY": 1, "SECTOR": 2, "MEANSES": 2, "HIMINTY": 2}
 EG = {"MATH": 1, "YEAR": 1, "FEMALE": 2, "BLACK": 2, "LOWINC": 3, "MOBILITY": 3}

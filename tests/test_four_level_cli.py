@@ -142,8 +142,8 @@ def test_three_level_archives_are_the_k_level_format_at_three_levels():
     the three-level writer it replaced, sources' paths and times fixed), and the K-level loader reads them."""
     import hashlib
 
-    from hlmcli.archive import Source
-    from hlmcli.archive_levels import BuildOptions3, archive3_bytes, build_from_files3
+    from hlmcli.io.archive import Source
+    from hlmcli.io.archive_levels import BuildOptions3, archive3_bytes, build_from_files3
 
     from conftest import SAMPLE
 
@@ -160,7 +160,7 @@ def test_three_level_archives_are_the_k_level_format_at_three_levels():
 
 
 def test_k_level_loader_reads_a_three_level_archive(tmp_path):
-    from hlmcli.archive_levels import BuildOptions3, build_from_files3, load_archive_levels, write_archive3
+    from hlmcli.io.archive_levels import BuildOptions3, build_from_files3, load_archive_levels, write_archive3
 
     from conftest import SAMPLE
 

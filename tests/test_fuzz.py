@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hlmcli.equations import Variables, build_spec, parse_hlm_file
+from hlmcli.language.equations import Variables, build_spec, parse_hlm_file
 from hlmcli.errors import HlmError
-from hlmcli.mdmt import parse_template
+from hlmcli.language.mdmt import parse_template
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=2000, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -37,7 +37,7 @@ def test_usage_errors_exit_2(args, tmp_path):
 
 def test_internal_errors_exit_70_and_ask_for_a_report(tmp_path):
     code = ("import sys; sys.argv=['hlmcli','mdm','info','x.mdm'];"
-            "import hlmcli.archive as a; a.load_archive=lambda p: 1/0;"
+            "import hlmcli.io.archive as a; a.load_archive=lambda p: 1/0;"
             "from hlmcli.cli import main; main()")
     import subprocess
 
@@ -274,7 +274,7 @@ def test_leftover_temp_files_are_removed_and_cache_commands(tmp_path):
 def test_a_temp_file_in_use_is_not_removed(tmp_path):
     import fcntl
 
-    from hlmcli.files import remove_stale_temporaries
+    from hlmcli.io.files import remove_stale_temporaries
 
     busy = tmp_path / ".x.mdm.abcd1234.tmp"
     busy.write_bytes(b"x")

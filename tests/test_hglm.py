@@ -116,8 +116,8 @@ def test_agq25_matches_glmer(name):
 # ---------------------------------------------------------------- AGQ with q = 2, 3 against scipy.integrate
 
 def _small_data(q, seed=3, J=3):
-    from hlmcli.family import BERNOULLI
-    from hlmcli.hglm import GLMData
+    from hlmcli.engine.family import BERNOULLI
+    from hlmcli.engine.hglm import GLMData
 
     rng = np.random.default_rng(seed)
     n = 8
@@ -159,7 +159,7 @@ def _direct_deviance(data, gamma, tau):
 
 @pytest.mark.parametrize("q", [2, 3])
 def test_agq_product_rule_matches_direct_integration(q):
-    from hlmcli.hglm import Conditional
+    from hlmcli.engine.hglm import Conditional
 
     data = _small_data(q, J=3 if q == 2 else 1)
     gamma = np.array([-0.2, 0.6, -0.4])
@@ -173,7 +173,7 @@ def test_agq_product_rule_matches_direct_integration(q):
 
 
 def test_laplace_gradient_is_exact():
-    from hlmcli.hglm import Conditional
+    from hlmcli.engine.hglm import Conditional
 
     data = _small_data(2)
     cond = Conditional(data, 1)
@@ -324,7 +324,7 @@ def test_agq_two_random_effects_from_the_command_line():
 def test_agq_gradient_is_exact(q, nodes, monkeypatch):
     """The analytic AGQ gradient (modes, H and its Cholesky factor differentiated) against central
     differences of the AGQ deviance, with the modes solved to rounding so the differences are clean."""
-    from hlmcli import hglm
+    from hlmcli.engine import hglm
 
     tight = hglm.Conditional.modes
     monkeypatch.setattr(hglm.Conditional, "modes", lambda self, g, l: tight(self, g, l, tol=1e-14))

@@ -121,8 +121,8 @@ def test_rare_events_laplace_starts_without_pql_and_finds_the_best_optimum():
 def test_a_false_boundary_is_not_certified():
     """The certificate at a singular τ must refuse a rank-1 point when the optimum is interior:
     a direct check of the boundary code (hglm._boundary_point)."""
-    from hlmcli.family import BERNOULLI
-    from hlmcli.hglm import GLMData, _boundary_point, _theta_index, ml_fit, ml_start
+    from hlmcli.engine.family import BERNOULLI
+    from hlmcli.engine.hglm import GLMData, _boundary_point, _theta_index, ml_fit, ml_start
 
     ids, y, x = _data("agq2")
     J = ids.max()
@@ -133,7 +133,7 @@ def test_a_false_boundary_is_not_certified():
     assert best.certificate.rank == 2
     w, V = np.linalg.eigh(best.tau)
     lam = np.linalg.cholesky(w[1] * np.outer(V[:, 1], V[:, 1]) + 1e-14 * np.eye(2))
-    from hlmcli.hglm import Conditional
+    from hlmcli.engine.hglm import Conditional
 
     cond = Conditional(data, 1)
     cond.b = best.b.copy()

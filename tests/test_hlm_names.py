@@ -55,7 +55,7 @@ def test_level2_names_order_and_values(m4, tmp_path):
 
 
 def test_names_cut_to_eight_characters_stay_distinct():
-    from hlmcli.hlm_names import _unique, hlm_name
+    from hlmcli.io.hlm_names import _unique, hlm_name
 
     assert hlm_name("EBintrcpt1") == "EBINTRCP"
     assert _unique(["FVSESXME", "FVSESXME", "FVSESXME"]) == ["FVSESXME", "FVSESXM1", "FVSESXM2"]

@@ -1,4 +1,4 @@
-"""Variance structures the data cannot identify: refused before fitting (hlmcli/identifiability.py),
+"""Variance structures the data cannot identify: refused before fitting (hlmcli/analysis/identifiability.py),
 and a flat direction of the deviance found after fitting (certificate.face_conditions), never
 certified as one point of a ridge."""
 
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from conftest import DATA, SAMPLE, hlmcli
-from hlmcli.certificate import face_conditions
-from hlmcli.nested import Beta, NestedData, NestedLayout, Pi
-from hlmcli.nested_fit import fit_nested
+from hlmcli.engine.certificate import face_conditions
+from hlmcli.engine.nested import Beta, NestedData, NestedLayout, Pi
+from hlmcli.engine.nested_fit import fit_nested
 
 T = DATA / "three_level"
 SINGLE = [T / "single_l1.csv", T / "single_l2.csv", T / "single_l3.csv", "--id2", "SAMPLE", "--id3", "TOP"]

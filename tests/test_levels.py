@@ -1,4 +1,4 @@
-"""The nested engine at four levels (hlmcli/nested.py, nested_fit.py) against the dense N×N
+"""The nested engine at four levels (hlmcli/engine/nested.py, nested_fit.py) against the dense N×N
 likelihood: deviance (ML and REML), the analytic gradient in every τ block, the fit's γ, its
 model-based and robust covariances, and the EB means and posterior variances at every level.
 Three-level data written in the K-level form must give the three-level fit exactly."""
@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hlmcli.nested import (Coefficient as C, LevelsData, as_levels, deviance_levels,
+from hlmcli.engine.nested import (Coefficient as C, LevelsData, as_levels, deviance_levels,
                            levels_solve, reduce_levels)
-from hlmcli.nested_fit import fit_nested
-from hlmcli.unitsolve import factor
+from hlmcli.engine.nested_fit import fit_nested
+from hlmcli.engine.unitsolve import factor
 
 
 def _four_level(seed=11, records=(2, 5), units2=(1, 4), units3=(1, 3), J4=4):
@@ -279,7 +279,7 @@ def test_random_effects_are_named_r_u_v_by_level():
     """The boundary notes name random effects as the equations do: r at level 2, u at 3, v at 4."""
     from test_nested import _small
 
-    from hlmcli.nested_fit import random_labels
+    from hlmcli.engine.nested_fit import random_labels
 
     assert random_labels(_four_level().layout, 4) == (["r0", "r1"], ["u00", "u10"], ["v000", "v100"])
     assert random_labels(as_levels(_small()).layout, 3) == (["r0", "r1"], ["u00", "u10", "u11"])
@@ -355,7 +355,7 @@ def test_random_four_level_layouts_are_at_the_dense_optimum(seed):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from hlmcli.equations_levels import VariablesLevels, build_levels_spec  # noqa: E402
+from hlmcli.language.equations_levels import VariablesLevels, build_levels_spec  # noqa: E402
 from hlmcli.errors import HlmError  # noqa: E402
 
 FUZZ4 = settings(max_examples=150, deadline=2000, suppress_health_check=list(HealthCheck), derandomize=True)

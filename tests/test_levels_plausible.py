@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hlmcli.archive_levels import BuildOptions3, build_from_files3
-from hlmcli.design_levels import design3, variables3_of
-from hlmcli.equations_levels import RunOptions3, spec3_from_inputs
+from hlmcli.io.archive_levels import BuildOptions3, build_from_files3
+from hlmcli.data.design_levels import design3, variables3_of
+from hlmcli.language.equations_levels import RunOptions3, spec3_from_inputs
 from hlmcli.errors import ModelError
-from hlmcli.nested import as_levels
-from hlmcli.nested_fit import fit_nested
-from hlmcli.plausible_levels import combine_levels, combined_tests_levels, outcome_data, same_records
+from hlmcli.engine.nested import as_levels
+from hlmcli.engine.nested_fit import fit_nested
+from hlmcli.analysis.plausible_levels import combine_levels, combined_tests_levels, outcome_data, same_records
 
 TDATA = Path(__file__).resolve().parent / "data" / "three_level"
 MODEL = ("STRENGTH = p0 + e", ["p0 = b00 + r0"], ["b00 = g000 + u00"])

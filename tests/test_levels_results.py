@@ -12,7 +12,7 @@ import pytest
 
 import hlmcli
 from conftest import DATA
-from hlmcli.equations_levels import Fixed
+from hlmcli.language.equations_levels import Fixed
 from hlmcli.errors import ModelError
 from hlmcli.levels_results import label_of, parse_test_levels
 

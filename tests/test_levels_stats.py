@@ -1,5 +1,5 @@
 """A diagonal τ at every level, and lmerTest's Satterthwaite d.f., for models of three and four levels
-(hlmcli/nested_fit.py, hlmcli/nested_df.py).
+(hlmcli/engine/nested_fit.py, hlmcli/engine/nested_df.py).
 
 References: tests/data/three_level/eg_diagonal_satterthwaite.json (the EG data) and
 tests/data/four_level/diagonal_satterthwaite.json (the simulated schools and hospitals), made by
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hlmcli.nested import LevelsData
-from hlmcli.nested_df import satterthwaite_df
-from hlmcli.nested_fit import Objective, certify_nested, fit_nested
-from hlmcli.estimation import tol_decrement
+from hlmcli.engine.nested import LevelsData
+from hlmcli.engine.nested_df import satterthwaite_df
+from hlmcli.engine.nested_fit import Objective, certify_nested, fit_nested
+from hlmcli.engine.estimation import tol_decrement
 
 from test_levels import hospitals, schools
 from test_nested import EG_M1, EG_M2, EG_M2_NAMES, _eg, _sim_boundary
@@ -161,7 +161,7 @@ def _boundary_corr(shift: float = 0.0) -> LevelsData:
     """tests/data/three_level/boundary_corr.csv: Y = π0 + π1·YEAR, π0 = β00 + r0, π1 = β10, β00 = γ000 + u00,
     β10 = γ100 + u10 (lme4: Y ~ YEAR + (1 + YEAR | L3) + (1 | L3:L2)), YEAR + shift."""
     import pandas as pd
-    from hlmcli.nested import Coefficient as C
+    from hlmcli.engine.nested import Coefficient as C
 
     d = pd.read_csv(DATA / "three_level" / "boundary_corr.csv")
     u2 = d["L2"].to_numpy(np.int64) - 1
@@ -208,7 +208,7 @@ def test_the_certificate_judges_the_diagonal_face():
     and a point off the optimum is not certified."""
     fit = fitted("hospitals_diag", "reml")
     data, _ = _data("hospitals_diag")
-    from hlmcli.nested import reduce_standardised
+    from hlmcli.engine.nested import reduce_standardised
 
     std, _ = reduce_standardised(data, (True, True, True))
     obj = Objective(std, True)
@@ -222,7 +222,7 @@ def test_the_certificate_judges_the_diagonal_face():
 
 
 def _shifted(data, shift: float) -> LevelsData:
-    from hlmcli.nested import as_levels
+    from hlmcli.engine.nested import as_levels
 
     data = as_levels(data)
     A = np.asarray(data.predictors[0], float).copy()

@@ -24,8 +24,8 @@ from scipy import optimize
 from scipy.special import logsumexp
 
 from hlmcli.errors import ModelError
-from hlmcli.nested import Coefficient as C, LevelsData, deviance_levels, levels_solve, reduce_levels
-from hlmcli.nested_fit import fit_nested
+from hlmcli.engine.nested import Coefficient as C, LevelsData, deviance_levels, levels_solve, reduce_levels
+from hlmcli.engine.nested_fit import fit_nested
 
 HERE = Path(__file__).resolve().parent
 WDATA = HERE / "data" / "weights"

@@ -50,7 +50,7 @@ def test_a_certified_local_minimum_above_tau_zero_is_left_for_tau_zero():
 
 
 def test_lower_faces_are_the_candidates_the_check_tries():
-    from hlmcli.estimation import lower_faces
+    from hlmcli.engine.estimation import lower_faces
 
     G = np.diag([3.0, 2.0, 0.0])
     faces = lower_faces(G, diagonal=False, rank=2)
@@ -114,7 +114,7 @@ def test_residual_shares_do_not_depend_on_location_or_scale():
     columns: x2 is x1 plus a little noise, so 1 − R² is small but clearly positive). A mean that
     large against the spread of the column judged would cost that Gram matrix its digits (the
     reported noise says so); the fit judges internally centred columns (centring.py)."""
-    from hlmcli.design import COLLINEAR_TOL, residual_shares
+    from hlmcli.data.design import COLLINEAR_TOL, residual_shares
 
     rng = np.random.default_rng(1)
     x1 = rng.standard_normal(200)
@@ -160,10 +160,10 @@ def test_satterthwaite_df_of_a_rank2_ml_fit_do_not_depend_on_centring():
     centred and uncentred fits ended 1e-6 apart along that direction and the d.f. moved by 5.8e-6;
     the optimum is now pinned down on the gradient, and the d.f. agree to 1e-6 (invariance: centring
     the year is an exact reparametrisation, as every equation has an intercept)."""
-    from hlmcli.centring import centred_model
-    from hlmcli.estimation import fit
-    from hlmcli.inference import satterthwaite_df
-    from hlmcli.sufficient import model_stats, unit_cross_products
+    from hlmcli.engine.centring import centred_model
+    from hlmcli.engine.estimation import fit
+    from hlmcli.analysis.inference import satterthwaite_df
+    from hlmcli.engine.sufficient import model_stats, unit_cross_products
 
     raw = np.loadtxt(GAPS / "case399_l1.csv", delimiter=",", skiprows=1)
     unit, year, x, y = raw.T

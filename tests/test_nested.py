@@ -1,4 +1,4 @@
-"""The three-level engine (hlmcli/nested.py, nested_fit.py) against lme4 and nlme references, a dense
+"""The three-level engine (hlmcli/engine/nested.py, nested_fit.py) against lme4 and nlme references, a dense
 brute-force likelihood, and finite differences.
 
 References: tests/data/three_level/ holds copies of the shared three_level references (eg_m1_*,
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hlmcli.nested import (Beta, NestedData, NestedLayout, Pi, deviance_nested,
+from hlmcli.engine.nested import (Beta, NestedData, NestedLayout, Pi, deviance_nested,
                            nested_solve, reduce_nested)
-from hlmcli.nested_fit import fit_nested
-from hlmcli.unitsolve import factor
+from hlmcli.engine.nested_fit import fit_nested
+from hlmcli.engine.unitsolve import factor
 
 DATA = Path(__file__).parent / "data" / "three_level"
 

@@ -131,7 +131,7 @@ def test_a_device_output_stays_a_device(tmp_path, hsb_archive, command):
 
 def test_dev_null_is_written_in_place_never_renamed(monkeypatch):
     """The real /dev/null, in-process, with every rename mocked to fail: writing to it may only open it."""
-    from hlmcli import files
+    from hlmcli.io import files
 
     def no_rename(*args, **kwargs):
         raise AssertionError(f"a rename over {args[1]!r} was attempted")
@@ -247,7 +247,7 @@ def test_residual_files_are_not_left_behind_when_o_fails(tmp_path, hsb_archive):
 def test_a_failure_while_writing_leaves_every_output_as_it_was(tmp_path):
     """Staged writes: an error after the first output is written keeps the first one out of place too."""
     from hlmcli.errors import DataError
-    from hlmcli.files import atomic_write_text, output_transaction
+    from hlmcli.io.files import atomic_write_text, output_transaction
 
     first = tmp_path / "first.txt"
     first.write_text("old\n")
@@ -345,7 +345,7 @@ def test_older_than_takes_finite_non_negative_days(tmp_path, hsb_archive, days):
 
 
 def test_prune_api_refuses_nan(tmp_path):
-    from hlmcli.cache import prune_cache
+    from hlmcli.io.cache import prune_cache
     from hlmcli.errors import DataError
 
     with pytest.raises(DataError):

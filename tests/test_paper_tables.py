@@ -23,7 +23,7 @@ from conftest import DATA, REFERENCE, SAMPLE, hlmcli
 pytest.importorskip("jinja2")
 pytest.importorskip("tabulate")
 
-from hlmcli.tables import TableOptions, combined_table, fit_table, latex_document, side_by_side_text, tidy  # noqa: E402
+from hlmcli.report.tables import TableOptions, combined_table, fit_table, latex_document, side_by_side_text, tidy  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 # broom.mixed::tidy(lmer(...), conf.int = TRUE) of HSB (tests/reference_scripts/broom_tidy_hsb.R)

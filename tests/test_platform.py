@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hlmcli import cache
+from hlmcli.io import cache
 from hlmcli.errors import DataError
 
 

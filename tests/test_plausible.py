@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from hlmcli.archive import BuildOptions, build_from_files
-from hlmcli.design import variables_of
-from hlmcli.equations import RunOptions, spec_from_inputs
-from hlmcli.pipeline import analyse
-from hlmcli.plausible import analyse_plausible, combine, outcome_columns, rubin
-from hlmcli.weights import WeightSpec
+from hlmcli.io.archive import BuildOptions, build_from_files
+from hlmcli.data.design import variables_of
+from hlmcli.language.equations import RunOptions, spec_from_inputs
+from hlmcli.analysis.pipeline import analyse
+from hlmcli.analysis.plausible import analyse_plausible, combine, outcome_columns, rubin
+from hlmcli.data.weights import WeightSpec
 
 from conftest import hlmcli
 
@@ -300,7 +300,7 @@ def test_same_records_ignores_row_order_but_not_unit_sizes():
     from types import SimpleNamespace
 
     from hlmcli.errors import ModelError
-    from hlmcli.plausible import same_records
+    from hlmcli.analysis.plausible import same_records
 
     def fit(ids, sizes):
         return SimpleNamespace(design=SimpleNamespace(unit_ids=ids, offsets=np.concatenate(([0], np.cumsum(sizes))),
@@ -324,7 +324,7 @@ D1_CONTRASTS = {  # mitml's constraint strings (= 0) as (C, rhs) on the names of
 def test_d1_matches_mitml():
     """D1 against mitml 0.4.4 testConstraints(method = "D1") on the same per-fit estimates and covariances
     (tests/reference_scripts/mitml_d1.R), model-based and robust, both branches of Li et al.'s d.f."""
-    from hlmcli.plausible import d1_test
+    from hlmcli.analysis.plausible import d1_test
 
     cases = {c["name"]: c for c in json.loads((WDATA / "d1_inputs.json").read_text())["cases"]}
     results = json.loads((WDATA / "mitml_d1.json").read_text())["results"]

@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib")
 
 import hlmcli
 from conftest import HSB_MODELS, REFERENCE, SAMPLE, hlmcli as run_cli
-from hlmcli.plots import equation_lines
+from hlmcli.report.plots import equation_lines
 
 HSB1, HSB2 = SAMPLE / "hsb" / "hsb1.csv", SAMPLE / "hsb" / "hsb2.csv"
 EQUATION = ("MATHACH = b0 + b1*group(SES) + r",
@@ -132,7 +132,7 @@ def test_equation_graph_from_a_saved_json_fit_matches_the_one_from_data(seed000,
     proc = run_cli("plot", "equation", fit, "--by", "SECTOR=0,1", "--by", f"MEANSES={float(q1)!r},{float(q3)!r}",
                    f"--x-range={float(x.min())!r},{float(x.max())!r}", "-o", out)
     assert proc.returncode == 0, proc.stderr
-    from hlmcli.plots import plot_equation_from_fit
+    from hlmcli.report.plots import plot_equation_from_fit
     import json
 
     fig = plot_equation_from_fit(json.loads(fit.read_text()), None, "SES", {"SECTOR": [0, 1], "MEANSES": [q1, q3]},

@@ -88,8 +88,8 @@ def _poisson_q3(seed: int):
     """benchmarks/stress_pql.py's data set of this seed when it is a 'plain' Poisson one with q = 3:
     100 units of 20 records, an exposure, τ with SDs of 0.8 (copied here: tests never import
     benchmarks/)."""
-    from hlmcli.family import family
-    from hlmcli.hglm import GLMData
+    from hlmcli.engine.family import family
+    from hlmcli.engine.hglm import GLMData
 
     rng = np.random.default_rng(seed)
     J, nj, q = 100, 20, 3
@@ -112,7 +112,7 @@ def test_a_fixed_point_along_a_weakly_determined_direction_is_accepted():
     a direction of τ, and two certified inner fits of one working model differed by 1.1e-5 in τ
     there, so the fit exited 3 on a 1e-6 bound on τ. Judged in that deviance, with the noise
     measured, it is a fixed point; a point above the refit's optimum by more is still refused."""
-    from hlmcli.hglm import fixed_point_excess, pql
+    from hlmcli.engine.hglm import fixed_point_excess, pql
 
     data = _poisson_q3(80)
     res = pql(data, reml=False, population_average=False)
@@ -122,7 +122,7 @@ def test_a_fixed_point_along_a_weakly_determined_direction_is_accepted():
     # the same measure puts a τ 1% off the refit's optimum far above the tolerance
     from dataclasses import replace
 
-    from hlmcli.hglm import inner_fit, working_model
+    from hlmcli.engine.hglm import inner_fit, working_model
 
     refit = inner_fit(working_model(data, res.eta)[0], False, False, False, 100)
     excess, tol = fixed_point_excess(replace(refit, tau=1.01 * refit.tau), refit, False)

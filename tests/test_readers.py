@@ -8,7 +8,7 @@ import pyreadstat
 import pytest
 
 from hlmcli.errors import DataError
-from hlmcli.readers import detect_format, numeric_column, read_table, unit_codes
+from hlmcli.io.readers import detect_format, numeric_column, read_table, unit_codes
 
 from conftest import DATA, SAMPLE
 
@@ -127,7 +127,7 @@ def test_csv_header_over_64_kib_is_read_whole(tmp_path):
 
 def test_stream_engine_reads_a_long_header_and_refuses_duplicates(tmp_path):
     pytest.importorskip("pyarrow")
-    from hlmcli.streaming import file_columns
+    from hlmcli.data.streaming import file_columns
 
     names = [f"VARIABLE{i:05d}" for i in range(10_000)]
     f = tmp_path / "wide.csv"

@@ -1,4 +1,4 @@
-"""Separation of a binary or count outcome by one fixed-effect column (hlmcli/separation.py): refused
+"""Separation of a binary or count outcome by one fixed-effect column (hlmcli/analysis/separation.py): refused
 before fitting in one line naming the predictor and the records or units, or with --separation fit
 held at a bound with a warning. With the coefficient at its bound the separated records' likelihood
 is 1 to within e^-15, so the other estimates must be glmer's on the data without them
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA, hlmcli
-from hlmcli.separation import BOUND_ETA, find_separation
+from hlmcli.analysis.separation import BOUND_ETA, find_separation
 
 S = DATA / "hglm" / "separation"
 REF = json.loads((S / "separation_refs.json").read_text())["reference"]
@@ -134,7 +134,7 @@ def test_separation_by_a_combination_is_refused_for_every_method(tmp_path):
 
 
 def test_find_combination_by_hand():
-    from hlmcli.separation import find_combination
+    from hlmcli.analysis.separation import find_combination
 
     a = np.array([-2.0, -1.0, 0.5, 1.0, 2.0, -0.5])
     b = np.array([1.0, 0.5, -0.2, 0.3, -1.0, 0.2])

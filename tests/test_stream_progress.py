@@ -45,7 +45,7 @@ def test_stream_build_shows_progress_on_a_terminal(tmp_path):
 
 
 def test_forced_progress_counts_every_chunk(monkeypatch, capsys):
-    from hlmcli import streaming
+    from hlmcli.data import streaming
 
     monkeypatch.setattr(streaming, "CHUNK_BYTES", 64 << 10)  # hsb1.csv (7,185 records) in several chunks
     cols = streaming.file_columns(HSB1)
@@ -58,7 +58,7 @@ def test_forced_progress_counts_every_chunk(monkeypatch, capsys):
 
 
 def test_progress_wanted(monkeypatch):
-    from hlmcli.streaming import progress_wanted
+    from hlmcli.data.streaming import progress_wanted
 
     monkeypatch.setenv("HLMCLI_PROGRESS", "1")
     assert progress_wanted(False) and not progress_wanted(True)  # -q wins

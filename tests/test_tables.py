@@ -17,7 +17,7 @@ from conftest import REFERENCE, SAMPLE, hlmcli
 pytest.importorskip("jinja2")
 pytest.importorskip("tabulate")
 
-from hlmcli.tables import latex_document, side_by_side_text  # noqa: E402
+from hlmcli.report.tables import latex_document, side_by_side_text  # noqa: E402
 
 MODELS = ["m1_empty", "m2_means", "m3_random_coef", "m4_slopes"]
 CASES = ["hsb_m1", "hsb_m2", "hsb_m3", "hsb_m4"]

@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hlmcli.archive_levels import BuildOptions3, build_from_files3, load_archive3, write_archive3
-from hlmcli.design_levels import design3, variables3_of
-from hlmcli.equations_levels import (Centering, RunOptions3, Variables3, build_spec3, classify, parse_hlm3_file,
+from hlmcli.io.archive_levels import BuildOptions3, build_from_files3, load_archive3, write_archive3
+from hlmcli.data.design_levels import design3, variables3_of
+from hlmcli.language.equations_levels import (Centering, RunOptions3, Variables3, build_spec3, classify, parse_hlm3_file,
                                spec3_from_inputs)
 from hlmcli.errors import DataError, HlmError, ModelError
-from hlmcli.nested import NestedFit
-from hlmcli.report_levels import Symbols3, fit_json3, fit_text3, lme4_formula3, model_summary3
+from hlmcli.engine.nested import NestedFit
+from hlmcli.report.report_levels import Symbols3, fit_json3, fit_text3, lme4_formula3, model_summary3
 
 V = Variables3(("YEAR", "GRADE", "MATH"), ("FEMALE", "BLACK"), ("LOWINC", "MOBILITY"))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
@@ -276,7 +276,7 @@ def test_fuzz_hlm3_command_files(edits):
 
 
 def test_cache_notices_changed_sources(tmp_path):
-    from hlmcli.archive_levels import cached_archive3
+    from hlmcli.io.archive_levels import cached_archive3
 
     pd.DataFrame({"S": [1, 1, 2], "C": [1, 2, 3], "Y": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "l1.csv", index=False)
     pd.DataFrame({"C": [1, 2, 3], "S": [1, 1, 2]}).to_csv(tmp_path / "l2.csv", index=False)

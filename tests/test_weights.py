@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hlmcli.archive import BuildOptions, build_from_files
-from hlmcli.design import variables_of
-from hlmcli.equations import RunOptions, spec_from_inputs
+from hlmcli.io.archive import BuildOptions, build_from_files
+from hlmcli.data.design import variables_of
+from hlmcli.language.equations import RunOptions, spec_from_inputs
 from hlmcli.errors import DataError, ModelError
-from hlmcli.pipeline import analyse
-from hlmcli.weights import WeightSpec
+from hlmcli.analysis.pipeline import analyse
+from hlmcli.data.weights import WeightSpec
 
 WDATA = Path(__file__).resolve().parent / "data" / "weights"
 LABELS = ["γ00", "γ01", "γ10"]
@@ -87,8 +87,8 @@ def test_level2_weight_scale_changes_no_estimate(hsbw, method):
 
 
 def test_normalisations(hsbw):
-    from hlmcli.design import make_design
-    from hlmcli.weights import resolve
+    from hlmcli.data.design import make_design
+    from hlmcli.data.weights import resolve
 
     d = make_design(_spec(hsbw), hsbw)
     sizes = np.diff(d.offsets)

@@ -1,0 +1,1 @@
+"""The stages of an analysis in order, inference, plausible values and HGLM runs."""

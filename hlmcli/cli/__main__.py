@@ -1,0 +1,5 @@
+"""`python -m hlmcli.cli`: the same command as the `hlmcli` script."""
+
+from . import main
+
+main()

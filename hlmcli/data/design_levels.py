@@ -1,0 +1,269 @@
+"""The design of a model of K ≥ 3 levels: a LevelsSpec (or a three-level ModelSpec3) and an archive of
+K levels to the engine's LevelsData (NestedData at three levels), deletion and centring applied.
+HLM3's centring, one level at a time:
+
+  level ℓ   group(X): X minus the mean of X over the level-ℓ units of its level-(ℓ+1) unit (level 1:
+            over the records of its level-2 unit; not at the top level);
+            grand(X): X minus the mean over the level-ℓ units (records at level 1);
+            mean(X) of a level-m variable (m < ℓ): the level-ℓ unit's mean of X over its level-m
+            units (records when m = 1)
+all computed over the records and units used in this analysis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..io.archive_levels import ArchiveLevels
+from ..language.equations_levels import Centering, Equation, LevelsSpec, ModelSpec3, Term3, Variables3, VariablesLevels
+from ..errors import ModelError
+from ..engine.moments import LevelsSummary, Moments
+from ..engine.nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
+
+
+def variables_of(archive: ArchiveLevels) -> VariablesLevels:
+    return VariablesLevels(tuple(tuple(archive.names(k)) for k in range(1, archive.n_levels + 1)))
+
+
+@dataclass
+class DesignLevels:
+    spec: LevelsSpec
+    data: LevelsData
+    unit_ids: tuple  # per level 2..K: the ids of the units kept
+    positions: tuple  # per level 2..K: archive index of each unit kept
+    n_deleted: int  # level-1 records dropped for missing values
+    units_deleted: tuple  # per level 2..K
+    centering_means: dict
+    record_positions: np.ndarray | None = None  # archive index of each level-1 record kept
+
+    @property
+    def n(self) -> int:
+        return self.data.N if isinstance(self.data, LevelsSummary) else int(self.data.y.size)
+
+    def J(self, level: int) -> int:
+        return len(self.unit_ids[level - 2])
+
+
+def _group_mean(values: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(group, weights=values, minlength=n) / np.bincount(group, minlength=n)
+
+
+def _terms_by_level(spec: LevelsSpec) -> list:
+    """The predictors of the equations at each level 1..K (a level-d coefficient's equation is at level d+1)."""
+    out: list[list[Term3]] = [list(spec.level1)] + [[] for _ in range(spec.n_levels - 1)]
+    for depth, idx, eq, names in spec.walk():
+        out[depth].extend(eq.predictors)
+    return out
+
+
+def level1_variables(spec) -> list[str]:
+    """The level-1 variables a model reads (outcome, level-1 predictors, X of a mean(X) of level 1),
+    sorted: the columns a summarised engine reads, and those whose missing values delete a record."""
+    if isinstance(spec, ModelSpec3):
+        spec = spec3_as_levels(spec)
+    return sorted({spec.outcome} | {t.name for terms in _terms_by_level(spec) for t in terms
+                                     if (t.mean_of == 1) or (t.level == 1 and t.mean_of is None)})
+
+
+@dataclass(frozen=True)
+class Level1Moments:
+    """Level 1 summarised per level-2 unit (the stream and Dask engines): `moments` of the level-1
+    variables `names`, one row per record of the archive's level 1, which then holds one record
+    per level-2 unit (engines_levels.py); records with a missing value in a model variable were
+    deleted while summarising (n_deleted of them), so a unit may have n = 0."""
+    names: list
+    moments: Moments
+    n_deleted: int
+
+
+def design_levels(spec: LevelsSpec, archive: ArchiveLevels, level1: Level1Moments | None = None) -> DesignLevels:
+    """The design from the archive's records, or, given `level1`, from per-level-2-unit moments:
+    then level-1 centring is a shift of each unit's mean (moments.py's algebra), mean(X) of a
+    level-1 X the record-weighted mean of the units' means, and the data a LevelsSummary."""
+    K = spec.n_levels
+    if archive.n_levels != K:
+        raise ModelError(f"the archive has {archive.n_levels} levels and the model {K}; give -1 ... -{archive.n_levels} "
+                         "equations")
+    names1 = archive.names(1)
+    y_all = archive.levels[0].values[names1.index(spec.outcome)] if level1 is None else None
+    terms_by_level = _terms_by_level(spec)
+    used1 = set(level1_variables(spec))
+    if level1 is None:
+        keep = np.ones(archive.n(1), dtype=bool)
+        for name in sorted(used1):
+            keep &= ~np.isnan(archive.levels[0].values[names1.index(name)])
+        n_deleted = int((~keep).sum())
+    else:
+        keep = level1.moments.n > 0
+        n_deleted = int(level1.n_deleted)
+    if not keep.any():
+        raise ModelError(f"every level-1 record has a missing value in {', '.join(sorted(used1))}; nothing is left to fit")
+    # units kept, bottom up; renumbered within each level
+    child = archive.parent(1)[keep]
+    present, parents = {}, []
+    for level in range(2, K + 1):
+        has = np.bincount(child, minlength=archive.n(level)) > 0
+        present[level] = has
+        renum = np.cumsum(has) - 1
+        parents.append(renum[child].astype(np.int64))
+        if level < K:
+            child = archive.parent(level)[has]
+    Js = {1: int(keep.sum()), **{level: int(present[level].sum()) for level in range(2, K + 1)}}
+    # the unit of each level-m unit at level ℓ > m (records at m = 1)
+    up = {(m, m): np.arange(Js[m]) for m in range(1, K + 1)}
+    for m in range(1, K + 1):
+        for level in range(m + 1, K + 1):
+            up[(m, level)] = parents[level - 2][up[(m, level - 1)]]
+    if level1 is None:
+        values = {1: {n: archive.levels[0].values[k][keep] for k, n in enumerate(names1)}}
+    else:  # per level-2 unit: the records' sums and counts (a mean of level-1 X pools them)
+        m1 = level1.moments.take(np.flatnonzero(keep))
+        col1 = {n: k for k, n in enumerate(level1.names)}
+        values = {1: {}}
+        n1 = m1.n
+    for level in range(2, K + 1):
+        values[level] = {n: archive.levels[level - 1].values[k][present[level]]
+                         for k, n in enumerate(archive.names(level))}
+    means: dict[str, float] = {}
+
+    def raw(term: Term3) -> np.ndarray:
+        if term.mean_of is None:
+            return values[term.level][term.name]
+        m = term.mean_of
+        if m == 1 and level1 is not None:
+            g = up[(1, term.level)]
+            J = Js[term.level]
+            return (np.bincount(g, weights=n1 * m1.mean[:, col1[term.name]], minlength=J)
+                    / np.bincount(g, weights=n1, minlength=J))
+        return _group_mean(values[m][term.name], up[(m, term.level)], Js[term.level])
+
+    def column(term: Term3) -> np.ndarray:
+        v = raw(term)
+        if term.centering is Centering.GRAND:
+            mean = float(v.mean())
+            means[f"{term.label} (level {term.level})"] = mean
+            return v - mean
+        if term.centering is Centering.GROUP:
+            g = up[(term.level, term.level + 1)]
+            return v - _group_mean(v, g, Js[term.level + 1])[g]
+        return v.copy()
+
+    index: list[dict] = []
+    preds = []
+    if level1 is not None:  # level 1 as moments: centring shifts each unit's mean, C is unchanged
+        terms1 = list(dict.fromkeys(terms_by_level[0]))
+        index.append({t: k for k, t in enumerate(terms1)})
+        preds.append(np.empty((0, len(terms1))))
+        at = [col1[t.name] for t in terms1] + [col1[spec.outcome]]
+        mean1 = m1.mean[:, at].copy()
+        for k, t in enumerate(terms1):
+            if t.centering is Centering.GRAND:
+                g = float(np.sum(n1 * mean1[:, k]) / np.sum(n1))
+                means[f"{t.label} (level 1)"] = g
+                mean1[:, k] -= g
+            elif t.centering is Centering.GROUP:
+                mean1[:, k] = 0.0
+        level1_moments = Moments(n1.copy(), mean1, np.ascontiguousarray(m1.C[:, at][:, :, at]))
+    for level, terms in enumerate(terms_by_level, 1):
+        if level == 1 and level1 is not None:
+            continue
+        idx: dict = {}
+        cols = []
+        for t in terms:
+            if t not in idx:
+                idx[t] = len(cols)
+                cols.append(column(t))
+        arr = np.column_stack(cols) if cols else np.empty((Js[level], 0))
+        if arr.size and not np.isfinite(arr).all():
+            raise ModelError(f"a level-{level} predictor has missing values after deletion; fill them in or drop the "
+                             "variable")
+        index.append(idx)
+        preds.append(np.ascontiguousarray(arr, dtype=np.float64))
+
+    def node(eq, depth: int, col) -> Coefficient:
+        # a level-`depth` coefficient: its column at level `depth`, its equation at level depth+1
+        if depth == K:
+            return Coefficient(col)
+        kids = []
+        for k in eq.present():
+            c = None if k == 0 else index[depth][eq.predictors[k - 1]]
+            kids.append(Coefficient(c) if depth + 1 == K else node(eq.terms[k], depth + 1, c))
+        return Coefficient(col, tuple(kids), eq.random)
+
+    layout = tuple(node(eq, 1, None if p == 0 else index[0][spec.level1[p - 1]])
+                   for p, eq in enumerate(spec.equations) if eq is not None)
+    if level1 is None:
+        data = LevelsData(np.ascontiguousarray(y_all[keep], dtype=np.float64), tuple(preds), tuple(parents), layout)
+    else:
+        data = LevelsSummary(level1_moments, tuple(preds[1:]), tuple(parents[1:]), layout)
+    positions = tuple(np.flatnonzero(present[level]) for level in range(2, K + 1))
+    unit_ids = tuple([archive.levels[level - 1].ids[j] for j in positions[level - 2]] for level in range(2, K + 1))
+    return DesignLevels(spec, data, unit_ids, positions, n_deleted,
+                        tuple(int((~present[level]).sum()) for level in range(2, K + 1)), means, np.flatnonzero(keep))
+
+
+# ---------------------------------------------------------------- three levels (HLM3's names)
+
+def variables3_of(archive: ArchiveLevels) -> Variables3:
+    return Variables3(tuple(archive.level1_names), tuple(archive.level2_names), tuple(archive.level3_names))
+
+
+@dataclass
+class Design3:
+    spec: ModelSpec3
+    data: NestedData  # or a LevelsSummary (stream and Dask engines)
+    unit2_ids: list[str]
+    unit3_ids: list[str]
+    n_deleted: int  # level-1 records dropped for missing values (analysis-time deletion)
+    units2_deleted: int
+    units3_deleted: int
+    level2_positions: np.ndarray  # archive level-2 unit index of each unit kept
+    level3_positions: np.ndarray
+    centering_means: dict[str, float]  # grand means used, "NAME (level L)" -> mean
+    record_positions: np.ndarray | None = None  # archive index of each level-1 record kept
+
+    @property
+    def n(self) -> int:
+        return self.data.N if isinstance(self.data, LevelsSummary) else int(self.data.y.size)
+
+    @property
+    def n2(self) -> int:
+        return len(self.unit2_ids)
+
+    @property
+    def n3(self) -> int:
+        return len(self.unit3_ids)
+
+
+def spec3_as_levels(spec: ModelSpec3) -> LevelsSpec:
+    """The K-level form of a three-level model (the same equations, γ order and τ orders)."""
+    eqs = []
+    for p, eq in enumerate(spec.pis):
+        if p not in spec.present_pis():
+            eqs.append(None)
+            continue
+        present = set(spec.present_betas(p))
+        kids = tuple(Equation(b.predictors, b.intercept, b.random) if q in present else None
+                     for q, b in enumerate(eq.betas))
+        eqs.append(Equation(eq.predictors, eq.intercept, eq.random, kids))
+    return LevelsSpec(spec.outcome, 3, spec.level1, spec.intercept, tuple(eqs))
+
+
+def design3(spec: ModelSpec3, archive: ArchiveLevels, level1: Level1Moments | None = None) -> Design3:
+    """design_levels at three levels, in HLM3's names (NestedData, level-2 and level-3 ids); with
+    `level1`, the data stay a LevelsSummary (the records are not kept)."""
+    d = design_levels(spec3_as_levels(spec), archive, level1)
+    data = d.data
+    if isinstance(data, LevelsSummary):
+        nested = data
+    else:
+        pis = tuple(Pi(node.col, tuple(Beta(b.col, tuple(g.col for g in b.terms), b.random) for b in node.terms),
+                       node.random) for node in data.layout)
+        nested = NestedData(y=data.y, A=data.predictors[0], X2=data.predictors[1], W3=data.predictors[2],
+                            unit2=data.parents[0], unit3=data.parents[1], layout=NestedLayout(pis))
+    return Design3(spec=spec, data=nested, unit2_ids=d.unit_ids[0], unit3_ids=d.unit_ids[1], n_deleted=d.n_deleted,
+                   units2_deleted=d.units_deleted[0], units3_deleted=d.units_deleted[1],
+                   level2_positions=d.positions[0], level3_positions=d.positions[1], centering_means=d.centering_means,
+                   record_positions=d.record_positions)

@@ -1,0 +1,1 @@
+"""The numerical core: per-unit statistics, the solves, the searches and their certificates."""

@@ -1,0 +1,535 @@
+"""Stage 2, the archive (our MDM): merge a level-1 and a level-2 table, store them checksummed, load them back.
+
+File layout (all little-endian):
+  prefix  56 bytes: magic b"HLMCMDM\\x1a", format version (u32), reserved (u32),
+                    header length (u64), SHA-256 of the whole file with these 32 bytes zeroed
+  header  UTF-8 JSON, padded with spaces to a multiple of 8 bytes: names, ids, sources, notes,
+          and the byte offset and shape of each array
+  arrays  float64 level-1 data (one variable after another, records sorted by unit),
+          float64 level-2 data (one variable after another), int64 unit offsets (J + 1)
+
+Arrays are raw float64 so a load is one read plus zero-copy views, and the JSON header stays
+readable with any tool. The checksum covers the whole file, prefix included (format 2; format 1
+left the prefix out, so a lowered header length went unnoticed), and the header must describe
+exactly the bytes that follow it, so a damaged file is never read past its prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DataError, first_few
+from .files import atomic_write, sha256_file
+
+if TYPE_CHECKING:
+    from .readers import Table
+
+FORMAT_VERSION = 2
+MAGIC = b"HLMCMDM\x1a"
+PREFIX = struct.Struct("<8sIIQ32s")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file the archive was built from, with what is needed to notice it changed."""
+
+    role: str  # "level-1" or "level-2"
+    name: str
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    format: str
+    encoding: str | None
+
+
+@dataclass
+class Archive:
+    """Merged two-level data: level-1 records sorted by unit, one level-2 row per unit."""
+
+    level1_names: list[str]
+    level2_names: list[str]
+    level1: np.ndarray  # (variables, records)
+    level2: np.ndarray  # (variables, units)
+    unit_ids: list[str]
+    offsets: np.ndarray  # records of unit j are offsets[j]:offsets[j+1]
+    id_kind: str
+    id_names: tuple[str, str]
+    missing: str  # "now" or "analysis": when records with missing values are dropped
+    sources: list[Source] = field(default_factory=list)
+    value_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def n_level1(self) -> int:
+        return int(self.level1.shape[1])
+
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_ids)
+
+    @property
+    def unit_sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def unit_index(self) -> np.ndarray:
+        """Each record's unit number (0..J-1)."""
+        return np.repeat(np.arange(self.n_units), self.unit_sizes)
+
+    def level1_column(self, name: str) -> np.ndarray:
+        return self.level1[self.level1_names.index(name)]
+
+    def level2_column(self, name: str) -> np.ndarray:
+        return self.level2[self.level2_names.index(name)]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    id1: str
+    id2: str
+    keep1: tuple[str, ...] | None = None
+    keep2: tuple[str, ...] | None = None
+    missing: str = "analysis"
+    drop_unmatched: bool = False
+
+    def as_dict(self) -> dict:
+        return {"id1": self.id1, "id2": self.id2, "keep1": self.keep1, "keep2": self.keep2,
+                "missing": self.missing, "drop_unmatched": self.drop_unmatched}
+
+
+def _resolve_keep(table: Table, requested, exclude: set[str], what: str, text_columns: list | None = None) -> list[str]:
+    from .readers import find_column, is_text_column
+
+    if requested is None:
+        return [c for c in table.data.columns if c.lower() not in exclude and not is_text_column(table, c, text_columns)]
+    return [find_column(table, name, what) for name in requested]
+
+
+def refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_missing: bool, warn, notes: dict) -> None:
+    """Inf, 1e999 or Infinity would pass the build and break the fit: refused here, with file, column and
+    row; with --missing now they are treated as missing (and reported)."""
+    for k, name in enumerate(names):
+        bad = np.flatnonzero(np.isinf(values[k]))
+        if not bad.size:
+            continue
+        pos = int(bad[0])
+        where = f"line {pos + 2}" if table.format == "csv" else f"row {pos + 1}"
+        if not as_missing:
+            raise DataError(
+                f"{table.path}: column {name}, {where}: the value is infinite ({values[k][pos]:g})"
+                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; fix it, leave {name} out with --l1-vars/--l2-vars "
+                "if the model does not use it, or pass --missing now to treat infinite values as missing"
+            )
+        values[k][bad] = np.nan
+        notes.setdefault("infinite_as_missing", {})[name] = int(bad.size)
+        warn(f"{table.path.name}: column {name}: {bad.size} infinite value(s) (first at {where}) treated as missing")
+
+
+def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file: bool = False,
+                  warn=lambda message: None) -> Archive:
+    """Merge two tables into an Archive. Raises DataError on anything a user must fix."""
+    from .readers import find_column, numeric_column, unit_codes  # pandas: only when building
+    if options.missing not in ("now", "analysis"):
+        raise DataError(f"--missing must be 'now' or 'analysis', not '{options.missing}'")
+    id1 = find_column(level1, options.id1, "unit id")
+    id2 = find_column(level2, options.id2, "unit id")
+
+    codes2, ids2, kind2 = unit_codes(level2, id2)
+    codes1, ids1, kind1 = unit_codes(level1, id1)
+
+    keep1, keep2, text_columns = _variables2(level1, level2, options, id1, id2, codes2, same_file, warn)
+
+    # Level-2 rows: one per unit.
+    infinite_notes: dict = {}
+    l2_values = _level2_rows(level2, keep2, codes2, ids2, id2, options, same_file, infinite_notes, warn)
+
+    # Match level-1 records to level-2 units.
+    position = {uid: j for j, uid in enumerate(ids2)}
+    unit_of_code = np.array([position.get(uid, -1) for uid in ids1], dtype=np.int64)
+    unit = unit_of_code[codes1]
+    notes: dict = {"level1_records_read": int(len(codes1)), "dropped_unmatched": 0, "dropped_missing": 0,
+                   "units_without_records": 0}
+    if text_columns:
+        notes["text_columns"] = list(text_columns)
+    unmatched = unit < 0
+    if unmatched.any():
+        missing_ids = [ids1[c] for c in range(len(ids1)) if unit_of_code[c] < 0]
+        if not options.drop_unmatched:
+            raise DataError(
+                f"{level1.path}: {int(unmatched.sum())} level-1 records in {len(missing_ids)} unit(s) have no "
+                f"level-2 record in {level2.path} (ids {first_few(missing_ids)}); add them there or pass --drop-unmatched"
+            )
+        notes["dropped_unmatched"] = int(unmatched.sum())
+        warn(f"dropped {int(unmatched.sum())} level-1 records whose unit is not in {level2.path.name} "
+             f"(ids {first_few(missing_ids)})")
+
+    l1_values = np.vstack([numeric_column(level1, c) for c in keep1]) if keep1 else np.empty((0, len(codes1)))
+    refuse_infinite(level1, keep1, l1_values, options.missing == "now", warn, infinite_notes)
+    notes.update(infinite_notes)
+    keep_rows = ~unmatched
+    if options.missing == "now" and keep1:
+        has_missing = np.isnan(l1_values).any(axis=0) & keep_rows
+        notes["dropped_missing"] = int(has_missing.sum())
+        keep_rows &= ~has_missing
+    if not keep_rows.all():
+        l1_values = l1_values[:, keep_rows]
+        unit = unit[keep_rows]
+    if unit.size == 0:
+        raise DataError(f"{level1.path}: no level-1 records are left after matching and deletion; check the id columns and missing values")
+
+    unit, l1_values, l2_values, unit_ids, offsets = _units_in_order(level2, keep2, unit, l1_values, l2_values, ids2,
+                                                                    notes, warn)
+    labels = {c: table.value_labels[c] for table, cols in ((level1, keep1), (level2, keep2)) for c in cols
+              if c in table.value_labels}
+    return Archive(
+        level1_names=list(keep1), level2_names=list(keep2),
+        level1=np.ascontiguousarray(l1_values, dtype=np.float64),
+        level2=np.ascontiguousarray(l2_values, dtype=np.float64),
+        unit_ids=unit_ids, offsets=offsets,
+        id_kind=kind2 if kind2 == kind1 else "string", id_names=(id1, id2), missing=options.missing,
+        value_labels=labels, notes=notes,
+    )
+
+
+def _variables2(level1: Table, level2: Table, options: BuildOptions, id1: str, id2: str, codes2, same_file: bool,
+                warn) -> tuple[list[str], list[str], list[str]]:
+    """The variables of each level, and the text columns left out. One file for both levels: the level-2
+    variables are those constant within units."""
+    from .readers import is_text_column, numeric_column
+
+    text_columns: list[str] = []
+    if same_file:
+        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable") if options.keep2 is not None else None
+        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable") if options.keep1 is not None else None
+        if keep2 is None:  # one file for both levels: level-2 variables are those constant within units
+            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)
+                          and not is_text_column(level2, c, text_columns)]
+            keep2 = [c for c in candidates if _constant_within(numeric_column(level2, c), codes2)]
+        if keep1 is None:
+            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2
+                     and not is_text_column(level1, c, text_columns)]
+    else:
+        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable", text_columns)
+        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable", text_columns)
+    if text_columns:
+        warn(f"text column(s) {first_few(text_columns)} are labels, not numbers, and are left out of the "
+             "variables; name them with --l1-vars/--l2-vars only if they hold numbers")
+    clash = sorted({c.lower() for c in keep1} & {c.lower() for c in keep2})
+    if clash:
+        raise DataError(
+            f"{level1.path} and {level2.path}: variable '{clash[0]}' is in both levels; "
+            "leave it out of one level with --l1-vars/--l2-vars"
+        )
+    names = keep1 + keep2
+    folded = [n.lower() for n in names]
+    dup = sorted({n for n in names if folded.count(n.lower()) > 1})
+    if dup:
+        raise DataError(f"{level1.path}: variables {', '.join(dup)} differ only in case; rename one")
+    return keep1, keep2, text_columns
+
+
+def _level2_rows(level2: Table, keep2, codes2, ids2, id2: str, options: BuildOptions, same_file: bool,
+                 infinite_notes: dict, warn) -> np.ndarray:
+    """The level-2 values, one column per unit: from a file of one row per unit, or the first row of
+    each unit of a shared file (where each must be constant within the unit)."""
+    from .readers import numeric_column
+
+    l2_values = np.vstack([numeric_column(level2, c) for c in keep2]) if keep2 else np.empty((0, len(codes2)))
+    refuse_infinite(level2, keep2, l2_values, options.missing == "now", warn, infinite_notes)
+    if same_file:
+        first = np.unique(codes2, return_index=True)[1]
+        for k, name in enumerate(keep2):
+            bad = _first_varying_unit(l2_values[k], codes2)
+            if bad is not None:
+                raise DataError(
+                    f"{level2.path}: column {name} varies within unit {ids2[bad]}; a level-2 variable must be "
+                    f"constant within each unit, so leave {name} out of the level-2 variables"
+                )
+        l2_values = l2_values[:, first]
+    else:
+        if len(ids2) != len(codes2):
+            counts = np.bincount(codes2)
+            dups = [ids2[i] for i in np.flatnonzero(counts > 1)]
+            raise DataError(
+                f"{level2.path}: column {id2}: {len(dups)} unit id(s) appear more than once ({first_few(dups)}); "
+                "the level-2 file needs exactly one row per unit"
+            )
+    return l2_values
+
+
+def _units_in_order(level2: Table, keep2, unit, l1_values, l2_values, ids2, notes: dict, warn):
+    """Units in level-2 file order, those without level-1 records left out, the records sorted by unit
+    (stable); a missing level-2 value is refused. Returns (unit, level-1 values, level-2 values, ids, offsets)."""
+    counts = np.bincount(unit, minlength=len(ids2))
+    present = counts > 0
+    if not present.all():
+        absent = [ids2[j] for j in np.flatnonzero(~present)]
+        notes["units_without_records"] = len(absent)
+        warn(f"{len(absent)} level-2 unit(s) in {level2.path.name} have no level-1 records and are left out "
+             f"(ids {first_few(absent)})")
+    renumber = np.cumsum(present) - 1
+    unit = renumber[unit]
+    l2_values = l2_values[:, present]
+    unit_ids = [ids2[j] for j in np.flatnonzero(present)]
+
+    for k, name in enumerate(keep2):
+        bad = np.flatnonzero(np.isnan(l2_values[k]))
+        if bad.size:
+            raise DataError(
+                f"{level2.path}: column {name} is missing for unit {unit_ids[bad[0]]}"
+                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; HLM needs complete level-2 data, "
+                f"so fill it in or leave {name} out with --l2-vars"
+            )
+
+    if unit.size > 1 and np.any(unit[1:] < unit[:-1]):
+        order = np.argsort(unit, kind="stable")
+        unit = unit[order]
+        l1_values = l1_values[:, order]
+    offsets = np.concatenate(([0], np.cumsum(np.bincount(unit, minlength=len(unit_ids))))).astype(np.int64)
+    return unit, l1_values, l2_values, unit_ids, offsets
+
+
+
+def _constant_within(values: np.ndarray, codes: np.ndarray) -> bool:
+    return _first_varying_unit(values, codes) is None
+
+
+def _first_varying_unit(values: np.ndarray, codes: np.ndarray):
+    n_units = int(codes.max()) + 1 if codes.size else 0
+    lo = np.full(n_units, np.inf)
+    hi = np.full(n_units, -np.inf)
+    finite = ~np.isnan(values)
+    np.minimum.at(lo, codes[finite], values[finite])
+    np.maximum.at(hi, codes[finite], values[finite])
+    nan_count = np.bincount(codes[~finite], minlength=n_units)
+    mixed = (nan_count > 0) & np.isfinite(lo)  # some records missing, others not
+    bad = np.flatnonzero((hi > lo) | mixed)
+    return int(bad[0]) if bad.size else None
+
+
+def unhashed_source(role: str, path) -> Source:
+    """A source file as the summarised engines record it: size and time only (hashing a file larger
+    than memory would cost a second pass)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        size, mtime = (st.st_size, st.st_mtime_ns) if p.is_file() else (0, 0)
+    except OSError:  # a glob
+        size, mtime = 0, 0
+    return Source(role=role, name=p.name, path=str(p), size=size, mtime_ns=mtime, sha256="", format="", encoding=None)
+
+
+def describe_source(path: str | os.PathLike, role: str, table: Table) -> Source:
+    if str(path) == "-":  # standard input: no file to stat or rehash later
+        from .readers import stdin_bytes
+
+        raw = stdin_bytes()
+        return Source(role=role, name="<stdin>", path="-", size=len(raw), mtime_ns=0,
+                      sha256=hashlib.sha256(raw).hexdigest(), format=table.format, encoding=table.encoding)
+    path = Path(path)
+    stat = path.stat()
+    return Source(role=role, name=path.name, path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                  sha256=sha256_file(path), format=table.format, encoding=table.encoding)
+
+
+# ---------------------------------------------------------------- writing and loading
+
+def _header(archive: Archive) -> dict:
+    return {
+        "tool": "hlmcli", "format_version": FORMAT_VERSION,
+        "level1_names": archive.level1_names, "level2_names": archive.level2_names,
+        "n_level1": archive.n_level1, "n_units": archive.n_units,
+        "unit_ids": archive.unit_ids, "id_kind": archive.id_kind, "id_names": list(archive.id_names),
+        "missing": archive.missing, "value_labels": archive.value_labels, "notes": archive.notes,
+        "sources": [s.__dict__ for s in archive.sources],
+    }
+
+
+def archive_bytes(archive: Archive) -> list[bytes]:
+    arrays = [archive.level1.astype("<f8", copy=False), archive.level2.astype("<f8", copy=False),
+              archive.offsets.astype("<i8", copy=False)]
+    header = _header(archive)
+    header["arrays"] = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)}
+                        for n, a in zip(("level1", "level2", "offsets"), arrays)]
+    text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    body = [text] + [np.ascontiguousarray(a).tobytes() for a in arrays]
+    digest = hashlib.sha256(PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
+    for chunk in body:
+        digest.update(chunk)
+    prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())
+    return [prefix] + body
+
+
+def write_archive(archive: Archive, path: str | os.PathLike, mode: int | None = None) -> None:
+    atomic_write(path, archive_bytes(archive), mode=mode)
+
+
+class CorruptArchive(DataError):
+    """The file is not an archive of ours, or its checksum does not match."""
+
+
+_WRONG_LEVELS = {
+    2: "a three-level archive; this command takes two-level data "
+       "(three-level archives work with 'hlmcli mdm info', 'model' and 'fit')",
+    3: "a two-level archive; give three data files or a three-level archive for a three-level model",
+}
+
+
+def _wrong_levels(found, wanted: int) -> str:
+    if {found, wanted} == {2, 3}:
+        return _WRONG_LEVELS[wanted]
+    return (f"an archive of {found} levels; this command needs {wanted}-level data (give {wanted} data files or a "
+            f"{wanted}-level archive)")
+
+
+def read_archive_file(path: str | os.PathLike, levels: int = 2) -> tuple[Path, dict, dict, CorruptArchive]:
+    """Read and verify an archive file of the given number of levels (the two- and three-level
+    archives share the format): (path, JSON header, arrays by name as zero-copy views, the error
+    to raise when the header does not describe the contents)."""
+    from .files import check_regular
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise DataError(f"{path}: no such archive; build it with 'hlmcli mdm build'")
+    check_regular(path, "archive")
+    raw = path.read_bytes()
+    rebuild = "rebuild it with 'hlmcli mdm build'"
+    if len(raw) < PREFIX.size or raw[:8] != MAGIC:
+        raise CorruptArchive(f"{path}: not an hlmcli archive; build one with 'hlmcli mdm build'")
+    _, version, reserved, header_len, checksum = PREFIX.unpack_from(raw)
+    if version != FORMAT_VERSION:
+        raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {FORMAT_VERSION}; {rebuild}")
+    digest = hashlib.sha256(PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
+    body = memoryview(raw)[PREFIX.size:]
+    digest.update(body)
+    if digest.digest() != checksum:
+        raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
+    damaged = CorruptArchive(f"{path}: the archive header does not describe its contents; {rebuild}")
+    if header_len > len(body) or header_len % 8:
+        raise damaged
+    try:
+        header = json.loads(bytes(body[:header_len]).decode("utf-8"))
+        if isinstance(header, dict) and header.get("levels", 2) != levels:
+            raise DataError(f"{path}: {_wrong_levels(header.get('levels', 2), levels)}")
+        arrays = {}
+        offset = header_len
+        for spec in header["arrays"]:
+            dtype = np.dtype(spec["dtype"])
+            if dtype.str not in ("<f8", "<i8") or not all(isinstance(n, int) and n >= 0 for n in spec["shape"]):
+                raise damaged
+            count = int(np.prod(spec["shape"], dtype=np.int64)) if spec["shape"] else 1
+            if offset + count * dtype.itemsize > len(body):
+                raise damaged
+            arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(spec["shape"])
+            offset += arr.nbytes
+            arrays[spec["name"]] = arr
+        if offset != len(body):
+            raise damaged
+    except DataError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise damaged from None
+    return path, header, arrays, damaged
+
+
+def load_archive(path: str | os.PathLike) -> Archive:
+    path, header, arrays, damaged = read_archive_file(path, 2)
+    try:
+        archive = Archive(
+            level1_names=header["level1_names"], level2_names=header["level2_names"],
+            level1=arrays["level1"], level2=arrays["level2"], unit_ids=header["unit_ids"],
+            offsets=arrays["offsets"], id_kind=header["id_kind"], id_names=tuple(header["id_names"]),
+            missing=header["missing"], sources=[Source(**s) for s in header["sources"]],
+            value_labels=header["value_labels"], notes=header["notes"], path=path,
+        )
+    except DataError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise damaged from None
+    n_vars1, n_vars2 = len(archive.level1_names), len(archive.level2_names)
+    if (archive.level1.ndim != 2 or archive.level2.ndim != 2 or archive.level1.shape[0] != n_vars1
+            or archive.level2.shape != (n_vars2, len(archive.unit_ids)) or archive.offsets.shape != (len(archive.unit_ids) + 1,)
+            or archive.offsets[0] != 0 or archive.offsets[-1] != archive.level1.shape[1]
+            or np.any(np.diff(archive.offsets) < 0)):
+        raise damaged
+    return archive
+
+
+def changed_sources(archive: Archive) -> list[str]:
+    """Sources that still exist where they were but whose content differs from when the archive was built."""
+    changed = []
+    for src in archive.sources:
+        p = Path(src.path)
+        if src.path == "-" or not p.is_file():
+            continue
+        st = p.stat()
+        if st.st_size == src.size and st.st_mtime_ns == src.mtime_ns:
+            continue
+        if st.st_size != src.size or sha256_file(p) != src.sha256:
+            changed.append(src.path)
+    return changed
+
+
+# ---------------------------------------------------------------- statistics for `mdm info`
+
+@dataclass(frozen=True)
+class VariableSummary:
+    name: str
+    n: int
+    mean: float
+    sd: float
+    minimum: float
+    maximum: float
+
+
+def summarize(values: np.ndarray, names: list[str]) -> list[VariableSummary]:
+    out = []
+    for name, col in zip(names, values):
+        ok = col[~np.isnan(col)]
+        n = ok.size
+        mean = float(ok.mean()) if n else float("nan")
+        sd = float(ok.std(ddof=1)) if n > 1 else float("nan")
+        out.append(VariableSummary(name, n, mean, sd, float(ok.min()) if n else float("nan"),
+                                   float(ok.max()) if n else float("nan")))
+    return out
+
+
+# ---------------------------------------------------------------- from files
+
+def build_from_files(level1_path, level2_path, options: BuildOptions, fmt: str | None = None,
+                     delimiter: str | None = None, warn=lambda message: None, progress=None) -> Archive:
+    """Read both files and merge them. `progress(step_name)` is called once per stage."""
+    from .files import same_file
+    from .readers import read_table
+
+    step = progress or (lambda name: None)
+    same = str(level1_path) == str(level2_path) == "-" or (
+        "-" not in (str(level1_path), str(level2_path)) and same_file(level1_path, level2_path))
+    step(f"reading {Path(level1_path).name}")
+    level1 = read_table(level1_path, fmt, delimiter, string_columns=(options.id1,))
+    if same:
+        level2 = level1
+    else:
+        step(f"reading {Path(level2_path).name}")
+        level2 = read_table(level2_path, fmt, delimiter, string_columns=(options.id2,))
+    for table in (level1, level2) if not same else (level1,):
+        if table.format == "csv" and table.encoding:
+            warn(f"{table.path.name}: not valid UTF-8, so the whole file was decoded as {table.encoding}")
+    step("merging")
+    archive = build_archive(level1, level2, options, same_file=same, warn=warn)
+    step("hashing sources")
+    first = describe_source(level1_path, "level-1", level1)
+    second = Source(**{**first.__dict__, "role": "level-2"}) if same else describe_source(level2_path, "level-2", level2)
+    archive.sources = [first, second]
+    return archive

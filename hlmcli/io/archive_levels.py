@@ -1,0 +1,890 @@
+"""Archives of K ≥ 3 levels (HLM 7's HLM3 and HLM4 MDM): level-1 records in level-2 units in ... level-K units.
+
+The two-level archive (archive.py) is left exactly as it is: same files, same bytes, same cache keys.
+
+The container is the two- and three-level one (magic, format version, whole-file SHA-256, JSON header,
+raw little-endian arrays) with "levels": K in its header and the three-level keys continued level by
+level, so a three-level archive is this format at K = 3 and loads here unchanged:
+
+  level1 … levelK         float64 (variables, units of that level; records at level 1)
+  offsets2 … offsetsK     int64 (J_ℓ + 1): the level-(ℓ−1) units of level-ℓ unit k are offsetsℓ[k]:offsetsℓ[k+1]
+  header: level{ℓ}_names, n_level{ℓ}, unit{ℓ}_ids (ℓ ≥ 2), id_names (the ids of levels 2..K), ...
+
+Which files carry which ids, three levels (issue 13): the level-1 file carries the level-2 id and, usually,
+the level-3 id; the level-2 file carries the level-2 id and the level-3 id, or the level-2 id alone when
+the level-1 file gives the link; the level-3 file carries the level-3 id; one file may serve several
+levels. Level-2 ids must be unique over the whole data, as HLM3's MDM requires.
+
+Which files carry which ids (K ≥ 4 builds): the level-1 file carries the level-2 id; the level-ℓ file
+(1 < ℓ < K) carries the level-ℓ id and the level-(ℓ+1) id of its unit; the level-K file the level-K id.
+Each level's ids are unique over the whole data (a unit under two parents is refused), as HLM's MDM
+requires. Each level comes from its own file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .archive import (FORMAT_VERSION, MAGIC, PREFIX, CorruptArchive, Source, refuse_infinite,
+                      read_archive_file)
+from ..errors import DataError, first_few
+from .files import atomic_write
+
+
+@dataclass(frozen=True)
+class BuildOptions3:
+    id2: str
+    id3: str
+    keep1: tuple[str, ...] | None = None
+    keep2: tuple[str, ...] | None = None
+    keep3: tuple[str, ...] | None = None
+    missing: str = "analysis"
+    drop_unmatched: bool = False
+
+    def as_dict(self) -> dict:
+        return {"levels": 3, "id2": self.id2, "id3": self.id3, "keep1": self.keep1, "keep2": self.keep2,
+                "keep3": self.keep3, "missing": self.missing, "drop_unmatched": self.drop_unmatched}
+
+
+@dataclass(frozen=True)
+class BuildOptionsLevels:  # K ≥ 4 levels, one file per level (three levels: BuildOptions3)
+    ids: tuple[str, ...]  # the unit ids of levels 2..K
+    keeps: tuple  # per level 1..K: variables to keep, or None for all
+    missing: str = "analysis"
+    drop_unmatched: bool = False
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.ids) + 1
+
+    def as_dict(self) -> dict:
+        return {"levels": self.n_levels, "ids": list(self.ids), "keeps": [list(k) if k else None for k in self.keeps],
+                "missing": self.missing, "drop_unmatched": self.drop_unmatched}
+
+
+@dataclass
+class LevelData:
+    """One level: its variables (variables, units), the units' ids (None at level 1) and, for each
+    unit, the range of its children one level down (offsets, None at level 1)."""
+    names: list[str]
+    values: np.ndarray
+    ids: list[str] | None = None
+    offsets: np.ndarray | None = None
+
+
+@dataclass
+class ArchiveLevels:
+    levels: list[LevelData]
+    id_kind: str
+    id_names: tuple  # the unit ids of levels 2..K
+    missing: str
+    sources: list[Source] = field(default_factory=list)
+    value_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    def n(self, level: int) -> int:
+        return int(self.levels[level - 1].values.shape[1])
+
+    def names(self, level: int) -> list[str]:
+        return self.levels[level - 1].names
+
+    # the three-level names: level1_names, level2, unit3_ids, offsets2, n_level3, ... for any level
+    _NAMED = re.compile(r"^(?:level(\d+)_names|level(\d+)|unit(\d+)_ids|offsets(\d+)|n_level(\d+))$")
+
+    def __getattr__(self, name: str):
+        m = ArchiveLevels._NAMED.match(name)
+        if not m or "levels" not in self.__dict__:
+            raise AttributeError(name)
+        k = int(next(g for g in m.groups() if g is not None))
+        if not 1 <= k <= len(self.levels):
+            raise AttributeError(name)
+        lv = self.levels[k - 1]
+        return (lv.names, lv.values, lv.ids, lv.offsets, int(lv.values.shape[1]))[
+            next(i for i, g in enumerate(m.groups()) if g is not None)]
+
+    @property
+    def unit2_of_record(self) -> np.ndarray:
+        return self.parent(1)
+
+    @property
+    def unit3_of_unit2(self) -> np.ndarray:
+        return self.parent(2)
+
+    def parent(self, level: int) -> np.ndarray:
+        """The level-(ℓ+1) unit of each level-ℓ unit (records at ℓ = 1)."""
+        off = self.levels[level].offsets
+        return np.repeat(np.arange(off.size - 1), np.diff(off))
+
+
+# ---------------------------------------------------------------- building three levels (shared files allowed)
+
+def _ids(table, column: str):
+    from .readers import unit_codes
+
+    codes, names, kind = unit_codes(table, column)
+    return np.asarray(names, dtype=object)[codes], kind
+
+
+def _has_column(table, name: str) -> str | None:
+    hits = [c for c in table.data.columns if c.lower() == name.lower()]
+    return hits[0] if hits else None
+
+
+def _collapse(table, key_ids: np.ndarray, names: list[str], level: int, id_name: str):
+    """A file shared with a lower level: one row per unit, each kept variable constant within it."""
+    from .readers import numeric_column
+
+    order, first = np.unique(key_ids.astype(str), return_index=True)
+    codes = np.searchsorted(order, key_ids.astype(str))
+    values = np.vstack([numeric_column(table, c) for c in names]) if names else np.empty((0, len(key_ids)))
+    for k, name in enumerate(names):
+        v = values[k]
+        lo = np.full(order.size, np.inf)
+        hi = np.full(order.size, -np.inf)
+        ok = ~np.isnan(v)
+        np.minimum.at(lo, codes[ok], v[ok])
+        np.maximum.at(hi, codes[ok], v[ok])
+        nan_count = np.bincount(codes[~ok], minlength=order.size)
+        bad = np.flatnonzero((hi > lo) | ((nan_count > 0) & np.isfinite(lo)))
+        if bad.size:
+            raise DataError(f"{table.path}: column {name} varies within {id_name} {order[bad[0]]}; a level-{level} "
+                            f"variable must be constant within each level-{level} unit, so leave it out with --l{level}-vars")
+    keep = np.sort(first)
+    return key_ids[keep], values[:, keep], keep
+
+
+def _refuse_repeated_ids(table, column: str, ids: np.ndarray, level: int) -> None:
+    """A level-ℓ file has one row per level-ℓ unit."""
+    uniq, counts = np.unique(ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        dups = list(uniq[counts > 1])
+        raise DataError(f"{table.path}: column {column}: {len(dups)} level-{level} id(s) appear more than once "
+                        f"({first_few(dups)}); the level-{level} file needs exactly one row per level-{level} unit")
+
+
+def _refuse_missing_unit_values(table, names, values: np.ndarray, unit_ids, level: int) -> None:
+    """HLM needs complete data above level 1: a missing level-ℓ value is refused, naming the unit."""
+    for k, name in enumerate(names):
+        bad = np.flatnonzero(np.isnan(values[k]))
+        if bad.size:
+            raise DataError(f"{table.path}: column {name} is missing for level-{level} unit {unit_ids[bad[0]]}"
+                            f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; HLM needs complete level-{level} "
+                            f"data, so fill it in or leave {name} out with --l{level}-vars")
+
+
+def _value_labels(tables, keeps) -> dict[str, dict[str, str]]:
+    """The value labels (SPSS, Stata, SAS) of the variables kept, from the file each came from."""
+    return {c: table.value_labels[c] for table, cols in zip(tables, keeps) for c in cols if c in table.value_labels}
+
+
+def build_archive3(t1, t2, t3, options: BuildOptions3, warn=lambda m: None) -> ArchiveLevels:
+    """Merge three tables (they may be the same table) into an Archive3. DataError on anything to fix."""
+    from .readers import find_column
+
+    if options.missing not in ("now", "analysis"):
+        raise DataError(f"--missing must be 'now' or 'analysis', not '{options.missing}'")
+    if options.id2.lower() == options.id3.lower():
+        raise DataError(f"--id2 and --id3 both name {options.id2}; the level-2 and level-3 unit ids must be different columns")
+    id3_in3 = find_column(t3, options.id3, "level-3 unit id")
+    id2_in2 = find_column(t2, options.id2, "level-2 unit id")
+    id3_in2 = _has_column(t2, options.id3)
+    id2_in1 = find_column(t1, options.id2, "level-2 unit id")
+    id3_in1 = _has_column(t1, options.id3)
+    if id3_in2 is None and id3_in1 is None:
+        raise DataError(f"{t2.path}: no column {options.id3}, and {t1.path} has none either; one of them must link "
+                        f"each level-2 unit to its level-3 unit, so add the {options.id3} column")
+    keep1, keep2, keep3 = _variables3(t1, t2, t3, options, id2_in2, id3_in3, warn)
+    notes: dict = {"level1_records_read": int(len(t1.data)), "dropped_unmatched": 0, "dropped_missing": 0,
+                   "level2_units_without_records": 0, "level3_units_without_units": 0}
+    inf_notes: dict = {}
+    ids3, kind3, l3_values = _level3_units3(t1, t2, t3, options, id3_in3, keep3, inf_notes, warn)
+    pos3 = {uid: k for k, uid in enumerate(ids3)}
+    ids2, kind2, l2_values, parent, parent3 = _level2_units3(t1, t2, t3, options, (id2_in1, id2_in2, id3_in1, id3_in2),
+                                                             keep2, pos3, notes, inf_notes, warn)
+    pos2 = {uid: j for j, uid in enumerate(ids2)}
+    l1_values, unit = _level1_records3(t1, t2, options, (id2_in1, id3_in1, id3_in2), keep1, pos2, parent, notes,
+                                       inf_notes, warn)
+    return _ordered_archive3((t1, t2, t3), (keep1, keep2, keep3), (l1_values, l2_values, l3_values), unit, parent3,
+                             ids2, ids3, kind2 if kind2 == kind3 else "string", (id2_in2, id3_in3), options, notes, warn)
+
+
+def _level1_records3(t1, t2, options: BuildOptions3, id_columns, keep1, pos2, parent, notes, inf_notes, warn):
+    """The level-1 records matched to their level-2 units; the level-3 id, when given, must agree with the link."""
+    id2_in1, id3_in1, id3_in2 = id_columns
+    rec2, _ = _ids(t1, id2_in1)
+    if id3_in1 is not None and id3_in2 is not None:
+        rec3, _ = _ids(t1, id3_in1)
+        bad = np.flatnonzero([parent.get(a, b) != b for a, b in zip(rec2, rec3)])
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(f"{t1.path}: line {i + 2}: record of level-2 unit {rec2[i]} says {options.id3} {rec3[i]}, "
+                            f"but {t2.path.name} puts that unit in {parent[rec2[i]]}; fix the ids so they agree"
+                            + (f" ({bad.size - 1} more such records)" if bad.size > 1 else ""))
+    return _match_records(t1, t2, rec2, pos2, options.id2, keep1, options, notes, inf_notes, warn)
+
+
+def _match_records(t1, t2, rec2, pos2, id2: str, keep1, options, notes, inf_notes, warn):
+    """The level-1 values and level-2 unit of each record kept: records of unknown units refused (or
+    dropped with --drop-unmatched), and with --missing now records with a missing value dropped."""
+    from .readers import numeric_column
+
+    as_missing = options.missing == "now"
+    unit = np.array([pos2.get(u, -1) for u in rec2], dtype=np.int64)
+    unmatched = unit < 0
+    if unmatched.any():
+        missing_ids = list(dict.fromkeys(rec2[unmatched]))
+        if not options.drop_unmatched:
+            raise DataError(f"{t1.path}: {int(unmatched.sum())} level-1 records in {len(missing_ids)} level-2 unit(s) have "
+                            f"no level-2 record in {t2.path} ({id2} {first_few(missing_ids)}); add them there "
+                            "or pass --drop-unmatched")
+        notes["dropped_unmatched"] = int(unmatched.sum())
+        warn(f"dropped {int(unmatched.sum())} level-1 records whose level-2 unit is not in {t2.path.name} "
+             f"({id2} {first_few(missing_ids)})")
+    l1_values = np.vstack([numeric_column(t1, c) for c in keep1]) if keep1 else np.empty((0, len(unit)))
+    refuse_infinite(t1, keep1, l1_values, as_missing, warn, inf_notes)
+    notes.update(inf_notes)
+    keep_rows = ~unmatched
+    if as_missing and keep1:
+        has_missing = np.isnan(l1_values).any(axis=0) & keep_rows
+        notes["dropped_missing"] = int(has_missing.sum())
+        keep_rows &= ~has_missing
+    l1_values, unit = l1_values[:, keep_rows], unit[keep_rows]
+    if unit.size == 0:
+        raise DataError(f"{t1.path}: no level-1 records are left after matching and deletion; check the id columns")
+    return l1_values, unit
+
+
+def _level3_units3(t1, t2, t3, options: BuildOptions3, id3_in3: str, keep3, inf_notes, warn):
+    """The level-3 units, one row each (collapsed from a file shared with a lower level)."""
+    from .readers import numeric_column
+
+    ids3, kind3 = _ids(t3, id3_in3)
+    if t2 is t3 or t1 is t3:
+        ids3, l3_values, _ = _collapse(t3, ids3, keep3, 3, options.id3)
+    else:
+        l3_values = np.vstack([numeric_column(t3, c) for c in keep3]) if keep3 else np.empty((0, len(ids3)))
+        refuse_infinite(t3, keep3, l3_values, False, warn, inf_notes)
+        _refuse_repeated_ids(t3, id3_in3, ids3, 3)
+    return ids3, kind3, l3_values
+
+
+
+def _level2_units3(t1, t2, t3, options: BuildOptions3, id_columns, keep2, pos3, notes, inf_notes, warn):
+    """The level-2 units: one row each, and the level-3 unit each belongs to (from the level-2 file's
+    level-3 id, else from the level-1 records). Returns (ids2, id kind, values, parent id, parent position)."""
+    from .readers import numeric_column
+
+    id2_in1, id2_in2, id3_in1, id3_in2 = id_columns
+    ids2, kind2 = _ids(t2, id2_in2)
+    link_table, link_id2, link_id3 = (t2, ids2, None) if id3_in2 else (t1, None, None)
+    if id3_in2:
+        link_id3 = _ids(t2, id3_in2)[0]
+    else:
+        link_id2 = _ids(t1, id2_in1)[0]
+        link_id3 = _ids(t1, id3_in1)[0]
+    parent: dict[str, str] = {}
+    for a, b in zip(link_id2, link_id3):
+        prev = parent.setdefault(a, b)
+        if prev != b:
+            raise DataError(f"{link_table.path}: level-2 unit {a} ({options.id2}) appears under two level-3 units, "
+                            f"{prev} and {b} ({options.id3}); a level-2 unit belongs to one level-3 unit, so give "
+                            "level-2 units ids that are unique across level-3 units")
+    if t1 is t2:
+        ids2, l2_values, _ = _collapse(t2, ids2, keep2, 2, options.id2)
+    else:
+        l2_values = np.vstack([numeric_column(t2, c) for c in keep2]) if keep2 else np.empty((0, len(ids2)))
+        refuse_infinite(t2, keep2, l2_values, False, warn, inf_notes)
+        _refuse_repeated_ids(t2, id2_in2, ids2, 2)
+    no_parent = [u for u in ids2 if u not in parent]
+    if no_parent:  # only possible when the link comes from the level-1 file
+        keep_rows = np.array([u in parent for u in ids2])
+        ids2, l2_values = ids2[keep_rows], l2_values[:, keep_rows]
+        notes["level2_units_without_records"] += len(no_parent)
+        warn(f"{len(no_parent)} level-2 unit(s) in {t2.path.name} have no level-1 records and are left out "
+             f"(ids {first_few(no_parent)})")
+    parent3 = np.array([pos3.get(parent[u], -1) for u in ids2], dtype=np.int64)
+    if (parent3 < 0).any():
+        lost = sorted({parent[u] for u, p in zip(ids2, parent3) if p < 0})
+        if not options.drop_unmatched:
+            raise DataError(f"{t2.path}: {int((parent3 < 0).sum())} level-2 unit(s) belong to level-3 unit(s) not in "
+                            f"{t3.path} ({options.id3} {first_few(lost)}); add them there or pass --drop-unmatched")
+        warn(f"dropped {int((parent3 < 0).sum())} level-2 unit(s) whose level-3 unit is not in {t3.path.name} "
+             f"({options.id3} {first_few(lost)})")
+        ok = parent3 >= 0
+        ids2, l2_values, parent3 = ids2[ok], l2_values[:, ok], parent3[ok]
+    return ids2, kind2, l2_values, parent, parent3
+
+
+
+
+def _variables3(t1, t2, t3, options: BuildOptions3, id2_in2: str, id3_in3: str, warn):
+    """The variables of each level (keep1, keep2, keep3). A shared file: a variable belongs to the
+    highest level it is constant in; a text column is left out with a warning."""
+    from .readers import find_column, is_text_column, numeric_column
+
+    ids_cols = {options.id2.lower(), options.id3.lower()}
+    same12, same23 = t1 is t2, t2 is t3
+    text_columns: list[str] = []
+
+    def keep_for(table, requested, level, exclude):
+        if requested is not None:
+            return [find_column(table, n, f"level-{level} variable") for n in requested]
+        return [c for c in table.data.columns if c.lower() not in ids_cols | exclude and not is_text_column(table, c, text_columns)]
+
+    keep3 = keep_for(t3, options.keep3, 3, set())
+    if same23 and options.keep3 is None:
+        ids3_all, _ = _ids(t3, id3_in3)
+        keep3 = [c for c in keep3 if _constant(numeric_column(t3, c), ids3_all)]
+    keep2 = keep_for(t2, options.keep2, 2, {c.lower() for c in keep3} if same23 else set())
+    if same12 and options.keep2 is None:
+        ids2_all, _ = _ids(t2, id2_in2)
+        keep2 = [c for c in keep2 if _constant(numeric_column(t2, c), ids2_all)]
+    exclude1 = ({c.lower() for c in keep2} if same12 else set()) | ({c.lower() for c in keep3} if t1 is t3 else set())
+    keep1 = keep_for(t1, options.keep1, 1, exclude1)
+    if text_columns:
+        warn(f"text column(s) {first_few(dict.fromkeys(text_columns))} are labels, not numbers, and are left out "
+             "of the variables; name them with --l1-vars/--l2-vars/--l3-vars only if they hold numbers")
+    all_names = keep1 + keep2 + keep3
+    folded = [n.lower() for n in all_names]
+    dup = sorted({n for n in all_names if folded.count(n.lower()) > 1})
+    if dup:
+        raise DataError(f"variable '{dup[0]}' is in more than one level; leave it out of all but one with "
+                        "--l1-vars/--l2-vars/--l3-vars")
+    return keep1, keep2, keep3
+
+
+def _ordered_archive3(tables, keeps, values, unit, parent3, ids2, ids3, id_kind, id_names, options, notes, warn):
+    """Leave out level-2 units without records and level-3 units without level-2 units, put the units in
+    archive order (level-3 file order, then level-2 file order within), refuse missing level-2/3 values."""
+    t1, t2, t3 = tables
+    keep1, keep2, keep3 = keeps
+    l1_values, l2_values, l3_values = values
+    present2 = np.bincount(unit, minlength=len(ids2)) > 0
+    if not present2.all():
+        absent = list(ids2[~present2])
+        notes["level2_units_without_records"] += len(absent)
+        warn(f"{len(absent)} level-2 unit(s) have no level-1 records and are left out (ids {first_few(absent)})")
+    present3 = np.bincount(parent3[present2], minlength=len(ids3)) > 0
+    if not present3.all():
+        absent = list(ids3[~present3])
+        notes["level3_units_without_units"] = len(absent)
+        warn(f"{len(absent)} level-3 unit(s) have no level-2 units with records and are left out (ids {first_few(absent)})")
+    renum3 = np.cumsum(present3) - 1
+    # level-2 order: by level-3 unit (level-3 file order), then level-2 file order
+    kept2 = np.flatnonzero(present2)
+    order2 = kept2[np.argsort(renum3[parent3[kept2]], kind="stable")]
+    new2 = np.full(len(ids2), -1, dtype=np.int64)
+    new2[order2] = np.arange(order2.size)
+    unit = new2[unit]
+    order1 = np.argsort(unit, kind="stable")
+    unit, l1_values = unit[order1], l1_values[:, order1]
+    unit3_of_2 = renum3[parent3[order2]]
+    l2_values, l3_values = l2_values[:, order2], l3_values[:, present3]
+    unit2_ids, unit3_ids = [str(u) for u in ids2[order2]], [str(u) for u in ids3[present3]]
+    _refuse_missing_unit_values(t2, keep2, l2_values, unit2_ids, 2)
+    _refuse_missing_unit_values(t3, keep3, l3_values, unit3_ids, 3)
+    offsets2 = np.concatenate(([0], np.cumsum(np.bincount(unit, minlength=len(unit2_ids))))).astype(np.int64)
+    offsets3 = np.concatenate(([0], np.cumsum(np.bincount(unit3_of_2, minlength=len(unit3_ids))))).astype(np.int64)
+    labels = _value_labels(tables, keeps)
+    return ArchiveLevels(
+        [LevelData(list(keep1), np.ascontiguousarray(l1_values, dtype=np.float64)),
+         LevelData(list(keep2), np.ascontiguousarray(l2_values, dtype=np.float64), unit2_ids, offsets2),
+         LevelData(list(keep3), np.ascontiguousarray(l3_values, dtype=np.float64), unit3_ids, offsets3)],
+        id_kind=id_kind, id_names=id_names, missing=options.missing,
+        value_labels=labels, notes=notes,
+    )
+
+
+def _constant(values: np.ndarray, ids: np.ndarray) -> bool:
+    order, codes = np.unique(ids.astype(str), return_inverse=True)
+    ok = ~np.isnan(values)
+    lo = np.full(order.size, np.inf)
+    hi = np.full(order.size, -np.inf)
+    np.minimum.at(lo, codes[ok], values[ok])
+    np.maximum.at(hi, codes[ok], values[ok])
+    return not np.any(hi > lo)
+
+
+def build_from_files3(paths, options: BuildOptions3, fmt=None, delimiter=None, warn=lambda m: None,
+                      progress=None) -> ArchiveLevels:
+    """Read the three files (some may be the same file) and merge them."""
+    from .archive import describe_source
+    from .files import same_file
+    from .readers import read_table
+
+    step = progress or (lambda name: None)
+    if any(str(p) == "-" for p in paths):
+        raise DataError("three-level archives are built from files, not standard input; give the three paths")
+    tables = []
+    strings = (options.id2, options.id3)
+    for k, p in enumerate(paths):
+        shared = next((tables[i] for i in range(k) if same_file(paths[i], p)), None)
+        if shared is not None:
+            tables.append(shared)
+            continue
+        step(f"reading {Path(p).name}")
+        t = read_table(p, fmt, delimiter, string_columns=strings)
+        if t.format == "csv" and t.encoding:
+            warn(f"{t.path.name}: not valid UTF-8, so the whole file was decoded as {t.encoding}")
+        tables.append(t)
+    step("merging")
+    archive = build_archive3(*tables, options, warn=warn)
+    step("hashing sources")
+    archive.sources = [describe_source(p, f"level-{k}", t) for k, (p, t) in enumerate(zip(paths, tables), 1)]
+    return archive
+
+
+# ---------------------------------------------------------------- building (K ≥ 4, one file per level)
+
+
+def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: None) -> ArchiveLevels:
+    """Merge K tables, one per level, into an archive. DataError on anything to fix."""
+    from .readers import find_column, numeric_column
+
+    K = options.n_levels
+    if options.missing not in ("now", "analysis"):
+        raise DataError(f"--missing must be 'now' or 'analysis', not '{options.missing}'")
+    folded = [i.lower() for i in options.ids]
+    if len(set(folded)) != len(folded):
+        raise DataError("--id2 ... --id" + str(K) + " must name different columns (one unit id per level)")
+    keeps = _variables_levels(tables, options, set(folded), warn)
+    notes: dict = {"level1_records_read": int(len(tables[0].data)), "dropped_unmatched": 0, "dropped_missing": 0}
+    inf_notes: dict = {}
+    kinds = []
+    # top down: each level's ids (unique) and the position of its parent one level up
+    ids_of, values_of, parent_of = {}, {}, {}
+    for level in range(K, 1, -1):
+        t = tables[level - 1]
+        id_name = options.ids[level - 2]
+        col = find_column(t, id_name, f"level-{level} unit id")
+        ids, kind = _ids(t, col)
+        kinds.append(kind)
+        _refuse_repeated_ids(t, col, ids, level)
+        vals = np.vstack([numeric_column(t, c) for c in keeps[level - 1]]) if keeps[level - 1] else np.empty((0, len(ids)))
+        refuse_infinite(t, keeps[level - 1], vals, False, warn, inf_notes)
+        if level < K:
+            up_name = options.ids[level - 1]
+            up_col = find_column(t, up_name, f"level-{level + 1} unit id (each level-{level} unit's level-{level + 1} unit)")
+            up_ids, _ = _ids(t, up_col)
+            pos = {u: k for k, u in enumerate(ids_of[level + 1])}
+            parent = np.array([pos.get(u, -1) for u in up_ids], dtype=np.int64)
+            lost = parent < 0
+            if lost.any():
+                missing_ids = sorted(set(up_ids[lost]))
+                if not options.drop_unmatched:
+                    raise DataError(f"{t.path}: {int(lost.sum())} level-{level} unit(s) belong to level-{level + 1} "
+                                    f"unit(s) not in {tables[level].path} ({up_name} {first_few(missing_ids)}); add "
+                                    "them there or pass --drop-unmatched")
+                warn(f"dropped {int(lost.sum())} level-{level} unit(s) whose level-{level + 1} unit is not in "
+                     f"{tables[level].path.name} ({up_name} {first_few(missing_ids)})")
+                ids, vals, parent = ids[~lost], vals[:, ~lost], parent[~lost]
+            parent_of[level] = parent
+        ids_of[level], values_of[level] = ids, vals
+    t1 = tables[0]
+    col2 = find_column(t1, options.ids[0], "level-2 unit id")
+    rec2, _ = _ids(t1, col2)
+    pos2 = {u: j for j, u in enumerate(ids_of[2])}
+    l1, unit = _match_records(t1, tables[1], rec2, pos2, options.ids[0], keeps[0], options, notes, inf_notes, warn)
+    levels = _ordered_levels(tables, options, keeps, l1, unit, ids_of, values_of, parent_of, notes, warn)
+    labels = _value_labels(tables, keeps)
+    id_names = tuple(find_column(tables[level - 1], options.ids[level - 2], f"level-{level} unit id")
+                     for level in range(2, K + 1))
+    return ArchiveLevels(levels, kinds[0] if len(set(kinds)) == 1 else "string", id_names, options.missing,
+                         value_labels=labels, notes=notes)
+
+
+def _variables_levels(tables, options: BuildOptionsLevels, ids_cols: set, warn) -> list[list[str]]:
+    """The variables of each level: those named, else every numeric column that is not a unit id."""
+    from .readers import find_column, is_text_column
+
+    K = options.n_levels
+    text_columns: list[str] = []
+    keeps = []
+    for level, table in enumerate(tables, 1):
+        req = options.keeps[level - 1]
+        if req is not None:
+            keeps.append([find_column(table, n, f"level-{level} variable") for n in req])
+        else:
+            keeps.append([c for c in table.data.columns
+                          if c.lower() not in ids_cols and not is_text_column(table, c, text_columns)])
+    if text_columns:
+        warn(f"text column(s) {first_few(dict.fromkeys(text_columns))} are labels, not numbers, and are left out "
+             "of the variables; name them with --l1-vars ... only if they hold numbers")
+    all_names = [n for k in keeps for n in k]
+    low = [n.lower() for n in all_names]
+    dup = sorted({n for n in all_names if low.count(n.lower()) > 1})
+    if dup:
+        raise DataError(f"variable '{dup[0]}' is in more than one level; leave it out of all but one with "
+                        "--l1-vars ... --l" + str(K) + "-vars")
+    return keeps
+
+
+def _ordered_levels(tables, options: BuildOptionsLevels, keeps, l1, unit, ids_of, values_of, parent_of, notes, warn):
+    """Bottom up, units without children are left out; top down, each level's units are numbered by their
+    parent's number, then file order (stable). Returns the LevelData of levels 1..K."""
+    K = options.n_levels
+    # bottom up: units without children are left out; then order each level by its parent (stable)
+    child = unit
+    present = {}
+    for level in range(2, K + 1):
+        has = np.bincount(child, minlength=len(ids_of[level])) > 0
+        if not has.all():
+            absent = list(ids_of[level][~has])
+            notes[f"level{level}_units_left_out"] = len(absent)
+            what = "level-1 records" if level == 2 else f"level-{level - 1} units"
+            warn(f"{len(absent)} level-{level} unit(s) have no {what} and are left out (ids {first_few(absent)})")
+        present[level] = has
+        if level < K:
+            child = parent_of[level][has]
+    # new numbering, top down: level-K units in file order; level-ℓ units by parent, then file order
+    order = {K: np.flatnonzero(present[K])}
+    new = {}
+    for level in range(K, 1, -1):
+        new[level] = np.full(len(ids_of[level]), -1, dtype=np.int64)
+        if level < K:
+            kept = np.flatnonzero(present[level])
+            order[level] = kept[np.argsort(new[level + 1][parent_of[level][kept]], kind="stable")]
+        new[level][order[level]] = np.arange(order[level].size)
+    unit = new[2][unit]
+    o1 = np.argsort(unit, kind="stable")
+    unit, l1 = unit[o1], l1[:, o1]
+    levels = [LevelData(list(keeps[0]), np.ascontiguousarray(l1, dtype=np.float64))]
+    child_units = unit
+    for level in range(2, K + 1):
+        vals = values_of[level][:, order[level]]
+        uids = [str(u) for u in ids_of[level][order[level]]]
+        t = tables[level - 1]
+        _refuse_missing_unit_values(t, keeps[level - 1], vals, uids, level)
+        offsets = np.concatenate(([0], np.cumsum(np.bincount(child_units, minlength=len(uids))))).astype(np.int64)
+        levels.append(LevelData(list(keeps[level - 1]), np.ascontiguousarray(vals, dtype=np.float64), uids, offsets))
+        if level < K:
+            child_units = new[level + 1][parent_of[level][order[level]]]
+    return levels
+
+
+
+def build_from_files_levels(paths, options: BuildOptionsLevels, fmt=None, delimiter=None, warn=lambda m: None,
+                            progress=None) -> ArchiveLevels:
+    """Read the K files (one per level) and merge them."""
+    from .archive import describe_source
+    from .files import same_file
+    from .readers import read_table
+
+    step = progress or (lambda name: None)
+    K = options.n_levels
+    if len(paths) != K:
+        raise DataError(f"a {K}-level archive is built from {K} files (one per level), not {len(paths)}")
+    if any(str(p) == "-" for p in paths):
+        raise DataError(f"{K}-level archives are built from files, not standard input; give the {K} paths")
+    for i in range(K):
+        for j in range(i):
+            if same_file(paths[i], paths[j]):
+                raise DataError(f"{paths[i]}: the same file for levels {j + 1} and {i + 1}; a {K}-level archive takes "
+                                "one file per level")
+    tables = []
+    for p in paths:
+        step(f"reading {Path(p).name}")
+        t = read_table(p, fmt, delimiter, string_columns=tuple(options.ids))
+        if t.format == "csv" and t.encoding:
+            warn(f"{t.path.name}: not valid UTF-8, so the whole file was decoded as {t.encoding}")
+        tables.append(t)
+    step("merging")
+    archive = build_archive_levels(tables, options, warn=warn)
+    step("hashing sources")
+    archive.sources = [describe_source(p, f"level-{k}", t) for k, (p, t) in enumerate(zip(paths, tables), 1)]
+    return archive
+
+
+# ---------------------------------------------------------------- writing and loading
+
+def _array_names(K: int) -> list[str]:
+    return [f"level{k}" for k in range(1, K + 1)] + [f"offsets{k}" for k in range(2, K + 1)]
+
+
+def archive_levels_bytes(archive: ArchiveLevels) -> list[bytes]:
+    K = archive.n_levels
+    arrays = ([lv.values.astype("<f8", copy=False) for lv in archive.levels]
+              + [lv.offsets.astype("<i8", copy=False) for lv in archive.levels[1:]])
+    header = {
+        "tool": "hlmcli", "format_version": FORMAT_VERSION, "levels": K,
+        "id_kind": archive.id_kind, "id_names": list(archive.id_names), "missing": archive.missing,
+        "value_labels": archive.value_labels, "notes": archive.notes,
+        "sources": [s.__dict__ for s in archive.sources],
+        "arrays": [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in zip(_array_names(K), arrays)],
+    }
+    for k, lv in enumerate(archive.levels, 1):
+        header[f"level{k}_names"] = lv.names
+        header[f"n_level{k}"] = int(lv.values.shape[1])
+        if k > 1:
+            header[f"unit{k}_ids"] = lv.ids
+    text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    body = [text] + [np.ascontiguousarray(a).tobytes() for a in arrays]
+    digest = hashlib.sha256(PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
+    for chunk in body:
+        digest.update(chunk)
+    return [PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())] + body
+
+
+def write_archive_levels(archive: ArchiveLevels, path, mode: int | None = None) -> None:
+    atomic_write(path, archive_levels_bytes(archive), mode=mode)
+
+
+def archive_levels(path) -> int:
+    """2 or 3, from the header alone (the full load checks the checksum); 2 for anything unreadable,
+    so the two-level loader gives its own message."""
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(PREFIX.size)
+            if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
+                return 2
+            _, version, _, header_len, _ = PREFIX.unpack(prefix)
+            if version != FORMAT_VERSION or header_len > (1 << 30):
+                return 2
+            header = json.loads(handle.read(header_len).decode("utf-8"))
+        return int(header.get("levels", 2)) if isinstance(header, dict) else 2
+    except (OSError, ValueError, TypeError):
+        return 2
+
+
+def load_archive_levels(path, levels: int) -> ArchiveLevels:
+    path, header, arrays, damaged = read_archive_file(path, levels)
+    try:
+        lvs = [LevelData(header["level1_names"], arrays["level1"])]
+        for k in range(2, levels + 1):
+            lvs.append(LevelData(header[f"level{k}_names"], arrays[f"level{k}"], header[f"unit{k}_ids"],
+                                 arrays[f"offsets{k}"]))
+        a = ArchiveLevels(lvs, header["id_kind"], tuple(header["id_names"]), header["missing"],
+                          [Source(**s) for s in header["sources"]], header["value_labels"], header["notes"], path)
+    except (CorruptArchive, DataError):
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise damaged from None
+    if len(a.id_names) != levels - 1:
+        raise damaged
+    for k, lv in enumerate(a.levels, 1):
+        if lv.values.ndim != 2 or lv.values.shape[0] != len(lv.names):
+            raise damaged
+        if k > 1:
+            J, below = len(lv.ids), a.levels[k - 2].values.shape[1]
+            off = lv.offsets
+            if (lv.values.shape[1] != J or off.shape != (J + 1,) or off[0] != 0 or off[-1] != below
+                    or np.any(np.diff(off) < 0)):
+                raise damaged
+    return a
+
+
+def load_archive3(path) -> ArchiveLevels:
+    return load_archive_levels(path, 3)
+
+
+def write_archive3(archive: ArchiveLevels, path, mode: int | None = None) -> None:
+    write_archive_levels(archive, path, mode)
+
+
+archive3_bytes = archive_levels_bytes
+
+
+# ---------------------------------------------------------------- the cache (as cache.py, K sources)
+
+def cached_archive_levels(paths, options, fmt=None, delimiter=None, cache_dir=None,
+                          warn=lambda m: None) -> tuple[ArchiveLevels, str]:
+    """`hlmcli fit L1 … LK`: load the cached archive for these sources and options (BuildOptions3 or
+    BuildOptionsLevels), else build it."""
+    from .cache import load_or_build, source_mode
+
+    K = options.as_dict()["levels"]
+
+    def key_of(hashes) -> str:
+        material = {"format_version": FORMAT_VERSION, "levels": K, "sources": list(hashes),
+                    "options": options.as_dict(), "format": fmt, "delimiter": delimiter}
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+    build = build_from_files3 if isinstance(options, BuildOptions3) else build_from_files_levels
+    return load_or_build(paths, key_of, lambda target: load_archive_levels(target, K),
+                         lambda: build(paths, options, fmt, delimiter, warn=warn),
+                         lambda archive, target: write_archive_levels(archive, target, mode=source_mode(*paths)),
+                         cache_dir, warn)
+
+
+def cached_archive3(paths, options: BuildOptions3, fmt=None, delimiter=None, cache_dir=None,
+                    warn=lambda m: None) -> tuple[ArchiveLevels, str]:
+    return cached_archive_levels(paths, options, fmt, delimiter, cache_dir, warn)
+
+
+# ---------------------------------------------------------------- `mdm info`
+
+def archive3_info(archive: ArchiveLevels, unit: str | None = None) -> dict:
+    """HLM 7's MDM statistics for all three levels (same keys as the two-level document, plus level3)."""
+    from ..version import __version__
+    from .archive import summarize
+
+    n2 = np.diff(archive.offsets2)
+    n3 = np.diff(archive.offsets3)
+    info = {
+        "schema": 1, "tool": "hlmcli", "version": __version__, "levels": 3,
+        "archive": archive.path.name if archive.path else None, "format_version": FORMAT_VERSION,
+        # as the two-level document (mdm-info-1.json): the id linking level-1 records to level-2 units,
+        # the level-2 unit id, plus the level-3 unit id
+        "id": {"level1": archive.id_names[0], "level2": archive.id_names[0], "level3": archive.id_names[1],
+               "kind": archive.id_kind},
+        "missing": archive.missing,
+        "n_level1": archive.n_level1, "n_level2": archive.n_level2, "n_level3": archive.n_level3,
+        "records_per_unit": {"min": int(n2.min()), "max": int(n2.max()), "mean": float(n2.mean())},
+        "units_per_level3_unit": {"min": int(n3.min()), "max": int(n3.max()), "mean": float(n3.mean())},
+        "sources": [{"role": s.role, "file": s.name, "format": s.format, "encoding": s.encoding,
+                     "size": s.size, "sha256": s.sha256} for s in archive.sources],
+        "notes": archive.notes,
+        "level1": [v.__dict__ for v in summarize(archive.level1, archive.level1_names)],
+        "level2": [v.__dict__ for v in summarize(archive.level2, archive.level2_names)],
+        "level3": [v.__dict__ for v in summarize(archive.level3, archive.level3_names)],
+        "value_labels": archive.value_labels,
+    }
+    if unit is not None:
+        if unit in archive.unit3_ids:
+            k = archive.unit3_ids.index(unit)
+            lo, hi = archive.offsets3[k], archive.offsets3[k + 1]
+            info["unit"] = {"id": unit, "level": 3, "n": int(archive.offsets2[hi] - archive.offsets2[lo]),
+                            "n_level2": int(hi - lo),
+                            "level3": {n: float(archive.level3[i, k]) for i, n in enumerate(archive.level3_names)}}
+        else:
+            j = archive.unit2_ids.index(unit)
+            info["unit"] = {"id": unit, "level": 2, "n": int(n2[j]),
+                            "level2": {n: float(archive.level2[i, j]) for i, n in enumerate(archive.level2_names)}}
+    return info
+
+
+def archive3_info_text(info: dict) -> str:
+    from ..report.report import archive_source_lines, descriptive_statistics_lines, printable, value_label_lines
+
+    out = []
+    w = out.append
+    w(f"hlmcli {info['version']} - MDM archive {info['archive'] or ''} (three levels, HLM3)".rstrip())
+    w("")
+    out += archive_source_lines(info)
+    w(f"  unit ids: {info['id']['level2']} (level-2), {info['id']['level3']} (level-3), stored as {info['id']['kind']}")
+    w(f"  missing data deleted: {'when the archive was built' if info['missing'] == 'now' else 'at analysis time, per model'}")
+    notes = info["notes"]
+    for key, text in (("dropped_missing", "level-1 records dropped for missing values"),
+                      ("dropped_unmatched", "level-1 records dropped with no level-2 unit"),
+                      ("level2_units_without_records", "level-2 units left out (no level-1 records)"),
+                      ("level3_units_without_units", "level-3 units left out (no level-2 units)")):
+        if notes.get(key):
+            w(f"  {text}: {notes[key]}")
+    w(f"  level-1 records: {info['n_level1']}")
+    w(f"  level-2 units:   {info['n_level2']}")
+    w(f"  level-3 units:   {info['n_level3']}")
+    r, u = info["records_per_unit"], info["units_per_level3_unit"]
+    w(f"  records per level-2 unit: {r['min']} to {r['max']} (mean {r['mean']:.1f})")
+    w(f"  level-2 units per level-3 unit: {u['min']} to {u['max']} (mean {u['mean']:.1f})")
+    out += descriptive_statistics_lines(info, 3)
+    out += value_label_lines(info)
+    if "unit" in info:
+        un = info["unit"]
+        w("")
+        if un["level"] == 3:
+            w(f"  level-3 unit {un['id']}: {un['n_level2']} level-2 units, {un['n']} level-1 records")
+            values = un["level3"]
+        else:
+            w(f"  level-2 unit {un['id']}: {un['n']} level-1 records")
+            values = un["level2"]
+        for name, value in values.items():
+            w(f"    {name} = {value:.6g}")
+    return "\n".join(printable(line) for line in out) + "\n"
+
+
+def unit_info(archive: ArchiveLevels, unit: str) -> dict | None:
+    """One unit, looked up from the top level down: its level, records, units one level down, values."""
+    for level in range(archive.n_levels, 1, -1):
+        ids = archive.levels[level - 1].ids
+        if unit in ids:
+            k = ids.index(unit)
+            lo, hi = k, k + 1
+            for m in range(level, 1, -1):  # the range of records under it
+                off = archive.levels[m - 1].offsets
+                lo, hi = int(off[lo]), int(off[hi])
+            off = archive.levels[level - 1].offsets
+            return {"id": unit, "level": level, "n": hi - lo, "n_below": int(off[k + 1] - off[k]),
+                    f"level{level}": {n: float(archive.levels[level - 1].values[i, k])
+                                      for i, n in enumerate(archive.names(level))}}
+    return None
+
+
+def archive_levels_info(archive: ArchiveLevels, unit: str | None = None) -> dict:
+    """HLM 7's MDM statistics for every level (and one unit's, with `unit`)."""
+    from ..version import __version__
+    from .archive import summarize
+
+    K = archive.n_levels
+    info = {
+        "schema": 1, "tool": "hlmcli", "version": __version__, "levels": K,
+        "archive": archive.path.name if archive.path else None, "format_version": FORMAT_VERSION,
+        "id": {**{f"level{k}": archive.id_names[k - 2] for k in range(2, K + 1)}, "kind": archive.id_kind},
+        "missing": archive.missing,
+        **{f"n_level{k}": archive.n(k) for k in range(1, K + 1)},
+        "units_per_unit": {f"level{k}": {"min": int(np.diff(archive.levels[k - 1].offsets).min()),
+                                         "max": int(np.diff(archive.levels[k - 1].offsets).max()),
+                                         "mean": float(np.diff(archive.levels[k - 1].offsets).mean())}
+                           for k in range(2, K + 1)},
+        "sources": [{"role": s.role, "file": s.name, "format": s.format, "encoding": s.encoding,
+                     "size": s.size, "sha256": s.sha256} for s in archive.sources],
+        "notes": archive.notes,
+        **{f"level{k}": [v.__dict__ for v in summarize(archive.levels[k - 1].values, archive.names(k))]
+           for k in range(1, K + 1)},
+        "value_labels": archive.value_labels,
+    }
+    if unit is not None:
+        found = unit_info(archive, unit)
+        if found is None:
+            raise DataError(f"{archive.path.name if archive.path else 'the archive'}: no unit '{unit}' at any level; "
+                            f"ids look like {', '.join(archive.levels[1].ids[:2] + archive.levels[-1].ids[:1])}")
+        info["unit"] = found
+    return info
+
+
+def archive_levels_info_text(info: dict) -> str:
+    from ..report.report import archive_source_lines, descriptive_statistics_lines, printable, value_label_lines
+
+    K = info["levels"]
+    out = []
+    w = out.append
+    w(f"hlmcli {info['version']} - MDM archive {info['archive'] or ''} ({K} levels, HLM{K})".rstrip())
+    w("")
+    out += archive_source_lines(info)
+    ids = ", ".join(f"{info['id'][f'level{k}']} (level-{k})" for k in range(2, K + 1))
+    w(f"  unit ids: {ids}, stored as {info['id']['kind']}")
+    w(f"  missing data deleted: {'when the archive was built' if info['missing'] == 'now' else 'at analysis time, per model'}")
+    for key, value in info["notes"].items():
+        if key != "level1_records_read" and value:
+            w(f"  {key.replace('_', ' ')}: {value}")
+    w(f"  level-1 records: {info['n_level1']}")
+    for k in range(2, K + 1):
+        w(f"  level-{k} units:   {info[f'n_level{k}']}")
+    for k in range(2, K + 1):
+        u = info["units_per_unit"][f"level{k}"]
+        what = "records" if k == 2 else f"level-{k - 1} units"
+        w(f"  {what} per level-{k} unit: {u['min']} to {u['max']} (mean {u['mean']:.1f})")
+    out += descriptive_statistics_lines(info, K)
+    out += value_label_lines(info)
+    if "unit" in info:
+        un = info["unit"]
+        w("")
+        if un["level"] == 2:
+            w(f"  level-2 unit {un['id']}: {un['n']} level-1 records")
+        else:
+            w(f"  level-{un['level']} unit {un['id']} (ids are looked up from the top level down): "
+              f"{un['n_below']} level-{un['level'] - 1} units, {un['n']} level-1 records")
+        for name, value in un[f"level{un['level']}"].items():
+            w(f"    {name} = {value:.6g}")
+    return "\n".join(printable(line) for line in out) + "\n"

@@ -1,0 +1,1 @@
+"""Results to text, JSON, tables, plots and comparisons: formatting only, no statistics."""

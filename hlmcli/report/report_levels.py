@@ -1,0 +1,879 @@
+"""Output of models of three and more levels, pure functions of a design and a NestedFit (no fitting here).
+
+Three levels: Three-level output as HLM3 prints it (text), the JSON document (schema 3), the lme4 formula and the
+EB residual files at levels 2 and 3. Pure functions of a Design3 and a NestedFit: no fitting here.
+
+HLM3's layout, from its printed output (HLM3.EXE 7.00 and HLM3S 6.00 runs; see the module docstring of
+equations_levels.py for the notation): π/β/γ (P/B/G in ASCII), r at level 2, u at level 3, e at level 1;
+"Final estimation of level-1 and level-2 variance components" and "Final estimation of level-3
+variance components" tables with χ² over units with sufficient data; fixed effects nested
+"For INTRCPT1, π0 / For INTRCPT2, β00 / INTRCPT3, γ000".
+
+K ≥ 4 levels: Output of models of K ≥ 4 levels in HLM3's layout continued one level up (text), the JSON document
+(schema 4, "levels": K, one τ block per level), the lme4 formula and the EB residual files of every
+level. Pure functions of a DesignLevels and a NestedFit: no fitting here.
+
+Notation (equations_levels.py): π/β/γ/δ (P/B/G/D in ASCII) for the coefficients of the level-1..4
+equations, e at level 1 and r/u/v for the random effects at levels 2/3/4. One block per level ℓ:
+τ_ℓ, named after the coefficients it varies (τπ, τβ, τγ), its reliabilities, and "Final estimation of
+level-ℓ variance components" with χ² over the units with sufficient data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..version import __version__
+from ..language.equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, ModelSpec3, Term3, symbol
+from .report import df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
+
+SCHEMA3 = 3
+
+
+class Symbols3:
+    def __init__(self, ascii_only: bool):
+        self.ascii = ascii_only
+        self.pi, self.beta, self.gamma = ("P", "B", "G") if ascii_only else ("π", "β", "γ")
+        self.r, self.u, self.e = ("R", "U", "E") if ascii_only else ("r", "u", "e")
+        self.dot = "." if ascii_only else "•"
+        self.sigma2 = "sigma^2" if ascii_only else "σ2"
+        self.tau_pi = "tau(pi)" if ascii_only else "τπ"
+        self.tau_beta = "tau(beta)" if ascii_only else "τβ"
+        self.chi2 = "Chi-square" if ascii_only else "χ2"
+
+    @staticmethod
+    def idx(*k: int) -> str:
+        return "".join(map(str, k)) if all(i < 10 for i in k) else ",".join(map(str, k))
+
+    def p(self, p: int) -> str:
+        return f"{self.pi}{p}"
+
+    def b(self, p: int, q: int) -> str:
+        return f"{self.beta}{self.idx(p, q)}"
+
+    def g(self, p: int, q: int, s: int) -> str:
+        return f"{self.gamma}{self.idx(p, q, s)}"
+
+
+def _term(t: Term3, sym: Symbols3) -> str:
+    """HLM's printed predictor: subscripts ijk / jk / k, centring as a difference from the mean."""
+    sub = {1: "ijk", 2: "jk", 3: "k"}[t.level]
+    name = f"mean({hlm_name(t.name)})" if t.mean_of else hlm_name(t.name)
+    if t.centering is Centering.GROUP:
+        return f"({name}{sub} - {name}{sym.dot}{sub[1:]})"
+    if t.centering is Centering.GRAND:
+        return f"({name}{sub} - {name}{sym.dot * len(sub)})"
+    return f"({name}{sub})"
+
+
+def model_summary3(spec: ModelSpec3, sym: Symbols3) -> list[str]:
+    out = ["Summary of the model specified", "", "Level-1 Model", ""]
+    pis = spec.present_pis()
+    rhs = [f"{sym.p(p)}jk" + ("" if p == 0 else f"*{_term(spec.level1[p - 1], sym)}") for p in pis]
+    out.append(f"    {hlm_name(spec.outcome)}ijk = " + " + ".join(rhs) + f" + {sym.e}ijk")
+    out += ["", "Level-2 Model", ""]
+    for p in pis:
+        eq = spec.pis[p]
+        parts = [f"{sym.b(p, q)}k" + ("" if q == 0 else f"*{_term(eq.predictors[q - 1], sym)}") for q in spec.present_betas(p)]
+        if eq.random:
+            parts.append(f"{sym.r}{p}jk")
+        out.append(f"    {sym.p(p)}jk = " + " + ".join(parts))
+    out += ["", "Level-3 Model", ""]
+    for p in pis:
+        for q in spec.present_betas(p):
+            b = spec.pis[p].betas[q]
+            parts = ([sym.g(p, q, 0)] if b.intercept else []) + [
+                f"{sym.g(p, q, s)}*{_term(t, sym)}" for s, t in enumerate(b.predictors, 1)]
+            if b.random:
+                parts.append(f"{sym.u}{sym.idx(p, q)}k")
+            out.append(f"    {sym.b(p, q)}k = " + " + ".join(parts))
+    notes = centering_notes3(spec)
+    if notes:
+        out += [""] + notes
+    return out
+
+
+def centering_notes3(spec: ModelSpec3) -> list[str]:
+    out, seen = [], set()
+    terms = list(spec.level1) + [t for p in spec.present_pis() for t in spec.pis[p].predictors] + [
+        t for p in spec.present_pis() for b in spec.pis[p].betas for t in b.predictors]
+    for t in terms:
+        key = (t.label, t.level, t.centering)
+        if key in seen:
+            continue
+        seen.add(key)
+        name = hlm_name(t.label)
+        if t.mean_of:
+            over = "records" if t.mean_of == 1 else "level-2 units"
+            out.append(f"{name} at level {t.level} is the mean of {hlm_name(t.name)} over each level-{t.level} unit's {over} used.")
+        if t.centering is Centering.GROUP:
+            where = "level-2 unit's mean" if t.level == 1 else "level-3 unit's mean (over its level-2 units)"
+            out.append(f"{name} has been centered around its {where}.")
+        elif t.centering is Centering.GRAND:
+            out.append(f"{name} has been centered around the grand mean.")
+    return out
+
+
+def _r_name(t: Term3) -> str:
+    base = f"mean_{t.name}" if t.mean_of else t.name
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
+
+
+def structure_notes(fit, tau_symbol: str) -> list[str]:
+    """The lines saying a fit's τ is diagonal (lme4's `||`), for the model summary."""
+    diagonal = tuple(getattr(fit, "diagonal", ()) or ())
+    if not any(diagonal):
+        return []
+    if all(diagonal):
+        return ["", f"The random effects are independent: the off-diagonal elements of every {tau_symbol} are fixed at 0."]
+    levels = ", ".join(str(level) for level, d in enumerate(diagonal, start=2) if d)
+    return ["", f"The random effects are independent at level {levels}: the off-diagonal elements of {tau_symbol} "
+                "there are fixed at 0."]
+
+
+def df_note(fit) -> list[str]:
+    """The line under the fixed-effect tables when the d.f. are not HLM's."""
+    if getattr(fit, "df_method", "hlm") == "satterthwaite":
+        return ["(d.f. by Satterthwaite's method, as lmerTest computes them)"]
+    return []
+
+
+def _diagonal_at(fit) -> tuple:
+    return tuple(getattr(fit, "diagonal", ()) or ())
+
+
+def _structure_keys(fit) -> dict:
+    """tau_structure (each level's τ, in the two-level JSON's words) and df_method, when either is
+    asked for (--tau diagonal, --df satterthwaite); a default fit's document keeps its keys."""
+    diagonal = _diagonal_at(fit)
+    method = getattr(fit, "df_method", "hlm")
+    if not any(diagonal) and method == "hlm":
+        return {}
+    return {"tau_structure": ["diagonal" if d else "unstructured" for d in diagonal], "df_method": method}
+
+
+def _random_terms(cols: list, group: str, diagonal: bool) -> str:
+    """lme4's random part of one level: (c1 + c2 | g), or with a diagonal τ one bar per column,
+    (1 | g) + (0 + c2 | g) (lme4's `||` written out, which also works for products of variables)."""
+    if not diagonal or all(c == "0" for c in cols):
+        return f"({' + '.join(cols)} | {group})"
+    return " + ".join(f"({c if c == '1' else '0 + ' + c} | {group})" for c in cols if c != "0")
+
+
+def lme4_formula3(spec: ModelSpec3, id2: str, id3: str, diagonal=False) -> tuple[str, list[str]]:
+    """The same model in lme4: fixed columns a_p·X_q·W_s, (a_p·X_q | level 3) for random β's, (a_p | level 3:level 2).
+    diagonal: True, or (level 2, level 3) flags: one bar per effect there."""
+    d2, d3 = (diagonal, diagonal) if isinstance(diagonal, bool) else (tuple(diagonal) + (False, False))[:2]
+    def product(*names):
+        names = [n for n in names if n is not None]
+        return ":".join(names) if names else "1"
+
+    a = [None] + [_r_name(t) for t in spec.level1]
+    fixed = []
+    for g in spec.gammas():
+        x = None if g.q == 0 else _r_name(spec.pis[g.p].predictors[g.q - 1])
+        w = None if g.s == 0 else _r_name(spec.pis[g.p].betas[g.q].predictors[g.s - 1])
+        fixed.append(product(w, x, a[g.p]))
+    fixed = list(dict.fromkeys(fixed))
+    if "1" not in fixed:
+        fixed.insert(0, "0")
+    r3 = [product(None if q == 0 else _r_name(spec.pis[p].predictors[q - 1]), a[p]) for p, q in spec.random_betas()]
+    r2 = [product(a[p]) for p in spec.random_pis()]
+    if "1" not in r3:
+        r3.insert(0, "0")
+    if "1" not in r2:
+        r2.insert(0, "0")
+    formula = (f"{spec.outcome} ~ {' + '.join(fixed)} + {_random_terms(r3, id3, d3)} + "
+               f"{_random_terms(r2, f'{id3}:{id2}', d2)}")
+    notes, made = [], set()
+    terms = list(spec.level1) + [t for p in spec.present_pis() for t in spec.pis[p].predictors] + [
+        t for p in spec.present_pis() for b in spec.pis[p].betas for t in b.predictors]
+    for t in terms:
+        name = _r_name(t)
+        if name == t.name or name in made:
+            continue
+        made.add(name)
+        unit = {1: id2, 2: id2, 3: id3}[t.level]
+        src = t.name
+        if t.mean_of:
+            src = f"ave({t.name}, {unit})" if t.mean_of == 1 else f"(mean of {t.name} over the level-2 units of each {id3})"
+            if t.centering is Centering.NONE:
+                notes.append(f"{name} = {src}")
+                continue
+        if t.centering is Centering.GROUP:
+            within = id2 if t.level == 1 else id3
+            notes.append(f"{name} = {src} - (mean of {src} over the level-{t.level} units of each {within})")
+        elif t.centering is Centering.GRAND:
+            notes.append(f"{name} = {src} - (mean of {src} over level-{t.level} units)")
+    if notes:
+        notes.append("(means over the records and units used in the analysis)")
+    return formula, notes + [f"fit with lmer(..., REML = {'TRUE' if spec.method == 'REML' else 'FALSE'})"]
+
+
+# ---------------------------------------------------------------- labels
+
+def _pi_label(spec: ModelSpec3, p: int, sym: Symbols3, letter: str | None = None) -> str:
+    name = hlm_name(spec.coefficient_names()[p])
+    tag = f"{letter}{p}" if letter else sym.p(p)
+    return f"{name}, {tag}" if p == 0 else f"{name} slope, {tag}"
+
+
+def _beta_label(spec: ModelSpec3, p: int, q: int, sym: Symbols3, letter: str | None = None) -> str:
+    tag = f"{letter}{sym.idx(p, q)}" if letter else sym.b(p, q)
+    return f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.level2_names(p)[q])}, {tag}"
+
+
+def _corr(t: np.ndarray) -> np.ndarray:
+    sd = np.sqrt(np.clip(np.diag(t), 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return t / np.outer(sd, sd)
+
+
+def _two_sided_p(t, df):
+    from scipy import special
+
+    # scipy.stats.t.sf(x, df) is stdtr(df, -x); scipy.stats costs a second of start-up.
+    return 2 * special.stdtr(df, -np.abs(t))
+
+
+def certificate_text3(fit, sym: Symbols3) -> list[str]:
+    from ..engine.certificate import stopping_line
+
+    c = fit.certificate
+    if not c.certified:
+        return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
+    return [stopping_line(f"{sym.sigma2}, {sym.tau_pi} and {sym.tau_beta}")]
+
+
+# ---------------------------------------------------------------- text
+
+def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
+    spec = design.spec
+    out: list[str] = []
+    w = out.append
+    if not fit.converged:
+        w("WARNING: the optimum is NOT certified; the numbers below may not be at the optimum.")
+        w("")
+    w(f"hlmcli {__version__}: hierarchical linear models, three levels (HLM3)")
+    if meta.get("timestamp"):
+        w(f"Date: {meta['timestamp']}")
+    w("")
+    w("Specifications for this HLM3 run")
+    w("")
+    w(f"Problem Title: {meta.get('title') or 'no title'}")
+    w("")
+    w(f" The data source for this run  = {meta.get('data_source')}")
+    if meta.get("command_file"):
+        w(f" The command file for this run = {meta['command_file']}")
+    w(f" The maximum number of level-1 units = {design.n}")
+    w(f" The maximum number of level-2 units = {design.n2}")
+    w(f" The maximum number of level-3 units = {design.n3}")
+    w(f" The maximum number of iterations = {spec.options.max_iterations}")
+    w("")
+    w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
+    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
+    w("")
+    w(f" The outcome variable is  {hlm_name(spec.outcome)}")
+    w("")
+    out += model_summary3(spec, sym)
+    out += structure_notes(fit, "τ" if not sym.ascii else "tau")
+    if design.n_deleted:
+        w("")
+        w(f"Run-time deletion has reduced the number of level-1 records to {design.n} ({design.n_deleted} deleted)")
+    w("")
+    w(f"Final Results - Iteration {fit.iterations}")
+    w("")
+    out += certificate_text3(fit, sym)
+    for note in fit.boundary:
+        w(note)
+    w("")
+    w(f" {sym.sigma2} = {fit.sigma2:12.5f}")
+    rp, rb = spec.random_pis(), spec.random_betas()
+
+    def matrix(title, labels, m, fmt):
+        lw = max(len(x) for x in labels)
+        w("")
+        w(title)
+        for k, lab in enumerate(labels):
+            w(f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]))
+
+    lab_pi = [f"{hlm_name(spec.coefficient_names()[p])},{sym.p(p)}" for p in rp]
+    matrix(f" {sym.tau_pi}", lab_pi, fit.tau_pi, "{:13.5f}")
+    if len(rp) > 1:
+        matrix(f" {sym.tau_pi} (as correlations)", lab_pi, _corr(fit.tau_pi), "{:7.3f}")
+    w("")
+    rows = [[_pi_label(spec, p, sym), f"{fit.reliability_pi[k]:.3f}"] for k, p in enumerate(rp)]
+    out += text_table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
+    lab_b = [f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.level2_names(p)[q])},{sym.b(p, q)}" for p, q in rb]
+    matrix(f" {sym.tau_beta}", lab_b, fit.tau_beta, "{:13.5f}")
+    if len(rb) > 1:
+        matrix(f" {sym.tau_beta} (as correlations)", lab_b, _corr(fit.tau_beta), "{:7.3f}")
+    w("")
+    rows = [[_beta_label(spec, p, q, sym), f"{fit.reliability_beta[k]:.3f}"] for k, (p, q) in enumerate(rb)]
+    out += text_table(["Random level-2 coefficient", "Reliability estimate"], rows, [28, 22])
+    w("")
+    w(f"The value of the log-likelihood function at iteration {fit.iterations} = {hlm_e(-fit.deviance / 2)}")
+    gammas = spec.gammas()
+    for robust in (False, True):
+        w("")
+        w("Final estimation of fixed effects")
+        if robust:
+            w("(with robust standard errors, clustered on level-3 units)")
+        out += df_note(fit)
+        se = np.sqrt(np.diag(fit.cov_gamma_robust if robust else fit.cov_gamma))
+        t = fit.gamma / se
+        pv = _two_sided_p(t, fit.df_gamma)
+        rows = []
+        for k, g in enumerate(gammas):
+            if k == 0 or gammas[k - 1].p != g.p:
+                rows.append([f"For {_pi_label(spec, g.p, sym)}"])
+            if k == 0 or (gammas[k - 1].p, gammas[k - 1].q) != (g.p, g.q):
+                rows.append([f"   For {hlm_name(g.level2)}, {sym.b(g.p, g.q)}"])
+            rows.append([f"      {hlm_name(g.level3)}, {sym.g(g.p, g.q, g.s)}", f"{fit.gamma[k]:.6f}", f"{se[k]:.6f}",
+                         f"{t[k]:.3f}", df_text(fit.df_gamma[k]), hlm_p(pv[k])])
+        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+                      rows, [30, 12, 14, 9, 12, 8])
+    w("")
+    w("Final estimation of level-1 and level-2 variance components")
+    sd = np.sqrt(np.clip(np.diag(fit.tau_pi), 0, None))
+    rows = []
+    for k, p in enumerate(rp):
+        c = fit.chi2_pi[k]
+        rows.append([_pi_label(spec, p, sym, sym.r), f"{sd[k]:.5f}", f"{fit.tau_pi[k, k]:.5f}", df_text(c["df"]),
+                     f"{c['chi2']:.5f}", hlm_p(c["p"])])
+    rows.append([f"level-1, {sym.e}", f"{math.sqrt(fit.sigma2):.5f}", f"{fit.sigma2:.5f}", "", "", ""])
+    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+                  rows, [26, 18, 18, 6, 12, 8])
+    n_units = {c.get("n_units") for c in fit.chi2_pi}
+    if n_units and max(n_units) is not None and min(n_units) < design.n2:
+        w(f"Note: the {sym.chi2} statistics are based on {min(n_units)} of {design.n2} level-2 units with sufficient data.")
+    w("")
+    w("Final estimation of level-3 variance components")
+    sd = np.sqrt(np.clip(np.diag(fit.tau_beta), 0, None))
+    rows = []
+    for k, (p, q) in enumerate(rb):
+        c = fit.chi2_beta[k]
+        rows.append([_beta_label(spec, p, q, sym, sym.u), f"{sd[k]:.5f}", f"{fit.tau_beta[k, k]:.5f}", df_text(c["df"]),
+                     f"{c['chi2']:.5f}", hlm_p(c["p"])])
+    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+                  rows, [30, 18, 18, 6, 12, 8])
+    n_units = {c.get("n_units") for c in fit.chi2_beta}
+    if n_units and max(n_units) is not None and min(n_units) < design.n3:
+        w(f"Note: the {sym.chi2} statistics are based on {min(n_units)} of {design.n3} level-3 units with sufficient data.")
+    w("")
+    w("Statistics for the current model")
+    w(f" Deviance                       = {fit.deviance:.6f}")
+    w(f" Number of estimated parameters = {fit.n_params}")
+    if meta.get("weights"):
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
+    formula, notes = lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)
+    w("")
+    w("The same model in R (lme4)")
+    w(f" {formula}")
+    for note in notes:
+        w(f"   {note}")
+    if meta.get("weights"):
+        w("   lmer has no sampling weights (its weights= are precision weights); the pseudo-likelihood fit in R "
+          "is WeMix::mix")
+    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+
+
+# ---------------------------------------------------------------- JSON (schema 3)
+
+def _chi2_json(c: dict) -> dict:
+    return {"chi2": float(c["chi2"]), "df": df_value(c["df"]), "p": float(c["p"]),
+            "n_units": None if c.get("n_units") is None else int(c["n_units"])}
+
+
+def model_record3(spec: ModelSpec3, meta: dict) -> dict:
+    plain = Symbols3(True)
+    lines = model_summary3(spec, plain)
+
+    def block(a, b):
+        i = lines.index(a) + 2
+        j = lines.index(b) - 1 if b in lines else len(lines)
+        return [x.strip() for x in lines[i:j] if x.strip()]
+
+    def term(t):
+        return {"name": t.name, "centering": t.centering.value, "mean_of_level": t.mean_of}
+
+    return {
+        "given": meta.get("model_given"),
+        "normalised": {"level1": block("Level-1 Model", "Level-2 Model"), "level2": block("Level-2 Model", "Level-3 Model"),
+                       "level3": [x for x in block("Level-3 Model", "") if "centered" not in x and " is the mean " not in x]},
+        "outcome": spec.outcome,
+        "level1_predictors": [term(t) for t in spec.level1],
+        "level2_equations": [{"coefficient": spec.coefficient_names()[p], "random": spec.pis[p].random,
+                              "predictors": [term(t) for t in spec.pis[p].predictors],
+                              "level3_equations": [{"coefficient": spec.level2_names(p)[q],
+                                                    "random": spec.pis[p].betas[q].random,
+                                                    "predictors": [term(t) for t in spec.pis[p].betas[q].predictors]}
+                                                   for q in spec.present_betas(p)]}
+                             for p in spec.present_pis()],
+        "method": spec.method,
+    }
+
+
+def fit_json3(design, fit, meta: dict) -> dict:
+    spec = design.spec
+    rp, rb = spec.random_pis(), spec.random_betas()
+    se = np.sqrt(np.diag(fit.cov_gamma))
+    rse = np.sqrt(np.diag(fit.cov_gamma_robust))
+    t, rt = fit.gamma / se, fit.gamma / rse
+    pv, rpv = _two_sided_p(t, fit.df_gamma), _two_sided_p(rt, fit.df_gamma)
+    fixed = []
+    for k, g in enumerate(spec.gammas()):
+        fixed.append({"gamma": f"γ{Symbols3.idx(g.p, g.q, g.s)}", "p": g.p, "q": g.q, "s": g.s,
+                      "coefficient": g.coefficient, "level2_predictor": g.level2, "level3_predictor": g.level3,
+                      "estimate": float(fit.gamma[k]), "se": float(se[k]), "t": float(t[k]), "df": df_value(fit.df_gamma[k]),
+                      "p_value": float(pv[k]), "robust_se": float(rse[k]), "robust_t": float(rt[k]),
+                      "robust_p_value": float(rpv[k])})
+    names = spec.coefficient_names()
+    pi_names = [names[p] for p in rp]
+    beta_names = [f"{names[p]}/{spec.level2_names(p)[q]}" for p, q in rb]
+    return {
+        "schema": SCHEMA3, "levels": 3, "tool": "hlmcli", "version": __version__,
+        "title": meta.get("title"), "data_source": meta.get("data_source"),
+        "method": fit.method, "outcome": spec.outcome,
+        "ids": {"level2": meta.get("id2"), "level3": meta.get("id3")},
+        "n_level1": design.n, "n_level2": design.n2, "n_level3": design.n3, "n_deleted": design.n_deleted,
+        "converged": bool(fit.converged), "iterations": int(fit.iterations), "boundary": bool(fit.boundary),
+        "boundary_notes": list(fit.boundary), "certificate": fit.certificate.to_json(),
+        "model": model_record3(spec, meta),
+        "sigma2": float(fit.sigma2),
+        "tau_pi": {"coefficients": pi_names, "labels": [f"r{p}" for p in rp], "matrix": fit.tau_pi.tolist(),
+                   "correlation": _corr(fit.tau_pi).tolist(),
+                   "reliability": [float(x) for x in fit.reliability_pi],
+                   "chi2": [_chi2_json(c) for c in fit.chi2_pi]},
+        "tau_beta": {"coefficients": beta_names, "labels": [f"u{Symbols3.idx(p, q)}" for p, q in rb],
+                     "matrix": fit.tau_beta.tolist(), "correlation": _corr(fit.tau_beta).tolist(),
+                     "reliability": [float(x) for x in fit.reliability_beta],
+                     "chi2": [_chi2_json(c) for c in fit.chi2_beta]},
+        "fixed_effects": fixed,
+        "gamma_covariance": fit.cov_gamma.tolist(), "gamma_robust_covariance": fit.cov_gamma_robust.tolist(),
+        "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
+        "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)[0],
+        **_structure_keys(fit),
+        "centering_means": design.centering_means,
+        **({"weights": meta["weights"]} if meta.get("weights") else {}),
+    }
+
+
+def fit_json3_text(design, fit, meta: dict) -> str:
+    return dumps_json(fit_json3(design, fit, meta))
+
+
+# ---------------------------------------------------------------- residual files
+
+def level2_residuals(design, fit, archive):
+    """One row per level-2 unit: its ids, record count, EB r's with posterior variances, and its level-2 data."""
+    import pandas as pd
+
+    spec = design.spec
+    names = spec.coefficient_names()
+    unit3, n1 = _level2_units(design.data)
+    cols: dict = {"id": design.unit2_ids, archive.id_names[1]: np.array(design.unit3_ids, dtype=object)[unit3],
+                  "nj": n1.astype(int)}
+    for k, p in enumerate(spec.random_pis()):
+        cols[f"r_{names[p]}"] = fit.eb_pi[:, k]
+        cols[f"postvar_r_{names[p]}"] = fit.eb_pi_var[:, k, k]
+    for i, n in enumerate(archive.level2_names):
+        cols[n] = archive.level2[i][design.level2_positions]
+    return pd.DataFrame(cols)
+
+
+def _level2_units(data):
+    """(the level-3 unit of each level-2 unit, its record count), from the records or from the
+    per-unit summary of the stream and Dask engines (moments.LevelsSummary)."""
+    if hasattr(data, "moments"):
+        return np.asarray(data.unit_parents[0]), data.moments.n
+    return np.asarray(data.unit3), np.bincount(data.unit2, minlength=np.asarray(data.unit3).size).astype(float)
+
+
+def level3_residuals(design, fit, archive):
+    import pandas as pd
+
+    spec = design.spec
+    names = spec.coefficient_names()
+    unit3, n1 = _level2_units(design.data)
+    cols: dict = {"id": design.unit3_ids, "n2": np.bincount(unit3, minlength=design.n3).astype(int),
+                  "n1": np.bincount(unit3, weights=n1, minlength=design.n3).round().astype(int)}
+    for k, (p, q) in enumerate(spec.random_betas()):
+        label = f"{names[p]}_{spec.level2_names(p)[q]}"
+        cols[f"u_{label}"] = fit.eb_beta[:, k]
+        cols[f"postvar_u_{label}"] = fit.eb_beta_var[:, k, k]
+    for i, n in enumerate(archive.level3_names):
+        cols[n] = archive.level3[i][design.level3_positions]
+    return pd.DataFrame(cols)
+
+
+# ---------------------------------------------------------------- K ≥ 4 levels
+
+SCHEMA_LEVELS = 4
+_SUBSCRIPTS = "ijkl"
+
+
+class SymbolsLevels:
+    def __init__(self, ascii_only: bool):
+        self.ascii = ascii_only
+        self.dot = "." if ascii_only else "•"
+        self.sigma2 = "sigma^2" if ascii_only else "σ2"
+        self.chi2 = "Chi-square" if ascii_only else "χ2"
+
+    def coef(self, depth: int, idx) -> str:
+        """The coefficient of a level-`depth` equation with subscripts idx."""
+        s = symbol(COEF_LETTERS[depth - 1], idx)
+        return s.replace(GREEK[depth - 1], COEF_LETTERS[depth - 1].upper()) if self.ascii else s
+
+    def rand(self, level: int, idx) -> str:
+        r = RANDOM_LETTERS[level - 1]
+        sep = "," if any(i >= 10 for i in idx) else ""
+        return (r.upper() if self.ascii else r) + sep.join(map(str, idx))
+
+    def tau(self, level: int) -> str:
+        name = ("pi", "beta", "gamma", "delta")[level - 2]
+        return f"tau({name})" if self.ascii else f"τ{GREEK[level - 2]}"
+
+
+def _sub(level: int, K: int) -> str:
+    """HLM's subscripts of a level-`level` quantity in a K-level model (ijkl at level 1 of four)."""
+    return _SUBSCRIPTS[level - 1:K]
+
+
+def _term_k(t: Term3, sym: SymbolsLevels, K: int) -> str:
+    sub = _sub(t.level, K)
+    name = f"mean({hlm_name(t.name)})" if t.mean_of else hlm_name(t.name)
+    if t.centering is Centering.GROUP:
+        return f"({name}{sub} - {name}{sym.dot}{sub[1:]})"
+    if t.centering is Centering.GRAND:
+        return f"({name}{sub} - {name}{sym.dot * len(sub)})"
+    return f"({name}{sub})"
+
+
+def model_summary(spec: LevelsSpec, sym: SymbolsLevels) -> list[str]:
+    K = spec.n_levels
+    out = ["Summary of the model specified", "", "Level-1 Model", ""]
+    pis = [p for p, eq in enumerate(spec.equations) if eq is not None]
+    rhs = [f"{sym.coef(1, (p,))}{_sub(2, K)}" + ("" if p == 0 else f"*{_term_k(spec.level1[p - 1], sym, K)}") for p in pis]
+    out.append(f"    {hlm_name(spec.outcome)}{_sub(1, K)} = " + " + ".join(rhs) + f" + {'E' if sym.ascii else 'e'}{_sub(1, K)}")
+    walk = spec.walk()
+    for level in range(2, K + 1):
+        out += ["", f"Level-{level} Model", ""]
+        for depth, idx, eq, names in walk:
+            if depth != level - 1:
+                continue
+            s = _sub(level + 1, K)
+            parts = [f"{sym.coef(level, idx + (k,))}{s}" + ("" if k == 0 else f"*{_term_k(eq.predictors[k - 1], sym, K)}")
+                     for k in eq.present()]
+            if eq.random:
+                parts.append(f"{sym.rand(level, idx)}{_sub(level, K)}")
+            out.append(f"    {sym.coef(level - 1, idx)}{_sub(level, K)} = " + " + ".join(parts))
+    notes = centering_notes(spec)
+    if notes:
+        out += [""] + notes
+    return out
+
+
+def _all_terms(spec: LevelsSpec) -> list[Term3]:
+    return list(spec.level1) + [t for depth, idx, eq, names in spec.walk() for t in eq.predictors]
+
+
+def centering_notes(spec: LevelsSpec) -> list[str]:
+    out, seen = [], set()
+    for t in _all_terms(spec):
+        key = (t.label, t.level, t.centering)
+        if key in seen:
+            continue
+        seen.add(key)
+        name = hlm_name(t.label)
+        if t.mean_of:
+            over = "records" if t.mean_of == 1 else f"level-{t.mean_of} units"
+            out.append(f"{name} at level {t.level} is the mean of {hlm_name(t.name)} over each level-{t.level} unit's "
+                       f"{over} used.")
+        if t.centering is Centering.GROUP:
+            out.append(f"{name} has been centered around its level-{t.level + 1} unit's mean.")
+        elif t.centering is Centering.GRAND:
+            out.append(f"{name} has been centered around the grand mean.")
+    return out
+
+
+def _r_name_k(t: Term3) -> str:
+    base = f"mean_{t.name}" if t.mean_of else t.name
+    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
+
+
+def lme4_formula(spec: LevelsSpec, ids, diagonal=False) -> str:
+    """The same model in lme4: each fixed effect the product of its path's predictors, and one
+    (… | id_K:…:id_ℓ) term per level with the random columns of that level (one per column where
+    τ is diagonal: `diagonal` True, or one flag per level 2..K)."""
+    K = spec.n_levels
+    diag = (diagonal,) * (K - 1) if isinstance(diagonal, bool) else tuple(diagonal) + (False,) * (K - 1)
+
+    def product(names):
+        names = [n for n in names if n is not None]
+        return ":".join(reversed(names)) if names else "1"
+
+    a = [None] + [_r_name_k(t) for t in spec.level1]
+
+    def path_names(idx):
+        out = [a[idx[0]]]
+        eq = spec.equations[idx[0]]
+        for k in idx[1:]:
+            out.append(None if k == 0 else _r_name_k(eq.predictors[k - 1]))
+            eq = eq.terms[k] if eq.terms else None
+        return out
+
+    fixed = list(dict.fromkeys(product(path_names(f.idx)) for f in spec.fixed()))
+    if "1" not in fixed:
+        fixed.insert(0, "0")
+    parts = [f"{spec.outcome} ~ {' + '.join(fixed)}"]
+    for level in range(K, 1, -1):
+        cols = [product(path_names(idx)) for idx, names in spec.random(level)]
+        if "1" not in cols:
+            cols.insert(0, "0")
+        group = ":".join(reversed([ids[m - 2] for m in range(level, K + 1)]))
+        parts.append(_random_terms(cols, group, diag[level - 2]))
+    return " + ".join(parts)
+
+
+def lme4_notes(spec: LevelsSpec, ids) -> list[str]:
+    """How the formula's derived columns are made from the data (ids: the unit ids of levels 2..K)."""
+    notes, made = [], set()
+    for t in _all_terms(spec):
+        name = _r_name_k(t)
+        if name == t.name or name in made:
+            continue
+        made.add(name)
+        src = t.name
+        if t.mean_of:
+            below = "records" if t.mean_of == 1 else f"level-{t.mean_of} units"
+            src = f"(mean of {t.name} over the {below} of each {ids[t.level - 2]})"
+            if t.centering is Centering.NONE:
+                notes.append(f"{name} = {src}")
+                continue
+        if t.centering is Centering.GROUP:
+            what = "records" if t.level == 1 else f"level-{t.level} units"
+            notes.append(f"{name} = {src} - (mean of {src} over the {what} of each {ids[t.level - 1]})")
+        elif t.centering is Centering.GRAND:
+            notes.append(f"{name} = {src} - (mean of {src} over level-{t.level} units)")
+    if notes:
+        notes.append("(means over the records and units used in the analysis)")
+    return notes
+
+
+def _coef_label(names, idx, sym: SymbolsLevels, depth: int, letter=None) -> str:
+    tag = sym.rand(depth + 1, idx) if letter else sym.coef(depth, idx)
+    text = "/".join(hlm_name(n) for n in names)
+    return f"{text}, {tag}" if all(n.startswith("INTRCPT") for n in names) else f"{text} slope, {tag}"
+
+
+def certificate_text(fit, sym: SymbolsLevels) -> list[str]:
+    from ..engine.certificate import stopping_line
+
+    c = fit.certificate
+    if not c.certified:
+        return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
+    taus = [sym.tau(level) for level in range(2, len(c.qs) + 2)]
+    return [stopping_line(f"{sym.sigma2}, " + ", ".join(taus[:-1]) + f" and {taus[-1]}")]
+
+
+def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
+    spec = design.spec
+    K = spec.n_levels
+    out: list[str] = []
+    w = out.append
+    if not fit.converged:
+        w("WARNING: the optimum is NOT certified; the numbers below may not be at the optimum.")
+        w("")
+    w(f"hlmcli {__version__}: hierarchical linear models, {K} levels (HLM{K})")
+    if meta.get("timestamp"):
+        w(f"Date: {meta['timestamp']}")
+    w("")
+    w(f"Specifications for this HLM{K} run")
+    w("")
+    w(f"Problem Title: {meta.get('title') or 'no title'}")
+    w("")
+    w(f" The data source for this run  = {meta.get('data_source')}")
+    w(f" The maximum number of level-1 units = {design.n}")
+    for level in range(2, K + 1):
+        w(f" The maximum number of level-{level} units = {design.J(level)}")
+    w(f" The maximum number of iterations = {spec.options.max_iterations}")
+    w("")
+    w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
+    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
+    w("")
+    w(f" The outcome variable is  {hlm_name(spec.outcome)}")
+    w("")
+    out += model_summary(spec, sym)
+    out += structure_notes(fit, "τ" if not sym.ascii else "tau")
+    if design.n_deleted:
+        w("")
+        w(f"Run-time deletion has reduced the number of level-1 records to {design.n} ({design.n_deleted} deleted)")
+    w("")
+    w(f"Final Results - Iteration {fit.iterations}")
+    w("")
+    out += certificate_text(fit, sym)
+    for note in fit.boundary:
+        w(note)
+    w("")
+    w(f" {sym.sigma2} = {fit.sigma2:12.5f}")
+
+    def matrix(title, labels, m, fmt):
+        lw = max(len(x) for x in labels)
+        w("")
+        w(title)
+        for k, lab in enumerate(labels):
+            w(f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]))
+
+    for level in range(2, K + 1):
+        rnd = spec.random(level)
+        tau = fit.taus[level - 2]
+        labels = ["/".join(hlm_name(n) for n in names) + f",{sym.coef(level - 1, idx)}" for idx, names in rnd]
+        matrix(f" {sym.tau(level)}", labels, tau, "{:13.5f}")
+        if len(rnd) > 1:
+            matrix(f" {sym.tau(level)} (as correlations)", labels, _corr(tau), "{:7.3f}")
+        w("")
+        rows = [[_coef_label(names, idx, sym, level - 1), f"{fit.reliabilities[level - 2][k]:.3f}"]
+                for k, (idx, names) in enumerate(rnd)]
+        out += text_table([f"Random level-{level - 1} coefficient", "Reliability estimate"], rows, [34, 22])
+    w("")
+    w(f"The value of the log-likelihood function at iteration {fit.iterations} = {hlm_e(-fit.deviance / 2)}")
+    fixed = spec.fixed()
+    for robust in (False, True):
+        w("")
+        w("Final estimation of fixed effects")
+        if robust:
+            w(f"(with robust standard errors, clustered on level-{K} units)")
+        out += df_note(fit)
+        se = np.sqrt(np.diag(fit.cov_gamma_robust if robust else fit.cov_gamma))
+        t = fit.gamma / se
+        pv = _two_sided_p(t, fit.df_gamma)
+        rows = []
+        for k, f in enumerate(fixed):
+            prev = fixed[k - 1].idx if k else ()
+            for depth in range(1, K):
+                if f.idx[:depth] != prev[:depth]:
+                    rows.append([f"{'   ' * (depth - 1)}For {hlm_name(f.names[depth - 1])}, {sym.coef(depth, f.idx[:depth])}"])
+            rows.append([f"{'   ' * (K - 1)}{hlm_name(f.names[-1])}, {sym.coef(K, f.idx)}", f"{fit.gamma[k]:.6f}",
+                         f"{se[k]:.6f}", f"{t[k]:.3f}", df_text(fit.df_gamma[k]), hlm_p(pv[k])])
+        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+                      rows, [34, 12, 14, 9, 12, 8])
+    for level in range(2, K + 1):
+        w("")
+        w("Final estimation of level-1 and level-2 variance components" if level == 2 else
+          f"Final estimation of level-{level} variance components")
+        tau = fit.taus[level - 2]
+        sd = np.sqrt(np.clip(np.diag(tau), 0, None))
+        rows = []
+        for k, (idx, names) in enumerate(spec.random(level)):
+            c = fit.chi2[level - 2][k]
+            rows.append([_coef_label(names, idx, sym, level - 1, letter=True), f"{sd[k]:.5f}", f"{tau[k, k]:.5f}",
+                         df_text(c["df"]), f"{c['chi2']:.5f}", hlm_p(c["p"])])
+        if level == 2:
+            rows.append([f"level-1, {'E' if sym.ascii else 'e'}", f"{math.sqrt(fit.sigma2):.5f}", f"{fit.sigma2:.5f}",
+                         "", "", ""])
+        out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
+                      rows, [34, 18, 18, 6, 12, 8])
+        n_units = {c.get("n_units") for c in fit.chi2[level - 2]}
+        if n_units and min(n_units) < design.J(level):
+            w(f"Note: the {sym.chi2} statistics are based on {min(n_units)} of {design.J(level)} level-{level} units "
+              "with sufficient data.")
+    w("")
+    w("Statistics for the current model")
+    w(f" Deviance                       = {fit.deviance:.6f}")
+    w(f" Number of estimated parameters = {fit.n_params}")
+    if meta.get("weights"):
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
+    w("")
+    w("The same model in R (lme4)")
+    w(f" {lme4_formula(spec, meta['ids'], _diagonal_at(fit) or False)}")
+    for note in lme4_notes(spec, meta["ids"]):
+        w(f"   {note}")
+    w(f"   fit with lmer(..., REML = {'TRUE' if spec.method == 'REML' else 'FALSE'})")
+    if meta.get("weights"):
+        w("   lmer has no sampling weights (its weights= are precision weights); the pseudo-likelihood fit in R "
+          "is WeMix::mix")
+    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+
+
+# ---------------------------------------------------------------- JSON (schema 4)
+
+def fit_json(design, fit, meta: dict) -> dict:
+    spec = design.spec
+    K = spec.n_levels
+    plain = SymbolsLevels(True)
+    se = np.sqrt(np.diag(fit.cov_gamma))
+    rse = np.sqrt(np.diag(fit.cov_gamma_robust))
+    t, rt = fit.gamma / se, fit.gamma / rse
+    pv, rpv = _two_sided_p(t, fit.df_gamma), _two_sided_p(rt, fit.df_gamma)
+    fixed = []
+    for k, f in enumerate(spec.fixed()):
+        fixed.append({"label": symbol(COEF_LETTERS[K - 1], f.idx), "subscripts": list(f.idx), "path": list(f.names),
+                      "estimate": float(fit.gamma[k]), "se": float(se[k]), "t": float(t[k]),
+                      "df": df_value(fit.df_gamma[k]), "p_value": float(pv[k]), "robust_se": float(rse[k]),
+                      "robust_t": float(rt[k]), "robust_p_value": float(rpv[k])})
+    random = []
+    for level in range(2, K + 1):
+        rnd = spec.random(level)
+        tau = fit.taus[level - 2]
+        random.append({"level": level, "name": f"tau_{('pi', 'beta', 'gamma', 'delta')[level - 2]}",
+                       "coefficients": ["/".join(names) for idx, names in rnd],
+                       "labels": [plain.rand(level, idx).lower() for idx, names in rnd],
+                       "matrix": tau.tolist(), "correlation": _corr(tau).tolist(),
+                       "reliability": [float(x) for x in fit.reliabilities[level - 2]],
+                       "chi2": [_chi2_json(c) for c in fit.chi2[level - 2]]})
+    lines = model_summary(spec, plain)
+    return {
+        "schema": SCHEMA_LEVELS, "levels": K, "tool": "hlmcli", "version": __version__,
+        "title": meta.get("title"), "data_source": meta.get("data_source"),
+        "method": fit.method, "outcome": spec.outcome,
+        "ids": {f"level{m}": meta["ids"][m - 2] for m in range(2, K + 1)},
+        "n_units": {"level1": design.n, **{f"level{m}": design.J(m) for m in range(2, K + 1)}},
+        "n_deleted": design.n_deleted,
+        "converged": bool(fit.converged), "iterations": int(fit.iterations), "boundary": bool(fit.boundary),
+        "boundary_notes": list(fit.boundary), "certificate": fit.certificate.to_json(),
+        "model": {"given": meta.get("model_given"), "normalised": [x.strip() for x in lines[2:] if x.strip()],
+                  "method": spec.method},
+        "sigma2": float(fit.sigma2),
+        "random_effects": random,
+        "fixed_effects": fixed,
+        "gamma_covariance": fit.cov_gamma.tolist(), "gamma_robust_covariance": fit.cov_gamma_robust.tolist(),
+        "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
+        "lme4_formula": lme4_formula(spec, meta["ids"], _diagonal_at(fit) or False),
+        **_structure_keys(fit),
+        "centering_means": design.centering_means,
+        **({"weights": meta["weights"]} if meta.get("weights") else {}),
+    }
+
+
+def fit_json_text(design, fit, meta: dict) -> str:
+    return dumps_json(fit_json(design, fit, meta))
+
+
+# ---------------------------------------------------------------- residual files
+
+def level_residuals(design, fit, archive, level: int):
+    """One row per level-ℓ unit: its id, its parent's id, its size, the EB means with posterior
+    variances of its random effects, and its level-ℓ data."""
+    import pandas as pd
+
+    spec = design.spec
+    K = spec.n_levels
+    data = design.data
+    cols: dict = {"id": design.unit_ids[level - 2]}
+    if level < K:
+        cols[archive.id_names[level - 1]] = np.array(design.unit_ids[level - 1], dtype=object)[data.parents[level - 1]]
+    if level == 2 and hasattr(data, "moments"):  # records summarised per level-2 unit: their counts
+        cols["n"] = data.moments.n.round().astype(int)
+    else:
+        cols["n"] = np.bincount(data.parents[level - 2], minlength=design.J(level)).astype(int)
+    for k, (idx, names) in enumerate(spec.random(level)):
+        label = "_".join(names)
+        letter = RANDOM_LETTERS[level - 1]
+        cols[f"{letter}_{label}"] = fit.eb[level - 2][:, k]
+        cols[f"postvar_{letter}_{label}"] = fit.eb_var[level - 2][:, k, k]
+    for i, n in enumerate(archive.names(level)):
+        cols[n] = archive.levels[level - 1].values[i][design.positions[level - 2]]
+    return pd.DataFrame(cols)
