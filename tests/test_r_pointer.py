@@ -38,3 +38,9 @@ def test_default_pql_names_glmmpql_and_how_it_differs(tmp_path):
     assert lines[at + 1] == f" {CALL}"
     assert lines[at + 2] == "   glmmPQL is full PQL with a free level-1 scale: give --ml --overdispersion for its model"
     assert "glmer(" not in proc.stdout
+
+
+def test_model_shows_separation_fit_it_was_given(tmp_path):
+    proc = hlmcli("model", *CBPP, "--separation", "fit", "--cache-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Separation: a separated coefficient is held at a bound, with a warning (--separation fit)" in proc.stdout

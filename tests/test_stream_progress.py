@@ -79,3 +79,14 @@ def test_stream_fit_shows_progress_when_forced_and_not_in_a_pipe(monkeypatch):
     monkeypatch.delenv("HLMCLI_PROGRESS")
     piped = hlmcli("fit", HSB1, HSB2, "--id", "ID", "-1", "MATHACH = b0 + r", "-2", "b0 = g00 + u0", "--engine", "stream")
     assert piped.returncode == 0 and piped.stderr == "" and piped.stdout == proc.stdout
+
+
+def test_three_level_stream_fit_shows_progress_when_forced(monkeypatch):
+    from conftest import DATA
+
+    eg = DATA / "three_level"
+    monkeypatch.setenv("HLMCLI_PROGRESS", "1")
+    proc = hlmcli("fit", eg / "eg_l1.csv", eg / "eg_l2.csv", eg / "eg_l3.csv", "--id2", "CHILDID", "--id3", "SCHOOLID",
+                  "-1", "MATH = p0 + e", "-2", "p0 = b00 + r0", "-3", "b00 = g000 + u00", "--engine", "stream")
+    assert proc.returncode == 0, proc.stderr
+    assert f"hlmcli: reading {eg / 'eg_l1.csv'}: chunk 1, 7,230 records," in proc.stderr

@@ -655,7 +655,10 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
         from ..analysis.hglm_run import estimation_text, hglm_model_summary, r_call_lines
 
         lines = hglm_model_summary(spec, Symbols(_use_ascii(ascii_only)))
-        lines += ["", f"Method of estimation: {estimation_text(spec.options)}", ""]
+        lines += ["", f"Method of estimation: {estimation_text(spec.options)}"]
+        if spec.options.separation == "fit":
+            lines.append("Separation: a separated coefficient is held at a bound, with a warning (--separation fit)")
+        lines.append("")
         lines += r_call_lines(spec, archive.id_names[0])
         click.echo("\n".join(lines))
         return
