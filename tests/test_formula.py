@@ -150,6 +150,19 @@ def test_three_level_formula_gives_the_same_json():
     assert by_formula == by_equations
 
 
+def test_three_level_formula_with_uncorrelated_effects_is_tau_diagonal():
+    # (x || S/C): a diagonal τ at both levels, the same fit as the equations with --tau diagonal (whose numbers
+    # are checked against lmer's || fits in test_levels_stats.py)
+    rc_f, by_formula = cli("fit", *EG_FILES, "--formula", "MATH ~ YEAR + (YEAR || SCHOOLID/CHILDID)", "--format", "json")
+    rc_e, by_equations = cli("fit", *EG_FILES, "--id2", "CHILDID", "--id3", "SCHOOLID",
+                             *equations_args("MATH = p0 + p1*YEAR + e", ["p0 = b00 + r0", "p1 = b10 + r1"],
+                                             ["b00 = g000 + u00", "b10 = g100 + u10"]), "--tau", "diagonal",
+                             "--format", "json")
+    assert rc_f == rc_e == 0, by_formula
+    assert by_formula == by_equations
+    assert '"tau_structure": [\n  "diagonal",\n  "diagonal"\n ]' in by_formula
+
+
 @pytest.fixture(scope="module")
 def one_file(tmp_path_factory):
     """HSB's two files joined into one, as an lme4 user keeps them, with a binary outcome added."""

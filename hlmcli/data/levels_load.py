@@ -66,15 +66,16 @@ def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_ite
 
     variables = variables3_of(archive)
     level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
-    if formula_tau:
-        raise LevelsUsage("uncorrelated random effects (|| or one bar per effect) are not available for three-level "
-                          "models yet")
     spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptions3(),
                              allow_outside)
     changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations), ("residuals_l2", residuals_l2),
                                  ("residuals_l3", residuals_l3)) if v is not None}
     if reml:
         changes["method"] = "REML"
+    if formula_tau:  # (x || g) at every level: a diagonal τ, as --tau diagonal
+        from ..spec import TauStructure
+
+        changes["tau"] = TauStructure.DIAGONAL
     return replace(spec, options=replace(spec.options, **changes)) if changes else spec
 
 

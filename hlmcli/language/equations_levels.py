@@ -97,6 +97,7 @@ class RunOptions3:
     title: str | None = None
     residuals_l2: str | None = None
     residuals_l3: str | None = None
+    tau: object = None  # TauStructure.DIAGONAL when the lme4 formula asks for uncorrelated effects (||)
 
 
 @dataclass(frozen=True)
