@@ -476,9 +476,10 @@ def estimation_text(opts, nodes: int | None = None) -> str:
 def fixed_json(a: HGLMAnalysis, gamma, cov, rcov, df) -> list[dict]:
     fam = a.data.family
     out = []
-    se = np.sqrt(np.diag(cov))
-    rse = np.sqrt(np.diag(rcov)) if rcov is not None else np.full_like(se, np.nan)
-    t, rt = gamma / se, gamma / rse
+    with np.errstate(invalid="ignore", divide="ignore"):  # a negative variance of an uncertified fit is NaN
+        se = np.sqrt(np.diag(cov))
+        rse = np.sqrt(np.diag(rcov)) if rcov is not None else np.full_like(se, np.nan)
+        t, rt = gamma / se, gamma / rse
     p, rp = inference.two_sided_p(t, df), inference.two_sided_p(rt, df)
     for k, f in enumerate(a.design.fixed):
         term = a.spec.level2[f.q].predictors[f.s - 1] if f.s else None
