@@ -238,58 +238,62 @@ def _two_sided_p(t, df):
     return 2 * special.stdtr(df, -np.abs(t))
 
 
-def certificate_text3(fit, sym: Symbols3) -> list[str]:
+def _certificate_lines(fit, sym, taus: list[str]) -> list[str]:
+    """The stopping line of a nested fit, or what failed."""
     from ..engine.certificate import stopping_line
 
     c = fit.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
-    return [stopping_line(f"{sym.sigma2}, {sym.tau_pi} and {sym.tau_beta}")]
+    return [stopping_line(f"{sym.sigma2}, " + ", ".join(taus[:-1]) + f" and {taus[-1]}")]
+
+
+def certificate_text3(fit, sym: Symbols3) -> list[str]:
+    return _certificate_lines(fit, sym, [sym.tau_pi, sym.tau_beta])
+
+
+def _run_header(fit, meta: dict, K: int, n_units: list[int], max_iterations: int) -> list[str]:
+    """HLM3/HLM4's run header, to the iteration limit: n_units are the counts of levels 1..K."""
+    out = ["WARNING: the optimum is NOT certified; the numbers below may not be at the optimum.", ""] \
+        if not fit.converged else []
+    kind = "three levels" if K == 3 else f"{K} levels"
+    out.append(f"hlmcli {__version__}: hierarchical linear models, {kind} (HLM{K})")
+    if meta.get("timestamp"):
+        out.append(f"Date: {meta['timestamp']}")
+    out += ["", f"Specifications for this HLM{K} run", "", f"Problem Title: {meta.get('title') or 'no title'}", "",
+            f" The data source for this run  = {meta.get('data_source')}"]
+    if meta.get("command_file"):
+        out.append(f" The command file for this run = {meta['command_file']}")
+    out += [f" The maximum number of level-{level} units = {n}" for level, n in enumerate(n_units, start=1)]
+    out.append(f" The maximum number of iterations = {max_iterations}")
+    return out
+
+
+def _run_middle(design, fit, meta: dict, sym, summary: list[str], certificate: list[str]) -> list[str]:
+    """From the method of estimation to σ², the same at three and four levels."""
+    method = "restricted maximum likelihood" if fit.method == "REML" else "full maximum likelihood"
+    out = ["", f" Method of estimation: {method}"]
+    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
+    out += ["", f" The outcome variable is  {hlm_name(design.spec.outcome)}", ""]
+    out += summary
+    out += structure_notes(fit, "τ" if not sym.ascii else "tau")
+    if design.n_deleted:
+        out += ["", f"Run-time deletion has reduced the number of level-1 records to {design.n} "
+                    f"({design.n_deleted} deleted)"]
+    out += ["", f"Final Results - Iteration {fit.iterations}", ""]
+    out += certificate
+    out += list(fit.boundary)
+    out += ["", f" {sym.sigma2} = {fit.sigma2:12.5f}"]
+    return out
 
 
 # ---------------------------------------------------------------- text
 
 def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     spec = design.spec
-    out: list[str] = []
+    out = _run_header(fit, meta, 3, [design.n, design.n2, design.n3], spec.options.max_iterations)
+    out += _run_middle(design, fit, meta, sym, model_summary3(spec, sym), certificate_text3(fit, sym))
     w = out.append
-    if not fit.converged:
-        w("WARNING: the optimum is NOT certified; the numbers below may not be at the optimum.")
-        w("")
-    w(f"hlmcli {__version__}: hierarchical linear models, three levels (HLM3)")
-    if meta.get("timestamp"):
-        w(f"Date: {meta['timestamp']}")
-    w("")
-    w("Specifications for this HLM3 run")
-    w("")
-    w(f"Problem Title: {meta.get('title') or 'no title'}")
-    w("")
-    w(f" The data source for this run  = {meta.get('data_source')}")
-    if meta.get("command_file"):
-        w(f" The command file for this run = {meta['command_file']}")
-    w(f" The maximum number of level-1 units = {design.n}")
-    w(f" The maximum number of level-2 units = {design.n2}")
-    w(f" The maximum number of level-3 units = {design.n3}")
-    w(f" The maximum number of iterations = {spec.options.max_iterations}")
-    w("")
-    w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
-    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
-    w("")
-    w(f" The outcome variable is  {hlm_name(spec.outcome)}")
-    w("")
-    out += model_summary3(spec, sym)
-    out += structure_notes(fit, "τ" if not sym.ascii else "tau")
-    if design.n_deleted:
-        w("")
-        w(f"Run-time deletion has reduced the number of level-1 records to {design.n} ({design.n_deleted} deleted)")
-    w("")
-    w(f"Final Results - Iteration {fit.iterations}")
-    w("")
-    out += certificate_text3(fit, sym)
-    for note in fit.boundary:
-        w(note)
-    w("")
-    w(f" {sym.sigma2} = {fit.sigma2:12.5f}")
     rp, rb = spec.random_pis(), spec.random_betas()
 
     def matrix(title, labels, m, fmt):
@@ -670,55 +674,16 @@ def _coef_label(names, idx, sym: SymbolsLevels, depth: int, letter=None) -> str:
 
 
 def certificate_text(fit, sym: SymbolsLevels) -> list[str]:
-    from ..engine.certificate import stopping_line
-
-    c = fit.certificate
-    if not c.certified:
-        return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in getattr(c, "failed", [])]
-    taus = [sym.tau(level) for level in range(2, len(c.qs) + 2)]
-    return [stopping_line(f"{sym.sigma2}, " + ", ".join(taus[:-1]) + f" and {taus[-1]}")]
+    return _certificate_lines(fit, sym, [sym.tau(level) for level in range(2, len(fit.certificate.qs) + 2)])
 
 
 def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
     spec = design.spec
     K = spec.n_levels
-    out: list[str] = []
+    out = _run_header(fit, meta, K, [design.n] + [design.J(level) for level in range(2, K + 1)],
+                      spec.options.max_iterations)
+    out += _run_middle(design, fit, meta, sym, model_summary(spec, sym), certificate_text(fit, sym))
     w = out.append
-    if not fit.converged:
-        w("WARNING: the optimum is NOT certified; the numbers below may not be at the optimum.")
-        w("")
-    w(f"hlmcli {__version__}: hierarchical linear models, {K} levels (HLM{K})")
-    if meta.get("timestamp"):
-        w(f"Date: {meta['timestamp']}")
-    w("")
-    w(f"Specifications for this HLM{K} run")
-    w("")
-    w(f"Problem Title: {meta.get('title') or 'no title'}")
-    w("")
-    w(f" The data source for this run  = {meta.get('data_source')}")
-    w(f" The maximum number of level-1 units = {design.n}")
-    for level in range(2, K + 1):
-        w(f" The maximum number of level-{level} units = {design.J(level)}")
-    w(f" The maximum number of iterations = {spec.options.max_iterations}")
-    w("")
-    w(f" Method of estimation: {'restricted maximum likelihood' if fit.method == 'REML' else 'full maximum likelihood'}")
-    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
-    w("")
-    w(f" The outcome variable is  {hlm_name(spec.outcome)}")
-    w("")
-    out += model_summary(spec, sym)
-    out += structure_notes(fit, "τ" if not sym.ascii else "tau")
-    if design.n_deleted:
-        w("")
-        w(f"Run-time deletion has reduced the number of level-1 records to {design.n} ({design.n_deleted} deleted)")
-    w("")
-    w(f"Final Results - Iteration {fit.iterations}")
-    w("")
-    out += certificate_text(fit, sym)
-    for note in fit.boundary:
-        w(note)
-    w("")
-    w(f" {sym.sigma2} = {fit.sigma2:12.5f}")
 
     def matrix(title, labels, m, fmt):
         lw = max(len(x) for x in labels)
