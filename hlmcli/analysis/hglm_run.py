@@ -544,7 +544,8 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         "start": "pql" if a.ml else None,
         "loglik_constant": a.data.const,
         "lme4_formula": glmer_call(a.spec, meta.get("id_name", "ID"), a.nodes or None),
-        "r_call": r_call_lines(a.spec, meta.get("id_name", "ID"), a.nodes or None)[1].strip(),
+        "r_call": (glmmpql_call(a.spec, meta.get("id_name", "ID"))[0] if a.estimation == "pql"
+                   else glmer_call(a.spec, meta.get("id_name", "ID"), a.nodes or None)),
         "centering_means": d.centering_means,
     }
     if a.pql is not None:
