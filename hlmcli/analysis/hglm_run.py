@@ -260,6 +260,10 @@ def _reinsert(held, gamma, cov, rcov):
 
 def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     opts = spec.options
+    if opts.family == "ordinal":
+        from .ordinal_run import analyse_ordinal
+
+        return analyse_ordinal(spec, archive, level1_text)
     check_options(opts)
     if level1_text and re.search(r"\+\s*[rR](ij)?\s*$", level1_text.strip()):
         raise ModelError(f"'{level1_text.strip()}': a {opts.family} level-1 model has no residual r (its variance is "
@@ -353,6 +357,10 @@ def link_lines(spec, sym) -> list[str]:
     lam = "lambda" if sym.ascii else "λ"
     eta = "eta" if sym.ascii else "η"
     fam = spec.options.family
+    if fam == "ordinal":
+        from .ordinal_run import link_lines as ordinal_lines
+
+        return ordinal_lines(spec, sym)
     if fam == "bernoulli":
         top = [f"    Prob({y}ij=1|{b}j) = {phi}ij", f"    log[{phi}ij/(1 - {phi}ij)] = {eta}ij"]
     elif fam == "binomial":
@@ -397,8 +405,12 @@ def hglm_model_summary(spec, sym) -> list[str]:
 def glmer_call(spec, id_name: str, nodes: int | None = None) -> str:
     from ..report.report import lme4_formula
 
-    formula, _ = lme4_formula(spec, id_name)
     opts = spec.options
+    if opts.family == "ordinal":
+        from .ordinal_run import clmm_call
+
+        return clmm_call(spec, id_name, nodes)
+    formula, _ = lme4_formula(spec, id_name)
     lhs, rhs = formula.split(" ~ ", 1)
     if opts.family == "binomial":
         lhs = f"cbind({lhs}, {opts.trials} - {lhs})"
@@ -445,7 +457,8 @@ def r_call_lines(spec, id_name: str, nodes: int | None = None) -> list[str]:
     if spec.options.estimation == "pql":
         call, note = glmmpql_call(spec, id_name)
         return ["The same model in R (MASS)", f" {call}"] + ([f"   {note}"] if note else [])
-    return ["The same model in R (lme4)", f" {glmer_call(spec, id_name, nodes)}"]
+    package = "ordinal" if spec.options.family == "ordinal" else "lme4"
+    return [f"The same model in R ({package})", f" {glmer_call(spec, id_name, nodes)}"]
 
 
 def pql_status(p: PQLResult) -> str:
@@ -662,8 +675,12 @@ def _hglm_header_lines(a: HGLMAnalysis, meta: dict, sym) -> list[str]:
         w(f" The maximum number of macro iterations = {opts.macroit}")
     w("")
     w(f" Method of estimation: {estimation_text(opts, a.nodes or None)}")
-    w(f" Distribution at Level-1: {opts.family}" + (f", trials {opts.trials}" if opts.trials else "")
-      + (f", exposure {opts.exposure}" if opts.exposure else ""))
+    if hasattr(a, "categories"):  # ordinal: its categories and link
+        w(f" Distribution at Level-1: ordinal, {a.categories.size} categories "
+          f"({', '.join(f'{c:g}' for c in a.categories)}), {a.link} link")
+    else:
+        w(f" Distribution at Level-1: {opts.family}" + (f", trials {opts.trials}" if opts.trials else "")
+          + (f", exposure {opts.exposure}" if opts.exposure else ""))
     w("")
     w(f" The outcome variable is  {hlm_name(a.spec.outcome)}")
     w("")
@@ -710,7 +727,7 @@ def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> l
     from ..report.report import coef_label, hlm_name, hlm_p, text_table
 
     d = a.design
-    ratio = "Odds Ratio" if a.data.family.link == "logit" else "Event Rate Ratio"
+    ratio = getattr(a, "ratio_label", "Odds Ratio" if a.data.family.link == "logit" else "Event Rate Ratio")
     out: list[str] = []
     w = out.append
     for robust in (False, True):
@@ -733,8 +750,14 @@ def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> l
             tq = special.stdtrit(a.df[k], 0.975)
             ratio_rows.append([label, f"{gamma[k]:.6f}", f"{np.exp(gamma[k]):.6f}",
                                f"({np.exp(gamma[k] - tq * se[k]):.3f},{np.exp(gamma[k] + tq * se[k]):.3f})"])
+        if hasattr(a, "threshold_rows"):  # an ordinal outcome's thresholds δ(m), after γ (ordinal_run.py)
+            more, more_ratio = a.threshold_rows(robust, sym)
+            rows += more
+            ratio_rows += more_ratio
         out.extend(text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                               rows, [30, 12, 14, 9, 12, 8]))
+        if ratio is None:  # probit: exp(γ) is no ratio of anything
+            continue
         w("")
         out.extend(text_table(["Fixed Effect", "Coefficient", ratio, "Confidence Interval"], ratio_rows, [30, 12, 16, 22]))
     return out

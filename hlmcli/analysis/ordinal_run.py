@@ -1,0 +1,223 @@
+"""Ordinal outcomes (--family ordinal, HLM 7's nonlin:ordinal,NCAT): the categories from the data, the
+Laplace or AGQ fit (engine/ordinal.py), and the thresholds in HLM 7's tables and the JSON.
+
+Printed parametrisation (HLM 7's, Raudenbush & Bryk 2002 §10.5): F⁻¹(P(Y ≤ m | b)) = η + δ(2) + ... + δ(m),
+η = x'γ + z'b, so γ00 is the first threshold and δ(m) > 0 the gap from threshold m − 1 to m; a positive
+γ makes the low categories more likely. ordinal::clmm's θ_m − x'β is the same model with θ_m = γ00 +
+δ(2) + ... + δ(m) and β = −γ: the JSON carries both (`thresholds`, `clmm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import special
+
+from ..data import design as design_stage
+from ..errors import DataError, ModelError
+from . import inference
+from .hglm_run import HGLMAnalysis, check_column_scales, check_options
+
+RATIO_NAMES = {"logit": ("odds_ratio", "Odds Ratio"), "cloglog": ("hazard_ratio", "Hazard Ratio"), "probit": (None, None)}
+
+
+def ordinal_codes(y: np.ndarray, ncat: int | None, where: dict):
+    """(codes 1..C per record, the categories as written): the categories are the outcome's distinct
+    whole-number values, or 1..NCAT when a .hlm file gives NCAT. Refused in one line naming file, column
+    and row: a value that is not a whole number, outside 1..NCAT, or fewer than three categories."""
+    rows, out, l1file = where["rows"], where["outcome"], where["file"]
+
+    def fail(k, problem):
+        raise DataError(f"{l1file}, column {out}, row {int(rows[k]) + 1}: {problem}")
+
+    bad = np.flatnonzero(y != np.round(y))
+    if bad.size:
+        fail(bad[0], f"the value {y[bad[0]]:g} is not a whole-number category code, as --family ordinal needs "
+                     "(the categories are ordered by their codes)")
+    if ncat is not None:
+        bad = np.flatnonzero((y < 1) | (y > ncat))
+        if bad.size:
+            fail(bad[0], f"the value {y[bad[0]]:g} is not a category 1 to {ncat} of nonlin:ordinal,{ncat}; recode it "
+                         "or change NCAT")
+        categories = np.arange(1, ncat + 1, dtype=float)
+        present = np.isin(categories, y)
+        if not present.all():
+            missing = [f"{c:g}" for c in categories[~present]]
+            raise DataError(f"{l1file}, column {out}: no record has category {', '.join(missing)} of "
+                            f"nonlin:ordinal,{ncat}, so its threshold has no finite estimate; set NCAT to the "
+                            "categories present and recode them 1, 2, ...")
+    else:
+        categories = np.unique(y)
+    if categories.size < 3:
+        raise DataError(f"{l1file}, column {out}: the outcome has {categories.size} categories "
+                        f"({', '.join(f'{c:g}' for c in categories)}); an ordinal model needs at least 3 "
+                        "(for two, use --family bernoulli)")
+    return np.searchsorted(categories, y).astype(np.int64) + 1, categories
+
+
+@dataclass
+class OrdinalAnalysis(HGLMAnalysis):
+    """An HGLM analysis whose fixed part is followed by the thresholds δ(2)..δ(C−1)."""
+
+    categories: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    params: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (γ, c_2..c_{C−1}) as the engine fits them
+    delta: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    delta_cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    delta_robust_cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    link: str = "logit"
+
+    @property
+    def ratio_label(self):
+        return RATIO_NAMES[self.link][1]
+
+    def threshold_rows(self, robust: bool, sym) -> tuple[list, list]:
+        """HLM 7's fixed-effect rows of the thresholds (and their ratio rows), after γ's."""
+        from ..report.report import hlm_p
+
+        c = self.delta_robust_cov if robust else self.delta_cov
+        se = np.sqrt(np.diag(c))
+        t = self.delta / se
+        df = self.df[0]
+        p = inference.two_sided_p(t, np.full(t.shape, df))
+        rows, ratio_rows = [], []
+        d = "d" if sym.ascii else "δ"
+        for k, m in enumerate(range(2, 2 + self.delta.size)):
+            label = f"For  THRESHOLD{m}, {d}({m})"
+            rows.append([label, f"{self.delta[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", f"{df:.0f}", hlm_p(p[k])])
+        return rows, ratio_rows  # no ratio rows: exp(δ) compares two cumulative odds, not two groups
+
+    def to_json(self, meta: dict) -> dict:
+        return ordinal_json(self, meta)
+
+    def level1_table(self):
+        """As an HGLM's, with η (without the thresholds) and the fitted mean the expected category 1..C."""
+        import pandas as pd
+
+        d = self.design
+        eta = self.data.eta(self.params, self.b)
+        cols = {"id": np.array(d.unit_ids, dtype=object)[self.data.unit], "eta": eta,
+                "fitted": self.data.family.mean(eta), d.spec.outcome: d.y}
+        for k, term in enumerate(d.spec.level1, start=1):
+            cols[term.name if term.centering == "none" else f"{term.name}_{term.centering}"] = d.L[:, k]
+        return pd.DataFrame(cols)
+
+
+def analyse_ordinal(spec, archive, level1_text: str | None = None) -> OrdinalAnalysis:
+    from ..data.data_checks import check_quadrature
+    from ..engine.hglm import working_model
+    from ..engine.ordinal import LINKS, OrdinalData, OrdinalFamily, fit
+    from .identifiability import check_units
+
+    opts = spec.options
+    check_options(opts)
+    link = opts.link or "logit"
+    if link not in LINKS:
+        raise ModelError(f"--link {link}: an ordinal outcome's link is logit, probit or cloglog")
+    if opts.estimation == "pql":
+        raise ModelError("--family ordinal: PQL is not available yet for ordinal outcomes; use --estimation laplace "
+                         "or agq (exact ML)")
+    design = design_stage.make_design(spec, archive)
+    if not design.random.any():
+        raise ModelError("an HGLM needs at least one random effect (add u0 to the equation for b0)")
+    if not design.fixed or (design.fixed[0].q, design.fixed[0].s) != (0, 0):
+        raise ModelError("an ordinal model needs the intercept γ00: it is the first threshold")
+    check_units(design.n_units, int(design.random.sum()))
+    files = {s.role: s.name for s in archive.sources}
+    l1file = files.get("level-1", "the level-1 file")
+    rows = design.record_positions if design.record_positions is not None else np.arange(design.n)
+    where = {"file": l1file, "outcome": spec.outcome, "rows": rows}
+    codes, categories = ordinal_codes(design.y, opts.ncat, where)
+    B = design.block_design()
+    check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
+    fam = OrdinalFamily(link, categories.size, codes)
+    data = OrdinalData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), codes.astype(float))
+    diagonal = opts.tau == "diagonal"
+    if opts.estimation == "agq":
+        if data.q > 3:
+            raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use "
+                             "--estimation laplace")
+        check_quadrature(opts.quadrature_points or None, data.q)
+    res = fit(data, opts.estimation, opts.quadrature_points or None, diagonal=diagonal)
+    pf = data.pf
+    gamma, cuts = res.gamma[:pf], res.gamma[pf:]
+    # δ(m) = c_m − c_{m−1} (c_1 = 0): a linear map of the cuts, and its covariances
+    D = np.eye(cuts.size) - np.eye(cuts.size, k=-1)
+    delta = D @ cuts
+    cc, rc = res.cov[pf:, pf:], res.robust_cov[pf:, pf:]
+    data.eta(res.gamma, res.b)  # the family's thresholds at the optimum
+    stats, unit = working_model(data, res.eta)
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=1.0)
+    ols = inference.unit_ols(design, unit, stats, fake)
+    variance = inference.variance_tests(design, ols, res.tau, stats)
+    return OrdinalAnalysis(spec, design, data, opts.estimation, res.nodes, None, res, gamma, res.cov[:pf, :pf],
+                           res.robust_cov[:pf, :pf], res.tau, None, inference.hlm_fixed_df(design), variance,
+                           res.converged, res.b, res.b_var, categories=categories, params=res.gamma.copy(),
+                           delta=delta, delta_cov=D @ cc @ D.T, delta_robust_cov=D @ rc @ D.T, link=link)
+
+
+def clmm_call(spec, id_name: str, nodes: int | None = None) -> str:
+    """The same model in R: ordinal::clmm, whose θ and β are γ00 + δ(2) + ... and −γ (module docstring)."""
+    from ..report.report import r_terms
+
+    fixed, rand = r_terms(spec)
+    opts = spec.options
+    rhs = " + ".join([t for t in fixed if t != "1"] or ["1"])
+    random = f"(1 | {id_name})" if rand == ["1"] else f"({' + '.join(rand)} | {id_name})"
+    nagq = "" if opts.estimation == "laplace" else f", nAGQ = {nodes or opts.quadrature_points or 10}"
+    link = opts.link or "logit"
+    # clmm's random-effect fits take "loglog" for the F(x) = 1 − exp(−exp(x)) that clm calls cloglog
+    # (tests/reference_scripts/ordinal_clmm.R shows it by numerical integration)
+    link_arg = "" if link == "logit" else f', link = "{"loglog" if link == "cloglog" else link}"'
+    return f"ordinal::clmm(factor({spec.outcome}, ordered = TRUE) ~ {rhs} + {random}, data = d{link_arg}{nagq})"
+
+
+def ordinal_json(a: OrdinalAnalysis, meta: dict) -> dict:
+    from .hglm_run import hglm_json
+
+    out = hglm_json(a, meta)
+    ratio_key = RATIO_NAMES[a.link][0]
+    for row in out["fixed_effects"]:
+        old = a.data.family.ratio_name
+        value = row.pop(old, None)
+        if ratio_key is None:
+            for k in ("ci_low", "ci_high", "robust_ci_low", "robust_ci_high"):
+                row.pop(k, None)
+        else:
+            row[ratio_key] = value
+    df = float(a.df[0])
+    rows = []
+    for robust in (False, True):
+        se = np.sqrt(np.diag(a.delta_robust_cov if robust else a.delta_cov))
+        rows.append((se, a.delta / se, inference.two_sided_p(a.delta / se, np.full(se.shape, df))))
+    out["categories"] = [float(c) for c in a.categories]
+    out["thresholds"] = [{"threshold": f"δ({m})", "name": f"THRESHOLD{m}", "estimate": float(a.delta[k]),
+                          "se": float(rows[0][0][k]), "t": float(rows[0][1][k]), "df": df, "p": float(rows[0][2][k]),
+                          "robust_se": float(rows[1][0][k]), "robust_t": float(rows[1][1][k]),
+                          "robust_p": float(rows[1][2][k])} for k, m in enumerate(range(2, 2 + a.delta.size))]
+    out["threshold_covariance"] = a.delta_cov.tolist()
+    theta = a.gamma[0] + np.concatenate([[0.0], np.cumsum(a.delta)])
+    out["clmm"] = {"convention": "link P(Y <= m) = theta_m - x'beta - u: theta_m = γ00 + δ(2) + ... + δ(m), "
+                                 "beta = -γ (the slopes)",
+                   "theta": theta.tolist(), "beta": (-a.gamma[1:]).tolist()}
+    out["parametrisation"] = ("HLM 7: link P(Y <= m | u) = η + δ(2) + ... + δ(m), η = γ00 + x'γ + u; a positive γ "
+                              "makes the lower categories more likely")
+    out["start"] = "glm"
+    out["loglik_constant"] = 0.0
+    return out
+
+
+def link_lines(spec, sym, ncat: int | None = None) -> list[str]:
+    """HLM 7's ordinal level-1 block (R&B 2002 §10.5), with the link's function of the cumulative probability."""
+    b, y = sym.beta, spec.outcome.upper()[:8]
+    phi = "phi'" if sym.ascii else "φ'"
+    eta = "eta'" if sym.ascii else "η'"
+    d = "d" if sym.ascii else "δ"
+    link = spec.options.link or "logit"
+    f = {"logit": f"log[{phi}mij/(1 - {phi}mij)]", "probit": f"Phi^-1[{phi}mij]" if sym.ascii else f"Φ⁻¹[{phi}mij]",
+         "cloglog": f"log[-log(1 - {phi}mij)]"}[link]
+    return [f"    Prob[{y}ij <= m|{b}j] = {phi}mij", f"    {f} = {eta}mij",
+            f"    {eta}mij = {'eta' if sym.ascii else 'η'}ij + {d}(2) + ... + {d}(m)  ({d}(1) = 0: {'gamma00' if sym.ascii else 'γ00'} "
+            "is the first threshold)"]
