@@ -20,10 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..lazy import lazy
-
-optimize = lazy("scipy.optimize")
-
+from . import lbfgsb
 from .certificate import HESSIAN_TOL, Certificate, Face, certify
 from .sufficient import ModelStats, reparametrise
 from .unitsolve import UnitSolve, factor, unit_ols, unit_solve
@@ -234,8 +231,7 @@ def _lbfgs(obj: Objective, G0: np.ndarray, structure: TauStructure, maxiter: int
         grad = 2.0 * obj.gradient_of(us) @ lam
         return obj.deviance_of(us), grad[idx]
 
-    res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": max(1, maxiter), "ftol": 1e-10, "gtol": 1e-7, "maxcor": 20})
+    res = lbfgsb.minimize(fun, theta0, bounds, maxiter=max(1, maxiter), ftol=1e-10, gtol=1e-7, maxcor=20)
     lam = np.zeros((q, q))
     lam[idx] = res.x
     return lam @ lam.T, float(res.fun), int(res.nit), str(res.message)
