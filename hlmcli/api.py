@@ -188,7 +188,10 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
 
         from .data.data_checks import fit_or_refuse
 
-        a = fit_or_refuse(lambda: analyse_hglm(spec, archive, level1_text), archive, spec.outcome)
+        from .analysis.ordinal_run import analyse_ordinal
+
+        run = analyse_ordinal if o.family == "ordinal" else analyse_hglm  # ordinal: the thresholds too
+        a = fit_or_refuse(lambda: run(spec, archive, level1_text), archive, spec.outcome)
         a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
         a.notes = boundary_notes(a)
         return a

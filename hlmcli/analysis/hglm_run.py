@@ -260,10 +260,6 @@ def _reinsert(held, gamma, cov, rcov):
 
 def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     opts = spec.options
-    if opts.family == "ordinal":
-        from .ordinal_run import analyse_ordinal
-
-        return analyse_ordinal(spec, archive, level1_text)
     check_options(opts)
     if level1_text and re.search(r"\+\s*[rR](ij)?\s*$", level1_text.strip()):
         raise ModelError(f"'{level1_text.strip()}': a {opts.family} level-1 model has no residual r (its variance is "
@@ -358,9 +354,7 @@ def link_lines(spec, sym) -> list[str]:
     eta = "eta" if sym.ascii else "η"
     fam = spec.options.family
     if fam == "ordinal":
-        from .ordinal_run import link_lines as ordinal_lines
-
-        return ordinal_lines(spec, sym)
+        return ordinal_link_lines(spec, sym)
     if fam == "bernoulli":
         top = [f"    Prob({y}ij=1|{b}j) = {phi}ij", f"    log[{phi}ij/(1 - {phi}ij)] = {eta}ij"]
     elif fam == "binomial":
@@ -372,6 +366,20 @@ def link_lines(spec, sym) -> list[str]:
         if spec.options.exposure:
             top.append(f"    (mij = {spec.options.exposure.upper()[:8]}, the exposure; log mij is an offset)")
     return top
+
+
+def ordinal_link_lines(spec, sym) -> list[str]:
+    """HLM 7's ordinal level-1 block (R&B 2002 §10.5), with the link's function of the cumulative probability."""
+    b, y = sym.beta, spec.outcome.upper()[:8]
+    phi = "phi'" if sym.ascii else "φ'"
+    eta = "eta'" if sym.ascii else "η'"
+    d = "d" if sym.ascii else "δ"
+    link = spec.options.link or "logit"
+    f = {"logit": f"log[{phi}mij/(1 - {phi}mij)]", "probit": f"Phi^-1[{phi}mij]" if sym.ascii else f"Φ⁻¹[{phi}mij]",
+         "cloglog": f"log[-log(1 - {phi}mij)]"}[link]
+    return [f"    Prob[{y}ij <= m|{b}j] = {phi}mij", f"    {f} = {eta}mij",
+            f"    {eta}mij = {'eta' if sym.ascii else 'η'}ij + {d}(2) + ... + {d}(m)  ({d}(1) = 0: {'gamma00' if sym.ascii else 'γ00'} "
+            "is the first threshold)"]
 
 
 def hglm_model_summary(spec, sym) -> list[str]:
@@ -407,8 +415,6 @@ def glmer_call(spec, id_name: str, nodes: int | None = None) -> str:
 
     opts = spec.options
     if opts.family == "ordinal":
-        from .ordinal_run import clmm_call
-
         return clmm_call(spec, id_name, nodes)
     formula, _ = lme4_formula(spec, id_name)
     lhs, rhs = formula.split(" ~ ", 1)
@@ -419,6 +425,22 @@ def glmer_call(spec, id_name: str, nodes: int | None = None) -> str:
     nagq = {"pql": "", "laplace": ", nAGQ = 1", "agq": f", nAGQ = {nodes or opts.quadrature_points or 25}"}[opts.estimation]
     fam = "binomial" if opts.family in ("bernoulli", "binomial") else "poisson"
     return f"glmer({lhs} ~ {rhs}, family = {fam}{nagq})"
+
+
+def clmm_call(spec, id_name: str, nodes: int | None = None) -> str:
+    """The same model in R: ordinal::clmm, whose θ and β are γ00 + δ(2) + ... and −γ (module docstring)."""
+    from ..report.report import r_terms
+
+    fixed, rand = r_terms(spec)
+    opts = spec.options
+    rhs = " + ".join([t for t in fixed if t != "1"] or ["1"])
+    random = f"(1 | {id_name})" if rand == ["1"] else f"({' + '.join(rand)} | {id_name})"
+    nagq = "" if opts.estimation == "laplace" else f", nAGQ = {nodes or opts.quadrature_points or 10}"
+    link = opts.link or "logit"
+    # clmm's random-effect fits take "loglog" for the F(x) = 1 − exp(−exp(x)) that clm calls cloglog
+    # (tests/reference_scripts/ordinal_clmm.R shows it by numerical integration)
+    link_arg = "" if link == "logit" else f', link = "{"loglog" if link == "cloglog" else link}"'
+    return f"ordinal::clmm(factor({spec.outcome}, ordered = TRUE) ~ {rhs} + {random}, data = d{link_arg}{nagq})"
 
 
 def glmmpql_call(spec, id_name: str) -> tuple[str, str | None]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import special
 
 from ..data import design as design_stage
 from ..errors import DataError, ModelError
@@ -158,22 +157,6 @@ def analyse_ordinal(spec, archive, level1_text: str | None = None) -> OrdinalAna
                            delta=delta, delta_cov=D @ cc @ D.T, delta_robust_cov=D @ rc @ D.T, link=link)
 
 
-def clmm_call(spec, id_name: str, nodes: int | None = None) -> str:
-    """The same model in R: ordinal::clmm, whose θ and β are γ00 + δ(2) + ... and −γ (module docstring)."""
-    from ..report.report import r_terms
-
-    fixed, rand = r_terms(spec)
-    opts = spec.options
-    rhs = " + ".join([t for t in fixed if t != "1"] or ["1"])
-    random = f"(1 | {id_name})" if rand == ["1"] else f"({' + '.join(rand)} | {id_name})"
-    nagq = "" if opts.estimation == "laplace" else f", nAGQ = {nodes or opts.quadrature_points or 10}"
-    link = opts.link or "logit"
-    # clmm's random-effect fits take "loglog" for the F(x) = 1 − exp(−exp(x)) that clm calls cloglog
-    # (tests/reference_scripts/ordinal_clmm.R shows it by numerical integration)
-    link_arg = "" if link == "logit" else f', link = "{"loglog" if link == "cloglog" else link}"'
-    return f"ordinal::clmm(factor({spec.outcome}, ordered = TRUE) ~ {rhs} + {random}, data = d{link_arg}{nagq})"
-
-
 def ordinal_json(a: OrdinalAnalysis, meta: dict) -> dict:
     from .hglm_run import hglm_json
 
@@ -207,17 +190,3 @@ def ordinal_json(a: OrdinalAnalysis, meta: dict) -> dict:
     out["start"] = "glm"
     out["loglik_constant"] = 0.0
     return out
-
-
-def link_lines(spec, sym, ncat: int | None = None) -> list[str]:
-    """HLM 7's ordinal level-1 block (R&B 2002 §10.5), with the link's function of the cumulative probability."""
-    b, y = sym.beta, spec.outcome.upper()[:8]
-    phi = "phi'" if sym.ascii else "φ'"
-    eta = "eta'" if sym.ascii else "η'"
-    d = "d" if sym.ascii else "δ"
-    link = spec.options.link or "logit"
-    f = {"logit": f"log[{phi}mij/(1 - {phi}mij)]", "probit": f"Phi^-1[{phi}mij]" if sym.ascii else f"Φ⁻¹[{phi}mij]",
-         "cloglog": f"log[-log(1 - {phi}mij)]"}[link]
-    return [f"    Prob[{y}ij <= m|{b}j] = {phi}mij", f"    {f} = {eta}mij",
-            f"    {eta}mij = {'eta' if sym.ascii else 'η'}ij + {d}(2) + ... + {d}(m)  ({d}(1) = 0: {'gamma00' if sym.ascii else 'γ00'} "
-            "is the first threshold)"]
