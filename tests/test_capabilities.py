@@ -404,6 +404,46 @@ def check_levels_compare(kind, tmp_path):
     pastes = tmp_path / "pastes.json"
     pastes.write_text(json.dumps(levels_json("three-level")))
     one_line_refusal(run_cli("compare", pastes, big), "were fitted to different records")
+    # the same files' names, shape, ids and counts, one outcome value changed: only the data hash tells
+    other = tmp_path / "other"
+    other.mkdir()
+    for src in PASTES[:3]:
+        (other / src.name).write_bytes(src.read_bytes())
+    l1 = pd.read_csv(other / PASTES[0].name)
+    l1.loc[0, "STRENGTH"] += 1.0
+    l1.to_csv(other / PASTES[0].name, index=False)
+    proc = run("fit", *(other / src.name for src in PASTES[:3]), *PASTES[3:], *PASTES_MODEL, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    changed = json.loads(proc.stdout)
+    original = json.loads(pastes.read_text())
+    assert [changed[k] for k in ("data_source", "ids", "n_level1", "n_level2", "n_level3", "n_deleted")] == \
+        [original[k] for k in ("data_source", "ids", "n_level1", "n_level2", "n_level3", "n_deleted")]
+    assert changed["data_hash"] != original["data_hash"]
+    (tmp_path / "changed.json").write_text(proc.stdout)
+    one_line_refusal(run_cli("compare", pastes, tmp_path / "changed.json"),
+                     "were fitted to different records (the outcome values or units differ)")
+
+
+def test_levels_data_hash_by_hand():
+    """The three-level data hash from the source files by hand: the outcome in archive order (level-3 file
+    order, then level-2 file order, records stable), then per level the unit sizes and ids (fit-3.json)."""
+    import hashlib
+
+    import numpy as np
+
+    l1, l2, l3 = (pd.read_csv(p, dtype=str) for p in PASTES[:3])
+    batches = list(l3["BATCH"])
+    samples = sorted(l2["SAMPLE"], key=lambda s: batches.index(l2.set_index("SAMPLE").loc[s, "BATCH"]))
+    records = sorted(range(len(l1)), key=lambda i: samples.index(l1["SAMPLE"][i]))
+    y = l1["STRENGTH"].astype(float).to_numpy()[records]
+    h = hashlib.sha256(np.ascontiguousarray(y, dtype="<f8").tobytes())
+    sizes2 = [int((l1["SAMPLE"] == s).sum()) for s in samples]
+    sizes3 = [int((l2["BATCH"] == b).sum()) for b in batches]
+    for k, (sizes, ids) in enumerate(((sizes2, samples), (sizes3, batches))):
+        h.update(b"\x1e" if k else b"")
+        h.update(np.cumsum([0] + sizes).astype("<i8").tobytes())
+        h.update("\x1f".join(ids).encode("utf-8"))
+    assert levels_json("three-level")["data_hash"] == h.hexdigest()
 
 
 def check_levels_formats(kind, tmp_path):

@@ -212,16 +212,55 @@ def model_record(spec, meta: dict) -> dict:
 
 
 def data_hash(design) -> str:
-    """SHA-256 of the records a deviance is computed on: the outcome, the units and their sizes."""
-    import hashlib
-
+    """SHA-256 of the records a deviance is computed on: the outcome, then for each level 2..K the
+    units' sizes (offsets) and ids. At two levels this is the outcome, the units and their sizes;
+    levels above two only add their own blocks, so one definition serves every number of levels."""
     if getattr(design, "data_digest", ""):  # a fit from per-unit moments (--engine stream/dask)
         return design.data_digest
+    if hasattr(design, "offsets"):  # two levels
+        return records_hash(design.y, [(design.offsets, design.unit_ids)])
+    return _levels_data_hash(design)
+
+
+def records_hash(y, levels, moments=None) -> str:
+    """The hash of data_hash: y (float64, little-endian), else (a fit from moments) b"moments" and each
+    level-2 unit's count, outcome mean and outcome sum of squares; then per level ℓ = 2..K its
+    offsets (int64: the level-(ℓ−1) units of unit k are offsets[k]:offsets[k+1]) and its ids joined
+    by U+001F, levels above two preceded by U+001E."""
+    import hashlib
+
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(design.y, dtype="<f8").tobytes())
-    h.update(np.ascontiguousarray(design.offsets, dtype="<i8").tobytes())
-    h.update("\x1f".join(design.unit_ids).encode("utf-8"))
+    if moments is None:
+        h.update(np.ascontiguousarray(y, dtype="<f8").tobytes())
+    else:
+        h.update(b"moments\x1f")
+        for a in (moments.n, moments.mean[:, -1], moments.C[:, -1, -1]):  # the outcome is the last column
+            h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+    for k, (offsets, ids) in enumerate(levels):
+        if k:
+            h.update(b"\x1e")
+        h.update(np.ascontiguousarray(offsets, dtype="<i8").tobytes())
+        h.update("\x1f".join(ids).encode("utf-8"))
     return h.hexdigest()
+
+
+def _levels_data_hash(design) -> str:
+    """data_hash of a design of three or more levels (design_levels.DesignLevels or Design3)."""
+    from ..engine.moments import LevelsSummary
+    from ..engine.nested import as_levels
+
+    data = design.data if isinstance(design.data, LevelsSummary) else as_levels(design.data)
+    ids = list(design.unit_ids) if hasattr(design, "unit_ids") else [design.unit2_ids, design.unit3_ids]
+    levels = []
+    for level, level_ids in enumerate(ids, 2):
+        if level == 2 and isinstance(data, LevelsSummary):
+            counts = np.rint(data.moments.n).astype(np.int64)
+        else:
+            counts = np.bincount(data.parents[level - 2], minlength=len(level_ids))
+        levels.append((np.concatenate(([0], np.cumsum(counts))), level_ids))
+    if isinstance(data, LevelsSummary):
+        return records_hash(None, levels, moments=data.moments)
+    return records_hash(data.y, levels)
 
 
 def model_summary(spec, sym: Symbols) -> list[str]:
