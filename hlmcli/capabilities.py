@@ -48,8 +48,6 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
                   "residual variances; HLM3 and HLM4 offer none, so there is no reference to match")
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
-_KEEP_K = ("not yet for k levels: the residual files of three- and four-level fits carry each level's archive "
-           "columns, not text columns from the source files")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
@@ -76,7 +74,7 @@ FEATURES = (
     Feature("test", "--test (Wald tests of γ)", {}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, **_k(_KEEP_K)}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
