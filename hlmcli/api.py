@@ -417,6 +417,10 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     three = len(files) == 3 or (len(files) == 1 and archive_n_levels(files[0]) == 3)
     level1_file = None
     if Engine(options.engine) != Engine.MEMORY:  # the level-1 records read once, per model (engines_levels.py)
+        from .capabilities import refuse_summarised
+
+        if missing == "now":  # before any data are read
+            refuse_summarised("missing_now", 3 if three else len(files), options.engine)
         archive, source, level1_file = load_summarised(files, build, options, say, 3 if three else len(files))
     elif three:
         keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched",

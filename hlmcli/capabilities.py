@@ -175,11 +175,19 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts
         for key in asked:
-            why = reason(key, "linear-summary")
-            if why and not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
-                label = "--residuals-l1" if key == "residuals" else _BY_KEY[key].label.split(" (")[0]
-                raise ModelError(f"{label}: not available with --engine {Engine(engine).value} for a {KINDS[kind]} fit: "
-                                 f"{why}")
+            if not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
+                refuse_summarised(key, n_levels_of(spec), engine)
+
+
+def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None:
+    """A fit of three or more levels from per-level-2-unit summaries (--engine stream/dask) asking for
+    what needs the records: the linear (stream, Dask) column's refusal, in one line. Called by `check`,
+    and before any data are read for what the build options ask (--missing now)."""
+    why = reason(feature, "linear-summary")
+    if why:
+        label = "--residuals-l1" if feature == "residuals" else _BY_KEY[feature].label.split(" (")[0]
+        raise ModelError(f"{label}: not available with --engine {Engine(engine).value} for a "
+                         f"{KINDS[_LEVELS[n_levels - 3]]} fit: {why}")
 
 
 def markdown_table() -> str:

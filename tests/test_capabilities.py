@@ -712,6 +712,11 @@ def check_levels_stream_dask(kind, tmp_path):
     levels_matches(doc, kind)
     proc = run("fit", *LEVELS_BASE[kind], "--engine", "stream", "--residuals-l1", tmp_path / "r1.csv", "-q")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "needs the records themselves" in proc.stderr
+    # --missing now is the capabilities table's refusal too (exit 1, its reason), not a usage error
+    proc = run("fit", *LEVELS_BASE[kind], "--engine", "dask", "--missing", "now", "-q")
+    one_line_refusal(proc, f"--missing now: not available with --engine dask for a {kind} linear fit: "
+                           + capabilities.reason("missing_now", "linear-summary"))
+    assert proc.returncode == 1
 
 
 SUPPORTED_LEVELS = {key[len("check_levels_"):]: f for key, f in globals().items() if key.startswith("check_levels_")}

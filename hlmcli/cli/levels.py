@@ -156,8 +156,11 @@ def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, std
     three = len(data) == 3 or (len(data) == 1 and archive_n_levels(data[0]) == 3)
     level1_file = None
     if Engine(fit.engine) != Engine.MEMORY:
+        from ..capabilities import refuse_summarised
         from ..data.streaming import progress_wanted
 
+        if build_opts.get("missing") == "now":  # before any data are read
+            refuse_summarised("missing_now", 3 if three else len(data), fit.engine)
         archive, source_text, level1_file = load_summarised(data, build_opts, fit, warn, 3 if three else len(data),
                                                             progress_wanted(out.quiet))
     elif three:
