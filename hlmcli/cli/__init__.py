@@ -200,6 +200,16 @@ class OneLineErrors(click.Group):
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
     """Two-, three- and four-level hierarchical linear models, the way HLM 7 (HLM2, HLM3, HLM4) fits them."""
+    from ..io import verified
+
+    verified.configure(_verified_records_folder)
+
+
+def _verified_records_folder():
+    """Where loads record the archives they verified in full (io/verified.py): the cache folder."""
+    from ..io.cache import default_cache_dir, secure_cache_dir
+
+    return secure_cache_dir(default_cache_dir())
 
 
 @main.group()
@@ -371,8 +381,10 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
 @click.argument("archive_file", type=click.Path())
 @click.option("--unit", help="Also show one unit: its number of records and level-2 values.")
 @click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--verify", is_flag=True, help="Compute the archive's whole-file checksum even if this file was "
+              "verified before (a load otherwise trusts a file whose size, times, inode and header are unchanged).")
 @user_errors
-def mdm_info(archive_file, unit, out_format):
+def mdm_info(archive_file, unit, out_format, verify):
     """Print what an archive holds: HLM 7's MDM statistics."""
     from ..io.archive import changed_sources, load_archive
     from ..errors import DataError
@@ -390,11 +402,12 @@ def mdm_info(archive_file, unit, out_format):
     if Path(archive_file).is_file() and archive_levels(archive_file) >= 4:
         from .levels import info_levels
 
-        return info_levels(archive_file, out_format, _stderr, unit)
+        info_levels(archive_file, out_format, _stderr, unit, verify)
+        return _say_verified(archive_file, verify)
     if Path(archive_file).is_file() and archive_levels(archive_file) == 3:
         from ..io.archive_levels import archive3_info, archive3_info_text, load_archive3
 
-        a3 = load_archive3(archive_file)
+        a3 = load_archive3(archive_file, verify)
         if unit is not None and unit not in a3.unit2_ids and unit not in a3.unit3_ids:
             raise DataError(f"{archive_file}: no level-2 or level-3 unit '{unit}' in the archive; "
                             f"ids look like {', '.join(a3.unit2_ids[:2] + a3.unit3_ids[:1])}")
@@ -402,14 +415,20 @@ def mdm_info(archive_file, unit, out_format):
             _stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
         info = archive3_info(a3, unit)
         click.echo(dumps_json(info) if out_format == "json" else archive3_info_text(info), nl=False)
-        return
-    archive = load_archive(archive_file)
+        return _say_verified(archive_file, verify)
+    archive = load_archive(archive_file, verify)
     if unit is not None and unit not in archive.unit_ids:
         raise DataError(f"{archive_file}: no unit '{unit}' in the archive; ids look like {', '.join(archive.unit_ids[:3])}")
     for path in changed_sources(archive):
         _stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
     info = archive_info(archive, unit)
     click.echo(dumps_json(info) if out_format == "json" else archive_info_text(info), nl=False)
+    _say_verified(archive_file, verify)
+
+
+def _say_verified(archive_file, verify: bool) -> None:
+    if verify:
+        _stderr(f"hlmcli: {archive_file}: checksum verified (SHA-256 of the whole file)")
 
 
 # ---------------------------------------------------------------- models and fits

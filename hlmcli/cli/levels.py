@@ -155,12 +155,12 @@ def build_levels(files, options, file_format, delimiter, output, quiet, stderr, 
         stderr(f"hlmcli: wrote {output}: {counts}")
 
 
-def info_levels(archive_file, out_format, stderr, unit=None):
+def info_levels(archive_file, out_format, stderr, unit=None, verify=False):
     from ..io.archive import changed_sources
     from ..io.archive_levels import archive_levels_info, archive_levels_info_text, load_archive_levels
     from ..report.report import dumps_json
 
-    a = load_archive_levels(archive_file, archive_n_levels(archive_file))
+    a = load_archive_levels(archive_file, archive_n_levels(archive_file), verify)
     for path in changed_sources(a):
         stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
     info = archive_levels_info(a, unit)

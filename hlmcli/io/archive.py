@@ -393,28 +393,35 @@ def _wrong_levels(found, wanted: int) -> str:
             f"{wanted}-level archive)")
 
 
-def read_archive_file(path: str | os.PathLike, levels: int = 2) -> tuple[Path, dict, dict, CorruptArchive]:
+def read_archive_file(path: str | os.PathLike, levels: int = 2, verify: bool = False) -> tuple[Path, dict, dict, CorruptArchive]:
     """Read and verify an archive file of the given number of levels (the two- and three-level
     archives share the format): (path, JSON header, arrays by name as zero-copy views, the error
-    to raise when the header does not describe the contents)."""
+    to raise when the header does not describe the contents). The whole-file checksum is computed
+    unless verified.py knows this very file was verified in full before; `verify` always computes it."""
+    from . import verified
     from .files import check_regular
 
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: no such archive; build it with 'hlmcli mdm build'")
     check_regular(path, "archive")
+    before = os.stat(path)
     raw = path.read_bytes()
+    after = os.stat(path)
     rebuild = "rebuild it with 'hlmcli mdm build'"
     if len(raw) < PREFIX.size or raw[:8] != MAGIC:
         raise CorruptArchive(f"{path}: not an hlmcli archive; build one with 'hlmcli mdm build'")
     _, version, reserved, header_len, checksum = PREFIX.unpack_from(raw)
     if version != FORMAT_VERSION:
         raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {FORMAT_VERSION}; {rebuild}")
-    digest = hashlib.sha256(PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
     body = memoryview(raw)[PREFIX.size:]
-    digest.update(body)
-    if digest.digest() != checksum:
-        raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
+    head = bytes(memoryview(raw)[:PREFIX.size + min(header_len, len(body))])
+    if verify or not verified.known(path, before, after, head):
+        digest = hashlib.sha256(PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
+        digest.update(body)
+        if digest.digest() != checksum:
+            raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
+        verified.remember(path, before, after, head)
     damaged = CorruptArchive(f"{path}: the archive header does not describe its contents; {rebuild}")
     if header_len > len(body) or header_len % 8:
         raise damaged
@@ -443,8 +450,8 @@ def read_archive_file(path: str | os.PathLike, levels: int = 2) -> tuple[Path, d
     return path, header, arrays, damaged
 
 
-def load_archive(path: str | os.PathLike) -> Archive:
-    path, header, arrays, damaged = read_archive_file(path, 2)
+def load_archive(path: str | os.PathLike, verify: bool = False) -> Archive:
+    path, header, arrays, damaged = read_archive_file(path, 2, verify)
     try:
         archive = Archive(
             level1_names=header["level1_names"], level2_names=header["level2_names"],

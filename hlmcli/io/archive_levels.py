@@ -658,8 +658,8 @@ def archive_levels(path) -> int:
         return 2
 
 
-def load_archive_levels(path, levels: int) -> ArchiveLevels:
-    path, header, arrays, damaged = read_archive_file(path, levels)
+def load_archive_levels(path, levels: int, verify: bool = False) -> ArchiveLevels:
+    path, header, arrays, damaged = read_archive_file(path, levels, verify)
     try:
         lvs = [LevelData(header["level1_names"], arrays["level1"])]
         for k in range(2, levels + 1):
@@ -685,8 +685,8 @@ def load_archive_levels(path, levels: int) -> ArchiveLevels:
     return a
 
 
-def load_archive3(path) -> ArchiveLevels:
-    return load_archive_levels(path, 3)
+def load_archive3(path, verify: bool = False) -> ArchiveLevels:
+    return load_archive_levels(path, 3, verify)
 
 
 def write_archive3(archive: ArchiveLevels, path, mode: int | None = None) -> None:
