@@ -25,9 +25,10 @@ import math
 
 import numpy as np
 
+from ..spec import coefficient_label, subscript
 from ..version import __version__
 from ..language.equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, Term3, symbol
-from .report import df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
+from .report import data_hash, df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
 
 SCHEMA3 = 3
 
@@ -43,9 +44,7 @@ class Symbols3:
         self.tau_beta = "tau(beta)" if ascii_only else "τβ"
         self.chi2 = "Chi-square" if ascii_only else "χ2"
 
-    @staticmethod
-    def idx(*k: int) -> str:
-        return "".join(map(str, k)) if all(i < 10 for i in k) else ",".join(map(str, k))
+    idx = staticmethod(subscript)  # HLM 7's comma rule
 
     def p(self, p: int) -> str:
         return f"{self.pi}{p}"
@@ -481,7 +480,7 @@ def fit_json3(design, fit, meta: dict) -> dict:
         "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
         "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)[0],
         **_structure_keys(fit),
-        "centering_means": design.centering_means,
+        "centering_means": design.centering_means, "data_hash": data_hash(design),
         **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
@@ -554,8 +553,7 @@ class SymbolsLevels:
 
     def rand(self, level: int, idx) -> str:
         r = RANDOM_LETTERS[level - 1]
-        sep = "," if any(i >= 10 for i in idx) else ""
-        return (r.upper() if self.ascii else r) + sep.join(map(str, idx))
+        return coefficient_label(r.upper() if self.ascii else r, idx)
 
     def tau(self, level: int) -> str:
         name = ("pi", "beta", "gamma", "delta")[level - 2]
@@ -829,7 +827,7 @@ def fit_json(design, fit, meta: dict) -> dict:
         "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
         "lme4_formula": lme4_formula(spec, meta["ids"], _diagonal_at(fit) or False),
         **_structure_keys(fit),
-        "centering_means": design.centering_means,
+        "centering_means": design.centering_means, "data_hash": data_hash(design),
         **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
