@@ -28,8 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class LevelsAnalysis:
-    """The analysis of a K-level model (K ≥ 3): its spec (HLM3's ModelSpec3 at three levels, LevelsSpec
-    above), its design, the certified fit and the extras the options asked for (Wald tests of γ and
+    """The analysis of a K-level model (K ≥ 3): its spec (a LevelsSpec), its design, the certified fit and the extras the options asked for (Wald tests of γ and
     the likelihood-ratio test against a prior deviance), JSON-ready."""
 
     spec: object
@@ -45,10 +44,6 @@ class LevelsAnalysis:
     @property
     def levels_spec(self):
         """The model in its K-level form (the same equations, γ order and τ orders as the engine's)."""
-        if self.n_levels == 3:
-            from .data.design_levels import spec3_as_levels
-
-            return spec3_as_levels(self.spec)
         return self.spec
 
 
@@ -288,7 +283,7 @@ def level2_residuals(design, fit, archive):
     unit3, n1 = _level2_units(design.data)
     cols: dict = {"id": design.unit2_ids, archive.id_names[1]: np.array(design.unit3_ids, dtype=object)[unit3],
                   "nj": n1.astype(int)}
-    for k, p in enumerate(spec.random_pis()):
+    for k, p in enumerate(idx[0] for idx, _ in spec.random(2)):
         cols[f"r_{names[p]}"] = fit.eb_pi[:, k]
         cols[f"postvar_r_{names[p]}"] = fit.eb_pi_var[:, k, k]
     for i, n in enumerate(archive.level2_names):
@@ -310,8 +305,8 @@ def level3_residuals(design, fit, archive):
     unit3, n1 = _level2_units(design.data)
     cols: dict = {"id": design.unit3_ids, "n2": np.bincount(unit3, minlength=design.n3).astype(int),
                   "n1": np.bincount(unit3, weights=n1, minlength=design.n3).round().astype(int)}
-    for k, (p, q) in enumerate(spec.random_betas()):
-        label = f"{names[p]}_{spec.level2_names(p)[q]}"
+    for k, (p, q) in enumerate(idx for idx, _ in spec.random(3)):
+        label = f"{names[p]}_{spec.term_names((p,))[q]}"
         cols[f"u_{label}"] = fit.eb_beta[:, k]
         cols[f"postvar_u_{label}"] = fit.eb_beta_var[:, k, k]
     for i, n in enumerate(archive.level3_names):

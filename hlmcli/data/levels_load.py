@@ -60,17 +60,19 @@ def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_ite
     line's --formula as equations and τ's structure (cli.options.formula_equations), when there is one."""
     from dataclasses import replace
 
-    from .design_levels import variables3_of
-    from ..language.equations_levels import RunOptions3, spec3_from_inputs
+    from .design_levels import variables_of
+    from ..language.equations_levels import RunOptionsLevels, spec3_from_inputs
 
-    variables = variables3_of(archive)
+    variables = variables_of(archive)
     formula_tau = None
     if formula_equations is not None:
         level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
-    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptions3(),
+    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptionsLevels(),
                              allow_outside)
-    changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations), ("residuals_l2", residuals_l2),
-                                 ("residuals_l3", residuals_l3)) if v is not None}
+    changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations)) if v is not None}
+    if residuals_l2 is not None or residuals_l3 is not None:
+        given = spec.options.residuals + (None,) * (2 - len(spec.options.residuals))
+        changes["residuals"] = (residuals_l2 or given[0], residuals_l3 or given[1])
     if reml:
         changes["method"] = "REML"
     if formula_tau:  # (x || g) at every level: a diagonal τ, as --tau diagonal

@@ -8,7 +8,7 @@ Three levels: models as HLM3 writes them: π at level 1, β at level 2, γ at le
 
 ASCII p/b/g/r/u/e, HLM3's printed forms (P0, B00, G000, R0, U00, E, subscripts jk/k/ijk, 'G001(MOBILITY)'
 without '*', blocks headed "Level-1 Model"), model files, and HLM 7 command files with level3: lines
-are all read into one ModelSpec3. Defaults follow HLM3: a π with no level-2 equation is β_p0 (random r0
+are all read into one LevelsSpec. Defaults follow HLM3: a π with no level-2 equation is β_p0 (random r0
 for the intercept π0 only); a β with no level-3 equation is γ_pq0 (random u00 for β00 only).
 
 HLM3 command files (verified against Reardon's Stata wrapper hlm3.ado, which writes them for HLM 6):
@@ -67,109 +67,148 @@ class Term3:
         return f"mean({self.name})" if self.mean_of else self.name
 
 
-@dataclass(frozen=True)
-class BetaEq:
-    """The level-3 equation of β_pq: β_pq = γ_pq0 + Σ γ_pqs W_s (+ u_pq)."""
+# ---------------------------------------------------------------- the model of K levels
 
-    predictors: tuple[Term3, ...] = ()
+COEF_LETTERS = "pbgd"  # the coefficients of the level-1, 2, 3, 4 equations
+GREEK = "πβγδ"
+RANDOM_LETTERS = "eruv"  # the random term at level 1, 2, 3, 4
+_REPLACE_K = {"×": "*", "·": "*", "⋅": "*", "∙": "*", "−": "-", "–": "-", "—": "-", "＝": "=",
+            "π": "p", "Π": "p", "β": "b", "Β": "b", "γ": "g", "Γ": "g", "δ": "d", "Δ": "d", "ε": "e"}
+_TOKEN = re.compile(r"^([A-Za-z])(\d+(?:,\d+)*)?([ijkl]*)$", re.I)
+
+
+def _normalise_k(text: str) -> str:
+    for a, b in _REPLACE_K.items():
+        text = text.replace(a, b)
+    return text
+
+
+def _coef(token: str, text: str):
+    """'b01' -> ('b', (0, 1)); 'g1,10,0' -> ('g', (1, 10, 0)); 'e' -> ('e', ()); None if not a coefficient."""
+    m = _TOKEN.match(token.strip())
+    if not m:
+        return None
+    letter, digits = m.group(1).lower(), m.group(2)
+    if digits is None:
+        return letter, ()
+    parts = digits.split(",") if "," in digits else list(digits)
+    return letter, tuple(parse_index(d, letter, text) for d in parts)
+
+
+def symbol(letter: str, idx) -> str:
+    """The printed form: Greek letter and subscripts, with commas once a subscript has two digits."""
+    g = {c: GREEK[k] for k, c in enumerate(COEF_LETTERS)}.get(letter, letter)
+    sep = "," if any(i >= 10 for i in idx) else ""
+    return g + sep.join(str(i) for i in idx)
+
+
+@dataclass(frozen=True)
+class Equation:
+    """The equation of a level-d coefficient at level d+1: intercept, predictors, random term, and the
+    equations of its own coefficients one level up (`terms`, index 0 = intercept, None when absent;
+    empty at the top level)."""
+    predictors: tuple = ()
     intercept: bool = True
     random: bool = False
+    terms: tuple = ()
+
+    def present(self) -> list[int]:
+        return ([0] if self.intercept else []) + list(range(1, len(self.predictors) + 1))
 
 
 @dataclass(frozen=True)
-class PiEq:
-    """The level-2 equation of π_p: π_p = β_p0 + Σ β_pq X_q (+ r_p); betas[q] is β_pq's level-3 equation."""
-
-    predictors: tuple[Term3, ...] = ()
-    intercept: bool = True
-    random: bool = False
-    betas: tuple[BetaEq, ...] = (BetaEq(),)
-
-    @property
-    def present(self) -> bool:
-        return self.intercept or self.random or bool(self.predictors)
-
-
-@dataclass(frozen=True)
-class RunOptions3:
-    method: str = "ML"  # HLM3 fits full ML; REML with --reml
+class RunOptionsLevels:
+    method: str = "ML"  # HLM3 and HLM4 fit full ML; REML with --reml
     max_iterations: int = 1000
     title: str | None = None
-    residuals_l2: str | None = None
-    residuals_l3: str | None = None
+    residuals: tuple = ()  # per level 2..K: a path or None (an HLM3 command file's resfil2:/resfil3:)
     tau: object = None  # TauStructure.DIAGONAL when the lme4 formula asks for uncorrelated effects (||)
 
 
 @dataclass(frozen=True)
-class Gamma:
-    p: int
-    q: int
-    s: int
-    coefficient: str  # INTRCPT1 or the level-1 variable
-    level2: str  # INTRCPT2 or the level-2 predictor
-    level3: str  # INTRCPT3 or the level-3 predictor
+class Fixed:
+    """One fixed effect: its subscripts and the names along its path (coefficient, predictors)."""
+    idx: tuple
+    names: tuple  # INTRCPT1 or the level-1 variable, then INTRCPT2 or the level-2 predictor, ...
 
 
 @dataclass(frozen=True)
-class ModelSpec3:
+class LevelsSpec:
+    """A model of K ≥ 3 levels: the level-1 predictors a_1..a_P and, for each level-1 coefficient π_p,
+    its level-2 Equation, whose `terms` hold the equations one level up, and so on to level K."""
+
     outcome: str
-    level1: tuple[Term3, ...]  # a_1..a_P (a_0 = 1 when `intercept`)
+    n_levels: int
+    level1: tuple  # a_1..a_P (Term3)
     intercept: bool
-    pis: tuple[PiEq, ...]  # index p = 0..P; pis[0] is unused without an intercept
-    options: RunOptions3 = field(default_factory=RunOptions3)
+    equations: tuple  # index p = 0..P: the level-2 Equation of π_p, None when π_p is absent
+    options: RunOptionsLevels = field(default_factory=RunOptionsLevels)
 
     @property
     def method(self) -> str:
         return self.options.method
 
-    def present_pis(self) -> list[int]:
-        return [p for p, eq in enumerate(self.pis) if (p > 0 or self.intercept) and eq.present]
-
     def coefficient_names(self) -> list[str]:
+        """The names of the level-1 coefficients π_0..π_P: INTRCPT1 and the level-1 predictors."""
         return ["INTRCPT1"] + [t.label for t in self.level1]
 
-    def level2_names(self, p: int) -> list[str]:
-        return ["INTRCPT2"] + [t.label for t in self.pis[p].predictors]
+    def equation(self, idx: tuple) -> Equation:
+        """The equation of the coefficient with subscripts `idx` (π_p: (p,), β_pq: (p, q), ...)."""
+        eq = self.equations[idx[0]]
+        for k in idx[1:]:
+            eq = eq.terms[k]
+        return eq
 
-    def present_betas(self, p: int) -> list[int]:
-        eq = self.pis[p]
-        return ([0] if eq.intercept else []) + list(range(1, len(eq.predictors) + 1))
+    def term_names(self, idx: tuple) -> list[str]:
+        """The names of the terms of the equation of `idx`: INTRCPT{d+1} and its predictors."""
+        return [f"INTRCPT{len(idx) + 1}"] + [t.label for t in self.equation(idx).predictors]
 
-    def gammas(self) -> list[Gamma]:
-        """γ_pqs in the engine's order: for p, for q, for s."""
+    def walk(self):
+        """(depth, subscripts, Equation, names) for every coefficient with an equation, depth-first: the
+        coefficient of a level-`depth` equation whose own equation is at level depth+1."""
         out = []
-        names1 = self.coefficient_names()
-        for p in self.present_pis():
-            names2 = self.level2_names(p)
-            for q in self.present_betas(p):
-                b = self.pis[p].betas[q]
-                ss = ([0] if b.intercept else []) + list(range(1, len(b.predictors) + 1))
-                for s in ss:
-                    out.append(Gamma(p, q, s, names1[p], names2[q], "INTRCPT3" if s == 0 else b.predictors[s - 1].label))
+        names1 = ["INTRCPT1"] + [t.label for t in self.level1]
+
+        def go(eq, depth, idx, names):
+            out.append((depth, idx, eq, names))
+            if depth + 1 >= self.n_levels:
+                return
+            for k in eq.present():
+                go(eq.terms[k], depth + 1, idx + (k,),
+                   names + ((f"INTRCPT{depth + 1}" if k == 0 else eq.predictors[k - 1].label),))
+
+        for p, eq in enumerate(self.equations):
+            if eq is not None:
+                go(eq, 1, (p,), (names1[p],))
         return out
 
-    def random_pis(self) -> list[int]:
-        return [p for p in self.present_pis() if self.pis[p].random]
+    def fixed(self) -> list[Fixed]:
+        """The fixed effects in the engine's order (depth-first)."""
+        out = []
+        for depth, idx, eq, names in self.walk():
+            if depth == self.n_levels - 1:
+                for k in eq.present():
+                    out.append(Fixed(idx + (k,), names + ((f"INTRCPT{depth + 1}" if k == 0 else
+                                                           eq.predictors[k - 1].label),)))
+        return out
 
-    def random_betas(self) -> list[tuple[int, int]]:
-        return [(p, q) for p in self.present_pis() for q in self.present_betas(p) if self.pis[p].betas[q].random]
+    def random(self, level: int) -> list[tuple]:
+        """(subscripts, names) of the coefficients random at `level`, in τ order."""
+        return [(idx, names) for depth, idx, eq, names in self.walk() if depth == level - 1 and eq.random]
 
 
 @dataclass(frozen=True)
-class Variables3:
-    level1: tuple[str, ...]
-    level2: tuple[str, ...]
-    level3: tuple[str, ...]
+class VariablesLevels:
+    names: tuple  # per level 1..K: the variable names
 
     def lookup(self, name: str, level: int) -> str | None:
-        names = (self.level1, self.level2, self.level3)[level - 1]
-        hits = [n for n in names if n.lower() == name.lower()]
+        hits = [n for n in self.names[level - 1] if n.lower() == name.lower()]
         if len(hits) > 1:
             raise ModelError(f"variable '{name}' matches {', '.join(hits)}, which differ only in case; rename one in the data")
         return hits[0] if hits else None
 
     def level_of(self, name: str) -> int | None:
-        return next((lev for lev in (1, 2, 3) if self.lookup(name, lev)), None)
+        return next((lev for lev in range(1, len(self.names) + 1) if self.lookup(name, lev)), None)
 
 
 # ---------------------------------------------------------------- text and tokens
@@ -214,7 +253,7 @@ def _split_coef(piece: str, pos: int):
     return coef, pred, ppos
 
 
-def _resolve(name: str, level: int, variables: Variables3, text: str, where: str) -> str:
+def _resolve(name: str, level: int, variables: VariablesLevels, text: str, where: str) -> str:
     cands = [name] + [name[: -len(s)] for s in ("ijk", "jk", "k", "ij", "j") if name.lower().endswith(s) and len(name) > len(s)]
     for c in cands:
         hit = variables.lookup(c, level)
@@ -230,13 +269,13 @@ def _resolve(name: str, level: int, variables: Variables3, text: str, where: str
                              f"not usable in {where}; {hint}")
     import difflib
 
-    pool = list(variables.level1) + list(variables.level2) + list(variables.level3)
+    pool = [n for names in variables.names for n in names]
     close = difflib.get_close_matches(name.upper(), [p.upper() for p in pool], n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; check the spelling against 'hlmcli mdm info'"
     raise ModelError(f"in '{text.strip()}': unknown variable '{name}'{hint}")
 
 
-def _predictor(text_piece: str, level: int, variables: Variables3, text: str, pos: int) -> Term3:
+def _predictor(text_piece: str, level: int, variables: VariablesLevels, text: str, pos: int) -> Term3:
     where = f"a level-{level} equation"
     body = unwrap(text_piece)
     m = re.fullmatch(r"(group|grand|mean)\s*\((.*)\)", body, re.I)
@@ -283,7 +322,7 @@ def _predictor(text_piece: str, level: int, variables: Variables3, text: str, po
 
 # ---------------------------------------------------------------- the three kinds of equation
 
-def parse_level1(equation: str, variables: Variables3):
+def parse_level1(equation: str, variables: VariablesLevels):
     """'MATH = p0 + p1*YEAR + e' -> (outcome, terms a_1..a_P, has π0)."""
     text = _normalise(equation)
     check_shape(text)
@@ -341,7 +380,7 @@ def parse_level1(equation: str, variables: Variables3):
     return outcome, tuple(ordered), intercept
 
 
-def _parse_upper(equation: str, level: int, variables: Variables3):
+def _parse_upper(equation: str, level: int, variables: VariablesLevels):
     """A π equation (level 2) or a β equation (level 3) -> (index of the left side, predictors, intercept, random)."""
     text = _normalise(equation)
     check_shape(text)
@@ -408,8 +447,8 @@ def _parse_upper(equation: str, level: int, variables: Variables3):
     return key, tuple(predictors), s_next > 0, random
 
 
-def build_spec3(level1: str, level2: list[str], level3: list[str], variables: Variables3,
-                options: RunOptions3 | None = None) -> ModelSpec3:
+def build_spec3(level1: str, level2: list[str], level3: list[str], variables: VariablesLevels,
+                options: RunOptionsLevels | None = None) -> LevelsSpec:
     outcome, terms, intercept = parse_level1(level1, variables)
     P = len(terms) + 1
     pi_eqs: dict[int, tuple] = {}
@@ -424,7 +463,7 @@ def build_spec3(level1: str, level2: list[str], level3: list[str], variables: Va
         if p in pi_eqs:
             raise ModelError(f"in '{eq.strip()}': π{p} already has a level-2 equation; give one equation per coefficient")
         pi_eqs[p] = (preds, icpt, rand)
-    beta_eqs: dict[tuple[int, int], BetaEq] = {}
+    beta_eqs: dict[tuple[int, int], Equation] = {}
     for eq in level3:
         (p, q), preds, icpt, rand = _parse_upper(eq, 3, variables)
         if p >= P or (p == 0 and not intercept):
@@ -438,21 +477,22 @@ def build_spec3(level1: str, level2: list[str], level3: list[str], variables: Va
                              f"add β{p}{q}*NAME there or drop this equation")
         if (p, q) in beta_eqs:
             raise ModelError(f"in '{eq.strip()}': β{p}{q} already has a level-3 equation; give one equation per coefficient")
-        beta_eqs[(p, q)] = BetaEq(preds, icpt, rand)
+        beta_eqs[(p, q)] = Equation(preds, icpt, rand)
+    # HLM3's defaults: π_p = β_p0 (+ r0 for the intercept), β_pq = γ_pq0 (+ u00 for β00)
     pis = []
     for p in range(P):
         if p == 0 and not intercept:
-            pis.append(PiEq((), False, False, (BetaEq((), False, False),)))
+            pis.append(None)
             continue
         preds, icpt, rand = pi_eqs.get(p, ((), True, p == 0))
-        betas = tuple(beta_eqs.get((p, q), BetaEq((), True, p == 0 and q == 0)) if (q or icpt) else BetaEq((), False, False)
+        betas = tuple(beta_eqs.get((p, q), Equation((), True, p == 0 and q == 0)) if (q or icpt) else None
                       for q in range(len(preds) + 1))
-        pis.append(PiEq(preds, icpt, rand, betas))
-    spec = ModelSpec3(outcome, terms, intercept, tuple(pis), options or RunOptions3())
-    if not spec.random_pis():
+        pis.append(Equation(preds, icpt, rand, betas))
+    spec = LevelsSpec(outcome, 3, terms, intercept, tuple(pis), options or RunOptionsLevels())
+    if not spec.random(2):
         raise ModelError("no π is random at level 2 (no r in any π equation), so this is not a three-level model; "
                          "add r0 to the intercept's equation, e.g. 'π0 = β00 + r0'")
-    if not spec.random_betas():
+    if not spec.random(3):
         raise ModelError("no β is random at level 3 (no u in any β equation), so this is not a three-level model; "
                          "add u00 to the equation of β00, e.g. 'β00 = γ000 + u00'")
     return spec
@@ -534,7 +574,7 @@ def _hlm_terms(rhs: str, where: str, intercept_name: str, level: int) -> tuple[l
     return terms, intercept, random
 
 
-def parse_hlm3_file(path: str | Path, variables: Variables3, allow_outside: bool = False) -> ModelSpec3:
+def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside: bool = False) -> LevelsSpec:
     """An HLM 7 HLM3 command file: level1:, then each level2: line followed by its level3: lines."""
     from .equations import read_text
 
@@ -632,8 +672,9 @@ def parse_hlm3_file(path: str | Path, variables: Variables3, allow_outside: bool
         if opts.get(f"resfil{lev}"):
             name = opts.get(f"resfil{lev}name") or f"resfil{lev}.csv"
             opts[f"residuals_l{lev}"] = str(output_from_file(path, name, f"resfil{lev}name", allow_outside))
-    options = RunOptions3(max_iterations=opts.get("max_iterations", 1000), title=opts.get("title"),
-                          residuals_l2=opts.get("residuals_l2"), residuals_l3=opts.get("residuals_l3"))
+    residuals = (opts.get("residuals_l2"), opts.get("residuals_l3"))
+    options = RunOptionsLevels(max_iterations=opts.get("max_iterations", 1000), title=opts.get("title"),
+                               residuals=residuals if any(residuals) else ())
     return build_spec3(level1, level2_eqs, level3_eqs, variables, options)
 
 
@@ -644,8 +685,8 @@ def is_command_file(path, text: str) -> bool:
 
 
 def spec3_from_inputs(level1: str | None, level2: list[str], level3: list[str], model_file: str | None,
-                      variables: Variables3, options: RunOptions3, allow_outside: bool = False) -> ModelSpec3:
-    """One ModelSpec3 from -1/-2/-3, a model file (equations in three blocks), a .hlm file or pasted HLM3 output."""
+                      variables: VariablesLevels, options: RunOptionsLevels, allow_outside: bool = False) -> LevelsSpec:
+    """One three-level LevelsSpec from -1/-2/-3, a model file (equations in three blocks), a .hlm file or pasted HLM3 output."""
     from .equations import read_text
 
     if model_file and level1:
@@ -668,130 +709,7 @@ def spec3_from_inputs(level1: str | None, level2: list[str], level3: list[str], 
     return build_spec3(level1, list(level2), list(level3), variables, options)
 
 
-# ---------------------------------------------------------------- K ≥ 4 levels
-
-COEF_LETTERS = "pbgd"  # the coefficients of the level-1, 2, 3, 4 equations
-GREEK = "πβγδ"
-RANDOM_LETTERS = "eruv"  # the random term at level 1, 2, 3, 4
-_REPLACE_K = {"×": "*", "·": "*", "⋅": "*", "∙": "*", "−": "-", "–": "-", "—": "-", "＝": "=",
-            "π": "p", "Π": "p", "β": "b", "Β": "b", "γ": "g", "Γ": "g", "δ": "d", "Δ": "d", "ε": "e"}
-_TOKEN = re.compile(r"^([A-Za-z])(\d+(?:,\d+)*)?([ijkl]*)$", re.I)
-
-
-def _normalise_k(text: str) -> str:
-    for a, b in _REPLACE_K.items():
-        text = text.replace(a, b)
-    return text
-
-
-def _coef(token: str, text: str):
-    """'b01' -> ('b', (0, 1)); 'g1,10,0' -> ('g', (1, 10, 0)); 'e' -> ('e', ()); None if not a coefficient."""
-    m = _TOKEN.match(token.strip())
-    if not m:
-        return None
-    letter, digits = m.group(1).lower(), m.group(2)
-    if digits is None:
-        return letter, ()
-    parts = digits.split(",") if "," in digits else list(digits)
-    return letter, tuple(parse_index(d, letter, text) for d in parts)
-
-
-def symbol(letter: str, idx) -> str:
-    """The printed form: Greek letter and subscripts, with commas once a subscript has two digits."""
-    g = {c: GREEK[k] for k, c in enumerate(COEF_LETTERS)}.get(letter, letter)
-    sep = "," if any(i >= 10 for i in idx) else ""
-    return g + sep.join(str(i) for i in idx)
-
-
-@dataclass(frozen=True)
-class Equation:
-    """The equation of a level-d coefficient at level d+1: intercept, predictors, random term, and the
-    equations of its own coefficients one level up (`terms`, index 0 = intercept, None when absent;
-    empty at the top level)."""
-    predictors: tuple = ()
-    intercept: bool = True
-    random: bool = False
-    terms: tuple = ()
-
-    def present(self) -> list[int]:
-        return ([0] if self.intercept else []) + list(range(1, len(self.predictors) + 1))
-
-
-@dataclass(frozen=True)
-class RunOptionsLevels:
-    method: str = "ML"
-    max_iterations: int = 1000
-    title: str | None = None
-    residuals: tuple = ()  # per level 2..K: a path or None
-
-
-@dataclass(frozen=True)
-class Fixed:
-    """One fixed effect: its subscripts and the names along its path (coefficient, predictors)."""
-    idx: tuple
-    names: tuple  # INTRCPT1 or the level-1 variable, then INTRCPT2 or the level-2 predictor, ...
-
-
-@dataclass(frozen=True)
-class LevelsSpec:
-    outcome: str
-    n_levels: int
-    level1: tuple  # a_1..a_P (Term3)
-    intercept: bool
-    equations: tuple  # index p = 0..P: the level-2 Equation of π_p, None when π_p is absent
-    options: RunOptionsLevels = field(default_factory=RunOptionsLevels)
-
-    @property
-    def method(self) -> str:
-        return self.options.method
-
-    def walk(self):
-        """(depth, subscripts, Equation, names) for every coefficient with an equation, depth-first: the
-        coefficient of a level-`depth` equation whose own equation is at level depth+1."""
-        out = []
-        names1 = ["INTRCPT1"] + [t.label for t in self.level1]
-
-        def go(eq, depth, idx, names):
-            out.append((depth, idx, eq, names))
-            if depth + 1 >= self.n_levels:
-                return
-            for k in eq.present():
-                go(eq.terms[k], depth + 1, idx + (k,),
-                   names + ((f"INTRCPT{depth + 1}" if k == 0 else eq.predictors[k - 1].label),))
-
-        for p, eq in enumerate(self.equations):
-            if eq is not None:
-                go(eq, 1, (p,), (names1[p],))
-        return out
-
-    def fixed(self) -> list[Fixed]:
-        """The fixed effects in the engine's order (depth-first)."""
-        out = []
-        for depth, idx, eq, names in self.walk():
-            if depth == self.n_levels - 1:
-                for k in eq.present():
-                    out.append(Fixed(idx + (k,), names + ((f"INTRCPT{depth + 1}" if k == 0 else
-                                                           eq.predictors[k - 1].label),)))
-        return out
-
-    def random(self, level: int) -> list[tuple]:
-        """(subscripts, names) of the coefficients random at `level`, in τ order."""
-        return [(idx, names) for depth, idx, eq, names in self.walk() if depth == level - 1 and eq.random]
-
-
-@dataclass(frozen=True)
-class VariablesLevels:
-    names: tuple  # per level 1..K: the variable names
-
-    def lookup(self, name: str, level: int) -> str | None:
-        hits = [n for n in self.names[level - 1] if n.lower() == name.lower()]
-        if len(hits) > 1:
-            raise ModelError(f"variable '{name}' matches {', '.join(hits)}, which differ only in case; rename one in the data")
-        return hits[0] if hits else None
-
-    def level_of(self, name: str) -> int | None:
-        return next((lev for lev in range(1, len(self.names) + 1) if self.lookup(name, lev)), None)
-
+# ---------------------------------------------------------------- K levels
 
 def _resolve_k(name: str, level: int, variables: VariablesLevels, text: str) -> str:
     hit = variables.lookup(name, level)
