@@ -4,12 +4,11 @@ the spec from equations or a model file, and the model's level-1 moments of --en
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
-from ..errors import HlmError, ModelError
+from ..errors import HlmError
 
 
 class LevelsUsage(HlmError):
@@ -134,27 +133,12 @@ def load_levels(data, build_opts: dict, cache_dir, warn):
 
 def spec_levels(archive, equations, model_file, reml, title=None, max_iterations=None, residuals=()):
     from .design_levels import variables_of
-    from ..language.equations_levels import is_command_file
-    from ..language.equations import read_text
-    from ..language.equations_levels import RunOptionsLevels, build_levels_spec, classify_levels
+    from ..language.equations_levels import RunOptionsLevels, spec_from_inputs_levels
 
     K = archive.n_levels
-    equations = [list(e) for e in equations]
-    if model_file:
-        text = read_text(Path(model_file))
-        if is_command_file(model_file, text):
-            raise ModelError(f"{model_file}: HLM 7 command files (.hlm) are read for two and three levels; give a "
-                             f"{K}-level model as equations (-1 ... -{K}, or a model file of equations)")
-        if equations[0]:
-            raise ModelError(f"{model_file}: give the model either with --model or with -1 ... -{K}, not both")
-        found = classify_levels(text.splitlines(), K)
-        equations = [f + e for f, e in zip(found, equations)]
-    elif equations[0] and any("\n" in e or ";" in e for e in equations[0]):  # pasted output or several in one -1
-        found = classify_levels(re.split(r"[\n;]", equations[0][0]), K)
-        equations = [f + e for f, e in zip(found, [[]] + equations[1:])]
     options = RunOptionsLevels(method="REML" if reml else "ML", max_iterations=max_iterations or 1000, title=title,
                                residuals=tuple(residuals) + (None,) * (K - 1 - len(residuals)))
-    return build_levels_spec(equations, variables_of(archive), options)
+    return spec_from_inputs_levels(list(equations), model_file, variables_of(archive), options)
 
 
 def summarised_level1(archive, spec, l1, warn):

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from ..spec import coefficient_label, subscript
 from ..version import __version__
 from ..language.equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, Term3, symbol
 from .report import df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
@@ -43,9 +44,7 @@ class Symbols3:
         self.tau_beta = "tau(beta)" if ascii_only else "τβ"
         self.chi2 = "Chi-square" if ascii_only else "χ2"
 
-    @staticmethod
-    def idx(*k: int) -> str:
-        return "".join(map(str, k)) if all(i < 10 for i in k) else ",".join(map(str, k))
+    idx = staticmethod(subscript)  # HLM 7's comma rule
 
     def p(self, p: int) -> str:
         return f"{self.pi}{p}"
@@ -510,8 +509,7 @@ class SymbolsLevels:
 
     def rand(self, level: int, idx) -> str:
         r = RANDOM_LETTERS[level - 1]
-        sep = "," if any(i >= 10 for i in idx) else ""
-        return (r.upper() if self.ascii else r) + sep.join(map(str, idx))
+        return coefficient_label(r.upper() if self.ascii else r, idx)
 
     def tau(self, level: int) -> str:
         name = ("pi", "beta", "gamma", "delta")[level - 2]
