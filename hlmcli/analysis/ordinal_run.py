@@ -1,10 +1,12 @@
 """Ordinal outcomes (--family ordinal, HLM 7's nonlin:ordinal,NCAT): the categories from the data, the
-Laplace or AGQ fit (engine/ordinal.py), and the thresholds in HLM 7's tables and the JSON.
+Laplace or AGQ fit (engine/ordinal.py), with the thresholds δ(m) and their covariances (printed by
+report/report_ordinal.py).
 
 Printed parametrisation (HLM 7's, Raudenbush & Bryk 2002 §10.5): F⁻¹(P(Y ≤ m | b)) = η + δ(2) + ... + δ(m),
 η = x'γ + z'b, so γ00 is the first threshold and δ(m) > 0 the gap from threshold m − 1 to m; a positive
 γ makes the low categories more likely. ordinal::clmm's θ_m − x'β is the same model with θ_m = γ00 +
-δ(2) + ... + δ(m) and β = −γ: the JSON carries both (`thresholds`, `clmm`).
+δ(2) + ... + δ(m) and β = −γ: the JSON carries both (`thresholds`, `clmm`). The engine's own parameters are
+(γ, c_2..c_{C−1}) with c_m = δ(2) + ... + δ(m).
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from ..data import design as design_stage
 from ..errors import DataError, ModelError
 from . import inference
 from .hglm_run import HGLMAnalysis, check_column_scales, check_options
-
-RATIO_NAMES = {"logit": ("odds_ratio", "Odds Ratio"), "cloglog": ("hazard_ratio", "Hazard Ratio"), "probit": (None, None)}
 
 
 def ordinal_codes(y: np.ndarray, ncat: int | None, where: dict):
@@ -65,29 +65,6 @@ class OrdinalAnalysis(HGLMAnalysis):
     delta_cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     delta_robust_cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     link: str = "logit"
-
-    @property
-    def ratio_label(self):
-        return RATIO_NAMES[self.link][1]
-
-    def threshold_rows(self, robust: bool, sym) -> tuple[list, list]:
-        """HLM 7's fixed-effect rows of the thresholds (and their ratio rows), after γ's."""
-        from ..report.report import hlm_p
-
-        c = self.delta_robust_cov if robust else self.delta_cov
-        se = np.sqrt(np.diag(c))
-        t = self.delta / se
-        df = self.df[0]
-        p = inference.two_sided_p(t, np.full(t.shape, df))
-        rows, ratio_rows = [], []
-        d = "d" if sym.ascii else "δ"
-        for k, m in enumerate(range(2, 2 + self.delta.size)):
-            label = f"For  THRESHOLD{m}, {d}({m})"
-            rows.append([label, f"{self.delta[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", f"{df:.0f}", hlm_p(p[k])])
-        return rows, ratio_rows  # no ratio rows: exp(δ) compares two cumulative odds, not two groups
-
-    def to_json(self, meta: dict) -> dict:
-        return ordinal_json(self, meta)
 
     def level1_table(self):
         """As an HGLM's, with η (without the thresholds) and the fitted mean the expected category 1..C."""
@@ -155,38 +132,3 @@ def analyse_ordinal(spec, archive, level1_text: str | None = None) -> OrdinalAna
                            res.robust_cov[:pf, :pf], res.tau, None, inference.hlm_fixed_df(design), variance,
                            res.converged, res.b, res.b_var, categories=categories, params=res.gamma.copy(),
                            delta=delta, delta_cov=D @ cc @ D.T, delta_robust_cov=D @ rc @ D.T, link=link)
-
-
-def ordinal_json(a: OrdinalAnalysis, meta: dict) -> dict:
-    from .hglm_run import hglm_json
-
-    out = hglm_json(a, meta)
-    ratio_key = RATIO_NAMES[a.link][0]
-    for row in out["fixed_effects"]:
-        old = a.data.family.ratio_name
-        value = row.pop(old, None)
-        if ratio_key is None:
-            for k in ("ci_low", "ci_high", "robust_ci_low", "robust_ci_high"):
-                row.pop(k, None)
-        else:
-            row[ratio_key] = value
-    df = float(a.df[0])
-    rows = []
-    for robust in (False, True):
-        se = np.sqrt(np.diag(a.delta_robust_cov if robust else a.delta_cov))
-        rows.append((se, a.delta / se, inference.two_sided_p(a.delta / se, np.full(se.shape, df))))
-    out["categories"] = [float(c) for c in a.categories]
-    out["thresholds"] = [{"threshold": f"δ({m})", "name": f"THRESHOLD{m}", "estimate": float(a.delta[k]),
-                          "se": float(rows[0][0][k]), "t": float(rows[0][1][k]), "df": df, "p": float(rows[0][2][k]),
-                          "robust_se": float(rows[1][0][k]), "robust_t": float(rows[1][1][k]),
-                          "robust_p": float(rows[1][2][k])} for k, m in enumerate(range(2, 2 + a.delta.size))]
-    out["threshold_covariance"] = a.delta_cov.tolist()
-    theta = a.gamma[0] + np.concatenate([[0.0], np.cumsum(a.delta)])
-    out["clmm"] = {"convention": "link P(Y <= m) = theta_m - x'beta - u: theta_m = γ00 + δ(2) + ... + δ(m), "
-                                 "beta = -γ (the slopes)",
-                   "theta": theta.tolist(), "beta": (-a.gamma[1:]).tolist()}
-    out["parametrisation"] = ("HLM 7: link P(Y <= m | u) = η + δ(2) + ... + δ(m), η = γ00 + x'γ + u; a positive γ "
-                              "makes the lower categories more likely")
-    out["start"] = "glm"
-    out["loglik_constant"] = 0.0
-    return out
