@@ -351,3 +351,90 @@ def formula_of(spec, id_name: str) -> str | None:
     else:
         bars = f"({' + '.join(rand if '1' in rand else ['0'] + rand)} | {id_name})"
     return f"{spec.outcome} ~ {' + '.join(dict.fromkeys(fixed))} + {bars}"
+
+
+# ---------------------------------------------------------------- crossed grouping factors
+
+@dataclass(frozen=True)
+class CrossedBar:
+    """One random term of a cross-classified model: its grouping factor (the id columns whose
+    combination is the group, e.g. ('S', 'C') for S:C) and its random columns ('1' for the intercept,
+    else a product of columns)."""
+    factor: tuple[str, ...]
+    columns: tuple[tuple[str, ...], ...]
+
+    @property
+    def name(self) -> str:
+        return ":".join(self.factor)
+
+
+@dataclass(frozen=True)
+class CrossedFormula:
+    """A formula whose grouping factors are not one chain of nesting (HLM 7's HCM2 and beyond: any set
+    of crossed and nested factors, as lme4 allows)."""
+    outcome: str
+    fixed: tuple[tuple[str, ...], ...]  # ('1',) is the intercept; else a product of columns
+    bars: tuple[CrossedBar, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every data column the formula names (outcome, predictors, ids), once, in order."""
+        seen: dict[str, None] = {self.outcome: None}
+        for t in self.fixed + tuple(c for b in self.bars for c in b.columns):
+            for name in t:
+                if name != "1":
+                    seen.setdefault(name)
+        for b in self.bars:
+            for name in b.factor:
+                seen.setdefault(name)
+        return list(seen)
+
+
+def _plain_terms(text: str, lhs: str, where: str) -> tuple[tuple[str, ...], ...]:
+    """('1',) first when the expression has an intercept, then its products of plain column names."""
+    intercept, terms = _terms(_parse(f"{lhs} ~ {text}", where))
+    for t in terms:
+        for name in t:
+            if not _NAME.match(name):
+                raise ModelError(f"'{name}' in {where}: a cross-classified model reads columns and their products "
+                                 "(A:B, A*B); centre or transform a column in the data file")
+    return ((("1",),) if intercept else ()) + tuple(terms)
+
+
+def crossed(formula: str) -> CrossedFormula | None:
+    """The formula as a cross-classified model, or None when its grouping factors are one chain of
+    nesting (then `translate` gives its HLM equations). `(x || g)` becomes one bar per column, as in
+    lme4; `(x | A/B)` becomes (x | A) + (x | A:B)."""
+    if formula.count("~") != 1:
+        return None
+    lhs, rhs = (s.strip() for s in formula.split("~"))
+    fixed_text, bars = split_bars(rhs)
+    if not bars or not _NAME.match(lhs):
+        return None
+    paths = []
+    expanded = []
+    for (expr, factor, diagonal), path in zip(bars, _factors(bars)):
+        chain = [path[:n] for n in range(1, len(path) + 1)] if "/" in factor else [path]
+        for p in chain:
+            expanded.append((expr, p, diagonal))
+            paths.append(p)
+    top = max(paths, key=len)
+    if all(p == top[:len(p)] for p in paths):
+        return None  # one chain of nesting: the HLM2/HLM3 path
+    out = []
+    for expr, path, diagonal in expanded:
+        where = f"({expr} | {':'.join(path)})"
+        columns = _plain_terms(expr, lhs, f"the random term {where}")
+        if not columns:
+            raise ModelError(f"{where} has no random effect; write (1 | {':'.join(path)}) or (0 + X | ...)")
+        if diagonal:
+            out += [CrossedBar(path, (c,)) for c in columns]
+        else:
+            out.append(CrossedBar(path, columns))
+    return CrossedFormula(lhs, _plain_terms(fixed_text or "1", lhs, "the fixed part"), tuple(out))
+
+
+def diagonal_bars(model: CrossedFormula) -> CrossedFormula:
+    """--tau diagonal: every random term split into one term per column (uncorrelated effects)."""
+    bars = tuple(CrossedBar(b.factor, (c,)) for b in model.bars for c in b.columns)
+    return CrossedFormula(model.outcome, model.fixed, bars)
