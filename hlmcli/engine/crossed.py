@@ -110,13 +110,15 @@ def _tri(L, B, lower: bool = True, trans: str = "N"):
     return linalg.solve_triangular(L, B, lower=lower, check_finite=False)
 
 
-def _spd_inverse(L) -> np.ndarray:
-    """(LL')⁻¹ from the lower Cholesky factor L (small ones through numpy, as in _tri)."""
+def _tri_inverse(L) -> np.ndarray:
+    """L⁻¹ of a lower-triangular L (LAPACK's trtri, n³/3 flops; small ones through numpy, as in _tri)."""
     n = L.shape[0]
     if n <= 256:
-        Linv = np.linalg.solve(L, np.eye(n))
-        return Linv.T @ Linv
-    return linalg.cho_solve((L, True), np.eye(n), check_finite=False)
+        return np.linalg.solve(L, np.eye(n))
+    inv, info = linalg.lapack.dtrtri(L, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("singular triangular factor")
+    return np.tril(inv)
 
 
 def _block_gram_sum(Y, Y2, q: int) -> np.ndarray:
@@ -176,6 +178,13 @@ class CrossedStats:
         self.ZRW = np.asarray(ZR.T @ W)
         self.WW = W.T @ W
         self.yy = float(self.y @ self.y)
+        # constant pieces of the gradient: X'Z_b (p, J_b q_b), and Σ_j of Z_b'Z_b's diagonal blocks
+        self.XZ = [np.asarray(Z.T @ Q).T for Z in Zs]
+        self.C_own = {}
+        for i, b in enumerate(rest):
+            lo, hi, qb = self.cuts[i], self.cuts[i + 1], terms[b].q
+            Cbb = self.CRR[lo:hi, lo:hi]
+            self.C_own[b] = np.array([[np.trace(Cbb[k::qb, m::qb]) for m in range(qb)] for k in range(qb)])
 
     @property
     def qs(self) -> tuple:
@@ -270,9 +279,11 @@ class CrossedSolve:
         st = self.st
         p, Q2, q1 = st.p, st.Q2, st.q1
         nu = self.dof(reml)
-        Sinv = _spd_inverse(self.LR)
+        # LR⁻¹ once (n³/3): every block-trace below is then a product with it, and a sparse T costs
+        # Q2·nnz(T) instead of a triangular solve per column
+        Linv = _tri_inverse(self.LR) if Q2 else np.zeros((0, 0))
         RX = self.LW[:p, :p]
-        F = _tri(self.LR, self.BR[:, :p], lower=True, trans="T") if Q2 else np.zeros((0, p))
+        F = Linv.T @ self.BR[:, :p]  # LR⁻ᵀ BR_X
         B1X = self.B1[:, :p]  # (J1q1, p): L_W1' rows for X
         out: dict[int, np.ndarray] = {}
         # the block-diagonal factor: R = [Λ₁'C₁₁; Λ_R'C_R1; X'Z₁]
@@ -282,11 +293,10 @@ class CrossedSolve:
         own = st.C11.sum(axis=0) - np.einsum("jak,jal->kl", Y1, Y1)
         if Q2:
             T = (self.DR.T @ st.C1R.T - self.A.T @ Y1s).tocsc()  # (Q2, J1q1), sparse
-            SinvT = np.asarray((T.T @ Sinv).T)
-            own -= _block_gram_sum(T, SinvT, q1)
+            Y = np.asarray((T.T @ Linv.T).T)  # LR⁻¹T
+            own -= _block_gram_sum(Y, Y, q1)
         if reml and p:
-            XZ = np.asarray(st.Zs[first].T @ st.Qx).T  # (p, J1q1)
-            corr = XZ - np.asarray((Y1s.T @ B1X)).T
+            corr = st.XZ[first] - np.asarray((Y1s.T @ B1X)).T
             if Q2:
                 corr -= np.asarray((T.T @ F)).T
             YX = _tri(RX, corr, lower=True)
@@ -298,13 +308,11 @@ class CrossedSolve:
             qb = st.terms[b].q
             Y1b = (self.D1 @ st.C1R[:, lo:hi]).tocsc()
             T = np.asarray(self.DR.T @ st.CRR[:, lo:hi]) - np.asarray((self.A.T @ Y1b).todense())
-            Cbb = st.CRR[lo:hi, lo:hi]
-            own = np.array([[np.trace(Cbb[k::qb, m::qb]) for m in range(qb)] for k in range(qb)])
-            own -= _block_gram_sum(Y1b, Y1b, qb)
-            own -= _block_gram_sum(T, Sinv @ T, qb)
+            own = st.C_own[b] - _block_gram_sum(Y1b, Y1b, qb)
+            Y = Linv @ T
+            own -= _block_gram_sum(Y, Y, qb)
             if reml and p:
-                XZ = np.asarray(st.Zs[b].T @ st.Qx).T
-                corr = XZ - np.asarray(Y1b.T @ B1X).T - F.T @ T
+                corr = st.XZ[b] - np.asarray(Y1b.T @ B1X).T - F.T @ T
                 YX = _tri(RX, corr, lower=True)
                 own -= _block_gram_sum(YX, YX, qb)
             out[b] = own
