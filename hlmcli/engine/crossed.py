@@ -283,7 +283,15 @@ class CrossedSolve:
         # Q2·nnz(T) instead of a triangular solve per column
         Linv = _tri_inverse(self.LR) if Q2 else np.zeros((0, 0))
         RX = self.LW[:p, :p]
-        F = Linv.T @ self.BR[:, :p]  # LR⁻ᵀ BR_X
+        BRX = self.BR[:, :p]
+        # The dense factors' T = Λ_R'C_RR − A'L11⁻¹Λ₁'C_1R satisfies TΛ_R = S − I (A = L11⁻¹Λ₁'C_1RΛ_R), so
+        # LR⁻¹T = (LR' − LR⁻¹)Λ_R⁻¹ with no product of LR⁻¹ by a dense matrix; used when every Λ_b there is
+        # well away from singular (the difference loses about eps/λ² relative), else T is formed.
+        Yall = None
+        lamsR = [self.lams[b] for b in st.order[1:]]
+        if Q2 and all(np.linalg.svd(lam, compute_uv=False).min() > 1e-3 for lam in lamsR):
+            DRinv = st.lam_R([np.linalg.inv(lam) for lam in lamsR])
+            Yall = np.asarray(DRinv.T @ (self.LR.T - Linv).T).T
         B1X = self.B1[:, :p]  # (J1q1, p): L_W1' rows for X
         out: dict[int, np.ndarray] = {}
         # the block-diagonal factor: R = [Λ₁'C₁₁; Λ_R'C_R1; X'Z₁]
@@ -298,7 +306,7 @@ class CrossedSolve:
         if reml and p:
             corr = st.XZ[first] - np.asarray((Y1s.T @ B1X)).T
             if Q2:
-                corr -= np.asarray((T.T @ F)).T
+                corr -= BRX.T @ Y
             YX = _tri(RX, corr, lower=True)
             own -= _block_gram_sum(YX, YX, q1)
         out[first] = own
@@ -307,12 +315,15 @@ class CrossedSolve:
             lo, hi = st.cuts[i], st.cuts[i + 1]
             qb = st.terms[b].q
             Y1b = (self.D1 @ st.C1R[:, lo:hi]).tocsc()
-            T = np.asarray(self.DR.T @ st.CRR[:, lo:hi]) - np.asarray((self.A.T @ Y1b).todense())
+            if Yall is not None:
+                Y = Yall[:, lo:hi]
+            else:
+                T = np.asarray(self.DR.T @ st.CRR[:, lo:hi]) - np.asarray((self.A.T @ Y1b).todense())
+                Y = Linv @ T
             own = st.C_own[b] - _block_gram_sum(Y1b, Y1b, qb)
-            Y = Linv @ T
             own -= _block_gram_sum(Y, Y, qb)
             if reml and p:
-                corr = st.XZ[b] - np.asarray(Y1b.T @ B1X).T - F.T @ T
+                corr = st.XZ[b] - np.asarray(Y1b.T @ B1X).T - BRX.T @ Y
                 YX = _tri(RX, corr, lower=True)
                 own -= _block_gram_sum(YX, YX, qb)
             out[b] = own

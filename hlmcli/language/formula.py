@@ -11,7 +11,9 @@ coefficient's level-2 equation, and so on up. So `SECTOR:group(SES)` is γ11 in 
 a cross-level interaction. A random term `(x | g)` at level m puts the random effect on the coefficient
 that x names at level m - 1. `(x || g)` asks for uncorrelated effects, which hlmcli fits as a diagonal τ.
 
-What has no equation form is refused in one line: crossed factors, products of two variables of one level
+Crossed grouping factors (HLM 7's HCM2, and any mix of crossed and nested ones) have no equations of
+this form: `crossed` reads such a formula for the cross-classified engine instead. What else has no
+equation form is refused in one line: products of two variables of one level
 (make the product a column), functions other than the centring calls, a variable that does not vary
 below the level at which it is random.
 
@@ -178,8 +180,9 @@ def _structure(formula: str):
     for p in paths:
         if p != top[:len(p)]:
             others = ", ".join(":".join(q) for q in paths)
-            raise ModelError(f"the grouping factors {others} are crossed, not nested: hlmcli fits nested models "
-                             "(write (…|A/B) when B is nested in A); crossed random effects are not supported yet")
+            raise ModelError(f"the grouping factors {others} are crossed, not nested: HLM equations are for nested "
+                             "models (write (…|A/B) when B is nested in A); 'hlmcli fit DATA --formula' fits "
+                             "crossed factors from one data file")
     missing = [":".join(top[:n]) for n in range(1, len(top) + 1) if top[:n] not in paths]
     if missing:
         raise ModelError(f"the formula nests {':'.join(top)} but has no random term for {', '.join(missing)}; each "
@@ -391,13 +394,39 @@ class CrossedFormula:
 
 
 def _plain_terms(text: str, lhs: str, where: str) -> tuple[tuple[str, ...], ...]:
-    """('1',) first when the expression has an intercept, then its products of plain column names."""
-    intercept, terms = _terms(_parse(f"{lhs} ~ {text}", where))
-    for t in terms:
-        for name in t:
-            if not _NAME.match(name):
-                raise ModelError(f"'{name}' in {where}: a cross-classified model reads columns and their products "
-                                 "(A:B, A*B); centre or transform a column in the data file")
+    """('1',) first when the expression has an intercept, then its products of plain column names, in R's
+    order (main effects, then two-way products, ...). Read here, without the formula parser: the terms of a
+    cross-classified model are columns joined by '+', ':' and '*', with '0', '1' and '- 1'."""
+    intercept, terms = True, []
+    pieces = re.split(r"([+-])", text.replace(" ", ""))
+    sign = "+"
+    for piece in pieces:
+        if piece in ("+", "-"):
+            sign = piece
+            continue
+        if not piece:
+            continue
+        if piece in ("0", "1"):
+            intercept = (piece == "1") == (sign == "+")
+            continue
+        if sign == "-":
+            raise ModelError(f"'- {piece}' in {where}: only '- 1' (no intercept) is read; leave the term out instead")
+        factors = piece.split("*")
+        if any(not f for f in factors):
+            raise ModelError(f"'{piece}' in {where} is not a product of columns; write it as A:B or A*B")
+        expanded = [()]
+        for f in factors:  # A*B = A + B + A:B, with A and B themselves products (A:C)
+            names = tuple(f.split(":"))
+            for name in names:
+                if not _NAME.match(name):
+                    raise ModelError(f"'{name}' in {where}: a cross-classified model reads columns and their "
+                                     "products (A:B, A*B); centre or transform a column in the data file")
+            expanded += [e + names for e in expanded]
+        for e in expanded[1:]:
+            key = tuple(dict.fromkeys(e))
+            if key not in terms:
+                terms.append(key)
+    terms.sort(key=len)  # stable: R's order of the terms by their degree
     return ((("1",),) if intercept else ()) + tuple(terms)
 
 
