@@ -324,7 +324,7 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     """The spec of a model of K = 3 or 4 levels: `equations` are the level-1 ... level-K equations (one
     list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
     iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
-    HLM3 and HLM4. At three levels the spec keeps HLM3's form (ModelSpec3), whose report is HLM3's."""
+    HLM3 and HLM4. At three levels the equations are also read in HLM3's forms, and the report is HLM3's."""
     from .data.levels_load import spec3, spec_levels
 
     K = archive.n_levels
@@ -351,12 +351,12 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     summarised engine (design_levels.Level1Moments), None for the archive's records."""
     from .levels_results import LevelsAnalysis, levels_extras
 
-    if hasattr(spec, "pis"):  # HLM3's form
+    if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3
         from .analysis.identifiability import check_three_level
 
         design = design3(spec, archive, level1)
-        check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
+        check_three_level(design.data, spec.coefficient_names(), lambda p: spec.term_names((p,)))
     else:
         from .data.design_levels import design_levels
 

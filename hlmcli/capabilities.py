@@ -122,10 +122,8 @@ _BY_KEY = {f.key: f for f in FEATURES}
 
 
 def n_levels_of(spec) -> int:
-    """The number of levels of a spec: ModelSpec (two), ModelSpec3 (three, HLM3's form) or LevelsSpec."""
-    if hasattr(spec, "n_levels"):
-        return int(spec.n_levels)
-    return 3 if hasattr(spec, "pis") else 2
+    """The number of levels of a spec: ModelSpec (two) or LevelsSpec (three and more)."""
+    return int(getattr(spec, "n_levels", 2))
 
 
 def kind_of(spec, engine: Engine | str = Engine.MEMORY) -> str:

@@ -901,10 +901,9 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
     meta = run_meta(results, source_text, level1, level2, model_file, higher)
     if K == 2:
         residuals = {1: opts.residuals_l1, 2: opts.residuals_l2}
-    elif K == 3:
-        residuals = {1: out.residuals_l1, 2: opts.residuals_l2, 3: opts.residuals_l3}
     else:
-        residuals = {1: out.residuals_l1, **{k: path for k, path in enumerate(opts.residuals, start=2)}}
+        given = tuple(opts.residuals) + (None,) * (K - 1 - len(opts.residuals))
+        residuals = {1: out.residuals_l1, **{k: path for k, path in enumerate(given, start=2)}}
     if out.timestamp:
         from datetime import datetime, timezone
 

@@ -25,9 +25,9 @@ import numpy as np
 
 from ..lazy import lazy
 
-optimize = lazy("scipy.optimize")
 special = lazy("scipy.special")
 
+from . import lbfgsb
 from .certificate import Face, check_precision, face_conditions, name_direction, rank_tolerance
 from ..errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
@@ -290,10 +290,9 @@ def _lbfgs(obj: Objective, Gs0, maxiter: int, diagonal=None):
         gs = us.gradients(obj.reml)
         return us.profiled_deviance(obj.reml), np.concatenate([(2.0 * g @ lam)[i] for g, lam, i in zip(gs, ls, idx)])
 
-    res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            # tighter than two levels: ending closer to the optimum usually saves the
-                            # Newton polish its second face Hessian (2·face-size evaluations)
-                            options={"maxiter": max(1, maxiter), "ftol": 1e-13, "gtol": 1e-9, "maxcor": 20})
+    # tighter than two levels: ending closer to the optimum usually saves the Newton polish its second
+    # face Hessian (2·face-size evaluations)
+    res = lbfgsb.minimize(fun, theta0, bounds, maxiter=max(1, maxiter), ftol=1e-13, gtol=1e-9, maxcor=20)
     return tuple(lam @ lam.T for lam in lams(res.x)), float(res.fun), int(res.nit), str(res.message)
 
 
