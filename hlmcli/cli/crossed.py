@@ -52,7 +52,7 @@ def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given:
 
     refuse_options(given, out.out_format)
     if len(data) != 1:
-        raise UsageError(f"a cross-classified model reads one data file holding the outcome, the predictors and the "
+        raise UsageError(f"a cross-classified model (crossed grouping factors) reads one data file holding the outcome, the predictors and the "
                          f"grouping factors ({', '.join(model.columns)}); got {len(data)} files")
     if fit.tau is not None and str(getattr(fit.tau, "value", fit.tau)) == "diagonal":
         model = diagonal_bars(model)
