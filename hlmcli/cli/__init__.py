@@ -200,6 +200,16 @@ class OneLineErrors(click.Group):
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
     """Two-, three- and four-level hierarchical linear models, the way HLM 7 (HLM2, HLM3, HLM4) fits them."""
+    from ..io import verified
+
+    verified.configure(_verified_records_folder)
+
+
+def _verified_records_folder():
+    """Where loads record the archives they verified in full (io/verified.py): the cache folder."""
+    from ..io.cache import default_cache_dir, secure_cache_dir
+
+    return secure_cache_dir(default_cache_dir())
 
 
 @main.group()
@@ -354,8 +364,10 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
 @click.argument("archive_file", type=click.Path())
 @click.option("--unit", help="Also show one unit: its number of records and level-2 values.")
 @click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--verify", is_flag=True, help="Compute the archive's whole-file checksum even if this file was "
+              "verified before (a load otherwise trusts a file whose size, times, inode and header are unchanged).")
 @user_errors
-def mdm_info(archive_file, unit, out_format):
+def mdm_info(archive_file, unit, out_format, verify):
     """Print what an archive holds: HLM 7's MDM statistics."""
     from ..io.archive import changed_sources, load_archive
     from ..report.report import archive_info, archive_info_text, dumps_json
@@ -368,11 +380,13 @@ def mdm_info(archive_file, unit, out_format):
         info = stats_archive_info(archive_file)
         click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
         return
-    archive = load_archive(archive_file, levels=None)
+    archive = load_archive(archive_file, levels=None, verify=verify)
     info = archive_info(archive, unit)  # before the warnings: an unknown unit is the one error
     for path in changed_sources(archive):
         _stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
     click.echo(dumps_json(info) if out_format == "json" else archive_info_text(info), nl=False)
+    if verify:
+        _stderr(f"hlmcli: {archive_file}: checksum verified (SHA-256 of the whole file)")
 
 
 # ---------------------------------------------------------------- models and fits
