@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .report import outputs as _report_outputs  # noqa: F401  installs the writers `Results` calls (views.py)
 from .version import __version__
 
 __all__ = ["fit", "fit_crossed", "compare", "table", "Results", "__version__"]

@@ -320,11 +320,13 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
 # ---------------------------------------------------------------- three and four levels
 
 def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, fit: FitOptions,
-                      allow_outside: bool = False, title: str | None = None, residuals: dict | None = None):
+                      allow_outside: bool = False, title: str | None = None, residuals: dict | None = None,
+                      formula_equations=None):
     """The spec of a model of K = 3 or 4 levels: `equations` are the level-1 ... level-K equations (one
     list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
     iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
-    HLM3 and HLM4. At three levels the equations are also read in HLM3's forms, and the report is HLM3's."""
+    HLM3 and HLM4. At three levels the equations are also read in HLM3's forms, and the report is HLM3's.
+    `formula_equations`: the command line's --formula as equations (levels_load.spec3)."""
     from .data.levels_load import spec3, spec_levels
 
     K = archive.n_levels
@@ -336,7 +338,8 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     if K == 3:
         spec = spec3(archive, equations[0][0] if equations[0] else None, equations[1], equations[2], model_file,
                      reml, title=title, max_iterations=fit.max_iterations, residuals_l2=residuals.get(2),
-                     residuals_l3=residuals.get(3), allow_outside=allow_outside)
+                     residuals_l3=residuals.get(3), allow_outside=allow_outside,
+                     formula_equations=formula_equations)
     else:
         spec = spec_levels(archive, equations[:K], model_file, reml, title=title, max_iterations=fit.max_iterations,
                            residuals=[residuals.get(k) for k in range(2, K + 1)])
@@ -401,7 +404,8 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     """hlmcli.fit of a model of three or four levels: the archive (built through the cache from the
     files of each level, or read), the spec, capabilities.check, the fit and its `Results`."""
     from .capabilities import check as check_capabilities
-    from .data.levels_load import archive_n_levels, load3, load_levels, load_summarised, summarised_level1
+    from .analysis.engines_levels import load_summarised
+    from .data.levels_load import archive_n_levels, load3, load_levels, summarised_level1
 
     files = [f for f in (level1, level2, level3, level4) if f is not None]
     if any(isinstance(f, pd.DataFrame) for f in files):

@@ -629,7 +629,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
                         full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
-        from ..analysis.hglm_run import estimation_text, hglm_model_summary, r_call_lines
+        from ..report.report_hglm import estimation_text, hglm_model_summary, r_call_lines
 
         lines = hglm_model_summary(spec, Symbols(_use_ascii(ascii_only)))
         lines += ["", f"Method of estimation: {estimation_text(spec.options)}"]
@@ -1097,7 +1097,8 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
     from ..errors import EXIT_NOT_CONVERGED
     from ..io.files import atomic_write_text
     from ..analysis.pipeline import analyse
-    from ..analysis.plausible import analyse_plausible, combined_json, combined_tests, combined_text, outcome_columns, same_records
+    from ..analysis.plausible import analyse_plausible, combined_tests, outcome_columns, same_records
+    from ..report.report_combined import combined_json, combined_text
     from ..report.report import Symbols, dumps_json
 
     opts = spec.options
