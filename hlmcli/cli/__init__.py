@@ -715,6 +715,16 @@ def fit_cmd(**params):
     from ..io.files import check_outputs
 
     r = fit_request(params)
+    formula = click.get_current_context().meta.get("formula")
+    if formula:  # crossed grouping factors: the cross-classified engine (cli/crossed.py)
+        from ..language.formula import crossed
+
+        model = crossed(formula)
+        if model is not None:
+            from .crossed import fit_crossed_command
+
+            return fit_crossed_command(r.data, formula, model, r.fit, r.out, r.build, _given_options(),
+                                       lambda s: click.echo(s, nl=False), _stderr)
     _dask_scheduler(params)  # the dask options are checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels, is_three_level
 
@@ -1188,6 +1198,14 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
     from ..results import Results
 
     check_output(output)
+    formula = click.get_current_context().meta.get("formula")
+    if formula:
+        from ..language.formula import crossed
+
+        if crossed(formula) is not None:
+            from ..capabilities import refuse
+
+            refuse("plot", "crossed")
     from .flags import check_plot_options
 
     from .flags import check_archive_options
