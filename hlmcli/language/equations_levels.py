@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .equations import EquationSyntaxError, check_shape, parse_index, right_side_terms, split_star, unwrap
+from .lexer import EquationSyntaxError, check_shape, parse_index, read_text, right_side_terms, split_star, unwrap
 from ..errors import ModelError
 from ..spec import coefficient_label, subscript
 
@@ -200,7 +200,7 @@ def n_subscripts(letter: str, K: int) -> int | None:
 
 _REPLACE = {"×": "*", "·": "*", "⋅": "*", "∙": "*", "−": "-", "–": "-", "—": "-", "＝": "=",
             "π": "p", "Π": "p", "β": "b", "Β": "b", "γ": "g", "Γ": "g", "δ": "d", "Δ": "d", "ε": "e"}
-_TOKEN = re.compile(r"^([A-Za-z])(\d+(?:,\d+)*)?([ijkl]*)$", re.I)
+_TOKEN = re.compile(r"^([A-Za-z])(\d+(?:[,_]\d+)*)?([ijkl]*)$", re.I)  # g1,10 or g1_10
 _COEF_PAREN = re.compile(r"^([A-Za-z][0-9,]*[ijkl]*)\s*(\(.*)$", re.I)  # HLM's printed G001(MOBILITY)
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 # HLM's printed subscripts after a name (MATHijk, SESjkl, SECTORl), longest first
@@ -217,13 +217,13 @@ def _coef(token: str, text: str, K: int):
     """'b01' -> ('b', (0, 1)); 'g1,10,0' -> ('g', (1, 10, 0)); 'p10' -> ('p', (10,)) (π has one subscript,
     so its digits are one number); 'e' -> ('e', ()); None if not a coefficient."""
     m = _TOKEN.match(token.strip())
-    if not m:
-        return None
+    if not m or (m.group(3) and not "ijkl"[:K].lower().endswith(m.group(3).lower())):
+        return None  # HLM's printed subscripts are a tail of ijkl: β0j, π0jk, eijk
     letter, digits = m.group(1).lower(), m.group(2)
     if digits is None:
         return letter, ()
-    if "," in digits:
-        parts = digits.split(",")
+    if "," in digits or "_" in digits:
+        parts = re.split(r"[,_]", digits)
     else:
         parts = [digits] if n_subscripts(letter, K) == 1 else list(digits)
     return letter, tuple(parse_index(d, letter, text) for d in parts)
@@ -232,6 +232,12 @@ def _coef(token: str, text: str, K: int):
 def symbol(letter: str, idx) -> str:
     """The printed form: Greek letter and HLM 7's subscripts (commas once a subscript has two digits)."""
     return coefficient_label({c: GREEK[k] for k, c in enumerate(COEF_LETTERS)}.get(letter, letter), idx)
+
+
+def _shown(letter: str, idx, K: int) -> str:
+    """A coefficient as the messages name it: two-level models are typed in ASCII (b1, g01), so their
+    messages say b1 and g01; models of three and more levels are named as HLM3 and HLM4 print them."""
+    return letter + subscript(*idx) if K == 2 else symbol(letter, idx)
 
 
 def _split_coef(piece: str, pos: int, K: int):
@@ -251,18 +257,25 @@ def _resolve(name: str, level: int, variables: VariablesLevels, text: str) -> st
         hit = variables.lookup(c, level)
         if hit:
             return hit
+    files = getattr(variables, "files", None)
     for c in cands:
         other = variables.level_of(c)
         if other:
-            raise ModelError(f"in '{text.strip()}': {variables.lookup(c, other)} is a level-{other} variable, not usable "
-                             f"in a level-{level} equation; a level-{other} variable goes in a level-{other} equation "
-                             f"(-{other}), or mean() of it in a higher one")
+            hit = variables.lookup(c, other)
+            where = f" (in {files[other - 1]})" if files else ""
+            hint = f", or use mean({hit}) for its unit mean in a higher one" if other < level else ""
+            raise ModelError(f"in '{text.strip()}': {hit} is a level-{other} variable{where}, not usable in a level-{level} "
+                             f"equation; a level-{other} variable goes in a level-{other} equation (-{other}){hint}")
+    raise ModelError(f"in '{text.strip()}': unknown variable '{name}'{_closest(name, variables)}")
+
+
+def _closest(name: str, variables: VariablesLevels) -> str:
     import difflib
 
     pool = [n for names in variables.names for n in names]
     close = difflib.get_close_matches(name.upper(), [p.upper() for p in pool], n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; check the spelling against 'hlmcli mdm info'"
-    raise ModelError(f"in '{text.strip()}': unknown variable '{name}'{hint}")
+    shown = [f"{real} (level {variables.level_of(real)})" for real in (next(p for p in pool if p.upper() == c) for c in close)]
+    return f"; did you mean {', '.join(shown)}?" if shown else "; check the spelling against 'hlmcli mdm info'"
 
 
 def _mean_of(inner: str, level: int, variables: VariablesLevels, text: str, pos: int) -> Term3:
@@ -342,7 +355,7 @@ def _left_side(equation: str, text: str, lhs: str, level: int, variables: Variab
         d = coef.index(got[0]) + 2
         raise ModelError(f"in '{equation.strip()}': this defines {lhs_u}, a level-{d - 1} coefficient; pass it with -{d}")
     raise EquationSyntaxError(text, 0, f"a level-{level} equation must define a coefficient like "
-                              f"{symbol(coef[level - 2], (0,) * (level - 1))}, not '{lhs.strip()}'",
+                              f"{_shown(coef[level - 2], (0,) * (level - 1), K)}, not '{lhs.strip()}'",
                               "put the coefficient on the left")
 
 
@@ -356,7 +369,7 @@ def _not_this_level(text: str, pos: int, coef: str, c, level: int, key: tuple, K
         return EquationSyntaxError(text, pos, f"{coef} is the two-level form (HLM2's β at level 1)", uses)
     if c and c[0] in letters and c[0] != want and len(c[1]) == letters.index(c[0]) + 1:
         return EquationSyntaxError(text, pos, f"{coef} is a level-{letters.index(c[0]) + 1} coefficient", uses)
-    return EquationSyntaxError(text, pos, f"expected a coefficient like {symbol(want, key + (1,))}, found '{coef}'", uses)
+    return EquationSyntaxError(text, pos, f"expected a coefficient like {_shown(want, key + (1,), K)}, found '{coef}'", uses)
 
 
 def _right_side(equation: str, text: str, rhs: str, base: int, level: int, key, variables: VariablesLevels, K: int):
@@ -364,27 +377,29 @@ def _right_side(equation: str, text: str, rhs: str, base: int, level: int, key, 
     want, rand = coefficient_letters(K)[level - 1], random_letters(K)[level - 1]
     own = () if level == 1 else key
     residual = rand + subscript(*own)
+    word = "random effect" if K == 2 else "residual"
+    rands = (rand, "e") if K == 2 and level == 1 else (rand,)  # Y = b0 + r, or + e
     predictors: dict[int, Term3] = {}
     intercept = random = False
     for piece, pos in right_side_terms(text, rhs, base):
         coef, pred, ppos = _split_coef(piece, pos, K)
         c = _coef(coef, text, K)
         if random:
-            if c and c[0] == rand and pred is None:
-                raise EquationSyntaxError(text, pos, f"{coef} appears twice", "write the residual once")
-            raise EquationSyntaxError(text, pos, f"a term after the residual {residual}", f"put {residual} last")
-        if c and c[0] == rand and pred is None:
-            if level > 1 and c[1] != own:
-                raise EquationSyntaxError(text, pos, f"the residual of {symbol(coefficient_letters(K)[level - 2], own)} "
-                                          f"is {residual}, not {coef}", f"write {residual}")
+            if c and c[0] in rands and pred is None:
+                raise EquationSyntaxError(text, pos, f"{coef} appears twice", f"write the {word} once")
+            raise EquationSyntaxError(text, pos, f"a term after the {word} {residual}", f"put {residual} last")
+        if c and c[0] in rands and pred is None:
+            if c[1] != own:
+                of = f"level-1 {word}" if level == 1 else f"{word} of {_shown(coefficient_letters(K)[level - 2], own, K)}"
+                raise EquationSyntaxError(text, pos, f"the {of} is {residual}, not {coef}", f"write {residual}")
             random = True
             continue
         if not c or c[0] != want or len(c[1]) != level:
             raise _not_this_level(text, pos, coef, c, level, () if level == 1 else key, K)
         if level > 1 and c[1][:-1] != key:
-            raise EquationSyntaxError(text, pos, f"{coef} belongs to {symbol(coefficient_letters(K)[level - 2], c[1][:-1])}, "
-                                      f"but this equation defines {symbol(coefficient_letters(K)[level - 2], key)}",
-                                      f"write {symbol(want, key + (c[1][-1],))}")
+            raise EquationSyntaxError(text, pos, f"{coef} belongs to {_shown(coefficient_letters(K)[level - 2], c[1][:-1], K)}, "
+                                      f"but this equation defines {_shown(coefficient_letters(K)[level - 2], key, K)}",
+                                      f"write {_shown(want, key + (c[1][-1],), K)}")
         k = c[1][-1]
         if k == 0:
             if intercept:
@@ -417,11 +432,11 @@ def parse_equation(equation: str, level: int, variables: VariablesLevels, K: int
     base = len(lhs) + 1
     predictors, intercept, random = _right_side(equation, text, rhs, base, level, key, variables, K)
     if sorted(predictors) != list(range(1, len(predictors) + 1)):
-        name = lambda k: symbol(coef[level - 1], (() if level == 1 else key) + (k,))  # noqa: E731
+        name = lambda k: _shown(coef[level - 1], (() if level == 1 else key) + (k,), K)  # noqa: E731
         raise ModelError(f"in '{equation.strip()}': the coefficients are numbered {', '.join(map(name, sorted(predictors)))}, "
                          f"out of order; number them in turn from {name(1)}, without gaps")
     if level > 1 and not intercept and not predictors and not random:
-        raise EquationSyntaxError(text, base, f"the equation of {symbol(coef[level - 2], key)} has no terms",
+        raise EquationSyntaxError(text, base, f"the equation of {_shown(coef[level - 2], key, K)} has no terms",
                                   "add the intercept")
     if level == 1 and not intercept and not predictors:
         raise EquationSyntaxError(text, base, "the level-1 equation has no terms",
@@ -441,27 +456,27 @@ def _orphan(key: tuple, text: str, spec_eqs: tuple, intercept: bool, given: dict
     p, P = key[0], len(spec_eqs)
     if not (p < P and (p > 0 or intercept)):
         if len(key) == 1 and p == 0:
-            return ModelError(f"in '{text.strip()}': the level-1 equation has no intercept {symbol(coef[0], (0,))}, "
-                              f"so {symbol(coef[0], (0,))} has no equation; add it to the level-1 equation or drop this one")
+            return ModelError(f"in '{text.strip()}': the level-1 equation has no intercept {_shown(coef[0], (0,), K)}, "
+                              f"so {_shown(coef[0], (0,), K)} has no equation; add it to the level-1 equation or drop this one")
         if len(key) == 1:
-            return ModelError(f"in '{text.strip()}': {symbol(coef[0], key)} has no term in the level-1 equation (it has "
-                              f"{symbol(coef[0], (0,))}..{symbol(coef[0], (P - 1,))}); add {symbol(coef[0], key)}*NAME "
+            return ModelError(f"in '{text.strip()}': {_shown(coef[0], key, K)} has no term in the level-1 equation (it has "
+                              f"{_shown(coef[0], (0,), K)}..{_shown(coef[0], (P - 1,), K)}); add {_shown(coef[0], key, K)}*NAME "
                               "there or renumber")
-        return ModelError(f"in '{text.strip()}': {symbol(coef[len(key) - 1], key)} belongs to {symbol(coef[0], key[:1])}, "
-                          f"which is not in the level-1 equation; add {symbol(coef[0], key[:1])} there or drop this equation")
+        return ModelError(f"in '{text.strip()}': {_shown(coef[len(key) - 1], key, K)} belongs to {_shown(coef[0], key[:1], K)}, "
+                          f"which is not in the level-1 equation; add {_shown(coef[0], key[:1], K)} there or drop this equation")
     eq = spec_eqs[p]
     for i in range(1, len(key)):
         if key[i] not in eq.present():
             parent, missing = key[:i], key[:i + 1]
             shown = f"'{given[parent][3].strip()}'" if parent in given else \
-                f"the default {symbol(coef[i - 1], parent)} = {symbol(coef[i], parent + (0,))}"
-            what = symbol(coef[i], missing)
+                f"the default {_shown(coef[i - 1], parent, K)} = {_shown(coef[i], parent + (0,), K)}"
+            what = _shown(coef[i], missing, K)
             head = (f"{what} is not" if missing == key else
-                    f"{symbol(coef[len(key) - 1], key)} belongs to {what}, which is not")
-            return ModelError(f"in '{text.strip()}': {head} in the level-{i + 1} equation of {symbol(coef[i - 1], parent)} "
+                    f"{_shown(coef[len(key) - 1], key, K)} belongs to {what}, which is not")
+            return ModelError(f"in '{text.strip()}': {head} in the level-{i + 1} equation of {_shown(coef[i - 1], parent, K)} "
                               f"({shown}); add {what}*NAME there or drop this equation")
         eq = eq.terms[key[i]]
-    return ModelError(f"in '{text.strip()}': {symbol(coef[len(key) - 1], key)} is not a term of the equation one level "
+    return ModelError(f"in '{text.strip()}': {_shown(coef[len(key) - 1], key, K)} is not a term of the equation one level "
                       "down; add it there or drop this equation")
 
 
@@ -473,7 +488,7 @@ def _equations_by_coefficient(equations: list, variables: VariablesLevels, K: in
         for eq in equations[level - 1]:
             key, preds, icpt, rand = parse_equation(eq, level, variables, K)
             if key in given:
-                raise ModelError(f"in '{eq.strip()}': {symbol(coefficient_letters(K)[level - 2], key)} already has a "
+                raise ModelError(f"in '{eq.strip()}': {_shown(coefficient_letters(K)[level - 2], key, K)} already has a "
                                  f"level-{level} equation; give one equation per coefficient")
             given[key] = (preds, icpt, rand, eq)
     return given
@@ -514,9 +529,9 @@ def build_levels_spec(equations: list, variables: VariablesLevels, options: RunO
     for level in range(2, K + 1):
         if not spec.random(level):
             r, zeros = rand[level - 1], (0,) * (level - 1)
-            raise ModelError(f"nothing is random at level {level}: no {symbol(coef[level - 2], ())} is random at level "
+            raise ModelError(f"nothing is random at level {level}: no {_shown(coef[level - 2], (), K)} is random at level "
                              f"{level} (no {r} term in any level-{level} equation), so this is not a {K}-level model; add {r}{subscript(*zeros)} to the intercept's equation, e.g. "
-                             f"'{symbol(coef[level - 2], zeros)} = {symbol(coef[level - 1], zeros + (0,))} + "
+                             f"'{_shown(coef[level - 2], zeros, K)} = {_shown(coef[level - 1], zeros + (0,), K)} + "
                              f"{r}{subscript(*zeros)}'")
     return spec
 
@@ -607,8 +622,6 @@ def _hlm_terms(rhs: str, where: str, intercept_name: str, level: int) -> tuple[l
 
 def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside: bool = False) -> LevelsSpec:
     """An HLM 7 HLM3 command file: level1:, then each level2: line followed by its level3: lines."""
-    from .equations import read_text
-
     path = Path(path)
     text = read_text(path)
     level1 = None
@@ -720,8 +733,6 @@ def spec_from_inputs_levels(equations: list, model_file: str | None, variables: 
     """One LevelsSpec of K = len(equations) levels from -1 ... -K, a model file of equations, printed
     output pasted into -1 (or several equations in it, split by ';'), or at three levels an HLM 7
     command file."""
-    from .equations import read_text
-
     K = len(equations)
     equations = [list(e) for e in equations]
     flags = "/".join(f"-{k}" for k in range(1, K + 1))
