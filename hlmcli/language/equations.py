@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from .equations_levels import build_levels_spec, classify_levels
+from .hlmfile import key_values, level_equation, level_terms, number, whole, yes_no
 from .lexer import read_text
 
 CENTERINGS = ("none", "group", "grand")
@@ -256,8 +257,6 @@ _OFF_VALUES = {"level1weight": "none", "level2weight": "none", "varianceknown": 
                "heterol1var": "n", "lvr": "n", "fixsigma2": "n", "laplace": "n"}
 
 
-_YES = ("y", "yes", "true", "1")
-_NO = ("n", "no", "false", "0")
 # Keys HLM 7 or its wrappers (e.g. Stata's hlm) write, refused by name because they change the model.
 _REFUSED_KEYS = {
     "level3": "a level3: line makes this an HLM3 command file; give three data files or a three-level archive",
@@ -275,93 +274,22 @@ _REFUSED_KEYS = {
 }
 
 
-def _yes_no(value: str, where: str, key: str) -> bool:
-    low = value.strip().lower()
-    if low in _YES:
-        return True
-    if low in _NO:
-        return False
-    raise ModelError(f"{where}: {key}:{value} must be y or n")
-
-
 def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool = False) -> ModelSpec:
     """An HLM 7 command file (.hlm) to a ModelSpec, refusing keys we do not implement."""
     path = Path(path)
-    text = read_text(path)
     opts: dict = {}
     level1_line = None
     level2_lines: list[tuple[str, int]] = []
     contrasts: dict[str, list[tuple[int, list[str]]]] = {}
-    for line_no, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if ":" not in line:
-            raise ModelError(f"{path}: line {line_no}: expected key:value, got '{line[:80]}'")
-        key, value = (s.strip() for s in line.split(":", 1))
-        key = key.lower()
-        where = f"{path}: line {line_no}"
+    for where, key, value, line_no in key_values(path, read_text(path)):
         if key == "level1":
             if level1_line is not None:
                 raise ModelError(f"{where}: a second level1: line (the first is on line {level1_line[1]}); keep one")
             level1_line = (value, line_no)
         elif key == "level2":
             level2_lines.append((value, line_no))
-        elif key == "nonlin":
-            _hlm_nonlin(opts, value, where)
-        elif key in ("macroit", "microit"):
-            opts[key] = _int(value.split(",")[0], where, key)
-        elif key in ("stopmacro", "stopmicro"):
-            opts[key] = _float(value, where, key)
-        elif key == "fixsigma2":
-            opts["fixsigma2"] = value
-        elif key in ("laplace", "laplace6", "emlaplace5"):
-            if value.lower().startswith("y"):
-                opts["estimation"] = "laplace"
-        elif key == "mlf":
-            opts["method"] = "ML" if _yes_no(value, where, key) else "REML"
-        elif key == "numit":
-            opts["max_iterations"] = _int(value, where, key, 1, 1_000_000)
-        elif key == "stopval":
-            opts["stopval"] = _float(value, where, key, positive=True)
-        elif key == "title":
-            opts["title"] = None if value.lower() in ("", "no title") else value
-        elif key == "hypoth":
-            opts["hypoth"] = _yes_no(value, where, key)
-        elif re.fullmatch(r"gamma\d{1,4}", key):
-            contrasts.setdefault(key[5:], []).append((line_no, [v for v in value.split(",") if v.strip()]))
-        elif key == "deviance":
-            opts["prior_deviance"] = _float(value, where, key)
-        elif key == "df":
-            opts["prior_params"] = _int(value, where, key, 1, 1_000_000)
-        elif key in ("resfil1", "resfil2"):
-            opts[key] = _yes_no(value, where, key)
-        elif key in ("resfil1name", "resfil2name", "resfiltype"):
-            opts[key] = value
-        elif key == "homvar":
-            opts["homogeneity"] = _yes_no(value, where, key)
-        elif key == "fulloutput":
-            opts["full_output"] = _yes_no(value, where, key)
-        elif key == "lev1ols":
-            opts["ols_units"] = _int(value, where, key, 0, 1_000_000)
-        elif key in ("level1deletion", "level2deletion"):
-            # Stata's hlm wrapper writes level1deletion:none; hlmcli drops records with missing values
-            # when the archive is built (--missing now) or per model (--missing analysis).
-            if value.lower() not in ("none", "n", "no", ""):
-                raise ModelError(f"{where}: '{key}:{value}' is not supported; missing values are handled by "
-                                 "mdm build --missing now|analysis, so remove the line or set it to none")
-        elif key in _GUI_KEYS:
-            continue
-        elif key in ("level1weight", "level2weight") and value.lower() not in ("none", "n", "no", "0", ""):
-            opts["weight" + key[5]] = value.split(",")[0].strip()  # the variable name
-        elif key in _OFF_VALUES:
-            off = _OFF_VALUES[key]
-            if value.lower() not in (off, off[:1], "no", "none", "n", "0"):
-                raise ModelError(f"{where}: '{key}:{value}' is not supported by hlmcli; remove the line or set it to {off}")
-        elif key in _REFUSED_KEYS:
-            raise ModelError(f"{where}: '{key}' is not supported: {_REFUSED_KEYS[key]}; remove the line")
         else:
-            raise ModelError(f"{where}: the key '{key[:40]}' is not supported by hlmcli; remove the line")
+            _hlm2_option(opts, contrasts, key, value, where, line_no)
     if level1_line is None:
         raise ModelError(f"{path}: no level1: line; add one like level1:MATHACH=INTRCPT1+SES,1+RANDOM")
     level1_eq = _hlm_level1(path, *level1_line)
@@ -389,6 +317,66 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
         tests = tuple(contrasts_from_rows(spec, f"{path}", label, rows) for label, rows in sorted(contrasts.items(), key=lambda kv: int(kv[0])))
         spec = ModelSpec(spec.outcome, spec.level1, spec.level2, _replace(spec.options, hypotheses=tests))
     return spec
+
+
+def _hlm2_option(opts: dict, contrasts: dict, key: str, value: str, where: str, line_no: int) -> None:
+    """One key:value line of an HLM2 command file other than its level lines, into `opts` (or the
+    gammaN: contrast rows); keys we do not implement are refused by name."""
+    if key == "nonlin":
+        _hlm_nonlin(opts, value, where)
+    elif key in ("macroit", "microit"):
+        opts[key] = whole(value.split(",")[0], where, key)
+    elif key in ("stopmacro", "stopmicro"):
+        opts[key] = number(value, where, key)
+    elif key == "fixsigma2":
+        opts["fixsigma2"] = value
+    elif key in ("laplace", "laplace6", "emlaplace5"):
+        if value.lower().startswith("y"):
+            opts["estimation"] = "laplace"
+    elif key == "mlf":
+        opts["method"] = "ML" if yes_no(value, where, key) else "REML"
+    elif key == "numit":
+        opts["max_iterations"] = whole(value, where, key, 1, 1_000_000)
+    elif key == "stopval":
+        opts["stopval"] = number(value, where, key, positive=True)
+    elif key == "title":
+        opts["title"] = None if value.lower() in ("", "no title") else value
+    elif key == "hypoth":
+        opts["hypoth"] = yes_no(value, where, key)
+    elif re.fullmatch(r"gamma\d{1,4}", key):
+        contrasts.setdefault(key[5:], []).append((line_no, [v for v in value.split(",") if v.strip()]))
+    elif key == "deviance":
+        opts["prior_deviance"] = number(value, where, key)
+    elif key == "df":
+        opts["prior_params"] = whole(value, where, key, 1, 1_000_000)
+    elif key in ("resfil1", "resfil2"):
+        opts[key] = yes_no(value, where, key)
+    elif key in ("resfil1name", "resfil2name", "resfiltype"):
+        opts[key] = value
+    elif key == "homvar":
+        opts["homogeneity"] = yes_no(value, where, key)
+    elif key == "fulloutput":
+        opts["full_output"] = yes_no(value, where, key)
+    elif key == "lev1ols":
+        opts["ols_units"] = whole(value, where, key, 0, 1_000_000)
+    elif key in ("level1deletion", "level2deletion"):
+        # Stata's hlm wrapper writes level1deletion:none; hlmcli drops records with missing values
+        # when the archive is built (--missing now) or per model (--missing analysis).
+        if value.lower() not in ("none", "n", "no", ""):
+            raise ModelError(f"{where}: '{key}:{value}' is not supported; missing values are handled by "
+                             "mdm build --missing now|analysis, so remove the line or set it to none")
+    elif key in _GUI_KEYS:
+        return
+    elif key in ("level1weight", "level2weight") and value.lower() not in ("none", "n", "no", "0", ""):
+        opts["weight" + key[5]] = value.split(",")[0].strip()  # the variable name
+    elif key in _OFF_VALUES:
+        off = _OFF_VALUES[key]
+        if value.lower() not in (off, off[:1], "no", "none", "n", "0"):
+            raise ModelError(f"{where}: '{key}:{value}' is not supported by hlmcli; remove the line or set it to {off}")
+    elif key in _REFUSED_KEYS:
+        raise ModelError(f"{where}: '{key}' is not supported: {_REFUSED_KEYS[key]}; remove the line")
+    else:
+        raise ModelError(f"{where}: the key '{key[:40]}' is not supported by hlmcli; remove the line")
 
 
 def _hlm_nonlin(opts: dict, value: str, where: str) -> None:
@@ -445,60 +433,14 @@ def _replace(options: RunOptions, **changes) -> RunOptions:
     return replace(options, **changes)
 
 
-def _int(value: str, where: str, key: str, low: int | None = None, high: int | None = None) -> int:
-    try:
-        number = int(value) if len(value) <= 20 else None
-    except ValueError:
-        number = None
-    if number is None:
-        raise ModelError(f"{where}: {key} must be a whole number, not '{value[:40]}'")
-    if (low is not None and number < low) or (high is not None and number > high):
-        raise ModelError(f"{where}: {key}:{number} is out of range; give a whole number from {low} to {high}")
-    return number
-
-
-def _float(value: str, where: str, key: str, positive: bool = False) -> float:
-    import math
-
-    try:
-        number = float(value) if len(value) <= 60 else None
-    except ValueError:
-        number = None
-    if number is None or not math.isfinite(number):
-        raise ModelError(f"{where}: {key} must be a finite number, not '{value[:40]}'")
-    if positive and number <= 0:
-        raise ModelError(f"{where}: {key} must be greater than zero, not {value}")
-    return number
-
-
-def _hlm_term(token: str, where: str) -> str:
-    name, _, suffix = token.strip().partition(",")
-    suffix = suffix.strip()
-    if suffix == "1":
-        return f"group({name.strip()})"
-    if suffix == "2":
-        return f"grand({name.strip()})"
-    if suffix:
-        raise ModelError(f"{where}: centering code ',{suffix}' on {name} is not known; use ,1 (group mean) or ,2 (grand mean)")
-    return name.strip()
-
-
 def _hlm_level1(path: Path, value: str, line_no: int) -> tuple[str, list[str]]:
     where = f"{path}: line {line_no}"
     if "=" not in value:
         raise ModelError(f"{where}: level1 needs OUTCOME=INTRCPT1+...+RANDOM")
     outcome, rhs = value.split("=", 1)
-    tokens = [t.strip() for t in rhs.split("+") if t.strip()]
-    names = []
     # without INTRCPT1 the model has no level-1 intercept (HLM 7 lets the user remove it)
-    intercept = any(t.upper() == "INTRCPT1" for t in tokens)
-    parts = ["b0"] if intercept else []
-    for tok in tokens:
-        if tok.upper() in ("INTRCPT1", "RANDOM"):
-            continue
-        names.append(tok.split(",")[0].strip())
-        parts.append(f"b{len(names)}*{_hlm_term(tok, where)}")
-    return f"{outcome.strip()} = " + " + ".join(parts + ["r"]), ["INTRCPT1"] + names
+    terms, names, intercept, _ = level_terms(rhs, where, 1, 2)
+    return level_equation(outcome.strip(), terms, intercept, False, 1, 2), ["INTRCPT1"] + names
 
 
 def _hlm_level2(path: Path, value: str, line_no: int, coef_names: list[str]) -> str:
@@ -511,31 +453,13 @@ def _hlm_level2(path: Path, value: str, line_no: int, coef_names: list[str]) -> 
     if coef.upper() not in upper:
         raise ModelError(f"{where}: level2 line for '{coef}', which is not a level-1 coefficient ({', '.join(coef_names)})")
     q = upper.index(coef.upper())
-    rhs = rhs.strip()
-    if rhs.endswith("/"):
-        rhs = rhs[:-1]
-    tokens = [t.strip() for t in rhs.split("+") if t.strip()]
-    random = any(t.lower() == "random" for t in tokens)
-    intercept = any(t.upper() == "INTRCPT2" for t in tokens)
+    terms, _, intercept, random = level_terms(rhs, where, 2, 2)
     if not intercept:  # HLM 7's 'random/' with no INTRCPT2: a random effect with no fixed part
-        if len(tokens) != int(random) or not random:
+        if terms or not random:
             raise ModelError(f"{where}: without INTRCPT2 a level-2 line can only be '{coef}=random/' "
                              "(a random effect with no fixed part); add INTRCPT2")
         return f"b{q} = u{q}"
-    parts = [f"b{q} = g{q}0"]
-    s = 0
-    for tok in tokens:
-        if tok.upper() in ("INTRCPT2", "RANDOM"):
-            continue
-        s += 1
-        name, _, suffix = tok.partition(",")
-        if suffix.strip() not in ("", "2"):
-            raise ModelError(f"{where}: centering code ',{suffix.strip()}' on {name} is not known at level 2; use ,2 (grand mean)")
-        term = f"grand({name.strip()})" if suffix.strip() == "2" else name.strip()
-        parts.append(f"g{q},{s}*{term}")
-    if random:
-        parts.append(f"u{q}")
-    return " + ".join(parts)
+    return level_equation((q,), terms, True, random, 2, 2)
 
 
 def spec_from_inputs(level1: str | None, level2: list[str], model_file: str | None, variables: Variables,

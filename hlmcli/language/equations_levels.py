@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .lexer import EquationSyntaxError, check_shape, parse_index, read_text, right_side_terms, split_star, unwrap
+from .lexer import (COEF_LETTERS, GREEK, RANDOM_LETTERS, EquationSyntaxError, check_shape, coefficient_letters,  # noqa: F401
+                    parse_index, random_letters, read_text, right_side_terms, split_star, unwrap)
+from .hlmfile import NO, key_values, level_equation, level_terms, whole
 from ..errors import ModelError
 from ..spec import coefficient_label, subscript
 
@@ -62,9 +64,6 @@ class Term3:
 
 # ---------------------------------------------------------------- the model of K levels
 
-COEF_LETTERS = "pbgd"  # the coefficients of the level-1, 2, 3, 4 equations
-GREEK = "πβγδ"
-RANDOM_LETTERS = "eruv"  # the random term at level 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -177,17 +176,6 @@ class VariablesLevels:
 
 
 # ---------------------------------------------------------------- notation, text and tokens
-
-def coefficient_letters(K: int) -> str:
-    """The ASCII letter of the coefficients on the right side of the level-1..K equations: HLM 7's
-    notation follows the number of levels alone (β/γ for two, π/β/γ for three, π/β/γ/δ for four)."""
-    return "bg" if K == 2 else COEF_LETTERS[:K]
-
-
-def random_letters(K: int) -> str:
-    """The random term of the level-1..K equations: r/u for two levels, e/r/u for three, e/r/u/v for four."""
-    return "ru" if K == 2 else RANDOM_LETTERS[:K]
-
 
 def n_subscripts(letter: str, K: int) -> int | None:
     """How many subscripts the letter carries in a K-level model (β: 1 at two levels, 2 at three)."""
@@ -588,138 +576,96 @@ def classify(lines: list[str]) -> tuple[str | None, list[str], list[str]]:
 
 # ---------------------------------------------------------------- HLM 7 command files (three levels)
 
-_YES, _NO = ("y", "yes", "true", "1"), ("n", "no", "false", "0", "none", "")
 _IGNORED = {"fixtau", "fixtau2", "fixtau3", "accel", "output", "graphgammas", "printvariance-covariance",
             "stopval", "hypoth", "fulloutput", "lev1ols", "resfiltype", "fishertype", "laplace", "lvr-beta"}
 _OFF = {"level1weight", "level2weight", "level3weight", "varianceknown", "constrain", "heterol1var",
         "level1deletion", "level2deletion", "level3deletion", "fixsigma2", "resfil1"}
 
 
-def _hlm_terms(rhs: str, where: str, intercept_name: str, level: int) -> tuple[list[str], bool, bool]:
-    rhs = rhs.strip()
-    if rhs.endswith("/"):
-        rhs = rhs[:-1]
-    tokens = [t.strip() for t in rhs.split("+") if t.strip()]
-    random = any(t.lower() == "random" for t in tokens)
-    intercept = any(t.upper() == intercept_name for t in tokens)
-    terms = []
-    for tok in tokens:
-        if tok.upper() == intercept_name or tok.lower() == "random":
-            continue
-        name, _, code = tok.partition(",")
-        code = code.strip()
-        if code == "1" and level < 3:
-            terms.append(f"group({name.strip()})")
-        elif code == "2":
-            terms.append(f"grand({name.strip()})")
-        elif code:
-            raise ModelError(f"{where}: centring code ',{code}' on {name.strip()} is not known at level {level}; "
-                             f"use {',1 (group mean) or ' if level < 3 else ''},2 (grand mean)")
-        else:
-            terms.append(name.strip())
-    return terms, intercept, random
-
-
 def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside: bool = False) -> LevelsSpec:
     """An HLM 7 HLM3 command file: level1:, then each level2: line followed by its level3: lines."""
     path = Path(path)
-    text = read_text(path)
-    level1 = None
-    coef_names: list[str] = []
-    level2_eqs: list[str] = []
-    level3_eqs: list[str] = []
-    current = None  # (p, level-2 term names of that equation, next level-3 line index)
+    lines: dict = {"level1": None, "level2": [], "level3": []}
     opts: dict = {}
-    for line_no, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{path}: line {line_no}"
-        if ":" not in line:
-            raise ModelError(f"{where}: expected key:value, got '{line[:80]}'")
-        key, value = (s.strip() for s in line.split(":", 1))
-        key = key.lower()
-        if key == "level1":
-            if level1 is not None:
-                raise ModelError(f"{where}: a second level1: line; keep one")
-            if "=" not in value:
-                raise ModelError(f"{where}: level1 needs OUTCOME=INTRCPT1+...+RANDOM")
-            outcome, rhs = value.split("=", 1)
-            terms, icpt, _ = _hlm_terms(rhs, where, "INTRCPT1", 1)
-            coef_names = ["INTRCPT1"] + [re.sub(r"^(group|grand)\((.*)\)$", r"\2", t) for t in terms]
-            parts = (["p0"] if icpt else []) + [f"p{k}*{t}" for k, t in enumerate(terms, 1)]
-            level1 = f"{outcome.strip()} = " + " + ".join(parts + ["e"])
-        elif key == "level2":
-            if level1 is None:
-                raise ModelError(f"{where}: a level2: line before the level1: line; put level1: first")
-            coef, _, rhs = value.partition("=")
-            upper = [c.upper() for c in coef_names]
-            if coef.strip().upper() not in upper:
-                raise ModelError(f"{where}: level2 line for '{coef.strip()}', which is not a level-1 coefficient "
-                                 f"({', '.join(coef_names)})")
-            p = upper.index(coef.strip().upper())
-            terms, icpt, rand = _hlm_terms(rhs, where, "INTRCPT2", 2)
-            parts = ([f"b{p}0"] if icpt else []) + [f"b{p},{q}*{t}" for q, t in enumerate(terms, 1)] + ([f"r{p}"] if rand else [])
-            if not parts:
-                raise ModelError(f"{where}: the level2 line for {coef.strip()} has no terms; write {coef.strip()}=INTRCPT2/")
-            level2_eqs.append(f"p{p} = " + " + ".join(parts))
-            names = (["INTRCPT2"] if icpt else []) + [re.sub(r"^(group|grand)\((.*)\)$", r"\2", t) for t in terms]
-            current = (p, names, [0] * icpt + list(range(1, len(terms) + 1)))
-        elif key == "level3":
-            if current is None:
-                raise ModelError(f"{where}: a level3: line must follow the level2: line of its coefficient")
-            p, names, qs = current
-            coef, _, rhs = value.partition("=")
-            upper = [n.upper() for n in names]
-            if coef.strip().upper() not in upper:
-                raise ModelError(f"{where}: level3 line for '{coef.strip()}', which is not a term of the level2 line "
-                                 f"above it ({', '.join(names)})")
-            q = qs[upper.index(coef.strip().upper())]
-            terms, icpt, rand = _hlm_terms(rhs, where, "INTRCPT3", 3)
-            parts = ([f"g{p},{q},0"] if icpt else []) + [f"g{p},{q},{s}*{t}" for s, t in enumerate(terms, 1)] + (
-                [f"u{p},{q}"] if rand else [])
-            if not parts:
-                raise ModelError(f"{where}: the level3 line for {coef.strip()} has no terms; write {coef.strip()}=INTRCPT3/")
-            level3_eqs.append(f"b{p},{q} = " + " + ".join(parts))
-        elif key == "mlf":
-            # HLM3 estimates by full ML only; mlf:n cannot ask for REML (use --reml for that)
-            continue
-        elif key == "numit":
-            try:
-                opts["max_iterations"] = max(1, int(value))
-            except ValueError:
-                raise ModelError(f"{where}: numit must be a whole number, not '{value[:40]}'") from None
-        elif key == "title":
-            opts["title"] = None if value.lower() in ("", "no title") else value
-        elif key == "nonlin":
-            if value.lower() not in ("n", "no", "none", "linear"):
-                raise ModelError(f"{where}: nonlin:{value}: three-level models with a non-normal outcome are not "
-                                 "supported yet; hlmcli fits linear three-level models")
-        elif key in ("resfil2", "resfil3"):
-            if value.lower().startswith("y"):
-                opts[key] = True
-        elif key in ("resfil2name", "resfil3name"):
-            opts[key] = value
-        elif key in _IGNORED:
-            continue
-        elif key in _OFF:
-            if value.strip().lower() not in _NO and not (key == "fixsigma2" and value.strip() in ("-1", "")):
-                raise ModelError(f"{where}: '{key}:{value}' is not supported for three-level models yet; "
-                                 "remove the line or set it to none/n")
+    for where, key, value, _ in key_values(path, read_text(path)):
+        if key in ("level1", "level2", "level3"):
+            _hlm3_level_line(lines, key, value, where)
         else:
-            raise ModelError(f"{where}: the key '{key[:40]}' is not supported for three-level models; remove the line")
-    if level1 is None:
+            _hlm3_option(opts, key, value, where)
+    if lines["level1"] is None:
         raise ModelError(f"{path}: no level1: line; add one like level1:MATH=INTRCPT1+YEAR+RANDOM")
     from ..io.files import output_from_file
 
-    for lev in ("2", "3"):
-        if opts.get(f"resfil{lev}"):
-            name = opts.get(f"resfil{lev}name") or f"resfil{lev}.csv"
-            opts[f"residuals_l{lev}"] = str(output_from_file(path, name, f"resfil{lev}name", allow_outside))
-    residuals = (opts.get("residuals_l2"), opts.get("residuals_l3"))
+    residuals = tuple(str(output_from_file(path, opts.get(f"resfil{lev}name") or f"resfil{lev}.csv", f"resfil{lev}name",
+                                           allow_outside)) if opts.get(f"resfil{lev}") else None for lev in (2, 3))
     options = RunOptionsLevels(max_iterations=opts.get("max_iterations", 1000), title=opts.get("title"),
                                residuals=residuals if any(residuals) else ())
-    return build_spec3(level1, level2_eqs, level3_eqs, variables, options)
+    return build_spec3(lines["level1"], lines["level2"], lines["level3"], variables, options)
+
+
+def _hlm3_level_line(lines: dict, key: str, value: str, where: str) -> None:
+    """A level1:, level2: or level3: line of an HLM3 command file, as an equation in `lines`; a level3:
+    line belongs to the level2: line above it, whose terms it names (INTRCPT2 or a predictor)."""
+    if key == "level1":
+        if lines["level1"] is not None:
+            raise ModelError(f"{where}: a second level1: line; keep one")
+        if "=" not in value:
+            raise ModelError(f"{where}: level1 needs OUTCOME=INTRCPT1+...+RANDOM")
+        outcome, rhs = value.split("=", 1)
+        terms, names, icpt, _ = level_terms(rhs, where, 1, 3)
+        lines["names"] = ["INTRCPT1"] + names
+        lines["level1"] = level_equation(outcome.strip(), terms, icpt, False, 1, 3)
+        return
+    if key == "level2" and lines["level1"] is None:
+        raise ModelError(f"{where}: a level2: line before the level1: line; put level1: first")
+    if key == "level3" and "current" not in lines:
+        raise ModelError(f"{where}: a level3: line must follow the level2: line of its coefficient")
+    level = int(key[-1])
+    coef, _, rhs = (s.strip() for s in value.partition("="))
+    names = lines["names"] if level == 2 else lines["current"][1]
+    upper = [n.upper() for n in names]
+    if coef.upper() not in upper:
+        raise ModelError(f"{where}: {key} line for '{coef}', which is not " + (
+            f"a level-1 coefficient ({', '.join(names)})" if level == 2 else
+            f"a term of the level2 line above it ({', '.join(names)})"))
+    terms, term_names, icpt, rand = level_terms(rhs, where, level, 3)
+    if not (icpt or terms or rand):
+        raise ModelError(f"{where}: the {key} line for {coef} has no terms; write {coef}=INTRCPT{level}/")
+    if level == 2:
+        key_ = (upper.index(coef.upper()),)
+        lines["current"] = (key_[0], (["INTRCPT2"] if icpt else []) + term_names, [0] * icpt + list(range(1, len(terms) + 1)))
+    else:
+        p, _, qs = lines["current"]
+        key_ = (p, qs[upper.index(coef.upper())])
+    lines[key].append(level_equation(key_, terms, icpt, rand, level, 3))
+
+
+def _hlm3_option(opts: dict, key: str, value: str, where: str) -> None:
+    """One key:value line of an HLM3 command file other than its level lines; keys that would change the
+    model and that three-level fits do not read are refused by name."""
+    if key == "mlf":  # HLM3 estimates by full ML only; mlf:n cannot ask for REML (use --reml for that)
+        return
+    if key == "numit":
+        opts["max_iterations"] = max(1, whole(value, where, key))
+    elif key == "title":
+        opts["title"] = None if value.lower() in ("", "no title") else value
+    elif key == "nonlin":
+        if value.lower() not in ("n", "no", "none", "linear"):
+            raise ModelError(f"{where}: nonlin:{value}: three-level models with a non-normal outcome are not "
+                             "supported yet; hlmcli fits linear three-level models")
+    elif key in ("resfil2", "resfil3"):
+        if value.lower().startswith("y"):
+            opts[key] = True
+    elif key in ("resfil2name", "resfil3name"):
+        opts[key] = value
+    elif key in _IGNORED:
+        return
+    elif key in _OFF:
+        if value.strip().lower() not in NO + ("none", "") and not (key == "fixsigma2" and value.strip() in ("-1", "")):
+            raise ModelError(f"{where}: '{key}:{value}' is not supported for three-level models yet; "
+                             "remove the line or set it to none/n")
+    else:
+        raise ModelError(f"{where}: the key '{key[:40]}' is not supported for three-level models; remove the line")
 
 
 def is_command_file(path, text: str) -> bool:

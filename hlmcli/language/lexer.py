@@ -1,5 +1,5 @@
 """The lexer both front ends share (the equations of any number of levels, and HLM 7's command files):
-the shape checks that keep parsing linear in the input, the one-line syntax error with its caret,
+the notation's letters for K levels, the shape checks that keep parsing linear in the input, the one-line syntax error with its caret,
 splitting a right side into its terms, and reading a model file's text."""
 
 from __future__ import annotations
@@ -7,6 +7,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
+
+# HLM 7's notation, decided by the number of levels K alone
+COEF_LETTERS = "pbgd"  # the coefficients of the level-1, 2, 3, 4 equations (three and more levels)
+GREEK = "πβγδ"
+RANDOM_LETTERS = "eruv"  # the random term at level 1, 2, 3, 4
+
+
+def coefficient_letters(K: int) -> str:
+    """The ASCII letter of the coefficients on the right side of the level-1..K equations: HLM 7's
+    notation follows the number of levels alone (β/γ for two, π/β/γ for three, π/β/γ/δ for four)."""
+    return "bg" if K == 2 else COEF_LETTERS[:K]
+
+
+def random_letters(K: int) -> str:
+    """The random term of the level-1..K equations: r/u for two levels, e/r/u for three, e/r/u/v for four."""
+    return "ru" if K == 2 else RANDOM_LETTERS[:K]
+
 
 # Bounds that keep parsing linear in the input: no real equation comes near them.
 MAX_EQUATION_CHARS = 10_000
