@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hlmcli.io.archive_levels import BuildOptions3, build_from_files3, load_archive3, write_archive3
+from hlmcli.io.archive import load_archive, write_archive
+from hlmcli.io.archive_levels import BuildOptions3, build_from_files3
 from hlmcli.data.design_levels import design3, variables_of
 from hlmcli.language.equations_levels import (Centering, RunOptionsLevels, VariablesLevels, build_spec3, classify, parse_hlm3_file,
                                spec3_from_inputs)
@@ -151,8 +152,8 @@ def tiny(tmp_path):
     pd.DataFrame({"S": ["B", "A"], "Z": [7.0, 1.0]}).to_csv(tmp_path / "l3.csv", index=False)
     files = [tmp_path / f"l{k}.csv" for k in (1, 2, 3)]
     archive = build_from_files3(files, BuildOptions3("C", "S"))
-    write_archive3(archive, tmp_path / "t.mdm")
-    return load_archive3(tmp_path / "t.mdm"), files
+    write_archive(archive, tmp_path / "t.mdm")
+    return load_archive(tmp_path / "t.mdm", 3), files
 
 
 def test_archive_order_and_links(tiny):
@@ -276,17 +277,17 @@ def test_fuzz_hlm3_command_files(edits):
 
 
 def test_cache_notices_changed_sources(tmp_path):
-    from hlmcli.io.archive_levels import cached_archive3
+    from hlmcli.io.cache import cached_archive
 
     pd.DataFrame({"S": [1, 1, 2], "C": [1, 2, 3], "Y": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "l1.csv", index=False)
     pd.DataFrame({"C": [1, 2, 3], "S": [1, 1, 2]}).to_csv(tmp_path / "l2.csv", index=False)
     pd.DataFrame({"S": [1, 2], "Z": [0.5, 1.5]}).to_csv(tmp_path / "l3.csv", index=False)
     files = [tmp_path / f"l{k}.csv" for k in (1, 2, 3)]
     options = BuildOptions3("C", "S")
-    _, first = cached_archive3(files, options, cache_dir=tmp_path / "c")
-    _, again = cached_archive3(files, options, cache_dir=tmp_path / "c")
+    _, first = cached_archive(files, options, cache_dir=tmp_path / "c")
+    _, again = cached_archive(files, options, cache_dir=tmp_path / "c")
     pd.DataFrame({"S": [1, 2], "Z": [0.5, 2.5]}).to_csv(tmp_path / "l3.csv", index=False)
-    archive, changed = cached_archive3(files, options, cache_dir=tmp_path / "c")
+    archive, changed = cached_archive(files, options, cache_dir=tmp_path / "c")
     assert (first, again, changed) == ("built", "reused", "built")
     assert list(archive.level3[0]) == [0.5, 2.5]
 

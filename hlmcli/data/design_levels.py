@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io.archive_levels import ArchiveLevels
+from ..io.archive import Archive
 from ..language.equations_levels import Centering, LevelsSpec, Term3, VariablesLevels
 from ..errors import ModelError
 from ..engine.moments import LevelsSummary, Moments
 from ..engine.nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
 
 
-def variables_of(archive: ArchiveLevels) -> VariablesLevels:
+def variables_of(archive: Archive) -> VariablesLevels:
     return VariablesLevels(tuple(tuple(archive.names(k)) for k in range(1, archive.n_levels + 1)))
 
 
@@ -76,7 +76,7 @@ class Level1Moments:
     n_deleted: int
 
 
-def design_levels(spec: LevelsSpec, archive: ArchiveLevels, level1: Level1Moments | None = None) -> DesignLevels:
+def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
     """The design from the archive's records, or, given `level1`, from per-level-2-unit moments:
     then level-1 centring is a shift of each unit's mean (moments.py's algebra), mean(X) of a
     level-1 X the record-weighted mean of the units' means, and the data a LevelsSummary."""
@@ -231,7 +231,7 @@ class Design3:
         return len(self.unit3_ids)
 
 
-def design3(spec: LevelsSpec, archive: ArchiveLevels, level1: Level1Moments | None = None) -> Design3:
+def design3(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None = None) -> Design3:
     """design_levels at three levels, in HLM3's names (NestedData, level-2 and level-3 ids); with
     `level1`, the data stay a LevelsSummary (the records are not kept)."""
     d = design_levels(spec, archive, level1)

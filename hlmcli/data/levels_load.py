@@ -34,13 +34,14 @@ def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatc
 
 
 def load3(data, build_opts: dict, cache_dir, warn):
-    from ..io.archive_levels import cached_archive3, load_archive3
+    from ..io.archive import load_archive
+    from ..io.cache import cached_archive
     from ..io.readers import normalise_delimiter
 
     if len(data) == 1:
         from ..io.archive import changed_sources
 
-        archive = load_archive3(data[0])
+        archive = load_archive(data[0], 3)
         for changed in changed_sources(archive):
             warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
         return archive, Path(data[0]).name
@@ -49,8 +50,8 @@ def load3(data, build_opts: dict, cache_dir, warn):
     opts = dict(build_opts)
     fmt, delimiter = opts.pop("file_format", None), opts.pop("delimiter", None)
     options = options3(**opts)
-    archive, _ = cached_archive3(list(data), options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
-                                 cache_dir=cache_dir, warn=warn)
+    archive, _ = cached_archive(data, options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
+                                cache_dir=cache_dir, warn=warn)
     return archive, ", ".join(Path(p).name for p in data)
 
 
@@ -81,9 +82,9 @@ def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_ite
 
 
 def archive_n_levels(path) -> int:
-    from ..io.archive_levels import archive_levels
+    from ..io.archive import peek_levels
 
-    return archive_levels(path)
+    return peek_levels(path)
 
 
 def build_options_levels(ids, keeps, missing, drop_unmatched, n_files: int):
@@ -106,11 +107,12 @@ def _ids_and_keeps(build_opts: dict, K: int):
 
 def load_levels(data, build_opts: dict, cache_dir, warn):
     from ..io.archive import changed_sources
-    from ..io.archive_levels import cached_archive_levels, load_archive_levels
+    from ..io.archive import load_archive
+    from ..io.cache import cached_archive
     from ..io.readers import normalise_delimiter
 
     if len(data) == 1:
-        archive = load_archive_levels(data[0], archive_n_levels(data[0]))
+        archive = load_archive(data[0], archive_n_levels(data[0]))
         for changed in changed_sources(archive):
             warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
         return archive, Path(data[0]).name
@@ -124,9 +126,9 @@ def load_levels(data, build_opts: dict, cache_dir, warn):
     ids, keeps = _ids_and_keeps(build_opts, K)
     options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
                                    build_opts.get("drop_unmatched", False), K)
-    archive, _ = cached_archive_levels(list(data), options, fmt=build_opts.get("file_format"),
-                                       delimiter=normalise_delimiter(build_opts.get("delimiter")),
-                                       cache_dir=cache_dir, warn=warn)
+    archive, _ = cached_archive(data, options, fmt=build_opts.get("file_format"),
+                                delimiter=normalise_delimiter(build_opts.get("delimiter")), cache_dir=cache_dir,
+                                warn=warn)
     return archive, ", ".join(Path(p).name for p in data)
 
 

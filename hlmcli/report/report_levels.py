@@ -28,7 +28,7 @@ import numpy as np
 from ..spec import coefficient_label, subscript
 from ..version import __version__
 from ..language.equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, Term3, symbol
-from .report import df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
+from .report import data_hash, df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
 
 SCHEMA3 = 3
 
@@ -480,7 +480,7 @@ def fit_json3(design, fit, meta: dict) -> dict:
         "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
         "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)[0],
         **_structure_keys(fit),
-        "centering_means": design.centering_means,
+        "centering_means": design.centering_means, "data_hash": data_hash(design),
         **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
@@ -827,7 +827,7 @@ def fit_json(design, fit, meta: dict) -> dict:
         "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
         "lme4_formula": lme4_formula(spec, meta["ids"], _diagonal_at(fit) or False),
         **_structure_keys(fit),
-        "centering_means": design.centering_means,
+        "centering_means": design.centering_means, "data_hash": data_hash(design),
         **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
