@@ -629,7 +629,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
                         full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
-        from ..analysis.hglm_run import estimation_text, hglm_model_summary, r_call_lines
+        from ..report.report_hglm import estimation_text, hglm_model_summary, r_call_lines
 
         lines = hglm_model_summary(spec, Symbols(_use_ascii(ascii_only)))
         lines += ["", f"Method of estimation: {estimation_text(spec.options)}"]
@@ -712,6 +712,16 @@ def fit_cmd(**params):
     from ..io.files import check_outputs
 
     r = fit_request(params)
+    formula = click.get_current_context().meta.get("formula")
+    if formula:  # crossed grouping factors: the cross-classified engine (cli/crossed.py)
+        from ..language.formula import crossed
+
+        model = crossed(formula)
+        if model is not None:
+            from .crossed import fit_crossed_command
+
+            return fit_crossed_command(r.data, formula, model, r.fit, r.out, r.build, _given_options(),
+                                       lambda s: click.echo(s, nl=False), _stderr)
     _dask_scheduler(params)  # the dask options are checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels, is_three_level
 
@@ -1087,7 +1097,8 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
     from ..errors import EXIT_NOT_CONVERGED
     from ..io.files import atomic_write_text
     from ..analysis.pipeline import analyse
-    from ..analysis.plausible import analyse_plausible, combined_json, combined_tests, combined_text, outcome_columns, same_records
+    from ..analysis.plausible import analyse_plausible, combined_tests, outcome_columns, same_records
+    from ..report.report_combined import combined_json, combined_text
     from ..report.report import Symbols, dumps_json
 
     opts = spec.options
@@ -1184,6 +1195,14 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
     from ..results import Results
 
     check_output(output)
+    formula = click.get_current_context().meta.get("formula")
+    if formula:
+        from ..language.formula import crossed
+
+        if crossed(formula) is not None:
+            from ..capabilities import refuse
+
+            refuse("plot", "crossed")
     from .flags import check_plot_options
 
     from .flags import check_archive_options
