@@ -320,11 +320,13 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
 # ---------------------------------------------------------------- three and four levels
 
 def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, fit: FitOptions,
-                      allow_outside: bool = False, title: str | None = None, residuals: dict | None = None):
+                      allow_outside: bool = False, title: str | None = None, residuals: dict | None = None,
+                      formula_equations=None):
     """The spec of a model of K = 3 or 4 levels: `equations` are the level-1 ... level-K equations (one
     list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
     iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
-    HLM3 and HLM4. At three levels the equations are also read in HLM3's forms, and the report is HLM3's."""
+    HLM3 and HLM4. At three levels the equations are also read in HLM3's forms, and the report is HLM3's.
+    `formula_equations`: the command line's --formula as equations (levels_load.spec3)."""
     from .data.levels_load import spec3, spec_levels
 
     K = archive.n_levels
@@ -336,7 +338,8 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     if K == 3:
         spec = spec3(archive, equations[0][0] if equations[0] else None, equations[1], equations[2], model_file,
                      reml, title=title, max_iterations=fit.max_iterations, residuals_l2=residuals.get(2),
-                     residuals_l3=residuals.get(3), allow_outside=allow_outside)
+                     residuals_l3=residuals.get(3), allow_outside=allow_outside,
+                     formula_equations=formula_equations)
     else:
         spec = spec_levels(archive, equations[:K], model_file, reml, title=title, max_iterations=fit.max_iterations,
                            residuals=[residuals.get(k) for k in range(2, K + 1)])
@@ -401,7 +404,8 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     """hlmcli.fit of a model of three or four levels: the archive (built through the cache from the
     files of each level, or read), the spec, capabilities.check, the fit and its `Results`."""
     from .capabilities import check as check_capabilities
-    from .data.levels_load import archive_n_levels, load3, load_levels, load_summarised, summarised_level1
+    from .analysis.engines_levels import load_summarised
+    from .data.levels_load import archive_n_levels, load3, load_levels, summarised_level1
 
     files = [f for f in (level1, level2, level3, level4) if f is not None]
     if any(isinstance(f, pd.DataFrame) for f in files):
@@ -507,3 +511,67 @@ def table(models: Sequence, fmt: str | None = None, names: Sequence[str] | None 
     if fmt is None:
         return side_by_side(docs, names, options)
     return side_by_side_text(docs, names, fmt, options)
+
+
+class CrossedModel:
+    """A cross-classified fit (hlmcli.fit_crossed): the numbers as attributes, HCM2's text and the JSON
+    document of `hlmcli fit --formula` (the same functions print them)."""
+
+    def __init__(self, results):
+        self.results = results
+        fit = results.fit
+        self.gamma = dict(zip(results.design.fixed_names, fit.gamma))
+        self.se = dict(zip(results.design.fixed_names, fit.se))
+        # one key per random term; a factor with several terms (x || g) is g, g.1, ... as lme4 names them
+        keys, seen = [], {}
+        for name in fit.factors:
+            keys.append(name if name not in seen else f"{name}.{seen[name]}")
+            seen[name] = seen.get(name, 0) + 1
+        self.tau = dict(zip(keys, fit.taus))
+        self.ranef = dict(zip(keys, fit.ranef))  # EB (conditional modes) per term, rows in labels' order
+        self.labels = dict(zip(keys, fit.labels))
+        self.sigma2, self.deviance, self.method = fit.sigma2, fit.deviance, fit.method
+        self.certified = results.certified
+
+    def text(self) -> str:
+        from .report.crossed_report import text
+
+        return text(self.results)
+
+    def to_dict(self) -> dict:
+        from .report.crossed_report import to_json
+        from .report.report import json_safe
+
+        return json_safe(to_json(self.results))
+
+    def __repr__(self) -> str:
+        return f"<hlmcli cross-classified fit: {self.results.formula}, {self.method}, deviance {self.deviance:.4f}>"
+
+
+def fit_crossed(data: DataLike, formula: str, method: str = "REML", *, tau: str | None = None,
+                max_iterations: int | None = None, title: str | None = None, file_format: str | None = None,
+                delimiter: str | None = None) -> CrossedModel:
+    """Fit a model whose grouping factors are crossed (HLM 7's HCM2, and any mix of crossed and nested
+    factors), as `hlmcli fit DATA --formula ...` does: e.g. 'attain ~ verbal + (1 | primary) + (1 | second)'.
+    data: one file or DataFrame holding every column. tau="diagonal" splits every random term into
+    uncorrelated effects. The fit is certified (or says what failed: `.certified`, `.results.failures`)."""
+    from .analysis.crossed_run import analyse_crossed
+    from .io.readers import Table, read_table
+    from .language.formula import crossed, diagonal_bars
+
+    model = crossed(formula)
+    if model is None:
+        raise ModelError(f"the formula '{formula}' has one chain of nested grouping factors: fit it with hlmcli.fit")
+    if tau == "diagonal":
+        model = diagonal_bars(model)
+    elif tau not in (None, "unstructured"):
+        raise ModelError(f"tau='{tau}': give 'unstructured' or 'diagonal'")
+    if method.upper() not in ("REML", "ML"):
+        raise ModelError(f"method='{method}': give 'REML' or 'ML'")
+    if is_dataframe(data):
+        check_frame_columns(data, "data")
+        table = Table(Path("<DataFrame>"), "dataframe", data.reset_index(drop=True))
+    else:
+        table = read_table(data, file_format, delimiter,
+                           string_columns=tuple(name for bar in model.bars for name in bar.factor))
+    return CrossedModel(analyse_crossed(table, model, formula, method.upper(), max_iterations, title))

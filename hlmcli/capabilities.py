@@ -22,6 +22,7 @@ KINDS = {
     "agq": "HGLM AGQ",
     "three-level": "three-level linear",
     "four-level": "four-level linear",
+    "crossed": "cross-classified linear",
 }
 _LEVELS = ("three-level", "four-level")
 
@@ -52,6 +53,26 @@ _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data file
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
 
+_X_NOT_YET = ("not built yet for cross-classified fits, whose results are their own record so far "
+              "(hlmcli fit --formula and hlmcli.fit_crossed print HCM2's tables and the JSON document)")
+_X_TESTS = ("not built yet for cross-classified fits: the Wald and likelihood-ratio tests are not wired to their "
+            "record; compare two fits' deviances by hand (both by ML for different fixed effects)")
+_X_RESIDUALS = ("not built yet: a cross-classified fit keeps its empirical Bayes estimates per factor (the API's "
+                "fit.ranef) but writes no residual files")
+_X_DF = ("d.f. for crossed factors: HLM 7's rule counts level-2 units of one nesting and Satterthwaite's needs the "
+         "covariance of the variance estimates over all blocks; neither is built, so t-ratios are printed without "
+         "d.f. or p-values")
+_X_UNITS = ("HLM2's unit-by-unit statistics (OLS per unit, the homogeneity test over units' residual variances) need "
+            "units that hold their records; crossed factors split every group across the other factor's groups")
+_X_WEIGHTS = ("sampling weights with crossed factors need a weight for each factor's groups and a scaling rule for "
+              "crossed designs; the pseudo-likelihood rules (Pfeffermann et al. 1998, Rabe-Hesketh & Skrondal 2006) "
+              "are for nested designs")
+_X_SUMMARY = ("the blocked Cholesky of crossed factors needs Z1'Z2, which pairs the records' groups of two factors; "
+              "per-unit summaries of one factor do not keep it; fit in memory")
+_X_MISSING = ("a cross-classified fit reads one file and leaves out records with a missing value in a column the "
+              "model uses (HLM's deletion at analysis)")
+
+
 @dataclass(frozen=True)
 class Feature:
     key: str
@@ -65,33 +86,35 @@ def _k(reason: str) -> dict:
 
 
 FEATURES = (
-    Feature("api", "Python API (hlmcli.fit)", {}),
+    Feature("api", "Python API (hlmcli.fit; crossed: hlmcli.fit_crossed)", {}),
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
-            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY}),
-    Feature("table", "hlmcli table of saved fits", {}),
-    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE}),
-    Feature("formats", "--format csv|markdown|latex|html", {}),
-    Feature("test", "--test (Wald tests of γ)", {}),
-    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE}),
-    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS}),
+            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY, "crossed": _X_NOT_YET}),
+    Feature("table", "hlmcli table of saved fits", {"crossed": _X_NOT_YET}),
+    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, "crossed": _X_NOT_YET}),
+    Feature("formats", "--format csv|markdown|latex|html", {"crossed": _X_NOT_YET}),
+    Feature("test", "--test (Wald tests of γ)", {"crossed": _X_TESTS}),
+    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, "crossed": _X_TESTS}),
+    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
-            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE}),
-    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K)}),
+            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, "crossed": _X_DF}),
+    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF}),
     Feature("homogeneity", "--test-homogeneity",
-            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K)}),
+            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS}),
     Feature("full_output", "--full-output",
-            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K)}),
+            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS}),
     Feature("weights", "--weight1/--weight2 (sampling weights; ... --weight4)",
-            {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS}),
+            {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS,
+             "crossed": _X_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",
-            {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED}),
-    Feature("missing_now", "--missing now", {"linear-summary": _RECORDS}),
+            {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED,
+             "crossed": _X_NOT_YET}),
+    Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
-            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY}),
+            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY}),
 )
 _BY_KEY = {f.key: f for f in FEATURES}
 

@@ -200,6 +200,16 @@ class OneLineErrors(click.Group):
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
     """Two-, three- and four-level hierarchical linear models, the way HLM 7 (HLM2, HLM3, HLM4) fits them."""
+    from ..io import verified
+
+    verified.configure(_verified_records_folder)
+
+
+def _verified_records_folder():
+    """Where loads record the archives they verified in full (io/verified.py): the cache folder."""
+    from ..io.cache import default_cache_dir, secure_cache_dir
+
+    return secure_cache_dir(default_cache_dir())
 
 
 @main.group()
@@ -354,8 +364,10 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
 @click.argument("archive_file", type=click.Path())
 @click.option("--unit", help="Also show one unit: its number of records and level-2 values.")
 @click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--verify", is_flag=True, help="Compute the archive's whole-file checksum even if this file was "
+              "verified before (a load otherwise trusts a file whose size, times, inode and header are unchanged).")
 @user_errors
-def mdm_info(archive_file, unit, out_format):
+def mdm_info(archive_file, unit, out_format, verify):
     """Print what an archive holds: HLM 7's MDM statistics."""
     from ..io.archive import changed_sources, load_archive
     from ..report.report import archive_info, archive_info_text, dumps_json
@@ -368,11 +380,13 @@ def mdm_info(archive_file, unit, out_format):
         info = stats_archive_info(archive_file)
         click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
         return
-    archive = load_archive(archive_file, levels=None)
+    archive = load_archive(archive_file, levels=None, verify=verify)
     info = archive_info(archive, unit)  # before the warnings: an unknown unit is the one error
     for path in changed_sources(archive):
         _stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
     click.echo(dumps_json(info) if out_format == "json" else archive_info_text(info), nl=False)
+    if verify:
+        _stderr(f"hlmcli: {archive_file}: checksum verified (SHA-256 of the whole file)")
 
 
 # ---------------------------------------------------------------- models and fits
@@ -615,7 +629,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
                         full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
-        from ..analysis.hglm_run import estimation_text, hglm_model_summary, r_call_lines
+        from ..report.report_hglm import estimation_text, hglm_model_summary, r_call_lines
 
         lines = hglm_model_summary(spec, Symbols(_use_ascii(ascii_only)))
         lines += ["", f"Method of estimation: {estimation_text(spec.options)}"]
@@ -698,6 +712,16 @@ def fit_cmd(**params):
     from ..io.files import check_outputs
 
     r = fit_request(params)
+    formula = click.get_current_context().meta.get("formula")
+    if formula:  # crossed grouping factors: the cross-classified engine (cli/crossed.py)
+        from ..language.formula import crossed
+
+        model = crossed(formula)
+        if model is not None:
+            from .crossed import fit_crossed_command
+
+            return fit_crossed_command(r.data, formula, model, r.fit, r.out, r.build, _given_options(),
+                                       lambda s: click.echo(s, nl=False), _stderr)
     _dask_scheduler(params)  # the dask options are checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels, is_three_level
 
@@ -1073,7 +1097,8 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
     from ..errors import EXIT_NOT_CONVERGED
     from ..io.files import atomic_write_text
     from ..analysis.pipeline import analyse
-    from ..analysis.plausible import analyse_plausible, combined_json, combined_tests, combined_text, outcome_columns, same_records
+    from ..analysis.plausible import analyse_plausible, combined_tests, outcome_columns, same_records
+    from ..report.report_combined import combined_json, combined_text
     from ..report.report import Symbols, dumps_json
 
     opts = spec.options
@@ -1170,6 +1195,14 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
     from ..results import Results
 
     check_output(output)
+    formula = click.get_current_context().meta.get("formula")
+    if formula:
+        from ..language.formula import crossed
+
+        if crossed(formula) is not None:
+            from ..capabilities import refuse
+
+            refuse("plot", "crossed")
     from .flags import check_plot_options
 
     from .flags import check_archive_options

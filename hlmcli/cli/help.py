@@ -13,7 +13,7 @@ import click
 GROUPS: dict[str, tuple[str, ...]] = {
     "Data": ("--id", "--id1", "--id2", "--id3", "--id4", "--l1-vars", "--l2-vars", "--l3-vars", "--l4-vars",
              "--missing", "--drop-unmatched", "--data-format", "--format", "--delimiter", "--template",
-             "--cache-dir", "--older-than", "--keep", "--no-follow"),
+             "--cache-dir", "--older-than", "--keep", "--no-follow", "--verify"),
     "Model": ("--level1", "--level2", "--level3", "--level4", "--model", "--formula", "--tau", "--ascii"),
     "Estimation": ("--ml", "--reml", "--max-iterations", "--df", "--test", "--compare-deviance", "--compare-params",
                    "--prior-version", "--test-homogeneity", "--strict"),
