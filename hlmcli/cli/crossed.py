@@ -21,7 +21,7 @@ _FEATURE = {"--test": "test", "--compare-deviance": "compare_deviance", "--compa
             "--normalize": "weights", "--plausible-values": "plausible_values", "--imputed": "plausible_values",
             "--missing": "missing_now", "--engine": "stream_dask", "--scheduler": "stream_dask"}
 _HGLM = ("--family", "--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points",
-         "--separation")
+         "--separation", "--link")
 
 
 def refuse_options(given: set[str], out_format: str) -> None:

@@ -18,7 +18,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "Estimation": ("--ml", "--reml", "--max-iterations", "--df", "--test", "--compare-deviance", "--compare-params",
                    "--prior-version", "--test-homogeneity", "--strict"),
     "HGLM": ("--family", "--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points",
-             "--separation"),
+             "--separation", "--link"),
     "Survey": ("--weight1", "--weight2", "--weight3", "--weight4", "--normalize", "--plausible-values", "--imputed",
                "--allow-unequal-imputations"),
     "Output": ("--output", "--json-out", "--se", "--stars", "--caption", "--notes", "--title", "--timestamp",
