@@ -49,6 +49,14 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
                   "residual variances; HLM3 and HLM4 offer none, so there is no reference to match")
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
+_ORDINAL_LINEAR = ("an ordinal outcome is not normal: it is fitted as an HGLM (--family ordinal with --estimation "
+                   "laplace or agq)")
+_ORDINAL_PQL = ("not yet: HLM 7's PQL for ordinal outcomes (a linearisation of the C - 1 cumulative logits) is not "
+                "built; use --estimation laplace or agq, exact ML, which ordinal::clmm matches")
+_ORDINAL_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors needs the Laplace or "
+                    "AGQ likelihood over the crossed blocks, which is not built (lme4's glmer fits it)")
+_HGLM_LEVELS = ("hlmcli fits binary, binomial and count outcomes (HGLM) at two levels; models of three and four levels "
+                "are linear")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
@@ -112,6 +120,9 @@ FEATURES = (
             {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED,
              "crossed": _X_NOT_YET}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
+    Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
+            {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
+             "crossed": _ORDINAL_CROSSED}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
             {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY}),
@@ -159,6 +170,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "weights": bool(fit.weight1 or fit.weight2 or fit.weight3 or fit.weight4 or got("weight1") or got("weight2")),
         "plausible_values": bool(fit.plausible_values or fit.imputed),
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
+        "ordinal": (fit.family or got("family")) == "ordinal",
     }
     return [key for key, on in asked.items() if on]
 
@@ -174,12 +186,12 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
     """HGLM options for a model of three or more levels: refused in one line with the reason."""
     given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
                                       ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),
-                                      ("quadrature-points", fit.quadrature_points), ("separation", fit.separation))
+                                      ("quadrature-points", fit.quadrature_points), ("separation", fit.separation),
+                                      ("link", fit.link))
              if value is not None and not (name == "family" and value == "normal")]
     if given:
         raise ModelError(f"{', '.join('--' + g for g in given)}: not available for a {KINDS[_LEVELS[n_levels - 3]]} fit: "
-                         "hlmcli fits binary, binomial and count outcomes (HGLM) at two levels; models of three and "
-                         "four levels are linear")
+                         + _HGLM_LEVELS)
 
 
 def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engine.MEMORY,

@@ -297,6 +297,23 @@ def check_stream_dask(kind, tmp_path):
     matches_reference(doc["fixed_effects"], "linear")
 
 
+O = DATA / "ordinal"
+ORDINAL = [O / "wine_l1.csv", O / "wine_l2.csv", "--id", "judge", "-1", "rating = b0 + b1*warm + b2*contact",
+           "-2", "b0 = g00 + u0", "-2", "b1 = g10", "-2", "b2 = g20", "--family", "ordinal"]
+
+
+def check_ordinal(kind, tmp_path):
+    """wine, rating ~ warm + contact + (1|judge): clmm's Laplace or nAGQ = 10 fit (tests/reference_scripts/ordinal_clmm.R)."""
+    nodes = {"laplace": 1, "agq": 10}[kind]
+    ref = next(f for f in json.loads((O / "clmm_reference.json").read_text())["fits"]
+               if f["data"] == "wine" and f["link"] == "logit" and f["nAGQ"] == nodes)
+    extra = ["--estimation", kind] + (["--quadrature-points", "10"] if kind == "agq" else [])
+    doc = json.loads(run("fit", *ORDINAL, *extra, "--format", "json").stdout)
+    assert doc["converged"] and doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+    assert doc["clmm"]["theta"] == pytest.approx(ref["theta"], rel=1e-4)
+    assert doc["clmm"]["beta"] == pytest.approx(ref["beta"], rel=1e-4)
+
+
 SUPPORTED = {f.key: globals()[f"check_{f.key}"] for f in capabilities.FEATURES}
 
 
@@ -422,6 +439,26 @@ def check_levels_compare(kind, tmp_path):
     (tmp_path / "changed.json").write_text(proc.stdout)
     one_line_refusal(run_cli("compare", pastes, tmp_path / "changed.json"),
                      "were fitted to different records (the outcome values or units differ)")
+
+
+def test_levels_compare_refuses_other_data_of_the_same_shape(tmp_path):
+    """The fast form of check_levels_compare's last refusal: two three-level fits whose files have the same
+    names, ids and counts but one outcome value changed differ only in their data hash, and compare refuses."""
+    from hlmcli.errors import DataError
+    from hlmcli.report.compare import compare_fits
+
+    for src in PASTES[:3]:
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    l1 = pd.read_csv(tmp_path / PASTES[0].name)
+    l1.loc[0, "STRENGTH"] += 1.0
+    l1.to_csv(tmp_path / PASTES[0].name, index=False)
+    files = [tmp_path / src.name for src in PASTES[:3]]
+    res = hlmcli.fit(*files[:2], level3=files[2], id2="SAMPLE", id3="BATCH", level1_eq=PASTES_MODEL[1],
+                     level2_eqs=[PASTES_MODEL[3]], level3_eqs=[PASTES_MODEL[5]], warn=lambda m: None)
+    docs = [levels_json("three-level"), res.to_dict()]  # the first: the CLI's fit of the original files (cached)
+    assert docs[0]["n_level1"] == docs[1]["n_level1"] and docs[0]["data_hash"] != docs[1]["data_hash"]
+    with pytest.raises(DataError, match=r"fitted to different records \(the outcome values or units differ\)"):
+        compare_fits(docs[0], docs[1], "a.json", "b.json")
 
 
 def test_levels_data_hash_by_hand():
@@ -800,6 +837,7 @@ ASK = {
     "full_output": lambda kind, d: ["--full-output"],
     "stream_dask": lambda kind, d: ["--engine", "stream"],
     "compare_deviance": lambda kind, d: ["--compare-deviance", "2300", "--compare-params", "2"],
+    "ordinal": lambda kind, d: ["--family", "ordinal", "-q"],  # -q: pastes' text column warns on loading
 }
 
 
@@ -814,6 +852,13 @@ def check_refused(feature, kind, why, tmp_path):
             proc = run_cli("fit", *LEVELS_BASE[kind], *{**ASK, **ASK_LEVELS}[feature](kind, tmp_path))
         one_line_refusal(proc, why)
         assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
+        return
+    if feature == "ordinal":  # an ordinal outcome is an HGLM: the linear columns are reached only by their reason
+        if kind.startswith("linear"):
+            assert "--family ordinal with --estimation" in why
+            return
+        proc = run_cli("fit", *ORDINAL)  # PQL, the default
+        one_line_refusal(proc, why)
         return
     if feature == "compare":  # compare reads saved fits
         proc = run_cli("compare", _saved(kind, tmp_path, True), _saved(kind, tmp_path))
