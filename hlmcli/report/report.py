@@ -468,17 +468,15 @@ def df_value(df):
     return int(df) if df.is_integer() else df
 
 
-def fit_json(analysis, meta: dict) -> dict:
-    a = analysis
-    d, r, fx, vt = a.design, a.result, a.fixed, a.variance
-    names = d.spec.coefficient_names()
-    rand_q = [int(q) for q in a.stats.random]
-    df = a.satterthwaite if a.satterthwaite is not None else fx.df
-    fixed = []
+def _fixed_effects_json(a) -> list[dict]:
+    """One record per γ: its labels, the estimate, and the model-based and robust SE, t, d.f. and p."""
     from ..analysis.inference import two_sided_p
 
+    d, fx = a.design, a.fixed
+    df = a.satterthwaite if a.satterthwaite is not None else fx.df
     p = two_sided_p(fx.t, df)
     rp = two_sided_p(fx.robust_t, df)
+    fixed = []
     for k, f in enumerate(d.fixed):
         term = d.spec.level2[f.q].predictors[f.s - 1] if f.s else None
         fixed.append({
@@ -488,6 +486,16 @@ def fit_json(analysis, meta: dict) -> dict:
             "p": float(p[k]), "robust_se": float(fx.robust_se[k]), "robust_t": float(fx.robust_t[k]),
             "robust_p": float(rp[k]),
         })
+    return fixed
+
+
+def fit_json(analysis, meta: dict) -> dict:
+    """The JSON document of a two-level linear fit (schema 2, hlmcli/schema/fit-2.json)."""
+    a = analysis
+    d, r, fx, vt = a.design, a.result, a.fixed, a.variance
+    names = d.spec.coefficient_names()
+    rand_q = [int(q) for q in a.stats.random]
+    fixed = _fixed_effects_json(a)
     tau = r.tau
     sd = np.sqrt(np.clip(np.diag(tau), 0, None))
     with np.errstate(invalid="ignore", divide="ignore"):

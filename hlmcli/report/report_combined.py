@@ -53,8 +53,9 @@ def _combined_fixed_lines(c: dict, d, sym, weighted: bool) -> list[str]:
     return out
 
 
-def _d1_test_lines(tests: list) -> list[str]:
-    """The D1 test of each hypothesis combined over the fits (plausible.combined_tests)."""
+def _d1_test_lines(tests: list, notes: bool = True) -> list[str]:
+    """The D1 test of each hypothesis combined over the fits (plausible.combined_tests); `notes`: with the
+    notes on the robust-only tests of weighted fits and on D1's reference."""
     out: list[str] = []
     w = out.append
     for h in tests or []:
@@ -66,9 +67,9 @@ def _d1_test_lines(tests: list) -> list[str]:
                 continue
             df2 = "infinite" if r["df2"] is None else f"{r['df2']:.2f}"
             w(f" {title:>12}: D1 F statistic = {r['F']:.6f}, d.f. = {r['df1']}, {df2}, p-value = {hlm_p(r['p'])}")
-        if h["model"] is None:
+        if notes and h["model"] is None:
             w(" (sampling weights: the test uses the robust covariance only)")
-    if tests:
+    if notes and tests:
         w(" (D1: Li, Raghunathan & Rubin 1991, F reference with their d.f., as mitml::testModels)")
     return out
 
@@ -161,15 +162,7 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     w(" Combining rule: " + RULE)
     w("")
     w(f" {sym_sigma2} (average over the fits) = {doc['sigma2']:12.5f}")
-    for level, (tau, rel) in enumerate(zip(doc["taus"], doc["reliabilities"]), start=2):
-        if not tau:
-            continue
-        labels = _random_labels(doc["fits"][0], level)
-        w("")
-        w(f" Level-{level} tau (average over the fits)")
-        lw = max(len(x) for x in labels)
-        for k, lab in enumerate(labels):
-            w(f"{lab:>{lw}} " + " ".join(f"{v:13.5f}" for v in tau[k]) + f"   reliability {rel[k]:.3f}")
+    out += _level_tau_lines(doc)
     for kind in ("fixed_effects", "fixed_effects_robust"):
         w("")
         w("Final estimation of fixed effects, combined over the fits")
@@ -184,19 +177,25 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     w("")
     w(f" {'Pseudo-deviance' if doc['weights'] else 'Deviance'} (average over the fits) = {doc['deviance']:.6f}")
     w(f" Number of estimated parameters   = {doc['n_params']}")
-    for h in doc.get("hypothesis_tests") or []:
-        w("")
-        w(f"Results of General Linear Hypothesis Testing, combined over the fits: {h['label']}")
-        for kind, title in (("model", "model-based"), ("robust", "robust")):
-            r = h[kind]
-            if r is None:
-                continue
-            df2 = "infinite" if r["df2"] is None else f"{r['df2']:.2f}"
-            w(f" {title:>12}: D1 F statistic = {r['F']:.6f}, d.f. = {r['df1']}, {df2}, p-value = {hlm_p(r['p'])}")
+    out += _d1_test_lines(doc.get("hypothesis_tests") or [], notes=False)
     text = "\n".join(printable(line.rstrip()) for line in out) + "\n"
     for m, t in enumerate(fit_texts or [], start=1):
         text += f"\n{'=' * 78}\nFit {m} of {doc['combining']['m']}: {doc['combining']['outcomes'][m - 1]}\n{'=' * 78}\n" + t
     return text
+
+
+def _level_tau_lines(doc: dict) -> list[str]:
+    """Each level's τ averaged over the fits, with the averaged reliabilities (a K-level combined document)."""
+    out: list[str] = []
+    for level, (tau, rel) in enumerate(zip(doc["taus"], doc["reliabilities"]), start=2):
+        if not tau:
+            continue
+        labels = _random_labels(doc["fits"][0], level)
+        out += ["", f" Level-{level} tau (average over the fits)"]
+        lw = max(len(x) for x in labels)
+        for k, lab in enumerate(labels):
+            out.append(f"{lab:>{lw}} " + " ".join(f"{v:13.5f}" for v in tau[k]) + f"   reliability {rel[k]:.3f}")
+    return out
 
 
 def _random_labels(fit_doc: dict, level: int) -> list[str]:
