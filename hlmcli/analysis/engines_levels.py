@@ -165,12 +165,14 @@ def level1_moments(archive, level1: Level1File, names: list[str], level2_path, d
     if level1.engine == "dask":
         from ..data.dask_engine import dask_moments
 
-        unit_ids, m, _read, deleted = dask_moments(level1.path, level1.id2, names, scheduler, progress=progress,
-                                                   delimiter=level1.delimiter)
+        unit_ids, m, _read, deleted, deleted_in = dask_moments(level1.path, level1.id2, names, scheduler,
+                                                               progress=progress, by_unit=True,
+                                                               delimiter=level1.delimiter)
     else:
         from ..data.streaming import stream_moments
 
-        unit_ids, m, _read, deleted = stream_moments(level1.columns, level1.id2, names, progress=progress)
+        unit_ids, m, _read, deleted, deleted_in = stream_moments(level1.columns, level1.id2, names, progress=progress,
+                                                                 by_unit=True)
     ids2 = archive.levels[1].ids
     position = {u: j for j, u in enumerate(ids2)}
     where = np.array([position.get(u, -1) for u in unit_ids], dtype=np.int64)
@@ -182,6 +184,8 @@ def level1_moments(archive, level1: Level1File, names: list[str], level2_path, d
                             "--drop-unmatched")
         warn(f"dropped the level-1 records of {len(lost)} level-2 unit(s) not in {Path(str(level2_path)).name} "
              f"({archive.id_names[0]} {first_few(lost)})")
+        # as the memory engine, which drops these records while building: their missing values delete nothing
+        deleted -= sum(deleted_in.get(u, 0) for u in lost)
     J2 = len(ids2)
     P = m.P
     n, mean, C = np.zeros(J2), np.zeros((J2, P)), np.zeros((J2, P, P))

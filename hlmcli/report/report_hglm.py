@@ -17,6 +17,7 @@ from ..version import __version__
 from .report import (coef_label, data_hash, extras_text, hlm_name, hlm_p, lme4_formula, model_record, model_summary,
                      printable, problem_lines, r_terms, random_label, tau_lines, text_table)
 from .terms import with_terms
+from . import report_ordinal as ordinal
 
 
 # ---------------------------------------------------------------- the model
@@ -28,6 +29,8 @@ def link_lines(spec, sym) -> list[str]:
     lam = "lambda" if sym.ascii else "λ"
     eta = "eta" if sym.ascii else "η"
     fam = spec.options.family
+    if fam == "ordinal":
+        return ordinal.link_lines(spec, sym)
     if fam == "bernoulli":
         top = [f"    Prob({y}ij=1|{b}j) = {phi}ij", f"    log[{phi}ij/(1 - {phi}ij)] = {eta}ij"]
     elif fam == "binomial":
@@ -68,6 +71,8 @@ def hglm_model_summary(spec, sym) -> list[str]:
 
 
 def glmer_call(spec, id_name: str, nodes: int | None = None) -> str:
+    if spec.options.family == "ordinal":
+        return ordinal.clmm_call(spec, id_name, nodes)
     formula, _ = lme4_formula(spec, id_name)
     opts = spec.options
     lhs, rhs = formula.split(" ~ ", 1)
@@ -114,7 +119,8 @@ def r_call_lines(spec, id_name: str, nodes: int | None = None) -> list[str]:
     if spec.options.estimation == "pql":
         call, note = glmmpql_call(spec, id_name)
         return ["The same model in R (MASS)", f" {call}"] + ([f"   {note}"] if note else [])
-    return ["The same model in R (lme4)", f" {glmer_call(spec, id_name, nodes)}"]
+    package = "ordinal" if spec.options.family == "ordinal" else "lme4"
+    return [f"The same model in R ({package})", f" {glmer_call(spec, id_name, nodes)}"]
 
 
 def pql_status(p: PQLResult) -> str:
@@ -240,6 +246,8 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     for key in ("hypothesis_tests", "deviance_test"):
         if key in a.extras:
             out[key] = a.extras[key]
+    if ordinal.is_ordinal(a):
+        out = ordinal.add_json(a, out)
     return with_terms(out)
 
 
@@ -323,8 +331,11 @@ def _hglm_header_lines(a: HGLMAnalysis, meta: dict, sym) -> list[str]:
         w(f" The maximum number of macro iterations = {opts.macroit}")
     w("")
     w(f" Method of estimation: {estimation_text(opts, a.nodes or None)}")
-    w(f" Distribution at Level-1: {opts.family}" + (f", trials {opts.trials}" if opts.trials else "")
-      + (f", exposure {opts.exposure}" if opts.exposure else ""))
+    if ordinal.is_ordinal(a):
+        w(ordinal.distribution_line(a))
+    else:
+        w(f" Distribution at Level-1: {opts.family}" + (f", trials {opts.trials}" if opts.trials else "")
+          + (f", exposure {opts.exposure}" if opts.exposure else ""))
     w("")
     w(f" The outcome variable is  {hlm_name(a.spec.outcome)}")
     w("")
@@ -370,6 +381,8 @@ def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> l
     (event rate) ratios with confidence intervals."""
     d = a.design
     ratio = "Odds Ratio" if a.data.family.link == "logit" else "Event Rate Ratio"
+    if ordinal.is_ordinal(a):
+        ratio = ordinal.RATIO_NAMES[a.link][1]  # probit: none
     out: list[str] = []
     w = out.append
     for robust in (False, True):
@@ -392,8 +405,12 @@ def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> l
             tq = special.stdtrit(a.df[k], 0.975)
             ratio_rows.append([label, f"{gamma[k]:.6f}", f"{np.exp(gamma[k]):.6f}",
                                f"({np.exp(gamma[k] - tq * se[k]):.3f},{np.exp(gamma[k] + tq * se[k]):.3f})"])
+        if ordinal.is_ordinal(a):  # the thresholds δ(m), after γ
+            rows += ordinal.threshold_rows(a, robust, sym)
         out.extend(text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                               rows, [30, 12, 14, 9, 12, 8]))
+        if ratio is None:  # probit: exp(γ) is no ratio of anything
+            continue
         w("")
         out.extend(text_table(["Fixed Effect", "Coefficient", ratio, "Confidence Interval"], ratio_rows, [30, 12, 16, 22]))
     return out
