@@ -15,6 +15,7 @@ import hlmcli
 from conftest import DATA, hlmcli as run_cli
 from hlmcli.engine.crossed import CrossedSolve, CrossedStats, CrossedTerm, fit_crossed
 from hlmcli.engine.unitsolve import factor
+from hlmcli.report.schemas import first_error_file
 
 X_DIR = DATA / "crossed"
 REF = json.loads((X_DIR / "crossed_lme4.json").read_text())
@@ -155,7 +156,7 @@ def test_nested_model_by_the_crossed_engine_is_the_nested_fit():
     t3 = DATA / "three_level"
     nested = hlmcli.fit(t3 / "pastes_l1.csv", t3 / "pastes_l2.csv", level3=t3 / "pastes_l3.csv", id2="SAMPLE",
                         id3="BATCH", level1_eq="STRENGTH = p0 + e", level2_eqs=["p0 = b00 + r0"],
-                        level3_eqs=["b00 = g000 + u00"], method="ML").to_dict()
+                        level3_eqs=["b00 = g000 + u00"], method="ML", warn=lambda message: None).to_dict()
     d = pd.read_csv(t3 / "pastes_l1.csv")
     crossed = fit_crossed(d.STRENGTH.to_numpy(float), np.ones((len(d), 1)), ["INTRCPT"],
                           _terms(d, [("BATCH", ["1"]), ("SAMPLE", ["1"])]), "ML")
@@ -199,6 +200,7 @@ def test_cli_fit_prints_hcm2_tables_and_writes_json(tmp_path):
     assert f"Deviance = {ref['deviance']:.6f}" in text
     assert "Iterations stopped at the optimum" in text
     doc = json.loads(out.read_text())
+    assert first_error_file(doc, "crossed-1.json") is None
     assert doc["kind"] == "cross-classified linear" and doc["certified"] and doc["n"] == ref["n"]
     assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
     got = {f["name"]: f["coefficient"] for f in doc["fixed_effects"]}
