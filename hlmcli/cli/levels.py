@@ -46,8 +46,9 @@ def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, 
 
     _refuse_family(3)
     archive, _ = load3(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
-    spec = spec_levels(archive, [[level1] if level1 else [], list(level2), list(more.get("level3") or ())], model_file,
-                       more.get("reml"), allow_outside=bool(more.get("allow_outside")), formula_equations=formula_equations)
+    equations = [[level1] if level1 else [], list(level2), list(more.get("level3") or ())]
+    spec = spec_levels(archive, equations, model_file, more.get("reml"), allow_outside=bool(more.get("allow_outside")),
+                       formula_equations=formula_equations)
     lines = model_summary3(spec, Symbols3(use_ascii(ascii_only)))
     formula, notes = lme4_formula3(spec, *archive.id_names)
     method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
