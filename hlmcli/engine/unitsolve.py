@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .objective import like, one_block
 from .sufficient import ModelStats
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -333,3 +334,77 @@ def unit_ols(ZZ: np.ndarray, Zy: np.ndarray, n: np.ndarray, yy: np.ndarray | Non
         if yy is not None:
             rss[ok] = yy[ok] - np.einsum("jk,jk->j", beta[ok], Zy[ok])
     return UnitOLSFit(ok, beta, inv, rss)
+
+
+# ---------------------------------------------------------------- the objective the search minimises
+
+class ProfiledDeviance:
+    """The two-level profiled (RE)ML deviance as an objective.DevianceObjective over one block G = τ/σ²
+    (on the statistics given, the search's standardised ones), counting the solves. A point is (G,)
+    or the bare matrix G; the gradient comes back in the same form. With sigma2 given, the deviance
+    at that fixed level-1 variance instead (σ² not profiled; PQL's working model has σ² = 1): then
+    G = τ/σ² with the given σ²."""
+
+    def __init__(self, stats: ModelStats, reml: bool, sigma2: float | None = None):
+        self.stats, self.reml, self.count, self.sigma2 = stats, reml, 0, sigma2
+
+    def solve(self, lam: np.ndarray) -> UnitSolve:
+        self.count += 1
+        return unit_solve(self.stats, lam)
+
+    def deviance_of(self, us: UnitSolve) -> float:
+        return us.profiled_deviance(self.reml) if self.sigma2 is None else us.deviance(self.sigma2, self.reml)
+
+    def gradient_of(self, us: UnitSolve) -> np.ndarray:
+        return us.gradient_G(self.reml, sigma2=self.sigma2)
+
+    def at(self, point, factors=None):
+        G = one_block(point)
+        try:
+            us = self.solve(factor(G) if factors is None else one_block(factors))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf, like(point, np.zeros_like(G))
+        return self.deviance_of(us), like(point, self.gradient_of(us))
+
+    def value(self, point) -> float:
+        try:
+            return self.deviance_of(self.solve(factor(one_block(point))))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf
+
+    def noise(self, point) -> float:
+        G = one_block(point)
+        try:
+            us = self.solve(factor(G))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return 0.0
+        if self.sigma2 is None:
+            return us.rounding_noise(self.reml)
+        # σ² fixed: rss/σ² carries the absolute rounding of the differences that make rss
+        eps = np.finfo(float).eps
+        yy = self.stats.yy
+        cancel = abs(yy) + abs(yy - us.s) + abs(float(us.c @ us.gamma))
+        logdets = float(np.abs(us.logdet).sum()) + (abs(us.log_det_P()) if self.reml else 0.0)
+        counted = 8.0 * eps * (cancel / self.sigma2 + logdets)
+        # PQL's working models (the only fits with σ² fixed) can have large weights, so I + Z'WZ·G is
+        # ill conditioned per unit and its solves lose more digits than the terms above count (seen:
+        # 1e-6 deviance units of noise where they count 1e-9). Measured as well: the second
+        # difference of the deviance over ±1e-12 relative changes of G, whose exact value is
+        # negligible, so what is left is rounding.
+        return max(counted, self.measured_noise(G, self.deviance_of(us)))
+
+    def measured_noise(self, G: np.ndarray, dev: float, k: int = 3) -> float:
+        """max |d(G + δE) + d(G − δE) − 2d(G)| / 2 over k fixed pseudo-random symmetric E, δ = 1e-12
+        relative: the gradient's term cancels and the curvature's is ~1e-24, so this is the
+        deviance's rounding noise as it is evaluated."""
+        rng = np.random.default_rng(0)
+        delta = 1e-12 * max(float(np.max(np.abs(G))), 1e-300)
+        diag = np.count_nonzero(G - np.diag(np.diag(G))) == 0
+        worst = 0.0
+        for _ in range(k):
+            E = rng.normal(size=G.shape)
+            E = np.diag(np.diag(E)) * (np.diag(G) > 0) if diag else E + E.T
+            vp, vm = self.value(G + delta * E), self.value(G - delta * E)
+            if np.isfinite(vp) and np.isfinite(vm):
+                worst = max(worst, 0.5 * abs(vp + vm - 2.0 * dev))
+        return worst
