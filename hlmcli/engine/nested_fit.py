@@ -31,7 +31,7 @@ from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, Ne
                      as_levels, columns_of, reduce_nested, reduce_standardised, summary_of)
 from .search import LbfgsTolerances, Plan
 from .search import search as one_search
-from .unitsolve import factor, unit_ols
+from .unitsolve import exact_within, factor, unit_ols, within_unit_rss
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
 
@@ -294,6 +294,21 @@ def estimable(raw: LevelsStats) -> None:
                              + (" or use data with more records per level-2 unit" if level == 2 else ""))
 
 
+def check_within_units(stats: LevelsStats, outcome: str = "the outcome") -> None:
+    """Refuse, in one line, an outcome that is an exact linear function of the level-1 predictors
+    within every level-2 unit: σ² = 0 and no maximum (unitsolve.within_unit_rss; the columns past
+    Z2 get common coefficients, so this finds the cases where even that leaves no residual)."""
+    if not stats.q2:
+        return
+    wt = stats.weighting
+    BB = stats.BB.sum(axis=2)  # each level-2 unit's B'B enters with its weight w_j|k, as its projection below
+    rss = within_unit_rss(stats.ZZ2.transpose(2, 0, 1), stats.Z2B.transpose(2, 0, 1), BB,
+                          None if wt is None else wt.conditional[0])
+    refusal = exact_within(rss, float(BB[-1, -1]), outcome)
+    if refusal:
+        raise ModelError(refusal)
+
+
 def random_labels(layout, n_levels: int) -> tuple:
     """The random effects of each level in τ order, in the ASCII notation (r0, u01, v012, ...)."""
     out = [[] for _ in range(n_levels - 1)]
@@ -348,6 +363,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     except FloatingPointError:
         raise ModelError("the fixed effects are linearly dependent (collinear predictors, or a predictor that is "
                          "constant where it enters); remove one of them") from None
+    check_within_units(std)
     TX = tr.TX
     obj = Objective(std, reml)
     Gs, dev, cert, iterations, message, start = search(obj, qs, max_iterations, diagonal)

@@ -408,3 +408,47 @@ class ProfiledDeviance:
             if np.isfinite(vp) and np.isfinite(vm):
                 worst = max(worst, 0.5 * abs(vp + vm - 2.0 * dev))
         return worst
+
+
+# ---------------------------------------------------------------- σ² = 0: the outcome exact within units
+
+# The within-unit residual is zero when it is within the rounding of the cross-products it is made from:
+# y'y minus the projections, so a few ulps of y'y (measured: 0 to 0.9·eps·y'y for exact data, 56·eps·y'y
+# for an outcome constant within units up to noise of SD 1e-6, whose likelihood does have a maximum).
+EXACT_WITHIN_ULPS = 8.0
+
+
+def exact_within(rss_within: float, yy: float, outcome: str) -> str | None:
+    """The one-line refusal when the within-unit residual (within_unit_rss) is zero to the rounding of
+    y'y (the outcome's sum of squares it was computed from), else None."""
+    if rss_within > EXACT_WITHIN_ULPS * np.finfo(float).eps * abs(yy):
+        return None
+    return (f"{outcome} is an exact linear function of the level-1 predictors within every level-2 unit (no residual "
+            "variation within units), so σ² would be 0 and the likelihood has no maximum; check that the outcome is "
+            "not computed from the predictors, or make fixed the level-1 coefficients that vary between units")
+
+
+def within_unit_rss(ZZ: np.ndarray, ZB: np.ndarray, BB: np.ndarray, unit_weight: np.ndarray | None = None) -> float:
+    """min over γ and each unit's own b_j of Σ_j c_j‖y_j − B_jγ − Z_jb_j‖², the residual when every unit
+    has its own coefficients on its random columns Z and the other columns B = [… | y] (y last) have
+    common ones: from the per-unit cross-products ZZ (J,q,q), ZB = Z_j'[B_j | y_j] (J,q,m), and
+    BB = Σ_j c_j [B | y]'[B | y] (m,m), c_j = unit_weight (1 when None). Projecting Z_j out of each
+    unit, [B | y]'(I − Z_j(Z_j'Z_j)⁺Z_j')[B | y] summed is the normal equations' matrix of the
+    remaining regression, whose residual is s − c'A⁺c. When it is 0 the likelihood has no maximum:
+    σ² → 0 with τ taking up the units' exact coefficients sends it to +∞ (log|V| → −∞ while the
+    residual stays in the range of Z_jτZ_j')."""
+    J, q, _ = ZZ.shape
+    Zp = np.zeros_like(ZZ)
+    if J and q:
+        w, E = np.linalg.eigh(ZZ)
+        keep = w > OLS_RANK_TOL * np.maximum(w[:, -1:], 1e-300)
+        inv = np.where(keep, 1.0 / np.where(keep, w, 1.0), 0.0)
+        Zp = np.einsum("jak,jk,jbk->jab", E, inv, E)  # (Z_j'Z_j)⁺
+    c = np.ones(J) if unit_weight is None else np.asarray(unit_weight, float)
+    W = BB - np.einsum("j,jam,jab,jbn->mn", c, ZB, Zp, ZB)
+    W = 0.5 * (W + W.T)
+    A, b, s = W[:-1, :-1], W[:-1, -1], float(W[-1, -1])
+    if A.size:
+        coef = np.linalg.lstsq(A, b, rcond=1e-12)[0]
+        s -= float(b @ coef)
+    return max(s, 0.0)
