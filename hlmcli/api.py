@@ -60,7 +60,7 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
     if not frames_given:
         from .io.cache import cached_archive
 
-        archive, _status = cached_archive(level1, level2, options, file_format, delimiter, cache_dir=cache_dir, warn=warn)
+        archive, _status = cached_archive((level1, level2), options, file_format, delimiter, cache_dir=cache_dir, warn=warn)
         return archive, f"{Path(level1).name} and {Path(level2).name}", None
     if not options.id1 or not options.id2:
         raise DataError("no unit id column given; pass id='NAME' (or id1= and id2=)")
@@ -279,7 +279,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     spec = model_spec(archive, level1_eq, level2_eqs, model, options, title=title)
     check_capabilities(spec, options, OutputOptions(title=title))
     analysis = analyse_model(spec, archive, options, level1_eq)
-    meta = {"data_source": source, "title": spec.options.title, "id_name": archive.id_names[0],
+    meta = {"data_source": source, "title": spec.options.title, "id_name": archive.level1_id,
             "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
                             "model_file": Path(model).name if model else None},
             "command_file": Path(model).name if model and str(model).lower().endswith(".hlm") else None, "warn": say}
@@ -324,7 +324,7 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     """The spec of a model of K = 3 or 4 levels: `equations` are the level-1 ... level-K equations (one
     list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
     iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
-    HLM3 and HLM4. At three levels the spec keeps HLM3's form (ModelSpec3), whose report is HLM3's."""
+    HLM3 and HLM4. At three levels the equations are also read in HLM3's forms, and the report is HLM3's."""
     from .data.levels_load import spec3, spec_levels
 
     K = archive.n_levels
@@ -351,12 +351,12 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     summarised engine (design_levels.Level1Moments), None for the archive's records."""
     from .levels_results import LevelsAnalysis, levels_extras
 
-    if hasattr(spec, "pis"):  # HLM3's form
+    if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3
         from .analysis.identifiability import check_three_level
 
         design = design3(spec, archive, level1)
-        check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
+        check_three_level(design.data, spec.coefficient_names(), lambda p: spec.term_names((p,)))
     else:
         from .data.design_levels import design_levels
 
@@ -391,9 +391,9 @@ def _levels_archive(level1, level2) -> bool:
     """Whether `level1` alone is an archive of three or more levels."""
     if level2 is not None or isinstance(level1, pd.DataFrame) or level1 is None:
         return False
-    from .io.archive_levels import archive_levels
+    from .io.archive import peek_levels
 
-    return Path(level1).is_file() and archive_levels(level1) >= 3
+    return Path(level1).is_file() and peek_levels(level1) >= 3
 
 
 def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: FitOptions, title, missing,
@@ -417,6 +417,10 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     three = len(files) == 3 or (len(files) == 1 and archive_n_levels(files[0]) == 3)
     level1_file = None
     if Engine(options.engine) != Engine.MEMORY:  # the level-1 records read once, per model (engines_levels.py)
+        from .capabilities import refuse_summarised
+
+        if missing == "now":  # before any data are read
+            refuse_summarised("missing_now", 3 if three else len(files), options.engine)
         archive, source, level1_file = load_summarised(files, build, options, say, 3 if three else len(files))
     elif three:
         keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched",

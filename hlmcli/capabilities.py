@@ -48,8 +48,6 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
                   "residual variances; HLM3 and HLM4 offer none, so there is no reference to match")
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
-_KEEP_K = ("not yet for k levels: the residual files of three- and four-level fits carry each level's archive "
-           "columns, not text columns from the source files")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
@@ -76,7 +74,7 @@ FEATURES = (
     Feature("test", "--test (Wald tests of γ)", {}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, **_k(_KEEP_K)}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
@@ -99,10 +97,8 @@ _BY_KEY = {f.key: f for f in FEATURES}
 
 
 def n_levels_of(spec) -> int:
-    """The number of levels of a spec: ModelSpec (two), ModelSpec3 (three, HLM3's form) or LevelsSpec."""
-    if hasattr(spec, "n_levels"):
-        return int(spec.n_levels)
-    return 3 if hasattr(spec, "pis") else 2
+    """The number of levels of a spec: ModelSpec (two) or LevelsSpec (three and more)."""
+    return int(getattr(spec, "n_levels", 2))
 
 
 def kind_of(spec, engine: Engine | str = Engine.MEMORY) -> str:
@@ -177,11 +173,19 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts
         for key in asked:
-            why = reason(key, "linear-summary")
-            if why and not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
-                label = "--residuals-l1" if key == "residuals" else _BY_KEY[key].label.split(" (")[0]
-                raise ModelError(f"{label}: not available with --engine {Engine(engine).value} for a {KINDS[kind]} fit: "
-                                 f"{why}")
+            if not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
+                refuse_summarised(key, n_levels_of(spec), engine)
+
+
+def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None:
+    """A fit of three or more levels from per-level-2-unit summaries (--engine stream/dask) asking for
+    what needs the records: the linear (stream, Dask) column's refusal, in one line. Called by `check`,
+    and before any data are read for what the build options ask (--missing now)."""
+    why = reason(feature, "linear-summary")
+    if why:
+        label = "--residuals-l1" if feature == "residuals" else _BY_KEY[feature].label.split(" (")[0]
+        raise ModelError(f"{label}: not available with --engine {Engine(engine).value} for a "
+                         f"{KINDS[_LEVELS[n_levels - 3]]} fit: {why}")
 
 
 def markdown_table() -> str:

@@ -28,8 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class LevelsAnalysis:
-    """The analysis of a K-level model (K ≥ 3): its spec (HLM3's ModelSpec3 at three levels, LevelsSpec
-    above), its design, the certified fit and the extras the options asked for (Wald tests of γ and
+    """The analysis of a K-level model (K ≥ 3): its spec (a LevelsSpec), its design, the certified fit and the extras the options asked for (Wald tests of γ and
     the likelihood-ratio test against a prior deviance), JSON-ready."""
 
     spec: object
@@ -45,10 +44,6 @@ class LevelsAnalysis:
     @property
     def levels_spec(self):
         """The model in its K-level form (the same equations, γ order and τ orders as the engine's)."""
-        if self.n_levels == 3:
-            from .data.design_levels import spec3_as_levels
-
-            return spec3_as_levels(self.spec)
         return self.spec
 
 

@@ -76,7 +76,7 @@ class Results:
                  sources: SourceFrames | None = None) -> None:
         self.analysis = analysis
         self.archive = archive
-        self.meta: dict = {"id_name": archive.id_names[0], **(meta or {})}
+        self.meta: dict = {"id_name": archive.level1_id, **(meta or {})}
         self._sources = sources
         self._json: tuple | None = None
         self._eb = None
@@ -385,7 +385,7 @@ class Results:
         from .io.files import output_transaction
         from .io.residual_files import write_table
 
-        id_name = self.archive.id_names[0]
+        id_name = self.archive.level1_id
         with output_transaction():
             if level2:
                 table, labels = self._residuals_level2(keep), None
@@ -863,27 +863,55 @@ class LevelsResults(Results):
         keep = [c for c in table.columns if c not in data_columns or c == "id"]
         return table[keep].set_index("id").rename_axis(self.archive.id_names[level - 2])
 
-    def residuals_level(self, level: int) -> "pd.DataFrame":
-        """HLM's level-`level` residual file (2 ≤ level ≤ K)."""
+    def residuals_level(self, level: int, keep: Sequence[str] = ()) -> "pd.DataFrame":
+        """HLM's level-`level` residual file (2 ≤ level ≤ K), plus the `keep` columns of the source files
+        (text too): from the file of this level or above through each unit's ancestor, else from a file
+        below where the unit's value is constant within it (empty where it varies)."""
         if not 2 <= level <= self.n_levels:
             raise ModelError(f"level must be 2 ... {self.n_levels}, not {level}")
         a = self.analysis
         from .report.report_levels import level2_residuals, level3_residuals, level_residuals
 
         if self.n_levels == 3:
-            return (level2_residuals if level == 2 else level3_residuals)(a.design, a.fit, self.archive)
-        return level_residuals(a.design, a.fit, self.archive, level)
+            table = (level2_residuals if level == 2 else level3_residuals)(a.design, a.fit, self.archive)
+        else:
+            table = level_residuals(a.design, a.fit, self.archive, level)
+        if keep:
+            self._add_kept(table, keep, level, self._unit_positions()[level - 2])
+        return table
 
     def residuals_level2(self, keep: Sequence[str] = ()) -> "pd.DataFrame":
-        return self.residuals_level(2)
+        return self.residuals_level(2, keep)
+
+    def _unit_positions(self) -> list:
+        """Per level 2..K, the archive index of each unit the fit kept (the residual files' rows)."""
+        d = self.analysis.design
+        return [d.level2_positions, d.level3_positions] if self.n_levels == 3 else list(d.positions)
+
+    def _level_frames(self):
+        if getattr(self, "_frames", None) is None:
+            from .io.sources import level_frames
+
+            self._frames = level_frames(self.archive, self.meta.get("source_files"))
+        return self._frames
+
+    def _add_kept(self, table: "pd.DataFrame", keep: Sequence[str], level: int, units) -> None:
+        """The `keep` columns, in the order given, after the file's own; a name it already has is left as it is."""
+        from .io.sources import keep_columns
+
+        wanted = [name for name in dict.fromkeys(keep) if name not in table.columns]
+        for name, values in keep_columns(self.archive, self._level_frames(), wanted, level, units).items():
+            table[name] = values
 
     def residuals_level1(self, keep: Sequence[str] = (), order: str = "unit") -> "pd.DataFrame":
         """The level-1 residual file: each record's unit ids (levels 2..K), the outcome, the fitted value
         from the fixed part (fitted_fixed) and with the EB estimates of every level (fitted), the
-        residual (outcome - fitted) and the level-1 predictors, in the archive's order (by unit)."""
-        if order != "unit" or keep:
-            raise ModelError("the level-1 residual file of a model of three or more levels is in the archive's "
-                             "order (by unit), without --keep columns")
+        residual (outcome - fitted) and the level-1 predictors, in the archive's order (by unit), or in
+        the level-1 file's (`order="source"`). With `keep` or `order="source"`, `row` (after the ids) is
+        each record's 1-based row in the level-1 file, and `keep` carries source columns, text too:
+        level-1 columns directly, those of the levels above through the record's unit there."""
+        if order not in ("source", "unit"):
+            raise ModelError(f"order must be 'source' or 'unit', not '{order}'")
         a = self.analysis
         data = a.design.data
         from .engine.nested import as_levels
@@ -902,7 +930,20 @@ class LevelsResults(Results):
         cols.update({"fitted": eb, "fitted_fixed": fixed, "residual": y - eb, a.spec.outcome: y})
         for k, t in enumerate(a.levels_spec.level1):
             cols[t.label] = levels.predictors[0][:, self._level1_col(k)]
-        return pd.DataFrame(cols)
+        table = pd.DataFrame(cols)
+        if not keep and order == "unit":
+            return table
+        records = a.design.record_positions
+        if records is None:
+            raise ModelError("the level-1 records were summarised per unit (--engine stream or dask), so they have "
+                             "no rows or source columns to carry; fit with --engine memory")
+        rows = self._level_frames().rows[0][records]
+        table.insert(self.n_levels - 1, "row", rows + 1)
+        if keep:
+            self._add_kept(table, keep, 1, records)
+        if order == "source":
+            table = table.iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
+        return table
 
     def _level1_col(self, k: int) -> int:
         """The column of the k-th level-1 predictor in the design (design_levels: one column per distinct
@@ -924,5 +965,5 @@ class LevelsResults(Results):
         with output_transaction():
             for level, path in sorted(paths.items()):
                 if path:
-                    table = self.residuals_level1(keep) if level == 1 else self.residuals_level(level)
+                    table = self.residuals_level1(keep, order) if level == 1 else self.residuals_level(level, keep)
                     write_table(table, path)

@@ -142,9 +142,15 @@ def subscript(*indices: int) -> str:
     return "".join(map(str, indices)) if all(0 <= i < 10 for i in indices) else ",".join(map(str, indices))
 
 
+def coefficient_label(letter: str, indices) -> str:
+    """The label of a coefficient at any level, as every output prints it and `--test` reads it: its
+    letter (γ, or g in ASCII; π, β, δ, ...) and HLM 7's subscripts."""
+    return letter + subscript(*indices)
+
+
 def gamma_label(q: int, s: int, letter: str = "γ") -> str:
-    """The label of γqs, as every output prints it and `--test` reads it (ASCII: letter='g')."""
-    return f"{letter}{subscript(q, s)}"
+    """The label of a two-level model's γqs (ASCII: letter='g')."""
+    return coefficient_label(letter, (q, s))
 
 
 def hlm_block(text: str):

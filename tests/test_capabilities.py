@@ -404,6 +404,46 @@ def check_levels_compare(kind, tmp_path):
     pastes = tmp_path / "pastes.json"
     pastes.write_text(json.dumps(levels_json("three-level")))
     one_line_refusal(run_cli("compare", pastes, big), "were fitted to different records")
+    # the same files' names, shape, ids and counts, one outcome value changed: only the data hash tells
+    other = tmp_path / "other"
+    other.mkdir()
+    for src in PASTES[:3]:
+        (other / src.name).write_bytes(src.read_bytes())
+    l1 = pd.read_csv(other / PASTES[0].name)
+    l1.loc[0, "STRENGTH"] += 1.0
+    l1.to_csv(other / PASTES[0].name, index=False)
+    proc = run("fit", *(other / src.name for src in PASTES[:3]), *PASTES[3:], *PASTES_MODEL, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    changed = json.loads(proc.stdout)
+    original = json.loads(pastes.read_text())
+    assert [changed[k] for k in ("data_source", "ids", "n_level1", "n_level2", "n_level3", "n_deleted")] == \
+        [original[k] for k in ("data_source", "ids", "n_level1", "n_level2", "n_level3", "n_deleted")]
+    assert changed["data_hash"] != original["data_hash"]
+    (tmp_path / "changed.json").write_text(proc.stdout)
+    one_line_refusal(run_cli("compare", pastes, tmp_path / "changed.json"),
+                     "were fitted to different records (the outcome values or units differ)")
+
+
+def test_levels_data_hash_by_hand():
+    """The three-level data hash from the source files by hand: the outcome in archive order (level-3 file
+    order, then level-2 file order, records stable), then per level the unit sizes and ids (fit-3.json)."""
+    import hashlib
+
+    import numpy as np
+
+    l1, l2, l3 = (pd.read_csv(p, dtype=str) for p in PASTES[:3])
+    batches = list(l3["BATCH"])
+    samples = sorted(l2["SAMPLE"], key=lambda s: batches.index(l2.set_index("SAMPLE").loc[s, "BATCH"]))
+    records = sorted(range(len(l1)), key=lambda i: samples.index(l1["SAMPLE"][i]))
+    y = l1["STRENGTH"].astype(float).to_numpy()[records]
+    h = hashlib.sha256(np.ascontiguousarray(y, dtype="<f8").tobytes())
+    sizes2 = [int((l1["SAMPLE"] == s).sum()) for s in samples]
+    sizes3 = [int((l2["BATCH"] == b).sum()) for b in batches]
+    for k, (sizes, ids) in enumerate(((sizes2, samples), (sizes3, batches))):
+        h.update(b"\x1e" if k else b"")
+        h.update(np.cumsum([0] + sizes).astype("<i8").tobytes())
+        h.update("\x1f".join(ids).encode("utf-8"))
+    assert levels_json("three-level")["data_hash"] == h.hexdigest()
 
 
 def check_levels_formats(kind, tmp_path):
@@ -617,6 +657,51 @@ def check_levels_satterthwaite(kind, tmp_path):
         _stats_matches(doc, "schools", "ml", ["(Intercept)", "SECTOR", "CSIZE", "SES", "TIME"], False)
 
 
+def check_levels_keep(kind, tmp_path):
+    """--keep at three and four levels: source columns (text too) in every level's residual file, taken from
+    the source files by hand: from the level's own file or one above through the unit's ancestor, from a
+    file below where constant within the unit (else empty); `row` maps each record to its level-1 row."""
+    if kind == "four-level":
+        paths = {k: tmp_path / f"r{k}.csv" for k in (1, 3)}
+        proc = run_cli("fit", *LEVELS_BASE[kind], "--residuals-l1", paths[1], "--residuals-l3", paths[3],
+                       "--keep", "SECTOR,CSIZE", "-q")
+        assert proc.returncode == 0, proc.stderr
+        l3, l4 = (pd.read_csv(T4 / f"schools_l{k}.csv") for k in (3, 4))
+        r1, r3 = pd.read_csv(paths[1]), pd.read_csv(paths[3])
+        school = l4.set_index("SCHOOLID")["SECTOR"]
+        assert list(r3["SECTOR"]) == list(school.loc[l3.set_index("CLASSID").loc[r3["id"], "SCHOOLID"]])
+        assert list(r1["CSIZE"]) == list(l3.set_index("CLASSID").loc[r1["CLASSID"], "CSIZE"])
+        l1 = pd.read_csv(T4 / "schools_l1.csv")
+        assert list(r1["SCORE"]) == list(l1["SCORE"].iloc[r1["row"] - 1])
+        return
+    rng = np.random.default_rng(19)
+    l1 = pd.read_csv(PASTES[0]).iloc[rng.permutation(60)].reset_index(drop=True)
+    l1["NOTE"] = [f"n{i}" for i in range(60)]  # text, one per record
+    l1["SCODE"] = "s" + l1["SAMPLE"].astype(str)  # text, constant within each level-2 unit
+    l2 = pd.read_csv(PASTES[1])
+    l3 = pd.read_csv(PASTES[2])
+    l3["PLANT"] = "p" + l3["BATCH"].astype(str)
+    files = [tmp_path / f"pastes_l{k}.csv" for k in (1, 2, 3)]
+    for frame, path in zip((l1, l2, l3), files):
+        frame.to_csv(path, index=False)
+    paths = {k: tmp_path / f"r{k}.csv" for k in (1, 2, 3)}
+    proc = run_cli("fit", *files, *PASTES[3:], *PASTES_MODEL, *(x for k, p in paths.items() for x in (f"--residuals-l{k}", p)),
+                   "--keep", "NOTE,CASK,PLANT,SCODE", "-q")
+    assert proc.returncode == 0, proc.stderr
+    r1, r2, r3 = (pd.read_csv(paths[k], dtype=str, keep_default_na=False) for k in (1, 2, 3))
+    assert list(r1.columns[-4:]) == ["NOTE", "CASK", "PLANT", "SCODE"] and list(r1.columns[:3]) == ["SAMPLE", "BATCH", "row"]
+    src = l1.iloc[r1["row"].astype(int) - 1]
+    assert list(r1["NOTE"]) == list(src["NOTE"]) and list(r1["SCODE"]) == list(src["SCODE"])
+    assert [float(x) for x in r1["STRENGTH"]] == list(src["STRENGTH"])
+    cask = l2.set_index(l2["SAMPLE"].astype(str))["CASK"]
+    assert list(r1["CASK"]) == list(cask.loc[r1["SAMPLE"]]) and list(r1["PLANT"]) == ["p" + b for b in r1["BATCH"]]
+    assert sorted(r1["row"].astype(int)) == list(range(1, 61))
+    assert list(r2["CASK"]) == list(cask.loc[r2["id"]]) and list(r2["SCODE"]) == ["s" + i for i in r2["id"]]
+    assert set(r2["NOTE"]) == {""}  # a level-1 column varying within the unit: empty
+    batch = r3.columns[0]
+    assert list(r3["PLANT"]) == ["p" + b for b in r3[batch]] and set(r3["CASK"]) == {""} and set(r3["SCODE"]) == {""}
+
+
 def check_levels_stream_dask(kind, tmp_path):
     """--engine stream at three and four levels: the JSON equal to memory's to 1e-10 in every number
     (the Dask engine: tests/test_dask_engine.py), against lme4; --residuals-l1 refused with its reason."""
@@ -627,6 +712,11 @@ def check_levels_stream_dask(kind, tmp_path):
     levels_matches(doc, kind)
     proc = run("fit", *LEVELS_BASE[kind], "--engine", "stream", "--residuals-l1", tmp_path / "r1.csv", "-q")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "needs the records themselves" in proc.stderr
+    # --missing now is the capabilities table's refusal too (exit 1, its reason), not a usage error
+    proc = run("fit", *LEVELS_BASE[kind], "--engine", "dask", "--missing", "now", "-q")
+    one_line_refusal(proc, f"--missing now: not available with --engine dask for a {kind} linear fit: "
+                           + capabilities.reason("missing_now", "linear-summary"))
+    assert proc.returncode == 1
 
 
 SUPPORTED_LEVELS = {key[len("check_levels_"):]: f for key, f in globals().items() if key.startswith("check_levels_")}
@@ -649,9 +739,7 @@ ASK = {
 }
 
 
-ASK_LEVELS = {
-    "keep": lambda kind, d: ["--residuals-l2", d / "r2.csv", "--keep", "CASK"],
-}
+ASK_LEVELS = {}
 
 
 def check_refused(feature, kind, why, tmp_path):
@@ -697,7 +785,7 @@ def test_levels_equation_graph_by_hand():
 
 
 # cells that fit the four-level schools model or the three-level EG models more than once (seconds each)
-SLOW_LEVEL_CELLS = {("tau_diagonal", "three-level"), ("tau_diagonal", "four-level"), ("satterthwaite", "three-level"),
+SLOW_LEVEL_CELLS = {("keep", "four-level"), ("tau_diagonal", "three-level"), ("tau_diagonal", "four-level"), ("satterthwaite", "three-level"),
                     ("satterthwaite", "four-level"), ("compare", "three-level"), ("plot", "four-level"), ("weights", "four-level"), ("table", "four-level"), ("compare_deviance", "four-level"),
                     ("residuals", "four-level"), ("json_out", "four-level"), ("missing_now", "four-level"),
                     ("test", "four-level"), ("formats", "four-level"), ("api", "four-level")}

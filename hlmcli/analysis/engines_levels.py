@@ -82,7 +82,8 @@ def upper_archive(paths, options, level1: Level1File, fmt=None, delimiter=None, 
     level-1 file's variable names (for the model's equations), with no values."""
     import pandas as pd
 
-    from ..io.archive_levels import BuildOptions3, LevelData, build_archive3, build_archive_levels
+    from ..io.archive import LevelData
+    from ..io.archive_levels import BuildOptions3, build_archive3, build_archive_levels
     from ..io.files import check_regular, same_file
     from ..io.readers import Table, find_column, read_table
 

@@ -92,10 +92,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..lazy import lazy_function
-
-minimize = lazy_function("scipy.optimize", "minimize")
-
+from . import lbfgsb
 from .certificate import Certificate, Face, certify
 from .estimation import TauStructure
 from .search import lower_faces
@@ -1033,7 +1030,7 @@ def _search(fg, grad, x, H0, cond):
     x, f, g, n1, ok = _newton(fg, x, f, g, H0, 50, 1e-6)
     iters += n1
     if not ok:  # a poor start: L-BFGS, then the Newton stages
-        res = minimize(fg, x, jac=True, method="L-BFGS-B", options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-6})
+        res = lbfgsb.minimize(fg, x, maxiter=500, ftol=1e-13, gtol=1e-6)
         x = res.x
         f, g = fg(x)
         iters += int(res.nit)

@@ -25,10 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..lazy import lazy
-
-optimize = lazy("scipy.optimize")
-
+from . import lbfgsb
 from .certificate import HESSIAN_TOL, BlockCertificate, BlockFace, certify_blocks, diagonal_blocks, with_block
 
 TOL_DECREMENT_ABS = 1e-10  # deviance units
@@ -94,9 +91,8 @@ def lbfgs(obj, Gs0, diagonal, maxiter: int, tolerances: LbfgsTolerances = LbfgsT
             return np.inf, np.zeros_like(theta)
         return dev, np.concatenate([(2.0 * g @ lam)[i] for g, lam, i in zip(gs, ls, idx)])
 
-    res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": max(1, maxiter), "ftol": tolerances.ftol, "gtol": tolerances.gtol,
-                                     "maxcor": 20})
+    res = lbfgsb.minimize(fun, theta0, bounds, maxiter=max(1, maxiter), ftol=tolerances.ftol, gtol=tolerances.gtol,
+                          maxcor=20)
     return tuple(lam @ lam.T for lam in lams(res.x)), float(res.fun), int(res.nit), str(res.message)
 
 

@@ -347,10 +347,19 @@ class ProfiledDeviance:
 
     def __init__(self, stats: ModelStats, reml: bool, sigma2: float | None = None):
         self.stats, self.reml, self.count, self.sigma2 = stats, reml, 0, sigma2
+        self._cache: list = []
 
     def solve(self, lam: np.ndarray) -> UnitSolve:
+        # the search ends where the certificate and the rounding noise ask again (a solve at the same
+        # point): the last few solves are kept, keyed on the factor's exact bits, as NestedDeviance's are
+        key = np.asarray(lam, float).tobytes()
+        for k, us in self._cache:
+            if k == key:
+                return us
         self.count += 1
-        return unit_solve(self.stats, lam)
+        us = unit_solve(self.stats, lam)
+        self._cache = [(key, us)] + self._cache[:3]
+        return us
 
     def deviance_of(self, us: UnitSolve) -> float:
         return us.profiled_deviance(self.reml) if self.sigma2 is None else us.deviance(self.sigma2, self.reml)

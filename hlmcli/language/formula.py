@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import ModelError
+from ..spec import subscript
 
 _CALL = re.compile(r"^(group|grand|mean)\(\s*([A-Za-z_][\w.]*)\s*\)$", re.I)
 _NAME = re.compile(r"^[A-Za-z_][\w.]*$")
@@ -292,7 +293,7 @@ def _equations(outcome, ids, k, fixed, random_order, random_keys, tau) -> Formul
 
     def digits(prefix: tuple) -> str:
         d = [number[prefix[:i]] for i in range(1, len(prefix) + 1)]
-        return ("," if any(x >= 10 for x in d) else "").join(map(str, d))
+        return subscript(*d)
 
     def children(parent: tuple) -> list[tuple]:
         m = len(parent) + 1

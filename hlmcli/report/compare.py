@@ -105,6 +105,8 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     from ..levels_results import n_units, table_view, tau_blocks
 
     for fit, name in ((a, name_a), (b, name_b)):
+        if "data_hash" not in fit:
+            raise DataError(f"{name} does not record its data (an older hlmcli wrote it); refit it with this version")
         if not fit.get("converged"):
             raise DataError(f"{name} is not a certified optimum, so its deviance cannot be tested; fix the fit first")
     if a["levels"] != b["levels"]:
@@ -115,6 +117,7 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
                         "for different fixed effects)")
     same = [(key, a.get(key) == b.get(key)) for key in ("outcome", "data_source", "ids", "n_deleted")]
     same.append(("units", n_units(a) == n_units(b)))
+    same.append(("the outcome values or units", a["data_hash"] == b["data_hash"]))
     differ = [key for key, ok in same if not ok]
     if differ:
         raise DataError(f"{name_a} and {name_b} were fitted to different records ({', '.join(differ)} differ); a "
