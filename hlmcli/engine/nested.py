@@ -90,6 +90,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .moments import LevelsSummary, Moments, mapped_means, mapped_products, records_summary
+from .objective import SolveCache
 from .unitsolve import LOG_2PI, cmm, cmv, factor, gls, spd_inverse_logdet
 
 __all__ = ["Coefficient", "LevelsData", "LevelsSummary", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
@@ -1101,21 +1102,16 @@ class NestedDeviance:
 
     def __init__(self, stats: LevelsStats, reml: bool):
         self.stats, self.reml, self.count = stats, reml, 0
-        self._cache: list = []
+        self._cache = SolveCache()
 
     def solve(self, *lams) -> LevelsSolve:
-        # the search asks for the value, the gradient and the rounding noise at the same point:
-        # the last few solves are kept (keyed on the exact factors)
         if len(lams) == 1 and isinstance(lams[0], (tuple, list)):
             lams = tuple(lams[0])
-        key = tuple(np.asarray(lam, float).tobytes() for lam in lams)
-        for k, us in self._cache:
-            if k == key:
-                return us
+        return self._cache.get(tuple(lams), self._solve)
+
+    def _solve(self, lams) -> LevelsSolve:
         self.count += 1
-        us = levels_solve(self.stats, lams)
-        self._cache = [(key, us)] + self._cache[:3]
-        return us
+        return levels_solve(self.stats, lams)
 
     def at(self, Gs, factors=None):
         try:

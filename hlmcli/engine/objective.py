@@ -64,3 +64,22 @@ def one_block(point) -> np.ndarray:
 def like(point, G):
     """G in the form `point` was given in: (G,) for a tuple, G for a matrix."""
     return (G,) if isinstance(point, tuple) else G
+
+
+class SolveCache:
+    """The last few solves of an objective, keyed on the exact bits of the factors they were made at:
+    the search asks for the value, the gradient and the rounding noise at the same point, and the
+    certificate again where the search ended."""
+
+    def __init__(self, size: int = 4):
+        self.size, self.entries = size, []
+
+    def get(self, lams, solve):
+        """The solve at factors `lams` (an array or a tuple of them), from `solve(lams)` when not kept."""
+        key = tuple(np.asarray(lam, float).tobytes() for lam in (lams if isinstance(lams, tuple) else (lams,)))
+        for k, us in self.entries:
+            if k == key:
+                return us
+        us = solve(lams)
+        self.entries = [(key, us)] + self.entries[:self.size - 1]
+        return us

@@ -119,11 +119,11 @@ def face_newton(obj, Gs, diagonal=None, max_steps: int = 30):
 
 
 def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int = 30, last_step: bool = False):
-    """Newton steps from face coordinates x (deviance dev, gradient Gam there) on a fixed face (any
-    object with G, gradient, hessian and feasible: certificate.BlockFace), with backtracking that
-    keeps S ≻ 0. The Hessian (central differences) is reused while steps succeed and recomputed at
-    the last point, so the decrement that ends the loop is an exact Newton decrement there: the
-    certificate takes it over. Returns (G, deviance, steps, saddle, face_data).
+    """Newton steps from face coordinates x (deviance dev, gradient Gam there) on a fixed face
+    (certificate.BlockFace), with backtracking that keeps S ≻ 0. The Hessian (central differences)
+    is reused while steps succeed and recomputed at the last point, so the decrement that ends the
+    loop is an exact Newton decrement there, which the certificate takes over. Returns (G, deviance,
+    steps, saddle, face_data).
     last_step: once the decrement is below the tolerance, take the Newton step already computed
     when it lowers the face gradient: a decrement δ leaves the parameters about √(2δ/λ) from the
     optimum (1e-9 at δ = 1e-18), one more step leaves them at rounding, so fits of the same data
@@ -353,11 +353,9 @@ def search(obj, plan: Plan, diagonal, max_iterations: int, names=("τ",)) -> Sea
     """From the plan's starts to the certified optimum of obj (objective.DevianceObjective) over the
     product of the blocks' cones, or to the best uncertified point. diagonal: per block (or one bool
     for all), that τ restricted to diagonal matrices. names: the blocks' names in the certificate."""
-    qs = [G.shape[0] for G in plan.starts[0][1]]
+    qs, tols = [G.shape[0] for G in plan.starts[0][1]], plan.tolerances
     diagonal = diagonal_blocks(diagonal, len(qs))
-    tols = plan.tolerances
-    iterations = 0
-    best = None
+    iterations, best = 0, None
     for k, (name, G0) in enumerate(plan.starts):
         if k and (iterations >= max_iterations or BlockFace(best[0], diagonal=diagonal).ranks == tuple(qs)):
             break

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .objective import like, one_block
+from .objective import SolveCache, like, one_block
 from .sufficient import ModelStats
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -347,19 +347,14 @@ class ProfiledDeviance:
 
     def __init__(self, stats: ModelStats, reml: bool, sigma2: float | None = None):
         self.stats, self.reml, self.count, self.sigma2 = stats, reml, 0, sigma2
-        self._cache: list = []
+        self._cache = SolveCache()
 
     def solve(self, lam: np.ndarray) -> UnitSolve:
-        # the search ends where the certificate and the rounding noise ask again (a solve at the same
-        # point): the last few solves are kept, keyed on the factor's exact bits, as NestedDeviance's are
-        key = np.asarray(lam, float).tobytes()
-        for k, us in self._cache:
-            if k == key:
-                return us
+        return self._cache.get(np.asarray(lam, float), self._solve)
+
+    def _solve(self, lam: np.ndarray) -> UnitSolve:
         self.count += 1
-        us = unit_solve(self.stats, lam)
-        self._cache = [(key, us)] + self._cache[:3]
-        return us
+        return unit_solve(self.stats, lam)
 
     def deviance_of(self, us: UnitSolve) -> float:
         return us.profiled_deviance(self.reml) if self.sigma2 is None else us.deviance(self.sigma2, self.reml)
