@@ -26,7 +26,7 @@ special = lazy("scipy.special")
 
 from .certificate import BlockCertificate, certify_blocks, diagonal_blocks, rank_tolerance
 from ..errors import ModelError
-from ..analysis.inference import weighted_sandwich
+from .sandwich import weighted_sandwich
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedDeviance, NestedFit,
                      as_levels, columns_of, reduce_nested, reduce_standardised, summary_of)
 from .search import LbfgsTolerances, Plan
@@ -387,7 +387,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     wt = raw.weighting
     if wt is None:
         robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
-    else:  # WeMix's pseudo-ML sandwich, clustered at the top level (inference.weighted_sandwich)
+    else:  # WeMix's pseudo-ML sandwich, clustered at the top level (sandwich.py)
         robust = TX @ weighted_sandwich(sc, wt.conditional[-1], Pinv) @ TX.T
     gamma = TX @ us.gamma + tr.b
     deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)

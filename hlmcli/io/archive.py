@@ -498,16 +498,22 @@ def peek_levels(path) -> int:
         return 2
 
 
-def read_archive_file(path: str | os.PathLike, levels: int | None = 2) -> tuple[Path, dict, dict, CorruptArchive]:
+def read_archive_file(path: str | os.PathLike, levels: int | None = 2,
+                      verify: bool = False) -> tuple[Path, dict, dict, CorruptArchive]:
     """Read and verify an archive file (of `levels` levels; None: any): (path, JSON header, arrays by
-    name as zero-copy views, the error to raise when the header does not describe the contents)."""
+    name as zero-copy views, the error to raise when the header does not describe the contents). The
+    whole-file checksum is computed unless verified.py knows this very file was verified in full
+    before; `verify` always computes it."""
+    from . import verified
     from .files import check_regular
 
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: no such archive; build it with 'hlmcli mdm build'")
     check_regular(path, "archive")
+    before = os.stat(path)
     raw = path.read_bytes()
+    after = os.stat(path)
     rebuild = "rebuild it with 'hlmcli mdm build'"
     if len(raw) < PREFIX.size or raw[:8] != MAGIC:
         raise CorruptArchive(f"{path}: not an hlmcli archive; build one with 'hlmcli mdm build'")
@@ -515,11 +521,14 @@ def read_archive_file(path: str | os.PathLike, levels: int | None = 2) -> tuple[
     if version not in READABLE_VERSIONS:
         raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {READABLE_VERSIONS[0]} "
                              f"to {FORMAT_VERSION}; {rebuild}")
-    digest = hashlib.sha256(PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
     body = memoryview(raw)[PREFIX.size:]
-    digest.update(body)
-    if digest.digest() != checksum:
-        raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
+    head = bytes(memoryview(raw)[:PREFIX.size + min(header_len, len(body))])
+    if verify or not verified.known(path, before, after, head):
+        digest = hashlib.sha256(PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
+        digest.update(body)
+        if digest.digest() != checksum:
+            raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
+        verified.remember(path, before, after, head)
     damaged = CorruptArchive(f"{path}: the archive header does not describe its contents; {rebuild}")
     if header_len > len(body) or header_len % 8:
         raise damaged
@@ -552,9 +561,10 @@ def read_archive_file(path: str | os.PathLike, levels: int | None = 2) -> tuple[
     return path, header, arrays, damaged
 
 
-def load_archive(path: str | os.PathLike, levels: int | None = 2) -> Archive:
-    """The archive at `path`, checked; `levels`: the number of levels the caller needs (None: any)."""
-    path, header, arrays, damaged = read_archive_file(path, levels)
+def load_archive(path: str | os.PathLike, levels: int | None = 2, verify: bool = False) -> Archive:
+    """The archive at `path`, checked; `levels`: the number of levels the caller needs (None: any);
+    `verify`: hash the whole file even if it was verified before (io/verified.py)."""
+    path, header, arrays, damaged = read_archive_file(path, levels, verify)
     try:
         K = int(header.get("levels", 2))
         lvs = [LevelData(header["level1_names"], arrays["level1"])]
