@@ -145,7 +145,7 @@ def check_compare(kind, tmp_path):
 # The default run renders one of the three paper formats per kind, each format for some kind (each call
 # costs a start-up and the tables' imports); test_every_format_of_every_kind (slow) renders all 15.
 _FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown"}
-_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS if k not in ("three-level", "four-level")]  # the levels' own checks
+_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS if k not in ("three-level", "four-level", "crossed")]  # their own checks
 assert set(_FORMAT_OF_KIND) == set(_TWO_LEVEL_KINDS) and set(_FORMAT_OF_KIND.values()) == {"markdown", "latex", "html"}
 
 
@@ -297,6 +297,23 @@ def check_stream_dask(kind, tmp_path):
     matches_reference(doc["fixed_effects"], "linear")
 
 
+O = DATA / "ordinal"
+ORDINAL = [O / "wine_l1.csv", O / "wine_l2.csv", "--id", "judge", "-1", "rating = b0 + b1*warm + b2*contact",
+           "-2", "b0 = g00 + u0", "-2", "b1 = g10", "-2", "b2 = g20", "--family", "ordinal"]
+
+
+def check_ordinal(kind, tmp_path):
+    """wine, rating ~ warm + contact + (1|judge): clmm's Laplace or nAGQ = 10 fit (tests/reference_scripts/ordinal_clmm.R)."""
+    nodes = {"laplace": 1, "agq": 10}[kind]
+    ref = next(f for f in json.loads((O / "clmm_reference.json").read_text())["fits"]
+               if f["data"] == "wine" and f["link"] == "logit" and f["nAGQ"] == nodes)
+    extra = ["--estimation", kind] + (["--quadrature-points", "10"] if kind == "agq" else [])
+    doc = json.loads(run("fit", *ORDINAL, *extra, "--format", "json").stdout)
+    assert doc["converged"] and doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+    assert doc["clmm"]["theta"] == pytest.approx(ref["theta"], rel=1e-4)
+    assert doc["clmm"]["beta"] == pytest.approx(ref["beta"], rel=1e-4)
+
+
 SUPPORTED = {f.key: globals()[f"check_{f.key}"] for f in capabilities.FEATURES}
 
 
@@ -422,6 +439,26 @@ def check_levels_compare(kind, tmp_path):
     (tmp_path / "changed.json").write_text(proc.stdout)
     one_line_refusal(run_cli("compare", pastes, tmp_path / "changed.json"),
                      "were fitted to different records (the outcome values or units differ)")
+
+
+def test_levels_compare_refuses_other_data_of_the_same_shape(tmp_path):
+    """The fast form of check_levels_compare's last refusal: two three-level fits whose files have the same
+    names, ids and counts but one outcome value changed differ only in their data hash, and compare refuses."""
+    from hlmcli.errors import DataError
+    from hlmcli.report.compare import compare_fits
+
+    for src in PASTES[:3]:
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    l1 = pd.read_csv(tmp_path / PASTES[0].name)
+    l1.loc[0, "STRENGTH"] += 1.0
+    l1.to_csv(tmp_path / PASTES[0].name, index=False)
+    files = [tmp_path / src.name for src in PASTES[:3]]
+    res = hlmcli.fit(*files[:2], level3=files[2], id2="SAMPLE", id3="BATCH", level1_eq=PASTES_MODEL[1],
+                     level2_eqs=[PASTES_MODEL[3]], level3_eqs=[PASTES_MODEL[5]], warn=lambda m: None)
+    docs = [levels_json("three-level"), res.to_dict()]  # the first: the CLI's fit of the original files (cached)
+    assert docs[0]["n_level1"] == docs[1]["n_level1"] and docs[0]["data_hash"] != docs[1]["data_hash"]
+    with pytest.raises(DataError, match=r"fitted to different records \(the outcome values or units differ\)"):
+        compare_fits(docs[0], docs[1], "a.json", "b.json")
 
 
 def test_levels_data_hash_by_hand():
@@ -722,6 +759,70 @@ def check_levels_stream_dask(kind, tmp_path):
 SUPPORTED_LEVELS = {key[len("check_levels_"):]: f for key, f in globals().items() if key.startswith("check_levels_")}
 
 
+# ---------------------------------------------------------------- cross-classified
+# References: lmer's fits in tests/data/crossed/crossed_lme4.json (tests/reference_scripts/crossed_lme4.R).
+# Penicillin (24 plates crossed with 6 samples) is small, so its cells are cheap.
+
+XC = DATA / "crossed"
+XC_FORMULA = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+XC_BASE = [XC / "penicillin.csv", "--formula", XC_FORMULA, "--ml"]
+
+
+def _xc_reference(formula: str, method: str) -> dict:
+    fits = json.loads((XC / "crossed_lme4.json").read_text())["fits"]
+    return next(f for f in fits if f["formula"] == formula and f["method"] == method)
+
+
+def _xc_matches(doc: dict, formula: str = XC_FORMULA, method: str = "ML") -> None:
+    ref = _xc_reference(formula, method)
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    for f in doc["fixed_effects"]:
+        name = "(Intercept)" if f["name"] == "INTRCPT" else f["name"]
+        assert f["coefficient"] == pytest.approx(ref["gamma"][name], rel=1e-6)
+        assert f["se"] == pytest.approx(ref["se"][name], rel=1e-6)
+
+
+def check_crossed_api(kind, tmp_path):
+    _xc_matches(hlmcli.fit_crossed(XC / "penicillin.csv", XC_FORMULA, "ML").to_dict())
+
+
+def check_crossed_json_out(kind, tmp_path):
+    path = tmp_path / "fit.json"
+    proc = run_cli("fit", *XC_BASE, "--json-out", path, "-q")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(path.read_text())
+    _xc_matches(doc)
+    assert doc["fixed_effects"] == hlmcli.fit_crossed(XC / "penicillin.csv", XC_FORMULA, "ML").to_dict()["fixed_effects"]
+
+
+def check_crossed_tau_diagonal(kind, tmp_path):
+    """--tau diagonal splits every random term, as lmer's (1 + verbal || second)."""
+    formula = "attain ~ verbal + female + (1 + verbal || second) + (1 | primary)"
+    proc = run_cli("fit", XC / "scotssec.csv", "--formula", formula.replace("||", "|"), "--tau", "diagonal",
+                   "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    _xc_matches(json.loads(proc.stdout), formula, "REML")
+
+
+SUPPORTED_CROSSED = {key[len("check_crossed_"):]: f for key, f in globals().items() if key.startswith("check_crossed_")}
+
+
+def check_refused_crossed(feature, why, tmp_path):
+    if feature in ("table", "compare"):  # they read saved fits
+        saved = tmp_path / "xc.json"
+        saved.write_text(json.dumps(hlmcli.fit_crossed(XC / "penicillin.csv", XC_FORMULA, "ML").to_dict()))
+        proc = run_cli(feature, saved, saved)
+        one_line_refusal(proc, why)
+        return
+    if feature == "plot":
+        proc = run_cli("plot", "equation", XC / "penicillin.csv", "--formula", XC_FORMULA, "-o", tmp_path / "eq.png")
+    else:
+        ask = {**ASK, "formats": lambda kind, d: ["--format", "csv"], "test": lambda kind, d: ["--test", "g00 = 0"]}
+        proc = run_cli("fit", *XC_BASE, *ask[feature]("crossed", tmp_path))
+    one_line_refusal(proc, why)
+    assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
+
+
 # ---------------------------------------------------------------- refused cells
 
 ASK = {
@@ -736,6 +837,7 @@ ASK = {
     "full_output": lambda kind, d: ["--full-output"],
     "stream_dask": lambda kind, d: ["--engine", "stream"],
     "compare_deviance": lambda kind, d: ["--compare-deviance", "2300", "--compare-params", "2"],
+    "ordinal": lambda kind, d: ["--family", "ordinal", "-q"],  # -q: pastes' text column warns on loading
 }
 
 
@@ -750,6 +852,13 @@ def check_refused(feature, kind, why, tmp_path):
             proc = run_cli("fit", *LEVELS_BASE[kind], *{**ASK, **ASK_LEVELS}[feature](kind, tmp_path))
         one_line_refusal(proc, why)
         assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
+        return
+    if feature == "ordinal":  # an ordinal outcome is an HGLM: the linear columns are reached only by their reason
+        if kind.startswith("linear"):
+            assert "--family ordinal with --estimation" in why
+            return
+        proc = run_cli("fit", *ORDINAL)  # PQL, the default
+        one_line_refusal(proc, why)
         return
     if feature == "compare":  # compare reads saved fits
         proc = run_cli("compare", _saved(kind, tmp_path, True), _saved(kind, tmp_path))
@@ -788,7 +897,8 @@ def test_levels_equation_graph_by_hand():
 SLOW_LEVEL_CELLS = {("keep", "four-level"), ("tau_diagonal", "three-level"), ("tau_diagonal", "four-level"), ("satterthwaite", "three-level"),
                     ("satterthwaite", "four-level"), ("compare", "three-level"), ("plot", "four-level"), ("weights", "four-level"), ("table", "four-level"), ("compare_deviance", "four-level"),
                     ("residuals", "four-level"), ("json_out", "four-level"), ("missing_now", "four-level"),
-                    ("test", "four-level"), ("formats", "four-level"), ("api", "four-level")}
+                    ("test", "four-level"), ("formats", "four-level"), ("api", "four-level"),
+                    ("tau_diagonal", "crossed")}
 
 
 def _cells():
@@ -802,7 +912,12 @@ def _cells():
 @pytest.mark.parametrize("feature,kind", list(_cells()))
 def test_cell(feature, kind, tmp_path):
     why = capabilities.reason(feature, kind)
-    if why:
+    if kind == "crossed":
+        if why:
+            check_refused_crossed(feature, why, tmp_path)
+        else:
+            SUPPORTED_CROSSED[feature](kind, tmp_path)
+    elif why:
         check_refused(feature, kind, why, tmp_path)
     elif kind in ("three-level", "four-level"):
         SUPPORTED_LEVELS[feature](kind, tmp_path)

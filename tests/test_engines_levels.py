@@ -44,7 +44,9 @@ def _tiny(tmp_path, unmatched: bool = False, four: bool = False):
     l1.loc[40, "Y"] = np.nan
     l1.loc[7, "Z"] = np.nan
     if unmatched:
-        l1 = pd.concat([l1, pd.DataFrame([{"C": "stray", "X": 0.0, "Y": 1.0, "Z": 1.0}] * 3)])
+        # one stray record misses Y: dropped with its unit, it deletes nothing (the memory engine's count)
+        l1 = pd.concat([l1, pd.DataFrame([{"C": "stray", "X": 0.0, "Y": 1.0, "Z": 1.0}] * 3
+                                         + [{"C": "stray", "X": 0.0, "Y": np.nan, "Z": 1.0}])])
     l1 = l1.sample(frac=1.0, random_state=2)
     frames = [l1, pd.DataFrame(l2), pd.DataFrame(l3)] + ([pd.DataFrame(l4)] if four else [])
     paths = [tmp_path / f"t{k}{'u' if unmatched else ''}.csv" for k in range(1, len(frames) + 1)]
@@ -149,6 +151,7 @@ def test_unmatched_level1_units_refused_or_dropped_as_in_memory(tmp_path):
     with pytest.raises(DataError, match="stray.*--drop-unmatched"):
         _fits(paths, ["C", "S"], TINY_MODEL)
     memory, stream = _fits(paths, ["C", "S"], TINY_MODEL, drop_unmatched=True)
+    assert memory[0].n_deleted == 2
     _same_fit(memory, stream)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError, first_few
+from ..spec import Engine
 
 
 @dataclass
@@ -39,6 +40,29 @@ class Level1File:
         """The one pass over the records: level1_moments of `names` (the model's level-1 variables)."""
         return level1_moments(archive, self, names, self.level2_path, self.drop_unmatched, warn, self.scheduler,
                               self.progress)
+
+
+def load_summarised(data, build_opts: dict, fit, warn, K: int, progress: bool = False):
+    """(the archive of the upper files, its source text, the level-1 file whose records are read
+    later, once, for the model's variables) for --engine stream/dask, from the files and the build options
+    as the commands and the API take them (levels_load.py)."""
+    from ..data.levels_load import LevelsUsage, build_options_levels, ids_and_keeps, options3
+
+    engine = Engine(fit.engine).value
+    if len(data) == 1:
+        raise LevelsUsage(f"--engine {engine} reads the data files, one per level; an archive is already built in "
+                          "memory, so drop --engine")
+    if K == 3:
+        options = options3(**{k: build_opts.get(k) for k in ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars",
+                                                               "l3_vars", "missing", "drop_unmatched")})
+    else:
+        ids, keeps = ids_and_keeps(build_opts, K)
+        options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
+                                       build_opts.get("drop_unmatched", False), K)
+    scheduler = build_opts.get("dask_scheduler") or fit.scheduler
+    archive, l1 = summarised(list(data), options, engine, build_opts.get("file_format"), build_opts.get("delimiter"),
+                             warn, scheduler, progress)
+    return archive, ", ".join(Path(str(p)).name for p in data), l1
 
 
 def summarised(paths, options, engine: str, fmt=None, delimiter=None, warn=lambda m: None, scheduler=None,
@@ -141,12 +165,14 @@ def level1_moments(archive, level1: Level1File, names: list[str], level2_path, d
     if level1.engine == "dask":
         from ..data.dask_engine import dask_moments
 
-        unit_ids, m, _read, deleted = dask_moments(level1.path, level1.id2, names, scheduler, progress=progress,
-                                                   delimiter=level1.delimiter)
+        unit_ids, m, _read, deleted, deleted_in = dask_moments(level1.path, level1.id2, names, scheduler,
+                                                               progress=progress, by_unit=True,
+                                                               delimiter=level1.delimiter)
     else:
         from ..data.streaming import stream_moments
 
-        unit_ids, m, _read, deleted = stream_moments(level1.columns, level1.id2, names, progress=progress)
+        unit_ids, m, _read, deleted, deleted_in = stream_moments(level1.columns, level1.id2, names, progress=progress,
+                                                                 by_unit=True)
     ids2 = archive.levels[1].ids
     position = {u: j for j, u in enumerate(ids2)}
     where = np.array([position.get(u, -1) for u in unit_ids], dtype=np.int64)
@@ -158,6 +184,8 @@ def level1_moments(archive, level1: Level1File, names: list[str], level2_path, d
                             "--drop-unmatched")
         warn(f"dropped the level-1 records of {len(lost)} level-2 unit(s) not in {Path(str(level2_path)).name} "
              f"({archive.id_names[0]} {first_few(lost)})")
+        # as the memory engine, which drops these records while building: their missing values delete nothing
+        deleted -= sum(deleted_in.get(u, 0) for u in lost)
     J2 = len(ids2)
     P = m.P
     n, mean, C = np.zeros(J2), np.zeros((J2, P)), np.zeros((J2, P, P))

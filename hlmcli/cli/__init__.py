@@ -474,9 +474,12 @@ def _keep_hglm(ctx, param, value):
 
 # HGLM options (spec.py, hglm_run.py): collected into ctx.meta so the commands' signatures stay as they are
 _hglm_options = [
-    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson"]), default=None,
+    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal"]), default=None,
                  expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; logit link for "
-                 "bernoulli/binomial, log link for poisson)."),
+                 "bernoulli/binomial, log link for poisson; ordinal: cumulative link over the categories of the "
+                 "outcome's integer codes)."),
+    click.option("--link", type=click.Choice(["logit", "probit", "cloglog"]), default=None, expose_value=False,
+                 callback=_keep_hglm, help="--family ordinal: the cumulative link (default logit)."),
     click.option("--trials", default=None, expose_value=False, callback=_keep_hglm,
                  help="Binomial: the number-of-trials variable."),
     click.option("--exposure", default=None, expose_value=False, callback=_keep_hglm,
@@ -629,7 +632,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
                         full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
-        from ..analysis.hglm_run import estimation_text, hglm_model_summary, r_call_lines
+        from ..report.report_hglm import estimation_text, hglm_model_summary, r_call_lines
 
         lines = hglm_model_summary(spec, Symbols(_use_ascii(ascii_only)))
         lines += ["", f"Method of estimation: {estimation_text(spec.options)}"]
@@ -669,6 +672,10 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--tau", "tau_structure", type=click.Choice(["unstructured", "diagonal"]), default=None,
               help="Covariance of the random effects: unstructured (default) or diagonal (independent effects).")
 @click.option("--max-iterations", type=click.IntRange(1), help="Iteration limit (HLM's numit).")
+@click.option("--row-id", help="Cross-classified (--formula with crossed factors), HLM 7's HCM2 layout LEVEL1 ROWS COLS: "
+              "the row factor's id column, in the level-1 file and the row file.")
+@click.option("--col-id", help="Cross-classified, HCM2 layout: the column factor's id column, in the level-1 file and "
+              "the column file.")
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
@@ -712,6 +719,20 @@ def fit_cmd(**params):
     from ..io.files import check_outputs
 
     r = fit_request(params)
+    formula = click.get_current_context().meta.get("formula")
+    if formula:  # crossed grouping factors: the cross-classified engine (cli/crossed.py)
+        from ..language.formula import crossed
+
+        model = crossed(formula)
+        if model is not None:
+            from .crossed import fit_crossed_command
+
+            return fit_crossed_command(r.data, formula, model, r.fit, r.out,
+                                       {**r.build, "row_id": r.more.get("row_id"), "col_id": r.more.get("col_id")},
+                                       _given_options(), lambda s: click.echo(s, nl=False), _stderr)
+    if r.more.get("row_id") or r.more.get("col_id"):
+        raise _UsageProblem("--row-id and --col-id name the crossed factors of a cross-classified model: give "
+                            "--formula with a random term for each, e.g. 'Y ~ X + (1 | ROW) + (1 | COL)'")
     _dask_scheduler(params)  # the dask options are checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels, is_three_level
 
@@ -1087,7 +1108,8 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
     from ..errors import EXIT_NOT_CONVERGED
     from ..io.files import atomic_write_text
     from ..analysis.pipeline import analyse
-    from ..analysis.plausible import analyse_plausible, combined_json, combined_tests, combined_text, outcome_columns, same_records
+    from ..analysis.plausible import analyse_plausible, combined_tests, outcome_columns, same_records
+    from ..report.report_combined import combined_json, combined_text
     from ..report.report import Symbols, dumps_json
 
     opts = spec.options
@@ -1184,6 +1206,14 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
     from ..results import Results
 
     check_output(output)
+    formula = click.get_current_context().meta.get("formula")
+    if formula:
+        from ..language.formula import crossed
+
+        if crossed(formula) is not None:
+            from ..capabilities import refuse
+
+            refuse("plot", "crossed")
     from .flags import check_plot_options
 
     from .flags import check_archive_options

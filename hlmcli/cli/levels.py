@@ -12,9 +12,9 @@ from pathlib import Path
 import click
 
 from ..errors import ModelError
-from ..data.levels_load import (LevelsUsage, archive_n_levels, load3, load_levels, load_summarised, spec3, spec_levels,
-                          summarised_level1)
+from ..data.levels_load import LevelsUsage, archive_n_levels, load3, load_levels, spec3, spec_levels, summarised_level1
 from ..spec import Engine
+from .options import formula_equations
 
 
 def is_three_level(data, more: dict) -> bool:
@@ -47,7 +47,7 @@ def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, 
     _refuse_family(3)
     archive, _ = load3(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
     spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"),
-                 allow_outside=bool(more.get("allow_outside")))
+                 allow_outside=bool(more.get("allow_outside")), formula_equations=formula_equations)
     lines = model_summary3(spec, Symbols3(use_ascii(ascii_only)))
     formula, notes = lme4_formula3(spec, *archive.id_names)
     method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
@@ -66,6 +66,8 @@ def _combined(archive, source_text, design, design_of, data, build_opts, cache_d
     """--plausible-values / --imputed at three or more levels (levels_combined.run_combined): an imputed
     data set is a level-1 file in place of the first (or an archive in place of the archive)."""
     from ..analysis.levels_combined import run_combined
+    from ..report.report import dumps_json
+    from ..report.report_combined import combined_text_levels
 
     if any(residuals):
         raise LevelsUsage("residual files are not available for combined fits (each fit has its own EB residuals); fit "
@@ -74,10 +76,15 @@ def _combined(archive, source_text, design, design_of, data, build_opts, cache_d
     def load_one(path):
         return load((path,) if len(data) == 1 else (path,) + tuple(data[1:]), build_opts, cache_dir, warn)
 
-    return run_combined(archive, source_text, design, design_of, load_one, wspec, plausible_values, imputed,
-                        bool(more.get("allow_unequal_imputations")), spec.method == "REML",
-                        spec.options.max_iterations, meta, fit_doc, fit_txt, model_lines, sigma2_symbol, out_format,
-                        bool(full_output))
+    texts_wanted = bool(full_output) and out_format != "json"
+    doc, texts, meta = run_combined(archive, source_text, design, design_of, load_one, wspec, plausible_values,
+                                    imputed, bool(more.get("allow_unequal_imputations")), spec.method == "REML",
+                                    spec.options.max_iterations, meta, fit_doc, fit_txt if texts_wanted else None)
+    json_text = dumps_json(doc)
+    text = json_text if out_format == "json" else \
+        combined_text_levels(doc, model_lines, meta.get("weighting_lines", []), sigma2_symbol, texts)
+    failures = [] if doc["converged"] else ["the optimum of at least one fit is not certified"]
+    return text, json_text, failures
 
 
 def _finish_combined(text, json_text, output, json_out, write_files: bool, quiet: bool, failures: list, strict: bool,
@@ -156,6 +163,7 @@ def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, std
     three = len(data) == 3 or (len(data) == 1 and archive_n_levels(data[0]) == 3)
     level1_file = None
     if Engine(fit.engine) != Engine.MEMORY:
+        from ..analysis.engines_levels import load_summarised
         from ..capabilities import refuse_summarised
         from ..data.streaming import progress_wanted
 
@@ -176,7 +184,7 @@ def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, std
                  list(model.get("level3") or ()), list(model.get("level4") or ())]
     residuals = {k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)}
     spec = model_spec_levels(archive, equations[:K], model_file, fit, bool(model.get("allow_outside")),
-                             title=out.title, residuals=residuals)
+                             title=out.title, residuals=residuals, formula_equations=formula_equations)
     check_capabilities(spec, fit, out, fit.engine)
     analysis = analyse_levels(spec, archive, fit, summarised_level1(archive, spec, level1_file, warn))
     results = Results(analysis, archive, {"data_source": source_text, "title": spec.options.title,
@@ -225,7 +233,8 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     equations = [[model["level1"]] if model.get("level1") else [], list(model.get("level2") or ()),
                  list(model.get("level3") or ()), list(model.get("level4") or ())][:K]
     spec = model_spec_levels(archive, equations, model_file, fit, bool(model.get("allow_outside")), title=out.title,
-                             residuals={k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)})
+                             residuals={k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)},
+                             formula_equations=formula_equations)
     # --full-output of combined fits prints each fit's own tables (not HLM2's unit regressions)
     check_capabilities(spec, replace(fit, full_output=None), out, fit.engine)
     if fit.tests or fit.compare_deviance is not None:

@@ -1,6 +1,6 @@
 """The loading of a model of three or four levels, below both the commands (levels.py) and the Python
 API (api.py): the build options, the archive (read, or built through the cache from one file per level),
-the spec from equations or a model file, and the summarised level 1 of --engine stream/dask."""
+the spec from equations or a model file, and the model's level-1 moments of --engine stream/dask."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from ..errors import HlmError
-from ..spec import Engine
 
 
 class LevelsUsage(HlmError):
@@ -19,7 +18,7 @@ class LevelsUsage(HlmError):
 
 def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched):
     from ..io.archive_levels import BuildOptions3
-    from ..cli.options import split_names
+    from ..language.names import split_names
 
     if id_ or id1:
         raise click.UsageError("three data files make a three-level model, which takes --id2 (the level-2 unit id) "
@@ -56,16 +55,18 @@ def load3(data, build_opts: dict, cache_dir, warn):
 
 
 def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_iterations=None,
-          residuals_l2=None, residuals_l3=None, allow_outside=False):
+          residuals_l2=None, residuals_l3=None, allow_outside=False, formula_equations=None):
+    """The spec of a three-level model. `formula_equations(variables, level1, level2, level3)`: the command
+    line's --formula as equations and τ's structure (cli.options.formula_equations), when there is one."""
     from dataclasses import replace
 
     from .design_levels import variables_of
     from ..language.equations_levels import RunOptionsLevels, spec3_from_inputs
 
-    from ..cli.options import formula_equations
-
     variables = variables_of(archive)
-    level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
+    formula_tau = None
+    if formula_equations is not None:
+        level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
     spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptionsLevels(),
                              allow_outside)
     changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations)) if v is not None}
@@ -89,7 +90,7 @@ def archive_n_levels(path) -> int:
 
 def build_options_levels(ids, keeps, missing, drop_unmatched, n_files: int):
     from ..io.archive_levels import BuildOptionsLevels
-    from ..cli.options import split_names
+    from ..language.names import split_names
 
     if len(ids) != n_files - 1 or not all(ids):
         from ..errors import OptionError
@@ -99,7 +100,7 @@ def build_options_levels(ids, keeps, missing, drop_unmatched, n_files: int):
     return BuildOptionsLevels(tuple(ids), tuple(split_names(k) for k in keeps), missing, drop_unmatched)
 
 
-def _ids_and_keeps(build_opts: dict, K: int):
+def ids_and_keeps(build_opts: dict, K: int):
     ids = [build_opts.get(f"id{k}") for k in range(2, K + 1)]
     keeps = [build_opts.get(f"l{k}_vars") for k in range(1, K + 1)]
     return ids, keeps
@@ -123,7 +124,7 @@ def load_levels(data, build_opts: dict, cache_dir, warn):
         raise click.UsageError(f"{K} data files: hlmcli fits models of up to four levels (one file per level)")
     if build_opts.get("id_") or build_opts.get("id1"):
         raise click.UsageError(f"{K} data files make a {K}-level model, which takes --id2 ... --id{K}, not --id or --id1")
-    ids, keeps = _ids_and_keeps(build_opts, K)
+    ids, keeps = ids_and_keeps(build_opts, K)
     options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
                                    build_opts.get("drop_unmatched", False), K)
     archive, _ = cached_archive(data, options, fmt=build_opts.get("file_format"),
@@ -140,28 +141,6 @@ def spec_levels(archive, equations, model_file, reml, title=None, max_iterations
     options = RunOptionsLevels(method="REML" if reml else "ML", max_iterations=max_iterations or 1000, title=title,
                                residuals=tuple(residuals) + (None,) * (K - 1 - len(residuals)))
     return spec_from_inputs_levels(list(equations), model_file, variables_of(archive), options)
-
-
-def load_summarised(data, build_opts: dict, fit, warn, K: int, progress: bool = False):
-    """(the archive of the upper files, its source text, the level-1 file whose records are read
-    later, once, for the model's variables) for --engine stream/dask (engines_levels.py)."""
-    from ..analysis.engines_levels import summarised
-
-    engine = Engine(fit.engine).value
-    if len(data) == 1:
-        raise LevelsUsage(f"--engine {engine} reads the data files, one per level; an archive is already built in "
-                          "memory, so drop --engine")
-    if K == 3:
-        options = options3(**{k: build_opts.get(k) for k in ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars",
-                                                               "l3_vars", "missing", "drop_unmatched")})
-    else:
-        ids, keeps = _ids_and_keeps(build_opts, K)
-        options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
-                                       build_opts.get("drop_unmatched", False), K)
-    scheduler = build_opts.get("dask_scheduler") or fit.scheduler
-    archive, l1 = summarised(list(data), options, engine, build_opts.get("file_format"), build_opts.get("delimiter"),
-                             warn, scheduler, progress)
-    return archive, ", ".join(Path(str(p)).name for p in data), l1
 
 
 def summarised_level1(archive, spec, l1, warn):

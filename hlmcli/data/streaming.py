@@ -259,14 +259,16 @@ def _arrow_message(exc) -> str:
 
 
 def stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing: bool = True,
-                   progress: bool = False):
+                   progress: bool = False, by_unit: bool = False):
     """One pass over a file: per-unit moments of `names` (records with a missing value in any of
     them are deleted, as the in-memory engine's run-time deletion does). Returns (unit ids in
-    order of first appearance, Moments, number of records read, number deleted). With `progress`,
-    a line on stderr counts the chunks read."""
+    order of first appearance, Moments, number of records read, number deleted), and with `by_unit`
+    the number deleted in each unit that had any ({unit id: count}). With `progress`, a line on
+    stderr counts the chunks read."""
     shown = ChunkProgress(cols.path, cols.delimiter is None) if progress else None
     try:
-        return _stream_moments(cols, id_name, names, drop_missing, shown)
+        out = _stream_moments(cols, id_name, names, drop_missing, shown)
+        return out if by_unit else out[:4]
     finally:
         if shown is not None:
             shown.close()
@@ -276,6 +278,7 @@ def _stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing:
     pa, pc = _pyarrow()
     acc = Accumulator(len(names))
     read = deleted = 0
+    deleted_in: dict[int, int] = {}  # unit number -> records deleted, for units that had any
     for ids, values, first in batches(cols, id_name, names):
         read += len(ids)
         if shown is not None:
@@ -301,6 +304,9 @@ def _stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing:
                                 "at build, so pass --missing now (or fit from the files with --engine stream, which "
                                 "deletes per model)")
             deleted += int((~keep).sum())
+            counts = np.bincount(local[~keep], minlength=where.size)
+            for k in np.flatnonzero(counts):
+                deleted_in[int(where[k])] = deleted_in.get(int(where[k]), 0) + int(counts[k])
             local = local[keep]
             values = [v[keep] for v in values]
         m = chunk_moments(values, local, len(where))
@@ -312,4 +318,4 @@ def _stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing:
             acc.add(where, m)
     unit_ids, m = acc.result()
     pa.default_memory_pool().release_unused()  # the chunks' buffers: the fit that follows needs the room
-    return unit_ids, m, read, deleted
+    return unit_ids, m, read, deleted, {unit_ids[j]: c for j, c in sorted(deleted_in.items())}

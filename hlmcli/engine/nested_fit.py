@@ -31,7 +31,7 @@ from . import lbfgsb
 from .certificate import Face, check_precision, face_conditions, name_direction, rank_tolerance
 from ..errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
-from ..analysis.inference import weighted_sandwich
+from .sandwich import weighted_sandwich
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit, as_levels,
                      columns_of, levels_solve, reduce_nested, reduce_standardised, summary_of)
 from .unitsolve import factor, unit_ols
@@ -737,7 +737,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     wt = raw.weighting
     if wt is None:
         robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
-    else:  # WeMix's pseudo-ML sandwich, clustered at the top level (inference.weighted_sandwich)
+    else:  # WeMix's pseudo-ML sandwich, clustered at the top level (sandwich.py)
         robust = TX @ weighted_sandwich(sc, wt.conditional[-1], Pinv) @ TX.T
     gamma = TX @ us.gamma + tr.b
     deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)

@@ -20,6 +20,11 @@ def read_fit(path: str) -> dict:
         fit = json.loads(read_small_bytes(p, "JSON fit").decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise DataError(f"{path}: not a JSON fit (incomplete or not JSON); save one with 'hlmcli fit ... --format json'") from None
+    if isinstance(fit, dict) and fit.get("kind") == "cross-classified linear":
+        from ..capabilities import reason
+
+        raise ModelError(f"{path}: a cross-classified fit: hlmcli table and compare are not available for it: "
+                         f"{reason('table', 'crossed')}")
     if not isinstance(fit, dict) or fit.get("tool") != "hlmcli" or "deviance" not in fit:
         raise DataError(f"{path}: not an hlmcli JSON fit; save one with 'hlmcli fit ... --format json'")
     if fit.get("levels") in (3, 4) and fit.get("schema") in (3, 4):
