@@ -44,6 +44,7 @@ sparse = lazy("scipy.sparse")
 linalg = lazy("scipy.linalg")
 
 from ..errors import ModelError
+from .objective import SolveCache
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -357,28 +358,25 @@ class CrossedSolve:
 # ---------------------------------------------------------------- the fit
 
 class Objective:
-    """The profiled deviance over (G_1, …, G_K), one block per factor: the protocol nested_fit's
-    search and certificate use (solve, at, value, noise), the last few solves kept."""
+    """The profiled deviance over (G_1, …, G_K), one block per factor: an objective.DevianceObjective
+    (value, at, noise) for search.search and certificate.certify_blocks, the last few solves kept."""
 
     def __init__(self, stats: CrossedStats, reml: bool):
         self.stats, self.reml, self.count = stats, reml, 0
-        self._cache: list = []
+        self._cache = SolveCache()
 
     def solve(self, *lams) -> CrossedSolve:
         if len(lams) == 1 and isinstance(lams[0], (tuple, list)):
             lams = tuple(lams[0])
-        key = tuple(np.asarray(lam, float).tobytes() for lam in lams)
-        for k, us in self._cache:
-            if k == key:
-                return us
-        self.count += 1
-        us = CrossedSolve(self.stats, lams)
-        self._cache = [(key, us)] + self._cache[:3]
-        return us
+        return self._cache.get(tuple(lams), self._solve)
 
-    def at(self, Gs):
+    def _solve(self, lams) -> CrossedSolve:
+        self.count += 1
+        return CrossedSolve(self.stats, lams)
+
+    def at(self, Gs, factors=None):
         try:
-            us = self.solve(tuple(_factor(G) for G in Gs))
+            us = self.solve(tuple(_factor(G) for G in Gs) if factors is None else tuple(factors))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, tuple(np.zeros_like(G) for G in Gs)
         return us.profiled_deviance(self.reml), us.gradients(self.reml)
