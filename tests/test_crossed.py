@@ -268,3 +268,13 @@ def test_hcm2_layout_row_and_column_variables(tmp_path):
     assert got["deviance"] == pytest.approx(one["deviance"], rel=1e-12)
     assert [f["coefficient"] for f in got["fixed_effects"]] == \
         pytest.approx([f["coefficient"] for f in one["fixed_effects"]], rel=1e-9)
+
+
+@pytest.mark.parametrize("term, words", [("(1 | obs)", "holds one record"), ("(1 | one)", "has one group"),
+                                         ("(1 | plate2)", "group the records alike")])
+def test_unidentifiable_random_intercepts_are_refused(term, words):
+    """Terms along which the deviance is exactly flat are refused before fitting, in one line (lmer refuses
+    the first too: a grouping factor needs fewer levels than records)."""
+    d = frame("diameter").assign(obs=lambda f: np.arange(len(f)), one=1, plate2=lambda f: "p" + f.plate)
+    with pytest.raises(hlmcli.errors.ModelError, match=words):
+        hlmcli.fit_crossed(d, f"diameter ~ 1 + (1 | plate) + {term}", "ML")

@@ -81,6 +81,7 @@ def design(table: Table, model: CrossedFormula) -> CrossedDesign:
             labels = [":".join(p[1][k] for p, k in zip(parts, row)) for row in uniq]
         cols = tuple("INTRCPT" if c == ("1",) else ":".join(c) for c in bar.columns)
         terms.append(CrossedTerm(bar.name, np.asarray(codes, np.int64).ravel(), Z[ok], cols, tuple(labels)))
+    identifiable(terms)
     X = X[ok]
     if X.shape[1] and np.linalg.matrix_rank(X) < X.shape[1]:
         raise ModelError("the fixed-effect predictors are collinear (one is a combination of the others); drop one")
@@ -126,3 +127,23 @@ def merge_crossed(level1: Table, rows: Table, cols: Table, row_id: str, col_id: 
         merged = merged.merge(extra, on=key, how="left", validate="many_to_one", sort=False)
     return Table(level1.path, level1.format, merged.reset_index(drop=True), level1.value_labels, level1.encoding,
                  level1.delimiter)
+
+
+def identifiable(terms) -> None:
+    """Refuse, before fitting, the random intercepts the data cannot tell apart from another term, along
+    which the deviance is exactly flat (σ² is profiled, so the face Hessian's zero eigenvalue can hide in
+    rounding): a factor with one group (its intercept is the fixed intercept's), a factor whose every group
+    holds one record (its intercept is the level-1 residual), two factors that group the records alike."""
+    with_intercept = [t for t in terms if "INTRCPT" in t.columns]
+    for t in with_intercept:
+        if t.J == 1:
+            raise ModelError(f"the grouping factor {t.factor} has one group, so the variance of its random intercept "
+                             f"cannot be estimated (it is the fixed intercept); drop (1 | {t.factor})")
+        if np.bincount(t.codes, minlength=t.J).max() == 1:
+            raise ModelError(f"every group of {t.factor} holds one record, so its random intercept cannot be told apart "
+                             f"from the level-1 residual; drop (1 | {t.factor})")
+    for i, a in enumerate(with_intercept):
+        for b in with_intercept[i + 1:]:
+            if a.J == b.J and len(np.unique(a.codes.astype(np.int64) * b.J + b.codes)) == a.J:
+                raise ModelError(f"the grouping factors {a.factor} and {b.factor} group the records alike, so their "
+                                 f"random intercepts cannot be told apart; keep one of them")
