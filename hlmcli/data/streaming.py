@@ -208,32 +208,67 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
     return Columns(path, [h.strip() for h in header], {h.strip(): h for h in header}, sep)
 
 
+def _open_batches(cols: Columns, raw: list[str], text: list[str]):
+    """A reader of the file's columns `raw` (as the file spells them) chunk by chunk: those in `text`
+    as strings (CSV), the others as float64."""
+    pa, _ = _pyarrow()
+    if cols.delimiter is None:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(cols.path).iter_batches(batch_size=PARQUET_BATCH, columns=list(dict.fromkeys(raw)))
+    from pyarrow import csv as pacsv
+
+    from ..io.readers import CSV_MISSING
+
+    types = {c: pa.string() if c in text else pa.float64() for c in raw}
+    try:
+        return pacsv.open_csv(
+            cols.path, read_options=pacsv.ReadOptions(block_size=CHUNK_BYTES),
+            parse_options=pacsv.ParseOptions(delimiter=cols.delimiter),
+            convert_options=pacsv.ConvertOptions(include_columns=list(dict.fromkeys(raw)), column_types=types,
+                                                 null_values=CSV_MISSING, strings_can_be_null=True))
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{cols.path}: {_arrow_message(exc)}") from None
+
+
+def id_links(cols: Columns, child: str, parent: str) -> dict[str, list[str]]:
+    """One pass over two id columns: each `child` id (as text, as the in-memory reader writes it) and the
+    distinct `parent` ids of its records, in order of first appearance. A record missing either id is
+    refused, naming it."""
+    pa, pc = _pyarrow()
+    links: dict[str, list[str]] = {}
+    first = 0
+    reader = _open_batches(cols, [cols.raw[child], cols.raw[parent]], [cols.raw[child], cols.raw[parent]])
+    while True:
+        try:
+            batch = next(reader)
+        except StopIteration:
+            return links
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"{cols.path}: {_arrow_message(exc)}") from None
+        columns = []
+        for name in (child, parent):
+            col = batch.column(cols.raw[name])
+            if col.null_count:
+                pos = first + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+                raise DataError(f"{cols.path}: column {name}, record {pos + 1}: the unit id is missing; give every "
+                                "record an id")
+            columns.append(col)
+        pairs = pa.table({"a": columns[0], "b": columns[1]}).group_by(["a", "b"]).aggregate([])
+        for a, b in zip(id_text(pairs.column("a").to_pylist()), id_text(pairs.column("b").to_pylist())):
+            found = links.setdefault(a, [])
+            if b not in found:
+                found.append(b)
+        first += batch.num_rows
+
+
 def batches(cols: Columns, id_name: str | None, names: list[str]):
     """Yield (ids or None, [float64 arrays], first record number) chunk by chunk."""
     pa, pc = _pyarrow()
     wanted = ([id_name] if id_name else []) + list(names)
     raw = [cols.raw[c] for c in wanted]
     first = 0
-    if cols.delimiter is None:
-        import pyarrow.parquet as pq
-
-        reader = pq.ParquetFile(cols.path).iter_batches(batch_size=PARQUET_BATCH, columns=list(dict.fromkeys(raw)))
-    else:
-        from pyarrow import csv as pacsv
-
-        from ..io.readers import CSV_MISSING
-
-        types = {cols.raw[c]: pa.float64() for c in names}
-        if id_name:
-            types[cols.raw[id_name]] = pa.string()
-        try:
-            reader = pacsv.open_csv(
-                cols.path, read_options=pacsv.ReadOptions(block_size=CHUNK_BYTES),
-                parse_options=pacsv.ParseOptions(delimiter=cols.delimiter),
-                convert_options=pacsv.ConvertOptions(include_columns=list(dict.fromkeys(raw)), column_types=types,
-                                                     null_values=CSV_MISSING, strings_can_be_null=True))
-        except pa.ArrowInvalid as exc:
-            raise DataError(f"{cols.path}: {_arrow_message(exc)}") from None
+    reader = _open_batches(cols, raw, [cols.raw[id_name]] if id_name else [])
     while True:
         try:
             batch = next(reader)
