@@ -87,6 +87,7 @@ class Archive:
     notes: dict = field(default_factory=dict)
     path: Path | None = None
     level1_id: str = ""  # the level-2 id as the level-1 file spells it (--id1 at two levels)
+    format_version: int = FORMAT_VERSION  # of the file it was loaded from (a build: the format it writes)
 
     def __post_init__(self):
         if not self.level1_id:
@@ -554,6 +555,7 @@ def read_archive_file(path: str | os.PathLike, levels: int | None = 2,
             header = {**header, "levels": 2, "level2_names": header["level2_names"], "unit2_ids": header["unit_ids"],
                       "id_names": header["id_names"][1:], "level1_id": header["id_names"][0]}
             arrays["offsets2"] = arrays.pop("offsets")
+        header = {**header, "format_version": version}  # the prefix's, which the reader went by
     except DataError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
@@ -573,7 +575,7 @@ def load_archive(path: str | os.PathLike, levels: int | None = 2, verify: bool =
                                  arrays[f"offsets{k}"]))
         archive = Archive(lvs, header["id_kind"], tuple(header["id_names"]), header["missing"],
                           [Source(**s) for s in header["sources"]], header["value_labels"], header["notes"], path,
-                          header.get("level1_id") or header["id_names"][0])
+                          header.get("level1_id") or header["id_names"][0], header["format_version"])
     except DataError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
