@@ -908,8 +908,9 @@ class LevelsSolve:
             d += self.log_det_P() - p * (LOG_2PI + np.log(sigma2))
         return d
 
-    def rounding_noise(self, reml: bool) -> float:
-        """How far rounding can move the profiled deviance (as UnitSolve.rounding_noise)."""
+    def rounding_noise(self, reml: bool, sigma2: float | None = None) -> float:
+        """How far rounding can move the profiled deviance (as UnitSolve.rounding_noise), or the
+        deviance at a fixed σ² (rss/σ² then carries the cancellation once, not ν times its log)."""
         eps = np.finfo(float).eps
         nu = self.dof(reml)
         cancel = (abs(self.stats.yy) + abs(self.stats.yy - self.s) + abs(float(self.c @ self.gamma))) / self.rss
@@ -918,6 +919,8 @@ class LevelsSolve:
                             for ld, w in zip(self.logdets, (None,) * len(self.logdets) if wt is None
                                              else wt.unconditional)))
         logdets += abs(self.log_det_P()) if reml else 0.0
+        if sigma2 is not None:
+            return 8.0 * eps * (cancel * self.rss / sigma2 + logdets)
         return 8.0 * eps * (nu * cancel + logdets + nu * abs(np.log(self.rss / nu)))
 
     def Pinv(self) -> np.ndarray:

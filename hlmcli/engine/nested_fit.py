@@ -48,10 +48,11 @@ def tau_names(n_levels: int) -> tuple:
 
 class Objective:
     """The profiled deviance over (G2, …, GK) on standardised stats: estimation.DevianceObjective, the
-    protocol of the two-level Objective, with a tuple of blocks as its point."""
+    protocol of the two-level Objective, with a tuple of blocks as its point. sigma2: σ² profiled
+    (None) or fixed at that value (an HGLM's working model, nested_glmm.py: G = τ/σ² then)."""
 
-    def __init__(self, stats: LevelsStats, reml: bool):
-        self.stats, self.reml, self.count = stats, reml, 0
+    def __init__(self, stats: LevelsStats, reml: bool, sigma2: float | None = None):
+        self.stats, self.reml, self.count, self.sigma2 = stats, reml, 0, sigma2
         self._cache: list = []
 
     def solve(self, *lams) -> LevelsSolve:
@@ -73,17 +74,20 @@ class Objective:
             us = self.solve(tuple(factor(G) for G in Gs))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, tuple(np.zeros_like(G) for G in Gs)
-        return us.profiled_deviance(self.reml), us.gradients(self.reml)
+        return self.deviance_of(us), us.gradients(self.reml, self.sigma2)
+
+    def deviance_of(self, us: LevelsSolve) -> float:
+        return us.profiled_deviance(self.reml) if self.sigma2 is None else us.deviance(self.sigma2, self.reml)
 
     def value(self, Gs) -> float:
         try:
-            return self.solve(tuple(factor(G) for G in Gs)).profiled_deviance(self.reml)
+            return self.deviance_of(self.solve(tuple(factor(G) for G in Gs)))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf
 
     def noise(self, Gs) -> float:
         try:
-            return self.solve(tuple(factor(G) for G in Gs)).rounding_noise(self.reml)
+            return self.solve(tuple(factor(G) for G in Gs)).rounding_noise(self.reml, self.sigma2)
         except (FloatingPointError, np.linalg.LinAlgError):
             return 0.0
 
@@ -287,8 +291,8 @@ def _lbfgs(obj: Objective, Gs0, maxiter: int, diagonal=None):
             us = obj.solve(ls)
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(theta)
-        gs = us.gradients(obj.reml)
-        return us.profiled_deviance(obj.reml), np.concatenate([(2.0 * g @ lam)[i] for g, lam, i in zip(gs, ls, idx)])
+        gs = us.gradients(obj.reml, obj.sigma2)
+        return obj.deviance_of(us), np.concatenate([(2.0 * g @ lam)[i] for g, lam, i in zip(gs, ls, idx)])
 
     res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                             # tighter than two levels: ending closer to the optimum usually saves the
@@ -680,7 +684,7 @@ def random_labels(layout, n_levels: int) -> tuple:
 
 
 def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=False,
-               df_method: str = "hlm") -> NestedFit:
+               df_method: str = "hlm", sigma2: float | None = None) -> NestedFit:
     """The certified (RE)ML fit over the τ blocks of levels 2..K and HLM's inference.
 
     Reliabilities, at each level ℓ (R&B 2002 ch. 8; HLM2's formula one level at a time; UNVERIFIED
@@ -696,7 +700,8 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
 
     diagonal: True (every level) or one flag per level 2..K: τℓ diagonal (lme4's `||`), searched and
     certified over the non-negative diagonal. df_method: "hlm" (hlm_df) or "satterthwaite"
-    (nested_df.satterthwaite_df, as lmerTest)."""
+    (nested_df.satterthwaite_df, as lmerTest). sigma2: fixed at this value instead of estimated (the
+    working model of an HGLM, nested_glmm.py); the deviance is then at that σ²."""
     reml = bool(reml)
     # one statistics pass: everything below reads the per-level-2-unit moments (moments.LevelsSummary)
     data = summary_of(data)
@@ -716,7 +721,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
         raise ModelError("the fixed effects are linearly dependent (collinear predictors, or a predictor that is "
                          "constant where it enters); remove one of them") from None
     TX = tr.TX
-    obj = Objective(std, reml)
+    obj = Objective(std, reml, sigma2)
     Gs, dev, cert, iterations, message, start = search(obj, qs, max_iterations, diagonal)
     try:
         if not np.isfinite(dev):
@@ -726,7 +731,8 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
         raise ModelError("the deviance cannot be evaluated at any point the search reached (X'V⁻¹X or a "
                          "per-unit covariance matrix is numerically singular): check for collinear predictors, "
                          "and centre any predictor whose mean is far larger than its spread") from None
-    sigma2 = us.sigma2_hat(reml)
+    fixed = sigma2 is not None
+    sigma2 = us.sigma2_hat(reml) if sigma2 is None else float(sigma2)
     taus = []
     for A, G in zip(tr.As, Gs):
         Gu = A @ G @ A.T
@@ -741,7 +747,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     else:  # WeMix's pseudo-ML sandwich, clustered at the top level (inference.weighted_sandwich)
         robust = TX @ weighted_sandwich(sc, wt.conditional[-1], Pinv) @ TX.T
     gamma = TX @ us.gamma + tr.b
-    deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)
+    deviance = obj.deviance_of(us) - (2.0 * tr.log_det_TX if reml else 0.0)
     # back to the user's columns: Z̃ = ZA, so b = A b̃ and Var b = A Var b̃ A'
     eb, eb_var = [], []
     for A, (m, v) in zip(tr.As, us.posterior_levels(sigma2)):
@@ -754,7 +760,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     if cert.certified:
         for b in range(K - 1):
             boundary += boundary_messages(Gs[b], taus[b], names[b], list(labels[b]), cert.ranks[b])
-    n_params = 1 + sum(q if d else q * (q + 1) // 2 for q, d in zip(qs, diagonal)) + (0 if reml else p)
+    n_params = (0 if fixed else 1) + sum(q if d else q * (q + 1) // 2 for q, d in zip(qs, diagonal)) + (0 if reml else p)
     if cert.certified:
         message = f"at the optimum ({cert.describe()})"
     else:
