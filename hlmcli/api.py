@@ -351,6 +351,12 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     summarised engine (design_levels.Level1Moments), None for the archive's records."""
     from .levels_results import LevelsAnalysis, levels_extras
 
+    if fit.family is not None and fit.family != FamilyName.NORMAL:  # three-level HGLM (capabilities.check
+        from .analysis.hglm_levels import analyse_hglm_levels  # refused four levels)
+
+        analysis = analyse_hglm_levels(spec, archive, fit)
+        analysis.extras = levels_extras(analysis, fit.tests)
+        return analysis
     if hasattr(spec, "pis"):  # HLM3's form
         from .data.design_levels import design3
         from .analysis.identifiability import check_three_level

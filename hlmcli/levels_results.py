@@ -37,6 +37,7 @@ class LevelsAnalysis:
     fit: NestedFit
     extras: dict = field(default_factory=dict)
     weighting: dict = field(default_factory=dict)  # levels_combined.weighting_meta: the weights' lines and record
+    hglm: object = None  # analysis.hglm_levels.HGLMLevels: a binary, binomial or count outcome (PQL)
 
     @property
     def n_levels(self) -> int:

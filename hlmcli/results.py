@@ -700,8 +700,13 @@ class LevelsResults(Results):
             from .report.report_levels import fit_json, fit_json3
 
             a = self.analysis
-            doc = fit_json3(a.design, a.fit, self._report_meta()) if self.n_levels == 3 else \
-                fit_json(a.design, a.fit, self._report_meta())
+            if a.hglm is not None:
+                from .report.report_hglm_levels import hglm_json3
+
+                doc = hglm_json3(a.design, a.fit, self._report_meta(), a.hglm)
+            else:
+                doc = fit_json3(a.design, a.fit, self._report_meta()) if self.n_levels == 3 else \
+                    fit_json(a.design, a.fit, self._report_meta())
             doc.update(a.extras)
             self._json = (key, json_safe(doc))
         return self._json[1]
@@ -726,7 +731,11 @@ class LevelsResults(Results):
         from .report.report_levels import Symbols3, SymbolsLevels, fit_text, fit_text3
 
         a = self.analysis
-        if self.n_levels == 3:
+        if a.hglm is not None:
+            from .report.report_hglm_levels import hglm_text3
+
+            text = hglm_text3(a.design, a.fit, self._report_meta(), Symbols3(ascii), a.hglm)
+        elif self.n_levels == 3:
             text = fit_text3(a.design, a.fit, self._report_meta(), Symbols3(ascii))
         else:
             text = fit_text(a.design, a.fit, self._report_meta(), SymbolsLevels(ascii))
