@@ -81,7 +81,7 @@ FEATURES = (
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)",
             {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, **_k(_KEEP_K), THREE_LEVEL_HGLM: _KEEP_K}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, **_k(_KEEP_K), THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",

@@ -105,6 +105,9 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     from ..levels_results import n_units, table_view, tau_blocks
 
     for fit, name in ((a, name_a), (b, name_b)):
+        if fit.get("deviance") is None and "hglm" in fit:
+            raise DataError(f"{name} is a PQL fit, and PQL has no deviance (it maximises a quasi-likelihood), so no "
+                            "likelihood-ratio test")
         if not fit.get("converged"):
             raise DataError(f"{name} is not a certified optimum, so its deviance cannot be tested; fix the fit first")
     if a["levels"] != b["levels"]:
