@@ -74,7 +74,8 @@ def fit_once(archive: Path) -> dict:
     from hlmcli.io.archive import load_archive
     from hlmcli.data.design import variables_of
     from hlmcli.language.equations import RunOptions, spec_from_inputs
-    from hlmcli.analysis.plausible import analyse_plausible, combined_text, outcome_columns
+    from hlmcli.analysis.plausible import analyse_plausible, outcome_columns
+    from hlmcli.report.report_combined import combined_text
     from hlmcli.report.report import Symbols
     from hlmcli.data.weights import WeightSpec
 

@@ -2,6 +2,7 @@
 
 - import cycles between hlmcli's modules (every import, including those inside functions),
   counted as elementary cycles of the module graph;
+- imports that go up the layers (LAYERS below), every import statement counted and listed;
 - private names (`_x`) imported across modules;
 - the longest function, and how many functions run over 60 lines;
 - the number of parameters of the `fit` command's function;
@@ -20,6 +21,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "hlmcli"
+
+# The layers, bottom up (../shared/docs/architecture.md): a module may import its own layer and those below.
+LAYERS = ("errors", "spec", "engine", "io", "language", "data", "analysis", "results", "report", "cli", "package")
+# Where the top-level modules sit: errors, version and lazy are used by every layer; capabilities is the table
+# of what the spec allows; results (and levels_results, views) are the fitted model the report reads; api is
+# an entry point beside the command line; the package itself (hlmcli/__init__.py) is above all, and installs
+# the report layer's writers into views (see views.py).
+TOP_LEVEL = {"errors": "errors", "version": "errors", "lazy": "errors", "spec": "spec", "capabilities": "spec",
+             "results": "results", "levels_results": "results", "views": "results", "api": "cli"}
+
+
+def layer(module: str) -> str:
+    """The layer of an hlmcli module: its subpackage's, or TOP_LEVEL's for a top-level module."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "package"
+    if parts[1] in LAYERS:
+        return parts[1]
+    if parts[1] not in TOP_LEVEL:
+        raise KeyError(f"{module}: not placed in a layer; add it to TOP_LEVEL in benchmarks/structure.py")
+    return TOP_LEVEL[parts[1]]
 
 
 def module_name(path: Path) -> str:
@@ -43,16 +65,26 @@ def resolve(current: str, is_package: bool, level: int, target: str | None) -> s
     return ".".join(base + ([target] if target else []))
 
 
-def import_graph(mods: dict[str, Path]) -> tuple[dict[str, set[str]], list[str]]:
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    private: list[str] = []
+def _import_nodes(tree: ast.AST):
+    """The import statements of a module, those inside functions too; not those under `if TYPE_CHECKING:`
+    (for type checkers only, never run)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def imports(mods: dict[str, Path]) -> list[tuple[str, str, list[str], int]]:
+    """Every import of one hlmcli module by another: (importer, imported module, names taken, line)."""
+    out = []
     for name, path in mods.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
         is_package = path.name == "__init__.py"
-        for block in ast.walk(tree):  # imports for type checkers only are not run
-            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test):
-                block.body = []
-        for node in ast.walk(tree):
+        for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             targets: list[tuple[str, list[str]]] = []
             if isinstance(node, ast.ImportFrom):
                 src = resolve(name, is_package, node.level, node.module) if node.level else (node.module or "")
@@ -63,14 +95,29 @@ def import_graph(mods: dict[str, Path]) -> tuple[dict[str, set[str]], list[str]]
                 others = [a for a in names if a not in submodules]
                 if src in mods and others:  # a name defined in the module (or package) itself
                     targets.append((src, others))
-            elif isinstance(node, ast.Import):
+            else:
                 targets = [(a.name, []) for a in node.names if a.name in mods]
-            for src, names in targets:
-                if src != name:
-                    graph[name].add(src)
-                private += [f"{name} <- {src}.{n}" for n in names if n.startswith("_") and not n.startswith("__")
-                            and f"{src}.{n}" not in mods]
+            out += [(name, src, names, node.lineno) for src, names in targets if src != name]
+    return out
+
+
+def import_graph(mods: dict[str, Path], found: list | None = None) -> tuple[dict[str, set[str]], list[str]]:
+    """The module graph and the private names imported across modules; `found`: imports(mods), if made."""
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    private: list[str] = []
+    for name, src, names, _ in imports(mods) if found is None else found:
+        graph[name].add(src)
+        private += [f"{name} <- {src}.{n}" for n in names if n.startswith("_") and not n.startswith("__")
+                    and f"{src}.{n}" not in mods]
     return graph, private
+
+
+def upward_imports(mods: dict[str, Path], found: list | None = None) -> list[str]:
+    """Each import statement of a module in a layer above the importer's, as `importer:line -> imported`."""
+    rank = {name: k for k, name in enumerate(LAYERS)}
+    found = imports(mods) if found is None else found
+    return [f"{name}:{line} -> {src}" for name, src, _, line in sorted(found, key=lambda i: (i[0], i[3], i[1]))
+            if rank[layer(src)] > rank[layer(name)]]
 
 
 def elementary_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -200,8 +247,10 @@ def main() -> None:
     os.environ.setdefault("HLMCLI_CACHE_DIR", os.path.join(__import__("tempfile").mkdtemp(), "cache"))
     sys.path.insert(0, str(ROOT))
     mods = modules()
-    graph, private = import_graph(mods)
+    found = imports(mods)
+    graph, private = import_graph(mods, found)
     cycles = elementary_cycles(graph)
+    up = upward_imports(mods, found)
     funcs = functions(mods)
     report = {
         "modules": len(mods),
@@ -210,6 +259,9 @@ def main() -> None:
         "mutually_importing_pairs": sum(1 for a in graph for b in graph[a] if a < b and a in graph[b]),
         "import_knots": [len(k) for k in tangles(graph)],
         "shortest_cycles": [" -> ".join(c) for c in sorted(cycles, key=len)[:10]],
+        "imports_up_the_layers": len(up),
+        "modules_importing_up": sorted({u.split(":")[0] for u in up}),
+        "up_the_layers": up,
         "private_imports_across_modules": len(private),
         "longest_function": {"name": funcs[0][1], "lines": funcs[0][0]},
         "functions_over_60_lines": sum(1 for n, _ in funcs if n > 60),

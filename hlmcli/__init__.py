@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .report import outputs as _report_outputs  # noqa: F401  installs the writers `Results` calls (views.py)
 from .version import __version__
 
-__all__ = ["fit", "compare", "table", "Results", "__version__"]
+__all__ = ["fit", "fit_crossed", "compare", "table", "Results", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import compare, fit, table
+    from .api import compare, fit, fit_crossed, table
     from .results import Results
 
 
@@ -23,7 +24,7 @@ def __getattr__(name: str):
         from .api import fit
 
         return fit
-    if name in ("compare", "table"):
+    if name in ("compare", "table", "fit_crossed"):
         from . import api
 
         return getattr(api, name)

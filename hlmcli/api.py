@@ -23,7 +23,7 @@ from .language.equations import ModelSpec
 from .errors import DataError, ModelError
 from .io.readers import check_frame_columns
 from .results import Results
-from .spec import Engine, Estimation, FamilyName, FitOptions, Method, OutputOptions, TauStructure
+from .spec import Engine, Estimation, FamilyName, FitOptions, Link, Method, OutputOptions, TauStructure
 
 DataLike = Union[str, os.PathLike, "pd.DataFrame"]
 
@@ -60,7 +60,7 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
     if not frames_given:
         from .io.cache import cached_archive
 
-        archive, _status = cached_archive(level1, level2, options, file_format, delimiter, cache_dir=cache_dir, warn=warn)
+        archive, _status = cached_archive((level1, level2), options, file_format, delimiter, cache_dir=cache_dir, warn=warn)
         return archive, f"{Path(level1).name} and {Path(level2).name}", None
     if not options.id1 or not options.id2:
         raise DataError("no unit id column given; pass id='NAME' (or id1= and id2=)")
@@ -105,7 +105,7 @@ def _enum(kind, value, what: str):
 def fit_options(**given) -> FitOptions:
     """FitOptions from the API's or the command line's keywords, each checked (one line if wrong)."""
     for name, kind in (("method", Method), ("family", FamilyName), ("estimation", Estimation), ("tau", TauStructure),
-                       ("engine", Engine)):
+                       ("engine", Engine), ("link", Link)):
         if name in given:
             given[name] = _enum(kind, given[name], name)
     if given.get("engine") is None:
@@ -146,7 +146,8 @@ def model_spec(archive, level1: str | None, level2: Sequence[str], model_file, f
     spec = spec_from_inputs(level1, list(level2), str(model_file) if model_file else None, variables_of(archive),
                             RunOptions(), allow_outside)
     changes = {k: v for k, v in run_options.items() if v is not None}
-    asked = {"family": family.value if family else None, "trials": fit.trials, "exposure": fit.exposure,
+    asked = {"family": family.value if family else None, "link": fit.link.value if fit.link else None,
+             "trials": fit.trials, "exposure": fit.exposure,
              "overdispersion": fit.overdispersion, "estimation": fit.estimation.value if fit.estimation else None,
              "quadrature_points": fit.quadrature_points, "separation": fit.separation,
              "method": fit.method.value if fit.method else None,
@@ -187,7 +188,10 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
 
         from .data.data_checks import fit_or_refuse
 
-        a = fit_or_refuse(lambda: analyse_hglm(spec, archive, level1_text), archive, spec.outcome)
+        from .analysis.ordinal_run import analyse_ordinal
+
+        run = analyse_ordinal if o.family == "ordinal" else analyse_hglm  # ordinal: the thresholds too
+        a = fit_or_refuse(lambda: run(spec, archive, level1_text), archive, spec.outcome)
         a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
         a.notes = boundary_notes(a)
         return a
@@ -216,7 +220,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         missing: str = "analysis", drop_unmatched: bool = False, df: str = "hlm",
         family: str | None = None, trials: str | None = None, exposure: str | None = None,
         overdispersion: bool | None = None, estimation: str | None = None, quadrature_points: int | None = None,
-        weight1: str | None = None, weight2: str | None = None, normalize: str | None = None,
+        link: str | None = None, weight1: str | None = None, weight2: str | None = None, normalize: str | None = None,
         tau: str | None = None, engine: str = "memory",
         max_iterations: int | None = None, title: str | None = None, tests: Sequence[str] = (),
         compare_deviance: float | None = None, compare_params: int | None = None,
@@ -234,8 +238,9 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     (HLM 7's printed HGLM level-1 block too); or `model`, an equations file or HLM 7 `.hlm` file,
     whose settings (nonlin:, level1weight:, mlf:, ...) are used. method: "REML" or "ML" (default
     REML, or what a `.hlm` file says).
-    family ("normal", "bernoulli", "binomial", "poisson"), trials, exposure, overdispersion,
-    estimation ("pql", "laplace", "agq"), quadrature_points: an HGLM, as --family and its options.
+    family ("normal", "bernoulli", "binomial", "poisson", "ordinal"), trials, exposure, overdispersion,
+    estimation ("pql", "laplace", "agq"), quadrature_points, link ("logit", "probit", "cloglog": ordinal
+    outcomes): an HGLM, as --family and its options.
     weight1, weight2, normalize: sampling weights. tau: "unstructured" or "diagonal".
     engine: "memory" (the records in memory); "stream" and "dask" are for `hlmcli fit` with files.
     The other keywords mirror the CLI's options: df ("hlm" or "satterthwaite"), max_iterations,
@@ -255,13 +260,14 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
 
     say = warn or (lambda m: warnings.warn(m, stacklevel=3))
     options = fit_options(method=method, family=family, trials=trials, exposure=exposure, overdispersion=overdispersion,
-                          estimation=estimation, quadrature_points=quadrature_points, tau=tau, weight1=weight1,
+                          estimation=estimation, link=link, quadrature_points=quadrature_points, tau=tau, weight1=weight1,
                           weight2=weight2, normalize=normalize, df_method=df, tests=tests,
                           compare_deviance=compare_deviance, compare_params=compare_params,
                           test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
                           max_iterations=max_iterations, engine=engine)
     hglm_only = [name for name, value in (("trials", trials), ("exposure", exposure), ("overdispersion", overdispersion),
-                                          ("estimation", estimation), ("quadrature_points", quadrature_points))
+                                          ("estimation", estimation), ("quadrature_points", quadrature_points),
+                                          ("link", link))
                  if value is not None]
     if hglm_only and options.family in (None, FamilyName.NORMAL) and model is None and "|" not in (level1_eq or ""):
         raise ModelError(f"{', '.join(hglm_only)}: for binary, binomial and count outcomes; give family='bernoulli', "
@@ -279,7 +285,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     spec = model_spec(archive, level1_eq, level2_eqs, model, options, title=title)
     check_capabilities(spec, options, OutputOptions(title=title))
     analysis = analyse_model(spec, archive, options, level1_eq)
-    meta = {"data_source": source, "title": spec.options.title, "id_name": archive.id_names[0],
+    meta = {"data_source": source, "title": spec.options.title, "id_name": archive.level1_id,
             "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
                             "model_file": Path(model).name if model else None},
             "command_file": Path(model).name if model and str(model).lower().endswith(".hlm") else None, "warn": say}
@@ -320,11 +326,13 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
 # ---------------------------------------------------------------- three and four levels
 
 def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, fit: FitOptions,
-                      allow_outside: bool = False, title: str | None = None, residuals: dict | None = None):
+                      allow_outside: bool = False, title: str | None = None, residuals: dict | None = None,
+                      formula_equations=None):
     """The spec of a model of K = 3 or 4 levels: `equations` are the level-1 ... level-K equations (one
     list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
     iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
-    HLM3 and HLM4. At three levels the spec keeps HLM3's form (ModelSpec3), whose report is HLM3's."""
+    HLM3 and HLM4. At three levels the equations are also read in HLM3's forms, and the report is HLM3's.
+    `formula_equations`: the command line's --formula as equations (levels_load.spec3)."""
     from .data.levels_load import spec3, spec_levels
 
     K = archive.n_levels
@@ -336,7 +344,8 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     if K == 3:
         spec = spec3(archive, equations[0][0] if equations[0] else None, equations[1], equations[2], model_file,
                      reml, title=title, max_iterations=fit.max_iterations, residuals_l2=residuals.get(2),
-                     residuals_l3=residuals.get(3), allow_outside=allow_outside)
+                     residuals_l3=residuals.get(3), allow_outside=allow_outside,
+                     formula_equations=formula_equations)
     else:
         spec = spec_levels(archive, equations[:K], model_file, reml, title=title, max_iterations=fit.max_iterations,
                            residuals=[residuals.get(k) for k in range(2, K + 1)])
@@ -357,12 +366,12 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
         analysis = analyse_hglm_levels(spec, archive, fit)
         analysis.extras = levels_extras(analysis, fit.tests)
         return analysis
-    if hasattr(spec, "pis"):  # HLM3's form
+    if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3
         from .analysis.identifiability import check_three_level
 
         design = design3(spec, archive, level1)
-        check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
+        check_three_level(design.data, spec.coefficient_names(), lambda p: spec.term_names((p,)))
     else:
         from .data.design_levels import design_levels
 
@@ -397,9 +406,9 @@ def _levels_archive(level1, level2) -> bool:
     """Whether `level1` alone is an archive of three or more levels."""
     if level2 is not None or isinstance(level1, pd.DataFrame) or level1 is None:
         return False
-    from .io.archive_levels import archive_levels
+    from .io.archive import peek_levels
 
-    return Path(level1).is_file() and archive_levels(level1) >= 3
+    return Path(level1).is_file() and peek_levels(level1) >= 3
 
 
 def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: FitOptions, title, missing,
@@ -407,7 +416,8 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     """hlmcli.fit of a model of three or four levels: the archive (built through the cache from the
     files of each level, or read), the spec, capabilities.check, the fit and its `Results`."""
     from .capabilities import check as check_capabilities
-    from .data.levels_load import archive_n_levels, load3, load_levels, load_summarised, summarised_level1
+    from .analysis.engines_levels import load_summarised
+    from .data.levels_load import archive_n_levels, load3, load_levels, summarised_level1
 
     files = [f for f in (level1, level2, level3, level4) if f is not None]
     if any(isinstance(f, pd.DataFrame) for f in files):
@@ -423,6 +433,10 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     three = len(files) == 3 or (len(files) == 1 and archive_n_levels(files[0]) == 3)
     level1_file = None
     if Engine(options.engine) != Engine.MEMORY:  # the level-1 records read once, per model (engines_levels.py)
+        from .capabilities import refuse_summarised
+
+        if missing == "now":  # before any data are read
+            refuse_summarised("missing_now", 3 if three else len(files), options.engine)
         archive, source, level1_file = load_summarised(files, build, options, say, 3 if three else len(files))
     elif three:
         keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched",
@@ -509,3 +523,67 @@ def table(models: Sequence, fmt: str | None = None, names: Sequence[str] | None 
     if fmt is None:
         return side_by_side(docs, names, options)
     return side_by_side_text(docs, names, fmt, options)
+
+
+class CrossedModel:
+    """A cross-classified fit (hlmcli.fit_crossed): the numbers as attributes, HCM2's text and the JSON
+    document of `hlmcli fit --formula` (the same functions print them)."""
+
+    def __init__(self, results):
+        self.results = results
+        fit = results.fit
+        self.gamma = dict(zip(results.design.fixed_names, fit.gamma))
+        self.se = dict(zip(results.design.fixed_names, fit.se))
+        # one key per random term; a factor with several terms (x || g) is g, g.1, ... as lme4 names them
+        keys, seen = [], {}
+        for name in fit.factors:
+            keys.append(name if name not in seen else f"{name}.{seen[name]}")
+            seen[name] = seen.get(name, 0) + 1
+        self.tau = dict(zip(keys, fit.taus))
+        self.ranef = dict(zip(keys, fit.ranef))  # EB (conditional modes) per term, rows in labels' order
+        self.labels = dict(zip(keys, fit.labels))
+        self.sigma2, self.deviance, self.method = fit.sigma2, fit.deviance, fit.method
+        self.certified = results.certified
+
+    def text(self) -> str:
+        from .report.crossed_report import text
+
+        return text(self.results)
+
+    def to_dict(self) -> dict:
+        from .report.crossed_report import to_json
+        from .report.report import json_safe
+
+        return json_safe(to_json(self.results))
+
+    def __repr__(self) -> str:
+        return f"<hlmcli cross-classified fit: {self.results.formula}, {self.method}, deviance {self.deviance:.4f}>"
+
+
+def fit_crossed(data: DataLike, formula: str, method: str = "REML", *, tau: str | None = None,
+                max_iterations: int | None = None, title: str | None = None, file_format: str | None = None,
+                delimiter: str | None = None) -> CrossedModel:
+    """Fit a model whose grouping factors are crossed (HLM 7's HCM2, and any mix of crossed and nested
+    factors), as `hlmcli fit DATA --formula ...` does: e.g. 'attain ~ verbal + (1 | primary) + (1 | second)'.
+    data: one file or DataFrame holding every column. tau="diagonal" splits every random term into
+    uncorrelated effects. The fit is certified (or says what failed: `.certified`, `.results.failures`)."""
+    from .analysis.crossed_run import analyse_crossed
+    from .io.readers import Table, read_table
+    from .language.formula import crossed, diagonal_bars
+
+    model = crossed(formula)
+    if model is None:
+        raise ModelError(f"the formula '{formula}' has one chain of nested grouping factors: fit it with hlmcli.fit")
+    if tau == "diagonal":
+        model = diagonal_bars(model)
+    elif tau not in (None, "unstructured"):
+        raise ModelError(f"tau='{tau}': give 'unstructured' or 'diagonal'")
+    if method.upper() not in ("REML", "ML"):
+        raise ModelError(f"method='{method}': give 'REML' or 'ML'")
+    if is_dataframe(data):
+        check_frame_columns(data, "data")
+        table = Table(Path("<DataFrame>"), "dataframe", data.reset_index(drop=True))
+    else:
+        table = read_table(data, file_format, delimiter,
+                           string_columns=tuple(name for bar in model.bars for name in bar.factor))
+    return CrossedModel(analyse_crossed(table, model, formula, method.upper(), max_iterations, title))

@@ -22,6 +22,7 @@ KINDS = {
     "agq": "HGLM AGQ",
     "three-level": "three-level linear",
     "four-level": "four-level linear",
+    "crossed": "cross-classified linear",
     "three-level-pql": "three-level HGLM PQL",
 }
 _LEVELS = ("three-level", "four-level")
@@ -50,12 +51,38 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
                   "residual variances; HLM3 and HLM4 offer none, so there is no reference to match")
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
-_KEEP_K = ("not yet for k levels: the residual files of three- and four-level fits carry each level's archive "
-           "columns, not text columns from the source files")
 _NOT_YET_3HGLM = ("not yet for three-level HGLM: its residual files and plots would need the link-scale fitted values "
                   "and EB modes written per level, which are not built; save the fit with --json-out")
+_ORDINAL_LINEAR = ("an ordinal outcome is not normal: it is fitted as an HGLM (--family ordinal with --estimation "
+                   "laplace or agq)")
+_ORDINAL_PQL = ("not yet: HLM 7's PQL for ordinal outcomes (a linearisation of the C - 1 cumulative logits) is not "
+                "built; use --estimation laplace or agq, exact ML, which ordinal::clmm matches")
+_ORDINAL_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors needs the Laplace or "
+                    "AGQ likelihood over the crossed blocks, which is not built (lme4's glmer fits it)")
+_HGLM_LEVELS = ("hlmcli fits ordinal outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
+                "levels and, by PQL, at three; models of four levels are linear")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
+
+
+_X_NOT_YET = ("not built yet for cross-classified fits, whose results are their own record so far "
+              "(hlmcli fit --formula and hlmcli.fit_crossed print HCM2's tables and the JSON document)")
+_X_TESTS = ("not built yet for cross-classified fits: the Wald and likelihood-ratio tests are not wired to their "
+            "record; compare two fits' deviances by hand (both by ML for different fixed effects)")
+_X_RESIDUALS = ("not built yet: a cross-classified fit keeps its empirical Bayes estimates per factor (the API's "
+                "fit.ranef) but writes no residual files")
+_X_DF = ("d.f. for crossed factors: HLM 7's rule counts level-2 units of one nesting and Satterthwaite's needs the "
+         "covariance of the variance estimates over all blocks; neither is built, so t-ratios are printed without "
+         "d.f. or p-values")
+_X_UNITS = ("HLM2's unit-by-unit statistics (OLS per unit, the homogeneity test over units' residual variances) need "
+            "units that hold their records; crossed factors split every group across the other factor's groups")
+_X_WEIGHTS = ("sampling weights with crossed factors need a weight for each factor's groups and a scaling rule for "
+              "crossed designs; the pseudo-likelihood rules (Pfeffermann et al. 1998, Rabe-Hesketh & Skrondal 2006) "
+              "are for nested designs")
+_X_SUMMARY = ("the blocked Cholesky of crossed factors needs Z1'Z2, which pairs the records' groups of two factors; "
+              "per-unit summaries of one factor do not keep it; fit in memory")
+_X_MISSING = ("a cross-classified fit reads one file and leaves out records with a missing value in a column the "
+              "model uses (HLM's deletion at analysis)")
 
 
 @dataclass(frozen=True)
@@ -71,48 +98,54 @@ def _k(reason: str) -> dict:
 
 
 FEATURES = (
-    Feature("api", "Python API (hlmcli.fit)", {}),
+    Feature("api", "Python API (hlmcli.fit; crossed: hlmcli.fit_crossed)", {}),
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
-            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
-    Feature("table", "hlmcli table of saved fits", {}),
-    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
-    Feature("formats", "--format csv|markdown|latex|html", {}),
-    Feature("test", "--test (Wald tests of γ)", {}),
-    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
-    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)",
-            {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, **_k(_KEEP_K), THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY, "crossed": _X_NOT_YET,
+                                              THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+    Feature("table", "hlmcli table of saved fits", {"crossed": _X_NOT_YET}),
+    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, "crossed": _X_NOT_YET,
+                                                                THREE_LEVEL_HGLM: _NO_DEVIANCE}),
+    Feature("formats", "--format csv|markdown|latex|html", {"crossed": _X_NOT_YET}),
+    Feature("test", "--test (Wald tests of γ)", {"crossed": _X_TESTS}),
+    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, "crossed": _X_TESTS,
+                                                         THREE_LEVEL_HGLM: _NO_DEVIANCE}),
+    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS,
+                                                                        THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
-            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, THREE_LEVEL_HGLM: _SATTERTHWAITE}),
-    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K),
+            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, "crossed": _X_DF,
+             THREE_LEVEL_HGLM: _SATTERTHWAITE}),
+    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
                                      THREE_LEVEL_HGLM: _HLM6_K}),
     Feature("homogeneity", "--test-homogeneity",
-            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K),
+            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _HOMOGENEITY}),
     Feature("full_output", "--full-output",
-            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K),
+            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _FULL_OUTPUT_K}),
     Feature("weights", "--weight1/--weight2 (sampling weights; ... --weight4)",
             {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS,
-             THREE_LEVEL_HGLM: _HGLM_WEIGHTS}),
+             "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",
             {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED,
-             THREE_LEVEL_HGLM: _HGLM_COMBINED}),
-    Feature("missing_now", "--missing now", {"linear-summary": _RECORDS}),
+             "crossed": _X_NOT_YET, THREE_LEVEL_HGLM: _HGLM_COMBINED}),
+    Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
+    Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
+            {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
+             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
-            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, THREE_LEVEL_HGLM: _HGLM_SUMMARY}),
+            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
+             THREE_LEVEL_HGLM: _HGLM_SUMMARY}),
 )
 _BY_KEY = {f.key: f for f in FEATURES}
 
 
 def n_levels_of(spec) -> int:
-    """The number of levels of a spec: ModelSpec (two), ModelSpec3 (three, HLM3's form) or LevelsSpec."""
-    if hasattr(spec, "n_levels"):
-        return int(spec.n_levels)
-    return 3 if hasattr(spec, "pis") else 2
+    """The number of levels of a spec: ModelSpec (two) or LevelsSpec (three and more)."""
+    return int(getattr(spec, "n_levels", 2))
 
 
 def hglm_asked(fit: FitOptions | None) -> bool:
@@ -158,6 +191,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "weights": bool(fit.weight1 or fit.weight2 or fit.weight3 or fit.weight4 or got("weight1") or got("weight2")),
         "plausible_values": bool(fit.plausible_values or fit.imputed),
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
+        "ordinal": (fit.family or got("family")) == "ordinal",
     }
     return [key for key, on in asked.items() if on]
 
@@ -181,12 +215,12 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
         return
     given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
                                       ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),
-                                      ("quadrature-points", fit.quadrature_points), ("separation", fit.separation))
+                                      ("quadrature-points", fit.quadrature_points), ("separation", fit.separation),
+                                      ("link", fit.link))
              if value is not None and not (name == "family" and value == "normal")]
     if given:
         raise ModelError(f"{', '.join('--' + g for g in given)}: not available for a {KINDS[_LEVELS[n_levels - 3]]} fit: "
-                         "hlmcli fits binary, binomial and count outcomes (HGLM) at two levels and, by PQL, at "
-                         "three (give --family); models of four levels are linear")
+                         + _HGLM_LEVELS)
 
 
 def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engine.MEMORY,
@@ -203,11 +237,19 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts
         for key in asked:
-            why = reason(key, "linear-summary")
-            if why and not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
-                label = "--residuals-l1" if key == "residuals" else _BY_KEY[key].label.split(" (")[0]
-                raise ModelError(f"{label}: not available with --engine {Engine(engine).value} for a {KINDS[kind]} fit: "
-                                 f"{why}")
+            if not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
+                refuse_summarised(key, n_levels_of(spec), engine)
+
+
+def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None:
+    """A fit of three or more levels from per-level-2-unit summaries (--engine stream/dask) asking for
+    what needs the records: the linear (stream, Dask) column's refusal, in one line. Called by `check`,
+    and before any data are read for what the build options ask (--missing now)."""
+    why = reason(feature, "linear-summary")
+    if why:
+        label = "--residuals-l1" if feature == "residuals" else _BY_KEY[feature].label.split(" (")[0]
+        raise ModelError(f"{label}: not available with --engine {Engine(engine).value} for a "
+                         f"{KINDS[_LEVELS[n_levels - 3]]} fit: {why}")
 
 
 def markdown_table() -> str:

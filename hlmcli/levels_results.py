@@ -28,8 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class LevelsAnalysis:
-    """The analysis of a K-level model (K ≥ 3): its spec (HLM3's ModelSpec3 at three levels, LevelsSpec
-    above), its design, the certified fit and the extras the options asked for (Wald tests of γ and
+    """The analysis of a K-level model (K ≥ 3): its spec (a LevelsSpec), its design, the certified fit and the extras the options asked for (Wald tests of γ and
     the likelihood-ratio test against a prior deviance), JSON-ready."""
 
     spec: object
@@ -46,10 +45,6 @@ class LevelsAnalysis:
     @property
     def levels_spec(self):
         """The model in its K-level form (the same equations, γ order and τ orders as the engine's)."""
-        if self.n_levels == 3:
-            from .data.design_levels import spec3_as_levels
-
-            return spec3_as_levels(self.spec)
         return self.spec
 
 
@@ -280,4 +275,66 @@ def level1_fitted(data, fit: NestedFit) -> tuple[np.ndarray, np.ndarray]:
     return fixed, eb
 
 
-# ---------------------------------------------------------------- Results
+# ---------------------------------------------------------------- residual files of levels 2..K
+
+def level2_residuals(design, fit, archive):
+    """One row per level-2 unit: its ids, record count, EB r's with posterior variances, and its level-2 data."""
+    spec = design.spec
+    names = spec.coefficient_names()
+    unit3, n1 = _level2_units(design.data)
+    cols: dict = {"id": design.unit2_ids, archive.id_names[1]: np.array(design.unit3_ids, dtype=object)[unit3],
+                  "nj": n1.astype(int)}
+    for k, p in enumerate(idx[0] for idx, _ in spec.random(2)):
+        cols[f"r_{names[p]}"] = fit.eb_pi[:, k]
+        cols[f"postvar_r_{names[p]}"] = fit.eb_pi_var[:, k, k]
+    for i, n in enumerate(archive.level2_names):
+        cols[n] = archive.level2[i][design.level2_positions]
+    return pd.DataFrame(cols)
+
+
+def _level2_units(data):
+    """(the level-3 unit of each level-2 unit, its record count), from the records or from the
+    per-unit summary of the stream and Dask engines (moments.LevelsSummary)."""
+    if hasattr(data, "moments"):
+        return np.asarray(data.unit_parents[0]), data.moments.n
+    return np.asarray(data.unit3), np.bincount(data.unit2, minlength=np.asarray(data.unit3).size).astype(float)
+
+
+def level3_residuals(design, fit, archive):
+    spec = design.spec
+    names = spec.coefficient_names()
+    unit3, n1 = _level2_units(design.data)
+    cols: dict = {"id": design.unit3_ids, "n2": np.bincount(unit3, minlength=design.n3).astype(int),
+                  "n1": np.bincount(unit3, weights=n1, minlength=design.n3).round().astype(int)}
+    for k, (p, q) in enumerate(idx for idx, _ in spec.random(3)):
+        label = f"{names[p]}_{spec.term_names((p,))[q]}"
+        cols[f"u_{label}"] = fit.eb_beta[:, k]
+        cols[f"postvar_u_{label}"] = fit.eb_beta_var[:, k, k]
+    for i, n in enumerate(archive.level3_names):
+        cols[n] = archive.level3[i][design.level3_positions]
+    return pd.DataFrame(cols)
+
+
+def level_residuals(design, fit, archive, level: int):
+    """One row per level-ℓ unit: its id, its parent's id, its size, the EB means with posterior
+    variances of its random effects, and its level-ℓ data."""
+    from .language.equations_levels import RANDOM_LETTERS
+
+    spec = design.spec
+    K = spec.n_levels
+    data = design.data
+    cols: dict = {"id": design.unit_ids[level - 2]}
+    if level < K:
+        cols[archive.id_names[level - 1]] = np.array(design.unit_ids[level - 1], dtype=object)[data.parents[level - 1]]
+    if level == 2 and hasattr(data, "moments"):  # records summarised per level-2 unit: their counts
+        cols["n"] = data.moments.n.round().astype(int)
+    else:
+        cols["n"] = np.bincount(data.parents[level - 2], minlength=design.J(level)).astype(int)
+    for k, (idx, names) in enumerate(spec.random(level)):
+        label = "_".join(names)
+        letter = RANDOM_LETTERS[level - 1]
+        cols[f"{letter}_{label}"] = fit.eb[level - 2][:, k]
+        cols[f"postvar_{letter}_{label}"] = fit.eb_var[level - 2][:, k, k]
+    for i, n in enumerate(archive.names(level)):
+        cols[n] = archive.levels[level - 1].values[i][design.positions[level - 2]]
+    return pd.DataFrame(cols)

@@ -17,8 +17,9 @@ from .lazy import lazy
 pd = lazy("pandas")
 
 from .errors import DataError, ModelError
-from .levels_results import (fixed_rows, information_criteria_levels, level1_fitted, n_units, table_view, tau_blocks,
-                             term_of)
+from .levels_results import (fixed_rows, information_criteria_levels, level1_fitted, level2_residuals, level3_residuals,
+                             level_residuals, n_units, table_view, tau_blocks, term_of)
+from .views import writers
 
 if TYPE_CHECKING:  # pragma: no cover
     from .io.archive import Archive
@@ -76,7 +77,7 @@ class Results:
                  sources: SourceFrames | None = None) -> None:
         self.analysis = analysis
         self.archive = archive
-        self.meta: dict = {"id_name": archive.id_names[0], **(meta or {})}
+        self.meta: dict = {"id_name": archive.level1_id, **(meta or {})}
         self._sources = sources
         self._json: tuple | None = None
         self._eb = None
@@ -87,28 +88,16 @@ class Results:
         """The CLI's JSON document (schema 1) as a dict."""
         key = tuple(self.meta.get(k) for k in ("data_source", "title", "id_name", "command_file", "timestamp"))
         if self._json is None or self._json[0] != key:  # recomputed when the meta it prints changes
-            from .report.report import fit_json, json_safe
-
-            if self.hglm:
-                doc = self.analysis.to_json(self.meta)
-            else:
-                doc = fit_json(self.analysis, self.meta)
-            self._json = (key, json_safe(doc))
+            self._json = (key, writers().fit_document(self.analysis, self.meta, self.hglm))
         return self._json[1]
 
     def to_json(self) -> str:
         """Exactly what `hlmcli fit --format json` prints."""
-        from .report.report import dumps_json
-
-        return dumps_json(self.to_dict())
+        return writers().dumps_json(self.to_dict())
 
     def summary(self, ascii: bool = False) -> str:
         """Exactly what `hlmcli fit` prints (`ascii=True` is `--ascii`)."""
-        from .report.report import Symbols, fit_text
-
-        if self.hglm:
-            return self.analysis.to_text(self.meta, Symbols(ascii))
-        return fit_text(self.analysis, self.meta, Symbols(ascii))
+        return writers().fit_text(self.analysis, self.meta, ascii, self.hglm)
 
     def __repr__(self) -> str:
         fit = self.to_dict()
@@ -151,11 +140,9 @@ class Results:
     def fixed_effects(self) -> pd.DataFrame:
         """One row per γ: term (as the lme4 formula names it: SES_gc, SECTOR:SES_gc), coefficient,
         predictor, gamma, estimate, se, t, df, p and the robust columns."""
-        from .report.terms import fixed_names
-
         fit = self.to_dict()
         frame = pd.DataFrame(fit["fixed_effects"]).drop(columns="term", errors="ignore")
-        frame.insert(0, "term", [r for r, _ in fixed_names(fit)])
+        frame.insert(0, "term", [r for r, _ in writers().fixed_names(fit)])
         return frame
 
     @property
@@ -204,47 +191,33 @@ class Results:
     def aic(self) -> float:
         """deviance + 2k, k counted as lme4 does (see `information_criteria`)."""
         self.deviance  # noqa: B018 (PQL: refused, saying why)
-        from .report.tables import information_criteria
-
-        return information_criteria(self.to_dict())[1]
+        return writers().information_criteria(self.to_dict())[1]
 
     @property
     def bic(self) -> float:
         """deviance + k·log(N), as lme4."""
         self.deviance  # noqa: B018
-        from .report.tables import information_criteria
-
-        return information_criteria(self.to_dict())[2]
+        return writers().information_criteria(self.to_dict())[2]
 
     def tidy(self, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
         """broom.mixed's tidy(): effect, group, term, estimate, std.error, statistic, df, p.value,
         conf.low, conf.high; fixed rows, then sd__ and cor__ rows (see tables.tidy). `se` is
         'model', 'robust' or 'auto' (robust for a weighted fit)."""
-        from .report.tables import tidy
-
-        return tidy(self.to_dict(), conf_level, se)
+        return writers().tidy(self.to_dict(), conf_level, se)
 
     def glance(self) -> pd.DataFrame:
         """broom's glance(), one row: nobs (N), ngrps (J), deviance, AIC, BIC, method, certificate."""
-        from .report.tables import glance
-
-        return pd.DataFrame([glance(self.to_dict())])
+        return pd.DataFrame([writers().glance(self.to_dict())])
 
     def table(self, fmt: str = "markdown", options=None, **given) -> str:
         """The fixed-effects and variance-component tables as csv, markdown, latex or html; `given`
         are tables.TableOptions' fields (se='robust', stars=True, caption=..., notes=(...))."""
-        from .report.tables import TableOptions, fit_table
-
-        if options is None:
-            options = TableOptions(**{k: tuple(v) if k == "notes" else v for k, v in given.items()})
-        return fit_table(self.to_dict(), fmt, options)
+        return writers().table(self.to_dict(), fmt, options, given)
 
     def plot(self, kind: str, path: str | os.PathLike | None = None, **options: Any):
         """Draw one of `plots.KINDS`; saved to `path` (PNG, SVG or PDF by extension) when given.
         Returns the matplotlib Figure."""
-        from .report.plots import plot
-
-        return plot(self, kind, path, **options)
+        return writers().plot(self, kind, path, **options)
 
     # ------------------------------------------------------------ units
     @property
@@ -269,14 +242,12 @@ class Results:
         and for each random coefficient the EB residual u_, its posterior variance postvar_, the
         unit's OLS estimate ols_; for every coefficient the level-2 prediction fitted_ and the EB
         coefficient eb_ (= fitted_ + u_); the Mahalanobis distance."""
-        from .report.terms import random_names
-
         table = self._level2_table()
         keep = [c for c in table.columns if c not in self.analysis.design.level2_values]
         table = table[keep].rename(columns={"nj": "n"})
         table.index = self._user_ids(list(table.pop("id")))
         u_columns = [f"u_{name}" for name in self.random_coefficients]
-        names = [r for r, _ in random_names(self.to_dict())]
+        names = [r for r, _ in writers().random_names(self.to_dict())]
         u = table[u_columns].set_axis(names, axis=1) if all(c in table for c in u_columns) else table.iloc[:, :0]
         return RandomEffects({unit: row.rename(unit) for unit, row in u.iterrows()}, table)
 
@@ -385,7 +356,7 @@ class Results:
         from .io.files import output_transaction
         from .io.residual_files import write_table
 
-        id_name = self.archive.id_names[0]
+        id_name = self.archive.level1_id
         with output_transaction():
             if level2:
                 table, labels = self._residuals_level2(keep), None
@@ -562,17 +533,13 @@ class Results:
         return pd.Index(list(text_ids), dtype=object, name=name)
 
     def _fixed_frame(self) -> pd.DataFrame:
-        from .report.terms import fixed_names
-
         fit = self.to_dict()
         frame = pd.DataFrame(fit["fixed_effects"])
-        frame.index = pd.Index([r for r, _ in fixed_names(fit)], name="term")
+        frame.index = pd.Index([r for r, _ in writers().fixed_names(fit)], name="term")
         return frame
 
     def _se_columns(self) -> tuple[str, str, str]:
-        from .report.tables import se_kind
-
-        return ("robust_se", "robust_t", "robust_p") if se_kind(self.to_dict()) == "robust" else ("se", "t", "p")
+        return ("robust_se", "robust_t", "robust_p") if writers().se_kind(self.to_dict()) == "robust" else ("se", "t", "p")
 
     @property
     def params(self) -> pd.Series:
@@ -628,9 +595,7 @@ class Results:
     @property
     def cov_re(self) -> pd.DataFrame:
         """τ, labelled by random term as the lme4 formula names them: (Intercept), SES_gc."""
-        from .report.terms import random_names
-
-        names = [r for r, _ in random_names(self.to_dict())]
+        names = [r for r, _ in writers().random_names(self.to_dict())]
         return pd.DataFrame(self.tau.to_numpy(), index=names, columns=names)
 
     @property
@@ -696,19 +661,7 @@ class LevelsResults(Results):
         """The CLI's JSON document (schema 3 at three levels, 4 at four) as a dict."""
         key = self._meta_key()
         if self._json is None or self._json[0] != key:
-            from .report.report import json_safe
-            from .report.report_levels import fit_json, fit_json3
-
-            a = self.analysis
-            if a.hglm is not None:
-                from .report.report_hglm_levels import hglm_json3
-
-                doc = hglm_json3(a.design, a.fit, self._report_meta(), a.hglm)
-            else:
-                doc = fit_json3(a.design, a.fit, self._report_meta()) if self.n_levels == 3 else \
-                    fit_json(a.design, a.fit, self._report_meta())
-            doc.update(a.extras)
-            self._json = (key, json_safe(doc))
+            self._json = (key, writers().levels_document(self.analysis, self._report_meta()))
         return self._json[1]
 
     def _report_meta(self) -> dict:
@@ -721,26 +674,11 @@ class LevelsResults(Results):
         return meta
 
     def to_json(self) -> str:
-        from .report.report import dumps_json
-
-        return dumps_json(self.to_dict())
+        return writers().dumps_json(self.to_dict())
 
     def summary(self, ascii: bool = False) -> str:
         """Exactly what `hlmcli fit` prints: HLM3's (three levels) or HLM4's (four) tables."""
-        from .report.report import Symbols, extras_text, printable
-        from .report.report_levels import Symbols3, SymbolsLevels, fit_text, fit_text3
-
-        a = self.analysis
-        if a.hglm is not None:
-            from .report.report_hglm_levels import hglm_text3
-
-            text = hglm_text3(a.design, a.fit, self._report_meta(), Symbols3(ascii), a.hglm)
-        elif self.n_levels == 3:
-            text = fit_text3(a.design, a.fit, self._report_meta(), Symbols3(ascii))
-        else:
-            text = fit_text(a.design, a.fit, self._report_meta(), SymbolsLevels(ascii))
-        extra = extras_text(a.extras, Symbols(ascii)) if a.extras else []
-        return text + ("\n".join(printable(line) for line in extra) + "\n" if extra else "")
+        return writers().levels_text(self.analysis, self._report_meta(), ascii)
 
     def __repr__(self) -> str:
         fit = self.analysis.fit
@@ -838,22 +776,14 @@ class LevelsResults(Results):
 
     def tidy(self, conf_level: float = 0.95, se: str = "auto") -> "pd.DataFrame":
         """broom.mixed's tidy(): the fixed effects, then the sd__/cor__ rows of each level's group."""
-        from .report.tables import tidy
-
-        return tidy(table_view(self.to_dict()), conf_level, se)
+        return writers().tidy(table_view(self.to_dict()), conf_level, se)
 
     def table(self, fmt: str = "markdown", options=None, **given) -> str:
         """The fixed-effects and variance-component tables as csv, markdown, latex or html (tables.TableOptions)."""
-        from .report.tables import TableOptions, fit_table
-
-        if options is None:
-            options = TableOptions(**{k: tuple(v) if k == "notes" else v for k, v in given.items()})
-        return fit_table(table_view(self.to_dict()), fmt, options)
+        return writers().table(table_view(self.to_dict()), fmt, options, given)
 
     def plot(self, kind: str, path=None, **options):
-        from .report.plots import plot_levels
-
-        return plot_levels(self, kind, path, **options)
+        return writers().plot_levels(self, kind, path, **options)
 
     def predict(self, newdata=None):
         raise ModelError(f"predict() is for two-level fits; for a {self.n_levels}-level fit, residuals_level1() holds "
@@ -872,27 +802,53 @@ class LevelsResults(Results):
         keep = [c for c in table.columns if c not in data_columns or c == "id"]
         return table[keep].set_index("id").rename_axis(self.archive.id_names[level - 2])
 
-    def residuals_level(self, level: int) -> "pd.DataFrame":
-        """HLM's level-`level` residual file (2 ≤ level ≤ K)."""
+    def residuals_level(self, level: int, keep: Sequence[str] = ()) -> "pd.DataFrame":
+        """HLM's level-`level` residual file (2 ≤ level ≤ K), plus the `keep` columns of the source files
+        (text too): from the file of this level or above through each unit's ancestor, else from a file
+        below where the unit's value is constant within it (empty where it varies)."""
         if not 2 <= level <= self.n_levels:
             raise ModelError(f"level must be 2 ... {self.n_levels}, not {level}")
         a = self.analysis
-        from .report.report_levels import level2_residuals, level3_residuals, level_residuals
-
         if self.n_levels == 3:
-            return (level2_residuals if level == 2 else level3_residuals)(a.design, a.fit, self.archive)
-        return level_residuals(a.design, a.fit, self.archive, level)
+            table = (level2_residuals if level == 2 else level3_residuals)(a.design, a.fit, self.archive)
+        else:
+            table = level_residuals(a.design, a.fit, self.archive, level)
+        if keep:
+            self._add_kept(table, keep, level, self._unit_positions()[level - 2])
+        return table
 
     def residuals_level2(self, keep: Sequence[str] = ()) -> "pd.DataFrame":
-        return self.residuals_level(2)
+        return self.residuals_level(2, keep)
+
+    def _unit_positions(self) -> list:
+        """Per level 2..K, the archive index of each unit the fit kept (the residual files' rows)."""
+        d = self.analysis.design
+        return [d.level2_positions, d.level3_positions] if self.n_levels == 3 else list(d.positions)
+
+    def _level_frames(self):
+        if getattr(self, "_frames", None) is None:
+            from .io.sources import level_frames
+
+            self._frames = level_frames(self.archive, self.meta.get("source_files"))
+        return self._frames
+
+    def _add_kept(self, table: "pd.DataFrame", keep: Sequence[str], level: int, units) -> None:
+        """The `keep` columns, in the order given, after the file's own; a name it already has is left as it is."""
+        from .io.sources import keep_columns
+
+        wanted = [name for name in dict.fromkeys(keep) if name not in table.columns]
+        for name, values in keep_columns(self.archive, self._level_frames(), wanted, level, units).items():
+            table[name] = values
 
     def residuals_level1(self, keep: Sequence[str] = (), order: str = "unit") -> "pd.DataFrame":
         """The level-1 residual file: each record's unit ids (levels 2..K), the outcome, the fitted value
         from the fixed part (fitted_fixed) and with the EB estimates of every level (fitted), the
-        residual (outcome - fitted) and the level-1 predictors, in the archive's order (by unit)."""
-        if order != "unit" or keep:
-            raise ModelError("the level-1 residual file of a model of three or more levels is in the archive's "
-                             "order (by unit), without --keep columns")
+        residual (outcome - fitted) and the level-1 predictors, in the archive's order (by unit), or in
+        the level-1 file's (`order="source"`). With `keep` or `order="source"`, `row` (after the ids) is
+        each record's 1-based row in the level-1 file, and `keep` carries source columns, text too:
+        level-1 columns directly, those of the levels above through the record's unit there."""
+        if order not in ("source", "unit"):
+            raise ModelError(f"order must be 'source' or 'unit', not '{order}'")
         a = self.analysis
         data = a.design.data
         from .engine.nested import as_levels
@@ -911,7 +867,20 @@ class LevelsResults(Results):
         cols.update({"fitted": eb, "fitted_fixed": fixed, "residual": y - eb, a.spec.outcome: y})
         for k, t in enumerate(a.levels_spec.level1):
             cols[t.label] = levels.predictors[0][:, self._level1_col(k)]
-        return pd.DataFrame(cols)
+        table = pd.DataFrame(cols)
+        if not keep and order == "unit":
+            return table
+        records = a.design.record_positions
+        if records is None:
+            raise ModelError("the level-1 records were summarised per unit (--engine stream or dask), so they have "
+                             "no rows or source columns to carry; fit with --engine memory")
+        rows = self._level_frames().rows[0][records]
+        table.insert(self.n_levels - 1, "row", rows + 1)
+        if keep:
+            self._add_kept(table, keep, 1, records)
+        if order == "source":
+            table = table.iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
+        return table
 
     def _level1_col(self, k: int) -> int:
         """The column of the k-th level-1 predictor in the design (design_levels: one column per distinct
@@ -933,5 +902,5 @@ class LevelsResults(Results):
         with output_transaction():
             for level, path in sorted(paths.items()):
                 if path:
-                    table = self.residuals_level1(keep) if level == 1 else self.residuals_level(level)
+                    table = self.residuals_level1(keep, order) if level == 1 else self.residuals_level(level, keep)
                     write_table(table, path)

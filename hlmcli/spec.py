@@ -17,17 +17,22 @@ class FamilyName(str, Enum):
     BERNOULLI = "bernoulli"
     BINOMIAL = "binomial"
     POISSON = "poisson"
+    ORDINAL = "ordinal"  # cumulative link, categories 1..C (engine/ordinal.py)
 
 
 class Link(str, Enum):
     IDENTITY = "identity"
     LOGIT = "logit"
     LOG = "log"
+    PROBIT = "probit"  # ordinal outcomes only (--link)
+    CLOGLOG = "cloglog"
 
 
-# The canonical link of each family, the only one hlmcli fits (as HLM 7).
+# The canonical link of each family, the only one hlmcli fits (as HLM 7); an ordinal outcome's link is
+# logit by default, probit or cloglog with --link (Laplace and AGQ).
 LINKS = {FamilyName.NORMAL: Link.IDENTITY, FamilyName.BERNOULLI: Link.LOGIT, FamilyName.BINOMIAL: Link.LOGIT,
-         FamilyName.POISSON: Link.LOG}
+         FamilyName.POISSON: Link.LOG, FamilyName.ORDINAL: Link.LOGIT}
+ORDINAL_LINKS = (Link.LOGIT, Link.PROBIT, Link.CLOGLOG)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class FitOptions:
 
     method: Method | None = None
     family: FamilyName | None = None
+    link: Link | None = None  # ordinal outcomes: logit (default), probit, cloglog
     trials: str | None = None
     exposure: str | None = None
     overdispersion: bool | None = None
@@ -142,9 +148,15 @@ def subscript(*indices: int) -> str:
     return "".join(map(str, indices)) if all(0 <= i < 10 for i in indices) else ",".join(map(str, indices))
 
 
+def coefficient_label(letter: str, indices) -> str:
+    """The label of a coefficient at any level, as every output prints it and `--test` reads it: its
+    letter (γ, or g in ASCII; π, β, δ, ...) and HLM 7's subscripts."""
+    return letter + subscript(*indices)
+
+
 def gamma_label(q: int, s: int, letter: str = "γ") -> str:
-    """The label of γqs, as every output prints it and `--test` reads it (ASCII: letter='g')."""
-    return f"{letter}{subscript(q, s)}"
+    """The label of a two-level model's γqs (ASCII: letter='g')."""
+    return coefficient_label(letter, (q, s))
 
 
 def hlm_block(text: str):

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from hlmcli.io.archive import load_archive
 from hlmcli.cli import main
 
-from conftest import SAMPLE, hlmcli
+from conftest import DATA, SAMPLE, hlmcli
 
 
 def run(*args):
@@ -165,22 +165,22 @@ def test_cache_is_reused_rebuilt_on_change_and_on_damage(tmp_path, monkeypatch):
 
     l1, l2 = _two_files(tmp_path)
     opts = BuildOptions(id1="ID", id2="ID")
-    a, status = cached_archive(l1, l2, opts)
+    a, status = cached_archive((l1, l2), opts)
     assert status == "built" and a.n_level1 == 7185
     assert a.path.parent == Path(os.environ["HLMCLI_CACHE_DIR"]) and not (tmp_path / ".hlmcli-cache").exists()
-    _, status = cached_archive(l1, l2, opts)
+    _, status = cached_archive((l1, l2), opts)
     assert status == "reused"
     # a changed source gives a new key, so a new build
     with open(l1, "a") as f:
         f.write("1224,0,1,0.5,10.0\n")
-    a, status = cached_archive(l1, l2, opts)
+    a, status = cached_archive((l1, l2), opts)
     assert status == "built" and a.n_level1 == 7186
     # damage the cached file: detected and rebuilt
     cached = a.path
     raw = bytearray(cached.read_bytes())
     raw[len(raw) // 2] ^= 0x55
     cached.write_bytes(bytes(raw))
-    a, status = cached_archive(l1, l2, opts)
+    a, status = cached_archive((l1, l2), opts)
     assert status.startswith("rebuilt") and a.n_level1 == 7186
 
 
@@ -315,3 +315,28 @@ def test_quiet_build_prints_nothing(pair):
     l2.write_text("id,w\n1,0\n2,1\n3,5\n")
     proc = hlmcli("mdm", "build", l1, l2, "--id", "id", "-o", out, "--quiet")
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+
+
+# ---------------------------------------------------------------- format 2 archives are still read
+
+def test_format_2_archives_load_as_the_one_archive_type():
+    """Archives written by the previous format (2: a two-level header of its own; the three-level one)
+    load with the same names, ids, links and values as a build of their sources today."""
+    from hlmcli.io.archive import BuildOptions, build_from_files, load_archive
+    from hlmcli.io.archive_levels import BuildOptions3, build_from_files3
+
+    T3, V2 = DATA / "three_level", DATA / "archive_v2"
+    cases = [(V2 / "pastes2_format2.mdm", 2, build_from_files(T3 / "pastes_l1.csv", T3 / "pastes_l2.csv",
+                                                             BuildOptions("sample", "SAMPLE", keep1=("STRENGTH",)))),
+             (V2 / "pastes3_format2.mdm", 3, build_from_files3([T3 / f"pastes_l{k}.csv" for k in (1, 2, 3)],
+                                                               BuildOptions3("SAMPLE", "BATCH")))]
+    for path, K, built in cases:
+        old = load_archive(path, K)
+        assert old.n_levels == K and old.id_names == built.id_names and old.level1_id == built.level1_id
+        for a, b in zip(old.levels, built.levels):
+            assert a.names == b.names and a.ids == b.ids
+            np.testing.assert_array_equal(a.values, b.values)
+            if a.offsets is not None:
+                np.testing.assert_array_equal(a.offsets, b.offsets)
+        assert [s.sha256 for s in old.sources] == [s.sha256 for s in built.sources]
+    assert load_archive(V2 / "pastes2_format2.mdm").unit_ids == [str(k) for k in range(1, 31)]

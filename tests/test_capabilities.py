@@ -145,7 +145,7 @@ def check_compare(kind, tmp_path):
 # The default run renders one of the three paper formats per kind, each format for some kind (each call
 # costs a start-up and the tables' imports); test_every_format_of_every_kind (slow) renders all 15.
 _FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown"}
-_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS if k not in ("three-level", "four-level", "three-level-pql")]  # the levels' own checks
+_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS if k not in ("three-level", "four-level", "crossed", "three-level-pql")]  # their own checks
 assert set(_FORMAT_OF_KIND) == set(_TWO_LEVEL_KINDS) and set(_FORMAT_OF_KIND.values()) == {"markdown", "latex", "html"}
 
 
@@ -297,6 +297,23 @@ def check_stream_dask(kind, tmp_path):
     matches_reference(doc["fixed_effects"], "linear")
 
 
+O = DATA / "ordinal"
+ORDINAL = [O / "wine_l1.csv", O / "wine_l2.csv", "--id", "judge", "-1", "rating = b0 + b1*warm + b2*contact",
+           "-2", "b0 = g00 + u0", "-2", "b1 = g10", "-2", "b2 = g20", "--family", "ordinal"]
+
+
+def check_ordinal(kind, tmp_path):
+    """wine, rating ~ warm + contact + (1|judge): clmm's Laplace or nAGQ = 10 fit (tests/reference_scripts/ordinal_clmm.R)."""
+    nodes = {"laplace": 1, "agq": 10}[kind]
+    ref = next(f for f in json.loads((O / "clmm_reference.json").read_text())["fits"]
+               if f["data"] == "wine" and f["link"] == "logit" and f["nAGQ"] == nodes)
+    extra = ["--estimation", kind] + (["--quadrature-points", "10"] if kind == "agq" else [])
+    doc = json.loads(run("fit", *ORDINAL, *extra, "--format", "json").stdout)
+    assert doc["converged"] and doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+    assert doc["clmm"]["theta"] == pytest.approx(ref["theta"], rel=1e-4)
+    assert doc["clmm"]["beta"] == pytest.approx(ref["beta"], rel=1e-4)
+
+
 SUPPORTED = {f.key: globals()[f"check_{f.key}"] for f in capabilities.FEATURES}
 
 
@@ -404,6 +421,46 @@ def check_levels_compare(kind, tmp_path):
     pastes = tmp_path / "pastes.json"
     pastes.write_text(json.dumps(levels_json("three-level")))
     one_line_refusal(run_cli("compare", pastes, big), "were fitted to different records")
+    # the same files' names, shape, ids and counts, one outcome value changed: only the data hash tells
+    other = tmp_path / "other"
+    other.mkdir()
+    for src in PASTES[:3]:
+        (other / src.name).write_bytes(src.read_bytes())
+    l1 = pd.read_csv(other / PASTES[0].name)
+    l1.loc[0, "STRENGTH"] += 1.0
+    l1.to_csv(other / PASTES[0].name, index=False)
+    proc = run("fit", *(other / src.name for src in PASTES[:3]), *PASTES[3:], *PASTES_MODEL, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    changed = json.loads(proc.stdout)
+    original = json.loads(pastes.read_text())
+    assert [changed[k] for k in ("data_source", "ids", "n_level1", "n_level2", "n_level3", "n_deleted")] == \
+        [original[k] for k in ("data_source", "ids", "n_level1", "n_level2", "n_level3", "n_deleted")]
+    assert changed["data_hash"] != original["data_hash"]
+    (tmp_path / "changed.json").write_text(proc.stdout)
+    one_line_refusal(run_cli("compare", pastes, tmp_path / "changed.json"),
+                     "were fitted to different records (the outcome values or units differ)")
+
+
+def test_levels_data_hash_by_hand():
+    """The three-level data hash from the source files by hand: the outcome in archive order (level-3 file
+    order, then level-2 file order, records stable), then per level the unit sizes and ids (fit-3.json)."""
+    import hashlib
+
+    import numpy as np
+
+    l1, l2, l3 = (pd.read_csv(p, dtype=str) for p in PASTES[:3])
+    batches = list(l3["BATCH"])
+    samples = sorted(l2["SAMPLE"], key=lambda s: batches.index(l2.set_index("SAMPLE").loc[s, "BATCH"]))
+    records = sorted(range(len(l1)), key=lambda i: samples.index(l1["SAMPLE"][i]))
+    y = l1["STRENGTH"].astype(float).to_numpy()[records]
+    h = hashlib.sha256(np.ascontiguousarray(y, dtype="<f8").tobytes())
+    sizes2 = [int((l1["SAMPLE"] == s).sum()) for s in samples]
+    sizes3 = [int((l2["BATCH"] == b).sum()) for b in batches]
+    for k, (sizes, ids) in enumerate(((sizes2, samples), (sizes3, batches))):
+        h.update(b"\x1e" if k else b"")
+        h.update(np.cumsum([0] + sizes).astype("<i8").tobytes())
+        h.update("\x1f".join(ids).encode("utf-8"))
+    assert levels_json("three-level")["data_hash"] == h.hexdigest()
 
 
 def check_levels_formats(kind, tmp_path):
@@ -617,6 +674,51 @@ def check_levels_satterthwaite(kind, tmp_path):
         _stats_matches(doc, "schools", "ml", ["(Intercept)", "SECTOR", "CSIZE", "SES", "TIME"], False)
 
 
+def check_levels_keep(kind, tmp_path):
+    """--keep at three and four levels: source columns (text too) in every level's residual file, taken from
+    the source files by hand: from the level's own file or one above through the unit's ancestor, from a
+    file below where constant within the unit (else empty); `row` maps each record to its level-1 row."""
+    if kind == "four-level":
+        paths = {k: tmp_path / f"r{k}.csv" for k in (1, 3)}
+        proc = run_cli("fit", *LEVELS_BASE[kind], "--residuals-l1", paths[1], "--residuals-l3", paths[3],
+                       "--keep", "SECTOR,CSIZE", "-q")
+        assert proc.returncode == 0, proc.stderr
+        l3, l4 = (pd.read_csv(T4 / f"schools_l{k}.csv") for k in (3, 4))
+        r1, r3 = pd.read_csv(paths[1]), pd.read_csv(paths[3])
+        school = l4.set_index("SCHOOLID")["SECTOR"]
+        assert list(r3["SECTOR"]) == list(school.loc[l3.set_index("CLASSID").loc[r3["id"], "SCHOOLID"]])
+        assert list(r1["CSIZE"]) == list(l3.set_index("CLASSID").loc[r1["CLASSID"], "CSIZE"])
+        l1 = pd.read_csv(T4 / "schools_l1.csv")
+        assert list(r1["SCORE"]) == list(l1["SCORE"].iloc[r1["row"] - 1])
+        return
+    rng = np.random.default_rng(19)
+    l1 = pd.read_csv(PASTES[0]).iloc[rng.permutation(60)].reset_index(drop=True)
+    l1["NOTE"] = [f"n{i}" for i in range(60)]  # text, one per record
+    l1["SCODE"] = "s" + l1["SAMPLE"].astype(str)  # text, constant within each level-2 unit
+    l2 = pd.read_csv(PASTES[1])
+    l3 = pd.read_csv(PASTES[2])
+    l3["PLANT"] = "p" + l3["BATCH"].astype(str)
+    files = [tmp_path / f"pastes_l{k}.csv" for k in (1, 2, 3)]
+    for frame, path in zip((l1, l2, l3), files):
+        frame.to_csv(path, index=False)
+    paths = {k: tmp_path / f"r{k}.csv" for k in (1, 2, 3)}
+    proc = run_cli("fit", *files, *PASTES[3:], *PASTES_MODEL, *(x for k, p in paths.items() for x in (f"--residuals-l{k}", p)),
+                   "--keep", "NOTE,CASK,PLANT,SCODE", "-q")
+    assert proc.returncode == 0, proc.stderr
+    r1, r2, r3 = (pd.read_csv(paths[k], dtype=str, keep_default_na=False) for k in (1, 2, 3))
+    assert list(r1.columns[-4:]) == ["NOTE", "CASK", "PLANT", "SCODE"] and list(r1.columns[:3]) == ["SAMPLE", "BATCH", "row"]
+    src = l1.iloc[r1["row"].astype(int) - 1]
+    assert list(r1["NOTE"]) == list(src["NOTE"]) and list(r1["SCODE"]) == list(src["SCODE"])
+    assert [float(x) for x in r1["STRENGTH"]] == list(src["STRENGTH"])
+    cask = l2.set_index(l2["SAMPLE"].astype(str))["CASK"]
+    assert list(r1["CASK"]) == list(cask.loc[r1["SAMPLE"]]) and list(r1["PLANT"]) == ["p" + b for b in r1["BATCH"]]
+    assert sorted(r1["row"].astype(int)) == list(range(1, 61))
+    assert list(r2["CASK"]) == list(cask.loc[r2["id"]]) and list(r2["SCODE"]) == ["s" + i for i in r2["id"]]
+    assert set(r2["NOTE"]) == {""}  # a level-1 column varying within the unit: empty
+    batch = r3.columns[0]
+    assert list(r3["PLANT"]) == ["p" + b for b in r3[batch]] and set(r3["CASK"]) == {""} and set(r3["SCODE"]) == {""}
+
+
 def check_levels_stream_dask(kind, tmp_path):
     """--engine stream at three and four levels: the JSON equal to memory's to 1e-10 in every number
     (the Dask engine: tests/test_dask_engine.py), against lme4; --residuals-l1 refused with its reason."""
@@ -627,6 +729,11 @@ def check_levels_stream_dask(kind, tmp_path):
     levels_matches(doc, kind)
     proc = run("fit", *LEVELS_BASE[kind], "--engine", "stream", "--residuals-l1", tmp_path / "r1.csv", "-q")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "needs the records themselves" in proc.stderr
+    # --missing now is the capabilities table's refusal too (exit 1, its reason), not a usage error
+    proc = run("fit", *LEVELS_BASE[kind], "--engine", "dask", "--missing", "now", "-q")
+    one_line_refusal(proc, f"--missing now: not available with --engine dask for a {kind} linear fit: "
+                           + capabilities.reason("missing_now", "linear-summary"))
+    assert proc.returncode == 1
 
 
 SUPPORTED_LEVELS = {key[len("check_levels_"):]: f for key, f in globals().items() if key.startswith("check_levels_")}
@@ -709,6 +816,70 @@ def check_hglm3_missing_now(tmp_path):
 SUPPORTED_HGLM3 = {key[len("check_hglm3_"):]: f for key, f in globals().items() if key.startswith("check_hglm3_")}
 
 
+# ---------------------------------------------------------------- cross-classified
+# References: lmer's fits in tests/data/crossed/crossed_lme4.json (tests/reference_scripts/crossed_lme4.R).
+# Penicillin (24 plates crossed with 6 samples) is small, so its cells are cheap.
+
+XC = DATA / "crossed"
+XC_FORMULA = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+XC_BASE = [XC / "penicillin.csv", "--formula", XC_FORMULA, "--ml"]
+
+
+def _xc_reference(formula: str, method: str) -> dict:
+    fits = json.loads((XC / "crossed_lme4.json").read_text())["fits"]
+    return next(f for f in fits if f["formula"] == formula and f["method"] == method)
+
+
+def _xc_matches(doc: dict, formula: str = XC_FORMULA, method: str = "ML") -> None:
+    ref = _xc_reference(formula, method)
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    for f in doc["fixed_effects"]:
+        name = "(Intercept)" if f["name"] == "INTRCPT" else f["name"]
+        assert f["coefficient"] == pytest.approx(ref["gamma"][name], rel=1e-6)
+        assert f["se"] == pytest.approx(ref["se"][name], rel=1e-6)
+
+
+def check_crossed_api(kind, tmp_path):
+    _xc_matches(hlmcli.fit_crossed(XC / "penicillin.csv", XC_FORMULA, "ML").to_dict())
+
+
+def check_crossed_json_out(kind, tmp_path):
+    path = tmp_path / "fit.json"
+    proc = run_cli("fit", *XC_BASE, "--json-out", path, "-q")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(path.read_text())
+    _xc_matches(doc)
+    assert doc["fixed_effects"] == hlmcli.fit_crossed(XC / "penicillin.csv", XC_FORMULA, "ML").to_dict()["fixed_effects"]
+
+
+def check_crossed_tau_diagonal(kind, tmp_path):
+    """--tau diagonal splits every random term, as lmer's (1 + verbal || second)."""
+    formula = "attain ~ verbal + female + (1 + verbal || second) + (1 | primary)"
+    proc = run_cli("fit", XC / "scotssec.csv", "--formula", formula.replace("||", "|"), "--tau", "diagonal",
+                   "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    _xc_matches(json.loads(proc.stdout), formula, "REML")
+
+
+SUPPORTED_CROSSED = {key[len("check_crossed_"):]: f for key, f in globals().items() if key.startswith("check_crossed_")}
+
+
+def check_refused_crossed(feature, why, tmp_path):
+    if feature in ("table", "compare"):  # they read saved fits
+        saved = tmp_path / "xc.json"
+        saved.write_text(json.dumps(hlmcli.fit_crossed(XC / "penicillin.csv", XC_FORMULA, "ML").to_dict()))
+        proc = run_cli(feature, saved, saved)
+        one_line_refusal(proc, why)
+        return
+    if feature == "plot":
+        proc = run_cli("plot", "equation", XC / "penicillin.csv", "--formula", XC_FORMULA, "-o", tmp_path / "eq.png")
+    else:
+        ask = {**ASK, "formats": lambda kind, d: ["--format", "csv"], "test": lambda kind, d: ["--test", "g00 = 0"]}
+        proc = run_cli("fit", *XC_BASE, *ask[feature]("crossed", tmp_path))
+    one_line_refusal(proc, why)
+    assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
+
+
 # ---------------------------------------------------------------- refused cells
 
 ASK = {
@@ -723,12 +894,11 @@ ASK = {
     "full_output": lambda kind, d: ["--full-output"],
     "stream_dask": lambda kind, d: ["--engine", "stream"],
     "compare_deviance": lambda kind, d: ["--compare-deviance", "2300", "--compare-params", "2"],
+    "ordinal": lambda kind, d: ["--family", "ordinal", "-q"],  # -q: pastes' text column warns on loading
 }
 
 
-ASK_LEVELS = {
-    "keep": lambda kind, d: ["--residuals-l2", d / "r2.csv", "--keep", "CASK"],
-}
+ASK_LEVELS = {}
 
 
 def check_refused(feature, kind, why, tmp_path):
@@ -745,6 +915,13 @@ def check_refused(feature, kind, why, tmp_path):
             proc = run_cli("fit", *LEVELS_BASE[kind], *{**ASK, **ASK_LEVELS}[feature](kind, tmp_path))
         one_line_refusal(proc, why)
         assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
+        return
+    if feature == "ordinal":  # an ordinal outcome is an HGLM: the linear columns are reached only by their reason
+        if kind.startswith("linear"):
+            assert "--family ordinal with --estimation" in why
+            return
+        proc = run_cli("fit", *ORDINAL)  # PQL, the default
+        one_line_refusal(proc, why)
         return
     if feature == "compare":  # compare reads saved fits
         proc = run_cli("compare", _saved(kind, tmp_path, True), _saved(kind, tmp_path))
@@ -780,10 +957,11 @@ def test_levels_equation_graph_by_hand():
 
 
 # cells that fit the four-level schools model or the three-level EG models more than once (seconds each)
-SLOW_LEVEL_CELLS = {("tau_diagonal", "three-level"), ("tau_diagonal", "four-level"), ("satterthwaite", "three-level"),
+SLOW_LEVEL_CELLS = {("keep", "four-level"), ("tau_diagonal", "three-level"), ("tau_diagonal", "four-level"), ("satterthwaite", "three-level"),
                     ("satterthwaite", "four-level"), ("compare", "three-level"), ("plot", "four-level"), ("weights", "four-level"), ("table", "four-level"), ("compare_deviance", "four-level"),
                     ("residuals", "four-level"), ("json_out", "four-level"), ("missing_now", "four-level"),
-                    ("test", "four-level"), ("formats", "four-level"), ("api", "four-level")}
+                    ("test", "four-level"), ("formats", "four-level"), ("api", "four-level"),
+                    ("tau_diagonal", "crossed")}
 
 
 def _cells():
@@ -798,7 +976,12 @@ def _cells():
 @pytest.mark.parametrize("feature,kind", list(_cells()))
 def test_cell(feature, kind, tmp_path):
     why = capabilities.reason(feature, kind)
-    if why:
+    if kind == "crossed":
+        if why:
+            check_refused_crossed(feature, why, tmp_path)
+        else:
+            SUPPORTED_CROSSED[feature](kind, tmp_path)
+    elif why:
         check_refused(feature, kind, why, tmp_path)
     elif kind == "three-level-pql":
         SUPPORTED_HGLM3[feature](tmp_path)

@@ -212,6 +212,7 @@ def test_formula_beside_equations_is_a_usage_error():
     assert rc == 2 and "not both" in text
 
 
-def test_crossed_formula_is_refused_in_one_line():
+def test_crossed_formula_with_two_files_is_refused_in_one_line():
+    """Crossed factors are fitted from one data file (tests/test_crossed.py); two files are a usage error."""
     rc, text = cli("fit", *HSB_FILES, "--formula", "MATHACH ~ SES + (1 | ID) + (1 | SECTOR)")
-    assert rc == 1 and "crossed" in text and len(text.strip().splitlines()) == 1
+    assert rc == 2 and "crossed" in text and "one data file" in text and len(text.strip().splitlines()) == 1

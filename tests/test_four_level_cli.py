@@ -137,39 +137,50 @@ def test_four_level_bad_input_is_one_line_with_its_exit_code(schools_archive, tm
     assert proc.returncode == 1 and "nothing is random at level 3" in proc.stderr
 
 
-def test_three_level_archives_are_the_k_level_format_at_three_levels():
-    """The one K-level writer gives three-level archives the bytes they had before it (sha256 pinned from
-    the three-level writer it replaced, sources' paths and times fixed), and the K-level loader reads them."""
+def test_archives_of_every_level_are_one_format():
+    """One writer for every number of levels: the bytes of a two- and a three-level archive (format 3) are
+    pinned (sha256, sources' paths and times fixed); the loader reads them back as the one archive type."""
     import hashlib
 
-    from hlmcli.io.archive import Source
-    from hlmcli.io.archive_levels import BuildOptions3, archive3_bytes, build_from_files3
+    from hlmcli.io.archive import BuildOptions, Source, archive_bytes, build_from_files
+    from hlmcli.io.archive_levels import BuildOptions3, build_from_files3
 
     from conftest import SAMPLE
 
-    cases = [([SAMPLE / "eg" / f"eg_l{k}.csv" for k in (1, 2, 3)], ("CHILDID", "SCHOOLID"),
-              "33ca8dbb51eee873c56002029048baa13427f2958677a1b6345fd49b2aa4971f"),
-             ([DATA / "three_level" / f"pastes_l{k}.csv" for k in (1, 2, 3)], ("SAMPLE", "BATCH"),
-              "b52e7cb717f71d44746b604eb2eeb3189e9c02c183b7d105300f5dce35d7c893")]
-    for files, ids, sha in cases:
-        a = build_from_files3(files, BuildOptions3(*ids))
+    T3 = DATA / "three_level"
+    cases = [(build_from_files3([SAMPLE / "eg" / f"eg_l{k}.csv" for k in (1, 2, 3)], BuildOptions3("CHILDID", "SCHOOLID")),
+              "EG3"),
+             (build_from_files3([T3 / f"pastes_l{k}.csv" for k in (1, 2, 3)], BuildOptions3("SAMPLE", "BATCH")), "PASTES3"),
+             (build_from_files(T3 / "pastes_l1.csv", T3 / "pastes_l2.csv",
+                               BuildOptions("SAMPLE", "SAMPLE", keep1=("STRENGTH",))), "PASTES2")]
+    shas = {}
+    for a, name in cases:
         a.sources = [Source(s.role, s.name, "fixed/" + s.name, s.size, 0, s.sha256, s.format, s.encoding)
                      for s in a.sources]
-        raw = b"".join(archive3_bytes(a))
-        assert hashlib.sha256(raw).hexdigest() == sha
+        shas[name] = hashlib.sha256(b"".join(archive_bytes(a))).hexdigest()
+    assert shas == ARCHIVE_SHAS
 
 
-def test_k_level_loader_reads_a_three_level_archive(tmp_path):
-    from hlmcli.io.archive_levels import BuildOptions3, build_from_files3, load_archive_levels, write_archive3
+ARCHIVE_SHAS = {  # format 3 (format 2's three-level pins were 33ca8dbb… and b52e7cb7…)
+    "EG3": "465d51d16040a2ff5106d8927019adc238b2f02a3f7abf494342071aa0c891c8",
+    "PASTES3": "696da67efef7e6e5c0b8d0994c314151a8f5218d909ee2e2ec1ff6a740fff70f",
+    "PASTES2": "ffc7fb350797ae183a4904eaf3976948c5bfbe41d6359d1d2eddc3ce5038311a",
+}
+
+
+def test_one_loader_reads_a_three_level_archive(tmp_path):
+    from hlmcli.io.archive import load_archive, write_archive
+    from hlmcli.io.archive_levels import BuildOptions3, build_from_files3
 
     from conftest import SAMPLE
 
     a = build_from_files3([SAMPLE / "eg" / f"eg_l{k}.csv" for k in (1, 2, 3)], BuildOptions3("CHILDID", "SCHOOLID"))
-    write_archive3(a, tmp_path / "eg.mdm")
-    b = load_archive_levels(tmp_path / "eg.mdm", 3)
+    write_archive(a, tmp_path / "eg.mdm")
+    b = load_archive(tmp_path / "eg.mdm", 3)
     assert b.n_levels == 3 and b.n_level3 == 60 and b.unit3_ids == a.unit3_ids
     assert all(np.array_equal(x.values, y.values) for x, y in zip(a.levels, b.levels))
     np.testing.assert_array_equal(b.offsets2, a.offsets2)
+    assert load_archive(tmp_path / "eg.mdm", None).n_levels == 3
 
 
 CENTRED_MODEL = ["-1", "SCORE = p0 + p1*group(TIME) + e",

@@ -13,15 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hlmcli.io.archive_levels import BuildOptions3, build_from_files3, load_archive3, write_archive3
-from hlmcli.data.design_levels import design3, variables3_of
-from hlmcli.language.equations_levels import (Centering, RunOptions3, Variables3, build_spec3, classify, parse_hlm3_file,
+from hlmcli.io.archive import load_archive, write_archive
+from hlmcli.io.archive_levels import BuildOptions3, build_from_files3
+from hlmcli.data.design_levels import design3, variables_of
+from hlmcli.language.equations_levels import (Centering, RunOptionsLevels, VariablesLevels, build_spec3, classify, parse_hlm3_file,
                                spec3_from_inputs)
 from hlmcli.errors import DataError, HlmError, ModelError
 from hlmcli.engine.nested import NestedFit
 from hlmcli.report.report_levels import Symbols3, fit_json3, fit_text3, lme4_formula3, model_summary3
 
-V = Variables3(("YEAR", "GRADE", "MATH"), ("FEMALE", "BLACK"), ("LOWINC", "MOBILITY"))
+V = VariablesLevels((("YEAR", "GRADE", "MATH"), ("FEMALE", "BLACK"), ("LOWINC", "MOBILITY")))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=2000, suppress_health_check=list(HealthCheck), derandomize=True)
 
@@ -36,15 +37,15 @@ def test_greek_ascii_and_printed_forms_are_one_model():
     printed = build_spec3("MATHijk = P0jk + P1jk*(YEARijk) + Eijk", ["P0 = B00 + B01*(FEMALE) + R0", "P1 = B10 + R1"],
                           ["B00 = G000 + G001(LOWINC) + U00", "B10k = G100 + U10k"], V)
     assert greek == ascii_ == printed
-    assert [(g.p, g.q, g.s) for g in greek.gammas()] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0)]
-    assert greek.random_pis() == [0, 1] and greek.random_betas() == [(0, 0), (1, 0)]
-    assert not greek.pis[0].betas[1].random  # β01 = γ010 by default: fixed
+    assert [f.idx for f in greek.fixed()] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0)]
+    assert [i for i, _ in greek.random(2)] == [(0,), (1,)] and [i for i, _ in greek.random(3)] == [(0, 0), (1, 0)]
+    assert not greek.equation((0, 1)).random  # β01 = γ010 by default: fixed
 
 
 def test_defaults_follow_hlm3():
     spec = build_spec3("MATH = p0 + p1*YEAR + e", [], [], V)
-    assert spec.pis[0].random and not spec.pis[1].random  # π0 = β00 + r0; π1 = β10
-    assert spec.pis[0].betas[0].random and not spec.pis[1].betas[0].random  # β00 = γ000 + u00; β10 = γ100
+    assert spec.equation((0,)).random and not spec.equation((1,)).random  # π0 = β00 + r0; π1 = β10
+    assert spec.equation((0, 0)).random and not spec.equation((1, 0)).random  # β00 = γ000 + u00; β10 = γ100
 
 
 def test_centring_functions():
@@ -52,9 +53,9 @@ def test_centring_functions():
                        ["p0 = b00 + b01*group(FEMALE) + b02*mean(YEAR) + r0"],
                        ["b00 = g000 + g001*grand(LOWINC) + g002*mean(FEMALE) + u00"], V)
     assert [t.centering for t in spec.level1] == [Centering.GROUP, Centering.GRAND]
-    x1, x2 = spec.pis[0].predictors
+    x1, x2 = spec.equation((0,)).predictors
     assert (x1.centering, x1.mean_of, x2.mean_of) == (Centering.GROUP, None, 1)
-    w1, w2 = spec.pis[0].betas[0].predictors
+    w1, w2 = spec.equation((0, 0)).predictors
     assert (w1.centering, w2.mean_of) == (Centering.GRAND, 2)
 
 
@@ -85,8 +86,8 @@ def test_pasted_output_and_blocks():
             "    B01 = G010\n    B10 = G100 + U10\nMixed Model\n MATH = G000 + ...\nThe outcome variable is MATH")
     l1, l2, l3 = classify(text.splitlines())
     assert l1 == "MATH =  P0 + P1*(YEAR) + E" and len(l2) == 2 and len(l3) == 3
-    spec = spec3_from_inputs(text, [], [], None, V, RunOptions3())
-    assert spec.outcome == "MATH" and spec.pis[0].betas[0].predictors[0].name == "MOBILITY"
+    spec = spec3_from_inputs(text, [], [], None, V, RunOptionsLevels())
+    assert spec.outcome == "MATH" and spec.equation((0, 0)).predictors[0].name == "MOBILITY"
 
 
 def test_hlm3_command_file(tmp_path):
@@ -98,7 +99,7 @@ def test_hlm3_command_file(tmp_path):
     spec = parse_hlm3_file(path, V)
     expected = build_spec3("MATH = p0 + p1*group(YEAR) + e", ["p0 = b00 + b01*grand(FEMALE) + r0", "p1 = b10 + r1"],
                            ["b00 = g000 + g001*grand(LOWINC) + u00", "b01 = g010", "b10 = g100 + u10"], V,
-                           RunOptions3(max_iterations=50, title="test"))
+                           RunOptionsLevels(max_iterations=50, title="test"))
     assert spec == expected
     path.write_text("level1:MATH=INTRCPT1+RANDOM\nlevel2:INTRCPT1=INTRCPT2+random/\nlevel3:LOWINC=INTRCPT3/\n")
     with pytest.raises(ModelError, match="not a term of the level2 line"):
@@ -135,7 +136,7 @@ def test_fuzz_parser_raises_only_one_line_errors(template, edits, slot):
 @given(st.text(alphabet=ALPHABET, max_size=200))
 def test_fuzz_blocks(text):
     try:
-        spec3_from_inputs(text, [], [], None, V, RunOptions3())
+        spec3_from_inputs(text, [], [], None, V, RunOptionsLevels())
     except HlmError as exc:
         assert "\n" not in str(exc)
 
@@ -151,8 +152,8 @@ def tiny(tmp_path):
     pd.DataFrame({"S": ["B", "A"], "Z": [7.0, 1.0]}).to_csv(tmp_path / "l3.csv", index=False)
     files = [tmp_path / f"l{k}.csv" for k in (1, 2, 3)]
     archive = build_from_files3(files, BuildOptions3("C", "S"))
-    write_archive3(archive, tmp_path / "t.mdm")
-    return load_archive3(tmp_path / "t.mdm"), files
+    write_archive(archive, tmp_path / "t.mdm")
+    return load_archive(tmp_path / "t.mdm", 3), files
 
 
 def test_archive_order_and_links(tiny):
@@ -168,7 +169,7 @@ def test_centring_by_hand(tiny):
     a, _ = tiny
     spec = build_spec3("Y = p0 + p1*group(X) + p2*grand(X) + e",
                        ["p0 = b00 + b01*group(W) + b02*grand(W) + b03*mean(X) + r0"],
-                       ["b00 = g000 + g001*grand(Z) + g002*mean(W) + g003*mean(X) + u00"], variables3_of(a))
+                       ["b00 = g000 + g001*grand(Z) + g002*mean(W) + g003*mean(X) + u00"], variables_of(a))
     d = design3(spec, a).data
     # records in order: child 3 (X 0,1,2), child 1 (X 1,3), child 2 (X 5); mean X over records = 2
     np.testing.assert_allclose(d.A[:, 0], [-1, 0, 1, -1, 1, 0])  # group: child means 1, 2, 5
@@ -205,7 +206,7 @@ def test_one_file_for_all_levels(tmp_path, tiny):
 
 def test_report_from_a_hand_made_fit(tiny):
     a, _ = tiny
-    spec = build_spec3("Y = p0 + p1*X + e", ["p1 = b10 + r1"], ["b10 = g100 + u10"], variables3_of(a))
+    spec = build_spec3("Y = p0 + p1*X + e", ["p1 = b10 + r1"], ["b10 = g100 + u10"], variables_of(a))
     d = design3(spec, a)
     cert = SimpleNamespace(certified=True, ranks=(2, 2), qs=(2, 2), tolerance=1e-6, hessian_eigenvalue=0.5,
                            failed=[], to_json=lambda: {"certified": True})
@@ -276,17 +277,17 @@ def test_fuzz_hlm3_command_files(edits):
 
 
 def test_cache_notices_changed_sources(tmp_path):
-    from hlmcli.io.archive_levels import cached_archive3
+    from hlmcli.io.cache import cached_archive
 
     pd.DataFrame({"S": [1, 1, 2], "C": [1, 2, 3], "Y": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "l1.csv", index=False)
     pd.DataFrame({"C": [1, 2, 3], "S": [1, 1, 2]}).to_csv(tmp_path / "l2.csv", index=False)
     pd.DataFrame({"S": [1, 2], "Z": [0.5, 1.5]}).to_csv(tmp_path / "l3.csv", index=False)
     files = [tmp_path / f"l{k}.csv" for k in (1, 2, 3)]
     options = BuildOptions3("C", "S")
-    _, first = cached_archive3(files, options, cache_dir=tmp_path / "c")
-    _, again = cached_archive3(files, options, cache_dir=tmp_path / "c")
+    _, first = cached_archive(files, options, cache_dir=tmp_path / "c")
+    _, again = cached_archive(files, options, cache_dir=tmp_path / "c")
     pd.DataFrame({"S": [1, 2], "Z": [0.5, 2.5]}).to_csv(tmp_path / "l3.csv", index=False)
-    archive, changed = cached_archive3(files, options, cache_dir=tmp_path / "c")
+    archive, changed = cached_archive(files, options, cache_dir=tmp_path / "c")
     assert (first, again, changed) == ("built", "reused", "built")
     assert list(archive.level3[0]) == [0.5, 2.5]
 
@@ -298,7 +299,7 @@ def test_the_printed_model_reads_back_as_the_same_model():
                        ["b00 = g000 + g001*grand(LOWINC) + u00", "b10 = g100 + g101*MOBILITY + u10"], V)
     for ascii_only in (False, True):
         printed = "\n".join(model_summary3(spec, Symbols3(ascii_only)))
-        assert spec3_from_inputs(printed, [], [], None, V, RunOptions3()) == spec
+        assert spec3_from_inputs(printed, [], [], None, V, RunOptionsLevels()) == spec
 
 
 def test_analysis_time_deletion_drops_records_and_empty_units(tmp_path):
@@ -309,7 +310,7 @@ def test_analysis_time_deletion_drops_records_and_empty_units(tmp_path):
     pd.DataFrame({"C": [1, 2, 3], "S": ["A", "A", "B"]}).to_csv(tmp_path / "l2.csv", index=False)
     pd.DataFrame({"S": ["A", "B"]}).to_csv(tmp_path / "l3.csv", index=False)
     a = build_from_files3([tmp_path / f"l{k}.csv" for k in (1, 2, 3)], BuildOptions3("C", "S"))
-    spec = build_spec3("Y = p0 + p1*grand(X) + e", [], [], variables3_of(a))
+    spec = build_spec3("Y = p0 + p1*grand(X) + e", [], [], variables_of(a))
     d = design3(spec, a)
     assert (d.n, d.n2, d.n3, d.n_deleted, d.units2_deleted, d.units3_deleted) == (2, 2, 1, 2, 1, 1)
     np.testing.assert_allclose(d.data.A[:, 0], [-2.0, 2.0])  # X of the records used: 1 and 5, mean 3

@@ -33,6 +33,11 @@ class Frame:
     id_kind: str = "string"
     same_file: bool = False
 
+    @property
+    def level1_id(self) -> str:
+        """The unit id as the level-1 file spells it (as Archive.level1_id)."""
+        return self.id_names[0]
+
 
 @dataclass
 class Summary:

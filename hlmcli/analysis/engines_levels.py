@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError, first_few
+from ..spec import Engine
 
 
 @dataclass
@@ -39,6 +40,29 @@ class Level1File:
         """The one pass over the records: level1_moments of `names` (the model's level-1 variables)."""
         return level1_moments(archive, self, names, self.level2_path, self.drop_unmatched, warn, self.scheduler,
                               self.progress)
+
+
+def load_summarised(data, build_opts: dict, fit, warn, K: int, progress: bool = False):
+    """(the archive of the upper files, its source text, the level-1 file whose records are read
+    later, once, for the model's variables) for --engine stream/dask, from the files and the build options
+    as the commands and the API take them (levels_load.py)."""
+    from ..data.levels_load import LevelsUsage, build_options_levels, ids_and_keeps, options3
+
+    engine = Engine(fit.engine).value
+    if len(data) == 1:
+        raise LevelsUsage(f"--engine {engine} reads the data files, one per level; an archive is already built in "
+                          "memory, so drop --engine")
+    if K == 3:
+        options = options3(**{k: build_opts.get(k) for k in ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars",
+                                                               "l3_vars", "missing", "drop_unmatched")})
+    else:
+        ids, keeps = ids_and_keeps(build_opts, K)
+        options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
+                                       build_opts.get("drop_unmatched", False), K)
+    scheduler = build_opts.get("dask_scheduler") or fit.scheduler
+    archive, l1 = summarised(list(data), options, engine, build_opts.get("file_format"), build_opts.get("delimiter"),
+                             warn, scheduler, progress)
+    return archive, ", ".join(Path(str(p)).name for p in data), l1
 
 
 def summarised(paths, options, engine: str, fmt=None, delimiter=None, warn=lambda m: None, scheduler=None,
@@ -82,7 +106,8 @@ def upper_archive(paths, options, level1: Level1File, fmt=None, delimiter=None, 
     level-1 file's variable names (for the model's equations), with no values."""
     import pandas as pd
 
-    from ..io.archive_levels import BuildOptions3, LevelData, build_archive3, build_archive_levels
+    from ..io.archive import LevelData
+    from ..io.archive_levels import BuildOptions3, build_archive3, build_archive_levels
     from ..io.files import check_regular, same_file
     from ..io.readers import Table, find_column, read_table
 

@@ -75,7 +75,7 @@ def analyse_hglm_levels(spec, archive, fit):
 
     check_options_levels(fit)
     design = design3(spec, archive)
-    check_three_level(design.data, spec.coefficient_names(), spec.level2_names)
+    check_three_level(design.data, spec.coefficient_names(), lambda p: spec.term_names((p,)))
     fam = get_family(fit.family.value)
     y = np.asarray(design.data.y, dtype=float)
     trials = _level1_column(archive, design, fit.trials, "--trials") if fit.trials else None

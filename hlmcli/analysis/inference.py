@@ -16,6 +16,7 @@ special = lazy("scipy.special")  # lighter than scipy.stats: only the two tails 
 
 from ..data.design import Design
 from ..engine.estimation import FitResult
+from ..engine.sandwich import weighted_sandwich
 from ..engine import unitsolve
 from ..engine.sufficient import ModelStats, UnitStats
 
@@ -97,16 +98,6 @@ def fixed_effects(design: Design, unit: UnitStats, stats: ModelStats, result: Fi
         se, robust_se = np.sqrt(np.diag(cov)), np.sqrt(np.diag(robust))
     return FixedTable(gamma=unit.on_outcome_scale(us.gamma), se=se,
                       robust_se=robust_se, df=hlm_fixed_df(design), cov=cov, robust_cov=robust)
-
-
-def weighted_sandwich(xve: np.ndarray, w2: np.ndarray, Pinv: np.ndarray) -> np.ndarray:
-    """The pseudo-ML sandwich of γ̂ as WeMix 4.0.4 computes it (analyticSolve, robustSE=TRUE):
-    Cov = H⁻¹ (J/(J−1)) Σ_j s_js_j' H⁻¹, with s_j the derivative of unit j's weighted
-    pseudo-log-likelihood in γ, w_j X_j'W_jV_j⁻¹e_j, and H⁻¹ = σ²P⁻¹ its inverse information.
-    σ² cancels: Cov = J/(J−1) P⁻¹ (Σ_j w_j² (σ²X_j'V_j⁻¹e_j)(…)') P⁻¹. Clustered at level 2."""
-    J = xve.shape[0]
-    s = xve * w2[:, None]
-    return (J / (J - 1.0)) * (Pinv @ (s.T @ s) @ Pinv)
 
 
 # ---------------------------------------------------------------- per-unit OLS: χ² and reliability

@@ -1,7 +1,7 @@
 """Sampling weights, plausible values and imputed data sets on the path of models of three and more
 levels: from the options to the fits and their documents. The statistics are nested.py's weighted
 pseudo-likelihood (weights.resolve_levels) and plausible_levels.py's combination; the reports are
-report_levels.py's, given the weighting block and record through `meta`."""
+report_levels.py's and report_combined.py's, given the weighting block and record through `meta`."""
 
 from __future__ import annotations
 
@@ -103,13 +103,12 @@ def _with_outcome(design, outcome: str):
 
 
 def run_combined(archive, source_text: str, design, design_of, load, wspec, plausible_values, imputed,
-                 allow_unequal: bool, reml: bool, max_iterations: int, meta: dict, fit_doc, fit_txt, model_lines,
-                 sigma2_symbol: str, out_format: str, full_output: bool):
+                 allow_unequal: bool, reml: bool, max_iterations: int, meta: dict, fit_doc, fit_txt=None):
     """--plausible-values or --imputed for K levels: the fits, combined. `design_of(archive)` makes a data
     set's design, `load(path)` reads an imputed data set ((archive, label)); `fit_doc`/`fit_txt` write one
-    fit's JSON record and text. Returns (text, JSON text, failures)."""
-    from .plausible_levels import combined_json_levels, combined_text_levels
-    from ..report.report import dumps_json
+    fit's JSON record and text (no texts without `fit_txt`). Returns (the combined document, each fit's
+    text or None, the meta with the weighting block); report_combined.combined_text_levels prints them."""
+    from .plausible_levels import combined_json_levels
 
     paths = [p.strip() for item in imputed or () for p in str(item).split(",") if p.strip()]
     sets = []
@@ -123,11 +122,5 @@ def run_combined(archive, source_text: str, design, design_of, load, wspec, plau
     K = fits[0].n_levels
     n_units = {"level1": design.n, **{f"level{m}": int(fits[0].eb[m - 2].shape[0]) for m in range(2, K + 1)}}
     doc = combined_json_levels(n_units, fits, docs, meta, source, [str(o) for o in outcomes], weights=weights)
-    json_text = dumps_json(doc)
-    if out_format == "json":
-        text = json_text
-    else:
-        texts = [fit_txt(d, f, meta) for d, f in zip(designs, fits)] if full_output else None
-        text = combined_text_levels(doc, model_lines, meta.get("weighting_lines", []), sigma2_symbol, texts)
-    failures = [] if doc["converged"] else ["the optimum of at least one fit is not certified"]
-    return text, json_text, failures
+    texts = [fit_txt(d, f, meta) for d, f in zip(designs, fits)] if fit_txt is not None else None
+    return doc, texts, meta

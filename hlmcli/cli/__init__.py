@@ -200,6 +200,16 @@ class OneLineErrors(click.Group):
 @click.version_option(__version__, prog_name="hlmcli")
 def main():
     """Two-, three- and four-level hierarchical linear models, the way HLM 7 (HLM2, HLM3, HLM4) fits them."""
+    from ..io import verified
+
+    verified.configure(_verified_records_folder)
+
+
+def _verified_records_folder():
+    """Where loads record the archives they verified in full (io/verified.py): the cache folder."""
+    from ..io.cache import default_cache_dir, secure_cache_dir
+
+    return secure_cache_dir(default_cache_dir())
 
 
 @main.group()
@@ -262,34 +272,23 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
               l4_vars, missing, drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside,
               engine="memory"):
     """Merge a level-1 and a level-2 file (a level-3 file: HLM3; and a level-4 file: HLM4) into an archive."""
-    from ..io.archive import BuildOptions, build_from_files, write_archive
+    from ..io.archive import BuildOptions, write_archive
+    from ..io.archive_levels import build_from_paths
     from ..errors import DataError
-    from ..io.files import check_outputs, commit_outputs
+    from ..io.files import check_outputs, check_regular, commit_outputs
 
     from .flags import check_build_options
 
     check_build_options(_given_options(), bool(template))
-    three = None  # three-level build (levels.py): the files and their options
     if level4_file or id4 or l4_vars:
-        from .levels import build_levels
         from ..data.levels_load import build_options_levels
 
         if not (level1_file and level2_file and level3_file and level4_file) or template or id_ or id1:
             raise click.UsageError("a four-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE LEVEL4_FILE with "
                                    "--id2, --id3 and --id4")
-        if output is None:
-            raise click.UsageError("give -o/--output, the archive to write")
-        if engine != "memory":
-            raise click.UsageError("--engine stream builds two-level archives only; four-level archives are built in memory")
+        files = [level1_file, level2_file, level3_file, level4_file]
         options = build_options_levels((id2, id3, id4), (l1_vars, l2_vars, l3_vars, l4_vars), missing, drop_unmatched, 4)
-        progress = _Progress(quiet, 6)
-        try:
-            build_levels((level1_file, level2_file, level3_file, level4_file), options, file_format, delimiter, output,
-                         quiet, _stderr, progress)
-        finally:
-            progress.close()
-        return
-    if template:
+    elif template:
         if level1_file or level2_file:
             raise DataError(f"{template}: give either a template or two data files, not both")
         from ..language.mdmt import parse_template
@@ -298,12 +297,15 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
         if tpl.level3_file is not None:
             from ..io.archive_levels import BuildOptions3
 
-            three = ((tpl.level1_file, tpl.level2_file, tpl.level3_file),
-                     BuildOptions3(id2=tpl.id2, id3=tpl.id3, keep1=tpl.level1_vars or None, keep2=tpl.level2_vars or None,
-                                   keep3=tpl.level3_vars or None, missing=tpl.missing, drop_unmatched=drop_unmatched))
-        level1_file, level2_file, file_format = tpl.level1_file, tpl.level2_file, file_format or tpl.format
-        options = BuildOptions(id1=tpl.id1, id2=tpl.id2, keep1=tpl.level1_vars or None,
-                               keep2=tpl.level2_vars or None, missing=tpl.missing, drop_unmatched=drop_unmatched)
+            files = [tpl.level1_file, tpl.level2_file, tpl.level3_file]
+            options = BuildOptions3(id2=tpl.id2, id3=tpl.id3, keep1=tpl.level1_vars or None,
+                                    keep2=tpl.level2_vars or None, keep3=tpl.level3_vars or None, missing=tpl.missing,
+                                    drop_unmatched=drop_unmatched)
+        else:
+            files = [tpl.level1_file, tpl.level2_file]
+            options = BuildOptions(id1=tpl.id1, id2=tpl.id2, keep1=tpl.level1_vars or None,
+                                   keep2=tpl.level2_vars or None, missing=tpl.missing, drop_unmatched=drop_unmatched)
+        file_format = file_format or tpl.format
         if output is None:  # a name from the template: beside it, never leaving its folder, never overwriting
             from pathlib import PureWindowsPath
 
@@ -319,63 +321,55 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
             raise click.UsageError("a three-level build takes LEVEL1_FILE LEVEL2_FILE LEVEL3_FILE with --id2 and --id3")
         from ..data.levels_load import options3
 
-        three = ((level1_file, level2_file, level3_file),
-                 options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched))
+        files = [level1_file, level2_file, level3_file]
+        options = options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched)
     else:
         if not level1_file or not level2_file:
             raise click.UsageError("give LEVEL1_FILE and LEVEL2_FILE (they may be the same file), or --template")
+        files = [level1_file, level2_file]
         options = make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
+    K = options.n_levels
     if output is None:
         raise click.UsageError("give -o/--output, the archive to write")
-    if three is not None:
-        if engine != "memory":
-            raise click.UsageError("--engine stream builds two-level archives only; three-level archives are built in memory")
-        from .levels import build3
-
-        progress = _Progress(quiet, 5)
-        try:
-            build3(three[0], template, three[1], file_format, delimiter, output, quiet, force, allow_outside, _stderr, progress)
-        finally:
-            progress.close()
-        return
-    from ..io.files import check_regular
-
-    for source in (level1_file, level2_file):
+    if engine != "memory" and K > 2:
+        raise click.UsageError(f"--engine stream builds two-level archives only; {K}-level archives are built in memory")
+    for source in files:
         if str(source) != "-":  # '-' is standard input
             check_regular(source, "data file")
-    check_outputs([("-o", output)], [level1_file, level2_file, template])
+    check_outputs([("-o", output)], files + [template])
+    warn = (lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}"))
     if engine == "stream":
         from ..analysis.engines import cli_build
 
-        records, units = cli_build(level1_file, level2_file, options, file_format, delimiter, output, quiet,
-                                   warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")),
+        records, units = cli_build(files[0], files[1], options, file_format, delimiter, output, quiet, warn=warn,
                                    progress=_progress_wanted(quiet))
         commit_outputs()
         if not quiet:
             _stderr(f"hlmcli: wrote {output}: per-unit statistics of {records} level-1 records in {units} units")
         return
-    progress = _Progress(quiet, 4)
+    progress = _Progress(quiet, K + 2)  # reading each file, merging, hashing
     try:
-        archive = build_from_files(level1_file, level2_file, options, file_format, delimiter,
-                                   warn=(lambda m: None) if quiet else (lambda m: _stderr(f"hlmcli: warning: {m}")),
-                                   progress=progress)
+        archive = build_from_paths(files, options, file_format, delimiter, warn=warn, progress=progress)
         write_archive(archive, output)
     finally:
         progress.close()
     commit_outputs()
     if not quiet:
-        _stderr(f"hlmcli: wrote {output}: {archive.n_level1} level-1 records in {archive.n_units} units")
+        counts = " in ".join([f"{archive.n(1)} level-1 records"] + [f"{archive.n(k)} level-{k} units"
+                                                                    for k in range(2, K + 1)])
+        _stderr(f"hlmcli: wrote {output}: {counts}")
 
 
 @mdm.command("info")
 @click.argument("archive_file", type=click.Path())
 @click.option("--unit", help="Also show one unit: its number of records and level-2 values.")
 @click.option("--format", "out_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--verify", is_flag=True, help="Compute the archive's whole-file checksum even if this file was "
+              "verified before (a load otherwise trusts a file whose size, times, inode and header are unchanged).")
 @user_errors
-def mdm_info(archive_file, unit, out_format):
+def mdm_info(archive_file, unit, out_format, verify):
     """Print what an archive holds: HLM 7's MDM statistics."""
     from ..io.archive import changed_sources, load_archive
-    from ..errors import DataError
     from ..report.report import archive_info, archive_info_text, dumps_json
 
     from ..analysis.engines import is_stats_archive
@@ -386,30 +380,13 @@ def mdm_info(archive_file, unit, out_format):
         info = stats_archive_info(archive_file)
         click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
         return
-    from ..io.archive_levels import archive_levels
-    if Path(archive_file).is_file() and archive_levels(archive_file) >= 4:
-        from .levels import info_levels
-
-        return info_levels(archive_file, out_format, _stderr, unit)
-    if Path(archive_file).is_file() and archive_levels(archive_file) == 3:
-        from ..io.archive_levels import archive3_info, archive3_info_text, load_archive3
-
-        a3 = load_archive3(archive_file)
-        if unit is not None and unit not in a3.unit2_ids and unit not in a3.unit3_ids:
-            raise DataError(f"{archive_file}: no level-2 or level-3 unit '{unit}' in the archive; "
-                            f"ids look like {', '.join(a3.unit2_ids[:2] + a3.unit3_ids[:1])}")
-        for path in changed_sources(a3):
-            _stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
-        info = archive3_info(a3, unit)
-        click.echo(dumps_json(info) if out_format == "json" else archive3_info_text(info), nl=False)
-        return
-    archive = load_archive(archive_file)
-    if unit is not None and unit not in archive.unit_ids:
-        raise DataError(f"{archive_file}: no unit '{unit}' in the archive; ids look like {', '.join(archive.unit_ids[:3])}")
+    archive = load_archive(archive_file, levels=None, verify=verify)
+    info = archive_info(archive, unit)  # before the warnings: an unknown unit is the one error
     for path in changed_sources(archive):
         _stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
-    info = archive_info(archive, unit)
     click.echo(dumps_json(info) if out_format == "json" else archive_info_text(info), nl=False)
+    if verify:
+        _stderr(f"hlmcli: {archive_file}: checksum verified (SHA-256 of the whole file)")
 
 
 # ---------------------------------------------------------------- models and fits
@@ -443,7 +420,7 @@ def _load_data(data, build_opts: dict, cache_dir, quiet: bool):
         options = make_build_options(**build_opts)
         from ..io.readers import normalise_delimiter
 
-        archive, _status = cached_archive(data[0], data[1], options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
+        archive, _status = cached_archive(data[:2], options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
                                           cache_dir=cache_dir, warn=warn)
         return archive, f"{Path(data[0]).name} and {Path(data[1]).name}"
     raise click.UsageError("give one archive (.mdm) or two data files (level-1 and level-2)")
@@ -497,9 +474,12 @@ def _keep_hglm(ctx, param, value):
 
 # HGLM options (spec.py, hglm_run.py): collected into ctx.meta so the commands' signatures stay as they are
 _hglm_options = [
-    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson"]), default=None,
+    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal"]), default=None,
                  expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; logit link for "
-                 "bernoulli/binomial, log link for poisson)."),
+                 "bernoulli/binomial, log link for poisson; ordinal: cumulative link over the categories of the "
+                 "outcome's integer codes)."),
+    click.option("--link", type=click.Choice(["logit", "probit", "cloglog"]), default=None, expose_value=False,
+                 callback=_keep_hglm, help="--family ordinal: the cumulative link (default logit)."),
     click.option("--trials", default=None, expose_value=False, callback=_keep_hglm,
                  help="Binomial: the number-of-trials variable."),
     click.option("--exposure", default=None, expose_value=False, callback=_keep_hglm,
@@ -652,23 +632,23 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
     check_model_options(given, family=o.family, estimation=o.estimation if o.family != "normal" else None,
                         full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     if spec.options.family != "normal":
-        from ..analysis.hglm_run import estimation_text, hglm_model_summary, r_call_lines
+        from ..report.report_hglm import estimation_text, hglm_model_summary, r_call_lines
 
         lines = hglm_model_summary(spec, Symbols(_use_ascii(ascii_only)))
         lines += ["", f"Method of estimation: {estimation_text(spec.options)}"]
         if spec.options.separation == "fit":
             lines.append("Separation: a separated coefficient is held at a bound, with a warning (--separation fit)")
         lines.append("")
-        lines += r_call_lines(spec, archive.id_names[0])
+        lines += r_call_lines(spec, archive.level1_id)
         click.echo("\n".join(lines))
         return
     lines = model_summary(spec, Symbols(_use_ascii(ascii_only)))
-    formula, notes = lme4_formula(spec, archive.id_names[0])
+    formula, notes = lme4_formula(spec, archive.level1_id)
     lines += ["", f"Method of estimation: {'restricted maximum likelihood' if spec.method == 'REML' else 'full maximum likelihood'}",
               "", "The same model in R (lme4)", f" {formula}"] + [f"   {n}" for n in notes]
     from ..language.formula import formula_of
 
-    own = formula_of(spec, archive.id_names[0])
+    own = formula_of(spec, archive.level1_id)
     if own:
         lines += ["", "The same model for hlmcli --formula", f" {own}"]
     from ..report.report import printable
@@ -735,6 +715,16 @@ def fit_cmd(**params):
     from ..io.files import check_outputs
 
     r = fit_request(params)
+    formula = click.get_current_context().meta.get("formula")
+    if formula:  # crossed grouping factors: the cross-classified engine (cli/crossed.py)
+        from ..language.formula import crossed
+
+        model = crossed(formula)
+        if model is not None:
+            from .crossed import fit_crossed_command
+
+            return fit_crossed_command(r.data, formula, model, r.fit, r.out, r.build, _given_options(),
+                                       lambda s: click.echo(s, nl=False), _stderr)
     _dask_scheduler(params)  # the dask options are checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels, is_three_level
 
@@ -891,10 +881,9 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
     meta = run_meta(results, source_text, level1, level2, model_file, higher)
     if K == 2:
         residuals = {1: opts.residuals_l1, 2: opts.residuals_l2}
-    elif K == 3:
-        residuals = {1: out.residuals_l1, 2: opts.residuals_l2, 3: opts.residuals_l3}
     else:
-        residuals = {1: out.residuals_l1, **{k: path for k, path in enumerate(opts.residuals, start=2)}}
+        given = tuple(opts.residuals) + (None,) * (K - 1 - len(opts.residuals))
+        residuals = {1: out.residuals_l1, **{k: path for k, path in enumerate(given, start=2)}}
     if out.timestamp:
         from datetime import datetime, timezone
 
@@ -917,7 +906,8 @@ def finish(results, out: OutputOptions, sources, *, source_text, level1, level2,
         if K == 2:
             results.write_residuals(residuals[1], residuals[2], keep=out.keep, hlm_names=_hlm_names_given())
         else:
-            results.write_residuals(residuals[1], residuals[2], more={k: residuals[k] for k in range(3, K + 1)})
+            results.write_residuals(residuals[1], residuals[2], keep=out.keep,
+                                    more={k: residuals[k] for k in range(3, K + 1)})
     if out.out_format == "json":
         text = results.to_json()
     elif out.out_format == "text":
@@ -947,7 +937,7 @@ def run_meta(results, source_text, level1, level2, model_file, higher=()) -> dic
     opts = results.analysis.design.spec.options
     command_file = Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None
     if K == 2:
-        return {"data_source": source_text, "title": opts.title, "id_name": results.archive.id_names[0],
+        return {"data_source": source_text, "title": opts.title, "id_name": results.archive.level1_id,
                 "model_given": model_given(level1, level2, model_file), "command_file": command_file}
     ids = list(results.archive.id_names)
     meta = {"data_source": source_text, "title": opts.title, "ids": ids}
@@ -1110,7 +1100,8 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
     from ..errors import EXIT_NOT_CONVERGED
     from ..io.files import atomic_write_text
     from ..analysis.pipeline import analyse
-    from ..analysis.plausible import analyse_plausible, combined_json, combined_tests, combined_text, outcome_columns, same_records
+    from ..analysis.plausible import analyse_plausible, combined_tests, outcome_columns, same_records
+    from ..report.report_combined import combined_json, combined_text
     from ..report.report import Symbols, dumps_json
 
     opts = spec.options
@@ -1137,7 +1128,7 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         if not allow_unequal:
             same_records(analyses, labels)
         source = "imputed data sets"
-    meta = {"data_source": source_text, "title": opts.title, "id_name": archive.id_names[0],
+    meta = {"data_source": source_text, "title": opts.title, "id_name": archive.level1_id,
             "model_given": model_given(level1, level2, model_file)}
     if timestamp:
         from datetime import datetime, timezone
@@ -1207,6 +1198,14 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
     from ..results import Results
 
     check_output(output)
+    formula = click.get_current_context().meta.get("formula")
+    if formula:
+        from ..language.formula import crossed
+
+        if crossed(formula) is not None:
+            from ..capabilities import refuse
+
+            refuse("plot", "crossed")
     from .flags import check_plot_options
 
     from .flags import check_archive_options
@@ -1261,7 +1260,7 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
     check_model_options(_given_options(), family=o.family, estimation=o.estimation if o.family != "normal" else None,
                         full_output=bool(o.full_output), prior_deviance=o.prior_deviance is not None)
     check_capabilities(spec, fit, OutputOptions(json_out=json_out, quiet=quiet))
-    meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.id_names[0],
+    meta = {"data_source": source_text, "title": spec.options.title, "id_name": archive.level1_id,
             "model_given": model_given(level1, level2, model_file),
             "command_file": Path(model_file).name if model_file and str(model_file).lower().endswith(".hlm") else None}
     results = Results(analyse_model(spec, archive, fit, level1), archive, meta)

@@ -20,7 +20,8 @@ class ConflictingOptions(HlmError):
 # The options that say how to build an archive from two data files: with an archive they would be ignored.
 BUILD_OPTIONS = ("--id", "--id1", "--id2", "--l1-vars", "--l2-vars", "--missing", "--drop-unmatched", "--delimiter",
                  "--data-format")
-HGLM_OPTIONS = ("--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points", "--separation")
+HGLM_OPTIONS = ("--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points", "--separation",
+                "--link")
 # plot: the kinds each option draws with
 PLOT_KINDS = {"--x": ("equation", "units"), "--by": ("equation",), "--sample": ("units",), "--seed": ("units",),
               "--coef": ("shrinkage", "caterpillar", "diagnostics", "eb-ols")}
@@ -80,9 +81,15 @@ def check_model_options(given: set[str], *, family: str, estimation: str | None,
     else:
         if "--trials" in given and family != "binomial":
             _refuse(f"--trials is the number of trials of --family binomial, and this model is {family}; drop --trials")
+        if "--link" in given and family != "ordinal":
+            _refuse(f"--link chooses the cumulative link of --family ordinal, and this model is {family} (whose link is "
+                    "its canonical one, as in HLM 7); drop --link")
+        if "--link" in given and family == "ordinal" and estimation not in ("laplace", "agq"):
+            _refuse(f"--link is for --estimation laplace or agq (HLM 7's PQL fits the logit link only), and this fit "
+                    f"is {estimation or 'pql'}; give --estimation laplace or agq, or drop --link")
         if "--exposure" in given and family != "poisson":
             _refuse(f"--exposure is the exposure of --family poisson, and this model is {family}; drop --exposure")
-        if "--overdispersion" in given and family == "bernoulli":
+        if "--overdispersion" in given and family in ("bernoulli", "ordinal"):
             _refuse("--overdispersion cannot be estimated for a 0/1 outcome (the Bernoulli variance is fixed by its "
                     "mean); drop it")
         if "--overdispersion" in given and estimation not in (None, "pql"):

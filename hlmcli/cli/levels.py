@@ -12,9 +12,9 @@ from pathlib import Path
 import click
 
 from ..errors import ModelError
-from ..data.levels_load import (LevelsUsage, archive_n_levels, load3, load_levels, load_summarised, spec3, spec_levels,
-                          summarised_level1)
+from ..data.levels_load import LevelsUsage, archive_n_levels, load3, load_levels, spec3, spec_levels, summarised_level1
 from ..spec import Engine
+from .options import formula_equations
 
 
 def is_three_level(data, more: dict) -> bool:
@@ -22,30 +22,12 @@ def is_three_level(data, more: dict) -> bool:
     if len(data) == 3:
         return True
     if len(data) == 1 and str(data[0]) != "-" and Path(data[0]).is_file():
-        from ..io.archive_levels import archive_levels
+        from ..io.archive import peek_levels
 
-        return archive_levels(data[0]) == 3
+        return peek_levels(data[0]) == 3
     if len(data) == 2 and (more.get("level3") or more.get("id3")):
         raise LevelsUsage("a three-level model needs three data files (level 1, 2 and 3) or a three-level archive")
     return False
-
-
-def build3(files, template, options, file_format, delimiter, output, quiet, force, allow_outside, stderr, progress):
-    """`hlmcli mdm build L1 L2 L3 --id2 ... --id3 ...` or an HLM3 template."""
-    from ..io.archive_levels import build_from_files3, write_archive3
-    from ..io.files import check_outputs, check_regular, commit_outputs
-
-    for source in files:
-        if str(source) != "-":
-            check_regular(source, "data file")
-    check_outputs([("-o", output)], list(files) + [template])
-    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
-    archive = build_from_files3(files, options, file_format, delimiter, warn=warn, progress=progress)
-    write_archive3(archive, output)
-    commit_outputs()
-    if not quiet:
-        stderr(f"hlmcli: wrote {output}: {archive.n_level1} level-1 records in {archive.n_level2} level-2 units "
-               f"in {archive.n_level3} level-3 units")
 
 
 def _refuse_family(K: int) -> None:
@@ -65,7 +47,7 @@ def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, 
     _refuse_family(3)
     archive, _ = load3(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
     spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"),
-                 allow_outside=bool(more.get("allow_outside")))
+                 allow_outside=bool(more.get("allow_outside")), formula_equations=formula_equations)
     lines = model_summary3(spec, Symbols3(use_ascii(ascii_only)))
     formula, notes = lme4_formula3(spec, *archive.id_names)
     method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
@@ -84,6 +66,8 @@ def _combined(archive, source_text, design, design_of, data, build_opts, cache_d
     """--plausible-values / --imputed at three or more levels (levels_combined.run_combined): an imputed
     data set is a level-1 file in place of the first (or an archive in place of the archive)."""
     from ..analysis.levels_combined import run_combined
+    from ..report.report import dumps_json
+    from ..report.report_combined import combined_text_levels
 
     if any(residuals):
         raise LevelsUsage("residual files are not available for combined fits (each fit has its own EB residuals); fit "
@@ -92,10 +76,15 @@ def _combined(archive, source_text, design, design_of, data, build_opts, cache_d
     def load_one(path):
         return load((path,) if len(data) == 1 else (path,) + tuple(data[1:]), build_opts, cache_dir, warn)
 
-    return run_combined(archive, source_text, design, design_of, load_one, wspec, plausible_values, imputed,
-                        bool(more.get("allow_unequal_imputations")), spec.method == "REML",
-                        spec.options.max_iterations, meta, fit_doc, fit_txt, model_lines, sigma2_symbol, out_format,
-                        bool(full_output))
+    texts_wanted = bool(full_output) and out_format != "json"
+    doc, texts, meta = run_combined(archive, source_text, design, design_of, load_one, wspec, plausible_values,
+                                    imputed, bool(more.get("allow_unequal_imputations")), spec.method == "REML",
+                                    spec.options.max_iterations, meta, fit_doc, fit_txt if texts_wanted else None)
+    json_text = dumps_json(doc)
+    text = json_text if out_format == "json" else \
+        combined_text_levels(doc, model_lines, meta.get("weighting_lines", []), sigma2_symbol, texts)
+    failures = [] if doc["converged"] else ["the optimum of at least one fit is not certified"]
+    return text, json_text, failures
 
 
 def _finish_combined(text, json_text, output, json_out, write_files: bool, quiet: bool, failures: list, strict: bool,
@@ -136,37 +125,6 @@ def is_many_levels(data, more: dict) -> bool:
     return False
 
 
-def build_levels(files, options, file_format, delimiter, output, quiet, stderr, progress):
-    """`hlmcli mdm build L1 L2 L3 L4 --id2 A --id3 B --id4 C`."""
-    from ..io.archive_levels import build_from_files_levels, write_archive_levels
-    from ..io.files import check_outputs, check_regular, commit_outputs
-
-    for source in files:
-        if str(source) != "-":
-            check_regular(source, "data file")
-    check_outputs([("-o", output)], list(files))
-    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
-    archive = build_from_files_levels(list(files), options, file_format, delimiter, warn=warn, progress=progress)
-    write_archive_levels(archive, output)
-    commit_outputs()
-    if not quiet:
-        counts = " in ".join([f"{archive.n(1)} level-1 records"] + [f"{archive.n(k)} level-{k} units"
-                                                                    for k in range(2, archive.n_levels + 1)])
-        stderr(f"hlmcli: wrote {output}: {counts}")
-
-
-def info_levels(archive_file, out_format, stderr, unit=None):
-    from ..io.archive import changed_sources
-    from ..io.archive_levels import archive_levels_info, archive_levels_info_text, load_archive_levels
-    from ..report.report import dumps_json
-
-    a = load_archive_levels(archive_file, archive_n_levels(archive_file))
-    for path in changed_sources(a):
-        stderr(f"hlmcli: warning: {path} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
-    info = archive_levels_info(a, unit)
-    click.echo(dumps_json(info) if out_format == "json" else archive_levels_info_text(info), nl=False)
-
-
 def _equations(level1, level2, more, K):
     given = [[level1] if level1 else [], list(level2), list(more.get("level3") or ()), list(more.get("level4") or ())]
     if K > 4:
@@ -205,8 +163,12 @@ def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, std
     three = len(data) == 3 or (len(data) == 1 and archive_n_levels(data[0]) == 3)
     level1_file = None
     if Engine(fit.engine) != Engine.MEMORY:
+        from ..analysis.engines_levels import load_summarised
+        from ..capabilities import refuse_summarised
         from ..data.streaming import progress_wanted
 
+        if build_opts.get("missing") == "now":  # before any data are read
+            refuse_summarised("missing_now", 3 if three else len(data), fit.engine)
         archive, source_text, level1_file = load_summarised(data, build_opts, fit, warn, 3 if three else len(data),
                                                             progress_wanted(out.quiet))
     elif three:
@@ -222,11 +184,12 @@ def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, std
                  list(model.get("level3") or ()), list(model.get("level4") or ())]
     residuals = {k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)}
     spec = model_spec_levels(archive, equations[:K], model_file, fit, bool(model.get("allow_outside")),
-                             title=out.title, residuals=residuals)
+                             title=out.title, residuals=residuals, formula_equations=formula_equations)
     check_capabilities(spec, fit, out, fit.engine)
     analysis = analyse_levels(spec, archive, fit, summarised_level1(archive, spec, level1_file, warn))
     results = Results(analysis, archive, {"data_source": source_text, "title": spec.options.title,
-                                          "ids": list(archive.id_names)})
+                                          "ids": list(archive.id_names),
+                                          "source_files": tuple(map(str, data)) if len(data) > 1 else None})
     return results, sources, source_text, equations[:K]
 
 
@@ -270,7 +233,8 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     equations = [[model["level1"]] if model.get("level1") else [], list(model.get("level2") or ()),
                  list(model.get("level3") or ()), list(model.get("level4") or ())][:K]
     spec = model_spec_levels(archive, equations, model_file, fit, bool(model.get("allow_outside")), title=out.title,
-                             residuals={k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)})
+                             residuals={k: getattr(out, f"residuals_l{k}") for k in (2, 3, 4)},
+                             formula_equations=formula_equations)
     # --full-output of combined fits prints each fit's own tables (not HLM2's unit regressions)
     check_capabilities(spec, replace(fit, full_output=None), out, fit.engine)
     if fit.tests or fit.compare_deviance is not None:

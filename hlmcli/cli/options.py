@@ -9,13 +9,7 @@ from pathlib import Path
 
 import click
 
-
-def split_names(value: str | None) -> tuple[str, ...] | None:
-    """A list of column names as the options take it (commas, semicolons or spaces between)."""
-    if value is None:
-        return None
-    names = tuple(n for n in value.replace(";", ",").replace(" ", ",").split(",") if n)
-    return names
+from ..language.names import split_names  # noqa: F401  (the commands take it from here)
 
 
 def formula_equations(variables, level1, level2, level3=()):

@@ -1,4 +1,4 @@
-"""The design of a model of K ≥ 3 levels: a LevelsSpec (or a three-level ModelSpec3) and an archive of
+"""The design of a model of K ≥ 3 levels: a LevelsSpec and an archive of
 K levels to the engine's LevelsData (NestedData at three levels), deletion and centring applied.
 HLM3's centring, one level at a time:
 
@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io.archive_levels import ArchiveLevels
-from ..language.equations_levels import Centering, Equation, LevelsSpec, ModelSpec3, Term3, Variables3, VariablesLevels
+from ..io.archive import Archive
+from ..language.equations_levels import Centering, LevelsSpec, Term3, VariablesLevels
 from ..errors import ModelError
 from ..engine.moments import LevelsSummary, Moments
 from ..engine.nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
 
 
-def variables_of(archive: ArchiveLevels) -> VariablesLevels:
+def variables_of(archive: Archive) -> VariablesLevels:
     return VariablesLevels(tuple(tuple(archive.names(k)) for k in range(1, archive.n_levels + 1)))
 
 
@@ -61,8 +61,6 @@ def _terms_by_level(spec: LevelsSpec) -> list:
 def level1_variables(spec) -> list[str]:
     """The level-1 variables a model reads (outcome, level-1 predictors, X of a mean(X) of level 1),
     sorted: the columns a summarised engine reads, and those whose missing values delete a record."""
-    if isinstance(spec, ModelSpec3):
-        spec = spec3_as_levels(spec)
     return sorted({spec.outcome} | {t.name for terms in _terms_by_level(spec) for t in terms
                                      if (t.mean_of == 1) or (t.level == 1 and t.mean_of is None)})
 
@@ -78,7 +76,7 @@ class Level1Moments:
     n_deleted: int
 
 
-def design_levels(spec: LevelsSpec, archive: ArchiveLevels, level1: Level1Moments | None = None) -> DesignLevels:
+def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
     """The design from the archive's records, or, given `level1`, from per-level-2-unit moments:
     then level-1 centring is a shift of each unit's mean (moments.py's algebra), mean(X) of a
     level-1 X the record-weighted mean of the units' means, and the data a LevelsSummary."""
@@ -206,13 +204,9 @@ def design_levels(spec: LevelsSpec, archive: ArchiveLevels, level1: Level1Moment
 
 # ---------------------------------------------------------------- three levels (HLM3's names)
 
-def variables3_of(archive: ArchiveLevels) -> Variables3:
-    return Variables3(tuple(archive.level1_names), tuple(archive.level2_names), tuple(archive.level3_names))
-
-
 @dataclass
 class Design3:
-    spec: ModelSpec3
+    spec: LevelsSpec
     data: NestedData  # or a LevelsSummary (stream and Dask engines)
     unit2_ids: list[str]
     unit3_ids: list[str]
@@ -237,24 +231,10 @@ class Design3:
         return len(self.unit3_ids)
 
 
-def spec3_as_levels(spec: ModelSpec3) -> LevelsSpec:
-    """The K-level form of a three-level model (the same equations, γ order and τ orders)."""
-    eqs = []
-    for p, eq in enumerate(spec.pis):
-        if p not in spec.present_pis():
-            eqs.append(None)
-            continue
-        present = set(spec.present_betas(p))
-        kids = tuple(Equation(b.predictors, b.intercept, b.random) if q in present else None
-                     for q, b in enumerate(eq.betas))
-        eqs.append(Equation(eq.predictors, eq.intercept, eq.random, kids))
-    return LevelsSpec(spec.outcome, 3, spec.level1, spec.intercept, tuple(eqs))
-
-
-def design3(spec: ModelSpec3, archive: ArchiveLevels, level1: Level1Moments | None = None) -> Design3:
+def design3(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None = None) -> Design3:
     """design_levels at three levels, in HLM3's names (NestedData, level-2 and level-3 ids); with
     `level1`, the data stay a LevelsSummary (the records are not kept)."""
-    d = design_levels(spec3_as_levels(spec), archive, level1)
+    d = design_levels(spec, archive, level1)
     data = d.data
     if isinstance(data, LevelsSummary):
         nested = data

@@ -1,16 +1,14 @@
 """The loading of a model of three or four levels, below both the commands (levels.py) and the Python
 API (api.py): the build options, the archive (read, or built through the cache from one file per level),
-the spec from equations or a model file, and the summarised level 1 of --engine stream/dask."""
+the spec from equations or a model file, and the model's level-1 moments of --engine stream/dask."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
-from ..errors import HlmError, ModelError
-from ..spec import Engine
+from ..errors import HlmError
 
 
 class LevelsUsage(HlmError):
@@ -20,7 +18,7 @@ class LevelsUsage(HlmError):
 
 def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatched):
     from ..io.archive_levels import BuildOptions3
-    from ..cli.options import split_names
+    from ..language.names import split_names
 
     if id_ or id1:
         raise click.UsageError("three data files make a three-level model, which takes --id2 (the level-2 unit id) "
@@ -35,13 +33,14 @@ def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatc
 
 
 def load3(data, build_opts: dict, cache_dir, warn):
-    from ..io.archive_levels import cached_archive3, load_archive3
+    from ..io.archive import load_archive
+    from ..io.cache import cached_archive
     from ..io.readers import normalise_delimiter
 
     if len(data) == 1:
         from ..io.archive import changed_sources
 
-        archive = load_archive3(data[0])
+        archive = load_archive(data[0], 3)
         for changed in changed_sources(archive):
             warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
         return archive, Path(data[0]).name
@@ -50,26 +49,30 @@ def load3(data, build_opts: dict, cache_dir, warn):
     opts = dict(build_opts)
     fmt, delimiter = opts.pop("file_format", None), opts.pop("delimiter", None)
     options = options3(**opts)
-    archive, _ = cached_archive3(list(data), options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
-                                 cache_dir=cache_dir, warn=warn)
+    archive, _ = cached_archive(data, options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
+                                cache_dir=cache_dir, warn=warn)
     return archive, ", ".join(Path(p).name for p in data)
 
 
 def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_iterations=None,
-          residuals_l2=None, residuals_l3=None, allow_outside=False):
+          residuals_l2=None, residuals_l3=None, allow_outside=False, formula_equations=None):
+    """The spec of a three-level model. `formula_equations(variables, level1, level2, level3)`: the command
+    line's --formula as equations and τ's structure (cli.options.formula_equations), when there is one."""
     from dataclasses import replace
 
-    from .design_levels import variables3_of
-    from ..language.equations_levels import RunOptions3, spec3_from_inputs
+    from .design_levels import variables_of
+    from ..language.equations_levels import RunOptionsLevels, spec3_from_inputs
 
-    from ..cli.options import formula_equations
-
-    variables = variables3_of(archive)
-    level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
-    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptions3(),
+    variables = variables_of(archive)
+    formula_tau = None
+    if formula_equations is not None:
+        level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
+    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptionsLevels(),
                              allow_outside)
-    changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations), ("residuals_l2", residuals_l2),
-                                 ("residuals_l3", residuals_l3)) if v is not None}
+    changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations)) if v is not None}
+    if residuals_l2 is not None or residuals_l3 is not None:
+        given = spec.options.residuals + (None,) * (2 - len(spec.options.residuals))
+        changes["residuals"] = (residuals_l2 or given[0], residuals_l3 or given[1])
     if reml:
         changes["method"] = "REML"
     if formula_tau:  # (x || g) at every level: a diagonal τ, as --tau diagonal
@@ -80,14 +83,14 @@ def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_ite
 
 
 def archive_n_levels(path) -> int:
-    from ..io.archive_levels import archive_levels
+    from ..io.archive import peek_levels
 
-    return archive_levels(path)
+    return peek_levels(path)
 
 
 def build_options_levels(ids, keeps, missing, drop_unmatched, n_files: int):
     from ..io.archive_levels import BuildOptionsLevels
-    from ..cli.options import split_names
+    from ..language.names import split_names
 
     if len(ids) != n_files - 1 or not all(ids):
         from ..errors import OptionError
@@ -97,7 +100,7 @@ def build_options_levels(ids, keeps, missing, drop_unmatched, n_files: int):
     return BuildOptionsLevels(tuple(ids), tuple(split_names(k) for k in keeps), missing, drop_unmatched)
 
 
-def _ids_and_keeps(build_opts: dict, K: int):
+def ids_and_keeps(build_opts: dict, K: int):
     ids = [build_opts.get(f"id{k}") for k in range(2, K + 1)]
     keeps = [build_opts.get(f"l{k}_vars") for k in range(1, K + 1)]
     return ids, keeps
@@ -105,11 +108,12 @@ def _ids_and_keeps(build_opts: dict, K: int):
 
 def load_levels(data, build_opts: dict, cache_dir, warn):
     from ..io.archive import changed_sources
-    from ..io.archive_levels import cached_archive_levels, load_archive_levels
+    from ..io.archive import load_archive
+    from ..io.cache import cached_archive
     from ..io.readers import normalise_delimiter
 
     if len(data) == 1:
-        archive = load_archive_levels(data[0], archive_n_levels(data[0]))
+        archive = load_archive(data[0], archive_n_levels(data[0]))
         for changed in changed_sources(archive):
             warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
         return archive, Path(data[0]).name
@@ -120,60 +124,23 @@ def load_levels(data, build_opts: dict, cache_dir, warn):
         raise click.UsageError(f"{K} data files: hlmcli fits models of up to four levels (one file per level)")
     if build_opts.get("id_") or build_opts.get("id1"):
         raise click.UsageError(f"{K} data files make a {K}-level model, which takes --id2 ... --id{K}, not --id or --id1")
-    ids, keeps = _ids_and_keeps(build_opts, K)
+    ids, keeps = ids_and_keeps(build_opts, K)
     options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
                                    build_opts.get("drop_unmatched", False), K)
-    archive, _ = cached_archive_levels(list(data), options, fmt=build_opts.get("file_format"),
-                                       delimiter=normalise_delimiter(build_opts.get("delimiter")),
-                                       cache_dir=cache_dir, warn=warn)
+    archive, _ = cached_archive(data, options, fmt=build_opts.get("file_format"),
+                                delimiter=normalise_delimiter(build_opts.get("delimiter")), cache_dir=cache_dir,
+                                warn=warn)
     return archive, ", ".join(Path(p).name for p in data)
 
 
 def spec_levels(archive, equations, model_file, reml, title=None, max_iterations=None, residuals=()):
     from .design_levels import variables_of
-    from ..language.equations_levels import is_command_file
-    from ..language.equations import read_text
-    from ..language.equations_levels import RunOptionsLevels, build_levels_spec, classify_levels
+    from ..language.equations_levels import RunOptionsLevels, spec_from_inputs_levels
 
     K = archive.n_levels
-    equations = [list(e) for e in equations]
-    if model_file:
-        text = read_text(Path(model_file))
-        if is_command_file(model_file, text):
-            raise ModelError(f"{model_file}: HLM 7 command files (.hlm) are read for two and three levels; give a "
-                             f"{K}-level model as equations (-1 ... -{K}, or a model file of equations)")
-        if equations[0]:
-            raise ModelError(f"{model_file}: give the model either with --model or with -1 ... -{K}, not both")
-        found = classify_levels(text.splitlines(), K)
-        equations = [f + e for f, e in zip(found, equations)]
-    elif equations[0] and any("\n" in e or ";" in e for e in equations[0]):  # pasted output or several in one -1
-        found = classify_levels(re.split(r"[\n;]", equations[0][0]), K)
-        equations = [f + e for f, e in zip(found, [[]] + equations[1:])]
     options = RunOptionsLevels(method="REML" if reml else "ML", max_iterations=max_iterations or 1000, title=title,
                                residuals=tuple(residuals) + (None,) * (K - 1 - len(residuals)))
-    return build_levels_spec(equations, variables_of(archive), options)
-
-
-def load_summarised(data, build_opts: dict, fit, warn, K: int, progress: bool = False):
-    """(the archive of the upper files, its source text, the level-1 file whose records are read
-    later, once, for the model's variables) for --engine stream/dask (engines_levels.py)."""
-    from ..analysis.engines_levels import summarised
-
-    engine = Engine(fit.engine).value
-    if len(data) == 1:
-        raise LevelsUsage(f"--engine {engine} reads the data files, one per level; an archive is already built in "
-                          "memory, so drop --engine")
-    if K == 3:
-        options = options3(**{k: build_opts.get(k) for k in ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars",
-                                                               "l3_vars", "missing", "drop_unmatched")})
-    else:
-        ids, keeps = _ids_and_keeps(build_opts, K)
-        options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
-                                       build_opts.get("drop_unmatched", False), K)
-    scheduler = build_opts.get("dask_scheduler") or fit.scheduler
-    archive, l1 = summarised(list(data), options, engine, build_opts.get("file_format"), build_opts.get("delimiter"),
-                             warn, scheduler, progress)
-    return archive, ", ".join(Path(str(p)).name for p in data), l1
+    return spec_from_inputs_levels(list(equations), model_file, variables_of(archive), options)
 
 
 def summarised_level1(archive, spec, l1, warn):

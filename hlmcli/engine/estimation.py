@@ -20,10 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..lazy import lazy
-
-optimize = lazy("scipy.optimize")
-
+from . import lbfgsb
 from .certificate import HESSIAN_TOL, Certificate, Face, certify
 from .sufficient import ModelStats, reparametrise
 from .unitsolve import UnitSolve, factor, unit_ols, unit_solve
@@ -151,10 +148,19 @@ class Objective:
 
     def __init__(self, stats: ModelStats, reml: bool, sigma2: float | None = None):
         self.stats, self.reml, self.count, self.sigma2 = stats, reml, 0, sigma2
+        self._cache: list = []
 
     def solve(self, lam: np.ndarray) -> UnitSolve:
+        # the search ends where the certificate and the rounding noise ask again (a solve at the same
+        # point): the last few solves are kept, keyed on the factor's exact bits, as nested_fit's are
+        key = np.asarray(lam, float).tobytes()
+        for k, us in self._cache:
+            if k == key:
+                return us
         self.count += 1
-        return unit_solve(self.stats, lam)
+        us = unit_solve(self.stats, lam)
+        self._cache = [(key, us)] + self._cache[:3]
+        return us
 
     def deviance_of(self, us: UnitSolve) -> float:
         return us.profiled_deviance(self.reml) if self.sigma2 is None else us.deviance(self.sigma2, self.reml)
@@ -234,8 +240,7 @@ def _lbfgs(obj: Objective, G0: np.ndarray, structure: TauStructure, maxiter: int
         grad = 2.0 * obj.gradient_of(us) @ lam
         return obj.deviance_of(us), grad[idx]
 
-    res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": max(1, maxiter), "ftol": 1e-10, "gtol": 1e-7, "maxcor": 20})
+    res = lbfgsb.minimize(fun, theta0, bounds, maxiter=max(1, maxiter), ftol=1e-10, gtol=1e-7, maxcor=20)
     lam = np.zeros((q, q))
     lam[idx] = res.x
     return lam @ lam.T, float(res.fun), int(res.nit), str(res.message)

@@ -92,10 +92,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..lazy import lazy_function
-
-minimize = lazy_function("scipy.optimize", "minimize")
-
+from . import lbfgsb
 from .certificate import Certificate, Face, certify
 from .estimation import TauStructure, lower_faces
 from .estimation import fit as linear_fit
@@ -197,6 +194,11 @@ class GLMData:
 
     def loglik_units(self, eta: np.ndarray) -> np.ndarray:
         return np.add.reduceat(self.family.loglik_terms(eta, self.y, self.trials), self.starts)
+
+    def conditional(self, nodes: int = 1) -> "Conditional":
+        """The Laplace/AGQ objective of these data (a family with parameters of its own, as the
+        ordinal thresholds, brings its own: ordinal.py)."""
+        return Conditional(self, nodes)
 
 
 # ====================================================================== PQL and the PA model
@@ -602,6 +604,8 @@ class Conditional:
                                 2.0 * np.einsum("jab,jbc->jac", AL, Psi) + np.einsum("kj,kja,kjb->jab", pi, Gk, U)
                                 + np.einsum("ja,jb->jab", Zc, u)
                                 + np.einsum("ja,jb->jab", ghat, m) - np.einsum("ja,jb->jab", np.einsum("jab,jb->ja", AL, m), u))
+        # what a family with parameters of its own needs for their gradient (ordinal.py)
+        self.parts = SimpleNamespace(pi=pi, Psi=Psi, m=m, R=R, u=u, eta=eta)
         glam = (2.0 * np.einsum("jab,jbc->ac", AL, Psi) + np.einsum("kj,kja,kjb->ab", pi, Gk, U)
                 + Zc.T @ u + ghat.T @ m - np.einsum("jab,jb->ja", AL, m).T @ u)
         return dev, -2.0 * ggam, -2.0 * glam
@@ -732,6 +736,8 @@ def ml_start(data: GLMData, macroit: int = 100, diagonal: bool = False):
 def _glm_gamma(data: GLMData, maxit: int = 100) -> np.ndarray:
     """γ of the GLM without random effects: Newton with step halving on the log-likelihood (a
     near-separated predictor only makes its coefficient large, which is a start all the same)."""
+    if hasattr(data, "glm_gamma"):  # a family with parameters of its own fits its own GLM (ordinal.py)
+        return data.glm_gamma()
     gamma = np.zeros(data.p)
     ll = float(np.sum(data.loglik_units(data.eta(gamma, None))))
     for _ in range(maxit):
@@ -838,7 +844,7 @@ def _ml_fit_one(data: GLMData, nodes: int = 1, start: PQLResult | None = None, m
     nt = idx[0].size
     if start is None:
         start = ml_start(data, diagonal=diagonal)
-    cond = Conditional(data, nodes)
+    cond = data.conditional(nodes)
     H0 = None
     if nodes > 1:
         # AGQ starts from the Laplace optimum (or from `init`, an AGQ fit with fewer points), where it
@@ -949,7 +955,7 @@ def _quad_next(K: int) -> int | None:
 
 
 def _deviance_at(data, res: MLResult, K: int) -> float:
-    cond = Conditional(data, K)
+    cond = data.conditional(K)
     cond.b = res.b.copy()
     return cond.deviance(res.gamma, res.lam)
 
@@ -1031,7 +1037,7 @@ def _search(fg, grad, x, H0, cond):
     x, f, g, n1, ok = _newton(fg, x, f, g, H0, 50, 1e-6)
     iters += n1
     if not ok:  # a poor start: L-BFGS, then the Newton stages
-        res = minimize(fg, x, jac=True, method="L-BFGS-B", options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-6})
+        res = lbfgsb.minimize(fg, x, maxiter=500, ftol=1e-13, gtol=1e-6)
         x = res.x
         f, g = fg(x)
         iters += int(res.nit)

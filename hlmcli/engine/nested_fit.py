@@ -25,13 +25,13 @@ import numpy as np
 
 from ..lazy import lazy
 
-optimize = lazy("scipy.optimize")
 special = lazy("scipy.special")
 
+from . import lbfgsb
 from .certificate import Face, check_precision, face_conditions, name_direction, rank_tolerance
 from ..errors import ModelError
 from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
-from ..analysis.inference import weighted_sandwich
+from .sandwich import weighted_sandwich
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit, as_levels,
                      columns_of, levels_solve, reduce_nested, reduce_standardised, summary_of)
 from .unitsolve import factor, unit_ols
@@ -294,10 +294,9 @@ def _lbfgs(obj: Objective, Gs0, maxiter: int, diagonal=None):
         gs = us.gradients(obj.reml, obj.sigma2)
         return obj.deviance_of(us), np.concatenate([(2.0 * g @ lam)[i] for g, lam, i in zip(gs, ls, idx)])
 
-    res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            # tighter than two levels: ending closer to the optimum usually saves the
-                            # Newton polish its second face Hessian (2·face-size evaluations)
-                            options={"maxiter": max(1, maxiter), "ftol": 1e-13, "gtol": 1e-9, "maxcor": 20})
+    # tighter than two levels: ending closer to the optimum usually saves the Newton polish its second
+    # face Hessian (2·face-size evaluations)
+    res = lbfgsb.minimize(fun, theta0, bounds, maxiter=max(1, maxiter), ftol=1e-13, gtol=1e-9, maxcor=20)
     return tuple(lam @ lam.T for lam in lams(res.x)), float(res.fun), int(res.nit), str(res.message)
 
 
@@ -744,7 +743,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     wt = raw.weighting
     if wt is None:
         robust = TX @ Pinv @ (sc.T @ sc) @ Pinv @ TX.T
-    else:  # WeMix's pseudo-ML sandwich, clustered at the top level (inference.weighted_sandwich)
+    else:  # WeMix's pseudo-ML sandwich, clustered at the top level (sandwich.py)
         robust = TX @ weighted_sandwich(sc, wt.conditional[-1], Pinv) @ TX.T
     gamma = TX @ us.gamma + tr.b
     deviance = obj.deviance_of(us) - (2.0 * tr.log_det_TX if reml else 0.0)

@@ -1,17 +1,25 @@
-"""Stage 2, the archive (our MDM): merge a level-1 and a level-2 table, store them checksummed, load them back.
+"""Stage 2, the archive (our MDM): merge the tables of K ≥ 2 levels, store them checksummed, load them back.
 
-File layout (all little-endian):
+One archive type for any number of levels: `Archive(levels=[LevelData(names, values, ids, offsets)])`,
+level 1 first. The two-level merge is here; the merges of three and more levels (which files carry
+which ids) are in archive_levels.py; the file format, the loader and the cache (cache.py) are one.
+
+File layout (format 3, all little-endian):
   prefix  56 bytes: magic b"HLMCMDM\\x1a", format version (u32), reserved (u32),
                     header length (u64), SHA-256 of the whole file with these 32 bytes zeroed
-  header  UTF-8 JSON, padded with spaces to a multiple of 8 bytes: names, ids, sources, notes,
-          and the byte offset and shape of each array
-  arrays  float64 level-1 data (one variable after another, records sorted by unit),
-          float64 level-2 data (one variable after another), int64 unit offsets (J + 1)
+  header  UTF-8 JSON, padded with spaces to a multiple of 8 bytes: "levels" K, per level its names
+          (level{k}_names), size (n_level{k}) and unit ids (unit{k}_ids, k ≥ 2), the id names, the
+          sources, notes, and the byte offset and shape of each array
+  arrays  float64 level1 … levelK (variables, units of that level; records at level 1, sorted by
+          unit), int64 offsets2 … offsetsK (J_k + 1: the level-(k−1) units of level-k unit j are
+          offsetsk[j]:offsetsk[j+1])
 
 Arrays are raw float64 so a load is one read plus zero-copy views, and the JSON header stays
-readable with any tool. The checksum covers the whole file, prefix included (format 2; format 1
-left the prefix out, so a lowered header length went unnoticed), and the header must describe
-exactly the bytes that follow it, so a damaged file is never read past its prefix.
+readable with any tool. The checksum covers the whole file, prefix included (format 1 left the
+prefix out, so a lowered header length went unnoticed), and the header must describe exactly the
+bytes that follow it, so a damaged file is never read past its prefix. Format 2 had a header of its
+own for two levels (level1_names, level2_names, unit_ids, offsets, id_names of both files); format 2
+archives are still read (load_archive converts their header), format 1 ones are refused.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +41,8 @@ from .files import atomic_write, sha256_file
 if TYPE_CHECKING:
     from .readers import Table
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # format 2: the same container, a two-level header of its own
 MAGIC = b"HLMCMDM\x1a"
 PREFIX = struct.Struct("<8sIIQ32s")
 
@@ -52,30 +62,84 @@ class Source:
 
 
 @dataclass
-class Archive:
-    """Merged two-level data: level-1 records sorted by unit, one level-2 row per unit."""
+class LevelData:
+    """One level: its variables (variables, units of the level; records at level 1), the units' ids
+    (None at level 1) and, for each unit, the range of its children one level down (None at level 1)."""
 
-    level1_names: list[str]
-    level2_names: list[str]
-    level1: np.ndarray  # (variables, records)
-    level2: np.ndarray  # (variables, units)
-    unit_ids: list[str]
-    offsets: np.ndarray  # records of unit j are offsets[j]:offsets[j+1]
+    names: list[str]
+    values: np.ndarray
+    ids: list[str] | None = None
+    offsets: np.ndarray | None = None
+
+
+@dataclass
+class Archive:
+    """Merged data of K ≥ 2 levels: levels[k − 1] is level k; level-1 records sorted by level-2 unit,
+    level-k units by their level-(k+1) unit. The two-level names (level1, level2, unit_ids, offsets, ...)
+    read levels 1 and 2; level3_names, unit3_ids, offsets3, n_level3 ... read any level."""
+
+    levels: list[LevelData]
     id_kind: str
-    id_names: tuple[str, str]
+    id_names: tuple  # the unit ids of levels 2..K, as each level's own file spells them
     missing: str  # "now" or "analysis": when records with missing values are dropped
     sources: list[Source] = field(default_factory=list)
     value_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
     path: Path | None = None
+    level1_id: str = ""  # the level-2 id as the level-1 file spells it (--id1 at two levels)
+
+    def __post_init__(self):
+        if not self.level1_id:
+            self.level1_id = self.id_names[0]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    def n(self, level: int) -> int:
+        return int(self.levels[level - 1].values.shape[1])
+
+    def names(self, level: int) -> list[str]:
+        return self.levels[level - 1].names
+
+    def parent(self, level: int) -> np.ndarray:
+        """The level-(ℓ+1) unit of each level-ℓ unit (records at ℓ = 1)."""
+        off = self.levels[level].offsets
+        return np.repeat(np.arange(off.size - 1), np.diff(off))
+
+    # the two-level names
+    @property
+    def level1(self) -> np.ndarray:
+        return self.levels[0].values
+
+    @property
+    def level2(self) -> np.ndarray:
+        return self.levels[1].values
+
+    @property
+    def level1_names(self) -> list[str]:
+        return self.levels[0].names
+
+    @property
+    def level2_names(self) -> list[str]:
+        return self.levels[1].names
+
+    @property
+    def unit_ids(self) -> list[str]:
+        return self.levels[1].ids
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Records of level-2 unit j are offsets[j]:offsets[j+1]."""
+        return self.levels[1].offsets
 
     @property
     def n_level1(self) -> int:
-        return int(self.level1.shape[1])
+        return int(self.levels[0].values.shape[1])
 
     @property
     def n_units(self) -> int:
-        return len(self.unit_ids)
+        return len(self.levels[1].ids)
 
     @property
     def unit_sizes(self) -> np.ndarray:
@@ -83,14 +147,36 @@ class Archive:
 
     @property
     def unit_index(self) -> np.ndarray:
-        """Each record's unit number (0..J-1)."""
+        """Each record's level-2 unit number (0..J-1)."""
         return np.repeat(np.arange(self.n_units), self.unit_sizes)
+
+    @property
+    def unit2_of_record(self) -> np.ndarray:
+        return self.parent(1)
+
+    @property
+    def unit3_of_unit2(self) -> np.ndarray:
+        return self.parent(2)
 
     def level1_column(self, name: str) -> np.ndarray:
         return self.level1[self.level1_names.index(name)]
 
     def level2_column(self, name: str) -> np.ndarray:
         return self.level2[self.level2_names.index(name)]
+
+    # any level: level3_names, level3, unit3_ids, offsets3, n_level3, ... (and level 2's the same way)
+    _NAMED = re.compile(r"^(?:level(\d+)_names|level(\d+)|unit(\d+)_ids|offsets(\d+)|n_level(\d+))$")
+
+    def __getattr__(self, name: str):
+        m = Archive._NAMED.match(name)
+        if not m or "levels" not in self.__dict__:
+            raise AttributeError(name)
+        k = int(next(g for g in m.groups() if g is not None))
+        if not 1 <= k <= len(self.levels):
+            raise AttributeError(name)
+        lv = self.levels[k - 1]
+        return (lv.names, lv.values, lv.ids, lv.offsets, int(lv.values.shape[1]))[
+            next(i for i, g in enumerate(m.groups()) if g is not None)]
 
 
 @dataclass(frozen=True)
@@ -101,6 +187,7 @@ class BuildOptions:
     keep2: tuple[str, ...] | None = None
     missing: str = "analysis"
     drop_unmatched: bool = False
+    n_levels = 2
 
     def as_dict(self) -> dict:
         return {"id1": self.id1, "id2": self.id2, "keep1": self.keep1, "keep2": self.keep2,
@@ -192,12 +279,10 @@ def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file
     labels = {c: table.value_labels[c] for table, cols in ((level1, keep1), (level2, keep2)) for c in cols
               if c in table.value_labels}
     return Archive(
-        level1_names=list(keep1), level2_names=list(keep2),
-        level1=np.ascontiguousarray(l1_values, dtype=np.float64),
-        level2=np.ascontiguousarray(l2_values, dtype=np.float64),
-        unit_ids=unit_ids, offsets=offsets,
-        id_kind=kind2 if kind2 == kind1 else "string", id_names=(id1, id2), missing=options.missing,
-        value_labels=labels, notes=notes,
+        [LevelData(list(keep1), np.ascontiguousarray(l1_values, dtype=np.float64)),
+         LevelData(list(keep2), np.ascontiguousarray(l2_values, dtype=np.float64), unit_ids, offsets)],
+        id_kind=kind2 if kind2 == kind1 else "string", id_names=(id2,), missing=options.missing,
+        value_labels=labels, notes=notes, level1_id=id1,
     )
 
 
@@ -344,31 +429,34 @@ def describe_source(path: str | os.PathLike, role: str, table: Table) -> Source:
 
 # ---------------------------------------------------------------- writing and loading
 
-def _header(archive: Archive) -> dict:
-    return {
-        "tool": "hlmcli", "format_version": FORMAT_VERSION,
-        "level1_names": archive.level1_names, "level2_names": archive.level2_names,
-        "n_level1": archive.n_level1, "n_units": archive.n_units,
-        "unit_ids": archive.unit_ids, "id_kind": archive.id_kind, "id_names": list(archive.id_names),
-        "missing": archive.missing, "value_labels": archive.value_labels, "notes": archive.notes,
-        "sources": [s.__dict__ for s in archive.sources],
-    }
+def _array_names(K: int) -> list[str]:
+    return [f"level{k}" for k in range(1, K + 1)] + [f"offsets{k}" for k in range(2, K + 1)]
 
 
 def archive_bytes(archive: Archive) -> list[bytes]:
-    arrays = [archive.level1.astype("<f8", copy=False), archive.level2.astype("<f8", copy=False),
-              archive.offsets.astype("<i8", copy=False)]
-    header = _header(archive)
-    header["arrays"] = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)}
-                        for n, a in zip(("level1", "level2", "offsets"), arrays)]
+    """The file of an archive of any number of levels (format 3), as chunks to write."""
+    K = archive.n_levels
+    arrays = ([lv.values.astype("<f8", copy=False) for lv in archive.levels]
+              + [lv.offsets.astype("<i8", copy=False) for lv in archive.levels[1:]])
+    header = {
+        "tool": "hlmcli", "format_version": FORMAT_VERSION, "levels": K,
+        "id_kind": archive.id_kind, "id_names": list(archive.id_names), "level1_id": archive.level1_id,
+        "missing": archive.missing, "value_labels": archive.value_labels, "notes": archive.notes,
+        "sources": [s.__dict__ for s in archive.sources],
+        "arrays": [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in zip(_array_names(K), arrays)],
+    }
+    for k, lv in enumerate(archive.levels, 1):
+        header[f"level{k}_names"] = lv.names
+        header[f"n_level{k}"] = int(lv.values.shape[1])
+        if k > 1:
+            header[f"unit{k}_ids"] = lv.ids
     text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     body = [text] + [np.ascontiguousarray(a).tobytes() for a in arrays]
     digest = hashlib.sha256(PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
     for chunk in body:
         digest.update(chunk)
-    prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())
-    return [prefix] + body
+    return [PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())] + body
 
 
 def write_archive(archive: Archive, path: str | os.PathLike, mode: int | None = None) -> None:
@@ -393,34 +481,60 @@ def _wrong_levels(found, wanted: int) -> str:
             f"{wanted}-level archive)")
 
 
-def read_archive_file(path: str | os.PathLike, levels: int = 2) -> tuple[Path, dict, dict, CorruptArchive]:
-    """Read and verify an archive file of the given number of levels (the two- and three-level
-    archives share the format): (path, JSON header, arrays by name as zero-copy views, the error
-    to raise when the header does not describe the contents)."""
+def peek_levels(path) -> int:
+    """The number of levels, from the header alone (the full load checks the checksum); 2 for anything
+    unreadable, so the loader gives its own message."""
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(PREFIX.size)
+            if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
+                return 2
+            _, version, _, header_len, _ = PREFIX.unpack(prefix)
+            if version not in READABLE_VERSIONS or header_len > (1 << 30):
+                return 2
+            header = json.loads(handle.read(header_len).decode("utf-8"))
+        return int(header.get("levels", 2)) if isinstance(header, dict) else 2
+    except (OSError, ValueError, TypeError):
+        return 2
+
+
+def read_archive_file(path: str | os.PathLike, levels: int | None = 2,
+                      verify: bool = False) -> tuple[Path, dict, dict, CorruptArchive]:
+    """Read and verify an archive file (of `levels` levels; None: any): (path, JSON header, arrays by
+    name as zero-copy views, the error to raise when the header does not describe the contents). The
+    whole-file checksum is computed unless verified.py knows this very file was verified in full
+    before; `verify` always computes it."""
+    from . import verified
     from .files import check_regular
 
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: no such archive; build it with 'hlmcli mdm build'")
     check_regular(path, "archive")
+    before = os.stat(path)
     raw = path.read_bytes()
+    after = os.stat(path)
     rebuild = "rebuild it with 'hlmcli mdm build'"
     if len(raw) < PREFIX.size or raw[:8] != MAGIC:
         raise CorruptArchive(f"{path}: not an hlmcli archive; build one with 'hlmcli mdm build'")
     _, version, reserved, header_len, checksum = PREFIX.unpack_from(raw)
-    if version != FORMAT_VERSION:
-        raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {FORMAT_VERSION}; {rebuild}")
-    digest = hashlib.sha256(PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
+    if version not in READABLE_VERSIONS:
+        raise CorruptArchive(f"{path}: archive format version {version}, this hlmcli reads {READABLE_VERSIONS[0]} "
+                             f"to {FORMAT_VERSION}; {rebuild}")
     body = memoryview(raw)[PREFIX.size:]
-    digest.update(body)
-    if digest.digest() != checksum:
-        raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
+    head = bytes(memoryview(raw)[:PREFIX.size + min(header_len, len(body))])
+    if verify or not verified.known(path, before, after, head):
+        digest = hashlib.sha256(PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
+        digest.update(body)
+        if digest.digest() != checksum:
+            raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
+        verified.remember(path, before, after, head)
     damaged = CorruptArchive(f"{path}: the archive header does not describe its contents; {rebuild}")
     if header_len > len(body) or header_len % 8:
         raise damaged
     try:
         header = json.loads(bytes(body[:header_len]).decode("utf-8"))
-        if isinstance(header, dict) and header.get("levels", 2) != levels:
+        if isinstance(header, dict) and levels is not None and header.get("levels", 2) != levels:
             raise DataError(f"{path}: {_wrong_levels(header.get('levels', 2), levels)}")
         arrays = {}
         offset = header_len
@@ -436,33 +550,45 @@ def read_archive_file(path: str | os.PathLike, levels: int = 2) -> tuple[Path, d
             arrays[spec["name"]] = arr
         if offset != len(body):
             raise damaged
+        if version == 2 and "levels" not in header:  # format 2's two-level header, in format 3's names
+            header = {**header, "levels": 2, "level2_names": header["level2_names"], "unit2_ids": header["unit_ids"],
+                      "id_names": header["id_names"][1:], "level1_id": header["id_names"][0]}
+            arrays["offsets2"] = arrays.pop("offsets")
     except DataError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise damaged from None
     return path, header, arrays, damaged
 
 
-def load_archive(path: str | os.PathLike) -> Archive:
-    path, header, arrays, damaged = read_archive_file(path, 2)
+def load_archive(path: str | os.PathLike, levels: int | None = 2, verify: bool = False) -> Archive:
+    """The archive at `path`, checked; `levels`: the number of levels the caller needs (None: any);
+    `verify`: hash the whole file even if it was verified before (io/verified.py)."""
+    path, header, arrays, damaged = read_archive_file(path, levels, verify)
     try:
-        archive = Archive(
-            level1_names=header["level1_names"], level2_names=header["level2_names"],
-            level1=arrays["level1"], level2=arrays["level2"], unit_ids=header["unit_ids"],
-            offsets=arrays["offsets"], id_kind=header["id_kind"], id_names=tuple(header["id_names"]),
-            missing=header["missing"], sources=[Source(**s) for s in header["sources"]],
-            value_labels=header["value_labels"], notes=header["notes"], path=path,
-        )
+        K = int(header.get("levels", 2))
+        lvs = [LevelData(header["level1_names"], arrays["level1"])]
+        for k in range(2, K + 1):
+            lvs.append(LevelData(header[f"level{k}_names"], arrays[f"level{k}"], header[f"unit{k}_ids"],
+                                 arrays[f"offsets{k}"]))
+        archive = Archive(lvs, header["id_kind"], tuple(header["id_names"]), header["missing"],
+                          [Source(**s) for s in header["sources"]], header["value_labels"], header["notes"], path,
+                          header.get("level1_id") or header["id_names"][0])
     except DataError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise damaged from None
-    n_vars1, n_vars2 = len(archive.level1_names), len(archive.level2_names)
-    if (archive.level1.ndim != 2 or archive.level2.ndim != 2 or archive.level1.shape[0] != n_vars1
-            or archive.level2.shape != (n_vars2, len(archive.unit_ids)) or archive.offsets.shape != (len(archive.unit_ids) + 1,)
-            or archive.offsets[0] != 0 or archive.offsets[-1] != archive.level1.shape[1]
-            or np.any(np.diff(archive.offsets) < 0)):
+    if K < 2 or len(archive.id_names) != K - 1:
         raise damaged
+    for k, lv in enumerate(archive.levels, 1):
+        if lv.values.ndim != 2 or lv.values.shape[0] != len(lv.names):
+            raise damaged
+        if k > 1:
+            J, below = len(lv.ids), archive.levels[k - 2].values.shape[1]
+            off = lv.offsets
+            if (lv.values.shape[1] != J or off.shape != (J + 1,) or off[0] != 0 or off[-1] != below
+                    or np.any(np.diff(off) < 0)):
+                raise damaged
     return archive
 
 

@@ -1,14 +1,5 @@
-"""Archives of K ≥ 3 levels (HLM 7's HLM3 and HLM4 MDM): level-1 records in level-2 units in ... level-K units.
-
-The two-level archive (archive.py) is left exactly as it is: same files, same bytes, same cache keys.
-
-The container is the two- and three-level one (magic, format version, whole-file SHA-256, JSON header,
-raw little-endian arrays) with "levels": K in its header and the three-level keys continued level by
-level, so a three-level archive is this format at K = 3 and loads here unchanged:
-
-  level1 … levelK         float64 (variables, units of that level; records at level 1)
-  offsets2 … offsetsK     int64 (J_ℓ + 1): the level-(ℓ−1) units of level-ℓ unit k are offsetsℓ[k]:offsetsℓ[k+1]
-  header: level{ℓ}_names, n_level{ℓ}, unit{ℓ}_ids (ℓ ≥ 2), id_names (the ids of levels 2..K), ...
+"""The merges of K ≥ 3 levels (HLM 7's HLM3 and HLM4 MDM): level-1 records in level-2 units in ... level-K
+units, into the one archive type of archive.py (same format, loader and cache as two levels).
 
 Which files carry which ids, three levels (issue 13): the level-1 file carries the level-2 id and, usually,
 the level-3 id; the level-2 file carries the level-2 id and the level-3 id, or the level-2 id alone when
@@ -23,16 +14,12 @@ requires. Each level comes from its own file.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .archive import (FORMAT_VERSION, MAGIC, PREFIX, CorruptArchive, Source, refuse_infinite,
-                      read_archive_file)
+from .archive import Archive, LevelData, refuse_infinite
 from ..errors import DataError, first_few
 from .files import atomic_write
 
@@ -46,6 +33,7 @@ class BuildOptions3:
     keep3: tuple[str, ...] | None = None
     missing: str = "analysis"
     drop_unmatched: bool = False
+    n_levels = 3
 
     def as_dict(self) -> dict:
         return {"levels": 3, "id2": self.id2, "id3": self.id3, "keep1": self.keep1, "keep2": self.keep2,
@@ -66,65 +54,6 @@ class BuildOptionsLevels:  # K ≥ 4 levels, one file per level (three levels: B
     def as_dict(self) -> dict:
         return {"levels": self.n_levels, "ids": list(self.ids), "keeps": [list(k) if k else None for k in self.keeps],
                 "missing": self.missing, "drop_unmatched": self.drop_unmatched}
-
-
-@dataclass
-class LevelData:
-    """One level: its variables (variables, units), the units' ids (None at level 1) and, for each
-    unit, the range of its children one level down (offsets, None at level 1)."""
-    names: list[str]
-    values: np.ndarray
-    ids: list[str] | None = None
-    offsets: np.ndarray | None = None
-
-
-@dataclass
-class ArchiveLevels:
-    levels: list[LevelData]
-    id_kind: str
-    id_names: tuple  # the unit ids of levels 2..K
-    missing: str
-    sources: list[Source] = field(default_factory=list)
-    value_labels: dict[str, dict[str, str]] = field(default_factory=dict)
-    notes: dict = field(default_factory=dict)
-    path: Path | None = None
-
-    @property
-    def n_levels(self) -> int:
-        return len(self.levels)
-
-    def n(self, level: int) -> int:
-        return int(self.levels[level - 1].values.shape[1])
-
-    def names(self, level: int) -> list[str]:
-        return self.levels[level - 1].names
-
-    # the three-level names: level1_names, level2, unit3_ids, offsets2, n_level3, ... for any level
-    _NAMED = re.compile(r"^(?:level(\d+)_names|level(\d+)|unit(\d+)_ids|offsets(\d+)|n_level(\d+))$")
-
-    def __getattr__(self, name: str):
-        m = ArchiveLevels._NAMED.match(name)
-        if not m or "levels" not in self.__dict__:
-            raise AttributeError(name)
-        k = int(next(g for g in m.groups() if g is not None))
-        if not 1 <= k <= len(self.levels):
-            raise AttributeError(name)
-        lv = self.levels[k - 1]
-        return (lv.names, lv.values, lv.ids, lv.offsets, int(lv.values.shape[1]))[
-            next(i for i, g in enumerate(m.groups()) if g is not None)]
-
-    @property
-    def unit2_of_record(self) -> np.ndarray:
-        return self.parent(1)
-
-    @property
-    def unit3_of_unit2(self) -> np.ndarray:
-        return self.parent(2)
-
-    def parent(self, level: int) -> np.ndarray:
-        """The level-(ℓ+1) unit of each level-ℓ unit (records at ℓ = 1)."""
-        off = self.levels[level].offsets
-        return np.repeat(np.arange(off.size - 1), np.diff(off))
 
 
 # ---------------------------------------------------------------- building three levels (shared files allowed)
@@ -188,7 +117,7 @@ def _value_labels(tables, keeps) -> dict[str, dict[str, str]]:
     return {c: table.value_labels[c] for table, cols in zip(tables, keeps) for c in cols if c in table.value_labels}
 
 
-def build_archive3(t1, t2, t3, options: BuildOptions3, warn=lambda m: None) -> ArchiveLevels:
+def build_archive3(t1, t2, t3, options: BuildOptions3, warn=lambda m: None) -> Archive:
     """Merge three tables (they may be the same table) into an Archive3. DataError on anything to fix."""
     from .readers import find_column
 
@@ -215,8 +144,11 @@ def build_archive3(t1, t2, t3, options: BuildOptions3, warn=lambda m: None) -> A
     pos2 = {uid: j for j, uid in enumerate(ids2)}
     l1_values, unit = _level1_records3(t1, t2, options, (id2_in1, id3_in1, id3_in2), keep1, pos2, parent, notes,
                                        inf_notes, warn)
-    return _ordered_archive3((t1, t2, t3), (keep1, keep2, keep3), (l1_values, l2_values, l3_values), unit, parent3,
-                             ids2, ids3, kind2 if kind2 == kind3 else "string", (id2_in2, id3_in3), options, notes, warn)
+    archive = _ordered_archive3((t1, t2, t3), (keep1, keep2, keep3), (l1_values, l2_values, l3_values), unit, parent3,
+                                ids2, ids3, kind2 if kind2 == kind3 else "string", (id2_in2, id3_in3), options, notes,
+                                warn)
+    archive.level1_id = id2_in1
+    return archive
 
 
 def _level1_records3(t1, t2, options: BuildOptions3, id_columns, keep1, pos2, parent, notes, inf_notes, warn):
@@ -397,7 +329,7 @@ def _ordered_archive3(tables, keeps, values, unit, parent3, ids2, ids3, id_kind,
     offsets2 = np.concatenate(([0], np.cumsum(np.bincount(unit, minlength=len(unit2_ids))))).astype(np.int64)
     offsets3 = np.concatenate(([0], np.cumsum(np.bincount(unit3_of_2, minlength=len(unit3_ids))))).astype(np.int64)
     labels = _value_labels(tables, keeps)
-    return ArchiveLevels(
+    return Archive(
         [LevelData(list(keep1), np.ascontiguousarray(l1_values, dtype=np.float64)),
          LevelData(list(keep2), np.ascontiguousarray(l2_values, dtype=np.float64), unit2_ids, offsets2),
          LevelData(list(keep3), np.ascontiguousarray(l3_values, dtype=np.float64), unit3_ids, offsets3)],
@@ -417,7 +349,7 @@ def _constant(values: np.ndarray, ids: np.ndarray) -> bool:
 
 
 def build_from_files3(paths, options: BuildOptions3, fmt=None, delimiter=None, warn=lambda m: None,
-                      progress=None) -> ArchiveLevels:
+                      progress=None) -> Archive:
     """Read the three files (some may be the same file) and merge them."""
     from .archive import describe_source
     from .files import same_file
@@ -448,7 +380,7 @@ def build_from_files3(paths, options: BuildOptions3, fmt=None, delimiter=None, w
 # ---------------------------------------------------------------- building (K ≥ 4, one file per level)
 
 
-def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: None) -> ArchiveLevels:
+def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: None) -> Archive:
     """Merge K tables, one per level, into an archive. DataError on anything to fix."""
     from .readers import find_column, numeric_column
 
@@ -500,8 +432,8 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
     labels = _value_labels(tables, keeps)
     id_names = tuple(find_column(tables[level - 1], options.ids[level - 2], f"level-{level} unit id")
                      for level in range(2, K + 1))
-    return ArchiveLevels(levels, kinds[0] if len(set(kinds)) == 1 else "string", id_names, options.missing,
-                         value_labels=labels, notes=notes)
+    return Archive(levels, kinds[0] if len(set(kinds)) == 1 else "string", id_names, options.missing,
+                   value_labels=labels, notes=notes, level1_id=col2)
 
 
 def _variables_levels(tables, options: BuildOptionsLevels, ids_cols: set, warn) -> list[list[str]]:
@@ -575,7 +507,7 @@ def _ordered_levels(tables, options: BuildOptionsLevels, keeps, l1, unit, ids_of
 
 
 def build_from_files_levels(paths, options: BuildOptionsLevels, fmt=None, delimiter=None, warn=lambda m: None,
-                            progress=None) -> ArchiveLevels:
+                            progress=None) -> Archive:
     """Read the K files (one per level) and merge them."""
     from .archive import describe_source
     from .files import same_file
@@ -606,285 +538,14 @@ def build_from_files_levels(paths, options: BuildOptionsLevels, fmt=None, delimi
     return archive
 
 
-# ---------------------------------------------------------------- writing and loading
+# ---------------------------------------------------------------- any number of levels
 
-def _array_names(K: int) -> list[str]:
-    return [f"level{k}" for k in range(1, K + 1)] + [f"offsets{k}" for k in range(2, K + 1)]
+def build_from_paths(paths, options, fmt=None, delimiter=None, warn=lambda m: None, progress=None) -> Archive:
+    """The one way to build an archive from data files, for any number of levels: `options` says how
+    many (BuildOptions: two files, BuildOptions3: three, BuildOptionsLevels: one file per level)."""
+    from .archive import build_from_files
 
-
-def archive_levels_bytes(archive: ArchiveLevels) -> list[bytes]:
-    K = archive.n_levels
-    arrays = ([lv.values.astype("<f8", copy=False) for lv in archive.levels]
-              + [lv.offsets.astype("<i8", copy=False) for lv in archive.levels[1:]])
-    header = {
-        "tool": "hlmcli", "format_version": FORMAT_VERSION, "levels": K,
-        "id_kind": archive.id_kind, "id_names": list(archive.id_names), "missing": archive.missing,
-        "value_labels": archive.value_labels, "notes": archive.notes,
-        "sources": [s.__dict__ for s in archive.sources],
-        "arrays": [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in zip(_array_names(K), arrays)],
-    }
-    for k, lv in enumerate(archive.levels, 1):
-        header[f"level{k}_names"] = lv.names
-        header[f"n_level{k}"] = int(lv.values.shape[1])
-        if k > 1:
-            header[f"unit{k}_ids"] = lv.ids
-    text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    body = [text] + [np.ascontiguousarray(a).tobytes() for a in arrays]
-    digest = hashlib.sha256(PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
-    for chunk in body:
-        digest.update(chunk)
-    return [PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())] + body
-
-
-def write_archive_levels(archive: ArchiveLevels, path, mode: int | None = None) -> None:
-    atomic_write(path, archive_levels_bytes(archive), mode=mode)
-
-
-def archive_levels(path) -> int:
-    """2 or 3, from the header alone (the full load checks the checksum); 2 for anything unreadable,
-    so the two-level loader gives its own message."""
-    try:
-        with open(path, "rb") as handle:
-            prefix = handle.read(PREFIX.size)
-            if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
-                return 2
-            _, version, _, header_len, _ = PREFIX.unpack(prefix)
-            if version != FORMAT_VERSION or header_len > (1 << 30):
-                return 2
-            header = json.loads(handle.read(header_len).decode("utf-8"))
-        return int(header.get("levels", 2)) if isinstance(header, dict) else 2
-    except (OSError, ValueError, TypeError):
-        return 2
-
-
-def load_archive_levels(path, levels: int) -> ArchiveLevels:
-    path, header, arrays, damaged = read_archive_file(path, levels)
-    try:
-        lvs = [LevelData(header["level1_names"], arrays["level1"])]
-        for k in range(2, levels + 1):
-            lvs.append(LevelData(header[f"level{k}_names"], arrays[f"level{k}"], header[f"unit{k}_ids"],
-                                 arrays[f"offsets{k}"]))
-        a = ArchiveLevels(lvs, header["id_kind"], tuple(header["id_names"]), header["missing"],
-                          [Source(**s) for s in header["sources"]], header["value_labels"], header["notes"], path)
-    except (CorruptArchive, DataError):
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise damaged from None
-    if len(a.id_names) != levels - 1:
-        raise damaged
-    for k, lv in enumerate(a.levels, 1):
-        if lv.values.ndim != 2 or lv.values.shape[0] != len(lv.names):
-            raise damaged
-        if k > 1:
-            J, below = len(lv.ids), a.levels[k - 2].values.shape[1]
-            off = lv.offsets
-            if (lv.values.shape[1] != J or off.shape != (J + 1,) or off[0] != 0 or off[-1] != below
-                    or np.any(np.diff(off) < 0)):
-                raise damaged
-    return a
-
-
-def load_archive3(path) -> ArchiveLevels:
-    return load_archive_levels(path, 3)
-
-
-def write_archive3(archive: ArchiveLevels, path, mode: int | None = None) -> None:
-    write_archive_levels(archive, path, mode)
-
-
-archive3_bytes = archive_levels_bytes
-
-
-# ---------------------------------------------------------------- the cache (as cache.py, K sources)
-
-def cached_archive_levels(paths, options, fmt=None, delimiter=None, cache_dir=None,
-                          warn=lambda m: None) -> tuple[ArchiveLevels, str]:
-    """`hlmcli fit L1 … LK`: load the cached archive for these sources and options (BuildOptions3 or
-    BuildOptionsLevels), else build it."""
-    from .cache import load_or_build, source_mode
-
-    K = options.as_dict()["levels"]
-
-    def key_of(hashes) -> str:
-        material = {"format_version": FORMAT_VERSION, "levels": K, "sources": list(hashes),
-                    "options": options.as_dict(), "format": fmt, "delimiter": delimiter}
-        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
-
+    if options.n_levels == 2:
+        return build_from_files(paths[0], paths[1], options, fmt, delimiter, warn=warn, progress=progress)
     build = build_from_files3 if isinstance(options, BuildOptions3) else build_from_files_levels
-    return load_or_build(paths, key_of, lambda target: load_archive_levels(target, K),
-                         lambda: build(paths, options, fmt, delimiter, warn=warn),
-                         lambda archive, target: write_archive_levels(archive, target, mode=source_mode(*paths)),
-                         cache_dir, warn)
-
-
-def cached_archive3(paths, options: BuildOptions3, fmt=None, delimiter=None, cache_dir=None,
-                    warn=lambda m: None) -> tuple[ArchiveLevels, str]:
-    return cached_archive_levels(paths, options, fmt, delimiter, cache_dir, warn)
-
-
-# ---------------------------------------------------------------- `mdm info`
-
-def archive3_info(archive: ArchiveLevels, unit: str | None = None) -> dict:
-    """HLM 7's MDM statistics for all three levels (same keys as the two-level document, plus level3)."""
-    from ..version import __version__
-    from .archive import summarize
-
-    n2 = np.diff(archive.offsets2)
-    n3 = np.diff(archive.offsets3)
-    info = {
-        "schema": 1, "tool": "hlmcli", "version": __version__, "levels": 3,
-        "archive": archive.path.name if archive.path else None, "format_version": FORMAT_VERSION,
-        # as the two-level document (mdm-info-1.json): the id linking level-1 records to level-2 units,
-        # the level-2 unit id, plus the level-3 unit id
-        "id": {"level1": archive.id_names[0], "level2": archive.id_names[0], "level3": archive.id_names[1],
-               "kind": archive.id_kind},
-        "missing": archive.missing,
-        "n_level1": archive.n_level1, "n_level2": archive.n_level2, "n_level3": archive.n_level3,
-        "records_per_unit": {"min": int(n2.min()), "max": int(n2.max()), "mean": float(n2.mean())},
-        "units_per_level3_unit": {"min": int(n3.min()), "max": int(n3.max()), "mean": float(n3.mean())},
-        "sources": [{"role": s.role, "file": s.name, "format": s.format, "encoding": s.encoding,
-                     "size": s.size, "sha256": s.sha256} for s in archive.sources],
-        "notes": archive.notes,
-        "level1": [v.__dict__ for v in summarize(archive.level1, archive.level1_names)],
-        "level2": [v.__dict__ for v in summarize(archive.level2, archive.level2_names)],
-        "level3": [v.__dict__ for v in summarize(archive.level3, archive.level3_names)],
-        "value_labels": archive.value_labels,
-    }
-    if unit is not None:
-        if unit in archive.unit3_ids:
-            k = archive.unit3_ids.index(unit)
-            lo, hi = archive.offsets3[k], archive.offsets3[k + 1]
-            info["unit"] = {"id": unit, "level": 3, "n": int(archive.offsets2[hi] - archive.offsets2[lo]),
-                            "n_level2": int(hi - lo),
-                            "level3": {n: float(archive.level3[i, k]) for i, n in enumerate(archive.level3_names)}}
-        else:
-            j = archive.unit2_ids.index(unit)
-            info["unit"] = {"id": unit, "level": 2, "n": int(n2[j]),
-                            "level2": {n: float(archive.level2[i, j]) for i, n in enumerate(archive.level2_names)}}
-    return info
-
-
-def archive3_info_text(info: dict) -> str:
-    from ..report.report import archive_source_lines, descriptive_statistics_lines, printable, value_label_lines
-
-    out = []
-    w = out.append
-    w(f"hlmcli {info['version']} - MDM archive {info['archive'] or ''} (three levels, HLM3)".rstrip())
-    w("")
-    out += archive_source_lines(info)
-    w(f"  unit ids: {info['id']['level2']} (level-2), {info['id']['level3']} (level-3), stored as {info['id']['kind']}")
-    w(f"  missing data deleted: {'when the archive was built' if info['missing'] == 'now' else 'at analysis time, per model'}")
-    notes = info["notes"]
-    for key, text in (("dropped_missing", "level-1 records dropped for missing values"),
-                      ("dropped_unmatched", "level-1 records dropped with no level-2 unit"),
-                      ("level2_units_without_records", "level-2 units left out (no level-1 records)"),
-                      ("level3_units_without_units", "level-3 units left out (no level-2 units)")):
-        if notes.get(key):
-            w(f"  {text}: {notes[key]}")
-    w(f"  level-1 records: {info['n_level1']}")
-    w(f"  level-2 units:   {info['n_level2']}")
-    w(f"  level-3 units:   {info['n_level3']}")
-    r, u = info["records_per_unit"], info["units_per_level3_unit"]
-    w(f"  records per level-2 unit: {r['min']} to {r['max']} (mean {r['mean']:.1f})")
-    w(f"  level-2 units per level-3 unit: {u['min']} to {u['max']} (mean {u['mean']:.1f})")
-    out += descriptive_statistics_lines(info, 3)
-    out += value_label_lines(info)
-    if "unit" in info:
-        un = info["unit"]
-        w("")
-        if un["level"] == 3:
-            w(f"  level-3 unit {un['id']}: {un['n_level2']} level-2 units, {un['n']} level-1 records")
-            values = un["level3"]
-        else:
-            w(f"  level-2 unit {un['id']}: {un['n']} level-1 records")
-            values = un["level2"]
-        for name, value in values.items():
-            w(f"    {name} = {value:.6g}")
-    return "\n".join(printable(line) for line in out) + "\n"
-
-
-def unit_info(archive: ArchiveLevels, unit: str) -> dict | None:
-    """One unit, looked up from the top level down: its level, records, units one level down, values."""
-    for level in range(archive.n_levels, 1, -1):
-        ids = archive.levels[level - 1].ids
-        if unit in ids:
-            k = ids.index(unit)
-            lo, hi = k, k + 1
-            for m in range(level, 1, -1):  # the range of records under it
-                off = archive.levels[m - 1].offsets
-                lo, hi = int(off[lo]), int(off[hi])
-            off = archive.levels[level - 1].offsets
-            return {"id": unit, "level": level, "n": hi - lo, "n_below": int(off[k + 1] - off[k]),
-                    f"level{level}": {n: float(archive.levels[level - 1].values[i, k])
-                                      for i, n in enumerate(archive.names(level))}}
-    return None
-
-
-def archive_levels_info(archive: ArchiveLevels, unit: str | None = None) -> dict:
-    """HLM 7's MDM statistics for every level (and one unit's, with `unit`)."""
-    from ..version import __version__
-    from .archive import summarize
-
-    K = archive.n_levels
-    info = {
-        "schema": 1, "tool": "hlmcli", "version": __version__, "levels": K,
-        "archive": archive.path.name if archive.path else None, "format_version": FORMAT_VERSION,
-        "id": {**{f"level{k}": archive.id_names[k - 2] for k in range(2, K + 1)}, "kind": archive.id_kind},
-        "missing": archive.missing,
-        **{f"n_level{k}": archive.n(k) for k in range(1, K + 1)},
-        "units_per_unit": {f"level{k}": {"min": int(np.diff(archive.levels[k - 1].offsets).min()),
-                                         "max": int(np.diff(archive.levels[k - 1].offsets).max()),
-                                         "mean": float(np.diff(archive.levels[k - 1].offsets).mean())}
-                           for k in range(2, K + 1)},
-        "sources": [{"role": s.role, "file": s.name, "format": s.format, "encoding": s.encoding,
-                     "size": s.size, "sha256": s.sha256} for s in archive.sources],
-        "notes": archive.notes,
-        **{f"level{k}": [v.__dict__ for v in summarize(archive.levels[k - 1].values, archive.names(k))]
-           for k in range(1, K + 1)},
-        "value_labels": archive.value_labels,
-    }
-    if unit is not None:
-        found = unit_info(archive, unit)
-        if found is None:
-            raise DataError(f"{archive.path.name if archive.path else 'the archive'}: no unit '{unit}' at any level; "
-                            f"ids look like {', '.join(archive.levels[1].ids[:2] + archive.levels[-1].ids[:1])}")
-        info["unit"] = found
-    return info
-
-
-def archive_levels_info_text(info: dict) -> str:
-    from ..report.report import archive_source_lines, descriptive_statistics_lines, printable, value_label_lines
-
-    K = info["levels"]
-    out = []
-    w = out.append
-    w(f"hlmcli {info['version']} - MDM archive {info['archive'] or ''} ({K} levels, HLM{K})".rstrip())
-    w("")
-    out += archive_source_lines(info)
-    ids = ", ".join(f"{info['id'][f'level{k}']} (level-{k})" for k in range(2, K + 1))
-    w(f"  unit ids: {ids}, stored as {info['id']['kind']}")
-    w(f"  missing data deleted: {'when the archive was built' if info['missing'] == 'now' else 'at analysis time, per model'}")
-    for key, value in info["notes"].items():
-        if key != "level1_records_read" and value:
-            w(f"  {key.replace('_', ' ')}: {value}")
-    w(f"  level-1 records: {info['n_level1']}")
-    for k in range(2, K + 1):
-        w(f"  level-{k} units:   {info[f'n_level{k}']}")
-    for k in range(2, K + 1):
-        u = info["units_per_unit"][f"level{k}"]
-        what = "records" if k == 2 else f"level-{k - 1} units"
-        w(f"  {what} per level-{k} unit: {u['min']} to {u['max']} (mean {u['mean']:.1f})")
-    out += descriptive_statistics_lines(info, K)
-    out += value_label_lines(info)
-    if "unit" in info:
-        un = info["unit"]
-        w("")
-        if un["level"] == 2:
-            w(f"  level-2 unit {un['id']}: {un['n']} level-1 records")
-        else:
-            w(f"  level-{un['level']} unit {un['id']} (ids are looked up from the top level down): "
-              f"{un['n_below']} level-{un['level'] - 1} units, {un['n']} level-1 records")
-        for name, value in un[f"level{un['level']}"].items():
-            w(f"    {name} = {value:.6g}")
-    return "\n".join(printable(line) for line in out) + "\n"
+    return build(paths, options, fmt, delimiter, warn=warn, progress=progress)

@@ -1,4 +1,5 @@
-"""The archive cache behind `hlmcli fit LEVEL1 LEVEL2 --id ID`: keyed by the sources' content and the build options.
+"""The archive cache behind `hlmcli fit L1 L2 [L3 [L4]] --id ...`: one cache for archives of any number of levels,
+keyed by the sources' content and the build options.
 
 The cache lives in the user's own folder: --cache-dir, else $HLMCLI_CACHE_DIR, else the platform's
 cache folder (default_cache_dir). It is created with mode 0700 and refused when it is a symbolic link,
@@ -27,23 +28,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import PREFIX, FORMAT_VERSION, MAGIC, Archive, BuildOptions, CorruptArchive, build_from_files, load_archive, write_archive
+from .archive import PREFIX, FORMAT_VERSION, MAGIC, READABLE_VERSIONS, Archive, CorruptArchive, load_archive, write_archive
 from ..errors import DataError
 from .files import atomic_write_text, check_regular, immediate_writes, remove_stale_temporaries, sha256_file
 
 INDEX = "index.json"
 INDEX_FORMAT = "hlmcli-cache-index"
-_ARCHIVE_NAME = re.compile(r"[0-9a-f]{32}\.mdm")  # a cache key (cache_key, archive3's key) and .mdm
+_ARCHIVE_NAME = re.compile(r"[0-9a-f]{32}\.mdm")  # a cache key (cache_key) and .mdm
 _OUR_TEMP = re.compile(r"\.([0-9a-f]{32}\.mdm|index\.json)\.[a-z0-9_]{8}\.tmp")  # files.atomic_write's temps of those
 
 
-def cache_key(level1_path, level2_path, options: BuildOptions, fmt: str | None, delimiter: str | None,
-              hashes: tuple[str, str] | None = None) -> str:
-    h1, h2 = hashes or (sha256_file(level1_path), sha256_file(level2_path))
-    material = {
-        "format_version": FORMAT_VERSION, "level1": h1, "level2": h2,
-        "options": options.as_dict(), "format": fmt, "delimiter": delimiter,
-    }
+def cache_key(hashes, options, fmt: str | None, delimiter: str | None) -> str:
+    """The name of the cached archive of sources with these SHA-256 `hashes` (one per file, level 1 first)
+    built with `options` (of any number of levels); a new archive format gives new names."""
+    material = {"format_version": FORMAT_VERSION, "levels": options.n_levels, "sources": list(hashes),
+                "options": options.as_dict(), "format": fmt, "delimiter": delimiter}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -193,21 +192,24 @@ def source_mode(*paths) -> int:
     return stat.S_IMODE(mode) & 0o666
 
 
-def cached_archive(level1_path, level2_path, options: BuildOptions, fmt=None, delimiter=None,
-                   cache_dir=None, warn=lambda message: None) -> tuple[Archive, str]:
-    """Load the archive for these sources and options, building it if absent, stale or damaged.
+def cached_archive(paths, options, fmt=None, delimiter=None, cache_dir=None,
+                   warn=lambda message: None) -> tuple[Archive, str]:
+    """Load the archive for these sources (one file per level, the same file allowed where the
+    builder allows it) and options, building it if absent, stale or damaged.
 
-    Returns the archive and what happened: "reused", "built" or "rebuilt (…)".
-    """
-    paths = (level1_path, level2_path)
+    Returns the archive and what happened: "reused", "built" or "rebuilt (…)"."""
+    from .archive_levels import build_from_paths
+
+    paths = tuple(paths)
     return load_or_build(
-        paths, lambda hashes: cache_key(level1_path, level2_path, options, fmt, delimiter, hashes), load_archive,
-        lambda: build_from_files(level1_path, level2_path, options, fmt, delimiter, warn=warn),
+        paths, lambda hashes: cache_key(hashes, options, fmt, delimiter),
+        lambda target: load_archive(target, options.n_levels),
+        lambda: build_from_paths(paths, options, fmt, delimiter, warn=warn),
         lambda archive, target: write_archive(archive, target, mode=source_mode(*paths)), cache_dir, warn)
 
 
 def load_or_build(paths, key_of, load, build, write, cache_dir=None, warn=lambda message: None):
-    """The cache's one way for archives of any number of levels: the archive stored under
+    """The cache's one way: the archive stored under
     key_of(the sources' hashes) if it loads and was built from these very files, else build() it and
     store it with write(archive, target). Returns (archive, "reused" | "built" | "rebuilt (…)")."""
     for p in paths:  # before hashing: /dev/zero or a FIFO would never end
@@ -263,7 +265,7 @@ def _peek_sources(path: Path) -> tuple[tuple[str, ...], bool]:
             if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
                 return (), False
             _, version, _, header_len, _ = PREFIX.unpack(prefix)
-            if version != FORMAT_VERSION or header_len > (1 << 30):
+            if version not in READABLE_VERSIONS or header_len > (1 << 30):
                 return (), False
             header = json.loads(handle.read(header_len).decode("utf-8"))
         return tuple(str(s.get("name", "?")) for s in header.get("sources", [])), True

@@ -66,7 +66,9 @@ class RunOptions:
     weight1: str | None = None  # level-1 sampling weight (HLM's level1weight:)
     weight2: str | None = None  # level-2 sampling weight (HLM's level2weight:)
     # HGLM (spec.py, hglm.py): the level-1 family and how it is estimated
-    family: str = "normal"  # normal | bernoulli | binomial | poisson
+    family: str = "normal"  # normal | bernoulli | binomial | poisson | ordinal
+    link: str | None = None  # ordinal: logit (None: logit), probit, cloglog
+    ncat: int | None = None  # ordinal: the number of categories a .hlm file's nonlin:ordinal,NCAT gives
     trials: str | None = None  # binomial: the number-of-trials variable
     exposure: str | None = None  # poisson: the exposure variable (log exposure is an offset)
     overdispersion: bool = False  # estimate the level-1 scale instead of fixing it at 1
@@ -728,9 +730,18 @@ def _hlm_nonlin(opts: dict, value: str, where: str) -> None:
         opts["family"] = "poisson"
         if len(parts) > 1 and parts[1]:
             opts["exposure"] = parts[1]
-    elif kind in ("multinomial", "ordinal"):
-        raise ModelError(f"{where}: nonlin:{value} ({kind} outcomes) is not supported; hlmcli fits Bernoulli, "
-                         "binomial and Poisson outcomes")
+    elif kind == "ordinal":
+        try:
+            ncat = int(parts[1])
+            if not 3 <= ncat <= 9:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise ModelError(f"{where}: nonlin:{value}: an ordinal outcome is written nonlin:ordinal,NCAT with NCAT "
+                             "the number of categories, 3 to 9 (as HLM 7)") from None
+        opts["family"], opts["ncat"] = "ordinal", ncat
+    elif kind == "multinomial":
+        raise ModelError(f"{where}: nonlin:{value} (multinomial outcomes) is not supported yet; hlmcli fits "
+                         "Bernoulli, binomial, Poisson and ordinal outcomes")
     else:
         raise ModelError(f"{where}: nonlin:{value} is not a level-1 distribution HLM 7 knows "
                          "(n, binomial[,TRIALS], poisson[,EXPOSURE])")
@@ -750,7 +761,7 @@ def _hlm_hglm_options(options: RunOptions, opts: dict, path) -> RunOptions:
                                  "remove the line or set nonlin:")
         return options
     fixed = opts.get("fixsigma2")
-    over = fixed is None and fam != "bernoulli"
+    over = fixed is None and fam not in ("bernoulli", "ordinal")  # an ordinal outcome has no level-1 scale
     if fixed is not None:
         try:
             if abs(float(fixed) - 1.0) > 1e-12:
@@ -758,7 +769,8 @@ def _hlm_hglm_options(options: RunOptions, opts: dict, path) -> RunOptions:
         except ValueError:
             raise ModelError(f"{path}: fixsigma2:{fixed}: a nonlinear model fixes σ² at 1 or estimates it "
                              "(leave the line out for over-dispersion)") from None
-    changes = {k: opts[k] for k in ("trials", "exposure", "macroit", "microit", "stopmacro", "stopmicro", "estimation") if k in opts}
+    changes = {k: opts[k] for k in ("trials", "exposure", "macroit", "microit", "stopmacro", "stopmicro", "estimation",
+                                    "ncat") if k in opts}
     return _replace(options, family=fam, overdispersion=over, **changes)
 
 

@@ -11,7 +11,9 @@ coefficient's level-2 equation, and so on up. So `SECTOR:group(SES)` is γ11 in 
 a cross-level interaction. A random term `(x | g)` at level m puts the random effect on the coefficient
 that x names at level m - 1. `(x || g)` asks for uncorrelated effects, which hlmcli fits as a diagonal τ.
 
-What has no equation form is refused in one line: crossed factors, products of two variables of one level
+Crossed grouping factors (HLM 7's HCM2, and any mix of crossed and nested ones) have no equations of
+this form: `crossed` reads such a formula for the cross-classified engine instead. What else has no
+equation form is refused in one line: products of two variables of one level
 (make the product a column), functions other than the centring calls, a variable that does not vary
 below the level at which it is random.
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import ModelError
+from ..spec import subscript
 
 _CALL = re.compile(r"^(group|grand|mean)\(\s*([A-Za-z_][\w.]*)\s*\)$", re.I)
 _NAME = re.compile(r"^[A-Za-z_][\w.]*$")
@@ -178,8 +181,9 @@ def _structure(formula: str):
     for p in paths:
         if p != top[:len(p)]:
             others = ", ".join(":".join(q) for q in paths)
-            raise ModelError(f"the grouping factors {others} are crossed, not nested: hlmcli fits nested models "
-                             "(write (…|A/B) when B is nested in A); crossed random effects are not supported yet")
+            raise ModelError(f"the grouping factors {others} are crossed, not nested: HLM equations are for nested "
+                             "models (write (…|A/B) when B is nested in A); 'hlmcli fit DATA --formula' fits "
+                             "crossed factors from one data file")
     missing = [":".join(top[:n]) for n in range(1, len(top) + 1) if top[:n] not in paths]
     if missing:
         raise ModelError(f"the formula nests {':'.join(top)} but has no random term for {', '.join(missing)}; each "
@@ -292,7 +296,7 @@ def _equations(outcome, ids, k, fixed, random_order, random_keys, tau) -> Formul
 
     def digits(prefix: tuple) -> str:
         d = [number[prefix[:i]] for i in range(1, len(prefix) + 1)]
-        return ("," if any(x >= 10 for x in d) else "").join(map(str, d))
+        return subscript(*d)
 
     def children(parent: tuple) -> list[tuple]:
         m = len(parent) + 1
@@ -351,3 +355,116 @@ def formula_of(spec, id_name: str) -> str | None:
     else:
         bars = f"({' + '.join(rand if '1' in rand else ['0'] + rand)} | {id_name})"
     return f"{spec.outcome} ~ {' + '.join(dict.fromkeys(fixed))} + {bars}"
+
+
+# ---------------------------------------------------------------- crossed grouping factors
+
+@dataclass(frozen=True)
+class CrossedBar:
+    """One random term of a cross-classified model: its grouping factor (the id columns whose
+    combination is the group, e.g. ('S', 'C') for S:C) and its random columns ('1' for the intercept,
+    else a product of columns)."""
+    factor: tuple[str, ...]
+    columns: tuple[tuple[str, ...], ...]
+
+    @property
+    def name(self) -> str:
+        return ":".join(self.factor)
+
+
+@dataclass(frozen=True)
+class CrossedFormula:
+    """A formula whose grouping factors are not one chain of nesting (HLM 7's HCM2 and beyond: any set
+    of crossed and nested factors, as lme4 allows)."""
+    outcome: str
+    fixed: tuple[tuple[str, ...], ...]  # ('1',) is the intercept; else a product of columns
+    bars: tuple[CrossedBar, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every data column the formula names (outcome, predictors, ids), once, in order."""
+        seen: dict[str, None] = {self.outcome: None}
+        for t in self.fixed + tuple(c for b in self.bars for c in b.columns):
+            for name in t:
+                if name != "1":
+                    seen.setdefault(name)
+        for b in self.bars:
+            for name in b.factor:
+                seen.setdefault(name)
+        return list(seen)
+
+
+def _plain_terms(text: str, lhs: str, where: str) -> tuple[tuple[str, ...], ...]:
+    """('1',) first when the expression has an intercept, then its products of plain column names, in R's
+    order (main effects, then two-way products, ...). Read here, without the formula parser: the terms of a
+    cross-classified model are columns joined by '+', ':' and '*', with '0', '1' and '- 1'."""
+    intercept, terms = True, []
+    pieces = re.split(r"([+-])", text.replace(" ", ""))
+    sign = "+"
+    for piece in pieces:
+        if piece in ("+", "-"):
+            sign = piece
+            continue
+        if not piece:
+            continue
+        if piece in ("0", "1"):
+            intercept = (piece == "1") == (sign == "+")
+            continue
+        if sign == "-":
+            raise ModelError(f"'- {piece}' in {where}: only '- 1' (no intercept) is read; leave the term out instead")
+        factors = piece.split("*")
+        if any(not f for f in factors):
+            raise ModelError(f"'{piece}' in {where} is not a product of columns; write it as A:B or A*B")
+        expanded = [()]
+        for f in factors:  # A*B = A + B + A:B, with A and B themselves products (A:C)
+            names = tuple(f.split(":"))
+            for name in names:
+                if not _NAME.match(name):
+                    raise ModelError(f"'{name}' in {where}: a cross-classified model reads columns and their "
+                                     "products (A:B, A*B); centre or transform a column in the data file")
+            expanded += [e + names for e in expanded]
+        for e in expanded[1:]:
+            key = tuple(dict.fromkeys(e))
+            if key not in terms:
+                terms.append(key)
+    terms.sort(key=len)  # stable: R's order of the terms by their degree
+    return ((("1",),) if intercept else ()) + tuple(terms)
+
+
+def crossed(formula: str) -> CrossedFormula | None:
+    """The formula as a cross-classified model, or None when its grouping factors are one chain of
+    nesting (then `translate` gives its HLM equations). `(x || g)` becomes one bar per column, as in
+    lme4; `(x | A/B)` becomes (x | A) + (x | A:B)."""
+    if formula.count("~") != 1:
+        return None
+    lhs, rhs = (s.strip() for s in formula.split("~"))
+    fixed_text, bars = split_bars(rhs)
+    if not bars or not _NAME.match(lhs):
+        return None
+    paths = []
+    expanded = []
+    for (expr, factor, diagonal), path in zip(bars, _factors(bars)):
+        chain = [path[:n] for n in range(1, len(path) + 1)] if "/" in factor else [path]
+        for p in chain:
+            expanded.append((expr, p, diagonal))
+            paths.append(p)
+    top = max(paths, key=len)
+    if all(p == top[:len(p)] for p in paths):
+        return None  # one chain of nesting: the HLM2/HLM3 path
+    out = []
+    for expr, path, diagonal in expanded:
+        where = f"({expr} | {':'.join(path)})"
+        columns = _plain_terms(expr, lhs, f"the random term {where}")
+        if not columns:
+            raise ModelError(f"{where} has no random effect; write (1 | {':'.join(path)}) or (0 + X | ...)")
+        if diagonal:
+            out += [CrossedBar(path, (c,)) for c in columns]
+        else:
+            out.append(CrossedBar(path, columns))
+    return CrossedFormula(lhs, _plain_terms(fixed_text or "1", lhs, "the fixed part"), tuple(out))
+
+
+def diagonal_bars(model: CrossedFormula) -> CrossedFormula:
+    """--tau diagonal: every random term split into one term per column (uncorrelated effects)."""
+    bars = tuple(CrossedBar(b.factor, (c,)) for b in model.bars for c in b.columns)
+    return CrossedFormula(model.outcome, model.fixed, bars)

@@ -20,6 +20,11 @@ def read_fit(path: str) -> dict:
         fit = json.loads(read_small_bytes(p, "JSON fit").decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise DataError(f"{path}: not a JSON fit (incomplete or not JSON); save one with 'hlmcli fit ... --format json'") from None
+    if isinstance(fit, dict) and fit.get("kind") == "cross-classified linear":
+        from ..capabilities import reason
+
+        raise ModelError(f"{path}: a cross-classified fit: hlmcli table and compare are not available for it: "
+                         f"{reason('table', 'crossed')}")
     if not isinstance(fit, dict) or fit.get("tool") != "hlmcli" or "deviance" not in fit:
         raise DataError(f"{path}: not an hlmcli JSON fit; save one with 'hlmcli fit ... --format json'")
     if fit.get("levels") in (3, 4) and fit.get("schema") in (3, 4):
@@ -108,6 +113,8 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
         if fit.get("deviance") is None and "hglm" in fit:
             raise DataError(f"{name} is a PQL fit, and PQL has no deviance (it maximises a quasi-likelihood), so no "
                             "likelihood-ratio test")
+        if "data_hash" not in fit:
+            raise DataError(f"{name} does not record its data (an older hlmcli wrote it); refit it with this version")
         if not fit.get("converged"):
             raise DataError(f"{name} is not a certified optimum, so its deviance cannot be tested; fix the fit first")
     if a["levels"] != b["levels"]:
@@ -118,6 +125,7 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
                         "for different fixed effects)")
     same = [(key, a.get(key) == b.get(key)) for key in ("outcome", "data_source", "ids", "n_deleted")]
     same.append(("units", n_units(a) == n_units(b)))
+    same.append(("the outcome values or units", a["data_hash"] == b["data_hash"]))
     differ = [key for key, ok in same if not ok]
     if differ:
         raise DataError(f"{name_a} and {name_b} were fitted to different records ({', '.join(differ)} differ); a "

@@ -36,28 +36,61 @@ def json_safe(obj):
 
 # ---------------------------------------------------------------- mdm info
 
+def _spread(sizes: np.ndarray) -> dict:
+    return {"min": int(sizes.min()), "max": int(sizes.max()), "mean": float(sizes.mean())}
+
+
 def archive_info(archive: Archive, unit: str | None = None) -> dict:
-    sizes = archive.unit_sizes
+    """HLM 7's MDM statistics of an archive of any number of levels (mdm-info-1.json), and with `unit`
+    one unit's, looked up from the top level down."""
+    K = archive.n_levels
+    per_unit = {f"level{k}": _spread(np.diff(archive.levels[k - 1].offsets)) for k in range(2, K + 1)}
     info = {
-        "schema": 1, "tool": "hlmcli", "version": __version__,
+        "schema": 1, "tool": "hlmcli", "version": __version__, "levels": K,
         "archive": archive.path.name if archive.path else None,
         "format_version": FORMAT_VERSION,
-        "id": {"level1": archive.id_names[0], "level2": archive.id_names[1], "kind": archive.id_kind},
+        # level1: the id linking level-1 records to level-2 units, as the level-1 file spells it
+        "id": {"level1": archive.level1_id, **{f"level{k}": archive.id_names[k - 2] for k in range(2, K + 1)},
+               "kind": archive.id_kind},
         "missing": archive.missing,
-        "n_level1": archive.n_level1, "n_level2": archive.n_units,
-        "records_per_unit": {"min": int(sizes.min()), "max": int(sizes.max()), "mean": float(sizes.mean())},
+        **{f"n_level{k}": archive.n(k) for k in range(1, K + 1)},
+        "records_per_unit": per_unit["level2"],
+        "units_per_unit": per_unit,
         "sources": [{"role": s.role, "file": s.name, "format": s.format, "encoding": s.encoding,
                      "size": s.size, "sha256": s.sha256} for s in archive.sources],
         "notes": archive.notes,
-        "level1": [v.__dict__ for v in summarize(archive.level1, archive.level1_names)],
-        "level2": [v.__dict__ for v in summarize(archive.level2, archive.level2_names)],
+        **{f"level{k}": [v.__dict__ for v in summarize(archive.levels[k - 1].values, archive.names(k))]
+           for k in range(1, K + 1)},
         "value_labels": archive.value_labels,
     }
     if unit is not None:
-        j = archive.unit_ids.index(unit)
-        info["unit"] = {"id": unit, "n": int(sizes[j]),
-                        "level2": {n: float(archive.level2[k, j]) for k, n in enumerate(archive.level2_names)}}
+        found = _unit_info(archive, unit)
+        if found is None:
+            from ..errors import DataError
+
+            ids2, top = archive.levels[1].ids, archive.levels[-1].ids
+            look = ids2[:2] + (top[:1] if K > 2 else ids2[2:3])
+            raise DataError(f"{archive.path.name if archive.path else 'the archive'}: no unit '{unit}' "
+                            f"{'in the archive' if K == 2 else 'at any level'}; ids look like {', '.join(look)}")
+        info["unit"] = found
     return info
+
+
+def _unit_info(archive: Archive, unit: str) -> dict | None:
+    """One unit, looked up from the top level down: its level, records, units one level down, values."""
+    for level in range(archive.n_levels, 1, -1):
+        ids = archive.levels[level - 1].ids
+        if unit in ids:
+            k = ids.index(unit)
+            lo, hi = k, k + 1
+            for m in range(level, 1, -1):  # the range of records under it
+                off = archive.levels[m - 1].offsets
+                lo, hi = int(off[lo]), int(off[hi])
+            off = archive.levels[level - 1].offsets
+            return {"id": unit, "level": level, "n": hi - lo, "n_below": int(off[k + 1] - off[k]),
+                    f"level{level}": {n: float(archive.levels[level - 1].values[i, k])
+                                      for i, n in enumerate(archive.names(level))}}
+    return None
 
 
 def archive_source_lines(info: dict) -> list[str]:
@@ -88,32 +121,48 @@ def value_label_lines(info: dict) -> list[str]:
                                        for name, labels in info["value_labels"].items()]
 
 
+_NOTE_LINES = {"dropped_missing": "level-1 records dropped for missing values",
+               "dropped_unmatched": "level-1 records dropped with no level-2 unit",
+               "units_without_records": "level-2 units left out (no level-1 records)",
+               "level2_units_without_records": "level-2 units left out (no level-1 records)",
+               "level3_units_without_units": "level-3 units left out (no level-2 units)",
+               **{f"level{k}_units_left_out": f"level-{k} units left out (no level-{k - 1} units)" for k in range(3, 10)},
+               "level2_units_left_out": "level-2 units left out (no level-1 records)"}
+
+
 def archive_info_text(info: dict) -> str:
+    """`mdm info` as text, for any number of levels."""
+    K = info.get("levels", 2)
     out = []
     w = out.append
-    w(f"hlmcli {info['version']} - MDM archive {info['archive'] or ''}".rstrip())
+    w(f"hlmcli {info['version']} - MDM archive {info['archive'] or ''}".rstrip() + (f" ({K} levels, HLM{K})" if K > 2 else ""))
     w("")
     out += archive_source_lines(info)
-    w(f"  unit id: {info['id']['level1']} (level-1), {info['id']['level2']} (level-2), stored as {info['id']['kind']}")
+    ids = ", ".join([f"{info['id']['level1']} (level-1)"] + [f"{info['id'][f'level{k}']} (level-{k})" for k in range(2, K + 1)])
+    w(f"  unit ids: {ids}, stored as {info['id']['kind']}")
     w(f"  missing data deleted: {'when the archive was built' if info['missing'] == 'now' else 'at analysis time, per model'}")
-    notes = info["notes"]
-    if notes.get("dropped_missing"):
-        w(f"  level-1 records dropped for missing values: {notes['dropped_missing']}")
-    if notes.get("dropped_unmatched"):
-        w(f"  level-1 records dropped with no level-2 unit: {notes['dropped_unmatched']}")
-    if notes.get("units_without_records"):
-        w(f"  level-2 units left out (no level-1 records): {notes['units_without_records']}")
-    rpu = info["records_per_unit"]
+    for key, text in _NOTE_LINES.items():
+        if info["notes"].get(key):
+            w(f"  {text}: {info['notes'][key]}")
     w(f"  level-1 records: {info['n_level1']}")
-    w(f"  level-2 units:   {info['n_level2']}")
-    w(f"  records per unit: {rpu['min']} to {rpu['max']} (mean {rpu['mean']:.1f})")
-    out += descriptive_statistics_lines(info, 2)
+    for k in range(2, K + 1):
+        w(f"  level-{k} units:   {info[f'n_level{k}']}")
+    for k in range(2, K + 1):
+        u = info["units_per_unit"][f"level{k}"]
+        what = ("records per unit" if K == 2 else "records per level-2 unit") if k == 2 else \
+            f"level-{k - 1} units per level-{k} unit"
+        w(f"  {what}: {u['min']} to {u['max']} (mean {u['mean']:.1f})")
+    out += descriptive_statistics_lines(info, K)
     out += value_label_lines(info)
     if "unit" in info:
-        u = info["unit"]
+        un = info["unit"]
         w("")
-        w(f"  unit {u['id']}: {u['n']} level-1 records")
-        for name, value in u["level2"].items():
+        if un["level"] == 2:
+            w(f"  level-2 unit {un['id']}: {un['n']} level-1 records")
+        else:
+            w(f"  level-{un['level']} unit {un['id']} (ids are looked up from the top level down): "
+              f"{un['n_below']} level-{un['level'] - 1} units, {un['n']} level-1 records")
+        for name, value in un[f"level{un['level']}"].items():
             w(f"    {name} = {value:.6g}")
     return "\n".join(printable(line) for line in out) + "\n"
 
@@ -212,16 +261,55 @@ def model_record(spec, meta: dict) -> dict:
 
 
 def data_hash(design) -> str:
-    """SHA-256 of the records a deviance is computed on: the outcome, the units and their sizes."""
-    import hashlib
-
+    """SHA-256 of the records a deviance is computed on: the outcome, then for each level 2..K the
+    units' sizes (offsets) and ids. At two levels this is the outcome, the units and their sizes;
+    levels above two only add their own blocks, so one definition serves every number of levels."""
     if getattr(design, "data_digest", ""):  # a fit from per-unit moments (--engine stream/dask)
         return design.data_digest
+    if hasattr(design, "offsets"):  # two levels
+        return records_hash(design.y, [(design.offsets, design.unit_ids)])
+    return _levels_data_hash(design)
+
+
+def records_hash(y, levels, moments=None) -> str:
+    """The hash of data_hash: y (float64, little-endian), else (a fit from moments) b"moments" and each
+    level-2 unit's count, outcome mean and outcome sum of squares; then per level ℓ = 2..K its
+    offsets (int64: the level-(ℓ−1) units of unit k are offsets[k]:offsets[k+1]) and its ids joined
+    by U+001F, levels above two preceded by U+001E."""
+    import hashlib
+
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(design.y, dtype="<f8").tobytes())
-    h.update(np.ascontiguousarray(design.offsets, dtype="<i8").tobytes())
-    h.update("\x1f".join(design.unit_ids).encode("utf-8"))
+    if moments is None:
+        h.update(np.ascontiguousarray(y, dtype="<f8").tobytes())
+    else:
+        h.update(b"moments\x1f")
+        for a in (moments.n, moments.mean[:, -1], moments.C[:, -1, -1]):  # the outcome is the last column
+            h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+    for k, (offsets, ids) in enumerate(levels):
+        if k:
+            h.update(b"\x1e")
+        h.update(np.ascontiguousarray(offsets, dtype="<i8").tobytes())
+        h.update("\x1f".join(ids).encode("utf-8"))
     return h.hexdigest()
+
+
+def _levels_data_hash(design) -> str:
+    """data_hash of a design of three or more levels (design_levels.DesignLevels or Design3)."""
+    from ..engine.moments import LevelsSummary
+    from ..engine.nested import as_levels
+
+    data = design.data if isinstance(design.data, LevelsSummary) else as_levels(design.data)
+    ids = list(design.unit_ids) if hasattr(design, "unit_ids") else [design.unit2_ids, design.unit3_ids]
+    levels = []
+    for level, level_ids in enumerate(ids, 2):
+        if level == 2 and isinstance(data, LevelsSummary):
+            counts = np.rint(data.moments.n).astype(np.int64)
+        else:
+            counts = np.bincount(data.parents[level - 2], minlength=len(level_ids))
+        levels.append((np.concatenate(([0], np.cumsum(counts))), level_ids))
+    if isinstance(data, LevelsSummary):
+        return records_hash(None, levels, moments=data.moments)
+    return records_hash(data.y, levels)
 
 
 def model_summary(spec, sym: Symbols) -> list[str]:

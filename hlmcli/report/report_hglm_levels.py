@@ -10,8 +10,8 @@ import numpy as np
 
 from ..version import __version__
 from .report import df_text, hlm_name, hlm_p, printable, text_table
-from .report_levels import (Symbols3, _beta_label, _corr, _pi_label, _two_sided_p, certificate_text3, fit_json3,
-                            lme4_formula3, model_summary3, structure_notes)
+from .report_levels import (Symbols3, _beta_label, _corr, _pi_label, _random_betas, _random_pis, _two_sided_p,
+                            certificate_text3, fit_json3, lme4_formula3, model_summary3, structure_notes)
 
 
 def estimation_line(h) -> str:
@@ -104,7 +104,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
     if h.overdispersion:
         w("")
         w(f" {sym.sigma2} = {fit.sigma2:12.5f} (over-dispersion scale)")
-    rp, rb = spec.random_pis(), spec.random_betas()
+    rp, rb = _random_pis(spec), _random_betas(spec)
 
     def matrix(title, labels, m, fmt):
         lw = max(len(x) for x in labels)
@@ -119,12 +119,12 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         if len(rp) > 1:
             matrix(f" {sym.tau_pi} (as correlations)", lab_pi, _corr(fit.tau_pi), "{:7.3f}")
     if rb:
-        lab_b = [f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.level2_names(p)[q])},{sym.b(p, q)}"
+        lab_b = [f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.term_names((p,))[q])},{sym.b(p, q)}"
                  for p, q in rb]
         matrix(f" {sym.tau_beta}", lab_b, fit.tau_beta, "{:13.5f}")
         if len(rb) > 1:
             matrix(f" {sym.tau_beta} (as correlations)", lab_b, _corr(fit.tau_beta), "{:7.3f}")
-    gammas = spec.gammas()
+    gammas = spec.fixed()
     ratio = "Odds Ratio" if h.link == "logit" else "Event Rate Ratio"
     from scipy import special
 
@@ -137,13 +137,14 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         w("(Unit-specific model" + (" with robust standard errors, clustered on level-3 units)" if robust else ")"))
         rows, ratio_rows = [], []
         for k, g in enumerate(gammas):
-            if k == 0 or gammas[k - 1].p != g.p:
-                rows.append([f"For {_pi_label(spec, g.p, sym)}"])
+            (p, q, s_), (_, level2, level3) = g.idx, g.names
+            if k == 0 or gammas[k - 1].idx[0] != p:
+                rows.append([f"For {_pi_label(spec, p, sym)}"])
                 ratio_rows.append(rows[-1])
-            if k == 0 or (gammas[k - 1].p, gammas[k - 1].q) != (g.p, g.q):
-                rows.append([f"   For {hlm_name(g.level2)}, {sym.b(g.p, g.q)}"])
+            if k == 0 or gammas[k - 1].idx[:2] != (p, q):
+                rows.append([f"   For {hlm_name(level2)}, {sym.b(p, q)}"])
                 ratio_rows.append(rows[-1])
-            label = f"      {hlm_name(g.level3)}, {sym.g(g.p, g.q, g.s)}"
+            label = f"      {hlm_name(level3)}, {sym.g(p, q, s_)}"
             rows.append([label, f"{fit.gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", df_text(fit.df_gamma[k]),
                          hlm_p(pv[k])])
             tq = float(special.stdtrit(fit.df_gamma[k], 0.975))

@@ -25,9 +25,10 @@ import math
 
 import numpy as np
 
+from ..spec import coefficient_label, subscript
 from ..version import __version__
-from ..language.equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, ModelSpec3, Term3, symbol
-from .report import df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
+from ..language.equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, Term3, symbol
+from .report import data_hash, df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
 
 SCHEMA3 = 3
 
@@ -43,9 +44,7 @@ class Symbols3:
         self.tau_beta = "tau(beta)" if ascii_only else "τβ"
         self.chi2 = "Chi-square" if ascii_only else "χ2"
 
-    @staticmethod
-    def idx(*k: int) -> str:
-        return "".join(map(str, k)) if all(i < 10 for i in k) else ",".join(map(str, k))
+    idx = staticmethod(subscript)  # HLM 7's comma rule
 
     def p(self, p: int) -> str:
         return f"{self.pi}{p}"
@@ -68,22 +67,42 @@ def _term(t: Term3, sym: Symbols3) -> str:
     return f"({name}{sub})"
 
 
-def model_summary3(spec: ModelSpec3, sym: Symbols3) -> list[str]:
+def _pis(spec: LevelsSpec) -> list[int]:
+    """The p of each level-1 coefficient π_p in the model (π0 is absent without a level-1 intercept)."""
+    return [p for p, eq in enumerate(spec.equations) if eq is not None]
+
+
+def _random_pis(spec: LevelsSpec) -> list[int]:
+    return [idx[0] for idx, _ in spec.random(2)]
+
+
+def _random_betas(spec: LevelsSpec) -> list[tuple[int, int]]:
+    return [idx for idx, _ in spec.random(3)]
+
+
+def _terms3(spec: LevelsSpec) -> list[Term3]:
+    """Every predictor: level 1, then the π equations', then the β equations' (HLM3's order of notes)."""
+    pis = [spec.equations[p] for p in _pis(spec)]
+    return list(spec.level1) + [t for eq in pis for t in eq.predictors] + [
+        t for eq in pis for b in eq.terms if b is not None for t in b.predictors]
+
+
+def model_summary3(spec: LevelsSpec, sym: Symbols3) -> list[str]:
     out = ["Summary of the model specified", "", "Level-1 Model", ""]
-    pis = spec.present_pis()
+    pis = _pis(spec)
     rhs = [f"{sym.p(p)}jk" + ("" if p == 0 else f"*{_term(spec.level1[p - 1], sym)}") for p in pis]
     out.append(f"    {hlm_name(spec.outcome)}ijk = " + " + ".join(rhs) + f" + {sym.e}ijk")
     out += ["", "Level-2 Model", ""]
     for p in pis:
-        eq = spec.pis[p]
-        parts = [f"{sym.b(p, q)}k" + ("" if q == 0 else f"*{_term(eq.predictors[q - 1], sym)}") for q in spec.present_betas(p)]
+        eq = spec.equations[p]
+        parts = [f"{sym.b(p, q)}k" + ("" if q == 0 else f"*{_term(eq.predictors[q - 1], sym)}") for q in eq.present()]
         if eq.random:
             parts.append(f"{sym.r}{p}jk")
         out.append(f"    {sym.p(p)}jk = " + " + ".join(parts))
     out += ["", "Level-3 Model", ""]
     for p in pis:
-        for q in spec.present_betas(p):
-            b = spec.pis[p].betas[q]
+        for q in spec.equations[p].present():
+            b = spec.equations[p].terms[q]
             parts = ([sym.g(p, q, 0)] if b.intercept else []) + [
                 f"{sym.g(p, q, s)}*{_term(t, sym)}" for s, t in enumerate(b.predictors, 1)]
             if b.random:
@@ -95,10 +114,9 @@ def model_summary3(spec: ModelSpec3, sym: Symbols3) -> list[str]:
     return out
 
 
-def centering_notes3(spec: ModelSpec3) -> list[str]:
+def centering_notes3(spec: LevelsSpec) -> list[str]:
     out, seen = [], set()
-    terms = list(spec.level1) + [t for p in spec.present_pis() for t in spec.pis[p].predictors] + [
-        t for p in spec.present_pis() for b in spec.pis[p].betas for t in b.predictors]
+    terms = _terms3(spec)
     for t in terms:
         key = (t.label, t.level, t.centering)
         if key in seen:
@@ -162,7 +180,7 @@ def _random_terms(cols: list, group: str, diagonal: bool) -> str:
     return " + ".join(f"({c if c == '1' else '0 + ' + c} | {group})" for c in cols if c != "0")
 
 
-def lme4_formula3(spec: ModelSpec3, id2: str, id3: str, diagonal=False) -> tuple[str, list[str]]:
+def lme4_formula3(spec: LevelsSpec, id2: str, id3: str, diagonal=False) -> tuple[str, list[str]]:
     """The same model in lme4: fixed columns a_p·X_q·W_s, (a_p·X_q | level 3) for random β's, (a_p | level 3:level 2).
     diagonal: True, or (level 2, level 3) flags: one bar per effect there."""
     d2, d3 = (diagonal, diagonal) if isinstance(diagonal, bool) else (tuple(diagonal) + (False, False))[:2]
@@ -172,15 +190,16 @@ def lme4_formula3(spec: ModelSpec3, id2: str, id3: str, diagonal=False) -> tuple
 
     a = [None] + [_r_name(t) for t in spec.level1]
     fixed = []
-    for g in spec.gammas():
-        x = None if g.q == 0 else _r_name(spec.pis[g.p].predictors[g.q - 1])
-        w = None if g.s == 0 else _r_name(spec.pis[g.p].betas[g.q].predictors[g.s - 1])
-        fixed.append(product(w, x, a[g.p]))
+    for f in spec.fixed():
+        p, q, s = f.idx
+        x = None if q == 0 else _r_name(spec.equations[p].predictors[q - 1])
+        w = None if s == 0 else _r_name(spec.equation((p, q)).predictors[s - 1])
+        fixed.append(product(w, x, a[p]))
     fixed = list(dict.fromkeys(fixed))
     if "1" not in fixed:
         fixed.insert(0, "0")
-    r3 = [product(None if q == 0 else _r_name(spec.pis[p].predictors[q - 1]), a[p]) for p, q in spec.random_betas()]
-    r2 = [product(a[p]) for p in spec.random_pis()]
+    r3 = [product(None if q == 0 else _r_name(spec.equations[p].predictors[q - 1]), a[p]) for p, q in _random_betas(spec)]
+    r2 = [product(a[p]) for p in _random_pis(spec)]
     if "1" not in r3:
         r3.insert(0, "0")
     if "1" not in r2:
@@ -188,8 +207,7 @@ def lme4_formula3(spec: ModelSpec3, id2: str, id3: str, diagonal=False) -> tuple
     formula = (f"{spec.outcome} ~ {' + '.join(fixed)} + {_random_terms(r3, id3, d3)} + "
                f"{_random_terms(r2, f'{id3}:{id2}', d2)}")
     notes, made = [], set()
-    terms = list(spec.level1) + [t for p in spec.present_pis() for t in spec.pis[p].predictors] + [
-        t for p in spec.present_pis() for b in spec.pis[p].betas for t in b.predictors]
+    terms = _terms3(spec)
     for t in terms:
         name = _r_name(t)
         if name == t.name or name in made:
@@ -214,15 +232,15 @@ def lme4_formula3(spec: ModelSpec3, id2: str, id3: str, diagonal=False) -> tuple
 
 # ---------------------------------------------------------------- labels
 
-def _pi_label(spec: ModelSpec3, p: int, sym: Symbols3, letter: str | None = None) -> str:
+def _pi_label(spec: LevelsSpec, p: int, sym: Symbols3, letter: str | None = None) -> str:
     name = hlm_name(spec.coefficient_names()[p])
     tag = f"{letter}{p}" if letter else sym.p(p)
     return f"{name}, {tag}" if p == 0 else f"{name} slope, {tag}"
 
 
-def _beta_label(spec: ModelSpec3, p: int, q: int, sym: Symbols3, letter: str | None = None) -> str:
+def _beta_label(spec: LevelsSpec, p: int, q: int, sym: Symbols3, letter: str | None = None) -> str:
     tag = f"{letter}{sym.idx(p, q)}" if letter else sym.b(p, q)
-    return f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.level2_names(p)[q])}, {tag}"
+    return f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.term_names((p,))[q])}, {tag}"
 
 
 def _corr(t: np.ndarray) -> np.ndarray:
@@ -294,7 +312,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     out = _run_header(fit, meta, 3, [design.n, design.n2, design.n3], spec.options.max_iterations)
     out += _run_middle(design, fit, meta, sym, model_summary3(spec, sym), certificate_text3(fit, sym))
     w = out.append
-    rp, rb = spec.random_pis(), spec.random_betas()
+    rp, rb = _random_pis(spec), _random_betas(spec)
 
     def matrix(title, labels, m, fmt):
         lw = max(len(x) for x in labels)
@@ -310,7 +328,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     w("")
     rows = [[_pi_label(spec, p, sym), f"{fit.reliability_pi[k]:.3f}"] for k, p in enumerate(rp)]
     out += text_table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
-    lab_b = [f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.level2_names(p)[q])},{sym.b(p, q)}" for p, q in rb]
+    lab_b = [f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.term_names((p,))[q])},{sym.b(p, q)}" for p, q in rb]
     matrix(f" {sym.tau_beta}", lab_b, fit.tau_beta, "{:13.5f}")
     if len(rb) > 1:
         matrix(f" {sym.tau_beta} (as correlations)", lab_b, _corr(fit.tau_beta), "{:7.3f}")
@@ -319,7 +337,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     out += text_table(["Random level-2 coefficient", "Reliability estimate"], rows, [28, 22])
     w("")
     w(f"The value of the log-likelihood function at iteration {fit.iterations} = {hlm_e(-fit.deviance / 2)}")
-    gammas = spec.gammas()
+    gammas = spec.fixed()
     for robust in (False, True):
         w("")
         w("Final estimation of fixed effects")
@@ -331,11 +349,12 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
         pv = _two_sided_p(t, fit.df_gamma)
         rows = []
         for k, g in enumerate(gammas):
-            if k == 0 or gammas[k - 1].p != g.p:
-                rows.append([f"For {_pi_label(spec, g.p, sym)}"])
-            if k == 0 or (gammas[k - 1].p, gammas[k - 1].q) != (g.p, g.q):
-                rows.append([f"   For {hlm_name(g.level2)}, {sym.b(g.p, g.q)}"])
-            rows.append([f"      {hlm_name(g.level3)}, {sym.g(g.p, g.q, g.s)}", f"{fit.gamma[k]:.6f}", f"{se[k]:.6f}",
+            (p, q, s), (_, level2, level3) = g.idx, g.names
+            if k == 0 or gammas[k - 1].idx[0] != p:
+                rows.append([f"For {_pi_label(spec, p, sym)}"])
+            if k == 0 or gammas[k - 1].idx[:2] != (p, q):
+                rows.append([f"   For {hlm_name(level2)}, {sym.b(p, q)}"])
+            rows.append([f"      {hlm_name(level3)}, {sym.g(p, q, s)}", f"{fit.gamma[k]:.6f}", f"{se[k]:.6f}",
                          f"{t[k]:.3f}", df_text(fit.df_gamma[k]), hlm_p(pv[k])])
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                       rows, [30, 12, 14, 9, 12, 8])
@@ -391,7 +410,7 @@ def _chi2_json(c: dict) -> dict:
             "n_units": None if c.get("n_units") is None else int(c["n_units"])}
 
 
-def model_record3(spec: ModelSpec3, meta: dict) -> dict:
+def model_record3(spec: LevelsSpec, meta: dict) -> dict:
     plain = Symbols3(True)
     lines = model_summary3(spec, plain)
 
@@ -409,34 +428,35 @@ def model_record3(spec: ModelSpec3, meta: dict) -> dict:
                        "level3": [x for x in block("Level-3 Model", "") if "centered" not in x and " is the mean " not in x]},
         "outcome": spec.outcome,
         "level1_predictors": [term(t) for t in spec.level1],
-        "level2_equations": [{"coefficient": spec.coefficient_names()[p], "random": spec.pis[p].random,
-                              "predictors": [term(t) for t in spec.pis[p].predictors],
-                              "level3_equations": [{"coefficient": spec.level2_names(p)[q],
-                                                    "random": spec.pis[p].betas[q].random,
-                                                    "predictors": [term(t) for t in spec.pis[p].betas[q].predictors]}
-                                                   for q in spec.present_betas(p)]}
-                             for p in spec.present_pis()],
+        "level2_equations": [{"coefficient": spec.coefficient_names()[p], "random": spec.equations[p].random,
+                              "predictors": [term(t) for t in spec.equations[p].predictors],
+                              "level3_equations": [{"coefficient": spec.term_names((p,))[q],
+                                                    "random": spec.equation((p, q)).random,
+                                                    "predictors": [term(t) for t in spec.equation((p, q)).predictors]}
+                                                   for q in spec.equations[p].present()]}
+                             for p in _pis(spec)],
         "method": spec.method,
     }
 
 
 def fit_json3(design, fit, meta: dict) -> dict:
     spec = design.spec
-    rp, rb = spec.random_pis(), spec.random_betas()
+    rp, rb = _random_pis(spec), _random_betas(spec)
     se = np.sqrt(np.diag(fit.cov_gamma))
     rse = np.sqrt(np.diag(fit.cov_gamma_robust))
     t, rt = fit.gamma / se, fit.gamma / rse
     pv, rpv = _two_sided_p(t, fit.df_gamma), _two_sided_p(rt, fit.df_gamma)
     fixed = []
-    for k, g in enumerate(spec.gammas()):
-        fixed.append({"gamma": f"γ{Symbols3.idx(g.p, g.q, g.s)}", "p": g.p, "q": g.q, "s": g.s,
-                      "coefficient": g.coefficient, "level2_predictor": g.level2, "level3_predictor": g.level3,
+    for k, g in enumerate(spec.fixed()):
+        (p, q, s), (coefficient, level2, level3) = g.idx, g.names
+        fixed.append({"gamma": f"γ{Symbols3.idx(p, q, s)}", "p": p, "q": q, "s": s,
+                      "coefficient": coefficient, "level2_predictor": level2, "level3_predictor": level3,
                       "estimate": float(fit.gamma[k]), "se": float(se[k]), "t": float(t[k]), "df": df_value(fit.df_gamma[k]),
                       "p_value": float(pv[k]), "robust_se": float(rse[k]), "robust_t": float(rt[k]),
                       "robust_p_value": float(rpv[k])})
     names = spec.coefficient_names()
     pi_names = [names[p] for p in rp]
-    beta_names = [f"{names[p]}/{spec.level2_names(p)[q]}" for p, q in rb]
+    beta_names = [f"{names[p]}/{spec.term_names((p,))[q]}" for p, q in rb]
     return {
         "schema": SCHEMA3, "levels": 3, "tool": "hlmcli", "version": __version__,
         "title": meta.get("title"), "data_source": meta.get("data_source"),
@@ -460,57 +480,13 @@ def fit_json3(design, fit, meta: dict) -> dict:
         "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
         "lme4_formula": lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)[0],
         **_structure_keys(fit),
-        "centering_means": design.centering_means,
+        "centering_means": design.centering_means, "data_hash": data_hash(design),
         **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
 
 def fit_json3_text(design, fit, meta: dict) -> str:
     return dumps_json(fit_json3(design, fit, meta))
-
-
-# ---------------------------------------------------------------- residual files
-
-def level2_residuals(design, fit, archive):
-    """One row per level-2 unit: its ids, record count, EB r's with posterior variances, and its level-2 data."""
-    import pandas as pd
-
-    spec = design.spec
-    names = spec.coefficient_names()
-    unit3, n1 = _level2_units(design.data)
-    cols: dict = {"id": design.unit2_ids, archive.id_names[1]: np.array(design.unit3_ids, dtype=object)[unit3],
-                  "nj": n1.astype(int)}
-    for k, p in enumerate(spec.random_pis()):
-        cols[f"r_{names[p]}"] = fit.eb_pi[:, k]
-        cols[f"postvar_r_{names[p]}"] = fit.eb_pi_var[:, k, k]
-    for i, n in enumerate(archive.level2_names):
-        cols[n] = archive.level2[i][design.level2_positions]
-    return pd.DataFrame(cols)
-
-
-def _level2_units(data):
-    """(the level-3 unit of each level-2 unit, its record count), from the records or from the
-    per-unit summary of the stream and Dask engines (moments.LevelsSummary)."""
-    if hasattr(data, "moments"):
-        return np.asarray(data.unit_parents[0]), data.moments.n
-    return np.asarray(data.unit3), np.bincount(data.unit2, minlength=np.asarray(data.unit3).size).astype(float)
-
-
-def level3_residuals(design, fit, archive):
-    import pandas as pd
-
-    spec = design.spec
-    names = spec.coefficient_names()
-    unit3, n1 = _level2_units(design.data)
-    cols: dict = {"id": design.unit3_ids, "n2": np.bincount(unit3, minlength=design.n3).astype(int),
-                  "n1": np.bincount(unit3, weights=n1, minlength=design.n3).round().astype(int)}
-    for k, (p, q) in enumerate(spec.random_betas()):
-        label = f"{names[p]}_{spec.level2_names(p)[q]}"
-        cols[f"u_{label}"] = fit.eb_beta[:, k]
-        cols[f"postvar_u_{label}"] = fit.eb_beta_var[:, k, k]
-    for i, n in enumerate(archive.level3_names):
-        cols[n] = archive.level3[i][design.level3_positions]
-    return pd.DataFrame(cols)
 
 
 # ---------------------------------------------------------------- K ≥ 4 levels
@@ -533,8 +509,7 @@ class SymbolsLevels:
 
     def rand(self, level: int, idx) -> str:
         r = RANDOM_LETTERS[level - 1]
-        sep = "," if any(i >= 10 for i in idx) else ""
-        return (r.upper() if self.ascii else r) + sep.join(map(str, idx))
+        return coefficient_label(r.upper() if self.ascii else r, idx)
 
     def tau(self, level: int) -> str:
         name = ("pi", "beta", "gamma", "delta")[level - 2]
@@ -808,37 +783,10 @@ def fit_json(design, fit, meta: dict) -> dict:
         "deviance": float(fit.deviance), "n_params": int(fit.n_params), "loglik": -float(fit.deviance) / 2,
         "lme4_formula": lme4_formula(spec, meta["ids"], _diagonal_at(fit) or False),
         **_structure_keys(fit),
-        "centering_means": design.centering_means,
+        "centering_means": design.centering_means, "data_hash": data_hash(design),
         **({"weights": meta["weights"]} if meta.get("weights") else {}),
     }
 
 
 def fit_json_text(design, fit, meta: dict) -> str:
     return dumps_json(fit_json(design, fit, meta))
-
-
-# ---------------------------------------------------------------- residual files
-
-def level_residuals(design, fit, archive, level: int):
-    """One row per level-ℓ unit: its id, its parent's id, its size, the EB means with posterior
-    variances of its random effects, and its level-ℓ data."""
-    import pandas as pd
-
-    spec = design.spec
-    K = spec.n_levels
-    data = design.data
-    cols: dict = {"id": design.unit_ids[level - 2]}
-    if level < K:
-        cols[archive.id_names[level - 1]] = np.array(design.unit_ids[level - 1], dtype=object)[data.parents[level - 1]]
-    if level == 2 and hasattr(data, "moments"):  # records summarised per level-2 unit: their counts
-        cols["n"] = data.moments.n.round().astype(int)
-    else:
-        cols["n"] = np.bincount(data.parents[level - 2], minlength=design.J(level)).astype(int)
-    for k, (idx, names) in enumerate(spec.random(level)):
-        label = "_".join(names)
-        letter = RANDOM_LETTERS[level - 1]
-        cols[f"{letter}_{label}"] = fit.eb[level - 2][:, k]
-        cols[f"postvar_{letter}_{label}"] = fit.eb_var[level - 2][:, k, k]
-    for i, n in enumerate(archive.names(level)):
-        cols[n] = archive.levels[level - 1].values[i][design.positions[level - 2]]
-    return pd.DataFrame(cols)

@@ -173,12 +173,20 @@ def tidy(fit: dict, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
                      "statistic": stat, "df": f["df"], "p.value": p, "conf.low": f["estimate"] - t * s,
                      "conf.high": f["estimate"] + t * s, "se.type": kind, "model.std.error": f["se"],
                      "robust.std.error": f["robust_se"], "hlm.label": f["gamma"]})
+    n_ratio = len(rows)
+    for f, _ in threshold_rows(fit):  # ordinal: the thresholds δ(m), as clmm's tidy lists its thresholds
+        t = _t_quantile(conf_level, f["df"])
+        s, stat, p = _chosen(f, kind)
+        rows.append({"effect": "fixed", "group": None, "term": f["name"], "estimate": f["estimate"], "std.error": s,
+                     "statistic": stat, "df": f["df"], "p.value": p, "conf.low": f["estimate"] - t * s,
+                     "conf.high": f["estimate"] + t * s, "se.type": kind, "model.std.error": f["se"],
+                     "robust.std.error": f["robust_se"], "hlm.label": f["threshold"]})
     rows += ran_pars(fit)
     columns = list(TIDY_COLUMNS)
     ratio = ratio_key(fit)
     if ratio:  # an HGLM: exp(γ) with its interval, as broom's exponentiate = TRUE
         name = ratio.replace("_", ".")
-        for row in rows[:len(fit["fixed_effects"])]:
+        for row in rows[:n_ratio]:
             row.update({name: math.exp(row["estimate"]), f"{name}.conf.low": math.exp(row["conf.low"]),
                         f"{name}.conf.high": math.exp(row["conf.high"])})
         columns += [name, f"{name}.conf.low", f"{name}.conf.high"]
@@ -197,7 +205,12 @@ def _df(x) -> str:
     return f"{x:g}" if float(x).is_integer() else f"{x:.1f}"
 
 
-RATIO_HEADINGS = {"odds_ratio": "Odds ratio", "rate_ratio": "Rate ratio"}
+RATIO_HEADINGS = {"odds_ratio": "Odds ratio", "rate_ratio": "Rate ratio", "hazard_ratio": "Hazard ratio"}
+
+
+def threshold_rows(fit: dict) -> list[tuple[dict, str]]:
+    """An ordinal fit's thresholds δ(m) as fixed-effect rows after γ's, with their labels."""
+    return [(t, f"{t['name']} ({t['threshold'].replace('δ', 'd')})") for t in fit.get("thresholds") or []]
 
 
 def ratio_key(fit: dict) -> str | None:
@@ -247,6 +260,15 @@ def fit_frames(fit: dict, options: TableOptions = TableOptions()) -> tuple[pd.Da
         if ratio:
             low, high = ("robust_ci_low", "robust_ci_high") if kind == "robust" else ("ci_low", "ci_high")
             row.update({RATIO_HEADINGS[ratio]: _f(f[ratio]), "95% CI": f"({_f(f[low])}, {_f(f[high])})"})
+        rows.append(row)
+    for t, label in threshold_rows(fit):
+        s, stat, p = _chosen(t, kind)
+        row = {"Fixed effect": label, "Coefficient": _f(t["estimate"]) + (stars(p) if options.stars else ""),
+               se_head: _f(s), "t-ratio": _f(stat, 2), "d.f.": _df(t["df"]), "p-value": p}
+        if kind == "model":
+            row.update({"Robust SE": _f(t["robust_se"]), "Robust p-value": t["robust_p"]})
+        if ratio:
+            row.update({RATIO_HEADINGS[ratio]: "", "95% CI": ""})
         rows.append(row)
     fixed = pd.DataFrame(rows)
     labels = dict(zip(fit["random_coefficients"], _random_labels(fit)))
@@ -451,7 +473,8 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str], options: TableOptio
     terms: list[str] = []
     var_rows: list[str] = []
     for fit in fits:
-        terms += [label for _, label in fixed_names(fit) if label not in terms]
+        terms += [label for _, label in fixed_names(fit) + [(None, lab) for _, lab in threshold_rows(fit)]
+                  if label not in terms]
         labels = _random_labels(fit)
         var_rows += [f"Var: {lab}" for lab in labels if f"Var: {lab}" not in var_rows]
         for a, b, _, _ in _tau_pairs(fit):
@@ -465,7 +488,7 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str], options: TableOptio
     index += var_rows + ["Deviance", "AIC", "BIC", "Method", "Optimum"] + robust_row + ["N", "J"] + higher
     table = pd.DataFrame("", index=index, columns=list(names))
     for fit, name, kind in zip(fits, names, kinds):
-        for f, (_, t) in zip(fit["fixed_effects"], fixed_names(fit)):
+        for f, t in list(zip(fit["fixed_effects"], [lab for _, lab in fixed_names(fit)])) + threshold_rows(fit):
             s, _, p = _chosen(f, kind)
             table.loc[t, name] = _f(f["estimate"]) + (stars(p) if options.stars else "")
             table.loc[f"{t} (SE)", name] = f"({_f(s)})"

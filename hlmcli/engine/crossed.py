@@ -1,0 +1,465 @@
+"""Cross-classified (and any multi-factor) linear mixed models: the profiled deviance as lme4 computes
+it, by a blocked Cholesky factor, searched and certified over one PSD block per grouping factor.
+
+The model. y = Xγ + Σ_b Z_b u_b + r, with u_bj ~ N(0, τ_b) for group j of factor b (HLM 7's HCM2:
+rows and columns), r ~ N(0, σ²I). With G_b = τ_b/σ² = Λ_bΛ_b' and Λ = blockdiag_b(I_{J_b} ⊗ Λ_b):
+
+    M = Λ'Z'ZΛ + I,   K = [[M, Λ'Z'X], [X'ZΛ, X'X]],   pwrss = y'Py (penalised residual sum of squares)
+    ML:   d = log|M| + n(1 + log 2π + log(pwrss/n))
+    REML: d = log|M| + log|X'V⁻¹X| + (n−p)(1 + log 2π + log(pwrss/(n−p)))
+
+(|V| = |I + ZΛΛ'Z'| = |M|; X'V⁻¹X is K's Schur complement of M; lme4's "Computational methods", eq. 34
+and 42.) The factor of K is blocked as MixedModels.jl does: the factor with the most random effects
+first, whose block of M is block-diagonal (J₁ blocks of q₁ × q₁), so its Cholesky is J₁ small ones;
+the other factors together form one dense block, reached through the Schur complement
+S = M_RR − A'A with A = L₁₁⁻¹M_1R, which keeps Z₁'Z_R's sparsity; then [X y] as a last dense block.
+This is exact (no fill-reducing approximation is involved) and the sparsity pattern is fixed once per
+fit: only the numbers in A change with Λ. Nested factors are a special case (A has one entry per row).
+
+The gradient, in G_b with the symmetric convention (d(G + E) ≈ d + tr(Γ_b E)):
+
+    Γ_b = Σ_j [Z'PZ]_{bj,bj} − ν/pwrss · Σ_j u_bj u_bj',   u = Z'Py,  Py = y − Xγ̂ − ZΛû (the residual)
+
+with P = V⁻¹ − V⁻¹X(X'V⁻¹X)⁻¹X'V⁻¹, ν = n − p (REML); for ML, P is V⁻¹ and ν = n. It stays valid
+on the boundary (Λ_b singular), which the certificate needs. Z'PZ comes from K itself:
+P = I − W̃K⁻¹W̃' with W̃ = [ZΛ, X] (the mixed-model equations with a flat prior on γ), so
+Z'PZ = Z'Z − (W̃'Z)'K⁻¹(W̃'Z), and only the sums over j of its diagonal blocks are formed, each as
+a block-trace through the same blocked factor (for ML only M's part of it: V⁻¹ = I − ZΛM⁻¹Λ'Z').
+
+The search and the certificate are the nested ones (nested_fit.search, certify_nested): one PSD
+block per factor, a diagonal τ_b where asked. Coordinates are standardised first as for nested
+models: each factor's random columns centred (when it has an intercept) and scaled to unit spread,
+X orthonormalised, y residualised on X and scaled; every map back to the user's scale is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..lazy import lazy
+
+sparse = lazy("scipy.sparse")
+linalg = lazy("scipy.linalg")
+
+from ..errors import ModelError
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class CrossedTerm:
+    """One grouping factor: its name, each record's group (codes 0..J−1), the random columns Z
+    (n, q) and their names, and the group labels."""
+    factor: str
+    codes: np.ndarray
+    Z: np.ndarray
+    columns: tuple
+    labels: tuple
+
+    @property
+    def J(self) -> int:
+        return len(self.labels)
+
+    @property
+    def q(self) -> int:
+        return self.Z.shape[1]
+
+
+def _standardiser(Z: np.ndarray) -> np.ndarray:
+    """T with Z·T centred (slopes, when column 0 is an intercept) and of unit RMS per column; u = T ũ."""
+    q = Z.shape[1]
+    T = np.eye(q)
+    intercept = q > 0 and np.all(Z[:, 0] == 1.0)
+    for k in range(q):
+        col = Z[:, k]
+        m = float(col.mean()) if (intercept and k > 0) else 0.0
+        s = float(np.sqrt(np.mean((col - m) ** 2)))
+        s = s if s > 0 else 1.0
+        T[:, k] = 0.0
+        T[k, k] = 1.0 / s
+        if m:
+            T[0, k] = -m / s
+    return T
+
+
+def _block_diag_sparse(blocks: np.ndarray):
+    """A (J, a, b) stack as a sparse block-diagonal (J·a) × (J·b) matrix."""
+    J, a, b = blocks.shape
+    rows = (np.arange(J)[:, None, None] * a + np.arange(a)[None, :, None]) + np.zeros((1, 1, b), int)
+    cols = (np.arange(J)[:, None, None] * b + np.arange(b)[None, None, :]) + np.zeros((1, a, 1), int)
+    return sparse.csr_matrix((blocks.ravel(), (rows.ravel(), cols.ravel())), shape=(J * a, J * b))
+
+
+def _z_sparse(codes: np.ndarray, Z: np.ndarray, J: int):
+    """The n × (J·q) random-effects design of one factor, columns group-major (j·q + k)."""
+    n, q = Z.shape
+    rows = np.repeat(np.arange(n), q)
+    cols = (codes[:, None] * q + np.arange(q)[None, :]).ravel()
+    return sparse.csr_matrix((Z.ravel(), (rows, cols)), shape=(n, J * q))
+
+
+def _tri(L, B, lower: bool = True, trans: str = "N"):
+    """L⁻¹B (Lᵀ⁻¹B with trans="T") for a triangular L. Small systems go through numpy's solve: scipy's
+    triangular solve costs milliseconds a call when OpenBLAS threads wait on a busy machine."""
+    if trans == "T":
+        L, lower = L.T, not lower
+    if L.shape[0] <= 256:
+        return np.linalg.solve(L, B)
+    return linalg.solve_triangular(L, B, lower=lower, check_finite=False)
+
+
+def _tri_inverse(L) -> np.ndarray:
+    """L⁻¹ of a lower-triangular L (LAPACK's trtri, n³/3 flops; small ones through numpy, as in _tri)."""
+    n = L.shape[0]
+    if n <= 256:
+        return np.linalg.solve(L, np.eye(n))
+    inv, info = linalg.lapack.dtrtri(L, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("singular triangular factor")
+    return np.tril(inv)
+
+
+def _block_gram_sum(Y, Y2, q: int) -> np.ndarray:
+    """Σ_j Y_j'Y2_j over the column groups j (q columns each) of two conformable matrices (dense or
+    sparse): the sum of the diagonal blocks of Y'Y2."""
+    out = np.empty((q, q))
+    for k in range(q):
+        a = Y[:, k::q]
+        for m in range(q):
+            b = Y2[:, m::q]
+            out[k, m] = float(a.multiply(b).sum()) if sparse.issparse(a) else float(np.einsum("ij,ij->", a, b))
+    return out
+
+
+class CrossedStats:
+    """Everything a solve needs that does not depend on Λ: the cross-products of the standardised
+    columns, formed once per fit (the blocked pattern included)."""
+
+    def __init__(self, y: np.ndarray, X: np.ndarray, terms: list[CrossedTerm]):
+        n, p = X.shape
+        self.n, self.p = n, p
+        # X = QR; y residualised on X and scaled by c
+        Q, R = np.linalg.qr(X)
+        if p and np.min(np.abs(np.diag(R))) <= 1e-10 * max(1.0, float(np.max(np.abs(np.diag(R))))):
+            raise ModelError("the fixed-effect predictors are collinear (one is a combination of the others); "
+                             "drop one of them")
+        self.R, self.Qty = R, Q.T @ y
+        e = y - Q @ self.Qty
+        self.c = float(np.sqrt(np.mean(e ** 2))) or 1.0
+        self.Qx, self.y = Q, e / self.c
+        self.terms = terms
+        # the factor with the most random effects is the block-diagonal one
+        self.order = sorted(range(len(terms)), key=lambda b: -terms[b].J * terms[b].q)
+        self.T = [_standardiser(t.Z) for t in terms]
+        Zs = [_z_sparse(t.codes, t.Z @ T, t.J) for t, T in zip(terms, self.T)]
+        self.Zs = Zs
+        first, rest = self.order[0], self.order[1:]
+        t1 = terms[first]
+        self.q1, self.J1 = t1.q, t1.J
+        self.qR = [terms[b].q for b in rest]
+        self.JR = [terms[b].J for b in rest]
+        self.cuts = np.cumsum([0] + [terms[b].J * terms[b].q for b in rest])
+        self.Q2 = int(self.cuts[-1])
+        W = np.column_stack([Q, self.y])
+        Z1 = Zs[first]
+        ZR = sparse.hstack([Zs[b] for b in rest], format="csr") if rest else sparse.csr_matrix((n, 0))
+        C11 = (Z1.T @ Z1).tocsr()
+        # C11 is block diagonal: its J₁ blocks, (J₁, q₁, q₁)
+        q1 = self.q1
+        dense_blocks = np.zeros((self.J1, q1, q1))
+        C11c = C11.tocoo()
+        dense_blocks[C11c.row // q1, C11c.row % q1, C11c.col % q1] = C11c.data
+        self.C11 = dense_blocks
+        self.C1R = (Z1.T @ ZR).tocsr()
+        self.CRR = (ZR.T @ ZR).toarray()
+        self.Z1W = np.asarray(Z1.T @ W).reshape(self.J1, q1, p + 1)
+        self.ZRW = np.asarray(ZR.T @ W)
+        self.WW = W.T @ W
+        self.yy = float(self.y @ self.y)
+        # constant pieces of the gradient: X'Z_b (p, J_b q_b), and Σ_j of Z_b'Z_b's diagonal blocks
+        self.XZ = [np.asarray(Z.T @ Q).T for Z in Zs]
+        self.C_own = {}
+        for i, b in enumerate(rest):
+            lo, hi, qb = self.cuts[i], self.cuts[i + 1], terms[b].q
+            Cbb = self.CRR[lo:hi, lo:hi]
+            self.C_own[b] = np.array([[np.trace(Cbb[k::qb, m::qb]) for m in range(qb)] for k in range(qb)])
+
+    @property
+    def qs(self) -> tuple:
+        return tuple(t.q for t in self.terms)
+
+    def lam_R(self, lams_R):
+        """blockdiag over the dense factors of I_J ⊗ Λ_b, sparse (Q2 × Q2)."""
+        if not lams_R:
+            return sparse.csr_matrix((0, 0))
+        return sparse.block_diag([sparse.kron(sparse.identity(J, format="csr"), sparse.csr_matrix(lam))
+                                  for J, lam in zip(self.JR, lams_R)], format="csr")
+
+
+class CrossedSolve:
+    """The blocked Cholesky factor of K (and of [X y]'s part) at one Λ, and what follows from it."""
+
+    def __init__(self, st: CrossedStats, lams):
+        self.st = st
+        lams = [np.asarray(lam, float) for lam in lams]
+        self.lams = lams
+        p, q1 = st.p, st.q1
+        lam1 = lams[st.order[0]]
+        lamsR = [lams[b] for b in st.order[1:]]
+        M11 = lam1.T[None] @ st.C11 @ lam1[None] + np.eye(q1)[None]
+        L11 = np.linalg.cholesky(M11)
+        self.L11 = L11
+        D1blocks = np.linalg.solve(L11, np.broadcast_to(lam1.T, L11.shape))  # L11⁻¹Λ₁'
+        self.D1 = _block_diag_sparse(D1blocks)
+        self.DR = st.lam_R(lamsR)
+        self.A = (self.D1 @ st.C1R @ self.DR).tocsr()  # L11⁻¹ M_1R
+        Q2 = st.Q2
+        if Q2:
+            CRRl = np.asarray(self.DR.T @ st.CRR)
+            S = np.asarray(self.DR.T @ CRRl.T).T + np.eye(Q2) - (self.A.T @ self.A).toarray()
+            self.LR = np.linalg.cholesky(0.5 * (S + S.T))
+        else:
+            self.LR = np.zeros((0, 0))
+        # [X y]: B1 = L11⁻¹Λ₁'Z₁'W, BR = LR⁻¹(Λ_R'Z_R'W − A'B1)
+        self.B1 = np.asarray(self.D1 @ st.Z1W.reshape(-1, p + 1))
+        if Q2:
+            self.BR = _tri(self.LR, np.asarray(self.DR.T @ st.ZRW) - self.A.T @ self.B1, lower=True)
+        else:
+            self.BR = np.zeros((0, p + 1))
+        SW = st.WW - self.B1.T @ self.B1 - self.BR.T @ self.BR
+        self.LW = np.linalg.cholesky(0.5 * (SW + SW.T))
+        self.pwrss = float(self.LW[p, p] ** 2)
+        self.logdet_M = 2.0 * float(np.log(np.diagonal(L11, axis1=1, axis2=2)).sum()) + \
+            2.0 * float(np.log(np.diag(self.LR)).sum())
+        self.logdet_X = 2.0 * float(np.log(np.diag(self.LW)[:p]).sum())
+        # γ̃ and û by back-substitution, then the residual Py = y − Xγ̃ − ZΛû
+        RX = self.LW[:p, :p]
+        self.gamma = _tri(RX.T, self.LW[p, :p], lower=False) if p else np.zeros(0)
+        uR = _tri(self.LR.T, self.BR[:, p] - self.BR[:, :p] @ self.gamma, lower=False) if Q2 \
+            else np.zeros(0)
+        rhs1 = (self.B1[:, p] - self.B1[:, :p] @ self.gamma - self.A @ uR).reshape(st.J1, q1)
+        u1 = np.linalg.solve(np.transpose(L11, (0, 2, 1)), rhs1[..., None])[..., 0]
+        self.u1, self.uR = u1.ravel(), uR
+        b1 = (u1 @ lam1.T).ravel()
+        bR = self.DR @ uR if Q2 else np.zeros(0)
+        first = st.order[0]
+        fit = st.Qx @ self.gamma + st.Zs[first] @ b1
+        self.b = {first: b1}
+        for i, b in enumerate(st.order[1:]):
+            piece = bR[st.cuts[i]:st.cuts[i + 1]]
+            self.b[b] = piece
+            fit = fit + st.Zs[b] @ piece
+        self.resid = st.y - fit
+
+    def dof(self, reml: bool) -> int:
+        return self.st.n - self.st.p if reml else self.st.n
+
+    def profiled_deviance(self, reml: bool) -> float:
+        nu = self.dof(reml)
+        d = self.logdet_M + nu * (1.0 + LOG_2PI + np.log(self.pwrss / nu))
+        return d + self.logdet_X if reml else d
+
+    def sigma2_hat(self, reml: bool) -> float:
+        return self.pwrss / self.dof(reml)
+
+    def rounding_noise(self, reml: bool) -> float:
+        """How far rounding can move the profiled deviance: the cancellation in pwrss (y'y against
+        what the fit removes) and the log-determinants' sums, at machine precision."""
+        eps = np.finfo(float).eps
+        nu = self.dof(reml)
+        logdets = 2.0 * float(np.abs(np.log(np.diagonal(self.L11, axis1=1, axis2=2))).sum()) + \
+            2.0 * float(np.abs(np.log(np.diag(self.LR))).sum())
+        logdets += abs(self.logdet_X) if reml else 0.0
+        return 8.0 * eps * (nu * self.st.yy / self.pwrss + logdets + nu * abs(np.log(self.pwrss / nu)))
+
+    # ------------------------------------------------------------ the gradient (module docstring)
+    def gradients(self, reml: bool) -> tuple:
+        st = self.st
+        p, Q2, q1 = st.p, st.Q2, st.q1
+        nu = self.dof(reml)
+        # LR⁻¹ once (n³/3): every block-trace below is then a product with it, and a sparse T costs
+        # Q2·nnz(T) instead of a triangular solve per column
+        Linv = _tri_inverse(self.LR) if Q2 else np.zeros((0, 0))
+        RX = self.LW[:p, :p]
+        BRX = self.BR[:, :p]
+        # The dense factors' T = Λ_R'C_RR − A'L11⁻¹Λ₁'C_1R satisfies TΛ_R = S − I (A = L11⁻¹Λ₁'C_1RΛ_R), so
+        # LR⁻¹T = (LR' − LR⁻¹)Λ_R⁻¹ with no product of LR⁻¹ by a dense matrix; used when every Λ_b there is
+        # well away from singular (the difference loses about eps/λ² relative), else T is formed.
+        Yall = None
+        lamsR = [self.lams[b] for b in st.order[1:]]
+        if Q2 and all(np.linalg.svd(lam, compute_uv=False).min() > 1e-3 for lam in lamsR):
+            DRinv = st.lam_R([np.linalg.inv(lam) for lam in lamsR])
+            Yall = np.asarray(DRinv.T @ (self.LR.T - Linv).T).T
+        B1X = self.B1[:, :p]  # (J1q1, p): L_W1' rows for X
+        out: dict[int, np.ndarray] = {}
+        # the block-diagonal factor: R = [Λ₁'C₁₁; Λ_R'C_R1; X'Z₁]
+        first = st.order[0]
+        Y1 = np.linalg.solve(self.L11, self.lams[first].T[None] @ st.C11)  # L11⁻¹Λ₁'C₁₁ blocks, (J1, q1, q1)
+        Y1s = _block_diag_sparse(Y1)
+        own = st.C11.sum(axis=0) - np.einsum("jak,jal->kl", Y1, Y1)
+        if Q2:
+            T = (self.DR.T @ st.C1R.T - self.A.T @ Y1s).tocsc()  # (Q2, J1q1), sparse
+            Y = np.asarray((T.T @ Linv.T).T)  # LR⁻¹T
+            own -= _block_gram_sum(Y, Y, q1)
+        if reml and p:
+            corr = st.XZ[first] - np.asarray((Y1s.T @ B1X)).T
+            if Q2:
+                corr -= BRX.T @ Y
+            YX = _tri(RX, corr, lower=True)
+            own -= _block_gram_sum(YX, YX, q1)
+        out[first] = own
+        # the dense factors: R = [Λ₁'C_1b; Λ_R'C_Rb; X'Z_b]
+        for i, b in enumerate(st.order[1:]):
+            lo, hi = st.cuts[i], st.cuts[i + 1]
+            qb = st.terms[b].q
+            Y1b = (self.D1 @ st.C1R[:, lo:hi]).tocsc()
+            if Yall is not None:
+                Y = Yall[:, lo:hi]
+            else:
+                T = np.asarray(self.DR.T @ st.CRR[:, lo:hi]) - np.asarray((self.A.T @ Y1b).todense())
+                Y = Linv @ T
+            own = st.C_own[b] - _block_gram_sum(Y1b, Y1b, qb)
+            own -= _block_gram_sum(Y, Y, qb)
+            if reml and p:
+                corr = st.XZ[b] - np.asarray(Y1b.T @ B1X).T - BRX.T @ Y
+                YX = _tri(RX, corr, lower=True)
+                own -= _block_gram_sum(YX, YX, qb)
+            out[b] = own
+        grads = []
+        for b, t in enumerate(st.terms):
+            U = np.asarray(st.Zs[b].T @ self.resid).reshape(t.J, t.q)
+            G = out[b] - (nu / self.pwrss) * (U.T @ U)
+            grads.append(0.5 * (G + G.T))
+        return tuple(grads)
+
+
+# ---------------------------------------------------------------- the fit
+
+class Objective:
+    """The profiled deviance over (G_1, …, G_K), one block per factor: the protocol nested_fit's
+    search and certificate use (solve, at, value, noise), the last few solves kept."""
+
+    def __init__(self, stats: CrossedStats, reml: bool):
+        self.stats, self.reml, self.count = stats, reml, 0
+        self._cache: list = []
+
+    def solve(self, *lams) -> CrossedSolve:
+        if len(lams) == 1 and isinstance(lams[0], (tuple, list)):
+            lams = tuple(lams[0])
+        key = tuple(np.asarray(lam, float).tobytes() for lam in lams)
+        for k, us in self._cache:
+            if k == key:
+                return us
+        self.count += 1
+        us = CrossedSolve(self.stats, lams)
+        self._cache = [(key, us)] + self._cache[:3]
+        return us
+
+    def at(self, Gs):
+        try:
+            us = self.solve(tuple(_factor(G) for G in Gs))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf, tuple(np.zeros_like(G) for G in Gs)
+        return us.profiled_deviance(self.reml), us.gradients(self.reml)
+
+    def value(self, Gs) -> float:
+        try:
+            return self.solve(tuple(_factor(G) for G in Gs)).profiled_deviance(self.reml)
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf
+
+    def noise(self, Gs) -> float:
+        try:
+            return self.solve(tuple(_factor(G) for G in Gs)).rounding_noise(self.reml)
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return 0.0
+
+
+def _factor(G):
+    from .unitsolve import factor
+    return factor(G)
+
+
+@dataclass
+class CrossedFit:
+    """A certified (or not) cross-classified fit on the user's scale."""
+    method: str
+    factors: tuple            # grouping factor names, in the order given
+    columns: tuple            # per factor, the names of its random columns
+    n_groups: tuple           # J per factor
+    fixed_names: tuple
+    gamma: np.ndarray
+    gamma_cov: np.ndarray     # model-based covariance of γ̂: σ²(X'V⁻¹X)⁻¹
+    sigma2: float
+    taus: tuple               # τ_b per factor
+    deviance: float
+    n: int
+    certificate: object
+    iterations: int
+    evaluations: int
+    start: str
+    message: str
+    G: tuple = field(repr=False, default=())          # standardised G at the answer
+    ranef: tuple = field(repr=False, default=())      # per factor (J, q) conditional modes (EB), user's scale
+    labels: tuple = field(repr=False, default=())
+
+    @property
+    def se(self) -> np.ndarray:
+        return np.sqrt(np.diag(self.gamma_cov))
+
+    @property
+    def n_parameters(self) -> int:
+        """Covariance parameters (τ's free entries and σ²) plus fixed effects, as deviance tables count."""
+        return len(self.gamma) + 1 + sum(_n_free(t, d) for t, d in zip(self.taus, self.diagonal))
+
+    diagonal: tuple = ()
+
+
+def _n_free(tau, diagonal) -> int:
+    q = tau.shape[0]
+    return q if diagonal else q * (q + 1) // 2
+
+
+def fit_crossed(y, X, fixed_names, terms: list[CrossedTerm], method: str = "REML", max_iterations: int = 1000,
+                diagonal=None) -> CrossedFit:
+    """Minimise the profiled deviance over one PSD block per factor and certify the answer."""
+    from .nested_fit import diagonal_blocks, search
+    y = np.asarray(y, float)
+    X = np.asarray(X, float)
+    reml = method.upper() == "REML"
+    if len(terms) < 1:
+        raise ModelError("a mixed model needs at least one grouping factor")
+    st = CrossedStats(y, X, terms)
+    n, p = X.shape
+    if n - p <= 0:
+        raise ModelError(f"{n} records cannot estimate {p} fixed effects and σ²")
+    obj = Objective(st, reml)
+    qs = tuple(t.q for t in terms)
+    diag = diagonal_blocks(diagonal, len(terms))
+    Gs, dev_std, cert, iterations, message, start = search(obj, qs, max_iterations, diag)
+    us = obj.solve(tuple(_factor(G) for G in Gs))
+    c2 = st.c ** 2
+    nu = us.dof(reml)
+    sigma2 = c2 * us.sigma2_hat(reml)
+    R = st.R
+    deviance = us.profiled_deviance(reml) + nu * np.log(c2)
+    if reml and p:
+        deviance += 2.0 * float(np.log(np.abs(np.diag(R))).sum())
+    # γ = R⁻¹(Q'y + c·γ̃); cov γ̂ = σ² R⁻¹ (RX RX')⁻¹ R⁻ᵀ
+    gamma = np.linalg.solve(R, st.Qty + st.c * us.gamma)
+    RX = us.LW[:p, :p]
+    Rinv = np.linalg.inv(R)
+    A = _tri(RX, Rinv.T, lower=True)  # RX⁻¹R⁻ᵀ
+    cov = sigma2 * (A.T @ A)
+    taus, ranef = [], []
+    for b, (t, T, G) in enumerate(zip(terms, st.T, Gs)):
+        taus.append(sigma2 * T @ G @ T.T)
+        ranef.append(st.c * us.b[b].reshape(t.J, t.q) @ T.T)
+    return CrossedFit(method="REML" if reml else "ML", factors=tuple(t.factor for t in terms),
+                      columns=tuple(t.columns for t in terms), n_groups=tuple(t.J for t in terms),
+                      fixed_names=tuple(fixed_names), gamma=gamma, gamma_cov=cov, sigma2=sigma2, taus=tuple(taus),
+                      deviance=float(deviance), n=n, certificate=cert, iterations=iterations, evaluations=obj.count,
+                      start=start, message=message, G=tuple(Gs), ranef=tuple(ranef),
+                      labels=tuple(t.labels for t in terms), diagonal=diag)

@@ -1,0 +1,221 @@
+"""Cross-classified models (HLM 7's HCM2; lme4's (1 | A) + (1 | B)): the engine's deviance and gradient,
+the fits against lmer (tests/data/crossed/crossed_lme4.json, made with the data sets by
+tests/reference_scripts/crossed_lme4.R: bobyqa rhoend 1e-12, then Newton-polished on lme4's own deviance
+function), nested models fitted by the crossed engine against the nested engine, and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hlmcli
+from conftest import DATA, hlmcli as run_cli
+from hlmcli.engine.crossed import CrossedSolve, CrossedStats, CrossedTerm, fit_crossed
+from hlmcli.engine.unitsolve import factor
+
+X_DIR = DATA / "crossed"
+REF = json.loads((X_DIR / "crossed_lme4.json").read_text())
+FRAMES = {"attain": "scotssec.csv", "diameter": "penicillin.csv", "strength": "pastes.csv"}
+
+
+def reference(formula: str, method: str) -> dict:
+    for f in REF["fits"]:
+        if f["formula"] == formula and f["method"] == method:
+            return f
+    raise KeyError((formula, method))
+
+
+def frame(outcome: str) -> pd.DataFrame:
+    return pd.read_csv(X_DIR / FRAMES[outcome])
+
+
+def check_against_lme4(model, ref: dict, taus: dict) -> None:
+    """Deviance to 1e-8 relative, γ, σ² and τ to 1e-6, standard errors to 1e-6 (the issue's bar)."""
+    assert model.deviance == pytest.approx(ref["deviance"], rel=1e-8)
+    for name, est in ref["gamma"].items():
+        ours = model.gamma["INTRCPT" if name == "(Intercept)" else name]
+        assert ours == pytest.approx(est, rel=1e-6), name
+        se = model.se["INTRCPT" if name == "(Intercept)" else name]
+        assert se == pytest.approx(ref["se"][name], rel=1e-6), name
+    assert model.sigma2 == pytest.approx(ref["sigma2"], rel=1e-6)
+    assert set(taus) == set(ref["tau"])
+    for name, ours in taus.items():
+        theirs = np.atleast_2d(np.array(ref["tau"][name], float))
+        scale = np.max(np.abs(theirs))
+        assert np.max(np.abs(ours - theirs)) <= 1e-6 * scale, (ours, theirs)
+
+
+FAST = [("attain ~ verbal + female + (1 | primary) + (1 | second)", "REML"),
+        ("diameter ~ 1 + (1 | plate) + (1 | sample)", "ML")]
+SLOW = [(f["formula"], f["method"]) for f in REF["fits"] if (f["formula"], f["method"]) not in FAST
+        and "||" not in f["formula"]]
+
+
+def _fit_and_check(formula: str, method: str):
+    ref = reference(formula, method)
+    outcome = formula.split("~")[0].strip()
+    m = hlmcli.fit_crossed(frame(outcome), formula, method)
+    assert m.certified, m.results.failures
+    check_against_lme4(m, ref, m.tau)
+    return m
+
+
+@pytest.mark.parametrize("formula,method", FAST)
+def test_matches_lmer(formula, method):
+    _fit_and_check(formula, method)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("formula,method", SLOW)
+def test_matches_lmer_every_reference_model(formula, method):
+    """Random slopes on either factor of ScotsSec, REML and ML (one of them on the boundary: a ±1
+    correlation), Penicillin, and Pastes's nested factors written as crossed ones."""
+    _fit_and_check(formula, method)
+
+
+def test_slope_on_boundary_is_reported_as_boundary():
+    """ScotsSec's random slope of verbal across primary schools: lmer's θ ends on the boundary (a
+    correlation of +1), and so does the certified fit, which says so."""
+    formula = "attain ~ verbal + female + (1 + verbal | primary) + (1 | second)"
+    ref = reference(formula, "REML")
+    assert min(ref["theta"]) < 1e-8  # lme4's Cholesky factor has a zero on its diagonal
+    m = hlmcli.fit_crossed(frame("attain"), formula, "REML")
+    doc = m.to_dict()
+    assert doc["factors"][0]["rank"] == 1 and doc["certified"]
+    assert any("+1" in note for note in doc["boundary"])
+    check_against_lme4(m, ref, m.tau)
+
+
+def test_diagonal_tau_matches_lmer_double_bar():
+    formula = "attain ~ verbal + female + (1 + verbal || second) + (1 | primary)"
+    ref = reference(formula, "REML")
+    m = hlmcli.fit_crossed(frame("attain"), formula, "REML")
+    assert m.certified
+    # lme4 splits (1 + verbal || second) into (1 | second) + (0 + verbal | second) and names them second.1 and
+    # second (its VarCorr lists the slope first here); hlmcli names them second and second.1 in the formula's order
+    check_against_lme4(m, ref, {"second": m.tau["second.1"], "second.1": m.tau["second"], "primary": m.tau["primary"]})
+    # the same model through tau="diagonal"
+    m2 = hlmcli.fit_crossed(frame("attain"), formula.replace("||", "|"), "REML", tau="diagonal")
+    assert m2.deviance == pytest.approx(m.deviance, rel=1e-12)
+
+
+# ---------------------------------------------------------------- the engine itself
+
+def _terms(d: pd.DataFrame, spec) -> list[CrossedTerm]:
+    out = []
+    for name, cols in spec:
+        codes, labels = pd.factorize(d[name], sort=True)
+        Z = np.column_stack([np.ones(len(d)) if c == "1" else d[c].to_numpy(float) for c in cols])
+        out.append(CrossedTerm(name, codes, Z, tuple(cols), tuple(map(str, labels))))
+    return out
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_gradient_is_the_derivative_of_the_deviance(reml):
+    """tr(Γ_b E) = the derivative of the deviance along E (symmetric convention), against differences of
+    the deviance, with a random slope on each factor: inside the cone (central differences) and on its
+    boundary (G₂ singular, which the certificate needs): there along the feasible directions only, one-sided."""
+    d = frame("attain").iloc[:600]
+    X = np.column_stack([np.ones(len(d)), d.verbal, d.female])
+    st = CrossedStats(d.attain.to_numpy(float), X, _terms(d, [("primary", ["1", "verbal"]), ("second", ["1", "verbal"])]))
+    psd = lambda G: np.linalg.eigvalsh(G)[0] >= -1e-15  # noqa: E731
+    dev = lambda Gs: CrossedSolve(st, [factor(g) for g in Gs]).profiled_deviance(reml)  # noqa: E731
+    null = np.outer([1.0, -2.0], [1.0, -2.0]) / 5.0  # the null direction of the singular G₂ below, into the cone
+    checked = 0
+    for Gs in ([np.array([[0.3, 0.05], [0.05, 0.2]]), np.array([[0.2, -0.04], [-0.04, 0.1]])],
+               [np.array([[0.3, 0.05], [0.05, 0.2]]), np.array([[0.2, 0.1], [0.1, 0.05]])]):
+        grads = CrossedSolve(st, [factor(G) for G in Gs]).gradients(reml)
+        for b, G in enumerate(Gs):
+            directions = [np.diag([1.0, 0.0]), np.diag([0.0, 1.0]), np.array([[0.0, 0.5], [0.5, 0.0]]), null]
+            for E in directions:
+                h = 1e-6
+                up, dn = list(Gs), list(Gs)
+                up[b], dn[b] = G + h * E, G - h * E
+                if psd(up[b]) and psd(dn[b]):
+                    num, tol = (dev(up) - dev(dn)) / (2 * h), 1e-5
+                elif psd(up[b]):
+                    num, tol = (dev(up) - dev(Gs)) / h, 1e-3
+                else:
+                    continue
+                assert np.sum(grads[b] * E) == pytest.approx(num, abs=tol * max(1.0, abs(num))), (b, E)
+                checked += 1
+    assert checked >= 12
+
+
+def test_nested_model_by_the_crossed_engine_is_the_nested_fit():
+    """Pastes (samples nested in batches, ids unique): the crossed engine's (1 | BATCH) + (1 | SAMPLE)
+    is the three-level model the nested engine fits, number for number."""
+    t3 = DATA / "three_level"
+    nested = hlmcli.fit(t3 / "pastes_l1.csv", t3 / "pastes_l2.csv", level3=t3 / "pastes_l3.csv", id2="SAMPLE",
+                        id3="BATCH", level1_eq="STRENGTH = p0 + e", level2_eqs=["p0 = b00 + r0"],
+                        level3_eqs=["b00 = g000 + u00"], method="ML").to_dict()
+    d = pd.read_csv(t3 / "pastes_l1.csv")
+    crossed = fit_crossed(d.STRENGTH.to_numpy(float), np.ones((len(d), 1)), ["INTRCPT"],
+                          _terms(d, [("BATCH", ["1"]), ("SAMPLE", ["1"])]), "ML")
+    assert crossed.certificate.certified
+    assert crossed.deviance == pytest.approx(nested["deviance"], rel=1e-10)
+    assert crossed.gamma[0] == pytest.approx(nested["fixed_effects"][0]["estimate"], rel=1e-8)
+    assert crossed.sigma2 == pytest.approx(nested["sigma2"], rel=1e-7)
+
+
+@pytest.mark.slow
+def test_nested_slopes_by_the_crossed_engine_is_the_nested_fit():
+    """EG's growth model (random intercept and YEAR slope across children and across schools, ML): the
+    crossed engine over (1 + YEAR | CHILDID) + (1 + YEAR | SCHOOLID) against the three-level engine."""
+    t3 = DATA / "three_level"
+    nested = hlmcli.fit(t3 / "eg_l1.csv", t3 / "eg_l2.csv", level3=t3 / "eg_l3.csv", id2="CHILDID", id3="SCHOOLID",
+                        level1_eq="MATH = p0 + p1*YEAR + e", level2_eqs=["p0 = b00 + r0", "p1 = b10 + r1"],
+                        level3_eqs=["b00 = g000 + u00", "b10 = g100 + u10"], method="ML").to_dict()
+    d = pd.read_csv(t3 / "eg_l1.csv")
+    assert d.groupby("CHILDID").SCHOOLID.nunique().max() == 1  # child ids are unique across schools
+    X = np.column_stack([np.ones(len(d)), d.YEAR])
+    crossed = fit_crossed(d.MATH.to_numpy(float), X, ["INTRCPT", "YEAR"],
+                          _terms(d, [("CHILDID", ["1", "YEAR"]), ("SCHOOLID", ["1", "YEAR"])]), "ML")
+    assert crossed.certificate.certified
+    assert crossed.deviance == pytest.approx(nested["deviance"], rel=1e-10)
+    est = [f["estimate"] for f in nested["fixed_effects"]]
+    assert crossed.gamma == pytest.approx(est, rel=1e-6)
+
+
+# ---------------------------------------------------------------- the command line
+
+SCOTS = "attain ~ verbal + female + (1 | primary) + (1 | second)"
+
+
+def test_cli_fit_prints_hcm2_tables_and_writes_json(tmp_path):
+    out = tmp_path / "fit.json"
+    proc = run_cli("fit", X_DIR / "scotssec.csv", "--formula", SCOTS, "--json-out", out)
+    assert proc.returncode == 0, proc.stderr
+    ref = reference(SCOTS, "REML")
+    text = proc.stdout
+    assert "The row factor is primary: 148 groups" in text and "The column factor is second: 19 groups" in text
+    assert f"Deviance = {ref['deviance']:.6f}" in text
+    assert "Iterations stopped at the optimum" in text
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "cross-classified linear" and doc["certified"] and doc["n"] == ref["n"]
+    assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
+    got = {f["name"]: f["coefficient"] for f in doc["fixed_effects"]}
+    assert got["verbal"] == pytest.approx(ref["gamma"]["verbal"], rel=1e-6)
+    assert [f["groups"] for f in doc["factors"]] == [148, 19]
+    # the API's document is the command's
+    api = hlmcli.fit_crossed(X_DIR / "scotssec.csv", SCOTS).to_dict()
+    assert api["deviance"] == doc["deviance"] and api["fixed_effects"] == doc["fixed_effects"]
+
+
+def test_cli_refuses_what_a_crossed_fit_does_not_take(tmp_path):
+    proc = run_cli("fit", X_DIR / "penicillin.csv", "--formula", "diameter ~ 1 + (1 | plate) + (1 | sample)",
+                   "--family", "bernoulli")
+    assert proc.returncode in (1, 2) and len(proc.stderr.strip().splitlines()) == 1
+    assert "HGLM over crossed factors" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_values_are_left_out_and_counted(tmp_path):
+    d = frame("diameter")
+    d.loc[[3, 10], "diameter"] = np.nan
+    m = hlmcli.fit_crossed(d, "diameter ~ 1 + (1 | plate) + (1 | sample)", "ML")
+    assert m.results.design.n_dropped == 2 and m.results.fit.n == len(d) - 2
+    full = hlmcli.fit_crossed(d.dropna(), "diameter ~ 1 + (1 | plate) + (1 | sample)", "ML")
+    assert m.deviance == pytest.approx(full.deviance, rel=1e-12)
