@@ -680,8 +680,9 @@ def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside:
             opts["title"] = None if value.lower() in ("", "no title") else value
         elif key == "nonlin":
             if value.lower() not in ("n", "no", "none", "linear"):
-                raise ModelError(f"{where}: nonlin:{value}: three-level models with a non-normal outcome are not "
-                                 "supported yet; hlmcli fits linear three-level models")
+                raise ModelError(f"{where}: nonlin:{value}: not read from a three-level command file yet; give the "
+                                 "outcome's family on the command line (--family, --trials, --exposure), which "
+                                 "fits it by PQL")
         elif key in ("resfil2", "resfil3"):
             if value.lower().startswith("y"):
                 opts[key] = True

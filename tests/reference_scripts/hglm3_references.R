@@ -7,7 +7,8 @@
 # Data: mlmRev's guImmun (children in mothers in communities, Bernoulli), mlmRev's Mmmec (counties in
 # regions in nations, Poisson with exposure `expected`, a random uvb slope across nations) and lme4's
 # grouseticks (chicks in broods in locations, Poisson). The level files are written to tests/data/hglm3/.
-# Run from the repository root:  Rscript tests/reference_scripts/hglm3_references.R
+# Run from the repository root:  Rscript tests/reference_scripts/hglm3_references.R [guimmun|mmmec|grouseticks ...]
+# (all three by default); each writes tests/data/hglm3/<name>.json.
 suppressMessages({library(lme4); library(mlmRev); library(nlme); library(glmmTMB); library(jsonlite)})
 out_dir <- "tests/data/hglm3"
 ctl <- glmerControl(optimizer = "bobyqa", optCtrl = list(rhoend = 1e-10, maxfun = 1e5), tolPwrss = 1e-10,
@@ -46,11 +47,18 @@ tmb_out <- function(m) {
   list(deviance = -2 * as.numeric(logLik(m)), gamma = unname(fixef(m)$cond), se = unname(sqrt(diag(vcov(m)$cond))),
        tau = vc)
 }
-res <- list(source = "lme4::glmer (Laplace, bobyqa rhoend 1e-10, tolPwrss 1e-10), glmmTMB (Laplace) and a PQL loop around nlme::lme (sigma fixed at 1, ML), R",
+which <- commandArgs(trailingOnly = TRUE)
+if (length(which) == 0) which <- c("guimmun", "mmmec", "grouseticks")
+save <- function(name, value) {
+  doc <- c(header, value)
+  writeLines(toJSON(doc, digits = NA, auto_unbox = TRUE, pretty = TRUE), file.path(out_dir, paste0(name, ".json")))
+}
+header <- list(source = "lme4::glmer (Laplace, bobyqa rhoend 1e-10, tolPwrss 1e-10), glmmTMB (Laplace) and a PQL loop around nlme::lme (sigma fixed at 1, ML), R",
             R = R.version.string, lme4 = as.character(packageVersion("lme4")),
             glmmTMB = as.character(packageVersion("glmmTMB")), nlme = as.character(packageVersion("nlme")))
 
 # ---- guImmun: Bernoulli, random intercepts for mothers and communities
+if ("guimmun" %in% which) {
 d <- guImmun
 g1 <- data.frame(KID = d$kid, MOM = d$mom, IMMUN = yn(d$immun), KID2P = yn(d$kid2p), MOM25P = yn(d$mom25p),
                  ORD23 = as.numeric(d$ord == "23"), ORD46 = as.numeric(d$ord == "46"), ORD7P = as.numeric(d$ord == "7p"))
@@ -71,10 +79,12 @@ gm <- glmer(update(fx, . ~ . + (1 | COMM / MOM)), data = gd, family = binomial, 
 tm <- glmmTMB(update(fx, . ~ . + (1 | COMM / MOM)), data = gd, family = binomial)
 gd$.y <- gd$IMMUN
 pq <- pql_loop(update(fx, .z ~ .), ~ 1 | COMM / MOM, gd, "binomial")
-res$guimmun <- list(fixed = c("(Intercept)", attr(terms(fx), "term.labels")), glmer = glmer_out(gm),
-                    glmmTMB = tmb_out(tm), pql_ml = pq)
+save("guimmun", list(fixed = c("(Intercept)", attr(terms(fx), "term.labels")), glmer = glmer_out(gm),
+                     glmmTMB = tmb_out(tm), pql_ml = pq))
+}
 
 # ---- Mmmec: Poisson with exposure, random uvb slope across nations, random intercept across regions
+if ("mmmec" %in% which) {
 d <- Mmmec
 d$REGION <- paste(d$nation, d$region, sep = ":")
 m1 <- data.frame(COUNTY = d$county, REGION = d$REGION, DEATHS = d$deaths, EXPECTED = d$expected, UVB = d$uvb)
@@ -92,10 +102,12 @@ mt <- glmmTMB(DEATHS ~ UVB + (1 + UVB | NATION) + (1 | REGION) + offset(log(EXPE
 md$.y <- md$DEATHS
 mp <- pql_loop(.z ~ UVB, list(NATION = ~ UVB, REGION = ~ 1), md, "poisson", offset = log(md$EXPECTED))
 mi <- glmer(DEATHS ~ UVB + (1 | NATION / REGION) + offset(log(EXPECTED)), data = md, family = poisson, control = ctl)
-res$mmmec <- list(fixed = c("(Intercept)", "UVB"), glmer = glmer_out(mm), glmmTMB = tmb_out(mt), pql_ml = mp,
-                  glmer_intercepts = glmer_out(mi))
+save("mmmec", list(fixed = c("(Intercept)", "UVB"), glmer = glmer_out(mm), glmmTMB = tmb_out(mt), pql_ml = mp,
+                   glmer_intercepts = glmer_out(mi)))
+}
 
 # ---- grouseticks: Poisson, random intercepts for broods and locations
+if ("grouseticks" %in% which) {
 d <- grouseticks
 t1 <- data.frame(INDEX = d$INDEX, BROOD = d$BROOD, TICKS = d$TICKS)
 b2 <- d[!duplicated(d$BROOD), ]
@@ -113,6 +125,6 @@ gt <- glmer(TICKS ~ YEAR96 + YEAR97 + CHEIGHT + (1 | LOCATION / BROOD), data = t
 tt <- glmmTMB(TICKS ~ YEAR96 + YEAR97 + CHEIGHT + (1 | LOCATION / BROOD), data = td, family = poisson)
 td$.y <- td$TICKS
 tp <- pql_loop(.z ~ YEAR96 + YEAR97 + CHEIGHT, ~ 1 | LOCATION / BROOD, td, "poisson")
-res$grouseticks <- list(fixed = c("(Intercept)", "YEAR96", "YEAR97", "CHEIGHT"), glmer = glmer_out(gt),
-                        glmmTMB = tmb_out(tt), pql_ml = tp)
-writeLines(toJSON(res, digits = NA, auto_unbox = TRUE, pretty = TRUE), file.path(out_dir, "references.json"))
+save("grouseticks", list(fixed = c("(Intercept)", "YEAR96", "YEAR97", "CHEIGHT"), glmer = glmer_out(gt),
+                         glmmTMB = tmb_out(tt), pql_ml = tp))
+}
