@@ -8,7 +8,8 @@
 # regions in nations, Poisson with exposure `expected`, a random uvb slope across nations) and lme4's
 # grouseticks (chicks in broods in locations, Poisson). The level files are written to tests/data/hglm3/.
 # Run from the repository root:  Rscript tests/reference_scripts/hglm3_references.R [guimmun|mmmec|grouseticks ...]
-# (all three by default); each writes tests/data/hglm3/<name>.json.
+# (all three by default); each writes tests/data/hglm3/<name>.json. With HGLM3_PQL_ONLY=1 in the environment
+# only the PQL references are computed (glmer and glmmTMB are left out of the file).
 suppressMessages({library(lme4); library(mlmRev); library(nlme); library(glmmTMB); library(jsonlite)})
 out_dir <- "tests/data/hglm3"
 ctl <- glmerControl(optimizer = "bobyqa", optCtrl = list(rhoend = 1e-10, maxfun = 1e5), tolPwrss = 1e-10,
@@ -46,6 +47,10 @@ tmb_out <- function(m) {
   vc <- lapply(VarCorr(m)$cond, function(v) unname(as.matrix(v)))
   list(deviance = -2 * as.numeric(logLik(m)), gamma = unname(fixef(m)$cond), se = unname(sqrt(diag(vcov(m)$cond))),
        tau = vc)
+}
+pql_only <- Sys.getenv("HGLM3_PQL_ONLY") == "1"
+if (pql_only) {  # the Laplace fits are skipped
+  glmer <- function(...) NULL; glmmTMB <- function(...) NULL; glmer_out <- function(m) NULL; tmb_out <- function(m) NULL
 }
 which <- commandArgs(trailingOnly = TRUE)
 if (length(which) == 0) which <- c("guimmun", "mmmec", "grouseticks")
