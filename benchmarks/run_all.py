@@ -319,8 +319,9 @@ def markdown(results: dict) -> str:
     lines = [BEGIN, "", f"Machine: {results['machine']}. Load average {results['load'][0]:.2f} before, "
              f"{results['load'][1]:.2f} after; {results['repeats']} interleaved runs per program, medians"
              f"{'; QUICK MODE (small sizes, slow peers left out)' if results['quick'] else ''}. "
-             f"Ratio: the peer's median wall time over hlmcli's.", "",
-             "| run | hlmcli wall | hlmcli CPU | hlmcli peak | peer | peer wall | peer CPU | peer peak | ratio |",
+             f"Ratio: the peer's median wall time over hlmcli's (in brackets, of CPU time: the steadier one on a "
+             f"loaded machine).", "",
+             "| run | hlmcli wall | hlmcli CPU | hlmcli peak | peer | peer wall | peer CPU | peer peak | ratio (CPU) |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for row in results["rows"]:
         if "note" in row:
@@ -334,7 +335,7 @@ def markdown(results: dict) -> str:
         for i, (k, v) in enumerate(peers):
             lead = first if i == 0 else "| | | | "
             lines.append(f"{lead} | {k} | {v['wall_s']:.3f} s | {v['cpu_s']:.3f} s | {v['peak_gib']:.2f} GiB | "
-                         f"{v['wall_s'] / h['wall_s']:.1f}× |")
+                         f"{v['wall_s'] / h['wall_s']:.1f}× ({v['cpu_s'] / h['cpu_s']:.1f}×) |")
         for i, (k, why) in enumerate(row["skipped"].items()):
             lead = first if (i == 0 and not peers) else "| | | | "
             lines.append(f"{lead} | {k}: {why} | | | | |")
@@ -379,7 +380,15 @@ def main() -> None:
     ap.add_argument("--readme", action="store_true", help="write the tables into benchmarks/README.md "
                     "(the default for the full run)")
     ap.add_argument("--json", type=Path, default=HERE / "run_all_results.json")
+    ap.add_argument("--render", type=Path, metavar="JSON", help="only print (and with --readme write) the tables "
+                    "of an earlier run's results")
     opts = ap.parse_args()
+    if opts.render:
+        table = markdown(json.loads(opts.render.read_text()))
+        print(table)
+        if opts.readme:
+            write_readme(table)
+        return
     opts.repeats = opts.repeats or (3 if opts.quick else 5)
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hlmcli-run-all-") as tmp:

@@ -52,6 +52,36 @@ class RandomEffects(dict):
         return self.table
 
 
+class _NewRows:
+    """The rows of predict's newdata: its columns as numbers, each row's unit among the fit's (j, -1 for a
+    unit the fit has not seen) and in newdata (group; each row its own without an id column), and the
+    notes on what was done."""
+
+    def __init__(self, frame: pd.DataFrame, id_col: str | None, position: dict) -> None:
+        self.frame, self.id_col, self.n, self.notes = frame, id_col, len(frame), []
+        if id_col is not None:
+            keys = frame[id_col].map(_id_text)
+            self.j = np.array([position.get(k, -1) for k in keys], dtype=np.int64)
+            self.group = pd.factorize(keys)[0]
+        else:
+            self.j = np.full(self.n, -1, dtype=np.int64)
+            self.group = np.arange(self.n)
+        self.known = self.j >= 0
+        self.new_rows = int((~self.known).sum())
+
+    def column(self, name: str, required: bool = True) -> np.ndarray | None:
+        col = _column(self.frame, name)
+        if col is None:
+            if not required:
+                return None
+            raise DataError(f"newdata has no column '{name}'; the model needs it to predict")
+        return pd.to_numeric(self.frame[col], errors="coerce").to_numpy(dtype=float)
+
+    def own_means(self, x: np.ndarray) -> np.ndarray:
+        """Each row's mean over the rows of its unit in newdata (a new unit's centring)."""
+        return pd.Series(x).groupby(self.group).transform("mean").to_numpy()
+
+
 class Results:
     """A fitted two-level model: linear, weighted or HGLM (PQL, Laplace, AGQ), from any engine.
 
@@ -418,90 +448,72 @@ class Results:
 
         check_frame_columns(newdata, "newdata")
         d = self.analysis.design
-        spec = d.spec
         gamma = np.asarray(self.analysis.gamma if self.hglm else self.analysis.fixed.gamma, dtype=float)
-        n = len(newdata)
-        means = d.centering_means
-        notes: list[str] = []
-
-        def column(name: str, required: bool = True) -> np.ndarray | None:
-            col = _column(newdata, name)
-            if col is None:
-                if not required:
-                    return None
-                raise DataError(f"newdata has no column '{name}'; the model needs it to predict")
-            return pd.to_numeric(newdata[col], errors="coerce").to_numpy(dtype=float)
-
-        # each row's unit: its position among the fit's units, or -1 for a unit the fit has not seen
         id_col = _column(newdata, self.meta["id_name"])
-        if id_col is not None:
-            position = self._unit_position()
-            keys = newdata[id_col].map(_id_text)
-            j = np.array([position.get(k, -1) for k in keys], dtype=np.int64)
-            group = pd.factorize(keys)[0]
-        else:
-            j = np.full(n, -1, dtype=np.int64)
-            group = np.arange(n)
-        known = j >= 0
-        new_rows = int((~known).sum())
-
-        def own_means(x: np.ndarray) -> np.ndarray:
-            """Each row's mean over the rows of its unit in newdata (a new unit's centring)."""
-            return pd.Series(x).groupby(group).transform("mean").to_numpy()
-
-        L = [np.ones(n)]
-        for term in spec.level1:
-            x = column(term.name)
-            if term.centering == "grand":
-                x = x - means[f"{term.name} (level 1)"]
-            elif term.centering == "group":
-                centre = np.empty(n)
-                centre[known] = self._unit_means(term.name)[j[known]]
-                if id_col is not None:
-                    centre[~known] = own_means(x)[~known]
-                    if new_rows:
-                        notes.append(f"{term.name} (group-centred) of the {new_rows} row(s) of units the fit has not "
-                                     "seen is centred at the mean of each such unit's rows in newdata")
-                else:
-                    centre[:] = 0.0
-                    notes.append(f"newdata has no '{self.meta['id_name']}' column, so {term.name} (group-centred) is "
-                                 "taken as already centred at each unit's mean")
-                x = x - centre
-            L.append(x)
-        pred = np.zeros(n)
+        rows = _NewRows(newdata, id_col, self._unit_position() if id_col is not None else {})
+        L = self._level1_columns(rows)
+        pred = np.zeros(rows.n)
         for k, f in enumerate(d.fixed):
-            if f.s == 0:
-                w = np.ones(n)
-            else:
-                term = spec.level2[f.q].predictors[f.s - 1]
-                if term.unit_mean:
-                    w = column(f"mean({term.name})", required=False)
-                    if w is None:  # the unit's own mean of X: the fit's for a known unit, newdata's for a new one
-                        w = np.empty(n)
-                        w[known] = self._unit_means(term.name)[j[known]]
-                        w[~known] = own_means(column(term.name))[~known]
-                        if new_rows:
-                            notes.append(f"mean({term.name}) of units the fit has not seen is the mean of their rows "
-                                         "in newdata")
-                    key = f"mean({term.name}) (level 2)"
-                else:
-                    w = column(term.name)
-                    key = f"{term.name} (level 2)"
-                if term.centering == "grand":
-                    w = w - means[key]
+            w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.level2[f.q].predictors[f.s - 1])
             pred += gamma[k] * w * L[f.q]
+        known, j = rows.known, rows.j
         if random_effects and known.any():
             u = self.analysis.b if self.hglm else self.eb.u
             random = np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random
             for k, q in enumerate(int(q) for q in random):
                 pred[known] += u[j[known], k] * L[q][known]
-        if random_effects and new_rows and id_col is not None:
-            notes.append(f"{new_rows} row(s) of units the fit has not seen get the fixed-effects prediction "
-                         "(random effects 0)")
-        self.predict_notes = list(dict.fromkeys(notes))
+        if random_effects and rows.new_rows and id_col is not None:
+            rows.notes.append(f"{rows.new_rows} row(s) of units the fit has not seen get the fixed-effects prediction "
+                              "(random effects 0)")
+        self.predict_notes = list(dict.fromkeys(rows.notes))
         if self.predict_notes and id_col is not None:  # without ids the docstring's rule is what was asked for
             self._warn("predict: " + "; ".join(self.predict_notes))
         return pred
+
+    def _level1_columns(self, rows: _NewRows) -> list[np.ndarray]:
+        """newdata's level-1 design (the intercept first), each predictor centred as predict's docstring says."""
+        means = self.analysis.design.centering_means
+        known, j, n = rows.known, rows.j, rows.n
+        L = [np.ones(n)]
+        for term in self.analysis.design.spec.level1:
+            x = rows.column(term.name)
+            if term.centering == "grand":
+                x = x - means[f"{term.name} (level 1)"]
+            elif term.centering == "group":
+                centre = np.empty(n)
+                centre[known] = self._unit_means(term.name)[j[known]]
+                if rows.id_col is not None:
+                    centre[~known] = rows.own_means(x)[~known]
+                    if rows.new_rows:
+                        rows.notes.append(f"{term.name} (group-centred) of the {rows.new_rows} row(s) of units the fit "
+                                          "has not seen is centred at the mean of each such unit's rows in newdata")
+                else:
+                    centre[:] = 0.0
+                    rows.notes.append(f"newdata has no '{self.meta['id_name']}' column, so {term.name} (group-centred) "
+                                      "is taken as already centred at each unit's mean")
+                x = x - centre
+            L.append(x)
+        return L
+
+    def _level2_column(self, rows: _NewRows, term) -> np.ndarray:
+        """newdata's values of a level-2 predictor (a unit mean mean(X) as predict's docstring says), centred as the fit."""
+        known, j = rows.known, rows.j
+        if term.unit_mean:
+            w = rows.column(f"mean({term.name})", required=False)
+            if w is None:  # the unit's own mean of X: the fit's for a known unit, newdata's for a new one
+                w = np.empty(rows.n)
+                w[known] = self._unit_means(term.name)[j[known]]
+                w[~known] = rows.own_means(rows.column(term.name))[~known]
+                if rows.new_rows:
+                    rows.notes.append(f"mean({term.name}) of units the fit has not seen is the mean of their rows "
+                                      "in newdata")
+            key = f"mean({term.name}) (level 2)"
+        else:
+            w = rows.column(term.name)
+            key = f"{term.name} (level 2)"
+        if term.centering == "grand":
+            w = w - self.analysis.design.centering_means[key]
+        return w
 
     def _unit_position(self) -> dict:
         """Unit id -> position among the fit's units, keyed by the archive's text and by the user's id."""

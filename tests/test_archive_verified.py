@@ -109,3 +109,14 @@ def test_cli_verify_and_a_damaged_archive_after_a_trusted_load(hsb_archive, tmp_
     assert bad.returncode == 1
     assert bad.stderr.strip() == f"hlmcli: error: {path}: checksum mismatch, the archive is damaged; " \
                                  "rebuild it with 'hlmcli mdm build'"
+
+
+def test_no_records_on_windows(records, hsb_archive, tmp_path, monkeypatch):
+    """Windows' st_ctime is the creation time, which a write leaves alone: nothing is trusted there."""
+    folder, full = records
+    monkeypatch.setattr(verified, "CTIME_CHANGES_ON_WRITE", False)
+    path = tmp_path / "hsb.mdm"
+    shutil.copyfile(hsb_archive, path)
+    load_archive(path)
+    load_archive(path)
+    assert len(full) == 2 and not (folder / "verified").exists()

@@ -441,6 +441,26 @@ def check_levels_compare(kind, tmp_path):
                      "were fitted to different records (the outcome values or units differ)")
 
 
+def test_levels_compare_refuses_other_data_of_the_same_shape(tmp_path):
+    """The fast form of check_levels_compare's last refusal: two three-level fits whose files have the same
+    names, ids and counts but one outcome value changed differ only in their data hash, and compare refuses."""
+    from hlmcli.errors import DataError
+    from hlmcli.report.compare import compare_fits
+
+    for src in PASTES[:3]:
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    l1 = pd.read_csv(tmp_path / PASTES[0].name)
+    l1.loc[0, "STRENGTH"] += 1.0
+    l1.to_csv(tmp_path / PASTES[0].name, index=False)
+    files = [tmp_path / src.name for src in PASTES[:3]]
+    res = hlmcli.fit(*files[:2], level3=files[2], id2="SAMPLE", id3="BATCH", level1_eq=PASTES_MODEL[1],
+                     level2_eqs=[PASTES_MODEL[3]], level3_eqs=[PASTES_MODEL[5]], warn=lambda m: None)
+    docs = [levels_json("three-level"), res.to_dict()]  # the first: the CLI's fit of the original files (cached)
+    assert docs[0]["n_level1"] == docs[1]["n_level1"] and docs[0]["data_hash"] != docs[1]["data_hash"]
+    with pytest.raises(DataError, match=r"fitted to different records \(the outcome values or units differ\)"):
+        compare_fits(docs[0], docs[1], "a.json", "b.json")
+
+
 def test_levels_data_hash_by_hand():
     """The three-level data hash from the source files by hand: the outcome in archive order (level-3 file
     order, then level-2 file order, records stable), then per level the unit sizes and ids (fit-3.json)."""

@@ -15,6 +15,7 @@ import hlmcli
 from conftest import DATA, hlmcli as run_cli
 from hlmcli.engine.crossed import CrossedSolve, CrossedStats, CrossedTerm, fit_crossed
 from hlmcli.engine.unitsolve import factor
+from hlmcli.report.schemas import first_error_file
 
 X_DIR = DATA / "crossed"
 REF = json.loads((X_DIR / "crossed_lme4.json").read_text())
@@ -97,9 +98,13 @@ def test_diagonal_tau_matches_lmer_double_bar():
     # lme4 splits (1 + verbal || second) into (1 | second) + (0 + verbal | second) and names them second.1 and
     # second (its VarCorr lists the slope first here); hlmcli names them second and second.1 in the formula's order
     check_against_lme4(m, ref, {"second": m.tau["second.1"], "second.1": m.tau["second"], "primary": m.tau["primary"]})
-    # the same model through tau="diagonal"
-    m2 = hlmcli.fit_crossed(frame("attain"), formula.replace("||", "|"), "REML", tau="diagonal")
-    assert m2.deviance == pytest.approx(m.deviance, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_tau_diagonal_option_is_the_double_bar():
+    formula = "attain ~ verbal + female + (1 + verbal || second) + (1 | primary)"
+    m = hlmcli.fit_crossed(frame("attain"), formula.replace("||", "|"), "REML", tau="diagonal")
+    assert m.deviance == pytest.approx(reference(formula, "REML")["deviance"], rel=1e-8)
 
 
 # ---------------------------------------------------------------- the engine itself
@@ -151,7 +156,7 @@ def test_nested_model_by_the_crossed_engine_is_the_nested_fit():
     t3 = DATA / "three_level"
     nested = hlmcli.fit(t3 / "pastes_l1.csv", t3 / "pastes_l2.csv", level3=t3 / "pastes_l3.csv", id2="SAMPLE",
                         id3="BATCH", level1_eq="STRENGTH = p0 + e", level2_eqs=["p0 = b00 + r0"],
-                        level3_eqs=["b00 = g000 + u00"], method="ML").to_dict()
+                        level3_eqs=["b00 = g000 + u00"], method="ML", warn=lambda message: None).to_dict()
     d = pd.read_csv(t3 / "pastes_l1.csv")
     crossed = fit_crossed(d.STRENGTH.to_numpy(float), np.ones((len(d), 1)), ["INTRCPT"],
                           _terms(d, [("BATCH", ["1"]), ("SAMPLE", ["1"])]), "ML")
@@ -195,6 +200,7 @@ def test_cli_fit_prints_hcm2_tables_and_writes_json(tmp_path):
     assert f"Deviance = {ref['deviance']:.6f}" in text
     assert "Iterations stopped at the optimum" in text
     doc = json.loads(out.read_text())
+    assert first_error_file(doc, "crossed-1.json") is None
     assert doc["kind"] == "cross-classified linear" and doc["certified"] and doc["n"] == ref["n"]
     assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
     got = {f["name"]: f["coefficient"] for f in doc["fixed_effects"]}
@@ -219,3 +225,56 @@ def test_missing_values_are_left_out_and_counted(tmp_path):
     assert m.results.design.n_dropped == 2 and m.results.fit.n == len(d) - 2
     full = hlmcli.fit_crossed(d.dropna(), "diameter ~ 1 + (1 | plate) + (1 | sample)", "ML")
     assert m.deviance == pytest.approx(full.deviance, rel=1e-12)
+
+
+def _hcm2_files(tmp_path):
+    """ScotsSec in HLM 7's HCM2 layout: the level-1 file with both ids, a row (primary school) file and a
+    column (secondary school) file, each with a variable of its own."""
+    d = frame("attain")
+    rows = d.groupby("primary", as_index=False).verbal.mean().rename(columns={"verbal": "PVERBAL"})
+    cols = d.groupby("second", as_index=False).female.mean().rename(columns={"female": "SFEMALE"})
+    paths = [tmp_path / "l1.csv", tmp_path / "rows.csv", tmp_path / "cols.csv"]
+    for table, path in zip((d, rows, cols), paths):
+        table.to_csv(path, index=False)
+    return paths
+
+
+def test_cli_hcm2_layout_three_files(tmp_path):
+    """LEVEL1 ROWS COLS with --row-id/--col-id: lmer's fit of the one-file data; an id missing from its
+    file is one line."""
+    paths = _hcm2_files(tmp_path)
+    proc = run_cli("fit", *paths, "--row-id", "primary", "--col-id", "second", "--formula", SCOTS, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["deviance"] == pytest.approx(reference(SCOTS, "REML")["deviance"], rel=1e-8)
+    rows = pd.read_csv(paths[1])
+    rows.iloc[1:].to_csv(paths[1], index=False)  # the first primary school's record removed
+    proc = run_cli("fit", *paths, "--row-id", "primary", "--col-id", "second", "--formula", SCOTS)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"row id {rows.primary.iloc[0]} is not in" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_hcm2_layout_row_and_column_variables(tmp_path):
+    """The row and column files' variables in the formula: the fit of the same data merged by hand."""
+    paths = _hcm2_files(tmp_path)
+    with_vars = SCOTS.replace("female +", "female + PVERBAL + SFEMALE +")
+    proc = run_cli("fit", *paths, "--row-id", "primary", "--col-id", "second", "--formula", with_vars, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    d = frame("attain")
+    d["PVERBAL"] = d.groupby("primary").verbal.transform("mean")
+    d["SFEMALE"] = d.groupby("second").female.transform("mean")
+    one = hlmcli.fit_crossed(d, with_vars).to_dict()
+    got = json.loads(proc.stdout)
+    assert got["deviance"] == pytest.approx(one["deviance"], rel=1e-12)
+    assert [f["coefficient"] for f in got["fixed_effects"]] == \
+        pytest.approx([f["coefficient"] for f in one["fixed_effects"]], rel=1e-9)
+
+
+@pytest.mark.parametrize("term, words", [("(1 | obs)", "holds one record"), ("(1 | one)", "has one group"),
+                                         ("(1 | plate2)", "group the records alike")])
+def test_unidentifiable_random_intercepts_are_refused(term, words):
+    """Terms along which the deviance is exactly flat are refused before fitting, in one line (lmer refuses
+    the first too: a grouping factor needs fewer levels than records)."""
+    d = frame("diameter").assign(obs=lambda f: np.arange(len(f)), one=1, plate2=lambda f: "p" + f.plate)
+    with pytest.raises(hlmcli.errors.ModelError, match=words):
+        hlmcli.fit_crossed(d, f"diameter ~ 1 + (1 | plate) + {term}", "ML")

@@ -107,3 +107,21 @@ def test_dask_three_and_four_levels_equal_memory(cluster, tmp_path):
                             "--scheduler", cluster.scheduler_address)
         assert dask_fit["certificate"]["certified"] and memory["n_deleted"] == dask_fit["n_deleted"] == 2
         assert differences(memory, dask_fit) == []
+
+
+@pytest.mark.slow  # the same count by stream runs by default (test_engines_levels.py, unmatched)
+def test_dask_three_levels_drop_unmatched_counts_deletions_as_memory(cluster, tmp_path):
+    """--drop-unmatched: a record missing Y in a level-2 unit the level-2 file lacks is dropped with its unit,
+    so it is not among the records deleted for missing values (the memory engine drops it while building)."""
+    from test_engines_levels import TINY_IDS, TINY_MODEL, _cli_model, _tiny
+
+    files = _tiny(tmp_path, unmatched=True)
+    frame = pd.read_csv(files[0], dtype={"C": str})
+    folder = tmp_path / "l1"
+    folder.mkdir()
+    for k in range(2):
+        frame.iloc[k::2].to_parquet(folder / f"part{k}.parquet", index=False)
+    memory = fit_json([*files, *TINY_IDS], _cli_model(TINY_MODEL), "--drop-unmatched")
+    dask_fit = fit_json([folder, *files[1:], *TINY_IDS], _cli_model(TINY_MODEL), "--engine", "dask", "--drop-unmatched",
+                        "--scheduler", cluster.scheduler_address)
+    assert memory["n_deleted"] == dask_fit["n_deleted"] == 2 and differences(memory, dask_fit) == []

@@ -7,6 +7,8 @@ test_four_level_cli.py."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -44,7 +46,9 @@ def _tiny(tmp_path, unmatched: bool = False, four: bool = False):
     l1.loc[40, "Y"] = np.nan
     l1.loc[7, "Z"] = np.nan
     if unmatched:
-        l1 = pd.concat([l1, pd.DataFrame([{"C": "stray", "X": 0.0, "Y": 1.0, "Z": 1.0}] * 3)])
+        # one stray record misses Y: dropped with its unit, it deletes nothing (the memory engine's count)
+        l1 = pd.concat([l1, pd.DataFrame([{"C": "stray", "X": 0.0, "Y": 1.0, "Z": 1.0}] * 3
+                                         + [{"C": "stray", "X": 0.0, "Y": np.nan, "Z": 1.0}])])
     l1 = l1.sample(frac=1.0, random_state=2)
     frames = [l1, pd.DataFrame(l2), pd.DataFrame(l3)] + ([pd.DataFrame(l4)] if four else [])
     paths = [tmp_path / f"t{k}{'u' if unmatched else ''}.csv" for k in range(1, len(frames) + 1)]
@@ -149,6 +153,7 @@ def test_unmatched_level1_units_refused_or_dropped_as_in_memory(tmp_path):
     with pytest.raises(DataError, match="stray.*--drop-unmatched"):
         _fits(paths, ["C", "S"], TINY_MODEL)
     memory, stream = _fits(paths, ["C", "S"], TINY_MODEL, drop_unmatched=True)
+    assert memory[0].n_deleted == 2
     _same_fit(memory, stream)
 
 
@@ -191,6 +196,35 @@ def test_cli_four_levels_stream_equals_memory(tmp_path, tiny_chunks):
     assert streamed["certificate"]["certified"] and differences(memory, streamed) == []
 
 
+def test_cli_stream_takes_the_level3_link_from_the_level1_file_as_memory(tmp_path, tiny_chunks):
+    """A level-2 file without the level-3 id: --engine stream links each level-2 unit through the level-1
+    file's records (one pass over its two id columns, over about ten chunks), as the memory engine does; the
+    same fit, the same warning for a level-2 unit with no records, and the same refusal of a unit under two
+    level-3 units."""
+    from engine_cases import differences, run
+
+    files = _tiny(tmp_path)
+    l1 = pd.read_csv(files[0])
+    l1["S"] = "s" + l1["C"].str[1:3]
+    with_link = tmp_path / "l1_link.csv"
+    l1.to_csv(with_link, index=False)
+    l2 = pd.read_csv(files[1]).drop(columns=["S"])
+    no_link = tmp_path / "l2_no_link.csv"
+    pd.concat([l2, pd.DataFrame([{"C": "lonely", "W": 0.5}])]).to_csv(no_link, index=False)
+    out = {}
+    for engine in ("memory", "stream"):  # a fresh cache, so the memory engine's builder warns too
+        rc, text = run("fit", with_link, no_link, files[2], *TINY_IDS, *_cli_model(TINY_MODEL), "--engine", engine,
+                       "--format", "json", "--cache-dir", tmp_path / "fresh")
+        assert rc == 0 and ("hlmcli: warning: 1 level-2 unit(s) in l2_no_link.csv have no level-1 records and are "
+                            "left out (ids lonely)") in text, text
+        out[engine] = json.loads("\n".join(line for line in text.splitlines() if not line.startswith("hlmcli:")))
+    assert out["stream"]["certificate"]["certified"] and differences(out["memory"], out["stream"]) == []
+    l1.loc[l1.index[0], "S"] = "s99"  # a level-2 unit under two level-3 units
+    l1.to_csv(with_link, index=False)
+    rc, msg = run("fit", with_link, no_link, files[2], *TINY_IDS, *_cli_model(TINY_MODEL), "--engine", "stream")
+    assert rc == 1 and msg.count("\n") == 1 and "appears under two level-3 units" in msg, msg
+
+
 def test_cli_what_needs_the_records_is_refused_in_one_line(tmp_path):
     from engine_cases import run
 
@@ -206,7 +240,7 @@ def test_cli_what_needs_the_records_is_refused_in_one_line(tmp_path):
     l1 = pd.read_csv(files[0])
     l1["S"] = "s" + l1["C"].str[1:3]
     l1.to_csv(with_link, index=False)
-    rc, msg = run("fit", with_link, no_link, files[2], *TINY_IDS, *model, "--engine", "stream")
+    rc, msg = run("fit", with_link, no_link, files[2], *TINY_IDS, *model, "--engine", "dask")
     assert rc == 1 and msg.count("\n") == 1 and "add the S column there" in msg
     rc, msg = run("fit", files[0], files[0], files[2], *TINY_IDS, *model, "--engine", "stream")
     assert rc == 1 and msg.count("\n") == 1 and "separate files" in msg

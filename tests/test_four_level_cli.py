@@ -104,6 +104,13 @@ def test_mdm_info_and_model_for_four_levels(schools_archive):
     doc = json.loads(info.stdout)
     assert doc["levels"] == 4 and [doc[f"n_level{k}"] for k in (1, 2, 3, 4)] == [1904, 766, 144, 40]
     assert doc["id"]["level4"] == "SCHOOLID"
+    jsonschema = pytest.importorskip("jsonschema")  # one mdm info document for every number of levels
+    from importlib import resources
+
+    jsonschema.validate(doc, json.loads(resources.files("hlmcli").joinpath("schema", "mdm-info-1.json").read_text()))
+    assert doc["records_per_unit"] == doc["units_per_unit"]["level2"]
+    l1 = pd.read_csv(D4 / "schools_l1.csv")
+    assert doc["records_per_unit"]["max"] == l1.STUDENTID.value_counts().max()
     text = hlmcli("mdm", "info", schools_archive).stdout
     assert "(4 levels, HLM4)" in text and "LEVEL-4 DESCRIPTIVE STATISTICS" in text
     unit = json.loads(hlmcli("mdm", "info", schools_archive, "--unit", "40", "--format", "json").stdout)["unit"]

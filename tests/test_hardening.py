@@ -340,14 +340,16 @@ def test_a_text_column_the_model_does_not_use_does_not_abort_the_build(tmp_path)
     one_line_error(used, 1, "gender")
 
 
-def test_an_outcome_exactly_linear_within_every_unit_is_not_certified_in_plain_words(tmp_path):
-    # y = 0.5x + (a unit's own intercept), exactly: σ² = 0 and the likelihood is unbounded; no optimum to
-    # certify, and no numpy warning or traceback on the way
+def test_an_outcome_exactly_linear_within_every_unit_is_refused_before_fitting(tmp_path):
+    # y = 0.5x + (a unit's own intercept), exactly: σ² = 0 and the likelihood is unbounded, so there is no
+    # optimum to search for (the search used to end at the noise limit, exit 3): refused in one line naming
+    # the cause, with no numpy warning or traceback on the way
     exact = "".join(f"{j},{i},{i * 0.5 + j}\n" for j in (1, 2, 3) for i in range(6))
     l1, l2 = _small_pair(tmp_path, "id,x,y\n" + exact)
     proc = hlmcli("fit", l1, l2, "--id", "id", "-1", "y = b0 + b1*x + r")
-    one_line_error(proc, 3, "not certified", "cannot be evaluated")
-    assert "Warning:" not in proc.stderr
+    one_line_error(proc, 1, "y is an exact linear function of the level-1 predictors within every level-2 unit",
+                   "σ² would be 0")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Warning:" not in proc.stderr
 
 
 @pytest.mark.parametrize("delimiter", ["tab", "\\t", "\t", "TAB"])

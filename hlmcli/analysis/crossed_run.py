@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data.crossed_design import CrossedDesign, design
 from ..engine.crossed import CrossedFit, fit_crossed
-from ..engine.nested_fit import BOUNDARY_CORR
+from ..engine.nested_fit import BOUNDARY_CORR, tau_names
 from ..language.formula import CrossedFormula
 
 
@@ -29,7 +29,15 @@ class CrossedResults:
 
     @property
     def failures(self) -> list[str]:
-        return list(self.fit.certificate.failed)
+        """What the certificate found, with each τ block named by its factor (the nested search names the
+        blocks τπ, τβ, … after the levels of a nested model)."""
+        names = tau_names(len(self.fit.factors) + 1)
+        out = []
+        for line in self.fit.certificate.failed:
+            for name, factor in sorted(zip(names, self.fit.factors), key=lambda p: -len(p[0])):
+                line = line.replace(name, f"tau({factor})")
+            out.append(line)
+        return out
 
     @property
     def t_ratios(self) -> np.ndarray:

@@ -130,8 +130,11 @@ def upper_archive(paths, options, level1: Level1File, fmt=None, delimiter=None, 
     t2 = tables[0]
     id2_in2 = find_column(t2, ids[0], "level-2 unit id")
     if three and not any(c.lower() == ids[1].lower() for c in t2.data.columns):
-        raise DataError(f"{t2.path}: no column {ids[1]}; --engine {level1.engine} links each level-2 unit to its "
-                        f"level-3 unit through the level-2 file, so add the {ids[1]} column there, or use --engine memory")
+        if level1.engine != "stream" or not any(c.lower() == ids[1].lower() for c in level1.columns.names):
+            raise DataError(f"{t2.path}: no column {ids[1]}; --engine {level1.engine} links each level-2 unit to its "
+                            f"level-3 unit through the level-2 file{' or the level-1 file' if level1.engine == 'stream' else ''}, "
+                            f"so add the {ids[1]} column there, or use --engine memory")
+        t2 = tables[0] = _linked_by_level1(t2, id2_in2, level1, ids, warn)
     stand_in = Table(path=Path(paths[0]), format="csv",
                      data=pd.DataFrame({level1.id2: t2.data[id2_in2].to_numpy(dtype=object)}))
     if three:
@@ -153,6 +156,34 @@ def upper_archive(paths, options, level1: Level1File, fmt=None, delimiter=None, 
     return archive
 
 
+def _linked_by_level1(t2, id2_in2: str, level1: Level1File, ids, warn):
+    """The level-2 table with each unit's level-3 id taken from the level-1 file's records (one pass over
+    its two id columns), as the memory engine's builder takes it when the level-2 file has none: a unit
+    under two level-3 units is refused, a unit with no records left out with the builder's warning."""
+    from dataclasses import replace as with_data
+
+    from ..data.streaming import id_links
+    from ..io.readers import unit_codes
+
+    links = id_links(level1.columns, level1.id2, level1.columns.find(ids[1], "level-3 unit id"))
+    for unit, parents in links.items():
+        if len(parents) > 1:
+            raise DataError(f"{level1.path}: level-2 unit {unit} ({ids[0]}) appears under two level-3 units, "
+                            f"{parents[0]} and {parents[1]} ({ids[1]}); a level-2 unit belongs to one level-3 unit, so "
+                            "give level-2 units ids that are unique across level-3 units")
+    codes, names, _ = unit_codes(t2, id2_in2)
+    rows = np.asarray(names, dtype=object)[codes]  # each row's level-2 id, as the archive writes it
+    parent = [links.get(u, [None])[0] for u in rows]
+    linked = np.array([p is not None for p in parent], dtype=bool)
+    if not linked.all():
+        absent = list(rows[~linked])
+        warn(f"{len(absent)} level-2 unit(s) in {t2.path.name} have no level-1 records and are left out "
+             f"(ids {first_few(absent)})")
+    data = t2.data[linked].copy()
+    data[ids[1]] = [p for p in parent if p is not None]
+    return with_data(t2, data=data)
+
+
 def level1_moments(archive, level1: Level1File, names: list[str], level2_path, drop_unmatched: bool, warn,
                    scheduler=None, progress: bool = False):
     """One pass over the level-1 records: moments of `names` per level-2 unit, aligned with the
@@ -165,12 +196,14 @@ def level1_moments(archive, level1: Level1File, names: list[str], level2_path, d
     if level1.engine == "dask":
         from ..data.dask_engine import dask_moments
 
-        unit_ids, m, _read, deleted = dask_moments(level1.path, level1.id2, names, scheduler, progress=progress,
-                                                   delimiter=level1.delimiter)
+        unit_ids, m, _read, deleted, deleted_in = dask_moments(level1.path, level1.id2, names, scheduler,
+                                                               progress=progress, by_unit=True,
+                                                               delimiter=level1.delimiter)
     else:
         from ..data.streaming import stream_moments
 
-        unit_ids, m, _read, deleted = stream_moments(level1.columns, level1.id2, names, progress=progress)
+        unit_ids, m, _read, deleted, deleted_in = stream_moments(level1.columns, level1.id2, names, progress=progress,
+                                                                 by_unit=True)
     ids2 = archive.levels[1].ids
     position = {u: j for j, u in enumerate(ids2)}
     where = np.array([position.get(u, -1) for u in unit_ids], dtype=np.int64)
@@ -182,6 +215,8 @@ def level1_moments(archive, level1: Level1File, names: list[str], level2_path, d
                             "--drop-unmatched")
         warn(f"dropped the level-1 records of {len(lost)} level-2 unit(s) not in {Path(str(level2_path)).name} "
              f"({archive.id_names[0]} {first_few(lost)})")
+        # as the memory engine, which drops these records while building: their missing values delete nothing
+        deleted -= sum(deleted_in.get(u, 0) for u in lost)
     J2 = len(ids2)
     P = m.P
     n, mean, C = np.zeros(J2), np.zeros((J2, P)), np.zeros((J2, P, P))

@@ -89,6 +89,18 @@ def explain(hlm: HLMOutput, fit: dict, deviance_at: Callable[[float, np.ndarray]
             else:
                 findings.append(f"HLM's σ² and τ lie {gap:.6f} deviance units above the certified optimum, but not on "
                                 "a steady descent to it: HLM stopped at another point of the surface (check the model)")
+    _check_printed_deviance(hlm, d_opt, out, findings)
+    out["fixed_effects"] = _fixed(hlm, fit, findings)
+    out["tau"] = _tau_rows(tau_hlm, fit, tau_order)
+    out["df_rule"] = _df_rule(hlm, fit, n_records, findings)
+    out["findings"] = findings
+    del n_units
+    return out
+
+
+def _check_printed_deviance(hlm: HLMOutput, d_opt: float, out: dict, findings: list[str]) -> None:
+    """HLM's printed deviance (or log-likelihood) against the fit's likelihood at HLM's estimates: the same
+    likelihood, ln 2π apart (HLM 5 and 6), or other data or model; recorded in `out` and `findings`."""
     printed = hlm.deviance if hlm.deviance is not None else (-2 * hlm.loglik if hlm.loglik is not None else None)
     if printed is not None and "deviance_at_hlm_estimates" in out:
         d_hlm = out["deviance_at_hlm_estimates"]
@@ -117,12 +129,6 @@ def explain(hlm: HLMOutput, fit: dict, deviance_at: Callable[[float, np.ndarray]
             out["same_likelihood"] = False
             findings.append(f"HLM's printed deviance differs from the likelihood at its own estimates by {diff:.6f}: "
                             "the data or the model differ from this fit's (deleted records, centring, a variable)")
-    out["fixed_effects"] = _fixed(hlm, fit, findings)
-    out["tau"] = _tau_rows(tau_hlm, fit, tau_order)
-    out["df_rule"] = _df_rule(hlm, fit, n_records, findings)
-    out["findings"] = findings
-    del n_units
-    return out
 
 
 def _rounding_bound(deviance_at, sigma2: float, tau: np.ndarray, half: float = 5e-6) -> float:

@@ -251,7 +251,8 @@ def _reinsert(held, gamma, cov, rcov):
     return tuple(out)
 
 
-def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
+def _checked_design(spec, archive, level1_text: str | None):
+    """(the family, the design) once the options, the level-1 equation and the random effects suit an HGLM."""
     opts = spec.options
     check_options(opts)
     if level1_text and re.search(r"\+\s*[rR](ij)?\s*$", level1_text.strip()):
@@ -264,15 +265,51 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     from .identifiability import check_units
 
     check_units(design.n_units, int(design.random.sum()))
-    files = {s.role: s.name for s in archive.sources}
-    l1file = files.get("level-1", "the level-1 file")
-    rows = design.record_positions if design.record_positions is not None else np.arange(design.n)
+    return fam, design
+
+
+def _held_at_bounds(design, B, held, offset):
+    """--separation fit: each separated coefficient held at its bound, as an offset, its column out of B."""
+    unit = np.repeat(np.arange(design.n_units), design.sizes)
+    extra = sum(s.bound * _fixed_column(design.L, B, unit, s.column) for s in held)
+    offset = extra if offset is None else offset + extra
+    return np.delete(B, [s.column for s in held], axis=2), offset
+
+
+def _trials_and_exposure(archive, design, opts, l1file: str, rows) -> tuple:
+    """--trials and --exposure as columns of the records the design uses (None when not given); a record
+    with either missing is refused, naming its row."""
     trials = level1_option_column(archive, design, opts.trials, "--trials") if opts.trials else None
     exposure = level1_option_column(archive, design, opts.exposure, "--exposure") if opts.exposure else None
     for name, col in (("trials", trials), ("exposure", exposure)):
         if col is not None and np.isnan(col).any():
             k = int(np.flatnonzero(np.isnan(col))[0])
             raise DataError(f"{l1file}, column {getattr(opts, name)}, row {int(rows[k]) + 1}: missing value")
+    return trials, exposure
+
+
+def _likelihood_fit(data: GLMData, opts, diagonal: bool) -> MLResult:
+    """--estimation laplace or agq: the certified search of the likelihood from PQL's start."""
+    est = opts.estimation
+    if est == "agq" and data.q > 3:
+        raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use --estimation laplace")
+    if est == "agq":  # quadrature_points 0: K chosen adaptively
+        check_quadrature(opts.quadrature_points or None, data.q)
+    start = ml_start(data, opts.macroit, diagonal)
+    if est == "agq":
+        return agq_fit(data, opts.quadrature_points or None, start, diagonal=diagonal)
+    return ml_fit(data, 1, start, diagonal=diagonal)
+
+
+def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
+    """The HGLM stages after the design: the options and data checked, the fit by PQL, Laplace or AGQ,
+    the unit OLS and the variance tests, as an HGLMAnalysis."""
+    opts = spec.options
+    fam, design = _checked_design(spec, archive, level1_text)
+    files = {s.role: s.name for s in archive.sources}
+    l1file = files.get("level-1", "the level-1 file")
+    rows = design.record_positions if design.record_positions is not None else np.arange(design.n)
+    trials, exposure = _trials_and_exposure(archive, design, opts, l1file, rows)
     where = {"file": l1file, "outcome": spec.outcome, "trials": opts.trials, "exposure": opts.exposure, "rows": rows}
     fam.check(design.y, trials, exposure, where)
     check_hglm_outcome(fam, design, trials, where)
@@ -285,11 +322,7 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     held = check_separation(design, B, trials, fam.link, l1file, files.get("level-2", "the level-2 file"), rows,
                             opts.separation)
     if held:
-        # --separation fit: each separated coefficient held at its bound, as an offset
-        unit = np.repeat(np.arange(design.n_units), design.sizes)
-        extra = sum(s.bound * _fixed_column(design.L, B, unit, s.column) for s in held)
-        offset = extra if offset is None else offset + extra
-        B = np.delete(B, [s.column for s in held], axis=2)
+        B, offset = _held_at_bounds(design, B, held, offset)
     data = GLMData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), design.y, trials, offset)
     reml = spec.method == "REML"
     est = opts.estimation
@@ -304,15 +337,7 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
         sigma2 = p_res.sigma2 if opts.overdispersion else None
         eta, converged, b, bvar = p_res.eta, p_res.converged, p_res.b, p_res.b_var
     else:
-        if est == "agq" and data.q > 3:
-            raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use --estimation laplace")
-        if est == "agq":  # quadrature_points 0: K chosen adaptively
-            check_quadrature(opts.quadrature_points or None, data.q)
-        start = ml_start(data, opts.macroit, diagonal)
-        if est == "agq":
-            m_res = agq_fit(data, opts.quadrature_points or None, start, diagonal=diagonal)
-        else:
-            m_res = ml_fit(data, 1, start, diagonal=diagonal)
+        m_res = _likelihood_fit(data, opts, diagonal)
         gamma, cov, tau, eta = m_res.gamma, m_res.cov, m_res.tau, m_res.eta
         sigma2, converged, b, bvar = None, m_res.converged, m_res.b, m_res.b_var
     stats, unit = working_model(data, eta)

@@ -218,7 +218,8 @@ def satterthwaite_df(stats: ModelStats, unit: UnitStats, result: FitResult) -> n
     At a boundary the zero column of Λ drops out by itself: the deviance is even in it, so Φ's
     derivative along it vanishes. H comes from central differences of the analytic gradient
     (∂d/∂Λ = 2ΓΛ, ∂d/∂σ = (2/σ)(ν − rss/σ²)); g from central differences of Φ."""
-    from ..engine.estimation import TauStructure, chol_psd
+    from ..engine.estimation import TauStructure
+    from ..engine.search import chol_psd
 
     reml = result.method == "REML"
     G = result.tau / result.sigma2

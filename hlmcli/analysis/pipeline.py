@@ -84,6 +84,7 @@ def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None,
     if design.n <= stats.p + 1:
         raise ModelError(f"only {design.n} records for {stats.p} fixed effects; the model needs more data")
     check_residual_variation(stats, spec)
+    check_within_unit_variation(stats if centred is None else centred.stats, spec)
     structure = TauStructure(getattr(spec.options, "tau", "unstructured"))
     method = spec.method
     if weights is not None and method.upper() == "REML":
@@ -125,6 +126,21 @@ def check_residual_variation(stats, spec: ModelSpec) -> None:
         raise ModelError(f"{spec.outcome} is reproduced exactly by the fixed effects (no residual variation), so "
                          "the level-1 variance cannot be estimated; check that the outcome is not constant or a "
                          "copy of a predictor")
+
+
+def check_within_unit_variation(stats, spec: ModelSpec) -> None:
+    """σ² = 0 and a likelihood without a maximum when, within every unit, the outcome is an exact
+    linear function of the level-1 predictors (unitsolve.within_unit_rss): refused before fitting,
+    as the search could only end at the noise limit."""
+    from ..engine.unitsolve import exact_within, within_unit_rss
+
+    if not stats.q:
+        return
+    ZB = np.concatenate([stats.ZX, stats.Zy[:, :, None]], axis=2)
+    BB = np.block([[stats.XX, stats.Xy[:, None]], [stats.Xy[None, :], np.array([[stats.yy]])]])
+    refusal = exact_within(within_unit_rss(stats.ZZ, ZB, BB, stats.w2), stats.yy, spec.outcome)
+    if refusal:
+        raise ModelError(refusal)
 
 
 def check_estimable(design: design_stage.Design) -> None:

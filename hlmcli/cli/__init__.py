@@ -672,6 +672,10 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--tau", "tau_structure", type=click.Choice(["unstructured", "diagonal"]), default=None,
               help="Covariance of the random effects: unstructured (default) or diagonal (independent effects).")
 @click.option("--max-iterations", type=click.IntRange(1), help="Iteration limit (HLM's numit).")
+@click.option("--row-id", help="Cross-classified (--formula with crossed factors), HLM 7's HCM2 layout LEVEL1 ROWS COLS: "
+              "the row factor's id column, in the level-1 file and the row file.")
+@click.option("--col-id", help="Cross-classified, HCM2 layout: the column factor's id column, in the level-1 file and "
+              "the column file.")
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
@@ -723,8 +727,12 @@ def fit_cmd(**params):
         if model is not None:
             from .crossed import fit_crossed_command
 
-            return fit_crossed_command(r.data, formula, model, r.fit, r.out, r.build, _given_options(),
-                                       lambda s: click.echo(s, nl=False), _stderr)
+            return fit_crossed_command(r.data, formula, model, r.fit, r.out,
+                                       {**r.build, "row_id": r.more.get("row_id"), "col_id": r.more.get("col_id")},
+                                       _given_options(), lambda s: click.echo(s, nl=False), _stderr)
+    if r.more.get("row_id") or r.more.get("col_id"):
+        raise _UsageProblem("--row-id and --col-id name the crossed factors of a cross-classified model: give "
+                            "--formula with a random term for each, e.g. 'Y ~ X + (1 | ROW) + (1 | COL)'")
     _dask_scheduler(params)  # the dask options are checked (and refused without --engine dask) before any reading
     from .levels import is_many_levels, is_three_level
 

@@ -1,5 +1,6 @@
 """`hlmcli fit DATA --formula 'Y ~ X + (1 | A) + (1 | B)'` when the grouping factors are crossed: one
-data file holding every column, the cross-classified engine, HCM2's tables or the JSON document.
+data file holding every column (or HLM 7's HCM2 layout, LEVEL1 ROWS COLS with --row-id and --col-id),
+the cross-classified engine, HCM2's tables or the JSON document.
 The options a cross-classified fit does not take are refused in one line with the capabilities
 table's reason (capabilities.py, column "cross-classified linear")."""
 
@@ -11,7 +12,8 @@ from ..errors import EXIT_NOT_CONVERGED, ModelError, UsageError
 
 # options a cross-classified fit reads; every other typed option is refused below
 _TAKEN = {"--formula", "--ml", "--reml", "--max-iterations", "--quiet", "--title", "--format", "--output",
-          "--json-out", "--keep-failed-output", "--tau", "--delimiter", "--file-format", "--no-follow"}
+          "--json-out", "--keep-failed-output", "--tau", "--delimiter", "--file-format", "--no-follow", "--row-id",
+          "--col-id"}
 # the capabilities table's feature for a typed option
 _FEATURE = {"--test": "test", "--compare-deviance": "compare_deviance", "--compare-params": "compare_deviance",
             "--residuals-l1": "residuals", "--residuals-l2": "residuals", "--residuals-l3": "residuals",
@@ -51,14 +53,30 @@ def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given:
     from ..report.report import dumps_json
 
     refuse_options(given, out.out_format)
-    if len(data) != 1:
-        raise UsageError(f"a cross-classified model (crossed grouping factors) reads one data file holding the outcome, the predictors and the "
-                         f"grouping factors ({', '.join(model.columns)}); got {len(data)} files")
+    row_id, col_id = build.get("row_id"), build.get("col_id")
+    if len(data) == 3:  # HLM 7's HCM2 layout: LEVEL1 ROWS COLS
+        if not (row_id and col_id):
+            raise UsageError("three data files are HCM2's layout (level-1, row and column files): give --row-id and "
+                             "--col-id, the id columns that link them")
+        factors = {name for bar in model.bars for name in bar.factor}
+        if not {row_id.lower(), col_id.lower()} <= {f.lower() for f in factors}:
+            raise UsageError(f"--row-id {row_id} and --col-id {col_id} must be the formula's grouping factors "
+                             f"({', '.join(sorted(factors))}); write (… | {row_id}) + (… | {col_id})")
+    elif len(data) != 1:
+        raise UsageError(f"a cross-classified model (crossed grouping factors) reads one data file holding the "
+                         f"outcome, the predictors and the grouping factors ({', '.join(model.columns)}), or HCM2's "
+                         f"three (level-1, row and column files with --row-id and --col-id); got {len(data)} files")
     if fit.tau is not None and str(getattr(fit.tau, "value", fit.tau)) == "diagonal":
         model = diagonal_bars(model)
     check_outputs([("-o", out.output), ("--json-out", out.json_out)], list(data))
-    table = read_table(data[0], build.get("file_format"), build.get("delimiter"),
-                       string_columns=tuple(name for bar in model.bars for name in bar.factor))
+    ids = tuple(name for bar in model.bars for name in bar.factor) + tuple(x for x in (row_id, col_id) if x)
+    tables = [read_table(path, build.get("file_format"), build.get("delimiter"), string_columns=ids) for path in data]
+    if len(tables) == 3:
+        from ..data.crossed_design import merge_crossed
+
+        table = merge_crossed(*tables, row_id, col_id)
+    else:
+        table = tables[0]
     method = getattr(fit.method, "value", fit.method) or "REML"
     res = analyse_crossed(table, model, formula, str(method), fit.max_iterations, out.title)
     body = dumps_json(to_json(res)) if out.out_format == "json" else text(res)

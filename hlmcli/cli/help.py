@@ -11,8 +11,8 @@ import click
 # Group of each option, by its longest name. An option of a command that is in no group is listed
 # under "Other options" (tests/test_docs.py keeps that list empty for every command).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "Data": ("--id", "--id1", "--id2", "--id3", "--id4", "--l1-vars", "--l2-vars", "--l3-vars", "--l4-vars",
-             "--missing", "--drop-unmatched", "--data-format", "--format", "--delimiter", "--template",
+    "Data": ("--id", "--id1", "--id2", "--id3", "--id4", "--row-id", "--col-id", "--l1-vars", "--l2-vars",
+             "--l3-vars", "--l4-vars", "--missing", "--drop-unmatched", "--data-format", "--format", "--delimiter", "--template",
              "--cache-dir", "--older-than", "--keep", "--no-follow", "--verify"),
     "Model": ("--level1", "--level2", "--level3", "--level4", "--model", "--formula", "--tau", "--ascii"),
     "Estimation": ("--ml", "--reml", "--max-iterations", "--df", "--test", "--compare-deviance", "--compare-params",

@@ -226,7 +226,8 @@ def level1_files(path: str) -> list[str]:
 
 
 def partition_moments(pdf, id_name: str, names: list[str]):
-    """One partition's summary: (KeyedMoments with ids as sorted keys, records read, records deleted).
+    """One partition's summary: (KeyedMoments with ids as sorted keys, records read, records deleted
+    in each unit that had any: {key: count}).
     Integer ids stay integers until the end (sorting them is cheap); text ids are stripped."""
     import pandas as pd
 
@@ -244,19 +245,25 @@ def partition_moments(pdf, id_name: str, names: list[str]):
         if np.isinf(v).any():
             raise DataError(f"column {c}: a value is infinite; fix it or leave {c} out of the model")
         keep &= ~np.isnan(v)
-    deleted = int((~keep).sum())
-    if deleted:
-        codes = codes[keep]
-        values = [v[keep] for v in values]
     keys = np.asarray(uniq)
     if keys.dtype == object:
         keys = keys.astype(str)
+    deleted = {}
+    if not keep.all():
+        counts = np.bincount(codes[~keep], minlength=len(keys))
+        deleted = {keys[k].item(): int(counts[k]) for k in np.flatnonzero(counts)}
+        codes = codes[keep]
+        values = [v[keep] for v in values]
     return KeyedMoments(keys, chunk_moments(values, codes, len(keys))), len(pdf), deleted
 
 
 def combine(parts):
     """A node of the tree reduction."""
-    return merge_keyed([p[0] for p in parts]), sum(p[1] for p in parts), sum(p[2] for p in parts)
+    deleted: dict = {}
+    for p in parts:
+        for key, count in p[2].items():
+            deleted[key] = deleted.get(key, 0) + count
+    return merge_keyed([p[0] for p in parts]), sum(p[1] for p in parts), deleted
 
 
 def read_dataset(path: str, id_name: str, names: list[str], delimiter=None):
@@ -287,10 +294,11 @@ def _read_error(path, exc) -> DataError:
     return DataError(f"{path}: {text}; check the files (every column the model uses must hold numbers)")
 
 
-def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress: bool = False, delimiter=None):
+def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress: bool = False, delimiter=None,
+                 by_unit: bool = False):
     """Per-unit moments of `names` over a Parquet dataset or CSV glob, on a cluster. `scheduler` is a
     Scheduler, an address, or None (a LocalCluster). Returns (unit ids as text, Moments, records read,
-    records deleted)."""
+    records deleted), and with `by_unit` the number deleted in each unit that had any ({unit id: count})."""
     where = scheduler if isinstance(scheduler, Scheduler) else Scheduler(scheduler or None)
     started = time.monotonic()
     if where.address:  # before reading (or importing) anything: a wrong address is told at once
@@ -356,4 +364,8 @@ def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress:
         _close(client)
         if cluster is not None:
             cluster.close()
-    return id_text(keyed.keys.tolist()), keyed.moments, read, deleted
+    total = sum(deleted.values())
+    if not by_unit:
+        return id_text(keyed.keys.tolist()), keyed.moments, read, total
+    keys = list(deleted)
+    return id_text(keyed.keys.tolist()), keyed.moments, read, total, dict(zip(id_text(keys), deleted.values()))

@@ -46,8 +46,11 @@ class DesignLevels:
         return len(self.unit_ids[level - 2])
 
 
-def _group_mean(values: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
-    return np.bincount(group, weights=values, minlength=n) / np.bincount(group, minlength=n)
+def _group_mean(values: np.ndarray, group: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Each group's mean of `values`, or its `weights`-weighted mean (e.g. of units' means, by their records)."""
+    if weights is None:
+        return np.bincount(group, weights=values, minlength=n) / np.bincount(group, minlength=n)
+    return np.bincount(group, weights=weights * values, minlength=n) / np.bincount(group, weights=weights, minlength=n)
 
 
 def _terms_by_level(spec: LevelsSpec) -> list:
@@ -76,17 +79,10 @@ class Level1Moments:
     n_deleted: int
 
 
-def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
-    """The design from the archive's records, or, given `level1`, from per-level-2-unit moments:
-    then level-1 centring is a shift of each unit's mean (moments.py's algebra), mean(X) of a
-    level-1 X the record-weighted mean of the units' means, and the data a LevelsSummary."""
-    K = spec.n_levels
-    if archive.n_levels != K:
-        raise ModelError(f"the archive has {archive.n_levels} levels and the model {K}; give -1 ... -{archive.n_levels} "
-                         "equations")
+def _records_kept(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None) -> tuple[np.ndarray, int]:
+    """(which level-1 records the model uses, how many were deleted): those complete on the model's
+    level-1 variables; summarised (`level1`), the level-2 units with records left after deletion."""
     names1 = archive.names(1)
-    y_all = archive.levels[0].values[names1.index(spec.outcome)] if level1 is None else None
-    terms_by_level = _terms_by_level(spec)
     used1 = set(level1_variables(spec))
     if level1 is None:
         keep = np.ones(archive.n(1), dtype=bool)
@@ -98,7 +94,14 @@ def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | No
         n_deleted = int(level1.n_deleted)
     if not keep.any():
         raise ModelError(f"every level-1 record has a missing value in {', '.join(sorted(used1))}; nothing is left to fit")
-    # units kept, bottom up; renumbered within each level
+    return keep, n_deleted
+
+
+def _units_kept(archive: Archive, keep: np.ndarray, K: int) -> tuple[dict, list, dict, dict]:
+    """The units kept, bottom up (those with a record kept below them), renumbered within each level:
+    (present[ℓ], a mask over the archive's level-ℓ units; parents, each level's unit of every kept unit
+    one level down; Js[ℓ], the number kept; up[(m, ℓ)], the level-ℓ unit of each level-m unit, records
+    at m = 1)."""
     child = archive.parent(1)[keep]
     present, parents = {}, []
     for level in range(2, K + 1):
@@ -109,32 +112,97 @@ def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | No
         if level < K:
             child = archive.parent(level)[has]
     Js = {1: int(keep.sum()), **{level: int(present[level].sum()) for level in range(2, K + 1)}}
-    # the unit of each level-m unit at level ℓ > m (records at m = 1)
     up = {(m, m): np.arange(Js[m]) for m in range(1, K + 1)}
     for m in range(1, K + 1):
         for level in range(m + 1, K + 1):
             up[(m, level)] = parents[level - 2][up[(m, level - 1)]]
-    if level1 is None:
-        values = {1: {n: archive.levels[0].values[k][keep] for k, n in enumerate(names1)}}
-    else:  # per level-2 unit: the records' sums and counts (a mean of level-1 X pools them)
-        m1 = level1.moments.take(np.flatnonzero(keep))
-        col1 = {n: k for k, n in enumerate(level1.names)}
-        values = {1: {}}
-        n1 = m1.n
-    for level in range(2, K + 1):
+    return present, parents, Js, up
+
+
+def _values_kept(archive: Archive, keep: np.ndarray, present: dict, summarised: bool) -> dict:
+    """{level: {name: its values over the records (level 1) or the units kept}}; none at level 1 when
+    it is summarised (its moments stand in for the records)."""
+    values = {1: {} if summarised else {n: archive.levels[0].values[k][keep] for k, n in enumerate(archive.names(1))}}
+    for level in range(2, archive.n_levels + 1):
         values[level] = {n: archive.levels[level - 1].values[k][present[level]]
                          for k, n in enumerate(archive.names(level))}
+    return values
+
+
+def _centred_level1_moments(spec: LevelsSpec, terms1: list, m1: Moments, col1: dict, means: dict) -> Moments:
+    """Level 1 as moments (of the terms, then the outcome): centring shifts each unit's mean, by the
+    records' mean (grand, recorded in `means`) or to 0 (group); C is unchanged."""
+    n1 = m1.n
+    at = [col1[t.name] for t in terms1] + [col1[spec.outcome]]
+    mean1 = m1.mean[:, at].copy()
+    for k, t in enumerate(terms1):
+        if t.centering is Centering.GRAND:
+            g = float(np.sum(n1 * mean1[:, k]) / np.sum(n1))
+            means[f"{t.label} (level 1)"] = g
+            mean1[:, k] -= g
+        elif t.centering is Centering.GROUP:
+            mean1[:, k] = 0.0
+    return Moments(n1.copy(), mean1, np.ascontiguousarray(m1.C[:, at][:, :, at]))
+
+
+def _level_columns(level: int, terms: list, column, J: int) -> tuple[dict, np.ndarray]:
+    """({term: its column}, the level's predictor matrix): one column per distinct term, in the order given."""
+    idx: dict = {}
+    cols = []
+    for t in terms:
+        if t not in idx:
+            idx[t] = len(cols)
+            cols.append(column(t))
+    arr = np.column_stack(cols) if cols else np.empty((J, 0))
+    if arr.size and not np.isfinite(arr).all():
+        raise ModelError(f"a level-{level} predictor has missing values after deletion; fill them in or drop the "
+                         "variable")
+    return idx, np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def _layout(spec: LevelsSpec, index: list) -> tuple:
+    """The engine's coefficient tree: each level-1 coefficient with its equation's terms, down to the
+    γs, each naming its predictor's column at its level (`index[level - 1]`)."""
+    K = spec.n_levels
+
+    def node(eq, depth: int, col) -> Coefficient:
+        # a level-`depth` coefficient: its column at level `depth`, its equation at level depth+1
+        if depth == K:
+            return Coefficient(col)
+        kids = []
+        for k in eq.present():
+            c = None if k == 0 else index[depth][eq.predictors[k - 1]]
+            kids.append(Coefficient(c) if depth + 1 == K else node(eq.terms[k], depth + 1, c))
+        return Coefficient(col, tuple(kids), eq.random)
+
+    return tuple(node(eq, 1, None if p == 0 else index[0][spec.level1[p - 1]])
+                 for p, eq in enumerate(spec.equations) if eq is not None)
+
+
+def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
+    """The design from the archive's records, or, given `level1`, from per-level-2-unit moments:
+    then level-1 centring is a shift of each unit's mean (moments.py's algebra), mean(X) of a
+    level-1 X the record-weighted mean of the units' means, and the data a LevelsSummary."""
+    K = spec.n_levels
+    if archive.n_levels != K:
+        raise ModelError(f"the archive has {archive.n_levels} levels and the model {K}; give -1 ... -{archive.n_levels} "
+                         "equations")
+    terms_by_level = _terms_by_level(spec)
+    keep, n_deleted = _records_kept(spec, archive, level1)
+    present, parents, Js, up = _units_kept(archive, keep, K)
+    values = _values_kept(archive, keep, present, level1 is not None)
+    if level1 is not None:  # per level-2 unit: the records' sums and counts (a mean of level-1 X pools them)
+        m1 = level1.moments.take(np.flatnonzero(keep))
+        col1 = {n: k for k, n in enumerate(level1.names)}
+        n1 = m1.n
     means: dict[str, float] = {}
 
     def raw(term: Term3) -> np.ndarray:
         if term.mean_of is None:
             return values[term.level][term.name]
         m = term.mean_of
-        if m == 1 and level1 is not None:
-            g = up[(1, term.level)]
-            J = Js[term.level]
-            return (np.bincount(g, weights=n1 * m1.mean[:, col1[term.name]], minlength=J)
-                    / np.bincount(g, weights=n1, minlength=J))
+        if m == 1 and level1 is not None:  # the record-weighted mean of the level-2 units' means
+            return _group_mean(m1.mean[:, col1[term.name]], up[(1, term.level)], Js[term.level], weights=n1)
         return _group_mean(values[m][term.name], up[(m, term.level)], Js[term.level])
 
     def column(term: Term3) -> np.ndarray:
@@ -154,46 +222,16 @@ def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | No
         terms1 = list(dict.fromkeys(terms_by_level[0]))
         index.append({t: k for k, t in enumerate(terms1)})
         preds.append(np.empty((0, len(terms1))))
-        at = [col1[t.name] for t in terms1] + [col1[spec.outcome]]
-        mean1 = m1.mean[:, at].copy()
-        for k, t in enumerate(terms1):
-            if t.centering is Centering.GRAND:
-                g = float(np.sum(n1 * mean1[:, k]) / np.sum(n1))
-                means[f"{t.label} (level 1)"] = g
-                mean1[:, k] -= g
-            elif t.centering is Centering.GROUP:
-                mean1[:, k] = 0.0
-        level1_moments = Moments(n1.copy(), mean1, np.ascontiguousarray(m1.C[:, at][:, :, at]))
+        level1_moments = _centred_level1_moments(spec, terms1, m1, col1, means)
     for level, terms in enumerate(terms_by_level, 1):
-        if level == 1 and level1 is not None:
-            continue
-        idx: dict = {}
-        cols = []
-        for t in terms:
-            if t not in idx:
-                idx[t] = len(cols)
-                cols.append(column(t))
-        arr = np.column_stack(cols) if cols else np.empty((Js[level], 0))
-        if arr.size and not np.isfinite(arr).all():
-            raise ModelError(f"a level-{level} predictor has missing values after deletion; fill them in or drop the "
-                             "variable")
-        index.append(idx)
-        preds.append(np.ascontiguousarray(arr, dtype=np.float64))
-
-    def node(eq, depth: int, col) -> Coefficient:
-        # a level-`depth` coefficient: its column at level `depth`, its equation at level depth+1
-        if depth == K:
-            return Coefficient(col)
-        kids = []
-        for k in eq.present():
-            c = None if k == 0 else index[depth][eq.predictors[k - 1]]
-            kids.append(Coefficient(c) if depth + 1 == K else node(eq.terms[k], depth + 1, c))
-        return Coefficient(col, tuple(kids), eq.random)
-
-    layout = tuple(node(eq, 1, None if p == 0 else index[0][spec.level1[p - 1]])
-                   for p, eq in enumerate(spec.equations) if eq is not None)
+        if level > 1 or level1 is None:
+            idx, arr = _level_columns(level, terms, column, Js[level])
+            index.append(idx)
+            preds.append(arr)
+    layout = _layout(spec, index)
     if level1 is None:
-        data = LevelsData(np.ascontiguousarray(y_all[keep], dtype=np.float64), tuple(preds), tuple(parents), layout)
+        y = archive.levels[0].values[archive.names(1).index(spec.outcome)][keep]
+        data = LevelsData(np.ascontiguousarray(y, dtype=np.float64), tuple(preds), tuple(parents), layout)
     else:
         data = LevelsSummary(level1_moments, tuple(preds[1:]), tuple(parents[1:]), layout)
     positions = tuple(np.flatnonzero(present[level]) for level in range(2, K + 1))

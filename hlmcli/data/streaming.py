@@ -208,32 +208,67 @@ def file_columns(path, fmt: str | None = None, delimiter: str | None = None) -> 
     return Columns(path, [h.strip() for h in header], {h.strip(): h for h in header}, sep)
 
 
+def _open_batches(cols: Columns, raw: list[str], text: list[str]):
+    """A reader of the file's columns `raw` (as the file spells them) chunk by chunk: those in `text`
+    as strings (CSV), the others as float64."""
+    pa, _ = _pyarrow()
+    if cols.delimiter is None:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(cols.path).iter_batches(batch_size=PARQUET_BATCH, columns=list(dict.fromkeys(raw)))
+    from pyarrow import csv as pacsv
+
+    from ..io.readers import CSV_MISSING
+
+    types = {c: pa.string() if c in text else pa.float64() for c in raw}
+    try:
+        return pacsv.open_csv(
+            cols.path, read_options=pacsv.ReadOptions(block_size=CHUNK_BYTES),
+            parse_options=pacsv.ParseOptions(delimiter=cols.delimiter),
+            convert_options=pacsv.ConvertOptions(include_columns=list(dict.fromkeys(raw)), column_types=types,
+                                                 null_values=CSV_MISSING, strings_can_be_null=True))
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{cols.path}: {_arrow_message(exc)}") from None
+
+
+def id_links(cols: Columns, child: str, parent: str) -> dict[str, list[str]]:
+    """One pass over two id columns: each `child` id (as text, as the in-memory reader writes it) and the
+    distinct `parent` ids of its records, in order of first appearance. A record missing either id is
+    refused, naming it."""
+    pa, pc = _pyarrow()
+    links: dict[str, list[str]] = {}
+    first = 0
+    reader = _open_batches(cols, [cols.raw[child], cols.raw[parent]], [cols.raw[child], cols.raw[parent]])
+    while True:
+        try:
+            batch = next(reader)
+        except StopIteration:
+            return links
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"{cols.path}: {_arrow_message(exc)}") from None
+        columns = []
+        for name in (child, parent):
+            col = batch.column(cols.raw[name])
+            if col.null_count:
+                pos = first + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+                raise DataError(f"{cols.path}: column {name}, record {pos + 1}: the unit id is missing; give every "
+                                "record an id")
+            columns.append(col)
+        pairs = pa.table({"a": columns[0], "b": columns[1]}).group_by(["a", "b"]).aggregate([])
+        for a, b in zip(id_text(pairs.column("a").to_pylist()), id_text(pairs.column("b").to_pylist())):
+            found = links.setdefault(a, [])
+            if b not in found:
+                found.append(b)
+        first += batch.num_rows
+
+
 def batches(cols: Columns, id_name: str | None, names: list[str]):
     """Yield (ids or None, [float64 arrays], first record number) chunk by chunk."""
     pa, pc = _pyarrow()
     wanted = ([id_name] if id_name else []) + list(names)
     raw = [cols.raw[c] for c in wanted]
     first = 0
-    if cols.delimiter is None:
-        import pyarrow.parquet as pq
-
-        reader = pq.ParquetFile(cols.path).iter_batches(batch_size=PARQUET_BATCH, columns=list(dict.fromkeys(raw)))
-    else:
-        from pyarrow import csv as pacsv
-
-        from ..io.readers import CSV_MISSING
-
-        types = {cols.raw[c]: pa.float64() for c in names}
-        if id_name:
-            types[cols.raw[id_name]] = pa.string()
-        try:
-            reader = pacsv.open_csv(
-                cols.path, read_options=pacsv.ReadOptions(block_size=CHUNK_BYTES),
-                parse_options=pacsv.ParseOptions(delimiter=cols.delimiter),
-                convert_options=pacsv.ConvertOptions(include_columns=list(dict.fromkeys(raw)), column_types=types,
-                                                     null_values=CSV_MISSING, strings_can_be_null=True))
-        except pa.ArrowInvalid as exc:
-            raise DataError(f"{cols.path}: {_arrow_message(exc)}") from None
+    reader = _open_batches(cols, raw, [cols.raw[id_name]] if id_name else [])
     while True:
         try:
             batch = next(reader)
@@ -259,14 +294,16 @@ def _arrow_message(exc) -> str:
 
 
 def stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing: bool = True,
-                   progress: bool = False):
+                   progress: bool = False, by_unit: bool = False):
     """One pass over a file: per-unit moments of `names` (records with a missing value in any of
     them are deleted, as the in-memory engine's run-time deletion does). Returns (unit ids in
-    order of first appearance, Moments, number of records read, number deleted). With `progress`,
-    a line on stderr counts the chunks read."""
+    order of first appearance, Moments, number of records read, number deleted), and with `by_unit`
+    the number deleted in each unit that had any ({unit id: count}). With `progress`, a line on
+    stderr counts the chunks read."""
     shown = ChunkProgress(cols.path, cols.delimiter is None) if progress else None
     try:
-        return _stream_moments(cols, id_name, names, drop_missing, shown)
+        out = _stream_moments(cols, id_name, names, drop_missing, shown)
+        return out if by_unit else out[:4]
     finally:
         if shown is not None:
             shown.close()
@@ -276,6 +313,7 @@ def _stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing:
     pa, pc = _pyarrow()
     acc = Accumulator(len(names))
     read = deleted = 0
+    deleted_in: dict[int, int] = {}  # unit number -> records deleted, for units that had any
     for ids, values, first in batches(cols, id_name, names):
         read += len(ids)
         if shown is not None:
@@ -301,6 +339,9 @@ def _stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing:
                                 "at build, so pass --missing now (or fit from the files with --engine stream, which "
                                 "deletes per model)")
             deleted += int((~keep).sum())
+            counts = np.bincount(local[~keep], minlength=where.size)
+            for k in np.flatnonzero(counts):
+                deleted_in[int(where[k])] = deleted_in.get(int(where[k]), 0) + int(counts[k])
             local = local[keep]
             values = [v[keep] for v in values]
         m = chunk_moments(values, local, len(where))
@@ -312,4 +353,4 @@ def _stream_moments(cols: Columns, id_name: str, names: list[str], drop_missing:
             acc.add(where, m)
     unit_ids, m = acc.result()
     pa.default_memory_pool().release_unused()  # the chunks' buffers: the fit that follows needs the room
-    return unit_ids, m, read, deleted
+    return unit_ids, m, read, deleted, {unit_ids[j]: c for j, c in sorted(deleted_in.items())}

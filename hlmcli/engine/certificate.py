@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .objective import OneBlock
+
 def stopping_line(parameters: str) -> str:
     """The one plain line every certified fit prints; what was checked, in numbers, is in the JSON's
     certificate block (and, for two-level linear fits, in --full-output)."""
@@ -183,44 +185,120 @@ class Face:
         gb = (2.0 * self.V0.T @ Gamma @ W @ S).ravel()
         return np.concatenate([gs, gb])
 
+
+def diagonal_blocks(diagonal, n_blocks: int) -> tuple:
+    """One flag per τ block: True where that τ is diagonal. A bool applies to every block."""
+    if isinstance(diagonal, (bool, np.bool_)) or diagonal is None:
+        return (bool(diagonal),) * n_blocks
+    out = tuple(bool(d) for d in diagonal)
+    if len(out) != n_blocks:
+        raise ValueError(f"diagonal needs one flag per τ block ({n_blocks}), not {len(out)}")
+    return out
+
+
+class BlockFace:
+    """The face of C1 × … × Ck through (G1, …, Gk), each Cb the PSD cone (or the non-negative diagonal
+    matrices where that τ is diagonal): the product of the blocks' faces (Face), with coordinates x
+    the blocks' coordinates one after another. One block is the two-level face."""
+
+    def __init__(self, Gs, min_ranks=None, diagonal=None):
+        min_ranks = (0,) * len(Gs) if min_ranks is None else min_ranks
+        self.diagonal = diagonal_blocks(diagonal, len(Gs))
+        self.faces = [Face(G, d, min_rank=m) if G.shape[0] else None
+                      for G, m, d in zip(Gs, min_ranks, self.diagonal)]
+        self.sizes = [f.size if f is not None else 0 for f in self.faces]
+        self.qs = [G.shape[0] for G in Gs]
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def ranks(self) -> tuple:
+        return tuple(f.r if f is not None else 0 for f in self.faces)
+
+    def split(self, x):
+        return np.split(x, np.cumsum(self.sizes)[:-1])
+
+    def x0(self) -> np.ndarray:
+        return np.concatenate([f.x0() if f is not None else np.zeros(0) for f in self.faces])
+
+    def G(self, x):
+        return tuple(f.G(xi) if f is not None else np.zeros((0, 0)) for f, xi in zip(self.faces, self.split(x)))
+
+    def feasible(self, x) -> bool:
+        return all(f is None or f.feasible(xi) for f, xi in zip(self.faces, self.split(x)))
+
+    def gradient(self, Gams, x) -> np.ndarray:
+        return np.concatenate([f.gradient(g, xi) if f is not None else np.zeros(0)
+                               for f, g, xi in zip(self.faces, Gams, self.split(x))])
+
+    def widened(self, Gs):
+        """The face through Gs that keeps one more eigenvalue of the first block below full rank
+        that has one to keep (see Face's min_rank), or None when no block can widen."""
+        for b, f in enumerate(self.faces):
+            if f is not None and f.r < f.q:
+                trial = list(self.ranks)
+                trial[b] += 1
+                wider = BlockFace(Gs, tuple(trial), self.diagonal)
+                if wider.ranks[b] > self.ranks[b]:
+                    return wider
+        return None
+
     def hessian(self, obj, x) -> np.ndarray:
-        """Central differences of the analytic face gradient; steps small against S's spectrum so
-        every point stays on the face."""
-        S, _ = self.parts(x)
-        lo = min(1.0, float(np.linalg.eigvalsh(S)[0])) if self.r else 1.0
+        """Central differences of the analytic face gradient (obj: objective.DevianceObjective); the
+        steps are small against each block's S spectrum, so every point stays on the face."""
         n = self.size
+        steps = np.empty(n)
+        k = 0
+        for f, xi in zip(self.faces, self.split(x)):
+            if f is None:
+                continue
+            S, _ = f.parts(xi)
+            lo = min(1.0, float(np.linalg.eigvalsh(S)[0])) if f.r else 1.0
+            for i in range(f.size):
+                steps[k] = 1e-4 * lo if i < f.n_s else 1e-4
+                k += 1
         Hm = np.zeros((n, n))
         for i in range(n):
-            h = 1e-4 * lo if i < self.n_s else 1e-4
             xp, xm = x.copy(), x.copy()
-            xp[i] += h
-            xm[i] -= h
+            xp[i] += steps[i]
+            xm[i] -= steps[i]
             gp = self.gradient(obj.at(self.G(xp))[1], xp)
             gm = self.gradient(obj.at(self.G(xm))[1], xm)
-            Hm[:, i] = (gp - gm) / (2 * h)
+            Hm[:, i] = (gp - gm) / (2 * steps[i])
         return 0.5 * (Hm + Hm.T)
 
 
-def _null_check(obj, G, Gamma, face: Face, tol: float, dev: float):
-    """μ = λ_min(V₀'ΓV₀), and when μ < 0 the decrease actually available along G + t·vv': the
-    deviance is scanned over t from 1e-9 to 1e3 (G is standardised, so these are absolute), which
-    does not depend on estimating a curvature that can vary over many orders of magnitude."""
-    if face.r == face.q:
+def with_block(Gs, b: int, Gb) -> tuple:
+    """Gs with block b replaced by Gb."""
+    out = list(Gs)
+    out[b] = Gb
+    return tuple(out)
+
+
+def _null_check(obj, Gs, Gams, face: BlockFace, b: int, tol: float, dev: float):
+    """μ = the smallest slope of the deviance into block b's cone: λ_min(V₀'ΓV₀) for PSD, the smallest
+    Γ_kk over the zero variances for a diagonal τ (its cone is G_kk ≥ 0, so only those directions are
+    feasible: a negative off-diagonal Γ there is no descent). When μ < 0 with direction v, the
+    decrease actually available along G + t·vv' is measured: the deviance is scanned over t from 1e-9
+    to 1e3 (G is standardised, so these are absolute), which does not depend on estimating a curvature
+    that can vary over many orders of magnitude. Returns (μ, decrease, D = vv' or None, best t)."""
+    f = face.faces[b]
+    if f is None or f.r == f.q:
         return None, None, None, 1.0
-    if face.diagonal:
-        diag = np.diag(Gamma)[face.zero]
+    if f.diagonal:
+        diag = np.diag(Gams[b])[f.zero]
         k = int(np.argmin(diag))
-        mu = float(diag[k])
-        v = face.V0[:, k]
+        mu, v = float(diag[k]), f.V0[:, k]
     else:
-        w, E = np.linalg.eigh(face.V0.T @ Gamma @ face.V0)
-        mu = float(w[0])
-        v = face.V0 @ E[:, 0]
+        w, E = np.linalg.eigh(f.V0.T @ Gams[b] @ f.V0)
+        mu, v = float(w[0]), f.V0 @ E[:, 0]
     if mu >= 0:
         return mu, 0.0, None, 1.0
     D = np.outer(v, v)
     steps = np.logspace(-9, 3, 25)
-    values = np.array([obj.value(G + t * D) for t in steps])
+    values = np.array([obj.value(with_block(Gs, b, Gs[b] + t * D)) for t in steps])
     k = int(np.argmin(values))
     decrease = max(0.0, dev - float(values[k]))
     return mu, decrease, (D if decrease > tol else None), float(steps[k])
@@ -277,33 +355,98 @@ def name_direction(G_of, x0, e, names=("τ",)) -> str:
     return ", ".join(f"{k} {v / scale:+.2f}" for k, v in entries if abs(v) > 0.05 * abs(scale))
 
 
-def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> Certificate:
-    """Check the first- and second-order conditions at G (standardised coordinates); `obj.at(G)`
-    gives (deviance, Γ). Returns a descent direction when one is found. `face_data` = (face, x, H,
-    g, deviance, Γ) at G, when the caller computed them there already."""
+@dataclass
+class BlockCertificate:
+    """The certificate over the product of the blocks' cones (levels 2..K of a nested model; one block
+    at two levels, where Certificate is its one-block form)."""
+    certified: bool
+    ranks: tuple  # ranks of the τ blocks at the answer
+    qs: tuple
+    face_decrement: float
+    face_gradient: float
+    null_eigenvalues: list  # per block: λ_min(V₀'ΓV₀), None when that block is positive definite
+    null_decreases: list
+    hessian_eigenvalue: float | None
+    tolerance: float
+    failed: list[str] = field(default_factory=list)
+    descent: tuple | None = None  # (block, D): a feasible direction that lowers the deviance
+    descent_step: float = 1.0
+    G: tuple | None = None  # the point certified (standardised coordinates)
+    names: tuple = ()  # the blocks' names, e.g. ("tau_pi", "tau_beta")
+
+    def describe(self) -> str:
+        parts = [f"face decrement {self.face_decrement:.1E}"]
+        for name, mu in zip(self.names, self.null_eigenvalues):
+            if mu is not None:
+                parts.append(f"smallest {name} null-space gradient eigenvalue {mu:+.1E}")
+        if self.hessian_eigenvalue is not None:
+            parts.append(f"smallest face-Hessian eigenvalue {self.hessian_eigenvalue:+.1E} (relative)")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict:
+        return {"certified": self.certified, "rank": list(self.ranks), "q": list(self.qs),
+                "face_decrement": self.face_decrement, "face_gradient": self.face_gradient,
+                "null_space_min_eigenvalue": list(self.null_eigenvalues),
+                "null_space_decrease": list(self.null_decreases),
+                "face_hessian_min_eigenvalue": self.hessian_eigenvalue, "tolerance": self.tolerance,
+                "failed": list(self.failed)}
+
+    def one_block(self) -> Certificate:
+        """The same certificate of a one-block point, as Certificate."""
+        D = None if self.descent is None else self.descent[1]
+        return Certificate(certified=self.certified, rank=self.ranks[0], q=self.qs[0],
+                           face_decrement=self.face_decrement, face_gradient=self.face_gradient,
+                           null_eigenvalue=self.null_eigenvalues[0], null_decrease=self.null_decreases[0],
+                           hessian_eigenvalue=self.hessian_eigenvalue, tolerance=self.tolerance, failed=self.failed,
+                           descent=D, descent_step=self.descent_step, G=self.G[0])
+
+
+def certify_blocks(obj, Gs, tol: float, face_data=None, diagonal=None, names=("τ",)) -> BlockCertificate:
+    """Check the first- and second-order conditions at Gs = (G1, …, Gk) (standardised coordinates)
+    over the product of the blocks' cones (a diagonal block's cone is the non-negative diagonal):
+    on the face jointly (face_conditions), into each singular block's cone (_null_check).
+    obj: objective.DevianceObjective. Returns a descent direction when one is found. `face_data` =
+    (face, x, H, g, deviance, Γs) at Gs, when the caller computed them there already."""
     failed: list[str] = []
-    descent = None
     decrement, grad_max, hmin = 0.0, 0.0, None
     if face_data is not None:
-        face, x0, H, g, dev, Gamma = face_data
+        face, x0, H, g, dev, Gams = face_data
     else:
-        face = Face(G, diagonal)
-        dev, Gamma = obj.at(G)
+        face = BlockFace(Gs, diagonal=diagonal)
+        dev, Gams = obj.at(Gs)
         if face.size:
             x0 = face.x0()
-            g = face.gradient(Gamma, x0)
+            g = face.gradient(Gams, x0)
             H = face.hessian(obj, x0)
     if face.size:
-        decrement, grad_max, hmin = face_conditions(H, g, tol, failed, lambda e: name_direction(face.G, x0, e))
-    mu, null_decrease, D, step_size = _null_check(obj, G, Gamma, face, tol, dev)
-    if D is not None:
-        descent = D
-        failed.append(f"a direction into the cone lowers the deviance (null-space gradient eigenvalue {mu:+.1E}, "
-                      f"available decrease {null_decrease:.1E}): a false boundary")
+        decrement, grad_max, hmin = face_conditions(H, g, tol, failed, lambda e: name_direction(face.G, x0, e, names))
+    mus, decs, descent, dstep = [], [], None, 1.0
+    for b, name in enumerate(names):
+        mu, dec, D, st = _null_check(obj, Gs, Gams, face, b, tol, dev)
+        mus.append(mu)
+        decs.append(dec)
+        if D is not None:
+            if descent is None:
+                descent, dstep = (b, D), st
+            cone = "the cone" if len(names) == 1 else f"the cone of {name}"
+            failed.append(f"a direction into {cone} lowers the deviance (null-space gradient eigenvalue "
+                          f"{mu:+.1E}, available decrease {dec:.1E}): a false boundary")
     if not np.isfinite(dev):
         failed.append("the deviance is not finite")
     check_precision(tol, dev, failed)
-    return Certificate(certified=not failed, rank=face.r, q=face.q, face_decrement=float(decrement),
-                       face_gradient=grad_max, null_eigenvalue=mu, null_decrease=null_decrease,
-                       hessian_eigenvalue=hmin, tolerance=tol, failed=failed, descent=descent,
-                       descent_step=float(step_size), G=G)
+    return BlockCertificate(not failed, face.ranks, tuple(face.qs), float(decrement), grad_max, mus, decs, hmin,
+                            tol, failed, descent, float(dstep), tuple(Gs), tuple(names))
+
+
+def certify(obj, G: np.ndarray, diagonal: bool, tol: float, face_data=None) -> Certificate:
+    """certify_blocks for one block, with obj written over the bare matrix G (objective.OneBlock):
+    `obj.at(G)` gives (deviance, Γ). `face_data` = (face, x, H, g, deviance, Γ) at G with face a Face
+    or a one-block BlockFace."""
+    if face_data is not None:
+        face, x0, H, g, dev, Gamma = face_data
+        if isinstance(face, Face):
+            blocks = BlockFace((G,), diagonal=diagonal)
+            blocks.faces, blocks.sizes = [face], [face.size]
+            face = blocks
+        face_data = (face, x0, H, g, dev, (Gamma,) if not isinstance(Gamma, tuple) else Gamma)
+    return certify_blocks(OneBlock(obj), (G,), tol, face_data, (diagonal,)).one_block()

@@ -44,6 +44,7 @@ sparse = lazy("scipy.sparse")
 linalg = lazy("scipy.linalg")
 
 from ..errors import ModelError
+from .objective import SolveCache
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -133,6 +134,18 @@ def _block_gram_sum(Y, Y2, q: int) -> np.ndarray:
     return out
 
 
+def _rmul(M: np.ndarray, lams, Js) -> np.ndarray:
+    """M · blockdiag_b(I_{J_b} ⊗ Λ_b) for a dense M whose columns are the dense factors' (group-major)."""
+    out = np.empty_like(M)
+    lo = 0
+    for lam, J in zip(lams, Js):
+        q = lam.shape[0]
+        hi = lo + J * q
+        out[:, lo:hi] = (M[:, lo:hi].reshape(M.shape[0], J, q) @ lam).reshape(M.shape[0], J * q)
+        lo = hi
+    return out
+
+
 class CrossedStats:
     """Everything a solve needs that does not depend on Λ: the cross-products of the standardised
     columns, formed once per fit (the blocked pattern included)."""
@@ -203,6 +216,7 @@ class CrossedSolve:
 
     def __init__(self, st: CrossedStats, lams):
         self.st = st
+        self._gradient_cache: dict = {}
         lams = [np.asarray(lam, float) for lam in lams]
         self.lams = lams
         p, q1 = st.p, st.q1
@@ -216,16 +230,18 @@ class CrossedSolve:
         self.DR = st.lam_R(lamsR)
         self.A = (self.D1 @ st.C1R @ self.DR).tocsr()  # L11⁻¹ M_1R
         Q2 = st.Q2
+        self.lamsR = lamsR
         if Q2:
-            CRRl = np.asarray(self.DR.T @ st.CRR)
-            S = np.asarray(self.DR.T @ CRRl.T).T + np.eye(Q2) - (self.A.T @ self.A).toarray()
+            S = _rmul(_rmul(st.CRR, lamsR, st.JR).T, lamsR, st.JR)  # Λ_R'C_RRΛ_R (C_RR symmetric)
+            S += np.eye(Q2)
+            S -= (self.A.T @ self.A).toarray()
             self.LR = np.linalg.cholesky(0.5 * (S + S.T))
         else:
             self.LR = np.zeros((0, 0))
         # [X y]: B1 = L11⁻¹Λ₁'Z₁'W, BR = LR⁻¹(Λ_R'Z_R'W − A'B1)
         self.B1 = np.asarray(self.D1 @ st.Z1W.reshape(-1, p + 1))
         if Q2:
-            self.BR = _tri(self.LR, np.asarray(self.DR.T @ st.ZRW) - self.A.T @ self.B1, lower=True)
+            self.BR = _tri(self.LR, _rmul(st.ZRW.T, lamsR, st.JR).T - self.A.T @ self.B1, lower=True)
         else:
             self.BR = np.zeros((0, p + 1))
         SW = st.WW - self.B1.T @ self.B1 - self.BR.T @ self.BR
@@ -243,7 +259,7 @@ class CrossedSolve:
         u1 = np.linalg.solve(np.transpose(L11, (0, 2, 1)), rhs1[..., None])[..., 0]
         self.u1, self.uR = u1.ravel(), uR
         b1 = (u1 @ lam1.T).ravel()
-        bR = self.DR @ uR if Q2 else np.zeros(0)
+        bR = _rmul(uR[None, :], [lam.T for lam in lamsR], st.JR)[0] if Q2 else np.zeros(0)  # Λ_R û_R
         first = st.order[0]
         fit = st.Qx @ self.gamma + st.Zs[first] @ b1
         self.b = {first: b1}
@@ -276,6 +292,11 @@ class CrossedSolve:
 
     # ------------------------------------------------------------ the gradient (module docstring)
     def gradients(self, reml: bool) -> tuple:
+        if reml not in self._gradient_cache:  # the search asks again at the same point (Newton, the certificate)
+            self._gradient_cache[reml] = self._gradients(reml)
+        return self._gradient_cache[reml]
+
+    def _gradients(self, reml: bool) -> tuple:
         st = self.st
         p, Q2, q1 = st.p, st.Q2, st.q1
         nu = self.dof(reml)
@@ -290,8 +311,7 @@ class CrossedSolve:
         Yall = None
         lamsR = [self.lams[b] for b in st.order[1:]]
         if Q2 and all(np.linalg.svd(lam, compute_uv=False).min() > 1e-3 for lam in lamsR):
-            DRinv = st.lam_R([np.linalg.inv(lam) for lam in lamsR])
-            Yall = np.asarray(DRinv.T @ (self.LR.T - Linv).T).T
+            Yall = _rmul(self.LR.T - Linv, [np.linalg.inv(lam) for lam in lamsR], st.JR)
         B1X = self.B1[:, :p]  # (J1q1, p): L_W1' rows for X
         out: dict[int, np.ndarray] = {}
         # the block-diagonal factor: R = [Λ₁'C₁₁; Λ_R'C_R1; X'Z₁]
@@ -338,28 +358,25 @@ class CrossedSolve:
 # ---------------------------------------------------------------- the fit
 
 class Objective:
-    """The profiled deviance over (G_1, …, G_K), one block per factor: the protocol nested_fit's
-    search and certificate use (solve, at, value, noise), the last few solves kept."""
+    """The profiled deviance over (G_1, …, G_K), one block per factor: an objective.DevianceObjective
+    (value, at, noise) for search.search and certificate.certify_blocks, the last few solves kept."""
 
     def __init__(self, stats: CrossedStats, reml: bool):
         self.stats, self.reml, self.count = stats, reml, 0
-        self._cache: list = []
+        self._cache = SolveCache()
 
     def solve(self, *lams) -> CrossedSolve:
         if len(lams) == 1 and isinstance(lams[0], (tuple, list)):
             lams = tuple(lams[0])
-        key = tuple(np.asarray(lam, float).tobytes() for lam in lams)
-        for k, us in self._cache:
-            if k == key:
-                return us
-        self.count += 1
-        us = CrossedSolve(self.stats, lams)
-        self._cache = [(key, us)] + self._cache[:3]
-        return us
+        return self._cache.get(tuple(lams), self._solve)
 
-    def at(self, Gs):
+    def _solve(self, lams) -> CrossedSolve:
+        self.count += 1
+        return CrossedSolve(self.stats, lams)
+
+    def at(self, Gs, factors=None):
         try:
-            us = self.solve(tuple(_factor(G) for G in Gs))
+            us = self.solve(tuple(_factor(G) for G in Gs) if factors is None else tuple(factors))
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, tuple(np.zeros_like(G) for G in Gs)
         return us.profiled_deviance(self.reml), us.gradients(self.reml)

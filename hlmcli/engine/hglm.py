@@ -94,7 +94,8 @@ import numpy as np
 
 from . import lbfgsb
 from .certificate import Certificate, Face, certify
-from .estimation import TauStructure, lower_faces
+from .estimation import TauStructure
+from .search import lower_faces
 from .estimation import fit as linear_fit
 from .family import Family
 from .sufficient import model_stats, unit_cross_products
@@ -225,7 +226,7 @@ def working_model(data: GLMData, eta: np.ndarray):
 # two certificates can tell apart. Each inner fit is certified to within δ of its optimum, i.e. within
 # √δ standard errors in every direction (the deviance rises by s² at s SEs); two points each within
 # √δ of one optimum lie within (2√δ)² = 4δ of each other in deviance. δ is the larger certificate
-# tolerance (estimation.tol_decrement, which counts the deviance's measured rounding noise when σ² is
+# tolerance (search.tol_decrement, which counts the deviance's measured rounding noise when σ² is
 # fixed: Objective.noise). A finer bound on τ itself
 # could not be verified along a weakly determined direction (τ moves a long way for a tiny change of
 # deviance there); a coarser one would hide a saddle like bacteria's τ = 0 (5.05 deviance units
@@ -303,11 +304,12 @@ def fixed_point_excess(last, refit, overdispersion: bool) -> tuple[float, float]
     on the refit's standardised statistics: with G = τ/σ² the profiled deviance d(G) there, plus the
     rise from γ off its GLS value at G, (γ − γ̂(G))'P(γ − γ̂(G))/σ² (exact for σ² fixed; to second
     order with over-dispersion, σ² profiled)."""
-    from .estimation import Objective, tol_decrement
+    from .search import tol_decrement
+    from .unitsolve import ProfiledDeviance
     from .unitsolve import factor
 
     std, A, Tinv, b = refit.standardised
-    obj = Objective(std, refit.method == "REML", None if overdispersion else 1.0)
+    obj = ProfiledDeviance(std, refit.method == "REML", None if overdispersion else 1.0)
     Ainv = np.linalg.inv(A)
     G0 = Ainv @ (last.tau / last.sigma2) @ Ainv.T
     G0 = np.diag(np.diag(G0)) if last.structure is TauStructure.DIAGONAL else 0.5 * (G0 + G0.T)
@@ -807,7 +809,7 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
             fits.append(_ml_fit_one(data, 1, s, maxiter, diagonal))
             starts += 1
         # the lower faces of a boundary optimum, as the linear engine's global check
-        # (estimation.lower_faces): at rank r with 2 ≤ r < q, its best rank-k approximations,
+        # (search.lower_faces): at rank r with 2 ≤ r < q, its best rank-k approximations,
         # k = 1..r−1 (τ = 0 is compared above); a search from just inside each, with the lowest wins
         best = min(fits, key=lambda f: f.deviance)
         rank = best.certificate.rank

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .estimation import chol_psd
+from .search import chol_psd
 from .nested import LevelsSolve, Standardisation, levels_solve
 
 LMERTEST_EIGEN_TOL = 1e-8  # lmerTest drops Hessian eigenvalues at or below this (as_lmerModLT's tol)

@@ -1,25 +1,22 @@
-"""The certified three-level fit: minimise the profiled (RE)ML deviance over PSD τπ × PSD τβ (a
-product cone), certify the optimum, and compute the inference HLM3 prints.
+"""The certified fit of a nested model of three or more levels (HLM3, HLM4): minimise the profiled
+(RE)ML deviance over PSD τ2 × … × PSD τK (a product cone), certify the optimum, and compute the
+inference HLM3 prints.
 
-The method is the two-level one (estimation.py, certificate.py), with G = (G2, G3) block-diagonal:
+The search and the certificate are the two-level ones over a tuple of blocks (search.py,
+certificate.certify_blocks), with the nested deviance (nested.NestedDeviance) as the objective:
 - the search runs in standardised coordinates, formed on the records before any cross-product
   (nested.reduce_standardised): each block of random columns centred at its grand mean when it has
   an intercept and scaled to unit spread, the fixed-effect columns orthonormalised, the outcome
   residualised on them; so the search does not depend on a predictor's scale or location, and
   τ = σ²·A G̃ A', γ = TXγ̃ + b map back exactly;
-- L-BFGS-B over the two lower-triangular factors, from more than one start;
-- Newton on the face of the product cone through the answer: the face is the product of the two
-  blocks' faces (certificate.Face), so a rank-deficient block keeps its own null space;
-- the certificate: face decrement and face-Hessian PSD over both blocks jointly, and for each
-  singular block λ_min(V₀'ΓℓV₀) ≥ 0 (no descent into that block's cone), with the same scale-free
-  tolerances as two levels; a saddle or a false boundary is left along its descent direction and
-  the search resumes; a second start when the answer is on the boundary, more when uncertified.
+- the face of the product cone is the product of the blocks' faces (certificate.BlockFace), so a
+  rank-deficient block keeps its own null space; the certificate checks the face jointly and each
+  singular block's cone, with the same scale-free tolerances as two levels;
+- its starts (search.Plan): the identity, and a restart from larger variances when the certified
+  answer is on the boundary; more when uncertified.
 """
 
 from __future__ import annotations
-
-import itertools
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,14 +24,14 @@ from ..lazy import lazy
 
 special = lazy("scipy.special")
 
-from . import lbfgsb
-from .certificate import Face, check_precision, face_conditions, name_direction, rank_tolerance
+from .certificate import BlockCertificate, certify_blocks, diagonal_blocks, rank_tolerance
 from ..errors import ModelError
-from .estimation import best_lower_face, chol_psd, escape_along, lower_faces, newton_on_face, tol_decrement
 from .sandwich import weighted_sandwich
-from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedFit, as_levels,
-                     columns_of, levels_solve, reduce_nested, reduce_standardised, summary_of)
-from .unitsolve import factor, unit_ols
+from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedDeviance, NestedFit,
+                     as_levels, columns_of, reduce_nested, reduce_standardised, summary_of)
+from .search import LbfgsTolerances, Plan
+from .search import search as one_search
+from .unitsolve import exact_within, factor, unit_ols, within_unit_rss
 
 BOUNDARY_CORR = 1.0 - 1e-6  # |correlation| at or above this on a rank-deficient block is reported as ±1
 
@@ -44,398 +41,31 @@ def tau_names(n_levels: int) -> tuple:
     return tuple(f"tau_{COEFFICIENT_NAMES[i]}" for i in range(n_levels - 1))
 
 
-# ---------------------------------------------------------------- the objective over (G2, …, GK)
+# ---------------------------------------------------------------- the search and the certificate
 
-class Objective:
-    """The profiled deviance over (G2, …, GK) on standardised stats: estimation.DevianceObjective, the
-    protocol of the two-level Objective, with a tuple of blocks as its point. sigma2: σ² profiled
-    (None) or fixed at that value (an HGLM's working model, nested_glmm.py: G = τ/σ² then)."""
+# the profiled deviance over (G2, …, GK) (objective.DevianceObjective)
+Objective = NestedDeviance
+NestedCertificate = BlockCertificate
 
-    def __init__(self, stats: LevelsStats, reml: bool, sigma2: float | None = None):
-        self.stats, self.reml, self.count, self.sigma2 = stats, reml, 0, sigma2
-        self._cache: list = []
-
-    def solve(self, *lams) -> LevelsSolve:
-        # the search asks for the value, the gradient and the rounding noise at the same point:
-        # the last few solves are kept (keyed on the exact factors)
-        if len(lams) == 1 and isinstance(lams[0], (tuple, list)):
-            lams = tuple(lams[0])
-        key = tuple(np.asarray(lam, float).tobytes() for lam in lams)
-        for k, us in self._cache:
-            if k == key:
-                return us
-        self.count += 1
-        us = levels_solve(self.stats, lams)
-        self._cache = [(key, us)] + self._cache[:3]
-        return us
-
-    def at(self, Gs):
-        try:
-            us = self.solve(tuple(factor(G) for G in Gs))
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return np.inf, tuple(np.zeros_like(G) for G in Gs)
-        return self.deviance_of(us), us.gradients(self.reml, self.sigma2)
-
-    def deviance_of(self, us: LevelsSolve) -> float:
-        return us.profiled_deviance(self.reml) if self.sigma2 is None else us.deviance(self.sigma2, self.reml)
-
-    def value(self, Gs) -> float:
-        try:
-            return self.deviance_of(self.solve(tuple(factor(G) for G in Gs)))
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return np.inf
-
-    def noise(self, Gs) -> float:
-        try:
-            return self.solve(tuple(factor(G) for G in Gs)).rounding_noise(self.reml, self.sigma2)
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return 0.0
+# ending closer to the optimum than two levels usually saves the Newton polish its second face
+# Hessian (2·face-size evaluations)
+NESTED_LBFGS = LbfgsTolerances(ftol=1e-13, gtol=1e-9)
 
 
-def diagonal_blocks(diagonal, n_blocks: int) -> tuple:
-    """One flag per τ block (levels 2..K): True where τℓ is diagonal. A bool applies to every level."""
-    if isinstance(diagonal, (bool, np.bool_)) or diagonal is None:
-        return (bool(diagonal),) * n_blocks
-    out = tuple(bool(d) for d in diagonal)
-    if len(out) != n_blocks:
-        raise ValueError(f"diagonal needs one flag per τ block ({n_blocks}), not {len(out)}")
-    return out
+def certify_nested(obj, Gs, tol: float, face_data=None, diagonal=None) -> BlockCertificate:
+    """certificate.certify_blocks with the τ blocks' names (tau_pi, tau_beta, ...)."""
+    return certify_blocks(obj, Gs, tol, face_data, diagonal, tau_names(len(Gs) + 1))
 
 
-class BlockFace:
-    """The face of C2 × … × CK through (G2, …, GK), Cℓ = PSD(qℓ), or the non-negative diagonal
-    matrices where τℓ is diagonal: the product of the blocks' faces."""
-
-    def __init__(self, Gs, min_ranks=None, diagonal=None):
-        min_ranks = (0,) * len(Gs) if min_ranks is None else min_ranks
-        self.diagonal = diagonal_blocks(diagonal, len(Gs))
-        self.faces = [Face(G, d, min_rank=m) if G.shape[0] else None
-                      for G, m, d in zip(Gs, min_ranks, self.diagonal)]
-        self.sizes = [f.size if f is not None else 0 for f in self.faces]
-        self.qs = [G.shape[0] for G in Gs]
-
-    @property
-    def size(self) -> int:
-        return sum(self.sizes)
-
-    @property
-    def ranks(self) -> tuple:
-        return tuple(f.r if f is not None else 0 for f in self.faces)
-
-    def split(self, x):
-        return np.split(x, np.cumsum(self.sizes)[:-1])
-
-    def x0(self) -> np.ndarray:
-        return np.concatenate([f.x0() if f is not None else np.zeros(0) for f in self.faces])
-
-    def G(self, x):
-        return tuple(f.G(xi) if f is not None else np.zeros((0, 0)) for f, xi in zip(self.faces, self.split(x)))
-
-    def feasible(self, x) -> bool:
-        return all(f is None or f.feasible(xi) for f, xi in zip(self.faces, self.split(x)))
-
-    def gradient(self, Gams, x) -> np.ndarray:
-        return np.concatenate([f.gradient(g, xi) if f is not None else np.zeros(0)
-                               for f, g, xi in zip(self.faces, Gams, self.split(x))])
-
-    def hessian(self, obj: Objective, x) -> np.ndarray:
-        """Central differences of the analytic face gradient (steps as certificate.Face.hessian)."""
-        n = self.size
-        steps = np.empty(n)
-        k = 0
-        for f, xi in zip(self.faces, self.split(x)):
-            if f is None:
-                continue
-            S, _ = f.parts(xi)
-            lo = min(1.0, float(np.linalg.eigvalsh(S)[0])) if f.r else 1.0
-            for i in range(f.size):
-                steps[k] = 1e-4 * lo if i < f.n_s else 1e-4
-                k += 1
-        Hm = np.zeros((n, n))
-        for i in range(n):
-            xp, xm = x.copy(), x.copy()
-            xp[i] += steps[i]
-            xm[i] -= steps[i]
-            gp = self.gradient(obj.at(self.G(xp))[1], xp)
-            gm = self.gradient(obj.at(self.G(xm))[1], xm)
-            Hm[:, i] = (gp - gm) / (2 * steps[i])
-        return 0.5 * (Hm + Hm.T)
-
-
-# ---------------------------------------------------------------- the certificate
-
-@dataclass
-class NestedCertificate:
-    certified: bool
-    ranks: tuple  # ranks of the τ blocks (levels 2..K) at the answer
-    qs: tuple
-    face_decrement: float
-    face_gradient: float
-    null_eigenvalues: list  # per block: λ_min(V₀'ΓV₀), None when that block is positive definite
-    null_decreases: list
-    hessian_eigenvalue: float | None
-    tolerance: float
-    failed: list[str] = field(default_factory=list)
-    descent: tuple | None = None  # (block, D): a feasible direction that lowers the deviance
-    descent_step: float = 1.0
-    G: tuple | None = None  # the point certified (standardised coordinates)
-
-    def describe(self) -> str:
-        parts = [f"face decrement {self.face_decrement:.1E}"]
-        for name, mu in zip(tau_names(len(self.qs) + 1), self.null_eigenvalues):
-            if mu is not None:
-                parts.append(f"smallest {name} null-space gradient eigenvalue {mu:+.1E}")
-        if self.hessian_eigenvalue is not None:
-            parts.append(f"smallest face-Hessian eigenvalue {self.hessian_eigenvalue:+.1E} (relative)")
-        return ", ".join(parts)
-
-    def to_json(self) -> dict:
-        return {"certified": self.certified, "rank": list(self.ranks), "q": list(self.qs),
-                "face_decrement": self.face_decrement, "face_gradient": self.face_gradient,
-                "null_space_min_eigenvalue": list(self.null_eigenvalues),
-                "null_space_decrease": list(self.null_decreases),
-                "face_hessian_min_eigenvalue": self.hessian_eigenvalue, "tolerance": self.tolerance,
-                "failed": list(self.failed)}
-
-
-def _null_check_block(obj: Objective, Gs, Gams, face: BlockFace, b: int, tol: float, dev: float):
-    """μ = the smallest slope of the deviance into block b's cone: λ_min(V₀'ΓV₀) for PSD, the smallest
-    Γ_kk over the zero variances for a diagonal τ (its cone is G_kk ≥ 0, so only those directions are
-    feasible: a negative off-diagonal Γ there is no descent)."""
-    f = face.faces[b]
-    if f is None or f.r == f.q:
-        return None, None, None, 1.0
-    if f.diagonal:
-        diag = np.diag(Gams[b])[f.zero]
-        k = int(np.argmin(diag))
-        mu, v = float(diag[k]), f.V0[:, k]
-    else:
-        w, E = np.linalg.eigh(f.V0.T @ Gams[b] @ f.V0)
-        mu, v = float(w[0]), f.V0 @ E[:, 0]
-    if mu >= 0:
-        return mu, 0.0, None, 1.0
-    D = np.outer(v, v)
-    steps = np.logspace(-9, 3, 25)
-    values = np.array([obj.value(_with(Gs, b, Gs[b] + t * D)) for t in steps])
-    k = int(np.argmin(values))
-    decrease = max(0.0, dev - float(values[k]))
-    return mu, decrease, (D if decrease > tol else None), float(steps[k])
-
-
-def _with(Gs, b, Gb):
-    out = list(Gs)
-    out[b] = Gb
-    return tuple(out)
-
-
-def certify_nested(obj: Objective, Gs, tol: float, face_data=None, diagonal=None) -> NestedCertificate:
-    """The certificate over the product of the blocks' cones (a diagonal block's cone is the
-    non-negative diagonal, so its face and its null-space check are the diagonal ones)."""
-    failed: list[str] = []
-    decrement, grad_max, hmin = 0.0, 0.0, None
-    if face_data is not None:
-        face, x0, H, g, dev, Gams = face_data
-    else:
-        face = BlockFace(Gs, diagonal=diagonal)
-        dev, Gams = obj.at(Gs)
-        if face.size:
-            x0 = face.x0()
-            g = face.gradient(Gams, x0)
-            H = face.hessian(obj, x0)
-    if face.size:
-        decrement, grad_max, hmin = face_conditions(H, g, tol, failed,
-                                                    lambda e: name_direction(face.G, x0, e, tau_names(len(Gs) + 1)))
-    mus, decs, descent, dstep = [], [], None, 1.0
-    for b, name in enumerate(tau_names(len(Gs) + 1)):
-        mu, dec, D, st = _null_check_block(obj, Gs, Gams, face, b, tol, dev)
-        mus.append(mu)
-        decs.append(dec)
-        if D is not None:
-            if descent is None:
-                descent, dstep = (b, D), st
-            failed.append(f"a direction into the cone of {name} lowers the deviance (null-space gradient eigenvalue "
-                          f"{mu:+.1E}, available decrease {dec:.1E}): a false boundary")
-    if not np.isfinite(dev):
-        failed.append("the deviance is not finite")
-    check_precision(tol, dev, failed)
-    return NestedCertificate(not failed, face.ranks, tuple(face.qs), float(decrement), grad_max, mus, decs, hmin,
-                             tol, failed, descent, dstep, Gs)
-
-
-# ---------------------------------------------------------------- the search
-
-def _lbfgs(obj: Objective, Gs0, maxiter: int, diagonal=None):
-    """L-BFGS-B over the lower-triangular factors (diagonal ≥ 0), or over the square roots of a
-    diagonal block's variances."""
-    qs = [G.shape[0] for G in Gs0]
-    diagonal = diagonal_blocks(diagonal, len(qs))
-    idx = [(np.arange(q), np.arange(q)) if d else np.tril_indices(q) for q, d in zip(qs, diagonal)]
-    cuts = np.cumsum([len(i[0]) for i in idx])[:-1]
-    theta0 = np.concatenate([np.sqrt(np.clip(np.diag(G), 0.0, None)) if d else chol_psd(G)[i]
-                             for G, i, d in zip(Gs0, idx, diagonal)])
-    if theta0.size == 0:  # no random effects: the GLS fit is ordinary least squares, nothing to search
-        return Gs0, obj.value(Gs0), 0, "no covariance parameters besides sigma2"
-    bounds = [(0.0, None) if r == c else (None, None) for i in idx for r, c in zip(*i)]
-
-    def lams(theta):
-        out = []
-        for q, i, t in zip(qs, idx, np.split(theta, cuts)):
-            lam = np.zeros((q, q))
-            lam[i] = t
-            out.append(lam)
-        return tuple(out)
-
-    def fun(theta):
-        ls = lams(theta)
-        try:
-            us = obj.solve(ls)
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return np.inf, np.zeros_like(theta)
-        gs = us.gradients(obj.reml, obj.sigma2)
-        return obj.deviance_of(us), np.concatenate([(2.0 * g @ lam)[i] for g, lam, i in zip(gs, ls, idx)])
-
-    # tighter than two levels: ending closer to the optimum usually saves the Newton polish its second
-    # face Hessian (2·face-size evaluations)
-    res = lbfgsb.minimize(fun, theta0, bounds, maxiter=max(1, maxiter), ftol=1e-13, gtol=1e-9, maxcor=20)
-    return tuple(lam @ lam.T for lam in lams(res.x)), float(res.fun), int(res.nit), str(res.message)
-
-
-def _face_newton(obj: Objective, Gs, diagonal=None, max_steps: int = 30):
-    """Newton on the product face through Gs (as estimation._face_newton). Eigenvalues below the
-    rank tolerance are dropped unless that raises the deviance measurably; then the block keeps one
-    more. Returns (Gs, deviance, steps, saddle, face_data)."""
-    face = BlockFace(Gs, diagonal=diagonal)
-    steps = 0
-    noise = obj.noise(Gs)
-    dev0 = obj.value(Gs)
-    while True:
-        if face.size == 0:
-            return Gs, dev0, steps, None, None
-        x = face.x0()
-        dev, Gam = obj.at(face.G(x))
-        if dev <= dev0 + tol_decrement(dev0, noise):
-            break
-        widened = False
-        for b in range(len(face.faces)):
-            f = face.faces[b]
-            if f is not None and f.r < f.q:
-                trial = list(face.ranks)
-                trial[b] += 1
-                wider = BlockFace(Gs, tuple(trial), face.diagonal)
-                if wider.ranks[b] > face.ranks[b]:
-                    face, widened = wider, True
-                    break
-        if not widened:
-            return Gs, dev0, steps, None, None
-    return newton_on_face(obj, face, x, dev, Gam, noise, max_steps, last_step=True)
-
-
-def _polish_and_certify(obj: Objective, Gs, dev: float, budget: int, message: str, diagonal=None):
-    iterations = 0
-    cert = None
-    stalled = False
-    for _ in range(25):
-        Gs, dev, steps, saddle, face_data = _face_newton(obj, Gs, diagonal)
-        iterations += steps
-        if saddle is not None:
-            face, x0, e = saddle
-            moved = None
-            for sign in (1.0, -1.0):
-                def curve(t, sign=sign):
-                    x = x0 + sign * t * e
-                    return face.G(x) if face.feasible(x) else None
-                moved = escape_along(obj, curve, dev, 1.0)
-                if moved is not None:
-                    break
-            if moved is None:
-                break
-            Gs, dev = moved
-            continue
-        cert = certify_nested(obj, Gs, tol_decrement(dev, obj.noise(Gs)), face_data, diagonal)
-        if cert.certified:
-            break
-        if cert.descent is None:
-            if face_data is not None or stalled or iterations >= budget:
-                break
-            stalled = True
-            Gs, dev, nit, message = _lbfgs(obj, Gs, max(1, budget - iterations), diagonal)
-            iterations += nit + 1
-            continue
-        b, D = cert.descent
-        G0 = Gs
-        moved = escape_along(obj, lambda t: _with(G0, b, G0[b] + t * D), dev, cert.descent_step)
-        if moved is None:
-            break
-        Gs, dev = moved
-        cert = None
-    if cert is None or cert.G is not Gs:
-        cert = certify_nested(obj, Gs, tol_decrement(dev, obj.noise(Gs)), diagonal=diagonal)
-    return Gs, dev, cert, iterations, message
-
-
-def search(obj: Objective, qs, max_iterations: int, diagonal=None):
-    """From the best of the starts to the certified optimum (or the best uncertified point).
-    diagonal: per block (or one bool for all), τℓ restricted to diagonal matrices."""
-    diagonal = diagonal_blocks(diagonal, len(qs))
-    starts = [("identity", tuple(0.25 * np.eye(q) for q in qs))]
-    iterations = 0
-    G1, d1, nit, msg = _lbfgs(obj, starts[0][1], max_iterations, diagonal)
-    iterations += nit
-    Gs, dev, cert, used, message = _polish_and_certify(obj, G1, d1, max_iterations - iterations, msg, diagonal)
-    iterations += used
-    start = "identity"
-    if cert.certified and cert.ranks != cert.qs and iterations < max_iterations:
-        # a certified boundary answer is a local optimum; false boundaries and other local optima
-        # live there, so a second start from larger variances gets its chance (as at two levels)
-        G1, d1, nit, m1 = _lbfgs(obj, tuple(2.5 * np.eye(q) for q in qs), max_iterations - iterations, diagonal)
-        iterations += nit
-        G1, d1, c1, used, m1 = _polish_and_certify(obj, G1, d1, max_iterations - iterations, m1, diagonal)
-        iterations += used
-        if c1.certified and d1 < dev - 1e-12 * abs(dev):
-            Gs, dev, cert, start, message = G1, d1, c1, "identity*10", m1
-    if not cert.certified and iterations < max_iterations:
-        rng = np.random.default_rng(20261123)
-        extra = [("identity/100", tuple(0.0025 * np.eye(q) for q in qs)),
-                 ("identity*10", tuple(2.5 * np.eye(q) for q in qs))]
-        for k in range(3):
-            Ms = []
-            for q, d in zip(qs, diagonal):
-                M = rng.normal(size=(q, q))
-                M = M @ M.T / max(q, 1) + 0.1 * np.eye(q)
-                Ms.append(np.diag(np.diag(M)) if d else M)
-            extra.append((f"random {k + 1}", tuple(Ms)))
-        for name, G0 in extra:
-            if iterations >= max_iterations:
-                break
-            G1, d1, nit, m1 = _lbfgs(obj, G0, max_iterations - iterations, diagonal)
-            iterations += nit
-            G1, d1, c1, used, m1 = _polish_and_certify(obj, G1, d1, max_iterations - iterations, m1, diagonal)
-            iterations += used
-            if (c1.certified and not cert.certified) or (c1.certified == cert.certified and d1 < dev):
-                Gs, dev, cert, start, message = G1, d1, c1, name, m1
-            if cert.certified:
-                break
-    for _ in range(sum(qs) + 1):
-        # the global check (estimation.best_lower_face): each block at itself, at τ = 0, or at its lower
-        # ranks, every combination but the point itself
-        if not cert.certified:
-            break
-        options = [[Gs[b]] + (lower_faces(Gs[b], diagonal[b], r) if Gs[b].shape[0] else [])
-                   for b, r in enumerate(cert.ranks)]
-        candidates = [tuple(opt[i] for opt, i in zip(options, pick))
-                      for pick in itertools.product(*(range(len(opt)) for opt in options)) if any(pick)]
-        lower = best_lower_face(obj, candidates, lambda Gc: BlockFace(Gc, diagonal=diagonal), dev, obj.noise(Gs))
-        if lower is None:
-            break
-        Gs, dev, cert, used, message = _polish_and_certify(obj, lower[0], lower[1], max(1, max_iterations - iterations),
-                                                           message, diagonal)
-        iterations += used
-        start += ", continued from a lower face"
-    else:
-        if cert.certified:
-            cert.certified = False
-            cert.failed.append("a lower face of the PSD cones still has a lower deviance")
-    return Gs, dev, cert, iterations, message, start
+def search(obj, qs, max_iterations: int, diagonal=None):
+    """From the identity start to the certified optimum (or the best uncertified point), with a
+    restart from larger variances when a certified answer is on the boundary (search.Plan).
+    diagonal: per block (or one bool for all), τℓ restricted to diagonal matrices.
+    Returns (Gs, deviance, certificate, iterations, message, start)."""
+    plan = Plan([("identity", tuple(0.25 * np.eye(q) for q in qs))],
+                boundary_starts=[("identity*10", tuple(2.5 * np.eye(q) for q in qs))], tolerances=NESTED_LBFGS)
+    found = one_search(obj, plan, diagonal, max_iterations, tau_names(len(qs) + 1))
+    return found.Gs, found.deviance, found.certificate, found.iterations, found.message, found.start
 
 
 # ---------------------------------------------------------------- inference
@@ -664,6 +294,21 @@ def estimable(raw: LevelsStats) -> None:
                              + (" or use data with more records per level-2 unit" if level == 2 else ""))
 
 
+def check_within_units(stats: LevelsStats, outcome: str = "the outcome") -> None:
+    """Refuse, in one line, an outcome that is an exact linear function of the level-1 predictors
+    within every level-2 unit: σ² = 0 and no maximum (unitsolve.within_unit_rss; the columns past
+    Z2 get common coefficients, so this finds the cases where even that leaves no residual)."""
+    if not stats.q2:
+        return
+    wt = stats.weighting
+    BB = stats.BB.sum(axis=2)  # each level-2 unit's B'B enters with its weight w_j|k, as its projection below
+    rss = within_unit_rss(stats.ZZ2.transpose(2, 0, 1), stats.Z2B.transpose(2, 0, 1), BB,
+                          None if wt is None else wt.conditional[0])
+    refusal = exact_within(rss, float(BB[-1, -1]), outcome)
+    if refusal:
+        raise ModelError(refusal)
+
+
 def random_labels(layout, n_levels: int) -> tuple:
     """The random effects of each level in τ order, in the ASCII notation (r0, u01, v012, ...)."""
     out = [[] for _ in range(n_levels - 1)]
@@ -719,6 +364,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     except FloatingPointError:
         raise ModelError("the fixed effects are linearly dependent (collinear predictors, or a predictor that is "
                          "constant where it enters); remove one of them") from None
+    check_within_units(std)
     TX = tr.TX
     obj = Objective(std, reml, sigma2)
     Gs, dev, cert, iterations, message, start = search(obj, qs, max_iterations, diagonal)

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .certificate import Certificate  # noqa: F401  (the certificate type an inner fit carries)
 from .estimation import tol_decrement
 from .family import Family
 from .hglm import FIXED_POINT_FACTOR, FixedPointCheck
 from .nested import LevelsData, NestedFit, columns_of
-from .nested_fit import Objective, fit_nested
+from .nested import NestedDeviance as Objective
+from .nested_fit import fit_nested
 from .unitsolve import factor
 
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .objective import SolveCache, like, one_block
 from .sufficient import ModelStats
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -333,3 +334,125 @@ def unit_ols(ZZ: np.ndarray, Zy: np.ndarray, n: np.ndarray, yy: np.ndarray | Non
         if yy is not None:
             rss[ok] = yy[ok] - np.einsum("jk,jk->j", beta[ok], Zy[ok])
     return UnitOLSFit(ok, beta, inv, rss)
+
+
+# ---------------------------------------------------------------- the objective the search minimises
+
+class ProfiledDeviance:
+    """The two-level profiled (RE)ML deviance as an objective.DevianceObjective over one block G = τ/σ²
+    (on the statistics given, the search's standardised ones), counting the solves. A point is (G,)
+    or the bare matrix G; the gradient comes back in the same form. With sigma2 given, the deviance
+    at that fixed level-1 variance instead (σ² not profiled; PQL's working model has σ² = 1): then
+    G = τ/σ² with the given σ²."""
+
+    def __init__(self, stats: ModelStats, reml: bool, sigma2: float | None = None):
+        self.stats, self.reml, self.count, self.sigma2 = stats, reml, 0, sigma2
+        self._cache = SolveCache()
+
+    def solve(self, lam: np.ndarray) -> UnitSolve:
+        return self._cache.get(np.asarray(lam, float), self._solve)
+
+    def _solve(self, lam: np.ndarray) -> UnitSolve:
+        self.count += 1
+        return unit_solve(self.stats, lam)
+
+    def deviance_of(self, us: UnitSolve) -> float:
+        return us.profiled_deviance(self.reml) if self.sigma2 is None else us.deviance(self.sigma2, self.reml)
+
+    def gradient_of(self, us: UnitSolve) -> np.ndarray:
+        return us.gradient_G(self.reml, sigma2=self.sigma2)
+
+    def at(self, point, factors=None):
+        G = one_block(point)
+        try:
+            us = self.solve(factor(G) if factors is None else one_block(factors))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf, like(point, np.zeros_like(G))
+        return self.deviance_of(us), like(point, self.gradient_of(us))
+
+    def value(self, point) -> float:
+        try:
+            return self.deviance_of(self.solve(factor(one_block(point))))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf
+
+    def noise(self, point) -> float:
+        G = one_block(point)
+        try:
+            us = self.solve(factor(G))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return 0.0
+        if self.sigma2 is None:
+            return us.rounding_noise(self.reml)
+        # σ² fixed: rss/σ² carries the absolute rounding of the differences that make rss
+        eps = np.finfo(float).eps
+        yy = self.stats.yy
+        cancel = abs(yy) + abs(yy - us.s) + abs(float(us.c @ us.gamma))
+        logdets = float(np.abs(us.logdet).sum()) + (abs(us.log_det_P()) if self.reml else 0.0)
+        counted = 8.0 * eps * (cancel / self.sigma2 + logdets)
+        # PQL's working models (the only fits with σ² fixed) can have large weights, so I + Z'WZ·G is
+        # ill conditioned per unit and its solves lose more digits than the terms above count (seen:
+        # 1e-6 deviance units of noise where they count 1e-9). Measured as well: the second
+        # difference of the deviance over ±1e-12 relative changes of G, whose exact value is
+        # negligible, so what is left is rounding.
+        return max(counted, self.measured_noise(G, self.deviance_of(us)))
+
+    def measured_noise(self, G: np.ndarray, dev: float, k: int = 3) -> float:
+        """max |d(G + δE) + d(G − δE) − 2d(G)| / 2 over k fixed pseudo-random symmetric E, δ = 1e-12
+        relative: the gradient's term cancels and the curvature's is ~1e-24, so this is the
+        deviance's rounding noise as it is evaluated."""
+        rng = np.random.default_rng(0)
+        delta = 1e-12 * max(float(np.max(np.abs(G))), 1e-300)
+        diag = np.count_nonzero(G - np.diag(np.diag(G))) == 0
+        worst = 0.0
+        for _ in range(k):
+            E = rng.normal(size=G.shape)
+            E = np.diag(np.diag(E)) * (np.diag(G) > 0) if diag else E + E.T
+            vp, vm = self.value(G + delta * E), self.value(G - delta * E)
+            if np.isfinite(vp) and np.isfinite(vm):
+                worst = max(worst, 0.5 * abs(vp + vm - 2.0 * dev))
+        return worst
+
+
+# ---------------------------------------------------------------- σ² = 0: the outcome exact within units
+
+# The within-unit residual is zero when it is within the rounding of the cross-products it is made from:
+# y'y minus the projections, so a few ulps of y'y (measured: 0 to 0.9·eps·y'y for exact data, 56·eps·y'y
+# for an outcome constant within units up to noise of SD 1e-6, whose likelihood does have a maximum).
+EXACT_WITHIN_ULPS = 8.0
+
+
+def exact_within(rss_within: float, yy: float, outcome: str) -> str | None:
+    """The one-line refusal when the within-unit residual (within_unit_rss) is zero to the rounding of
+    y'y (the outcome's sum of squares it was computed from), else None."""
+    if rss_within > EXACT_WITHIN_ULPS * np.finfo(float).eps * abs(yy):
+        return None
+    return (f"{outcome} is an exact linear function of the level-1 predictors within every level-2 unit (no residual "
+            "variation within units), so σ² would be 0 and the likelihood has no maximum; check that the outcome is "
+            "not computed from the predictors, or make fixed the level-1 coefficients that vary between units")
+
+
+def within_unit_rss(ZZ: np.ndarray, ZB: np.ndarray, BB: np.ndarray, unit_weight: np.ndarray | None = None) -> float:
+    """min over γ and each unit's own b_j of Σ_j c_j‖y_j − B_jγ − Z_jb_j‖², the residual when every unit
+    has its own coefficients on its random columns Z and the other columns B = [… | y] (y last) have
+    common ones: from the per-unit cross-products ZZ (J,q,q), ZB = Z_j'[B_j | y_j] (J,q,m), and
+    BB = Σ_j c_j [B | y]'[B | y] (m,m), c_j = unit_weight (1 when None). Projecting Z_j out of each
+    unit, [B | y]'(I − Z_j(Z_j'Z_j)⁺Z_j')[B | y] summed is the normal equations' matrix of the
+    remaining regression, whose residual is s − c'A⁺c. When it is 0 the likelihood has no maximum:
+    σ² → 0 with τ taking up the units' exact coefficients sends it to +∞ (log|V| → −∞ while the
+    residual stays in the range of Z_jτZ_j')."""
+    J, q, _ = ZZ.shape
+    Zp = np.zeros_like(ZZ)
+    if J and q:
+        w, E = np.linalg.eigh(ZZ)
+        keep = w > OLS_RANK_TOL * np.maximum(w[:, -1:], 1e-300)
+        inv = np.where(keep, 1.0 / np.where(keep, w, 1.0), 0.0)
+        Zp = np.einsum("jak,jk,jbk->jab", E, inv, E)  # (Z_j'Z_j)⁺
+    c = np.ones(J) if unit_weight is None else np.asarray(unit_weight, float)
+    W = BB - np.einsum("j,jam,jab,jbn->mn", c, ZB, Zp, ZB)
+    W = 0.5 * (W + W.T)
+    A, b, s = W[:-1, :-1], W[:-1, -1], float(W[-1, -1])
+    if A.size:
+        coef = np.linalg.lstsq(A, b, rcond=1e-12)[0]
+        s -= float(b @ coef)
+    return max(s, 0.0)

@@ -20,6 +20,9 @@ RACY_NS old, so that any later write falls in a later tick (git's "racily clean"
 built archive is recorded at a later load). What a record cannot see is a change below the file system (a disk or memory
 error that leaves the metadata alone): `mdm info --verify` checks for those.
 
+On Windows, where st_ctime is the file's creation time (a write leaves it alone), no records are kept
+and every load hashes in full.
+
 The records live in the cache folder (cache.py: --cache-dir, $HLMCLI_CACHE_DIR or the platform's),
 one small JSON file per archive path under verified/. The command line says where (`configure`);
 without a folder (the Python API, or a cache folder that cannot be used) every load hashes in full.
@@ -37,6 +40,8 @@ from typing import Callable
 RECORD_FORMAT = "hlmcli-verified-1"
 RACY_NS = 2_000_000_000  # more than any file system's time resolution (FAT: 2 s)
 _now_ns = time.time_ns
+# on Windows st_ctime is the creation time, which a write does not change: no records there
+CTIME_CHANGES_ON_WRITE = os.name != "nt"
 _where: list = []  # [a callable giving the records' folder or None], set by the command line
 
 
@@ -47,7 +52,7 @@ def configure(folder: Callable[[], Path | None] | None) -> None:
 
 
 def _folder() -> Path | None:
-    if not _where:
+    if not _where or not CTIME_CHANGES_ON_WRITE:
         return None
     try:
         folder = _where[0]()

@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .equations import EquationSyntaxError, check_shape, parse_index, right_side_terms, split_star, unwrap
+from .lexer import (COEF_LETTERS, GREEK, RANDOM_LETTERS, EquationSyntaxError, check_shape, coefficient_letters,  # noqa: F401
+                    parse_index, random_letters, read_text, right_side_terms, split_star, unwrap)
+from .hlmfile import NO, key_values, level_equation, level_terms, whole
 from ..errors import ModelError
 from ..spec import coefficient_label, subscript
 
@@ -62,9 +64,6 @@ class Term3:
 
 # ---------------------------------------------------------------- the model of K levels
 
-COEF_LETTERS = "pbgd"  # the coefficients of the level-1, 2, 3, 4 equations
-GREEK = "πβγδ"
-RANDOM_LETTERS = "eruv"  # the random term at level 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -178,17 +177,6 @@ class VariablesLevels:
 
 # ---------------------------------------------------------------- notation, text and tokens
 
-def coefficient_letters(K: int) -> str:
-    """The ASCII letter of the coefficients on the right side of the level-1..K equations: HLM 7's
-    notation follows the number of levels alone (β/γ for two, π/β/γ for three, π/β/γ/δ for four)."""
-    return "bg" if K == 2 else COEF_LETTERS[:K]
-
-
-def random_letters(K: int) -> str:
-    """The random term of the level-1..K equations: r/u for two levels, e/r/u for three, e/r/u/v for four."""
-    return "ru" if K == 2 else RANDOM_LETTERS[:K]
-
-
 def n_subscripts(letter: str, K: int) -> int | None:
     """How many subscripts the letter carries in a K-level model (β: 1 at two levels, 2 at three)."""
     if letter in coefficient_letters(K):
@@ -200,7 +188,7 @@ def n_subscripts(letter: str, K: int) -> int | None:
 
 _REPLACE = {"×": "*", "·": "*", "⋅": "*", "∙": "*", "−": "-", "–": "-", "—": "-", "＝": "=",
             "π": "p", "Π": "p", "β": "b", "Β": "b", "γ": "g", "Γ": "g", "δ": "d", "Δ": "d", "ε": "e"}
-_TOKEN = re.compile(r"^([A-Za-z])(\d+(?:,\d+)*)?([ijkl]*)$", re.I)
+_TOKEN = re.compile(r"^([A-Za-z])(\d+(?:[,_]\d+)*)?([ijkl]*)$", re.I)  # g1,10 or g1_10
 _COEF_PAREN = re.compile(r"^([A-Za-z][0-9,]*[ijkl]*)\s*(\(.*)$", re.I)  # HLM's printed G001(MOBILITY)
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 # HLM's printed subscripts after a name (MATHijk, SESjkl, SECTORl), longest first
@@ -217,13 +205,13 @@ def _coef(token: str, text: str, K: int):
     """'b01' -> ('b', (0, 1)); 'g1,10,0' -> ('g', (1, 10, 0)); 'p10' -> ('p', (10,)) (π has one subscript,
     so its digits are one number); 'e' -> ('e', ()); None if not a coefficient."""
     m = _TOKEN.match(token.strip())
-    if not m:
-        return None
+    if not m or (m.group(3) and not "ijkl"[:K].lower().endswith(m.group(3).lower())):
+        return None  # HLM's printed subscripts are a tail of ijkl: β0j, π0jk, eijk
     letter, digits = m.group(1).lower(), m.group(2)
     if digits is None:
         return letter, ()
-    if "," in digits:
-        parts = digits.split(",")
+    if "," in digits or "_" in digits:
+        parts = re.split(r"[,_]", digits)
     else:
         parts = [digits] if n_subscripts(letter, K) == 1 else list(digits)
     return letter, tuple(parse_index(d, letter, text) for d in parts)
@@ -232,6 +220,12 @@ def _coef(token: str, text: str, K: int):
 def symbol(letter: str, idx) -> str:
     """The printed form: Greek letter and HLM 7's subscripts (commas once a subscript has two digits)."""
     return coefficient_label({c: GREEK[k] for k, c in enumerate(COEF_LETTERS)}.get(letter, letter), idx)
+
+
+def _shown(letter: str, idx, K: int) -> str:
+    """A coefficient as the messages name it: two-level models are typed in ASCII (b1, g01), so their
+    messages say b1 and g01; models of three and more levels are named as HLM3 and HLM4 print them."""
+    return letter + subscript(*idx) if K == 2 else symbol(letter, idx)
 
 
 def _split_coef(piece: str, pos: int, K: int):
@@ -251,18 +245,25 @@ def _resolve(name: str, level: int, variables: VariablesLevels, text: str) -> st
         hit = variables.lookup(c, level)
         if hit:
             return hit
+    files = getattr(variables, "files", None)
     for c in cands:
         other = variables.level_of(c)
         if other:
-            raise ModelError(f"in '{text.strip()}': {variables.lookup(c, other)} is a level-{other} variable, not usable "
-                             f"in a level-{level} equation; a level-{other} variable goes in a level-{other} equation "
-                             f"(-{other}), or mean() of it in a higher one")
+            hit = variables.lookup(c, other)
+            where = f" (in {files[other - 1]})" if files else ""
+            hint = f", or use mean({hit}) for its unit mean in a higher one" if other < level else ""
+            raise ModelError(f"in '{text.strip()}': {hit} is a level-{other} variable{where}, not usable in a level-{level} "
+                             f"equation; a level-{other} variable goes in a level-{other} equation (-{other}){hint}")
+    raise ModelError(f"in '{text.strip()}': unknown variable '{name}'{_closest(name, variables)}")
+
+
+def _closest(name: str, variables: VariablesLevels) -> str:
     import difflib
 
     pool = [n for names in variables.names for n in names]
     close = difflib.get_close_matches(name.upper(), [p.upper() for p in pool], n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; check the spelling against 'hlmcli mdm info'"
-    raise ModelError(f"in '{text.strip()}': unknown variable '{name}'{hint}")
+    shown = [f"{real} (level {variables.level_of(real)})" for real in (next(p for p in pool if p.upper() == c) for c in close)]
+    return f"; did you mean {', '.join(shown)}?" if shown else "; check the spelling against 'hlmcli mdm info'"
 
 
 def _mean_of(inner: str, level: int, variables: VariablesLevels, text: str, pos: int) -> Term3:
@@ -342,7 +343,7 @@ def _left_side(equation: str, text: str, lhs: str, level: int, variables: Variab
         d = coef.index(got[0]) + 2
         raise ModelError(f"in '{equation.strip()}': this defines {lhs_u}, a level-{d - 1} coefficient; pass it with -{d}")
     raise EquationSyntaxError(text, 0, f"a level-{level} equation must define a coefficient like "
-                              f"{symbol(coef[level - 2], (0,) * (level - 1))}, not '{lhs.strip()}'",
+                              f"{_shown(coef[level - 2], (0,) * (level - 1), K)}, not '{lhs.strip()}'",
                               "put the coefficient on the left")
 
 
@@ -356,7 +357,7 @@ def _not_this_level(text: str, pos: int, coef: str, c, level: int, key: tuple, K
         return EquationSyntaxError(text, pos, f"{coef} is the two-level form (HLM2's β at level 1)", uses)
     if c and c[0] in letters and c[0] != want and len(c[1]) == letters.index(c[0]) + 1:
         return EquationSyntaxError(text, pos, f"{coef} is a level-{letters.index(c[0]) + 1} coefficient", uses)
-    return EquationSyntaxError(text, pos, f"expected a coefficient like {symbol(want, key + (1,))}, found '{coef}'", uses)
+    return EquationSyntaxError(text, pos, f"expected a coefficient like {_shown(want, key + (1,), K)}, found '{coef}'", uses)
 
 
 def _right_side(equation: str, text: str, rhs: str, base: int, level: int, key, variables: VariablesLevels, K: int):
@@ -364,27 +365,29 @@ def _right_side(equation: str, text: str, rhs: str, base: int, level: int, key, 
     want, rand = coefficient_letters(K)[level - 1], random_letters(K)[level - 1]
     own = () if level == 1 else key
     residual = rand + subscript(*own)
+    word = "random effect" if K == 2 else "residual"
+    rands = (rand, "e") if K == 2 and level == 1 else (rand,)  # Y = b0 + r, or + e
     predictors: dict[int, Term3] = {}
     intercept = random = False
     for piece, pos in right_side_terms(text, rhs, base):
         coef, pred, ppos = _split_coef(piece, pos, K)
         c = _coef(coef, text, K)
         if random:
-            if c and c[0] == rand and pred is None:
-                raise EquationSyntaxError(text, pos, f"{coef} appears twice", "write the residual once")
-            raise EquationSyntaxError(text, pos, f"a term after the residual {residual}", f"put {residual} last")
-        if c and c[0] == rand and pred is None:
-            if level > 1 and c[1] != own:
-                raise EquationSyntaxError(text, pos, f"the residual of {symbol(coefficient_letters(K)[level - 2], own)} "
-                                          f"is {residual}, not {coef}", f"write {residual}")
+            if c and c[0] in rands and pred is None:
+                raise EquationSyntaxError(text, pos, f"{coef} appears twice", f"write the {word} once")
+            raise EquationSyntaxError(text, pos, f"a term after the {word} {residual}", f"put {residual} last")
+        if c and c[0] in rands and pred is None:
+            if c[1] != own:
+                of = f"level-1 {word}" if level == 1 else f"{word} of {_shown(coefficient_letters(K)[level - 2], own, K)}"
+                raise EquationSyntaxError(text, pos, f"the {of} is {residual}, not {coef}", f"write {residual}")
             random = True
             continue
         if not c or c[0] != want or len(c[1]) != level:
             raise _not_this_level(text, pos, coef, c, level, () if level == 1 else key, K)
         if level > 1 and c[1][:-1] != key:
-            raise EquationSyntaxError(text, pos, f"{coef} belongs to {symbol(coefficient_letters(K)[level - 2], c[1][:-1])}, "
-                                      f"but this equation defines {symbol(coefficient_letters(K)[level - 2], key)}",
-                                      f"write {symbol(want, key + (c[1][-1],))}")
+            raise EquationSyntaxError(text, pos, f"{coef} belongs to {_shown(coefficient_letters(K)[level - 2], c[1][:-1], K)}, "
+                                      f"but this equation defines {_shown(coefficient_letters(K)[level - 2], key, K)}",
+                                      f"write {_shown(want, key + (c[1][-1],), K)}")
         k = c[1][-1]
         if k == 0:
             if intercept:
@@ -417,11 +420,11 @@ def parse_equation(equation: str, level: int, variables: VariablesLevels, K: int
     base = len(lhs) + 1
     predictors, intercept, random = _right_side(equation, text, rhs, base, level, key, variables, K)
     if sorted(predictors) != list(range(1, len(predictors) + 1)):
-        name = lambda k: symbol(coef[level - 1], (() if level == 1 else key) + (k,))  # noqa: E731
+        name = lambda k: _shown(coef[level - 1], (() if level == 1 else key) + (k,), K)  # noqa: E731
         raise ModelError(f"in '{equation.strip()}': the coefficients are numbered {', '.join(map(name, sorted(predictors)))}, "
                          f"out of order; number them in turn from {name(1)}, without gaps")
     if level > 1 and not intercept and not predictors and not random:
-        raise EquationSyntaxError(text, base, f"the equation of {symbol(coef[level - 2], key)} has no terms",
+        raise EquationSyntaxError(text, base, f"the equation of {_shown(coef[level - 2], key, K)} has no terms",
                                   "add the intercept")
     if level == 1 and not intercept and not predictors:
         raise EquationSyntaxError(text, base, "the level-1 equation has no terms",
@@ -441,27 +444,27 @@ def _orphan(key: tuple, text: str, spec_eqs: tuple, intercept: bool, given: dict
     p, P = key[0], len(spec_eqs)
     if not (p < P and (p > 0 or intercept)):
         if len(key) == 1 and p == 0:
-            return ModelError(f"in '{text.strip()}': the level-1 equation has no intercept {symbol(coef[0], (0,))}, "
-                              f"so {symbol(coef[0], (0,))} has no equation; add it to the level-1 equation or drop this one")
+            return ModelError(f"in '{text.strip()}': the level-1 equation has no intercept {_shown(coef[0], (0,), K)}, "
+                              f"so {_shown(coef[0], (0,), K)} has no equation; add it to the level-1 equation or drop this one")
         if len(key) == 1:
-            return ModelError(f"in '{text.strip()}': {symbol(coef[0], key)} has no term in the level-1 equation (it has "
-                              f"{symbol(coef[0], (0,))}..{symbol(coef[0], (P - 1,))}); add {symbol(coef[0], key)}*NAME "
+            return ModelError(f"in '{text.strip()}': {_shown(coef[0], key, K)} has no term in the level-1 equation (it has "
+                              f"{_shown(coef[0], (0,), K)}..{_shown(coef[0], (P - 1,), K)}); add {_shown(coef[0], key, K)}*NAME "
                               "there or renumber")
-        return ModelError(f"in '{text.strip()}': {symbol(coef[len(key) - 1], key)} belongs to {symbol(coef[0], key[:1])}, "
-                          f"which is not in the level-1 equation; add {symbol(coef[0], key[:1])} there or drop this equation")
+        return ModelError(f"in '{text.strip()}': {_shown(coef[len(key) - 1], key, K)} belongs to {_shown(coef[0], key[:1], K)}, "
+                          f"which is not in the level-1 equation; add {_shown(coef[0], key[:1], K)} there or drop this equation")
     eq = spec_eqs[p]
     for i in range(1, len(key)):
         if key[i] not in eq.present():
             parent, missing = key[:i], key[:i + 1]
             shown = f"'{given[parent][3].strip()}'" if parent in given else \
-                f"the default {symbol(coef[i - 1], parent)} = {symbol(coef[i], parent + (0,))}"
-            what = symbol(coef[i], missing)
+                f"the default {_shown(coef[i - 1], parent, K)} = {_shown(coef[i], parent + (0,), K)}"
+            what = _shown(coef[i], missing, K)
             head = (f"{what} is not" if missing == key else
-                    f"{symbol(coef[len(key) - 1], key)} belongs to {what}, which is not")
-            return ModelError(f"in '{text.strip()}': {head} in the level-{i + 1} equation of {symbol(coef[i - 1], parent)} "
+                    f"{_shown(coef[len(key) - 1], key, K)} belongs to {what}, which is not")
+            return ModelError(f"in '{text.strip()}': {head} in the level-{i + 1} equation of {_shown(coef[i - 1], parent, K)} "
                               f"({shown}); add {what}*NAME there or drop this equation")
         eq = eq.terms[key[i]]
-    return ModelError(f"in '{text.strip()}': {symbol(coef[len(key) - 1], key)} is not a term of the equation one level "
+    return ModelError(f"in '{text.strip()}': {_shown(coef[len(key) - 1], key, K)} is not a term of the equation one level "
                       "down; add it there or drop this equation")
 
 
@@ -473,7 +476,7 @@ def _equations_by_coefficient(equations: list, variables: VariablesLevels, K: in
         for eq in equations[level - 1]:
             key, preds, icpt, rand = parse_equation(eq, level, variables, K)
             if key in given:
-                raise ModelError(f"in '{eq.strip()}': {symbol(coefficient_letters(K)[level - 2], key)} already has a "
+                raise ModelError(f"in '{eq.strip()}': {_shown(coefficient_letters(K)[level - 2], key, K)} already has a "
                                  f"level-{level} equation; give one equation per coefficient")
             given[key] = (preds, icpt, rand, eq)
     return given
@@ -514,9 +517,9 @@ def build_levels_spec(equations: list, variables: VariablesLevels, options: RunO
     for level in range(2, K + 1):
         if not spec.random(level):
             r, zeros = rand[level - 1], (0,) * (level - 1)
-            raise ModelError(f"nothing is random at level {level}: no {symbol(coef[level - 2], ())} is random at level "
+            raise ModelError(f"nothing is random at level {level}: no {_shown(coef[level - 2], (), K)} is random at level "
                              f"{level} (no {r} term in any level-{level} equation), so this is not a {K}-level model; add {r}{subscript(*zeros)} to the intercept's equation, e.g. "
-                             f"'{symbol(coef[level - 2], zeros)} = {symbol(coef[level - 1], zeros + (0,))} + "
+                             f"'{_shown(coef[level - 2], zeros, K)} = {_shown(coef[level - 1], zeros + (0,), K)} + "
                              f"{r}{subscript(*zeros)}'")
     return spec
 
@@ -573,141 +576,97 @@ def classify(lines: list[str]) -> tuple[str | None, list[str], list[str]]:
 
 # ---------------------------------------------------------------- HLM 7 command files (three levels)
 
-_YES, _NO = ("y", "yes", "true", "1"), ("n", "no", "false", "0", "none", "")
 _IGNORED = {"fixtau", "fixtau2", "fixtau3", "accel", "output", "graphgammas", "printvariance-covariance",
             "stopval", "hypoth", "fulloutput", "lev1ols", "resfiltype", "fishertype", "laplace", "lvr-beta"}
 _OFF = {"level1weight", "level2weight", "level3weight", "varianceknown", "constrain", "heterol1var",
         "level1deletion", "level2deletion", "level3deletion", "fixsigma2", "resfil1"}
 
 
-def _hlm_terms(rhs: str, where: str, intercept_name: str, level: int) -> tuple[list[str], bool, bool]:
-    rhs = rhs.strip()
-    if rhs.endswith("/"):
-        rhs = rhs[:-1]
-    tokens = [t.strip() for t in rhs.split("+") if t.strip()]
-    random = any(t.lower() == "random" for t in tokens)
-    intercept = any(t.upper() == intercept_name for t in tokens)
-    terms = []
-    for tok in tokens:
-        if tok.upper() == intercept_name or tok.lower() == "random":
-            continue
-        name, _, code = tok.partition(",")
-        code = code.strip()
-        if code == "1" and level < 3:
-            terms.append(f"group({name.strip()})")
-        elif code == "2":
-            terms.append(f"grand({name.strip()})")
-        elif code:
-            raise ModelError(f"{where}: centring code ',{code}' on {name.strip()} is not known at level {level}; "
-                             f"use {',1 (group mean) or ' if level < 3 else ''},2 (grand mean)")
-        else:
-            terms.append(name.strip())
-    return terms, intercept, random
-
-
 def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside: bool = False) -> LevelsSpec:
     """An HLM 7 HLM3 command file: level1:, then each level2: line followed by its level3: lines."""
-    from .equations import read_text
-
     path = Path(path)
-    text = read_text(path)
-    level1 = None
-    coef_names: list[str] = []
-    level2_eqs: list[str] = []
-    level3_eqs: list[str] = []
-    current = None  # (p, level-2 term names of that equation, next level-3 line index)
+    lines: dict = {"level1": None, "level2": [], "level3": []}
     opts: dict = {}
-    for line_no, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{path}: line {line_no}"
-        if ":" not in line:
-            raise ModelError(f"{where}: expected key:value, got '{line[:80]}'")
-        key, value = (s.strip() for s in line.split(":", 1))
-        key = key.lower()
-        if key == "level1":
-            if level1 is not None:
-                raise ModelError(f"{where}: a second level1: line; keep one")
-            if "=" not in value:
-                raise ModelError(f"{where}: level1 needs OUTCOME=INTRCPT1+...+RANDOM")
-            outcome, rhs = value.split("=", 1)
-            terms, icpt, _ = _hlm_terms(rhs, where, "INTRCPT1", 1)
-            coef_names = ["INTRCPT1"] + [re.sub(r"^(group|grand)\((.*)\)$", r"\2", t) for t in terms]
-            parts = (["p0"] if icpt else []) + [f"p{k}*{t}" for k, t in enumerate(terms, 1)]
-            level1 = f"{outcome.strip()} = " + " + ".join(parts + ["e"])
-        elif key == "level2":
-            if level1 is None:
-                raise ModelError(f"{where}: a level2: line before the level1: line; put level1: first")
-            coef, _, rhs = value.partition("=")
-            upper = [c.upper() for c in coef_names]
-            if coef.strip().upper() not in upper:
-                raise ModelError(f"{where}: level2 line for '{coef.strip()}', which is not a level-1 coefficient "
-                                 f"({', '.join(coef_names)})")
-            p = upper.index(coef.strip().upper())
-            terms, icpt, rand = _hlm_terms(rhs, where, "INTRCPT2", 2)
-            parts = ([f"b{p}0"] if icpt else []) + [f"b{p},{q}*{t}" for q, t in enumerate(terms, 1)] + ([f"r{p}"] if rand else [])
-            if not parts:
-                raise ModelError(f"{where}: the level2 line for {coef.strip()} has no terms; write {coef.strip()}=INTRCPT2/")
-            level2_eqs.append(f"p{p} = " + " + ".join(parts))
-            names = (["INTRCPT2"] if icpt else []) + [re.sub(r"^(group|grand)\((.*)\)$", r"\2", t) for t in terms]
-            current = (p, names, [0] * icpt + list(range(1, len(terms) + 1)))
-        elif key == "level3":
-            if current is None:
-                raise ModelError(f"{where}: a level3: line must follow the level2: line of its coefficient")
-            p, names, qs = current
-            coef, _, rhs = value.partition("=")
-            upper = [n.upper() for n in names]
-            if coef.strip().upper() not in upper:
-                raise ModelError(f"{where}: level3 line for '{coef.strip()}', which is not a term of the level2 line "
-                                 f"above it ({', '.join(names)})")
-            q = qs[upper.index(coef.strip().upper())]
-            terms, icpt, rand = _hlm_terms(rhs, where, "INTRCPT3", 3)
-            parts = ([f"g{p},{q},0"] if icpt else []) + [f"g{p},{q},{s}*{t}" for s, t in enumerate(terms, 1)] + (
-                [f"u{p},{q}"] if rand else [])
-            if not parts:
-                raise ModelError(f"{where}: the level3 line for {coef.strip()} has no terms; write {coef.strip()}=INTRCPT3/")
-            level3_eqs.append(f"b{p},{q} = " + " + ".join(parts))
-        elif key == "mlf":
-            # HLM3 estimates by full ML only; mlf:n cannot ask for REML (use --reml for that)
-            continue
-        elif key == "numit":
-            try:
-                opts["max_iterations"] = max(1, int(value))
-            except ValueError:
-                raise ModelError(f"{where}: numit must be a whole number, not '{value[:40]}'") from None
-        elif key == "title":
-            opts["title"] = None if value.lower() in ("", "no title") else value
-        elif key == "nonlin":
-            if value.lower() not in ("n", "no", "none", "linear"):
-                raise ModelError(f"{where}: nonlin:{value}: not read from a three-level command file yet; give the "
-                                 "outcome's family on the command line (--family, --trials, --exposure), which "
-                                 "fits it by PQL")
-        elif key in ("resfil2", "resfil3"):
-            if value.lower().startswith("y"):
-                opts[key] = True
-        elif key in ("resfil2name", "resfil3name"):
-            opts[key] = value
-        elif key in _IGNORED:
-            continue
-        elif key in _OFF:
-            if value.strip().lower() not in _NO and not (key == "fixsigma2" and value.strip() in ("-1", "")):
-                raise ModelError(f"{where}: '{key}:{value}' is not supported for three-level models yet; "
-                                 "remove the line or set it to none/n")
+    for where, key, value, _ in key_values(path, read_text(path)):
+        if key in ("level1", "level2", "level3"):
+            _hlm3_level_line(lines, key, value, where)
         else:
-            raise ModelError(f"{where}: the key '{key[:40]}' is not supported for three-level models; remove the line")
-    if level1 is None:
+            _hlm3_option(opts, key, value, where)
+    if lines["level1"] is None:
         raise ModelError(f"{path}: no level1: line; add one like level1:MATH=INTRCPT1+YEAR+RANDOM")
     from ..io.files import output_from_file
 
-    for lev in ("2", "3"):
-        if opts.get(f"resfil{lev}"):
-            name = opts.get(f"resfil{lev}name") or f"resfil{lev}.csv"
-            opts[f"residuals_l{lev}"] = str(output_from_file(path, name, f"resfil{lev}name", allow_outside))
-    residuals = (opts.get("residuals_l2"), opts.get("residuals_l3"))
+    residuals = tuple(str(output_from_file(path, opts.get(f"resfil{lev}name") or f"resfil{lev}.csv", f"resfil{lev}name",
+                                           allow_outside)) if opts.get(f"resfil{lev}") else None for lev in (2, 3))
     options = RunOptionsLevels(max_iterations=opts.get("max_iterations", 1000), title=opts.get("title"),
                                residuals=residuals if any(residuals) else ())
-    return build_spec3(level1, level2_eqs, level3_eqs, variables, options)
+    return build_spec3(lines["level1"], lines["level2"], lines["level3"], variables, options)
+
+
+def _hlm3_level_line(lines: dict, key: str, value: str, where: str) -> None:
+    """A level1:, level2: or level3: line of an HLM3 command file, as an equation in `lines`; a level3:
+    line belongs to the level2: line above it, whose terms it names (INTRCPT2 or a predictor)."""
+    if key == "level1":
+        if lines["level1"] is not None:
+            raise ModelError(f"{where}: a second level1: line; keep one")
+        if "=" not in value:
+            raise ModelError(f"{where}: level1 needs OUTCOME=INTRCPT1+...+RANDOM")
+        outcome, rhs = value.split("=", 1)
+        terms, names, icpt, _ = level_terms(rhs, where, 1, 3)
+        lines["names"] = ["INTRCPT1"] + names
+        lines["level1"] = level_equation(outcome.strip(), terms, icpt, False, 1, 3)
+        return
+    if key == "level2" and lines["level1"] is None:
+        raise ModelError(f"{where}: a level2: line before the level1: line; put level1: first")
+    if key == "level3" and "current" not in lines:
+        raise ModelError(f"{where}: a level3: line must follow the level2: line of its coefficient")
+    level = int(key[-1])
+    coef, _, rhs = (s.strip() for s in value.partition("="))
+    names = lines["names"] if level == 2 else lines["current"][1]
+    upper = [n.upper() for n in names]
+    if coef.upper() not in upper:
+        raise ModelError(f"{where}: {key} line for '{coef}', which is not " + (
+            f"a level-1 coefficient ({', '.join(names)})" if level == 2 else
+            f"a term of the level2 line above it ({', '.join(names)})"))
+    terms, term_names, icpt, rand = level_terms(rhs, where, level, 3)
+    if not (icpt or terms or rand):
+        raise ModelError(f"{where}: the {key} line for {coef} has no terms; write {coef}=INTRCPT{level}/")
+    if level == 2:
+        key_ = (upper.index(coef.upper()),)
+        lines["current"] = (key_[0], (["INTRCPT2"] if icpt else []) + term_names, [0] * icpt + list(range(1, len(terms) + 1)))
+    else:
+        p, _, qs = lines["current"]
+        key_ = (p, qs[upper.index(coef.upper())])
+    lines[key].append(level_equation(key_, terms, icpt, rand, level, 3))
+
+
+def _hlm3_option(opts: dict, key: str, value: str, where: str) -> None:
+    """One key:value line of an HLM3 command file other than its level lines; keys that would change the
+    model and that three-level fits do not read are refused by name."""
+    if key == "mlf":  # HLM3 estimates by full ML only; mlf:n cannot ask for REML (use --reml for that)
+        return
+    if key == "numit":
+        opts["max_iterations"] = max(1, whole(value, where, key))
+    elif key == "title":
+        opts["title"] = None if value.lower() in ("", "no title") else value
+    elif key == "nonlin":
+        if value.lower() not in ("n", "no", "none", "linear"):
+            raise ModelError(f"{where}: nonlin:{value}: not read from a three-level command file yet; give the "
+                             "outcome's family on the command line (--family, --trials, --exposure), which fits it "
+                             "by PQL")
+    elif key in ("resfil2", "resfil3"):
+        if value.lower().startswith("y"):
+            opts[key] = True
+    elif key in ("resfil2name", "resfil3name"):
+        opts[key] = value
+    elif key in _IGNORED:
+        return
+    elif key in _OFF:
+        if value.strip().lower() not in NO + ("none", "") and not (key == "fixsigma2" and value.strip() in ("-1", "")):
+            raise ModelError(f"{where}: '{key}:{value}' is not supported for three-level models yet; "
+                             "remove the line or set it to none/n")
+    else:
+        raise ModelError(f"{where}: the key '{key[:40]}' is not supported for three-level models; remove the line")
 
 
 def is_command_file(path, text: str) -> bool:
@@ -721,8 +680,6 @@ def spec_from_inputs_levels(equations: list, model_file: str | None, variables: 
     """One LevelsSpec of K = len(equations) levels from -1 ... -K, a model file of equations, printed
     output pasted into -1 (or several equations in it, split by ';'), or at three levels an HLM 7
     command file."""
-    from .equations import read_text
-
     K = len(equations)
     equations = [list(e) for e in equations]
     flags = "/".join(f"-{k}" for k in range(1, K + 1))

@@ -1,6 +1,7 @@
 """The text and JSON of a cross-classified fit, in HLM 7's HCM2 layout: the model, σ², the fixed
 effects (coefficient, standard error, t-ratio), τ of each grouping factor with its correlations, the
-deviance, and the certificate's one line (or what failed).
+deviance, and the certificate's one line (or what failed). The JSON document's schema is
+hlmcli/schema/crossed-1.json.
 
 HCM2 writes the between-cell model with θ for the fixed effects and b (row) and c (column) for the
 random effects; a model with other than two single-column factors has no HCM2 form, so the mixed
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.certificate import stopping_line
+from ..version import __version__
 
 _METHOD = {"REML": "restricted maximum likelihood", "ML": "full maximum likelihood"}
 
@@ -102,7 +104,8 @@ def to_json(res) -> dict:
     for factor, cols, J, tau, rank in zip(fit.factors, fit.columns, fit.n_groups, fit.taus, fit.certificate.ranks):
         factors.append({"name": factor, "groups": int(J), "random": list(cols),
                         "tau": [[_clean(v) for v in row] for row in tau], "rank": int(rank)})
-    return {"tool": "hlmcli", "schema": "crossed-1", "kind": "cross-classified linear", "title": res.title, "source": res.source, "formula": res.formula,
+    return {"tool": "hlmcli", "version": __version__, "schema": 1, "kind": "cross-classified linear",
+            "title": res.title, "source": res.source, "formula": res.formula,
             "outcome": d.outcome, "method": fit.method, "n": int(fit.n), "n_dropped": int(d.n_dropped),
             "factors": factors, "sigma2": _clean(fit.sigma2),
             "fixed_effects": [{"name": n, "theta": f"THETA{k}", "coefficient": _clean(g), "se": _clean(s),

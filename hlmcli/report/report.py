@@ -468,17 +468,15 @@ def df_value(df):
     return int(df) if df.is_integer() else df
 
 
-def fit_json(analysis, meta: dict) -> dict:
-    a = analysis
-    d, r, fx, vt = a.design, a.result, a.fixed, a.variance
-    names = d.spec.coefficient_names()
-    rand_q = [int(q) for q in a.stats.random]
-    df = a.satterthwaite if a.satterthwaite is not None else fx.df
-    fixed = []
+def _fixed_effects_json(a) -> list[dict]:
+    """One record per γ: its labels, the estimate, and the model-based and robust SE, t, d.f. and p."""
     from ..analysis.inference import two_sided_p
 
+    d, fx = a.design, a.fixed
+    df = a.satterthwaite if a.satterthwaite is not None else fx.df
     p = two_sided_p(fx.t, df)
     rp = two_sided_p(fx.robust_t, df)
+    fixed = []
     for k, f in enumerate(d.fixed):
         term = d.spec.level2[f.q].predictors[f.s - 1] if f.s else None
         fixed.append({
@@ -488,6 +486,16 @@ def fit_json(analysis, meta: dict) -> dict:
             "p": float(p[k]), "robust_se": float(fx.robust_se[k]), "robust_t": float(fx.robust_t[k]),
             "robust_p": float(rp[k]),
         })
+    return fixed
+
+
+def fit_json(analysis, meta: dict) -> dict:
+    """The JSON document of a two-level linear fit (schema 2, hlmcli/schema/fit-2.json)."""
+    a = analysis
+    d, r, fx, vt = a.design, a.result, a.fixed, a.variance
+    names = d.spec.coefficient_names()
+    rand_q = [int(q) for q in a.stats.random]
+    fixed = _fixed_effects_json(a)
     tau = r.tau
     sd = np.sqrt(np.clip(np.diag(tau), 0, None))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -586,11 +594,9 @@ def _small(x: float, floor: float) -> str:
     return f"below {floor:.0E}" if x < floor else f"{x:.1E}"
 
 
-def fit_text(analysis, meta: dict, sym: Symbols) -> str:
-    a = analysis
-    d, r, fx, vt = a.design, a.result, a.fixed, a.variance
-    names = d.spec.coefficient_names()
-    rand_q = [int(q) for q in a.stats.random]
+def _run_lines(a, meta: dict, sym: Symbols) -> list[str]:
+    """The warning when not certified, the run's specifications and the model, as HLM 7 prints them."""
+    d, r = a.design, a.result
     out: list[str] = []
     w = out.append
     if not r.converged:
@@ -624,25 +630,17 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {d.n} ({d.n_deleted} deleted"
           + (f", {d.units_deleted} units left with no records" if d.units_deleted else "") + ")")
-    if "full_output" in a.extras:
-        out += full_output_text(a.extras["full_output"], sym)
-    w("")
-    w(f"Final Results - Iteration {r.iterations}")
-    w("")
-    out += certificate_text(r, sym, full="full_output" in a.extras)
-    for note in r.boundary:
-        w(note)
-    w("")
-    w(f" {sym.sigma2} = {r.sigma2:12.5f}")
-    if a.se_sigma2 is not None:
-        w("")
-        w(f" Standard error of {sym.sigma2} = {a.se_sigma2:12.5f}")
-    out += tau_lines(sym, names, rand_q, r.tau, a.se_tau, vt.reliability)
-    w("")
-    w(f"The value of the log-likelihood function at iteration {r.iterations} = {hlm_e(-r.deviance / 2)}")
-    df = a.satterthwaite if a.satterthwaite is not None else fx.df
+    return out
+
+
+def _fixed_effect_lines(a, sym: Symbols) -> list[str]:
+    """The fixed effects, with model-based and then robust standard errors."""
     from ..analysis.inference import two_sided_p
 
+    d, fx = a.design, a.fixed
+    df = a.satterthwaite if a.satterthwaite is not None else fx.df
+    out: list[str] = []
+    w = out.append
     for robust in (False, True):
         w("")
         w("Final estimation of fixed effects" + ("" if not robust else ""))
@@ -665,18 +663,63 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
                          df_text(df[k]), hlm_p(p[k])])
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                           rows, [30, 12, 14, 9, 12, 8])
-    w("")
-    w("Final estimation of variance components")
+    return out
+
+
+def _variance_component_lines(a, sym: Symbols) -> list[str]:
+    """The variance components with their χ² tests, then level 1's."""
+    d, r, vt = a.design, a.result, a.variance
+    out = ["", "Final estimation of variance components"]
     rows = []
     sd = np.sqrt(np.clip(np.diag(r.tau), 0, None))
-    for k, q in enumerate(rand_q):
+    for k, q in enumerate(int(q) for q in a.stats.random):
         rows.append([random_label(d, q, sym), f"{sd[k]:.5f}", f"{r.tau[k, k]:.5f}", df_text(vt.df[k]),
                      f"{vt.chi2[k]:.5f}", hlm_p(vt.p[k])])
     rows.append(["level-1, r", f"{math.sqrt(r.sigma2):.5f}", f"{r.sigma2:.5f}", "", "", ""])
     out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
                       rows, [26, 18, 18, 6, 12, 8])
     if vt.n_sufficient < d.n_units:
-        w(f"Note: the {sym.chi2} statistics are based on {vt.n_sufficient} of {d.n_units} units with sufficient data.")
+        out.append(f"Note: the {sym.chi2} statistics are based on {vt.n_sufficient} of {d.n_units} units with "
+                   "sufficient data.")
+    return out
+
+
+def _r_call_lines(a, meta: dict) -> list[str]:
+    """The same model in R: lmer's formula and its notes."""
+    formula, notes = lme4_formula(a.design.spec, meta.get("id_name", "ID"))
+    if getattr(a, "weights", None) is not None:
+        # lmer's weights= are precision weights, not sampling weights, and this fit is pseudo-ML whatever
+        # the spec asked for (pipeline.analyse_stats): "lmer(..., REML = TRUE)" would name another fit
+        notes = notes[:-1] + ["lmer has no sampling weights (its weights= are precision weights): lmer(..., REML = FALSE) "
+                              "gives the unweighted fit; the pseudo-likelihood fit in R is WeMix::mix"]
+    return ["", "The same model in R (lme4)", f" {formula}"] + [f"   {note}" for note in notes]
+
+
+def fit_text(analysis, meta: dict, sym: Symbols) -> str:
+    """What `hlmcli fit` prints for a two-level linear fit: HLM 7's tables."""
+    a = analysis
+    r = a.result
+    out = _run_lines(a, meta, sym)
+    w = out.append
+    if "full_output" in a.extras:
+        out += full_output_text(a.extras["full_output"], sym)
+    w("")
+    w(f"Final Results - Iteration {r.iterations}")
+    w("")
+    out += certificate_text(r, sym, full="full_output" in a.extras)
+    for note in r.boundary:
+        w(note)
+    w("")
+    w(f" {sym.sigma2} = {r.sigma2:12.5f}")
+    if a.se_sigma2 is not None:
+        w("")
+        w(f" Standard error of {sym.sigma2} = {a.se_sigma2:12.5f}")
+    names = a.design.spec.coefficient_names()
+    out += tau_lines(sym, names, [int(q) for q in a.stats.random], r.tau, a.se_tau, a.variance.reliability)
+    w("")
+    w(f"The value of the log-likelihood function at iteration {r.iterations} = {hlm_e(-r.deviance / 2)}")
+    out += _fixed_effect_lines(a, sym)
+    out += _variance_component_lines(a, sym)
     w("")
     w("Statistics for the current model")
     w(f" Deviance                       = {r.deviance:.6f}")
@@ -686,17 +729,7 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     if getattr(a, "weights", None) is not None:
         w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     out += extras_text(a.extras, sym)
-    formula, notes = lme4_formula(d.spec, meta.get("id_name", "ID"))
-    if getattr(a, "weights", None) is not None:
-        # lmer's weights= are precision weights, not sampling weights, and this fit is pseudo-ML whatever
-        # the spec asked for (pipeline.analyse_stats): "lmer(..., REML = TRUE)" would name another fit
-        notes = notes[:-1] + ["lmer has no sampling weights (its weights= are precision weights): lmer(..., REML = FALSE) "
-                              "gives the unweighted fit; the pseudo-likelihood fit in R is WeMix::mix"]
-    w("")
-    w("The same model in R (lme4)")
-    w(f" {formula}")
-    for note in notes:
-        w(f"   {note}")
+    out += _r_call_lines(a, meta)
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 

@@ -29,6 +29,51 @@ def combined_json(analyses: list, meta: dict, source: str, full_output: bool, la
     return with_terms(out)
 
 
+def _combined_fixed_lines(c: dict, d, sym, weighted: bool) -> list[str]:
+    """The combined fixed effects (plausible.combine's tables), model-based then robust, with each γ's FMI."""
+    out: list[str] = []
+    w = out.append
+    for kind in ("fixed_effects", "fixed_effects_robust"):
+        w("")
+        w("Final estimation of fixed effects, combined over the fits")
+        if kind.endswith("robust"):
+            w("(with robust standard errors)")
+            if weighted:
+                w("(sandwich clustered on level-2 units: the standard errors to report with sampling weights)")
+        rows = []
+        prev = None
+        for row, f in zip(c[kind], d.fixed):
+            if f.q != prev:
+                rows.append([f"For {hlm_name(f.coefficient)}"])
+                prev = f.q
+            rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{row['estimate']:.6f}", f"{row['se']:.6f}",
+                         f"{row['t']:.3f}", f"{row['df']:.2f}", hlm_p(row['p']), f"{row['fmi']:.3f}"])
+        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
+                          rows, [30, 12, 14, 9, 12, 8, 6])
+    return out
+
+
+def _d1_test_lines(tests: list, notes: bool = True) -> list[str]:
+    """The D1 test of each hypothesis combined over the fits (plausible.combined_tests); `notes`: with the
+    notes on the robust-only tests of weighted fits and on D1's reference."""
+    out: list[str] = []
+    w = out.append
+    for h in tests or []:
+        w("")
+        w(f"Results of General Linear Hypothesis Testing, combined over the fits: {h['label']}")
+        for kind, title in (("model", "model-based"), ("robust", "robust")):
+            r = h[kind]
+            if r is None:
+                continue
+            df2 = "infinite" if r["df2"] is None else f"{r['df2']:.2f}"
+            w(f" {title:>12}: D1 F statistic = {r['F']:.6f}, d.f. = {r['df1']}, {df2}, p-value = {hlm_p(r['p'])}")
+        if notes and h["model"] is None:
+            w(" (sampling weights: the test uses the robust covariance only)")
+    if notes and tests:
+        w(" (D1: Li, Raghunathan & Rubin 1991, F reference with their d.f., as mitml::testModels)")
+    return out
+
+
 def combined_text(analyses: list, meta: dict, sym, source: str, full_output: bool, labels=None, tests=None) -> str:
     """HLM-style text of combined two-level fits; each fit's own text after it with --full-output."""
     a0 = analyses[0]
@@ -62,23 +107,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
     lw = max(len(x) for x in labels) if labels else 0
     for k, lab in enumerate(labels):
         w(f"{lab:>{lw}} " + " ".join(f"{v:13.5f}" for v in c["tau"][k]))
-    for kind in ("fixed_effects", "fixed_effects_robust"):
-        w("")
-        w("Final estimation of fixed effects, combined over the fits")
-        if kind.endswith("robust"):
-            w("(with robust standard errors)")
-            if a0.weights is not None:
-                w("(sandwich clustered on level-2 units: the standard errors to report with sampling weights)")
-        rows = []
-        prev = None
-        for row, f in zip(c[kind], d.fixed):
-            if f.q != prev:
-                rows.append([f"For {hlm_name(f.coefficient)}"])
-                prev = f.q
-            rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{row['estimate']:.6f}", f"{row['se']:.6f}",
-                         f"{row['t']:.3f}", f"{row['df']:.2f}", hlm_p(row['p']), f"{row['fmi']:.3f}"])
-        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
-                          rows, [30, 12, 14, 9, 12, 8, 6])
+    out += _combined_fixed_lines(c, a0.design, sym, a0.weights is not None)
     w("(d.f.: Barnard-Rubin, from HLM's approx. d.f.; FMI: fraction of missing information)")
     w("")
     w("Final estimation of variance components (average over the fits)")
@@ -91,19 +120,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
     w("")
     w(f" Deviance (average over the fits) = {c['deviance']:.6f}")
     w(f" Number of estimated parameters   = {c['n_params']}")
-    for h in tests or []:
-        w("")
-        w(f"Results of General Linear Hypothesis Testing, combined over the fits: {h['label']}")
-        for kind, title in (("model", "model-based"), ("robust", "robust")):
-            r = h[kind]
-            if r is None:
-                continue
-            df2 = "infinite" if r["df2"] is None else f"{r['df2']:.2f}"
-            w(f" {title:>12}: D1 F statistic = {r['F']:.6f}, d.f. = {r['df1']}, {df2}, p-value = {hlm_p(r['p'])}")
-        if h["model"] is None:
-            w(" (sampling weights: the test uses the robust covariance only)")
-    if tests:
-        w(" (D1: Li, Raghunathan & Rubin 1991, F reference with their d.f., as mitml::testModels)")
+    out += _d1_test_lines(tests or [])
     text = "\n".join(line.rstrip() for line in out) + "\n"
     if full_output:
         for m, a in enumerate(analyses, start=1):
@@ -145,15 +162,7 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     w(" Combining rule: " + RULE)
     w("")
     w(f" {sym_sigma2} (average over the fits) = {doc['sigma2']:12.5f}")
-    for level, (tau, rel) in enumerate(zip(doc["taus"], doc["reliabilities"]), start=2):
-        if not tau:
-            continue
-        labels = _random_labels(doc["fits"][0], level)
-        w("")
-        w(f" Level-{level} tau (average over the fits)")
-        lw = max(len(x) for x in labels)
-        for k, lab in enumerate(labels):
-            w(f"{lab:>{lw}} " + " ".join(f"{v:13.5f}" for v in tau[k]) + f"   reliability {rel[k]:.3f}")
+    out += _level_tau_lines(doc)
     for kind in ("fixed_effects", "fixed_effects_robust"):
         w("")
         w("Final estimation of fixed effects, combined over the fits")
@@ -168,19 +177,25 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     w("")
     w(f" {'Pseudo-deviance' if doc['weights'] else 'Deviance'} (average over the fits) = {doc['deviance']:.6f}")
     w(f" Number of estimated parameters   = {doc['n_params']}")
-    for h in doc.get("hypothesis_tests") or []:
-        w("")
-        w(f"Results of General Linear Hypothesis Testing, combined over the fits: {h['label']}")
-        for kind, title in (("model", "model-based"), ("robust", "robust")):
-            r = h[kind]
-            if r is None:
-                continue
-            df2 = "infinite" if r["df2"] is None else f"{r['df2']:.2f}"
-            w(f" {title:>12}: D1 F statistic = {r['F']:.6f}, d.f. = {r['df1']}, {df2}, p-value = {hlm_p(r['p'])}")
+    out += _d1_test_lines(doc.get("hypothesis_tests") or [], notes=False)
     text = "\n".join(printable(line.rstrip()) for line in out) + "\n"
     for m, t in enumerate(fit_texts or [], start=1):
         text += f"\n{'=' * 78}\nFit {m} of {doc['combining']['m']}: {doc['combining']['outcomes'][m - 1]}\n{'=' * 78}\n" + t
     return text
+
+
+def _level_tau_lines(doc: dict) -> list[str]:
+    """Each level's τ averaged over the fits, with the averaged reliabilities (a K-level combined document)."""
+    out: list[str] = []
+    for level, (tau, rel) in enumerate(zip(doc["taus"], doc["reliabilities"]), start=2):
+        if not tau:
+            continue
+        labels = _random_labels(doc["fits"][0], level)
+        out += ["", f" Level-{level} tau (average over the fits)"]
+        lw = max(len(x) for x in labels)
+        for k, lab in enumerate(labels):
+            out.append(f"{lab:>{lw}} " + " ".join(f"{v:13.5f}" for v in tau[k]) + f"   reliability {rel[k]:.3f}")
+    return out
 
 
 def _random_labels(fit_doc: dict, level: int) -> list[str]:

@@ -171,7 +171,24 @@ def fixed_json(a: HGLMAnalysis, gamma, cov, rcov, df) -> list[dict]:
     return out
 
 
+def _pql_json(a: HGLMAnalysis) -> dict:
+    """A PQL fit's own keys: its iterations, the fixed-point check, and the population-average model."""
+    out = {"macro_iterations": a.pql.macro_iterations, "micro_iterations": a.pql.micro_iterations,
+           "fixed_point": a.pql.check.to_json() if a.pql.check is not None else {"checked": False, "passed": False,
+                                                                                 "failed": list(a.pql.failed)}}
+    if a.pql.pa_gamma is not None:
+        out["population_average"] = {
+            "definition": "GEE with the linearised marginal working covariance σ²W⁻¹ + ZτZ', τ and σ² held at the "
+                          "unit-specific PQL estimates (Raudenbush & Bryk 2002, ch. 10)",
+            "iterations": a.pql.pa_iterations,
+            "fixed_effects": fixed_json(a, a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov, a.df)}
+    elif a.pql.pa_failed:
+        out["population_average"] = {"error": a.pql.pa_failed}
+    return out
+
+
 def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
+    """The HGLM JSON document (schema 2, hlmcli/schema/fit-2.json)."""
     d, opts = a.design, a.spec.options
     names = a.spec.coefficient_names()
     rand_q = [int(q) for q in np.flatnonzero(d.random)]
@@ -216,18 +233,7 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         "centering_means": d.centering_means,
     }
     if a.pql is not None:
-        out["macro_iterations"] = a.pql.macro_iterations
-        out["micro_iterations"] = a.pql.micro_iterations
-        out["fixed_point"] = a.pql.check.to_json() if a.pql.check is not None else {"checked": False, "passed": False,
-                                                                                   "failed": list(a.pql.failed)}
-        if a.pql.pa_gamma is not None:
-            out["population_average"] = {
-                "definition": "GEE with the linearised marginal working covariance σ²W⁻¹ + ZτZ', τ and σ² held at the "
-                              "unit-specific PQL estimates (Raudenbush & Bryk 2002, ch. 10)",
-                "iterations": a.pql.pa_iterations,
-                "fixed_effects": fixed_json(a, a.pql.pa_gamma, a.pql.pa_cov, a.pql.pa_robust_cov, a.df)}
-        elif a.pql.pa_failed:
-            out["population_average"] = {"error": a.pql.pa_failed}
+        out.update(_pql_json(a))
     out["certificate"] = a.ml.certificate.to_json() if a.ml is not None else None
     if a.ml is not None:
         if a.ml.quadrature is not None:

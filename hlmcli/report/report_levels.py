@@ -307,42 +307,40 @@ def _run_middle(design, fit, meta: dict, sym, summary: list[str], certificate: l
 
 # ---------------------------------------------------------------- text
 
-def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
-    spec = design.spec
-    out = _run_header(fit, meta, 3, [design.n, design.n2, design.n3], spec.options.max_iterations)
-    out += _run_middle(design, fit, meta, sym, model_summary3(spec, sym), certificate_text3(fit, sym))
-    w = out.append
+def _matrix_lines(title: str, labels: list[str], m, fmt: str) -> list[str]:
+    """A τ matrix as HLM prints it: a title, then one labelled row per random coefficient."""
+    lw = max(len(x) for x in labels)
+    return ["", title] + [f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]) for k, lab in enumerate(labels)]
+
+
+def _tau_blocks3(spec: LevelsSpec, fit, sym: Symbols3) -> list[str]:
+    """τπ and τβ, as covariances and (with more than one effect) correlations, each with its reliabilities."""
     rp, rb = _random_pis(spec), _random_betas(spec)
-
-    def matrix(title, labels, m, fmt):
-        lw = max(len(x) for x in labels)
-        w("")
-        w(title)
-        for k, lab in enumerate(labels):
-            w(f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]))
-
-    lab_pi = [f"{hlm_name(spec.coefficient_names()[p])},{sym.p(p)}" for p in rp]
-    matrix(f" {sym.tau_pi}", lab_pi, fit.tau_pi, "{:13.5f}")
+    names = spec.coefficient_names()
+    lab_pi = [f"{hlm_name(names[p])},{sym.p(p)}" for p in rp]
+    out = _matrix_lines(f" {sym.tau_pi}", lab_pi, fit.tau_pi, "{:13.5f}")
     if len(rp) > 1:
-        matrix(f" {sym.tau_pi} (as correlations)", lab_pi, _corr(fit.tau_pi), "{:7.3f}")
-    w("")
+        out += _matrix_lines(f" {sym.tau_pi} (as correlations)", lab_pi, _corr(fit.tau_pi), "{:7.3f}")
+    out.append("")
     rows = [[_pi_label(spec, p, sym), f"{fit.reliability_pi[k]:.3f}"] for k, p in enumerate(rp)]
     out += text_table(["Random level-1 coefficient", "Reliability estimate"], rows, [28, 22])
-    lab_b = [f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.term_names((p,))[q])},{sym.b(p, q)}" for p, q in rb]
-    matrix(f" {sym.tau_beta}", lab_b, fit.tau_beta, "{:13.5f}")
+    lab_b = [f"{hlm_name(names[p])}/{hlm_name(spec.term_names((p,))[q])},{sym.b(p, q)}" for p, q in rb]
+    out += _matrix_lines(f" {sym.tau_beta}", lab_b, fit.tau_beta, "{:13.5f}")
     if len(rb) > 1:
-        matrix(f" {sym.tau_beta} (as correlations)", lab_b, _corr(fit.tau_beta), "{:7.3f}")
-    w("")
+        out += _matrix_lines(f" {sym.tau_beta} (as correlations)", lab_b, _corr(fit.tau_beta), "{:7.3f}")
+    out.append("")
     rows = [[_beta_label(spec, p, q, sym), f"{fit.reliability_beta[k]:.3f}"] for k, (p, q) in enumerate(rb)]
-    out += text_table(["Random level-2 coefficient", "Reliability estimate"], rows, [28, 22])
-    w("")
-    w(f"The value of the log-likelihood function at iteration {fit.iterations} = {hlm_e(-fit.deviance / 2)}")
+    return out + text_table(["Random level-2 coefficient", "Reliability estimate"], rows, [28, 22])
+
+
+def _fixed_effects3(spec: LevelsSpec, fit, sym: Symbols3) -> list[str]:
+    """The γ table with model-based, then robust standard errors, grouped by π and β as HLM3 prints it."""
+    out: list[str] = []
     gammas = spec.fixed()
     for robust in (False, True):
-        w("")
-        w("Final estimation of fixed effects")
+        out += ["", "Final estimation of fixed effects"]
         if robust:
-            w("(with robust standard errors, clustered on level-3 units)")
+            out.append("(with robust standard errors, clustered on level-3 units)")
         out += df_note(fit)
         se = np.sqrt(np.diag(fit.cov_gamma_robust if robust else fit.cov_gamma))
         t = fit.gamma / se
@@ -357,49 +355,59 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
             rows.append([f"      {hlm_name(level3)}, {sym.g(p, q, s)}", f"{fit.gamma[k]:.6f}", f"{se[k]:.6f}",
                          f"{t[k]:.3f}", df_text(fit.df_gamma[k]), hlm_p(pv[k])])
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
-                      rows, [30, 12, 14, 9, 12, 8])
-    w("")
-    w("Final estimation of level-1 and level-2 variance components")
+                          rows, [30, 12, 14, 9, 12, 8])
+    return out
+
+
+def _components3(design, fit, sym: Symbols3) -> list[str]:
+    """The level-1/level-2 and the level-3 variance components with their χ² tests."""
+    spec = design.spec
+    head = ["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"]
+    out = ["", "Final estimation of level-1 and level-2 variance components"]
     sd = np.sqrt(np.clip(np.diag(fit.tau_pi), 0, None))
     rows = []
-    for k, p in enumerate(rp):
+    for k, p in enumerate(_random_pis(spec)):
         c = fit.chi2_pi[k]
         rows.append([_pi_label(spec, p, sym, sym.r), f"{sd[k]:.5f}", f"{fit.tau_pi[k, k]:.5f}", df_text(c["df"]),
                      f"{c['chi2']:.5f}", hlm_p(c["p"])])
     rows.append([f"level-1, {sym.e}", f"{math.sqrt(fit.sigma2):.5f}", f"{fit.sigma2:.5f}", "", "", ""])
-    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
-                  rows, [26, 18, 18, 6, 12, 8])
-    n_units = {c.get("n_units") for c in fit.chi2_pi}
-    if n_units and max(n_units) is not None and min(n_units) < design.n2:
-        w(f"Note: the {sym.chi2} statistics are based on {min(n_units)} of {design.n2} level-2 units with sufficient data.")
-    w("")
-    w("Final estimation of level-3 variance components")
+    out += text_table(head, rows, [26, 18, 18, 6, 12, 8])
+    out += _chi2_note(fit.chi2_pi, design.n2, 2, sym)
+    out += ["", "Final estimation of level-3 variance components"]
     sd = np.sqrt(np.clip(np.diag(fit.tau_beta), 0, None))
     rows = []
-    for k, (p, q) in enumerate(rb):
+    for k, (p, q) in enumerate(_random_betas(spec)):
         c = fit.chi2_beta[k]
         rows.append([_beta_label(spec, p, q, sym, sym.u), f"{sd[k]:.5f}", f"{fit.tau_beta[k, k]:.5f}", df_text(c["df"]),
                      f"{c['chi2']:.5f}", hlm_p(c["p"])])
-    out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
-                  rows, [30, 18, 18, 6, 12, 8])
-    n_units = {c.get("n_units") for c in fit.chi2_beta}
-    if n_units and max(n_units) is not None and min(n_units) < design.n3:
-        w(f"Note: the {sym.chi2} statistics are based on {min(n_units)} of {design.n3} level-3 units with sufficient data.")
-    w("")
-    w("Statistics for the current model")
-    w(f" Deviance                       = {fit.deviance:.6f}")
-    w(f" Number of estimated parameters = {fit.n_params}")
+    out += text_table(head, rows, [30, 18, 18, 6, 12, 8])
+    return out + _chi2_note(fit.chi2_beta, design.n3, 3, sym)
+
+
+def _chi2_note(chi2: list, n: int, level: int, sym: Symbols3) -> list[str]:
+    n_units = {c.get("n_units") for c in chi2}
+    if n_units and max(n_units) is not None and min(n_units) < n:
+        return [f"Note: the {sym.chi2} statistics are based on {min(n_units)} of {n} level-{level} units with sufficient data."]
+    return []
+
+
+def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
+    spec = design.spec
+    out = _run_header(fit, meta, 3, [design.n, design.n2, design.n3], spec.options.max_iterations)
+    out += _run_middle(design, fit, meta, sym, model_summary3(spec, sym), certificate_text3(fit, sym))
+    out += _tau_blocks3(spec, fit, sym)
+    out += ["", f"The value of the log-likelihood function at iteration {fit.iterations} = {hlm_e(-fit.deviance / 2)}"]
+    out += _fixed_effects3(spec, fit, sym)
+    out += _components3(design, fit, sym)
+    out += ["", "Statistics for the current model", f" Deviance                       = {fit.deviance:.6f}",
+            f" Number of estimated parameters = {fit.n_params}"]
     if meta.get("weights"):
-        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
+        out.append(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     formula, notes = lme4_formula3(spec, meta.get("id2", "ID2"), meta.get("id3", "ID3"), _diagonal_at(fit) or False)
-    w("")
-    w("The same model in R (lme4)")
-    w(f" {formula}")
-    for note in notes:
-        w(f"   {note}")
+    out += ["", "The same model in R (lme4)", f" {formula}"] + [f"   {note}" for note in notes]
     if meta.get("weights"):
-        w("   lmer has no sampling weights (its weights= are precision weights); the pseudo-likelihood fit in R "
-          "is WeMix::mix")
+        out.append("   lmer has no sampling weights (its weights= are precision weights); the pseudo-likelihood fit in R "
+                   "is WeMix::mix")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 

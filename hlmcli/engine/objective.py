@@ -1,0 +1,85 @@
+"""What the search (search.py) and the certificate (certificate.py) ask of a model: one protocol.
+
+A linear mixed model of any number of levels has one relative covariance block per level above the
+first, Gℓ = τℓ/σ² (PSD, or non-negative diagonal for a diagonal τℓ). With γ and σ² profiled out, the
+(RE)ML deviance is a function d(G2, …, GK) of those blocks alone, and the search and the certificate
+only ever need three things from it at a point Gs = (G2, …, GK):
+
+- `value(Gs)`: d(Gs), or +inf where the model cannot be evaluated (X'V⁻¹X singular, rss ≤ 0);
+- `at(Gs, factors=None)`: (d, Γs) with Γℓ = ∂d/∂Gℓ in the symmetric convention
+  d(Gs + E) ≈ d(Gs) + Σℓ tr(ΓℓEℓ), the blocks' shapes; `factors`, when given, are Λℓ with ΛℓΛℓ' = Gℓ
+  (the L-BFGS-B search over Λ has them) and the model solves at those instead of re-factoring Gs,
+  which would only change the rounding; (+inf, zeros) where value is +inf;
+- `noise(Gs)`: how far rounding can move d at Gs (deviance units), so that no decrease smaller than
+  the model's own precision is asked for or claimed (search.tol_decrement, certificate.check_precision).
+
+The chain rule then gives everything else: ∂d/∂Λℓ = 2ΓℓΛℓ for the search, the gradient on a face of
+the PSD cone from Γ (certificate.Face), its Hessian by central differences of that gradient.
+
+Implementations: the two-level profiled deviance (unitsolve.ProfiledDeviance, one block) and the
+nested deviance (nested.NestedDeviance, a block per level 2..K); a family plugs in as another
+objective over the same blocks. A one-block objective may also be written over the bare matrix G
+(HGLM's Laplace deviance, unitsolve.ProfiledDeviance); `OneBlock` lifts it to the tuple form.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class DevianceObjective(Protocol):
+    """The profiled deviance over a tuple of PSD blocks (module docstring)."""
+
+    def value(self, Gs) -> float: ...
+
+    def at(self, Gs, factors=None) -> tuple[float, tuple]: ...
+
+    def noise(self, Gs) -> float: ...
+
+
+class OneBlock:
+    """A DevianceObjective over 1-tuples (G,) from an objective written over the bare matrix G."""
+
+    def __init__(self, objective):
+        self.objective = objective
+
+    def value(self, Gs) -> float:
+        return self.objective.value(Gs[0])
+
+    def at(self, Gs, factors=None):
+        dev, Gamma = self.objective.at(Gs[0]) if factors is None else self.objective.at(Gs[0], factors[0])
+        return dev, (Gamma,)
+
+    def noise(self, Gs) -> float:
+        return self.objective.noise(Gs[0])
+
+
+def one_block(point) -> np.ndarray:
+    """G from a one-block point given either as (G,) or as G itself."""
+    return point[0] if isinstance(point, tuple) else point
+
+
+def like(point, G):
+    """G in the form `point` was given in: (G,) for a tuple, G for a matrix."""
+    return (G,) if isinstance(point, tuple) else G
+
+
+class SolveCache:
+    """The last few solves of an objective, keyed on the exact bits of the factors they were made at:
+    the search asks for the value, the gradient and the rounding noise at the same point, and the
+    certificate again where the search ended."""
+
+    def __init__(self, size: int = 4):
+        self.size, self.entries = size, []
+
+    def get(self, lams, solve):
+        """The solve at factors `lams` (an array or a tuple of them), from `solve(lams)` when not kept."""
+        key = tuple(np.asarray(lam, float).tobytes() for lam in (lams if isinstance(lams, tuple) else (lams,)))
+        for k, us in self.entries:
+            if k == key:
+                return us
+        us = solve(lams)
+        self.entries = [(key, us)] + self.entries[:self.size - 1]
+        return us

@@ -1,0 +1,61 @@
+"""One equation parser for any number of levels: the notation follows the number of levels (β/γ with r/u
+for two, π/β/γ with e/r/u for three, π/β/γ/δ with e/r/u/v for four), subscripts follow HLM 7's comma
+rule, and HLM2 and HLM3 command files are read through the same level lines. Expected values are the
+models as written by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from hlmcli.errors import ModelError
+from hlmcli.language.equations import Level2Equation, Term, Variables, build_spec
+from hlmcli.language.equations_levels import VariablesLevels, build_levels_spec, build_spec3
+from hlmcli.language.hlmfile import level_equation, level_terms
+from hlmcli.spec import coefficient_label, gamma_label
+
+X = tuple(f"X{k}" for k in range(1, 12))
+V2 = Variables(("Y",) + X, ("W",))
+V3 = VariablesLevels((("Y",) + X, ("W",), ("Z",)))
+V4 = VariablesLevels((("Y",) + X, ("W",), ("Z",), ("S",)))
+
+
+def _level1(letter: str, n: int, residual: str) -> str:
+    return f"Y = {letter}0 + " + " + ".join(f"{letter}{k}*X{k}" for k in range(1, n + 1)) + f" + {residual}"
+
+
+def test_ten_level1_predictors_at_every_number_of_levels():
+    # π10 has one subscript, so its digits are one number (the four-level parser read p10 as π1,0)
+    two = build_spec(_level1("b", 11, "r"), ["b10 = g10,0 + g10,1*W + u10"], V2)
+    assert len(two.level1) == 11 and two.level2[10] == Level2Equation((Term("W"),), True)
+    three = build_spec3(_level1("p", 11, "e"), ["p10 = b10,0 + r10"], [], V3)
+    assert three.equation((10,)).random and [i for i, _ in three.random(2)] == [(0,), (10,)]
+    four = build_levels_spec([[_level1("π", 11, "e")], ["π10 = β10,0 + r10"], [], []], V4)
+    assert [i for i, _ in four.random(2)] == [(0,), (10,)] and len(four.fixed()) == 12
+
+
+def test_notation_follows_the_number_of_levels():
+    with pytest.raises(ModelError, match="two-level form"):
+        build_spec3("Y = b0 + e", [], [], V3)
+    with pytest.raises(ModelError, match="g00 is a level-2 coefficient"):
+        build_spec("Y = b0 + g00 + r", [], V2)
+    with pytest.raises(ModelError, match="nothing is random at level 4"):
+        build_levels_spec([["Y = p0 + e"], [], [], ["g000 = d0000"]], V4)
+    # HLM's printed subscripts are a tail of ijkl for the model's levels
+    assert build_spec("Yij = β0j + rij", [], V2) == build_spec("Y = b0 + r", [], V2)
+    with pytest.raises(ModelError):
+        build_spec("Y = b0jj + r", [], V2)
+
+
+def test_one_label_function_with_hlm7_comma_rule():
+    assert gamma_label(1, 10) == "γ1,10" and gamma_label(11, 0, "g") == "g11,0" and gamma_label(1, 2) == "γ12"
+    assert coefficient_label("δ", (0, 0, 10, 1)) == "δ0,0,10,1" and coefficient_label("u", (0, 1)) == "u01"
+
+
+def test_hlm_level_lines_are_equations_in_the_notation_of_their_levels():
+    terms, names, intercept, random = level_terms("INTRCPT2+W,2+random/", "m.hlm: line 3", 2, 3)
+    assert (terms, names, intercept, random) == (["grand(W)"], ["W"], True, True)
+    assert level_equation((1,), terms, intercept, random, 2, 3) == "p1 = b1,0 + b1,1*grand(W) + r1"
+    assert level_equation((1,), terms, intercept, random, 2, 2) == "b1 = g1,0 + g1,1*grand(W) + u1"
+    assert level_equation("Y", ["group(X1)"], True, False, 1, 2) == "Y = b0 + b1*group(X1) + r"
+    with pytest.raises(ModelError, match="',1' on W is not known at level 2"):
+        level_terms("INTRCPT2+W,1", "m.hlm: line 3", 2, 2)
