@@ -58,9 +58,11 @@ save <- function(name, value) {
   doc <- c(header, value)
   writeLines(toJSON(doc, digits = NA, auto_unbox = TRUE, pretty = TRUE), file.path(out_dir, paste0(name, ".json")))
 }
-header <- list(source = "lme4::glmer (Laplace, bobyqa rhoend 1e-10, tolPwrss 1e-10), glmmTMB (Laplace) and a PQL loop around nlme::lme (sigma fixed at 1, ML), R",
-            R = R.version.string, lme4 = as.character(packageVersion("lme4")),
-            glmmTMB = as.character(packageVersion("glmmTMB")), nlme = as.character(packageVersion("nlme")))
+header <- list(source = paste0(if (pql_only) "" else "lme4::glmer (Laplace, bobyqa rhoend 1e-10, tolPwrss 1e-10), glmmTMB (Laplace) and ",
+                               "a PQL loop around nlme::lme (sigma fixed at 1, ML), R",
+                               if (pql_only) " (HGLM3_PQL_ONLY=1: glmer and glmmTMB not run)" else ""),
+               R = R.version.string, lme4_version = as.character(packageVersion("lme4")),
+               glmmTMB_version = as.character(packageVersion("glmmTMB")), nlme_version = as.character(packageVersion("nlme")))
 
 # ---- guImmun: Bernoulli, random intercepts for mothers and communities
 if ("guimmun" %in% which) {
