@@ -1,8 +1,9 @@
 """Three-level HGLM by PQL (engine/nested_glmm.py, analysis/hglm_levels.py), as a user runs it, against
-R: the Breslow-Clayton loop around nlme::lme with σ² fixed at 1 and ML, run to max|Δη| < 1e-12
+R: the Breslow-Clayton loop around nlme::lme with σ² fixed at 1 and ML, run to max|Δη| < 1e-10
 (tests/reference_scripts/hglm3_references.R; glmmPQL itself cannot fix σ² and stops loosely), on lme4's
-grouseticks (Poisson), mlmRev's Mmmec (Poisson with exposure, a random slope across nations) and
-mlmRev's guImmun (Bernoulli)."""
+grouseticks (Poisson). The script also writes mlmRev's Mmmec and guImmun; their references are not
+committed yet (lme does not converge on Mmmec's random slope across nine nations; guImmun's loop did
+not finish here)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ import pytest
 from conftest import DATA, hlmcli
 
 H3 = DATA / "hglm3"
-REF = {name: json.loads((H3 / f"{name}.json").read_text()) for name in ("grouseticks", "mmmec", "guimmun")
-       if (H3 / f"{name}.json").exists()}
+REF = {"grouseticks": json.loads((H3 / "grouseticks.json").read_text())}
 
 GROUSE = [*(H3 / f"grouse_l{k}.csv" for k in (1, 2, 3)), "--id2", "BROOD", "--id3", "LOCATION",
           "-1", "TICKS = p0", "-2", "p0 = b00 + b01*YEAR96 + b02*YEAR97 + r0",
@@ -85,28 +85,6 @@ def test_pql_grouseticks_as_typed(tmp_path):
         assert line in text, line
     assert f"{f['estimate']:.6f}" in text and f"{np.exp(f['estimate']):.6f}" in text
     assert "eijk" not in text  # no level-1 residual in an HGLM's level-1 model
-
-
-@pytest.mark.slow
-def test_pql_mmmec_exposure_and_random_slope():
-    """Poisson with exposure (log EXPECTED the offset), a random UVB slope across nations correlated with
-    the intercept, and a random intercept across regions."""
-    proc = hlmcli("fit", *MMMEC, "--format", "json")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    pql_matches(doc, "mmmec")
-    assert doc["hglm"]["exposure"] == "EXPECTED"
-
-
-@pytest.mark.slow
-def test_pql_guimmun_bernoulli():
-    """Children in mothers in communities (2159, 1595, 161): sixteen fixed effects, random intercepts at
-    levels 2 and 3; the odds ratios in the JSON."""
-    proc = hlmcli("fit", *GUIMMUN, "--format", "json")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    pql_matches(doc, "guimmun")
-    assert all(f["odds_ratio"] == pytest.approx(np.exp(f["estimate"])) for f in doc["fixed_effects"])
 
 
 def test_refusals_in_one_line():
