@@ -332,8 +332,8 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
     iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
     HLM3 and HLM4. At three levels the equations are also read in HLM3's forms, and the report is HLM3's.
-    `formula_equations`: the command line's --formula as equations (levels_load.spec3)."""
-    from .data.levels_load import spec3, spec_levels
+    `formula_equations`: the command line's --formula as equations (levels_load.spec_levels)."""
+    from .data.levels_load import spec_levels
 
     K = archive.n_levels
     equations = [list(e) for e in equations] + [[] for _ in range(K - len(equations))]
@@ -341,14 +341,9 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
         raise ModelError(f"equations for level {K + 1} given, but the data have {K} levels")
     residuals = residuals or {}
     reml = fit.method == Method.REML if fit.method is not None else None
-    if K == 3:
-        spec = spec3(archive, equations[0][0] if equations[0] else None, equations[1], equations[2], model_file,
-                     reml, title=title, max_iterations=fit.max_iterations, residuals_l2=residuals.get(2),
-                     residuals_l3=residuals.get(3), allow_outside=allow_outside,
-                     formula_equations=formula_equations)
-    else:
-        spec = spec_levels(archive, equations[:K], model_file, reml, title=title, max_iterations=fit.max_iterations,
-                           residuals=[residuals.get(k) for k in range(2, K + 1)])
+    spec = spec_levels(archive, equations[:K], model_file, reml, title=title, max_iterations=fit.max_iterations,
+                       residuals=[residuals.get(k) for k in range(2, K + 1)], allow_outside=allow_outside,
+                       formula_equations=formula_equations)
     if fit.method == Method.ML and spec.method != "ML":
         spec = replace(spec, options=replace(spec.options, method="ML"))
     return spec

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import ModelError
-from ..data.levels_load import LevelsUsage, archive_n_levels, load3, load_levels, spec3, spec_levels, summarised_level1
+from ..data.levels_load import LevelsUsage, archive_n_levels, load3, load_levels, spec_levels, summarised_level1
 from ..spec import Engine
 from .options import formula_equations
 
@@ -46,8 +46,9 @@ def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, 
 
     _refuse_family(3)
     archive, _ = load3(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
-    spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"),
-                 allow_outside=bool(more.get("allow_outside")), formula_equations=formula_equations)
+    equations = [[level1] if level1 else [], list(level2), list(more.get("level3") or ())]
+    spec = spec_levels(archive, equations, model_file, more.get("reml"), allow_outside=bool(more.get("allow_outside")),
+                       formula_equations=formula_equations)
     lines = model_summary3(spec, Symbols3(use_ascii(ascii_only)))
     formula, notes = lme4_formula3(spec, *archive.id_names)
     method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"

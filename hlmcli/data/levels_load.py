@@ -54,34 +54,6 @@ def load3(data, build_opts: dict, cache_dir, warn):
     return archive, ", ".join(Path(p).name for p in data)
 
 
-def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_iterations=None,
-          residuals_l2=None, residuals_l3=None, allow_outside=False, formula_equations=None):
-    """The spec of a three-level model. `formula_equations(variables, level1, level2, level3)`: the command
-    line's --formula as equations and τ's structure (cli.options.formula_equations), when there is one."""
-    from dataclasses import replace
-
-    from .design_levels import variables_of
-    from ..language.equations_levels import RunOptionsLevels, spec3_from_inputs
-
-    variables = variables_of(archive)
-    formula_tau = None
-    if formula_equations is not None:
-        level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
-    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptionsLevels(),
-                             allow_outside)
-    changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations)) if v is not None}
-    if residuals_l2 is not None or residuals_l3 is not None:
-        given = spec.options.residuals + (None,) * (2 - len(spec.options.residuals))
-        changes["residuals"] = (residuals_l2 or given[0], residuals_l3 or given[1])
-    if reml:
-        changes["method"] = "REML"
-    if formula_tau:  # (x || g) at every level: a diagonal τ, as --tau diagonal
-        from ..spec import TauStructure
-
-        changes["tau"] = TauStructure.DIAGONAL
-    return replace(spec, options=replace(spec.options, **changes)) if changes else spec
-
-
 def archive_n_levels(path) -> int:
     from ..io.archive import peek_levels
 
@@ -133,14 +105,39 @@ def load_levels(data, build_opts: dict, cache_dir, warn):
     return archive, ", ".join(Path(p).name for p in data)
 
 
-def spec_levels(archive, equations, model_file, reml, title=None, max_iterations=None, residuals=()):
+def spec_levels(archive, equations, model_file, reml, title=None, max_iterations=None, residuals=(),
+                allow_outside=False, formula_equations=None):
+    """The spec of a model of the archive's K levels (three or four) from its equations (one list per
+    level), a model file, or at three levels an HLM 7 command file; ML unless `reml`. `residuals`: the
+    residual files of levels 2..K given on the command line (they win over a command file's).
+    `formula_equations(variables, level1, level2, level3)`: the command line's --formula as equations
+    and τ's structure (cli.options.formula_equations), when there is one (three levels)."""
+    from dataclasses import replace
+
     from .design_levels import variables_of
     from ..language.equations_levels import RunOptionsLevels, spec_from_inputs_levels
 
     K = archive.n_levels
-    options = RunOptionsLevels(method="REML" if reml else "ML", max_iterations=max_iterations or 1000, title=title,
-                               residuals=tuple(residuals) + (None,) * (K - 1 - len(residuals)))
-    return spec_from_inputs_levels(list(equations), model_file, variables_of(archive), options)
+    variables = variables_of(archive)
+    equations = [list(e) for e in equations] + [[] for _ in range(K - len(equations))]
+    formula_tau = None
+    if formula_equations is not None and K == 3:
+        level1, level2, level3, formula_tau = formula_equations(variables, equations[0][0] if equations[0] else None,
+                                                                equations[1], equations[2])
+        equations = [[level1] if level1 else [], list(level2), list(level3)]
+    spec = spec_from_inputs_levels(equations, model_file, variables, RunOptionsLevels(), allow_outside)
+    changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations)) if v is not None}
+    residuals = tuple(residuals) + (None,) * (K - 1 - len(residuals))
+    if any(residuals):
+        given = spec.options.residuals + (None,) * (K - 1 - len(spec.options.residuals))
+        changes["residuals"] = tuple(r or g for r, g in zip(residuals, given))
+    if reml:
+        changes["method"] = "REML"
+    if formula_tau:  # (x || g) at every level: a diagonal τ, as --tau diagonal
+        from ..spec import TauStructure
+
+        changes["tau"] = TauStructure.DIAGONAL
+    return replace(spec, options=replace(spec.options, **changes)) if changes else spec
 
 
 def summarised_level1(archive, spec, l1, warn):

@@ -206,7 +206,7 @@ def _level3_units3(t1, t2, t3, options: BuildOptions3, id3_in3: str, keep3, inf_
         ids3, l3_values, _ = _collapse(t3, ids3, keep3, 3, options.id3)
     else:
         l3_values = np.vstack([numeric_column(t3, c) for c in keep3]) if keep3 else np.empty((0, len(ids3)))
-        refuse_infinite(t3, keep3, l3_values, False, warn, inf_notes)
+        refuse_infinite(t3, keep3, l3_values, False, warn, inf_notes, level=3)
         _refuse_repeated_ids(t3, id3_in3, ids3, 3)
     return ids3, kind3, l3_values
 
@@ -236,7 +236,7 @@ def _level2_units3(t1, t2, t3, options: BuildOptions3, id_columns, keep2, pos3, 
         ids2, l2_values, _ = _collapse(t2, ids2, keep2, 2, options.id2)
     else:
         l2_values = np.vstack([numeric_column(t2, c) for c in keep2]) if keep2 else np.empty((0, len(ids2)))
-        refuse_infinite(t2, keep2, l2_values, False, warn, inf_notes)
+        refuse_infinite(t2, keep2, l2_values, False, warn, inf_notes, level=2)
         _refuse_repeated_ids(t2, id2_in2, ids2, 2)
     no_parent = [u for u in ids2 if u not in parent]
     if no_parent:  # only possible when the link comes from the level-1 file
@@ -404,7 +404,7 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
         kinds.append(kind)
         _refuse_repeated_ids(t, col, ids, level)
         vals = np.vstack([numeric_column(t, c) for c in keeps[level - 1]]) if keeps[level - 1] else np.empty((0, len(ids)))
-        refuse_infinite(t, keeps[level - 1], vals, False, warn, inf_notes)
+        refuse_infinite(t, keeps[level - 1], vals, False, warn, inf_notes, level)
         if level < K:
             up_name = options.ids[level - 1]
             up_col = find_column(t, up_name, f"level-{level + 1} unit id (each level-{level} unit's level-{level + 1} unit)")
