@@ -358,7 +358,8 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     if fit.family is not None and fit.family != FamilyName.NORMAL:  # three-level HGLM (capabilities.check
         from .analysis.hglm_levels import analyse_hglm_levels  # refused four levels)
 
-        analysis = analyse_hglm_levels(spec, archive, fit)
+        design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
+        analysis = LevelsAnalysis(spec, design, nested, hglm=hglm)
         analysis.extras = levels_extras(analysis, fit.tests)
         return analysis
     if spec.n_levels == 3:  # HLM3's names

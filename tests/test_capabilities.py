@@ -802,7 +802,7 @@ def check_hglm3_formats(tmp_path):
     assert proc.returncode == 0, proc.stderr
     tidy = pd.read_csv(pd.io.common.StringIO(proc.stdout))
     ref = hglm3_json()["fixed_effects"][0]["estimate"]
-    assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-12)
+    assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-9)  # 10 digits printed
 
 
 def check_hglm3_test(tmp_path):

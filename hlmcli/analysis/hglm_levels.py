@@ -65,12 +65,12 @@ def check_options_levels(fit) -> None:
 
 
 def analyse_hglm_levels(spec, archive, fit):
-    """The PQL fit of a three-level HGLM as a LevelsAnalysis (its `hglm` attribute an HGLMLevels)."""
+    """The PQL fit of a three-level HGLM: (its design, the NestedFit the report reads, HGLMLevels), which
+    api.analyse_levels makes a LevelsAnalysis of."""
     from ..data.design_levels import design3
     from ..engine.family import family as get_family
     from ..engine.nested import as_levels
     from ..engine.nested_glmm import LevelsGLMData, pql_levels
-    from ..levels_results import LevelsAnalysis
     from .identifiability import check_three_level
 
     check_options_levels(fit)
@@ -98,7 +98,5 @@ def analyse_hglm_levels(spec, archive, fit):
                      message=message, n_params=res.fit.n_params)
     if not res.converged and res.fit.certificate.certified:
         nested.certificate = replace(res.fit.certificate, certified=False, failed=list(res.failed))
-    analysis = LevelsAnalysis(spec, design, nested)
-    analysis.hglm = HGLMLevels(fam.name, fam.link, "pql", reml, bool(fit.overdispersion), res.sigma2,
-                               res.macro_iterations, res.check, fit.trials, fit.exposure, list(res.failed))
-    return analysis
+    return design, nested, HGLMLevels(fam.name, fam.link, "pql", reml, bool(fit.overdispersion), res.sigma2,
+                                      res.macro_iterations, res.check, fit.trials, fit.exposure, list(res.failed))

@@ -10,8 +10,9 @@ import numpy as np
 
 from ..version import __version__
 from .report import df_text, hlm_name, hlm_p, printable, text_table
-from .report_levels import (Symbols3, _beta_label, _corr, _pi_label, _random_betas, _random_pis, _two_sided_p,
-                            certificate_text3, fit_json3, lme4_formula3, model_summary3, structure_notes)
+from .report_levels import (Symbols3, beta_label as _beta_label, certificate_text3, correlation as _corr, fit_json3,
+                            lme4_formula3, model_summary3, pi_label as _pi_label, random_betas as _random_betas,
+                            random_pis as _random_pis, structure_notes, two_sided_p as _two_sided_p)
 
 
 def estimation_line(h) -> str:
