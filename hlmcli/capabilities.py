@@ -212,6 +212,16 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
             raise ModelError(f"--estimation {est}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: a three-level "
                              "HGLM is fitted by PQL here; Laplace and adaptive quadrature over nested random effects "
                              "(a joint mode per level-3 unit) are not built yet")
+        # options the three-level PQL loop would not use: refused, never ignored
+        for name, value, why in (
+                ("quadrature-points", fit.quadrature_points, "it is for --estimation agq, and a three-level HGLM is "
+                 "fitted by PQL"),
+                ("separation", fit.separation, "the three-level PQL fit has no search for separating predictors (a "
+                 "separated predictor stops PQL with its reason)"),
+                ("link", fit.link, "it chooses the cumulative link of --family ordinal at two levels; a three-level "
+                 "HGLM uses its family's canonical link, as HLM3")):
+            if value is not None:
+                raise ModelError(f"--{name}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: {why}; drop --{name}")
         return
     given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
                                       ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),
