@@ -87,6 +87,9 @@ def check_model_options(given: set[str], *, family: str, estimation: str | None,
         if "--link" in given and family == "ordinal" and estimation not in ("laplace", "agq"):
             _refuse(f"--link is for --estimation laplace or agq (HLM 7's PQL fits the logit link only), and this fit "
                     f"is {estimation or 'pql'}; give --estimation laplace or agq, or drop --link")
+        if "--separation" in given and family == "ordinal":
+            _refuse("--separation is for binary, binomial and count outcomes (their separation search); the ordinal "
+                    "fit has none, so drop --separation")
         if "--exposure" in given and family != "poisson":
             _refuse(f"--exposure is the exposure of --family poisson, and this model is {family}; drop --exposure")
         if "--overdispersion" in given and family in ("bernoulli", "ordinal"):
