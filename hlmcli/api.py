@@ -283,6 +283,9 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
                                         drop_unmatched=drop_unmatched, file_format=file_format,
                                         delimiter=delimiter, cache_dir=cache_dir, warn=say)
     spec = model_spec(archive, level1_eq, level2_eqs, model, options, title=title)
+    if link is not None and spec.options.family != "ordinal":  # the other families' links are canonical
+        raise ModelError(f"link='{link}' chooses the cumulative link of family='ordinal', and this model is "
+                         f"{spec.options.family} (whose link is its canonical one, as in HLM 7); drop link")
     check_capabilities(spec, options, OutputOptions(title=title))
     analysis = analyse_model(spec, archive, options, level1_eq)
     meta = {"data_source": source, "title": spec.options.title, "id_name": archive.level1_id,
