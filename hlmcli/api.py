@@ -355,6 +355,13 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     summarised engine (design_levels.Level1Moments), None for the archive's records."""
     from .levels_results import LevelsAnalysis, levels_extras
 
+    if fit.family is not None and fit.family != FamilyName.NORMAL:  # three-level HGLM (capabilities.check
+        from .analysis.hglm_levels import analyse_hglm_levels  # refused four levels)
+
+        design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
+        analysis = LevelsAnalysis(spec, design, nested, hglm=hglm)
+        analysis.extras = levels_extras(analysis, fit.tests)
+        return analysis
     if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3
         from .analysis.identifiability import check_three_level
@@ -406,7 +413,7 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     files of each level, or read), the spec, capabilities.check, the fit and its `Results`."""
     from .capabilities import check as check_capabilities
     from .analysis.engines_levels import load_summarised
-    from .data.levels_load import archive_n_levels, load3, load_levels, summarised_level1
+    from .data.levels_load import archive_n_levels, load_levels, summarised_level1
 
     files = [f for f in (level1, level2, level3, level4) if f is not None]
     if any(isinstance(f, pd.DataFrame) for f in files):
@@ -427,12 +434,8 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
         if missing == "now":  # before any data are read
             refuse_summarised("missing_now", 3 if three else len(files), options.engine)
         archive, source, level1_file = load_summarised(files, build, options, say, 3 if three else len(files))
-    elif three:
-        keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched",
-                 "file_format", "delimiter")
-        archive, source = load3(files, {k: build[k] for k in keys3}, cache_dir, say)
     else:
-        archive, source = load_levels(files, build, cache_dir, say)
+        archive, source = load_levels(files, build, cache_dir, say, 3 if three else None)
     level1_eq, level2_eqs, level3_eqs, level4_eqs = equations
     as_list = lambda e: [e] if isinstance(e, str) else list(e or ())  # noqa: E731
     eqs = [[level1_eq] if level1_eq else [], as_list(level2_eqs), as_list(level3_eqs), as_list(level4_eqs)]

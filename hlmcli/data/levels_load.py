@@ -32,28 +32,6 @@ def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatc
                          keep3=split_names(l3_vars), missing=missing, drop_unmatched=drop_unmatched)
 
 
-def load3(data, build_opts: dict, cache_dir, warn):
-    from ..io.archive import load_archive
-    from ..io.cache import cached_archive
-    from ..io.readers import normalise_delimiter
-
-    if len(data) == 1:
-        from ..io.archive import changed_sources
-
-        archive = load_archive(data[0], 3)
-        for changed in changed_sources(archive):
-            warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
-        return archive, Path(data[0]).name
-    if "-" in data:
-        raise click.UsageError("standard input ('-') cannot be one of the three data files; give their paths")
-    opts = dict(build_opts)
-    fmt, delimiter = opts.pop("file_format", None), opts.pop("delimiter", None)
-    options = options3(**opts)
-    archive, _ = cached_archive(data, options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
-                                cache_dir=cache_dir, warn=warn)
-    return archive, ", ".join(Path(p).name for p in data)
-
-
 def archive_n_levels(path) -> int:
     from ..io.archive import peek_levels
 
@@ -78,27 +56,39 @@ def ids_and_keeps(build_opts: dict, K: int):
     return ids, keeps
 
 
-def load_levels(data, build_opts: dict, cache_dir, warn):
+_KEYS3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched")
+
+
+def load_levels(data, build_opts: dict, cache_dir, warn, n_levels: int | None = None):
+    """The archive of a model of three or four levels and the text naming its source: one archive read
+    (`n_levels`: the number of levels the caller needs; None: the archive's), or one file per level built
+    through the cache. Three levels have their own build (level files may share a file) and HLM3's
+    option messages (options3); four and more, build_options_levels."""
     from ..io.archive import changed_sources
     from ..io.archive import load_archive
     from ..io.cache import cached_archive
     from ..io.readers import normalise_delimiter
 
     if len(data) == 1:
-        archive = load_archive(data[0], archive_n_levels(data[0]))
+        archive = load_archive(data[0], n_levels or archive_n_levels(data[0]))
         for changed in changed_sources(archive):
             warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
         return archive, Path(data[0]).name
-    if "-" in data:
-        raise click.UsageError("standard input ('-') cannot be one of the data files; give their paths")
     K = len(data)
-    if K > 4:
-        raise click.UsageError(f"{K} data files: hlmcli fits models of up to four levels (one file per level)")
-    if build_opts.get("id_") or build_opts.get("id1"):
-        raise click.UsageError(f"{K} data files make a {K}-level model, which takes --id2 ... --id{K}, not --id or --id1")
-    ids, keeps = ids_and_keeps(build_opts, K)
-    options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
-                                   build_opts.get("drop_unmatched", False), K)
+    if "-" in data:
+        raise click.UsageError(f"standard input ('-') cannot be one of the {'three ' if K == 3 else ''}data files; "
+                               "give their paths")
+    if K == 3:
+        options = options3(**{k: build_opts.get(k) for k in _KEYS3})
+    else:
+        if K > 4:
+            raise click.UsageError(f"{K} data files: hlmcli fits models of up to four levels (one file per level)")
+        if build_opts.get("id_") or build_opts.get("id1"):
+            raise click.UsageError(f"{K} data files make a {K}-level model, which takes --id2 ... --id{K}, not --id or "
+                                   "--id1")
+        ids, keeps = ids_and_keeps(build_opts, K)
+        options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
+                                       build_opts.get("drop_unmatched", False), K)
     archive, _ = cached_archive(data, options, fmt=build_opts.get("file_format"),
                                 delimiter=normalise_delimiter(build_opts.get("delimiter")), cache_dir=cache_dir,
                                 warn=warn)
