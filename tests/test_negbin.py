@@ -120,3 +120,98 @@ def test_kernel_is_the_nb2_log_likelihood():
     values = lambda ev: (ev[0], ev[1], -ev[2])  # ℓ, ℓ_η, ℓ_ηη
     for v, hi, lo in zip((dl, -W, -k3), values(up), values(down)):  # each the η derivative of the last
         np.testing.assert_allclose(v, (hi - lo) / (2 * h), rtol=1e-6)
+
+
+def test_agq_deviance_is_the_integral():
+    """The AGQ deviance (15 points) at a fixed (γ, θ, τ) equals −2 Σ_j log ∫ Π_i NB(y_ij | μ_ij(u)) φ(u; 0, τ) du
+    computed by scipy's adaptive quadrature per unit, to 1e-6: an independent reference for AGQ."""
+    from scipy.integrate import quad
+    from scipy.special import gammaln
+
+    data = CASES["salamanders"]()
+    x = np.array([-1.45, 2.25, np.log(0.64)])
+    lam = np.array([[0.52]])
+    dev = data.conditional(15).deviance(x, lam)
+    th, tau = 0.64, 0.52 ** 2
+    y = data.y
+    eta0 = data.eta(x, None)
+    total = 0.0
+    for j in range(data.J):
+        sl = slice(data.offs[j], data.offs[j + 1])
+        yj, ej = y[sl], eta0[sl]
+        c = np.sum(gammaln(yj + th) - gammaln(th) - gammaln(yj + 1) + th * np.log(th))
+
+        def log_f(u):
+            return c + np.sum(yj * (ej + u) - (yj + th) * np.logaddexp(np.log(th), ej + u)) - u * u / (2 * tau)
+
+        shift = max((log_f(u) for u in np.linspace(-4, 4, 161)))
+        val, _ = quad(lambda u: np.exp(log_f(u) - shift), -np.inf, np.inf, epsabs=0, epsrel=1e-12, limit=200)
+        total += shift + np.log(val) - 0.5 * np.log(2 * np.pi * tau)
+    assert dev == pytest.approx(-2 * total, abs=1e-6)
+
+
+# ---------------------------------------------------------------- the CLI, as a user types it
+
+OWLS = [DATA / "owls_l1.csv", DATA / "owls_l2.csv", "--id", "nest", "-1", "negotiation = b0 + b1*food",
+        "-2", "b0 = g00 + u0", "-2", "b1 = g10", "--family", "negbinomial", "--exposure", "broodsize"]
+
+
+def test_cli_json_and_text(tmp_path):
+    """One Laplace fit (Owls, with exposure): the JSON validates against the schema and matches glmmTMB,
+    with θ; the text names the distribution, θ, and the certificate's parameters γ, θ and τ."""
+    import jsonschema
+
+    from conftest import hlmcli
+
+    ref = REF["owls"]
+    proc = hlmcli("fit", *OWLS, "--estimation", "laplace", "--json-out", tmp_path / "fit.json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "fit.json").read_text())
+    root = Path(__file__).parents[1]
+    jsonschema.validate(doc, json.loads((root / "hlmcli" / "schema" / "fit-2.json").read_text()))
+    assert doc["family"] == "negbinomial" and doc["link"] == "log" and doc["converged"]
+    assert doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+    assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["gamma"], rel=1e-4)
+    assert [f["se"] for f in doc["fixed_effects"]] == pytest.approx(ref["gamma_se"], rel=1e-3)
+    assert doc["dispersion"]["estimate"] == pytest.approx(ref["theta"], rel=1e-4)
+    assert doc["dispersion"]["log_se"] == pytest.approx(ref["log_theta_se"], rel=1e-3)
+    assert doc["dispersion"]["se"] == pytest.approx(ref["theta"] * ref["log_theta_se"], rel=1e-3)
+    assert doc["tau"][0][0] == pytest.approx(ref["tau"], rel=1e-4)
+    assert doc["n_params"] == 4  # γ00, γ10, τ, θ: as glmmTMB's df
+    assert doc["aic"] == pytest.approx(ref["deviance"] + 8, abs=1e-6)
+    assert doc["certificate"]["certified"]
+    out = proc.stdout
+    assert "Distribution at Level-1: negative binomial (NB2, Var = mu + mu^2/theta), log link, exposure broodsize" in out
+    assert "checked: no change of γ, θ and τ lowers the deviance" in out
+    assert f"θ = {ref['theta']:12.6f}" in out
+    assert "glmmTMB::glmmTMB(negotiation ~ 1 + food + offset(log(broodsize)) + (1 | nest), family = glmmTMB::nbinom2" in out
+
+
+def test_cli_refusals(tmp_path):
+    """PQL (the default estimation) and --overdispersion are refused in one line with the reason; a count
+    that is not a whole number is refused naming file, column and row."""
+    from conftest import hlmcli
+
+    proc = hlmcli("fit", *OWLS)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "PQL's working model needs a variance function known up to a scale" in proc.stderr
+    proc = hlmcli("fit", *OWLS, "--estimation", "laplace", "--overdispersion")
+    assert proc.returncode == 2 and "estimates its own dispersion" in proc.stderr
+    lines = (DATA / "owls_l1.csv").read_text().splitlines()
+    cells = lines[4].split(",")
+    cells[1] = "2.5"
+    lines[4] = ",".join(cells)
+    bad = tmp_path / "owls_l1.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    proc = hlmcli("fit", bad, *OWLS[1:], "--estimation", "laplace")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "owls_l1.csv, column negotiation, row 4: the count 2.5 is negative or not a whole number" in proc.stderr
+
+
+def test_api_shows_theta():
+    import hlmcli as api
+
+    res = api.fit(DATA / "owls_l1.csv", DATA / "owls_l2.csv", id="nest", level1_eq="negotiation = b0 + b1*food",
+                  level2_eqs=["b0 = g00 + u0", "b1 = g10"], family="negbinomial", exposure="broodsize",
+                  estimation="laplace")
+    assert res.to_dict()["dispersion"]["estimate"] == pytest.approx(REF["owls"]["theta"], rel=1e-4)

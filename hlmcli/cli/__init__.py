@@ -474,16 +474,17 @@ def _keep_hglm(ctx, param, value):
 
 # HGLM options (spec.py, hglm_run.py): collected into ctx.meta so the commands' signatures stay as they are
 _hglm_options = [
-    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal"]), default=None,
-                 expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; logit link for "
-                 "bernoulli/binomial, log link for poisson; ordinal: cumulative link over the categories of the "
-                 "outcome's integer codes)."),
+    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial"]),
+                 default=None, expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; "
+                 "logit link for bernoulli/binomial, log link for poisson; ordinal: cumulative link over the "
+                 "categories of the outcome's integer codes; negbinomial: NB2 counts, Var = mu + mu^2/theta, log "
+                 "link, theta estimated, --estimation laplace or agq)."),
     click.option("--link", type=click.Choice(["logit", "probit", "cloglog"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="--family ordinal: the cumulative link (default logit)."),
     click.option("--trials", default=None, expose_value=False, callback=_keep_hglm,
                  help="Binomial: the number-of-trials variable."),
     click.option("--exposure", default=None, expose_value=False, callback=_keep_hglm,
-                 help="Poisson: the exposure variable (log exposure is an offset)."),
+                 help="Poisson or negbinomial: the exposure variable (log exposure is an offset)."),
     click.option("--overdispersion", is_flag=True, default=None, expose_value=False, callback=_keep_hglm,
                  help="Binomial/Poisson under PQL: estimate the level-1 scale instead of fixing it at 1."),
     click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,
