@@ -158,7 +158,7 @@ OWLS = [DATA / "owls_l1.csv", DATA / "owls_l2.csv", "--id", "nest", "-1", "negot
 
 def test_cli_json_and_text(tmp_path):
     """One Laplace fit (Owls, with exposure): the JSON validates against the schema and matches glmmTMB,
-    with θ; the text names the distribution, θ, and the certificate's parameters γ, θ and τ."""
+    with θ; the text names the distribution, θ, and the certificate's parameters γ, θ and τ; `table` shows θ."""
     import jsonschema
 
     from conftest import hlmcli
@@ -185,6 +185,10 @@ def test_cli_json_and_text(tmp_path):
     assert "checked: no change of γ, θ and τ lowers the deviance" in out
     assert f"θ = {ref['theta']:12.6f}" in out
     assert "glmmTMB::glmmTMB(negotiation ~ 1 + food + offset(log(broodsize)) + (1 | nest), family = glmmTMB::nbinom2" in out
+    table = hlmcli("table", tmp_path / "fit.json")
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if "Dispersion theta" in line)
+    assert f"{ref['theta']:.3f}" in row
 
 
 def test_cli_refusals(tmp_path):
