@@ -335,8 +335,8 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
     list per level), or `model_file` (equations, or an HLM3 .hlm file at three levels); the method,
     iteration limit, title and residual files (level -> path) from the options. ML is the default, as in
     HLM3 and HLM4. At three levels the equations are also read in HLM3's forms, and the report is HLM3's.
-    `formula_equations`: the command line's --formula as equations (levels_load.spec3)."""
-    from .data.levels_load import spec3, spec_levels
+    `formula_equations`: the command line's --formula as equations (levels_load.spec_levels)."""
+    from .data.levels_load import spec_levels
 
     K = archive.n_levels
     equations = [list(e) for e in equations] + [[] for _ in range(K - len(equations))]
@@ -344,14 +344,9 @@ def model_spec_levels(archive, equations: Sequence[Sequence[str]], model_file, f
         raise ModelError(f"equations for level {K + 1} given, but the data have {K} levels")
     residuals = residuals or {}
     reml = fit.method == Method.REML if fit.method is not None else None
-    if K == 3:
-        spec = spec3(archive, equations[0][0] if equations[0] else None, equations[1], equations[2], model_file,
-                     reml, title=title, max_iterations=fit.max_iterations, residuals_l2=residuals.get(2),
-                     residuals_l3=residuals.get(3), allow_outside=allow_outside,
-                     formula_equations=formula_equations)
-    else:
-        spec = spec_levels(archive, equations[:K], model_file, reml, title=title, max_iterations=fit.max_iterations,
-                           residuals=[residuals.get(k) for k in range(2, K + 1)])
+    spec = spec_levels(archive, equations[:K], model_file, reml, title=title, max_iterations=fit.max_iterations,
+                       residuals=[residuals.get(k) for k in range(2, K + 1)], allow_outside=allow_outside,
+                       formula_equations=formula_equations)
     if fit.method == Method.ML and spec.method != "ML":
         spec = replace(spec, options=replace(spec.options, method="ML"))
     return spec
@@ -414,7 +409,7 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     files of each level, or read), the spec, capabilities.check, the fit and its `Results`."""
     from .capabilities import check as check_capabilities
     from .analysis.engines_levels import load_summarised
-    from .data.levels_load import archive_n_levels, load3, load_levels, summarised_level1
+    from .data.levels_load import archive_n_levels, load_levels, summarised_level1
 
     files = [f for f in (level1, level2, level3, level4) if f is not None]
     if any(isinstance(f, pd.DataFrame) for f in files):
@@ -435,12 +430,8 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
         if missing == "now":  # before any data are read
             refuse_summarised("missing_now", 3 if three else len(files), options.engine)
         archive, source, level1_file = load_summarised(files, build, options, say, 3 if three else len(files))
-    elif three:
-        keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched",
-                 "file_format", "delimiter")
-        archive, source = load3(files, {k: build[k] for k in keys3}, cache_dir, say)
     else:
-        archive, source = load_levels(files, build, cache_dir, say)
+        archive, source = load_levels(files, build, cache_dir, say, 3 if three else None)
     level1_eq, level2_eqs, level3_eqs, level4_eqs = equations
     as_list = lambda e: [e] if isinstance(e, str) else list(e or ())  # noqa: E731
     eqs = [[level1_eq] if level1_eq else [], as_list(level2_eqs), as_list(level3_eqs), as_list(level4_eqs)]

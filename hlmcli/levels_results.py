@@ -47,12 +47,7 @@ class LevelsAnalysis:
         return self.spec
 
 
-# ---------------------------------------------------------------- labels and --test
-
-def fixed_labels(spec) -> list[tuple]:
-    """The subscripts of every fixed effect in the engine's order (γpqs at three levels, δpqst at four)."""
-    return [f.idx for f in spec.fixed()]
-
+# ---------------------------------------------------------------- labels
 
 def label_of(idx, n_levels: int, ascii_only: bool = False) -> str:
     """A fixed effect's label as the output prints it: γ000 (g000), γ1,10,0 with HLM 7's comma rule."""
@@ -62,69 +57,16 @@ def label_of(idx, n_levels: int, ascii_only: bool = False) -> str:
     return letter + symbol(letter, idx)[1:] if ascii_only else symbol(letter, idx)
 
 
-def parse_test_levels(text: str, spec) -> object:
-    """'γ000 = 0, g100 - g010 = 0' -> a Hypothesis over the K-level γs (δs at four levels). Subscripts
-    run together while each has one digit, else they are separated by commas (g1,10,0), as printed."""
-    from .language.equations import Hypothesis
-    from .language.equations_levels import COEF_LETTERS, GREEK
-
-    K = spec.n_levels
-    letter = COEF_LETTERS[K - 1]
-    labels = fixed_labels(spec)
-    n = len(labels[0]) if labels else K
-    norm = " ".join(text.split())
-    for k, g in enumerate(GREEK):
-        norm = norm.replace(g, COEF_LETTERS[k]).replace(g.upper(), COEF_LETTERS[k])
-    # a comma inside a label (g1,10,0) is not one between restrictions: mark it first
-    comma_label = re.compile(rf"([{letter}{letter.upper()}])(\d+(?:\s*,\s*\d+){{{n - 1}}})(?!\d)")
-    norm = comma_label.sub(lambda m: m.group(1) + re.sub(r"\s*,\s*", ";", m.group(2)), norm)
-    term = re.compile(rf"^([+-]?)(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)?\*?([a-z])((?:\d+;)*\d+)$", re.I)
-    known = ", ".join(label_of(i, K, True) for i in labels)
-    rows, rhs = [], []
-    for restriction in [r for r in norm.split(",") if r.strip()]:
-        if restriction.count("=") != 1:
-            raise ModelError(f"--test '{text}': each restriction needs one '=', e.g. '{known.split(',')[0]} = 0'")
-        left, right = restriction.split("=")
-        try:
-            value = float(right.strip())
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise ModelError(f"--test '{text}': the right side of '{restriction.strip().replace(';', ',')}' "
-                             "must be a finite number")
-        row = [0.0] * len(labels)
-        pieces = re.findall(r"[+-]?[^+-]+", left.replace(" ", ""))
-        if not pieces:
-            raise ModelError(f"--test '{text}': '{restriction.strip()}' has nothing to test")
-        for piece in pieces:
-            m = term.match(piece)
-            shown = piece.replace(";", ",")
-            if not m or m.group(3).lower() != letter:
-                raise ModelError(f"--test '{text}': cannot read '{shown}'; this {K}-level model's fixed effects are "
-                                 f"{known}")
-            digits = m.group(4)
-            idx = tuple(int(d) for d in (digits.split(";") if ";" in digits else digits))
-            if idx not in labels:
-                raise ModelError(f"--test '{text}': this model has no {shown.lstrip('+-')}; its fixed effects are "
-                                 f"{known}")
-            mult = float(m.group(2)) if m.group(2) else 1.0
-            row[labels.index(idx)] += (-1.0 if m.group(1) == "-" else 1.0) * mult
-        rows.append(tuple(row))
-        rhs.append(value)
-    if not rows:
-        raise ModelError(f"--test '{text}': no restrictions given; write e.g. --test '{label_of(labels[0], K, True)} = 0'")
-    return Hypothesis(label=text.strip(), rows=tuple(rows), rhs=tuple(rhs))
-
-
 def levels_extras(analysis: LevelsAnalysis, tests: Sequence[str] = (), prior_deviance: float | None = None,
                   prior_params: int | None = None, robust_only: bool = False) -> dict:
     """The Wald tests of γ (model-based and robust covariance) and the likelihood-ratio test against a
     prior model's deviance, as a two-level fit's extras. robust_only (sampling weights): the sandwich
     test only, and no likelihood-ratio test (a pseudo-likelihood has none)."""
     from .analysis.pipeline import tests_of_gamma
+    from .language.hypotheses import parse_test
 
     fit = analysis.fit
-    hypotheses = [parse_test_levels(t, analysis.levels_spec) for t in tests]
+    hypotheses = [parse_test(t, analysis.levels_spec) for t in tests]
     return tests_of_gamma(hypotheses, fit.gamma, fit.cov_gamma, fit.cov_gamma_robust, prior_deviance, prior_params,
                           float(fit.deviance), int(fit.n_params), robust_only=robust_only)
 

@@ -27,7 +27,7 @@ def run(*args):
 def test_hsb_info_counts_and_unit_1224(hsb_archive):
     proc = hlmcli("mdm", "info", hsb_archive, "--unit", "1224", "--format", "json", check=True)
     info = json.loads(proc.stdout)
-    assert info["n_level1"] == 7185 and info["n_level2"] == 160
+    assert info["n_level1"] == 7185 and info["n_level2"] == 160 and info["format_version"] == 3
     assert info["unit"]["level2"]["MEANSES"] == pytest.approx(-0.428)
     assert info["records_per_unit"]["min"] == 14 and info["records_per_unit"]["max"] == 67
 
@@ -340,3 +340,17 @@ def test_format_2_archives_load_as_the_one_archive_type():
                 np.testing.assert_array_equal(a.offsets, b.offsets)
         assert [s.sha256 for s in old.sources] == [s.sha256 for s in built.sources]
     assert load_archive(V2 / "pastes2_format2.mdm").unit_ids == [str(k) for k in range(1, 31)]
+
+
+def test_mdm_info_prints_the_format_of_the_file_it_read(tmp_path):
+    """A format-2 archive is read, not rewritten: `mdm info` must say 2 (the file's prefix), and 3 for one
+    built today; a copy of the file is used so the archive under tests/data is left alone."""
+    from hlmcli.io.archive import FORMAT_VERSION
+
+    assert FORMAT_VERSION == 3
+    old = tmp_path / "pastes3_format2.mdm"
+    shutil.copyfile(DATA / "archive_v2" / "pastes3_format2.mdm", old)
+    before = old.read_bytes()
+    info = json.loads(hlmcli("mdm", "info", old, "--format", "json", check=True).stdout)
+    assert info["format_version"] == 2 and info["levels"] == 3 and old.read_bytes() == before
+    assert load_archive(DATA / "archive_v2" / "pastes2_format2.mdm").format_version == 2

@@ -14,7 +14,8 @@ import hlmcli
 from conftest import DATA
 from hlmcli.language.equations_levels import Fixed
 from hlmcli.errors import ModelError
-from hlmcli.levels_results import label_of, parse_test_levels
+from hlmcli.language.hypotheses import parse_test
+from hlmcli.levels_results import label_of
 
 T3 = DATA / "three_level"
 PASTES = dict(level1=T3 / "pastes_l1.csv", level2=T3 / "pastes_l2.csv", level3=T3 / "pastes_l3.csv", id2="SAMPLE",
@@ -75,11 +76,11 @@ def _spec(*idx):
 def test_test_labels_as_printed_with_hlm7s_comma_rule():
     spec = _spec((0, 0, 0), (1, 0, 0), (1, 10, 0), (11, 0, 0))
     assert [label_of(f.idx, 3) for f in spec.fixed()] == ["γ000", "γ100", "γ1,10,0", "γ11,0,0"]
-    h = parse_test_levels("γ1,10,0 = 0, g11,0,0 - g100 = 1, 2*g000 = 0", spec)
+    h = parse_test("γ1,10,0 = 0, g11,0,0 - g100 = 1, 2*g000 = 0", spec)
     assert h.rows == ((0, 0, 1, 0), (0, -1, 0, 1), (2, 0, 0, 0)) and h.rhs == (0, 1, 0)
     with pytest.raises(ModelError, match="this model has no g110; its fixed effects are g000, g100, g1,10,0, g11,0,0"):
-        parse_test_levels("g110 = 0", spec)
+        parse_test("g110 = 0", spec)
     four = _spec((0, 0, 0, 0), (0, 0, 0, 1))
-    assert parse_test_levels("δ0001 = 0", four).rows == ((0, 1),)
+    assert parse_test("δ0001 = 0", four).rows == ((0, 1),)
     with pytest.raises(ModelError, match="cannot read 'g000'"):
-        parse_test_levels("g000 = 0", four)
+        parse_test("g000 = 0", four)

@@ -11,6 +11,7 @@ from hlmcli.errors import ModelError
 from hlmcli.language.equations import Level2Equation, Term, Variables, build_spec
 from hlmcli.language.equations_levels import VariablesLevels, build_levels_spec, build_spec3
 from hlmcli.language.hlmfile import level_equation, level_terms
+from hlmcli.language.hypotheses import parse_test
 from hlmcli.spec import coefficient_label, gamma_label
 
 X = tuple(f"X{k}" for k in range(1, 12))
@@ -59,3 +60,28 @@ def test_hlm_level_lines_are_equations_in_the_notation_of_their_levels():
     assert level_equation("Y", ["group(X1)"], True, False, 1, 2) == "Y = b0 + b1*group(X1) + r"
     with pytest.raises(ModelError, match="',1' on W is not known at level 2"):
         level_terms("INTRCPT2+W,1", "m.hlm: line 3", 2, 2)
+
+
+def test_one_test_reader_at_every_number_of_levels():
+    """--test reads the labels as printed (HLM 7's comma rule, Greek or ASCII) by one reader for two, three
+    and four levels; the rows are placed by hand in the engine's order of the fixed effects."""
+    two = build_spec(_level1("b", 11, "r"), ["b10 = g10,0 + g10,1*W + u10"], V2)  # γ00 ... γ10,0 γ10,1 γ11,0
+    three = build_spec3(_level1("p", 11, "e"), ["p10 = b10,0 + r10"], [], V3)  # γ000 ... γ11,0,0
+    four = build_levels_spec([[_level1("π", 11, "e")], ["π10 = β10,0 + r10"], [], []], V4)  # δ0000 ... δ11,0,0,0
+    h = parse_test("γ10,1 − 2*g10,0 = 1.5, g00 = 0", two)
+    assert h.rows == (tuple(-2.0 if k == 10 else 1.0 if k == 11 else 0.0 for k in range(13)),
+                      tuple(1.0 if k == 0 else 0.0 for k in range(13))) and h.rhs == (1.5, 0.0)
+    assert parse_test("γ10,0,0 - G11,0,0 = 0", three).rows == (tuple({10: 1.0, 11: -1.0}.get(k, 0.0) for k in range(12)),)
+    assert parse_test("δ11,0,0,0 = 2", four).rows == (tuple(float(k == 11) for k in range(12)),)
+    with pytest.raises(ModelError, match="has no γ05; its γs are g00, g10, "):  # HLM2's words at two levels
+        parse_test("g05 = 0", two)
+    with pytest.raises(ModelError, match="cannot read 'g012'; write terms like g01"):
+        parse_test("g012 = 0", two)
+    with pytest.raises(ModelError, match="cannot read 'g0000'; this 3-level model's fixed effects are g000, g100"):
+        parse_test("g0000 = 0", three)
+    # an infinite multiplier and a subscript of thousands of digits are unreadable at every number of levels
+    for spec, label in ((two, "g00"), (three, "g000"), (four, "d0000")):
+        with pytest.raises(ModelError, match="cannot read '1e999"):
+            parse_test(f"1e999*{label} = 0", spec)
+        with pytest.raises(ModelError, match="cannot read"):
+            parse_test(label[0] + "1," * (len(label) - 2) + "1" * 5000 + " = 0", spec)

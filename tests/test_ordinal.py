@@ -218,5 +218,38 @@ def test_bad_codes_are_refused(tmp_path):
                   "laplace")
     assert proc.returncode == 1 and "column rating, row " in proc.stderr
     assert "the value 5 is not a category 1 to 4 of nonlin:ordinal,4" in proc.stderr
+    cmd.write_text(cmd.read_text().replace("nonlin:ordinal,4", "nonlin:ordinal,5"))  # the right NCAT fits
+    proc = hlmcli("fit", O / "wine_l1.csv", O / "wine_l2.csv", "--id", "judge", "--model", cmd, "--estimation",
+                  "laplace", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["deviance"] == pytest.approx(ref("wine", "logit", 1)["deviance"], abs=1e-6)
     proc = hlmcli("fit", *WINE)
     assert proc.returncode == 1 and "PQL is not built" not in proc.stderr and "--family ordinal" in proc.stderr
+
+
+def test_no_unit_variance_is_a_certified_boundary():
+    """Data made without a random intercept: τ = 0, certified on the boundary (Laplace and AGQ), and the
+    deviance there is the plain cumulative logit model's, found here by scipy from its own likelihood.
+    (AGQ shares the boundary certificate; its run is in the slow set.)"""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    rng = np.random.default_rng(5)
+    J, m = 40, 10
+    x = rng.normal(size=J * m)
+    y = 1 + np.searchsorted([-1.0, 0.2, 1.5], 0.7 * x + rng.logistic(size=J * m))
+    L = np.column_stack([np.ones(J * m), x])
+    B = np.zeros((J, 2, 2))
+    B[:, 0, 0] = B[:, 1, 1] = 1.0
+
+    def nll(v):  # clm's model: P(Y <= j) = expit(θ_j − βx)
+        th = np.concatenate([[-np.inf], np.cumsum(np.concatenate([[v[0]], np.exp(v[1:3])])), [np.inf]])
+        return -np.sum(np.log(expit(th[y] - v[3] * x) - expit(th[y - 1] - v[3] * x)))
+
+    glm = minimize(nll, np.array([-1.0, 0.0, 0.0, 0.5]), method="BFGS", options={"gtol": 1e-10})
+    for est in ("laplace",):
+        data = OrdinalData(OrdinalFamily("logit", 4, y), L, B, np.arange(0, J * m + 1, m), np.array([0]), y.astype(float))
+        res = fit(data, est)
+        assert res.converged and res.certificate.rank == 0 and res.tau[0, 0] == 0.0
+        assert res.deviance == pytest.approx(2 * glm.fun, abs=1e-6)
+        assert res.gamma[1] == pytest.approx(-glm.x[3], rel=1e-5)

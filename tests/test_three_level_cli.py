@@ -216,6 +216,35 @@ def test_level2_unit_under_two_level3_units(tmp_path):
     _one_line_error(proc, 1, "two level-3 units")
 
 
+def test_one_shared_file_keeps_a_variable_at_the_level_it_is_named_for(tmp_path):
+    """One file for all three levels: by default a variable goes to the highest level it is constant in
+    (X within classes, Z within schools); one named with --l1-vars or --l2-vars stays at that level, as at
+    two levels, rather than being refused as 'in more than one level'."""
+    from hlmcli.io.archive import load_archive
+
+    f = _write(tmp_path / "all.csv", "S,C,Y,X,Z\n1,10,1.0,5,7\n1,10,2.0,5,7\n1,11,3.0,6,7\n2,12,4.0,7,8\n2,12,5.0,7,8\n")
+    cases = [((), (["Y"], ["X"], ["Z"])),
+             (("--l1-vars", "Y,X,Z"), (["Y", "X", "Z"], [], [])),
+             (("--l1-vars", "Y", "--l2-vars", "X,Z"), (["Y"], ["X", "Z"], []))]
+    for k, (flags, names) in enumerate(cases):
+        out = tmp_path / f"x{k}.mdm"
+        proc = run("mdm", "build", f, f, f, "--id2", "C", "--id3", "S", *flags, "-o", out)
+        assert proc.returncode == 0, proc.stderr
+        archive = load_archive(out, 3)
+        assert tuple(archive.names(level) for level in (1, 2, 3)) == names, flags
+
+
+def test_an_infinite_level3_value_is_refused_without_offering_missing_now(tmp_path):
+    """Above level 1 nothing can be missing (HLM needs complete unit data), so --missing now is no way out
+    of an infinite level-3 value and the refusal must not offer it; it names the level's own option."""
+    l1 = _write(tmp_path / "l1.csv", "S,C,Y\n1,10,1.0\n2,11,2.0\n")
+    l2 = _write(tmp_path / "l2.csv", "C,S\n10,1\n11,2\n")
+    l3 = _write(tmp_path / "l3.csv", "S,Z\n1,0.5\n2,inf\n")
+    proc = run("mdm", "build", l1, l2, l3, "--id2", "C", "--id3", "S", "--missing", "now", "-o", tmp_path / "x.mdm")
+    _one_line_error(proc, 1, "l3.csv", "column Z", "line 3", "infinite", "--l3-vars", "does not apply")
+    assert "to treat infinite values as missing" not in proc.stderr and not (tmp_path / "x.mdm").exists()
+
+
 def test_missing_ids_and_unmatched_records(tmp_path):
     l1 = _write(tmp_path / "l1.csv", "S,C,Y\n1,10,1.0\n1,12,2.0\n")
     l2 = _write(tmp_path / "l2.csv", "C,S\n10,1\n")

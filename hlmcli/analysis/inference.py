@@ -222,17 +222,7 @@ def satterthwaite_df(stats: ModelStats, unit: UnitStats, result: FitResult) -> n
     from ..engine.search import chol_psd
 
     reml = result.method == "REML"
-    G = result.tau / result.sigma2
-    contrasts = np.eye(stats.p)
-    work = stats
-    if result.standardised is not None:
-        work, A_map, Tinv, _ = result.standardised
-        Ai = np.linalg.inv(A_map)
-        G = Ai @ G @ Ai.T
-        contrasts = np.linalg.inv(Tinv)  # row k: γ_k = t_k'(γ̃ + b)
-    G = 0.5 * (G + G.T)
-    if result.structure is TauStructure.DIAGONAL:
-        G = np.diag(np.diag(G))
+    work, G, contrasts = _search_coordinates(stats, result)
     q = work.q
     idx = (np.arange(q), np.arange(q)) if result.structure is TauStructure.DIAGONAL else np.tril_indices(q)
     lam0 = chol_psd(G)
@@ -266,13 +256,36 @@ def satterthwaite_df(stats: ModelStats, unit: UnitStats, result: FitResult) -> n
         xm[i] -= steps[i]
         hess[:, i] = (gradient(xp) - gradient(xm)) / (2 * steps[i])
         jac[:, i] = (var_gamma(xp) - var_gamma(xm)) / (2 * steps[i])
-    hess = 0.5 * (hess + hess.T)
+    return _satterthwaite(0.5 * (hess + hess.T), jac, var_gamma(x0))
+
+
+def _search_coordinates(stats: ModelStats, result: FitResult) -> tuple:
+    """(the statistics, G = τ/σ² and T, with γ = T(γ̃ + b)) in the coordinates the search ran in
+    (see satterthwaite_df); G diagonal for a diagonal τ."""
+    from ..engine.estimation import TauStructure
+
+    G = result.tau / result.sigma2
+    contrasts = np.eye(stats.p)
+    work = stats
+    if result.standardised is not None:
+        work, A_map, Tinv, _ = result.standardised
+        Ai = np.linalg.inv(A_map)
+        G = Ai @ G @ Ai.T
+        contrasts = np.linalg.inv(Tinv)  # row k: γ_k = t_k'(γ̃ + b)
+    G = 0.5 * (G + G.T)
+    if result.structure is TauStructure.DIAGONAL:
+        G = np.diag(np.diag(G))
+    return work, G, contrasts
+
+
+def _satterthwaite(hess: np.ndarray, jac: np.ndarray, Phi: np.ndarray) -> np.ndarray:
+    """d.f._k = 2Φ_kk² / (g_k'Ag_k), A = 2H⁺ with H's eigenvalues at or below lmerTest's tolerance dropped;
+    NaN where g_k'Ag_k is not positive."""
     w, V = np.linalg.eigh(hess)
     pos = w > LMERTEST_EIGEN_TOL
     A = 2.0 * (V[:, pos] / w[pos]) @ V[:, pos].T
-    Phi = var_gamma(x0)
     out = []
-    for k in range(stats.p):
+    for k in range(jac.shape[0]):
         g = jac[k]
         denom = float(g @ A @ g)
         out.append(2 * Phi[k] ** 2 / denom if denom > 0 else np.nan)

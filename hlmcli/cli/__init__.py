@@ -528,7 +528,7 @@ def _fit_options(ml=None, reml=None, **given):
 def _formula_front(data, level1, level2, model_file, id_, id2, more):
     """--formula: refuse it beside equations, take the unit ids from its grouping factors, and let one data
     file hold both levels. The equations themselves are made from it where the variables' levels are known
-    (_spec, levels.spec3)."""
+    (_spec, levels_load.spec_levels)."""
     formula = click.get_current_context().meta.get("formula")
     if formula is None:
         return data, id_, id2, more

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import ModelError
-from ..data.levels_load import LevelsUsage, archive_n_levels, load3, load_levels, spec3, spec_levels, summarised_level1
+from ..data.levels_load import LevelsUsage, archive_n_levels, load_levels, spec_levels, summarised_level1
 from ..spec import Engine
 from .options import formula_equations
 
@@ -45,9 +45,10 @@ def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, 
     from ..report.report_levels import Symbols3, lme4_formula3, model_summary3
 
     _refuse_family(3)
-    archive, _ = load3(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"))
-    spec = spec3(archive, level1, level2, more.get("level3"), model_file, more.get("reml"),
-                 allow_outside=bool(more.get("allow_outside")), formula_equations=formula_equations)
+    archive, _ = load_levels(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"), 3)
+    equations = [[level1] if level1 else [], list(level2), list(more.get("level3") or ())]
+    spec = spec_levels(archive, equations, model_file, more.get("reml"), allow_outside=bool(more.get("allow_outside")),
+                       formula_equations=formula_equations)
     lines = model_summary3(spec, Symbols3(use_ascii(ascii_only)))
     formula, notes = lme4_formula3(spec, *archive.id_names)
     method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
@@ -171,12 +172,8 @@ def levels_results(data, model: dict, fit, out, build_opts: dict, cache_dir, std
             refuse_summarised("missing_now", 3 if three else len(data), fit.engine)
         archive, source_text, level1_file = load_summarised(data, build_opts, fit, warn, 3 if three else len(data),
                                                             progress_wanted(out.quiet))
-    elif three:
-        keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched",
-                 "file_format", "delimiter")
-        archive, source_text = load3(data, {k: build_opts.get(k) for k in keys3}, cache_dir, warn)
     else:
-        archive, source_text = load_levels(data, build_opts, cache_dir, warn)
+        archive, source_text = load_levels(data, build_opts, cache_dir, warn, 3 if three else None)
     K = archive.n_levels
     if out.residuals_l4 and K < 4:
         raise LevelsUsage("--residuals-l4 is for four-level models: give four data files or a four-level archive")
@@ -210,6 +207,7 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     (levels_combined.run_combined), written only when every fit is certified."""
     from dataclasses import replace
     from datetime import datetime, timezone
+    from functools import partial
 
     from ..api import levels_weight_spec, model_spec_levels
     from ..capabilities import check as check_capabilities
@@ -224,11 +222,9 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
         refuse("plausible_values", "linear-summary")
     warn = (lambda m: None) if out.quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
     three = len(data) == 3 or (len(data) == 1 and archive_n_levels(data[0]) == 3)
-    keys3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched", "file_format",
-             "delimiter")
-    opts = {k: build_opts.get(k) for k in keys3} if three else build_opts
-    load = load3 if three else load_levels
-    archive, source_text = load(data, opts, cache_dir, warn)
+    # an imputed archive in place of a three-level archive must have three levels too
+    load = partial(load_levels, n_levels=3 if three else None)
+    archive, source_text = load(data, build_opts, cache_dir, warn)
     K = archive.n_levels
     equations = [[model["level1"]] if model.get("level1") else [], list(model.get("level2") or ()),
                  list(model.get("level3") or ()), list(model.get("level4") or ())][:K]
@@ -274,7 +270,7 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     residuals = tuple(getattr(out, f"residuals_l{k}") for k in range(1, K + 1))
     text, json_text, failures = _combined(
-        archive, source_text, design, design_of, data, opts, cache_dir, warn, load, wspec, fit.plausible_values,
+        archive, source_text, design, design_of, data, build_opts, cache_dir, warn, load, wspec, fit.plausible_values,
         fit.imputed, {"allow_unequal_imputations": model.get("allow_unequal_imputations")}, spec, meta, fit_doc,
         fit_txt, lines, sym.sigma2, out.out_format, fit.full_output, residuals)
     status = EXIT_NOT_CONVERGED if failures else 0

@@ -32,56 +32,6 @@ def options3(id_, id1, id2, id3, l1_vars, l2_vars, l3_vars, missing, drop_unmatc
                          keep3=split_names(l3_vars), missing=missing, drop_unmatched=drop_unmatched)
 
 
-def load3(data, build_opts: dict, cache_dir, warn):
-    from ..io.archive import load_archive
-    from ..io.cache import cached_archive
-    from ..io.readers import normalise_delimiter
-
-    if len(data) == 1:
-        from ..io.archive import changed_sources
-
-        archive = load_archive(data[0], 3)
-        for changed in changed_sources(archive):
-            warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
-        return archive, Path(data[0]).name
-    if "-" in data:
-        raise click.UsageError("standard input ('-') cannot be one of the three data files; give their paths")
-    opts = dict(build_opts)
-    fmt, delimiter = opts.pop("file_format", None), opts.pop("delimiter", None)
-    options = options3(**opts)
-    archive, _ = cached_archive(data, options, fmt=fmt, delimiter=normalise_delimiter(delimiter),
-                                cache_dir=cache_dir, warn=warn)
-    return archive, ", ".join(Path(p).name for p in data)
-
-
-def spec3(archive, level1, level2, level3, model_file, reml, title=None, max_iterations=None,
-          residuals_l2=None, residuals_l3=None, allow_outside=False, formula_equations=None):
-    """The spec of a three-level model. `formula_equations(variables, level1, level2, level3)`: the command
-    line's --formula as equations and τ's structure (cli.options.formula_equations), when there is one."""
-    from dataclasses import replace
-
-    from .design_levels import variables_of
-    from ..language.equations_levels import RunOptionsLevels, spec3_from_inputs
-
-    variables = variables_of(archive)
-    formula_tau = None
-    if formula_equations is not None:
-        level1, level2, level3, formula_tau = formula_equations(variables, level1, level2, level3 or ())
-    spec = spec3_from_inputs(level1, list(level2), list(level3 or ()), model_file, variables, RunOptionsLevels(),
-                             allow_outside)
-    changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations)) if v is not None}
-    if residuals_l2 is not None or residuals_l3 is not None:
-        given = spec.options.residuals + (None,) * (2 - len(spec.options.residuals))
-        changes["residuals"] = (residuals_l2 or given[0], residuals_l3 or given[1])
-    if reml:
-        changes["method"] = "REML"
-    if formula_tau:  # (x || g) at every level: a diagonal τ, as --tau diagonal
-        from ..spec import TauStructure
-
-        changes["tau"] = TauStructure.DIAGONAL
-    return replace(spec, options=replace(spec.options, **changes)) if changes else spec
-
-
 def archive_n_levels(path) -> int:
     from ..io.archive import peek_levels
 
@@ -106,41 +56,78 @@ def ids_and_keeps(build_opts: dict, K: int):
     return ids, keeps
 
 
-def load_levels(data, build_opts: dict, cache_dir, warn):
+_KEYS3 = ("id_", "id1", "id2", "id3", "l1_vars", "l2_vars", "l3_vars", "missing", "drop_unmatched")
+
+
+def load_levels(data, build_opts: dict, cache_dir, warn, n_levels: int | None = None):
+    """The archive of a model of three or four levels and the text naming its source: one archive read
+    (`n_levels`: the number of levels the caller needs; None: the archive's), or one file per level built
+    through the cache. Three levels have their own build (level files may share a file) and HLM3's
+    option messages (options3); four and more, build_options_levels."""
     from ..io.archive import changed_sources
     from ..io.archive import load_archive
     from ..io.cache import cached_archive
     from ..io.readers import normalise_delimiter
 
     if len(data) == 1:
-        archive = load_archive(data[0], archive_n_levels(data[0]))
+        archive = load_archive(data[0], n_levels or archive_n_levels(data[0]))
         for changed in changed_sources(archive):
             warn(f"{changed} changed since {Path(data[0]).name} was built; rebuild it with 'hlmcli mdm build'")
         return archive, Path(data[0]).name
-    if "-" in data:
-        raise click.UsageError("standard input ('-') cannot be one of the data files; give their paths")
     K = len(data)
-    if K > 4:
-        raise click.UsageError(f"{K} data files: hlmcli fits models of up to four levels (one file per level)")
-    if build_opts.get("id_") or build_opts.get("id1"):
-        raise click.UsageError(f"{K} data files make a {K}-level model, which takes --id2 ... --id{K}, not --id or --id1")
-    ids, keeps = ids_and_keeps(build_opts, K)
-    options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
-                                   build_opts.get("drop_unmatched", False), K)
+    if "-" in data:
+        raise click.UsageError(f"standard input ('-') cannot be one of the {'three ' if K == 3 else ''}data files; "
+                               "give their paths")
+    if K == 3:
+        options = options3(**{k: build_opts.get(k) for k in _KEYS3})
+    else:
+        if K > 4:
+            raise click.UsageError(f"{K} data files: hlmcli fits models of up to four levels (one file per level)")
+        if build_opts.get("id_") or build_opts.get("id1"):
+            raise click.UsageError(f"{K} data files make a {K}-level model, which takes --id2 ... --id{K}, not --id or "
+                                   "--id1")
+        ids, keeps = ids_and_keeps(build_opts, K)
+        options = build_options_levels(ids, keeps, build_opts.get("missing", "analysis"),
+                                       build_opts.get("drop_unmatched", False), K)
     archive, _ = cached_archive(data, options, fmt=build_opts.get("file_format"),
                                 delimiter=normalise_delimiter(build_opts.get("delimiter")), cache_dir=cache_dir,
                                 warn=warn)
     return archive, ", ".join(Path(p).name for p in data)
 
 
-def spec_levels(archive, equations, model_file, reml, title=None, max_iterations=None, residuals=()):
+def spec_levels(archive, equations, model_file, reml, title=None, max_iterations=None, residuals=(),
+                allow_outside=False, formula_equations=None):
+    """The spec of a model of the archive's K levels (three or four) from its equations (one list per
+    level), a model file, or at three levels an HLM 7 command file; ML unless `reml`. `residuals`: the
+    residual files of levels 2..K given on the command line (they win over a command file's).
+    `formula_equations(variables, level1, level2, level3)`: the command line's --formula as equations
+    and τ's structure (cli.options.formula_equations), when there is one (three levels)."""
+    from dataclasses import replace
+
     from .design_levels import variables_of
     from ..language.equations_levels import RunOptionsLevels, spec_from_inputs_levels
 
     K = archive.n_levels
-    options = RunOptionsLevels(method="REML" if reml else "ML", max_iterations=max_iterations or 1000, title=title,
-                               residuals=tuple(residuals) + (None,) * (K - 1 - len(residuals)))
-    return spec_from_inputs_levels(list(equations), model_file, variables_of(archive), options)
+    variables = variables_of(archive)
+    equations = [list(e) for e in equations] + [[] for _ in range(K - len(equations))]
+    formula_tau = None
+    if formula_equations is not None and K == 3:
+        level1, level2, level3, formula_tau = formula_equations(variables, equations[0][0] if equations[0] else None,
+                                                                equations[1], equations[2])
+        equations = [[level1] if level1 else [], list(level2), list(level3)]
+    spec = spec_from_inputs_levels(equations, model_file, variables, RunOptionsLevels(), allow_outside)
+    changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations)) if v is not None}
+    residuals = tuple(residuals) + (None,) * (K - 1 - len(residuals))
+    if any(residuals):
+        given = spec.options.residuals + (None,) * (K - 1 - len(spec.options.residuals))
+        changes["residuals"] = tuple(r or g for r, g in zip(residuals, given))
+    if reml:
+        changes["method"] = "REML"
+    if formula_tau:  # (x || g) at every level: a diagonal τ, as --tau diagonal
+        from ..spec import TauStructure
+
+        changes["tau"] = TauStructure.DIAGONAL
+    return replace(spec, options=replace(spec.options, **changes)) if changes else spec
 
 
 def summarised_level1(archive, spec, l1, warn):

@@ -44,7 +44,7 @@ sparse = lazy("scipy.sparse")
 linalg = lazy("scipy.linalg")
 
 from ..errors import ModelError
-from .objective import SolveCache
+from .objective import BlockDeviance
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -357,41 +357,16 @@ class CrossedSolve:
 
 # ---------------------------------------------------------------- the fit
 
-class Objective:
+class Objective(BlockDeviance):
     """The profiled deviance over (G_1, …, G_K), one block per factor: an objective.DevianceObjective
-    (value, at, noise) for search.search and certificate.certify_blocks, the last few solves kept."""
+    (value, at, noise) for search.search and certificate.certify_blocks."""
 
     def __init__(self, stats: CrossedStats, reml: bool):
-        self.stats, self.reml, self.count = stats, reml, 0
-        self._cache = SolveCache()
-
-    def solve(self, *lams) -> CrossedSolve:
-        if len(lams) == 1 and isinstance(lams[0], (tuple, list)):
-            lams = tuple(lams[0])
-        return self._cache.get(tuple(lams), self._solve)
+        super().__init__(reml)
+        self.stats = stats
 
     def _solve(self, lams) -> CrossedSolve:
-        self.count += 1
         return CrossedSolve(self.stats, lams)
-
-    def at(self, Gs, factors=None):
-        try:
-            us = self.solve(tuple(_factor(G) for G in Gs) if factors is None else tuple(factors))
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return np.inf, tuple(np.zeros_like(G) for G in Gs)
-        return us.profiled_deviance(self.reml), us.gradients(self.reml)
-
-    def value(self, Gs) -> float:
-        try:
-            return self.solve(tuple(_factor(G) for G in Gs)).profiled_deviance(self.reml)
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return np.inf
-
-    def noise(self, Gs) -> float:
-        try:
-            return self.solve(tuple(_factor(G) for G in Gs)).rounding_noise(self.reml)
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return 0.0
 
 
 def _factor(G):

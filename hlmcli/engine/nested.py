@@ -90,7 +90,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .moments import LevelsSummary, Moments, mapped_means, mapped_products, records_summary
-from .objective import SolveCache
+from .objective import BlockDeviance
 from .unitsolve import LOG_2PI, cmm, cmv, factor, gls, spd_inverse_logdet
 
 __all__ = ["Coefficient", "LevelsData", "LevelsSummary", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
@@ -1096,41 +1096,16 @@ def nested_solve(stats: LevelsStats, *lams) -> LevelsSolve:
 
 
 
-class NestedDeviance:
+class NestedDeviance(BlockDeviance):
     """The profiled (RE)ML deviance over (G2, …, GK) as an objective.DevianceObjective, on the
-    statistics given (the search's standardised ones), counting the solves."""
+    statistics given (the search's standardised ones)."""
 
     def __init__(self, stats: LevelsStats, reml: bool):
-        self.stats, self.reml, self.count = stats, reml, 0
-        self._cache = SolveCache()
-
-    def solve(self, *lams) -> LevelsSolve:
-        if len(lams) == 1 and isinstance(lams[0], (tuple, list)):
-            lams = tuple(lams[0])
-        return self._cache.get(tuple(lams), self._solve)
+        super().__init__(reml)
+        self.stats = stats
 
     def _solve(self, lams) -> LevelsSolve:
-        self.count += 1
         return levels_solve(self.stats, lams)
-
-    def at(self, Gs, factors=None):
-        try:
-            us = self.solve(tuple(factor(G) for G in Gs) if factors is None else tuple(factors))
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return np.inf, tuple(np.zeros_like(G) for G in Gs)
-        return us.profiled_deviance(self.reml), us.gradients(self.reml)
-
-    def value(self, Gs) -> float:
-        try:
-            return self.solve(tuple(factor(G) for G in Gs)).profiled_deviance(self.reml)
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return np.inf
-
-    def noise(self, Gs) -> float:
-        try:
-            return self.solve(tuple(factor(G) for G in Gs)).rounding_noise(self.reml)
-        except (FloatingPointError, np.linalg.LinAlgError):
-            return 0.0
 
 
 def deviance_levels(data, sigma2: float, taus, reml: bool = False) -> float:

@@ -83,3 +83,54 @@ class SolveCache:
         us = solve(lams)
         self.entries = [(key, us)] + self.entries[:self.size - 1]
         return us
+
+
+def factor(G: np.ndarray) -> np.ndarray:
+    """A square factor Λ with ΛΛ' = G for a PSD G (singular allowed): V·sqrt(max(λ, 0))."""
+    G = np.asarray(G, dtype=float)
+    if G.size == 0:
+        return G.reshape(0, 0)
+    w, V = np.linalg.eigh(0.5 * (G + G.T))
+    return V * np.sqrt(np.clip(w, 0.0, None))
+
+
+class BlockDeviance:
+    """value, at and noise over a tuple of blocks for a model whose solve at factors (Λ1, …, Λk),
+    `_solve(lams)`, gives profiled_deviance(reml), gradients(reml) (a Γ per block) and
+    rounding_noise(reml); the last few solves kept, the solves counted. The nested and the crossed
+    deviance are this with their own solve."""
+
+    def __init__(self, reml: bool):
+        self.reml, self.count = reml, 0
+        self._cache = SolveCache()
+
+    def _solve(self, lams):
+        raise NotImplementedError
+
+    def solve(self, *lams):
+        if len(lams) == 1 and isinstance(lams[0], (tuple, list)):
+            lams = tuple(lams[0])
+        return self._cache.get(tuple(lams), self._counted)
+
+    def _counted(self, lams):
+        self.count += 1
+        return self._solve(lams)
+
+    def at(self, Gs, factors=None):
+        try:
+            us = self.solve(tuple(factor(G) for G in Gs) if factors is None else tuple(factors))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf, tuple(np.zeros_like(G) for G in Gs)
+        return us.profiled_deviance(self.reml), us.gradients(self.reml)
+
+    def value(self, Gs) -> float:
+        try:
+            return self.solve(tuple(factor(G) for G in Gs)).profiled_deviance(self.reml)
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf
+
+    def noise(self, Gs) -> float:
+        try:
+            return self.solve(tuple(factor(G) for G in Gs)).rounding_noise(self.reml)
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return 0.0

@@ -46,39 +46,48 @@ LINKS = ("logit", "probit", "cloglog")
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
-def _cdf_parts(x: np.ndarray, link: str):
-    """(F, S = 1 − F, f, f', f'') at x, exact at ±∞ (F and S 0 or 1, the density terms 0)."""
-    fin = np.isfinite(x)
-    xf = np.where(fin, x, 0.0)
+# The outer thresholds c_0 = −∞ and c_C = +∞ enter the per-record kernel as ∓FAR: at |x| ≥ 1e8 every link
+# gives F and S exactly 0 or 1 and the density terms exactly 0, with no special case (and no inf − inf).
+FAR = 1e8
+
+
+def _cdf_parts(x: np.ndarray, link: str, second: bool = True):
+    """(F, S = 1 − F, f, f', f'') at finite x (f' and f'' None without second). F and S each from the
+    side where it does not cancel, so that a small probability keeps its relative precision."""
+    f1 = f2 = None
     if link == "logit":
-        F, S = expit(xf), expit(-xf)
-        f = F * S
-        f1 = f * (S - F)
-        f2 = f * ((S - F) ** 2 - 2.0 * f)
+        e = np.exp(-np.abs(x))  # one exponential: F = 1/(1 + e^−x) = e/(1 + e) for x < 0
+        r = 1.0 / (1.0 + e)
+        er = e * r
+        pos = x >= 0
+        F = np.where(pos, r, er)
+        S = np.where(pos, er, r)
+        f = er * r
+        if second:
+            d = S - F
+            f1 = f * d
+            f2 = f * (d * d - 2.0 * f)
     elif link == "probit":
-        F, S = ndtr(xf), ndtr(-xf)
-        f = np.exp(-0.5 * xf * xf) / _SQRT_2PI
-        f1 = -xf * f
-        f2 = (xf * xf - 1.0) * f
+        F, S = ndtr(x), ndtr(-x)
+        f = np.exp(-0.5 * x * x) / _SQRT_2PI
+        if second:
+            f1 = -x * f
+            f2 = (x * x - 1.0) * f
     elif link == "cloglog":
-        ex = np.exp(np.minimum(xf, 700.0))
+        ex = np.exp(np.minimum(x, 700.0))
         S = np.exp(-ex)
         F = -np.expm1(-ex)
         f = ex * S
-        f1 = f * (1.0 - ex)
-        f2 = f * ((1.0 - ex) ** 2 - ex)
+        if second:
+            f1 = f * (1.0 - ex)
+            f2 = f1 * (1.0 - ex) - f * ex  # f((1 − e^x)² − e^x) without inf·0 at the far thresholds
     else:
         raise ValueError(link)
-    if not fin.all():
-        up = np.isposinf(x)
-        F = np.where(fin, F, up.astype(float))
-        S = np.where(fin, S, 1.0 - up)
-        f, f1, f2 = (np.where(fin, v, 0.0) for v in (f, f1, f2))
     return F, S, f, f1, f2
 
 
 def link_cdf(x: np.ndarray, link: str) -> np.ndarray:
-    return _cdf_parts(np.asarray(x, float), link)[0]
+    return _cdf_parts(np.clip(np.asarray(x, float), -FAR, FAR), link, second=False)[0]
 
 
 def link_quantile(p: np.ndarray, link: str) -> np.ndarray:
@@ -103,6 +112,7 @@ class OrdinalFamily:
         self.link, self.ncat = link, int(ncat)
         self.y = np.asarray(y, dtype=np.int64)  # 1..C
         self.full = np.concatenate([[-np.inf, 0.0], np.zeros(self.ncat - 2), [np.inf]])  # c_0..c_C
+        self._memo = None
 
     @property
     def cuts(self) -> np.ndarray:
@@ -115,18 +125,26 @@ class OrdinalFamily:
     def ordered(self) -> bool:
         return bool(np.all(np.diff(self.full[1:-1]) > 0))
 
-    def _parts(self, eta):
-        a = eta + self.full[self.y]
-        b = eta + self.full[self.y - 1]
-        Fa, Sa, fa, f1a, f2a = _cdf_parts(a, self.link)
-        Fb, Sb, fb, f1b, f2b = _cdf_parts(b, self.link)
+    def _parts(self, eta, second: bool = True):
+        """P and the density terms at a and b, kept for the last η (the thresholds' gradient asks again
+        at the mode)."""
+        key = (id(eta), self.full.tobytes(), second)
+        if self._memo is not None and self._memo[0] == key and self._memo[1] is eta:
+            return self._memo[2]
+        c = np.clip(self.full, -FAR, FAR)
+        a = eta + c[self.y]
+        b = eta + c[self.y - 1]
+        Fa, Sa, fa, f1a, f2a = _cdf_parts(a, self.link, second)
+        Fb, Sb, fb, f1b, f2b = _cdf_parts(b, self.link, second)
         # P from the side where it does not cancel: in the upper tail F(a) − F(b) loses digits
         P = np.where(b > 0, Sb - Sa, Fa - Fb)
-        return P, (fa, f1a, f2a), (fb, f1b, f2b)
+        out = (P, (fa, f1a, f2a), (fb, f1b, f2b))
+        self._memo = (key, eta, out)
+        return out
 
     def evaluate(self, eta, y=None, n=None, second: bool = True):
         """(ℓ, ℓ_η, W, κ3) per record (W and κ3 None without second), as Family.evaluate."""
-        P, (fa, f1a, f2a), (fb, f1b, f2b) = self._parts(eta)
+        P, (fa, f1a, f2a), (fb, f1b, f2b) = self._parts(eta, second)
         with np.errstate(divide="ignore", invalid="ignore"):
             ll = np.log(P)
             l1 = (fa - fb) / P
@@ -146,7 +164,7 @@ class OrdinalFamily:
 
     def threshold_parts(self, eta, second: bool = True):
         """Per record (ℓ_a, ℓ_b) and, with second, (ℓ_ηa, ℓ_ηb, W_a, W_b) (module docstring)."""
-        P, (fa, f1a, f2a), (fb, f1b, f2b) = self._parts(eta)
+        P, (fa, f1a, f2a), (fb, f1b, f2b) = self._parts(eta, second)
         with np.errstate(divide="ignore", invalid="ignore"):
             la, lb = fa / P, -fb / P
             if not second:
@@ -210,6 +228,11 @@ class OrdinalData(GLMData):
         return out
 
     def glm_gamma(self, maxit: int = 100) -> np.ndarray:
+        if getattr(self, "_glm", None) is None:  # ml_fit asks again for its own starts
+            self._glm = self._glm_fit(maxit)
+        return self._glm.copy()
+
+    def _glm_fit(self, maxit: int) -> np.ndarray:
         """(γ, c) of the model without random effects: Newton on the log-likelihood with a
         difference Hessian of its exact gradient and step halving, from the marginal cumulative
         proportions (γ00 = F⁻¹(P(Y ≤ 1)), slopes 0)."""

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .objective import SolveCache, like, one_block
+from .objective import SolveCache, factor, like, one_block
 from .sufficient import ModelStats
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -296,15 +296,6 @@ def gls(P: np.ndarray, c: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray,
     if not rss > 0:
         raise FloatingPointError("the residual sum of squares is not positive")
     return cholP, gamma, rss
-
-
-def factor(G: np.ndarray) -> np.ndarray:
-    """A square factor Λ with ΛΛ' = G for a PSD G (singular allowed): V·sqrt(max(λ, 0))."""
-    G = np.asarray(G, dtype=float)
-    if G.size == 0:
-        return G.reshape(0, 0)
-    w, V = np.linalg.eigh(0.5 * (G + G.T))
-    return V * np.sqrt(np.clip(w, 0.0, None))
 
 
 # ---------------------------------------------------------------- per-unit OLS, one routine

@@ -87,6 +87,7 @@ class Archive:
     notes: dict = field(default_factory=dict)
     path: Path | None = None
     level1_id: str = ""  # the level-2 id as the level-1 file spells it (--id1 at two levels)
+    format_version: int = FORMAT_VERSION  # of the file it was loaded from (a build: the format it writes)
 
     def __post_init__(self):
         if not self.level1_id:
@@ -202,9 +203,12 @@ def _resolve_keep(table: Table, requested, exclude: set[str], what: str, text_co
     return [find_column(table, name, what) for name in requested]
 
 
-def refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_missing: bool, warn, notes: dict) -> None:
+def refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_missing: bool, warn, notes: dict,
+                    level: int = 1) -> None:
     """Inf, 1e999 or Infinity would pass the build and break the fit: refused here, with file, column and
-    row; with --missing now they are treated as missing (and reported)."""
+    row; with --missing now they are treated as missing (and reported). Only a level-1 value can be
+    missing (a record is dropped): above level 1 HLM needs complete data, so the refusal does not offer
+    --missing now there."""
     for k, name in enumerate(names):
         bad = np.flatnonzero(np.isinf(values[k]))
         if not bad.size:
@@ -212,11 +216,13 @@ def refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_missi
         pos = int(bad[0])
         where = f"line {pos + 2}" if table.format == "csv" else f"row {pos + 1}"
         if not as_missing:
-            raise DataError(
-                f"{table.path}: column {name}, {where}: the value is infinite ({values[k][pos]:g})"
-                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; fix it, leave {name} out with --l1-vars/--l2-vars "
-                "if the model does not use it, or pass --missing now to treat infinite values as missing"
-            )
+            what = (f"{table.path}: column {name}, {where}: the value is infinite ({values[k][pos]:g})"
+                    f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; fix it")
+            if level > 1:
+                raise DataError(f"{what}, or leave {name} out with --l{level}-vars if the model does not use it "
+                                f"(HLM needs complete level-{level} data, so --missing now does not apply)")
+            raise DataError(f"{what}, leave {name} out with --l1-vars/--l2-vars if the model does not use it, or pass "
+                            "--missing now to treat infinite values as missing")
         values[k][bad] = np.nan
         notes.setdefault("infinite_as_missing", {})[name] = int(bad.size)
         warn(f"{table.path.name}: column {name}: {bad.size} infinite value(s) (first at {where}) treated as missing")
@@ -330,7 +336,7 @@ def _level2_rows(level2: Table, keep2, codes2, ids2, id2: str, options: BuildOpt
     from .readers import numeric_column
 
     l2_values = np.vstack([numeric_column(level2, c) for c in keep2]) if keep2 else np.empty((0, len(codes2)))
-    refuse_infinite(level2, keep2, l2_values, options.missing == "now", warn, infinite_notes)
+    refuse_infinite(level2, keep2, l2_values, options.missing == "now", warn, infinite_notes, level=2)
     if same_file:
         first = np.unique(codes2, return_index=True)[1]
         for k, name in enumerate(keep2):
@@ -554,6 +560,7 @@ def read_archive_file(path: str | os.PathLike, levels: int | None = 2,
             header = {**header, "levels": 2, "level2_names": header["level2_names"], "unit2_ids": header["unit_ids"],
                       "id_names": header["id_names"][1:], "level1_id": header["id_names"][0]}
             arrays["offsets2"] = arrays.pop("offsets")
+        header = {**header, "format_version": version}  # the prefix's, which the reader went by
     except DataError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
@@ -573,7 +580,7 @@ def load_archive(path: str | os.PathLike, levels: int | None = 2, verify: bool =
                                  arrays[f"offsets{k}"]))
         archive = Archive(lvs, header["id_kind"], tuple(header["id_names"]), header["missing"],
                           [Source(**s) for s in header["sources"]], header["value_labels"], header["notes"], path,
-                          header.get("level1_id") or header["id_names"][0])
+                          header.get("level1_id") or header["id_names"][0], header["format_version"])
     except DataError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):

@@ -206,7 +206,7 @@ def _level3_units3(t1, t2, t3, options: BuildOptions3, id3_in3: str, keep3, inf_
         ids3, l3_values, _ = _collapse(t3, ids3, keep3, 3, options.id3)
     else:
         l3_values = np.vstack([numeric_column(t3, c) for c in keep3]) if keep3 else np.empty((0, len(ids3)))
-        refuse_infinite(t3, keep3, l3_values, False, warn, inf_notes)
+        refuse_infinite(t3, keep3, l3_values, False, warn, inf_notes, level=3)
         _refuse_repeated_ids(t3, id3_in3, ids3, 3)
     return ids3, kind3, l3_values
 
@@ -236,7 +236,7 @@ def _level2_units3(t1, t2, t3, options: BuildOptions3, id_columns, keep2, pos3, 
         ids2, l2_values, _ = _collapse(t2, ids2, keep2, 2, options.id2)
     else:
         l2_values = np.vstack([numeric_column(t2, c) for c in keep2]) if keep2 else np.empty((0, len(ids2)))
-        refuse_infinite(t2, keep2, l2_values, False, warn, inf_notes)
+        refuse_infinite(t2, keep2, l2_values, False, warn, inf_notes, level=2)
         _refuse_repeated_ids(t2, id2_in2, ids2, 2)
     no_parent = [u for u in ids2 if u not in parent]
     if no_parent:  # only possible when the link comes from the level-1 file
@@ -262,7 +262,7 @@ def _level2_units3(t1, t2, t3, options: BuildOptions3, id_columns, keep2, pos3, 
 
 def _variables3(t1, t2, t3, options: BuildOptions3, id2_in2: str, id3_in3: str, warn):
     """The variables of each level (keep1, keep2, keep3). A shared file: a variable belongs to the
-    highest level it is constant in; a text column is left out with a warning."""
+    highest level it is constant in, unless named for a lower one; a text column is left out with a warning."""
     from .readers import find_column, is_text_column, numeric_column
 
     ids_cols = {options.id2.lower(), options.id3.lower()}
@@ -274,11 +274,16 @@ def _variables3(t1, t2, t3, options: BuildOptions3, id2_in2: str, id3_in3: str, 
             return [find_column(table, n, f"level-{level} variable") for n in requested]
         return [c for c in table.data.columns if c.lower() not in ids_cols | exclude and not is_text_column(table, c, text_columns)]
 
-    keep3 = keep_for(t3, options.keep3, 3, set())
+    def named(table, requested):  # a variable named for a lower level stays there (as at two levels)
+        return {n.lower() for n in requested or () if _has_column(table, n)}
+
+    keep3 = keep_for(t3, options.keep3, 3, (named(t2, options.keep2) if same23 else set())
+                     | (named(t1, options.keep1) if t1 is t3 else set()))
     if same23 and options.keep3 is None:
         ids3_all, _ = _ids(t3, id3_in3)
         keep3 = [c for c in keep3 if _constant(numeric_column(t3, c), ids3_all)]
-    keep2 = keep_for(t2, options.keep2, 2, {c.lower() for c in keep3} if same23 else set())
+    keep2 = keep_for(t2, options.keep2, 2, ({c.lower() for c in keep3} if same23 else set())
+                     | (named(t1, options.keep1) if same12 else set()))
     if same12 and options.keep2 is None:
         ids2_all, _ = _ids(t2, id2_in2)
         keep2 = [c for c in keep2 if _constant(numeric_column(t2, c), ids2_all)]
@@ -404,7 +409,7 @@ def build_archive_levels(tables, options: BuildOptionsLevels, warn=lambda m: Non
         kinds.append(kind)
         _refuse_repeated_ids(t, col, ids, level)
         vals = np.vstack([numeric_column(t, c) for c in keeps[level - 1]]) if keeps[level - 1] else np.empty((0, len(ids)))
-        refuse_infinite(t, keeps[level - 1], vals, False, warn, inf_notes)
+        refuse_infinite(t, keeps[level - 1], vals, False, warn, inf_notes, level)
         if level < K:
             up_name = options.ids[level - 1]
             up_col = find_column(t, up_name, f"level-{level + 1} unit id (each level-{level} unit's level-{level + 1} unit)")

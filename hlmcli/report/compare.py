@@ -163,6 +163,21 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     return result
 
 
+def _variance_reductions(a: dict, b: dict) -> list[dict]:
+    """The proportion by which each variance component of A (τ's diagonal, then σ²) is reduced in B."""
+    reductions = []
+    tau_a = {name: a["tau"][k][k] for k, name in enumerate(a["random_coefficients"])}
+    tau_b = {name: b["tau"][k][k] for k, name in enumerate(b["random_coefficients"])}
+    for name in tau_a:
+        if name in tau_b and tau_a[name] > 0:
+            reductions.append({"component": name, "a": tau_a[name], "b": tau_b[name],
+                               "proportion_reduction": (tau_a[name] - tau_b[name]) / tau_a[name]})
+    if a["sigma2"] is not None and b["sigma2"] is not None:  # an HGLM's level-1 variance is fixed by its mean
+        reductions.append({"component": "level-1", "a": a["sigma2"], "b": b["sigma2"],
+                           "proportion_reduction": (a["sigma2"] - b["sigma2"]) / a["sigma2"]})
+    return reductions
+
+
 def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     if a.get("levels", 2) > 2 or b.get("levels", 2) > 2:
         if a.get("levels", 2) == 2 or b.get("levels", 2) == 2:
@@ -212,17 +227,7 @@ def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
         result["mixture_note"] = (f"the test that the variance of {added[0]} is zero puts it on the boundary; "
                                   f"p_mixture is the 50:50 mixture of chi-square({df - 1}) and chi-square({df}) "
                                   "(Stram & Lee 1994), p is the naive chi-square")
-    reductions = []
-    tau_a = {name: a["tau"][k][k] for k, name in enumerate(a["random_coefficients"])}
-    tau_b = {name: b["tau"][k][k] for k, name in enumerate(b["random_coefficients"])}
-    for name in tau_a:
-        if name in tau_b and tau_a[name] > 0:
-            reductions.append({"component": name, "a": tau_a[name], "b": tau_b[name],
-                               "proportion_reduction": (tau_a[name] - tau_b[name]) / tau_a[name]})
-    if a["sigma2"] is not None and b["sigma2"] is not None:  # an HGLM's level-1 variance is fixed by its mean
-        reductions.append({"component": "level-1", "a": a["sigma2"], "b": b["sigma2"],
-                           "proportion_reduction": (a["sigma2"] - b["sigma2"]) / a["sigma2"]})
-    result["variance_reduction"] = reductions
+    result["variance_reduction"] = _variance_reductions(a, b)
     result["order_note"] = "B has fewer parameters than A; the test treats B as the simpler model" if swapped else None
     return result
 

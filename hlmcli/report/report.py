@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ..io.archive import FORMAT_VERSION, Archive, summarize
+from ..io.archive import Archive, summarize
 from ..version import __version__
 
 
@@ -48,7 +48,7 @@ def archive_info(archive: Archive, unit: str | None = None) -> dict:
     info = {
         "schema": 1, "tool": "hlmcli", "version": __version__, "levels": K,
         "archive": archive.path.name if archive.path else None,
-        "format_version": FORMAT_VERSION,
+        "format_version": archive.format_version,  # of the file read, not the one this version writes
         # level1: the id linking level-1 records to level-2 units, as the level-1 file spells it
         "id": {"level1": archive.level1_id, **{f"level{k}": archive.id_names[k - 2] for k in range(2, K + 1)},
                "kind": archive.id_kind},

@@ -192,6 +192,17 @@ def _pql_json(a: HGLMAnalysis) -> dict:
     return out
 
 
+def _variance_components_json(a: HGLMAnalysis, names, rand_q, sd) -> list[dict]:
+    """The variance components with their χ² tests, then level 1's when its scale is estimated (over-dispersion)."""
+    vt = a.variance
+    comps = [{"effect": names[q], "label": f"u{q}", "sd": float(sd[k]), "variance": float(a.tau[k, k]),
+              "df": float(vt.df[k]), "chi2": float(vt.chi2[k]), "p": float(vt.p[k])} for k, q in enumerate(rand_q)]
+    if a.sigma2 is not None:
+        comps.append({"effect": "level-1", "label": "r", "sd": math.sqrt(a.sigma2), "variance": a.sigma2,
+                      "df": None, "chi2": None, "p": None})
+    return comps
+
+
 def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     """The HGLM JSON document (schema 2, hlmcli/schema/fit-2.json)."""
     d, opts = a.design, a.spec.options
@@ -202,11 +213,7 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         corr = a.tau / np.outer(sd, sd)
     vt = a.variance
     criteria = information_criteria(a) if a.ml else None
-    comps = [{"effect": names[q], "label": f"u{q}", "sd": float(sd[k]), "variance": float(a.tau[k, k]),
-              "df": float(vt.df[k]), "chi2": float(vt.chi2[k]), "p": float(vt.p[k])} for k, q in enumerate(rand_q)]
-    if a.sigma2 is not None:
-        comps.append({"effect": "level-1", "label": "r", "sd": math.sqrt(a.sigma2), "variance": a.sigma2,
-                      "df": None, "chi2": None, "p": None})
+    comps = _variance_components_json(a, names, rand_q, sd)
     out = {
         "schema": 2, "tool": "hlmcli", "version": __version__, "title": meta.get("title"),
         "data_source": meta.get("data_source"), "outcome": a.spec.outcome,
