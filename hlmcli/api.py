@@ -358,6 +358,13 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     summarised engine (design_levels.Level1Moments), None for the archive's records."""
     from .levels_results import LevelsAnalysis, levels_extras
 
+    if fit.family is not None and fit.family != FamilyName.NORMAL:  # three-level HGLM (capabilities.check
+        from .analysis.hglm_levels import analyse_hglm_levels  # refused four levels)
+
+        design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
+        analysis = LevelsAnalysis(spec, design, nested, hglm=hglm)
+        analysis.extras = levels_extras(analysis, fit.tests)
+        return analysis
     if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3
         from .analysis.identifiability import check_three_level

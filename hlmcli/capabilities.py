@@ -23,8 +23,10 @@ KINDS = {
     "three-level": "three-level linear",
     "four-level": "four-level linear",
     "crossed": "cross-classified linear",
+    "three-level-pql": "three-level HGLM PQL",
 }
 _LEVELS = ("three-level", "four-level")
+THREE_LEVEL_HGLM = "three-level-pql"
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
@@ -49,6 +51,8 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
                   "residual variances; HLM3 and HLM4 offer none, so there is no reference to match")
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
+_NOT_YET_3HGLM = ("not yet for three-level HGLM: its residual files and plots would need the link-scale fitted values "
+                  "and EB modes written per level, which are not built; save the fit with --json-out")
 _ORDINAL_LINEAR = ("an ordinal outcome is not normal: it is fitted as an HGLM (--family ordinal with --estimation "
                    "laplace or agq)")
 _ORDINAL_PQL = ("not yet: HLM 7's PQL for ordinal outcomes (a linearisation of the C - 1 cumulative logits) is not "
@@ -62,8 +66,11 @@ _NEGBIN_PQL = ("PQL's working model needs a variance function known up to a scal
                "or agq, exact ML, which glmmTMB's nbinom2 matches")
 _NEGBIN_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors needs the Laplace "
                    "likelihood over the crossed blocks, which is not built (glmmTMB fits it)")
-_HGLM_LEVELS = ("hlmcli fits binary, binomial and count outcomes (HGLM) at two levels; models of three and four levels "
-                "are linear")
+_NEGBIN_LEVELS = ("hlmcli fits negative binomial counts at two levels (Laplace, AGQ); at three levels that needs the "
+                  "Laplace likelihood over nested random effects with theta, which is not built (and PQL has no NB "
+                  "working model); models of four levels are linear")
+_HGLM_LEVELS = ("hlmcli fits ordinal outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
+                "levels and, by PQL, at three; models of four levels are linear")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
@@ -103,39 +110,49 @@ def _k(reason: str) -> dict:
 FEATURES = (
     Feature("api", "Python API (hlmcli.fit; crossed: hlmcli.fit_crossed)", {}),
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
-            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY, "crossed": _X_NOT_YET}),
+            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY, "crossed": _X_NOT_YET,
+                                              THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
     Feature("table", "hlmcli table of saved fits", {"crossed": _X_NOT_YET}),
-    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, "crossed": _X_NOT_YET}),
+    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, "crossed": _X_NOT_YET,
+                                                                THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {"crossed": _X_NOT_YET}),
     Feature("test", "--test (Wald tests of γ)", {"crossed": _X_TESTS}),
-    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, "crossed": _X_TESTS}),
-    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS}),
+    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, "crossed": _X_TESTS,
+                                                         THREE_LEVEL_HGLM: _NO_DEVIANCE}),
+    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS,
+                                                                        THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
-            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, "crossed": _X_DF}),
-    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF}),
+            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, "crossed": _X_DF,
+             THREE_LEVEL_HGLM: _SATTERTHWAITE}),
+    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
+                                     THREE_LEVEL_HGLM: _HLM6_K}),
     Feature("homogeneity", "--test-homogeneity",
-            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS}),
+            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
+             THREE_LEVEL_HGLM: _HOMOGENEITY}),
     Feature("full_output", "--full-output",
-            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS}),
+            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
+             THREE_LEVEL_HGLM: _FULL_OUTPUT_K}),
     Feature("weights", "--weight1/--weight2 (sampling weights; ... --weight4)",
             {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS,
-             "crossed": _X_WEIGHTS}),
+             "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",
             {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED,
-             "crossed": _X_NOT_YET}),
+             "crossed": _X_NOT_YET, THREE_LEVEL_HGLM: _HGLM_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
-             "crossed": _ORDINAL_CROSSED}),
+             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS}),
     Feature("negbinomial", "--family negbinomial (NB2 counts, Var = mu + mu^2/theta, log link, theta estimated)",
-            {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, **_k(_HGLM_LEVELS),
-             "crossed": _NEGBIN_CROSSED}),
+            {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
+             "four-level": _HGLM_LEVELS,
+             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
-            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY}),
+            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
+             THREE_LEVEL_HGLM: _HGLM_SUMMARY}),
 )
 _BY_KEY = {f.key: f for f in FEATURES}
 
@@ -145,9 +162,17 @@ def n_levels_of(spec) -> int:
     return int(getattr(spec, "n_levels", 2))
 
 
-def kind_of(spec, engine: Engine | str = Engine.MEMORY) -> str:
-    """The table's column for a model: its levels (three, four), else linear (by engine) or the HGLM estimation."""
+def hglm_asked(fit: FitOptions | None) -> bool:
+    """Whether the options ask for a binary, binomial or count outcome."""
+    return fit is not None and fit.family is not None and str(getattr(fit.family, "value", fit.family)) != "normal"
+
+
+def kind_of(spec, engine: Engine | str = Engine.MEMORY, fit: FitOptions | None = None) -> str:
+    """The table's column for a model: its levels (three, four; a three-level HGLM), else linear (by
+    engine) or the HGLM estimation."""
     levels = n_levels_of(spec)
+    if levels == 3 and hglm_asked(fit):
+        return THREE_LEVEL_HGLM
     if levels > 2:
         return _LEVELS[levels - 3]
     if spec.options.family == "normal":
@@ -194,7 +219,15 @@ def refuse(feature: str, kind: str) -> None:
 
 
 def refuse_family(n_levels: int, fit: FitOptions) -> None:
-    """HGLM options for a model of three or more levels: refused in one line with the reason."""
+    """HGLM options for a model of four or more levels, or for a normal outcome at three, and a
+    three-level HGLM's estimation other than PQL: refused in one line with the reason."""
+    if n_levels == 3 and hglm_asked(fit):
+        est = getattr(fit.estimation, "value", fit.estimation)
+        if est not in (None, "pql"):
+            raise ModelError(f"--estimation {est}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: a three-level "
+                             "HGLM is fitted by PQL here; Laplace and adaptive quadrature over nested random effects "
+                             "(a joint mode per level-3 unit) are not built yet")
+        return
     given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
                                       ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),
                                       ("quadrature-points", fit.quadrature_points), ("separation", fit.separation),
@@ -209,8 +242,8 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
           extra: tuple[str, ...] = ()) -> None:
     """Refuse, in one line with its reason, the first feature this kind of model does not support.
     `extra` names features asked outside the options (e.g. 'missing_now' from the archive build)."""
-    kind = kind_of(spec, engine)
-    if kind in _LEVELS:
+    kind = kind_of(spec, engine, fit)
+    if kind in _LEVELS or kind == THREE_LEVEL_HGLM:
         refuse_family(n_levels_of(spec), fit)
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:

@@ -36,6 +36,7 @@ class LevelsAnalysis:
     fit: NestedFit
     extras: dict = field(default_factory=dict)
     weighting: dict = field(default_factory=dict)  # levels_combined.weighting_meta: the weights' lines and record
+    hglm: object = None  # analysis.hglm_levels.HGLMLevels: a binary, binomial or count outcome (PQL)
 
     @property
     def n_levels(self) -> int:
@@ -157,8 +158,10 @@ def table_view(doc: dict) -> dict:
     view = {"levels": doc["levels"], "method": doc["method"], "outcome": doc["outcome"], "fixed_effects": fixed,
             "random_coefficients": names, "r_names": r_names, "tau_levels": levels, "tau_groups": groups,
             "tau": tau.tolist(), "variance_components": components, "sigma2": doc["sigma2"],
-            "deviance": deviance, "n_params": doc["n_params"], "aic": deviance + 2 * k,
-            "bic": deviance + k * math.log(counts[1]), "n_level1": counts[1], "n_level2": counts[2],
+            "deviance": deviance, "n_params": doc["n_params"],  # no deviance, AIC or BIC for PQL (HGLM)
+            "aic": None if deviance is None else deviance + 2 * k,
+            "bic": None if deviance is None else deviance + k * math.log(counts[1]), "n_level1": counts[1],
+            "n_level2": counts[2],
             "n_units": counts, "converged": doc["converged"], "certificate": doc.get("certificate"),
             "lme4_formula": doc.get("lme4_formula")}
     for key in ("hypothesis_tests", "deviance_test", "weights"):

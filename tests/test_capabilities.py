@@ -145,7 +145,7 @@ def check_compare(kind, tmp_path):
 # The default run renders one of the three paper formats per kind, each format for some kind (each call
 # costs a start-up and the tables' imports); test_every_format_of_every_kind (slow) renders all 15.
 _FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown"}
-_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS if k not in ("three-level", "four-level", "crossed")]  # their own checks
+_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS if k not in ("three-level", "four-level", "crossed", "three-level-pql")]  # their own checks
 assert set(_FORMAT_OF_KIND) == set(_TWO_LEVEL_KINDS) and set(_FORMAT_OF_KIND.values()) == {"markdown", "latex", "html"}
 
 
@@ -779,6 +779,83 @@ def check_levels_stream_dask(kind, tmp_path):
 SUPPORTED_LEVELS = {key[len("check_levels_"):]: f for key, f in globals().items() if key.startswith("check_levels_")}
 
 
+# ---------------------------------------------------------------- the three-level HGLM (PQL) column
+
+H3 = DATA / "hglm3"
+GROUSE = [*(H3 / f"grouse_l{k}.csv" for k in (1, 2, 3)), "--id2", "BROOD", "--id3", "LOCATION"]
+GROUSE_MODEL = ["-1", "TICKS = p0", "-2", "p0 = b00 + b01*YEAR96 + b02*YEAR97 + r0",
+                "-3", "b00 = g000 + g001*CHEIGHT + u00", "-3", "b01 = g010", "-3", "b02 = g020", "--family", "poisson"]
+LEVELS_BASE["three-level-pql"] = [*GROUSE, *GROUSE_MODEL]
+
+
+def hglm3_matches(doc: dict) -> None:
+    """The grouseticks PQL fit against R's PQL fixed point (test_hglm3.pql_matches: γ 1e-6, SE 1e-5, τ 1e-5)."""
+    from test_hglm3 import pql_matches
+
+    pql_matches(doc, "grouseticks")
+
+
+def hglm3_json(*extra) -> dict:
+    return levels_json("three-level-pql", *extra)
+
+
+def check_hglm3_api(tmp_path):
+    res = hlmcli.fit(*GROUSE[:2], level3=GROUSE[2], id2="BROOD", id3="LOCATION", level1_eq=GROUSE_MODEL[1],
+                     level2_eqs=[GROUSE_MODEL[3]], level3_eqs=GROUSE_MODEL[5::2][:3], family="poisson",
+                     warn=lambda m: None)
+    assert res.to_dict()["fixed_effects"] == hglm3_json()["fixed_effects"]
+    hglm3_matches(res.to_dict())
+    assert res.converged and res.failures == []
+
+
+def check_hglm3_table(tmp_path):
+    a = tmp_path / "fit.json"
+    a.write_text(json.dumps(hglm3_json()))
+    proc = run_cli("table", a, a, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    first = hglm3_json()["fixed_effects"][0]["estimate"]
+    assert f"{first:.3f}" in proc.stdout and "J (level 3)" in proc.stdout
+
+
+def check_hglm3_formats(tmp_path):
+    proc = run("fit", *LEVELS_BASE["three-level-pql"], "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    tidy = pd.read_csv(pd.io.common.StringIO(proc.stdout))
+    ref = hglm3_json()["fixed_effects"][0]["estimate"]
+    assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-9)  # 10 digits printed
+
+
+def check_hglm3_test(tmp_path):
+    doc = hglm3_json("--test", "γ001 = 0", "--test", "g001 = 0")
+    f = next(f for f in doc["fixed_effects"] if f["gamma"] == "γ001")
+    for test in doc["hypothesis_tests"]:
+        assert test["model"]["chi2"] == pytest.approx(f["t"] ** 2, rel=1e-10)
+        assert test["robust"]["chi2"] == pytest.approx(f["robust_t"] ** 2, rel=1e-10)
+
+
+def check_hglm3_json_out(tmp_path):
+    path = tmp_path / "fit.json"
+    proc = run_cli("fit", *LEVELS_BASE["three-level-pql"], "--json-out", path, "-q")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(path.read_text())
+    assert doc == hglm3_json()
+    hglm3_matches(doc)
+
+
+def check_hglm3_tau_diagonal(tmp_path):
+    """One random effect per level: a diagonal τ is the same model, so the same fit."""
+    doc = hglm3_json("--tau", "diagonal")
+    hglm3_matches(doc)
+    assert set(doc["tau_structure"]) == {"diagonal"}
+
+
+def check_hglm3_missing_now(tmp_path):
+    hglm3_matches(hglm3_json("--missing", "now"))  # no missing values: the reference fit
+
+
+SUPPORTED_HGLM3 = {key[len("check_hglm3_"):]: f for key, f in globals().items() if key.startswith("check_hglm3_")}
+
+
 # ---------------------------------------------------------------- cross-classified
 # References: lmer's fits in tests/data/crossed/crossed_lme4.json (tests/reference_scripts/crossed_lme4.R).
 # Penicillin (24 plates crossed with 6 samples) is small, so its cells are cheap.
@@ -866,7 +943,13 @@ ASK_LEVELS = {}
 
 
 def check_refused(feature, kind, why, tmp_path):
-    if kind in ("three-level", "four-level"):
+    if kind == "three-level-pql" and feature == "compare":
+        a = tmp_path / "a.json"
+        a.write_text(json.dumps(hglm3_json()))
+        proc = run_cli("compare", a, a)
+        one_line_refusal(proc, "PQL fit, and PQL has no deviance")
+        return
+    if kind in ("three-level", "four-level", "three-level-pql"):
         if feature == "plot":
             proc = run_cli("plot", "equation", *LEVELS_BASE[kind], "-o", tmp_path / "eq.png")
         else:
@@ -932,7 +1015,8 @@ SLOW_LEVEL_CELLS = {("keep", "four-level"), ("tau_diagonal", "three-level"), ("t
 def _cells():
     for f in capabilities.FEATURES:
         for kind in capabilities.KINDS:
-            slow = (f.key, kind) == ("stream_dask", "linear-summary") or (f.key, kind) in SLOW_LEVEL_CELLS
+            slow = (f.key, kind) == ("stream_dask", "linear-summary") or (f.key, kind) in SLOW_LEVEL_CELLS or \
+                (kind == "three-level-pql" and f.key not in ("json_out", "compare", "stream_dask"))
             marks = [pytest.mark.slow] if slow else []
             yield pytest.param(f.key, kind, marks=marks, id=f"{f.key}-{kind}")
 
@@ -947,6 +1031,8 @@ def test_cell(feature, kind, tmp_path):
             SUPPORTED_CROSSED[feature](kind, tmp_path)
     elif why:
         check_refused(feature, kind, why, tmp_path)
+    elif kind == "three-level-pql":
+        SUPPORTED_HGLM3[feature](tmp_path)
     elif kind in ("three-level", "four-level"):
         SUPPORTED_LEVELS[feature](kind, tmp_path)
     else:

@@ -74,8 +74,7 @@ def read_level2(path, id2: str, fmt=None, delimiter=None):
 def match_units(unit_ids: list[str], m: Moments, ids2: list[str], level2: dict, level1_path, level2_path,
                 drop_unmatched: bool, warn) -> tuple[list[str], Moments, dict, dict]:
     """Units in level-2 file order, as the archive keeps them; unmatched level-1 units refused or dropped."""
-    position = {uid: j for j, uid in enumerate(ids2)}
-    where = np.array([position.get(u, -1) for u in unit_ids], dtype=np.int64)
+    where = level2_positions(unit_ids, ids2)
     notes = {"dropped_unmatched": 0, "units_without_records": 0}
     if (where < 0).any():
         missing = [unit_ids[k] for k in np.flatnonzero(where < 0)]
@@ -94,6 +93,24 @@ def match_units(unit_ids: list[str], m: Moments, ids2: list[str], level2: dict, 
         notes["units_without_records"] = absent
         warn(f"{absent} level-2 unit(s) in {Path(level2_path).name} have no level-1 records and are left out")
     return ([unit_ids[k] for k in order], m.take(order), {k: np.asarray(v)[pos2] for k, v in level2.items()}, notes)
+
+
+def level2_positions(unit_ids, ids2) -> np.ndarray:
+    """Each unit's row in the level-2 file, -1 if none: {id: row}.get(unit) for every unit, with the
+    last row of an id given twice, as a dict built in file order keeps it. A hash index over the ids
+    as Python objects (the same hashing and equality, so 1 never matches "1") does it in C."""
+    import pandas as pd
+
+    index = pd.Index(ids2, dtype=object)
+    rows = None
+    repeated = index.duplicated(keep="last")
+    if repeated.any():
+        rows = np.flatnonzero(~repeated)
+        index = index[~repeated]
+    where = np.asarray(index.get_indexer(pd.Index(unit_ids, dtype=object)), dtype=np.int64)
+    if rows is not None:
+        where = np.where(where >= 0, rows[where], -1)
+    return where
 
 
 def level2_from_same_file(unit_ids, m: Moments, names: list[str], level2_names: list[str], path) -> dict:

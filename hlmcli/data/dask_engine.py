@@ -366,6 +366,6 @@ def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress:
             cluster.close()
     total = sum(deleted.values())
     if not by_unit:
-        return id_text(keyed.keys.tolist()), keyed.moments, read, total
+        return id_text(keyed.keys), keyed.moments, read, total
     keys = list(deleted)
-    return id_text(keyed.keys.tolist()), keyed.moments, read, total, dict(zip(id_text(keys), deleted.values()))
+    return id_text(keyed.keys), keyed.moments, read, total, dict(zip(id_text(keys), deleted.values()))

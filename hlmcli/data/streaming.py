@@ -127,7 +127,19 @@ class Accumulator:
 
 
 def id_text(values) -> list[str]:
-    """Ids as the in-memory reader writes them: text stripped, integers in decimal, other numbers by repr."""
+    """Ids as the in-memory reader writes them: text stripped, integers in decimal, other numbers by repr.
+    A NumPy array of text, integers or integral floats is converted as a whole (the Dask engine's
+    million-unit key arrays); anything else goes through the loop below, which defines the spelling."""
+    if isinstance(values, np.ndarray) and values.ndim == 1:
+        if values.dtype.kind == "U":
+            return np.char.strip(values).tolist()  # str.strip's whitespace (Py_UNICODE_ISSPACE)
+        if values.dtype.kind in "iu":
+            return list(map(str, values.tolist()))
+        if values.dtype == np.float64:
+            # str(int(f)) for integral f; |f| < 2**63 so the int64 cast is exact (others: the loop)
+            if bool(np.all(np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < 2.0 ** 63))):
+                return list(map(str, values.astype(np.int64).tolist()))
+        values = values.tolist()
     out = []
     for v in values:
         if isinstance(v, str):

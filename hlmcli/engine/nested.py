@@ -909,8 +909,9 @@ class LevelsSolve:
             d += self.log_det_P() - p * (LOG_2PI + np.log(sigma2))
         return d
 
-    def rounding_noise(self, reml: bool) -> float:
-        """How far rounding can move the profiled deviance (as UnitSolve.rounding_noise)."""
+    def rounding_noise(self, reml: bool, sigma2: float | None = None) -> float:
+        """How far rounding can move the profiled deviance (as UnitSolve.rounding_noise), or the
+        deviance at a fixed σ² (rss/σ² then carries the cancellation once, not ν times its log)."""
         eps = np.finfo(float).eps
         nu = self.dof(reml)
         cancel = (abs(self.stats.yy) + abs(self.stats.yy - self.s) + abs(float(self.c @ self.gamma))) / self.rss
@@ -919,6 +920,8 @@ class LevelsSolve:
                             for ld, w in zip(self.logdets, (None,) * len(self.logdets) if wt is None
                                              else wt.unconditional)))
         logdets += abs(self.log_det_P()) if reml else 0.0
+        if sigma2 is not None:
+            return 8.0 * eps * (cancel * self.rss / sigma2 + logdets)
         return 8.0 * eps * (nu * cancel + logdets + nu * abs(np.log(self.rss / nu)))
 
     def Pinv(self) -> np.ndarray:
@@ -1098,14 +1101,43 @@ def nested_solve(stats: LevelsStats, *lams) -> LevelsSolve:
 
 class NestedDeviance(BlockDeviance):
     """The profiled (RE)ML deviance over (G2, …, GK) as an objective.DevianceObjective, on the
-    statistics given (the search's standardised ones)."""
+    statistics given (the search's standardised ones). sigma2: σ² profiled (None) or fixed at that
+    value (an HGLM's working model, nested_glmm.py; G = τ/σ² then)."""
 
-    def __init__(self, stats: LevelsStats, reml: bool):
+    def __init__(self, stats: LevelsStats, reml: bool, sigma2: float | None = None):
         super().__init__(reml)
-        self.stats = stats
+        self.stats, self.sigma2 = stats, sigma2
 
     def _solve(self, lams) -> LevelsSolve:
         return levels_solve(self.stats, lams)
+
+    def deviance_of(self, us: LevelsSolve) -> float:
+        return us.profiled_deviance(self.reml) if self.sigma2 is None else us.deviance(self.sigma2, self.reml)
+
+    def at(self, Gs, factors=None):
+        if self.sigma2 is None:
+            return super().at(Gs, factors)
+        try:
+            us = self.solve(tuple(factor(G) for G in Gs) if factors is None else tuple(factors))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf, tuple(np.zeros_like(G) for G in Gs)
+        return self.deviance_of(us), us.gradients(self.reml, self.sigma2)
+
+    def value(self, Gs) -> float:
+        if self.sigma2 is None:
+            return super().value(Gs)
+        try:
+            return self.deviance_of(self.solve(tuple(factor(G) for G in Gs)))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return np.inf
+
+    def noise(self, Gs) -> float:
+        if self.sigma2 is None:
+            return super().noise(Gs)
+        try:
+            return self.solve(tuple(factor(G) for G in Gs)).rounding_noise(self.reml, self.sigma2)
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return 0.0
 
 
 def deviance_levels(data, sigma2: float, taus, reml: bool = False) -> float:

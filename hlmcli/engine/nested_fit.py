@@ -328,7 +328,7 @@ def random_labels(layout, n_levels: int) -> tuple:
 
 
 def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=False,
-               df_method: str = "hlm") -> NestedFit:
+               df_method: str = "hlm", sigma2: float | None = None) -> NestedFit:
     """The certified (RE)ML fit over the τ blocks of levels 2..K and HLM's inference.
 
     Reliabilities, at each level ℓ (R&B 2002 ch. 8; HLM2's formula one level at a time; UNVERIFIED
@@ -344,7 +344,8 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
 
     diagonal: True (every level) or one flag per level 2..K: τℓ diagonal (lme4's `||`), searched and
     certified over the non-negative diagonal. df_method: "hlm" (hlm_df) or "satterthwaite"
-    (nested_df.satterthwaite_df, as lmerTest)."""
+    (nested_df.satterthwaite_df, as lmerTest). sigma2: fixed at this value instead of estimated (the
+    working model of an HGLM, nested_glmm.py); the deviance is then at that σ²."""
     reml = bool(reml)
     # one statistics pass: everything below reads the per-level-2-unit moments (moments.LevelsSummary)
     data = summary_of(data)
@@ -365,7 +366,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
                          "constant where it enters); remove one of them") from None
     check_within_units(std)
     TX = tr.TX
-    obj = Objective(std, reml)
+    obj = Objective(std, reml, sigma2)
     Gs, dev, cert, iterations, message, start = search(obj, qs, max_iterations, diagonal)
     try:
         if not np.isfinite(dev):
@@ -375,7 +376,8 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
         raise ModelError("the deviance cannot be evaluated at any point the search reached (X'V⁻¹X or a "
                          "per-unit covariance matrix is numerically singular): check for collinear predictors, "
                          "and centre any predictor whose mean is far larger than its spread") from None
-    sigma2 = us.sigma2_hat(reml)
+    fixed = sigma2 is not None
+    sigma2 = us.sigma2_hat(reml) if sigma2 is None else float(sigma2)
     taus = []
     for A, G in zip(tr.As, Gs):
         Gu = A @ G @ A.T
@@ -390,7 +392,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     else:  # WeMix's pseudo-ML sandwich, clustered at the top level (sandwich.py)
         robust = TX @ weighted_sandwich(sc, wt.conditional[-1], Pinv) @ TX.T
     gamma = TX @ us.gamma + tr.b
-    deviance = us.profiled_deviance(reml) - (2.0 * tr.log_det_TX if reml else 0.0)
+    deviance = obj.deviance_of(us) - (2.0 * tr.log_det_TX if reml else 0.0)
     # back to the user's columns: Z̃ = ZA, so b = A b̃ and Var b = A Var b̃ A'
     eb, eb_var = [], []
     for A, (m, v) in zip(tr.As, us.posterior_levels(sigma2)):
@@ -403,7 +405,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
     if cert.certified:
         for b in range(K - 1):
             boundary += boundary_messages(Gs[b], taus[b], names[b], list(labels[b]), cert.ranks[b])
-    n_params = 1 + sum(q if d else q * (q + 1) // 2 for q, d in zip(qs, diagonal)) + (0 if reml else p)
+    n_params = (0 if fixed else 1) + sum(q if d else q * (q + 1) // 2 for q, d in zip(qs, diagonal)) + (0 if reml else p)
     if cert.certified:
         message = f"at the optimum ({cert.describe()})"
     else:

@@ -344,13 +344,16 @@ def _ordered_archive3(tables, keeps, values, unit, parent3, ids2, ids3, id_kind,
 
 
 def _constant(values: np.ndarray, ids: np.ndarray) -> bool:
+    """Constant within every unit. A unit with some records missing and others not is not (as at two
+    levels): such a column stays at level 1, where _collapse would otherwise refuse it as varying."""
     order, codes = np.unique(ids.astype(str), return_inverse=True)
     ok = ~np.isnan(values)
     lo = np.full(order.size, np.inf)
     hi = np.full(order.size, -np.inf)
     np.minimum.at(lo, codes[ok], values[ok])
     np.maximum.at(hi, codes[ok], values[ok])
-    return not np.any(hi > lo)
+    mixed = (np.bincount(codes[~ok], minlength=order.size) > 0) & np.isfinite(lo)
+    return not np.any((hi > lo) | mixed)
 
 
 def build_from_files3(paths, options: BuildOptions3, fmt=None, delimiter=None, warn=lambda m: None,

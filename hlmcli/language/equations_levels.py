@@ -651,8 +651,9 @@ def _hlm3_option(opts: dict, key: str, value: str, where: str) -> None:
         opts["title"] = None if value.lower() in ("", "no title") else value
     elif key == "nonlin":
         if value.lower() not in ("n", "no", "none", "linear"):
-            raise ModelError(f"{where}: nonlin:{value}: three-level models with a non-normal outcome are not "
-                             "supported yet; hlmcli fits linear three-level models")
+            raise ModelError(f"{where}: nonlin:{value}: not read from a three-level command file yet; give the "
+                             "outcome's family on the command line (--family, --trials, --exposure), which fits it "
+                             "by PQL")
     elif key in ("resfil2", "resfil3"):
         if value.lower().startswith("y"):
             opts[key] = True

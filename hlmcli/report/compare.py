@@ -110,6 +110,9 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     from ..levels_results import n_units, table_view, tau_blocks
 
     for fit, name in ((a, name_a), (b, name_b)):
+        if fit.get("deviance") is None and "hglm" in fit:
+            raise DataError(f"{name} is a PQL fit, and PQL has no deviance (it maximises a quasi-likelihood), so no "
+                            "likelihood-ratio test")
         if "data_hash" not in fit:
             raise DataError(f"{name} does not record its data (an older hlmcli wrote it); refit it with this version")
         if not fit.get("converged"):

@@ -36,7 +36,12 @@ def levels_document(analysis, meta: dict) -> dict:
     from .report_levels import fit_json, fit_json3
 
     a = analysis
-    doc = fit_json3(a.design, a.fit, meta) if a.n_levels == 3 else fit_json(a.design, a.fit, meta)
+    if getattr(a, "hglm", None) is not None:  # a three-level HGLM (report_hglm_levels.py)
+        from .report_hglm_levels import hglm_json3
+
+        doc = hglm_json3(a.design, a.fit, meta, a.hglm)
+    else:
+        doc = fit_json3(a.design, a.fit, meta) if a.n_levels == 3 else fit_json(a.design, a.fit, meta)
     doc.update(a.extras)
     return json_safe(doc)
 
@@ -47,7 +52,11 @@ def levels_text(analysis, meta: dict, ascii: bool) -> str:
     from .report_levels import Symbols3, SymbolsLevels, fit_text as levels_fit_text, fit_text3
 
     a = analysis
-    if a.n_levels == 3:
+    if getattr(a, "hglm", None) is not None:
+        from .report_hglm_levels import hglm_text3
+
+        text = hglm_text3(a.design, a.fit, meta, Symbols3(ascii), a.hglm)
+    elif a.n_levels == 3:
         text = fit_text3(a.design, a.fit, meta, Symbols3(ascii))
     else:
         text = levels_fit_text(a.design, a.fit, meta, SymbolsLevels(ascii))

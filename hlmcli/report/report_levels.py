@@ -798,3 +798,8 @@ def fit_json(design, fit, meta: dict) -> dict:
 
 def fit_json_text(design, fit, meta: dict) -> str:
     return dumps_json(fit_json(design, fit, meta))
+
+
+# the three-level HGLM report (report_hglm_levels.py) shares these
+pi_label, beta_label, random_pis, random_betas, correlation, two_sided_p = (
+    _pi_label, _beta_label, _random_pis, _random_betas, _corr, _two_sided_p)

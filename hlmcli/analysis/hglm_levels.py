@@ -1,0 +1,102 @@
+"""A three-level HGLM (binary, binomial or count outcome) from the archive: the design of the linear
+three-level model, the outcome's checks, PQL around the nested engine (engine/nested_glmm.py), and
+the analysis `LevelsResults` reads (its report: report/report_hglm_levels.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..errors import ModelError
+from ..engine.hglm import FixedPointCheck
+
+
+@dataclass
+class HGLMLevels:
+    """What a three-level HGLM adds to its LevelsAnalysis, for the report and JSON."""
+    family: str  # bernoulli | binomial | poisson
+    link: str  # logit | log
+    estimation: str  # pql
+    reml: bool
+    overdispersion: bool
+    sigma2: float  # 1, or the over-dispersion scale
+    macro_iterations: int
+    check: FixedPointCheck | None
+    trials: str | None = None
+    exposure: str | None = None
+    failed: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"family": self.family, "link": self.link, "estimation": self.estimation,
+                "pql": "restricted" if self.reml else "full", "overdispersion": self.overdispersion,
+                "sigma2_fixed": not self.overdispersion, "macro_iterations": self.macro_iterations,
+                "fixed_point": self.check.to_json() if self.check is not None else {"checked": False},
+                "trials": self.trials, "exposure": self.exposure, "failed": list(self.failed)}
+
+
+def _level1_column(archive, design, name: str, option: str) -> np.ndarray:
+    names = archive.names(1)
+    if name not in names:
+        lower = {n.lower(): n for n in names}
+        hint = f" (did you mean {lower[name.lower()]}?)" if name.lower() in lower else ""
+        raise ModelError(f"{option} {name}: the level-1 file has no column {name}{hint}; name a level-1 column")
+    col = np.asarray(archive.levels[0].values[names.index(name)], dtype=float)
+    return col if design.record_positions is None else col[design.record_positions]
+
+
+def check_options_levels(fit) -> None:
+    """The HGLM options of a three-level fit, each checked in one line (as hglm_run.check_options)."""
+    fam = fit.family.value
+    est = fit.estimation.value if fit.estimation is not None else "pql"
+    if fam == "binomial" and not fit.trials:
+        raise ModelError("--family binomial needs --trials VAR, the number of trials of each record "
+                         "(for 0/1 outcomes use --family bernoulli)")
+    if fit.trials and fam != "binomial":
+        raise ModelError(f"--trials is for --family binomial (this model is {fam})")
+    if fit.exposure and fam != "poisson":
+        raise ModelError(f"--exposure is for --family poisson (this model is {fam})")
+    if fit.overdispersion and fam == "bernoulli":
+        raise ModelError("--overdispersion cannot be estimated for a 0/1 outcome: the Bernoulli variance is fixed by "
+                         "its mean")
+    if est != "pql":
+        raise ModelError(f"--estimation {est}: not available for a three-level HGLM yet: hlmcli fits three-level "
+                         "binary, binomial and count outcomes by PQL (--estimation pql)")
+
+
+def analyse_hglm_levels(spec, archive, fit):
+    """The PQL fit of a three-level HGLM: (its design, the NestedFit the report reads, HGLMLevels), which
+    api.analyse_levels makes a LevelsAnalysis of."""
+    from ..data.design_levels import design3
+    from ..engine.family import family as get_family
+    from ..engine.nested import as_levels
+    from ..engine.nested_glmm import LevelsGLMData, pql_levels
+    from .identifiability import check_three_level
+
+    check_options_levels(fit)
+    design = design3(spec, archive)
+    check_three_level(design.data, spec.coefficient_names(), lambda p: spec.term_names((p,)))
+    fam = get_family(fit.family.value)
+    y = np.asarray(design.data.y, dtype=float)
+    trials = _level1_column(archive, design, fit.trials, "--trials") if fit.trials else None
+    exposure = _level1_column(archive, design, fit.exposure, "--exposure") if fit.exposure else None
+    rows = design.record_positions if design.record_positions is not None else np.arange(y.size)
+    source = archive.sources[0].name if archive.sources else "the level-1 file"
+    fam.check(y, trials, exposure, {"file": source, "outcome": spec.outcome,
+                                    "trials": fit.trials, "exposure": fit.exposure, "rows": rows})
+    tau = fit.tau or getattr(spec.options, "tau", None)
+    reml = spec.method == "REML"
+    glm = LevelsGLMData(as_levels(design.data), fam, trials, None if exposure is None else np.log(exposure))
+    try:
+        res = pql_levels(glm, reml=reml, overdispersion=bool(fit.overdispersion), diagonal=tau == "diagonal",
+                         max_iterations=spec.options.max_iterations)
+    except FloatingPointError as exc:
+        raise ModelError(f"the PQL fit broke down: {exc}; check for units whose outcomes are all 0 or all 1, or "
+                         "predictors that separate the outcome") from None
+    message = "; ".join(res.failed) if res.failed else res.fit.message
+    nested = replace(res.fit, sigma2=res.sigma2, deviance=float("nan"), converged=bool(res.converged),
+                     message=message, n_params=res.fit.n_params)
+    if not res.converged and res.fit.certificate.certified:
+        nested.certificate = replace(res.fit.certificate, certified=False, failed=list(res.failed))
+    return design, nested, HGLMLevels(fam.name, fam.link, "pql", reml, bool(fit.overdispersion), res.sigma2,
+                                      res.macro_iterations, res.check, fit.trials, fit.exposure, list(res.failed))
