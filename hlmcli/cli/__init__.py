@@ -206,10 +206,13 @@ def main():
 
 
 def _verified_records_folder():
-    """Where loads record the archives they verified in full (io/verified.py): the cache folder."""
+    """Where loads record the files they verified in full (io/verified.py): the command's --cache-dir
+    if it was given, else the default cache folder; never somewhere the user did not point."""
     from ..io.cache import default_cache_dir, secure_cache_dir
 
-    return secure_cache_dir(default_cache_dir())
+    ctx = click.get_current_context(silent=True)
+    given = ctx.params.get("cache_dir") if ctx is not None else None
+    return secure_cache_dir(Path(given) if given else default_cache_dir())
 
 
 @main.group()
