@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import ModelError
 from .equations_levels import build_levels_spec, classify_levels
 from .hlmfile import key_values, level_equation, level_terms, number, whole, yes_no
-from .lexer import read_text
+from .lexer import at_file_line, read_text
 
 CENTERINGS = ("none", "group", "grand")
 
@@ -487,7 +487,10 @@ def spec_from_inputs(level1: str | None, level2: list[str], model_file: str | No
                                  "cannot be added to it; edit its level2: lines or drop --model")
             return parse_hlm_file(model_file, variables, allow_outside)
         level1, level2_file = read_model_file(model_file)
-        level2 = level2_file + list(level2)
+        try:
+            return build_spec(level1, level2_file + list(level2), variables, options)
+        except ModelError as exc:
+            raise at_file_line(model_file, text, exc) from None
     if not level1:
         raise ModelError("no model given; pass -1 'OUTCOME = b0 + ... + r' (and -2 equations), or --model FILE")
     return build_spec(level1, list(level2), variables, options)
