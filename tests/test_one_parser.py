@@ -105,3 +105,15 @@ def test_an_equation_in_a_model_file_is_named_by_file_and_line(tmp_path):
     three.write_text("Y = p0 + e\np0 = b00 + r0\nb00 = g000 + g001*NOSUCH + u00  # level 3\n")
     with pytest.raises(ModelError, match=rf"^{three}, line 3: in 'b00 = g000 \+ g001\*NOSUCH \+ u00'"):
         spec_from_inputs_levels([[], [], []], str(three), V3, RunOptionsLevels())
+
+
+def test_an_hlm_command_file_line_is_named_when_its_equation_is_wrong(tmp_path):
+    """An unknown variable on a level2: line names the command file and that line (the message quoted
+    only the equation it was translated to)."""
+    from hlmcli.language.equations import parse_hlm_file
+
+    cmd = tmp_path / "m.hlm"
+    cmd.write_text("#WHLM CMD FILE\nlevel1:Y=INTRCPT1+X1+RANDOM\nlevel2:INTRCPT1=INTRCPT2+random/\n"
+                   "level2:X1=INTRCPT2+NOSUCH/\n")
+    with pytest.raises(ModelError, match=rf"^{cmd}, line 4: in 'b1 = g1,0 \+ g1,1\*NOSUCH': unknown variable"):
+        parse_hlm_file(cmd, V2)

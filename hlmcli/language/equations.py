@@ -314,7 +314,14 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
         ols_units=opts.get("ols_units", 10), weight1=opts.get("weight1"), weight2=opts.get("weight2"),
     )
     spec_options = _hlm_hglm_options(spec_options, opts, path)
-    spec = build_spec(level1_eq[0], level2_eqs, variables, spec_options)
+    try:
+        spec = build_spec(level1_eq[0], level2_eqs, variables, spec_options)
+    except ModelError as exc:  # name the level1:/level2: line the quoted equation was read from
+        message = str(exc)
+        for eq, line_no in [(level1_eq[0], level1_line[1])] + [(e, n) for e, (_, n) in zip(level2_eqs, level2_lines)]:
+            if f"in '{eq.strip()}'" in message:
+                raise ModelError(f"{path}, line {line_no}: {message}") from None
+        raise
     if contrasts and opts.get("hypoth", True):
         tests = tuple(contrasts_from_rows(spec, f"{path}", label, rows) for label, rows in sorted(contrasts.items(), key=lambda kv: int(kv[0])))
         spec = ModelSpec(spec.outcome, spec.level1, spec.level2, _replace(spec.options, hypotheses=tests))
