@@ -264,3 +264,15 @@ def test_separation_option_is_refused_not_ignored():
                             prior_deviance=False)
     check_model_options({"--separation"}, family="bernoulli", estimation="laplace", full_output=False,
                         prior_deviance=False)
+
+
+def test_equation_graph_axis_names_the_cumulative_probability():
+    """η of an ordinal model is the lowest category's cumulative link (it falls as ratings rise): the
+    equation graph's axis says so for every link (it read 'Predicted rating, log-odds', and nothing for
+    probit), as a saved fit's categories give it."""
+    from hlmcli.report.plots import link_scale
+
+    for link, name in (("logit", "log-odds"), ("probit", "probit"), ("cloglog", "cloglog")):
+        fit = {"family": "ordinal", "link": link, "outcome": "rating", "categories": [1.0, 2.0, 3.0, 4.0, 5.0]}
+        assert link_scale(fit) == f"{name} of P[rating ≤ 1]"
+    assert link_scale({"family": "poisson", "link": "log"}) == "log rate"

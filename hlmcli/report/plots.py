@@ -157,7 +157,13 @@ def plot_equation(results: Results, x: str | None = None, by: Sequence[str] | No
 
 
 def link_scale(fit: dict) -> str | None:
-    """The y axis of an HGLM's equation graph: the linear predictor η on its link's scale."""
+    """The y axis of an HGLM's equation graph: the linear predictor η on its link's scale. An ordinal
+    model's η is that of the lowest category's cumulative probability (γ00 is the first threshold), so
+    it falls as the outcome rises: the axis says so, in every link."""
+    if fit.get("family") == "ordinal":
+        lowest = fit["categories"][0]
+        name = {"logit": "log-odds", "probit": "probit", "cloglog": "cloglog"}[fit["link"]]
+        return f"{name} of P[{fit['outcome']} ≤ {lowest:g}]"
     return {"logit": "log-odds", "log": "log rate"}.get(fit.get("link")) if "family" in fit else None
 
 
