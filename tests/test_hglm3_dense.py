@@ -124,3 +124,41 @@ def test_mmmec_dense_fixed_point(tmp_path):
 @pytest.mark.slow
 def test_guimmun_dense_fixed_point(tmp_path):
     assert_fixed_point(dense_check("guimmun", tmp_path))
+
+
+TMB = DATA / "hglm3" / "pql_glmmtmb.json"
+
+
+def _tmb_matches(name: str, key: str, tmp_path, reml: bool = False) -> None:
+    """hlmcli's γ and τ against the PQL loop around glmmTMB (tests/reference_scripts/hglm3_pql_glmmtmb.R)."""
+    import hlmcli
+
+    ref = json.loads(TMB.read_text())[key]
+    fit = ref["reml" if reml else "ml"]
+    assert fit["last_change"] < 1e-9 and fit["converged_inner"]
+    case = dict(CASES[name])
+    r = hlmcli.fit(str(H3 / f"{name}_l1.csv"), str(H3 / f"{name}_l2.csv"), level3=str(H3 / f"{name}_l3.csv"),
+                   cache_dir=str(tmp_path), method="REML" if reml else "ML", **case)
+    doc = r.to_dict()
+    assert doc["converged"] and doc["hglm"]["fixed_point"]["passed"]
+    index = {n: k for k, n in enumerate(ref["fixed"])}
+    for e in doc["fixed_effects"]:
+        names = [n for n in (e["level3_predictor"], e["level2_predictor"], e["coefficient"]) if not n.startswith("INTRCPT")]
+        k = index[":".join(names) if names else "(Intercept)"]
+        assert e["estimate"] == pytest.approx(fit["gamma"][k], rel=1e-5, abs=1e-7), e["gamma"]
+    id2, id3 = case["id2"], case["id3"]
+    tau = {k.split(":")[-1]: np.array(v) for k, v in fit["tau"].items()}  # LOCATION:BROOD -> BROOD
+    assert np.array(doc["tau_pi"]["matrix"]) == pytest.approx(tau[id2].reshape(1, 1), rel=1e-5, abs=1e-8)
+    t3 = np.array(doc["tau_beta"]["matrix"])
+    assert t3 == pytest.approx(tau[id3].reshape(t3.shape), rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.slow
+def test_grouseticks_reml_against_glmmtmb(tmp_path):
+    """--reml: glmmTMB's REML working fits (nlme's REML with σ fixed does not reach the REML optimum)."""
+    _tmb_matches("grouse", "grouseticks", tmp_path, reml=True)
+
+
+@pytest.mark.slow
+def test_mmmec_against_glmmtmb(tmp_path):
+    _tmb_matches("mmmec", "mmmec", tmp_path)
