@@ -190,7 +190,10 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
 
         from .analysis.ordinal_run import analyse_ordinal
 
-        run = analyse_ordinal if o.family == "ordinal" else analyse_hglm  # ordinal: the thresholds too
+        from .analysis.negbin_run import analyse_negbin
+
+        # ordinal: the thresholds too; negbinomial: the dispersion θ too
+        run = {"ordinal": analyse_ordinal, "negbinomial": analyse_negbin}.get(o.family, analyse_hglm)
         a = fit_or_refuse(lambda: run(spec, archive, level1_text), archive, spec.outcome)
         a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
         a.notes = boundary_notes(a)
@@ -238,7 +241,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     (HLM 7's printed HGLM level-1 block too); or `model`, an equations file or HLM 7 `.hlm` file,
     whose settings (nonlin:, level1weight:, mlf:, ...) are used. method: "REML" or "ML" (default
     REML, or what a `.hlm` file says).
-    family ("normal", "bernoulli", "binomial", "poisson", "ordinal"), trials, exposure, overdispersion,
+    family ("normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial"), trials, exposure, overdispersion,
     estimation ("pql", "laplace", "agq"), quadrature_points, link ("logit", "probit", "cloglog": ordinal
     outcomes): an HGLM, as --family and its options.
     weight1, weight2, normalize: sampling weights. tau: "unstructured" or "diagonal".
@@ -283,6 +286,9 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
                                         drop_unmatched=drop_unmatched, file_format=file_format,
                                         delimiter=delimiter, cache_dir=cache_dir, warn=say)
     spec = model_spec(archive, level1_eq, level2_eqs, model, options, title=title)
+    if link is not None and spec.options.family != "ordinal":  # the other families' links are canonical
+        raise ModelError(f"link='{link}' chooses the cumulative link of family='ordinal', and this model is "
+                         f"{spec.options.family} (whose link is its canonical one, as in HLM 7); drop link")
     check_capabilities(spec, options, OutputOptions(title=title))
     analysis = analyse_model(spec, archive, options, level1_eq)
     meta = {"data_source": source, "title": spec.options.title, "id_name": archive.level1_id,

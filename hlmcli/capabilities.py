@@ -59,6 +59,16 @@ _ORDINAL_PQL = ("not yet: HLM 7's PQL for ordinal outcomes (a linearisation of t
                 "built; use --estimation laplace or agq, exact ML, which ordinal::clmm matches")
 _ORDINAL_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors needs the Laplace or "
                     "AGQ likelihood over the crossed blocks, which is not built (lme4's glmer fits it)")
+_NEGBIN_LINEAR = ("a negative binomial count is not normal: it is fitted as an HGLM (--family negbinomial with "
+                  "--estimation laplace or agq)")
+_NEGBIN_PQL = ("PQL's working model needs a variance function known up to a scale, and the negative binomial's "
+               "(mu + mu^2/theta) depends on the unknown theta (HLM 7 has no such model); use --estimation laplace "
+               "or agq, exact ML, which glmmTMB's nbinom2 matches")
+_NEGBIN_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors needs the Laplace "
+                   "likelihood over the crossed blocks, which is not built (glmmTMB fits it)")
+_NEGBIN_LEVELS = ("hlmcli fits negative binomial counts at two levels (Laplace, AGQ); at three levels that needs the "
+                  "Laplace likelihood over nested random effects with theta, which is not built (and PQL has no NB "
+                  "working model); models of four levels are linear")
 _HGLM_LEVELS = ("hlmcli fits ordinal outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
                 "levels and, by PQL, at three; models of four levels are linear")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
@@ -135,6 +145,10 @@ FEATURES = (
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
              "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS}),
+    Feature("negbinomial", "--family negbinomial (NB2 counts, Var = mu + mu^2/theta, log link, theta estimated)",
+            {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
+             "four-level": _HGLM_LEVELS,
+             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
             {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
@@ -192,6 +206,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "plausible_values": bool(fit.plausible_values or fit.imputed),
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
         "ordinal": (fit.family or got("family")) == "ordinal",
+        "negbinomial": (fit.family or got("family")) == "negbinomial",
     }
     return [key for key, on in asked.items() if on]
 
@@ -212,6 +227,16 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
             raise ModelError(f"--estimation {est}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: a three-level "
                              "HGLM is fitted by PQL here; Laplace and adaptive quadrature over nested random effects "
                              "(a joint mode per level-3 unit) are not built yet")
+        # options the three-level PQL loop would not use: refused, never ignored
+        for name, value, why in (
+                ("quadrature-points", fit.quadrature_points, "it is for --estimation agq, and a three-level HGLM is "
+                 "fitted by PQL"),
+                ("separation", fit.separation, "the three-level PQL fit has no search for separating predictors (a "
+                 "separated predictor stops PQL with its reason)"),
+                ("link", fit.link, "it chooses the cumulative link of --family ordinal at two levels; a three-level "
+                 "HGLM uses its family's canonical link, as HLM3")):
+            if value is not None:
+                raise ModelError(f"--{name}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: {why}; drop --{name}")
         return
     given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
                                       ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),

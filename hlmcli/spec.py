@@ -18,6 +18,7 @@ class FamilyName(str, Enum):
     BINOMIAL = "binomial"
     POISSON = "poisson"
     ORDINAL = "ordinal"  # cumulative link, categories 1..C (engine/ordinal.py)
+    NEGBINOMIAL = "negbinomial"  # NB2 counts, Var = μ + μ²/θ, log link (engine/negbin.py)
 
 
 class Link(str, Enum):
@@ -31,7 +32,7 @@ class Link(str, Enum):
 # The canonical link of each family, the only one hlmcli fits (as HLM 7); an ordinal outcome's link is
 # logit by default, probit or cloglog with --link (Laplace and AGQ).
 LINKS = {FamilyName.NORMAL: Link.IDENTITY, FamilyName.BERNOULLI: Link.LOGIT, FamilyName.BINOMIAL: Link.LOGIT,
-         FamilyName.POISSON: Link.LOG, FamilyName.ORDINAL: Link.LOGIT}
+         FamilyName.POISSON: Link.LOG, FamilyName.ORDINAL: Link.LOGIT, FamilyName.NEGBINOMIAL: Link.LOG}
 ORDINAL_LINKS = (Link.LOGIT, Link.PROBIT, Link.CLOGLOG)
 
 

@@ -187,3 +187,15 @@ def test_predict_checks_newdata_column_names(frames):
         res.predict(new)
     with pytest.raises(DataError, match="newdata: column 1 is named 0"):
         res.predict(pd.DataFrame([[0.5]]))
+
+
+def test_link_of_a_canonical_family_is_refused_not_ignored():
+    """link= chooses an ordinal model's cumulative link; for a count outcome it would do nothing (the log
+    link is fixed), so it is refused in one line as the command line refuses --link, not fitted as log."""
+    from conftest import DATA
+    from hlmcli.errors import ModelError
+
+    h3 = DATA / "hglm3"
+    with pytest.raises(ModelError, match=r"^link='probit' chooses the cumulative link of family='ordinal'"):
+        hlmcli.fit(h3 / "grouse_l1.csv", h3 / "grouse_l2.csv", id="BROOD", level1_eq="TICKS = b0",
+                   level2_eqs=["b0 = g00 + u0"], family="poisson", estimation="laplace", link="probit")

@@ -354,3 +354,15 @@ def test_mdm_info_prints_the_format_of_the_file_it_read(tmp_path):
     info = json.loads(hlmcli("mdm", "info", old, "--format", "json", check=True).stdout)
     assert info["format_version"] == 2 and info["levels"] == 3 and old.read_bytes() == before
     assert load_archive(DATA / "archive_v2" / "pastes2_format2.mdm").format_version == 2
+
+
+def test_one_file_for_both_levels_with_two_id_columns_keeps_ids_as_text(tmp_path):
+    """--id1 A --id2 B on one file: the level-2 id is text as it would be from its own file, so ids with
+    leading zeros match (the file used to be read with only A as text, B became 7 and no record matched)."""
+    f = tmp_path / "both.csv"
+    f.write_text("A,B,Y\n007,007,1\n007,007,2\n008,008,3\n")
+    out = tmp_path / "both.mdm"
+    r = run("mdm", "build", f, f, "--id1", "A", "--id2", "B", "-o", out)
+    assert r.exit_code == 0, r.output
+    archive = load_archive(out)
+    assert archive.unit_ids == ["007", "008"] and archive.n_level1 == 3 and list(archive.unit_sizes) == [2, 1]

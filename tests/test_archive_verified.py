@@ -120,3 +120,15 @@ def test_no_records_on_windows(records, hsb_archive, tmp_path, monkeypatch):
     load_archive(path)
     load_archive(path)
     assert len(full) == 2 and not (folder / "verified").exists()
+
+
+def test_records_go_to_the_cache_dir_the_user_gave(hsb_archive, tmp_path, monkeypatch):
+    """With --cache-dir, nothing is created in the default cache folder: the records of verified files
+    go where the user pointed (before, the default folder was created and written on every fit)."""
+    elsewhere = tmp_path / "default-cache"
+    mine = tmp_path / "mine"
+    monkeypatch.setenv("HLMCLI_CACHE_DIR", str(elsewhere))
+    path = tmp_path / "hsb.mdm"
+    shutil.copyfile(hsb_archive, path)
+    hlmcli("fit", path, "-1", "MATHACH = b0 + r", "-2", "b0 = g00 + u0", "--cache-dir", mine, check=True)
+    assert mine.is_dir() and not elsewhere.exists()

@@ -314,6 +314,26 @@ def check_ordinal(kind, tmp_path):
     assert doc["clmm"]["beta"] == pytest.approx(ref["beta"], rel=1e-4)
 
 
+NB = DATA / "negbin"
+NEGBIN = [NB / "owls_l1.csv", NB / "owls_l2.csv", "--id", "nest", "-1", "negotiation = b0 + b1*food",
+          "-2", "b0 = g00 + u0", "-2", "b1 = g10", "--family", "negbinomial", "--exposure", "broodsize"]
+
+
+def check_negbinomial(kind, tmp_path):
+    """Owls with exposure, glmmTMB nbinom2 (tests/reference_scripts/negbin_glmmtmb.R): Laplace to glmmTMB; AGQ
+    (which glmmTMB lacks) is certified and within the Laplace error of it (tests/test_negbin.py checks the AGQ
+    deviance against a numerical integral)."""
+    ref = json.loads((NB / "glmmtmb_reference.json").read_text())["owls"]
+    doc = json.loads(run("fit", *NEGBIN, "--estimation", kind, "--format", "json").stdout)
+    assert doc["converged"] and doc["certificate"]["certified"]
+    if kind == "laplace":
+        assert doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+        assert doc["dispersion"]["estimate"] == pytest.approx(ref["theta"], rel=1e-4)
+    else:
+        assert doc["deviance"] == pytest.approx(ref["deviance"], abs=0.5)
+        assert doc["dispersion"]["estimate"] == pytest.approx(ref["theta"], rel=1e-2)
+
+
 SUPPORTED = {f.key: globals()[f"check_{f.key}"] for f in capabilities.FEATURES}
 
 
@@ -915,6 +935,7 @@ ASK = {
     "stream_dask": lambda kind, d: ["--engine", "stream"],
     "compare_deviance": lambda kind, d: ["--compare-deviance", "2300", "--compare-params", "2"],
     "ordinal": lambda kind, d: ["--family", "ordinal", "-q"],  # -q: pastes' text column warns on loading
+    "negbinomial": lambda kind, d: ["--family", "negbinomial", "-q"],
 }
 
 
@@ -941,6 +962,13 @@ def check_refused(feature, kind, why, tmp_path):
             assert "--family ordinal with --estimation" in why
             return
         proc = run_cli("fit", *ORDINAL)  # PQL, the default
+        one_line_refusal(proc, why)
+        return
+    if feature == "negbinomial":  # as ordinal: a count outcome is an HGLM
+        if kind.startswith("linear"):
+            assert "--family negbinomial with --estimation" in why
+            return
+        proc = run_cli("fit", *NEGBIN)  # PQL, the default
         one_line_refusal(proc, why)
         return
     if feature == "compare":  # compare reads saved fits

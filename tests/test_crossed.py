@@ -212,8 +212,10 @@ def test_cli_fit_prints_hcm2_tables_and_writes_json(tmp_path):
 
 
 def test_cli_refuses_what_a_crossed_fit_does_not_take(tmp_path):
+    """--family is refused with its reason; --data-format, a data option the crossed fit reads, is not (it
+    was refused first, as an option not taken)."""
     proc = run_cli("fit", X_DIR / "penicillin.csv", "--formula", "diameter ~ 1 + (1 | plate) + (1 | sample)",
-                   "--family", "bernoulli")
+                   "--data-format", "csv", "--family", "bernoulli")
     assert proc.returncode in (1, 2) and len(proc.stderr.strip().splitlines()) == 1
     assert "HGLM over crossed factors" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -278,3 +280,19 @@ def test_unidentifiable_random_intercepts_are_refused(term, words):
     d = frame("diameter").assign(obs=lambda f: np.arange(len(f)), one=1, plate2=lambda f: "p" + f.plate)
     with pytest.raises(hlmcli.errors.ModelError, match=words):
         hlmcli.fit_crossed(d, f"diameter ~ 1 + (1 | plate) + {term}", "ML")
+
+
+def test_every_singular_factor_gets_its_boundary_note():
+    """A factor whose τ is singular with no zero variance and no ±1 correlation (rank 2 of 3) is named even
+    when an earlier factor is on the boundary too (its note was dropped when any note came before)."""
+    from types import SimpleNamespace
+
+    from hlmcli.analysis.crossed_run import CrossedResults
+
+    v = np.array([[1.0, 0.5, 0.2], [0.3, 1.0, 0.7]])
+    rank2 = v.T @ v  # 3 × 3 of rank 2: correlations well inside (-1, 1), every variance positive
+    fit = SimpleNamespace(factors=["primary", "second"], columns=[("INTRCPT",), ("INTRCPT", "verbal", "female")],
+                          taus=[np.zeros((1, 1)), rank2], certificate=SimpleNamespace(ranks=(0, 2)))
+    notes = CrossedResults("", None, None, fit, "").boundary_notes()
+    assert notes == ["the variance of primary's random effects is 0 (on the boundary)",
+                     "τ of second is singular (rank 2 of 3): on the boundary"]

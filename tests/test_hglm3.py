@@ -96,6 +96,20 @@ def test_refusals_in_one_line():
         assert why in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_options_the_pql_loop_would_ignore_are_refused():
+    """--link, --quadrature-points and --separation do nothing in the three-level PQL loop (canonical link,
+    no quadrature, no search for separation): each refused by name, never accepted and ignored."""
+    from hlmcli.api import fit_options
+    from hlmcli.capabilities import refuse_family
+    from hlmcli.errors import ModelError
+
+    for given, name in (({"link": "probit"}, "--link"), ({"quadrature_points": 5}, "--quadrature-points"),
+                        ({"separation": "fit"}, "--separation"), ({"separation": "refuse"}, "--separation")):
+        with pytest.raises(ModelError, match=f"^{name}: not available for a three-level HGLM PQL fit"):
+            refuse_family(3, fit_options(family="poisson", **given))
+    refuse_family(3, fit_options(family="poisson", estimation="pql"))  # what it does use passes
+
+
 def grouse_glm():
     """grouseticks' model of GROUSE as engine arrays (nested.LevelsData), records sorted by unit."""
     import pandas as pd

@@ -85,3 +85,35 @@ def test_one_test_reader_at_every_number_of_levels():
             parse_test(f"1e999*{label} = 0", spec)
         with pytest.raises(ModelError, match="cannot read"):
             parse_test(label[0] + "1," * (len(label) - 2) + "1" * 5000 + " = 0", spec)
+
+
+def test_an_equation_in_a_model_file_is_named_by_file_and_line(tmp_path):
+    """A wrong equation in a model file of equations names the file and its line, at two and three levels
+    (the message quoted the equation only), and a syntax error keeps its caret."""
+    from hlmcli.language.equations import RunOptions, spec_from_inputs
+    from hlmcli.language.equations_levels import RunOptionsLevels, spec_from_inputs_levels
+
+    two = tmp_path / "two.txt"
+    two.write_text("# HSB\nY = b0 + b1*X1 + r\n\nb0 = g00 + u0\nb1 = g10 + g11*NOSUCH\n")
+    with pytest.raises(ModelError, match=rf"^{two}, line 5: in 'b1 = g10 \+ g11\*NOSUCH': unknown variable"):
+        spec_from_inputs(None, [], str(two), V2, RunOptions())
+    two.write_text("Y = b0 + b1*X1 +\nb0 = g00 + u0\n")
+    with pytest.raises(ModelError, match=rf"^{two}, line 1: in 'Y = b0 \+ b1\*X1 \+' at character") as err:
+        spec_from_inputs(None, [], str(two), V2, RunOptions())
+    assert err.value.detail.endswith("^")
+    three = tmp_path / "three.txt"
+    three.write_text("Y = p0 + e\np0 = b00 + r0\nb00 = g000 + g001*NOSUCH + u00  # level 3\n")
+    with pytest.raises(ModelError, match=rf"^{three}, line 3: in 'b00 = g000 \+ g001\*NOSUCH \+ u00'"):
+        spec_from_inputs_levels([[], [], []], str(three), V3, RunOptionsLevels())
+
+
+def test_an_hlm_command_file_line_is_named_when_its_equation_is_wrong(tmp_path):
+    """An unknown variable on a level2: line names the command file and that line (the message quoted
+    only the equation it was translated to)."""
+    from hlmcli.language.equations import parse_hlm_file
+
+    cmd = tmp_path / "m.hlm"
+    cmd.write_text("#WHLM CMD FILE\nlevel1:Y=INTRCPT1+X1+RANDOM\nlevel2:INTRCPT1=INTRCPT2+random/\n"
+                   "level2:X1=INTRCPT2+NOSUCH/\n")
+    with pytest.raises(ModelError, match=rf"^{cmd}, line 4: in 'b1 = g1,0 \+ g1,1\*NOSUCH': unknown variable"):
+        parse_hlm_file(cmd, V2)

@@ -253,3 +253,14 @@ def test_no_unit_variance_is_a_certified_boundary():
         assert res.converged and res.certificate.rank == 0 and res.tau[0, 0] == 0.0
         assert res.deviance == pytest.approx(2 * glm.fun, abs=1e-6)
         assert res.gamma[1] == pytest.approx(-glm.x[3], rel=1e-5)
+
+
+def test_separation_option_is_refused_not_ignored():
+    """The ordinal fit has no separation search, so --separation would do nothing: refused by name (exit 2)."""
+    from hlmcli.cli.flags import ConflictingOptions, check_model_options
+
+    with pytest.raises(ConflictingOptions, match="^--separation is for binary, binomial and count outcomes"):
+        check_model_options({"--separation", "--family"}, family="ordinal", estimation="laplace", full_output=False,
+                            prior_deviance=False)
+    check_model_options({"--separation"}, family="bernoulli", estimation="laplace", full_output=False,
+                        prior_deviance=False)

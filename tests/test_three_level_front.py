@@ -20,7 +20,7 @@ from hlmcli.language.equations_levels import (Centering, RunOptionsLevels, Varia
                                spec3_from_inputs)
 from hlmcli.errors import DataError, HlmError, ModelError
 from hlmcli.engine.nested import NestedFit
-from hlmcli.report.report_levels import Symbols3, fit_json3, fit_text3, lme4_formula3, model_summary3
+from hlmcli.report.report_levels import Symbols3, fit_json3, fit_text3, lme4_formula3, model_summary
 
 V = VariablesLevels((("YEAR", "GRADE", "MATH"), ("FEMALE", "BLACK"), ("LOWINC", "MOBILITY")))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
@@ -240,7 +240,7 @@ def test_report_from_a_hand_made_fit(tiny):
 def test_model_summary_and_formula_with_centring():
     spec = build_spec3("MATH = p0 + p1*group(YEAR) + e", ["p0 = b00 + b01*grand(FEMALE) + r0", "p1 = b10 + r1"],
                        ["b00 = g000 + g001*LOWINC + u00", "b10 = g100 + u10"], V)
-    lines = model_summary3(spec, Symbols3(False))
+    lines = model_summary(spec, Symbols3(False))
     assert "    MATHijk = π0jk + π1jk*(YEARijk - YEAR•jk) + eijk" in lines
     assert "    π0jk = β00k + β01k*(FEMALEjk - FEMALE••) + r0jk" in lines
     assert "    β00k = γ000 + γ001*(LOWINCk) + u00k" in lines
@@ -298,7 +298,7 @@ def test_the_printed_model_reads_back_as_the_same_model():
                        ["p0 = b00 + b01*group(FEMALE) + b02*grand(BLACK) + r0", "p1 = b10 + r1"],
                        ["b00 = g000 + g001*grand(LOWINC) + u00", "b10 = g100 + g101*MOBILITY + u10"], V)
     for ascii_only in (False, True):
-        printed = "\n".join(model_summary3(spec, Symbols3(ascii_only)))
+        printed = "\n".join(model_summary(spec, Symbols3(ascii_only)))
         assert spec3_from_inputs(printed, [], [], None, V, RunOptionsLevels()) == spec
 
 

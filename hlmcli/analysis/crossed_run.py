@@ -48,6 +48,7 @@ class CrossedResults:
         notes = []
         for name, cols, tau, rank in zip(self.fit.factors, self.fit.columns, self.fit.taus,
                                          self.fit.certificate.ranks):
+            before = len(notes)  # each singular factor gets its note, whatever earlier factors said
             q = tau.shape[0]
             if rank == q:
                 continue
@@ -63,7 +64,7 @@ class CrossedResults:
                     if sd[a] > 0 and sd[b] > 0 and abs(tau[a, b] / (sd[a] * sd[b])) >= BOUNDARY_CORR:
                         notes.append(f"the correlation of {cols[b]} and {cols[a]} across {name} is "
                                      f"{'+' if tau[a, b] > 0 else '-'}1 (τ is singular: on the boundary)")
-            if not notes:
+            if len(notes) == before:
                 notes.append(f"τ of {name} is singular (rank {rank} of {q}): on the boundary")
         return notes
 

@@ -61,8 +61,11 @@ def check_options(opts) -> None:
                          "(for 0/1 outcomes use --family bernoulli)")
     if opts.trials and fam != "binomial":
         raise ModelError(f"--trials is for --family binomial (this model is {fam})")
-    if opts.exposure and fam != "poisson":
-        raise ModelError(f"--exposure is for --family poisson (this model is {fam})")
+    if opts.exposure and fam not in ("poisson", "negbinomial"):
+        raise ModelError(f"--exposure is for --family poisson or negbinomial (this model is {fam})")
+    if opts.overdispersion and fam == "negbinomial":
+        raise ModelError("--overdispersion is PQL's quasi-likelihood scale; a negative binomial model estimates its "
+                         "own dispersion θ (Var = μ + μ²/θ): drop --overdispersion")
     if opts.overdispersion and fam == "bernoulli":
         raise ModelError("--overdispersion cannot be estimated for a 0/1 outcome: the Bernoulli variance is fixed by its mean")
     if opts.overdispersion and opts.estimation != "pql":

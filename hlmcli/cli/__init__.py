@@ -206,10 +206,13 @@ def main():
 
 
 def _verified_records_folder():
-    """Where loads record the archives they verified in full (io/verified.py): the cache folder."""
+    """Where loads record the files they verified in full (io/verified.py): the command's --cache-dir
+    if it was given, else the default cache folder; never somewhere the user did not point."""
     from ..io.cache import default_cache_dir, secure_cache_dir
 
-    return secure_cache_dir(default_cache_dir())
+    ctx = click.get_current_context(silent=True)
+    given = ctx.params.get("cache_dir") if ctx is not None else None
+    return secure_cache_dir(Path(given) if given else default_cache_dir())
 
 
 @main.group()
@@ -474,16 +477,17 @@ def _keep_hglm(ctx, param, value):
 
 # HGLM options (spec.py, hglm_run.py): collected into ctx.meta so the commands' signatures stay as they are
 _hglm_options = [
-    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal"]), default=None,
-                 expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; logit link for "
-                 "bernoulli/binomial, log link for poisson; ordinal: cumulative link over the categories of the "
-                 "outcome's integer codes)."),
+    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial"]),
+                 default=None, expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; "
+                 "logit link for bernoulli/binomial, log link for poisson; ordinal: cumulative link over the "
+                 "categories of the outcome's integer codes; negbinomial: NB2 counts, Var = mu + mu^2/theta, log "
+                 "link, theta estimated, --estimation laplace or agq)."),
     click.option("--link", type=click.Choice(["logit", "probit", "cloglog"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="--family ordinal: the cumulative link (default logit)."),
     click.option("--trials", default=None, expose_value=False, callback=_keep_hglm,
                  help="Binomial: the number-of-trials variable."),
     click.option("--exposure", default=None, expose_value=False, callback=_keep_hglm,
-                 help="Poisson: the exposure variable (log exposure is an offset)."),
+                 help="Poisson or negbinomial: the exposure variable (log exposure is an offset)."),
     click.option("--overdispersion", is_flag=True, default=None, expose_value=False, callback=_keep_hglm,
                  help="Binomial/Poisson under PQL: estimate the level-1 scale instead of fixing it at 1."),
     click.option("--estimation", type=click.Choice(["pql", "laplace", "agq"]), default=None, expose_value=False,

@@ -12,7 +12,7 @@ from ..errors import EXIT_NOT_CONVERGED, ModelError, UsageError
 
 # options a cross-classified fit reads; every other typed option is refused below
 _TAKEN = {"--formula", "--ml", "--reml", "--max-iterations", "--quiet", "--title", "--format", "--output",
-          "--json-out", "--keep-failed-output", "--tau", "--delimiter", "--file-format", "--no-follow", "--row-id",
+          "--json-out", "--keep-failed-output", "--tau", "--delimiter", "--data-format", "--no-follow", "--row-id",
           "--col-id"}
 # the capabilities table's feature for a typed option
 _FEATURE = {"--test": "test", "--compare-deviance": "compare_deviance", "--compare-params": "compare_deviance",

@@ -87,8 +87,15 @@ def check_model_options(given: set[str], *, family: str, estimation: str | None,
         if "--link" in given and family == "ordinal" and estimation not in ("laplace", "agq"):
             _refuse(f"--link is for --estimation laplace or agq (HLM 7's PQL fits the logit link only), and this fit "
                     f"is {estimation or 'pql'}; give --estimation laplace or agq, or drop --link")
-        if "--exposure" in given and family != "poisson":
-            _refuse(f"--exposure is the exposure of --family poisson, and this model is {family}; drop --exposure")
+        if "--separation" in given and family == "ordinal":
+            _refuse("--separation is for binary, binomial and count outcomes (their separation search); the ordinal "
+                    "fit has none, so drop --separation")
+        if "--exposure" in given and family not in ("poisson", "negbinomial"):
+            _refuse(f"--exposure is the exposure of --family poisson or negbinomial, and this model is {family}; "
+                    "drop --exposure")
+        if "--overdispersion" in given and family == "negbinomial":
+            _refuse("--overdispersion is PQL's quasi-likelihood scale; --family negbinomial estimates its own "
+                    "dispersion θ (Var = μ + μ²/θ); drop --overdispersion")
         if "--overdispersion" in given and family in ("bernoulli", "ordinal"):
             _refuse("--overdispersion cannot be estimated for a 0/1 outcome (the Bernoulli variance is fixed by its "
                     "mean); drop it")

@@ -42,14 +42,14 @@ def _refuse_family(K: int) -> None:
 
 def model3(data, level1, level2, model_file, ascii_only, build_opts, cache_dir, more, stderr, use_ascii):
     from ..report.report import printable
-    from ..report.report_levels import Symbols3, lme4_formula3, model_summary3
+    from ..report.report_levels import Symbols3, lme4_formula3, model_summary
 
     _refuse_family(3)
     archive, _ = load_levels(data, build_opts, cache_dir, lambda m: stderr(f"hlmcli: warning: {m}"), 3)
     equations = [[level1] if level1 else [], list(level2), list(more.get("level3") or ())]
     spec = spec_levels(archive, equations, model_file, more.get("reml"), allow_outside=bool(more.get("allow_outside")),
                        formula_equations=formula_equations)
-    lines = model_summary3(spec, Symbols3(use_ascii(ascii_only)))
+    lines = model_summary(spec, Symbols3(use_ascii(ascii_only)))
     formula, notes = lme4_formula3(spec, *archive.id_names)
     method = "restricted maximum likelihood" if spec.method == "REML" else "full maximum likelihood"
     lines += ["", f"Method of estimation: {method}", "", "The same model in R (lme4)", f" {formula}"] + [f"   {n}" for n in notes]
@@ -244,12 +244,12 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     ascii_text = use_ascii(out.ascii_only) if not out.output else out.ascii_only
     if three:
         from ..data.design_levels import design3
-        from ..report.report_levels import Symbols3, fit_json3, fit_text3, model_summary3
+        from ..report.report_levels import Symbols3, fit_json3, fit_text3, model_summary
 
         sym = Symbols3(ascii_text)
         design = design3(spec, archive)
         design_of, fit_doc = (lambda a: design3(spec, a)), fit_json3
-        fit_txt, lines = (lambda d, f, m: fit_text3(d, f, m, sym)), model_summary3(spec, sym)
+        fit_txt, lines = (lambda d, f, m: fit_text3(d, f, m, sym)), model_summary(spec, sym)
         meta = {"data_source": source_text, "title": spec.options.title, "id2": archive.id_names[0],
                 "id3": archive.id_names[1], "model_given": _model_given(model.get("level1"), equations[1], model_file,
                                                                        equations[2]),

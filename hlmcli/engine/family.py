@@ -152,7 +152,7 @@ class Family:
             bad = (y != 0) & (y != 1)
             if bad.any():
                 fail(bad, out, f"the value {y[bad][0]:g} is not 0 or 1, as --family bernoulli needs")
-        if self.name in ("binomial", "poisson"):
+        if self.name in ("binomial", "poisson", "negbinomial"):
             bad = (y < 0) | (y != np.round(y))
             if bad.any():
                 fail(bad, out, f"the count {y[bad][0]:g} is negative or not a whole number")
@@ -173,8 +173,10 @@ GAUSSIAN = Family("gaussian", "identity")
 BERNOULLI = Family("bernoulli", "logit")
 BINOMIAL = Family("binomial", "logit")
 POISSON = Family("poisson", "log")
+# the data checks of a count (the NB2 kernel itself, with its θ, is engine/negbin.py's)
+NEGBINOMIAL = Family("negbinomial", "log")
 
-FAMILIES = {f.name: f for f in (GAUSSIAN, BERNOULLI, BINOMIAL, POISSON)}
+FAMILIES = {f.name: f for f in (GAUSSIAN, BERNOULLI, BINOMIAL, POISSON, NEGBINOMIAL)}
 
 
 def family(name: str) -> Family:

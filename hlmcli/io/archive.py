@@ -650,7 +650,9 @@ def build_from_files(level1_path, level2_path, options: BuildOptions, fmt: str |
     same = str(level1_path) == str(level2_path) == "-" or (
         "-" not in (str(level1_path), str(level2_path)) and same_file(level1_path, level2_path))
     step(f"reading {Path(level1_path).name}")
-    level1 = read_table(level1_path, fmt, delimiter, string_columns=(options.id1,))
+    # one file for both levels: both ids as text, as two files would read them ("007" stays "007")
+    ids = tuple(dict.fromkeys((options.id1, options.id2))) if same else (options.id1,)
+    level1 = read_table(level1_path, fmt, delimiter, string_columns=ids)
     if same:
         level2 = level1
     else:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import ModelError
 from .equations_levels import build_levels_spec, classify_levels
 from .hlmfile import key_values, level_equation, level_terms, number, whole, yes_no
-from .lexer import read_text
+from .lexer import at_file_line, read_text
 
 CENTERINGS = ("none", "group", "grand")
 
@@ -314,7 +314,14 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
         ols_units=opts.get("ols_units", 10), weight1=opts.get("weight1"), weight2=opts.get("weight2"),
     )
     spec_options = _hlm_hglm_options(spec_options, opts, path)
-    spec = build_spec(level1_eq[0], level2_eqs, variables, spec_options)
+    try:
+        spec = build_spec(level1_eq[0], level2_eqs, variables, spec_options)
+    except ModelError as exc:  # name the level1:/level2: line the quoted equation was read from
+        message = str(exc)
+        for eq, line_no in [(level1_eq[0], level1_line[1])] + [(e, n) for e, (_, n) in zip(level2_eqs, level2_lines)]:
+            if f"in '{eq.strip()}'" in message:
+                raise ModelError(f"{path}, line {line_no}: {message}") from None
+        raise
     if contrasts and opts.get("hypoth", True):
         tests = tuple(contrasts_from_rows(spec, f"{path}", label, rows) for label, rows in sorted(contrasts.items(), key=lambda kv: int(kv[0])))
         spec = ModelSpec(spec.outcome, spec.level1, spec.level2, _replace(spec.options, hypotheses=tests))
@@ -487,7 +494,10 @@ def spec_from_inputs(level1: str | None, level2: list[str], model_file: str | No
                                  "cannot be added to it; edit its level2: lines or drop --model")
             return parse_hlm_file(model_file, variables, allow_outside)
         level1, level2_file = read_model_file(model_file)
-        level2 = level2_file + list(level2)
+        try:
+            return build_spec(level1, level2_file + list(level2), variables, options)
+        except ModelError as exc:
+            raise at_file_line(model_file, text, exc) from None
     if not level1:
         raise ModelError("no model given; pass -1 'OUTCOME = b0 + ... + r' (and -2 equations), or --model FILE")
     return build_spec(level1, list(level2), variables, options)

@@ -36,7 +36,7 @@ from enum import Enum
 from pathlib import Path
 
 from .lexer import (COEF_LETTERS, GREEK, RANDOM_LETTERS, EquationSyntaxError, check_shape, coefficient_letters,  # noqa: F401
-                    parse_index, random_letters, read_text, right_side_terms, split_star, unwrap)
+                    parse_index, random_letters, read_text, at_file_line, right_side_terms, split_star, unwrap)
 from .hlmfile import NO, key_values, level_equation, level_terms, whole
 from ..errors import ModelError
 from ..spec import coefficient_label, subscript
@@ -695,8 +695,11 @@ def spec_from_inputs_levels(equations: list, model_file: str | None, variables: 
                 raise ModelError(f"{model_file}: an HLM 7 command file holds the whole model, so -2/-3 equations "
                                  "cannot be added to it; edit its level2:/level3: lines or drop --model")
             return parse_hlm3_file(model_file, variables, allow_outside)
-        found = classify_levels(text.splitlines(), K)
-        equations = [f + e for f, e in zip(found, equations)]
+        try:
+            found = classify_levels(text.splitlines(), K)
+            return build_levels_spec([f + e for f, e in zip(found, equations)], variables, options)
+        except ModelError as exc:
+            raise at_file_line(model_file, text, exc) from None
     elif equations[0] and any("\n" in e or ";" in e for e in equations[0]):
         found = classify_levels(re.split(r"[\n;]", equations[0][0]), K)
         equations = [f + e for f, e in zip(found, [[]] + equations[1:])]

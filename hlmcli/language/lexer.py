@@ -136,3 +136,22 @@ def read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         return raw.decode("cp1252")
+
+
+def at_file_line(path, text: str, exc: ModelError) -> ModelError:
+    """`exc`, raised by an equation of the model file `path`, naming the file and the equation's line:
+    the line whose text (comment removed) is the equation the message quotes ("in '...'")."""
+    message = str(exc)
+    if message.startswith(f"{path}"):
+        return exc
+    where = f"{path}"
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if line and (f"in '{line}'" in message or f"'{line[:80]}'" in message):
+            where = f"{path}, line {number}"
+            break
+    out = ModelError(f"{where}: {message}")
+    if getattr(exc, "detail", None):
+        out.detail = exc.detail
+    return out
+

@@ -17,6 +17,7 @@ from ..version import __version__
 from .report import (coef_label, data_hash, extras_text, hlm_name, hlm_p, lme4_formula, model_record, model_summary,
                      printable, problem_lines, r_terms, random_label, tau_lines, text_table)
 from .terms import with_terms
+from . import report_negbin as negbin
 from . import report_ordinal as ordinal
 
 
@@ -73,6 +74,8 @@ def hglm_model_summary(spec, sym) -> list[str]:
 def glmer_call(spec, id_name: str, nodes: int | None = None) -> str:
     if spec.options.family == "ordinal":
         return ordinal.clmm_call(spec, id_name, nodes)
+    if spec.options.family == "negbinomial":
+        return negbin.glmmtmb_call(spec, id_name, lme4_formula)
     formula, _ = lme4_formula(spec, id_name)
     opts = spec.options
     lhs, rhs = formula.split(" ~ ", 1)
@@ -119,8 +122,10 @@ def r_call_lines(spec, id_name: str, nodes: int | None = None) -> list[str]:
     if spec.options.estimation == "pql":
         call, note = glmmpql_call(spec, id_name)
         return ["The same model in R (MASS)", f" {call}"] + ([f"   {note}"] if note else [])
-    package = "ordinal" if spec.options.family == "ordinal" else "lme4"
-    return [f"The same model in R ({package})", f" {glmer_call(spec, id_name, nodes)}"]
+    package = {"ordinal": "ordinal", "negbinomial": "glmmTMB"}.get(spec.options.family, "lme4")
+    note = (["   glmmTMB fits it by Laplace only (no adaptive quadrature)"]
+            if package == "glmmTMB" and spec.options.estimation == "agq" else [])
+    return [f"The same model in R ({package})", f" {glmer_call(spec, id_name, nodes)}"] + note
 
 
 def pql_status(p: PQLResult) -> str:
@@ -255,6 +260,8 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
             out[key] = a.extras[key]
     if ordinal.is_ordinal(a):
         out = ordinal.add_json(a, out)
+    if negbin.is_negbin(a):
+        out = negbin.add_json(a, out)
     return with_terms(out)
 
 
@@ -299,6 +306,8 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         rows.append(["level-1, r", f"{math.sqrt(a.sigma2):.5f}", f"{a.sigma2:.5f}", "", "", ""])
     out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
                       rows, [26, 18, 18, 6, 12, 8])
+    if negbin.is_negbin(a):
+        out += negbin.theta_lines(a, sym)
     w("")
     out += _hglm_deviance_lines(a, sym)
     out += extras_text(a.extras, sym)
@@ -340,6 +349,8 @@ def _hglm_header_lines(a: HGLMAnalysis, meta: dict, sym) -> list[str]:
     w(f" Method of estimation: {estimation_text(opts, a.nodes or None)}")
     if ordinal.is_ordinal(a):
         w(ordinal.distribution_line(a))
+    elif negbin.is_negbin(a):
+        w(negbin.distribution_line(a))
     else:
         w(f" Distribution at Level-1: {opts.family}" + (f", trials {opts.trials}" if opts.trials else "")
           + (f", exposure {opts.exposure}" if opts.exposure else ""))
@@ -369,7 +380,10 @@ def _hglm_status_lines(a: HGLMAnalysis, sym) -> list[str]:
         if a.converged:
             from ..engine.certificate import stopping_line
 
-            w(stopping_line(f"γ and {sym.tau}" if not sym.ascii else "gamma and tau"))
+            if negbin.is_negbin(a):  # log θ is one of the parameters the certificate checks (engine/negbin.py)
+                w(stopping_line(f"γ, θ and {sym.tau}" if not sym.ascii else "gamma, theta and tau"))
+            else:
+                w(stopping_line(f"γ and {sym.tau}" if not sym.ascii else "gamma and tau"))
         else:
             w("NOT certified: " + a.ml.certificate.describe())
         w(f"Starts tried: {a.ml.starts} (the lowest local optimum is reported)")

@@ -11,7 +11,7 @@ import numpy as np
 from ..version import __version__
 from .report import df_text, hlm_name, hlm_p, printable, text_table
 from .report_levels import (Symbols3, beta_label as _beta_label, certificate_text3, correlation as _corr, fit_json3,
-                            lme4_formula3, model_summary3, pi_label as _pi_label, random_betas as _random_betas,
+                            lme4_formula3, model_summary, pi_label as _pi_label, random_betas as _random_betas,
                             random_pis as _random_pis, structure_notes, two_sided_p as _two_sided_p)
 
 
@@ -84,7 +84,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
     w("")
     w(f" The outcome variable is  {hlm_name(spec.outcome)}")
     w("")
-    out += level1_link_lines(model_summary3(spec, sym), spec.outcome, h, sym)
+    out += level1_link_lines(model_summary(spec, sym), spec.outcome, h, sym)
     out += structure_notes(fit, "τ" if not sym.ascii else "tau")
     if design.n_deleted:
         out += ["", f"Run-time deletion has reduced the number of level-1 records to {design.n} "

@@ -32,17 +32,56 @@ from .report import data_hash, df_text, df_value, dumps_json, hlm_e, hlm_name, h
 
 SCHEMA3 = 3
 
+_SUBSCRIPTS = "ijkl"
 
-class Symbols3:
+
+class SymbolsLevels:
+    """The symbols of the output of a model of three or more levels, Unicode or ASCII."""
+
     def __init__(self, ascii_only: bool):
         self.ascii = ascii_only
-        self.pi, self.beta, self.gamma = ("P", "B", "G") if ascii_only else ("π", "β", "γ")
-        self.r, self.u, self.e = ("R", "U", "E") if ascii_only else ("r", "u", "e")
         self.dot = "." if ascii_only else "•"
         self.sigma2 = "sigma^2" if ascii_only else "σ2"
+        self.chi2 = "Chi-square" if ascii_only else "χ2"
+
+    def coef(self, depth: int, idx) -> str:
+        """The coefficient of a level-`depth` equation with subscripts idx."""
+        s = symbol(COEF_LETTERS[depth - 1], idx)
+        return s.replace(GREEK[depth - 1], COEF_LETTERS[depth - 1].upper()) if self.ascii else s
+
+    def rand(self, level: int, idx) -> str:
+        r = RANDOM_LETTERS[level - 1]
+        return coefficient_label(r.upper() if self.ascii else r, idx)
+
+    def tau(self, level: int) -> str:
+        name = ("pi", "beta", "gamma", "delta")[level - 2]
+        return f"tau({name})" if self.ascii else f"τ{GREEK[level - 2]}"
+
+
+def _sub(level: int, K: int) -> str:
+    """HLM's subscripts of a level-`level` quantity in a K-level model (ijkl at level 1 of four)."""
+    return _SUBSCRIPTS[level - 1:K]
+
+
+def _term_k(t: Term3, sym: SymbolsLevels, K: int) -> str:
+    sub = _sub(t.level, K)
+    name = f"mean({hlm_name(t.name)})" if t.mean_of else hlm_name(t.name)
+    if t.centering is Centering.GROUP:
+        return f"({name}{sub} - {name}{sym.dot}{sub[1:]})"
+    if t.centering is Centering.GRAND:
+        return f"({name}{sub} - {name}{sym.dot * len(sub)})"
+    return f"({name}{sub})"
+
+
+class Symbols3(SymbolsLevels):
+    """HLM3's symbols: the K-level ones and HLM3's own names (π, β, γ; τπ, τβ)."""
+
+    def __init__(self, ascii_only: bool):
+        super().__init__(ascii_only)
+        self.pi, self.beta, self.gamma = ("P", "B", "G") if ascii_only else ("π", "β", "γ")
+        self.r, self.u, self.e = ("R", "U", "E") if ascii_only else ("r", "u", "e")
         self.tau_pi = "tau(pi)" if ascii_only else "τπ"
         self.tau_beta = "tau(beta)" if ascii_only else "τβ"
-        self.chi2 = "Chi-square" if ascii_only else "χ2"
 
     idx = staticmethod(subscript)  # HLM 7's comma rule
 
@@ -54,17 +93,6 @@ class Symbols3:
 
     def g(self, p: int, q: int, s: int) -> str:
         return f"{self.gamma}{self.idx(p, q, s)}"
-
-
-def _term(t: Term3, sym: Symbols3) -> str:
-    """HLM's printed predictor: subscripts ijk / jk / k, centring as a difference from the mean."""
-    sub = {1: "ijk", 2: "jk", 3: "k"}[t.level]
-    name = f"mean({hlm_name(t.name)})" if t.mean_of else hlm_name(t.name)
-    if t.centering is Centering.GROUP:
-        return f"({name}{sub} - {name}{sym.dot}{sub[1:]})"
-    if t.centering is Centering.GRAND:
-        return f"({name}{sub} - {name}{sym.dot * len(sub)})"
-    return f"({name}{sub})"
 
 
 def _pis(spec: LevelsSpec) -> list[int]:
@@ -85,53 +113,6 @@ def _terms3(spec: LevelsSpec) -> list[Term3]:
     pis = [spec.equations[p] for p in _pis(spec)]
     return list(spec.level1) + [t for eq in pis for t in eq.predictors] + [
         t for eq in pis for b in eq.terms if b is not None for t in b.predictors]
-
-
-def model_summary3(spec: LevelsSpec, sym: Symbols3) -> list[str]:
-    out = ["Summary of the model specified", "", "Level-1 Model", ""]
-    pis = _pis(spec)
-    rhs = [f"{sym.p(p)}jk" + ("" if p == 0 else f"*{_term(spec.level1[p - 1], sym)}") for p in pis]
-    out.append(f"    {hlm_name(spec.outcome)}ijk = " + " + ".join(rhs) + f" + {sym.e}ijk")
-    out += ["", "Level-2 Model", ""]
-    for p in pis:
-        eq = spec.equations[p]
-        parts = [f"{sym.b(p, q)}k" + ("" if q == 0 else f"*{_term(eq.predictors[q - 1], sym)}") for q in eq.present()]
-        if eq.random:
-            parts.append(f"{sym.r}{p}jk")
-        out.append(f"    {sym.p(p)}jk = " + " + ".join(parts))
-    out += ["", "Level-3 Model", ""]
-    for p in pis:
-        for q in spec.equations[p].present():
-            b = spec.equations[p].terms[q]
-            parts = ([sym.g(p, q, 0)] if b.intercept else []) + [
-                f"{sym.g(p, q, s)}*{_term(t, sym)}" for s, t in enumerate(b.predictors, 1)]
-            if b.random:
-                parts.append(f"{sym.u}{sym.idx(p, q)}k")
-            out.append(f"    {sym.b(p, q)}k = " + " + ".join(parts))
-    notes = centering_notes3(spec)
-    if notes:
-        out += [""] + notes
-    return out
-
-
-def centering_notes3(spec: LevelsSpec) -> list[str]:
-    out, seen = [], set()
-    terms = _terms3(spec)
-    for t in terms:
-        key = (t.label, t.level, t.centering)
-        if key in seen:
-            continue
-        seen.add(key)
-        name = hlm_name(t.label)
-        if t.mean_of:
-            over = "records" if t.mean_of == 1 else "level-2 units"
-            out.append(f"{name} at level {t.level} is the mean of {hlm_name(t.name)} over each level-{t.level} unit's {over} used.")
-        if t.centering is Centering.GROUP:
-            where = "level-2 unit's mean" if t.level == 1 else "level-3 unit's mean (over its level-2 units)"
-            out.append(f"{name} has been centered around its {where}.")
-        elif t.centering is Centering.GRAND:
-            out.append(f"{name} has been centered around the grand mean.")
-    return out
 
 
 def _r_name(t: Term3) -> str:
@@ -394,7 +375,7 @@ def _chi2_note(chi2: list, n: int, level: int, sym: Symbols3) -> list[str]:
 def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     spec = design.spec
     out = _run_header(fit, meta, 3, [design.n, design.n2, design.n3], spec.options.max_iterations)
-    out += _run_middle(design, fit, meta, sym, model_summary3(spec, sym), certificate_text3(fit, sym))
+    out += _run_middle(design, fit, meta, sym, model_summary(spec, sym), certificate_text3(fit, sym))
     out += _tau_blocks3(spec, fit, sym)
     out += ["", f"The value of the log-likelihood function at iteration {fit.iterations} = {hlm_e(-fit.deviance / 2)}"]
     out += _fixed_effects3(spec, fit, sym)
@@ -420,7 +401,7 @@ def _chi2_json(c: dict) -> dict:
 
 def model_record3(spec: LevelsSpec, meta: dict) -> dict:
     plain = Symbols3(True)
-    lines = model_summary3(spec, plain)
+    lines = model_summary(spec, plain)
 
     def block(a, b):
         i = lines.index(a) + 2
@@ -500,49 +481,14 @@ def fit_json3_text(design, fit, meta: dict) -> str:
 # ---------------------------------------------------------------- K ≥ 4 levels
 
 SCHEMA_LEVELS = 4
-_SUBSCRIPTS = "ijkl"
-
-
-class SymbolsLevels:
-    def __init__(self, ascii_only: bool):
-        self.ascii = ascii_only
-        self.dot = "." if ascii_only else "•"
-        self.sigma2 = "sigma^2" if ascii_only else "σ2"
-        self.chi2 = "Chi-square" if ascii_only else "χ2"
-
-    def coef(self, depth: int, idx) -> str:
-        """The coefficient of a level-`depth` equation with subscripts idx."""
-        s = symbol(COEF_LETTERS[depth - 1], idx)
-        return s.replace(GREEK[depth - 1], COEF_LETTERS[depth - 1].upper()) if self.ascii else s
-
-    def rand(self, level: int, idx) -> str:
-        r = RANDOM_LETTERS[level - 1]
-        return coefficient_label(r.upper() if self.ascii else r, idx)
-
-    def tau(self, level: int) -> str:
-        name = ("pi", "beta", "gamma", "delta")[level - 2]
-        return f"tau({name})" if self.ascii else f"τ{GREEK[level - 2]}"
-
-
-def _sub(level: int, K: int) -> str:
-    """HLM's subscripts of a level-`level` quantity in a K-level model (ijkl at level 1 of four)."""
-    return _SUBSCRIPTS[level - 1:K]
-
-
-def _term_k(t: Term3, sym: SymbolsLevels, K: int) -> str:
-    sub = _sub(t.level, K)
-    name = f"mean({hlm_name(t.name)})" if t.mean_of else hlm_name(t.name)
-    if t.centering is Centering.GROUP:
-        return f"({name}{sub} - {name}{sym.dot}{sub[1:]})"
-    if t.centering is Centering.GRAND:
-        return f"({name}{sub} - {name}{sym.dot * len(sub)})"
-    return f"({name}{sub})"
 
 
 def model_summary(spec: LevelsSpec, sym: SymbolsLevels) -> list[str]:
+    """HLM's "Summary of the model specified" of three or four levels: one block of equations per level,
+    then the centring notes. `sym`: SymbolsLevels, or Symbols3 at three levels (the same symbols)."""
     K = spec.n_levels
     out = ["Summary of the model specified", "", "Level-1 Model", ""]
-    pis = [p for p, eq in enumerate(spec.equations) if eq is not None]
+    pis = _pis(spec)
     rhs = [f"{sym.coef(1, (p,))}{_sub(2, K)}" + ("" if p == 0 else f"*{_term_k(spec.level1[p - 1], sym, K)}") for p in pis]
     out.append(f"    {hlm_name(spec.outcome)}{_sub(1, K)} = " + " + ".join(rhs) + f" + {'E' if sym.ascii else 'e'}{_sub(1, K)}")
     walk = spec.walk()
@@ -568,8 +514,11 @@ def _all_terms(spec: LevelsSpec) -> list[Term3]:
 
 
 def centering_notes(spec: LevelsSpec) -> list[str]:
+    """One line per centred or aggregated predictor. HLM3 lists them level by level and says that a
+    level-3 unit's mean is over its level-2 units; four levels list them in the order of the equations."""
+    K = spec.n_levels
     out, seen = [], set()
-    for t in _all_terms(spec):
+    for t in _terms3(spec) if K == 3 else _all_terms(spec):
         key = (t.label, t.level, t.centering)
         if key in seen:
             continue
@@ -580,15 +529,11 @@ def centering_notes(spec: LevelsSpec) -> list[str]:
             out.append(f"{name} at level {t.level} is the mean of {hlm_name(t.name)} over each level-{t.level} unit's "
                        f"{over} used.")
         if t.centering is Centering.GROUP:
-            out.append(f"{name} has been centered around its level-{t.level + 1} unit's mean.")
+            over = " (over its level-2 units)" if K == 3 and t.level == 2 else ""
+            out.append(f"{name} has been centered around its level-{t.level + 1} unit's mean{over}.")
         elif t.centering is Centering.GRAND:
             out.append(f"{name} has been centered around the grand mean.")
     return out
-
-
-def _r_name_k(t: Term3) -> str:
-    base = f"mean_{t.name}" if t.mean_of else t.name
-    return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
 
 def lme4_formula(spec: LevelsSpec, ids, diagonal=False) -> str:
@@ -602,13 +547,13 @@ def lme4_formula(spec: LevelsSpec, ids, diagonal=False) -> str:
         names = [n for n in names if n is not None]
         return ":".join(reversed(names)) if names else "1"
 
-    a = [None] + [_r_name_k(t) for t in spec.level1]
+    a = [None] + [_r_name(t) for t in spec.level1]
 
     def path_names(idx):
         out = [a[idx[0]]]
         eq = spec.equations[idx[0]]
         for k in idx[1:]:
-            out.append(None if k == 0 else _r_name_k(eq.predictors[k - 1]))
+            out.append(None if k == 0 else _r_name(eq.predictors[k - 1]))
             eq = eq.terms[k] if eq.terms else None
         return out
 
@@ -629,7 +574,7 @@ def lme4_notes(spec: LevelsSpec, ids) -> list[str]:
     """How the formula's derived columns are made from the data (ids: the unit ids of levels 2..K)."""
     notes, made = [], set()
     for t in _all_terms(spec):
-        name = _r_name_k(t)
+        name = _r_name(t)
         if name == t.name or name in made:
             continue
         made.add(name)

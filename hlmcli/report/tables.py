@@ -480,6 +480,8 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str], options: TableOptio
         for a, b, _, _ in _tau_pairs(fit):
             var_rows += [r for r in (f"Cov: {a}, {b}", f"Cor: {a}, {b}") if r not in var_rows]
     var_rows.append("Var: Residual")
+    if any(fit.get("dispersion") for fit in fits):  # negative binomial fits: Var = mu + mu^2/theta
+        var_rows += ["Dispersion theta", "Dispersion theta (SE)"]
     index: list[str] = []
     for t in terms:
         index += [t, f"{t} (SE)"]
@@ -499,6 +501,9 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str], options: TableOptio
             table.loc[f"Cor: {a}, {b}", name] = _f(cor)
         if "family" not in fit and fit.get("sigma2") is not None:
             table.loc["Var: Residual", name] = _f(fit["sigma2"])
+        if fit.get("dispersion"):
+            table.loc["Dispersion theta", name] = _f(fit["dispersion"]["estimate"])
+            table.loc["Dispersion theta (SE)", name] = f"({_f(fit['dispersion']['se'])})"
         g = glance(fit)
         table.loc["Deviance", name] = _stat(fit["deviance"])
         table.loc["AIC", name] = _stat(g["AIC"])

@@ -1,0 +1,214 @@
+"""Negative binomial counts: the two-level NB2 model (glmmTMB's nbinom2), fitted by Laplace (and AGQ
+for a random intercept), with the dispersion θ as a further fixed parameter, searched on log θ, so
+that hglm.py's search, certificate and covariances see it with γ.
+
+Model: y_ij | b_j ~ NB(μ_ij, θ), Var = μ + μ²/θ, log μ_ij = η_ij = log m_ij + x_ij'γ + z_ij'b_j
+(m the exposure). Per record, with p = μ/(θ + μ) and q = 1 − p = θ/(θ + μ),
+
+    ℓ = lgamma(y + θ) − lgamma(θ) − lgamma(y + 1) + θ log θ + yη − (y + θ) log(θ + μ),
+    ℓ_η = y − (y + θ)p,   W = −ℓ_ηη = (y + θ)pq,   κ3 = ∂W/∂η = W(q − p)
+
+(∂p/∂η = pq). W is the observed information, as glmmTMB's Laplace uses; it is ≥ 0 (ℓ is concave
+in η), so each unit's mode is unique. log(θ + μ) = logaddexp(log θ, η) and p = e^(η − log(θ+μ))
+stay exact for any η.
+
+In φ = log θ (∂p/∂θ = −pq/θ):
+
+    ℓ_φ = θ[ψ(y + θ) − ψ(θ) + log q + p − y/(θ + μ)],
+    ℓ_ηφ = W − θp,   W_φ = θpq − κ3.
+
+Gradient in φ (hglm.py's derivation, as for a threshold in ordinal.py: φ enters ℓ directly, not
+through η): with e_i = z_i'ΛΨΛ'z_i and m = H⁻¹(ḡ + Λ'Z'(κ3 e)) (hglm.py's Ψ and m),
+
+    ∂log I_j/∂φ = Σ_k π_k Σ_i ℓ_φ(η_ik) + Σ_i e_i W_φ,i + Σ_i (z_i'Λm_j) ℓ_ηφ,i.
+
+tests/test_negbin.py checks it against differences of the deviance.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+from scipy.special import digamma, gammaln
+
+from .hglm import Conditional, GLMData, agq_fit, ml_fit
+
+
+class NegBinFamily:
+    """The per-record NB2 kernel for one data set (the counts y are fixed), at its current θ (set by
+    NegBinData.eta from the parameter vector's last entry, log θ)."""
+
+    name = "negbinomial"
+    link = "log"
+    ratio_name = "rate_ratio"
+
+    def __init__(self, y: np.ndarray):
+        self.y = np.asarray(y, float)
+        self.log_theta = None
+        self.set_log_theta(0.0)
+
+    @property
+    def theta(self) -> float:
+        return math.exp(self.log_theta)
+
+    def set_log_theta(self, log_theta: float) -> None:
+        log_theta = float(log_theta)
+        if log_theta == self.log_theta:
+            return
+        self.log_theta = log_theta
+        th = math.exp(log_theta)
+        # the θ part of ℓ that does not involve η: computed once per θ, not per node and Newton step
+        self._c = gammaln(self.y + th) - math.lgamma(th) + th * log_theta
+
+    def _pq(self, eta):
+        s = np.logaddexp(self.log_theta, eta)  # log(θ + μ)
+        return s, np.exp(eta - s), np.exp(self.log_theta - s)
+
+    def evaluate(self, eta, y=None, n=None, second: bool = True):
+        """(ℓ without −lgamma(y + 1), ℓ_η, W, κ3) per record (W and κ3 None without second)."""
+        y, th = self.y, self.theta
+        s, p, q = self._pq(eta)
+        yt = y + th
+        ll = self._c + y * eta - yt * s
+        dl = y - yt * p
+        if not second:
+            return ll, dl, None, None
+        W = yt * p * q
+        return ll, dl, W, W * (q - p)
+
+    def derivatives(self, eta, y=None, n=None):
+        _, dl, W, k3 = self.evaluate(eta)
+        return dl, W, k3
+
+    def loglik_terms(self, eta, y=None, n=None):
+        return self.evaluate(eta, second=False)[0]
+
+    def theta_parts(self, eta, second: bool = True):
+        """Per record ℓ_φ and, with second, (ℓ_ηφ, W_φ) (module docstring)."""
+        y, th = self.y, self.theta
+        s, p, q = self._pq(eta)
+        lphi = th * (digamma(y + th) - digamma(th) + (self.log_theta - s) + p - y * np.exp(-s))
+        if not second:
+            return lphi
+        W = (y + th) * p * q
+        return lphi, W - th * p, th * p * q - W * (q - p)
+
+    def constant(self, y=None, n=None) -> float:
+        return float(-np.sum(gammaln(self.y + 1.0)))
+
+    def mean(self, eta, n=None) -> np.ndarray:
+        return np.exp(eta)
+
+    def taylor(self, ev, d, n):  # pragma: no cover - NegBinConditional never asks (see there)
+        raise NotImplementedError
+
+
+class NegBinData(GLMData):
+    """GLMData whose parameter vector is (γ, log θ): p counts both (the search, the certificate and
+    the covariances see one vector of fixed parameters); pf is γ's length."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.pf = self.p
+        self.p = self.pf + 1
+
+    def eta(self, gamma, b):
+        """η per record at the fixed part of `gamma`, whose last entry becomes the family's log θ."""
+        gamma = np.asarray(gamma, float)
+        self.family.set_log_theta(gamma[self.pf])
+        return super().eta(gamma[:self.pf], b)
+
+    def conditional(self, nodes: int = 1):
+        return NegBinConditional(self, nodes)
+
+    def glm_gamma(self, maxit: int = 100) -> np.ndarray:
+        """(γ, log θ) of the model without random effects: Newton on the log-likelihood with a
+        difference Hessian of its exact gradient and step halving, from γ00 = log(ȳ/m̄), slopes 0 and
+        θ by moments (Var = μ + μ²/θ)."""
+        fam = self.family
+        y = fam.y
+        m = np.exp(self.offset) if self.offset is not None else np.ones_like(y)
+        x = np.zeros(self.p)
+        x[0] = math.log(max(y.sum(), 0.5) / m.sum())
+        mu, v = y.mean(), y.var()
+        x[-1] = math.log(mu * mu / (v - mu)) if v > mu * 1.01 and mu > 0 else math.log(10.0)
+
+        def ll_grad(x):
+            eta = self.eta(x, None)
+            ll, dl, _, _ = fam.evaluate(eta, second=False)
+            return float(np.sum(ll)), np.concatenate([self.Xv(dl), [np.sum(fam.theta_parts(eta, second=False))]])
+
+        f, g = ll_grad(x)
+        for _ in range(maxit):
+            H = np.empty((self.p, self.p))
+            for i in range(self.p):
+                e = np.zeros(self.p)
+                e[i] = 1e-6
+                H[:, i] = (ll_grad(x + e)[1] - g) / 1e-6
+            H = 0.5 * (H + H.T)
+            w, V = np.linalg.eigh(-H)  # ascent direction even where ℓ is not concave in (γ, φ)
+            w = np.maximum(np.abs(w), 1e-10 * max(float(np.abs(w).max()), 1e-300))
+            step = V @ ((V.T @ g) / w)
+            t = 1.0
+            while t > 1e-8:
+                fn, gn = ll_grad(x + t * step)
+                if np.isfinite(fn) and fn >= f:
+                    break
+                t *= 0.5
+            else:
+                break
+            done = fn - f < 1e-12 * (1.0 + abs(f))
+            x, f, g = x + t * step, fn, gn
+            if done:
+                break
+        self.eta(x, None)
+        return x
+
+
+class NegBinConditional(Conditional):
+    """hglm.Conditional with the gradient in log θ appended to γ's (module docstring)."""
+
+    # The Taylor shortcut of the difference Hessian follows a record's η; θ moves ℓ without moving η,
+    # so here every evaluation is exact.
+    taylor = property(lambda self: False, lambda self, value: None)
+
+    def _evaluate(self, gamma, lam, grad):
+        d = self.data
+        fam = d.family
+        fam.set_log_theta(np.asarray(gamma, float)[d.pf])
+        out = super()._evaluate(gamma, lam, grad)
+        if not grad:
+            return out
+        dev, ggam, glam = out
+        if not np.isfinite(dev):
+            return np.inf, np.zeros(d.p), np.zeros_like(lam)
+        pt = self.parts
+        # Σ_k π_k ℓ_φ(η_k) per record, then e W_φ and (z'Λm) ℓ_ηφ at the mode
+        lphi, lephi, Wphi = fam.theta_parts(pt.eta)
+        if self.nodes > 1:
+            lphi = np.zeros(d.N)
+            LR = lam @ pt.R
+            M = np.empty((d.N, d.q))
+            for b in range(d.q):
+                M[:, b] = d.rowdot(d.ZT, LR[:, :, b])
+            for k, zk in enumerate(self.z):
+                lphi += pt.pi[k][d.unit] * fam.theta_parts(pt.eta + M @ zk, second=False)
+        e = d.quad(lam @ pt.Psi @ lam.T)
+        r = d.rowdot(d.ZT, pt.m @ lam.T)
+        v = lphi + e * Wphi + r * lephi
+        if self.keep_units:
+            sg, sl = self.unit_scores
+            self.unit_scores = (np.column_stack([sg, d.usum(v)]), sl)
+        return dev, np.concatenate([ggam, [-2.0 * float(np.sum(v))]]), glam
+
+
+def fit(data: NegBinData, estimation: str, nodes: int | None = None, diagonal: bool = False):
+    """Laplace (estimation 'laplace') or AGQ ('agq', K = nodes or adaptive) from the NB GLM without
+    random effects, with hglm.ml_fit's starts (τ = I and ¼I, and τ = 0 compared) and certificate."""
+    x0 = data.glm_gamma()
+    start = SimpleNamespace(gamma=x0, tau=np.eye(data.q), b=np.zeros((data.J, data.q)))
+    if estimation == "agq":
+        return agq_fit(data, nodes, start, diagonal=diagonal)
+    return ml_fit(data, 1, start, diagonal=diagonal)
