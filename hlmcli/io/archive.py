@@ -1,8 +1,8 @@
 """Stage 2, the archive (our MDM): merge the tables of K ≥ 2 levels, store them checksummed, load them back.
 
 One archive type for any number of levels: `Archive(levels=[LevelData(names, values, ids, offsets)])`,
-level 1 first. The two-level merge is here; the merges of three and more levels (which files carry
-which ids) are in archive_levels.py; the file format, the loader and the cache (cache.py) are one.
+level 1 first. One merge for any number of levels (merge.py; which table holds which level is its
+data); the file format, the loader and the cache (cache.py) are one.
 
 File layout (format 3, all little-endian):
   prefix  56 bytes: magic b"HLMCMDM\\x1a", format version (u32), reserved (u32),
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError, first_few
+from ..errors import DataError
 from .files import atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -195,217 +195,23 @@ class BuildOptions:
                 "missing": self.missing, "drop_unmatched": self.drop_unmatched}
 
 
-def _resolve_keep(table: Table, requested, exclude: set[str], what: str, text_columns: list | None = None) -> list[str]:
-    from .readers import find_column, is_text_column
-
-    if requested is None:
-        return [c for c in table.data.columns if c.lower() not in exclude and not is_text_column(table, c, text_columns)]
-    return [find_column(table, name, what) for name in requested]
-
-
-def refuse_infinite(table: Table, names: list[str], values: np.ndarray, as_missing: bool, warn, notes: dict,
-                    level: int = 1) -> None:
-    """Inf, 1e999 or Infinity would pass the build and break the fit: refused here, with file, column and
-    row; with --missing now they are treated as missing (and reported). Only a level-1 value can be
-    missing (a record is dropped): above level 1 HLM needs complete data, so the refusal does not offer
-    --missing now there."""
-    for k, name in enumerate(names):
-        bad = np.flatnonzero(np.isinf(values[k]))
-        if not bad.size:
-            continue
-        pos = int(bad[0])
-        where = f"line {pos + 2}" if table.format == "csv" else f"row {pos + 1}"
-        if not as_missing:
-            what = (f"{table.path}: column {name}, {where}: the value is infinite ({values[k][pos]:g})"
-                    f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; fix it")
-            if level > 1:
-                raise DataError(f"{what}, or leave {name} out with --l{level}-vars if the model does not use it "
-                                f"(HLM needs complete level-{level} data, so --missing now does not apply)")
-            raise DataError(f"{what}, leave {name} out with --l1-vars/--l2-vars if the model does not use it, or pass "
-                            "--missing now to treat infinite values as missing")
-        values[k][bad] = np.nan
-        notes.setdefault("infinite_as_missing", {})[name] = int(bad.size)
-        warn(f"{table.path.name}: column {name}: {bad.size} infinite value(s) (first at {where}) treated as missing")
-
-
 def build_archive(level1: Table, level2: Table, options: BuildOptions, same_file: bool = False,
                   warn=lambda message: None) -> Archive:
-    """Merge two tables into an Archive. Raises DataError on anything a user must fix."""
-    from .readers import find_column, numeric_column, unit_codes  # pandas: only when building
-    if options.missing not in ("now", "analysis"):
-        raise DataError(f"--missing must be 'now' or 'analysis', not '{options.missing}'")
-    id1 = find_column(level1, options.id1, "unit id")
-    id2 = find_column(level2, options.id2, "unit id")
+    """Merge two tables (the same table when `same_file`) into an Archive. Raises DataError on anything
+    a user must fix."""
+    from .merge import MergeSpec, merge_levels
 
-    codes2, ids2, kind2 = unit_codes(level2, id2)
-    codes1, ids1, kind1 = unit_codes(level1, id1)
-
-    keep1, keep2, text_columns = _variables2(level1, level2, options, id1, id2, codes2, same_file, warn)
-
-    # Level-2 rows: one per unit.
-    infinite_notes: dict = {}
-    l2_values = _level2_rows(level2, keep2, codes2, ids2, id2, options, same_file, infinite_notes, warn)
-
-    # Match level-1 records to level-2 units.
-    position = {uid: j for j, uid in enumerate(ids2)}
-    unit_of_code = np.array([position.get(uid, -1) for uid in ids1], dtype=np.int64)
-    unit = unit_of_code[codes1]
-    notes: dict = {"level1_records_read": int(len(codes1)), "dropped_unmatched": 0, "dropped_missing": 0,
-                   "units_without_records": 0}
-    if text_columns:
-        notes["text_columns"] = list(text_columns)
-    unmatched = unit < 0
-    if unmatched.any():
-        missing_ids = [ids1[c] for c in range(len(ids1)) if unit_of_code[c] < 0]
-        if not options.drop_unmatched:
-            raise DataError(
-                f"{level1.path}: {int(unmatched.sum())} level-1 records in {len(missing_ids)} unit(s) have no "
-                f"level-2 record in {level2.path} (ids {first_few(missing_ids)}); add them there or pass --drop-unmatched"
-            )
-        notes["dropped_unmatched"] = int(unmatched.sum())
-        warn(f"dropped {int(unmatched.sum())} level-1 records whose unit is not in {level2.path.name} "
-             f"(ids {first_few(missing_ids)})")
-
-    l1_values = np.vstack([numeric_column(level1, c) for c in keep1]) if keep1 else np.empty((0, len(codes1)))
-    refuse_infinite(level1, keep1, l1_values, options.missing == "now", warn, infinite_notes)
-    notes.update(infinite_notes)
-    keep_rows = ~unmatched
-    if options.missing == "now" and keep1:
-        has_missing = np.isnan(l1_values).any(axis=0) & keep_rows
-        notes["dropped_missing"] = int(has_missing.sum())
-        keep_rows &= ~has_missing
-    if not keep_rows.all():
-        l1_values = l1_values[:, keep_rows]
-        unit = unit[keep_rows]
-    if unit.size == 0:
-        raise DataError(f"{level1.path}: no level-1 records are left after matching and deletion; check the id columns and missing values")
-
-    unit, l1_values, l2_values, unit_ids, offsets = _units_in_order(level2, keep2, unit, l1_values, l2_values, ids2,
-                                                                    notes, warn)
-    labels = {c: table.value_labels[c] for table, cols in ((level1, keep1), (level2, keep2)) for c in cols
-              if c in table.value_labels}
-    return Archive(
-        [LevelData(list(keep1), np.ascontiguousarray(l1_values, dtype=np.float64)),
-         LevelData(list(keep2), np.ascontiguousarray(l2_values, dtype=np.float64), unit_ids, offsets)],
-        id_kind=kind2 if kind2 == kind1 else "string", id_names=(id2,), missing=options.missing,
-        value_labels=labels, notes=notes, level1_id=id1,
-    )
+    spec = MergeSpec(link1=options.id1, ids=(options.id2,), keeps=(options.keep1, options.keep2),
+                     missing=options.missing, drop_unmatched=options.drop_unmatched)
+    return archive_from_merge(merge_levels([level1, level1 if same_file else level2], spec, warn), options.missing)
 
 
-def _variables2(level1: Table, level2: Table, options: BuildOptions, id1: str, id2: str, codes2, same_file: bool,
-                warn) -> tuple[list[str], list[str], list[str]]:
-    """The variables of each level, and the text columns left out. One file for both levels: the level-2
-    variables are those constant within units."""
-    from .readers import is_text_column, numeric_column
-
-    text_columns: list[str] = []
-    if same_file:
-        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable") if options.keep2 is not None else None
-        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable") if options.keep1 is not None else None
-        if keep2 is None:  # one file for both levels: level-2 variables are those constant within units
-            candidates = [c for c in level2.data.columns if c.lower() != id2.lower() and (keep1 is None or c not in keep1)
-                          and not is_text_column(level2, c, text_columns)]
-            keep2 = [c for c in candidates if _constant_within(numeric_column(level2, c), codes2)]
-        if keep1 is None:
-            keep1 = [c for c in level1.data.columns if c.lower() != id1.lower() and c not in keep2
-                     and not is_text_column(level1, c, text_columns)]
-    else:
-        keep1 = _resolve_keep(level1, options.keep1, {id1.lower()}, "level-1 variable", text_columns)
-        keep2 = _resolve_keep(level2, options.keep2, {id2.lower()}, "level-2 variable", text_columns)
-    if text_columns:
-        warn(f"text column(s) {first_few(text_columns)} are labels, not numbers, and are left out of the "
-             "variables; name them with --l1-vars/--l2-vars only if they hold numbers")
-    clash = sorted({c.lower() for c in keep1} & {c.lower() for c in keep2})
-    if clash:
-        raise DataError(
-            f"{level1.path} and {level2.path}: variable '{clash[0]}' is in both levels; "
-            "leave it out of one level with --l1-vars/--l2-vars"
-        )
-    names = keep1 + keep2
-    folded = [n.lower() for n in names]
-    dup = sorted({n for n in names if folded.count(n.lower()) > 1})
-    if dup:
-        raise DataError(f"{level1.path}: variables {', '.join(dup)} differ only in case; rename one")
-    return keep1, keep2, text_columns
-
-
-def _level2_rows(level2: Table, keep2, codes2, ids2, id2: str, options: BuildOptions, same_file: bool,
-                 infinite_notes: dict, warn) -> np.ndarray:
-    """The level-2 values, one column per unit: from a file of one row per unit, or the first row of
-    each unit of a shared file (where each must be constant within the unit)."""
-    from .readers import numeric_column
-
-    l2_values = np.vstack([numeric_column(level2, c) for c in keep2]) if keep2 else np.empty((0, len(codes2)))
-    refuse_infinite(level2, keep2, l2_values, options.missing == "now", warn, infinite_notes, level=2)
-    if same_file:
-        first = np.unique(codes2, return_index=True)[1]
-        for k, name in enumerate(keep2):
-            bad = _first_varying_unit(l2_values[k], codes2)
-            if bad is not None:
-                raise DataError(
-                    f"{level2.path}: column {name} varies within unit {ids2[bad]}; a level-2 variable must be "
-                    f"constant within each unit, so leave {name} out of the level-2 variables"
-                )
-        l2_values = l2_values[:, first]
-    else:
-        if len(ids2) != len(codes2):
-            counts = np.bincount(codes2)
-            dups = [ids2[i] for i in np.flatnonzero(counts > 1)]
-            raise DataError(
-                f"{level2.path}: column {id2}: {len(dups)} unit id(s) appear more than once ({first_few(dups)}); "
-                "the level-2 file needs exactly one row per unit"
-            )
-    return l2_values
-
-
-def _units_in_order(level2: Table, keep2, unit, l1_values, l2_values, ids2, notes: dict, warn):
-    """Units in level-2 file order, those without level-1 records left out, the records sorted by unit
-    (stable); a missing level-2 value is refused. Returns (unit, level-1 values, level-2 values, ids, offsets)."""
-    counts = np.bincount(unit, minlength=len(ids2))
-    present = counts > 0
-    if not present.all():
-        absent = [ids2[j] for j in np.flatnonzero(~present)]
-        notes["units_without_records"] = len(absent)
-        warn(f"{len(absent)} level-2 unit(s) in {level2.path.name} have no level-1 records and are left out "
-             f"(ids {first_few(absent)})")
-    renumber = np.cumsum(present) - 1
-    unit = renumber[unit]
-    l2_values = l2_values[:, present]
-    unit_ids = [ids2[j] for j in np.flatnonzero(present)]
-
-    for k, name in enumerate(keep2):
-        bad = np.flatnonzero(np.isnan(l2_values[k]))
-        if bad.size:
-            raise DataError(
-                f"{level2.path}: column {name} is missing for unit {unit_ids[bad[0]]}"
-                f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}; HLM needs complete level-2 data, "
-                f"so fill it in or leave {name} out with --l2-vars"
-            )
-
-    if unit.size > 1 and np.any(unit[1:] < unit[:-1]):
-        order = np.argsort(unit, kind="stable")
-        unit = unit[order]
-        l1_values = l1_values[:, order]
-    offsets = np.concatenate(([0], np.cumsum(np.bincount(unit, minlength=len(unit_ids))))).astype(np.int64)
-    return unit, l1_values, l2_values, unit_ids, offsets
-
-
-
-def _constant_within(values: np.ndarray, codes: np.ndarray) -> bool:
-    return _first_varying_unit(values, codes) is None
-
-
-def _first_varying_unit(values: np.ndarray, codes: np.ndarray):
-    n_units = int(codes.max()) + 1 if codes.size else 0
-    lo = np.full(n_units, np.inf)
-    hi = np.full(n_units, -np.inf)
-    finite = ~np.isnan(values)
-    np.minimum.at(lo, codes[finite], values[finite])
-    np.maximum.at(hi, codes[finite], values[finite])
-    nan_count = np.bincount(codes[~finite], minlength=n_units)
-    mixed = (nan_count > 0) & np.isfinite(lo)  # some records missing, others not
-    bad = np.flatnonzero((hi > lo) | mixed)
-    return int(bad[0]) if bad.size else None
+def archive_from_merge(merged: dict, missing: str) -> Archive:
+    """The Archive of merge.merge_levels' pieces."""
+    levels = [LevelData(names, values) if ids is None else LevelData(names, values, ids, offsets)
+              for names, values, ids, offsets in merged["levels"]]
+    return Archive(levels, id_kind=merged["id_kind"], id_names=merged["id_names"], missing=missing,
+                   value_labels=merged["value_labels"], notes=merged["notes"], level1_id=merged["level1_id"])
 
 
 def unhashed_source(role: str, path) -> Source:
