@@ -296,3 +296,19 @@ def test_every_singular_factor_gets_its_boundary_note():
     notes = CrossedResults("", None, None, fit, "").boundary_notes()
     assert notes == ["the variance of primary's random effects is 0 (on the boundary)",
                      "τ of second is singular (rank 2 of 3): on the boundary"]
+
+
+def test_an_outcome_the_fixed_effects_fit_exactly_is_refused():
+    """A constant outcome, or one the fixed effects' columns fit exactly, has σ² → 0 with the likelihood
+    unbounded: no optimum, so refused in one line naming the column (it was printed as certified, with
+    σ² = 0 and a t-ratio of 10^17)."""
+    from hlmcli.errors import ModelError
+
+    d = frame("diameter")
+    d["x"] = np.arange(len(d)) % 7
+    for outcome in (np.full(len(d), 23.0), 2.0 + 3.0 * d.x):
+        d["diameter"] = outcome
+        with pytest.raises(ModelError, match="column diameter: the outcome is an exact linear function"):
+            hlmcli.fit_crossed(d, "diameter ~ x + (1 | plate) + (1 | sample)", "ML")
+    d["diameter"] += 1e-3 * np.sin(np.arange(len(d)))  # a little noise: a likelihood with a maximum again
+    assert hlmcli.fit_crossed(d, "diameter ~ x + (1 | plate) + (1 | sample)", "ML").certified

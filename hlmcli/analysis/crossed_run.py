@@ -11,6 +11,7 @@ import numpy as np
 from ..data.crossed_design import CrossedDesign, design
 from ..engine.crossed import CrossedFit, fit_crossed
 from ..engine.nested_fit import BOUNDARY_CORR, tau_names
+from ..errors import ModelError
 from ..language.formula import CrossedFormula
 
 
@@ -72,5 +73,10 @@ class CrossedResults:
 def analyse_crossed(table, model: CrossedFormula, formula: str, method: str = "REML",
                     max_iterations: int | None = None, title: str | None = None) -> CrossedResults:
     d = design(table, model)
-    fit = fit_crossed(d.y, d.X, d.fixed_names, d.terms, method, max_iterations or 1000)
+    try:
+        fit = fit_crossed(d.y, d.X, d.fixed_names, d.terms, method, max_iterations or 1000)
+    except ModelError as exc:
+        if str(exc).startswith("the outcome is"):  # name the file and the column
+            raise ModelError(f"{table.path}, column {d.outcome}: {exc}") from None
+        raise
     return CrossedResults(formula, model, d, fit, str(table.path), title)

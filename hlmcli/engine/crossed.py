@@ -45,6 +45,7 @@ linalg = lazy("scipy.linalg")
 
 from ..errors import ModelError
 from .objective import BlockDeviance
+from .unitsolve import EXACT_WITHIN_ULPS
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -427,6 +428,13 @@ def fit_crossed(y, X, fixed_names, terms: list[CrossedTerm], method: str = "REML
     n, p = X.shape
     if n - p <= 0:
         raise ModelError(f"{n} records cannot estimate {p} fixed effects and σ²")
+    # y an exact linear function of the fixed effects' columns: σ² → 0 with τ = 0 sends the likelihood to
+    # +∞, so there is no optimum to certify (the rule of unitsolve.exact_within, with no random columns)
+    rss = float(np.sum((y - st.Qx @ st.Qty) ** 2))
+    if rss <= EXACT_WITHIN_ULPS * np.finfo(float).eps * float(y @ y):
+        raise ModelError("the outcome is an exact linear function of the fixed effects' predictors (no residual "
+                         "variation), so σ² would be 0 and the likelihood has no maximum; check that the outcome is "
+                         "not constant or computed from the predictors")
     obj = Objective(st, reml)
     qs = tuple(t.q for t in terms)
     diag = diagonal_blocks(diagonal, len(terms))
