@@ -139,6 +139,9 @@ def _mutations(K: int, shared: bool):
             out.append((f"childless@{i + 1}", i, lambda r: r + [[f"9{len(r)}"] + r[1][1:]]))
     if shared:
         out.append(("vary-up", 0, lambda r: r[:1] + [r[1][:-1] + ["99"]] + r[2:]))
+        # the last level's variable infinite in every record of the first record's unit: constant within it
+        out.append(("inf-unit", 0, lambda r: r[:1] + [row[:-1] + ["inf"] if row[0] == r[1][0] else row
+                                                      for row in r[1:]]))
     return out
 
 

@@ -1,9 +1,9 @@
 """Three-level HGLM by PQL (engine/nested_glmm.py, analysis/hglm_levels.py), as a user runs it, against
 R: the Breslow-Clayton loop around nlme::lme with σ² fixed at 1 and ML, run to max|Δη| < 1e-10
 (tests/reference_scripts/hglm3_references.R; glmmPQL itself cannot fix σ² and stops loosely), on lme4's
-grouseticks (Poisson). The script also writes mlmRev's Mmmec and guImmun; their references are not
-committed yet (lme does not converge on Mmmec's random slope across nine nations; guImmun's loop did
-not finish here)."""
+grouseticks (Poisson). The script also writes mlmRev's Mmmec and guImmun; lme stalls on Mmmec at a
+near-singular local optimum of the working model, so Mmmec, guImmun and --reml are checked in
+test_hglm3_dense.py (a dense fixed-point check and a PQL loop around glmmTMB)."""
 
 from __future__ import annotations
 

@@ -105,3 +105,16 @@ def test_two_levels_infinite_level2_value_refused_under_missing_now(tmp_path):
     assert r.stderr.strip().splitlines() == [
         f"hlmcli: error: {l2}: column w, line 3: the value is infinite (inf); fix it, or leave w out with --l2-vars "
         "if the model does not use it (HLM needs complete level-2 data, so --missing now does not apply)"]
+
+
+def test_three_levels_shared_file_infinite_level2_value_refused(tmp_path):
+    """A level-2 variable of a shared file, infinite in every record of a unit, is constant within it:
+    it was taken into the archive as an infinite level-2 value; it is refused as infinite."""
+    from hlmcli.io.archive_levels import BuildOptions3
+
+    rows = [["C", "S", "Y", "V2"], ["1", "10", "1.0", "inf"], ["1", "10", "2.0", "inf"], ["2", "10", "1.5", "0.5"],
+            ["2", "10", "2.5", "0.5"], ["3", "20", "1.0", "0.1"], ["3", "20", "3.0", "0.1"]]
+    one = _write(tmp_path / "one.csv", rows)
+    with pytest.raises(DataError, match=r"one.csv: column V2, line 2: the value is infinite \(inf\) and 1 more; fix it, "
+                                        r"or leave V2 out with --l2-vars"):
+        build_from_paths([one] * 3, BuildOptions3("C", "S"))
