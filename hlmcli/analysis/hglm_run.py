@@ -254,7 +254,7 @@ def _reinsert(held, gamma, cov, rcov):
     return tuple(out)
 
 
-def _checked_design(spec, archive, level1_text: str | None):
+def checked_design(spec, archive, level1_text: str | None):
     """(the family, the design) once the options, the level-1 equation and the random effects suit an HGLM."""
     opts = spec.options
     check_options(opts)
@@ -279,7 +279,7 @@ def _held_at_bounds(design, B, held, offset):
     return np.delete(B, [s.column for s in held], axis=2), offset
 
 
-def _trials_and_exposure(archive, design, opts, l1file: str, rows) -> tuple:
+def trials_and_exposure(archive, design, opts, l1file: str, rows) -> tuple:
     """--trials and --exposure as columns of the records the design uses (None when not given); a record
     with either missing is refused, naming its row."""
     trials = level1_option_column(archive, design, opts.trials, "--trials") if opts.trials else None
@@ -308,11 +308,11 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     """The HGLM stages after the design: the options and data checked, the fit by PQL, Laplace or AGQ,
     the unit OLS and the variance tests, as an HGLMAnalysis."""
     opts = spec.options
-    fam, design = _checked_design(spec, archive, level1_text)
+    fam, design = checked_design(spec, archive, level1_text)
     files = {s.role: s.name for s in archive.sources}
     l1file = files.get("level-1", "the level-1 file")
     rows = design.record_positions if design.record_positions is not None else np.arange(design.n)
-    trials, exposure = _trials_and_exposure(archive, design, opts, l1file, rows)
+    trials, exposure = trials_and_exposure(archive, design, opts, l1file, rows)
     where = {"file": l1file, "outcome": spec.outcome, "trials": opts.trials, "exposure": opts.exposure, "rows": rows}
     fam.check(design.y, trials, exposure, where)
     check_hglm_outcome(fam, design, trials, where)

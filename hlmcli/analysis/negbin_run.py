@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ModelError
 from . import inference
-from .hglm_run import HGLMAnalysis, _checked_design, _trials_and_exposure, check_column_scales
+from .hglm_run import HGLMAnalysis, checked_design, trials_and_exposure, check_column_scales
 
 # capabilities.check refuses PQL first (with the same reason); this guards the engine's own callers
 PQL_REFUSAL = ("--family negbinomial: PQL is not available: its working model needs a variance function known up "
@@ -54,11 +54,11 @@ def analyse_negbin(spec, archive, level1_text: str | None = None) -> NegBinAnaly
     opts = spec.options
     if opts.estimation in (None, "pql"):
         raise ModelError(PQL_REFUSAL)
-    fam, design = _checked_design(spec, archive, level1_text)
+    fam, design = checked_design(spec, archive, level1_text)
     files = {s.role: s.name for s in archive.sources}
     l1file = files.get("level-1", "the level-1 file")
     rows = design.record_positions if design.record_positions is not None else np.arange(design.n)
-    _, exposure = _trials_and_exposure(archive, design, opts, l1file, rows)
+    _, exposure = trials_and_exposure(archive, design, opts, l1file, rows)
     where = {"file": l1file, "outcome": spec.outcome, "trials": None, "exposure": opts.exposure, "rows": rows}
     fam.check(design.y, None, exposure, where)
     B = design.block_design()
