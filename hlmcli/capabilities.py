@@ -135,7 +135,7 @@ FEATURES = (
     Feature("full_output", "--full-output",
             {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _FULL_OUTPUT_K}),
-    Feature("weights", "--weight1/--weight2 (sampling weights; ... --weight4)",
+    Feature("weights", "--weight1 ... --weight4 (sampling weights)",
             {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS,
              "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",

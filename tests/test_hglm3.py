@@ -153,3 +153,14 @@ def test_fixed_point_check_can_fail():
     g = {n: v for n, v in zip(["(Intercept)", "CHEIGHT", "YEAR96", "YEAR97"], res.gamma)}
     ref = REF["grouseticks"]["pql_ml"]
     assert [g[n] for n in REF["grouseticks"]["fixed"]] == pytest.approx(ref["gamma"], rel=1e-6)
+
+
+def test_weight_refusal_names_every_weight_option():
+    """--weight3 on a three-level HGLM is refused in words that cover it (the message named
+    --weight1/--weight2 only)."""
+    from hlmcli.api import fit_options
+    from hlmcli.capabilities import refuse
+
+    with pytest.raises(Exception, match=r"^--weight1 \.\.\. --weight4: not available for a three-level HGLM PQL fit"):
+        refuse("weights", "three-level-pql")
+    assert fit_options(weight3="W").weight3 == "W"
