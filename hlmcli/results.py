@@ -832,6 +832,15 @@ class LevelsResults(Results):
     def residuals_level2(self, keep: Sequence[str] = ()) -> "pd.DataFrame":
         return self.residuals_level(2, keep)
 
+    def _refuse_hglm_residuals(self) -> None:
+        """A three-level HGLM's level-1 residual file is refused, as `hlmcli fit` refuses it: the linear
+        file's fitted value (Xγ + Zb without the offset) and residual (y - fitted) would mix the link scale
+        with the outcome's. (The units' EB estimates, random_effects(), are the final working model's, on
+        the link scale, as the JSON gives them.)"""
+        if getattr(self.analysis, "hglm", None) is not None:
+            raise ModelError("the level-1 residual file is not built yet for a three-level HGLM: its fitted values "
+                             "would need the link scale, the offset and the inverse link; use random_effects()")
+
     def _unit_positions(self) -> list:
         """Per level 2..K, the archive index of each unit the fit kept (the residual files' rows)."""
         d = self.analysis.design
@@ -859,6 +868,12 @@ class LevelsResults(Results):
         the level-1 file's (`order="source"`). With `keep` or `order="source"`, `row` (after the ids) is
         each record's 1-based row in the level-1 file, and `keep` carries source columns, text too:
         level-1 columns directly, those of the levels above through the record's unit there."""
+        self._refuse_hglm_residuals()
+        return self._level1_table(keep, order)
+
+    def _level1_table(self, keep: Sequence[str] = (), order: str = "unit") -> "pd.DataFrame":
+        """residuals_level1's table; for a three-level HGLM `fitted` is the linear predictor Xγ + Zb
+        (link scale, no offset) of the final working model."""
         if order not in ("source", "unit"):
             raise ModelError(f"order must be 'source' or 'unit', not '{order}'")
         a = self.analysis

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import hlmcli
+from hlmcli.errors import ModelError
 from conftest import DATA, ROOT, hlmcli as run_cli
 from hlmcli import capabilities
 
@@ -806,6 +807,9 @@ def check_hglm3_api(tmp_path):
     assert res.to_dict()["fixed_effects"] == hglm3_json()["fixed_effects"]
     hglm3_matches(res.to_dict())
     assert res.converged and res.failures == []
+    with pytest.raises(ModelError, match="level-1 residual file is not built yet for a three-level HGLM"):
+        res.residuals_level1()  # as the CLI refuses --residuals-l1: its residual would mix the link and outcome scales
+    assert len(res.random_effects(3)) == 63  # the units' EB estimates stay available (link scale)
 
 
 def check_hglm3_table(tmp_path):
