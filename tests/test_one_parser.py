@@ -117,3 +117,14 @@ def test_an_hlm_command_file_line_is_named_when_its_equation_is_wrong(tmp_path):
                    "level2:X1=INTRCPT2+NOSUCH/\n")
     with pytest.raises(ModelError, match=rf"^{cmd}, line 4: in 'b1 = g1,0 \+ g1,1\*NOSUCH': unknown variable"):
         parse_hlm_file(cmd, V2)
+
+
+def test_an_hlm3_command_file_line_is_named_when_its_equation_is_wrong(tmp_path):
+    """The same at three levels: an unknown variable on a level3: line names the file and that line."""
+    from hlmcli.language.equations_levels import parse_hlm3_file
+
+    cmd = tmp_path / "m3.hlm"
+    cmd.write_text("#WHLM CMD FILE\nlevel1:Y=INTRCPT1+RANDOM\nlevel2:INTRCPT1=INTRCPT2+random/\n"
+                   "level3:INTRCPT2=INTRCPT3+NOSUCH+random/\n")
+    with pytest.raises(ModelError, match=rf"^{cmd}: line 4: in '.*NOSUCH.*': unknown variable"):
+        parse_hlm3_file(cmd, V3)

@@ -600,7 +600,13 @@ def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside:
                                            allow_outside)) if opts.get(f"resfil{lev}") else None for lev in (2, 3))
     options = RunOptionsLevels(max_iterations=opts.get("max_iterations", 1000), title=opts.get("title"),
                                residuals=residuals if any(residuals) else ())
-    return build_spec3(lines["level1"], lines["level2"], lines["level3"], variables, options)
+    try:
+        return build_spec3(lines["level1"], lines["level2"], lines["level3"], variables, options)
+    except ModelError as exc:  # name the level line the quoted equation was read from
+        for equation, where in lines.get("where", {}).items():
+            if f"in '{equation.strip()}'" in str(exc):
+                raise ModelError(f"{where}: {exc}") from None
+        raise
 
 
 def _hlm3_level_line(lines: dict, key: str, value: str, where: str) -> None:
@@ -615,6 +621,7 @@ def _hlm3_level_line(lines: dict, key: str, value: str, where: str) -> None:
         terms, names, icpt, _ = level_terms(rhs, where, 1, 3)
         lines["names"] = ["INTRCPT1"] + names
         lines["level1"] = level_equation(outcome.strip(), terms, icpt, False, 1, 3)
+        lines.setdefault("where", {})[lines["level1"]] = where
         return
     if key == "level2" and lines["level1"] is None:
         raise ModelError(f"{where}: a level2: line before the level1: line; put level1: first")
@@ -638,6 +645,7 @@ def _hlm3_level_line(lines: dict, key: str, value: str, where: str) -> None:
         p, _, qs = lines["current"]
         key_ = (p, qs[upper.index(coef.upper())])
     lines[key].append(level_equation(key_, terms, icpt, rand, level, 3))
+    lines.setdefault("where", {})[lines[key][-1]] = where
 
 
 def _hlm3_option(opts: dict, key: str, value: str, where: str) -> None:
