@@ -456,7 +456,10 @@ def _fit_levels(level1, level2, level3, level4, ids, equations, model, options: 
     given["model_file"] = Path(model).name if model else None
     ids_ = list(archive.id_names)
     meta = {"data_source": source, "title": spec.options.title, "ids": ids_, "model_given": given,
-            "command_file": Path(model).name if model and str(model).lower().endswith(".hlm") and K == 3 else None}
+            "command_file": Path(model).name if model and str(model).lower().endswith(".hlm") and K == 3 else None,
+            # the files given now, so the level-1 file and --keep read them even when the cached archive
+            # recorded other (relative) paths, as the CLI does
+            "source_files": tuple(files) if len(files) > 1 else None}
     results = Results(analysis, archive, meta)
     for message in results.failures:
         say(message + "; the results are not at the optimum")

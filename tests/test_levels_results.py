@@ -84,3 +84,26 @@ def test_test_labels_as_printed_with_hlm7s_comma_rule():
     assert parse_test("δ0001 = 0", four).rows == ((0, 1),)
     with pytest.raises(ModelError, match="cannot read 'g000'"):
         parse_test("g000 = 0", four)
+
+
+def test_level1_file_read_from_the_files_given_when_the_cache_recorded_relative_paths(tmp_path, monkeypatch):
+    """A cached three-level archive built from relative names in one folder, then fitted by absolute
+    paths from another: residuals_level1(order="source") reads the files given now (it said the level-1
+    file 'is not there any more')."""
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in (1, 2, 3):
+        shutil.copyfile(DATA / "three_level" / f"eg_l{k}.csv", data / f"eg_l{k}.csv")
+    cache = tmp_path / "cache"
+    model = dict(id2="CHILDID", id3="SCHOOLID", level1_eq="MATH = p0 + e", level2_eqs=["p0 = b00 + r0"],
+                 level3_eqs=["b00 = g000 + u00"], cache_dir=str(cache))
+    monkeypatch.chdir(data)
+    hlmcli.fit("eg_l1.csv", "eg_l2.csv", level3="eg_l3.csv", **model)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = hlmcli.fit(str(data / "eg_l1.csv"), str(data / "eg_l2.csv"), level3=str(data / "eg_l3.csv"), **model)
+    table = res.residuals_level1(order="source")
+    assert list(table["row"][:3]) == [1, 2, 3] and len(table) == res.to_dict()["n_level1"]
