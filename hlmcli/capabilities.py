@@ -211,11 +211,22 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
     return [key for key, on in asked.items() if on]
 
 
-def refuse(feature: str, kind: str) -> None:
-    """Raise the one-line refusal of `feature` for `kind`, if the table has one."""
+def refuse(feature: str, kind: str, label: str | None = None) -> None:
+    """Raise the one-line refusal of `feature` for `kind`, if the table has one; `label`: the options
+    the user gave, where the feature has several (default: the table's label)."""
     why = reason(feature, kind)
     if why:
-        raise ModelError(f"{_BY_KEY[feature].label.split(' (')[0]}: not available for a {KINDS[kind]} fit: {why}")
+        label = label or _BY_KEY[feature].label.split(' (')[0]
+        raise ModelError(f"{label}: not available for a {KINDS[kind]} fit: {why}")
+
+
+def _given_label(feature: str, spec, fit: FitOptions) -> str | None:
+    """The weight options the user gave (--weight2, or --weight1/--weight3), so the refusal names them."""
+    if feature != "weights":
+        return None
+    given = [f"--weight{k}" for k in range(1, 5)
+             if getattr(fit, f"weight{k}", None) or getattr(spec.options, f"weight{k}", None)]
+    return "/".join(given) or None
 
 
 def refuse_family(n_levels: int, fit: FitOptions) -> None:
@@ -257,7 +268,7 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
         refuse_family(n_levels_of(spec), fit)
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
-        refuse(key, kind)
+        refuse(key, kind, _given_label(key, spec, fit))
     if kind in _LEVELS and Engine(engine) != Engine.MEMORY:
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts

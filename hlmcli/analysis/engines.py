@@ -155,7 +155,8 @@ def refuse_unsupported(spec, engine: str, **options) -> None:
                          "level-1, level-2 and level-3 files with --id2 and --id3")
     extra = tuple(dict.fromkeys(_FLAG_FEATURES[name] for name, on in options.items() if on))
     try:
-        check_capabilities(spec, FitOptions(engine="stream" if engine.startswith("stream") else engine),
+        weights = {f"weight{k}": "given" for k in (1, 2) if options.get(f"--weight{k}")}  # named in the refusal
+        check_capabilities(spec, FitOptions(engine="stream" if engine.startswith("stream") else engine, **weights),
                            OutputOptions(), "stream" if engine.startswith("stream") else engine, extra=extra)
     except ModelError as exc:
         if str(exc).startswith("--engine"):
