@@ -90,11 +90,13 @@ def test_readme_blocks_parse_and_name_shipped_files():
 
 @pytest.mark.slow
 def test_readme_blocks_run(tmp_path):
-    """Each runnable block in a scratch copy of sample_data/ (and tests/data/four_level, which the
-    four-level example reads), with this environment's hlmcli first on PATH."""
+    """Each runnable block in a scratch copy of sample_data/ (and the tests/data folders the four-level,
+    ordinal, negative binomial and cross-classified examples read), with this environment's hlmcli first
+    on PATH."""
     pytest.importorskip("matplotlib")
     shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
-    shutil.copytree(ROOT / "tests" / "data" / "four_level", tmp_path / "tests" / "data" / "four_level")
+    for name in ("four_level", "ordinal", "negbin", "crossed"):  # the README's examples on these data sets
+        shutil.copytree(ROOT / "tests" / "data" / name, tmp_path / "tests" / "data" / name)
     (tmp_path / "docs").mkdir()
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
            "HLMCLI_CACHE_DIR": str(tmp_path / "cache"), "PYTHONIOENCODING": "utf-8"}
