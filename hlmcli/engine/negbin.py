@@ -33,7 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.special import digamma, gammaln
 
-from .hglm import Conditional, GLMData, agq_fit, ml_fit
+from .hglm import Conditional, GLMData, agq_fit, ml_fit, newton_ascent
 
 
 class NegBinFamily:
@@ -140,29 +140,12 @@ class NegBinData(GLMData):
             ll, dl, _, _ = fam.evaluate(eta, second=False)
             return float(np.sum(ll)), np.concatenate([self.Xv(dl), [np.sum(fam.theta_parts(eta, second=False))]])
 
-        f, g = ll_grad(x)
-        for _ in range(maxit):
-            H = np.empty((self.p, self.p))
-            for i in range(self.p):
-                e = np.zeros(self.p)
-                e[i] = 1e-6
-                H[:, i] = (ll_grad(x + e)[1] - g) / 1e-6
-            H = 0.5 * (H + H.T)
+        def step_of(H, g):
             w, V = np.linalg.eigh(-H)  # ascent direction even where ℓ is not concave in (γ, φ)
             w = np.maximum(np.abs(w), 1e-10 * max(float(np.abs(w).max()), 1e-300))
-            step = V @ ((V.T @ g) / w)
-            t = 1.0
-            while t > 1e-8:
-                fn, gn = ll_grad(x + t * step)
-                if np.isfinite(fn) and fn >= f:
-                    break
-                t *= 0.5
-            else:
-                break
-            done = fn - f < 1e-12 * (1.0 + abs(f))
-            x, f, g = x + t * step, fn, gn
-            if done:
-                break
+            return V @ ((V.T @ g) / w)
+
+        x = newton_ascent(ll_grad, x, maxit, step_of)
         self.eta(x, None)
         return x
 

@@ -40,7 +40,7 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.special import expit, ndtr, ndtri
 
-from .hglm import Conditional, GLMData, agq_fit, ml_fit
+from .hglm import Conditional, GLMData, agq_fit, ml_fit, newton_ascent
 
 LINKS = ("logit", "probit", "cloglog")
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
@@ -252,28 +252,10 @@ class OrdinalData(GLMData):
             la, lb = fam.threshold_parts(eta, second=False)
             return float(np.sum(ll)), np.concatenate([self.Xv(l1), self._cut_sums(la, lb)])
 
-        f, g = ll_grad(x)
-        for _ in range(maxit):
-            H = np.empty((self.p, self.p))
-            for i in range(self.p):
-                e = np.zeros(self.p)
-                e[i] = 1e-6
-                gp = ll_grad(x + e)[1]
-                H[:, i] = (gp - g) / 1e-6 if gp is not None else 0.0
-            H = 0.5 * (H + H.T)
-            step = np.linalg.lstsq(-H + 1e-10 * abs(np.trace(H)) * np.eye(self.p), g, rcond=None)[0]
-            t = 1.0
-            while t > 1e-8:
-                fn, gn = ll_grad(x + t * step)
-                if np.isfinite(fn) and fn >= f:
-                    break
-                t *= 0.5
-            else:
-                break
-            done = fn - f < 1e-12 * (1.0 + abs(f))
-            x, f, g = x + t * step, fn, gn
-            if done:
-                break
+        def step_of(H, g):
+            return np.linalg.lstsq(-H + 1e-10 * abs(np.trace(H)) * np.eye(self.p), g, rcond=None)[0]
+
+        x = newton_ascent(ll_grad, x, maxit, step_of)
         self.eta(x, None)
         return x
 
