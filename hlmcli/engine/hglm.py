@@ -337,13 +337,19 @@ def _check_fixed_point(last, refit, overdispersion: bool) -> FixedPointCheck:
     G0 = Ainv @ (last.tau / last.sigma2) @ Ainv.T
     dt = float(np.max(np.abs(G1 - G0)) / max(1.0, float(np.max(np.abs(G1)))))
     excess, tol = fixed_point_excess(last, refit, overdispersion)
+    return fixed_point_verdict(refit, excess, tol, dg, dt, "relative, standardised")
+
+
+def fixed_point_verdict(refit, excess: float, tol: float, dg: float, dt: float, tau_scale: str) -> FixedPointCheck:
+    """The check's verdict from the refit at the final η and the measured moves (two and three levels):
+    passed when the refit is certified and the last estimates lie within `tol` of its optimum."""
     failed = []
     if not refit.converged:
         failed.append("the inner fit at the final η is not certified: " + "; ".join(refit.certificate.failed))
     if not excess <= tol:
         failed.append(f"re-linearised at the final η, the last estimates are {excess:.1E} deviance units above the "
                       f"refit's optimum (tolerance {tol:.1E}): γ moves by {dg:.1E} of (|γ| + SE), τ by {dt:.1E} "
-                      "(relative, standardised)")
+                      f"({tau_scale})")
     return FixedPointCheck(passed=not failed, gamma_change=dg, tau_change=dt, deviance_excess=excess, tolerance=tol,
                            certified=bool(refit.converged), failed=failed)
 

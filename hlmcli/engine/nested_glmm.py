@@ -32,7 +32,7 @@ import numpy as np
 
 from .estimation import tol_decrement
 from .family import Family
-from .hglm import FIXED_POINT_FACTOR, FixedPointCheck
+from .hglm import FIXED_POINT_FACTOR, FixedPointCheck, fixed_point_verdict
 from .nested import LevelsData, NestedFit, columns_of
 from .nested import NestedDeviance as Objective
 from .nested_fit import fit_nested
@@ -174,15 +174,7 @@ def _check_fixed_point(last, c_last, refit, c_refit, reml, overdispersion) -> Fi
     dt = max((float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b))))) for a, b in zip(G0, G1) if b.size),
              default=0.0)
     excess, tol = fixed_point_excess(last, c_last, refit, c_refit, reml, overdispersion)
-    failed = []
-    if not refit.converged:
-        failed.append("the inner fit at the final η is not certified: " + "; ".join(refit.certificate.failed))
-    if not excess <= tol:
-        failed.append(f"re-linearised at the final η, the last estimates are {excess:.1E} deviance units above the "
-                      f"refit's optimum (tolerance {tol:.1E}): γ moves by {dg:.1E} of (|γ| + SE), τ by {dt:.1E} "
-                      "(relative)")
-    return FixedPointCheck(passed=not failed, gamma_change=dg, tau_change=dt, deviance_excess=excess, tolerance=tol,
-                           certified=bool(refit.converged), failed=failed)
+    return fixed_point_verdict(refit, excess, tol, dg, dt, "relative")
 
 
 def pql_levels(glm: LevelsGLMData, reml: bool = False, overdispersion: bool = False, macroit: int = 100,
