@@ -453,8 +453,8 @@ _model_options = [
     click.option("--id4", help="When DATA is four files: the level-4 unit id."),
     click.option("--l4-vars", help="When DATA is four files: level-4 variables to keep, comma-separated (default: all)."),
     click.option("--missing", type=click.Choice(["now", "analysis"]), default="analysis", show_default=True,
-                 help="When DATA is two files: when to drop records with missing values."),
-    click.option("--drop-unmatched", is_flag=True, help="When DATA is two files: drop level-1 records with no level-2 unit."),
+                 help="When DATA is data files: drop records with missing values now (at build) or per model at analysis."),
+    click.option("--drop-unmatched", is_flag=True, help="When DATA is data files: drop level-1 records with no unit in the file above."),
     click.option("--cache-dir", type=click.Path(file_okay=False),
                  help="Where cached archives go (default: $HLMCLI_CACHE_DIR, else the platform's cache folder: "
                  "$XDG_CACHE_HOME/hlmcli or ~/.cache/hlmcli; ~/Library/Caches/hlmcli on macOS; %LOCALAPPDATA%\\hlmcli\\Cache on Windows)."),
