@@ -297,6 +297,10 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
                            level4_eqs), model, options, title, missing, drop_unmatched, file_format, delimiter,
                            cache_dir, say)
     if options.engine != Engine.MEMORY:
+        if options.constraints:
+            from .capabilities import refuse
+
+            refuse("constrain", "linear-summary")
         return _fit_summarised(level1, level2, id1 or id, id2 or id, level1_eq, level2_eqs, model, options, title,
                                drop_unmatched, missing, file_format, delimiter, say)
     archive, source, frames = load_data(level1, level2, id, id1=id1, id2=id2, missing=missing,

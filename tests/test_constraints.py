@@ -152,3 +152,8 @@ def test_hlm_file_constrain_yes_points_to_the_option(tmp_path, hsb_loaded):
         make_spec(hsb_loaded, None, (), model=path)
     path.write_text(path.read_text().replace("constrain:y", "constrain:N"))
     assert make_spec(hsb_loaded, None, (), model=path).outcome == "MATHACH"
+
+
+def test_api_refuses_constraints_with_the_stream_engine():
+    with pytest.raises(ModelError, match="--constrain: not available for a linear \\(stream, Dask\\) fit"):
+        hlmcli.fit(L1, L2, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", engine="stream")
