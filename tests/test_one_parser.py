@@ -27,7 +27,7 @@ def _level1(letter: str, n: int, residual: str) -> str:
 def test_ten_level1_predictors_at_every_number_of_levels():
     # π10 has one subscript, so its digits are one number (the four-level parser read p10 as π1,0)
     two = build_spec(_level1("b", 11, "r"), ["b10 = g10,0 + g10,1*W + u10"], V2)
-    assert len(two.level1) == 11 and two.level2[10] == Level2Equation((Term("W"),), True)
+    assert len(two.level1) == 11 and two.level2[10] == Level2Equation((Term("W", 2),), True)
     three = build_spec3(_level1("p", 11, "e"), ["p10 = b10,0 + r10"], [], V3)
     assert three.equation((10,)).random and [i for i, _ in three.random(2)] == [(0,), (10,)]
     four = build_levels_spec([[_level1("π", 11, "e")], ["π10 = β10,0 + r10"], [], []], V4)

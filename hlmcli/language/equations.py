@@ -14,20 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
-from .equations_levels import build_levels_spec, classify_levels
+from .equations_levels import Term, build_levels_spec, classify_levels
 from .hlmfile import key_values, level_equation, level_terms, number, whole, yes_no
 from .lexer import at_file_line, read_text
 
 CENTERINGS = ("none", "group", "grand")
-
-
-@dataclass(frozen=True)
-class Term:
-    """A predictor: a variable, how it is centered, and whether it is the unit mean of a level-1 variable."""
-
-    name: str
-    centering: str = "none"  # none | group (level 1 only) | grand
-    unit_mean: bool = False  # level 2: mean(X) of level-1 variable X over each unit's records used
 
 
 @dataclass(frozen=True)
@@ -218,13 +209,8 @@ def build_spec(level1: str, level2: list[str], variables: Variables, options: Ru
         if eq.predictors and not eq.intercept:
             raise ModelError(f"the level-2 equation of b{q} has predictors but no intercept g{q}0; number the terms "
                              f"g{q}0, g{q}1, ... in turn (b{q} = u{q} alone is a random effect with no fixed part)")
-        level2_eqs.append(Level2Equation(tuple(map(_term, eq.predictors)), eq.random, intercept=eq.intercept))
-    return ModelSpec(spec.outcome, tuple(map(_term, spec.level1)), tuple(level2_eqs), options or RunOptions())
-
-
-def _term(t) -> Term:
-    """A two-level Term from the parser's: mean(X) at level 2 is the unit mean of level-1 X."""
-    return Term(t.name, t.centering.value, unit_mean=t.mean_of == 1)
+        level2_eqs.append(Level2Equation(eq.predictors, eq.random, intercept=eq.intercept))
+    return ModelSpec(spec.outcome, spec.level1, tuple(level2_eqs), options or RunOptions())
 
 
 # ---------------------------------------------------------------- model files

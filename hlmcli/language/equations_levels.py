@@ -47,19 +47,28 @@ class Centering(str, Enum):
     GROUP = "group"  # level 1: the level-2 unit's mean; level 2: the level-3 unit's mean over its level-2 units
     GRAND = "grand"
 
+    def __str__(self) -> str:  # printed as its value ("group"), as the two-level outputs always wrote it
+        return self.value
+
 
 @dataclass(frozen=True)
-class Term3:
-    """A predictor in an equation at `level`: a variable of that level, or mean(X) of a lower-level X."""
+class Term:
+    """A predictor in an equation at `level` of a model of any number of levels: a variable of that
+    level, or mean(X), the unit's mean of a lower-level X."""
 
     name: str
-    level: int  # the equation's level (1, 2 or 3)
-    centering: Centering = Centering.NONE
+    level: int  # the equation's level (1..K)
+    centering: Centering = Centering.NONE  # a str enum: compares equal to "none", "group", "grand"
     mean_of: int | None = None  # mean(X): the level of X (lower than `level`)
 
     @property
     def label(self) -> str:
         return f"mean({self.name})" if self.mean_of else self.name
+
+    @property
+    def unit_mean(self) -> bool:
+        """A two-level model's level-2 mean(X): the unit mean of level-1 X over the unit's records."""
+        return self.mean_of is not None
 
 
 # ---------------------------------------------------------------- the model of K levels
@@ -103,7 +112,7 @@ class LevelsSpec:
 
     outcome: str
     n_levels: int
-    level1: tuple  # a_1..a_P (Term3)
+    level1: tuple  # a_1..a_P (Term)
     intercept: bool
     equations: tuple  # index p = 0..P: the level-2 Equation of π_p, None when π_p is absent
     options: RunOptionsLevels = field(default_factory=RunOptionsLevels)
@@ -266,7 +275,7 @@ def _closest(name: str, variables: VariablesLevels) -> str:
     return f"; did you mean {', '.join(shown)}?" if shown else "; check the spelling against 'hlmcli mdm info'"
 
 
-def _mean_of(inner: str, level: int, variables: VariablesLevels, text: str, pos: int) -> Term3:
+def _mean_of(inner: str, level: int, variables: VariablesLevels, text: str, pos: int) -> Term:
     """mean(X) in a level-`level` equation: the unit's mean of X, a variable of a lower level."""
     if level == 1:
         raise EquationSyntaxError(text, pos, f"mean({inner}) is a unit mean and belongs in an equation of level 2 or more",
@@ -275,12 +284,12 @@ def _mean_of(inner: str, level: int, variables: VariablesLevels, text: str, pos:
     for lower in range(level - 1, 0, -1):
         hit = next((variables.lookup(c, lower) for c in cands if variables.lookup(c, lower)), None)
         if hit:
-            return Term3(hit, level, Centering.NONE, mean_of=lower)
+            return Term(hit, level, Centering.NONE, mean_of=lower)
     raise ModelError(f"in '{text.strip()}': mean({inner}) needs a variable of a lower level than {level}"
                      + ("" if variables.level_of(inner) else f"; unknown variable '{inner}'"))
 
 
-def _printed_centring(m, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term3:
+def _printed_centring(m, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term:
     """HLM's printed centring: (Xijk - X.jk) around the unit one level up, (Xijk - X...) the grand mean."""
     body = m.group(0)
     name = _resolve(m.group(1), level, variables, text)
@@ -289,14 +298,14 @@ def _printed_centring(m, level: int, variables: VariablesLevels, text: str, pos:
                                   f"write group({name}) or grand({name})")
     mark = m.group(3).replace("•", ".")
     if set(mark) == {"."}:
-        return Term3(name, level, Centering.GRAND)
+        return Term(name, level, Centering.GRAND)
     if level < K and mark == "." + "ijkl"[level:K]:
-        return Term3(name, level, Centering.GROUP)
+        return Term(name, level, Centering.GROUP)
     raise EquationSyntaxError(text, pos, f"'{body}' is not a centring HLM prints at level {level}",
                               f"write group({name}) or grand({name})")
 
 
-def _predictor(piece: str, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term3:
+def _predictor(piece: str, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term:
     """NAME, group(NAME), grand(NAME), mean(NAME) or HLM's printed forms, in a level-`level` equation."""
     body = unwrap(piece)
     m = re.fullmatch(r"(group|grand|mean)\s*\((.*)\)(?:[ijkl]*)", body, re.I)  # mean(X)jkl: as printed
@@ -310,12 +319,12 @@ def _predictor(piece: str, level: int, variables: VariablesLevels, text: str, po
         if func == "group" and level == K:
             raise EquationSyntaxError(text, pos, f"group() centring has no meaning at level {K} (there is no higher unit)",
                                       "use grand() or no centring")
-        return Term3(inner_term.name, level, Centering(func), inner_term.mean_of)
+        return Term(inner_term.name, level, Centering(func), inner_term.mean_of)
     m = re.fullmatch(rf"({_NAME})\s*-\s*({_NAME})\s*([.•][a-z.•]*)", body)
     if m:
         return _printed_centring(m, level, variables, text, pos, K)
     if re.fullmatch(_NAME, body):
-        return Term3(_resolve(body, level, variables, text), level)
+        return Term(_resolve(body, level, variables, text), level)
     raise EquationSyntaxError(text, pos, f"cannot read the predictor '{piece.strip()}'",
                               "write NAME, group(NAME), grand(NAME) or mean(NAME)")
 
@@ -367,7 +376,7 @@ def _right_side(equation: str, text: str, rhs: str, base: int, level: int, key, 
     residual = rand + subscript(*own)
     word = "random effect" if K == 2 else "residual"
     rands = (rand, "e") if K == 2 and level == 1 else (rand,)  # Y = b0 + r, or + e
-    predictors: dict[int, Term3] = {}
+    predictors: dict[int, Term] = {}
     intercept = random = False
     for piece, pos in right_side_terms(text, rhs, base):
         coef, pred, ppos = _split_coef(piece, pos, K)
