@@ -91,7 +91,7 @@ def test_an_equation_in_a_model_file_is_named_by_file_and_line(tmp_path):
     """A wrong equation in a model file of equations names the file and its line, at two and three levels
     (the message quoted the equation only), and a syntax error keeps its caret."""
     from hlmcli.language.equations import RunOptions, spec_from_inputs
-    from hlmcli.language.equations_levels import RunOptionsLevels, spec_from_inputs_levels
+    from hlmcli.language.equations_levels import RunOptions, spec_from_inputs_levels
 
     two = tmp_path / "two.txt"
     two.write_text("# HSB\nY = b0 + b1*X1 + r\n\nb0 = g00 + u0\nb1 = g10 + g11*NOSUCH\n")
@@ -104,7 +104,7 @@ def test_an_equation_in_a_model_file_is_named_by_file_and_line(tmp_path):
     three = tmp_path / "three.txt"
     three.write_text("Y = p0 + e\np0 = b00 + r0\nb00 = g000 + g001*NOSUCH + u00  # level 3\n")
     with pytest.raises(ModelError, match=rf"^{three}, line 3: in 'b00 = g000 \+ g001\*NOSUCH \+ u00'"):
-        spec_from_inputs_levels([[], [], []], str(three), V3, RunOptionsLevels())
+        spec_from_inputs_levels([[], [], []], str(three), V3, RunOptions())
 
 
 def test_an_hlm_command_file_line_is_named_when_its_equation_is_wrong(tmp_path):

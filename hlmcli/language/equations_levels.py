@@ -32,77 +32,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 from .lexer import (COEF_LETTERS, GREEK, RANDOM_LETTERS, EquationSyntaxError, check_shape, coefficient_letters,  # noqa: F401
                     parse_index, random_letters, read_text, at_file_line, right_side_terms, split_star, unwrap)
 from .hlmfile import NO, key_values, level_equation, level_terms, whole
+from .model import Centering, Equation, Fixed, RunOptions, Term  # noqa: F401
 from ..errors import ModelError
 from ..spec import coefficient_label, subscript
 
 
-class Centering(str, Enum):
-    NONE = "none"
-    GROUP = "group"  # level 1: the level-2 unit's mean; level 2: the level-3 unit's mean over its level-2 units
-    GRAND = "grand"
-
-    def __str__(self) -> str:  # printed as its value ("group"), as the two-level outputs always wrote it
-        return self.value
-
-
-@dataclass(frozen=True)
-class Term:
-    """A predictor in an equation at `level` of a model of any number of levels: a variable of that
-    level, or mean(X), the unit's mean of a lower-level X."""
-
-    name: str
-    level: int  # the equation's level (1..K)
-    centering: Centering = Centering.NONE  # a str enum: compares equal to "none", "group", "grand"
-    mean_of: int | None = None  # mean(X): the level of X (lower than `level`)
-
-    @property
-    def label(self) -> str:
-        return f"mean({self.name})" if self.mean_of else self.name
-
-    @property
-    def unit_mean(self) -> bool:
-        """A two-level model's level-2 mean(X): the unit mean of level-1 X over the unit's records."""
-        return self.mean_of is not None
-
-
 # ---------------------------------------------------------------- the model of K levels
 
-
-
-@dataclass(frozen=True)
-class Equation:
-    """The equation of a level-d coefficient at level d+1: intercept, predictors, random term, and the
-    equations of its own coefficients one level up (`terms`, index 0 = intercept, None when absent;
-    empty at the top level)."""
-    predictors: tuple = ()
-    intercept: bool = True
-    random: bool = False
-    terms: tuple = ()
-
-    def present(self) -> list[int]:
-        return ([0] if self.intercept else []) + list(range(1, len(self.predictors) + 1))
-
-
-@dataclass(frozen=True)
-class RunOptionsLevels:
-    method: str = "ML"  # HLM3 and HLM4 fit full ML; REML with --reml
-    max_iterations: int = 1000
-    title: str | None = None
-    residuals: tuple = ()  # per level 2..K: a path or None (an HLM3 command file's resfil2:/resfil3:)
-    tau: object = None  # TauStructure.DIAGONAL when the lme4 formula asks for uncorrelated effects (||)
-
-
-@dataclass(frozen=True)
-class Fixed:
-    """One fixed effect: its subscripts and the names along its path (coefficient, predictors)."""
-    idx: tuple
-    names: tuple  # INTRCPT1 or the level-1 variable, then INTRCPT2 or the level-2 predictor, ...
 
 
 @dataclass(frozen=True)
@@ -115,7 +56,10 @@ class LevelsSpec:
     level1: tuple  # a_1..a_P (Term)
     intercept: bool
     equations: tuple  # index p = 0..P: the level-2 Equation of π_p, None when π_p is absent
-    options: RunOptionsLevels = field(default_factory=RunOptionsLevels)
+    options: RunOptions = field(default_factory=RunOptions)
+
+    def __post_init__(self):  # the defaults of K levels (ML, 1000 iterations at three and four)
+        object.__setattr__(self, "options", self.options.for_levels(self.n_levels))
 
     @property
     def method(self) -> str:
@@ -491,7 +435,7 @@ def _equations_by_coefficient(equations: list, variables: VariablesLevels, K: in
     return given
 
 
-def build_levels_spec(equations: list, variables: VariablesLevels, options: RunOptionsLevels | None = None
+def build_levels_spec(equations: list, variables: VariablesLevels, options: RunOptions | None = None
                       ) -> LevelsSpec:
     """equations[ℓ−1]: the list of level-ℓ equations (one at level 1). The model has K = len(equations)
     levels. Defaults follow HLM: a coefficient with no equation of its own is its intercept alone, random
@@ -522,7 +466,7 @@ def build_levels_spec(equations: list, variables: VariablesLevels, options: RunO
     for key, (_, _, _, text) in given.items():
         if key not in used:
             raise _orphan(key, text, eqs, intercept, given, K)
-    spec = LevelsSpec(outcome, K, terms, intercept, eqs, options or RunOptionsLevels())
+    spec = LevelsSpec(outcome, K, terms, intercept, eqs, options or RunOptions())
     for level in range(2, K + 1):
         if not spec.random(level):
             r, zeros = rand[level - 1], (0,) * (level - 1)
@@ -534,7 +478,7 @@ def build_levels_spec(equations: list, variables: VariablesLevels, options: RunO
 
 
 def build_spec3(level1: str, level2: list[str], level3: list[str], variables: VariablesLevels,
-                options: RunOptionsLevels | None = None) -> LevelsSpec:
+                options: RunOptions | None = None) -> LevelsSpec:
     """A three-level model from its level-1 equation and its π (level-2) and β (level-3) equations."""
     return build_levels_spec([[level1] if level1 else [], list(level2), list(level3)], variables, options)
 
@@ -607,7 +551,7 @@ def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside:
 
     residuals = tuple(str(output_from_file(path, opts.get(f"resfil{lev}name") or f"resfil{lev}.csv", f"resfil{lev}name",
                                            allow_outside)) if opts.get(f"resfil{lev}") else None for lev in (2, 3))
-    options = RunOptionsLevels(max_iterations=opts.get("max_iterations", 1000), title=opts.get("title"),
+    options = RunOptions(max_iterations=opts.get("max_iterations"), title=opts.get("title"),
                                residuals=residuals if any(residuals) else ())
     try:
         return build_spec3(lines["level1"], lines["level2"], lines["level3"], variables, options)
@@ -693,7 +637,7 @@ def is_command_file(path, text: str) -> bool:
 
 
 def spec_from_inputs_levels(equations: list, model_file: str | None, variables: VariablesLevels,
-                            options: RunOptionsLevels, allow_outside: bool = False) -> LevelsSpec:
+                            options: RunOptions, allow_outside: bool = False) -> LevelsSpec:
     """One LevelsSpec of K = len(equations) levels from -1 ... -K, a model file of equations, printed
     output pasted into -1 (or several equations in it, split by ';'), or at three levels an HLM 7
     command file."""
@@ -724,7 +668,7 @@ def spec_from_inputs_levels(equations: list, model_file: str | None, variables: 
 
 
 def spec3_from_inputs(level1: str | None, level2: list[str], level3: list[str], model_file: str | None,
-                      variables: VariablesLevels, options: RunOptionsLevels, allow_outside: bool = False) -> LevelsSpec:
+                      variables: VariablesLevels, options: RunOptions, allow_outside: bool = False) -> LevelsSpec:
     """spec_from_inputs_levels at three levels, from -1, -2 and -3."""
     return spec_from_inputs_levels([[level1] if level1 else [], list(level2), list(level3)], model_file, variables,
                                    options, allow_outside)
