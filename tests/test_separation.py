@@ -148,3 +148,35 @@ def test_find_combination_by_hand():
     y2[3] = 0.0
     assert find_combination(X, y2, None, "logit") is None
     assert find_combination(X, np.array([1.0, 0, 1, 0, 1, 0]), None, "logit") is None
+
+
+def test_overlap_certificate_agrees_with_the_linear_programme(monkeypatch):
+    """The GLM's score certifies overlap (no separating combination) without the LP; wherever it does,
+    the LP run on its own finds no separation either; on separated data it does not certify."""
+    from hlmcli.analysis import separation
+
+    rng = np.random.default_rng(7)
+    certified = 0
+    for k in range(24):
+        n, p = 40 + 10 * (k % 4), 3 + k % 3
+        X = np.column_stack([np.ones(n), rng.normal(size=(n, p - 1)) * 10.0 ** rng.integers(-2, 3, p - 1)])
+        eta = X @ rng.normal(size=p) * (0.5 if k % 2 else 3.0)
+        if k % 3 == 2:  # counts, log link
+            y, trials, link = rng.poisson(np.exp(np.clip(eta, -3, 3))).astype(float), None, "log"
+        else:
+            trials = None if k % 3 == 0 else rng.integers(1, 4, n).astype(float)
+            y, link = rng.binomial(1 if trials is None else trials.astype(int), 1 / (1 + np.exp(-eta))).astype(float), "logit"
+        scale = np.abs(X).max(axis=0)
+        if separation.overlap_certified(X / scale, y, trials, link):
+            certified += 1
+            monkeypatch.setattr(separation, "overlap_certified", lambda *a, **k: False)
+            assert separation.find_combination(X, y, trials, link) is None, k
+            monkeypatch.undo()
+    assert certified >= 10  # 11 of the 14 without separation; near-separated ones (λ_min ~1e-5) go to the LP
+    # separated by a + 2b (the case above): no finite GLM maximum, so no certificate, and the LP finds it
+    a = np.array([-2.0, -1.0, 0.5, 1.0, 2.0, -0.5])
+    b = np.array([1.0, 0.5, -0.2, 0.3, -1.0, 0.2])
+    X = np.column_stack([np.ones(6), a, b])
+    y = (a + 2 * b > 0).astype(float)
+    assert not separation.overlap_certified(X / np.abs(X).max(axis=0), y, None, "logit")
+    assert separation.find_combination(X, y, None, "logit") is not None
