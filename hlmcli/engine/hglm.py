@@ -733,9 +733,21 @@ def _newton_step(H, g):
     return -V @ ((V.T @ g) / w)
 
 
-def _newton(fg, x, f, g, H, maxit, tol):
-    """Damped Newton with a fixed matrix H (Armijo backtracking); stops when the decrease the
-    quadratic model still predicts, ½g'H⁻¹g, is below tol. Returns (x, f, g, iterations, ok)."""
+# A matrix H that needed a damped step, or whose quadratic model predicted the decrease poorly, this
+# many steps in a row is replaced (refresh): from a far start the first Hessian can be so unlike the
+# one near the optimum that Newton with it crawls (47 steps seen from glmer's start at 100,000 rows,
+# 50 steps and a fall back to L-BFGS from τ = I, where a fresh matrix finishes in a few).
+REFRESH_AFTER = 1
+MODEL_AGREEMENT = 0.25  # actual/predicted decrease below this is a poor prediction
+
+
+def _newton(fg, x, f, g, H, maxit, tol, refresh=None):
+    """Damped Newton with a matrix H (Armijo backtracking); stops when the decrease the quadratic
+    model still predicts, ½g'H⁻¹g, is below tol. With refresh(x, g) given, H is recomputed there
+    after REFRESH_AFTER poor steps in a row (a full step whose decrease agrees with the model keeps
+    H, so a search from a good start takes the same steps as with a fixed H). Returns (x, f, g,
+    iterations, ok)."""
+    poor, fresh = 0, False
     for it in range(1, maxit + 1):
         step = _newton_step(H, g)
         slope = float(g @ step)
@@ -748,8 +760,16 @@ def _newton(fg, x, f, g, H, maxit, tol):
                 break
             t *= 0.5
         else:
-            return x, f, g, it, False
+            if refresh is None or fresh:
+                return x, f, g, it, False
+            H, poor, fresh = refresh(x, g), 0, True  # no descent along H's step: a fresh matrix, once here
+            continue
+        fresh = False
+        predicted = -(t * slope + 0.5 * t * t * float(step @ H @ step))
+        poor = poor + 1 if t < 1.0 or f - fn < MODEL_AGREEMENT * predicted else 0
         x, f, g = x + t * step, fn, gn
+        if refresh is not None and poor >= REFRESH_AFTER:
+            H, poor, fresh = refresh(x, g), 0, True
     return x, f, g, maxit, -0.5 * float(g @ _newton_step(H, g)) <= tol
 
 
@@ -833,10 +853,13 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
         fits = []
         for s in candidates:
             try:
-                fits.append(_ml_fit_one(data, 1, s, maxiter, diagonal))
+                fit = _ml_fit_one(data, 1, s, maxiter, diagonal, known=tuple(fits))
             except (np.linalg.LinAlgError, FloatingPointError, ValueError):
                 if not fits and s is candidates[-1]:
                     raise
+                continue
+            if fit is not None:
+                fits.append(fit)
         # τ = 0: the GLM's deviance. Below every optimum found, the search restarts just inside the
         # cone from there (a zero Λ has zero gradient in Cholesky coordinates: it cannot start at 0)
         dev0 = -2.0 * float(np.sum(data.loglik_units(data.eta(gamma_glm, None))))
@@ -876,9 +899,32 @@ def _same_start(a, b) -> bool:
             and np.allclose(a.tau, b.tau, rtol=1e-8, atol=1e-10))
 
 
+# A later start of ml_fit whose search, once near an optimum (stage 1: decrement ≤ 1e-6), is at an
+# optimum already found, within the deviance tolerance of ml_fit and SAME_OPTIMUM (relative) in γ and
+# τ, is not polished, certified and given SEs a second time: finishing it could lower its deviance by
+# about that decrement only, so it cannot become the lowest optimum nor a distinct higher one.
+SAME_OPTIMUM = 1e-2
+
+
+def _at_known(known, q, idx):
+    """stop(x, f) for _search: true at an optimum of `known` (MLResults), as SAME_OPTIMUM says."""
+    def stop(x, f):
+        gamma, lam = _unpack(x, q, idx)
+        tau = lam @ lam.T
+        tol = 1e-6 * max(1.0, 1e-6 * abs(f))
+        for k in known:
+            if abs(f - k.deviance) <= tol and \
+                    np.max(np.abs(gamma - k.gamma)) <= SAME_OPTIMUM * (1.0 + np.max(np.abs(k.gamma))) and \
+                    np.max(np.abs(tau - k.tau)) <= SAME_OPTIMUM * (1.0 + np.max(np.abs(k.tau))):
+                return True
+        return False
+    return stop
+
+
 def _ml_fit_one(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxiter: int = 100,
-                diagonal: bool = False, init: MLResult | None = None) -> MLResult:
-    """One search (and its certificate) from one start: ml_fit's building block."""
+                diagonal: bool = False, init: MLResult | None = None, known=()) -> MLResult | None:
+    """One search (and its certificate) from one start: ml_fit's building block. None when the search
+    reaches an optimum of `known` (fits from earlier starts; see SAME_OPTIMUM)."""
     q, p = data.q, data.p
     idx = _theta_index(q, diagonal)
     nt = idx[0].size
@@ -914,8 +960,12 @@ def _ml_fit_one(data: GLMData, nodes: int = 1, start: PQLResult | None = None, m
 
     iters = 0
     x = x0
+    stop = _at_known(known, q, idx) if known else None
     for attempt in range(4):
-        x, f, g, Hs, n = _search(fg, grad, x, H0, cond)
+        found = _search(fg, grad, x, H0, cond, stop if attempt == 0 else None)
+        if found is None:
+            return None
+        x, f, g, Hs, n = found
         iters += n
         gamma, lam, x, g, Hs = _sign_convention(x, g, Hs, q, p, idx)
         # at the answer, central differences (the search's forward differences are 1e-5 off in the SEs)
@@ -1064,23 +1114,26 @@ def _covariances(cond, gamma, lam, H, sel, p):
     return Ainv[nt:, nt:], (Ainv @ (S.T @ S) @ Ainv)[nt:, nt:]
 
 
-def _search(fg, grad, x, H0, cond):
+def _search(fg, grad, x, H0, cond, stop=None):
     """Λ's columns may change sign freely (τ = ΛΛ' does not see it), so the search is unconstrained.
     Stage 1: Newton with one Hessian (forward differences at the start, or Laplace's for AGQ);
     stage 2: a central-difference Hessian near the optimum, Newton to the end with it, and that
     Hessian also gives the standard errors and the certificate's face Hessian.
-    Returns (x, f, g, Hessian, iterations)."""
+    Returns (x, f, g, Hessian, iterations), or None when stop(x, f) is true after stage 1."""
     f, g = fg(x)
     if H0 is None:
         H0 = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
     iters = 0
-    x, f, g, n1, ok = _newton(fg, x, f, g, H0, 50, 1e-6)
+    x, f, g, n1, ok = _newton(fg, x, f, g, H0, 50, 1e-6,
+                              refresh=lambda y, gy: _hessian(grad, y, g0=gy, h=1e-6, cond=cond))
     iters += n1
     if not ok:  # a poor start: L-BFGS, then the Newton stages
         res = lbfgsb.minimize(fg, x, maxiter=500, ftol=1e-13, gtol=1e-6)
         x = res.x
         f, g = fg(x)
         iters += int(res.nit)
+    if stop is not None and stop(x, f):
+        return None
     Hs = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
     x1 = x
     x, f, g, n2, ok = _newton(fg, x, f, g, Hs, 20, 1e-11)
