@@ -95,7 +95,7 @@ import numpy as np
 from . import lbfgsb
 from .certificate import Certificate, Face, certify
 from .estimation import TauStructure
-from .search import lower_faces
+from .search import lower_faces, poor_model
 from .estimation import fit as linear_fit
 from .family import Family
 from .sufficient import model_stats, unit_cross_products
@@ -733,12 +733,12 @@ def _newton_step(H, g):
     return -V @ ((V.T @ g) / w)
 
 
-# A matrix H that needed a damped step, or whose quadratic model predicted the decrease poorly, this
+# A matrix H that needed a damped step, or whose quadratic model predicted the decrease poorly
+# (search.poor_model), this
 # many steps in a row is replaced (refresh): from a far start the first Hessian can be so unlike the
 # one near the optimum that Newton with it crawls (47 steps seen from glmer's start at 100,000 rows,
 # 50 steps and a fall back to L-BFGS from τ = I, where a fresh matrix finishes in a few).
 REFRESH_AFTER = 1
-MODEL_AGREEMENT = 0.25  # actual/predicted decrease below this is a poor prediction
 
 
 def _newton(fg, x, f, g, H, maxit, tol, refresh=None):
@@ -766,7 +766,7 @@ def _newton(fg, x, f, g, H, maxit, tol, refresh=None):
             continue
         fresh = False
         predicted = -(t * slope + 0.5 * t * t * float(step @ H @ step))
-        poor = poor + 1 if t < 1.0 or f - fn < MODEL_AGREEMENT * predicted else 0
+        poor = poor + 1 if t < 1.0 or poor_model(f - fn, predicted) else 0
         x, f, g = x + t * step, fn, gn
         if refresh is not None and poor >= REFRESH_AFTER:
             H, poor, fresh = refresh(x, g), 0, True

@@ -29,6 +29,14 @@ from . import lbfgsb
 from .certificate import HESSIAN_TOL, BlockCertificate, BlockFace, certify_blocks, diagonal_blocks, with_block
 
 TOL_DECREMENT_ABS = 1e-10  # deviance units
+MODEL_AGREEMENT = 0.5  # a Newton step whose decrease is off the model's prediction by more than this share is poor
+
+
+def poor_model(actual: float, predicted: float) -> bool:
+    """The quadratic model's prediction of a step's decrease is poor: off by more than MODEL_AGREEMENT
+    of it either way (a matrix k times the Hessian gives actual/predicted = 2 − 1/k in one dimension,
+    so a too-large H that makes short steps shows as well as a too-small one)."""
+    return not abs(actual - predicted) <= MODEL_AGREEMENT * abs(predicted)
 
 
 def tol_decrement(deviance: float, noise: float = 0.0) -> float:
@@ -161,6 +169,7 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
         # tolerance, so two fits of one model in different coordinates agree (a step that stops at
         # the noise leaves G 1e-6 off along a weakly determined direction, and the d.f. with it).
         slack = tol_decrement(dev, noise) if predicted <= tol_decrement(dev, noise) else 0.0
+        dev_before, predicted_step, curve = dev, float(g @ step), float(step @ H @ step)
         t, moved = 1.0, False
         while t > 1e-10:
             x_new = x - t * step
@@ -175,6 +184,11 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
         if not moved:
             if fresh:
                 break
+            H, fresh = face.hessian(obj, x), True
+        elif slack == 0.0 and (t < 1.0 or poor_model(dev_before - dev, t * (predicted_step - 0.5 * t * curve))):
+            # a damped step, or one whose decrease the quadratic model predicted poorly: this H is not
+            # the Hessian here (e.g. a lower face searched from far off, where a kept H crawled for 30
+            # steps), so it is recomputed; a step that agrees with the model keeps it
             H, fresh = face.hessian(obj, x), True
         else:
             fresh = False
