@@ -126,7 +126,8 @@ def face_newton(obj, Gs, diagonal=None, max_steps: int = 30):
     return newton_on_face(obj, face, x, dev, Gam, noise, max_steps, last_step=True)
 
 
-def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int = 30, last_step: bool = False):
+def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int = 30, last_step: bool = False,
+                   refresh_poor: bool = False):
     """Newton steps from face coordinates x (deviance dev, gradient Gam there) on a fixed face
     (certificate.BlockFace), with backtracking that keeps S ≻ 0. The Hessian (central differences)
     is reused while steps succeed and recomputed at the last point, so the decrement that ends the
@@ -135,7 +136,11 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
     last_step: once the decrement is below the tolerance, take the Newton step already computed
     when it lowers the face gradient: a decrement δ leaves the parameters about √(2δ/λ) from the
     optimum (1e-9 at δ = 1e-18), one more step leaves them at rounding, so fits of the same data
-    summarised in another order end at the same point, not at two points within the tolerance."""
+    summarised in another order end at the same point, not at two points within the tolerance.
+    refresh_poor: recompute H after a damped step or a poor quadratic model (poor_model), not only
+    after a failed one: for a search from far off (the lower faces of best_lower_face), where a kept H
+    crawls. The main search keeps H while steps succeed (its budget, --max-iterations, bounds L-BFGS-B
+    and this stage is only the polish; a fit stopped early by it stays uncertified)."""
     steps = unverified = 0
     G = face.G(x)
     H, fresh = face.hessian(obj, x), True
@@ -185,7 +190,8 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
             if fresh:
                 break
             H, fresh = face.hessian(obj, x), True
-        elif slack == 0.0 and (t < 1.0 or poor_model(dev_before - dev, t * (predicted_step - 0.5 * t * curve))):
+        elif refresh_poor and slack == 0.0 and \
+                (t < 1.0 or poor_model(dev_before - dev, t * (predicted_step - 0.5 * t * curve))):
             # a damped step, or one whose decrease the quadratic model predicted poorly: this H is not
             # the Hessian here (e.g. a lower face searched from far off, where a kept H crawled for 30
             # steps), so it is recomputed; a step that agrees with the model keeps it
@@ -308,7 +314,7 @@ def best_lower_face(obj, candidates, make_face, dev: float, noise: float):
             d0, Gam = obj.at(face.G(x))
             if not np.isfinite(d0):
                 continue
-            G1, d1, _, _, _ = newton_on_face(obj, face, x, d0, Gam, obj.noise(face.G(x)))
+            G1, d1, _, _, _ = newton_on_face(obj, face, x, d0, Gam, obj.noise(face.G(x)), refresh_poor=True)
         if d1 < dev - tol and (best is None or d1 < best[1]):
             best = (G1, d1)
     return best
