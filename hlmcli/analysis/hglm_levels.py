@@ -120,24 +120,23 @@ def _laplace(glm, fit, tau, max_iterations: int):
     from ..engine.nested_glmm import pql_levels
     from ..engine.nested_laplace import laplace_levels
 
-    if tau == "diagonal":
-        raise ModelError("--tau diagonal: not available with --estimation laplace at three levels (the Laplace "
-                         "search is over full τπ and τβ); use --estimation pql --tau diagonal")
+    diagonal = tau == "diagonal"
     try:
-        start = pql_levels(glm, reml=False, stopmacro=1e-4, max_iterations=max_iterations, check=False)
+        start = pql_levels(glm, reml=False, stopmacro=1e-4, diagonal=diagonal, max_iterations=max_iterations,
+                           check=False)
     except FloatingPointError:
         start = None
     if start is None:
         raise ModelError("the PQL start of the Laplace fit broke down; check for units whose outcomes are all 0 or "
                          "all 1, or predictors that separate the outcome")
     try:
-        res = laplace_levels(glm, start)
+        res = laplace_levels(glm, start, diagonal=(diagonal, diagonal))
     except (FloatingPointError, np.linalg.LinAlgError) as exc:
         raise ModelError(f"the Laplace fit broke down ({exc}); check for predictors that separate the outcome") from None
     (b2, b3), (v2, v3) = res.eb, res.eb_var
     q2, q3 = b2.shape[1], b3.shape[1]
     message = "; ".join(res.failed) if res.failed else "certified optimum of the Laplace deviance"
-    nested = replace(start.fit, method="ML", gamma=res.gamma, cov_gamma=res.cov, cov_gamma_robust=res.robust_cov,
+    nested = replace(start.fit, method="ML", diagonal=(diagonal, diagonal), gamma=res.gamma, cov_gamma=res.cov, cov_gamma_robust=res.robust_cov,
                      sigma2=1.0, tau_pi=res.taus[0], tau_beta=res.taus[1], taus=res.taus, deviance=res.deviance,
                      n_params=res.n_params, reliability_pi=np.zeros(0), reliability_beta=np.zeros(0),
                      reliabilities=(np.zeros(0), np.zeros(0)), chi2_pi=[], chi2_beta=[], chi2=([], []),

@@ -194,12 +194,12 @@ class NestedLaplace:
         self._memo = (key, out)
         return out
 
-    def unit_scores(self, gamma, L2, L3) -> np.ndarray:
+    def unit_scores(self, gamma, L2, L3, diagonal=(False, False)) -> np.ndarray:
         """Each level-3 unit's score ∂log L_k/∂(θ, γ) = −½∂d_k/∂(θ, γ), (J3, n_θ + p)."""
         self._memo = None
         self.evaluate(gamma, L2, L3)
         sg, s2, s3 = self.unit_parts
-        i2, i3 = _tri(self.q2), _tri(self.q3)
+        i2, i3 = _tri(self.q2, diagonal[0]), _tri(self.q3, diagonal[1])
         return -0.5 * np.column_stack([s2[:, i2[0], i2[1]], s3[:, i3[0], i3[1]], sg])
 
     def posterior(self, gamma, L2, L3):
@@ -213,19 +213,21 @@ class NestedLaplace:
 
 # ====================================================================== the search and the certificate
 
-def _tri(q):
-    return np.tril_indices(q)
+def _tri(q, diagonal: bool = False):
+    """The positions of θ in Λ: its lower triangle, or its diagonal for a diagonal τ."""
+    return (np.arange(q), np.arange(q)) if diagonal else np.tril_indices(q)
 
 
-def _pack(gamma, L2, L3):
-    return np.concatenate([L2[_tri(L2.shape[0])], L3[_tri(L3.shape[0])], gamma])
+def _pack(gamma, L2, L3, diagonal=(False, False)):
+    return np.concatenate([L2[_tri(L2.shape[0], diagonal[0])], L3[_tri(L3.shape[0], diagonal[1])], gamma])
 
 
-def _unpack(x, q2, q3):
-    n2, n3 = q2 * (q2 + 1) // 2, q3 * (q3 + 1) // 2
+def _unpack(x, q2, q3, diagonal=(False, False)):
+    i2, i3 = _tri(q2, diagonal[0]), _tri(q3, diagonal[1])
+    n2, n3 = i2[0].size, i3[0].size
     L2, L3 = np.zeros((q2, q2)), np.zeros((q3, q3))
-    L2[_tri(q2)] = x[:n2]
-    L3[_tri(q3)] = x[n2:n2 + n3]
+    L2[i2] = x[:n2]
+    L3[i3] = x[n2:n2 + n3]
     return x[n2 + n3:], L2, L3
 
 
@@ -250,8 +252,8 @@ class Profiled:
     ∂d/∂Λℓ through the Cholesky derivative dΛ = ΛΦ(Λ⁻¹dGΛ⁻ᵀ) at a positive definite block, by
     one-sided differences of the profiled deviance at a singular one."""
 
-    def __init__(self, cond: NestedLaplace, gamma, Hgg):
-        self.cond, self.gamma, self.Hgg = cond, gamma.copy(), Hgg
+    def __init__(self, cond: NestedLaplace, gamma, Hgg, diagonal=(False, False)):
+        self.cond, self.gamma, self.Hgg, self.diagonal = cond, gamma.copy(), Hgg, diagonal
 
     def _profile(self, L2, L3):
         gamma = self.gamma.copy()
@@ -264,10 +266,13 @@ class Profiled:
         self.last_gamma = gamma
         return out
 
+    def _factor(self, G, diagonal: bool):
+        return np.diag(np.sqrt(np.clip(np.diag(G), 0.0, None))) if diagonal else _psd_chol(G)
+
     def value(self, Gs) -> float:
         if any(np.linalg.eigvalsh(0.5 * (G + G.T))[0] < -1e-12 for G in Gs if G.size):
             return np.inf
-        return self._profile(*(_psd_chol(G) for G in Gs))[0]
+        return self._profile(*(self._factor(G, d) for G, d in zip(Gs, self.diagonal)))[0]
 
     def noise(self, Gs) -> float:
         return 0.0
@@ -276,7 +281,7 @@ class Profiled:
         Gs = tuple(0.5 * (G + G.T) for G in Gs)
         if any(G.size and np.linalg.eigvalsh(G)[0] < -1e-12 for G in Gs):
             return np.inf, tuple(np.zeros_like(G) for G in Gs)
-        Ls = tuple(_psd_chol(G) for G in Gs)
+        Ls = tuple(self._factor(G, d) for G, d in zip(Gs, self.diagonal))
         dev, _, gL2, gL3 = self._profile(*Ls)
         Gams = []
         for b, (G, L, D) in enumerate(zip(Gs, Ls, (gL2, gL3))):
@@ -284,7 +289,7 @@ class Profiled:
             if q == 0:
                 Gams.append(np.zeros((0, 0)))
             elif np.linalg.eigvalsh(G)[0] > 1e-8 * max(1.0, float(np.abs(G).max())):
-                Pm = _phi(L.T @ np.tril(D))
+                Pm = _phi(L.T @ (np.diag(np.diag(D)) if self.diagonal[b] else np.tril(D)))
                 Li = np.linalg.inv(L)
                 Gam = Li.T @ (0.5 * (Pm + Pm.T)) @ Li
                 Gams.append(0.5 * (Gam + Gam.T))
@@ -327,9 +332,10 @@ class NestedLaplaceResult:
     failed: list[str] = field(default_factory=list)
 
 
-def laplace_levels(glm: LevelsGLMData, start=None) -> NestedLaplaceResult:
-    """Laplace ML of a three-level HGLM, certified over (τπ, τβ) PSD (module docstring). `start`: an
-    object with gamma and taus (a PQL fit), or None to run full PQL for it."""
+def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> NestedLaplaceResult:
+    """Laplace ML of a three-level HGLM, certified over (τπ, τβ) PSD, or non-negative diagonal where
+    `diagonal` says so (module docstring). `start`: an object with gamma and taus (a PQL fit), or None to
+    run full PQL for it."""
     from .nested_glmm import pql_levels
 
     cond = NestedLaplace(glm)
@@ -339,21 +345,25 @@ def laplace_levels(glm: LevelsGLMData, start=None) -> NestedLaplaceResult:
             start = pql_levels(glm, reml=False, stopmacro=1e-4, check=False)
         except (FloatingPointError, np.linalg.LinAlgError):
             start = None
+    diagonal = tuple(bool(d) for d in diagonal)
+    i2, i3 = _tri(q2, diagonal[0]), _tri(q3, diagonal[1])
+    fac = Profiled(cond, np.zeros(p), None, diagonal)._factor
     if start is not None and np.all(np.isfinite(start.gamma)):
-        x = _pack(np.asarray(start.gamma, float), _psd_chol(start.taus[0]), _psd_chol(start.taus[1]))
+        x = _pack(np.asarray(start.gamma, float), fac(start.taus[0], diagonal[0]), fac(start.taus[1], diagonal[1]),
+                  diagonal)
     else:
-        x = _pack(np.zeros(p), 0.5 * np.eye(q2), 0.5 * np.eye(q3))
+        x = _pack(np.zeros(p), 0.5 * np.eye(q2), 0.5 * np.eye(q3), diagonal)
     nt = x.size - p
 
     def fg(x):
-        gamma, L2, L3 = _unpack(x, q2, q3)
+        gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
         try:
             dev, gg, g2, g3 = cond.evaluate(gamma, L2, L3)
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(x)
         if not np.isfinite(dev):
             return np.inf, np.zeros_like(x)
-        return dev, np.concatenate([g2[_tri(q2)], g3[_tri(q3)], gg])
+        return dev, np.concatenate([g2[i2], g3[i3], gg])
 
     def grad(x):
         return fg(x)[1]
@@ -376,22 +386,21 @@ def laplace_levels(glm: LevelsGLMData, start=None) -> NestedLaplaceResult:
         Hs = _hessian(grad, x, h=1e-5)
         x, f, g, n3, ok = _newton(fg, x, f, g, Hs, 30, 1e-11)
         iters += n3
-    gamma, L2, L3 = _unpack(x, q2, q3)
+    gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
     # Λ's diagonal non-negative (a column's sign flips with its u): flip the θ entries and the Hessian
     sgn = np.ones(x.size)
     off = 0
-    for L in (L2, L3):
-        q = L.shape[0]
+    for L, idx in ((L2, i2), (L3, i3)):
         flip = np.where(np.diag(L) < 0, -1.0, 1.0)
-        sgn[off:off + q * (q + 1) // 2] = flip[_tri(q)[1]]
-        off += q * (q + 1) // 2
+        sgn[off:off + idx[0].size] = flip[idx[1]]
+        off += idx[0].size
     x, g, Hs = x * sgn, g * sgn, Hs * np.outer(sgn, sgn)
-    gamma, L2, L3 = _unpack(x, q2, q3)
+    gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
     f, _ = fg(x)
     Gs = (L2 @ L2.T, L3 @ L3.T)
     Hgg = Hs[nt:, nt:]
-    obj = Profiled(cond, gamma, Hgg)
-    face = BlockFace(Gs)
+    obj = Profiled(cond, gamma, Hgg, diagonal)
+    face = BlockFace(Gs, diagonal=diagonal)
     names = ("tau_pi", "tau_beta")
     if face.ranks == (q2, q3):
         dev, Gams = obj.at(Gs)
@@ -402,24 +411,25 @@ def laplace_levels(glm: LevelsGLMData, start=None) -> NestedLaplaceResult:
 
         def theta(xv):
             G2, G3 = face.G(xv)
-            return np.concatenate([_psd_chol(G2)[_tri(q2)], _psd_chol(G3)[_tri(q3)]])
+            return np.concatenate([fac(G2, diagonal[0])[i2], fac(G3, diagonal[1])[i3]])
 
         gf, Hf = _chain_to_face(theta, x0, face.size, nt, gp, Hp)
-        cert = certify_blocks(obj, Gs, TOL, face_data=(face, x0, 0.5 * (Hf + Hf.T), gf, dev, Gams), names=names)
+        cert = certify_blocks(obj, Gs, TOL, face_data=(face, x0, 0.5 * (Hf + Hf.T), gf, dev, Gams), diagonal=diagonal,
+                              names=names)
     else:
-        cert = certify_blocks(obj, Gs, TOL, names=names)
+        cert = certify_blocks(obj, Gs, TOL, diagonal=diagonal, names=names)
     f, _ = fg(x)
     # cov(γ): the γ block of 2H⁻¹ as glmer; robust: the γ block of the CR0 sandwich A⁻¹(Σ_k s_ks_k')A⁻¹ over
     # (θ, γ), A = H/2 the Hessian of −log L, s_k level-3 unit k's exact score (as hglm._covariances)
     try:
         Ainv = 2.0 * np.linalg.inv(Hs)
-        S = cond.unit_scores(gamma, L2, L3)
+        S = cond.unit_scores(gamma, L2, L3, diagonal)
         cov, robust = Ainv[nt:, nt:], (Ainv @ (S.T @ S) @ Ainv)[nt:, nt:]
     except np.linalg.LinAlgError:
         cov = robust = np.full((p, p), np.nan)
     b2, V2, b3, V3, eta = cond.posterior(gamma, L2, L3)
     failed = list(cert.failed)
-    n_params = p + q2 * (q2 + 1) // 2 + q3 * (q3 + 1) // 2
+    n_params = p + nt
     return NestedLaplaceResult(gamma=gamma, cov=0.5 * (cov + cov.T), robust_cov=0.5 * (robust + robust.T), taus=Gs, deviance=float(f), eb=(b2, b3),
                                eb_var=(V2, V3), eta=eta, iterations=iters, evaluations=cond.count,
                                certificate=cert, converged=bool(cert.certified), n_params=n_params, hessian=Hs,
