@@ -250,6 +250,10 @@ def _hlm2_option(opts: dict, contrasts: dict, key: str, value: str, where: str, 
         return
     elif key in ("level1weight", "level2weight") and value.lower() not in ("none", "n", "no", "0", ""):
         opts["weight" + key[5]] = value.split(",")[0].strip()  # the variable name
+    elif key == "constrain" and value.lower() not in ("n", "no", "none", "0"):
+        raise ModelError(f"{where}: '{key}:{value}': the lines HLM 7 writes for its constraints on γ are not documented, "
+                         "so hlmcli cannot read them; set constrain:n and give the ties on the command line, e.g. "
+                         "--constrain 'g10 = g20'")
     elif key in _OFF_VALUES:
         off = _OFF_VALUES[key]
         if value.lower() not in (off, off[:1], "no", "none", "n", "0"):
