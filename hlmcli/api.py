@@ -19,7 +19,7 @@ from .lazy import is_dataframe, lazy
 
 pd = lazy("pandas")
 
-from .language.equations import ModelSpec
+from .language.model import ModelSpec
 from .errors import DataError, ModelError
 from .io.readers import check_frame_columns
 from .results import Results

@@ -169,7 +169,7 @@ _BY_KEY = {f.key: f for f in FEATURES}
 
 
 def n_levels_of(spec) -> int:
-    """The number of levels of a spec: ModelSpec (two) or LevelsSpec (three and more)."""
+    """The number of levels of a spec (ModelSpec.n_levels)."""
     return int(getattr(spec, "n_levels", 2))
 
 
