@@ -513,3 +513,13 @@ def test_cli_refuses_df_rules_and_bad_tests_in_one_line(tmp_path):
         assert proc.returncode in (1, 2) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert words in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_uncertified_fit_writes_nothing_and_exits_3(tmp_path):
+    """One iteration is not an optimum: exit 3 with the certificate's line, and neither the JSON nor the
+    residual files are written (-o only with --keep-failed-output)."""
+    out = {k: tmp_path / f"{k}.csv" for k in ("json", "l2", "text")}
+    proc = run_cli("fit", X_DIR / "penicillin.csv", "--formula", PEN, "--max-iterations", "1", "--json-out", out["json"],
+                   "--residuals-l2", out["l2"], "-o", out["text"])
+    assert proc.returncode == 3 and "not certified" in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())
