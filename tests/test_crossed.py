@@ -98,6 +98,11 @@ def test_diagonal_tau_matches_lmer_double_bar():
     # lme4 splits (1 + verbal || second) into (1 | second) + (0 + verbal | second) and names them second.1 and
     # second (its VarCorr lists the slope first here); hlmcli names them second and second.1 in the formula's order
     check_against_lme4(m, ref, {"second": m.tau["second.1"], "second.1": m.tau["second"], "primary": m.tau["primary"]})
+    # one residual file per factor: second's holds both of its terms, under HCM2's row letter
+    table = m.residuals_factor("second")
+    assert list(table.columns) == ["second", "n", "b_INTRCPT", "postvar_b_INTRCPT", "b_verbal", "postvar_b_verbal"]
+    assert table.b_verbal.to_numpy() == pytest.approx(m.ranef["second.1"][:, 0], rel=1e-12)
+    assert m.to_dict()["n_groups"] == {"second": 19, "primary": 148}
 
 
 @pytest.mark.slow
