@@ -454,7 +454,7 @@ class Results:
         L = self._level1_columns(rows)
         pred = np.zeros(rows.n)
         for k, f in enumerate(d.fixed):
-            w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.level2[f.q].predictors[f.s - 1])
+            w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.fixed_predictor((f.q, f.s)))
             pred += gamma[k] * w * L[f.q]
         known, j = rows.known, rows.j
         if random_effects and known.any():
