@@ -468,6 +468,8 @@ def test_cli_table_compare_and_formats(tmp_path):
     proc = run_cli("table", saved["ml"], saved["ml_x"], "--format", "markdown")
     assert proc.returncode == 0, proc.stderr
     assert "Var: INTRCPT (sample)" in proc.stdout and "24 (plate) × 6 (sample)" in proc.stdout
+    proc = run_cli("table", saved["ml"], "--se", "robust")
+    assert proc.returncode == 1 and "no robust standard errors" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = run_cli("fit", X_DIR / "penicillin.csv", "--formula", PEN, "--format", "latex")
     assert proc.returncode == 0, proc.stderr
     ref = reference(PEN, "REML")
