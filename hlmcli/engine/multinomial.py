@@ -58,24 +58,43 @@ class MultinomialFamily:
     def __init__(self, ncat: int, y: np.ndarray):
         self.ncat = int(ncat)
         self.y = np.asarray(y, dtype=np.int64)  # 1..M, M the reference
-        self.Y = (self.y[:, None] == np.arange(1, self.ncat)[None, :]).astype(float)  # (N, M−1)
+        self.Y = np.asfortranarray(self.y[:, None] == np.arange(1, self.ncat)[None, :], dtype=float)  # (N, M−1)
 
+    # Per-record arrays are (N, M−1) in column-major order and worked on a column at a time: reductions
+    # over a short trailing axis are several times slower in numpy than M − 1 passes over columns.
     def probabilities(self, eta: np.ndarray):
         """(p (N, M−1), log(1 + Σ e^η)) without overflow: the log-sum-exp shifted by max(0, max η)."""
-        mx = np.maximum(0.0, eta.max(axis=1))
-        e = np.exp(eta - mx[:, None])
-        lse = mx + np.log(np.exp(-mx) + e.sum(axis=1))
-        return np.exp(eta - lse[:, None]), lse
+        m1 = eta.shape[1]
+        mx = np.maximum(eta[:, 0], 0.0)
+        for m in range(1, m1):
+            np.maximum(mx, eta[:, m], out=mx)
+        p = np.empty(eta.shape, order="F")
+        s = np.exp(-mx)
+        for m in range(m1):
+            p[:, m] = np.exp(eta[:, m] - mx)
+            s += p[:, m]
+        for m in range(m1):
+            p[:, m] /= s
+        return p, mx + np.log(s)
 
     def evaluate(self, eta: np.ndarray):
         """(ℓ (N,), ℓ_η = y − p (N, M−1), p)."""
         p, lse = self.probabilities(eta)
-        return np.sum(self.Y * eta, axis=1) - lse, self.Y - p, p
+        ll = -lse
+        for m in range(eta.shape[1]):
+            ll += self.Y[:, m] * eta[:, m]
+        return ll, self.Y - p, p
 
     @staticmethod
     def w_times(p: np.ndarray, v: np.ndarray) -> np.ndarray:
         """W v per record, W = diag(p) − pp'."""
-        return p * v - p * np.sum(p * v, axis=1, keepdims=True)
+        s = p[:, 0] * v[:, 0]
+        for m in range(1, p.shape[1]):
+            s += p[:, m] * v[:, m]
+        out = np.empty(p.shape, order="F")
+        for m in range(p.shape[1]):
+            out[:, m] = p[:, m] * (v[:, m] - s)
+        return out
 
     def constant(self, y=None, n=None) -> float:
         return 0.0
@@ -98,7 +117,7 @@ class MultinomialData(GLMData):
     def eta(self, gamma, b):
         """η (N, M−1) at γ (category-major) and b (J, Q) or None."""
         g = np.asarray(gamma, float).reshape(self.m1, self.pf)
-        out = np.empty((self.N, self.m1))
+        out = np.empty((self.N, self.m1), order="F")
         for m in range(self.m1):
             beta = np.einsum("jkp,p->jk", self.B, g[m])
             if b is not None:
@@ -109,7 +128,10 @@ class MultinomialData(GLMData):
     def zdot(self, v: np.ndarray) -> np.ndarray:
         """Z_i'v_j per record (N, M−1) for per-unit v (J, Q)."""
         qf = self.qf
-        return np.column_stack([self.rowdot(self.ZT, v[:, m * qf:(m + 1) * qf]) for m in range(self.m1)])
+        out = np.empty((self.N, self.m1), order="F")
+        for m in range(self.m1):
+            out[:, m] = self.rowdot(self.ZT, v[:, m * qf:(m + 1) * qf])
+        return out
 
     def zsum(self, v: np.ndarray) -> np.ndarray:
         """Σ_i Z_iv_i per unit (J, Q) for per-record v (N, M−1)."""
@@ -137,7 +159,7 @@ class MultinomialData(GLMData):
     def e_matrix(self, S: np.ndarray) -> np.ndarray:
         """E_i = Z_i'S_jZ_i per record (N, M−1, M−1) for per-unit symmetric S (J, Q, Q)."""
         qf, m1, ZT, unit = self.qf, self.m1, self.ZT, self.unit
-        E = np.empty((self.N, m1, m1))
+        E = np.empty((self.N, m1, m1), order="F")
         for a in range(m1):
             for c in range(a, m1):
                 blk = S[:, a * qf:(a + 1) * qf, c * qf:(c + 1) * qf]
@@ -248,7 +270,9 @@ class MultinomialConditional(Conditional):
         Hinv = np.linalg.inv(H)
         Psi = -0.5 * Hinv
         E = d.e_matrix(lam @ Psi @ lam.T)
-        v = np.einsum("naa->na", E) - 2.0 * np.einsum("nab,nb->na", E, p)
+        v = np.empty(p.shape, order="F")  # diag(E) − 2Ep
+        for a in range(d.m1):
+            v[:, a] = E[:, a, a] - 2.0 * sum(E[:, a, b] * p[:, b] for b in range(d.m1))
         c = fam.w_times(p, v)
         ghat = d.zsum(l1)
         Zc = d.zsum(c)
