@@ -76,8 +76,8 @@ _MULTI_PQL = ("HLM 7's PQL for multinomial outcomes linearises the M - 1 logits 
               "laplace, exact ML by the Laplace approximation, checked against numerical integration")
 _MULTI_AGQ = ("the random effects of the M - 1 logits are (M - 1)q dimensions per unit (2 or more), and adaptive "
               "quadrature over them is not built; use --estimation laplace")
-_MULTI_CROSSED = ("hlmcli fits crossed factors for normal outcomes; a multinomial model over crossed factors needs the "
-                  "Laplace likelihood over the crossed blocks, which is not built")
+_MULTI_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors, a multinomial one "
+                  "too, needs the Laplace likelihood over the crossed blocks, which is not built")
 _MULTI_LEVELS = ("hlmcli fits multinomial outcomes at two levels (Laplace); at three levels that needs the Laplace "
                  "likelihood over nested random effects of every logit, which is not built; models of four levels "
                  "are linear")

@@ -19,7 +19,6 @@ from .report import (coef_label, data_hash, extras_text, hlm_name, hlm_p, lme4_f
 from .terms import with_terms
 from . import report_negbin as negbin
 from . import report_ordinal as ordinal
-from . import report_multinomial as multinomial
 
 
 # ---------------------------------------------------------------- the model
@@ -33,8 +32,10 @@ def link_lines(spec, sym) -> list[str]:
     fam = spec.options.family
     if fam == "ordinal":
         return ordinal.link_lines(spec, sym)
-    if fam == "multinomial":
-        return multinomial.link_lines(spec, sym)
+    if fam == "multinomial":  # the M − 1 logits against the last category (report_multinomial.py)
+        return [f"    Prob[{y}ij = m|{b}j] = {phi}mij, m = 1, ..., M (M the reference category)",
+                f"    log[{phi}mij/{phi}Mij] = {eta}mij, m = 1, ..., M - 1",
+                f"    (each {eta}mij has the equations below, with its own {b}(m) and u(m))"]
     if fam == "bernoulli":
         top = [f"    Prob({y}ij=1|{b}j) = {phi}ij", f"    log[{phi}ij/(1 - {phi}ij)] = {eta}ij"]
     elif fam == "binomial":
@@ -208,8 +209,6 @@ def _variance_components_json(a: HGLMAnalysis, names, rand_q, sd) -> list[dict]:
 
 def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     """The HGLM JSON document (schema 2, hlmcli/schema/fit-2.json)."""
-    if multinomial.is_multinomial(a):
-        return multinomial.multinomial_json(a, meta)
     d, opts = a.design, a.spec.options
     names = a.spec.coefficient_names()
     rand_q = [int(q) for q in np.flatnonzero(d.random)]
@@ -288,8 +287,6 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     table with its Confidence Interval column; these follow the HLM 7 manual's description
     (shared/docs/hglm-hlm3-weights.md, marked [M] there) in the verified linear table format.
     """
-    if multinomial.is_multinomial(a):
-        return multinomial.multinomial_text(a, meta, sym)
     d = a.design
     names = a.spec.coefficient_names()
     rand_q = [int(q) for q in np.flatnonzero(d.random)]

@@ -16,7 +16,9 @@ from scipy import special
 from ..analysis import inference
 from ..analysis.hglm_run import information_criteria
 from ..version import __version__
-from .report import (coef_label, data_hash, hlm_name, hlm_p, model_record, printable, problem_lines, text_table)
+from .report import (coef_label, data_hash, extras_text, hlm_name, hlm_p, model_record, printable, problem_lines,
+                     text_table)
+from .report_hglm import estimation_text, hglm_model_summary
 from .terms import with_terms
 
 CONVENTION = ("HLM 7: log[P(Y = m | u)/P(Y = M | u)] = η_m = x'γ_m + z'u_m, m = 1..M−1, the last category M the "
@@ -32,16 +34,6 @@ def is_multinomial(a) -> bool:
 
 def _cat(c) -> str:
     return f"{c:g}"
-
-
-def link_lines(spec, sym) -> list[str]:
-    """HLM 7's multinomial level-1 block: the M − 1 logits against the last category."""
-    b, y = sym.beta, spec.outcome.upper()[:8]
-    phi = "phi" if sym.ascii else "φ"
-    eta = "eta" if sym.ascii else "η"
-    return [f"    Prob[{y}ij = m|{b}j] = {phi}mij, m = 1, ..., M (M the reference category)",
-            f"    log[{phi}mij/{phi}Mij] = {eta}mij, m = 1, ..., M - 1",
-            f"    (each {eta}mij has the equations below, with its own {b}(m) and u(m))"]
 
 
 def distribution_line(a) -> str:
@@ -70,8 +62,17 @@ def _fixed_rows(a, robust: bool):
 
 
 def multinomial_text(a, meta: dict, sym) -> str:
-    from .report_hglm import estimation_text, hglm_model_summary
+    """HLM 7's printed HGLM results, with τ over all logits and the fixed effects per category."""
+    out = _header_lines(a, meta, sym) + _tau_lines(a, sym)
+    for robust in (False, True):
+        out += _fixed_lines(a, sym, robust)
+    out += _variance_lines(a, sym)
+    out += extras_text(a.extras, sym)
+    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
+
+def _header_lines(a, meta: dict, sym) -> list[str]:
+    """The warning when not certified, the run's specifications, the model, and how the fit ended."""
     d = a.design
     out: list[str] = []
     w = out.append
@@ -107,6 +108,13 @@ def multinomial_text(a, meta: dict, sym) -> str:
     w(f"Starts tried: {a.ml.starts} (the lowest local optimum is reported)")
     for note in a.notes:
         w(note)
+    return out
+
+
+def _tau_lines(a, sym) -> list[str]:
+    """τ over the random effects of all the logits, and as correlations."""
+    out: list[str] = []
+    w = out.append
     labels = _labels(a, sym)
     lw = max(len(x) for x in labels)
     sd = np.sqrt(np.clip(np.diag(a.tau), 0, None))
@@ -120,32 +128,48 @@ def multinomial_text(a, meta: dict, sym) -> str:
         corr = a.tau / np.outer(sd, sd)
     for k, lab in enumerate(labels):
         w(f"{lab:>{lw}} " + " ".join(f"{v:7.3f}" for v in corr[k]))
+    return out
+
+
+def _fixed_lines(a, sym, robust: bool) -> list[str]:
+    """The fixed effects of every logit (model-based or robust SEs), then their odds ratios."""
+    d = a.design
     ref = _cat(a.categories[-1])
-    for robust in (False, True):
-        w("")
-        w("Final estimation of fixed effects:")
-        w("(Unit-specific model" + (" with robust standard errors)" if robust else ")"))
-        rows, ratio_rows = [], []
-        last = (None, None)
-        for cat, f, k, g, se, t, df, p in _fixed_rows(a, robust):
-            if cat != last[0]:
-                head = [f"Category {_cat(cat)} (log-odds against category {ref})"]
-                rows.append(head)
-                ratio_rows.append(head)
-            if (cat, f.q) != last:
-                rows.append([f" For {coef_label(d, f.q, sym)}"])
-                ratio_rows.append(rows[-1])
-                last = (cat, f.q)
-            label = f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}"
-            rows.append([label, f"{g:.6f}", f"{se:.6f}", f"{t:.3f}", f"{df:.0f}", hlm_p(p)])
-            tq = special.stdtrit(df, 0.975)
-            ratio_rows.append([label, f"{g:.6f}", f"{np.exp(g):.6f}",
-                               f"({np.exp(g - tq * se):.3f},{np.exp(g + tq * se):.3f})"])
-        out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
-                          rows, [30, 12, 14, 9, 12, 8])
-        w("")
-        out += text_table(["Fixed Effect", "Coefficient", "Odds Ratio", "Confidence Interval"], ratio_rows,
-                          [30, 12, 16, 22])
+    out: list[str] = []
+    w = out.append
+    w("")
+    w("Final estimation of fixed effects:")
+    w("(Unit-specific model" + (" with robust standard errors)" if robust else ")"))
+    rows, ratio_rows = [], []
+    last = (None, None)
+    for cat, f, k, g, se, t, df, p in _fixed_rows(a, robust):
+        if cat != last[0]:
+            head = [f"Category {_cat(cat)} (log-odds against category {ref})"]
+            rows.append(head)
+            ratio_rows.append(head)
+        if (cat, f.q) != last:
+            rows.append([f" For {coef_label(d, f.q, sym)}"])
+            ratio_rows.append(rows[-1])
+            last = (cat, f.q)
+        label = f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}"
+        rows.append([label, f"{g:.6f}", f"{se:.6f}", f"{t:.3f}", f"{df:.0f}", hlm_p(p)])
+        tq = special.stdtrit(df, 0.975)
+        ratio_rows.append([label, f"{g:.6f}", f"{np.exp(g):.6f}",
+                           f"({np.exp(g - tq * se):.3f},{np.exp(g + tq * se):.3f})"])
+    out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
+                      rows, [30, 12, 14, 9, 12, 8])
+    w("")
+    out += text_table(["Fixed Effect", "Coefficient", "Odds Ratio", "Confidence Interval"], ratio_rows,
+                      [30, 12, 16, 22])
+    return out
+
+
+def _variance_lines(a, sym) -> list[str]:
+    """The variance components of every logit (no χ² tests), and the deviance."""
+    out: list[str] = []
+    w = out.append
+    labels = _labels(a, sym)
+    sd = np.sqrt(np.clip(np.diag(a.tau), 0, None))
     w("")
     w("Final estimation of variance components")
     vrows = [[lab.replace(f",{sym.beta}", f", {sym.u}"), f"{sd[k]:.5f}", f"{a.tau[k, k]:.5f}"]
@@ -160,10 +184,7 @@ def multinomial_text(a, meta: dict, sym) -> str:
     w(f" AIC = {aic:.6f}, BIC = {bic:.6f} (every fixed effect and variance parameter counted)")
     w(" (-2 x the full log-likelihood, every constant included)" if sym.ascii else
       " (−2 × the full log-likelihood, every constant included)")
-    from .report import extras_text
-
-    out += extras_text(a.extras, sym)
-    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+    return out
 
 
 def multinomial_json(a, meta: dict) -> dict:
