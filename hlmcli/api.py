@@ -554,48 +554,16 @@ def table(models: Sequence, fmt: str | None = None, names: Sequence[str] | None 
     return side_by_side_text(docs, names, fmt, options)
 
 
-class CrossedModel:
-    """A cross-classified fit (hlmcli.fit_crossed): the numbers as attributes, HCM2's text and the JSON
-    document of `hlmcli fit --formula` (the same functions print them)."""
-
-    def __init__(self, results):
-        self.results = results
-        fit = results.fit
-        self.gamma = dict(zip(results.design.fixed_names, fit.gamma))
-        self.se = dict(zip(results.design.fixed_names, fit.se))
-        # one key per random term; a factor with several terms (x || g) is g, g.1, ... as lme4 names them
-        keys, seen = [], {}
-        for name in fit.factors:
-            keys.append(name if name not in seen else f"{name}.{seen[name]}")
-            seen[name] = seen.get(name, 0) + 1
-        self.tau = dict(zip(keys, fit.taus))
-        self.ranef = dict(zip(keys, fit.ranef))  # EB (conditional modes) per term, rows in labels' order
-        self.labels = dict(zip(keys, fit.labels))
-        self.sigma2, self.deviance, self.method = fit.sigma2, fit.deviance, fit.method
-        self.certified = results.certified
-
-    def text(self) -> str:
-        from .report.crossed_report import text
-
-        return text(self.results)
-
-    def to_dict(self) -> dict:
-        from .report.crossed_report import to_json
-        from .report.report import json_safe
-
-        return json_safe(to_json(self.results))
-
-    def __repr__(self) -> str:
-        return f"<hlmcli cross-classified fit: {self.results.formula}, {self.method}, deviance {self.deviance:.4f}>"
-
-
 def fit_crossed(data: DataLike, formula: str, method: str = "REML", *, tau: str | None = None,
                 max_iterations: int | None = None, title: str | None = None, file_format: str | None = None,
-                delimiter: str | None = None) -> CrossedModel:
+                delimiter: str | None = None, df: str | None = None, tests: Sequence[str] = (),
+                prior_deviance: float | None = None, prior_params: int | None = None):
     """Fit a model whose grouping factors are crossed (HLM 7's HCM2, and any mix of crossed and nested
     factors), as `hlmcli fit DATA --formula ...` does: e.g. 'attain ~ verbal + (1 | primary) + (1 | second)'.
     data: one file or DataFrame holding every column. tau="diagonal" splits every random term into
-    uncorrelated effects. The fit is certified (or says what failed: `.certified`, `.results.failures`)."""
+    uncorrelated effects; df="satterthwaite" gives lmerTest's d.f. and p-values; tests are --test's
+    restrictions ('THETA1 = 0'); prior_deviance and prior_params --compare-deviance's. Returns a
+    results.CrossedResults (a `Results`); it is certified or says what failed (`.certified`, `.failures`)."""
     from .analysis.crossed_run import analyse_crossed
     from .io.readers import Table, read_table
     from .language.formula import crossed, diagonal_bars
@@ -615,4 +583,8 @@ def fit_crossed(data: DataLike, formula: str, method: str = "REML", *, tau: str 
     else:
         table = read_table(data, file_format, delimiter,
                            string_columns=tuple(name for bar in model.bars for name in bar.factor))
-    return CrossedModel(analyse_crossed(table, model, formula, method.upper(), max_iterations, title))
+    from .results import CrossedResults
+
+    analysis = analyse_crossed(table, model, formula, method.upper(), max_iterations, title, df or "none", tuple(tests),
+                               prior_deviance, prior_params)
+    return CrossedResults(analysis, meta={"data_source": analysis.source})

@@ -87,15 +87,11 @@ _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data file
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
 
-_X_NOT_YET = ("not built yet for cross-classified fits, whose results are their own record so far "
-              "(hlmcli fit --formula and hlmcli.fit_crossed print HCM2's tables and the JSON document)")
-_X_TESTS = ("not built yet for cross-classified fits: the Wald and likelihood-ratio tests are not wired to their "
-            "record; compare two fits' deviances by hand (both by ML for different fixed effects)")
-_X_RESIDUALS = ("not built yet: a cross-classified fit keeps its empirical Bayes estimates per factor (the API's "
-                "fit.ranef) but writes no residual files")
-_X_DF = ("d.f. for crossed factors: HLM 7's rule counts level-2 units of one nesting and Satterthwaite's needs the "
-         "covariance of the variance estimates over all blocks; neither is built, so t-ratios are printed without "
-         "d.f. or p-values")
+_X_COMBINED = ("not built yet for cross-classified fits: Rubin's rules need one fit per plausible value or data set "
+               "combined with its covariance, which is wired for nested models only; fit each data set on its own")
+_X_DF = ("HLM 7's d.f. rule for HCM2's fixed effects is not published, and HLM 5/6's N - F rule is for nested "
+         "level-1 slopes; a cross-classified fit gives Satterthwaite's d.f. (--df satterthwaite, as lmerTest) "
+         "and otherwise t-ratios without d.f. or p-values")
 _X_UNITS = ("HLM2's unit-by-unit statistics (OLS per unit, the homogeneity test over units' residual variances) need "
             "units that hold their records; crossed factors split every group across the other factor's groups")
 _X_WEIGHTS = ("sampling weights with crossed factors need a weight for each factor's groups and a scaling rule for "
@@ -136,27 +132,24 @@ def _k(reason: str) -> dict:
 FEATURES = (
     Feature("api", "Python API (hlmcli.fit; crossed: hlmcli.fit_crossed)", {}),
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
-            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY, "crossed": _X_NOT_YET,
-                                              THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
-    Feature("table", "hlmcli table of saved fits", {"crossed": _X_NOT_YET}),
-    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, "crossed": _X_NOT_YET,
-                                                                THREE_LEVEL_HGLM: _NO_DEVIANCE}),
-    Feature("formats", "--format csv|markdown|latex|html", {"crossed": _X_NOT_YET}),
-    Feature("test", "--test (Wald tests of γ)", {"crossed": _X_TESTS}),
+            "caterpillar and diagnostics; cross-classified: caterpillar, one panel per factor)",
+            {"linear-summary": _PLOT_SUMMARY, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+    Feature("table", "hlmcli table of saved fits", {}),
+    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
+    Feature("formats", "--format csv|markdown|latex|html", {}),
+    Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties under ML)",
             {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
              "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS}),
-    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, "crossed": _X_TESTS,
-                                                         THREE_LEVEL_HGLM: _NO_DEVIANCE}),
-    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS,
-                                                                        THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
+    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
+            {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
-            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, "crossed": _X_DF,
-             THREE_LEVEL_HGLM: _SATTERTHWAITE}),
+            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, THREE_LEVEL_HGLM: _SATTERTHWAITE}),
     Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
                                      THREE_LEVEL_HGLM: _HLM6_K}),
     Feature("homogeneity", "--test-homogeneity",
@@ -170,7 +163,7 @@ FEATURES = (
              "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",
             {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED,
-             "crossed": _X_NOT_YET, THREE_LEVEL_HGLM: _HGLM_COMBINED}),
+             "crossed": _X_COMBINED, THREE_LEVEL_HGLM: _HGLM_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),

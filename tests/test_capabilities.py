@@ -911,9 +911,8 @@ def _xc_matches(doc: dict, formula: str = XC_FORMULA, method: str = "ML") -> Non
     ref = _xc_reference(formula, method)
     assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
     for f in doc["fixed_effects"]:
-        name = "(Intercept)" if f["name"] == "INTRCPT" else f["name"]
-        assert f["coefficient"] == pytest.approx(ref["gamma"][name], rel=1e-6)
-        assert f["se"] == pytest.approx(ref["se"][name], rel=1e-6)
+        assert f["estimate"] == pytest.approx(ref["gamma"][f["term"]], rel=1e-6)
+        assert f["se"] == pytest.approx(ref["se"][f["term"]], rel=1e-6)
 
 
 def check_crossed_api(kind, tmp_path):
@@ -936,6 +935,89 @@ def check_crossed_tau_diagonal(kind, tmp_path):
                    "--format", "json")
     assert proc.returncode == 0, proc.stderr
     _xc_matches(json.loads(proc.stdout), formula, "REML")
+
+
+def _xc_saved(tmp_path, name: str = "xc.json", method: str = "ML") -> Path:
+    path = tmp_path / name
+    path.write_text(hlmcli.fit_crossed(XC / "penicillin.csv", XC_FORMULA, method).to_json())
+    return path
+
+
+def check_crossed_table(kind, tmp_path):
+    proc = run_cli("table", _xc_saved(tmp_path), "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    ref = _xc_reference(XC_FORMULA, "ML")
+    rows = dict(line.split(",", 1) for line in proc.stdout.splitlines()[:2])
+    assert float(rows["(Intercept)"]) == pytest.approx(ref["gamma"]["(Intercept)"], abs=5e-4)  # printed to 3 places
+
+
+def check_crossed_compare(kind, tmp_path):
+    """Penicillin's ML fit (lmer's deviance) against the one with a plate-level x added."""
+    a = _xc_saved(tmp_path)
+    d = pd.read_csv(XC / "penicillin.csv")
+    d["x"] = (d["plate"].str[0] < "m").astype(float)
+    b = tmp_path / "x.json"
+    b.write_text(hlmcli.fit_crossed(d, XC_FORMULA.replace("~ 1", "~ x"), "ML").to_json())
+    proc = run_cli("compare", a, b, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["deviance_a"] == pytest.approx(_xc_reference(XC_FORMULA, "ML")["deviance"], rel=1e-8)
+    assert out["df"] == 1 and out["chi2"] == pytest.approx(out["deviance_a"] - out["deviance_b"], rel=1e-12)
+
+
+def check_crossed_formats(kind, tmp_path):
+    proc = run_cli("fit", *XC_BASE, "--format", "markdown")
+    assert proc.returncode == 0, proc.stderr
+    ref = _xc_reference(XC_FORMULA, "ML")
+    assert f"{ref['gamma']['(Intercept)']:.3f}" in proc.stdout and "(Intercept) (THETA0)" in proc.stdout
+
+
+def check_crossed_test(kind, tmp_path):
+    proc = run_cli("fit", *XC_BASE, "--test", "THETA0 = 23", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    _xc_matches(doc)
+    f = doc["fixed_effects"][0]
+    assert doc["hypothesis_tests"][0]["model"]["chi2"] == pytest.approx(((f["estimate"] - 23) / f["se"]) ** 2, rel=1e-10)
+
+
+def check_crossed_compare_deviance(kind, tmp_path):
+    proc = run_cli("fit", *XC_BASE, "--compare-deviance", "340", "--compare-params", "3", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    t = json.loads(proc.stdout)["deviance_test"]
+    assert t["chi2"] == pytest.approx(340 - _xc_reference(XC_FORMULA, "ML")["deviance"], rel=1e-8) and t["df"] == 1
+
+
+def check_crossed_residuals(kind, tmp_path):
+    """One file per factor (-l2 plate, -l3 sample) and the records' (-l1)."""
+    paths = [tmp_path / f"r{k}.csv" for k in (1, 2, 3)]
+    proc = run_cli("fit", *XC_BASE, "-q", *[x for k, p in enumerate(paths, 1) for x in (f"--residuals-l{k}", p)])
+    assert proc.returncode == 0, proc.stderr
+    r1, r2, r3 = (pd.read_csv(p) for p in paths)
+    assert len(r1) == 144 and len(r2) == 24 and len(r3) == 6
+    assert r2.b_INTRCPT.sum() == pytest.approx(0.0, abs=1e-8) and (r3.postvar_c_INTRCPT > 0).all()
+
+
+def check_crossed_keep(kind, tmp_path):
+    path = tmp_path / "r2.csv"
+    proc = run_cli("fit", *XC_BASE, "-q", "--residuals-l2", path, "--keep", "diameter")
+    assert proc.returncode == 0, proc.stderr
+    assert "diameter" in pd.read_csv(path).columns  # varies within a plate: empty
+
+
+def check_crossed_satterthwaite(kind, tmp_path):
+    proc = run_cli("fit", *XC_BASE, "--df", "satterthwaite", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    ref = json.loads((XC / "crossed_lmertest.json").read_text())["fits"]
+    ref = next(f for f in ref if f["formula"] == XC_FORMULA and f["method"] == "ML")
+    assert json.loads(proc.stdout)["fixed_effects"][0]["df"] == pytest.approx(ref["df"][0], rel=1e-6)
+
+
+def check_crossed_plot(kind, tmp_path):
+    png = tmp_path / "cat.png"
+    proc = run_cli("plot", "caterpillar", XC / "penicillin.csv", "--formula", XC_FORMULA, "-o", png, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 SUPPORTED_CROSSED = {key[len("check_crossed_"):]: f for key, f in globals().items() if key.startswith("check_crossed_")}

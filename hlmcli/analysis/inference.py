@@ -281,6 +281,11 @@ def _search_coordinates(stats: ModelStats, result: FitResult) -> tuple:
     return work, G, contrasts
 
 
+def satterthwaite_from_hessian(hess: np.ndarray, jac: np.ndarray, Phi: np.ndarray) -> np.ndarray:
+    """_satterthwaite, for the engines whose variance parameters are not a two-level unit solve's (crossed)."""
+    return _satterthwaite(hess, jac, Phi)
+
+
 def _satterthwaite(hess: np.ndarray, jac: np.ndarray, Phi: np.ndarray) -> np.ndarray:
     """d.f._k = 2Φ_kk² / (g_k'Ag_k), A = 2H⁺ with H's eigenvalues at or below lmerTest's tolerance dropped;
     NaN where g_k'Ag_k is not positive."""

@@ -1224,10 +1224,12 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
     if formula:
         from ..language.formula import crossed
 
-        if crossed(formula) is not None:
-            from ..capabilities import refuse
+        model = crossed(formula)
+        if model is not None:  # cross-classified: cli/crossed.py
+            from .crossed import plot_crossed_command
 
-            refuse("plot", "crossed")
+            return plot_crossed_command(kind, data, formula, model, _fit_options(ml, more.get("reml")), output,
+                                        coef, json_out, quiet, more, _stderr)
     from .flags import check_plot_options
 
     from .flags import check_archive_options
