@@ -394,7 +394,8 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
 
         design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
         analysis = LevelsAnalysis(spec, design, nested, hglm=hglm)
-        analysis.extras = levels_extras(analysis, fit.tests)
+        # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL)
+        analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params)
         return analysis
     if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3

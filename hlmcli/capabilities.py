@@ -24,9 +24,12 @@ KINDS = {
     "four-level": "four-level linear",
     "crossed": "cross-classified linear",
     "three-level-pql": "three-level HGLM PQL",
+    "three-level-laplace": "three-level HGLM Laplace",
 }
 _LEVELS = ("three-level", "four-level")
 THREE_LEVEL_HGLM = "three-level-pql"
+THREE_LEVEL_LAPLACE = "three-level-laplace"
+_HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE)
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
@@ -133,7 +136,7 @@ FEATURES = (
     Feature("api", "Python API (hlmcli.fit; crossed: hlmcli.fit_crossed)", {}),
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
             "caterpillar and diagnostics; cross-classified: caterpillar, one panel per factor)",
-            {"linear-summary": _PLOT_SUMMARY, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+            {"linear-summary": _PLOT_SUMMARY, THREE_LEVEL_HGLM: _NOT_YET_3HGLM, THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
     Feature("table", "hlmcli table of saved fits", {}),
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
@@ -141,46 +144,48 @@ FEATURES = (
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties under ML)",
             {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
              "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
-             THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS}),
+             THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
-            {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+            {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM, THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM,
+                               THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
-            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, THREE_LEVEL_HGLM: _SATTERTHWAITE}),
+            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, THREE_LEVEL_HGLM: _SATTERTHWAITE,
+             THREE_LEVEL_LAPLACE: _SATTERTHWAITE}),
     Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
-                                     THREE_LEVEL_HGLM: _HLM6_K}),
+                                     THREE_LEVEL_HGLM: _HLM6_K, THREE_LEVEL_LAPLACE: _HLM6_K}),
     Feature("homogeneity", "--test-homogeneity",
             {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
-             THREE_LEVEL_HGLM: _HOMOGENEITY}),
+             THREE_LEVEL_HGLM: _HOMOGENEITY, THREE_LEVEL_LAPLACE: _HOMOGENEITY}),
     Feature("full_output", "--full-output",
             {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
-             THREE_LEVEL_HGLM: _FULL_OUTPUT_K}),
+             THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
     Feature("weights", "--weight1 ... --weight4 (sampling weights)",
             {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS,
-             "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS}),
+             "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS, THREE_LEVEL_LAPLACE: _HGLM_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",
             {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED,
-             "crossed": _X_COMBINED, THREE_LEVEL_HGLM: _HGLM_COMBINED}),
+             "crossed": _X_COMBINED, THREE_LEVEL_HGLM: _HGLM_COMBINED, THREE_LEVEL_LAPLACE: _HGLM_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
-             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS}),
+             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS, THREE_LEVEL_LAPLACE: _HGLM_LEVELS}),
     Feature("negbinomial", "--family negbinomial (NB2 counts, Var = mu + mu^2/theta, log link, theta estimated)",
             {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
              "four-level": _HGLM_LEVELS,
-             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS}),
+             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS}),
     Feature("multinomial", "--family multinomial (baseline-category logits, the last category the reference; HLM 7's "
             "nonlin:multinomial,NCAT)",
             {"linear": _MULTI_LINEAR, "linear-summary": _MULTI_LINEAR, "pql": _MULTI_PQL, "agq": _MULTI_AGQ,
              "three-level": _MULTI_LEVELS, "four-level": _HGLM_LEVELS, "crossed": _MULTI_CROSSED,
-             THREE_LEVEL_HGLM: _MULTI_LEVELS}),
+             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
             {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
-             THREE_LEVEL_HGLM: _HGLM_SUMMARY}),
+             THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )
 _BY_KEY = {f.key: f for f in FEATURES}
 
@@ -200,7 +205,8 @@ def kind_of(spec, engine: Engine | str = Engine.MEMORY, fit: FitOptions | None =
     engine) or the HGLM estimation."""
     levels = n_levels_of(spec)
     if levels == 3 and hglm_asked(fit):
-        return THREE_LEVEL_HGLM
+        est = getattr(fit.estimation, "value", fit.estimation)
+        return THREE_LEVEL_LAPLACE if est == "laplace" else THREE_LEVEL_HGLM
     if levels > 2:
         return _LEVELS[levels - 3]
     if spec.options.family == "normal":
@@ -261,23 +267,26 @@ def _given_label(feature: str, spec, fit: FitOptions) -> str | None:
 
 def refuse_family(n_levels: int, fit: FitOptions) -> None:
     """HGLM options for a model of four or more levels, or for a normal outcome at three, and a
-    three-level HGLM's estimation other than PQL: refused in one line with the reason."""
+    three-level HGLM's estimation other than PQL or Laplace: refused in one line with the reason."""
     if n_levels == 3 and hglm_asked(fit):
         est = getattr(fit.estimation, "value", fit.estimation)
-        if est not in (None, "pql"):
-            raise ModelError(f"--estimation {est}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: a three-level "
-                             "HGLM is fitted by PQL here; Laplace and adaptive quadrature over nested random effects "
-                             "(a joint mode per level-3 unit) are not built yet")
-        # options the three-level PQL loop would not use: refused, never ignored
+        if est not in (None, "pql", "laplace"):
+            raise ModelError(f"--estimation {est}: not available for a three-level HGLM fit: adaptive quadrature over "
+                             "nested random effects (a level-3 rule with a level-2 rule inside it per level-2 unit) is "
+                             "not built; use --estimation laplace (exact ML up to the Laplace approximation, glmer's "
+                             "nAGQ = 1) or pql")
+        kind = KINDS[THREE_LEVEL_LAPLACE if est == "laplace" else THREE_LEVEL_HGLM]
+        method = "by Laplace" if est == "laplace" else "by PQL"
+        # options the three-level fits would not use: refused, never ignored
         for name, value, why in (
-                ("quadrature-points", fit.quadrature_points, "it is for --estimation agq, and a three-level HGLM is "
-                 "fitted by PQL"),
-                ("separation", fit.separation, "the three-level PQL fit has no search for separating predictors (a "
-                 "separated predictor stops PQL with its reason)"),
+                ("quadrature-points", fit.quadrature_points, f"it is for --estimation agq, and this three-level HGLM "
+                 f"is fitted {method}"),
+                ("separation", fit.separation, f"the three-level fit {method} has no search for separating predictors "
+                 "(a separated predictor stops the fit with its reason)"),
                 ("link", fit.link, "it chooses the cumulative link of --family ordinal at two levels; a three-level "
                  "HGLM uses its family's canonical link, as HLM3")):
             if value is not None:
-                raise ModelError(f"--{name}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: {why}; drop --{name}")
+                raise ModelError(f"--{name}: not available for a {kind} fit: {why}; drop --{name}")
         return
     given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
                                       ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),
@@ -294,7 +303,7 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     """Refuse, in one line with its reason, the first feature this kind of model does not support.
     `extra` names features asked outside the options (e.g. 'missing_now' from the archive build)."""
     kind = kind_of(spec, engine, fit)
-    if kind in _LEVELS or kind == THREE_LEVEL_HGLM:
+    if kind in _LEVELS or kind in _HGLM3:
         refuse_family(n_levels_of(spec), fit)
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:

@@ -146,7 +146,8 @@ def check_compare(kind, tmp_path):
 # The default run renders one of the three paper formats per kind, each format for some kind (each call
 # costs a start-up and the tables' imports); test_every_format_of_every_kind (slow) renders all 15.
 _FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown"}
-_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS if k not in ("three-level", "four-level", "crossed", "three-level-pql")]  # their own checks
+_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS
+                    if k not in ("three-level", "four-level", "crossed", "three-level-pql", "three-level-laplace")]  # their own checks
 assert set(_FORMAT_OF_KIND) == set(_TWO_LEVEL_KINDS) and set(_FORMAT_OF_KIND.values()) == {"markdown", "latex", "html"}
 
 
@@ -893,6 +894,99 @@ def check_hglm3_missing_now(tmp_path):
 SUPPORTED_HGLM3 = {key[len("check_hglm3_"):]: f for key, f in globals().items() if key.startswith("check_hglm3_")}
 
 
+# ---------------------------------------------------------------- the three-level HGLM (Laplace) column
+
+LEVELS_BASE["three-level-laplace"] = [*GROUSE, *GROUSE_MODEL, "--estimation", "laplace"]
+
+
+def hglm3l_matches(doc: dict) -> None:
+    """The grouseticks Laplace fit against glmer and glmmTMB (test_hglm3_laplace.laplace_matches)."""
+    from test_hglm3_laplace import laplace_matches
+
+    laplace_matches(doc, "grouseticks")
+
+
+def hglm3l_json(*extra) -> dict:
+    return levels_json("three-level-laplace", *extra)
+
+
+def check_hglm3l_api(tmp_path):
+    res = hlmcli.fit(*GROUSE[:2], level3=GROUSE[2], id2="BROOD", id3="LOCATION", level1_eq=GROUSE_MODEL[1],
+                     level2_eqs=[GROUSE_MODEL[3]], level3_eqs=GROUSE_MODEL[5::2][:3], family="poisson",
+                     estimation="laplace", warn=lambda m: None)
+    assert res.to_dict()["fixed_effects"] == hglm3l_json()["fixed_effects"]
+    hglm3l_matches(res.to_dict())
+    assert res.converged and res.failures == []
+
+
+def check_hglm3l_table(tmp_path):
+    a = tmp_path / "fit.json"
+    a.write_text(json.dumps(hglm3l_json()))
+    proc = run_cli("table", a, a, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{hglm3l_json()['fixed_effects'][0]['estimate']:.3f}" in proc.stdout and "J (level 3)" in proc.stdout
+
+
+def check_hglm3l_formats(tmp_path):
+    proc = run("fit", *LEVELS_BASE["three-level-laplace"], "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    tidy = pd.read_csv(pd.io.common.StringIO(proc.stdout))
+    ref = hglm3l_json()["fixed_effects"][0]["estimate"]
+    assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-9)
+
+
+def check_hglm3l_test(tmp_path):
+    doc = hglm3l_json("--test", "γ001 = 0")
+    f = next(f for f in doc["fixed_effects"] if f["gamma"] == "γ001")
+    test = doc["hypothesis_tests"][0]
+    assert test["model"]["chi2"] == pytest.approx(f["t"] ** 2, rel=1e-10)
+    assert test["robust"]["chi2"] == pytest.approx(f["robust_t"] ** 2, rel=1e-10)
+
+
+def check_hglm3l_json_out(tmp_path):
+    path = tmp_path / "fit.json"
+    proc = run_cli("fit", *LEVELS_BASE["three-level-laplace"], "--json-out", path, "-q")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(path.read_text())
+    assert doc == hglm3l_json()
+    hglm3l_matches(doc)
+
+
+def check_hglm3l_compare(tmp_path):
+    """The likelihood-ratio test of γ001 (CHEIGHT): the difference of the two Laplace deviances, 1 d.f."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    b.write_text(json.dumps(hglm3l_json()))
+    small = [x if x != "b00 = g000 + g001*CHEIGHT + u00" else "b00 = g000 + u00" for x in LEVELS_BASE["three-level-laplace"]]
+    proc = run_cli("fit", *small, "--json-out", a, "-q")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("compare", a, b, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    da, db = json.loads(a.read_text())["deviance"], json.loads(b.read_text())["deviance"]
+    assert doc["chi2"] == pytest.approx(da - db, rel=1e-12) and doc["df"] == 1
+    assert all(r["component"] != "level-1" for r in doc["variance_reduction"])  # no σ² in an HGLM
+
+
+def check_hglm3l_compare_deviance(tmp_path):
+    doc = hglm3l_json("--compare-deviance", "2010", "--compare-params", "5")
+    test = doc["deviance_test"]
+    assert test["chi2"] == pytest.approx(2010 - doc["deviance"], rel=1e-12) and test["df"] == 1
+
+
+def check_hglm3l_tau_diagonal(tmp_path):
+    """One random effect per level: a diagonal τ is the same model, so the same fit."""
+    doc = hglm3l_json("--tau", "diagonal")
+    hglm3l_matches(doc)
+    assert set(doc["tau_structure"]) == {"diagonal"}
+
+
+def check_hglm3l_missing_now(tmp_path):
+    hglm3l_matches(hglm3l_json("--missing", "now"))
+
+
+SUPPORTED_HGLM3L = {key[len("check_hglm3l_"):]: f for key, f in globals().items() if key.startswith("check_hglm3l_")}
+
+
 # ---------------------------------------------------------------- cross-classified
 # References: lmer's fits in tests/data/crossed/crossed_lme4.json (tests/reference_scripts/crossed_lme4.R).
 # Penicillin (24 plates crossed with 6 samples) is small, so its cells are cheap.
@@ -1070,7 +1164,7 @@ def check_refused(feature, kind, why, tmp_path):
         proc = run_cli("compare", a, a)
         one_line_refusal(proc, "PQL fit, and PQL has no deviance")
         return
-    if kind in ("three-level", "four-level", "three-level-pql"):
+    if kind in ("three-level", "four-level", "three-level-pql", "three-level-laplace"):
         if feature == "plot":
             proc = run_cli("plot", "equation", *LEVELS_BASE[kind], "-o", tmp_path / "eq.png")
         else:
@@ -1144,7 +1238,8 @@ def _cells():
     for f in capabilities.FEATURES:
         for kind in capabilities.KINDS:
             slow = (f.key, kind) == ("stream_dask", "linear-summary") or (f.key, kind) in SLOW_LEVEL_CELLS or \
-                (kind == "three-level-pql" and f.key not in ("json_out", "compare", "stream_dask"))
+                (kind == "three-level-pql" and f.key not in ("json_out", "compare", "stream_dask")) or \
+                (kind == "three-level-laplace" and capabilities.reason(f.key, kind) is None and f.key != "json_out")
             marks = [pytest.mark.slow] if slow else []
             yield pytest.param(f.key, kind, marks=marks, id=f"{f.key}-{kind}")
 
@@ -1161,6 +1256,8 @@ def test_cell(feature, kind, tmp_path):
         check_refused(feature, kind, why, tmp_path)
     elif kind == "three-level-pql":
         SUPPORTED_HGLM3[feature](tmp_path)
+    elif kind == "three-level-laplace":
+        SUPPORTED_HGLM3L[feature](tmp_path)
     elif kind in ("three-level", "four-level"):
         SUPPORTED_LEVELS[feature](kind, tmp_path)
     else:

@@ -122,6 +122,10 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     if a["levels"] != b["levels"]:
         raise DataError(f"{name_a} has {a['levels']} levels and {name_b} {b['levels']}; a deviance test needs the "
                         "same data")
+    how = [tuple((fit.get("hglm") or {}).get(k) for k in ("family", "estimation")) for fit in (a, b)]
+    if how[0] != how[1]:
+        raise DataError(f"{name_a} and {name_b} differ in family or estimation, so their deviances are not on one "
+                        "scale; fit both the same way")
     if a["method"] != b["method"]:
         raise DataError(f"{name_a} is {a['method']} and {name_b} is {b['method']}; fit both the same way (both --ml "
                         "for different fixed effects)")
@@ -161,8 +165,9 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     reductions = [{"component": f"level-{level} {name}", "a": ta[(level, name)], "b": tb[(level, name)],
                    "proportion_reduction": (ta[(level, name)] - tb[(level, name)]) / ta[(level, name)]}
                   for level, name in ta if (level, name) in tb and ta[(level, name)] > 0]
-    reductions.append({"component": "level-1", "a": a["sigma2"], "b": b["sigma2"],
-                       "proportion_reduction": (a["sigma2"] - b["sigma2"]) / a["sigma2"]})
+    if "hglm" not in a:  # an HGLM's level-1 variance is fixed by its mean: no σ² to compare
+        reductions.append({"component": "level-1", "a": a["sigma2"], "b": b["sigma2"],
+                           "proportion_reduction": (a["sigma2"] - b["sigma2"]) / a["sigma2"]})
     result["variance_reduction"] = reductions
     result["order_note"] = "B has fewer parameters than A; the test treats B as the simpler model" if swapped else None
     return result
