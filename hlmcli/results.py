@@ -460,7 +460,7 @@ class Results:
         for m in range(logits):
             pred = np.zeros(rows.n)
             for k, f in enumerate(d.fixed):
-                w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.level2[f.q].predictors[f.s - 1])
+                w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.fixed_predictor((f.q, f.s)))
                 pred += gamma[m * pf + k] * w * L[f.q]
             if random_effects and known.any():
                 u = self.analysis.b if self.hglm else self.eb.u

@@ -59,7 +59,7 @@ def hlm_fixed_df(design: Design) -> np.ndarray:
     out = []
     for f in design.fixed:
         if design.random[f.q]:
-            out.append(J - len(design.spec.level2[f.q].predictors) - 1)
+            out.append(J - len(design.spec.equation((f.q,)).predictors) - 1)
         else:
             out.append(N - J * R - F)
     return np.array(out, dtype=float)
@@ -137,7 +137,7 @@ def variance_tests(design: Design, ols: UnitOLS, tau: np.ndarray, stats: ModelSt
     vdiag = np.diagonal(ols.var[s], axis1=1, axis2=2)
     chi2 = (dev ** 2 / vdiag).sum(axis=0)
     J_s = int(s.sum())
-    df = np.array([J_s - len(design.spec.level2[q].predictors) - 1 for q in r], dtype=float)
+    df = np.array([J_s - len(design.spec.equation((q,)).predictors) - 1 for q in r], dtype=float)
     tdiag = np.diag(tau)
     reliability = (tdiag / (tdiag + vdiag)).mean(axis=0) if J_s else np.full(len(r), np.nan)
     return VarianceTests(chi2=chi2, df=df, p=special.chdtrc(df, chi2), reliability=reliability, n_sufficient=J_s)

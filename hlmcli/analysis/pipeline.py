@@ -162,8 +162,8 @@ def check_estimable(design: design_stage.Design) -> None:
     for t in spec.level1:
         if t.name.lower() == outcome:
             raise ModelError(f"{spec.outcome} is the outcome and also a level-1 predictor; remove it from the right-hand side")
-    for q_, eq in enumerate(spec.level2):
-        for t in eq.predictors:
+    for q_, eq in enumerate(spec.equations):
+        for t in (eq.predictors if eq is not None else ()):
             if t.unit_mean and t.name.lower() == outcome:
                 raise ModelError(f"mean({t.name}) in the equation for b{q_} is the unit mean of the outcome, which makes the "
                                  "model circular; use a level-2 variable measured apart from the outcome")
@@ -175,7 +175,7 @@ def boundary_notes(result: FitResult, spec: ModelSpec) -> list[str]:
     cert = result.certificate
     if cert.rank == cert.q:
         return []
-    names = [q for q, eq in enumerate(spec.level2) if eq.random]
+    names = [idx[0] for idx, _ in spec.random(2)]
     G = cert.G
     d = np.diag(G)
     tol = rank_tolerance(np.linalg.eigvalsh(G))
@@ -257,7 +257,7 @@ def add_extras(analysis: Analysis, hypotheses=(), prior_deviance=None, prior_par
         half = 1.96 * float(np.sqrt(max(r.tau[k, k], 0.0)))
         label = a.design.fixed[at[0]].label if at else None
         ranges.append({"coefficient": names[q], "gamma": label, "estimate": g, "low": g - half, "high": g + half,
-                       "at_zero_level2_predictors": bool(a.spec.level2[q].predictors)})
+                       "at_zero_level2_predictors": bool(a.spec.equation((q,)).predictors)})
     ex["plausible_ranges"] = ranges
     ex.update(tests_of_gamma(hypotheses, fx.gamma, fx.cov, fx.robust_cov, prior_deviance, prior_params,
                              r.deviance, r.n_params, robust_only=a.weights is not None))

@@ -109,14 +109,13 @@ def equation_lines(results: Results, x: str | None = None, by: Sequence[str] | N
     k, term = _level1_term(results, x)
     xs = np.linspace(d.L[:, k].min(), d.L[:, k].max(), points)
     level2 = {}  # predictor name -> values over units (the data's own scale)
-    for eq in spec.level2:
-        for t in eq.predictors:
-            name = predictor_name(t)
-            if name not in level2:
-                if t.unit_mean:
-                    level2[name] = np.add.reduceat(_raw_level1(results, t.name), d.offsets[:-1]) / d.sizes
-                else:
-                    level2[name] = np.asarray(d.level2_values[t.name], dtype=float)
+    for t in spec.predictors(2):
+        name = predictor_name(t)
+        if name not in level2:
+            if t.unit_mean:
+                level2[name] = np.add.reduceat(_raw_level1(results, t.name), d.offsets[:-1]) / d.sizes
+            else:
+                level2[name] = np.asarray(d.level2_values[t.name], dtype=float)
     if by is None:
         by = list(dict.fromkeys(predictor_name(t) for q in (0, k) for t in spec.level2[q].predictors))
     else:

@@ -365,16 +365,15 @@ def centering_notes(spec) -> list[str]:
         elif t.centering == "grand":
             out.append(f"{hlm_name(t.name)} has been centered around the grand mean.")
     seen = set()
-    for eq in spec.level2:
-        for t in eq.predictors:
-            name = f"mean({hlm_name(t.name)})" if t.unit_mean else hlm_name(t.name)
-            if name in seen:
-                continue
-            seen.add(name)
-            if t.unit_mean:
-                out.append(f"{name} is the mean of {hlm_name(t.name)} over each unit's records used in this analysis.")
-            if t.centering == "grand":
-                out.append(f"{name} has been centered around the grand mean.")
+    for t in spec.predictors(2):
+        name = f"mean({hlm_name(t.name)})" if t.unit_mean else hlm_name(t.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        if t.unit_mean:
+            out.append(f"{name} is the mean of {hlm_name(t.name)} over each unit's records used in this analysis.")
+        if t.centering == "grand":
+            out.append(f"{name} has been centered around the grand mean.")
     return out
 
 
@@ -412,7 +411,7 @@ def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
         formula = f"{spec.outcome} ~ {' + '.join(fixed)} + ({' + '.join(rand)} | {id_name})"
     notes = []
     made = set()
-    for t in list(spec.level1) + [t for eq in spec.level2 for t in eq.predictors]:
+    for t in spec.predictors(1) + spec.predictors(2):
         name = _r_name(t, 1)
         if name in made or name == t.name:
             continue
@@ -479,7 +478,7 @@ def _fixed_effects_json(a) -> list[dict]:
     rp = two_sided_p(fx.robust_t, df)
     fixed = []
     for k, f in enumerate(d.fixed):
-        term = d.spec.level2[f.q].predictors[f.s - 1] if f.s else None
+        term = d.spec.fixed_predictor((f.q, f.s))
         fixed.append({
             "coefficient": f.coefficient, "predictor": f.predictor, "gamma": f.label,
             "centering": term.centering if term else None,

@@ -166,7 +166,7 @@ def fixed_json(a: HGLMAnalysis, gamma, cov, rcov, df) -> list[dict]:
         t, rt = gamma / se, gamma / rse
     p, rp = inference.two_sided_p(t, df), inference.two_sided_p(rt, df)
     for k, f in enumerate(a.design.fixed):
-        term = a.spec.level2[f.q].predictors[f.s - 1] if f.s else None
+        term = a.spec.fixed_predictor((f.q, f.s))
         tq = special.stdtrit(df[k], 0.975)
         out.append({
             "coefficient": f.coefficient, "predictor": f.predictor, "gamma": f.label,

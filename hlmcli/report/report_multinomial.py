@@ -199,7 +199,7 @@ def multinomial_json(a, meta: dict) -> dict:
     fixed = []
     robust = list(_fixed_rows(a, True))
     for (cat, f, k, g, se, t, df, p), (_, _, _, _, rse, rt, _, rp) in zip(_fixed_rows(a, False), robust):
-        term = a.spec.level2[f.q].predictors[f.s - 1] if f.s else None
+        term = a.spec.fixed_predictor((f.q, f.s))
         tq = special.stdtrit(df, 0.975)
         fixed.append({"category": float(cat), "coefficient": f.coefficient, "predictor": f.predictor,
                       "gamma": f.label, "centering": term.centering if term else None,
