@@ -112,6 +112,25 @@ _CONSTRAIN_LEVELS = ("not built yet for three and four levels: HLM 7's constrain
                      "would need the constrained design of their γ layout")
 _CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
                       "predictors into one column of the formula")
+_VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
+                   "standard deviations before the per-unit summaries are formed; fit with --engine memory")
+_VKNOWN_HGLM = ("a V-known model is normal at level 1 with a known variance; an HGLM's level-1 variance is fixed by "
+                "its mean (φ(1 - φ), λ), so there is no variance to give")
+_VKNOWN_LEVELS = ("not built yet for three and four levels: HLM 7's V-known is an HLM2 model (an estimate and its "
+                  "sampling variance per unit)")
+_VKNOWN_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance; the records "
+                   "would need scaling by their known standard deviations")
+# With --known-variance, options that assume an estimated level-1 variance: refused, never ignored.
+KNOWN_VARIANCE_CONFLICTS = {
+    "weights": "sampling weights and known sampling variances are two weightings of the records; give one",
+    "plausible_values": "each plausible value would need its own known variances; fit each on its own",
+    "satterthwaite": "Satterthwaite's d.f. here differentiate the deviance in σ², which a V-known model does not "
+                     "estimate; use --df hlm",
+    "homogeneity": "HLM's test of homogeneity of level-1 variance tests an estimated σ²; here the level-1 variances "
+                   "are known (the χ² of the random effects tests τ = 0 against them)",
+    "full_output": "its unit-by-unit OLS and least-squares tables use an estimated σ²",
+    "constrain": "not built together yet; fit the constrained model with the tied predictors summed",
+}
 # With --constrain, options whose computation is of the unconstrained γ layout: refused, never ignored.
 CONSTRAIN_CONFLICTS = {
     "weights": "the sandwich and the scaled weights are wired to the unconstrained γs; fit without sampling weights",
@@ -145,6 +164,10 @@ FEATURES = (
             {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
              "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
+    Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
+            {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
+             **_k(_VKNOWN_LEVELS), "crossed": _VKNOWN_CROSSED, THREE_LEVEL_HGLM: _VKNOWN_HGLM,
+             THREE_LEVEL_LAPLACE: _VKNOWN_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
             {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM, THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
@@ -231,6 +254,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "formats": out.out_format not in ("text", "json"),
         "test": bool(fit.tests or got("hypotheses")),
         "constrain": bool(fit.constraints),
+        "known_variance": bool(fit.known_variance),
         "compare_deviance": (fit.compare_deviance if got("prior_deviance") is None else got("prior_deviance")) is not None,
         "tau_diagonal": (fit.tau or got("tau")) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -308,11 +332,13 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    if "constrain" in asked:
-        for key in asked:
-            if key in CONSTRAIN_CONFLICTS:
-                label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
-                raise ModelError(f"{label} with --constrain: not available: {CONSTRAIN_CONFLICTS[key]}")
+    for feature, option, conflicts in (("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
+                                       ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):
+        if feature in asked:
+            for key in asked:
+                if key in conflicts:
+                    label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
+                    raise ModelError(f"{label} with {option}: not available: {conflicts[key]}")
     if kind in _LEVELS and Engine(engine) != Engine.MEMORY:
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts

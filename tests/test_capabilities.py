@@ -198,6 +198,21 @@ def check_constrain(kind, tmp_path):
     assert doc["constraint_test"]["chi2"] == pytest.approx(doc["deviance"] - base_fit["deviance"], rel=1e-9)
 
 
+def check_known_variance(kind, tmp_path):
+    """dat.bcg's log risk ratios with their sampling variances, on latitude: metafor::rma(method = "ML")
+    (tests/reference_scripts/vknown_metafor.R; tests/test_known_variance.py covers the rest)."""
+    data = pd.read_csv(DATA / "vknown" / "bcg.csv")
+    data[["trial", "yi", "vi"]].to_csv(tmp_path / "est.csv", index=False)
+    data.drop(columns=["yi", "vi"]).to_csv(tmp_path / "studies.csv", index=False)
+    proc = run_cli("fit", tmp_path / "est.csv", tmp_path / "studies.csv", "--id", "trial", "-1", "yi = b0 + r", "-2",
+                   "b0 = g00 + g01*ablat + g02*year + u0", "--known-variance", "vi", "--ml", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    ref = json.loads((DATA / "vknown" / "metafor_rma.json").read_text())["bcg_mods_ML"]
+    assert doc["tau"][0][0] == pytest.approx(ref["tau2"], rel=1e-6) and doc["loglik"] == pytest.approx(ref["logLik"], abs=1e-6)
+    assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["beta"], rel=1e-6)
+
+
 def check_compare_deviance(kind, tmp_path):
     small = fit_json(kind, small=True)
     doc = fit_json(kind, "--compare-deviance", repr(small["deviance"]), "--compare-params", str(small["n_params"]))
@@ -1150,7 +1165,8 @@ ASK = {
     "ordinal": lambda kind, d: ["--family", "ordinal", "-q"],  # -q: pastes' text column warns on loading
     "negbinomial": lambda kind, d: ["--family", "negbinomial", "-q"],
     "multinomial": lambda kind, d: ["--family", "multinomial", "-q"],
-    "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],  # -q: pastes' text column warns on loading
+    "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],
+    "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
 }
 
 

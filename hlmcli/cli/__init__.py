@@ -686,6 +686,9 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--constrain", "constraints", multiple=True,
               help="Constrain fixed effects to be equal (HLM 7's constrain), e.g. 'g10 = g20': fitted as one γ, "
               "with the likelihood-ratio test of the constraint under ML. Repeat for more.")
+@click.option("--known-variance", metavar="V",
+              help="V-known model (HLM 7's V-known, meta-analysis): V holds each record's known level-1 (sampling) "
+              "variance; τ and γ are estimated by REML or ML.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
@@ -791,10 +794,11 @@ def fit_cmd(**params):
 
     build2 = _build_opts(**build)
     if fit.engine != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
-        if fit.constraints:
-            from ..capabilities import refuse
+        from ..capabilities import refuse
 
-            refuse("constrain", "linear-summary")
+        for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance)):
+            if asked:
+                refuse(feature, "linear-summary")
         if prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
         return _fit_summarised(data, level1, level2, model_file, params["ml"], more, params["tau_structure"],
@@ -866,7 +870,7 @@ def fit_request(params: dict) -> FitRequest:
     fit = _fit_options(p.pop("ml"), p.get("reml"), tau=p.pop("tau_structure"), weight1=p.pop("weight1"),
                        weight2=p.pop("weight2"), weight3=p.pop("weight3", None), weight4=p.pop("weight4", None), normalize=p.pop("normalize"), plausible_values=p.pop("plausible_values"),
                        imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
-                       constraints=p.pop("constraints"),
+                       constraints=p.pop("constraints"), known_variance=p.pop("known_variance"),
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),

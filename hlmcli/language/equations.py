@@ -250,9 +250,13 @@ def _hlm2_option(opts: dict, contrasts: dict, key: str, value: str, where: str, 
         return
     elif key in ("level1weight", "level2weight") and value.lower() not in ("none", "n", "no", "0", ""):
         opts["weight" + key[5]] = value.split(",")[0].strip()  # the variable name
+    elif key == "varianceknown" and value.lower() not in ("n", "no", "none", "0"):
+        raise ModelError(f"{where}: '{key}:{value}' is not supported: HLM 7's V-known command lines are not "
+                         "documented, so hlmcli does not read them; set varianceknown:none and give the variable on the command line, "
+                         f"--known-variance {value.split(',')[0].strip() or 'V'}")
     elif key == "constrain" and value.lower() not in ("n", "no", "none", "0"):
-        raise ModelError(f"{where}: '{key}:{value}': the lines HLM 7 writes for its constraints on γ are not documented, "
-                         "so hlmcli cannot read them; set constrain:n and give the ties on the command line, e.g. "
+        raise ModelError(f"{where}: '{key}:{value}' is not supported: the lines HLM 7 writes for its constraints on γ "
+                         "are not documented, so hlmcli cannot read them; set constrain:n and give the ties on the command line, e.g. "
                          "--constrain 'g10 = g20'")
     elif key in _OFF_VALUES:
         off = _OFF_VALUES[key]
