@@ -442,7 +442,8 @@ class Results:
         warning when rows of new units were given with their ids.
 
         `random_effects=True` adds a known unit's EB random effects (as lme4's predict). An HGLM's
-        prediction is on the link scale (η: log-odds or log rate), as lme4's default.
+        prediction is on the link scale (η: log-odds or log rate), as lme4's default; a multinomial
+        fit's is one column per logit, log(P(category m)/P(last category)), m = 1..M−1.
         """
         from .io.readers import check_frame_columns
 
@@ -452,16 +453,22 @@ class Results:
         id_col = _column(newdata, self.meta["id_name"])
         rows = _NewRows(newdata, id_col, self._unit_position() if id_col is not None else {})
         L = self._level1_columns(rows)
-        pred = np.zeros(rows.n)
-        for k, f in enumerate(d.fixed):
-            w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.fixed_predictor((f.q, f.s)))
-            pred += gamma[k] * w * L[f.q]
         known, j = rows.known, rows.j
-        if random_effects and known.any():
-            u = self.analysis.b if self.hglm else self.eb.u
-            random = np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random
-            for k, q in enumerate(int(q) for q in random):
-                pred[known] += u[j[known], k] * L[q][known]
+        logits = len(getattr(self.analysis, "categories", [0, 0])) - 1  # a multinomial fit: M − 1 logits
+        pf = len(d.fixed)
+        columns = []
+        for m in range(logits):
+            pred = np.zeros(rows.n)
+            for k, f in enumerate(d.fixed):
+                w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.fixed_predictor((f.q, f.s)))
+                pred += gamma[m * pf + k] * w * L[f.q]
+            if random_effects and known.any():
+                u = self.analysis.b if self.hglm else self.eb.u
+                random = [int(q) for q in (np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random)]
+                for k, q in enumerate(random):
+                    pred[known] += u[j[known], m * len(random) + k] * L[q][known]
+            columns.append(pred)
+        pred = columns[0] if logits == 1 else np.column_stack(columns)
         if random_effects and rows.new_rows and id_col is not None:
             rows.notes.append(f"{rows.new_rows} row(s) of units the fit has not seen get the fixed-effects prediction "
                               "(random effects 0)")

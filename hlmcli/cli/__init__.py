@@ -477,11 +477,13 @@ def _keep_hglm(ctx, param, value):
 
 # HGLM options (spec.py, hglm_run.py): collected into ctx.meta so the commands' signatures stay as they are
 _hglm_options = [
-    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial"]),
+    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial",
+                                                      "multinomial"]),
                  default=None, expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; "
                  "logit link for bernoulli/binomial, log link for poisson; ordinal: cumulative link over the "
                  "categories of the outcome's integer codes; negbinomial: NB2 counts, Var = mu + mu^2/theta, log "
-                 "link, theta estimated, --estimation laplace or agq)."),
+                 "link, theta estimated, --estimation laplace or agq; multinomial: baseline-category logits, the "
+                 "last category the reference, --estimation laplace)."),
     click.option("--link", type=click.Choice(["logit", "probit", "cloglog"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="--family ordinal: the cumulative link (default logit)."),
     click.option("--trials", default=None, expose_value=False, callback=_keep_hglm,
