@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from hlmcli.data.design import make_design, variables_of
-from hlmcli.language.equations import (Level2Equation, ModelSpec, RunOptions, Term, Variables, build_spec, parse_hlm_file,
+from hlmcli.language.model import Level2Equation, ModelSpec, RunOptions, Term
+from hlmcli.language.equations import (Variables, build_spec, parse_hlm_file,
                               spec_from_inputs)
 from hlmcli.errors import ModelError
 from hlmcli.report.report import Symbols, lme4_formula, model_summary
