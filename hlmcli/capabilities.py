@@ -72,7 +72,19 @@ _NEGBIN_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM ove
 _NEGBIN_LEVELS = ("hlmcli fits negative binomial counts at two levels (Laplace, AGQ); at three levels that needs the "
                   "Laplace likelihood over nested random effects with theta, which is not built (and PQL has no NB "
                   "working model); models of four levels are linear")
-_HGLM_LEVELS = ("hlmcli fits ordinal outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
+_MULTI_LINEAR = ("a multinomial outcome is not normal: it is fitted as an HGLM (--family multinomial with --estimation "
+                 "laplace)")
+_MULTI_PQL = ("HLM 7's PQL for multinomial outcomes linearises the M - 1 logits jointly, and how (its working variates "
+              "and weights across categories) is not documented in a form that can be checked; use --estimation "
+              "laplace, exact ML by the Laplace approximation, checked against numerical integration")
+_MULTI_AGQ = ("the random effects of the M - 1 logits are (M - 1)q dimensions per unit (2 or more), and adaptive "
+              "quadrature over them is not built; use --estimation laplace")
+_MULTI_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors, a multinomial one "
+                  "too, needs the Laplace likelihood over the crossed blocks, which is not built")
+_MULTI_LEVELS = ("hlmcli fits multinomial outcomes at two levels (Laplace); at three levels that needs the Laplace "
+                 "likelihood over nested random effects of every logit, which is not built; models of four levels "
+                 "are linear")
+_HGLM_LEVELS = ("hlmcli fits ordinal and multinomial outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
                 "levels and, by PQL, at three; models of four levels are linear")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
@@ -100,6 +112,25 @@ _CONSTRAIN_LEVELS = ("not built yet for three and four levels: HLM 7's constrain
                      "would need the constrained design of their γ layout")
 _CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
                       "predictors into one column of the formula")
+_VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
+                   "standard deviations before the per-unit summaries are formed; fit with --engine memory")
+_VKNOWN_HGLM = ("a V-known model is normal at level 1 with a known variance; an HGLM's level-1 variance is fixed by "
+                "its mean (φ(1 - φ), λ), so there is no variance to give")
+_VKNOWN_LEVELS = ("not built yet for three and four levels: HLM 7's V-known is an HLM2 model (an estimate and its "
+                  "sampling variance per unit)")
+_VKNOWN_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance; the records "
+                   "would need scaling by their known standard deviations")
+# With --known-variance, options that assume an estimated level-1 variance: refused, never ignored.
+KNOWN_VARIANCE_CONFLICTS = {
+    "weights": "sampling weights and known sampling variances are two weightings of the records; give one",
+    "plausible_values": "each plausible value would need its own known variances; fit each on its own",
+    "satterthwaite": "Satterthwaite's d.f. here differentiate the deviance in σ², which a V-known model does not "
+                     "estimate; use --df hlm",
+    "homogeneity": "HLM's test of homogeneity of level-1 variance tests an estimated σ²; here the level-1 variances "
+                   "are known (the χ² of the random effects tests τ = 0 against them)",
+    "full_output": "its unit-by-unit OLS and least-squares tables use an estimated σ²",
+    "constrain": "not built together yet; fit the constrained model with the tied predictors summed",
+}
 # With --constrain, options whose computation is of the unconstrained γ layout: refused, never ignored.
 CONSTRAIN_CONFLICTS = {
     "weights": "the sandwich and the scaled weights are wired to the unconstrained γs; fit without sampling weights",
@@ -133,6 +164,10 @@ FEATURES = (
             {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
              "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
+    Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
+            {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
+             **_k(_VKNOWN_LEVELS), "crossed": _VKNOWN_CROSSED, THREE_LEVEL_HGLM: _VKNOWN_HGLM,
+             THREE_LEVEL_LAPLACE: _VKNOWN_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
             {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM, THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
@@ -165,6 +200,11 @@ FEATURES = (
             {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
              "four-level": _HGLM_LEVELS,
              "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS}),
+    Feature("multinomial", "--family multinomial (baseline-category logits, the last category the reference; HLM 7's "
+            "nonlin:multinomial,NCAT)",
+            {"linear": _MULTI_LINEAR, "linear-summary": _MULTI_LINEAR, "pql": _MULTI_PQL, "agq": _MULTI_AGQ,
+             "three-level": _MULTI_LEVELS, "four-level": _HGLM_LEVELS, "crossed": _MULTI_CROSSED,
+             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
             {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
@@ -214,6 +254,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "formats": out.out_format not in ("text", "json"),
         "test": bool(fit.tests or got("hypotheses")),
         "constrain": bool(fit.constraints),
+        "known_variance": bool(fit.known_variance),
         "compare_deviance": (fit.compare_deviance if got("prior_deviance") is None else got("prior_deviance")) is not None,
         "tau_diagonal": (fit.tau or got("tau")) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -225,6 +266,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
         "ordinal": (fit.family or got("family")) == "ordinal",
         "negbinomial": (fit.family or got("family")) == "negbinomial",
+        "multinomial": (fit.family or got("family")) == "multinomial",
     }
     return [key for key, on in asked.items() if on]
 
@@ -290,11 +332,13 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    if "constrain" in asked:
-        for key in asked:
-            if key in CONSTRAIN_CONFLICTS:
-                label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
-                raise ModelError(f"{label} with --constrain: not available: {CONSTRAIN_CONFLICTS[key]}")
+    for feature, option, conflicts in (("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
+                                       ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):
+        if feature in asked:
+            for key in asked:
+                if key in conflicts:
+                    label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
+                    raise ModelError(f"{label} with {option}: not available: {conflicts[key]}")
     if kind in _LEVELS and Engine(engine) != Engine.MEMORY:
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts

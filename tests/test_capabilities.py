@@ -198,6 +198,21 @@ def check_constrain(kind, tmp_path):
     assert doc["constraint_test"]["chi2"] == pytest.approx(doc["deviance"] - base_fit["deviance"], rel=1e-9)
 
 
+def check_known_variance(kind, tmp_path):
+    """dat.bcg's log risk ratios with their sampling variances, on latitude: metafor::rma(method = "ML")
+    (tests/reference_scripts/vknown_metafor.R; tests/test_known_variance.py covers the rest)."""
+    data = pd.read_csv(DATA / "vknown" / "bcg.csv")
+    data[["trial", "yi", "vi"]].to_csv(tmp_path / "est.csv", index=False)
+    data.drop(columns=["yi", "vi"]).to_csv(tmp_path / "studies.csv", index=False)
+    proc = run_cli("fit", tmp_path / "est.csv", tmp_path / "studies.csv", "--id", "trial", "-1", "yi = b0 + r", "-2",
+                   "b0 = g00 + g01*ablat + g02*year + u0", "--known-variance", "vi", "--ml", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    ref = json.loads((DATA / "vknown" / "metafor_rma.json").read_text())["bcg_mods_ML"]
+    assert doc["tau"][0][0] == pytest.approx(ref["tau2"], rel=1e-6) and doc["loglik"] == pytest.approx(ref["logLik"], abs=1e-6)
+    assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["beta"], rel=1e-6)
+
+
 def check_compare_deviance(kind, tmp_path):
     small = fit_json(kind, small=True)
     doc = fit_json(kind, "--compare-deviance", repr(small["deviance"]), "--compare-params", str(small["n_params"]))
@@ -352,6 +367,21 @@ def check_negbinomial(kind, tmp_path):
     else:
         assert doc["deviance"] == pytest.approx(ref["deviance"], abs=0.5)
         assert doc["dispersion"]["estimate"] == pytest.approx(ref["theta"], rel=1e-2)
+
+
+MN = DATA / "multinomial"
+MULTINOMIAL = [MN / "sim_l1.csv", MN / "sim_l2.csv", "--id", "school", "-1", "choice = b0 + b1*x",
+               "-2", "b0 = g00 + g01*w + u0", "-2", "b1 = g10", "--family", "multinomial"]
+
+
+def check_multinomial(kind, tmp_path):
+    """Three categories, random intercepts correlated across the two logits: the R script's maximisation of
+    the same Laplace formula (tests/reference_scripts/multinomial_ghq.R)."""
+    ref = json.loads((MN / "ghq_reference.json").read_text())["laplace"]
+    doc = json.loads(run("fit", *MULTINOMIAL, "--estimation", kind, "--format", "json").stdout)
+    assert doc["converged"] and doc["certificate"]["certified"]
+    assert doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+    assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["gamma"], rel=1e-4)
 
 
 SUPPORTED = {f.key: globals()[f"check_{f.key}"] for f in capabilities.FEATURES}
@@ -1134,7 +1164,9 @@ ASK = {
     "compare_deviance": lambda kind, d: ["--compare-deviance", "2300", "--compare-params", "2"],
     "ordinal": lambda kind, d: ["--family", "ordinal", "-q"],  # -q: pastes' text column warns on loading
     "negbinomial": lambda kind, d: ["--family", "negbinomial", "-q"],
-    "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],  # -q: pastes' text column warns on loading
+    "multinomial": lambda kind, d: ["--family", "multinomial", "-q"],
+    "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],
+    "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
 }
 
 
@@ -1168,6 +1200,13 @@ def check_refused(feature, kind, why, tmp_path):
             assert "--family negbinomial with --estimation" in why
             return
         proc = run_cli("fit", *NEGBIN)  # PQL, the default
+        one_line_refusal(proc, why)
+        return
+    if feature == "multinomial":  # as ordinal: a categorical outcome is an HGLM
+        if kind.startswith("linear"):
+            assert "--family multinomial with --estimation" in why
+            return
+        proc = run_cli("fit", *MULTINOMIAL, *(["--estimation", kind] if kind != "pql" else []))  # PQL: the default
         one_line_refusal(proc, why)
         return
     if feature == "compare":  # compare reads saved fits

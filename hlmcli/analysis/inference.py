@@ -183,14 +183,20 @@ def variance_information(stats: ModelStats, result: FitResult) -> np.ndarray:
     return info
 
 
-def variance_standard_errors(stats: ModelStats, result: FitResult) -> tuple[float, np.ndarray]:
-    cov = np.linalg.pinv(variance_information(stats, result))
+def variance_standard_errors(stats: ModelStats, result: FitResult,
+                             sigma2_known: bool = False) -> tuple[float | None, np.ndarray]:
+    """(SE of σ², SEs of τ) under ML; sigma2_known (a V-known model): σ²'s row and column of the
+    information are dropped, as σ² is not estimated, and its SE is None."""
+    info = variance_information(stats, result)
+    cov = np.linalg.pinv(info[1:, 1:] if sigma2_known else info)
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    if sigma2_known:
+        se = np.concatenate([[np.nan], se])
     q = stats.q
     se_tau = np.zeros((q, q))
     for i, (a, b, _) in enumerate(_tau_basis(q, result.structure), start=1):
         se_tau[a, b] = se_tau[b, a] = se[i]
-    return float(se[0]), se_tau
+    return (None if sigma2_known else float(se[0])), se_tau
 
 
 # ---------------------------------------------------------------- Satterthwaite d.f. (as lmerTest)

@@ -74,17 +74,19 @@ def centred_statistics(design, unit: UnitStats, weights=None):
 
 
 def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None, start=None,
-                  centred=None) -> Analysis:
+                  centred=None, sigma2: float | None = None) -> Analysis:
     """The fit and its inference from a design and its per-unit cross-products (weights: a
     weights.Weights, already applied to `unit` at level 1; centred: centred_statistics, when the
-    records are at hand)."""
+    records are at hand; sigma2: the level-1 variance held at this value, not estimated, as in a
+    V-known model on records scaled by their known standard deviations)."""
     spec = design.spec
     stats = model_stats(unit, design.block_design(), design.random, None if weights is None else weights.w2)
     design_stage.check_collinearity(design, stats.XX, None if centred is None else centred.stats.XX)
     if design.n <= stats.p + 1:
         raise ModelError(f"only {design.n} records for {stats.p} fixed effects; the model needs more data")
-    check_residual_variation(stats, spec)
-    check_within_unit_variation(stats if centred is None else centred.stats, spec)
+    if sigma2 is None:  # a known level-1 variance needs no residual variation to estimate it
+        check_residual_variation(stats, spec)
+        check_within_unit_variation(stats if centred is None else centred.stats, spec)
     structure = TauStructure(getattr(spec.options, "tau", "unstructured"))
     method = spec.method
     if weights is not None and method.upper() == "REML":
@@ -95,7 +97,7 @@ def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None,
                              "(a restricted pseudo-likelihood would depend on the weights' scale)")
     try:
         result = fit(stats, method, max_iterations=spec.options.max_iterations, structure=structure, start=start,
-                     centred=centred)
+                     centred=centred, sigma2=sigma2)
     except (FloatingPointError, np.linalg.LinAlgError) as exc:
         raise ModelError(f"the model cannot be fitted to these data ({exc}); check for an outcome that the "
                          "predictors determine exactly, or remove random effects") from None
