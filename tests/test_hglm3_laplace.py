@@ -37,6 +37,9 @@ MODELS = {
     "grouseticks": dict(file="grouse", family="poisson", level1_eq="TICKS = p0",
                         level2_eqs=["p0 = b00 + b01*YEAR96 + b02*YEAR97 + r0"],
                         level3_eqs=["b00 = g000 + g001*CHEIGHT + u00", "b01 = g010", "b02 = g020"]),
+    "grouse_boundary": dict(file="grouse", family="poisson", level1_eq="TICKS = p0",
+                            level2_eqs=["p0 = b00 + b01*YEAR96 + b02*YEAR97 + r0"],
+                            level3_eqs=["b00 = g000 + g001*CHEIGHT + u00", "b01 = g010 + u01", "b02 = g020"]),
     "mmmec_intercepts": dict(file="mmmec", family="poisson", exposure="EXPECTED", level1_eq="DEATHS = p0 + p1*UVB",
                              level2_eqs=["p0 = b00 + r0", "p1 = b10"], level3_eqs=["b00 = g000 + u00", "b10 = g100"]),
     "mmmec_slope2": dict(file="mmmec", family="poisson", exposure="EXPECTED", level1_eq="DEATHS = p0 + p1*UVB",
@@ -150,6 +153,17 @@ def test_against_glmer(name):
 @pytest.mark.parametrize("name", ["mmmec_intercepts", "mmmec_slope2_diag", "mmmec_slope3", "guimmun"])
 def test_against_glmer_slow(name):
     laplace_matches(api_fit(name), name)
+
+
+@pytest.mark.slow
+def test_boundary_optimum_against_glmer():
+    """τβ singular at the optimum (a YEAR96 slope across locations perfectly correlated with the intercept,
+    as glmer and glmmTMB find it): certified on the face of rank 1 with no descent into the cone, at or
+    below both references' deviance, and said to be a boundary estimate."""
+    doc = api_fit("grouse_boundary")
+    laplace_matches(doc, "grouse_boundary")
+    assert doc["certificate"]["rank"] == [1, 1] and doc["certificate"]["null_space_min_eigenvalue"][1] > 0
+    assert any("τβ is singular at the optimum" in n for n in doc["boundary_notes"])
 
 
 # ---------------------------------------------------------------- the dense check

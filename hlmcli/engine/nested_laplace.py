@@ -32,7 +32,7 @@ implicit function theorem on Z̃'ℓ'(η̂) = û, and d log|H| = tr(H⁻¹dH) gi
 checks it against differences of the deviance.
 
 Search and certificate as the two-level Laplace (hglm.ml_fit): θ = the lower triangles of Λ2 and Λ3
-and γ, unconstrained; from full PQL (nested_glmm.pql_levels), Newton on a difference Hessian of the
+and γ, unconstrained; from PQL's estimates (nested_glmm.pql_levels: the caller's, or run here), Newton on a difference Hessian of the
 exact gradient (L-BFGS first when the start is poor), then certified over the two PSD blocks (τπ, τβ)
 with γ profiled out (certificate.certify_blocks; the face Hessian from the (θ, γ) Hessian by the Schur
 complement and the chain rule through θ(G) at a positive definite point). SEs of γ as glmer's:
