@@ -391,3 +391,18 @@ def test_refusals_in_one_line():
         proc = hlmcli("fit", *cli_args("grouseticks"), *extra)
         assert proc.returncode in (1, 2) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert why in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compare_refuses_fits_of_another_estimation(grouse_doc, tmp_path):
+    """Two three-level fits of the same records are compared only when fitted the same way: a Laplace
+    deviance against another kind's (here the same document said to be a linear fit, family normal) is
+    refused in one line."""
+    doc = grouse_doc[0]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(doc))
+    other = json.loads(json.dumps(doc))
+    other.pop("hglm")
+    b.write_text(json.dumps(other))
+    proc = hlmcli("compare", a, b)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "differ in family or estimation" in proc.stderr
