@@ -406,3 +406,36 @@ def test_compare_refuses_fits_of_another_estimation(grouse_doc, tmp_path):
     proc = hlmcli("compare", a, b)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "differ in family or estimation" in proc.stderr
+
+
+def test_level3_unit_scores_against_dense(grouse_doc):
+    """The robust SEs' meat: each level-3 unit's exact score −½∂d_k/∂(θ, γ) (NestedLaplace.unit_scores, θ the
+    factors √τπ, √τβ) against central differences of that unit's own dense Laplace deviance (its records
+    alone: the deviance is a sum over level-3 units), at our estimates, on every sixth of grouseticks' 63 locations."""
+    from test_hglm3 import grouse_glm
+
+    from hlmcli.engine.nested_laplace import NestedLaplace
+
+    doc = grouse_doc[0]
+    glm = grouse_glm()
+    cond = NestedLaplace(glm)
+    names = ["(Intercept)", "CHEIGHT", "YEAR96", "YEAR97"]  # grouse_glm's column order
+    est = {_r_name(f): f["estimate"] for f in doc["fixed_effects"]}
+    gamma = np.array([est[n] for n in names])
+    tp, tb = doc["tau_pi"]["matrix"][0][0], doc["tau_beta"]["matrix"][0][0]
+    S = cond.unit_scores(gamma, np.array([[np.sqrt(tp)]]), np.array([[np.sqrt(tb)]]))
+    locations = sorted(pd.read_csv(H3 / "grouse_l3.csv", dtype={"LOCATION": str}).LOCATION)  # grouse_glm's order
+    frame = _frame("grouseticks")
+    for k in range(0, len(locations), 6):
+        sub = frame[frame.LOCATION == locations[k]].reset_index(drop=True)
+        X = np.column_stack([np.ones(len(sub)), sub.CHEIGHT, sub.YEAR96, sub.YEAR97])
+        one = np.ones((len(sub), 1))
+        dense = DenseLaplace(sub, sub.TICKS.to_numpy(float), X, one, one, "BROOD", "LOCATION", "poisson")
+        x0 = np.concatenate([[np.sqrt(tp), np.sqrt(tb)], gamma])
+
+        def dev(x):
+            return dense.deviance(x[2:], np.array([[x[0] ** 2]]), np.array([[x[1] ** 2]]))
+
+        h = 1e-5
+        num = np.array([(dev(x0 + h * e) - dev(x0 - h * e)) / (2 * h) for e in np.eye(x0.size)])
+        assert S[k] == pytest.approx(-0.5 * num, rel=1e-5, abs=1e-6), locations[k]
