@@ -134,11 +134,13 @@ def _laplace(glm, fit, tau, max_iterations: int):
     try:
         res = laplace_levels(glm, start, diagonal=(diagonal, diagonal))
     except (FloatingPointError, np.linalg.LinAlgError) as exc:
-        raise ModelError(f"the Laplace fit broke down ({exc}); check for predictors that separate the outcome") from None
+        raise ModelError(f"the Laplace fit broke down ({exc}); check for predictors that separate the "
+                         "outcome") from None
     (b2, b3), (v2, v3) = res.eb, res.eb_var
     q2, q3 = b2.shape[1], b3.shape[1]
     message = "; ".join(res.failed) if res.failed else "certified optimum of the Laplace deviance"
-    nested = replace(start.fit, method="ML", diagonal=(diagonal, diagonal), gamma=res.gamma, cov_gamma=res.cov, cov_gamma_robust=res.robust_cov,
+    nested = replace(start.fit, method="ML", diagonal=(diagonal, diagonal), gamma=res.gamma, cov_gamma=res.cov,
+                     cov_gamma_robust=res.robust_cov,
                      sigma2=1.0, tau_pi=res.taus[0], tau_beta=res.taus[1], taus=res.taus, deviance=res.deviance,
                      n_params=res.n_params, reliability_pi=np.zeros(0), reliability_beta=np.zeros(0),
                      reliabilities=(np.zeros(0), np.zeros(0)), chi2_pi=[], chi2_beta=[], chi2=([], []),
