@@ -194,6 +194,9 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
 
         # ordinal: the thresholds too; negbinomial: the dispersion θ too
         run = {"ordinal": analyse_ordinal, "negbinomial": analyse_negbin}.get(o.family, analyse_hglm)
+        weights = weight_spec(spec, fit)
+        if weights.any:  # Laplace and AGQ of bernoulli, binomial, poisson (capabilities.check refused the rest)
+            run = lambda spec, archive, level1_text: analyse_hglm(spec, archive, level1_text, weights)  # noqa: E731
         a = fit_or_refuse(lambda: run(spec, archive, level1_text), archive, spec.outcome)
         a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
         a.notes = boundary_notes(a)
