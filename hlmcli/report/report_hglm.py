@@ -466,7 +466,8 @@ def _hglm_deviance_lines(a: HGLMAnalysis, sym) -> list[str]:
     if a.ml is not None:
         weighted = getattr(a, "weights", None) is not None
         w("Statistics for the current model")
-        w(f" {'Pseudo-deviance' if weighted else 'Deviance'}{' ' * (31 - len('Pseudo-deviance' if weighted else 'Deviance'))}= {a.ml.deviance:.6f}")
+        label = "Pseudo-deviance" if weighted else "Deviance"
+        w(f" {label:<31}= {a.ml.deviance:.6f}")
         w(f" Number of estimated parameters = {a.ml.n_params}")
         aic, bic = information_criteria(a)
         w(f" AIC = {aic:.6f}, BIC = {bic:.6f} (as lme4: every fixed effect and variance parameter counted)")
