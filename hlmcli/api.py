@@ -114,7 +114,7 @@ def fit_options(**given) -> FitOptions:
         given.pop("df_method", None)
     if given.get("df_method", "hlm") not in ("hlm", "hlm6", "satterthwaite"):
         raise ModelError(f"df must be 'hlm', 'hlm6' or 'satterthwaite', not '{given['df_method']}'")
-    for name in ("tests", "imputed"):
+    for name in ("tests", "imputed", "constraints"):
         value = given.get(name)
         if isinstance(value, str):
             given[name] = (value,)
@@ -201,6 +201,8 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
         a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
         a.notes = boundary_notes(a)
         return a
+    if fit.constraints:
+        return _analyse_constrained(spec, archive, fit, hypotheses)
     weights = weight_spec(spec, fit)
     analysis = analyse(spec, archive, fit.df_method, weights=weights if weights.any else None)
     prior = o.prior_deviance
@@ -212,6 +214,21 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
     if fit.prior_version and "deviance_test" in analysis.extras:
         analysis.extras["deviance_test"].update({"prior_version": fit.prior_version,
                                                  "prior_deviance_printed": o.prior_deviance})
+    return analysis
+
+
+def _analyse_constrained(spec, archive, fit: FitOptions, hypotheses):
+    """A linear fit under --constrain: the constrained model, its tests on the free γs, and the
+    likelihood-ratio test of the constraints (analysis/constrained.py)."""
+    from .analysis.constrained import analyse_constrained, constrained_tests, constraint_test, parse_constraints
+    from .analysis.pipeline import add_extras
+
+    o = spec.options
+    constraints = parse_constraints(fit.constraints, spec)
+    analysis = analyse_constrained(spec, archive, constraints, fit.df_method)
+    add_extras(analysis, (), None, None, o.homogeneity, o.full_output, o.ols_units)
+    analysis.extras.update(constrained_tests(analysis, constraints, hypotheses, o.prior_deviance, o.prior_params))
+    analysis.extras["constraint_test"] = constraint_test(analysis, spec, archive, constraints)
     return analysis
 
 
@@ -229,7 +246,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         link: str | None = None, weight1: str | None = None, weight2: str | None = None, normalize: str | None = None,
         tau: str | None = None, engine: str = "memory",
         max_iterations: int | None = None, title: str | None = None, tests: Sequence[str] = (),
-        compare_deviance: float | None = None, compare_params: int | None = None,
+        constrain: Sequence[str] = (), compare_deviance: float | None = None, compare_params: int | None = None,
         test_homogeneity: bool | None = None, full_output: bool | None = None, ols_units: int | None = None,
         file_format: str | None = None, delimiter: str | None = None,
         cache_dir: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None,
@@ -250,7 +267,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     weight1, weight2, normalize: sampling weights. tau: "unstructured" or "diagonal".
     engine: "memory" (the records in memory); "stream" and "dask" are for `hlmcli fit` with files.
     The other keywords mirror the CLI's options: df ("hlm" or "satterthwaite"), max_iterations,
-    title, tests (e.g. ["g01 = 0, g11 = 0"]), compare_deviance/compare_params, test_homogeneity,
+    title, tests (e.g. ["g01 = 0, g11 = 0"]), constrain (ties among γs, e.g. ["g10 = g20"]), compare_deviance/compare_params, test_homogeneity,
     full_output, ols_units, missing ("now"/"analysis"), drop_unmatched, file_format, delimiter,
     cache_dir. `warn` receives warnings (default: Python's warnings module).
     Three and four levels (HLM3, HLM4): level1, level2, level3 (and level4) are the files of each
@@ -267,7 +284,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     say = warn or (lambda m: warnings.warn(m, stacklevel=3))
     options = fit_options(method=method, family=family, trials=trials, exposure=exposure, overdispersion=overdispersion,
                           estimation=estimation, link=link, quadrature_points=quadrature_points, tau=tau, weight1=weight1,
-                          weight2=weight2, normalize=normalize, df_method=df, tests=tests,
+                          weight2=weight2, normalize=normalize, df_method=df, tests=tests, constraints=constrain,
                           compare_deviance=compare_deviance, compare_params=compare_params,
                           test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
                           max_iterations=max_iterations, engine=engine)
@@ -283,6 +300,10 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
                            level4_eqs), model, options, title, missing, drop_unmatched, file_format, delimiter,
                            cache_dir, say)
     if options.engine != Engine.MEMORY:
+        if options.constraints:
+            from .capabilities import refuse
+
+            refuse("constrain", "linear-summary")
         return _fit_summarised(level1, level2, id1 or id, id2 or id, level1_eq, level2_eqs, model, options, title,
                                drop_unmatched, missing, file_format, delimiter, say)
     archive, source, frames = load_data(level1, level2, id, id1=id1, id2=id2, missing=missing,

@@ -98,6 +98,20 @@ _X_SUMMARY = ("the blocked Cholesky of crossed factors needs Z1'Z2, which pairs 
               "per-unit summaries of one factor do not keep it; fit in memory")
 _X_MISSING = ("a cross-classified fit reads one file and leaves out records with a missing value in a column the "
               "model uses (HLM's deletion at analysis)")
+_CONSTRAIN_SUMMARY = ("not built yet for the stream and Dask engines: their per-unit summaries would need the "
+                      "constrained design B_jH formed from the moments; fit with --engine memory")
+_CONSTRAIN_HGLM = ("not built yet for HGLM: the PQL, Laplace and AGQ fits would need the same reparametrisation "
+                   "γ = Hδ in their working model; the linear model has it")
+_CONSTRAIN_LEVELS = ("not built yet for three and four levels: HLM 7's constrain is HLM2's; the nested engines "
+                     "would need the constrained design of their γ layout")
+_CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
+                      "predictors into one column of the formula")
+# With --constrain, options whose computation is of the unconstrained γ layout: refused, never ignored.
+CONSTRAIN_CONFLICTS = {
+    "weights": "the sandwich and the scaled weights are wired to the unconstrained γs; fit without sampling weights",
+    "plausible_values": "Rubin's rules combine unconstrained fits; fit each plausible value or data set on its own",
+    "full_output": "its unit-by-unit OLS and least-squares tables are of the unconstrained model",
+}
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,10 @@ FEATURES = (
                                                                 THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {"crossed": _X_NOT_YET}),
     Feature("test", "--test (Wald tests of γ)", {"crossed": _X_TESTS}),
+    Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties under ML)",
+            {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
+             "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
+             THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, "crossed": _X_TESTS,
                                                          THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS,
@@ -200,6 +218,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "json_out": bool(out.json_out),
         "formats": out.out_format not in ("text", "json"),
         "test": bool(fit.tests or got("hypotheses")),
+        "constrain": bool(fit.constraints),
         "compare_deviance": (fit.compare_deviance if got("prior_deviance") is None else got("prior_deviance")) is not None,
         "tau_diagonal": (fit.tau or got("tau")) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -274,6 +293,11 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
     refuse_own_likelihood(asked, kind, spec, fit)
+    if "constrain" in asked:
+        for key in asked:
+            if key in CONSTRAIN_CONFLICTS:
+                label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
+                raise ModelError(f"{label} with --constrain: not available: {CONSTRAIN_CONFLICTS[key]}")
     if kind in _LEVELS and Engine(engine) != Engine.MEMORY:
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts

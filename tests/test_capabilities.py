@@ -179,6 +179,24 @@ def check_test(kind, tmp_path):
     matches_reference(doc["fixed_effects"], kind)
 
 
+def check_constrain(kind, tmp_path):
+    """--constrain 'g01 = g10' (SECTOR's effect on the intercept tied to the SES slope): the model refitted by
+    hand on S = SECTOR + SES, to 1e-10; the test of the tie is the change from the base fit's deviance."""
+    doc = fit_json(kind, "--constrain", "g01 = g10")
+    l1, l2 = (pd.read_csv(p) for p in LINEAR_FILES)
+    l1 = l1.merge(l2[["ID", "SECTOR"]], on="ID")
+    l1["S"] = l1["SECTOR"] + l1["SES"]
+    by_hand = hlmcli.fit(l1, l2.drop(columns="SECTOR"), id="ID", level1_eq="MATHACH = b0 + b1*S + r",
+                         level2_eqs=["b0 = g00 + u0", "b1 = g10"], method="ML").to_dict()
+    assert doc["deviance"] == pytest.approx(by_hand["deviance"], rel=1e-10)
+    hand = [by_hand["fixed_effects"][k] for k in (0, 1, 1)]
+    for f, g in zip(doc["fixed_effects"], hand):
+        assert (f["estimate"], f["se"]) == pytest.approx((g["estimate"], g["se"]), rel=1e-10)
+    base_fit = fit_json(kind)
+    matches_reference(base_fit["fixed_effects"], kind)
+    assert doc["constraint_test"]["chi2"] == pytest.approx(doc["deviance"] - base_fit["deviance"], rel=1e-9)
+
+
 def check_compare_deviance(kind, tmp_path):
     small = fit_json(kind, small=True)
     doc = fit_json(kind, "--compare-deviance", repr(small["deviance"]), "--compare-params", str(small["n_params"]))
@@ -954,6 +972,7 @@ ASK = {
     "compare_deviance": lambda kind, d: ["--compare-deviance", "2300", "--compare-params", "2"],
     "ordinal": lambda kind, d: ["--family", "ordinal", "-q"],  # -q: pastes' text column warns on loading
     "negbinomial": lambda kind, d: ["--family", "negbinomial", "-q"],
+    "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],  # -q: pastes' text column warns on loading
 }
 
 

@@ -681,6 +681,9 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--col-id", help="Cross-classified, HCM2 layout: the column factor's id column, in the level-1 file and "
               "the column file.")
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
+@click.option("--constrain", "constraints", multiple=True,
+              help="Constrain fixed effects to be equal (HLM 7's constrain), e.g. 'g10 = g20': fitted as one γ, "
+              "with the likelihood-ratio test of the constraint under ML. Repeat for more.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
@@ -786,6 +789,10 @@ def fit_cmd(**params):
 
     build2 = _build_opts(**build)
     if fit.engine != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
+        if fit.constraints:
+            from ..capabilities import refuse
+
+            refuse("constrain", "linear-summary")
         if prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
         return _fit_summarised(data, level1, level2, model_file, params["ml"], more, params["tau_structure"],
@@ -857,6 +864,7 @@ def fit_request(params: dict) -> FitRequest:
     fit = _fit_options(p.pop("ml"), p.get("reml"), tau=p.pop("tau_structure"), weight1=p.pop("weight1"),
                        weight2=p.pop("weight2"), weight3=p.pop("weight3", None), weight4=p.pop("weight4", None), normalize=p.pop("normalize"), plausible_values=p.pop("plausible_values"),
                        imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
+                       constraints=p.pop("constraints"),
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),

@@ -15,7 +15,7 @@ _TAKEN = {"--formula", "--ml", "--reml", "--max-iterations", "--quiet", "--title
           "--json-out", "--keep-failed-output", "--tau", "--delimiter", "--data-format", "--no-follow", "--row-id",
           "--col-id"}
 # the capabilities table's feature for a typed option
-_FEATURE = {"--test": "test", "--compare-deviance": "compare_deviance", "--compare-params": "compare_deviance",
+_FEATURE = {"--test": "test", "--constrain": "constrain", "--compare-deviance": "compare_deviance", "--compare-params": "compare_deviance",
             "--residuals-l1": "residuals", "--residuals-l2": "residuals", "--residuals-l3": "residuals",
             "--residuals-l4": "residuals", "--keep": "keep", "--df": "satterthwaite",
             "--test-homogeneity": "homogeneity", "--full-output": "full_output", "--ols-units": "full_output",

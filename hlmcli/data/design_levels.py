@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.archive import Archive
-from ..language.equations_levels import Centering, LevelsSpec, Term3, VariablesLevels
+from ..language.equations_levels import Centering, LevelsSpec, Term, VariablesLevels
 from ..errors import ModelError
 from ..engine.moments import LevelsSummary, Moments
 from ..engine.nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
@@ -55,7 +55,7 @@ def _group_mean(values: np.ndarray, group: np.ndarray, n: int, weights: np.ndarr
 
 def _terms_by_level(spec: LevelsSpec) -> list:
     """The predictors of the equations at each level 1..K (a level-d coefficient's equation is at level d+1)."""
-    out: list[list[Term3]] = [list(spec.level1)] + [[] for _ in range(spec.n_levels - 1)]
+    out: list[list[Term]] = [list(spec.level1)] + [[] for _ in range(spec.n_levels - 1)]
     for depth, idx, eq, names in spec.walk():
         out[depth].extend(eq.predictors)
     return out
@@ -197,7 +197,7 @@ def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | No
         n1 = m1.n
     means: dict[str, float] = {}
 
-    def raw(term: Term3) -> np.ndarray:
+    def raw(term: Term) -> np.ndarray:
         if term.mean_of is None:
             return values[term.level][term.name]
         m = term.mean_of
@@ -205,7 +205,7 @@ def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | No
             return _group_mean(m1.mean[:, col1[term.name]], up[(1, term.level)], Js[term.level], weights=n1)
         return _group_mean(values[m][term.name], up[(m, term.level)], Js[term.level])
 
-    def column(term: Term3) -> np.ndarray:
+    def column(term: Term) -> np.ndarray:
         v = raw(term)
         if term.centering is Centering.GRAND:
             mean = float(v.mean())

@@ -15,19 +15,11 @@ from pathlib import Path
 
 from ..errors import ModelError
 from .equations_levels import build_levels_spec, classify_levels
+from .model import Hypothesis, RunOptions, Term  # noqa: F401
 from .hlmfile import key_values, level_equation, level_terms, number, whole, yes_no
 from .lexer import at_file_line, read_text
 
 CENTERINGS = ("none", "group", "grand")
-
-
-@dataclass(frozen=True)
-class Term:
-    """A predictor: a variable, how it is centered, and whether it is the unit mean of a level-1 variable."""
-
-    name: str
-    centering: str = "none"  # none | group (level 1 only) | grand
-    unit_mean: bool = False  # level 2: mean(X) of level-1 variable X over each unit's records used
 
 
 @dataclass(frozen=True)
@@ -43,55 +35,14 @@ class Level2Equation:
 
 
 @dataclass(frozen=True)
-class Hypothesis:
-    """Rows of a contrast matrix C (one per restriction) over the model's γs, tested as Cγ = 0."""
-
-    label: str
-    rows: tuple[tuple[float, ...], ...]
-    rhs: tuple[float, ...] = ()  # Cγ = rhs; empty means all zero
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Settings that travel with a model: from the command line or an HLM 7 command file."""
-
-    method: str = "REML"
-    max_iterations: int = 100
-    stopval: float | None = None
-    title: str | None = None
-    hypotheses: tuple[Hypothesis, ...] = ()
-    prior_deviance: float | None = None
-    prior_params: int | None = None
-    residuals_l1: str | None = None
-    residuals_l2: str | None = None
-    homogeneity: bool = False
-    full_output: bool = False
-    ols_units: int = 10
-    tau: str = "unstructured"  # unstructured | diagonal (independent random effects)
-    weight1: str | None = None  # level-1 sampling weight (HLM's level1weight:)
-    weight2: str | None = None  # level-2 sampling weight (HLM's level2weight:)
-    # HGLM (spec.py, hglm.py): the level-1 family and how it is estimated
-    family: str = "normal"  # normal | bernoulli | binomial | poisson | ordinal
-    link: str | None = None  # ordinal: logit (None: logit), probit, cloglog
-    ncat: int | None = None  # ordinal: the number of categories a .hlm file's nonlin:ordinal,NCAT gives
-    trials: str | None = None  # binomial: the number-of-trials variable
-    exposure: str | None = None  # poisson: the exposure variable (log exposure is an offset)
-    overdispersion: bool = False  # estimate the level-1 scale instead of fixing it at 1
-    estimation: str = "pql"  # pql | laplace | agq
-    quadrature_points: int = 1  # AGQ points per random effect
-    macroit: int = 100  # PQL macro iterations
-    microit: int = 100  # PQL micro iterations (inner linear fit)
-    stopmacro: float = 1e-8  # PQL: max|Δη| <= stopmacro·(1 + max|η|)
-    stopmicro: float = 1e-8  # PQL: inner fit tolerance
-    separation: str = "refuse"  # refuse | fit: a separated coefficient held at a bound (separation.py)
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     outcome: str
     level1: tuple[Term, ...]  # predictors β1..βQ (the intercept β0 is implicit)
     level2: tuple[Level2Equation, ...]  # one per coefficient, β0..βQ
     options: RunOptions = field(default_factory=RunOptions)
+
+    def __post_init__(self):  # the defaults of two levels (REML, 100 iterations)
+        object.__setattr__(self, "options", self.options.for_levels(2))
 
     @property
     def method(self) -> str:
@@ -218,13 +169,8 @@ def build_spec(level1: str, level2: list[str], variables: Variables, options: Ru
         if eq.predictors and not eq.intercept:
             raise ModelError(f"the level-2 equation of b{q} has predictors but no intercept g{q}0; number the terms "
                              f"g{q}0, g{q}1, ... in turn (b{q} = u{q} alone is a random effect with no fixed part)")
-        level2_eqs.append(Level2Equation(tuple(map(_term, eq.predictors)), eq.random, intercept=eq.intercept))
-    return ModelSpec(spec.outcome, tuple(map(_term, spec.level1)), tuple(level2_eqs), options or RunOptions())
-
-
-def _term(t) -> Term:
-    """A two-level Term from the parser's: mean(X) at level 2 is the unit mean of level-1 X."""
-    return Term(t.name, t.centering.value, unit_mean=t.mean_of == 1)
+        level2_eqs.append(Level2Equation(eq.predictors, eq.random, intercept=eq.intercept))
+    return ModelSpec(spec.outcome, spec.level1, tuple(level2_eqs), options or RunOptions())
 
 
 # ---------------------------------------------------------------- model files
@@ -305,7 +251,7 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
             name = opts.get(f"resfil{level}name") or f"resfil{level}{ext}"
             opts[f"resfil{level}name"] = str(output_from_file(path, name, f"resfil{level}name", allow_outside))
     spec_options = RunOptions(
-        method=opts.get("method", "REML"), max_iterations=opts.get("max_iterations", 100),
+        method=opts.get("method"), max_iterations=opts.get("max_iterations"),
         stopval=opts.get("stopval"), title=opts.get("title"),
         prior_deviance=opts.get("prior_deviance"), prior_params=opts.get("prior_params"),
         residuals_l1=(opts.get("resfil1name") or f"resfil1{ext}") if opts.get("resfil1") else None,
@@ -378,6 +324,10 @@ def _hlm2_option(opts: dict, contrasts: dict, key: str, value: str, where: str, 
         return
     elif key in ("level1weight", "level2weight") and value.lower() not in ("none", "n", "no", "0", ""):
         opts["weight" + key[5]] = value.split(",")[0].strip()  # the variable name
+    elif key == "constrain" and value.lower() not in ("n", "no", "none", "0"):
+        raise ModelError(f"{where}: '{key}:{value}': the lines HLM 7 writes for its constraints on γ are not documented, "
+                         "so hlmcli cannot read them; set constrain:n and give the ties on the command line, e.g. "
+                         "--constrain 'g10 = g20'")
     elif key in _OFF_VALUES:
         off = _OFF_VALUES[key]
         if value.lower() not in (off, off[:1], "no", "none", "n", "0"):

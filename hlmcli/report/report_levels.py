@@ -27,7 +27,7 @@ import numpy as np
 
 from ..spec import coefficient_label, subscript
 from ..version import __version__
-from ..language.equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, Term3, symbol
+from ..language.equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, Term, symbol
 from .report import data_hash, df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
 
 SCHEMA3 = 3
@@ -63,7 +63,7 @@ def _sub(level: int, K: int) -> str:
     return _SUBSCRIPTS[level - 1:K]
 
 
-def _term_k(t: Term3, sym: SymbolsLevels, K: int) -> str:
+def _term_k(t: Term, sym: SymbolsLevels, K: int) -> str:
     sub = _sub(t.level, K)
     name = f"mean({hlm_name(t.name)})" if t.mean_of else hlm_name(t.name)
     if t.centering is Centering.GROUP:
@@ -108,14 +108,14 @@ def _random_betas(spec: LevelsSpec) -> list[tuple[int, int]]:
     return [idx for idx, _ in spec.random(3)]
 
 
-def _terms3(spec: LevelsSpec) -> list[Term3]:
+def _terms3(spec: LevelsSpec) -> list[Term]:
     """Every predictor: level 1, then the π equations', then the β equations' (HLM3's order of notes)."""
     pis = [spec.equations[p] for p in _pis(spec)]
     return list(spec.level1) + [t for eq in pis for t in eq.predictors] + [
         t for eq in pis for b in eq.terms if b is not None for t in b.predictors]
 
 
-def _r_name(t: Term3) -> str:
+def _r_name(t: Term) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
     return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
@@ -509,7 +509,7 @@ def model_summary(spec: LevelsSpec, sym: SymbolsLevels) -> list[str]:
     return out
 
 
-def _all_terms(spec: LevelsSpec) -> list[Term3]:
+def _all_terms(spec: LevelsSpec) -> list[Term]:
     return list(spec.level1) + [t for depth, idx, eq, names in spec.walk() for t in eq.predictors]
 
 
