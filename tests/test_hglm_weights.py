@@ -24,7 +24,7 @@ from scipy import special
 
 import hlmcli
 from conftest import DATA, hlmcli as run_cli
-from hglm_pseudo import pseudo_deviance, scaled_weights
+from hglm_pseudo import pseudo_deviance, sandwich, scaled_weights
 
 D = DATA / "hglm_weights"
 FILES = [D / "contraw_l1.csv", D / "contraw_l2.csv"]
@@ -106,12 +106,17 @@ def _independent(a, laplace: bool) -> float:
     return _independent_at(a.gamma, float(a.tau[0, 0]), laplace)
 
 
-def _independent_at(gamma, tau: float, laplace: bool) -> float:
+def _independent_data():
+    """(X, y, unit, w1, w2) of the W1-and-W2 model, weights scaled by tests/hglm_pseudo.py from the rule."""
     frame = pd.read_csv(FILES[0]).merge(pd.read_csv(FILES[1]), on="DISTRICT").sort_values("DISTRICT", kind="stable")
     w1, w2 = scaled_weights(frame, "DISTRICT", "W1", "W2", "cluster")
     unit = np.searchsorted(np.unique(frame.DISTRICT), frame.DISTRICT)
     X = np.column_stack([np.ones(len(frame)), frame.URBAN, frame.AGE])
-    return pseudo_deviance(gamma, tau, X, frame.USE.to_numpy(float), unit, w1, w2, laplace)
+    return X, frame.USE.to_numpy(float), unit, w1, w2
+
+
+def _independent_at(gamma, tau: float, laplace: bool) -> float:
+    return pseudo_deviance(gamma, tau, *_independent_data(), laplace)
 
 
 @pytest.mark.parametrize("name,laplace", [("w12_agq", False),
@@ -142,6 +147,18 @@ def test_the_sandwich_is_the_weighted_unit_scores():
     assert w.ml.deviance == pytest.approx(plain.ml.deviance, abs=1e-8)
     assert w.cov == pytest.approx(plain.cov, rel=1e-5)
     assert w.robust_cov == pytest.approx(plain.robust_cov * J / (J - 1), rel=1e-5)
+
+
+@pytest.mark.slow  # about 2 s; the default run's sandwich check: the test above
+@pytest.mark.parametrize("name,w1,w2", [("ri_w1_tmb", "W1", None), ("w12_laplace", "W1", "W2")])
+def test_robust_ses_are_the_independent_sandwich(name, w1, w2):
+    """The sandwich of the independent code's unit terms w_j log I_j (tests/hglm_pseudo.py: scores and
+    Hessian by differences; it reproduces hglm_robust_sandwich.R's numDeriv reference for the unweighted
+    contra model to 1e-6), with J/(J − 1): hlmcli's robust SEs to 1e-5."""
+    a = fit(name)
+    X, y, unit, s1, s2 = _independent_data()
+    V = sandwich(a.gamma, float(a.tau[0, 0]), X, y, unit, s1 if w1 else np.ones_like(s1), s2 if w2 else np.ones_like(s2))
+    assert np.sqrt(np.diag(a.robust_cov)) == pytest.approx(np.sqrt(np.diag(V))[:3], rel=1e-5)
 
 
 # ---------------------------------------------------------------- the command line
