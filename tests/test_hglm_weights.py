@@ -244,23 +244,32 @@ def test_plausible_values_laplace_each_fit_is_glmers_and_combined_by_rubin():
     doc = json.loads(proc.stdout)
     _check_combined(doc)
     for m, f in enumerate(doc["fits"], start=1):
-        ref = GLMER["pv"][f"PV{m}"]
-        assert f["outcome"] == f"PV{m}" and f["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
-        assert [g["estimate"] for g in f["fixed_effects"]] == pytest.approx(list(ref["fixef"].values()), rel=1e-5)
+        # glmmTMB reaches the optimum (deviance 1e-6); glmer's bobyqa stops up to a few 1e-6 above it (PV1:
+        # 4.4e-6, also with nloptwrap), so its estimates agree to 1e-4 and its deviance is never below ours
+        tmb, ref = GLMER["pv_tmb"][f"PV{m}"], GLMER["pv"][f"PV{m}"]
+        assert f["outcome"] == f"PV{m}" and f["deviance"] == pytest.approx(tmb["deviance"], abs=1e-6)
+        assert f["deviance"] <= ref["deviance"] + 1e-8
+        assert [g["estimate"] for g in f["fixed_effects"]] == pytest.approx(list(ref["fixef"].values()), rel=1e-4)
         assert [g["se"] for g in f["fixed_effects"]] == pytest.approx(list(ref["se"].values()), rel=1e-4)
-    assert doc["deviance"] == pytest.approx(np.mean([GLMER["pv"][f"PV{m}"]["deviance"] for m in range(1, 6)]), abs=1e-6)
+    assert doc["deviance"] == pytest.approx(np.mean([GLMER["pv_tmb"][f"PV{m}"]["deviance"] for m in range(1, 6)]),
+                                            abs=1e-6)
 
 
 def test_imputed_files_with_weights_combined(tmp_path):
-    """--imputed: a second level-1 file (PV2 as the outcome column), weighted Laplace; the D1 test."""
+    """--imputed: a second level-1 file (PV2 as the outcome column), weighted Laplace; the D1 test, and the text
+    with each fit's own (--full-output) from the same command."""
     l1 = pd.read_csv(FILES[0])
     l1["USE"] = l1["PV2"]
     other = tmp_path / "imp2.csv"
     l1.to_csv(other, index=False)
     proc = run_cli("fit", *FILES, *CLI_MODEL, "--estimation", "laplace", "--weight1", "W1I",
-                   "--normalize", "none", "--imputed", other, "--test", "g10 = 0", "--format", "json")
+                   "--normalize", "none", "--imputed", other, "--test", "g10 = 0", "--full-output",
+                   "--json-out", tmp_path / "c.json")
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = json.loads((tmp_path / "c.json").read_text())
+    text = proc.stdout
+    assert "Results combined over 2 imputed data sets" in text and "Pseudo-deviance (average over the fits)" in text
+    assert "Fit 2 of 2: " in text and text.count("Weighting Specification") == 3
     _check_combined(doc)
     assert doc["combining"]["source"] == "imputed data sets" and doc["weights"]["level1"] == "W1I"
     (test,) = doc["hypothesis_tests"]

@@ -819,7 +819,11 @@ def fit_cmd(**params):
         raise _UsageProblem("--prior-version is for normal outcomes: HGLM deviances are not compared with HLM 5/6's")
     if prior_version and o.prior_deviance is None:
         raise _UsageProblem("--prior-version says which program printed --compare-deviance; give --compare-deviance too")
-    check_capabilities(spec, fit, out)
+    if (fit.plausible_values or fit.imputed) and o.family != "normal":
+        # --full-output of combined HGLM fits prints each fit's own tables (not HLM2's unit regressions)
+        check_capabilities(replace(spec, options=replace(o, full_output=None)), replace(fit, full_output=None), out)
+    else:
+        check_capabilities(spec, fit, out)
     if weight_spec(spec, fit).any and o.prior_deviance is not None:
         _refuse_weighted_likelihood_ratio(fit.compare_deviance, model_file)
     hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in fit.tests]
@@ -1174,7 +1178,7 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         text = dumps_json(doc)
     elif out_format == "text" and hglm:
         text = combined_text_hglm(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
-                                  labels, tests)
+                                  labels, tests, bool(full_output))
     elif out_format == "text":
         text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
                              bool(full_output or opts.full_output), labels, tests)

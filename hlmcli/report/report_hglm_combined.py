@@ -61,8 +61,9 @@ def _fixed_lines(c: dict, d, sym, weighted: bool) -> list[str]:
     return out
 
 
-def combined_text_hglm(analyses: list, meta: dict, sym, source: str, labels=None, tests=None) -> str:
-    """HLM-style text of combined two-level HGLM fits."""
+def combined_text_hglm(analyses: list, meta: dict, sym, source: str, labels=None, tests=None,
+                       full_output: bool = False) -> str:
+    """HLM-style text of combined two-level HGLM fits; each fit's own text after it with --full-output."""
     from ..data.weights import weighting_lines
 
     a0 = analyses[0]
@@ -122,4 +123,10 @@ def combined_text_hglm(analyses: list, meta: dict, sym, source: str, labels=None
         w(f" {label} (average over the fits) = {c['deviance']:.6f}")
         w(f" Number of estimated parameters   = {c['n_params']}")
     out += combined_d1_lines(tests or [])
-    return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+    text = "\n".join(printable(line.rstrip()) for line in out) + "\n"
+    if full_output:
+        from .report_hglm import hglm_text
+
+        for m, a in enumerate(analyses, start=1):
+            text += f"\n{'=' * 78}\nFit {m} of {c['m']}: {c['outcomes'][m - 1]}\n{'=' * 78}\n" + hglm_text(a, meta, sym)
+    return text
