@@ -76,6 +76,25 @@ def pseudo_deviance(beta, tau, X, y, unit, w1, w2, laplace=False) -> float:
     return -2.0 * float(w2 @ unit_log_integrals(beta, tau, X, y, unit, w1, w2.size, laplace))
 
 
+def model_cov(beta, tau, X, y, unit, w1, w2, laplace=True, h=3e-4) -> np.ndarray:
+    """(−H)⁻¹ of (β, log τ), H the Hessian of Σ_j w_j log I_j by central second differences (steps
+    h·max(1, |x|)); its β block does not depend on how τ is parametrised, at the optimum."""
+    x0 = np.append(np.asarray(beta, float), math.log(tau))
+    k = x0.size
+
+    def total(x):
+        return float(w2 @ unit_log_integrals(x[:-1], math.exp(x[-1]), X, y, unit, w1, w2.size, laplace))
+
+    H = np.empty((k, k))
+    steps = h * np.maximum(1.0, np.abs(x0))
+    for i in range(k):
+        for j in range(k):
+            ei, ej = np.eye(k)[i] * steps[i], np.eye(k)[j] * steps[j]
+            H[i, j] = (total(x0 + ei + ej) - total(x0 + ei - ej) - total(x0 - ei + ej) + total(x0 - ei - ej)) / (
+                4 * steps[i] * steps[j])
+    return np.linalg.inv(-0.5 * (H + H.T))
+
+
 def sandwich(beta, tau, X, y, unit, w1, w2, laplace=True, h=1e-5) -> np.ndarray:
     """The cluster sandwich of (β, log τ) at a pseudo-ML optimum, by differences of the unit terms
     w_j log I_j: scores s_j by central differences, the Hessian H of Σ_j w_j log I_j by central
