@@ -477,11 +477,13 @@ def _keep_hglm(ctx, param, value):
 
 # HGLM options (spec.py, hglm_run.py): collected into ctx.meta so the commands' signatures stay as they are
 _hglm_options = [
-    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial"]),
+    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial",
+                                                      "multinomial"]),
                  default=None, expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; "
                  "logit link for bernoulli/binomial, log link for poisson; ordinal: cumulative link over the "
                  "categories of the outcome's integer codes; negbinomial: NB2 counts, Var = mu + mu^2/theta, log "
-                 "link, theta estimated, --estimation laplace or agq)."),
+                 "link, theta estimated, --estimation laplace or agq; multinomial: baseline-category logits, the "
+                 "last category the reference, --estimation laplace)."),
     click.option("--link", type=click.Choice(["logit", "probit", "cloglog"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="--family ordinal: the cumulative link (default logit)."),
     click.option("--trials", default=None, expose_value=False, callback=_keep_hglm,
@@ -684,6 +686,9 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--constrain", "constraints", multiple=True,
               help="Constrain fixed effects to be equal (HLM 7's constrain), e.g. 'g10 = g20': fitted as one γ, "
               "with the likelihood-ratio test of the constraint under ML. Repeat for more.")
+@click.option("--known-variance", metavar="V",
+              help="V-known model (HLM 7's V-known, meta-analysis): V holds each record's known level-1 (sampling) "
+              "variance; τ and γ are estimated by REML or ML.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
@@ -693,9 +698,12 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="Residual files with HLM 7's column names (EBINTRCP, OLINTRCP, FVINTRCP, MDIST, L1RESID, FITVAL, "
               "...; 8 characters) and, in .sav, SPSS variable labels.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
-@click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
-@click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
-@click.option("--residuals-l4", type=click.Path(), help="Four levels: write the level-4 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta); "
+              "cross-classified: the first (row) factor's.")
+@click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta); "
+              "cross-classified: the second (column) factor's.")
+@click.option("--residuals-l4", type=click.Path(), help="Four levels: write the level-4 residual file (.csv, .sav, .dta); "
+              "cross-classified: the third factor's.")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
 @click.option("--ols-units", type=click.IntRange(0), help="How many units' OLS regressions --full-output prints (default 10): the first units whose OLS can be computed, as HLM counts them.")
@@ -789,10 +797,11 @@ def fit_cmd(**params):
 
     build2 = _build_opts(**build)
     if fit.engine != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
-        if fit.constraints:
-            from ..capabilities import refuse
+        from ..capabilities import refuse
 
-            refuse("constrain", "linear-summary")
+        for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance)):
+            if asked:
+                refuse(feature, "linear-summary")
         if prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
         return _fit_summarised(data, level1, level2, model_file, params["ml"], more, params["tau_structure"],
@@ -868,7 +877,7 @@ def fit_request(params: dict) -> FitRequest:
     fit = _fit_options(p.pop("ml"), p.get("reml"), tau=p.pop("tau_structure"), weight1=p.pop("weight1"),
                        weight2=p.pop("weight2"), weight3=p.pop("weight3", None), weight4=p.pop("weight4", None), normalize=p.pop("normalize"), plausible_values=p.pop("plausible_values"),
                        imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
-                       constraints=p.pop("constraints"),
+                       constraints=p.pop("constraints"), known_variance=p.pop("known_variance"),
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
@@ -1243,10 +1252,12 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
     if formula:
         from ..language.formula import crossed
 
-        if crossed(formula) is not None:
-            from ..capabilities import refuse
+        model = crossed(formula)
+        if model is not None:  # cross-classified: cli/crossed.py
+            from .crossed import plot_crossed_command
 
-            refuse("plot", "crossed")
+            return plot_crossed_command(kind, data, formula, model, _fit_options(ml, more.get("reml")), output,
+                                        coef, json_out, quiet, more, _stderr)
     from .flags import check_plot_options
 
     from .flags import check_archive_options
@@ -1261,11 +1272,17 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
         refuse_levels_plot(kind, 4 if is_many_levels(data, more) else 3, list(by))
         family = click.get_current_context().meta.get("hglm", {}).get("family")
         if family is not None and str(getattr(family, "value", family)).lower() != "normal":
-            from ..capabilities import THREE_LEVEL_HGLM, refuse, refuse_family  # plots draw linear fits only
+            from ..capabilities import THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE, refuse, refuse_family
 
             if is_many_levels(data, more):
                 refuse_family(4, FitOptions(family=FamilyName(str(getattr(family, "value", family)).lower())))
-            refuse("plot", THREE_LEVEL_HGLM)
+            est = click.get_current_context().meta.get("hglm", {}).get("estimation")
+            refuse("plot", THREE_LEVEL_LAPLACE if str(getattr(est, "value", est)).lower() == "laplace" else THREE_LEVEL_HGLM)
+            if kind == "diagnostics":  # the plots of a normal model's residuals
+                from ..errors import ModelError
+                from ..report.plots import HGLM_LEVELS_DIAGNOSTICS
+
+                raise ModelError(HGLM_LEVELS_DIAGNOSTICS)
         model = {"level1": level1, "level2": level2, "level3": more.get("level3"), "level4": more.get("level4"),
                  "model_file": model_file, "allow_outside": more.get("allow_outside")}
         build = {"id_": id_, "id1": id1, "id2": id2, "id3": more.get("id3"), "id4": more.get("id4"),

@@ -219,15 +219,16 @@ def fit_criteria(a) -> tuple[float, float]:
     return information_criteria(r.deviance, a.stats.p, n_var, a.design.n)
 
 
-def certificate_text(r, sym: Symbols, full: bool = False) -> list[str]:
+def certificate_text(r, sym: Symbols, full: bool = False, sigma2_fixed: bool = False) -> list[str]:
     """One plain line; with --full-output also what was checked, as bounds (the tolerance) so the text
-    is the same on every platform. The exact numbers are in the JSON."""
+    is the same on every platform. The exact numbers are in the JSON. sigma2_fixed: σ² is not a
+    parameter (a V-known model), so the line names τ alone."""
     from ..engine.certificate import stopping_line
 
     c = r.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in c.failed]
-    plain = stopping_line(f"{sym.sigma2} and {sym.tau}")
+    plain = stopping_line(sym.tau if sigma2_fixed else f"{sym.sigma2} and {sym.tau}")
     if not full:
         return [plain]
     rank = "positive definite" if c.rank == c.q else f"of rank {c.rank} of {c.q}"
@@ -365,16 +366,15 @@ def centering_notes(spec) -> list[str]:
         elif t.centering == "grand":
             out.append(f"{hlm_name(t.name)} has been centered around the grand mean.")
     seen = set()
-    for eq in spec.level2:
-        for t in eq.predictors:
-            name = f"mean({hlm_name(t.name)})" if t.unit_mean else hlm_name(t.name)
-            if name in seen:
-                continue
-            seen.add(name)
-            if t.unit_mean:
-                out.append(f"{name} is the mean of {hlm_name(t.name)} over each unit's records used in this analysis.")
-            if t.centering == "grand":
-                out.append(f"{name} has been centered around the grand mean.")
+    for t in spec.predictors(2):
+        name = f"mean({hlm_name(t.name)})" if t.unit_mean else hlm_name(t.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        if t.unit_mean:
+            out.append(f"{name} is the mean of {hlm_name(t.name)} over each unit's records used in this analysis.")
+        if t.centering == "grand":
+            out.append(f"{name} has been centered around the grand mean.")
     return out
 
 
@@ -412,7 +412,7 @@ def lme4_formula(spec, id_name: str) -> tuple[str, list[str]]:
         formula = f"{spec.outcome} ~ {' + '.join(fixed)} + ({' + '.join(rand)} | {id_name})"
     notes = []
     made = set()
-    for t in list(spec.level1) + [t for eq in spec.level2 for t in eq.predictors]:
+    for t in spec.predictors(1) + spec.predictors(2):
         name = _r_name(t, 1)
         if name in made or name == t.name:
             continue
@@ -479,7 +479,7 @@ def _fixed_effects_json(a) -> list[dict]:
     rp = two_sided_p(fx.robust_t, df)
     fixed = []
     for k, f in enumerate(d.fixed):
-        term = d.spec.level2[f.q].predictors[f.s - 1] if f.s else None
+        term = d.spec.fixed_predictor((f.q, f.s))
         fixed.append({
             "coefficient": f.coefficient, "predictor": f.predictor, "gamma": f.label,
             "centering": term.centering if term else None,
@@ -533,7 +533,7 @@ def fit_json(analysis, meta: dict) -> dict:
     if getattr(a, "weights", None) is not None:
         out["weights"] = a.weights.to_json()
     for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output",
-                "constraints", "constraint_test"):
+                "constraints", "constraint_test", "known_variance"):
         if key in a.extras:
             out[key] = a.extras[key]
     from .terms import with_terms
@@ -694,7 +694,11 @@ def _variance_component_lines(a, sym: Symbols) -> list[str]:
     for k, q in enumerate(int(q) for q in a.stats.random):
         rows.append([random_label(d, q, sym), f"{sd[k]:.5f}", f"{r.tau[k, k]:.5f}", df_text(vt.df[k]),
                      f"{vt.chi2[k]:.5f}", hlm_p(vt.p[k])])
-    rows.append(["level-1, r", f"{math.sqrt(r.sigma2):.5f}", f"{r.sigma2:.5f}", "", "", ""])
+    known = a.extras.get("known_variance")
+    if known:
+        rows.append([f"level-1, r (V = {known['column']})", "known", "known", "", "", ""])
+    else:
+        rows.append(["level-1, r", f"{math.sqrt(r.sigma2):.5f}", f"{r.sigma2:.5f}", "", "", ""])
     out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
                       rows, [26, 18, 18, 6, 12, 8])
     if vt.n_sufficient < d.n_units:
@@ -711,10 +715,21 @@ def _r_call_lines(a, meta: dict) -> list[str]:
         # the spec asked for (pipeline.analyse_stats): "lmer(..., REML = TRUE)" would name another fit
         notes = notes[:-1] + ["lmer has no sampling weights (its weights= are precision weights): lmer(..., REML = FALSE) "
                               "gives the unweighted fit; the pseudo-likelihood fit in R is WeMix::mix"]
+    known = a.extras.get("known_variance")
+    if known:
+        notes = [f"lmer cannot hold the level-1 variances at known values; with one record per unit this is "
+                 f"metafor::rma(yi = {a.design.spec.outcome}, vi = {known['column']}, mods = ~ <the level-2 "
+                 f"predictors>, method = \"{r_method(a)}\")"]
+        if "metafor_reml_loglik" in known:
+            notes.append(f"its REML log-likelihood adds ½ log|X'X|: {known['metafor_reml_loglik']:.6f} here")
     if "constraints" in a.extras:
         notes = notes + [f"--constrain {', '.join(a.extras['constraints']['restrictions'])}: not in this call; in lmer "
                          "the tied terms become one column, e.g. I(X1 + X2) for γs of X1 and X2 made equal"]
     return ["", "The same model in R (lme4)", f" {formula}"] + [f"   {note}" for note in notes]
+
+
+def r_method(a) -> str:
+    return "ML" if a.result.method == "ML" else "REML"
 
 
 def fit_text(analysis, meta: dict, sym: Symbols) -> str:
@@ -728,11 +743,15 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w("")
     w(f"Final Results - Iteration {r.iterations}")
     w("")
-    out += certificate_text(r, sym, full="full_output" in a.extras)
+    out += certificate_text(r, sym, full="full_output" in a.extras, sigma2_fixed="known_variance" in a.extras)
     for note in r.boundary:
         w(note)
     w("")
-    w(f" {sym.sigma2} = {r.sigma2:12.5f}")
+    known = a.extras.get("known_variance")
+    if known:  # V-known: σ² is held at 1, Var(r_ij) = V_ij
+        w(f" {sym.sigma2} = 1 (not estimated: each record's level-1 variance is {known['column']}, known)")
+    else:
+        w(f" {sym.sigma2} = {r.sigma2:12.5f}")
     if a.se_sigma2 is not None:
         w("")
         w(f" Standard error of {sym.sigma2} = {a.se_sigma2:12.5f}")

@@ -32,6 +32,10 @@ def link_lines(spec, sym) -> list[str]:
     fam = spec.options.family
     if fam == "ordinal":
         return ordinal.link_lines(spec, sym)
+    if fam == "multinomial":  # the M − 1 logits against the last category (report_multinomial.py)
+        return [f"    Prob[{y}ij = m|{b}j] = {phi}mij, m = 1, ..., M (M the reference category)",
+                f"    log[{phi}mij/{phi}Mij] = {eta}mij, m = 1, ..., M - 1",
+                f"    (each {eta}mij has the equations below, with its own {b}(m) and u(m))"]
     if fam == "bernoulli":
         top = [f"    Prob({y}ij=1|{b}j) = {phi}ij", f"    log[{phi}ij/(1 - {phi}ij)] = {eta}ij"]
     elif fam == "binomial":
@@ -162,7 +166,7 @@ def fixed_json(a: HGLMAnalysis, gamma, cov, rcov, df) -> list[dict]:
         t, rt = gamma / se, gamma / rse
     p, rp = inference.two_sided_p(t, df), inference.two_sided_p(rt, df)
     for k, f in enumerate(a.design.fixed):
-        term = a.spec.level2[f.q].predictors[f.s - 1] if f.s else None
+        term = a.spec.fixed_predictor((f.q, f.s))
         tq = special.stdtrit(df[k], 0.975)
         out.append({
             "coefficient": f.coefficient, "predictor": f.predictor, "gamma": f.label,
