@@ -1072,6 +1072,22 @@ class CrossedResults(Results):
     def bic(self) -> float:
         return float(self.to_dict()["bic"])
 
+    def _fixed_frame(self) -> "pd.DataFrame":
+        frame = pd.DataFrame(self.to_dict()["fixed_effects"]).rename(columns={"p_value": "p"})
+        frame.index = pd.Index(list(frame["term"]), name="term")
+        return frame
+
+    def _se_columns(self) -> tuple[str, str, str]:
+        return ("se", "t", "p")  # model-based: crossed factors have no cluster for a sandwich
+
+    @property
+    def cov_re(self) -> "pd.DataFrame":
+        """Every factor's τ as one block-diagonal matrix (different factors' effects are independent),
+        labelled 'term|factor' as lme4's VarCorr names them: (Intercept)|plate."""
+        view = writers().crossed_view(self.to_dict())
+        names = [f"{r}|{g}" for r, g in zip(view["r_names"], view["tau_groups"])]
+        return pd.DataFrame(np.array(view["tau"], dtype=float), index=names, columns=names)
+
     def tidy(self, conf_level: float = 0.95, se: str = "auto") -> "pd.DataFrame":
         return writers().tidy(writers().crossed_view(self.to_dict()), conf_level, se)
 

@@ -404,6 +404,11 @@ def test_results_accessors_and_schema():
     vc = m.variance_components
     assert list(vc.factor[:2]) == ["plate", "sample"] and vc.variance.iloc[-1] == pytest.approx(ref["sigma2"], rel=1e-6)
     assert list(m.random_effects("sample").index) == list(m.labels["sample"])
+    # statsmodels' names: params, bse (lmer's SE), cov_params, cov_re (block-diagonal over the factors)
+    assert m.params["(Intercept)"] == pytest.approx(ref["gamma"]["(Intercept)"], rel=1e-6)
+    assert m.bse["(Intercept)"] == pytest.approx(ref["se"]["(Intercept)"], rel=1e-6)
+    assert m.cov_params().iloc[0, 0] == pytest.approx(m.bse.iloc[0] ** 2, rel=1e-12)
+    assert list(m.cov_re.index) == ["(Intercept)|plate", "(Intercept)|sample"] and m.cov_re.iloc[0, 1] == 0.0
     assert first_error_file({**doc, "fixed_effects": [{**doc["fixed_effects"][0], "estimate": "x"}]},
                             "crossed-2.json").startswith("fixed_effects[0].estimate")
 
@@ -468,6 +473,8 @@ def test_cli_table_compare_and_formats(tmp_path):
     proc = run_cli("table", saved["ml"], saved["ml_x"], "--format", "markdown")
     assert proc.returncode == 0, proc.stderr
     assert "Var: INTRCPT (sample)" in proc.stdout and "24 (plate) × 6 (sample)" in proc.stdout
+    proc = run_cli("table", saved["ml"], "--se", "robust")
+    assert proc.returncode == 1 and "no robust standard errors" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = run_cli("fit", X_DIR / "penicillin.csv", "--formula", PEN, "--format", "latex")
     assert proc.returncode == 0, proc.stderr
     ref = reference(PEN, "REML")

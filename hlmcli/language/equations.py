@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from .equations_levels import build_levels_spec, classify_levels
-from .model import Hypothesis, Level2Equation, ModelSpec, RunOptions, Term, fixed_effect_labels  # noqa: F401
+from .model import Hypothesis, ModelSpec, RunOptions, fixed_effect_labels
 from .hlmfile import key_values, level_equation, level_terms, number, whole, yes_no
 from .lexer import at_file_line, read_text
 
