@@ -197,8 +197,15 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
         from .analysis.negbin_run import analyse_negbin
 
         # ordinal: the thresholds too; negbinomial: the dispersion θ too
-        run = {"ordinal": analyse_ordinal, "negbinomial": analyse_negbin}.get(o.family, analyse_hglm)
+        from .analysis.multinomial_run import analyse_multinomial
+
+        run = {"ordinal": analyse_ordinal, "negbinomial": analyse_negbin,
+               "multinomial": analyse_multinomial}.get(o.family, analyse_hglm)
         a = fit_or_refuse(lambda: run(spec, archive, level1_text), archive, spec.outcome)
+        if o.family == "multinomial":  # one test per logit
+            from .analysis.multinomial_run import per_logit
+
+            hypotheses = per_logit(hypotheses, a.categories)
         a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
         a.notes = boundary_notes(a)
         return a
@@ -293,7 +300,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     (HLM 7's printed HGLM level-1 block too); or `model`, an equations file or HLM 7 `.hlm` file,
     whose settings (nonlin:, level1weight:, mlf:, ...) are used. method: "REML" or "ML" (default
     REML, or what a `.hlm` file says).
-    family ("normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial"), trials, exposure, overdispersion,
+    family ("normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial", "multinomial"), trials, exposure, overdispersion,
     estimation ("pql", "laplace", "agq"), quadrature_points, link ("logit", "probit", "cloglog": ordinal
     outcomes): an HGLM, as --family and its options.
     weight1, weight2, normalize: sampling weights. tau: "unstructured" or "diagonal".

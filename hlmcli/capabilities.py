@@ -72,7 +72,19 @@ _NEGBIN_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM ove
 _NEGBIN_LEVELS = ("hlmcli fits negative binomial counts at two levels (Laplace, AGQ); at three levels that needs the "
                   "Laplace likelihood over nested random effects with theta, which is not built (and PQL has no NB "
                   "working model); models of four levels are linear")
-_HGLM_LEVELS = ("hlmcli fits ordinal outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
+_MULTI_LINEAR = ("a multinomial outcome is not normal: it is fitted as an HGLM (--family multinomial with --estimation "
+                 "laplace)")
+_MULTI_PQL = ("HLM 7's PQL for multinomial outcomes linearises the M - 1 logits jointly, and how (its working variates "
+              "and weights across categories) is not documented in a form that can be checked; use --estimation "
+              "laplace, exact ML by the Laplace approximation, checked against numerical integration")
+_MULTI_AGQ = ("the random effects of the M - 1 logits are (M - 1)q dimensions per unit (2 or more), and adaptive "
+              "quadrature over them is not built; use --estimation laplace")
+_MULTI_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors, a multinomial one "
+                  "too, needs the Laplace likelihood over the crossed blocks, which is not built")
+_MULTI_LEVELS = ("hlmcli fits multinomial outcomes at two levels (Laplace); at three levels that needs the Laplace "
+                 "likelihood over nested random effects of every logit, which is not built; models of four levels "
+                 "are linear")
+_HGLM_LEVELS = ("hlmcli fits ordinal and multinomial outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
                 "levels and, by PQL, at three; models of four levels are linear")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
@@ -211,6 +223,11 @@ FEATURES = (
             {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
              "four-level": _HGLM_LEVELS,
              "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS}),
+    Feature("multinomial", "--family multinomial (baseline-category logits, the last category the reference; HLM 7's "
+            "nonlin:multinomial,NCAT)",
+            {"linear": _MULTI_LINEAR, "linear-summary": _MULTI_LINEAR, "pql": _MULTI_PQL, "agq": _MULTI_AGQ,
+             "three-level": _MULTI_LEVELS, "four-level": _HGLM_LEVELS, "crossed": _MULTI_CROSSED,
+             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
             {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
@@ -273,6 +290,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
         "ordinal": (fit.family or got("family")) == "ordinal",
         "negbinomial": (fit.family or got("family")) == "negbinomial",
+        "multinomial": (fit.family or got("family")) == "multinomial",
     }
     return [key for key, on in asked.items() if on]
 

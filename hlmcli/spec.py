@@ -19,6 +19,7 @@ class FamilyName(str, Enum):
     POISSON = "poisson"
     ORDINAL = "ordinal"  # cumulative link, categories 1..C (engine/ordinal.py)
     NEGBINOMIAL = "negbinomial"  # NB2 counts, Var = μ + μ²/θ, log link (engine/negbin.py)
+    MULTINOMIAL = "multinomial"  # baseline-category logits, categories 1..M, M the reference (engine/multinomial.py)
 
 
 class Link(str, Enum):
@@ -32,7 +33,8 @@ class Link(str, Enum):
 # The canonical link of each family, the only one hlmcli fits (as HLM 7); an ordinal outcome's link is
 # logit by default, probit or cloglog with --link (Laplace and AGQ).
 LINKS = {FamilyName.NORMAL: Link.IDENTITY, FamilyName.BERNOULLI: Link.LOGIT, FamilyName.BINOMIAL: Link.LOGIT,
-         FamilyName.POISSON: Link.LOG, FamilyName.ORDINAL: Link.LOGIT, FamilyName.NEGBINOMIAL: Link.LOG}
+         FamilyName.POISSON: Link.LOG, FamilyName.ORDINAL: Link.LOGIT, FamilyName.NEGBINOMIAL: Link.LOG,
+         FamilyName.MULTINOMIAL: Link.LOGIT}
 ORDINAL_LINKS = (Link.LOGIT, Link.PROBIT, Link.CLOGLOG)
 
 

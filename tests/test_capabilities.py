@@ -380,6 +380,21 @@ def check_negbinomial(kind, tmp_path):
         assert doc["dispersion"]["estimate"] == pytest.approx(ref["theta"], rel=1e-2)
 
 
+MN = DATA / "multinomial"
+MULTINOMIAL = [MN / "sim_l1.csv", MN / "sim_l2.csv", "--id", "school", "-1", "choice = b0 + b1*x",
+               "-2", "b0 = g00 + g01*w + u0", "-2", "b1 = g10", "--family", "multinomial"]
+
+
+def check_multinomial(kind, tmp_path):
+    """Three categories, random intercepts correlated across the two logits: the R script's maximisation of
+    the same Laplace formula (tests/reference_scripts/multinomial_ghq.R)."""
+    ref = json.loads((MN / "ghq_reference.json").read_text())["laplace"]
+    doc = json.loads(run("fit", *MULTINOMIAL, "--estimation", kind, "--format", "json").stdout)
+    assert doc["converged"] and doc["certificate"]["certified"]
+    assert doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+    assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["gamma"], rel=1e-4)
+
+
 SUPPORTED = {f.key: globals()[f"check_{f.key}"] for f in capabilities.FEATURES}
 
 
@@ -1160,6 +1175,7 @@ ASK = {
     "compare_deviance": lambda kind, d: ["--compare-deviance", "2300", "--compare-params", "2"],
     "ordinal": lambda kind, d: ["--family", "ordinal", "-q"],  # -q: pastes' text column warns on loading
     "negbinomial": lambda kind, d: ["--family", "negbinomial", "-q"],
+    "multinomial": lambda kind, d: ["--family", "multinomial", "-q"],
     "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],
     "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],
     "level1_variance": lambda kind, d: ["--level1-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
@@ -1196,6 +1212,13 @@ def check_refused(feature, kind, why, tmp_path):
             assert "--family negbinomial with --estimation" in why
             return
         proc = run_cli("fit", *NEGBIN)  # PQL, the default
+        one_line_refusal(proc, why)
+        return
+    if feature == "multinomial":  # as ordinal: a categorical outcome is an HGLM
+        if kind.startswith("linear"):
+            assert "--family multinomial with --estimation" in why
+            return
+        proc = run_cli("fit", *MULTINOMIAL, *(["--estimation", kind] if kind != "pql" else []))  # PQL: the default
         one_line_refusal(proc, why)
         return
     if feature == "compare":  # compare reads saved fits

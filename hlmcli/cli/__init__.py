@@ -477,11 +477,13 @@ def _keep_hglm(ctx, param, value):
 
 # HGLM options (spec.py, hglm_run.py): collected into ctx.meta so the commands' signatures stay as they are
 _hglm_options = [
-    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial"]),
+    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial",
+                                                      "multinomial"]),
                  default=None, expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; "
                  "logit link for bernoulli/binomial, log link for poisson; ordinal: cumulative link over the "
                  "categories of the outcome's integer codes; negbinomial: NB2 counts, Var = mu + mu^2/theta, log "
-                 "link, theta estimated, --estimation laplace or agq)."),
+                 "link, theta estimated, --estimation laplace or agq; multinomial: baseline-category logits, the "
+                 "last category the reference, --estimation laplace)."),
     click.option("--link", type=click.Choice(["logit", "probit", "cloglog"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="--family ordinal: the cumulative link (default logit)."),
     click.option("--trials", default=None, expose_value=False, callback=_keep_hglm,
@@ -699,9 +701,12 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="Residual files with HLM 7's column names (EBINTRCP, OLINTRCP, FVINTRCP, MDIST, L1RESID, FITVAL, "
               "...; 8 characters) and, in .sav, SPSS variable labels.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
-@click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
-@click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
-@click.option("--residuals-l4", type=click.Path(), help="Four levels: write the level-4 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta); "
+              "cross-classified: the first (row) factor's.")
+@click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta); "
+              "cross-classified: the second (column) factor's.")
+@click.option("--residuals-l4", type=click.Path(), help="Four levels: write the level-4 residual file (.csv, .sav, .dta); "
+              "cross-classified: the third factor's.")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
 @click.option("--ols-units", type=click.IntRange(0), help="How many units' OLS regressions --full-output prints (default 10): the first units whose OLS can be computed, as HLM counts them.")

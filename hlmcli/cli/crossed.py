@@ -97,7 +97,7 @@ def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given:
                          f"three (level-1, row and column files with --row-id and --col-id); got {len(data)} files")
     if fit.tau is not None and str(getattr(fit.tau, "value", fit.tau)) == "diagonal":
         model = diagonal_bars(model)
-    factor_names = [bar.name for bar in model.bars]
+    factor_names = list(dict.fromkeys(bar.name for bar in model.bars))  # a factor split by || is one file
     factor_files = _residual_paths(out, len(factor_names), factor_names)
     if out.keep and not (out.residuals_l1 or factor_files):
         raise UsageError("--keep names the data columns to carry into the residual files: give --residuals-l1, "

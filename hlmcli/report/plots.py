@@ -137,7 +137,12 @@ def equation_lines(results: Results, x: str | None = None, by: Sequence[str] | N
         if term.centering == "grand":  # the grid is on the model's scale; predict() wants the data's
             frame[term.name] = xs + d.centering_means[f"{term.name} (level 1)"]
         label = ", ".join(lab for _, lab in combo) or "all units"
-        lines.append((label, results.predict(frame, random_effects=False)))
+        y = results.predict(frame, random_effects=False)
+        if y.ndim == 2:  # a multinomial fit: one line per logit, coloured by its category
+            cats = results.analysis.categories
+            lines += [(f"category {cats[m]:g}, {label}", y[:, m]) for m in range(y.shape[1])]
+        else:
+            lines.append((label, y))
     return _axis_name(term), xs, lines
 
 
@@ -163,6 +168,8 @@ def link_scale(fit: dict) -> str | None:
         lowest = fit["categories"][0]
         name = {"logit": "log-odds", "probit": "probit", "cloglog": "cloglog"}[fit["link"]]
         return f"{name} of P[{fit['outcome']} ≤ {lowest:g}]"
+    if fit.get("family") == "multinomial":
+        return f"log-odds against category {fit['reference_category']:g}"
     return {"logit": "log-odds", "log": "log rate"}.get(fit.get("link")) if "family" in fit else None
 
 
@@ -211,22 +218,25 @@ def equation_lines_from_fit(fit: dict, x: str | None, at: dict[str, list[float]]
     means = fit.get("centering_means") or {}
     xs = np.linspace(x_range[0], x_range[1], points)
     lines = []
+    # a multinomial fit's rows carry their logit's category: one line per logit
+    categories = list(dict.fromkeys(f.get("category") for f in fit["fixed_effects"]))
     for combo in itertools.product(*[[(n, v) for v in vals] for n, vals in given.items()]):
         values = dict(combo)
-        y = np.zeros(points)
-        for f in fit["fixed_effects"]:
-            if f["coefficient"] not in ("INTRCPT1", x):
-                continue
-            p = f["predictor"]
-            if p == "INTRCPT2":
-                w = 1.0
-            elif p in values:
-                w = values[p] - (means.get(f"{p} (level 2)", 0.0) if level2[p] == "grand" else 0.0)
-            else:
-                w = 0.0
-            y += f["estimate"] * w * (xs if f["coefficient"] == x else 1.0)
-        label = ", ".join(f"{n} = {v:g}" for n, v in combo) or "all predictors at 0"
-        lines.append((label, y))
+        for cat in categories:
+            y = np.zeros(points)
+            for f in fit["fixed_effects"]:
+                if f["coefficient"] not in ("INTRCPT1", x) or f.get("category") != cat:
+                    continue
+                p = f["predictor"]
+                if p == "INTRCPT2":
+                    w = 1.0
+                elif p in values:
+                    w = values[p] - (means.get(f"{p} (level 2)", 0.0) if level2[p] == "grand" else 0.0)
+                else:
+                    w = 0.0
+                y += f["estimate"] * w * (xs if f["coefficient"] == x else 1.0)
+            label = ", ".join(f"{n} = {v:g}" for n, v in combo) or "all predictors at 0"
+            lines.append((label if cat is None else f"category {cat:g}, {label}", y))
     return x, xs, lines
 
 

@@ -32,6 +32,10 @@ def link_lines(spec, sym) -> list[str]:
     fam = spec.options.family
     if fam == "ordinal":
         return ordinal.link_lines(spec, sym)
+    if fam == "multinomial":  # the M − 1 logits against the last category (report_multinomial.py)
+        return [f"    Prob[{y}ij = m|{b}j] = {phi}mij, m = 1, ..., M (M the reference category)",
+                f"    log[{phi}mij/{phi}Mij] = {eta}mij, m = 1, ..., M - 1",
+                f"    (each {eta}mij has the equations below, with its own {b}(m) and u(m))"]
     if fam == "bernoulli":
         top = [f"    Prob({y}ij=1|{b}j) = {phi}ij", f"    log[{phi}ij/(1 - {phi}ij)] = {eta}ij"]
     elif fam == "binomial":
