@@ -54,8 +54,6 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
                   "residual variances; HLM3 and HLM4 offer none, so there is no reference to match")
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
-_NOT_YET_3HGLM = ("not yet for three-level HGLM: its residual files and plots would need the link-scale fitted values "
-                  "and EB modes written per level, which are not built; save the fit with --json-out")
 _ORDINAL_LINEAR = ("an ordinal outcome is not normal: it is fitted as an HGLM (--family ordinal with --estimation "
                    "laplace or agq)")
 _ORDINAL_PQL = ("not yet: HLM 7's PQL for ordinal outcomes (a linearisation of the C - 1 cumulative logits) is not "
@@ -85,10 +83,9 @@ _MULTI_LEVELS = ("hlmcli fits multinomial outcomes at two levels (Laplace); at t
                  "likelihood over nested random effects of every logit, which is not built; models of four levels "
                  "are linear")
 _HGLM_LEVELS = ("hlmcli fits ordinal and multinomial outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
-                "levels and, by PQL, at three; models of four levels are linear")
+                "levels and, by PQL or Laplace, at three; models of four levels are linear")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
-
 
 _X_COMBINED = ("not built yet for cross-classified fits: Rubin's rules need one fit per plausible value or data set "
                "combined with its covariance, which is wired for nested models only; fit each data set on its own")
@@ -173,8 +170,9 @@ def _k(reason: str) -> dict:
 FEATURES = (
     Feature("api", "Python API (hlmcli.fit; crossed: hlmcli.fit_crossed)", {}),
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
-            "caterpillar and diagnostics; cross-classified: caterpillar, one panel per factor)",
-            {"linear-summary": _PLOT_SUMMARY, THREE_LEVEL_HGLM: _NOT_YET_3HGLM, THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
+            "caterpillar and diagnostics (three-level HGLM: equation and caterpillar); cross-classified: caterpillar, "
+            "one panel per factor)",
+            {"linear-summary": _PLOT_SUMMARY}),
     Feature("table", "hlmcli table of saved fits", {}),
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
@@ -193,9 +191,8 @@ FEATURES = (
                              THREE_LEVEL_HGLM: _HETERO_HGLM, THREE_LEVEL_LAPLACE: _HETERO_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
-            {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM, THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM,
-                               THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
+            {"linear-summary": _RECORDS}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",

@@ -839,15 +839,6 @@ class LevelsResults(Results):
     def residuals_level2(self, keep: Sequence[str] = ()) -> "pd.DataFrame":
         return self.residuals_level(2, keep)
 
-    def _refuse_hglm_residuals(self) -> None:
-        """A three-level HGLM's level-1 residual file is refused, as `hlmcli fit` refuses it: the linear
-        file's fitted value (Xγ + Zb without the offset) and residual (y - fitted) would mix the link scale
-        with the outcome's. (The units' EB estimates, random_effects(), are the final working model's, on
-        the link scale, as the JSON gives them.)"""
-        if getattr(self.analysis, "hglm", None) is not None:
-            raise ModelError("the level-1 residual file is not built yet for a three-level HGLM: its fitted values "
-                             "would need the link scale, the offset and the inverse link; use random_effects()")
-
     def _unit_positions(self) -> list:
         """Per level 2..K, the archive index of each unit the fit kept (the residual files' rows)."""
         d = self.analysis.design
@@ -875,7 +866,6 @@ class LevelsResults(Results):
         the level-1 file's (`order="source"`). With `keep` or `order="source"`, `row` (after the ids) is
         each record's 1-based row in the level-1 file, and `keep` carries source columns, text too:
         level-1 columns directly, those of the levels above through the record's unit there."""
-        self._refuse_hglm_residuals()
         return self._level1_table(keep, order)
 
     def _level1_table(self, keep: Sequence[str] = (), order: str = "unit") -> "pd.DataFrame":
@@ -898,7 +888,10 @@ class LevelsResults(Results):
             if level < self.n_levels:
                 up = levels.parents[level - 1][up]
         y = np.asarray(levels.y, dtype=float)
-        cols.update({"fitted": eb, "fitted_fixed": fixed, "residual": y - eb, a.spec.outcome: y})
+        if getattr(a, "hglm", None) is not None:
+            cols.update(self._hglm_level1_columns(fixed, eb, y))
+        else:
+            cols.update({"fitted": eb, "fitted_fixed": fixed, "residual": y - eb, a.spec.outcome: y})
         for k, t in enumerate(a.levels_spec.level1):
             cols[t.label] = levels.predictors[0][:, self._level1_col(k)]
         table = pd.DataFrame(cols)
@@ -915,6 +908,25 @@ class LevelsResults(Results):
         if order == "source":
             table = table.iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
         return table
+
+    def _hglm_level1_columns(self, fixed, eb, y) -> dict:
+        """A three-level HGLM's level-1 columns: the linear predictor with the EB estimates (the modes, for
+        Laplace; the final working model's, for PQL) and from the fixed part alone, both on the link scale
+        with the offset (log exposure); the fitted mean E(y | b̂) (trials × φ, or λ); the response residual
+        y − mean; the outcome."""
+        from .analysis.hglm_levels import _level1_column
+
+        a, h = self.analysis, self.analysis.hglm
+        offset = 0.0
+        if h.exposure:
+            offset = np.log(_level1_column(self.archive, a.design, h.exposure, "--exposure"))
+        eta, eta_fixed = eb + offset, fixed + offset
+        if h.link == "logit":
+            n = _level1_column(self.archive, a.design, h.trials, "--trials") if h.trials else 1.0
+            mean = n / (1.0 + np.exp(-eta))
+        else:
+            mean = np.exp(eta)
+        return {"eta": eta, "eta_fixed": eta_fixed, "fitted_mean": mean, "residual": y - mean, a.spec.outcome: y}
 
     def _level1_col(self, k: int) -> int:
         """The column of the k-th level-1 predictor in the design (design_levels: one column per distinct

@@ -867,9 +867,9 @@ def check_hglm3_api(tmp_path):
     assert res.to_dict()["fixed_effects"] == hglm3_json()["fixed_effects"]
     hglm3_matches(res.to_dict())
     assert res.converged and res.failures == []
-    with pytest.raises(ModelError, match="level-1 residual file is not built yet for a three-level HGLM"):
-        res.residuals_level1()  # as the CLI refuses --residuals-l1: its residual would mix the link and outcome scales
-    assert len(res.random_effects(3)) == 63  # the units' EB estimates stay available (link scale)
+    l1 = res.residuals_level1()  # the link scale with the offset, the fitted mean and y − mean
+    assert l1.fitted_mean.to_numpy() == pytest.approx(np.exp(l1.eta.to_numpy()), rel=1e-12)
+    assert len(res.random_effects(3)) == 63
 
 
 def check_hglm3_table(tmp_path):
@@ -911,6 +911,55 @@ def check_hglm3_tau_diagonal(tmp_path):
     doc = hglm3_json("--tau", "diagonal")
     hglm3_matches(doc)
     assert set(doc["tau_structure"]) == {"diagonal"}
+
+
+def hglm3_files(kind: str, tmp_path, *extra) -> dict:
+    """The residual files of levels 1-3 of the grouseticks fit (with the options `extra`), as DataFrames."""
+    files = {k: tmp_path / f"res{k}.csv" for k in (1, 2, 3)}
+    proc = run_cli("fit", *LEVELS_BASE[kind], *[x for k in files for x in (f"--residuals-l{k}", files[k])], *extra, "-q")
+    assert proc.returncode == 0, proc.stderr
+    return {k: pd.read_csv(files[k], dtype={"id": str, "BROOD": str, "LOCATION": str}) for k in files}
+
+
+def hglm3_residuals_check(kind: str, tmp_path) -> None:
+    """η = fixed part + the units' EB estimates (link scale, no offset here), the mean exp(η), y − mean,
+    one row per record and per unit (test_hglm3_laplace.py checks the EB modes against a dense Laplace)."""
+    res = hglm3_files(kind, tmp_path)
+    l1, l2, l3 = res[1], res[2], res[3]
+    assert (len(l1), len(l2), len(l3)) == (403, 118, 63)
+    r, u = l1.BROOD.map(dict(zip(l2.id, l2.r_INTRCPT1))), l1.LOCATION.map(dict(zip(l3.id, l3.u_INTRCPT1_INTRCPT2)))
+    assert np.all(np.abs(l1.eta - (l1.eta_fixed + r + u)) <= 1e-9 * (l1.eta.abs() + l1.eta_fixed.abs() + r.abs() + u.abs()))
+    assert l1.fitted_mean.to_numpy() == pytest.approx(np.exp(l1.eta.to_numpy()), rel=2e-9)
+    assert (l2.postvar_r_INTRCPT1 > 0).all() and (l3.postvar_u_INTRCPT1_INTRCPT2 > 0).all()
+
+
+def hglm3_keep_check(kind: str, tmp_path) -> None:
+    l1 = hglm3_files(kind, tmp_path, "--keep", "INDEX,CHEIGHT")[1]
+    src = pd.read_csv(GROUSE[0], dtype={"INDEX": str})
+    assert list(l1.INDEX.astype(str)) == list(src.INDEX.iloc[l1.row - 1]) and "CHEIGHT" in l1
+
+
+def hglm3_plot_check(kind: str, tmp_path) -> None:
+    """The caterpillar plot of the level-3 EB estimates is drawn; the diagnostics plot (a normal model's
+    residual panels) is refused in one line."""
+    out = tmp_path / "cat.png"
+    proc = run_cli("plot", "caterpillar", *LEVELS_BASE[kind], "--coef", "INTRCPT1/INTRCPT2", "-o", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one_line_refusal(run_cli("plot", "diagnostics", *LEVELS_BASE[kind], "-o", tmp_path / "d.png"),
+                     "a diagnostics plot of a three-level HGLM")
+
+
+def check_hglm3_residuals(tmp_path):
+    hglm3_residuals_check("three-level-pql", tmp_path)
+
+
+def check_hglm3_keep(tmp_path):
+    hglm3_keep_check("three-level-pql", tmp_path)
+
+
+def check_hglm3_plot(tmp_path):
+    hglm3_plot_check("three-level-pql", tmp_path)
 
 
 def check_hglm3_missing_now(tmp_path):
@@ -1004,6 +1053,18 @@ def check_hglm3l_tau_diagonal(tmp_path):
     doc = hglm3l_json("--tau", "diagonal")
     hglm3l_matches(doc)
     assert set(doc["tau_structure"]) == {"diagonal"}
+
+
+def check_hglm3l_residuals(tmp_path):
+    hglm3_residuals_check("three-level-laplace", tmp_path)
+
+
+def check_hglm3l_keep(tmp_path):
+    hglm3_keep_check("three-level-laplace", tmp_path)
+
+
+def check_hglm3l_plot(tmp_path):
+    hglm3_plot_check("three-level-laplace", tmp_path)
 
 
 def check_hglm3l_missing_now(tmp_path):

@@ -422,6 +422,10 @@ def plot(results: Results, kind: str, path: str | os.PathLike | None = None, **o
 # ---------------------------------------------------------------- three and four levels
 
 LEVELS_KINDS = ("equation", "caterpillar", "diagnostics")
+# a three-level HGLM draws the equation graph (η, link scale, without the offset) and the caterpillar plot
+HGLM_LEVELS_DIAGNOSTICS = ("a diagnostics plot of a three-level HGLM: its panels are a normal model's (level-1 residuals "
+                           "against fitted values, a normal Q-Q plot of the EB residuals); for a binary, binomial or "
+                           "count outcome draw the equation graph (on the link scale) or the caterpillar plot")
 _LEVELS_REFUSED = {
     "units": ("not yet for k levels: a units plot draws each level-2 unit's EB line, which at three or more levels "
               "also carries the random effects of the units above it; draw the caterpillar or diagnostics plot"),
@@ -498,12 +502,16 @@ def plot_levels(results, kind: str, path: str | os.PathLike | None = None, **opt
     """`plot` for a fit of three or four levels: the equation graph, the caterpillar plot of a random
     coefficient at any level, and the diagnostics (level-1 residuals, Q–Q plot of the EB residuals)."""
     refuse_levels_plot(kind, results.n_levels, options.get("by"))
+    h = getattr(results.analysis, "hglm", None)
+    if h is not None and kind == "diagnostics":
+        raise ModelError(HGLM_LEVELS_DIAGNOSTICS)
     if path is not None:
         check_output(path)
     with _context():
         if kind == "equation":
             xlabel, xs, lines = equation_lines_levels(results, options.get("x"))
-            fig = _equation_figure(xlabel, xs, lines, results.analysis.spec.outcome, results.method)
+            scale = None if h is None else {"logit": "log-odds", "log": "log rate"}[h.link]
+            fig = _equation_figure(xlabel, xs, lines, results.analysis.spec.outcome, results.method, scale)
         elif kind == "caterpillar":
             fig = _caterpillar_levels(results, options.get("coef"))
         else:
