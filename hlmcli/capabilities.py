@@ -117,6 +117,25 @@ _VKNOWN_LEVELS = ("not built yet for three and four levels: HLM 7's V-known is a
                   "sampling variance per unit)")
 _VKNOWN_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance; the records "
                    "would need scaling by their known standard deviations")
+_HETERO_SUMMARY = ("not built yet for the stream and Dask engines: each value of α rescales the records, so every "
+                   "step needs the records again, which per-unit summaries do not keep; fit with --engine memory")
+_HETERO_HGLM = ("an HGLM's level-1 variance is fixed by its mean (φ(1 - φ), λ); a model for it is the normal model's "
+                "(heterol1var is HLM2's for normal outcomes)")
+_HETERO_LEVELS = ("not built yet for three and four levels: HLM 7's heterol1var is HLM2's; the nested engines would "
+                  "need the records rescaled at every α")
+_HETERO_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance "
+                   "(glmmTMB's dispformula fits it)")
+# With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
+LEVEL1_VARIANCE_CONFLICTS = {
+    "weights": "not built together yet: the pseudo-likelihood and the variance model would both rescale the records",
+    "plausible_values": "Rubin's rules would need the α table combined too, which is not built; fit each on its own",
+    "satterthwaite": "Satterthwaite's d.f. here would ignore the uncertainty in α; use --df hlm",
+    "homogeneity": "HLM's test of homogeneity of level-1 variance is for one σ²; the likelihood-ratio test against "
+                   "homogeneous σ² is printed with the α table",
+    "full_output": "its unit-by-unit OLS and least-squares tables assume one σ²",
+    "constrain": "not built together yet",
+    "known_variance": "a known level-1 variance has no model to estimate; give one of the two",
+}
 # With --known-variance, options that assume an estimated level-1 variance: refused, never ignored.
 KNOWN_VARIANCE_CONFLICTS = {
     "weights": "sampling weights and known sampling variances are two weightings of the records; give one",
@@ -166,6 +185,10 @@ FEATURES = (
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
              **_k(_VKNOWN_LEVELS), "crossed": _VKNOWN_CROSSED, THREE_LEVEL_HGLM: _VKNOWN_HGLM,
              THREE_LEVEL_LAPLACE: _VKNOWN_HGLM}),
+    Feature("level1_variance", "--level1-variance (heterogeneous level-1 variance: log σ² linear in X; HLM 7's "
+            "heterol1var)", {"linear-summary": _HETERO_SUMMARY, "pql": _HETERO_HGLM, "laplace": _HETERO_HGLM,
+                             "agq": _HETERO_HGLM, **_k(_HETERO_LEVELS), "crossed": _HETERO_CROSSED,
+                             THREE_LEVEL_HGLM: _HETERO_HGLM, THREE_LEVEL_LAPLACE: _HETERO_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
             {"linear-summary": _RECORDS}),
@@ -252,6 +275,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "test": bool(fit.tests or got("hypotheses")),
         "constrain": bool(fit.constraints),
         "known_variance": bool(fit.known_variance),
+        "level1_variance": bool(fit.level1_variance),
         "compare_deviance": (fit.compare_deviance if got("prior_deviance") is None else got("prior_deviance")) is not None,
         "tau_diagonal": (fit.tau or got("tau")) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -329,7 +353,8 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    for feature, option, conflicts in (("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
+    for feature, option, conflicts in (("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
+                                       ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
                                        ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):
         if feature in asked:
             for key in asked:

@@ -213,6 +213,17 @@ def check_known_variance(kind, tmp_path):
     assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["beta"], rel=1e-6)
 
 
+def check_level1_variance(kind, tmp_path):
+    """log σ² = α0 + α1·FEMALE on HSB: nlme's varIdent and glmmTMB's dispformula = ~ FEMALE (ML;
+    tests/reference_scripts/heterogeneous_l1var.R; tests/test_heterogeneous_variance.py covers the rest)."""
+    from test_heterogeneous_variance import FILES, LEVEL1, LEVEL2, check_against_references
+
+    proc = run("fit", *FILES, "--id", "ID", "-1", LEVEL1, *[a for eq in LEVEL2 for a in ("-2", eq)], "--ml",
+               "--level1-variance", "FEMALE", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    check_against_references(json.loads(proc.stdout), "FEMALE", "ML")
+
+
 def check_compare_deviance(kind, tmp_path):
     small = fit_json(kind, small=True)
     doc = fit_json(kind, "--compare-deviance", repr(small["deviance"]), "--compare-params", str(small["n_params"]))
@@ -1227,7 +1238,8 @@ ASK = {
     "negbinomial": lambda kind, d: ["--family", "negbinomial", "-q"],
     "multinomial": lambda kind, d: ["--family", "multinomial", "-q"],
     "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],
-    "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
+    "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],
+    "level1_variance": lambda kind, d: ["--level1-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
 }
 
 

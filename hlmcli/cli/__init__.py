@@ -689,6 +689,9 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--known-variance", metavar="V",
               help="V-known model (HLM 7's V-known, meta-analysis): V holds each record's known level-1 (sampling) "
               "variance; τ and γ are estimated by REML or ML.")
+@click.option("--level1-variance", metavar="X1,X2",
+              help="Heterogeneous level-1 variance (HLM 7's heterol1var): log σ²ij = α0 + α1*X1 + ..., with the α "
+              "table and the likelihood-ratio test against one σ².")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
@@ -799,7 +802,8 @@ def fit_cmd(**params):
     if fit.engine != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
         from ..capabilities import refuse
 
-        for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance)):
+        for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance),
+                               ("level1_variance", fit.level1_variance)):
             if asked:
                 refuse(feature, "linear-summary")
         if prior_version:
@@ -874,6 +878,7 @@ def fit_request(params: dict) -> FitRequest:
                        weight2=p.pop("weight2"), weight3=p.pop("weight3", None), weight4=p.pop("weight4", None), normalize=p.pop("normalize"), plausible_values=p.pop("plausible_values"),
                        imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
                        constraints=p.pop("constraints"), known_variance=p.pop("known_variance"),
+                       level1_variance=p.pop("level1_variance"),
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
