@@ -24,9 +24,12 @@ KINDS = {
     "four-level": "four-level linear",
     "crossed": "cross-classified linear",
     "three-level-pql": "three-level HGLM PQL",
+    "three-level-laplace": "three-level HGLM Laplace",
 }
 _LEVELS = ("three-level", "four-level")
 THREE_LEVEL_HGLM = "three-level-pql"
+THREE_LEVEL_LAPLACE = "three-level-laplace"
+_HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE)
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
@@ -34,10 +37,19 @@ _HGLM_SUMMARY = ("a binary, binomial or count outcome needs repeated passes over
                  "sufficient statistics, as its likelihood changes with every value of γ and τ; fit with --engine memory")
 _NO_DEVIANCE = ("a likelihood-ratio test needs a deviance, and PQL has none (it maximises a quasi-likelihood); "
                 "use --estimation laplace or agq for both models")
-_HGLM_WEIGHTS = ("sampling weights of an HGLM enter its likelihood inside the integral over the random effects "
-                 "(Rabe-Hesketh & Skrondal 2006); hlmcli weights the normal likelihood only")
-_HGLM_COMBINED = ("Rubin's rules need one complete-data fit per data set with its covariance; they are wired for "
-                  "the normal model only so far; fit each plausible value or data set on its own")
+_PQL_WEIGHTS = ("sampling weights in PQL: how HLM 7 weights its iterations (the working weights, the level-2 "
+                "weights in the linearised fit, the normalisation) is not documented in any source at hand, and PQL "
+                "has no likelihood for a pseudo-likelihood to weight; use --estimation laplace or agq (multilevel "
+                "pseudo-maximum likelihood)")
+_PQL_WEIGHTS_3 = ("sampling weights in PQL: a three-level HGLM is fitted by PQL here, and how HLM 7 weights it is not "
+                  "documented in any source at hand; the weighted pseudo-likelihood needs Laplace over the nested "
+                  "random effects")
+_LAPLACE3_WEIGHTS = ("the weighted pseudo-likelihood is built for two-level HGLMs; at three levels the level-2 weights "
+                     "go inside each level-3 unit's integral, which the nested Laplace fit does not carry yet")
+_LAPLACE3_COMBINED = ("not wired yet for the three-level Laplace fit (its reliabilities and deviance are not in the "
+                      "three-level combined report); combine three-level PQL fits, or fit each data set on its own")
+_HGLM_OWN_WEIGHTS = ("the weighted pseudo-likelihood is built for bernoulli, binomial and poisson outcomes; "
+                     "{family} outcomes have their own likelihood (thresholds, θ or several logits), not weighted yet")
 _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML covariance of the variance estimates; "
                   "HGLM tables use HLM 7's d.f.")
 _HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; HGLM tables use HLM 7's d.f., "
@@ -51,8 +63,6 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
                   "residual variances; HLM3 and HLM4 offer none, so there is no reference to match")
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
-_NOT_YET_3HGLM = ("not yet for three-level HGLM: its residual files and plots would need the link-scale fitted values "
-                  "and EB modes written per level, which are not built; save the fit with --json-out")
 _ORDINAL_LINEAR = ("an ordinal outcome is not normal: it is fitted as an HGLM (--family ordinal with --estimation "
                    "laplace or agq)")
 _ORDINAL_PQL = ("not yet: HLM 7's PQL for ordinal outcomes (a linearisation of the C - 1 cumulative logits) is not "
@@ -69,21 +79,28 @@ _NEGBIN_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM ove
 _NEGBIN_LEVELS = ("hlmcli fits negative binomial counts at two levels (Laplace, AGQ); at three levels that needs the "
                   "Laplace likelihood over nested random effects with theta, which is not built (and PQL has no NB "
                   "working model); models of four levels are linear")
-_HGLM_LEVELS = ("hlmcli fits ordinal outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
-                "levels and, by PQL, at three; models of four levels are linear")
+_MULTI_LINEAR = ("a multinomial outcome is not normal: it is fitted as an HGLM (--family multinomial with --estimation "
+                 "laplace)")
+_MULTI_PQL = ("HLM 7's PQL for multinomial outcomes linearises the M - 1 logits jointly, and how (its working variates "
+              "and weights across categories) is not documented in a form that can be checked; use --estimation "
+              "laplace, exact ML by the Laplace approximation, checked against numerical integration")
+_MULTI_AGQ = ("the random effects of the M - 1 logits are (M - 1)q dimensions per unit (2 or more), and adaptive "
+              "quadrature over them is not built; use --estimation laplace")
+_MULTI_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors, a multinomial one "
+                  "too, needs the Laplace likelihood over the crossed blocks, which is not built")
+_MULTI_LEVELS = ("hlmcli fits multinomial outcomes at two levels (Laplace); at three levels that needs the Laplace "
+                 "likelihood over nested random effects of every logit, which is not built; models of four levels "
+                 "are linear")
+_HGLM_LEVELS = ("hlmcli fits ordinal and multinomial outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
+                "levels and, by PQL or Laplace, at three; models of four levels are linear")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
-
-_X_NOT_YET = ("not built yet for cross-classified fits, whose results are their own record so far "
-              "(hlmcli fit --formula and hlmcli.fit_crossed print HCM2's tables and the JSON document)")
-_X_TESTS = ("not built yet for cross-classified fits: the Wald and likelihood-ratio tests are not wired to their "
-            "record; compare two fits' deviances by hand (both by ML for different fixed effects)")
-_X_RESIDUALS = ("not built yet: a cross-classified fit keeps its empirical Bayes estimates per factor (the API's "
-                "fit.ranef) but writes no residual files")
-_X_DF = ("d.f. for crossed factors: HLM 7's rule counts level-2 units of one nesting and Satterthwaite's needs the "
-         "covariance of the variance estimates over all blocks; neither is built, so t-ratios are printed without "
-         "d.f. or p-values")
+_X_COMBINED = ("not built yet for cross-classified fits: Rubin's rules need one fit per plausible value or data set "
+               "combined with its covariance, which is wired for nested models only; fit each data set on its own")
+_X_DF = ("HLM 7's d.f. rule for HCM2's fixed effects is not published, and HLM 5/6's N - F rule is for nested "
+         "level-1 slopes; a cross-classified fit gives Satterthwaite's d.f. (--df satterthwaite, as lmerTest) "
+         "and otherwise t-ratios without d.f. or p-values")
 _X_UNITS = ("HLM2's unit-by-unit statistics (OLS per unit, the homogeneity test over units' residual variances) need "
             "units that hold their records; crossed factors split every group across the other factor's groups")
 _X_WEIGHTS = ("sampling weights with crossed factors need a weight for each factor's groups and a scaling rule for "
@@ -101,6 +118,44 @@ _CONSTRAIN_LEVELS = ("not built yet for three and four levels: HLM 7's constrain
                      "would need the constrained design of their γ layout")
 _CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
                       "predictors into one column of the formula")
+_VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
+                   "standard deviations before the per-unit summaries are formed; fit with --engine memory")
+_VKNOWN_HGLM = ("a V-known model is normal at level 1 with a known variance; an HGLM's level-1 variance is fixed by "
+                "its mean (φ(1 - φ), λ), so there is no variance to give")
+_VKNOWN_LEVELS = ("not built yet for three and four levels: HLM 7's V-known is an HLM2 model (an estimate and its "
+                  "sampling variance per unit)")
+_VKNOWN_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance; the records "
+                   "would need scaling by their known standard deviations")
+_HETERO_SUMMARY = ("not built yet for the stream and Dask engines: each value of α rescales the records, so every "
+                   "step needs the records again, which per-unit summaries do not keep; fit with --engine memory")
+_HETERO_HGLM = ("an HGLM's level-1 variance is fixed by its mean (φ(1 - φ), λ); a model for it is the normal model's "
+                "(heterol1var is HLM2's for normal outcomes)")
+_HETERO_LEVELS = ("not built yet for three and four levels: HLM 7's heterol1var is HLM2's; the nested engines would "
+                  "need the records rescaled at every α")
+_HETERO_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance "
+                   "(glmmTMB's dispformula fits it)")
+# With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
+LEVEL1_VARIANCE_CONFLICTS = {
+    "weights": "not built together yet: the pseudo-likelihood and the variance model would both rescale the records",
+    "plausible_values": "Rubin's rules would need the α table combined too, which is not built; fit each on its own",
+    "satterthwaite": "Satterthwaite's d.f. here would ignore the uncertainty in α; use --df hlm",
+    "homogeneity": "HLM's test of homogeneity of level-1 variance is for one σ²; the likelihood-ratio test against "
+                   "homogeneous σ² is printed with the α table",
+    "full_output": "its unit-by-unit OLS and least-squares tables assume one σ²",
+    "constrain": "not built together yet",
+    "known_variance": "a known level-1 variance has no model to estimate; give one of the two",
+}
+# With --known-variance, options that assume an estimated level-1 variance: refused, never ignored.
+KNOWN_VARIANCE_CONFLICTS = {
+    "weights": "sampling weights and known sampling variances are two weightings of the records; give one",
+    "plausible_values": "each plausible value would need its own known variances; fit each on its own",
+    "satterthwaite": "Satterthwaite's d.f. here differentiate the deviance in σ², which a V-known model does not "
+                     "estimate; use --df hlm",
+    "homogeneity": "HLM's test of homogeneity of level-1 variance tests an estimated σ²; here the level-1 variances "
+                   "are known (the χ² of the random effects tests τ = 0 against them)",
+    "full_output": "its unit-by-unit OLS and least-squares tables use an estimated σ²",
+    "constrain": "not built together yet; fit the constrained model with the tied predictors summed",
+}
 # With --constrain, options whose computation is of the unconstrained γ layout: refused, never ignored.
 CONSTRAIN_CONFLICTS = {
     "weights": "the sandwich and the scaled weights are wired to the unconstrained γs; fit without sampling weights",
@@ -124,59 +179,71 @@ def _k(reason: str) -> dict:
 FEATURES = (
     Feature("api", "Python API (hlmcli.fit; crossed: hlmcli.fit_crossed)", {}),
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
-            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY, "crossed": _X_NOT_YET,
-                                              THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
-    Feature("table", "hlmcli table of saved fits", {"crossed": _X_NOT_YET}),
-    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, "crossed": _X_NOT_YET,
-                                                                THREE_LEVEL_HGLM: _NO_DEVIANCE}),
-    Feature("formats", "--format csv|markdown|latex|html", {"crossed": _X_NOT_YET}),
-    Feature("test", "--test (Wald tests of γ)", {"crossed": _X_TESTS}),
+            "caterpillar and diagnostics (three-level HGLM: equation and caterpillar); cross-classified: caterpillar, "
+            "one panel per factor)",
+            {"linear-summary": _PLOT_SUMMARY}),
+    Feature("table", "hlmcli table of saved fits", {}),
+    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
+    Feature("formats", "--format csv|markdown|latex|html", {}),
+    Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties under ML)",
             {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
              "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
-             THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS}),
-    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, "crossed": _X_TESTS,
-                                                         THREE_LEVEL_HGLM: _NO_DEVIANCE}),
-    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS,
-                                                                        THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+             THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
+    Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
+            {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
+             **_k(_VKNOWN_LEVELS), "crossed": _VKNOWN_CROSSED, THREE_LEVEL_HGLM: _VKNOWN_HGLM,
+             THREE_LEVEL_LAPLACE: _VKNOWN_HGLM}),
+    Feature("level1_variance", "--level1-variance (heterogeneous level-1 variance: log σ² linear in X; HLM 7's "
+            "heterol1var)", {"linear-summary": _HETERO_SUMMARY, "pql": _HETERO_HGLM, "laplace": _HETERO_HGLM,
+                             "agq": _HETERO_HGLM, **_k(_HETERO_LEVELS), "crossed": _HETERO_CROSSED,
+                             THREE_LEVEL_HGLM: _HETERO_HGLM, THREE_LEVEL_LAPLACE: _HETERO_HGLM}),
+    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
+    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
+            {"linear-summary": _RECORDS}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
-            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, "crossed": _X_DF,
-             THREE_LEVEL_HGLM: _SATTERTHWAITE}),
+            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, THREE_LEVEL_HGLM: _SATTERTHWAITE,
+             THREE_LEVEL_LAPLACE: _SATTERTHWAITE}),
     Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
-                                     THREE_LEVEL_HGLM: _HLM6_K}),
+                                     THREE_LEVEL_HGLM: _HLM6_K, THREE_LEVEL_LAPLACE: _HLM6_K}),
     Feature("homogeneity", "--test-homogeneity",
             {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
-             THREE_LEVEL_HGLM: _HOMOGENEITY}),
+             THREE_LEVEL_HGLM: _HOMOGENEITY, THREE_LEVEL_LAPLACE: _HOMOGENEITY}),
     Feature("full_output", "--full-output",
             {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
-             THREE_LEVEL_HGLM: _FULL_OUTPUT_K}),
-    Feature("weights", "--weight1 ... --weight4 (sampling weights)",
-            {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS,
-             "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS}),
+             THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
+    Feature("weights", "--weight1 ... --weight4 (sampling weights; HGLM: pseudo-likelihood by Laplace or AGQ, "
+            "bernoulli, binomial, poisson)",
+            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3,
+             THREE_LEVEL_LAPLACE: _LAPLACE3_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",
-            {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED,
-             "crossed": _X_NOT_YET, THREE_LEVEL_HGLM: _HGLM_COMBINED}),
+            {"linear-summary": _RECORDS, "crossed": _X_COMBINED, THREE_LEVEL_LAPLACE: _LAPLACE3_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
-             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS}),
+             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS, THREE_LEVEL_LAPLACE: _HGLM_LEVELS}),
     Feature("negbinomial", "--family negbinomial (NB2 counts, Var = mu + mu^2/theta, log link, theta estimated)",
             {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
              "four-level": _HGLM_LEVELS,
-             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS}),
+             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS}),
+    Feature("multinomial", "--family multinomial (baseline-category logits, the last category the reference; HLM 7's "
+            "nonlin:multinomial,NCAT)",
+            {"linear": _MULTI_LINEAR, "linear-summary": _MULTI_LINEAR, "pql": _MULTI_PQL, "agq": _MULTI_AGQ,
+             "three-level": _MULTI_LEVELS, "four-level": _HGLM_LEVELS, "crossed": _MULTI_CROSSED,
+             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
             {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
-             THREE_LEVEL_HGLM: _HGLM_SUMMARY}),
+             THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )
 _BY_KEY = {f.key: f for f in FEATURES}
 
 
 def n_levels_of(spec) -> int:
-    """The number of levels of a spec: ModelSpec (two) or LevelsSpec (three and more)."""
+    """The number of levels of a spec (ModelSpec.n_levels)."""
     return int(getattr(spec, "n_levels", 2))
 
 
@@ -190,7 +257,8 @@ def kind_of(spec, engine: Engine | str = Engine.MEMORY, fit: FitOptions | None =
     engine) or the HGLM estimation."""
     levels = n_levels_of(spec)
     if levels == 3 and hglm_asked(fit):
-        return THREE_LEVEL_HGLM
+        est = getattr(fit.estimation, "value", fit.estimation)
+        return THREE_LEVEL_LAPLACE if est == "laplace" else THREE_LEVEL_HGLM
     if levels > 2:
         return _LEVELS[levels - 3]
     if spec.options.family == "normal":
@@ -215,6 +283,8 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "formats": out.out_format not in ("text", "json"),
         "test": bool(fit.tests or got("hypotheses")),
         "constrain": bool(fit.constraints),
+        "known_variance": bool(fit.known_variance),
+        "level1_variance": bool(fit.level1_variance),
         "compare_deviance": (fit.compare_deviance if got("prior_deviance") is None else got("prior_deviance")) is not None,
         "tau_diagonal": (fit.tau or got("tau")) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -226,6 +296,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
         "ordinal": (fit.family or got("family")) == "ordinal",
         "negbinomial": (fit.family or got("family")) == "negbinomial",
+        "multinomial": (fit.family or got("family")) == "multinomial",
     }
     return [key for key, on in asked.items() if on]
 
@@ -250,23 +321,26 @@ def _given_label(feature: str, spec, fit: FitOptions) -> str | None:
 
 def refuse_family(n_levels: int, fit: FitOptions) -> None:
     """HGLM options for a model of four or more levels, or for a normal outcome at three, and a
-    three-level HGLM's estimation other than PQL: refused in one line with the reason."""
+    three-level HGLM's estimation other than PQL or Laplace: refused in one line with the reason."""
     if n_levels == 3 and hglm_asked(fit):
         est = getattr(fit.estimation, "value", fit.estimation)
-        if est not in (None, "pql"):
-            raise ModelError(f"--estimation {est}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: a three-level "
-                             "HGLM is fitted by PQL here; Laplace and adaptive quadrature over nested random effects "
-                             "(a joint mode per level-3 unit) are not built yet")
-        # options the three-level PQL loop would not use: refused, never ignored
+        if est not in (None, "pql", "laplace"):
+            raise ModelError(f"--estimation {est}: not available for a three-level HGLM fit: adaptive quadrature over "
+                             "nested random effects (a level-3 rule with a level-2 rule inside it per level-2 unit) is "
+                             "not built; use --estimation laplace (exact ML up to the Laplace approximation, glmer's "
+                             "nAGQ = 1) or pql")
+        kind = KINDS[THREE_LEVEL_LAPLACE if est == "laplace" else THREE_LEVEL_HGLM]
+        method = "by Laplace" if est == "laplace" else "by PQL"
+        # options the three-level fits would not use: refused, never ignored
         for name, value, why in (
-                ("quadrature-points", fit.quadrature_points, "it is for --estimation agq, and a three-level HGLM is "
-                 "fitted by PQL"),
-                ("separation", fit.separation, "the three-level PQL fit has no search for separating predictors (a "
-                 "separated predictor stops PQL with its reason)"),
+                ("quadrature-points", fit.quadrature_points, f"it is for --estimation agq, and this three-level HGLM "
+                 f"is fitted {method}"),
+                ("separation", fit.separation, f"the three-level fit {method} has no search for separating predictors "
+                 "(a separated predictor stops the fit with its reason)"),
                 ("link", fit.link, "it chooses the cumulative link of --family ordinal at two levels; a three-level "
                  "HGLM uses its family's canonical link, as HLM3")):
             if value is not None:
-                raise ModelError(f"--{name}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: {why}; drop --{name}")
+                raise ModelError(f"--{name}: not available for a {kind} fit: {why}; drop --{name}")
         return
     given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
                                       ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),
@@ -283,22 +357,42 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     """Refuse, in one line with its reason, the first feature this kind of model does not support.
     `extra` names features asked outside the options (e.g. 'missing_now' from the archive build)."""
     kind = kind_of(spec, engine, fit)
-    if kind in _LEVELS or kind == THREE_LEVEL_HGLM:
+    if kind in _LEVELS or kind in _HGLM3:
         refuse_family(n_levels_of(spec), fit)
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    if "constrain" in asked:
-        for key in asked:
-            if key in CONSTRAIN_CONFLICTS:
-                label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
-                raise ModelError(f"{label} with --constrain: not available: {CONSTRAIN_CONFLICTS[key]}")
+    refuse_own_likelihood(asked, kind, spec, fit)
+    for feature, option, conflicts in (("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
+                                       ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
+                                       ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):
+        if feature in asked:
+            for key in asked:
+                if key in conflicts:
+                    label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
+                    raise ModelError(f"{label} with {option}: not available: {conflicts[key]}")
     if kind in _LEVELS and Engine(engine) != Engine.MEMORY:
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts
         for key in asked:
             if not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
                 refuse_summarised(key, n_levels_of(spec), engine)
+
+
+def refuse_own_likelihood(asked: list[str], kind: str, spec, fit: FitOptions) -> None:
+    """Weights or combined fits of an ordinal, negative binomial or multinomial outcome (the two-level HGLM
+    columns): not built for those families, refused in one line."""
+    family = str(getattr(fit.family, "value", fit.family) or getattr(spec.options, "family", None))
+    if kind not in ("pql", "laplace", "agq") or family not in ("ordinal", "negbinomial", "multinomial"):
+        return
+    if "weights" in asked:
+        raise ModelError(f"{_given_label('weights', spec, fit)}: not available for a --family {family} fit: "
+                         + _HGLM_OWN_WEIGHTS.format(family=family))
+    if "plausible_values" in asked:
+        raise ModelError(f"--plausible-values/--imputed: not available for a --family {family} fit: Rubin's rules "
+                         f"are wired for bernoulli, binomial and poisson HGLMs; {family} fits carry parameters of "
+                         "their own (thresholds, θ or several logits) that are not combined yet; fit each data set "
+                         "on its own")
 
 
 def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None:

@@ -442,7 +442,8 @@ class Results:
         warning when rows of new units were given with their ids.
 
         `random_effects=True` adds a known unit's EB random effects (as lme4's predict). An HGLM's
-        prediction is on the link scale (η: log-odds or log rate), as lme4's default.
+        prediction is on the link scale (η: log-odds or log rate), as lme4's default; a multinomial
+        fit's is one column per logit, log(P(category m)/P(last category)), m = 1..M−1.
         """
         from .io.readers import check_frame_columns
 
@@ -452,16 +453,22 @@ class Results:
         id_col = _column(newdata, self.meta["id_name"])
         rows = _NewRows(newdata, id_col, self._unit_position() if id_col is not None else {})
         L = self._level1_columns(rows)
-        pred = np.zeros(rows.n)
-        for k, f in enumerate(d.fixed):
-            w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.level2[f.q].predictors[f.s - 1])
-            pred += gamma[k] * w * L[f.q]
         known, j = rows.known, rows.j
-        if random_effects and known.any():
-            u = self.analysis.b if self.hglm else self.eb.u
-            random = np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random
-            for k, q in enumerate(int(q) for q in random):
-                pred[known] += u[j[known], k] * L[q][known]
+        logits = len(getattr(self.analysis, "categories", [0, 0])) - 1  # a multinomial fit: M − 1 logits
+        pf = len(d.fixed)
+        columns = []
+        for m in range(logits):
+            pred = np.zeros(rows.n)
+            for k, f in enumerate(d.fixed):
+                w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.fixed_predictor((f.q, f.s)))
+                pred += gamma[m * pf + k] * w * L[f.q]
+            if random_effects and known.any():
+                u = self.analysis.b if self.hglm else self.eb.u
+                random = [int(q) for q in (np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random)]
+                for k, q in enumerate(random):
+                    pred[known] += u[j[known], m * len(random) + k] * L[q][known]
+            columns.append(pred)
+        pred = columns[0] if logits == 1 else np.column_stack(columns)
         if random_effects and rows.new_rows and id_col is not None:
             rows.notes.append(f"{rows.new_rows} row(s) of units the fit has not seen get the fixed-effects prediction "
                               "(random effects 0)")
@@ -832,15 +839,6 @@ class LevelsResults(Results):
     def residuals_level2(self, keep: Sequence[str] = ()) -> "pd.DataFrame":
         return self.residuals_level(2, keep)
 
-    def _refuse_hglm_residuals(self) -> None:
-        """A three-level HGLM's level-1 residual file is refused, as `hlmcli fit` refuses it: the linear
-        file's fitted value (Xγ + Zb without the offset) and residual (y - fitted) would mix the link scale
-        with the outcome's. (The units' EB estimates, random_effects(), are the final working model's, on
-        the link scale, as the JSON gives them.)"""
-        if getattr(self.analysis, "hglm", None) is not None:
-            raise ModelError("the level-1 residual file is not built yet for a three-level HGLM: its fitted values "
-                             "would need the link scale, the offset and the inverse link; use random_effects()")
-
     def _unit_positions(self) -> list:
         """Per level 2..K, the archive index of each unit the fit kept (the residual files' rows)."""
         d = self.analysis.design
@@ -868,7 +866,6 @@ class LevelsResults(Results):
         the level-1 file's (`order="source"`). With `keep` or `order="source"`, `row` (after the ids) is
         each record's 1-based row in the level-1 file, and `keep` carries source columns, text too:
         level-1 columns directly, those of the levels above through the record's unit there."""
-        self._refuse_hglm_residuals()
         return self._level1_table(keep, order)
 
     def _level1_table(self, keep: Sequence[str] = (), order: str = "unit") -> "pd.DataFrame":
@@ -891,7 +888,10 @@ class LevelsResults(Results):
             if level < self.n_levels:
                 up = levels.parents[level - 1][up]
         y = np.asarray(levels.y, dtype=float)
-        cols.update({"fitted": eb, "fitted_fixed": fixed, "residual": y - eb, a.spec.outcome: y})
+        if getattr(a, "hglm", None) is not None:
+            cols.update(self._hglm_level1_columns(fixed, eb, y))
+        else:
+            cols.update({"fitted": eb, "fitted_fixed": fixed, "residual": y - eb, a.spec.outcome: y})
         for k, t in enumerate(a.levels_spec.level1):
             cols[t.label] = levels.predictors[0][:, self._level1_col(k)]
         table = pd.DataFrame(cols)
@@ -908,6 +908,25 @@ class LevelsResults(Results):
         if order == "source":
             table = table.iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
         return table
+
+    def _hglm_level1_columns(self, fixed, eb, y) -> dict:
+        """A three-level HGLM's level-1 columns: the linear predictor with the EB estimates (the modes, for
+        Laplace; the final working model's, for PQL) and from the fixed part alone, both on the link scale
+        with the offset (log exposure); the fitted mean E(y | b̂) (trials × φ, or λ); the response residual
+        y − mean; the outcome."""
+        from .analysis.hglm_levels import _level1_column
+
+        a, h = self.analysis, self.analysis.hglm
+        offset = 0.0
+        if h.exposure:
+            offset = np.log(_level1_column(self.archive, a.design, h.exposure, "--exposure"))
+        eta, eta_fixed = eb + offset, fixed + offset
+        if h.link == "logit":
+            n = _level1_column(self.archive, a.design, h.trials, "--trials") if h.trials else 1.0
+            mean = n / (1.0 + np.exp(-eta))
+        else:
+            mean = np.exp(eta)
+        return {"eta": eta, "eta_fixed": eta_fixed, "fitted_mean": mean, "residual": y - mean, a.spec.outcome: y}
 
     def _level1_col(self, k: int) -> int:
         """The column of the k-th level-1 predictor in the design (design_levels: one column per distinct
@@ -931,3 +950,294 @@ class LevelsResults(Results):
                 if path:
                     table = self.residuals_level1(keep, order) if level == 1 else self.residuals_level(level, keep)
                     write_table(table, path)
+
+
+class CrossedResults(Results):
+    """A fitted cross-classified model (HLM 7's HCM2; lme4's (1 | A) + (1 | B)): `CrossedResults(analysis)`
+    with an analysis.crossed_run.CrossedAnalysis. The accessors of a two-level fit, per grouping factor
+    where it has one of a kind:
+      fixed_effects, variance_components (one block per factor, then level 1), tau (factor -> DataFrame),
+      sigma2, deviance, loglik, n_params, aic, bic, random_effects(factor), residuals_factor(factor),
+      residuals_level1(), write_residuals(...), summary(), to_json(), to_dict(), tidy(), table(fmt), plot(kind)
+    and, as hlmcli.fit_crossed gave them before: gamma and se ({name: value}), ranef and labels (per random
+    term, the EB estimates and the groups), certified, text()."""
+
+    def __init__(self, analysis, archive=None, meta: dict | None = None, sources=None) -> None:
+        self.analysis = analysis
+        self.archive = archive
+        self.meta = dict(meta or {})
+        self._sources = sources
+        self._json = None
+        self._eb = None
+        self._postvar = None
+        self.hglm = False
+        fit = analysis.fit
+        self.gamma = dict(zip(analysis.design.fixed_names, fit.gamma))
+        self.se = dict(zip(analysis.design.fixed_names, fit.se))
+        self.keys = _term_keys(fit.factors)
+        self.ranef = dict(zip(self.keys, fit.ranef))  # EB (conditional modes) per term, rows in labels' order
+        self.labels = dict(zip(self.keys, fit.labels))
+
+    # ------------------------------------------------------------ the documents
+    @property
+    def results(self):
+        """The analysis (analysis.crossed_run.CrossedAnalysis): design, fit, failures, boundary notes."""
+        return self.analysis
+
+    def to_dict(self) -> dict:
+        """The CLI's JSON document (hlmcli/schema/crossed-2.json) as a dict."""
+        key = tuple(str(self.meta.get(k)) for k in ("data_source", "timestamp"))
+        if self._json is None or self._json[0] != key:
+            self._json = (key, writers().crossed_document(self.analysis, self.meta))
+        return self._json[1]
+
+    def to_json(self) -> str:
+        return writers().dumps_json(self.to_dict())
+
+    def summary(self, ascii: bool = False) -> str:
+        """Exactly what `hlmcli fit --formula` prints (HCM2's tables)."""
+        return writers().crossed_text(self.analysis, self.meta)
+
+    def text(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        fit = self.analysis.fit
+        groups = ", ".join(f"{f}={J}" for f, J in zip(fit.factors, fit.n_groups))
+        return (f"<hlmcli.Results cross-classified {fit.method} {self.analysis.design.outcome}: N={fit.n}, {groups}, "
+                f"deviance={fit.deviance:.4f}>")
+
+    # ------------------------------------------------------------ status
+    @property
+    def method(self) -> str:
+        return self.analysis.fit.method
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.analysis.certified)
+
+    @property
+    def certified(self) -> bool:
+        return self.converged
+
+    @property
+    def failures(self) -> list[str]:
+        return [] if self.converged else ["the optimum is not certified: " + "; ".join(self.analysis.failures)]
+
+    @property
+    def warnings(self) -> list[str]:
+        return []
+
+    @property
+    def boundary_notes(self) -> list[str]:
+        return self.analysis.boundary_notes()
+
+    # ------------------------------------------------------------ the numbers
+    @property
+    def fixed_effects(self) -> "pd.DataFrame":
+        """One row per fixed effect: term (R's name), label (THETA0, ...), name, estimate, se, t, df, p."""
+        frame = pd.DataFrame(self.to_dict()["fixed_effects"]).rename(columns={"p_value": "p"})
+        return frame[["term", "label", "name", "estimate", "se", "t", "df", "p"]]
+
+    @property
+    def variance_components(self) -> "pd.DataFrame":
+        """One row per random effect, factor by factor (each its τ block's diagonal), then level 1:
+        factor, effect, label, sd, variance."""
+        rows = []
+        for block in self.to_dict()["random_effects"]:
+            for k, (name, label) in enumerate(zip(block["coefficients"], block["labels"])):
+                v = block["matrix"][k][k]
+                rows.append({"factor": block["factor"], "effect": name, "label": label,
+                             "sd": math.sqrt(max(v, 0.0)), "variance": v})
+        rows.append({"factor": None, "effect": "level-1", "label": "e", "sd": math.sqrt(self.sigma2),
+                     "variance": self.sigma2})
+        return pd.DataFrame(rows)
+
+    @property
+    def random_coefficients(self) -> dict:
+        return {k: list(cols) for k, cols in zip(self.keys, self.analysis.fit.columns)}
+
+    @property
+    def tau(self) -> dict:
+        """{random term: τ, labelled by coefficient}; a factor with several terms (x || g) is g, g.1, ... as lme4."""
+        fit = self.analysis.fit
+        return {k: pd.DataFrame(np.asarray(t, float), index=list(c), columns=list(c))
+                for k, t, c in zip(self.keys, fit.taus, fit.columns)}
+
+    @property
+    def sigma2(self) -> float:
+        return float(self.analysis.fit.sigma2)
+
+    @property
+    def deviance(self) -> float:
+        return float(self.analysis.fit.deviance)
+
+    @property
+    def n_params(self) -> int:
+        return int(self.analysis.n_params)
+
+    @property
+    def aic(self) -> float:
+        return float(self.to_dict()["aic"])
+
+    @property
+    def bic(self) -> float:
+        return float(self.to_dict()["bic"])
+
+    def _fixed_frame(self) -> "pd.DataFrame":
+        frame = pd.DataFrame(self.to_dict()["fixed_effects"]).rename(columns={"p_value": "p"})
+        frame.index = pd.Index(list(frame["term"]), name="term")
+        return frame
+
+    def _se_columns(self) -> tuple[str, str, str]:
+        return ("se", "t", "p")  # model-based: crossed factors have no cluster for a sandwich
+
+    @property
+    def cov_re(self) -> "pd.DataFrame":
+        """Every factor's τ as one block-diagonal matrix (different factors' effects are independent),
+        labelled 'term|factor' as lme4's VarCorr names them: (Intercept)|plate."""
+        view = writers().crossed_view(self.to_dict())
+        names = [f"{r}|{g}" for r, g in zip(view["r_names"], view["tau_groups"])]
+        return pd.DataFrame(np.array(view["tau"], dtype=float), index=names, columns=names)
+
+    def tidy(self, conf_level: float = 0.95, se: str = "auto") -> "pd.DataFrame":
+        return writers().tidy(writers().crossed_view(self.to_dict()), conf_level, se)
+
+    def glance(self) -> "pd.DataFrame":
+        return pd.DataFrame([writers().glance(writers().crossed_view(self.to_dict()))])
+
+    def table(self, fmt: str = "markdown", options=None, **given) -> str:
+        return writers().table(writers().crossed_view(self.to_dict()), fmt, options, given)
+
+    def plot(self, kind: str, path=None, **options):
+        return writers().plot_crossed(self, kind, path, **options)
+
+    def predict(self, newdata=None):
+        raise ModelError("predict() is for two-level fits; for a cross-classified fit, residuals_level1() holds each "
+                         "record's fitted value (fixed part and with every factor's EB estimates)")
+
+    # ------------------------------------------------------------ groups
+    @property
+    def eb(self):
+        raise ModelError("a cross-classified fit has EB estimates per grouping factor: use random_effects(factor)")
+
+    @property
+    def factors(self) -> list[str]:
+        """The grouping factors, each once, in the formula's order (a factor split by || has several terms)."""
+        return list(dict.fromkeys(self.analysis.fit.factors))
+
+    def _terms(self, factor: str | None) -> list[int]:
+        """The random terms of a grouping factor (the first factor when None), or the one term named g.1."""
+        fit = self.analysis.fit
+        factor = self.factors[0] if factor is None else str(factor)
+        for match in (lambda x, y: x == y, lambda x, y: x.lower() == y.lower()):
+            hits = [k for k, f in enumerate(fit.factors) if match(f, factor)]
+            hits = hits or [k for k, key in enumerate(self.keys) if match(key, factor)]
+            if hits:
+                return hits
+        raise ModelError(f"'{factor}' is not a grouping factor of this fit; its factors are {', '.join(self.factors)}")
+
+    def posterior_variances(self) -> tuple:
+        if self._postvar is None:
+            self._postvar = self.analysis.fit.posterior_variances()
+        return self._postvar
+
+    def _letter(self, b: int) -> str:
+        """HCM2's letter of a factor's random effects: b (row) and c (column) with two factors, else u."""
+        factors = self.factors
+        two = len(factors) == 2 and all(":" not in f for f in factors)
+        return "bc"[factors.index(self.analysis.fit.factors[b])] if two else "u"
+
+    def residuals_factor(self, factor: str | None = None, keep: Sequence[str] = ()) -> "pd.DataFrame":
+        """One row per group of a grouping factor (the first when None): its id, its number of records,
+        and for each of its random effects (every term of the factor) the EB estimate (b_, c_ or u_ as HCM2
+        labels them) and its posterior variance (postvar_: given γ̂, τ and σ², lme4's condVar), then the
+        `keep` columns of the data where they are constant within the group (empty where they vary)."""
+        terms = self._terms(factor)
+        a = self.analysis
+        fit, term = a.fit, a.design.terms[terms[0]]
+        cols: dict = {fit.factors[terms[0]]: list(fit.labels[terms[0]]),
+                      "n": np.bincount(term.codes, minlength=term.J).astype(int)}
+        variances = self.posterior_variances()
+        for b in terms:  # the terms of one factor share its groups, in one order (crossed_design.design)
+            letter = self._letter(b)
+            for k, c in enumerate(fit.columns[b]):
+                cols[f"{letter}_{c}"] = fit.ranef[b][:, k]
+                cols[f"postvar_{letter}_{c}"] = variances[b][:, k, k]
+        table = pd.DataFrame(cols)
+        for name, values in self._kept(keep, table.columns, term.codes, term.J).items():
+            table[name] = values
+        return table
+
+    def residuals_level1(self, keep: Sequence[str] = ()) -> "pd.DataFrame":
+        """One row per record used, in the data's order: its row in the file (1-based), each factor's group,
+        the outcome, the fitted value from the fixed part (fitted_fixed) and with every factor's EB
+        estimates (fitted), the residual (outcome − fitted), then the `keep` columns."""
+        a = self.analysis
+        d, fit = a.design, a.fit
+        fixed = d.X @ fit.gamma
+        eb = fixed.copy()
+        for t, u in zip(d.terms, fit.ranef):
+            eb += np.einsum("nk,nk->n", t.Z, u[t.codes])
+        rows = d.rows if d.rows is not None else np.arange(d.y.size)
+        cols: dict = {"row": rows + 1}
+        for key, t, labels in zip(self.keys, d.terms, fit.labels):
+            if t.factor not in cols:
+                cols[t.factor] = np.asarray(labels, dtype=object)[t.codes]
+        cols.update({d.outcome: d.y, "fitted_fixed": fixed, "fitted": eb, "residual": d.y - eb})
+        table = pd.DataFrame(cols)
+        for name, values in self._kept(keep, table.columns, np.arange(d.y.size), d.y.size).items():
+            table[name] = values
+        return table
+
+    def _kept(self, keep: Sequence[str], have, codes: np.ndarray, J: int) -> dict:
+        """The `keep` columns of the data read, per group (codes: each used record's group of J): a group's
+        value where every record of it has the same, else empty."""
+        if not keep:
+            return {}
+        from .io.readers import find_column
+
+        d = self.analysis.design
+        if d.table is None:
+            raise ModelError("--keep needs the data the fit read; this fit does not hold it")
+        rows = d.rows if d.rows is not None else np.arange(d.y.size)
+        out = {}
+        for name in dict.fromkeys(keep):
+            if name in have:
+                continue
+            col = find_column(d.table, name, "--keep column")
+            values = d.table.data[col].to_numpy()[rows]
+            frame = pd.DataFrame({"g": codes, "v": values})
+            first = frame.groupby("g", sort=True)["v"].first()
+            same = frame.groupby("g", sort=True)["v"].nunique(dropna=False) <= 1
+            per = pd.Series([None] * J, dtype=object)
+            per[first.index.to_numpy()] = np.where(same.to_numpy(), first.to_numpy(dtype=object), None)
+            out[col] = per.to_numpy()
+        return out
+
+    def write_residuals(self, level1=None, factors: dict | None = None, keep: Sequence[str] = ()) -> None:
+        """Write the level-1 file and one file per grouping factor ({factor: path}), atomically: all or none
+        (.csv, .sav or .dta by extension)."""
+        from .io.files import output_transaction
+        from .io.residual_files import write_table
+
+        with output_transaction():
+            if level1:
+                write_table(self.residuals_level1(keep), level1)
+            for factor, path in (factors or {}).items():
+                if path:
+                    write_table(self.residuals_factor(factor, keep), path)
+
+    def random_effects(self, factor: str | None = None) -> "pd.DataFrame":
+        """The EB estimates and posterior variances of a factor's groups, indexed by the group's id."""
+        table = self.residuals_factor(factor)
+        return table.set_index(table.columns[0])
+
+
+def _term_keys(factors) -> list[str]:
+    """One key per random term; a factor with several terms (x || g) is g, g.1, ... as lme4 names them."""
+    keys, seen = [], {}
+    for name in factors:
+        keys.append(name if name not in seen else f"{name}.{seen[name]}")
+        seen[name] = seen.get(name, 0) + 1
+    return keys

@@ -157,3 +157,17 @@ def test_hlm_file_constrain_yes_points_to_the_option(tmp_path, hsb_loaded):
 def test_api_refuses_constraints_with_the_stream_engine():
     with pytest.raises(ModelError, match="--constrain: not available for a linear \\(stream, Dask\\) fit"):
         hlmcli.fit(L1, L2, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", engine="stream")
+
+
+def test_wald_test_under_constraints_is_on_the_free_gammas(reml_pair, frames):
+    """--test 'g01 = 0' with g20 = g30 tied: the single-γ Wald χ² is that γ's t², and a test of what the tie
+    already fixes (g20 - g30 = 0) is refused in one line."""
+    doc = hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30",
+                     tests=["g01 = 0", "g20 = 0"]).to_dict()
+    t = {f["gamma"]: f["t"] for f in doc["fixed_effects"]}
+    first, second = doc["hypothesis_tests"]
+    assert first["model"]["chi2"] == pytest.approx(t["γ01"] ** 2, rel=1e-10)
+    assert second["model"]["chi2"] == pytest.approx(t["γ20"] ** 2, rel=1e-10) and second["contrast"][0][3] == 1.0
+    with pytest.raises(ModelError, match="already imposed"):
+        hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30",
+                   tests=["g20 - g30 = 0"])

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..io.archive import Archive
 from .data_checks import check_linear_outcome, check_magnitudes
-from ..language.equations import ModelSpec, Term, Variables
+from ..language.equations import Variables
+from ..language.model import ModelSpec, Term
 from ..errors import ModelError
 from ..engine.moments import Moments, cross_products, grand
 from ..spec import gamma_label
@@ -168,7 +169,7 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
     design = Design(spec=spec, y=np.ascontiguousarray(columns[spec.outcome]), L=L, W=W, offsets=offsets,
                     unit_ids=unit_ids, unit_positions=unit_positions, record_positions=record_positions,
                     n_deleted=n_deleted, units_deleted=units_deleted, fixed=fixed,
-                    random=np.array(spec.random), level2_values=level2_values, centering_means=centering_means)
+                    random=np.array([eq.random for eq in spec.level2]), level2_values=level2_values, centering_means=centering_means)
     check_random_slopes(design)
     if getattr(spec.options, "family", "normal") == "normal":
         check_linear_outcome(design, variables_of(archive).level1_file)
@@ -349,7 +350,7 @@ def design_from_moments(spec, unit_ids: list[str], names: list[str], m: Moments,
     design = MomentsDesign(
         spec=spec, y=np.zeros(0), L=np.zeros((0, len(spec.level1) + 1)), W=W, offsets=offsets, unit_ids=unit_ids, unit_positions=positions,
         record_positions=None, n_deleted=int(n_deleted), units_deleted=units_deleted, fixed=fixed,
-        random=np.array(spec.random), level2_values={k: np.asarray(v, dtype=float)[positions] for k, v in level2.items()},
+        random=np.array([eq.random for eq in spec.level2]), level2_values={k: np.asarray(v, dtype=float)[positions] for k, v in level2.items()},
         centering_means=centering_means, N=int(round(N)), data_digest=digest)
     shift = float(grand_mean[col[spec.outcome]]) if has_overall_intercept(design) else 0.0
     centers[:, -1] = shift

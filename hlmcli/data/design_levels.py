@@ -1,4 +1,4 @@
-"""The design of a model of K ≥ 3 levels: a LevelsSpec and an archive of
+"""The design of a model of K ≥ 3 levels: a ModelSpec and an archive of
 K levels to the engine's LevelsData (NestedData at three levels), deletion and centring applied.
 HLM3's centring, one level at a time:
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.archive import Archive
-from ..language.equations_levels import Centering, LevelsSpec, Term, VariablesLevels
+from ..language.equations_levels import VariablesLevels
+from ..language.model import Centering, ModelSpec, Term
 from ..errors import ModelError
 from ..engine.moments import LevelsSummary, Moments
 from ..engine.nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
@@ -29,7 +30,7 @@ def variables_of(archive: Archive) -> VariablesLevels:
 
 @dataclass
 class DesignLevels:
-    spec: LevelsSpec
+    spec: ModelSpec
     data: LevelsData
     unit_ids: tuple  # per level 2..K: the ids of the units kept
     positions: tuple  # per level 2..K: archive index of each unit kept
@@ -53,7 +54,7 @@ def _group_mean(values: np.ndarray, group: np.ndarray, n: int, weights: np.ndarr
     return np.bincount(group, weights=weights * values, minlength=n) / np.bincount(group, weights=weights, minlength=n)
 
 
-def _terms_by_level(spec: LevelsSpec) -> list:
+def _terms_by_level(spec: ModelSpec) -> list:
     """The predictors of the equations at each level 1..K (a level-d coefficient's equation is at level d+1)."""
     out: list[list[Term]] = [list(spec.level1)] + [[] for _ in range(spec.n_levels - 1)]
     for depth, idx, eq, names in spec.walk():
@@ -79,7 +80,7 @@ class Level1Moments:
     n_deleted: int
 
 
-def _records_kept(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None) -> tuple[np.ndarray, int]:
+def _records_kept(spec: ModelSpec, archive: Archive, level1: Level1Moments | None) -> tuple[np.ndarray, int]:
     """(which level-1 records the model uses, how many were deleted): those complete on the model's
     level-1 variables; summarised (`level1`), the level-2 units with records left after deletion."""
     names1 = archive.names(1)
@@ -129,7 +130,7 @@ def _values_kept(archive: Archive, keep: np.ndarray, present: dict, summarised: 
     return values
 
 
-def _centred_level1_moments(spec: LevelsSpec, terms1: list, m1: Moments, col1: dict, means: dict) -> Moments:
+def _centred_level1_moments(spec: ModelSpec, terms1: list, m1: Moments, col1: dict, means: dict) -> Moments:
     """Level 1 as moments (of the terms, then the outcome): centring shifts each unit's mean, by the
     records' mean (grand, recorded in `means`) or to 0 (group); C is unchanged."""
     n1 = m1.n
@@ -160,7 +161,7 @@ def _level_columns(level: int, terms: list, column, J: int) -> tuple[dict, np.nd
     return idx, np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def _layout(spec: LevelsSpec, index: list) -> tuple:
+def _layout(spec: ModelSpec, index: list) -> tuple:
     """The engine's coefficient tree: each level-1 coefficient with its equation's terms, down to the
     γs, each naming its predictor's column at its level (`index[level - 1]`)."""
     K = spec.n_levels
@@ -179,7 +180,7 @@ def _layout(spec: LevelsSpec, index: list) -> tuple:
                  for p, eq in enumerate(spec.equations) if eq is not None)
 
 
-def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
+def design_levels(spec: ModelSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
     """The design from the archive's records, or, given `level1`, from per-level-2-unit moments:
     then level-1 centring is a shift of each unit's mean (moments.py's algebra), mean(X) of a
     level-1 X the record-weighted mean of the units' means, and the data a LevelsSummary."""
@@ -244,7 +245,7 @@ def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | No
 
 @dataclass
 class Design3:
-    spec: LevelsSpec
+    spec: ModelSpec
     data: NestedData  # or a LevelsSummary (stream and Dask engines)
     unit2_ids: list[str]
     unit3_ids: list[str]
@@ -269,7 +270,7 @@ class Design3:
         return len(self.unit3_ids)
 
 
-def design3(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None = None) -> Design3:
+def design3(spec: ModelSpec, archive: Archive, level1: Level1Moments | None = None) -> Design3:
     """design_levels at three levels, in HLM3's names (NestedData, level-2 and level-3 ids); with
     `level1`, the data stay a LevelsSummary (the records are not kept)."""
     d = design_levels(spec, archive, level1)

@@ -1,8 +1,8 @@
 """Stage 3, equations: a two-level model (inline equations, model files, HLM 7 .hlm files) to a ModelSpec.
 
 The equations are read by the one parser of any number of levels (equations_levels.py), in HLM2's
-notation: β/γ with the random terms r (level 1) and u (level 2). This module holds the two-level spec,
-HLM2's command files and the run options they carry. The parser knows only the names of the
+notation: β/γ with the random terms r (level 1) and u (level 2), into the one ModelSpec of any number
+of levels (model.py). This module holds HLM2's command files and the run options they carry. The parser knows only the names of the
 variables at each level; it never touches data.
 """
 
@@ -10,80 +10,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ModelError
 from .equations_levels import build_levels_spec, classify_levels
-from .model import Hypothesis, RunOptions, Term  # noqa: F401
+from .model import Hypothesis, ModelSpec, RunOptions, fixed_effect_labels
 from .hlmfile import key_values, level_equation, level_terms, number, whole, yes_no
 from .lexer import at_file_line, read_text
 
 CENTERINGS = ("none", "group", "grand")
-
-
-@dataclass(frozen=True)
-class Level2Equation:
-    predictors: tuple[Term, ...] = ()
-    random: bool = False
-    intercept: bool = True  # the fixed intercept γq0; False for 'b1 = u1' (HLM 7's random/ with no INTRCPT2)
-
-    @property
-    def present(self) -> bool:
-        """False for the level-1 intercept of a model written without b0."""
-        return self.intercept or self.random or bool(self.predictors)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    outcome: str
-    level1: tuple[Term, ...]  # predictors β1..βQ (the intercept β0 is implicit)
-    level2: tuple[Level2Equation, ...]  # one per coefficient, β0..βQ
-    options: RunOptions = field(default_factory=RunOptions)
-
-    def __post_init__(self):  # the defaults of two levels (REML, 100 iterations)
-        object.__setattr__(self, "options", self.options.for_levels(2))
-
-    @property
-    def method(self) -> str:
-        return self.options.method
-
-    # The model's kind as values (spec.py): what the engines, the capabilities table and the report
-    # branch on, rather than on which command or file the model came from.
-    @property
-    def levels(self) -> tuple:
-        """The equations level by level: (level-1 predictors, level-2 equations)."""
-        return (self.level1, self.level2)
-
-    @property
-    def family(self):
-        from ..spec import Family
-
-        return Family.of(self.options.family)
-
-    @property
-    def estimation(self):
-        """How the model is estimated: the method (REML/ML) of a linear model, PQL/Laplace/AGQ of an HGLM."""
-        from ..spec import Estimation, Method
-
-        return Method(self.options.method) if self.family.linear else Estimation(self.options.estimation)
-
-    @property
-    def tau_structure(self):
-        from ..spec import TauStructure
-
-        return TauStructure(self.options.tau)
-
-    @property
-    def level1_intercept(self) -> bool:
-        return self.level2[0].present
-
-    def coefficient_names(self) -> list[str]:
-        return ["INTRCPT1"] + [t.name for t in self.level1]
-
-    @property
-    def random(self) -> list[bool]:
-        return [eq.random for eq in self.level2]
 
 
 @dataclass(frozen=True)
@@ -126,14 +62,9 @@ _REPLACEMENTS = {
 }
 
 
-def gamma_labels(spec: ModelSpec) -> list[tuple[int, int]]:
-    """(q, s) of each γ in model order: γ00, γ01, ..., γ10, ..."""
-    return [(q, s) for q, eq in enumerate(spec.level2) for s in range(len(eq.predictors) + 1)]
-
-
 def contrasts_from_rows(spec: ModelSpec, where: str, label: str, rows: list[tuple[int, list[str]]]) -> Hypothesis:
     """HLM 7's gammaG:c1,...,cF lines: one coefficient per γ in model order; lines sharing G form one test."""
-    n = len(gamma_labels(spec))
+    n = len(fixed_effect_labels(spec))
     out = []
     for line_no, values in rows:
         if len(values) != n:
@@ -160,17 +91,12 @@ def build_spec(level1: str, level2: list[str], variables: Variables, options: Ru
     """A two-level model from its level-1 equation and its level-2 equations, read by the one parser of
     any number of levels (equations_levels.py) in HLM2's notation, β/γ with r/u; HLM's defaults: a
     random intercept, other coefficients fixed with no level-2 predictors."""
-    spec = build_levels_spec([[level1] if level1 else [], list(level2)], variables)
-    level2_eqs = []
+    spec = build_levels_spec([[level1] if level1 else [], list(level2)], variables, options)
     for q, eq in enumerate(spec.equations):
-        if eq is None:  # without b0 at level 1 the intercept is absent: no fixed and no random part
-            level2_eqs.append(Level2Equation((), False, intercept=False))
-            continue
-        if eq.predictors and not eq.intercept:
+        if eq is not None and eq.predictors and not eq.intercept:
             raise ModelError(f"the level-2 equation of b{q} has predictors but no intercept g{q}0; number the terms "
                              f"g{q}0, g{q}1, ... in turn (b{q} = u{q} alone is a random effect with no fixed part)")
-        level2_eqs.append(Level2Equation(eq.predictors, eq.random, intercept=eq.intercept))
-    return ModelSpec(spec.outcome, spec.level1, tuple(level2_eqs), options or RunOptions())
+    return spec
 
 
 # ---------------------------------------------------------------- model files
@@ -270,7 +196,7 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
         raise
     if contrasts and opts.get("hypoth", True):
         tests = tuple(contrasts_from_rows(spec, f"{path}", label, rows) for label, rows in sorted(contrasts.items(), key=lambda kv: int(kv[0])))
-        spec = ModelSpec(spec.outcome, spec.level1, spec.level2, _replace(spec.options, hypotheses=tests))
+        spec = replace(spec, options=_replace(spec.options, hypotheses=tests))
     return spec
 
 
@@ -324,9 +250,17 @@ def _hlm2_option(opts: dict, contrasts: dict, key: str, value: str, where: str, 
         return
     elif key in ("level1weight", "level2weight") and value.lower() not in ("none", "n", "no", "0", ""):
         opts["weight" + key[5]] = value.split(",")[0].strip()  # the variable name
+    elif key == "varianceknown" and value.lower() not in ("n", "no", "none", "0"):
+        raise ModelError(f"{where}: '{key}:{value}' is not supported: HLM 7's V-known command lines are not "
+                         "documented, so hlmcli does not read them; set varianceknown:none and give the variable on the command line, "
+                         f"--known-variance {value.split(',')[0].strip() or 'V'}")
+    elif key == "heterol1var" and value.lower() not in ("n", "no", "none", "0"):
+        raise ModelError(f"{where}: '{key}:{value}' is not supported: HLM 7's lines for its level-1 variance model are "
+                         "not documented, so hlmcli does not read them; set heterol1var:n and give the predictors on "
+                         "the command line, e.g. --level1-variance FEMALE")
     elif key == "constrain" and value.lower() not in ("n", "no", "none", "0"):
-        raise ModelError(f"{where}: '{key}:{value}': the lines HLM 7 writes for its constraints on γ are not documented, "
-                         "so hlmcli cannot read them; set constrain:n and give the ties on the command line, e.g. "
+        raise ModelError(f"{where}: '{key}:{value}' is not supported: the lines HLM 7 writes for its constraints on γ "
+                         "are not documented, so hlmcli cannot read them; set constrain:n and give the ties on the command line, e.g. "
                          "--constrain 'g10 = g20'")
     elif key in _OFF_VALUES:
         off = _OFF_VALUES[key]
@@ -362,8 +296,14 @@ def _hlm_nonlin(opts: dict, value: str, where: str) -> None:
                              "the number of categories, 3 to 9 (as HLM 7)") from None
         opts["family"], opts["ncat"] = "ordinal", ncat
     elif kind == "multinomial":
-        raise ModelError(f"{where}: nonlin:{value} (multinomial outcomes) is not supported yet; hlmcli fits "
-                         "Bernoulli, binomial, Poisson and ordinal outcomes")
+        try:
+            ncat = int(parts[1])
+            if not 3 <= ncat <= 9:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise ModelError(f"{where}: nonlin:{value}: a multinomial outcome is written nonlin:multinomial,NCAT with "
+                             "NCAT the number of categories, 3 to 9 (as HLM 7)") from None
+        opts["family"], opts["ncat"] = "multinomial", ncat
     else:
         raise ModelError(f"{where}: nonlin:{value} is not a level-1 distribution HLM 7 knows "
                          "(n, binomial[,TRIALS], poisson[,EXPOSURE])")
@@ -383,7 +323,7 @@ def _hlm_hglm_options(options: RunOptions, opts: dict, path) -> RunOptions:
                                  "remove the line or set nonlin:")
         return options
     fixed = opts.get("fixsigma2")
-    over = fixed is None and fam not in ("bernoulli", "ordinal")  # an ordinal outcome has no level-1 scale
+    over = fixed is None and fam not in ("bernoulli", "ordinal", "multinomial")  # no level-1 scale for these
     if fixed is not None:
         try:
             if abs(float(fixed) - 1.0) > 1e-12:

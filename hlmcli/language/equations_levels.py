@@ -31,88 +31,18 @@ are read for two and three levels only.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .lexer import (COEF_LETTERS, GREEK, RANDOM_LETTERS, EquationSyntaxError, check_shape, coefficient_letters,  # noqa: F401
                     parse_index, random_letters, read_text, at_file_line, right_side_terms, split_star, unwrap)
 from .hlmfile import NO, key_values, level_equation, level_terms, whole
-from .model import Centering, Equation, Fixed, RunOptions, Term  # noqa: F401
+from .model import Centering, Equation, ModelSpec, RunOptions, Term
 from ..errors import ModelError
 from ..spec import coefficient_label, subscript
 
 
-# ---------------------------------------------------------------- the model of K levels
-
-
-
-@dataclass(frozen=True)
-class LevelsSpec:
-    """A model of K ≥ 3 levels: the level-1 predictors a_1..a_P and, for each level-1 coefficient π_p,
-    its level-2 Equation, whose `terms` hold the equations one level up, and so on to level K."""
-
-    outcome: str
-    n_levels: int
-    level1: tuple  # a_1..a_P (Term)
-    intercept: bool
-    equations: tuple  # index p = 0..P: the level-2 Equation of π_p, None when π_p is absent
-    options: RunOptions = field(default_factory=RunOptions)
-
-    def __post_init__(self):  # the defaults of K levels (ML, 1000 iterations at three and four)
-        object.__setattr__(self, "options", self.options.for_levels(self.n_levels))
-
-    @property
-    def method(self) -> str:
-        return self.options.method
-
-    def coefficient_names(self) -> list[str]:
-        """The names of the level-1 coefficients π_0..π_P: INTRCPT1 and the level-1 predictors."""
-        return ["INTRCPT1"] + [t.label for t in self.level1]
-
-    def equation(self, idx: tuple) -> Equation:
-        """The equation of the coefficient with subscripts `idx` (π_p: (p,), β_pq: (p, q), ...)."""
-        eq = self.equations[idx[0]]
-        for k in idx[1:]:
-            eq = eq.terms[k]
-        return eq
-
-    def term_names(self, idx: tuple) -> list[str]:
-        """The names of the terms of the equation of `idx`: INTRCPT{d+1} and its predictors."""
-        return [f"INTRCPT{len(idx) + 1}"] + [t.label for t in self.equation(idx).predictors]
-
-    def walk(self):
-        """(depth, subscripts, Equation, names) for every coefficient with an equation, depth-first: the
-        coefficient of a level-`depth` equation whose own equation is at level depth+1."""
-        out = []
-        names1 = ["INTRCPT1"] + [t.label for t in self.level1]
-
-        def go(eq, depth, idx, names):
-            out.append((depth, idx, eq, names))
-            if depth + 1 >= self.n_levels:
-                return
-            for k in eq.present():
-                go(eq.terms[k], depth + 1, idx + (k,),
-                   names + ((f"INTRCPT{depth + 1}" if k == 0 else eq.predictors[k - 1].label),))
-
-        for p, eq in enumerate(self.equations):
-            if eq is not None:
-                go(eq, 1, (p,), (names1[p],))
-        return out
-
-    def fixed(self) -> list[Fixed]:
-        """The fixed effects in the engine's order (depth-first)."""
-        out = []
-        for depth, idx, eq, names in self.walk():
-            if depth == self.n_levels - 1:
-                for k in eq.present():
-                    out.append(Fixed(idx + (k,), names + ((f"INTRCPT{depth + 1}" if k == 0 else
-                                                           eq.predictors[k - 1].label),)))
-        return out
-
-    def random(self, level: int) -> list[tuple]:
-        """(subscripts, names) of the coefficients random at `level`, in τ order."""
-        return [(idx, names) for depth, idx, eq, names in self.walk() if depth == level - 1 and eq.random]
-
+# ---------------------------------------------------------------- the variables of K levels
 
 @dataclass(frozen=True)
 class VariablesLevels:
@@ -436,7 +366,7 @@ def _equations_by_coefficient(equations: list, variables: VariablesLevels, K: in
 
 
 def build_levels_spec(equations: list, variables: VariablesLevels, options: RunOptions | None = None
-                      ) -> LevelsSpec:
+                      ) -> ModelSpec:
     """equations[ℓ−1]: the list of level-ℓ equations (one at level 1). The model has K = len(equations)
     levels. Defaults follow HLM: a coefficient with no equation of its own is its intercept alone, random
     only on the intercept path (π0 = β00 + r0, β00 = γ000 + u00, γ000 = δ0000 + v000)."""
@@ -466,7 +396,7 @@ def build_levels_spec(equations: list, variables: VariablesLevels, options: RunO
     for key, (_, _, _, text) in given.items():
         if key not in used:
             raise _orphan(key, text, eqs, intercept, given, K)
-    spec = LevelsSpec(outcome, K, terms, intercept, eqs, options or RunOptions())
+    spec = ModelSpec(outcome, K, terms, intercept, eqs, options or RunOptions())
     for level in range(2, K + 1):
         if not spec.random(level):
             r, zeros = rand[level - 1], (0,) * (level - 1)
@@ -478,7 +408,7 @@ def build_levels_spec(equations: list, variables: VariablesLevels, options: RunO
 
 
 def build_spec3(level1: str, level2: list[str], level3: list[str], variables: VariablesLevels,
-                options: RunOptions | None = None) -> LevelsSpec:
+                options: RunOptions | None = None) -> ModelSpec:
     """A three-level model from its level-1 equation and its π (level-2) and β (level-3) equations."""
     return build_levels_spec([[level1] if level1 else [], list(level2), list(level3)], variables, options)
 
@@ -535,7 +465,7 @@ _OFF = {"level1weight", "level2weight", "level3weight", "varianceknown", "constr
         "level1deletion", "level2deletion", "level3deletion", "fixsigma2", "resfil1"}
 
 
-def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside: bool = False) -> LevelsSpec:
+def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside: bool = False) -> ModelSpec:
     """An HLM 7 HLM3 command file: level1:, then each level2: line followed by its level3: lines."""
     path = Path(path)
     lines: dict = {"level1": None, "level2": [], "level3": []}
@@ -637,8 +567,8 @@ def is_command_file(path, text: str) -> bool:
 
 
 def spec_from_inputs_levels(equations: list, model_file: str | None, variables: VariablesLevels,
-                            options: RunOptions, allow_outside: bool = False) -> LevelsSpec:
-    """One LevelsSpec of K = len(equations) levels from -1 ... -K, a model file of equations, printed
+                            options: RunOptions, allow_outside: bool = False) -> ModelSpec:
+    """One ModelSpec of K = len(equations) levels from -1 ... -K, a model file of equations, printed
     output pasted into -1 (or several equations in it, split by ';'), or at three levels an HLM 7
     command file."""
     K = len(equations)
@@ -668,7 +598,7 @@ def spec_from_inputs_levels(equations: list, model_file: str | None, variables: 
 
 
 def spec3_from_inputs(level1: str | None, level2: list[str], level3: list[str], model_file: str | None,
-                      variables: VariablesLevels, options: RunOptions, allow_outside: bool = False) -> LevelsSpec:
+                      variables: VariablesLevels, options: RunOptions, allow_outside: bool = False) -> ModelSpec:
     """spec_from_inputs_levels at three levels, from -1, -2 and -3."""
     return spec_from_inputs_levels([[level1] if level1 else [], list(level2), list(level3)], model_file, variables,
                                    options, allow_outside)

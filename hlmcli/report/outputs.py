@@ -12,6 +12,10 @@ def fit_document(analysis, meta: dict, hglm: bool) -> dict:
     """The JSON document of a two-level fit, linear (report.fit_json) or HGLM (report_hglm.hglm_json)."""
     from .report import fit_json, json_safe
 
+    if hglm and getattr(analysis.spec.options, "family", None) == "multinomial":
+        from .report_multinomial import multinomial_json
+
+        return json_safe(multinomial_json(analysis, meta))
     if hglm:
         from .report_hglm import hglm_json
 
@@ -23,6 +27,10 @@ def fit_text(analysis, meta: dict, ascii: bool, hglm: bool) -> str:
     """What `hlmcli fit` prints for a two-level fit."""
     from .report import Symbols, fit_text as linear_text
 
+    if hglm and getattr(analysis.spec.options, "family", None) == "multinomial":
+        from .report_multinomial import multinomial_text
+
+        return multinomial_text(analysis, meta, Symbols(ascii))
     if hglm:
         from .report_hglm import hglm_text
 
@@ -123,6 +131,32 @@ def plot(results, kind: str, path, **options):
 
 def plot_levels(results, kind: str, path, **options):
     from .plots import plot_levels as draw
+
+    return draw(results, kind, path, **options)
+
+
+def crossed_document(analysis, meta: dict) -> dict:
+    """The JSON document of a cross-classified fit (crossed_report.to_json, schema crossed-2.json)."""
+    from .crossed_report import to_json
+    from .report import json_safe
+
+    return json_safe(to_json(analysis, meta))
+
+
+def crossed_text(analysis, meta: dict) -> str:
+    from .crossed_report import text
+
+    return text(analysis, meta)
+
+
+def crossed_view(doc: dict) -> dict:
+    from .crossed_report import crossed_view as view
+
+    return view(doc)
+
+
+def plot_crossed(results, kind: str, path, **options):
+    from .plots import plot_crossed as draw
 
     return draw(results, kind, path, **options)
 

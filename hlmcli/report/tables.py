@@ -65,16 +65,35 @@ def information_criteria(fit: dict) -> tuple[int, float, float]:
     return k, float(fit["aic"]), float(fit["bic"])
 
 
+# Parts of a fit the paper tables do not show yet: refused rather than printed as if absent (a σ² of 1 that is
+# not estimated, one σ² where it varies, tied γs unmarked).
+_UNSHOWN = {"level1_variance": "its model for the level-1 variance (the α table and the test against one σ²)",
+            "known_variance": "that its level-1 variances are known, not estimated (σ² is held at 1)",
+            "constraints": "which γs are tied by --constrain, and the test of the ties"}
+
+
 def two_level(fit: dict) -> dict:
     """The document, if it is of a two-level fit; the tables read those (and combined ones) only."""
     if (fit.get("levels", 2) != 2 and "r_names" not in fit) or "fixed_effects" not in fit:
         raise ModelError(f"a {fit.get('levels', '?')}-level fit: the paper tables read two-level fits for now; "
                          "take the numbers from its JSON or text output")
+    return refuse_unshown(fit)
+
+
+def refuse_unshown(fit: dict) -> dict:
+    """The document, unless it holds a part the paper tables do not show yet (_UNSHOWN)."""
+    for key, what in _UNSHOWN.items():
+        if key in fit:
+            raise ModelError(f"the paper tables do not show {what} yet; take the numbers from the text or JSON "
+                             "output (--format text or json)")
     return fit
 
 
 def se_kind(fit: dict, se: str = "auto") -> str:
     """'robust' or 'model': the standard errors a table of this fit reports."""
+    if se == "robust" and fit.get("kind") == "cross-classified linear":
+        raise ModelError("a cross-classified fit has no robust standard errors: the sandwich estimator clusters on "
+                         "level-2 units, and crossed factors split every group across the other's; use --se model")
     if se == "auto":
         return "robust" if fit.get("weights") else "model"
     return se
@@ -235,7 +254,12 @@ def _level_rows(fit: dict) -> list[tuple[str, str]]:
 
 
 def _as_table(fit: dict) -> dict:
-    """A fit of three or more levels in the keys the tables read (levels_results.table_view)."""
+    """A fit of three or more levels in the keys the tables read (levels_results.table_view); a
+    cross-classified fit in the same keys (crossed_report.crossed_view)."""
+    if fit.get("kind") == "cross-classified linear" and "r_names" not in fit:
+        from .crossed_report import crossed_view
+
+        return crossed_view(fit)
     if fit.get("levels", 2) > 2 and "r_names" not in fit:
         from ..levels_results import table_view
 
@@ -250,12 +274,13 @@ def fit_frames(fit: dict, options: TableOptions = TableOptions()) -> tuple[pd.Da
     kind = se_kind(fit, options.se)
     se_head = "Robust SE" if kind == "robust" else "SE"
     rows = []
+    robust = any(f.get("robust_se") is not None for f in fit["fixed_effects"])  # a crossed fit has no sandwich
     for f, (_, label) in zip(fit["fixed_effects"], fixed_names(fit)):
         s, stat, p = _chosen(f, kind)
         row = {"Fixed effect": f"{label} ({f['gamma'].replace('γ', 'g')})",
                "Coefficient": _f(f["estimate"]) + (stars(p) if options.stars else ""), se_head: _f(s),
                "t-ratio": _f(stat, 2), "d.f.": _df(f["df"]), "p-value": p}
-        if kind == "model":
+        if kind == "model" and robust:
             row.update({"Robust SE": _f(f["robust_se"]), "Robust p-value": f["robust_p"]})
         if ratio:
             low, high = ("robust_ci_low", "robust_ci_high") if kind == "robust" else ("ci_low", "ci_high")
@@ -265,7 +290,7 @@ def fit_frames(fit: dict, options: TableOptions = TableOptions()) -> tuple[pd.Da
         s, stat, p = _chosen(t, kind)
         row = {"Fixed effect": label, "Coefficient": _f(t["estimate"]) + (stars(p) if options.stars else ""),
                se_head: _f(s), "t-ratio": _f(stat, 2), "d.f.": _df(t["df"]), "p-value": p}
-        if kind == "model":
+        if kind == "model" and robust:
             row.update({"Robust SE": _f(t["robust_se"]), "Robust p-value": t["robust_p"]})
         if ratio:
             row.update({RATIO_HEADINGS[ratio]: "", "95% CI": ""})
@@ -526,6 +551,8 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str], options: TableOptio
 def side_by_side_text(fits: Sequence[dict], names: Sequence[str], fmt: str, options: TableOptions = TableOptions()) -> str:
     if fmt not in FORMATS:
         raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    for fit in fits:
+        refuse_unshown(fit)
     table = side_by_side(fits, names, options)
     table.insert(0, " ", table.index)
     part = _render(table.reset_index(drop=True), fmt, index=False, name="models")
@@ -581,14 +608,15 @@ def combined_table(doc: dict, fmt: str, options: TableOptions = TableOptions()) 
                          "Variance": _f(doc["tau"][k][k]), "Correlation": ""} for k, name in enumerate(labels)]
                        + [{"Random effect": f"{a}, {b} (covariance)", "SD": "", "Variance": _f(cov), "Correlation": _f(cor)}
                           for a, b, cov, cor in _tau_pairs(doc)]
-                       + [{"Random effect": "level-1, r", "SD": _f(math.sqrt(doc["sigma2"])),
-                           "Variance": _f(doc["sigma2"]), "Correlation": ""}])
+                       + ([{"Random effect": "level-1, r", "SD": _f(math.sqrt(doc["sigma2"])),
+                            "Variance": _f(doc["sigma2"]), "Correlation": ""}] if doc["sigma2"] is not None else []))
     if not _tau_pairs(doc):
         var = var.drop(columns="Correlation")
     combining = doc["combining"]
     stats = pd.DataFrame([{"Statistic": f"Fits combined ({combining['source']})", "Value": str(combining["m"])},
-                          {"Statistic": "Deviance (average over the fits)", "Value": f"{doc['deviance']:.2f}"},
-                          {"Statistic": f"Estimated parameters ({doc['method']}, HLM count)", "Value": str(doc["n_params"])},
+                          *([{"Statistic": "Deviance (average over the fits)", "Value": f"{doc['deviance']:.2f}"},
+                             {"Statistic": f"Estimated parameters ({doc['method']}, HLM count)",
+                              "Value": str(doc["n_params"])}] if doc["deviance"] is not None else []),
                           {"Statistic": "N (level 1)", "Value": str(doc["n_level1"])},
                           {"Statistic": "J (level 2)", "Value": str(doc["n_level2"])}])
     parts = [_render(frame, fmt, index=False, name=name)
