@@ -450,6 +450,9 @@ class Objective(BlockDeviance):
     """The profiled deviance over (G_1, …, G_K), one block per factor: an objective.DevianceObjective
     (value, at, noise) for search.search and certificate.certify_blocks."""
 
+    # the lower faces' Newton (search.best_lower_face) updates its difference Hessian by secants
+    secant_faces = True
+
     def __init__(self, stats: CrossedStats, reml: bool):
         super().__init__(reml)
         self.stats = stats
