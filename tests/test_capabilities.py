@@ -306,6 +306,10 @@ def check_full_output(kind, tmp_path):
 
 
 def check_weights(kind, tmp_path):
+    if kind in ("laplace", "agq"):  # the pseudo-likelihood of a binary outcome against glmer (test_hglm_weights.py)
+        from test_hglm_weights import check_weights_cell
+
+        return check_weights_cell(kind)
     doc = fit_json(kind, "--weight1", "W1", "--weight2", "W2")
     ref = _ref(W / "hsbw_ri_norm_cluster.json")
     for f in doc["fixed_effects"]:
@@ -314,6 +318,10 @@ def check_weights(kind, tmp_path):
 
 
 def check_plausible_values(kind, tmp_path):
+    if kind in ("pql", "laplace", "agq"):  # binary plausible values, Rubin's rules by hand (test_hglm_weights.py)
+        from test_hglm_weights import check_plausible_values_cell
+
+        return check_plausible_values_cell(kind)
     from test_pinned_fits import PV_MODEL, make_pv_files
 
     proc = run_cli("fit", *make_pv_files(tmp_path), *PV_MODEL, "--format", "json")
@@ -964,6 +972,12 @@ def check_hglm3_plot(tmp_path):
 
 def check_hglm3_missing_now(tmp_path):
     hglm3_matches(hglm3_json("--missing", "now"))  # no missing values: the reference fit
+
+
+def check_hglm3_plausible_values(tmp_path):
+    from test_hglm_weights import test_three_level_pql_plausible_values
+
+    test_three_level_pql_plausible_values(tmp_path)
 
 
 SUPPORTED_HGLM3 = {key[len("check_hglm3_"):]: f for key, f in globals().items() if key.startswith("check_hglm3_")}
