@@ -32,7 +32,8 @@ class HGLMLevels:
         return {"family": self.family, "link": self.link, "estimation": self.estimation,
                 "pql": ("restricted" if self.reml else "full") if self.estimation == "pql" else None,
                 "overdispersion": self.overdispersion,
-                "sigma2_fixed": not self.overdispersion, "macro_iterations": self.macro_iterations,
+                "sigma2_fixed": not self.overdispersion,
+                "macro_iterations": self.macro_iterations if self.estimation == "pql" else None,
                 "fixed_point": self.check.to_json() if self.check is not None else {"checked": False},
                 "trials": self.trials, "exposure": self.exposure, "failed": list(self.failed)}
 
