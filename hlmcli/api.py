@@ -19,7 +19,7 @@ from .lazy import is_dataframe, lazy
 
 pd = lazy("pandas")
 
-from .language.equations import ModelSpec
+from .language.model import ModelSpec
 from .errors import DataError, ModelError
 from .io.readers import check_frame_columns
 from .results import Results
@@ -114,7 +114,7 @@ def fit_options(**given) -> FitOptions:
         given.pop("df_method", None)
     if given.get("df_method", "hlm") not in ("hlm", "hlm6", "satterthwaite"):
         raise ModelError(f"df must be 'hlm', 'hlm6' or 'satterthwaite', not '{given['df_method']}'")
-    for name in ("tests", "imputed"):
+    for name in ("tests", "imputed", "constraints"):
         value = given.get(name)
         if isinstance(value, str):
             given[name] = (value,)
@@ -198,6 +198,8 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
         a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
         a.notes = boundary_notes(a)
         return a
+    if fit.constraints:
+        return _analyse_constrained(spec, archive, fit, hypotheses)
     weights = weight_spec(spec, fit)
     analysis = analyse(spec, archive, fit.df_method, weights=weights if weights.any else None)
     prior = o.prior_deviance
@@ -209,6 +211,21 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
     if fit.prior_version and "deviance_test" in analysis.extras:
         analysis.extras["deviance_test"].update({"prior_version": fit.prior_version,
                                                  "prior_deviance_printed": o.prior_deviance})
+    return analysis
+
+
+def _analyse_constrained(spec, archive, fit: FitOptions, hypotheses):
+    """A linear fit under --constrain: the constrained model, its tests on the free γs, and the
+    likelihood-ratio test of the constraints (analysis/constrained.py)."""
+    from .analysis.constrained import analyse_constrained, constrained_tests, constraint_test, parse_constraints
+    from .analysis.pipeline import add_extras
+
+    o = spec.options
+    constraints = parse_constraints(fit.constraints, spec)
+    analysis = analyse_constrained(spec, archive, constraints, fit.df_method)
+    add_extras(analysis, (), None, None, o.homogeneity, o.full_output, o.ols_units)
+    analysis.extras.update(constrained_tests(analysis, constraints, hypotheses, o.prior_deviance, o.prior_params))
+    analysis.extras["constraint_test"] = constraint_test(analysis, spec, archive, constraints)
     return analysis
 
 
@@ -226,7 +243,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         link: str | None = None, weight1: str | None = None, weight2: str | None = None, normalize: str | None = None,
         tau: str | None = None, engine: str = "memory",
         max_iterations: int | None = None, title: str | None = None, tests: Sequence[str] = (),
-        compare_deviance: float | None = None, compare_params: int | None = None,
+        constrain: Sequence[str] = (), compare_deviance: float | None = None, compare_params: int | None = None,
         test_homogeneity: bool | None = None, full_output: bool | None = None, ols_units: int | None = None,
         file_format: str | None = None, delimiter: str | None = None,
         cache_dir: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None,
@@ -247,7 +264,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     weight1, weight2, normalize: sampling weights. tau: "unstructured" or "diagonal".
     engine: "memory" (the records in memory); "stream" and "dask" are for `hlmcli fit` with files.
     The other keywords mirror the CLI's options: df ("hlm" or "satterthwaite"), max_iterations,
-    title, tests (e.g. ["g01 = 0, g11 = 0"]), compare_deviance/compare_params, test_homogeneity,
+    title, tests (e.g. ["g01 = 0, g11 = 0"]), constrain (ties among γs, e.g. ["g10 = g20"]), compare_deviance/compare_params, test_homogeneity,
     full_output, ols_units, missing ("now"/"analysis"), drop_unmatched, file_format, delimiter,
     cache_dir. `warn` receives warnings (default: Python's warnings module).
     Three and four levels (HLM3, HLM4): level1, level2, level3 (and level4) are the files of each
@@ -264,7 +281,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     say = warn or (lambda m: warnings.warn(m, stacklevel=3))
     options = fit_options(method=method, family=family, trials=trials, exposure=exposure, overdispersion=overdispersion,
                           estimation=estimation, link=link, quadrature_points=quadrature_points, tau=tau, weight1=weight1,
-                          weight2=weight2, normalize=normalize, df_method=df, tests=tests,
+                          weight2=weight2, normalize=normalize, df_method=df, tests=tests, constraints=constrain,
                           compare_deviance=compare_deviance, compare_params=compare_params,
                           test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
                           max_iterations=max_iterations, engine=engine)
@@ -280,6 +297,10 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
                            level4_eqs), model, options, title, missing, drop_unmatched, file_format, delimiter,
                            cache_dir, say)
     if options.engine != Engine.MEMORY:
+        if options.constraints:
+            from .capabilities import refuse
+
+            refuse("constrain", "linear-summary")
         return _fit_summarised(level1, level2, id1 or id, id2 or id, level1_eq, level2_eqs, model, options, title,
                                drop_unmatched, missing, file_format, delimiter, say)
     archive, source, frames = load_data(level1, level2, id, id1=id1, id2=id2, missing=missing,
@@ -366,7 +387,8 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
 
         design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
         analysis = LevelsAnalysis(spec, design, nested, hglm=hglm)
-        analysis.extras = levels_extras(analysis, fit.tests)
+        # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL)
+        analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params)
         return analysis
     if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3
@@ -526,48 +548,16 @@ def table(models: Sequence, fmt: str | None = None, names: Sequence[str] | None 
     return side_by_side_text(docs, names, fmt, options)
 
 
-class CrossedModel:
-    """A cross-classified fit (hlmcli.fit_crossed): the numbers as attributes, HCM2's text and the JSON
-    document of `hlmcli fit --formula` (the same functions print them)."""
-
-    def __init__(self, results):
-        self.results = results
-        fit = results.fit
-        self.gamma = dict(zip(results.design.fixed_names, fit.gamma))
-        self.se = dict(zip(results.design.fixed_names, fit.se))
-        # one key per random term; a factor with several terms (x || g) is g, g.1, ... as lme4 names them
-        keys, seen = [], {}
-        for name in fit.factors:
-            keys.append(name if name not in seen else f"{name}.{seen[name]}")
-            seen[name] = seen.get(name, 0) + 1
-        self.tau = dict(zip(keys, fit.taus))
-        self.ranef = dict(zip(keys, fit.ranef))  # EB (conditional modes) per term, rows in labels' order
-        self.labels = dict(zip(keys, fit.labels))
-        self.sigma2, self.deviance, self.method = fit.sigma2, fit.deviance, fit.method
-        self.certified = results.certified
-
-    def text(self) -> str:
-        from .report.crossed_report import text
-
-        return text(self.results)
-
-    def to_dict(self) -> dict:
-        from .report.crossed_report import to_json
-        from .report.report import json_safe
-
-        return json_safe(to_json(self.results))
-
-    def __repr__(self) -> str:
-        return f"<hlmcli cross-classified fit: {self.results.formula}, {self.method}, deviance {self.deviance:.4f}>"
-
-
 def fit_crossed(data: DataLike, formula: str, method: str = "REML", *, tau: str | None = None,
                 max_iterations: int | None = None, title: str | None = None, file_format: str | None = None,
-                delimiter: str | None = None) -> CrossedModel:
+                delimiter: str | None = None, df: str | None = None, tests: Sequence[str] = (),
+                prior_deviance: float | None = None, prior_params: int | None = None):
     """Fit a model whose grouping factors are crossed (HLM 7's HCM2, and any mix of crossed and nested
     factors), as `hlmcli fit DATA --formula ...` does: e.g. 'attain ~ verbal + (1 | primary) + (1 | second)'.
     data: one file or DataFrame holding every column. tau="diagonal" splits every random term into
-    uncorrelated effects. The fit is certified (or says what failed: `.certified`, `.results.failures`)."""
+    uncorrelated effects; df="satterthwaite" gives lmerTest's d.f. and p-values; tests are --test's
+    restrictions ('THETA1 = 0'); prior_deviance and prior_params --compare-deviance's. Returns a
+    results.CrossedResults (a `Results`); it is certified or says what failed (`.certified`, `.failures`)."""
     from .analysis.crossed_run import analyse_crossed
     from .io.readers import Table, read_table
     from .language.formula import crossed, diagonal_bars
@@ -587,4 +577,8 @@ def fit_crossed(data: DataLike, formula: str, method: str = "REML", *, tau: str 
     else:
         table = read_table(data, file_format, delimiter,
                            string_columns=tuple(name for bar in model.bars for name in bar.factor))
-    return CrossedModel(analyse_crossed(table, model, formula, method.upper(), max_iterations, title))
+    from .results import CrossedResults
+
+    analysis = analyse_crossed(table, model, formula, method.upper(), max_iterations, title, df or "none", tuple(tests),
+                               prior_deviance, prior_params)
+    return CrossedResults(analysis, meta={"data_source": analysis.source})

@@ -24,9 +24,12 @@ KINDS = {
     "four-level": "four-level linear",
     "crossed": "cross-classified linear",
     "three-level-pql": "three-level HGLM PQL",
+    "three-level-laplace": "three-level HGLM Laplace",
 }
 _LEVELS = ("three-level", "four-level")
 THREE_LEVEL_HGLM = "three-level-pql"
+THREE_LEVEL_LAPLACE = "three-level-laplace"
+_HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE)
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
@@ -75,15 +78,11 @@ _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data file
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
 
-_X_NOT_YET = ("not built yet for cross-classified fits, whose results are their own record so far "
-              "(hlmcli fit --formula and hlmcli.fit_crossed print HCM2's tables and the JSON document)")
-_X_TESTS = ("not built yet for cross-classified fits: the Wald and likelihood-ratio tests are not wired to their "
-            "record; compare two fits' deviances by hand (both by ML for different fixed effects)")
-_X_RESIDUALS = ("not built yet: a cross-classified fit keeps its empirical Bayes estimates per factor (the API's "
-                "fit.ranef) but writes no residual files")
-_X_DF = ("d.f. for crossed factors: HLM 7's rule counts level-2 units of one nesting and Satterthwaite's needs the "
-         "covariance of the variance estimates over all blocks; neither is built, so t-ratios are printed without "
-         "d.f. or p-values")
+_X_COMBINED = ("not built yet for cross-classified fits: Rubin's rules need one fit per plausible value or data set "
+               "combined with its covariance, which is wired for nested models only; fit each data set on its own")
+_X_DF = ("HLM 7's d.f. rule for HCM2's fixed effects is not published, and HLM 5/6's N - F rule is for nested "
+         "level-1 slopes; a cross-classified fit gives Satterthwaite's d.f. (--df satterthwaite, as lmerTest) "
+         "and otherwise t-ratios without d.f. or p-values")
 _X_UNITS = ("HLM2's unit-by-unit statistics (OLS per unit, the homogeneity test over units' residual variances) need "
             "units that hold their records; crossed factors split every group across the other factor's groups")
 _X_WEIGHTS = ("sampling weights with crossed factors need a weight for each factor's groups and a scaling rule for "
@@ -93,6 +92,20 @@ _X_SUMMARY = ("the blocked Cholesky of crossed factors needs Z1'Z2, which pairs 
               "per-unit summaries of one factor do not keep it; fit in memory")
 _X_MISSING = ("a cross-classified fit reads one file and leaves out records with a missing value in a column the "
               "model uses (HLM's deletion at analysis)")
+_CONSTRAIN_SUMMARY = ("not built yet for the stream and Dask engines: their per-unit summaries would need the "
+                      "constrained design B_jH formed from the moments; fit with --engine memory")
+_CONSTRAIN_HGLM = ("not built yet for HGLM: the PQL, Laplace and AGQ fits would need the same reparametrisation "
+                   "γ = Hδ in their working model; the linear model has it")
+_CONSTRAIN_LEVELS = ("not built yet for three and four levels: HLM 7's constrain is HLM2's; the nested engines "
+                     "would need the constrained design of their γ layout")
+_CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
+                      "predictors into one column of the formula")
+# With --constrain, options whose computation is of the unconstrained γ layout: refused, never ignored.
+CONSTRAIN_CONFLICTS = {
+    "weights": "the sandwich and the scaled weights are wired to the unconstrained γs; fit without sampling weights",
+    "plausible_values": "Rubin's rules combine unconstrained fits; fit each plausible value or data set on its own",
+    "full_output": "its unit-by-unit OLS and least-squares tables are of the unconstrained model",
+}
 
 
 @dataclass(frozen=True)
@@ -110,55 +123,58 @@ def _k(reason: str) -> dict:
 FEATURES = (
     Feature("api", "Python API (hlmcli.fit; crossed: hlmcli.fit_crossed)", {}),
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
-            "caterpillar and diagnostics)", {"linear-summary": _PLOT_SUMMARY, "crossed": _X_NOT_YET,
-                                              THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
-    Feature("table", "hlmcli table of saved fits", {"crossed": _X_NOT_YET}),
-    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, "crossed": _X_NOT_YET,
-                                                                THREE_LEVEL_HGLM: _NO_DEVIANCE}),
-    Feature("formats", "--format csv|markdown|latex|html", {"crossed": _X_NOT_YET}),
-    Feature("test", "--test (Wald tests of γ)", {"crossed": _X_TESTS}),
-    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, "crossed": _X_TESTS,
-                                                         THREE_LEVEL_HGLM: _NO_DEVIANCE}),
-    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4)", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS,
-                                                                        THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, "crossed": _X_RESIDUALS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM}),
+            "caterpillar and diagnostics; cross-classified: caterpillar, one panel per factor)",
+            {"linear-summary": _PLOT_SUMMARY, THREE_LEVEL_HGLM: _NOT_YET_3HGLM, THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
+    Feature("table", "hlmcli table of saved fits", {}),
+    Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
+    Feature("formats", "--format csv|markdown|latex|html", {}),
+    Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
+    Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties under ML)",
+            {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
+             "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
+             THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
+    Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
+    Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
+            {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM, THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM,
+                               THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
-            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, "crossed": _X_DF,
-             THREE_LEVEL_HGLM: _SATTERTHWAITE}),
+            {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, THREE_LEVEL_HGLM: _SATTERTHWAITE,
+             THREE_LEVEL_LAPLACE: _SATTERTHWAITE}),
     Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
-                                     THREE_LEVEL_HGLM: _HLM6_K}),
+                                     THREE_LEVEL_HGLM: _HLM6_K, THREE_LEVEL_LAPLACE: _HLM6_K}),
     Feature("homogeneity", "--test-homogeneity",
             {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
-             THREE_LEVEL_HGLM: _HOMOGENEITY}),
+             THREE_LEVEL_HGLM: _HOMOGENEITY, THREE_LEVEL_LAPLACE: _HOMOGENEITY}),
     Feature("full_output", "--full-output",
             {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
-             THREE_LEVEL_HGLM: _FULL_OUTPUT_K}),
+             THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
     Feature("weights", "--weight1 ... --weight4 (sampling weights)",
             {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS,
-             "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS}),
+             "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS, THREE_LEVEL_LAPLACE: _HGLM_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",
             {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED,
-             "crossed": _X_NOT_YET, THREE_LEVEL_HGLM: _HGLM_COMBINED}),
+             "crossed": _X_COMBINED, THREE_LEVEL_HGLM: _HGLM_COMBINED, THREE_LEVEL_LAPLACE: _HGLM_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
-             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS}),
+             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS, THREE_LEVEL_LAPLACE: _HGLM_LEVELS}),
     Feature("negbinomial", "--family negbinomial (NB2 counts, Var = mu + mu^2/theta, log link, theta estimated)",
             {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
              "four-level": _HGLM_LEVELS,
-             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS}),
+             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
             {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
-             THREE_LEVEL_HGLM: _HGLM_SUMMARY}),
+             THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )
 _BY_KEY = {f.key: f for f in FEATURES}
 
 
 def n_levels_of(spec) -> int:
-    """The number of levels of a spec: ModelSpec (two) or LevelsSpec (three and more)."""
+    """The number of levels of a spec (ModelSpec.n_levels)."""
     return int(getattr(spec, "n_levels", 2))
 
 
@@ -172,7 +188,8 @@ def kind_of(spec, engine: Engine | str = Engine.MEMORY, fit: FitOptions | None =
     engine) or the HGLM estimation."""
     levels = n_levels_of(spec)
     if levels == 3 and hglm_asked(fit):
-        return THREE_LEVEL_HGLM
+        est = getattr(fit.estimation, "value", fit.estimation)
+        return THREE_LEVEL_LAPLACE if est == "laplace" else THREE_LEVEL_HGLM
     if levels > 2:
         return _LEVELS[levels - 3]
     if spec.options.family == "normal":
@@ -196,6 +213,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "json_out": bool(out.json_out),
         "formats": out.out_format not in ("text", "json"),
         "test": bool(fit.tests or got("hypotheses")),
+        "constrain": bool(fit.constraints),
         "compare_deviance": (fit.compare_deviance if got("prior_deviance") is None else got("prior_deviance")) is not None,
         "tau_diagonal": (fit.tau or got("tau")) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -231,23 +249,26 @@ def _given_label(feature: str, spec, fit: FitOptions) -> str | None:
 
 def refuse_family(n_levels: int, fit: FitOptions) -> None:
     """HGLM options for a model of four or more levels, or for a normal outcome at three, and a
-    three-level HGLM's estimation other than PQL: refused in one line with the reason."""
+    three-level HGLM's estimation other than PQL or Laplace: refused in one line with the reason."""
     if n_levels == 3 and hglm_asked(fit):
         est = getattr(fit.estimation, "value", fit.estimation)
-        if est not in (None, "pql"):
-            raise ModelError(f"--estimation {est}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: a three-level "
-                             "HGLM is fitted by PQL here; Laplace and adaptive quadrature over nested random effects "
-                             "(a joint mode per level-3 unit) are not built yet")
-        # options the three-level PQL loop would not use: refused, never ignored
+        if est not in (None, "pql", "laplace"):
+            raise ModelError(f"--estimation {est}: not available for a three-level HGLM fit: adaptive quadrature over "
+                             "nested random effects (a level-3 rule with a level-2 rule inside it per level-2 unit) is "
+                             "not built; use --estimation laplace (exact ML up to the Laplace approximation, glmer's "
+                             "nAGQ = 1) or pql")
+        kind = KINDS[THREE_LEVEL_LAPLACE if est == "laplace" else THREE_LEVEL_HGLM]
+        method = "by Laplace" if est == "laplace" else "by PQL"
+        # options the three-level fits would not use: refused, never ignored
         for name, value, why in (
-                ("quadrature-points", fit.quadrature_points, "it is for --estimation agq, and a three-level HGLM is "
-                 "fitted by PQL"),
-                ("separation", fit.separation, "the three-level PQL fit has no search for separating predictors (a "
-                 "separated predictor stops PQL with its reason)"),
+                ("quadrature-points", fit.quadrature_points, f"it is for --estimation agq, and this three-level HGLM "
+                 f"is fitted {method}"),
+                ("separation", fit.separation, f"the three-level fit {method} has no search for separating predictors "
+                 "(a separated predictor stops the fit with its reason)"),
                 ("link", fit.link, "it chooses the cumulative link of --family ordinal at two levels; a three-level "
                  "HGLM uses its family's canonical link, as HLM3")):
             if value is not None:
-                raise ModelError(f"--{name}: not available for a {KINDS[THREE_LEVEL_HGLM]} fit: {why}; drop --{name}")
+                raise ModelError(f"--{name}: not available for a {kind} fit: {why}; drop --{name}")
         return
     given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
                                       ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),
@@ -264,11 +285,16 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     """Refuse, in one line with its reason, the first feature this kind of model does not support.
     `extra` names features asked outside the options (e.g. 'missing_now' from the archive build)."""
     kind = kind_of(spec, engine, fit)
-    if kind in _LEVELS or kind == THREE_LEVEL_HGLM:
+    if kind in _LEVELS or kind in _HGLM3:
         refuse_family(n_levels_of(spec), fit)
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
+    if "constrain" in asked:
+        for key in asked:
+            if key in CONSTRAIN_CONFLICTS:
+                label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
+                raise ModelError(f"{label} with --constrain: not available: {CONSTRAIN_CONFLICTS[key]}")
     if kind in _LEVELS and Engine(engine) != Engine.MEMORY:
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts

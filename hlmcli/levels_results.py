@@ -5,7 +5,7 @@ imports none of them, so each can import it.
 
 At three levels the report keeps HLM3's forms (report_levels' schema 3 text and JSON); at four it is
 HLM4's (schema 4). Everything else here is level-generic: the fixed effects and τ blocks are read
-through the K-level form of the model (`LevelsSpec`), whose γ order and τ orders are the engine's.
+through the K-level form of the model (`ModelSpec`), whose γ order and τ orders are the engine's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class LevelsAnalysis:
-    """The analysis of a K-level model (K ≥ 3): its spec (a LevelsSpec), its design, the certified fit and the extras the options asked for (Wald tests of γ and
+    """The analysis of a K-level model (K ≥ 3): its spec (a ModelSpec of K levels), its design, the certified fit and the extras the options asked for (Wald tests of γ and
     the likelihood-ratio test against a prior deviance), JSON-ready."""
 
     spec: object

@@ -931,3 +931,271 @@ class LevelsResults(Results):
                 if path:
                     table = self.residuals_level1(keep, order) if level == 1 else self.residuals_level(level, keep)
                     write_table(table, path)
+
+
+class CrossedResults(Results):
+    """A fitted cross-classified model (HLM 7's HCM2; lme4's (1 | A) + (1 | B)): `CrossedResults(analysis)`
+    with an analysis.crossed_run.CrossedAnalysis. The accessors of a two-level fit, per grouping factor
+    where it has one of a kind:
+      fixed_effects, variance_components (one block per factor, then level 1), tau (factor -> DataFrame),
+      sigma2, deviance, loglik, n_params, aic, bic, random_effects(factor), residuals_factor(factor),
+      residuals_level1(), write_residuals(...), summary(), to_json(), to_dict(), tidy(), table(fmt), plot(kind)
+    and, as hlmcli.fit_crossed gave them before: gamma and se ({name: value}), ranef and labels (per random
+    term, the EB estimates and the groups), certified, text()."""
+
+    def __init__(self, analysis, archive=None, meta: dict | None = None, sources=None) -> None:
+        self.analysis = analysis
+        self.archive = archive
+        self.meta = dict(meta or {})
+        self._sources = sources
+        self._json = None
+        self._eb = None
+        self._postvar = None
+        self.hglm = False
+        fit = analysis.fit
+        self.gamma = dict(zip(analysis.design.fixed_names, fit.gamma))
+        self.se = dict(zip(analysis.design.fixed_names, fit.se))
+        self.keys = _term_keys(fit.factors)
+        self.ranef = dict(zip(self.keys, fit.ranef))  # EB (conditional modes) per term, rows in labels' order
+        self.labels = dict(zip(self.keys, fit.labels))
+
+    # ------------------------------------------------------------ the documents
+    @property
+    def results(self):
+        """The analysis (analysis.crossed_run.CrossedAnalysis): design, fit, failures, boundary notes."""
+        return self.analysis
+
+    def to_dict(self) -> dict:
+        """The CLI's JSON document (hlmcli/schema/crossed-2.json) as a dict."""
+        key = tuple(str(self.meta.get(k)) for k in ("data_source", "timestamp"))
+        if self._json is None or self._json[0] != key:
+            self._json = (key, writers().crossed_document(self.analysis, self.meta))
+        return self._json[1]
+
+    def to_json(self) -> str:
+        return writers().dumps_json(self.to_dict())
+
+    def summary(self, ascii: bool = False) -> str:
+        """Exactly what `hlmcli fit --formula` prints (HCM2's tables)."""
+        return writers().crossed_text(self.analysis, self.meta)
+
+    def text(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        fit = self.analysis.fit
+        groups = ", ".join(f"{f}={J}" for f, J in zip(fit.factors, fit.n_groups))
+        return (f"<hlmcli.Results cross-classified {fit.method} {self.analysis.design.outcome}: N={fit.n}, {groups}, "
+                f"deviance={fit.deviance:.4f}>")
+
+    # ------------------------------------------------------------ status
+    @property
+    def method(self) -> str:
+        return self.analysis.fit.method
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.analysis.certified)
+
+    @property
+    def certified(self) -> bool:
+        return self.converged
+
+    @property
+    def failures(self) -> list[str]:
+        return [] if self.converged else ["the optimum is not certified: " + "; ".join(self.analysis.failures)]
+
+    @property
+    def warnings(self) -> list[str]:
+        return []
+
+    @property
+    def boundary_notes(self) -> list[str]:
+        return self.analysis.boundary_notes()
+
+    # ------------------------------------------------------------ the numbers
+    @property
+    def fixed_effects(self) -> "pd.DataFrame":
+        """One row per fixed effect: term (R's name), label (THETA0, ...), name, estimate, se, t, df, p."""
+        frame = pd.DataFrame(self.to_dict()["fixed_effects"]).rename(columns={"p_value": "p"})
+        return frame[["term", "label", "name", "estimate", "se", "t", "df", "p"]]
+
+    @property
+    def variance_components(self) -> "pd.DataFrame":
+        """One row per random effect, factor by factor (each its τ block's diagonal), then level 1:
+        factor, effect, label, sd, variance."""
+        rows = []
+        for block in self.to_dict()["random_effects"]:
+            for k, (name, label) in enumerate(zip(block["coefficients"], block["labels"])):
+                v = block["matrix"][k][k]
+                rows.append({"factor": block["factor"], "effect": name, "label": label,
+                             "sd": math.sqrt(max(v, 0.0)), "variance": v})
+        rows.append({"factor": None, "effect": "level-1", "label": "e", "sd": math.sqrt(self.sigma2),
+                     "variance": self.sigma2})
+        return pd.DataFrame(rows)
+
+    @property
+    def random_coefficients(self) -> dict:
+        return {k: list(cols) for k, cols in zip(self.keys, self.analysis.fit.columns)}
+
+    @property
+    def tau(self) -> dict:
+        """{random term: τ, labelled by coefficient}; a factor with several terms (x || g) is g, g.1, ... as lme4."""
+        fit = self.analysis.fit
+        return {k: pd.DataFrame(np.asarray(t, float), index=list(c), columns=list(c))
+                for k, t, c in zip(self.keys, fit.taus, fit.columns)}
+
+    @property
+    def sigma2(self) -> float:
+        return float(self.analysis.fit.sigma2)
+
+    @property
+    def deviance(self) -> float:
+        return float(self.analysis.fit.deviance)
+
+    @property
+    def n_params(self) -> int:
+        return int(self.analysis.n_params)
+
+    @property
+    def aic(self) -> float:
+        return float(self.to_dict()["aic"])
+
+    @property
+    def bic(self) -> float:
+        return float(self.to_dict()["bic"])
+
+    def tidy(self, conf_level: float = 0.95, se: str = "auto") -> "pd.DataFrame":
+        return writers().tidy(writers().crossed_view(self.to_dict()), conf_level, se)
+
+    def glance(self) -> "pd.DataFrame":
+        return pd.DataFrame([writers().glance(writers().crossed_view(self.to_dict()))])
+
+    def table(self, fmt: str = "markdown", options=None, **given) -> str:
+        return writers().table(writers().crossed_view(self.to_dict()), fmt, options, given)
+
+    def plot(self, kind: str, path=None, **options):
+        return writers().plot_crossed(self, kind, path, **options)
+
+    def predict(self, newdata=None):
+        raise ModelError("predict() is for two-level fits; for a cross-classified fit, residuals_level1() holds each "
+                         "record's fitted value (fixed part and with every factor's EB estimates)")
+
+    # ------------------------------------------------------------ groups
+    @property
+    def eb(self):
+        raise ModelError("a cross-classified fit has EB estimates per grouping factor: use random_effects(factor)")
+
+    def _term(self, factor: str | None) -> int:
+        if factor is None:
+            return 0
+        hits = [b for b, k in enumerate(self.keys) if k == factor] or \
+            [b for b, k in enumerate(self.keys) if k.lower() == str(factor).lower()]
+        if not hits:
+            raise ModelError(f"'{factor}' is not a grouping factor of this fit; its random terms are "
+                             f"{', '.join(self.keys)}")
+        return hits[0]
+
+    def posterior_variances(self) -> tuple:
+        if self._postvar is None:
+            self._postvar = self.analysis.fit.posterior_variances()
+        return self._postvar
+
+    def _letter(self, b: int) -> str:
+        """HCM2's letter of a factor's random effects: b (row) and c (column) with two factors, else u."""
+        fit = self.analysis.fit
+        two = len(fit.factors) == 2 and all(":" not in f for f in fit.factors) and fit.factors[0] != fit.factors[1]
+        return "bc"[b] if two else "u"
+
+    def residuals_factor(self, factor: str | None = None, keep: Sequence[str] = ()) -> "pd.DataFrame":
+        """One row per group of a grouping factor (the first when None): its id, its number of records,
+        and for each random effect the EB estimate (b_, c_ or u_ as HCM2 labels them) and its posterior
+        variance (postvar_: given γ̂, τ and σ², lme4's condVar), then the `keep` columns of the data where
+        they are constant within the group (empty where they vary)."""
+        b = self._term(factor)
+        a = self.analysis
+        fit, term = a.fit, a.design.terms[b]
+        letter = self._letter(b)
+        id_name = fit.factors[b]
+        cols: dict = {id_name: list(fit.labels[b]), "n": np.bincount(term.codes, minlength=term.J).astype(int)}
+        var = self.posterior_variances()[b]
+        for k, c in enumerate(fit.columns[b]):
+            cols[f"{letter}_{c}"] = fit.ranef[b][:, k]
+            cols[f"postvar_{letter}_{c}"] = var[:, k, k]
+        table = pd.DataFrame(cols)
+        for name, values in self._kept(keep, table.columns, term.codes, term.J).items():
+            table[name] = values
+        return table
+
+    def residuals_level1(self, keep: Sequence[str] = ()) -> "pd.DataFrame":
+        """One row per record used, in the data's order: its row in the file (1-based), each factor's group,
+        the outcome, the fitted value from the fixed part (fitted_fixed) and with every factor's EB
+        estimates (fitted), the residual (outcome − fitted), then the `keep` columns."""
+        a = self.analysis
+        d, fit = a.design, a.fit
+        fixed = d.X @ fit.gamma
+        eb = fixed.copy()
+        for t, u in zip(d.terms, fit.ranef):
+            eb += np.einsum("nk,nk->n", t.Z, u[t.codes])
+        rows = d.rows if d.rows is not None else np.arange(d.y.size)
+        cols: dict = {"row": rows + 1}
+        for key, t, labels in zip(self.keys, d.terms, fit.labels):
+            if t.factor not in cols:
+                cols[t.factor] = np.asarray(labels, dtype=object)[t.codes]
+        cols.update({d.outcome: d.y, "fitted_fixed": fixed, "fitted": eb, "residual": d.y - eb})
+        table = pd.DataFrame(cols)
+        for name, values in self._kept(keep, table.columns, np.arange(d.y.size), d.y.size).items():
+            table[name] = values
+        return table
+
+    def _kept(self, keep: Sequence[str], have, codes: np.ndarray, J: int) -> dict:
+        """The `keep` columns of the data read, per group (codes: each used record's group of J): a group's
+        value where every record of it has the same, else empty."""
+        if not keep:
+            return {}
+        from .io.readers import find_column
+
+        d = self.analysis.design
+        if d.table is None:
+            raise ModelError("--keep needs the data the fit read; this fit does not hold it")
+        rows = d.rows if d.rows is not None else np.arange(d.y.size)
+        out = {}
+        for name in dict.fromkeys(keep):
+            if name in have:
+                continue
+            col = find_column(d.table, name, "--keep column")
+            values = d.table.data[col].to_numpy()[rows]
+            frame = pd.DataFrame({"g": codes, "v": values})
+            first = frame.groupby("g", sort=True)["v"].first()
+            same = frame.groupby("g", sort=True)["v"].nunique(dropna=False) <= 1
+            per = pd.Series([None] * J, dtype=object)
+            per[first.index.to_numpy()] = np.where(same.to_numpy(), first.to_numpy(dtype=object), None)
+            out[col] = per.to_numpy()
+        return out
+
+    def write_residuals(self, level1=None, factors: dict | None = None, keep: Sequence[str] = ()) -> None:
+        """Write the level-1 file and one file per grouping factor ({factor: path}), atomically: all or none
+        (.csv, .sav or .dta by extension)."""
+        from .io.files import output_transaction
+        from .io.residual_files import write_table
+
+        with output_transaction():
+            if level1:
+                write_table(self.residuals_level1(keep), level1)
+            for factor, path in (factors or {}).items():
+                if path:
+                    write_table(self.residuals_factor(factor, keep), path)
+
+    def random_effects(self, factor: str | None = None) -> "pd.DataFrame":
+        """The EB estimates and posterior variances of a factor's groups, indexed by the group's id."""
+        table = self.residuals_factor(factor)
+        return table.set_index(table.columns[0])
+
+
+def _term_keys(factors) -> list[str]:
+    """One key per random term; a factor with several terms (x || g) is g, g.1, ... as lme4 names them."""
+    keys, seen = [], {}
+    for name in factors:
+        keys.append(name if name not in seen else f"{name}.{seen[name]}")
+        seen[name] = seen.get(name, 0) + 1
+    return keys

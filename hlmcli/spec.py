@@ -100,6 +100,7 @@ class FitOptions:
     imputed: tuple[str, ...] = ()
     df_method: str = "hlm"
     tests: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()  # --constrain 'g10 = g20': ties among γs, fitted as one (Cγ = 0)
     compare_deviance: float | None = None
     compare_params: int | None = None
     prior_version: str | None = None  # the program that printed compare_deviance: hlm6 or hlm7

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import atexit
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
-import pytest
+# One BLAS thread in the test processes too, as the command sets for itself (hlmcli/cli/__init__.py): on a
+# shared 2-core machine a threaded solve of a 200 × 200 system costs ~100 times the CPU of a single thread.
+# Before numpy is first imported, which the imports below may do.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import atexit  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"

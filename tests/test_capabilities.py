@@ -146,7 +146,8 @@ def check_compare(kind, tmp_path):
 # The default run renders one of the three paper formats per kind, each format for some kind (each call
 # costs a start-up and the tables' imports); test_every_format_of_every_kind (slow) renders all 15.
 _FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown"}
-_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS if k not in ("three-level", "four-level", "crossed", "three-level-pql")]  # their own checks
+_TWO_LEVEL_KINDS = [k for k in capabilities.KINDS
+                    if k not in ("three-level", "four-level", "crossed", "three-level-pql", "three-level-laplace")]  # their own checks
 assert set(_FORMAT_OF_KIND) == set(_TWO_LEVEL_KINDS) and set(_FORMAT_OF_KIND.values()) == {"markdown", "latex", "html"}
 
 
@@ -177,6 +178,24 @@ def check_test(kind, tmp_path):
     assert test["model"]["chi2"] == pytest.approx(g10["t"] ** 2, rel=1e-10)
     assert test["robust"]["chi2"] == pytest.approx(g10["robust_t"] ** 2, rel=1e-10)
     matches_reference(doc["fixed_effects"], kind)
+
+
+def check_constrain(kind, tmp_path):
+    """--constrain 'g01 = g10' (SECTOR's effect on the intercept tied to the SES slope): the model refitted by
+    hand on S = SECTOR + SES, to 1e-10; the test of the tie is the change from the base fit's deviance."""
+    doc = fit_json(kind, "--constrain", "g01 = g10")
+    l1, l2 = (pd.read_csv(p) for p in LINEAR_FILES)
+    l1 = l1.merge(l2[["ID", "SECTOR"]], on="ID")
+    l1["S"] = l1["SECTOR"] + l1["SES"]
+    by_hand = hlmcli.fit(l1, l2.drop(columns="SECTOR"), id="ID", level1_eq="MATHACH = b0 + b1*S + r",
+                         level2_eqs=["b0 = g00 + u0", "b1 = g10"], method="ML").to_dict()
+    assert doc["deviance"] == pytest.approx(by_hand["deviance"], rel=1e-10)
+    hand = [by_hand["fixed_effects"][k] for k in (0, 1, 1)]
+    for f, g in zip(doc["fixed_effects"], hand):
+        assert (f["estimate"], f["se"]) == pytest.approx((g["estimate"], g["se"]), rel=1e-10)
+    base_fit = fit_json(kind)
+    matches_reference(base_fit["fixed_effects"], kind)
+    assert doc["constraint_test"]["chi2"] == pytest.approx(doc["deviance"] - base_fit["deviance"], rel=1e-9)
 
 
 def check_compare_deviance(kind, tmp_path):
@@ -860,6 +879,99 @@ def check_hglm3_missing_now(tmp_path):
 SUPPORTED_HGLM3 = {key[len("check_hglm3_"):]: f for key, f in globals().items() if key.startswith("check_hglm3_")}
 
 
+# ---------------------------------------------------------------- the three-level HGLM (Laplace) column
+
+LEVELS_BASE["three-level-laplace"] = [*GROUSE, *GROUSE_MODEL, "--estimation", "laplace"]
+
+
+def hglm3l_matches(doc: dict) -> None:
+    """The grouseticks Laplace fit against glmer and glmmTMB (test_hglm3_laplace.laplace_matches)."""
+    from test_hglm3_laplace import laplace_matches
+
+    laplace_matches(doc, "grouseticks")
+
+
+def hglm3l_json(*extra) -> dict:
+    return levels_json("three-level-laplace", *extra)
+
+
+def check_hglm3l_api(tmp_path):
+    res = hlmcli.fit(*GROUSE[:2], level3=GROUSE[2], id2="BROOD", id3="LOCATION", level1_eq=GROUSE_MODEL[1],
+                     level2_eqs=[GROUSE_MODEL[3]], level3_eqs=GROUSE_MODEL[5::2][:3], family="poisson",
+                     estimation="laplace", warn=lambda m: None)
+    assert res.to_dict()["fixed_effects"] == hglm3l_json()["fixed_effects"]
+    hglm3l_matches(res.to_dict())
+    assert res.converged and res.failures == []
+
+
+def check_hglm3l_table(tmp_path):
+    a = tmp_path / "fit.json"
+    a.write_text(json.dumps(hglm3l_json()))
+    proc = run_cli("table", a, a, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{hglm3l_json()['fixed_effects'][0]['estimate']:.3f}" in proc.stdout and "J (level 3)" in proc.stdout
+
+
+def check_hglm3l_formats(tmp_path):
+    proc = run("fit", *LEVELS_BASE["three-level-laplace"], "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    tidy = pd.read_csv(pd.io.common.StringIO(proc.stdout))
+    ref = hglm3l_json()["fixed_effects"][0]["estimate"]
+    assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-9)
+
+
+def check_hglm3l_test(tmp_path):
+    doc = hglm3l_json("--test", "γ001 = 0")
+    f = next(f for f in doc["fixed_effects"] if f["gamma"] == "γ001")
+    test = doc["hypothesis_tests"][0]
+    assert test["model"]["chi2"] == pytest.approx(f["t"] ** 2, rel=1e-10)
+    assert test["robust"]["chi2"] == pytest.approx(f["robust_t"] ** 2, rel=1e-10)
+
+
+def check_hglm3l_json_out(tmp_path):
+    path = tmp_path / "fit.json"
+    proc = run_cli("fit", *LEVELS_BASE["three-level-laplace"], "--json-out", path, "-q")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(path.read_text())
+    assert doc == hglm3l_json()
+    hglm3l_matches(doc)
+
+
+def check_hglm3l_compare(tmp_path):
+    """The likelihood-ratio test of γ001 (CHEIGHT): the difference of the two Laplace deviances, 1 d.f."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    b.write_text(json.dumps(hglm3l_json()))
+    small = [x if x != "b00 = g000 + g001*CHEIGHT + u00" else "b00 = g000 + u00" for x in LEVELS_BASE["three-level-laplace"]]
+    proc = run_cli("fit", *small, "--json-out", a, "-q")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("compare", a, b, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    da, db = json.loads(a.read_text())["deviance"], json.loads(b.read_text())["deviance"]
+    assert doc["chi2"] == pytest.approx(da - db, rel=1e-12) and doc["df"] == 1
+    assert all(r["component"] != "level-1" for r in doc["variance_reduction"])  # no σ² in an HGLM
+
+
+def check_hglm3l_compare_deviance(tmp_path):
+    doc = hglm3l_json("--compare-deviance", "2010", "--compare-params", "5")
+    test = doc["deviance_test"]
+    assert test["chi2"] == pytest.approx(2010 - doc["deviance"], rel=1e-12) and test["df"] == 1
+
+
+def check_hglm3l_tau_diagonal(tmp_path):
+    """One random effect per level: a diagonal τ is the same model, so the same fit."""
+    doc = hglm3l_json("--tau", "diagonal")
+    hglm3l_matches(doc)
+    assert set(doc["tau_structure"]) == {"diagonal"}
+
+
+def check_hglm3l_missing_now(tmp_path):
+    hglm3l_matches(hglm3l_json("--missing", "now"))
+
+
+SUPPORTED_HGLM3L = {key[len("check_hglm3l_"):]: f for key, f in globals().items() if key.startswith("check_hglm3l_")}
+
+
 # ---------------------------------------------------------------- cross-classified
 # References: lmer's fits in tests/data/crossed/crossed_lme4.json (tests/reference_scripts/crossed_lme4.R).
 # Penicillin (24 plates crossed with 6 samples) is small, so its cells are cheap.
@@ -878,9 +990,8 @@ def _xc_matches(doc: dict, formula: str = XC_FORMULA, method: str = "ML") -> Non
     ref = _xc_reference(formula, method)
     assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
     for f in doc["fixed_effects"]:
-        name = "(Intercept)" if f["name"] == "INTRCPT" else f["name"]
-        assert f["coefficient"] == pytest.approx(ref["gamma"][name], rel=1e-6)
-        assert f["se"] == pytest.approx(ref["se"][name], rel=1e-6)
+        assert f["estimate"] == pytest.approx(ref["gamma"][f["term"]], rel=1e-6)
+        assert f["se"] == pytest.approx(ref["se"][f["term"]], rel=1e-6)
 
 
 def check_crossed_api(kind, tmp_path):
@@ -903,6 +1014,89 @@ def check_crossed_tau_diagonal(kind, tmp_path):
                    "--format", "json")
     assert proc.returncode == 0, proc.stderr
     _xc_matches(json.loads(proc.stdout), formula, "REML")
+
+
+def _xc_saved(tmp_path, name: str = "xc.json", method: str = "ML") -> Path:
+    path = tmp_path / name
+    path.write_text(hlmcli.fit_crossed(XC / "penicillin.csv", XC_FORMULA, method).to_json())
+    return path
+
+
+def check_crossed_table(kind, tmp_path):
+    proc = run_cli("table", _xc_saved(tmp_path), "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    ref = _xc_reference(XC_FORMULA, "ML")
+    rows = dict(line.split(",", 1) for line in proc.stdout.splitlines()[:2])
+    assert float(rows["(Intercept)"]) == pytest.approx(ref["gamma"]["(Intercept)"], abs=5e-4)  # printed to 3 places
+
+
+def check_crossed_compare(kind, tmp_path):
+    """Penicillin's ML fit (lmer's deviance) against the one with a plate-level x added."""
+    a = _xc_saved(tmp_path)
+    d = pd.read_csv(XC / "penicillin.csv")
+    d["x"] = (d["plate"].str[0] < "m").astype(float)
+    b = tmp_path / "x.json"
+    b.write_text(hlmcli.fit_crossed(d, XC_FORMULA.replace("~ 1", "~ x"), "ML").to_json())
+    proc = run_cli("compare", a, b, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["deviance_a"] == pytest.approx(_xc_reference(XC_FORMULA, "ML")["deviance"], rel=1e-8)
+    assert out["df"] == 1 and out["chi2"] == pytest.approx(out["deviance_a"] - out["deviance_b"], rel=1e-12)
+
+
+def check_crossed_formats(kind, tmp_path):
+    proc = run_cli("fit", *XC_BASE, "--format", "markdown")
+    assert proc.returncode == 0, proc.stderr
+    ref = _xc_reference(XC_FORMULA, "ML")
+    assert f"{ref['gamma']['(Intercept)']:.3f}" in proc.stdout and "(Intercept) (THETA0)" in proc.stdout
+
+
+def check_crossed_test(kind, tmp_path):
+    proc = run_cli("fit", *XC_BASE, "--test", "THETA0 = 23", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    _xc_matches(doc)
+    f = doc["fixed_effects"][0]
+    assert doc["hypothesis_tests"][0]["model"]["chi2"] == pytest.approx(((f["estimate"] - 23) / f["se"]) ** 2, rel=1e-10)
+
+
+def check_crossed_compare_deviance(kind, tmp_path):
+    proc = run_cli("fit", *XC_BASE, "--compare-deviance", "340", "--compare-params", "3", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    t = json.loads(proc.stdout)["deviance_test"]
+    assert t["chi2"] == pytest.approx(340 - _xc_reference(XC_FORMULA, "ML")["deviance"], rel=1e-8) and t["df"] == 1
+
+
+def check_crossed_residuals(kind, tmp_path):
+    """One file per factor (-l2 plate, -l3 sample) and the records' (-l1)."""
+    paths = [tmp_path / f"r{k}.csv" for k in (1, 2, 3)]
+    proc = run_cli("fit", *XC_BASE, "-q", *[x for k, p in enumerate(paths, 1) for x in (f"--residuals-l{k}", p)])
+    assert proc.returncode == 0, proc.stderr
+    r1, r2, r3 = (pd.read_csv(p) for p in paths)
+    assert len(r1) == 144 and len(r2) == 24 and len(r3) == 6
+    assert r2.b_INTRCPT.sum() == pytest.approx(0.0, abs=1e-8) and (r3.postvar_c_INTRCPT > 0).all()
+
+
+def check_crossed_keep(kind, tmp_path):
+    path = tmp_path / "r2.csv"
+    proc = run_cli("fit", *XC_BASE, "-q", "--residuals-l2", path, "--keep", "diameter")
+    assert proc.returncode == 0, proc.stderr
+    assert "diameter" in pd.read_csv(path).columns  # varies within a plate: empty
+
+
+def check_crossed_satterthwaite(kind, tmp_path):
+    proc = run_cli("fit", *XC_BASE, "--df", "satterthwaite", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    ref = json.loads((XC / "crossed_lmertest.json").read_text())["fits"]
+    ref = next(f for f in ref if f["formula"] == XC_FORMULA and f["method"] == "ML")
+    assert json.loads(proc.stdout)["fixed_effects"][0]["df"] == pytest.approx(ref["df"][0], rel=1e-6)
+
+
+def check_crossed_plot(kind, tmp_path):
+    png = tmp_path / "cat.png"
+    proc = run_cli("plot", "caterpillar", XC / "penicillin.csv", "--formula", XC_FORMULA, "-o", png, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 SUPPORTED_CROSSED = {key[len("check_crossed_"):]: f for key, f in globals().items() if key.startswith("check_crossed_")}
@@ -940,6 +1134,7 @@ ASK = {
     "compare_deviance": lambda kind, d: ["--compare-deviance", "2300", "--compare-params", "2"],
     "ordinal": lambda kind, d: ["--family", "ordinal", "-q"],  # -q: pastes' text column warns on loading
     "negbinomial": lambda kind, d: ["--family", "negbinomial", "-q"],
+    "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],  # -q: pastes' text column warns on loading
 }
 
 
@@ -953,7 +1148,7 @@ def check_refused(feature, kind, why, tmp_path):
         proc = run_cli("compare", a, a)
         one_line_refusal(proc, "PQL fit, and PQL has no deviance")
         return
-    if kind in ("three-level", "four-level", "three-level-pql"):
+    if kind in ("three-level", "four-level", "three-level-pql", "three-level-laplace"):
         if feature == "plot":
             proc = run_cli("plot", "equation", *LEVELS_BASE[kind], "-o", tmp_path / "eq.png")
         else:
@@ -1020,7 +1215,8 @@ def _cells():
     for f in capabilities.FEATURES:
         for kind in capabilities.KINDS:
             slow = (f.key, kind) == ("stream_dask", "linear-summary") or (f.key, kind) in SLOW_LEVEL_CELLS or \
-                (kind == "three-level-pql" and f.key not in ("json_out", "compare", "stream_dask"))
+                (kind == "three-level-pql" and f.key not in ("json_out", "compare", "stream_dask")) or \
+                (kind == "three-level-laplace" and capabilities.reason(f.key, kind) is None and f.key != "json_out")
             marks = [pytest.mark.slow] if slow else []
             yield pytest.param(f.key, kind, marks=marks, id=f"{f.key}-{kind}")
 
@@ -1037,6 +1233,8 @@ def test_cell(feature, kind, tmp_path):
         check_refused(feature, kind, why, tmp_path)
     elif kind == "three-level-pql":
         SUPPORTED_HGLM3[feature](tmp_path)
+    elif kind == "three-level-laplace":
+        SUPPORTED_HGLM3L[feature](tmp_path)
     elif kind in ("three-level", "four-level"):
         SUPPORTED_LEVELS[feature](kind, tmp_path)
     else:

@@ -85,8 +85,8 @@ def test_slope_on_boundary_is_reported_as_boundary():
     assert min(ref["theta"]) < 1e-8  # lme4's Cholesky factor has a zero on its diagonal
     m = hlmcli.fit_crossed(frame("attain"), formula, "REML")
     doc = m.to_dict()
-    assert doc["factors"][0]["rank"] == 1 and doc["certified"]
-    assert any("+1" in note for note in doc["boundary"])
+    assert doc["random_effects"][0]["rank"] == 1 and doc["converged"] and doc["boundary"]
+    assert any("+1" in note for note in doc["boundary_notes"])
     check_against_lme4(m, ref, m.tau)
 
 
@@ -200,12 +200,12 @@ def test_cli_fit_prints_hcm2_tables_and_writes_json(tmp_path):
     assert f"Deviance = {ref['deviance']:.6f}" in text
     assert "Iterations stopped at the optimum" in text
     doc = json.loads(out.read_text())
-    assert first_error_file(doc, "crossed-1.json") is None
-    assert doc["kind"] == "cross-classified linear" and doc["certified"] and doc["n"] == ref["n"]
+    assert first_error_file(doc, "crossed-2.json") is None
+    assert doc["kind"] == "cross-classified linear" and doc["converged"] and doc["n_level1"] == ref["n"]
     assert doc["deviance"] == pytest.approx(ref["deviance"], rel=1e-8)
-    got = {f["name"]: f["coefficient"] for f in doc["fixed_effects"]}
+    got = {f["name"]: f["estimate"] for f in doc["fixed_effects"]}
     assert got["verbal"] == pytest.approx(ref["gamma"]["verbal"], rel=1e-6)
-    assert [f["groups"] for f in doc["factors"]] == [148, 19]
+    assert [f["groups"] for f in doc["random_effects"]] == [148, 19] and doc["n_groups"] == {"primary": 148, "second": 19}
     # the API's document is the command's
     api = hlmcli.fit_crossed(X_DIR / "scotssec.csv", SCOTS).to_dict()
     assert api["deviance"] == doc["deviance"] and api["fixed_effects"] == doc["fixed_effects"]
@@ -268,8 +268,8 @@ def test_hcm2_layout_row_and_column_variables(tmp_path):
     one = hlmcli.fit_crossed(d, with_vars).to_dict()
     got = json.loads(proc.stdout)
     assert got["deviance"] == pytest.approx(one["deviance"], rel=1e-12)
-    assert [f["coefficient"] for f in got["fixed_effects"]] == \
-        pytest.approx([f["coefficient"] for f in one["fixed_effects"]], rel=1e-9)
+    assert [f["estimate"] for f in got["fixed_effects"]] == \
+        pytest.approx([f["estimate"] for f in one["fixed_effects"]], rel=1e-9)
 
 
 @pytest.mark.parametrize("term, words", [("(1 | obs)", "holds one record"), ("(1 | one)", "has one group"),
@@ -287,13 +287,13 @@ def test_every_singular_factor_gets_its_boundary_note():
     when an earlier factor is on the boundary too (its note was dropped when any note came before)."""
     from types import SimpleNamespace
 
-    from hlmcli.analysis.crossed_run import CrossedResults
+    from hlmcli.analysis.crossed_run import CrossedAnalysis
 
     v = np.array([[1.0, 0.5, 0.2], [0.3, 1.0, 0.7]])
     rank2 = v.T @ v  # 3 × 3 of rank 2: correlations well inside (-1, 1), every variance positive
     fit = SimpleNamespace(factors=["primary", "second"], columns=[("INTRCPT",), ("INTRCPT", "verbal", "female")],
                           taus=[np.zeros((1, 1)), rank2], certificate=SimpleNamespace(ranks=(0, 2)))
-    notes = CrossedResults("", None, None, fit, "").boundary_notes()
+    notes = CrossedAnalysis("", None, None, fit, "").boundary_notes()
     assert notes == ["the variance of primary's random effects is 0 (on the boundary)",
                      "τ of second is singular (rank 2 of 3): on the boundary"]
 
@@ -312,3 +312,204 @@ def test_an_outcome_the_fixed_effects_fit_exactly_is_refused():
             hlmcli.fit_crossed(d, "diameter ~ x + (1 | plate) + (1 | sample)", "ML")
     d["diameter"] += 1e-3 * np.sin(np.arange(len(d)))  # a little noise: a likelihood with a maximum again
     assert hlmcli.fit_crossed(d, "diameter ~ x + (1 | plate) + (1 | sample)", "ML").certified
+
+
+# ---------------------------------------------------------------- one Results: d.f., EB, tables, tests, files
+# lmerTest's Satterthwaite d.f. and lme4's conditional variances (ranef(condVar = TRUE)) at the polished
+# optimum: tests/data/crossed/crossed_lmertest.json, made by tests/reference_scripts/crossed_lmertest.R.
+
+LT = json.loads((X_DIR / "crossed_lmertest.json").read_text())
+
+
+def lmertest(formula: str, method: str) -> dict:
+    return next(f for f in LT["fits"] if f["formula"] == formula and f["method"] == method)
+
+
+def _named(values, names) -> dict:
+    """lmerTest's per-coefficient numbers: a dict, or (one fixed effect) a list of one."""
+    return values if isinstance(values, dict) else dict(zip(names, values))
+
+
+def check_satterthwaite(m, ref: dict) -> None:
+    """d.f. to 1e-6 relative (lmerTest's numDeriv Hessian at the same optimum), p-values from them."""
+    rows = m.fixed_effects
+    df, p = _named(ref["df"], list(rows.term)), _named(ref["p"], list(rows.term))
+    for _, r in rows.iterrows():
+        assert r.df == pytest.approx(df[r.term], rel=1e-6), r.term
+        assert r.p == pytest.approx(p[r.term], rel=1e-5, abs=1e-300), r.term
+
+
+def check_condvar(m, ref: dict) -> None:
+    """Each group's EB estimate and posterior variance against lme4's ranef(condVar = TRUE), to 1e-6 of the
+    largest (the optimum is the same to about 1e-7 in θ)."""
+    for g in ref["ranef"]:
+        table = m.residuals_factor(g["factor"])
+        at = {str(i): k for k, i in enumerate(table.iloc[:, 0])}
+        rows = [at[i] for i in g["ids"]]
+        effects = np.array(g["effects"], float)
+        ours = table.iloc[rows, 2::2].to_numpy()
+        assert np.max(np.abs(ours - effects)) <= 1e-6 * np.max(np.abs(effects)), g["factor"]
+        pv = np.array(g["postvar"], float)
+        theirs = pv[:, None] if pv.ndim == 1 else np.stack([pv[:, k, k] for k in range(pv.shape[1])], axis=1)
+        variances = table.iloc[rows, 3::2].to_numpy()
+        assert np.max(np.abs(variances - theirs)) <= 1e-6 * np.max(np.abs(theirs)), g["factor"]
+
+
+LT_FAST = [(SCOTS, "REML"), ("diameter ~ 1 + (1 | plate) + (1 | sample)", "ML")]
+
+
+@pytest.mark.parametrize("formula,method", LT_FAST)
+def test_satterthwaite_and_condvar_match_lmertest(formula, method):
+    ref = lmertest(formula, method)
+    m = hlmcli.fit_crossed(frame(formula.split("~")[0].strip()), formula, method, df="satterthwaite")
+    assert isinstance(m, hlmcli.Results) and m.certified
+    assert m.deviance == pytest.approx(ref["deviance"], rel=1e-8)
+    check_satterthwaite(m, ref)
+    check_condvar(m, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("formula,method", [(f["formula"], f["method"]) for f in LT["fits"]
+                                            if (f["formula"], f["method"]) not in LT_FAST])
+def test_satterthwaite_and_condvar_match_lmertest_every_model(formula, method):
+    """Penicillin by REML, ScotsSec by ML, and a random slope on the boundary (correlation +1)."""
+    d = frame(formula.split("~")[0].strip())
+    d["verbal_c"] = d["verbal"] - d["verbal"].mean() if "verbal" in d else 0.0
+    ref = lmertest(formula, method)
+    m = hlmcli.fit_crossed(d, formula, method, df="satterthwaite")
+    assert m.certified and m.deviance == pytest.approx(ref["deviance"], rel=1e-8)
+    check_satterthwaite(m, ref)
+    check_condvar(m, ref)
+
+
+def test_results_accessors_and_schema():
+    """A crossed fit is the one `Results`: its JSON validates against crossed-2.json with the other fits'
+    field names, and the accessors read the same numbers (lmer's, crossed_lme4.json)."""
+    ref = reference("diameter ~ 1 + (1 | plate) + (1 | sample)", "ML")
+    m = hlmcli.fit_crossed(frame("diameter"), "diameter ~ 1 + (1 | plate) + (1 | sample)", "ML")
+    doc = m.to_dict()
+    assert first_error_file(doc, "crossed-2.json") is None
+    assert doc["fixed_effects"][0]["label"] == "THETA0" and doc["fixed_effects"][0]["df"] is None
+    assert doc["fixed_effects"][0]["estimate"] == pytest.approx(ref["gamma"]["(Intercept)"], rel=1e-6)
+    assert [b["factor"] for b in doc["random_effects"]] == ["plate", "sample"]
+    assert doc["n_params"] == 4 and doc["aic"] == pytest.approx(ref["deviance"] + 8, rel=1e-10)
+    assert m.fixed_effects.estimate.iloc[0] == doc["fixed_effects"][0]["estimate"]
+    assert float(m.tau["plate"].iloc[0, 0]) == pytest.approx(ref["tau"]["plate"][0][0] if isinstance(
+        ref["tau"]["plate"][0], list) else ref["tau"]["plate"][0], rel=1e-6)
+    vc = m.variance_components
+    assert list(vc.factor[:2]) == ["plate", "sample"] and vc.variance.iloc[-1] == pytest.approx(ref["sigma2"], rel=1e-6)
+    assert list(m.random_effects("sample").index) == list(m.labels["sample"])
+    assert first_error_file({**doc, "fixed_effects": [{**doc["fixed_effects"][0], "estimate": "x"}]},
+                            "crossed-2.json").startswith("fixed_effects[0].estimate")
+
+
+def test_cli_every_output_of_one_fit(tmp_path):
+    """One command as a user types it: --df satterthwaite, --test, --compare-deviance, the residual file of
+    each factor and of the records with --keep, the JSON, and the text."""
+    formula = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+    ref = lmertest(formula, "ML")
+    d = frame("diameter")
+    d["batch"] = d["plate"].str[0]  # constant within a plate, varies within a sample
+    data = tmp_path / "pen.csv"
+    d.to_csv(data, index=False)
+    files = {k: tmp_path / f"{k}.csv" for k in ("json", "l1", "plate", "sample")}
+    proc = run_cli("fit", data, "--formula", formula, "--ml", "--df", "satterthwaite", "--test", "THETA0 = 23",
+                   "--compare-deviance", "340", "--compare-params", "3", "--json-out", files["json"],
+                   "--residuals-l1", files["l1"], "--residuals-l2", files["plate"], "--residuals-l3", files["sample"],
+                   "--keep", "batch")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(files["json"].read_text())
+    assert first_error_file(doc, "crossed-2.json") is None and doc["df_method"] == "satterthwaite"
+    f = doc["fixed_effects"][0]
+    assert f["df"] == pytest.approx(ref["df"][0], rel=1e-6) and f["p_value"] == pytest.approx(ref["p"][0], rel=1e-5)
+    wald = doc["hypothesis_tests"][0]["model"]
+    assert wald["chi2"] == pytest.approx(((f["estimate"] - 23) / f["se"]) ** 2, rel=1e-10) and wald["df"] == 1
+    lr = doc["deviance_test"]
+    assert lr["chi2"] == pytest.approx(340 - ref["deviance"], rel=1e-8) and lr["df"] == 1  # 4 parameters against 3
+    assert "Approx. d.f." in proc.stdout and "THETA0 = 23" in proc.stdout
+    plate, sample, l1 = (pd.read_csv(files[k], dtype={"plate": str, "sample": str}) for k in ("plate", "sample", "l1"))
+    assert list(plate.columns) == ["plate", "n", "b_INTRCPT", "postvar_b_INTRCPT", "batch"]
+    assert plate.batch.notna().all() and sample.batch.isna().all()  # a sample's plates differ in batch
+    lme4 = {g["factor"]: g for g in ref["ranef"]}
+    assert dict(zip(sample["sample"], sample.postvar_c_INTRCPT)) == pytest.approx(
+        dict(zip(lme4["sample"]["ids"], lme4["sample"]["postvar"])), rel=1e-6)
+    assert len(l1) == len(d) and np.allclose(l1.diameter - l1.fitted, l1.residual)
+    assert l1.fitted_fixed.to_numpy() == pytest.approx(np.full(len(d), f["estimate"]))
+
+
+PEN = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+
+
+def test_cli_table_compare_and_formats(tmp_path):
+    """Saved Penicillin fits by ML with other fixed effects (a plate-level x added): `compare` tests their
+    deviances (lmer's for the model without x), `table` sets them side by side; REML fits with other fixed
+    effects are refused in one line; --format latex is the paper table."""
+    d = frame("diameter")
+    d["x"] = (d["plate"].str[0] < "m").astype(float)
+    saved = {}
+    for name, formula, method in (("ml", PEN, "ML"), ("ml_x", PEN.replace("~ 1", "~ x"), "ML"), ("reml", PEN, "REML"),
+                                  ("reml_x", PEN.replace("~ 1", "~ x"), "REML")):
+        saved[name] = tmp_path / f"{name}.json"
+        saved[name].write_text(hlmcli.fit_crossed(d, formula, method).to_json())
+    proc = run_cli("compare", saved["ml"], saved["ml_x"], "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    ref = reference(PEN, "ML")
+    assert out["deviance_a"] == pytest.approx(ref["deviance"], rel=1e-8) and out["df"] == 1
+    assert out["chi2"] == pytest.approx(ref["deviance"] - out["deviance_b"], rel=1e-8)
+    assert out["n_params_a"] == 4 and out["n_params_b"] == 5  # HLM's ML count: γ, σ² and τ
+    proc = run_cli("compare", saved["reml"], saved["reml_x"])
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "refit both with --ml" in proc.stderr
+    proc = run_cli("table", saved["ml"], saved["ml_x"], "--format", "markdown")
+    assert proc.returncode == 0, proc.stderr
+    assert "Var: INTRCPT (sample)" in proc.stdout and "24 (plate) × 6 (sample)" in proc.stdout
+    proc = run_cli("fit", X_DIR / "penicillin.csv", "--formula", PEN, "--format", "latex")
+    assert proc.returncode == 0, proc.stderr
+    ref = reference(PEN, "REML")
+    assert "\\begin{tabular}" in proc.stdout and f"{ref['gamma']['(Intercept)']:.3f}" in proc.stdout
+    assert "Robust" not in proc.stdout  # crossed factors have no cluster for a sandwich
+
+
+@pytest.mark.slow
+def test_cli_compare_ml_fits_with_other_fixed_effects(tmp_path):
+    """ScotsSec by ML with and without female: `compare` and `table` of the saved fits, --format csv (tidy)."""
+    small, full = tmp_path / "small.json", tmp_path / "full.json"
+    for path, formula in ((small, "attain ~ verbal + (1 | primary) + (1 | second)"), (full, SCOTS)):
+        proc = run_cli("fit", X_DIR / "scotssec.csv", "--formula", formula, "--ml", "--format", "csv",
+                       "--json-out", path, "-q")
+        assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("effect,group,term,estimate,std.error")
+    tidy = pd.read_csv(__import__("io").StringIO(proc.stdout))
+    ref = reference(SCOTS, "ML")
+    assert tidy.set_index("term").loc["verbal", "estimate"] == pytest.approx(ref["gamma"]["verbal"], rel=1e-6)
+    assert set(tidy.group.dropna()) == {"primary", "second", "Residual"}
+    proc = run_cli("compare", small, full, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["deviance_b"] == pytest.approx(ref["deviance"], rel=1e-8)
+    assert out["chi2"] == pytest.approx(out["deviance_a"] - ref["deviance"], rel=1e-10) and out["df"] == 1
+    proc = run_cli("table", small, full, "--format", "html")
+    assert proc.returncode == 0 and "148 (primary) × 19 (second)" in proc.stdout
+
+
+def test_cli_caterpillar_per_factor_and_refused_plots(tmp_path):
+    png = tmp_path / "cat.png"
+    proc = run_cli("plot", "caterpillar", X_DIR / "penicillin.csv", "--formula", PEN, "-o", png)
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from hlmcli.errors import ModelError
+
+    with pytest.raises(ModelError, match="draw the caterpillar plot"):
+        hlmcli.fit_crossed(frame("diameter"), PEN).plot("units", tmp_path / "u.png")
+    assert not (tmp_path / "u.png").exists()
+
+
+def test_cli_refuses_df_rules_and_bad_tests_in_one_line(tmp_path):
+    base = [X_DIR / "penicillin.csv", "--formula", "diameter ~ 1 + (1 | plate) + (1 | sample)"]
+    for extra, words in ((["--df", "hlm"], "not published"), (["--test", "g01 = 0"], "THETA0 (INTRCPT)"),
+                         (["--test", "THETA3 = 0"], "no THETA3"), (["--residuals-l4", tmp_path / "x.csv"],
+                                                                     "2 grouping factors")):
+        proc = run_cli("fit", *base, *extra)
+        assert proc.returncode in (1, 2) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())

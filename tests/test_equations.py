@@ -101,8 +101,8 @@ def test_every_form_gives_the_reference_spec_and_design(case, hsb_loaded, tmp_pa
 def test_popular2_hlm_file_parses_as_stated(popular_loaded):
     spec = parse_hlm_file(SAMPLE / "popular2" / "popular.hlm", variables_of(popular_loaded))
     assert spec.outcome == "popular"
-    assert spec.level1 == (Term("extrav"), Term("sex"))
-    assert spec.level2 == (Level2Equation((Term("texp"),), True), Level2Equation((), True), Level2Equation((), False))
+    assert spec.level1 == (Term("extrav", 1), Term("sex", 1))
+    assert spec.level2 == (Level2Equation((Term("texp", 2),), True), Level2Equation((), True), Level2Equation((), False))
     assert spec.method == "ML"
     assert spec.options.max_iterations == 100 and spec.options.stopval == 1e-6
 

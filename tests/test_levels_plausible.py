@@ -14,7 +14,7 @@ import pytest
 
 from hlmcli.io.archive_levels import BuildOptions3, build_from_files3
 from hlmcli.data.design_levels import design3, variables_of
-from hlmcli.language.equations_levels import RunOptionsLevels, spec3_from_inputs
+from hlmcli.language.equations_levels import RunOptions, spec3_from_inputs
 from hlmcli.errors import ModelError
 from hlmcli.engine.nested import as_levels
 from hlmcli.engine.nested_fit import fit_nested
@@ -50,7 +50,7 @@ def pastes(tmp_path_factory):
     paths = pastes_files(tmp_path_factory.mktemp("pastes_pv"))
     archive = build_from_files3(paths, BuildOptions3(id2="SAMPLE", id3="BATCH"))
     spec = spec3_from_inputs(MODEL[0].replace("STRENGTH", "PV1") + "", MODEL[1], MODEL[2], None,
-                             variables_of(archive), RunOptionsLevels())
+                             variables_of(archive), RunOptions())
     return archive, spec, design3(spec, archive)
 
 
@@ -63,7 +63,7 @@ def test_rubin_over_separate_fits(pastes):
     # each data set is that outcome's own model: the same arrays as its design alone
     for o, d in zip(outcomes[1:], datas[1:]):
         alone = as_levels(design3(spec3_from_inputs(MODEL[0].replace("STRENGTH", o), MODEL[1], MODEL[2], None,
-                                                    variables_of(archive), RunOptionsLevels()), archive).data)
+                                                    variables_of(archive), RunOptions()), archive).data)
         assert np.array_equal(alone.y, d.y) and all(np.array_equal(a, b) for a, b in zip(alone.parents, d.parents))
     c = combine_levels(fits, ["γ000"], outcomes)
     M = 3

@@ -12,7 +12,7 @@ import pytest
 
 import hlmcli
 from conftest import DATA
-from hlmcli.language.equations_levels import Fixed
+from hlmcli.language.model import Fixed
 from hlmcli.errors import ModelError
 from hlmcli.language.hypotheses import parse_test
 from hlmcli.levels_results import label_of

@@ -27,7 +27,7 @@ def _level1(letter: str, n: int, residual: str) -> str:
 def test_ten_level1_predictors_at_every_number_of_levels():
     # π10 has one subscript, so its digits are one number (the four-level parser read p10 as π1,0)
     two = build_spec(_level1("b", 11, "r"), ["b10 = g10,0 + g10,1*W + u10"], V2)
-    assert len(two.level1) == 11 and two.level2[10] == Level2Equation((Term("W"),), True)
+    assert len(two.level1) == 11 and two.level2[10] == Level2Equation((Term("W", 2),), True)
     three = build_spec3(_level1("p", 11, "e"), ["p10 = b10,0 + r10"], [], V3)
     assert three.equation((10,)).random and [i for i, _ in three.random(2)] == [(0,), (10,)]
     four = build_levels_spec([[_level1("π", 11, "e")], ["π10 = β10,0 + r10"], [], []], V4)
@@ -91,7 +91,7 @@ def test_an_equation_in_a_model_file_is_named_by_file_and_line(tmp_path):
     """A wrong equation in a model file of equations names the file and its line, at two and three levels
     (the message quoted the equation only), and a syntax error keeps its caret."""
     from hlmcli.language.equations import RunOptions, spec_from_inputs
-    from hlmcli.language.equations_levels import RunOptionsLevels, spec_from_inputs_levels
+    from hlmcli.language.equations_levels import RunOptions, spec_from_inputs_levels
 
     two = tmp_path / "two.txt"
     two.write_text("# HSB\nY = b0 + b1*X1 + r\n\nb0 = g00 + u0\nb1 = g10 + g11*NOSUCH\n")
@@ -104,7 +104,7 @@ def test_an_equation_in_a_model_file_is_named_by_file_and_line(tmp_path):
     three = tmp_path / "three.txt"
     three.write_text("Y = p0 + e\np0 = b00 + r0\nb00 = g000 + g001*NOSUCH + u00  # level 3\n")
     with pytest.raises(ModelError, match=rf"^{three}, line 3: in 'b00 = g000 \+ g001\*NOSUCH \+ u00'"):
-        spec_from_inputs_levels([[], [], []], str(three), V3, RunOptionsLevels())
+        spec_from_inputs_levels([[], [], []], str(three), V3, RunOptions())
 
 
 def test_an_hlm_command_file_line_is_named_when_its_equation_is_wrong(tmp_path):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hlmcli.io.archive import load_archive, write_archive
 from hlmcli.io.archive_levels import BuildOptions3, build_from_files3
 from hlmcli.data.design_levels import design3, variables_of
-from hlmcli.language.equations_levels import (Centering, RunOptionsLevels, VariablesLevels, build_spec3, classify, parse_hlm3_file,
+from hlmcli.language.equations_levels import (Centering, RunOptions, VariablesLevels, build_spec3, classify, parse_hlm3_file,
                                spec3_from_inputs)
 from hlmcli.errors import DataError, HlmError, ModelError
 from hlmcli.engine.nested import NestedFit
@@ -86,7 +86,7 @@ def test_pasted_output_and_blocks():
             "    B01 = G010\n    B10 = G100 + U10\nMixed Model\n MATH = G000 + ...\nThe outcome variable is MATH")
     l1, l2, l3 = classify(text.splitlines())
     assert l1 == "MATH =  P0 + P1*(YEAR) + E" and len(l2) == 2 and len(l3) == 3
-    spec = spec3_from_inputs(text, [], [], None, V, RunOptionsLevels())
+    spec = spec3_from_inputs(text, [], [], None, V, RunOptions())
     assert spec.outcome == "MATH" and spec.equation((0, 0)).predictors[0].name == "MOBILITY"
 
 
@@ -99,7 +99,7 @@ def test_hlm3_command_file(tmp_path):
     spec = parse_hlm3_file(path, V)
     expected = build_spec3("MATH = p0 + p1*group(YEAR) + e", ["p0 = b00 + b01*grand(FEMALE) + r0", "p1 = b10 + r1"],
                            ["b00 = g000 + g001*grand(LOWINC) + u00", "b01 = g010", "b10 = g100 + u10"], V,
-                           RunOptionsLevels(max_iterations=50, title="test"))
+                           RunOptions(max_iterations=50, title="test"))
     assert spec == expected
     path.write_text("level1:MATH=INTRCPT1+RANDOM\nlevel2:INTRCPT1=INTRCPT2+random/\nlevel3:LOWINC=INTRCPT3/\n")
     with pytest.raises(ModelError, match="not a term of the level2 line"):
@@ -136,7 +136,7 @@ def test_fuzz_parser_raises_only_one_line_errors(template, edits, slot):
 @given(st.text(alphabet=ALPHABET, max_size=200))
 def test_fuzz_blocks(text):
     try:
-        spec3_from_inputs(text, [], [], None, V, RunOptionsLevels())
+        spec3_from_inputs(text, [], [], None, V, RunOptions())
     except HlmError as exc:
         assert "\n" not in str(exc)
 
@@ -299,7 +299,7 @@ def test_the_printed_model_reads_back_as_the_same_model():
                        ["b00 = g000 + g001*grand(LOWINC) + u00", "b10 = g100 + g101*MOBILITY + u10"], V)
     for ascii_only in (False, True):
         printed = "\n".join(model_summary(spec, Symbols3(ascii_only)))
-        assert spec3_from_inputs(printed, [], [], None, V, RunOptionsLevels()) == spec
+        assert spec3_from_inputs(printed, [], [], None, V, RunOptions()) == spec
 
 
 def test_analysis_time_deletion_drops_records_and_empty_units(tmp_path):

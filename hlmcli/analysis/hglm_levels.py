@@ -17,7 +17,7 @@ class HGLMLevels:
     """What a three-level HGLM adds to its LevelsAnalysis, for the report and JSON."""
     family: str  # bernoulli | binomial | poisson
     link: str  # logit | log
-    estimation: str  # pql
+    estimation: str  # pql | laplace
     reml: bool
     overdispersion: bool
     sigma2: float  # 1, or the over-dispersion scale
@@ -26,10 +26,12 @@ class HGLMLevels:
     trials: str | None = None
     exposure: str | None = None
     failed: list[str] = field(default_factory=list)
+    deviance: float | None = None  # Laplace: glmer's nAGQ = 1 deviance; PQL has none
 
     def to_json(self) -> dict:
         return {"family": self.family, "link": self.link, "estimation": self.estimation,
-                "pql": "restricted" if self.reml else "full", "overdispersion": self.overdispersion,
+                "pql": ("restricted" if self.reml else "full") if self.estimation == "pql" else None,
+                "overdispersion": self.overdispersion,
                 "sigma2_fixed": not self.overdispersion, "macro_iterations": self.macro_iterations,
                 "fixed_point": self.check.to_json() if self.check is not None else {"checked": False},
                 "trials": self.trials, "exposure": self.exposure, "failed": list(self.failed)}
@@ -59,9 +61,16 @@ def check_options_levels(fit) -> None:
     if fit.overdispersion and fam == "bernoulli":
         raise ModelError("--overdispersion cannot be estimated for a 0/1 outcome: the Bernoulli variance is fixed by "
                          "its mean")
-    if est != "pql":
-        raise ModelError(f"--estimation {est}: not available for a three-level HGLM yet: hlmcli fits three-level "
-                         "binary, binomial and count outcomes by PQL (--estimation pql)")
+    if est not in ("pql", "laplace"):
+        raise ModelError(f"--estimation {est}: not available for a three-level HGLM: hlmcli fits three-level "
+                         "binary, binomial and count outcomes by PQL or Laplace (--estimation pql|laplace)")
+    if est == "laplace" and fit.overdispersion:
+        raise ModelError("--overdispersion: not available with --estimation laplace: over-dispersion is a scale of "
+                         "PQL's quasi-likelihood, and the Laplace likelihood has none; drop --overdispersion or use "
+                         "--estimation pql")
+    if est == "laplace" and fit.method is not None and getattr(fit.method, "value", fit.method) == "REML":
+        raise ModelError("--reml: not available with --estimation laplace: Laplace maximises the likelihood itself "
+                         "(restricted PQL is --estimation pql --reml)")
 
 
 def analyse_hglm_levels(spec, archive, fit):
@@ -87,6 +96,8 @@ def analyse_hglm_levels(spec, archive, fit):
     tau = fit.tau or getattr(spec.options, "tau", None)
     reml = spec.method == "REML"
     glm = LevelsGLMData(as_levels(design.data), fam, trials, None if exposure is None else np.log(exposure))
+    if (fit.estimation.value if fit.estimation is not None else "pql") == "laplace":
+        return design, *_laplace(glm, fit, tau, spec.options.max_iterations)
     try:
         res = pql_levels(glm, reml=reml, overdispersion=bool(fit.overdispersion), diagonal=tau == "diagonal",
                          max_iterations=spec.options.max_iterations)
@@ -100,3 +111,51 @@ def analyse_hglm_levels(spec, archive, fit):
         nested.certificate = replace(res.fit.certificate, certified=False, failed=list(res.failed))
     return design, nested, HGLMLevels(fam.name, fam.link, "pql", reml, bool(fit.overdispersion), res.sigma2,
                                       res.macro_iterations, res.check, fit.trials, fit.exposure, list(res.failed))
+
+
+def _laplace(glm, fit, tau, max_iterations: int):
+    """The Laplace fit (engine/nested_laplace.py) from full PQL's estimates, as (NestedFit, HGLMLevels): the
+    PQL fit's NestedFit with the Laplace numbers in place of its own (its reliabilities and homogeneity
+    χ² are the working model's, so they are left out)."""
+    from ..engine.nested_glmm import pql_levels
+    from ..engine.nested_laplace import laplace_levels
+
+    diagonal = tau == "diagonal"
+    try:
+        start = pql_levels(glm, reml=False, stopmacro=1e-4, diagonal=diagonal, max_iterations=max_iterations,
+                           check=False)
+    except FloatingPointError:
+        start = None
+    if start is None:
+        raise ModelError("the PQL start of the Laplace fit broke down; check for units whose outcomes are all 0 or "
+                         "all 1, or predictors that separate the outcome")
+    try:
+        res = laplace_levels(glm, start, diagonal=(diagonal, diagonal))
+    except (FloatingPointError, np.linalg.LinAlgError) as exc:
+        raise ModelError(f"the Laplace fit broke down ({exc}); check for predictors that separate the outcome") from None
+    (b2, b3), (v2, v3) = res.eb, res.eb_var
+    q2, q3 = b2.shape[1], b3.shape[1]
+    message = "; ".join(res.failed) if res.failed else "certified optimum of the Laplace deviance"
+    nested = replace(start.fit, method="ML", diagonal=(diagonal, diagonal), gamma=res.gamma, cov_gamma=res.cov, cov_gamma_robust=res.robust_cov,
+                     sigma2=1.0, tau_pi=res.taus[0], tau_beta=res.taus[1], taus=res.taus, deviance=res.deviance,
+                     n_params=res.n_params, reliability_pi=np.zeros(0), reliability_beta=np.zeros(0),
+                     reliabilities=(np.zeros(0), np.zeros(0)), chi2_pi=[], chi2_beta=[], chi2=([], []),
+                     eb_pi=b2, eb_pi_var=v2, eb_beta=b3, eb_beta_var=v3, eb=(b2, b3), eb_var=(v2, v3),
+                     certificate=res.certificate, converged=bool(res.converged), iterations=res.iterations,
+                     message=message, boundary=_boundary_notes(res.taus, q2, q3), evaluations=res.evaluations,
+                     solve=None, standardisation=None)
+    fam = glm.family
+    h = HGLMLevels(fam.name, fam.link, "laplace", False, False, 1.0, start.macro_iterations, None, fit.trials,
+                   fit.exposure, list(res.failed), deviance=res.deviance)
+    return nested, h
+
+
+def _boundary_notes(taus, q2: int, q3: int) -> list[str]:
+    """A τ of less than full rank at the optimum, in words (its rank was decided by the certificate's rule)."""
+    from ..engine.certificate import Face
+
+    notes = []
+    for name, G, q in (("τπ", taus[0], q2), ("τβ", taus[1], q3)):
+        if q and Face(G, False).r < q:
+            notes.append(f"{name} is singular at the optimum (rank {Face(G, False).r} of {q}): a boundary estimate")
+    return notes

@@ -114,7 +114,7 @@ def _check_three_level_moments(data, coefficient_names: list[str], level2_names)
 
 
 def check_three_level(data, coefficient_names: list[str], level2_names) -> None:
-    """The checks above for a three-level model (nested.NestedData; names as LevelsSpec's
+    """The checks above for a three-level model (nested.NestedData; names as ModelSpec's
     coefficient_names() and term_names((p,))); per-unit summaries are checked on their moments."""
     if hasattr(data, "moments"):
         return _check_three_level_moments(data, coefficient_names, level2_names)

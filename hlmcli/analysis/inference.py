@@ -198,7 +198,8 @@ def variance_standard_errors(stats: ModelStats, result: FitResult) -> tuple[floa
 LMERTEST_EIGEN_TOL = 1e-8  # lmerTest drops Hessian eigenvalues at or below this (as_lmerModLT's tol)
 
 
-def satterthwaite_df(stats: ModelStats, unit: UnitStats, result: FitResult) -> np.ndarray:
+def satterthwaite_df(stats: ModelStats, unit: UnitStats, result: FitResult,
+                     gamma_map: np.ndarray | None = None) -> np.ndarray:
     """Per-γ Satterthwaite d.f. as lmerTest computes them, in coordinates free of the predictors'
     location and scale.
 
@@ -223,6 +224,8 @@ def satterthwaite_df(stats: ModelStats, unit: UnitStats, result: FitResult) -> n
 
     reml = result.method == "REML"
     work, G, contrasts = _search_coordinates(stats, result)
+    if gamma_map is not None:
+        contrasts = gamma_map @ contrasts
     q = work.q
     idx = (np.arange(q), np.arange(q)) if result.structure is TauStructure.DIAGONAL else np.tril_indices(q)
     lam0 = chol_psd(G)
@@ -249,7 +252,7 @@ def satterthwaite_df(stats: ModelStats, unit: UnitStats, result: FitResult) -> n
 
     m = x0.size
     hess = np.zeros((m, m))
-    jac = np.zeros((stats.p, m))
+    jac = np.zeros((contrasts.shape[0], m))
     for i in range(m):
         xp, xm = x0.copy(), x0.copy()
         xp[i] += steps[i]
@@ -276,6 +279,11 @@ def _search_coordinates(stats: ModelStats, result: FitResult) -> tuple:
     if result.structure is TauStructure.DIAGONAL:
         G = np.diag(np.diag(G))
     return work, G, contrasts
+
+
+def satterthwaite_from_hessian(hess: np.ndarray, jac: np.ndarray, Phi: np.ndarray) -> np.ndarray:
+    """_satterthwaite, for the engines whose variance parameters are not a two-level unit solve's (crossed)."""
+    return _satterthwaite(hess, jac, Phi)
 
 
 def _satterthwaite(hess: np.ndarray, jac: np.ndarray, Phi: np.ndarray) -> np.ndarray:

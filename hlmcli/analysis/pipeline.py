@@ -12,7 +12,7 @@ import numpy as np
 from ..data import design as design_stage
 from . import inference
 from ..io.archive import Archive
-from ..language.equations import ModelSpec
+from ..language.model import ModelSpec
 from ..errors import ModelError
 from ..engine.certificate import rank_tolerance
 from ..engine.estimation import FitResult, TauStructure, fit
@@ -175,7 +175,7 @@ def boundary_notes(result: FitResult, spec: ModelSpec) -> list[str]:
     cert = result.certificate
     if cert.rank == cert.q:
         return []
-    names = [q for q, r in zip(range(len(spec.level2)), spec.random) if r]
+    names = [q for q, eq in enumerate(spec.level2) if eq.random]
     G = cert.G
     d = np.diag(G)
     tol = rank_tolerance(np.linalg.eigvalsh(G))

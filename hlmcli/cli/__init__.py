@@ -681,6 +681,9 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--col-id", help="Cross-classified, HCM2 layout: the column factor's id column, in the level-1 file and "
               "the column file.")
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
+@click.option("--constrain", "constraints", multiple=True,
+              help="Constrain fixed effects to be equal (HLM 7's constrain), e.g. 'g10 = g20': fitted as one γ, "
+              "with the likelihood-ratio test of the constraint under ML. Repeat for more.")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
@@ -786,6 +789,10 @@ def fit_cmd(**params):
 
     build2 = _build_opts(**build)
     if fit.engine != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
+        if fit.constraints:
+            from ..capabilities import refuse
+
+            refuse("constrain", "linear-summary")
         if prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
         return _fit_summarised(data, level1, level2, model_file, params["ml"], more, params["tau_structure"],
@@ -857,6 +864,7 @@ def fit_request(params: dict) -> FitRequest:
     fit = _fit_options(p.pop("ml"), p.get("reml"), tau=p.pop("tau_structure"), weight1=p.pop("weight1"),
                        weight2=p.pop("weight2"), weight3=p.pop("weight3", None), weight4=p.pop("weight4", None), normalize=p.pop("normalize"), plausible_values=p.pop("plausible_values"),
                        imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
+                       constraints=p.pop("constraints"),
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
@@ -1214,10 +1222,12 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
     if formula:
         from ..language.formula import crossed
 
-        if crossed(formula) is not None:
-            from ..capabilities import refuse
+        model = crossed(formula)
+        if model is not None:  # cross-classified: cli/crossed.py
+            from .crossed import plot_crossed_command
 
-            refuse("plot", "crossed")
+            return plot_crossed_command(kind, data, formula, model, _fit_options(ml, more.get("reml")), output,
+                                        coef, json_out, quiet, more, _stderr)
     from .flags import check_plot_options
 
     from .flags import check_archive_options
@@ -1232,11 +1242,12 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
         refuse_levels_plot(kind, 4 if is_many_levels(data, more) else 3, list(by))
         family = click.get_current_context().meta.get("hglm", {}).get("family")
         if family is not None and str(getattr(family, "value", family)).lower() != "normal":
-            from ..capabilities import THREE_LEVEL_HGLM, refuse, refuse_family  # plots draw linear fits only
+            from ..capabilities import THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE, refuse, refuse_family  # plots draw linear fits only
 
             if is_many_levels(data, more):
                 refuse_family(4, FitOptions(family=FamilyName(str(getattr(family, "value", family)).lower())))
-            refuse("plot", THREE_LEVEL_HGLM)
+            est = click.get_current_context().meta.get("hglm", {}).get("estimation")
+            refuse("plot", THREE_LEVEL_LAPLACE if str(getattr(est, "value", est)).lower() == "laplace" else THREE_LEVEL_HGLM)
         model = {"level1": level1, "level2": level2, "level3": more.get("level3"), "level4": more.get("level4"),
                  "model_file": model_file, "allow_outside": more.get("allow_outside")}
         build = {"id_": id_, "id1": id1, "id2": id2, "id3": more.get("id3"), "id4": more.get("id4"),

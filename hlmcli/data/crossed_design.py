@@ -32,6 +32,8 @@ class CrossedDesign:
     outcome: str
     n_read: int   # records in the file
     n_dropped: int  # left out for missing values
+    rows: np.ndarray | None = None  # each used record's 0-based row in the table read (for residual files, the hash)
+    table: Table | None = None  # the table read (merged for HCM2's layout): --keep's columns come from it
 
 
 def _product(table: Table, names: tuple, cache: dict) -> np.ndarray:
@@ -85,7 +87,8 @@ def design(table: Table, model: CrossedFormula) -> CrossedDesign:
     X = X[ok]
     if X.shape[1] and np.linalg.matrix_rank(X) < X.shape[1]:
         raise ModelError("the fixed-effect predictors are collinear (one is a combination of the others); drop one")
-    return CrossedDesign(y[ok], X, names, terms, model.outcome, n_read, int(n_read - ok.sum()))
+    return CrossedDesign(y[ok], X, names, terms, model.outcome, n_read, int(n_read - ok.sum()),
+                         np.flatnonzero(ok), table)
 
 
 def _id_text(table: Table, column: str) -> pd.Series:

@@ -15,10 +15,11 @@ import numpy as np
 
 from ..io.archive import Archive
 from .data_checks import check_linear_outcome, check_magnitudes
-from ..language.equations import ModelSpec, Term, Variables
+from ..language.equations import Variables
+from ..language.model import ModelSpec, Term
 from ..errors import ModelError
 from ..engine.moments import Moments, cross_products
-from .design_levels import Level1Moments, column_of, frame, gamma_layout, level_columns
+from .design_levels import Level1Moments, column_of, frame, gamma_layout, level_columns, model_levels
 from ..spec import gamma_label
 from ..engine.sufficient import unit_stats_from_products
 
@@ -104,12 +105,11 @@ def two_level_layout(spec, f: Frame) -> tuple[list[np.ndarray], list[FixedEffect
     names = spec.coefficient_names()
     W: list[np.ndarray] = []
     fixed: list[FixedEffect] = []
-    for q, eq in enumerate(spec.level2):
-        gammas = next(coefficients).terms if eq.present else ()
+    for q, eq in enumerate(model_levels(spec)[2]):
+        gammas = next(coefficients).terms if eq is not None else ()
         W.append(np.column_stack([np.ones(J) if g.col is None else P2[g.col] for g in gammas]) if gammas
                  else np.zeros((J, 0)))
-        s_of = ([0] if eq.intercept else []) + list(range(1, len(eq.predictors) + 1))
-        for s in s_of:
+        for s in eq.present() if eq is not None else ():
             fixed.append(FixedEffect(q, s, names[q], "INTRCPT2" if s == 0 else predictor_name(eq.predictors[s - 1]),
                                      gamma_label(q, s)))
     return W, fixed
@@ -134,7 +134,7 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
     design = Design(spec=spec, y=np.ascontiguousarray(f.values(1, spec.outcome)), L=L, W=W, offsets=offsets,
                     unit_ids=[archive.unit_ids[j] for j in unit_positions], unit_positions=unit_positions,
                     record_positions=np.flatnonzero(f.keep) if f.deleted_any else None, n_deleted=f.n_deleted,
-                    units_deleted=int((~f.present[2]).sum()), fixed=fixed, random=np.array(spec.random),
+                    units_deleted=int((~f.present[2]).sum()), fixed=fixed, random=np.array([eq.random for eq in spec.level2]),
                     level2_values=level2_values, centering_means=f.centering_means)
     check_random_slopes(design, *_record_spread(design))
     if getattr(spec.options, "family", "normal") == "normal":
@@ -307,7 +307,7 @@ def design_from_moments(spec, unit_ids: list[str], names: list[str], m: Moments,
     design = MomentsDesign(
         spec=spec, y=np.zeros(0), L=np.zeros((0, len(spec.level1) + 1)), W=W, offsets=np.concatenate(([0], np.cumsum(sub.n.astype(np.int64)))).astype(np.int64), unit_ids=[unit_ids[j] for j in positions],
         unit_positions=positions, record_positions=None, n_deleted=f.n_deleted,
-        units_deleted=int((~f.present[2]).sum()), fixed=fixed, random=np.array(spec.random),
+        units_deleted=int((~f.present[2]).sum()), fixed=fixed, random=np.array([eq.random for eq in spec.level2]),
         level2_values={k: np.asarray(v, dtype=float)[positions] for k, v in level2.items()},
         centering_means=f.centering_means, N=int(round(N)), data_digest=digest)
     shift = float(grand_mean[col[spec.outcome]]) if has_overall_intercept(design) else 0.0

@@ -25,7 +25,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..io.archive import Archive
-from ..language.equations_levels import Centering, Equation, LevelsSpec, VariablesLevels
+from ..language.equations_levels import VariablesLevels
+from ..language.model import ModelSpec
 from ..errors import ModelError
 from ..engine.moments import LevelsSummary, Moments, grand
 from ..engine.nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
@@ -51,21 +52,13 @@ class Column(NamedTuple):
 
 
 def column_of(term, level: int) -> Column:
-    """The Column of a predictor of a level-`level` equation: a K-level Term (mean_of, Centering), or a
-    two-level one (unit_mean, centering as text)."""
-    mean_of = getattr(term, "mean_of", None)
-    if mean_of is None and getattr(term, "unit_mean", False):
-        mean_of = 1
-    return Column(term.name, level, str(getattr(term.centering, "value", term.centering)), mean_of)
+    """The Column of a predictor (model.Term) of a level-`level` equation."""
+    return Column(term.name, level, str(term.centering), term.mean_of)
 
 
-def model_levels(spec) -> tuple[int, tuple, tuple]:
-    """(K, the level-1 predictors, each level-1 coefficient's level-2 Equation or None when absent) of a
-    LevelsSpec, or of a two-level ModelSpec (its level-2 equations have no `terms`)."""
-    if hasattr(spec, "equations"):
-        return spec.n_levels, tuple(spec.level1), tuple(spec.equations)
-    return 2, tuple(spec.level1), tuple(Equation(eq.predictors, eq.intercept, eq.random) if eq.present else None
-                                        for eq in spec.level2)
+def model_levels(spec: ModelSpec) -> tuple[int, tuple, tuple]:
+    """(K, the level-1 predictors, each level-1 coefficient's level-2 Equation or None when absent)."""
+    return spec.n_levels, tuple(spec.level1), tuple(spec.equations)
 
 
 def level_columns(spec) -> list[list[Column]]:
@@ -289,7 +282,7 @@ class DesignLevels:
     """The design of a model of K ≥ 3 levels (a projection of its Frame). At three levels `data` is the
     engine's NestedData (HLM3's names: n2, unit2_ids, level2_positions, ...), a LevelsData above, and a
     LevelsSummary when level 1 is summarised."""
-    spec: LevelsSpec
+    spec: ModelSpec
     data: LevelsData
     unit_ids: tuple  # per level 2..K: the ids of the units kept
     positions: tuple  # per level 2..K: archive index of each unit kept
@@ -325,7 +318,7 @@ def _stacked(level: int, cols: list, J: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
+def design_levels(spec: ModelSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
     """The design from the archive's records, or, given `level1`, from per-level-2-unit moments:
     then level-1 centring is a shift of each unit's mean (moments.py's algebra), mean(X) of a
     level-1 X the record-weighted mean of the units' means, and the data a LevelsSummary."""
@@ -359,7 +352,7 @@ def design_levels(spec: LevelsSpec, archive: Archive, level1: Level1Moments | No
                         np.flatnonzero(f.keep))
 
 
-def design3(spec: LevelsSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
+def design3(spec: ModelSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
     """design_levels at three levels, its data in the three-level engine's form (NestedData); with
     `level1`, the data stay a LevelsSummary (the records are not kept)."""
     d = design_levels(spec, archive, level1)

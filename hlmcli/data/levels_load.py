@@ -105,7 +105,7 @@ def spec_levels(archive, equations, model_file, reml, title=None, max_iterations
     from dataclasses import replace
 
     from .design_levels import variables_of
-    from ..language.equations_levels import RunOptionsLevels, spec_from_inputs_levels
+    from ..language.equations_levels import RunOptions, spec_from_inputs_levels
 
     K = archive.n_levels
     variables = variables_of(archive)
@@ -115,7 +115,7 @@ def spec_levels(archive, equations, model_file, reml, title=None, max_iterations
         level1, level2, level3, formula_tau = formula_equations(variables, equations[0][0] if equations[0] else None,
                                                                 equations[1], equations[2])
         equations = [[level1] if level1 else [], list(level2), list(level3)]
-    spec = spec_from_inputs_levels(equations, model_file, variables, RunOptionsLevels(), allow_outside)
+    spec = spec_from_inputs_levels(equations, model_file, variables, RunOptions(), allow_outside)
     changes = {k: v for k, v in (("title", title), ("max_iterations", max_iterations)) if v is not None}
     residuals = tuple(residuals) + (None,) * (K - 1 - len(residuals))
     if any(residuals):
@@ -126,7 +126,7 @@ def spec_levels(archive, equations, model_file, reml, title=None, max_iterations
     if formula_tau:  # (x || g) at every level: a diagonal τ, as --tau diagonal
         from ..spec import TauStructure
 
-        changes["tau"] = TauStructure.DIAGONAL
+        changes["tau"] = TauStructure.DIAGONAL.value
     return replace(spec, options=replace(spec.options, **changes)) if changes else spec
 
 

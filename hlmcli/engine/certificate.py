@@ -12,7 +12,8 @@ spanning its null space, they are
   2. no descent into the cone: μ = λ_min(V₀'ΓV₀) ≥ 0. If μ < 0 with eigenvector w, G + t·vv'
      (v = V₀w) is feasible and d falls at rate μ; the decrease available along it is measured by
      a scan over t.
-Second order: the Hessian of d in (S, B), by central differences of the analytic gradient, is PSD.
+Second order: the Hessian of d in (S, B) is PSD: analytic for the two-level deviance (chain rule
+through G(x), BlockFace.hessian), else by central differences of the analytic gradient.
 
 Every test is judged in deviance units, so it is free of the data's scale: the face decrement
 ½g'H⁻¹g and, into the cone, the decrease found along vv' are the decreases still available; both
@@ -174,6 +175,42 @@ class Face:
         G = W @ S @ W.T
         return 0.5 * (G + G.T)
 
+    def tangents(self, x) -> np.ndarray:
+        """∂G/∂x_i at x, (size, q, q): W E W' for an entry of S (E = e_ae_b' + e_be_a', or e_ae_a'), and
+        V₀e_ke_l'SW' + its transpose for B_kl."""
+        S, B = self.parts(x)
+        W = self.W(B)
+        if self.diagonal:
+            return np.einsum("ak,bk->kab", W, W)
+        out = []
+        for a, b in zip(*self.tril):
+            T = np.outer(W[:, a], W[:, b])
+            out.append(T + T.T if a != b else T)
+        WS = W @ S
+        for k in range(self.q - self.r):
+            for l in range(self.r):
+                T = np.outer(self.V0[:, k], WS[:, l])
+                out.append(T + T.T)
+        return np.array(out).reshape(self.size, self.q, self.q)
+
+    def gradient_curvature(self, Gamma, x) -> np.ndarray:
+        """tr(Γ ∂²G/∂x_i∂x_k): the face Hessian's term from G(x) being quadratic in x. G is linear in S,
+        so only (S, B) and (B, B) pairs have one: 2(V₀'ΓWE)_kl for S's entry E and B_kl, and
+        2 S_ln (V₀'ΓV₀)_km for B_kl and B_mn; none on a diagonal face (G linear in its entries)."""
+        out = np.zeros((self.size, self.size))
+        if self.diagonal or self.r == self.q:
+            return out
+        S, B = self.parts(x)
+        W = self.W(B)
+        ns = self.n_s
+        VGW = self.V0.T @ Gamma @ W
+        for m, (a, b) in enumerate(zip(*self.tril)):
+            Es = np.zeros((self.r, self.r))
+            Es[a, b] = Es[b, a] = 1.0
+            out[m, ns:] = out[ns:, m] = (2.0 * VGW @ Es).ravel()
+        out[ns:, ns:] = 2.0 * np.kron(self.V0.T @ Gamma @ self.V0, S)
+        return out
+
     def gradient(self, Gamma, x) -> np.ndarray:
         """∂d/∂x from Γ = ∂d/∂G at G(x)."""
         S, B = self.parts(x)
@@ -246,6 +283,23 @@ class BlockFace:
         return None
 
     def hessian(self, obj, x) -> np.ndarray:
+        """The face Hessian at x: analytic where obj gives the second derivatives in G (obj.curvature,
+        one block: the chain rule through G(x), D²d[∂_iG, ∂_kG] + tr(Γ∂²_ikG)); otherwise central
+        differences of the analytic face gradient (obj: objective.DevianceObjective), with steps small
+        against each block's S spectrum, so every point stays on the face."""
+        curvature = getattr(obj, "curvature", None)
+        if curvature is not None and len(self.faces) == 1 and self.faces[0] is not None:
+            f = self.faces[0]
+            Gx = self.G(x)
+            T = f.tangents(x)
+            D2 = curvature(Gx, T)
+            if D2 is not None:
+                _, Gams = obj.at(Gx)
+                Hm = D2 + f.gradient_curvature(Gams[0], x)
+                return 0.5 * (Hm + Hm.T)
+        return self.difference_hessian(obj, x)
+
+    def difference_hessian(self, obj, x) -> np.ndarray:
         """Central differences of the analytic face gradient (obj: objective.DevianceObjective); the
         steps are small against each block's S spectrum, so every point stays on the face."""
         n = self.size

@@ -356,6 +356,56 @@ class CrossedSolve:
         return tuple(grads)
 
 
+    def gradients_at(self, reml: bool, s2: float) -> tuple:
+        """The gradient in each G_b of the deviance at a fixed σ² = s2 (standardised scale), not profiled:
+        d = log|M| (+ log|X'V⁻¹X|) + ν log(2π s2) + pwrss/s2, whose pwrss term gives −(1/s2)Σ_j u_bj u_bj'
+        where the profiled one has −(ν/pwrss)Σ_j u_bj u_bj' (the module docstring)."""
+        nu = self.dof(reml)
+        out = []
+        for b, (G, t) in enumerate(zip(self.gradients(reml), self.st.terms)):
+            U = np.asarray(self.st.Zs[b].T @ self.resid).reshape(t.J, t.q)
+            UU = U.T @ U
+            out.append(G + (nu / self.pwrss - 1.0 / s2) * UU)
+        return tuple(out)
+
+    def deviance_at(self, reml: bool, s2: float) -> float:
+        """The deviance at a fixed σ² = s2 (standardised scale), γ profiled out as lme4's deviance function
+        of (θ, σ) (lmerTest's devfun_vp)."""
+        d = self.logdet_M + self.dof(reml) * (LOG_2PI + np.log(s2)) + self.pwrss / s2
+        return d + self.logdet_X if reml else d
+
+    def gamma_covariance_std(self, s2: float) -> np.ndarray:
+        """Cov(γ̃) = s2 (RX'RX)⁻¹ on the standardised scale (γ̃ the coefficients of the orthonormal X)."""
+        p = self.st.p
+        Rinv = _tri_inverse(self.LW[:p, :p])  # RX lower: (RX RX')⁻¹ = RX⁻ᵀRX⁻¹
+        return s2 * (Rinv.T @ Rinv)
+
+    def posterior_blocks(self) -> dict:
+        """Per factor b, the (J_b, q_b, q_b) diagonal blocks of Λ M⁻¹ Λ' (standardised scale): times σ²,
+        the conditional variance of each group's random effects given the data, γ̂ and the variance
+        parameters (lme4's condVar). With L = [[L11, 0], [A', LR]], M⁻¹ = L⁻ᵀL⁻¹ has the blocks
+        (M⁻¹)_RR = LR⁻ᵀLR⁻¹ and (M⁻¹)_11 = L11⁻ᵀ(I + A LR⁻ᵀLR⁻¹ A')L11⁻¹."""
+        st = self.st
+        Q2, q1, J1 = st.Q2, st.q1, st.J1
+        first = st.order[0]
+        W = np.linalg.inv(self.L11)  # (J1, q1, q1), each L11_j⁻¹
+        blk1 = np.einsum("jab,jac->jbc", W, W)
+        out = {}
+        if Q2:
+            Linv = _tri_inverse(self.LR)
+            B = np.asarray(self.A @ Linv.T).T.reshape(Q2, J1, q1)  # LR⁻¹A', columns by group of factor 1
+            C = np.einsum("rja,jab->rjb", B, W)
+            blk1 = blk1 + np.einsum("rja,rjb->jab", C, C)
+            for i, b in enumerate(st.order[1:]):
+                lo, hi, qb, Jb = st.cuts[i], st.cuts[i + 1], st.terms[b].q, st.terms[b].J
+                Lb = Linv[:, lo:hi].reshape(Q2, Jb, qb)
+                lam = self.lams[b]
+                out[b] = lam[None] @ np.einsum("rja,rjb->jab", Lb, Lb) @ lam.T[None]
+        lam1 = self.lams[first]
+        out[first] = lam1[None] @ blk1 @ lam1.T[None]
+        return out
+
+
 # ---------------------------------------------------------------- the fit
 
 class Objective(BlockDeviance):
@@ -408,6 +458,14 @@ class CrossedFit:
         return len(self.gamma) + 1 + sum(_n_free(t, d) for t, d in zip(self.taus, self.diagonal))
 
     diagonal: tuple = ()
+    stats: object = field(repr=False, default=None)    # CrossedStats: the standardised data (inference reads it)
+    solve: object = field(repr=False, default=None)    # CrossedSolve at the answer
+
+    def posterior_variances(self) -> tuple:
+        """Per factor, (J, q, q): the conditional variance of each group's random effects given the data,
+        γ̂, τ and σ² (lme4's condVar), on the user's scale: σ² T Λ(M⁻¹)_jjΛ' T'."""
+        blocks = self.solve.posterior_blocks()
+        return tuple(self.sigma2 * (T[None] @ blocks[b] @ T.T[None]) for b, T in enumerate(self.stats.T))
 
 
 def _n_free(tau, diagonal) -> int:
@@ -462,4 +520,4 @@ def fit_crossed(y, X, fixed_names, terms: list[CrossedTerm], method: str = "REML
                       fixed_names=tuple(fixed_names), gamma=gamma, gamma_cov=cov, sigma2=sigma2, taus=tuple(taus),
                       deviance=float(deviance), n=n, certificate=cert, iterations=iterations, evaluations=obj.count,
                       start=start, message=message, G=tuple(Gs), ranef=tuple(ranef),
-                      labels=tuple(t.labels for t in terms), diagonal=diag)
+                      labels=tuple(t.labels for t in terms), diagonal=diag, stats=st, solve=us)

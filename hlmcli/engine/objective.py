@@ -14,7 +14,9 @@ only ever need three things from it at a point Gs = (G2, …, GK):
   the model's own precision is asked for or claimed (search.tol_decrement, certificate.check_precision).
 
 The chain rule then gives everything else: ∂d/∂Λℓ = 2ΓℓΛℓ for the search, the gradient on a face of
-the PSD cone from Γ (certificate.Face), its Hessian by central differences of that gradient.
+the PSD cone from Γ (certificate.Face), its Hessian by central differences of that gradient, or
+analytically where the objective gives `curvature(Gs, directions)`, its second derivatives in G
+(the two-level profiled deviance: unitsolve.UnitSolve.curvature_G).
 
 Implementations: the two-level profiled deviance (unitsolve.ProfiledDeviance, one block) and the
 nested deviance (nested.NestedDeviance, a block per level 2..K); a family plugs in as another
@@ -54,6 +56,11 @@ class OneBlock:
 
     def noise(self, Gs) -> float:
         return self.objective.noise(Gs[0])
+
+    def curvature(self, Gs, directions):
+        """The inner objective's second derivatives in G along `directions`, or None without them."""
+        inner = getattr(self.objective, "curvature", None)
+        return None if inner is None else inner(Gs[0], directions)
 
 
 def one_block(point) -> np.ndarray:

@@ -27,6 +27,30 @@ Gradient with respect to G (symmetric convention d(G + E) ≈ d(G) + tr(ΓE)), f
 where σ² is σ̂² when profiled, or the given value for the unprofiled deviance. The chain rule for
 G = ΛΛ' gives ∂d/∂Λ = 2ΓΛ.
 
+Second derivatives (the certificate's and the Newton steps' face Hessian, curvature_G), from the same
+solve. Write W_j = V_j/σ² = I + Z_jGZ_j', Q_j = H_jA_j = Z_j'W_j⁻¹Z_j (symmetric), U_j = H_jZ_j'X_j =
+Z_j'W_j⁻¹X_j (q×p), and ∂_E for the derivative along a symmetric direction E of G. Then
+∂_E W_j⁻¹ = −W_j⁻¹Z_jEZ_j'W_j⁻¹, so ∂_F Q_j = −Q_jFQ_j, ∂_F U_j = −Q_jFU_j, ∂_F P = −Σ_j U_j'FU_j =: −C_F, and
+
+    ∂²_EF Σ log|M_j| = −Σ_j tr(Q_jEQ_jF).
+
+rss(G) = min_γ Σ (y_j − X_jγ)'W_j⁻¹(y_j − X_jγ); by the envelope theorem ∂_E rss = −Σ_j v_j'Ev_j with
+v_j = Z_j'W_j⁻¹e_j at γ̂, and along F, ∂_F v_j = −Q_jFv_j − U_j∂_Fγ̂ with ∂_Fγ̂ = −P⁻¹b_F, b_F = Σ_j U_j'Fv_j
+(differentiate Pγ̂ = c), so
+
+    ∂²_EF rss = 2 Σ_j v_j'EQ_jFv_j − 2 b_E'P⁻¹b_F.
+
+For REML, ∂_E log|P| = −tr(P⁻¹C_E) and ∂_F C_E = −Σ_j (U_j'FQ_jEU_j + U_j'EQ_jFU_j), so with
+R̃_j = U_jP⁻¹U_j' (= H_jR_jH_j' above)
+
+    ∂²_EF log|P| = −tr(P⁻¹C_FP⁻¹C_E) + Σ_j tr(R̃_jEQ_jF) + tr(R̃_jFQ_jE).
+
+The profiled deviance has ν log rss, whose second derivative is ν(∂²rss/rss − ∂rss ∂rss'/rss²); with
+σ² given, rss/σ² contributes ∂²rss/σ². Every sum over units is w_j-weighted in a weighted fit. On a face
+of the PSD cone with coordinates x (certificate.Face), G(x) is quadratic, so the face Hessian is
+D²d[∂_iG, ∂_kG] + tr(Γ ∂²_ikG). Cost: one gradient's per-unit algebra plus n² products over (q², J)
+for n face coordinates, against 2n solves and gradients for central differences of the gradient.
+
 Sampling weights (multilevel pseudo-ML; Pfeffermann et al. 1998, Rabe-Hesketh & Skrondal 2006).
 With level-1 weights w_i|j and level-2 weights w_j the pseudo-log-likelihood is
 Σ_j w_j log ∫ Π_i f(y_ij | u)^{w_i|j} φ(u; τ) du. For the normal model the integrand is a Gaussian
@@ -238,6 +262,53 @@ class UnitSolve:
             Gamma -= self.unit_sum(cmm(cmm(H, R), H.transpose(1, 0, 2)))
         return 0.5 * (Gamma + Gamma.T)
 
+    def curvature_G(self, reml: bool, directions, sigma2: float | None = None) -> np.ndarray:
+        """D²d(G)[E_i, E_k] for symmetric directions E_1..E_n (q×q): the deviance's second derivatives
+        in G, σ² profiled unless given, from this solve alone (derivation in the module docstring).
+        Returns the symmetric n×n matrix."""
+        st, q = self.stats, self.q
+        n = len(directions)
+        E = np.asarray(directions, float).reshape(n, q, q)
+        w = st.w2
+        H = self.H
+        Q = cmm(H, st.ZZc)  # H_jA_j = σ²Z_j'V_j⁻¹Z_j, symmetric per unit
+        v = cmv(H, self.Ze())  # (q, J)
+        U = np.stack([sum(H[a, m][:, None] * st.ZXt[m] for m in range(q)) for a in range(q)])  # (q, J, p): H_jZ_j'X_j
+        QE = np.tensordot(E, Q, axes=([1], [1])).transpose(0, 2, 1, 3)  # Q_jE_i, (n, q, q, J)
+        Ev = np.tensordot(E, v, axes=([2], [0]))  # E_iv_j, (n, q, J)
+        QEv = np.einsum("abj,nbj->naj", Q, Ev)  # Q_jE_iv_j
+        Ew = Ev if w is None else Ev * w
+        flat = lambda x: x.reshape(n, -1)
+        # Σ_j tr(Q_jE_iQ_jE_k) and Σ_j v_j'E_iQ_jE_kv_j, each one product over (component, unit)
+        trQEQE = flat(QE if w is None else QE * w) @ flat(QE.transpose(0, 2, 1, 3)).T
+        vEQEv = flat(Ew) @ flat(QEv).T
+        grad_rss = -np.einsum("naj,aj->n", Ew, v)  # ∂rss[E_i] = −Σ_j v_j'E_iv_j
+        b = np.einsum("naj,ajp->np", Ew, U)  # Σ_j U_j'E_iv_j
+        Pinv = self.Pinv()
+        hess_rss = 2.0 * vEQEv - 2.0 * b @ Pinv @ b.T
+        if sigma2 is None:
+            nu = self.dof(reml)
+            out = -trQEQE + nu * (hess_rss / self.rss - np.outer(grad_rss, grad_rss) / self.rss ** 2)
+        else:
+            out = -trQEQE + hess_rss / sigma2
+        if reml:
+            p = self.P.shape[0]
+            UU = np.empty((q, q, p, p))  # Σ_j U_j[a]'U_j[b] (weighted), so Σ_j U_j'E_iU_j = Σ_ab E_i[a,b] UU[a,b]
+            Rt = np.empty((q, q, st.J))  # U_jP⁻¹U_j'
+            for a, c in _pairs(q):
+                Uc = U[c] if w is None else U[c] * w[:, None]
+                UU[a, c] = U[a].T @ Uc
+                UU[c, a] = UU[a, c].T
+                Rt[a, c] = Rt[c, a] = np.einsum("jp,jp->j", U[a] @ Pinv, U[c])
+            PC = Pinv @ np.tensordot(E, UU, axes=([1, 2], [0, 1]))  # P⁻¹C_i, C_i = −∂P[E_i]
+            trPCPC = np.einsum("iab,kba->ik", PC, PC)
+            RtE = np.tensordot(E, Rt, axes=([1], [1])).transpose(0, 2, 1, 3)  # R̃_jE_i
+            if w is not None:
+                RtE = RtE * w
+            trEQER = flat(RtE.transpose(0, 2, 1, 3)) @ flat(QE).T  # Σ_j tr(R̃_jE_iQ_jE_k)
+            out += -trPCPC + trEQER + trEQER.T
+        return 0.5 * (out + out.T)
+
     # ---------------------------------------------------------------- quantities for inference
     def XVe_units(self) -> np.ndarray:
         """σ²X_j'V_j⁻¹e_j per unit (J, p): the scores of γ, for the cluster-robust sandwich (in a
@@ -360,6 +431,15 @@ class ProfiledDeviance:
         except (FloatingPointError, np.linalg.LinAlgError):
             return np.inf, like(point, np.zeros_like(G))
         return self.deviance_of(us), like(point, self.gradient_of(us))
+
+    def curvature(self, point, directions):
+        """D²d[E_i, E_k] at G for the symmetric directions E_i (UnitSolve.curvature_G), or None where
+        the model cannot be evaluated."""
+        try:
+            us = self.solve(factor(one_block(point)))
+        except (FloatingPointError, np.linalg.LinAlgError):
+            return None
+        return us.curvature_G(self.reml, directions, sigma2=self.sigma2)
 
     def value(self, point) -> float:
         try:

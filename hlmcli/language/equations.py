@@ -1,8 +1,8 @@
 """Stage 3, equations: a two-level model (inline equations, model files, HLM 7 .hlm files) to a ModelSpec.
 
 The equations are read by the one parser of any number of levels (equations_levels.py), in HLM2's
-notation: β/γ with the random terms r (level 1) and u (level 2). This module holds the two-level spec,
-HLM2's command files and the run options they carry. The parser knows only the names of the
+notation: β/γ with the random terms r (level 1) and u (level 2), into the one ModelSpec of any number
+of levels (model.py). This module holds HLM2's command files and the run options they carry. The parser knows only the names of the
 variables at each level; it never touches data.
 """
 
@@ -10,129 +10,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ModelError
 from .equations_levels import build_levels_spec, classify_levels
+from .model import Hypothesis, Level2Equation, ModelSpec, RunOptions, Term, fixed_effect_labels  # noqa: F401
 from .hlmfile import key_values, level_equation, level_terms, number, whole, yes_no
 from .lexer import at_file_line, read_text
 
 CENTERINGS = ("none", "group", "grand")
-
-
-@dataclass(frozen=True)
-class Term:
-    """A predictor: a variable, how it is centered, and whether it is the unit mean of a level-1 variable."""
-
-    name: str
-    centering: str = "none"  # none | group (level 1 only) | grand
-    unit_mean: bool = False  # level 2: mean(X) of level-1 variable X over each unit's records used
-
-
-@dataclass(frozen=True)
-class Level2Equation:
-    predictors: tuple[Term, ...] = ()
-    random: bool = False
-    intercept: bool = True  # the fixed intercept γq0; False for 'b1 = u1' (HLM 7's random/ with no INTRCPT2)
-
-    @property
-    def present(self) -> bool:
-        """False for the level-1 intercept of a model written without b0."""
-        return self.intercept or self.random or bool(self.predictors)
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    """Rows of a contrast matrix C (one per restriction) over the model's γs, tested as Cγ = 0."""
-
-    label: str
-    rows: tuple[tuple[float, ...], ...]
-    rhs: tuple[float, ...] = ()  # Cγ = rhs; empty means all zero
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Settings that travel with a model: from the command line or an HLM 7 command file."""
-
-    method: str = "REML"
-    max_iterations: int = 100
-    stopval: float | None = None
-    title: str | None = None
-    hypotheses: tuple[Hypothesis, ...] = ()
-    prior_deviance: float | None = None
-    prior_params: int | None = None
-    residuals_l1: str | None = None
-    residuals_l2: str | None = None
-    homogeneity: bool = False
-    full_output: bool = False
-    ols_units: int = 10
-    tau: str = "unstructured"  # unstructured | diagonal (independent random effects)
-    weight1: str | None = None  # level-1 sampling weight (HLM's level1weight:)
-    weight2: str | None = None  # level-2 sampling weight (HLM's level2weight:)
-    # HGLM (spec.py, hglm.py): the level-1 family and how it is estimated
-    family: str = "normal"  # normal | bernoulli | binomial | poisson | ordinal
-    link: str | None = None  # ordinal: logit (None: logit), probit, cloglog
-    ncat: int | None = None  # ordinal: the number of categories a .hlm file's nonlin:ordinal,NCAT gives
-    trials: str | None = None  # binomial: the number-of-trials variable
-    exposure: str | None = None  # poisson: the exposure variable (log exposure is an offset)
-    overdispersion: bool = False  # estimate the level-1 scale instead of fixing it at 1
-    estimation: str = "pql"  # pql | laplace | agq
-    quadrature_points: int = 1  # AGQ points per random effect
-    macroit: int = 100  # PQL macro iterations
-    microit: int = 100  # PQL micro iterations (inner linear fit)
-    stopmacro: float = 1e-8  # PQL: max|Δη| <= stopmacro·(1 + max|η|)
-    stopmicro: float = 1e-8  # PQL: inner fit tolerance
-    separation: str = "refuse"  # refuse | fit: a separated coefficient held at a bound (separation.py)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    outcome: str
-    level1: tuple[Term, ...]  # predictors β1..βQ (the intercept β0 is implicit)
-    level2: tuple[Level2Equation, ...]  # one per coefficient, β0..βQ
-    options: RunOptions = field(default_factory=RunOptions)
-
-    @property
-    def method(self) -> str:
-        return self.options.method
-
-    # The model's kind as values (spec.py): what the engines, the capabilities table and the report
-    # branch on, rather than on which command or file the model came from.
-    @property
-    def levels(self) -> tuple:
-        """The equations level by level: (level-1 predictors, level-2 equations)."""
-        return (self.level1, self.level2)
-
-    @property
-    def family(self):
-        from ..spec import Family
-
-        return Family.of(self.options.family)
-
-    @property
-    def estimation(self):
-        """How the model is estimated: the method (REML/ML) of a linear model, PQL/Laplace/AGQ of an HGLM."""
-        from ..spec import Estimation, Method
-
-        return Method(self.options.method) if self.family.linear else Estimation(self.options.estimation)
-
-    @property
-    def tau_structure(self):
-        from ..spec import TauStructure
-
-        return TauStructure(self.options.tau)
-
-    @property
-    def level1_intercept(self) -> bool:
-        return self.level2[0].present
-
-    def coefficient_names(self) -> list[str]:
-        return ["INTRCPT1"] + [t.name for t in self.level1]
-
-    @property
-    def random(self) -> list[bool]:
-        return [eq.random for eq in self.level2]
 
 
 @dataclass(frozen=True)
@@ -175,14 +62,9 @@ _REPLACEMENTS = {
 }
 
 
-def gamma_labels(spec: ModelSpec) -> list[tuple[int, int]]:
-    """(q, s) of each γ in model order: γ00, γ01, ..., γ10, ..."""
-    return [(q, s) for q, eq in enumerate(spec.level2) for s in range(len(eq.predictors) + 1)]
-
-
 def contrasts_from_rows(spec: ModelSpec, where: str, label: str, rows: list[tuple[int, list[str]]]) -> Hypothesis:
     """HLM 7's gammaG:c1,...,cF lines: one coefficient per γ in model order; lines sharing G form one test."""
-    n = len(gamma_labels(spec))
+    n = len(fixed_effect_labels(spec))
     out = []
     for line_no, values in rows:
         if len(values) != n:
@@ -209,22 +91,12 @@ def build_spec(level1: str, level2: list[str], variables: Variables, options: Ru
     """A two-level model from its level-1 equation and its level-2 equations, read by the one parser of
     any number of levels (equations_levels.py) in HLM2's notation, β/γ with r/u; HLM's defaults: a
     random intercept, other coefficients fixed with no level-2 predictors."""
-    spec = build_levels_spec([[level1] if level1 else [], list(level2)], variables)
-    level2_eqs = []
+    spec = build_levels_spec([[level1] if level1 else [], list(level2)], variables, options)
     for q, eq in enumerate(spec.equations):
-        if eq is None:  # without b0 at level 1 the intercept is absent: no fixed and no random part
-            level2_eqs.append(Level2Equation((), False, intercept=False))
-            continue
-        if eq.predictors and not eq.intercept:
+        if eq is not None and eq.predictors and not eq.intercept:
             raise ModelError(f"the level-2 equation of b{q} has predictors but no intercept g{q}0; number the terms "
                              f"g{q}0, g{q}1, ... in turn (b{q} = u{q} alone is a random effect with no fixed part)")
-        level2_eqs.append(Level2Equation(tuple(map(_term, eq.predictors)), eq.random, intercept=eq.intercept))
-    return ModelSpec(spec.outcome, tuple(map(_term, spec.level1)), tuple(level2_eqs), options or RunOptions())
-
-
-def _term(t) -> Term:
-    """A two-level Term from the parser's: mean(X) at level 2 is the unit mean of level-1 X."""
-    return Term(t.name, t.centering.value, unit_mean=t.mean_of == 1)
+    return spec
 
 
 # ---------------------------------------------------------------- model files
@@ -305,7 +177,7 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
             name = opts.get(f"resfil{level}name") or f"resfil{level}{ext}"
             opts[f"resfil{level}name"] = str(output_from_file(path, name, f"resfil{level}name", allow_outside))
     spec_options = RunOptions(
-        method=opts.get("method", "REML"), max_iterations=opts.get("max_iterations", 100),
+        method=opts.get("method"), max_iterations=opts.get("max_iterations"),
         stopval=opts.get("stopval"), title=opts.get("title"),
         prior_deviance=opts.get("prior_deviance"), prior_params=opts.get("prior_params"),
         residuals_l1=(opts.get("resfil1name") or f"resfil1{ext}") if opts.get("resfil1") else None,
@@ -324,7 +196,7 @@ def parse_hlm_file(path: str | Path, variables: Variables, allow_outside: bool =
         raise
     if contrasts and opts.get("hypoth", True):
         tests = tuple(contrasts_from_rows(spec, f"{path}", label, rows) for label, rows in sorted(contrasts.items(), key=lambda kv: int(kv[0])))
-        spec = ModelSpec(spec.outcome, spec.level1, spec.level2, _replace(spec.options, hypotheses=tests))
+        spec = replace(spec, options=_replace(spec.options, hypotheses=tests))
     return spec
 
 
@@ -378,6 +250,10 @@ def _hlm2_option(opts: dict, contrasts: dict, key: str, value: str, where: str, 
         return
     elif key in ("level1weight", "level2weight") and value.lower() not in ("none", "n", "no", "0", ""):
         opts["weight" + key[5]] = value.split(",")[0].strip()  # the variable name
+    elif key == "constrain" and value.lower() not in ("n", "no", "none", "0"):
+        raise ModelError(f"{where}: '{key}:{value}': the lines HLM 7 writes for its constraints on γ are not documented, "
+                         "so hlmcli cannot read them; set constrain:n and give the ties on the command line, e.g. "
+                         "--constrain 'g10 = g20'")
     elif key in _OFF_VALUES:
         off = _OFF_VALUES[key]
         if value.lower() not in (off, off[:1], "no", "none", "n", "0"):

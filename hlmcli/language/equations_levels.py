@@ -31,135 +31,18 @@ are read for two and three levels only.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 
 from .lexer import (COEF_LETTERS, GREEK, RANDOM_LETTERS, EquationSyntaxError, check_shape, coefficient_letters,  # noqa: F401
                     parse_index, random_letters, read_text, at_file_line, right_side_terms, split_star, unwrap)
 from .hlmfile import NO, key_values, level_equation, level_terms, whole
+from .model import Centering, Equation, ModelSpec, RunOptions, Term  # noqa: F401
 from ..errors import ModelError
 from ..spec import coefficient_label, subscript
 
 
-class Centering(str, Enum):
-    NONE = "none"
-    GROUP = "group"  # level 1: the level-2 unit's mean; level 2: the level-3 unit's mean over its level-2 units
-    GRAND = "grand"
-
-
-@dataclass(frozen=True)
-class Term3:
-    """A predictor in an equation at `level`: a variable of that level, or mean(X) of a lower-level X."""
-
-    name: str
-    level: int  # the equation's level (1, 2 or 3)
-    centering: Centering = Centering.NONE
-    mean_of: int | None = None  # mean(X): the level of X (lower than `level`)
-
-    @property
-    def label(self) -> str:
-        return f"mean({self.name})" if self.mean_of else self.name
-
-
-# ---------------------------------------------------------------- the model of K levels
-
-
-
-@dataclass(frozen=True)
-class Equation:
-    """The equation of a level-d coefficient at level d+1: intercept, predictors, random term, and the
-    equations of its own coefficients one level up (`terms`, index 0 = intercept, None when absent;
-    empty at the top level)."""
-    predictors: tuple = ()
-    intercept: bool = True
-    random: bool = False
-    terms: tuple = ()
-
-    def present(self) -> list[int]:
-        return ([0] if self.intercept else []) + list(range(1, len(self.predictors) + 1))
-
-
-@dataclass(frozen=True)
-class RunOptionsLevels:
-    method: str = "ML"  # HLM3 and HLM4 fit full ML; REML with --reml
-    max_iterations: int = 1000
-    title: str | None = None
-    residuals: tuple = ()  # per level 2..K: a path or None (an HLM3 command file's resfil2:/resfil3:)
-    tau: object = None  # TauStructure.DIAGONAL when the lme4 formula asks for uncorrelated effects (||)
-
-
-@dataclass(frozen=True)
-class Fixed:
-    """One fixed effect: its subscripts and the names along its path (coefficient, predictors)."""
-    idx: tuple
-    names: tuple  # INTRCPT1 or the level-1 variable, then INTRCPT2 or the level-2 predictor, ...
-
-
-@dataclass(frozen=True)
-class LevelsSpec:
-    """A model of K ≥ 3 levels: the level-1 predictors a_1..a_P and, for each level-1 coefficient π_p,
-    its level-2 Equation, whose `terms` hold the equations one level up, and so on to level K."""
-
-    outcome: str
-    n_levels: int
-    level1: tuple  # a_1..a_P (Term3)
-    intercept: bool
-    equations: tuple  # index p = 0..P: the level-2 Equation of π_p, None when π_p is absent
-    options: RunOptionsLevels = field(default_factory=RunOptionsLevels)
-
-    @property
-    def method(self) -> str:
-        return self.options.method
-
-    def coefficient_names(self) -> list[str]:
-        """The names of the level-1 coefficients π_0..π_P: INTRCPT1 and the level-1 predictors."""
-        return ["INTRCPT1"] + [t.label for t in self.level1]
-
-    def equation(self, idx: tuple) -> Equation:
-        """The equation of the coefficient with subscripts `idx` (π_p: (p,), β_pq: (p, q), ...)."""
-        eq = self.equations[idx[0]]
-        for k in idx[1:]:
-            eq = eq.terms[k]
-        return eq
-
-    def term_names(self, idx: tuple) -> list[str]:
-        """The names of the terms of the equation of `idx`: INTRCPT{d+1} and its predictors."""
-        return [f"INTRCPT{len(idx) + 1}"] + [t.label for t in self.equation(idx).predictors]
-
-    def walk(self):
-        """(depth, subscripts, Equation, names) for every coefficient with an equation, depth-first: the
-        coefficient of a level-`depth` equation whose own equation is at level depth+1."""
-        out = []
-        names1 = ["INTRCPT1"] + [t.label for t in self.level1]
-
-        def go(eq, depth, idx, names):
-            out.append((depth, idx, eq, names))
-            if depth + 1 >= self.n_levels:
-                return
-            for k in eq.present():
-                go(eq.terms[k], depth + 1, idx + (k,),
-                   names + ((f"INTRCPT{depth + 1}" if k == 0 else eq.predictors[k - 1].label),))
-
-        for p, eq in enumerate(self.equations):
-            if eq is not None:
-                go(eq, 1, (p,), (names1[p],))
-        return out
-
-    def fixed(self) -> list[Fixed]:
-        """The fixed effects in the engine's order (depth-first)."""
-        out = []
-        for depth, idx, eq, names in self.walk():
-            if depth == self.n_levels - 1:
-                for k in eq.present():
-                    out.append(Fixed(idx + (k,), names + ((f"INTRCPT{depth + 1}" if k == 0 else
-                                                           eq.predictors[k - 1].label),)))
-        return out
-
-    def random(self, level: int) -> list[tuple]:
-        """(subscripts, names) of the coefficients random at `level`, in τ order."""
-        return [(idx, names) for depth, idx, eq, names in self.walk() if depth == level - 1 and eq.random]
-
+# ---------------------------------------------------------------- the variables of K levels
 
 @dataclass(frozen=True)
 class VariablesLevels:
@@ -266,7 +149,7 @@ def _closest(name: str, variables: VariablesLevels) -> str:
     return f"; did you mean {', '.join(shown)}?" if shown else "; check the spelling against 'hlmcli mdm info'"
 
 
-def _mean_of(inner: str, level: int, variables: VariablesLevels, text: str, pos: int) -> Term3:
+def _mean_of(inner: str, level: int, variables: VariablesLevels, text: str, pos: int) -> Term:
     """mean(X) in a level-`level` equation: the unit's mean of X, a variable of a lower level."""
     if level == 1:
         raise EquationSyntaxError(text, pos, f"mean({inner}) is a unit mean and belongs in an equation of level 2 or more",
@@ -275,12 +158,12 @@ def _mean_of(inner: str, level: int, variables: VariablesLevels, text: str, pos:
     for lower in range(level - 1, 0, -1):
         hit = next((variables.lookup(c, lower) for c in cands if variables.lookup(c, lower)), None)
         if hit:
-            return Term3(hit, level, Centering.NONE, mean_of=lower)
+            return Term(hit, level, Centering.NONE, mean_of=lower)
     raise ModelError(f"in '{text.strip()}': mean({inner}) needs a variable of a lower level than {level}"
                      + ("" if variables.level_of(inner) else f"; unknown variable '{inner}'"))
 
 
-def _printed_centring(m, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term3:
+def _printed_centring(m, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term:
     """HLM's printed centring: (Xijk - X.jk) around the unit one level up, (Xijk - X...) the grand mean."""
     body = m.group(0)
     name = _resolve(m.group(1), level, variables, text)
@@ -289,14 +172,14 @@ def _printed_centring(m, level: int, variables: VariablesLevels, text: str, pos:
                                   f"write group({name}) or grand({name})")
     mark = m.group(3).replace("•", ".")
     if set(mark) == {"."}:
-        return Term3(name, level, Centering.GRAND)
+        return Term(name, level, Centering.GRAND)
     if level < K and mark == "." + "ijkl"[level:K]:
-        return Term3(name, level, Centering.GROUP)
+        return Term(name, level, Centering.GROUP)
     raise EquationSyntaxError(text, pos, f"'{body}' is not a centring HLM prints at level {level}",
                               f"write group({name}) or grand({name})")
 
 
-def _predictor(piece: str, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term3:
+def _predictor(piece: str, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term:
     """NAME, group(NAME), grand(NAME), mean(NAME) or HLM's printed forms, in a level-`level` equation."""
     body = unwrap(piece)
     m = re.fullmatch(r"(group|grand|mean)\s*\((.*)\)(?:[ijkl]*)", body, re.I)  # mean(X)jkl: as printed
@@ -310,12 +193,12 @@ def _predictor(piece: str, level: int, variables: VariablesLevels, text: str, po
         if func == "group" and level == K:
             raise EquationSyntaxError(text, pos, f"group() centring has no meaning at level {K} (there is no higher unit)",
                                       "use grand() or no centring")
-        return Term3(inner_term.name, level, Centering(func), inner_term.mean_of)
+        return Term(inner_term.name, level, Centering(func), inner_term.mean_of)
     m = re.fullmatch(rf"({_NAME})\s*-\s*({_NAME})\s*([.•][a-z.•]*)", body)
     if m:
         return _printed_centring(m, level, variables, text, pos, K)
     if re.fullmatch(_NAME, body):
-        return Term3(_resolve(body, level, variables, text), level)
+        return Term(_resolve(body, level, variables, text), level)
     raise EquationSyntaxError(text, pos, f"cannot read the predictor '{piece.strip()}'",
                               "write NAME, group(NAME), grand(NAME) or mean(NAME)")
 
@@ -367,7 +250,7 @@ def _right_side(equation: str, text: str, rhs: str, base: int, level: int, key, 
     residual = rand + subscript(*own)
     word = "random effect" if K == 2 else "residual"
     rands = (rand, "e") if K == 2 and level == 1 else (rand,)  # Y = b0 + r, or + e
-    predictors: dict[int, Term3] = {}
+    predictors: dict[int, Term] = {}
     intercept = random = False
     for piece, pos in right_side_terms(text, rhs, base):
         coef, pred, ppos = _split_coef(piece, pos, K)
@@ -482,8 +365,8 @@ def _equations_by_coefficient(equations: list, variables: VariablesLevels, K: in
     return given
 
 
-def build_levels_spec(equations: list, variables: VariablesLevels, options: RunOptionsLevels | None = None
-                      ) -> LevelsSpec:
+def build_levels_spec(equations: list, variables: VariablesLevels, options: RunOptions | None = None
+                      ) -> ModelSpec:
     """equations[ℓ−1]: the list of level-ℓ equations (one at level 1). The model has K = len(equations)
     levels. Defaults follow HLM: a coefficient with no equation of its own is its intercept alone, random
     only on the intercept path (π0 = β00 + r0, β00 = γ000 + u00, γ000 = δ0000 + v000)."""
@@ -513,7 +396,7 @@ def build_levels_spec(equations: list, variables: VariablesLevels, options: RunO
     for key, (_, _, _, text) in given.items():
         if key not in used:
             raise _orphan(key, text, eqs, intercept, given, K)
-    spec = LevelsSpec(outcome, K, terms, intercept, eqs, options or RunOptionsLevels())
+    spec = ModelSpec(outcome, K, terms, intercept, eqs, options or RunOptions())
     for level in range(2, K + 1):
         if not spec.random(level):
             r, zeros = rand[level - 1], (0,) * (level - 1)
@@ -525,7 +408,7 @@ def build_levels_spec(equations: list, variables: VariablesLevels, options: RunO
 
 
 def build_spec3(level1: str, level2: list[str], level3: list[str], variables: VariablesLevels,
-                options: RunOptionsLevels | None = None) -> LevelsSpec:
+                options: RunOptions | None = None) -> ModelSpec:
     """A three-level model from its level-1 equation and its π (level-2) and β (level-3) equations."""
     return build_levels_spec([[level1] if level1 else [], list(level2), list(level3)], variables, options)
 
@@ -582,7 +465,7 @@ _OFF = {"level1weight", "level2weight", "level3weight", "varianceknown", "constr
         "level1deletion", "level2deletion", "level3deletion", "fixsigma2", "resfil1"}
 
 
-def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside: bool = False) -> LevelsSpec:
+def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside: bool = False) -> ModelSpec:
     """An HLM 7 HLM3 command file: level1:, then each level2: line followed by its level3: lines."""
     path = Path(path)
     lines: dict = {"level1": None, "level2": [], "level3": []}
@@ -598,7 +481,7 @@ def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside:
 
     residuals = tuple(str(output_from_file(path, opts.get(f"resfil{lev}name") or f"resfil{lev}.csv", f"resfil{lev}name",
                                            allow_outside)) if opts.get(f"resfil{lev}") else None for lev in (2, 3))
-    options = RunOptionsLevels(max_iterations=opts.get("max_iterations", 1000), title=opts.get("title"),
+    options = RunOptions(max_iterations=opts.get("max_iterations"), title=opts.get("title"),
                                residuals=residuals if any(residuals) else ())
     try:
         return build_spec3(lines["level1"], lines["level2"], lines["level3"], variables, options)
@@ -684,8 +567,8 @@ def is_command_file(path, text: str) -> bool:
 
 
 def spec_from_inputs_levels(equations: list, model_file: str | None, variables: VariablesLevels,
-                            options: RunOptionsLevels, allow_outside: bool = False) -> LevelsSpec:
-    """One LevelsSpec of K = len(equations) levels from -1 ... -K, a model file of equations, printed
+                            options: RunOptions, allow_outside: bool = False) -> ModelSpec:
+    """One ModelSpec of K = len(equations) levels from -1 ... -K, a model file of equations, printed
     output pasted into -1 (or several equations in it, split by ';'), or at three levels an HLM 7
     command file."""
     K = len(equations)
@@ -715,7 +598,7 @@ def spec_from_inputs_levels(equations: list, model_file: str | None, variables: 
 
 
 def spec3_from_inputs(level1: str | None, level2: list[str], level3: list[str], model_file: str | None,
-                      variables: VariablesLevels, options: RunOptionsLevels, allow_outside: bool = False) -> LevelsSpec:
+                      variables: VariablesLevels, options: RunOptions, allow_outside: bool = False) -> ModelSpec:
     """spec_from_inputs_levels at three levels, from -1, -2 and -3."""
     return spec_from_inputs_levels([[level1] if level1 else [], list(level2), list(level3)], model_file, variables,
                                    options, allow_outside)

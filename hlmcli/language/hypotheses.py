@@ -1,7 +1,7 @@
 """Linear hypotheses on the fixed effects: '--test "γ01 = 0, γ11 = 0"' and HLM 7's gammaG: contrast lines.
 
-One reader for every number of levels: a two-level model's γqs (ModelSpec), a three-level model's γpqs
-and a four-level model's δpqst (LevelsSpec), each typed as every output prints it (spec.coefficient_label:
+One reader for every number of levels (ModelSpec): a two-level model's γqs, a three-level model's γpqs
+and a four-level model's δpqst, each typed as every output prints it (spec.coefficient_label:
 HLM 7's subscripts, run together while each has one digit, else separated by commas: g1,10 and g1,10,0),
 in Greek or in ASCII.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import re
 
-from .equations import Hypothesis, gamma_labels, normalise
+from .equations import normalise
+from .model import Hypothesis, fixed_effect_labels
 from .lexer import COEF_LETTERS, GREEK, coefficient_letters
 from ..errors import ModelError
 from ..spec import coefficient_label
@@ -19,12 +20,6 @@ from ..spec import coefficient_label
 
 _NUMBER = r"\d+(?:\.\d*)?(?:[eE][+-]?\d+)?"
 _MAX_DIGITS = 4  # a subscript is a count of predictors: longer ones are typing errors (and int() of thousands of digits fails)
-
-
-def fixed_effect_labels(spec) -> list[tuple[int, ...]]:
-    """The subscripts of every fixed effect in the engine's order: (q, s) of a two-level model's γqs,
-    (p, q, s) of a three-level model's γpqs, (p, q, s, t) of a four-level model's δpqst."""
-    return gamma_labels(spec) if hasattr(spec, "level2") else [f.idx for f in spec.fixed()]
 
 
 class _Words:

@@ -21,10 +21,12 @@ def read_fit(path: str) -> dict:
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise DataError(f"{path}: not a JSON fit (incomplete or not JSON); save one with 'hlmcli fit ... --format json'") from None
     if isinstance(fit, dict) and fit.get("kind") == "cross-classified linear":
-        from ..capabilities import reason
+        from .schemas import first_error_file
 
-        raise ModelError(f"{path}: a cross-classified fit: hlmcli table and compare are not available for it: "
-                         f"{reason('table', 'crossed')}")
+        problem = first_error_file(fit, "crossed-2.json")
+        if problem:
+            raise DataError(f"{path}: not a valid saved fit: {problem}; save it again with 'hlmcli fit ... --format json'")
+        return fit
     if not isinstance(fit, dict) or fit.get("tool") != "hlmcli" or "deviance" not in fit:
         raise DataError(f"{path}: not an hlmcli JSON fit; save one with 'hlmcli fit ... --format json'")
     if fit.get("levels") in (3, 4) and fit.get("schema") in (3, 4):
@@ -120,6 +122,10 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     if a["levels"] != b["levels"]:
         raise DataError(f"{name_a} has {a['levels']} levels and {name_b} {b['levels']}; a deviance test needs the "
                         "same data")
+    how = [tuple((fit.get("hglm") or {}).get(k) for k in ("family", "estimation")) for fit in (a, b)]
+    if how[0] != how[1]:
+        raise DataError(f"{name_a} and {name_b} differ in family or estimation, so their deviances are not on one "
+                        "scale; fit both the same way")
     if a["method"] != b["method"]:
         raise DataError(f"{name_a} is {a['method']} and {name_b} is {b['method']}; fit both the same way (both --ml "
                         "for different fixed effects)")
@@ -159,8 +165,9 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     reductions = [{"component": f"level-{level} {name}", "a": ta[(level, name)], "b": tb[(level, name)],
                    "proportion_reduction": (ta[(level, name)] - tb[(level, name)]) / ta[(level, name)]}
                   for level, name in ta if (level, name) in tb and ta[(level, name)] > 0]
-    reductions.append({"component": "level-1", "a": a["sigma2"], "b": b["sigma2"],
-                       "proportion_reduction": (a["sigma2"] - b["sigma2"]) / a["sigma2"]})
+    if "hglm" not in a:  # an HGLM's level-1 variance is fixed by its mean: no σ² to compare
+        reductions.append({"component": "level-1", "a": a["sigma2"], "b": b["sigma2"],
+                           "proportion_reduction": (a["sigma2"] - b["sigma2"]) / a["sigma2"]})
     result["variance_reduction"] = reductions
     result["order_note"] = "B has fewer parameters than A; the test treats B as the simpler model" if swapped else None
     return result
@@ -181,7 +188,45 @@ def _variance_reductions(a: dict, b: dict) -> list[dict]:
     return reductions
 
 
+def compare_crossed(a: dict, b: dict, name_a: str, name_b: str) -> dict:
+    """The likelihood-ratio test between two cross-classified fits of the same records (ML for different
+    fixed effects; REML for the same fixed effects), and the proportion of each variance explained."""
+    from .crossed_report import crossed_view, is_crossed
+
+    for fit, name in ((a, name_a), (b, name_b)):
+        if not is_crossed(fit):
+            raise DataError(f"{name} is not a cross-classified fit and the other is; a deviance test needs the same "
+                            "data and kind of model")
+        if not fit.get("converged"):
+            raise DataError(f"{name} is not a certified optimum, so its deviance cannot be tested; fix the fit first")
+    if a["method"] != b["method"]:
+        raise DataError(f"{name_a} is {a['method']} and {name_b} is {b['method']}; fit both the same way (both --ml "
+                        "for different fixed effects)")
+    if a["data_hash"] != b["data_hash"] or a["outcome"] != b["outcome"]:
+        raise DataError(f"{name_a} and {name_b} were fitted to different records (outcome or records left out "
+                        "differ); a deviance test needs the same data")
+    fixed = [sorted(f["term"] for f in fit["fixed_effects"]) for fit in (a, b)]
+    if a["method"] == "REML" and fixed[0] != fixed[1]:
+        raise DataError(f"{name_a} and {name_b} have different fixed effects, and REML deviances of such models are "
+                        "not comparable; refit both with --ml")
+    simple, full, swapped = (a, b, False) if a["n_params"] <= b["n_params"] else (b, a, True)
+    try:
+        chi2, df, p = deviance_test(simple["deviance"], simple["n_params"], full["deviance"], full["n_params"])
+    except ModelError as exc:
+        raise DataError(f"{name_a} and {name_b}: {exc}") from None
+    result = {"tool": "hlmcli", "schema": 2, "model_a": name_a, "model_b": name_b, "method": a["method"],
+              "deviance_a": a["deviance"], "deviance_b": b["deviance"], "n_params_a": a["n_params"],
+              "n_params_b": b["n_params"], "aic_a": a["aic"], "aic_b": b["aic"], "bic_a": a["bic"],
+              "bic_b": b["bic"], "chi2": chi2, "df": df, "p": p, "p_mixture": None, "mixture_note": None}
+    va, vb = crossed_view(a), crossed_view(b)
+    result["variance_reduction"] = _variance_reductions(va, vb)
+    result["order_note"] = "B has fewer parameters than A; the test treats B as the simpler model" if swapped else None
+    return result
+
+
 def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
+    if a.get("kind") == "cross-classified linear" or b.get("kind") == "cross-classified linear":
+        return compare_crossed(a, b, name_a, name_b)
     if a.get("levels", 2) > 2 or b.get("levels", 2) > 2:
         if a.get("levels", 2) == 2 or b.get("levels", 2) == 2:
             raise DataError(f"{name_a} and {name_b} have different numbers of levels; a deviance test needs the same data")

@@ -1,33 +1,47 @@
 """The text and JSON of a cross-classified fit, in HLM 7's HCM2 layout: the model, σ², the fixed
-effects (coefficient, standard error, t-ratio), τ of each grouping factor with its correlations, the
-deviance, and the certificate's one line (or what failed). The JSON document's schema is
-hlmcli/schema/crossed-1.json.
+effects (coefficient, standard error, t-ratio; d.f. and p-value with --df satterthwaite), τ of each
+grouping factor with its correlations, the deviance, the certificate's one line (or what failed), and
+the tests the options asked for. The JSON document (schema hlmcli/schema/crossed-2.json) uses the other
+fits' field names (estimate, se, t, df, p_value; one τ block per factor under random_effects);
+`crossed_view` puts it in the keys the paper tables read (levels_results.table_view's).
 
 HCM2 writes the between-cell model with θ for the fixed effects and b (row) and c (column) for the
 random effects; a model with other than two single-column factors has no HCM2 form, so the mixed
-model is written in one line with each random effect named by its factor, e.g. u[PRIMARY]*VERBAL."""
+model is written in one line with each random effect named by its factor, e.g. u1[primary]*verbal."""
 
 from __future__ import annotations
+
+import hashlib
+import math
 
 import numpy as np
 
 from ..engine.certificate import stopping_line
 from ..version import __version__
 
+SCHEMA = 2
+KIND = "cross-classified linear"
 _METHOD = {"REML": "restricted maximum likelihood", "ML": "full maximum likelihood"}
 
 
-def _mixed_line(res) -> str:
-    d, fit = res.design, res.fit
-    two = len(fit.factors) == 2 and all(":" not in f for f in fit.factors) and fit.factors[0] != fit.factors[1]
-    letters = ("b", "c") if two else None
-    pieces = []
-    for k, name in enumerate(d.fixed_names):
-        pieces.append(f"THETA{k}" + ("" if name == "INTRCPT" else f"*{name}"))
-    for b, (factor, cols) in enumerate(zip(fit.factors, fit.columns)):
-        for k, c in enumerate(cols):
-            effect = f"{letters[b]}{k}0" if letters else f"u{k}[{factor}]"
-            pieces.append(effect + ("" if c == "INTRCPT" else f"*{c}"))
+def _two_factors(fit) -> bool:
+    return len(fit.factors) == 2 and all(":" not in f for f in fit.factors) and fit.factors[0] != fit.factors[1]
+
+
+def random_labels(fit) -> list[list[str]]:
+    """Per factor, the label of each random effect: HCM2's b (row) and c (column) with two factors, else u."""
+    two = _two_factors(fit)
+    out = []
+    for b, cols in enumerate(fit.columns):
+        out.append([f"{'bc'[b]}{k}0" if two else f"u{k}[{fit.factors[b]}]" for k in range(len(cols))])
+    return out
+
+
+def _mixed_line(a) -> str:
+    d, fit = a.design, a.fit
+    pieces = [f"THETA{k}" + ("" if name == "INTRCPT" else f"*{name}") for k, name in enumerate(d.fixed_names)]
+    for labels, cols in zip(random_labels(fit), fit.columns):
+        pieces += [lab + ("" if c == "INTRCPT" else f"*{c}") for lab, c in zip(labels, cols)]
     return f"    {d.outcome} = " + " + ".join(pieces) + " + E"
 
 
@@ -35,13 +49,19 @@ def _fmt(x: float, width: int = 14) -> str:
     return f"{x:{width}.6f}" if abs(x) < 1e6 else f"{x:{width}.6E}"
 
 
-def text(res) -> str:
-    fit, d = res.fit, res.design
+def _r_term(name: str) -> str:
+    return "(Intercept)" if name == "INTRCPT" else name
+
+
+def text(a, meta: dict | None = None) -> str:
+    from .report import Symbols, extras_text, hlm_p, printable
+
+    fit, d = a.fit, a.design
     out = []
-    if res.title:
-        out.append(f"Problem Title: {res.title}")
+    if a.title:
+        out.append(f"Problem Title: {a.title}")
     out += ["Cross-classified linear model (HLM 7's HCM2 form: records in the cells of crossed factors)",
-            f"  The data source for this run = {res.source}",
+            f"  The data source for this run = {a.source}",
             f"  Method of estimation: {_METHOD[fit.method]}",
             f"  The outcome variable is {d.outcome}",
             f"  Records used: {fit.n}" + (f" ({d.n_dropped} of {d.n_read} left out for missing values)"
@@ -51,67 +71,155 @@ def text(res) -> str:
     for b, (factor, J) in enumerate(zip(fit.factors, fit.n_groups)):
         role = ("row factor" if b == 0 else "column factor") if two else "grouping factor"
         out.append(f"  The {role} is {factor}: {J} groups")
-    out += ["", "Summary of the model specified", "", f"    lme4: {res.formula}", "", "Mixed Model", "",
-            _mixed_line(res), ""]
+    out += ["", "Summary of the model specified", "", f"    lme4: {a.formula}", "", "Mixed Model", "",
+            _mixed_line(a), ""]
     if two:
         out += ["  (THETA: fixed effects; b: random effects of the row factor, c: of the column factor)", ""]
-    out += [stopping_line("τ of any factor") if res.certified else
-            "Iterations stopped WITHOUT a certified optimum: " + "; ".join(res.failures), ""]
+    out += [stopping_line("τ of any factor") if a.certified else
+            "Iterations stopped WITHOUT a certified optimum: " + "; ".join(a.failures), ""]
     out.append(f" sigma^2 = {fit.sigma2:12.5f}")
     out.append("")
     for factor, cols, tau in zip(fit.factors, fit.columns, fit.taus):
         out.append(f" tau ({factor})")
-        for a, c in enumerate(cols):
-            out.append(f" {c:<12}" + "".join(f"{tau[a, m]:12.5f}" for m in range(len(cols))))
+        for i, c in enumerate(cols):
+            out.append(f" {c:<12}" + "".join(f"{tau[i, m]:12.5f}" for m in range(len(cols))))
         if len(cols) > 1:
             sd = np.sqrt(np.clip(np.diag(tau), 0.0, None))
             out.append(f" tau ({factor}) (as correlations)")
-            for a, c in enumerate(cols):
-                row = [tau[a, m] / (sd[a] * sd[m]) if sd[a] > 0 and sd[m] > 0 else float("nan") for m in range(len(cols))]
+            for i, c in enumerate(cols):
+                row = [tau[i, m] / (sd[i] * sd[m]) if sd[i] > 0 and sd[m] > 0 else float("nan") for m in range(len(cols))]
                 out.append(f" {c:<12}" + "".join(f"{v:12.3f}" for v in row))
         out.append("")
-    out += ["Final estimation of fixed effects:",
-            "-" * 70,
-            f"{'Fixed Effect':<28}{'Coefficient':>14}{'Standard error':>16}{'t-ratio':>12}",
-            "-" * 70]
-    for k, (name, g, se, t) in enumerate(zip(d.fixed_names, fit.gamma, fit.se, res.t_ratios)):
-        out.append(f"{name + ', THETA' + str(k):<28}{_fmt(g)}{_fmt(se, 16)}{t:12.3f}")
-    out += ["-" * 70, "  (model-based standard errors; t-ratios without d.f. or p-values: see the README)", ""]
+    p_values = a.p_values
+    out += ["Final estimation of fixed effects:", "-" * (70 if p_values is None else 92)]
+    head = f"{'Fixed Effect':<28}{'Coefficient':>14}{'Standard error':>16}{'t-ratio':>12}"
+    if p_values is not None:
+        head += f"{'Approx. d.f.':>14}{'p-value':>8}"
+    out += [head, "-" * (70 if p_values is None else 92)]
+    for k, (name, g, se, t) in enumerate(zip(d.fixed_names, fit.gamma, fit.se, a.t_ratios)):
+        line = f"{name + ', THETA' + str(k):<28}{_fmt(g)}{_fmt(se, 16)}{t:12.3f}"
+        if p_values is not None:
+            line += f"{a.df[k]:14.2f}{hlm_p(float(p_values[k])):>8}"
+        out.append(line)
+    if p_values is None:
+        out += ["-" * 70, "  (model-based standard errors; t-ratios without d.f. or p-values: --df satterthwaite "
+                "gives lmerTest's)", ""]
+    else:
+        out += ["-" * 92, "  (model-based standard errors; Satterthwaite's d.f., as lmerTest computes them)", ""]
     out += ["Final estimation of variance components:", "-" * 70,
             f"{'Random Effect':<34}{'Standard Deviation':>20}{'Variance Component':>20}", "-" * 70]
     for factor, cols, tau in zip(fit.factors, fit.columns, fit.taus):
-        for a, c in enumerate(cols):
-            v = float(tau[a, a])
+        for i, c in enumerate(cols):
+            v = float(tau[i, i])
             out.append(f"{c + ' (' + factor + ')':<34}{np.sqrt(max(v, 0.0)):20.5f}{v:20.5f}")
     out.append(f"{'level-1, E':<34}{np.sqrt(fit.sigma2):20.5f}{fit.sigma2:20.5f}")
     out += ["-" * 70, ""]
-    for note in res.boundary_notes():
+    for note in a.boundary_notes():
         out.append(f"Note: {note}")
-    out += [f"Statistics for the current model",
+    out += ["Statistics for the current model",
             f" Deviance = {fit.deviance:.6f}",
-            f" Number of estimated parameters = {fit.n_parameters}", ""]
-    return "\n".join(out)
+            f" Number of estimated parameters = {a.n_params}", ""]
+    extra = extras_text(a.extras, Symbols(True)) if a.extras else []
+    return "\n".join(printable(line) for line in out + extra) + ("\n" if extra else "")
 
 
 def _clean(x):
     x = float(x)
-    return x if np.isfinite(x) else None
+    return x if math.isfinite(x) else None
 
 
-def to_json(res) -> dict:
-    fit, d = res.fit, res.design
-    factors = []
-    for factor, cols, J, tau, rank in zip(fit.factors, fit.columns, fit.n_groups, fit.taus, fit.certificate.ranks):
-        factors.append({"name": factor, "groups": int(J), "random": list(cols),
-                        "tau": [[_clean(v) for v in row] for row in tau], "rank": int(rank)})
-    return {"tool": "hlmcli", "version": __version__, "schema": 1, "kind": "cross-classified linear",
-            "title": res.title, "source": res.source, "formula": res.formula,
-            "outcome": d.outcome, "method": fit.method, "n": int(fit.n), "n_dropped": int(d.n_dropped),
-            "factors": factors, "sigma2": _clean(fit.sigma2),
-            "fixed_effects": [{"name": n, "theta": f"THETA{k}", "coefficient": _clean(g), "se": _clean(s),
-                               "t_ratio": _clean(t)}
-                              for k, (n, g, s, t) in enumerate(zip(d.fixed_names, fit.gamma, fit.se, res.t_ratios))],
-            "deviance": _clean(fit.deviance), "n_parameters": int(fit.n_parameters),
-            "certified": res.certified, "boundary": res.boundary_notes(),
-            "certificate": fit.certificate.to_json(), "iterations": int(fit.iterations),
-            "evaluations": int(fit.evaluations), "start": fit.start}
+def data_hash(a) -> str:
+    """SHA-256 of the records the deviance is computed on: the outcome (float64, little-endian), then the
+    records' rows in the file read (int64). Two fits of one file with the same records agree, whatever
+    their fixed effects and factors."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(a.design.y, dtype="<f8").tobytes())
+    rows = a.design.rows if a.design.rows is not None else np.arange(a.design.y.size)
+    h.update(np.ascontiguousarray(rows, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def information_criteria(fit) -> tuple[int, float, float]:
+    """(k, AIC, BIC) as lme4 counts them for lmer: every fixed effect, τ entry and σ², under REML too."""
+    k = int(fit.n_parameters)
+    return k, float(fit.deviance) + 2 * k, float(fit.deviance) + k * math.log(fit.n)
+
+
+def to_json(a, meta: dict | None = None) -> dict:
+    """The JSON document of a crossed fit (schema crossed-2.json)."""
+    meta = meta or {}
+    fit, d = a.fit, a.design
+    p_values = a.p_values
+    fixed = []
+    for k, (name, g, s, t) in enumerate(zip(d.fixed_names, fit.gamma, fit.se, a.t_ratios)):
+        fixed.append({"label": f"THETA{k}", "name": name, "term": _r_term(name), "estimate": _clean(g),
+                      "se": _clean(s), "t": _clean(t), "df": None if a.df is None else _clean(a.df[k]),
+                      "p_value": None if p_values is None else _clean(p_values[k])})
+    random = []
+    for factor, cols, J, tau, rank, labels in zip(fit.factors, fit.columns, fit.n_groups, fit.taus,
+                                                   fit.certificate.ranks, random_labels(fit)):
+        sd = np.sqrt(np.clip(np.diag(tau), 0.0, None))
+        corr = [[_clean(tau[i, m] / (sd[i] * sd[m])) if sd[i] > 0 and sd[m] > 0 else None
+                 for m in range(len(cols))] for i in range(len(cols))]
+        random.append({"factor": factor, "groups": int(J), "coefficients": list(cols),
+                       "terms": [_r_term(c) for c in cols], "labels": labels,
+                       "matrix": [[_clean(v) for v in row] for row in tau], "correlation": corr, "rank": int(rank)})
+    k, aic, bic = information_criteria(fit)
+    doc = {"schema": SCHEMA, "kind": KIND, "tool": "hlmcli", "version": __version__, "title": a.title,
+           "data_source": meta.get("data_source") or a.source, "formula": a.formula, "lme4_formula": a.formula,
+           "outcome": d.outcome, "method": fit.method, "n_level1": int(fit.n), "n_read": int(d.n_read),
+           "n_deleted": int(d.n_dropped), "n_groups": {f["factor"]: f["groups"] for f in random},
+           "converged": bool(a.certified), "iterations": int(fit.iterations), "evaluations": int(fit.evaluations),
+           "start": fit.start, "boundary": bool(a.boundary_notes()), "boundary_notes": a.boundary_notes(),
+           "certificate": fit.certificate.to_json(), "df_method": a.df_method,
+           "sigma2": _clean(fit.sigma2), "random_effects": random, "fixed_effects": fixed,
+           "gamma_covariance": [[_clean(v) for v in row] for row in fit.gamma_cov],
+           "deviance": _clean(fit.deviance), "n_params": int(a.n_params), "loglik": _clean(-fit.deviance / 2),
+           "aic": _clean(aic), "bic": _clean(bic), "data_hash": data_hash(a)}
+    if meta.get("timestamp"):
+        doc["timestamp"] = meta["timestamp"]
+    doc.update(a.extras)
+    return doc
+
+
+def is_crossed(doc) -> bool:
+    return isinstance(doc, dict) and doc.get("kind") == KIND
+
+
+def crossed_view(doc: dict) -> dict:
+    """A crossed fit's document in the keys the paper tables and `tidy` read (levels_results.table_view's):
+    the random effects of every factor as one block-diagonal τ (different factors' effects are
+    independent), each with its factor as lme4's group; N and the groups of each factor."""
+    fixed = [{"gamma": f["label"], "term": f["term"], "path": [f["name"]], "coefficient": f["name"],
+              "predictor": "", "estimate": f["estimate"], "se": f["se"], "t": f["t"], "df": f["df"],
+              "p": f["p_value"], "robust_se": None, "robust_t": None, "robust_p": None} for f in doc["fixed_effects"]]
+    names, r_names, levels, groups, components = [], [], [], [], []
+    for b, block in enumerate(doc["random_effects"]):
+        for k, (name, term, label) in enumerate(zip(block["coefficients"], block["terms"], block["labels"])):
+            names.append(f"{name} ({block['factor']})")
+            r_names.append(term)
+            levels.append(b + 2)  # a distinct block per factor: τ's pairs are taken within a block only
+            groups.append(block["factor"])
+            variance = block["matrix"][k][k]
+            components.append({"level": b + 2, "effect": names[-1], "label": label,
+                               "sd": math.sqrt(max(variance, 0.0)), "variance": variance, "df": None, "chi2": None,
+                               "p": None})
+    components.append({"level": 1, "effect": "level-1", "label": "r", "sd": math.sqrt(doc["sigma2"]),
+                       "variance": doc["sigma2"], "df": None, "chi2": None, "p": None})
+    tau = np.zeros((len(names), len(names)))
+    at = 0
+    for block in doc["random_effects"]:
+        q = len(block["coefficients"])
+        tau[at:at + q, at:at + q] = np.array(block["matrix"], dtype=float).reshape(q, q)
+        at += q
+    groups_text = " × ".join(f"{J} ({f})" for f, J in doc["n_groups"].items())
+    view = {"levels": 2, "kind": KIND, "method": doc["method"], "outcome": doc["outcome"], "fixed_effects": fixed,
+            "random_coefficients": names, "r_names": r_names, "tau_levels": levels, "tau_groups": groups,
+            "tau": tau.tolist(), "variance_components": components, "sigma2": doc["sigma2"],
+            "deviance": doc["deviance"], "n_params": doc["n_params"], "aic": doc["aic"], "bic": doc["bic"],
+            "n_level1": doc["n_level1"], "n_level2": groups_text, "converged": doc["converged"],
+            "certificate": doc.get("certificate"), "lme4_formula": doc.get("lme4_formula")}
+    for key in ("hypothesis_tests", "deviance_test"):
+        if key in doc:
+            view[key] = doc[key]
+    return view

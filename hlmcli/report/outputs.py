@@ -127,4 +127,30 @@ def plot_levels(results, kind: str, path, **options):
     return draw(results, kind, path, **options)
 
 
+def crossed_document(analysis, meta: dict) -> dict:
+    """The JSON document of a cross-classified fit (crossed_report.to_json, schema crossed-2.json)."""
+    from .crossed_report import to_json
+    from .report import json_safe
+
+    return json_safe(to_json(analysis, meta))
+
+
+def crossed_text(analysis, meta: dict) -> str:
+    from .crossed_report import text
+
+    return text(analysis, meta)
+
+
+def crossed_view(doc: dict) -> dict:
+    from .crossed_report import crossed_view as view
+
+    return view(doc)
+
+
+def plot_crossed(results, kind: str, path, **options):
+    from .plots import plot_crossed as draw
+
+    return draw(results, kind, path, **options)
+
+
 install(sys.modules[__name__])

@@ -568,3 +568,56 @@ def save(fig: Figure, path: str | os.PathLike) -> None:
             fig.savefig(tmp, dpi=200, metadata=metadata, format=suffix[1:])
 
     write_with(path, writer)
+
+
+# ---------------------------------------------------------------- cross-classified fits
+
+CROSSED_KINDS = ("caterpillar",)
+_CROSSED_REFUSED = ("a cross-classified fit has no level-2 units that hold their records (every group of one factor "
+                    "is split across the other's groups), so no unit lines, unit OLS estimates or one equation per "
+                    "unit to draw; draw the caterpillar plot (one panel per grouping factor)")
+
+
+def refuse_crossed_plot(kind: str) -> None:
+    if kind not in KINDS:
+        raise ModelError(f"unknown plot '{kind}'; choose one of {', '.join(KINDS)}")
+    if kind not in CROSSED_KINDS:
+        raise ModelError(f"a {kind} plot of a cross-classified fit: {_CROSSED_REFUSED}")
+
+
+def plot_crossed(results, kind: str, path: str | os.PathLike | None = None, **options: Any) -> Figure:
+    """The caterpillar plot of a cross-classified fit: one panel per random term (grouping factor), each
+    group's EB estimate of the coefficient `coef` (default the intercept) ± 1.96 posterior SD, by rank."""
+    refuse_crossed_plot(kind)
+    if path is not None:
+        check_output(path)
+    coef = options.get("coef")
+    fit = results.analysis.fit
+    panels = []
+    for b, (key, cols) in enumerate(zip(results.keys, fit.columns)):
+        want = coef or "INTRCPT"
+        hits = [k for k, c in enumerate(cols) if c.lower() == want.lower()]
+        if hits:
+            panels.append((b, key, hits[0], cols[hits[0]]))
+    if not panels:
+        known = sorted({c for cols in fit.columns for c in cols})
+        raise ModelError(f"--coef {coef}: no grouping factor has a random coefficient of that name; they are "
+                         f"{', '.join(known)}")
+    variances = results.posterior_variances()
+    with _context():
+        fig = _figure((6.4, 2.6 * len(panels)))
+        for i, (b, key, k, name) in enumerate(panels, start=1):
+            u = fit.ranef[b][:, k]
+            half = 1.96 * np.sqrt(np.clip(variances[b][:, k, k], 0.0, None))
+            order = np.argsort(u, kind="stable")
+            ax = fig.add_subplot(len(panels), 1, i)
+            ax.errorbar(np.arange(1, u.size + 1), u[order], yerr=half[order], fmt="o", markersize=2,
+                        color="#1b6ca8", ecolor="0.6", elinewidth=0.6)
+            ax.axhline(0.0, color="0.2", linewidth=0.8)
+            ax.set_xlabel(f"Groups of {key}, by rank of the EB estimate ({u.size})")
+            ax.set_ylabel(f"EB ({name}) ± 1.96 SD")
+            ax.grid(alpha=0.3)
+        fig.suptitle("Caterpillar plot of the EB estimates, per grouping factor")
+        if path is not None:
+            save(fig, path)
+    return fig

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ..io.archive import Archive, summarize
+from ..spec import gamma_label
 from ..version import __version__
 
 
@@ -294,7 +295,7 @@ def records_hash(y, levels, moments=None) -> str:
 
 
 def _levels_data_hash(design) -> str:
-    """data_hash of a design of three or more levels (design_levels.DesignLevels or Design3)."""
+    """data_hash of a design of three or more levels (design_levels.DesignLevels)."""
     from ..engine.moments import LevelsSummary
     from ..engine.nested import as_levels
 
@@ -531,7 +532,8 @@ def fit_json(analysis, meta: dict) -> dict:
     }
     if getattr(a, "weights", None) is not None:
         out["weights"] = a.weights.to_json()
-    for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output"):
+    for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output",
+                "constraints", "constraint_test"):
         if key in a.extras:
             out[key] = a.extras[key]
     from .terms import with_terms
@@ -656,14 +658,31 @@ def _fixed_effect_lines(a, sym: Symbols) -> list[str]:
         t = fx.gamma / se
         p = two_sided_p(t, df)
         rows = []
+        tied = set(a.extras.get("constraints", {}).get("involved", ()))  # --constrain: marked *
         for k, f in enumerate(d.fixed):
             if k == 0 or d.fixed[k - 1].q != f.q:
                 rows.append([f"For {coef_label(d, f.q, sym)}"])
-            rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{fx.gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}",
-                         df_text(df[k]), hlm_p(p[k])])
+            mark = "*" if gamma_label(f.q, f.s, "g") in tied else ""
+            rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}{mark}", f"{fx.gamma[k]:.6f}", f"{se[k]:.6f}",
+                         f"{t[k]:.3f}", df_text(df[k]), hlm_p(p[k])])
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                           rows, [30, 12, 14, 9, 12, 8])
+        if tied:
+            out += constraint_note(a.extras["constraints"], sym)
     return out
+
+
+def constraint_note(record: dict, sym: Symbols) -> list[str]:
+    """Below a table of a constrained fit: which γs are tied, and that they were estimated as one."""
+    def name(label: str) -> str:
+        return sym.gamma + label[1:]
+
+    ties = []
+    for e in record["eliminated"]:
+        terms = " + ".join(("" if c == 1.0 else f"{c:g}*") + name(g["gamma"]) for g in e["equals"]
+                           for c in [g["coefficient"]])
+        ties.append(f"{name(e['gamma'])} = {terms}".replace("+ -", "- "))
+    return [f"* constrained (--constrain): {'; '.join(ties)}; estimated as one, with the d.f. counted as constrained"]
 
 
 def _variance_component_lines(a, sym: Symbols) -> list[str]:
@@ -692,6 +711,9 @@ def _r_call_lines(a, meta: dict) -> list[str]:
         # the spec asked for (pipeline.analyse_stats): "lmer(..., REML = TRUE)" would name another fit
         notes = notes[:-1] + ["lmer has no sampling weights (its weights= are precision weights): lmer(..., REML = FALSE) "
                               "gives the unweighted fit; the pseudo-likelihood fit in R is WeMix::mix"]
+    if "constraints" in a.extras:
+        notes = notes + [f"--constrain {', '.join(a.extras['constraints']['restrictions'])}: not in this call; in lmer "
+                         "the tied terms become one column, e.g. I(X1 + X2) for γs of X1 and X2 made equal"]
     return ["", "The same model in R (lme4)", f" {formula}"] + [f"   {note}" for note in notes]
 
 
@@ -756,6 +778,16 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
             w(f" {title:>12}: {sym.chi2} statistic = {r['chi2']:.6f}, d.f. = {r['df']}, p-value = {hlm_p(r['p'])}")
         if h.get("covariance"):
             w(" (sampling weights: the test uses the robust covariance only; the model-based one ignores the weights' information)")
+    if "constraint_test" in ex:
+        t = ex["constraint_test"]
+        w("")
+        w(f"Likelihood-ratio test of the constraints ({', '.join(ex['constraints']['restrictions'])})")
+        if t["chi2"] is None:
+            w(f" {t['note']}")
+        else:
+            w(f" Deviance constrained = {t['deviance_constrained']:.6f} ({t['params_constrained']} parameters), "
+              f"unconstrained = {t['deviance_unconstrained']:.6f} ({t['params_unconstrained']})")
+            w(f" {sym.chi2} statistic = {t['chi2']:.6f}, d.f. = {t['df']}, p-value = {hlm_p(t['p'])}")
     if "homogeneity" in ex:
         t = ex["homogeneity"]
         w("")

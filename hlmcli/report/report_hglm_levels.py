@@ -1,4 +1,4 @@
-"""Output of a three-level HGLM (PQL), pure functions of a Design3, its NestedFit and HGLMLevels: HLM3's
+"""Output of a three-level HGLM (PQL), pure functions of a DesignLevels, its NestedFit and HGLMLevels: HLM3's
 three-level layout with HLM 7's HGLM parts (the level-1 distribution and link, the macro iterations,
 the unit-specific fixed effects each followed by its odds or event-rate ratios, no deviance for PQL)."""
 
@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..engine.certificate import stopping_line
 from ..version import __version__
 from .report import df_text, hlm_name, hlm_p, printable, text_table
 from .report_levels import (Symbols3, beta_label as _beta_label, certificate_text3, correlation as _corr, fit_json3,
@@ -16,6 +17,8 @@ from .report_levels import (Symbols3, beta_label as _beta_label, certificate_tex
 
 
 def estimation_line(h) -> str:
+    if h.estimation == "laplace":
+        return "Laplace approximation to the likelihood (maximum likelihood, as glmer's nAGQ = 1)"
     kind = "restricted" if h.reml else "full"
     od = ", level-1 scale estimated (over-dispersion)" if h.overdispersion else ", level-1 scale fixed at 1"
     return f"penalized quasi-likelihood ({kind} PQL{od})"
@@ -64,8 +67,11 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
     spec = design.spec
     out: list[str] = []
     w = out.append
+    laplace = h.estimation == "laplace"
     if not fit.converged:
-        w("WARNING: PQL did NOT converge to a checked fixed point; the numbers below are from its last iteration.")
+        w("WARNING: the Laplace fit is NOT at a certified optimum; the numbers below are where the search stopped."
+          if laplace else
+          "WARNING: PQL did NOT converge to a checked fixed point; the numbers below are from its last iteration.")
         w("")
     w(f"hlmcli {__version__}: hierarchical generalized linear models, three levels (HLM3)")
     if meta.get("timestamp"):
@@ -76,7 +82,8 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         w(f" The command file for this run = {meta['command_file']}")
     for level, n in enumerate((design.n, design.n2, design.n3), start=1):
         w(f" The maximum number of level-{level} units = {n}")
-    w(" The maximum number of macro iterations = 100")
+    if not laplace:
+        w(" The maximum number of macro iterations = 100")
     w("")
     w(f" Method of estimation: {estimation_line(h)}")
     dist = h.family + (f", trials {h.trials}" if h.trials else "") + (f", exposure {h.exposure}" if h.exposure else "")
@@ -90,13 +97,20 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         out += ["", f"Run-time deletion has reduced the number of level-1 records to {design.n} "
                     f"({design.n_deleted} deleted)"]
     w("")
-    w(f"Final Results - Iteration {h.macro_iterations} (macro iterations)" + ("" if fit.converged else "  NOT CONVERGED"))
+    if laplace:
+        w(f"Final Results - Iteration {fit.iterations} (Newton iterations from full PQL's estimates)"
+          + ("" if fit.converged else "  NOT CONVERGED"))
+    else:
+        w(f"Final Results - Iteration {h.macro_iterations} (macro iterations)" + ("" if fit.converged else "  NOT CONVERGED"))
     w("")
     if h.check is not None and h.check.passed:
         w("PQL converged to its fixed point: " + h.check.describe())
     for f in h.failed:
         w(f"NOT converged: {f}")
-    if fit.certificate.certified:
+    if laplace:
+        if fit.certificate.certified:
+            w(stopping_line("γ, τπ or τβ") + ": " + fit.certificate.describe())
+    elif fit.certificate.certified:
         w("The last linearised model is at its certified optimum over τπ and τβ"
           + (" and σ²" if h.overdispersion else " (σ² fixed at 1)"))
     else:
@@ -168,9 +182,15 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         rows.append([f"level-1, {sym.e}", f"{math.sqrt(fit.sigma2):.5f}", f"{fit.sigma2:.5f}"])
     out += text_table(["Random Effect", "Standard Deviation", "Variance Component"], rows, [30, 18, 18])
     w("")
-    w("Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test.")
-    w("")
-    w("The same model in R (lme4's glmer fits it by Laplace; MASS::glmmPQL by PQL with a free level-1 scale)")
+    if laplace:
+        w(f"Deviance = {fit.deviance:.6f} (Laplace, -2 log L as glmer's nAGQ = 1)")
+        w(f"Number of estimated parameters = {fit.n_params}")
+        w("")
+        w("The same model in R (lme4's glmer, whose default nAGQ = 1 is this Laplace fit)")
+    else:
+        w("Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test.")
+        w("")
+        w("The same model in R (lme4's glmer fits it by Laplace; MASS::glmmPQL by PQL with a free level-1 scale)")
     w(f" {glmer_call(design, h, meta, getattr(fit, 'diagonal', None) and any(fit.diagonal))}")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
@@ -182,6 +202,8 @@ def hglm_json3(design, fit, meta: dict, h) -> dict:
     key = "odds_ratio" if h.link == "logit" else "rate_ratio"
     for f in doc["fixed_effects"]:
         f[key] = float(np.exp(f["estimate"]))
-    doc.update({"deviance": None, "loglik": None, "hglm": h.to_json(),
+    laplace = h.estimation == "laplace"
+    doc.update({"deviance": float(fit.deviance) if laplace else None,
+                "loglik": -float(fit.deviance) / 2 if laplace else None, "hglm": h.to_json(),
                 "r_call": glmer_call(design, h, meta, getattr(fit, "diagonal", None) and any(fit.diagonal))})
     return doc

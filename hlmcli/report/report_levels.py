@@ -1,7 +1,7 @@
 """Output of models of three and more levels, pure functions of a design and a NestedFit (no fitting here).
 
 Three levels: Three-level output as HLM3 prints it (text), the JSON document (schema 3), the lme4 formula and the
-EB residual files at levels 2 and 3. Pure functions of a Design3 and a NestedFit: no fitting here.
+EB residual files at levels 2 and 3. Pure functions of a DesignLevels and a NestedFit: no fitting here.
 
 HLM3's layout, from its printed output (HLM3.EXE 7.00 and HLM3S 6.00 runs; see the module docstring of
 equations_levels.py for the notation): π/β/γ (P/B/G in ASCII), r at level 2, u at level 3, e at level 1;
@@ -27,7 +27,8 @@ import numpy as np
 
 from ..spec import coefficient_label, subscript
 from ..version import __version__
-from ..language.equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, Centering, LevelsSpec, Term3, symbol
+from ..language.equations_levels import COEF_LETTERS, GREEK, RANDOM_LETTERS, symbol
+from ..language.model import Centering, ModelSpec, Term
 from .report import data_hash, df_text, df_value, dumps_json, hlm_e, hlm_name, hlm_p, printable, text_table
 
 SCHEMA3 = 3
@@ -63,7 +64,7 @@ def _sub(level: int, K: int) -> str:
     return _SUBSCRIPTS[level - 1:K]
 
 
-def _term_k(t: Term3, sym: SymbolsLevels, K: int) -> str:
+def _term_k(t: Term, sym: SymbolsLevels, K: int) -> str:
     sub = _sub(t.level, K)
     name = f"mean({hlm_name(t.name)})" if t.mean_of else hlm_name(t.name)
     if t.centering is Centering.GROUP:
@@ -95,27 +96,27 @@ class Symbols3(SymbolsLevels):
         return f"{self.gamma}{self.idx(p, q, s)}"
 
 
-def _pis(spec: LevelsSpec) -> list[int]:
+def _pis(spec: ModelSpec) -> list[int]:
     """The p of each level-1 coefficient π_p in the model (π0 is absent without a level-1 intercept)."""
     return [p for p, eq in enumerate(spec.equations) if eq is not None]
 
 
-def _random_pis(spec: LevelsSpec) -> list[int]:
+def _random_pis(spec: ModelSpec) -> list[int]:
     return [idx[0] for idx, _ in spec.random(2)]
 
 
-def _random_betas(spec: LevelsSpec) -> list[tuple[int, int]]:
+def _random_betas(spec: ModelSpec) -> list[tuple[int, int]]:
     return [idx for idx, _ in spec.random(3)]
 
 
-def _terms3(spec: LevelsSpec) -> list[Term3]:
+def _terms3(spec: ModelSpec) -> list[Term]:
     """Every predictor: level 1, then the π equations', then the β equations' (HLM3's order of notes)."""
     pis = [spec.equations[p] for p in _pis(spec)]
     return list(spec.level1) + [t for eq in pis for t in eq.predictors] + [
         t for eq in pis for b in eq.terms if b is not None for t in b.predictors]
 
 
-def _r_name(t: Term3) -> str:
+def _r_name(t: Term) -> str:
     base = f"mean_{t.name}" if t.mean_of else t.name
     return base + {Centering.GROUP: "_gc", Centering.GRAND: "_grand", Centering.NONE: ""}[t.centering]
 
@@ -161,7 +162,7 @@ def _random_terms(cols: list, group: str, diagonal: bool) -> str:
     return " + ".join(f"({c if c == '1' else '0 + ' + c} | {group})" for c in cols if c != "0")
 
 
-def lme4_formula3(spec: LevelsSpec, id2: str, id3: str, diagonal=False) -> tuple[str, list[str]]:
+def lme4_formula3(spec: ModelSpec, id2: str, id3: str, diagonal=False) -> tuple[str, list[str]]:
     """The same model in lme4: fixed columns a_p·X_q·W_s, (a_p·X_q | level 3) for random β's, (a_p | level 3:level 2).
     diagonal: True, or (level 2, level 3) flags: one bar per effect there."""
     d2, d3 = (diagonal, diagonal) if isinstance(diagonal, bool) else (tuple(diagonal) + (False, False))[:2]
@@ -213,13 +214,13 @@ def lme4_formula3(spec: LevelsSpec, id2: str, id3: str, diagonal=False) -> tuple
 
 # ---------------------------------------------------------------- labels
 
-def _pi_label(spec: LevelsSpec, p: int, sym: Symbols3, letter: str | None = None) -> str:
+def _pi_label(spec: ModelSpec, p: int, sym: Symbols3, letter: str | None = None) -> str:
     name = hlm_name(spec.coefficient_names()[p])
     tag = f"{letter}{p}" if letter else sym.p(p)
     return f"{name}, {tag}" if p == 0 else f"{name} slope, {tag}"
 
 
-def _beta_label(spec: LevelsSpec, p: int, q: int, sym: Symbols3, letter: str | None = None) -> str:
+def _beta_label(spec: ModelSpec, p: int, q: int, sym: Symbols3, letter: str | None = None) -> str:
     tag = f"{letter}{sym.idx(p, q)}" if letter else sym.b(p, q)
     return f"{hlm_name(spec.coefficient_names()[p])}/{hlm_name(spec.term_names((p,))[q])}, {tag}"
 
@@ -294,7 +295,7 @@ def _matrix_lines(title: str, labels: list[str], m, fmt: str) -> list[str]:
     return ["", title] + [f"{lab:>{lw}} " + " ".join(fmt.format(v) for v in m[k]) for k, lab in enumerate(labels)]
 
 
-def _tau_blocks3(spec: LevelsSpec, fit, sym: Symbols3) -> list[str]:
+def _tau_blocks3(spec: ModelSpec, fit, sym: Symbols3) -> list[str]:
     """τπ and τβ, as covariances and (with more than one effect) correlations, each with its reliabilities."""
     rp, rb = _random_pis(spec), _random_betas(spec)
     names = spec.coefficient_names()
@@ -314,7 +315,7 @@ def _tau_blocks3(spec: LevelsSpec, fit, sym: Symbols3) -> list[str]:
     return out + text_table(["Random level-2 coefficient", "Reliability estimate"], rows, [28, 22])
 
 
-def _fixed_effects3(spec: LevelsSpec, fit, sym: Symbols3) -> list[str]:
+def _fixed_effects3(spec: ModelSpec, fit, sym: Symbols3) -> list[str]:
     """The γ table with model-based, then robust standard errors, grouped by π and β as HLM3 prints it."""
     out: list[str] = []
     gammas = spec.fixed()
@@ -399,7 +400,7 @@ def _chi2_json(c: dict) -> dict:
             "n_units": None if c.get("n_units") is None else int(c["n_units"])}
 
 
-def model_record3(spec: LevelsSpec, meta: dict) -> dict:
+def model_record3(spec: ModelSpec, meta: dict) -> dict:
     plain = Symbols3(True)
     lines = model_summary(spec, plain)
 
@@ -483,7 +484,7 @@ def fit_json3_text(design, fit, meta: dict) -> str:
 SCHEMA_LEVELS = 4
 
 
-def model_summary(spec: LevelsSpec, sym: SymbolsLevels) -> list[str]:
+def model_summary(spec: ModelSpec, sym: SymbolsLevels) -> list[str]:
     """HLM's "Summary of the model specified" of three or four levels: one block of equations per level,
     then the centring notes. `sym`: SymbolsLevels, or Symbols3 at three levels (the same symbols)."""
     K = spec.n_levels
@@ -509,11 +510,11 @@ def model_summary(spec: LevelsSpec, sym: SymbolsLevels) -> list[str]:
     return out
 
 
-def _all_terms(spec: LevelsSpec) -> list[Term3]:
+def _all_terms(spec: ModelSpec) -> list[Term]:
     return list(spec.level1) + [t for depth, idx, eq, names in spec.walk() for t in eq.predictors]
 
 
-def centering_notes(spec: LevelsSpec) -> list[str]:
+def centering_notes(spec: ModelSpec) -> list[str]:
     """One line per centred or aggregated predictor. HLM3 lists them level by level and says that a
     level-3 unit's mean is over its level-2 units; four levels list them in the order of the equations."""
     K = spec.n_levels
@@ -536,7 +537,7 @@ def centering_notes(spec: LevelsSpec) -> list[str]:
     return out
 
 
-def lme4_formula(spec: LevelsSpec, ids, diagonal=False) -> str:
+def lme4_formula(spec: ModelSpec, ids, diagonal=False) -> str:
     """The same model in lme4: each fixed effect the product of its path's predictors, and one
     (… | id_K:…:id_ℓ) term per level with the random columns of that level (one per column where
     τ is diagonal: `diagonal` True, or one flag per level 2..K)."""
@@ -570,7 +571,7 @@ def lme4_formula(spec: LevelsSpec, ids, diagonal=False) -> str:
     return " + ".join(parts)
 
 
-def lme4_notes(spec: LevelsSpec, ids) -> list[str]:
+def lme4_notes(spec: ModelSpec, ids) -> list[str]:
     """How the formula's derived columns are made from the data (ids: the unit ids of levels 2..K)."""
     notes, made = [], set()
     for t in _all_terms(spec):

@@ -75,6 +75,9 @@ def two_level(fit: dict) -> dict:
 
 def se_kind(fit: dict, se: str = "auto") -> str:
     """'robust' or 'model': the standard errors a table of this fit reports."""
+    if se == "robust" and fit.get("kind") == "cross-classified linear":
+        raise ModelError("a cross-classified fit has no robust standard errors: the sandwich estimator clusters on "
+                         "level-2 units, and crossed factors split every group across the other's; use --se model")
     if se == "auto":
         return "robust" if fit.get("weights") else "model"
     return se
@@ -235,7 +238,12 @@ def _level_rows(fit: dict) -> list[tuple[str, str]]:
 
 
 def _as_table(fit: dict) -> dict:
-    """A fit of three or more levels in the keys the tables read (levels_results.table_view)."""
+    """A fit of three or more levels in the keys the tables read (levels_results.table_view); a
+    cross-classified fit in the same keys (crossed_report.crossed_view)."""
+    if fit.get("kind") == "cross-classified linear" and "r_names" not in fit:
+        from .crossed_report import crossed_view
+
+        return crossed_view(fit)
     if fit.get("levels", 2) > 2 and "r_names" not in fit:
         from ..levels_results import table_view
 
@@ -250,12 +258,13 @@ def fit_frames(fit: dict, options: TableOptions = TableOptions()) -> tuple[pd.Da
     kind = se_kind(fit, options.se)
     se_head = "Robust SE" if kind == "robust" else "SE"
     rows = []
+    robust = any(f.get("robust_se") is not None for f in fit["fixed_effects"])  # a crossed fit has no sandwich
     for f, (_, label) in zip(fit["fixed_effects"], fixed_names(fit)):
         s, stat, p = _chosen(f, kind)
         row = {"Fixed effect": f"{label} ({f['gamma'].replace('γ', 'g')})",
                "Coefficient": _f(f["estimate"]) + (stars(p) if options.stars else ""), se_head: _f(s),
                "t-ratio": _f(stat, 2), "d.f.": _df(f["df"]), "p-value": p}
-        if kind == "model":
+        if kind == "model" and robust:
             row.update({"Robust SE": _f(f["robust_se"]), "Robust p-value": f["robust_p"]})
         if ratio:
             low, high = ("robust_ci_low", "robust_ci_high") if kind == "robust" else ("ci_low", "ci_high")
@@ -265,7 +274,7 @@ def fit_frames(fit: dict, options: TableOptions = TableOptions()) -> tuple[pd.Da
         s, stat, p = _chosen(t, kind)
         row = {"Fixed effect": label, "Coefficient": _f(t["estimate"]) + (stars(p) if options.stars else ""),
                se_head: _f(s), "t-ratio": _f(stat, 2), "d.f.": _df(t["df"]), "p-value": p}
-        if kind == "model":
+        if kind == "model" and robust:
             row.update({"Robust SE": _f(t["robust_se"]), "Robust p-value": t["robust_p"]})
         if ratio:
             row.update({RATIO_HEADINGS[ratio]: "", "95% CI": ""})

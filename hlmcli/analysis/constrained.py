@@ -1,0 +1,219 @@
+"""A two-level linear fit under linear constraints on γ (--constrain "g10 = g20", HLM 7's constrain).
+
+The model is fitted on the free γs δ (engine/constraints.py: γ = Hδ, the design B_jH), so the GLS,
+the profiled deviance, the search and the certificate are those of the constrained model; the table
+is then given back in every γ, tied ones sharing their estimate and standard error, with
+Cov(γ̂) = H Cov(δ̂) H'. Each restriction removes one parameter: from the deviance's count, from the
+information criteria and from the d.f. of the equation whose γ it eliminates (constrained_df). Under
+ML the restrictions are tested against the unconstrained model by the change in deviance.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from ..data import design as design_stage
+from ..data.design import Design
+from ..engine.constraints import ConstraintBasis, constraint_basis
+from ..engine.sufficient import unit_cross_products
+from ..errors import ModelError
+from . import inference
+from .pipeline import (Analysis, analyse, analyse_stats, centred_statistics, centring_needed, check_estimable,
+                       tests_of_gamma)
+
+OPTION = "--constrain"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """The restrictions as typed (their labels), their rows C over γ, and the basis γ = Hδ."""
+
+    labels: tuple[str, ...]
+    C: np.ndarray
+    basis: ConstraintBasis
+
+
+def parse_constraints(texts, spec) -> Constraints:
+    """'g10 = g20' (several restrictions in one string, comma-separated, or several strings) over the
+    model's γs, as --test reads them; only restrictions of the form Cγ = 0 (equalities and linear
+    ties), and none that fixes a γ or names γ00."""
+    from ..language.hypotheses import parse_test
+
+    rows, labels = [], []
+    for text in texts:
+        try:
+            h = parse_test(_zero_right_side(text), spec)
+        except ModelError as exc:
+            raise ModelError(str(exc).replace("--test '", f"{OPTION} '", 1)) from None
+        if any(v != 0.0 for v in h.rhs):
+            raise ModelError(f"{OPTION} '{text}': a restriction fixing a γ at a value is not built (the outcome would "
+                             "need an offset); write ties between γs such as 'g10 = g20' (right side 0)")
+        rows += [list(r) for r in h.rows]
+        labels.append(text.strip())
+    C = np.array(rows, dtype=float)
+    basis = constraint_basis(C, f"{OPTION} '{', '.join(labels)}'")
+    names = spec_gamma_labels(spec)
+    if 0 in basis.involved() and names and names[0] in ("g00",):
+        raise ModelError(f"{OPTION} '{', '.join(labels)}': γ00 cannot be constrained: it carries the outcome's mean, "
+                         "which hlmcli takes out before the cross-products to keep their digits; constrain other γs")
+    for e in basis.eliminated:
+        if not np.any(basis.H[e]):
+            raise ModelError(f"{OPTION} '{', '.join(labels)}': this sets {names[e]} to 0; remove its term from the "
+                             "equations instead")
+    return Constraints(tuple(labels), C, basis)
+
+
+# A comma between restrictions, not one inside a printed label such as g1,10: the next restriction
+# starts with a letter or a sign, or with a multiplier of a γ (2*g10, 2g10).
+_BETWEEN = re.compile(r",\s*(?=[^\d\s]|\d[\d.]*\s*\*?\s*[^\d\s.,*])")
+
+
+def _zero_right_side(text: str) -> str:
+    """'g10 = g20, g11 = 2*g21' -> 'g10 - g20 = 0, g11 - 2*g21 = 0': each restriction with its γs on
+    the left, as the --test reader takes them (a right side that is a number stays)."""
+    out = []
+    for restriction in _BETWEEN.split(text):
+        if restriction.count("=") != 1:
+            out.append(restriction)
+            continue
+        left, right = restriction.split("=")
+        try:
+            float(right.strip())
+            out.append(restriction)
+            continue
+        except ValueError:
+            pass
+        pieces = re.findall(r"[+-]?[^+-]+", right.replace(" ", ""))
+        flipped = "".join(("+" + p[1:]) if p.startswith("-") else ("-" + p.lstrip("+")) for p in pieces)
+        out.append(f"{left.strip()} {flipped} = 0")
+    return ", ".join(out)
+
+
+def spec_gamma_labels(spec) -> list[str]:
+    """The γs' ASCII labels in the engine's order (g00, g01, g10, ...)."""
+    from ..language.hypotheses import fixed_effect_labels
+    from ..spec import coefficient_label
+
+    return [coefficient_label("g", idx) for idx in fixed_effect_labels(spec)]
+
+
+@dataclass
+class ConstrainedDesign(Design):
+    """A design whose fixed part is X H: the free γs' labels, and B_jH as the block design."""
+
+    full: Design | None = None
+    H: np.ndarray | None = None
+
+    def block_design(self) -> np.ndarray:
+        return self.full.block_design() @ self.H
+
+
+def constrained_view(design: Design, basis: ConstraintBasis) -> ConstrainedDesign:
+    values = {f.name: getattr(design, f.name) for f in fields(Design)}
+    values["fixed"] = [design.fixed[i] for i in basis.free]
+    return ConstrainedDesign(**values, full=design, H=basis.H)
+
+
+def constrained_df(design: Design, basis: ConstraintBasis, rule: str = "hlm") -> np.ndarray:
+    """HLM 7's Approx. d.f. with the parameters counted as constrained: J - (free γs of equation q) for
+    the γs of a random coefficient q (J - S_q - 1 unconstrained), and N - J·R - F' for those of fixed
+    coefficients, F' their free γs (rule 'hlm6': N - p', p' all free γs). A restriction counts
+    against the equation of the γ it eliminates."""
+    J, N = design.n_units, design.n
+    R = int(design.random.sum())
+    eliminated = set(basis.eliminated)
+    free_in = {}
+    for i, f in enumerate(design.fixed):
+        free_in[f.q] = free_in.get(f.q, 0) + (i not in eliminated)
+    F = sum(1 for i, f in enumerate(design.fixed) if not design.random[f.q] and i not in eliminated)
+    out = []
+    for f in design.fixed:
+        if design.random[f.q]:
+            out.append(J - free_in[f.q])
+        else:
+            out.append(N - len(basis.free) if rule == "hlm6" else N - J * R - F)
+    return np.array(out, dtype=float)
+
+
+def analyse_constrained(spec, archive, constraints: Constraints, df_method: str = "hlm") -> Analysis:
+    """The certified fit of the constrained model, reported in every γ."""
+    design = design_stage.make_design(spec, archive)
+    check_estimable(design)
+    basis = constraints.basis
+    view = constrained_view(design, basis)
+    unit = unit_cross_products(design.L, design.y, design.offsets, center_y=design_stage.has_overall_intercept(design))
+    centred = centred_statistics(view, unit) if centring_needed(view, unit) else None
+    a = analyse_stats(view, unit, "hlm", None, centred=centred)
+    H = basis.H
+    fx = a.fixed
+    cov, robust = basis.expand_cov(fx.cov), basis.expand_cov(fx.robust_cov)
+    with np.errstate(invalid="ignore"):
+        se, robust_se = np.sqrt(np.diag(cov)), np.sqrt(np.diag(robust))
+    rule = "hlm6" if df_method == "hlm6" else "hlm"
+    a.fixed = inference.FixedTable(gamma=basis.expand(fx.gamma), se=se, robust_se=robust_se,
+                                   df=constrained_df(design, basis, rule), cov=cov, robust_cov=robust)
+    a.df_rule = rule
+    if df_method == "satterthwaite":
+        a.satterthwaite = inference.satterthwaite_df(a.stats, unit, a.result, gamma_map=H)
+    a.design = design
+    a.extras["constraints"] = constraint_record(constraints, spec_gamma_labels(spec))
+    return a
+
+
+def constraint_record(constraints: Constraints, names: list[str]) -> dict:
+    """What the JSON and the text say: the restrictions, each γ eliminated and what it equals."""
+    b = constraints.basis
+    tied = []
+    for e in b.eliminated:
+        terms = [(float(b.H[e, k]), names[f]) for k, f in enumerate(b.free) if b.H[e, k] != 0.0]
+        tied.append({"gamma": names[e], "equals": [{"coefficient": c, "gamma": g} for c, g in terms]})
+    return {"restrictions": list(constraints.labels), "contrast": constraints.C.tolist(),
+            "n_restrictions": b.n_constraints, "free": [names[f] for f in b.free],
+            "involved": [names[i] for i in b.involved()], "eliminated": tied}
+
+
+def constrained_tests(a: Analysis, constraints: Constraints, hypotheses=(), prior_deviance=None,
+                      prior_params=None) -> dict:
+    """--test under constraints: each hypothesis Cγ = d is tested as (CH)δ = d on the free γs (the
+    covariance of γ is singular along the restrictions); one that restricts only what the
+    constraints already fix is refused. The deviance test against a prior model as usual."""
+    H = constraints.basis.H
+    gamma, cov, robust = a.fixed.gamma, a.fixed.cov, a.fixed.robust_cov
+    free = list(constraints.basis.free)
+    delta, cov_d, robust_d = gamma[free], cov[np.ix_(free, free)], robust[np.ix_(free, free)]
+    mapped = []
+    from ..language.equations import Hypothesis
+
+    for h in hypotheses:
+        CH = np.array(h.rows, dtype=float) @ H
+        if np.linalg.matrix_rank(CH) < CH.shape[0]:
+            raise ModelError(f"--test '{h.label}': under {OPTION} this restriction (or one of its rows) is already "
+                             "imposed or follows from the constraints; test what the constraints leave free")
+        mapped.append(Hypothesis(h.label, tuple(map(tuple, CH.tolist())), h.rhs))
+    ex = tests_of_gamma(mapped, delta, cov_d, robust_d, prior_deviance, prior_params, a.result.deviance,
+                        a.result.n_params)
+    for entry, h in zip(ex.get("hypothesis_tests", []), hypotheses):
+        entry["contrast"] = [list(r) for r in h.rows]
+    return ex
+
+
+def constraint_test(a: Analysis, spec, archive, constraints: Constraints) -> dict:
+    """The likelihood-ratio test of the restrictions: the constrained model's ML deviance against the
+    unconstrained model's (refitted here), on as many d.f. as restrictions. REML deviances of models
+    with different fixed effects are not comparable, so a REML fit gets the reason instead."""
+    if a.result.method != "ML":
+        return {"chi2": None, "df": constraints.basis.n_constraints, "p": None,
+                "note": "the likelihood-ratio test of the constraints needs ML deviances (REML deviances of models "
+                        "with different fixed effects are not comparable); fit with --ml"}
+    full = analyse(spec, archive)
+    if not full.result.converged:
+        return {"chi2": None, "df": constraints.basis.n_constraints, "p": None,
+                "note": "the unconstrained model's fit is not certified, so no test is given"}
+    chi2, df, p = inference.deviance_test(a.result.deviance, a.result.n_params, full.result.deviance,
+                                          full.result.n_params)
+    return {"chi2": float(chi2), "df": int(df), "p": float(p), "deviance_constrained": float(a.result.deviance),
+            "deviance_unconstrained": float(full.result.deviance), "params_constrained": int(a.result.n_params),
+            "params_unconstrained": int(full.result.n_params)}

@@ -1,0 +1,159 @@
+"""Constraints on γ (--constrain "g20 = g30", HLM 7's constrain): the constrained fit is the model refitted
+by hand with the tied predictors summed (exact), and lmer on the summed predictor I(MINORITY + FEMALE)
+matches it (tests/data/constraints/hsb_tied_lme4.json, made by tests/reference_scripts/constraints_lme4.R)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hlmcli
+from hlmcli.engine.constraints import constraint_basis
+from hlmcli.errors import ModelError
+from conftest import DATA, SAMPLE, hlmcli as run_cli
+
+REF = json.loads((DATA / "constraints" / "hsb_tied_lme4.json").read_text())
+L1, L2 = SAMPLE / "hsb" / "hsb1.csv", SAMPLE / "hsb" / "hsb2.csv"
+TIED = ("MATHACH = b0 + b1*group(SES) + b2*MINORITY + b3*FEMALE + r",
+        ["b0 = g00 + g01*SECTOR + u0", "b1 = g10 + u1", "b2 = g20", "b3 = g30"])
+SUMMED = ("MATHACH = b0 + b1*group(SES) + b2*S + r", ["b0 = g00 + g01*SECTOR + u0", "b1 = g10 + u1", "b2 = g20"])
+LME4_ORDER = ["(Intercept)", "SECTOR", "SES_gc", "S", "S"]  # γ00, γ01, γ10, γ20, γ30 (γ20 = γ30 = S's)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    l1 = pd.read_csv(L1)
+    l1["S"] = l1["MINORITY"] + l1["FEMALE"]
+    return l1, pd.read_csv(L2)
+
+
+@pytest.fixture(scope="module")
+def reml_pair(frames):
+    """The constrained REML fit and the one refitted by hand on S = MINORITY + FEMALE."""
+    tied = hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain=["g20 = g30"])
+    summed = hlmcli.fit(*frames, id="ID", level1_eq=SUMMED[0], level2_eqs=SUMMED[1])
+    return tied.to_dict(), summed.to_dict()
+
+
+# ---------------------------------------------------------------- the reparametrisation γ = Hδ
+
+def test_basis_keeps_the_first_gamma_of_a_tie_free():
+    b = constraint_basis(np.array([[0, 0, 1, -1]]))  # γ2 = γ3
+    assert b.free == (0, 1, 2) and b.eliminated == (3,)
+    assert b.H.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]]  # δ2's column is X2 + X3
+    three = constraint_basis(np.array([[1, -1, 0, 0], [0, 1, -1, 0]]))  # γ0 = γ1 = γ2
+    assert three.free == (0, 3) and three.H[:3, 0].tolist() == [1, 1, 1]
+    scaled = constraint_basis(np.array([[0, 2, -1]]))  # γ2 = 2γ1
+    assert scaled.H.tolist() == [[1, 0], [0, 1], [0, 2]]
+
+
+def test_basis_refuses_dependent_restrictions():
+    with pytest.raises(ModelError, match="linearly dependent"):
+        constraint_basis(np.array([[1, -1, 0], [2, -2, 0]]))
+
+
+# ---------------------------------------------------------------- the fit
+
+def test_constrained_fit_is_the_summed_predictor_fit(reml_pair):
+    tied, summed = reml_pair
+    assert tied["converged"] and tied["certificate"]["certified"]
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-10)
+    assert tied["n_params"] == summed["n_params"]
+    assert np.allclose(tied["tau"], summed["tau"], rtol=1e-10) and tied["sigma2"] == pytest.approx(summed["sigma2"], rel=1e-10)
+    by_hand = {f["gamma"]: f for f in summed["fixed_effects"]}
+    for f in tied["fixed_effects"]:
+        g = by_hand["γ20" if f["gamma"] in ("γ20", "γ30") else f["gamma"]]
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-10), (f["gamma"], key)
+    assert tied["constraints"]["eliminated"] == [{"gamma": "g30", "equals": [{"coefficient": 1.0, "gamma": "g20"}]}]
+    assert tied["constraint_test"]["chi2"] is None and "ML" in tied["constraint_test"]["note"]
+
+
+def test_constrained_fit_matches_lmer_on_the_summed_predictor(reml_pair):
+    tied, _ = reml_pair
+    ref = REF["slope_reml"]
+    assert tied["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+    for f, name in zip(tied["fixed_effects"], LME4_ORDER):
+        assert f["estimate"] == pytest.approx(ref["fixef"][name], rel=1e-5)
+        assert f["se"] == pytest.approx(ref["se"][name], rel=1e-5)
+    assert np.allclose(tied["tau"], ref["tau"], rtol=1e-5) and tied["sigma2"] == pytest.approx(ref["sigma2"], rel=1e-5)
+
+
+def test_cli_ml_constrained_fit_and_its_likelihood_ratio_test(tmp_path):
+    """As a user types it, with Greek labels: the table marks the tied γs, and the test of the tie
+    compares lmer's ML deviances of the summed and the separate predictors."""
+    out = tmp_path / "fit.json"
+    proc = run_cli("fit", L1, L2, "--id", "ID", "-1", TIED[0], *[a for eq in TIED[1] for a in ("-2", eq)], "--ml",
+                   "--constrain", "γ20 = γ30", "--json-out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "γ20*" in proc.stdout and "γ30*" in proc.stdout and "* constrained (--constrain): γ30 = γ20" in proc.stdout
+    assert "Likelihood-ratio test of the constraints (γ20 = γ30)" in proc.stdout
+    doc = json.loads(out.read_text())
+    from hlmcli.report.schemas import first_error
+
+    assert first_error(doc, "fit") is None
+    ref = REF["slope_ml"]
+    assert doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+    for f, name in zip(doc["fixed_effects"], LME4_ORDER):
+        assert f["estimate"] == pytest.approx(ref["fixef"][name], rel=1e-5)
+        assert f["se"] == pytest.approx(ref["se"][name], rel=1e-5)
+    t = doc["constraint_test"]
+    assert t["deviance_unconstrained"] == pytest.approx(REF["slope_unconstrained_ml"]["deviance"], abs=1e-6)
+    assert t["chi2"] == pytest.approx(ref["deviance"] - REF["slope_unconstrained_ml"]["deviance"], abs=2e-6)
+    assert t["df"] == 1 and t["params_unconstrained"] - t["params_constrained"] == 1
+
+
+def test_satterthwaite_df_of_tied_gammas_are_those_of_the_summed_predictor(frames):
+    tied = hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30",
+                      df="satterthwaite").to_dict()
+    summed = hlmcli.fit(*frames, id="ID", level1_eq=SUMMED[0], level2_eqs=SUMMED[1], df="satterthwaite").to_dict()
+    df = {f["gamma"]: f["df"] for f in summed["fixed_effects"]}
+    for f in tied["fixed_effects"]:
+        assert f["df"] == pytest.approx(df["γ20" if f["gamma"] == "γ30" else f["gamma"]], rel=1e-6)
+
+
+# ---------------------------------------------------------------- refusals, one line each
+
+@pytest.mark.parametrize("text,message", [
+    ("g20 = 1", "fixing a γ at a value is not built"),
+    ("g00 = g01", "γ00 cannot be constrained"),
+    ("g20 = g30, 2*g20 = 2*g30", "linearly dependent"),
+    ("g20 = 0", "sets g20 to 0; remove its term"),
+    ("g40 = g30", "this model has no γ40"),
+    ("g20 g30", "needs one '='"),
+])
+def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
+    from hlmcli.analysis.constrained import parse_constraints
+    from hlmcli.api import make_spec
+
+    spec = make_spec(hsb_loaded, TIED[0], TIED[1])
+    with pytest.raises(ModelError, match=message) as err:
+        parse_constraints([text], spec)
+    assert str(err.value).startswith("--constrain '") and "\n" not in str(err.value)
+
+
+def test_constraint_with_sampling_weights_is_refused(hsb_archive):
+    proc = run_cli("fit", hsb_archive, "-1", "MATHACH = b0 + b1*SES + b2*MINORITY + r", "-2", "b0 = g00 + u0",
+                   "-2", "b1 = g10", "-2", "b2 = g20", "--constrain", "g10 = g20", "--weight2", "SIZE")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "--weight2 with --constrain: not available" in proc.stderr
+
+
+def test_hlm_file_constrain_yes_points_to_the_option(tmp_path, hsb_loaded):
+    from hlmcli.api import make_spec
+
+    path = tmp_path / "m.hlm"
+    path.write_text("level1:MATHACH=INTRCPT1+MINORITY+FEMALE+RANDOM\nlevel2:INTRCPT1=INTRCPT2+random/\n"
+                    "level2:MINORITY=INTRCPT2/\nlevel2:FEMALE=INTRCPT2/\nconstrain:y\n")
+    with pytest.raises(ModelError, match="not documented.*--constrain 'g10 = g20'"):
+        make_spec(hsb_loaded, None, (), model=path)
+    path.write_text(path.read_text().replace("constrain:y", "constrain:N"))
+    assert make_spec(hsb_loaded, None, (), model=path).outcome == "MATHACH"
+
+
+def test_api_refuses_constraints_with_the_stream_engine():
+    with pytest.raises(ModelError, match="--constrain: not available for a linear \\(stream, Dask\\) fit"):
+        hlmcli.fit(L1, L2, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", engine="stream")
