@@ -37,10 +37,19 @@ _HGLM_SUMMARY = ("a binary, binomial or count outcome needs repeated passes over
                  "sufficient statistics, as its likelihood changes with every value of γ and τ; fit with --engine memory")
 _NO_DEVIANCE = ("a likelihood-ratio test needs a deviance, and PQL has none (it maximises a quasi-likelihood); "
                 "use --estimation laplace or agq for both models")
-_HGLM_WEIGHTS = ("sampling weights of an HGLM enter its likelihood inside the integral over the random effects "
-                 "(Rabe-Hesketh & Skrondal 2006); hlmcli weights the normal likelihood only")
-_HGLM_COMBINED = ("Rubin's rules need one complete-data fit per data set with its covariance; they are wired for "
-                  "the normal model only so far; fit each plausible value or data set on its own")
+_PQL_WEIGHTS = ("sampling weights in PQL: how HLM 7 weights its iterations (the working weights, the level-2 "
+                "weights in the linearised fit, the normalisation) is not documented in any source at hand, and PQL "
+                "has no likelihood for a pseudo-likelihood to weight; use --estimation laplace or agq (multilevel "
+                "pseudo-maximum likelihood)")
+_PQL_WEIGHTS_3 = ("sampling weights in PQL: a three-level HGLM is fitted by PQL here, and how HLM 7 weights it is not "
+                  "documented in any source at hand; the weighted pseudo-likelihood needs Laplace over the nested "
+                  "random effects")
+_LAPLACE3_WEIGHTS = ("the weighted pseudo-likelihood is built for two-level HGLMs; at three levels the level-2 weights "
+                     "go inside each level-3 unit's integral, which the nested Laplace fit does not carry yet")
+_LAPLACE3_COMBINED = ("not wired yet for the three-level Laplace fit (its reliabilities and deviance are not in the "
+                      "three-level combined report); combine three-level PQL fits, or fit each data set on its own")
+_HGLM_OWN_WEIGHTS = ("the weighted pseudo-likelihood is built for bernoulli, binomial and poisson outcomes; "
+                     "{family} outcomes have their own likelihood (thresholds, θ or several logits), not weighted yet")
 _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML covariance of the variance estimates; "
                   "HGLM tables use HLM 7's d.f.")
 _HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; HGLM tables use HLM 7's d.f., "
@@ -54,8 +63,6 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
                   "residual variances; HLM3 and HLM4 offer none, so there is no reference to match")
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
-_NOT_YET_3HGLM = ("not yet for three-level HGLM: its residual files and plots would need the link-scale fitted values "
-                  "and EB modes written per level, which are not built; save the fit with --json-out")
 _ORDINAL_LINEAR = ("an ordinal outcome is not normal: it is fitted as an HGLM (--family ordinal with --estimation "
                    "laplace or agq)")
 _ORDINAL_PQL = ("not yet: HLM 7's PQL for ordinal outcomes (a linearisation of the C - 1 cumulative logits) is not "
@@ -72,11 +79,22 @@ _NEGBIN_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM ove
 _NEGBIN_LEVELS = ("hlmcli fits negative binomial counts at two levels (Laplace, AGQ); at three levels that needs the "
                   "Laplace likelihood over nested random effects with theta, which is not built (and PQL has no NB "
                   "working model); models of four levels are linear")
-_HGLM_LEVELS = ("hlmcli fits ordinal outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
-                "levels and, by PQL, at three; models of four levels are linear")
+_MULTI_LINEAR = ("a multinomial outcome is not normal: it is fitted as an HGLM (--family multinomial with --estimation "
+                 "laplace)")
+_MULTI_PQL = ("HLM 7's PQL for multinomial outcomes linearises the M - 1 logits jointly, and how (its working variates "
+              "and weights across categories) is not documented in a form that can be checked; use --estimation "
+              "laplace, exact ML by the Laplace approximation, checked against numerical integration")
+_MULTI_AGQ = ("the random effects of the M - 1 logits are (M - 1)q dimensions per unit (2 or more), and adaptive "
+              "quadrature over them is not built; use --estimation laplace")
+_MULTI_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors, a multinomial one "
+                  "too, needs the Laplace likelihood over the crossed blocks, which is not built")
+_MULTI_LEVELS = ("hlmcli fits multinomial outcomes at two levels (Laplace); at three levels that needs the Laplace "
+                 "likelihood over nested random effects of every logit, which is not built; models of four levels "
+                 "are linear")
+_HGLM_LEVELS = ("hlmcli fits ordinal and multinomial outcomes at two levels, and binary, binomial and count outcomes (HGLM) at two "
+                "levels and, by PQL or Laplace, at three; models of four levels are linear")
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
-
 
 _X_COMBINED = ("not built yet for cross-classified fits: Rubin's rules need one fit per plausible value or data set "
                "combined with its covariance, which is wired for nested models only; fit each data set on its own")
@@ -100,6 +118,44 @@ _CONSTRAIN_LEVELS = ("not built yet for three and four levels: HLM 7's constrain
                      "would need the constrained design of their γ layout")
 _CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
                       "predictors into one column of the formula")
+_VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
+                   "standard deviations before the per-unit summaries are formed; fit with --engine memory")
+_VKNOWN_HGLM = ("a V-known model is normal at level 1 with a known variance; an HGLM's level-1 variance is fixed by "
+                "its mean (φ(1 - φ), λ), so there is no variance to give")
+_VKNOWN_LEVELS = ("not built yet for three and four levels: HLM 7's V-known is an HLM2 model (an estimate and its "
+                  "sampling variance per unit)")
+_VKNOWN_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance; the records "
+                   "would need scaling by their known standard deviations")
+_HETERO_SUMMARY = ("not built yet for the stream and Dask engines: each value of α rescales the records, so every "
+                   "step needs the records again, which per-unit summaries do not keep; fit with --engine memory")
+_HETERO_HGLM = ("an HGLM's level-1 variance is fixed by its mean (φ(1 - φ), λ); a model for it is the normal model's "
+                "(heterol1var is HLM2's for normal outcomes)")
+_HETERO_LEVELS = ("not built yet for three and four levels: HLM 7's heterol1var is HLM2's; the nested engines would "
+                  "need the records rescaled at every α")
+_HETERO_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance "
+                   "(glmmTMB's dispformula fits it)")
+# With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
+LEVEL1_VARIANCE_CONFLICTS = {
+    "weights": "not built together yet: the pseudo-likelihood and the variance model would both rescale the records",
+    "plausible_values": "Rubin's rules would need the α table combined too, which is not built; fit each on its own",
+    "satterthwaite": "Satterthwaite's d.f. here would ignore the uncertainty in α; use --df hlm",
+    "homogeneity": "HLM's test of homogeneity of level-1 variance is for one σ²; the likelihood-ratio test against "
+                   "homogeneous σ² is printed with the α table",
+    "full_output": "its unit-by-unit OLS and least-squares tables assume one σ²",
+    "constrain": "not built together yet",
+    "known_variance": "a known level-1 variance has no model to estimate; give one of the two",
+}
+# With --known-variance, options that assume an estimated level-1 variance: refused, never ignored.
+KNOWN_VARIANCE_CONFLICTS = {
+    "weights": "sampling weights and known sampling variances are two weightings of the records; give one",
+    "plausible_values": "each plausible value would need its own known variances; fit each on its own",
+    "satterthwaite": "Satterthwaite's d.f. here differentiate the deviance in σ², which a V-known model does not "
+                     "estimate; use --df hlm",
+    "homogeneity": "HLM's test of homogeneity of level-1 variance tests an estimated σ²; here the level-1 variances "
+                   "are known (the χ² of the random effects tests τ = 0 against them)",
+    "full_output": "its unit-by-unit OLS and least-squares tables use an estimated σ²",
+    "constrain": "not built together yet; fit the constrained model with the tied predictors summed",
+}
 # With --constrain, options whose computation is of the unconstrained γ layout: refused, never ignored.
 CONSTRAIN_CONFLICTS = {
     "weights": "the sandwich and the scaled weights are wired to the unconstrained γs; fit without sampling weights",
@@ -123,8 +179,9 @@ def _k(reason: str) -> dict:
 FEATURES = (
     Feature("api", "Python API (hlmcli.fit; crossed: hlmcli.fit_crossed)", {}),
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
-            "caterpillar and diagnostics; cross-classified: caterpillar, one panel per factor)",
-            {"linear-summary": _PLOT_SUMMARY, THREE_LEVEL_HGLM: _NOT_YET_3HGLM, THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
+            "caterpillar and diagnostics (three-level HGLM: equation and caterpillar); cross-classified: caterpillar, "
+            "one panel per factor)",
+            {"linear-summary": _PLOT_SUMMARY}),
     Feature("table", "hlmcli table of saved fits", {}),
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
@@ -133,11 +190,18 @@ FEATURES = (
             {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
              "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
+    Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
+            {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
+             **_k(_VKNOWN_LEVELS), "crossed": _VKNOWN_CROSSED, THREE_LEVEL_HGLM: _VKNOWN_HGLM,
+             THREE_LEVEL_LAPLACE: _VKNOWN_HGLM}),
+    Feature("level1_variance", "--level1-variance (heterogeneous level-1 variance: log σ² linear in X; HLM 7's "
+            "heterol1var)", {"linear-summary": _HETERO_SUMMARY, "pql": _HETERO_HGLM, "laplace": _HETERO_HGLM,
+                             "agq": _HETERO_HGLM, **_k(_HETERO_LEVELS), "crossed": _HETERO_CROSSED,
+                             THREE_LEVEL_HGLM: _HETERO_HGLM, THREE_LEVEL_LAPLACE: _HETERO_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
-            {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM, THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS, THREE_LEVEL_HGLM: _NOT_YET_3HGLM,
-                               THREE_LEVEL_LAPLACE: _NOT_YET_3HGLM}),
+            {"linear-summary": _RECORDS}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
@@ -151,12 +215,12 @@ FEATURES = (
     Feature("full_output", "--full-output",
             {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
-    Feature("weights", "--weight1 ... --weight4 (sampling weights)",
-            {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS,
-             "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS, THREE_LEVEL_LAPLACE: _HGLM_WEIGHTS}),
+    Feature("weights", "--weight1 ... --weight4 (sampling weights; HGLM: pseudo-likelihood by Laplace or AGQ, "
+            "bernoulli, binomial, poisson)",
+            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3,
+             THREE_LEVEL_LAPLACE: _LAPLACE3_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",
-            {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED,
-             "crossed": _X_COMBINED, THREE_LEVEL_HGLM: _HGLM_COMBINED, THREE_LEVEL_LAPLACE: _HGLM_COMBINED}),
+            {"linear-summary": _RECORDS, "crossed": _X_COMBINED, THREE_LEVEL_LAPLACE: _LAPLACE3_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
@@ -165,6 +229,11 @@ FEATURES = (
             {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
              "four-level": _HGLM_LEVELS,
              "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS}),
+    Feature("multinomial", "--family multinomial (baseline-category logits, the last category the reference; HLM 7's "
+            "nonlin:multinomial,NCAT)",
+            {"linear": _MULTI_LINEAR, "linear-summary": _MULTI_LINEAR, "pql": _MULTI_PQL, "agq": _MULTI_AGQ,
+             "three-level": _MULTI_LEVELS, "four-level": _HGLM_LEVELS, "crossed": _MULTI_CROSSED,
+             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
             {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
@@ -214,6 +283,8 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "formats": out.out_format not in ("text", "json"),
         "test": bool(fit.tests or got("hypotheses")),
         "constrain": bool(fit.constraints),
+        "known_variance": bool(fit.known_variance),
+        "level1_variance": bool(fit.level1_variance),
         "compare_deviance": (fit.compare_deviance if got("prior_deviance") is None else got("prior_deviance")) is not None,
         "tau_diagonal": (fit.tau or got("tau")) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -225,6 +296,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
         "ordinal": (fit.family or got("family")) == "ordinal",
         "negbinomial": (fit.family or got("family")) == "negbinomial",
+        "multinomial": (fit.family or got("family")) == "multinomial",
     }
     return [key for key, on in asked.items() if on]
 
@@ -290,17 +362,37 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    if "constrain" in asked:
-        for key in asked:
-            if key in CONSTRAIN_CONFLICTS:
-                label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
-                raise ModelError(f"{label} with --constrain: not available: {CONSTRAIN_CONFLICTS[key]}")
+    refuse_own_likelihood(asked, kind, spec, fit)
+    for feature, option, conflicts in (("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
+                                       ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
+                                       ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):
+        if feature in asked:
+            for key in asked:
+                if key in conflicts:
+                    label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
+                    raise ModelError(f"{label} with {option}: not available: {conflicts[key]}")
     if kind in _LEVELS and Engine(engine) != Engine.MEMORY:
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts
         for key in asked:
             if not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
                 refuse_summarised(key, n_levels_of(spec), engine)
+
+
+def refuse_own_likelihood(asked: list[str], kind: str, spec, fit: FitOptions) -> None:
+    """Weights or combined fits of an ordinal, negative binomial or multinomial outcome (the two-level HGLM
+    columns): not built for those families, refused in one line."""
+    family = str(getattr(fit.family, "value", fit.family) or getattr(spec.options, "family", None))
+    if kind not in ("pql", "laplace", "agq") or family not in ("ordinal", "negbinomial", "multinomial"):
+        return
+    if "weights" in asked:
+        raise ModelError(f"{_given_label('weights', spec, fit)}: not available for a --family {family} fit: "
+                         + _HGLM_OWN_WEIGHTS.format(family=family))
+    if "plausible_values" in asked:
+        raise ModelError(f"--plausible-values/--imputed: not available for a --family {family} fit: Rubin's rules "
+                         f"are wired for bernoulli, binomial and poisson HGLMs; {family} fits carry parameters of "
+                         "their own (thresholds, θ or several logits) that are not combined yet; fit each data set "
+                         "on its own")
 
 
 def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None:

@@ -442,7 +442,8 @@ class Results:
         warning when rows of new units were given with their ids.
 
         `random_effects=True` adds a known unit's EB random effects (as lme4's predict). An HGLM's
-        prediction is on the link scale (η: log-odds or log rate), as lme4's default.
+        prediction is on the link scale (η: log-odds or log rate), as lme4's default; a multinomial
+        fit's is one column per logit, log(P(category m)/P(last category)), m = 1..M−1.
         """
         from .io.readers import check_frame_columns
 
@@ -452,16 +453,22 @@ class Results:
         id_col = _column(newdata, self.meta["id_name"])
         rows = _NewRows(newdata, id_col, self._unit_position() if id_col is not None else {})
         L = self._level1_columns(rows)
-        pred = np.zeros(rows.n)
-        for k, f in enumerate(d.fixed):
-            w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.level2[f.q].predictors[f.s - 1])
-            pred += gamma[k] * w * L[f.q]
         known, j = rows.known, rows.j
-        if random_effects and known.any():
-            u = self.analysis.b if self.hglm else self.eb.u
-            random = np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random
-            for k, q in enumerate(int(q) for q in random):
-                pred[known] += u[j[known], k] * L[q][known]
+        logits = len(getattr(self.analysis, "categories", [0, 0])) - 1  # a multinomial fit: M − 1 logits
+        pf = len(d.fixed)
+        columns = []
+        for m in range(logits):
+            pred = np.zeros(rows.n)
+            for k, f in enumerate(d.fixed):
+                w = np.ones(rows.n) if f.s == 0 else self._level2_column(rows, d.spec.fixed_predictor((f.q, f.s)))
+                pred += gamma[m * pf + k] * w * L[f.q]
+            if random_effects and known.any():
+                u = self.analysis.b if self.hglm else self.eb.u
+                random = [int(q) for q in (np.flatnonzero(d.random) if self.hglm else self.analysis.stats.random)]
+                for k, q in enumerate(random):
+                    pred[known] += u[j[known], m * len(random) + k] * L[q][known]
+            columns.append(pred)
+        pred = columns[0] if logits == 1 else np.column_stack(columns)
         if random_effects and rows.new_rows and id_col is not None:
             rows.notes.append(f"{rows.new_rows} row(s) of units the fit has not seen get the fixed-effects prediction "
                               "(random effects 0)")
@@ -832,15 +839,6 @@ class LevelsResults(Results):
     def residuals_level2(self, keep: Sequence[str] = ()) -> "pd.DataFrame":
         return self.residuals_level(2, keep)
 
-    def _refuse_hglm_residuals(self) -> None:
-        """A three-level HGLM's level-1 residual file is refused, as `hlmcli fit` refuses it: the linear
-        file's fitted value (Xγ + Zb without the offset) and residual (y - fitted) would mix the link scale
-        with the outcome's. (The units' EB estimates, random_effects(), are the final working model's, on
-        the link scale, as the JSON gives them.)"""
-        if getattr(self.analysis, "hglm", None) is not None:
-            raise ModelError("the level-1 residual file is not built yet for a three-level HGLM: its fitted values "
-                             "would need the link scale, the offset and the inverse link; use random_effects()")
-
     def _unit_positions(self) -> list:
         """Per level 2..K, the archive index of each unit the fit kept (the residual files' rows)."""
         d = self.analysis.design
@@ -868,7 +866,6 @@ class LevelsResults(Results):
         the level-1 file's (`order="source"`). With `keep` or `order="source"`, `row` (after the ids) is
         each record's 1-based row in the level-1 file, and `keep` carries source columns, text too:
         level-1 columns directly, those of the levels above through the record's unit there."""
-        self._refuse_hglm_residuals()
         return self._level1_table(keep, order)
 
     def _level1_table(self, keep: Sequence[str] = (), order: str = "unit") -> "pd.DataFrame":
@@ -891,7 +888,10 @@ class LevelsResults(Results):
             if level < self.n_levels:
                 up = levels.parents[level - 1][up]
         y = np.asarray(levels.y, dtype=float)
-        cols.update({"fitted": eb, "fitted_fixed": fixed, "residual": y - eb, a.spec.outcome: y})
+        if getattr(a, "hglm", None) is not None:
+            cols.update(self._hglm_level1_columns(fixed, eb, y))
+        else:
+            cols.update({"fitted": eb, "fitted_fixed": fixed, "residual": y - eb, a.spec.outcome: y})
         for k, t in enumerate(a.levels_spec.level1):
             cols[t.label] = levels.predictors[0][:, self._level1_col(k)]
         table = pd.DataFrame(cols)
@@ -908,6 +908,25 @@ class LevelsResults(Results):
         if order == "source":
             table = table.iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
         return table
+
+    def _hglm_level1_columns(self, fixed, eb, y) -> dict:
+        """A three-level HGLM's level-1 columns: the linear predictor with the EB estimates (the modes, for
+        Laplace; the final working model's, for PQL) and from the fixed part alone, both on the link scale
+        with the offset (log exposure); the fitted mean E(y | b̂) (trials × φ, or λ); the response residual
+        y − mean; the outcome."""
+        from .analysis.hglm_levels import _level1_column
+
+        a, h = self.analysis, self.analysis.hglm
+        offset = 0.0
+        if h.exposure:
+            offset = np.log(_level1_column(self.archive, a.design, h.exposure, "--exposure"))
+        eta, eta_fixed = eb + offset, fixed + offset
+        if h.link == "logit":
+            n = _level1_column(self.archive, a.design, h.trials, "--trials") if h.trials else 1.0
+            mean = n / (1.0 + np.exp(-eta))
+        else:
+            mean = np.exp(eta)
+        return {"eta": eta, "eta_fixed": eta_fixed, "fitted_mean": mean, "residual": y - mean, a.spec.outcome: y}
 
     def _level1_col(self, k: int) -> int:
         """The column of the k-th level-1 predictor in the design (design_levels: one column per distinct
@@ -1065,6 +1084,22 @@ class CrossedResults(Results):
     def bic(self) -> float:
         return float(self.to_dict()["bic"])
 
+    def _fixed_frame(self) -> "pd.DataFrame":
+        frame = pd.DataFrame(self.to_dict()["fixed_effects"]).rename(columns={"p_value": "p"})
+        frame.index = pd.Index(list(frame["term"]), name="term")
+        return frame
+
+    def _se_columns(self) -> tuple[str, str, str]:
+        return ("se", "t", "p")  # model-based: crossed factors have no cluster for a sandwich
+
+    @property
+    def cov_re(self) -> "pd.DataFrame":
+        """Every factor's τ as one block-diagonal matrix (different factors' effects are independent),
+        labelled 'term|factor' as lme4's VarCorr names them: (Intercept)|plate."""
+        view = writers().crossed_view(self.to_dict())
+        names = [f"{r}|{g}" for r, g in zip(view["r_names"], view["tau_groups"])]
+        return pd.DataFrame(np.array(view["tau"], dtype=float), index=names, columns=names)
+
     def tidy(self, conf_level: float = 0.95, se: str = "auto") -> "pd.DataFrame":
         return writers().tidy(writers().crossed_view(self.to_dict()), conf_level, se)
 
@@ -1086,15 +1121,21 @@ class CrossedResults(Results):
     def eb(self):
         raise ModelError("a cross-classified fit has EB estimates per grouping factor: use random_effects(factor)")
 
-    def _term(self, factor: str | None) -> int:
-        if factor is None:
-            return 0
-        hits = [b for b, k in enumerate(self.keys) if k == factor] or \
-            [b for b, k in enumerate(self.keys) if k.lower() == str(factor).lower()]
-        if not hits:
-            raise ModelError(f"'{factor}' is not a grouping factor of this fit; its random terms are "
-                             f"{', '.join(self.keys)}")
-        return hits[0]
+    @property
+    def factors(self) -> list[str]:
+        """The grouping factors, each once, in the formula's order (a factor split by || has several terms)."""
+        return list(dict.fromkeys(self.analysis.fit.factors))
+
+    def _terms(self, factor: str | None) -> list[int]:
+        """The random terms of a grouping factor (the first factor when None), or the one term named g.1."""
+        fit = self.analysis.fit
+        factor = self.factors[0] if factor is None else str(factor)
+        for match in (lambda x, y: x == y, lambda x, y: x.lower() == y.lower()):
+            hits = [k for k, f in enumerate(fit.factors) if match(f, factor)]
+            hits = hits or [k for k, key in enumerate(self.keys) if match(key, factor)]
+            if hits:
+                return hits
+        raise ModelError(f"'{factor}' is not a grouping factor of this fit; its factors are {', '.join(self.factors)}")
 
     def posterior_variances(self) -> tuple:
         if self._postvar is None:
@@ -1103,25 +1144,26 @@ class CrossedResults(Results):
 
     def _letter(self, b: int) -> str:
         """HCM2's letter of a factor's random effects: b (row) and c (column) with two factors, else u."""
-        fit = self.analysis.fit
-        two = len(fit.factors) == 2 and all(":" not in f for f in fit.factors) and fit.factors[0] != fit.factors[1]
-        return "bc"[b] if two else "u"
+        factors = self.factors
+        two = len(factors) == 2 and all(":" not in f for f in factors)
+        return "bc"[factors.index(self.analysis.fit.factors[b])] if two else "u"
 
     def residuals_factor(self, factor: str | None = None, keep: Sequence[str] = ()) -> "pd.DataFrame":
         """One row per group of a grouping factor (the first when None): its id, its number of records,
-        and for each random effect the EB estimate (b_, c_ or u_ as HCM2 labels them) and its posterior
-        variance (postvar_: given γ̂, τ and σ², lme4's condVar), then the `keep` columns of the data where
-        they are constant within the group (empty where they vary)."""
-        b = self._term(factor)
+        and for each of its random effects (every term of the factor) the EB estimate (b_, c_ or u_ as HCM2
+        labels them) and its posterior variance (postvar_: given γ̂, τ and σ², lme4's condVar), then the
+        `keep` columns of the data where they are constant within the group (empty where they vary)."""
+        terms = self._terms(factor)
         a = self.analysis
-        fit, term = a.fit, a.design.terms[b]
-        letter = self._letter(b)
-        id_name = fit.factors[b]
-        cols: dict = {id_name: list(fit.labels[b]), "n": np.bincount(term.codes, minlength=term.J).astype(int)}
-        var = self.posterior_variances()[b]
-        for k, c in enumerate(fit.columns[b]):
-            cols[f"{letter}_{c}"] = fit.ranef[b][:, k]
-            cols[f"postvar_{letter}_{c}"] = var[:, k, k]
+        fit, term = a.fit, a.design.terms[terms[0]]
+        cols: dict = {fit.factors[terms[0]]: list(fit.labels[terms[0]]),
+                      "n": np.bincount(term.codes, minlength=term.J).astype(int)}
+        variances = self.posterior_variances()
+        for b in terms:  # the terms of one factor share its groups, in one order (crossed_design.design)
+            letter = self._letter(b)
+            for k, c in enumerate(fit.columns[b]):
+                cols[f"{letter}_{c}"] = fit.ranef[b][:, k]
+                cols[f"postvar_{letter}_{c}"] = variances[b][:, k, k]
         table = pd.DataFrame(cols)
         for name, values in self._kept(keep, table.columns, term.codes, term.J).items():
             table[name] = values

@@ -19,6 +19,7 @@ class FamilyName(str, Enum):
     POISSON = "poisson"
     ORDINAL = "ordinal"  # cumulative link, categories 1..C (engine/ordinal.py)
     NEGBINOMIAL = "negbinomial"  # NB2 counts, Var = μ + μ²/θ, log link (engine/negbin.py)
+    MULTINOMIAL = "multinomial"  # baseline-category logits, categories 1..M, M the reference (engine/multinomial.py)
 
 
 class Link(str, Enum):
@@ -32,7 +33,8 @@ class Link(str, Enum):
 # The canonical link of each family, the only one hlmcli fits (as HLM 7); an ordinal outcome's link is
 # logit by default, probit or cloglog with --link (Laplace and AGQ).
 LINKS = {FamilyName.NORMAL: Link.IDENTITY, FamilyName.BERNOULLI: Link.LOGIT, FamilyName.BINOMIAL: Link.LOGIT,
-         FamilyName.POISSON: Link.LOG, FamilyName.ORDINAL: Link.LOGIT, FamilyName.NEGBINOMIAL: Link.LOG}
+         FamilyName.POISSON: Link.LOG, FamilyName.ORDINAL: Link.LOGIT, FamilyName.NEGBINOMIAL: Link.LOG,
+         FamilyName.MULTINOMIAL: Link.LOGIT}
 ORDINAL_LINKS = (Link.LOGIT, Link.PROBIT, Link.CLOGLOG)
 
 
@@ -101,6 +103,8 @@ class FitOptions:
     df_method: str = "hlm"
     tests: tuple[str, ...] = ()
     constraints: tuple[str, ...] = ()  # --constrain 'g10 = g20': ties among γs, fitted as one (Cγ = 0)
+    known_variance: str | None = None  # --known-variance V: each record's level-1 variance is known (V-known)
+    level1_variance: tuple[str, ...] = ()  # --level1-variance X1,X2: log σ²_ij = α0 + α1·X1 + ... (heterol1var)
     compare_deviance: float | None = None
     compare_params: int | None = None
     prior_version: str | None = None  # the program that printed compare_deviance: hlm6 or hlm7

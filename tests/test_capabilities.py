@@ -198,6 +198,32 @@ def check_constrain(kind, tmp_path):
     assert doc["constraint_test"]["chi2"] == pytest.approx(doc["deviance"] - base_fit["deviance"], rel=1e-9)
 
 
+def check_known_variance(kind, tmp_path):
+    """dat.bcg's log risk ratios with their sampling variances, on latitude: metafor::rma(method = "ML")
+    (tests/reference_scripts/vknown_metafor.R; tests/test_known_variance.py covers the rest)."""
+    data = pd.read_csv(DATA / "vknown" / "bcg.csv")
+    data[["trial", "yi", "vi"]].to_csv(tmp_path / "est.csv", index=False)
+    data.drop(columns=["yi", "vi"]).to_csv(tmp_path / "studies.csv", index=False)
+    proc = run_cli("fit", tmp_path / "est.csv", tmp_path / "studies.csv", "--id", "trial", "-1", "yi = b0 + r", "-2",
+                   "b0 = g00 + g01*ablat + g02*year + u0", "--known-variance", "vi", "--ml", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    ref = json.loads((DATA / "vknown" / "metafor_rma.json").read_text())["bcg_mods_ML"]
+    assert doc["tau"][0][0] == pytest.approx(ref["tau2"], rel=1e-6) and doc["loglik"] == pytest.approx(ref["logLik"], abs=1e-6)
+    assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["beta"], rel=1e-6)
+
+
+def check_level1_variance(kind, tmp_path):
+    """log σ² = α0 + α1·FEMALE on HSB: nlme's varIdent and glmmTMB's dispformula = ~ FEMALE (ML;
+    tests/reference_scripts/heterogeneous_l1var.R; tests/test_heterogeneous_variance.py covers the rest)."""
+    from test_heterogeneous_variance import FILES, LEVEL1, LEVEL2, check_against_references
+
+    proc = run("fit", *FILES, "--id", "ID", "-1", LEVEL1, *[a for eq in LEVEL2 for a in ("-2", eq)], "--ml",
+               "--level1-variance", "FEMALE", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    check_against_references(json.loads(proc.stdout), "FEMALE", "ML")
+
+
 def check_compare_deviance(kind, tmp_path):
     small = fit_json(kind, small=True)
     doc = fit_json(kind, "--compare-deviance", repr(small["deviance"]), "--compare-params", str(small["n_params"]))
@@ -280,6 +306,10 @@ def check_full_output(kind, tmp_path):
 
 
 def check_weights(kind, tmp_path):
+    if kind in ("laplace", "agq"):  # the pseudo-likelihood of a binary outcome against glmer (test_hglm_weights.py)
+        from test_hglm_weights import check_weights_cell
+
+        return check_weights_cell(kind)
     doc = fit_json(kind, "--weight1", "W1", "--weight2", "W2")
     ref = _ref(W / "hsbw_ri_norm_cluster.json")
     for f in doc["fixed_effects"]:
@@ -288,6 +318,10 @@ def check_weights(kind, tmp_path):
 
 
 def check_plausible_values(kind, tmp_path):
+    if kind in ("pql", "laplace", "agq"):  # binary plausible values, Rubin's rules by hand (test_hglm_weights.py)
+        from test_hglm_weights import check_plausible_values_cell
+
+        return check_plausible_values_cell(kind)
     from test_pinned_fits import PV_MODEL, make_pv_files
 
     proc = run_cli("fit", *make_pv_files(tmp_path), *PV_MODEL, "--format", "json")
@@ -352,6 +386,21 @@ def check_negbinomial(kind, tmp_path):
     else:
         assert doc["deviance"] == pytest.approx(ref["deviance"], abs=0.5)
         assert doc["dispersion"]["estimate"] == pytest.approx(ref["theta"], rel=1e-2)
+
+
+MN = DATA / "multinomial"
+MULTINOMIAL = [MN / "sim_l1.csv", MN / "sim_l2.csv", "--id", "school", "-1", "choice = b0 + b1*x",
+               "-2", "b0 = g00 + g01*w + u0", "-2", "b1 = g10", "--family", "multinomial"]
+
+
+def check_multinomial(kind, tmp_path):
+    """Three categories, random intercepts correlated across the two logits: the R script's maximisation of
+    the same Laplace formula (tests/reference_scripts/multinomial_ghq.R)."""
+    ref = json.loads((MN / "ghq_reference.json").read_text())["laplace"]
+    doc = json.loads(run("fit", *MULTINOMIAL, "--estimation", kind, "--format", "json").stdout)
+    assert doc["converged"] and doc["certificate"]["certified"]
+    assert doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+    assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["gamma"], rel=1e-4)
 
 
 SUPPORTED = {f.key: globals()[f"check_{f.key}"] for f in capabilities.FEATURES}
@@ -826,9 +875,9 @@ def check_hglm3_api(tmp_path):
     assert res.to_dict()["fixed_effects"] == hglm3_json()["fixed_effects"]
     hglm3_matches(res.to_dict())
     assert res.converged and res.failures == []
-    with pytest.raises(ModelError, match="level-1 residual file is not built yet for a three-level HGLM"):
-        res.residuals_level1()  # as the CLI refuses --residuals-l1: its residual would mix the link and outcome scales
-    assert len(res.random_effects(3)) == 63  # the units' EB estimates stay available (link scale)
+    l1 = res.residuals_level1()  # the link scale with the offset, the fitted mean and y − mean
+    assert l1.fitted_mean.to_numpy() == pytest.approx(np.exp(l1.eta.to_numpy()), rel=1e-12)
+    assert len(res.random_effects(3)) == 63
 
 
 def check_hglm3_table(tmp_path):
@@ -872,8 +921,63 @@ def check_hglm3_tau_diagonal(tmp_path):
     assert set(doc["tau_structure"]) == {"diagonal"}
 
 
+def hglm3_files(kind: str, tmp_path, *extra) -> dict:
+    """The residual files of levels 1-3 of the grouseticks fit (with the options `extra`), as DataFrames."""
+    files = {k: tmp_path / f"res{k}.csv" for k in (1, 2, 3)}
+    proc = run_cli("fit", *LEVELS_BASE[kind], *[x for k in files for x in (f"--residuals-l{k}", files[k])], *extra, "-q")
+    assert proc.returncode == 0, proc.stderr
+    return {k: pd.read_csv(files[k], dtype={"id": str, "BROOD": str, "LOCATION": str}) for k in files}
+
+
+def hglm3_residuals_check(kind: str, tmp_path) -> None:
+    """η = fixed part + the units' EB estimates (link scale, no offset here), the mean exp(η), y − mean,
+    one row per record and per unit (test_hglm3_laplace.py checks the EB modes against a dense Laplace)."""
+    res = hglm3_files(kind, tmp_path)
+    l1, l2, l3 = res[1], res[2], res[3]
+    assert (len(l1), len(l2), len(l3)) == (403, 118, 63)
+    r, u = l1.BROOD.map(dict(zip(l2.id, l2.r_INTRCPT1))), l1.LOCATION.map(dict(zip(l3.id, l3.u_INTRCPT1_INTRCPT2)))
+    assert np.all(np.abs(l1.eta - (l1.eta_fixed + r + u)) <= 1e-9 * (l1.eta.abs() + l1.eta_fixed.abs() + r.abs() + u.abs()))
+    assert l1.fitted_mean.to_numpy() == pytest.approx(np.exp(l1.eta.to_numpy()), rel=2e-9)
+    assert (l2.postvar_r_INTRCPT1 > 0).all() and (l3.postvar_u_INTRCPT1_INTRCPT2 > 0).all()
+
+
+def hglm3_keep_check(kind: str, tmp_path) -> None:
+    l1 = hglm3_files(kind, tmp_path, "--keep", "INDEX,CHEIGHT")[1]
+    src = pd.read_csv(GROUSE[0], dtype={"INDEX": str})
+    assert list(l1.INDEX.astype(str)) == list(src.INDEX.iloc[l1.row - 1]) and "CHEIGHT" in l1
+
+
+def hglm3_plot_check(kind: str, tmp_path) -> None:
+    """The caterpillar plot of the level-3 EB estimates is drawn; the diagnostics plot (a normal model's
+    residual panels) is refused in one line."""
+    out = tmp_path / "cat.png"
+    proc = run_cli("plot", "caterpillar", *LEVELS_BASE[kind], "--coef", "INTRCPT1/INTRCPT2", "-o", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one_line_refusal(run_cli("plot", "diagnostics", *LEVELS_BASE[kind], "-o", tmp_path / "d.png"),
+                     "a diagnostics plot of a three-level HGLM")
+
+
+def check_hglm3_residuals(tmp_path):
+    hglm3_residuals_check("three-level-pql", tmp_path)
+
+
+def check_hglm3_keep(tmp_path):
+    hglm3_keep_check("three-level-pql", tmp_path)
+
+
+def check_hglm3_plot(tmp_path):
+    hglm3_plot_check("three-level-pql", tmp_path)
+
+
 def check_hglm3_missing_now(tmp_path):
     hglm3_matches(hglm3_json("--missing", "now"))  # no missing values: the reference fit
+
+
+def check_hglm3_plausible_values(tmp_path):
+    from test_hglm_weights import test_three_level_pql_plausible_values
+
+    test_three_level_pql_plausible_values(tmp_path)
 
 
 SUPPORTED_HGLM3 = {key[len("check_hglm3_"):]: f for key, f in globals().items() if key.startswith("check_hglm3_")}
@@ -963,6 +1067,18 @@ def check_hglm3l_tau_diagonal(tmp_path):
     doc = hglm3l_json("--tau", "diagonal")
     hglm3l_matches(doc)
     assert set(doc["tau_structure"]) == {"diagonal"}
+
+
+def check_hglm3l_residuals(tmp_path):
+    hglm3_residuals_check("three-level-laplace", tmp_path)
+
+
+def check_hglm3l_keep(tmp_path):
+    hglm3_keep_check("three-level-laplace", tmp_path)
+
+
+def check_hglm3l_plot(tmp_path):
+    hglm3_plot_check("three-level-laplace", tmp_path)
 
 
 def check_hglm3l_missing_now(tmp_path):
@@ -1134,7 +1250,10 @@ ASK = {
     "compare_deviance": lambda kind, d: ["--compare-deviance", "2300", "--compare-params", "2"],
     "ordinal": lambda kind, d: ["--family", "ordinal", "-q"],  # -q: pastes' text column warns on loading
     "negbinomial": lambda kind, d: ["--family", "negbinomial", "-q"],
-    "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],  # -q: pastes' text column warns on loading
+    "multinomial": lambda kind, d: ["--family", "multinomial", "-q"],
+    "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],
+    "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],
+    "level1_variance": lambda kind, d: ["--level1-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
 }
 
 
@@ -1168,6 +1287,13 @@ def check_refused(feature, kind, why, tmp_path):
             assert "--family negbinomial with --estimation" in why
             return
         proc = run_cli("fit", *NEGBIN)  # PQL, the default
+        one_line_refusal(proc, why)
+        return
+    if feature == "multinomial":  # as ordinal: a categorical outcome is an HGLM
+        if kind.startswith("linear"):
+            assert "--family multinomial with --estimation" in why
+            return
+        proc = run_cli("fit", *MULTINOMIAL, *(["--estimation", kind] if kind != "pql" else []))  # PQL: the default
         one_line_refusal(proc, why)
         return
     if feature == "compare":  # compare reads saved fits

@@ -98,6 +98,11 @@ def test_diagonal_tau_matches_lmer_double_bar():
     # lme4 splits (1 + verbal || second) into (1 | second) + (0 + verbal | second) and names them second.1 and
     # second (its VarCorr lists the slope first here); hlmcli names them second and second.1 in the formula's order
     check_against_lme4(m, ref, {"second": m.tau["second.1"], "second.1": m.tau["second"], "primary": m.tau["primary"]})
+    # one residual file per factor: second's holds both of its terms, under HCM2's row letter
+    table = m.residuals_factor("second")
+    assert list(table.columns) == ["second", "n", "b_INTRCPT", "postvar_b_INTRCPT", "b_verbal", "postvar_b_verbal"]
+    assert table.b_verbal.to_numpy() == pytest.approx(m.ranef["second.1"][:, 0], rel=1e-12)
+    assert m.to_dict()["n_groups"] == {"second": 19, "primary": 148}
 
 
 @pytest.mark.slow
@@ -399,6 +404,11 @@ def test_results_accessors_and_schema():
     vc = m.variance_components
     assert list(vc.factor[:2]) == ["plate", "sample"] and vc.variance.iloc[-1] == pytest.approx(ref["sigma2"], rel=1e-6)
     assert list(m.random_effects("sample").index) == list(m.labels["sample"])
+    # statsmodels' names: params, bse (lmer's SE), cov_params, cov_re (block-diagonal over the factors)
+    assert m.params["(Intercept)"] == pytest.approx(ref["gamma"]["(Intercept)"], rel=1e-6)
+    assert m.bse["(Intercept)"] == pytest.approx(ref["se"]["(Intercept)"], rel=1e-6)
+    assert m.cov_params().iloc[0, 0] == pytest.approx(m.bse.iloc[0] ** 2, rel=1e-12)
+    assert list(m.cov_re.index) == ["(Intercept)|plate", "(Intercept)|sample"] and m.cov_re.iloc[0, 1] == 0.0
     assert first_error_file({**doc, "fixed_effects": [{**doc["fixed_effects"][0], "estimate": "x"}]},
                             "crossed-2.json").startswith("fixed_effects[0].estimate")
 
@@ -463,6 +473,8 @@ def test_cli_table_compare_and_formats(tmp_path):
     proc = run_cli("table", saved["ml"], saved["ml_x"], "--format", "markdown")
     assert proc.returncode == 0, proc.stderr
     assert "Var: INTRCPT (sample)" in proc.stdout and "24 (plate) × 6 (sample)" in proc.stdout
+    proc = run_cli("table", saved["ml"], "--se", "robust")
+    assert proc.returncode == 1 and "no robust standard errors" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = run_cli("fit", X_DIR / "penicillin.csv", "--formula", PEN, "--format", "latex")
     assert proc.returncode == 0, proc.stderr
     ref = reference(PEN, "REML")
@@ -512,4 +524,14 @@ def test_cli_refuses_df_rules_and_bad_tests_in_one_line(tmp_path):
         proc = run_cli("fit", *base, *extra)
         assert proc.returncode in (1, 2) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_uncertified_fit_writes_nothing_and_exits_3(tmp_path):
+    """One iteration is not an optimum: exit 3 with the certificate's line, and neither the JSON nor the
+    residual files are written (-o only with --keep-failed-output)."""
+    out = {k: tmp_path / f"{k}.csv" for k in ("json", "l2", "text")}
+    proc = run_cli("fit", X_DIR / "penicillin.csv", "--formula", PEN, "--max-iterations", "1", "--json-out", out["json"],
+                   "--residuals-l2", out["l2"], "-o", out["text"])
+    assert proc.returncode == 3 and "not certified" in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())

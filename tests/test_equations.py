@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from hlmcli.data.design import make_design, variables_of
-from hlmcli.language.equations import (Level2Equation, ModelSpec, RunOptions, Term, build_spec, parse_hlm_file,
+from hlmcli.language.model import Level2Equation, ModelSpec, RunOptions, Term
+from hlmcli.language.equations import (Variables, build_spec, parse_hlm_file,
                               spec_from_inputs)
 from hlmcli.errors import ModelError
 from hlmcli.report.report import Symbols, lme4_formula, model_summary
@@ -247,8 +248,8 @@ def test_hlm_file_unsupported_key_is_refused(hsb_loaded, tmp_path):
     path.write_text("level1:MATHACH=INTRCPT1+RANDOM\nvarianceknown:V\n")
     with pytest.raises(ModelError, match="line 2: 'varianceknown:V' is not supported"):
         parse_hlm_file(path, variables_of(hsb_loaded))
-    path.write_text("level1:MATHACH=INTRCPT1+RANDOM\nnonlin:multinomial,3\n")  # binomial/poisson are HGLMs now
-    with pytest.raises(ModelError, match="nonlin:multinomial,3"):
+    path.write_text("level1:MATHACH=INTRCPT1+RANDOM\nnonlin:multinomial,12\n")  # HLM 7: 3 to 9 categories
+    with pytest.raises(ModelError, match="nonlin:multinomial,12: .* 3 to 9"):
         parse_hlm_file(path, variables_of(hsb_loaded))
     path.write_text("level1:MATHACH=INTRCPT1+RANDOM\nfrobnicate:y\n")
     with pytest.raises(ModelError, match="the key 'frobnicate' is not supported"):
@@ -286,3 +287,34 @@ def test_model_errors_exit_1_with_one_line(hsb_archive):
     assert proc.returncode == 1
     first, *rest = proc.stderr.splitlines()
     assert "at character 25" in first and rest[-1].strip() == "^"
+
+
+def test_one_spec_class_whose_defaults_follow_the_number_of_levels():
+    """Two and three levels build the same ModelSpec; REML/100 iterations at two and ML/1000 at three come
+    from the number of levels (HLM2's and HLM3's defaults), and level2 is a view of the tree, not a field."""
+    from dataclasses import fields
+
+    from hlmcli.language.equations_levels import VariablesLevels, build_spec3
+
+    two = build_spec("Y = b0 + b1*X + r", ["b0 = g00 + g01*mean(X) + u0"],
+                     Variables(("Y", "X"), ("W",)))
+    three = build_spec3("Y = p0 + p1*X + e", [], [], VariablesLevels((("Y", "X"), ("W",), ("Z",))))
+    assert type(two) is type(three) is ModelSpec and (two.n_levels, three.n_levels) == (2, 3)
+    assert (two.method, two.options.max_iterations) == ("REML", 100)
+    assert (three.method, three.options.max_iterations) == ("ML", 1000)
+    assert RunOptions().method is None and "level2" not in {f.name for f in fields(ModelSpec)}
+    assert two.level2[0].predictors == (Term("X", 2, mean_of=1),) and two.level2[0].predictors[0].unit_mean
+    with pytest.raises(AttributeError):
+        three.level2
+
+
+def test_fixed_effect_labels_are_the_designs_without_a_level1_intercept(hsb_loaded):
+    """Without b0 the γs are γ10, γ11 (the design's); the two-level label list once counted a γ00 too, so
+    --test 'g11 = 0' was refused with 'the contrast has 3 entries but the model has 2 γs'."""
+    from hlmcli.language.hypotheses import parse_test
+    from hlmcli.language.model import fixed_effect_labels
+
+    spec = build_spec("MATHACH = b1*group(SES) + r", ["b1 = g10 + g11*SECTOR + u1"], variables_of(hsb_loaded))
+    assert fixed_effect_labels(spec) == [(1, 0), (1, 1)]
+    assert [(f.q, f.s) for f in make_design(spec, hsb_loaded).fixed] == [(1, 0), (1, 1)]
+    assert parse_test("g11 = 0", spec).rows == ((0.0, 1.0),)

@@ -64,14 +64,10 @@ def dense_check(name: str, tmp_path, reml: bool = False) -> dict:
     doc = r.to_dict()
     assert doc["converged"] and doc["hglm"]["fixed_point"]["passed"]
     frame = _frame(name, id2, id3)
-    from hlmcli.errors import ModelError
-
-    with pytest.raises(ModelError, match="not built yet for a three-level HGLM"):
-        r.residuals_level1()  # refused as the CLI refuses it: its `residual` would mix the two scales
-    fitted = r._level1_table(order="source")  # the same table: `fitted` is Xγ + Zb on the link scale
+    fitted = r.residuals_level1(order="source")  # `eta`: Xγ + Zb + offset, the link scale
     assert np.array_equal(fitted["row"].to_numpy(), np.arange(1, len(frame) + 1))
     offset = np.log(frame[case["exposure"]].to_numpy(float)) if "exposure" in case else None
-    eta = fitted["fitted"].to_numpy(float) + (0.0 if offset is None else offset)  # fitted is Xγ + Zb
+    eta = fitted["eta"].to_numpy(float)
     y = frame[doc["outcome"]].to_numpy(float)
     fe = doc["fixed_effects"]
     X = np.column_stack([_column(frame, (e["coefficient"], e["level2_predictor"], e["level3_predictor"])) for e in fe])

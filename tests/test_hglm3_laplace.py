@@ -113,18 +113,22 @@ def laplace_matches(doc: dict, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def grouse_doc(tmp_path_factory):
-    """grouseticks by Laplace as a user types it: (the JSON document, the text printed)."""
-    path = tmp_path_factory.mktemp("grouse") / "fit.json"
-    proc = hlmcli("fit", *cli_args("grouseticks"), "--json-out", path)
+    """grouseticks by Laplace as a user types it, with the residual files of the three levels: (the JSON
+    document, the text printed, {level: residual file as a DataFrame})."""
+    out = tmp_path_factory.mktemp("grouse")
+    files = {k: out / f"res{k}.csv" for k in (1, 2, 3)}
+    proc = hlmcli("fit", *cli_args("grouseticks"), "--json-out", out / "fit.json",
+                  *[x for k in (1, 2, 3) for x in (f"--residuals-l{k}", files[k])], "--keep", "INDEX")
     assert proc.returncode == 0, proc.stderr
-    return json.loads(path.read_text()), proc.stdout
+    tables = {k: pd.read_csv(files[k], dtype={"id": str, "BROOD": str, "LOCATION": str, "INDEX": str}) for k in files}
+    return json.loads((out / "fit.json").read_text()), proc.stdout, tables
 
 
 def test_grouseticks_as_typed(grouse_doc):
     """The text and the JSON of one call: glmer's and glmmTMB's numbers, the schema, the deviance printed,
     the certificate's line, no PQL lines."""
     jsonschema = pytest.importorskip("jsonschema")
-    doc, text = grouse_doc
+    doc, text, _ = grouse_doc
     jsonschema.validate(doc, json.loads(resources.files("hlmcli").joinpath("schema", "fit-3.json").read_text()))
     laplace_matches(doc, "grouseticks")
     assert doc["hglm"]["estimation"] == "laplace" and doc["hglm"]["pql"] is None
@@ -213,6 +217,14 @@ class DenseLaplace:
         return self.y * eta - self.n * np.logaddexp(0, eta), self.y - self.n * p, self.n * p * (1 - p)
 
     def deviance(self, gamma, tau_pi, tau_beta):
+        return self._solve(gamma, tau_pi, tau_beta)[0]
+
+    def modes(self, gamma, tau_pi, tau_beta):
+        """(û, H⁻¹) at the joint mode, u in the order (level-2 units, then level-3 units) of factorize."""
+        _, u, H = self._solve(gamma, tau_pi, tau_beta)
+        return u, np.linalg.inv(H)
+
+    def _solve(self, gamma, tau_pi, tau_beta):
         L2, L3 = np.linalg.cholesky(tau_pi), np.linalg.cholesky(tau_beta)
         Zt = self.design(L2, L3)
         base = self.X @ gamma + (0 if self.offset is None else self.offset)
@@ -234,7 +246,7 @@ class DenseLaplace:
                 break
         ll, dl, W = self.loglik(base + Zt @ u)
         H = self.hessian(Zt, W)
-        return float(-2 * (np.sum(ll) + self.const) + u @ u + np.linalg.slogdet(H)[1])
+        return float(-2 * (np.sum(ll) + self.const) + u @ u + np.linalg.slogdet(H)[1]), u, H
 
 
 def dense_of(name: str, doc: dict):
@@ -282,6 +294,35 @@ def dense_check(name: str, doc: dict) -> None:
 
 def test_dense_laplace_grouseticks(grouse_doc):
     dense_check("grouseticks", grouse_doc[0])
+
+
+def test_residual_files_against_dense_modes(grouse_doc):
+    """The residual files of one call: each unit's EB estimate and posterior variance are the joint mode
+    b̂ = Λû and Λ(H⁻¹)blockΛ' of the dense Laplace at our estimates; each record's η is the fixed part plus
+    its units' b̂ (and the offset: none here), its fitted mean exp(η), its residual y − exp(η); --keep
+    carries the level-1 INDEX."""
+    doc, _, res = grouse_doc
+    dense, gamma, tp, tb = dense_of("grouseticks", doc)
+    u, Hinv = dense.modes(gamma, tp, tb)
+    frame = _frame("grouseticks")
+    b2 = dict(zip(frame.BROOD.to_numpy()[np.unique(dense.g2, return_index=True)[1]], u[:dense.J2] * np.sqrt(tp[0, 0])))
+    v2 = np.diag(Hinv)[:dense.J2] * tp[0, 0]
+    v2 = dict(zip(frame.BROOD.to_numpy()[np.unique(dense.g2, return_index=True)[1]], v2))
+    b3 = dict(zip(frame.LOCATION.to_numpy()[np.unique(dense.g3, return_index=True)[1]], u[dense.J2:] * np.sqrt(tb[0, 0])))
+    v3 = dict(zip(frame.LOCATION.to_numpy()[np.unique(dense.g3, return_index=True)[1]],
+                  np.diag(Hinv)[dense.J2:] * tb[0, 0]))
+    l1, l2, l3 = res[1], res[2], res[3]
+    assert l2.r_INTRCPT1.to_numpy() == pytest.approx([b2[i] for i in l2.id], rel=1e-7, abs=1e-9)
+    assert l2.postvar_r_INTRCPT1.to_numpy() == pytest.approx([v2[i] for i in l2.id], rel=1e-7)
+    assert l3.u_INTRCPT1_INTRCPT2.to_numpy() == pytest.approx([b3[i] for i in l3.id], rel=1e-7, abs=1e-9)
+    assert l3.postvar_u_INTRCPT1_INTRCPT2.to_numpy() == pytest.approx([v3[i] for i in l3.id], rel=1e-7)
+    # the files hold 10 significant digits: each identity to 1e-9 of its terms' sizes
+    r, u = l1.BROOD.map(dict(zip(l2.id, l2.r_INTRCPT1))), l1.LOCATION.map(dict(zip(l3.id, l3.u_INTRCPT1_INTRCPT2)))
+    assert np.all(np.abs(l1.eta - (l1.eta_fixed + r + u)) <= 1e-9 * (l1.eta.abs() + l1.eta_fixed.abs() + r.abs() + u.abs()))
+    assert l1.fitted_mean.to_numpy() == pytest.approx(np.exp(l1.eta.to_numpy()), rel=2e-9)
+    assert np.all(np.abs(l1.residual - (l1.TICKS - l1.fitted_mean)) <= 1e-9 * (l1.TICKS + l1.fitted_mean))
+    src = pd.read_csv(H3 / "grouse_l1.csv", dtype={"INDEX": str})
+    assert list(l1.INDEX) == list(src.INDEX.iloc[l1.row - 1])
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from hlmcli.errors import ModelError
-from hlmcli.language.equations import Level2Equation, Term, Variables, build_spec
+from hlmcli.language.equations import Variables, build_spec
+from hlmcli.language.model import Level2Equation, Term
 from hlmcli.language.equations_levels import VariablesLevels, build_levels_spec, build_spec3
 from hlmcli.language.hlmfile import level_equation, level_terms
 from hlmcli.language.hypotheses import parse_test

@@ -185,7 +185,7 @@ def constrained_tests(a: Analysis, constraints: Constraints, hypotheses=(), prio
     free = list(constraints.basis.free)
     delta, cov_d, robust_d = gamma[free], cov[np.ix_(free, free)], robust[np.ix_(free, free)]
     mapped = []
-    from ..language.equations import Hypothesis
+    from ..language.model import Hypothesis
 
     for h in hypotheses:
         CH = np.array(h.rows, dtype=float) @ H

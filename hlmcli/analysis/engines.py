@@ -134,8 +134,8 @@ def level2_from_same_file(unit_ids, m: Moments, names: list[str], level2_names: 
 def model_columns(spec) -> tuple[list[str], list[str]]:
     """(level-1 columns the model reads: outcome, predictors, unit means; level-2 variables it uses)."""
     l1 = [spec.outcome] + [t.name for t in spec.level1]
-    l1 += [t.name for eq in spec.level2 for t in eq.predictors if t.unit_mean]
-    l2 = [t.name for eq in spec.level2 for t in eq.predictors if not t.unit_mean]
+    l1 += [t.name for t in spec.predictors(2) if t.unit_mean]
+    l2 = [t.name for t in spec.predictors(2) if not t.unit_mean]
     return list(dict.fromkeys(l1)), list(dict.fromkeys(l2))
 
 

@@ -159,3 +159,53 @@ def _boundary_notes(taus, q2: int, q3: int) -> list[str]:
         if q and Face(G, False).r < q:
             notes.append(f"{name} is singular at the optimum (rank {Face(G, False).r} of {q}): a boundary estimate")
     return notes
+
+
+# ---------------------------------------------------------------- plausible values and imputed data sets
+
+def run_combined_hglm_levels(spec, archive, fit, source_text: str, load, plausible_values, imputed,
+                             allow_unequal: bool, meta: dict, fit_doc, fit_txt=None):
+    """--plausible-values or --imputed for a three-level HGLM: one PQL fit per outcome column or data set
+    (analyse_hglm_levels, each with its own fixed-point check), combined by plausible_levels.py's rules
+    as the linear fits are (Rubin's rules on γ, model-based and robust; σ², τ and reliabilities
+    averaged). PQL has no deviance, so the combined document's deviance is null. `load(path)` reads an
+    imputed data set ((archive, label)); `fit_doc(design, fit, meta, h)`/`fit_txt` write one fit.
+    Returns (the combined document, each fit's text or None)."""
+    from .plausible import outcome_columns
+    from .plausible_levels import combined_json_levels, same_records
+    from ..errors import UsageError
+
+    paths = [p.strip() for item in imputed or () for p in str(item).split(",") if p.strip()]
+    if plausible_values and paths:
+        raise UsageError("give --plausible-values or --imputed, not both")
+    runs = []
+    if plausible_values:
+        outcomes = outcome_columns(plausible_values, list(archive.names(1)))
+        level1 = {str(getattr(t, "name", t.label)).lower() for t in spec.level1}
+        columns = {n.lower(): k for k, n in enumerate(archive.names(1))}
+        first = np.isnan(archive.levels[0].values[columns[outcomes[0].lower()]])
+        for o in outcomes:
+            if o.lower() in level1:
+                raise ModelError(f"{o} is a plausible value of the outcome and also a level-1 predictor; remove it")
+            if not np.array_equal(np.isnan(archive.levels[0].values[columns[o.lower()]]), first):
+                raise ModelError(f"the plausible values {outcomes[0]} and {o} are missing on different records; "
+                                 "plausible values must be complete on the same records")
+        runs = [analyse_hglm_levels(replace(spec, outcome=o), archive, fit) for o in outcomes]
+        labels, source = outcomes, "plausible values"
+    else:
+        sets = [(archive, source_text)] + [load(path) for path in paths]
+        runs = [analyse_hglm_levels(spec, a, fit) for a, _ in sets]
+        labels, source = [label for _, label in sets], "imputed data sets"
+        if not allow_unequal:
+            same_records([d for d, _, _ in runs], labels)
+    docs = [fit_doc(d, f, meta, h) for d, f, h in runs]
+    fits = [f for _, f, _ in runs]
+    design = runs[0][0]
+    n_units = {"level1": design.n, **{f"level{m}": int(fits[0].eb[m - 2].shape[0]) for m in (2, 3)}}
+    # PQL has no deviance: the fits' NaN placeholders are not averaged (JSON has no NaN)
+    doc = combined_json_levels(n_units, [replace(f, deviance=0.0) for f in fits], docs, meta, source,
+                               [str(o) for o in labels])
+    doc.update({"deviance": None, "deviances": [], "hglm": runs[0][2].to_json(),
+                "converged": all(bool(f.converged) for f in fits)})
+    texts = [fit_txt(d, f, meta, h) for d, f, h in runs] if fit_txt is not None else None
+    return doc, texts

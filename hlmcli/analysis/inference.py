@@ -59,7 +59,7 @@ def hlm_fixed_df(design: Design) -> np.ndarray:
     out = []
     for f in design.fixed:
         if design.random[f.q]:
-            out.append(J - len(design.spec.level2[f.q].predictors) - 1)
+            out.append(J - len(design.spec.equation((f.q,)).predictors) - 1)
         else:
             out.append(N - J * R - F)
     return np.array(out, dtype=float)
@@ -137,7 +137,7 @@ def variance_tests(design: Design, ols: UnitOLS, tau: np.ndarray, stats: ModelSt
     vdiag = np.diagonal(ols.var[s], axis1=1, axis2=2)
     chi2 = (dev ** 2 / vdiag).sum(axis=0)
     J_s = int(s.sum())
-    df = np.array([J_s - len(design.spec.level2[q].predictors) - 1 for q in r], dtype=float)
+    df = np.array([J_s - len(design.spec.equation((q,)).predictors) - 1 for q in r], dtype=float)
     tdiag = np.diag(tau)
     reliability = (tdiag / (tdiag + vdiag)).mean(axis=0) if J_s else np.full(len(r), np.nan)
     return VarianceTests(chi2=chi2, df=df, p=special.chdtrc(df, chi2), reliability=reliability, n_sufficient=J_s)
@@ -183,14 +183,20 @@ def variance_information(stats: ModelStats, result: FitResult) -> np.ndarray:
     return info
 
 
-def variance_standard_errors(stats: ModelStats, result: FitResult) -> tuple[float, np.ndarray]:
-    cov = np.linalg.pinv(variance_information(stats, result))
+def variance_standard_errors(stats: ModelStats, result: FitResult,
+                             sigma2_known: bool = False) -> tuple[float | None, np.ndarray]:
+    """(SE of σ², SEs of τ) under ML; sigma2_known (a V-known model): σ²'s row and column of the
+    information are dropped, as σ² is not estimated, and its SE is None."""
+    info = variance_information(stats, result)
+    cov = np.linalg.pinv(info[1:, 1:] if sigma2_known else info)
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    if sigma2_known:
+        se = np.concatenate([[np.nan], se])
     q = stats.q
     se_tau = np.zeros((q, q))
     for i, (a, b, _) in enumerate(_tau_basis(q, result.structure), start=1):
         se_tau[a, b] = se_tau[b, a] = se[i]
-    return float(se[0]), se_tau
+    return (None if sigma2_known else float(se[0])), se_tau
 
 
 # ---------------------------------------------------------------- Satterthwaite d.f. (as lmerTest)

@@ -74,17 +74,19 @@ def centred_statistics(design, unit: UnitStats, weights=None):
 
 
 def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None, start=None,
-                  centred=None) -> Analysis:
+                  centred=None, sigma2: float | None = None) -> Analysis:
     """The fit and its inference from a design and its per-unit cross-products (weights: a
     weights.Weights, already applied to `unit` at level 1; centred: centred_statistics, when the
-    records are at hand)."""
+    records are at hand; sigma2: the level-1 variance held at this value, not estimated, as in a
+    V-known model on records scaled by their known standard deviations)."""
     spec = design.spec
     stats = model_stats(unit, design.block_design(), design.random, None if weights is None else weights.w2)
     design_stage.check_collinearity(design, stats.XX, None if centred is None else centred.stats.XX)
     if design.n <= stats.p + 1:
         raise ModelError(f"only {design.n} records for {stats.p} fixed effects; the model needs more data")
-    check_residual_variation(stats, spec)
-    check_within_unit_variation(stats if centred is None else centred.stats, spec)
+    if sigma2 is None:  # a known level-1 variance needs no residual variation to estimate it
+        check_residual_variation(stats, spec)
+        check_within_unit_variation(stats if centred is None else centred.stats, spec)
     structure = TauStructure(getattr(spec.options, "tau", "unstructured"))
     method = spec.method
     if weights is not None and method.upper() == "REML":
@@ -95,7 +97,7 @@ def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None,
                              "(a restricted pseudo-likelihood would depend on the weights' scale)")
     try:
         result = fit(stats, method, max_iterations=spec.options.max_iterations, structure=structure, start=start,
-                     centred=centred)
+                     centred=centred, sigma2=sigma2)
     except (FloatingPointError, np.linalg.LinAlgError) as exc:
         raise ModelError(f"the model cannot be fitted to these data ({exc}); check for an outcome that the "
                          "predictors determine exactly, or remove random effects") from None
@@ -162,8 +164,8 @@ def check_estimable(design: design_stage.Design) -> None:
     for t in spec.level1:
         if t.name.lower() == outcome:
             raise ModelError(f"{spec.outcome} is the outcome and also a level-1 predictor; remove it from the right-hand side")
-    for q_, eq in enumerate(spec.level2):
-        for t in eq.predictors:
+    for q_, eq in enumerate(spec.equations):
+        for t in (eq.predictors if eq is not None else ()):
             if t.unit_mean and t.name.lower() == outcome:
                 raise ModelError(f"mean({t.name}) in the equation for b{q_} is the unit mean of the outcome, which makes the "
                                  "model circular; use a level-2 variable measured apart from the outcome")
@@ -175,7 +177,7 @@ def boundary_notes(result: FitResult, spec: ModelSpec) -> list[str]:
     cert = result.certificate
     if cert.rank == cert.q:
         return []
-    names = [q for q, eq in enumerate(spec.level2) if eq.random]
+    names = [idx[0] for idx, _ in spec.random(2)]
     G = cert.G
     d = np.diag(G)
     tol = rank_tolerance(np.linalg.eigvalsh(G))
@@ -257,7 +259,7 @@ def add_extras(analysis: Analysis, hypotheses=(), prior_deviance=None, prior_par
         half = 1.96 * float(np.sqrt(max(r.tau[k, k], 0.0)))
         label = a.design.fixed[at[0]].label if at else None
         ranges.append({"coefficient": names[q], "gamma": label, "estimate": g, "low": g - half, "high": g + half,
-                       "at_zero_level2_predictors": bool(a.spec.level2[q].predictors)})
+                       "at_zero_level2_predictors": bool(a.spec.equation((q,)).predictors)})
     ex["plausible_ranges"] = ranges
     ex.update(tests_of_gamma(hypotheses, fx.gamma, fx.cov, fx.robust_cov, prior_deviance, prior_params,
                              r.deviance, r.n_params, robust_only=a.weights is not None))

@@ -477,11 +477,13 @@ def _keep_hglm(ctx, param, value):
 
 # HGLM options (spec.py, hglm_run.py): collected into ctx.meta so the commands' signatures stay as they are
 _hglm_options = [
-    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial"]),
+    click.option("--family", type=click.Choice(["normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial",
+                                                      "multinomial"]),
                  default=None, expose_value=False, callback=_keep_hglm, help="Level-1 distribution (default normal; "
                  "logit link for bernoulli/binomial, log link for poisson; ordinal: cumulative link over the "
                  "categories of the outcome's integer codes; negbinomial: NB2 counts, Var = mu + mu^2/theta, log "
-                 "link, theta estimated, --estimation laplace or agq)."),
+                 "link, theta estimated, --estimation laplace or agq; multinomial: baseline-category logits, the "
+                 "last category the reference, --estimation laplace)."),
     click.option("--link", type=click.Choice(["logit", "probit", "cloglog"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="--family ordinal: the cumulative link (default logit)."),
     click.option("--trials", default=None, expose_value=False, callback=_keep_hglm,
@@ -684,6 +686,12 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--constrain", "constraints", multiple=True,
               help="Constrain fixed effects to be equal (HLM 7's constrain), e.g. 'g10 = g20': fitted as one γ, "
               "with the likelihood-ratio test of the constraint under ML. Repeat for more.")
+@click.option("--known-variance", metavar="V",
+              help="V-known model (HLM 7's V-known, meta-analysis): V holds each record's known level-1 (sampling) "
+              "variance; τ and γ are estimated by REML or ML.")
+@click.option("--level1-variance", metavar="X1,X2",
+              help="Heterogeneous level-1 variance (HLM 7's heterol1var): log σ²ij = α0 + α1*X1 + ..., with the α "
+              "table and the likelihood-ratio test against one σ².")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
@@ -693,9 +701,12 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="Residual files with HLM 7's column names (EBINTRCP, OLINTRCP, FVINTRCP, MDIST, L1RESID, FITVAL, "
               "...; 8 characters) and, in .sav, SPSS variable labels.")
 @click.option("--residuals-l1", type=click.Path(), help="Write the level-1 residual file (.csv, .sav, .dta).")
-@click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta).")
-@click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta).")
-@click.option("--residuals-l4", type=click.Path(), help="Four levels: write the level-4 residual file (.csv, .sav, .dta).")
+@click.option("--residuals-l2", type=click.Path(), help="Write the level-2 residual file (.csv, .sav, .dta); "
+              "cross-classified: the first (row) factor's.")
+@click.option("--residuals-l3", type=click.Path(), help="Three levels: write the level-3 residual file (.csv, .sav, .dta); "
+              "cross-classified: the second (column) factor's.")
+@click.option("--residuals-l4", type=click.Path(), help="Four levels: write the level-4 residual file (.csv, .sav, .dta); "
+              "cross-classified: the third factor's.")
 @click.option("--test-homogeneity", is_flag=True, default=None, help="Test homogeneity of level-1 variance (HLM's homvar).")
 @click.option("--full-output", is_flag=True, default=None, help="Add unit OLS regressions and least-squares estimates.")
 @click.option("--ols-units", type=click.IntRange(0), help="How many units' OLS regressions --full-output prints (default 10): the first units whose OLS can be computed, as HLM counts them.")
@@ -789,10 +800,12 @@ def fit_cmd(**params):
 
     build2 = _build_opts(**build)
     if fit.engine != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
-        if fit.constraints:
-            from ..capabilities import refuse
+        from ..capabilities import refuse
 
-            refuse("constrain", "linear-summary")
+        for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance),
+                               ("level1_variance", fit.level1_variance)):
+            if asked:
+                refuse(feature, "linear-summary")
         if prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
         return _fit_summarised(data, level1, level2, model_file, params["ml"], more, params["tau_structure"],
@@ -819,7 +832,11 @@ def fit_cmd(**params):
         raise _UsageProblem("--prior-version is for normal outcomes: HGLM deviances are not compared with HLM 5/6's")
     if prior_version and o.prior_deviance is None:
         raise _UsageProblem("--prior-version says which program printed --compare-deviance; give --compare-deviance too")
-    check_capabilities(spec, fit, out)
+    if (fit.plausible_values or fit.imputed) and o.family != "normal":
+        # --full-output of combined HGLM fits prints each fit's own tables (not HLM2's unit regressions)
+        check_capabilities(replace(spec, options=replace(o, full_output=None)), replace(fit, full_output=None), out)
+    else:
+        check_capabilities(spec, fit, out)
     if weight_spec(spec, fit).any and o.prior_deviance is not None:
         _refuse_weighted_likelihood_ratio(fit.compare_deviance, model_file)
     hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in fit.tests]
@@ -864,7 +881,8 @@ def fit_request(params: dict) -> FitRequest:
     fit = _fit_options(p.pop("ml"), p.get("reml"), tau=p.pop("tau_structure"), weight1=p.pop("weight1"),
                        weight2=p.pop("weight2"), weight3=p.pop("weight3", None), weight4=p.pop("weight4", None), normalize=p.pop("normalize"), plausible_values=p.pop("plausible_values"),
                        imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
-                       constraints=p.pop("constraints"),
+                       constraints=p.pop("constraints"), known_variance=p.pop("known_variance"),
+                       level1_variance=p.pop("level1_variance"),
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
@@ -1133,6 +1151,16 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
                                "fit one plausible value or data set at a time for those")
     weights = wspec if wspec.any else None
     labels = None
+    hglm = not spec.family.linear
+    if hglm:  # binary, binomial, count outcomes: one HGLM fit each (analysis/hglm_combined.py)
+        from ..analysis.hglm_combined import analyse_hglm_one, analyse_hglm_plausible, combined_tests_hglm
+        from ..report.report_hglm_combined import combined_json_hglm, combined_text_hglm
+
+        def analyse_plausible(spec, archive, outcomes, df_method, weights):  # noqa: F811
+            return analyse_hglm_plausible(spec, archive, outcomes, level1, weights)
+
+        def analyse(spec, archive, df_method, weights=None):  # noqa: F811
+            return analyse_hglm_one(spec, archive, level1, weights)
     if plausible_values:
         outcomes = outcome_columns(plausible_values, list(archive.level1_names))
         analyses = analyse_plausible(spec, archive, outcomes, df_method, weights)
@@ -1154,10 +1182,17 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         from datetime import datetime, timezone
 
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    tests = combined_tests(analyses, hypotheses, robust_only=weights is not None) if hypotheses else None
-    doc = combined_json(analyses, meta, source, bool(full_output), labels, tests)
+    if hglm:
+        tests = combined_tests_hglm(analyses, hypotheses) if hypotheses else None
+        doc = combined_json_hglm(analyses, meta, source, labels, tests)
+    else:
+        tests = combined_tests(analyses, hypotheses, robust_only=weights is not None) if hypotheses else None
+        doc = combined_json(analyses, meta, source, bool(full_output), labels, tests)
     if out_format == "json":
         text = dumps_json(doc)
+    elif out_format == "text" and hglm:
+        text = combined_text_hglm(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
+                                  labels, tests, bool(full_output))
     elif out_format == "text":
         text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
                              bool(full_output or opts.full_output), labels, tests)
@@ -1165,7 +1200,7 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         from ..report.tables import TableOptions, combined_table
 
         text = combined_table(doc, out_format, table_options or TableOptions())
-    certified = all(a.result.converged for a in analyses)
+    certified = all(a.converged if hglm else a.result.converged for a in analyses)
     if json_out and (certified or keep_failed_output):
         atomic_write_text(json_out, dumps_json(doc))
     if output and (certified or keep_failed_output):
@@ -1242,12 +1277,17 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
         refuse_levels_plot(kind, 4 if is_many_levels(data, more) else 3, list(by))
         family = click.get_current_context().meta.get("hglm", {}).get("family")
         if family is not None and str(getattr(family, "value", family)).lower() != "normal":
-            from ..capabilities import THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE, refuse, refuse_family  # plots draw linear fits only
+            from ..capabilities import THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE, refuse, refuse_family
 
             if is_many_levels(data, more):
                 refuse_family(4, FitOptions(family=FamilyName(str(getattr(family, "value", family)).lower())))
             est = click.get_current_context().meta.get("hglm", {}).get("estimation")
             refuse("plot", THREE_LEVEL_LAPLACE if str(getattr(est, "value", est)).lower() == "laplace" else THREE_LEVEL_HGLM)
+            if kind == "diagnostics":  # the plots of a normal model's residuals
+                from ..errors import ModelError
+                from ..report.plots import HGLM_LEVELS_DIAGNOSTICS
+
+                raise ModelError(HGLM_LEVELS_DIAGNOSTICS)
         model = {"level1": level1, "level2": level2, "level3": more.get("level3"), "level4": more.get("level4"),
                  "model_file": model_file, "allow_outside": more.get("allow_outside")}
         build = {"id_": id_, "id1": id1, "id2": id2, "id3": more.get("id3"), "id4": more.get("id4"),

@@ -22,7 +22,7 @@ _TAKEN = {"--formula", "--ml", "--reml", "--max-iterations", "--quiet", "--title
           "--residuals-l3", "--residuals-l4", "--keep", "--df", "--timestamp", "--caption", "--stars", "--notes",
           "--se", "--conf-level"}
 # the capabilities table's feature for a typed option
-_FEATURE = {"--test": "test", "--constrain": "constrain", "--compare-deviance": "compare_deviance", "--compare-params": "compare_deviance",
+_FEATURE = {"--test": "test", "--constrain": "constrain", "--known-variance": "known_variance", "--level1-variance": "level1_variance", "--compare-deviance": "compare_deviance", "--compare-params": "compare_deviance",
             "--residuals-l1": "residuals", "--residuals-l2": "residuals", "--residuals-l3": "residuals",
             "--residuals-l4": "residuals", "--keep": "keep", "--df": "satterthwaite",
             "--test-homogeneity": "homogeneity", "--full-output": "full_output", "--ols-units": "full_output",
@@ -97,7 +97,7 @@ def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given:
                          f"three (level-1, row and column files with --row-id and --col-id); got {len(data)} files")
     if fit.tau is not None and str(getattr(fit.tau, "value", fit.tau)) == "diagonal":
         model = diagonal_bars(model)
-    factor_names = [bar.name for bar in model.bars]
+    factor_names = list(dict.fromkeys(bar.name for bar in model.bars))  # a factor split by || is one file
     factor_files = _residual_paths(out, len(factor_names), factor_names)
     if out.keep and not (out.residuals_l1 or factor_files):
         raise UsageError("--keep names the data columns to carry into the residual files: give --residuals-l1, "

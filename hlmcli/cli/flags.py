@@ -87,8 +87,8 @@ def check_model_options(given: set[str], *, family: str, estimation: str | None,
         if "--link" in given and family == "ordinal" and estimation not in ("laplace", "agq"):
             _refuse(f"--link is for --estimation laplace or agq (HLM 7's PQL fits the logit link only), and this fit "
                     f"is {estimation or 'pql'}; give --estimation laplace or agq, or drop --link")
-        if "--separation" in given and family == "ordinal":
-            _refuse("--separation is for binary, binomial and count outcomes (their separation search); the ordinal "
+        if "--separation" in given and family in ("ordinal", "multinomial"):
+            _refuse(f"--separation is for binary, binomial and count outcomes (their separation search); the {family} "
                     "fit has none, so drop --separation")
         if "--exposure" in given and family not in ("poisson", "negbinomial"):
             _refuse(f"--exposure is the exposure of --family poisson or negbinomial, and this model is {family}; "
@@ -96,7 +96,7 @@ def check_model_options(given: set[str], *, family: str, estimation: str | None,
         if "--overdispersion" in given and family == "negbinomial":
             _refuse("--overdispersion is PQL's quasi-likelihood scale; --family negbinomial estimates its own "
                     "dispersion θ (Var = μ + μ²/θ); drop --overdispersion")
-        if "--overdispersion" in given and family in ("bernoulli", "ordinal"):
+        if "--overdispersion" in given and family in ("bernoulli", "ordinal", "multinomial"):
             _refuse("--overdispersion cannot be estimated for a 0/1 outcome (the Bernoulli variance is fixed by its "
                     "mean); drop it")
         if "--overdispersion" in given and estimation not in (None, "pql"):

@@ -89,7 +89,7 @@ def check_linear_outcome_moments(spec, n, mean, C, l1file: str = "the level-1 da
     rounding of running means), as moments._check_random_slopes judges a predictor."""
     kept = n > 0
     n, mean, C = n[kept], mean[kept], C[kept]
-    if not spec.level2[0].random or not (n > 1).any():
+    if not (spec.intercept and spec.equations[0].random) or not (n > 1).any():
         return
     sd = np.sqrt(np.clip(C, 0, None) / n)
     if np.all(sd <= 1e-12 * np.abs(mean)):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from .equations_levels import build_levels_spec, classify_levels
-from .model import Hypothesis, Level2Equation, ModelSpec, RunOptions, Term, fixed_effect_labels  # noqa: F401
+from .model import Hypothesis, ModelSpec, RunOptions, fixed_effect_labels
 from .hlmfile import key_values, level_equation, level_terms, number, whole, yes_no
 from .lexer import at_file_line, read_text
 
@@ -250,9 +250,17 @@ def _hlm2_option(opts: dict, contrasts: dict, key: str, value: str, where: str, 
         return
     elif key in ("level1weight", "level2weight") and value.lower() not in ("none", "n", "no", "0", ""):
         opts["weight" + key[5]] = value.split(",")[0].strip()  # the variable name
+    elif key == "varianceknown" and value.lower() not in ("n", "no", "none", "0"):
+        raise ModelError(f"{where}: '{key}:{value}' is not supported: HLM 7's V-known command lines are not "
+                         "documented, so hlmcli does not read them; set varianceknown:none and give the variable on the command line, "
+                         f"--known-variance {value.split(',')[0].strip() or 'V'}")
+    elif key == "heterol1var" and value.lower() not in ("n", "no", "none", "0"):
+        raise ModelError(f"{where}: '{key}:{value}' is not supported: HLM 7's lines for its level-1 variance model are "
+                         "not documented, so hlmcli does not read them; set heterol1var:n and give the predictors on "
+                         "the command line, e.g. --level1-variance FEMALE")
     elif key == "constrain" and value.lower() not in ("n", "no", "none", "0"):
-        raise ModelError(f"{where}: '{key}:{value}': the lines HLM 7 writes for its constraints on γ are not documented, "
-                         "so hlmcli cannot read them; set constrain:n and give the ties on the command line, e.g. "
+        raise ModelError(f"{where}: '{key}:{value}' is not supported: the lines HLM 7 writes for its constraints on γ "
+                         "are not documented, so hlmcli cannot read them; set constrain:n and give the ties on the command line, e.g. "
                          "--constrain 'g10 = g20'")
     elif key in _OFF_VALUES:
         off = _OFF_VALUES[key]
@@ -288,8 +296,14 @@ def _hlm_nonlin(opts: dict, value: str, where: str) -> None:
                              "the number of categories, 3 to 9 (as HLM 7)") from None
         opts["family"], opts["ncat"] = "ordinal", ncat
     elif kind == "multinomial":
-        raise ModelError(f"{where}: nonlin:{value} (multinomial outcomes) is not supported yet; hlmcli fits "
-                         "Bernoulli, binomial, Poisson and ordinal outcomes")
+        try:
+            ncat = int(parts[1])
+            if not 3 <= ncat <= 9:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise ModelError(f"{where}: nonlin:{value}: a multinomial outcome is written nonlin:multinomial,NCAT with "
+                             "NCAT the number of categories, 3 to 9 (as HLM 7)") from None
+        opts["family"], opts["ncat"] = "multinomial", ncat
     else:
         raise ModelError(f"{where}: nonlin:{value} is not a level-1 distribution HLM 7 knows "
                          "(n, binomial[,TRIALS], poisson[,EXPOSURE])")
@@ -309,7 +323,7 @@ def _hlm_hglm_options(options: RunOptions, opts: dict, path) -> RunOptions:
                                  "remove the line or set nonlin:")
         return options
     fixed = opts.get("fixsigma2")
-    over = fixed is None and fam not in ("bernoulli", "ordinal")  # an ordinal outcome has no level-1 scale
+    over = fixed is None and fam not in ("bernoulli", "ordinal", "multinomial")  # no level-1 scale for these
     if fixed is not None:
         try:
             if abs(float(fixed) - 1.0) > 1e-12:

@@ -37,7 +37,7 @@ from pathlib import Path
 from .lexer import (COEF_LETTERS, GREEK, RANDOM_LETTERS, EquationSyntaxError, check_shape, coefficient_letters,  # noqa: F401
                     parse_index, random_letters, read_text, at_file_line, right_side_terms, split_star, unwrap)
 from .hlmfile import NO, key_values, level_equation, level_terms, whole
-from .model import Centering, Equation, ModelSpec, RunOptions, Term  # noqa: F401
+from .model import Centering, Equation, ModelSpec, RunOptions, Term
 from ..errors import ModelError
 from ..spec import coefficient_label, subscript
 

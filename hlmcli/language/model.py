@@ -244,6 +244,16 @@ class ModelSpec:
         """(subscripts, names) of the coefficients random at `level`, in τ order."""
         return [(idx, names) for depth, idx, eq, names in self.walk() if depth == level - 1 and eq.random]
 
+    def predictors(self, level: int) -> list[Term]:
+        """The predictors of the level-`level` equations in model order (depth-first), repeats kept."""
+        if level == 1:
+            return list(self.level1)
+        return [t for depth, _, eq, _ in self.walk() if depth == level - 1 for t in eq.predictors]
+
+    def fixed_predictor(self, idx: tuple) -> Term | None:
+        """The predictor of the fixed effect with subscripts `idx` (γqs: (q, s)); None for an intercept."""
+        return self.equation(idx[:-1]).predictors[idx[-1] - 1] if idx[-1] else None
+
 
 def fixed_effect_labels(spec: ModelSpec) -> list[tuple[int, ...]]:
     """The subscripts of every fixed effect in the engine's order, for any number of levels: (q, s) of a

@@ -25,16 +25,29 @@ _METHOD = {"REML": "restricted maximum likelihood", "ML": "full maximum likeliho
 
 
 def _two_factors(fit) -> bool:
-    return len(fit.factors) == 2 and all(":" not in f for f in fit.factors) and fit.factors[0] != fit.factors[1]
+    factors = list(dict.fromkeys(fit.factors))
+    return len(factors) == 2 and all(":" not in f for f in factors)
 
 
 def random_labels(fit) -> list[list[str]]:
-    """Per factor, the label of each random effect: HCM2's b (row) and c (column) with two factors, else u."""
+    """Per random term, the label of each random effect: HCM2's b (row) and c (column) with two factors
+    (a factor split by || keeps its letter), else u."""
+    factors = list(dict.fromkeys(fit.factors))
     two = _two_factors(fit)
     out = []
     for b, cols in enumerate(fit.columns):
-        out.append([f"{'bc'[b]}{k}0" if two else f"u{k}[{fit.factors[b]}]" for k in range(len(cols))])
+        if two:
+            letter = "bc"[factors.index(fit.factors[b])]
+            out.append([f"{letter}{c_index}0" for c_index in _indices(fit, b)])
+        else:
+            out.append([f"u{k}[{fit.factors[b]}]" for k in _indices(fit, b)])
     return out
+
+
+def _indices(fit, b: int) -> list[int]:
+    """The random effects' subscripts within their factor (a factor's terms numbered on from each other)."""
+    before = sum(len(fit.columns[i]) for i in range(b) if fit.factors[i] == fit.factors[b])
+    return list(range(before, before + len(fit.columns[b])))
 
 
 def _mixed_line(a) -> str:
@@ -67,8 +80,9 @@ def text(a, meta: dict | None = None) -> str:
             f"  Records used: {fit.n}" + (f" ({d.n_dropped} of {d.n_read} left out for missing values)"
                                           if d.n_dropped else ""),
             ""]
-    two = len(fit.factors) == 2 and all(":" not in f for f in fit.factors)
-    for b, (factor, J) in enumerate(zip(fit.factors, fit.n_groups)):
+    two = _two_factors(fit)
+    groups = dict(zip(fit.factors, fit.n_groups))  # a factor split by || is listed once
+    for b, (factor, J) in enumerate(groups.items()):
         role = ("row factor" if b == 0 else "column factor") if two else "grouping factor"
         out.append(f"  The {role} is {factor}: {J} groups")
     out += ["", "Summary of the model specified", "", f"    lme4: {a.formula}", "", "Mixed Model", "",
@@ -168,7 +182,7 @@ def to_json(a, meta: dict | None = None) -> dict:
     doc = {"schema": SCHEMA, "kind": KIND, "tool": "hlmcli", "version": __version__, "title": a.title,
            "data_source": meta.get("data_source") or a.source, "formula": a.formula, "lme4_formula": a.formula,
            "outcome": d.outcome, "method": fit.method, "n_level1": int(fit.n), "n_read": int(d.n_read),
-           "n_deleted": int(d.n_dropped), "n_groups": {f["factor"]: f["groups"] for f in random},
+           "n_deleted": int(d.n_dropped), "n_groups": dict(zip(fit.factors, map(int, fit.n_groups))),
            "converged": bool(a.certified), "iterations": int(fit.iterations), "evaluations": int(fit.evaluations),
            "start": fit.start, "boundary": bool(a.boundary_notes()), "boundary_notes": a.boundary_notes(),
            "certificate": fit.certificate.to_json(), "df_method": a.df_method,

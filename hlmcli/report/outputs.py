@@ -12,6 +12,10 @@ def fit_document(analysis, meta: dict, hglm: bool) -> dict:
     """The JSON document of a two-level fit, linear (report.fit_json) or HGLM (report_hglm.hglm_json)."""
     from .report import fit_json, json_safe
 
+    if hglm and getattr(analysis.spec.options, "family", None) == "multinomial":
+        from .report_multinomial import multinomial_json
+
+        return json_safe(multinomial_json(analysis, meta))
     if hglm:
         from .report_hglm import hglm_json
 
@@ -23,6 +27,10 @@ def fit_text(analysis, meta: dict, ascii: bool, hglm: bool) -> str:
     """What `hlmcli fit` prints for a two-level fit."""
     from .report import Symbols, fit_text as linear_text
 
+    if hglm and getattr(analysis.spec.options, "family", None) == "multinomial":
+        from .report_multinomial import multinomial_text
+
+        return multinomial_text(analysis, meta, Symbols(ascii))
     if hglm:
         from .report_hglm import hglm_text
 

@@ -109,14 +109,13 @@ def equation_lines(results: Results, x: str | None = None, by: Sequence[str] | N
     k, term = _level1_term(results, x)
     xs = np.linspace(d.L[:, k].min(), d.L[:, k].max(), points)
     level2 = {}  # predictor name -> values over units (the data's own scale)
-    for eq in spec.level2:
-        for t in eq.predictors:
-            name = predictor_name(t)
-            if name not in level2:
-                if t.unit_mean:
-                    level2[name] = np.add.reduceat(_raw_level1(results, t.name), d.offsets[:-1]) / d.sizes
-                else:
-                    level2[name] = np.asarray(d.level2_values[t.name], dtype=float)
+    for t in spec.predictors(2):
+        name = predictor_name(t)
+        if name not in level2:
+            if t.unit_mean:
+                level2[name] = np.add.reduceat(_raw_level1(results, t.name), d.offsets[:-1]) / d.sizes
+            else:
+                level2[name] = np.asarray(d.level2_values[t.name], dtype=float)
     if by is None:
         by = list(dict.fromkeys(predictor_name(t) for q in (0, k) for t in spec.level2[q].predictors))
     else:
@@ -138,7 +137,12 @@ def equation_lines(results: Results, x: str | None = None, by: Sequence[str] | N
         if term.centering == "grand":  # the grid is on the model's scale; predict() wants the data's
             frame[term.name] = xs + d.centering_means[f"{term.name} (level 1)"]
         label = ", ".join(lab for _, lab in combo) or "all units"
-        lines.append((label, results.predict(frame, random_effects=False)))
+        y = results.predict(frame, random_effects=False)
+        if y.ndim == 2:  # a multinomial fit: one line per logit, coloured by its category
+            cats = results.analysis.categories
+            lines += [(f"category {cats[m]:g}, {label}", y[:, m]) for m in range(y.shape[1])]
+        else:
+            lines.append((label, y))
     return _axis_name(term), xs, lines
 
 
@@ -164,6 +168,8 @@ def link_scale(fit: dict) -> str | None:
         lowest = fit["categories"][0]
         name = {"logit": "log-odds", "probit": "probit", "cloglog": "cloglog"}[fit["link"]]
         return f"{name} of P[{fit['outcome']} ≤ {lowest:g}]"
+    if fit.get("family") == "multinomial":
+        return f"log-odds against category {fit['reference_category']:g}"
     return {"logit": "log-odds", "log": "log rate"}.get(fit.get("link")) if "family" in fit else None
 
 
@@ -212,22 +218,25 @@ def equation_lines_from_fit(fit: dict, x: str | None, at: dict[str, list[float]]
     means = fit.get("centering_means") or {}
     xs = np.linspace(x_range[0], x_range[1], points)
     lines = []
+    # a multinomial fit's rows carry their logit's category: one line per logit
+    categories = list(dict.fromkeys(f.get("category") for f in fit["fixed_effects"]))
     for combo in itertools.product(*[[(n, v) for v in vals] for n, vals in given.items()]):
         values = dict(combo)
-        y = np.zeros(points)
-        for f in fit["fixed_effects"]:
-            if f["coefficient"] not in ("INTRCPT1", x):
-                continue
-            p = f["predictor"]
-            if p == "INTRCPT2":
-                w = 1.0
-            elif p in values:
-                w = values[p] - (means.get(f"{p} (level 2)", 0.0) if level2[p] == "grand" else 0.0)
-            else:
-                w = 0.0
-            y += f["estimate"] * w * (xs if f["coefficient"] == x else 1.0)
-        label = ", ".join(f"{n} = {v:g}" for n, v in combo) or "all predictors at 0"
-        lines.append((label, y))
+        for cat in categories:
+            y = np.zeros(points)
+            for f in fit["fixed_effects"]:
+                if f["coefficient"] not in ("INTRCPT1", x) or f.get("category") != cat:
+                    continue
+                p = f["predictor"]
+                if p == "INTRCPT2":
+                    w = 1.0
+                elif p in values:
+                    w = values[p] - (means.get(f"{p} (level 2)", 0.0) if level2[p] == "grand" else 0.0)
+                else:
+                    w = 0.0
+                y += f["estimate"] * w * (xs if f["coefficient"] == x else 1.0)
+            label = ", ".join(f"{n} = {v:g}" for n, v in combo) or "all predictors at 0"
+            lines.append((label if cat is None else f"category {cat:g}, {label}", y))
     return x, xs, lines
 
 
@@ -413,6 +422,10 @@ def plot(results: Results, kind: str, path: str | os.PathLike | None = None, **o
 # ---------------------------------------------------------------- three and four levels
 
 LEVELS_KINDS = ("equation", "caterpillar", "diagnostics")
+# a three-level HGLM draws the equation graph (η, link scale, without the offset) and the caterpillar plot
+HGLM_LEVELS_DIAGNOSTICS = ("a diagnostics plot of a three-level HGLM: its panels are a normal model's (level-1 residuals "
+                           "against fitted values, a normal Q-Q plot of the EB residuals); for a binary, binomial or "
+                           "count outcome draw the equation graph (on the link scale) or the caterpillar plot")
 _LEVELS_REFUSED = {
     "units": ("not yet for k levels: a units plot draws each level-2 unit's EB line, which at three or more levels "
               "also carries the random effects of the units above it; draw the caterpillar or diagnostics plot"),
@@ -489,12 +502,16 @@ def plot_levels(results, kind: str, path: str | os.PathLike | None = None, **opt
     """`plot` for a fit of three or four levels: the equation graph, the caterpillar plot of a random
     coefficient at any level, and the diagnostics (level-1 residuals, Q–Q plot of the EB residuals)."""
     refuse_levels_plot(kind, results.n_levels, options.get("by"))
+    h = getattr(results.analysis, "hglm", None)
+    if h is not None and kind == "diagnostics":
+        raise ModelError(HGLM_LEVELS_DIAGNOSTICS)
     if path is not None:
         check_output(path)
     with _context():
         if kind == "equation":
             xlabel, xs, lines = equation_lines_levels(results, options.get("x"))
-            fig = _equation_figure(xlabel, xs, lines, results.analysis.spec.outcome, results.method)
+            scale = None if h is None else {"logit": "log-odds", "log": "log rate"}[h.link]
+            fig = _equation_figure(xlabel, xs, lines, results.analysis.spec.outcome, results.method, scale)
         elif kind == "caterpillar":
             fig = _caterpillar_levels(results, options.get("coef"))
         else:

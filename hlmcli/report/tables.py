@@ -590,14 +590,15 @@ def combined_table(doc: dict, fmt: str, options: TableOptions = TableOptions()) 
                          "Variance": _f(doc["tau"][k][k]), "Correlation": ""} for k, name in enumerate(labels)]
                        + [{"Random effect": f"{a}, {b} (covariance)", "SD": "", "Variance": _f(cov), "Correlation": _f(cor)}
                           for a, b, cov, cor in _tau_pairs(doc)]
-                       + [{"Random effect": "level-1, r", "SD": _f(math.sqrt(doc["sigma2"])),
-                           "Variance": _f(doc["sigma2"]), "Correlation": ""}])
+                       + ([{"Random effect": "level-1, r", "SD": _f(math.sqrt(doc["sigma2"])),
+                            "Variance": _f(doc["sigma2"]), "Correlation": ""}] if doc["sigma2"] is not None else []))
     if not _tau_pairs(doc):
         var = var.drop(columns="Correlation")
     combining = doc["combining"]
     stats = pd.DataFrame([{"Statistic": f"Fits combined ({combining['source']})", "Value": str(combining["m"])},
-                          {"Statistic": "Deviance (average over the fits)", "Value": f"{doc['deviance']:.2f}"},
-                          {"Statistic": f"Estimated parameters ({doc['method']}, HLM count)", "Value": str(doc["n_params"])},
+                          *([{"Statistic": "Deviance (average over the fits)", "Value": f"{doc['deviance']:.2f}"},
+                             {"Statistic": f"Estimated parameters ({doc['method']}, HLM count)",
+                              "Value": str(doc["n_params"])}] if doc["deviance"] is not None else []),
                           {"Statistic": "N (level 1)", "Value": str(doc["n_level1"])},
                           {"Statistic": "J (level 2)", "Value": str(doc["n_level2"])}])
     parts = [_render(frame, fmt, index=False, name=name)

@@ -35,7 +35,14 @@ def _level1(model: dict) -> list[dict]:
 
 def fixed_names(fit: dict) -> list[tuple[str, str]]:
     """(R name, label) of each fixed effect of a two-level fit's JSON, in its order. A row the model
-    record does not explain (an older document) keeps its coefficient:predictor name in both forms."""
+    record does not explain (an older document) keeps its coefficient:predictor name in both forms. A
+    multinomial fit's rows carry their logit's category, which prefixes both: '1:x', '1: x'."""
+    names = _fixed_names(fit)
+    return [(f"{f['category']:g}:{r}", f"{f['category']:g}: {lab}") if f.get("category") is not None else (r, lab)
+            for f, (r, lab) in zip(fit["fixed_effects"], names)]
+
+
+def _fixed_names(fit: dict) -> list[tuple[str, str]]:
     model = fit.get("model") or {}
     level1 = _level1(model)
     equations = model.get("level2_equations") or []

@@ -43,3 +43,29 @@ for (method in c("REML", "ML")) {
 }
 writeLines(toJSON(fits, digits = NA, auto_unbox = TRUE, pretty = TRUE, null = "null"),
            "tests/data/vknown/metafor_rma.json")
+
+# Several records per unit, each with a known level-1 variance: HSB with V = 30 + 10*FEMALE (made up, known),
+# MATHACH ~ SES_gc + SECTOR + (1 + SES_gc | ID); nlme::lme with varFixed(~V) and sigma fixed at 1, and glmmTMB with
+# dispformula = ~ 0 + offset(log(V)) (the residual variance is V). Both agree under ML; under REML nlme's fit with a
+# fixed sigma is not the restricted likelihood of the known-variance model (its deviance is 58.7 higher at its own
+# optimum, and its tau differs), while glmmTMB's REML (the Laplace-integrated fixed effects) is: the REML reference
+# is glmmTMB's.
+library(nlme); library(glmmTMB)
+l1 <- read.csv("sample_data/hsb/hsb1.csv"); l2 <- read.csv("sample_data/hsb/hsb2.csv")
+d <- merge(l1, l2, by = "ID"); d$SES_gc <- d$SES - ave(d$SES, d$ID); d$V <- 30 + 10 * d$FEMALE
+hsb <- list()
+for (method in c("REML", "ML")) {
+  m <- lme(MATHACH ~ SES_gc + SECTOR, random = ~ 1 + SES_gc | ID, weights = varFixed(~ V), data = d, method = method,
+           control = lmeControl(sigma = 1, msMaxIter = 1000, msMaxEval = 1000, tolerance = 1e-12, msTol = 1e-14,
+                                niterEM = 0))
+  d$logV <- log(d$V); d$IDf <- factor(d$ID)
+  tmb <- glmmTMB(MATHACH ~ SES_gc + SECTOR + (1 + SES_gc | IDf), dispformula = ~ 0 + offset(logV), data = d,
+                 REML = method == "REML",
+                 control = glmmTMBControl(optCtrl = list(iter.max = 1e4, eval.max = 1e4, rel.tol = 1e-12)))
+  hsb[[method]] <- list(deviance = -2 * as.numeric(logLik(m)), fixef = as.numeric(fixef(m)),
+                        se = as.numeric(sqrt(diag(vcov(m)))), tau = unname(matrix(as.numeric(getVarCov(m)), 2, 2)),
+                        glmmtmb = list(deviance = -2 * as.numeric(logLik(tmb)), fixef = as.numeric(fixef(tmb)$cond),
+                                       se = as.numeric(sqrt(diag(vcov(tmb)$cond))),
+                                       tau = unname(matrix(as.numeric(VarCorr(tmb)$cond$IDf), 2, 2))))
+}
+writeLines(toJSON(hsb, digits = NA, auto_unbox = TRUE, pretty = TRUE), "tests/data/vknown/hsb_varfixed_nlme.json")
