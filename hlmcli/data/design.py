@@ -19,7 +19,7 @@ from ..language.equations import Variables
 from ..language.model import ModelSpec, Term
 from ..errors import ModelError
 from ..engine.moments import Moments, cross_products
-from .design_levels import Level1Moments, column_of, frame, gamma_layout, level_columns, model_levels
+from .design_levels import Frame, Level1Moments, column_of, frame, gamma_layout, level_columns
 from ..spec import gamma_label
 from ..engine.sufficient import unit_stats_from_products
 
@@ -105,7 +105,7 @@ def two_level_layout(spec, f: Frame) -> tuple[list[np.ndarray], list[FixedEffect
     names = spec.coefficient_names()
     W: list[np.ndarray] = []
     fixed: list[FixedEffect] = []
-    for q, eq in enumerate(model_levels(spec)[2]):
+    for q, eq in enumerate(spec.equations):
         gammas = next(coefficients).terms if eq is not None else ()
         W.append(np.column_stack([np.ones(J) if g.col is None else P2[g.col] for g in gammas]) if gammas
                  else np.zeros((J, 0)))

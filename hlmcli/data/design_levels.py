@@ -56,16 +56,11 @@ def column_of(term, level: int) -> Column:
     return Column(term.name, level, str(term.centering), term.mean_of)
 
 
-def model_levels(spec: ModelSpec) -> tuple[int, tuple, tuple]:
-    """(K, the level-1 predictors, each level-1 coefficient's level-2 Equation or None when absent)."""
-    return spec.n_levels, tuple(spec.level1), tuple(spec.equations)
-
-
-def level_columns(spec) -> list[list[Column]]:
+def level_columns(spec: ModelSpec) -> list[list[Column]]:
     """The distinct predictor columns of each level 1..K, in model order (a level-d coefficient's
     equation is at level d+1)."""
-    K, level1, equations = model_levels(spec)
-    out: list[list[Column]] = [[column_of(t, 1) for t in level1]] + [[] for _ in range(K - 1)]
+    K = spec.n_levels
+    out: list[list[Column]] = [[column_of(t, 1) for t in spec.level1]] + [[] for _ in range(K - 1)]
 
     def walk(eq, depth: int) -> None:
         out[depth].extend(column_of(t, depth + 1) for t in eq.predictors)
@@ -73,7 +68,7 @@ def level_columns(spec) -> list[list[Column]]:
             for k in eq.present():
                 walk(eq.terms[k], depth + 1)
 
-    for eq in equations:
+    for eq in spec.equations:
         if eq is not None:
             walk(eq, 1)
     return [list(dict.fromkeys(cols)) for cols in out]
@@ -86,11 +81,11 @@ def level1_variables(spec) -> list[str]:
                                      if c.mean_of == 1 or (c.level == 1 and c.mean_of is None)})
 
 
-def gamma_layout(spec, index: list[dict]) -> tuple:
+def gamma_layout(spec: ModelSpec, index: list[dict]) -> tuple:
     """The γ layout: each present level-1 coefficient with its equation's terms, down to the γs, each
     naming its predictor's column at its level (`index[level - 1]`: Column -> position; None = the
     intercept). The engine's coefficient tree (nested.Coefficient); two levels read it as W (design.py)."""
-    K, level1, equations = model_levels(spec)
+    K = spec.n_levels
 
     def node(eq, depth: int, col) -> Coefficient:
         # a level-`depth` coefficient: its column at level `depth`, its equation at level depth+1
@@ -102,8 +97,8 @@ def gamma_layout(spec, index: list[dict]) -> tuple:
             kids.append(Coefficient(c) if depth + 1 == K else node(eq.terms[k], depth + 1, c))
         return Coefficient(col, tuple(kids), eq.random)
 
-    return tuple(node(eq, 1, None if p == 0 else index[0][column_of(level1[p - 1], 1)])
-                 for p, eq in enumerate(equations) if eq is not None)
+    return tuple(node(eq, 1, None if p == 0 else index[0][column_of(spec.level1[p - 1], 1)])
+                 for p, eq in enumerate(spec.equations) if eq is not None)
 
 
 # ---------------------------------------------------------------- what the model uses of the data
@@ -239,7 +234,7 @@ def frame(spec, archive: Archive, level1: Level1Moments | None = None, level2: d
     archive then has one stand-in record per level-2 unit; two levels may pass no archive but `level2`,
     each level-2 variable's values over level1's units). Records with a missing value in a level-1
     variable the model reads are deleted (HLM's analysis-time deletion), and units left empty with them."""
-    K = model_levels(spec)[0]
+    K = spec.n_levels
     used1 = level1_variables(spec)
     if archive is None:
         level_values = [{}, dict(level2)]
