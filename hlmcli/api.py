@@ -242,7 +242,12 @@ def _analyse_constrained(spec, archive, fit: FitOptions, hypotheses):
     constraints = parse_constraints(fit.constraints, spec)
     analysis = analyse_constrained(spec, archive, constraints, fit.df_method)
     add_extras(analysis, (), None, None, o.homogeneity, o.full_output, o.ols_units)
-    analysis.extras.update(constrained_tests(analysis, constraints, hypotheses, o.prior_deviance, o.prior_params))
+    prior = o.prior_deviance
+    if fit.prior_version and prior is not None:  # HLM 5/6 print the ML deviance ln 2π low
+        from .analysis.inference import prior_deviance_as_printed_here
+
+        prior = prior_deviance_as_printed_here(prior, fit.prior_version, analysis.result.method)
+    analysis.extras.update(constrained_tests(analysis, constraints, hypotheses, prior, o.prior_params))
     analysis.extras["constraint_test"] = constraint_test(analysis, spec, archive, constraints)
     return analysis
 
