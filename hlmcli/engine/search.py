@@ -126,8 +126,19 @@ def face_newton(obj, Gs, diagonal=None, max_steps: int = 30):
     return newton_on_face(obj, face, x, dev, Gam, noise, max_steps, last_step=True)
 
 
+def secant_update(H: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """BFGS's update of a Hessian H after a step s that changed the gradient by y (y/s itself in one
+    dimension); H unchanged when the step shows no positive curvature."""
+    sy = float(s @ y)
+    Hs = H @ s
+    sHs = float(s @ Hs)
+    if not (sy > 0 and sHs > 0):
+        return H
+    return H - np.outer(Hs, Hs) / sHs + np.outer(y, y) / sy
+
+
 def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int = 30, last_step: bool = False,
-                   refresh_poor: bool = False):
+                   secant: bool = False, refresh_poor: bool = False):
     """Newton steps from face coordinates x (deviance dev, gradient Gam there) on a fixed face
     (certificate.BlockFace), with backtracking that keeps S ≻ 0. The Hessian (central differences)
     is reused while steps succeed and recomputed at the last point, so the decrement that ends the
@@ -140,12 +151,19 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
     refresh_poor: recompute H after a damped step or a poor quadratic model (poor_model), not only
     after a failed one: for a search from far off (the lower faces of best_lower_face), where a kept H
     crawls. The main search keeps H while steps succeed (its budget, --max-iterations, bounds L-BFGS-B
-    and this stage is only the polish; a fit stopped early by it stays uncertified)."""
+    and this stage is only the polish; a fit stopped early by it stays uncertified).
+    secant: between fresh Hessians, update H by the gradients' change along each step taken (BFGS)
+    rather than keep the stale one: far from the face's minimum (a lower face entered from the answer)
+    a stale H overshoots step after step. The loop still ends only on a fresh Hessian's decrement."""
     steps = unverified = 0
     G = face.G(x)
     H, fresh = face.hessian(obj, x), True
+    previous = None
     for _ in range(max_steps):
         g = face.gradient(Gam, x)
+        if previous is not None:
+            H = secant_update(H, x - previous[0], g - previous[1])
+            previous = None
         w, E = np.linalg.eigh(H)
         top = max(abs(float(w[-1])), 1e-300)
         if w[0] < -HESSIAN_TOL * top:
@@ -182,6 +200,8 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
                 d_new, Gam_new = obj.at(face.G(x_new))
                 if d_new <= dev + (slack if t == 1.0 else 0.0):
                     unverified += slack > 0
+                    if secant:
+                        previous = (x, g)
                     x, G, dev, Gam, moved = x_new, face.G(x_new), d_new, Gam_new, True
                     break
             t *= 0.5
@@ -195,7 +215,7 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
             # a damped step, or one whose decrease the quadratic model predicted poorly: this H is not
             # the Hessian here (e.g. a lower face searched from far off, where a kept H crawled for 30
             # steps), so it is recomputed; a step that agrees with the model keeps it
-            H, fresh = face.hessian(obj, x), True
+            H, fresh, previous = face.hessian(obj, x), True, None
         else:
             fresh = False
     return G, dev, steps, None, None
@@ -314,7 +334,9 @@ def best_lower_face(obj, candidates, make_face, dev: float, noise: float):
             d0, Gam = obj.at(face.G(x))
             if not np.isfinite(d0):
                 continue
-            G1, d1, _, _, _ = newton_on_face(obj, face, x, d0, Gam, obj.noise(face.G(x)), refresh_poor=True)
+            secant = getattr(obj, "secant_faces", False)
+            G1, d1, _, _, _ = newton_on_face(obj, face, x, d0, Gam, obj.noise(face.G(x)), secant=secant,
+                                             refresh_poor=not secant)
         if d1 < dev - tol and (best is None or d1 < best[1]):
             best = (G1, d1)
     return best
