@@ -685,7 +685,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
 @click.option("--constrain", "constraints", multiple=True,
               help="Constrain fixed effects to be equal (HLM 7's constrain), e.g. 'g10 = g20': fitted as one γ, "
-              "with the likelihood-ratio test of the constraint under ML. Repeat for more.")
+              "with the likelihood-ratio test of the constraint (by ML). Repeat for more.")
 @click.option("--known-variance", metavar="V",
               help="V-known model (HLM 7's V-known, meta-analysis): V holds each record's known level-1 (sampling) "
               "variance; τ and γ are estimated by REML or ML.")

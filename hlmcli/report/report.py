@@ -299,7 +299,7 @@ def records_hash(y, levels, moments=None) -> str:
 
 
 def _levels_data_hash(design) -> str:
-    """data_hash of a design of three or more levels (design_levels.DesignLevels or Design3)."""
+    """data_hash of a design of three or more levels (design_levels.DesignLevels)."""
     from ..engine.moments import LevelsSummary
     from ..engine.nested import as_levels
 
@@ -835,6 +835,8 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
         if t["chi2"] is None:
             w(f" {t['note']}")
         else:
+            if t.get("refitted_ml"):
+                w(" (both models refitted by ML: REML deviances of different fixed effects are not comparable)")
             w(f" Deviance constrained = {t['deviance_constrained']:.6f} ({t['params_constrained']} parameters), "
               f"unconstrained = {t['deviance_unconstrained']:.6f} ({t['params_unconstrained']})")
             w(f" {sym.chi2} statistic = {t['chi2']:.6f}, d.f. = {t['df']}, p-value = {hlm_p(t['p'])}")

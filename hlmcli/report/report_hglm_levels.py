@@ -1,4 +1,4 @@
-"""Output of a three-level HGLM (PQL), pure functions of a Design3, its NestedFit and HGLMLevels: HLM3's
+"""Output of a three-level HGLM (PQL), pure functions of a DesignLevels, its NestedFit and HGLMLevels: HLM3's
 three-level layout with HLM 7's HGLM parts (the level-1 distribution and link, the macro iterations,
 the unit-specific fixed effects each followed by its odds or event-rate ratios, no deviance for PQL)."""
 
@@ -98,7 +98,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
                     f"({design.n_deleted} deleted)"]
     w("")
     if laplace:
-        w(f"Final Results - Iteration {fit.iterations} (Newton iterations from full PQL's estimates)"
+        w(f"Final Results - Iteration {fit.iterations} (Newton iterations from a PQL start)"
           + ("" if fit.converged else "  NOT CONVERGED"))
     else:
         w(f"Final Results - Iteration {h.macro_iterations} (macro iterations)" + ("" if fit.converged else "  NOT CONVERGED"))
