@@ -17,15 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.archive import Archive
-from ..language.equations_levels import VariablesLevels
 from ..language.model import Centering, ModelSpec, Term
 from ..errors import ModelError
 from ..engine.moments import LevelsSummary, Moments
 from ..engine.nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
-
-
-def variables_of(archive: Archive) -> VariablesLevels:
-    return VariablesLevels(tuple(tuple(archive.names(k)) for k in range(1, archive.n_levels + 1)))
 
 
 @dataclass
