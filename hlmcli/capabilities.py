@@ -211,8 +211,8 @@ _BY_KEY = {f.key: f for f in FEATURES}
 
 
 def n_levels_of(spec) -> int:
-    """The number of levels of a spec (ModelSpec.n_levels)."""
-    return int(getattr(spec, "n_levels", 2))
+    """The number of levels of a spec (ModelSpec.n_levels; crossed fits are checked by table key, cli/crossed.py)."""
+    return spec.n_levels
 
 
 def hglm_asked(fit: FitOptions | None) -> bool:
@@ -242,28 +242,27 @@ def reason(feature: str, kind: str) -> str | None:
 def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
     """The features a fit asks for, from its options and its model file (a .hlm file's resfil1:, weights...)."""
     o = spec.options
-    got = lambda name: getattr(o, name, None)  # noqa: E731 (a K-level spec's options hold fewer settings)
     asked = {
         "residuals": bool(out.residuals_l1 or out.residuals_l2 or out.residuals_l3 or out.residuals_l4
-                          or got("residuals_l1") or got("residuals_l2") or got("residuals_l3")),
+                          or o.residuals_l1 or o.residuals_l2 or any(o.residuals)),
         "keep": bool(out.keep),
         "json_out": bool(out.json_out),
         "formats": out.out_format not in ("text", "json"),
-        "test": bool(fit.tests or got("hypotheses")),
+        "test": bool(fit.tests or o.hypotheses),
         "constrain": bool(fit.constraints),
         "known_variance": bool(fit.known_variance),
-        "compare_deviance": (fit.compare_deviance if got("prior_deviance") is None else got("prior_deviance")) is not None,
-        "tau_diagonal": (fit.tau or got("tau")) == "diagonal",
+        "compare_deviance": (fit.compare_deviance if o.prior_deviance is None else o.prior_deviance) is not None,
+        "tau_diagonal": (fit.tau or o.tau) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
         "df_hlm6": fit.df_method == "hlm6",
-        "homogeneity": bool(fit.test_homogeneity or got("homogeneity")),
-        "full_output": bool(fit.full_output or got("full_output")),
-        "weights": bool(fit.weight1 or fit.weight2 or fit.weight3 or fit.weight4 or got("weight1") or got("weight2")),
+        "homogeneity": bool(fit.test_homogeneity or o.homogeneity),
+        "full_output": bool(fit.full_output or o.full_output),
+        "weights": bool(fit.weight1 or fit.weight2 or fit.weight3 or fit.weight4 or o.weight1 or o.weight2),
         "plausible_values": bool(fit.plausible_values or fit.imputed),
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
-        "ordinal": (fit.family or got("family")) == "ordinal",
-        "negbinomial": (fit.family or got("family")) == "negbinomial",
-        "multinomial": (fit.family or got("family")) == "multinomial",
+        "ordinal": (fit.family or o.family) == "ordinal",
+        "negbinomial": (fit.family or o.family) == "negbinomial",
+        "multinomial": (fit.family or o.family) == "multinomial",
     }
     return [key for key, on in asked.items() if on]
 
@@ -340,7 +339,7 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts
         for key in asked:
-            if not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
+            if not (key == "residuals" and not (out.residuals_l1 or spec.options.residuals_l1)):
                 refuse_summarised(key, n_levels_of(spec), engine)
 
 

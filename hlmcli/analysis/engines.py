@@ -150,9 +150,6 @@ def refuse_unsupported(spec, engine: str, **options) -> None:
     from ..capabilities import check as check_capabilities
     from ..spec import FitOptions, OutputOptions
 
-    if getattr(spec, "level3", None):
-        raise ModelError(f"--engine {engine}: a three-level model reads one data file per level; give the "
-                         "level-1, level-2 and level-3 files with --id2 and --id3")
     extra = tuple(dict.fromkeys(_FLAG_FEATURES[name] for name, on in options.items() if on))
     try:
         weights = {f"weight{k}": "given" for k in (1, 2) if options.get(f"--weight{k}")}  # named in the refusal

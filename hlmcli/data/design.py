@@ -173,7 +173,7 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
                     n_deleted=n_deleted, units_deleted=units_deleted, fixed=fixed,
                     random=np.array([eq.random for eq in spec.level2]), level2_values=level2_values, centering_means=centering_means)
     check_random_slopes(design)
-    if getattr(spec.options, "family", "normal") == "normal":
+    if spec.options.family == "normal":
         check_linear_outcome(design, variables_of(archive).file(1))
     return design
 
