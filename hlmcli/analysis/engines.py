@@ -38,6 +38,11 @@ class Frame:
         """The unit id as the level-1 file spells it (as Archive.level1_id)."""
         return self.id_names[0]
 
+    n_levels = 2  # as Archive.n_levels and Archive.names: the variables of each level (design.variables_of)
+
+    def names(self, level: int) -> list[str]:
+        return self.level1_names if level == 1 else self.level2_names
+
 
 @dataclass
 class Summary:
