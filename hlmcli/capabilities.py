@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ModelError
+from .errors import RefusedOption
 from .spec import Engine, FitOptions, OutputOptions
 
 # The kinds of two-level model, as the table's columns.
@@ -273,7 +273,7 @@ def refuse(feature: str, kind: str, label: str | None = None) -> None:
     why = reason(feature, kind)
     if why:
         label = label or _BY_KEY[feature].label.split(' (')[0]
-        raise ModelError(f"{label}: not available for a {KINDS[kind]} fit: {why}")
+        raise RefusedOption(f"{label}: not available for a {KINDS[kind]} fit: {why}")
 
 
 def _given_label(feature: str, spec, fit: FitOptions) -> str | None:
@@ -291,7 +291,7 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
     if n_levels == 3 and hglm_asked(fit):
         est = getattr(fit.estimation, "value", fit.estimation)
         if est not in (None, "pql", "laplace"):
-            raise ModelError(f"--estimation {est}: not available for a three-level HGLM fit: adaptive quadrature over "
+            raise RefusedOption(f"--estimation {est}: not available for a three-level HGLM fit: adaptive quadrature over "
                              "nested random effects (a level-3 rule with a level-2 rule inside it per level-2 unit) is "
                              "not built; use --estimation laplace (exact ML up to the Laplace approximation, glmer's "
                              "nAGQ = 1) or pql")
@@ -306,7 +306,7 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
                 ("link", fit.link, "it chooses the cumulative link of --family ordinal at two levels; a three-level "
                  "HGLM uses its family's canonical link, as HLM3")):
             if value is not None:
-                raise ModelError(f"--{name}: not available for a {kind} fit: {why}; drop --{name}")
+                raise RefusedOption(f"--{name}: not available for a {kind} fit: {why}; drop --{name}")
         return
     given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
                                       ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),
@@ -314,7 +314,7 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
                                       ("link", fit.link))
              if value is not None and not (name == "family" and value == "normal")]
     if given:
-        raise ModelError(f"{', '.join('--' + g for g in given)}: not available for a {KINDS[_LEVELS[n_levels - 3]]} fit: "
+        raise RefusedOption(f"{', '.join('--' + g for g in given)}: not available for a {KINDS[_LEVELS[n_levels - 3]]} fit: "
                          + _HGLM_LEVELS)
 
 
@@ -334,7 +334,7 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
             for key in asked:
                 if key in conflicts:
                     label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
-                    raise ModelError(f"{label} with {option}: not available: {conflicts[key]}")
+                    raise RefusedOption(f"{label} with {option}: not available: {conflicts[key]}")
     if kind in _LEVELS and Engine(engine) != Engine.MEMORY:
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts
@@ -350,7 +350,7 @@ def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None
     why = reason(feature, "linear-summary")
     if why:
         label = "--residuals-l1" if feature == "residuals" else _BY_KEY[feature].label.split(" (")[0]
-        raise ModelError(f"{label}: not available with --engine {Engine(engine).value} for a "
+        raise RefusedOption(f"{label}: not available with --engine {Engine(engine).value} for a "
                          f"{KINDS[_LEVELS[n_levels - 3]]} fit: {why}")
 
 

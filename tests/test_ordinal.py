@@ -235,7 +235,7 @@ def test_bad_codes_are_refused(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["deviance"] == pytest.approx(ref("wine", "logit", 1)["deviance"], abs=1e-6)
     proc = hlmcli("fit", *WINE)
-    assert proc.returncode == 1 and "PQL is not built" not in proc.stderr and "--family ordinal" in proc.stderr
+    assert proc.returncode == 2 and "PQL is not built" not in proc.stderr and "--family ordinal" in proc.stderr
 
 
 def test_no_unit_variance_is_a_certified_boundary():

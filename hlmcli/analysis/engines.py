@@ -163,7 +163,7 @@ def refuse_unsupported(spec, engine: str, **options) -> None:
     except ModelError as exc:
         if str(exc).startswith("--engine"):
             raise
-        raise ModelError(f"--engine {engine}: {exc}") from None
+        raise type(exc)(f"--engine {engine}: {exc}") from None  # a refusal stays one (exit 2)
 
 
 # ---------------------------------------------------------------- the statistics archive
