@@ -115,6 +115,10 @@ def fit_options(**given) -> FitOptions:
     if given.get("df_method", "hlm") not in ("hlm", "hlm6", "satterthwaite"):
         raise ModelError(f"df must be 'hlm', 'hlm6' or 'satterthwaite', not '{given['df_method']}'")
     for name in ("tests", "imputed", "constraints"):
+        if name == "constraints" and isinstance(given.get("level1_variance"), str):
+            given["level1_variance"] = tuple(v.strip() for v in given["level1_variance"].split(",") if v.strip())
+        elif name == "constraints" and given.get("level1_variance") is not None:
+            given["level1_variance"] = tuple(given["level1_variance"])
         value = given.get(name)
         if isinstance(value, str):
             given[name] = (value,)
@@ -197,6 +201,9 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
 
         run = {"ordinal": analyse_ordinal, "negbinomial": analyse_negbin,
                "multinomial": analyse_multinomial}.get(o.family, analyse_hglm)
+        weights = weight_spec(spec, fit)
+        if weights.any:  # Laplace and AGQ of bernoulli, binomial, poisson (capabilities.check refused the rest)
+            run = lambda spec, archive, level1_text: analyse_hglm(spec, archive, level1_text, weights)  # noqa: E731
         a = fit_or_refuse(lambda: run(spec, archive, level1_text), archive, spec.outcome)
         if o.family == "multinomial":  # one test per logit
             from .analysis.multinomial_run import per_logit
@@ -209,6 +216,8 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
         return _analyse_constrained(spec, archive, fit, hypotheses)
     if fit.known_variance:
         return _analyse_known_variance(spec, archive, fit, hypotheses)
+    if fit.level1_variance:
+        return _analyse_heterogeneous(spec, archive, fit, hypotheses)
     weights = weight_spec(spec, fit)
     analysis = analyse(spec, archive, fit.df_method, weights=weights if weights.any else None)
     prior = o.prior_deviance
@@ -233,7 +242,12 @@ def _analyse_constrained(spec, archive, fit: FitOptions, hypotheses):
     constraints = parse_constraints(fit.constraints, spec)
     analysis = analyse_constrained(spec, archive, constraints, fit.df_method)
     add_extras(analysis, (), None, None, o.homogeneity, o.full_output, o.ols_units)
-    analysis.extras.update(constrained_tests(analysis, constraints, hypotheses, o.prior_deviance, o.prior_params))
+    prior = o.prior_deviance
+    if fit.prior_version and prior is not None:  # HLM 5/6 print the ML deviance ln 2π low
+        from .analysis.inference import prior_deviance_as_printed_here
+
+        prior = prior_deviance_as_printed_here(prior, fit.prior_version, analysis.result.method)
+    analysis.extras.update(constrained_tests(analysis, constraints, hypotheses, prior, o.prior_params))
     analysis.extras["constraint_test"] = constraint_test(analysis, spec, archive, constraints)
     return analysis
 
@@ -251,6 +265,19 @@ def _analyse_known_variance(spec, archive, fit: FitOptions, hypotheses):
     return analysis
 
 
+def _analyse_heterogeneous(spec, archive, fit: FitOptions, hypotheses):
+    """A fit with a heterogeneous level-1 variance (--level1-variance X1,X2): log σ²_ij linear in X
+    (analysis/heterogeneous.py), with the tests of γ and a deviance test against a prior model."""
+    from .analysis.heterogeneous import analyse_heterogeneous
+    from .analysis.pipeline import add_extras
+
+    o = spec.options
+    analysis = analyse_heterogeneous(spec, archive, fit.level1_variance, fit.df_method)
+    add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params)
+    analysis.extras.pop("icc", None)  # σ² differs across records: no one intraclass correlation
+    return analysis
+
+
 def analyse_with_extras(spec, archive, df_method: str = "hlm", tests: Sequence[str] = ()):
     """The fit and every extra the options ask for: what `hlmcli fit` computes."""
     return analyse_model(spec, archive, fit_options(df_method=df_method, tests=tests))
@@ -265,7 +292,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         link: str | None = None, weight1: str | None = None, weight2: str | None = None, normalize: str | None = None,
         tau: str | None = None, engine: str = "memory",
         max_iterations: int | None = None, title: str | None = None, tests: Sequence[str] = (),
-        constrain: Sequence[str] = (), known_variance: str | None = None, compare_deviance: float | None = None, compare_params: int | None = None,
+        constrain: Sequence[str] = (), known_variance: str | None = None,
+        level1_variance: str | Sequence[str] | None = None, compare_deviance: float | None = None, compare_params: int | None = None,
         test_homogeneity: bool | None = None, full_output: bool | None = None, ols_units: int | None = None,
         file_format: str | None = None, delimiter: str | None = None,
         cache_dir: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None,
@@ -287,7 +315,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     engine: "memory" (the records in memory); "stream" and "dask" are for `hlmcli fit` with files.
     The other keywords mirror the CLI's options: df ("hlm" or "satterthwaite"), max_iterations,
     title, tests (e.g. ["g01 = 0, g11 = 0"]), constrain (ties among γs, e.g. ["g10 = g20"]),
-    known_variance (the column of each record's known level-1 variance: a V-known model), compare_deviance/compare_params, test_homogeneity,
+    known_variance (the column of each record's known level-1 variance: a V-known model),
+    level1_variance ("X1,X2" or a list: log σ²_ij = α0 + α1·X1 + ..., HLM 7's heterol1var), compare_deviance/compare_params, test_homogeneity,
     full_output, ols_units, missing ("now"/"analysis"), drop_unmatched, file_format, delimiter,
     cache_dir. `warn` receives warnings (default: Python's warnings module).
     Three and four levels (HLM3, HLM4): level1, level2, level3 (and level4) are the files of each
@@ -305,7 +334,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     options = fit_options(method=method, family=family, trials=trials, exposure=exposure, overdispersion=overdispersion,
                           estimation=estimation, link=link, quadrature_points=quadrature_points, tau=tau, weight1=weight1,
                           weight2=weight2, normalize=normalize, df_method=df, tests=tests, constraints=constrain,
-                          known_variance=known_variance,
+                          known_variance=known_variance, level1_variance=level1_variance,
                           compare_deviance=compare_deviance, compare_params=compare_params,
                           test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
                           max_iterations=max_iterations, engine=engine)
@@ -323,7 +352,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     if options.engine != Engine.MEMORY:
         from .capabilities import refuse
 
-        for feature, asked in (("constrain", options.constraints), ("known_variance", options.known_variance)):
+        for feature, asked in (("constrain", options.constraints), ("known_variance", options.known_variance),
+                               ("level1_variance", options.level1_variance)):
             if asked:
                 refuse(feature, "linear-summary")
         return _fit_summarised(level1, level2, id1 or id, id2 or id, level1_eq, level2_eqs, model, options, title,

@@ -37,10 +37,19 @@ _HGLM_SUMMARY = ("a binary, binomial or count outcome needs repeated passes over
                  "sufficient statistics, as its likelihood changes with every value of γ and τ; fit with --engine memory")
 _NO_DEVIANCE = ("a likelihood-ratio test needs a deviance, and PQL has none (it maximises a quasi-likelihood); "
                 "use --estimation laplace or agq for both models")
-_HGLM_WEIGHTS = ("sampling weights of an HGLM enter its likelihood inside the integral over the random effects "
-                 "(Rabe-Hesketh & Skrondal 2006); hlmcli weights the normal likelihood only")
-_HGLM_COMBINED = ("Rubin's rules need one complete-data fit per data set with its covariance; they are wired for "
-                  "the normal model only so far; fit each plausible value or data set on its own")
+_PQL_WEIGHTS = ("sampling weights in PQL: how HLM 7 weights its iterations (the working weights, the level-2 "
+                "weights in the linearised fit, the normalisation) is not documented in any source at hand, and PQL "
+                "has no likelihood for a pseudo-likelihood to weight; use --estimation laplace or agq (multilevel "
+                "pseudo-maximum likelihood)")
+_PQL_WEIGHTS_3 = ("sampling weights in PQL: a three-level HGLM is fitted by PQL here, and how HLM 7 weights it is not "
+                  "documented in any source at hand; the weighted pseudo-likelihood needs Laplace over the nested "
+                  "random effects")
+_LAPLACE3_WEIGHTS = ("the weighted pseudo-likelihood is built for two-level HGLMs; at three levels the level-2 weights "
+                     "go inside each level-3 unit's integral, which the nested Laplace fit does not carry yet")
+_LAPLACE3_COMBINED = ("not wired yet for the three-level Laplace fit (its reliabilities and deviance are not in the "
+                      "three-level combined report); combine three-level PQL fits, or fit each data set on its own")
+_HGLM_OWN_WEIGHTS = ("the weighted pseudo-likelihood is built for bernoulli, binomial and poisson outcomes; "
+                     "{family} outcomes have their own likelihood (thresholds, θ or several logits), not weighted yet")
 _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML covariance of the variance estimates; "
                   "HGLM tables use HLM 7's d.f.")
 _HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; HGLM tables use HLM 7's d.f., "
@@ -117,6 +126,25 @@ _VKNOWN_LEVELS = ("not built yet for three and four levels: HLM 7's V-known is a
                   "sampling variance per unit)")
 _VKNOWN_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance; the records "
                    "would need scaling by their known standard deviations")
+_HETERO_SUMMARY = ("not built yet for the stream and Dask engines: each value of α rescales the records, so every "
+                   "step needs the records again, which per-unit summaries do not keep; fit with --engine memory")
+_HETERO_HGLM = ("an HGLM's level-1 variance is fixed by its mean (φ(1 - φ), λ); a model for it is the normal model's "
+                "(heterol1var is HLM2's for normal outcomes)")
+_HETERO_LEVELS = ("not built yet for three and four levels: HLM 7's heterol1var is HLM2's; the nested engines would "
+                  "need the records rescaled at every α")
+_HETERO_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance "
+                   "(glmmTMB's dispformula fits it)")
+# With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
+LEVEL1_VARIANCE_CONFLICTS = {
+    "weights": "not built together yet: the pseudo-likelihood and the variance model would both rescale the records",
+    "plausible_values": "Rubin's rules would need the α table combined too, which is not built; fit each on its own",
+    "satterthwaite": "Satterthwaite's d.f. here would ignore the uncertainty in α; use --df hlm",
+    "homogeneity": "HLM's test of homogeneity of level-1 variance is for one σ²; the likelihood-ratio test against "
+                   "homogeneous σ² is printed with the α table",
+    "full_output": "its unit-by-unit OLS and least-squares tables assume one σ²",
+    "constrain": "not built together yet",
+    "known_variance": "a known level-1 variance has no model to estimate; give one of the two",
+}
 # With --known-variance, options that assume an estimated level-1 variance: refused, never ignored.
 KNOWN_VARIANCE_CONFLICTS = {
     "weights": "sampling weights and known sampling variances are two weightings of the records; give one",
@@ -158,7 +186,7 @@ FEATURES = (
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
-    Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties under ML)",
+    Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML)",
             {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
              "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
@@ -166,6 +194,10 @@ FEATURES = (
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
              **_k(_VKNOWN_LEVELS), "crossed": _VKNOWN_CROSSED, THREE_LEVEL_HGLM: _VKNOWN_HGLM,
              THREE_LEVEL_LAPLACE: _VKNOWN_HGLM}),
+    Feature("level1_variance", "--level1-variance (heterogeneous level-1 variance: log σ² linear in X; HLM 7's "
+            "heterol1var)", {"linear-summary": _HETERO_SUMMARY, "pql": _HETERO_HGLM, "laplace": _HETERO_HGLM,
+                             "agq": _HETERO_HGLM, **_k(_HETERO_LEVELS), "crossed": _HETERO_CROSSED,
+                             THREE_LEVEL_HGLM: _HETERO_HGLM, THREE_LEVEL_LAPLACE: _HETERO_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
             {"linear-summary": _RECORDS}),
@@ -183,12 +215,12 @@ FEATURES = (
     Feature("full_output", "--full-output",
             {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
-    Feature("weights", "--weight1 ... --weight4 (sampling weights)",
-            {"linear-summary": _RECORDS, "pql": _HGLM_WEIGHTS, "laplace": _HGLM_WEIGHTS, "agq": _HGLM_WEIGHTS,
-             "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _HGLM_WEIGHTS, THREE_LEVEL_LAPLACE: _HGLM_WEIGHTS}),
+    Feature("weights", "--weight1 ... --weight4 (sampling weights; HGLM: pseudo-likelihood by Laplace or AGQ, "
+            "bernoulli, binomial, poisson)",
+            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3,
+             THREE_LEVEL_LAPLACE: _LAPLACE3_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed",
-            {"linear-summary": _RECORDS, "pql": _HGLM_COMBINED, "laplace": _HGLM_COMBINED, "agq": _HGLM_COMBINED,
-             "crossed": _X_COMBINED, THREE_LEVEL_HGLM: _HGLM_COMBINED, THREE_LEVEL_LAPLACE: _HGLM_COMBINED}),
+            {"linear-summary": _RECORDS, "crossed": _X_COMBINED, THREE_LEVEL_LAPLACE: _LAPLACE3_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
@@ -251,6 +283,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "test": bool(fit.tests or o.hypotheses),
         "constrain": bool(fit.constraints),
         "known_variance": bool(fit.known_variance),
+        "level1_variance": bool(fit.level1_variance),
         "compare_deviance": (fit.compare_deviance if o.prior_deviance is None else o.prior_deviance) is not None,
         "tau_diagonal": (fit.tau or o.tau) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -328,7 +361,9 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    for feature, option, conflicts in (("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
+    refuse_own_likelihood(asked, kind, spec, fit)
+    for feature, option, conflicts in (("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
+                                       ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
                                        ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):
         if feature in asked:
             for key in asked:
@@ -341,6 +376,22 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
         for key in asked:
             if not (key == "residuals" and not (out.residuals_l1 or spec.options.residuals_l1)):
                 refuse_summarised(key, n_levels_of(spec), engine)
+
+
+def refuse_own_likelihood(asked: list[str], kind: str, spec, fit: FitOptions) -> None:
+    """Weights or combined fits of an ordinal, negative binomial or multinomial outcome (the two-level HGLM
+    columns): not built for those families, refused in one line."""
+    family = str(getattr(fit.family, "value", fit.family) or spec.options.family)
+    if kind not in ("pql", "laplace", "agq") or family not in ("ordinal", "negbinomial", "multinomial"):
+        return
+    if "weights" in asked:
+        raise RefusedOption(f"{_given_label('weights', spec, fit)}: not available for a --family {family} fit: "
+                         + _HGLM_OWN_WEIGHTS.format(family=family))
+    if "plausible_values" in asked:
+        raise RefusedOption(f"--plausible-values/--imputed: not available for a --family {family} fit: Rubin's rules "
+                         f"are wired for bernoulli, binomial and poisson HGLMs; {family} fits carry parameters of "
+                         "their own (thresholds, θ or several logits) that are not combined yet; fit each data set "
+                         "on its own")
 
 
 def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None:

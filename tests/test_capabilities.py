@@ -221,6 +221,17 @@ def check_known_variance(kind, tmp_path):
     assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["beta"], rel=1e-6)
 
 
+def check_level1_variance(kind, tmp_path):
+    """log σ² = α0 + α1·FEMALE on HSB: nlme's varIdent and glmmTMB's dispformula = ~ FEMALE (ML;
+    tests/reference_scripts/heterogeneous_l1var.R; tests/test_heterogeneous_variance.py covers the rest)."""
+    from test_heterogeneous_variance import FILES, LEVEL1, LEVEL2, check_against_references
+
+    proc = run("fit", *FILES, "--id", "ID", "-1", LEVEL1, *[a for eq in LEVEL2 for a in ("-2", eq)], "--ml",
+               "--level1-variance", "FEMALE", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    check_against_references(json.loads(proc.stdout), "FEMALE", "ML")
+
+
 def check_compare_deviance(kind, tmp_path):
     small = fit_json(kind, small=True)
     doc = fit_json(kind, "--compare-deviance", repr(small["deviance"]), "--compare-params", str(small["n_params"]))
@@ -303,6 +314,10 @@ def check_full_output(kind, tmp_path):
 
 
 def check_weights(kind, tmp_path):
+    if kind in ("laplace", "agq"):  # the pseudo-likelihood of a binary outcome against glmer (test_hglm_weights.py)
+        from test_hglm_weights import check_weights_cell
+
+        return check_weights_cell(kind)
     doc = fit_json(kind, "--weight1", "W1", "--weight2", "W2")
     ref = _ref(W / "hsbw_ri_norm_cluster.json")
     for f in doc["fixed_effects"]:
@@ -311,6 +326,10 @@ def check_weights(kind, tmp_path):
 
 
 def check_plausible_values(kind, tmp_path):
+    if kind in ("pql", "laplace", "agq"):  # binary plausible values, Rubin's rules by hand (test_hglm_weights.py)
+        from test_hglm_weights import check_plausible_values_cell
+
+        return check_plausible_values_cell(kind)
     from test_pinned_fits import PV_MODEL, make_pv_files
 
     proc = run_cli("fit", *make_pv_files(tmp_path), *PV_MODEL, "--format", "json")
@@ -962,6 +981,12 @@ def check_hglm3_missing_now(tmp_path):
     hglm3_matches(hglm3_json("--missing", "now"))  # no missing values: the reference fit
 
 
+def check_hglm3_plausible_values(tmp_path):
+    from test_hglm_weights import test_three_level_pql_plausible_values
+
+    test_three_level_pql_plausible_values(tmp_path)
+
+
 SUPPORTED_HGLM3 = {key[len("check_hglm3_"):]: f for key, f in globals().items() if key.startswith("check_hglm3_")}
 
 
@@ -1234,7 +1259,8 @@ ASK = {
     "negbinomial": lambda kind, d: ["--family", "negbinomial", "-q"],
     "multinomial": lambda kind, d: ["--family", "multinomial", "-q"],
     "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],
-    "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
+    "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],
+    "level1_variance": lambda kind, d: ["--level1-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
 }
 
 

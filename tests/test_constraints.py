@@ -69,7 +69,10 @@ def test_constrained_fit_is_the_summed_predictor_fit(reml_pair):
         for key in ("estimate", "se", "robust_se", "df"):
             assert f[key] == pytest.approx(g[key], rel=1e-10), (f["gamma"], key)
     assert tied["constraints"]["eliminated"] == [{"gamma": "g30", "equals": [{"coefficient": 1.0, "gamma": "g20"}]}]
-    assert tied["constraint_test"]["chi2"] is None and "ML" in tied["constraint_test"]["note"]
+    # REML: the test refits both models by ML (lmer's ML deviances of the summed and the separate predictors)
+    t = tied["constraint_test"]
+    assert t["refitted_ml"] and t["deviance_constrained"] == pytest.approx(REF["slope_ml"]["deviance"], abs=1e-6)
+    assert t["deviance_unconstrained"] == pytest.approx(REF["slope_unconstrained_ml"]["deviance"], abs=1e-6)
 
 
 def test_constrained_fit_matches_lmer_on_the_summed_predictor(reml_pair):
@@ -103,7 +106,7 @@ def test_cli_ml_constrained_fit_and_its_likelihood_ratio_test(tmp_path):
     t = doc["constraint_test"]
     assert t["deviance_unconstrained"] == pytest.approx(REF["slope_unconstrained_ml"]["deviance"], abs=1e-6)
     assert t["chi2"] == pytest.approx(ref["deviance"] - REF["slope_unconstrained_ml"]["deviance"], abs=2e-6)
-    assert t["df"] == 1 and t["params_unconstrained"] - t["params_constrained"] == 1
+    assert t["df"] == 1 and t["params_unconstrained"] - t["params_constrained"] == 1 and not t["refitted_ml"]
 
 
 def test_satterthwaite_df_of_tied_gammas_are_those_of_the_summed_predictor(frames):
@@ -157,3 +160,17 @@ def test_hlm_file_constrain_yes_points_to_the_option(tmp_path, hsb_loaded):
 def test_api_refuses_constraints_with_the_stream_engine():
     with pytest.raises(ModelError, match="--constrain: not available for a linear \\(stream, Dask\\) fit"):
         hlmcli.fit(L1, L2, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", engine="stream")
+
+
+def test_wald_test_under_constraints_is_on_the_free_gammas(reml_pair, frames):
+    """--test 'g01 = 0' with g20 = g30 tied: the single-γ Wald χ² is that γ's t², and a test of what the tie
+    already fixes (g20 - g30 = 0) is refused in one line."""
+    doc = hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30",
+                     tests=["g01 = 0", "g20 = 0"]).to_dict()
+    t = {f["gamma"]: f["t"] for f in doc["fixed_effects"]}
+    first, second = doc["hypothesis_tests"]
+    assert first["model"]["chi2"] == pytest.approx(t["γ01"] ** 2, rel=1e-10)
+    assert second["model"]["chi2"] == pytest.approx(t["γ20"] ** 2, rel=1e-10) and second["contrast"][0][3] == 1.0
+    with pytest.raises(ModelError, match="already imposed"):
+        hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30",
+                   tests=["g20 - g30 = 0"])

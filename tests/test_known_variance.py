@@ -153,3 +153,19 @@ def test_hlm_file_varianceknown_points_to_the_option(tmp_path):
     path.write_text("level1:YI=INTRCPT1+RANDOM\nlevel2:INTRCPT1=INTRCPT2+random/\nvarianceknown:vi\n")
     with pytest.raises(ModelError, match="not documented.*--known-variance vi"):
         make_spec(archive, None, (), model=path)
+
+
+def test_paper_tables_refuse_what_they_do_not_show(tmp_path):
+    """--format csv and `hlmcli table` would print σ² = 1 as if estimated: refused in one line, exit 1."""
+    l1, l2 = split("bcg.csv")
+    l1.to_csv(tmp_path / "est.csv", index=False)
+    l2.to_csv(tmp_path / "studies.csv", index=False)
+    args = ("fit", tmp_path / "est.csv", tmp_path / "studies.csv", "--id", "trial", "-1", "yi = b0 + r", "-2",
+            "b0 = g00 + u0", "--known-variance", "vi")
+    proc = run_cli(*args, "--format", "csv")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "paper tables do not show" in proc.stderr
+    from hlmcli.report.tables import side_by_side_text
+
+    doc = fit_case("bcg", "REML")
+    with pytest.raises(ModelError, match="paper tables do not show that its level-1 variances are known"):
+        side_by_side_text([doc, doc], ["a", "b"], "markdown")

@@ -156,6 +156,29 @@ def test_no_unit_variance_is_a_certified_boundary():
     assert res.gamma == pytest.approx(np.array(glm.x)[[0, 1, 2, 3]], rel=1e-5)
 
 
+def test_separation_is_refused_not_certified(tmp_path):
+    """Category 1 exactly when x > 0.5: the likelihood rises without bound along γ_1 (no finite optimum), so
+    the fit is refused in one line naming the effects, not printed as certified. At 12,000 records (the
+    subsample shortcut of find_separation) the same direction is found, and data that are not separated pass."""
+    import hlmcli as api
+    from hlmcli.analysis.multinomial_run import find_separation
+    from hlmcli.errors import DataError
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=240)
+    y = np.where(x > 0.5, 1, rng.choice([2, 3], size=240))
+    frame = pd.DataFrame({"id": np.repeat(np.arange(30), 8), "y": y, "x": x.round(3)})
+    with pytest.raises(DataError, match=r"the fixed effects γ00 \(category 1\), γ10 \(category 1\) separate the categories"):
+        api.fit(frame, id="id", level1_eq="y = b0 + b1*x", level2_eqs=["b0 = g00 + u0", "b1 = g10"],
+                family="multinomial", estimation="laplace")
+    x = rng.normal(size=12_000)
+    X = np.column_stack([np.ones_like(x), x])
+    y = np.where(x > 0.5, 1, rng.choice([2, 3], size=x.size))
+    beta, moved = find_separation(X, y, 3)
+    assert beta[1] > 0 and np.all(x[moved] != 0.5) and moved.size > 0
+    assert find_separation(X, rng.choice([1, 2, 3], size=x.size), 3) is None
+
+
 # ------------------------------------------------------------------ the command line
 
 def test_cli_json_and_text(tmp_path):

@@ -95,7 +95,8 @@ def test_readme_blocks_run(tmp_path):
     on PATH."""
     pytest.importorskip("matplotlib")
     shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
-    for name in ("four_level", "ordinal", "negbin", "crossed", "multinomial"):  # the README's examples on these data sets
+    for name in ("four_level", "ordinal", "negbin", "crossed", "multinomial",
+                 "hglm_weights"):  # the README's examples on these data sets
         shutil.copytree(ROOT / "tests" / "data" / name, tmp_path / "tests" / "data" / name)
     (tmp_path / "docs").mkdir()
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],

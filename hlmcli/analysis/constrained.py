@@ -203,17 +203,23 @@ def constrained_tests(a: Analysis, constraints: Constraints, hypotheses=(), prio
 def constraint_test(a: Analysis, spec, archive, constraints: Constraints) -> dict:
     """The likelihood-ratio test of the restrictions: the constrained model's ML deviance against the
     unconstrained model's (refitted here), on as many d.f. as restrictions. REML deviances of models
-    with different fixed effects are not comparable, so a REML fit gets the reason instead."""
-    if a.result.method != "ML":
-        return {"chi2": None, "df": constraints.basis.n_constraints, "p": None,
-                "note": "the likelihood-ratio test of the constraints needs ML deviances (REML deviances of models "
-                        "with different fixed effects are not comparable); fit with --ml"}
-    full = analyse(spec, archive)
-    if not full.result.converged:
-        return {"chi2": None, "df": constraints.basis.n_constraints, "p": None,
-                "note": "the unconstrained model's fit is not certified, so no test is given"}
-    chi2, df, p = inference.deviance_test(a.result.deviance, a.result.n_params, full.result.deviance,
-                                          full.result.n_params)
-    return {"chi2": float(chi2), "df": int(df), "p": float(p), "deviance_constrained": float(a.result.deviance),
-            "deviance_unconstrained": float(full.result.deviance), "params_constrained": int(a.result.n_params),
-            "params_unconstrained": int(full.result.n_params)}
+    with different fixed effects are not comparable, so a REML fit's test refits both models by ML
+    (as lmerTest's anova does), and says so."""
+    from dataclasses import replace
+
+    refit = a.result.method != "ML"
+    if refit:
+        ml = replace(spec, options=replace(spec.options, method="ML"))
+        constrained = analyse_constrained(ml, archive, constraints).result
+        full = analyse(ml, archive).result
+    else:
+        constrained, full = a.result, analyse(spec, archive).result
+    out = {"chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": refit}
+    if not (constrained.converged and full.converged):
+        out["note"] = "a fit the test needs (the ML refit, or the unconstrained model) is not certified, so no test is given"
+        return out
+    chi2, df, p = inference.deviance_test(constrained.deviance, constrained.n_params, full.deviance, full.n_params)
+    out.update({"chi2": float(chi2), "df": int(df), "p": float(p), "deviance_constrained": float(constrained.deviance),
+                "deviance_unconstrained": float(full.deviance), "params_constrained": int(constrained.n_params),
+                "params_unconstrained": int(full.n_params)})
+    return out

@@ -45,6 +45,7 @@ class HGLMAnalysis:
     notes: list[str] = field(default_factory=list)  # boundary notes (for --strict)
     extras: dict = field(default_factory=dict)  # hypothesis_tests, deviance_test
     warnings: list[str] = field(default_factory=list)  # --separation fit: the coefficients held at a bound
+    weights: object = None  # weights.Weights of a pseudo-likelihood fit (Laplace, AGQ), or None
 
     # The residual files of an HGLM fit, as `Results` reads them (its text and JSON are report_hglm.py's).
     def level1_table(self):
@@ -83,7 +84,8 @@ def hglm_extras(a: "HGLMAnalysis", hypotheses=(), prior_deviance=None, prior_par
 
     ml = a.ml
     return tests_of_gamma(hypotheses, a.gamma, a.cov, a.robust_cov, prior_deviance, prior_params,
-                          None if ml is None else ml.deviance, None if ml is None else ml.n_params)
+                          None if ml is None else ml.deviance, None if ml is None else ml.n_params,
+                          robust_only=getattr(a, "weights", None) is not None)
 
 
 def boundary_notes(a: "HGLMAnalysis") -> list[str]:
@@ -304,11 +306,19 @@ def _likelihood_fit(data: GLMData, opts, diagonal: bool) -> MLResult:
     return ml_fit(data, 1, start, diagonal=diagonal)
 
 
-def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
+def analyse_hglm(spec, archive, level1_text: str | None = None, weights=None) -> HGLMAnalysis:
     """The HGLM stages after the design: the options and data checked, the fit by PQL, Laplace or AGQ,
-    the unit OLS and the variance tests, as an HGLMAnalysis."""
+    the unit OLS and the variance tests, as an HGLMAnalysis. weights: a weights.WeightSpec (Laplace and
+    AGQ: the pseudo-likelihood of engine/hglm_weights.py), or None."""
     opts = spec.options
     fam, design = checked_design(spec, archive, level1_text)
+    resolved = None
+    if weights is not None and weights.any:
+        from ..data.weights import resolve
+
+        resolved = resolve(weights, archive, design)
+    w1 = None if resolved is None else resolved.w1
+    w2 = None if resolved is None or not resolved.spec.level2 else resolved.w2
     files = {s.role: s.name for s in archive.sources}
     l1file = files.get("level-1", "the level-1 file")
     rows = design.record_positions if design.record_positions is not None else np.arange(design.n)
@@ -326,7 +336,7 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
                             opts.separation)
     if held:
         B, offset = _held_at_bounds(design, B, held, offset)
-    data = GLMData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), design.y, trials, offset)
+    data = GLMData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), design.y, trials, offset, w1, w2)
     reml = spec.method == "REML"
     est = opts.estimation
     if est != "pql":
@@ -354,7 +364,7 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
             p_res.pa_gamma, p_res.pa_cov, p_res.pa_robust_cov = _reinsert(held, p_res.pa_gamma, p_res.pa_cov,
                                                                           p_res.pa_robust_cov)
         data = GLMData(fam, design.L, design.block_design(), design.offsets, np.flatnonzero(design.random), design.y,
-                       trials, np.log(exposure) if exposure is not None else None)
+                       trials, np.log(exposure) if exposure is not None else None, w1, w2)
         stats, unit = working_model(data, eta)
         warnings = [separation_warning(design, s) for s in held]
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
@@ -362,7 +372,7 @@ def analyse_hglm(spec, archive, level1_text: str | None = None) -> HGLMAnalysis:
     variance = inference.variance_tests(design, ols, tau, stats)
     return HGLMAnalysis(spec, design, data, est, m_res.nodes if m_res is not None else 0,
                         p_res, m_res, gamma, cov, rcov, tau, sigma2, inference.hlm_fixed_df(design), variance,
-                        converged, b, bvar, warnings=warnings)
+                        converged, b, bvar, warnings=warnings, weights=resolved)
 
 
 def information_criteria(a: HGLMAnalysis) -> tuple[float, float]:

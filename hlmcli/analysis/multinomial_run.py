@@ -59,6 +59,92 @@ def multinomial_codes(y: np.ndarray, ncat: int | None, where: dict):
     return np.searchsorted(categories, y).astype(np.int64) + 1, categories
 
 
+def find_separation(X: np.ndarray, codes: np.ndarray, ncat: int):
+    """A direction β = (β_1, ..., β_{M−1}) (β_M = 0, X's units) along which every record's own category keeps
+    the largest linear score, x_i'β_{y_i} ≥ x_i'β_m for every m, strictly for some records; with the records
+    it moves, or None. Along it every record's likelihood rises or stays, for every value of the random
+    effects, so the ML estimate is infinite (Albert & Anderson 1984's separation for the multinomial logit).
+    Found as for binary outcomes (separation.py, after Konis 2007): maximise the sum of the score margins
+    over β in [−1, 1] (columns scaled to max |x| = 1) subject to every margin ≥ 0; the optimum is 0 exactly
+    when no direction separates, and a positive one is accepted only when its direction is verified.
+
+    Large data: the programme is solved first on every k-th record (about 5,000). If no direction separates
+    them and their margin rows have full column rank, the only β with all their margins ≥ 0 is 0, so no
+    direction separates the whole data either; otherwise the whole programme is solved."""
+    N = X.shape[0]
+    if N > 10_000:
+        step = N // 5_000
+        sub = np.arange(0, N, step)
+        D, _ = _margin_rows(X[sub], codes[sub], ncat)
+        if _separating(D, sub.size) is None and np.linalg.matrix_rank(D) == D.shape[1]:
+            return None
+    D, recs = _margin_rows(X, codes, ncat)
+    found = _separating(D, N)
+    if found is None:
+        return None
+    beta, margin, top = found
+    moved = np.unique(recs[margin > 1e-6 * top])
+    scale = np.abs(X).max(axis=0)
+    scale[scale == 0] = 1.0
+    return (beta / np.tile(scale, ncat - 1), moved) if moved.size else None
+
+
+def _margin_rows(X: np.ndarray, codes: np.ndarray, ncat: int):
+    """The score margins as rows of D (D β = x_i'(β_{y_i} − β_m) for each record i and m ≠ y_i, X's columns
+    scaled to max |x| = 1), and each row's record."""
+    p = X.shape[1]
+    m1 = ncat - 1
+    scale = np.abs(X).max(axis=0)
+    scale[scale == 0] = 1.0
+    Xs = X / scale
+    blocks, recs = [], []
+    for m in range(1, ncat + 1):  # rows (i, m), m ≠ y_i: x_i in y_i's block minus x_i in m's (β_M = 0)
+        i = np.flatnonzero(codes != m)
+        D = np.zeros((i.size, m1 * p))
+        own = codes[i] - 1
+        for c in range(m1):
+            mask = own == c
+            D[mask, c * p:(c + 1) * p] += Xs[i[mask]]
+        if m <= m1:
+            D[:, (m - 1) * p:m * p] -= Xs[i]
+        blocks.append(D)
+        recs.append(i)
+    return np.vstack(blocks), np.concatenate(recs)
+
+
+def _separating(D: np.ndarray, N: int):
+    """(β, D β, max |D β|) of the programme's verified positive optimum, or None."""
+    from scipy.optimize import linprog
+
+    res = linprog(-D.sum(axis=0), A_ub=-D, b_ub=np.zeros(D.shape[0]), bounds=[(-1, 1)] * D.shape[1], method="highs")
+    if res.status != 0 or -res.fun <= 1e-9 * N:
+        return None
+    margin = D @ res.x
+    top = float(np.max(np.abs(margin)))
+    if top <= 0 or np.any(margin < -1e-9 * top):
+        return None
+    return res.x, margin, top
+
+
+def check_separation(data, design, categories, l1file: str, rows) -> None:
+    """Refuse, in one line, fixed effects whose ML estimates are infinite (find_separation)."""
+    if design.n_fixed < 1:
+        return
+    X = np.column_stack([data.rowdot(data.LT, data.B[:, :, k]) for k in range(data.pf)])
+    found = find_separation(X, data.family.y, categories.size)
+    if found is None:
+        return
+    beta, moved = found
+    size = np.abs(beta) * np.tile(np.abs(X).max(axis=0), categories.size - 1)
+    big = np.flatnonzero(size > 1e-6 * size.max())
+    names = [f"{design.fixed[k % data.pf].label} (category {categories[k // data.pf]:g})" for k in big]
+    listed = ", ".join(str(int(rows[i]) + 1) for i in moved[:8]) + (", ..." if moved.size > 8 else "")
+    raise DataError(f"{l1file}: the fixed effects {', '.join(names)} separate the categories (along a combination "
+                    "of them each record's own category keeps the largest linear predictor, strictly on rows "
+                    f"{listed}), so their coefficients have no finite estimate; remove a predictor or combine "
+                    "categories")
+
+
 @dataclass
 class MultinomialAnalysis(HGLMAnalysis):
     """An HGLM analysis with M − 1 sets of γ (category-major: γ_1, then γ_2, ...) and τ over the random
@@ -129,6 +215,7 @@ def analyse_multinomial(spec, archive, level1_text: str | None = None) -> Multin
     check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
     fam = MultinomialFamily(categories.size, codes)
     data = MultinomialData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), codes.astype(float))
+    check_separation(data, design, categories, l1file, rows)
     res = fit(data, diagonal=opts.tau == "diagonal")
     df = np.tile(inference.hlm_fixed_df(design), categories.size - 1)
     return MultinomialAnalysis(spec, design, data, "laplace", res.nodes, None, res, res.gamma, res.cov,

@@ -685,10 +685,13 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--test", "tests", multiple=True, help="Wald test of fixed effects, e.g. 'g01 = 0, g11 = 0'. Repeat for more tests.")
 @click.option("--constrain", "constraints", multiple=True,
               help="Constrain fixed effects to be equal (HLM 7's constrain), e.g. 'g10 = g20': fitted as one γ, "
-              "with the likelihood-ratio test of the constraint under ML. Repeat for more.")
+              "with the likelihood-ratio test of the constraint (by ML). Repeat for more.")
 @click.option("--known-variance", metavar="V",
               help="V-known model (HLM 7's V-known, meta-analysis): V holds each record's known level-1 (sampling) "
               "variance; τ and γ are estimated by REML or ML.")
+@click.option("--level1-variance", metavar="X1,X2",
+              help="Heterogeneous level-1 variance (HLM 7's heterol1var): log σ²ij = α0 + α1*X1 + ..., with the α "
+              "table and the likelihood-ratio test against one σ².")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
@@ -799,7 +802,8 @@ def fit_cmd(**params):
     if fit.engine != "memory" or (len(data) == 1 and is_stats_archive(data[0])):
         from ..capabilities import refuse
 
-        for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance)):
+        for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance),
+                               ("level1_variance", fit.level1_variance)):
             if asked:
                 refuse(feature, "linear-summary")
         if prior_version:
@@ -828,7 +832,11 @@ def fit_cmd(**params):
         raise _UsageProblem("--prior-version is for normal outcomes: HGLM deviances are not compared with HLM 5/6's")
     if prior_version and o.prior_deviance is None:
         raise _UsageProblem("--prior-version says which program printed --compare-deviance; give --compare-deviance too")
-    check_capabilities(spec, fit, out)
+    if (fit.plausible_values or fit.imputed) and o.family != "normal":
+        # --full-output of combined HGLM fits prints each fit's own tables (not HLM2's unit regressions)
+        check_capabilities(replace(spec, options=replace(o, full_output=None)), replace(fit, full_output=None), out)
+    else:
+        check_capabilities(spec, fit, out)
     if weight_spec(spec, fit).any and o.prior_deviance is not None:
         _refuse_weighted_likelihood_ratio(fit.compare_deviance, model_file)
     hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in fit.tests]
@@ -874,6 +882,7 @@ def fit_request(params: dict) -> FitRequest:
                        weight2=p.pop("weight2"), weight3=p.pop("weight3", None), weight4=p.pop("weight4", None), normalize=p.pop("normalize"), plausible_values=p.pop("plausible_values"),
                        imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
                        constraints=p.pop("constraints"), known_variance=p.pop("known_variance"),
+                       level1_variance=p.pop("level1_variance"),
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
@@ -1142,6 +1151,16 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
                                "fit one plausible value or data set at a time for those")
     weights = wspec if wspec.any else None
     labels = None
+    hglm = not spec.family.linear
+    if hglm:  # binary, binomial, count outcomes: one HGLM fit each (analysis/hglm_combined.py)
+        from ..analysis.hglm_combined import analyse_hglm_one, analyse_hglm_plausible, combined_tests_hglm
+        from ..report.report_hglm_combined import combined_json_hglm, combined_text_hglm
+
+        def analyse_plausible(spec, archive, outcomes, df_method, weights):  # noqa: F811
+            return analyse_hglm_plausible(spec, archive, outcomes, level1, weights)
+
+        def analyse(spec, archive, df_method, weights=None):  # noqa: F811
+            return analyse_hglm_one(spec, archive, level1, weights)
     if plausible_values:
         outcomes = outcome_columns(plausible_values, list(archive.level1_names))
         analyses = analyse_plausible(spec, archive, outcomes, df_method, weights)
@@ -1163,10 +1182,17 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         from datetime import datetime, timezone
 
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    tests = combined_tests(analyses, hypotheses, robust_only=weights is not None) if hypotheses else None
-    doc = combined_json(analyses, meta, source, bool(full_output), labels, tests)
+    if hglm:
+        tests = combined_tests_hglm(analyses, hypotheses) if hypotheses else None
+        doc = combined_json_hglm(analyses, meta, source, labels, tests)
+    else:
+        tests = combined_tests(analyses, hypotheses, robust_only=weights is not None) if hypotheses else None
+        doc = combined_json(analyses, meta, source, bool(full_output), labels, tests)
     if out_format == "json":
         text = dumps_json(doc)
+    elif out_format == "text" and hglm:
+        text = combined_text_hglm(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
+                                  labels, tests, bool(full_output))
     elif out_format == "text":
         text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
                              bool(full_output or opts.full_output), labels, tests)
@@ -1174,7 +1200,7 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         from ..report.tables import TableOptions, combined_table
 
         text = combined_table(doc, out_format, table_options or TableOptions())
-    certified = all(a.result.converged for a in analyses)
+    certified = all(a.converged if hglm else a.result.converged for a in analyses)
     if json_out and (certified or keep_failed_output):
         atomic_write_text(json_out, dumps_json(doc))
     if output and (certified or keep_failed_output):

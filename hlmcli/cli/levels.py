@@ -269,10 +269,48 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     if out.timestamp:
         meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     residuals = tuple(getattr(out, f"residuals_l{k}") for k in range(1, K + 1))
+    if three and fit.family is not None and fit.family.value != "normal":
+        return _finish_hglm_combined(archive, source_text, spec, fit, out, data, build_opts, cache_dir, warn, load,
+                                     model, meta, lines, sym, residuals, stderr)
     text, json_text, failures = _combined(
         archive, source_text, design, design_of, data, build_opts, cache_dir, warn, load, wspec, fit.plausible_values,
         fit.imputed, {"allow_unequal_imputations": model.get("allow_unequal_imputations")}, spec, meta, fit_doc,
         fit_txt, lines, sym.sigma2, out.out_format, fit.full_output, residuals)
+    status = EXIT_NOT_CONVERGED if failures else 0
+    _finish_combined(text, json_text, out.output, out.json_out, status == 0 or out.keep_failed_output, out.quiet,
+                     failures, out.strict, [], status, stderr)
+
+
+def _finish_hglm_combined(archive, source_text, spec, fit, out, data, build_opts, cache_dir, warn, load, model, meta,
+                          model_lines, sym, residuals, stderr) -> None:
+    """--plausible-values or --imputed of a three-level HGLM (PQL): hglm_levels.run_combined_hglm_levels,
+    the combined text and JSON, and the same ending as the linear combined fits."""
+    from ..analysis.hglm_levels import run_combined_hglm_levels
+    from ..errors import EXIT_NOT_CONVERGED
+    from ..report.report import dumps_json
+    from ..report.report_combined import combined_text_levels
+    from types import SimpleNamespace
+
+    from ..report.report_hglm_levels import estimation_line, hglm_json3, hglm_text3, level1_link_lines
+
+    if any(residuals):
+        raise LevelsUsage("residual files are not available for combined fits (each fit has its own EB residuals); fit "
+                          "one plausible value or data set at a time for those")
+
+    def load_one(path):
+        return load((path,) if len(data) == 1 else (path,) + tuple(data[1:]), build_opts, cache_dir, warn)
+
+    texts_wanted = bool(fit.full_output) and out.out_format != "json"
+    doc, texts = run_combined_hglm_levels(
+        spec, archive, fit, source_text, load_one, fit.plausible_values, fit.imputed,
+        bool(model.get("allow_unequal_imputations")), meta, hglm_json3,
+        (lambda d, f, m, h: hglm_text3(d, f, m, sym, h)) if texts_wanted else None)
+    json_text = dumps_json(doc)
+    h = SimpleNamespace(**doc["hglm"], reml=doc["hglm"]["pql"] == "restricted")
+    text = json_text if out.out_format == "json" else combined_text_levels(
+        doc, level1_link_lines(model_lines, spec.outcome, h, sym), [], sym.sigma2, texts,
+        kind="hierarchical generalized linear models", method=estimation_line(h))
+    failures = [] if doc["converged"] else ["at least one PQL fit is not at a checked fixed point"]
     status = EXIT_NOT_CONVERGED if failures else 0
     _finish_combined(text, json_text, out.output, out.json_out, status == 0 or out.keep_failed_output, out.quiet,
                      failures, out.strict, [], status, stderr)

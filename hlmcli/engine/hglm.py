@@ -98,6 +98,7 @@ from .estimation import TauStructure
 from .search import lower_faces
 from .estimation import fit as linear_fit
 from .family import Family
+from .hglm_weights import WeightedFamily
 from .sufficient import model_stats, unit_cross_products
 from .unitsolve import factor, unit_solve
 
@@ -118,8 +119,12 @@ class GLMData:
     y: np.ndarray
     trials: np.ndarray | None = None
     offset: np.ndarray | None = None  # log exposure
+    w1: np.ndarray | None = None  # level-1 sampling weights (scaled), per record: hglm_weights.py
+    w2: np.ndarray | None = None  # level-2 sampling weights (scaled), per unit
 
     def __post_init__(self):
+        if self.w1 is not None and not isinstance(self.family, WeightedFamily):
+            self.family = WeightedFamily(self.family, self.w1)
         self.L = np.ascontiguousarray(self.L, dtype=float)
         self.N, self.K = self.L.shape
         self.J, _, self.p = self.B.shape
@@ -195,6 +200,15 @@ class GLMData:
 
     def loglik_units(self, eta: np.ndarray) -> np.ndarray:
         return np.add.reduceat(self.family.loglik_terms(eta, self.y, self.trials), self.starts)
+
+    def unweighted_at_level2(self) -> "GLMData":
+        """The same data with the level-2 weights moved into the records' (w_{i|j}·w_j): the model
+        without random effects (τ = 0) has this likelihood, which the GLM start maximises."""
+        if self.w2 is None:
+            return self
+        base = self.family.base if isinstance(self.family, WeightedFamily) else self.family
+        w1 = (np.ones(self.N) if self.w1 is None else self.w1) * self.w2[self.unit]
+        return GLMData(base, self.L, self.B, self.offs, self.rnd, self.y, self.trials, self.offset, w1=w1)
 
     def conditional(self, nodes: int = 1) -> "Conditional":
         """The Laplace/AGQ objective of these data (a family with parameters of its own, as the
@@ -615,7 +629,9 @@ class Conditional:
         mx = T.max(axis=0)
         E = np.exp(T - mx)
         s = E.sum(axis=0)
-        dev = float(-2.0 * (np.sum(mx + np.log(s) - 0.5 * logdet) + d.const))
+        # with level-2 weights w_j: −2(Σ_j w_j log I_j + Σ w_i c_i), hglm_weights.py
+        log_i = mx + np.log(s) - 0.5 * logdet
+        dev = float(-2.0 * ((np.sum(log_i) if d.w2 is None else float(d.w2 @ log_i)) + d.const))
         if not grad:
             return dev
         pi = E / s  # the nodes' posterior weights, (nodes, J)
@@ -639,13 +655,21 @@ class Conditional:
         dgam = np.einsum("kj,kjl->jl", pi, XL) + Lc - np.einsum("jlq,jq->jl", LWL[:, :, rnd], m @ lam.T)
         ggam = np.einsum("jkp,jk->p", d.B, dgam)
         AL = A @ lam
-        if self.keep_units:  # each unit's ∂log I_j/∂γ and ∂log I_j/∂Λ (the sum over j below, unsummed)
-            self.unit_scores = (np.einsum("jkp,jk->jp", d.B, dgam),
-                                2.0 * np.einsum("jab,jbc->jac", AL, Psi) + np.einsum("kj,kja,kjb->jab", pi, Gk, U)
-                                + np.einsum("ja,jb->jab", Zc, u)
-                                + np.einsum("ja,jb->jab", ghat, m) - np.einsum("ja,jb->jab", np.einsum("jab,jb->ja", AL, m), u))
+        if self.keep_units or d.w2 is not None:
+            # each unit's ∂log I_j/∂γ and ∂log I_j/∂Λ (the sum over j below, unsummed), times w_j when
+            # weighted: the scores of w_j log I_j, summed for the gradient and kept for the sandwich
+            sg = np.einsum("jkp,jk->jp", d.B, dgam)
+            sl = (2.0 * np.einsum("jab,jbc->jac", AL, Psi) + np.einsum("kj,kja,kjb->jab", pi, Gk, U)
+                  + np.einsum("ja,jb->jab", Zc, u)
+                  + np.einsum("ja,jb->jab", ghat, m) - np.einsum("ja,jb->jab", np.einsum("jab,jb->ja", AL, m), u))
+            if d.w2 is not None:
+                sg, sl = sg * d.w2[:, None], sl * d.w2[:, None, None]
+            if self.keep_units:
+                self.unit_scores = (sg, sl)
         # what a family with parameters of its own needs for their gradient (ordinal.py)
         self.parts = SimpleNamespace(pi=pi, Psi=Psi, m=m, R=R, u=u, eta=eta)
+        if d.w2 is not None:
+            return dev, -2.0 * sg.sum(axis=0), -2.0 * sl.sum(axis=0)
         glam = (2.0 * np.einsum("jab,jbc->ac", AL, Psi) + np.einsum("kj,kja,kjb->ab", pi, Gk, U)
                 + Zc.T @ u + ghat.T @ m - np.einsum("jab,jb->ja", AL, m).T @ u)
         return dev, -2.0 * ggam, -2.0 * glam
@@ -778,6 +802,8 @@ def _glm_gamma(data: GLMData, maxit: int = 100) -> np.ndarray:
     near-separated predictor only makes its coefficient large, which is a start all the same)."""
     if hasattr(data, "glm_gamma"):  # a family with parameters of its own fits its own GLM (ordinal.py)
         return data.glm_gamma()
+    if data.w2 is not None:
+        return _glm_gamma(data.unweighted_at_level2(), maxit)
     gamma = np.zeros(data.p)
     ll = float(np.sum(data.loglik_units(data.eta(gamma, None))))
     for _ in range(maxit):
@@ -839,7 +865,8 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
                     raise
         # τ = 0: the GLM's deviance. Below every optimum found, the search restarts just inside the
         # cone from there (a zero Λ has zero gradient in Cholesky coordinates: it cannot start at 0)
-        dev0 = -2.0 * float(np.sum(data.loglik_units(data.eta(gamma_glm, None))))
+        ll0 = data.loglik_units(data.eta(gamma_glm, None))
+        dev0 = -2.0 * float(np.sum(ll0) if data.w2 is None else data.w2 @ ll0)
         tol = 1e-6 * max(1.0, 1e-6 * abs(dev0))
         starts = len(candidates) + 1
         if dev0 < min(f.deviance for f in fits) - tol:
@@ -1061,7 +1088,13 @@ def _covariances(cond, gamma, lam, H, sel, p):
     sg, sl = cond.unit_scores
     S = np.column_stack([sl[:, sel[0], sel[1]], sg])
     Ainv = 2.0 * Hinv
-    return Ainv[nt:, nt:], (Ainv @ (S.T @ S) @ Ainv)[nt:, nt:]
+    robust = (Ainv @ (S.T @ S) @ Ainv)[nt:, nt:]
+    d = cond.data
+    if getattr(d, "w1", None) is not None or getattr(d, "w2", None) is not None:
+        # sampling weights: the scores are w_j·s_j (Conditional), and the sandwich takes the small-sample
+        # factor J/(J−1) of the weighted linear fits (engine/sandwich.py, as WeMix)
+        robust = robust * (d.J / (d.J - 1.0))
+    return Ainv[nt:, nt:], robust
 
 
 def _search(fg, grad, x, H0, cond):

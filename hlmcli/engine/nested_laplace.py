@@ -25,18 +25,21 @@ v = H⁻¹Z̃'r (one arrowhead solve) and s_i = z̃_i'v. The envelope theorem on
 implicit function theorem on Z̃'ℓ'(η̂) = û, and d log|H| = tr(H⁻¹dH) give
 
     ∂d/∂γ  = X'(r − Ws − 2ℓ'),
-    ∂d/∂Λ2 = Σ_i z2_i (2W_i m2_i + (r_i − W_is_i − 2ℓ'_i)û2_j + ℓ'_i v2_j)',   m2_i = Hjj⁻¹a_i − PjS⁻¹e_i,
-    ∂d/∂Λ3 = Σ_i z3_i (2W_i m3_i + (r_i − W_is_i − 2ℓ'_i)û3_k + ℓ'_i v3_k)',   m3_i = S⁻¹e_i,
+    ∂d/∂Λ2 = Σ_i z2_i (2W_i m2_i + (r_i − W_is_i − 2ℓ'_i)û2_j + ℓ'_i v2_j)',  m2_i = Hjj⁻¹a_i − PjS⁻¹e_i,
+    ∂d/∂Λ3 = Σ_i z3_i (2W_i m3_i + (r_i − W_is_i − 2ℓ'_i)û3_k + ℓ'_i v3_k)',  m3_i = S⁻¹e_i,
 
 (m_i = H⁻¹z̃_i restricted to the block of that Λ: the term 2tr(H⁻¹Z̃'W dZ̃)). tests/test_hglm3_laplace.py
 checks it against differences of the deviance.
 
 Search and certificate as the two-level Laplace (hglm.ml_fit): θ = the lower triangles of Λ2 and Λ3
-and γ, unconstrained; from full PQL (nested_glmm.pql_levels), Newton on a difference Hessian of the
-exact gradient (L-BFGS first when the start is poor), then certified over the two PSD blocks (τπ, τβ)
-with γ profiled out (certificate.certify_blocks; the face Hessian from the (θ, γ) Hessian by the Schur
-complement and the chain rule through θ(G) at a positive definite point). SEs of γ as glmer's:
-cov = 2H⁻¹ from that Hessian.
+(their diagonals for a diagonal τ) and γ, unconstrained; from PQL's estimates (nested_glmm.pql_levels:
+the caller's, or run here), Newton on a difference Hessian of the exact gradient (L-BFGS first when
+the start is poor), then certified over the two PSD blocks (τπ, τβ) with γ profiled out
+(certificate.certify_blocks; the face Hessian from the (θ, γ) Hessian by the Schur complement and the
+chain rule through θ(G) at a positive definite point; at a singular block, differences of the profiled
+deviance). The certificate is local and the search has one start (hglm.ml_fit also tries the GLM's
+starts and τ = 0, for rare events with several local minima). SEs of γ as glmer's: cov = 2H⁻¹ from
+that Hessian; robust SEs the CR0 sandwich of the level-3 units' exact scores.
 """
 
 from __future__ import annotations
@@ -430,7 +433,8 @@ def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> N
     b2, V2, b3, V3, eta = cond.posterior(gamma, L2, L3)
     failed = list(cert.failed)
     n_params = p + nt
-    return NestedLaplaceResult(gamma=gamma, cov=0.5 * (cov + cov.T), robust_cov=0.5 * (robust + robust.T), taus=Gs, deviance=float(f), eb=(b2, b3),
+    return NestedLaplaceResult(gamma=gamma, cov=0.5 * (cov + cov.T), robust_cov=0.5 * (robust + robust.T), taus=Gs,
+                               deviance=float(f), eb=(b2, b3),
                                eb_var=(V2, V3), eta=eta, iterations=iters, evaluations=cond.count,
                                certificate=cert, converged=bool(cert.certified), n_params=n_params, hessian=Hs,
                                failed=failed)

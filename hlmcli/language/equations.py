@@ -222,6 +222,10 @@ def _hlm2_option(opts: dict, contrasts: dict, key: str, value: str, where: str, 
         raise ModelError(f"{where}: '{key}:{value}' is not supported: HLM 7's V-known command lines are not "
                          "documented, so hlmcli does not read them; set varianceknown:none and give the variable on the command line, "
                          f"--known-variance {value.split(',')[0].strip() or 'V'}")
+    elif key == "heterol1var" and value.lower() not in ("n", "no", "none", "0"):
+        raise ModelError(f"{where}: '{key}:{value}' is not supported: HLM 7's lines for its level-1 variance model are "
+                         "not documented, so hlmcli does not read them; set heterol1var:n and give the predictors on "
+                         "the command line, e.g. --level1-variance FEMALE")
     elif key == "constrain" and value.lower() not in ("n", "no", "none", "0"):
         raise ModelError(f"{where}: '{key}:{value}' is not supported: the lines HLM 7 writes for its constraints on γ "
                          "are not documented, so hlmcli cannot read them; set constrain:n and give the ties on the command line, e.g. "

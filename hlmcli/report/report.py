@@ -219,16 +219,19 @@ def fit_criteria(a) -> tuple[float, float]:
     return information_criteria(r.deviance, a.stats.p, n_var, a.design.n)
 
 
-def certificate_text(r, sym: Symbols, full: bool = False, sigma2_fixed: bool = False) -> list[str]:
+def certificate_text(r, sym: Symbols, full: bool = False, sigma2_fixed: bool = False,
+                     alpha: bool = False) -> list[str]:
     """One plain line; with --full-output also what was checked, as bounds (the tolerance) so the text
     is the same on every platform. The exact numbers are in the JSON. sigma2_fixed: σ² is not a
-    parameter (a V-known model), so the line names τ alone."""
+    parameter (a V-known model), so the line names τ alone; alpha: a model for the level-1 variance, whose
+    α were checked too (heterogeneous.minimise_alpha)."""
     from ..engine.certificate import stopping_line
 
     c = r.certificate
     if not c.certified:
         return ["Iterations stopped WITHOUT a certified optimum:"] + [f" - {f}" for f in c.failed]
-    plain = stopping_line(sym.tau if sigma2_fixed else f"{sym.sigma2} and {sym.tau}")
+    plain = stopping_line(sym.tau if sigma2_fixed else (f"{sym.sigma2}, {sym.tau} and {'a' if sym.ascii else 'α'}"
+                                                         if alpha else f"{sym.sigma2} and {sym.tau}"))
     if not full:
         return [plain]
     rank = "positive definite" if c.rank == c.q else f"of rank {c.rank} of {c.q}"
@@ -533,7 +536,7 @@ def fit_json(analysis, meta: dict) -> dict:
     if getattr(a, "weights", None) is not None:
         out["weights"] = a.weights.to_json()
     for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output",
-                "constraints", "constraint_test", "known_variance"):
+                "constraints", "constraint_test", "known_variance", "level1_variance"):
         if key in a.extras:
             out[key] = a.extras[key]
     from .terms import with_terms
@@ -698,7 +701,8 @@ def _variance_component_lines(a, sym: Symbols) -> list[str]:
     if known:
         rows.append([f"level-1, r (V = {known['column']})", "known", "known", "", "", ""])
     else:
-        rows.append(["level-1, r", f"{math.sqrt(r.sigma2):.5f}", f"{r.sigma2:.5f}", "", "", ""])
+        label = f"level-1, r (exp({'a' if sym.ascii else 'α'}0))" if "level1_variance" in a.extras else "level-1, r"
+        rows.append([label, f"{math.sqrt(r.sigma2):.5f}", f"{r.sigma2:.5f}", "", "", ""])
     out += text_table(["Random Effect", "Standard Deviation", "Variance Component", "d.f.", sym.chi2, "p-value"],
                       rows, [26, 18, 18, 6, 12, 8])
     if vt.n_sufficient < d.n_units:
@@ -715,6 +719,11 @@ def _r_call_lines(a, meta: dict) -> list[str]:
         # the spec asked for (pipeline.analyse_stats): "lmer(..., REML = TRUE)" would name another fit
         notes = notes[:-1] + ["lmer has no sampling weights (its weights= are precision weights): lmer(..., REML = FALSE) "
                               "gives the unweighted fit; the pseudo-likelihood fit in R is WeMix::mix"]
+    hetero = a.extras.get("level1_variance")
+    if hetero:
+        notes = [f"lmer has one level-1 variance; the same model is glmmTMB(..., dispformula = ~ "
+                 f"{' + '.join(hetero['predictors'])}, REML = {'FALSE' if a.result.method == 'ML' else 'TRUE'}), or "
+                 "nlme::lme with varIdent (a dummy) or varExp (one predictor)"]
     known = a.extras.get("known_variance")
     if known:
         notes = [f"lmer cannot hold the level-1 variances at known values; with one record per unit this is "
@@ -743,7 +752,8 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w("")
     w(f"Final Results - Iteration {r.iterations}")
     w("")
-    out += certificate_text(r, sym, full="full_output" in a.extras, sigma2_fixed="known_variance" in a.extras)
+    out += certificate_text(r, sym, full="full_output" in a.extras, sigma2_fixed="known_variance" in a.extras,
+                            alpha="level1_variance" in a.extras)
     for note in r.boundary:
         w(note)
     w("")
@@ -751,7 +761,8 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     if known:  # V-known: σ² is held at 1, Var(r_ij) = V_ij
         w(f" {sym.sigma2} = 1 (not estimated: each record's level-1 variance is {known['column']}, known)")
     else:
-        w(f" {sym.sigma2} = {r.sigma2:12.5f}")
+        w(f" {sym.sigma2} = {r.sigma2:12.5f}" + (f" (exp({'a' if sym.ascii else 'α'}0): the level-1 variance where the variance predictors are 0)"
+                                               if "level1_variance" in a.extras else ""))
     if a.se_sigma2 is not None:
         w("")
         w(f" Standard error of {sym.sigma2} = {a.se_sigma2:12.5f}")
@@ -761,6 +772,8 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     w(f"The value of the log-likelihood function at iteration {r.iterations} = {hlm_e(-r.deviance / 2)}")
     out += _fixed_effect_lines(a, sym)
     out += _variance_component_lines(a, sym)
+    if "level1_variance" in a.extras:
+        out += level1_variance_lines(a.extras["level1_variance"], sym)
     w("")
     w("Statistics for the current model")
     w(f" Deviance                       = {r.deviance:.6f}")
@@ -772,6 +785,24 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     out += extras_text(a.extras, sym)
     out += _r_call_lines(a, meta)
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+
+
+def level1_variance_lines(v: dict, sym: Symbols) -> list[str]:
+    """HLM 7's table of the model for the level-1 variance, log σ²_ij = α0 + α1·X1 + ..., and the
+    likelihood-ratio test against one σ²."""
+    alpha = "a" if sym.ascii else "α"
+    out = ["", f"Model for level-1 variance: log {sym.sigma2} = {alpha}0 + "
+           + " + ".join(f"{alpha}{m}*{name}" for m, name in enumerate(v["predictors"], 1))]
+    rows = [[f"{hlm_name(e['predictor'])}, {alpha}{m}", f"{e['estimate']:.6f}", f"{e['se']:.6f}", f"{e['z']:.3f}",
+             hlm_p(e["p"])] for m, e in enumerate(v["alpha"])]
+    out += text_table(["Parameter", "Coefficient", "Standard error", "Z-ratio", "p-value"], rows, [26, 12, 14, 9, 8])
+    t = v["test"]
+    out += ["", "Summary of Model Fit",
+            f" 1. Homogeneous {sym.sigma2}    parameters = {t['params_homogeneous']:3d}   deviance = "
+            f"{t['deviance_homogeneous']:.6f}",
+            f" 2. Heterogeneous {sym.sigma2}  parameters = {t['params']:3d}   deviance = {t['deviance']:.6f}",
+            f" Model 1 vs Model 2: {sym.chi2} statistic = {t['chi2']:.5f}, d.f. = {t['df']}, p-value = {hlm_p(t['p'])}"]
+    return out
 
 
 def extras_text(ex: dict, sym: Symbols) -> list[str]:
@@ -804,6 +835,8 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
         if t["chi2"] is None:
             w(f" {t['note']}")
         else:
+            if t.get("refitted_ml"):
+                w(" (both models refitted by ML: REML deviances of different fixed effects are not comparable)")
             w(f" Deviance constrained = {t['deviance_constrained']:.6f} ({t['params_constrained']} parameters), "
               f"unconstrained = {t['deviance_unconstrained']:.6f} ({t['params_unconstrained']})")
             w(f" {sym.chi2} statistic = {t['chi2']:.6f}, d.f. = {t['df']}, p-value = {hlm_p(t['p'])}")

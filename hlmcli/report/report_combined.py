@@ -130,16 +130,18 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
 
 
 def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: list[str], sym_sigma2: str,
-                         fit_texts: list[str] | None = None) -> str:
+                         fit_texts: list[str] | None = None, kind: str = "hierarchical linear models",
+                         method: str | None = None) -> str:
     """HLM-style text of a combined K-level document: the combined fixed effects (model-based and robust),
-    the averaged variance components and reliabilities, D1 tests; each fit's own text after it when given."""
+    the averaged variance components and reliabilities, D1 tests; each fit's own text after it when given.
+    `kind` and `method` name a three-level HGLM's models and estimation (report_hglm_levels)."""
     K = doc["levels"]
     out: list[str] = []
     w = out.append
     if not doc["converged"]:
         w("WARNING: the optimum of at least one fit is NOT certified (see each fit with --full-output).")
         w("")
-    w(f"hlmcli {__version__}: hierarchical linear models, {K} levels (HLM{K})")
+    w(f"hlmcli {__version__}: {kind}, {K} levels (HLM{K})")
     if doc.get("timestamp"):
         w(f"Date: {doc['timestamp']}")
     w("")
@@ -151,7 +153,8 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     for key, n in doc["n_units"].items():
         w(f" The maximum number of level-{key[5:]} units = {n}")
     w("")
-    w(f" Method of estimation: {'restricted maximum likelihood' if doc['method'] == 'REML' else 'full maximum likelihood'}")
+    w(" Method of estimation: " + (method or ('restricted maximum likelihood' if doc['method'] == 'REML'
+                                              else 'full maximum likelihood')))
     out += weighting_lines
     w("")
     w(f" The {'outcome variables are' if doc['combining']['source'] == 'plausible values' else 'data sets are'}  "
@@ -175,8 +178,11 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
                           rows, [30, 12, 14, 9, 12, 8, 6])
     w("(d.f.: Barnard-Rubin, from HLM's approx. d.f.; FMI: fraction of missing information)")
     w("")
-    w(f" {'Pseudo-deviance' if doc['weights'] else 'Deviance'} (average over the fits) = {doc['deviance']:.6f}")
-    w(f" Number of estimated parameters   = {doc['n_params']}")
+    if doc["deviance"] is None:  # a three-level HGLM by PQL
+        w(" Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test.")
+    else:
+        w(f" {'Pseudo-deviance' if doc['weights'] else 'Deviance'} (average over the fits) = {doc['deviance']:.6f}")
+        w(f" Number of estimated parameters   = {doc['n_params']}")
     out += _d1_test_lines(doc.get("hypothesis_tests") or [], notes=False)
     text = "\n".join(printable(line.rstrip()) for line in out) + "\n"
     for m, t in enumerate(fit_texts or [], start=1):
@@ -203,3 +209,8 @@ def _random_labels(fit_doc: dict, level: int) -> list[str]:
     block = fit_doc["random_effects"][level - 2] if "random_effects" in fit_doc else \
         fit_doc["tau_pi" if level == 2 else "tau_beta"]
     return [f"{c},{lab}" for c, lab in zip(block["coefficients"], block["labels"])]
+
+
+def combined_d1_lines(tests: list, notes: bool = True) -> list[str]:
+    """The D1 lines of combined fits, for the other combined reports (report_hglm_combined.py)."""
+    return _d1_test_lines(tests, notes)

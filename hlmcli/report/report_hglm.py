@@ -250,6 +250,9 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     }
     if a.pql is not None:
         out.update(_pql_json(a))
+    if getattr(a, "weights", None) is not None:  # the pseudo-likelihood's weights (engine/hglm_weights.py)
+        out["weights"] = a.weights.to_json()
+        out["covariance_note"] = WEIGHTED_COVARIANCE
     out["certificate"] = a.ml.certificate.to_json() if a.ml is not None else None
     if a.ml is not None:
         if a.ml.quadrature is not None:
@@ -326,7 +329,17 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     w("")
     for line in r_call_lines(a.spec, meta.get("id_name", "ID"), a.nodes or None):
         w(line)
+    if getattr(a, "weights", None) is not None:
+        w("   with sampling weights: glmer's weights= equal --weight1 only for whole-number weights used as given")
+        w("   (--normalize none; glmer rounds others in its likelihood); glmer has no level-2 weights")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+
+
+# With sampling weights the Hessian of the pseudo-log-likelihood is not the information of the sample
+# (the weights inflate it), so the "model-based" covariance is labelled as what it is.
+WEIGHTED_COVARIANCE = ("sampling weights: the model-based covariance is the inverse Hessian of the pseudo-log-likelihood "
+                       "(it ignores the weights' sampling information); the robust one, the sandwich of the weighted "
+                       "unit scores clustered on level-2 units (J/(J-1)), is the one to report")
 
 
 def _hglm_header_lines(a: HGLMAnalysis, meta: dict, sym) -> list[str]:
@@ -365,6 +378,12 @@ def _hglm_header_lines(a: HGLMAnalysis, meta: dict, sym) -> list[str]:
     if d.n_deleted:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {d.n} ({d.n_deleted} deleted)")
+    if getattr(a, "weights", None) is not None:
+        from ..data.weights import weighting_lines
+
+        out += [line.replace("multilevel pseudo-maximum likelihood", "multilevel pseudo-maximum likelihood, "
+                             + ("Laplace" if a.estimation == "laplace" else "adaptive quadrature"))
+                for line in weighting_lines(a.weights)]
     w("")
     return out
 
@@ -420,6 +439,9 @@ def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> l
         w("")
         w("Final estimation of fixed effects:")
         w(f"({model}" + (" with robust standard errors)" if robust else ")"))
+        if getattr(a, "weights", None) is not None:
+            w("(sandwich of the weighted unit scores, clustered on level-2 units: the standard errors to report)" if robust
+              else "(model-based: the inverse Hessian of the pseudo-likelihood, which ignores the weights' information)")
         rows, ratio_rows = [], []
         for k, f in enumerate(d.fixed):
             if k == 0 or d.fixed[k - 1].q != f.q:
@@ -446,13 +468,18 @@ def _hglm_deviance_lines(a: HGLMAnalysis, sym) -> list[str]:
     out: list[str] = []
     w = out.append
     if a.ml is not None:
+        weighted = getattr(a, "weights", None) is not None
         w("Statistics for the current model")
-        w(f" Deviance                       = {a.ml.deviance:.6f}")
+        label = "Pseudo-deviance" if weighted else "Deviance"
+        w(f" {label:<31}= {a.ml.deviance:.6f}")
         w(f" Number of estimated parameters = {a.ml.n_params}")
         aic, bic = information_criteria(a)
         w(f" AIC = {aic:.6f}, BIC = {bic:.6f} (as lme4: every fixed effect and variance parameter counted)")
-        w(" (-2 x the full log-likelihood, every constant included)" if sym.ascii else
-          " (−2 × the full log-likelihood, every constant included)")
+        if weighted:
+            w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
+        what = "weighted pseudo-log-likelihood" if weighted else "full log-likelihood"
+        w(f" (-2 x the {what}, every constant included)" if sym.ascii else
+          f" (−2 × the {what}, every constant included)")
     else:
         w("Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test;")
         w("use --estimation laplace or agq for a deviance.")

@@ -98,7 +98,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
                     f"({design.n_deleted} deleted)"]
     w("")
     if laplace:
-        w(f"Final Results - Iteration {fit.iterations} (Newton iterations from full PQL's estimates)"
+        w(f"Final Results - Iteration {fit.iterations} (Newton iterations from a PQL start)"
           + ("" if fit.converged else "  NOT CONVERGED"))
     else:
         w(f"Final Results - Iteration {h.macro_iterations} (macro iterations)" + ("" if fit.converged else "  NOT CONVERGED"))

@@ -65,11 +65,27 @@ def information_criteria(fit: dict) -> tuple[int, float, float]:
     return k, float(fit["aic"]), float(fit["bic"])
 
 
+# Parts of a fit the paper tables do not show yet: refused rather than printed as if absent (a σ² of 1 that is
+# not estimated, one σ² where it varies, tied γs unmarked).
+_UNSHOWN = {"level1_variance": "its model for the level-1 variance (the α table and the test against one σ²)",
+            "known_variance": "that its level-1 variances are known, not estimated (σ² is held at 1)",
+            "constraints": "which γs are tied by --constrain, and the test of the ties"}
+
+
 def two_level(fit: dict) -> dict:
     """The document, if it is of a two-level fit; the tables read those (and combined ones) only."""
     if (fit.get("levels", 2) != 2 and "r_names" not in fit) or "fixed_effects" not in fit:
         raise ModelError(f"a {fit.get('levels', '?')}-level fit: the paper tables read two-level fits for now; "
                          "take the numbers from its JSON or text output")
+    return refuse_unshown(fit)
+
+
+def refuse_unshown(fit: dict) -> dict:
+    """The document, unless it holds a part the paper tables do not show yet (_UNSHOWN)."""
+    for key, what in _UNSHOWN.items():
+        if key in fit:
+            raise ModelError(f"the paper tables do not show {what} yet; take the numbers from the text or JSON "
+                             "output (--format text or json)")
     return fit
 
 
@@ -551,6 +567,8 @@ def side_by_side(fits: Sequence[dict], names: Sequence[str], options: TableOptio
 def side_by_side_text(fits: Sequence[dict], names: Sequence[str], fmt: str, options: TableOptions = TableOptions()) -> str:
     if fmt not in FORMATS:
         raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    for fit in fits:
+        refuse_unshown(fit)
     table = side_by_side(fits, names, options)
     table.insert(0, " ", table.index)
     part = _render(table.reset_index(drop=True), fmt, index=False, name="models")
@@ -606,14 +624,15 @@ def combined_table(doc: dict, fmt: str, options: TableOptions = TableOptions()) 
                          "Variance": _f(doc["tau"][k][k]), "Correlation": ""} for k, name in enumerate(labels)]
                        + [{"Random effect": f"{a}, {b} (covariance)", "SD": "", "Variance": _f(cov), "Correlation": _f(cor)}
                           for a, b, cov, cor in _tau_pairs(doc)]
-                       + [{"Random effect": "level-1, r", "SD": _f(math.sqrt(doc["sigma2"])),
-                           "Variance": _f(doc["sigma2"]), "Correlation": ""}])
+                       + ([{"Random effect": "level-1, r", "SD": _f(math.sqrt(doc["sigma2"])),
+                            "Variance": _f(doc["sigma2"]), "Correlation": ""}] if doc["sigma2"] is not None else []))
     if not _tau_pairs(doc):
         var = var.drop(columns="Correlation")
     combining = doc["combining"]
     stats = pd.DataFrame([{"Statistic": f"Fits combined ({combining['source']})", "Value": str(combining["m"])},
-                          {"Statistic": "Deviance (average over the fits)", "Value": f"{doc['deviance']:.2f}"},
-                          {"Statistic": f"Estimated parameters ({doc['method']}, HLM count)", "Value": str(doc["n_params"])},
+                          *([{"Statistic": "Deviance (average over the fits)", "Value": f"{doc['deviance']:.2f}"},
+                             {"Statistic": f"Estimated parameters ({doc['method']}, HLM count)",
+                              "Value": str(doc["n_params"])}] if doc["deviance"] is not None else []),
                           {"Statistic": "N (level 1)", "Value": str(doc["n_level1"])},
                           {"Statistic": "J (level 2)", "Value": str(doc["n_level2"])}])
     parts = [_render(frame, fmt, index=False, name=name)

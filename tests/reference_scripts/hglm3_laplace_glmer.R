@@ -3,7 +3,8 @@
 #   * lme4::glmer, tightened: bobyqa with rhoend 1e-12, tolPwrss 1e-13 (the default stops ~1e-4 deviance early);
 #   * glmmTMB (Laplace), a second implementation of the same likelihood, as a cross-check.
 # Models: random intercepts at both levels on all three; on Mmmec also a random UVB slope across regions
-# (level 2), the same with a diagonal tau at level 2 (lme4's ||), and a random UVB slope across nations (level 3).
+# (level 2), the same with a diagonal tau at level 2 (lme4's ||), and a random UVB slope across nations (level 3);
+# on grouseticks also a random YEAR96 slope across locations, whose optimum is on the boundary (tau_beta singular).
 # A binomial outcome with trials: a small data set simulated here from set.seed(20261207) (written as
 # tests/data/hglm3/binom_l{1,2,3}.csv: 30 schools, 4 classes each, 3 records of 1 to 12 trials each).
 # Run from the repository root:  Rscript tests/reference_scripts/hglm3_laplace_glmer.R
@@ -55,6 +56,9 @@ t2 <- rd("grouse_l2.csv", c(BROOD = "character", LOCATION = "character"))
 t3 <- rd("grouse_l3.csv", c(LOCATION = "character"))
 td <- merge(merge(t1, t2, by = "BROOD"), t3, by = "LOCATION")
 out$grouseticks <- fit_both(TICKS ~ YEAR96 + YEAR97 + CHEIGHT + (1 | LOCATION / BROOD), td, poisson)
+# a boundary optimum: a random YEAR96 slope across locations, perfectly correlated with the intercept (tau_beta of rank 1)
+out$grouse_boundary <- fit_both(TICKS ~ YEAR96 + YEAR97 + CHEIGHT + (1 + YEAR96 | LOCATION) + (1 | BROOD:LOCATION),
+                                td, poisson)
 
 set.seed(20261207)
 J3 <- 30; J2 <- 4 * J3; N <- 3 * J2
