@@ -108,7 +108,6 @@ def test_imputed_data_sets_with_other_units_are_refused(pastes):
     archive, spec, design = pastes
     same_records([design, design], ["a", "b"])
     other = design3(spec, archive)
-    other.unit2_ids = list(other.unit2_ids)
-    other.unit2_ids[0] = "elsewhere"
+    other.unit_ids = (["elsewhere", *other.unit_ids[0][1:]], *other.unit_ids[1:])  # a level-2 unit elsewhere
     with pytest.raises(ModelError, match="b: the fit uses 60 level-1 records, but a uses 60 in other units"):
         same_records([design, other], ["a", "b"])

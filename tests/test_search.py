@@ -92,3 +92,15 @@ def test_an_outcome_exact_within_level2_units_is_refused_at_three_levels():
                       parents=(unit, parent), layout=layout)
     with pytest.raises(ModelError, match="exact linear function of the level-1 predictors within every level-2"):
         fit_nested(data)
+
+
+def test_secant_update_meets_the_secant_condition_and_keeps_h_without_curvature():
+    """BFGS: the updated H is symmetric and maps the step to the gradient's change (H₊s = y); in one
+    dimension it is y/s; a step showing no positive curvature (s'y ≤ 0) leaves H as it was."""
+    from hlmcli.engine.search import secant_update
+    H = np.array([[2.0, 0.3], [0.3, 1.0]])
+    s, y = np.array([0.1, -0.2]), np.array([0.5, -0.1])
+    H1 = secant_update(H, s, y)
+    assert np.allclose(H1, H1.T) and np.allclose(H1 @ s, y, rtol=0, atol=1e-14)
+    assert secant_update(np.array([[3.0]]), np.array([0.5]), np.array([2.0]))[0, 0] == pytest.approx(4.0, rel=1e-15)
+    assert secant_update(H, s, -y) is H

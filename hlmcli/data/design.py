@@ -1,4 +1,6 @@
-"""Stage 4, design: a ModelSpec plus an Archive to arrays, with deletion and centering applied.
+"""Stage 4, design, two levels: the unit solve's arrays, a projection of design_levels.frame (which
+decides, for any number of levels, the records and units kept, the centred and mean(X) columns and the γ
+layout), from the archive's records (make_design) or from per-unit moments (design_from_moments).
 
 The fixed part of an HLM is the set of columns X_q * W_s, so we keep the level-1 design L
 (N x (Q+1), intercept first) and each equation's level-2 design W_q (J x (S_q+1)) instead of
@@ -16,7 +18,8 @@ from .data_checks import check_linear_outcome, check_magnitudes
 from ..language.equations_levels import Variables
 from ..language.model import ModelSpec, Term
 from ..errors import ModelError
-from ..engine.moments import Moments, cross_products, grand
+from ..engine.moments import Moments, cross_products
+from .design_levels import Frame, Level1Moments, column_of, frame, gamma_layout, level_columns
 from ..spec import gamma_label
 from ..engine.sufficient import unit_stats_from_products
 
@@ -93,104 +96,66 @@ def unit_means(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.add.reduceat(values, offsets[:-1]) / sizes
 
 
-def level2_layout(spec, J: int, level2_column) -> tuple[list[np.ndarray], list[FixedEffect]]:
-    """The γ layout, made once for every engine: W_q holds the fixed columns of coefficient q
-    (INTRCPT2 unless 'bq = uq', then its predictors, from level2_column(term)), and one FixedEffect
-    per γ in model order."""
+def two_level_layout(spec, f: Frame) -> tuple[list[np.ndarray], list[FixedEffect]]:
+    """The γ layout of the Frame (design_levels.gamma_layout) as the unit solve reads it: W_q holds the
+    fixed columns of coefficient q (INTRCPT2, then its level-2 predictors; none when 'bq = uq' or bq is
+    absent), and one FixedEffect per γ in model order."""
+    J = f.J(2)
+    cols1, cols2 = level_columns(spec)
+    P2 = [f.column(c) for c in cols2]
+    coefficients = iter(gamma_layout(spec, [{c: k for k, c in enumerate(cols)} for cols in (cols1, cols2)]))
+    names = spec.coefficient_names()
     W: list[np.ndarray] = []
     fixed: list[FixedEffect] = []
-    names = spec.coefficient_names()
-    for q, eq in enumerate(spec.level2):
-        cols = ([np.ones(J)] if eq.intercept else []) + [level2_column(t) for t in eq.predictors]
-        W.append(np.column_stack(cols) if cols else np.zeros((J, 0)))
-        if eq.intercept:
-            fixed.append(FixedEffect(q, 0, names[q], "INTRCPT2", gamma_label(q, 0)))
-        for s, t in enumerate(eq.predictors, start=1):
-            fixed.append(FixedEffect(q, s, names[q], predictor_name(t), gamma_label(q, s)))
+    for q, eq in enumerate(spec.equations):
+        gammas = next(coefficients).terms if eq is not None else ()
+        W.append(np.column_stack([np.ones(J) if g.col is None else P2[g.col] for g in gammas]) if gammas
+                 else np.zeros((J, 0)))
+        for s in eq.present() if eq is not None else ():
+            fixed.append(FixedEffect(q, s, names[q], "INTRCPT2" if s == 0 else predictor_name(eq.predictors[s - 1]),
+                                     gamma_label(q, s)))
     return W, fixed
 
 
 def make_design(spec: ModelSpec, archive: Archive) -> Design:
-    level1_needed = [spec.outcome] + [t.name for t in spec.level1]
-    level1_needed += [t.name for eq in spec.level2 for t in eq.predictors if t.unit_mean]
-    level1_needed = list(dict.fromkeys(level1_needed))
-    check_magnitudes(archive, level1_needed, [t.name for eq in spec.level2 for t in eq.predictors if not t.unit_mean])
-    columns = {name: archive.level1_column(name) for name in level1_needed}
-
-    # Run-time deletion: a record missing any variable this model uses is dropped.
-    keep = np.ones(archive.n_level1, dtype=bool)
-    for col in columns.values():
-        keep &= ~np.isnan(col)
-    n_deleted = int((~keep).sum())
-    if n_deleted:
-        unit_index = archive.unit_index
-        sizes = np.bincount(unit_index[keep], minlength=archive.n_units)
-        record_positions = np.flatnonzero(keep)
-        columns = {k: v[keep] for k, v in columns.items()}
-    else:
-        sizes = archive.unit_sizes
-        record_positions = None
-    unit_kept = sizes > 0
-    if not unit_kept.any():
-        raise ModelError(f"every record has a missing value in {', '.join(level1_needed)}; nothing is left to analyse")
-    units_deleted = int((~unit_kept).sum())
-    sizes = sizes[unit_kept]
-    offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-    unit_positions = np.flatnonzero(unit_kept)
-    unit_ids = [archive.unit_ids[j] for j in unit_positions]
-    J = len(unit_ids)
+    """The two-level design of the archive's records: the projection of design_levels.frame that the
+    unit solve reads (L, y and W by unit, offsets)."""
+    cols1, cols2 = level_columns(spec)
+    level1_needed = [spec.outcome] + [c.name for c in cols1] + [c.name for c in cols2 if c.mean_of == 1]
+    check_magnitudes(archive, list(dict.fromkeys(level1_needed)), [c.name for c in cols2 if c.mean_of is None])
+    f = frame(spec, archive)
+    offsets = f.offsets[2]
     N = int(offsets[-1])
-
-    centering_means: dict[str, float] = {}
     L = np.empty((N, len(spec.level1) + 1), order="F")  # column access in the cross-products
     L[:, 0] = 1.0
     for k, term in enumerate(spec.level1, start=1):
-        x = columns[term.name]
-        if term.centering == "group":
-            x = x - np.repeat(unit_means(x, offsets), sizes)
-        elif term.centering == "grand":
-            mean = float(x.mean())
-            centering_means[f"{term.name} (level 1)"] = mean
-            x = x - mean
-        L[:, k] = x
-
-    def level2_column(term: Term) -> np.ndarray:
-        if term.unit_mean:
-            w = unit_means(columns[term.name], offsets)
-        else:
-            w = archive.level2_column(term.name)[unit_positions]
-        if term.centering == "grand":
-            mean = float(w.mean())  # over units, each counted once
-            centering_means[f"{'mean(' + term.name + ')' if term.unit_mean else term.name} (level 2)"] = mean
-            w = w - mean
-        return w
-
-    W, fixed = level2_layout(spec, J, level2_column)
-
+        L[:, k] = f.column(column_of(term, 1))
+    W, fixed = two_level_layout(spec, f)
+    unit_positions = f.positions(2)
     level2_values = {name: archive.level2[k][unit_positions] for k, name in enumerate(archive.level2_names)}
-    design = Design(spec=spec, y=np.ascontiguousarray(columns[spec.outcome]), L=L, W=W, offsets=offsets,
-                    unit_ids=unit_ids, unit_positions=unit_positions, record_positions=record_positions,
-                    n_deleted=n_deleted, units_deleted=units_deleted, fixed=fixed,
-                    random=np.array([eq.random for eq in spec.level2]), level2_values=level2_values, centering_means=centering_means)
-    check_random_slopes(design)
+    design = Design(spec=spec, y=np.ascontiguousarray(f.values(1, spec.outcome)), L=L, W=W, offsets=offsets,
+                    unit_ids=[archive.unit_ids[j] for j in unit_positions], unit_positions=unit_positions,
+                    record_positions=np.flatnonzero(f.keep) if f.deleted_any else None, n_deleted=f.n_deleted,
+                    units_deleted=int((~f.present[2]).sum()), fixed=fixed, random=np.array([eq.random for eq in spec.level2]),
+                    level2_values=level2_values, centering_means=f.centering_means)
+    check_random_slopes(design, *_record_spread(design))
     if spec.options.family == "normal":
         check_linear_outcome(design, variables_of(archive).file(1))
     return design
 
 
 def predictor_name(term: Term) -> str:
-    return f"mean({term.name})" if term.unit_mean else term.name
+    return column_of(term, 2).label
 
 
-def check_random_slopes(design: Design) -> None:
-    """A slope cannot vary across units if its predictor never varies within a unit."""
+def check_random_slopes(design: Design, spread: np.ndarray, scale: np.ndarray) -> None:
+    """A slope cannot vary across units if its predictor never varies within a unit: refused when the
+    predictor's within-unit spread (spread[:, q − 1], per unit) is within 1e-12 of its size (scale[q − 1])
+    in every unit. The spread is max − min over the records, or the SD from the unit's moments."""
     for q in np.flatnonzero(design.random):
         if q == 0:
             continue
-        x = design.L[:, q]
-        starts = design.offsets[:-1]
-        spread = np.maximum.reduceat(x, starts) - np.minimum.reduceat(x, starts)
-        if np.all(spread <= 1e-12 * max(1.0, float(np.abs(x).max()))):
+        if np.all(spread[:, q - 1] <= 1e-12 * scale[q - 1]):
             term = design.spec.level1[q - 1]
             why = ("is zero everywhere after group-mean centering" if term.centering == "group"
                    else "is constant within every unit")
@@ -198,6 +163,18 @@ def check_random_slopes(design: Design) -> None:
                 f"b{q} ({term.name}) cannot have a random slope: {term.name} {why}, so its slope "
                 f"cannot be estimated separately in any unit; remove u{q} from b{q}'s equation"
             )
+
+
+def _record_spread(design: Design) -> tuple[np.ndarray, np.ndarray]:
+    """(max − min of each random slope's predictor within each unit, max(1, max|x|)) over the records."""
+    Q = design.L.shape[1] - 1
+    spread, scale = np.zeros((design.n_units, Q)), np.ones(Q)
+    starts = design.offsets[:-1]
+    for q in np.flatnonzero(design.random[1:]) + 1:
+        x = design.L[:, q]
+        spread[:, q - 1] = np.maximum.reduceat(x, starts) - np.minimum.reduceat(x, starts)
+        scale[q - 1] = max(1.0, float(np.abs(x).max()))
+    return spread, scale
 
 
 COLLINEAR_TOL = 1e-10  # a predictor is a combination of the others when less than this share of its
@@ -311,72 +288,44 @@ def has_overall_intercept(design) -> bool:
 
 def design_from_moments(spec, unit_ids: list[str], names: list[str], m: Moments, level2: dict,
                         n_deleted: int = 0, digest: str = ""):
-    """The Design (without the N×K arrays) and the UnitStats of `spec`, from per-unit moments.
+    """The Design (without the N×K arrays) and the UnitStats of `spec`, from per-unit moments: the
+    projection of design_levels.frame on level-1 moments.
 
     unit_ids, m: the units that had records (n may be 0 where run-time deletion removed them all);
     names: the columns of m; level2: every level-2 variable's (J,) values for those units.
-    Centering follows make_design: group = the unit's own mean, grand = the mean over records
-    (level 1) or over units (level 2); y is shifted by its grand mean when the model has γ00."""
-    kept = m.n > 0
-    if not kept.any():
-        raise ModelError("every record has a missing value in the model's variables; nothing is left to analyse")
-    units_deleted = int((~kept).sum())
-    positions = np.flatnonzero(kept)
-    m = m.take(positions)
-    unit_ids = [unit_ids[j] for j in positions]
-    J = len(unit_ids)
+    Centering is the Frame's: group = the unit's own mean, grand = the mean over records (level 1) or
+    over units (level 2); y is shifted by its grand mean when the model has γ00."""
+    f = frame(spec, None, Level1Moments(list(names), m, int(n_deleted)), level2)
+    positions = f.positions(2)
+    sub_m = f.moments()
     col = {name: k for k, name in enumerate(names)}
-    N, grand_mean, _ = grand(m)
-
-    centering_means: dict[str, float] = {}
     index = [col[t.name] for t in spec.level1] + [col[spec.outcome]]
-    sub = Moments(m.n, m.mean[:, index], m.C[:, index][:, :, index])
-    centers = np.zeros((J, len(index)))
+    sub = Moments(sub_m.n, sub_m.mean[:, index], sub_m.C[:, index][:, :, index])
+    centers = np.zeros((f.J(2), len(index)))
     for k, term in enumerate(spec.level1):
-        if term.centering == "group":
-            centers[:, k] = sub.mean[:, k]
-        elif term.centering == "grand":
-            centers[:, k] = grand_mean[col[term.name]]
-            centering_means[f"{term.name} (level 1)"] = float(grand_mean[col[term.name]])
-
-    def level2_column(term) -> np.ndarray:
-        w = m.mean[:, col[term.name]].copy() if term.unit_mean else np.asarray(level2[term.name], dtype=float)[positions]
-        if term.centering == "grand":
-            mean = float(w.mean())
-            centering_means[f"{'mean(' + term.name + ')' if term.unit_mean else term.name} (level 2)"] = mean
-            w = w - mean
-        return w
-
-    W, fixed = level2_layout(spec, J, level2_column)
-    offsets = np.concatenate(([0], np.cumsum(m.n.astype(np.int64)))).astype(np.int64)
+        centers[:, k] = f.level1_shift(column_of(term, 1))
+    W, fixed = two_level_layout(spec, f)
+    N, grand_mean, _ = f.grand_moments()
     design = MomentsDesign(
-        spec=spec, y=np.zeros(0), L=np.zeros((0, len(spec.level1) + 1)), W=W, offsets=offsets, unit_ids=unit_ids, unit_positions=positions,
-        record_positions=None, n_deleted=int(n_deleted), units_deleted=units_deleted, fixed=fixed,
-        random=np.array([eq.random for eq in spec.level2]), level2_values={k: np.asarray(v, dtype=float)[positions] for k, v in level2.items()},
-        centering_means=centering_means, N=int(round(N)), data_digest=digest)
+        spec=spec, y=np.zeros(0), L=np.zeros((0, len(spec.level1) + 1)), W=W, offsets=np.concatenate(([0], np.cumsum(sub.n.astype(np.int64)))).astype(np.int64), unit_ids=[unit_ids[j] for j in positions],
+        unit_positions=positions, record_positions=None, n_deleted=f.n_deleted,
+        units_deleted=int((~f.present[2]).sum()), fixed=fixed, random=np.array([eq.random for eq in spec.level2]),
+        level2_values={k: np.asarray(v, dtype=float)[positions] for k, v in level2.items()},
+        centering_means=f.centering_means, N=int(round(N)), data_digest=digest)
     shift = float(grand_mean[col[spec.outcome]]) if has_overall_intercept(design) else 0.0
     centers[:, -1] = shift
-    _check_random_slopes(design, sub, centers)
+    check_random_slopes(design, *_moment_spread(sub, centers))
     unit = unit_stats_from_products(*cross_products(sub, centers, intercept=True), shift)
     return design, unit
 
 
-def _check_random_slopes(design, m: Moments, centers: np.ndarray) -> None:
-    """design.check_random_slopes on moments: a predictor with no spread within any unit
-    (C_kk = 0 up to rounding) cannot carry a random slope."""
-    for q in np.flatnonzero(design.random):
-        if q == 0:
-            continue
-        k = q - 1
-        sd = np.sqrt(np.clip(m.C[:, k, k], 0, None) / m.n)
-        scale = max(1.0, float(np.max(np.abs(m.mean[:, k] - centers[:, k]) + sd)))
-        if np.all(sd <= 1e-12 * scale):
-            term = design.spec.level1[k]
-            why = ("is zero everywhere after group-mean centering" if term.centering == "group"
-                   else "is constant within every unit")
-            raise ModelError(
-                f"b{q} ({term.name}) cannot have a random slope: {term.name} {why}, so its slope "
-                f"cannot be estimated separately in any unit; remove u{q} from b{q}'s equation")
+def _moment_spread(m: Moments, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each level-1 predictor's SD within each unit, max(1, max over units of |mean − centre| + SD))
+    from the units' moments: check_random_slopes's spread without the records."""
+    Q = centers.shape[1] - 1
+    sd = np.sqrt(np.clip(np.einsum("jkk->jk", m.C[:, :Q, :Q]), 0, None) / m.n[:, None])
+    scale = np.array([max(1.0, float(np.max(np.abs(m.mean[:, k] - centers[:, k]) + sd[:, k]))) for k in range(Q)])
+    return sd, scale
 
 
 @dataclass

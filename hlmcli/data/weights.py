@@ -259,7 +259,7 @@ def resolve_levels(spec: LevelsWeightSpec, archive, design) -> LevelsWeights:
 
 
 def _design_units(design) -> tuple:
-    """(unit ids, archive positions) per level 2..K of a DesignLevels or a three-level Design3."""
+    """(unit ids, archive positions) per level 2..K of a DesignLevels."""
     if hasattr(design, "unit_ids"):
         return design.unit_ids, design.positions
     return (design.unit2_ids, design.unit3_ids), (design.level2_positions, design.level3_positions)

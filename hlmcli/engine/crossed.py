@@ -142,8 +142,35 @@ def _rmul(M: np.ndarray, lams, Js) -> np.ndarray:
     for lam, J in zip(lams, Js):
         q = lam.shape[0]
         hi = lo + J * q
-        out[:, lo:hi] = (M[:, lo:hi].reshape(M.shape[0], J, q) @ lam).reshape(M.shape[0], J * q)
+        if q == 1:  # a scalar block: a scaling, not a batch of 1 × 1 products
+            np.multiply(M[:, lo:hi], lam[0, 0], out=out[:, lo:hi])
+        else:
+            out[:, lo:hi] = (M[:, lo:hi].reshape(M.shape[0], J, q) @ lam).reshape(M.shape[0], J * q)
         lo = hi
+    return out
+
+
+def _spd_inverse(L) -> np.ndarray:
+    """S⁻¹ for S = LL' from its Cholesky factor L (LAPACK's potri, 2n³/3 flops), both triangles."""
+    inv, info = linalg.lapack.dpotri(L, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("singular Cholesky factor")
+    out = np.tril(inv)  # potri leaves the other triangle as it found it
+    out += out.T
+    out[np.diag_indices_from(out)] *= 0.5
+    return out
+
+
+def _inner_sparse_gram(Sinv: np.ndarray, T, q: int) -> np.ndarray:
+    """Σ_j T_j'S⁻¹T_j over the column groups j (q columns each) of a sparse T: the sum of the diagonal
+    blocks of T'S⁻¹T, as ⟨S⁻¹, T_k T_m'⟩ with T_k = T[:, k::q]. Only S⁻¹'s entries on the pattern of
+    T_k T_m' are read, so no dense product with S⁻¹ is formed."""
+    T = T.tocsc()
+    out = np.empty((q, q))
+    for k in range(q):
+        for m in range(k, q):
+            N = (T[:, k::q] @ T[:, m::q].T).tocoo()
+            out[k, m] = out[m, k] = float(Sinv[N.row, N.col] @ N.data)
     return out
 
 
@@ -301,18 +328,21 @@ class CrossedSolve:
         st = self.st
         p, Q2, q1 = st.p, st.Q2, st.q1
         nu = self.dof(reml)
-        # LR⁻¹ once (n³/3): every block-trace below is then a product with it, and a sparse T costs
-        # Q2·nnz(T) instead of a triangular solve per column
-        Linv = _tri_inverse(self.LR) if Q2 else np.zeros((0, 0))
+        # S⁻¹ once (potri, 2n³/3): with Y = LR⁻¹T every block-trace below is Σ_j Y_j'Y_j = Σ_j (T'S⁻¹T)_jj,
+        # read from S⁻¹ on T's pattern (no product of a dense inverse by a sparse matrix), and the REML
+        # terms BRX'Y = (LR⁻ᵀBRX)'T need only p triangular solves
+        Sinv = _spd_inverse(self.LR) if Q2 else np.zeros((0, 0))
         RX = self.LW[:p, :p]
         BRX = self.BR[:, :p]
+        V = _tri(self.LR, BRX, lower=True, trans="T") if (Q2 and reml and p) else None  # LR⁻ᵀBRX
         # The dense factors' T = Λ_R'C_RR − A'L11⁻¹Λ₁'C_1R satisfies TΛ_R = S − I (A = L11⁻¹Λ₁'C_1RΛ_R), so
-        # LR⁻¹T = (LR' − LR⁻¹)Λ_R⁻¹ with no product of LR⁻¹ by a dense matrix; used when every Λ_b there is
-        # well away from singular (the difference loses about eps/λ² relative), else T is formed.
-        Yall = None
+        # T'S⁻¹T = Λ_R⁻ᵀ(S − 2I + S⁻¹)Λ_R⁻¹ and V'T = (LR·BRX − V)'Λ_R⁻¹ (S·V = LR·BRX): no product with T;
+        # used when every Λ_b there is well away from singular (the difference loses about eps/λ²
+        # relative), else T is formed.
         lamsR = [self.lams[b] for b in st.order[1:]]
+        invs = None
         if Q2 and all(np.linalg.svd(lam, compute_uv=False).min() > 1e-3 for lam in lamsR):
-            Yall = _rmul(self.LR.T - Linv, [np.linalg.inv(lam) for lam in lamsR], st.JR)
+            invs = [np.linalg.inv(lam) for lam in lamsR]
         B1X = self.B1[:, :p]  # (J1q1, p): L_W1' rows for X
         out: dict[int, np.ndarray] = {}
         # the block-diagonal factor: R = [Λ₁'C₁₁; Λ_R'C_R1; X'Z₁]
@@ -321,30 +351,38 @@ class CrossedSolve:
         Y1s = _block_diag_sparse(Y1)
         own = st.C11.sum(axis=0) - np.einsum("jak,jal->kl", Y1, Y1)
         if Q2:
-            T = (self.DR.T @ st.C1R.T - self.A.T @ Y1s).tocsc()  # (Q2, J1q1), sparse
-            Y = np.asarray((T.T @ Linv.T).T)  # LR⁻¹T
-            own -= _block_gram_sum(Y, Y, q1)
+            T = (self.DR.T @ st.C1R.T - self.A.T @ Y1s).tocsr()  # (Q2, J1q1), sparse
+            own -= _inner_sparse_gram(Sinv, T, q1)
         if reml and p:
             corr = st.XZ[first] - np.asarray((Y1s.T @ B1X)).T
             if Q2:
-                corr -= BRX.T @ Y
+                corr -= np.asarray(T.T @ V).T
             YX = _tri(RX, corr, lower=True)
             own -= _block_gram_sum(YX, YX, q1)
         out[first] = own
         # the dense factors: R = [Λ₁'C_1b; Λ_R'C_Rb; X'Z_b]
         for i, b in enumerate(st.order[1:]):
             lo, hi = st.cuts[i], st.cuts[i + 1]
-            qb = st.terms[b].q
+            qb, Jb = st.terms[b].q, st.terms[b].J
             Y1b = (self.D1 @ st.C1R[:, lo:hi]).tocsc()
-            if Yall is not None:
-                Y = Yall[:, lo:hi]
+            own = st.C_own[b] - _block_gram_sum(Y1b, Y1b, qb)
+            if invs is not None:
+                # Σ_j of the diagonal blocks of S (rows of LR), of S⁻¹, and of −2I
+                Lb = self.LR[lo:hi].reshape(Jb, qb, Q2)
+                groups = np.arange(Jb)
+                Eb = np.einsum("jkc,jmc->km", Lb, Lb) - 2.0 * Jb * np.eye(qb) + \
+                    Sinv[lo:hi, lo:hi].reshape(Jb, qb, Jb, qb)[groups, :, groups, :].sum(axis=0)
+                own -= invs[i].T @ Eb @ invs[i]
             else:
                 T = np.asarray(self.DR.T @ st.CRR[:, lo:hi]) - np.asarray((self.A.T @ Y1b).todense())
-                Y = Linv @ T
-            own = st.C_own[b] - _block_gram_sum(Y1b, Y1b, qb)
-            own -= _block_gram_sum(Y, Y, qb)
+                own -= _block_gram_sum(T, Sinv @ T, qb)
             if reml and p:
-                corr = st.XZ[b] - np.asarray(Y1b.T @ B1X).T - BRX.T @ Y
+                if invs is not None:
+                    # V'T_b = ((S − I)V)_b' Λ_b⁻¹ per group, with S·V = LR·BRX
+                    VT = _rmul(((self.LR[lo:hi] @ BRX) - V[lo:hi]).T, [invs[i]], [Jb])
+                else:
+                    VT = V.T @ T
+                corr = st.XZ[b] - np.asarray(Y1b.T @ B1X).T - VT
                 YX = _tri(RX, corr, lower=True)
                 own -= _block_gram_sum(YX, YX, qb)
             out[b] = own
@@ -411,6 +449,9 @@ class CrossedSolve:
 class Objective(BlockDeviance):
     """The profiled deviance over (G_1, …, G_K), one block per factor: an objective.DevianceObjective
     (value, at, noise) for search.search and certificate.certify_blocks."""
+
+    # the lower faces' Newton (search.best_lower_face) updates its difference Hessian by secants
+    secant_faces = True
 
     def __init__(self, stats: CrossedStats, reml: bool):
         super().__init__(reml)

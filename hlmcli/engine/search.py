@@ -118,7 +118,19 @@ def face_newton(obj, Gs, diagonal=None, max_steps: int = 30):
     return newton_on_face(obj, face, x, dev, Gam, noise, max_steps, last_step=True)
 
 
-def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int = 30, last_step: bool = False):
+def secant_update(H: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """BFGS's update of a Hessian H after a step s that changed the gradient by y (y/s itself in one
+    dimension); H unchanged when the step shows no positive curvature."""
+    sy = float(s @ y)
+    Hs = H @ s
+    sHs = float(s @ Hs)
+    if not (sy > 0 and sHs > 0):
+        return H
+    return H - np.outer(Hs, Hs) / sHs + np.outer(y, y) / sy
+
+
+def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int = 30, last_step: bool = False,
+                   secant: bool = False):
     """Newton steps from face coordinates x (deviance dev, gradient Gam there) on a fixed face
     (certificate.BlockFace), with backtracking that keeps S ≻ 0. The Hessian (central differences)
     is reused while steps succeed and recomputed at the last point, so the decrement that ends the
@@ -127,12 +139,19 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
     last_step: once the decrement is below the tolerance, take the Newton step already computed
     when it lowers the face gradient: a decrement δ leaves the parameters about √(2δ/λ) from the
     optimum (1e-9 at δ = 1e-18), one more step leaves them at rounding, so fits of the same data
-    summarised in another order end at the same point, not at two points within the tolerance."""
+    summarised in another order end at the same point, not at two points within the tolerance.
+    secant: between fresh Hessians, update H by the gradients' change along each step taken (BFGS)
+    rather than keep the stale one: far from the face's minimum (a lower face entered from the answer)
+    a stale H overshoots step after step. The loop still ends only on a fresh Hessian's decrement."""
     steps = unverified = 0
     G = face.G(x)
     H, fresh = face.hessian(obj, x), True
+    previous = None
     for _ in range(max_steps):
         g = face.gradient(Gam, x)
+        if previous is not None:
+            H = secant_update(H, x - previous[0], g - previous[1])
+            previous = None
         w, E = np.linalg.eigh(H)
         top = max(abs(float(w[-1])), 1e-300)
         if w[0] < -HESSIAN_TOL * top:
@@ -168,6 +187,8 @@ def newton_on_face(obj, face, x, dev: float, Gam, noise: float, max_steps: int =
                 d_new, Gam_new = obj.at(face.G(x_new))
                 if d_new <= dev + (slack if t == 1.0 else 0.0):
                     unverified += slack > 0
+                    if secant:
+                        previous = (x, g)
                     x, G, dev, Gam, moved = x_new, face.G(x_new), d_new, Gam_new, True
                     break
             t *= 0.5
@@ -294,7 +315,8 @@ def best_lower_face(obj, candidates, make_face, dev: float, noise: float):
             d0, Gam = obj.at(face.G(x))
             if not np.isfinite(d0):
                 continue
-            G1, d1, _, _, _ = newton_on_face(obj, face, x, d0, Gam, obj.noise(face.G(x)))
+            G1, d1, _, _, _ = newton_on_face(obj, face, x, d0, Gam, obj.noise(face.G(x)),
+                                             secant=getattr(obj, "secant_faces", False))
         if d1 < dev - tol and (best is None or d1 < best[1]):
             best = (G1, d1)
     return best

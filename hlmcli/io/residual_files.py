@@ -43,7 +43,7 @@ def level1_table(analysis, eb) -> pd.DataFrame:
                                "residual": d.y - fitted, d.spec.outcome: d.y}
     for k, term in enumerate(d.spec.level1, start=1):
         cols[term.name if term.centering == "none" else f"{term.name}_{term.centering}"] = d.L[:, k]
-    used2 = {t.name for t in d.spec.predictors(2) if not t.unit_mean}
+    used2 = dict.fromkeys(t.name for t in d.spec.predictors(2) if not t.unit_mean)  # model order (a set's varies)
     for name in used2:
         cols[name] = d.level2_values[name][unit]
     return pd.DataFrame(cols)

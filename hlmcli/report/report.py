@@ -299,7 +299,7 @@ def records_hash(y, levels, moments=None) -> str:
 
 
 def _levels_data_hash(design) -> str:
-    """data_hash of a design of three or more levels (design_levels.DesignLevels or Design3)."""
+    """data_hash of a design of three or more levels (design_levels.DesignLevels)."""
     from ..engine.moments import LevelsSummary
     from ..engine.nested import as_levels
 

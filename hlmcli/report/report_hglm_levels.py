@@ -1,4 +1,4 @@
-"""Output of a three-level HGLM (PQL), pure functions of a Design3, its NestedFit and HGLMLevels: HLM3's
+"""Output of a three-level HGLM (PQL), pure functions of a DesignLevels, its NestedFit and HGLMLevels: HLM3's
 three-level layout with HLM 7's HGLM parts (the level-1 distribution and link, the macro iterations,
 the unit-specific fixed effects each followed by its odds or event-rate ratios, no deviance for PQL)."""
 

@@ -1,7 +1,7 @@
 """Output of models of three and more levels, pure functions of a design and a NestedFit (no fitting here).
 
 Three levels: Three-level output as HLM3 prints it (text), the JSON document (schema 3), the lme4 formula and the
-EB residual files at levels 2 and 3. Pure functions of a Design3 and a NestedFit: no fitting here.
+EB residual files at levels 2 and 3. Pure functions of a DesignLevels and a NestedFit: no fitting here.
 
 HLM3's layout, from its printed output (HLM3.EXE 7.00 and HLM3S 6.00 runs; see the module docstring of
 equations_levels.py for the notation): π/β/γ (P/B/G in ASCII), r at level 2, u at level 3, e at level 1;
