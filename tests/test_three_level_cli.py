@@ -277,7 +277,7 @@ def test_options_not_yet_available_are_refused(eg_archive):
     # refused by the capabilities table, the first feature asked in one line with its reason
     proc = run("fit", eg_archive, *EG_MODEL, "--df", "hlm6")
     _one_line_error(proc, 2, "--df hlm6", "not available for a three-level linear fit", "HLM 5/6")
-    # a three-level HGLM is fitted by PQL or Laplace (tests/test_hglm3.py): a continuous outcome is refused
+    # a three-level HGLM is fitted by PQL or Laplace (tests/test_hglm3*.py): a continuous outcome is refused
     # by the family's check (the data: exit 1), and AGQ is not built at three levels (an option: exit 2)
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--family", "bernoulli"), 1, "column MATH, row 1",
                     "is not 0 or 1")

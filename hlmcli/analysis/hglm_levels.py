@@ -38,7 +38,7 @@ class HGLMLevels:
                 "trials": self.trials, "exposure": self.exposure, "failed": list(self.failed)}
 
 
-def _level1_column(archive, design, name: str, option: str) -> np.ndarray:
+def level1_column(archive, design, name: str, option: str) -> np.ndarray:
     names = archive.names(1)
     if name not in names:
         lower = {n.lower(): n for n in names}
@@ -88,8 +88,8 @@ def analyse_hglm_levels(spec, archive, fit):
     check_three_level(design.data, spec.coefficient_names(), lambda p: spec.term_names((p,)))
     fam = get_family(fit.family.value)
     y = np.asarray(design.data.y, dtype=float)
-    trials = _level1_column(archive, design, fit.trials, "--trials") if fit.trials else None
-    exposure = _level1_column(archive, design, fit.exposure, "--exposure") if fit.exposure else None
+    trials = level1_column(archive, design, fit.trials, "--trials") if fit.trials else None
+    exposure = level1_column(archive, design, fit.exposure, "--exposure") if fit.exposure else None
     rows = design.record_positions if design.record_positions is not None else np.arange(y.size)
     source = archive.sources[0].name if archive.sources else "the level-1 file"
     fam.check(y, trials, exposure, {"file": source, "outcome": spec.outcome,
