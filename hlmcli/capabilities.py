@@ -334,8 +334,8 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
         for name, value, why in (
                 ("quadrature-points", fit.quadrature_points, f"it is for --estimation agq, and this three-level HGLM "
                  f"is fitted {method}"),
-                ("separation", fit.separation, f"the three-level fit {method} has no search for separating predictors "
-                 "(a separated predictor stops the fit with its reason)"),
+                ("separation", fit.separation, f"the three-level fit {method} cannot hold a separated coefficient at "
+                 "a bound (a separating predictor is refused before fitting, naming it)"),
                 ("link", fit.link, "it chooses the cumulative link of --family ordinal at two levels; a three-level "
                  "HGLM uses its family's canonical link, as HLM3")):
             if value is not None:
