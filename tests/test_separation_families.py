@@ -106,6 +106,15 @@ def test_negbin_separation_fit_is_refused_not_ignored():
     assert "--separation fit: not available for --family negbinomial" in line
 
 
+def test_negbin_theta_overflowing_says_fit_poisson():
+    """40 Binomial(3, 0.5) counts (under-dispersed), intercepts only: the search asks for log θ beyond 709.
+    Before: "the model cannot be fitted to these data (math range error) ... check extreme values" (exit 1,
+    the wrong reason). Now the Poisson limit, in one line."""
+    line = one_line_error(hlmcli("fit", S / "nb_tiny.csv", S / "units8.csv", "--id", "ID", "-1", "Y = b0", "-2",
+                                 "b0 = g00 + u0", "--family", "negbinomial", "--estimation", "laplace"))
+    assert "the dispersion θ runs to infinity" in line and "fit --family poisson" in line
+
+
 @pytest.mark.slow
 def test_negbin_without_overdispersion_says_fit_poisson():
     """Binomial(4, 0.4) counts (under-dispersed): the NB likelihood rises towards θ = ∞. Before: exit 3,

@@ -32,6 +32,12 @@ PQL_REFUSAL = ("--family negbinomial: PQL is not available: its working model ne
                "--estimation laplace or agq (exact ML, as glmmTMB)")
 
 
+def _poisson_limit(theta: float) -> str:
+    return (f"--family negbinomial: the dispersion θ runs to infinity (θ = {theta:.3g} where the search stopped): the "
+            "counts show no over-dispersion beyond the Poisson's, so the negative binomial likelihood has its maximum "
+            "only in the Poisson limit; fit --family poisson")
+
+
 @dataclass
 class NegBinAnalysis(HGLMAnalysis):
     """An HGLM analysis with the dispersion θ of the NB2 model (Var = μ + μ²/θ)."""
@@ -55,7 +61,7 @@ class NegBinAnalysis(HGLMAnalysis):
 def analyse_negbin(spec, archive, level1_text: str | None = None) -> NegBinAnalysis:
     from ..data.data_checks import check_quadrature
     from ..engine.hglm import working_model
-    from ..engine.negbin import NegBinData, NegBinFamily, fit
+    from ..engine.negbin import NegBinData, NegBinFamily, ThetaOverflow, fit
 
     opts = spec.options
     if opts.estimation in (None, "pql"):
@@ -84,15 +90,16 @@ def analyse_negbin(spec, archive, level1_text: str | None = None) -> NegBinAnaly
             raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use "
                              "--estimation laplace")
         check_quadrature(opts.quadrature_points or None, data.q)
-    res = fit(data, opts.estimation, opts.quadrature_points or None, diagonal=opts.tau == "diagonal")
+    try:
+        res = fit(data, opts.estimation, opts.quadrature_points or None, diagonal=opts.tau == "diagonal")
+    except ThetaOverflow as exc:
+        raise ModelError(_poisson_limit(math.exp(min(float(exc.args[0]), 709.0)))) from None
     pf = data.pf
     gamma = res.gamma[:pf]
     eta = data.eta(res.gamma, res.b)  # the family's θ at the optimum
     theta = math.exp(res.gamma[pf])
     if theta > THETA_POISSON * max(1.0, float(np.exp(eta).max())):
-        raise ModelError(f"--family negbinomial: the dispersion θ runs to infinity (θ = {theta:.3g} where the search "
-                         "stopped): the counts show no over-dispersion beyond the Poisson's, so the negative binomial "
-                         "likelihood has its maximum only in the Poisson limit; fit --family poisson")
+        raise ModelError(_poisson_limit(theta))
     stats, unit = working_model(data, res.eta)
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
