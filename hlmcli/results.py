@@ -914,15 +914,15 @@ class LevelsResults(Results):
         Laplace; the final working model's, for PQL) and from the fixed part alone, both on the link scale
         with the offset (log exposure); the fitted mean E(y | b̂) (trials × φ, or λ); the response residual
         y − mean; the outcome."""
-        from .analysis.hglm_levels import _level1_column
+        from .analysis.hglm_levels import level1_column
 
         a, h = self.analysis, self.analysis.hglm
         offset = 0.0
         if h.exposure:
-            offset = np.log(_level1_column(self.archive, a.design, h.exposure, "--exposure"))
+            offset = np.log(level1_column(self.archive, a.design, h.exposure, "--exposure"))
         eta, eta_fixed = eb + offset, fixed + offset
         if h.link == "logit":
-            n = _level1_column(self.archive, a.design, h.trials, "--trials") if h.trials else 1.0
+            n = level1_column(self.archive, a.design, h.trials, "--trials") if h.trials else 1.0
             mean = n / (1.0 + np.exp(-eta))
         else:
             mean = np.exp(eta)

@@ -401,7 +401,7 @@ def test_hypothesis_and_deviance_tests():
 ])
 def test_options_without_hglm_meaning_are_refused(args, why):
     proc = hlmcli("fit", H / "mmmec_l1.csv", H / "mmmec_l2.csv", *MODELS["mmmec"], *args)
-    assert proc.returncode == 1 and why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 2 and why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_strict_refuses_a_boundary_fit(tmp_path):
@@ -433,3 +433,41 @@ def test_laplace_at_a_rank2_tau_also_searches_its_rank1_face():
     out = json.loads(proc.stdout)
     assert out["certificate"]["rank"] == 2 and out["starts"] == 5
     assert out["deviance"] <= ref["deviance"] + 1e-6 * ref["deviance"]
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+def test_deviance_at_zero_tau_is_the_laplace_deviance_there(family):
+    """ml_fit compares the optimum found with τ = 0 (the GLM): that deviance must be the Laplace
+    deviance at Λ = 0 itself, family constant included (log C(n, y) for the binomial, −log y! for the
+    Poisson), or a lower τ = 0 is missed (binomial) or needless searches start (Poisson)."""
+    from hlmcli.engine.family import BINOMIAL, POISSON
+    from hlmcli.engine.hglm import GLMData, deviance_without_random_effects
+
+    rng = np.random.default_rng(7)
+    J, n = 6, 5
+    x = rng.normal(size=J * n)
+    L = np.column_stack([np.ones(J * n), x])
+    B = np.broadcast_to(np.eye(2), (J, 2, 2)).copy()
+    offs = np.arange(0, J * n + 1, n)
+    if family == "binomial":
+        trials = rng.integers(2, 9, size=J * n).astype(float)
+        y = np.floor(trials * rng.random(J * n))
+        data = GLMData(BINOMIAL, L, B, offs, np.arange(1), y, trials)
+    else:
+        y = rng.poisson(3.0, size=J * n).astype(float)
+        data = GLMData(POISSON, L, B, offs, np.arange(1), y)
+    gamma = np.array([0.2, -0.4])
+    eta = L @ gamma
+    if family == "binomial":  # the binomial log-likelihood written out, by hand
+        from math import lgamma
+        p = 1 / (1 + np.exp(-eta))
+        ll = sum(lgamma(t + 1) - lgamma(k + 1) - lgamma(t - k + 1) + k * math.log(pi) + (t - k) * math.log(1 - pi)
+                 for k, t, pi in zip(y, trials, p))
+    else:
+        from math import lgamma
+        mu = np.exp(eta)
+        ll = sum(k * math.log(m) - m - lgamma(k + 1) for k, m in zip(y, mu))
+    laplace = data.conditional(1).deviance(gamma, np.zeros((1, 1)))
+    laplace = laplace[0] if isinstance(laplace, tuple) else laplace
+    assert math.isclose(deviance_without_random_effects(data, gamma), -2 * ll, rel_tol=1e-12)
+    assert math.isclose(float(laplace), -2 * ll, rel_tol=1e-12)

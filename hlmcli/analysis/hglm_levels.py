@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import DataError, ModelError
 from ..engine.hglm import FixedPointCheck
 
 
@@ -38,7 +38,7 @@ class HGLMLevels:
                 "trials": self.trials, "exposure": self.exposure, "failed": list(self.failed)}
 
 
-def _level1_column(archive, design, name: str, option: str) -> np.ndarray:
+def level1_column(archive, design, name: str, option: str) -> np.ndarray:
     names = archive.names(1)
     if name not in names:
         lower = {n.lower(): n for n in names}
@@ -74,6 +74,45 @@ def check_options_levels(fit) -> None:
                          "(restricted PQL is --estimation pql --reml)")
 
 
+def check_separation_levels(spec, design, y, trials, link: str, l1file: str, rows) -> None:
+    """A three-level fit's separation (analysis/separation.py: one column exactly, then a combination by
+    the linear programme) on the fixed design record by record, refused in one line before fitting: the
+    random effects of either level cannot absorb it, so the ML (and PQL) estimate is infinite."""
+    from ..engine.nested import as_levels
+    from ..engine.nested_glmm import record_columns
+    from ..spec import subscript
+    from .separation import find_combination, find_separation
+
+    X = record_columns(as_levels(design.data)).X
+    if X.shape[1] < 2:
+        return
+    fixed = spec.fixed()
+
+    def name(k):
+        path = [n for n in fixed[k].names if not str(n).startswith("INTRCPT")]
+        return f"γ{subscript(*fixed[k].idx)} ({'*'.join(map(str, path)) or 'the intercept'})"
+
+    def listed(recs):
+        return ", ".join(str(int(rows[i]) + 1) for i in recs[:8]) + (f", ... ({recs.size} in all)" if recs.size > 8 else "")
+
+    found = find_separation(X, y, trials, link)
+    if found:
+        s = found[0]
+        kind = "completely" if s.complete else "quasi-completely"
+        limit = ("the outcome at its limit" if link == "logit" else "a count of 0")
+        raise DataError(f"{l1file}: the fixed effect {name(s.column)} separates the outcome {kind} (beyond "
+                        f"{s.threshold:g} of its column every record has {limit}: rows {listed(s.records)}), so its "
+                        "coefficient has no finite estimate; remove it or combine categories")
+    combo = find_combination(X, y, trials, link)
+    if combo is not None:
+        beta, moved = combo
+        size = np.abs(beta) * np.abs(X).max(axis=0)
+        names = [name(k) for k in np.flatnonzero(size > 1e-6 * size.max())]
+        raise DataError(f"{l1file}: the fixed effects {', '.join(names)} together separate the outcome (a combination "
+                        f"of them puts the outcome at its limit on rows {listed(moved)}), so their coefficients have "
+                        "no finite estimate; remove one of them or combine categories")
+
+
 def analyse_hglm_levels(spec, archive, fit):
     """The PQL fit of a three-level HGLM: (its design, the NestedFit the report reads, HGLMLevels), which
     api.analyse_levels makes a LevelsAnalysis of."""
@@ -88,14 +127,15 @@ def analyse_hglm_levels(spec, archive, fit):
     check_three_level(design.data, spec.coefficient_names(), lambda p: spec.term_names((p,)))
     fam = get_family(fit.family.value)
     y = np.asarray(design.data.y, dtype=float)
-    trials = _level1_column(archive, design, fit.trials, "--trials") if fit.trials else None
-    exposure = _level1_column(archive, design, fit.exposure, "--exposure") if fit.exposure else None
+    trials = level1_column(archive, design, fit.trials, "--trials") if fit.trials else None
+    exposure = level1_column(archive, design, fit.exposure, "--exposure") if fit.exposure else None
     rows = design.record_positions if design.record_positions is not None else np.arange(y.size)
     source = archive.sources[0].name if archive.sources else "the level-1 file"
     fam.check(y, trials, exposure, {"file": source, "outcome": spec.outcome,
                                     "trials": fit.trials, "exposure": fit.exposure, "rows": rows})
-    tau = fit.tau or getattr(spec.options, "tau", None)
+    tau = fit.tau or spec.options.tau
     reml = spec.method == "REML"
+    check_separation_levels(spec, design, y, trials, fam.link, source, rows)
     glm = LevelsGLMData(as_levels(design.data), fam, trials, None if exposure is None else np.log(exposure))
     if (fit.estimation.value if fit.estimation is not None else "pql") == "laplace":
         return design, *_laplace(glm, fit, tau, spec.options.max_iterations)

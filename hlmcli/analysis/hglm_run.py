@@ -178,10 +178,11 @@ def _listed(items, n=8) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def check_separation(design, B, trials, link, l1file, l2file, rows, mode):
+def check_separation(design, B, trials, link, l1file, l2file, rows, mode, fit_offered: bool = True):
     """Separation by one fixed-effect column (separation.py), found before fitting. Complete separation
     is refused; quasi-complete separation too unless mode is "fit", when the separated coefficients
-    are returned to be held at their bounds."""
+    are returned to be held at their bounds (fit_offered False: a family without --separation fit, whose
+    refusal does not suggest it)."""
     from .separation import find_combination, find_separation
 
     if design.n_fixed < 2:
@@ -218,7 +219,7 @@ def check_separation(design, B, trials, link, l1file, l2file, rows, mode):
             else:
                 where = f"rows {_listed(int(rows[i]) + 1 for i in s.records)}"
             kind = "completely" if s.complete else "quasi-completely"
-            todo = ("remove it or combine categories" if s.complete else
+            todo = ("remove it or combine categories" if s.complete or not fit_offered else
                     "remove it or combine categories, or pass --separation fit to fit with the coefficient held at a "
                     "bound (as glmer's huge estimate)")
             raise DataError(f"{l2file if _unit_level(design, B, s.column) else l1file}, column {name}: "

@@ -16,14 +16,26 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, RefusedOption
 from . import inference
-from .hglm_run import HGLMAnalysis, checked_design, trials_and_exposure, check_column_scales
+from .hglm_run import HGLMAnalysis, check_column_scales, check_separation, checked_design, trials_and_exposure
+
+# θ beyond this many times the largest fitted mean: μ²/θ adds under 1e-6 of μ to any record's variance, so
+# the counts show no over-dispersion the Poisson model lacks; the NB likelihood keeps rising towards its
+# Poisson limit (θ = ∞, a boundary outside the (γ, log θ) space the certificate checks), and at such θ its
+# terms cancel (lgamma(y + θ) − lgamma(θ) and θ·log θ against (y + θ)·log(θ + μ)) to ~1e-16·θ·log θ each.
+THETA_POISSON = 1e6
 
 # capabilities.check refuses PQL first (with the same reason); this guards the engine's own callers
 PQL_REFUSAL = ("--family negbinomial: PQL is not available: its working model needs a variance function known up "
                "to a scale, and the negative binomial's (mu + mu^2/theta) depends on the unknown theta; use "
                "--estimation laplace or agq (exact ML, as glmmTMB)")
+
+
+def _poisson_limit(theta: float) -> str:
+    return (f"--family negbinomial: the dispersion θ runs to infinity (θ = {theta:.3g} where the search stopped): the "
+            "counts show no over-dispersion beyond the Poisson's, so the negative binomial likelihood has its maximum "
+            "only in the Poisson limit; fit --family poisson")
 
 
 @dataclass
@@ -49,7 +61,7 @@ class NegBinAnalysis(HGLMAnalysis):
 def analyse_negbin(spec, archive, level1_text: str | None = None) -> NegBinAnalysis:
     from ..data.data_checks import check_quadrature
     from ..engine.hglm import working_model
-    from ..engine.negbin import NegBinData, NegBinFamily, fit
+    from ..engine.negbin import NegBinData, NegBinFamily, ThetaOverflow, fit
 
     opts = spec.options
     if opts.estimation in (None, "pql"):
@@ -62,6 +74,13 @@ def analyse_negbin(spec, archive, level1_text: str | None = None) -> NegBinAnaly
     where = {"file": l1file, "outcome": spec.outcome, "trials": None, "exposure": opts.exposure, "rows": rows}
     fam.check(design.y, None, exposure, where)
     B = design.block_design()
+    if opts.separation == "fit":
+        raise RefusedOption("--separation fit: not available for --family negbinomial (a separated coefficient is not "
+                         "held at a bound for it); remove or recode the separating predictor, and drop --separation")
+    # all-zero counts beyond a threshold of a predictor: its coefficient runs to −∞ for NB2 as for Poisson
+    # (the likelihood of y = 0, (θ/(θ + μ))^θ, rises as μ falls), so the count rule of separation.py applies
+    check_separation(design, B, None, "log", l1file, files.get("level-2", "the level-2 file"), rows, "refuse",
+                     fit_offered=False)
     check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
     offset = np.log(exposure) if exposure is not None else None
     data = NegBinData(NegBinFamily(design.y), design.L, B, design.offsets, np.flatnonzero(design.random), design.y,
@@ -71,10 +90,16 @@ def analyse_negbin(spec, archive, level1_text: str | None = None) -> NegBinAnaly
             raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use "
                              "--estimation laplace")
         check_quadrature(opts.quadrature_points or None, data.q)
-    res = fit(data, opts.estimation, opts.quadrature_points or None, diagonal=opts.tau == "diagonal")
+    try:
+        res = fit(data, opts.estimation, opts.quadrature_points or None, diagonal=opts.tau == "diagonal")
+    except ThetaOverflow as exc:
+        raise ModelError(_poisson_limit(math.exp(min(float(exc.args[0]), 709.0)))) from None
     pf = data.pf
     gamma = res.gamma[:pf]
-    data.eta(res.gamma, res.b)  # the family's θ at the optimum
+    eta = data.eta(res.gamma, res.b)  # the family's θ at the optimum
+    theta = math.exp(res.gamma[pf])
+    if theta > THETA_POISSON * max(1.0, float(np.exp(eta).max())):
+        raise ModelError(_poisson_limit(theta))
     stats, unit = working_model(data, res.eta)
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=1.0)
     ols = inference.unit_ols(design, unit, stats, fake)

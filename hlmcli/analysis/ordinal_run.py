@@ -55,6 +55,81 @@ def ordinal_codes(y: np.ndarray, ncat: int | None, where: dict):
     return np.searchsorted(categories, y).astype(np.int64) + 1, categories
 
 
+def find_separation(X: np.ndarray, codes: np.ndarray, ncat: int):
+    """A direction (dγ, dc_2..dc_{C−1}) (X's units; dc_1 = 0 as c_1 is) along which no record's likelihood
+    falls and some record's rises, with the records it moves; or None. A record in category m has
+    probability F(η + c_m) − F(η + c_{m−1}) (c_0 = −∞, c_C = +∞): it cannot fall along the direction when
+    x'dγ + dc_m ≥ 0 (m < C) and x'dγ + dc_{m−1} ≤ 0 (m > 1), and the thresholds stay ordered when dc is
+    non-decreasing. Then the ML estimate is infinite for every value of the random effects (as Albert &
+    Anderson 1984 for the binary logit): a predictor or combination that orders the categories (complete),
+    or puts one side of a split at the first or last category (quasi-complete), or a threshold whose
+    category sits beyond it. Found as for binary outcomes (separation.py, after Konis 2007): maximise the
+    sum of the record margins over the direction in [−1, 1] (columns scaled to max |x| = 1), subject to
+    every margin ≥ 0 and the order; the optimum is 0 exactly when no direction separates, and a positive
+    one is accepted only when its direction is verified on the data."""
+    from scipy.optimize import linprog
+
+    N, p = X.shape
+    nc = ncat - 2  # dc_2..dc_{C−1}
+    scale = np.abs(X).max(axis=0)
+    scale[scale == 0] = 1.0
+    Xs = X / scale
+    rows, recs = [], []
+    for m in range(1, ncat + 1):
+        i = np.flatnonzero(codes == m)
+        if not i.size:
+            continue
+        if m < ncat:  # x'dγ + dc_m ≥ 0
+            D = np.zeros((i.size, p + nc))
+            D[:, :p] = Xs[i]
+            if m >= 2:
+                D[:, p + m - 2] = 1.0
+            rows.append(D)
+            recs.append(i)
+        if m > 1:  # −(x'dγ + dc_{m−1}) ≥ 0
+            D = np.zeros((i.size, p + nc))
+            D[:, :p] = -Xs[i]
+            if m >= 3:
+                D[:, p + m - 3] = -1.0
+            rows.append(D)
+            recs.append(i)
+    D, recs = np.vstack(rows), np.concatenate(recs)
+    order = np.zeros((nc, p + nc))  # dc_m − dc_{m−1} ≥ 0
+    order[:, p:] = np.eye(nc) - np.eye(nc, k=-1)
+    res = linprog(-D.sum(axis=0), A_ub=-np.vstack([D, order]), b_ub=np.zeros(D.shape[0] + nc),
+                  bounds=[(-1, 1)] * (p + nc), method="highs")
+    if res.status != 0 or -res.fun <= 1e-9 * N:
+        return None
+    margin = D @ res.x
+    top = float(np.max(np.abs(margin)))
+    if top <= 0 or np.any(margin < -1e-9 * top) or np.any(order @ res.x < -1e-9 * top):
+        return None
+    moved = np.unique(recs[margin > 1e-6 * top])
+    if not moved.size:
+        return None
+    return np.concatenate([res.x[:p] / scale, res.x[p:]]), moved
+
+
+def check_separation(data, design, codes, categories, l1file: str, rows) -> None:
+    """Refuse, in one line, fixed effects or thresholds whose ML estimates are infinite (find_separation)."""
+    X = np.column_stack([data.rowdot(data.LT, data.B[:, :, k]) for k in range(data.pf)])
+    found = find_separation(X, codes, categories.size)
+    if found is None:
+        return
+    d, moved = found
+    pf = data.pf
+    size = np.concatenate([np.abs(d[:pf]) * np.abs(X).max(axis=0), np.abs(d[pf:])])
+    big = np.flatnonzero(size > 1e-6 * size.max())
+    names = [design.fixed[k].label if k < pf else f"δ({k - pf + 2})" for k in big]
+    listed = ", ".join(str(int(rows[i]) + 1) for i in moved[:8]) + (", ..." if moved.size > 8 else "")
+    what = "the fixed effect" if len(names) == 1 else "the fixed effects and thresholds"
+    raise DataError(f"{l1file}: {what} {', '.join(names)} {'separates' if len(names) == 1 else 'separate'} the ordered categories (along "
+                    f"{'it' if len(names) == 1 else 'a combination of them'} no record's category becomes less likely "
+                    f"and the categories of rows {listed} become certain), so "
+                    f"{'its coefficient has' if len(names) == 1 else 'their coefficients have'} no finite estimate; "
+                    "remove a predictor or combine categories")
+
+
 @dataclass
 class OrdinalAnalysis(HGLMAnalysis):
     """An HGLM analysis whose fixed part is followed by the thresholds δ(2)..δ(C−1)."""
@@ -108,6 +183,7 @@ def analyse_ordinal(spec, archive, level1_text: str | None = None) -> OrdinalAna
     check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
     fam = OrdinalFamily(link, categories.size, codes)
     data = OrdinalData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), codes.astype(float))
+    check_separation(data, design, codes, categories, l1file, rows)
     diagonal = opts.tau == "diagonal"
     if opts.estimation == "agq":
         if data.q > 3:

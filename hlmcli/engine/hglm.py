@@ -826,6 +826,15 @@ def _glm_gamma(data: GLMData, maxit: int = 100) -> np.ndarray:
     return gamma
 
 
+def deviance_without_random_effects(data: GLMData, gamma: np.ndarray) -> float:
+    """The Laplace/AGQ deviance at τ = 0 (the GLM's): with Λ = 0 the modes are 0 and log|H| = 0, so it
+    is −2 (Σ_j w_j ℓ_j(γ) + Σ_i c_i), the family constant c_i included as Conditional's deviance
+    includes it (without it a binomial deviance sits 2·Σ log C(n, y) too high, and a lower τ = 0 is
+    missed; a Poisson one too low, and needless searches start)."""
+    ll0 = data.loglik_units(data.eta(gamma, None))
+    return -2.0 * (float(np.sum(ll0) if data.w2 is None else data.w2 @ ll0) + data.const)
+
+
 def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxiter: int = 100,
            diagonal: bool = False, init: MLResult | None = None) -> MLResult:
     """Laplace (nodes = 1) or AGQ (nodes > 1) maximum likelihood, certified over PSD τ (or over
@@ -865,8 +874,7 @@ def ml_fit(data: GLMData, nodes: int = 1, start: PQLResult | None = None, maxite
                     raise
         # τ = 0: the GLM's deviance. Below every optimum found, the search restarts just inside the
         # cone from there (a zero Λ has zero gradient in Cholesky coordinates: it cannot start at 0)
-        ll0 = data.loglik_units(data.eta(gamma_glm, None))
-        dev0 = -2.0 * float(np.sum(ll0) if data.w2 is None else data.w2 @ ll0)
+        dev0 = deviance_without_random_effects(data, gamma_glm)
         tol = 1e-6 * max(1.0, 1e-6 * abs(dev0))
         starts = len(candidates) + 1
         if dev0 < min(f.deviance for f in fits) - tol:

@@ -36,6 +36,14 @@ from scipy.special import digamma, gammaln
 from .hglm import Conditional, GLMData, agq_fit, ml_fit, newton_ascent
 
 
+
+# exp(log θ) overflows a double beyond 709; a search that asks for such θ is heading to the Poisson limit
+LOG_THETA_MAX = 700.0
+
+
+class ThetaOverflow(OverflowError):
+    """The search asked for θ = exp(log θ) beyond LOG_THETA_MAX (the caller says to fit Poisson)."""
+
 class NegBinFamily:
     """The per-record NB2 kernel for one data set (the counts y are fixed), at its current θ (set by
     NegBinData.eta from the parameter vector's last entry, log θ)."""
@@ -57,6 +65,8 @@ class NegBinFamily:
         log_theta = float(log_theta)
         if log_theta == self.log_theta:
             return
+        if log_theta > LOG_THETA_MAX:
+            raise ThetaOverflow(log_theta)
         self.log_theta = log_theta
         th = math.exp(log_theta)
         # the θ part of ℓ that does not involve η: computed once per θ, not per node and Newton step
