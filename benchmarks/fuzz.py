@@ -29,11 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hlmcli.language.equations import Variables, build_spec, parse_hlm_file  # noqa: E402
+from hlmcli.language.equations import build_spec, parse_hlm_file  # noqa: E402
+from hlmcli.language.equations_levels import Variables  # noqa: E402
 from hlmcli.errors import HlmError  # noqa: E402
 from hlmcli.language.mdmt import parse_template  # noqa: E402
 
-VARIABLES = Variables(("MATHACH", "SES", "MINORITY", "FEMALE"), ("SECTOR", "MEANSES", "SIZE"))
+VARIABLES = Variables((("MATHACH", "SES", "MINORITY", "FEMALE"), ("SECTOR", "MEANSES", "SIZE")))
 LEVEL1 = ["MATHACH = b0 + b1*group(SES) + r", "MATHACHij = β0j + β1j*(SESij - SES•j) + rij",
           "MATHACH = b0 + b1*(grand(SES)) + b2*MINORITY + b3*FEMALE + r", "MATHACH = b0 + r",
           "MATHACH = b0 + b1*(SES - SES..) + r"]

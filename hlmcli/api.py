@@ -468,7 +468,7 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
 def levels_fit_options(spec, fit: FitOptions) -> dict:
     """nested_fit.fit_nested's options from the fit's: τ diagonal at every level (--tau diagonal, or the
     model file's), and Satterthwaite's d.f. (--df satterthwaite)."""
-    tau = fit.tau or getattr(spec.options, "tau", None)
+    tau = fit.tau or spec.options.tau
     return {"diagonal": tau == TauStructure.DIAGONAL,
             "df_method": "satterthwaite" if fit.df_method == "satterthwaite" else "hlm"}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ModelError
+from .errors import RefusedOption
 from .spec import Engine, FitOptions, OutputOptions
 
 # The kinds of two-level model, as the table's columns.
@@ -243,8 +243,8 @@ _BY_KEY = {f.key: f for f in FEATURES}
 
 
 def n_levels_of(spec) -> int:
-    """The number of levels of a spec (ModelSpec.n_levels)."""
-    return int(getattr(spec, "n_levels", 2))
+    """The number of levels of a spec (ModelSpec.n_levels; crossed fits are checked by table key, cli/crossed.py)."""
+    return spec.n_levels
 
 
 def hglm_asked(fit: FitOptions | None) -> bool:
@@ -274,29 +274,28 @@ def reason(feature: str, kind: str) -> str | None:
 def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
     """The features a fit asks for, from its options and its model file (a .hlm file's resfil1:, weights...)."""
     o = spec.options
-    got = lambda name: getattr(o, name, None)  # noqa: E731 (a K-level spec's options hold fewer settings)
     asked = {
         "residuals": bool(out.residuals_l1 or out.residuals_l2 or out.residuals_l3 or out.residuals_l4
-                          or got("residuals_l1") or got("residuals_l2") or got("residuals_l3")),
+                          or o.residuals_l1 or o.residuals_l2 or any(o.residuals)),
         "keep": bool(out.keep),
         "json_out": bool(out.json_out),
         "formats": out.out_format not in ("text", "json"),
-        "test": bool(fit.tests or got("hypotheses")),
+        "test": bool(fit.tests or o.hypotheses),
         "constrain": bool(fit.constraints),
         "known_variance": bool(fit.known_variance),
         "level1_variance": bool(fit.level1_variance),
-        "compare_deviance": (fit.compare_deviance if got("prior_deviance") is None else got("prior_deviance")) is not None,
-        "tau_diagonal": (fit.tau or got("tau")) == "diagonal",
+        "compare_deviance": (fit.compare_deviance if o.prior_deviance is None else o.prior_deviance) is not None,
+        "tau_diagonal": (fit.tau or o.tau) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
         "df_hlm6": fit.df_method == "hlm6",
-        "homogeneity": bool(fit.test_homogeneity or got("homogeneity")),
-        "full_output": bool(fit.full_output or got("full_output")),
-        "weights": bool(fit.weight1 or fit.weight2 or fit.weight3 or fit.weight4 or got("weight1") or got("weight2")),
+        "homogeneity": bool(fit.test_homogeneity or o.homogeneity),
+        "full_output": bool(fit.full_output or o.full_output),
+        "weights": bool(fit.weight1 or fit.weight2 or fit.weight3 or fit.weight4 or o.weight1 or o.weight2),
         "plausible_values": bool(fit.plausible_values or fit.imputed),
         "stream_dask": Engine(fit.engine) != Engine.MEMORY,
-        "ordinal": (fit.family or got("family")) == "ordinal",
-        "negbinomial": (fit.family or got("family")) == "negbinomial",
-        "multinomial": (fit.family or got("family")) == "multinomial",
+        "ordinal": (fit.family or o.family) == "ordinal",
+        "negbinomial": (fit.family or o.family) == "negbinomial",
+        "multinomial": (fit.family or o.family) == "multinomial",
     }
     return [key for key, on in asked.items() if on]
 
@@ -307,7 +306,7 @@ def refuse(feature: str, kind: str, label: str | None = None) -> None:
     why = reason(feature, kind)
     if why:
         label = label or _BY_KEY[feature].label.split(' (')[0]
-        raise ModelError(f"{label}: not available for a {KINDS[kind]} fit: {why}")
+        raise RefusedOption(f"{label}: not available for a {KINDS[kind]} fit: {why}")
 
 
 def _given_label(feature: str, spec, fit: FitOptions) -> str | None:
@@ -325,7 +324,7 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
     if n_levels == 3 and hglm_asked(fit):
         est = getattr(fit.estimation, "value", fit.estimation)
         if est not in (None, "pql", "laplace"):
-            raise ModelError(f"--estimation {est}: not available for a three-level HGLM fit: adaptive quadrature over "
+            raise RefusedOption(f"--estimation {est}: not available for a three-level HGLM fit: adaptive quadrature over "
                              "nested random effects (a level-3 rule with a level-2 rule inside it per level-2 unit) is "
                              "not built; use --estimation laplace (exact ML up to the Laplace approximation, glmer's "
                              "nAGQ = 1) or pql")
@@ -340,7 +339,7 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
                 ("link", fit.link, "it chooses the cumulative link of --family ordinal at two levels; a three-level "
                  "HGLM uses its family's canonical link, as HLM3")):
             if value is not None:
-                raise ModelError(f"--{name}: not available for a {kind} fit: {why}; drop --{name}")
+                raise RefusedOption(f"--{name}: not available for a {kind} fit: {why}; drop --{name}")
         return
     given = [name for name, value in (("family", fit.family), ("trials", fit.trials), ("exposure", fit.exposure),
                                       ("overdispersion", fit.overdispersion), ("estimation", fit.estimation),
@@ -348,7 +347,7 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
                                       ("link", fit.link))
              if value is not None and not (name == "family" and value == "normal")]
     if given:
-        raise ModelError(f"{', '.join('--' + g for g in given)}: not available for a {KINDS[_LEVELS[n_levels - 3]]} fit: "
+        raise RefusedOption(f"{', '.join('--' + g for g in given)}: not available for a {KINDS[_LEVELS[n_levels - 3]]} fit: "
                          + _HGLM_LEVELS)
 
 
@@ -370,26 +369,26 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
             for key in asked:
                 if key in conflicts:
                     label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(" (")[0]
-                    raise ModelError(f"{label} with {option}: not available: {conflicts[key]}")
+                    raise RefusedOption(f"{label} with {option}: not available: {conflicts[key]}")
     if kind in _LEVELS and Engine(engine) != Engine.MEMORY:
         # three or four levels from per-level-2-unit summaries: what needs the records is refused as for
         # two levels; the EB residual files of levels 2 to 4 need only the units' record counts
         for key in asked:
-            if not (key == "residuals" and not (out.residuals_l1 or getattr(spec.options, "residuals_l1", None))):
+            if not (key == "residuals" and not (out.residuals_l1 or spec.options.residuals_l1)):
                 refuse_summarised(key, n_levels_of(spec), engine)
 
 
 def refuse_own_likelihood(asked: list[str], kind: str, spec, fit: FitOptions) -> None:
     """Weights or combined fits of an ordinal, negative binomial or multinomial outcome (the two-level HGLM
     columns): not built for those families, refused in one line."""
-    family = str(getattr(fit.family, "value", fit.family) or getattr(spec.options, "family", None))
+    family = str(getattr(fit.family, "value", fit.family) or spec.options.family)
     if kind not in ("pql", "laplace", "agq") or family not in ("ordinal", "negbinomial", "multinomial"):
         return
     if "weights" in asked:
-        raise ModelError(f"{_given_label('weights', spec, fit)}: not available for a --family {family} fit: "
+        raise RefusedOption(f"{_given_label('weights', spec, fit)}: not available for a --family {family} fit: "
                          + _HGLM_OWN_WEIGHTS.format(family=family))
     if "plausible_values" in asked:
-        raise ModelError(f"--plausible-values/--imputed: not available for a --family {family} fit: Rubin's rules "
+        raise RefusedOption(f"--plausible-values/--imputed: not available for a --family {family} fit: Rubin's rules "
                          f"are wired for bernoulli, binomial and poisson HGLMs; {family} fits carry parameters of "
                          "their own (thresholds, θ or several logits) that are not combined yet; fit each data set "
                          "on its own")
@@ -402,7 +401,7 @@ def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None
     why = reason(feature, "linear-summary")
     if why:
         label = "--residuals-l1" if feature == "residuals" else _BY_KEY[feature].label.split(" (")[0]
-        raise ModelError(f"{label}: not available with --engine {Engine(engine).value} for a "
+        raise RefusedOption(f"{label}: not available with --engine {Engine(engine).value} for a "
                          f"{KINDS[_LEVELS[n_levels - 3]]} fit: {why}")
 
 

@@ -14,7 +14,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); no output 
 EXIT_CODES_HELP = ("\b\nExit status:\n"
                    f"  {EXIT_OK:<4} success\n"
                    f"  {EXIT_DATA:<4} data or model error (one line names the file, column or line)\n"
-                   f"  {EXIT_USAGE:<4} usage error (unknown or conflicting options, missing argument)\n"
+                   f"  {EXIT_USAGE:<4} usage error (unknown or conflicting options, missing argument, an\n"
+                   f"       option this kind of fit does not take)\n"
                    f"  {EXIT_NOT_CONVERGED:<4} the optimum is not certified (or, with --strict, a boundary fit)\n"
                    f"  {EXIT_INTERNAL:<4} internal error: a bug in hlmcli; rerun with HLMCLI_DEBUG=1 and report it\n"
                    f"  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C); no output file was changed")
@@ -39,6 +40,14 @@ class ModelError(HlmError):
 
 class UsageError(HlmError):
     """Arguments that do not go together (exit 2, as click's usage errors)."""
+
+    exit_code = EXIT_USAGE
+
+
+class RefusedOption(ModelError):
+    """An option (or a command file's setting) this kind of fit does not take, refused with the capabilities
+    table's statistical reason: options that do not go together, so a usage error (exit 2) as the man page
+    documents; a ModelError for the Python API."""
 
     exit_code = EXIT_USAGE
 

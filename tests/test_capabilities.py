@@ -91,6 +91,14 @@ def one_line_refusal(proc, why: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def refused_option(proc, why: str) -> None:
+    """An option this kind of fit does not take: one line with the table's reason, and a usage error (exit 2,
+    errors.RefusedOption) at every kind, crossed and K levels as two (they gave 1 for some options and 2
+    for others)."""
+    one_line_refusal(proc, why)
+    assert proc.returncode == 2, proc.stderr
+
+
 # ---------------------------------------------------------------- supported cells
 
 def check_api(kind, tmp_path):
@@ -837,12 +845,11 @@ def check_levels_stream_dask(kind, tmp_path):
     assert differences(levels_json(kind), doc) == []
     levels_matches(doc, kind)
     proc = run("fit", *LEVELS_BASE[kind], "--engine", "stream", "--residuals-l1", tmp_path / "r1.csv", "-q")
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "needs the records themselves" in proc.stderr
-    # --missing now is the capabilities table's refusal too (exit 1, its reason), not a usage error
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "needs the records themselves" in proc.stderr
+    # --missing now is the capabilities table's refusal too (its reason): an option the fit does not take
     proc = run("fit", *LEVELS_BASE[kind], "--engine", "dask", "--missing", "now", "-q")
-    one_line_refusal(proc, f"--missing now: not available with --engine dask for a {kind} linear fit: "
-                           + capabilities.reason("missing_now", "linear-summary"))
-    assert proc.returncode == 1
+    refused_option(proc, f"--missing now: not available with --engine dask for a {kind} linear fit: "
+                         + capabilities.reason("missing_now", "linear-summary"))
 
 
 SUPPORTED_LEVELS = {key[len("check_levels_"):]: f for key, f in globals().items() if key.startswith("check_levels_")}
@@ -1230,7 +1237,7 @@ def check_refused_crossed(feature, why, tmp_path):
     else:
         ask = {**ASK, "formats": lambda kind, d: ["--format", "csv"], "test": lambda kind, d: ["--test", "g00 = 0"]}
         proc = run_cli("fit", *XC_BASE, *ask[feature]("crossed", tmp_path))
-    one_line_refusal(proc, why)
+    refused_option(proc, why)
     assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
 
 
@@ -1272,7 +1279,7 @@ def check_refused(feature, kind, why, tmp_path):
             proc = run_cli("plot", "equation", *LEVELS_BASE[kind], "-o", tmp_path / "eq.png")
         else:
             proc = run_cli("fit", *LEVELS_BASE[kind], *{**ASK, **ASK_LEVELS}[feature](kind, tmp_path))
-        one_line_refusal(proc, why)
+        refused_option(proc, why)
         assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
         return
     if feature == "ordinal":  # an ordinal outcome is an HGLM: the linear columns are reached only by their reason
@@ -1308,7 +1315,7 @@ def check_refused(feature, kind, why, tmp_path):
         assert not (tmp_path / "eq.png").exists()
         return
     proc = run_cli("fit", *base(kind), *ASK[feature](kind, tmp_path))
-    one_line_refusal(proc, why)
+    refused_option(proc, why)
     assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
 
 

@@ -141,7 +141,7 @@ def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
 def test_constraint_with_sampling_weights_is_refused(hsb_archive):
     proc = run_cli("fit", hsb_archive, "-1", "MATHACH = b0 + b1*SES + b2*MINORITY + r", "-2", "b0 = g00 + u0",
                    "-2", "b1 = g10", "-2", "b2 = g20", "--constrain", "g10 = g20", "--weight2", "SIZE")
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "--weight2 with --constrain: not available" in proc.stderr
 
 

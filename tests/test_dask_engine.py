@@ -109,6 +109,48 @@ def test_dask_three_and_four_levels_equal_memory(cluster, tmp_path):
         assert differences(memory, dask_fit) == []
 
 
+def test_partition_links_spell_ids_as_the_memory_reader_in_order_of_first_appearance():
+    """One partition's (level-2, level-3) id pairs, cheap and without a cluster: integral floats as integers,
+    text stripped, each pair once, in record order; a missing id refused naming its column."""
+    from hlmcli.data.dask_engine import partition_links
+    from hlmcli.errors import DataError
+
+    part = pd.DataFrame({"C": [3.0, 1.0, 3.0, 1.0, 2.0], "S": [" b", "a ", " b", "c", "a"]})
+    assert partition_links(part, "C", "S") == [("3", "b"), ("1", "a"), ("1", "c"), ("2", "a")]
+    with pytest.raises(DataError, match="column S: a unit id is missing"):
+        partition_links(part.assign(S=[None, "a", "b", "c", "a"]), "C", "S")
+
+
+@pytest.mark.slow  # a Dask fit (seconds); the same link by stream, through the same code, runs by default
+def test_dask_takes_the_level3_link_from_the_level1_file_as_memory(cluster, tmp_path):
+    """A level-2 file without the level-3 id: --engine dask links each level-2 unit through the level-1
+    records' two id columns (over Parquet partitions, each unit in several), as the memory engine does;
+    the same fit, and the same refusal of a level-2 unit under two level-3 units."""
+    from test_engines_levels import TINY_IDS, TINY_MODEL, _cli_model, _tiny
+
+    files = _tiny(tmp_path)
+    l1 = pd.read_csv(files[0], dtype={"C": str})
+    l1["S"] = "s" + l1["C"].str[1:3]
+    with_link = tmp_path / "l1_link.csv"
+    l1.to_csv(with_link, index=False)
+    no_link = tmp_path / "l2_no_link.csv"
+    pd.read_csv(files[1]).drop(columns=["S"]).to_csv(no_link, index=False)
+    folder = tmp_path / "l1"
+    folder.mkdir()
+    for k in range(3):
+        l1.iloc[k::3].to_parquet(folder / f"part{k}.parquet", index=False)
+    memory = fit_json([with_link, no_link, files[2], *TINY_IDS], _cli_model(TINY_MODEL))
+    dask_fit = fit_json([folder, no_link, files[2], *TINY_IDS], _cli_model(TINY_MODEL), "--engine", "dask",
+                        "--scheduler", cluster.scheduler_address)
+    assert dask_fit["certificate"]["certified"] and differences(memory, dask_fit) == []
+    l1.loc[l1.index[0], "S"] = "s99"  # a level-2 unit under two level-3 units
+    (folder / "part0.parquet").unlink()
+    l1.iloc[0::3].to_parquet(folder / "part0.parquet", index=False)
+    rc, msg = run("fit", folder, no_link, files[2], *TINY_IDS, *_cli_model(TINY_MODEL), "--engine", "dask",
+                  "--scheduler", cluster.scheduler_address)
+    assert rc == 1 and msg.count("\n") == 1 and "appears under two level-3 units" in msg, msg
+
+
 @pytest.mark.slow  # the same count by stream runs by default (test_engines_levels.py, unmatched)
 def test_dask_three_levels_drop_unmatched_counts_deletions_as_memory(cluster, tmp_path):
     """--drop-unmatched: a record missing Y in a level-2 unit the level-2 file lacks is dropped with its unit,

@@ -104,13 +104,13 @@ def test_the_three_level_design_is_the_levels_design_in_hlm3_names():
     """design3 is DesignLevels (its data in the three-level engine's form); the deletion and the centring
     of every level by hand: group(YEAR) about each child's records, mean(YEAR) per child, group(FEMALE)
     about each school's children, grand(LOWINC) over the schools."""
-    from hlmcli.data.design_levels import DesignLevels, design3, design_levels, variables_of as variables3
+    from hlmcli.data.design_levels import DesignLevels, design3, design_levels
     from hlmcli.language.equations_levels import build_spec3
 
     archive = _three_level_archive()
     spec = build_spec3("MATH = p0 + p1*group(YEAR) + e", ["p0 = b00 + b01*mean(YEAR) + b02*group(FEMALE) + r0", "p1 = b10"],
                        ["b00 = g000 + g001*grand(LOWINC) + u00", "b01 = g010", "b02 = g020", "b10 = g100"],
-                       variables3(archive))
+                       variables_of(archive))
     d3, dk = design3(spec, archive), design_levels(spec, archive)
     year = archive.levels[0].values[1]
     keep = ~np.isnan(year)

@@ -10,7 +10,8 @@ import pytest
 
 from hlmcli.data.design import make_design, variables_of
 from hlmcli.language.model import Level2Equation, ModelSpec, RunOptions, Term
-from hlmcli.language.equations import (Variables, build_spec, parse_hlm_file,
+from hlmcli.language.equations_levels import Variables
+from hlmcli.language.equations import (build_spec, parse_hlm_file,
                               spec_from_inputs)
 from hlmcli.errors import ModelError
 from hlmcli.report.report import Symbols, lme4_formula, model_summary
@@ -272,9 +273,8 @@ def test_hlm_file_gui_keys_are_accepted(hsb_loaded, tmp_path):
 
 
 def test_names_colliding_by_case_are_an_error(tmp_path):
-    from hlmcli.language.equations import Variables
 
-    v = Variables(("ses", "SES", "y"), ("w",))
+    v = Variables((("ses", "SES", "y"), ("w",)))
     with pytest.raises(ModelError, match="differ only in case"):
         build_spec("y = b0 + b1*Ses + r", [], v)
 
@@ -294,11 +294,11 @@ def test_one_spec_class_whose_defaults_follow_the_number_of_levels():
     from the number of levels (HLM2's and HLM3's defaults), and level2 is a view of the tree, not a field."""
     from dataclasses import fields
 
-    from hlmcli.language.equations_levels import VariablesLevels, build_spec3
+    from hlmcli.language.equations_levels import build_spec3
 
     two = build_spec("Y = b0 + b1*X + r", ["b0 = g00 + g01*mean(X) + u0"],
-                     Variables(("Y", "X"), ("W",)))
-    three = build_spec3("Y = p0 + p1*X + e", [], [], VariablesLevels((("Y", "X"), ("W",), ("Z",))))
+                     Variables((("Y", "X"), ("W",))))
+    three = build_spec3("Y = p0 + p1*X + e", [], [], Variables((("Y", "X"), ("W",), ("Z",))))
     assert type(two) is type(three) is ModelSpec and (two.n_levels, three.n_levels) == (2, 3)
     assert (two.method, two.options.max_iterations) == ("REML", 100)
     assert (three.method, three.options.max_iterations) == ("ML", 1000)

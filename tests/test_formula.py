@@ -7,7 +7,8 @@ import pytest
 
 pytest.importorskip("formulae")
 
-from hlmcli.language.equations import Variables, build_spec  # noqa: E402
+from hlmcli.language.equations import build_spec  # noqa: E402
+from hlmcli.language.equations_levels import Variables  # noqa: E402
 from hlmcli.errors import ModelError  # noqa: E402
 from hlmcli.language.formula import formula_of, grouping, split_bars, translate  # noqa: E402
 
@@ -87,7 +88,7 @@ def test_bars_inside_calls_are_not_random_terms():
 @pytest.mark.parametrize("formula, level1, level2, tau", TWO_LEVEL)
 def test_round_trip_through_the_equations(formula, level1, level2, tau):
     """formula -> equations -> spec -> formula -> the same equations."""
-    variables = Variables(tuple(n for n, lv in HSB.items() if lv == 1), tuple(n for n, lv in HSB.items() if lv == 2))
+    variables = Variables((tuple(n for n, lv in HSB.items() if lv == 1), tuple(n for n, lv in HSB.items() if lv == 2)))
     m = translate(formula, HSB.get)
     spec = build_spec(m.equations[0][0], list(m.equations[1]), variables)
     if tau == "diagonal":

@@ -12,14 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hlmcli.language.equations import Variables, build_spec, parse_hlm_file
+from hlmcli.language.equations import build_spec, parse_hlm_file
+from hlmcli.language.equations_levels import Variables
 from hlmcli.errors import HlmError
 from hlmcli.language.mdmt import parse_template
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=2000, suppress_health_check=list(HealthCheck), derandomize=True)
 
-VARIABLES = Variables(("MATHACH", "SES", "MINORITY", "FEMALE"), ("SECTOR", "MEANSES", "SIZE"))
+VARIABLES = Variables((("MATHACH", "SES", "MINORITY", "FEMALE"), ("SECTOR", "MEANSES", "SIZE")))
 
 LEVEL1 = ["MATHACH = b0 + b1*group(SES) + r", "MATHACHij = β0j + β1j*(SESij - SES.j) + rij",
           "MATHACH = b0 + b1*(grand(SES)) + b2*MINORITY + r", "MATHACH = b0 + r"]

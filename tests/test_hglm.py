@@ -401,7 +401,7 @@ def test_hypothesis_and_deviance_tests():
 ])
 def test_options_without_hglm_meaning_are_refused(args, why):
     proc = hlmcli("fit", H / "mmmec_l1.csv", H / "mmmec_l2.csv", *MODELS["mmmec"], *args)
-    assert proc.returncode == 1 and why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 2 and why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_strict_refuses_a_boundary_fit(tmp_path):

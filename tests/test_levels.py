@@ -355,11 +355,11 @@ def test_random_four_level_layouts_are_at_the_dense_optimum(seed):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from hlmcli.language.equations_levels import VariablesLevels, build_levels_spec  # noqa: E402
+from hlmcli.language.equations_levels import Variables, build_levels_spec  # noqa: E402
 from hlmcli.errors import HlmError  # noqa: E402
 
 FUZZ4 = settings(max_examples=150, deadline=2000, suppress_health_check=list(HealthCheck), derandomize=True)
-VARS4 = VariablesLevels((("SCORE", "TIME"), ("SES",), ("CSIZE",), ("SECTOR",)))
+VARS4 = Variables((("SCORE", "TIME"), ("SES",), ("CSIZE",), ("SECTOR",)))
 MODEL4 = [["SCORE = p0 + p1*group(TIME) + e"], ["p0 = b00 + b01*grand(SES) + b02*mean(TIME) + r0", "p1 = b10 + r1"],
           ["b00 = g000 + g001*CSIZE + g002*mean(SES) + u00"], ["γ000 = δ0000 + δ0001*(SECTORl) + δ0002*mean(CSIZE) + v000l"]]
 ALPHABET4 = "pbgdeuvrPBGDUV0123456789*+-=()., _ijklSCORETIMESCSIZEmeanπβγδ•×−\t\n\x00"

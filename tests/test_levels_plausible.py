@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from hlmcli.io.archive_levels import BuildOptions3, build_from_files3
-from hlmcli.data.design_levels import design3, variables_of
+from hlmcli.data.design import variables_of
+from hlmcli.data.design_levels import design3
 from hlmcli.language.equations_levels import RunOptions, spec3_from_inputs
 from hlmcli.errors import ModelError
 from hlmcli.engine.nested import as_levels

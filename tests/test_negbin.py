@@ -197,7 +197,7 @@ def test_cli_refusals(tmp_path):
     from conftest import hlmcli
 
     proc = hlmcli("fit", *OWLS)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "PQL's working model needs a variance function known up to a scale" in proc.stderr
     proc = hlmcli("fit", *OWLS, "--estimation", "laplace", "--overdispersion")
     assert proc.returncode == 2 and "estimates its own dispersion" in proc.stderr

@@ -8,17 +8,17 @@ from __future__ import annotations
 import pytest
 
 from hlmcli.errors import ModelError
-from hlmcli.language.equations import Variables, build_spec
+from hlmcli.language.equations import build_spec
 from hlmcli.language.model import Level2Equation, Term
-from hlmcli.language.equations_levels import VariablesLevels, build_levels_spec, build_spec3
+from hlmcli.language.equations_levels import Variables, build_levels_spec, build_spec3
 from hlmcli.language.hlmfile import level_equation, level_terms
 from hlmcli.language.hypotheses import parse_test
 from hlmcli.spec import coefficient_label, gamma_label
 
 X = tuple(f"X{k}" for k in range(1, 12))
-V2 = Variables(("Y",) + X, ("W",))
-V3 = VariablesLevels((("Y",) + X, ("W",), ("Z",)))
-V4 = VariablesLevels((("Y",) + X, ("W",), ("Z",), ("S",)))
+V2 = Variables((("Y",) + X, ("W",)))
+V3 = Variables((("Y",) + X, ("W",), ("Z",)))
+V4 = Variables((("Y",) + X, ("W",), ("Z",), ("S",)))
 
 
 def _level1(letter: str, n: int, residual: str) -> str:

@@ -167,14 +167,25 @@ def test_every_clmm_reference(r):
 # ------------------------------------------------------------------ the command line
 
 def test_cli_text_and_json(tmp_path):
-    """One AGQ fit as a user types it: the JSON validates against the schema and matches clmm (nAGQ = 10),
-    and the text prints HLM 7's ordinal block and thresholds."""
+    """One AGQ fit as a user types it: the JSON validates against the schema and matches clmm (nAGQ = 10).
+    The CSV puts HLM 7's parameters under broom's column names, so a `convention` column says, row by row,
+    how each reads against clmm (and broom's tidy of it); following it recovers clmm's θ and β."""
+    import io
+
     import jsonschema
 
     r = ref("wine", "logit", 10)
-    proc = hlmcli("fit", *WINE, "--estimation", "agq", "--quadrature-points", "10", "--format", "json",
-                  "-o", tmp_path / "fit.json")
+    proc = hlmcli("fit", *WINE, "--estimation", "agq", "--quadrature-points", "10", "--format", "csv",
+                  "--json-out", tmp_path / "fit.json")
     assert proc.returncode == 0, proc.stderr
+    t = pd.read_csv(io.StringIO(proc.stdout))
+    fixed = t[t.effect == "fixed"].set_index("hlm.label")
+    assert list(fixed.convention) == ["HLM 7: gamma00 = clmm theta_1 (the first threshold)"] + \
+        ["HLM 7: gamma = -(clmm beta)"] * 2 + ["HLM 7: delta(m) = clmm theta_m - theta_(m-1)"] * 3
+    theta = fixed.estimate["γ00"] + np.concatenate([[0.0], np.cumsum(fixed.estimate[["δ(2)", "δ(3)", "δ(4)"]])])
+    assert theta == pytest.approx(r["theta"], rel=1e-5)
+    assert -fixed.estimate[["γ10", "γ20"]].to_numpy() == pytest.approx(r["beta"], rel=1e-5)
+    assert t[t.effect == "ran_pars"].convention.isna().all()
     doc = json.loads((tmp_path / "fit.json").read_text())
     jsonschema.validate(doc, json.loads((ROOT / "hlmcli" / "schema" / "fit-2.json").read_text()))
     assert doc["family"] == "ordinal" and doc["link"] == "logit" and doc["categories"] == [1, 2, 3, 4, 5]
@@ -224,7 +235,7 @@ def test_bad_codes_are_refused(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["deviance"] == pytest.approx(ref("wine", "logit", 1)["deviance"], abs=1e-6)
     proc = hlmcli("fit", *WINE)
-    assert proc.returncode == 1 and "PQL is not built" not in proc.stderr and "--family ordinal" in proc.stderr
+    assert proc.returncode == 2 and "PQL is not built" not in proc.stderr and "--family ordinal" in proc.stderr
 
 
 def test_no_unit_variance_is_a_certified_boundary():

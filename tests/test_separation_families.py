@@ -102,7 +102,7 @@ def test_negbin_all_zero_counts_in_a_group_are_refused():
 
 
 def test_negbin_separation_fit_is_refused_not_ignored():
-    line = one_line_error(hlmcli("fit", S / "nb_zero.csv", S / "units15.csv", "--id", "ID", *NB, "--separation", "fit"))
+    line = one_line_error(hlmcli("fit", S / "nb_zero.csv", S / "units15.csv", "--id", "ID", *NB, "--separation", "fit"), 2)
     assert "--separation fit: not available for --family negbinomial" in line
 
 

@@ -15,14 +15,15 @@ from hypothesis import strategies as st
 
 from hlmcli.io.archive import load_archive, write_archive
 from hlmcli.io.archive_levels import BuildOptions3, build_from_files3
-from hlmcli.data.design_levels import design3, variables_of
-from hlmcli.language.equations_levels import (Centering, RunOptions, VariablesLevels, build_spec3, classify, parse_hlm3_file,
+from hlmcli.data.design import variables_of
+from hlmcli.data.design_levels import design3
+from hlmcli.language.equations_levels import (Centering, RunOptions, Variables, build_spec3, classify, parse_hlm3_file,
                                spec3_from_inputs)
 from hlmcli.errors import DataError, HlmError, ModelError
 from hlmcli.engine.nested import NestedFit
 from hlmcli.report.report_levels import Symbols3, fit_json3, fit_text3, lme4_formula3, model_summary
 
-V = VariablesLevels((("YEAR", "GRADE", "MATH"), ("FEMALE", "BLACK"), ("LOWINC", "MOBILITY")))
+V = Variables((("YEAR", "GRADE", "MATH"), ("FEMALE", "BLACK"), ("LOWINC", "MOBILITY")))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=2000, suppress_health_check=list(HealthCheck), derandomize=True)
 

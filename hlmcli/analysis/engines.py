@@ -38,6 +38,11 @@ class Frame:
         """The unit id as the level-1 file spells it (as Archive.level1_id)."""
         return self.id_names[0]
 
+    n_levels = 2  # as Archive.n_levels and Archive.names: the variables of each level (design.variables_of)
+
+    def names(self, level: int) -> list[str]:
+        return self.level1_names if level == 1 else self.level2_names
+
 
 @dataclass
 class Summary:
@@ -150,9 +155,6 @@ def refuse_unsupported(spec, engine: str, **options) -> None:
     from ..capabilities import check as check_capabilities
     from ..spec import FitOptions, OutputOptions
 
-    if getattr(spec, "level3", None):
-        raise ModelError(f"--engine {engine}: a three-level model reads one data file per level; give the "
-                         "level-1, level-2 and level-3 files with --id2 and --id3")
     extra = tuple(dict.fromkeys(_FLAG_FEATURES[name] for name, on in options.items() if on))
     try:
         weights = {f"weight{k}": "given" for k in (1, 2) if options.get(f"--weight{k}")}  # named in the refusal
@@ -161,7 +163,7 @@ def refuse_unsupported(spec, engine: str, **options) -> None:
     except ModelError as exc:
         if str(exc).startswith("--engine"):
             raise
-        raise ModelError(f"--engine {engine}: {exc}") from None
+        raise type(exc)(f"--engine {engine}: {exc}") from None  # a refusal stays one (exit 2)
 
 
 # ---------------------------------------------------------------- the statistics archive

@@ -130,10 +130,10 @@ def upper_archive(paths, options, level1: Level1File, fmt=None, delimiter=None, 
     t2 = tables[0]
     id2_in2 = find_column(t2, ids[0], "level-2 unit id")
     if three and not any(c.lower() == ids[1].lower() for c in t2.data.columns):
-        if level1.engine != "stream" or not any(c.lower() == ids[1].lower() for c in level1.columns.names):
+        if not any(c.lower() == ids[1].lower() for c in level1.columns.names):
             raise DataError(f"{t2.path}: no column {ids[1]}; --engine {level1.engine} links each level-2 unit to its "
-                            f"level-3 unit through the level-2 file{' or the level-1 file' if level1.engine == 'stream' else ''}, "
-                            f"so add the {ids[1]} column there, or use --engine memory")
+                            f"level-3 unit through the level-2 file or the level-1 file, so add the {ids[1]} column "
+                            "there")
         t2 = tables[0] = _linked_by_level1(t2, id2_in2, level1, ids, warn)
     stand_in = Table(path=Path(paths[0]), format="csv",
                      data=pd.DataFrame({level1.id2: t2.data[id2_in2].to_numpy(dtype=object)}))
@@ -158,14 +158,20 @@ def upper_archive(paths, options, level1: Level1File, fmt=None, delimiter=None, 
 
 def _linked_by_level1(t2, id2_in2: str, level1: Level1File, ids, warn):
     """The level-2 table with each unit's level-3 id taken from the level-1 file's records (one pass over
-    its two id columns), as the memory engine's builder takes it when the level-2 file has none: a unit
+    its two id columns, by the stream or the Dask engine), as the memory engine's builder takes it when the level-2 file has none: a unit
     under two level-3 units is refused, a unit with no records left out with the builder's warning."""
     from dataclasses import replace as with_data
 
     from ..data.streaming import id_links
     from ..io.readers import unit_codes
 
-    links = id_links(level1.columns, level1.id2, level1.columns.find(ids[1], "level-3 unit id"))
+    id3 = level1.columns.find(ids[1], "level-3 unit id")
+    if level1.engine == "dask":  # one pass over the two id columns on the cluster, before the moments' pass
+        from ..data.dask_engine import dask_id_links
+
+        links = dask_id_links(level1.path, level1.id2, id3, level1.scheduler, level1.delimiter)
+    else:
+        links = id_links(level1.columns, level1.id2, id3)
     for unit, parents in links.items():
         if len(parents) > 1:
             raise DataError(f"{level1.path}: level-2 unit {unit} ({ids[0]}) appears under two level-3 units, "

@@ -164,7 +164,7 @@ def analyse_heterogeneous(spec, archive, names, df_method: str = "hlm") -> Analy
     check_estimable(design)
     X = variance_predictors(archive, design, names)
     method = spec.method.upper()
-    structure = TauStructure(getattr(spec.options, "tau", "unstructured"))
+    structure = TauStructure(spec.options.tau)
     profile = _Profile(design, X, method, structure, spec.options.max_iterations)
     homogeneous, _ = profile.fit(np.zeros(X.shape[1]))
     if not homogeneous.converged:

@@ -133,7 +133,7 @@ def analyse_hglm_levels(spec, archive, fit):
     source = archive.sources[0].name if archive.sources else "the level-1 file"
     fam.check(y, trials, exposure, {"file": source, "outcome": spec.outcome,
                                     "trials": fit.trials, "exposure": fit.exposure, "rows": rows})
-    tau = fit.tau or getattr(spec.options, "tau", None)
+    tau = fit.tau or spec.options.tau
     reml = spec.method == "REML"
     check_separation_levels(spec, design, y, trials, fam.link, source, rows)
     glm = LevelsGLMData(as_levels(design.data), fam, trials, None if exposure is None else np.log(exposure))

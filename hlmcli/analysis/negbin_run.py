@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, RefusedOption
 from . import inference
 from .hglm_run import HGLMAnalysis, check_column_scales, check_separation, checked_design, trials_and_exposure
 
@@ -75,7 +75,7 @@ def analyse_negbin(spec, archive, level1_text: str | None = None) -> NegBinAnaly
     fam.check(design.y, None, exposure, where)
     B = design.block_design()
     if opts.separation == "fit":
-        raise ModelError("--separation fit: not available for --family negbinomial (a separated coefficient is not "
+        raise RefusedOption("--separation fit: not available for --family negbinomial (a separated coefficient is not "
                          "held at a bound for it); remove or recode the separating predictor, and drop --separation")
     # all-zero counts beyond a threshold of a predictor: its coefficient runs to −∞ for NB2 as for Poisson
     # (the likelihood of y = 0, (θ/(θ + μ))^θ, rises as μ falls), so the count rule of separation.py applies

@@ -87,7 +87,7 @@ def analyse_stats(design, unit: UnitStats, df_method: str = "hlm", weights=None,
     if sigma2 is None:  # a known level-1 variance needs no residual variation to estimate it
         check_residual_variation(stats, spec)
         check_within_unit_variation(stats if centred is None else centred.stats, spec)
-    structure = TauStructure(getattr(spec.options, "tau", "unstructured"))
+    structure = TauStructure(spec.options.tau)
     method = spec.method
     if weights is not None and method.upper() == "REML":
         # a restricted pseudo-likelihood is not defined: its answer would move with the scale of the

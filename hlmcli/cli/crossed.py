@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import EXIT_NOT_CONVERGED, ModelError, UsageError
+from ..errors import EXIT_NOT_CONVERGED, ModelError, RefusedOption, UsageError
 
 # options a cross-classified fit reads; every other typed option is refused below
 _TAKEN = {"--formula", "--ml", "--reml", "--max-iterations", "--quiet", "--title", "--format", "--output",
@@ -39,7 +39,7 @@ def refuse_options(given: set[str], out_format: str, df_method: str | None = Non
 
     for option in sorted(given):
         if option in _HGLM:
-            raise ModelError(f"{option}: not available for a cross-classified fit: hlmcli fits crossed factors for "
+            raise RefusedOption(f"{option}: not available for a cross-classified fit: hlmcli fits crossed factors for "
                              "normal outcomes; an HGLM over crossed factors needs the Laplace or AGQ likelihood over "
                              "the crossed blocks, which is not built (lme4's glmer fits it)")
         if option in _FEATURE:
@@ -53,7 +53,7 @@ def refuse_options(given: set[str], out_format: str, df_method: str | None = Non
         if df == "hlm6":
             refuse("df_hlm6", "crossed")
         if df != "satterthwaite":
-            raise ModelError(f"--df {df}: HLM 7's d.f. rule for HCM2's fixed effects is not published, so a "
+            raise RefusedOption(f"--df {df}: HLM 7's d.f. rule for HCM2's fixed effects is not published, so a "
                              "cross-classified fit has Satterthwaite's d.f. only (--df satterthwaite, as lmerTest); "
                              "without --df it prints t-ratios without d.f. or p-values")
 

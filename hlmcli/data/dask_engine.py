@@ -225,10 +225,8 @@ def level1_files(path: str) -> list[str]:
     return found
 
 
-def partition_moments(pdf, id_name: str, names: list[str]):
-    """One partition's summary: (KeyedMoments with ids as sorted keys, records read, records deleted
-    in each unit that had any: {key: count}).
-    Integer ids stay integers until the end (sorting them is cheap); text ids are stripped."""
+def _unit_ids(pdf, id_name: str):
+    """A partition's unit ids: integral floats as integers, text stripped; a missing id refused."""
     import pandas as pd
 
     ids = pdf[id_name]
@@ -238,7 +236,60 @@ def partition_moments(pdf, id_name: str, names: list[str]):
         ids = ids.astype(np.int64)
     if not pd.api.types.is_numeric_dtype(ids.dtype):
         ids = ids.astype(str).str.strip()
-    codes, uniq = pd.factorize(ids.to_numpy(), sort=True)
+    return ids
+
+
+def partition_links(pdf, child: str, parent: str):
+    """One partition's distinct (child id, parent id) pairs as text (streaming.id_text), in order of first
+    appearance."""
+    from .streaming import id_text
+
+    pairs = {}
+    for a, b in zip(id_text(_unit_ids(pdf, child).to_numpy()), id_text(_unit_ids(pdf, parent).to_numpy())):
+        pairs.setdefault((a, b), None)
+    return list(pairs)
+
+
+def dask_id_links(path, child: str, parent: str, scheduler=None, delimiter=None) -> dict[str, list[str]]:
+    """streaming.id_links over a Parquet dataset or CSV glob, on a cluster: each `child` id and the distinct
+    `parent` ids of its records, in order of first appearance (partitions in order). One pass over the
+    two id columns, before the moments' pass (a level-2 file without the level-3 id)."""
+    from dask import delayed
+
+    where = scheduler if isinstance(scheduler, Scheduler) else Scheduler(scheduler or None)
+    started = time.monotonic()
+    if where.address:
+        _within(where.timeout + 1.0, f"--scheduler {where.address}", lambda: probe(where.address, where.timeout))
+    dd = _dask()
+    try:
+        if is_parquet(str(path)):
+            ddf = dd.read_parquet(level1_files(str(path)) if not os.path.isdir(str(path)) else str(path),
+                                  columns=[child, parent])
+        else:
+            from ..io.readers import CSV_MISSING
+
+            ddf = dd.read_csv(level1_files(str(path)), usecols=[child, parent], dtype={child: str, parent: str},
+                              na_values=CSV_MISSING, keep_default_na=False, sep=delimiter or ",", blocksize="64MB")
+        parts = [delayed(partition_links)(part, child, parent) for part in ddf.to_delayed()]
+    except DataError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise _read_error(path, exc) from None
+    links: dict[str, list[str]] = {}
+    for a, b in (pair for part in _compute(delayed(list)(parts), where, started, path) for pair in part):
+        found = links.setdefault(a, [])
+        if b not in found:
+            found.append(b)
+    return links
+
+
+def partition_moments(pdf, id_name: str, names: list[str]):
+    """One partition's summary: (KeyedMoments with ids as sorted keys, records read, records deleted
+    in each unit that had any: {key: count}).
+    Integer ids stay integers until the end (sorting them is cheap); text ids are stripped."""
+    import pandas as pd
+
+    codes, uniq = pd.factorize(_unit_ids(pdf, id_name).to_numpy(), sort=True)
     values = [pdf[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in names]
     keep = np.ones(len(pdf), dtype=bool)
     for c, v in zip(names, values):
@@ -294,35 +345,17 @@ def _read_error(path, exc) -> DataError:
     return DataError(f"{path}: {text}; check the files (every column the model uses must hold numbers)")
 
 
-def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress: bool = False, delimiter=None,
-                 by_unit: bool = False):
-    """Per-unit moments of `names` over a Parquet dataset or CSV glob, on a cluster. `scheduler` is a
-    Scheduler, an address, or None (a LocalCluster). Returns (unit ids as text, Moments, records read,
-    records deleted), and with `by_unit` the number deleted in each unit that had any ({unit id: count})."""
-    where = scheduler if isinstance(scheduler, Scheduler) else Scheduler(scheduler or None)
-    started = time.monotonic()
-    if where.address:  # before reading (or importing) anything: a wrong address is told at once
-        _within(where.timeout + 1.0, f"--scheduler {where.address}",  # + 1: the probe's own limit fires first
-                lambda: probe(where.address, where.timeout))
+def _compute(final, where: Scheduler, started: float, path, progress: bool = False):
+    """`final` (a Dask delayed) computed on the scheduler, or on a LocalCluster of this machine started and
+    closed here; its result, or a one-line DataError for what can go wrong on the way."""
     import asyncio
     import concurrent.futures
     import contextlib
     import logging
     import sys
 
-    from dask import delayed
     from distributed import Client, LocalCluster
 
-    from .streaming import id_text
-
-    try:
-        ddf = read_dataset(str(path), id_name, names, delimiter)
-        summaries = [delayed(partition_moments)(part, id_name, names) for part in ddf.to_delayed()]
-    except DataError:
-        raise
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # Dask reads a sample to learn the columns' types
-        raise _read_error(path, exc) from None
-    final = tree(summaries)
     cluster = None
     if where.address:
         client = connect(where)
@@ -341,7 +374,7 @@ def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress:
                 bar(future)
         left = None if where.deadline is None else max(where.deadline - (time.monotonic() - started), 1e-3)
         try:
-            keyed, read, deleted = future.result(timeout=left)
+            return future.result(timeout=left)
         except TimeoutError:
             raise DataError(f"--deadline {where.deadline:g}: the Dask computation did not finish in time; raise "
                             "--deadline or add workers") from None
@@ -364,6 +397,30 @@ def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress:
         _close(client)
         if cluster is not None:
             cluster.close()
+
+
+def dask_moments(path, id_name: str, names: list[str], scheduler=None, progress: bool = False, delimiter=None,
+                 by_unit: bool = False):
+    """Per-unit moments of `names` over a Parquet dataset or CSV glob, on a cluster. `scheduler` is a
+    Scheduler, an address, or None (a LocalCluster). Returns (unit ids as text, Moments, records read,
+    records deleted), and with `by_unit` the number deleted in each unit that had any ({unit id: count})."""
+    where = scheduler if isinstance(scheduler, Scheduler) else Scheduler(scheduler or None)
+    started = time.monotonic()
+    if where.address:  # before reading (or importing) anything: a wrong address is told at once
+        _within(where.timeout + 1.0, f"--scheduler {where.address}",  # + 1: the probe's own limit fires first
+                lambda: probe(where.address, where.timeout))
+    from dask import delayed
+
+    from .streaming import id_text
+
+    try:
+        ddf = read_dataset(str(path), id_name, names, delimiter)
+        summaries = [delayed(partition_moments)(part, id_name, names) for part in ddf.to_delayed()]
+    except DataError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # Dask reads a sample to learn the columns' types
+        raise _read_error(path, exc) from None
+    keyed, read, deleted = _compute(tree(summaries), where, started, path, progress)
     total = sum(deleted.values())
     if not by_unit:
         return id_text(keyed.keys), keyed.moments, read, total

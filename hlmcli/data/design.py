@@ -15,7 +15,7 @@ import numpy as np
 
 from ..io.archive import Archive
 from .data_checks import check_linear_outcome, check_magnitudes
-from ..language.equations import Variables
+from ..language.equations_levels import Variables
 from ..language.model import ModelSpec, Term
 from ..errors import ModelError
 from ..engine.moments import Moments, cross_products
@@ -25,9 +25,11 @@ from ..engine.sufficient import unit_stats_from_products
 
 
 def variables_of(archive: Archive) -> Variables:
+    """The names at each of the archive's levels, and the file each level came from (for messages)."""
     files = {s.role: s.name for s in archive.sources}
-    return Variables(tuple(archive.level1_names), tuple(archive.level2_names),
-                     files.get("level-1", "the level-1 file"), files.get("level-2", "the level-2 file"))
+    K = archive.n_levels
+    return Variables(tuple(tuple(archive.names(k)) for k in range(1, K + 1)),
+                     tuple(files.get(f"level-{k}", f"the level-{k} file") for k in range(1, K + 1)))
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,8 @@ def make_design(spec: ModelSpec, archive: Archive) -> Design:
                     units_deleted=int((~f.present[2]).sum()), fixed=fixed, random=np.array([eq.random for eq in spec.level2]),
                     level2_values=level2_values, centering_means=f.centering_means)
     check_random_slopes(design, *_record_spread(design))
-    if getattr(spec.options, "family", "normal") == "normal":
-        check_linear_outcome(design, variables_of(archive).level1_file)
+    if spec.options.family == "normal":
+        check_linear_outcome(design, variables_of(archive).file(1))
     return design
 
 

@@ -25,15 +25,10 @@ from typing import NamedTuple
 import numpy as np
 
 from ..io.archive import Archive
-from ..language.equations_levels import VariablesLevels
 from ..language.model import ModelSpec
 from ..errors import ModelError
 from ..engine.moments import LevelsSummary, Moments, grand
 from ..engine.nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
-
-
-def variables_of(archive: Archive) -> VariablesLevels:
-    return VariablesLevels(tuple(tuple(archive.names(k)) for k in range(1, archive.n_levels + 1)))
 
 
 # ---------------------------------------------------------------- the model, level by level

@@ -104,7 +104,7 @@ def spec_levels(archive, equations, model_file, reml, title=None, max_iterations
     and τ's structure (cli.options.formula_equations), when there is one (three levels)."""
     from dataclasses import replace
 
-    from .design_levels import variables_of
+    from .design import variables_of
     from ..language.equations_levels import RunOptions, spec_from_inputs_levels
 
     K = archive.n_levels

@@ -10,48 +10,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ModelError
-from .equations_levels import build_levels_spec, classify_levels
+from .equations_levels import Variables, build_levels_spec, classify_levels
 from .model import Hypothesis, ModelSpec, RunOptions, fixed_effect_labels
 from .hlmfile import key_values, level_equation, level_terms, number, whole, yes_no
 from .lexer import at_file_line, read_text
 
 CENTERINGS = ("none", "group", "grand")
-
-
-@dataclass(frozen=True)
-class Variables:
-    """The names known at each level, and the file each level came from (for messages)."""
-
-    level1: tuple[str, ...]
-    level2: tuple[str, ...]
-    level1_file: str = "the level-1 file"
-    level2_file: str = "the level-2 file"
-
-    @property
-    def names(self) -> tuple:
-        return (self.level1, self.level2)
-
-    @property
-    def files(self) -> tuple:
-        return (self.level1_file, self.level2_file)
-
-    def lookup(self, name: str, level: int) -> str | None:
-        names = self.level1 if level == 1 else self.level2
-        hits = [n for n in names if n.lower() == name.lower()]
-        if len(hits) > 1:
-            raise ModelError(f"variable '{name}' matches {', '.join(hits)}, which differ only in case; rename one in the data")
-        return hits[0] if hits else None
-
-    def level_of(self, name: str) -> int | None:
-        if self.lookup(name, 1):
-            return 1
-        if self.lookup(name, 2):
-            return 2
-        return None
 
 
 # ---------------------------------------------------------------- text normalisation and errors

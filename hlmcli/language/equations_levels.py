@@ -45,8 +45,14 @@ from ..spec import coefficient_label, subscript
 # ---------------------------------------------------------------- the variables of K levels
 
 @dataclass(frozen=True)
-class VariablesLevels:
+class Variables:
+    """The names known at each level 1..K, and the file each level came from (for messages)."""
+
     names: tuple  # per level 1..K: the variable names
+    files: tuple = ()  # per level 1..K: the file's name; "the level-k file" where not known
+
+    def file(self, level: int) -> str:
+        return self.files[level - 1] if level <= len(self.files) else f"the level-{level} file"
 
     def lookup(self, name: str, level: int) -> str | None:
         hits = [n for n in self.names[level - 1] if n.lower() == name.lower()]
@@ -121,7 +127,7 @@ def _split_coef(piece: str, pos: int, K: int):
     return coef, pred, ppos
 
 
-def _resolve(name: str, level: int, variables: VariablesLevels, text: str) -> str:
+def _resolve(name: str, level: int, variables: Variables, text: str) -> str:
     """A variable of `level`, allowing HLM's printed subscripts; a one-line error naming its level otherwise."""
     cands = [name] + [name[: -len(s)] for s in _SUFFIXES if name.lower().endswith(s) and len(name) > len(s)]
     for c in cands:
@@ -140,7 +146,7 @@ def _resolve(name: str, level: int, variables: VariablesLevels, text: str) -> st
     raise ModelError(f"in '{text.strip()}': unknown variable '{name}'{_closest(name, variables)}")
 
 
-def _closest(name: str, variables: VariablesLevels) -> str:
+def _closest(name: str, variables: Variables) -> str:
     import difflib
 
     pool = [n for names in variables.names for n in names]
@@ -149,7 +155,7 @@ def _closest(name: str, variables: VariablesLevels) -> str:
     return f"; did you mean {', '.join(shown)}?" if shown else "; check the spelling against 'hlmcli mdm info'"
 
 
-def _mean_of(inner: str, level: int, variables: VariablesLevels, text: str, pos: int) -> Term:
+def _mean_of(inner: str, level: int, variables: Variables, text: str, pos: int) -> Term:
     """mean(X) in a level-`level` equation: the unit's mean of X, a variable of a lower level."""
     if level == 1:
         raise EquationSyntaxError(text, pos, f"mean({inner}) is a unit mean and belongs in an equation of level 2 or more",
@@ -163,7 +169,7 @@ def _mean_of(inner: str, level: int, variables: VariablesLevels, text: str, pos:
                      + ("" if variables.level_of(inner) else f"; unknown variable '{inner}'"))
 
 
-def _printed_centring(m, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term:
+def _printed_centring(m, level: int, variables: Variables, text: str, pos: int, K: int) -> Term:
     """HLM's printed centring: (Xijk - X.jk) around the unit one level up, (Xijk - X...) the grand mean."""
     body = m.group(0)
     name = _resolve(m.group(1), level, variables, text)
@@ -179,7 +185,7 @@ def _printed_centring(m, level: int, variables: VariablesLevels, text: str, pos:
                               f"write group({name}) or grand({name})")
 
 
-def _predictor(piece: str, level: int, variables: VariablesLevels, text: str, pos: int, K: int) -> Term:
+def _predictor(piece: str, level: int, variables: Variables, text: str, pos: int, K: int) -> Term:
     """NAME, group(NAME), grand(NAME), mean(NAME) or HLM's printed forms, in a level-`level` equation."""
     body = unwrap(piece)
     m = re.fullmatch(r"(group|grand|mean)\s*\((.*)\)(?:[ijkl]*)", body, re.I)  # mean(X)jkl: as printed
@@ -205,7 +211,7 @@ def _predictor(piece: str, level: int, variables: VariablesLevels, text: str, po
 
 # ---------------------------------------------------------------- one equation of any level
 
-def _left_side(equation: str, text: str, lhs: str, level: int, variables: VariablesLevels, K: int):
+def _left_side(equation: str, text: str, lhs: str, level: int, variables: Variables, K: int):
     """The outcome (level 1) or the subscripts of the coefficient the equation defines."""
     coef = coefficient_letters(K)
     lhs_u = unwrap(lhs)
@@ -243,7 +249,7 @@ def _not_this_level(text: str, pos: int, coef: str, c, level: int, key: tuple, K
     return EquationSyntaxError(text, pos, f"expected a coefficient like {_shown(want, key + (1,), K)}, found '{coef}'", uses)
 
 
-def _right_side(equation: str, text: str, rhs: str, base: int, level: int, key, variables: VariablesLevels, K: int):
+def _right_side(equation: str, text: str, rhs: str, base: int, level: int, key, variables: Variables, K: int):
     """(predictors by subscript, intercept, random) of an equation's right side."""
     want, rand = coefficient_letters(K)[level - 1], random_letters(K)[level - 1]
     own = () if level == 1 else key
@@ -287,7 +293,7 @@ def _right_side(equation: str, text: str, rhs: str, base: int, level: int, key, 
     return predictors, intercept, random
 
 
-def parse_equation(equation: str, level: int, variables: VariablesLevels, K: int):
+def parse_equation(equation: str, level: int, variables: Variables, K: int):
     """An equation of `level` (1..K) of a K-level model -> (left side: the outcome or the subscripts of the
     coefficient it defines, predictors, intercept, random)."""
     text = _normalise(equation)
@@ -351,7 +357,7 @@ def _orphan(key: tuple, text: str, spec_eqs: tuple, intercept: bool, given: dict
                       "down; add it there or drop this equation")
 
 
-def _equations_by_coefficient(equations: list, variables: VariablesLevels, K: int) -> dict:
+def _equations_by_coefficient(equations: list, variables: Variables, K: int) -> dict:
     """The level-2..K equations by the subscripts of the coefficient each defines: (predictors, intercept,
     random, text), one equation per coefficient."""
     given: dict[tuple, tuple] = {}
@@ -365,7 +371,7 @@ def _equations_by_coefficient(equations: list, variables: VariablesLevels, K: in
     return given
 
 
-def build_levels_spec(equations: list, variables: VariablesLevels, options: RunOptions | None = None
+def build_levels_spec(equations: list, variables: Variables, options: RunOptions | None = None
                       ) -> ModelSpec:
     """equations[ℓ−1]: the list of level-ℓ equations (one at level 1). The model has K = len(equations)
     levels. Defaults follow HLM: a coefficient with no equation of its own is its intercept alone, random
@@ -407,7 +413,7 @@ def build_levels_spec(equations: list, variables: VariablesLevels, options: RunO
     return spec
 
 
-def build_spec3(level1: str, level2: list[str], level3: list[str], variables: VariablesLevels,
+def build_spec3(level1: str, level2: list[str], level3: list[str], variables: Variables,
                 options: RunOptions | None = None) -> ModelSpec:
     """A three-level model from its level-1 equation and its π (level-2) and β (level-3) equations."""
     return build_levels_spec([[level1] if level1 else [], list(level2), list(level3)], variables, options)
@@ -465,7 +471,7 @@ _OFF = {"level1weight", "level2weight", "level3weight", "varianceknown", "constr
         "level1deletion", "level2deletion", "level3deletion", "fixsigma2", "resfil1"}
 
 
-def parse_hlm3_file(path: str | Path, variables: VariablesLevels, allow_outside: bool = False) -> ModelSpec:
+def parse_hlm3_file(path: str | Path, variables: Variables, allow_outside: bool = False) -> ModelSpec:
     """An HLM 7 HLM3 command file: level1:, then each level2: line followed by its level3: lines."""
     path = Path(path)
     lines: dict = {"level1": None, "level2": [], "level3": []}
@@ -566,7 +572,7 @@ def is_command_file(path, text: str) -> bool:
     return any(line.strip().lower().startswith(("level1:", "level2:", "level3:")) for line in text.splitlines())
 
 
-def spec_from_inputs_levels(equations: list, model_file: str | None, variables: VariablesLevels,
+def spec_from_inputs_levels(equations: list, model_file: str | None, variables: Variables,
                             options: RunOptions, allow_outside: bool = False) -> ModelSpec:
     """One ModelSpec of K = len(equations) levels from -1 ... -K, a model file of equations, printed
     output pasted into -1 (or several equations in it, split by ';'), or at three levels an HLM 7
@@ -598,7 +604,7 @@ def spec_from_inputs_levels(equations: list, model_file: str | None, variables: 
 
 
 def spec3_from_inputs(level1: str | None, level2: list[str], level3: list[str], model_file: str | None,
-                      variables: VariablesLevels, options: RunOptions, allow_outside: bool = False) -> ModelSpec:
+                      variables: Variables, options: RunOptions, allow_outside: bool = False) -> ModelSpec:
     """spec_from_inputs_levels at three levels, from -1, -2 and -3."""
     return spec_from_inputs_levels([[level1] if level1 else [], list(level2), list(level3)], model_file, variables,
                                    options, allow_outside)

@@ -55,7 +55,7 @@ def parse_test(text: str, spec) -> Hypothesis:
     """'γ01 = 0, γ11 - γ01 = 0' (two levels), 'γ000 = 0, g100 - g010 = 0' (three), 'δ0001 = 0' (four) ->
     a Hypothesis with one row per restriction over the model's fixed effects, in the engine's order."""
     labels = fixed_effect_labels(spec)
-    K = getattr(spec, "n_levels", 2)
+    K = spec.n_levels
     words = _Words(labels, K)
     letter = words.letter
     # a comma inside a label (g1,10 or g1,10,0, as printed) is not one between restrictions: mark it first

@@ -261,7 +261,7 @@ def model_record(spec, meta: dict) -> dict:
                                              for t in eq.predictors]}
                              for n, eq in zip(spec.coefficient_names(), spec.level2)],
         "method": spec.method,
-        "tau_structure": getattr(spec.options, "tau", "unstructured"),
+        "tau_structure": spec.options.tau,
     }
 
 

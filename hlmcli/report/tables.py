@@ -200,8 +200,13 @@ def tidy(fit: dict, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
                      "statistic": stat, "df": f["df"], "p.value": p, "conf.low": f["estimate"] - t * s,
                      "conf.high": f["estimate"] + t * s, "se.type": kind, "model.std.error": f["se"],
                      "robust.std.error": f["robust_se"], "hlm.label": f["threshold"]})
+    n_fixed = len(rows)
     rows += ran_pars(fit)
     columns = list(TIDY_COLUMNS)
+    if fit.get("thresholds") is not None:  # ordinal: HLM 7's signs under broom's names, so say so on each row
+        for k, row in enumerate(rows[:n_fixed]):
+            row["convention"] = _ordinal_convention(row["hlm.label"], k < n_ratio)
+        columns.append("convention")
     ratio = ratio_key(fit)
     if ratio:  # an HGLM: exp(γ) with its interval, as broom's exponentiate = TRUE
         name = ratio.replace("_", ".")
@@ -210,6 +215,17 @@ def tidy(fit: dict, conf_level: float = 0.95, se: str = "auto") -> pd.DataFrame:
                         f"{name}.conf.high": math.exp(row["conf.high"])})
         columns += [name, f"{name}.conf.low", f"{name}.conf.high"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _ordinal_convention(label: str, is_gamma: bool) -> str:
+    """How an ordinal tidy row reads against ordinal::clmm (and broom's tidy of it), which writes
+    link P(Y <= m) = θ_m − x'β where HLM 7 writes η + δ(2) + ... + δ(m), η = γ00 + x'γ + u:
+    θ_1 = γ00, θ_m = γ00 + δ(2) + ... + δ(m), β = −γ."""
+    if label == "γ00":
+        return "HLM 7: gamma00 = clmm theta_1 (the first threshold)"
+    if is_gamma:
+        return "HLM 7: gamma = -(clmm beta)"
+    return "HLM 7: delta(m) = clmm theta_m - theta_(m-1)"
 
 
 def _f(x, digits: int = 3) -> str:
