@@ -678,7 +678,8 @@ def run_hlmcli(data: Data, method: str, with_df: bool = False):
     from hlmcli.analysis.pipeline import boundary_notes
 
     # the notes a user of the CLI sees (the pipeline adds them after fit)
-    spec = SimpleNamespace(random=lambda level: [((q,), None) for q, r in enumerate(data.random_mask) if r])
+    random = [((q,), None) for q, r in enumerate(data.random_mask) if r]  # ModelSpec.random(2)'s shape
+    spec = SimpleNamespace(random=lambda level: random)
     notes = list(res.boundary or []) + boundary_notes(res, spec)
     if with_df:
         return res, notes, satterthwaite_df(stats, unit, res)
