@@ -469,7 +469,7 @@ def _bsolve(H, v):
     return np.linalg.solve(H, v[..., None])[..., 0]
 
 
-def _phi(P):
+def lower_phi(P):
     """Φ(P): the lower triangle of P with its diagonal halved (batched). For M = CC' (C lower),
     dC = CΦ(C⁻¹dMC⁻ᵀ); Φ is its own adjoint as an elementwise mask."""
     out = np.tril(P)
@@ -644,7 +644,7 @@ class Conditional:
         else:
             M = np.einsum("kj,ka,kjb->jab", pi, self.z, F)
             N = R @ M @ R
-            S = _phi(np.einsum("jba,jbc->jac", C, N))
+            S = lower_phi(np.einsum("jba,jbc->jac", C, N))
             S = 0.5 * (S + S.transpose(0, 2, 1))
             Psi = -0.5 * Hinv - R @ S @ R.transpose(0, 2, 1)
         c = k3 * d.quad(lam @ Psi @ lam.T)
@@ -731,13 +731,13 @@ class MLResult:
 TAYLOR_STEP = 1e-4
 
 
-def _hessian(grad_fn, x, g0=None, h=1e-5, cond=None):
+def difference_hessian(grad_fn, x, g0=None, h=1e-5, cond=None):
     """Central (or, given g0 = grad_fn(x), forward) differences of the analytic gradient; with cond,
     its family values come by Taylor series from those at x (Conditional.taylor)."""
     if cond is not None:
         cond.taylor = True
         try:
-            return _hessian(grad_fn, x, g0, h)
+            return difference_hessian(grad_fn, x, g0, h)
         finally:
             cond.taylor = False
     n = x.size
@@ -765,7 +765,7 @@ def _newton_step(H, g):
 REFRESH_AFTER = 1
 
 
-def _newton(fg, x, f, g, H, maxit, tol, refresh=None):
+def damped_newton(fg, x, f, g, H, maxit, tol, refresh=None):
     """Damped Newton with a matrix H (Armijo backtracking); stops when the decrease the quadratic
     model still predicts, ½g'H⁻¹g, is below tol. With refresh(x, g) given, H is recomputed there
     after REFRESH_AFTER poor steps in a row (a full step whose decrease agrees with the model keeps
@@ -1004,7 +1004,7 @@ def _ml_fit_one(data: GLMData, nodes: int = 1, start: PQLResult | None = None, m
         iters += n
         gamma, lam, x, g, Hs = _sign_convention(x, g, Hs, q, p, idx)
         # at the answer, central differences (the search's forward differences are 1e-5 off in the SEs)
-        Hs = _hessian(grad, x, h=1e-5, cond=cond)
+        Hs = difference_hessian(grad, x, h=1e-5, cond=cond)
         H_se, sel = Hs, idx
         tol = 1e-6 * max(1.0, 1e-6 * abs(f))
         dev = f
@@ -1163,10 +1163,10 @@ def _search(fg, grad, x, H0, cond, stop=None):
     Returns (x, f, g, Hessian, iterations), or None when stop(x, f) is true after stage 1."""
     f, g = fg(x)
     if H0 is None:
-        H0 = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
+        H0 = difference_hessian(grad, x, g0=g, h=1e-6, cond=cond)
     iters = 0
-    x, f, g, n1, ok = _newton(fg, x, f, g, H0, 50, 1e-6,
-                              refresh=lambda y, gy: _hessian(grad, y, g0=gy, h=1e-6, cond=cond))
+    x, f, g, n1, ok = damped_newton(fg, x, f, g, H0, 50, 1e-6,
+                              refresh=lambda y, gy: difference_hessian(grad, y, g0=gy, h=1e-6, cond=cond))
     iters += n1
     if not ok:  # a poor start: L-BFGS, then the Newton stages
         res = lbfgsb.minimize(fg, x, maxiter=500, ftol=1e-13, gtol=1e-6)
@@ -1175,13 +1175,13 @@ def _search(fg, grad, x, H0, cond, stop=None):
         iters += int(res.nit)
     if stop is not None and stop(x, f):
         return None
-    Hs = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
+    Hs = difference_hessian(grad, x, g0=g, h=1e-6, cond=cond)
     x1 = x
-    x, f, g, n2, ok = _newton(fg, x, f, g, Hs, 20, 1e-11)
+    x, f, g, n2, ok = damped_newton(fg, x, f, g, Hs, 20, 1e-11)
     iters += n2
     if np.max(np.abs(x - x1)) > 1e-5 * (1.0 + np.max(np.abs(x))):  # moved: refresh the Hessian for the SEs
-        Hs = _hessian(grad, x, g0=g, h=1e-6, cond=cond)
-        x, f, g, n3, ok = _newton(fg, x, f, g, Hs, 20, 1e-11)
+        Hs = difference_hessian(grad, x, g0=g, h=1e-6, cond=cond)
+        x, f, g, n3, ok = damped_newton(fg, x, f, g, Hs, 20, 1e-11)
         iters += n3
     return x, f, g, Hs, iters
 
@@ -1303,7 +1303,7 @@ class _ProfiledML:
             dev, glam = self._profile(lam)
             D = np.zeros((q, q))
             D[self.idx] = glam[self.idx]
-            P = _phi(lam.T @ D)
+            P = lower_phi(lam.T @ D)
             Li = np.linalg.inv(lam)
             Gam = Li.T @ (0.5 * (P + P.T)) @ Li
             return dev, 0.5 * (Gam + Gam.T)
@@ -1422,13 +1422,13 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
 
     y0 = np.concatenate([Lr[fidx], gamma_r])
     g0 = grad(y0)
-    H = _hessian(grad, y0, h=1e-5, cond=cond)
+    H = difference_hessian(grad, y0, h=1e-5, cond=cond)
     Hgg_r = H[nf:, nf:]
     sol = np.linalg.solve(Hgg_r, np.column_stack([H[nf:, :nf], g0[nf:]]))
     Hp = H[:nf, :nf] - H[:nf, nf:] @ sol[:, :nf]
     gp = g0[:nf] - H[:nf, nf:] @ sol[:, nf]
     # chain rule from the face coordinates x to θ_f(x) (a smooth map: no deviance evaluations)
-    gf, Hf = _chain_to_face(lambda xv: face_factor(face.G(xv))[fidx], x0, face.size, nf, gp, Hp)
+    gf, Hf = chain_to_face(lambda xv: face_factor(face.G(xv))[fidx], x0, face.size, nf, gp, Hp)
     # the null-space block of Γ by one-sided exact derivatives (polarisation over E)
     M = _cone_slopes(obj, face, Gr, idx, q)
     Gamma = face.V0 @ M @ face.V0.T
@@ -1445,7 +1445,7 @@ def _boundary_point(data, cond, gamma, lam, f_search, idx, diagonal, tol, Hgg):
     return gamma_r, Lr, dev, cert, H, fidx, escape
 
 
-def _chain_to_face(theta, x0, n: int, nf: int, gp, Hp, h: float = 1e-4):
+def chain_to_face(theta, x0, n: int, nf: int, gp, Hp, h: float = 1e-4):
     """The face gradient and Hessian from those in θ_f (gp, Hp), by the chain rule through the smooth
     map x ↦ θ_f(x) from the face coordinates (central differences of θ_f: no deviance evaluations)."""
     J = np.empty((nf, n))
@@ -1483,7 +1483,7 @@ def _cone_slopes(obj, face, Gr, idx, q: int) -> np.ndarray:
             return np.nan
         _, glam = obj._profile(L)
         Li = np.linalg.inv(L)
-        dL = L @ _phi(Li @ P @ Li.T)
+        dL = L @ lower_phi(Li @ P @ Li.T)
         D = np.zeros((q, q))
         D[idx] = glam[idx]
         return float(np.sum(D * dL))

@@ -50,7 +50,7 @@ import numpy as np
 
 from . import lbfgsb
 from .certificate import BlockFace, certify_blocks
-from .hglm import _chain_to_face, _hessian, _newton, _phi
+from .hglm import chain_to_face, difference_hessian, damped_newton, lower_phi
 from .nested_glmm import LevelsGLMData, record_columns
 
 TOL = 1e-6  # the certificate's tolerance, deviance units (as hglm.ml_fit)
@@ -292,7 +292,7 @@ class Profiled:
             if q == 0:
                 Gams.append(np.zeros((0, 0)))
             elif np.linalg.eigvalsh(G)[0] > 1e-8 * max(1.0, float(np.abs(G).max())):
-                Pm = _phi(L.T @ (np.diag(np.diag(D)) if self.diagonal[b] else np.tril(D)))
+                Pm = lower_phi(L.T @ (np.diag(np.diag(D)) if self.diagonal[b] else np.tril(D)))
                 Li = np.linalg.inv(L)
                 Gam = Li.T @ (0.5 * (Pm + Pm.T)) @ Li
                 Gams.append(0.5 * (Gam + Gam.T))
@@ -373,21 +373,21 @@ def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> N
 
     f, g = fg(x)
     iters = 0
-    H0 = _hessian(grad, x, g0=g, h=1e-6)
-    x, f, g, n1, ok = _newton(fg, x, f, g, H0, 50, 1e-6)
+    H0 = difference_hessian(grad, x, g0=g, h=1e-6)
+    x, f, g, n1, ok = damped_newton(fg, x, f, g, H0, 50, 1e-6)
     iters += n1
     if not ok:
         res = lbfgsb.minimize(fg, x, maxiter=1000, ftol=1e-14, gtol=1e-7)
         x = res.x
         f, g = fg(x)
         iters += int(res.nit)
-    Hs = _hessian(grad, x, h=1e-5)
+    Hs = difference_hessian(grad, x, h=1e-5)
     x1 = x
-    x, f, g, n2, ok = _newton(fg, x, f, g, Hs, 30, 1e-11)
+    x, f, g, n2, ok = damped_newton(fg, x, f, g, Hs, 30, 1e-11)
     iters += n2
     if np.max(np.abs(x - x1)) > 1e-5 * (1.0 + np.max(np.abs(x))):
-        Hs = _hessian(grad, x, h=1e-5)
-        x, f, g, n3, ok = _newton(fg, x, f, g, Hs, 30, 1e-11)
+        Hs = difference_hessian(grad, x, h=1e-5)
+        x, f, g, n3, ok = damped_newton(fg, x, f, g, Hs, 30, 1e-11)
         iters += n3
     gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
     # Λ's diagonal non-negative (a column's sign flips with its u): flip the θ entries and the Hessian
@@ -416,7 +416,7 @@ def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> N
             G2, G3 = face.G(xv)
             return np.concatenate([fac(G2, diagonal[0])[i2], fac(G3, diagonal[1])[i3]])
 
-        gf, Hf = _chain_to_face(theta, x0, face.size, nt, gp, Hp)
+        gf, Hf = chain_to_face(theta, x0, face.size, nt, gp, Hp)
         cert = certify_blocks(obj, Gs, TOL, face_data=(face, x0, 0.5 * (Hf + Hf.T), gf, dev, Gams), diagonal=diagonal,
                               names=names)
     else:
