@@ -446,22 +446,3 @@ def test_level3_unit_scores_against_dense(grouse_doc):
         h = 1e-5
         num = np.array([(dev(x0 + h * e) - dev(x0 - h * e)) / (2 * h) for e in np.eye(x0.size)])
         assert S[k] == pytest.approx(-0.5 * num, rel=1e-5, abs=1e-6), locations[k]
-
-
-def test_a_lower_face_with_a_lower_deviance_withdraws_the_certificate(monkeypatch):
-    """The local certificate of a three-level Laplace fit (searched from one start) is followed by the linear
-    search's global check over the lower faces of both cones; a lower deviance found there makes the fit
-    not certified, with the reason. The check is stubbed here to report such a face."""
-    import hlmcli.engine.nested_laplace as nl
-
-    seen = {}
-
-    def lower_face(obj, candidates, make_face, dev, noise):
-        seen["candidates"] = len(candidates)
-        return (candidates[0], dev - 1.0), 0
-
-    monkeypatch.setattr(nl, "best_lower_face", lower_face)
-    doc = api_fit("mmmec_intercepts")
-    assert seen["candidates"] == 3  # τπ = 0, τβ = 0, both
-    assert doc["converged"] is False
-    assert any("lower face" in f for f in doc["certificate"]["failed"])

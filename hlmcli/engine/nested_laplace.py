@@ -50,7 +50,6 @@ import numpy as np
 
 from . import lbfgsb
 from .certificate import BlockFace, certify_blocks
-from .search import best_lower_face, lower_face_candidates
 from .hglm import chain_to_face, difference_hessian, damped_newton, lower_phi
 from .nested_glmm import LevelsGLMData, record_columns
 
@@ -260,26 +259,13 @@ class Profiled:
         self.cond, self.gamma, self.Hgg, self.diagonal = cond, gamma.copy(), Hgg, diagonal
 
     def _profile(self, L2, L3):
-        """Newton in γ with the Hessian at the optimum, each step halved until the deviance does not rise
-        (far from the optimum, as on a lower face, a full step can overflow the mean)."""
         gamma = self.gamma.copy()
-        out = self.cond.evaluate(gamma, L2, L3)
         for it in range(8):
+            out = self.cond.evaluate(gamma, L2, L3)
             step = np.linalg.solve(self.Hgg, out[1])
-            if np.max(np.abs(step), initial=0.0) < 1e-11:
+            if np.max(np.abs(step), initial=0.0) < 1e-11 or it == 7:
                 break
-            t = 1.0
-            for _ in range(30):
-                try:
-                    new = self.cond.evaluate(gamma - t * step, L2, L3)
-                except (np.linalg.LinAlgError, FloatingPointError):
-                    new = None
-                if new is not None and np.isfinite(new[0]) and new[0] <= out[0]:
-                    break
-                t *= 0.5
-            else:
-                break
-            gamma, out = gamma - t * step, new
+            gamma = gamma - step
         self.last_gamma = gamma
         return out
 
@@ -289,11 +275,7 @@ class Profiled:
     def value(self, Gs) -> float:
         if any(np.linalg.eigvalsh(0.5 * (G + G.T))[0] < -1e-12 for G in Gs if G.size):
             return np.inf
-        try:
-            return self._profile(*(self._factor(G, d) for G, d in zip(Gs, self.diagonal)))[0]
-        except (np.linalg.LinAlgError, FloatingPointError):
-            self.failures = getattr(self, "failures", 0) + 1
-            return np.inf
+        return self._profile(*(self._factor(G, d) for G, d in zip(Gs, self.diagonal)))[0]
 
     def noise(self, Gs) -> float:
         return 0.0
@@ -303,11 +285,7 @@ class Profiled:
         if any(G.size and np.linalg.eigvalsh(G)[0] < -1e-12 for G in Gs):
             return np.inf, tuple(np.zeros_like(G) for G in Gs)
         Ls = tuple(self._factor(G, d) for G, d in zip(Gs, self.diagonal))
-        try:
-            dev, _, gL2, gL3 = self._profile(*Ls)
-        except (np.linalg.LinAlgError, FloatingPointError):
-            self.failures = getattr(self, "failures", 0) + 1
-            return np.inf, tuple(np.zeros_like(G) for G in Gs)
+        dev, _, gL2, gL3 = self._profile(*Ls)
         Gams = []
         for b, (G, L, D) in enumerate(zip(Gs, Ls, (gL2, gL3))):
             q = G.shape[0]
@@ -453,22 +431,6 @@ def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> N
     except np.linalg.LinAlgError:
         cov = robust = np.full((p, p), np.nan)
     b2, V2, b3, V3, eta = cond.posterior(gamma, L2, L3)
-    if cert.certified:
-        # the certificate is local and the search ran from one start: the global check of the linear
-        # search (the minimum on each lower face of the two cones, τ = 0 included) must not find a lower
-        # deviance; a value found there is a true deviance (γ profiled by at most 8 Newton steps). It runs on
-        # its own copy of the objective, whose modes and caches are not this fit's
-        check = Profiled(NestedLaplace(glm), gamma, Hgg, diagonal)
-        lower, unresolved = best_lower_face(check, lower_face_candidates(Gs, diagonal, cert.ranks),
-                                            lambda Gc: BlockFace(Gc, diagonal=diagonal), float(f), 0.0)
-        if lower is not None:
-            cert.certified = False
-            cert.failed.append(f"a lower face of the PSD cones has a lower deviance ({lower[1]:.6f} against "
-                               f"{float(f):.6f}): the search from the PQL start stopped at a local optimum")
-        elif unresolved or getattr(check, "failures", 0):
-            cert.certified = False
-            cert.failed.append("the minimum of a lower face of the PSD cones could not be reached (or the deviance "
-                               "not evaluated there), so a lower deviance there is not ruled out")
     failed = list(cert.failed)
     n_params = p + nt
     return NestedLaplaceResult(gamma=gamma, cov=0.5 * (cov + cov.T), robust_cov=0.5 * (robust + robust.T), taus=Gs,
