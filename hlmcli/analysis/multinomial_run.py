@@ -17,6 +17,7 @@ from ..data import design as design_stage
 from ..errors import DataError, ModelError
 from . import inference
 from .hglm_run import HGLMAnalysis, check_column_scales, check_options
+from .ordinal_run import category_codes
 
 PQL_REFUSAL = ("--family multinomial: PQL is not available: HLM 7's linearisation of the M - 1 logits (its working "
                "variates and weights across categories) is not documented in a form that can be checked; use "
@@ -30,33 +31,12 @@ def multinomial_codes(y: np.ndarray, ncat: int | None, where: dict):
     whole-number values in increasing order (the last the reference), or 1..NCAT when a .hlm file gives
     NCAT. Refused in one line naming file, column and row: a value that is not a whole number, outside
     1..NCAT, a category no record has, or fewer than two categories."""
-    rows, out, l1file = where["rows"], where["outcome"], where["file"]
-
-    def fail(k, problem):
-        raise DataError(f"{l1file}, column {out}, row {int(rows[k]) + 1}: {problem}")
-
-    bad = np.flatnonzero(y != np.round(y))
-    if bad.size:
-        fail(bad[0], f"the value {y[bad[0]]:g} is not a whole-number category code, as --family multinomial needs "
-                     "(recode the categories 1, 2, ..., M; the last is the reference)")
-    if ncat is not None:
-        bad = np.flatnonzero((y < 1) | (y > ncat))
-        if bad.size:
-            fail(bad[0], f"the value {y[bad[0]]:g} is not a category 1 to {ncat} of nonlin:multinomial,{ncat}; recode "
-                         "it or change NCAT")
-        categories = np.arange(1, ncat + 1, dtype=float)
-        present = np.isin(categories, y)
-        if not present.all():
-            missing = [f"{c:g}" for c in categories[~present]]
-            raise DataError(f"{l1file}, column {out}: no record has category {', '.join(missing)} of "
-                            f"nonlin:multinomial,{ncat}, so its logit has no finite estimate; set NCAT to the "
-                            "categories present and recode them 1, 2, ...")
-    else:
-        categories = np.unique(y)
+    codes, categories = category_codes(y, ncat, where, "multinomial",
+                                       "(recode the categories 1, 2, ..., M; the last is the reference)", "its logit")
     if categories.size < 2:
-        raise DataError(f"{l1file}, column {out}: every record has category {categories[0]:g}; a multinomial model "
-                        "needs at least two categories")
-    return np.searchsorted(categories, y).astype(np.int64) + 1, categories
+        raise DataError(f"{where['file']}, column {where['outcome']}: every record has category {categories[0]:g}; "
+                        "a multinomial model needs at least two categories")
+    return codes, categories
 
 
 def find_separation(X: np.ndarray, codes: np.ndarray, ncat: int):

@@ -21,10 +21,11 @@ from . import inference
 from .hglm_run import HGLMAnalysis, check_column_scales, check_options
 
 
-def ordinal_codes(y: np.ndarray, ncat: int | None, where: dict):
-    """(codes 1..C per record, the categories as written): the categories are the outcome's distinct
-    whole-number values, or 1..NCAT when a .hlm file gives NCAT. Refused in one line naming file, column
-    and row: a value that is not a whole number, outside 1..NCAT, or fewer than three categories."""
+def category_codes(y: np.ndarray, ncat: int | None, where: dict, family: str, code_hint: str, estimate: str):
+    """(codes 1..C per record, the categories as written) of a categorical outcome (ordinal, multinomial):
+    the outcome's distinct whole-number values, or 1..NCAT when a .hlm file gives NCAT. Refused in one
+    line naming file, column and row: a value that is not a whole number, or outside 1..NCAT, or a
+    category of NCAT with no record (`estimate`: what then has no finite estimate)."""
     rows, out, l1file = where["rows"], where["outcome"], where["file"]
 
     def fail(k, problem):
@@ -32,27 +33,34 @@ def ordinal_codes(y: np.ndarray, ncat: int | None, where: dict):
 
     bad = np.flatnonzero(y != np.round(y))
     if bad.size:
-        fail(bad[0], f"the value {y[bad[0]]:g} is not a whole-number category code, as --family ordinal needs "
-                     "(the categories are ordered by their codes)")
-    if ncat is not None:
-        bad = np.flatnonzero((y < 1) | (y > ncat))
-        if bad.size:
-            fail(bad[0], f"the value {y[bad[0]]:g} is not a category 1 to {ncat} of nonlin:ordinal,{ncat}; recode it "
-                         "or change NCAT")
-        categories = np.arange(1, ncat + 1, dtype=float)
-        present = np.isin(categories, y)
-        if not present.all():
-            missing = [f"{c:g}" for c in categories[~present]]
-            raise DataError(f"{l1file}, column {out}: no record has category {', '.join(missing)} of "
-                            f"nonlin:ordinal,{ncat}, so its threshold has no finite estimate; set NCAT to the "
-                            "categories present and recode them 1, 2, ...")
-    else:
+        fail(bad[0], f"the value {y[bad[0]]:g} is not a whole-number category code, as --family {family} needs "
+                     f"{code_hint}")
+    if ncat is None:
         categories = np.unique(y)
+        return np.searchsorted(categories, y).astype(np.int64) + 1, categories
+    bad = np.flatnonzero((y < 1) | (y > ncat))
+    if bad.size:
+        fail(bad[0], f"the value {y[bad[0]]:g} is not a category 1 to {ncat} of nonlin:{family},{ncat}; recode it "
+                     "or change NCAT")
+    categories = np.arange(1, ncat + 1, dtype=float)
+    present = np.isin(categories, y)
+    if not present.all():
+        missing = [f"{c:g}" for c in categories[~present]]
+        raise DataError(f"{l1file}, column {out}: no record has category {', '.join(missing)} of "
+                        f"nonlin:{family},{ncat}, so {estimate} has no finite estimate; set NCAT to the "
+                        "categories present and recode them 1, 2, ...")
+    return np.searchsorted(categories, y).astype(np.int64) + 1, categories
+
+
+def ordinal_codes(y: np.ndarray, ncat: int | None, where: dict):
+    """category_codes for an ordinal outcome, which needs at least three categories."""
+    codes, categories = category_codes(y, ncat, where, "ordinal", "(the categories are ordered by their codes)",
+                                       "its threshold")
     if categories.size < 3:
-        raise DataError(f"{l1file}, column {out}: the outcome has {categories.size} categories "
+        raise DataError(f"{where['file']}, column {where['outcome']}: the outcome has {categories.size} categories "
                         f"({', '.join(f'{c:g}' for c in categories)}); an ordinal model needs at least 3 "
                         "(for two, use --family bernoulli)")
-    return np.searchsorted(categories, y).astype(np.int64) + 1, categories
+    return codes, categories
 
 
 def find_separation(X: np.ndarray, codes: np.ndarray, ncat: int):
