@@ -1,5 +1,5 @@
 # References for tests/test_hglm3_weights.py: the three-level Bernoulli data of hglm3_weights_data.py
-# (tests/data/hglm3_weights/bern_l{1,2,3}.csv: 377 pupils in 71 classes in 24 schools; outcome columns Y = PV1,
+# (tests/data/hglm3_weights/bern_l{1,2,3}.csv: 349 pupils in 69 classes in 24 schools; outcome columns Y = PV1,
 # PV2, PV3), fitted by Laplace (nAGQ = 1) with
 #   * lme4::glmer, tightened: bobyqa with rhoend 1e-12, tolPwrss 1e-13;
 #   * glmmTMB (Laplace, rel.tol 1e-14), a second implementation of the same likelihood.
