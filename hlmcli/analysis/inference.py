@@ -10,14 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..lazy import lazy
-
-special = lazy("scipy.special")  # lighter than scipy.stats: only the two tails are needed
-
 from ..data.design import Design
 from ..engine.estimation import FitResult
 from ..engine.sandwich import weighted_sandwich
 from ..engine import unitsolve
+from ..engine.special_functions import special  # the compiled t and χ² tails, without the package
 from ..engine.sufficient import ModelStats, UnitStats
 
 
