@@ -21,11 +21,11 @@ import pytest
 from conftest import DATA, HSB_MODELS, SAMPLE
 
 HEAVY = ["numpy", "scipy", "scipy.stats", "scipy.optimize", "scipy.special", "scipy.special._ufuncs",
-         "scipy._lib._array_api", "numpy.testing", "numpy.f2py", "scipy.integrate", "scipy.interpolate",
+         "scipy._lib._array_api", "numpy.testing", "numpy.f2py", "numpy.ma", "scipy.integrate", "scipy.interpolate",
          "pandas", "pyarrow", "matplotlib", "dask", "distributed", "jinja2", "pyreadstat", "formulae", "openpyxl",
          "statsmodels", "tabulate", "jsonschema"]
 NEVER_IN_A_FIT = {"pandas", "pyarrow", "matplotlib", "dask", "distributed", "jinja2", "scipy.stats", "scipy.special",
-                  "scipy._lib._array_api", "numpy.testing", "numpy.f2py", "scipy.integrate",
+                  "scipy._lib._array_api", "numpy.testing", "numpy.f2py", "numpy.ma", "scipy.integrate",
                   "scipy.interpolate", "pyreadstat", "formulae", "openpyxl", "statsmodels", "tabulate", "jsonschema"}
 
 # Runs each command through the CLI's own entry point, in order, in one fresh interpreter.
