@@ -102,7 +102,13 @@ def hcm2_request(data, model: dict, more: dict, formula: str | None):
     if not (row and col):
         raise UsageError("HCM2's equations need both factors: give --row-id and --col-id (the id columns of the "
                          "row and column factors)")
-    return read_hcm2(model["level1"], list(model.get("level2") or ()), row, col)
+    try:
+        return read_hcm2(model["level1"], list(model.get("level2") or ()), row, col)
+    except ModelError as exc:
+        if archive:  # nested equations typed for HCM2's archive: say what the archive is
+            raise ModelError(f"{data[0]} is a cross-classified (HCM2) archive, written in HCM2's equations: {exc}") \
+                from None
+        raise
 
 
 def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given: set[str], echo, stderr,
