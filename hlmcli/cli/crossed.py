@@ -73,17 +73,64 @@ def _residual_paths(out, n_factors: int, factors) -> dict:
     return paths
 
 
-def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given: set[str], echo, stderr) -> None:
-    """The whole command for a crossed formula: read, fit, print or write, exit 3 when not certified."""
+def hcm2_request(data, model: dict, more: dict, formula: str | None):
+    """HCM2's equations (-1 and -2 with --row-id/--col-id, or with a cross-classified archive, whose
+    header names the factors) as one HCM2Model, whose lme4 formula is then fitted as any other; None
+    when the command is not in HCM2's notation."""
+    from ..io.archive_crossed import is_crossed_archive, load_crossed_archive
+    from ..language.hcm2 import read_hcm2
+
+    archive = len(data) == 1 and is_crossed_archive(data[0])
+    row, col = more.get("row_id"), more.get("col_id")
+    if formula or not (archive or row or col):
+        return None
+    if not model.get("level1"):
+        if archive:
+            raise UsageError(f"{data[0]} is a cross-classified (HCM2) archive: give the model as HCM2's equations "
+                             "(-1 'Y = p0 + p1*(X) + e' -2 'p0 = theta0 + b00 + c00') or as --formula")
+        return None
+    if model.get("level3") or model.get("level4") or model.get("model_file"):
+        raise UsageError("HCM2's equations are a level-1 equation (-1) and level-2 equations (-2), one per p; "
+                         "-3, -4 and model files are for nested models")
+    if archive:
+        a = load_crossed_archive(data[0])
+        for given, stored, option in ((row, a.row_id, "--row-id"), (col, a.col_id, "--col-id")):
+            if given and given.lower() != stored.lower():
+                raise UsageError(f"{option} {given}: the archive {data[0]} was built with {option} {stored}; drop "
+                                 f"{option} or rebuild the archive")
+        row, col = a.row_id, a.col_id
+    if not (row and col):
+        raise UsageError("HCM2's equations need both factors: give --row-id and --col-id (the id columns of the "
+                         "row and column factors)")
+    try:
+        return read_hcm2(model["level1"], list(model.get("level2") or ()), row, col)
+    except ModelError as exc:
+        if archive:  # nested equations typed for HCM2's archive: say what the archive is
+            raise ModelError(f"{data[0]} is a cross-classified (HCM2) archive, written in HCM2's equations: {exc}") \
+                from None
+        raise
+
+
+def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given: set[str], echo, stderr,
+                        hcm2=None) -> None:
+    """The whole command for a crossed formula (or HCM2's equations, `hcm2`, read into it): read, fit,
+    print or write, exit 3 when not certified."""
     from ..analysis.crossed_run import analyse_crossed
+    from ..io.archive_crossed import is_crossed_archive, load_crossed_archive
     from ..io.files import atomic_write_text, check_outputs, output_transaction
     from ..io.readers import read_table
     from ..language.formula import diagonal_bars
     from ..results import CrossedResults
 
-    refuse_options(given, "text", fit.df_method)
+    refuse_options(given - ({"--level1", "--level2"} if hcm2 is not None else set()), "text", fit.df_method)
     row_id, col_id = build.get("row_id"), build.get("col_id")
-    if len(data) == 3:  # HLM 7's HCM2 layout: LEVEL1 ROWS COLS
+    archive = load_crossed_archive(data[0]) if len(data) == 1 and is_crossed_archive(data[0]) else None
+    if archive is not None:  # HCM2's archive: its factors are the formula's row and column factors
+        factors = {f.lower() for bar in model.bars for f in bar.factor}
+        if not {archive.row_id.lower(), archive.col_id.lower()} <= factors:
+            raise UsageError(f"{data[0]} crosses {archive.row_id} (rows) with {archive.col_id} (columns): give each a "
+                             f"random term, (… | {archive.row_id}) + (… | {archive.col_id})")
+    elif len(data) == 3:  # HLM 7's HCM2 layout: LEVEL1 ROWS COLS
         if not (row_id and col_id):
             raise UsageError("three data files are HCM2's layout (level-1, row and column files): give --row-id and "
                              "--col-id, the id columns that link them")
@@ -105,17 +152,24 @@ def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given:
     check_outputs([("-o", out.output), ("--json-out", out.json_out), ("--residuals-l1", out.residuals_l1)]
                   + [(f"--residuals-l{k + 2}", getattr(out, o)) for k, o in enumerate(_RESIDUALS)], list(data))
     ids = tuple(name for bar in model.bars for name in bar.factor) + tuple(x for x in (row_id, col_id) if x)
-    tables = [read_table(path, build.get("file_format"), build.get("delimiter"), string_columns=ids) for path in data]
-    if len(tables) == 3:
+    tables = [] if archive is not None else \
+        [read_table(path, build.get("file_format"), build.get("delimiter"), string_columns=ids) for path in data]
+    if archive is not None:
+        table = archive.table()
+    elif len(tables) == 3:
         from ..data.crossed_design import merge_crossed
 
         table = merge_crossed(*tables, row_id, col_id)
     else:
         table = tables[0]
+    if hcm2 is not None:
+        from ..data.crossed_design import check_hcm2_predictors
+
+        check_hcm2_predictors(table, hcm2)
     method = getattr(fit.method, "value", fit.method) or "REML"
     df = "satterthwaite" if "--df" in given else "none"
     analysis = analyse_crossed(table, model, formula, str(method), fit.max_iterations, out.title, df, fit.tests,
-                               fit.compare_deviance, fit.compare_params)
+                               fit.compare_deviance, fit.compare_params, hcm2=hcm2)
     meta = {"data_source": analysis.source}
     if out.timestamp:
         from datetime import datetime, timezone
@@ -187,3 +241,70 @@ def plot_crossed_command(kind, data, formula: str, model, fit, output, coef, jso
     if not res.certified:
         stderr("hlmcli: the optimum is not certified: " + "; ".join(analysis.failures))
         sys.exit(EXIT_NOT_CONVERGED)
+
+
+# ---------------------------------------------------------------- HCM2's archive: mdm build, mdm info
+
+_BUILD_TAKEN = {"--row-id", "--col-id", "--l1-vars", "--l2-vars", "--l3-vars", "--missing", "--drop-unmatched",
+                "--format", "--delimiter", "--no-follow", "-o", "--output", "--quiet"}
+
+
+def build_crossed_command(files, row_id, col_id, keeps, missing, drop_unmatched, file_format, delimiter, output,
+                          quiet, given: set[str], stderr, progress_class) -> None:
+    """`hlmcli mdm build LEVEL1 ROWS COLS --row-id A --col-id B -o X.mdm`: HLM 7's HCM2 MDM."""
+    from ..io.archive_crossed import build_crossed_from_files, write_crossed_archive
+    from ..io.files import check_outputs, check_regular, commit_outputs
+    from ..io.readers import normalise_delimiter
+    from .options import split_names
+
+    if not (row_id and col_id):
+        raise UsageError("a cross-classified (HCM2) archive needs both --row-id and --col-id, the id columns linking "
+                         "the level-1 file to the row file and to the column file")
+    other = sorted(o for o in given if o not in _BUILD_TAKEN)
+    if other:
+        raise UsageError(f"{other[0]}: not used by a cross-classified build (LEVEL1 ROWS COLS with --row-id, --col-id; "
+                         "--l1-vars, --l2-vars for the row file, --l3-vars for the column file, --missing, "
+                         "--drop-unmatched, --format, --delimiter, -o)")
+    if len(files) != 3:
+        raise UsageError(f"a cross-classified (HCM2) build takes three files, LEVEL1 ROWS COLS (the row or column file may "
+                         f"be a file of its own only: one record per unit); got {len(files)}")
+    if output is None:
+        raise UsageError("give -o/--output, the archive to write")
+    if "-" in files:
+        raise UsageError("a cross-classified build reads its three files from disk; standard input ('-') is not read")
+    for source in files:
+        check_regular(source, "data file")
+    check_outputs([("-o", output)], list(files))
+    warn = (lambda m: None) if quiet else (lambda m: stderr(f"hlmcli: warning: {m}"))
+    progress = progress_class(quiet, 5)  # three files, merging, hashing
+    try:
+        archive = build_crossed_from_files(files, row_id, col_id, tuple(split_names(k) for k in keeps), missing,
+                                           drop_unmatched, file_format, normalise_delimiter(delimiter), warn, progress)
+        write_crossed_archive(archive, output)
+    finally:
+        progress.close()
+    commit_outputs()
+    if not quiet:
+        stderr(f"hlmcli: wrote {output}: {archive.n_records} level-1 records in {len(archive.row_ids)} row units "
+               f"({archive.row_id}) crossed with {len(archive.col_ids)} column units ({archive.col_id})")
+
+
+def crossed_info_command(path, unit, out_format, verify, stderr) -> None:
+    """`hlmcli mdm info` of an HCM2 archive: HLM 7's level-1, row and column statistics."""
+    import click
+
+    from ..io.archive import changed_sources
+    from ..io.archive_crossed import crossed_info, crossed_unit, load_crossed_archive
+    from ..report.crossed_report import crossed_info_text
+    from ..report.report import dumps_json
+    from ..version import __version__
+
+    archive = load_crossed_archive(path, verify)
+    info = {"schema": 1, "tool": "hlmcli", "version": __version__, **crossed_info(archive)}
+    if unit is not None:
+        info["unit"] = crossed_unit(archive, unit)
+    for changed in changed_sources(archive):
+        stderr(f"hlmcli: warning: {changed} changed since this archive was built; rebuild it with 'hlmcli mdm build'")
+    click.echo(dumps_json(info) if out_format == "json" else crossed_info_text(info), nl=False)
+    if verify:
+        stderr(f"hlmcli: {path}: checksum verified (SHA-256 of the whole file)")

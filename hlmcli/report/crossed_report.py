@@ -85,8 +85,13 @@ def text(a, meta: dict | None = None) -> str:
     for b, (factor, J) in enumerate(groups.items()):
         role = ("row factor" if b == 0 else "column factor") if two else "grouping factor"
         out.append(f"  The {role} is {factor}: {J} groups")
-    out += ["", "Summary of the model specified", "", f"    lme4: {a.formula}", "", "Mixed Model", "",
-            _mixed_line(a), ""]
+    if a.hcm2 is not None:  # written in HCM2's equations: printed back in them, as HLM 7 does
+        names = hcm2_labels(a)
+        out += ["", "Summary of the model specified (in HCM2's equation format)", ""] + a.hcm2.lines()
+        out += ["", "  (the mixed model numbers the fixed effects THETA0, THETA1, ... in its own order, as --test reads "
+                "them: " + ", ".join(f"THETA{k} = {n}" for k, n in enumerate(names)) + ")"]
+    out += (["", "Summary of the model specified"] if a.hcm2 is None else []) + ["", f"    lme4: {a.formula}", "",
+                                                                             "Mixed Model", "", _mixed_line(a), ""]
     if two:
         out += ["  (THETA: fixed effects; b: random effects of the row factor, c: of the column factor)", ""]
     out += [stopping_line("τ of any factor") if a.certified else
@@ -110,8 +115,9 @@ def text(a, meta: dict | None = None) -> str:
     if p_values is not None:
         head += f"{'Approx. d.f.':>14}{'p-value':>8}"
     out += [head, "-" * (70 if p_values is None else 92)]
+    shown = hcm2_labels(a) if a.hcm2 is not None else [f"THETA{k}" for k in range(len(d.fixed_names))]
     for k, (name, g, se, t) in enumerate(zip(d.fixed_names, fit.gamma, fit.se, a.t_ratios)):
-        line = f"{name + ', THETA' + str(k):<28}{_fmt(g)}{_fmt(se, 16)}{t:12.3f}"
+        line = f"{name + ', ' + shown[k]:<28}{_fmt(g)}{_fmt(se, 16)}{t:12.3f}"
         if p_values is not None:
             line += f"{a.df[k]:14.2f}{hlm_p(float(p_values[k])):>8}"
         out.append(line)
@@ -153,6 +159,12 @@ def data_hash(a) -> str:
     return h.hexdigest()
 
 
+def hcm2_labels(a) -> list[str]:
+    """HCM2's name (THETA1, GAMMA01, BETA01, ...) of each fixed effect, in the fit's order."""
+    by_term = a.hcm2.labels()
+    return [by_term[frozenset() if t == ("1",) else frozenset(t)] for t in a.model.fixed]
+
+
 def information_criteria(fit) -> tuple[int, float, float]:
     """(k, AIC, BIC) as lme4 counts them for lmer: every fixed effect, τ entry and σ², under REML too."""
     k = int(fit.n_parameters)
@@ -192,6 +204,10 @@ def to_json(a, meta: dict | None = None) -> dict:
            "aic": _clean(aic), "bic": _clean(bic), "data_hash": data_hash(a)}
     if meta.get("timestamp"):
         doc["timestamp"] = meta["timestamp"]
+    if a.hcm2 is not None:
+        for f, label in zip(fixed, hcm2_labels(a)):
+            f["hcm2_label"] = label
+        doc["hcm2_equations"] = [line.strip() for line in a.hcm2.lines() if "=" in line]
     doc.update(a.extras)
     return doc
 
@@ -237,3 +253,43 @@ def crossed_view(doc: dict) -> dict:
         if key in doc:
             view[key] = doc[key]
     return view
+
+
+# ---------------------------------------------------------------- mdm info of HCM2's archive
+
+_CROSSED_NOTES = {"records_without_row": "level-1 records dropped with no row unit",
+                  "records_without_column": "level-1 records dropped with no column unit",
+                  "records_with_missing_values": "level-1 records dropped for missing values",
+                  "row_units_without_records": "row units left out (no level-1 records)",
+                  "column_units_without_records": "column units left out (no level-1 records)"}
+
+
+def crossed_info_text(info: dict) -> str:
+    """`mdm info` of a cross-classified archive: HLM 7's level-1, row and column descriptive statistics."""
+    from .report import archive_source_lines, number_cell, printable, value_label_lines
+
+    out = [f"hlmcli {info['version']} - MDM archive {info['archive'] or ''}".rstrip()
+           + " (cross-classified, HCM2)", ""]
+    out += archive_source_lines(info)
+    out.append(f"  row id: {info['id']['row']}, column id: {info['id']['column']}")
+    out.append(f"  missing data deleted: {'when the archive was built' if info['missing'] == 'now' else 'at analysis time, per model'}")
+    for key, line in _CROSSED_NOTES.items():
+        if info["notes"].get(key):
+            out.append(f"  {line}: {info['notes'][key]}")
+    out += [f"  level-1 records: {info['n_level1']}", f"  row units:       {info['n_rows']}",
+            f"  column units:    {info['n_columns']}", f"  non-empty cells: {info['n_cells']}"]
+    for what in ("row", "column"):
+        u = info[f"records_per_{what}"]
+        out.append(f"  records per {what} unit: {u['min']} to {u['max']} (mean {u['mean']:.1f})")
+    for key, heading in (("level1", "LEVEL-1"), ("row", "ROW LEVEL"), ("column", "COLUMN LEVEL")):
+        out += ["", f"          {heading} DESCRIPTIVE STATISTICS", "",
+                f"{'VARIABLE NAME':>16} {'N':>9} {'MEAN':>12} {'SD':>12} {'MINIMUM':>12} {'MAXIMUM':>12}"]
+        for v in info[key]:
+            out.append(f"{v['name']:>16} {v['n']:>9d} {number_cell(v['mean'])} {number_cell(v['sd'])} "
+                       f"{number_cell(v['minimum'])} {number_cell(v['maximum'])}")
+    out += value_label_lines(info)
+    if "unit" in info:
+        un = info["unit"]
+        out += ["", f"  {un['factor']} unit {un['id']}: {un['n']} level-1 records"]
+        out += [f"    {name} = {value:.6g}" for name, value in un["values"].items()]
+    return "\n".join(printable(line) for line in out) + "\n"
