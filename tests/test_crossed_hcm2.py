@@ -288,3 +288,11 @@ def test_imputed_data_sets_with_satterthwaite_df(plausible, tmp_path):
     proc = run_cli("fit", plausible / "imp1.csv", "--imputed", short, "--formula", PEN)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "imputed data sets must hold the same records" in proc.stderr
+
+
+@pytest.mark.slow
+def test_caterpillar_plot_from_the_archive(archive, tmp_path):
+    png = tmp_path / "cat.png"
+    proc = run_cli("plot", "caterpillar", archive, "--formula", SCOTS, "-o", png, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -313,7 +313,10 @@ def plot_crossed_command(kind, data, formula: str, model, fit, output, coef, jso
                          f"({', '.join(model.columns)}); got {len(data)} files")
     check_outputs([("-o", output), ("--json-out", json_out)], list(data))
     ids = tuple(name for bar in model.bars for name in bar.factor)
-    table = read_table(data[0], more.get("file_format"), more.get("delimiter"), string_columns=ids)
+    from ..io.archive_crossed import is_crossed_archive, load_crossed_archive
+
+    table = load_crossed_archive(data[0]).table() if is_crossed_archive(data[0]) else \
+        read_table(data[0], more.get("file_format"), more.get("delimiter"), string_columns=ids)
     method = getattr(fit.method, "value", fit.method) or "REML"
     analysis = analyse_crossed(table, model, formula, str(method), fit.max_iterations)
     res = CrossedResults(analysis, meta={"data_source": analysis.source})
