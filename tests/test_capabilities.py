@@ -680,7 +680,7 @@ def check_levels_plot(kind, tmp_path):
     assert drawn == levels_json(kind)
     levels_matches(drawn, kind)
     proc = run_cli("plot", "shrinkage", *LEVELS_BASE[kind], "-o", tmp_path / "s.png")
-    one_line_refusal(proc, "compute no unit OLS estimates")
+    refused_option(proc, "compute no unit OLS estimates")
 
 
 def check_levels_weights(kind, tmp_path):
@@ -961,7 +961,7 @@ def hglm3_plot_check(kind: str, tmp_path) -> None:
     proc = run_cli("plot", "caterpillar", *LEVELS_BASE[kind], "--coef", "INTRCPT1/INTRCPT2", "-o", out, "-q")
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    one_line_refusal(run_cli("plot", "diagnostics", *LEVELS_BASE[kind], "-o", tmp_path / "d.png"),
+    refused_option(run_cli("plot", "diagnostics", *LEVELS_BASE[kind], "-o", tmp_path / "d.png"),
                      "a diagnostics plot of a three-level HGLM")
 
 

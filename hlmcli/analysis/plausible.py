@@ -22,7 +22,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
-from scipy import special
+from ..engine.special_functions import special
 
 from ..errors import ModelError
 
