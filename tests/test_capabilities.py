@@ -1229,6 +1229,21 @@ def check_crossed_satterthwaite(kind, tmp_path):
     assert json.loads(proc.stdout)["fixed_effects"][0]["df"] == pytest.approx(ref["df"][0], rel=1e-6)
 
 
+def check_crossed_plausible_values(kind, tmp_path):
+    """Rubin's rules over the crossed fits of two outcome columns (the full check, by hand, is in
+    tests/test_crossed_hcm2.py): the pooled estimate is the mean of the two fits' lmer-matched ones."""
+    d = pd.read_csv(XC / "penicillin.csv")
+    d["PV2"] = d.diameter + 0.5 * (np.arange(len(d)) % 3 - 1)
+    d.to_csv(tmp_path / "pv.csv", index=False)
+    proc = run_cli("fit", tmp_path / "pv.csv", "--formula", XC_FORMULA, "--ml", "--plausible-values", "diameter,PV2",
+                   "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    _xc_matches(doc["fits"][0])
+    assert doc["combining"]["m"] == 2 and doc["fixed_effects"][0]["estimate"] == pytest.approx(
+        np.mean([f["fixed_effects"][0]["estimate"] for f in doc["fits"]]), rel=1e-14)
+
+
 def check_crossed_plot(kind, tmp_path):
     png = tmp_path / "cat.png"
     proc = run_cli("plot", "caterpillar", XC / "penicillin.csv", "--formula", XC_FORMULA, "-o", png, "-q")

@@ -770,7 +770,8 @@ def fit_cmd(**params):
             from .crossed import fit_crossed_command
 
             return fit_crossed_command(r.data, formula, model, r.fit, r.out,
-                                       {**r.build, "row_id": r.more.get("row_id"), "col_id": r.more.get("col_id")},
+                                       {**r.build, "row_id": r.more.get("row_id"), "col_id": r.more.get("col_id"),
+                                        "allow_unequal": r.more.get("allow_unequal_imputations")},
                                        _given_options(), lambda s: click.echo(s, nl=False), _stderr, hcm2=hcm2)
     if r.more.get("row_id") or r.more.get("col_id"):
         raise _UsageProblem("--row-id and --col-id name the crossed factors of a cross-classified model: give "
