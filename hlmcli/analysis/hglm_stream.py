@@ -106,8 +106,10 @@ def spill_records(spec, design, summary, cols, id_name: str, fam, path, work: Pa
     from ..data.streaming import batches, id_text
 
     opts = spec.options
+    from .engines import model_columns
+
     names = [t.name for t in spec.level1]
-    model = list(dict.fromkeys([spec.outcome] + names))  # the columns the summary deleted missing values over
+    model = model_columns(spec)[0]  # the columns the first pass deleted records with a missing value over
     extra = [c for c in (opts.trials, opts.exposure) if c]
     read = [cols.find(c, "level-1 variable") for c in model + extra]
     where_unit = {u: j for j, u in enumerate(design.unit_ids)}
@@ -157,11 +159,15 @@ def spill_records(spec, design, summary, cols, id_name: str, fam, path, work: Pa
     try:
         for b in range(n_buckets):
             f = work / f"bucket{b}.bin"
+            if not f.exists():
+                raise DataError(f"{cols.path}: the file changed between the passes over it (units {b * BUCKET_UNITS + 1} "
+                                "on have no records now); fit again")
             rec = np.fromfile(f, dtype=float).reshape(-1, width)
             os.remove(f)
             rec = rec[np.argsort(rec[:, 0], kind="stable")]
             sizes = np.bincount(rec[:, 0].astype(np.int64) - b * BUCKET_UNITS)
-            if sizes.size and (sizes == 0).any() or sizes.sum() != design.sizes[b * BUCKET_UNITS:(b + 1) * BUCKET_UNITS].sum():
+            want = design.sizes[b * BUCKET_UNITS:(b + 1) * BUCKET_UNITS]
+            if sizes.size != want.size or np.any(sizes != want):
                 raise DataError(f"{cols.path}: the file changed between the passes over it (the records of its "
                                 "units differ); fit again")
             t = rec[:, K + 2] if opts.trials else None
