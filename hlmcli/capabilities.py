@@ -96,8 +96,6 @@ _HGLM_LEVELS = ("hlmcli fits ordinal and multinomial outcomes at two levels, and
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
-_X_COMBINED = ("not built yet for cross-classified fits: Rubin's rules need one fit per plausible value or data set "
-               "combined with its covariance, which is wired for nested models only; fit each data set on its own")
 _X_DF = ("HLM 7's d.f. rule for HCM2's fixed effects is not published, and HLM 5/6's N - F rule is for nested "
          "level-1 slopes; a cross-classified fit gives Satterthwaite's d.f. (--df satterthwaite, as lmerTest) "
          "and otherwise t-ratios without d.f. or p-values")
@@ -243,8 +241,9 @@ FEATURES = (
             "bernoulli, binomial, poisson)",
             {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3,
              THREE_LEVEL_LAPLACE: _LAPLACE3_WEIGHTS}),
-    Feature("plausible_values", "--plausible-values/--imputed",
-            {"linear-summary": _RECORDS, "crossed": _X_COMBINED, THREE_LEVEL_LAPLACE: _LAPLACE3_COMBINED}),
+    Feature("plausible_values", "--plausible-values/--imputed (cross-classified: one fit each, Rubin's rules, D1 "
+            "for --test)",
+            {"linear-summary": _RECORDS, THREE_LEVEL_LAPLACE: _LAPLACE3_COMBINED}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),

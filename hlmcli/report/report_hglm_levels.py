@@ -141,7 +141,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
             matrix(f" {sym.tau_beta} (as correlations)", lab_b, _corr(fit.tau_beta), "{:7.3f}")
     gammas = spec.fixed()
     ratio = "Odds Ratio" if h.link == "logit" else "Event Rate Ratio"
-    from scipy import special
+    from ..engine.special_functions import special
 
     for robust in (False, True):
         se = np.sqrt(np.diag(fit.cov_gamma_robust if robust else fit.cov_gamma))
