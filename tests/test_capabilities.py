@@ -1105,6 +1105,20 @@ def check_hglm3l_missing_now(tmp_path):
     hglm3l_matches(hglm3l_json("--missing", "now"))
 
 
+def check_hglm3l_weights(tmp_path):
+    """glmer and glmmTMB with whole-number level-1 weights (test_hglm3_weights.py holds the rest)."""
+    from test_hglm3_weights import test_whole_number_level1_weights_against_glmer
+
+    test_whole_number_level1_weights_against_glmer()
+
+
+def check_hglm3l_plausible_values(tmp_path):
+    """Three plausible values with weights at all three levels (test_hglm3_weights.py: Rubin and D1 by hand)."""
+    from test_hglm3_weights import test_weighted_plausible_values
+
+    test_weighted_plausible_values(tmp_path)
+
+
 SUPPORTED_HGLM3L = {key[len("check_hglm3l_"):]: f for key, f in globals().items() if key.startswith("check_hglm3l_")}
 
 

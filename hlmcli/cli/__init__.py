@@ -741,7 +741,9 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--weight3", help="Level-3 sampling weight variable, three- and four-level models (HLM3's level3weight:).")
 @click.option("--weight4", help="Level-4 sampling weight variable, four-level models.")
 @click.option("--normalize", type=click.Choice(["none", "cluster", "total"]), default=None,
-              help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
+              help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J; at "
+                   "three levels each level's weights to the number of its units within each unit above, level-3 "
+                   "weights to J3, for linear and HGLM (Laplace) fits alike).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
 @click.option("--imputed", multiple=True, help="Further level-1 files (or archives), one per imputation; repeat or comma-separate.")
 @click.option("--allow-unequal-imputations", is_flag=True,
