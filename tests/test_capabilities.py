@@ -236,6 +236,19 @@ def check_level1_variance(kind, tmp_path):
     check_against_references(json.loads(proc.stdout), "FEMALE", "ML")
 
 
+def check_level1_covariance(kind, tmp_path):
+    """HMLM on Orthodont, σ² homogeneous with a random intercept (ML): nlme's lme and lmer, and the one engine's
+    deviance (tests/reference_scripts/hmlm_nlme.R; tests/test_hmlm.py covers the other structures)."""
+    from test_hmlm import D, args, check
+
+    level1, level2 = args("orthodont", 1)
+    proc = run("fit", D / "orthodont1.csv", D / "orthodont2.csv", "--id", "ID", "-1", level1,
+               *[a for eq in level2 for a in ("-2", eq)], "--ml", "--level1-covariance", "homogeneous",
+               "--occasion", "OCC", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    check(json.loads(proc.stdout), "orthodont_u0_homogeneous_ML")
+
+
 def check_compare_deviance(kind, tmp_path):
     small = fit_json(kind, small=True)
     doc = fit_json(kind, "--compare-deviance", repr(small["deviance"]), "--compare-params", str(small["n_params"]))
@@ -1105,6 +1118,20 @@ def check_hglm3l_missing_now(tmp_path):
     hglm3l_matches(hglm3l_json("--missing", "now"))
 
 
+def check_hglm3l_weights(tmp_path):
+    """glmer and glmmTMB with whole-number level-1 weights (test_hglm3_weights.py holds the rest)."""
+    from test_hglm3_weights import test_whole_number_level1_weights_against_glmer
+
+    test_whole_number_level1_weights_against_glmer()
+
+
+def check_hglm3l_plausible_values(tmp_path):
+    """Three plausible values with weights at all three levels (test_hglm3_weights.py: Rubin and D1 by hand)."""
+    from test_hglm3_weights import test_weighted_plausible_values
+
+    test_weighted_plausible_values(tmp_path)
+
+
 SUPPORTED_HGLM3L = {key[len("check_hglm3l_"):]: f for key, f in globals().items() if key.startswith("check_hglm3l_")}
 
 
@@ -1289,6 +1316,7 @@ ASK = {
     "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],
     "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],
     "level1_variance": lambda kind, d: ["--level1-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
+    "level1_covariance": lambda kind, d: ["--level1-covariance", "ar1", "--occasion", "SES", "-q"],
 }
 
 
