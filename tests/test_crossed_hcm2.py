@@ -201,3 +201,98 @@ def test_build_drop_unmatched_and_variable_in_two_files(tmp_path):
     paths = _write(tmp_path, l1, "R,x\n1,1\n2,2\n3,3\n", "C,z\na,1\nb,2\n")
     proc = _build(paths, out)
     assert proc.returncode == 1 and "variable x is also in" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- plausible values and imputed data sets
+
+PEN = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+
+
+@pytest.fixture(scope="module")
+def plausible(tmp_path_factory):
+    """Penicillin with three outcome columns (the outcome shifted and perturbed, deterministically), and
+    the same as two imputed data sets."""
+    folder = tmp_path_factory.mktemp("pv")
+    d = pd.read_csv(X_DIR / "penicillin.csv")
+    i = pd.Series(range(len(d)))
+    d["PV1"] = d.diameter + ((i * 7) % 5 - 2) / 2
+    d["PV2"] = d.diameter + 0.4 + ((i * 3) % 4 - 1.5) / 2
+    d["PV3"] = d.diameter - 0.3 - ((i * 5) % 3 - 1) / 2
+    d.to_csv(folder / "pv.csv", index=False)
+    for m in (1, 2):
+        d.assign(diameter=d[f"PV{m}"]).drop(columns=["PV1", "PV2", "PV3"]).to_csv(folder / f"imp{m}.csv", index=False)
+    return folder
+
+
+def _rubin_by_hand(fits: list[dict], dfcom=None) -> dict:
+    """Rubin's rules written out (Rubin 1987; Barnard & Rubin 1999; mice::pool's λ floor and FMI)."""
+    import numpy as np
+
+    est = np.array([[f["estimate"] for f in fit["fixed_effects"]] for fit in fits])
+    covs = np.array([fit["gamma_covariance"] for fit in fits])
+    M = len(fits)
+    qbar, ubar = est.mean(axis=0), covs.mean(axis=0)
+    b = (est - qbar).T @ (est - qbar) / (M - 1)
+    t = np.diag(ubar + (1 + 1 / M) * b)
+    lam = np.maximum((1 + 1 / M) * np.diag(b) / t, 1e-4)
+    riv = (1 + 1 / M) * np.diag(b) / np.diag(ubar)
+    nu = (M - 1) / lam ** 2
+    if dfcom is not None:
+        obs = (dfcom + 1) / (dfcom + 3) * dfcom * (1 - lam)
+        nu = nu * obs / (nu + obs)
+    return {"estimate": qbar, "se": np.sqrt(t), "riv": riv, "df": nu, "fmi": (riv + 2 / (nu + 3)) / (riv + 1)}
+
+
+def test_plausible_values_combine_by_rubins_rules(plausible):
+    """Three outcome columns: each fit is the one-column fit (bit for bit), and the pooled numbers are
+    Rubin's recomputed here; --test is D1; the d.f. and p-values are left out without --df."""
+    proc = run_cli("fit", plausible / "pv.csv", "--formula", PEN, "--plausible-values", "PV*", "--format", "json",
+                   "--test", "THETA0 = 23")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["combining"]["m"] == 3 and doc["combining"]["outcomes"] == ["PV1", "PV2", "PV3"]
+    hand = _rubin_by_hand(doc["fits"])
+    f = doc["fixed_effects"][0]
+    assert f["estimate"] == pytest.approx(hand["estimate"][0], rel=1e-12)
+    assert f["se"] == pytest.approx(hand["se"][0], rel=1e-12)
+    assert f["riv"] == pytest.approx(hand["riv"][0], rel=1e-10) and f["fmi"] == pytest.approx(hand["fmi"][0], rel=1e-10)
+    assert f["df"] is None and f["p_value"] is None and f["fmi"] > 0.05
+    assert doc["sigma2"] == pytest.approx(sum(x["sigma2"] for x in doc["fits"]) / 3, rel=1e-14)
+    assert doc["deviance"] == pytest.approx(sum(x["deviance"] for x in doc["fits"]) / 3, rel=1e-14)
+    # D1 for one restriction is the square of the pooled t of THETA0 - 23 (T = Ū + (1 + 1/M)B)
+    assert doc["hypothesis_tests"][0]["model"]["F"] == pytest.approx(((f["estimate"] - 23) / f["se"]) ** 2, rel=1e-10)
+    import hlmcli
+
+    one = hlmcli.fit_crossed(plausible / "pv.csv", PEN.replace("diameter", "PV2")).to_dict()
+    assert one["fixed_effects"] == doc["fits"][1]["fixed_effects"] and one["deviance"] == doc["fits"][1]["deviance"]
+
+
+def test_imputed_data_sets_with_satterthwaite_df(plausible, tmp_path):
+    """Two data sets, --df satterthwaite: Barnard-Rubin d.f. from the mean Satterthwaite d.f., and the text
+    prints them; a data set with other records is refused in one line."""
+    proc = run_cli("fit", plausible / "imp1.csv", "--imputed", plausible / "imp2.csv", "--formula", PEN, "--ml",
+                   "--df", "satterthwaite", "--json-out", tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "results combined over 2 imputed data sets" in proc.stdout and "Approx. d.f." in proc.stdout
+    doc = json.loads((tmp_path / "c.json").read_text())
+    dfcom = (doc["fits"][0]["fixed_effects"][0]["df"] + doc["fits"][1]["fixed_effects"][0]["df"]) / 2
+    hand = _rubin_by_hand(doc["fits"], dfcom)
+    f = doc["fixed_effects"][0]
+    assert f["df_complete"] == pytest.approx(dfcom, rel=1e-14)
+    assert f["df"] == pytest.approx(hand["df"][0], rel=1e-10) and f["se"] == pytest.approx(hand["se"][0], rel=1e-12)
+    from scipy import stats
+
+    assert f["p_value"] == pytest.approx(2 * stats.t.sf(abs(f["estimate"] / f["se"]), hand["df"][0]), rel=1e-8)
+    short = tmp_path / "short.csv"
+    pd.read_csv(plausible / "imp2.csv").iloc[:-6].to_csv(short, index=False)
+    proc = run_cli("fit", plausible / "imp1.csv", "--imputed", short, "--formula", PEN)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "imputed data sets must hold the same records" in proc.stderr
+
+
+@pytest.mark.slow
+def test_caterpillar_plot_from_the_archive(archive, tmp_path):
+    png = tmp_path / "cat.png"
+    proc = run_cli("plot", "caterpillar", archive, "--formula", SCOTS, "-o", png, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"

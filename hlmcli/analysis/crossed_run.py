@@ -107,7 +107,7 @@ def analyse_crossed(table, model: CrossedFormula, formula: str, method: str = "R
     if df_method not in ("none", "satterthwaite"):
         raise ModelError(f"--df {df_method}: a cross-classified fit takes --df satterthwaite (lmerTest's d.f.); "
                          "HCM2's own d.f. rule is not published, so t-ratios are printed without d.f. otherwise")
-    hypotheses = [parse_theta_test(t, len(model.fixed), _fixed_names(model)) for t in tests]
+    hypotheses = [parse_theta_test(t, len(model.fixed), fixed_names(model)) for t in tests]
     if prior_deviance is not None and prior_params is None:
         raise ModelError("a prior deviance needs the prior model's number of parameters (--compare-params)")
     d = design(table, model)
@@ -124,7 +124,8 @@ def analyse_crossed(table, model: CrossedFormula, formula: str, method: str = "R
     return a
 
 
-def _fixed_names(model: CrossedFormula) -> list[str]:
+def fixed_names(model: CrossedFormula) -> list[str]:
+    """The fixed effects' names as the tables print them (INTRCPT, verbal, verbal:female, ...)."""
     return ["INTRCPT" if t == ("1",) else ":".join(t) for t in model.fixed]
 
 

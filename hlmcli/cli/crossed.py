@@ -20,15 +20,14 @@ _TAKEN = {"--formula", "--ml", "--reml", "--max-iterations", "--quiet", "--title
           "--json-out", "--keep-failed-output", "--tau", "--delimiter", "--data-format", "--no-follow", "--row-id",
           "--col-id", "--test", "--compare-deviance", "--compare-params", "--residuals-l1", "--residuals-l2",
           "--residuals-l3", "--residuals-l4", "--keep", "--df", "--timestamp", "--caption", "--stars", "--notes",
-          "--se", "--conf-level"}
+          "--se", "--conf-level", "--plausible-values", "--imputed", "--allow-unequal-imputations"}
 # the capabilities table's feature for a typed option
-_FEATURE = {"--test": "test", "--constrain": "constrain", "--known-variance": "known_variance", "--level1-variance": "level1_variance", "--compare-deviance": "compare_deviance", "--compare-params": "compare_deviance",
+_FEATURE = {"--test": "test", "--constrain": "constrain", "--known-variance": "known_variance", "--level1-variance": "level1_variance", "--level1-covariance": "level1_covariance", "--occasion": "level1_covariance", "--compare-deviance": "compare_deviance", "--compare-params": "compare_deviance",
             "--residuals-l1": "residuals", "--residuals-l2": "residuals", "--residuals-l3": "residuals",
             "--residuals-l4": "residuals", "--keep": "keep", "--df": "satterthwaite",
             "--test-homogeneity": "homogeneity", "--full-output": "full_output", "--ols-units": "full_output",
             "--weight1": "weights", "--weight2": "weights", "--weight3": "weights", "--weight4": "weights",
-            "--normalize": "weights", "--plausible-values": "plausible_values", "--imputed": "plausible_values",
-            "--missing": "missing_now", "--engine": "stream_dask", "--scheduler": "stream_dask"}
+            "--normalize": "weights", "--missing": "missing_now", "--engine": "stream_dask", "--scheduler": "stream_dask"}
 _HGLM = ("--family", "--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points",
          "--separation", "--link")
 _RESIDUALS = ("residuals_l2", "residuals_l3", "residuals_l4")
@@ -168,6 +167,19 @@ def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given:
         check_hcm2_predictors(table, hcm2)
     method = getattr(fit.method, "value", fit.method) or "REML"
     df = "satterthwaite" if "--df" in given else "none"
+    if fit.plausible_values or fit.imputed:
+        def read_more(path):  # one further data set, in the layout of the first
+            if archive is not None:
+                return load_crossed_archive(path).table()
+            more = read_table(path, build.get("file_format"), build.get("delimiter"), string_columns=ids)
+            if len(tables) == 3:
+                from ..data.crossed_design import merge_crossed
+
+                return merge_crossed(more, tables[1], tables[2], row_id, col_id)
+            return more
+
+        return fit_crossed_combined(table, read_more, model, formula, fit, out, str(method), df, hcm2,
+                                    bool(build.get("allow_unequal")), factor_files, stderr, echo)
     analysis = analyse_crossed(table, model, formula, str(method), fit.max_iterations, out.title, df, fit.tests,
                                fit.compare_deviance, fit.compare_params, hcm2=hcm2)
     meta = {"data_source": analysis.source}
@@ -210,6 +222,81 @@ def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given:
         sys.exit(EXIT_NOT_CONVERGED)
 
 
+def fit_crossed_combined(table, read_more, model, formula: str, fit, out, method: str, df: str, hcm2,
+                         allow_unequal: bool, factor_files: dict, stderr, echo) -> None:
+    """--plausible-values (outcome columns of the one data set) or --imputed (further data sets in the
+    first one's layout): one cross-classified fit each, combined by Rubin's rules
+    (analysis/crossed_combined.py); the text or JSON, exit 3 unless every fit is certified."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ..analysis.crossed_combined import combine_crossed, combined_crossed_tests, same_crossed_records
+    from ..analysis.crossed_run import analyse_crossed, fixed_names, parse_theta_test
+    from ..analysis.plausible import outcome_columns
+    from ..io.files import atomic_write_text, check_outputs, output_transaction
+    from ..report.crossed_report import combined_json, combined_text
+    from ..report.report import dumps_json
+
+    if fit.plausible_values and fit.imputed:
+        raise UsageError("give --plausible-values or --imputed, not both")
+    if out.residuals_l1 or factor_files or fit.compare_deviance is not None:
+        raise UsageError("residual files and deviance comparisons are not available for combined fits (a deviance "
+                         "difference has no Rubin's rule: use --test, combined by D1); fit one plausible value or "
+                         "data set at a time for those")
+    if out.out_format not in ("text", "json"):
+        raise UsageError(f"--format {out.out_format}: combined cross-classified fits are printed as text or JSON; "
+                         "save the JSON (--json-out) to keep every number")
+    check_outputs([("-o", out.output), ("--json-out", out.json_out)], [])
+    hypotheses = [parse_theta_test(t, len(model.fixed), fixed_names(model)) for t in fit.tests]
+
+    def one(tab, mod):
+        return analyse_crossed(tab, mod, formula, method, fit.max_iterations, out.title, df, hcm2=hcm2)
+
+    if fit.plausible_values:
+        outcomes = outcome_columns(fit.plausible_values, [str(c) for c in table.data.columns])
+        used = {n.lower() for t in model.fixed + tuple(c for b in model.bars for c in b.columns) for n in t}
+        used |= {f.lower() for b in model.bars for f in b.factor}
+        for o in outcomes:
+            if o.lower() in used:
+                raise UsageError(f"--plausible-values: {o} is a plausible value of the outcome and also in the model; "
+                                 "remove it from the model")
+        analyses = [one(table, replace(model, outcome=o)) for o in outcomes]
+        for a, o in zip(analyses[1:], outcomes[1:]):
+            if a.fit.n != analyses[0].fit.n or not np.array_equal(a.design.rows, analyses[0].design.rows):
+                raise UsageError(f"the plausible values {outcomes[0]} and {o} are missing on different records; "
+                                 "plausible values must be complete on the same records")
+        labels, source = outcomes, "plausible values"
+    else:
+        extra = [p.strip() for item in fit.imputed for p in item.split(",") if p.strip()]
+        labels = [str(table.path)] + extra
+        analyses = [one(table, model)] + [one(read_more(path), model) for path in extra]
+        if not allow_unequal:
+            same_crossed_records(analyses, labels)
+        source = "imputed data sets"
+    c = combine_crossed(analyses)
+    tests = combined_crossed_tests(analyses, hypotheses) if hypotheses else None
+    meta = {"data_source": analyses[0].source}
+    if out.timestamp:
+        from datetime import datetime, timezone
+
+        meta["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    doc = combined_json(analyses, c, meta, source, labels, tests)
+    body = dumps_json(doc) if out.out_format == "json" else combined_text(analyses, c, source, labels, tests)
+    write = c["converged"] or out.keep_failed_output
+    with output_transaction():
+        if out.output and write:
+            atomic_write_text(out.output, body)
+        if out.json_out and write:
+            atomic_write_text(out.json_out, dumps_json(doc))
+    if not out.output:
+        echo(body)
+    if not c["converged"]:
+        failed = [f"{label}: " + "; ".join(a.failures) for a, label in zip(analyses, labels) if not a.certified]
+        stderr("hlmcli: the optimum of at least one fit is not certified: " + " | ".join(failed))
+        sys.exit(EXIT_NOT_CONVERGED)
+
+
 def plot_crossed_command(kind, data, formula: str, model, fit, output, coef, json_out, quiet, more: dict,
                          stderr) -> None:
     """`hlmcli plot caterpillar DATA --formula ...` of a cross-classified model: the fit `hlmcli fit` makes of
@@ -226,7 +313,10 @@ def plot_crossed_command(kind, data, formula: str, model, fit, output, coef, jso
                          f"({', '.join(model.columns)}); got {len(data)} files")
     check_outputs([("-o", output), ("--json-out", json_out)], list(data))
     ids = tuple(name for bar in model.bars for name in bar.factor)
-    table = read_table(data[0], more.get("file_format"), more.get("delimiter"), string_columns=ids)
+    from ..io.archive_crossed import is_crossed_archive, load_crossed_archive
+
+    table = load_crossed_archive(data[0]).table() if is_crossed_archive(data[0]) else \
+        read_table(data[0], more.get("file_format"), more.get("delimiter"), string_columns=ids)
     method = getattr(fit.method, "value", fit.method) or "REML"
     analysis = analyse_crossed(table, model, formula, str(method), fit.max_iterations)
     res = CrossedResults(analysis, meta={"data_source": analysis.source})
