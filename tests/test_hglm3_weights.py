@@ -360,3 +360,18 @@ def test_refusals():
     pql = [a if a != "laplace" else "pql" for a in MODEL]
     proc = hlmcli("fit", *FILES, *pql, "--weight1", "W1")
     assert proc.returncode == 2 and "how HLM 7 weights it is not documented" in proc.stderr, proc.stderr
+
+
+def test_search_restarts_from_a_false_boundary():
+    """restart_l*.csv: the first Newton search ends at τπ = 0, where the Cholesky coordinates have no
+    gradient into the cone; the certificate finds the descent and the search restarts inside the cone,
+    to glmer's and glmmTMB's optimum (τπ = 0.064), certified. (The weighted fits share this search.)"""
+    files = [D / f"restart_l{k}.csv" for k in (1, 2, 3)]
+    proc = hlmcli("fit", *files, *MODEL, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["certificate"]["certified"] and doc["certificate"]["rank"] == [1, 1]
+    _r_matches(doc, REF["restart"])
+    ref = REF["restart"]["glmmTMB"]["tau"]
+    assert doc["tau_pi"]["matrix"][0][0] == pytest.approx(ref["CLASS:SCHOOL"], rel=1e-4)
+    assert doc["tau_beta"]["matrix"][0][0] == pytest.approx(ref["SCHOOL"], rel=1e-4)
