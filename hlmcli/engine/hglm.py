@@ -201,6 +201,14 @@ class GLMData:
     def loglik_units(self, eta: np.ndarray) -> np.ndarray:
         return np.add.reduceat(self.family.loglik_terms(eta, self.y, self.trials), self.starts)
 
+    def level2(self, v: np.ndarray) -> np.ndarray:
+        """Per-record values (N,) or (N, ...) times their unit's level-2 weight w_j (unchanged without
+        level-2 weights): Σ_i of the result is Σ_j w_j Σ_{i∈j}, and its per-unit sums are w_j's scores."""
+        if self.w2 is None:
+            return v
+        w = self.w2[self.unit]
+        return v * w.reshape((-1,) + (1,) * (np.ndim(v) - 1))
+
     def unweighted_at_level2(self) -> "GLMData":
         """The same data with the level-2 weights moved into the records' (w_{i|j}·w_j): the model
         without random effects (τ = 0) has this likelihood, which the GLM start maximises."""
