@@ -197,7 +197,7 @@ class MultinomialData(GLMData):
 
     def _glm_loglik(self, gamma) -> float:
         """Σ_j w_j ℓ_j of the model without random effects (w_j = 1 without level-2 weights)."""
-        return float(np.sum(self.level2(self.loglik_units(self.eta(gamma, None)))))
+        return self.unit_total(self.loglik_units(self.eta(gamma, None)))
 
     def conditional(self, nodes: int = 1):
         if nodes != 1:
@@ -291,7 +291,7 @@ class MultinomialConditional(Conditional):
         C = np.linalg.cholesky(H)
         logdet = 2.0 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(axis=1)
         # with level-2 weights −2 Σ_j w_j log I_j (hglm_weights.py)
-        dev = float(-2.0 * np.sum(d.level2(d.usum(ll) - 0.5 * np.sum(u * u, axis=1) - 0.5 * logdet)))
+        dev = -2.0 * d.unit_total(d.usum(ll) - 0.5 * np.sum(u * u, axis=1) - 0.5 * logdet)
         if not grad:
             return dev
         Hinv = np.linalg.inv(H)
