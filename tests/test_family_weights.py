@@ -161,3 +161,99 @@ def test_multinomial_end_to_end(tmp_path):
     assert doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
     assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["x"][:6], rel=1e-4)
     assert [f["robust_se"] for f in doc["fixed_effects"]] == pytest.approx(ref["robust_se"][:6], rel=1e-3)
+
+
+# ---------------------------------------------------------------- plausible values: Rubin's rules by hand
+
+def rubin_by_hand(est: np.ndarray, var: np.ndarray, dfcom: np.ndarray) -> dict:
+    """Rubin (1987) per coefficient from the M estimates and their variances, Barnard & Rubin's (1999) d.f."""
+    from scipy import special
+
+    M = est.shape[0]
+    qbar = est.mean(axis=0)
+    t = var.mean(axis=0) + (1 + 1 / M) * est.var(axis=0, ddof=1)
+    lam = np.maximum((1 + 1 / M) * est.var(axis=0, ddof=1) / t, 1e-4)
+    nu_old = (M - 1) / lam ** 2
+    nu_obs = (dfcom + 1) / (dfcom + 3) * dfcom * (1 - lam)
+    nu = nu_old * nu_obs / (nu_old + nu_obs)
+    return {"estimate": qbar, "se": np.sqrt(t), "df": nu, "p": 2 * special.stdtr(nu, -np.abs(qbar / np.sqrt(t)))}
+
+
+def _pv_doc(name, tmp_path, *args):
+    uid, model = MODELS[name]
+    cmd = ["fit", *files(name), "--id", uid, "-1", model["level1_eq"]]
+    for eq in model["level2_eqs"]:
+        cmd += ["-2", eq]
+    proc = run_cli(*cmd, "--family", model["family"], "--estimation", "laplace", "--plausible-values", "PV*", *args,
+                   "--json-out", tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    from hlmcli.report.schemas import first_error
+
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert first_error(doc, "combined") is None
+    assert doc["combining"]["m"] == 3 and [f["outcome"] for f in doc["fits"]] == ["PV1", "PV2", "PV3"]
+    assert all(f["converged"] and f["certificate"]["certified"] for f in doc["fits"])
+    return doc, proc.stdout
+
+
+def _check_rows(rows, est, var, dfcom):
+    want = rubin_by_hand(est, var, dfcom)
+    for key in ("estimate", "se", "df", "p"):
+        assert [r[key] for r in rows] == pytest.approx(want[key], rel=1e-10), key
+
+
+def _check_gamma(doc):
+    fits = doc["fits"]
+    est = np.array([[g["estimate"] for g in f["fixed_effects"]] for f in fits])
+    dfcom = np.array([g["df"] for g in fits[0]["fixed_effects"]])
+    _check_rows(doc["fixed_effects"], est, np.array([np.diag(f["gamma_covariance"]) for f in fits]), dfcom)
+    _check_rows(doc["fixed_effects_robust"], est, np.array([np.diag(f["gamma_robust_covariance"]) for f in fits]),
+                dfcom)
+    assert np.array(doc["tau"]) == pytest.approx(np.mean([f["tau"] for f in fits], axis=0), rel=1e-12)
+    assert doc["deviance"] == pytest.approx(np.mean([f["deviance"] for f in fits]), rel=1e-12)
+
+
+def test_ordinal_plausible_values_with_weights(tmp_path):
+    """γ and the thresholds δ(m) (complete-data d.f. γ00's), model-based and robust, by hand from each fit's
+    own document; the weighted fits' D1 test robust only."""
+    doc, out = _pv_doc("wine", tmp_path, "--weight1", "W1", "--weight2", "W2", "--test", "g10 = 0")
+    _check_gamma(doc)
+    fits = doc["fits"]
+    est = np.array([[t["estimate"] for t in f["thresholds"]] for f in fits])
+    dfcom = np.full(est.shape[1], fits[0]["fixed_effects"][0]["df"])
+    own = doc["own_parameters"]
+    assert own["kind"] == "thresholds" and [r["name"] for r in own["rows"]] == ["δ(2)", "δ(3)", "δ(4)"]
+    _check_rows(own["rows"], est, np.array([[t["se"] ** 2 for t in f["thresholds"]] for f in fits]), dfcom)
+    _check_rows(own["rows_robust"], est, np.array([[t["robust_se"] ** 2 for t in f["thresholds"]] for f in fits]),
+                dfcom)
+    (test,) = doc["hypothesis_tests"]
+    assert test["model"] is None and test["robust"]["F"] > 0
+    assert "For  THRESHOLD2, δ(2)" in out and "Pseudo-deviance (average over the fits)" in out
+
+
+@pytest.mark.slow  # the default run's combined own-parameter check: the ordinal thresholds above
+def test_negbin_plausible_values(tmp_path):
+    """log θ combined on its own scale (each fit's log θ and its SEs), θ = exp of it."""
+    doc, out = _pv_doc("salamanders", tmp_path)
+    _check_gamma(doc)
+    fits = doc["fits"]
+    disp = [f["dispersion"] for f in fits]
+    est = np.array([[d["log_estimate"] for d in disp]]).T
+    dfcom = np.array([fits[0]["fixed_effects"][0]["df"]])
+    own = doc["own_parameters"]
+    _check_rows(own["rows"], est, np.array([[d["log_se"] ** 2] for d in disp]), dfcom)
+    _check_rows(own["rows_robust"], est, np.array([[d["log_robust_se"] ** 2] for d in disp]), dfcom)
+    assert own["theta"] == pytest.approx(np.exp(np.mean(est)), rel=1e-12)
+    assert "Dispersion, log θ" in out
+
+
+def test_multinomial_plausible_values(tmp_path):
+    """Every logit's γ, one row each with its category; the --test within each logit."""
+    doc, out = _pv_doc("sim", tmp_path, "--test", "g10 = 0")
+    _check_gamma(doc)
+    assert [r["category"] for r in doc["fixed_effects"]] == [1.0] * 3 + [2.0] * 3
+    assert doc["own_parameters"] is None and doc["random_coefficients"] == ["INTRCPT1(1)", "INTRCPT1(2)"]
+    assert [t["label"] for t in doc["hypothesis_tests"]] == ["g10 = 0 (category 1)", "g10 = 0 (category 2)"]
+    # D1 with one restriction is the square of the combined table's t-ratio (plausible.d1_test)
+    assert doc["hypothesis_tests"][0]["model"]["F"] == pytest.approx(doc["fixed_effects"][2]["t"] ** 2, rel=1e-10)
+    assert "Category 2 (log-odds against category 3)" in out
