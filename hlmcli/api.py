@@ -439,10 +439,14 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     if fit.family is not None and fit.family != FamilyName.NORMAL:  # three-level HGLM (capabilities.check
         from .analysis.hglm_levels import analyse_hglm_levels  # refused four levels)
 
+        from .analysis.levels_combined import weighting_meta
+
         design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
-        analysis = LevelsAnalysis(spec, design, nested, hglm=hglm)
-        # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL)
-        analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params)
+        analysis = LevelsAnalysis(spec, design, nested, hglm=hglm, weighting=weighting_meta(hglm.weights))
+        # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL); a weighted
+        # (pseudo-likelihood) fit gets the robust Wald tests only and no likelihood-ratio test
+        analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
+                                        robust_only=hglm.weights is not None)
         return analysis
     if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3

@@ -44,10 +44,6 @@ _PQL_WEIGHTS = ("sampling weights in PQL: how HLM 7 weights its iterations (the 
 _PQL_WEIGHTS_3 = ("sampling weights in PQL: a three-level HGLM is fitted by PQL here, and how HLM 7 weights it is not "
                   "documented in any source at hand; the weighted pseudo-likelihood needs Laplace over the nested "
                   "random effects")
-_LAPLACE3_WEIGHTS = ("the weighted pseudo-likelihood is built for two-level HGLMs; at three levels the level-2 weights "
-                     "go inside each level-3 unit's integral, which the nested Laplace fit does not carry yet")
-_LAPLACE3_COMBINED = ("not wired yet for the three-level Laplace fit (its reliabilities and deviance are not in the "
-                      "three-level combined report); combine three-level PQL fits, or fit each data set on its own")
 _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML covariance of the variance estimates; "
                   "HGLM tables use HLM 7's d.f.")
 _HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; HGLM tables use HLM 7's d.f., "
@@ -94,8 +90,6 @@ _HGLM_LEVELS = ("hlmcli fits ordinal and multinomial outcomes at two levels, and
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
-_X_COMBINED = ("not built yet for cross-classified fits: Rubin's rules need one fit per plausible value or data set "
-               "combined with its covariance, which is wired for nested models only; fit each data set on its own")
 _X_DF = ("HLM 7's d.f. rule for HCM2's fixed effects is not published, and HLM 5/6's N - F rule is for nested "
          "level-1 slopes; a cross-classified fit gives Satterthwaite's d.f. (--df satterthwaite, as lmerTest) "
          "and otherwise t-ratios without d.f. or p-values")
@@ -215,10 +209,10 @@ FEATURES = (
              THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
     Feature("weights", "--weight1 ... --weight4 (sampling weights; HGLM: pseudo-likelihood by Laplace or AGQ, "
             "every family)",
-            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3,
-             THREE_LEVEL_LAPLACE: _LAPLACE3_WEIGHTS}),
-    Feature("plausible_values", "--plausible-values/--imputed",
-            {"linear-summary": _RECORDS, "crossed": _X_COMBINED, THREE_LEVEL_LAPLACE: _LAPLACE3_COMBINED}),
+            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3}),
+    Feature("plausible_values", "--plausible-values/--imputed (cross-classified: one fit each, Rubin's rules, D1 "
+            "for --test)",
+            {"linear-summary": _RECORDS}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),

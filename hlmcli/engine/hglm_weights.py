@@ -23,7 +23,7 @@ it scales ℓ; their per-unit sums take w_j through GLMData.level2. The weightin
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import gammaln
+from .special_functions import gammaln
 
 from .family import Family
 

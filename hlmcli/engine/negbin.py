@@ -45,7 +45,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.special import digamma, expit, gammaln
+from .special_functions import digamma, expit, gammaln
 
 from .hglm import Conditional, GLMData, agq_fit, ml_fit, newton_ascent
 

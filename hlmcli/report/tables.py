@@ -30,7 +30,7 @@ class MissingExtra(HlmError):
 
 
 def _t_quantile(level: float, df) -> float:
-    from scipy import special
+    from ..engine.special_functions import special
 
     if df is None or (isinstance(df, float) and math.isnan(df)):
         return float("nan")
