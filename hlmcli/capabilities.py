@@ -126,6 +126,25 @@ _HETERO_LEVELS = ("not built yet for three and four levels: HLM 7's heterol1var 
                   "need the records rescaled at every α")
 _HETERO_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance "
                    "(glmmTMB's dispformula fits it)")
+_HMLM_SUMMARY = ("not built for the stream and Dask engines: a structured within-person covariance needs each "
+                 "person's records by occasion at every step, which per-unit summaries do not keep; fit with "
+                 "--engine memory")
+_HMLM_HGLM = ("HMLM's within-person covariance is of a normal outcome; an HGLM's level-1 variance is fixed by its "
+              "mean (φ(1 - φ), λ)")
+_HMLM_LEVELS = ("not built yet: HMLM2 (a level above the persons) needs the marginal likelihood with a third "
+                "level's random effects over each person's occasions; nlme::lme with two grouping levels fits it")
+_HMLM_CROSSED = "HMLM's persons are nested units; a cross-classified HMLM is not an HLM 7 model and is not built"
+# With --level1-covariance (HMLM), options not built with the structured within-person covariance: refused.
+LEVEL1_COVARIANCE_CONFLICTS = {
+    "weights": "not built together: sampling weights would need the pseudo-likelihood over each person's occasions",
+    "plausible_values": "Rubin's rules would need the structured fit combined too, which is not built",
+    "satterthwaite": "Satterthwaite's d.f. are not built for the structured fit; use --df hlm",
+    "full_output": "its unit-by-unit OLS and least-squares tables assume one σ²",
+    "constrain": "not built together yet",
+    "known_variance": "a known level-1 variance has no within-person covariance to estimate; give one of the two",
+    "level1_variance": "two models for the level-1 variance; give one (--level1-covariance heterogeneous lets σ² "
+                       "differ by occasion)",
+}
 # With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
 LEVEL1_VARIANCE_CONFLICTS = {
     "weights": "not built together yet: the pseudo-likelihood and the variance model would both rescale the records",
@@ -190,6 +209,11 @@ FEATURES = (
             "heterol1var)", {"linear-summary": _HETERO_SUMMARY, "pql": _HETERO_HGLM, "laplace": _HETERO_HGLM,
                              "agq": _HETERO_HGLM, **_k(_HETERO_LEVELS), "crossed": _HETERO_CROSSED,
                              THREE_LEVEL_HGLM: _HETERO_HGLM, THREE_LEVEL_LAPLACE: _HETERO_HGLM}),
+    Feature("level1_covariance", "--level1-covariance with --occasion (HMLM: unrestricted, homogeneous, "
+            "heterogeneous or AR(1) within-person covariance over occasions)",
+            {"linear-summary": _HMLM_SUMMARY, "pql": _HMLM_HGLM, "laplace": _HMLM_HGLM, "agq": _HMLM_HGLM,
+             **_k(_HMLM_LEVELS), "crossed": _HMLM_CROSSED, THREE_LEVEL_HGLM: _HMLM_HGLM,
+             THREE_LEVEL_LAPLACE: _HMLM_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
             {"linear-summary": _RECORDS}),
@@ -276,6 +300,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "constrain": bool(fit.constraints),
         "known_variance": bool(fit.known_variance),
         "level1_variance": bool(fit.level1_variance),
+        "level1_covariance": bool(getattr(fit, "level1_covariance", None) or getattr(fit, "occasion", None)),
         "compare_deviance": (fit.compare_deviance if o.prior_deviance is None else o.prior_deviance) is not None,
         "tau_diagonal": (fit.tau or o.tau) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -353,7 +378,8 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    for feature, option, conflicts in (("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
+    for feature, option, conflicts in (("level1_covariance", "--level1-covariance", LEVEL1_COVARIANCE_CONFLICTS),
+                                       ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
                                        ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):
         if feature in asked:

@@ -232,6 +232,19 @@ def check_level1_variance(kind, tmp_path):
     check_against_references(json.loads(proc.stdout), "FEMALE", "ML")
 
 
+def check_level1_covariance(kind, tmp_path):
+    """HMLM on Orthodont, σ² homogeneous with a random intercept (ML): nlme's lme and lmer, and the one engine's
+    deviance (tests/reference_scripts/hmlm_nlme.R; tests/test_hmlm.py covers the other structures)."""
+    from test_hmlm import D, args, check
+
+    level1, level2 = args("orthodont", 1)
+    proc = run("fit", D / "orthodont1.csv", D / "orthodont2.csv", "--id", "ID", "-1", level1,
+               *[a for eq in level2 for a in ("-2", eq)], "--ml", "--level1-covariance", "homogeneous",
+               "--occasion", "OCC", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    check(json.loads(proc.stdout), "orthodont_u0_homogeneous_ML")
+
+
 def check_compare_deviance(kind, tmp_path):
     small = fit_json(kind, small=True)
     doc = fit_json(kind, "--compare-deviance", repr(small["deviance"]), "--compare-params", str(small["n_params"]))
@@ -1290,6 +1303,7 @@ ASK = {
     "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],
     "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],
     "level1_variance": lambda kind, d: ["--level1-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
+    "level1_covariance": lambda kind, d: ["--level1-covariance", "ar1", "--occasion", "SES", "-q"],
 }
 
 

@@ -709,6 +709,12 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--level1-variance", metavar="X1,X2",
               help="Heterogeneous level-1 variance (HLM 7's heterol1var): log σ²ij = α0 + α1*X1 + ..., with the α "
               "table and the likelihood-ratio test against one σ².")
+@click.option("--level1-covariance", type=click.Choice(["unrestricted", "homogeneous", "heterogeneous", "ar1"]),
+              help="HMLM (repeated measures): the within-person covariance over the occasions of --occasion: "
+              "unrestricted (no random effects), homogeneous σ², heterogeneous σ² by occasion, or ar1 (first-order "
+              "autoregressive in the occasion index), with the likelihood-ratio test against homogeneous σ².")
+@click.option("--occasion", metavar="VAR", help="HMLM: the level-1 variable holding each record's occasion "
+              "(its distinct values, in increasing order, are occasions 1..T).")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
@@ -828,7 +834,8 @@ def fit_cmd(**params):
         from ..capabilities import refuse
 
         for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance),
-                               ("level1_variance", fit.level1_variance)):
+                               ("level1_variance", fit.level1_variance),
+                               ("level1_covariance", fit.level1_covariance)):
             if asked:
                 refuse(feature, "linear-summary")
         if prior_version:
@@ -908,6 +915,7 @@ def fit_request(params: dict) -> FitRequest:
                        imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
                        constraints=p.pop("constraints"), known_variance=p.pop("known_variance"),
                        level1_variance=p.pop("level1_variance"),
+                       level1_covariance=p.pop("level1_covariance"), occasion=p.pop("occasion"),
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
