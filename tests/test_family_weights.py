@@ -59,6 +59,19 @@ def test_whole_number_weights_are_replicated_records(name, estimation):
     assert w.tau == pytest.approx(r.tau, rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("link", ["cloglog", pytest.param("probit", marks=pytest.mark.slow)])
+def test_every_ordinal_link_with_whole_number_weights_is_replicated_records(link):
+    """The weighting is the link's own per-record terms scaled (hglm_weights.py), whatever the link."""
+    l1, l2 = (pd.read_csv(f) for f in files("wine"))
+    copies = l1.loc[l1.index.repeat(l1.WI)].drop(columns=["WI", "W1"]).reset_index(drop=True)
+    w = fit("wine", (l1.drop(columns="W1"), l2.drop(columns="W2")), estimation="laplace", link=link, weight1="WI",
+            normalize="none")
+    r = fit("wine", (copies, l2.drop(columns="W2")), estimation="laplace", link=link)
+    assert w.ml.certificate.certified and r.ml.certificate.certified
+    assert w.ml.deviance == pytest.approx(r.ml.deviance, abs=1e-6)
+    assert params(w) == pytest.approx(params(r), rel=1e-5, abs=1e-6)
+
+
 # ---------------------------------------------------------------- level-1 weights against clmm and glmmTMB
 
 @pytest.mark.parametrize("ref,estimation", [("wine_laplace", "laplace"),
@@ -257,3 +270,21 @@ def test_multinomial_plausible_values(tmp_path):
     # D1 with one restriction is the square of the combined table's t-ratio (plausible.d1_test)
     assert doc["hypothesis_tests"][0]["model"]["F"] == pytest.approx(doc["fixed_effects"][2]["t"] ** 2, rel=1e-10)
     assert "Category 2 (log-odds against category 3)" in out
+
+
+@pytest.mark.parametrize("family", ["negbinomial", pytest.param("poisson", marks=pytest.mark.slow)])
+def test_whole_number_level2_weights_are_replicated_units(family):
+    """Level-2 weights 1..3 used as given equal each site repeated that many times (new ids): the pseudo-
+    deviance includes the family constant −Σ_j w_j Σ_i log y_ij! (Poisson's as NB's)."""
+    l1, l2 = (pd.read_csv(f) for f in files("salamanders"))
+    l2["K"] = 1 + l2.site % 3
+    reps = [(k, s) for s, n in zip(l2.site, l2.K) for k in range(n)]
+    l1r = pd.concat([l1[l1.site == s].assign(site=1000 * k + s) for k, s in reps], ignore_index=True)
+    l2r = pd.concat([l2[l2.site == s].assign(site=1000 * k + s) for k, s in reps], ignore_index=True)
+    kw = dict(level1_eq="count = b0", level2_eqs=["b0 = g00 + g01*mined + u0"], family=family, estimation="laplace")
+    cols = ["site", "count"]
+    w = hlmcli.fit(l1[cols], l2[["site", "mined", "K"]], id="site", weight2="K", normalize="none", **kw).analysis
+    r = hlmcli.fit(l1r[cols], l2r[["site", "mined"]], id="site", **kw).analysis
+    assert w.ml.certificate.certified and r.ml.certificate.certified
+    assert w.ml.deviance == pytest.approx(r.ml.deviance, abs=1e-6)
+    assert w.gamma == pytest.approx(r.gamma, rel=1e-5)
