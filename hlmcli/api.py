@@ -316,7 +316,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         file_format: str | None = None, delimiter: str | None = None,
         cache_dir: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None,
         level3: DataLike | None = None, level4: DataLike | None = None, level3_eqs: Sequence[str] = (),
-        level4_eqs: Sequence[str] = (), id3: str | None = None, id4: str | None = None) -> Results:
+        level4_eqs: Sequence[str] = (), id3: str | None = None, id4: str | None = None,
+        weight3: str | None = None, weight4: str | None = None) -> Results:
     """Fit a two-level model, as `hlmcli fit` does (the same stages), and return its Results.
 
     level1, level2: paths to data files (CSV, SAS, SPSS, Stata) or pandas DataFrames; or `level1`
@@ -329,7 +330,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     family ("normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial", "multinomial"), trials, exposure, overdispersion,
     estimation ("pql", "laplace", "agq"), quadrature_points, link ("logit", "probit", "cloglog": ordinal
     outcomes): an HGLM, as --family and its options.
-    weight1, weight2, normalize: sampling weights. tau: "unstructured" or "diagonal".
+    weight1, weight2 (weight3, weight4 at three and four levels), normalize: sampling weights, as
+    --weight1 ... --weight4 and --normalize. tau: "unstructured" or "diagonal".
     engine: "memory" (the records in memory); "stream" and "dask" are for `hlmcli fit` with files.
     The other keywords mirror the CLI's options: df ("hlm" or "satterthwaite"), max_iterations,
     title, tests (e.g. ["g01 = 0, g11 = 0"]), constrain (ties among γs, e.g. ["g10 = g20"]),
@@ -353,7 +355,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     say = warn or (lambda m: warnings.warn(m, stacklevel=3))
     options = fit_options(method=method, family=family, trials=trials, exposure=exposure, overdispersion=overdispersion,
                           estimation=estimation, link=link, quadrature_points=quadrature_points, tau=tau, weight1=weight1,
-                          weight2=weight2, normalize=normalize, df_method=df, tests=tests, constraints=constrain,
+                          weight2=weight2, weight3=weight3, weight4=weight4, normalize=normalize, df_method=df,
+                          tests=tests, constraints=constrain,
                           known_variance=known_variance, level1_variance=level1_variance,
                           level1_covariance=level1_covariance, occasion=occasion,
                           compare_deviance=compare_deviance, compare_params=compare_params,
@@ -370,6 +373,9 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         return _fit_levels(level1, level2, level3, level4, (id2, id3, id4), (level1_eq, level2_eqs, level3_eqs,
                            level4_eqs), model, options, title, missing, drop_unmatched, file_format, delimiter,
                            cache_dir, say)
+    if weight3 or weight4:
+        raise ModelError("weight3 and weight4 are for three- and four-level models; a two-level model takes weight1 and "
+                         "weight2")
     if options.engine != Engine.MEMORY:
         from .capabilities import refuse
 

@@ -133,8 +133,8 @@ _HMLM_SUMMARY = ("not built for the stream and Dask engines: a structured within
                  "--engine memory")
 _HMLM_HGLM = ("HMLM's within-person covariance is of a normal outcome; an HGLM's level-1 variance is fixed by its "
               "mean (φ(1 - φ), λ)")
-_HMLM_LEVELS = ("not built yet: HMLM2 (a level above the persons) needs the marginal likelihood with a third "
-                "level's random effects over each person's occasions; nlme::lme with two grouping levels fits it")
+_HMLM_LEVELS = ("not built yet: HMLM2 (a level above the persons): its likelihood is in the engine and matches "
+                "nlme::lme with two grouping levels, but three-level input and tables do not reach it yet")
 _HMLM_CROSSED = "HMLM's persons are nested units; a cross-classified HMLM is not an HLM 7 model and is not built"
 # With --level1-covariance (HMLM), options not built with the structured within-person covariance: refused.
 LEVEL1_COVARIANCE_CONFLICTS = {

@@ -360,3 +360,36 @@ def test_refusals():
     pql = [a if a != "laplace" else "pql" for a in MODEL]
     proc = hlmcli("fit", *FILES, *pql, "--weight1", "W1")
     assert proc.returncode == 2 and "how HLM 7 weights it is not documented" in proc.stderr, proc.stderr
+
+
+def test_search_restarts_from_a_false_boundary():
+    """restart_l*.csv: the first Newton search ends at τπ = 0, where the Cholesky coordinates have no
+    gradient into the cone; the certificate finds the descent and the search restarts inside the cone,
+    to glmer's and glmmTMB's optimum (τπ = 0.064), certified. (The weighted fits share this search.)"""
+    files = [D / f"restart_l{k}.csv" for k in (1, 2, 3)]
+    proc = hlmcli("fit", *files, *MODEL, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["certificate"]["certified"] and doc["certificate"]["rank"] == [1, 1]
+    _r_matches(doc, REF["restart"])
+    ref = REF["restart"]["glmmTMB"]["tau"]
+    assert doc["tau_pi"]["matrix"][0][0] == pytest.approx(ref["CLASS:SCHOOL"], rel=1e-4)
+    assert doc["tau_beta"]["matrix"][0][0] == pytest.approx(ref["SCHOOL"], rel=1e-4)
+
+
+def test_api_takes_the_weights_of_every_level(weighted):
+    """hlmcli.fit(..., weight1=, weight2=, weight3=) is the command line's fit; weight3 on a two-level model
+    is refused in one line."""
+    import hlmcli as api
+    from hlmcli.errors import ModelError
+
+    doc, _ = weighted
+    res = api.fit(*FILES[:2], level3=FILES[2], id2="CLASS", id3="SCHOOL", level1_eq="Y = p0 + p1*X",
+                  level2_eqs=["p0 = b00 + b01*W + r0", "p1 = b10"], level3_eqs=["b00 = g000 + g001*Z + u00", "b01 = g010",
+                                                                           "b10 = g100"],
+                  family="bernoulli", estimation="laplace", weight1="W1", weight2="W2", weight3="W3", warn=lambda m: None)
+    mine = res.to_dict()
+    assert mine["deviance"] == doc["deviance"] and mine["fixed_effects"] == doc["fixed_effects"]
+    assert mine["weights"] == doc["weights"]
+    with pytest.raises(ModelError, match="weight3 and weight4 are for three- and four-level models"):
+        api.fit(*FILES[:2], id="CLASS", level1_eq="Y = b0", level2_eqs=["b0 = g00 + u0"], weight3="W3")

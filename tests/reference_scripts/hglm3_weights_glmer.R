@@ -6,7 +6,8 @@
 # Fits: (a) Y with the whole-number level-1 weights W1I as weights= (for a 0/1 outcome the binomial
 # likelihood with prior weights w is w·log f, the likelihood of w copies of the record: hlmcli's
 # --weight1 W1I --normalize none); (b) each of PV1, PV2, PV3 unweighted (the per-value fits of
-# --plausible-values PV1,PV2,PV3).
+# --plausible-values PV1,PV2,PV3); (c) Y of restart_l{1,2,3}.csv unweighted, whose optimum has a small τπ
+# (0.064) that a search stopping at τπ = 0 misses.
 # Run from the repository root:  Rscript tests/reference_scripts/hglm3_weights_glmer.R
 # It writes tests/data/hglm3_weights/glmer_refs.json.
 suppressMessages({library(lme4); library(glmmTMB); library(jsonlite)})
@@ -39,4 +40,8 @@ out <- list(source = "lme4::glmer (Laplace, nAGQ = 1, bobyqa rhoend 1e-12, tolPw
 rhs <- " ~ X + W + Z + (1 | SCHOOL / CLASS)"
 out$weighted_W1I <- fit_both(as.formula(paste0("Y", rhs)), d, d$W1I)
 for (pv in c("PV1", "PV2", "PV3")) out[[pv]] <- fit_both(as.formula(paste0(pv, rhs)), d)
+r1 <- read.csv(file.path(dir, "restart_l1.csv"), colClasses = c(CLASS = "character"))
+r2 <- read.csv(file.path(dir, "restart_l2.csv"), colClasses = c(CLASS = "character", SCHOOL = "character"))
+r3 <- read.csv(file.path(dir, "restart_l3.csv"), colClasses = c(SCHOOL = "character"))
+out$restart <- fit_both(as.formula(paste0("Y", rhs)), merge(merge(r1, r2, by = "CLASS"), r3, by = "SCHOOL"))
 writeLines(toJSON(out, auto_unbox = TRUE, digits = NA, pretty = TRUE), file.path(dir, "glmer_refs.json"))
