@@ -477,6 +477,10 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
 
         from .analysis.levels_combined import weighting_meta
 
+        if fit.compare_deviance is not None and (fit.weight1 or fit.weight2 or fit.weight3):
+            from .data.weights import NO_LIKELIHOOD_RATIO
+
+            raise ModelError(NO_LIKELIHOOD_RATIO)  # before the fit, not after it (levels_extras says the same)
         design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
         analysis = LevelsAnalysis(spec, design, nested, hglm=hglm, weighting=weighting_meta(hglm.weights))
         # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL); a weighted

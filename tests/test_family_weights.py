@@ -59,6 +59,19 @@ def test_whole_number_weights_are_replicated_records(name, estimation):
     assert w.tau == pytest.approx(r.tau, rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("link", ["cloglog", pytest.param("probit", marks=pytest.mark.slow)])
+def test_every_ordinal_link_with_whole_number_weights_is_replicated_records(link):
+    """The weighting is the link's own per-record terms scaled (hglm_weights.py), whatever the link."""
+    l1, l2 = (pd.read_csv(f) for f in files("wine"))
+    copies = l1.loc[l1.index.repeat(l1.WI)].drop(columns=["WI", "W1"]).reset_index(drop=True)
+    w = fit("wine", (l1.drop(columns="W1"), l2.drop(columns="W2")), estimation="laplace", link=link, weight1="WI",
+            normalize="none")
+    r = fit("wine", (copies, l2.drop(columns="W2")), estimation="laplace", link=link)
+    assert w.ml.certificate.certified and r.ml.certificate.certified
+    assert w.ml.deviance == pytest.approx(r.ml.deviance, abs=1e-6)
+    assert params(w) == pytest.approx(params(r), rel=1e-5, abs=1e-6)
+
+
 # ---------------------------------------------------------------- level-1 weights against clmm and glmmTMB
 
 @pytest.mark.parametrize("ref,estimation", [("wine_laplace", "laplace"),
