@@ -22,7 +22,7 @@ _TAKEN = {"--formula", "--ml", "--reml", "--max-iterations", "--quiet", "--title
           "--residuals-l3", "--residuals-l4", "--keep", "--df", "--timestamp", "--caption", "--stars", "--notes",
           "--se", "--conf-level", "--plausible-values", "--imputed", "--allow-unequal-imputations"}
 # the capabilities table's feature for a typed option
-_FEATURE = {"--test": "test", "--constrain": "constrain", "--known-variance": "known_variance", "--level1-variance": "level1_variance", "--compare-deviance": "compare_deviance", "--compare-params": "compare_deviance",
+_FEATURE = {"--test": "test", "--constrain": "constrain", "--known-variance": "known_variance", "--level1-variance": "level1_variance", "--level1-covariance": "level1_covariance", "--occasion": "level1_covariance", "--compare-deviance": "compare_deviance", "--compare-params": "compare_deviance",
             "--residuals-l1": "residuals", "--residuals-l2": "residuals", "--residuals-l3": "residuals",
             "--residuals-l4": "residuals", "--keep": "keep", "--df": "satterthwaite",
             "--test-homogeneity": "homogeneity", "--full-output": "full_output", "--ols-units": "full_output",
