@@ -201,10 +201,9 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
 
         run = {"ordinal": analyse_ordinal, "negbinomial": analyse_negbin,
                "multinomial": analyse_multinomial}.get(o.family, analyse_hglm)
-        weights = weight_spec(spec, fit)
-        if weights.any:  # Laplace and AGQ of bernoulli, binomial, poisson (capabilities.check refused the rest)
-            run = lambda spec, archive, level1_text: analyse_hglm(spec, archive, level1_text, weights)  # noqa: E731
-        a = fit_or_refuse(lambda: run(spec, archive, level1_text), archive, spec.outcome)
+        weights = weight_spec(spec, fit)  # Laplace and AGQ only (capabilities.check refused PQL)
+        a = fit_or_refuse(lambda: run(spec, archive, level1_text, weights if weights.any else None), archive,
+                          spec.outcome)
         if o.family == "multinomial":  # one test per logit
             from .analysis.multinomial_run import per_logit
 
@@ -470,6 +469,10 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
 
         from .analysis.levels_combined import weighting_meta
 
+        if fit.compare_deviance is not None and (fit.weight1 or fit.weight2 or fit.weight3):
+            from .data.weights import NO_LIKELIHOOD_RATIO
+
+            raise ModelError(NO_LIKELIHOOD_RATIO)  # before the fit, not after it (levels_extras says the same)
         design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
         analysis = LevelsAnalysis(spec, design, nested, hglm=hglm, weighting=weighting_meta(hglm.weights))
         # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL); a weighted

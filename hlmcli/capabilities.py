@@ -44,8 +44,6 @@ _PQL_WEIGHTS = ("sampling weights in PQL: how HLM 7 weights its iterations (the 
 _PQL_WEIGHTS_3 = ("sampling weights in PQL: a three-level HGLM is fitted by PQL here, and how HLM 7 weights it is not "
                   "documented in any source at hand; the weighted pseudo-likelihood needs Laplace over the nested "
                   "random effects")
-_HGLM_OWN_WEIGHTS = ("the weighted pseudo-likelihood is built for bernoulli, binomial and poisson outcomes; "
-                     "{family} outcomes have their own likelihood (thresholds, θ or several logits), not weighted yet")
 _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML covariance of the variance estimates; "
                   "HGLM tables use HLM 7's d.f.")
 _HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; HGLM tables use HLM 7's d.f., "
@@ -234,7 +232,7 @@ FEATURES = (
             {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
     Feature("weights", "--weight1 ... --weight4 (sampling weights; HGLM: pseudo-likelihood by Laplace or AGQ, "
-            "bernoulli, binomial, poisson)",
+            "every family)",
             {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3}),
     Feature("plausible_values", "--plausible-values/--imputed (cross-classified: one fit each, Rubin's rules, D1 "
             "for --test)",
@@ -380,7 +378,6 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    refuse_own_likelihood(asked, kind, spec, fit)
     for feature, option, conflicts in (("level1_covariance", "--level1-covariance", LEVEL1_COVARIANCE_CONFLICTS),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
@@ -396,22 +393,6 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
         for key in asked:
             if not (key == "residuals" and not (out.residuals_l1 or spec.options.residuals_l1)):
                 refuse_summarised(key, n_levels_of(spec), engine)
-
-
-def refuse_own_likelihood(asked: list[str], kind: str, spec, fit: FitOptions) -> None:
-    """Weights or combined fits of an ordinal, negative binomial or multinomial outcome (the two-level HGLM
-    columns): not built for those families, refused in one line."""
-    family = str(getattr(fit.family, "value", fit.family) or spec.options.family)
-    if kind not in ("pql", "laplace", "agq") or family not in ("ordinal", "negbinomial", "multinomial"):
-        return
-    if "weights" in asked:
-        raise RefusedOption(f"{_given_label('weights', spec, fit)}: not available for a --family {family} fit: "
-                         + _HGLM_OWN_WEIGHTS.format(family=family))
-    if "plausible_values" in asked:
-        raise RefusedOption(f"--plausible-values/--imputed: not available for a --family {family} fit: Rubin's rules "
-                         f"are wired for bernoulli, binomial and poisson HGLMs; {family} fits carry parameters of "
-                         "their own (thresholds, θ or several logits) that are not combined yet; fit each data set "
-                         "on its own")
 
 
 def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None:
