@@ -614,3 +614,31 @@ def test_lower_face_objective_is_the_full_deviance_on_that_face():
                                                     rel=1e-15)
     assert Objective(st, True).lower_face_objective((G_primary, G_second)).__class__ is Objective
     assert Objective(st, True).lower_face_objective((np.zeros((2, 2)), np.zeros((1, 1)))).__class__ is Objective
+
+
+def test_crossed_search_starts_from_the_one_factor_fits(monkeypatch):
+    """Each factor's start is the minimum of the model with that factor alone (its one-factor deviance's
+    gradient vanishes there, against the gradient at identity/4: ScotsSec's τ_second alone is not 0,
+    where L-BFGS-B alone stops), and the fit from those starts (taken here whatever the dense block's
+    size) matches lmer."""
+    from hlmcli.engine import crossed
+    from hlmcli.engine.crossed import Objective, one_factor_starts
+    d = frame("attain")
+    X = np.column_stack([np.ones(len(d)), d.verbal, d.female])
+    st = CrossedStats(d.attain.to_numpy(float), X, _terms(d, [("primary", ["1"]), ("second", ["1"])]))
+    obj = Objective(st, True)
+    starts = one_factor_starts(obj, (1, 1), (False, False), 100)
+    assert obj.count > 0  # the one-factor solves are counted
+    for b, G in enumerate(starts):
+        single = Objective(st.subset((b,)), True)
+        at_start = single.at((G,))[1][0][0, 0]
+        at_identity = single.at((0.25 * np.eye(1),))[1][0][0, 0]
+        assert abs(at_start) <= 1e-5 * abs(at_identity), (b, at_start, at_identity)
+    formula = "attain ~ verbal + female + (1 | primary) + (1 | second)"
+    # ScotsSec's dense block (19 secondary schools) is too small for them to pay: the identity start
+    m = hlmcli.fit_crossed(d, formula, "REML")
+    assert m.certified and m.results.fit.start == "identity"
+    monkeypatch.setattr(crossed, "ONE_FACTOR_STARTS_MIN_DENSE", 0)
+    m = hlmcli.fit_crossed(d, formula, "REML")
+    assert m.certified and m.results.fit.start.startswith("one-factor fits")
+    check_against_lme4(m, reference(formula, "REML"), m.tau)

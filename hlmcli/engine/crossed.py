@@ -26,9 +26,10 @@ P = I − W̃K⁻¹W̃' with W̃ = [ZΛ, X] (the mixed-model equations with a fl
 Z'PZ = Z'Z − (W̃'Z)'K⁻¹(W̃'Z), and only the sums over j of its diagonal blocks are formed, each as
 a block-trace through the same blocked factor (for ML only M's part of it: V⁻¹ = I − ZΛM⁻¹Λ'Z').
 
-The search and the certificate are the nested ones (nested_fit.search, certify_nested): one PSD
-block per factor, a diagonal τ_b where asked. Coordinates are standardised first as for nested
-models: each factor's random columns centred (when it has an intercept) and scaled to unit spread,
+The search and the certificate are the nested ones (search.search, certify_nested): one PSD
+block per factor, a diagonal τ_b where asked, started from the one-factor models' estimates
+(one_factor_starts). Coordinates are standardised first as for nested models: each factor's random
+columns centred (when it has an intercept) and scaled to unit spread,
 X orthonormalised, y residualised on X and scaled; every map back to the user's scale is exact.
 """
 
@@ -575,6 +576,47 @@ class CrossedFit:
         return tuple(self.sigma2 * (T[None] @ blocks[b] @ T.T[None]) for b, T in enumerate(self.stats.T))
 
 
+def one_factor_starts(obj: Objective, qs, diagonal, max_iterations: int) -> tuple:
+    """A start per factor from the model with that factor alone (its τ where every other τ is 0, by the
+    whole search on the one-factor solve, which is block-diagonal: milliseconds against a crossed
+    solve's tenth of a second at InstEval's size; L-BFGS-B alone can stop at a false τ = 0 there).
+    Each factor's variance is near what it is in the crossed model when the factors are not confounded,
+    so the crossed L-BFGS-B starts near the optimum. A factor whose one-factor τ is singular starts from
+    it plus identity/400 (L-BFGS-B over Λ cannot leave a zero column of Λ)."""
+    from .nested_fit import search
+    out = []
+    for b, (q, d) in enumerate(zip(qs, diagonal)):
+        single = Objective(obj.stats.subset((b,)), obj.reml)
+        G = search(single, (q,), max_iterations, (d,))[0]
+        obj.count += single.count  # every solve is counted
+        G = G[0]
+        if not np.all(np.isfinite(G)):
+            G = 0.25 * np.eye(q)
+        elif np.linalg.eigvalsh(G)[0] <= 1e-4 * max(1.0, float(np.trace(G))):
+            G = G + 0.0025 * np.eye(q)
+        out.append(G)
+    return tuple(out)
+
+
+# the one-factor starts pay only where a crossed solve costs far more than the one-factor solves (about
+# 40 of them): its dense Schur complement (Q2 × Q2, Q2³/3 flops a factorisation) is large
+ONE_FACTOR_STARTS_MIN_DENSE = 256
+
+
+def _search(obj: Objective, qs, max_iterations: int, diagonal):
+    """nested_fit.search's plan (identity/4), or, for several factors and a large dense block, from the
+    one-factor starts (one_factor_starts)."""
+    from .nested_fit import NESTED_LBFGS, tau_names
+    from .search import Plan, search as one_search
+    if len(qs) < 2 or obj.stats.Q2 < ONE_FACTOR_STARTS_MIN_DENSE:
+        from .nested_fit import search
+        return search(obj, qs, max_iterations, diagonal)
+    plan = Plan([("one-factor fits", one_factor_starts(obj, qs, diagonal, max_iterations))],
+                boundary_starts=[("identity*10", tuple(2.5 * np.eye(q) for q in qs))], tolerances=NESTED_LBFGS)
+    found = one_search(obj, plan, diagonal, max_iterations, tau_names(len(qs) + 1))
+    return found.Gs, found.deviance, found.certificate, found.iterations, found.message, found.start
+
+
 def _n_free(tau, diagonal) -> int:
     q = tau.shape[0]
     return q if diagonal else q * (q + 1) // 2
@@ -583,7 +625,7 @@ def _n_free(tau, diagonal) -> int:
 def fit_crossed(y, X, fixed_names, terms: list[CrossedTerm], method: str = "REML", max_iterations: int = 1000,
                 diagonal=None) -> CrossedFit:
     """Minimise the profiled deviance over one PSD block per factor and certify the answer."""
-    from .nested_fit import diagonal_blocks, search
+    from .nested_fit import diagonal_blocks
     y = np.asarray(y, float)
     X = np.asarray(X, float)
     reml = method.upper() == "REML"
@@ -603,7 +645,7 @@ def fit_crossed(y, X, fixed_names, terms: list[CrossedTerm], method: str = "REML
     obj = Objective(st, reml)
     qs = tuple(t.q for t in terms)
     diag = diagonal_blocks(diagonal, len(terms))
-    Gs, dev_std, cert, iterations, message, start = search(obj, qs, max_iterations, diag)
+    Gs, dev_std, cert, iterations, message, start = _search(obj, qs, max_iterations, diag)
     us = obj.solve(tuple(_factor(G) for G in Gs))
     c2 = st.c ** 2
     nu = us.dof(reml)
