@@ -164,7 +164,10 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     w("")
     w(" Combining rule: " + RULE)
     w("")
-    w(f" {sym_sigma2} (average over the fits) = {doc['sigma2']:12.5f}")
+    hglm = doc.get("hglm")
+    if hglm is None or hglm.get("overdispersion"):  # an HGLM's level-1 variance is fixed by its mean
+        w(f" {sym_sigma2} (average over the fits) = {doc['sigma2']:12.5f}"
+          + (" (over-dispersion scale)" if hglm else ""))
     out += _level_tau_lines(doc)
     for kind in ("fixed_effects", "fixed_effects_robust"):
         w("")
