@@ -420,7 +420,15 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
         (str(level1), str(level2)), options.engine.value, options.scheduler, (id1, id2), drop_unmatched, missing,
         file_format, delimiter, lambda frame: model_spec(frame, level1_eq, level2_eqs, model, options, title=title),
         {}, say)
-    analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests)
+    if not spec.family.linear:  # Laplace or AGQ over the records spilled by unit (capabilities.check)
+        from .analysis.hglm_stream import fit_hglm_stream
+        from .errors import RefusedOption
+
+        if options.engine != Engine.STREAM:
+            raise RefusedOption("engine='dask': not available for an HGLM fit yet; use engine='stream'")
+        analysis = fit_hglm_stream(spec, summary, level1, frame.id_names[0], file_format, delimiter, options.tests)
+    else:
+        analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests)
     o = spec.options
     meta = {"data_source": source, "title": o.title, "id_name": frame.id_names[0],
             "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
@@ -469,6 +477,10 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
 
         from .analysis.levels_combined import weighting_meta
 
+        if fit.compare_deviance is not None and (fit.weight1 or fit.weight2 or fit.weight3):
+            from .data.weights import NO_LIKELIHOOD_RATIO
+
+            raise ModelError(NO_LIKELIHOOD_RATIO)  # before the fit, not after it (levels_extras says the same)
         design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
         analysis = LevelsAnalysis(spec, design, nested, hglm=hglm, weighting=weighting_meta(hglm.weights))
         # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL); a weighted

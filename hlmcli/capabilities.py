@@ -25,6 +25,7 @@ KINDS = {
     "crossed": "cross-classified linear",
     "three-level-pql": "three-level HGLM PQL",
     "three-level-laplace": "three-level HGLM Laplace",
+    "hglm-stream": "HGLM Laplace, AGQ (stream)",
 }
 _LEVELS = ("three-level", "four-level")
 THREE_LEVEL_HGLM = "three-level-pql"
@@ -33,6 +34,18 @@ _HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE)
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
+HGLM_STREAM = "hglm-stream"
+_HGLM_STREAM_PQL = ("PQL over the spilled records is not wired: its population-average model and fixed-point check "
+                    "are in-memory code; use --estimation laplace or agq (exact ML, passes over the spilled records)")
+_HGLM_STREAM_RECORDS = ("the streamed HGLM keeps per unit only the modes and their variances, and passes over the "
+                        "records spilled by unit; this needs the records in memory: fit with --engine memory")
+_HGLM_STREAM_PLOT = ("hlmcli plot fits in memory and takes no --engine; the streamed fit keeps no per-record values "
+                     "to draw: plot the model from the same files without --engine")
+_HGLM_STREAM_WEIGHTS = ("the spill file carries no sampling weights yet (the pseudo-likelihood needs w_i|j per record "
+                        "and w_j per unit in every pass); fit with --engine memory")
+_HGLM_STREAM_FAMILY = ("the passes over the spilled records run the Bernoulli, binomial and Poisson likelihood; "
+                       "{family} outcomes have parameters of their own (thresholds, θ or several logits) not "
+                       "carried over blocks yet; fit with --engine memory")
 _HGLM_SUMMARY = ("a binary, binomial or count outcome needs repeated passes over the records: it has no per-unit "
                  "sufficient statistics, as its likelihood changes with every value of γ and τ; fit with --engine memory")
 _NO_DEVIANCE = ("a likelihood-ratio test needs a deviance, and PQL has none (it maximises a quasi-likelihood); "
@@ -192,67 +205,77 @@ FEATURES = (
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
             "caterpillar and diagnostics (three-level HGLM: equation and caterpillar); cross-classified: caterpillar, "
             "one panel per factor)",
-            {"linear-summary": _PLOT_SUMMARY}),
+            {"linear-summary": _PLOT_SUMMARY, HGLM_STREAM: _HGLM_STREAM_PLOT}),
     Feature("table", "hlmcli table of saved fits", {}),
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML)",
             {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
+             HGLM_STREAM: _CONSTRAIN_HGLM,
              "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
+             HGLM_STREAM: _VKNOWN_HGLM,
              **_k(_VKNOWN_LEVELS), "crossed": _VKNOWN_CROSSED, THREE_LEVEL_HGLM: _VKNOWN_HGLM,
              THREE_LEVEL_LAPLACE: _VKNOWN_HGLM}),
     Feature("level1_variance", "--level1-variance (heterogeneous level-1 variance: log σ² linear in X; HLM 7's "
             "heterol1var)", {"linear-summary": _HETERO_SUMMARY, "pql": _HETERO_HGLM, "laplace": _HETERO_HGLM,
+                             HGLM_STREAM: _HETERO_HGLM,
                              "agq": _HETERO_HGLM, **_k(_HETERO_LEVELS), "crossed": _HETERO_CROSSED,
                              THREE_LEVEL_HGLM: _HETERO_HGLM, THREE_LEVEL_LAPLACE: _HETERO_HGLM}),
     Feature("level1_covariance", "--level1-covariance with --occasion (HMLM: unrestricted, homogeneous, "
             "heterogeneous or AR(1) within-person covariance over occasions)",
             {"linear-summary": _HMLM_SUMMARY, "pql": _HMLM_HGLM, "laplace": _HMLM_HGLM, "agq": _HMLM_HGLM,
              **_k(_HMLM_LEVELS), "crossed": _HMLM_CROSSED, THREE_LEVEL_HGLM: _HMLM_HGLM,
-             THREE_LEVEL_LAPLACE: _HMLM_HGLM}),
+             THREE_LEVEL_LAPLACE: _HMLM_HGLM, HGLM_STREAM: _HMLM_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
-            {"linear-summary": _RECORDS}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS}),
+            {"linear-summary": _RECORDS, HGLM_STREAM: _HGLM_STREAM_RECORDS}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, HGLM_STREAM: _HGLM_STREAM_RECORDS}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
             {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, THREE_LEVEL_HGLM: _SATTERTHWAITE,
+             HGLM_STREAM: _SATTERTHWAITE,
              THREE_LEVEL_LAPLACE: _SATTERTHWAITE}),
-    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
+    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, HGLM_STREAM: _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
                                      THREE_LEVEL_HGLM: _HLM6_K, THREE_LEVEL_LAPLACE: _HLM6_K}),
     Feature("homogeneity", "--test-homogeneity",
-            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
+            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, HGLM_STREAM: _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _HOMOGENEITY, THREE_LEVEL_LAPLACE: _HOMOGENEITY}),
     Feature("full_output", "--full-output",
-            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
+            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, HGLM_STREAM: _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
     Feature("weights", "--weight1 ... --weight4 (sampling weights; HGLM: pseudo-likelihood by Laplace or AGQ, "
             "every family)",
-            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3}),
+            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3,
+             HGLM_STREAM: _HGLM_STREAM_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed (cross-classified: one fit each, Rubin's rules, D1 "
             "for --test)",
-            {"linear-summary": _RECORDS}),
-    Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
+            {"linear-summary": _RECORDS, HGLM_STREAM: _HGLM_STREAM_RECORDS}),
+    Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING,
+                                             HGLM_STREAM: _HGLM_STREAM_RECORDS}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
-             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS, THREE_LEVEL_LAPLACE: _HGLM_LEVELS}),
+             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS, THREE_LEVEL_LAPLACE: _HGLM_LEVELS,
+             HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="ordinal")}),
     Feature("negbinomial", "--family negbinomial (NB2 counts, Var = mu + mu^2/theta, log link, theta estimated)",
             {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
              "four-level": _HGLM_LEVELS,
-             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS}),
+             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS,
+             HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="negbinomial")}),
     Feature("multinomial", "--family multinomial (baseline-category logits, the last category the reference; HLM 7's "
             "nonlin:multinomial,NCAT)",
             {"linear": _MULTI_LINEAR, "linear-summary": _MULTI_LINEAR, "pql": _MULTI_PQL, "agq": _MULTI_AGQ,
              "three-level": _MULTI_LEVELS, "four-level": _HGLM_LEVELS, "crossed": _MULTI_CROSSED,
-             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS}),
+             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS,
+             HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="multinomial")}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
-            "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
-            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
+            "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written; a two-level HGLM "
+            "by Laplace or AGQ: --engine stream, passes over the records spilled by unit)",
+            {"pql": _HGLM_STREAM_PQL, "crossed": _X_SUMMARY,
              THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )
 _BY_KEY = {f.key: f for f in FEATURES}
@@ -279,6 +302,8 @@ def kind_of(spec, engine: Engine | str = Engine.MEMORY, fit: FitOptions | None =
         return _LEVELS[levels - 3]
     if spec.options.family == "normal":
         return "linear" if Engine(engine) == Engine.MEMORY else "linear-summary"
+    if Engine(engine) != Engine.MEMORY and spec.options.estimation in ("laplace", "agq"):
+        return HGLM_STREAM
     return spec.options.estimation
 
 

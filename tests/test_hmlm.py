@@ -43,8 +43,11 @@ def fit(key: str) -> dict:
 
 
 def close(a, b, rel=1e-5) -> bool:
+    """Covariance matrices equal to `rel` on the scale of each element, √(b_aa b_bb) (a covariance near 0,
+    e.g. Orthodont's τ01 at a correlation of -0.03, is held to rel in correlation units, not to rel of itself)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    return a.shape == b.shape and np.allclose(a, b, rtol=rel, atol=rel * 1e-3 * np.abs(b).max())
+    scale = np.sqrt(np.outer(np.diag(b), np.diag(b)))
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= rel * scale))
 
 
 def check(doc: dict, key: str) -> None:
@@ -180,6 +183,9 @@ def test_refusals_are_one_line(tmp_path):
     with pytest.raises(ModelError, match="no person is observed at both occasions 1 and 3"):
         hlmcli.fit(apart, D / "early2.csv", id="ID", level1_eq=level1, level2_eqs=args("early", 1)[1],
                    level1_covariance="unrestricted", occasion="OCC")
+    with pytest.raises(ModelError, match="--occasion COG: .* distinct values; HMLM's occasions are a few waves"):
+        hlmcli.fit(D / "early1.csv", D / "early2.csv", id="ID", level1_eq=level1, level2_eqs=args("early", 1)[1],
+                   level1_covariance="ar1", occasion="COG")
     with pytest.raises(DataError, match="more than once"):
         hlmcli.fit(dup, D / "early2.csv", id="ID", level1_eq=level1, level2_eqs=level2,
                    level1_covariance="heterogeneous", occasion="OCC")
