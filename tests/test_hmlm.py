@@ -249,3 +249,16 @@ def test_hmlm2_engine_matches_nlme_two_levels(key):
         assert np.diag(f.delta) == pytest.approx(ref["sigma2_by_occasion"], rel=rel)
     else:
         assert f.delta[0, 0] == pytest.approx(ref["sigma2"], rel=rel)
+
+
+def test_boundary_probe_finds_an_infimum_at_minus_infinity():
+    """A deviance still falling as a log variance goes to -∞ (exp(θ0): flat, with a tiny gradient, where the
+    local tests could pass) is caught by the probe; a regular minimum (θ'θ) passes; an AR(1) correlation whose
+    deviance falls towards ρ = 1 is caught too."""
+    from hlmcli.engine.hmlm import boundary_probe
+
+    theta = np.array([-9.0, 0.5])
+    assert boundary_probe(lambda t: np.exp(t[0]) + t[1] ** 2, theta, np.exp(-9.0) + 0.25, [0], [])
+    assert not boundary_probe(lambda t: float(t @ t), np.zeros(2), 0.0, [0], [1])
+    caught = boundary_probe(lambda t: -np.tanh(t[1]), theta, -np.tanh(0.5), [], [1])
+    assert caught and "AR(1) correlation" in caught[0]
