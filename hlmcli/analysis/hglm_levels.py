@@ -62,15 +62,16 @@ def check_options_levels(fit) -> None:
     if fit.overdispersion and fam == "bernoulli":
         raise ModelError("--overdispersion cannot be estimated for a 0/1 outcome: the Bernoulli variance is fixed by "
                          "its mean")
-    if est not in ("pql", "laplace"):
+    if est not in ("pql", "laplace", "agq"):
         raise ModelError(f"--estimation {est}: not available for a three-level HGLM: hlmcli fits three-level "
-                         "binary, binomial and count outcomes by PQL or Laplace (--estimation pql|laplace)")
-    if est == "laplace" and fit.overdispersion:
-        raise ModelError("--overdispersion: not available with --estimation laplace: over-dispersion is a scale of "
-                         "PQL's quasi-likelihood, and the Laplace likelihood has none; drop --overdispersion or use "
+                         "binary, binomial and count outcomes by PQL, Laplace or AGQ (--estimation pql|laplace|agq)")
+    name = "Laplace" if est == "laplace" else "AGQ"
+    if est != "pql" and fit.overdispersion:
+        raise ModelError(f"--overdispersion: not available with --estimation {est}: over-dispersion is a scale of "
+                         f"PQL's quasi-likelihood, and the {name} likelihood has none; drop --overdispersion or use "
                          "--estimation pql")
-    if est == "laplace" and fit.method is not None and getattr(fit.method, "value", fit.method) == "REML":
-        raise ModelError("--reml: not available with --estimation laplace: Laplace maximises the likelihood itself "
+    if est != "pql" and fit.method is not None and getattr(fit.method, "value", fit.method) == "REML":
+        raise ModelError(f"--reml: not available with --estimation {est}: {name} maximises the likelihood itself "
                          "(restricted PQL is --estimation pql --reml)")
 
 
@@ -139,6 +140,10 @@ def analyse_hglm_levels(spec, archive, fit):
     glm = LevelsGLMData(as_levels(design.data), fam, trials, None if exposure is None else np.log(exposure))
     if (fit.estimation.value if fit.estimation is not None else "pql") == "laplace":
         return design, *_laplace(glm, fit, tau, spec.options.max_iterations)
+    if fit.estimation is not None and fit.estimation.value == "agq":
+        from .hglm_levels_agq import agq_fit_levels
+
+        return design, *agq_fit_levels(glm, fit, spec, spec.options.max_iterations)
     try:
         res = pql_levels(glm, reml=reml, overdispersion=bool(fit.overdispersion), diagonal=tau == "diagonal",
                          max_iterations=spec.options.max_iterations)
