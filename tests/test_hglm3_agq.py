@@ -14,6 +14,7 @@ at each level, against references that compute the nested integral their own way
 from __future__ import annotations
 
 import json
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -68,7 +69,9 @@ def mmmec_run(tmp_path_factory):
 def test_mmmec_as_typed(mmmec_run):
     """The R integral's optimum; the text says how it was estimated, the quadrature's check and the deviance;
     the JSON carries the points, the check and the Laplace deviance (glmer's, at its own optimum)."""
+    jsonschema = pytest.importorskip("jsonschema")
     doc, text = mmmec_run
+    jsonschema.validate(doc, json.loads(resources.files("hlmcli").joinpath("schema", "fit-3.json").read_text()))
     agq_matches(doc, "mmmec_intercepts")
     h = doc["hglm"]
     assert h["estimation"] == "agq" and h["quadrature_points"] == 7 and h["quadrature"]["adaptive"]

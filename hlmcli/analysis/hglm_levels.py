@@ -27,6 +27,9 @@ class HGLMLevels:
     exposure: str | None = None
     failed: list[str] = field(default_factory=list)
     deviance: float | None = None  # Laplace: glmer's nAGQ = 1 deviance; PQL has none
+    nodes: int | None = None  # AGQ: the points, the same at both levels (hglm_levels_agq.py)
+    quadrature: object = None  # AGQ: its accuracy check (hglm.QuadratureCheck)
+    laplace_deviance: float | None = None  # AGQ: the Laplace deviance of its start
 
     def to_json(self) -> dict:
         return {"family": self.family, "link": self.link, "estimation": self.estimation,
@@ -35,7 +38,9 @@ class HGLMLevels:
                 "sigma2_fixed": not self.overdispersion,
                 "macro_iterations": self.macro_iterations if self.estimation == "pql" else None,
                 "fixed_point": self.check.to_json() if self.check is not None else {"checked": False},
-                "trials": self.trials, "exposure": self.exposure, "failed": list(self.failed)}
+                "trials": self.trials, "exposure": self.exposure, "failed": list(self.failed),
+                **({"quadrature_points": self.nodes, "quadrature": self.quadrature.to_json(),
+                    "laplace_deviance": self.laplace_deviance} if self.estimation == "agq" else {})}
 
 
 def level1_column(archive, design, name: str, option: str) -> np.ndarray:
@@ -143,7 +148,10 @@ def analyse_hglm_levels(spec, archive, fit):
     if fit.estimation is not None and fit.estimation.value == "agq":
         from .hglm_levels_agq import agq_fit_levels
 
-        return design, *agq_fit_levels(glm, fit, spec, spec.options.max_iterations)
+        nested, res = agq_fit_levels(glm, fit, spec.options.max_iterations)
+        return design, nested, HGLMLevels(fam.name, fam.link, "agq", False, False, 1.0, 0, None, fit.trials,
+                                          fit.exposure, list(res.failed), deviance=res.deviance, nodes=res.nodes,
+                                          quadrature=res.quadrature, laplace_deviance=res.laplace_deviance)
     try:
         res = pql_levels(glm, reml=reml, overdispersion=bool(fit.overdispersion), diagonal=tau == "diagonal",
                          max_iterations=spec.options.max_iterations)

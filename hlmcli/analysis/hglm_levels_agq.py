@@ -1,34 +1,18 @@
 """A three-level HGLM by nested adaptive Gauss-Hermite quadrature (engine/nested_agq.py): the model's
 check (a random intercept at each level, nothing else random), the Laplace start, and the NestedFit
-and HGLMLevels the three-level HGLM report reads."""
+the three-level HGLM report reads (hglm_levels.analyse_hglm_levels adds its HGLMLevels)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from ..errors import ModelError
-from .hglm_levels import HGLMLevels
 
 SLOPES = ("the nested rule with N points per random effect costs N^(q2+q3) per record, and it is built for a random "
           "intercept at each level (q2 = q3 = 1) only; use --estimation laplace (random slopes at either level) or "
           "drop the random slopes")
-
-
-@dataclass
-class HGLMLevelsAGQ(HGLMLevels):
-    """HGLMLevels of an AGQ fit: its points (the same N at both levels), the accuracy check, and the
-    Laplace deviance of its start."""
-    nodes: int = 7
-    quadrature: object = None  # hglm.QuadratureCheck
-    laplace_deviance: float | None = None
-
-    def to_json(self) -> dict:
-        doc = super().to_json()
-        doc.update({"quadrature_points": self.nodes, "quadrature": self.quadrature.to_json() if self.quadrature else None,
-                    "laplace_deviance": self.laplace_deviance})
-        return doc
 
 
 def check_random_intercepts(glm) -> None:
@@ -41,9 +25,9 @@ def check_random_intercepts(glm) -> None:
                          f"level 2 and {q3} at level 3; {SLOPES}")
 
 
-def agq_fit_levels(glm, fit, spec, max_iterations: int):
+def agq_fit_levels(glm, fit, max_iterations: int):
     """The nested AGQ fit from the certified Laplace fit (itself from one full-PQL step, as the Laplace
-    column), as (NestedFit, HGLMLevelsAGQ). Its reliabilities and homogeneity χ² are PQL's working
+    column), as (NestedFit, nested_agq.NestedAGQResult). Its reliabilities and homogeneity χ² are PQL's working
     model's, so they are left out, as for Laplace."""
     from ..data.data_checks import check_quadrature
     from ..engine.nested_agq import agq_levels
@@ -77,8 +61,4 @@ def agq_fit_levels(glm, fit, spec, max_iterations: int):
                      certificate=res.certificate, converged=bool(res.converged), iterations=res.iterations,
                      message=message, boundary=boundary, evaluations=res.evaluations, solve=None,
                      standardisation=None)
-    fam = glm.family
-    h = HGLMLevelsAGQ(fam.name, fam.link, "agq", False, False, 1.0, 0, None, fit.trials, fit.exposure,
-                      list(res.failed), deviance=res.deviance, nodes=res.nodes, quadrature=res.quadrature,
-                      laplace_deviance=res.laplace_deviance)
-    return nested, h
+    return nested, res

@@ -6,13 +6,14 @@
 # numerical derivatives, not the joint mode). The trapezoidal rule on a smooth integrand that decays to nothing
 # within the window is accurate far below 1e-8 here (the deviance changes by < 1e-9 from step 0.5 SD to 0.25 SD,
 # checked below and written as trapezoid_check). Maximised over (σ2, σ3, γ) by nlminb (bounds σ ≥ 0) and then
-# optim BFGS (reltol 1e-15) from glmer's Laplace estimates; the gradient at the optimum by numDeriv (written);
+# optim BFGS (reltol 1e-15), both with central differences of the deviance as the gradient, from glmer's
+# Laplace estimates; the gradient at the optimum by numDeriv (written);
 # SEs of γ from numDeriv's Hessian of the deviance, cov = 2H⁻¹ (the γ block).
 # Data: the level files in tests/data/hglm3/ (hglm3_references.R, hglm3_laplace_glmer.R): mlmRev's Mmmec
 # (Poisson, log(EXPECTED) offset, counties in regions in nations), lme4's grouseticks (Poisson, chicks in broods
 # in locations), the simulated binomial (trials) data and mlmRev's guImmun (Bernoulli, kids in mothers in
-# communities; the slowest, about half an hour).
-# Run from the repository root:  Rscript tests/reference_scripts/hglm3_agq.R
+# communities; the slowest).
+# Run from the repository root:  Rscript tests/reference_scripts/hglm3_agq.R [data set names]
 # It writes tests/data/hglm3/agq_integral.json.
 suppressMessages({library(lme4); library(numDeriv); library(jsonlite)})
 dir <- "tests/data/hglm3"
@@ -76,12 +77,18 @@ fit_one <- function(form, data, family, y, n, off, g2, g3) {
               control = glmerControl(optimizer = "bobyqa", optCtrl = list(rhoend = 1e-12, maxfun = 1e6), tolPwrss = 1e-13))
   X <- getME(gl, "X")
   dev <- make_dev(y, n, X, off, g2, g3, family$family)
-  p0 <- c(rev(getME(gl, "theta")), fixef(gl))  # theta is (level-2 within level-3, level-3): (σ2, σ3)
+  p0 <- c(getME(gl, "theta"), fixef(gl))  # theta is (level-2 within level-3, level-3): (σ2, σ3)
   names(p0) <- NULL
   t0 <- proc.time()[["elapsed"]]
-  a <- nlminb(p0, dev, lower = c(0, 0, rep(-Inf, length(p0) - 2)),
-              control = list(eval.max = 1e4, iter.max = 1e4, rel.tol = 1e-15, x.tol = 1e-12))
-  b <- optim(a$par, dev, method = "BFGS", control = list(reltol = 1e-15, maxit = 1e4, ndeps = rep(1e-5, length(p0))))
+  # central differences of the deviance as the gradient (forward ones, nlminb's own, stall near the optimum)
+  grad <- function(par) {
+    h <- 1e-5 * pmax(1, abs(par))
+    vapply(seq_along(par), function(i) { e <- replace(numeric(length(par)), i, h[i]); (dev(par + e) - dev(par - e)) / (2 * h[i]) },
+           numeric(1))
+  }
+  a <- nlminb(p0, dev, grad, lower = c(0, 0, rep(-Inf, length(p0) - 2)),
+              control = list(eval.max = 500, iter.max = 200, rel.tol = 1e-14, trace = 1))
+  b <- optim(a$par, dev, grad, method = "BFGS", control = list(reltol = 1e-15, maxit = 200))
   par <- if (b$value <= a$objective) b$par else a$par
   par[1:2] <- abs(par[1:2])
   d <- dev(par)
@@ -95,47 +102,52 @@ fit_one <- function(form, data, family, y, n, off, g2, g3) {
        nlminb = a$objective, bfgs = b$value, seconds = proc.time()[["elapsed"]] - t0)
 }
 
+# Rscript hglm3_agq.R [mmmec_intercepts grouseticks binomial guimmun]: those data sets only (default: all),
+# merged into the JSON already there
+which <- commandArgs(TRUE)
+if (!length(which)) which <- c("mmmec_intercepts", "grouseticks", "binomial", "guimmun")
+json_path <- file.path(dir, "agq_integral.json")
+save <- function(name, value) {
+  all <- if (file.exists(json_path)) fromJSON(json_path, simplifyVector = FALSE) else list()
+  all[c("source", "R", "lme4", "numDeriv")] <- out[c("source", "R", "lme4", "numDeriv")]
+  all[[name]] <- value
+  writeLines(toJSON(all, digits = NA, auto_unbox = TRUE, pretty = TRUE), json_path)
+  cat(name, value$deviance, value$seconds, "\n")
+}
 out <- list(source = paste("the nested integral by trapezoidal rules (81 points over +-20 SDs around each integral's own",
                            "mode), maximised by nlminb then optim BFGS; SEs from numDeriv's Hessian (cov = 2 H^-1)"),
             R = R.version.string, lme4 = as.character(packageVersion("lme4")),
             numDeriv = as.character(packageVersion("numDeriv")))
 
-m1 <- rd("mmmec_l1.csv", c(COUNTY = "character", REGION = "character"))
-m2 <- rd("mmmec_l2.csv", c(REGION = "character", NATION = "character"))
-md <- merge(m1, m2, by = "REGION")
-md <- md[order(md$NATION, md$REGION), ]
-out$mmmec_intercepts <- fit_one(DEATHS ~ UVB + (1 | NATION / REGION) + offset(log(EXPECTED)), md, poisson(),
-                                md$DEATHS, 1, log(md$EXPECTED), md$REGION, md$NATION)
-cat("mmmec", out$mmmec_intercepts$deviance, out$mmmec_intercepts$seconds, "\n")
-
-t1 <- rd("grouse_l1.csv", c(INDEX = "character", BROOD = "character"))
-t2 <- rd("grouse_l2.csv", c(BROOD = "character", LOCATION = "character"))
-t3 <- rd("grouse_l3.csv", c(LOCATION = "character"))
-td <- merge(merge(t1, t2, by = "BROOD"), t3, by = "LOCATION")
-td <- td[order(td$LOCATION, td$BROOD), ]
-out$grouseticks <- fit_one(TICKS ~ YEAR96 + YEAR97 + CHEIGHT + (1 | LOCATION / BROOD), td, poisson(),
-                           td$TICKS, 1, 0, td$BROOD, td$LOCATION)
-cat("grouse", out$grouseticks$deviance, out$grouseticks$seconds, "\n")
-
-b1 <- rd("binom_l1.csv", c(CLASS = "character"))
-b2 <- rd("binom_l2.csv", c(CLASS = "character", SCHOOL = "character"))
-b3 <- rd("binom_l3.csv", c(SCHOOL = "character"))
-bd <- merge(merge(b1, b2, by = "CLASS"), b3, by = "SCHOOL")
-bd <- bd[order(bd$SCHOOL, bd$CLASS), ]
-out$binomial <- fit_one(cbind(Y, TRIALS - Y) ~ X + W + Z + (1 | SCHOOL / CLASS), bd, binomial(),
-                        bd$Y, bd$TRIALS, 0, bd$CLASS, bd$SCHOOL)
-cat("binomial", out$binomial$deviance, out$binomial$seconds, "\n")
-writeLines(toJSON(out, digits = NA, auto_unbox = TRUE, pretty = TRUE), file.path(dir, "agq_integral.json"))
-
-if (!identical(Sys.getenv("HGLM3_AGQ_SKIP_GUIMMUN"), "1")) {
+if ("mmmec_intercepts" %in% which) {
+  m1 <- rd("mmmec_l1.csv", c(COUNTY = "character", REGION = "character"))
+  m2 <- rd("mmmec_l2.csv", c(REGION = "character", NATION = "character"))
+  md <- merge(m1, m2, by = "REGION")
+  save("mmmec_intercepts", fit_one(DEATHS ~ UVB + (1 | NATION / REGION) + offset(log(EXPECTED)), md, poisson(),
+                                   md$DEATHS, 1, log(md$EXPECTED), md$REGION, md$NATION))
+}
+if ("grouseticks" %in% which) {
+  t1 <- rd("grouse_l1.csv", c(INDEX = "character", BROOD = "character"))
+  t2 <- rd("grouse_l2.csv", c(BROOD = "character", LOCATION = "character"))
+  t3 <- rd("grouse_l3.csv", c(LOCATION = "character"))
+  td <- merge(merge(t1, t2, by = "BROOD"), t3, by = "LOCATION")
+  save("grouseticks", fit_one(TICKS ~ YEAR96 + YEAR97 + CHEIGHT + (1 | LOCATION / BROOD), td, poisson(),
+                              td$TICKS, 1, 0, td$BROOD, td$LOCATION))
+}
+if ("binomial" %in% which) {
+  b1 <- rd("binom_l1.csv", c(CLASS = "character"))
+  b2 <- rd("binom_l2.csv", c(CLASS = "character", SCHOOL = "character"))
+  b3 <- rd("binom_l3.csv", c(SCHOOL = "character"))
+  bd <- merge(merge(b1, b2, by = "CLASS"), b3, by = "SCHOOL")
+  save("binomial", fit_one(cbind(Y, TRIALS - Y) ~ X + W + Z + (1 | SCHOOL / CLASS), bd, binomial(),
+                           bd$Y, bd$TRIALS, 0, bd$CLASS, bd$SCHOOL))
+}
+if ("guimmun" %in% which) {
   g1 <- rd("guimmun_l1.csv", c(KID = "character", MOM = "character"))
   g2 <- rd("guimmun_l2.csv", c(MOM = "character", COMM = "character"))
   g3 <- rd("guimmun_l3.csv", c(COMM = "character"))
   gd <- merge(merge(g1, g2, by = "MOM"), g3, by = "COMM")
-  gd <- gd[order(gd$COMM, gd$MOM), ]
-  out$guimmun <- fit_one(IMMUN ~ KID2P + MOM25P + ORD23 + ORD46 + ORD7P + ETHNN + ETHNS + MOMEDP + MOMEDS + HUSEDP +
-                           HUSEDS + HUSEDU + MOMWORK + RURAL + PCIND81 + (1 | COMM / MOM), gd, binomial(),
-                         gd$IMMUN, 1, 0, gd$MOM, gd$COMM)
-  cat("guimmun", out$guimmun$deviance, out$guimmun$seconds, "\n")
-  writeLines(toJSON(out, digits = NA, auto_unbox = TRUE, pretty = TRUE), file.path(dir, "agq_integral.json"))
+  save("guimmun", fit_one(IMMUN ~ KID2P + MOM25P + ORD23 + ORD46 + ORD7P + ETHNN + ETHNS + MOMEDP + MOMEDS + HUSEDP +
+                            HUSEDS + HUSEDU + MOMWORK + RURAL + PCIND81 + (1 | COMM / MOM), gd, binomial(),
+                          gd$IMMUN, 1, 0, gd$MOM, gd$COMM))
 }
