@@ -20,7 +20,7 @@ from .lazy import is_dataframe, lazy
 pd = lazy("pandas")
 
 from .language.model import ModelSpec
-from .errors import DataError, ModelError
+from .errors import DataError, ModelError, UsageError
 from .io.readers import check_frame_columns
 from .results import Results
 from .spec import Engine, Estimation, FamilyName, FitOptions, Link, Method, OutputOptions, TauStructure
@@ -218,6 +218,8 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
         return _analyse_known_variance(spec, archive, fit, hypotheses)
     if fit.level1_variance:
         return _analyse_heterogeneous(spec, archive, fit, hypotheses)
+    if fit.level1_covariance or fit.occasion:
+        return _analyse_hmlm(spec, archive, fit, hypotheses)
     weights = weight_spec(spec, fit)
     analysis = analyse(spec, archive, fit.df_method, weights=weights if weights.any else None)
     prior = o.prior_deviance
@@ -278,6 +280,21 @@ def _analyse_heterogeneous(spec, archive, fit: FitOptions, hypotheses):
     return analysis
 
 
+def _analyse_hmlm(spec, archive, fit: FitOptions, hypotheses):
+    """HMLM (--level1-covariance S --occasion VAR): the homogeneous model, then the structured level-1
+    covariance's fit and its test against it (analysis/hmlm.py); the tests of γ are of the homogeneous model."""
+    from .analysis.hmlm import analyse_hmlm
+    from .analysis.pipeline import add_extras
+
+    if not (fit.level1_covariance and fit.occasion):
+        raise UsageError("--level1-covariance and --occasion go together: the structure of the within-person "
+                         "covariance and the level-1 variable holding each record's occasion")
+    o = spec.options
+    analysis = analyse_hmlm(spec, archive, fit.level1_covariance, fit.occasion, fit.df_method)
+    add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params)
+    return analysis
+
+
 def analyse_with_extras(spec, archive, df_method: str = "hlm", tests: Sequence[str] = ()):
     """The fit and every extra the options ask for: what `hlmcli fit` computes."""
     return analyse_model(spec, archive, fit_options(df_method=df_method, tests=tests))
@@ -293,7 +310,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         tau: str | None = None, engine: str = "memory",
         max_iterations: int | None = None, title: str | None = None, tests: Sequence[str] = (),
         constrain: Sequence[str] = (), known_variance: str | None = None,
-        level1_variance: str | Sequence[str] | None = None, compare_deviance: float | None = None, compare_params: int | None = None,
+        level1_variance: str | Sequence[str] | None = None, level1_covariance: str | None = None,
+        occasion: str | None = None, compare_deviance: float | None = None, compare_params: int | None = None,
         test_homogeneity: bool | None = None, full_output: bool | None = None, ols_units: int | None = None,
         file_format: str | None = None, delimiter: str | None = None,
         cache_dir: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None,
@@ -316,7 +334,9 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     The other keywords mirror the CLI's options: df ("hlm" or "satterthwaite"), max_iterations,
     title, tests (e.g. ["g01 = 0, g11 = 0"]), constrain (ties among γs, e.g. ["g10 = g20"]),
     known_variance (the column of each record's known level-1 variance: a V-known model),
-    level1_variance ("X1,X2" or a list: log σ²_ij = α0 + α1·X1 + ..., HLM 7's heterol1var), compare_deviance/compare_params, test_homogeneity,
+    level1_variance ("X1,X2" or a list: log σ²_ij = α0 + α1·X1 + ..., HLM 7's heterol1var),
+    level1_covariance ("unrestricted", "homogeneous", "heterogeneous" or "ar1") with occasion (the level-1
+    variable holding each record's occasion): HLM 7's HMLM, compare_deviance/compare_params, test_homogeneity,
     full_output, ols_units, missing ("now"/"analysis"), drop_unmatched, file_format, delimiter,
     cache_dir. `warn` receives warnings (default: Python's warnings module).
     Three and four levels (HLM3, HLM4): level1, level2, level3 (and level4) are the files of each
@@ -335,6 +355,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
                           estimation=estimation, link=link, quadrature_points=quadrature_points, tau=tau, weight1=weight1,
                           weight2=weight2, normalize=normalize, df_method=df, tests=tests, constraints=constrain,
                           known_variance=known_variance, level1_variance=level1_variance,
+                          level1_covariance=level1_covariance, occasion=occasion,
                           compare_deviance=compare_deviance, compare_params=compare_params,
                           test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
                           max_iterations=max_iterations, engine=engine)
@@ -353,7 +374,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         from .capabilities import refuse
 
         for feature, asked in (("constrain", options.constraints), ("known_variance", options.known_variance),
-                               ("level1_variance", options.level1_variance)):
+                               ("level1_variance", options.level1_variance),
+                               ("level1_covariance", options.level1_covariance)):
             if asked:
                 refuse(feature, "linear-summary")
         return _fit_summarised(level1, level2, id1 or id, id2 or id, level1_eq, level2_eqs, model, options, title,
@@ -440,10 +462,14 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     if fit.family is not None and fit.family != FamilyName.NORMAL:  # three-level HGLM (capabilities.check
         from .analysis.hglm_levels import analyse_hglm_levels  # refused four levels)
 
+        from .analysis.levels_combined import weighting_meta
+
         design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
-        analysis = LevelsAnalysis(spec, design, nested, hglm=hglm)
-        # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL)
-        analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params)
+        analysis = LevelsAnalysis(spec, design, nested, hglm=hglm, weighting=weighting_meta(hglm.weights))
+        # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL); a weighted
+        # (pseudo-likelihood) fit gets the robust Wald tests only and no likelihood-ratio test
+        analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
+                                        robust_only=hglm.weights is not None)
         return analysis
     if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3

@@ -46,10 +46,6 @@ _PQL_WEIGHTS = ("sampling weights in PQL: how HLM 7 weights its iterations (the 
 _PQL_WEIGHTS_3 = ("sampling weights in PQL: a three-level HGLM is fitted by PQL here, and how HLM 7 weights it is not "
                   "documented in any source at hand; the weighted pseudo-likelihood needs Laplace over the nested "
                   "random effects")
-_LAPLACE3_WEIGHTS = ("the weighted pseudo-likelihood is built for two-level HGLMs; at three levels the level-2 weights "
-                     "go inside each level-3 unit's integral, which the nested Laplace fit does not carry yet")
-_LAPLACE3_COMBINED = ("not wired yet for the three-level Laplace fit (its reliabilities and deviance are not in the "
-                      "three-level combined report); combine three-level PQL fits, or fit each data set on its own")
 _HGLM_OWN_WEIGHTS = ("the weighted pseudo-likelihood is built for bernoulli, binomial and poisson outcomes; "
                      "{family} outcomes have their own likelihood (thresholds, θ or several logits), not weighted yet")
 _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML covariance of the variance estimates; "
@@ -98,8 +94,6 @@ _HGLM_LEVELS = ("hlmcli fits ordinal and multinomial outcomes at two levels, and
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
-_X_COMBINED = ("not built yet for cross-classified fits: Rubin's rules need one fit per plausible value or data set "
-               "combined with its covariance, which is wired for nested models only; fit each data set on its own")
 _X_DF = ("HLM 7's d.f. rule for HCM2's fixed effects is not published, and HLM 5/6's N - F rule is for nested "
          "level-1 slopes; a cross-classified fit gives Satterthwaite's d.f. (--df satterthwaite, as lmerTest) "
          "and otherwise t-ratios without d.f. or p-values")
@@ -136,6 +130,25 @@ _HETERO_LEVELS = ("not built yet for three and four levels: HLM 7's heterol1var 
                   "need the records rescaled at every α")
 _HETERO_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance "
                    "(glmmTMB's dispformula fits it)")
+_HMLM_SUMMARY = ("not built for the stream and Dask engines: a structured within-person covariance needs each "
+                 "person's records by occasion at every step, which per-unit summaries do not keep; fit with "
+                 "--engine memory")
+_HMLM_HGLM = ("HMLM's within-person covariance is of a normal outcome; an HGLM's level-1 variance is fixed by its "
+              "mean (φ(1 - φ), λ)")
+_HMLM_LEVELS = ("not built yet: HMLM2 (a level above the persons) needs the marginal likelihood with a third "
+                "level's random effects over each person's occasions; nlme::lme with two grouping levels fits it")
+_HMLM_CROSSED = "HMLM's persons are nested units; a cross-classified HMLM is not an HLM 7 model and is not built"
+# With --level1-covariance (HMLM), options not built with the structured within-person covariance: refused.
+LEVEL1_COVARIANCE_CONFLICTS = {
+    "weights": "not built together: sampling weights would need the pseudo-likelihood over each person's occasions",
+    "plausible_values": "Rubin's rules would need the structured fit combined too, which is not built",
+    "satterthwaite": "Satterthwaite's d.f. are not built for the structured fit; use --df hlm",
+    "full_output": "its unit-by-unit OLS and least-squares tables assume one σ²",
+    "constrain": "not built together yet",
+    "known_variance": "a known level-1 variance has no within-person covariance to estimate; give one of the two",
+    "level1_variance": "two models for the level-1 variance; give one (--level1-covariance heterogeneous lets σ² "
+                       "differ by occasion)",
+}
 # With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
 LEVEL1_VARIANCE_CONFLICTS = {
     "weights": "not built together yet: the pseudo-likelihood and the variance model would both rescale the records",
@@ -200,6 +213,11 @@ FEATURES = (
             "heterol1var)", {"linear-summary": _HETERO_SUMMARY, "pql": _HETERO_HGLM, "laplace": _HETERO_HGLM,
                              "agq": _HETERO_HGLM, **_k(_HETERO_LEVELS), "crossed": _HETERO_CROSSED,
                              THREE_LEVEL_HGLM: _HETERO_HGLM, THREE_LEVEL_LAPLACE: _HETERO_HGLM}),
+    Feature("level1_covariance", "--level1-covariance with --occasion (HMLM: unrestricted, homogeneous, "
+            "heterogeneous or AR(1) within-person covariance over occasions)",
+            {"linear-summary": _HMLM_SUMMARY, "pql": _HMLM_HGLM, "laplace": _HMLM_HGLM, "agq": _HMLM_HGLM,
+             **_k(_HMLM_LEVELS), "crossed": _HMLM_CROSSED, THREE_LEVEL_HGLM: _HMLM_HGLM,
+             THREE_LEVEL_LAPLACE: _HMLM_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
             {"linear-summary": _RECORDS}),
@@ -219,10 +237,10 @@ FEATURES = (
              THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
     Feature("weights", "--weight1 ... --weight4 (sampling weights; HGLM: pseudo-likelihood by Laplace or AGQ, "
             "bernoulli, binomial, poisson)",
-            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3,
-             THREE_LEVEL_LAPLACE: _LAPLACE3_WEIGHTS}),
-    Feature("plausible_values", "--plausible-values/--imputed",
-            {"linear-summary": _RECORDS, "crossed": _X_COMBINED, THREE_LEVEL_LAPLACE: _LAPLACE3_COMBINED}),
+            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3}),
+    Feature("plausible_values", "--plausible-values/--imputed (cross-classified: one fit each, Rubin's rules, D1 "
+            "for --test)",
+            {"linear-summary": _RECORDS}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
@@ -299,6 +317,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "constrain": bool(fit.constraints),
         "known_variance": bool(fit.known_variance),
         "level1_variance": bool(fit.level1_variance),
+        "level1_covariance": bool(getattr(fit, "level1_covariance", None) or getattr(fit, "occasion", None)),
         "compare_deviance": (fit.compare_deviance if o.prior_deviance is None else o.prior_deviance) is not None,
         "tau_diagonal": (fit.tau or o.tau) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -375,7 +394,8 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
     refuse_own_likelihood(asked, kind, spec, fit)
-    for feature, option, conflicts in (("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
+    for feature, option, conflicts in (("level1_covariance", "--level1-covariance", LEVEL1_COVARIANCE_CONFLICTS),
+                                       ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
                                        ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):
         if feature in asked:

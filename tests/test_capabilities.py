@@ -233,6 +233,19 @@ def check_level1_variance(kind, tmp_path):
     check_against_references(json.loads(proc.stdout), "FEMALE", "ML")
 
 
+def check_level1_covariance(kind, tmp_path):
+    """HMLM on Orthodont, σ² homogeneous with a random intercept (ML): nlme's lme and lmer, and the one engine's
+    deviance (tests/reference_scripts/hmlm_nlme.R; tests/test_hmlm.py covers the other structures)."""
+    from test_hmlm import D, args, check
+
+    level1, level2 = args("orthodont", 1)
+    proc = run("fit", D / "orthodont1.csv", D / "orthodont2.csv", "--id", "ID", "-1", level1,
+               *[a for eq in level2 for a in ("-2", eq)], "--ml", "--level1-covariance", "homogeneous",
+               "--occasion", "OCC", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    check(json.loads(proc.stdout), "orthodont_u0_homogeneous_ML")
+
+
 def check_compare_deviance(kind, tmp_path):
     small = fit_json(kind, small=True)
     doc = fit_json(kind, "--compare-deviance", repr(small["deviance"]), "--compare-params", str(small["n_params"]))
@@ -681,7 +694,7 @@ def check_levels_plot(kind, tmp_path):
     assert drawn == levels_json(kind)
     levels_matches(drawn, kind)
     proc = run_cli("plot", "shrinkage", *LEVELS_BASE[kind], "-o", tmp_path / "s.png")
-    one_line_refusal(proc, "compute no unit OLS estimates")
+    refused_option(proc, "compute no unit OLS estimates")
 
 
 def check_levels_weights(kind, tmp_path):
@@ -962,7 +975,7 @@ def hglm3_plot_check(kind: str, tmp_path) -> None:
     proc = run_cli("plot", "caterpillar", *LEVELS_BASE[kind], "--coef", "INTRCPT1/INTRCPT2", "-o", out, "-q")
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    one_line_refusal(run_cli("plot", "diagnostics", *LEVELS_BASE[kind], "-o", tmp_path / "d.png"),
+    refused_option(run_cli("plot", "diagnostics", *LEVELS_BASE[kind], "-o", tmp_path / "d.png"),
                      "a diagnostics plot of a three-level HGLM")
 
 
@@ -1091,6 +1104,20 @@ def check_hglm3l_plot(tmp_path):
 
 def check_hglm3l_missing_now(tmp_path):
     hglm3l_matches(hglm3l_json("--missing", "now"))
+
+
+def check_hglm3l_weights(tmp_path):
+    """glmer and glmmTMB with whole-number level-1 weights (test_hglm3_weights.py holds the rest)."""
+    from test_hglm3_weights import test_whole_number_level1_weights_against_glmer
+
+    test_whole_number_level1_weights_against_glmer()
+
+
+def check_hglm3l_plausible_values(tmp_path):
+    """Three plausible values with weights at all three levels (test_hglm3_weights.py: Rubin and D1 by hand)."""
+    from test_hglm3_weights import test_weighted_plausible_values
+
+    test_weighted_plausible_values(tmp_path)
 
 
 SUPPORTED_HGLM3L = {key[len("check_hglm3l_"):]: f for key, f in globals().items() if key.startswith("check_hglm3l_")}
@@ -1320,6 +1347,21 @@ def check_crossed_satterthwaite(kind, tmp_path):
     assert json.loads(proc.stdout)["fixed_effects"][0]["df"] == pytest.approx(ref["df"][0], rel=1e-6)
 
 
+def check_crossed_plausible_values(kind, tmp_path):
+    """Rubin's rules over the crossed fits of two outcome columns (the full check, by hand, is in
+    tests/test_crossed_hcm2.py): the pooled estimate is the mean of the two fits' lmer-matched ones."""
+    d = pd.read_csv(XC / "penicillin.csv")
+    d["PV2"] = d.diameter + 0.5 * (np.arange(len(d)) % 3 - 1)
+    d.to_csv(tmp_path / "pv.csv", index=False)
+    proc = run_cli("fit", tmp_path / "pv.csv", "--formula", XC_FORMULA, "--ml", "--plausible-values", "diameter,PV2",
+                   "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    _xc_matches(doc["fits"][0])
+    assert doc["combining"]["m"] == 2 and doc["fixed_effects"][0]["estimate"] == pytest.approx(
+        np.mean([f["fixed_effects"][0]["estimate"] for f in doc["fits"]]), rel=1e-14)
+
+
 def check_crossed_plot(kind, tmp_path):
     png = tmp_path / "cat.png"
     proc = run_cli("plot", "caterpillar", XC / "penicillin.csv", "--formula", XC_FORMULA, "-o", png, "-q")
@@ -1366,6 +1408,7 @@ ASK = {
     "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],
     "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],
     "level1_variance": lambda kind, d: ["--level1-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
+    "level1_covariance": lambda kind, d: ["--level1-covariance", "ar1", "--occasion", "SES", "-q"],
 }
 
 

@@ -282,7 +282,7 @@ def test_options_not_yet_available_are_refused(eg_archive):
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--family", "bernoulli"), 1, "column MATH, row 1",
                     "is not 0 or 1")
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--allow-unequal-imputations"), 2, "--allow-unequal-imputations")
-    _one_line_error(run("plot", "units", eg_archive, *EG_MODEL, "-o", "x.png"), 1, "a units plot of a 3-level fit",
+    _one_line_error(run("plot", "units", eg_archive, *EG_MODEL, "-o", "x.png"), 2, "a units plot of a 3-level fit",
                     "not yet for k levels")
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
-from scipy import special
+from ..engine.special_functions import special
 
 from ..data import design as design_stage
 from . import inference

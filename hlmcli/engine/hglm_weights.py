@@ -18,7 +18,7 @@ scores w_j·s_j. Level-2 weights that are all equal change no estimate and no sa
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import gammaln
+from .special_functions import gammaln
 
 from .family import Family
 

@@ -31,7 +31,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.special import digamma, gammaln
+from .special_functions import digamma, gammaln
 
 from .hglm import Conditional, GLMData, agq_fit, ml_fit, newton_ascent
 

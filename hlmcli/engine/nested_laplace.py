@@ -93,6 +93,9 @@ class NestedLaplace:
         self.b3 = np.zeros((self.J3, self.q3))
         self.count = 0
         self._memo = None
+        # the weights of the log-determinants: Σ_j α_j log|Hjj| + Σ_k β_k log|S_k| (None: all 1; sampling
+        # weights set them, nested_laplace_weights.py)
+        self.alpha = self.beta = None
 
     # ------------------------------------------------------------------ per-unit sums
     def _s2(self, v):
@@ -118,6 +121,8 @@ class NestedLaplace:
         S = H33 - self._s23(np.einsum("jab,jac->jbc", Hj3, P)) if self.J2 else H33
         ld2 = np.linalg.slogdet(Hjj)[1] if self.q2 else np.zeros(self.J2)
         ld3 = np.linalg.slogdet(S)[1] if self.q3 else np.zeros(self.J3)
+        if self.alpha is not None:
+            ld2, ld3 = self.alpha * ld2, self.beta * ld3
         return Hinv, P, S, self._s23(ld2) + ld3
 
     def _solve(self, Hinv, P, Sinv, g2, g3):
@@ -181,7 +186,12 @@ class NestedLaplace:
             ha = np.einsum("iab,ib->ia", Hj, A)  # Hjj⁻¹a_i
             e = B - np.einsum("iab,ia->ib", Pj, A)  # b_i − Pj'a_i
             se = np.einsum("iab,ib->ia", Sk, e)  # S⁻¹e_i
-            c = np.einsum("ia,ia->i", A, ha) + np.einsum("ia,ia->i", e, se)
+            if self.alpha is None:
+                c = np.einsum("ia,ia->i", A, ha) + np.einsum("ia,ia->i", e, se)
+            else:  # α_j log|Hjj| + β_k log|S_k| = β_k log|H_k| + (α_j − β_k) log|Hjj| (nested_laplace_weights.py)
+                al, be = self.alpha[self.j], self.beta[self.k]
+                c = al * np.einsum("ia,ia->i", A, ha) + be * np.einsum("ia,ia->i", e, se)
+                ha, se = al[:, None] * ha, be[:, None] * se
             r = k3 * c
             v2, v3 = self._solve(Hinv, P, Sinv, self._s2(A * r[:, None]), self._s3(B * r[:, None]))
             s = np.einsum("ia,ia->i", A, v2[self.j]) + np.einsum("ia,ia->i", B, v3[self.k])
@@ -338,10 +348,13 @@ class NestedLaplaceResult:
 def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> NestedLaplaceResult:
     """Laplace ML of a three-level HGLM, certified over (τπ, τβ) PSD, or non-negative diagonal where
     `diagonal` says so (module docstring). `start`: an object with gamma and taus (a PQL fit), or None to
-    run full PQL for it."""
+    run full PQL for it. With sampling weights on the data (glm.data.weights) the fit is the weighted
+    pseudo-likelihood's (nested_laplace_weights.py), its robust covariance with the factor J3/(J3 − 1)."""
     from .nested_glmm import pql_levels
+    from .nested_laplace_weights import WeightedNestedLaplace, level_weights
 
-    cond = NestedLaplace(glm)
+    weights = level_weights(glm)
+    cond = NestedLaplace(glm) if weights is None else WeightedNestedLaplace(glm, weights)
     q2, q3, p = cond.q2, cond.q3, cond.p
     if start is None:
         try:
@@ -428,6 +441,8 @@ def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> N
         Ainv = 2.0 * np.linalg.inv(Hs)
         S = cond.unit_scores(gamma, L2, L3, diagonal)
         cov, robust = Ainv[nt:, nt:], (Ainv @ (S.T @ S) @ Ainv)[nt:, nt:]
+        if weights is not None:
+            robust = robust * (cond.J3 / (cond.J3 - 1.0))
     except np.linalg.LinAlgError:
         cov = robust = np.full((p, p), np.nan)
     b2, V2, b3, V3, eta = cond.posterior(gamma, L2, L3)

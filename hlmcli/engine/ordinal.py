@@ -38,7 +38,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.special import expit, ndtr, ndtri
+from .special_functions import expit, ndtr, ndtri
 
 from .hglm import Conditional, GLMData, agq_fit, ml_fit, newton_ascent
 

@@ -8,7 +8,7 @@ import math
 import re
 
 import numpy as np
-from scipy import special
+from ..engine.special_functions import special
 
 from ..analysis import inference
 from ..analysis.hglm_run import HGLMAnalysis, information_criteria

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
+from ..engine.special_functions import special
 
 from ..analysis import inference
 from ..analysis.hglm_run import information_criteria
