@@ -25,6 +25,7 @@ KINDS = {
     "crossed": "cross-classified linear",
     "three-level-pql": "three-level HGLM PQL",
     "three-level-laplace": "three-level HGLM Laplace",
+    "hglm-stream": "HGLM Laplace, AGQ (stream)",
     "three-level-agq": "three-level HGLM AGQ",
 }
 _LEVELS = ("three-level", "four-level")
@@ -35,6 +36,18 @@ _HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE, THREE_LEVEL_AGQ)
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
+HGLM_STREAM = "hglm-stream"
+_HGLM_STREAM_PQL = ("PQL over the spilled records is not wired: its population-average model and fixed-point check "
+                    "are in-memory code; use --estimation laplace or agq (exact ML, passes over the spilled records)")
+_HGLM_STREAM_RECORDS = ("the streamed HGLM keeps per unit only the modes and their variances, and passes over the "
+                        "records spilled by unit; this needs the records in memory: fit with --engine memory")
+_HGLM_STREAM_PLOT = ("hlmcli plot fits in memory and takes no --engine; the streamed fit keeps no per-record values "
+                     "to draw: plot the model from the same files without --engine")
+_HGLM_STREAM_WEIGHTS = ("the spill file carries no sampling weights yet (the pseudo-likelihood needs w_i|j per record "
+                        "and w_j per unit in every pass); fit with --engine memory")
+_HGLM_STREAM_FAMILY = ("the passes over the spilled records run the Bernoulli, binomial and Poisson likelihood; "
+                       "{family} outcomes have parameters of their own (thresholds, θ or several logits) not "
+                       "carried over blocks yet; fit with --engine memory")
 _HGLM_SUMMARY = ("a binary, binomial or count outcome needs repeated passes over the records: it has no per-unit "
                  "sufficient statistics, as its likelihood changes with every value of γ and τ; fit with --engine memory")
 _NO_DEVIANCE = ("a likelihood-ratio test needs a deviance, and PQL has none (it maximises a quasi-likelihood); "
@@ -46,8 +59,6 @@ _PQL_WEIGHTS = ("sampling weights in PQL: how HLM 7 weights its iterations (the 
 _PQL_WEIGHTS_3 = ("sampling weights in PQL: a three-level HGLM is fitted by PQL here, and how HLM 7 weights it is not "
                   "documented in any source at hand; the weighted pseudo-likelihood needs Laplace over the nested "
                   "random effects")
-_HGLM_OWN_WEIGHTS = ("the weighted pseudo-likelihood is built for bernoulli, binomial and poisson outcomes; "
-                     "{family} outcomes have their own likelihood (thresholds, θ or several logits), not weighted yet")
 _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML covariance of the variance estimates; "
                   "HGLM tables use HLM 7's d.f.")
 _HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; HGLM tables use HLM 7's d.f., "
@@ -135,8 +146,8 @@ _HMLM_SUMMARY = ("not built for the stream and Dask engines: a structured within
                  "--engine memory")
 _HMLM_HGLM = ("HMLM's within-person covariance is of a normal outcome; an HGLM's level-1 variance is fixed by its "
               "mean (φ(1 - φ), λ)")
-_HMLM_LEVELS = ("not built yet: HMLM2 (a level above the persons) needs the marginal likelihood with a third "
-                "level's random effects over each person's occasions; nlme::lme with two grouping levels fits it")
+_HMLM_LEVELS = ("not built yet: HMLM2 (a level above the persons): its likelihood is in the engine and matches "
+                "nlme::lme with two grouping levels, but three-level input and tables do not reach it yet")
 _HMLM_CROSSED = "HMLM's persons are nested units; a cross-classified HMLM is not an HLM 7 model and is not built"
 # With --level1-covariance (HMLM), options not built with the structured within-person covariance: refused.
 LEVEL1_COVARIANCE_CONFLICTS = {
@@ -196,67 +207,77 @@ FEATURES = (
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
             "caterpillar and diagnostics (three-level HGLM: equation and caterpillar); cross-classified: caterpillar, "
             "one panel per factor)",
-            {"linear-summary": _PLOT_SUMMARY}),
+            {"linear-summary": _PLOT_SUMMARY, HGLM_STREAM: _HGLM_STREAM_PLOT}),
     Feature("table", "hlmcli table of saved fits", {}),
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML)",
             {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
+             HGLM_STREAM: _CONSTRAIN_HGLM,
              "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
+             HGLM_STREAM: _VKNOWN_HGLM,
              **_k(_VKNOWN_LEVELS), "crossed": _VKNOWN_CROSSED, THREE_LEVEL_HGLM: _VKNOWN_HGLM,
              THREE_LEVEL_LAPLACE: _VKNOWN_HGLM}),
     Feature("level1_variance", "--level1-variance (heterogeneous level-1 variance: log σ² linear in X; HLM 7's "
             "heterol1var)", {"linear-summary": _HETERO_SUMMARY, "pql": _HETERO_HGLM, "laplace": _HETERO_HGLM,
+                             HGLM_STREAM: _HETERO_HGLM,
                              "agq": _HETERO_HGLM, **_k(_HETERO_LEVELS), "crossed": _HETERO_CROSSED,
                              THREE_LEVEL_HGLM: _HETERO_HGLM, THREE_LEVEL_LAPLACE: _HETERO_HGLM}),
     Feature("level1_covariance", "--level1-covariance with --occasion (HMLM: unrestricted, homogeneous, "
             "heterogeneous or AR(1) within-person covariance over occasions)",
             {"linear-summary": _HMLM_SUMMARY, "pql": _HMLM_HGLM, "laplace": _HMLM_HGLM, "agq": _HMLM_HGLM,
              **_k(_HMLM_LEVELS), "crossed": _HMLM_CROSSED, THREE_LEVEL_HGLM: _HMLM_HGLM,
-             THREE_LEVEL_LAPLACE: _HMLM_HGLM}),
+             THREE_LEVEL_LAPLACE: _HMLM_HGLM, HGLM_STREAM: _HMLM_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
-            {"linear-summary": _RECORDS}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS}),
+            {"linear-summary": _RECORDS, HGLM_STREAM: _HGLM_STREAM_RECORDS}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, HGLM_STREAM: _HGLM_STREAM_RECORDS}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
             {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, THREE_LEVEL_HGLM: _SATTERTHWAITE,
+             HGLM_STREAM: _SATTERTHWAITE,
              THREE_LEVEL_LAPLACE: _SATTERTHWAITE}),
-    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
+    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, HGLM_STREAM: _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
                                      THREE_LEVEL_HGLM: _HLM6_K, THREE_LEVEL_LAPLACE: _HLM6_K}),
     Feature("homogeneity", "--test-homogeneity",
-            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
+            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, HGLM_STREAM: _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _HOMOGENEITY, THREE_LEVEL_LAPLACE: _HOMOGENEITY}),
     Feature("full_output", "--full-output",
-            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
+            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, HGLM_STREAM: _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
     Feature("weights", "--weight1 ... --weight4 (sampling weights; HGLM: pseudo-likelihood by Laplace or AGQ, "
-            "bernoulli, binomial, poisson)",
-            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3}),
+            "every family)",
+            {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3,
+             HGLM_STREAM: _HGLM_STREAM_WEIGHTS}),
     Feature("plausible_values", "--plausible-values/--imputed (cross-classified: one fit each, Rubin's rules, D1 "
             "for --test)",
-            {"linear-summary": _RECORDS}),
-    Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
+            {"linear-summary": _RECORDS, HGLM_STREAM: _HGLM_STREAM_RECORDS}),
+    Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING,
+                                             HGLM_STREAM: _HGLM_STREAM_RECORDS}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
-             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS, THREE_LEVEL_LAPLACE: _HGLM_LEVELS}),
+             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS, THREE_LEVEL_LAPLACE: _HGLM_LEVELS,
+             HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="ordinal")}),
     Feature("negbinomial", "--family negbinomial (NB2 counts, Var = mu + mu^2/theta, log link, theta estimated)",
             {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
              "four-level": _HGLM_LEVELS,
-             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS}),
+             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS,
+             HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="negbinomial")}),
     Feature("multinomial", "--family multinomial (baseline-category logits, the last category the reference; HLM 7's "
             "nonlin:multinomial,NCAT)",
             {"linear": _MULTI_LINEAR, "linear-summary": _MULTI_LINEAR, "pql": _MULTI_PQL, "agq": _MULTI_AGQ,
              "three-level": _MULTI_LEVELS, "four-level": _HGLM_LEVELS, "crossed": _MULTI_CROSSED,
-             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS}),
+             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS,
+             HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="multinomial")}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
-            "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
-            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
+            "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written; a two-level HGLM "
+            "by Laplace or AGQ: --engine stream, passes over the records spilled by unit)",
+            {"pql": _HGLM_STREAM_PQL, "crossed": _X_SUMMARY,
              THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )
 
@@ -296,6 +317,8 @@ def kind_of(spec, engine: Engine | str = Engine.MEMORY, fit: FitOptions | None =
         return _LEVELS[levels - 3]
     if spec.options.family == "normal":
         return "linear" if Engine(engine) == Engine.MEMORY else "linear-summary"
+    if Engine(engine) != Engine.MEMORY and spec.options.estimation in ("laplace", "agq"):
+        return HGLM_STREAM
     return spec.options.estimation
 
 
@@ -393,7 +416,6 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    refuse_own_likelihood(asked, kind, spec, fit)
     for feature, option, conflicts in (("level1_covariance", "--level1-covariance", LEVEL1_COVARIANCE_CONFLICTS),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
@@ -409,22 +431,6 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
         for key in asked:
             if not (key == "residuals" and not (out.residuals_l1 or spec.options.residuals_l1)):
                 refuse_summarised(key, n_levels_of(spec), engine)
-
-
-def refuse_own_likelihood(asked: list[str], kind: str, spec, fit: FitOptions) -> None:
-    """Weights or combined fits of an ordinal, negative binomial or multinomial outcome (the two-level HGLM
-    columns): not built for those families, refused in one line."""
-    family = str(getattr(fit.family, "value", fit.family) or spec.options.family)
-    if kind not in ("pql", "laplace", "agq") or family not in ("ordinal", "negbinomial", "multinomial"):
-        return
-    if "weights" in asked:
-        raise RefusedOption(f"{_given_label('weights', spec, fit)}: not available for a --family {family} fit: "
-                         + _HGLM_OWN_WEIGHTS.format(family=family))
-    if "plausible_values" in asked:
-        raise RefusedOption(f"--plausible-values/--imputed: not available for a --family {family} fit: Rubin's rules "
-                         f"are wired for bernoulli, binomial and poisson HGLMs; {family} fits carry parameters of "
-                         "their own (thresholds, θ or several logits) that are not combined yet; fit each data set "
-                         "on its own")
 
 
 def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None:

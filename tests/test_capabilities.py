@@ -31,7 +31,8 @@ HGLM_MODEL = ["--id", "REGION", "-1", "DEATHS = b0 + b1*UVB", "-2", "b0 = g00 + 
 HGLM_SMALL = ["--id", "REGION", "-1", "DEATHS = b0", "-2", "b0 = g00 + u0", "--family", "poisson",
               "--exposure", "EXPECTED"]
 METHOD = {"linear": [], "linear-summary": ["--engine", "stream"], "pql": [], "laplace": ["--estimation", "laplace"],
-          "agq": ["--estimation", "agq", "--quadrature-points", "25"]}
+          "agq": ["--estimation", "agq", "--quadrature-points", "25"],
+          "hglm-stream": ["--estimation", "laplace", "--engine", "stream"]}
 
 
 def _ref(path: Path) -> dict:
@@ -46,6 +47,7 @@ REFERENCE = {
     "pql": (_ref(H / "refs" / "mmmec_ri_pql_reml.json"), 1e-5),
     "laplace": (_ref(H / "refs" / "mmmec_ri_tmb.json"), 1e-4),  # glmmTMB reaches our optimum; glmer stops short
     "agq": (_ref(H / "refs" / "mmmec_ri_agq25.json"), 1e-4),
+    "hglm-stream": (_ref(H / "refs" / "mmmec_ri_tmb.json"), 1e-4),  # Laplace over the records spilled by unit
 }
 
 
@@ -105,7 +107,8 @@ def check_api(kind, tmp_path):
     kwargs = {"linear": dict(method="ML"), "linear-summary": dict(method="ML", engine="stream"),
               "pql": dict(family="poisson", exposure="EXPECTED"),
               "laplace": dict(family="poisson", exposure="EXPECTED", estimation="laplace"),
-              "agq": dict(family="poisson", exposure="EXPECTED", estimation="agq", quadrature_points=25)}[kind]
+              "agq": dict(family="poisson", exposure="EXPECTED", estimation="agq", quadrature_points=25),
+              "hglm-stream": dict(family="poisson", exposure="EXPECTED", estimation="laplace", engine="stream")}[kind]
     if kind.startswith("linear"):
         res = hlmcli.fit(*LINEAR_FILES, id="ID", level1_eq="MATHACH = b0 + b1*SES + r",
                          level2_eqs=["b0 = g00 + g01*SECTOR + u0", "b1 = g10"], **kwargs)
@@ -153,7 +156,8 @@ def check_compare(kind, tmp_path):
 
 # The default run renders one of the three paper formats per kind, each format for some kind (each call
 # costs a start-up and the tables' imports); test_every_format_of_every_kind (slow) renders all 15.
-_FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown"}
+_FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown",
+                   "hglm-stream": "html"}
 _TWO_LEVEL_KINDS = [k for k in capabilities.KINDS
                     if k not in ("three-level", "four-level", "crossed", "three-level-pql", "three-level-laplace",
                                  "three-level-agq")]  # their own checks
@@ -361,6 +365,15 @@ def check_missing_now(kind, tmp_path):
 
 
 def check_stream_dask(kind, tmp_path):
+    if kind in ("laplace", "agq", "hglm-stream"):  # the HGLM over the records spilled by unit equals it in memory
+        memory = fit_json("laplace" if kind == "hglm-stream" else kind)
+        doc = fit_json(kind) if kind == "hglm-stream" else fit_json(kind, "--engine", "stream")
+        assert doc["certificate"]["certified"] and doc["deviance"] == pytest.approx(memory["deviance"], rel=1e-10)
+        for a, b in zip(doc["fixed_effects"], memory["fixed_effects"]):
+            assert a["estimate"] == pytest.approx(b["estimate"], rel=1e-8) and a["se"] == pytest.approx(b["se"], rel=1e-8)
+        assert np.ravel(doc["tau"]) == pytest.approx(np.ravel(memory["tau"]), rel=1e-8)
+        matches_reference(doc["fixed_effects"], kind)
+        return
     engine = "stream" if kind == "linear" else "dask"
     args = [a for a in base("linear") if a not in ("--engine", "stream")]
     proc = run_cli("fit", *args, "--engine", engine, "--format", "json")
@@ -1430,6 +1443,14 @@ def check_refused(feature, kind, why, tmp_path):
         refused_option(proc, why)
         assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
         return
+    if kind == "hglm-stream" and feature in ("ordinal", "negbinomial", "multinomial"):
+        proc = run_cli("fit", *{"ordinal": ORDINAL, "negbinomial": NEGBIN, "multinomial": MULTINOMIAL}[feature],
+                       *METHOD[kind])
+        refused_option(proc, why)
+        return
+    if kind == "hglm-stream" and feature == "plot":  # plot takes no --engine: reached only by its reason
+        assert "takes no --engine" in why
+        return
     if feature == "ordinal":  # an ordinal outcome is an HGLM: the linear columns are reached only by their reason
         if kind.startswith("linear"):
             assert "--family ordinal with --estimation" in why
@@ -1498,6 +1519,9 @@ def _cells():
             slow = (f.key, kind) == ("stream_dask", "linear-summary") or (f.key, kind) in SLOW_LEVEL_CELLS or \
                 (kind == "three-level-pql" and f.key not in ("json_out", "compare", "stream_dask")) or \
                 (kind == "three-level-laplace" and capabilities.reason(f.key, kind) is None and f.key != "json_out") or \
+                (kind == "hglm-stream" and capabilities.reason(f.key, kind) is None
+                 and f.key not in ("json_out", "stream_dask")) or \
+                ((f.key, kind) in (("stream_dask", "laplace"), ("stream_dask", "agq"))) or \
                 (kind == "three-level-agq" and capabilities.reason(f.key, kind) is None)
             marks = [pytest.mark.slow] if slow else []
             yield pytest.param(f.key, kind, marks=marks, id=f"{f.key}-{kind}")

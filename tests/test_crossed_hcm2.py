@@ -9,7 +9,9 @@ order; second.csv with ssize)."""
 from __future__ import annotations
 
 import json
+from importlib import resources
 
+import jsonschema
 import pandas as pd
 import pytest
 
@@ -86,6 +88,8 @@ def test_mdm_info_of_the_hcm2_archive(archive):
     assert info["row"][0]["mean"] == pytest.approx(d.groupby("primary").size().mean(), rel=1e-12)
     assert info["column"][0]["maximum"] == d.groupby("second").size().max()
     assert [s["role"] for s in info["sources"]] == ["level-1", "row", "column"]
+    jsonschema.validate(info, json.loads(resources.files("hlmcli").joinpath("schema", "mdm-info-crossed-1.json")
+                                         .read_text()))
     # nested equations, or a nested formula, are refused in one line
     for model in (["-1", "attain = b0 + r", "-2", "b0 = g00 + u0"], ["--formula", "attain ~ verbal + (1 | primary)"]):
         proc = run_cli("fit", archive, *model)
@@ -243,6 +247,16 @@ def _rubin_by_hand(fits: list[dict], dfcom=None) -> dict:
     return {"estimate": qbar, "se": np.sqrt(t), "riv": riv, "df": nu, "fmi": (riv + 2 / (nu + 3)) / (riv + 1)}
 
 
+def _schema_valid(doc: dict) -> None:
+    """The combined document follows crossed-combined-1.json, and each data set's fit crossed-2.json."""
+    def schema(name):
+        return json.loads(resources.files("hlmcli").joinpath("schema", name).read_text())
+
+    jsonschema.validate(doc, schema("crossed-combined-1.json"))
+    for fit in doc["fits"]:
+        jsonschema.validate(fit, schema("crossed-2.json"))
+
+
 def test_plausible_values_combine_by_rubins_rules(plausible):
     """Three outcome columns: each fit is the one-column fit (bit for bit), and the pooled numbers are
     Rubin's recomputed here; --test is D1; the d.f. and p-values are left out without --df."""
@@ -251,6 +265,7 @@ def test_plausible_values_combine_by_rubins_rules(plausible):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["combining"]["m"] == 3 and doc["combining"]["outcomes"] == ["PV1", "PV2", "PV3"]
+    _schema_valid(doc)
     hand = _rubin_by_hand(doc["fits"])
     f = doc["fixed_effects"][0]
     assert f["estimate"] == pytest.approx(hand["estimate"][0], rel=1e-12)
@@ -275,6 +290,7 @@ def test_imputed_data_sets_with_satterthwaite_df(plausible, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "results combined over 2 imputed data sets" in proc.stdout and "Approx. d.f." in proc.stdout
     doc = json.loads((tmp_path / "c.json").read_text())
+    _schema_valid(doc)
     dfcom = (doc["fits"][0]["fixed_effects"][0]["df"] + doc["fits"][1]["fixed_effects"][0]["df"]) / 2
     hand = _rubin_by_hand(doc["fits"], dfcom)
     f = doc["fixed_effects"][0]

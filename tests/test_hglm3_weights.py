@@ -11,7 +11,8 @@ References:
    difference Hessian, and the sandwich of the level-3 units' difference scores with J/(J − 1)) ours; and
    (slow) scipy's BFGS from zero must find our optimum.
 2. lme4::glmer and glmmTMB with whole-number level-1 weights as weights= (a 0/1 outcome's binomial
-   likelihood with prior weight w is w·log f) and the per-plausible-value fits
+   likelihood with prior weight w is w·log f) and the per-plausible-value fits, on the simulated data and
+   on a public data set, lme4's grouseticks with three plausible values of TICKS (slow)
    (tests/reference_scripts/hglm3_weights_glmer.R, tests/data/hglm3_weights/glmer_refs.json).
 3. Hand computations: all weights 1 give the unweighted fit; whole-number weights at all three levels
    give the fit of the replicated records and units (slow); Rubin's rules and D1 recomputed from the fits.
@@ -211,14 +212,14 @@ def test_independent_maximisation():
     assert _point(doc) == pytest.approx(x, abs=1e-4)
 
 
-def _r_matches(doc: dict, ref: dict) -> None:
+def _r_matches(doc: dict, ref: dict, names=R_NAMES) -> None:
     """One fit against glmer and glmmTMB: the deviance within 1e-6 of the better one's and not above it;
     γ to 1e-4 of max(|γ|, SE) of that one; the SEs to 1e-3 of glmmTMB's (TMB's exact Hessian)."""
     g, t = ref["glmer"], ref["glmmTMB"]
     best = g if g["deviance"] <= t["deviance"] else t
     assert doc["deviance"] <= best["deviance"] + 1e-9 * abs(best["deviance"])
     assert doc["deviance"] == pytest.approx(best["deviance"], rel=1e-6, abs=0)
-    for f, name in zip(doc["fixed_effects"], R_NAMES):
+    for f, name in zip(doc["fixed_effects"], names, strict=True):
         assert abs(f["estimate"] - best["gamma"][name]) <= 1e-4 * max(abs(best["gamma"][name]), t["se"][name]), name
         assert f["se"] == pytest.approx(t["se"][name], rel=1e-3), name
 
@@ -360,3 +361,74 @@ def test_refusals():
     pql = [a if a != "laplace" else "pql" for a in MODEL]
     proc = hlmcli("fit", *FILES, *pql, "--weight1", "W1")
     assert proc.returncode == 2 and "how HLM 7 weights it is not documented" in proc.stderr, proc.stderr
+
+
+def test_search_restarts_from_a_false_boundary():
+    """restart_l*.csv: the first Newton search ends at τπ = 0, where the Cholesky coordinates have no
+    gradient into the cone; the certificate finds the descent and the search restarts inside the cone,
+    to glmer's and glmmTMB's optimum (τπ = 0.064), certified. (The weighted fits share this search.)"""
+    files = [D / f"restart_l{k}.csv" for k in (1, 2, 3)]
+    proc = hlmcli("fit", *files, *MODEL, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["certificate"]["certified"] and doc["certificate"]["rank"] == [1, 1]
+    _r_matches(doc, REF["restart"])
+    ref = REF["restart"]["glmmTMB"]["tau"]
+    assert doc["tau_pi"]["matrix"][0][0] == pytest.approx(ref["CLASS:SCHOOL"], rel=1e-4)
+    assert doc["tau_beta"]["matrix"][0][0] == pytest.approx(ref["SCHOOL"], rel=1e-4)
+
+
+def test_api_takes_the_weights_of_every_level(weighted):
+    """hlmcli.fit(..., weight1=, weight2=, weight3=) is the command line's fit; weight3 on a two-level model
+    is refused in one line."""
+    import hlmcli as api
+    from hlmcli.errors import ModelError
+
+    doc, _ = weighted
+    res = api.fit(*FILES[:2], level3=FILES[2], id2="CLASS", id3="SCHOOL", level1_eq="Y = p0 + p1*X",
+                  level2_eqs=["p0 = b00 + b01*W + r0", "p1 = b10"], level3_eqs=["b00 = g000 + g001*Z + u00", "b01 = g010",
+                                                                           "b10 = g100"],
+                  family="bernoulli", estimation="laplace", weight1="W1", weight2="W2", weight3="W3", warn=lambda m: None)
+    mine = res.to_dict()
+    assert mine["deviance"] == doc["deviance"] and mine["fixed_effects"] == doc["fixed_effects"]
+    assert mine["weights"] == doc["weights"]
+    with pytest.raises(ModelError, match="weight3 and weight4 are for three- and four-level models"):
+        api.fit(*FILES[:2], id="CLASS", level1_eq="Y = b0", level2_eqs=["b0 = g00 + u0"], weight3="W3")
+
+
+@pytest.mark.slow
+def test_plausible_values_of_a_public_data_set(tmp_path):
+    """lme4's grouseticks with three plausible values of TICKS (hglm3_grouse_pv_data.py), Poisson by Laplace:
+    each fit against glmer and glmmTMB (deviance 1e-6); Rubin's rules by hand; --imputed with the same
+    three data sets as files gives the same combined numbers."""
+    from test_hglm_weights import rubin_by_hand
+
+    h3 = DATA / "hglm3"
+    files = [D / "grouse_pv_l1.csv", h3 / "grouse_l2.csv", h3 / "grouse_l3.csv"]
+    model = ["--id2", "BROOD", "--id3", "LOCATION", "-1", "PV1 = p0", "-2", "p0 = b00 + b01*YEAR96 + b02*YEAR97 + r0",
+             "-3", "b00 = g000 + g001*CHEIGHT + u00", "-3", "b01 = g010", "-3", "b02 = g020", "--family", "poisson",
+             "--estimation", "laplace"]
+    proc = hlmcli("fit", *files, *model, "--plausible-values", "PV1,PV2,PV3", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    for fit, pv in zip(doc["fits"], ("PV1", "PV2", "PV3")):
+        assert fit["certificate"]["certified"]
+        _r_matches(fit, REF[f"grouse_{pv}"], ["(Intercept)", "CHEIGHT", "YEAR96", "YEAR97"])
+    est = np.array([[f["estimate"] for f in fit["fixed_effects"]] for fit in doc["fits"]])
+    dfcom = np.array([f["df"] for f in doc["fits"][0]["fixed_effects"]])
+    want = rubin_by_hand(est, np.array([fit["gamma_robust_covariance"] for fit in doc["fits"]]), dfcom)
+    for k, row in enumerate(doc["fixed_effects_robust"]):
+        for name in ("estimate", "se", "df", "p"):
+            assert row[name] == pytest.approx(want[name][k], rel=1e-9), (name, k)
+    l1 = pd.read_csv(files[0], dtype={"INDEX": str, "BROOD": str})
+    imputed = []
+    for k in (1, 2, 3):
+        imputed.append(tmp_path / f"imp{k}.csv")
+        l1.assign(TICKS=l1[f"PV{k}"]).to_csv(imputed[-1], index=False)
+    typed = [a if a != "PV1 = p0" else "TICKS = p0" for a in model]
+    proc = hlmcli("fit", imputed[0], *files[1:], *typed, "--imputed", f"{imputed[1]},{imputed[2]}", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    other = json.loads(proc.stdout)
+    for key in ("fixed_effects", "fixed_effects_robust"):
+        assert [r["se"] for r in other[key]] == pytest.approx([r["se"] for r in doc[key]], rel=1e-10)
+    assert other["deviance"] == pytest.approx(doc["deviance"], rel=1e-12)

@@ -163,3 +163,15 @@ def test_a_damaged_spill_file_is_refused(tmp_path):
     cols = {"l0": np.ones(4), "l1": np.zeros(4), "y": np.zeros(4), "unit": np.array([0, 1, 0, 1])}
     with pytest.raises(DataError, match="not whole and in order"):
         block_of_table(cols, data.family, data.B, data.rnd, 0, 2)
+
+
+@pytest.mark.slow
+def test_bigger_data_spilled_in_many_blocks_equal_the_whole_data(tmp_path):
+    """2,000 units (about 10,000 records), random intercept and slope, 20 row groups."""
+    pytest.importorskip("pyarrow")
+    from hlmcli.data.hglm_sources import ParquetBlocks, spill
+
+    data = make("bernoulli", 2000, 2, 11)
+    spill(data, tmp_path / "spill.parquet", units=100)
+    source = ParquetBlocks(tmp_path / "spill.parquet", data.family, data.B, data.rnd)
+    same_fit(blocked_fit(BlockedGLMData(source)), ml_fit(data))

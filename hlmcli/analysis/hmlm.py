@@ -18,6 +18,8 @@ from . import inference
 from .pipeline import Analysis, analyse
 
 OPTION = "--level1-covariance"
+MAX_OCCASIONS = 30  # HMLM's occasions are a few fixed waves; more distinct values means a time-like variable
+MAX_UNRESTRICTED = 10  # T(T+1)/2 = 55 parameters in Δ, each Newton step's Hessian by differences
 
 
 def occasion_index(archive, design, name: str) -> tuple[np.ndarray, list[float]]:
@@ -32,6 +34,9 @@ def occasion_index(archive, design, name: str) -> tuple[np.ndarray, list[float]]
         raise DataError(f"--occasion {name}: {int((~np.isfinite(x)).sum())} of the records used have no value of "
                         f"{name}; drop them (e.g. mdm build --missing now)")
     values, occ = np.unique(x, return_inverse=True)
+    if values.size > MAX_OCCASIONS:
+        raise ModelError(f"--occasion {name}: {values.size} distinct values; HMLM's occasions are a few waves "
+                         f"(at most {MAX_OCCASIONS}): give the wave number (1, 2, ...), not a time-like variable")
     if values.size < 2:
         raise ModelError(f"--occasion {name}: every record has the same occasion; a repeated-measures covariance "
                          "needs at least 2 occasions")
@@ -64,6 +69,10 @@ def analyse_hmlm(spec, archive, structure: str, occasion: str, df_method: str = 
     T = len(values)
     y, X, Z, person = _records(design)
     data = group_by_pattern(y, X, Z, person, occ, T)
+    if structure == "unrestricted" and T > MAX_UNRESTRICTED:
+        raise ModelError(f"{OPTION} unrestricted: {T} occasions make {T * (T + 1) // 2} parameters in Δ; the "
+                         f"unrestricted model is built for at most {MAX_UNRESTRICTED} occasions: use heterogeneous "
+                         "or ar1")
     if structure == "unrestricted":
         together = np.zeros((T, T), bool)
         for pat in data.patterns:

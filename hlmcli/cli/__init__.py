@@ -838,7 +838,7 @@ def fit_cmd(**params):
                                ("level1_variance", fit.level1_variance),
                                ("level1_covariance", fit.level1_covariance)):
             if asked:
-                refuse(feature, "linear-summary")
+                refuse(feature, _summarised_kind(fit))
         if prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
         return _fit_summarised(data, level1, level2, model_file, params["ml"], more, params["tau_structure"],
@@ -1045,6 +1045,10 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
     fit = _fit_options(ml, more["reml"], tau=tau, df_method=df_method, tests=tests, max_iterations=max_iterations,
                        compare_deviance=compare_deviance, compare_params=compare_params,
                        test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units)
+    from ..capabilities import hglm_asked
+
+    if hglm_asked(fit):
+        _refuse_hglm_summarised(engine, data)
     ids = (None, None)
     if len(data) == 2:
         opts = make_build_options(build_opts["id_"], build_opts["id1"], build_opts["id2"], None, None,
@@ -1053,12 +1057,52 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
     spec, summary, frame, source_text = summary_for_fit(
         data, engine, scheduler, ids, build_opts["drop_unmatched"], build_opts["missing"],
         build_opts.get("file_format"), build_opts.get("delimiter"),
-        lambda frame: _spec(frame, level1, level2, model_file, None, fit=fit,
-                            allow_outside=more["allow_outside"], extra={"title": title}),
+        lambda frame: _checked_hglm(_spec(frame, level1, level2, model_file, None, fit=fit,
+                                          allow_outside=more["allow_outside"], extra={"title": title}),
+                                    fit, out, engine),
         unsupported, warn, progress=_progress_wanted(out.quiet))
-    analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
+    if not spec.family.linear:  # Laplace or AGQ over the records spilled by unit (capabilities.check)
+        from ..analysis.hglm_stream import fit_hglm_stream
+
+        analysis = fit_hglm_stream(spec, summary, data[0], frame.id_names[0], build_opts.get("file_format"),
+                                   build_opts.get("delimiter"), fit.tests)
+    else:
+        analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})
     finish(results, out, [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
+
+
+def _summarised_kind(fit) -> str:
+    """The capabilities column of a fit by --engine stream/dask, from its options alone (before any data)."""
+    from ..capabilities import hglm_asked
+
+    if not hglm_asked(fit):
+        return "linear-summary"
+    est = getattr(fit.estimation, "value", fit.estimation) or "pql"
+    return "hglm-stream" if est in ("laplace", "agq") else est
+
+
+def _checked_hglm(spec, fit, out, engine: str):
+    """A streamed HGLM's options against the capabilities table (what the records' pass cannot give),
+    before the pass over the records; a linear spec is checked by summary_for_fit."""
+    if not spec.family.linear:
+        from ..capabilities import check as check_capabilities
+
+        check_capabilities(spec, fit, out, engine)
+    return spec
+
+
+def _refuse_hglm_summarised(engine: str, data) -> None:
+    """An HGLM by --engine dask or from a statistics archive: refused in one line before any pass."""
+    from ..errors import RefusedOption
+
+    if len(data) == 1:
+        raise RefusedOption("--family: not available for a statistics archive: it keeps per-unit moments, and an HGLM's "
+                            "likelihood needs the records; fit from the data files with --engine stream")
+    if engine == "dask":
+        raise RefusedOption("--engine dask: not available for an HGLM fit yet: the blocked fit runs over Dask partitions "
+                            "of whole units (Python: hlmcli.data.hglm_sources.DaskBlocks), but the command line does "
+                            "not read the records into them; use --engine stream")
 
 
 @main.command("capabilities")

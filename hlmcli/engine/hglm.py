@@ -137,6 +137,11 @@ class GLMData:
         self.LT = np.ascontiguousarray(self.L.T)
         self.ZT = np.ascontiguousarray(self.Z.T)
         self.const = self.family.constant(self.y, self.trials)
+        if self.w2 is not None:
+            # Σ_j w_j Σ_i w_{i|j} c_i: each unit's integral carries its records' constants, and counts w_j times
+            base = self.family.base if isinstance(self.family, WeightedFamily) else self.family
+            w = self.level2(np.ones(self.N) if self.w1 is None else self.w1)
+            self.const = WeightedFamily(base, w).constant(self.y, self.trials)
 
     # -------------------------------------------------------------- per-unit sums
     def usum(self, v: np.ndarray) -> np.ndarray:
@@ -201,6 +206,18 @@ class GLMData:
 
     def loglik_units(self, eta: np.ndarray) -> np.ndarray:
         return np.add.reduceat(self.family.loglik_terms(eta, self.y, self.trials), self.starts)
+
+    def level2(self, v: np.ndarray) -> np.ndarray:
+        """Per-record values (N,) or (N, ...) times their unit's level-2 weight w_j (unchanged without
+        level-2 weights): Σ_i of the result is Σ_j w_j Σ_{i∈j}, and its per-unit sums are w_j's scores."""
+        if self.w2 is None:
+            return v
+        w = self.w2[self.unit]
+        return v * w.reshape((-1,) + (1,) * (np.ndim(v) - 1))
+
+    def unit_total(self, v: np.ndarray) -> float:
+        """Σ_j w_j v_j of per-unit values (Σ_j v_j without level-2 weights)."""
+        return float(np.sum(v) if self.w2 is None else self.w2 @ v)
 
     def unweighted_at_level2(self) -> "GLMData":
         """The same data with the level-2 weights moved into the records' (w_{i|j}·w_j): the model

@@ -165,6 +165,13 @@ class BlockedGLMData:
         self.J, self.K, self.p, self.q = source.J, t.K, t.p, t.q
         self.N = int(sum(source.map(_records)))
 
+    @property
+    def const(self) -> float:
+        """Σ_i c_i, the family's constant of the log-likelihood (one pass, the first time it is asked)."""
+        if not hasattr(self, "_const"):
+            self._const = float(self.reduce(_const))
+        return self._const
+
     def reduce(self, fn):
         """Σ over the blocks of fn(block): fn of a GLMData, a number or arrays."""
         return sum(self.source.map(partial(_apply, fn=fn)))
@@ -196,6 +203,10 @@ class BlockedGLMData:
 
 def _records(j0, d):
     return d.N
+
+
+def _const(d):
+    return d.const
 
 
 def _apply(j0, d, fn):

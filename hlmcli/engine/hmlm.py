@@ -25,6 +25,14 @@ determinant lemma give
 valid for singular τ. Persons are grouped by their pattern of observed occasions, so C is factored once
 per pattern and the cost is linear in the persons (T is small).
 
+HMLM2 adds random effects v_k (covariance τ3 = L3L3') of the level-3 unit k above the persons, with design
+W: V_k = blockdiag_i(V_i) + W_k τ3 W_k'. The same lemma once more, with the persons' V_i⁻¹ products summed
+over the unit (S_k = Σ_i W_i'V_i⁻¹W_i, P_k = Σ_i W_i'V_i⁻¹[X y]):
+
+    log|V_k| = Σ_i log|V_i| + log|N_k|,   [X y]'V_k⁻¹[X y] = Σ_i [X y]'V_i⁻¹[X y] - P_k'L3 N_k⁻¹ L3'P_k,
+
+N_k = I + L3'S_k L3.
+
 Parameters, unconstrained, variances in units of a fixed scale s² (the homogeneous model's σ²) so the
 search sees numbers near 1: τ/s² = LL' with L lower triangular (diagonal of any sign; diagonal L for a
 diagonal τ); log σ²/s² (homogeneous, ar1); log σ²_t/s² (heterogeneous); atanh ρ (ar1); Δ/s² = CC' with
@@ -46,12 +54,15 @@ _LOG2PI = float(np.log(2 * np.pi))
 
 @dataclass
 class Pattern:
-    """The persons observed on the same occasions: y (n, T_p), X (n, T_p, p), Z (n, T_p, q)."""
+    """The persons observed on the same occasions: y (n, T_p), X (n, T_p, p), Z (n, T_p, q); HMLM2: W
+    (n, T_p, q3) the level-3 random effects' design and top (n,) each person's level-3 unit."""
 
     occasions: np.ndarray
     y: np.ndarray
     X: np.ndarray
     Z: np.ndarray
+    W: np.ndarray | None = None
+    top: np.ndarray | None = None
 
 
 @dataclass
@@ -63,13 +74,18 @@ class Occasions:
     n: int
     p: int
     q: int
+    q3: int = 0
+    n_top: int = 0
 
 
-def group_by_pattern(y, X, Z, person, occasion, T: int) -> Occasions:
+def group_by_pattern(y, X, Z, person, occasion, T: int, W=None, top=None) -> Occasions:
     """y (N,), X (N, p), Z (N, q), person (N,) ints, occasion (N,) ints in 0..T-1; no person with an
-    occasion twice (the caller refuses that with the person's id)."""
+    occasion twice (the caller refuses that with the person's id). HMLM2: W (N, q3) and top (N,) each
+    record's level-3 unit (persons nested in them)."""
     order = np.lexsort((occasion, person))
     y, X, Z, person, occasion = y[order], X[order], Z[order], person[order], occasion[order]
+    if W is not None:
+        W, top = W[order], top[order]
     starts = np.flatnonzero(np.r_[True, person[1:] != person[:-1]])
     ends = np.r_[starts[1:], person.size]
     keys = {}
@@ -81,8 +97,12 @@ def group_by_pattern(y, X, Z, person, occasion, T: int) -> Occasions:
         idx = np.concatenate([np.arange(s, e) for s, e in spans])
         n, t = len(spans), spans[0][1] - spans[0][0]
         patterns.append(Pattern(occasion[spans[0][0]:spans[0][1]].copy(), y[idx].reshape(n, t),
-                                X[idx].reshape(n, t, X.shape[1]), Z[idx].reshape(n, t, Z.shape[1])))
-    return Occasions(patterns, T, int(y.size), X.shape[1], Z.shape[1])
+                                X[idx].reshape(n, t, X.shape[1]), Z[idx].reshape(n, t, Z.shape[1]),
+                                None if W is None else W[idx].reshape(n, t, W.shape[1]),
+                                None if W is None else top[np.array([s for s, _ in spans])]))
+    if W is None:
+        return Occasions(patterns, T, int(y.size), X.shape[1], Z.shape[1])
+    return Occasions(patterns, T, int(y.size), X.shape[1], Z.shape[1], W.shape[1], int(top.max()) + 1)
 
 
 @dataclass
@@ -94,6 +114,7 @@ class Parameters:
     q: int
     diagonal_tau: bool = False
     scale: float = 1.0
+    q3: int = 0  # HMLM2: level-3 random effects (τ3 = L3L3', unstructured), after τ's in θ
 
     @property
     def tau_index(self):
@@ -106,13 +127,22 @@ class Parameters:
         return int(self.tau_index[0].size)
 
     @property
+    def n_tau3(self) -> int:
+        return self.q3 * (self.q3 + 1) // 2
+
+    def tau3_factor(self, theta) -> np.ndarray:
+        L = np.zeros((self.q3, self.q3))
+        L[np.tril_indices(self.q3)] = theta[self.n_tau:self.n_tau + self.n_tau3]
+        return L * np.sqrt(self.scale)
+
+    @property
     def n_delta(self) -> int:
         return {"unrestricted": self.T * (self.T + 1) // 2, "homogeneous": 1, "heterogeneous": self.T,
                 "ar1": 2}[self.structure]
 
     @property
     def size(self) -> int:
-        return self.n_tau + self.n_delta
+        return self.n_tau + self.n_tau3 + self.n_delta
 
     def tau_factor(self, theta) -> np.ndarray:
         L = np.zeros((self.q, self.q))
@@ -120,7 +150,7 @@ class Parameters:
         return L * np.sqrt(self.scale)
 
     def delta(self, theta) -> np.ndarray:
-        d = theta[self.n_tau:]
+        d = theta[self.n_tau + self.n_tau3:]
         T, s = self.T, self.scale
         if self.structure == "homogeneous":
             return s * np.exp(d[0]) * np.eye(T)
@@ -134,14 +164,17 @@ class Parameters:
         C[np.diag_indices(T)] = np.exp(np.diag(C))
         return s * (C @ C.T)
 
-    def start(self, sigma2: float, tau: np.ndarray | None, delta: np.ndarray | None = None) -> np.ndarray:
+    def start(self, sigma2: float, tau: np.ndarray | None, delta: np.ndarray | None = None,
+              tau3: np.ndarray | None = None) -> np.ndarray:
         """θ at a homogeneous fit's σ² and τ (or, unrestricted, at a start Δ)."""
         theta = np.zeros(self.size)
         if self.q and tau is not None:
-            w, U = np.linalg.eigh(tau / self.scale)
-            L = np.linalg.cholesky(U @ np.diag(np.clip(w, 1e-6 * max(w.max(), 1e-12), None) + 1e-8) @ U.T)
+            L = _factor(tau / self.scale)
             theta[:self.n_tau] = (np.diag(np.diag(L)) if self.diagonal_tau else L)[self.tau_index]
-        d = theta[self.n_tau:]
+        if self.q3:
+            t3 = tau3 if tau3 is not None else 0.1 * sigma2 * np.eye(self.q3)
+            theta[self.n_tau:self.n_tau + self.n_tau3] = _factor(t3 / self.scale)[np.tril_indices(self.q3)]
+        d = theta[self.n_tau + self.n_tau3:]
         if self.structure == "unrestricted":
             C = np.linalg.cholesky((delta if delta is not None else sigma2 * np.eye(self.T)) / self.scale)
             C[np.diag_indices(self.T)] = np.log(np.diag(C))
@@ -151,6 +184,12 @@ class Parameters:
             if self.structure == "ar1":
                 d[1] = 0.0
         return theta
+
+
+def _factor(tau: np.ndarray) -> np.ndarray:
+    """A Cholesky factor of τ made positive definite (a start point)."""
+    w, U = np.linalg.eigh(tau)
+    return np.linalg.cholesky(U @ np.diag(np.clip(w, 1e-6 * max(w.max(), 1e-12), None) + 1e-8) @ U.T)
 
 
 @dataclass
@@ -164,23 +203,34 @@ def evaluate(theta, data: Occasions, par: Parameters, method: str) -> Evaluation
     """The deviance at θ with γ profiled (see the module's docstring)."""
     L = par.tau_factor(theta)
     delta = par.delta(theta)
-    p = data.p
-    A = np.zeros((p + 1, p + 1))  # Σ [X y]'V⁻¹[X y]
+    p, q3 = data.p, data.q3
+    k = p + 1 + q3
+    A = np.zeros((k, k))  # Σ [X y W]'V⁻¹[X y W], over persons
+    top = np.zeros((data.n_top, q3, k)) if q3 else None  # per level-3 unit: Σ_i W_i'V_i⁻¹[X y W]
     logdet = 0.0
     for pat in data.patterns:
         o = pat.occasions
         C = np.linalg.cholesky(delta[np.ix_(o, o)])
         Ci = np.linalg.inv(C)
-        B = np.concatenate([pat.X, pat.y[:, :, None]], axis=2)
+        B = np.concatenate([pat.X, pat.y[:, :, None]] + ([pat.W] if q3 else []), axis=2)
         Bt = np.einsum("st,ntk->nsk", Ci, B)
-        A += np.einsum("nsa,nsb->ab", Bt, Bt)
+        each = np.einsum("nsa,nsb->nab", Bt, Bt)  # per person: [X y W]'V_i⁻¹[X y W]
         logdet += pat.y.shape[0] * 2.0 * np.log(np.diag(C)).sum()
         if data.q:
             ZL = np.einsum("st,ntk->nsk", Ci, pat.Z) @ L
             M = np.eye(data.q) + np.einsum("nsa,nsb->nab", ZL, ZL)
             logdet += 2.0 * np.log(np.diagonal(np.linalg.cholesky(M), axis1=1, axis2=2)).sum()
             G = np.einsum("nsa,nsb->nab", ZL, Bt)
-            A -= np.einsum("nab,nac->bc", G, np.linalg.solve(M, G))
+            each -= np.einsum("nab,nac->nbc", G, np.linalg.solve(M, G))
+        A += each.sum(axis=0)
+        if q3:
+            np.add.at(top, pat.top, each[:, p + 1:, :])
+    if q3:  # the level-3 units' random effects: the lemma once more per unit
+        L3 = par.tau3_factor(theta)
+        LS = np.einsum("ab,kbc->kac", L3.T, top)  # L3'P_k, (units, q3, k)
+        Nk = np.eye(q3) + LS[:, :, p + 1:] @ L3
+        logdet += 2.0 * np.log(np.diagonal(np.linalg.cholesky(Nk), axis1=1, axis2=2)).sum()
+        A -= np.einsum("kab,kac->bc", LS, np.linalg.solve(Nk, LS))
     XVX, XVy, yVy = A[:p, :p], A[:p, p], A[p, p]
     cf = np.linalg.cholesky(XVX)
     gamma = np.linalg.solve(XVX, XVy)
@@ -231,10 +281,12 @@ class HmlmFit:
     evaluations: int
     converged: bool
     failed: list[str] = field(default_factory=list)
+    tau3: np.ndarray | None = None  # HMLM2: the level-3 units' random-effect covariance
 
 
 def fit_hmlm(data: Occasions, structure: str, method: str, sigma2: float, tau: np.ndarray | None,
-             diagonal_tau: bool = False, delta_start: np.ndarray | None = None, max_newton: int = 50) -> HmlmFit:
+             diagonal_tau: bool = False, delta_start: np.ndarray | None = None, max_newton: int = 50,
+             tau3: np.ndarray | None = None) -> HmlmFit:
     """The optimum of the deviance over θ from the start (σ², τ) of the homogeneous model; see the
     module's docstring for what `converged` checks."""
     from scipy.optimize import minimize
@@ -243,8 +295,8 @@ def fit_hmlm(data: Occasions, structure: str, method: str, sigma2: float, tau: n
         raise ValueError(structure)
     q = 0 if structure == "unrestricted" else data.q
     if q != data.q:
-        data = Occasions(data.patterns, data.T, data.n, data.p, 0)
-    par = Parameters(structure, data.T, q, diagonal_tau, float(sigma2))
+        data = Occasions(data.patterns, data.T, data.n, data.p, 0, data.q3, data.n_top)
+    par = Parameters(structure, data.T, q, diagonal_tau, float(sigma2), data.q3)
     count = [0]
 
     def f(theta):
@@ -256,7 +308,7 @@ def fit_hmlm(data: Occasions, structure: str, method: str, sigma2: float, tau: n
         E = np.eye(theta.size) * h
         return np.array([(f(theta + E[i]) - f(theta - E[i])) / (2 * h) for i in range(theta.size)])
 
-    theta = par.start(sigma2, tau, delta_start)
+    theta = par.start(sigma2, tau, delta_start, tau3)
     with np.errstate(all="ignore"):
         res = minimize(f, theta, jac=grad, method="BFGS", options={"gtol": 1e-6, "maxiter": 2000})
         theta, d = res.x, float(res.fun)
@@ -292,8 +344,10 @@ def fit_hmlm(data: Occasions, structure: str, method: str, sigma2: float, tau: n
                       f"{TOLERANCE:.0E})")
     ev = evaluate(theta, data, par, method)
     L = par.tau_factor(theta)
+    L3 = par.tau3_factor(theta)
     return HmlmFit(structure, method, theta, ev.deviance, ev.gamma, np.linalg.inv(ev.XVX), L @ L.T,
-                   par.delta(theta), par.size, g, w0, float(decrement), count[0], not failed, failed)
+                   par.delta(theta), par.size, g, w0, float(decrement), count[0], not failed, failed,
+                   L3 @ L3.T if data.q3 else None)
 
 
 def marginal_covariance(delta: np.ndarray, tau: np.ndarray, Z: np.ndarray) -> np.ndarray:

@@ -326,6 +326,21 @@ class Profiled:
         return dev, tuple(Gams)
 
 
+def _escape(obj: Profiled, Gs, cert, dev: float):
+    """The restart point of an uncertified boundary optimum: (Gs, γ) a step along the certificate's
+    descent direction, lower than `dev`, moved just inside the cone (1e-4 of the block's scale on its
+    diagonal); None when that step does not lower the deviance."""
+    block, D = cert.descent
+    G_new = list(Gs)
+    G_new[block] = Gs[block] + cert.descent_step * D
+    if not obj.value(tuple(G_new)) < dev - TOL:
+        return None
+    gamma = obj.last_gamma.copy()
+    q = G_new[block].shape[0]
+    G_new[block] = G_new[block] + 1e-4 * max(1.0, float(np.abs(G_new[block]).max())) * np.eye(q)
+    return tuple(G_new), gamma
+
+
 @dataclass
 class NestedLaplaceResult:
     gamma: np.ndarray
@@ -384,56 +399,64 @@ def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> N
     def grad(x):
         return fg(x)[1]
 
-    f, g = fg(x)
     iters = 0
-    H0 = difference_hessian(grad, x, g0=g, h=1e-6)
-    x, f, g, n1, ok = damped_newton(fg, x, f, g, H0, 50, 1e-6)
-    iters += n1
-    if not ok:
-        res = lbfgsb.minimize(fg, x, maxiter=1000, ftol=1e-14, gtol=1e-7)
-        x = res.x
+    for attempt in range(4):
         f, g = fg(x)
-        iters += int(res.nit)
-    Hs = difference_hessian(grad, x, h=1e-5)
-    x1 = x
-    x, f, g, n2, ok = damped_newton(fg, x, f, g, Hs, 30, 1e-11)
-    iters += n2
-    if np.max(np.abs(x - x1)) > 1e-5 * (1.0 + np.max(np.abs(x))):
+        H0 = difference_hessian(grad, x, g0=g, h=1e-6)
+        x, f, g, n1, ok = damped_newton(fg, x, f, g, H0, 50, 1e-6)
+        iters += n1
+        if not ok:
+            res = lbfgsb.minimize(fg, x, maxiter=1000, ftol=1e-14, gtol=1e-7)
+            x = res.x
+            f, g = fg(x)
+            iters += int(res.nit)
         Hs = difference_hessian(grad, x, h=1e-5)
-        x, f, g, n3, ok = damped_newton(fg, x, f, g, Hs, 30, 1e-11)
-        iters += n3
-    gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
-    # Λ's diagonal non-negative (a column's sign flips with its u): flip the θ entries and the Hessian
-    sgn = np.ones(x.size)
-    off = 0
-    for L, idx in ((L2, i2), (L3, i3)):
-        flip = np.where(np.diag(L) < 0, -1.0, 1.0)
-        sgn[off:off + idx[0].size] = flip[idx[1]]
-        off += idx[0].size
-    x, g, Hs = x * sgn, g * sgn, Hs * np.outer(sgn, sgn)
-    gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
-    f, _ = fg(x)
-    Gs = (L2 @ L2.T, L3 @ L3.T)
-    Hgg = Hs[nt:, nt:]
-    obj = Profiled(cond, gamma, Hgg, diagonal)
-    face = BlockFace(Gs, diagonal=diagonal)
-    names = ("tau_pi", "tau_beta")
-    if face.ranks == (q2, q3):
-        dev, Gams = obj.at(Gs)
-        sol = np.linalg.solve(Hgg, np.column_stack([Hs[nt:, :nt], g[nt:]]))
-        Hp = Hs[:nt, :nt] - Hs[:nt, nt:] @ sol[:, :nt]
-        gp = g[:nt] - Hs[:nt, nt:] @ sol[:, nt]
-        x0 = face.x0()
+        x1 = x
+        x, f, g, n2, ok = damped_newton(fg, x, f, g, Hs, 30, 1e-11)
+        iters += n2
+        if np.max(np.abs(x - x1)) > 1e-5 * (1.0 + np.max(np.abs(x))):
+            Hs = difference_hessian(grad, x, h=1e-5)
+            x, f, g, n3, ok = damped_newton(fg, x, f, g, Hs, 30, 1e-11)
+            iters += n3
+        gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
+        # Λ's diagonal non-negative (a column's sign flips with its u): flip the θ entries and the Hessian
+        sgn = np.ones(x.size)
+        off = 0
+        for L, idx in ((L2, i2), (L3, i3)):
+            flip = np.where(np.diag(L) < 0, -1.0, 1.0)
+            sgn[off:off + idx[0].size] = flip[idx[1]]
+            off += idx[0].size
+        x, g, Hs = x * sgn, g * sgn, Hs * np.outer(sgn, sgn)
+        gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
+        f, _ = fg(x)
+        Gs = (L2 @ L2.T, L3 @ L3.T)
+        Hgg = Hs[nt:, nt:]
+        obj = Profiled(cond, gamma, Hgg, diagonal)
+        face = BlockFace(Gs, diagonal=diagonal)
+        names = ("tau_pi", "tau_beta")
+        if face.ranks == (q2, q3):
+            dev, Gams = obj.at(Gs)
+            sol = np.linalg.solve(Hgg, np.column_stack([Hs[nt:, :nt], g[nt:]]))
+            Hp = Hs[:nt, :nt] - Hs[:nt, nt:] @ sol[:, :nt]
+            gp = g[:nt] - Hs[:nt, nt:] @ sol[:, nt]
+            x0 = face.x0()
 
-        def theta(xv):
-            G2, G3 = face.G(xv)
-            return np.concatenate([fac(G2, diagonal[0])[i2], fac(G3, diagonal[1])[i3]])
+            def theta(xv):
+                G2, G3 = face.G(xv)
+                return np.concatenate([fac(G2, diagonal[0])[i2], fac(G3, diagonal[1])[i3]])
 
-        gf, Hf = chain_to_face(theta, x0, face.size, nt, gp, Hp)
-        cert = certify_blocks(obj, Gs, TOL, face_data=(face, x0, 0.5 * (Hf + Hf.T), gf, dev, Gams), diagonal=diagonal,
-                              names=names)
-    else:
-        cert = certify_blocks(obj, Gs, TOL, diagonal=diagonal, names=names)
+            gf, Hf = chain_to_face(theta, x0, face.size, nt, gp, Hp)
+            cert = certify_blocks(obj, Gs, TOL, face_data=(face, x0, 0.5 * (Hf + Hf.T), gf, dev, Gams), diagonal=diagonal,
+                                  names=names)
+        else:
+            cert = certify_blocks(obj, Gs, TOL, diagonal=diagonal, names=names)
+        # Not a minimum: in Cholesky coordinates the search cannot leave a zero column of Λ by itself
+        # (its gradient there is 0 whatever the deviance does), so restart it from the lower point along
+        # the certificate's descent into the cone, just inside it (as hglm.ml_fit does at two levels)
+        restart = None if cert.certified or cert.descent is None or attempt == 3 else _escape(obj, Gs, cert, f)
+        if restart is None:
+            break
+        x = _pack(restart[1], fac(restart[0][0], diagonal[0]), fac(restart[0][1], diagonal[1]), diagonal)
     f, _ = fg(x)
     # cov(γ): the γ block of 2H⁻¹ as glmer; robust: the γ block of the CR0 sandwich A⁻¹(Σ_k s_ks_k')A⁻¹ over
     # (θ, γ), A = H/2 the Hessian of −log L, s_k level-3 unit k's exact score (as hglm._covariances)

@@ -19,8 +19,6 @@ gammaln` gives the function itself.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import sys
 import types
@@ -39,20 +37,14 @@ def _load_ufuncs() -> types.ModuleType:
     import scipy  # the package alone is light (numpy and a few small modules)
 
     before = set(sys.modules)
-    folder = os.path.join(os.path.dirname(scipy.__file__), "special")
     stand_in = types.ModuleType(_PACKAGE)
-    stand_in.__path__ = [folder]
+    stand_in.__path__ = [os.path.join(os.path.dirname(scipy.__file__), "special")]
     stand_in.__package__ = _PACKAGE
     sys.modules[_PACKAGE] = stand_in
     try:
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = os.path.join(folder, "_ufuncs" + suffix)
-            if os.path.exists(path):
-                spec = importlib.util.spec_from_file_location(_UFUNCS, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[_UFUNCS] = module  # as an import would, before the module runs
-                spec.loader.exec_module(module)
-                return module
+        # the import statement's path (not a spec from a file), so `python -X importtime` lists the module
+        __import__(_UFUNCS)
+        return sys.modules[_UFUNCS]
     except Exception:  # noqa: BLE001 - any failure means: import the package as usual
         for name in set(sys.modules) - before:
             if name.startswith(_PACKAGE + "."):

@@ -18,7 +18,7 @@ from ..analysis.hglm_run import information_criteria
 from ..version import __version__
 from .report import (coef_label, data_hash, extras_text, hlm_name, hlm_p, model_record, printable, problem_lines,
                      text_table)
-from .report_hglm import estimation_text, hglm_model_summary
+from .report_hglm import WEIGHTED_COVARIANCE, estimation_text, hglm_model_summary, weighted_se_line, weighting_header
 from .terms import with_terms
 
 CONVENTION = ("HLM 7: log[P(Y = m | u)/P(Y = M | u)] = η_m = x'γ_m + z'u_m, m = 1..M−1, the last category M the "
@@ -96,6 +96,7 @@ def _header_lines(a, meta: dict, sym) -> list[str]:
     if d.n_deleted:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {d.n} ({d.n_deleted} deleted)")
+    out += weighting_header(a)
     w("")
     w(f"Final Results - Iteration {a.ml.iterations} (Laplace)")
     w("")
@@ -140,6 +141,7 @@ def _fixed_lines(a, sym, robust: bool) -> list[str]:
     w("")
     w("Final estimation of fixed effects:")
     w("(Unit-specific model" + (" with robust standard errors)" if robust else ")"))
+    out += weighted_se_line(a, robust)
     rows, ratio_rows = [], []
     last = (None, None)
     for cat, f, k, g, se, t, df, p in _fixed_rows(a, robust):
@@ -177,13 +179,17 @@ def _variance_lines(a, sym) -> list[str]:
     out += text_table(["Random Effect", "Standard Deviation", "Variance Component"], vrows, [26, 18, 18])
     w("(no chi-square tests or reliabilities: they come from a PQL working model, and this fit is Laplace)")
     w("")
+    weighted = getattr(a, "weights", None) is not None
     w("Statistics for the current model")
-    w(f" Deviance                       = {a.ml.deviance:.6f}")
+    label = "Pseudo-deviance" if weighted else "Deviance"
+    w(f" {label:<31}= {a.ml.deviance:.6f}")
     w(f" Number of estimated parameters = {a.ml.n_params}")
     aic, bic = information_criteria(a)
     w(f" AIC = {aic:.6f}, BIC = {bic:.6f} (every fixed effect and variance parameter counted)")
-    w(" (-2 x the full log-likelihood, every constant included)" if sym.ascii else
-      " (−2 × the full log-likelihood, every constant included)")
+    if weighted:
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
+    what = "weighted pseudo-log-likelihood" if weighted else "full log-likelihood"
+    w(f" (-2 x the {what}, every constant included)" if sym.ascii else f" (−2 × the {what}, every constant included)")
     return out
 
 
@@ -239,6 +245,9 @@ def multinomial_json(a, meta: dict) -> dict:
         "tau_structure": "diagonal" if opts.tau == "diagonal" else "unstructured",
         "boundary": bool(a.notes), "boundary_notes": list(a.notes),
     }
+    if getattr(a, "weights", None) is not None:  # the pseudo-likelihood's weights (engine/hglm_weights.py)
+        out["weights"] = a.weights.to_json()
+        out["covariance_note"] = WEIGHTED_COVARIANCE
     for key in ("hypothesis_tests", "deviance_test"):
         if key in a.extras:
             out[key] = a.extras[key]
