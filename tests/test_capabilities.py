@@ -1137,10 +1137,11 @@ SUPPORTED_HGLM3L = {key[len("check_hglm3l_"):]: f for key, f in globals().items(
 
 
 # ---------------------------------------------------------------- the three-level HGLM (AGQ) column
-# grouseticks by nested AGQ (9 points, chosen adaptively), against the R integral (test_hglm3_agq.py); 3 s a fit,
-# so every supported cell is slow (test_hglm3_agq.py has the fast ones: JSON, text, compare, refusals)
+# grouseticks by nested AGQ with 15 points (the quadrature error below 1e-11), against the R integral
+# (test_hglm3_agq.py); 2 s of CPU a fit, so every supported cell is slow (test_hglm3_agq.py has the fast ones:
+# JSON, text, compare, refusals)
 
-LEVELS_BASE["three-level-agq"] = [*GROUSE, *GROUSE_MODEL, "--estimation", "agq"]
+LEVELS_BASE["three-level-agq"] = [*GROUSE, *GROUSE_MODEL, "--estimation", "agq", "--quadrature-points", "15"]
 
 
 def hglm3a_matches(doc: dict) -> None:
@@ -1156,9 +1157,10 @@ def hglm3a_json(*extra) -> dict:
 def check_hglm3a_api(tmp_path):
     res = hlmcli.fit(*GROUSE[:2], level3=GROUSE[2], id2="BROOD", id3="LOCATION", level1_eq=GROUSE_MODEL[1],
                      level2_eqs=[GROUSE_MODEL[3]], level3_eqs=GROUSE_MODEL[5::2][:3], family="poisson",
-                     estimation="agq", warn=lambda m: None)
+                     estimation="agq", quadrature_points=15, warn=lambda m: None)
+    assert res.to_dict()["fixed_effects"] == hglm3a_json()["fixed_effects"]
     hglm3a_matches(res.to_dict())
-    assert res.converged and res.failures == [] and res.to_dict()["hglm"]["quadrature_points"] == 9
+    assert res.converged and res.failures == [] and res.to_dict()["hglm"]["quadrature_points"] == 15
 
 
 def check_hglm3a_table(tmp_path):
@@ -1195,11 +1197,11 @@ def check_hglm3a_json_out(tmp_path):
 
 
 def check_hglm3a_compare(tmp_path):
-    """The likelihood-ratio test of γ001 (CHEIGHT): the difference of the two AGQ deviances (both with 9 points)."""
+    """The likelihood-ratio test of γ001 (CHEIGHT): the difference of the two AGQ deviances (both with 15 points)."""
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    b.write_text(json.dumps(hglm3a_json("--quadrature-points", "9")))
+    b.write_text(json.dumps(hglm3a_json()))
     small = [x if x != "b00 = g000 + g001*CHEIGHT + u00" else "b00 = g000 + u00" for x in LEVELS_BASE["three-level-agq"]]
-    proc = run_cli("fit", *small, "--quadrature-points", "9", "--json-out", a, "-q")
+    proc = run_cli("fit", *small, "--json-out", a, "-q")
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("compare", a, b, "--format", "json")
     assert proc.returncode == 0, proc.stderr
