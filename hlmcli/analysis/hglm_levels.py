@@ -155,7 +155,7 @@ def analyse_hglm_levels(spec, archive, fit):
     if fit.estimation is not None and fit.estimation.value == "agq":
         from .hglm_levels_agq import agq_fit_levels
 
-        nested, res = agq_fit_levels(glm, fit, spec.options.max_iterations)
+        nested, res = agq_fit_levels(glm, fit, spec.options.max_iterations, tau == "diagonal")
         return design, nested, HGLMLevels(fam.name, fam.link, "agq", False, False, 1.0, 0, None, fit.trials,
                                           fit.exposure, list(res.failed), deviance=res.deviance, nodes=res.nodes,
                                           quadrature=res.quadrature, laplace_deviance=res.laplace_deviance)

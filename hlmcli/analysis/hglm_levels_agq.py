@@ -25,9 +25,10 @@ def check_random_intercepts(glm) -> None:
                          f"level 2 and {q3} at level 3; {SLOPES}")
 
 
-def agq_fit_levels(glm, fit, max_iterations: int):
+def agq_fit_levels(glm, fit, max_iterations: int, diagonal: bool = False):
     """The nested AGQ fit from the certified Laplace fit (itself from one full-PQL step, as the Laplace
-    column), as (NestedFit, nested_agq.NestedAGQResult). Its reliabilities and homogeneity χ² are PQL's working
+    column), as (NestedFit, nested_agq.NestedAGQResult); `diagonal` (--tau diagonal) is the same model with one
+    random effect per level, and is reported as asked. Its reliabilities and homogeneity χ² are PQL's working
     model's, so they are left out, as for Laplace."""
     from ..data.data_checks import check_quadrature
     from ..engine.nested_agq import agq_levels
@@ -53,7 +54,7 @@ def agq_fit_levels(glm, fit, max_iterations: int):
     message = "; ".join(res.failed) if res.failed else "certified optimum of the adaptive quadrature deviance"
     boundary = [f"{name} is zero at the optimum: a boundary estimate" for name, G in zip(("τπ", "τβ"), res.taus)
                 if G[0, 0] <= 0.0]
-    nested = replace(start.fit, method="ML", diagonal=(False, False), gamma=res.gamma, cov_gamma=res.cov,
+    nested = replace(start.fit, method="ML", diagonal=(diagonal, diagonal), gamma=res.gamma, cov_gamma=res.cov,
                      cov_gamma_robust=res.robust_cov, sigma2=1.0, tau_pi=res.taus[0], tau_beta=res.taus[1],
                      taus=res.taus, deviance=res.deviance, n_params=res.n_params, reliability_pi=np.zeros(0),
                      reliability_beta=np.zeros(0), reliabilities=(np.zeros(0), np.zeros(0)), chi2_pi=[], chi2_beta=[],

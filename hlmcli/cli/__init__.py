@@ -1361,11 +1361,11 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
                 refuse_family(4, FitOptions(family=FamilyName(str(getattr(family, "value", family)).lower())))
             est = click.get_current_context().meta.get("hglm", {}).get("estimation")
             refuse("plot", THREE_LEVEL_LAPLACE if str(getattr(est, "value", est)).lower() == "laplace" else THREE_LEVEL_HGLM)
-            if kind == "diagnostics":  # the plots of a normal model's residuals
-                from ..errors import ModelError
+            if kind == "diagnostics":  # the plots of a normal model's residuals: refused as the API refuses them
+                from ..errors import RefusedOption
                 from ..report.plots import HGLM_LEVELS_DIAGNOSTICS
 
-                raise ModelError(HGLM_LEVELS_DIAGNOSTICS)
+                raise RefusedOption(HGLM_LEVELS_DIAGNOSTICS)
         model = {"level1": level1, "level2": level2, "level3": more.get("level3"), "level4": more.get("level4"),
                  "model_file": model_file, "allow_outside": more.get("allow_outside")}
         build = {"id_": id_, "id1": id1, "id2": id2, "id3": more.get("id3"), "id4": more.get("id4"),
