@@ -146,8 +146,8 @@ _HMLM_SUMMARY = ("not built for the stream and Dask engines: a structured within
                  "--engine memory")
 _HMLM_HGLM = ("HMLM's within-person covariance is of a normal outcome; an HGLM's level-1 variance is fixed by its "
               "mean (φ(1 - φ), λ)")
-_HMLM_LEVELS = ("not built yet: HMLM2 (a level above the persons): its likelihood is in the engine and matches "
-                "nlme::lme with two grouping levels, but three-level input and tables do not reach it yet")
+_HMLM_LEVELS = ("not built for four levels: HLM 7's HMLM2 has one level above the persons (three levels); a "
+                "fourth would need the determinant lemma once more in the engine")
 _HMLM_CROSSED = "HMLM's persons are nested units; a cross-classified HMLM is not an HLM 7 model and is not built"
 # With --level1-covariance (HMLM), options not built with the structured within-person covariance: refused.
 LEVEL1_COVARIANCE_CONFLICTS = {
@@ -230,7 +230,7 @@ FEATURES = (
     Feature("level1_covariance", "--level1-covariance with --occasion (HMLM: unrestricted, homogeneous, "
             "heterogeneous or AR(1) within-person covariance over occasions)",
             {"linear-summary": _HMLM_SUMMARY, "pql": _HMLM_HGLM, "laplace": _HMLM_HGLM, "agq": _HMLM_HGLM,
-             **_k(_HMLM_LEVELS), "crossed": _HMLM_CROSSED, THREE_LEVEL_HGLM: _HMLM_HGLM,
+             "four-level": _HMLM_LEVELS, "crossed": _HMLM_CROSSED, THREE_LEVEL_HGLM: _HMLM_HGLM,
              THREE_LEVEL_LAPLACE: _HMLM_HGLM, HGLM_STREAM: _HMLM_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",

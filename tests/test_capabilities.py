@@ -879,6 +879,15 @@ def check_levels_stream_dask(kind, tmp_path):
                          + capabilities.reason("missing_now", "linear-summary"))
 
 
+def check_levels_level1_covariance(kind, tmp_path):
+    """HMLM2 on egsingle's first 15 schools, σ² homogeneous within children (ML): nlme's lme with two grouping
+    levels and HLM3's own fit (tests/reference_scripts/hmlm2_nlme.R; tests/test_hmlm.py covers AR(1) and the
+    heterogeneous model)."""
+    from test_hmlm import test_cli_hmlm2_matches_nlme
+
+    test_cli_hmlm2_matches_nlme("homogeneous", tmp_path)
+
+
 SUPPORTED_LEVELS = {key[len("check_levels_"):]: f for key, f in globals().items() if key.startswith("check_levels_")}
 
 

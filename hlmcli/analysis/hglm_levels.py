@@ -198,6 +198,7 @@ def _laplace(glm, fit, tau, max_iterations: int, weighted=None):
     pseudo-likelihood is fitted from the unweighted PQL start (nested_laplace_weights.py)."""
     from ..engine.nested_glmm import pql_levels
     from ..engine.nested_laplace import laplace_levels
+    from ..engine.nested_laplace_weights import WeightedNestedLaplace, level_weights
 
     diagonal = tau == "diagonal"
     try:
@@ -211,7 +212,8 @@ def _laplace(glm, fit, tau, max_iterations: int, weighted=None):
         raise ModelError("the PQL start of the Laplace fit broke down; check for units whose outcomes are all 0 or "
                          "all 1, or predictors that separate the outcome")
     try:
-        res = laplace_levels(weighted or glm, start, diagonal=(diagonal, diagonal))
+        cond = None if weighted is None else WeightedNestedLaplace(weighted, level_weights(weighted))
+        res = laplace_levels(glm, start, diagonal=(diagonal, diagonal), cond=cond)
     except (FloatingPointError, np.linalg.LinAlgError) as exc:
         raise ModelError(f"the Laplace fit broke down ({exc}); check for predictors that separate the "
                          "outcome") from None

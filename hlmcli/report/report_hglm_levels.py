@@ -16,6 +16,11 @@ from .report_levels import (Symbols3, beta_label as _beta_label, certificate_tex
                             random_pis as _random_pis, structure_notes, two_sided_p as _two_sided_p)
 
 
+# the two tables' labels with sampling weights (model-based, robust)
+WEIGHTED_SE = ("(model-based: the inverse Hessian of the pseudo-likelihood, which ignores the weights' information)",
+               "(sandwich of the weighted level-3 unit scores, J3/(J3-1): the standard errors to report)")
+
+
 def estimation_line(h) -> str:
     if h.estimation == "laplace":
         return "Laplace approximation to the likelihood (maximum likelihood, as glmer's nAGQ = 1)"
@@ -160,8 +165,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         w("Final estimation of fixed effects:")
         w("(Unit-specific model" + (" with robust standard errors, clustered on level-3 units)" if robust else ")"))
         if weighted:
-            w("(sandwich of the weighted level-3 unit scores, J3/(J3-1): the standard errors to report)" if robust
-              else "(model-based: the inverse Hessian of the pseudo-likelihood, which ignores the weights' information)")
+            w(WEIGHTED_SE[robust])
         rows, ratio_rows = [], []
         for k, g in enumerate(gammas):
             (p, q, s_), (_, level2, level3) = g.idx, g.names
@@ -201,13 +205,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         w("")
         w("The same model in R (lme4's glmer fits it by Laplace only: its nAGQ > 1 needs a single scalar random effect)")
     elif laplace and weighted:
-        w(f"Pseudo-deviance = {fit.deviance:.6f} (Laplace, -2 x the weighted pseudo-log-likelihood)")
-        w(" (a pseudo-likelihood quantity: not for likelihood-ratio tests)")
-        w(f"Number of estimated parameters = {fit.n_params}")
-        w("")
-        w("The same model in R (lme4's glmer, whose default nAGQ = 1 is this Laplace fit; with weights = --weight1")
-        w(" it equals this fit only for whole-number level-1 weights used as given (--normalize none) and no")
-        w(" level-2 or level-3 weights: glmer has none)")
+        out += _pseudo_deviance_lines(fit)
     elif laplace:
         w(f"Deviance = {fit.deviance:.6f} (Laplace, -2 log L as glmer's nAGQ = 1)")
         w(f"Number of estimated parameters = {fit.n_params}")
@@ -219,6 +217,16 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         w("The same model in R (lme4's glmer fits it by Laplace; MASS::glmmPQL by PQL with a free level-1 scale)")
     w(f" {glmer_call(design, h, meta, getattr(fit, 'diagonal', None) and any(fit.diagonal))}")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
+
+
+def _pseudo_deviance_lines(fit) -> list[str]:
+    """The deviance block of a fit with sampling weights: a pseudo-deviance, and when glmer is the same fit."""
+    return [f"Pseudo-deviance = {fit.deviance:.6f} (Laplace, -2 x the weighted pseudo-log-likelihood)",
+            " (a pseudo-likelihood quantity: not for likelihood-ratio tests)",
+            f"Number of estimated parameters = {fit.n_params}", "",
+            "The same model in R (lme4's glmer, whose default nAGQ = 1 is this Laplace fit; with weights = --weight1",
+            " it equals this fit only for whole-number level-1 weights used as given (--normalize none) and no",
+            " level-2 or level-3 weights: glmer has none)"]
 
 
 def hglm_json3(design, fit, meta: dict, h) -> dict:
