@@ -1361,7 +1361,7 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
                 refuse_family(4, FitOptions(family=FamilyName(str(getattr(family, "value", family)).lower())))
             est = click.get_current_context().meta.get("hglm", {}).get("estimation")
             refuse("plot", THREE_LEVEL_LAPLACE if str(getattr(est, "value", est)).lower() == "laplace" else THREE_LEVEL_HGLM)
-            if kind == "diagnostics":  # the plots of a normal model's residuals: refused as the API refuses them
+            if kind == "diagnostics":  # the plots of a normal model's residuals
                 from ..errors import RefusedOption
                 from ..report.plots import HGLM_LEVELS_DIAGNOSTICS
 
