@@ -224,13 +224,25 @@ def test_nested_quad_on_a_tiny_data_set():
 
 # ---------------------------------------------------------------- what is not built: refused in one line
 
-def test_refusals_in_one_line():
-    """A random slope (the nested rule would grow as N^(q2+q3)), too many points, and the options of PQL."""
+def test_random_slope_refused_in_one_line():
+    """A random slope at either level: the nested rule would grow as N^(q2+q3) per record; refused before fitting
+    (too many points: tests/test_hglm3.py; --reml and --overdispersion: the Laplace column's refusals)."""
     slope = [x if x != "p1 = b10" else "p1 = b10 + r1" for x in MODELS["mmmec_intercepts"]]
-    for args, code, why in ((slope, 1, "1 at level 3; the nested rule with N points per random effect costs "
-                                       "N^(q2+q3)"),
-                            ([*MODELS["mmmec_intercepts"], "--overdispersion"], 1, "the AGQ likelihood has none"),
-                            ([*MODELS["mmmec_intercepts"], "--quadrature-points", "60"], 1, "at most 2,500")):
-        proc = hlmcli("fit", *args, "--estimation", "agq")
-        assert proc.returncode == code and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        assert why in proc.stderr and "Traceback" not in proc.stderr
+    proc = hlmcli("fit", *slope, "--estimation", "agq")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "it has 2 random effect(s) at level 2 and 1 at level 3; the nested rule with N points per random effect " \
+           "costs N^(q2+q3)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_options_of_pql_refused():
+    """--overdispersion and --reml are PQL's; the AGQ likelihood has neither (refused before reading data)."""
+    from hlmcli.analysis.hglm_levels import check_options_levels
+    from hlmcli.api import fit_options
+    from hlmcli.errors import ModelError
+
+    with pytest.raises(ModelError, match="^--overdispersion: not available with --estimation agq: .* the AGQ "
+                                         "likelihood has none"):
+        check_options_levels(fit_options(family="poisson", estimation="agq", overdispersion=True))
+    with pytest.raises(ModelError, match="^--reml: not available with --estimation agq: AGQ maximises the likelihood"):
+        check_options_levels(fit_options(family="poisson", estimation="agq", method="REML"))
+    check_options_levels(fit_options(family="poisson", estimation="agq"))  # what it does use passes
