@@ -26,11 +26,13 @@ KINDS = {
     "three-level-pql": "three-level HGLM PQL",
     "three-level-laplace": "three-level HGLM Laplace",
     "hglm-stream": "HGLM Laplace, AGQ (stream)",
+    "three-level-agq": "three-level HGLM AGQ",
 }
 _LEVELS = ("three-level", "four-level")
 THREE_LEVEL_HGLM = "three-level-pql"
 THREE_LEVEL_LAPLACE = "three-level-laplace"
-_HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE)
+THREE_LEVEL_AGQ = "three-level-agq"  # a random intercept at each level (analysis/hglm_levels_agq.py)
+_HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE, THREE_LEVEL_AGQ)
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
@@ -278,6 +280,19 @@ FEATURES = (
             {"pql": _HGLM_STREAM_PQL, "crossed": _X_SUMMARY,
              THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )
+
+# The three-level AGQ column: the Laplace column's refusals, for the same reasons (the same search, certificate,
+# report and outputs), except two of its own. Random slopes are refused by the model (hglm_levels_agq.py).
+_AGQ3_OWN = {
+    "weights": ("the weighted pseudo-likelihood is not carried through the nested quadrature (level-2 weights inside "
+                "each level-3 unit's integral at every node, level-3 weights outside it); not built"),
+    "plausible_values": ("not wired for the three-level AGQ fit (its quadrature check and deviance are not in the "
+                         "three-level combined report); combine three-level PQL fits, or fit each data set on its own"),
+}
+for _f in FEATURES:
+    _why = _AGQ3_OWN.get(_f.key, _f.refused.get(THREE_LEVEL_LAPLACE))
+    if _why is not None:
+        _f.refused[THREE_LEVEL_AGQ] = _why
 _BY_KEY = {f.key: f for f in FEATURES}
 
 
@@ -297,7 +312,7 @@ def kind_of(spec, engine: Engine | str = Engine.MEMORY, fit: FitOptions | None =
     levels = n_levels_of(spec)
     if levels == 3 and hglm_asked(fit):
         est = getattr(fit.estimation, "value", fit.estimation)
-        return THREE_LEVEL_LAPLACE if est == "laplace" else THREE_LEVEL_HGLM
+        return {"laplace": THREE_LEVEL_LAPLACE, "agq": THREE_LEVEL_AGQ}.get(est, THREE_LEVEL_HGLM)
     if levels > 2:
         return _LEVELS[levels - 3]
     if spec.options.family == "normal":
@@ -365,17 +380,15 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
     three-level HGLM's estimation other than PQL or Laplace: refused in one line with the reason."""
     if n_levels == 3 and hglm_asked(fit):
         est = getattr(fit.estimation, "value", fit.estimation)
-        if est not in (None, "pql", "laplace"):
-            raise RefusedOption(f"--estimation {est}: not available for a three-level HGLM fit: adaptive quadrature over "
-                             "nested random effects (a level-3 rule with a level-2 rule inside it per level-2 unit) is "
-                             "not built; use --estimation laplace (exact ML up to the Laplace approximation, glmer's "
-                             "nAGQ = 1) or pql")
-        kind = KINDS[THREE_LEVEL_LAPLACE if est == "laplace" else THREE_LEVEL_HGLM]
-        method = "by Laplace" if est == "laplace" else "by PQL"
+        if est not in (None, "pql", "laplace", "agq"):
+            raise RefusedOption(f"--estimation {est}: not available for a three-level HGLM fit; use --estimation pql, "
+                                "laplace or agq")
+        kind = KINDS[{"laplace": THREE_LEVEL_LAPLACE, "agq": THREE_LEVEL_AGQ}.get(est, THREE_LEVEL_HGLM)]
+        method = {"laplace": "by Laplace", "agq": "by AGQ"}.get(est, "by PQL")
         # options the three-level fits would not use: refused, never ignored
         for name, value, why in (
-                ("quadrature-points", fit.quadrature_points, f"it is for --estimation agq, and this three-level HGLM "
-                 f"is fitted {method}"),
+                ("quadrature-points", fit.quadrature_points if est != "agq" else None,
+                 f"it is for --estimation agq, and this three-level HGLM is fitted {method}"),
                 ("separation", fit.separation, f"the three-level fit {method} cannot hold a separated coefficient at "
                  "a bound (a separating predictor is refused before fitting, naming it)"),
                 ("link", fit.link, "it chooses the cumulative link of --family ordinal at two levels; a three-level "

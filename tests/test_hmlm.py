@@ -280,7 +280,8 @@ EG_MODEL = ["--id2", "CHILD", "--id3", "SCHOOL", "-1", "MATH = p0 + p1*YEAR + e"
             "p1 = b10 + r1", "-3", "b00 = g000 + u00", "-3", "b10 = g100"]
 
 
-@pytest.mark.parametrize("structure", ["homogeneous", pytest.param("ar1", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the homogeneous case runs in the default run as test_capabilities' three-level cell
+@pytest.mark.parametrize("structure", ["homogeneous", "ar1"])
 def test_cli_hmlm2_matches_nlme(structure, tmp_path):
     """HMLM2 as a user types it (three files, ML as HLM3's default): the homogeneous model is HLM3's own fit
     (the one engine's deviance, and nlme's), AR(1) within children matches nlme's lme with two grouping

@@ -513,7 +513,8 @@ _hglm_options = [
                  callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
                  help="AGQ: quadrature points per random effect (default: adaptive, from 7 until the deviance changes "
-                 "by at most 1e-6 relative; at most 100)."),
+                 "by at most 1e-6 relative; at most 100). Three levels: the same N at both levels (nested, N^2 "
+                 "evaluations per record; at most 50)."),
     click.option("--separation", type=click.Choice(["refuse", "fit"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="Binary, binomial and count outcomes: a predictor that separates the "
                  "outcome quasi-completely is refused (default), or with 'fit' held at a bound with a warning."),
