@@ -210,6 +210,16 @@ class GLMData:
         w1 = (np.ones(self.N) if self.w1 is None else self.w1) * self.w2[self.unit]
         return GLMData(base, self.L, self.B, self.offs, self.rnd, self.y, self.trials, self.offset, w1=w1)
 
+    def pql_start(self) -> np.ndarray:
+        """PQL's first linear predictor (offset included), from the data alone."""
+        off = self.offset if self.offset is not None else 0.0
+        return self.family.start(self.y, self.trials, self.offset) + off
+
+    def working(self, eta: np.ndarray):
+        """The stats of PQL's working model linearised at η (a categorical outcome's working model,
+        with M − 1 correlated working variates per record, brings its own: categorical_pql.py)."""
+        return working_model(self, eta)[0]
+
     def conditional(self, nodes: int = 1) -> "Conditional":
         """The Laplace/AGQ objective of these data (a family with parameters of its own, as the
         ordinal thresholds, brings its own: ordinal.py)."""
@@ -376,9 +386,7 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
     engine's own starts; converged only if that refit is certified and the last estimates are at its
     optimum within what the certificates can tell apart (FIXED_POINT_FACTOR, FixedPointCheck).
     stopmicro is kept for the command-file keyword; the inner fit's own tolerance is the certificate's."""
-    fam = data.family
-    off = data.offset if data.offset is not None else 0.0
-    eta = fam.start(data.y, data.trials, data.offset) + off
+    eta = data.pql_start()
     micro = 0
     converged = False
     G = None
@@ -386,7 +394,7 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
     r = r_prev = None
     for it in range(1, macroit + 1):
         try:
-            stats = working_model(data, eta)[0]
+            stats = data.working(eta)
             r_new = inner_fit(stats, reml, overdispersion, diagonal, microit, G)
         except (FloatingPointError, np.linalg.LinAlgError) as exc:
             # the working model cannot be fitted (weights that vanish, X'WX singular): a numerical
@@ -416,7 +424,7 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
     fp = None
     if converged and np.all(np.isfinite(eta)):
         # the fixed point itself: re-linearise at the final η and refit afresh
-        stats = working_model(data, eta)[0]
+        stats = data.working(eta)
         refit = inner_fit(stats, reml, overdispersion, diagonal, microit) if check else r
         if check:
             fp = _check_fixed_point(r, refit, overdispersion)
