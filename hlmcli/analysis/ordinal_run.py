@@ -1,6 +1,6 @@
 """Ordinal outcomes (--family ordinal, HLM 7's nonlin:ordinal,NCAT): the categories from the data, the
-Laplace or AGQ fit (engine/ordinal.py), with the thresholds δ(m) and their covariances (printed by
-report/report_ordinal.py).
+Laplace or AGQ fit (engine/ordinal.py) or HLM 7's PQL (engine/categorical_pql.py), with the thresholds
+δ(m) and their covariances (printed by report/report_ordinal.py).
 
 Printed parametrisation (HLM 7's, Raudenbush & Bryk 2002 §10.5): F⁻¹(P(Y ≤ m | b)) = η + δ(2) + ... + δ(m),
 η = x'γ + z'b, so γ00 is the first threshold and δ(m) > 0 the gap from threshold m − 1 to m; a positive

@@ -11,12 +11,14 @@
 #   multinomial: indicators Y_m = 1{Y = m}, m < M, mu = softmax against the last category, D = d mu/d eta'
 #            (computed here by numerical differences of mu and checked against diag(mu) - mu mu', then used);
 #   z = eta + D^-1 (y - mu), W = D' Sigma^-1 D; fit z = X gamma + Z b + e, e ~ N(0, W^-1), b ~ N(0, tau),
-#   sigma^2 = 1; eta <- X gamma + Z b_EB; repeat until max |d eta| < 1e-11 (1 + max |eta|).
+#   sigma^2 = 1; eta <- X gamma + Z b_EB; repeat until max |d eta| < 1e-10 (1 + max |eta|).
 # Start: category probabilities (1{Y = k} + 1/2)/(1 + M/2), as hlmcli (the fixed point does not
-# depend on it). Inner fit: nlminb on the Cholesky factor of tau (rel.tol 1e-15), then Newton steps
-# with numDeriv's Hessian and gradient until the step is below 1e-12, warm-started from the last tau.
-# Writes tests/data/categorical_pql/reference.json (and the Contraception CSV files). Run from the
-# repository root:  Rscript tests/reference_scripts/categorical_pql.R
+# depend on it). Inner fit: nlminb on the Cholesky factor of tau (rel.tol 1e-15), then, once
+# max |d eta| < 1e-5, up to 4 Newton
+# steps with numDeriv's Hessian and gradient (while they lower the deviance, until the step is below
+# 1e-10), warm-started from the last tau.
+# Writes tests/data/categorical_pql/<name>-<method>-<link>.json per fit (and the Contraception CSV files).
+# Run from the repository root:  Rscript tests/reference_scripts/categorical_pql.R [wine soup sim ...]
 suppressMessages({library(jsonlite); library(numDeriv); library(mlmRev)})
 out <- "tests/data/categorical_pql"
 dir.create(out, showWarnings = FALSE, recursive = TRUE)
@@ -61,33 +63,29 @@ tau_of <- function(theta, q) { Lt <- matrix(0, q, q); Lt[lower.tri(Lt, diag = TR
 lmm_parts <- function(theta, units, q, reml) {
   tau <- tau_of(theta, q)
   p <- ncol(units[[1]]$X)
-  XVX <- matrix(0, p, p); XVz <- numeric(p); ld <- 0
+  XVX <- matrix(0, p, p); XVz <- numeric(p); ld <- 0; zVz <- 0
   for (u in units) {
-    V <- u$R + u$Z %*% tau %*% t(u$Z)
-    C <- chol(V)
+    C <- chol(u$R + u$Z %*% tau %*% t(u$Z))  # V_j = C'C
     ld <- ld + 2 * sum(log(diag(C)))
-    VX <- backsolve(C, forwardsolve(t(C), u$X)); Vz <- backsolve(C, forwardsolve(t(C), u$z))
-    XVX <- XVX + t(u$X) %*% VX; XVz <- XVz + drop(t(u$X) %*% Vz)
+    wX <- forwardsolve(t(C), u$X); wz <- forwardsolve(t(C), u$z)
+    XVX <- XVX + crossprod(wX); XVz <- XVz + drop(crossprod(wX, wz)); zVz <- zVz + sum(wz * wz)
   }
   gamma <- solve(XVX, XVz)
-  rss <- 0
-  for (u in units) {
-    r <- u$z - drop(u$X %*% gamma)
-    rss <- rss + sum(r * solve(u$R + u$Z %*% tau %*% t(u$Z), r))
-  }
+  rss <- zVz - sum(XVz * gamma)  # (z - X gamma)' V^-1 (z - X gamma) at the GLS gamma
   dev <- ld + rss + if (reml) as.numeric(determinant(XVX)$modulus) else 0
   list(dev = dev, gamma = gamma, tau = tau, XVX = XVX)
 }
 
-fit_lmm <- function(units, q, reml, theta0) {
+fit_lmm <- function(units, q, reml, theta0, polish) {
   f <- function(th) lmm_parts(th, units, q, reml)$dev
   o <- nlminb(theta0, f, control = list(rel.tol = 1e-15, x.tol = 1e-15, eval.max = 2000, iter.max = 1000))
   th <- o$par
-  for (k in 1:20) {  # Newton polish: nlminb stops on the objective; the estimates must be at 1e-8
+  for (k in seq_len(if (polish) 4 else 0)) {  # Newton polish: nlminb stops on the objective; the estimates must be at 1e-8
     g <- grad(f, th, method.args = list(r = 6)); H <- hessian(f, th)
     step <- solve(H, g)
+    if (f(th - step) > f(th)) break  # below the differences' noise
     th <- th - step
-    if (max(abs(step)) < 1e-12) break
+    if (max(abs(step)) < 1e-10) break
   }
   lmm_parts(th, units, q, reml)$gamma -> gamma
   list(theta = th, gamma = gamma, tau = tau_of(th, q))
@@ -118,6 +116,7 @@ pql_fit <- function(kind, y, X1, Z1, unit, ncat, reml = TRUE, link = "logit") {
   eta <- matrix(eta, n, m1)
   theta <- diag(q)[lower.tri(diag(q), diag = TRUE)] * 0.5
   ids <- unique(unit)
+  change <- Inf
   for (it in 1:200) {
     w <- if (kind == "ordinal") work_ordinal(eta, y, link) else work_multinomial(eta, y)
     units <- lapply(ids, function(j) {
@@ -126,7 +125,7 @@ pql_fit <- function(kind, y, X1, Z1, unit, ncat, reml = TRUE, link = "logit") {
            z = as.vector(t(w$z[k, , drop = FALSE])),
            R = as.matrix(Matrix::bdiag(lapply(k, function(i) solve(w$W[[i]])))), k = k)
     })
-    fit <- fit_lmm(units, q, reml, theta)
+    fit <- fit_lmm(units, q, reml, theta, polish = it > 1 && change < 1e-5)
     theta <- fit$theta
     new <- eta
     for (u in units) {
@@ -136,32 +135,40 @@ pql_fit <- function(kind, y, X1, Z1, unit, ncat, reml = TRUE, link = "logit") {
       new[u$k, ] <- matrix(e, length(u$k), m1, byrow = TRUE)
     }
     change <- max(abs(new - eta)); eta <- new
-    if (change < 1e-11 * (1 + max(abs(eta)))) break
+    message(sprintf("%s %s iteration %d: max |d eta| %.3g", kind, if (reml) "REML" else "ML", it, change))
+    if (change < 1e-10 * (1 + max(abs(eta)))) break
   }
   parts <- lmm_parts(theta, units, q, reml)
   list(gamma = drop(fit$gamma), tau = fit$tau, iterations = it, change = change,
        se = sqrt(diag(solve(parts$XVX))))
 }
 
-fits <- list()
-record <- function(name, data, kind, reml, link, res, extra = list()) {
-  fits[[length(fits) + 1]] <<- c(list(name = name, data = data, family = kind, method = if (reml) "REML" else "ML",
-                                       link = link, gamma = res$gamma, se = res$se,
-                                       tau = unname(res$tau), iterations = res$iterations, last_change = res$change),
-                                 extra)
+# each fit is written as soon as it is made, to its own file <name>-<method>-<link>.json; give fit
+# names as arguments (wine, soup, contraception, sim, contraception3) to make only those
+wanted <- commandArgs(trailingOnly = TRUE)
+todo <- function(name) !length(wanted) || name %in% wanted
+record <- function(name, data, kind, reml, link, res) {
+  method <- if (reml) "REML" else "ML"
+  fit <- list(source = "tests/reference_scripts/categorical_pql.R", R = R.version.string, name = name, data = data,
+              family = kind, method = method, link = link, gamma = res$gamma, se = res$se, tau = unname(res$tau),
+              iterations = res$iterations, last_change = res$change)
+  writeLines(toJSON(fit, digits = NA, auto_unbox = TRUE, pretty = TRUE),
+             file.path(out, sprintf("%s-%s-%s.json", name, method, link)))
 }
 
 # ---- ordinal: wine (rating ~ warm + contact + (1 | judge)) and soup (sureness ~ test + male + (1 | resp))
 wine <- read.csv("tests/data/ordinal/wine_l1.csv"); wine <- wine[order(wine$judge), ]
 Xw <- cbind(1, wine$warm, wine$contact)
-for (spec in list(list(TRUE, "logit"), list(FALSE, "logit"), list(TRUE, "probit"))) {
+for (spec in if (todo("wine")) list(list(TRUE, "logit"), list(FALSE, "logit"), list(TRUE, "probit"))) {
   r <- pql_fit("ordinal", wine$rating, Xw, matrix(1, nrow(wine), 1), wine$judge, 5, reml = spec[[1]], link = spec[[2]])
   record("wine", "wine", "ordinal", spec[[1]], spec[[2]], r)
 }
 soup <- merge(read.csv("tests/data/ordinal/soup_l1.csv"), read.csv("tests/data/ordinal/soup_l2.csv"), by = "resp")
 soup <- soup[order(soup$resp), ]
-r <- pql_fit("ordinal", soup$sureness, cbind(1, soup$test, soup$male), matrix(1, nrow(soup), 1), soup$resp, 6)
-record("soup", "soup", "ordinal", TRUE, "logit", r)
+if (todo("soup")) {
+  r <- pql_fit("ordinal", soup$sureness, cbind(1, soup$test, soup$male), matrix(1, nrow(soup), 1), soup$resp, 6)
+  record("soup", "soup", "ordinal", TRUE, "logit", r)
+}
 
 # ---- Contraception (mlmRev): livch (0, 1, 2, 3+ as 1..4) by age and urban, women in districts
 data(Contraception, package = "mlmRev")
@@ -171,19 +178,20 @@ cc <- cc[order(cc$district), ]
 cc$livch3 <- c(1L, 2L, 2L, 3L)[cc$livch]  # 0, 1-2, 3+ children
 write.csv(cc[, c("district", "livch", "livch3", "age", "urban")], file.path(out, "contraception_l1.csv"), row.names = FALSE)
 write.csv(data.frame(district = sort(unique(cc$district))), file.path(out, "contraception_l2.csv"), row.names = FALSE)
-r <- pql_fit("ordinal", cc$livch, cbind(1, cc$age, cc$urban), cbind(1, cc$urban), cc$district, 4)
-record("contraception", "contraception", "ordinal", TRUE, "logit", r)
+if (todo("contraception")) {
+  r <- pql_fit("ordinal", cc$livch, cbind(1, cc$age, cc$urban), cbind(1, cc$urban), cc$district, 4)
+  record("contraception", "contraception", "ordinal", TRUE, "logit", r)
+}
 
 # ---- multinomial: the simulated schools (choice ~ x + w + (1 | school), tests/data/multinomial) and Contraception
 sim <- merge(read.csv("tests/data/multinomial/sim_l1.csv"), read.csv("tests/data/multinomial/sim_l2.csv"), by = "school")
 sim <- sim[order(sim$school), ]
 Xs <- cbind(1, sim$w, sim$x)  # g00, g01 (w), g10 (x): hlmcli's order of the fixed effects
-for (reml in c(TRUE, FALSE)) {
+for (reml in if (todo("sim")) c(TRUE, FALSE)) {
   r <- pql_fit("multinomial", sim$choice, Xs, matrix(1, nrow(sim), 1), sim$school, 3, reml = reml)
   record("sim", "sim", "multinomial", reml, "logit", r)
 }
-r <- pql_fit("multinomial", cc$livch3, cbind(1, cc$age, cc$urban), matrix(1, nrow(cc), 1), cc$district, 3)
-record("contraception3", "contraception", "multinomial", TRUE, "logit", r)
-
-writeLines(toJSON(list(source = "tests/reference_scripts/categorical_pql.R", R = R.version.string, fits = fits),
-                  digits = NA, auto_unbox = TRUE, pretty = TRUE), file.path(out, "reference.json"))
+if (todo("contraception3")) {
+  r <- pql_fit("multinomial", cc$livch3, cbind(1, cc$age, cc$urban), matrix(1, nrow(cc), 1), cc$district, 3)
+  record("contraception3", "contraception", "multinomial", TRUE, "logit", r)
+}
