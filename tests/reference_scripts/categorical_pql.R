@@ -13,13 +13,12 @@
 #   z = eta + D^-1 (y - mu), W = D' Sigma^-1 D; fit z = X gamma + Z b + e, e ~ N(0, W^-1), b ~ N(0, tau),
 #   sigma^2 = 1; eta <- X gamma + Z b_EB; repeat until max |d eta| < 1e-10 (1 + max |eta|).
 # Start: category probabilities (1{Y = k} + 1/2)/(1 + M/2), as hlmcli (the fixed point does not
-# depend on it). Inner fit: nlminb on the Cholesky factor of tau (rel.tol 1e-15), then, once
-# max |d eta| < 1e-5, up to 4 Newton
-# steps with numDeriv's Hessian and gradient (while they lower the deviance, until the step is below
-# 1e-10), warm-started from the last tau.
+# depend on it). Inner fit: nlminb on the Cholesky factor of tau with the exact gradient (rel.tol
+# 1e-15), then, once max |d eta| < 1e-5, Newton steps on the exact gradient (its Hessian by central
+# differences of it) until the step is below 1e-13, warm-started from the last tau.
 # Writes tests/data/categorical_pql/<name>-<method>-<link>.json per fit (and the Contraception CSV files).
 # Run from the repository root:  Rscript tests/reference_scripts/categorical_pql.R [wine soup sim ...]
-suppressMessages({library(jsonlite); library(numDeriv); library(mlmRev)})
+suppressMessages({library(jsonlite); library(numDeriv); library(mlmRev)})  # numDeriv: the Jacobian check
 out <- "tests/data/categorical_pql"
 dir.create(out, showWarnings = FALSE, recursive = TRUE)
 
@@ -58,37 +57,56 @@ work_multinomial <- function(eta, y) {
 }
 
 # ------------------------------------------------------------------ the working LMM, own ML/REML
-tau_of <- function(theta, q) { Lt <- matrix(0, q, q); Lt[lower.tri(Lt, diag = TRUE)] <- theta; tcrossprod(Lt) }
-
-lmm_parts <- function(theta, units, q, reml) {
-  tau <- tau_of(theta, q)
+# REML/ML deviance of the working model at tau = L L' (L from theta), gamma at its GLS value, and its
+# gradient in theta: with A_j = Z_j'V_j^-1 Z_j, u_j = Z_j'V_j^-1 r_j, M_j = Z_j'V_j^-1 X_j and
+# H = sum X_j'V_j^-1 X_j, d d / d tau = sum_j (A_j - u_j u_j' - [REML] M_j H^-1 M_j') =: G (gamma's own
+# derivative vanishes at its GLS value), and d d / d L = 2 G L.
+lmm_parts <- function(theta, units, q, reml, gradient = FALSE) {
+  Lt <- matrix(0, q, q); Lt[lower.tri(Lt, diag = TRUE)] <- theta
+  tau <- tcrossprod(Lt)
   p <- ncol(units[[1]]$X)
-  XVX <- matrix(0, p, p); XVz <- numeric(p); ld <- 0; zVz <- 0
-  for (u in units) {
+  XVX <- matrix(0, p, p); XVz <- numeric(p); ld <- 0; zVz <- 0; keep <- vector("list", length(units))
+  for (k in seq_along(units)) {
+    u <- units[[k]]
     C <- chol(u$R + u$Z %*% tau %*% t(u$Z))  # V_j = C'C
     ld <- ld + 2 * sum(log(diag(C)))
-    wX <- forwardsolve(t(C), u$X); wz <- forwardsolve(t(C), u$z)
+    wX <- forwardsolve(t(C), u$X); wz <- forwardsolve(t(C), u$z); wZ <- forwardsolve(t(C), u$Z)
     XVX <- XVX + crossprod(wX); XVz <- XVz + drop(crossprod(wX, wz)); zVz <- zVz + sum(wz * wz)
+    keep[[k]] <- list(wX = wX, wz = wz, wZ = wZ)
   }
   gamma <- solve(XVX, XVz)
   rss <- zVz - sum(XVz * gamma)  # (z - X gamma)' V^-1 (z - X gamma) at the GLS gamma
   dev <- ld + rss + if (reml) as.numeric(determinant(XVX)$modulus) else 0
-  list(dev = dev, gamma = gamma, tau = tau, XVX = XVX)
+  out <- list(dev = dev, gamma = gamma, tau = tau, XVX = XVX)
+  if (gradient) {
+    G <- matrix(0, q, q); Hinv <- solve(XVX)
+    for (w in keep) {
+      uj <- drop(crossprod(w$wZ, w$wz - w$wX %*% gamma)); Mj <- crossprod(w$wZ, w$wX)
+      G <- G + crossprod(w$wZ) - tcrossprod(uj) - if (reml) Mj %*% Hinv %*% t(Mj) else 0
+    }
+    out$grad <- (2 * G %*% Lt)[lower.tri(Lt, diag = TRUE)]
+  }
+  out
 }
 
 fit_lmm <- function(units, q, reml, theta0, polish) {
   f <- function(th) lmm_parts(th, units, q, reml)$dev
-  o <- nlminb(theta0, f, control = list(rel.tol = 1e-15, x.tol = 1e-15, eval.max = 2000, iter.max = 1000))
-  th <- o$par
-  for (k in seq_len(if (polish) 4 else 0)) {  # Newton polish: nlminb stops on the objective; the estimates must be at 1e-8
-    g <- grad(f, th, method.args = list(r = 6)); H <- hessian(f, th)
-    step <- solve(H, g)
-    if (f(th - step) > f(th)) break  # below the differences' noise
+  g <- function(th) lmm_parts(th, units, q, reml, gradient = TRUE)$grad
+  # from the last tau and from tau = I/4 (at a zero column of L the gradient in L vanishes, so a search
+  # started there could not leave it), keeping the lower optimum
+  ctl <- list(rel.tol = 1e-15, x.tol = 1e-15, eval.max = 2000, iter.max = 1000)
+  runs <- lapply(list(theta0, 0.5 * diag(q)[lower.tri(diag(q), diag = TRUE)]), function(t0) nlminb(t0, f, g, control = ctl))
+  th <- runs[[which.min(sapply(runs, function(o) o$objective))]]$par
+  for (k in seq_len(if (polish) 10 else 0)) {  # Newton on the exact gradient, its Hessian by differences
+    g0 <- g(th)
+    H <- sapply(seq_along(th), function(i) { h <- 1e-5 * max(1, abs(th[i])); e <- replace(0 * th, i, h)
+                                             (g(th + e) - g(th - e)) / (2 * h) })
+    step <- solve((H + t(H)) / 2, g0)
     th <- th - step
-    if (max(abs(step)) < 1e-10) break
+    if (max(abs(step)) < 1e-13 * max(1, max(abs(th)))) break
   }
-  lmm_parts(th, units, q, reml)$gamma -> gamma
-  list(theta = th, gamma = gamma, tau = tau_of(th, q))
+  fit <- lmm_parts(th, units, q, reml)
+  list(theta = th, gamma = fit$gamma, tau = fit$tau)
 }
 
 # ------------------------------------------------------------------ PQL
