@@ -3,6 +3,7 @@
     python benchmarks/bench_three_level.py                    # 1,000,000 records, with lmer
     python benchmarks/bench_three_level.py --no-lmer          # hlmcli only
     python benchmarks/bench_three_level.py --records 100000 --level2 10000 --level3 100
+    python benchmarks/bench_three_level.py --intercepts       # random intercepts only, x's slope fixed
 
 Simulates (deterministically from --seed) records in level-2 units in level-3 units, with a random
 intercept and a random slope at both levels, a level-2 predictor on the intercept and a level-3
@@ -10,6 +11,9 @@ predictor on the level-2 intercept:
 
     y = π0 + π1 x + e,  π0 = β00 + β01 w + r0,  π1 = β10 + r1,  β00 = γ000 + γ001 z + u00,
     β01 = γ010,  β10 = γ100 + u10   (lme4: y ~ x + w + z + (1 + x | L3) + (1 + x | L3:L2)).
+
+With --intercepts the slope is fixed at both levels, in the data and the model (π1 = β10 = γ100;
+lme4: y ~ x + w + z + (1 | L3) + (1 | L3:L2)).
 
 hlmcli is timed from the arrays (the reduction to per-unit cross-products, the certified ML fit
 and all of HLM3's inference), as the median of --repeats runs. The same data go to a CSV in /tmp
@@ -46,7 +50,7 @@ args <- commandArgs(trailingOnly = TRUE)
 d <- read.csv(args[1])
 d$L3 <- factor(d$L3); d$L2 <- factor(d$L2)
 t0 <- proc.time()
-fit <- lmer(y ~ 1 + x + w + z + (1 + x | L3) + (1 + x | L3:L2), data = d, REML = FALSE)
+fit <- lmer(as.formula(args[2]), data = d, REML = FALSE)
 t1 <- proc.time() - t0
 cat(sprintf('{"seconds": %.3f, "cpu": %.3f, "deviance": %.10f, "fixed": [%s], "messages": "%s"}\n',
             t1[["elapsed"]], t1[["user.self"]] + t1[["sys.self"]], deviance(fit),
@@ -55,7 +59,11 @@ cat(sprintf('{"seconds": %.3f, "cpu": %.3f, "deviance": %.10f, "fixed": [%s], "m
 """
 
 
-def simulate(N: int, J2: int, J3: int, seed: int) -> NestedData:
+SLOPES = "y ~ 1 + x + w + z + (1 + x | L3) + (1 + x | L3:L2)"
+INTERCEPTS = "y ~ 1 + x + w + z + (1 | L3) + (1 | L3:L2)"
+
+
+def simulate(N: int, J2: int, J3: int, seed: int, slopes: bool = True) -> NestedData:
     rng = np.random.default_rng(seed)
     per3 = rng.multinomial(J2 - J3, np.full(J3, 1.0 / J3)) + 1  # level-2 units per level-3 unit, ≥ 1
     unit3 = np.repeat(np.arange(J3), per3)
@@ -67,12 +75,14 @@ def simulate(N: int, J2: int, J3: int, seed: int) -> NestedData:
     r = rng.multivariate_normal([0, 0], [[1.0, 0.3], [0.3, 0.4]], size=J2)
     x = rng.normal(size=N).round(3)
     b0 = 1.0 + 0.5 * z + u[:, 0]
+    if not slopes:  # the same draws, the slopes' random parts left out
+        u[:, 1] = r[:, 1] = 0.0
     b1 = 0.5 + u[:, 1]
     p0 = b0[unit3] + 0.3 * w + r[:, 0]
     p1 = b1[unit3] + r[:, 1]
     y = (p0[unit2] + p1[unit2] * x + rng.normal(size=N)).round(4)
     layout = NestedLayout((Pi(None, (Beta(None, (None, 0), True), Beta(0, (None,), False)), True),
-                           Pi(0, (Beta(None, (None,), True),), True)))
+                           Pi(0, (Beta(None, (None,), slopes),), slopes)))
     return NestedData(y=y, A=x[:, None], X2=w[:, None], W3=z[:, None], unit2=unit2, unit3=unit3, layout=layout)
 
 
@@ -91,9 +101,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20261123)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-lmer", action="store_true")
+    ap.add_argument("--intercepts", action="store_true", help="random intercepts only (x's slope fixed)")
     a = ap.parse_args()
-    data = simulate(a.records, a.level2, a.level3, a.seed)
-    print(f"{a.records:,} records, {a.level2:,} level-2 units, {a.level3:,} level-3 units (seed {a.seed})")
+    data = simulate(a.records, a.level2, a.level3, a.seed, slopes=not a.intercepts)
+    print(f"{a.records:,} records, {a.level2:,} level-2 units, {a.level3:,} level-3 units (seed {a.seed}), "
+          f"{'random intercepts' if a.intercepts else 'random intercepts and slopes'}")
     times, cpus, fit = [], [], None
     for _ in range(a.repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -113,7 +125,8 @@ def main() -> None:
         write_csv(data, csv)
         script.write_text(R_SCRIPT)
         t0 = time.perf_counter()
-        out = subprocess.run(["Rscript", str(script), str(csv)], capture_output=True, text=True, check=True)
+        out = subprocess.run(["Rscript", str(script), str(csv), INTERCEPTS if a.intercepts else SLOPES],
+                             capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t0
     res = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"lmer: {res['seconds']:.2f} s (CPU {res['cpu']:.2f} s; Rscript wall time with reading the CSV: {wall:.1f} s), "

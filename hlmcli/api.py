@@ -20,7 +20,7 @@ from .lazy import is_dataframe, lazy
 pd = lazy("pandas")
 
 from .language.model import ModelSpec
-from .errors import DataError, ModelError
+from .errors import DataError, ModelError, UsageError
 from .io.readers import check_frame_columns
 from .results import Results
 from .spec import Engine, Estimation, FamilyName, FitOptions, Link, Method, OutputOptions, TauStructure
@@ -201,10 +201,9 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
 
         run = {"ordinal": analyse_ordinal, "negbinomial": analyse_negbin,
                "multinomial": analyse_multinomial}.get(o.family, analyse_hglm)
-        weights = weight_spec(spec, fit)
-        if weights.any:  # Laplace and AGQ of bernoulli, binomial, poisson (capabilities.check refused the rest)
-            run = lambda spec, archive, level1_text: analyse_hglm(spec, archive, level1_text, weights)  # noqa: E731
-        a = fit_or_refuse(lambda: run(spec, archive, level1_text), archive, spec.outcome)
+        weights = weight_spec(spec, fit)  # Laplace and AGQ only (capabilities.check refused PQL)
+        a = fit_or_refuse(lambda: run(spec, archive, level1_text, weights if weights.any else None), archive,
+                          spec.outcome)
         if o.family == "multinomial":  # one test per logit
             from .analysis.multinomial_run import per_logit
 
@@ -218,6 +217,8 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
         return _analyse_known_variance(spec, archive, fit, hypotheses)
     if fit.level1_variance:
         return _analyse_heterogeneous(spec, archive, fit, hypotheses)
+    if fit.level1_covariance or fit.occasion:
+        return _analyse_hmlm(spec, archive, fit, hypotheses)
     weights = weight_spec(spec, fit)
     analysis = analyse(spec, archive, fit.df_method, weights=weights if weights.any else None)
     prior = o.prior_deviance
@@ -278,6 +279,21 @@ def _analyse_heterogeneous(spec, archive, fit: FitOptions, hypotheses):
     return analysis
 
 
+def _analyse_hmlm(spec, archive, fit: FitOptions, hypotheses):
+    """HMLM (--level1-covariance S --occasion VAR): the homogeneous model, then the structured level-1
+    covariance's fit and its test against it (analysis/hmlm.py); the tests of γ are of the homogeneous model."""
+    from .analysis.hmlm import analyse_hmlm
+    from .analysis.pipeline import add_extras
+
+    if not (fit.level1_covariance and fit.occasion):
+        raise UsageError("--level1-covariance and --occasion go together: the structure of the within-person "
+                         "covariance and the level-1 variable holding each record's occasion")
+    o = spec.options
+    analysis = analyse_hmlm(spec, archive, fit.level1_covariance, fit.occasion, fit.df_method)
+    add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params)
+    return analysis
+
+
 def analyse_with_extras(spec, archive, df_method: str = "hlm", tests: Sequence[str] = ()):
     """The fit and every extra the options ask for: what `hlmcli fit` computes."""
     return analyse_model(spec, archive, fit_options(df_method=df_method, tests=tests))
@@ -293,12 +309,14 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         tau: str | None = None, engine: str = "memory",
         max_iterations: int | None = None, title: str | None = None, tests: Sequence[str] = (),
         constrain: Sequence[str] = (), known_variance: str | None = None,
-        level1_variance: str | Sequence[str] | None = None, compare_deviance: float | None = None, compare_params: int | None = None,
+        level1_variance: str | Sequence[str] | None = None, level1_covariance: str | None = None,
+        occasion: str | None = None, compare_deviance: float | None = None, compare_params: int | None = None,
         test_homogeneity: bool | None = None, full_output: bool | None = None, ols_units: int | None = None,
         file_format: str | None = None, delimiter: str | None = None,
         cache_dir: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None,
         level3: DataLike | None = None, level4: DataLike | None = None, level3_eqs: Sequence[str] = (),
-        level4_eqs: Sequence[str] = (), id3: str | None = None, id4: str | None = None) -> Results:
+        level4_eqs: Sequence[str] = (), id3: str | None = None, id4: str | None = None,
+        weight3: str | None = None, weight4: str | None = None) -> Results:
     """Fit a two-level model, as `hlmcli fit` does (the same stages), and return its Results.
 
     level1, level2: paths to data files (CSV, SAS, SPSS, Stata) or pandas DataFrames; or `level1`
@@ -311,12 +329,15 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     family ("normal", "bernoulli", "binomial", "poisson", "ordinal", "negbinomial", "multinomial"), trials, exposure, overdispersion,
     estimation ("pql", "laplace", "agq"), quadrature_points, link ("logit", "probit", "cloglog": ordinal
     outcomes): an HGLM, as --family and its options.
-    weight1, weight2, normalize: sampling weights. tau: "unstructured" or "diagonal".
+    weight1, weight2 (weight3, weight4 at three and four levels), normalize: sampling weights, as
+    --weight1 ... --weight4 and --normalize. tau: "unstructured" or "diagonal".
     engine: "memory" (the records in memory); "stream" and "dask" are for `hlmcli fit` with files.
     The other keywords mirror the CLI's options: df ("hlm" or "satterthwaite"), max_iterations,
     title, tests (e.g. ["g01 = 0, g11 = 0"]), constrain (ties among γs, e.g. ["g10 = g20"]),
     known_variance (the column of each record's known level-1 variance: a V-known model),
-    level1_variance ("X1,X2" or a list: log σ²_ij = α0 + α1·X1 + ..., HLM 7's heterol1var), compare_deviance/compare_params, test_homogeneity,
+    level1_variance ("X1,X2" or a list: log σ²_ij = α0 + α1·X1 + ..., HLM 7's heterol1var),
+    level1_covariance ("unrestricted", "homogeneous", "heterogeneous" or "ar1") with occasion (the level-1
+    variable holding each record's occasion): HLM 7's HMLM, compare_deviance/compare_params, test_homogeneity,
     full_output, ols_units, missing ("now"/"analysis"), drop_unmatched, file_format, delimiter,
     cache_dir. `warn` receives warnings (default: Python's warnings module).
     Three and four levels (HLM3, HLM4): level1, level2, level3 (and level4) are the files of each
@@ -333,8 +354,10 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     say = warn or (lambda m: warnings.warn(m, stacklevel=3))
     options = fit_options(method=method, family=family, trials=trials, exposure=exposure, overdispersion=overdispersion,
                           estimation=estimation, link=link, quadrature_points=quadrature_points, tau=tau, weight1=weight1,
-                          weight2=weight2, normalize=normalize, df_method=df, tests=tests, constraints=constrain,
+                          weight2=weight2, weight3=weight3, weight4=weight4, normalize=normalize, df_method=df,
+                          tests=tests, constraints=constrain,
                           known_variance=known_variance, level1_variance=level1_variance,
+                          level1_covariance=level1_covariance, occasion=occasion,
                           compare_deviance=compare_deviance, compare_params=compare_params,
                           test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
                           max_iterations=max_iterations, engine=engine)
@@ -349,11 +372,15 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         return _fit_levels(level1, level2, level3, level4, (id2, id3, id4), (level1_eq, level2_eqs, level3_eqs,
                            level4_eqs), model, options, title, missing, drop_unmatched, file_format, delimiter,
                            cache_dir, say)
+    if weight3 or weight4:
+        raise ModelError("weight3 and weight4 are for three- and four-level models; a two-level model takes weight1 and "
+                         "weight2")
     if options.engine != Engine.MEMORY:
         from .capabilities import refuse
 
         for feature, asked in (("constrain", options.constraints), ("known_variance", options.known_variance),
-                               ("level1_variance", options.level1_variance)):
+                               ("level1_variance", options.level1_variance),
+                               ("level1_covariance", options.level1_covariance)):
             if asked:
                 refuse(feature, "linear-summary")
         return _fit_summarised(level1, level2, id1 or id, id2 or id, level1_eq, level2_eqs, model, options, title,
@@ -393,7 +420,15 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
         (str(level1), str(level2)), options.engine.value, options.scheduler, (id1, id2), drop_unmatched, missing,
         file_format, delimiter, lambda frame: model_spec(frame, level1_eq, level2_eqs, model, options, title=title),
         {}, say)
-    analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests)
+    if not spec.family.linear:  # Laplace or AGQ over the records spilled by unit (capabilities.check)
+        from .analysis.hglm_stream import fit_hglm_stream
+        from .errors import RefusedOption
+
+        if options.engine != Engine.STREAM:
+            raise RefusedOption("engine='dask': not available for an HGLM fit yet; use engine='stream'")
+        analysis = fit_hglm_stream(spec, summary, level1, frame.id_names[0], file_format, delimiter, options.tests)
+    else:
+        analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests)
     o = spec.options
     meta = {"data_source": source, "title": o.title, "id_name": frame.id_names[0],
             "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
@@ -440,10 +475,18 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     if fit.family is not None and fit.family != FamilyName.NORMAL:  # three-level HGLM (capabilities.check
         from .analysis.hglm_levels import analyse_hglm_levels  # refused four levels)
 
+        from .analysis.levels_combined import weighting_meta
+
+        if fit.compare_deviance is not None and (fit.weight1 or fit.weight2 or fit.weight3):
+            from .data.weights import NO_LIKELIHOOD_RATIO
+
+            raise ModelError(NO_LIKELIHOOD_RATIO)  # before the fit, not after it (levels_extras says the same)
         design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
-        analysis = LevelsAnalysis(spec, design, nested, hglm=hglm)
-        # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL)
-        analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params)
+        analysis = LevelsAnalysis(spec, design, nested, hglm=hglm, weighting=weighting_meta(hglm.weights))
+        # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL); a weighted
+        # (pseudo-likelihood) fit gets the robust Wald tests only and no likelihood-ratio test
+        analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
+                                        robust_only=hglm.weights is not None)
         return analysis
     if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3

@@ -25,6 +25,7 @@ KINDS = {
     "crossed": "cross-classified linear",
     "three-level-pql": "three-level HGLM PQL",
     "three-level-laplace": "three-level HGLM Laplace",
+    "hglm-stream": "HGLM Laplace, AGQ (stream)",
 }
 _LEVELS = ("three-level", "four-level")
 THREE_LEVEL_HGLM = "three-level-pql"
@@ -33,6 +34,18 @@ _HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE)
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
+HGLM_STREAM = "hglm-stream"
+_HGLM_STREAM_PQL = ("PQL over the spilled records is not wired: its population-average model and fixed-point check "
+                    "are in-memory code; use --estimation laplace or agq (exact ML, passes over the spilled records)")
+_HGLM_STREAM_RECORDS = ("the streamed HGLM keeps per unit only the modes and their variances, and passes over the "
+                        "records spilled by unit; this needs the records in memory: fit with --engine memory")
+_HGLM_STREAM_PLOT = ("hlmcli plot fits in memory and takes no --engine; the streamed fit keeps no per-record values "
+                     "to draw: plot the model from the same files without --engine")
+_HGLM_STREAM_WEIGHTS = ("the spill file carries no sampling weights yet (the pseudo-likelihood needs w_i|j per record "
+                        "and w_j per unit in every pass); fit with --engine memory")
+_HGLM_STREAM_FAMILY = ("the passes over the spilled records run the Bernoulli, binomial and Poisson likelihood; "
+                       "{family} outcomes have parameters of their own (thresholds, θ or several logits) not "
+                       "carried over blocks yet; fit with --engine memory")
 _HGLM_SUMMARY = ("a binary, binomial or count outcome needs repeated passes over the records: it has no per-unit "
                  "sufficient statistics, as its likelihood changes with every value of γ and τ; fit with --engine memory")
 _NO_DEVIANCE = ("a likelihood-ratio test needs a deviance, and PQL has none (it maximises a quasi-likelihood); "
@@ -44,12 +57,6 @@ _PQL_WEIGHTS = ("sampling weights in PQL: how HLM 7 weights its iterations (the 
 _PQL_WEIGHTS_3 = ("sampling weights in PQL: a three-level HGLM is fitted by PQL here, and how HLM 7 weights it is not "
                   "documented in any source at hand; the weighted pseudo-likelihood needs Laplace over the nested "
                   "random effects")
-_LAPLACE3_WEIGHTS = ("the weighted pseudo-likelihood is built for two-level HGLMs; at three levels the level-2 weights "
-                     "go inside each level-3 unit's integral, which the nested Laplace fit does not carry yet")
-_LAPLACE3_COMBINED = ("not wired yet for the three-level Laplace fit (its reliabilities and deviance are not in the "
-                      "three-level combined report); combine three-level PQL fits, or fit each data set on its own")
-_HGLM_OWN_WEIGHTS = ("the weighted pseudo-likelihood is built for bernoulli, binomial and poisson outcomes; "
-                     "{family} outcomes have their own likelihood (thresholds, θ or several logits), not weighted yet")
 _SATTERTHWAITE = ("Satterthwaite's d.f. come from the normal model's REML/ML covariance of the variance estimates; "
                   "HGLM tables use HLM 7's d.f.")
 _HLM6 = ("HLM 5/6's N - F d.f. are a rule for the normal model's fixed slopes; HGLM tables use HLM 7's d.f., "
@@ -91,8 +98,6 @@ _HGLM_LEVELS = ("hlmcli fits ordinal and multinomial outcomes at two levels, and
 _PLOT_SUMMARY = ("hlmcli plot fits from the records (an archive or the data files) in memory; per-unit summaries hold "
                  "no level-1 residuals to draw; draw a saved fit's equation graph with 'plot equation FIT.json'")
 
-_X_COMBINED = ("not built yet for cross-classified fits: Rubin's rules need one fit per plausible value or data set "
-               "combined with its covariance, which is wired for nested models only; fit each data set on its own")
 _X_DF = ("HLM 7's d.f. rule for HCM2's fixed effects is not published, and HLM 5/6's N - F rule is for nested "
          "level-1 slopes; a cross-classified fit gives Satterthwaite's d.f. (--df satterthwaite, as lmerTest) "
          "and otherwise t-ratios without d.f. or p-values")
@@ -129,6 +134,25 @@ _HETERO_LEVELS = ("not built yet for three and four levels: HLM 7's heterol1var 
                   "need the records rescaled at every α")
 _HETERO_CROSSED = ("not built yet for cross-classified fits: their engine estimates one residual variance "
                    "(glmmTMB's dispformula fits it)")
+_HMLM_SUMMARY = ("not built for the stream and Dask engines: a structured within-person covariance needs each "
+                 "person's records by occasion at every step, which per-unit summaries do not keep; fit with "
+                 "--engine memory")
+_HMLM_HGLM = ("HMLM's within-person covariance is of a normal outcome; an HGLM's level-1 variance is fixed by its "
+              "mean (φ(1 - φ), λ)")
+_HMLM_LEVELS = ("not built yet: HMLM2 (a level above the persons): its likelihood is in the engine and matches "
+                "nlme::lme with two grouping levels, but three-level input and tables do not reach it yet")
+_HMLM_CROSSED = "HMLM's persons are nested units; a cross-classified HMLM is not an HLM 7 model and is not built"
+# With --level1-covariance (HMLM), options not built with the structured within-person covariance: refused.
+LEVEL1_COVARIANCE_CONFLICTS = {
+    "weights": "not built together: sampling weights would need the pseudo-likelihood over each person's occasions",
+    "plausible_values": "Rubin's rules would need the structured fit combined too, which is not built",
+    "satterthwaite": "Satterthwaite's d.f. are not built for the structured fit; use --df hlm",
+    "full_output": "its unit-by-unit OLS and least-squares tables assume one σ²",
+    "constrain": "not built together yet",
+    "known_variance": "a known level-1 variance has no within-person covariance to estimate; give one of the two",
+    "level1_variance": "two models for the level-1 variance; give one (--level1-covariance heterogeneous lets σ² "
+                       "differ by occasion)",
+}
 # With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
 LEVEL1_VARIANCE_CONFLICTS = {
     "weights": "not built together yet: the pseudo-likelihood and the variance model would both rescale the records",
@@ -176,63 +200,78 @@ FEATURES = (
     Feature("plot", "hlmcli plot (HGLM: the equation graph, on the link scale; three and four levels: equation, "
             "caterpillar and diagnostics (three-level HGLM: equation and caterpillar); cross-classified: caterpillar, "
             "one panel per factor)",
-            {"linear-summary": _PLOT_SUMMARY}),
+            {"linear-summary": _PLOT_SUMMARY, HGLM_STREAM: _HGLM_STREAM_PLOT}),
     Feature("table", "hlmcli table of saved fits", {}),
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML)",
             {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
+             HGLM_STREAM: _CONSTRAIN_HGLM,
              "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
+             HGLM_STREAM: _VKNOWN_HGLM,
              **_k(_VKNOWN_LEVELS), "crossed": _VKNOWN_CROSSED, THREE_LEVEL_HGLM: _VKNOWN_HGLM,
              THREE_LEVEL_LAPLACE: _VKNOWN_HGLM}),
     Feature("level1_variance", "--level1-variance (heterogeneous level-1 variance: log σ² linear in X; HLM 7's "
             "heterol1var)", {"linear-summary": _HETERO_SUMMARY, "pql": _HETERO_HGLM, "laplace": _HETERO_HGLM,
+                             HGLM_STREAM: _HETERO_HGLM,
                              "agq": _HETERO_HGLM, **_k(_HETERO_LEVELS), "crossed": _HETERO_CROSSED,
                              THREE_LEVEL_HGLM: _HETERO_HGLM, THREE_LEVEL_LAPLACE: _HETERO_HGLM}),
+    Feature("level1_covariance", "--level1-covariance with --occasion (HMLM: unrestricted, homogeneous, "
+            "heterogeneous or AR(1) within-person covariance over occasions)",
+            {"linear-summary": _HMLM_SUMMARY, "pql": _HMLM_HGLM, "laplace": _HMLM_HGLM, "agq": _HMLM_HGLM,
+             **_k(_HMLM_LEVELS), "crossed": _HMLM_CROSSED, THREE_LEVEL_HGLM: _HMLM_HGLM,
+             THREE_LEVEL_LAPLACE: _HMLM_HGLM, HGLM_STREAM: _HMLM_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
-            {"linear-summary": _RECORDS}),
-    Feature("keep", "--keep", {"linear-summary": _RECORDS}),
+            {"linear-summary": _RECORDS, HGLM_STREAM: _HGLM_STREAM_RECORDS}),
+    Feature("keep", "--keep", {"linear-summary": _RECORDS, HGLM_STREAM: _HGLM_STREAM_RECORDS}),
     Feature("json_out", "--json-out", {}),
     Feature("tau_diagonal", "--tau diagonal", {}),
     Feature("satterthwaite", "--df satterthwaite",
             {"pql": _SATTERTHWAITE, "laplace": _SATTERTHWAITE, "agq": _SATTERTHWAITE, THREE_LEVEL_HGLM: _SATTERTHWAITE,
+             HGLM_STREAM: _SATTERTHWAITE,
              THREE_LEVEL_LAPLACE: _SATTERTHWAITE}),
-    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
+    Feature("df_hlm6", "--df hlm6", {"pql": _HLM6, "laplace": _HLM6, "agq": _HLM6, HGLM_STREAM: _HLM6, **_k(_HLM6_K), "crossed": _X_DF,
                                      THREE_LEVEL_HGLM: _HLM6_K, THREE_LEVEL_LAPLACE: _HLM6_K}),
     Feature("homogeneity", "--test-homogeneity",
-            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
+            {"pql": _HOMOGENEITY, "laplace": _HOMOGENEITY, "agq": _HOMOGENEITY, HGLM_STREAM: _HOMOGENEITY, **_k(_HOMOGENEITY_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _HOMOGENEITY, THREE_LEVEL_LAPLACE: _HOMOGENEITY}),
     Feature("full_output", "--full-output",
-            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
+            {"pql": _FULL_OUTPUT, "laplace": _FULL_OUTPUT, "agq": _FULL_OUTPUT, HGLM_STREAM: _FULL_OUTPUT, **_k(_FULL_OUTPUT_K), "crossed": _X_UNITS,
              THREE_LEVEL_HGLM: _FULL_OUTPUT_K, THREE_LEVEL_LAPLACE: _FULL_OUTPUT_K}),
     Feature("weights", "--weight1 ... --weight4 (sampling weights; HGLM: pseudo-likelihood by Laplace or AGQ, "
-            "bernoulli, binomial, poisson)",
+            "every family)",
             {"linear-summary": _RECORDS, "pql": _PQL_WEIGHTS, "crossed": _X_WEIGHTS, THREE_LEVEL_HGLM: _PQL_WEIGHTS_3,
-             THREE_LEVEL_LAPLACE: _LAPLACE3_WEIGHTS}),
-    Feature("plausible_values", "--plausible-values/--imputed",
-            {"linear-summary": _RECORDS, "crossed": _X_COMBINED, THREE_LEVEL_LAPLACE: _LAPLACE3_COMBINED}),
-    Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING}),
+             HGLM_STREAM: _HGLM_STREAM_WEIGHTS}),
+    Feature("plausible_values", "--plausible-values/--imputed (cross-classified: one fit each, Rubin's rules, D1 "
+            "for --test)",
+            {"linear-summary": _RECORDS, HGLM_STREAM: _HGLM_STREAM_RECORDS}),
+    Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING,
+                                             HGLM_STREAM: _HGLM_STREAM_RECORDS}),
     Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT; PQL as "
             "HLM 7, Laplace or AGQ)",
             {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, **_k(_HGLM_LEVELS),
-             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS, THREE_LEVEL_LAPLACE: _HGLM_LEVELS}),
+             "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS, THREE_LEVEL_LAPLACE: _HGLM_LEVELS,
+             HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="ordinal")}),
     Feature("negbinomial", "--family negbinomial (NB2 counts, Var = mu + mu^2/theta, log link, theta estimated)",
             {"linear": _NEGBIN_LINEAR, "linear-summary": _NEGBIN_LINEAR, "pql": _NEGBIN_PQL, "three-level": _NEGBIN_LEVELS,
              "four-level": _HGLM_LEVELS,
-             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS}),
+             "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS,
+             HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="negbinomial")}),
     Feature("multinomial", "--family multinomial (baseline-category logits, the last category the reference; HLM 7's "
             "nonlin:multinomial,NCAT; PQL as HLM 7, or Laplace)",
             {"linear": _MULTI_LINEAR, "linear-summary": _MULTI_LINEAR, "agq": _MULTI_AGQ,
              "three-level": _MULTI_LEVELS, "four-level": _HGLM_LEVELS, "crossed": _MULTI_CROSSED,
-             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS}),
+             THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS,
+             HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="multinomial")}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
-            "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written)",
-            {"pql": _HGLM_SUMMARY, "laplace": _HGLM_SUMMARY, "agq": _HGLM_SUMMARY, "crossed": _X_SUMMARY,
+            "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written; a two-level HGLM "
+            "by Laplace or AGQ: --engine stream, passes over the records spilled by unit)",
+            {"pql": _HGLM_STREAM_PQL, "crossed": _X_SUMMARY,
              THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )
 _BY_KEY = {f.key: f for f in FEATURES}
@@ -259,6 +298,8 @@ def kind_of(spec, engine: Engine | str = Engine.MEMORY, fit: FitOptions | None =
         return _LEVELS[levels - 3]
     if spec.options.family == "normal":
         return "linear" if Engine(engine) == Engine.MEMORY else "linear-summary"
+    if Engine(engine) != Engine.MEMORY and spec.options.estimation in ("laplace", "agq"):
+        return HGLM_STREAM
     return spec.options.estimation
 
 
@@ -280,6 +321,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "constrain": bool(fit.constraints),
         "known_variance": bool(fit.known_variance),
         "level1_variance": bool(fit.level1_variance),
+        "level1_covariance": bool(getattr(fit, "level1_covariance", None) or getattr(fit, "occasion", None)),
         "compare_deviance": (fit.compare_deviance if o.prior_deviance is None else o.prior_deviance) is not None,
         "tau_diagonal": (fit.tau or o.tau) == "diagonal",
         "satterthwaite": fit.df_method == "satterthwaite",
@@ -357,8 +399,8 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    refuse_own_likelihood(asked, kind, spec, fit)
-    for feature, option, conflicts in (("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
+    for feature, option, conflicts in (("level1_covariance", "--level1-covariance", LEVEL1_COVARIANCE_CONFLICTS),
+                                       ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
                                        ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):
         if feature in asked:
@@ -372,22 +414,6 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
         for key in asked:
             if not (key == "residuals" and not (out.residuals_l1 or spec.options.residuals_l1)):
                 refuse_summarised(key, n_levels_of(spec), engine)
-
-
-def refuse_own_likelihood(asked: list[str], kind: str, spec, fit: FitOptions) -> None:
-    """Weights or combined fits of an ordinal, negative binomial or multinomial outcome (the two-level HGLM
-    columns): not built for those families, refused in one line."""
-    family = str(getattr(fit.family, "value", fit.family) or spec.options.family)
-    if kind not in ("pql", "laplace", "agq") or family not in ("ordinal", "negbinomial", "multinomial"):
-        return
-    if "weights" in asked:
-        raise RefusedOption(f"{_given_label('weights', spec, fit)}: not available for a --family {family} fit: "
-                         + _HGLM_OWN_WEIGHTS.format(family=family))
-    if "plausible_values" in asked:
-        raise RefusedOption(f"--plausible-values/--imputed: not available for a --family {family} fit: Rubin's rules "
-                         f"are wired for bernoulli, binomial and poisson HGLMs; {family} fits carry parameters of "
-                         "their own (thresholds, θ or several logits) that are not combined yet; fit each data set "
-                         "on its own")
 
 
 def refuse_summarised(feature: str, n_levels: int, engine: Engine | str) -> None:

@@ -591,7 +591,7 @@ class Results:
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
         """Confidence intervals of params, columns 0 (lower) and 1 (upper) as statsmodels: params ±
         t(1 - alpha/2; d.f.) · bse, with HLM's d.f. (statsmodels' MixedLM uses the normal quantile)."""
-        from scipy import special
+        from .engine.special_functions import special
 
         if not 0 < alpha < 1:
             raise ModelError(f"alpha must be between 0 and 1, not {alpha}")

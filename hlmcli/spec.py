@@ -105,6 +105,8 @@ class FitOptions:
     constraints: tuple[str, ...] = ()  # --constrain 'g10 = g20': ties among γs, fitted as one (Cγ = 0)
     known_variance: str | None = None  # --known-variance V: each record's level-1 variance is known (V-known)
     level1_variance: tuple[str, ...] = ()  # --level1-variance X1,X2: log σ²_ij = α0 + α1·X1 + ... (heterol1var)
+    level1_covariance: str | None = None  # --level1-covariance: HMLM's within-person Δ over the occasions
+    occasion: str | None = None  # --occasion VAR: the occasion of each level-1 record (HMLM)
     compare_deviance: float | None = None
     compare_params: int | None = None
     prior_version: str | None = None  # the program that printed compare_deviance: hlm6 or hlm7

@@ -31,7 +31,8 @@ HGLM_MODEL = ["--id", "REGION", "-1", "DEATHS = b0 + b1*UVB", "-2", "b0 = g00 + 
 HGLM_SMALL = ["--id", "REGION", "-1", "DEATHS = b0", "-2", "b0 = g00 + u0", "--family", "poisson",
               "--exposure", "EXPECTED"]
 METHOD = {"linear": [], "linear-summary": ["--engine", "stream"], "pql": [], "laplace": ["--estimation", "laplace"],
-          "agq": ["--estimation", "agq", "--quadrature-points", "25"]}
+          "agq": ["--estimation", "agq", "--quadrature-points", "25"],
+          "hglm-stream": ["--estimation", "laplace", "--engine", "stream"]}
 
 
 def _ref(path: Path) -> dict:
@@ -46,6 +47,7 @@ REFERENCE = {
     "pql": (_ref(H / "refs" / "mmmec_ri_pql_reml.json"), 1e-5),
     "laplace": (_ref(H / "refs" / "mmmec_ri_tmb.json"), 1e-4),  # glmmTMB reaches our optimum; glmer stops short
     "agq": (_ref(H / "refs" / "mmmec_ri_agq25.json"), 1e-4),
+    "hglm-stream": (_ref(H / "refs" / "mmmec_ri_tmb.json"), 1e-4),  # Laplace over the records spilled by unit
 }
 
 
@@ -105,7 +107,8 @@ def check_api(kind, tmp_path):
     kwargs = {"linear": dict(method="ML"), "linear-summary": dict(method="ML", engine="stream"),
               "pql": dict(family="poisson", exposure="EXPECTED"),
               "laplace": dict(family="poisson", exposure="EXPECTED", estimation="laplace"),
-              "agq": dict(family="poisson", exposure="EXPECTED", estimation="agq", quadrature_points=25)}[kind]
+              "agq": dict(family="poisson", exposure="EXPECTED", estimation="agq", quadrature_points=25),
+              "hglm-stream": dict(family="poisson", exposure="EXPECTED", estimation="laplace", engine="stream")}[kind]
     if kind.startswith("linear"):
         res = hlmcli.fit(*LINEAR_FILES, id="ID", level1_eq="MATHACH = b0 + b1*SES + r",
                          level2_eqs=["b0 = g00 + g01*SECTOR + u0", "b1 = g10"], **kwargs)
@@ -153,7 +156,8 @@ def check_compare(kind, tmp_path):
 
 # The default run renders one of the three paper formats per kind, each format for some kind (each call
 # costs a start-up and the tables' imports); test_every_format_of_every_kind (slow) renders all 15.
-_FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown"}
+_FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown",
+                   "hglm-stream": "html"}
 _TWO_LEVEL_KINDS = [k for k in capabilities.KINDS
                     if k not in ("three-level", "four-level", "crossed", "three-level-pql", "three-level-laplace")]  # their own checks
 assert set(_FORMAT_OF_KIND) == set(_TWO_LEVEL_KINDS) and set(_FORMAT_OF_KIND.values()) == {"markdown", "latex", "html"}
@@ -230,6 +234,19 @@ def check_level1_variance(kind, tmp_path):
                "--level1-variance", "FEMALE", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     check_against_references(json.loads(proc.stdout), "FEMALE", "ML")
+
+
+def check_level1_covariance(kind, tmp_path):
+    """HMLM on Orthodont, σ² homogeneous with a random intercept (ML): nlme's lme and lmer, and the one engine's
+    deviance (tests/reference_scripts/hmlm_nlme.R; tests/test_hmlm.py covers the other structures)."""
+    from test_hmlm import D, args, check
+
+    level1, level2 = args("orthodont", 1)
+    proc = run("fit", D / "orthodont1.csv", D / "orthodont2.csv", "--id", "ID", "-1", level1,
+               *[a for eq in level2 for a in ("-2", eq)], "--ml", "--level1-covariance", "homogeneous",
+               "--occasion", "OCC", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    check(json.loads(proc.stdout), "orthodont_u0_homogeneous_ML")
 
 
 def check_compare_deviance(kind, tmp_path):
@@ -347,6 +364,15 @@ def check_missing_now(kind, tmp_path):
 
 
 def check_stream_dask(kind, tmp_path):
+    if kind in ("laplace", "agq", "hglm-stream"):  # the HGLM over the records spilled by unit equals it in memory
+        memory = fit_json("laplace" if kind == "hglm-stream" else kind)
+        doc = fit_json(kind) if kind == "hglm-stream" else fit_json(kind, "--engine", "stream")
+        assert doc["certificate"]["certified"] and doc["deviance"] == pytest.approx(memory["deviance"], rel=1e-10)
+        for a, b in zip(doc["fixed_effects"], memory["fixed_effects"]):
+            assert a["estimate"] == pytest.approx(b["estimate"], rel=1e-8) and a["se"] == pytest.approx(b["se"], rel=1e-8)
+        assert np.ravel(doc["tau"]) == pytest.approx(np.ravel(memory["tau"]), rel=1e-8)
+        matches_reference(doc["fixed_effects"], kind)
+        return
     engine = "stream" if kind == "linear" else "dask"
     args = [a for a in base("linear") if a not in ("--engine", "stream")]
     proc = run_cli("fit", *args, "--engine", engine, "--format", "json")
@@ -699,7 +725,7 @@ def check_levels_plot(kind, tmp_path):
     assert drawn == levels_json(kind)
     levels_matches(drawn, kind)
     proc = run_cli("plot", "shrinkage", *LEVELS_BASE[kind], "-o", tmp_path / "s.png")
-    one_line_refusal(proc, "compute no unit OLS estimates")
+    refused_option(proc, "compute no unit OLS estimates")
 
 
 def check_levels_weights(kind, tmp_path):
@@ -980,7 +1006,7 @@ def hglm3_plot_check(kind: str, tmp_path) -> None:
     proc = run_cli("plot", "caterpillar", *LEVELS_BASE[kind], "--coef", "INTRCPT1/INTRCPT2", "-o", out, "-q")
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    one_line_refusal(run_cli("plot", "diagnostics", *LEVELS_BASE[kind], "-o", tmp_path / "d.png"),
+    refused_option(run_cli("plot", "diagnostics", *LEVELS_BASE[kind], "-o", tmp_path / "d.png"),
                      "a diagnostics plot of a three-level HGLM")
 
 
@@ -1111,6 +1137,20 @@ def check_hglm3l_missing_now(tmp_path):
     hglm3l_matches(hglm3l_json("--missing", "now"))
 
 
+def check_hglm3l_weights(tmp_path):
+    """glmer and glmmTMB with whole-number level-1 weights (test_hglm3_weights.py holds the rest)."""
+    from test_hglm3_weights import test_whole_number_level1_weights_against_glmer
+
+    test_whole_number_level1_weights_against_glmer()
+
+
+def check_hglm3l_plausible_values(tmp_path):
+    """Three plausible values with weights at all three levels (test_hglm3_weights.py: Rubin and D1 by hand)."""
+    from test_hglm3_weights import test_weighted_plausible_values
+
+    test_weighted_plausible_values(tmp_path)
+
+
 SUPPORTED_HGLM3L = {key[len("check_hglm3l_"):]: f for key, f in globals().items() if key.startswith("check_hglm3l_")}
 
 
@@ -1234,6 +1274,21 @@ def check_crossed_satterthwaite(kind, tmp_path):
     assert json.loads(proc.stdout)["fixed_effects"][0]["df"] == pytest.approx(ref["df"][0], rel=1e-6)
 
 
+def check_crossed_plausible_values(kind, tmp_path):
+    """Rubin's rules over the crossed fits of two outcome columns (the full check, by hand, is in
+    tests/test_crossed_hcm2.py): the pooled estimate is the mean of the two fits' lmer-matched ones."""
+    d = pd.read_csv(XC / "penicillin.csv")
+    d["PV2"] = d.diameter + 0.5 * (np.arange(len(d)) % 3 - 1)
+    d.to_csv(tmp_path / "pv.csv", index=False)
+    proc = run_cli("fit", tmp_path / "pv.csv", "--formula", XC_FORMULA, "--ml", "--plausible-values", "diameter,PV2",
+                   "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    _xc_matches(doc["fits"][0])
+    assert doc["combining"]["m"] == 2 and doc["fixed_effects"][0]["estimate"] == pytest.approx(
+        np.mean([f["fixed_effects"][0]["estimate"] for f in doc["fits"]]), rel=1e-14)
+
+
 def check_crossed_plot(kind, tmp_path):
     png = tmp_path / "cat.png"
     proc = run_cli("plot", "caterpillar", XC / "penicillin.csv", "--formula", XC_FORMULA, "-o", png, "-q")
@@ -1280,6 +1335,7 @@ ASK = {
     "constrain": lambda kind, d: ["--constrain", "g10 = g20", "-q"],
     "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],
     "level1_variance": lambda kind, d: ["--level1-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
+    "level1_covariance": lambda kind, d: ["--level1-covariance", "ar1", "--occasion", "SES", "-q"],
 }
 
 
@@ -1300,6 +1356,14 @@ def check_refused(feature, kind, why, tmp_path):
             proc = run_cli("fit", *LEVELS_BASE[kind], *{**ASK, **ASK_LEVELS}[feature](kind, tmp_path))
         refused_option(proc, why)
         assert not any(tmp_path.iterdir()), "a refused fit wrote a file"
+        return
+    if kind == "hglm-stream" and feature in ("ordinal", "negbinomial", "multinomial"):
+        proc = run_cli("fit", *{"ordinal": ORDINAL, "negbinomial": NEGBIN, "multinomial": MULTINOMIAL}[feature],
+                       *METHOD[kind])
+        refused_option(proc, why)
+        return
+    if kind == "hglm-stream" and feature == "plot":  # plot takes no --engine: reached only by its reason
+        assert "takes no --engine" in why
         return
     if feature == "ordinal":  # an ordinal outcome is an HGLM: the linear columns are reached only by their reason
         if kind.startswith("linear"):
@@ -1368,7 +1432,10 @@ def _cells():
         for kind in capabilities.KINDS:
             slow = (f.key, kind) == ("stream_dask", "linear-summary") or (f.key, kind) in SLOW_LEVEL_CELLS or \
                 (kind == "three-level-pql" and f.key not in ("json_out", "compare", "stream_dask")) or \
-                (kind == "three-level-laplace" and capabilities.reason(f.key, kind) is None and f.key != "json_out")
+                (kind == "three-level-laplace" and capabilities.reason(f.key, kind) is None and f.key != "json_out") or \
+                (kind == "hglm-stream" and capabilities.reason(f.key, kind) is None
+                 and f.key not in ("json_out", "stream_dask")) or \
+                ((f.key, kind) in (("stream_dask", "laplace"), ("stream_dask", "agq")))
             marks = [pytest.mark.slow] if slow else []
             yield pytest.param(f.key, kind, marks=marks, id=f"{f.key}-{kind}")
 

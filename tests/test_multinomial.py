@@ -48,16 +48,16 @@ def test_record_derivatives_by_differences():
     """ℓ_η = y − p and W = diag(p) − pp' against central differences of ℓ, at large |η| too (no overflow)."""
     fam = MultinomialFamily(4, np.array([1, 2, 3, 4, 4]))
     eta = np.array([[0.3, -1.2, 2.0], [800.0, 1.0, -3.0], [-900.0, -2.0, 0.5], [0.0, 0.0, 0.0], [-1.0, 3.0, 2.5]])
-    ll, l1, p = fam.evaluate(eta)
+    ll, l1, W = fam.evaluate(eta)
     assert np.all(np.isfinite(ll)) and ll[1] == pytest.approx(-799.0 - np.log1p(np.exp(-797.0)), abs=1e-12)
     h = 1e-6
     for m in range(3):
         e = np.zeros(3)
         e[m] = h
         assert (fam.evaluate(eta + e)[0] - fam.evaluate(eta - e)[0]) / (2 * h) == pytest.approx(l1[:, m], abs=1e-7)
-        dp = (fam.evaluate(eta + e)[2] - fam.evaluate(eta - e)[2]) / (2 * h)
-        W = fam.w_times(p, np.tile(e / h, (5, 1)))  # W's column m
-        assert dp == pytest.approx(W, abs=1e-7)
+        dp = (fam.evaluate(eta + e)[2].p - fam.evaluate(eta - e)[2].p) / (2 * h)
+        assert dp == pytest.approx(W.times(np.tile(e / h, (5, 1))), abs=1e-7)  # W's column m
+        assert dp[:, m] == pytest.approx(W.entry(m, m), abs=1e-7)
 
 
 @pytest.mark.parametrize("slope", [False, True])

@@ -104,3 +104,21 @@ def test_secant_update_meets_the_secant_condition_and_keeps_h_without_curvature(
     assert np.allclose(H1, H1.T) and np.allclose(H1 @ s, y, rtol=0, atol=1e-14)
     assert secant_update(np.array([[3.0]]), np.array([0.5]), np.array([2.0]))[0, 0] == pytest.approx(4.0, rel=1e-15)
     assert secant_update(H, s, -y) is H
+
+
+def test_within_unit_rss_with_unit_weights_is_the_weighted_regression():
+    """Unit weights c_j: the residual Σ_j c_j‖y_j − B_jγ − Z_jb_j‖², the regression above on rows scaled by √c_j."""
+    rng = np.random.default_rng(11)
+    J, n = 7, 6
+    unit = np.repeat(np.arange(J), n)
+    c = rng.uniform(0.2, 3.0, size=J)
+    x = rng.normal(size=J * n)
+    Z = np.column_stack([np.ones_like(x), x])
+    BY = np.column_stack([np.ones_like(x), x, rng.normal(size=J)[unit], rng.normal(size=J * n)])
+    root = np.sqrt(c)[unit][:, None]
+    dense = np.column_stack([BY[:, :-1]] + [Z * (unit == j)[:, None] for j in range(J)]) * root
+    resid = BY[:, -1] * root[:, 0] - dense @ np.linalg.lstsq(dense, BY[:, -1] * root[:, 0], rcond=None)[0]
+    ZZ = np.stack([Z[unit == j].T @ Z[unit == j] for j in range(J)])
+    ZB = np.stack([Z[unit == j].T @ BY[unit == j] for j in range(J)])
+    BB = (BY * root).T @ (BY * root)
+    assert within_unit_rss(ZZ, ZB, BB, c) == pytest.approx(float(resid @ resid), rel=1e-10)

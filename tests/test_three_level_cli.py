@@ -284,7 +284,7 @@ def test_options_not_yet_available_are_refused(eg_archive):
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--family", "bernoulli", "--estimation", "agq"), 2,
                     "--estimation agq", "three-level HGLM fit", "adaptive quadrature over nested random effects")
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--allow-unequal-imputations"), 2, "--allow-unequal-imputations")
-    _one_line_error(run("plot", "units", eg_archive, *EG_MODEL, "-o", "x.png"), 1, "a units plot of a 3-level fit",
+    _one_line_error(run("plot", "units", eg_archive, *EG_MODEL, "-o", "x.png"), 2, "a units plot of a 3-level fit",
                     "not yet for k levels")
 
 

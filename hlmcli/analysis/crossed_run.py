@@ -29,6 +29,7 @@ class CrossedAnalysis:
     df: np.ndarray | None = None
     df_method: str = "none"
     extras: dict = field(default_factory=dict)
+    hcm2: object | None = None  # language.hcm2.HCM2Model when the model was written in HCM2's equations
 
     @property
     def labels(self) -> list[str]:
@@ -98,14 +99,15 @@ class CrossedAnalysis:
 
 def analyse_crossed(table, model: CrossedFormula, formula: str, method: str = "REML",
                     max_iterations: int | None = None, title: str | None = None, df_method: str = "none",
-                    tests=(), prior_deviance: float | None = None, prior_params: int | None = None) -> CrossedAnalysis:
+                    tests=(), prior_deviance: float | None = None, prior_params: int | None = None,
+                    hcm2=None) -> CrossedAnalysis:
     """The certified fit of a crossed model and what the options ask of it: Satterthwaite's d.f.
     (df_method="satterthwaite"), Wald tests of θ (`tests`, as --test writes them), the likelihood-ratio test
     against a prior model's deviance."""
     if df_method not in ("none", "satterthwaite"):
         raise ModelError(f"--df {df_method}: a cross-classified fit takes --df satterthwaite (lmerTest's d.f.); "
                          "HCM2's own d.f. rule is not published, so t-ratios are printed without d.f. otherwise")
-    hypotheses = [parse_theta_test(t, len(model.fixed), _fixed_names(model)) for t in tests]
+    hypotheses = [parse_theta_test(t, len(model.fixed), fixed_names(model)) for t in tests]
     if prior_deviance is not None and prior_params is None:
         raise ModelError("a prior deviance needs the prior model's number of parameters (--compare-params)")
     d = design(table, model)
@@ -115,14 +117,15 @@ def analyse_crossed(table, model: CrossedFormula, formula: str, method: str = "R
         if str(exc).startswith("the outcome is"):  # name the file and the column
             raise ModelError(f"{table.path}, column {d.outcome}: {exc}") from None
         raise
-    a = CrossedAnalysis(formula, model, d, fit, str(table.path), title)
+    a = CrossedAnalysis(formula, model, d, fit, str(table.path), title, hcm2=hcm2)
     if df_method == "satterthwaite":
         a.df, a.df_method = satterthwaite_df(fit), "satterthwaite"
     a.extras = theta_extras(a, hypotheses, prior_deviance, prior_params)
     return a
 
 
-def _fixed_names(model: CrossedFormula) -> list[str]:
+def fixed_names(model: CrossedFormula) -> list[str]:
+    """The fixed effects' names as the tables print them (INTRCPT, verbal, verbal:female, ...)."""
     return ["INTRCPT" if t == ("1",) else ":".join(t) for t in model.fixed]
 
 

@@ -198,9 +198,8 @@ def analyse_heterogeneous(spec, archive, names, df_method: str = "hlm") -> Analy
     with np.errstate(invalid="ignore"):
         se = np.sqrt(np.diag(cov))
     z = coef / se
-    from ..lazy import lazy
+    from ..engine.special_functions import special
 
-    special = lazy("scipy.special")
     p = special.erfc(np.abs(z) / np.sqrt(2.0))
     chi2, df, p_lr = inference.deviance_test(float(homogeneous.deviance), homogeneous.n_params,
                                              a.result.deviance, a.result.n_params)

@@ -27,6 +27,7 @@ class HGLMLevels:
     exposure: str | None = None
     failed: list[str] = field(default_factory=list)
     deviance: float | None = None  # Laplace: glmer's nAGQ = 1 deviance; PQL has none
+    weights: object = None  # weights.LevelsWeights of a pseudo-likelihood fit (Laplace), or None
 
     def to_json(self) -> dict:
         return {"family": self.family, "link": self.link, "estimation": self.estimation,
@@ -138,7 +139,13 @@ def analyse_hglm_levels(spec, archive, fit):
     check_separation_levels(spec, design, y, trials, fam.link, source, rows)
     glm = LevelsGLMData(as_levels(design.data), fam, trials, None if exposure is None else np.log(exposure))
     if (fit.estimation.value if fit.estimation is not None else "pql") == "laplace":
-        return design, *_laplace(glm, fit, tau, spec.options.max_iterations)
+        weights = _weights(archive, design, fit)
+        if weights is None:
+            return design, *_laplace(glm, fit, tau, spec.options.max_iterations)
+        from ..data.weights import weighted_data
+
+        nested, h = _laplace(glm, fit, tau, spec.options.max_iterations, replace(glm, data=weighted_data(design, weights)))
+        return design, nested, replace(h, weights=weights)
     try:
         res = pql_levels(glm, reml=reml, overdispersion=bool(fit.overdispersion), diagonal=tau == "diagonal",
                          max_iterations=spec.options.max_iterations)
@@ -154,10 +161,28 @@ def analyse_hglm_levels(spec, archive, fit):
                                       res.macro_iterations, res.check, fit.trials, fit.exposure, list(res.failed))
 
 
-def _laplace(glm, fit, tau, max_iterations: int):
+def _weights(archive, design, fit):
+    """The resolved sampling weights of a Laplace fit (--weight1/2/3 scaled by --normalize as the linear
+    three-level fit scales them: data/weights.resolve_levels), or None."""
+    from ..data.weights import resolve_levels
+    from .levels_combined import weight_spec_levels
+
+    wspec = weight_spec_levels(3, {1: fit.weight1, 2: fit.weight2, 3: fit.weight3, 4: fit.weight4}, fit.normalize)
+    return None if wspec is None else resolve_levels(wspec, archive, design)
+
+
+def sampling_weights(spec, archive, fit):
+    """The resolved sampling weights of a three-level fit's options (for the combined report's lines), or None."""
+    from ..data.design_levels import design3
+
+    return _weights(archive, design3(spec, archive), fit)
+
+
+def _laplace(glm, fit, tau, max_iterations: int, weighted=None):
     """The Laplace fit (engine/nested_laplace.py) from one full-PQL step, as (NestedFit, HGLMLevels): the
     PQL fit's NestedFit with the Laplace numbers in place of its own (its reliabilities and homogeneity
-    χ² are the working model's, so they are left out)."""
+    χ² are the working model's, so they are left out). `weighted`: the data with sampling weights, whose
+    pseudo-likelihood is fitted from the unweighted PQL start (nested_laplace_weights.py)."""
     from ..engine.nested_glmm import pql_levels
     from ..engine.nested_laplace import laplace_levels
 
@@ -173,7 +198,7 @@ def _laplace(glm, fit, tau, max_iterations: int):
         raise ModelError("the PQL start of the Laplace fit broke down; check for units whose outcomes are all 0 or "
                          "all 1, or predictors that separate the outcome")
     try:
-        res = laplace_levels(glm, start, diagonal=(diagonal, diagonal))
+        res = laplace_levels(weighted or glm, start, diagonal=(diagonal, diagonal))
     except (FloatingPointError, np.linalg.LinAlgError) as exc:
         raise ModelError(f"the Laplace fit broke down ({exc}); check for predictors that separate the "
                          "outcome") from None
@@ -209,12 +234,14 @@ def _boundary_notes(taus, q2: int, q3: int) -> list[str]:
 # ---------------------------------------------------------------- plausible values and imputed data sets
 
 def run_combined_hglm_levels(spec, archive, fit, source_text: str, load, plausible_values, imputed,
-                             allow_unequal: bool, meta: dict, fit_doc, fit_txt=None):
-    """--plausible-values or --imputed for a three-level HGLM: one PQL fit per outcome column or data set
-    (analyse_hglm_levels, each with its own fixed-point check), combined by plausible_levels.py's rules
-    as the linear fits are (Rubin's rules on γ, model-based and robust; σ², τ and reliabilities
-    averaged). PQL has no deviance, so the combined document's deviance is null. `load(path)` reads an
-    imputed data set ((archive, label)); `fit_doc(design, fit, meta, h)`/`fit_txt` write one fit.
+                             allow_unequal: bool, meta: dict, fit_doc, fit_txt=None, tests=()):
+    """--plausible-values or --imputed for a three-level HGLM: one fit per outcome column or data set
+    (analyse_hglm_levels: PQL, each with its own fixed-point check, or Laplace, each certified, with its
+    sampling weights when given), combined by plausible_levels.py's rules as the linear fits are (Rubin's
+    rules on γ, model-based and robust; σ², τ and reliabilities averaged; Laplace's deviances averaged,
+    PQL has none, so its combined deviance is null). `tests`: --test, by D1 over the fits (Laplace; the
+    robust covariance only with sampling weights). `load(path)` reads an imputed data set ((archive,
+    label)); `fit_doc(design, fit, meta, h)`/`fit_txt` write one fit.
     Returns (the combined document, each fit's text or None)."""
     from .plausible import outcome_columns
     from .plausible_levels import combined_json_levels, same_records
@@ -247,10 +274,29 @@ def run_combined_hglm_levels(spec, archive, fit, source_text: str, load, plausib
     fits = [f for _, f, _ in runs]
     design = runs[0][0]
     n_units = {"level1": design.n, **{f"level{m}": int(fits[0].eb[m - 2].shape[0]) for m in (2, 3)}}
-    # PQL has no deviance: the fits' NaN placeholders are not averaged (JSON has no NaN)
-    doc = combined_json_levels(n_units, [replace(f, deviance=0.0) for f in fits], docs, meta, source,
-                               [str(o) for o in labels])
-    doc.update({"deviance": None, "deviances": [], "hglm": runs[0][2].to_json(),
-                "converged": all(bool(f.converged) for f in fits)})
+    h0 = runs[0][2]
+    hypotheses = combined_tests_levels(fits, spec, tests, robust_only=h0.weights is not None) if tests else None
+    if h0.estimation == "laplace":
+        doc = combined_json_levels(n_units, fits, docs, meta, source, [str(o) for o in labels], hypotheses,
+                                   h0.weights)
+    else:  # PQL has no deviance: the fits' NaN placeholders are not averaged (JSON has no NaN)
+        doc = combined_json_levels(n_units, [replace(f, deviance=0.0) for f in fits], docs, meta, source,
+                                   [str(o) for o in labels], hypotheses)
+        doc.update({"deviance": None, "deviances": []})
+    doc.update({"hglm": h0.to_json(), "converged": all(bool(f.converged) for f in fits)})
     texts = [fit_txt(d, f, meta, h) for d, f, h in runs] if fit_txt is not None else None
     return doc, texts
+
+
+def combined_tests_levels(fits: list, spec, tests, robust_only: bool) -> list[dict]:
+    """--test over the fits of a three-level HGLM by D1 (plausible.combined_tests; robust only with
+    sampling weights, whose model-based covariance ignores the weights' information)."""
+    from types import SimpleNamespace
+
+    from ..language.hypotheses import parse_test
+    from .plausible import combined_tests
+
+    hypotheses = [parse_test(t, spec) for t in tests]
+    return combined_tests([SimpleNamespace(fixed=SimpleNamespace(gamma=f.gamma, cov=f.cov_gamma,
+                                                                 robust_cov=f.cov_gamma_robust)) for f in fits],
+                          hypotheses, robust_only=robust_only)

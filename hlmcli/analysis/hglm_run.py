@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
-from scipy import special
+from ..engine.special_functions import special
 
 from ..data import design as design_stage
 from . import inference
@@ -307,19 +307,24 @@ def _likelihood_fit(data: GLMData, opts, diagonal: bool) -> MLResult:
     return ml_fit(data, 1, start, diagonal=diagonal)
 
 
+def resolve_weights(weights, archive, design):
+    """(weights.Weights or None, w1 per record or None, w2 per unit or None) of a pseudo-likelihood fit:
+    the WeightSpec's columns checked and scaled (data/weights.py) for the design's records and units."""
+    if weights is None or not weights.any:
+        return None, None, None
+    from ..data.weights import resolve
+
+    resolved = resolve(weights, archive, design)
+    return resolved, resolved.w1, resolved.w2 if resolved.spec.level2 else None
+
+
 def analyse_hglm(spec, archive, level1_text: str | None = None, weights=None) -> HGLMAnalysis:
     """The HGLM stages after the design: the options and data checked, the fit by PQL, Laplace or AGQ,
     the unit OLS and the variance tests, as an HGLMAnalysis. weights: a weights.WeightSpec (Laplace and
     AGQ: the pseudo-likelihood of engine/hglm_weights.py), or None."""
     opts = spec.options
     fam, design = checked_design(spec, archive, level1_text)
-    resolved = None
-    if weights is not None and weights.any:
-        from ..data.weights import resolve
-
-        resolved = resolve(weights, archive, design)
-    w1 = None if resolved is None else resolved.w1
-    w2 = None if resolved is None or not resolved.spec.level2 else resolved.w2
+    resolved, w1, w2 = resolve_weights(weights, archive, design)
     files = {s.role: s.name for s in archive.sources}
     l1file = files.get("level-1", "the level-1 file")
     rows = design.record_positions if design.record_positions is not None else np.arange(design.n)

@@ -10,14 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..lazy import lazy
-
-special = lazy("scipy.special")  # lighter than scipy.stats: only the two tails are needed
-
 from ..data.design import Design
 from ..engine.estimation import FitResult
 from ..engine.sandwich import weighted_sandwich
 from ..engine import unitsolve
+from ..engine.special_functions import special  # the compiled t and χ² tails, without the package
 from ..engine.sufficient import ModelStats, UnitStats
 
 
@@ -115,7 +112,9 @@ def unit_ols(design: Design, unit: UnitStats, stats: ModelStats, result: FitResu
     gamma = result.solve.gamma
     r = stats.random
     coef = np.einsum("jkp,p->jk", stats.B, gamma)  # each unit's level-2 prediction of every β_q
-    fixed_cols = np.setdiff1d(np.arange(unit.LL.shape[1]), r)
+    fixed = np.ones(unit.LL.shape[1], dtype=bool)
+    fixed[r] = False
+    fixed_cols = np.flatnonzero(fixed)  # np.setdiff1d's answer, without its import of numpy.ma (15 ms)
     Zy_adj = stats.Zy - np.einsum("jaf,jf->ja", unit.LL[:, r][:, :, fixed_cols], coef[:, fixed_cols])
     fit = unitsolve.unit_ols(stats.ZZ, Zy_adj, unit.count)
     return UnitOLS(sufficient=fit.ok, beta=fit.beta, var=result.sigma2 * fit.inv, fitted=coef[:, r])

@@ -17,7 +17,7 @@ import numpy as np
 from ..data import design as design_stage
 from ..errors import DataError, ModelError
 from . import inference
-from .hglm_run import HGLMAnalysis, check_column_scales, check_options
+from .hglm_run import HGLMAnalysis, check_column_scales, check_options, resolve_weights
 from .ordinal_run import category_codes
 
 AGQ_REFUSAL = ("--family multinomial: adaptive quadrature is not available: the random effects of the M - 1 logits "
@@ -171,7 +171,8 @@ class MultinomialAnalysis(HGLMAnalysis):
         return pd.DataFrame(cols)
 
 
-def analyse_multinomial(spec, archive, level1_text: str | None = None) -> MultinomialAnalysis:
+def analyse_multinomial(spec, archive, level1_text: str | None = None, weights=None) -> MultinomialAnalysis:
+    """weights: a weights.WeightSpec (the pseudo-likelihood of engine/hglm_weights.py), or None."""
     from ..engine.multinomial import MultinomialData, MultinomialFamily, fit
     from .identifiability import check_units
 
@@ -189,9 +190,12 @@ def analyse_multinomial(spec, archive, level1_text: str | None = None) -> Multin
     codes, categories = multinomial_codes(design.y, opts.ncat, where)
     check_units(design.n_units, int(design.random.sum()) * (categories.size - 1))
     B = design.block_design()
-    check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
+    if opts.estimation != "pql":  # as hglm_run: PQL's inner fits standardise the columns
+        check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
     fam = MultinomialFamily(categories.size, codes)
-    data = MultinomialData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), codes.astype(float))
+    resolved, w1, w2 = resolve_weights(weights, archive, design)
+    data = MultinomialData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), codes.astype(float),
+                           w1=w1, w2=w2)
     check_separation(data, design, categories, l1file, rows)
     df = np.tile(inference.hlm_fixed_df(design), categories.size - 1)
     if opts.estimation == "pql":
@@ -206,7 +210,7 @@ def analyse_multinomial(spec, archive, level1_text: str | None = None) -> Multin
     res = fit(data, diagonal=opts.tau == "diagonal")
     return MultinomialAnalysis(spec, design, data, "laplace", res.nodes, None, res, res.gamma, res.cov,
                                res.robust_cov, res.tau, None, df, None, res.converged, res.b, res.b_var,
-                               categories=categories)
+                               weights=resolved, categories=categories)
 
 
 def per_logit(hypotheses, categories) -> list:

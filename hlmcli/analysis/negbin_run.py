@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import ModelError, RefusedOption
 from . import inference
-from .hglm_run import HGLMAnalysis, check_column_scales, check_separation, checked_design, trials_and_exposure
+from .hglm_run import (HGLMAnalysis, check_column_scales, check_separation, checked_design, resolve_weights,
+                       trials_and_exposure)
 
 # θ beyond this many times the largest fitted mean: μ²/θ adds under 1e-6 of μ to any record's variance, so
 # the counts show no over-dispersion the Poisson model lacks; the NB likelihood keeps rising towards its
@@ -58,7 +59,8 @@ class NegBinAnalysis(HGLMAnalysis):
         return level1_table(SimpleNamespace(design=self.design, data=self.data, gamma=self.params, b=self.b))
 
 
-def analyse_negbin(spec, archive, level1_text: str | None = None) -> NegBinAnalysis:
+def analyse_negbin(spec, archive, level1_text: str | None = None, weights=None) -> NegBinAnalysis:
+    """weights: a weights.WeightSpec (the pseudo-likelihood of engine/hglm_weights.py), or None."""
     from ..data.data_checks import check_quadrature
     from ..engine.hglm import working_model
     from ..engine.negbin import NegBinData, NegBinFamily, ThetaOverflow, fit
@@ -83,8 +85,9 @@ def analyse_negbin(spec, archive, level1_text: str | None = None) -> NegBinAnaly
                      fit_offered=False)
     check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
     offset = np.log(exposure) if exposure is not None else None
+    resolved, w1, w2 = resolve_weights(weights, archive, design)
     data = NegBinData(NegBinFamily(design.y), design.L, B, design.offsets, np.flatnonzero(design.random), design.y,
-                      None, offset)
+                      None, offset, w1, w2)
     if opts.estimation == "agq":
         if data.q > 3:
             raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use "
@@ -108,5 +111,5 @@ def analyse_negbin(spec, archive, level1_text: str | None = None) -> NegBinAnaly
     return NegBinAnalysis(spec, design, data, opts.estimation, res.nodes, None, res, gamma, res.cov[:pf, :pf],
                           res.robust_cov[:pf, :pf] if res.robust_cov is not None else None, res.tau, None,
                           inference.hlm_fixed_df(design), variance, res.converged, res.b, res.b_var,
-                          theta=math.exp(res.gamma[pf]), log_theta_se=math.sqrt(res.cov[pf, pf]),
+                          weights=resolved, theta=math.exp(res.gamma[pf]), log_theta_se=math.sqrt(res.cov[pf, pf]),
                           log_theta_robust_se=rse, params=res.gamma.copy())

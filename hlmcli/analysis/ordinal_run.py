@@ -18,7 +18,7 @@ import numpy as np
 from ..data import design as design_stage
 from ..errors import DataError, ModelError
 from . import inference
-from .hglm_run import HGLMAnalysis, check_column_scales, check_options
+from .hglm_run import HGLMAnalysis, check_column_scales, check_options, resolve_weights
 
 
 def category_codes(y: np.ndarray, ncat: int | None, where: dict, family: str, code_hint: str, estimate: str):
@@ -162,7 +162,8 @@ class OrdinalAnalysis(HGLMAnalysis):
         return pd.DataFrame(cols)
 
 
-def analyse_ordinal(spec, archive, level1_text: str | None = None) -> OrdinalAnalysis:
+def analyse_ordinal(spec, archive, level1_text: str | None = None, weights=None) -> OrdinalAnalysis:
+    """weights: a weights.WeightSpec (the pseudo-likelihood of engine/hglm_weights.py), or None."""
     from ..data.data_checks import check_quadrature
     from ..engine.hglm import working_model
     from ..engine.ordinal import LINKS, OrdinalData, OrdinalFamily, fit
@@ -188,7 +189,9 @@ def analyse_ordinal(spec, archive, level1_text: str | None = None) -> OrdinalAna
     if opts.estimation != "pql":  # as hglm_run: PQL's inner fits standardise the columns
         check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
     fam = OrdinalFamily(link, categories.size, codes)
-    data = OrdinalData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), codes.astype(float))
+    resolved, w1, w2 = resolve_weights(weights, archive, design)
+    data = OrdinalData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), codes.astype(float),
+                       w1=w1, w2=w2)
     check_separation(data, design, codes, categories, l1file, rows)
     diagonal = opts.tau == "diagonal"
     if opts.estimation == "agq":
@@ -215,7 +218,8 @@ def analyse_ordinal(spec, archive, level1_text: str | None = None) -> OrdinalAna
     return OrdinalAnalysis(spec, design, data, opts.estimation, res.nodes, None, res, gamma, res.cov[:pf, :pf],
                            res.robust_cov[:pf, :pf], res.tau, None, inference.hlm_fixed_df(design), variance,
                            res.converged, res.b, res.b_var, categories=categories, params=res.gamma.copy(),
-                           delta=delta, delta_cov=D @ cc @ D.T, delta_robust_cov=D @ rc @ D.T, link=link)
+                           weights=resolved, delta=delta, delta_cov=D @ cc @ D.T, delta_robust_cov=D @ rc @ D.T,
+                           link=link)
 
 
 def _ordinal_pql(spec, design, data, B, codes, categories, link: str, diagonal: bool) -> OrdinalAnalysis:

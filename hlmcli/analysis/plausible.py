@@ -22,7 +22,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
-from scipy import special
+from ..engine.special_functions import special
 
 from ..errors import ModelError
 
@@ -105,8 +105,9 @@ def rubin(estimates: np.ndarray, covariances: np.ndarray, dfcom: np.ndarray) -> 
     lam = np.maximum((1 + 1 / M) * b_k / t_k, 1e-4)
     dfcom = np.asarray(dfcom, dtype=float)
     dfold = (M - 1) / lam ** 2
-    dfobs = (dfcom + 1) / (dfcom + 3) * dfcom * (1 - lam)
-    df = dfold * dfobs / (dfold + dfobs)
+    with np.errstate(invalid="ignore"):  # ν_com = ∞: ν is Rubin's (1987) ν_old, as mice's barnard.rubin
+        dfobs = (dfcom + 1) / (dfcom + 3) * dfcom * (1 - lam)
+        df = np.where(np.isinf(dfcom), dfold, dfold * dfobs / (dfold + dfobs))
     fmi = (riv + 2 / (df + 3)) / (riv + 1)
     se = np.sqrt(t_k)
     tstat = qbar / se

@@ -269,12 +269,17 @@ def make_build_options(id_, id1, id2, l1_vars, l2_vars, missing, drop_unmatched)
 @click.option("--allow-outside", is_flag=True, help="Let the template's mdmname: point outside the template's folder.")
 @click.option("--engine", type=click.Choice(["memory", "stream"]), default="memory", show_default=True,
               help="stream: one chunked pass (pyarrow) writing per-unit statistics, in bounded memory.")
+@click.option("--row-id", help="Cross-classified (HCM2): LEVEL1 ROWS COLS; the row factor's id column, in the level-1 "
+              "and row files (--l2-vars: the row file's variables).")
+@click.option("--col-id", help="Cross-classified (HCM2): the column factor's id column, in the level-1 and column files "
+              "(--l3-vars: the column file's variables).")
 @no_follow_option
 @user_errors
 def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2, id3, id4, l1_vars, l2_vars, l3_vars,
               l4_vars, missing, drop_unmatched, file_format, delimiter, template, output, quiet, force, allow_outside,
-              engine="memory"):
-    """Merge a level-1 and a level-2 file (a level-3 file: HLM3; and a level-4 file: HLM4) into an archive."""
+              engine="memory", row_id=None, col_id=None):
+    """Merge a level-1 and a level-2 file (a level-3 file: HLM3; and a level-4 file: HLM4; a level-1, a row
+    and a column file with --row-id and --col-id: HCM2) into an archive."""
     from ..io.archive import BuildOptions, write_archive
     from ..io.archive_levels import build_from_paths
     from ..errors import DataError
@@ -283,6 +288,12 @@ def mdm_build(level1_file, level2_file, level3_file, level4_file, id_, id1, id2,
     from .flags import check_build_options
 
     check_build_options(_given_options(), bool(template))
+    if row_id or col_id:  # HLM 7's HCM2 layout: cli/crossed.py
+        from .crossed import build_crossed_command
+
+        return build_crossed_command([f for f in (level1_file, level2_file, level3_file, level4_file) if f], row_id,
+                                     col_id, (l1_vars, l2_vars, l3_vars), missing, drop_unmatched, file_format,
+                                     delimiter, output, quiet, _given_options(), _stderr, _Progress)
     if level4_file or id4 or l4_vars:
         from ..data.levels_load import build_options_levels
 
@@ -383,6 +394,12 @@ def mdm_info(archive_file, unit, out_format, verify):
         info = stats_archive_info(archive_file)
         click.echo(dumps_json(info) if out_format == "json" else stats_archive_info_text(info), nl=False)
         return
+    from ..io.archive_crossed import is_crossed_archive
+
+    if is_crossed_archive(archive_file):  # HCM2's archive: cli/crossed.py
+        from .crossed import crossed_info_command
+
+        return crossed_info_command(archive_file, unit, out_format, verify, _stderr)
     archive = load_archive(archive_file, levels=None, verify=verify)
     info = archive_info(archive, unit)  # before the warnings: an unknown unit is the one error
     for path in changed_sources(archive):
@@ -694,6 +711,12 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--level1-variance", metavar="X1,X2",
               help="Heterogeneous level-1 variance (HLM 7's heterol1var): log σ²ij = α0 + α1*X1 + ..., with the α "
               "table and the likelihood-ratio test against one σ².")
+@click.option("--level1-covariance", type=click.Choice(["unrestricted", "homogeneous", "heterogeneous", "ar1"]),
+              help="HMLM (repeated measures): the within-person covariance over the occasions of --occasion: "
+              "unrestricted (no random effects), homogeneous σ², heterogeneous σ² by occasion, or ar1 (first-order "
+              "autoregressive in the occasion index), with the likelihood-ratio test against homogeneous σ².")
+@click.option("--occasion", metavar="VAR", help="HMLM: the level-1 variable holding each record's occasion "
+              "(its distinct values, in increasing order, are occasions 1..T).")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
 @click.option("--compare-params", type=int, help="Number of parameters of that prior model.")
 @click.option("--prior-version", type=click.Choice(["hlm6", "hlm7"]), default=None,
@@ -720,7 +743,9 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--weight3", help="Level-3 sampling weight variable, three- and four-level models (HLM3's level3weight:).")
 @click.option("--weight4", help="Level-4 sampling weight variable, four-level models.")
 @click.option("--normalize", type=click.Choice(["none", "cluster", "total"]), default=None,
-              help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J).")
+              help="Weight normalisation (default cluster: level-1 weights to n_j in each unit, level-2 weights to J; at "
+                   "three levels each level's weights to the number of its units within each unit above, level-3 "
+                   "weights to J3, for linear and HGLM (Laplace) fits alike).")
 @click.option("--plausible-values", help="Outcome columns to fit one by one and combine: PV1,PV2,... or a pattern such as 'PV*MATH'.")
 @click.option("--imputed", multiple=True, help="Further level-1 files (or archives), one per imputation; repeat or comma-separate.")
 @click.option("--allow-unequal-imputations", is_flag=True,
@@ -740,6 +765,11 @@ def fit_cmd(**params):
 
     r = fit_request(params)
     formula = click.get_current_context().meta.get("formula")
+    from .crossed import hcm2_request
+
+    hcm2 = hcm2_request(r.data, r.model, r.more, formula)  # HCM2's equations, or a cross-classified archive
+    if hcm2 is not None:
+        formula = hcm2.formula
     if formula:  # crossed grouping factors: the cross-classified engine (cli/crossed.py)
         from ..language.formula import crossed
 
@@ -748,8 +778,9 @@ def fit_cmd(**params):
             from .crossed import fit_crossed_command
 
             return fit_crossed_command(r.data, formula, model, r.fit, r.out,
-                                       {**r.build, "row_id": r.more.get("row_id"), "col_id": r.more.get("col_id")},
-                                       _given_options(), lambda s: click.echo(s, nl=False), _stderr)
+                                       {**r.build, "row_id": r.more.get("row_id"), "col_id": r.more.get("col_id"),
+                                        "allow_unequal": r.more.get("allow_unequal_imputations")},
+                                       _given_options(), lambda s: click.echo(s, nl=False), _stderr, hcm2=hcm2)
     if r.more.get("row_id") or r.more.get("col_id"):
         raise _UsageProblem("--row-id and --col-id name the crossed factors of a cross-classified model: give "
                             "--formula with a random term for each, e.g. 'Y ~ X + (1 | ROW) + (1 | COL)'")
@@ -805,9 +836,10 @@ def fit_cmd(**params):
         from ..capabilities import refuse
 
         for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance),
-                               ("level1_variance", fit.level1_variance)):
+                               ("level1_variance", fit.level1_variance),
+                               ("level1_covariance", fit.level1_covariance)):
             if asked:
-                refuse(feature, "linear-summary")
+                refuse(feature, _summarised_kind(fit))
         if prior_version:
             raise _UsageProblem("--prior-version is for two-level fits in memory (not a statistics archive or --engine)")
         return _fit_summarised(data, level1, level2, model_file, params["ml"], more, params["tau_structure"],
@@ -885,6 +917,7 @@ def fit_request(params: dict) -> FitRequest:
                        imputed=p.pop("imputed"), df_method=p.pop("df_method"), tests=p.pop("tests"),
                        constraints=p.pop("constraints"), known_variance=p.pop("known_variance"),
                        level1_variance=p.pop("level1_variance"),
+                       level1_covariance=p.pop("level1_covariance"), occasion=p.pop("occasion"),
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
@@ -1013,6 +1046,10 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
     fit = _fit_options(ml, more["reml"], tau=tau, df_method=df_method, tests=tests, max_iterations=max_iterations,
                        compare_deviance=compare_deviance, compare_params=compare_params,
                        test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units)
+    from ..capabilities import hglm_asked
+
+    if hglm_asked(fit):
+        _refuse_hglm_summarised(engine, data)
     ids = (None, None)
     if len(data) == 2:
         opts = make_build_options(build_opts["id_"], build_opts["id1"], build_opts["id2"], None, None,
@@ -1021,12 +1058,52 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
     spec, summary, frame, source_text = summary_for_fit(
         data, engine, scheduler, ids, build_opts["drop_unmatched"], build_opts["missing"],
         build_opts.get("file_format"), build_opts.get("delimiter"),
-        lambda frame: _spec(frame, level1, level2, model_file, None, fit=fit,
-                            allow_outside=more["allow_outside"], extra={"title": title}),
+        lambda frame: _checked_hglm(_spec(frame, level1, level2, model_file, None, fit=fit,
+                                          allow_outside=more["allow_outside"], extra={"title": title}),
+                                    fit, out, engine),
         unsupported, warn, progress=_progress_wanted(out.quiet))
-    analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
+    if not spec.family.linear:  # Laplace or AGQ over the records spilled by unit (capabilities.check)
+        from ..analysis.hglm_stream import fit_hglm_stream
+
+        analysis = fit_hglm_stream(spec, summary, data[0], frame.id_names[0], build_opts.get("file_format"),
+                                   build_opts.get("delimiter"), fit.tests)
+    else:
+        analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})
     finish(results, out, [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
+
+
+def _summarised_kind(fit) -> str:
+    """The capabilities column of a fit by --engine stream/dask, from its options alone (before any data)."""
+    from ..capabilities import hglm_asked
+
+    if not hglm_asked(fit):
+        return "linear-summary"
+    est = getattr(fit.estimation, "value", fit.estimation) or "pql"
+    return "hglm-stream" if est in ("laplace", "agq") else est
+
+
+def _checked_hglm(spec, fit, out, engine: str):
+    """A streamed HGLM's options against the capabilities table (what the records' pass cannot give),
+    before the pass over the records; a linear spec is checked by summary_for_fit."""
+    if not spec.family.linear:
+        from ..capabilities import check as check_capabilities
+
+        check_capabilities(spec, fit, out, engine)
+    return spec
+
+
+def _refuse_hglm_summarised(engine: str, data) -> None:
+    """An HGLM by --engine dask or from a statistics archive: refused in one line before any pass."""
+    from ..errors import RefusedOption
+
+    if len(data) == 1:
+        raise RefusedOption("--family: not available for a statistics archive: it keeps per-unit moments, and an HGLM's "
+                            "likelihood needs the records; fit from the data files with --engine stream")
+    if engine == "dask":
+        raise RefusedOption("--engine dask: not available for an HGLM fit yet: the blocked fit runs over Dask partitions "
+                            "of whole units (Python: hlmcli.data.hglm_sources.DaskBlocks), but the command line does "
+                            "not read the records into them; use --engine stream")
 
 
 @main.command("capabilities")

@@ -233,7 +233,9 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
                              formula_equations=formula_equations)
     # --full-output of combined fits prints each fit's own tables (not HLM2's unit regressions)
     check_capabilities(spec, replace(fit, full_output=None), out, fit.engine)
-    if fit.tests or fit.compare_deviance is not None:
+    laplace3 = (K == 3 and fit.family is not None and fit.family.value != "normal"
+                and fit.estimation is not None and fit.estimation.value == "laplace")
+    if (fit.tests and not laplace3) or fit.compare_deviance is not None:  # the three-level Laplace fits: D1
         raise LevelsUsage("--test and --compare-deviance are not combined over plausible values or imputed data "
                           "sets at three or more levels yet; fit one data set at a time for those")
     if fit.tau == "diagonal" or fit.df_method == "satterthwaite":
@@ -283,9 +285,10 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
 
 def _finish_hglm_combined(archive, source_text, spec, fit, out, data, build_opts, cache_dir, warn, load, model, meta,
                           model_lines, sym, residuals, stderr) -> None:
-    """--plausible-values or --imputed of a three-level HGLM (PQL): hglm_levels.run_combined_hglm_levels,
+    """--plausible-values or --imputed of a three-level HGLM (PQL or Laplace): hglm_levels.run_combined_hglm_levels,
     the combined text and JSON, and the same ending as the linear combined fits."""
-    from ..analysis.hglm_levels import run_combined_hglm_levels
+    from ..analysis.hglm_levels import run_combined_hglm_levels, sampling_weights as hglm_weights
+    from ..data.weights import levels_weighting_lines
     from ..errors import EXIT_NOT_CONVERGED
     from ..report.report import dumps_json
     from ..report.report_combined import combined_text_levels
@@ -304,13 +307,16 @@ def _finish_hglm_combined(archive, source_text, spec, fit, out, data, build_opts
     doc, texts = run_combined_hglm_levels(
         spec, archive, fit, source_text, load_one, fit.plausible_values, fit.imputed,
         bool(model.get("allow_unequal_imputations")), meta, hglm_json3,
-        (lambda d, f, m, h: hglm_text3(d, f, m, sym, h)) if texts_wanted else None)
+        (lambda d, f, m, h: hglm_text3(d, f, m, sym, h)) if texts_wanted else None, tests=fit.tests)
     json_text = dumps_json(doc)
     h = SimpleNamespace(**doc["hglm"], reml=doc["hglm"]["pql"] == "restricted")
+    weighting = levels_weighting_lines(hglm_weights(spec, archive, fit)) if doc.get("weights") else []
     text = json_text if out.out_format == "json" else combined_text_levels(
-        doc, level1_link_lines(model_lines, spec.outcome, h, sym), [], sym.sigma2, texts,
+        doc, level1_link_lines(model_lines, spec.outcome, h, sym), weighting, sym.sigma2, texts,
         kind="hierarchical generalized linear models", method=estimation_line(h))
-    failures = [] if doc["converged"] else ["at least one PQL fit is not at a checked fixed point"]
+    failures = [] if doc["converged"] else ["at least one Laplace fit is not at a certified optimum"
+                                            if h.estimation == "laplace" else
+                                            "at least one PQL fit is not at a checked fixed point"]
     status = EXIT_NOT_CONVERGED if failures else 0
     _finish_combined(text, json_text, out.output, out.json_out, status == 0 or out.keep_failed_output, out.quiet,
                      failures, out.strict, [], status, stderr)

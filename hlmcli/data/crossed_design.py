@@ -150,3 +150,27 @@ def identifiable(terms) -> None:
             if a.J == b.J and len(np.unique(a.codes.astype(np.int64) * b.J + b.codes)) == a.J:
                 raise ModelError(f"the grouping factors {a.factor} and {b.factor} group the records alike, so their "
                                  f"random intercepts cannot be told apart; keep one of them")
+
+
+def check_hcm2_predictors(table: Table, hcm2) -> None:
+    """HCM2's γ multiply row predictors and its β column predictors (language/hcm2.py): each must be
+    constant within the units of its factor, or the equations say something the data do not (a
+    level-1 variable belongs in the level-1 equation)."""
+    for kind, factor, what in (("gamma", hcm2.row, "row"), ("beta", hcm2.col, "column")):
+        names = [t.predictor for t in hcm2.terms if t.kind == kind]
+        if not names:
+            continue
+        codes, labels, _ = unit_codes(table, find_column(table, factor, f"{what} id"))
+        for name in dict.fromkeys(names):
+            x = numeric_column(table, find_column(table, name, "predictor"))
+            ok = np.isfinite(x)
+            lo = np.full(len(labels), np.inf)
+            hi = np.full(len(labels), -np.inf)
+            np.minimum.at(lo, codes[ok], x[ok])
+            np.maximum.at(hi, codes[ok], x[ok])
+            bad = np.flatnonzero(hi > lo)
+            if bad.size:
+                raise ModelError(f"{kind}*({name}): {name} varies within {what} unit {labels[bad[0]]} of {factor}, so it "
+                                 f"is not a {what} predictor; a level-1 variable goes into the level-1 equation "
+                                 f"(p1*({name}))" + (", a column predictor takes beta" if kind == "gamma" else
+                                                     ", a row predictor takes gamma"))

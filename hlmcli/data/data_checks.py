@@ -51,6 +51,8 @@ def check_magnitudes(archive, level1_names, level2_names) -> None:
     l1file, l2file = _files(archive)
     for name in dict.fromkeys(level1_names):
         col = archive.level1_column(name)
+        if not _beyond(col):
+            continue
         big = np.abs(col) > LARGEST_VALUE
         if big.any():
             k = int(np.flatnonzero(big)[0])
@@ -59,11 +61,19 @@ def check_magnitudes(archive, level1_names, level2_names) -> None:
                             f"{name} (e.g. to thousands or millions)")
     for name in dict.fromkeys(level2_names):
         col = archive.level2_column(name)
+        if not _beyond(col):
+            continue
         big = np.abs(col) > LARGEST_VALUE
         if big.any():
             j = int(np.flatnonzero(big)[0])
             raise DataError(f"{l2file}, column {name}, unit {archive.unit_ids[j]}: the value {col[j]:g} is beyond "
                             f"±{LARGEST_VALUE:g}, too large to fit in double precision; fix it or rescale {name}")
+
+
+def _beyond(col: np.ndarray) -> bool:
+    """Whether some value of col is beyond ±LARGEST_VALUE (±inf included; NaN, a missing value, is not):
+    fmax/fmin skip NaN and make no N-long temporary, unlike |col| > LARGEST_VALUE."""
+    return col.size > 0 and bool(np.fmax.reduce(col) > LARGEST_VALUE or np.fmin.reduce(col) < -LARGEST_VALUE)
 
 
 def constant_within_units(y: np.ndarray, offsets: np.ndarray) -> bool:

@@ -113,7 +113,7 @@ class CategoricalPQLData:
             beta[:, self.rnd] += b
         return np.einsum("ik,ik->i", self.Lx, beta[self.unit]).reshape(self.N, self.m1)
 
-    def pql_start(self) -> np.ndarray:
+    def start_eta(self) -> np.ndarray:
         """Category probabilities π_k = (1{Y = k} + ½)/(1 + M/2) per record (positive, summing to 1,
         Bernoulli's (y + ½)/2 at M = 2) and their predictors: cumulative for the ordinal, against the last
         category for the multinomial."""
@@ -122,8 +122,8 @@ class CategoricalPQLData:
             return np.log(pi[:, :-1] / pi[:, -1:])
         return link_quantile(np.cumsum(pi, axis=1)[:, :-1], self.link)
 
-    def working(self, eta: np.ndarray):
-        """The stats of the whitened working model at η (module docstring)."""
+    def working_model(self, eta: np.ndarray):
+        """(stats, unit stats) of the whitened working model at η (module docstring)."""
         z, W = self.working_variates(eta)
         C = np.linalg.cholesky(W)  # W = CC'; a W that is not positive definite raises LinAlgError (pql reports it)
         Ct = np.swapaxes(C, 1, 2)
@@ -133,7 +133,7 @@ class CategoricalPQLData:
         if not (np.all(np.isfinite(Lw)) and np.all(np.isfinite(zw))):
             raise FloatingPointError("the working variates or weights are not finite")
         unit = unit_cross_products(Lw, zw, self.offs, center_y=False)
-        return model_stats(unit, self.Bx, self.random_mask)
+        return model_stats(unit, self.Bx, self.random_mask), unit
 
     # ------------------------------------------------------------------ the linearisation
     def working_variates(self, eta: np.ndarray):

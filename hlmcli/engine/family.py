@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, gammaln
+from .special_functions import expit, gammaln
 
 from ..errors import DataError
 

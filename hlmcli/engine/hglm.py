@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -136,6 +137,11 @@ class GLMData:
         self.LT = np.ascontiguousarray(self.L.T)
         self.ZT = np.ascontiguousarray(self.Z.T)
         self.const = self.family.constant(self.y, self.trials)
+        if self.w2 is not None:
+            # Σ_j w_j Σ_i w_{i|j} c_i: each unit's integral carries its records' constants, and counts w_j times
+            base = self.family.base if isinstance(self.family, WeightedFamily) else self.family
+            w = self.level2(np.ones(self.N) if self.w1 is None else self.w1)
+            self.const = WeightedFamily(base, w).constant(self.y, self.trials)
 
     # -------------------------------------------------------------- per-unit sums
     def usum(self, v: np.ndarray) -> np.ndarray:
@@ -201,6 +207,18 @@ class GLMData:
     def loglik_units(self, eta: np.ndarray) -> np.ndarray:
         return np.add.reduceat(self.family.loglik_terms(eta, self.y, self.trials), self.starts)
 
+    def level2(self, v: np.ndarray) -> np.ndarray:
+        """Per-record values (N,) or (N, ...) times their unit's level-2 weight w_j (unchanged without
+        level-2 weights): Σ_i of the result is Σ_j w_j Σ_{i∈j}, and its per-unit sums are w_j's scores."""
+        if self.w2 is None:
+            return v
+        w = self.w2[self.unit]
+        return v * w.reshape((-1,) + (1,) * (np.ndim(v) - 1))
+
+    def unit_total(self, v: np.ndarray) -> float:
+        """Σ_j w_j v_j of per-unit values (Σ_j v_j without level-2 weights)."""
+        return float(np.sum(v) if self.w2 is None else self.w2 @ v)
+
     def unweighted_at_level2(self) -> "GLMData":
         """The same data with the level-2 weights moved into the records' (w_{i|j}·w_j): the model
         without random effects (τ = 0) has this likelihood, which the GLM start maximises."""
@@ -209,16 +227,6 @@ class GLMData:
         base = self.family.base if isinstance(self.family, WeightedFamily) else self.family
         w1 = (np.ones(self.N) if self.w1 is None else self.w1) * self.w2[self.unit]
         return GLMData(base, self.L, self.B, self.offs, self.rnd, self.y, self.trials, self.offset, w1=w1)
-
-    def pql_start(self) -> np.ndarray:
-        """PQL's first linear predictor (offset included), from the data alone."""
-        off = self.offset if self.offset is not None else 0.0
-        return self.family.start(self.y, self.trials, self.offset) + off
-
-    def working(self, eta: np.ndarray):
-        """The stats of PQL's working model linearised at η (a categorical outcome's working model,
-        with M − 1 correlated working variates per record, brings its own: categorical_pql.py)."""
-        return working_model(self, eta)[0]
 
     def conditional(self, nodes: int = 1) -> "Conditional":
         """The Laplace/AGQ objective of these data (a family with parameters of its own, as the
@@ -239,10 +247,29 @@ def weighted_stats(data: GLMData, z: np.ndarray, w: np.ndarray, with_unit: bool 
 def working_model(data: GLMData, eta: np.ndarray):
     """(stats, unit stats) of the working model linearised at η (offset included). Weights that
     underflow to 0 give a non-finite z, and the fit of these stats then fails (pql reports it)."""
+    if hasattr(data, "working_model"):  # blocks of whole units (hglm_blocks.py): their unit stats joined
+        return data.working_model(eta)
     dl, W, _ = data.family.derivatives(eta, data.y, data.trials)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
     return weighted_stats(data, z, W, with_unit=True)
+
+
+def start_eta(data):
+    """PQL's first linear predictor: the family's start from the outcome, offset included (blocks of
+    whole units keep it as a marker, hglm_blocks.LinearPredictor)."""
+    if hasattr(data, "start_eta"):
+        return data.start_eta()
+    return data.family.start(data.y, data.trials, data.offset) + (data.offset if data.offset is not None else 0.0)
+
+
+def eta_change(data, new, old) -> tuple[bool, float, float]:
+    """(new η finite, max|new − old|, max|new|) over the records: PQL's convergence test."""
+    if hasattr(data, "eta_change"):
+        return data.eta_change(new, old)
+    if not np.all(np.isfinite(new)):
+        return False, np.inf, np.inf
+    return True, float(np.max(np.abs(new - old))), float(np.max(np.abs(new)))
 
 
 # The fixed-point check (pql) is judged in the deviance of the linearised model at the final η:
@@ -386,7 +413,7 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
     engine's own starts; converged only if that refit is certified and the last estimates are at its
     optimum within what the certificates can tell apart (FIXED_POINT_FACTOR, FixedPointCheck).
     stopmicro is kept for the command-file keyword; the inner fit's own tolerance is the certificate's."""
-    eta = data.pql_start()
+    eta = start_eta(data)
     micro = 0
     converged = False
     G = None
@@ -394,7 +421,7 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
     r = r_prev = None
     for it in range(1, macroit + 1):
         try:
-            stats = data.working(eta)
+            stats = working_model(data, eta)[0]
             r_new = inner_fit(stats, reml, overdispersion, diagonal, microit, G)
         except (FloatingPointError, np.linalg.LinAlgError) as exc:
             # the working model cannot be fitted (weights that vanish, X'WX singular): a numerical
@@ -405,12 +432,12 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
         G = r.tau / r.sigma2
         b, _ = r.solve.posterior(r.sigma2)
         new = data.eta(r.gamma, b)
-        if not np.all(np.isfinite(new)):
+        finite, change, size = eta_change(data, new, eta)
+        if not finite:
             failed.append(f"the linear predictor is not finite at macro iteration {it}")
             break
-        change = float(np.max(np.abs(new - eta)))
         eta = new
-        if change <= stopmacro * (1.0 + float(np.max(np.abs(eta)))):
+        if change <= stopmacro * (1.0 + size):
             converged = True
             break
     if not converged and not failed and r_prev is not None and r_prev.converged and r.converged and \
@@ -422,9 +449,9 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
     if not converged and not failed:
         failed.append(f"the macro iterations did not converge in {macroit} (largest change of η {change:.1E})")
     fp = None
-    if converged and np.all(np.isfinite(eta)):
+    if converged:  # every η accepted above passed eta_change's finiteness test
         # the fixed point itself: re-linearise at the final η and refit afresh
-        stats = data.working(eta)
+        stats = working_model(data, eta)[0]
         refit = inner_fit(stats, reml, overdispersion, diagonal, microit) if check else r
         if check:
             fp = _check_fixed_point(r, refit, overdispersion)
@@ -573,8 +600,12 @@ class Conditional:
             A = d.ZWZ(W)
             H = np.einsum("ba,jbc,cd->jad", lam, A, lam) + np.eye(q)
             step = _bsolve(H, g @ lam - u)
-            if np.max(np.abs(step)) < tol:
+            # converged units stay where they are: each unit's Newton path is its own, so the modes
+            # do not depend on which other units share the pass (hglm_blocks.py)
+            done = np.max(np.abs(step), axis=1) < tol
+            if done.all():
                 break
+            step[done] = 0.0
             t = np.ones(d.J)
             for _h in range(30):
                 un = u + t[:, None] * step
@@ -833,15 +864,13 @@ def _glm_gamma(data: GLMData, maxit: int = 100) -> np.ndarray:
     if data.w2 is not None:
         return _glm_gamma(data.unweighted_at_level2(), maxit)
     gamma = np.zeros(data.p)
-    ll = float(np.sum(data.loglik_units(data.eta(gamma, None))))
+    ll = _glm_loglik(data, gamma)
     for _ in range(maxit):
-        dl, W, _ = data.family.derivatives(data.eta(gamma, None), data.y, data.trials)
-        g = data.Xv(dl)
-        H = np.einsum("jkp,jkl,jlr->pr", data.B, data.LWL(W), data.B)
+        g, H = _glm_score_information(data, gamma)
         step = np.linalg.lstsq(H + 1e-10 * np.trace(H) * np.eye(data.p), g, rcond=None)[0]
         t = 1.0
         while t > 1e-6:
-            new = float(np.sum(data.loglik_units(data.eta(gamma + t * step, None))))
+            new = _glm_loglik(data, gamma + t * step)
             if np.isfinite(new) and new >= ll:
                 break
             t *= 0.5
@@ -854,11 +883,29 @@ def _glm_gamma(data: GLMData, maxit: int = 100) -> np.ndarray:
     return gamma
 
 
+def _glm_loglik(data, gamma: np.ndarray) -> float:
+    """Σ ℓ_i(γ) of the GLM without random effects (blocks of whole units: the sum of theirs)."""
+    if hasattr(data, "reduce"):
+        return float(data.reduce(partial(_glm_loglik, gamma=gamma)))
+    return float(np.sum(data.loglik_units(data.eta(gamma, None))))
+
+
+def _glm_score_information(data, gamma: np.ndarray):
+    """(X'ℓ', X'WX) of the GLM without random effects at γ (blocks: the sums of theirs)."""
+    if hasattr(data, "reduce"):
+        parts = data.reduce(lambda d: np.concatenate([np.ravel(a) for a in _glm_score_information(d, gamma)]))
+        return parts[:data.p], parts[data.p:].reshape(data.p, data.p)
+    dl, W, _ = data.family.derivatives(data.eta(gamma, None), data.y, data.trials)
+    return data.Xv(dl), np.einsum("jkp,jkl,jlr->pr", data.B, data.LWL(W), data.B)
+
+
 def deviance_without_random_effects(data: GLMData, gamma: np.ndarray) -> float:
     """The Laplace/AGQ deviance at τ = 0 (the GLM's): with Λ = 0 the modes are 0 and log|H| = 0, so it
     is −2 (Σ_j w_j ℓ_j(γ) + Σ_i c_i), the family constant c_i included as Conditional's deviance
     includes it (without it a binomial deviance sits 2·Σ log C(n, y) too high, and a lower τ = 0 is
     missed; a Poisson one too low, and needless searches start)."""
+    if hasattr(data, "reduce"):  # blocks of whole units (hglm_blocks.py): the sum of theirs
+        return data.reduce(partial(deviance_without_random_effects, gamma=gamma))
     ll0 = data.loglik_units(data.eta(gamma, None))
     return -2.0 * (float(np.sum(ll0) if data.w2 is None else data.w2 @ ll0) + data.const)
 

@@ -13,12 +13,17 @@ adaptive quadrature, exact gradients, PQL's working model used as the start) int
 without another line of their algebra. Level 2: the unit integrals' logarithms and their gradients
 are summed with the weights w_j (hglm.Conditional), and the cluster sandwich uses the weighted unit
 scores w_j·s_j. Level-2 weights that are all equal change no estimate and no sandwich SE.
+
+The same holds for the families with parameters of their own (ordinal thresholds, the NB dispersion,
+the multinomial's vector η): their per-record derivatives in those parameters are linear in log f too,
+so each family names the methods that return them (`record_terms`) and WeightedFamily scales those as
+it scales ℓ; their per-unit sums take w_j through GLMData.level2. The weighting is written here once.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import gammaln
+from .special_functions import gammaln
 
 from .family import Family
 
@@ -30,8 +35,18 @@ class _Values(tuple):
     raw: tuple = ()
 
 
+def scaled(v, w: np.ndarray):
+    """A per-record value times its record's weight: arrays (N,) or (N, ...) (a vector η's derivatives),
+    or any per-record term that knows how to scale itself (multinomial.Curvature); None stays None."""
+    if v is None:
+        return None
+    if isinstance(v, np.ndarray) and v.ndim > 1:
+        return v * w.reshape((-1,) + (1,) * (v.ndim - 1))
+    return v * w
+
+
 def _weighted(raw: tuple, w: np.ndarray) -> _Values:
-    out = _Values(None if v is None else v * w for v in raw)
+    out = _Values(scaled(v, w) for v in raw)
     out.raw = raw
     return out
 
@@ -46,22 +61,39 @@ class WeightedFamily:
         self.w = np.ascontiguousarray(w, dtype=float)
 
     def __getattr__(self, name):
-        return getattr(self.base, name)
+        value = getattr(self.base, name)
+        if name in getattr(self.base, "record_terms", ()):
+            return self._scaling(value)
+        return value
 
-    def derivatives(self, eta, y, n):
-        return tuple(v * self.w for v in self.base.derivatives(eta, y, n))
+    def _scaling(self, method):
+        """A family's own per-record terms (record_terms), scaled by the record weights: one array or
+        a tuple of them."""
+        w = self.w
 
-    def evaluate(self, eta, y, n, second: bool = True):
+        def call(*args, **kwargs):
+            out = method(*args, **kwargs)
+            return tuple(scaled(v, w) for v in out) if isinstance(out, tuple) else scaled(out, w)
+
+        return call
+
+    def derivatives(self, eta, y=None, n=None):
+        return tuple(scaled(v, self.w) for v in self.base.derivatives(eta, y, n))
+
+    def evaluate(self, eta, y=None, n=None, second: bool = True):
         return _weighted(self.base.evaluate(eta, y, n, second=second), self.w)
 
     def taylor(self, ev, d, n):
         return _weighted(self.base.taylor(ev.raw, d, n), self.w)
 
-    def loglik_terms(self, eta, y, n):
+    def loglik_terms(self, eta, y=None, n=None):
         return self.w * self.base.loglik_terms(eta, y, n)
 
     def constant(self, y, n) -> float:
-        """Σ w_i c_i (family.py's constants, record by record)."""
+        """Σ w_i c_i (family.py's constants, record by record; a family with its own gives them per
+        record as constant_terms)."""
+        if hasattr(self.base, "constant_terms"):
+            return float(self.w @ self.base.constant_terms(y, n))
         if self.base.name == "binomial":
             return float(np.sum(self.w * (gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1))))
         if self.base.name == "poisson":

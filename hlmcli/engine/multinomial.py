@@ -37,6 +37,10 @@ as hglm.py's, and ∂d = −2Σ_j ∂log I_j. tests/test_multinomial.py checks i
 deviance, and the deviance against numerical integration in R (tests/reference_scripts/multinomial_ghq.R).
 
 With M = 2 this is the Bernoulli Laplace fit (the test checks it).
+
+Sampling weights (hglm_weights.py): every per-record term is linear in log f, so a record of weight
+w_i has ℓ, ℓ_η, W and ∂W all times w_i; W travels as a Curvature (p and the weight), which scales like
+the arrays, and the per-unit sums of the deviance and its gradient take w_j.
 """
 
 from __future__ import annotations
@@ -46,6 +50,36 @@ from types import SimpleNamespace
 import numpy as np
 
 from .hglm import Conditional, GLMData, ml_fit
+
+
+class Curvature:
+    """W = s·(diag(p) − pp') per record (s the record's weight, 1 without weights), kept as p and s:
+    never formed as an (N, M−1, M−1) array."""
+
+    def __init__(self, p: np.ndarray, s: np.ndarray | None = None):
+        self.p, self.s = p, s
+
+    def __mul__(self, w: np.ndarray) -> "Curvature":
+        return Curvature(self.p, w if self.s is None else self.s * w)
+
+    def entry(self, a: int, c: int) -> np.ndarray:
+        """W_ac per record."""
+        p = self.p
+        w = (p[:, a] if a == c else 0.0) - p[:, a] * p[:, c]
+        return w if self.s is None else w * self.s
+
+    def times(self, v: np.ndarray) -> np.ndarray:
+        """W v per record, (N, M−1)."""
+        p = self.p
+        t = p[:, 0] * v[:, 0]
+        for m in range(1, p.shape[1]):
+            t += p[:, m] * v[:, m]
+        if self.s is not None:
+            t = t * self.s
+        out = np.empty(p.shape, order="F")
+        for m in range(p.shape[1]):
+            out[:, m] = p[:, m] * ((v[:, m] if self.s is None else v[:, m] * self.s) - t)
+        return out
 
 
 class MultinomialFamily:
@@ -77,24 +111,13 @@ class MultinomialFamily:
             p[:, m] /= s
         return p, mx + np.log(s)
 
-    def evaluate(self, eta: np.ndarray):
-        """(ℓ (N,), ℓ_η = y − p (N, M−1), p)."""
+    def evaluate(self, eta: np.ndarray, y=None, n=None, second: bool = True):
+        """(ℓ (N,), ℓ_η = y − p (N, M−1), W = −ℓ_ηη as a Curvature)."""
         p, lse = self.probabilities(eta)
         ll = -lse
         for m in range(eta.shape[1]):
             ll += self.Y[:, m] * eta[:, m]
-        return ll, self.Y - p, p
-
-    @staticmethod
-    def w_times(p: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """W v per record, W = diag(p) − pp'."""
-        s = p[:, 0] * v[:, 0]
-        for m in range(1, p.shape[1]):
-            s += p[:, m] * v[:, m]
-        out = np.empty(p.shape, order="F")
-        for m in range(p.shape[1]):
-            out[:, m] = p[:, m] * (v[:, m] - s)
-        return out
+        return ll, self.Y - p, Curvature(p)
 
     def constant(self, y=None, n=None) -> float:
         return 0.0
@@ -143,14 +166,13 @@ class MultinomialData(GLMData):
             return np.concatenate([np.einsum("jkp,jk->jp", self.B, self.Lv(v[:, m])) for m in range(self.m1)], axis=1)
         return np.concatenate([self.Xv(v[:, m]) for m in range(self.m1)])
 
-    def a_matrix(self, p: np.ndarray) -> np.ndarray:
+    def a_matrix(self, W: Curvature) -> np.ndarray:
         """A_j = Σ_i Z_iW_iZ_i' (J, Q, Q), block (a, b) = Z_j' diag(W_ab) Z_j."""
         qf, m1 = self.qf, self.m1
         A = np.empty((self.J, self.q, self.q))
         for a in range(m1):
             for c in range(a, m1):
-                w = (p[:, a] if a == c else 0.0) - p[:, a] * p[:, c]
-                blk = self.ZWZ(w)
+                blk = self.ZWZ(W.entry(a, c))
                 A[:, a * qf:(a + 1) * qf, c * qf:(c + 1) * qf] = blk
                 if c != a:
                     A[:, c * qf:(c + 1) * qf, a * qf:(a + 1) * qf] = blk.transpose(0, 2, 1)
@@ -173,6 +195,10 @@ class MultinomialData(GLMData):
     def loglik_units(self, eta: np.ndarray) -> np.ndarray:
         return self.usum(self.family.evaluate(eta)[0])
 
+    def _glm_loglik(self, gamma) -> float:
+        """Σ_j w_j ℓ_j of the model without random effects (w_j = 1 without level-2 weights)."""
+        return self.unit_total(self.loglik_units(self.eta(gamma, None)))
+
     def conditional(self, nodes: int = 1):
         if nodes != 1:
             raise ValueError("multinomial: Laplace only")
@@ -185,21 +211,20 @@ class MultinomialData(GLMData):
             return self._glm.copy()
         pf, m1 = self.pf, self.m1
         gamma = np.zeros(self.p)
-        ll = float(np.sum(self.loglik_units(self.eta(gamma, None))))
+        ll = self._glm_loglik(gamma)
         for _ in range(maxit):
-            _, l1, p = self.family.evaluate(self.eta(gamma, None))
-            g = self.xsum(l1)
+            _, l1, W = self.family.evaluate(self.eta(gamma, None))
+            g = self.xsum(self.level2(l1))
             H = np.empty((self.p, self.p))
             for a in range(m1):
                 for c in range(a, m1):
-                    w = (p[:, a] if a == c else 0.0) - p[:, a] * p[:, c]
-                    blk = np.einsum("jkp,jkl,jlr->pr", self.B, self.LWL(w), self.B)
+                    blk = np.einsum("jkp,jkl,jlr->pr", self.B, self.LWL(self.level2(W.entry(a, c))), self.B)
                     H[a * pf:(a + 1) * pf, c * pf:(c + 1) * pf] = blk
                     H[c * pf:(c + 1) * pf, a * pf:(a + 1) * pf] = blk.T
             step = np.linalg.lstsq(H + 1e-10 * np.trace(H) * np.eye(self.p), g, rcond=None)[0]
             t = 1.0
             while t > 1e-8:
-                new = float(np.sum(self.loglik_units(self.eta(gamma + t * step, None))))
+                new = self._glm_loglik(gamma + t * step)
                 if np.isfinite(new) and new >= ll:
                     break
                 t *= 0.5
@@ -224,7 +249,7 @@ class MultinomialConditional(Conditional):
 
     def modes(self, gamma, lam, tol=1e-10, maxit=60):
         """Newton for û_j in every unit at once, with per-unit step halving (hglm.Conditional.modes
-        with the vector η). Keeps (ℓ, ℓ_η, p) at η̂ in self.last."""
+        with the vector η). Keeps (ℓ, ℓ_η, W) at η̂ in self.last."""
         d, fam = self.data, self.data.family
         self.count += 1
         u = self.b @ np.linalg.pinv(lam).T
@@ -238,8 +263,8 @@ class MultinomialConditional(Conditional):
         eta, pl, ev = state(u)
         I = np.eye(d.q)
         for _ in range(maxit):
-            _, l1, p = ev
-            H = np.einsum("ba,jbc,cd->jad", lam, d.a_matrix(p), lam) + I
+            _, l1, W = ev
+            H = np.einsum("ba,jbc,cd->jad", lam, d.a_matrix(W), lam) + I
             step = np.linalg.solve(H, (d.zsum(l1) @ lam - u)[..., None])[..., 0]
             if np.max(np.abs(step)) < tol:
                 break
@@ -259,12 +284,14 @@ class MultinomialConditional(Conditional):
     def _evaluate(self, gamma, lam, grad):
         d, fam = self.data, self.data.family
         u, eta = self.modes(gamma, lam)
-        ll, l1, p = self.last
-        A = d.a_matrix(p)
+        ll, l1, W = self.last
+        p = W.p
+        A = d.a_matrix(W)
         H = np.einsum("ba,jbc,cd->jad", lam, A, lam) + np.eye(d.q)
         C = np.linalg.cholesky(H)
         logdet = 2.0 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(axis=1)
-        dev = float(-2.0 * np.sum(d.usum(ll) - 0.5 * np.sum(u * u, axis=1) - 0.5 * logdet))
+        # with level-2 weights −2 Σ_j w_j log I_j (hglm_weights.py)
+        dev = -2.0 * d.unit_total(d.usum(ll) - 0.5 * np.sum(u * u, axis=1) - 0.5 * logdet)
         if not grad:
             return dev
         Hinv = np.linalg.inv(H)
@@ -273,21 +300,28 @@ class MultinomialConditional(Conditional):
         v = np.empty(p.shape, order="F")  # diag(E) − 2Ep
         for a in range(d.m1):
             v[:, a] = E[:, a, a] - 2.0 * sum(E[:, a, b] * p[:, b] for b in range(d.m1))
-        c = fam.w_times(p, v)
+        c = W.times(v)
         ghat = d.zsum(l1)
         Zc = d.zsum(c)
         gbar = ghat @ lam - u
         m = np.einsum("jab,jb->ja", Hinv, gbar + Zc @ lam)
         Lm = m @ lam.T
         r = d.zdot(Lm)
-        vg = l1 + c - fam.w_times(p, r)
-        ggam = d.xsum(vg)
+        vg = l1 + c - W.times(r)
+        ggam = d.xsum(d.level2(vg))
         AL = A @ lam
         ALm = np.einsum("jab,jb->ja", A, Lm)
-        if self.keep_units:
-            self.unit_scores = (d.xsum(vg, per_unit=True),
-                                2.0 * np.einsum("jab,jbc->jac", AL, Psi) + np.einsum("ja,jb->jab", ghat + Zc, u)
-                                + np.einsum("ja,jb->jab", ghat, m) - np.einsum("ja,jb->jab", ALm, u))
+        if self.keep_units or d.w2 is not None:
+            # each unit's scores, times w_j when weighted: summed for the gradient, kept for the sandwich
+            sg = d.xsum(vg, per_unit=True)
+            sl = (2.0 * np.einsum("jab,jbc->jac", AL, Psi) + np.einsum("ja,jb->jab", ghat + Zc, u)
+                  + np.einsum("ja,jb->jab", ghat, m) - np.einsum("ja,jb->jab", ALm, u))
+            if d.w2 is not None:
+                sg, sl = sg * d.w2[:, None], sl * d.w2[:, None, None]
+            if self.keep_units:
+                self.unit_scores = (sg, sl)
+            if d.w2 is not None:
+                return dev, -2.0 * ggam, -2.0 * sl.sum(axis=0)
         glam = (2.0 * np.einsum("jab,jbc->ac", AL, Psi) + (ghat + Zc).T @ u + ghat.T @ m - ALm.T @ u)
         return dev, -2.0 * ggam, -2.0 * glam
 

@@ -23,6 +23,20 @@ through η): with e_i = z_i'ΛΨΛ'z_i and m = H⁻¹(ḡ + Λ'Z'(κ3 e)) (hglm.
     ∂log I_j/∂φ = Σ_k π_k Σ_i ℓ_φ(η_ik) + Σ_i e_i W_φ,i + Σ_i (z_i'Λm_j) ℓ_ηφ,i.
 
 tests/test_negbin.py checks it against differences of the deviance.
+
+Precision at large θ. Written as above, ℓ cancels: lgamma(y + θ) − lgamma(θ) + θ log θ and
+(y + θ) log(θ + μ) are each ~θ log θ, so at θ = 1e8 a record's ℓ carries ~1e-16·θ log θ ≈ 2e-7 of
+rounding, and a deviance over thousands of records loses its 1e-6. With s = log θ + L, L = log1p(μ/θ),
+
+    ℓ = G(y, θ) + yη − (y + θ)L,   G(y, θ) = lgamma(y + θ) − lgamma(θ) − y log θ = Σ_{k<y} log1p(k/θ),
+
+whose terms are each of the size of the result (G → y(y − 1)/2θ, (y + θ)L → μ: the Poisson limit).
+For θ ≥ 10, Stirling's series log Γ(x) = (x − ½) log x − x + ½ log 2π + r(x) gives G without the
+cancellation: G = (y + θ − ½) log1p(y/θ) − y + r(y + θ) − r(θ). Likewise ψ(y + θ) − ψ(θ) in ℓ_φ, from
+ψ(x) = log x − 1/2x − r₁(x): log1p(y/θ) + y/(2θ(y + θ)) − r₁(y + θ) + r₁(θ), and ℓ_φ =
+θ[ψ(y + θ) − ψ(θ) − L + p − y/(θ + μ)] then has terms of size y/θ, not log θ. r and r₁ (Bernoulli
+numbers' series) are summed to x^−13 and x^−14: below 1e-16 relative at x ≥ 10. Below θ = 10 the lgamma
+and digamma forms have no such cancellation and are used as they are.
 """
 
 from __future__ import annotations
@@ -31,9 +45,65 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.special import digamma, gammaln
+from .special_functions import digamma, expit, gammaln
 
 from .hglm import Conditional, GLMData, agq_fit, ml_fit, newton_ascent
+
+# Stirling's series above this θ (module docstring)
+STIRLING_FROM = 10.0
+# log Γ(x) − [(x − ½) log x − x + ½ log 2π] = Σ_k B_2k / (2k(2k − 1) x^(2k−1)), k = 1..7
+_R = (1 / 12, -1 / 360, 1 / 1260, -1 / 1680, 1 / 1188, -691 / 360360, 1 / 156)
+# log x − 1/2x − ψ(x) = Σ_k B_2k / (2k x^2k), k = 1..7
+_R1 = (1 / 12, -1 / 120, 1 / 252, -1 / 240, 1 / 132, -691 / 32760, 1 / 12)
+
+
+def _series(coef, x: np.ndarray, first: int) -> np.ndarray:
+    """Σ_k coef[k] x^−(first + 2k), by Horner in x^−2."""
+    x2 = 1.0 / (x * x)
+    out = np.full_like(x, coef[-1])
+    for c in coef[-2::-1]:
+        out = out * x2 + c
+    return out * x ** -float(first)
+
+
+# Whole counts below this are summed term by term (Σ_{k<y}): each term exact to a rounding, where the
+# series' (y + θ − ½) log1p(y/θ) − y cancels to ~1e-16·y absolute (1e-9 relative for y = 2 at θ = 1e8)
+SUM_UP_TO = 1000
+
+
+def _small_counts(y: np.ndarray, terms: np.ndarray) -> np.ndarray | None:
+    """Σ_{k<y} terms[k] per record, from one cumulative sum, when every y is a whole count below
+    SUM_UP_TO; else None."""
+    if y.size == 0 or y.max() >= SUM_UP_TO or np.any(y != np.floor(y)) or y.min() < 0:
+        return None
+    return np.concatenate([[0.0], np.cumsum(terms)])[y.astype(np.int64)]
+
+
+def log_rising(y: np.ndarray, theta: float) -> np.ndarray:
+    """G(y, θ) = lgamma(y + θ) − lgamma(θ) − y log θ (= Σ_{k<y} log1p(k/θ) for whole y), without
+    cancellation at large θ (module docstring)."""
+    y = np.asarray(y, float)
+    if theta < STIRLING_FROM:
+        return gammaln(y + theta) - gammaln(theta) - y * math.log(theta)
+    table = _small_counts(y, np.log1p(np.arange(SUM_UP_TO) / theta))
+    if table is not None:
+        return table
+    t = np.float64(theta)
+    g = (y + t - 0.5) * np.log1p(y / t) - y + (_series(_R, y + t, 1) - _series(_R, np.array([t]), 1)[0])
+    return np.where(y <= 1.0, 0.0, g)  # exactly 0 at y = 0 and 1 (the sum is empty or log1p(0))
+
+
+def digamma_difference(y: np.ndarray, theta: float) -> np.ndarray:
+    """ψ(y + θ) − ψ(θ) (= Σ_{k<y} 1/(θ + k) for whole y), without cancellation at large θ."""
+    y = np.asarray(y, float)
+    if theta < STIRLING_FROM:
+        return digamma(y + theta) - digamma(theta)
+    table = _small_counts(y, 1.0 / (theta + np.arange(SUM_UP_TO)))
+    if table is not None:
+        return table
+    t = np.float64(theta)
+    return (np.log1p(y / t) + y / (2.0 * t * (y + t))
+            - _series(_R1, y + t, 2) + _series(_R1, np.array([t]), 2)[0])
 
 
 
@@ -51,6 +121,7 @@ class NegBinFamily:
     name = "negbinomial"
     link = "log"
     ratio_name = "rate_ratio"
+    record_terms = ("theta_parts",)  # per-record, linear in log f: scaled by sampling weights (hglm_weights.py)
 
     def __init__(self, y: np.ndarray):
         self.y = np.asarray(y, float)
@@ -69,19 +140,21 @@ class NegBinFamily:
             raise ThetaOverflow(log_theta)
         self.log_theta = log_theta
         th = math.exp(log_theta)
-        # the θ part of ℓ that does not involve η: computed once per θ, not per node and Newton step
-        self._c = gammaln(self.y + th) - math.lgamma(th) + th * log_theta
+        # the θ parts of ℓ and ℓ_φ that do not involve η: computed once per θ, not per node and Newton step
+        self._c = log_rising(self.y, th)
+        self._psi = digamma_difference(self.y, th)
 
     def _pq(self, eta):
-        s = np.logaddexp(self.log_theta, eta)  # log(θ + μ)
-        return s, np.exp(eta - s), np.exp(self.log_theta - s)
+        """(L = log1p(μ/θ), p = μ/(θ + μ), q = θ/(θ + μ)), each without cancellation for any η."""
+        x = eta - self.log_theta
+        return np.logaddexp(0.0, x), expit(x), expit(-x)
 
     def evaluate(self, eta, y=None, n=None, second: bool = True):
         """(ℓ without −lgamma(y + 1), ℓ_η, W, κ3) per record (W and κ3 None without second)."""
         y, th = self.y, self.theta
-        s, p, q = self._pq(eta)
+        L, p, q = self._pq(eta)
         yt = y + th
-        ll = self._c + y * eta - yt * s
+        ll = self._c + y * eta - yt * L
         dl = y - yt * p
         if not second:
             return ll, dl, None, None
@@ -98,15 +171,18 @@ class NegBinFamily:
     def theta_parts(self, eta, second: bool = True):
         """Per record ℓ_φ and, with second, (ℓ_ηφ, W_φ) (module docstring)."""
         y, th = self.y, self.theta
-        s, p, q = self._pq(eta)
-        lphi = th * (digamma(y + th) - digamma(th) + (self.log_theta - s) + p - y * np.exp(-s))
+        L, p, q = self._pq(eta)
+        lphi = th * (self._psi - L + p - y * q / th)  # y/(θ + μ) = yq/θ
         if not second:
             return lphi
         W = (y + th) * p * q
         return lphi, W - th * p, th * p * q - W * (q - p)
 
+    def constant_terms(self, y=None, n=None) -> np.ndarray:
+        return -gammaln(self.y + 1.0)
+
     def constant(self, y=None, n=None) -> float:
-        return float(-np.sum(gammaln(self.y + 1.0)))
+        return float(np.sum(self.constant_terms()))
 
     def mean(self, eta, n=None) -> np.ndarray:
         return np.exp(eta)
@@ -148,7 +224,9 @@ class NegBinData(GLMData):
         def ll_grad(x):
             eta = self.eta(x, None)
             ll, dl, _, _ = fam.evaluate(eta, second=False)
-            return float(np.sum(ll)), np.concatenate([self.Xv(dl), [np.sum(fam.theta_parts(eta, second=False))]])
+            lv = self.level2  # level-2 weights, when given, count each unit's records w_j times
+            return float(np.sum(lv(ll))), np.concatenate([self.Xv(lv(dl)),
+                                                          [np.sum(lv(fam.theta_parts(eta, second=False)))]])
 
         def step_of(H, g):
             w, V = np.linalg.eigh(-H)  # ascent direction even where ℓ is not concave in (γ, φ)
@@ -190,7 +268,7 @@ class NegBinConditional(Conditional):
                 lphi += pt.pi[k][d.unit] * fam.theta_parts(pt.eta + M @ zk, second=False)
         e = d.quad(lam @ pt.Psi @ lam.T)
         r = d.rowdot(d.ZT, pt.m @ lam.T)
-        v = lphi + e * Wphi + r * lephi
+        v = d.level2(lphi + e * Wphi + r * lephi)  # w_j ∂log I_j/∂φ with level-2 weights
         if self.keep_units:
             sg, sl = self.unit_scores
             self.unit_scores = (np.column_stack([sg, d.usum(v)]), sl)

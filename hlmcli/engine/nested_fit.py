@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..lazy import lazy
-
-special = lazy("scipy.special")
-
+from .special_functions import special  # the compiled tails, without the scipy.special package
 from .certificate import BlockCertificate, certify_blocks, diagonal_blocks, rank_tolerance
 from ..errors import ModelError
 from .sandwich import weighted_sandwich

@@ -93,6 +93,9 @@ class NestedLaplace:
         self.b3 = np.zeros((self.J3, self.q3))
         self.count = 0
         self._memo = None
+        # the weights of the log-determinants: Σ_j α_j log|Hjj| + Σ_k β_k log|S_k| (None: all 1; sampling
+        # weights set them, nested_laplace_weights.py)
+        self.alpha = self.beta = None
 
     # ------------------------------------------------------------------ per-unit sums
     def _s2(self, v):
@@ -118,6 +121,8 @@ class NestedLaplace:
         S = H33 - self._s23(np.einsum("jab,jac->jbc", Hj3, P)) if self.J2 else H33
         ld2 = np.linalg.slogdet(Hjj)[1] if self.q2 else np.zeros(self.J2)
         ld3 = np.linalg.slogdet(S)[1] if self.q3 else np.zeros(self.J3)
+        if self.alpha is not None:
+            ld2, ld3 = self.alpha * ld2, self.beta * ld3
         return Hinv, P, S, self._s23(ld2) + ld3
 
     def _solve(self, Hinv, P, Sinv, g2, g3):
@@ -181,7 +186,12 @@ class NestedLaplace:
             ha = np.einsum("iab,ib->ia", Hj, A)  # Hjj⁻¹a_i
             e = B - np.einsum("iab,ia->ib", Pj, A)  # b_i − Pj'a_i
             se = np.einsum("iab,ib->ia", Sk, e)  # S⁻¹e_i
-            c = np.einsum("ia,ia->i", A, ha) + np.einsum("ia,ia->i", e, se)
+            if self.alpha is None:
+                c = np.einsum("ia,ia->i", A, ha) + np.einsum("ia,ia->i", e, se)
+            else:  # α_j log|Hjj| + β_k log|S_k| = β_k log|H_k| + (α_j − β_k) log|Hjj| (nested_laplace_weights.py)
+                al, be = self.alpha[self.j], self.beta[self.k]
+                c = al * np.einsum("ia,ia->i", A, ha) + be * np.einsum("ia,ia->i", e, se)
+                ha, se = al[:, None] * ha, be[:, None] * se
             r = k3 * c
             v2, v3 = self._solve(Hinv, P, Sinv, self._s2(A * r[:, None]), self._s3(B * r[:, None]))
             s = np.einsum("ia,ia->i", A, v2[self.j]) + np.einsum("ia,ia->i", B, v3[self.k])
@@ -316,6 +326,21 @@ class Profiled:
         return dev, tuple(Gams)
 
 
+def _escape(obj: Profiled, Gs, cert, dev: float):
+    """The restart point of an uncertified boundary optimum: (Gs, γ) a step along the certificate's
+    descent direction, lower than `dev`, moved just inside the cone (1e-4 of the block's scale on its
+    diagonal); None when that step does not lower the deviance."""
+    block, D = cert.descent
+    G_new = list(Gs)
+    G_new[block] = Gs[block] + cert.descent_step * D
+    if not obj.value(tuple(G_new)) < dev - TOL:
+        return None
+    gamma = obj.last_gamma.copy()
+    q = G_new[block].shape[0]
+    G_new[block] = G_new[block] + 1e-4 * max(1.0, float(np.abs(G_new[block]).max())) * np.eye(q)
+    return tuple(G_new), gamma
+
+
 @dataclass
 class NestedLaplaceResult:
     gamma: np.ndarray
@@ -338,10 +363,13 @@ class NestedLaplaceResult:
 def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> NestedLaplaceResult:
     """Laplace ML of a three-level HGLM, certified over (τπ, τβ) PSD, or non-negative diagonal where
     `diagonal` says so (module docstring). `start`: an object with gamma and taus (a PQL fit), or None to
-    run full PQL for it."""
+    run full PQL for it. With sampling weights on the data (glm.data.weights) the fit is the weighted
+    pseudo-likelihood's (nested_laplace_weights.py), its robust covariance with the factor J3/(J3 − 1)."""
     from .nested_glmm import pql_levels
+    from .nested_laplace_weights import WeightedNestedLaplace, level_weights
 
-    cond = NestedLaplace(glm)
+    weights = level_weights(glm)
+    cond = NestedLaplace(glm) if weights is None else WeightedNestedLaplace(glm, weights)
     q2, q3, p = cond.q2, cond.q3, cond.p
     if start is None:
         try:
@@ -371,56 +399,64 @@ def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> N
     def grad(x):
         return fg(x)[1]
 
-    f, g = fg(x)
     iters = 0
-    H0 = difference_hessian(grad, x, g0=g, h=1e-6)
-    x, f, g, n1, ok = damped_newton(fg, x, f, g, H0, 50, 1e-6)
-    iters += n1
-    if not ok:
-        res = lbfgsb.minimize(fg, x, maxiter=1000, ftol=1e-14, gtol=1e-7)
-        x = res.x
+    for attempt in range(4):
         f, g = fg(x)
-        iters += int(res.nit)
-    Hs = difference_hessian(grad, x, h=1e-5)
-    x1 = x
-    x, f, g, n2, ok = damped_newton(fg, x, f, g, Hs, 30, 1e-11)
-    iters += n2
-    if np.max(np.abs(x - x1)) > 1e-5 * (1.0 + np.max(np.abs(x))):
+        H0 = difference_hessian(grad, x, g0=g, h=1e-6)
+        x, f, g, n1, ok = damped_newton(fg, x, f, g, H0, 50, 1e-6)
+        iters += n1
+        if not ok:
+            res = lbfgsb.minimize(fg, x, maxiter=1000, ftol=1e-14, gtol=1e-7)
+            x = res.x
+            f, g = fg(x)
+            iters += int(res.nit)
         Hs = difference_hessian(grad, x, h=1e-5)
-        x, f, g, n3, ok = damped_newton(fg, x, f, g, Hs, 30, 1e-11)
-        iters += n3
-    gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
-    # Λ's diagonal non-negative (a column's sign flips with its u): flip the θ entries and the Hessian
-    sgn = np.ones(x.size)
-    off = 0
-    for L, idx in ((L2, i2), (L3, i3)):
-        flip = np.where(np.diag(L) < 0, -1.0, 1.0)
-        sgn[off:off + idx[0].size] = flip[idx[1]]
-        off += idx[0].size
-    x, g, Hs = x * sgn, g * sgn, Hs * np.outer(sgn, sgn)
-    gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
-    f, _ = fg(x)
-    Gs = (L2 @ L2.T, L3 @ L3.T)
-    Hgg = Hs[nt:, nt:]
-    obj = Profiled(cond, gamma, Hgg, diagonal)
-    face = BlockFace(Gs, diagonal=diagonal)
-    names = ("tau_pi", "tau_beta")
-    if face.ranks == (q2, q3):
-        dev, Gams = obj.at(Gs)
-        sol = np.linalg.solve(Hgg, np.column_stack([Hs[nt:, :nt], g[nt:]]))
-        Hp = Hs[:nt, :nt] - Hs[:nt, nt:] @ sol[:, :nt]
-        gp = g[:nt] - Hs[:nt, nt:] @ sol[:, nt]
-        x0 = face.x0()
+        x1 = x
+        x, f, g, n2, ok = damped_newton(fg, x, f, g, Hs, 30, 1e-11)
+        iters += n2
+        if np.max(np.abs(x - x1)) > 1e-5 * (1.0 + np.max(np.abs(x))):
+            Hs = difference_hessian(grad, x, h=1e-5)
+            x, f, g, n3, ok = damped_newton(fg, x, f, g, Hs, 30, 1e-11)
+            iters += n3
+        gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
+        # Λ's diagonal non-negative (a column's sign flips with its u): flip the θ entries and the Hessian
+        sgn = np.ones(x.size)
+        off = 0
+        for L, idx in ((L2, i2), (L3, i3)):
+            flip = np.where(np.diag(L) < 0, -1.0, 1.0)
+            sgn[off:off + idx[0].size] = flip[idx[1]]
+            off += idx[0].size
+        x, g, Hs = x * sgn, g * sgn, Hs * np.outer(sgn, sgn)
+        gamma, L2, L3 = _unpack(x, q2, q3, diagonal)
+        f, _ = fg(x)
+        Gs = (L2 @ L2.T, L3 @ L3.T)
+        Hgg = Hs[nt:, nt:]
+        obj = Profiled(cond, gamma, Hgg, diagonal)
+        face = BlockFace(Gs, diagonal=diagonal)
+        names = ("tau_pi", "tau_beta")
+        if face.ranks == (q2, q3):
+            dev, Gams = obj.at(Gs)
+            sol = np.linalg.solve(Hgg, np.column_stack([Hs[nt:, :nt], g[nt:]]))
+            Hp = Hs[:nt, :nt] - Hs[:nt, nt:] @ sol[:, :nt]
+            gp = g[:nt] - Hs[:nt, nt:] @ sol[:, nt]
+            x0 = face.x0()
 
-        def theta(xv):
-            G2, G3 = face.G(xv)
-            return np.concatenate([fac(G2, diagonal[0])[i2], fac(G3, diagonal[1])[i3]])
+            def theta(xv):
+                G2, G3 = face.G(xv)
+                return np.concatenate([fac(G2, diagonal[0])[i2], fac(G3, diagonal[1])[i3]])
 
-        gf, Hf = chain_to_face(theta, x0, face.size, nt, gp, Hp)
-        cert = certify_blocks(obj, Gs, TOL, face_data=(face, x0, 0.5 * (Hf + Hf.T), gf, dev, Gams), diagonal=diagonal,
-                              names=names)
-    else:
-        cert = certify_blocks(obj, Gs, TOL, diagonal=diagonal, names=names)
+            gf, Hf = chain_to_face(theta, x0, face.size, nt, gp, Hp)
+            cert = certify_blocks(obj, Gs, TOL, face_data=(face, x0, 0.5 * (Hf + Hf.T), gf, dev, Gams), diagonal=diagonal,
+                                  names=names)
+        else:
+            cert = certify_blocks(obj, Gs, TOL, diagonal=diagonal, names=names)
+        # Not a minimum: in Cholesky coordinates the search cannot leave a zero column of Λ by itself
+        # (its gradient there is 0 whatever the deviance does), so restart it from the lower point along
+        # the certificate's descent into the cone, just inside it (as hglm.ml_fit does at two levels)
+        restart = None if cert.certified or cert.descent is None or attempt == 3 else _escape(obj, Gs, cert, f)
+        if restart is None:
+            break
+        x = _pack(restart[1], fac(restart[0][0], diagonal[0]), fac(restart[0][1], diagonal[1]), diagonal)
     f, _ = fg(x)
     # cov(γ): the γ block of 2H⁻¹ as glmer; robust: the γ block of the CR0 sandwich A⁻¹(Σ_k s_ks_k')A⁻¹ over
     # (θ, γ), A = H/2 the Hessian of −log L, s_k level-3 unit k's exact score (as hglm._covariances)
@@ -428,6 +464,8 @@ def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> N
         Ainv = 2.0 * np.linalg.inv(Hs)
         S = cond.unit_scores(gamma, L2, L3, diagonal)
         cov, robust = Ainv[nt:, nt:], (Ainv @ (S.T @ S) @ Ainv)[nt:, nt:]
+        if weights is not None:
+            robust = robust * (cond.J3 / (cond.J3 - 1.0))
     except np.linalg.LinAlgError:
         cov = robust = np.full((p, p), np.nan)
     b2, V2, b3, V3, eta = cond.posterior(gamma, L2, L3)

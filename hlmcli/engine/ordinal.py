@@ -38,7 +38,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.special import expit, ndtr, ndtri
+from .special_functions import expit, ndtr, ndtri
 
 from .hglm import Conditional, GLMData, agq_fit, ml_fit, newton_ascent
 
@@ -105,6 +105,7 @@ class OrdinalFamily:
 
     name = "ordinal"
     ratio_name = "odds_ratio"
+    record_terms = ("threshold_parts",)  # per-record, linear in log f: scaled by sampling weights (hglm_weights.py)
 
     def __init__(self, link: str, ncat: int, y: np.ndarray):
         if link not in LINKS:
@@ -250,7 +251,8 @@ class OrdinalData(GLMData):
                 return -np.inf, None
             ll, l1, _, _ = fam.evaluate(eta, second=False)
             la, lb = fam.threshold_parts(eta, second=False)
-            return float(np.sum(ll)), np.concatenate([self.Xv(l1), self._cut_sums(la, lb)])
+            lv = self.level2  # level-2 weights, when given, count each unit's records w_j times
+            return float(np.sum(lv(ll))), np.concatenate([self.Xv(lv(l1)), self._cut_sums(lv(la), lv(lb))])
 
         def step_of(H, g):
             return np.linalg.lstsq(-H + 1e-10 * abs(np.trace(H)) * np.eye(self.p), g, rcond=None)[0]
@@ -299,8 +301,8 @@ class OrdinalConditional(Conditional):
             _, _, lea, leb, Wa, Wb = fam.threshold_parts(pt.eta)
         e = d.quad(lam @ pt.Psi @ lam.T)
         r = d.rowdot(d.ZT, pt.m @ lam.T)
-        va = la + e * Wa + r * lea
-        vb = lb + e * Wb + r * leb
+        va = d.level2(la + e * Wa + r * lea)  # w_j ∂log I_j/∂c with level-2 weights
+        vb = d.level2(lb + e * Wb + r * leb)
         gcut = d._cut_sums(va, vb)
         if self.keep_units:
             sg, sl = self.unit_scores

@@ -519,8 +519,11 @@ def within_unit_rss(ZZ: np.ndarray, ZB: np.ndarray, BB: np.ndarray, unit_weight:
         keep = w > OLS_RANK_TOL * np.maximum(w[:, -1:], 1e-300)
         inv = np.where(keep, 1.0 / np.where(keep, w, 1.0), 0.0)
         Zp = np.einsum("jak,jk,jbk->jab", E, inv, E)  # (Z_j'Z_j)⁺
-    c = np.ones(J) if unit_weight is None else np.asarray(unit_weight, float)
-    W = BB - np.einsum("j,jam,jab,jbn->mn", c, ZB, Zp, ZB)
+    m = BB.shape[0]
+    cZB = ZB if unit_weight is None else ZB * np.asarray(unit_weight, float)[:, None, None]
+    # Σ_j c_j ZB_j'(Z_j'Z_j)⁺ZB_j as one (m × Jq)(Jq × m) product: a four-operand einsum loops in C
+    # without BLAS (22 ms at J = 10,000)
+    W = BB - cZB.reshape(-1, m).T @ (Zp @ ZB).reshape(-1, m)
     W = 0.5 * (W + W.T)
     A, b, s = W[:-1, :-1], W[:-1, -1], float(W[-1, -1])
     if A.size:

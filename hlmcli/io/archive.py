@@ -310,10 +310,11 @@ def peek_levels(path) -> int:
         return 2
 
 
-def read_archive_file(path: str | os.PathLike, levels: int | None = 2,
+def read_archive_file(path: str | os.PathLike, levels: int | str | None = 2,
                       verify: bool = False) -> tuple[Path, dict, dict, CorruptArchive]:
     """Read and verify an archive file (of `levels` levels; None: any): (path, JSON header, arrays by
-    name as zero-copy views, the error to raise when the header does not describe the contents). The
+    name as zero-copy views, the error to raise when the header does not describe the contents;
+    levels="cross-classified": archive_crossed.py's archive, which every other caller refuses). The
     whole-file checksum is computed unless verified.py knows this very file was verified in full
     before; `verify` always computes it."""
     from . import verified
@@ -346,6 +347,12 @@ def read_archive_file(path: str | os.PathLike, levels: int | None = 2,
         raise damaged
     try:
         header = json.loads(bytes(body[:header_len]).decode("utf-8"))
+        crossed = isinstance(header, dict) and header.get("kind") == "cross-classified"
+        if crossed != (levels == "cross-classified"):  # archive_crossed.py's archives and nested ones
+            raise DataError(f"{path}: " + ("a cross-classified (HCM2) archive: fit it with --formula or HCM2's "
+                                           "equations (-1, -2 with --row-id/--col-id)" if crossed else
+                                           "a nested archive, not a cross-classified one; build HCM2's archive with "
+                                           "'hlmcli mdm build LEVEL1 ROWS COLS --row-id A --col-id B'"))
         if isinstance(header, dict) and levels is not None and header.get("levels", 2) != levels:
             raise DataError(f"{path}: {_wrong_levels(header.get('levels', 2), levels)}")
         arrays = {}

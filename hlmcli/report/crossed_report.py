@@ -85,8 +85,13 @@ def text(a, meta: dict | None = None) -> str:
     for b, (factor, J) in enumerate(groups.items()):
         role = ("row factor" if b == 0 else "column factor") if two else "grouping factor"
         out.append(f"  The {role} is {factor}: {J} groups")
-    out += ["", "Summary of the model specified", "", f"    lme4: {a.formula}", "", "Mixed Model", "",
-            _mixed_line(a), ""]
+    if a.hcm2 is not None:  # written in HCM2's equations: printed back in them, as HLM 7 does
+        names = hcm2_labels(a)
+        out += ["", "Summary of the model specified (in HCM2's equation format)", ""] + a.hcm2.lines()
+        out += ["", "  (the mixed model numbers the fixed effects THETA0, THETA1, ... in its own order, as --test reads "
+                "them: " + ", ".join(f"THETA{k} = {n}" for k, n in enumerate(names)) + ")"]
+    out += (["", "Summary of the model specified"] if a.hcm2 is None else []) + ["", f"    lme4: {a.formula}", "",
+                                                                             "Mixed Model", "", _mixed_line(a), ""]
     if two:
         out += ["  (THETA: fixed effects; b: random effects of the row factor, c: of the column factor)", ""]
     out += [stopping_line("τ of any factor") if a.certified else
@@ -110,8 +115,9 @@ def text(a, meta: dict | None = None) -> str:
     if p_values is not None:
         head += f"{'Approx. d.f.':>14}{'p-value':>8}"
     out += [head, "-" * (70 if p_values is None else 92)]
+    shown = hcm2_labels(a) if a.hcm2 is not None else [f"THETA{k}" for k in range(len(d.fixed_names))]
     for k, (name, g, se, t) in enumerate(zip(d.fixed_names, fit.gamma, fit.se, a.t_ratios)):
-        line = f"{name + ', THETA' + str(k):<28}{_fmt(g)}{_fmt(se, 16)}{t:12.3f}"
+        line = f"{name + ', ' + shown[k]:<28}{_fmt(g)}{_fmt(se, 16)}{t:12.3f}"
         if p_values is not None:
             line += f"{a.df[k]:14.2f}{hlm_p(float(p_values[k])):>8}"
         out.append(line)
@@ -153,6 +159,12 @@ def data_hash(a) -> str:
     return h.hexdigest()
 
 
+def hcm2_labels(a) -> list[str]:
+    """HCM2's name (THETA1, GAMMA01, BETA01, ...) of each fixed effect, in the fit's order."""
+    by_term = a.hcm2.labels()
+    return [by_term[frozenset() if t == ("1",) else frozenset(t)] for t in a.model.fixed]
+
+
 def information_criteria(fit) -> tuple[int, float, float]:
     """(k, AIC, BIC) as lme4 counts them for lmer: every fixed effect, τ entry and σ², under REML too."""
     k = int(fit.n_parameters)
@@ -192,6 +204,10 @@ def to_json(a, meta: dict | None = None) -> dict:
            "aic": _clean(aic), "bic": _clean(bic), "data_hash": data_hash(a)}
     if meta.get("timestamp"):
         doc["timestamp"] = meta["timestamp"]
+    if a.hcm2 is not None:
+        for f, label in zip(fixed, hcm2_labels(a)):
+            f["hcm2_label"] = label
+        doc["hcm2_equations"] = [line.strip() for line in a.hcm2.lines() if "=" in line]
     doc.update(a.extras)
     return doc
 
@@ -237,3 +253,123 @@ def crossed_view(doc: dict) -> dict:
         if key in doc:
             view[key] = doc[key]
     return view
+
+
+# ---------------------------------------------------------------- mdm info of HCM2's archive
+
+_CROSSED_NOTES = {"records_without_row": "level-1 records dropped with no row unit",
+                  "records_without_column": "level-1 records dropped with no column unit",
+                  "records_with_missing_values": "level-1 records dropped for missing values",
+                  "row_units_without_records": "row units left out (no level-1 records)",
+                  "column_units_without_records": "column units left out (no level-1 records)"}
+
+
+def crossed_info_text(info: dict) -> str:
+    """`mdm info` of a cross-classified archive: HLM 7's level-1, row and column descriptive statistics."""
+    from .report import archive_source_lines, number_cell, printable, value_label_lines
+
+    out = [f"hlmcli {info['version']} - MDM archive {info['archive'] or ''}".rstrip()
+           + " (cross-classified, HCM2)", ""]
+    out += archive_source_lines(info)
+    out.append(f"  row id: {info['id']['row']}, column id: {info['id']['column']}")
+    out.append(f"  missing data deleted: {'when the archive was built' if info['missing'] == 'now' else 'at analysis time, per model'}")
+    for key, line in _CROSSED_NOTES.items():
+        if info["notes"].get(key):
+            out.append(f"  {line}: {info['notes'][key]}")
+    out += [f"  level-1 records: {info['n_level1']}", f"  row units:       {info['n_rows']}",
+            f"  column units:    {info['n_columns']}", f"  non-empty cells: {info['n_cells']}"]
+    for what in ("row", "column"):
+        u = info[f"records_per_{what}"]
+        out.append(f"  records per {what} unit: {u['min']} to {u['max']} (mean {u['mean']:.1f})")
+    for key, heading in (("level1", "LEVEL-1"), ("row", "ROW LEVEL"), ("column", "COLUMN LEVEL")):
+        out += ["", f"          {heading} DESCRIPTIVE STATISTICS", "",
+                f"{'VARIABLE NAME':>16} {'N':>9} {'MEAN':>12} {'SD':>12} {'MINIMUM':>12} {'MAXIMUM':>12}"]
+        for v in info[key]:
+            out.append(f"{v['name']:>16} {v['n']:>9d} {number_cell(v['mean'])} {number_cell(v['sd'])} "
+                       f"{number_cell(v['minimum'])} {number_cell(v['maximum'])}")
+    out += value_label_lines(info)
+    if "unit" in info:
+        un = info["unit"]
+        out += ["", f"  {un['factor']} unit {un['id']}: {un['n']} level-1 records"]
+        out += [f"    {name} = {value:.6g}" for name, value in un["values"].items()]
+    return "\n".join(printable(line) for line in out) + "\n"
+
+
+# ---------------------------------------------------------------- fits combined over plausible values or data sets
+
+def combined_json(analyses: list, c: dict, meta: dict, source: str, labels: list[str], tests=None) -> dict:
+    """The JSON document of crossed fits combined by Rubin's rules (analysis/crossed_combined.py); each
+    fit's own document under "fits"."""
+    a0 = analyses[0]
+    doc = {"schema": 1, "kind": KIND + " (combined)", "tool": "hlmcli", "version": __version__, "title": a0.title,
+           "data_source": meta.get("data_source") or a0.source, "formula": a0.formula,
+           "combining": {"source": source, "m": c["m"], "outcomes": labels, "rule": c["rule"]},
+           "n_level1": int(a0.fit.n), "n_groups": dict(zip(a0.fit.factors, map(int, a0.fit.n_groups))),
+           **{k: v for k, v in c.items() if k not in ("m", "rule")}}
+    if a0.hcm2 is not None:
+        for f, label in zip(doc["fixed_effects"], hcm2_labels(a0)):
+            f["hcm2_label"] = label
+        doc["hcm2_equations"] = [line.strip() for line in a0.hcm2.lines() if "=" in line]
+    if meta.get("timestamp"):
+        doc["timestamp"] = meta["timestamp"]
+    if tests:
+        doc["hypothesis_tests"] = tests
+    doc["fits"] = [to_json(a, meta) for a in analyses]
+    return doc
+
+
+def combined_text(analyses: list, c: dict, source: str, labels: list[str], tests=None) -> str:
+    """HCM2's tables of crossed fits combined over plausible values or data sets."""
+    from .report import hlm_p, printable
+
+    a0 = analyses[0]
+    with_df = c["fixed_effects"][0]["df"] is not None
+    out = []
+    if not c["converged"]:
+        out += ["WARNING: the optimum of at least one fit is NOT certified.", ""]
+    if a0.title:
+        out.append(f"Problem Title: {a0.title}")
+    out += ["Cross-classified linear model (HLM 7's HCM2 form), results combined over "
+            f"{c['m']} {source}",
+            f"  The data source for this run = {a0.source}",
+            f"  Method of estimation: {_METHOD[c['method']]}",
+            f"  The {'outcome variables are' if source == 'plausible values' else 'data sets are'} {', '.join(labels)}",
+            f"  Records used: {a0.fit.n}", ""]
+    for b, (factor, J) in enumerate(dict(zip(a0.fit.factors, a0.fit.n_groups)).items()):
+        out.append(f"  The {'row' if b == 0 else 'column' if b == 1 else 'grouping'} factor is {factor}: {J} groups")
+    out += ["", f"    lme4: {a0.formula}", "", " Combining rule: " + c["rule"], "",
+            f" sigma^2 (average over the fits) = {c['sigma2']:12.5f}", ""]
+    for block in c["random_effects"]:
+        out.append(f" tau ({block['factor']}) (average over the fits)")
+        for i, col in enumerate(block["coefficients"]):
+            out.append(f" {col:<12}" + "".join(f"{v:12.5f}" for v in block["matrix"][i]))
+        out.append("")
+    shown = hcm2_labels(a0) if a0.hcm2 is not None else [f"THETA{k}" for k in range(len(c["fixed_effects"]))]
+    width = 92 if with_df else 78
+    head = f"{'Fixed Effect':<28}{'Coefficient':>14}{'Standard error':>16}{'t-ratio':>12}"
+    head += f"{'Approx. d.f.':>14}{'p-value':>8}" if with_df else ""
+    out += ["Final estimation of fixed effects, combined over the fits:", "-" * width, head + f"{'FMI':>8}",
+            "-" * width]
+    for f, label in zip(c["fixed_effects"], shown):
+        line = f"{f['name'] + ', ' + label:<28}{_fmt(f['estimate'])}{_fmt(f['se'], 16)}{f['t']:12.3f}"
+        if with_df:
+            line += f"{f['df']:14.2f}{hlm_p(f['p_value']):>8}"
+        out.append(line + f"{f['fmi']:8.3f}")
+    out += ["-" * width, "  (d.f.: Barnard-Rubin from the mean Satterthwaite d.f.; FMI: fraction of missing information)"
+            if with_df else "  (FMI: fraction of missing information; --df satterthwaite gives d.f. and p-values)", ""]
+    out += ["Final estimation of variance components (average over the fits):"]
+    for block in c["random_effects"]:
+        for i, col in enumerate(block["coefficients"]):
+            v = block["matrix"][i][i]
+            out.append(f" {col + ' (' + block['factor'] + ')':<34}{math.sqrt(max(v, 0.0)):18.5f}{v:20.5f}")
+    out += [f" {'level-1, E':<34}{math.sqrt(c['sigma2']):18.5f}{c['sigma2']:20.5f}", "",
+            f" Deviance (average over the fits) = {c['deviance']:.6f}",
+            f" Number of estimated parameters   = {c['n_params']}"]
+    for h in tests or []:
+        r = h["model"]
+        df2 = "infinite" if r["df2"] is None else f"{r['df2']:.2f}"
+        out += ["", f"Results of General Linear Hypothesis Testing, combined over the fits: {h['label']}",
+                f"  D1 F statistic = {r['F']:.6f}, d.f. = {r['df1']}, {df2}, p-value = {hlm_p(r['p'])}"]
+    if tests:
+        out.append(" (D1: Li, Raghunathan & Rubin 1991, F reference with their d.f., as mitml::testModels)")
+    return "\n".join(printable(line.rstrip()) for line in out) + "\n"

@@ -21,7 +21,7 @@ from ..lazy import lazy
 
 pd = lazy("pandas")
 
-from ..errors import DataError, HlmError, ModelError, install_hint
+from ..errors import DataError, HlmError, ModelError, RefusedOption, install_hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -408,7 +408,7 @@ def plot(results: Results, kind: str, path: str | os.PathLike | None = None, **o
     if kind not in _PLOTTERS:
         raise ModelError(f"unknown plot '{kind}'; choose one of {', '.join(KINDS)}")
     if results.hglm and kind != "equation":
-        raise ModelError(f"a {kind} plot reads the normal model's unit OLS and EB estimates and level-1 residuals; "
+        raise RefusedOption(f"a {kind} plot reads the normal model's unit OLS and EB estimates and level-1 residuals; "
                          "for a binary, binomial or count outcome draw the equation graph (on the link scale)")
     if path is not None:
         check_output(path)
@@ -490,7 +490,7 @@ def refuse_levels_plot(kind: str, n_levels: int, by=None) -> None:
     """The plots a fit of three or more levels does not draw, refused in one line with the reason
     (before fitting, on the command line)."""
     if kind in _LEVELS_REFUSED:
-        raise ModelError(f"a {kind} plot of a {n_levels}-level fit: {_LEVELS_REFUSED[kind]}")
+        raise RefusedOption(f"a {kind} plot of a {n_levels}-level fit: {_LEVELS_REFUSED[kind]}")
     if kind not in LEVELS_KINDS:
         raise ModelError(f"unknown plot '{kind}'; choose one of {', '.join(KINDS)}")
     if kind == "equation" and by:
@@ -504,7 +504,7 @@ def plot_levels(results, kind: str, path: str | os.PathLike | None = None, **opt
     refuse_levels_plot(kind, results.n_levels, options.get("by"))
     h = getattr(results.analysis, "hglm", None)
     if h is not None and kind == "diagnostics":
-        raise ModelError(HGLM_LEVELS_DIAGNOSTICS)
+        raise RefusedOption(HGLM_LEVELS_DIAGNOSTICS)
     if path is not None:
         check_output(path)
     with _context():
@@ -599,7 +599,7 @@ def refuse_crossed_plot(kind: str) -> None:
     if kind not in KINDS:
         raise ModelError(f"unknown plot '{kind}'; choose one of {', '.join(KINDS)}")
     if kind not in CROSSED_KINDS:
-        raise ModelError(f"a {kind} plot of a cross-classified fit: {_CROSSED_REFUSED}")
+        raise RefusedOption(f"a {kind} plot of a cross-classified fit: {_CROSSED_REFUSED}")
 
 
 def plot_crossed(results, kind: str, path: str | os.PathLike | None = None, **options: Any) -> Figure:

@@ -536,7 +536,7 @@ def fit_json(analysis, meta: dict) -> dict:
     if getattr(a, "weights", None) is not None:
         out["weights"] = a.weights.to_json()
     for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output",
-                "constraints", "constraint_test", "known_variance", "level1_variance"):
+                "constraints", "constraint_test", "known_variance", "level1_variance", "level1_covariance"):
         if key in a.extras:
             out[key] = a.extras[key]
     from .terms import with_terms
@@ -783,6 +783,10 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     if getattr(a, "weights", None) is not None:
         w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     out += extras_text(a.extras, sym)
+    if "level1_covariance" in a.extras:  # HMLM: the structured model after the homogeneous one, as HLM 7
+        from .report_hmlm import level1_covariance_lines
+
+        out += level1_covariance_lines(a.extras["level1_covariance"], sym, hlm_name, hlm_p, text_table)
     out += _r_call_lines(a, meta)
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 

@@ -200,7 +200,9 @@ def _level_tau_lines(doc: dict) -> list[str]:
         out += ["", f" Level-{level} tau (average over the fits)"]
         lw = max(len(x) for x in labels)
         for k, lab in enumerate(labels):
-            out.append(f"{lab:>{lw}} " + " ".join(f"{v:13.5f}" for v in tau[k]) + f"   reliability {rel[k]:.3f}")
+            # a Laplace fit has no reliabilities (they are the linear or linearised model's)
+            out.append(f"{lab:>{lw}} " + " ".join(f"{v:13.5f}" for v in tau[k])
+                       + (f"   reliability {rel[k]:.3f}" if len(rel) > k else ""))
     return out
 
 

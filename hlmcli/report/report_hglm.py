@@ -8,7 +8,7 @@ import math
 import re
 
 import numpy as np
-from scipy import special
+from ..engine.special_functions import special
 
 from ..analysis import inference
 from ..analysis.hglm_run import HGLMAnalysis, information_criteria
@@ -336,8 +336,14 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
     for line in r_call_lines(a.spec, meta.get("id_name", "ID"), a.nodes or None):
         w(line)
     if getattr(a, "weights", None) is not None:
-        w("   with sampling weights: glmer's weights= equal --weight1 only for whole-number weights used as given")
-        w("   (--normalize none; glmer rounds others in its likelihood); glmer has no level-2 weights")
+        if ordinal.is_ordinal(a) or negbin.is_negbin(a):
+            # both multiply each record's log-likelihood by its weight, whole or not
+            tool = "clmm" if ordinal.is_ordinal(a) else "glmmTMB"
+            w(f"   with sampling weights: {tool}'s weights= equal --weight1 used as given (--normalize none);")
+            w(f"   {tool} has no level-2 weights")
+        else:
+            w("   with sampling weights: glmer's weights= equal --weight1 only for whole-number weights used as given")
+            w("   (--normalize none; glmer rounds others in its likelihood); glmer has no level-2 weights")
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
@@ -384,14 +390,28 @@ def _hglm_header_lines(a: HGLMAnalysis, meta: dict, sym) -> list[str]:
     if d.n_deleted:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {d.n} ({d.n_deleted} deleted)")
-    if getattr(a, "weights", None) is not None:
-        from ..data.weights import weighting_lines
-
-        out += [line.replace("multilevel pseudo-maximum likelihood", "multilevel pseudo-maximum likelihood, "
-                             + ("Laplace" if a.estimation == "laplace" else "adaptive quadrature"))
-                for line in weighting_lines(a.weights)]
+    out += weighting_header(a)
     w("")
     return out
+
+
+def weighting_header(a) -> list[str]:
+    """The Weighting Specification of a pseudo-likelihood fit (none without weights)."""
+    if getattr(a, "weights", None) is None:
+        return []
+    from ..data.weights import weighting_lines
+
+    return [line.replace("multilevel pseudo-maximum likelihood", "multilevel pseudo-maximum likelihood, "
+                         + ("Laplace" if a.estimation == "laplace" else "adaptive quadrature"))
+            for line in weighting_lines(a.weights)]
+
+
+def weighted_se_line(a, robust: bool) -> list[str]:
+    """What each fixed-effect table's SEs are in a pseudo-likelihood fit (none without weights)."""
+    if getattr(a, "weights", None) is None:
+        return []
+    return ["(sandwich of the weighted unit scores, clustered on level-2 units: the standard errors to report)" if robust
+            else "(model-based: the inverse Hessian of the pseudo-likelihood, which ignores the weights' information)"]
 
 
 def _hglm_status_lines(a: HGLMAnalysis, sym) -> list[str]:
@@ -445,9 +465,7 @@ def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> l
         w("")
         w("Final estimation of fixed effects:")
         w(f"({model}" + (" with robust standard errors)" if robust else ")"))
-        if getattr(a, "weights", None) is not None:
-            w("(sandwich of the weighted unit scores, clustered on level-2 units: the standard errors to report)" if robust
-              else "(model-based: the inverse Hessian of the pseudo-likelihood, which ignores the weights' information)")
+        out += weighted_se_line(a, robust)
         rows, ratio_rows = [], []
         for k, f in enumerate(d.fixed):
             if k == 0 or d.fixed[k - 1].q != f.q:

@@ -34,8 +34,27 @@ def combined_json_hglm(analyses: list, meta: dict, source: str, labels=None, tes
         out["deviance_note"] = "PQL maximises a quasi-likelihood: there is no deviance to average"
     if tests:
         out["hypothesis_tests"] = tests
-    out["fits"] = [hglm_json(a, meta) for a in analyses]
+    out["fits"] = [_fit_json(a, meta) for a in analyses]
     return with_terms(out)
+
+
+def _fit_json(a, meta: dict) -> dict:
+    """One fit's own document (a multinomial fit has its own layout)."""
+    if hasattr(a, "n_logits"):
+        from .report_multinomial import multinomial_json
+
+        return multinomial_json(a, meta)
+    return hglm_json(a, meta)
+
+
+def _fit_text(a, meta: dict, sym) -> str:
+    if hasattr(a, "n_logits"):
+        from .report_multinomial import multinomial_text
+
+        return multinomial_text(a, meta, sym)
+    from .report_hglm import hglm_text
+
+    return hglm_text(a, meta, sym)
 
 
 def _fixed_lines(c: dict, d, sym, weighted: bool) -> list[str]:
@@ -49,13 +68,23 @@ def _fixed_lines(c: dict, d, sym, weighted: bool) -> list[str]:
             w("(sandwich of the weighted unit scores, clustered on level-2 units: the standard errors to report)"
               if kind.endswith("robust") else
               "(model-based: the inverse Hessian of the pseudo-likelihood, which ignores the weights' information)")
-        rows, prev = [], None
-        for row, f in zip(c[kind], d.fixed):
+        rows, prev, cat = [], None, None
+        for k, row in enumerate(c[kind]):
+            f = d.fixed[k % len(d.fixed)]
+            if row.get("category") is not None and row["category"] != cat:  # a multinomial fit's logits in turn
+                cat, prev = row["category"], None
+                rows.append([f"Category {cat:g} (log-odds against category {c['reference_category']:g})"])
             if f.q != prev:
                 rows.append([f"For {hlm_name(f.coefficient)}"])
                 prev = f.q
             rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{row['estimate']:.6f}", f"{row['se']:.6f}",
                          f"{row['t']:.3f}", f"{row['df']:.2f}", hlm_p(row['p']), f"{row['fmi']:.3f}"])
+        own = c.get("own_parameters")
+        for row in (own or {}).get("rows_robust" if kind.endswith("robust") else "rows", []):
+            name = row["name"] if not sym.ascii else row["name"].replace("δ", "d").replace("θ", "theta")
+            label = f"For  THRESHOLD{name[2:-1]}, {name}" if own["kind"] == "thresholds" else f"Dispersion, {name}"
+            rows.append([label, f"{row['estimate']:.6f}", f"{row['se']:.6f}", f"{row['t']:.3f}", f"{row['df']:.2f}",
+                         hlm_p(row['p']), f"{row['fmi']:.3f}"])
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
                           rows, [30, 12, 14, 9, 12, 8, 6])
     return out
@@ -105,7 +134,7 @@ def combined_text_hglm(analyses: list, meta: dict, sym, source: str, labels=None
     lw = max(len(hlm_name(n)) for n in names)
     for k, n in enumerate(names):
         w(f"{hlm_name(n):>{lw}} " + " ".join(f"{v:13.5f}" for v in c["tau"][k])
-          + f"   reliability {c['reliability'][n]:.3f}")
+          + (f"   reliability {c['reliability'][n]:.3f}" if n in c["reliability"] else ""))
     out += _fixed_lines(c, d, sym, a0.weights is not None)
     w("(d.f.: Barnard-Rubin, from HLM's approx. d.f.; FMI: fraction of missing information)")
     w("")
@@ -122,11 +151,13 @@ def combined_text_hglm(analyses: list, meta: dict, sym, source: str, labels=None
         label = "Pseudo-deviance" if a0.weights is not None else "Deviance"
         w(f" {label} (average over the fits) = {c['deviance']:.6f}")
         w(f" Number of estimated parameters   = {c['n_params']}")
+    own = c.get("own_parameters")
+    if own is not None and own["kind"] == "dispersion":
+        th = "theta" if sym.ascii else "θ"
+        w(f" Dispersion {th} = exp(combined log {th}) = {own['theta']:.6f}")
     out += combined_d1_lines(tests or [])
     text = "\n".join(printable(line.rstrip()) for line in out) + "\n"
     if full_output:
-        from .report_hglm import hglm_text
-
         for m, a in enumerate(analyses, start=1):
-            text += f"\n{'=' * 78}\nFit {m} of {c['m']}: {c['outcomes'][m - 1]}\n{'=' * 78}\n" + hglm_text(a, meta, sym)
+            text += f"\n{'=' * 78}\nFit {m} of {c['m']}: {c['outcomes'][m - 1]}\n{'=' * 78}\n" + _fit_text(a, meta, sym)
     return text

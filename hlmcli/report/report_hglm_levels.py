@@ -1,4 +1,4 @@
-"""Output of a three-level HGLM (PQL), pure functions of a DesignLevels, its NestedFit and HGLMLevels: HLM3's
+"""Output of a three-level HGLM (PQL or Laplace, with sampling weights: the pseudo-likelihood), pure functions of a DesignLevels, its NestedFit and HGLMLevels: HLM3's
 three-level layout with HLM 7's HGLM parts (the level-1 distribution and link, the macro iterations,
 the unit-specific fixed effects each followed by its odds or event-rate ratios, no deviance for PQL)."""
 
@@ -86,6 +86,8 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         w(" The maximum number of macro iterations = 100")
     w("")
     w(f" Method of estimation: {estimation_line(h)}")
+    weighted = getattr(h, "weights", None) is not None
+    out += list(meta.get("weighting_lines") or [])  # sampling weights (weights.levels_weighting_lines)
     dist = h.family + (f", trials {h.trials}" if h.trials else "") + (f", exposure {h.exposure}" if h.exposure else "")
     w(f" Distribution at Level-1: {dist} ({h.link} link)")
     w("")
@@ -141,7 +143,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
             matrix(f" {sym.tau_beta} (as correlations)", lab_b, _corr(fit.tau_beta), "{:7.3f}")
     gammas = spec.fixed()
     ratio = "Odds Ratio" if h.link == "logit" else "Event Rate Ratio"
-    from scipy import special
+    from ..engine.special_functions import special
 
     for robust in (False, True):
         se = np.sqrt(np.diag(fit.cov_gamma_robust if robust else fit.cov_gamma))
@@ -150,6 +152,9 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         w("")
         w("Final estimation of fixed effects:")
         w("(Unit-specific model" + (" with robust standard errors, clustered on level-3 units)" if robust else ")"))
+        if weighted:
+            w("(sandwich of the weighted level-3 unit scores, J3/(J3-1): the standard errors to report)" if robust
+              else "(model-based: the inverse Hessian of the pseudo-likelihood, which ignores the weights' information)")
         rows, ratio_rows = [], []
         for k, g in enumerate(gammas):
             (p, q, s_), (_, level2, level3) = g.idx, g.names
@@ -182,7 +187,15 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         rows.append([f"level-1, {sym.e}", f"{math.sqrt(fit.sigma2):.5f}", f"{fit.sigma2:.5f}"])
     out += text_table(["Random Effect", "Standard Deviation", "Variance Component"], rows, [30, 18, 18])
     w("")
-    if laplace:
+    if laplace and weighted:
+        w(f"Pseudo-deviance = {fit.deviance:.6f} (Laplace, -2 x the weighted pseudo-log-likelihood)")
+        w(" (a pseudo-likelihood quantity: not for likelihood-ratio tests)")
+        w(f"Number of estimated parameters = {fit.n_params}")
+        w("")
+        w("The same model in R (lme4's glmer, whose default nAGQ = 1 is this Laplace fit; with weights = --weight1")
+        w(" it equals this fit only for whole-number level-1 weights used as given (--normalize none) and no")
+        w(" level-2 or level-3 weights: glmer has none)")
+    elif laplace:
         w(f"Deviance = {fit.deviance:.6f} (Laplace, -2 log L as glmer's nAGQ = 1)")
         w(f"Number of estimated parameters = {fit.n_params}")
         w("")

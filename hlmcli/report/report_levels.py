@@ -232,7 +232,7 @@ def _corr(t: np.ndarray) -> np.ndarray:
 
 
 def _two_sided_p(t, df):
-    from scipy import special
+    from ..engine.special_functions import special
 
     # scipy.stats.t.sf(x, df) is stdtr(df, -x); scipy.stats costs a second of start-up.
     return 2 * special.stdtr(df, -np.abs(t))

@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
+from ..engine.special_functions import special
 
 from ..analysis import inference
 from ..analysis.hglm_run import information_criteria
 from ..version import __version__
 from .report import (coef_label, data_hash, extras_text, hlm_name, hlm_p, model_record, printable, problem_lines,
                      text_table)
-from .report_hglm import estimation_text, hglm_model_summary, pql_status
+from .report_hglm import (WEIGHTED_COVARIANCE, estimation_text, hglm_model_summary, pql_status, weighted_se_line,
+                          weighting_header)
 from .terms import with_terms
 
 CONVENTION = ("HLM 7: log[P(Y = m | u)/P(Y = M | u)] = η_m = x'γ_m + z'u_m, m = 1..M−1, the last category M the "
@@ -100,6 +101,7 @@ def _header_lines(a, meta: dict, sym) -> list[str]:
     if d.n_deleted:
         w("")
         w(f"Run-time deletion has reduced the number of level-1 records to {d.n} ({d.n_deleted} deleted)")
+    out += weighting_header(a)
     w("")
     if a.pql is not None:  # PQL (engine/categorical_pql.py): its claim only when the fixed-point check passed
         w(f"Final Results - Iteration {a.pql.macro_iterations} (macro iterations)"
@@ -151,6 +153,7 @@ def _fixed_lines(a, sym, robust: bool) -> list[str]:
     w("")
     w("Final estimation of fixed effects:")
     w("(Unit-specific model" + (" with robust standard errors)" if robust else ")"))
+    out += weighted_se_line(a, robust)
     rows, ratio_rows = [], []
     last = (None, None)
     for cat, f, k, g, se, t, df, p in _fixed_rows(a, robust):
@@ -193,13 +196,17 @@ def _variance_lines(a, sym) -> list[str]:
         w("Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test;")
         w("use --estimation laplace for a deviance.")
         return out
+    weighted = getattr(a, "weights", None) is not None
     w("Statistics for the current model")
-    w(f" Deviance                       = {a.ml.deviance:.6f}")
+    label = "Pseudo-deviance" if weighted else "Deviance"
+    w(f" {label:<31}= {a.ml.deviance:.6f}")
     w(f" Number of estimated parameters = {a.ml.n_params}")
     aic, bic = information_criteria(a)
     w(f" AIC = {aic:.6f}, BIC = {bic:.6f} (every fixed effect and variance parameter counted)")
-    w(" (-2 x the full log-likelihood, every constant included)" if sym.ascii else
-      " (−2 × the full log-likelihood, every constant included)")
+    if weighted:
+        w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
+    what = "weighted pseudo-log-likelihood" if weighted else "full log-likelihood"
+    w(f" (-2 x the {what}, every constant included)" if sym.ascii else f" (−2 × the {what}, every constant included)")
     return out
 
 
@@ -267,6 +274,9 @@ def multinomial_json(a, meta: dict) -> dict:
         out["macro_iterations"], out["micro_iterations"] = a.pql.macro_iterations, a.pql.micro_iterations
         out["fixed_point"] = (a.pql.check.to_json() if a.pql.check is not None
                               else {"checked": False, "passed": False, "failed": list(a.pql.failed)})
+    if getattr(a, "weights", None) is not None:  # the pseudo-likelihood's weights (engine/hglm_weights.py)
+        out["weights"] = a.weights.to_json()
+        out["covariance_note"] = WEIGHTED_COVARIANCE
     for key in ("hypothesis_tests", "deviance_test"):
         if key in a.extras:
             out[key] = a.extras[key]

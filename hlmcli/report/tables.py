@@ -30,7 +30,7 @@ class MissingExtra(HlmError):
 
 
 def _t_quantile(level: float, df) -> float:
-    from scipy import special
+    from ..engine.special_functions import special
 
     if df is None or (isinstance(df, float) and math.isnan(df)):
         return float("nan")
@@ -68,6 +68,7 @@ def information_criteria(fit: dict) -> tuple[int, float, float]:
 # Parts of a fit the paper tables do not show yet: refused rather than printed as if absent (a σ² of 1 that is
 # not estimated, one σ² where it varies, tied γs unmarked).
 _UNSHOWN = {"level1_variance": "its model for the level-1 variance (the α table and the test against one σ²)",
+            "level1_covariance": "its structured within-person covariance (HMLM: Δ, its γ table and the test)",
             "known_variance": "that its level-1 variances are known, not estimated (σ² is held at 1)",
             "constraints": "which γs are tied by --constrain, and the test of the ties"}
 

@@ -1,0 +1,196 @@
+"""`hlmcli fit --engine stream` for a two-level HGLM by Laplace or AGQ: the records spilled once to a
+unit-sorted Parquet file, then the fit passes over it (engine/hglm_blocks.py).
+
+Passes over the level-1 file: the stream engine's per-unit moments (the design, its centring and
+the units, as for a linear model: engines.summarise); then one more pass that writes each record's
+design row (centred as the design says), outcome, trials and log exposure into buckets of units on
+disk, and each bucket, sorted by unit (stably: a unit's records keep their file order), becomes
+row groups of the spill file. Memory: one chunk of the file or one bucket, plus the per-unit
+state. The spill file is deleted when the fit ends.
+
+Checks as in memory where they need one record at a time (the family's outcome values, trials and
+exposure, with file, column and record); the in-memory fit's checks over all records at once
+(separation by a level-1 predictor, column scales) are not run: a separated coefficient leaves the
+search uncertified (exit 3) rather than wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..data.design import design_from_moments
+from ..engine.moments import digest_of
+from ..errors import DataError, ModelError
+
+BUCKET_UNITS = 20_000  # units per bucket of the external sort, and per row group of the spill file
+
+
+def fit_hglm_stream(spec, summary, level1, id_name: str, file_format=None, delimiter=None, tests=()):
+    """The command line's streamed HGLM: the fit, a numerical breakdown as one line, and the extras
+    (Wald tests, the likelihood-ratio test against a prior deviance), as api.analyse_model does."""
+    import warnings
+
+    from ..data.streaming import file_columns
+    from ..language.hypotheses import parse_test
+    from .hglm_run import boundary_notes, hglm_extras
+
+    cols = file_columns(level1, file_format, delimiter)
+    o = spec.options
+    hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
+    try:
+        with warnings.catch_warnings():  # numpy's overflow warnings would break the one line
+            warnings.simplefilter("ignore", RuntimeWarning)
+            a = analyse_hglm_stream(spec, summary, cols, id_name)
+    except (FloatingPointError, np.linalg.LinAlgError, OverflowError) as exc:
+        if os.environ.get("HLMCLI_DEBUG"):
+            raise
+        raise ModelError(f"{cols.path.name}: the model cannot be fitted to these data "
+                         f"({' '.join(str(exc).split())[:100]}); check extreme values, and predictors that "
+                         "separate the outcome, or remove random effects") from None
+    a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
+    a.notes = boundary_notes(a)
+    return a
+
+
+def analyse_hglm_stream(spec, summary, cols, id_name: str, tmp_dir=None):
+    """The HGLMAnalysis of `spec` from the stream engine's summary and one more pass over `cols` (the
+    level-1 file's streaming.Columns, its unit id column `id_name`)."""
+    from ..data.hglm_sources import ParquetBlocks
+    from ..engine.hglm import working_model
+    from ..engine.hglm_blocks import BlockedGLMData
+    from . import inference
+    from .hglm_run import HGLMAnalysis, _likelihood_fit, check_options
+    from .identifiability import check_units
+    from .pipeline import check_estimable
+    from ..engine.family import family as get_family
+
+    opts = spec.options
+    check_options(opts)
+    design, _unit = design_from_moments(spec, summary.unit_ids, summary.names, summary.moments, summary.level2,
+                                        summary.n_deleted, digest_of(summary.unit_ids, summary.moments))
+    check_estimable(design)
+    if not design.random.any():
+        raise ModelError("an HGLM needs at least one random effect (add u0 to the equation for b0)")
+    check_units(design.n_units, int(design.random.sum()))
+    fam = get_family(opts.family)
+    B = design.block_design()
+    rnd = np.flatnonzero(design.random)
+    work = Path(tempfile.mkdtemp(prefix="hlmcli-spill-", dir=tmp_dir))
+    try:
+        path = work / "records.parquet"
+        spill_records(spec, design, summary, cols, id_name, fam, path, work)
+        data = BlockedGLMData(ParquetBlocks(path, fam, B, rnd))
+        diagonal = opts.tau == "diagonal"
+        m_res = _likelihood_fit(data, opts, diagonal)
+        stats, unit = working_model(data, m_res.eta)
+        data.const  # the report's log-likelihood constant: read while the spill file is there
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    fake = SimpleNamespace(solve=SimpleNamespace(gamma=m_res.gamma), sigma2=1.0)
+    ols = inference.unit_ols(design, unit, stats, fake)
+    variance = inference.variance_tests(design, ols, m_res.tau, stats)
+    return HGLMAnalysis(spec, design, data, opts.estimation, m_res.nodes, None, m_res, m_res.gamma, m_res.cov,
+                        m_res.robust_cov, m_res.tau, None, inference.hlm_fixed_df(design), variance,
+                        m_res.converged, m_res.b, m_res.b_var)
+
+
+def spill_records(spec, design, summary, cols, id_name: str, fam, path, work: Path) -> None:
+    """The second pass: the records of the design's units, as the design's rows, into the spill file."""
+    from ..data.hglm_sources import SpillWriter
+    from ..data.streaming import batches, id_text
+
+    opts = spec.options
+    from .engines import model_columns
+
+    names = [t.name for t in spec.level1]
+    model = model_columns(spec)[0]  # the columns the first pass deleted records with a missing value over
+    extra = [c for c in (opts.trials, opts.exposure) if c]
+    read = [cols.find(c, "level-1 variable") for c in model + extra]
+    where_unit = {u: j for j, u in enumerate(design.unit_ids)}
+    centers = level1_centers(spec, design, summary)
+    K = len(names) + 1
+    n_buckets = max(1, -(-design.n_units // BUCKET_UNITS))
+    width = K + 2 + len(extra)  # unit, L, y, trials/exposure
+    handles = {}
+    try:
+        for ids, values, first in batches(cols, id_name, read):
+            col = dict(zip(model + extra, values))
+            keep = np.ones(len(ids), dtype=bool)
+            for c in model:
+                keep &= ~np.isnan(col[c])
+            codes = ids.dictionary_encode()
+            dict_units = np.array([where_unit.get(u, -1) for u in id_text(codes.dictionary.to_pylist())], dtype=np.int64)
+            j = dict_units[codes.indices.to_numpy(zero_copy_only=False)] if len(dict_units) else np.full(len(ids), -1)
+            keep &= j >= 0
+            rows = first + np.flatnonzero(keep)
+            j = j[keep]
+            y = col[spec.outcome][keep]
+            trials = col[opts.trials][keep] if opts.trials else None
+            exposure = col[opts.exposure][keep] if opts.exposure else None
+            for name, v in ((opts.trials, trials), (opts.exposure, exposure)):
+                if v is not None and np.isnan(v).any():
+                    k = int(np.flatnonzero(np.isnan(v))[0])
+                    raise DataError(f"{cols.path}, column {name}, row {int(rows[k]) + 1}: missing value")
+            fam.check(y, trials, exposure, {"file": cols.path.name, "outcome": spec.outcome, "trials": opts.trials,
+                                            "exposure": opts.exposure, "rows": rows})
+            block = np.empty((j.size, width))
+            block[:, 0] = j
+            block[:, 1] = 1.0
+            for k, name in enumerate(names, start=1):
+                block[:, 1 + k] = col[name][keep] - centers[k - 1][j]
+            block[:, K + 1] = y
+            for k, v in enumerate(v for v in (trials, exposure) if v is not None):
+                block[:, K + 2 + k] = np.log(v) if opts.exposure and v is exposure else v
+            bucket = j // BUCKET_UNITS
+            for b in np.unique(bucket):
+                if b not in handles:
+                    handles[b] = open(work / f"bucket{b}.bin", "ab")
+                np.ascontiguousarray(block[bucket == b]).tofile(handles[b])
+    finally:
+        for h in handles.values():
+            h.close()
+    writer = SpillWriter(path, K, bool(opts.trials), bool(opts.exposure))
+    try:
+        for b in range(n_buckets):
+            f = work / f"bucket{b}.bin"
+            if not f.exists():
+                raise DataError(f"{cols.path}: the file changed between the passes over it (units {b * BUCKET_UNITS + 1} "
+                                "on have no records now); fit again")
+            rec = np.fromfile(f, dtype=float).reshape(-1, width)
+            os.remove(f)
+            rec = rec[np.argsort(rec[:, 0], kind="stable")]
+            sizes = np.bincount(rec[:, 0].astype(np.int64) - b * BUCKET_UNITS)
+            want = design.sizes[b * BUCKET_UNITS:(b + 1) * BUCKET_UNITS]
+            if sizes.size != want.size or np.any(sizes != want):
+                raise DataError(f"{cols.path}: the file changed between the passes over it (the records of its "
+                                "units differ); fit again")
+            t = rec[:, K + 2] if opts.trials else None
+            off = rec[:, K + 2 + (1 if opts.trials else 0)] if opts.exposure else None
+            writer.write(sizes, rec[:, 1:K + 1], rec[:, K + 1], t, off)
+    finally:
+        writer.close()
+
+
+def level1_centers(spec, design, summary) -> list:
+    """What centring subtracts from each level-1 predictor, per design unit (group: the unit's own
+    mean over its kept records; grand: the records' mean; none: 0), as design_from_moments uses."""
+    from ..engine.moments import grand
+
+    positions = design.unit_positions
+    m = summary.moments
+    out = []
+    for t in spec.level1:
+        k = summary.names.index(t.name)
+        if t.centering == "group":
+            out.append(m.mean[positions, k])
+        elif t.centering == "grand":
+            out.append(np.full(design.n_units, float(grand(m)[1][k])))
+        else:
+            out.append(np.zeros(design.n_units))
+    return out

@@ -1,0 +1,143 @@
+"""HLM 7's HMLM (--level1-covariance STRUCTURE --occasion VAR): a two-level model whose level-1 records are
+a person's occasions, with a structured within-person covariance Δ over the T occasions (engine/hmlm.py):
+unrestricted, homogeneous, heterogeneous by occasion, or first-order autoregressive in the occasion index.
+
+As HLM 7's HMLM output, the homogeneous model (the one engine's certified fit) is printed first, then the
+chosen structure's fit: Δ, the implied marginal covariance of a person observed on every occasion, its γ
+table, its deviance and the likelihood-ratio test against the homogeneous model. The occasions are the
+distinct values of VAR, in increasing order (t = 1..T); AR(1)'s lag is the difference of their indices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine.hmlm import STRUCTURES, fit_hmlm, group_by_pattern
+from ..errors import DataError, ModelError
+from . import inference
+from .pipeline import Analysis, analyse
+
+OPTION = "--level1-covariance"
+MAX_OCCASIONS = 30  # HMLM's occasions are a few fixed waves; more distinct values means a time-like variable
+MAX_UNRESTRICTED = 10  # T(T+1)/2 = 55 parameters in Δ, each Newton step's Hessian by differences
+
+
+def occasion_index(archive, design, name: str) -> tuple[np.ndarray, list[float]]:
+    """Each record's occasion index 0..T-1 (the distinct values of `name`, increasing) and the values;
+    refused in one line when the column is missing, has no value, or a person has an occasion twice."""
+    if name not in list(archive.level1_names):
+        raise DataError(f"--occasion {name}: no such variable in the level-1 file (the occasion of each record, "
+                        "e.g. 1, 2, 3)")
+    x = np.asarray(archive.level1_column(name), dtype=float)
+    x = x if design.record_positions is None else x[design.record_positions]
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"--occasion {name}: {int((~np.isfinite(x)).sum())} of the records used have no value of "
+                        f"{name}; drop them (e.g. mdm build --missing now)")
+    values, occ = np.unique(x, return_inverse=True)
+    if values.size > MAX_OCCASIONS:
+        raise ModelError(f"--occasion {name}: {values.size} distinct values; HMLM's occasions are a few waves "
+                         f"(at most {MAX_OCCASIONS}): give the wave number (1, 2, ...), not a time-like variable")
+    if values.size < 2:
+        raise ModelError(f"--occasion {name}: every record has the same occasion; a repeated-measures covariance "
+                         "needs at least 2 occasions")
+    person = np.repeat(np.arange(design.n_units), design.sizes)
+    key = person * values.size + occ
+    dup = np.flatnonzero(np.bincount(key) > 1)
+    if dup.size:
+        j, t = divmod(int(dup[0]), values.size)
+        raise DataError(f"--occasion {name}: unit {design.unit_ids[j]} has occasion {values[t]:g} more than once; "
+                        "each person has at most one record per occasion")
+    return occ.astype(np.intp), [float(v) for v in values]
+
+
+def _records(design):
+    """y, X (N, p) = each record's row of L_j B_j, Z (N, q), person (N,)."""
+    B = design.block_design()
+    person = np.repeat(np.arange(design.n_units), design.sizes)
+    X = np.einsum("nk,nkp->np", design.L, B[person])
+    Z = design.L[:, design.random]
+    return design.y.astype(float), X, Z, person
+
+
+def analyse_hmlm(spec, archive, structure: str, occasion: str, df_method: str = "hlm") -> Analysis:
+    """The homogeneous model's certified fit with, in extras["level1_covariance"], the chosen structure's."""
+    if structure not in STRUCTURES:
+        raise ModelError(f"{OPTION} {structure}: one of {', '.join(STRUCTURES)}")
+    a = analyse(spec, archive, df_method)
+    design = a.design
+    occ, values = occasion_index(archive, design, occasion)
+    T = len(values)
+    y, X, Z, person = _records(design)
+    data = group_by_pattern(y, X, Z, person, occ, T)
+    if structure == "unrestricted" and T > MAX_UNRESTRICTED:
+        raise ModelError(f"{OPTION} unrestricted: {T} occasions make {T * (T + 1) // 2} parameters in Δ; the "
+                         f"unrestricted model is built for at most {MAX_UNRESTRICTED} occasions: use heterogeneous "
+                         "or ar1")
+    if structure == "unrestricted":
+        together = np.zeros((T, T), bool)
+        for pat in data.patterns:
+            together[np.ix_(pat.occasions, pat.occasions)] = True
+        never = np.argwhere(~together)
+        if never.size:
+            s, t = never[0]
+            raise ModelError(f"{OPTION} unrestricted: no person is observed at both occasions {values[s]:g} and "
+                             f"{values[t]:g}, so their covariance cannot be estimated; use heterogeneous or ar1")
+    r = a.result
+    method = r.method
+    delta_start = None
+    if structure == "unrestricted":  # the homogeneous model's marginal covariance at the occasions' mean Z
+        delta_start = _marginal(r.sigma2 * np.eye(T), r.tau, Z, occ, T)
+    diagonal = str(getattr(spec.options.tau, "value", spec.options.tau)) == "diagonal"
+    f = fit_hmlm(data, structure, method, float(r.sigma2), r.tau, diagonal_tau=diagonal, delta_start=delta_start)
+    q_kept = 0 if structure == "unrestricted" else data.q
+    n_params = f.n_variance_params + (data.p if method == "ML" else 0)
+    se = np.sqrt(np.diag(f.cov_gamma))
+    df = np.asarray(a.fixed.df, dtype=float)
+    from ..lazy import lazy
+
+    stats = lazy("scipy.stats")
+    t = f.gamma / se
+    p = 2 * stats.t.sf(np.abs(t), df)
+    record = {
+        "structure": structure, "occasion": occasion, "occasions": values, "method": method,
+        "deviance": f.deviance, "n_params": int(n_params),
+        "fixed_effects": [{"gamma": fx.label, "coefficient": fx.coefficient, "predictor": fx.predictor,
+                           "estimate": float(f.gamma[k]), "se": float(se[k]), "t": float(t[k]), "df": float(df[k]),
+                           "p": float(p[k])} for k, fx in enumerate(design.fixed)],
+        "gamma_covariance": f.cov_gamma.tolist(),
+        "delta": f.delta.tolist(),
+        "tau": f.tau.tolist() if q_kept else [],
+        "marginal": _marginal(f.delta, f.tau if q_kept else np.zeros((0, 0)), Z[:, :q_kept], occ, T).tolist(),
+        "check": {"converged": bool(f.converged), "failed": list(f.failed),
+                  "gradient_max": float(np.max(np.abs(f.gradient))) if f.gradient is not None else None,
+                  "hessian_min_eigenvalue": f.hessian_min_eigenvalue, "decrement": f.decrement,
+                  "evaluations": int(f.evaluations)},
+    }
+    if structure in ("homogeneous", "ar1"):
+        record["sigma2"] = float(f.delta[0, 0])
+    if structure == "ar1":
+        record["rho"] = float(f.delta[0, 1] / f.delta[0, 0])
+    if structure == "heterogeneous":
+        record["sigma2_by_occasion"] = [float(v) for v in np.diag(f.delta)]
+    if structure != "homogeneous":
+        chi2, dft, p_lr = inference.deviance_test(float(r.deviance), int(r.n_params), f.deviance, int(n_params)) \
+            if n_params > r.n_params else (float(r.deviance - f.deviance), int(n_params - r.n_params), float("nan"))
+        record["test"] = {"deviance_homogeneous": float(r.deviance), "params_homogeneous": int(r.n_params),
+                          "deviance": f.deviance, "params": int(n_params), "chi2": float(chi2), "df": int(dft),
+                          "p": float(p_lr)}
+    else:  # the same model as the one engine's: its deviance is a check of this engine
+        record["homogeneous_engine_deviance"] = float(r.deviance)
+    a.extras["level1_covariance"] = record
+    if not f.converged:
+        r.converged = False
+        r.certificate.certified = False
+        r.certificate.failed.extend(f"{OPTION} {structure}: {why}" for why in f.failed)
+    return a
+
+
+def _marginal(delta, tau, Z, occ, T) -> np.ndarray:
+    """ZτZ' + Δ for a person observed on every occasion, Z at each occasion's mean over the records."""
+    if not tau.size:
+        return np.array(delta, dtype=float)
+    Zbar = np.vstack([Z[occ == t].mean(axis=0) for t in range(T)])
+    return delta + Zbar @ tau @ Zbar.T

@@ -1,0 +1,77 @@
+"""HLM 7's HMLM tables for a structured within-person covariance (analysis/hmlm.py): Δ, the implied
+marginal covariance, the fixed effects under that structure, the check of its optimum, and the comparison
+with the homogeneous model printed above them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_TITLE = {"unrestricted": "Unrestricted model (Δ free; the random effects are part of Δ)",
+          "homogeneous": "Homogeneous σ² model (Δ = σ² I), by the HMLM engine",
+          "heterogeneous": "Heterogeneous σ² model (Δ = diag(σ²_1, ..., σ²_T))",
+          "ar1": "First-order autoregressive model (Δ_st = σ² ρ^|s-t|, s, t the occasion indices)"}
+
+
+def _matrix_lines(name: str, m, labels) -> list[str]:
+    m = np.asarray(m, dtype=float)
+    out = [f" {name}", " " * 12 + "".join(f"{lab:>14}" for lab in labels)]
+    for lab, row in zip(labels, m):
+        out.append(f" {lab:>10} " + "".join(f"{v:14.5f}" for v in row))
+    return out
+
+
+def level1_covariance_lines(v: dict, sym, hlm_name, hlm_p, text_table) -> list[str]:
+    """The block printed after the homogeneous model's tables (report.fit_text)."""
+    title = _TITLE[v["structure"]]
+    if sym.ascii:
+        title = title.replace("Δ", "Delta").replace("σ²", "sigma2").replace("ρ", "rho")
+    delta = "Delta" if sym.ascii else "Δ"
+    labels = [f"{v['occasion']}={t:g}" for t in v["occasions"]]
+    out = ["", "-" * 78, f"HMLM: {title}", f" Occasions: {v['occasion']} = "
+           + ", ".join(f"{t:g}" for t in v["occasions"]) + f" (T = {len(v['occasions'])}); {v['method']}"]
+    c = v["check"]
+    if c["converged"]:
+        out.append(f" Optimum checked locally: the deviance's Hessian over the variance parameters is positive "
+                   f"definite and Newton predicts a decrease below {1e-8:.0E} (not a global certificate)")
+    else:
+        out += [" The point reached is NOT a checked optimum:"] + [f" - {f}" for f in c["failed"]]
+    out.append("")
+    out += _matrix_lines(f"{delta} (within-person covariance)", v["delta"], labels)
+    if v.get("rho") is not None:
+        out.append(f" {'rho' if sym.ascii else 'ρ'} = {v['rho']:.5f}, {sym.sigma2} = {v['sigma2']:.5f}")
+    if v["tau"]:
+        out.append("")
+        out += _matrix_lines(sym.tau, v["tau"], [f"u{k}" for k in range(len(v["tau"]))])
+    out.append("")
+    out += _matrix_lines("Marginal covariance Z tau Z' + " + delta + " (Z at each occasion's mean)",
+                         v["marginal"], labels)
+    out += ["", "Final estimation of fixed effects (" + v["structure"] + ")"]
+    rows = [[f"{hlm_name(f['coefficient'])}, {hlm_name(f['predictor'])}, {f['gamma']}", f"{f['estimate']:.6f}",
+             f"{f['se']:.6f}", f"{f['t']:.3f}", f"{f['df']:.0f}", hlm_p(f["p"])] for f in v["fixed_effects"]]
+    out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "d.f.", "p-value"], rows,
+                      [30, 12, 14, 9, 6, 8])
+    out += ["", f" Deviance = {v['deviance']:.6f}, number of estimated parameters = {v['n_params']}"]
+    t = v.get("test")
+    if t:
+        out += ["", "Summary of Model Fit",
+                f" 1. Homogeneous {sym.sigma2}    parameters = {t['params_homogeneous']:3d}   deviance = "
+                f"{t['deviance_homogeneous']:.6f}",
+                f" 2. {v['structure']:<15} parameters = {t['params']:3d}   deviance = {t['deviance']:.6f}"]
+        if t["df"] > 0:
+            out.append(f" Model 1 vs Model 2: {sym.chi2} statistic = {t['chi2']:.5f}, d.f. = {t['df']}, "
+                       f"p-value = {hlm_p(t['p'])}")
+        else:
+            out.append(" (the models are not nested by their parameter counts: no likelihood-ratio test)")
+    else:
+        out.append(f" (the one engine's deviance of this model: {v['homogeneous_engine_deviance']:.6f})")
+    out += ["", " In R: " + _NLME[v["structure"]].format(occ=v["occasion"], method="ML" if v["method"] == "ML" else "REML")]
+    return out
+
+
+_NLME = {"unrestricted": "nlme::gls(<fixed>, correlation = corSymm(form = ~ {occ} | <id>), weights = varIdent(form = "
+                         "~ 1 | {occ}), method = \"{method}\") ({occ} as occasion indices 1..T)",
+         "homogeneous": "nlme::lme(<fixed>, random = <random>, method = \"{method}\")",
+         "heterogeneous": "nlme::lme(<fixed>, random = <random>, weights = varIdent(form = ~ 1 | {occ}), "
+                          "method = \"{method}\")",
+         "ar1": "nlme::lme(<fixed>, random = <random>, correlation = corAR1(form = ~ {occ} | <id>), method = "
+                "\"{method}\") ({occ} as occasion indices 1..T)"}

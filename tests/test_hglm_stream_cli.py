@@ -1,0 +1,120 @@
+"""`hlmcli fit --engine stream` for a two-level HGLM by Laplace or AGQ, as a user types it: the records
+spilled by unit and passed over (analysis/hglm_stream.py). References: glmer (contra, diagonal τ,
+tests/reference_scripts/hglm_diagonal_glmer.R) and the in-memory fits' golden output (held against
+glmer and glmmTMB by test_hglm.py); the streamed fit must equal the in-memory one to 1e-8."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import DATA, hlmcli
+
+pytest.importorskip("pyarrow")
+
+H = DATA / "hglm"
+GOLDEN = DATA.parent / "golden"
+CONTRA = [H / "contra_l1.csv", H / "contra_l2.csv", "--id", "DISTRICT"]
+
+
+# The certificate's residuals at the optimum (a gradient of 1e-8, a decrement of 1e-18) are rounding
+# noise of the last Newton step, not properties of the model: both fits must have them below the
+# certificate's tolerance (1e-6 deviance units), not equal.
+NOISE = {"face_gradient", "face_decrement"}
+
+
+def same_numbers(got, want, path="", rel=1e-8):
+    """Two JSON documents alike: the same keys and strings, numbers to `rel` (data_hash: the stream
+    engine's is of its per-unit statistics, so it differs by design; NOISE: below 1e-6 both)."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), path
+        for k in want:
+            if k in NOISE:
+                assert abs(got[k]) < 1e-6 and abs(want[k]) < 1e-6, path
+            elif k != "data_hash":
+                same_numbers(got[k], want[k], f"{path}.{k}", rel)
+    elif isinstance(want, list):
+        assert len(got) == len(want), path
+        for k, (a, b) in enumerate(zip(got, want)):
+            same_numbers(a, b, f"{path}[{k}]", rel)
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert got == pytest.approx(want, rel=rel, abs=1e-12), path
+    else:
+        assert got == want, path
+
+
+def test_bernoulli_laplace_streamed_matches_glmer():
+    """Random intercept and URBAN slope, diagonal τ, against glmer (PIRLS to 1e-12), in one call."""
+    g = json.loads((H / "contra_diag_laplace.json").read_text())
+    proc = hlmcli("fit", *CONTRA, "-1", "USE = b0 + b1*URBAN + b2*AGE", "-2", "b0 = g00 + u0", "-2", "b1 = g10 + u1",
+                  "--family", "bernoulli", "--estimation", "laplace", "--tau", "diagonal", "--engine", "stream",
+                  "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["certificate"]["certified"] and out["converged"] and out["n_level1"] == 1934
+    assert math.isclose(out["deviance"], g["deviance"], rel_tol=1e-9)
+    for f, name in zip(out["fixed_effects"], ("(Intercept)", "URBAN", "AGE")):
+        assert f["estimate"] == pytest.approx(g["fixef"][name], rel=1e-4)
+        assert f["se"] == pytest.approx(g["se"][name], rel=1e-4)
+    assert np.diag(out["tau"]) == pytest.approx(g["tau"], rel=1e-4)
+
+
+def test_poisson_with_exposure_streamed_equals_the_in_memory_fit():
+    """The whole JSON of the pinned in-memory Laplace fit (test_pinned_fits.py), number by number."""
+    from test_pinned_fits import CASES
+
+    proc = hlmcli("fit", *CASES["hglm_mmmec_laplace"], "--engine", "stream", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    same_numbers(json.loads(proc.stdout), json.loads((GOLDEN / "hglm_mmmec_laplace.json").read_text()))
+
+
+@pytest.mark.slow
+def test_bernoulli_agq_streamed_prints_the_in_memory_tables():
+    from test_pinned_fits import CASES
+
+    proc = hlmcli("fit", *CASES["hglm_contra_agq"], "--engine", "stream")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (GOLDEN / "hglm_contra_agq.txt").read_text(encoding="utf-8")
+
+
+def test_units_in_any_order_over_several_buckets(tmp_path, monkeypatch):
+    """Binomial with trials, the records shuffled so every unit is spread over the file, and buckets of
+    3 units: the external sort gives the in-memory fit (the Python API, engine='stream')."""
+    import hlmcli as api
+    from hlmcli.analysis import hglm_stream
+
+    l1 = pd.read_csv(H / "cbpp_l1.csv").sample(frac=1.0, random_state=2)
+    l1.to_csv(tmp_path / "l1.csv", index=False)
+    monkeypatch.setattr(hglm_stream, "BUCKET_UNITS", 3)
+    kw = dict(id="HERD", level1_eq="INCID = b0 + b1*P2", level2_eqs=["b0 = g00 + u0"], family="binomial",
+              trials="SIZE", estimation="laplace")
+    streamed = api.fit(tmp_path / "l1.csv", H / "cbpp_l2.csv", engine="stream", **kw).to_dict()
+    memory = api.fit(H / "cbpp_l1.csv", H / "cbpp_l2.csv", **kw).to_dict()
+    assert streamed["certificate"]["certified"]
+    for key in ("deviance", "fixed_effects", "tau", "n_level1", "n_level2"):
+        same_numbers(streamed[key], memory[key])
+    assert not list(tmp_path.glob("hlmcli-spill-*")), "the spill folder is removed"
+
+
+def test_a_bad_outcome_is_refused_naming_file_column_and_row(tmp_path):
+    l1 = pd.read_csv(H / "contra_l1.csv")
+    l1.loc[7, "USE"] = 2
+    l1.to_csv(tmp_path / "bad.csv", index=False)
+    proc = hlmcli("fit", tmp_path / "bad.csv", H / "contra_l2.csv", "--id", "DISTRICT", "-1", "USE = b0 + b1*URBAN",
+                  "-2", "b0 = g00 + u0", "--family", "bernoulli", "--estimation", "laplace", "--engine", "stream")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("hlmcli: error: bad.csv, column USE, row 8: the value 2 is not 0 or 1, as "
+                                   "--family bernoulli needs")
+
+
+def test_dask_and_pql_are_refused_before_reading(tmp_path):
+    base = [*CONTRA, "-1", "USE = b0", "-2", "b0 = g00 + u0", "--family", "bernoulli"]
+    proc = hlmcli("fit", *base, "--estimation", "laplace", "--engine", "dask")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "--engine dask: not available for an HGLM fit yet" in proc.stderr
+    proc = hlmcli("fit", *base, "--engine", "stream")
+    assert proc.returncode == 2 and "PQL over the spilled records is not wired" in proc.stderr
