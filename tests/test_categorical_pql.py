@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DATA, hlmcli
+from conftest import DATA, ROOT, hlmcli
 from hlmcli.engine.categorical_pql import CategoricalPQLData, fit
 
 C = DATA / "categorical_pql"
@@ -20,6 +21,7 @@ O = DATA / "ordinal"
 M = DATA / "multinomial"
 REF = {f["name"] + "/" + f["method"] + "/" + f["link"]: f
        for f in (json.loads(path.read_text()) for path in sorted(C.glob("*-*-*.json")))}
+SCHEMA = json.loads((ROOT / "hlmcli" / "schema" / "fit-2.json").read_text())
 WINE = [O / "wine_l1.csv", O / "wine_l2.csv", "--id", "judge", "-1", "rating = b0 + b1*warm + b2*contact",
         "-2", "b0 = g00 + u0", "-2", "b1 = g10", "-2", "b2 = g20", "--family", "ordinal", "--estimation", "pql"]
 SIM = [M / "sim_l1.csv", M / "sim_l2.csv", "--id", "school", "-1", "choice = b0 + b1*x", "-2", "b0 = g00 + g01*w + u0",
@@ -174,6 +176,7 @@ def test_cli_ordinal_pql(tmp_path):
     proc = hlmcli("fit", *WINE, "--format", "json", "--residuals-l2", res2, "-o", tmp_path / "fit.json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "fit.json").read_text())
+    jsonschema.validate(doc, SCHEMA)
     assert doc["estimation"] == "pql" and doc["method"] == "REML" and doc["converged"]
     assert doc["fixed_point"]["checked"] and doc["fixed_point"]["passed"]
     assert doc["deviance"] is None and "population_average" not in doc
@@ -198,6 +201,7 @@ def test_cli_multinomial_pql(tmp_path):
     proc = hlmcli("fit", *SIM, "--format", "json", "--residuals-l1", tmp_path / "r1.csv")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
+    jsonschema.validate(doc, SCHEMA)
     assert doc["estimation"] == "pql" and doc["converged"] and doc["fixed_point"]["passed"]
     assert doc["deviance"] is None and doc["certificate"] is None
     assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["gamma"], rel=1e-6, abs=1e-6)
