@@ -3,6 +3,7 @@ hlmcli against lme4::glmer(nAGQ = 1) on the same three CSV files, side by side i
 
     python benchmarks/hglm3_bench.py --rows 100000                 # with glmer
     python benchmarks/hglm3_bench.py --rows 1000000 --no-r         # hlmcli only
+    python benchmarks/hglm3_bench.py --agq 7 --no-r                # nested AGQ, 7 points (glmer has none)
 
 Records: 5 per level-2 unit, 10 level-2 units per level-3 unit (100,000 records: 20,000 level-2 and
 2,000 level-3 units), generated deterministically from --seed into benchmarks/data/ (not committed):
@@ -61,13 +62,14 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_hlmcli(paths, workdir: Path) -> tuple[float, float, dict]:
+def run_hlmcli(paths, workdir: Path, agq: int | None = None) -> tuple[float, float, dict]:
     out = workdir / f"bench3_{paths[0].stem}.json"
+    how = ["--estimation", "laplace"] if agq is None else ["--estimation", "agq", "--quadrature-points", str(agq)]
     t0, c0 = time.perf_counter(), _children_cpu()
     subprocess.run([sys.executable, "-m", "hlmcli.cli", "fit", *map(str, paths), "--id2", "id2", "--id3", "id3",
                     "-1", "y = p0 + p1*x", "-2", "p0 = b00 + b01*w + r0", "-2", "p1 = b10",
                     "-3", "b00 = g000 + g001*z + u00", "-3", "b01 = g010", "-3", "b10 = g100",
-                    "--family", "bernoulli", "--estimation", "laplace", "-q", "--json-out", str(out)],
+                    "--family", "bernoulli", *how, "-q", "--json-out", str(out)],
                    check=True, capture_output=True, text=True, cwd=workdir)
     return time.perf_counter() - t0, _children_cpu() - c0, json.loads(out.read_text())
 
@@ -98,16 +100,18 @@ def main():
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=20261207)
     ap.add_argument("--no-r", action="store_true", help="hlmcli only")
+    ap.add_argument("--agq", type=int, default=None, metavar="N", help="hlmcli by nested AGQ with N points")
     a = ap.parse_args()
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     DATA.mkdir(exist_ok=True)
     paths = generate(a.rows, a.seed)
-    wall, cpu, doc = run_hlmcli(paths, DATA)
+    wall, cpu, doc = run_hlmcli(paths, DATA, a.agq)
     print(f"rows {a.rows:,}  level-2 units {a.rows // PER2:,}  level-3 units {a.rows // PER2 // PER3:,}  "
-          "Bernoulli, random intercepts at levels 2 and 3, Laplace")
+          "Bernoulli, random intercepts at levels 2 and 3, " + ("Laplace" if a.agq is None else f"AGQ {a.agq} points"))
     print(f"hlmcli fit (three CSVs): {wall:.2f} s wall, {cpu:.2f} s CPU, deviance {doc['deviance']:.6f}, "
-          f"certified {doc['certificate']['certified']}")
+          f"certified {doc['certificate']['certified']}"
+          + (f", Laplace deviance {doc['hglm']['laplace_deviance']:.6f}" if a.agq else ""))
     if not a.no_r:
         secs, rcpu, dev = run_glmer(paths, DATA)
         print(f"glmer (read + merge + fit): {secs:.2f} s wall, {rcpu:.2f} s CPU, deviance {dev:.6f}")

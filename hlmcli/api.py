@@ -505,6 +505,13 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     analysis = LevelsAnalysis(spec, design, result, weighting=weighting_meta(weights))
     analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
                                     robust_only=weights is not None)
+    if fit.level1_covariance or fit.occasion:  # HMLM2 (capabilities.check refused it at four levels)
+        from .analysis.hmlm import analyse_hmlm2
+
+        if not (fit.level1_covariance and fit.occasion):
+            raise UsageError("--level1-covariance and --occasion go together: the structure of the within-person "
+                             "covariance and the level-1 variable holding each record's occasion")
+        analyse_hmlm2(analysis, archive, fit.level1_covariance, fit.occasion)
     return analysis
 
 

@@ -26,11 +26,13 @@ KINDS = {
     "three-level-pql": "three-level HGLM PQL",
     "three-level-laplace": "three-level HGLM Laplace",
     "hglm-stream": "HGLM Laplace, AGQ (stream)",
+    "three-level-agq": "three-level HGLM AGQ",
 }
 _LEVELS = ("three-level", "four-level")
 THREE_LEVEL_HGLM = "three-level-pql"
 THREE_LEVEL_LAPLACE = "three-level-laplace"
-_HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE)
+THREE_LEVEL_AGQ = "three-level-agq"  # a random intercept at each level (analysis/hglm_levels_agq.py)
+_HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE, THREE_LEVEL_AGQ)
 
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
@@ -71,7 +73,7 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
 _ORDINAL_LINEAR = ("an ordinal outcome is not normal: it is fitted as an HGLM (--family ordinal with --estimation "
-                   "laplace or agq)")
+                   "pql, laplace or agq)")
 _ORDINAL_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors needs the Laplace or "
                     "AGQ likelihood over the crossed blocks, which is not built (lme4's glmer fits it)")
 _NEGBIN_LINEAR = ("a negative binomial count is not normal: it is fitted as an HGLM (--family negbinomial with "
@@ -85,7 +87,7 @@ _NEGBIN_LEVELS = ("hlmcli fits negative binomial counts at two levels (Laplace, 
                   "Laplace likelihood over nested random effects with theta, which is not built (and PQL has no NB "
                   "working model); models of four levels are linear")
 _MULTI_LINEAR = ("a multinomial outcome is not normal: it is fitted as an HGLM (--family multinomial with --estimation "
-                 "laplace)")
+                 "pql or laplace)")
 _MULTI_AGQ = ("the random effects of the M - 1 logits are (M - 1)q dimensions per unit (2 or more), and adaptive "
               "quadrature over them is not built; use --estimation laplace")
 _MULTI_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors, a multinomial one "
@@ -139,8 +141,8 @@ _HMLM_SUMMARY = ("not built for the stream and Dask engines: a structured within
                  "--engine memory")
 _HMLM_HGLM = ("HMLM's within-person covariance is of a normal outcome; an HGLM's level-1 variance is fixed by its "
               "mean (φ(1 - φ), λ)")
-_HMLM_LEVELS = ("not built yet: HMLM2 (a level above the persons): its likelihood is in the engine and matches "
-                "nlme::lme with two grouping levels, but three-level input and tables do not reach it yet")
+_HMLM_LEVELS = ("not built for four levels: HLM 7's HMLM2 has one level above the persons (three levels); a "
+                "fourth would need the determinant lemma once more in the engine")
 _HMLM_CROSSED = "HMLM's persons are nested units; a cross-classified HMLM is not an HLM 7 model and is not built"
 # With --level1-covariance (HMLM), options not built with the structured within-person covariance: refused.
 LEVEL1_COVARIANCE_CONFLICTS = {
@@ -223,7 +225,7 @@ FEATURES = (
     Feature("level1_covariance", "--level1-covariance with --occasion (HMLM: unrestricted, homogeneous, "
             "heterogeneous or AR(1) within-person covariance over occasions)",
             {"linear-summary": _HMLM_SUMMARY, "pql": _HMLM_HGLM, "laplace": _HMLM_HGLM, "agq": _HMLM_HGLM,
-             **_k(_HMLM_LEVELS), "crossed": _HMLM_CROSSED, THREE_LEVEL_HGLM: _HMLM_HGLM,
+             "four-level": _HMLM_LEVELS, "crossed": _HMLM_CROSSED, THREE_LEVEL_HGLM: _HMLM_HGLM,
              THREE_LEVEL_LAPLACE: _HMLM_HGLM, HGLM_STREAM: _HMLM_HGLM}),
     Feature("compare_deviance", "--compare-deviance", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("residuals", "--residuals-l1/--residuals-l2 (... -l4; cross-classified: -l2, -l3, -l4 one file per factor)",
@@ -274,6 +276,19 @@ FEATURES = (
             {"pql": _HGLM_STREAM_PQL, "crossed": _X_SUMMARY,
              THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )
+
+# The three-level AGQ column: the Laplace column's refusals, for the same reasons (the same search, certificate,
+# report and outputs), except two of its own. Random slopes are refused by the model (hglm_levels_agq.py).
+_AGQ3_OWN = {
+    "weights": ("the weighted pseudo-likelihood is not carried through the nested quadrature (level-2 weights inside "
+                "each level-3 unit's integral at every node, level-3 weights outside it); not built"),
+    "plausible_values": ("not wired for the three-level AGQ fit (its quadrature check and deviance are not in the "
+                         "three-level combined report); combine three-level PQL fits, or fit each data set on its own"),
+}
+for _f in FEATURES:
+    _why = _AGQ3_OWN.get(_f.key, _f.refused.get(THREE_LEVEL_LAPLACE))
+    if _why is not None:
+        _f.refused[THREE_LEVEL_AGQ] = _why
 _BY_KEY = {f.key: f for f in FEATURES}
 
 
@@ -293,7 +308,7 @@ def kind_of(spec, engine: Engine | str = Engine.MEMORY, fit: FitOptions | None =
     levels = n_levels_of(spec)
     if levels == 3 and hglm_asked(fit):
         est = getattr(fit.estimation, "value", fit.estimation)
-        return THREE_LEVEL_LAPLACE if est == "laplace" else THREE_LEVEL_HGLM
+        return {"laplace": THREE_LEVEL_LAPLACE, "agq": THREE_LEVEL_AGQ}.get(est, THREE_LEVEL_HGLM)
     if levels > 2:
         return _LEVELS[levels - 3]
     if spec.options.family == "normal":
@@ -361,17 +376,15 @@ def refuse_family(n_levels: int, fit: FitOptions) -> None:
     three-level HGLM's estimation other than PQL or Laplace: refused in one line with the reason."""
     if n_levels == 3 and hglm_asked(fit):
         est = getattr(fit.estimation, "value", fit.estimation)
-        if est not in (None, "pql", "laplace"):
-            raise RefusedOption(f"--estimation {est}: not available for a three-level HGLM fit: adaptive quadrature over "
-                             "nested random effects (a level-3 rule with a level-2 rule inside it per level-2 unit) is "
-                             "not built; use --estimation laplace (exact ML up to the Laplace approximation, glmer's "
-                             "nAGQ = 1) or pql")
-        kind = KINDS[THREE_LEVEL_LAPLACE if est == "laplace" else THREE_LEVEL_HGLM]
-        method = "by Laplace" if est == "laplace" else "by PQL"
+        if est not in (None, "pql", "laplace", "agq"):
+            raise RefusedOption(f"--estimation {est}: not available for a three-level HGLM fit; use --estimation pql, "
+                                "laplace or agq")
+        kind = KINDS[{"laplace": THREE_LEVEL_LAPLACE, "agq": THREE_LEVEL_AGQ}.get(est, THREE_LEVEL_HGLM)]
+        method = {"laplace": "by Laplace", "agq": "by AGQ"}.get(est, "by PQL")
         # options the three-level fits would not use: refused, never ignored
         for name, value, why in (
-                ("quadrature-points", fit.quadrature_points, f"it is for --estimation agq, and this three-level HGLM "
-                 f"is fitted {method}"),
+                ("quadrature-points", fit.quadrature_points if est != "agq" else None,
+                 f"it is for --estimation agq, and this three-level HGLM is fitted {method}"),
                 ("separation", fit.separation, f"the three-level fit {method} cannot hold a separated coefficient at "
                  "a bound (a separating predictor is refused before fitting, naming it)"),
                 ("link", fit.link, "it chooses the cumulative link of --family ordinal at two levels; a three-level "

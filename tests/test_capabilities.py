@@ -159,7 +159,8 @@ def check_compare(kind, tmp_path):
 _FORMAT_OF_KIND = {"linear": "markdown", "linear-summary": "latex", "pql": "html", "laplace": "latex", "agq": "markdown",
                    "hglm-stream": "html"}
 _TWO_LEVEL_KINDS = [k for k in capabilities.KINDS
-                    if k not in ("three-level", "four-level", "crossed", "three-level-pql", "three-level-laplace")]  # their own checks
+                    if k not in ("three-level", "four-level", "crossed", "three-level-pql", "three-level-laplace",
+                                 "three-level-agq")]  # their own checks
 assert set(_FORMAT_OF_KIND) == set(_TWO_LEVEL_KINDS) and set(_FORMAT_OF_KIND.values()) == {"markdown", "latex", "html"}
 
 
@@ -897,6 +898,15 @@ def check_levels_stream_dask(kind, tmp_path):
                          + capabilities.reason("missing_now", "linear-summary"))
 
 
+def check_levels_level1_covariance(kind, tmp_path):
+    """HMLM2 on egsingle's first 15 schools, σ² homogeneous within children (ML): nlme's lme with two grouping
+    levels and HLM3's own fit (tests/reference_scripts/hmlm2_nlme.R; tests/test_hmlm.py covers AR(1) and the
+    heterogeneous model)."""
+    from test_hmlm import test_cli_hmlm2_matches_nlme
+
+    test_cli_hmlm2_matches_nlme("homogeneous", tmp_path)
+
+
 SUPPORTED_LEVELS = {key[len("check_levels_"):]: f for key, f in globals().items() if key.startswith("check_levels_")}
 
 
@@ -1154,6 +1164,112 @@ def check_hglm3l_plausible_values(tmp_path):
 SUPPORTED_HGLM3L = {key[len("check_hglm3l_"):]: f for key, f in globals().items() if key.startswith("check_hglm3l_")}
 
 
+# ---------------------------------------------------------------- the three-level HGLM (AGQ) column
+# grouseticks by nested AGQ with 15 points (the quadrature error below 1e-11), against the R integral
+# (test_hglm3_agq.py); 2 s of CPU a fit, so every supported cell is slow (test_hglm3_agq.py has the fast ones:
+# JSON, text, compare, refusals)
+
+LEVELS_BASE["three-level-agq"] = [*GROUSE, *GROUSE_MODEL, "--estimation", "agq", "--quadrature-points", "15"]
+
+
+def hglm3a_matches(doc: dict) -> None:
+    from test_hglm3_agq import agq_matches
+
+    agq_matches(doc, "grouseticks")
+
+
+def hglm3a_json(*extra) -> dict:
+    return levels_json("three-level-agq", *extra)
+
+
+def check_hglm3a_api(tmp_path):
+    res = hlmcli.fit(*GROUSE[:2], level3=GROUSE[2], id2="BROOD", id3="LOCATION", level1_eq=GROUSE_MODEL[1],
+                     level2_eqs=[GROUSE_MODEL[3]], level3_eqs=GROUSE_MODEL[5::2][:3], family="poisson",
+                     estimation="agq", quadrature_points=15, warn=lambda m: None)
+    assert res.to_dict()["fixed_effects"] == hglm3a_json()["fixed_effects"]
+    hglm3a_matches(res.to_dict())
+    assert res.converged and res.failures == [] and res.to_dict()["hglm"]["quadrature_points"] == 15
+
+
+def check_hglm3a_table(tmp_path):
+    a = tmp_path / "fit.json"
+    a.write_text(json.dumps(hglm3a_json()))
+    proc = run_cli("table", a, a, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{hglm3a_json()['fixed_effects'][0]['estimate']:.3f}" in proc.stdout and "J (level 3)" in proc.stdout
+
+
+def check_hglm3a_formats(tmp_path):
+    proc = run("fit", *LEVELS_BASE["three-level-agq"], "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    tidy = pd.read_csv(pd.io.common.StringIO(proc.stdout))
+    ref = hglm3a_json()["fixed_effects"][0]["estimate"]
+    assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-9)
+
+
+def check_hglm3a_test(tmp_path):
+    doc = hglm3a_json("--test", "γ001 = 0")
+    f = next(f for f in doc["fixed_effects"] if f["gamma"] == "γ001")
+    test = doc["hypothesis_tests"][0]
+    assert test["model"]["chi2"] == pytest.approx(f["t"] ** 2, rel=1e-10)
+    assert test["robust"]["chi2"] == pytest.approx(f["robust_t"] ** 2, rel=1e-10)
+
+
+def check_hglm3a_json_out(tmp_path):
+    path = tmp_path / "fit.json"
+    proc = run_cli("fit", *LEVELS_BASE["three-level-agq"], "--json-out", path, "-q")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(path.read_text())
+    assert doc == hglm3a_json()
+    hglm3a_matches(doc)
+
+
+def check_hglm3a_compare(tmp_path):
+    """The likelihood-ratio test of γ001 (CHEIGHT): the difference of the two AGQ deviances (both with 15 points)."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    b.write_text(json.dumps(hglm3a_json()))
+    small = [x if x != "b00 = g000 + g001*CHEIGHT + u00" else "b00 = g000 + u00" for x in LEVELS_BASE["three-level-agq"]]
+    proc = run_cli("fit", *small, "--json-out", a, "-q")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("compare", a, b, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    da, db = json.loads(a.read_text())["deviance"], json.loads(b.read_text())["deviance"]
+    assert doc["chi2"] == pytest.approx(da - db, rel=1e-12) and doc["df"] == 1
+
+
+def check_hglm3a_compare_deviance(tmp_path):
+    doc = hglm3a_json("--compare-deviance", "2010", "--compare-params", "5")
+    test = doc["deviance_test"]
+    assert test["chi2"] == pytest.approx(2010 - doc["deviance"], rel=1e-12) and test["df"] == 1
+
+
+def check_hglm3a_tau_diagonal(tmp_path):
+    """One random effect per level: a diagonal τ is the same model, so the same fit."""
+    doc = hglm3a_json("--tau", "diagonal")
+    hglm3a_matches(doc)
+    assert set(doc["tau_structure"]) == {"diagonal"}
+
+
+def check_hglm3a_residuals(tmp_path):
+    hglm3_residuals_check("three-level-agq", tmp_path)
+
+
+def check_hglm3a_keep(tmp_path):
+    hglm3_keep_check("three-level-agq", tmp_path)
+
+
+def check_hglm3a_plot(tmp_path):
+    hglm3_plot_check("three-level-agq", tmp_path)
+
+
+def check_hglm3a_missing_now(tmp_path):
+    hglm3a_matches(hglm3a_json("--missing", "now"))
+
+
+SUPPORTED_HGLM3A = {key[len("check_hglm3a_"):]: f for key, f in globals().items() if key.startswith("check_hglm3a_")}
+
+
 # ---------------------------------------------------------------- cross-classified
 # References: lmer's fits in tests/data/crossed/crossed_lme4.json (tests/reference_scripts/crossed_lme4.R).
 # Penicillin (24 plates crossed with 6 samples) is small, so its cells are cheap.
@@ -1349,7 +1465,7 @@ def check_refused(feature, kind, why, tmp_path):
         proc = run_cli("compare", a, a)
         one_line_refusal(proc, "PQL fit, and PQL has no deviance")
         return
-    if kind in ("three-level", "four-level", "three-level-pql", "three-level-laplace"):
+    if kind in ("three-level", "four-level", "three-level-pql", "three-level-laplace", "three-level-agq"):
         if feature == "plot":
             proc = run_cli("plot", "equation", *LEVELS_BASE[kind], "-o", tmp_path / "eq.png")
         else:
@@ -1435,7 +1551,8 @@ def _cells():
                 (kind == "three-level-laplace" and capabilities.reason(f.key, kind) is None and f.key != "json_out") or \
                 (kind == "hglm-stream" and capabilities.reason(f.key, kind) is None
                  and f.key not in ("json_out", "stream_dask")) or \
-                ((f.key, kind) in (("stream_dask", "laplace"), ("stream_dask", "agq")))
+                ((f.key, kind) in (("stream_dask", "laplace"), ("stream_dask", "agq"))) or \
+                (kind == "three-level-agq" and capabilities.reason(f.key, kind) is None)
             marks = [pytest.mark.slow] if slow else []
             yield pytest.param(f.key, kind, marks=marks, id=f"{f.key}-{kind}")
 
@@ -1454,6 +1571,8 @@ def test_cell(feature, kind, tmp_path):
         SUPPORTED_HGLM3[feature](tmp_path)
     elif kind == "three-level-laplace":
         SUPPORTED_HGLM3L[feature](tmp_path)
+    elif kind == "three-level-agq":
+        SUPPORTED_HGLM3A[feature](tmp_path)
     elif kind in ("three-level", "four-level"):
         SUPPORTED_LEVELS[feature](kind, tmp_path)
     else:

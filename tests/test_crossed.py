@@ -585,3 +585,32 @@ def test_lower_face_check_reaches_a_face_minimum_its_first_newton_run_stops_shor
     best, unresolved = best_lower_face(obj, [(np.array([[0.01]]), np.zeros((1, 1)))], make_face, answer,
                                        obj.noise(face.G(x)))
     assert best is not None and best[1] == pytest.approx(face_min, abs=1e-6) and unresolved == 0
+
+
+def test_lower_face_objective_is_the_full_deviance_on_that_face():
+    """On a face where some factors' τ is 0, the lower-face check solves the model without them
+    (crossed.FaceObjective): the same deviance and, in the kept blocks, the same gradient as the full
+    two-factor solve, here with a random slope on the kept factor and each factor dropped in turn; a
+    point off that face is solved by the full model; its solves count as evaluations."""
+    from hlmcli.engine.crossed import FaceObjective, Objective
+    d = frame("attain").iloc[:1500]
+    X = np.column_stack([np.ones(len(d)), d.verbal, d.female])
+    st = CrossedStats(d.attain.to_numpy(float), X, _terms(d, [("primary", ["1", "verbal"]), ("second", ["1"])]))
+    G_primary, G_second = np.array([[0.3, 0.05], [0.05, 0.2]]), np.array([[0.15]])
+    for reml in (True, False):
+        for Gs, kept in (((G_primary, np.zeros((1, 1))), 0), ((np.zeros((2, 2)), G_second), 1)):
+            full = Objective(st, reml)
+            face = full.lower_face_objective(Gs)
+            assert isinstance(face, FaceObjective) and face.keep == (kept,) and len(face.stats.terms) == 1
+            d_face, g_face = face.at(Gs)
+            d_full, g_full = CrossedSolve(st, [factor(G) for G in Gs]).profiled_deviance(reml), \
+                CrossedSolve(st, [factor(G) for G in Gs]).gradients(reml)
+            assert d_face == pytest.approx(d_full, rel=1e-13)
+            assert np.allclose(g_face[kept], g_full[kept], rtol=1e-9, atol=1e-9 * np.abs(g_full[kept]).max())
+            assert np.isnan(g_face[1 - kept]).all()  # a dropped block's gradient is not formed
+            assert full.count == 1
+            off = (G_primary, G_second)  # the dropped block not 0: the full model
+            assert face.value(off) == pytest.approx(CrossedSolve(st, [factor(G) for G in off]).profiled_deviance(reml),
+                                                    rel=1e-15)
+    assert Objective(st, True).lower_face_objective((G_primary, G_second)).__class__ is Objective
+    assert Objective(st, True).lower_face_objective((np.zeros((2, 2)), np.zeros((1, 1)))).__class__ is Objective

@@ -312,3 +312,21 @@ def test_caterpillar_plot_from_the_archive(archive, tmp_path):
     proc = run_cli("plot", "caterpillar", archive, "--formula", SCOTS, "-o", png, "-q")
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_random_effects_keep_the_names_the_equations_gave():
+    """b01 (the row effect on β01's column predictor W) and c01 (the column effect on γ01's X) are printed and
+    written as b01 and c01, not by position (b10, c10: in HCM2 those are π1's effects); b10 here is π1's."""
+    from types import SimpleNamespace
+
+    from hlmcli.report.crossed_report import _mixed_line, effect_labels
+
+    m = read_hcm2("Y = p0 + p1*(A) + e", ["p0 = theta0 + gamma01*(X) + beta01*(W) + b00 + c00 + b01 + c01",
+                                          "p1 = theta1 + b10"], "R", "C")
+    fit = SimpleNamespace(factors=("R", "C"), columns=(("INTRCPT", "W", "A"), ("INTRCPT", "X")))
+    design = SimpleNamespace(outcome="Y", fixed_names=["INTRCPT", "X", "W", "A"])
+    a = SimpleNamespace(hcm2=m, fit=fit, design=design)
+    assert effect_labels(a) == [["b00", "b01", "b10"], ["c00", "c01"]]
+    assert "+ b00 + b01*W + b10*A + c00 + c01*X + E" in _mixed_line(a)
+    # a model typed as an lme4 formula keeps the positional names
+    assert effect_labels(SimpleNamespace(hcm2=None, fit=fit)) == [["b00", "b10", "b20"], ["c00", "c10"]]

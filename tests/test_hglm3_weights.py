@@ -295,6 +295,7 @@ def test_plausible_values_rubin_and_d1_by_hand(plausible):
     for line in ("Results combined over 3 plausible values", f"Deviance (average over the fits) = {doc['deviance']:.6f}",
                  "Laplace approximation to the likelihood", "combined over the fits: g001 = 0", "Fit 3 of 3: PV3"):
         assert line in text, line
+    assert "(average over the fits) =      1.00000" not in text  # no level-1 variance for a 0/1 outcome
 
 
 @pytest.mark.slow

@@ -249,3 +249,65 @@ def test_hmlm2_engine_matches_nlme_two_levels(key):
         assert np.diag(f.delta) == pytest.approx(ref["sigma2_by_occasion"], rel=rel)
     else:
         assert f.delta[0, 0] == pytest.approx(ref["sigma2"], rel=rel)
+
+
+def test_boundary_probe_finds_an_infimum_at_minus_infinity():
+    """A deviance still falling as a log variance goes to -∞ (exp(θ0): flat, with a tiny gradient, where the
+    local tests could pass) is caught by the probe; a regular minimum (θ'θ) passes; an AR(1) correlation whose
+    deviance falls towards ρ = 1 is caught too."""
+    from hlmcli.engine.hmlm import boundary_probe
+
+    theta = np.array([-9.0, 0.5])
+    assert boundary_probe(lambda t: np.exp(t[0]) + t[1] ** 2, theta, np.exp(-9.0) + 0.25, [0], [])
+    assert not boundary_probe(lambda t: float(t @ t), np.zeros(2), 0.0, [0], [1])
+    caught = boundary_probe(lambda t: -np.tanh(t[1]), theta, -np.tanh(0.5), [], [1])
+    assert caught and "AR(1) correlation" in caught[0]
+
+
+def eg_files(directory):
+    """eg15.csv as HLM 7's three files: occasions (level 1), children (level 2), schools (level 3)."""
+    import pandas as pd
+
+    d = pd.read_csv(D / "eg15.csv")
+    paths = [directory / f"eg{k}.csv" for k in (1, 2, 3)]
+    d[["CHILD", "OCC", "YEAR", "MATH"]].to_csv(paths[0], index=False)
+    d[["CHILD", "SCHOOL"]].drop_duplicates().to_csv(paths[1], index=False)
+    d[["SCHOOL"]].drop_duplicates().to_csv(paths[2], index=False)
+    return paths
+
+
+EG_MODEL = ["--id2", "CHILD", "--id3", "SCHOOL", "-1", "MATH = p0 + p1*YEAR + e", "-2", "p0 = b00 + r0", "-2",
+            "p1 = b10 + r1", "-3", "b00 = g000 + u00", "-3", "b10 = g100"]
+
+
+@pytest.mark.slow  # the homogeneous case runs in the default run as test_capabilities' three-level cell
+@pytest.mark.parametrize("structure", ["homogeneous", "ar1"])
+def test_cli_hmlm2_matches_nlme(structure, tmp_path):
+    """HMLM2 as a user types it (three files, ML as HLM3's default): the homogeneous model is HLM3's own fit
+    (the one engine's deviance, and nlme's), AR(1) within children matches nlme's lme with two grouping
+    levels (held as in the engine test above), with the test against the homogeneous model."""
+    out = tmp_path / "fit.json"
+    proc = run_cli("fit", *eg_files(tmp_path), *EG_MODEL, "--level1-covariance", structure, "--occasion", "OCC",
+                   "--json-out", out)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    from hlmcli.report.schemas import first_error_file
+
+    assert first_error_file(doc, "fit-3.json") is None
+    v = doc["level1_covariance"]
+    ref = REF2[f"{structure}_ML"]
+    assert v["levels"] == 3 and v["check"]["converged"] and v["occasions"] == [1, 2, 3, 4, 5, 6]
+    assert [f["estimate"] for f in v["fixed_effects"]] == pytest.approx(ref["fixef"], rel=1e-4)
+    assert close(v["tau"], ref["tau_child"], 1e-4) and close(v["tau_level3"], ref["tau_school"], 1e-4)
+    assert "τ (level-3 units)" in proc.stdout and f"{v['deviance']:.6f}" in proc.stdout
+    if structure == "homogeneous":
+        assert v["deviance"] == pytest.approx(ref["deviance"], abs=1e-6)
+        assert v["deviance"] == pytest.approx(v["homogeneous_engine_deviance"], abs=1e-6)
+        assert [f["estimate"] for f in v["fixed_effects"]] == pytest.approx(
+            [f["estimate"] for f in doc["fixed_effects"]], rel=1e-6)
+    else:
+        assert ref["deviance"] - 1e-7 < v["deviance"] <= ref["deviance"]
+        assert v["rho"] == pytest.approx(ref["rho"], rel=1e-4)
+        t = v["test"]
+        assert t["deviance_homogeneous"] == pytest.approx(REF2["homogeneous_ML"]["deviance"], abs=1e-6)
+        assert t["df"] == 1 and f"{t['chi2']:.5f}" in proc.stdout

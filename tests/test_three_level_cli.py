@@ -277,12 +277,10 @@ def test_options_not_yet_available_are_refused(eg_archive):
     # refused by the capabilities table, the first feature asked in one line with its reason
     proc = run("fit", eg_archive, *EG_MODEL, "--df", "hlm6")
     _one_line_error(proc, 2, "--df hlm6", "not available for a three-level linear fit", "HLM 5/6")
-    # a three-level HGLM is fitted by PQL or Laplace (tests/test_hglm3*.py): a continuous outcome is refused
-    # by the family's check (the data: exit 1), and AGQ is not built at three levels (an option: exit 2)
+    # a three-level HGLM is fitted by PQL, Laplace or AGQ (tests/test_hglm3*.py): a continuous outcome is refused
+    # by the family's check (the data: exit 1)
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--family", "bernoulli"), 1, "column MATH, row 1",
                     "is not 0 or 1")
-    _one_line_error(run("fit", eg_archive, *EG_MODEL, "--family", "bernoulli", "--estimation", "agq"), 2,
-                    "--estimation agq", "three-level HGLM fit", "adaptive quadrature over nested random effects")
     _one_line_error(run("fit", eg_archive, *EG_MODEL, "--allow-unequal-imputations"), 2, "--allow-unequal-imputations")
     _one_line_error(run("plot", "units", eg_archive, *EG_MODEL, "-o", "x.png"), 2, "a units plot of a 3-level fit",
                     "not yet for k levels")

@@ -28,6 +28,9 @@ class HGLMLevels:
     failed: list[str] = field(default_factory=list)
     deviance: float | None = None  # Laplace: glmer's nAGQ = 1 deviance; PQL has none
     weights: object = None  # weights.LevelsWeights of a pseudo-likelihood fit (Laplace), or None
+    nodes: int | None = None  # AGQ: the points, the same at both levels (hglm_levels_agq.py)
+    quadrature: object = None  # AGQ: its accuracy check (hglm.QuadratureCheck)
+    laplace_deviance: float | None = None  # AGQ: the Laplace deviance of its start
 
     def to_json(self) -> dict:
         return {"family": self.family, "link": self.link, "estimation": self.estimation,
@@ -36,7 +39,9 @@ class HGLMLevels:
                 "sigma2_fixed": not self.overdispersion,
                 "macro_iterations": self.macro_iterations if self.estimation == "pql" else None,
                 "fixed_point": self.check.to_json() if self.check is not None else {"checked": False},
-                "trials": self.trials, "exposure": self.exposure, "failed": list(self.failed)}
+                "trials": self.trials, "exposure": self.exposure, "failed": list(self.failed),
+                **({"quadrature_points": self.nodes, "quadrature": self.quadrature.to_json(),
+                    "laplace_deviance": self.laplace_deviance} if self.estimation == "agq" else {})}
 
 
 def level1_column(archive, design, name: str, option: str) -> np.ndarray:
@@ -63,15 +68,16 @@ def check_options_levels(fit) -> None:
     if fit.overdispersion and fam == "bernoulli":
         raise ModelError("--overdispersion cannot be estimated for a 0/1 outcome: the Bernoulli variance is fixed by "
                          "its mean")
-    if est not in ("pql", "laplace"):
+    if est not in ("pql", "laplace", "agq"):
         raise ModelError(f"--estimation {est}: not available for a three-level HGLM: hlmcli fits three-level "
-                         "binary, binomial and count outcomes by PQL or Laplace (--estimation pql|laplace)")
-    if est == "laplace" and fit.overdispersion:
-        raise ModelError("--overdispersion: not available with --estimation laplace: over-dispersion is a scale of "
-                         "PQL's quasi-likelihood, and the Laplace likelihood has none; drop --overdispersion or use "
+                         "binary, binomial and count outcomes by PQL, Laplace or AGQ (--estimation pql|laplace|agq)")
+    name = "Laplace" if est == "laplace" else "AGQ"
+    if est != "pql" and fit.overdispersion:
+        raise ModelError(f"--overdispersion: not available with --estimation {est}: over-dispersion is a scale of "
+                         f"PQL's quasi-likelihood, and the {name} likelihood has none; drop --overdispersion or use "
                          "--estimation pql")
-    if est == "laplace" and fit.method is not None and getattr(fit.method, "value", fit.method) == "REML":
-        raise ModelError("--reml: not available with --estimation laplace: Laplace maximises the likelihood itself "
+    if est != "pql" and fit.method is not None and getattr(fit.method, "value", fit.method) == "REML":
+        raise ModelError(f"--reml: not available with --estimation {est}: {name} maximises the likelihood itself "
                          "(restricted PQL is --estimation pql --reml)")
 
 
@@ -146,6 +152,13 @@ def analyse_hglm_levels(spec, archive, fit):
 
         nested, h = _laplace(glm, fit, tau, spec.options.max_iterations, replace(glm, data=weighted_data(design, weights)))
         return design, nested, replace(h, weights=weights)
+    if fit.estimation is not None and fit.estimation.value == "agq":
+        from .hglm_levels_agq import agq_fit_levels
+
+        nested, res = agq_fit_levels(glm, fit, spec.options.max_iterations, tau == "diagonal")
+        return design, nested, HGLMLevels(fam.name, fam.link, "agq", False, False, 1.0, 0, None, fit.trials,
+                                          fit.exposure, list(res.failed), deviance=res.deviance, nodes=res.nodes,
+                                          quadrature=res.quadrature, laplace_deviance=res.laplace_deviance)
     try:
         res = pql_levels(glm, reml=reml, overdispersion=bool(fit.overdispersion), diagonal=tau == "diagonal",
                          max_iterations=spec.options.max_iterations)
@@ -185,6 +198,7 @@ def _laplace(glm, fit, tau, max_iterations: int, weighted=None):
     pseudo-likelihood is fitted from the unweighted PQL start (nested_laplace_weights.py)."""
     from ..engine.nested_glmm import pql_levels
     from ..engine.nested_laplace import laplace_levels
+    from ..engine.nested_laplace_weights import WeightedNestedLaplace, level_weights
 
     diagonal = tau == "diagonal"
     try:
@@ -198,7 +212,8 @@ def _laplace(glm, fit, tau, max_iterations: int, weighted=None):
         raise ModelError("the PQL start of the Laplace fit broke down; check for units whose outcomes are all 0 or "
                          "all 1, or predictors that separate the outcome")
     try:
-        res = laplace_levels(weighted or glm, start, diagonal=(diagonal, diagonal))
+        cond = None if weighted is None else WeightedNestedLaplace(weighted, level_weights(weighted))
+        res = laplace_levels(glm, start, diagonal=(diagonal, diagonal), cond=cond)
     except (FloatingPointError, np.linalg.LinAlgError) as exc:
         raise ModelError(f"the Laplace fit broke down ({exc}); check for predictors that separate the "
                          "outcome") from None

@@ -141,3 +141,105 @@ def _marginal(delta, tau, Z, occ, T) -> np.ndarray:
         return np.array(delta, dtype=float)
     Zbar = np.vstack([Z[occ == t].mean(axis=0) for t in range(T)])
     return delta + Zbar @ tau @ Zbar.T
+
+
+# ---------------------------------------------------------------- HMLM2: persons within level-3 units
+
+def nested_records(data):
+    """From three-level data (engine.nested.NestedData): y, X (N, p) in the engine's γ order (π, then its
+    β, then its level-3 terms), Z (N, q2) the random πs' columns, W (N, q3) the random βs' columns, each
+    record's person (level-2 unit) and level-3 unit."""
+    A, X2, W3 = data.A, data.X2, data.W3
+    person = np.asarray(data.unit2)
+    top = np.asarray(data.unit3)[person]
+    one = np.ones(person.size)
+    X, Z, W = [], [], []
+    for pi in data.layout.pis:
+        a = one if pi.level1_col is None else A[:, pi.level1_col]
+        if pi.random:
+            Z.append(a)
+        for b in pi.betas:
+            ab = a if b.level2_col is None else a * X2[person, b.level2_col]
+            if b.random:
+                W.append(ab)
+            for s in b.level3_cols:
+                X.append(ab if s is None else ab * W3[top, s])
+    stack = lambda cols: np.column_stack(cols) if cols else np.empty((person.size, 0))  # noqa: E731
+    return np.asarray(data.y, float), stack(X), stack(Z), stack(W), person, top
+
+
+def analyse_hmlm2(analysis, archive, structure: str, occasion: str) -> None:
+    """HMLM2: a three-level analysis (levels_results.LevelsAnalysis, the homogeneous HLM3 fit) gets, in
+    extras["level1_covariance"], the fit with the chosen within-person Δ and the same random effects."""
+    if structure not in STRUCTURES:
+        raise ModelError(f"{OPTION} {structure}: one of {', '.join(STRUCTURES)}")
+    if structure == "unrestricted":
+        raise ModelError(f"{OPTION} unrestricted: with a level above the persons HMLM2 keeps their random effects; "
+                         "use heterogeneous or ar1 (or fit the unrestricted model at two levels)")
+    design, r = analysis.design, analysis.fit
+    data = design.data
+    y, X, Z, W, person, top = nested_records(data)
+
+    class _Persons:  # what occasion_index reads of a two-level design: the persons and the records kept
+        n_units = int(person.max()) + 1
+        sizes = np.bincount(person, minlength=int(person.max()) + 1)
+        unit_ids = list(design.unit2_ids)
+        record_positions = design.record_positions
+
+    occ, values = occasion_index(archive, _Persons, occasion)
+    T = len(values)
+    grouped = group_by_pattern(y, X, Z, person, occ, T, W=W, top=top)
+    diagonal = bool(r.diagonal and r.diagonal[0])
+    f = fit_hmlm(grouped, structure, r.method, float(r.sigma2), r.tau_pi, diagonal_tau=diagonal, tau3=r.tau_beta)
+    n_params = f.n_variance_params + (grouped.p if r.method == "ML" else 0)
+    se = np.sqrt(np.diag(f.cov_gamma))
+    df = np.asarray(r.df_gamma, dtype=float)
+    from ..lazy import lazy
+    from ..levels_results import label_of
+
+    stats = lazy("scipy.stats")
+    t = f.gamma / se
+    p = 2 * stats.t.sf(np.abs(t), df)
+    labels = [(idx, "", "") for idx in _gamma_index3(data)]
+    record = {
+        "structure": structure, "occasion": occasion, "occasions": values, "method": r.method, "levels": 3,
+        "deviance": f.deviance, "n_params": int(n_params),
+        "fixed_effects": [{"gamma": label_of(idx, 3), "coefficient": c, "predictor": pr,
+                           "estimate": float(f.gamma[k]), "se": float(se[k]), "t": float(t[k]), "df": float(df[k]),
+                           "p": float(p[k])} for k, (idx, c, pr) in enumerate(labels)],
+        "gamma_covariance": f.cov_gamma.tolist(), "delta": f.delta.tolist(), "tau": f.tau.tolist(),
+        "tau_level3": f.tau3.tolist() if f.tau3 is not None else [],
+        "marginal": _marginal(f.delta, f.tau, Z, occ, T).tolist(),
+        "check": {"converged": bool(f.converged), "failed": list(f.failed),
+                  "gradient_max": float(np.max(np.abs(f.gradient))) if f.gradient is not None else None,
+                  "hessian_min_eigenvalue": f.hessian_min_eigenvalue, "decrement": f.decrement,
+                  "evaluations": int(f.evaluations)},
+    }
+    if structure in ("homogeneous", "ar1"):
+        record["sigma2"] = float(f.delta[0, 0])
+    if structure == "ar1":
+        record["rho"] = float(f.delta[0, 1] / f.delta[0, 0])
+    if structure == "heterogeneous":
+        record["sigma2_by_occasion"] = [float(v) for v in np.diag(f.delta)]
+    if structure != "homogeneous":
+        chi2, dft, p_lr = inference.deviance_test(float(r.deviance), int(r.n_params), f.deviance, int(n_params))
+        record["test"] = {"deviance_homogeneous": float(r.deviance), "params_homogeneous": int(r.n_params),
+                          "deviance": f.deviance, "params": int(n_params), "chi2": float(chi2), "df": int(dft),
+                          "p": float(p_lr)}
+    else:
+        record["homogeneous_engine_deviance"] = float(r.deviance)
+    analysis.extras["level1_covariance"] = record
+    if not f.converged:
+        r.converged = False
+        cert = r.certificate
+        if cert is not None and hasattr(cert, "failed"):
+            cert.certified = False
+            cert.failed.extend(f"{OPTION} {structure}: {why}" for why in f.failed)
+        else:
+            r.message = "; ".join(f"{OPTION} {structure}: {why}" for why in f.failed)
+
+
+def _gamma_index3(data) -> list:
+    """(p, q, s) of each γ in the engine's order, for levels_results.label_of (γ_pqs)."""
+    return [(p_, q_, s_) for p_, pi in enumerate(data.layout.pis) for q_, b in enumerate(pi.betas)
+            for s_ in range(len(b.level3_cols))]

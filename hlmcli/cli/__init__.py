@@ -515,7 +515,8 @@ _hglm_options = [
                  callback=_keep_hglm, help="HGLM estimation: pql (default), laplace or agq (exact ML)."),
     click.option("--quadrature-points", type=click.IntRange(1), default=None, expose_value=False, callback=_keep_hglm,
                  help="AGQ: quadrature points per random effect (default: adaptive, from 7 until the deviance changes "
-                 "by at most 1e-6 relative; at most 100)."),
+                 "by at most 1e-6 relative; at most 100). Three levels: the same N at both levels (nested, N^2 "
+                 "evaluations per record; at most 50)."),
     click.option("--separation", type=click.Choice(["refuse", "fit"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="Binary, binomial and count outcomes: a predictor that separates the "
                  "outcome quasi-completely is refused (default), or with 'fit' held at a bound with a warning."),
@@ -1363,10 +1364,10 @@ def plot_cmd(kind, data, level1, level2, model_file, ml, id_, id1, id2, missing,
             est = click.get_current_context().meta.get("hglm", {}).get("estimation")
             refuse("plot", THREE_LEVEL_LAPLACE if str(getattr(est, "value", est)).lower() == "laplace" else THREE_LEVEL_HGLM)
             if kind == "diagnostics":  # the plots of a normal model's residuals
-                from ..errors import ModelError
+                from ..errors import RefusedOption
                 from ..report.plots import HGLM_LEVELS_DIAGNOSTICS
 
-                raise ModelError(HGLM_LEVELS_DIAGNOSTICS)
+                raise RefusedOption(HGLM_LEVELS_DIAGNOSTICS)
         model = {"level1": level1, "level2": level2, "level3": more.get("level3"), "level4": more.get("level4"),
                  "model_file": model_file, "allow_outside": more.get("allow_outside")}
         build = {"id_": id_, "id1": id1, "id2": id2, "id3": more.get("id3"), "id4": more.get("id4"),

@@ -190,11 +190,28 @@ class CrossedStats:
         e = y - Q @ self.Qty
         self.c = float(np.sqrt(np.mean(e ** 2))) or 1.0
         self.Qx, self.y = Q, e / self.c
+        self.T = [_standardiser(t.Z) for t in terms]
+        self._pattern(terms, [_z_sparse(t.codes, t.Z @ T, t.J) for t, T in zip(terms, self.T)])
+
+    def subset(self, keep) -> "CrossedStats":
+        """The same standardised data with only the factors `keep` (indices into terms): the model on
+        the face where every other factor's τ is 0 (V = I + Σ_keep Z_bG_bZ_b', the other blocks of M
+        are I and add nothing to log|M|), so its profiled deviance is the full one's there, computed
+        with the smaller pattern (one factor left: M block-diagonal, no dense Schur complement)."""
+        out = object.__new__(CrossedStats)
+        for name in ("n", "p", "R", "Qty", "c", "Qx", "y"):
+            setattr(out, name, getattr(self, name))
+        out.T = [self.T[b] for b in keep]
+        out._pattern([self.terms[b] for b in keep], [self.Zs[b] for b in keep])
+        return out
+
+    def _pattern(self, terms: list, Zs: list) -> None:
+        """The cross-products of the standardised columns and the blocked pattern (Zs: each factor's
+        standardised design, from _z_sparse)."""
+        n, p, Q = self.n, self.p, self.Qx
         self.terms = terms
         # the factor with the most random effects is the block-diagonal one
         self.order = sorted(range(len(terms)), key=lambda b: -terms[b].J * terms[b].q)
-        self.T = [_standardiser(t.Z) for t in terms]
-        Zs = [_z_sparse(t.codes, t.Z @ T, t.J) for t, T in zip(terms, self.T)]
         self.Zs = Zs
         first, rest = self.order[0], self.order[1:]
         t1 = terms[first]
@@ -459,6 +476,55 @@ class Objective(BlockDeviance):
 
     def _solve(self, lams) -> CrossedSolve:
         return CrossedSolve(self.stats, lams)
+
+    def lower_face_objective(self, Gs):
+        """The objective search.best_lower_face searches the face through Gs with: where some factors'
+        τ is 0 there (and some not), the deviance of the model without them (FaceObjective), the same
+        function on that face at a fraction of the cost; otherwise this one."""
+        zero = tuple(not np.any(G) for G in Gs)
+        if not any(zero) or all(zero):
+            return self
+        return FaceObjective(self, tuple(b for b, z in enumerate(zero) if not z))
+
+
+class FaceObjective(Objective):
+    """The profiled deviance on a face where the factors outside `keep` have τ = 0, over the full tuple
+    of blocks: solved by the model of the factors in `keep` alone (CrossedStats.subset), which is exact
+    there. Its solves are counted in the full objective's evaluations too. The gradient in a dropped
+    block is not formed (NaN): the face has no coordinates in it (certificate.Face of a zero block),
+    and the certificate at any point the search continues from uses the full objective. A point whose
+    dropped blocks are not exactly 0 is solved by the full model."""
+
+    def __init__(self, full: Objective, keep: tuple):
+        super().__init__(full.stats.subset(keep), full.reml)
+        self.full, self.keep = full, keep
+        self.secant_faces = full.secant_faces
+
+    def _counted(self, lams):
+        self.full.count += 1
+        return super()._counted(lams)
+
+    def _solve(self, lams):
+        if any(np.any(lam) for b, lam in enumerate(lams) if b not in self.keep):
+            return CrossedSolve(self.full.stats, lams)
+        return _FaceSolve(CrossedSolve(self.stats, [lams[b] for b in self.keep]), self.keep, lams)
+
+
+class _FaceSolve:
+    """A solve of the kept factors' model, read as the full model's on the face (FaceObjective)."""
+
+    def __init__(self, solve: CrossedSolve, keep: tuple, lams):
+        self.solve, self.keep, self.shapes = solve, keep, [np.shape(lam) for lam in lams]
+
+    def profiled_deviance(self, reml: bool) -> float:
+        return self.solve.profiled_deviance(reml)
+
+    def rounding_noise(self, reml: bool) -> float:
+        return self.solve.rounding_noise(reml)
+
+    def gradients(self, reml: bool) -> tuple:
+        kept = dict(zip(self.keep, self.solve.gradients(reml)))
+        return tuple(kept[b] if b in kept else np.full(shape, np.nan) for b, shape in enumerate(self.shapes))
 
 
 def _factor(G):

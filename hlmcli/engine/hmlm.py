@@ -37,8 +37,11 @@ Parameters, unconstrained, variances in units of a fixed scale s² (the homogene
 search sees numbers near 1: τ/s² = LL' with L lower triangular (diagonal of any sign; diagonal L for a
 diagonal τ); log σ²/s² (homogeneous, ar1); log σ²_t/s² (heterogeneous); atanh ρ (ar1); Δ/s² = CC' with
 log diag C (unrestricted). The optimum is sought by BFGS and polished by Newton on central differences;
-it is claimed (`converged`) only when the Hessian there is positive definite and the decrease Newton still
-predicts, ½g'H⁻¹g, is below TOLERANCE: a checked local optimum, not a global certificate.
+it is claimed (`converged`) only when the Hessian there is positive definite, the decrease Newton still
+predicts, ½g'H⁻¹g, is below TOLERANCE, and no probe towards a boundary lowers the deviance (each log
+variance moved by -1 and -4, atanh ρ by ±1 and ±4): a variance going to 0 puts the infimum at log σ² = -∞,
+where the deviance is flat and noisy enough (the whitening by a near-singular Δ) for the local tests alone
+to pass. A checked local optimum, not a global certificate.
 """
 
 from __future__ import annotations
@@ -247,6 +250,23 @@ def _deviance(theta, data, par, method) -> float:
         return np.inf
 
 
+def boundary_probe(f, theta: np.ndarray, d0: float, logs, angles) -> list[str]:
+    """Why θ is not an optimum, if moving a log variance (indices `logs`: -1, -4) or an atanh ρ (indices
+    `angles`: ±1, ±4) lowers f by more than TOLERANCE; empty when no probe does."""
+    failed = []
+    for k, moves in [(k, (-1.0, -4.0)) for k in logs] + [(k, (1.0, -1.0, 4.0, -4.0)) for k in angles]:
+        for move in moves:
+            trial = theta.copy()
+            trial[k] += move
+            drop = d0 - f(trial)
+            if drop > TOLERANCE:
+                what = "a variance of Δ" if k in logs else "the AR(1) correlation"
+                failed.append(f"the deviance falls by {drop:.1E} when {what} moves towards its boundary (parameter "
+                              f"{k + 1} by {move:+g}): the infimum is at or towards the boundary, not at this point")
+                break
+    return failed
+
+
 def derivatives(f, theta: np.ndarray, h: float = 1e-4, f0: float | None = None):
     """Central-difference gradient and Hessian of f at θ (step h in every coordinate)."""
     k = theta.size
@@ -342,6 +362,15 @@ def fit_hmlm(data: Occasions, structure: str, method: str, sigma2: float, tau: n
     elif not decrement <= TOLERANCE:
         failed.append(f"Newton still predicts a decrease of {decrement:.1E} in the deviance (tolerance "
                       f"{TOLERANCE:.0E})")
+    if not failed:
+        start = par.n_tau + par.n_tau3
+        if structure == "unrestricted":
+            rows, cols = np.tril_indices(par.T)
+            logs = [start + i for i in np.flatnonzero(rows == cols)]
+        else:
+            logs = [start + i for i in range(par.T if structure == "heterogeneous" else 1)]
+        with np.errstate(all="ignore"):
+            failed += boundary_probe(f, theta, d, logs, [start + 1] if structure == "ar1" else [])
     ev = evaluate(theta, data, par, method)
     L = par.tau_factor(theta)
     L3 = par.tau3_factor(theta)

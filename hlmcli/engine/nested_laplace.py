@@ -96,6 +96,7 @@ class NestedLaplace:
         # the weights of the log-determinants: Σ_j α_j log|Hjj| + Σ_k β_k log|S_k| (None: all 1; sampling
         # weights set them, nested_laplace_weights.py)
         self.alpha = self.beta = None
+        self.robust_factor = 1.0  # the sandwich's small-sample factor: CR0
 
     # ------------------------------------------------------------------ per-unit sums
     def _s2(self, v):
@@ -360,16 +361,15 @@ class NestedLaplaceResult:
     failed: list[str] = field(default_factory=list)
 
 
-def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> NestedLaplaceResult:
+def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False), cond: NestedLaplace | None = None
+                   ) -> NestedLaplaceResult:
     """Laplace ML of a three-level HGLM, certified over (τπ, τβ) PSD, or non-negative diagonal where
     `diagonal` says so (module docstring). `start`: an object with gamma and taus (a PQL fit), or None to
-    run full PQL for it. With sampling weights on the data (glm.data.weights) the fit is the weighted
-    pseudo-likelihood's (nested_laplace_weights.py), its robust covariance with the factor J3/(J3 − 1)."""
+    run full PQL for it. `cond`: the deviance to minimise, NestedLaplace(glm) when None (with sampling
+    weights nested_laplace_weights.WeightedNestedLaplace, whose robust covariance takes its robust_factor)."""
     from .nested_glmm import pql_levels
-    from .nested_laplace_weights import WeightedNestedLaplace, level_weights
 
-    weights = level_weights(glm)
-    cond = NestedLaplace(glm) if weights is None else WeightedNestedLaplace(glm, weights)
+    cond = NestedLaplace(glm) if cond is None else cond
     q2, q3, p = cond.q2, cond.q3, cond.p
     if start is None:
         try:
@@ -464,8 +464,7 @@ def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False)) -> N
         Ainv = 2.0 * np.linalg.inv(Hs)
         S = cond.unit_scores(gamma, L2, L3, diagonal)
         cov, robust = Ainv[nt:, nt:], (Ainv @ (S.T @ S) @ Ainv)[nt:, nt:]
-        if weights is not None:
-            robust = robust * (cond.J3 / (cond.J3 - 1.0))
+        robust = robust * cond.robust_factor
     except np.linalg.LinAlgError:
         cov = robust = np.full((p, p), np.nan)
     b2, V2, b3, V3, eta = cond.posterior(gamma, L2, L3)

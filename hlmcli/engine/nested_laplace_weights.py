@@ -80,6 +80,7 @@ class WeightedNestedLaplace(NestedLaplace):
         self.Z2 = self.Z2 / self.scale2[self.j][:, None]
         self.Z3 = self.Z3 / self.scale3[self.k][:, None]
         self.alpha, self.beta = w2 * w3[self.k2], w3
+        self.robust_factor = self.J3 / (self.J3 - 1.0)  # as the weighted linear and two-level fits (WeMix)
 
     def posterior(self, gamma, L2, L3):
         """(b̂2, Var b2, b̂3, Var b3) of the original effects (module docstring)."""

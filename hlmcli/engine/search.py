@@ -341,21 +341,25 @@ def best_lower_face(obj, candidates, make_face, dev: float, noise: float):
     Newton's steps can run out far from a face's minimum (a stale Hessian overshoots from a point far
     away): Newton then resumes where it stopped, with secant updates, twice; a face whose minimum is
     still not reached, and where a fresh Newton step could still go below dev - tol, is counted.
+    An objective with `lower_face_objective(Gc)` searches each face with the objective that returns
+    (the same function on that face, cheaper: the crossed model without the factors whose τ is 0).
     Returns (best, unresolved)."""
     best, unresolved = None, 0
     tol = tol_decrement(dev, noise)
     for Gc in candidates:
+        obj_face = getattr(obj, "lower_face_objective", None)
+        fobj = obj if obj_face is None else obj_face(Gc)
         face = make_face(Gc)
         if face.size == 0:
-            G1, d1 = Gc, obj.value(Gc)
+            G1, d1 = Gc, fobj.value(Gc)
         else:
             x = face.x0()
-            d0, Gam = obj.at(face.G(x))
+            d0, Gam = fobj.at(face.G(x))
             if not np.isfinite(d0):
                 continue
-            secant = getattr(obj, "secant_faces", False)
+            secant = getattr(fobj, "secant_faces", False)
             for round_ in range(3):
-                G1, d1, _, saddle, reached = newton_on_face(obj, face, x, d0, Gam, obj.noise(face.G(x)),
+                G1, d1, _, saddle, reached = newton_on_face(fobj, face, x, d0, Gam, fobj.noise(face.G(x)),
                                                             secant=secant, refresh_poor=not secant)
                 if reached is not None or saddle is not None or d1 < dev - tol:
                     break
@@ -365,11 +369,11 @@ def best_lower_face(obj, candidates, make_face, dev: float, noise: float):
                 if round_ == 2:
                     # undecided unless even four times the predicted decrease (the quadratic model
                     # underestimates far from the minimum) cannot take the face below dev - tol
-                    if d1 - 4.0 * face_decrement(obj, face) < dev - tol:
+                    if d1 - 4.0 * face_decrement(fobj, face) < dev - tol:
                         unresolved += 1
                     break
                 x = face.x0()
-                d0, Gam = obj.at(face.G(x))
+                d0, Gam = fobj.at(face.G(x))
                 secant = True
         if d1 < dev - tol and (best is None or d1 < best[1]):
             best = (G1, d1)

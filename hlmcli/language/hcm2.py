@@ -89,6 +89,14 @@ class HCM2Model:
             out.append(tuple(x for x in (a, slope_of) if x) or ("1",))
         return out
 
+    def random_labels(self, kind: str) -> dict[frozenset, str]:
+        """HCM2's name (b00, b01, c10, ...) of each random effect of the row (kind 'b') or column ('c') factor,
+        keyed by its lme4 term as random_terms gives it: b_pq is π_p's random row effect on a_p:W_q."""
+        out = {}
+        for t, term in zip((t for t in self.terms if t.kind == kind), self.random_terms(kind)):
+            out[frozenset() if term == ("1",) else frozenset(term)] = f"{kind}{t.p}{t.q}"
+        return out
+
     @property
     def formula(self) -> str:
         def side(terms):

@@ -122,9 +122,9 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     if a["levels"] != b["levels"]:
         raise DataError(f"{name_a} has {a['levels']} levels and {name_b} {b['levels']}; a deviance test needs the "
                         "same data")
-    how = [tuple((fit.get("hglm") or {}).get(k) for k in ("family", "estimation")) for fit in (a, b)]
+    how = [tuple((fit.get("hglm") or {}).get(k) for k in ("family", "estimation", "quadrature_points")) for fit in (a, b)]
     if how[0] != how[1]:
-        raise DataError(f"{name_a} and {name_b} differ in family or estimation, so their deviances are not on one "
+        raise DataError(f"{name_a} and {name_b} differ in family or estimation (quadrature points included), so their deviances are not on one "
                         "scale; fit both the same way")
     if a["method"] != b["method"]:
         raise DataError(f"{name_a} is {a['method']} and {name_b} is {b['method']}; fit both the same way (both --ml "

@@ -50,10 +50,20 @@ def _indices(fit, b: int) -> list[int]:
     return list(range(before, before + len(fit.columns[b])))
 
 
+def effect_labels(a) -> list[list[str]]:
+    """random_labels, or for a model written in HCM2's equations the names the equations gave (b01 is the
+    row effect on β01's column predictor, not the b10 of π1 that the position would give)."""
+    if getattr(a, "hcm2", None) is None:
+        return random_labels(a.fit)
+    by_factor = {a.hcm2.row.lower(): a.hcm2.random_labels("b"), a.hcm2.col.lower(): a.hcm2.random_labels("c")}
+    return [[by_factor[factor.lower()][frozenset() if c == "INTRCPT" else frozenset(c.split(":"))] for c in cols]
+            for factor, cols in zip(a.fit.factors, a.fit.columns)]
+
+
 def _mixed_line(a) -> str:
     d, fit = a.design, a.fit
     pieces = [f"THETA{k}" + ("" if name == "INTRCPT" else f"*{name}") for k, name in enumerate(d.fixed_names)]
-    for labels, cols in zip(random_labels(fit), fit.columns):
+    for labels, cols in zip(effect_labels(a), fit.columns):
         pieces += [lab + ("" if c == "INTRCPT" else f"*{c}") for lab, c in zip(labels, cols)]
     return f"    {d.outcome} = " + " + ".join(pieces) + " + E"
 
@@ -183,7 +193,7 @@ def to_json(a, meta: dict | None = None) -> dict:
                       "p_value": None if p_values is None else _clean(p_values[k])})
     random = []
     for factor, cols, J, tau, rank, labels in zip(fit.factors, fit.columns, fit.n_groups, fit.taus,
-                                                   fit.certificate.ranks, random_labels(fit)):
+                                                   fit.certificate.ranks, effect_labels(a)):
         sd = np.sqrt(np.clip(np.diag(tau), 0.0, None))
         corr = [[_clean(tau[i, m] / (sd[i] * sd[m])) if sd[i] > 0 and sd[m] > 0 else None
                  for m in range(len(cols))] for i in range(len(cols))]

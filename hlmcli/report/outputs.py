@@ -69,6 +69,11 @@ def levels_text(analysis, meta: dict, ascii: bool) -> str:
     else:
         text = levels_fit_text(a.design, a.fit, meta, SymbolsLevels(ascii))
     extra = extras_text(a.extras, Symbols(ascii)) if a.extras else []
+    if "level1_covariance" in a.extras:  # HMLM2: the structured model after the homogeneous HLM3 one
+        from .report import hlm_name, hlm_p, text_table
+        from .report_hmlm import level1_covariance_lines
+
+        extra += level1_covariance_lines(a.extras["level1_covariance"], Symbols(ascii), hlm_name, hlm_p, text_table)
     return text + ("\n".join(printable(line) for line in extra) + "\n" if extra else "")
 
 

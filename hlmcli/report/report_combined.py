@@ -164,8 +164,7 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     w("")
     w(" Combining rule: " + RULE)
     w("")
-    w(f" {sym_sigma2} (average over the fits) = {doc['sigma2']:12.5f}")
-    out += _level_tau_lines(doc)
+    out += _sigma2_lines(doc, sym_sigma2) + _level_tau_lines(doc)
     for kind in ("fixed_effects", "fixed_effects_robust"):
         w("")
         w("Final estimation of fixed effects, combined over the fits")
@@ -188,6 +187,15 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     for m, t in enumerate(fit_texts or [], start=1):
         text += f"\n{'=' * 78}\nFit {m} of {doc['combining']['m']}: {doc['combining']['outcomes'][m - 1]}\n{'=' * 78}\n" + t
     return text
+
+
+def _sigma2_lines(doc: dict, sym_sigma2: str) -> list[str]:
+    """σ² averaged over the fits; none for an HGLM without over-dispersion (its level-1 variance is fixed
+    by the mean)."""
+    hglm = doc.get("hglm")
+    if hglm is not None and not hglm.get("overdispersion"):
+        return []
+    return [f" {sym_sigma2} (average over the fits) = {doc['sigma2']:12.5f}" + (" (over-dispersion scale)" if hglm else "")]
 
 
 def _level_tau_lines(doc: dict) -> list[str]:

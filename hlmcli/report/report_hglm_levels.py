@@ -16,9 +16,16 @@ from .report_levels import (Symbols3, beta_label as _beta_label, certificate_tex
                             random_pis as _random_pis, structure_notes, two_sided_p as _two_sided_p)
 
 
+# the two tables' labels with sampling weights (model-based, robust)
+WEIGHTED_SE = ("(model-based: the inverse Hessian of the pseudo-likelihood, which ignores the weights' information)",
+               "(sandwich of the weighted level-3 unit scores, J3/(J3-1): the standard errors to report)")
+
+
 def estimation_line(h) -> str:
     if h.estimation == "laplace":
         return "Laplace approximation to the likelihood (maximum likelihood, as glmer's nAGQ = 1)"
+    if h.estimation == "agq":
+        return f"adaptive Gauss-Hermite quadrature ({h.nodes} points, the same at both levels; nested, maximum likelihood)"
     kind = "restricted" if h.reml else "full"
     od = ", level-1 scale estimated (over-dispersion)" if h.overdispersion else ", level-1 scale fixed at 1"
     return f"penalized quasi-likelihood ({kind} PQL{od})"
@@ -67,9 +74,10 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
     spec = design.spec
     out: list[str] = []
     w = out.append
-    laplace = h.estimation == "laplace"
+    laplace = h.estimation in ("laplace", "agq")  # the ML fits (AGQ: engine/nested_agq.py)
+    agq = h.estimation == "agq"
     if not fit.converged:
-        w("WARNING: the Laplace fit is NOT at a certified optimum; the numbers below are where the search stopped."
+        w(f"WARNING: the {'AGQ' if agq else 'Laplace'} fit is NOT at a certified optimum; the numbers below are where the search stopped."
           if laplace else
           "WARNING: PQL did NOT converge to a checked fixed point; the numbers below are from its last iteration.")
         w("")
@@ -100,7 +108,8 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
                     f"({design.n_deleted} deleted)"]
     w("")
     if laplace:
-        w(f"Final Results - Iteration {fit.iterations} (Newton iterations from a PQL start)"
+        w(f"Final Results - Iteration {fit.iterations} (Newton iterations from a PQL start"
+          + (", through the Laplace optimum)" if agq else ")")
           + ("" if fit.converged else "  NOT CONVERGED"))
     else:
         w(f"Final Results - Iteration {h.macro_iterations} (macro iterations)" + ("" if fit.converged else "  NOT CONVERGED"))
@@ -112,6 +121,9 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
     if laplace:
         if fit.certificate.certified:
             w(stopping_line("γ, τπ or τβ") + ": " + fit.certificate.describe())
+        if agq and h.quadrature is not None:
+            w("Quadrature: " + h.quadrature.describe().replace("per random effect", "at each level")
+              + ("" if h.quadrature.accurate or h.quadrature.adaptive else "; raise --quadrature-points"))
     elif fit.certificate.certified:
         w("The last linearised model is at its certified optimum over τπ and τβ"
           + (" and σ²" if h.overdispersion else " (σ² fixed at 1)"))
@@ -153,8 +165,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         w("Final estimation of fixed effects:")
         w("(Unit-specific model" + (" with robust standard errors, clustered on level-3 units)" if robust else ")"))
         if weighted:
-            w("(sandwich of the weighted level-3 unit scores, J3/(J3-1): the standard errors to report)" if robust
-              else "(model-based: the inverse Hessian of the pseudo-likelihood, which ignores the weights' information)")
+            w(WEIGHTED_SE[robust])
         rows, ratio_rows = [], []
         for k, g in enumerate(gammas):
             (p, q, s_), (_, level2, level3) = g.idx, g.names
@@ -187,14 +198,14 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         rows.append([f"level-1, {sym.e}", f"{math.sqrt(fit.sigma2):.5f}", f"{fit.sigma2:.5f}"])
     out += text_table(["Random Effect", "Standard Deviation", "Variance Component"], rows, [30, 18, 18])
     w("")
-    if laplace and weighted:
-        w(f"Pseudo-deviance = {fit.deviance:.6f} (Laplace, -2 x the weighted pseudo-log-likelihood)")
-        w(" (a pseudo-likelihood quantity: not for likelihood-ratio tests)")
+    if agq:
+        w(f"Deviance = {fit.deviance:.6f} (adaptive quadrature, {h.nodes} points at each level, -2 log L)")
         w(f"Number of estimated parameters = {fit.n_params}")
+        w(f"Laplace deviance at its own optimum = {h.laplace_deviance:.6f}")
         w("")
-        w("The same model in R (lme4's glmer, whose default nAGQ = 1 is this Laplace fit; with weights = --weight1")
-        w(" it equals this fit only for whole-number level-1 weights used as given (--normalize none) and no")
-        w(" level-2 or level-3 weights: glmer has none)")
+        w("The same model in R (lme4's glmer fits it by Laplace only: its nAGQ > 1 needs a single scalar random effect)")
+    elif laplace and weighted:
+        out += _pseudo_deviance_lines(fit)
     elif laplace:
         w(f"Deviance = {fit.deviance:.6f} (Laplace, -2 log L as glmer's nAGQ = 1)")
         w(f"Number of estimated parameters = {fit.n_params}")
@@ -208,6 +219,16 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
 
+def _pseudo_deviance_lines(fit) -> list[str]:
+    """The deviance block of a fit with sampling weights: a pseudo-deviance, and when glmer is the same fit."""
+    return [f"Pseudo-deviance = {fit.deviance:.6f} (Laplace, -2 x the weighted pseudo-log-likelihood)",
+            " (a pseudo-likelihood quantity: not for likelihood-ratio tests)",
+            f"Number of estimated parameters = {fit.n_params}", "",
+            "The same model in R (lme4's glmer, whose default nAGQ = 1 is this Laplace fit; with weights = --weight1",
+            " it equals this fit only for whole-number level-1 weights used as given (--normalize none) and no",
+            " level-2 or level-3 weights: glmer has none)"]
+
+
 def hglm_json3(design, fit, meta: dict, h) -> dict:
     """The schema-3 document with the HGLM's parts: `hglm` (family, link, PQL and its fixed-point check),
     each fixed effect's odds or rate ratio, no deviance (PQL has none)."""
@@ -215,7 +236,7 @@ def hglm_json3(design, fit, meta: dict, h) -> dict:
     key = "odds_ratio" if h.link == "logit" else "rate_ratio"
     for f in doc["fixed_effects"]:
         f[key] = float(np.exp(f["estimate"]))
-    laplace = h.estimation == "laplace"
+    laplace = h.estimation in ("laplace", "agq")
     doc.update({"deviance": float(fit.deviance) if laplace else None,
                 "loglik": -float(fit.deviance) / 2 if laplace else None, "hglm": h.to_json(),
                 "r_call": glmer_call(design, h, meta, getattr(fit, "diagonal", None) and any(fit.diagonal))})

@@ -41,12 +41,17 @@ def level1_covariance_lines(v: dict, sym, hlm_name, hlm_p, text_table) -> list[s
         out.append(f" {'rho' if sym.ascii else 'ρ'} = {v['rho']:.5f}, {sym.sigma2} = {v['sigma2']:.5f}")
     if v["tau"]:
         out.append("")
-        out += _matrix_lines(sym.tau, v["tau"], [f"u{k}" for k in range(len(v["tau"]))])
+        out += _matrix_lines(sym.tau + (" (persons)" if v.get("levels") == 3 else ""), v["tau"],
+                             [f"{'r' if v.get('levels') == 3 else 'u'}{k}" for k in range(len(v["tau"]))])
+    if v.get("tau_level3"):
+        out.append("")
+        out += _matrix_lines(sym.tau + " (level-3 units)", v["tau_level3"], [f"u{k}" for k in range(len(v["tau_level3"]))])
     out.append("")
     out += _matrix_lines("Marginal covariance Z tau Z' + " + delta + " (Z at each occasion's mean)",
                          v["marginal"], labels)
     out += ["", "Final estimation of fixed effects (" + v["structure"] + ")"]
-    rows = [[f"{hlm_name(f['coefficient'])}, {hlm_name(f['predictor'])}, {f['gamma']}", f"{f['estimate']:.6f}",
+    rows = [[f"{hlm_name(f['coefficient'])}, {hlm_name(f['predictor'])}, {f['gamma']}" if f["coefficient"] else
+             f["gamma"], f"{f['estimate']:.6f}",
              f"{f['se']:.6f}", f"{f['t']:.3f}", f"{f['df']:.0f}", hlm_p(f["p"])] for f in v["fixed_effects"]]
     out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "d.f.", "p-value"], rows,
                       [30, 12, 14, 9, 6, 8])
@@ -64,7 +69,11 @@ def level1_covariance_lines(v: dict, sym, hlm_name, hlm_p, text_table) -> list[s
             out.append(" (the models are not nested by their parameter counts: no likelihood-ratio test)")
     else:
         out.append(f" (the one engine's deviance of this model: {v['homogeneous_engine_deviance']:.6f})")
-    out += ["", " In R: " + _NLME[v["structure"]].format(occ=v["occasion"], method="ML" if v["method"] == "ML" else "REML")]
+    call = _NLME[v["structure"]].format(occ=v["occasion"], method="ML" if v["method"] == "ML" else "REML")
+    if v.get("levels") == 3:
+        call = call.replace("random = <random>", "random = list(<level-3 id> = ..., <person id> = ...)").replace(
+            "| <id>", "| <level-3 id>/<person id>")
+    out += ["", " In R: " + call]
     return out
 
 
