@@ -288,3 +288,16 @@ def test_whole_number_level2_weights_are_replicated_units(family):
     assert w.ml.certificate.certified and r.ml.certificate.certified
     assert w.ml.deviance == pytest.approx(r.ml.deviance, abs=1e-6)
     assert w.gamma == pytest.approx(r.gamma, rel=1e-5)
+
+
+def test_a_single_unit_with_weights_is_one_line(tmp_path):
+    """One level-2 unit: the weighted fit's sandwich over units (J/(J − 1)) does not exist; a data error
+    (exit 1, one line), not a division by zero (exit 70)."""
+    l1, l2 = (pd.read_csv(f) for f in files("salamanders"))
+    paths = tmp_path / "l1.csv", tmp_path / "l2.csv"
+    l1[l1.site == 1].to_csv(paths[0], index=False)
+    l2[l2.site == 1].to_csv(paths[1], index=False)
+    proc = run_cli("fit", *paths, "--id", "site", "-1", "count = b0", "-2", "b0 = g00 + u0", "--family",
+                   "negbinomial", "--estimation", "laplace", "--weight1", "W1", "--weight2", "W2")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "1 level-2 unit" in proc.stderr and "at least 2" in proc.stderr

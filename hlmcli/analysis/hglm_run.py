@@ -313,7 +313,12 @@ def resolve_weights(weights, archive, design):
     if weights is None or not weights.any:
         return None, None, None
     from ..data.weights import resolve
+    from ..errors import DataError
 
+    if design.n_units < 2:  # the sandwich's J/(J − 1) (engine/hglm.py) would divide by zero
+        raise DataError(f"the data have {design.n_units} level-2 unit after deletion; the standard errors of a fit "
+                        "with sampling weights are a sandwich over level-2 units, which needs at least 2 (fit "
+                        "without --weight1/--weight2, or give more units)")
     resolved = resolve(weights, archive, design)
     return resolved, resolved.w1, resolved.w2 if resolved.spec.level2 else None
 
