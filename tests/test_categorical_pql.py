@@ -196,11 +196,16 @@ def test_cli_ordinal_pql(tmp_path):
 
 
 def test_cli_multinomial_pql(tmp_path):
-    """The simulated schools by restricted PQL: γ of both logits and τ over them against R's iteration."""
+    """The simulated schools by restricted PQL, one call: γ of both logits and τ over them against R's
+    iteration (JSON), the text's claims (fixed point checked, no deviance), the level-1 residual file."""
     ref = REF["sim/REML/logit"]
-    proc = hlmcli("fit", *SIM, "--format", "json", "--residuals-l1", tmp_path / "r1.csv")
+    proc = hlmcli("fit", *SIM, "--json-out", tmp_path / "fit.json", "--residuals-l1", tmp_path / "r1.csv")
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    for s in ("restricted PQL, level-1 scale fixed at 1", "PQL converged to a fixed point (checked)",
+              "Category 1 (log-odds against category 3)", "Deviance: none"):
+        assert s in proc.stdout, s
+    assert "NOT" not in proc.stdout
+    doc = json.loads((tmp_path / "fit.json").read_text())
     jsonschema.validate(doc, SCHEMA)
     assert doc["estimation"] == "pql" and doc["converged"] and doc["fixed_point"]["passed"]
     assert doc["deviance"] is None and doc["certificate"] is None
@@ -208,6 +213,8 @@ def test_cli_multinomial_pql(tmp_path):
     assert np.array(doc["tau"]) == pytest.approx(np.array(ref["tau"]).reshape(2, 2), rel=1e-6, abs=1e-6)
     r1 = pd.read_csv(tmp_path / "r1.csv")
     assert {"eta_1", "eta_2", "p_1", "p_2", "p_3"} <= set(r1.columns) and len(r1) == 240
+    proc = hlmcli("compare", tmp_path / "fit.json", tmp_path / "fit.json")  # no deviance: refused in one line
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "PQL has no deviance" in proc.stderr
 
 
 def test_pql_claims_no_fixed_point_it_did_not_reach(tmp_path):
