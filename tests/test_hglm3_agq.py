@@ -229,7 +229,7 @@ def test_random_slope_refused_in_one_line():
     (too many points: tests/test_hglm3.py; --reml and --overdispersion: the Laplace column's refusals)."""
     slope = [x if x != "p1 = b10" else "p1 = b10 + r1" for x in MODELS["mmmec_intercepts"]]
     proc = hlmcli("fit", *slope, "--estimation", "agq")
-    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "it has 2 random effect(s) at level 2 and 1 at level 3; the nested rule with N points per random effect " \
            "costs N^(q2+q3)" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -30,7 +30,8 @@ values = {"stdtr": special.stdtr(D, -X).tolist(), "chdtrc": special.chdtrc(D, X 
           "stdtrit": special.stdtrit(D, 0.975).tolist(), "erfc": special.erfc(X).tolist()}
 loaded = {m: m in sys.modules for m in ("scipy.special", "scipy.special._ufuncs", "scipy._lib._array_api",
                                          "numpy.testing", "numpy.f2py")}
-ours = {name: getattr(special, name) for name in ("stdtr", "chdtrc", "stdtrit", "erfc", "digamma")}
+ours = {name: getattr(special, name) for name in ("stdtr", "chdtrc", "stdtrit", "erfc", "digamma", "gammaln", "expit",
+                                                  "fdtrc", "ndtr", "ndtri")}
 import scipy.special
 same = {name: getattr(scipy.special, name) is f for name, f in ours.items()}
 print(json.dumps({"values": values, "loaded": loaded, "same": same}))
@@ -52,7 +53,9 @@ def test_the_ufuncs_load_alone_and_are_scipy_specials_own():
                              "numpy.testing": False, "numpy.f2py": False}
     # the package imported afterwards exposes the very same ufunc objects (scipy.stats' t.sf and chi2.sf
     # call these two)
-    assert out["same"] == {"stdtr": True, "chdtrc": True, "stdtrit": True, "erfc": True, "digamma": True}
+    # (every function hlmcli takes from special_functions)
+    assert out["same"] == dict.fromkeys(("stdtr", "chdtrc", "stdtrit", "erfc", "digamma", "gammaln", "expit", "fdtrc",
+                                         "ndtr", "ndtri"), True)
     # the values are scipy.special's, bit for bit, over the whole grid (extreme tails included)
     D, X = _grid()
     expected = {"stdtr": scipy_special.stdtr(D, -X), "chdtrc": scipy_special.chdtrc(D, X * X),
@@ -94,3 +97,34 @@ def test_in_a_process_that_has_scipy_special_the_package_is_used():
     assert special_functions._load_ufuncs() is scipy_special
     assert special.chdtrc is scipy_special.chdtrc and special_functions.gammaln is scipy_special.gammaln
     assert special_functions.digamma is scipy_special.digamma
+
+
+THREADS = """
+import json, sys, threading
+sys.setswitchinterval(1e-6)  # switch threads as often as possible, to meet the loading window
+from hlmcli.engine import special_functions
+errors = []
+for trial in range(50):
+    for name in [m for m in sys.modules if m == "scipy.special" or m.startswith("scipy.special.")]:
+        del sys.modules[name]
+    special = special_functions._Special("scipy.special")  # a fresh stand-in: nothing loaded or cached yet
+    barrier = threading.Barrier(4)
+    def use():
+        barrier.wait()
+        try:
+            special.stdtr(3.0, -1.0), special.chdtrc(2.0, 1.0), special.erfc(1.0)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+    threads = [threading.Thread(target=use) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+print(json.dumps({"errors": errors[:3], "package": "scipy.special" in sys.modules}))
+"""
+
+
+def test_a_first_use_in_several_threads_at_once():
+    """Threads that first touch the functions together: one loads while the others wait (without the lock,
+    a thread took the bare stand-in in sys.modules for the package: AttributeError in most runs)."""
+    proc = subprocess.run([sys.executable, "-c", THREADS], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"errors": [], "package": False}

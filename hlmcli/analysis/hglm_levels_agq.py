@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, RefusedOption
 
 SLOPES = ("the nested rule with N points per random effect costs N^(q2+q3) per record, and it is built for a random "
           "intercept at each level (q2 = q3 = 1) only; use --estimation laplace (random slopes at either level) or "
@@ -21,8 +21,8 @@ def check_random_intercepts(glm) -> None:
 
     q2, q3 = (Z.shape[1] for Z in record_columns(glm.data).Z)
     if (q2, q3) != (1, 1):
-        raise ModelError(f"--estimation agq: not available for this three-level HGLM: it has {q2} random effect(s) at "
-                         f"level 2 and {q3} at level 3; {SLOPES}")
+        raise RefusedOption(f"--estimation agq: not available for this three-level HGLM: it has {q2} random effect(s) at "
+                           f"level 2 and {q3} at level 3; {SLOPES}")
 
 
 def agq_fit_levels(glm, fit, max_iterations: int, diagonal: bool = False):

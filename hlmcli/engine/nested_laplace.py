@@ -308,23 +308,43 @@ class Profiled:
                 Gam = Li.T @ (0.5 * (Pm + Pm.T)) @ Li
                 Gams.append(0.5 * (Gam + Gam.T))
             else:
-                Gam = np.zeros((q, q))
-                h = 1e-5 * max(1.0, float(np.abs(G).max()))
-                for a in range(q):
-                    for c in range(a + 1):
-                        E = np.zeros((q, q))
-                        E[a, c] = E[c, a] = 1.0
-                        Gp = list(Gs)
-                        Gp[b] = G + h * E
-                        fp = self.value(tuple(Gp))
-                        Gm = list(Gs)
-                        Gm[b] = G - h * E
-                        fm = self.value(tuple(Gm)) if np.linalg.eigvalsh(Gm[b])[0] >= 0 else None
-                        dd = (fp - fm) / (2 * h) if fm is not None else (fp - dev) / h
-                        Gam[a, c] = Gam[c, a] = dd if a == c else dd / 2
-                Gams.append(Gam)
+                Gams.append(self._singular_gradient(Gs, b, dev))
             self._profile(*Ls)
         return dev, tuple(Gams)
+
+
+    def _singular_gradient(self, Gs, b: int, dev: float) -> np.ndarray:
+        """Γ = ∂d/∂G of a singular block b by differences along directions that stay in the PSD cone.
+        A step along E_ac (a ≠ c) leaves the cone at a singular G (G ± hE_ac is indefinite when G's null
+        space meets e_a or e_c), where the deviance is not defined; the steps along vv' are PSD for any v,
+        and d/dh d(G + hvv') = v'Γv. So Γ_aa is the derivative along e_ae_a', and Γ_ac a quarter of the
+        difference between the derivatives along (e_a + e_c)(e_a + e_c)' and (e_a − e_c)(e_a − e_c)'.
+        Each derivative is central where G − hvv' is still PSD, else one-sided of second order,
+        (4d(h) − d(2h) − 3d(0))/2h."""
+        G = Gs[b]
+        q = G.shape[0]
+        h = 1e-5 * max(1.0, float(np.abs(G).max()))
+
+        def along(v):
+            V = np.outer(v, v)
+
+            def f(t):
+                Gt = list(Gs)
+                Gt[b] = G + t * V
+                return self.value(tuple(Gt))
+
+            if np.linalg.eigvalsh(G - h * V)[0] >= 0:
+                return (f(h) - f(-h)) / (2 * h)
+            return (4.0 * f(h) - f(2 * h) - 3.0 * dev) / (2 * h)
+
+        Gam = np.zeros((q, q))
+        eye = np.eye(q)
+        for a in range(q):
+            Gam[a, a] = along(eye[a])
+            if not self.diagonal[b]:  # a diagonal τ's deviance reads diag(G) only: Γ_ac = 0
+                for c in range(a):
+                    Gam[a, c] = Gam[c, a] = 0.25 * (along(eye[a] + eye[c]) - along(eye[a] - eye[c]))
+        return Gam
 
 
 def _escape(obj: Profiled, Gs, cert, dev: float):

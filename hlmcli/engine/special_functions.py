@@ -13,6 +13,8 @@ chdtrc); tests/test_special_functions.py checks both the identity and the values
 
 If scipy.special is already imported (a Python session, the tests), it is used; if loading the extension
 on its own fails (another SciPy layout), scipy.special is imported normally: slower, the same answer.
+First uses in several threads are serialised by a lock; an `import scipy.special` in another thread during
+the load itself would still find the stand-in (Python's import system has no lock to hold for it).
 `special.stdtr(...)` reads like the scipy.special call it stands for; `from .special_functions import
 gammaln` gives the function itself.
 """
@@ -21,11 +23,15 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import types
 
 _PACKAGE = "scipy.special"
 _UFUNCS = "scipy.special._ufuncs"
 _ALIASES = {"digamma": "psi"}  # scipy.special's names for ufuncs the module holds under another name
+# One thread loads at a time: while one holds the bare stand-in in sys.modules, another would take it for
+# the package and find no ufuncs on it (AttributeError from a first use in two threads at once)
+_LOADING = threading.RLock()
 
 
 def _load_ufuncs() -> types.ModuleType:
@@ -64,12 +70,13 @@ class _Special(types.ModuleType):
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-        module = _load_ufuncs()
-        value = getattr(module, _ALIASES.get(name, name), None)
-        if value is None:
-            import scipy.special
+        with _LOADING:
+            module = _load_ufuncs()
+            value = getattr(module, _ALIASES.get(name, name), None)
+            if value is None:
+                import scipy.special
 
-            value = getattr(scipy.special, name)
+                value = getattr(scipy.special, name)
         self.__dict__[name] = value
         return value
 
