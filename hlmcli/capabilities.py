@@ -73,9 +73,7 @@ _HOMOGENEITY_K = ("HLM 7's test of homogeneity of level-1 variance (homvar) is H
 _FULL_OUTPUT_K = ("--full-output adds HLM2's unit-by-unit OLS regressions and least-squares estimates; HLM3 and HLM4 "
                   "print no such tables")
 _ORDINAL_LINEAR = ("an ordinal outcome is not normal: it is fitted as an HGLM (--family ordinal with --estimation "
-                   "laplace or agq)")
-_ORDINAL_PQL = ("not yet: HLM 7's PQL for ordinal outcomes (a linearisation of the C - 1 cumulative logits) is not "
-                "built; use --estimation laplace or agq, exact ML, which ordinal::clmm matches")
+                   "pql, laplace or agq)")
 _ORDINAL_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors needs the Laplace or "
                     "AGQ likelihood over the crossed blocks, which is not built (lme4's glmer fits it)")
 _NEGBIN_LINEAR = ("a negative binomial count is not normal: it is fitted as an HGLM (--family negbinomial with "
@@ -89,10 +87,7 @@ _NEGBIN_LEVELS = ("hlmcli fits negative binomial counts at two levels (Laplace, 
                   "Laplace likelihood over nested random effects with theta, which is not built (and PQL has no NB "
                   "working model); models of four levels are linear")
 _MULTI_LINEAR = ("a multinomial outcome is not normal: it is fitted as an HGLM (--family multinomial with --estimation "
-                 "laplace)")
-_MULTI_PQL = ("HLM 7's PQL for multinomial outcomes linearises the M - 1 logits jointly, and how (its working variates "
-              "and weights across categories) is not documented in a form that can be checked; use --estimation "
-              "laplace, exact ML by the Laplace approximation, checked against numerical integration")
+                 "pql or laplace)")
 _MULTI_AGQ = ("the random effects of the M - 1 logits are (M - 1)q dimensions per unit (2 or more), and adaptive "
               "quadrature over them is not built; use --estimation laplace")
 _MULTI_CROSSED = ("hlmcli fits crossed factors for normal outcomes; an HGLM over crossed factors, a multinomial one "
@@ -259,8 +254,9 @@ FEATURES = (
             {"linear-summary": _RECORDS, HGLM_STREAM: _HGLM_STREAM_RECORDS}),
     Feature("missing_now", "--missing now", {"linear-summary": _RECORDS, "crossed": _X_MISSING,
                                              HGLM_STREAM: _HGLM_STREAM_RECORDS}),
-    Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT)",
-            {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, "pql": _ORDINAL_PQL, **_k(_HGLM_LEVELS),
+    Feature("ordinal", "--family ordinal (cumulative logit, probit or cloglog link; HLM 7's nonlin:ordinal,NCAT; PQL as "
+            "HLM 7, Laplace or AGQ)",
+            {"linear": _ORDINAL_LINEAR, "linear-summary": _ORDINAL_LINEAR, **_k(_HGLM_LEVELS),
              "crossed": _ORDINAL_CROSSED, THREE_LEVEL_HGLM: _HGLM_LEVELS, THREE_LEVEL_LAPLACE: _HGLM_LEVELS,
              HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="ordinal")}),
     Feature("negbinomial", "--family negbinomial (NB2 counts, Var = mu + mu^2/theta, log link, theta estimated)",
@@ -269,8 +265,8 @@ FEATURES = (
              "crossed": _NEGBIN_CROSSED, THREE_LEVEL_HGLM: _NEGBIN_LEVELS, THREE_LEVEL_LAPLACE: _NEGBIN_LEVELS,
              HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="negbinomial")}),
     Feature("multinomial", "--family multinomial (baseline-category logits, the last category the reference; HLM 7's "
-            "nonlin:multinomial,NCAT)",
-            {"linear": _MULTI_LINEAR, "linear-summary": _MULTI_LINEAR, "pql": _MULTI_PQL, "agq": _MULTI_AGQ,
+            "nonlin:multinomial,NCAT; PQL as HLM 7, or Laplace)",
+            {"linear": _MULTI_LINEAR, "linear-summary": _MULTI_LINEAR, "agq": _MULTI_AGQ,
              "three-level": _MULTI_LEVELS, "four-level": _HGLM_LEVELS, "crossed": _MULTI_CROSSED,
              THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS,
              HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="multinomial")}),

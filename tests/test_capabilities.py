@@ -392,7 +392,15 @@ ORDINAL = [O / "wine_l1.csv", O / "wine_l2.csv", "--id", "judge", "-1", "rating 
 
 
 def check_ordinal(kind, tmp_path):
-    """wine, rating ~ warm + contact + (1|judge): clmm's Laplace or nAGQ = 10 fit (tests/reference_scripts/ordinal_clmm.R)."""
+    """wine, rating ~ warm + contact + (1|judge): clmm's Laplace or nAGQ = 10 fit (tests/reference_scripts/ordinal_clmm.R);
+    PQL: the independent R iteration (tests/reference_scripts/categorical_pql.R)."""
+    if kind == "pql":
+        ref = _categorical_pql_reference("wine/REML/logit")
+        doc = json.loads(run("fit", *ORDINAL, "--format", "json").stdout)  # PQL, the default
+        assert doc["converged"] and doc["fixed_point"]["passed"] and doc["deviance"] is None
+        assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["gamma"][:3], rel=1e-6)
+        assert doc["tau"][0][0] == pytest.approx(np.ravel(ref["tau"])[0], rel=1e-6)
+        return
     nodes = {"laplace": 1, "agq": 10}[kind]
     ref = next(f for f in json.loads((O / "clmm_reference.json").read_text())["fits"]
                if f["data"] == "wine" and f["link"] == "logit" and f["nAGQ"] == nodes)
@@ -428,9 +436,20 @@ MULTINOMIAL = [MN / "sim_l1.csv", MN / "sim_l2.csv", "--id", "school", "-1", "ch
                "-2", "b0 = g00 + g01*w + u0", "-2", "b1 = g10", "--family", "multinomial"]
 
 
+def _categorical_pql_reference(key: str) -> dict:
+    return json.loads((DATA / "categorical_pql" / f"{key.replace('/', '-')}.json").read_text())
+
+
 def check_multinomial(kind, tmp_path):
     """Three categories, random intercepts correlated across the two logits: the R script's maximisation of
-    the same Laplace formula (tests/reference_scripts/multinomial_ghq.R)."""
+    the same Laplace formula (tests/reference_scripts/multinomial_ghq.R); PQL: the independent R iteration
+    (tests/reference_scripts/categorical_pql.R)."""
+    if kind == "pql":
+        ref = _categorical_pql_reference("sim/REML/logit")
+        doc = json.loads(run("fit", *MULTINOMIAL, "--format", "json").stdout)  # PQL, the default
+        assert doc["converged"] and doc["fixed_point"]["passed"] and doc["deviance"] is None
+        assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["gamma"], rel=1e-6)
+        return
     ref = json.loads((MN / "ghq_reference.json").read_text())["laplace"]
     doc = json.loads(run("fit", *MULTINOMIAL, "--estimation", kind, "--format", "json").stdout)
     assert doc["converged"] and doc["certificate"]["certified"]

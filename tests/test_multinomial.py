@@ -228,7 +228,7 @@ def test_text_prints_hlm7_blocks(laplace):
 def test_bad_codes_are_refused(tmp_path):
     """A non-integer code (the CLI, one line naming file, column and row), and a category of
     nonlin:multinomial,NCAT that no record has (a .hlm file, through the API); the right NCAT fits.
-    PQL and AGQ are refused by the capabilities table (tests/test_capabilities.py)."""
+    AGQ is refused by the capabilities table (tests/test_capabilities.py); PQL: test_categorical_pql.py."""
     import hlmcli as api
     from hlmcli.errors import DataError
 

@@ -213,7 +213,7 @@ def test_cli_probit_text():
 
 
 def test_bad_codes_are_refused(tmp_path):
-    """Non-integer codes, codes outside nonlin:ordinal,NCAT, and PQL (not built) refused in one line."""
+    """Non-integer codes and codes outside nonlin:ordinal,NCAT refused in one line (PQL: test_categorical_pql.py)."""
     l1 = pd.read_csv(O / "wine_l1.csv")
     l1["rating"] = l1["rating"].astype(float)
     l1.loc[6, "rating"] = 2.5
@@ -234,8 +234,6 @@ def test_bad_codes_are_refused(tmp_path):
                   "laplace", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["deviance"] == pytest.approx(ref("wine", "logit", 1)["deviance"], abs=1e-6)
-    proc = hlmcli("fit", *WINE)
-    assert proc.returncode == 2 and "PQL is not built" not in proc.stderr and "--family ordinal" in proc.stderr
 
 
 def test_no_unit_variance_is_a_certified_boundary():

@@ -294,7 +294,7 @@ def trials_and_exposure(archive, design, opts, l1file: str, rows) -> tuple:
     return trials, exposure
 
 
-def _likelihood_fit(data: GLMData, opts, diagonal: bool) -> MLResult:
+def likelihood_fit(data: GLMData, opts, diagonal: bool) -> MLResult:
     """--estimation laplace or agq: the certified search of the likelihood from PQL's start."""
     est = opts.estimation
     if est == "agq" and data.q > 3:
@@ -361,7 +361,7 @@ def analyse_hglm(spec, archive, level1_text: str | None = None, weights=None) ->
         sigma2 = p_res.sigma2 if opts.overdispersion else None
         eta, converged, b, bvar = p_res.eta, p_res.converged, p_res.b, p_res.b_var
     else:
-        m_res = _likelihood_fit(data, opts, diagonal)
+        m_res = likelihood_fit(data, opts, diagonal)
         gamma, cov, tau, eta = m_res.gamma, m_res.cov, m_res.tau, m_res.eta
         sigma2, converged, b, bvar = None, m_res.converged, m_res.b, m_res.b_var
     stats, unit = working_model(data, eta)

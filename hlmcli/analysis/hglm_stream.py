@@ -65,7 +65,7 @@ def analyse_hglm_stream(spec, summary, cols, id_name: str, tmp_dir=None):
     from ..engine.hglm import working_model
     from ..engine.hglm_blocks import BlockedGLMData
     from . import inference
-    from .hglm_run import HGLMAnalysis, _likelihood_fit, check_options
+    from .hglm_run import HGLMAnalysis, likelihood_fit, check_options
     from .identifiability import check_units
     from .pipeline import check_estimable
     from ..engine.family import family as get_family
@@ -87,7 +87,7 @@ def analyse_hglm_stream(spec, summary, cols, id_name: str, tmp_dir=None):
         spill_records(spec, design, summary, cols, id_name, fam, path, work)
         data = BlockedGLMData(ParquetBlocks(path, fam, B, rnd))
         diagonal = opts.tau == "diagonal"
-        m_res = _likelihood_fit(data, opts, diagonal)
+        m_res = likelihood_fit(data, opts, diagonal)
         stats, unit = working_model(data, m_res.eta)
         data.const  # the report's log-likelihood constant: read while the spill file is there
     finally:

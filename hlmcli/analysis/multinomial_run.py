@@ -1,5 +1,6 @@
 """Multinomial outcomes (--family multinomial, HLM 7's nonlin:multinomial,NCAT): the categories from the data,
-the Laplace fit of the baseline-category logits (engine/multinomial.py), printed by report/report_multinomial.py.
+the Laplace fit of the baseline-category logits (engine/multinomial.py) or HLM 7's PQL (engine/categorical_pql.py),
+printed by report/report_multinomial.py.
 
 Printed parametrisation (HLM 7's, Raudenbush & Bryk 2002 §10.6): with categories 1..M, the last is the
 reference, and for m = 1..M−1, log(P(Y = m | u)/P(Y = M | u)) = η_m = x'γ_m + z'u_m; the level-1 and level-2
@@ -19,9 +20,6 @@ from . import inference
 from .hglm_run import HGLMAnalysis, check_column_scales, check_options, resolve_weights
 from .ordinal_run import category_codes
 
-PQL_REFUSAL = ("--family multinomial: PQL is not available: HLM 7's linearisation of the M - 1 logits (its working "
-               "variates and weights across categories) is not documented in a form that can be checked; use "
-               "--estimation laplace (exact ML by the Laplace approximation)")
 AGQ_REFUSAL = ("--family multinomial: adaptive quadrature is not available: the random effects of the M - 1 logits "
                "are (M - 1)q dimensions per unit, and product rules over them are not built; use --estimation laplace")
 
@@ -128,7 +126,8 @@ def check_separation(data, design, categories, l1file: str, rows) -> None:
 @dataclass
 class MultinomialAnalysis(HGLMAnalysis):
     """An HGLM analysis with M − 1 sets of γ (category-major: γ_1, then γ_2, ...) and τ over the random
-    effects of all the logits. No PQL working model, so no unit OLS, χ² tests or reliabilities."""
+    effects of all the logits. No unit OLS, χ² tests or reliabilities (HLM's come from one scalar working
+    model per record; the multinomial's has M − 1 correlated ones, and how HLM 7 forms them is not documented)."""
 
     categories: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
@@ -179,8 +178,6 @@ def analyse_multinomial(spec, archive, level1_text: str | None = None, weights=N
 
     opts = spec.options
     check_options(opts)
-    if opts.estimation == "pql":
-        raise ModelError(PQL_REFUSAL)
     if opts.estimation == "agq":
         raise ModelError(AGQ_REFUSAL)
     design = design_stage.make_design(spec, archive)
@@ -193,14 +190,24 @@ def analyse_multinomial(spec, archive, level1_text: str | None = None, weights=N
     codes, categories = multinomial_codes(design.y, opts.ncat, where)
     check_units(design.n_units, int(design.random.sum()) * (categories.size - 1))
     B = design.block_design()
-    check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
+    if opts.estimation != "pql":  # as hglm_run: PQL's inner fits standardise the columns
+        check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
     fam = MultinomialFamily(categories.size, codes)
     resolved, w1, w2 = resolve_weights(weights, archive, design)
     data = MultinomialData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), codes.astype(float),
                            w1=w1, w2=w2)
     check_separation(data, design, categories, l1file, rows)
-    res = fit(data, diagonal=opts.tau == "diagonal")
     df = np.tile(inference.hlm_fixed_df(design), categories.size - 1)
+    if opts.estimation == "pql":
+        # HLM 7's method for multinomial outcomes: PQL over the M − 1 logits jointly (engine/categorical_pql.py)
+        from ..engine.categorical_pql import CategoricalPQLData, fit as pql_fit
+
+        cdata = CategoricalPQLData("multinomial", categories.size, codes, design.L, B, design.offsets, data.rnd)
+        p = pql_fit(cdata, reml=spec.method == "REML", macroit=opts.macroit, microit=opts.microit,
+                    stopmacro=opts.stopmacro, diagonal=opts.tau == "diagonal")
+        return MultinomialAnalysis(spec, design, data, "pql", 0, p, None, p.gamma, p.cov, p.robust_cov, p.tau, None,
+                                   df, None, p.converged, p.b, p.b_var, categories=categories)
+    res = fit(data, diagonal=opts.tau == "diagonal")
     return MultinomialAnalysis(spec, design, data, "laplace", res.nodes, None, res, res.gamma, res.cov,
                                res.robust_cov, res.tau, None, df, None, res.converged, res.b, res.b_var,
                                weights=resolved, categories=categories)

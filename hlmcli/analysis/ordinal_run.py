@@ -1,6 +1,6 @@
 """Ordinal outcomes (--family ordinal, HLM 7's nonlin:ordinal,NCAT): the categories from the data, the
-Laplace or AGQ fit (engine/ordinal.py), with the thresholds δ(m) and their covariances (printed by
-report/report_ordinal.py).
+Laplace or AGQ fit (engine/ordinal.py) or HLM 7's PQL (engine/categorical_pql.py), with the thresholds
+δ(m) and their covariances (printed by report/report_ordinal.py).
 
 Printed parametrisation (HLM 7's, Raudenbush & Bryk 2002 §10.5): F⁻¹(P(Y ≤ m | b)) = η + δ(2) + ... + δ(m),
 η = x'γ + z'b, so γ00 is the first threshold and δ(m) > 0 the gap from threshold m − 1 to m; a positive
@@ -174,9 +174,6 @@ def analyse_ordinal(spec, archive, level1_text: str | None = None, weights=None)
     link = opts.link or "logit"
     if link not in LINKS:
         raise ModelError(f"--link {link}: an ordinal outcome's link is logit, probit or cloglog")
-    if opts.estimation == "pql":
-        raise ModelError("--family ordinal: PQL is not available yet for ordinal outcomes; use --estimation laplace "
-                         "or agq (exact ML)")
     design = design_stage.make_design(spec, archive)
     if not design.random.any():
         raise ModelError("an HGLM needs at least one random effect (add u0 to the equation for b0)")
@@ -189,7 +186,8 @@ def analyse_ordinal(spec, archive, level1_text: str | None = None, weights=None)
     where = {"file": l1file, "outcome": spec.outcome, "rows": rows}
     codes, categories = ordinal_codes(design.y, opts.ncat, where)
     B = design.block_design()
-    check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
+    if opts.estimation != "pql":  # as hglm_run: PQL's inner fits standardise the columns
+        check_column_scales(design, B, l1file, files.get("level-2", "the level-2 file"))
     fam = OrdinalFamily(link, categories.size, codes)
     resolved, w1, w2 = resolve_weights(weights, archive, design)
     data = OrdinalData(fam, design.L, B, design.offsets, np.flatnonzero(design.random), codes.astype(float),
@@ -201,6 +199,8 @@ def analyse_ordinal(spec, archive, level1_text: str | None = None, weights=None)
             raise ModelError(f"adaptive quadrature supports up to 3 random effects (this model has {data.q}); use "
                              "--estimation laplace")
         check_quadrature(opts.quadrature_points or None, data.q)
+    if opts.estimation == "pql":
+        return _ordinal_pql(spec, design, data, B, codes, categories, link, diagonal)
     res = fit(data, opts.estimation, opts.quadrature_points or None, diagonal=diagonal)
     pf = data.pf
     gamma, cuts = res.gamma[:pf], res.gamma[pf:]
@@ -220,3 +220,31 @@ def analyse_ordinal(spec, archive, level1_text: str | None = None, weights=None)
                            res.converged, res.b, res.b_var, categories=categories, params=res.gamma.copy(),
                            weights=resolved, delta=delta, delta_cov=D @ cc @ D.T, delta_robust_cov=D @ rc @ D.T,
                            link=link)
+
+
+def _ordinal_pql(spec, design, data, B, codes, categories, link: str, diagonal: bool) -> OrdinalAnalysis:
+    """--estimation pql: HLM 7's method for ordinal outcomes, PQL over the C − 1 cumulative logits
+    (engine/categorical_pql.py), with the fixed-point check; the thresholds as for Laplace."""
+    from types import SimpleNamespace
+
+    from ..engine.categorical_pql import CategoricalPQLData, fit as pql_fit
+    from ..engine.hglm import working_model
+
+    opts = spec.options
+    cdata = CategoricalPQLData("ordinal", categories.size, codes, design.L, B, design.offsets, data.rnd, link)
+    res = pql_fit(cdata, reml=spec.method == "REML", macroit=opts.macroit, microit=opts.microit,
+                  stopmacro=opts.stopmacro, diagonal=diagonal)
+    pf = data.pf
+    gamma, cuts = res.gamma[:pf], res.gamma[pf:]
+    D = np.eye(cuts.size) - np.eye(cuts.size, k=-1)
+    delta = D @ cuts
+    cc, rc = res.cov[pf:, pf:], res.robust_cov[pf:, pf:]
+    eta = data.eta(res.gamma, res.b)  # x'γ + z'b, the family's thresholds set to PQL's
+    stats, unit = working_model(data, eta)
+    fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=1.0)
+    ols = inference.unit_ols(design, unit, stats, fake)
+    variance = inference.variance_tests(design, ols, res.tau, stats)
+    return OrdinalAnalysis(spec, design, data, "pql", 0, res, None, gamma, res.cov[:pf, :pf], res.robust_cov[:pf, :pf],
+                           res.tau, None, inference.hlm_fixed_df(design), variance, res.converged, res.b, res.b_var,
+                           categories=categories, params=res.gamma.copy(), delta=delta, delta_cov=D @ cc @ D.T,
+                           delta_robust_cov=D @ rc @ D.T, link=link)

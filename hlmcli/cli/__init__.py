@@ -500,7 +500,9 @@ _hglm_options = [
                  "logit link for bernoulli/binomial, log link for poisson; ordinal: cumulative link over the "
                  "categories of the outcome's integer codes; negbinomial: NB2 counts, Var = mu + mu^2/theta, log "
                  "link, theta estimated, --estimation laplace or agq; multinomial: baseline-category logits, the "
-                 "last category the reference, --estimation laplace)."),
+                 "last category the reference, --estimation pql or laplace. Ordinal and multinomial PQL, HLM 7's "
+                 "method: the M - 1 logits linearised jointly (working weights D'Sigma^-1 D), restricted PQL "
+                 "unless --ml, level-1 scale fixed at 1, no population-average model)."),
     click.option("--link", type=click.Choice(["logit", "probit", "cloglog"]), default=None, expose_value=False,
                  callback=_keep_hglm, help="--family ordinal: the cumulative link (default logit)."),
     click.option("--trials", default=None, expose_value=False, callback=_keep_hglm,

@@ -15,10 +15,19 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.hglm import GLMData
-from ..errors import DataError
-from .streaming import _pyarrow
+from ..errors import DataError, install_hint
 
 UNITS_PER_BLOCK = 20_000  # ~2M records a block at 100 records a unit: ~0.3 GB of working arrays
+
+
+def _pyarrow():
+    """pyarrow, or one line saying how to install it."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise DataError("the streamed HGLM spills its records to Parquet through pyarrow; "
+                        + install_hint("parquet")) from None
+    return pa, None
 
 
 def _columns(K: int, trials: bool, offset: bool) -> list[str]:

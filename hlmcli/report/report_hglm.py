@@ -121,8 +121,13 @@ def glmmpql_call(spec, id_name: str) -> tuple[str, str | None]:
     return call, note
 
 
+ORDINAL_PQL_R = "none: no R package fits an ordinal mixed model by PQL (ordinal::clmm fits it by ML: --estimation laplace)"
+
+
 def r_call_lines(spec, id_name: str, nodes: int | None = None) -> list[str]:
     """The "same model in R" block: glmmPQL for PQL, glmer for Laplace and AGQ."""
+    if spec.options.estimation == "pql" and spec.options.family == "ordinal":
+        return ["The same model in R", f" {ORDINAL_PQL_R}"]
     if spec.options.estimation == "pql":
         call, note = glmmpql_call(spec, id_name)
         return ["The same model in R (MASS)", f" {call}"] + ([f"   {note}"] if note else [])
@@ -244,7 +249,8 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
         "start": "pql" if a.ml else None,
         "loglik_constant": a.data.const,
         "lme4_formula": glmer_call(a.spec, meta.get("id_name", "ID"), a.nodes or None),
-        "r_call": (glmmpql_call(a.spec, meta.get("id_name", "ID"))[0] if a.estimation == "pql"
+        "r_call": (ORDINAL_PQL_R if a.estimation == "pql" and ordinal.is_ordinal(a)
+                   else glmmpql_call(a.spec, meta.get("id_name", "ID"))[0] if a.estimation == "pql"
                    else glmer_call(a.spec, meta.get("id_name", "ID"), a.nodes or None)),
         "centering_means": d.centering_means,
     }

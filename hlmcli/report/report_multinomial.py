@@ -18,7 +18,8 @@ from ..analysis.hglm_run import information_criteria
 from ..version import __version__
 from .report import (coef_label, data_hash, extras_text, hlm_name, hlm_p, model_record, printable, problem_lines,
                      text_table)
-from .report_hglm import WEIGHTED_COVARIANCE, estimation_text, hglm_model_summary, weighted_se_line, weighting_header
+from .report_hglm import (WEIGHTED_COVARIANCE, estimation_text, hglm_model_summary, pql_status, weighted_se_line,
+                          weighting_header)
 from .terms import with_terms
 
 CONVENTION = ("HLM 7: log[P(Y = m | u)/P(Y = M | u)] = η_m = x'γ_m + z'u_m, m = 1..M−1, the last category M the "
@@ -77,7 +78,8 @@ def _header_lines(a, meta: dict, sym) -> list[str]:
     out: list[str] = []
     w = out.append
     if not a.converged:
-        w("WARNING: the optimum is NOT certified; the numbers below may not be at the optimum.")
+        w("WARNING: " + ("PQL did NOT converge; the numbers below are from its last iteration." if a.pql is not None
+                         else "the optimum is NOT certified; the numbers below may not be at the optimum."))
         w("")
     w(f"hlmcli {__version__}: hierarchical generalized linear models, two levels (HLM2)")
     if meta.get("timestamp"):
@@ -86,6 +88,9 @@ def _header_lines(a, meta: dict, sym) -> list[str]:
     w("Specifications for this nonlinear HLM2 run")
     w("")
     out += problem_lines(meta, d)
+    if a.pql is not None:
+        w(f" The maximum number of micro iterations = {a.spec.options.microit}")
+        w(f" The maximum number of macro iterations = {a.spec.options.macroit}")
     w("")
     w(f" Method of estimation: {estimation_text(a.spec.options)}")
     w(distribution_line(a))
@@ -98,6 +103,13 @@ def _header_lines(a, meta: dict, sym) -> list[str]:
         w(f"Run-time deletion has reduced the number of level-1 records to {d.n} ({d.n_deleted} deleted)")
     out += weighting_header(a)
     w("")
+    if a.pql is not None:  # PQL (engine/categorical_pql.py): its claim only when the fixed-point check passed
+        w(f"Final Results - Iteration {a.pql.macro_iterations} (macro iterations)"
+          + ("" if a.converged else "  NOT CONVERGED"))
+        w("")
+        w(pql_status(a.pql))
+        out += [note for note in a.notes]
+        return out
     w(f"Final Results - Iteration {a.ml.iterations} (Laplace)")
     w("")
     if a.converged:
@@ -177,8 +189,13 @@ def _variance_lines(a, sym) -> list[str]:
     vrows = [[lab.replace(f",{sym.beta}", f", {sym.u}"), f"{sd[k]:.5f}", f"{a.tau[k, k]:.5f}"]
              for k, lab in enumerate(labels)]
     out += text_table(["Random Effect", "Standard Deviation", "Variance Component"], vrows, [26, 18, 18])
-    w("(no chi-square tests or reliabilities: they come from a PQL working model, and this fit is Laplace)")
+    w("(no chi-square tests or reliabilities: HLM's come from a scalar working model per record, and a "
+      "multinomial outcome has M - 1 correlated ones)")
     w("")
+    if a.ml is None:
+        w("Deviance: none. PQL maximises a quasi-likelihood, which supports no likelihood-ratio test;")
+        w("use --estimation laplace for a deviance.")
+        return out
     weighted = getattr(a, "weights", None) is not None
     w("Statistics for the current model")
     label = "Pseudo-deviance" if weighted else "Deviance"
@@ -219,32 +236,44 @@ def multinomial_json(a, meta: dict) -> dict:
     comps = [{"effect": random[k], "label": f"u{q}({_cat(c)})", "category": float(c), "sd": float(sd[k]),
               "variance": float(a.tau[k, k]), "df": None, "chi2": None, "p": None}
              for k, (c, q) in enumerate((c, q) for c in cats for q in rand_q)]
-    aic, bic = information_criteria(a)
+    aic, bic = information_criteria(a) if a.ml is not None else (None, None)
+    ml = a.ml
     out = {
         "schema": 2, "tool": "hlmcli", "version": __version__, "title": meta.get("title"),
         "data_source": meta.get("data_source"), "outcome": a.spec.outcome,
-        "family": "multinomial", "link": "logit", "estimation": "laplace", "quadrature_points": 1, "method": "ML",
+        "family": "multinomial", "link": "logit", "estimation": a.estimation,
+        "quadrature_points": 1 if ml is not None else None, "method": "ML" if ml is not None else a.spec.method,
         "trials": None, "exposure": None, "overdispersion": False,
         "n_level1": d.n, "n_level2": d.n_units, "n_deleted": d.n_deleted, "units_deleted": d.units_deleted,
-        "converged": a.converged, "iterations": a.ml.iterations, "df_method": "hlm",
+        "converged": a.converged, "iterations": ml.iterations if ml is not None else a.pql.macro_iterations,
+        "df_method": "hlm",
         "model": model_record(a.spec, meta), "data_hash": data_hash(d),
         "categories": [float(c) for c in a.categories], "reference_category": float(a.categories[-1]),
         "parametrisation": CONVENTION,
         "random_coefficients": random,
         "tau": a.tau.tolist(), "se_tau": None, "se_sigma2": None, "tau_correlation": corr.tolist(),
         "units_with_sufficient_data": int(d.n_units), "reliability": {},
-        "variance_tests": "none: HLM's chi-square tests and reliabilities come from a PQL working model",
+        "variance_tests": "none: HLM's chi-square tests and reliabilities come from a scalar working model per record",
         "fixed_effects": fixed,
         "gamma_covariance": a.cov.tolist(), "gamma_robust_covariance": a.robust_cov.tolist(),
         "variance_components": comps, "sigma2": None,
-        "deviance": a.ml.deviance, "deviance_note": None, "n_params": a.ml.n_params, "loglik": -a.ml.deviance / 2,
-        "aic": aic, "bic": bic, "start": "glm", "loglik_constant": 0.0,
+        "deviance": ml.deviance if ml is not None else None,
+        "deviance_note": None if ml is not None else "PQL maximises a quasi-likelihood: there is no deviance to compare "
+                                                     "models with",
+        "n_params": ml.n_params if ml is not None else None, "loglik": -ml.deviance / 2 if ml is not None else None,
+        "aic": aic, "bic": bic, "start": "glm" if ml is not None else None, "loglik_constant": 0.0,
         "lme4_formula": R_NOTE, "r_call": R_NOTE,
         "centering_means": d.centering_means,
-        "certificate": a.ml.certificate.to_json(), "starts": a.ml.starts,
+        "certificate": ml.certificate.to_json() if ml is not None else None,
         "tau_structure": "diagonal" if opts.tau == "diagonal" else "unstructured",
         "boundary": bool(a.notes), "boundary_notes": list(a.notes),
     }
+    if ml is not None:
+        out["starts"] = ml.starts
+    else:  # PQL: its iterations and the fixed-point check, as report_hglm's PQL keys
+        out["macro_iterations"], out["micro_iterations"] = a.pql.macro_iterations, a.pql.micro_iterations
+        out["fixed_point"] = (a.pql.check.to_json() if a.pql.check is not None
+                              else {"checked": False, "passed": False, "failed": list(a.pql.failed)})
     if getattr(a, "weights", None) is not None:  # the pseudo-likelihood's weights (engine/hglm_weights.py)
         out["weights"] = a.weights.to_json()
         out["covariance_note"] = WEIGHTED_COVARIANCE

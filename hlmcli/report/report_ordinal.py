@@ -41,7 +41,7 @@ def clmm_call(spec, id_name: str, nodes: int | None = None) -> str:
     opts = spec.options
     rhs = " + ".join([t for t in fixed if t != "1"] or ["1"])
     random = f"(1 | {id_name})" if rand == ["1"] else f"({' + '.join(rand)} | {id_name})"
-    nagq = "" if opts.estimation == "laplace" else f", nAGQ = {nodes or opts.quadrature_points or 10}"
+    nagq = "" if opts.estimation in ("laplace", "pql") else f", nAGQ = {nodes or opts.quadrature_points or 10}"
     link = opts.link or "logit"
     # clmm's random-effect fits take "loglog" for the F(x) = 1 − exp(−exp(x)) that clm calls cloglog
     # (tests/reference_scripts/ordinal_clmm.R shows it by numerical integration)
@@ -98,5 +98,5 @@ def add_json(a, out: dict) -> dict:
                    "theta": theta.tolist(), "beta": (-a.gamma[1:]).tolist()}
     out["parametrisation"] = ("HLM 7: link P(Y <= m | u) = η + δ(2) + ... + δ(m), η = γ00 + x'γ + u; a positive γ "
                               "makes the lower categories more likely")
-    out["start"] = "glm"
+    out["start"] = "glm" if a.ml is not None else None  # PQL starts from the data (engine/categorical_pql.py)
     return out
