@@ -93,11 +93,10 @@ def analyse_hmlm(spec, archive, structure: str, occasion: str, df_method: str = 
     n_params = f.n_variance_params + (data.p if method == "ML" else 0)
     se = np.sqrt(np.diag(f.cov_gamma))
     df = np.asarray(a.fixed.df, dtype=float)
-    from ..lazy import lazy
+    from .inference import two_sided_p
 
-    stats = lazy("scipy.stats")
     t = f.gamma / se
-    p = 2 * stats.t.sf(np.abs(t), df)
+    p = two_sided_p(t, df)
     record = {
         "structure": structure, "occasion": occasion, "occasions": values, "method": method,
         "deviance": f.deviance, "n_params": int(n_params),
@@ -194,17 +193,16 @@ def analyse_hmlm2(analysis, archive, structure: str, occasion: str) -> None:
     n_params = f.n_variance_params + (grouped.p if r.method == "ML" else 0)
     se = np.sqrt(np.diag(f.cov_gamma))
     df = np.asarray(r.df_gamma, dtype=float)
-    from ..lazy import lazy
-    from ..levels_results import label_of
+    from ..language.equations_levels import COEF_LETTERS, symbol
+    from .inference import two_sided_p
 
-    stats = lazy("scipy.stats")
     t = f.gamma / se
-    p = 2 * stats.t.sf(np.abs(t), df)
+    p = two_sided_p(t, df)
     labels = [(idx, "", "") for idx in _gamma_index3(data)]
     record = {
         "structure": structure, "occasion": occasion, "occasions": values, "method": r.method, "levels": 3,
         "deviance": f.deviance, "n_params": int(n_params),
-        "fixed_effects": [{"gamma": label_of(idx, 3), "coefficient": c, "predictor": pr,
+        "fixed_effects": [{"gamma": symbol(COEF_LETTERS[2], idx), "coefficient": c, "predictor": pr,
                            "estimate": float(f.gamma[k]), "se": float(se[k]), "t": float(t[k]), "df": float(df[k]),
                            "p": float(p[k])} for k, (idx, c, pr) in enumerate(labels)],
         "gamma_covariance": f.cov_gamma.tolist(), "delta": f.delta.tolist(), "tau": f.tau.tolist(),
@@ -240,6 +238,6 @@ def analyse_hmlm2(analysis, archive, structure: str, occasion: str) -> None:
 
 
 def _gamma_index3(data) -> list:
-    """(p, q, s) of each γ in the engine's order, for levels_results.label_of (γ_pqs)."""
+    """(p, q, s) of each γ in the engine's order, for equations_levels.symbol (γ_pqs)."""
     return [(p_, q_, s_) for p_, pi in enumerate(data.layout.pis) for q_, b in enumerate(pi.betas)
             for s_ in range(len(b.level3_cols))]
