@@ -45,7 +45,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-from .special_functions import digamma, expit, gammaln
+from .special_functions import digamma, gammaln
 
 from .hglm import Conditional, GLMData, agq_fit, ml_fit, newton_ascent
 
@@ -146,8 +146,14 @@ class NegBinFamily:
 
     def _pq(self, eta):
         """(L = log1p(μ/θ), p = μ/(θ + μ), q = θ/(θ + μ)), each without cancellation for any η."""
+        # one exponential per record, e = e^−|x| ≤ 1: L = max(x, 0) + log1p(e), and p, q are 1/(1 + e) and
+        # e/(1 + e) in the order of x's sign (logaddexp and two expits took three; same to the last bit)
         x = eta - self.log_theta
-        return np.logaddexp(0.0, x), expit(x), expit(-x)
+        e = np.exp(-np.abs(x))
+        d = 1.0 + e
+        r, s = 1.0 / d, e / d
+        pos = x >= 0.0
+        return np.maximum(x, 0.0) + np.log1p(e), np.where(pos, r, s), np.where(pos, s, r)
 
     def evaluate(self, eta, y=None, n=None, second: bool = True):
         """(ℓ without −lgamma(y + 1), ℓ_η, W, κ3) per record (W and κ3 None without second)."""
