@@ -8,8 +8,8 @@ log μ = γ00 + γ01 w + (γ10 + u1) x + u0 (w at level 2), fitted by Laplace, h
 
 Data are generated deterministically from --seed into benchmarks/data/ (not committed). hlmcli's time
 is `hlmcli fit ... --family negbinomial --estimation laplace --format json` from the two CSVs, as a user
-types it (archive build, the NB GLM start, the Laplace search, SEs, certificate, robust SEs, the JSON);
-glmmTMB's is `read.csv` + `merge` + `glmmTMB(y ~ x + w + (1 + x | id), family = nbinom2)` with its
+types it (the archive built afresh in a new cache folder each run, the NB GLM start, the Laplace
+search, SEs, certificate, robust SEs, the JSON); glmmTMB's is `read.csv` + `merge` + `glmmTMB(y ~ x + w + (1 + x | id), family = nbinom2)` with its
 default control. Each is one process: wall clock and its CPU time (user + sys, from the operating
 system). The deviances (−2 log-likelihood, constants included, in both) are printed side by side.
 """
@@ -22,6 +22,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def main() -> None:
         wall, cpu, out = timed([str(exe), "fit", str(l1), str(l2), "--id", "id", "-1", "y = b0 + b1*x",
                                 "-2", "b0 = g00 + g01*w + u0", "-2", "b1 = g10 + u1",
                                 "--family", "negbinomial", "--estimation", "laplace", "--format", "json",
-                                "--cache-dir", str(DATA / "cache")])
+                                "--cache-dir", tempfile.mkdtemp(prefix="cache_", dir=DATA)])
         doc = json.loads(out)
         row.update({"hlmcli_wall": wall, "hlmcli_cpu": cpu, "hlmcli_deviance": doc["deviance"],
                     "hlmcli_theta": doc["dispersion"]["estimate"], "certified": doc["converged"]})
