@@ -10,8 +10,8 @@ Data are generated deterministically from --seed into benchmarks/data/ (not comm
 is `hlmcli fit ... --family negbinomial --estimation laplace --format json` from the two CSVs, as a user
 types it (the archive built afresh in a new cache folder each run, the NB GLM start, the Laplace
 search, SEs, certificate, robust SEs, the JSON); glmmTMB's is `read.csv` + `merge` +
-`glmmTMB(y ~ x + w + (1 + x | id), family = nbinom2)` with its default control. Each is one process: wall clock and its CPU time (user + sys, from the operating
-system). The deviances (−2 log-likelihood, constants included, in both) are printed side by side.
+`glmmTMB(y ~ x + w + (1 + x | id), family = nbinom2)` with its default control. Each is one process:
+wall clock and its CPU time (user + sys, from the operating system). The deviances (−2 log-likelihood, constants included, in both) are printed side by side.
 """
 
 from __future__ import annotations
