@@ -11,7 +11,8 @@ is `hlmcli fit ... --family negbinomial --estimation laplace --format json` from
 types it (the archive built afresh in a new cache folder each run, the NB GLM start, the Laplace
 search, SEs, certificate, robust SEs, the JSON); glmmTMB's is `read.csv` + `merge` +
 `glmmTMB(y ~ x + w + (1 + x | id), family = nbinom2)` with its default control. Each is one process:
-wall clock and its CPU time (user + sys, from the operating system). The deviances (−2 log-likelihood, constants included, in both) are printed side by side.
+wall clock and its CPU time (user + sys, from the operating system). The deviances (−2 log-likelihood,
+constants included, in both) are printed side by side.
 """
 
 from __future__ import annotations
