@@ -125,6 +125,9 @@ class NegBinFamily:
 
     def __init__(self, y: np.ndarray):
         self.y = np.asarray(y, float)
+        # counts take few distinct values: the θ parts below are computed once per value (elementwise, so
+        # the same bits as per record)
+        self._y_values, self._y_index = np.unique(self.y, return_inverse=True)
         self.log_theta = None
         self._last_pq = None
         self.set_log_theta(0.0)
@@ -142,8 +145,8 @@ class NegBinFamily:
         self.log_theta = log_theta
         th = math.exp(log_theta)
         # the θ parts of ℓ and ℓ_φ that do not involve η: computed once per θ, not per node and Newton step
-        self._c = log_rising(self.y, th)
-        self._psi = digamma_difference(self.y, th)
+        self._c = log_rising(self._y_values, th)[self._y_index]
+        self._psi = digamma_difference(self._y_values, th)[self._y_index]
 
     def _pq(self, eta):
         """(L = log1p(μ/θ), p = μ/(θ + μ), q = θ/(θ + μ)), each without cancellation for any η."""
