@@ -111,11 +111,8 @@ def test_a_bad_outcome_is_refused_naming_file_column_and_row(tmp_path):
                                    "--family bernoulli needs")
 
 
-def test_dask_and_pql_are_refused_before_reading(tmp_path):
+def test_pql_is_refused_before_reading(tmp_path):
     base = [*CONTRA, "-1", "USE = b0", "-2", "b0 = g00 + u0", "--family", "bernoulli"]
-    proc = hlmcli("fit", *base, "--estimation", "laplace", "--engine", "dask")
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "--engine dask: not available for an HGLM fit yet" in proc.stderr
     proc = hlmcli("fit", *base, "--engine", "stream")
     assert proc.returncode == 2 and "PQL over the spilled records is not wired" in proc.stderr
 
