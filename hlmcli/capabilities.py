@@ -272,7 +272,8 @@ FEATURES = (
              HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="multinomial")}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written; a two-level HGLM "
-            "by Laplace or AGQ: --engine stream, passes over the records spilled by unit)",
+            "by Laplace or AGQ: --engine stream passes over the records spilled by unit, --engine dask over the "
+            "records persisted as partitions of whole units)",
             {"pql": _HGLM_STREAM_PQL, "crossed": _X_SUMMARY,
              THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )

@@ -386,6 +386,25 @@ def check_stream_dask(kind, tmp_path):
     matches_reference(doc["fixed_effects"], "linear")
 
 
+
+@pytest.mark.slow
+def test_hglm_stream_cell_by_the_dask_engine():
+    """The stream_dask cell of the HGLM Laplace, AGQ (stream) column, by --engine dask (its own
+    LocalCluster; the fast checks are in test_hglm_dask_cli.py): the in-memory fit to 1e-8, glmmTMB's."""
+    pytest.importorskip("distributed")
+    pytest.importorskip("pyarrow")
+    memory = fit_json("laplace")
+    args = [a if a != "stream" else "dask" for a in base("hglm-stream")]
+    proc = run_cli("fit", *args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["certificate"]["certified"] and doc["deviance"] == pytest.approx(memory["deviance"], rel=1e-10)
+    for a, b in zip(doc["fixed_effects"], memory["fixed_effects"]):
+        assert a["estimate"] == pytest.approx(b["estimate"], rel=1e-8) and a["se"] == pytest.approx(b["se"], rel=1e-8)
+    assert np.ravel(doc["tau"]) == pytest.approx(np.ravel(memory["tau"]), rel=1e-8)
+    matches_reference(doc["fixed_effects"], "hglm-stream")
+
+
 O = DATA / "ordinal"
 ORDINAL = [O / "wine_l1.csv", O / "wine_l2.csv", "--id", "judge", "-1", "rating = b0 + b1*warm + b2*contact",
            "-2", "b0 = g00 + u0", "-2", "b1 = g10", "-2", "b2 = g20", "--family", "ordinal"]
