@@ -16,14 +16,24 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-from .hglm_stream import blocked_design, design_rows, fit_blocks, level1_centers, record_columns
+from .hglm_stream import blocked_design, design_rows, fit_blocked, fit_blocks, level1_centers, record_columns
+
+
+def fit_hglm_dask(spec, summary, level1, id_name: str, where, delimiter=None, tests=()):
+    """The command line's HGLM by --engine dask (`where`: a dask_engine.Scheduler), ended as the
+    stream path's (fit_blocked)."""
+    from pathlib import Path
+
+    return fit_blocked(spec, lambda: analyse_hglm_dask(spec, summary, str(level1), id_name, where, delimiter),
+                       Path(str(level1)).name, tests)
 
 
 def analyse_hglm_dask(spec, summary, path: str, id_name: str, where, delimiter=None):
     """The HGLMAnalysis of `spec` from the Dask engine's summary and the records of the level-1 files
     at `path` (a Parquet folder or file, or a CSV glob) on the scheduler `where`."""
-    from ..data.dask_engine import session
+    from ..data.dask_engine import Scheduler, session
 
+    where = where if isinstance(where, Scheduler) else Scheduler(where or None)
     design, fam, B, rnd = blocked_design(spec, summary)
     with session(where, path):
         ddf = unit_partitions(spec, design, summary, path, id_name, fam, delimiter)
@@ -99,11 +109,11 @@ def _records(pdf, spec, centers, fam, where_unit, id_name, model, extra, path, f
     and the record's position over all files (to keep file order within a unit after the shuffle)."""
     import pandas as pd
 
-    from ..data.dask_engine import _unit_ids
+    from ..data.dask_engine import unit_ids
     from ..data.streaming import id_text
 
     col = {c: pdf[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in model + extra}
-    j = np.array([where_unit.get(u, -1) for u in id_text(_unit_ids(pdf, id_name).to_numpy())], dtype=np.int64)
+    j = np.array([where_unit.get(u, -1) for u in id_text(unit_ids(pdf, id_name).to_numpy())], dtype=np.int64)
     keep = j >= 0
     for c in model:
         keep &= ~np.isnan(col[c])

@@ -31,31 +31,29 @@ from ..errors import DataError, ModelError
 BUCKET_UNITS = 20_000  # units per bucket of the external sort, and per row group of the spill file
 
 
-def fit_hglm_stream(spec, summary, level1, id_name: str, file_format=None, delimiter=None, tests=(),
-                    dask_scheduler=None):
+def fit_hglm_stream(spec, summary, level1, id_name: str, file_format=None, delimiter=None, tests=()):
     """The command line's streamed HGLM: the fit, a numerical breakdown as one line, and the extras
-    (Wald tests, the likelihood-ratio test against a prior deviance), as api.analyse_model does.
-    With `dask_scheduler` (a dask_engine.Scheduler) the records are Dask partitions (hglm_dask.py)."""
+    (Wald tests, the likelihood-ratio test against a prior deviance), as api.analyse_model does."""
+    from ..data.streaming import file_columns
+
+    cols = file_columns(level1, file_format, delimiter)
+    return fit_blocked(spec, lambda: analyse_hglm_stream(spec, summary, cols, id_name), cols.path.name, tests)
+
+
+def fit_blocked(spec, analyse, name: str, tests=()):
+    """A blocked HGLM as the command line ends it: `analyse()` (the stream or Dask path's HGLMAnalysis)
+    with numpy's numerical failures as one line naming the file `name`, then the extras."""
     import warnings
 
-    from ..data.streaming import file_columns
     from ..language.hypotheses import parse_test
     from .hglm_run import boundary_notes, hglm_extras
 
     o = spec.options
     hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
-    name = Path(str(level1)).name
     try:
         with warnings.catch_warnings():  # numpy's overflow warnings would break the one line
             warnings.simplefilter("ignore", RuntimeWarning)
-            if dask_scheduler is not None:
-                from .hglm_dask import analyse_hglm_dask
-
-                a = analyse_hglm_dask(spec, summary, str(level1), id_name, dask_scheduler, delimiter)
-            else:
-                cols = file_columns(level1, file_format, delimiter)
-                name = cols.path.name
-                a = analyse_hglm_stream(spec, summary, cols, id_name)
+            a = analyse()
     except (FloatingPointError, np.linalg.LinAlgError, OverflowError) as exc:
         if os.environ.get("HLMCLI_DEBUG"):
             raise

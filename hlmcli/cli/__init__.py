@@ -1064,10 +1064,16 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
                                     fit, out, engine),
         unsupported, warn, progress=_progress_wanted(out.quiet))
     if not spec.family.linear:  # Laplace or AGQ over the records spilled by unit (capabilities.check)
-        from ..analysis.hglm_stream import fit_hglm_stream
+        if engine == "dask":
+            from ..analysis.hglm_dask import fit_hglm_dask
 
-        analysis = fit_hglm_stream(spec, summary, data[0], frame.id_names[0], build_opts.get("file_format"),
-                                   build_opts.get("delimiter"), fit.tests, scheduler if engine == "dask" else None)
+            analysis = fit_hglm_dask(spec, summary, data[0], frame.id_names[0], scheduler, build_opts.get("delimiter"),
+                                     fit.tests)
+        else:
+            from ..analysis.hglm_stream import fit_hglm_stream
+
+            analysis = fit_hglm_stream(spec, summary, data[0], frame.id_names[0], build_opts.get("file_format"),
+                                       build_opts.get("delimiter"), fit.tests)
     else:
         analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})

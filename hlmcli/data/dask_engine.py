@@ -226,7 +226,7 @@ def level1_files(path: str) -> list[str]:
     return found
 
 
-def _unit_ids(pdf, id_name: str):
+def unit_ids(pdf, id_name: str):
     """A partition's unit ids: integral floats as integers, text stripped; a missing id refused."""
     import pandas as pd
 
@@ -246,7 +246,7 @@ def partition_links(pdf, child: str, parent: str):
     from .streaming import id_text
 
     pairs = {}
-    for a, b in zip(id_text(_unit_ids(pdf, child).to_numpy()), id_text(_unit_ids(pdf, parent).to_numpy())):
+    for a, b in zip(id_text(unit_ids(pdf, child).to_numpy()), id_text(unit_ids(pdf, parent).to_numpy())):
         pairs.setdefault((a, b), None)
     return list(pairs)
 
@@ -290,7 +290,7 @@ def partition_moments(pdf, id_name: str, names: list[str]):
     Integer ids stay integers until the end (sorting them is cheap); text ids are stripped."""
     import pandas as pd
 
-    codes, uniq = pd.factorize(_unit_ids(pdf, id_name).to_numpy(), sort=True)
+    codes, uniq = pd.factorize(unit_ids(pdf, id_name).to_numpy(), sort=True)
     values = [pdf[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in names]
     keep = np.ones(len(pdf), dtype=bool)
     for c, v in zip(names, values):
