@@ -278,12 +278,10 @@ FEATURES = (
 )
 
 # The three-level AGQ column: the Laplace column's refusals, for the same reasons (the same search, certificate,
-# report and outputs), except two of its own. Random slopes are refused by the model (hglm_levels_agq.py).
+# report and outputs), except its weights. Random slopes are refused by the model (hglm_levels_agq.py).
 _AGQ3_OWN = {
     "weights": ("the weighted pseudo-likelihood is not carried through the nested quadrature (level-2 weights inside "
                 "each level-3 unit's integral at every node, level-3 weights outside it); not built"),
-    "plausible_values": ("not wired for the three-level AGQ fit (its quadrature check and deviance are not in the "
-                         "three-level combined report); combine three-level PQL fits, or fit each data set on its own"),
 }
 for _f in FEATURES:
     _why = _AGQ3_OWN.get(_f.key, _f.refused.get(THREE_LEVEL_LAPLACE))

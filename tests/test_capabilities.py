@@ -1267,6 +1267,14 @@ def check_hglm3a_missing_now(tmp_path):
     hglm3a_matches(hglm3a_json("--missing", "now"))
 
 
+def check_hglm3a_plausible_values(tmp_path):
+    """Three plausible values with one N: each fit the single fit of its outcome, bit for bit; --imputed the
+    same; Rubin's rules and D1 by hand (test_hglm3_agq_plausible.py)."""
+    from test_hglm3_agq_plausible import test_each_fit_is_the_single_fit_and_imputed_equals_plausible
+
+    test_each_fit_is_the_single_fit_and_imputed_equals_plausible(tmp_path)
+
+
 SUPPORTED_HGLM3A = {key[len("check_hglm3a_"):]: f for key, f in globals().items() if key.startswith("check_hglm3a_")}
 
 

@@ -31,6 +31,18 @@ def estimation_line(h) -> str:
     return f"penalized quasi-likelihood ({kind} PQL{od})"
 
 
+def agq_points_line(hglm: dict) -> str:
+    """How the combined AGQ fits' one number of points was set (analysis/hglm_levels._same_points)."""
+    n = hglm["quadrature_points"]
+    refitted = hglm["quadrature_refitted"]
+    how = ("as given by --quadrature-points" if hglm["quadrature_points_given"] else
+           "chosen by each fit's accuracy check" if not refitted else
+           f"the most any fit's accuracy check chose; refitted with it: {', '.join(refitted)}")
+    check = ("" if hglm["quadrature_accurate"] else
+             "; NOT accurate for every fit (see each fit's quadrature check): raise --quadrature-points")
+    return f" Quadrature points: {n} for every fit ({how}){check}"
+
+
 def glmer_call(design, h, meta: dict, diagonal) -> str:
     """The same model in R: lme4's glmer (its Laplace fit) with the family and offset; PQL itself is
     MASS::glmmPQL (which estimates the level-1 scale)."""
