@@ -37,8 +37,6 @@ _HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE, THREE_LEVEL_AGQ)
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
 HGLM_STREAM = "hglm-stream"
-_HGLM_STREAM_PQL = ("PQL over the spilled records is not wired: its population-average model and fixed-point check "
-                    "are in-memory code; use --estimation laplace or agq (exact ML, passes over the spilled records)")
 _HGLM_STREAM_RECORDS = ("the streamed HGLM keeps per unit only the modes and their variances, and passes over the "
                         "records spilled by unit; this needs the records in memory: fit with --engine memory")
 _HGLM_STREAM_PLOT = ("hlmcli plot fits in memory and takes no --engine; the streamed fit keeps no per-record values "
@@ -272,9 +270,10 @@ FEATURES = (
              HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="multinomial")}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written; a two-level HGLM "
-            "by Laplace or AGQ: --engine stream passes over the records spilled by unit, --engine dask over the "
-            "records persisted as partitions of whole units)",
-            {"pql": _HGLM_STREAM_PQL, "crossed": _X_SUMMARY,
+            "by PQL, Laplace or AGQ: --engine stream passes over the records spilled by unit, --engine dask over "
+            "the records persisted as partitions of whole units; PQL there also refuses what the HGLM Laplace, AGQ "
+            "(stream) column refuses)",
+            {"crossed": _X_SUMMARY,
              THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )
 
@@ -411,6 +410,13 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
+    if kind == "pql" and Engine(engine) != Engine.MEMORY:
+        # PQL over the spilled records: the PQL column's refusals (above) and the streamed fit's own
+        for key in asked:
+            why = reason(key, HGLM_STREAM)
+            if why:
+                label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(' (')[0]
+                raise RefusedOption(f"{label}: not available for an HGLM PQL (stream) fit: {why}")
     for feature, option, conflicts in (("level1_covariance", "--level1-covariance", LEVEL1_COVARIANCE_CONFLICTS),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),

@@ -1,5 +1,7 @@
-"""`hlmcli fit --engine stream` for a two-level HGLM by Laplace or AGQ: the records spilled once to a
-unit-sorted Parquet file, then the fit passes over it (engine/hglm_blocks.py).
+"""`hlmcli fit --engine stream` for a two-level HGLM by PQL, Laplace or AGQ: the records spilled once
+to a unit-sorted Parquet file, then the fit passes over it (engine/hglm_blocks.py). PQL is hglm.pql
+itself: each macro iteration, the fixed-point refit and the population-average model need only
+per-unit cross-products of the working model, summed over each block's whole units.
 
 Passes over the level-1 file: the stream engine's per-unit moments (the design, its centring and
 the units, as for a linear model: engines.summarise); then one more pass that writes each record's
@@ -108,15 +110,32 @@ def fit_blocks(spec, design, source):
 
     opts = spec.options
     data = BlockedGLMData(source)
-    m_res = likelihood_fit(data, opts, opts.tau == "diagonal")
-    stats, unit = working_model(data, m_res.eta)
+    diagonal = opts.tau == "diagonal"
+    if opts.estimation == "pql":
+        res = p_res = _pql_over_blocks(data, spec, diagonal)
+        m_res, nodes, sigma2 = None, 0, p_res.sigma2 if opts.overdispersion else None
+    else:
+        res = m_res = likelihood_fit(data, opts, diagonal)
+        p_res, nodes, sigma2 = None, m_res.nodes, None
+    stats, unit = working_model(data, res.eta)
     data.const  # the report's log-likelihood constant: read while the source is there
-    fake = SimpleNamespace(solve=SimpleNamespace(gamma=m_res.gamma), sigma2=1.0)
+    fake = SimpleNamespace(solve=SimpleNamespace(gamma=res.gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
-    variance = inference.variance_tests(design, ols, m_res.tau, stats)
-    return HGLMAnalysis(spec, design, data, opts.estimation, m_res.nodes, None, m_res, m_res.gamma, m_res.cov,
-                        m_res.robust_cov, m_res.tau, None, inference.hlm_fixed_df(design), variance,
-                        m_res.converged, m_res.b, m_res.b_var)
+    variance = inference.variance_tests(design, ols, res.tau, stats)
+    return HGLMAnalysis(spec, design, data, opts.estimation, nodes, p_res, m_res, res.gamma, res.cov,
+                        res.robust_cov, res.tau, sigma2, inference.hlm_fixed_df(design), variance,
+                        res.converged, res.b, res.b_var)
+
+
+def _pql_over_blocks(data, spec, diagonal: bool):
+    """hglm.pql itself over the spilled blocks, as analyse_hglm calls it in memory: the macro
+    iterations' working models, the fixed-point refit and the population-average model each read
+    the blocks' per-unit cross-products (BlockedGLMData.working_model), η kept as its parameters."""
+    from ..engine.hglm import pql
+
+    o = spec.options
+    return pql(data, reml=spec.method == "REML", overdispersion=o.overdispersion, macroit=o.macroit,
+               microit=o.microit, stopmacro=o.stopmacro, stopmicro=o.stopmicro, diagonal=diagonal)
 
 
 def spill_records(spec, design, summary, cols, id_name: str, fam, path, work: Path) -> None:
