@@ -1,4 +1,4 @@
-"""`hlmcli fit --engine dask` for a two-level HGLM by Laplace or AGQ: the records read by Dask, formed into
+"""`hlmcli fit --engine dask` for a two-level HGLM by PQL, Laplace or AGQ: the records read by Dask, formed into
 design rows as the stream path forms them, shuffled once into partitions of whole units and persisted
 (analysis/hglm_dask.py). The fit must equal the in-memory fit to 1e-8 (deviance, γ, τ, SEs); the
 in-memory fits are held against glmer and glmmTMB by test_hglm.py (contra: also test_hglm_stream_cli.py's

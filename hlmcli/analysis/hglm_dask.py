@@ -1,4 +1,4 @@
-"""`hlmcli fit --engine dask` for a two-level HGLM by Laplace or AGQ: the records persisted on the
+"""`hlmcli fit --engine dask` for a two-level HGLM by PQL, Laplace or AGQ: the records persisted on the
 cluster as partitions of whole units, then the blocked fit maps each pass over them
 (data/hglm_sources.DaskBlocks, engine/hglm_blocks.py).
 

@@ -1063,7 +1063,7 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
                                           allow_outside=more["allow_outside"], extra={"title": title}),
                                     fit, out, engine),
         unsupported, warn, progress=_progress_wanted(out.quiet))
-    if not spec.family.linear:  # Laplace or AGQ over the records spilled by unit (capabilities.check)
+    if not spec.family.linear:  # PQL, Laplace or AGQ over blocks of whole units (capabilities.check)
         if engine == "dask":
             from ..analysis.hglm_dask import fit_hglm_dask
 
