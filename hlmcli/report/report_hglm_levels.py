@@ -31,6 +31,15 @@ def estimation_line(h) -> str:
     return f"penalized quasi-likelihood ({kind} PQL{od})"
 
 
+def quadrature_line(q) -> str:
+    """The nested AGQ's quadrature check (hglm.QuadratureCheck). More points are advised only when a check
+    with the next K was made and failed: past the last K the budget can check (nested_agq.QUAD_BUDGET),
+    more points given would go unchecked too."""
+    advice = not (q.accurate or q.adaptive) and q.check_points is not None
+    return ("Quadrature: " + q.describe().replace("per random effect", "at each level")
+            + ("; raise --quadrature-points" if advice else ""))
+
+
 def agq_points_line(hglm: dict) -> str:
     """How the combined AGQ fits' one number of points was set (analysis/hglm_levels._same_points)."""
     n = hglm["quadrature_points"]
@@ -134,8 +143,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         if fit.certificate.certified:
             w(stopping_line("γ, τπ or τβ") + ": " + fit.certificate.describe())
         if agq and h.quadrature is not None:
-            w("Quadrature: " + h.quadrature.describe().replace("per random effect", "at each level")
-              + ("" if h.quadrature.accurate or h.quadrature.adaptive else "; raise --quadrature-points"))
+            w(quadrature_line(h.quadrature))
     elif fit.certificate.certified:
         w("The last linearised model is at its certified optimum over τπ and τβ"
           + (" and σ²" if h.overdispersion else " (σ² fixed at 1)"))
