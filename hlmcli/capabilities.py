@@ -153,6 +153,14 @@ LEVEL1_COVARIANCE_CONFLICTS = {
     "level1_variance": "two models for the level-1 variance; give one (--level1-covariance heterogeneous lets σ² "
                        "differ by occasion)",
 }
+# Options computed on the homogeneous model an HMLM fit prints first: with another structure they would test or
+# compare that model, not the one asked for; refused until they are computed on the structured fit.
+LEVEL1_COVARIANCE_STRUCTURED = {
+    "test": "the Wald tests would use the homogeneous model's γ and covariance, not the structured model's; the "
+            "structured fit prints its own γ table with SEs",
+    "compare_deviance": "the test would use the homogeneous model's deviance; the structured fit prints its "
+                        "likelihood-ratio test against the homogeneous model",
+}
 # With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
 LEVEL1_VARIANCE_CONFLICTS = {
     "weights": "not built together yet: the pseudo-likelihood and the variance model would both rescale the records",
@@ -417,7 +425,10 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
             if why:
                 label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(' (')[0]
                 raise RefusedOption(f"{label}: not available for an HGLM PQL (stream) fit: {why}")
-    for feature, option, conflicts in (("level1_covariance", "--level1-covariance", LEVEL1_COVARIANCE_CONFLICTS),
+    structured = str(getattr(fit, "level1_covariance", None) or "homogeneous") != "homogeneous"
+    for feature, option, conflicts in (("level1_covariance", "--level1-covariance",
+                                        {**LEVEL1_COVARIANCE_CONFLICTS,
+                                         **(LEVEL1_COVARIANCE_STRUCTURED if structured else {})}),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
                                        ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):

@@ -153,3 +153,16 @@ def test_each_fit_is_the_single_fit_and_imputed_equals_plausible(tmp_path):
     assert imp["combining"]["source"] == "imputed data sets"
     for key in ("fixed_effects", "fixed_effects_robust", "taus", "deviance", "deviances", "hypothesis_tests"):
         assert imp[key] == doc[key], key
+
+
+def test_points_line_advises_more_points_only_after_a_failed_check():
+    """Past the points budget no fit could check its N against more points: the combined line says the
+    accuracy is not checked, and does not advise raising --quadrature-points (which would go unchecked too)."""
+    from hlmcli.report.report_hglm_levels import agq_points_line
+
+    base = {"quadrature_points": 41, "quadrature_points_given": True, "quadrature_refitted": []}
+    unchecked = agq_points_line({**base, "quadrature_accurate": False, "quadrature_checked": False})
+    assert "not checked" in unchecked and "raise" not in unchecked
+    failed = agq_points_line({**base, "quadrature_accurate": False, "quadrature_checked": True})
+    assert "NOT accurate for every fit" in failed and "raise --quadrature-points" in failed
+    assert agq_points_line({**base, "quadrature_accurate": True, "quadrature_checked": True}).endswith("--quadrature-points)")

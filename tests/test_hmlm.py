@@ -162,7 +162,8 @@ def test_deviance_equals_dense_computation_by_hand():
 
 def test_refusals_are_one_line(tmp_path):
     """A person with an occasion twice (data error, exit 1), an occasion variable that is not there (exit 1),
-    --level1-covariance without --occasion (usage, exit 2), two occasions never seen together (unrestricted)."""
+    --level1-covariance without --occasion (usage, exit 2), --test or --compare-deviance with a structure other
+    than homogeneous (usage, exit 2), two occasions never seen together (unrestricted)."""
     level1, level2 = args("early", 2)
     eqs = ["-1", level1, *[a for eq in level2 for a in ("-2", eq)]]
     l1 = (D / "early1.csv").read_text().splitlines()
@@ -171,7 +172,13 @@ def test_refusals_are_one_line(tmp_path):
     cases = [((dup, D / "early2.csv", "--level1-covariance", "ar1", "--occasion", "OCC"), 1, "more than once"),
              ((D / "early1.csv", D / "early2.csv", "--level1-covariance", "ar1", "--occasion", "WAVE"), 1,
               "--occasion WAVE: no such variable"),
-             ((D / "early1.csv", D / "early2.csv", "--level1-covariance", "ar1"), 2, "go together")]
+             ((D / "early1.csv", D / "early2.csv", "--level1-covariance", "ar1"), 2, "go together"),
+             # computed on the homogeneous model printed first, so refused with another structure
+             ((D / "early1.csv", D / "early2.csv", "--level1-covariance", "ar1", "--occasion", "OCC", "--test",
+               "g10 = 0"), 2, "the Wald tests would use the homogeneous model's γ"),
+             ((D / "early1.csv", D / "early2.csv", "--level1-covariance", "heterogeneous", "--occasion", "OCC",
+               "--compare-deviance", "2000", "--compare-params", "3"), 2,
+              "the test would use the homogeneous model's deviance")]
     for given, code, text in cases:
         proc = run_cli("fit", *given[:2], "--id", "ID", *eqs, *given[2:])
         assert proc.returncode == code, proc.stderr

@@ -306,7 +306,9 @@ def run_combined_hglm_levels(spec, archive, fit, source_text: str, load, plausib
         doc["hglm"].pop("laplace_deviance")
         doc["hglm"].update({"quadrature_points_given": bool(fit.quadrature_points),
                             "quadrature_refitted": [str(labels[k]) for k in refitted],
-                            "quadrature_accurate": all(bool(h.quadrature.accurate) for _, _, h in runs)})
+                            "quadrature_accurate": all(bool(h.quadrature.accurate) for _, _, h in runs),
+                            # False when a fit's N is past the budget, so no check with more points was made
+                            "quadrature_checked": all(h.quadrature.check_points is not None for _, _, h in runs)})
     texts = [fit_txt(d, f, meta, h) for d, f, h in runs] if fit_txt is not None else None
     return doc, texts
 

@@ -48,6 +48,8 @@ def agq_points_line(hglm: dict) -> str:
            "chosen by each fit's accuracy check" if not refitted else
            f"the most any fit's accuracy check chose; refitted with it: {', '.join(refitted)}")
     check = ("" if hglm["quadrature_accurate"] else
+             "; its accuracy is not checked (no larger number of points fits the budget)"
+             if not hglm.get("quadrature_checked", True) else
              "; NOT accurate for every fit (see each fit's quadrature check): raise --quadrature-points")
     return f" Quadrature points: {n} for every fit ({how}){check}"
 
