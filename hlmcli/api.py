@@ -21,7 +21,6 @@ pd = lazy("pandas")
 
 from .language.model import ModelSpec
 from .errors import DataError, ModelError, UsageError
-from .io.readers import check_frame_columns
 from .results import Results
 from .spec import Engine, Estimation, FamilyName, FitOptions, Link, Method, OutputOptions, TauStructure
 
@@ -45,7 +44,7 @@ def load_data(level1: DataLike, level2: DataLike | None = None, id: str | None =
     """(archive, data source text, SourceFrames or None) from an archive path, two data files (through
     the same cache as the CLI), or DataFrames (one DataFrame alone holds both levels)."""
     from .io.archive import BuildOptions, build_archive, changed_sources, load_archive
-    from .io.readers import Table, read_table
+    from .io.readers import Table, check_frame_columns, read_table
     from .io.sources import SourceFrames
 
     options = BuildOptions(id1=id1 or id, id2=id2 or id, missing=missing, drop_unmatched=drop_unmatched)
@@ -664,7 +663,7 @@ def fit_crossed(data: DataLike, formula: str, method: str = "REML", *, tau: str 
     restrictions ('THETA1 = 0'); prior_deviance and prior_params --compare-deviance's. Returns a
     results.CrossedResults (a `Results`); it is certified or says what failed (`.certified`, `.failures`)."""
     from .analysis.crossed_run import analyse_crossed
-    from .io.readers import Table, read_table
+    from .io.readers import Table, check_frame_columns, read_table
     from .language.formula import crossed, diagonal_bars
 
     model = crossed(formula)

@@ -37,8 +37,6 @@ _HGLM3 = (THREE_LEVEL_HGLM, THREE_LEVEL_LAPLACE, THREE_LEVEL_AGQ)
 _RECORDS = ("needs the records themselves, which the per-unit summaries of the stream and Dask engines do not "
             "keep; fit with --engine memory")
 HGLM_STREAM = "hglm-stream"
-_HGLM_STREAM_PQL = ("PQL over the spilled records is not wired: its population-average model and fixed-point check "
-                    "are in-memory code; use --estimation laplace or agq (exact ML, passes over the spilled records)")
 _HGLM_STREAM_RECORDS = ("the streamed HGLM keeps per unit only the modes and their variances, and passes over the "
                         "records spilled by unit; this needs the records in memory: fit with --engine memory")
 _HGLM_STREAM_PLOT = ("hlmcli plot fits in memory and takes no --engine; the streamed fit keeps no per-record values "
@@ -154,6 +152,14 @@ LEVEL1_COVARIANCE_CONFLICTS = {
     "known_variance": "a known level-1 variance has no within-person covariance to estimate; give one of the two",
     "level1_variance": "two models for the level-1 variance; give one (--level1-covariance heterogeneous lets σ² "
                        "differ by occasion)",
+}
+# Options computed on the homogeneous model an HMLM fit prints first: with another structure they would test or
+# compare that model, not the one asked for; refused until they are computed on the structured fit.
+LEVEL1_COVARIANCE_STRUCTURED = {
+    "test": "the Wald tests would use the homogeneous model's γ and covariance, not the structured model's; the "
+            "structured fit prints its own γ table with SEs",
+    "compare_deviance": "the test would use the homogeneous model's deviance; the structured fit prints its "
+                        "likelihood-ratio test against the homogeneous model",
 }
 # With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
 LEVEL1_VARIANCE_CONFLICTS = {
@@ -272,18 +278,18 @@ FEATURES = (
              HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="multinomial")}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written; a two-level HGLM "
-            "by Laplace or AGQ: --engine stream, passes over the records spilled by unit)",
-            {"pql": _HGLM_STREAM_PQL, "crossed": _X_SUMMARY,
+            "by PQL, Laplace or AGQ: --engine stream passes over the records spilled by unit, --engine dask over "
+            "the records persisted as partitions of whole units; PQL there also refuses what the HGLM Laplace, AGQ "
+            "(stream) column refuses)",
+            {"crossed": _X_SUMMARY,
              THREE_LEVEL_HGLM: _HGLM_SUMMARY, THREE_LEVEL_LAPLACE: _HGLM_SUMMARY}),
 )
 
 # The three-level AGQ column: the Laplace column's refusals, for the same reasons (the same search, certificate,
-# report and outputs), except two of its own. Random slopes are refused by the model (hglm_levels_agq.py).
+# report and outputs), except its weights. Random slopes are refused by the model (hglm_levels_agq.py).
 _AGQ3_OWN = {
     "weights": ("the weighted pseudo-likelihood is not carried through the nested quadrature (level-2 weights inside "
                 "each level-3 unit's integral at every node, level-3 weights outside it); not built"),
-    "plausible_values": ("not wired for the three-level AGQ fit (its quadrature check and deviance are not in the "
-                         "three-level combined report); combine three-level PQL fits, or fit each data set on its own"),
 }
 for _f in FEATURES:
     _why = _AGQ3_OWN.get(_f.key, _f.refused.get(THREE_LEVEL_LAPLACE))
@@ -412,7 +418,17 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
     asked = features_asked(spec, fit, out) + list(extra)
     for key in asked:
         refuse(key, kind, _given_label(key, spec, fit))
-    for feature, option, conflicts in (("level1_covariance", "--level1-covariance", LEVEL1_COVARIANCE_CONFLICTS),
+    if kind == "pql" and Engine(engine) != Engine.MEMORY:
+        # PQL over the spilled records: the PQL column's refusals (above) and the streamed fit's own
+        for key in asked:
+            why = reason(key, HGLM_STREAM)
+            if why:
+                label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(' (')[0]
+                raise RefusedOption(f"{label}: not available for an HGLM PQL (stream) fit: {why}")
+    structured = str(getattr(fit, "level1_covariance", None) or "homogeneous") != "homogeneous"
+    for feature, option, conflicts in (("level1_covariance", "--level1-covariance",
+                                        {**LEVEL1_COVARIANCE_CONFLICTS,
+                                         **(LEVEL1_COVARIANCE_STRUCTURED if structured else {})}),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
                                        ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):

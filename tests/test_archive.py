@@ -150,6 +150,26 @@ def test_damaged_archive_is_refused(hsb_archive, tmp_path):
     assert r.exit_code == 1 and "checksum mismatch" in r.output and "Traceback" not in r.output
 
 
+def test_loaded_archive_keeps_its_values_when_the_file_is_replaced_or_emptied(hsb_archive, tmp_path):
+    # The archive's columns are views of the file (memory-mapped on POSIX): read-only, and unchanged when
+    # the file is replaced by rename, as `mdm build -o` and the cache replace archives.
+    path = tmp_path / "a.mdm"
+    shutil.copy(hsb_archive, path)
+    archive = load_archive(path)
+    values = archive.levels[0].values
+    expected = pd.read_csv(SAMPLE / "hsb" / "hsb1.csv")["MATHACH"].to_numpy()
+    row = archive.levels[0].names.index("MATHACH")
+    assert not values.flags.writeable
+    other = tmp_path / "other.mdm"
+    other.write_bytes(b"x" * path.stat().st_size)
+    os.replace(other, path)
+    np.testing.assert_array_equal(np.sort(values[row]), np.sort(expected))
+    # an empty file is refused in one line, like any other non-archive
+    path.write_bytes(b"")
+    r = run("mdm", "info", path)
+    assert r.exit_code == 1 and "not an hlmcli archive" in r.output and "Traceback" not in r.output
+
+
 def _two_files(tmp_path):
     shutil.copy(SAMPLE / "hsb" / "hsb1.csv", tmp_path / "l1.csv")
     shutil.copy(SAMPLE / "hsb" / "hsb2.csv", tmp_path / "l2.csv")

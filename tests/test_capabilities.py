@@ -364,7 +364,30 @@ def check_missing_now(kind, tmp_path):
     matches_reference(doc["fixed_effects"], kind)
 
 
+def _same_numbers(got, want, path, rel=1e-8):
+    """Two JSON values alike: the same keys and strings, numbers to `rel`."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), path
+        for k in want:
+            _same_numbers(got[k], want[k], f"{path}.{k}", rel)
+    elif isinstance(want, list):
+        assert len(got) == len(want), path
+        for k, (a, b) in enumerate(zip(got, want)):
+            _same_numbers(a, b, f"{path}[{k}]", rel)
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=rel, abs=1e-12), path
+    else:
+        assert got == want, path
+
+
 def check_stream_dask(kind, tmp_path):
+    if kind == "pql":  # PQL over the records spilled by unit equals it in memory, population average included
+        doc, memory = fit_json(kind, "--engine", "stream"), fit_json(kind)
+        assert doc["converged"] and doc["fixed_point"]["passed"]
+        for key in ("fixed_effects", "population_average", "tau", "gamma_robust_covariance"):
+            _same_numbers(doc[key], memory[key], key)
+        matches_reference(doc["fixed_effects"], kind)
+        return
     if kind in ("laplace", "agq", "hglm-stream"):  # the HGLM over the records spilled by unit equals it in memory
         memory = fit_json("laplace" if kind == "hglm-stream" else kind)
         doc = fit_json(kind) if kind == "hglm-stream" else fit_json(kind, "--engine", "stream")
@@ -384,6 +407,25 @@ def check_stream_dask(kind, tmp_path):
         assert a["estimate"] == pytest.approx(b["estimate"], rel=1e-9) and a["se"] == pytest.approx(b["se"], rel=1e-8)
     assert doc["deviance"] == pytest.approx(memory["deviance"], rel=1e-10)
     matches_reference(doc["fixed_effects"], "linear")
+
+
+
+@pytest.mark.slow
+def test_hglm_stream_cell_by_the_dask_engine():
+    """The stream_dask cell of the HGLM Laplace, AGQ (stream) column, by --engine dask (its own
+    LocalCluster; the fast checks are in test_hglm_dask_cli.py): the in-memory fit to 1e-8, glmmTMB's."""
+    pytest.importorskip("distributed")
+    pytest.importorskip("pyarrow")
+    memory = fit_json("laplace")
+    args = [a if a != "stream" else "dask" for a in base("hglm-stream")]
+    proc = run_cli("fit", *args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["certificate"]["certified"] and doc["deviance"] == pytest.approx(memory["deviance"], rel=1e-10)
+    for a, b in zip(doc["fixed_effects"], memory["fixed_effects"]):
+        assert a["estimate"] == pytest.approx(b["estimate"], rel=1e-8) and a["se"] == pytest.approx(b["se"], rel=1e-8)
+    assert np.ravel(doc["tau"]) == pytest.approx(np.ravel(memory["tau"]), rel=1e-8)
+    matches_reference(doc["fixed_effects"], "hglm-stream")
 
 
 O = DATA / "ordinal"
@@ -1267,6 +1309,14 @@ def check_hglm3a_missing_now(tmp_path):
     hglm3a_matches(hglm3a_json("--missing", "now"))
 
 
+def check_hglm3a_plausible_values(tmp_path):
+    """Three plausible values with one N: each fit the single fit of its outcome, bit for bit; --imputed the
+    same; Rubin's rules and D1 by hand (test_hglm3_agq_plausible.py)."""
+    from test_hglm3_agq_plausible import test_each_fit_is_the_single_fit_and_imputed_equals_plausible
+
+    test_each_fit_is_the_single_fit_and_imputed_equals_plausible(tmp_path)
+
+
 SUPPORTED_HGLM3A = {key[len("check_hglm3a_"):]: f for key, f in globals().items() if key.startswith("check_hglm3a_")}
 
 
@@ -1551,7 +1601,7 @@ def _cells():
                 (kind == "three-level-laplace" and capabilities.reason(f.key, kind) is None and f.key != "json_out") or \
                 (kind == "hglm-stream" and capabilities.reason(f.key, kind) is None
                  and f.key not in ("json_out", "stream_dask")) or \
-                ((f.key, kind) in (("stream_dask", "laplace"), ("stream_dask", "agq"))) or \
+                ((f.key, kind) in (("stream_dask", "pql"), ("stream_dask", "laplace"), ("stream_dask", "agq"))) or \
                 (kind == "three-level-agq" and capabilities.reason(f.key, kind) is None)
             marks = [pytest.mark.slow] if slow else []
             yield pytest.param(f.key, kind, marks=marks, id=f"{f.key}-{kind}")

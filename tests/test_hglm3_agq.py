@@ -246,3 +246,31 @@ def test_options_of_pql_refused():
     with pytest.raises(ModelError, match="^--reml: not available with --estimation agq: AGQ maximises the likelihood"):
         check_options_levels(fit_options(family="poisson", estimation="agq", method="REML"))
     check_options_levels(fit_options(family="poisson", estimation="agq"))  # what it does use passes
+
+
+def test_more_points_advised_only_after_a_failed_check():
+    """Given K, 'raise --quadrature-points' follows a check with the next K that failed; at K = 41 and above
+    no next K is within the budget (nothing is checked), and more points would go unchecked too."""
+    from hlmcli.engine.hglm import QuadratureCheck
+    from hlmcli.report.report_hglm_levels import quadrature_line
+
+    def check(points, adaptive, check_points, change):
+        return QuadratureCheck(points=points, adaptive=adaptive, check_points=check_points,
+                               deviance_check=None if check_points is None else 1.0, change=change, tolerance=1e-6,
+                               accurate=change is not None and change <= 1e-6, budget=41)
+
+    assert quadrature_line(check(2, False, 7, 1.5e-3)).endswith("; raise --quadrature-points")
+    assert "raise" not in quadrature_line(check(41, False, None, None))
+    assert "no accuracy check within the budget" in quadrature_line(check(41, False, None, None))
+    assert "raise" not in quadrature_line(check(7, False, 9, 1e-9))
+    assert "raise" not in quadrature_line(check(7, True, 9, 1e-9))
+
+
+@pytest.mark.slow
+def test_points_past_the_budget_as_typed():
+    """--quadrature-points 41 on mmmec: the text says no check was made and advises no more points (3.7 s CPU)."""
+    proc = hlmcli("fit", *MODELS["mmmec_intercepts"], "--estimation", "agq", "--quadrature-points", "41")
+    assert proc.returncode == 0, proc.stderr
+    line = next(s for s in proc.stdout.splitlines() if s.startswith("Quadrature:"))
+    assert "41 points at each level (as given); no accuracy check within the budget" in line
+    assert "raise --quadrature-points" not in line

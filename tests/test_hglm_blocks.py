@@ -175,3 +175,39 @@ def test_bigger_data_spilled_in_many_blocks_equal_the_whole_data(tmp_path):
     spill(data, tmp_path / "spill.parquet", units=100)
     source = ParquetBlocks(tmp_path / "spill.parquet", data.family, data.B, data.rnd)
     same_fit(blocked_fit(BlockedGLMData(source)), ml_fit(data))
+
+
+def same_pql(s, m):
+    """Two PQL fits alike to REL: γ, τ, σ², the model-based and robust covariances, the EB effects,
+    the population-average γ and its two covariances, and the fixed-point verdict."""
+    assert s.converged and m.converged and s.check.passed and m.check.passed
+    assert s.macro_iterations == m.macro_iterations and s.pa_iterations == m.pa_iterations
+    for got, want in ((s.gamma, m.gamma), (s.tau, m.tau), (s.sigma2, m.sigma2), (s.cov, m.cov),
+                      (s.robust_cov, m.robust_cov), (s.b, m.b), (s.b_var, m.b_var), (s.pa_gamma, m.pa_gamma),
+                      (s.pa_cov, m.pa_cov), (s.pa_robust_cov, m.pa_robust_cov)):
+        want = np.asarray(want)
+        np.testing.assert_allclose(got, want, rtol=REL, atol=REL * max(1e-300, float(np.abs(want).max())))
+    # the population-average model is a different model: its γ is not the unit-specific γ
+    assert np.max(np.abs(m.pa_gamma - m.gamma)) > 1e-3
+
+
+@pytest.mark.parametrize("fam,q,opts", [("bernoulli", 2, dict(reml=True)),
+                                        ("binomial", 1, dict(reml=False)),
+                                        ("poisson", 1, dict(reml=False, overdispersion=True))])
+def test_pql_over_blocks_equals_pql_in_memory(fam, q, opts):
+    """PQL (macro iterations, fixed-point refit, population-average model) over blocks of 7 units is
+    the in-memory PQL: the working models are per-unit sums over whole units."""
+    from hlmcli.engine.hglm import pql
+
+    data = make(fam, 30, q, 3)
+    same_pql(pql(BlockedGLMData(MemoryBlocks(data, 7)), **opts), pql(data, **opts))
+
+
+@pytest.mark.slow
+def test_pql_over_dask_partitions_equals_pql_in_memory(bernoulli, tmp_path):
+    pytest.importorskip("distributed")
+    pytest.importorskip("pyarrow")
+    from hlmcli.engine.hglm import pql
+
+    data, _ = bernoulli
+    same_pql(pql(BlockedGLMData(dask_source(data, tmp_path))), pql(data))

@@ -252,9 +252,10 @@ def run_combined_hglm_levels(spec, archive, fit, source_text: str, load, plausib
                              allow_unequal: bool, meta: dict, fit_doc, fit_txt=None, tests=()):
     """--plausible-values or --imputed for a three-level HGLM: one fit per outcome column or data set
     (analyse_hglm_levels: PQL, each with its own fixed-point check, or Laplace, each certified, with its
-    sampling weights when given), combined by plausible_levels.py's rules as the linear fits are (Rubin's
-    rules on γ, model-based and robust; σ², τ and reliabilities averaged; Laplace's deviances averaged,
-    PQL has none, so its combined deviance is null). `tests`: --test, by D1 over the fits (Laplace; the
+    sampling weights when given, or AGQ, each certified, all with the same number of points: _same_points),
+    combined by plausible_levels.py's rules as the linear fits are (Rubin's rules on γ, model-based and
+    robust; σ², τ and reliabilities averaged; the Laplace and AGQ deviances averaged, PQL has none, so its
+    combined deviance is null). `tests`: --test, by D1 over the fits (Laplace and AGQ; the
     robust covariance only with sampling weights). `load(path)` reads an imputed data set ((archive,
     label)); `fit_doc(design, fit, meta, h)`/`fit_txt` write one fit.
     Returns (the combined document, each fit's text or None)."""
@@ -277,21 +278,22 @@ def run_combined_hglm_levels(spec, archive, fit, source_text: str, load, plausib
             if not np.array_equal(np.isnan(archive.levels[0].values[columns[o.lower()]]), first):
                 raise ModelError(f"the plausible values {outcomes[0]} and {o} are missing on different records; "
                                  "plausible values must be complete on the same records")
-        runs = [analyse_hglm_levels(replace(spec, outcome=o), archive, fit) for o in outcomes]
+        jobs = [(replace(spec, outcome=o), archive) for o in outcomes]
         labels, source = outcomes, "plausible values"
     else:
         sets = [(archive, source_text)] + [load(path) for path in paths]
-        runs = [analyse_hglm_levels(spec, a, fit) for a, _ in sets]
+        jobs = [(spec, a) for a, _ in sets]
         labels, source = [label for _, label in sets], "imputed data sets"
-        if not allow_unequal:
-            same_records([d for d, _, _ in runs], labels)
+    runs, refitted = _same_points([analyse_hglm_levels(s, a, fit) for s, a in jobs], jobs, fit)
+    if not plausible_values and not allow_unequal:
+        same_records([d for d, _, _ in runs], labels)
     docs = [fit_doc(d, f, meta, h) for d, f, h in runs]
     fits = [f for _, f, _ in runs]
     design = runs[0][0]
     n_units = {"level1": design.n, **{f"level{m}": int(fits[0].eb[m - 2].shape[0]) for m in (2, 3)}}
     h0 = runs[0][2]
     hypotheses = combined_tests_levels(fits, spec, tests, robust_only=h0.weights is not None) if tests else None
-    if h0.estimation == "laplace":
+    if h0.estimation in ("laplace", "agq"):
         doc = combined_json_levels(n_units, fits, docs, meta, source, [str(o) for o in labels], hypotheses,
                                    h0.weights)
     else:  # PQL has no deviance: the fits' NaN placeholders are not averaged (JSON has no NaN)
@@ -299,8 +301,30 @@ def run_combined_hglm_levels(spec, archive, fit, source_text: str, load, plausib
                                    [str(o) for o in labels], hypotheses)
         doc.update({"deviance": None, "deviances": []})
     doc.update({"hglm": h0.to_json(), "converged": all(bool(f.converged) for f in fits)})
+    if h0.estimation == "agq":  # one N for all fits; each fit's own accuracy check is in its document
+        doc["hglm"].pop("quadrature")
+        doc["hglm"].pop("laplace_deviance")
+        doc["hglm"].update({"quadrature_points_given": bool(fit.quadrature_points),
+                            "quadrature_refitted": [str(labels[k]) for k in refitted],
+                            "quadrature_accurate": all(bool(h.quadrature.accurate) for _, _, h in runs),
+                            # False when a fit's N is past the budget, so no check with more points was made
+                            "quadrature_checked": all(h.quadrature.check_points is not None for _, _, h in runs)})
     texts = [fit_txt(d, f, meta, h) for d, f, h in runs] if fit_txt is not None else None
     return doc, texts
+
+
+def _same_points(runs: list, jobs: list, fit) -> list:
+    """AGQ fits to combine use one number of points N: Rubin's rules average the estimates and deviances of one
+    model, and each N defines its own approximate likelihood. With N chosen adaptively (each fit until its
+    deviance moves by at most QUAD_TOL at the next N), the largest N any fit chose is accurate for all, so the
+    fits that chose fewer are refitted with it: each is then the single fit with --quadrature-points N.
+    Returns (the runs, the positions of the refitted ones)."""
+    if not runs or runs[0][2].estimation != "agq" or fit.quadrature_points:
+        return runs, []
+    points = max(int(h.nodes) for _, _, h in runs)
+    refitted = [k for k, (_, _, h) in enumerate(runs) if int(h.nodes) != points]
+    more = replace(fit, quadrature_points=points)
+    return [analyse_hglm_levels(*jobs[k], more) if k in refitted else run for k, run in enumerate(runs)], refitted
 
 
 def combined_tests_levels(fits: list, spec, tests, robust_only: bool) -> list[dict]:

@@ -1063,11 +1063,17 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
                                           allow_outside=more["allow_outside"], extra={"title": title}),
                                     fit, out, engine),
         unsupported, warn, progress=_progress_wanted(out.quiet))
-    if not spec.family.linear:  # Laplace or AGQ over the records spilled by unit (capabilities.check)
-        from ..analysis.hglm_stream import fit_hglm_stream
+    if not spec.family.linear:  # PQL, Laplace or AGQ over blocks of whole units (capabilities.check)
+        if engine == "dask":
+            from ..analysis.hglm_dask import fit_hglm_dask
 
-        analysis = fit_hglm_stream(spec, summary, data[0], frame.id_names[0], build_opts.get("file_format"),
-                                   build_opts.get("delimiter"), fit.tests)
+            analysis = fit_hglm_dask(spec, summary, data[0], frame.id_names[0], scheduler, build_opts.get("delimiter"),
+                                     fit.tests)
+        else:
+            from ..analysis.hglm_stream import fit_hglm_stream
+
+            analysis = fit_hglm_stream(spec, summary, data[0], frame.id_names[0], build_opts.get("file_format"),
+                                       build_opts.get("delimiter"), fit.tests)
     else:
         analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})
@@ -1095,16 +1101,12 @@ def _checked_hglm(spec, fit, out, engine: str):
 
 
 def _refuse_hglm_summarised(engine: str, data) -> None:
-    """An HGLM by --engine dask or from a statistics archive: refused in one line before any pass."""
+    """An HGLM from a statistics archive: refused in one line before any pass."""
     from ..errors import RefusedOption
 
     if len(data) == 1:
         raise RefusedOption("--family: not available for a statistics archive: it keeps per-unit moments, and an HGLM's "
-                            "likelihood needs the records; fit from the data files with --engine stream")
-    if engine == "dask":
-        raise RefusedOption("--engine dask: not available for an HGLM fit yet: the blocked fit runs over Dask partitions "
-                            "of whole units (Python: hlmcli.data.hglm_sources.DaskBlocks), but the command line does "
-                            "not read the records into them; use --engine stream")
+                            "likelihood needs the records; fit from the data files with --engine stream or dask")
 
 
 @main.command("capabilities")

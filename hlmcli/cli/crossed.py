@@ -77,7 +77,6 @@ def hcm2_request(data, model: dict, more: dict, formula: str | None):
     header names the factors) as one HCM2Model, whose lme4 formula is then fitted as any other; None
     when the command is not in HCM2's notation."""
     from ..io.archive_crossed import is_crossed_archive, load_crossed_archive
-    from ..language.hcm2 import read_hcm2
 
     archive = len(data) == 1 and is_crossed_archive(data[0])
     row, col = more.get("row_id"), more.get("col_id")
@@ -101,6 +100,8 @@ def hcm2_request(data, model: dict, more: dict, formula: str | None):
     if not (row and col):
         raise UsageError("HCM2's equations need both factors: give --row-id and --col-id (the id columns of the "
                          "row and column factors)")
+    from ..language.hcm2 import read_hcm2  # here: nested models never read HCM2's notation
+
     try:
         return read_hcm2(model["level1"], list(model.get("level2") or ()), row, col)
     except ModelError as exc:

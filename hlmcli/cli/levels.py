@@ -234,8 +234,8 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
     # --full-output of combined fits prints each fit's own tables (not HLM2's unit regressions)
     check_capabilities(spec, replace(fit, full_output=None), out, fit.engine)
     laplace3 = (K == 3 and fit.family is not None and fit.family.value != "normal"
-                and fit.estimation is not None and fit.estimation.value == "laplace")
-    if (fit.tests and not laplace3) or fit.compare_deviance is not None:  # the three-level Laplace fits: D1
+                and fit.estimation is not None and fit.estimation.value in ("laplace", "agq"))
+    if (fit.tests and not laplace3) or fit.compare_deviance is not None:  # three-level Laplace, AGQ fits: D1
         raise LevelsUsage("--test and --compare-deviance are not combined over plausible values or imputed data "
                           "sets at three or more levels yet; fit one data set at a time for those")
     if fit.tau == "diagonal" or fit.df_method == "satterthwaite":
@@ -285,7 +285,7 @@ def fit_levels_combined(data, model: dict, fit, out, build_opts: dict, cache_dir
 
 def _finish_hglm_combined(archive, source_text, spec, fit, out, data, build_opts, cache_dir, warn, load, model, meta,
                           model_lines, sym, residuals, stderr) -> None:
-    """--plausible-values or --imputed of a three-level HGLM (PQL or Laplace): hglm_levels.run_combined_hglm_levels,
+    """--plausible-values or --imputed of a three-level HGLM (PQL, Laplace or AGQ): hglm_levels.run_combined_hglm_levels,
     the combined text and JSON, and the same ending as the linear combined fits."""
     from ..analysis.hglm_levels import run_combined_hglm_levels, sampling_weights as hglm_weights
     from ..data.weights import levels_weighting_lines
@@ -294,7 +294,7 @@ def _finish_hglm_combined(archive, source_text, spec, fit, out, data, build_opts
     from ..report.report_combined import combined_text_levels
     from types import SimpleNamespace
 
-    from ..report.report_hglm_levels import estimation_line, hglm_json3, hglm_text3, level1_link_lines
+    from ..report.report_hglm_levels import agq_points_line, estimation_line, hglm_json3, hglm_text3, level1_link_lines
 
     if any(residuals):
         raise LevelsUsage("residual files are not available for combined fits (each fit has its own EB residuals); fit "
@@ -309,13 +309,15 @@ def _finish_hglm_combined(archive, source_text, spec, fit, out, data, build_opts
         bool(model.get("allow_unequal_imputations")), meta, hglm_json3,
         (lambda d, f, m, h: hglm_text3(d, f, m, sym, h)) if texts_wanted else None, tests=fit.tests)
     json_text = dumps_json(doc)
-    h = SimpleNamespace(**doc["hglm"], reml=doc["hglm"]["pql"] == "restricted")
+    h = SimpleNamespace(**doc["hglm"], reml=doc["hglm"]["pql"] == "restricted", nodes=doc["hglm"].get("quadrature_points"))
     weighting = levels_weighting_lines(hglm_weights(spec, archive, fit)) if doc.get("weights") else []
+    if h.estimation == "agq":
+        weighting = [agq_points_line(doc["hglm"])] + weighting
     text = json_text if out.out_format == "json" else combined_text_levels(
         doc, level1_link_lines(model_lines, spec.outcome, h, sym), weighting, sym.sigma2, texts,
         kind="hierarchical generalized linear models", method=estimation_line(h))
-    failures = [] if doc["converged"] else ["at least one Laplace fit is not at a certified optimum"
-                                            if h.estimation == "laplace" else
+    failures = [] if doc["converged"] else [f"at least one {'Laplace' if h.estimation == 'laplace' else 'AGQ'} fit "
+                                            "is not at a certified optimum" if h.estimation in ("laplace", "agq") else
                                             "at least one PQL fit is not at a checked fixed point"]
     status = EXIT_NOT_CONVERGED if failures else 0
     _finish_combined(text, json_text, out.output, out.json_out, status == 0 or out.keep_failed_output, out.quiet,

@@ -12,6 +12,7 @@ Needs the optional extra: pip install '.[dask]' (in the source folder).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
@@ -225,7 +226,7 @@ def level1_files(path: str) -> list[str]:
     return found
 
 
-def _unit_ids(pdf, id_name: str):
+def unit_ids(pdf, id_name: str):
     """A partition's unit ids: integral floats as integers, text stripped; a missing id refused."""
     import pandas as pd
 
@@ -245,7 +246,7 @@ def partition_links(pdf, child: str, parent: str):
     from .streaming import id_text
 
     pairs = {}
-    for a, b in zip(id_text(_unit_ids(pdf, child).to_numpy()), id_text(_unit_ids(pdf, parent).to_numpy())):
+    for a, b in zip(id_text(unit_ids(pdf, child).to_numpy()), id_text(unit_ids(pdf, parent).to_numpy())):
         pairs.setdefault((a, b), None)
     return list(pairs)
 
@@ -289,7 +290,7 @@ def partition_moments(pdf, id_name: str, names: list[str]):
     Integer ids stay integers until the end (sorting them is cheap); text ids are stripped."""
     import pandas as pd
 
-    codes, uniq = pd.factorize(_unit_ids(pdf, id_name).to_numpy(), sort=True)
+    codes, uniq = pd.factorize(unit_ids(pdf, id_name).to_numpy(), sort=True)
     values = [pdf[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in names]
     keep = np.ones(len(pdf), dtype=bool)
     for c, v in zip(names, values):
@@ -345,26 +346,52 @@ def _read_error(path, exc) -> DataError:
     return DataError(f"{path}: {text}; check the files (every column the model uses must hold numbers)")
 
 
+def _open_client(where: Scheduler):
+    """A Client of the scheduler at where.address, or of a LocalCluster of this machine started here;
+    (client, the cluster to close or None)."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    if where.address:
+        return connect(where), None
+    # CRITICAL: a worker's log lines (a heartbeat that fails while a stopped run closes the
+    # cluster) would break the one-line error; its real failures reach us through the future
+    cluster = LocalCluster(n_workers=min(2, os.cpu_count() or 1), threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
+    return Client(cluster), cluster
+
+
+def _one_line(exc, where: Scheduler, path):
+    """What went wrong in a Dask computation as a one-line DataError, or None when it is not foreseen."""
+    import asyncio
+    import concurrent.futures
+
+    if isinstance(exc, ImportError):  # raised on a worker that has no hlmcli
+        return DataError(f"--engine dask: a worker cannot import what it needs ({exc}); install "
+                         "hlmcli with its dask extra on every worker (pip install '.[dask]' in its source folder)")
+    if isinstance(exc, (OSError, ValueError, TypeError, KeyError)):  # unreadable file, a value that is not a number
+        from distributed.comm import CommClosedError
+
+        if isinstance(exc, CommClosedError):
+            return DataError(f"--scheduler {where.address}: the connection to the scheduler was lost during the "
+                             "computation; check the scheduler and rerun")
+        return _read_error(path, exc)
+    if isinstance(exc, (asyncio.CancelledError, concurrent.futures.CancelledError)):
+        return DataError(f"--scheduler {where.address}: the scheduler cancelled the computation (it restarted, or "
+                         "lost its workers); rerun")
+    return None
+
+
 def _compute(final, where: Scheduler, started: float, path, progress: bool = False):
     """`final` (a Dask delayed) computed on the scheduler, or on a LocalCluster of this machine started and
     closed here; its result, or a one-line DataError for what can go wrong on the way."""
     import asyncio
     import concurrent.futures
     import contextlib
-    import logging
     import sys
 
-    from distributed import Client, LocalCluster
-
-    cluster = None
-    if where.address:
-        client = connect(where)
-    else:
-        # CRITICAL: a worker's log lines (a heartbeat that fails while a stopped run closes the
-        # cluster) would break the one-line error; its real failures reach us through the future
-        cluster = LocalCluster(n_workers=min(2, os.cpu_count() or 1), threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
-        client = Client(cluster)
+    client, cluster = _open_client(where)
     try:
         future = client.compute(final)
         if progress and where.deadline is None:  # the bar waits with no limit of its own
@@ -380,19 +407,34 @@ def _compute(final, where: Scheduler, started: float, path, progress: bool = Fal
                             "--deadline or add workers") from None
     except DataError:
         raise
-    except ImportError as exc:  # raised on a worker that has no hlmcli
-        raise DataError(f"--engine dask: a worker cannot import what it needs ({exc}); install "
-                        "hlmcli with its dask extra on every worker (pip install '.[dask]' in its source folder)") from None
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # unreadable file, a value that is not a number
-        from distributed.comm import CommClosedError
+    except (ImportError, OSError, ValueError, TypeError, KeyError, asyncio.CancelledError,
+            concurrent.futures.CancelledError) as exc:
+        raise _one_line(exc, where, path) from None
+    finally:
+        _close(client)
+        if cluster is not None:
+            cluster.close()
 
-        if isinstance(exc, CommClosedError):
-            raise DataError(f"--scheduler {where.address}: the connection to the scheduler was lost during the "
-                            "computation; check the scheduler and rerun") from None
-        raise _read_error(path, exc) from None
-    except (asyncio.CancelledError, concurrent.futures.CancelledError):
-        raise DataError(f"--scheduler {where.address}: the scheduler cancelled the computation (it restarted, or "
-                        "lost its workers); rerun") from None
+
+@contextlib.contextmanager
+def session(where: Scheduler, path):
+    """A Client (of where.address, or of a LocalCluster started here) as the default scheduler of the
+    computations inside the block, closed after it: for a fit that passes over persisted partitions
+    many times. Failures on the way are one-line DataErrors, as _compute's."""
+    if where.address:
+        _within(where.timeout + 1.0, f"--scheduler {where.address}", lambda: probe(where.address, where.timeout))
+    _dask()
+    client, cluster = _open_client(where)
+    try:
+        with client.as_current():
+            yield client
+    except HlmError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only the foreseen failures become one line; the rest are bugs
+        line = _one_line(exc, where, path)
+        if line is None:
+            raise
+        raise line from None
     finally:
         _close(client)
         if cluster is not None:

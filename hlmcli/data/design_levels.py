@@ -28,7 +28,7 @@ from ..io.archive import Archive
 from ..language.model import ModelSpec
 from ..errors import ModelError
 from ..engine.moments import LevelsSummary, Moments, grand
-from ..engine.nested import Beta, Coefficient, LevelsData, NestedData, NestedLayout, Pi
+from ..engine.coefficients import Coefficient
 
 
 # ---------------------------------------------------------------- the model, level by level
@@ -334,6 +334,8 @@ def design_levels(spec: ModelSpec, archive: Archive, level1: Level1Moments | Non
         data = LevelsSummary(level1_moments, tuple(preds), parents[1:], layout)
     else:
         y = f.values(1, spec.outcome)
+        from ..engine.nested import LevelsData  # here: a two-level fit does not load the nested engine
+
         data = LevelsData(np.ascontiguousarray(y, dtype=np.float64), tuple(preds), parents, layout)
     positions = tuple(f.positions(level) for level in range(2, K + 1))
     unit_ids = tuple([archive.levels[level - 1].ids[j] for j in positions[level - 2]] for level in range(2, K + 1))
@@ -345,6 +347,8 @@ def design_levels(spec: ModelSpec, archive: Archive, level1: Level1Moments | Non
 def design3(spec: ModelSpec, archive: Archive, level1: Level1Moments | None = None) -> DesignLevels:
     """design_levels at three levels, its data in the three-level engine's form (NestedData); with
     `level1`, the data stay a LevelsSummary (the records are not kept)."""
+    from ..engine.nested import Beta, NestedData, NestedLayout, Pi
+
     d = design_levels(spec, archive, level1)
     data = d.data
     if not isinstance(data, LevelsSummary):

@@ -175,11 +175,11 @@ def _block_at(pdf, j0, family, B_from, rnd, K):
     return block_of_table(cols, family, B_from, rnd, 0, K)
 
 
-def partition_by_unit(ddf, units_per_partition: int = UNITS_PER_BLOCK):
+def partition_by_unit(ddf, units_per_partition: int = UNITS_PER_BLOCK, units: int | None = None):
     """Records with a `unit` column (0 .. J − 1) in any partition: shuffled once so that each
     partition holds whole units, sorted by unit (dask's set_index on the unit, divisions at every
-    units_per_partition units)."""
-    J = int(ddf["unit"].max().compute()) + 1
+    units_per_partition units). `units`: J when known (else one more pass finds it)."""
+    J = units if units is not None else int(ddf["unit"].max().compute()) + 1
     divisions = list(range(0, J, units_per_partition)) + [J - 1]
     out = ddf.set_index("unit", divisions=divisions, sort=True).reset_index()
     return out.map_partitions(lambda pdf: pdf.sort_values("unit", kind="stable"))

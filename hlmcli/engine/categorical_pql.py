@@ -54,7 +54,7 @@ from __future__ import annotations
 import numpy as np
 
 from .hglm import PQLResult, pql
-from .ordinal import FAR, _cdf_parts, link_quantile
+from .ordinal import FAR, cdf_parts, link_quantile
 from .sufficient import model_stats, unit_cross_products
 
 
@@ -153,7 +153,7 @@ class CategoricalPQLData:
             W[:, np.arange(m1), np.arange(m1)] += phi
             return z, W
         x = np.clip(eta, -FAR, FAR)
-        F, S, f, _, _ = _cdf_parts(x, self.link, second=False)
+        F, S, f, _, _ = cdf_parts(x, self.link, second=False)
         # category probabilities π_1..π_C, each from the side where it does not cancel
         Fx = np.concatenate([np.zeros((N, 1)), F, np.ones((N, 1))], axis=1)
         Sx = np.concatenate([np.ones((N, 1)), S, np.zeros((N, 1))], axis=1)

@@ -480,13 +480,17 @@ def pql(data: GLMData, reml: bool = True, overdispersion: bool = False, macroit:
 
 
 def _population_average(data: GLMData, res: PQLResult, lam: np.ndarray, maxit: int, tol: float) -> None:
-    fam = data.family
+    """The population-average model's γ at τ/σ² = ΛΛ' held (lam), and its two covariances.
+
+    Over blocks of whole units (hglm_blocks.py) with no per-record array: at η = Xγ (+ offset) the
+    GLS step solves (Σ_j X_j'V_j⁻¹X_j)γ = Σ_j X_j'V_j⁻¹z_j with V_j = σ²(W_j⁻¹ + Z_jGZ_j'), and by
+    Woodbury X_j'V_j⁻¹X_j = σ⁻²(X_j'W_jX_j − X_j'W_jZ_j(G⁻¹ + Z_j'W_jZ_j)⁻¹Z_j'W_jX_j), likewise
+    with z_j: only each unit's cross-products of (√W L, √W z), X_j = L_jB_j, enter, as in the
+    unit-specific model. working_model gives exactly these (one pass; per-block sums over whole
+    units), and the CR0 scores X_j'V_j⁻¹e_j are per-unit too (unitsolve.XVe_units)."""
     gamma = res.gamma.copy()
     for it in range(1, maxit + 1):
-        eta = data.eta(gamma, None)
-        dl, W, _ = fam.derivatives(eta, data.y, data.trials)
-        z = eta - (data.offset if data.offset is not None else 0.0) + dl / W
-        us = unit_solve(weighted_stats(data, z, W), lam)
+        us = unit_solve(working_model(data, data.eta(gamma, None))[0], lam)
         step = us.gamma - gamma
         gamma = us.gamma
         if np.max(np.abs(step)) <= tol * (1.0 + np.max(np.abs(gamma))):

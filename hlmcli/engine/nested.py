@@ -92,6 +92,7 @@ import numpy as np
 from .moments import LevelsSummary, Moments, mapped_means, mapped_products, records_summary
 from .objective import BlockDeviance
 from .unitsolve import LOG_2PI, cmm, cmv, factor, gls, spd_inverse_logdet
+from .coefficients import Coefficient
 
 __all__ = ["Coefficient", "LevelsData", "LevelsSummary", "LevelsStats", "LevelsSolve", "Beta", "Pi", "NestedLayout",
            "NestedData", "NestedFit", "NestedStats", "NestedSolve", "as_levels", "as_summary", "reduce_nested",
@@ -104,16 +105,6 @@ COEFFICIENT_NAMES = ("pi", "beta", "gamma", "delta", "epsilon")
 
 
 # ---------------------------------------------------------------- the interface, any number of levels
-
-@dataclass(frozen=True)
-class Coefficient:
-    """One coefficient of a level-d equation: its predictor column at level d (None = the
-    intercept), its own equation at level d+1 (`terms`, empty for the top level's coefficients,
-    the fixed effects) and whether it has a random effect at level d+1."""
-    col: int | None
-    terms: tuple["Coefficient", ...] = ()
-    random: bool = False
-
 
 @dataclass(frozen=True)
 class LevelsData:

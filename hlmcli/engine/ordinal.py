@@ -51,7 +51,7 @@ _SQRT_2PI = math.sqrt(2.0 * math.pi)
 FAR = 1e8
 
 
-def _cdf_parts(x: np.ndarray, link: str, second: bool = True):
+def cdf_parts(x: np.ndarray, link: str, second: bool = True):
     """(F, S = 1 − F, f, f', f'') at finite x (f' and f'' None without second). F and S each from the
     side where it does not cancel, so that a small probability keeps its relative precision."""
     f1 = f2 = None
@@ -87,7 +87,7 @@ def _cdf_parts(x: np.ndarray, link: str, second: bool = True):
 
 
 def link_cdf(x: np.ndarray, link: str) -> np.ndarray:
-    return _cdf_parts(np.clip(np.asarray(x, float), -FAR, FAR), link, second=False)[0]
+    return cdf_parts(np.clip(np.asarray(x, float), -FAR, FAR), link, second=False)[0]
 
 
 def link_quantile(p: np.ndarray, link: str) -> np.ndarray:
@@ -135,8 +135,8 @@ class OrdinalFamily:
         c = np.clip(self.full, -FAR, FAR)
         a = eta + c[self.y]
         b = eta + c[self.y - 1]
-        Fa, Sa, fa, f1a, f2a = _cdf_parts(a, self.link, second)
-        Fb, Sb, fb, f1b, f2b = _cdf_parts(b, self.link, second)
+        Fa, Sa, fa, f1a, f2a = cdf_parts(a, self.link, second)
+        Fb, Sb, fb, f1b, f2b = cdf_parts(b, self.link, second)
         # P from the side where it does not cancel: in the upper tail F(a) − F(b) loses digits
         P = np.where(b > 0, Sb - Sa, Fa - Fb)
         out = (P, (fa, f1a, f2a), (fb, f1b, f2b))

@@ -310,6 +310,24 @@ def peek_levels(path) -> int:
         return 2
 
 
+def _file_bytes(path: Path, size: int):
+    """The file's bytes, memory-mapped read-only on POSIX: the arrays are zero-copy views either way, and a
+    map spares a 1,000,000-row fit reading 32 MB into a fresh buffer (about 15 ms of CPU and more on a busy
+    machine), and pages of columns the model does not use are never read. hlmcli replaces archives by
+    rename (files.atomic_write), so a map keeps seeing the file it opened. Windows locks a mapped file
+    against that rename, and empty files cannot be mapped: those are read."""
+    if os.name != "posix" or size < PREFIX.size:
+        return path.read_bytes()
+    import mmap
+
+    with open(path, "rb") as handle:
+        try:
+            return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # a file system without mmap, or a file emptied since the stat
+            handle.seek(0)
+            return handle.read()
+
+
 def read_archive_file(path: str | os.PathLike, levels: int | str | None = 2,
                       verify: bool = False) -> tuple[Path, dict, dict, CorruptArchive]:
     """Read and verify an archive file (of `levels` levels; None: any): (path, JSON header, arrays by
@@ -325,7 +343,7 @@ def read_archive_file(path: str | os.PathLike, levels: int | str | None = 2,
         raise DataError(f"{path}: no such archive; build it with 'hlmcli mdm build'")
     check_regular(path, "archive")
     before = os.stat(path)
-    raw = path.read_bytes()
+    raw = _file_bytes(path, before.st_size)
     after = os.stat(path)
     rebuild = "rebuild it with 'hlmcli mdm build'"
     if len(raw) < PREFIX.size or raw[:8] != MAGIC:

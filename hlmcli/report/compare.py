@@ -224,7 +224,21 @@ def compare_crossed(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     return result
 
 
+def _refuse_structured(fit: dict, name: str) -> None:
+    """An HMLM document (--level1-covariance) holds two models: its top-level deviance, n_params, τ and σ² are
+    the homogeneous model's, printed first as HLM 7 does. Tested as they are, they would stand for the
+    structured model the user fitted; the structured fit's own test against the homogeneous one is in the
+    fit's output ("Summary of Model Fit")."""
+    lc = fit.get("level1_covariance")
+    if isinstance(lc, dict) and lc.get("structure") != "homogeneous":
+        raise DataError(f"{name} is an HMLM fit (--level1-covariance {lc.get('structure')}): its file's deviance is "
+                        "the homogeneous model's, not the structured one's, so compare cannot test it; the structured "
+                        "model's test against the homogeneous one is in the fit's 'Summary of Model Fit'")
+
+
 def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
+    _refuse_structured(a, name_a)
+    _refuse_structured(b, name_b)
     if a.get("kind") == "cross-classified linear" or b.get("kind") == "cross-classified linear":
         return compare_crossed(a, b, name_a, name_b)
     if a.get("levels", 2) > 2 or b.get("levels", 2) > 2:

@@ -31,6 +31,29 @@ def estimation_line(h) -> str:
     return f"penalized quasi-likelihood ({kind} PQL{od})"
 
 
+def quadrature_line(q) -> str:
+    """The nested AGQ's quadrature check (hglm.QuadratureCheck). More points are advised only when a check
+    with the next K was made and failed: past the last K the budget can check (nested_agq.QUAD_BUDGET),
+    more points given would go unchecked too."""
+    advice = not (q.accurate or q.adaptive) and q.check_points is not None
+    return ("Quadrature: " + q.describe().replace("per random effect", "at each level")
+            + ("; raise --quadrature-points" if advice else ""))
+
+
+def agq_points_line(hglm: dict) -> str:
+    """How the combined AGQ fits' one number of points was set (analysis/hglm_levels._same_points)."""
+    n = hglm["quadrature_points"]
+    refitted = hglm["quadrature_refitted"]
+    how = ("as given by --quadrature-points" if hglm["quadrature_points_given"] else
+           "chosen by each fit's accuracy check" if not refitted else
+           f"the most any fit's accuracy check chose; refitted with it: {', '.join(refitted)}")
+    check = ("" if hglm["quadrature_accurate"] else
+             "; its accuracy is not checked (no larger number of points fits the budget)"
+             if not hglm.get("quadrature_checked", True) else
+             "; NOT accurate for every fit (see each fit's quadrature check): raise --quadrature-points")
+    return f" Quadrature points: {n} for every fit ({how}){check}"
+
+
 def glmer_call(design, h, meta: dict, diagonal) -> str:
     """The same model in R: lme4's glmer (its Laplace fit) with the family and offset; PQL itself is
     MASS::glmmPQL (which estimates the level-1 scale)."""
@@ -122,8 +145,7 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
         if fit.certificate.certified:
             w(stopping_line("γ, τπ or τβ") + ": " + fit.certificate.describe())
         if agq and h.quadrature is not None:
-            w("Quadrature: " + h.quadrature.describe().replace("per random effect", "at each level")
-              + ("" if h.quadrature.accurate or h.quadrature.adaptive else "; raise --quadrature-points"))
+            w(quadrature_line(h.quadrature))
     elif fit.certificate.certified:
         w("The last linearised model is at its certified optimum over τπ and τβ"
           + (" and σ²" if h.overdispersion else " (σ² fixed at 1)"))
