@@ -45,7 +45,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-from .special_functions import digamma, expit, gammaln
+from .special_functions import digamma, gammaln
 
 from .hglm import Conditional, GLMData, agq_fit, ml_fit, newton_ascent
 
@@ -125,7 +125,11 @@ class NegBinFamily:
 
     def __init__(self, y: np.ndarray):
         self.y = np.asarray(y, float)
+        # counts take few distinct values: the θ parts below are computed once per value (elementwise, so
+        # the same bits as per record)
+        self._y_values, self._y_index = np.unique(self.y, return_inverse=True)
         self.log_theta = None
+        self._last_pq = None
         self.set_log_theta(0.0)
 
     @property
@@ -141,13 +145,26 @@ class NegBinFamily:
         self.log_theta = log_theta
         th = math.exp(log_theta)
         # the θ parts of ℓ and ℓ_φ that do not involve η: computed once per θ, not per node and Newton step
-        self._c = log_rising(self.y, th)
-        self._psi = digamma_difference(self.y, th)
+        self._c = log_rising(self._y_values, th)[self._y_index]
+        self._psi = digamma_difference(self._y_values, th)[self._y_index]
 
     def _pq(self, eta):
         """(L = log1p(μ/θ), p = μ/(θ + μ), q = θ/(θ + μ)), each without cancellation for any η."""
+        # one exponential per record, e = e^−|x| ≤ 1: L = max(x, 0) + log1p(e), and p, q are 1/(1 + e) and
+        # e/(1 + e) in the order of x's sign (logaddexp and two expits took three; same to the last bit)
+        # theta_parts asks at the η that evaluate was last given (the modes' η, the GLM start's): kept for
+        # that same array object at the same θ, not recomputed
+        last = self._last_pq
+        if last is not None and last[0] is eta and last[1] == self.log_theta:
+            return last[2]
         x = eta - self.log_theta
-        return np.logaddexp(0.0, x), expit(x), expit(-x)
+        e = np.exp(-np.abs(x))
+        d = 1.0 + e
+        r, s = 1.0 / d, e / d
+        pos = x >= 0.0
+        out = np.maximum(x, 0.0) + np.log1p(e), np.where(pos, r, s), np.where(pos, s, r)
+        self._last_pq = (eta, self.log_theta, out)
+        return out
 
     def evaluate(self, eta, y=None, n=None, second: bool = True):
         """(ℓ without −lgamma(y + 1), ℓ_η, W, κ3) per record (W and κ3 None without second)."""
