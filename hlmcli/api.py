@@ -419,13 +419,17 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
         (str(level1), str(level2)), options.engine.value, options.scheduler, (id1, id2), drop_unmatched, missing,
         file_format, delimiter, lambda frame: model_spec(frame, level1_eq, level2_eqs, model, options, title=title),
         {}, say)
-    if not spec.family.linear:  # Laplace or AGQ over the records spilled by unit (capabilities.check)
-        from .analysis.hglm_stream import fit_hglm_stream
-        from .errors import RefusedOption
+    if not spec.family.linear:  # PQL, Laplace or AGQ over blocks of whole units (capabilities.check), as the CLI
+        if options.engine == Engine.DASK:
+            from .analysis.hglm_dask import fit_hglm_dask
 
-        if options.engine != Engine.STREAM:
-            raise RefusedOption("engine='dask': not available for an HGLM fit yet; use engine='stream'")
-        analysis = fit_hglm_stream(spec, summary, level1, frame.id_names[0], file_format, delimiter, options.tests)
+            analysis = fit_hglm_dask(spec, summary, level1, frame.id_names[0], options.scheduler, delimiter,
+                                     options.tests)
+        else:
+            from .analysis.hglm_stream import fit_hglm_stream
+
+            analysis = fit_hglm_stream(spec, summary, level1, frame.id_names[0], file_format, delimiter,
+                                       options.tests)
     else:
         analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests)
     o = spec.options

@@ -209,3 +209,15 @@ def test_dask_command_names_a_bad_outcome_by_file_column_and_row(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"hlmcli: error: part{k % 2}.csv, column USE, row {k // 2 + 1}: the value 2 is "
                                    "not 0 or 1, as --family bernoulli needs")
+
+
+@pytest.mark.slow
+def test_api_dask_equals_the_in_memory_fit(tmp_path):
+    """hlmcli.fit(engine="dask") takes the command line's path (on its own LocalCluster): cbpp (binomial with
+    trials, Laplace) with the records shuffled over Parquet files, against the in-memory API fit."""
+    import hlmcli as api
+
+    source, _ = split_shuffled(H / "cbpp_l1.csv", tmp_path, parts=3, kind="parquet")
+    memory = api.fit(H / "cbpp_l1.csv", H / "cbpp_l2.csv", id="HERD", **CBPP).to_dict()
+    got = api.fit(source, H / "cbpp_l2.csv", id="HERD", engine="dask", **CBPP).to_dict()
+    same_fit(got, memory)
