@@ -580,7 +580,11 @@ def _formula_front(data, level1, level2, model_file, id_, id2, more):
 def _looks_like_archive(path) -> bool:
     from ..io.archive import MAGIC
 
+    import stat
+
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or be read from
+            return False
         with open(path, "rb") as handle:
             return handle.read(len(MAGIC)) == MAGIC
     except OSError:
@@ -1528,6 +1532,10 @@ def explain_cmd(fit_json, hlm_output, data, id_, model_file, out_format, cache_d
     from ..analysis.pipeline import analyse
     from ..report.report import data_hash, dumps_json
 
+    from ..io.files import check_regular
+
+    check_regular(fit_json, "JSON fit")
+    check_regular(hlm_output, "HLM output file")
     try:
         fit = json.loads(Path(fit_json).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -262,8 +263,11 @@ def write_crossed_archive(a: CrossedArchive, path: str | os.PathLike) -> None:
 
 def is_crossed_archive(path) -> bool:
     """Whether `path` is an archive whose header says cross-classified (the header alone; the load
-    checks the checksum)."""
+    checks the checksum). Only a regular file is opened: opening a FIFO or a device would block or read
+    from it; what it is gets reported, in one line, by the reader that takes the path next."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as handle:
             prefix = handle.read(PREFIX.size)
             if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:

@@ -40,10 +40,11 @@ def check_regular(path: str | os.PathLike, what: str = "file") -> Path:
         raise DataError(f"{path}: no such file; check the path") from None
     except OSError as exc:  # ELOOP: a symlink loop; ENAMETOOLONG; EACCES on a folder on the way
         raise DataError(f"{path}: cannot be opened ({exc.strerror}); check the path") from None
+    a = "an" if what[:1].lower() in "aeiou" else "a"
     if stat.S_ISDIR(st.st_mode):
-        raise DataError(f"{path}: is a folder, not a {what}; give the file's path")
+        raise DataError(f"{path}: is a folder, not {a} {what}; give the file's path")
     if not stat.S_ISREG(st.st_mode):
-        raise DataError(f"{path}: is not a regular file (a device, FIFO or socket); give a {what} on disk")
+        raise DataError(f"{path}: is not a regular file (a device, FIFO or socket); give {a} {what} on disk")
     return path
 
 
