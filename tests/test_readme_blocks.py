@@ -91,12 +91,12 @@ def test_readme_blocks_parse_and_name_shipped_files():
 @pytest.mark.slow
 def test_readme_blocks_run(tmp_path):
     """Each runnable block in a scratch copy of sample_data/ (and the tests/data folders the four-level,
-    ordinal, negative binomial, multinomial and cross-classified examples read), with this environment's hlmcli first
-    on PATH."""
+    ordinal, negative binomial, multinomial, cross-classified and HMLM examples read), with this
+    environment's hlmcli first on PATH."""
     pytest.importorskip("matplotlib")
     shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
     for name in ("four_level", "ordinal", "negbin", "crossed", "multinomial",
-                 "hglm_weights"):  # the README's examples on these data sets
+                 "hglm_weights", "hmlm"):  # the README's examples on these data sets
         shutil.copytree(ROOT / "tests" / "data" / name, tmp_path / "tests" / "data" / name)
     (tmp_path / "docs").mkdir()
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],

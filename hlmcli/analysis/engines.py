@@ -318,7 +318,8 @@ def analyse_summary(spec, summary: Summary, df_method: str = "hlm"):
         m, k = summary.moments, summary.names.index(spec.outcome)
         check_linear_outcome_moments(spec, m.n, m.mean[:, k], m.C[:, k, k])
     design, unit = design_from_moments(spec, summary.unit_ids, summary.names, summary.moments, summary.level2,
-                                       summary.n_deleted, digest_of(summary.unit_ids, summary.moments))
+                                       summary.n_deleted,
+                                       digest_of(summary.unit_ids, summary.moments, outcome_column(spec, summary)))
     check_estimable(design)
     return analyse_stats(design, unit, df_method)
 
@@ -437,3 +438,8 @@ def stats_archive_info_text(info: dict) -> str:
             sd = "" if v["sd"] is None else f"{v['sd']:14.5f}"
             lines.append(f"{v['name']:>16}{v['n']:>12}{v['mean']:14.5f}{sd}")
     return "\n".join(lines) + "\n"
+
+
+def outcome_column(spec, summary) -> int | None:
+    """The outcome's column in the summary's moments (the data fingerprint hashes it alone)."""
+    return summary.names.index(spec.outcome) if spec.outcome in summary.names else None

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..data.design import design_from_moments
 from ..engine.moments import digest_of
+from .engines import outcome_column
 from ..errors import DataError, ModelError
 
 BUCKET_UNITS = 20_000  # units per bucket of the external sort, and per row group of the spill file
@@ -92,7 +93,8 @@ def blocked_design(spec, summary):
 
     check_options(spec.options)
     design, _unit = design_from_moments(spec, summary.unit_ids, summary.names, summary.moments, summary.level2,
-                                        summary.n_deleted, digest_of(summary.unit_ids, summary.moments))
+                                        summary.n_deleted,
+                                        digest_of(summary.unit_ids, summary.moments, outcome_column(spec, summary)))
     check_estimable(design)
     if not design.random.any():
         raise ModelError("an HGLM needs at least one random effect (add u0 to the equation for b0)")

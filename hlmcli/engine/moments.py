@@ -214,14 +214,19 @@ def cross_products(m: Moments, centers: np.ndarray, intercept: bool = True):
     return m.n, S
 
 
-def digest_of(unit_ids: list[str], m: Moments) -> str:
+def digest_of(unit_ids: list[str], m: Moments, outcome: int | None = None) -> str:
     """A fingerprint of the data a fit from moments used: the units, their record counts and the
-    moments of the columns (the in-memory engine hashes the records themselves, so the two differ)."""
+    moments of the outcome (column `outcome`; all columns when None). As the in-memory engine's hash of
+    the outcome and the units, it does not depend on the predictors read, so two models of the same
+    records (compare, --compare-deviance) carry the same fingerprint; records dropped for a missing
+    predictor change the counts and so the fingerprint. (The in-memory engine hashes the records
+    themselves, so the two kinds of fingerprint differ.)"""
     import hashlib
 
     h = hashlib.sha256(b"moments\x1f")
     h.update("\x1f".join(unit_ids).encode("utf-8"))
-    for a in (m.n, m.mean, m.C):
+    parts = (m.n, m.mean, m.C) if outcome is None else (m.n, m.mean[:, outcome], m.C[:, outcome, outcome])
+    for a in parts:
         h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
     return h.hexdigest()
 
