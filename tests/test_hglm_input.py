@@ -349,3 +349,14 @@ def test_a_binomial_predictor_near_1e30_is_refused_for_laplace_naming_the_column
                   "--cache-dir", tmp_path)
     line = refused(proc)
     assert "l1.csv, column X" in line and "rescale it" in line and "nan" not in line.lower()
+
+
+def test_numpy_warnings_stay_off_stderr(tmp_path):
+    """A count of 1e300-like size leaves the Laplace fit uncertified with an odds ratio that overflows: the
+    output says so (inf, "not certified"), and stderr holds hlmcli's one warning line, not numpy's
+    RuntimeWarnings (an overflowing exp, a sqrt of a negative variance) with their source lines."""
+    proc = hlmcli(*generate(1116, "binomial", "extreme_count", tmp_path), "--estimation", "laplace")
+    assert proc.returncode == 3, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [line for line in proc.stderr.strip().splitlines()
+                                                if line.startswith("hlmcli: ")] and proc.stderr.count("\n") == 1

@@ -180,6 +180,13 @@ class OneLineErrors(click.Group):
     group_class = type  # subgroups (mdm, cache) are OneLineErrors too, so their commands are grouped
 
     def main(self, args=None, prog_name=None, **extra):
+        if not os.environ.get("HLMCLI_DEBUG"):
+            # numpy's floating-point RuntimeWarnings (an overflowing exp in a confidence bound, a sqrt of a
+            # negative variance at an uncertified point) are not messages for the user: what a number means is
+            # said by the output itself (inf, "not certified"), and stderr keeps to hlmcli's one-line messages
+            import warnings
+
+            warnings.filterwarnings("ignore", category=RuntimeWarning)
         try:
             return super().main(args=args, prog_name=prog_name or "hlmcli", standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:
