@@ -93,10 +93,8 @@ def analyse_hmlm(spec, archive, structure: str, occasion: str, df_method: str = 
     n_params = f.n_variance_params + (data.p if method == "ML" else 0)
     se = np.sqrt(np.diag(f.cov_gamma))
     df = np.asarray(a.fixed.df, dtype=float)
-    from .inference import two_sided_p
-
     t = f.gamma / se
-    p = two_sided_p(t, df)
+    p = inference.two_sided_p(t, df)
     record = {
         "structure": structure, "occasion": occasion, "occasions": values, "method": method,
         "deviance": f.deviance, "n_params": int(n_params),
@@ -107,31 +105,40 @@ def analyse_hmlm(spec, archive, structure: str, occasion: str, df_method: str = 
         "delta": f.delta.tolist(),
         "tau": f.tau.tolist() if q_kept else [],
         "marginal": _marginal(f.delta, f.tau if q_kept else np.zeros((0, 0)), Z[:, :q_kept], occ, T).tolist(),
-        "check": {"converged": bool(f.converged), "failed": list(f.failed),
-                  "gradient_max": float(np.max(np.abs(f.gradient))) if f.gradient is not None else None,
-                  "hessian_min_eigenvalue": f.hessian_min_eigenvalue, "decrement": f.decrement,
-                  "evaluations": int(f.evaluations)},
     }
-    if structure in ("homogeneous", "ar1"):
-        record["sigma2"] = float(f.delta[0, 0])
-    if structure == "ar1":
-        record["rho"] = float(f.delta[0, 1] / f.delta[0, 0])
-    if structure == "heterogeneous":
-        record["sigma2_by_occasion"] = [float(v) for v in np.diag(f.delta)]
-    if structure != "homogeneous":
-        chi2, dft, p_lr = inference.deviance_test(float(r.deviance), int(r.n_params), f.deviance, int(n_params)) \
-            if n_params > r.n_params else (float(r.deviance - f.deviance), int(n_params - r.n_params), float("nan"))
-        record["test"] = {"deviance_homogeneous": float(r.deviance), "params_homogeneous": int(r.n_params),
-                          "deviance": f.deviance, "params": int(n_params), "chi2": float(chi2), "df": int(dft),
-                          "p": float(p_lr)}
-    else:  # the same model as the one engine's: its deviance is a check of this engine
-        record["homogeneous_engine_deviance"] = float(r.deviance)
+    record.update(_structure_fields(f, structure, r, n_params))
     a.extras["level1_covariance"] = record
     if not f.converged:
         r.converged = False
         r.certificate.certified = False
         r.certificate.failed.extend(f"{OPTION} {structure}: {why}" for why in f.failed)
     return a
+
+
+
+def _structure_fields(f, structure: str, r, n_params: int) -> dict:
+    """What an HMLM record adds to its γ table, at two levels and three: the fit's own check, the structure's
+    variance parameters, and the likelihood-ratio test against the homogeneous fit `r` (or, for the
+    homogeneous structure, that fit's deviance: the same model, so a check of this engine)."""
+    out = {"check": {"converged": bool(f.converged), "failed": list(f.failed),
+                     "gradient_max": float(np.max(np.abs(f.gradient))) if f.gradient is not None else None,
+                     "hessian_min_eigenvalue": f.hessian_min_eigenvalue, "decrement": f.decrement,
+                     "evaluations": int(f.evaluations)}}
+    if structure in ("homogeneous", "ar1"):
+        out["sigma2"] = float(f.delta[0, 0])
+    if structure == "ar1":
+        out["rho"] = float(f.delta[0, 1] / f.delta[0, 0])
+    if structure == "heterogeneous":
+        out["sigma2_by_occasion"] = [float(v) for v in np.diag(f.delta)]
+    if structure == "homogeneous":
+        out["homogeneous_engine_deviance"] = float(r.deviance)
+        return out
+    chi2, dft, p_lr = inference.deviance_test(float(r.deviance), int(r.n_params), f.deviance, int(n_params)) \
+        if n_params > r.n_params else (float(r.deviance - f.deviance), int(n_params - r.n_params), float("nan"))
+    out["test"] = {"deviance_homogeneous": float(r.deviance), "params_homogeneous": int(r.n_params),
+                   "deviance": f.deviance, "params": int(n_params), "chi2": float(chi2), "df": int(dft),
+                   "p": float(p_lr)}
+    return out
 
 
 def _marginal(delta, tau, Z, occ, T) -> np.ndarray:
@@ -194,10 +201,8 @@ def analyse_hmlm2(analysis, archive, structure: str, occasion: str) -> None:
     se = np.sqrt(np.diag(f.cov_gamma))
     df = np.asarray(r.df_gamma, dtype=float)
     from ..language.equations_levels import COEF_LETTERS, symbol
-    from .inference import two_sided_p
-
     t = f.gamma / se
-    p = two_sided_p(t, df)
+    p = inference.two_sided_p(t, df)
     labels = [(idx, "", "") for idx in _gamma_index3(data)]
     record = {
         "structure": structure, "occasion": occasion, "occasions": values, "method": r.method, "levels": 3,
@@ -208,24 +213,8 @@ def analyse_hmlm2(analysis, archive, structure: str, occasion: str) -> None:
         "gamma_covariance": f.cov_gamma.tolist(), "delta": f.delta.tolist(), "tau": f.tau.tolist(),
         "tau_level3": f.tau3.tolist() if f.tau3 is not None else [],
         "marginal": _marginal(f.delta, f.tau, Z, occ, T).tolist(),
-        "check": {"converged": bool(f.converged), "failed": list(f.failed),
-                  "gradient_max": float(np.max(np.abs(f.gradient))) if f.gradient is not None else None,
-                  "hessian_min_eigenvalue": f.hessian_min_eigenvalue, "decrement": f.decrement,
-                  "evaluations": int(f.evaluations)},
     }
-    if structure in ("homogeneous", "ar1"):
-        record["sigma2"] = float(f.delta[0, 0])
-    if structure == "ar1":
-        record["rho"] = float(f.delta[0, 1] / f.delta[0, 0])
-    if structure == "heterogeneous":
-        record["sigma2_by_occasion"] = [float(v) for v in np.diag(f.delta)]
-    if structure != "homogeneous":
-        chi2, dft, p_lr = inference.deviance_test(float(r.deviance), int(r.n_params), f.deviance, int(n_params))
-        record["test"] = {"deviance_homogeneous": float(r.deviance), "params_homogeneous": int(r.n_params),
-                          "deviance": f.deviance, "params": int(n_params), "chi2": float(chi2), "df": int(dft),
-                          "p": float(p_lr)}
-    else:
-        record["homogeneous_engine_deviance"] = float(r.deviance)
+    record.update(_structure_fields(f, structure, r, n_params))
     analysis.extras["level1_covariance"] = record
     if not f.converged:
         r.converged = False
