@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_ordinal import timed  # the one timer of the HGLM family benchmarks (wall, child CPU, stdout)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -50,19 +49,6 @@ def generate(n: int, J: int, seed: int) -> tuple[Path, Path]:
     pd.DataFrame({"id": unit + 1, "y": y, "x": x.round(4)}).to_csv(l1, index=False)
     pd.DataFrame({"id": np.arange(J) + 1, "w": w.round(4)}).to_csv(l2, index=False)
     return l1, l2
-
-
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall, CPU of the child, stdout) of one process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed: {proc.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, proc.stdout
 
 
 def main() -> None:

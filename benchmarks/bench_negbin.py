@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_ordinal import timed  # the one timer of the HGLM family benchmarks (wall, child CPU, stdout)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -65,19 +64,6 @@ d$id <- factor(d$id)
 m <- glmmTMB(y ~ x + w + (1 + x | id), data = d, family = nbinom2)
 cat(sprintf("%.10f %.10f\n", sigma(m), -2 * as.numeric(logLik(m))))
 """
-
-
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall, CPU of the child, stdout) of one process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed: {proc.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, proc.stdout
 
 
 def main() -> None:
