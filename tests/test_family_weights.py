@@ -130,11 +130,17 @@ def test_independent_pseudo_likelihood(name, estimation):
 
 # ---------------------------------------------------------------- the command line
 
-def _cli(name, tmp_path, *args):
+def _fit_command(name) -> tuple[list, dict]:
+    """`hlmcli fit` on the data set `name` with its model's equations, as a user types it; and the model."""
     uid, model = MODELS[name]
     cmd = ["fit", *files(name), "--id", uid, "-1", model["level1_eq"]]
     for eq in model["level2_eqs"]:
         cmd += ["-2", eq]
+    return cmd, model
+
+
+def _cli(name, tmp_path, *args):
+    cmd, model = _fit_command(name)
     proc = run_cli(*cmd, "--family", model["family"], "--weight1", "W1", "--weight2", "W2", *args,
                    "--json-out", tmp_path / "fit.json")
     assert proc.returncode == 0, proc.stderr
@@ -193,10 +199,7 @@ def rubin_by_hand(est: np.ndarray, var: np.ndarray, dfcom: np.ndarray) -> dict:
 
 
 def _pv_doc(name, tmp_path, *args):
-    uid, model = MODELS[name]
-    cmd = ["fit", *files(name), "--id", uid, "-1", model["level1_eq"]]
-    for eq in model["level2_eqs"]:
-        cmd += ["-2", eq]
+    cmd, model = _fit_command(name)
     proc = run_cli(*cmd, "--family", model["family"], "--estimation", "laplace", "--plausible-values", "PV*", *args,
                    "--json-out", tmp_path / "c.json")
     assert proc.returncode == 0, proc.stderr
