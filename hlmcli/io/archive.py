@@ -262,6 +262,13 @@ def archive_bytes(archive: Archive) -> list[bytes]:
         header[f"n_level{k}"] = int(lv.values.shape[1])
         if k > 1:
             header[f"unit{k}_ids"] = lv.ids
+    return framed(header, arrays)
+
+
+def framed(header: dict, arrays) -> list[bytes]:
+    """An archive's bytes, in pieces: the prefix (magic, version, header length and the SHA-256 of all that
+    follows, taken with the digest field zero), the JSON header padded to 8 bytes, then each array's raw
+    bytes. One framing for nested and cross-classified archives."""
     text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     body = [text] + [np.ascontiguousarray(a).tobytes() for a in arrays]

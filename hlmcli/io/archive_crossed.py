@@ -16,7 +16,6 @@ and counted in the notes."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DataError, first_few
-from .archive import (FORMAT_VERSION, MAGIC, PREFIX, CorruptArchive, Source, describe_source,
+from .archive import (FORMAT_VERSION, MAGIC, PREFIX, CorruptArchive, Source, describe_source, framed,
                       read_archive_file)
 from .files import atomic_write
 
@@ -248,13 +247,7 @@ def crossed_archive_bytes(a: CrossedArchive) -> list[bytes]:
         "sources": [s.__dict__ for s in a.sources],
         "arrays": [{"name": n, "dtype": x.dtype.str, "shape": list(x.shape)} for n, x in zip(_ARRAYS, arrays)],
     }
-    text = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    body = [text] + [np.ascontiguousarray(x).tobytes() for x in arrays]
-    digest = hashlib.sha256(PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), bytes(32)))
-    for chunk in body:
-        digest.update(chunk)
-    return [PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())] + body
+    return framed(header, arrays)
 
 
 def write_crossed_archive(a: CrossedArchive, path: str | os.PathLike) -> None:
