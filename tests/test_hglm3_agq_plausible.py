@@ -42,20 +42,12 @@ def two_pv(tmp_path_factory):
 
 def check_rubin_and_d1(doc: dict) -> None:
     """The combined tables, D1 tests and averages against the hand computations from the fits' own numbers."""
+    from test_hglm3_weights import assert_d1_tests
     from test_hglm_weights import assert_rubin_tables
-    from test_plausible import d1_by_hand
 
     fits = doc["fits"]
     assert_rubin_tables(doc, rel=1e-9)
-    both, one = doc["hypothesis_tests"]
-    C = np.array([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])  # γ010, γ100
-    for kind, cov in (("model", "gamma_covariance"), ("robust", "gamma_robust_covariance")):
-        F, nu, p, r = d1_by_hand(fits, C, cov)
-        assert both[kind]["F"] == pytest.approx(F, rel=1e-9) and both[kind]["df1"] == 2
-        assert both[kind]["df2"] == pytest.approx(nu, rel=1e-9) and both[kind]["riv"] == pytest.approx(r, rel=1e-9)
-        assert both[kind]["p"] == pytest.approx(p, rel=1e-6)
-    # one γ: D1 is the square of the combined table's t-ratio
-    assert one["model"]["F"] == pytest.approx(doc["fixed_effects"][1]["t"] ** 2, rel=1e-9)
+    assert_d1_tests(doc)
     assert doc["deviances"] == [f["deviance"] for f in fits]
     assert doc["deviance"] == pytest.approx(np.mean(doc["deviances"]), rel=1e-14)
     for level, key in ((0, "tau_pi"), (1, "tau_beta")):

@@ -264,7 +264,6 @@ def test_plausible_values_rubin_and_d1_by_hand(plausible):
     """Each plausible value's fit against glmer and glmmTMB; Rubin's rules (model-based and robust) and
     the D1 tests recomputed from the fits' own numbers (1e-9); the averaged deviance; the text."""
     from test_hglm_weights import assert_rubin_tables
-    from test_plausible import d1_by_hand
     from hlmcli.report.schemas import first_error_file
 
     doc, text = plausible
@@ -274,14 +273,7 @@ def test_plausible_values_rubin_and_d1_by_hand(plausible):
         assert fit["certificate"]["certified"]
         _r_matches(fit, REF[pv])
     assert_rubin_tables(doc, rel=1e-9)
-    both, one = doc["hypothesis_tests"]
-    C = np.array([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-    for kind, cov in (("model", "gamma_covariance"), ("robust", "gamma_robust_covariance")):
-        F, nu, p, r = d1_by_hand(fits, C, cov)
-        assert both[kind]["F"] == pytest.approx(F, rel=1e-9) and both[kind]["df1"] == 2
-        assert both[kind]["df2"] == pytest.approx(nu, rel=1e-9) and both[kind]["riv"] == pytest.approx(r, rel=1e-9)
-        assert both[kind]["p"] == pytest.approx(p, rel=1e-6)
-    assert one["model"]["F"] == pytest.approx(doc["fixed_effects"][1]["t"] ** 2, rel=1e-9)
+    assert_d1_tests(doc)
     assert doc["deviance"] == pytest.approx(np.mean([f["deviance"] for f in fits]), rel=1e-12)
     assert doc["hglm"]["estimation"] == "laplace" and doc["weights"] is None
     tau = np.mean([f["tau_beta"]["matrix"] for f in fits], axis=0)
@@ -427,3 +419,20 @@ def test_plausible_values_of_a_public_data_set(tmp_path):
     for key in ("fixed_effects", "fixed_effects_robust"):
         assert [r["se"] for r in other[key]] == pytest.approx([r["se"] for r in doc[key]], rel=1e-10)
     assert other["deviance"] == pytest.approx(doc["deviance"], rel=1e-12)
+
+
+def assert_d1_tests(doc: dict) -> None:
+    """The combined document's two --test lines (γ010 = γ100 = 0, then one γ) against D1 by hand
+    (test_plausible.d1_by_hand) from its fits, model-based and robust; for one γ, D1 is the square of the
+    combined table's t-ratio."""
+    from test_plausible import d1_by_hand
+
+    fits = doc["fits"]
+    both, one = doc["hypothesis_tests"]
+    C = np.array([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])  # γ010, γ100
+    for kind, cov in (("model", "gamma_covariance"), ("robust", "gamma_robust_covariance")):
+        F, nu, p, r = d1_by_hand(fits, C, cov)
+        assert both[kind]["F"] == pytest.approx(F, rel=1e-9) and both[kind]["df1"] == 2
+        assert both[kind]["df2"] == pytest.approx(nu, rel=1e-9) and both[kind]["riv"] == pytest.approx(r, rel=1e-9)
+        assert both[kind]["p"] == pytest.approx(p, rel=1e-6)
+    assert one["model"]["F"] == pytest.approx(doc["fixed_effects"][1]["t"] ** 2, rel=1e-9)
