@@ -7,7 +7,7 @@ What is reconstructed (engine/hlm_em.py; tests/data/published/hlm_iterations.jso
   (ln(2π)/2 above the true one for ML). Reproduces HLM 6.06's Singer & Willett Table 3.3 to every printed digit,
   with the same iteration count (1493).
 - REML: the same start and rule with Dempster, Rubin & Tsutakawa's REML EM step; HLM's REML path is slower than
-  this step, so HSB's unconditional model (HLM 6.04, 4 iterations) is reproduced to 3 of 5 decimals of σ² and 2
+  this step, so HSB's unconditional model (HLM 6.04, 4 iterations) is reproduced to 4 of 5 decimals of σ² and 2
   of τ, stopping one iteration early (3).
 """
 
@@ -29,7 +29,7 @@ DEFAULT_LIMIT = 10000
 STATEMENT = ("HLM 5/6's EM path (start, EM step and stop rule reconstructed from published HLM 6 output); "
              "not an optimum")
 REML_NOTE = ("REML: HLM's REML path is reproduced only approximately: on HSB's unconditional model (HLM 6.04) "
-             "this gives σ² to 3 of HLM's 5 printed decimals and τ to 2, one iteration before HLM's 4")
+             "this gives σ² to 4 of HLM's 5 printed decimals and τ to 2, one iteration before HLM's 4")
 
 
 def emulate_hlm6(a, limit: int | None = None) -> dict:

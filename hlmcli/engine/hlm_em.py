@@ -86,7 +86,8 @@ def reml_em_step(stats: ModelStats, sigma2: float, tau: np.ndarray) -> tuple[flo
       tr Var(e | y) = sigma2 N - sigma2^2 (sum_j tr V_j^-1 - tr(Cov(γ̂) sum_j X_j'V_j^-2 X_j)),
     where sigma2^2 sum_j X_j'V_j^-2 X_j = 2P - X'X + sum_j ZX_j'K_j A_j K_j ZX_j, as V_j^-1 = (I - Z_j K_j Z_j')/sigma2.
     This is the REML step recorded in tests/data/published/hlm_iterations.json: it reproduces HLM 6.04's sigma2
-    on HSB's unconditional model but tau only to 3 of its 5 printed decimals."""
+    on HSB's unconditional model after HLM's 4 steps but tau only to 3 of its 5 printed decimals (and the stop rule
+    below ends this path at step 3)."""
     A, ZX, Zy, n = stats.ZZ, stats.ZX, stats.Zy, stats.n
     G = tau / sigma2
     H = np.linalg.inv(np.eye(stats.q) + A @ G)
