@@ -216,13 +216,28 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
         run = {"ordinal": analyse_ordinal, "negbinomial": analyse_negbin,
                "multinomial": analyse_multinomial}.get(o.family, analyse_hglm)
         weights = weight_spec(spec, fit)  # Laplace and AGQ only (capabilities.check refused PQL)
+        constraints = None
+        if fit.constraints:  # binary, binomial and count outcomes (capabilities.CONSTRAIN_CONFLICTS)
+            from functools import partial
+
+            from .analysis.constrained import parse_constraints
+
+            constraints = parse_constraints(fit.constraints, spec, centred_intercept=False)
+            run = partial(analyse_hglm, constraints=constraints)
         a = fit_or_refuse(lambda: run(spec, archive, level1_text, weights if weights.any else None), archive,
                           spec.outcome)
         if o.family == "multinomial":  # one test per logit
             from .analysis.multinomial_run import per_logit
 
             hypotheses = per_logit(hypotheses, a.categories)
-        a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
+        a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params, constraints)
+        if constraints is not None:
+            from .analysis.constrained import constraint_record, hglm_constraint_test, spec_gamma_labels
+
+            a.extras["constraints"] = constraint_record(constraints, spec_gamma_labels(spec))
+            a.extras["constraint_test"] = hglm_constraint_test(
+                a, constraints, lambda: fit_or_refuse(lambda: analyse_hglm(spec, archive, level1_text), archive,
+                                                      spec.outcome))
         a.notes = boundary_notes(a)
         return a
     if fit.constraints:

@@ -112,8 +112,8 @@ _X_MISSING = ("a cross-classified fit reads one file and leaves out records with
               "model uses (HLM's deletion at analysis)")
 _CONSTRAIN_SUMMARY = ("not built yet for the stream and Dask engines: their per-unit summaries would need the "
                       "constrained design B_jH formed from the moments; fit with --engine memory")
-_CONSTRAIN_HGLM = ("not built yet for HGLM: the PQL, Laplace and AGQ fits would need the same reparametrisation "
-                   "γ = Hδ in their working model; the linear model has it")
+_CONSTRAIN_HGLM = ("not built yet for the streamed HGLM: its passes over the spilled records would need the "
+                   "constrained design B_jH formed per block; fit with --engine memory")
 _CONSTRAIN_LEVELS = ("not built yet for three and four levels: HLM 7's constrain is HLM2's; the nested engines "
                      "would need the constrained design of their γ layout")
 _CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
@@ -188,6 +188,12 @@ CONSTRAIN_CONFLICTS = {
     "weights": "the sandwich and the scaled weights are wired to the unconstrained γs; fit without sampling weights",
     "plausible_values": "Rubin's rules combine unconstrained fits; fit each plausible value or data set on its own",
     "full_output": "its unit-by-unit OLS and least-squares tables are of the unconstrained model",
+    "ordinal": ("not built yet: the ordinal fit's parameters are γ and the thresholds δ(m) together, and its "
+                "design is not yet formed through the constrained design XH; fit the tied predictors summed"),
+    "negbinomial": ("not built yet: the negative binomial fit's parameters are γ and log θ together, and its design "
+                    "is not yet formed through the constrained design XH; fit the tied predictors summed"),
+    "multinomial": ("not built yet: each of the M - 1 logits has its own γs, and ties within or across logits need "
+                    "a constrained design per logit; fit the tied predictors summed"),
 }
 
 _EMULATE = ("HLM 5/6's EM path (start, EM step, stop rule) is reconstructed for HLM2's two-level linear model from "
@@ -230,10 +236,10 @@ FEATURES = (
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
-    Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML)",
-            {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
-             HGLM_STREAM: _CONSTRAIN_HGLM,
-             "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
+    Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
+            "HGLM: binary, binomial and count outcomes, no test under PQL)",
+            {"linear-summary": _CONSTRAIN_SUMMARY, HGLM_STREAM: _CONSTRAIN_HGLM,
+             **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
