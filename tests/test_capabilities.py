@@ -526,6 +526,16 @@ def check_multinomial(kind, tmp_path):
     assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["gamma"], rel=1e-4)
 
 
+def check_emulate(kind, tmp_path):
+    """--emulate hlm6 adds its record and leaves the main tables the certified optimum (WeMix's); its point is
+    never below the optimum in deviance (tests/test_hlm_emulate.py holds it to HLM 6's printed numbers)."""
+    doc = fit_json(kind, "--emulate", "hlm6")
+    matches_reference(doc["fixed_effects"], kind)
+    deviance_matches(doc, kind)
+    em = doc["emulation"]
+    assert em["deviance_optimum"] == doc["deviance"] and em["deviance_gap"] >= -1e-6 and em["stopped_by_rule"]
+
+
 SUPPORTED = {f.key: globals()[f"check_{f.key}"] for f in capabilities.FEATURES}
 
 
@@ -1547,6 +1557,7 @@ ASK = {
     "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],
     "level1_variance": lambda kind, d: ["--level1-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
     "level1_covariance": lambda kind, d: ["--level1-covariance", "ar1", "--occasion", "SES", "-q"],
+    "emulate": lambda kind, d: ["--emulate", "hlm6", "-q"],
 }
 
 
