@@ -466,7 +466,7 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
             analysis = fit_hglm_stream(spec, summary, level1, frame.id_names[0], file_format, delimiter,
                                        options.tests)
     else:
-        analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests)
+        analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests, options.constraints)
     o = spec.options
     meta = {"data_source": source, "title": o.title, "id_name": frame.id_names[0],
             "model_given": {"level1": level1_eq, "level2": list(level2_eqs),

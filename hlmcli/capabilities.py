@@ -110,8 +110,6 @@ _X_SUMMARY = ("the blocked Cholesky of crossed factors needs Z1'Z2, which pairs 
               "per-unit summaries of one factor do not keep it; fit in memory")
 _X_MISSING = ("a cross-classified fit reads one file and leaves out records with a missing value in a column the "
               "model uses (HLM's deletion at analysis)")
-_CONSTRAIN_SUMMARY = ("not built yet for the stream and Dask engines: their per-unit summaries would need the "
-                      "constrained design B_jH formed from the moments; fit with --engine memory")
 _CONSTRAIN_HGLM = ("not built yet for the streamed HGLM: its passes over the spilled records would need the "
                    "constrained design B_jH formed per block; fit with --engine memory")
 _CONSTRAIN_LEVELS = ("not built yet for a three-level HGLM: its PQL and Laplace fits would need the constrained "
@@ -238,7 +236,7 @@ FEATURES = (
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
             "HGLM: binary, binomial and count outcomes, no test under PQL)",
-            {"linear-summary": _CONSTRAIN_SUMMARY, HGLM_STREAM: _CONSTRAIN_HGLM, "crossed": _CONSTRAIN_CROSSED,
+            {HGLM_STREAM: _CONSTRAIN_HGLM, "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,

@@ -157,9 +157,17 @@ def test_hlm_file_constrain_yes_points_to_the_option(tmp_path, hsb_loaded):
     assert make_spec(hsb_loaded, None, (), model=path).outcome == "MATHACH"
 
 
-def test_api_refuses_constraints_with_the_stream_engine():
-    with pytest.raises(ModelError, match="--constrain: not available for a linear \\(stream, Dask\\) fit"):
-        hlmcli.fit(L1, L2, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", engine="stream")
+def test_stream_engine_constrained_fit_equals_the_memory_one():
+    """The stream engine forms B_jH from the same per-unit moments: its constrained fit, tests and test of the
+    ties are the in-memory fit's (ML, so the test needs one refit per engine)."""
+    kw = dict(id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", method="ML")
+    memory, stream = (hlmcli.fit(L1, L2, engine=e, **kw).to_dict() for e in ("memory", "stream"))
+    assert stream["deviance"] == pytest.approx(memory["deviance"], rel=1e-12)
+    for f, g in zip(stream["fixed_effects"], memory["fixed_effects"]):
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-9), (f["gamma"], key)
+    assert stream["constraints"] == memory["constraints"]
+    assert stream["constraint_test"]["chi2"] == pytest.approx(memory["constraint_test"]["chi2"], rel=1e-9)
 
 
 def test_wald_test_under_constraints_is_on_the_free_gammas(reml_pair, frames):

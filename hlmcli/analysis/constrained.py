@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..data import design as design_stage
-from ..data.design import Design
+from ..data.design import Design, MomentsDesign
 from ..engine.constraints import ConstraintBasis, constraint_basis
 from ..engine.sufficient import unit_cross_products
 from ..errors import ModelError
@@ -115,10 +115,22 @@ class ConstrainedDesign(Design):
         return self.full.block_design() @ self.H
 
 
+@dataclass
+class ConstrainedMomentsDesign(MomentsDesign):
+    """The same view of a design summarised by the stream and Dask engines (its n stored)."""
+
+    full: Design | None = None
+    H: np.ndarray | None = None
+
+    def block_design(self) -> np.ndarray:
+        return self.full.block_design() @ self.H
+
+
 def constrained_view(design: Design, basis: ConstraintBasis) -> ConstrainedDesign:
-    values = {f.name: getattr(design, f.name) for f in fields(Design)}
+    cls = ConstrainedMomentsDesign if isinstance(design, MomentsDesign) else ConstrainedDesign
+    values = {f.name: getattr(design, f.name) for f in fields(design)}
     values["fixed"] = [design.fixed[i] for i in basis.free]
-    return ConstrainedDesign(**values, full=design, H=basis.H)
+    return cls(**values, full=design, H=basis.H)
 
 
 def constrained_df(design: Design, basis: ConstraintBasis, rule: str = "hlm") -> np.ndarray:
@@ -153,10 +165,19 @@ def analyse_constrained(spec, archive, constraints: Constraints, df_method: str 
     """The certified fit of the constrained model, reported in every γ."""
     design = design_stage.make_design(spec, archive)
     check_estimable(design)
-    basis = constraints.basis
-    view = constrained_view(design, basis)
+    view = constrained_view(design, constraints.basis)
     unit = unit_cross_products(design.L, design.y, design.offsets, center_y=design_stage.has_overall_intercept(design))
     centred = centred_statistics(view, unit) if centring_needed(view, unit) else None
+    return fit_constrained(design, unit, constraints, df_method, centred)
+
+
+def fit_constrained(design: Design, unit, constraints: Constraints, df_method: str = "hlm", centred=None) -> Analysis:
+    """The constrained fit from a design and its per-unit cross-products of the level-1 columns, which
+    do not see H (the block design B_jH does): the same for the records in memory and for the moments
+    of the stream and Dask engines (engines.analyse_summary)."""
+    spec = design.spec
+    basis = constraints.basis
+    view = constrained_view(design, basis)
     a = analyse_stats(view, unit, "hlm", None, centred=centred)
     H = basis.H
     fx = a.fixed
@@ -224,15 +245,21 @@ def constraint_test(a: Analysis, spec, archive, constraints: Constraints) -> dic
     unconstrained model's (refitted here), on as many d.f. as restrictions. REML deviances of models
     with different fixed effects are not comparable, so a REML fit's test refits both models by ML
     (as lmerTest's anova does), and says so."""
+    return linear_constraint_test(a, spec, constraints, lambda s: analyse_constrained(s, archive, constraints).result,
+                                  lambda s: analyse(s, archive).result)
+
+
+def linear_constraint_test(a: Analysis, spec, constraints: Constraints, constrained_fit, full_fit) -> dict:
+    """constraint_test with the fits given as functions of a spec (the records in memory, or the
+    moments of the stream and Dask engines)."""
     from dataclasses import replace
 
     refit = a.result.method != "ML"
     if refit:
         ml = replace(spec, options=replace(spec.options, method="ML"))
-        constrained = analyse_constrained(ml, archive, constraints).result
-        full = analyse(ml, archive).result
+        constrained, full = constrained_fit(ml), full_fit(ml)
     else:
-        constrained, full = a.result, analyse(spec, archive).result
+        constrained, full = a.result, full_fit(spec)
     return likelihood_ratio_record(constraints, constrained, full, refit)
 
 
