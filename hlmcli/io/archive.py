@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,20 +301,60 @@ def _wrong_levels(found, wanted: int) -> str:
             f"{wanted}-level archive)")
 
 
-def peek_levels(path) -> int:
-    """The number of levels, from the header alone (the full load checks the checksum); 2 for anything
-    unreadable, so the loader gives its own message."""
+# The last header read by peek_header: a one-file command asks what the file is (cross-classified? how
+# many levels?) before it loads it, and the JSON header (every unit's id) is parsed once for all of them.
+_PEEKED: list = []
+
+
+def _stat_key(st: os.stat_result) -> tuple:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+
+
+def peek_header(path) -> dict | None:
+    """The JSON header of the archive at `path` (the full load checks the checksum), or None when it is
+    not a readable archive of ours (the loader then gives its own message). Only a regular file is
+    opened: a FIFO or a device would block or never end. Remembered for the load that follows, which
+    takes it only if the file's header bytes are the ones parsed here."""
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        key = (os.fspath(path), _stat_key(st))
+        if _PEEKED and _PEEKED[0][0] == key:
+            return _PEEKED[0][2]
         with open(path, "rb") as handle:
             prefix = handle.read(PREFIX.size)
             if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
-                return 2
+                return None
             _, version, _, header_len, _ = PREFIX.unpack(prefix)
             if version not in READABLE_VERSIONS or header_len > (1 << 30):
-                return 2
-            header = json.loads(handle.read(header_len).decode("utf-8"))
-        return int(header.get("levels", 2)) if isinstance(header, dict) else 2
+                return None
+            raw = handle.read(header_len)
+        header = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    _PEEKED[:] = [(key, prefix + raw, header)]
+    return header
+
+
+def _peeked(path, head) -> dict | None:
+    """peek_header's parse of this file's header, if `head` (the mapped prefix and header) is what it
+    parsed; a file rewritten in between is parsed again. Taken once: the archive built from it owns
+    its lists from then on."""
+    if _PEEKED and _PEEKED[0][0][0] == os.fspath(path) and _PEEKED[0][1] == head:
+        return _PEEKED.pop()[2]
+    return None
+
+
+def peek_levels(path) -> int:
+    """The number of levels, from the header alone (the full load checks the checksum); 2 for anything
+    unreadable, so the loader gives its own message."""
+    header = peek_header(path)
+    try:
+        return int(header.get("levels", 2)) if header is not None else 2
+    except (ValueError, TypeError):
         return 2
 
 
@@ -371,7 +412,9 @@ def read_archive_file(path: str | os.PathLike, levels: int | str | None = 2,
     if header_len > len(body) or header_len % 8:
         raise damaged
     try:
-        header = json.loads(bytes(body[:header_len]).decode("utf-8"))
+        header = _peeked(path, head) if len(head) == PREFIX.size + header_len else None
+        if header is None:
+            header = json.loads(bytes(body[:header_len]).decode("utf-8"))
         crossed = isinstance(header, dict) and header.get("kind") == "cross-classified"
         if crossed != (levels == "cross-classified"):  # archive_crossed.py's archives and nested ones
             raise DataError(f"{path}: " + ("a cross-classified (HCM2) archive: fit it with --formula or HCM2's "
