@@ -418,3 +418,20 @@ def test_a_header_read_before_the_load_is_not_reused_for_a_replaced_file(hsb_arc
     shutil.copy(popular_archive, tmp_path / "b.mdm")
     os.replace(tmp_path / "b.mdm", path)
     assert "popular" in load_archive(path).level1_names
+
+
+@pytest.mark.parametrize("cut", ["in the header", "in the arrays"])
+def test_a_truncated_archive_is_one_line_before_it_is_used(hsb_archive, tmp_path, cut):
+    """An archive cut short (a copy, a full disk) is refused in one line, exit 1, by its size against the
+    header's; no signal from reading past the end of the mapped file."""
+    from hlmcli.io.archive import PREFIX
+
+    whole = hsb_archive.read_bytes()
+    header_len = PREFIX.unpack_from(whole)[3]
+    size, described = ((100, f"at least {PREFIX.size + header_len}") if cut == "in the header" else
+                       (len(whole) - 4000, str(len(whole))))
+    path = tmp_path / "cut.mdm"
+    path.write_bytes(whole[:size])
+    r = run("fit", path, "-1", "MATHACH = b0 + r", "-2", "b0 = g00 + u0")
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"cut.mdm: the archive is truncated: the file has {size} bytes, its header describes {described}" in r.output

@@ -358,6 +358,20 @@ def peek_levels(path) -> int:
         return 2
 
 
+def _described_size(body, header_len: int) -> int | None:
+    """The file size the header describes (prefix, header, arrays; prefix and header only when the file
+    ends inside the header), or None when the header cannot be read: tells a truncated file from
+    otherwise damaged bytes, on the error path only."""
+    try:
+        if header_len > len(body):
+            return PREFIX.size + header_len
+        header = json.loads(bytes(body[:header_len]).decode("utf-8"))
+        return PREFIX.size + header_len + sum(np.dtype(a["dtype"]).itemsize * int(np.prod(a["shape"], dtype=np.int64))
+                                              for a in header["arrays"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def _file_bytes(path: Path, size: int):
     """The file's bytes, memory-mapped read-only on POSIX: the arrays are zero-copy views either way, and a
     map spares a 1,000,000-row fit reading 32 MB into a fresh buffer (about 15 ms of CPU and more on a busy
@@ -406,6 +420,11 @@ def read_archive_file(path: str | os.PathLike, levels: int | str | None = 2,
         digest = hashlib.sha256(PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
         digest.update(body)
         if digest.digest() != checksum:
+            described = _described_size(body, header_len)
+            if described is not None and described > len(raw):  # cut short (a copy or a disk that filled up)
+                at_least = "" if header_len <= len(body) else "at least "
+                raise CorruptArchive(f"{path}: the archive is truncated: the file has {len(raw)} bytes, its header "
+                                     f"describes {at_least}{described}; {rebuild}")
             raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
         verified.remember(path, before, after, head)
     damaged = CorruptArchive(f"{path}: the archive header does not describe its contents; {rebuild}")
