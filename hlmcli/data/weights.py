@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ModelError
+from ..io.archive import unknown_column
 
 NORMALIZATIONS = ("none", "cluster", "total")
 # The one rule for the weights of every level (man page, README): _check says why zero is refused.
@@ -97,7 +98,7 @@ def resolve(spec: WeightSpec, archive, design) -> Weights:
     J, N = design.n_units, design.n
     w1 = None
     if spec.level1:
-        name = _find(spec.level1, archive.level1_names, "level-1", archive.level2_names)
+        name = _find(archive, spec.level1, archive.level1_names, "level-1", archive.level2_names)
         col = archive.level1_column(name)
         pos = design.record_positions
         w1 = np.array(col if pos is None else col[pos], dtype=float)
@@ -117,7 +118,7 @@ def resolve(spec: WeightSpec, archive, design) -> Weights:
         elif spec.normalize == "total":
             w1 = w1 * (N / w1.sum())
     if spec.level2:
-        name = _find(spec.level2, archive.level2_names, "level-2", archive.level1_names)
+        name = _find(archive, spec.level2, archive.level2_names, "level-2", archive.level1_names)
         w2 = np.array(archive.level2_column(name)[design.unit_positions], dtype=float)
         file = _source_name(archive, "level-2", "the level-2 file")
         _check(w2, lambda j: f"unit {design.unit_ids[j]}", file, name)
@@ -128,14 +129,14 @@ def resolve(spec: WeightSpec, archive, design) -> Weights:
     return Weights(spec, w1, w2)
 
 
-def _find(name: str, names: list[str], level: str, other: list[str]) -> str:
+def _find(archive, name: str, names: list[str], level: str, other: list[str]) -> str:
     by_lower = {n.lower(): n for n in names}
     if name.lower() in by_lower:
         return by_lower[name.lower()]
     hint = (f"; {name} is a {'level-2' if level == 'level-1' else 'level-1'} variable" if name.lower() in
             {n.lower() for n in other} else "")
-    raise ModelError(f"the {level} weight {name} is not a {level} variable{hint}; {level} variables: "
-                     f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+    raise unknown_column(archive, name, ModelError(f"the {level} weight {name} is not a {level} variable{hint}; {level} "
+                                                  f"variables: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"))
 
 
 def weighting_lines(weights: Weights | None) -> list[str]:
@@ -226,8 +227,9 @@ def resolve_levels(spec: LevelsWeightSpec, archive, design) -> LevelsWeights:
         if name.lower() not in by_lower:
             hint = f"; {name} is a level-{where_else} variable" if where_else else ""
             names = archive.names(level)
-            raise ModelError(f"the level-{level} weight {name} is not a level-{level} variable{hint}; level-{level} "
-                             f"variables: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+            raise unknown_column(archive, name, ModelError(
+                f"the level-{level} weight {name} is not a level-{level} variable{hint}; level-{level} "
+                f"variables: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"))
         col_name = by_lower[name.lower()]
         values = archive.levels[level - 1].values[archive.names(level).index(col_name)]
         file = _source_name(archive, f"level-{level}", f"the level-{level} file")

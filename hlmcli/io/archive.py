@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, HlmError, text_column_error
 from .files import atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -277,6 +277,20 @@ def framed(header: dict, arrays) -> list[bytes]:
     for chunk in body:
         digest.update(chunk)
     return [PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())] + body
+
+
+def unknown_column(archive, name: str, error: HlmError) -> HlmError:
+    """What to raise when a model or an option names a column that is not a variable: `error`, unless
+    the build left `name` out because its file holds it as text. Every failed lookup of a column a
+    model or an option names ends here, so each gets the same one line. `archive`: an Archive, or
+    anything with its names (a streamed Frame: no text columns recorded, so `error`)."""
+    levels = (getattr(archive, "notes", None) or {}).get("text_column_levels") or {}
+    level = next((int(k) for n, k in levels.items() if n.lower() == name.lower()), None)
+    if level is None:
+        return error
+    file = next((s.name for s in getattr(archive, "sources", None) or () if s.role == f"level-{level}"),
+                f"the level-{level} file")
+    return text_column_error(name, file)
 
 
 def write_archive(archive: Archive, path: str | os.PathLike, mode: int | None = None) -> None:
