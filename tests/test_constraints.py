@@ -174,3 +174,77 @@ def test_wald_test_under_constraints_is_on_the_free_gammas(reml_pair, frames):
     with pytest.raises(ModelError, match="already imposed"):
         hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30",
                    tests=["g20 - g30 = 0"])
+
+
+# ---------------------------------------------------------------- HGLM: the same design XH, every estimation
+
+HGLM = DATA / "hglm"
+CBPP_TIED = ("INCID = b0 + b1*P2 + b2*P3 + b3*P4", ["b0 = g00 + u0", "b1 = g10", "b2 = g20", "b3 = g30"])
+CBPP_SUMMED = ("INCID = b0 + b1*P2 + b2*P34", ["b0 = g00 + u0", "b1 = g10", "b2 = g20"])
+
+
+@pytest.fixture(scope="module")
+def cbpp():
+    l1 = pd.read_csv(HGLM / "cbpp_l1.csv")
+    l1["P34"] = l1["P3"] + l1["P4"]
+    return l1, pd.read_csv(HGLM / "cbpp_l2.csv")
+
+
+def _hglm_pair(cbpp, estimation):
+    """cbpp's binomial model with the periods 3 and 4 tied, and refitted by hand on P34 = P3 + P4."""
+    kw = dict(id="HERD", family="binomial", trials="SIZE", estimation=estimation)
+    tied = hlmcli.fit(*cbpp, level1_eq=CBPP_TIED[0], level2_eqs=CBPP_TIED[1], constrain=["g20 = g30"], **kw)
+    summed = hlmcli.fit(*cbpp, level1_eq=CBPP_SUMMED[0], level2_eqs=CBPP_SUMMED[1], **kw)
+    return tied.to_dict(), summed.to_dict()
+
+
+def _assert_summed(tied, summed):
+    by_hand = {f["gamma"]: f for f in summed["fixed_effects"]}
+    for f in tied["fixed_effects"]:
+        g = by_hand["γ20" if f["gamma"] in ("γ20", "γ30") else f["gamma"]]
+        for key in ("estimate", "se", "robust_se"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (f["gamma"], key)
+        assert f["df"] == g["df"]  # N - J·R - F with F counting the free γs: 56 - 15 - 2
+    assert np.allclose(tied["tau"], summed["tau"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("estimation", ["laplace", "agq"])
+def test_hglm_constrained_fit_is_the_summed_predictor_fit(cbpp, estimation):
+    tied, summed = _hglm_pair(cbpp, estimation)
+    assert tied["converged"] and tied["certificate"]["certified"]
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9)
+    assert tied["n_params"] == summed["n_params"]
+    _assert_summed(tied, summed)
+    t = tied["constraint_test"]  # against the unconstrained fit: one parameter more, a lower deviance
+    assert t["df"] == 1 and t["params_unconstrained"] == tied["n_params"] + 1
+    assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12) and t["chi2"] > 0
+
+
+def test_hglm_pql_constrained_fit_is_the_summed_predictor_fit_without_a_test(cbpp):
+    tied, summed = _hglm_pair(cbpp, "pql")
+    _assert_summed(tied, summed)
+    t = tied["constraint_test"]
+    assert t["chi2"] is None and "PQL has no deviance" in t["note"]
+
+
+def test_cli_hglm_constrained_fit(tmp_path):
+    """As a user types it: a Laplace fit with the tie, its table marked, its JSON valid and its test printed."""
+    out = tmp_path / "fit.json"
+    proc = run_cli("fit", HGLM / "cbpp_l1.csv", HGLM / "cbpp_l2.csv", "--id", "HERD", "-1", CBPP_TIED[0],
+                   *[a for eq in CBPP_TIED[1] for a in ("-2", eq)], "--family", "binomial", "--trials", "SIZE",
+                   "--estimation", "laplace", "--constrain", "g20 = g30", "--json-out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "γ20*" in proc.stdout and "* constrained (--constrain): γ30 = γ20" in proc.stdout
+    assert "Likelihood-ratio test of the constraints (g20 = g30)" in proc.stdout
+    doc = json.loads(out.read_text())
+    from hlmcli.report.schemas import first_error
+
+    assert first_error(doc, "fit") is None
+    assert doc["constraints"]["eliminated"] == [{"gamma": "g30", "equals": [{"coefficient": 1.0, "gamma": "g20"}]}]
+    assert doc["constraint_test"]["df"] == 1 and doc["constraint_test"]["chi2"] > 0
+
+
+def test_hglm_constraints_with_thresholds_are_refused(cbpp):
+    with pytest.raises(ModelError, match="--constrain: not available: .*thresholds"):
+        hlmcli.fit(*cbpp, id="HERD", level1_eq=CBPP_TIED[0], level2_eqs=CBPP_TIED[1], family="ordinal",
+                   estimation="laplace", constrain=["g20 = g30"])

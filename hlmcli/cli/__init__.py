@@ -709,6 +709,11 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--tau", "tau_structure", type=click.Choice(["unstructured", "diagonal"]), default=None,
               help="Covariance of the random effects: unstructured (default) or diagonal (independent effects).")
 @click.option("--max-iterations", type=click.IntRange(1), help="Iteration limit (HLM's numit).")
+@click.option("--emulate", type=click.Choice(["hlm6", "hlm7"]), default=None,
+              help="hlm6: also run HLM 5/6's EM path (its start, EM step and stop rule, as reconstructed from published "
+              "HLM 6 output; limit --max-iterations, default 10000) and print its estimates beside the certified "
+              "optimum, with the deviance gap; never an optimum. Two-level linear fits in memory. hlm7: refused (HLM 7's "
+              "accelerated iteration is not reproduced).")
 @click.option("--row-id", help="Cross-classified (--formula with crossed factors), HLM 7's HCM2 layout LEVEL1 ROWS COLS: "
               "the row factor's id column, in the level-1 file and the row file.")
 @click.option("--col-id", help="Cross-classified, HCM2 layout: the column factor's id column, in the level-1 file and "
@@ -849,7 +854,7 @@ def fit_cmd(**params):
 
         for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance),
                                ("level1_variance", fit.level1_variance),
-                               ("level1_covariance", fit.level1_covariance)):
+                               ("level1_covariance", fit.level1_covariance), ("emulate", fit.emulate)):
             if asked:
                 refuse(feature, _summarised_kind(fit))
         if prior_version:
@@ -933,7 +938,7 @@ def fit_request(params: dict) -> FitRequest:
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
-                       prior_version=p.pop("prior_version"), engine=p.get("engine"), scheduler=p.get("scheduler"))
+                       emulate=p.pop("emulate"), prior_version=p.pop("prior_version"), engine=p.get("engine"), scheduler=p.get("scheduler"))
     out = OutputOptions(out_format=p["out_format"], output=p.pop("output"), json_out=p.pop("json_out"),
                         residuals_l1=p.pop("residuals_l1"), residuals_l2=p.pop("residuals_l2"),
                         residuals_l3=p.pop("residuals_l3"), residuals_l4=p.pop("residuals_l4"),

@@ -536,7 +536,8 @@ def fit_json(analysis, meta: dict) -> dict:
     if getattr(a, "weights", None) is not None:
         out["weights"] = a.weights.to_json()
     for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output",
-                "constraints", "constraint_test", "known_variance", "level1_variance", "level1_covariance"):
+                "constraints", "constraint_test", "known_variance", "level1_variance", "level1_covariance",
+                "emulation"):
         if key in a.extras:
             out[key] = a.extras[key]
     from .terms import with_terms
@@ -862,6 +863,10 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
         for r in ex["plausible_ranges"]:
             where = " (units with all level-2 predictors at zero)" if r["at_zero_level2_predictors"] else ""
             w(f" {hlm_name(r['coefficient'])}: {r['low']:.3f} to {r['high']:.3f}{where}")
+    if "emulation" in ex:
+        from .emulation_report import emulation_lines
+
+        out += emulation_lines(ex["emulation"], sym)
     return out
 
 
