@@ -50,7 +50,7 @@ def emulate_hlm6(a, limit: int | None = None) -> dict:
         raise RefusedOption(f"--emulate hlm6: HLM's starting values need units whose level-1 OLS is computable "
                             f"(more than {K} records and a full-rank level-1 design), and no unit has one; drop --emulate")
     s0, t0, _ = starting_values(a.unit.n, a.unit.LL, a.unit.Ly, a.unit.yy, a.design.W, a.design.random)
-    with np.errstate(all="raise"):
+    with np.errstate(divide="raise", over="raise", invalid="raise"):  # underflow is harmless here
         try:
             k, sigma2, tau, by_rule = hlm6_run(stats, s0, t0, loglik, reml, limit)
         except (FloatingPointError, np.linalg.LinAlgError):
