@@ -538,11 +538,25 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
         design = design_levels(spec, archive, level1)
     from .analysis.levels_combined import fit_weighted, weighting_meta
 
+    options = levels_fit_options(spec, fit)
+    constraints = None
+    if fit.constraints:  # the fit on X H (nested.reduce_standardised), given back in every γ
+        from .analysis.constrained import parse_constraints
+
+        constraints = parse_constraints(fit.constraints, spec, centred_intercept=False)
+        options["fixed_map"] = constraints.basis.H
     result, weights = fit_weighted(design, archive, levels_weight_spec(archive.n_levels, fit), spec.method == "REML",
-                                   spec.options.max_iterations, **levels_fit_options(spec, fit))
+                                   spec.options.max_iterations, **options)
     analysis = LevelsAnalysis(spec, design, result, weighting=weighting_meta(weights))
     analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
-                                    robust_only=weights is not None)
+                                    robust_only=weights is not None, constraints=constraints)
+    if constraints is not None:
+        from .analysis.constrained import constraint_record, levels_constraint_test, spec_gamma_labels
+
+        analysis.extras["constraints"] = constraint_record(constraints, spec_gamma_labels(spec))
+        analysis.extras["constraint_test"] = levels_constraint_test(
+            result, constraints, lambda reml, H: fit_weighted(design, archive, None, reml, spec.options.max_iterations,
+                                                              **{**options, "fixed_map": H})[0])
     if fit.level1_covariance or fit.occasion:  # HMLM2 (capabilities.check refused it at four levels)
         from .analysis.hmlm import analyse_hmlm2
 

@@ -114,8 +114,8 @@ _CONSTRAIN_SUMMARY = ("not built yet for the stream and Dask engines: their per-
                       "constrained design B_jH formed from the moments; fit with --engine memory")
 _CONSTRAIN_HGLM = ("not built yet for the streamed HGLM: its passes over the spilled records would need the "
                    "constrained design B_jH formed per block; fit with --engine memory")
-_CONSTRAIN_LEVELS = ("not built yet for three and four levels: HLM 7's constrain is HLM2's; the nested engines "
-                     "would need the constrained design of their γ layout")
+_CONSTRAIN_LEVELS = ("not built yet for a three-level HGLM: its PQL and Laplace fits would need the constrained "
+                     "design X·H in their working model over the nested random effects; the linear fit has it")
 _CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
                       "predictors into one column of the formula")
 _VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
@@ -238,8 +238,7 @@ FEATURES = (
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
             "HGLM: binary, binomial and count outcomes, no test under PQL)",
-            {"linear-summary": _CONSTRAIN_SUMMARY, HGLM_STREAM: _CONSTRAIN_HGLM,
-             **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
+            {"linear-summary": _CONSTRAIN_SUMMARY, HGLM_STREAM: _CONSTRAIN_HGLM, "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,

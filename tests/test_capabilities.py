@@ -723,6 +723,24 @@ def check_levels_formats(kind, tmp_path):
     assert proc.returncode == 0 and "(Intercept)" in proc.stdout and "J (level 3)" in proc.stdout
 
 
+def check_levels_constrain(kind, tmp_path):
+    """Three levels: the pastes model with two casks tied equals the one refitted on their summed dummies
+    (test_constraints). Four levels: SES's effect on the intercept tied to the TIME slope's (d0100 = d1000),
+    fitted as one, and the test of the tie the change from the base fit's deviance (which matches lme4)."""
+    if kind == "three-level":
+        from test_constraints import test_three_level_constrained_fit_is_the_summed_predictor_fit_fast as check
+
+        return check(tmp_path)
+    doc = levels_json(kind, "--constrain", "d0100 = d1000")
+    f = {r["label"]: r for r in doc["fixed_effects"]}
+    assert (f["δ0100"]["estimate"], f["δ0100"]["se"]) == (f["δ1000"]["estimate"], f["δ1000"]["se"])
+    base_fit = levels_json(kind)
+    levels_matches(base_fit, kind)
+    t = doc["constraint_test"]
+    assert t["deviance_unconstrained"] == pytest.approx(base_fit["deviance"], rel=1e-12)
+    assert t["chi2"] == pytest.approx(doc["deviance"] - base_fit["deviance"], rel=1e-9) and t["df"] == 1
+
+
 def check_levels_test(kind, tmp_path):
     label = "γ000" if kind == "three-level" else "δ0001"
     doc = levels_json(kind, "--test", f"{label} = 0", "--test", f"{label.replace('γ', 'g').replace('δ', 'd')} = 0")

@@ -248,3 +248,97 @@ def test_hglm_constraints_with_thresholds_are_refused(cbpp):
     with pytest.raises(ModelError, match="--constrain: not available: .*thresholds"):
         hlmcli.fit(*cbpp, id="HERD", level1_eq=CBPP_TIED[0], level2_eqs=CBPP_TIED[1], family="ordinal",
                    estimation="laplace", constrain=["g20 = g30"])
+
+
+# ---------------------------------------------------------------- three and four levels: the nested engine on X·H
+
+T3, T4 = DATA / "three_level", DATA / "four_level"
+EG_IDS = ["--id2", "CHILDID", "--id3", "SCHOOLID"]
+EG_TIED = ["-1", "MATH = π0 + π1*YEAR + e", "-2", "π0 = β00 + β01*FEMALE + r0", "-2", "π1 = β10 + r1",
+           "-3", "β00 = γ000 + γ001*LOWINC + u00", "-3", "β01 = γ010",
+           "-3", "β10 = γ100 + γ101*LOWINC + γ102*MOBILITY + u10"]
+EG_SUMMED = EG_TIED[:-1] + ["β10 = γ100 + γ101*S + u10"]
+SCHOOLS_IDS = ["--id2", "STUDENTID", "--id3", "CLASSID", "--id4", "SCHOOLID"]
+SCHOOLS_TIED = ["-1", "SCORE = p0 + p1*TIME + e", "-2", "p0 = b00 + b01*SES + r0", "-2", "p1 = b10 + r1",
+                "-3", "b00 = g000 + g001*CSIZE + g002*SEC3 + u00", "-4", "g000 = d0000 + v000"]
+SCHOOLS_SUMMED = SCHOOLS_TIED[:-3] + ["b00 = g000 + g001*S + u00", "-4", "g000 = d0000 + v000"]
+
+
+def _json(*args) -> dict:
+    proc = run_cli("fit", *args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _assert_levels_summed(tied, summed, pairs, df=True):
+    """pairs: (the tied fit's label, the summed fit's label) of each fixed effect."""
+    assert tied["converged"] and tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9)
+    assert tied["n_params"] == summed["n_params"]
+    got = {f.get("gamma", f.get("label")): f for f in tied["fixed_effects"]}
+    by_hand = {f.get("gamma", f.get("label")): f for f in summed["fixed_effects"]}
+    for mine, theirs in pairs:
+        f, g = got[mine], by_hand[theirs]
+        for key in ("estimate", "se", "robust_se"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (mine, key)
+        if df:
+            assert f["df"] == g["df"], mine
+
+
+def test_three_level_constrained_fit_is_the_summed_predictor_fit_fast(tmp_path):
+    """Pastes (60 records): casks a and b given one effect (CA, CB dummies of CASK); by hand CAB = CA + CB."""
+    l2 = pd.read_csv(T3 / "pastes_l2.csv")
+    l2["CA"], l2["CB"] = (l2["CASK"] == "a").astype(int), (l2["CASK"] == "b").astype(int)
+    l2["CAB"] = l2["CA"] + l2["CB"]
+    l2.drop(columns="CASK").to_csv(tmp_path / "l2.csv", index=False)
+    kw = dict(id2="SAMPLE", id3="BATCH", level1_eq="STRENGTH = π0 + e", method="ML", warn=lambda m: None)
+    files = (T3 / "pastes_l1.csv", tmp_path / "l2.csv")
+    tied = hlmcli.fit(*files, level3=T3 / "pastes_l3.csv", level2_eqs=["π0 = β00 + β01*CA + β02*CB + r0"],
+                      level3_eqs=["β00 = γ000 + u00", "β01 = γ010", "β02 = γ020"], constrain=["g010 = g020"], **kw)
+    summed = hlmcli.fit(*files, level3=T3 / "pastes_l3.csv", level2_eqs=["π0 = β00 + β01*CAB + r0"],
+                        level3_eqs=["β00 = γ000 + u00", "β01 = γ010"], **kw)
+    tied, summed = tied.to_dict(), summed.to_dict()
+    _assert_levels_summed(tied, summed, [("γ000", "γ000"), ("γ010", "γ010"), ("γ020", "γ010")])
+    assert np.allclose(tied["tau_pi"]["matrix"], summed["tau_pi"]["matrix"], rtol=1e-6)
+    assert tied["constraint_test"]["chi2"] == pytest.approx(
+        tied["deviance"] - tied["constraint_test"]["deviance_unconstrained"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_three_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
+    """ECLS-K style growth (eg): LOWINC's and MOBILITY's effects on the YEAR slope tied; by hand, S = LOWINC +
+    MOBILITY in the level-3 file. REML: the test of the tie refits both models by ML."""
+    l3 = pd.read_csv(T3 / "eg_l3.csv")
+    l3["S"] = l3["LOWINC"] + l3["MOBILITY"]
+    l3.to_csv(tmp_path / "l3.csv", index=False)
+    tied = _json(T3 / "eg_l1.csv", T3 / "eg_l2.csv", T3 / "eg_l3.csv", *EG_IDS, *EG_TIED, "--reml",
+                 "--constrain", "g101 = g102")
+    summed = _json(T3 / "eg_l1.csv", T3 / "eg_l2.csv", tmp_path / "l3.csv", *EG_IDS, *EG_SUMMED, "--reml")
+    names = ("γ000", "γ001", "γ010", "γ100", "γ101")
+    _assert_levels_summed(tied, summed, [*zip(names, names), ("γ102", "γ101")])
+    for key in ("tau_pi", "tau_beta"):
+        assert np.allclose(tied[key]["matrix"], summed[key]["matrix"], rtol=1e-6)
+        assert [c["chi2"] for c in tied[key]["chi2"]] == pytest.approx([c["chi2"] for c in summed[key]["chi2"]],
+                                                                       rel=1e-6)
+    assert tied["constraints"]["eliminated"] == [{"gamma": "g102", "equals": [{"coefficient": 1.0, "gamma": "g101"}]}]
+    t = tied["constraint_test"]
+    assert t["refitted_ml"] and t["df"] == 1 and t["params_unconstrained"] == t["params_constrained"] + 1
+    assert t["chi2"] == pytest.approx(t["deviance_constrained"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_four_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
+    """CSIZE's and SEC3's (SECTOR copied to the classes) effects on the class intercept tied; by hand, S = CSIZE +
+    SEC3 in the level-3 file. ML: the test of the tie is the change from the unconstrained fit's deviance."""
+    l3, l4 = pd.read_csv(T4 / "schools_l3.csv"), pd.read_csv(T4 / "schools_l4.csv")
+    l3 = l3.merge(l4, on="SCHOOLID").rename(columns={"SECTOR": "SEC3"})
+    l3.to_csv(tmp_path / "tied3.csv", index=False)
+    l3.assign(S=l3["CSIZE"] + l3["SEC3"]).to_csv(tmp_path / "summed3.csv", index=False)
+    files = [T4 / f"schools_l{k}.csv" for k in (1, 2)]
+    tied = _json(*files, tmp_path / "tied3.csv", T4 / "schools_l4.csv", *SCHOOLS_IDS, *SCHOOLS_TIED, "--ml",
+                 "--constrain", "d0010 = d0020")
+    summed = _json(*files, tmp_path / "summed3.csv", T4 / "schools_l4.csv", *SCHOOLS_IDS, *SCHOOLS_SUMMED, "--ml")
+    same = ("δ0000", "δ0010", "δ0100", "δ1000")
+    _assert_levels_summed(tied, summed, [*zip(same, same), ("δ0020", "δ0010")])
+    t = tied["constraint_test"]
+    assert not t["refitted_ml"] and t["deviance_constrained"] == pytest.approx(tied["deviance"], rel=1e-15)
+    assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)

@@ -94,11 +94,14 @@ def _zero_right_side(text: str) -> str:
 
 
 def spec_gamma_labels(spec) -> list[str]:
-    """The γs' ASCII labels in the engine's order (g00, g01, g10, ...)."""
+    """The fixed effects' ASCII labels in the engine's order, as --test reads them (g00, g01, g10, ...;
+    g000, g100 at three levels; the top letter of four levels)."""
     from ..language.hypotheses import fixed_effect_labels
+    from ..language.lexer import coefficient_letters
     from ..spec import coefficient_label
 
-    return [coefficient_label("g", idx) for idx in fixed_effect_labels(spec)]
+    letter = coefficient_letters(spec.n_levels)[-1] if getattr(spec, "n_levels", 2) > 2 else "g"
+    return [coefficient_label(letter, idx) for idx in fixed_effect_labels(spec)]
 
 
 @dataclass
@@ -256,3 +259,12 @@ def hglm_constraint_test(a, constraints: Constraints, unconstrained) -> dict:
                 "note": "no test: PQL has no deviance (it maximises a quasi-likelihood); fit with --estimation laplace "
                         "or agq for the likelihood-ratio test of the constraints"}
     return likelihood_ratio_record(constraints, a.ml, unconstrained().ml)
+
+
+def levels_constraint_test(fit, constraints: Constraints, refit) -> dict:
+    """The likelihood-ratio test of the restrictions of a fit of three or four levels (a NestedFit):
+    `refit(reml, H)` fits the model again (H None: unconstrained). REML deviances of different fixed
+    effects are not comparable, so a REML fit's test refits both models by ML (as for two levels)."""
+    if fit.method != "ML":
+        return likelihood_ratio_record(constraints, refit(False, constraints.basis.H), refit(False, None), True)
+    return likelihood_ratio_record(constraints, fit, refit(False, None))

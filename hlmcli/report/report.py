@@ -676,17 +676,22 @@ def _fixed_effect_lines(a, sym: Symbols) -> list[str]:
     return out
 
 
-def constraint_note(record: dict, sym: Symbols) -> list[str]:
-    """Below a table of a constrained fit: which γs are tied, and that they were estimated as one."""
-    def name(label: str) -> str:
-        return sym.gamma + label[1:]
+def constraint_note(record: dict, sym: Symbols, r_call: bool = False) -> list[str]:
+    """Below a table of a constrained fit: which γs are tied, and that they were estimated as one;
+    r_call: also that the R call printed is of the unconstrained model."""
+    def name(label: str) -> str:  # g10, g100 in the output's letters (four levels' d0001 as typed)
+        return sym.gamma + label[1:] if label.startswith("g") else label
 
     ties = []
     for e in record["eliminated"]:
         terms = " + ".join(("" if c == 1.0 else f"{c:g}*") + name(g["gamma"]) for g in e["equals"]
                            for c in [g["coefficient"]])
         ties.append(f"{name(e['gamma'])} = {terms}".replace("+ -", "- "))
-    return [f"* constrained (--constrain): {'; '.join(ties)}; estimated as one, with the d.f. counted as constrained"]
+    out = [f"* constrained (--constrain): {'; '.join(ties)}; estimated as one, with the d.f. counted as constrained"]
+    if r_call:
+        out.append("  (the R call printed is of the unconstrained model; for the constrained one, sum the tied "
+                   "predictors into one column)")
+    return out
 
 
 def _variance_component_lines(a, sym: Symbols) -> list[str]:

@@ -324,6 +324,8 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         out += negbin.theta_lines(a, sym)
     w("")
     out += _hglm_deviance_lines(a, sym)
+    if "constraints" in a.extras:
+        out += constraint_note(a.extras["constraints"], sym, r_call=True)[1:]
     out += extras_text(a.extras, sym)
     if a.pql is not None and a.pql.pa_failed:
         w("")
