@@ -90,3 +90,20 @@ def test_api_emulate_and_refusal():
 
     with pytest.raises(ModelError, match="accelerated iteration"):
         api.fit(*HSB[:2], id="ID", level1_eq="MATHACH = b0 + r", level2_eqs=["b0 = g00 + u0"], emulate="hlm7")
+
+
+@pytest.mark.parametrize("options,named", [
+    (dict(weight1="TIME"), "weight1"), (dict(tau="diagonal"), "--tau diagonal"),
+    (dict(constrain=["g01 = g11"]), "--constrain"), (dict(known_variance="TIME"), "--known-variance"),
+    (dict(level1_variance="TIME"), "--level1-variance"),
+    (dict(level1_covariance="ar1", occasion="TIME"), "--level1-covariance")])
+def test_refused_with_options_it_does_not_emulate(options, named):
+    """Each refused in one line naming the option and why (the capabilities table's EMULATE_CONFLICTS), before
+    any fitting; the CLI gives exit 2 for the same refusal (test_capabilities.py, cells 'emulate-*')."""
+    import hlmcli as api
+    from hlmcli.errors import RefusedOption
+
+    with pytest.raises(RefusedOption, match=r"with --emulate hlm6: not available") as info:
+        api.fit(PUB / "early_l1.csv", PUB / "early_l2.csv", id="ID", level1_eq=EARLY[5], level2_eqs=[EARLY[7], EARLY[9]],
+                method="ML", emulate="hlm6", **options)
+    assert named.lstrip("-") in str(info.value) and "\n" not in str(info.value)

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from ..engine.hlm_em import hlm6_run, starting_values
+from ..errors import RefusedOption
 from ..engine.objective import factor
 from ..engine.unitsolve import unit_solve
 
@@ -42,8 +43,19 @@ def emulate_hlm6(a, limit: int | None = None) -> dict:
     def loglik(sigma2, tau):  # as HLM 5/6 print it
         return -unit_solve(stats, factor(tau / sigma2)).deviance(sigma2, reml) / 2 + offset
 
+    K = a.unit.LL.shape[1]
+    if stats.q == 0:
+        raise RefusedOption("--emulate hlm6: the model has no random effect, and HLM's EM iterates on τ; drop --emulate")
+    if not any(a.unit.n[j] > K and np.linalg.matrix_rank(a.unit.LL[j]) == K for j in range(len(a.unit.n))):
+        raise RefusedOption(f"--emulate hlm6: HLM's starting values need units whose level-1 OLS is computable "
+                            f"(more than {K} records and a full-rank level-1 design), and no unit has one; drop --emulate")
     s0, t0, _ = starting_values(a.unit.n, a.unit.LL, a.unit.Ly, a.unit.yy, a.design.W, a.design.random)
-    k, sigma2, tau, by_rule = hlm6_run(stats, s0, t0, loglik, reml, limit)
+    with np.errstate(divide="raise", over="raise", invalid="raise"):  # underflow is harmless here
+        try:
+            k, sigma2, tau, by_rule = hlm6_run(stats, s0, t0, loglik, reml, limit)
+        except (FloatingPointError, np.linalg.LinAlgError):
+            raise RefusedOption("--emulate hlm6: HLM's EM path breaks down on this model (a singular step from "
+                                "HLM's start); the certified fit does not depend on it: drop --emulate") from None
     us = unit_solve(stats, factor(tau / sigma2))
     gamma = a.unit.on_outcome_scale(us.gamma)
     se = np.sqrt(np.diag(sigma2 * us.Pinv()))

@@ -1260,7 +1260,7 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         def analyse(spec, archive, df_method, weights=None):  # noqa: F811
             return analyse_hglm_one(spec, archive, level1, weights)
     if plausible_values:
-        outcomes = outcome_columns(plausible_values, list(archive.level1_names))
+        outcomes = outcome_columns(plausible_values, list(archive.level1_names), archive)
         analyses = analyse_plausible(spec, archive, outcomes, df_method, weights)
         source = "plausible values"
     else:
