@@ -288,7 +288,13 @@ class CrossedStats:
                 val[first != second] *= 2.0
                 group = np.repeat(np.arange(self.J1), counts)[first]
                 self._scalar_pairs = (k_lo.astype(np.int64) * self.Q2 + k_hi, val, group)
+                self.C1R_sorted = C  # C_1R in canonical form (the scalar paths read its entries)
+                self.c1r_rows = np.repeat(np.arange(self.J1), counts)  # each entry's row
         return self._scalar_pairs
+
+    def lam_columns(self, lams_R) -> np.ndarray:
+        """For 1 × 1 dense blocks, blockdiag_b(λ_b I_{J_b}) as its diagonal (Q2,)."""
+        return np.concatenate([np.full(J, float(lam[0, 0])) for J, lam in zip(self.JR, lams_R)])
 
     def lam_R(self, lams_R):
         """blockdiag over the dense factors of I_J ⊗ Λ_b, sparse (Q2 × Q2)."""
@@ -315,15 +321,33 @@ class CrossedSolve:
         D1blocks = np.linalg.solve(L11, np.broadcast_to(lam1.T, L11.shape))  # L11⁻¹Λ₁'
         self.D1 = _block_diag_sparse(D1blocks)
         self.DR = st.lam_R(lamsR)
-        self.A = (self.D1 @ st.C1R @ self.DR).tocsr()  # L11⁻¹ M_1R
         Q2 = st.Q2
         self.lamsR = lamsR
-        if Q2:
+        pairs = st.scalar_pairs() if Q2 else None
+        if pairs is not None:
+            # every block 1 × 1: A = diag(d1)·C_1R·diag(λ_col), and A'A = Λ_R C_R1 diag(d1²) C_1R Λ_R is the
+            # fixed pattern of C_R1C_1R reweighted (CrossedStats.scalar_pairs), formed without a sparse product
+            d1, lam_col = D1blocks[:, 0, 0], st.lam_columns(lamsR)
+            self.d1 = d1
+            C = st.C1R_sorted
+            self.A = sparse.csr_matrix((C.data * d1[st.c1r_rows] * lam_col[C.indices], C.indices, C.indptr),
+                                       shape=C.shape)
+            flat, val, group = pairs
+            S = np.bincount(flat, weights=val * (d1 * d1)[group], minlength=Q2 * Q2).reshape(Q2, Q2)
+            S = S + S.T  # the upper triangle, off-diagonal entries doubled: 2·C_R1 diag(d1²) C_1R
+            S *= -0.5
+            S += st.CRR
+            S *= lamsR[0][0, 0] ** 2 if len(lamsR) == 1 else np.outer(lam_col, lam_col)
+            S[np.diag_indices(Q2)] += 1.0
+            self.LR = np.linalg.cholesky(S)
+        elif Q2:
+            self.A = (self.D1 @ st.C1R @ self.DR).tocsr()  # L11⁻¹ M_1R
             S = _rmul(_rmul(st.CRR, lamsR, st.JR).T, lamsR, st.JR)  # Λ_R'C_RRΛ_R (C_RR symmetric)
             S += np.eye(Q2)
             S -= (self.A.T @ self.A).toarray()
             self.LR = np.linalg.cholesky(0.5 * (S + S.T))
         else:
+            self.A = (self.D1 @ st.C1R @ self.DR).tocsr()  # L11⁻¹ M_1R
             self.LR = np.zeros((0, 0))
         # [X y]: B1 = L11⁻¹Λ₁'Z₁'W, BR = LR⁻¹(Λ_R'Z_R'W − A'B1)
         self.B1 = np.asarray(self.D1 @ st.Z1W.reshape(-1, p + 1))
@@ -413,7 +437,7 @@ class CrossedSolve:
         if scalar:
             # every block 1 × 1: T = Λ_R'C_R1·diag(1/M11_j) (below), so T'S⁻¹T's trace is read from S⁻¹ on
             # the fixed pattern of C_R1C_1R (CrossedStats.scalar_pairs), rescaled at each Λ
-            lam_col = np.concatenate([np.full(J, lam[0, 0]) for J, lam in zip(st.JR, lamsR)])
+            lam_col = st.lam_columns(lamsR)
             m11 = 1.0 + self.lams[first][0, 0] ** 2 * st.C11[:, 0, 0]  # M11_j = L11_j²
             flat, val, group = st.scalar_pairs()
             scaled = Sinv if len(lamsR) == 1 else Sinv * np.outer(lam_col, lam_col)  # Λ_R S⁻¹ Λ_R
@@ -421,13 +445,17 @@ class CrossedSolve:
             per_group = np.bincount(group, weights=entries * val, minlength=st.J1)
             trace = float(per_group @ (1.0 / m11 ** 2))
             own -= trace * lamsR[0][0, 0] ** 2 if len(lamsR) == 1 else trace
+            C, d1 = st.C1R_sorted, self.d1  # L11⁻¹Λ₁' = diag(d1)
+            y1 = C.data * d1[st.c1r_rows]  # the entries of L11⁻¹Λ₁'C_1R
+            y1_squares = np.bincount(C.indices, weights=y1 * y1, minlength=Q2)
+            y1_X = np.asarray(C.T @ (d1[:, None] * B1X)) if (reml and p) else None
         elif Q2:
             T = (self.DR.T @ st.C1R.T - self.A.T @ Y1s).tocsr()  # (Q2, J1q1), sparse
             own -= _inner_sparse_gram(Sinv, T, q1)
         if reml and p:
             corr = st.XZ[first] - np.asarray((Y1s.T @ B1X)).T
             if scalar:
-                corr -= (np.asarray(st.C1R @ (lam_col[:, None] * V)) / m11[:, None]).T  # (T'V)'
+                corr -= (np.asarray(st.C1R_sorted @ (lam_col[:, None] * V)) / m11[:, None]).T  # (T'V)'
             elif Q2:
                 corr -= np.asarray(T.T @ V).T
             YX = _tri(RX, corr, lower=True)
@@ -437,8 +465,11 @@ class CrossedSolve:
         for i, b in enumerate(st.order[1:]):
             lo, hi = st.cuts[i], st.cuts[i + 1]
             qb, Jb = st.terms[b].q, st.terms[b].J
-            Y1b = (self.D1 @ st.C1R[:, lo:hi]).tocsc()
-            own = st.C_own[b] - _block_gram_sum(Y1b, Y1b, qb)
+            Y1b = None if scalar and invs is not None else (self.D1 @ st.C1R[:, lo:hi]).tocsc()  # L11⁻¹Λ₁'C_1b
+            if scalar:  # its columns' sums of squares, from C_1R's entries scaled by row
+                own = st.C_own[b] - float(y1_squares[lo:hi].sum())
+            else:
+                own = st.C_own[b] - _block_gram_sum(Y1b, Y1b, qb)
             if invs is not None:
                 # Σ_j of the diagonal blocks of S (rows of LR), of S⁻¹, and of −2I
                 Lb = self.LR[lo:hi].reshape(Jb, qb, Q2)
@@ -455,7 +486,8 @@ class CrossedSolve:
                     VT = _rmul(((self.LR[lo:hi] @ BRX) - V[lo:hi]).T, [invs[i]], [Jb])
                 else:
                     VT = V.T @ T
-                corr = st.XZ[b] - np.asarray(Y1b.T @ B1X).T - VT
+                Y1bX = y1_X[lo:hi] if Y1b is None else np.asarray(Y1b.T @ B1X)
+                corr = st.XZ[b] - Y1bX.T - VT
                 YX = _tri(RX, corr, lower=True)
                 own -= _block_gram_sum(YX, YX, qb)
             out[b] = own
