@@ -20,7 +20,7 @@ from .lazy import is_dataframe, lazy
 pd = lazy("pandas")
 
 from .language.model import ModelSpec
-from .errors import DataError, ModelError, UsageError
+from .errors import DataError, ModelError, RefusedOption, UsageError
 from .results import Results
 from .spec import Engine, Estimation, FamilyName, FitOptions, Link, Method, OutputOptions, TauStructure
 
@@ -101,6 +101,19 @@ def _enum(kind, value, what: str):
         raise ModelError(f"{what} must be one of {', '.join(repr(k.value) for k in kind)}, not '{value}'") from None
 
 
+EMULATE_HLM7 = ("--emulate hlm7: HLM 7's accelerated iteration (accel:) is not reproduced by any reconstruction "
+                "tried on its published output (README: Comparing with HLM), so it is not emulated; "
+                "use --emulate hlm6 (HLM 5/6's EM path), or 'hlmcli explain' to compare with HLM 7's printed numbers")
+
+
+def check_emulate(emulate: str) -> None:
+    """--emulate: hlm6 is built; hlm7 is refused in one line with the reason (before any data are read)."""
+    if emulate == "hlm7":
+        raise RefusedOption(EMULATE_HLM7)
+    if emulate != "hlm6":
+        raise ModelError(f"emulate must be 'hlm6' (or 'hlm7', refused), not '{emulate}'")
+
+
 def fit_options(**given) -> FitOptions:
     """FitOptions from the API's or the command line's keywords, each checked (one line if wrong)."""
     for name, kind in (("method", Method), ("family", FamilyName), ("estimation", Estimation), ("tau", TauStructure),
@@ -111,6 +124,8 @@ def fit_options(**given) -> FitOptions:
         given.pop("engine", None)
     if given.get("df_method") is None:
         given.pop("df_method", None)
+    if given.get("emulate") is not None:
+        check_emulate(given["emulate"])
     if given.get("df_method", "hlm") not in ("hlm", "hlm6", "satterthwaite"):
         raise ModelError(f"df must be 'hlm', 'hlm6' or 'satterthwaite', not '{given['df_method']}'")
     for name in ("tests", "imputed", "constraints"):
@@ -201,13 +216,28 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
         run = {"ordinal": analyse_ordinal, "negbinomial": analyse_negbin,
                "multinomial": analyse_multinomial}.get(o.family, analyse_hglm)
         weights = weight_spec(spec, fit)  # Laplace and AGQ only (capabilities.check refused PQL)
+        constraints = None
+        if fit.constraints:  # binary, binomial and count outcomes (capabilities.CONSTRAIN_CONFLICTS)
+            from functools import partial
+
+            from .analysis.constrained import parse_constraints
+
+            constraints = parse_constraints(fit.constraints, spec, centred_intercept=False)
+            run = partial(analyse_hglm, constraints=constraints)
         a = fit_or_refuse(lambda: run(spec, archive, level1_text, weights if weights.any else None), archive,
                           spec.outcome)
         if o.family == "multinomial":  # one test per logit
             from .analysis.multinomial_run import per_logit
 
             hypotheses = per_logit(hypotheses, a.categories)
-        a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params)
+        a.extras = hglm_extras(a, hypotheses, o.prior_deviance, o.prior_params, constraints)
+        if constraints is not None:
+            from .analysis.constrained import constraint_record, hglm_constraint_test, spec_gamma_labels
+
+            a.extras["constraints"] = constraint_record(constraints, spec_gamma_labels(spec))
+            a.extras["constraint_test"] = hglm_constraint_test(
+                a, constraints, lambda: fit_or_refuse(lambda: analyse_hglm(spec, archive, level1_text), archive,
+                                                      spec.outcome))
         a.notes = boundary_notes(a)
         return a
     if fit.constraints:
@@ -229,6 +259,10 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
     if fit.prior_version and "deviance_test" in analysis.extras:
         analysis.extras["deviance_test"].update({"prior_version": fit.prior_version,
                                                  "prior_deviance_printed": o.prior_deviance})
+    if fit.emulate:  # capabilities.check has refused every other kind of fit
+        from .analysis.hlm_emulation import emulate_hlm6
+
+        analysis.extras["emulation"] = emulate_hlm6(analysis, fit.max_iterations)
     return analysis
 
 
@@ -315,7 +349,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
         cache_dir: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None,
         level3: DataLike | None = None, level4: DataLike | None = None, level3_eqs: Sequence[str] = (),
         level4_eqs: Sequence[str] = (), id3: str | None = None, id4: str | None = None,
-        weight3: str | None = None, weight4: str | None = None) -> Results:
+        weight3: str | None = None, weight4: str | None = None, emulate: str | None = None) -> Results:
     """Fit a two-level model, as `hlmcli fit` does (the same stages), and return its Results.
 
     level1, level2: paths to data files (CSV, SAS, SPSS, Stata) or pandas DataFrames; or `level1`
@@ -338,7 +372,8 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
     level1_covariance ("unrestricted", "homogeneous", "heterogeneous" or "ar1") with occasion (the level-1
     variable holding each record's occasion): HLM 7's HMLM, compare_deviance/compare_params, test_homogeneity,
     full_output, ols_units, missing ("now"/"analysis"), drop_unmatched, file_format, delimiter,
-    cache_dir. `warn` receives warnings (default: Python's warnings module).
+    cache_dir. emulate="hlm6": HLM 5/6's EM path run beside the certified optimum (two-level linear ML/REML
+    fits in memory; results.to_dict()["emulation"]); "hlm7" is refused. `warn` receives warnings (default: Python's warnings module).
     Three and four levels (HLM3, HLM4): level1, level2, level3 (and level4) are the files of each
     level, with id2, id3 (id4) the unit ids of levels 2, 3 (4) as `hlmcli fit --id2 --id3 --id4`; or
     level1 a three- or four-level archive. level1_eq, level2_eqs, level3_eqs, level4_eqs are the `-1`
@@ -359,7 +394,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
                           level1_covariance=level1_covariance, occasion=occasion,
                           compare_deviance=compare_deviance, compare_params=compare_params,
                           test_homogeneity=test_homogeneity, full_output=full_output, ols_units=ols_units,
-                          max_iterations=max_iterations, engine=engine)
+                          max_iterations=max_iterations, engine=engine, emulate=emulate)
     hglm_only = [name for name, value in (("trials", trials), ("exposure", exposure), ("overdispersion", overdispersion),
                                           ("estimation", estimation), ("quadrature_points", quadrature_points),
                                           ("link", link))
@@ -379,7 +414,7 @@ def fit(level1: DataLike, level2: DataLike | None = None, id: str | None = "ID",
 
         for feature, asked in (("constrain", options.constraints), ("known_variance", options.known_variance),
                                ("level1_variance", options.level1_variance),
-                               ("level1_covariance", options.level1_covariance)):
+                               ("level1_covariance", options.level1_covariance), ("emulate", options.emulate)):
             if asked:
                 refuse(feature, "linear-summary")
         return _fit_summarised(level1, level2, id1 or id, id2 or id, level1_eq, level2_eqs, model, options, title,
@@ -431,7 +466,7 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
             analysis = fit_hglm_stream(spec, summary, level1, frame.id_names[0], file_format, delimiter,
                                        options.tests)
     else:
-        analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests)
+        analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests, options.constraints)
     o = spec.options
     meta = {"data_source": source, "title": o.title, "id_name": frame.id_names[0],
             "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
@@ -503,11 +538,25 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
         design = design_levels(spec, archive, level1)
     from .analysis.levels_combined import fit_weighted, weighting_meta
 
+    options = levels_fit_options(spec, fit)
+    constraints = None
+    if fit.constraints:  # the fit on X H (nested.reduce_standardised), given back in every γ
+        from .analysis.constrained import parse_constraints
+
+        constraints = parse_constraints(fit.constraints, spec, centred_intercept=False)
+        options["fixed_map"] = constraints.basis.H
     result, weights = fit_weighted(design, archive, levels_weight_spec(archive.n_levels, fit), spec.method == "REML",
-                                   spec.options.max_iterations, **levels_fit_options(spec, fit))
+                                   spec.options.max_iterations, **options)
     analysis = LevelsAnalysis(spec, design, result, weighting=weighting_meta(weights))
     analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
-                                    robust_only=weights is not None)
+                                    robust_only=weights is not None, constraints=constraints)
+    if constraints is not None:
+        from .analysis.constrained import constraint_record, levels_constraint_test, spec_gamma_labels
+
+        analysis.extras["constraints"] = constraint_record(constraints, spec_gamma_labels(spec))
+        analysis.extras["constraint_test"] = levels_constraint_test(
+            result, constraints, lambda reml, H: fit_weighted(design, archive, None, reml, spec.options.max_iterations,
+                                                              **{**options, "fixed_map": H})[0])
     if fit.level1_covariance or fit.occasion:  # HMLM2 (capabilities.check refused it at four levels)
         from .analysis.hmlm import analyse_hmlm2
 

@@ -110,12 +110,10 @@ _X_SUMMARY = ("the blocked Cholesky of crossed factors needs Z1'Z2, which pairs 
               "per-unit summaries of one factor do not keep it; fit in memory")
 _X_MISSING = ("a cross-classified fit reads one file and leaves out records with a missing value in a column the "
               "model uses (HLM's deletion at analysis)")
-_CONSTRAIN_SUMMARY = ("not built yet for the stream and Dask engines: their per-unit summaries would need the "
-                      "constrained design B_jH formed from the moments; fit with --engine memory")
-_CONSTRAIN_HGLM = ("not built yet for HGLM: the PQL, Laplace and AGQ fits would need the same reparametrisation "
-                   "γ = Hδ in their working model; the linear model has it")
-_CONSTRAIN_LEVELS = ("not built yet for three and four levels: HLM 7's constrain is HLM2's; the nested engines "
-                     "would need the constrained design of their γ layout")
+_CONSTRAIN_HGLM = ("not built yet for the streamed HGLM: its passes over the spilled records would need the "
+                   "constrained design B_jH formed per block; fit with --engine memory")
+_CONSTRAIN_LEVELS = ("not built yet for a three-level HGLM: its PQL and Laplace fits would need the constrained "
+                     "design X·H in their working model over the nested random effects; the linear fit has it")
 _CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
                       "predictors into one column of the formula")
 _VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
@@ -188,6 +186,29 @@ CONSTRAIN_CONFLICTS = {
     "weights": "the sandwich and the scaled weights are wired to the unconstrained γs; fit without sampling weights",
     "plausible_values": "Rubin's rules combine unconstrained fits; fit each plausible value or data set on its own",
     "full_output": "its unit-by-unit OLS and least-squares tables are of the unconstrained model",
+    "ordinal": ("not built yet: the ordinal fit's parameters are γ and the thresholds δ(m) together, and its "
+                "design is not yet formed through the constrained design XH; fit the tied predictors summed"),
+    "negbinomial": ("not built yet: the negative binomial fit's parameters are γ and log θ together, and its design "
+                    "is not yet formed through the constrained design XH; fit the tied predictors summed"),
+    "multinomial": ("not built yet: each of the M - 1 logits has its own γs, and ties within or across logits need "
+                    "a constrained design per logit; fit the tied predictors summed"),
+}
+
+_EMULATE = ("HLM 5/6's EM path (start, EM step, stop rule) is reconstructed for HLM2's two-level linear model from "
+            "published HLM 6 output only; ")
+_EMULATE_SUMMARY = _EMULATE + "HLM's start needs each unit's OLS, which the per-unit summaries keep, but it is not built there; fit with --engine memory"
+_EMULATE_HGLM = _EMULATE + "an HGLM's PQL, Laplace or AGQ iteration is another path, with no published iterations to rebuild it from"
+_EMULATE_LEVELS = _EMULATE + "HLM3's and HLM4's iterations are not"
+_EMULATE_CROSSED = _EMULATE + "HCM2's iteration is not"
+# With --emulate hlm6, options whose model HLM 5/6's EM (as reconstructed) does not fit: refused, never ignored.
+EMULATE_CONFLICTS = {
+    "weights": "the reconstructed EM is HLM 6's unweighted step; how HLM weights its iterations is not published",
+    "plausible_values": "one emulation per fit is not combined by Rubin's rules; emulate each fit on its own",
+    "constrain": "the reconstructed EM has no constrained γ step",
+    "known_variance": "the reconstructed EM estimates σ²; a V-known model has another M step",
+    "level1_variance": "the reconstructed EM has one σ²; heterol1var's iteration is not published",
+    "level1_covariance": "HMLM's iteration is not the reconstructed EM",
+    "tau_diagonal": "HLM's start and EM are reconstructed for an unstructured τ",
 }
 
 
@@ -213,10 +234,9 @@ FEATURES = (
     Feature("compare", "hlmcli compare (likelihood-ratio test)", {"pql": _NO_DEVIANCE, THREE_LEVEL_HGLM: _NO_DEVIANCE}),
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
-    Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML)",
-            {"linear-summary": _CONSTRAIN_SUMMARY, "pql": _CONSTRAIN_HGLM, "laplace": _CONSTRAIN_HGLM,
-             HGLM_STREAM: _CONSTRAIN_HGLM,
-             "agq": _CONSTRAIN_HGLM, **_k(_CONSTRAIN_LEVELS), "crossed": _CONSTRAIN_CROSSED,
+    Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
+            "HGLM: binary, binomial and count outcomes, no test under PQL)",
+            {HGLM_STREAM: _CONSTRAIN_HGLM, "crossed": _CONSTRAIN_CROSSED,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
@@ -276,6 +296,11 @@ FEATURES = (
              "three-level": _MULTI_LEVELS, "four-level": _HGLM_LEVELS, "crossed": _MULTI_CROSSED,
              THREE_LEVEL_HGLM: _MULTI_LEVELS, THREE_LEVEL_LAPLACE: _MULTI_LEVELS,
              HGLM_STREAM: _HGLM_STREAM_FAMILY.format(family="multinomial")}),
+    Feature("emulate", "--emulate hlm6 (HLM 5/6's EM path and stop rule beside the certified optimum, with the "
+            "deviance gap; --emulate hlm7 is refused: HLM 7's accelerated iteration is not reproduced)",
+            {"linear-summary": _EMULATE_SUMMARY, "pql": _EMULATE_HGLM, "laplace": _EMULATE_HGLM, "agq": _EMULATE_HGLM,
+             HGLM_STREAM: _EMULATE_HGLM, **_k(_EMULATE_LEVELS), "crossed": _EMULATE_CROSSED,
+             THREE_LEVEL_HGLM: _EMULATE_HGLM, THREE_LEVEL_LAPLACE: _EMULATE_HGLM}),
     Feature("stream_dask", "--engine stream/dask (three and four levels: what needs the records is refused as in the "
             "linear (stream, Dask) column, but the EB residual files of levels 2 to 4 are written; a two-level HGLM "
             "by PQL, Laplace or AGQ: --engine stream passes over the records spilled by unit, --engine dask over "
@@ -355,6 +380,7 @@ def features_asked(spec, fit: FitOptions, out: OutputOptions) -> list[str]:
         "ordinal": (fit.family or o.family) == "ordinal",
         "negbinomial": (fit.family or o.family) == "negbinomial",
         "multinomial": (fit.family or o.family) == "multinomial",
+        "emulate": bool(getattr(fit, "emulate", None)),
     }
     return [key for key, on in asked.items() if on]
 
@@ -431,7 +457,8 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
                                          **(LEVEL1_COVARIANCE_STRUCTURED if structured else {})}),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
-                                       ("constrain", "--constrain", CONSTRAIN_CONFLICTS)):
+                                       ("constrain", "--constrain", CONSTRAIN_CONFLICTS),
+                                       ("emulate", "--emulate hlm6", EMULATE_CONFLICTS)):
         if feature in asked:
             for key in asked:
                 if key in conflicts:

@@ -59,6 +59,13 @@ class OptionError(DataError):
     exit_code = EXIT_USAGE
 
 
+def text_column_error(name: str, file: str) -> DataError:
+    """A column a model or an option names that its file holds as text: the build left it out of the
+    variables (labels such as F/M are not numbers), so it is not "no such variable"."""
+    return DataError(f"{file}: column {name} holds text (labels, not numbers), so it is not among the variables; "
+                     f"recode it as numbers in {file} (e.g. 0 and 1 for two labels) and run again")
+
+
 def first_few(items, k: int = 5) -> str:
     """The first k items for a message, with an ellipsis when there are more."""
     items = list(items)

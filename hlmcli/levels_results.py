@@ -59,15 +59,21 @@ def label_of(idx, n_levels: int, ascii_only: bool = False) -> str:
 
 
 def levels_extras(analysis: LevelsAnalysis, tests: Sequence[str] = (), prior_deviance: float | None = None,
-                  prior_params: int | None = None, robust_only: bool = False) -> dict:
+                  prior_params: int | None = None, robust_only: bool = False, constraints=None) -> dict:
     """The Wald tests of γ (model-based and robust covariance) and the likelihood-ratio test against a
     prior model's deviance, as a two-level fit's extras. robust_only (sampling weights): the sandwich
-    test only, and no likelihood-ratio test (a pseudo-likelihood has none)."""
+    test only, and no likelihood-ratio test (a pseudo-likelihood has none). constraints (--constrain):
+    the tests are of the free γs (constrained.free_tests)."""
     from .analysis.pipeline import tests_of_gamma
     from .language.hypotheses import parse_test
 
     fit = analysis.fit
     hypotheses = [parse_test(t, analysis.levels_spec) for t in tests]
+    if constraints is not None:
+        from .analysis.constrained import free_tests
+
+        return free_tests(constraints, hypotheses, fit.gamma, fit.cov_gamma, fit.cov_gamma_robust, prior_deviance,
+                          prior_params, float(fit.deviance), int(fit.n_params), robust_only=robust_only)
     return tests_of_gamma(hypotheses, fit.gamma, fit.cov_gamma, fit.cov_gamma_robust, prior_deviance, prior_params,
                           float(fit.deviance), int(fit.n_params), robust_only=robust_only)
 
@@ -75,7 +81,8 @@ def levels_extras(analysis: LevelsAnalysis, tests: Sequence[str] = (), prior_dev
 def information_criteria_levels(fit: NestedFit, n_records: int) -> tuple[int, float, float]:
     """(k, AIC, BIC) as lme4 counts them for lmer: every γ, every τ entry and σ², under REML too; BIC
     with log N (level-1 records)."""
-    k = int(fit.gamma.size) + sum(t.shape[0] * (t.shape[0] + 1) // 2 for t in fit.taus) + 1
+    free = getattr(fit, "fixed_map", None)  # --constrain: the free γs are the parameters
+    k = int(fit.gamma.size if free is None else free.shape[1]) + sum(t.shape[0] * (t.shape[0] + 1) // 2 for t in fit.taus) + 1
     deviance = float(fit.deviance)
     return k, deviance + 2 * k, deviance + k * math.log(n_records)
 

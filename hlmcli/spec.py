@@ -114,6 +114,7 @@ class FitOptions:
     full_output: bool | None = None
     ols_units: int | None = None
     max_iterations: int | None = None
+    emulate: str | None = None  # --emulate hlm6: HLM 5/6's EM path beside the optimum (analysis/hlm_emulation.py)
     engine: Engine = Engine.MEMORY
     scheduler: str | None = None
 

@@ -386,3 +386,52 @@ def test_one_file_for_both_levels_with_two_id_columns_keeps_ids_as_text(tmp_path
     assert r.exit_code == 0, r.output
     archive = load_archive(out)
     assert archive.unit_ids == ["007", "008"] and archive.n_level1 == 3 and list(archive.unit_sizes) == [2, 1]
+
+
+def test_a_one_file_fit_parses_the_archive_header_once(hsb_archive, tmp_path, monkeypatch):
+    """A fit from an archive asks what the file is (cross-classified? how many levels?) before loading it:
+    the JSON header (every unit's id) is parsed once for all of them and the load."""
+    import hlmcli.io.archive as archive_module
+
+    parses = []
+
+    class CountingJson:
+        @staticmethod
+        def loads(text, *args, **kwargs):
+            parses.append(len(text))
+            return json.loads(text, *args, **kwargs)
+
+    path = tmp_path / "a.mdm"
+    shutil.copy(hsb_archive, path)
+    monkeypatch.setattr(archive_module, "json", CountingJson)
+    r = run("fit", path, "-1", "MATHACH = b0 + b1*NOSUCH + r", "-2", "b0 = g00 + u0")
+    assert r.exit_code == 1 and "NOSUCH" in r.output, r.output  # after the load, before any fitting
+    assert len(parses) == 1, parses
+
+
+def test_a_header_read_before_the_load_is_not_reused_for_a_replaced_file(hsb_archive, popular_archive, tmp_path):
+    from hlmcli.io.archive import peek_header
+
+    path = tmp_path / "a.mdm"
+    shutil.copy(hsb_archive, path)
+    assert "MATHACH" in peek_header(path)["level1_names"]
+    shutil.copy(popular_archive, tmp_path / "b.mdm")
+    os.replace(tmp_path / "b.mdm", path)
+    assert "popular" in load_archive(path).level1_names
+
+
+@pytest.mark.parametrize("cut", ["in the header", "in the arrays"])
+def test_a_truncated_archive_is_one_line_before_it_is_used(hsb_archive, tmp_path, cut):
+    """An archive cut short (a copy, a full disk) is refused in one line, exit 1, by its size against the
+    header's; no signal from reading past the end of the mapped file."""
+    from hlmcli.io.archive import PREFIX
+
+    whole = hsb_archive.read_bytes()
+    header_len = PREFIX.unpack_from(whole)[3]
+    size, described = ((100, f"at least {PREFIX.size + header_len}") if cut == "in the header" else
+                       (len(whole) - 4000, str(len(whole))))
+    path = tmp_path / "cut.mdm"
+    path.write_bytes(whole[:size])
+    r = run("fit", path, "-1", "MATHACH = b0 + r", "-2", "b0 = g00 + u0")
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"cut.mdm: the archive is truncated: the file has {size} bytes, its header describes {described}" in r.output

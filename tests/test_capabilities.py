@@ -196,6 +196,8 @@ def check_test(kind, tmp_path):
 def check_constrain(kind, tmp_path):
     """--constrain 'g01 = g10' (SECTOR's effect on the intercept tied to the SES slope): the model refitted by
     hand on S = SECTOR + SES, to 1e-10; the test of the tie is the change from the base fit's deviance."""
+    if kind in ("pql", "laplace", "agq"):
+        return check_constrain_hglm(kind)
     doc = fit_json(kind, "--constrain", "g01 = g10")
     l1, l2 = (pd.read_csv(p) for p in LINEAR_FILES)
     l1 = l1.merge(l2[["ID", "SECTOR"]], on="ID")
@@ -209,6 +211,31 @@ def check_constrain(kind, tmp_path):
     base_fit = fit_json(kind)
     matches_reference(base_fit["fixed_effects"], kind)
     assert doc["constraint_test"]["chi2"] == pytest.approx(doc["deviance"] - base_fit["deviance"], rel=1e-9)
+
+
+def check_constrain_hglm(kind):
+    """mmmec's counts with NATION's effect on the intercept tied to the UVB slope ('g01 = g10'): the model
+    refitted by hand on S = NATION + UVB (deviance to 1e-9, γ and SEs to 1e-6); the test of the tie (none
+    under PQL, which has no deviance) is the change from the unconstrained fit's deviance."""
+    model = ["--id", "REGION", "-1", "DEATHS = b0 + b1*UVB", "-2", "b0 = g00 + g01*NATION + u0", "-2", "b1 = g10",
+             "--family", "poisson", "--exposure", "EXPECTED", *METHOD[kind]]
+    doc = json.loads(run("fit", *HGLM_FILES, *model, "--constrain", "g01 = g10", "--format", "json").stdout)
+    l1, l2 = (pd.read_csv(p) for p in HGLM_FILES)
+    l1 = l1.merge(l2, on="REGION")
+    l1["S"] = l1["NATION"] + l1["UVB"]
+    est = METHOD[kind][1] if METHOD[kind] else "pql"
+    by_hand = hlmcli.fit(l1, l2.drop(columns="NATION"), id="REGION", level1_eq="DEATHS = b0 + b1*S",
+                         level2_eqs=["b0 = g00 + u0", "b1 = g10"], family="poisson", exposure="EXPECTED",
+                         estimation=est, quadrature_points=25 if est == "agq" else None).to_dict()
+    hand = [by_hand["fixed_effects"][k] for k in (0, 1, 1)]
+    for f, g in zip(doc["fixed_effects"], hand):
+        assert (f["estimate"], f["se"]) == pytest.approx((g["estimate"], g["se"]), rel=1e-6)
+    t = doc["constraint_test"]
+    if kind == "pql":
+        assert doc["deviance"] is None and t["chi2"] is None and "PQL has no deviance" in t["note"]
+        return
+    assert doc["deviance"] == pytest.approx(by_hand["deviance"], rel=1e-9)
+    assert t["chi2"] == pytest.approx(doc["deviance"] - t["deviance_unconstrained"], rel=1e-12) and t["df"] == 1
 
 
 def check_known_variance(kind, tmp_path):
@@ -499,6 +526,16 @@ def check_multinomial(kind, tmp_path):
     assert [f["estimate"] for f in doc["fixed_effects"]] == pytest.approx(ref["gamma"], rel=1e-4)
 
 
+def check_emulate(kind, tmp_path):
+    """--emulate hlm6 adds its record and leaves the main tables the certified optimum (WeMix's); its point is
+    never below the optimum in deviance (tests/test_hlm_emulate.py holds it to HLM 6's printed numbers)."""
+    doc = fit_json(kind, "--emulate", "hlm6")
+    matches_reference(doc["fixed_effects"], kind)
+    deviance_matches(doc, kind)
+    em = doc["emulation"]
+    assert em["deviance_optimum"] == doc["deviance"] and em["deviance_gap"] >= -1e-6 and em["stopped_by_rule"]
+
+
 SUPPORTED = {f.key: globals()[f"check_{f.key}"] for f in capabilities.FEATURES}
 
 
@@ -684,6 +721,24 @@ def check_levels_formats(kind, tmp_path):
         assert f"{fixed[intercept][0]:.3f}" in res.table(fmt) if kind == "three-level" else True
     proc = run("fit", *LEVELS_BASE[kind], "--format", "markdown")
     assert proc.returncode == 0 and "(Intercept)" in proc.stdout and "J (level 3)" in proc.stdout
+
+
+def check_levels_constrain(kind, tmp_path):
+    """Three levels: the pastes model with two casks tied equals the one refitted on their summed dummies
+    (test_constraints). Four levels: SES's effect on the intercept tied to the TIME slope's (d0100 = d1000),
+    fitted as one, and the test of the tie the change from the base fit's deviance (which matches lme4)."""
+    if kind == "three-level":
+        from test_constraints import test_three_level_constrained_fit_is_the_summed_predictor_fit_fast as check
+
+        return check(tmp_path)
+    doc = levels_json(kind, "--constrain", "d0100 = d1000")
+    f = {r["label"]: r for r in doc["fixed_effects"]}
+    assert (f["δ0100"]["estimate"], f["δ0100"]["se"]) == (f["δ1000"]["estimate"], f["δ1000"]["se"])
+    base_fit = levels_json(kind)
+    levels_matches(base_fit, kind)
+    t = doc["constraint_test"]
+    assert t["deviance_unconstrained"] == pytest.approx(base_fit["deviance"], rel=1e-12)
+    assert t["chi2"] == pytest.approx(doc["deviance"] - base_fit["deviance"], rel=1e-9) and t["df"] == 1
 
 
 def check_levels_test(kind, tmp_path):
@@ -1502,6 +1557,7 @@ ASK = {
     "known_variance": lambda kind, d: ["--known-variance", "SES", "-q"],
     "level1_variance": lambda kind, d: ["--level1-variance", "SES", "-q"],  # -q: pastes' text column warns on loading
     "level1_covariance": lambda kind, d: ["--level1-covariance", "ar1", "--occasion", "SES", "-q"],
+    "emulate": lambda kind, d: ["--emulate", "hlm6", "-q"],
 }
 
 

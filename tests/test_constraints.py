@@ -157,9 +157,17 @@ def test_hlm_file_constrain_yes_points_to_the_option(tmp_path, hsb_loaded):
     assert make_spec(hsb_loaded, None, (), model=path).outcome == "MATHACH"
 
 
-def test_api_refuses_constraints_with_the_stream_engine():
-    with pytest.raises(ModelError, match="--constrain: not available for a linear \\(stream, Dask\\) fit"):
-        hlmcli.fit(L1, L2, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", engine="stream")
+def test_stream_engine_constrained_fit_equals_the_memory_one():
+    """The stream engine forms B_jH from the same per-unit moments: its constrained fit, tests and test of the
+    ties are the in-memory fit's (ML, so the test needs one refit per engine)."""
+    kw = dict(id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", method="ML")
+    memory, stream = (hlmcli.fit(L1, L2, engine=e, **kw).to_dict() for e in ("memory", "stream"))
+    assert stream["deviance"] == pytest.approx(memory["deviance"], rel=1e-12)
+    for f, g in zip(stream["fixed_effects"], memory["fixed_effects"]):
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-9), (f["gamma"], key)
+    assert stream["constraints"] == memory["constraints"]
+    assert stream["constraint_test"]["chi2"] == pytest.approx(memory["constraint_test"]["chi2"], rel=1e-9)
 
 
 def test_wald_test_under_constraints_is_on_the_free_gammas(reml_pair, frames):
@@ -174,3 +182,171 @@ def test_wald_test_under_constraints_is_on_the_free_gammas(reml_pair, frames):
     with pytest.raises(ModelError, match="already imposed"):
         hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30",
                    tests=["g20 - g30 = 0"])
+
+
+# ---------------------------------------------------------------- HGLM: the same design XH, every estimation
+
+HGLM = DATA / "hglm"
+CBPP_TIED = ("INCID = b0 + b1*P2 + b2*P3 + b3*P4", ["b0 = g00 + u0", "b1 = g10", "b2 = g20", "b3 = g30"])
+CBPP_SUMMED = ("INCID = b0 + b1*P2 + b2*P34", ["b0 = g00 + u0", "b1 = g10", "b2 = g20"])
+
+
+@pytest.fixture(scope="module")
+def cbpp():
+    l1 = pd.read_csv(HGLM / "cbpp_l1.csv")
+    l1["P34"] = l1["P3"] + l1["P4"]
+    return l1, pd.read_csv(HGLM / "cbpp_l2.csv")
+
+
+def _hglm_pair(cbpp, estimation):
+    """cbpp's binomial model with the periods 3 and 4 tied, and refitted by hand on P34 = P3 + P4."""
+    kw = dict(id="HERD", family="binomial", trials="SIZE", estimation=estimation)
+    tied = hlmcli.fit(*cbpp, level1_eq=CBPP_TIED[0], level2_eqs=CBPP_TIED[1], constrain=["g20 = g30"], **kw)
+    summed = hlmcli.fit(*cbpp, level1_eq=CBPP_SUMMED[0], level2_eqs=CBPP_SUMMED[1], **kw)
+    return tied.to_dict(), summed.to_dict()
+
+
+def _assert_summed(tied, summed):
+    by_hand = {f["gamma"]: f for f in summed["fixed_effects"]}
+    for f in tied["fixed_effects"]:
+        g = by_hand["γ20" if f["gamma"] in ("γ20", "γ30") else f["gamma"]]
+        for key in ("estimate", "se", "robust_se"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (f["gamma"], key)
+        assert f["df"] == g["df"]  # N - J·R - F with F counting the free γs: 56 - 15 - 2
+    assert np.allclose(tied["tau"], summed["tau"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("estimation", ["laplace", "agq"])
+def test_hglm_constrained_fit_is_the_summed_predictor_fit(cbpp, estimation):
+    tied, summed = _hglm_pair(cbpp, estimation)
+    assert tied["converged"] and tied["certificate"]["certified"]
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9)
+    assert tied["n_params"] == summed["n_params"]
+    _assert_summed(tied, summed)
+    t = tied["constraint_test"]  # against the unconstrained fit: one parameter more, a lower deviance
+    assert t["df"] == 1 and t["params_unconstrained"] == tied["n_params"] + 1
+    assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12) and t["chi2"] > 0
+
+
+def test_hglm_pql_constrained_fit_is_the_summed_predictor_fit_without_a_test(cbpp):
+    tied, summed = _hglm_pair(cbpp, "pql")
+    _assert_summed(tied, summed)
+    t = tied["constraint_test"]
+    assert t["chi2"] is None and "PQL has no deviance" in t["note"]
+
+
+def test_cli_hglm_constrained_fit(tmp_path):
+    """As a user types it: a Laplace fit with the tie, its table marked, its JSON valid and its test printed."""
+    out = tmp_path / "fit.json"
+    proc = run_cli("fit", HGLM / "cbpp_l1.csv", HGLM / "cbpp_l2.csv", "--id", "HERD", "-1", CBPP_TIED[0],
+                   *[a for eq in CBPP_TIED[1] for a in ("-2", eq)], "--family", "binomial", "--trials", "SIZE",
+                   "--estimation", "laplace", "--constrain", "g20 = g30", "--json-out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "γ20*" in proc.stdout and "* constrained (--constrain): γ30 = γ20" in proc.stdout
+    assert "Likelihood-ratio test of the constraints (g20 = g30)" in proc.stdout
+    doc = json.loads(out.read_text())
+    from hlmcli.report.schemas import first_error
+
+    assert first_error(doc, "fit") is None
+    assert doc["constraints"]["eliminated"] == [{"gamma": "g30", "equals": [{"coefficient": 1.0, "gamma": "g20"}]}]
+    assert doc["constraint_test"]["df"] == 1 and doc["constraint_test"]["chi2"] > 0
+
+
+def test_hglm_constraints_with_thresholds_are_refused(cbpp):
+    with pytest.raises(ModelError, match="--constrain: not available: .*thresholds"):
+        hlmcli.fit(*cbpp, id="HERD", level1_eq=CBPP_TIED[0], level2_eqs=CBPP_TIED[1], family="ordinal",
+                   estimation="laplace", constrain=["g20 = g30"])
+
+
+# ---------------------------------------------------------------- three and four levels: the nested engine on X·H
+
+T3, T4 = DATA / "three_level", DATA / "four_level"
+EG_IDS = ["--id2", "CHILDID", "--id3", "SCHOOLID"]
+EG_TIED = ["-1", "MATH = π0 + π1*YEAR + e", "-2", "π0 = β00 + β01*FEMALE + r0", "-2", "π1 = β10 + r1",
+           "-3", "β00 = γ000 + γ001*LOWINC + u00", "-3", "β01 = γ010",
+           "-3", "β10 = γ100 + γ101*LOWINC + γ102*MOBILITY + u10"]
+EG_SUMMED = EG_TIED[:-1] + ["β10 = γ100 + γ101*S + u10"]
+SCHOOLS_IDS = ["--id2", "STUDENTID", "--id3", "CLASSID", "--id4", "SCHOOLID"]
+SCHOOLS_TIED = ["-1", "SCORE = p0 + p1*TIME + e", "-2", "p0 = b00 + b01*SES + r0", "-2", "p1 = b10 + r1",
+                "-3", "b00 = g000 + g001*CSIZE + g002*SEC3 + u00", "-4", "g000 = d0000 + v000"]
+SCHOOLS_SUMMED = SCHOOLS_TIED[:-3] + ["b00 = g000 + g001*S + u00", "-4", "g000 = d0000 + v000"]
+
+
+def _json(*args) -> dict:
+    proc = run_cli("fit", *args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _assert_levels_summed(tied, summed, pairs, df=True):
+    """pairs: (the tied fit's label, the summed fit's label) of each fixed effect."""
+    assert tied["converged"] and tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9)
+    assert tied["n_params"] == summed["n_params"]
+    got = {f.get("gamma", f.get("label")): f for f in tied["fixed_effects"]}
+    by_hand = {f.get("gamma", f.get("label")): f for f in summed["fixed_effects"]}
+    for mine, theirs in pairs:
+        f, g = got[mine], by_hand[theirs]
+        for key in ("estimate", "se", "robust_se"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (mine, key)
+        if df:
+            assert f["df"] == g["df"], mine
+
+
+def test_three_level_constrained_fit_is_the_summed_predictor_fit_fast(tmp_path):
+    """Pastes (60 records): casks a and b given one effect (CA, CB dummies of CASK); by hand CAB = CA + CB."""
+    l2 = pd.read_csv(T3 / "pastes_l2.csv")
+    l2["CA"], l2["CB"] = (l2["CASK"] == "a").astype(int), (l2["CASK"] == "b").astype(int)
+    l2["CAB"] = l2["CA"] + l2["CB"]
+    l2.drop(columns="CASK").to_csv(tmp_path / "l2.csv", index=False)
+    kw = dict(id2="SAMPLE", id3="BATCH", level1_eq="STRENGTH = π0 + e", method="ML", warn=lambda m: None)
+    files = (T3 / "pastes_l1.csv", tmp_path / "l2.csv")
+    tied = hlmcli.fit(*files, level3=T3 / "pastes_l3.csv", level2_eqs=["π0 = β00 + β01*CA + β02*CB + r0"],
+                      level3_eqs=["β00 = γ000 + u00", "β01 = γ010", "β02 = γ020"], constrain=["g010 = g020"], **kw)
+    summed = hlmcli.fit(*files, level3=T3 / "pastes_l3.csv", level2_eqs=["π0 = β00 + β01*CAB + r0"],
+                        level3_eqs=["β00 = γ000 + u00", "β01 = γ010"], **kw)
+    tied, summed = tied.to_dict(), summed.to_dict()
+    _assert_levels_summed(tied, summed, [("γ000", "γ000"), ("γ010", "γ010"), ("γ020", "γ010")])
+    assert np.allclose(tied["tau_pi"]["matrix"], summed["tau_pi"]["matrix"], rtol=1e-6)
+    assert tied["constraint_test"]["chi2"] == pytest.approx(
+        tied["deviance"] - tied["constraint_test"]["deviance_unconstrained"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_three_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
+    """ECLS-K style growth (eg): LOWINC's and MOBILITY's effects on the YEAR slope tied; by hand, S = LOWINC +
+    MOBILITY in the level-3 file. REML: the test of the tie refits both models by ML."""
+    l3 = pd.read_csv(T3 / "eg_l3.csv")
+    l3["S"] = l3["LOWINC"] + l3["MOBILITY"]
+    l3.to_csv(tmp_path / "l3.csv", index=False)
+    tied = _json(T3 / "eg_l1.csv", T3 / "eg_l2.csv", T3 / "eg_l3.csv", *EG_IDS, *EG_TIED, "--reml",
+                 "--constrain", "g101 = g102")
+    summed = _json(T3 / "eg_l1.csv", T3 / "eg_l2.csv", tmp_path / "l3.csv", *EG_IDS, *EG_SUMMED, "--reml")
+    names = ("γ000", "γ001", "γ010", "γ100", "γ101")
+    _assert_levels_summed(tied, summed, [*zip(names, names), ("γ102", "γ101")])
+    for key in ("tau_pi", "tau_beta"):
+        assert np.allclose(tied[key]["matrix"], summed[key]["matrix"], rtol=1e-6)
+        assert [c["chi2"] for c in tied[key]["chi2"]] == pytest.approx([c["chi2"] for c in summed[key]["chi2"]],
+                                                                       rel=1e-6)
+    assert tied["constraints"]["eliminated"] == [{"gamma": "g102", "equals": [{"coefficient": 1.0, "gamma": "g101"}]}]
+    t = tied["constraint_test"]
+    assert t["refitted_ml"] and t["df"] == 1 and t["params_unconstrained"] == t["params_constrained"] + 1
+    assert t["chi2"] == pytest.approx(t["deviance_constrained"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_four_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
+    """CSIZE's and SEC3's (SECTOR copied to the classes) effects on the class intercept tied; by hand, S = CSIZE +
+    SEC3 in the level-3 file. ML: the test of the tie is the change from the unconstrained fit's deviance."""
+    l3, l4 = pd.read_csv(T4 / "schools_l3.csv"), pd.read_csv(T4 / "schools_l4.csv")
+    l3 = l3.merge(l4, on="SCHOOLID").rename(columns={"SECTOR": "SEC3"})
+    l3.to_csv(tmp_path / "tied3.csv", index=False)
+    l3.assign(S=l3["CSIZE"] + l3["SEC3"]).to_csv(tmp_path / "summed3.csv", index=False)
+    files = [T4 / f"schools_l{k}.csv" for k in (1, 2)]
+    tied = _json(*files, tmp_path / "tied3.csv", T4 / "schools_l4.csv", *SCHOOLS_IDS, *SCHOOLS_TIED, "--ml",
+                 "--constrain", "d0010 = d0020")
+    summed = _json(*files, tmp_path / "summed3.csv", T4 / "schools_l4.csv", *SCHOOLS_IDS, *SCHOOLS_SUMMED, "--ml")
+    same = ("δ0000", "δ0010", "δ0100", "δ1000")
+    _assert_levels_summed(tied, summed, [*zip(same, same), ("δ0020", "δ0010")])
+    t = tied["constraint_test"]
+    assert not t["refitted_ml"] and t["deviance_constrained"] == pytest.approx(tied["deviance"], rel=1e-15)
+    assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)

@@ -175,6 +175,24 @@ def test_weight_columns_that_are_not_there_are_refused(pastes_pv, tmp_path):
     assert proc.returncode == 2 and "--reml with sampling weights" in proc.stderr
 
 
+def test_a_zero_weight_is_refused_at_every_level(pastes_pv, tmp_path):
+    """The two-level rule at three levels: a zero weight of a record, a level-2 or a level-3 unit stops
+    the run (exit 1) with one line naming the file, column and row, in the same words at each level."""
+    frames = [pd.read_csv(p) for p in pastes_pv]
+    for frame, col in zip(frames, ("W1", "W2", "W3")):
+        frame[col] = frame[col].astype(float)
+        frame.loc[0, col] = 0.0
+    paths = _write(frames, tmp_path, "zero")
+    three = [*paths, *PASTES_IDS, "-1", "STRENGTH = p0 + e", "-2", "p0 = b00 + r0", "-3", "b00 = g000 + u00",
+             "--cache-dir", tmp_path / "c"]
+    for level, where in ((1, "record 1 (level-2 unit"), (2, f"level-2 unit {frames[1].SAMPLE[0]}"),
+                         (3, f"level-3 unit {frames[2].BATCH[0]}")):
+        proc = hlmcli("fit", *three, f"--weight{level}", f"W{level}")
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"zero{level}.csv: column W{level}: the weight of {where}" in proc.stderr, proc.stderr
+        assert "is zero (0); weights must be positive numbers at every level" in proc.stderr
+
+
 @pytest.fixture(scope="module")
 def pastes_pv(tmp_path_factory):
     return pastes_files(tmp_path_factory.mktemp("pastes_cli"))

@@ -112,8 +112,8 @@ def _with(tmp_path, col, level, row, value):
     return build_from_files(tmp_path / "l1.csv", tmp_path / "l2.csv", BuildOptions(id1="ID", id2="ID"))
 
 
-@pytest.mark.parametrize("level,value,word", [(1, -1.0, "negative"), (1, np.nan, "missing"), (2, 0.0, "zero"),
-                                               (2, -2.0, "negative")])
+@pytest.mark.parametrize("level,value,word", [(1, -1.0, "negative"), (1, np.nan, "missing"), (1, 0.0, "zero"),
+                                               (2, 0.0, "zero"), (2, -2.0, "negative")])
 def test_bad_weights_are_refused_with_file_column_and_row(tmp_path, level, value, word):
     arch = _with(tmp_path, "W1" if level == 1 else "W2", level, 3, value)
     with pytest.raises(ModelError) as e:
@@ -137,15 +137,19 @@ def test_an_infinite_weight_is_refused_where_it_enters(tmp_path, level):
     assert col in msg and ("l1.csv" if level == 1 else "l2.csv") in msg and "line 5" in msg and "infinite" in msg
 
 
-def test_zero_level1_weight_allowed_but_not_a_whole_unit(tmp_path):
-    arch = _with(tmp_path, "W1", 1, 0, 0.0)
-    analyse(_spec(arch), arch, weights=WeightSpec("W1", None, "none"))
-    l1 = pd.read_csv(WDATA / "hsbw_l1.csv")
-    l1.loc[l1.ID == l1.ID.iloc[0], "W1"] = 0.0
-    l1.to_csv(tmp_path / "l1.csv", index=False)
-    arch = build_from_files(tmp_path / "l1.csv", tmp_path / "l2.csv", BuildOptions(id1="ID", id2="ID"))
-    with pytest.raises(ModelError, match="every level-1 weight of unit 1224 is zero"):
-        analyse(_spec(arch), arch, weights=WeightSpec("W1", None, "cluster"))
+@pytest.mark.parametrize("level", [1, 2])
+def test_a_zero_weight_is_refused_at_either_level_with_one_rule(tmp_path, level):
+    """One rule at both levels (a zero weight adds nothing to the pseudo-likelihood but would still count
+    in n_j and J): refused with the same words, under every normalisation."""
+    col = "W1" if level == 1 else "W2"
+    arch = _with(tmp_path, col, level, 0, 0.0)
+    for normalize in ("none", "cluster"):
+        with pytest.raises(ModelError) as e:
+            analyse(_spec(arch), arch, weights=WeightSpec("W1" if level == 1 else None, col if level == 2 else None,
+                                                          normalize))
+        assert f"column {col}: the weight of " in str(e.value)
+        assert "is zero (0); weights must be positive numbers at every level" in str(e.value)
+        assert "drop it from the data" in str(e.value)
 
 
 def test_weight_at_the_wrong_level_is_named(hsbw):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..data import design as design_stage
-from ..data.design import Design
+from ..data.design import Design, MomentsDesign
 from ..engine.constraints import ConstraintBasis, constraint_basis
 from ..engine.sufficient import unit_cross_products
 from ..errors import ModelError
@@ -36,10 +36,11 @@ class Constraints:
     basis: ConstraintBasis
 
 
-def parse_constraints(texts, spec) -> Constraints:
+def parse_constraints(texts, spec, centred_intercept: bool = True) -> Constraints:
     """'g10 = g20' (several restrictions in one string, comma-separated, or several strings) over the
     model's γs, as --test reads them; only restrictions of the form Cγ = 0 (equalities and linear
-    ties), and none that fixes a γ or names γ00."""
+    ties), and none that fixes a γ or (centred_intercept: the linear engine, which takes the
+    outcome's mean out) names γ00."""
     from ..language.hypotheses import parse_test
 
     rows, labels = [], []
@@ -56,7 +57,7 @@ def parse_constraints(texts, spec) -> Constraints:
     C = np.array(rows, dtype=float)
     basis = constraint_basis(C, f"{OPTION} '{', '.join(labels)}'")
     names = spec_gamma_labels(spec)
-    if 0 in basis.involved() and names and names[0] in ("g00",):
+    if centred_intercept and 0 in basis.involved() and names and names[0] in ("g00",):
         raise ModelError(f"{OPTION} '{', '.join(labels)}': γ00 cannot be constrained: it carries the outcome's mean, "
                          "which hlmcli takes out before the cross-products to keep their digits; constrain other γs")
     for e in basis.eliminated:
@@ -93,11 +94,14 @@ def _zero_right_side(text: str) -> str:
 
 
 def spec_gamma_labels(spec) -> list[str]:
-    """The γs' ASCII labels in the engine's order (g00, g01, g10, ...)."""
+    """The fixed effects' ASCII labels in the engine's order, as --test reads them (g00, g01, g10, ...;
+    g000, g100 at three levels; the top letter of four levels)."""
     from ..language.hypotheses import fixed_effect_labels
+    from ..language.lexer import coefficient_letters
     from ..spec import coefficient_label
 
-    return [coefficient_label("g", idx) for idx in fixed_effect_labels(spec)]
+    letter = coefficient_letters(spec.n_levels)[-1] if getattr(spec, "n_levels", 2) > 2 else "g"
+    return [coefficient_label(letter, idx) for idx in fixed_effect_labels(spec)]
 
 
 @dataclass
@@ -111,10 +115,22 @@ class ConstrainedDesign(Design):
         return self.full.block_design() @ self.H
 
 
+@dataclass
+class ConstrainedMomentsDesign(MomentsDesign):
+    """The same view of a design summarised by the stream and Dask engines (its n stored)."""
+
+    full: Design | None = None
+    H: np.ndarray | None = None
+
+    def block_design(self) -> np.ndarray:
+        return self.full.block_design() @ self.H
+
+
 def constrained_view(design: Design, basis: ConstraintBasis) -> ConstrainedDesign:
-    values = {f.name: getattr(design, f.name) for f in fields(Design)}
+    cls = ConstrainedMomentsDesign if isinstance(design, MomentsDesign) else ConstrainedDesign
+    values = {f.name: getattr(design, f.name) for f in fields(design)}
     values["fixed"] = [design.fixed[i] for i in basis.free]
-    return ConstrainedDesign(**values, full=design, H=basis.H)
+    return cls(**values, full=design, H=basis.H)
 
 
 def constrained_df(design: Design, basis: ConstraintBasis, rule: str = "hlm") -> np.ndarray:
@@ -138,14 +154,30 @@ def constrained_df(design: Design, basis: ConstraintBasis, rule: str = "hlm") ->
     return np.array(out, dtype=float)
 
 
+def expand_estimates(basis: ConstraintBasis, gamma, cov, robust_cov=None) -> tuple:
+    """A fit on the free γs given back in every γ: γ = Hδ, Cov(γ) = H Cov(δ) H' (model-based and
+    robust alike; None stays None). Shared by every kind of model fitted on the design XH."""
+    expand = (lambda c: None if c is None else basis.expand_cov(c))
+    return basis.expand(gamma), expand(cov), expand(robust_cov)
+
+
 def analyse_constrained(spec, archive, constraints: Constraints, df_method: str = "hlm") -> Analysis:
     """The certified fit of the constrained model, reported in every γ."""
     design = design_stage.make_design(spec, archive)
     check_estimable(design)
-    basis = constraints.basis
-    view = constrained_view(design, basis)
+    view = constrained_view(design, constraints.basis)
     unit = unit_cross_products(design.L, design.y, design.offsets, center_y=design_stage.has_overall_intercept(design))
     centred = centred_statistics(view, unit) if centring_needed(view, unit) else None
+    return fit_constrained(design, unit, constraints, df_method, centred)
+
+
+def fit_constrained(design: Design, unit, constraints: Constraints, df_method: str = "hlm", centred=None) -> Analysis:
+    """The constrained fit from a design and its per-unit cross-products of the level-1 columns, which
+    do not see H (the block design B_jH does): the same for the records in memory and for the moments
+    of the stream and Dask engines (engines.analyse_summary)."""
+    spec = design.spec
+    basis = constraints.basis
+    view = constrained_view(design, basis)
     a = analyse_stats(view, unit, "hlm", None, centred=centred)
     H = basis.H
     fx = a.fixed
@@ -180,10 +212,18 @@ def constrained_tests(a: Analysis, constraints: Constraints, hypotheses=(), prio
     """--test under constraints: each hypothesis Cγ = d is tested as (CH)δ = d on the free γs (the
     covariance of γ is singular along the restrictions); one that restricts only what the
     constraints already fix is refused. The deviance test against a prior model as usual."""
+    return free_tests(constraints, hypotheses, a.fixed.gamma, a.fixed.cov, a.fixed.robust_cov, prior_deviance,
+                      prior_params, a.result.deviance, a.result.n_params)
+
+
+def free_tests(constraints: Constraints, hypotheses, gamma, cov, robust, prior_deviance=None, prior_params=None,
+               deviance=None, n_params=None, robust_only: bool = False) -> dict:
+    """The Wald tests of --test on the free γs, for any kind of constrained fit given back in every γ
+    (gamma, cov, robust: the expanded estimates; deviance None when the fit has none, as PQL)."""
     H = constraints.basis.H
-    gamma, cov, robust = a.fixed.gamma, a.fixed.cov, a.fixed.robust_cov
     free = list(constraints.basis.free)
-    delta, cov_d, robust_d = gamma[free], cov[np.ix_(free, free)], robust[np.ix_(free, free)]
+    delta, cov_d = gamma[free], cov[np.ix_(free, free)]
+    robust_d = None if robust is None else robust[np.ix_(free, free)]
     mapped = []
     from ..language.model import Hypothesis
 
@@ -193,8 +233,8 @@ def constrained_tests(a: Analysis, constraints: Constraints, hypotheses=(), prio
             raise ModelError(f"--test '{h.label}': under {OPTION} this restriction (or one of its rows) is already "
                              "imposed or follows from the constraints; test what the constraints leave free")
         mapped.append(Hypothesis(h.label, tuple(map(tuple, CH.tolist())), h.rhs))
-    ex = tests_of_gamma(mapped, delta, cov_d, robust_d, prior_deviance, prior_params, a.result.deviance,
-                        a.result.n_params)
+    ex = tests_of_gamma(mapped, delta, cov_d, robust_d, prior_deviance, prior_params, deviance, n_params,
+                        robust_only=robust_only)
     for entry, h in zip(ex.get("hypothesis_tests", []), hypotheses):
         entry["contrast"] = [list(r) for r in h.rows]
     return ex
@@ -205,16 +245,28 @@ def constraint_test(a: Analysis, spec, archive, constraints: Constraints) -> dic
     unconstrained model's (refitted here), on as many d.f. as restrictions. REML deviances of models
     with different fixed effects are not comparable, so a REML fit's test refits both models by ML
     (as lmerTest's anova does), and says so."""
+    return linear_constraint_test(a, spec, constraints, lambda s: analyse_constrained(s, archive, constraints).result,
+                                  lambda s: analyse(s, archive).result)
+
+
+def linear_constraint_test(a: Analysis, spec, constraints: Constraints, constrained_fit, full_fit) -> dict:
+    """constraint_test with the fits given as functions of a spec (the records in memory, or the
+    moments of the stream and Dask engines)."""
     from dataclasses import replace
 
     refit = a.result.method != "ML"
     if refit:
         ml = replace(spec, options=replace(spec.options, method="ML"))
-        constrained = analyse_constrained(ml, archive, constraints).result
-        full = analyse(ml, archive).result
+        constrained, full = constrained_fit(ml), full_fit(ml)
     else:
-        constrained, full = a.result, analyse(spec, archive).result
-    out = {"chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": refit}
+        constrained, full = a.result, full_fit(spec)
+    return likelihood_ratio_record(constraints, constrained, full, refit)
+
+
+def likelihood_ratio_record(constraints: Constraints, constrained, full, refitted_ml: bool = False) -> dict:
+    """The "constraint_test" record from the two fits' (converged, deviance, n_params), of any kind of
+    model that has a deviance: no test unless both are certified."""
+    out = {"chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": refitted_ml}
     if not (constrained.converged and full.converged):
         out["note"] = "a fit the test needs (the ML refit, or the unconstrained model) is not certified, so no test is given"
         return out
@@ -223,3 +275,23 @@ def constraint_test(a: Analysis, spec, archive, constraints: Constraints) -> dic
                 "deviance_unconstrained": float(full.deviance), "params_constrained": int(constrained.n_params),
                 "params_unconstrained": int(full.n_params)})
     return out
+
+
+def hglm_constraint_test(a, constraints: Constraints, unconstrained) -> dict:
+    """The likelihood-ratio test of the restrictions of an HGLM fit by Laplace or AGQ (`a.ml`, ML
+    always): its deviance against the unconstrained model's, `unconstrained()` fitting that. PQL
+    maximises a quasi-likelihood and has no deviance, so under PQL the test is left out with a note."""
+    if a.ml is None:
+        return {"chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
+                "note": "no test: PQL has no deviance (it maximises a quasi-likelihood); fit with --estimation laplace "
+                        "or agq for the likelihood-ratio test of the constraints"}
+    return likelihood_ratio_record(constraints, a.ml, unconstrained().ml)
+
+
+def levels_constraint_test(fit, constraints: Constraints, refit) -> dict:
+    """The likelihood-ratio test of the restrictions of a fit of three or four levels (a NestedFit):
+    `refit(reml, H)` fits the model again (H None: unconstrained). REML deviances of different fixed
+    effects are not comparable, so a REML fit's test refits both models by ML (as for two levels)."""
+    if fit.method != "ML":
+        return likelihood_ratio_record(constraints, refit(False, constraints.basis.H), refit(False, None), True)
+    return likelihood_ratio_record(constraints, fit, refit(False, None))

@@ -27,6 +27,7 @@ from ..data import design as design_stage
 from ..engine.estimation import TauStructure, fit
 from ..engine.sufficient import model_stats, unit_cross_products
 from ..errors import DataError, ModelError
+from ..io.archive import unknown_column
 from . import inference
 from .pipeline import Analysis, analyse_stats, check_estimable
 
@@ -47,7 +48,7 @@ def variance_predictors(archive, design, names) -> np.ndarray:
         elif name in names2:
             x = np.repeat(archive.level2_column(name)[design.unit_positions], design.sizes)
         else:
-            raise DataError(f"{OPTION} {name}: no such variable in the level-1 or level-2 file")
+            raise unknown_column(archive, name, DataError(f"{OPTION} {name}: no such variable in the level-1 or level-2 file"))
         x = np.asarray(x, dtype=float)
         if not np.all(np.isfinite(x)):
             raise DataError(f"{OPTION} {name}: {int((~np.isfinite(x)).sum())} of the records used have no value of "

@@ -268,7 +268,7 @@ def run_combined_hglm_levels(spec, archive, fit, source_text: str, load, plausib
         raise UsageError("give --plausible-values or --imputed, not both")
     runs = []
     if plausible_values:
-        outcomes = outcome_columns(plausible_values, list(archive.names(1)))
+        outcomes = outcome_columns(plausible_values, list(archive.names(1)), archive)
         level1 = {str(getattr(t, "name", t.label)).lower() for t in spec.level1}
         columns = {n.lower(): k for k, n in enumerate(archive.names(1))}
         first = np.isnan(archive.levels[0].values[columns[outcomes[0].lower()]])

@@ -77,12 +77,19 @@ def check_options(opts) -> None:
         raise ModelError("--quadrature-points is for --estimation agq")
 
 
-def hglm_extras(a: "HGLMAnalysis", hypotheses=(), prior_deviance=None, prior_params=None) -> dict:
+def hglm_extras(a: "HGLMAnalysis", hypotheses=(), prior_deviance=None, prior_params=None, constraints=None) -> dict:
     """Wald tests of linear hypotheses on γ (model-based and robust covariance) and the likelihood-ratio
-    test against a prior model's deviance (Laplace and AGQ only), as the linear engine's extras."""
+    test against a prior model's deviance (Laplace and AGQ only), as the linear engine's extras; under
+    --constrain the tests are of the free γs (constrained.free_tests)."""
     from .pipeline import tests_of_gamma
 
     ml = a.ml
+    if constraints is not None:
+        from .constrained import free_tests
+
+        return free_tests(constraints, hypotheses, a.gamma, a.cov, a.robust_cov, prior_deviance, prior_params,
+                          None if ml is None else ml.deviance, None if ml is None else ml.n_params,
+                          robust_only=getattr(a, "weights", None) is not None)
     return tests_of_gamma(hypotheses, a.gamma, a.cov, a.robust_cov, prior_deviance, prior_params,
                           None if ml is None else ml.deviance, None if ml is None else ml.n_params,
                           robust_only=getattr(a, "weights", None) is not None)
@@ -323,12 +330,20 @@ def resolve_weights(weights, archive, design):
     return resolved, resolved.w1, resolved.w2 if resolved.spec.level2 else None
 
 
-def analyse_hglm(spec, archive, level1_text: str | None = None, weights=None) -> HGLMAnalysis:
+def analyse_hglm(spec, archive, level1_text: str | None = None, weights=None, constraints=None) -> HGLMAnalysis:
     """The HGLM stages after the design: the options and data checked, the fit by PQL, Laplace or AGQ,
     the unit OLS and the variance tests, as an HGLMAnalysis. weights: a weights.WeightSpec (Laplace and
-    AGQ: the pseudo-likelihood of engine/hglm_weights.py), or None."""
+    AGQ: the pseudo-likelihood of engine/hglm_weights.py), or None. constraints: --constrain's
+    (constrained.Constraints): the model is fitted on the design B_jH of the free γs (the linear
+    predictor is linear in γ, so PQL, Laplace and AGQ fit the constrained model unchanged) and given
+    back in every γ; the d.f. are HLM 7's, the eliminated γ's equation losing one (constrained_df)."""
     opts = spec.options
     fam, design = checked_design(spec, archive, level1_text)
+    full = design
+    if constraints is not None:
+        from .constrained import constrained_view
+
+        design = constrained_view(full, constraints.basis)
     resolved, w1, w2 = resolve_weights(weights, archive, design)
     files = {s.role: s.name for s in archive.sources}
     l1file = files.get("level-1", "the level-1 file")
@@ -378,11 +393,25 @@ def analyse_hglm(spec, archive, level1_text: str | None = None, weights=None) ->
                        trials, np.log(exposure) if exposure is not None else None, w1, w2)
         stats, unit = working_model(data, eta)
         warnings = [separation_warning(design, s) for s in held]
+    df = inference.hlm_fixed_df(design)
+    if constraints is not None:
+        # back to every γ: the tables, the residual files and the unit OLS are of the model as written
+        from .constrained import constrained_df, expand_estimates
+
+        basis = constraints.basis
+        gamma, cov, rcov = expand_estimates(basis, gamma, cov, rcov)
+        if p_res is not None and p_res.pa_gamma is not None:
+            p_res.pa_gamma, p_res.pa_cov, p_res.pa_robust_cov = expand_estimates(basis, p_res.pa_gamma, p_res.pa_cov,
+                                                                                 p_res.pa_robust_cov)
+        design, df = full, constrained_df(full, basis)
+        data = GLMData(fam, design.L, design.block_design(), design.offsets, np.flatnonzero(design.random), design.y,
+                       trials, np.log(exposure) if exposure is not None else None, w1, w2)
+        stats, unit = working_model(data, eta)
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
     variance = inference.variance_tests(design, ols, tau, stats)
     return HGLMAnalysis(spec, design, data, est, m_res.nodes if m_res is not None else 0,
-                        p_res, m_res, gamma, cov, rcov, tau, sigma2, inference.hlm_fixed_df(design), variance,
+                        p_res, m_res, gamma, cov, rcov, tau, sigma2, df, variance,
                         converged, b, bvar, warnings=warnings, weights=resolved)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..engine.hmlm import STRUCTURES, fit_hmlm, group_by_pattern
 from ..errors import DataError, ModelError
+from ..io.archive import unknown_column
 from . import inference
 from .pipeline import Analysis, analyse
 
@@ -26,8 +27,8 @@ def occasion_index(archive, design, name: str) -> tuple[np.ndarray, list[float]]
     """Each record's occasion index 0..T-1 (the distinct values of `name`, increasing) and the values;
     refused in one line when the column is missing, has no value, or a person has an occasion twice."""
     if name not in list(archive.level1_names):
-        raise DataError(f"--occasion {name}: no such variable in the level-1 file (the occasion of each record, "
-                        "e.g. 1, 2, 3)")
+        raise unknown_column(archive, name, DataError(f"--occasion {name}: no such variable in the level-1 file (the "
+                                                     "occasion of each record, e.g. 1, 2, 3)"))
     x = np.asarray(archive.level1_column(name), dtype=float)
     x = x if design.record_positions is None else x[design.record_positions]
     if not np.all(np.isfinite(x)):

@@ -24,6 +24,7 @@ import numpy as np
 from ..data import design as design_stage
 from ..engine.sufficient import unit_cross_products
 from ..errors import DataError, ModelError
+from ..io.archive import unknown_column
 from . import inference
 from .pipeline import Analysis, analyse_stats
 
@@ -40,8 +41,9 @@ def known_variances(archive, design, column: str) -> np.ndarray:
     elif column in names2:
         v = np.repeat(archive.level2_column(column)[design.unit_positions], design.sizes)
     else:
-        raise DataError(f"{OPTION} {column}: no such variable in the level-1 or level-2 file; the variables are "
-                        f"{', '.join(names1 + [n for n in names2 if n not in names1])}")
+        raise unknown_column(archive, column, DataError(
+            f"{OPTION} {column}: no such variable in the level-1 or level-2 file; the variables are "
+            f"{', '.join(names1 + [n for n in names2 if n not in names1])}"))
     v = np.asarray(v, dtype=float)
     bad = np.flatnonzero(~np.isfinite(v))
     if bad.size:

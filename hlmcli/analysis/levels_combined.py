@@ -70,7 +70,7 @@ def fit_combined(design, archive, wspec, reml: bool, max_iterations: int, plausi
         raise UsageError("give --plausible-values or --imputed, not both")
     check_method(wspec, reml)
     if plausible_values:
-        outcomes = outcome_columns(plausible_values, list(archive.names(1)))
+        outcomes = outcome_columns(plausible_values, list(archive.names(1)), archive)
         weights = resolve_levels(wspec, archive, design) if wspec is not None else None
         datas = outcome_data(weighted_data(design, weights), archive, design.record_positions, outcomes,
                              design.spec.level1)

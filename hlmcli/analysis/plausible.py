@@ -25,14 +25,16 @@ import numpy as np
 from ..engine.special_functions import special
 
 from ..errors import ModelError
+from ..io.archive import unknown_column
 
 RULE = ("Rubin's rules: mean of the estimates; total variance = within + (1 + 1/M)·between; "
         "Barnard-Rubin d.f. (complete-data d.f. = HLM's approx. d.f.); fraction of missing information as mice::pool; "
         "variance components averaged")
 
 
-def outcome_columns(value: str, names: list[str]) -> list[str]:
-    """PV1,PV2,... (a list) or a pattern such as 'PV*MATH' (matched case-insensitively, in file order)."""
+def outcome_columns(value: str, names: list[str], archive=None) -> list[str]:
+    """PV1,PV2,... (a list) or a pattern such as 'PV*MATH' (matched case-insensitively, in file order);
+    `archive`, where the names come from one, names a text column as such."""
     by_lower = {n.lower(): n for n in names}
     if any(ch in value for ch in "*?["):
         found = [n for n in names if fnmatch.fnmatchcase(n.lower(), value.lower())]
@@ -44,7 +46,7 @@ def outcome_columns(value: str, names: list[str]) -> list[str]:
             if not part:
                 continue
             if part.lower() not in by_lower:
-                raise ModelError(f"--plausible-values: {part} is not a level-1 variable")
+                raise unknown_column(archive, part, ModelError(f"--plausible-values: {part} is not a level-1 variable"))
             found.append(by_lower[part.lower()])
     if len(found) < 2:
         raise ModelError(f"--plausible-values {value}: found {len(found)} outcome column(s); combining needs at least 2")

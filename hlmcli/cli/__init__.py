@@ -709,6 +709,11 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--tau", "tau_structure", type=click.Choice(["unstructured", "diagonal"]), default=None,
               help="Covariance of the random effects: unstructured (default) or diagonal (independent effects).")
 @click.option("--max-iterations", type=click.IntRange(1), help="Iteration limit (HLM's numit).")
+@click.option("--emulate", type=click.Choice(["hlm6", "hlm7"]), default=None,
+              help="hlm6: also run HLM 5/6's EM path (its start, EM step and stop rule, as reconstructed from published "
+              "HLM 6 output; limit --max-iterations, default 10000) and print its estimates beside the certified "
+              "optimum, with the deviance gap; never an optimum. Two-level linear fits in memory. hlm7: refused (HLM 7's "
+              "accelerated iteration is not reproduced).")
 @click.option("--row-id", help="Cross-classified (--formula with crossed factors), HLM 7's HCM2 layout LEVEL1 ROWS COLS: "
               "the row factor's id column, in the level-1 file and the row file.")
 @click.option("--col-id", help="Cross-classified, HCM2 layout: the column factor's id column, in the level-1 file and "
@@ -849,7 +854,7 @@ def fit_cmd(**params):
 
         for feature, asked in (("constrain", fit.constraints), ("known_variance", fit.known_variance),
                                ("level1_variance", fit.level1_variance),
-                               ("level1_covariance", fit.level1_covariance)):
+                               ("level1_covariance", fit.level1_covariance), ("emulate", fit.emulate)):
             if asked:
                 refuse(feature, _summarised_kind(fit))
         if prior_version:
@@ -861,7 +866,7 @@ def fit_cmd(**params):
                                {"--residuals-l1": out.residuals_l1, "--residuals-l2": out.residuals_l2,
                                 "--keep": params["keep"], "--weight1": fit.weight1, "--weight2": fit.weight2,
                                 "--plausible-values": fit.plausible_values, "--imputed": fit.imputed},
-                               scheduler=_dask_scheduler(more))
+                               scheduler=_dask_scheduler(more), constraints=fit.constraints)
     if fit.normalize and not (fit.weight1 or fit.weight2):
         raise click.UsageError("--normalize needs --weight1 or --weight2")
     archive, source_text = _load_data(data, build2, build["cache_dir"], out.quiet)
@@ -933,7 +938,7 @@ def fit_request(params: dict) -> FitRequest:
                        compare_deviance=p.pop("compare_deviance"), compare_params=p.pop("compare_params"),
                        test_homogeneity=p.pop("test_homogeneity"), full_output=p.pop("full_output"),
                        ols_units=p.pop("ols_units"), max_iterations=p.pop("max_iterations"),
-                       prior_version=p.pop("prior_version"), engine=p.get("engine"), scheduler=p.get("scheduler"))
+                       emulate=p.pop("emulate"), prior_version=p.pop("prior_version"), engine=p.get("engine"), scheduler=p.get("scheduler"))
     out = OutputOptions(out_format=p["out_format"], output=p.pop("output"), json_out=p.pop("json_out"),
                         residuals_l1=p.pop("residuals_l1"), residuals_l2=p.pop("residuals_l2"),
                         residuals_l3=p.pop("residuals_l3"), residuals_l4=p.pop("residuals_l4"),
@@ -1047,7 +1052,7 @@ def fit_status(results, strict: bool) -> tuple[int, list[str]]:
 
 def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, tests, title, max_iterations,
                     compare_deviance, compare_params, test_homogeneity, full_output, ols_units, out: OutputOptions,
-                    build_opts: dict, unsupported: dict, scheduler=None) -> None:
+                    build_opts: dict, unsupported: dict, scheduler=None, constraints=()) -> None:
     """`hlmcli fit` by the stream or dask engine, or from a statistics archive: the per-unit summary
     (engines.py), the same spec, fit and ending as in memory."""
     from ..analysis.engines import analyse_summary_with_extras, summary_for_fit
@@ -1086,7 +1091,7 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
             analysis = fit_hglm_stream(spec, summary, data[0], frame.id_names[0], build_opts.get("file_format"),
                                        build_opts.get("delimiter"), fit.tests)
     else:
-        analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
+        analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests, constraints)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})
     finish(results, out, [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
 
@@ -1255,7 +1260,7 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         def analyse(spec, archive, df_method, weights=None):  # noqa: F811
             return analyse_hglm_one(spec, archive, level1, weights)
     if plausible_values:
-        outcomes = outcome_columns(plausible_values, list(archive.level1_names))
+        outcomes = outcome_columns(plausible_values, list(archive.level1_names), archive)
         analyses = analyse_plausible(spec, archive, outcomes, df_method, weights)
         source = "plausible values"
     else:

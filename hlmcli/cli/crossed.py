@@ -27,7 +27,8 @@ _FEATURE = {"--test": "test", "--constrain": "constrain", "--known-variance": "k
             "--residuals-l4": "residuals", "--keep": "keep", "--df": "satterthwaite",
             "--test-homogeneity": "homogeneity", "--full-output": "full_output", "--ols-units": "full_output",
             "--weight1": "weights", "--weight2": "weights", "--weight3": "weights", "--weight4": "weights",
-            "--normalize": "weights", "--missing": "missing_now", "--engine": "stream_dask", "--scheduler": "stream_dask"}
+            "--normalize": "weights", "--missing": "missing_now", "--engine": "stream_dask", "--scheduler": "stream_dask",
+            "--emulate": "emulate"}
 _HGLM = ("--family", "--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points",
          "--separation", "--link")
 _RESIDUALS = ("residuals_l2", "residuals_l3", "residuals_l4")

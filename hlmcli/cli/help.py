@@ -15,7 +15,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
              "--l3-vars", "--l4-vars", "--missing", "--drop-unmatched", "--data-format", "--format", "--delimiter", "--template",
              "--cache-dir", "--older-than", "--keep", "--no-follow", "--verify"),
     "Model": ("--level1", "--level2", "--level3", "--level4", "--model", "--formula", "--tau", "--ascii"),
-    "Estimation": ("--ml", "--reml", "--max-iterations", "--df", "--test", "--constrain", "--known-variance", "--level1-variance", "--level1-covariance", "--occasion", "--compare-deviance", "--compare-params",
+    "Estimation": ("--ml", "--reml", "--max-iterations", "--emulate", "--df", "--test", "--constrain", "--known-variance", "--level1-variance", "--level1-covariance", "--occasion", "--compare-deviance", "--compare-params",
                    "--prior-version", "--test-homogeneity", "--strict"),
     "HGLM": ("--family", "--trials", "--exposure", "--overdispersion", "--estimation", "--quadrature-points",
              "--separation", "--link"),

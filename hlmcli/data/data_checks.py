@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError, ModelError
+from ..io.archive import unknown_column
 
 # The engines form sums, over up to ~1e10 records, of products of up to four data values (the HGLM
 # working model's cross-products of cross-products). With every |value| <= 1e60 such a sum stays
@@ -41,8 +42,9 @@ def check_columns(archive, level1_names, level2_names) -> None:
     for names, have, file in ((level1_names, archive.level1_names, l1file), (level2_names, archive.level2_names, l2file)):
         for name in dict.fromkeys(names):
             if name not in have:
-                raise DataError(f"{file}: no column {name}, which the model uses; add it to this file (every data set "
-                                "of a combined fit needs the same columns)")
+                raise unknown_column(archive, name, DataError(f"{file}: no column {name}, which the model uses; add it to "
+                                                             "this file (every data set of a combined fit needs the "
+                                                             "same columns)"))
 
 
 def check_magnitudes(archive, level1_names, level2_names) -> None:
@@ -121,7 +123,8 @@ def level1_option_column(archive, design, name: str, option: str) -> np.ndarray:
                              f"level-1 column, one value per record (in {l1file})")
         lower = {n.lower(): n for n in archive.level1_names}
         hint = f" (did you mean {lower[name.lower()]}?)" if name.lower() in lower else ""
-        raise ModelError(f"{option} {name}: {l1file} has no column {name}{hint}; name a level-1 column")
+        raise unknown_column(archive, name, ModelError(f"{option} {name}: {l1file} has no column {name}{hint}; name a "
+                                                      "level-1 column"))
     col = archive.level1_column(name).astype(float)
     return col if design.record_positions is None else col[design.record_positions]
 

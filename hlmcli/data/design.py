@@ -29,7 +29,7 @@ def variables_of(archive: Archive) -> Variables:
     files = {s.role: s.name for s in archive.sources}
     K = archive.n_levels
     return Variables(tuple(tuple(archive.names(k)) for k in range(1, K + 1)),
-                     tuple(files.get(f"level-{k}", f"the level-{k} file") for k in range(1, K + 1)))
+                     tuple(files.get(f"level-{k}", f"the level-{k} file") for k in range(1, K + 1)), archive)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ModelError
+from ..io.archive import unknown_column
 
 NORMALIZATIONS = ("none", "cluster", "total")
+# The one rule for the weights of every level (man page, README): _check says why zero is refused.
+WEIGHT_RULE = ("weights must be positive numbers at every level; a record or unit of weight 0 adds nothing to the "
+               "pseudo-likelihood but would still count in n_j, J and the normalisation, so drop it from the data")
 # Which normalisation HLM 7 applies is not verified (see README): 'cluster' is the documented
 # candidate (level-1 weights to n_j within each unit, level-2 weights to J).
 DEFAULT_NORMALIZATION = "cluster"
@@ -69,17 +73,20 @@ def _source_name(archive, role: str, fallback: str) -> str:
     return fallback
 
 
-def _check(values: np.ndarray, where, file: str, column: str, zero_ok: bool) -> None:
-    """Refuse a missing, non-finite, negative (or zero, where not allowed) weight, naming its row."""
-    bad = ~np.isfinite(values) | (values < 0) | ((values == 0) if not zero_ok else False)
+def _check(values: np.ndarray, where, file: str, column: str) -> None:
+    """Refuse a missing, non-finite, negative or zero weight, naming its row. One rule at every level:
+    a weight of 0 raises the record's (unit's) likelihood term to the power 0, so it adds nothing to the
+    pseudo-likelihood, yet the record (unit) would still count in n_j, N and J, which set the cluster and
+    total normalisations, the sandwich's J/(J-1) and the degrees of freedom; dropping it from the data
+    is the fit it stands for."""
+    bad = ~np.isfinite(values) | (values <= 0)
     if not bad.any():
         return
     i = int(np.flatnonzero(bad)[0])
     v = values[i]
     what = ("missing" if np.isnan(v) else "not finite" if not np.isfinite(v) else "negative" if v < 0
             else "zero")
-    rule = "weights must be positive numbers" if not zero_ok else "weights must be finite and not negative"
-    raise ModelError(f"{file}: column {column}: the weight of {where(i)} is {what} ({v:g}); {rule} "
+    raise ModelError(f"{file}: column {column}: the weight of {where(i)} is {what} ({v:g}); {WEIGHT_RULE} "
                      f"({int(bad.sum())} bad value{'s' if bad.sum() != 1 else ''} in all)")
 
 
@@ -91,7 +98,7 @@ def resolve(spec: WeightSpec, archive, design) -> Weights:
     J, N = design.n_units, design.n
     w1 = None
     if spec.level1:
-        name = _find(spec.level1, archive.level1_names, "level-1", archive.level2_names)
+        name = _find(archive, spec.level1, archive.level1_names, "level-1", archive.level2_names)
         col = archive.level1_column(name)
         pos = design.record_positions
         w1 = np.array(col if pos is None else col[pos], dtype=float)
@@ -103,22 +110,18 @@ def resolve(spec: WeightSpec, archive, design) -> Weights:
             arch = int(pos[i] if pos is not None else i) + 1
             return f"record {rec} of unit {design.unit_ids[j]} (archive record {arch})"
 
-        _check(w1, where, file, name, zero_ok=True)
+        _check(w1, where, file, name)
         sums = np.add.reduceat(w1, offsets[:-1])
-        if np.any(sums <= 0):
-            j = int(np.flatnonzero(sums <= 0)[0])
-            raise ModelError(f"{file}: column {name}: every level-1 weight of unit {design.unit_ids[j]} is zero; "
-                             "a unit needs a positive weight sum (drop the unit from the data instead)")
         sizes = np.diff(offsets).astype(float)
         if spec.normalize == "cluster":
             w1 = w1 * np.repeat(sizes / sums, np.diff(offsets))
         elif spec.normalize == "total":
             w1 = w1 * (N / w1.sum())
     if spec.level2:
-        name = _find(spec.level2, archive.level2_names, "level-2", archive.level1_names)
+        name = _find(archive, spec.level2, archive.level2_names, "level-2", archive.level1_names)
         w2 = np.array(archive.level2_column(name)[design.unit_positions], dtype=float)
         file = _source_name(archive, "level-2", "the level-2 file")
-        _check(w2, lambda j: f"unit {design.unit_ids[j]}", file, name, zero_ok=False)
+        _check(w2, lambda j: f"unit {design.unit_ids[j]}", file, name)
         if spec.normalize in ("cluster", "total"):
             w2 = w2 * (J / w2.sum())
     else:
@@ -126,14 +129,14 @@ def resolve(spec: WeightSpec, archive, design) -> Weights:
     return Weights(spec, w1, w2)
 
 
-def _find(name: str, names: list[str], level: str, other: list[str]) -> str:
+def _find(archive, name: str, names: list[str], level: str, other: list[str]) -> str:
     by_lower = {n.lower(): n for n in names}
     if name.lower() in by_lower:
         return by_lower[name.lower()]
     hint = (f"; {name} is a {'level-2' if level == 'level-1' else 'level-1'} variable" if name.lower() in
             {n.lower() for n in other} else "")
-    raise ModelError(f"the {level} weight {name} is not a {level} variable{hint}; {level} variables: "
-                     f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+    raise unknown_column(archive, name, ModelError(f"the {level} weight {name} is not a {level} variable{hint}; {level} "
+                                                  f"variables: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"))
 
 
 def weighting_lines(weights: Weights | None) -> list[str]:
@@ -203,7 +206,7 @@ class LevelsWeights:
 
 def resolve_levels(spec: LevelsWeightSpec, archive, design) -> LevelsWeights:
     """The weights of the records and units a DesignLevels keeps, checked and normalised (see
-    LevelsWeightSpec). A record's weight may be zero (as two levels), a unit's may not."""
+    LevelsWeightSpec). Every weight must be positive, at every level (_check says why)."""
     if spec.normalize not in NORMALIZATIONS:
         raise ModelError(f"--normalize {spec.normalize}: use one of {', '.join(NORMALIZATIONS)}")
     from ..engine.nested import as_levels
@@ -224,8 +227,9 @@ def resolve_levels(spec: LevelsWeightSpec, archive, design) -> LevelsWeights:
         if name.lower() not in by_lower:
             hint = f"; {name} is a level-{where_else} variable" if where_else else ""
             names = archive.names(level)
-            raise ModelError(f"the level-{level} weight {name} is not a level-{level} variable{hint}; level-{level} "
-                             f"variables: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+            raise unknown_column(archive, name, ModelError(
+                f"the level-{level} weight {name} is not a level-{level} variable{hint}; level-{level} "
+                f"variables: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"))
         col_name = by_lower[name.lower()]
         values = archive.levels[level - 1].values[archive.names(level).index(col_name)]
         file = _source_name(archive, f"level-{level}", f"the level-{level} file")
@@ -241,14 +245,10 @@ def resolve_levels(spec: LevelsWeightSpec, archive, design) -> LevelsWeights:
 
             def where(i, ids=ids, level=level):
                 return f"level-{level} unit {ids[i]}"
-        _check(w, where, file, col_name, zero_ok=(level == 1))
+        _check(w, where, file, col_name)
         parent = parents[level - 1] if level < K else np.zeros(w.size, dtype=np.int64)
         n_parents = int(parent.max()) + 1
         sums = np.bincount(parent, weights=w, minlength=n_parents)
-        if level == 1 and np.any(sums <= 0):
-            j = int(np.flatnonzero(sums <= 0)[0])
-            raise ModelError(f"{file}: column {col_name}: every level-1 weight of level-2 unit {unit_ids[0][j]} "
-                             "is zero; a unit needs a positive weight sum (drop the unit from the data instead)")
         if spec.normalize == "cluster" and level < K:
             counts = np.bincount(parent, minlength=n_parents).astype(float)
             w = w * (counts / sums)[parent]

@@ -76,3 +76,59 @@ def em_path(stats: ModelStats, sigma2: float, tau: np.ndarray, iterations: int):
     for k in range(1, iterations + 1):
         sigma2, tau = em_step(stats, sigma2, tau)
         yield k, sigma2, tau
+
+
+def reml_em_step(stats: ModelStats, sigma2: float, tau: np.ndarray) -> tuple[float, np.ndarray]:
+    """One REML EM step (Dempster, Rubin & Tsutakawa 1981): the ML step's expectations taken with γ integrated
+    out (flat prior), so the posterior of u_j gains the uncertainty of γ̂ and that of the residuals its own.
+    With F_j = tau Z_j'V_j^-1 X_j and Cov(γ̂) = (X'V^-1 X)^-1 = sigma2 P^-1:
+      Var(u_j | y) = C_j + F_j Cov(γ̂) F_j'
+      tr Var(e | y) = sigma2 N - sigma2^2 (sum_j tr V_j^-1 - tr(Cov(γ̂) sum_j X_j'V_j^-2 X_j)),
+    where sigma2^2 sum_j X_j'V_j^-2 X_j = 2P - X'X + sum_j ZX_j'K_j A_j K_j ZX_j, as V_j^-1 = (I - Z_j K_j Z_j')/sigma2.
+    This is the REML step recorded in tests/data/published/hlm_iterations.json: it reproduces HLM 6.04's sigma2
+    on HSB's unconditional model after HLM's 4 steps but tau only to 3 of its 5 printed decimals (and the stop rule
+    below ends this path at step 3)."""
+    A, ZX, Zy, n = stats.ZZ, stats.ZX, stats.Zy, stats.n
+    G = tau / sigma2
+    H = np.linalg.inv(np.eye(stats.q) + A @ G)
+    K = G @ H
+    KZX = K @ ZX
+    P = stats.XX - np.einsum('jqp,jqr->pr', ZX, KZX)
+    Pinv = np.linalg.inv(P)
+    c = stats.Xy - np.einsum('jqp,jq->p', ZX, np.einsum('jab,jb->ja', K, Zy))
+    gamma = Pinv @ c
+    Ze = Zy - ZX @ gamma
+    KZe = np.einsum('jab,jb->ja', K, Ze)
+    ustar = np.einsum('jab,jb->ja', H, Ze) @ tau.T / sigma2
+    ee = stats.yy - 2 * gamma @ stats.Xy + gamma @ stats.XX @ gamma
+    rr = ee - 2 * np.sum(Ze * KZe) + np.sum(KZe * np.einsum('jab,jb->ja', A, KZe))
+    ZVZ = H @ A / sigma2
+    trV = (n - np.einsum('jab,jba->j', K, A)) / sigma2
+    F = np.einsum('ab,jbp->jap', tau, H @ ZX) / sigma2     # tau Z_j'V_j^-1 X_j; Z'V^-1 X = H ZX / sigma2
+    extra = sigma2 * np.einsum('jap,pr,jbr->ab', F, Pinv, F)
+    tau_new = (ustar.T @ ustar + stats.J * tau - np.einsum('ab,jbc,cd->ad', tau, ZVZ, tau) + extra) / stats.J
+    KAK = np.einsum('jqp,jqr->pr', KZX, np.einsum('jab,jbp->jap', A, KZX))
+    tr_e = sigma2 * np.sum(n - sigma2 * trV) + sigma2 * np.trace(Pinv @ (2 * P - stats.XX + KAK))
+    sigma2_new = (rr + tr_e) / stats.N
+    return float(sigma2_new), (tau_new + tau_new.T) / 2
+
+
+HLM6_RELATIVE_STOP = 1e-8
+
+
+def hlm6_run(stats: ModelStats, sigma2: float, tau: np.ndarray, loglik, reml: bool, limit: int):
+    """HLM 5/6's iteration from its start (sigma2, tau): EM steps until HLM 6's stop rule or `limit` steps.
+    loglik(sigma2, tau) is the log-likelihood as HLM prints it. HLM's iteration k holds the log-likelihoods of
+    the points of steps k - 1 and k - 2 (step 0: the start) and stops at the first k with
+    |l(k-1) - l(k-2)| < 1e-8 |l(k-1)|, printing the point of step k (Singer & Willett's Table 3.3 to every
+    printed digit after 1493 steps; hlm_iterations.json). Returns (k, sigma2, tau, stopped by the rule)."""
+    step = reml_em_step if reml else em_step
+    previous = loglik(sigma2, tau)
+    sigma2, tau = step(stats, sigma2, tau)
+    for k in range(2, limit + 1):
+        current = loglik(sigma2, tau)
+        sigma2, tau = step(stats, sigma2, tau)
+        if abs(current - previous) < HLM6_RELATIVE_STOP * abs(current):
+            return k, sigma2, tau, True
+        previous = current
+    return limit, sigma2, tau, False

@@ -210,6 +210,7 @@ class NestedFit:
     eb_var: tuple = ()
     diagonal: tuple = ()  # per level 2..K: τℓ restricted to a diagonal matrix (lme4's ||)
     df_method: str = "hlm"  # how df_gamma was computed: "hlm" (nested_fit.hlm_df) or "satterthwaite"
+    fixed_map: np.ndarray | None = None  # --constrain: H of γ = Hδ (the fit ran on X·H); None unconstrained
 
     @property
     def n_levels(self) -> int:
@@ -709,13 +710,15 @@ def _orthonormalise(m: Moments, B0: np.ndarray, B1: np.ndarray, intercept: int |
     return Rinv
 
 
-def reduce_standardised(data, diagonal=()) -> tuple[LevelsStats, Standardisation]:
+def reduce_standardised(data, diagonal=(), fixed_map: np.ndarray | None = None) -> tuple[LevelsStats, Standardisation]:
     """The per-unit cross-products of the standardised columns [Z̃2 | … | Z̃K | X̃ | ỹ] from the summary:
     the transforms are applied to each unit's affine map of its records before any product
     (moments.mapped_products), never to cross-products already formed, which would cancel digits
     quadratically in a predictor's mean/spread. diagonal[ℓ−2]: τℓ is diagonal, so its columns are
     scaled only: centring a slope's column on the intercept's would mix the random effects, which a
-    diagonal τ does not allow (it is no reparametrisation then)."""
+    diagonal τ does not allow (it is no reparametrisation then). fixed_map: H of --constrain (γ = Hδ,
+    engine/constraints.py): the fixed columns are X·H, formed on the same affine maps (_transform), so
+    the search, the certificate and the solve are the constrained model's and TX, b are of δ."""
     s, weighting = _summary(data)
     cols, J2, starts = _structure(s)
     m = s.moments
@@ -730,7 +733,15 @@ def reduce_standardised(data, diagonal=()) -> tuple[LevelsStats, Standardisation
                for (B0, B1), z, diag in zip(zmaps, cols.z, diagonal))
     B0x, B1x = _maps_of(s, cols.x, False)
     p = len(cols.x)
-    Rinv = _orthonormalise(m, B0x, B1x, intercept(cols.x))
+    x_intercept = intercept(cols.x)
+    if fixed_map is not None:
+        B0x, B1x = _transform(B0x, B1x, fixed_map)
+        p = fixed_map.shape[1]
+        # the all-ones column survives only as a δ whose column of H is that γ alone
+        unit = [k for k in range(p) if x_intercept is not None
+                and np.array_equal(fixed_map[:, k], np.eye(len(cols.x))[x_intercept])]
+        x_intercept = unit[0] if unit else None
+    Rinv = _orthonormalise(m, B0x, B1x, x_intercept)
     TX = np.sqrt(N) * Rinv
     # b: the OLS fit of y on X through the orthonormal X·R⁻¹, refined once on its residual
     # (corrected semi-normal equations: as accurate as the QR of the records)

@@ -67,7 +67,20 @@ def search(obj, qs, max_iterations: int, diagonal=None):
 
 # ---------------------------------------------------------------- inference
 
-def hlm_df(data, n_units: dict, N: int) -> np.ndarray:
+def _free_df(df_delta: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """d.f. of δ given to every γ = Hδ: a γ that is one δ (free, or tied to one) takes that δ's; a γ
+    written in several δs has no one d.f. (Satterthwaite's would be of that combination): refused."""
+    out = []
+    for row in H:
+        nz = np.flatnonzero(row)
+        if nz.size != 1:
+            raise ModelError("--df satterthwaite with --constrain: a γ written in several free γs has no one d.f.; "
+                             "use --df hlm, or ties of one γ to another")
+        out.append(df_delta[nz[0]])
+    return np.array(out, dtype=float)
+
+
+def hlm_df(data, n_units: dict, N: int, fixed_map: np.ndarray | None = None) -> np.ndarray:
     """Approximate d.f. of each fixed effect, the rules used (none is checked against HLM 7 output here):
     - its coefficient one level down (the level-(K−1) coefficient whose equation it is in) random at
       level K: K-units − (number of terms in that equation); with an intercept this is HLM3's
@@ -76,22 +89,43 @@ def hlm_df(data, n_units: dict, N: int) -> np.ndarray:
       (number of fixed effects under that coefficient reached through no other random coefficient):
       HLM2's J − S − 1 with the level-ℓ units as J (an analogue; UNVERIFIED);
     - no random coefficient on its path: N − p (UNVERIFIED; HLM 7's HLM2 uses N − J·R − F for fixed
-      level-1 coefficients, HLM 6 used N − p)."""
+      level-1 coefficients, HLM 6 used N − p).
+    fixed_map: H of --constrain; a restriction removes the γ it eliminates (a row of H that is not that
+    γ alone) from the count of its group: the fixed effects under the same random coefficient, or p."""
     data = as_levels(data)
     K = data.n_levels
     cols = columns_of(data.layout, K)
     p = len(cols.x)
-    out = []
+    out, groups = [], []
     for nodes in cols.x_path_nodes:
-        df = N - p
+        df, group = N - p, None
         for depth in range(K - 1, 0, -1):  # the coefficient at depth d is random at level d + 1
             node = nodes[depth - 1]
             if not node.random:
                 continue
-            df = n_units[depth + 1] - _fixed_under(node, depth, K)
+            df, group = n_units[depth + 1] - _fixed_under(node, depth, K), id(node)
             break
         out.append(df)
-    return np.array(out, dtype=float)
+        groups.append(group)
+    out = np.array(out, dtype=float)
+    if fixed_map is not None:
+        free = _free_rows(fixed_map)
+        eliminated = [i for i in range(p) if i not in free]
+        for i, g in enumerate(groups):
+            out[i] += len(eliminated) if g is None else sum(groups[e] == g for e in eliminated)
+    return out
+
+
+def _free_rows(H: np.ndarray) -> set:
+    """The γs that are δs themselves: the first row of H equal to each unit vector (constraint_basis
+    eliminates the last γ a restriction names, so the free one comes first)."""
+    rows = set()
+    for k in range(H.shape[1]):
+        for i, row in enumerate(H):
+            if row[k] == 1.0 and np.count_nonzero(row) == 1:
+                rows.add(i)
+                break
+    return rows
 
 
 def _fixed_under(node, depth: int, K: int) -> int:
@@ -170,9 +204,10 @@ def _user_W(us: LevelsSolve, tr, level: int, sigma2: float) -> np.ndarray:
     return np.einsum("ba,bcj,cd->adj", M, W, M) / sigma2
 
 
-def level_tests(data, raw: LevelsStats, us: LevelsSolve, tr, sigma2: float, taus, gamma, eb):
+def level_tests(data, raw: LevelsStats, us: LevelsSolve, tr, sigma2: float, taus, gamma, eb, fixed_map=None):
     """Reliabilities and χ² tests at every level 2..K (formulas in fit_nested's docstring).
-    Returns (reliabilities, chi2) as tuples over the levels."""
+    Returns (reliabilities, chi2) as tuples over the levels. fixed_map: H of --constrain; the solve's
+    cross-products above level 2 are then of X·H, so Z'X g (g the γs kept) is Z'XH δ_g with Hδ_g = g."""
     data = as_levels(data)
     K = data.n_levels
     cols = columns_of(data.layout, K)
@@ -210,7 +245,17 @@ def level_tests(data, raw: LevelsStats, us: LevelsSolve, tr, sigma2: float, taus
         else:
             W = _user_W(us, tr, level, sigma2)
             Szz, rest = W[:q, :q], W[:q, q:]
-        zy = rest[:, -1] - np.einsum("qpj,p->qj", rest[:, -1 - p:-1], gamma * keep_x)
+        g = gamma * keep_x
+        width = p
+        if level > 2 and fixed_map is not None:
+            g = np.linalg.lstsq(fixed_map, g, rcond=None)[0]
+            if not np.allclose(fixed_map @ g, gamma * keep_x, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(gamma).max())):
+                raise ModelError(f"--constrain: a tie between a γ under a coefficient random at level {level} and "
+                                 f"one under a coefficient that is not: HLM's level-{level} χ² test of the random "
+                                 "effects needs the second one's column alone, which the fit on the tied columns "
+                                 "does not form; not built: tie fixed effects under coefficients of the same kind")
+            width = fixed_map.shape[1]
+        zy = rest[:, -1] - np.einsum("qpj,p->qj", rest[:, -1 - width:-1], g)
         k = 0
         for m in range(level + 1, K + 1):
             qm = qs[m - 2]
@@ -325,7 +370,7 @@ def random_labels(layout, n_levels: int) -> tuple:
 
 
 def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=False,
-               df_method: str = "hlm", sigma2: float | None = None) -> NestedFit:
+               df_method: str = "hlm", sigma2: float | None = None, fixed_map: np.ndarray | None = None) -> NestedFit:
     """The certified (RE)ML fit over the τ blocks of levels 2..K and HLM's inference.
 
     Reliabilities, at each level ℓ (R&B 2002 ch. 8; HLM2's formula one level at a time; UNVERIFIED
@@ -341,7 +386,9 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
 
     diagonal: True (every level) or one flag per level 2..K: τℓ diagonal (lme4's `||`), searched and
     certified over the non-negative diagonal. df_method: "hlm" (hlm_df) or "satterthwaite"
-    (nested_df.satterthwaite_df, as lmerTest). sigma2: fixed at this value instead of estimated (the
+    (nested_df.satterthwaite_df, as lmerTest). fixed_map: H of --constrain (γ = Hδ): the fit runs on the
+    columns X·H (reduce_standardised) and γ, Cov(γ) = H Cov(δ) H' are given back in every γ, the
+    parameters counted as δ, the d.f. by hlm_df with each eliminated γ's equation losing one. sigma2: fixed at this value instead of estimated (the
     working model of an HGLM, nested_glmm.py); the deviance is then at that σ²."""
     reml = bool(reml)
     # one statistics pass: everything below reads the per-level-2-unit moments (moments.LevelsSummary)
@@ -357,7 +404,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
         raise ValueError(f"df_method must be 'hlm' or 'satterthwaite', not {df_method!r}")
     estimable(raw)
     try:
-        std, tr = reduce_standardised(data, diagonal)
+        std, tr = reduce_standardised(data, diagonal, fixed_map)
     except FloatingPointError:
         raise ModelError("the fixed effects are linearly dependent (collinear predictors, or a predictor that is "
                          "constant where it enters); remove one of them") from None
@@ -390,12 +437,16 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
         robust = TX @ weighted_sandwich(sc, wt.conditional[-1], Pinv) @ TX.T
     gamma = TX @ us.gamma + tr.b
     deviance = obj.deviance_of(us) - (2.0 * tr.log_det_TX if reml else 0.0)
+    if fixed_map is not None:  # back to every γ: γ = Hδ, Cov(γ) = H Cov(δ) H'
+        H = fixed_map
+        gamma, cov, robust = H @ gamma, H @ cov @ H.T, H @ robust @ H.T
+        p = H.shape[1]
     # back to the user's columns: Z̃ = ZA, so b = A b̃ and Var b = A Var b̃ A'
     eb, eb_var = [], []
     for A, (m, v) in zip(tr.As, us.posterior_levels(sigma2)):
         eb.append(m @ A.T)
         eb_var.append(np.einsum("ab,jbc,dc->jad", A, v, A))
-    rels, chis = level_tests(data, raw, us, tr, sigma2, taus, gamma, eb)
+    rels, chis = level_tests(data, raw, us, tr, sigma2, taus, gamma, eb, fixed_map)
     labels = random_labels(data.layout, K)
     names = tau_names(K)
     boundary = []
@@ -412,8 +463,10 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
         from .nested_df import satterthwaite_df
 
         df_gamma = satterthwaite_df(us, tr, sigma2, reml, diagonal)
+        if fixed_map is not None:
+            df_gamma = _free_df(df_gamma, fixed_map)
     else:
-        df_gamma = hlm_df(data, n_units, raw.N)
+        df_gamma = hlm_df(data, n_units, raw.N, fixed_map)
     return NestedFit(
         method="REML" if reml else "ML", gamma=gamma, cov_gamma=cov, cov_gamma_robust=robust,
         df_gamma=df_gamma, sigma2=sigma2, tau_pi=taus[0], tau_beta=taus[1],
@@ -422,4 +475,4 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
         eb_beta_var=eb_var[1], certificate=cert, converged=bool(cert.certified), iterations=iterations,
         message=message, boundary=boundary, solve=us, standardisation=tr, evaluations=obj.count, start=start,
         taus=tuple(taus), reliabilities=rels, chi2=chis, eb=tuple(eb), eb_var=tuple(eb_var),
-        diagonal=diagonal, df_method=df_method)
+        diagonal=diagonal, df_method=df_method, fixed_map=fixed_map)

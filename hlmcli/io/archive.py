@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, HlmError, text_column_error
 from .files import atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -278,6 +279,20 @@ def framed(header: dict, arrays) -> list[bytes]:
     return [PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(text), digest.digest())] + body
 
 
+def unknown_column(archive, name: str, error: HlmError) -> HlmError:
+    """What to raise when a model or an option names a column that is not a variable: `error`, unless
+    the build left `name` out because its file holds it as text. Every failed lookup of a column a
+    model or an option names ends here, so each gets the same one line. `archive`: an Archive, or
+    anything with its names (a streamed Frame: no text columns recorded, so `error`)."""
+    levels = (getattr(archive, "notes", None) or {}).get("text_column_levels") or {}
+    level = next((int(k) for n, k in levels.items() if n.lower() == name.lower()), None)
+    if level is None:
+        return error
+    file = next((s.name for s in getattr(archive, "sources", None) or () if s.role == f"level-{level}"),
+                f"the level-{level} file")
+    return text_column_error(name, file)
+
+
 def write_archive(archive: Archive, path: str | os.PathLike, mode: int | None = None) -> None:
     atomic_write(path, archive_bytes(archive), mode=mode)
 
@@ -300,21 +315,75 @@ def _wrong_levels(found, wanted: int) -> str:
             f"{wanted}-level archive)")
 
 
-def peek_levels(path) -> int:
-    """The number of levels, from the header alone (the full load checks the checksum); 2 for anything
-    unreadable, so the loader gives its own message."""
+# The last header read by peek_header: a one-file command asks what the file is (cross-classified? how
+# many levels?) before it loads it, and the JSON header (every unit's id) is parsed once for all of them.
+_PEEKED: list = []
+
+
+def _stat_key(st: os.stat_result) -> tuple:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+
+
+def peek_header(path) -> dict | None:
+    """The JSON header of the archive at `path` (the full load checks the checksum), or None when it is
+    not a readable archive of ours (the loader then gives its own message). Only a regular file is
+    opened: a FIFO or a device would block or never end. Remembered for the load that follows, which
+    takes it only if the file's header bytes are the ones parsed here."""
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        key = (os.fspath(path), _stat_key(st))
+        if _PEEKED and _PEEKED[0][0] == key:
+            return _PEEKED[0][2]
         with open(path, "rb") as handle:
             prefix = handle.read(PREFIX.size)
             if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
-                return 2
+                return None
             _, version, _, header_len, _ = PREFIX.unpack(prefix)
             if version not in READABLE_VERSIONS or header_len > (1 << 30):
-                return 2
-            header = json.loads(handle.read(header_len).decode("utf-8"))
-        return int(header.get("levels", 2)) if isinstance(header, dict) else 2
+                return None
+            raw = handle.read(header_len)
+        header = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    _PEEKED[:] = [(key, prefix + raw, header)]
+    return header
+
+
+def _peeked(path, head) -> dict | None:
+    """peek_header's parse of this file's header, if `head` (the mapped prefix and header) is what it
+    parsed; a file rewritten in between is parsed again. Taken once: the archive built from it owns
+    its lists from then on."""
+    if _PEEKED and _PEEKED[0][0][0] == os.fspath(path) and _PEEKED[0][1] == head:
+        return _PEEKED.pop()[2]
+    return None
+
+
+def peek_levels(path) -> int:
+    """The number of levels, from the header alone (the full load checks the checksum); 2 for anything
+    unreadable, so the loader gives its own message."""
+    header = peek_header(path)
+    try:
+        return int(header.get("levels", 2)) if header is not None else 2
+    except (ValueError, TypeError):
         return 2
+
+
+def _described_size(body, header_len: int) -> int | None:
+    """The file size the header describes (prefix, header, arrays; prefix and header only when the file
+    ends inside the header), or None when the header cannot be read: tells a truncated file from
+    otherwise damaged bytes, on the error path only."""
+    try:
+        if header_len > len(body):
+            return PREFIX.size + header_len
+        header = json.loads(bytes(body[:header_len]).decode("utf-8"))
+        return PREFIX.size + header_len + sum(np.dtype(a["dtype"]).itemsize * int(np.prod(a["shape"], dtype=np.int64))
+                                              for a in header["arrays"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _file_bytes(path: Path, size: int):
@@ -365,13 +434,20 @@ def read_archive_file(path: str | os.PathLike, levels: int | str | None = 2,
         digest = hashlib.sha256(PREFIX.pack(MAGIC, version, reserved, header_len, bytes(32)))
         digest.update(body)
         if digest.digest() != checksum:
+            described = _described_size(body, header_len)
+            if described is not None and described > len(raw):  # cut short (a copy or a disk that filled up)
+                at_least = "" if header_len <= len(body) else "at least "
+                raise CorruptArchive(f"{path}: the archive is truncated: the file has {len(raw)} bytes, its header "
+                                     f"describes {at_least}{described}; {rebuild}")
             raise CorruptArchive(f"{path}: checksum mismatch, the archive is damaged; {rebuild}")
         verified.remember(path, before, after, head)
     damaged = CorruptArchive(f"{path}: the archive header does not describe its contents; {rebuild}")
     if header_len > len(body) or header_len % 8:
         raise damaged
     try:
-        header = json.loads(bytes(body[:header_len]).decode("utf-8"))
+        header = _peeked(path, head) if len(head) == PREFIX.size + header_len else None
+        if header is None:
+            header = json.loads(bytes(body[:header_len]).decode("utf-8"))
         crossed = isinstance(header, dict) and header.get("kind") == "cross-classified"
         if crossed != (levels == "cross-classified"):  # archive_crossed.py's archives and nested ones
             raise DataError(f"{path}: " + ("a cross-classified (HCM2) archive: fit it with --formula or HCM2's "

@@ -16,9 +16,7 @@ and counted in the notes."""
 
 from __future__ import annotations
 
-import json
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DataError, first_few
-from .archive import (FORMAT_VERSION, MAGIC, PREFIX, CorruptArchive, Source, describe_source, framed,
+from .archive import (FORMAT_VERSION, CorruptArchive, Source, describe_source, framed, peek_header,
                       read_archive_file)
 from .files import atomic_write
 
@@ -255,23 +253,11 @@ def write_crossed_archive(a: CrossedArchive, path: str | os.PathLike) -> None:
 
 
 def is_crossed_archive(path) -> bool:
-    """Whether `path` is an archive whose header says cross-classified (the header alone; the load
-    checks the checksum). Only a regular file is opened: opening a FIFO or a device would block or read
-    from it; what it is gets reported, in one line, by the reader that takes the path next."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
-        with open(path, "rb") as handle:
-            prefix = handle.read(PREFIX.size)
-            if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
-                return False
-            header_len = PREFIX.unpack(prefix)[3]
-            if header_len > (1 << 30):
-                return False
-            header = json.loads(handle.read(header_len).decode("utf-8"))
-        return isinstance(header, dict) and header.get("kind") == KIND
-    except (OSError, ValueError, TypeError):
-        return False
+    """Whether `path` is an archive whose header says cross-classified (the header alone, which the load
+    that follows reuses: archive.peek_header; the load checks the checksum). Only a regular file is
+    opened; what anything else is gets reported, in one line, by the reader that takes the path next."""
+    header = peek_header(path)
+    return header is not None and header.get("kind") == KIND
 
 
 def load_crossed_archive(path, verify: bool = False) -> CrossedArchive:

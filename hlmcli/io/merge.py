@@ -153,7 +153,7 @@ def merge_levels(tables, spec: MergeSpec, warn=lambda m: None) -> dict:
     link1 = find_column(t1, spec.link1, unit_id(2))
     col = {level: find_column(tables[level - 1], spec.ids[level - 2], unit_id(level)) for level in range(2, K + 1)}
     link = _links(tables, spec, col, link1)
-    keeps, text_columns = _variables(tables, spec, col, link1, warn)
+    keeps, text_columns, text_levels = _variables(tables, spec, col, link1, warn)
 
     notes: dict = {"level1_records_read": int(len(t1.data)), "dropped_unmatched": 0, "dropped_missing": 0}
     childless = dict.fromkeys(range(2, K + 1), 0)
@@ -189,6 +189,8 @@ def merge_levels(tables, spec: MergeSpec, warn=lambda m: None) -> dict:
         notes.update({f"level{k}_units_left_out": n for k, n in childless.items() if n})
     if K == 2 and text_columns:
         notes["text_columns"] = text_columns
+    if text_columns:  # which file held each (Archive.unknown_column names it when a model or option asks for one)
+        notes["text_column_levels"] = {c: level for level in range(K, 0, -1) for c in text_levels[level]}
     kind_list = [kinds[k] for k in range(2, K + 1)] + ([kind1] if K == 2 else [])
     return {"levels": levels, "id_kind": kind_list[0] if len(set(kind_list)) == 1 else "string",
             "id_names": tuple(col[k] for k in range(2, K + 1)), "level1_id": link1,
@@ -334,11 +336,12 @@ def _match_records(tables, spec: MergeSpec, rec2, pos2: dict, keep1, notes: dict
     return l1_values, unit
 
 
-def _variables(tables, spec: MergeSpec, col: dict, link1: str, warn) -> tuple[list[list[str]], list[str]]:
+def _variables(tables, spec: MergeSpec, col: dict, link1: str, warn) -> tuple[list[list[str]], list[str], dict]:
     """The variables of each level. Named ones stay at the level they are named for; by default every
     numeric column that is not a unit id, and in a table shared with the level below only those constant
     within that level's units (the highest level first, so a variable goes to the highest level it is
-    constant in). A text column is left out with a warning. Returns (variables per level, text columns)."""
+    constant in). A text column is left out with a warning. Returns (variables per level, text columns,
+    text columns per level)."""
     from .readers import find_column, is_text_column, numeric_column
 
     K = spec.n_levels
@@ -383,7 +386,7 @@ def _variables(tables, spec: MergeSpec, col: dict, link1: str, warn) -> tuple[li
         dup = sorted({n for n in names if folded.count(n.lower()) > 1})
         if dup:
             raise DataError(f"{tables[level - 1].path}: variables {', '.join(dup)} differ only in case; rename one")
-    return out, text_columns
+    return out, text_columns, text
 
 
 def _ordered_levels(tables, keeps, l1, unit, ids_of, values_of, parent_of, childless: dict, warn):

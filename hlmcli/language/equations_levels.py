@@ -31,7 +31,7 @@ are read for two and three levels only.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .lexer import (COEF_LETTERS, GREEK, RANDOM_LETTERS, EquationSyntaxError, check_shape, coefficient_letters,  # noqa: F401
@@ -50,6 +50,7 @@ class Variables:
 
     names: tuple  # per level 1..K: the variable names
     files: tuple = ()  # per level 1..K: the file's name; "the level-k file" where not known
+    archive: object = field(default=None, compare=False)  # where they came from: io.archive.unknown_column's
 
     def file(self, level: int) -> str:
         return self.files[level - 1] if level <= len(self.files) else f"the level-{level} file"
@@ -62,6 +63,14 @@ class Variables:
 
     def level_of(self, name: str) -> int | None:
         return next((lev for lev in range(1, len(self.names) + 1) if self.lookup(name, lev)), None)
+
+    def unknown(self, name: str, error: ModelError) -> Exception:
+        """`error` for a name that is no variable, or the archive's one line when its file holds it as text."""
+        if self.archive is None:
+            return error
+        from ..io.archive import unknown_column
+
+        return unknown_column(self.archive, name, error)
 
 
 # ---------------------------------------------------------------- notation, text and tokens
@@ -143,7 +152,7 @@ def _resolve(name: str, level: int, variables: Variables, text: str) -> str:
             hint = f", or use mean({hit}) for its unit mean in a higher one" if other < level else ""
             raise ModelError(f"in '{text.strip()}': {hit} is a level-{other} variable{where}, not usable in a level-{level} "
                              f"equation; a level-{other} variable goes in a level-{other} equation (-{other}){hint}")
-    raise ModelError(f"in '{text.strip()}': unknown variable '{name}'{_closest(name, variables)}")
+    raise variables.unknown(name, ModelError(f"in '{text.strip()}': unknown variable '{name}'{_closest(name, variables)}"))
 
 
 def _closest(name: str, variables: Variables) -> str:
@@ -165,8 +174,9 @@ def _mean_of(inner: str, level: int, variables: Variables, text: str, pos: int) 
         hit = next((variables.lookup(c, lower) for c in cands if variables.lookup(c, lower)), None)
         if hit:
             return Term(hit, level, Centering.NONE, mean_of=lower)
-    raise ModelError(f"in '{text.strip()}': mean({inner}) needs a variable of a lower level than {level}"
-                     + ("" if variables.level_of(inner) else f"; unknown variable '{inner}'"))
+    error = ModelError(f"in '{text.strip()}': mean({inner}) needs a variable of a lower level than {level}"
+                       + ("" if variables.level_of(inner) else f"; unknown variable '{inner}'"))
+    raise error if variables.level_of(inner) else variables.unknown(inner, error)
 
 
 def _printed_centring(m, level: int, variables: Variables, text: str, pos: int, K: int) -> Term:

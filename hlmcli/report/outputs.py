@@ -69,6 +69,10 @@ def levels_text(analysis, meta: dict, ascii: bool) -> str:
     else:
         text = levels_fit_text(a.design, a.fit, meta, SymbolsLevels(ascii))
     extra = extras_text(a.extras, Symbols(ascii)) if a.extras else []
+    if "constraints" in a.extras:  # --constrain: which γs are tied, after the tables
+        from .report import constraint_note
+
+        extra = ["", *constraint_note(a.extras["constraints"], Symbols(ascii), r_call=True)] + extra
     if "level1_covariance" in a.extras:  # HMLM2: the structured model after the homogeneous HLM3 one
         from .report import hlm_name, hlm_p, text_table
         from .report_hmlm import level1_covariance_lines

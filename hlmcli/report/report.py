@@ -536,7 +536,8 @@ def fit_json(analysis, meta: dict) -> dict:
     if getattr(a, "weights", None) is not None:
         out["weights"] = a.weights.to_json()
     for key in ("icc", "plausible_ranges", "hypothesis_tests", "deviance_test", "homogeneity", "full_output",
-                "constraints", "constraint_test", "known_variance", "level1_variance", "level1_covariance"):
+                "constraints", "constraint_test", "known_variance", "level1_variance", "level1_covariance",
+                "emulation"):
         if key in a.extras:
             out[key] = a.extras[key]
     from .terms import with_terms
@@ -675,17 +676,22 @@ def _fixed_effect_lines(a, sym: Symbols) -> list[str]:
     return out
 
 
-def constraint_note(record: dict, sym: Symbols) -> list[str]:
-    """Below a table of a constrained fit: which γs are tied, and that they were estimated as one."""
-    def name(label: str) -> str:
-        return sym.gamma + label[1:]
+def constraint_note(record: dict, sym: Symbols, r_call: bool = False) -> list[str]:
+    """Below a table of a constrained fit: which γs are tied, and that they were estimated as one;
+    r_call: also that the R call printed is of the unconstrained model."""
+    def name(label: str) -> str:  # g10, g100 in the output's letters (four levels' d0001 as typed)
+        return sym.gamma + label[1:] if label.startswith("g") else label
 
     ties = []
     for e in record["eliminated"]:
         terms = " + ".join(("" if c == 1.0 else f"{c:g}*") + name(g["gamma"]) for g in e["equals"]
                            for c in [g["coefficient"]])
         ties.append(f"{name(e['gamma'])} = {terms}".replace("+ -", "- "))
-    return [f"* constrained (--constrain): {'; '.join(ties)}; estimated as one, with the d.f. counted as constrained"]
+    out = [f"* constrained (--constrain): {'; '.join(ties)}; estimated as one, with the d.f. counted as constrained"]
+    if r_call:
+        out.append("  (the R call printed is of the unconstrained model; for the constrained one, sum the tied "
+                   "predictors into one column)")
+    return out
 
 
 def _variance_component_lines(a, sym: Symbols) -> list[str]:
@@ -862,6 +868,10 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
         for r in ex["plausible_ranges"]:
             where = " (units with all level-2 predictors at zero)" if r["at_zero_level2_predictors"] else ""
             w(f" {hlm_name(r['coefficient'])}: {r['low']:.3f} to {r['high']:.3f}{where}")
+    if "emulation" in ex:
+        from .emulation_report import emulation_lines
+
+        out += emulation_lines(ex["emulation"], sym)
     return out
 
 

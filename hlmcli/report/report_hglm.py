@@ -14,7 +14,8 @@ from ..analysis import inference
 from ..analysis.hglm_run import HGLMAnalysis, information_criteria
 from ..engine.hglm import PQLResult
 from ..version import __version__
-from .report import (coef_label, data_hash, extras_text, hlm_name, hlm_p, lme4_formula, model_record, model_summary,
+from ..spec import gamma_label
+from .report import (coef_label, constraint_note, data_hash, extras_text, hlm_name, hlm_p, lme4_formula, model_record, model_summary,
                      printable, problem_lines, r_terms, random_label, tau_lines, text_table)
 from .terms import with_terms
 from . import report_negbin as negbin
@@ -268,7 +269,7 @@ def hglm_json(a: HGLMAnalysis, meta: dict) -> dict:
     out["boundary"] = bool(a.notes)  # as the linear engine's JSON: a flag and its notes
     out["boundary_notes"] = list(a.notes)
     out["separation"] = {"mode": opts.separation, "held": list(a.warnings)}
-    for key in ("hypothesis_tests", "deviance_test"):
+    for key in ("hypothesis_tests", "deviance_test", "constraints", "constraint_test"):
         if key in a.extras:
             out[key] = a.extras[key]
     if ordinal.is_ordinal(a):
@@ -323,6 +324,8 @@ def hglm_text(a: HGLMAnalysis, meta: dict, sym) -> str:
         out += negbin.theta_lines(a, sym)
     w("")
     out += _hglm_deviance_lines(a, sym)
+    if "constraints" in a.extras:
+        out += constraint_note(a.extras["constraints"], sym, r_call=True)[1:]
     out += extras_text(a.extras, sym)
     if a.pql is not None and a.pql.pa_failed:
         w("")
@@ -455,6 +458,7 @@ def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> l
         ratio = ordinal.RATIO_NAMES[a.link][1]  # probit: none
     out: list[str] = []
     w = out.append
+    tied = set(a.extras.get("constraints", {}).get("involved", ()))  # --constrain: marked *
     for robust in (False, True):
         c = rcov if robust else cov
         if c is None:
@@ -471,7 +475,8 @@ def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> l
             if k == 0 or d.fixed[k - 1].q != f.q:
                 rows.append([f"For {coef_label(d, f.q, sym)}"])
                 ratio_rows.append(rows[-1])
-            label = f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}"
+            mark = "*" if gamma_label(f.q, f.s, "g") in tied else ""
+            label = f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}{mark}"
             rows.append([label, f"{gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", f"{a.df[k]:.0f}", hlm_p(p[k])])
             tq = special.stdtrit(a.df[k], 0.975)
             ratio_rows.append([label, f"{gamma[k]:.6f}", f"{np.exp(gamma[k]):.6f}",
@@ -480,6 +485,8 @@ def _fixed_effect_lines(a: HGLMAnalysis, sym, model: str, gamma, cov, rcov) -> l
             rows += ordinal.threshold_rows(a, robust, sym)
         out.extend(text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                               rows, [30, 12, 14, 9, 12, 8]))
+        if tied:
+            out += constraint_note(a.extras["constraints"], sym)
         if ratio is None:  # probit: exp(γ) is no ratio of anything
             continue
         w("")
