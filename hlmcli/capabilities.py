@@ -114,8 +114,6 @@ _CONSTRAIN_HGLM = ("not built yet for the streamed HGLM: its passes over the spi
                    "constrained design B_jH formed per block; fit with --engine memory")
 _CONSTRAIN_LEVELS = ("not built yet for a three-level HGLM: its PQL and Laplace fits would need the constrained "
                      "design X·H in their working model over the nested random effects; the linear fit has it")
-_CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
-                      "predictors into one column of the formula")
 _VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
                    "standard deviations before the per-unit summaries are formed; fit with --engine memory")
 _VKNOWN_HGLM = ("a V-known model is normal at level 1 with a known variance; an HGLM's level-1 variance is fixed by "
@@ -235,8 +233,8 @@ FEATURES = (
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
-            "HGLM: binary, binomial and count outcomes, no test under PQL)",
-            {HGLM_STREAM: _CONSTRAIN_HGLM, "crossed": _CONSTRAIN_CROSSED,
+            "HGLM: binary, binomial and count outcomes, no test under PQL; cross-classified: of θ, THETA1 = THETA2)",
+            {HGLM_STREAM: _CONSTRAIN_HGLM,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,

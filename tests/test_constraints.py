@@ -350,3 +350,26 @@ def test_four_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
     t = tied["constraint_test"]
     assert not t["refitted_ml"] and t["deviance_constrained"] == pytest.approx(tied["deviance"], rel=1e-15)
     assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- cross-classified fits: θs named as --test names them
+
+def test_crossed_constrained_fit_is_the_summed_predictor_fit():
+    """ScotsSec: verbal's and female's effects tied ('THETA1 = THETA2', --test's labels on a crossed fit); by hand
+    S = verbal + female. ML with Satterthwaite's d.f.: the tied θs take the summed predictor's."""
+    d = pd.read_csv(DATA / "crossed" / "scotssec.csv")
+    kw = dict(method="ML", df="satterthwaite")
+    tied = hlmcli.fit_crossed(d, "attain ~ verbal + female + (1|primary) + (1|second)", constrain="THETA1 = THETA2",
+                              **kw).to_dict()
+    summed = hlmcli.fit_crossed(d.assign(S=d["verbal"] + d["female"]), "attain ~ S + (1|primary) + (1|second)",
+                                **kw).to_dict()
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9) and tied["n_params"] == summed["n_params"]
+    hand = [summed["fixed_effects"][k] for k in (0, 1, 1)]
+    for f, g in zip(tied["fixed_effects"], hand):
+        for key in ("estimate", "se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (f["label"], key)
+    assert tied["constraints"]["eliminated"] == [{"gamma": "THETA2", "equals": [{"coefficient": 1.0,
+                                                                                 "gamma": "THETA1"}]}]
+    t = tied["constraint_test"]
+    assert not t["refitted_ml"] and t["df"] == 1 and t["params_unconstrained"] == tied["n_params"] + 1
+    assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)

@@ -43,10 +43,22 @@ def parse_constraints(texts, spec, centred_intercept: bool = True) -> Constraint
     outcome's mean out) names γ00."""
     from ..language.hypotheses import parse_test
 
+    names = spec_gamma_labels(spec)
+    c = constraints_from(texts, lambda t: parse_test(t, spec), names)
+    basis, labels = c.basis, c.labels
+    if centred_intercept and 0 in basis.involved() and names and names[0] in ("g00",):
+        raise ModelError(f"{OPTION} '{', '.join(labels)}': γ00 cannot be constrained: it carries the outcome's mean, "
+                         "which hlmcli takes out before the cross-products to keep their digits; constrain other γs")
+    return c
+
+
+def constraints_from(texts, read, names: list[str]) -> Constraints:
+    """The restrictions read by `read` (the kind's --test reader: a text -> a Hypothesis over its fixed
+    effects, labelled `names`), each with its right side moved to the left."""
     rows, labels = [], []
     for text in texts:
         try:
-            h = parse_test(_zero_right_side(text), spec)
+            h = read(_zero_right_side(text))
         except ModelError as exc:
             raise ModelError(str(exc).replace("--test '", f"{OPTION} '", 1)) from None
         if any(v != 0.0 for v in h.rhs):
@@ -56,15 +68,26 @@ def parse_constraints(texts, spec, centred_intercept: bool = True) -> Constraint
         labels.append(text.strip())
     C = np.array(rows, dtype=float)
     basis = constraint_basis(C, f"{OPTION} '{', '.join(labels)}'")
-    names = spec_gamma_labels(spec)
-    if centred_intercept and 0 in basis.involved() and names and names[0] in ("g00",):
-        raise ModelError(f"{OPTION} '{', '.join(labels)}': γ00 cannot be constrained: it carries the outcome's mean, "
-                         "which hlmcli takes out before the cross-products to keep their digits; constrain other γs")
     for e in basis.eliminated:
         if not np.any(basis.H[e]):
             raise ModelError(f"{OPTION} '{', '.join(labels)}': this sets {names[e]} to 0; remove its term from the "
-                             "equations instead")
+                             "model instead")
     return Constraints(tuple(labels), C, basis)
+
+
+def free_hypotheses(constraints: Constraints, hypotheses) -> list:
+    """Each hypothesis Cγ = d as (CH)δ = d on the free γs; one that restricts only what the constraints
+    already fix is refused."""
+    from ..language.model import Hypothesis
+
+    out = []
+    for h in hypotheses:
+        CH = np.array(h.rows, dtype=float) @ constraints.basis.H
+        if np.linalg.matrix_rank(CH) < CH.shape[0]:
+            raise ModelError(f"--test '{h.label}': under {OPTION} this restriction (or one of its rows) is already "
+                             "imposed or follows from the constraints; test what the constraints leave free")
+        out.append(Hypothesis(h.label, tuple(map(tuple, CH.tolist())), h.rhs))
+    return out
 
 
 # A comma between restrictions, not one inside a printed label such as g1,10: the next restriction
@@ -220,19 +243,10 @@ def free_tests(constraints: Constraints, hypotheses, gamma, cov, robust, prior_d
                deviance=None, n_params=None, robust_only: bool = False) -> dict:
     """The Wald tests of --test on the free γs, for any kind of constrained fit given back in every γ
     (gamma, cov, robust: the expanded estimates; deviance None when the fit has none, as PQL)."""
-    H = constraints.basis.H
     free = list(constraints.basis.free)
     delta, cov_d = gamma[free], cov[np.ix_(free, free)]
     robust_d = None if robust is None else robust[np.ix_(free, free)]
-    mapped = []
-    from ..language.model import Hypothesis
-
-    for h in hypotheses:
-        CH = np.array(h.rows, dtype=float) @ H
-        if np.linalg.matrix_rank(CH) < CH.shape[0]:
-            raise ModelError(f"--test '{h.label}': under {OPTION} this restriction (or one of its rows) is already "
-                             "imposed or follows from the constraints; test what the constraints leave free")
-        mapped.append(Hypothesis(h.label, tuple(map(tuple, CH.tolist())), h.rhs))
+    mapped = free_hypotheses(constraints, hypotheses)
     ex = tests_of_gamma(mapped, delta, cov_d, robust_d, prior_deviance, prior_params, deviance, n_params,
                         robust_only=robust_only)
     for entry, h in zip(ex.get("hypothesis_tests", []), hypotheses):
