@@ -210,6 +210,15 @@ EMULATE_CONFLICTS = {
 }
 
 
+def _constrain_conflicts(kind: str) -> dict:
+    """CONSTRAIN_CONFLICTS for a kind: a two-level HGLM by Laplace or AGQ takes sampling weights (the
+    pseudo-likelihood weights each unit's contribution whatever the fixed design, so the fit on X·H and its
+    sandwich, given back through H, are the constrained model's; no likelihood-ratio test of the ties)."""
+    if kind in ("laplace", "agq"):
+        return {k: v for k, v in CONSTRAIN_CONFLICTS.items() if k != "weights"}
+    return CONSTRAIN_CONFLICTS
+
+
 @dataclass(frozen=True)
 class Feature:
     key: str
@@ -455,7 +464,7 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
                                          **(LEVEL1_COVARIANCE_STRUCTURED if structured else {})}),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
-                                       ("constrain", "--constrain", CONSTRAIN_CONFLICTS),
+                                       ("constrain", "--constrain", _constrain_conflicts(kind)),
                                        ("emulate", "--emulate hlm6", EMULATE_CONFLICTS)):
         if feature in asked:
             for key in asked:

@@ -373,3 +373,21 @@ def test_crossed_constrained_fit_is_the_summed_predictor_fit():
     t = tied["constraint_test"]
     assert not t["refitted_ml"] and t["df"] == 1 and t["params_unconstrained"] == tied["n_params"] + 1
     assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+def test_hglm_weighted_constrained_fit_is_the_summed_predictor_fit():
+    """Sampling weights (Laplace pseudo-likelihood): the constrained fit and its sandwich are the summed-predictor
+    fit's; the robust Wald test of the free γ is its t²; no likelihood-ratio test of the ties (a pseudo-likelihood)."""
+    D = DATA / "hglm_weights"
+    l1, l2 = pd.read_csv(D / "contraw_l1.csv"), pd.read_csv(D / "contraw_l2.csv")
+    kw = dict(id="DISTRICT", family="bernoulli", estimation="laplace", weight1="W1", weight2="W2")
+    tied = hlmcli.fit(l1, l2, level1_eq="USE = b0 + b1*URBAN + b2*LC1 + b3*LC2",
+                      level2_eqs=["b0 = g00 + u0", "b1 = g10", "b2 = g20", "b3 = g30"], constrain="g20 = g30",
+                      tests=["g20 = 0"], **kw).to_dict()
+    summed = hlmcli.fit(l1.assign(S=l1["LC1"] + l1["LC2"]), l2, level1_eq="USE = b0 + b1*URBAN + b2*S",
+                        level2_eqs=["b0 = g00 + u0", "b1 = g10", "b2 = g20"], **kw).to_dict()
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9)
+    _assert_summed(tied, summed)
+    robust_t = tied["fixed_effects"][2]["robust_t"]
+    assert tied["hypothesis_tests"][0]["robust"]["chi2"] == pytest.approx(robust_t ** 2, rel=1e-10)
+    assert tied["constraint_test"]["chi2"] is None and "pseudo-likelihood" in tied["constraint_test"]["note"]

@@ -299,6 +299,11 @@ def hglm_constraint_test(a, constraints: Constraints, unconstrained) -> dict:
         return {"chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
                 "note": "no test: PQL has no deviance (it maximises a quasi-likelihood); fit with --estimation laplace "
                         "or agq for the likelihood-ratio test of the constraints"}
+    if getattr(a, "weights", None) is not None:  # a pseudo-likelihood: Wald tests (--test) instead
+        from ..data.weights import NO_LIKELIHOOD_RATIO
+
+        return {"chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
+                "note": "no test: " + NO_LIKELIHOOD_RATIO}
     return likelihood_ratio_record(constraints, a.ml, unconstrained().ml)
 
 
