@@ -110,14 +110,10 @@ _X_SUMMARY = ("the blocked Cholesky of crossed factors needs Z1'Z2, which pairs 
               "per-unit summaries of one factor do not keep it; fit in memory")
 _X_MISSING = ("a cross-classified fit reads one file and leaves out records with a missing value in a column the "
               "model uses (HLM's deletion at analysis)")
-_CONSTRAIN_SUMMARY = ("not built yet for the stream and Dask engines: their per-unit summaries would need the "
-                      "constrained design B_jH formed from the moments; fit with --engine memory")
 _CONSTRAIN_HGLM = ("not built yet for the streamed HGLM: its passes over the spilled records would need the "
                    "constrained design B_jH formed per block; fit with --engine memory")
 _CONSTRAIN_LEVELS = ("not built yet for a three-level HGLM: its PQL and Laplace fits would need the constrained "
                      "design X·H in their working model over the nested random effects; the linear fit has it")
-_CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
-                      "predictors into one column of the formula")
 _VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
                    "standard deviations before the per-unit summaries are formed; fit with --engine memory")
 _VKNOWN_HGLM = ("a V-known model is normal at level 1 with a known variance; an HGLM's level-1 variance is fixed by "
@@ -218,6 +214,15 @@ EMULATE_CONFLICTS = {
 }
 
 
+def _constrain_conflicts(kind: str) -> dict:
+    """CONSTRAIN_CONFLICTS for a kind: a two-level HGLM by Laplace or AGQ takes sampling weights (the
+    pseudo-likelihood weights each unit's contribution whatever the fixed design, so the fit on X·H and its
+    sandwich, given back through H, are the constrained model's; no likelihood-ratio test of the ties)."""
+    if kind in ("laplace", "agq"):
+        return {k: v for k, v in CONSTRAIN_CONFLICTS.items() if k != "weights"}
+    return CONSTRAIN_CONFLICTS
+
+
 @dataclass(frozen=True)
 class Feature:
     key: str
@@ -241,8 +246,8 @@ FEATURES = (
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
-            "HGLM: binary, binomial and count outcomes, no test under PQL)",
-            {"linear-summary": _CONSTRAIN_SUMMARY, HGLM_STREAM: _CONSTRAIN_HGLM, "crossed": _CONSTRAIN_CROSSED,
+            "HGLM: binary, binomial and count outcomes, no test under PQL; cross-classified: of θ, THETA1 = THETA2)",
+            {HGLM_STREAM: _CONSTRAIN_HGLM,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
@@ -464,7 +469,7 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
                                          **(LEVEL1_COVARIANCE_STRUCTURED if structured else {})}),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
-                                       ("constrain", "--constrain", CONSTRAIN_CONFLICTS),
+                                       ("constrain", "--constrain", _constrain_conflicts(kind)),
                                        ("emulate", "--emulate hlm6", EMULATE_CONFLICTS)):
         if feature in asked:
             for key in asked:

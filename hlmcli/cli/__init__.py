@@ -867,7 +867,7 @@ def fit_cmd(**params):
                                {"--residuals-l1": out.residuals_l1, "--residuals-l2": out.residuals_l2,
                                 "--keep": params["keep"], "--weight1": fit.weight1, "--weight2": fit.weight2,
                                 "--plausible-values": fit.plausible_values, "--imputed": fit.imputed},
-                               scheduler=_dask_scheduler(more))
+                               scheduler=_dask_scheduler(more), constraints=fit.constraints)
     if fit.normalize and not (fit.weight1 or fit.weight2):
         raise click.UsageError("--normalize needs --weight1 or --weight2")
     archive, source_text = _load_data(data, build2, build["cache_dir"], out.quiet)
@@ -1053,7 +1053,7 @@ def fit_status(results, strict: bool) -> tuple[int, list[str]]:
 
 def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, tests, title, max_iterations,
                     compare_deviance, compare_params, test_homogeneity, full_output, ols_units, out: OutputOptions,
-                    build_opts: dict, unsupported: dict, scheduler=None) -> None:
+                    build_opts: dict, unsupported: dict, scheduler=None, constraints=()) -> None:
     """`hlmcli fit` by the stream or dask engine, or from a statistics archive: the per-unit summary
     (engines.py), the same spec, fit and ending as in memory."""
     from ..analysis.engines import analyse_summary_with_extras, summary_for_fit
@@ -1092,7 +1092,7 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
             analysis = fit_hglm_stream(spec, summary, data[0], frame.id_names[0], build_opts.get("file_format"),
                                        build_opts.get("delimiter"), fit.tests)
     else:
-        analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
+        analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests, constraints)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})
     finish(results, out, [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
 

@@ -563,9 +563,11 @@ class CrossedFit:
     @property
     def n_parameters(self) -> int:
         """Covariance parameters (τ's free entries and σ²) plus fixed effects, as deviance tables count."""
-        return len(self.gamma) + 1 + sum(_n_free(t, d) for t, d in zip(self.taus, self.diagonal))
+        p = len(self.gamma) if self.n_free is None else self.n_free
+        return p + 1 + sum(_n_free(t, d) for t, d in zip(self.taus, self.diagonal))
 
     diagonal: tuple = ()
+    n_free: int | None = None  # --constrain: the free fixed effects δ (γ = Hδ); None: every γ is free
     stats: object = field(repr=False, default=None)    # CrossedStats: the standardised data (inference reads it)
     solve: object = field(repr=False, default=None)    # CrossedSolve at the answer
 
