@@ -314,8 +314,9 @@ def _analyse_heterogeneous(spec, archive, fit: FitOptions, hypotheses):
 
 def _analyse_hmlm(spec, archive, fit: FitOptions, hypotheses):
     """HMLM (--level1-covariance S --occasion VAR): the homogeneous model, then the structured level-1
-    covariance's fit and its test against it (analysis/hmlm.py); the tests of γ are of the homogeneous model."""
-    from .analysis.hmlm import analyse_hmlm
+    covariance's fit and its test against it (analysis/hmlm.py); --test and --compare-deviance test the
+    structured model (the homogeneous model's, with --level1-covariance homogeneous)."""
+    from .analysis.hmlm import analyse_hmlm, structured_tests
     from .analysis.pipeline import add_extras
 
     if not (fit.level1_covariance and fit.occasion):
@@ -323,7 +324,12 @@ def _analyse_hmlm(spec, archive, fit: FitOptions, hypotheses):
                          "covariance and the level-1 variable holding each record's occasion")
     o = spec.options
     analysis = analyse_hmlm(spec, archive, fit.level1_covariance, fit.occasion, fit.df_method)
-    add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params)
+    record = analysis.extras["level1_covariance"]
+    if record["structure"] == "homogeneous":  # the model printed first is the one asked for
+        add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params)
+    else:  # the tests are the structured model's, printed with it
+        add_extras(analysis)
+        record.update(structured_tests(record, hypotheses, o.prior_deviance, o.prior_params))
     return analysis
 
 

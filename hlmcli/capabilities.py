@@ -141,7 +141,6 @@ _HMLM_CROSSED = "HMLM's persons are nested units; a cross-classified HMLM is not
 # With --level1-covariance (HMLM), options not built with the structured within-person covariance: refused.
 LEVEL1_COVARIANCE_CONFLICTS = {
     "weights": "not built together: sampling weights would need the pseudo-likelihood over each person's occasions",
-    "plausible_values": "Rubin's rules would need the structured fit combined too, which is not built",
     "satterthwaite": "Satterthwaite's d.f. are not built for the structured fit; use --df hlm",
     "full_output": "its unit-by-unit OLS and least-squares tables assume one σ²",
     "constrain": "not built together yet",
@@ -149,13 +148,18 @@ LEVEL1_COVARIANCE_CONFLICTS = {
     "level1_variance": "two models for the level-1 variance; give one (--level1-covariance heterogeneous lets σ² "
                        "differ by occasion)",
 }
-# Options computed on the homogeneous model an HMLM fit prints first: with another structure they would test or
-# compare that model, not the one asked for; refused until they are computed on the structured fit.
+# HMLM2 (three levels): not built with the structured fit (at two levels, HMLM combines it over the fits).
+LEVEL1_COVARIANCE_LEVELS = {
+    "plausible_values": "at three levels (HMLM2) Rubin's rules would need the structured fit combined too, which is "
+                        "not built; at two levels HMLM combines it",
+}
+# HMLM2 (three levels): options computed on the homogeneous HLM3 model printed first; with another structure they
+# would test that model, not the one asked for (at two levels they are computed on the structured fit).
 LEVEL1_COVARIANCE_STRUCTURED = {
-    "test": "the Wald tests would use the homogeneous model's γ and covariance, not the structured model's; the "
-            "structured fit prints its own γ table with SEs",
-    "compare_deviance": "the test would use the homogeneous model's deviance; the structured fit prints its "
-                        "likelihood-ratio test against the homogeneous model",
+    "test": "at three levels (HMLM2) the Wald tests would use the homogeneous model's γ and covariance, not the "
+            "structured model's; the structured fit prints its own γ table with SEs",
+    "compare_deviance": "at three levels (HMLM2) the test would use the homogeneous model's deviance; the "
+                        "structured fit prints its likelihood-ratio test against the homogeneous model",
 }
 # With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
 LEVEL1_VARIANCE_CONFLICTS = {
@@ -456,9 +460,10 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
             if why:
                 label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(' (')[0]
                 raise RefusedOption(f"{label}: not available for an HGLM PQL (stream) fit: {why}")
-    structured = str(getattr(fit, "level1_covariance", None) or "homogeneous") != "homogeneous"
+    structured = str(getattr(fit, "level1_covariance", None) or "homogeneous") != "homogeneous" and kind in _LEVELS
     for feature, option, conflicts in (("level1_covariance", "--level1-covariance",
                                         {**LEVEL1_COVARIANCE_CONFLICTS,
+                                         **(LEVEL1_COVARIANCE_LEVELS if kind in _LEVELS else {}),
                                          **(LEVEL1_COVARIANCE_STRUCTURED if structured else {})}),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
