@@ -331,4 +331,4 @@ def test_the_whole_dask_fit_with_progress(in_process, tmp_path, monkeypatch, cap
     analysis = hglm_dask.analyse_hglm_dask(spec, summary, path, "HERD", Scheduler(), progress=True)
     out, err = capfd.readouterr()
     assert out == "" and err.count("Completed") >= 2, err
-    assert analysis.certificate.certified
+    assert analysis.converged and analysis.ml.certificate.certified
