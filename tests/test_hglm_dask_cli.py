@@ -133,6 +133,16 @@ def test_partitions_hold_the_stream_paths_spilled_records(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_pass_over_dask_partitions_by_unit_equals_the_whole_data(tmp_path):
+    """test_hglm_blocks.py's data (30 units, random intercept and slope) shuffled over 3 partitions, then
+    partitioned by unit (DaskBlocks on the synchronous scheduler): one pass of each kind equals the whole
+    data. Here, beside the other Dask tests, so that the default run imports dask.dataframe once."""
+    from test_hglm_blocks import dask_source, make, one_pass_equal
+
+    data = make("bernoulli", 30, 2, 3)
+    one_pass_equal(dask_source(data, tmp_path), data)
+
+
 def test_records_spread_over_files_give_the_in_memory_fit(tmp_path, monkeypatch):
     """Binomial with trials (cbpp), every herd spread over three CSV files, and partitions of 4 herds
     after the shuffle: the blocked fit over the Dask partitions equals the in-memory fit to 1e-8."""
