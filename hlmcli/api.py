@@ -314,8 +314,9 @@ def _analyse_heterogeneous(spec, archive, fit: FitOptions, hypotheses):
 
 def _analyse_hmlm(spec, archive, fit: FitOptions, hypotheses):
     """HMLM (--level1-covariance S --occasion VAR): the homogeneous model, then the structured level-1
-    covariance's fit and its test against it (analysis/hmlm.py); the tests of γ are of the homogeneous model."""
-    from .analysis.hmlm import analyse_hmlm
+    covariance's fit and its test against it (analysis/hmlm.py); --test and --compare-deviance test the
+    structured model (the homogeneous model's, with --level1-covariance homogeneous)."""
+    from .analysis.hmlm import analyse_hmlm, structured_tests
     from .analysis.pipeline import add_extras
 
     if not (fit.level1_covariance and fit.occasion):
@@ -323,7 +324,12 @@ def _analyse_hmlm(spec, archive, fit: FitOptions, hypotheses):
                          "covariance and the level-1 variable holding each record's occasion")
     o = spec.options
     analysis = analyse_hmlm(spec, archive, fit.level1_covariance, fit.occasion, fit.df_method)
-    add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params)
+    record = analysis.extras["level1_covariance"]
+    if record["structure"] == "homogeneous":  # the model printed first is the one asked for
+        add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params)
+    else:  # the tests are the structured model's, printed with it
+        add_extras(analysis)
+        record.update(structured_tests(record, hypotheses, o.prior_deviance, o.prior_params))
     return analysis
 
 
@@ -466,7 +472,7 @@ def _fit_summarised(level1, level2, id1, id2, level1_eq, level2_eqs, model, opti
             analysis = fit_hglm_stream(spec, summary, level1, frame.id_names[0], file_format, delimiter,
                                        options.tests)
     else:
-        analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests)
+        analysis = analyse_summary_with_extras(spec, summary, options.df_method, options.tests, options.constraints)
     o = spec.options
     meta = {"data_source": source, "title": o.title, "id_name": frame.id_names[0],
             "model_given": {"level1": level1_eq, "level2": list(level2_eqs),
@@ -708,12 +714,13 @@ def table(models: Sequence, fmt: str | None = None, names: Sequence[str] | None 
 def fit_crossed(data: DataLike, formula: str, method: str = "REML", *, tau: str | None = None,
                 max_iterations: int | None = None, title: str | None = None, file_format: str | None = None,
                 delimiter: str | None = None, df: str | None = None, tests: Sequence[str] = (),
-                prior_deviance: float | None = None, prior_params: int | None = None):
+                prior_deviance: float | None = None, prior_params: int | None = None, constrain: Sequence[str] = ()):
     """Fit a model whose grouping factors are crossed (HLM 7's HCM2, and any mix of crossed and nested
     factors), as `hlmcli fit DATA --formula ...` does: e.g. 'attain ~ verbal + (1 | primary) + (1 | second)'.
     data: one file or DataFrame holding every column. tau="diagonal" splits every random term into
     uncorrelated effects; df="satterthwaite" gives lmerTest's d.f. and p-values; tests are --test's
-    restrictions ('THETA1 = 0'); prior_deviance and prior_params --compare-deviance's. Returns a
+    restrictions ('THETA1 = 0'); constrain --constrain's ties, named as tests names θs ('THETA1 = THETA2');
+    prior_deviance and prior_params --compare-deviance's. Returns a
     results.CrossedResults (a `Results`); it is certified or says what failed (`.certified`, `.failures`)."""
     from .analysis.crossed_run import analyse_crossed
     from .io.readers import Table, check_frame_columns, read_table
@@ -737,5 +744,6 @@ def fit_crossed(data: DataLike, formula: str, method: str = "REML", *, tau: str 
     from .results import CrossedResults
 
     analysis = analyse_crossed(table, model, formula, method.upper(), max_iterations, title, df or "none", tuple(tests),
-                               prior_deviance, prior_params)
+                               prior_deviance, prior_params,
+                               constraints=(constrain,) if isinstance(constrain, str) else tuple(constrain))
     return CrossedResults(analysis, meta={"data_source": analysis.source})

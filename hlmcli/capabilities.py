@@ -110,14 +110,10 @@ _X_SUMMARY = ("the blocked Cholesky of crossed factors needs Z1'Z2, which pairs 
               "per-unit summaries of one factor do not keep it; fit in memory")
 _X_MISSING = ("a cross-classified fit reads one file and leaves out records with a missing value in a column the "
               "model uses (HLM's deletion at analysis)")
-_CONSTRAIN_SUMMARY = ("not built yet for the stream and Dask engines: their per-unit summaries would need the "
-                      "constrained design B_jH formed from the moments; fit with --engine memory")
 _CONSTRAIN_HGLM = ("not built yet for the streamed HGLM: its passes over the spilled records would need the "
                    "constrained design B_jH formed per block; fit with --engine memory")
 _CONSTRAIN_LEVELS = ("not built yet for a three-level HGLM: its PQL and Laplace fits would need the constrained "
                      "design X·H in their working model over the nested random effects; the linear fit has it")
-_CONSTRAIN_CROSSED = ("not built yet for cross-classified fits, whose fixed part is an lme4 formula: sum the tied "
-                      "predictors into one column of the formula")
 _VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
                    "standard deviations before the per-unit summaries are formed; fit with --engine memory")
 _VKNOWN_HGLM = ("a V-known model is normal at level 1 with a known variance; an HGLM's level-1 variance is fixed by "
@@ -145,7 +141,6 @@ _HMLM_CROSSED = "HMLM's persons are nested units; a cross-classified HMLM is not
 # With --level1-covariance (HMLM), options not built with the structured within-person covariance: refused.
 LEVEL1_COVARIANCE_CONFLICTS = {
     "weights": "not built together: sampling weights would need the pseudo-likelihood over each person's occasions",
-    "plausible_values": "Rubin's rules would need the structured fit combined too, which is not built",
     "satterthwaite": "Satterthwaite's d.f. are not built for the structured fit; use --df hlm",
     "full_output": "its unit-by-unit OLS and least-squares tables assume one σ²",
     "constrain": "not built together yet",
@@ -153,13 +148,18 @@ LEVEL1_COVARIANCE_CONFLICTS = {
     "level1_variance": "two models for the level-1 variance; give one (--level1-covariance heterogeneous lets σ² "
                        "differ by occasion)",
 }
-# Options computed on the homogeneous model an HMLM fit prints first: with another structure they would test or
-# compare that model, not the one asked for; refused until they are computed on the structured fit.
+# HMLM2 (three levels): not built with the structured fit (at two levels, HMLM combines it over the fits).
+LEVEL1_COVARIANCE_LEVELS = {
+    "plausible_values": "at three levels (HMLM2) Rubin's rules would need the structured fit combined too, which is "
+                        "not built; at two levels HMLM combines it",
+}
+# HMLM2 (three levels): options computed on the homogeneous HLM3 model printed first; with another structure they
+# would test that model, not the one asked for (at two levels they are computed on the structured fit).
 LEVEL1_COVARIANCE_STRUCTURED = {
-    "test": "the Wald tests would use the homogeneous model's γ and covariance, not the structured model's; the "
-            "structured fit prints its own γ table with SEs",
-    "compare_deviance": "the test would use the homogeneous model's deviance; the structured fit prints its "
-                        "likelihood-ratio test against the homogeneous model",
+    "test": "at three levels (HMLM2) the Wald tests would use the homogeneous model's γ and covariance, not the "
+            "structured model's; the structured fit prints its own γ table with SEs",
+    "compare_deviance": "at three levels (HMLM2) the test would use the homogeneous model's deviance; the "
+                        "structured fit prints its likelihood-ratio test against the homogeneous model",
 }
 # With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
 LEVEL1_VARIANCE_CONFLICTS = {
@@ -214,6 +214,15 @@ EMULATE_CONFLICTS = {
 }
 
 
+def _constrain_conflicts(kind: str) -> dict:
+    """CONSTRAIN_CONFLICTS for a kind: a two-level HGLM by Laplace or AGQ takes sampling weights (the
+    pseudo-likelihood weights each unit's contribution whatever the fixed design, so the fit on X·H and its
+    sandwich, given back through H, are the constrained model's; no likelihood-ratio test of the ties)."""
+    if kind in ("laplace", "agq"):
+        return {k: v for k, v in CONSTRAIN_CONFLICTS.items() if k != "weights"}
+    return CONSTRAIN_CONFLICTS
+
+
 @dataclass(frozen=True)
 class Feature:
     key: str
@@ -237,8 +246,8 @@ FEATURES = (
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
-            "HGLM: binary, binomial and count outcomes, no test under PQL)",
-            {"linear-summary": _CONSTRAIN_SUMMARY, HGLM_STREAM: _CONSTRAIN_HGLM, "crossed": _CONSTRAIN_CROSSED,
+            "HGLM: binary, binomial and count outcomes, no test under PQL; cross-classified: of θ, THETA1 = THETA2)",
+            {HGLM_STREAM: _CONSTRAIN_HGLM,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
@@ -453,13 +462,14 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
             if why:
                 label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(' (')[0]
                 raise RefusedOption(f"{label}: not available for an HGLM PQL (stream) fit: {why}")
-    structured = str(getattr(fit, "level1_covariance", None) or "homogeneous") != "homogeneous"
+    structured = str(getattr(fit, "level1_covariance", None) or "homogeneous") != "homogeneous" and kind in _LEVELS
     for feature, option, conflicts in (("level1_covariance", "--level1-covariance",
                                         {**LEVEL1_COVARIANCE_CONFLICTS,
+                                         **(LEVEL1_COVARIANCE_LEVELS if kind in _LEVELS else {}),
                                          **(LEVEL1_COVARIANCE_STRUCTURED if structured else {})}),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
-                                       ("constrain", "--constrain", CONSTRAIN_CONFLICTS),
+                                       ("constrain", "--constrain", _constrain_conflicts(kind)),
                                        ("emulate", "--emulate hlm6", EMULATE_CONFLICTS)):
         if feature in asked:
             for key in asked:

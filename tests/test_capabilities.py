@@ -1463,6 +1463,24 @@ def check_crossed_test(kind, tmp_path):
     assert doc["hypothesis_tests"][0]["model"]["chi2"] == pytest.approx(((f["estimate"] - 23) / f["se"]) ** 2, rel=1e-10)
 
 
+def check_crossed_constrain(kind, tmp_path):
+    """penicillin, one θ per plate-half dummy tied; by hand their sum (the crossed path's check of the
+    summed predictor is test_constraints.test_crossed_constrained_fit_is_the_summed_predictor_fit)."""
+    data = pd.read_csv(XC / "penicillin.csv")
+    data["A"], data["B"] = (data["plate"] < "m").astype(int), (data["sample"] < "C").astype(int)
+    data.to_csv(tmp_path / "pen.csv", index=False)
+    proc = run_cli("fit", tmp_path / "pen.csv", "--formula", "diameter ~ A + B + (1 | plate) + (1 | sample)", "--ml",
+                   "--constrain", "THETA1 = THETA2", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    by_hand = hlmcli.fit_crossed(data.assign(S=data["A"] + data["B"]), "diameter ~ S + (1 | plate) + (1 | sample)",
+                                 method="ML").to_dict()
+    assert doc["deviance"] == pytest.approx(by_hand["deviance"], rel=1e-9)
+    for f, g in zip(doc["fixed_effects"], [by_hand["fixed_effects"][k] for k in (0, 1, 1)]):
+        assert (f["estimate"], f["se"]) == pytest.approx((g["estimate"], g["se"]), rel=1e-6)
+    assert doc["constraint_test"]["df"] == 1
+
+
 def check_crossed_compare_deviance(kind, tmp_path):
     proc = run_cli("fit", *XC_BASE, "--compare-deviance", "340", "--compare-params", "3", "--format", "json")
     assert proc.returncode == 0, proc.stderr

@@ -157,9 +157,17 @@ def test_hlm_file_constrain_yes_points_to_the_option(tmp_path, hsb_loaded):
     assert make_spec(hsb_loaded, None, (), model=path).outcome == "MATHACH"
 
 
-def test_api_refuses_constraints_with_the_stream_engine():
-    with pytest.raises(ModelError, match="--constrain: not available for a linear \\(stream, Dask\\) fit"):
-        hlmcli.fit(L1, L2, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", engine="stream")
+def test_stream_engine_constrained_fit_equals_the_memory_one():
+    """The stream engine forms B_jH from the same per-unit moments: its constrained fit, tests and test of the
+    ties are the in-memory fit's (ML, so the test needs one refit per engine)."""
+    kw = dict(id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", method="ML")
+    memory, stream = (hlmcli.fit(L1, L2, engine=e, **kw).to_dict() for e in ("memory", "stream"))
+    assert stream["deviance"] == pytest.approx(memory["deviance"], rel=1e-12)
+    for f, g in zip(stream["fixed_effects"], memory["fixed_effects"]):
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-9), (f["gamma"], key)
+    assert stream["constraints"] == memory["constraints"]
+    assert stream["constraint_test"]["chi2"] == pytest.approx(memory["constraint_test"]["chi2"], rel=1e-9)
 
 
 def test_wald_test_under_constraints_is_on_the_free_gammas(reml_pair, frames):
@@ -342,3 +350,44 @@ def test_four_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
     t = tied["constraint_test"]
     assert not t["refitted_ml"] and t["deviance_constrained"] == pytest.approx(tied["deviance"], rel=1e-15)
     assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- cross-classified fits: θs named as --test names them
+
+def test_crossed_constrained_fit_is_the_summed_predictor_fit():
+    """ScotsSec: verbal's and female's effects tied ('THETA1 = THETA2', --test's labels on a crossed fit); by hand
+    S = verbal + female. ML with Satterthwaite's d.f.: the tied θs take the summed predictor's."""
+    d = pd.read_csv(DATA / "crossed" / "scotssec.csv")
+    kw = dict(method="ML", df="satterthwaite")
+    tied = hlmcli.fit_crossed(d, "attain ~ verbal + female + (1|primary) + (1|second)", constrain="THETA1 = THETA2",
+                              **kw).to_dict()
+    summed = hlmcli.fit_crossed(d.assign(S=d["verbal"] + d["female"]), "attain ~ S + (1|primary) + (1|second)",
+                                **kw).to_dict()
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9) and tied["n_params"] == summed["n_params"]
+    hand = [summed["fixed_effects"][k] for k in (0, 1, 1)]
+    for f, g in zip(tied["fixed_effects"], hand):
+        for key in ("estimate", "se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (f["label"], key)
+    assert tied["constraints"]["eliminated"] == [{"gamma": "THETA2", "equals": [{"coefficient": 1.0,
+                                                                                 "gamma": "THETA1"}]}]
+    t = tied["constraint_test"]
+    assert not t["refitted_ml"] and t["df"] == 1 and t["params_unconstrained"] == tied["n_params"] + 1
+    assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+def test_hglm_weighted_constrained_fit_is_the_summed_predictor_fit():
+    """Sampling weights (Laplace pseudo-likelihood): the constrained fit and its sandwich are the summed-predictor
+    fit's; the robust Wald test of the free γ is its t²; no likelihood-ratio test of the ties (a pseudo-likelihood)."""
+    D = DATA / "hglm_weights"
+    l1, l2 = pd.read_csv(D / "contraw_l1.csv"), pd.read_csv(D / "contraw_l2.csv")
+    kw = dict(id="DISTRICT", family="bernoulli", estimation="laplace", weight1="W1", weight2="W2")
+    tied = hlmcli.fit(l1, l2, level1_eq="USE = b0 + b1*URBAN + b2*LC1 + b3*LC2",
+                      level2_eqs=["b0 = g00 + u0", "b1 = g10", "b2 = g20", "b3 = g30"], constrain="g20 = g30",
+                      tests=["g20 = 0"], **kw).to_dict()
+    summed = hlmcli.fit(l1.assign(S=l1["LC1"] + l1["LC2"]), l2, level1_eq="USE = b0 + b1*URBAN + b2*S",
+                        level2_eqs=["b0 = g00 + u0", "b1 = g10", "b2 = g20"], **kw).to_dict()
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9)
+    _assert_summed(tied, summed)
+    robust_t = tied["fixed_effects"][2]["robust_t"]
+    assert tied["hypothesis_tests"][0]["robust"]["chi2"] == pytest.approx(robust_t ** 2, rel=1e-10)
+    assert tied["constraint_test"]["chi2"] is None and "pseudo-likelihood" in tied["constraint_test"]["note"]

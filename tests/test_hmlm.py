@@ -162,8 +162,8 @@ def test_deviance_equals_dense_computation_by_hand():
 
 def test_refusals_are_one_line(tmp_path):
     """A person with an occasion twice (data error, exit 1), an occasion variable that is not there (exit 1),
-    --level1-covariance without --occasion (usage, exit 2), --test or --compare-deviance with a structure other
-    than homogeneous (usage, exit 2), two occasions never seen together (unrestricted)."""
+    --level1-covariance without --occasion (usage, exit 2), two occasions never seen together (unrestricted).
+    (--test and --compare-deviance test the structured fit: tests/test_hmlm_tests.py.)"""
     level1, level2 = args("early", 2)
     eqs = ["-1", level1, *[a for eq in level2 for a in ("-2", eq)]]
     l1 = (D / "early1.csv").read_text().splitlines()
@@ -172,13 +172,7 @@ def test_refusals_are_one_line(tmp_path):
     cases = [((dup, D / "early2.csv", "--level1-covariance", "ar1", "--occasion", "OCC"), 1, "more than once"),
              ((D / "early1.csv", D / "early2.csv", "--level1-covariance", "ar1", "--occasion", "WAVE"), 1,
               "--occasion WAVE: no such variable"),
-             ((D / "early1.csv", D / "early2.csv", "--level1-covariance", "ar1"), 2, "go together"),
-             # computed on the homogeneous model printed first, so refused with another structure
-             ((D / "early1.csv", D / "early2.csv", "--level1-covariance", "ar1", "--occasion", "OCC", "--test",
-               "g10 = 0"), 2, "the Wald tests would use the homogeneous model's γ"),
-             ((D / "early1.csv", D / "early2.csv", "--level1-covariance", "heterogeneous", "--occasion", "OCC",
-               "--compare-deviance", "2000", "--compare-params", "3"), 2,
-              "the test would use the homogeneous model's deviance")]
+             ((D / "early1.csv", D / "early2.csv", "--level1-covariance", "ar1"), 2, "go together")]
     for given, code, text in cases:
         proc = run_cli("fit", *given[:2], "--id", "ID", *eqs, *given[2:])
         assert proc.returncode == code, proc.stderr
@@ -320,36 +314,42 @@ def test_cli_hmlm2_matches_nlme(structure, tmp_path):
         assert t["df"] == 1 and f"{t['chi2']:.5f}" in proc.stdout
 
 
-def test_compare_refuses_the_homogeneous_numbers_of_a_structured_fit():
+def test_compare_reads_the_structured_numbers_of_an_hmlm_fit():
     """An HMLM document's top-level deviance and n_params are the homogeneous model's (printed first, as HLM 7):
-    compare must not test them as the structured model's; the homogeneous structure is the same model."""
-    from hlmcli.report.compare import compare_fits
+    compare reads the structured model's from its record instead; HMLM2 documents (three levels) are refused;
+    the homogeneous structure is the same model as the top level."""
+    from hlmcli.report.compare import structured_view
 
-    structured = {"level1_covariance": {"structure": "ar1", "deviance": 434.789903, "n_params": 6},
-                  "deviance": 434.856485, "n_params": 5}
-    with pytest.raises(DataError, match="ar1.json is an HMLM fit .--level1-covariance ar1.: its file's deviance is "
-                                        "the homogeneous model's"):
-        compare_fits({"levels": 2}, structured, "plain.json", "ar1.json")
-    with pytest.raises(DataError, match="HMLM fit"):  # HMLM2 documents carry it too
-        compare_fits(dict(structured, levels=3), {"levels": 3}, "a.json", "b.json")
-    with pytest.raises(DataError, match="does not record its model") as e:  # homogeneous: on to the usual checks
-        compare_fits({"level1_covariance": {"structure": "homogeneous"}}, {}, "a.json", "b.json")
-    assert "HMLM" not in str(e.value)
+    structured = {"level1_covariance": {"structure": "ar1", "deviance": 434.789903, "n_params": 6, "aic": 446.8,
+                                        "bic": 463.0, "check": {"converged": True}},
+                  "deviance": 434.856485, "n_params": 5, "converged": True, "tau": [[1.0]], "sigma2": 2.0}
+    view = structured_view(structured, "ar1.json")
+    assert (view["deviance"], view["n_params"], view["converged"]) == (434.789903, 6, True)
+    assert view["tau"] == [] and view["sigma2"] is None  # Δ is not σ²: no proportion of variance reduced
+    with pytest.raises(DataError, match="is an HMLM2 fit .--level1-covariance ar1, three levels."):
+        structured_view(dict(structured, levels=3), "a.json")
+    with pytest.raises(DataError, match="older hlmcli"):
+        structured_view({"level1_covariance": {"structure": "ar1", "deviance": 1.0, "n_params": 6}}, "a.json")
+    plain = {"level1_covariance": {"structure": "homogeneous"}, "deviance": 1.0}
+    assert structured_view(plain, "a.json") is plain
 
 
 @pytest.mark.slow
 def test_compare_of_a_structured_fit_as_typed(tmp_path):
-    """Orthodont by ML: a plain fit without FEMALE against the AR(1) HMLM fit with it. compare tested the file's
-    homogeneous deviance (434.856485, 5 parameters) as if it were the AR(1) model's (434.789903, 6): refused in
-    one line (exit 1). (1 s)"""
+    """Orthodont by ML: a plain fit without FEMALE against the AR(1) HMLM fit with it. compare tests the AR(1)
+    model's deviance and parameters (6: γ00, γ01, γ10, τ00, σ², ρ), not the file's homogeneous ones (5). (1 s)"""
     common = [D / "orthodont1.csv", D / "orthodont2.csv", "--id", "ID", "-1", "DISTANCE = b0 + b1*AGE + r",
               "-2", "b1 = g10", "--ml"]
     ar1, plain = tmp_path / "ar1.json", tmp_path / "plain.json"
     proc = run_cli("fit", *common, "-2", "b0 = g00 + g01*FEMALE + u0", "--level1-covariance", "ar1",
                    "--occasion", "OCC", "--json-out", ar1)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(ar1.read_text())["level1_covariance"]["n_params"] == 6
+    v = json.loads(ar1.read_text())["level1_covariance"]
+    assert v["n_params"] == 6
     assert run_cli("fit", *common, "-2", "b0 = g00 + u0", "--json-out", plain).returncode == 0
+    p = json.loads(plain.read_text())
     proc = run_cli("compare", plain, ar1)
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert "is an HMLM fit (--level1-covariance ar1)" in proc.stderr and proc.stdout == ""
+    assert proc.returncode == 0, proc.stderr
+    assert f"Deviance B = {v['deviance']:.6f} with 6 parameters" in proc.stdout
+    assert f"Chi-square statistic = {p['deviance'] - v['deviance']:.6f}" in proc.stdout
+    assert "Degrees of freedom = 2" in proc.stdout and "A homogeneous, B ar1" in proc.stdout

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..data import design as design_stage
-from ..data.design import Design
+from ..data.design import Design, MomentsDesign
 from ..engine.constraints import ConstraintBasis, constraint_basis
 from ..engine.sufficient import unit_cross_products
 from ..errors import ModelError
@@ -43,10 +43,22 @@ def parse_constraints(texts, spec, centred_intercept: bool = True) -> Constraint
     outcome's mean out) names γ00."""
     from ..language.hypotheses import parse_test
 
+    names = spec_gamma_labels(spec)
+    c = constraints_from(texts, lambda t: parse_test(t, spec), names)
+    basis, labels = c.basis, c.labels
+    if centred_intercept and 0 in basis.involved() and names and names[0] in ("g00",):
+        raise ModelError(f"{OPTION} '{', '.join(labels)}': γ00 cannot be constrained: it carries the outcome's mean, "
+                         "which hlmcli takes out before the cross-products to keep their digits; constrain other γs")
+    return c
+
+
+def constraints_from(texts, read, names: list[str]) -> Constraints:
+    """The restrictions read by `read` (the kind's --test reader: a text -> a Hypothesis over its fixed
+    effects, labelled `names`), each with its right side moved to the left."""
     rows, labels = [], []
     for text in texts:
         try:
-            h = parse_test(_zero_right_side(text), spec)
+            h = read(_zero_right_side(text))
         except ModelError as exc:
             raise ModelError(str(exc).replace("--test '", f"{OPTION} '", 1)) from None
         if any(v != 0.0 for v in h.rhs):
@@ -56,15 +68,26 @@ def parse_constraints(texts, spec, centred_intercept: bool = True) -> Constraint
         labels.append(text.strip())
     C = np.array(rows, dtype=float)
     basis = constraint_basis(C, f"{OPTION} '{', '.join(labels)}'")
-    names = spec_gamma_labels(spec)
-    if centred_intercept and 0 in basis.involved() and names and names[0] in ("g00",):
-        raise ModelError(f"{OPTION} '{', '.join(labels)}': γ00 cannot be constrained: it carries the outcome's mean, "
-                         "which hlmcli takes out before the cross-products to keep their digits; constrain other γs")
     for e in basis.eliminated:
         if not np.any(basis.H[e]):
             raise ModelError(f"{OPTION} '{', '.join(labels)}': this sets {names[e]} to 0; remove its term from the "
-                             "equations instead")
+                             "model instead")
     return Constraints(tuple(labels), C, basis)
+
+
+def free_hypotheses(constraints: Constraints, hypotheses) -> list:
+    """Each hypothesis Cγ = d as (CH)δ = d on the free γs; one that restricts only what the constraints
+    already fix is refused."""
+    from ..language.model import Hypothesis
+
+    out = []
+    for h in hypotheses:
+        CH = np.array(h.rows, dtype=float) @ constraints.basis.H
+        if np.linalg.matrix_rank(CH) < CH.shape[0]:
+            raise ModelError(f"--test '{h.label}': under {OPTION} this restriction (or one of its rows) is already "
+                             "imposed or follows from the constraints; test what the constraints leave free")
+        out.append(Hypothesis(h.label, tuple(map(tuple, CH.tolist())), h.rhs))
+    return out
 
 
 # A comma between restrictions, not one inside a printed label such as g1,10: the next restriction
@@ -115,10 +138,22 @@ class ConstrainedDesign(Design):
         return self.full.block_design() @ self.H
 
 
+@dataclass
+class ConstrainedMomentsDesign(MomentsDesign):
+    """The same view of a design summarised by the stream and Dask engines (its n stored)."""
+
+    full: Design | None = None
+    H: np.ndarray | None = None
+
+    def block_design(self) -> np.ndarray:
+        return self.full.block_design() @ self.H
+
+
 def constrained_view(design: Design, basis: ConstraintBasis) -> ConstrainedDesign:
-    values = {f.name: getattr(design, f.name) for f in fields(Design)}
+    cls = ConstrainedMomentsDesign if isinstance(design, MomentsDesign) else ConstrainedDesign
+    values = {f.name: getattr(design, f.name) for f in fields(design)}
     values["fixed"] = [design.fixed[i] for i in basis.free]
-    return ConstrainedDesign(**values, full=design, H=basis.H)
+    return cls(**values, full=design, H=basis.H)
 
 
 def constrained_df(design: Design, basis: ConstraintBasis, rule: str = "hlm") -> np.ndarray:
@@ -153,10 +188,19 @@ def analyse_constrained(spec, archive, constraints: Constraints, df_method: str 
     """The certified fit of the constrained model, reported in every γ."""
     design = design_stage.make_design(spec, archive)
     check_estimable(design)
-    basis = constraints.basis
-    view = constrained_view(design, basis)
+    view = constrained_view(design, constraints.basis)
     unit = unit_cross_products(design.L, design.y, design.offsets, center_y=design_stage.has_overall_intercept(design))
     centred = centred_statistics(view, unit) if centring_needed(view, unit) else None
+    return fit_constrained(design, unit, constraints, df_method, centred)
+
+
+def fit_constrained(design: Design, unit, constraints: Constraints, df_method: str = "hlm", centred=None) -> Analysis:
+    """The constrained fit from a design and its per-unit cross-products of the level-1 columns, which
+    do not see H (the block design B_jH does): the same for the records in memory and for the moments
+    of the stream and Dask engines (engines.analyse_summary)."""
+    spec = design.spec
+    basis = constraints.basis
+    view = constrained_view(design, basis)
     a = analyse_stats(view, unit, "hlm", None, centred=centred)
     H = basis.H
     fx = a.fixed
@@ -199,19 +243,10 @@ def free_tests(constraints: Constraints, hypotheses, gamma, cov, robust, prior_d
                deviance=None, n_params=None, robust_only: bool = False) -> dict:
     """The Wald tests of --test on the free γs, for any kind of constrained fit given back in every γ
     (gamma, cov, robust: the expanded estimates; deviance None when the fit has none, as PQL)."""
-    H = constraints.basis.H
     free = list(constraints.basis.free)
     delta, cov_d = gamma[free], cov[np.ix_(free, free)]
     robust_d = None if robust is None else robust[np.ix_(free, free)]
-    mapped = []
-    from ..language.model import Hypothesis
-
-    for h in hypotheses:
-        CH = np.array(h.rows, dtype=float) @ H
-        if np.linalg.matrix_rank(CH) < CH.shape[0]:
-            raise ModelError(f"--test '{h.label}': under {OPTION} this restriction (or one of its rows) is already "
-                             "imposed or follows from the constraints; test what the constraints leave free")
-        mapped.append(Hypothesis(h.label, tuple(map(tuple, CH.tolist())), h.rhs))
+    mapped = free_hypotheses(constraints, hypotheses)
     ex = tests_of_gamma(mapped, delta, cov_d, robust_d, prior_deviance, prior_params, deviance, n_params,
                         robust_only=robust_only)
     for entry, h in zip(ex.get("hypothesis_tests", []), hypotheses):
@@ -224,15 +259,21 @@ def constraint_test(a: Analysis, spec, archive, constraints: Constraints) -> dic
     unconstrained model's (refitted here), on as many d.f. as restrictions. REML deviances of models
     with different fixed effects are not comparable, so a REML fit's test refits both models by ML
     (as lmerTest's anova does), and says so."""
+    return linear_constraint_test(a, spec, constraints, lambda s: analyse_constrained(s, archive, constraints).result,
+                                  lambda s: analyse(s, archive).result)
+
+
+def linear_constraint_test(a: Analysis, spec, constraints: Constraints, constrained_fit, full_fit) -> dict:
+    """constraint_test with the fits given as functions of a spec (the records in memory, or the
+    moments of the stream and Dask engines)."""
     from dataclasses import replace
 
     refit = a.result.method != "ML"
     if refit:
         ml = replace(spec, options=replace(spec.options, method="ML"))
-        constrained = analyse_constrained(ml, archive, constraints).result
-        full = analyse(ml, archive).result
+        constrained, full = constrained_fit(ml), full_fit(ml)
     else:
-        constrained, full = a.result, analyse(spec, archive).result
+        constrained, full = a.result, full_fit(spec)
     return likelihood_ratio_record(constraints, constrained, full, refit)
 
 
@@ -258,6 +299,11 @@ def hglm_constraint_test(a, constraints: Constraints, unconstrained) -> dict:
         return {"chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
                 "note": "no test: PQL has no deviance (it maximises a quasi-likelihood); fit with --estimation laplace "
                         "or agq for the likelihood-ratio test of the constraints"}
+    if getattr(a, "weights", None) is not None:  # a pseudo-likelihood: Wald tests (--test) instead
+        from ..data.weights import NO_LIKELIHOOD_RATIO
+
+        return {"chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
+                "note": "no test: " + NO_LIKELIHOOD_RATIO}
     return likelihood_ratio_record(constraints, a.ml, unconstrained().ml)
 
 

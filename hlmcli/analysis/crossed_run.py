@@ -4,6 +4,8 @@ each grouping factor, σ², the deviance), as one record the text, the JSON and 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import re
 from dataclasses import dataclass, field
 
@@ -49,7 +51,8 @@ class CrossedAnalysis:
     def n_params(self) -> int:
         """HLM's count of estimated parameters: σ² and τ's free entries, plus the fixed effects under ML."""
         n = self.fit.n_parameters
-        return n - len(self.fit.gamma) if self.fit.method == "REML" else n
+        p = len(self.fit.gamma) if self.fit.n_free is None else self.fit.n_free
+        return n - p if self.fit.method == "REML" else n
 
     @property
     def certified(self) -> bool:
@@ -100,10 +103,12 @@ class CrossedAnalysis:
 def analyse_crossed(table, model: CrossedFormula, formula: str, method: str = "REML",
                     max_iterations: int | None = None, title: str | None = None, df_method: str = "none",
                     tests=(), prior_deviance: float | None = None, prior_params: int | None = None,
-                    hcm2=None) -> CrossedAnalysis:
+                    hcm2=None, constraints=()) -> CrossedAnalysis:
     """The certified fit of a crossed model and what the options ask of it: Satterthwaite's d.f.
     (df_method="satterthwaite"), Wald tests of θ (`tests`, as --test writes them), the likelihood-ratio test
-    against a prior model's deviance."""
+    against a prior model's deviance. constraints: --constrain's ties among θs, named as --test names them
+    ('THETA1 = THETA2'): the fit on X·H (constrained.py), given back in every θ; the Wald tests are of the
+    free θs, Satterthwaite's d.f. those of the free θ each θ is, and the ties are tested by ML."""
     if df_method not in ("none", "satterthwaite"):
         raise ModelError(f"--df {df_method}: a cross-classified fit takes --df satterthwaite (lmerTest's d.f.); "
                          "HCM2's own d.f. rule is not published, so t-ratios are printed without d.f. otherwise")
@@ -111,17 +116,61 @@ def analyse_crossed(table, model: CrossedFormula, formula: str, method: str = "R
     if prior_deviance is not None and prior_params is None:
         raise ModelError("a prior deviance needs the prior model's number of parameters (--compare-params)")
     d = design(table, model)
+    parsed = None
+    if constraints:
+        from .constrained import constraints_from
+
+        names = [f"THETA{k}" for k in range(len(model.fixed))]
+        parsed = constraints_from(constraints, lambda t: parse_theta_test(t, len(model.fixed), fixed_names(model)),
+                                  names)
+    fit = _fit(table, d, method, max_iterations, parsed)
+    a = CrossedAnalysis(formula, model, d, fit, str(table.path), title, hcm2=hcm2)
+    if df_method == "satterthwaite":
+        a.df, a.df_method = satterthwaite_df(fit), "satterthwaite"
+    if parsed is None:
+        a.extras = theta_extras(a, hypotheses, prior_deviance, prior_params)
+        return a
+    from dataclasses import replace
+
+    from ..engine.nested_fit import _free_df
+    from .constrained import constraint_record, expand_estimates, free_hypotheses, likelihood_ratio_record
+
+    basis = parsed.basis
+    free = list(basis.free)
+    # the tests of the free θs, on the fit in δ; then everything given back in every θ
+    view = SimpleNamespace(fit=SimpleNamespace(gamma=fit.gamma, gamma_cov=fit.gamma_cov, deviance=fit.deviance),
+                           n_params=a.n_params)
+    a.extras = theta_extras(view, free_hypotheses(parsed, hypotheses), prior_deviance, prior_params)
+    for entry, h in zip(a.extras.get("hypothesis_tests", []), hypotheses):
+        entry["contrast"] = [list(r) for r in h.rows]  # as typed, over every θ
+    gamma, cov, _ = expand_estimates(basis, fit.gamma, fit.gamma_cov)
+    a.fit = replace(fit, gamma=gamma, gamma_cov=cov, fixed_names=tuple(d.fixed_names), n_free=len(free))
+    if a.df is not None:
+        a.df = _free_df(a.df, basis.H)
+    a.extras["constraints"] = constraint_record(parsed, [f"THETA{k}" for k in range(len(gamma))])
+
+    def ml(H):  # REML deviances of different fixed effects are not comparable: the test is by ML
+        f = _fit(table, d, "ML", max_iterations, None if H is None else parsed)
+        return SimpleNamespace(converged=bool(f.certificate.certified), deviance=f.deviance, n_params=f.n_parameters)
+
+    refit = method != "ML"
+    constrained = ml(basis.H) if refit else SimpleNamespace(converged=a.certified, deviance=fit.deviance,
+                                                            n_params=fit.n_parameters)
+    a.extras["constraint_test"] = likelihood_ratio_record(parsed, constrained, ml(None), refit)
+    return a
+
+
+def _fit(table, d, method: str, max_iterations, constraints=None):
+    """fit_crossed on the design's X, or on X·H under --constrain (the free θs' columns)."""
+    X, names = d.X, d.fixed_names
+    if constraints is not None:
+        X, names = d.X @ constraints.basis.H, [d.fixed_names[i] for i in constraints.basis.free]
     try:
-        fit = fit_crossed(d.y, d.X, d.fixed_names, d.terms, method, max_iterations or 1000)
+        return fit_crossed(d.y, X, names, d.terms, method, max_iterations or 1000)
     except ModelError as exc:
         if str(exc).startswith("the outcome is"):  # name the file and the column
             raise ModelError(f"{table.path}, column {d.outcome}: {exc}") from None
         raise
-    a = CrossedAnalysis(formula, model, d, fit, str(table.path), title, hcm2=hcm2)
-    if df_method == "satterthwaite":
-        a.df, a.df_method = satterthwaite_df(fit), "satterthwaite"
-    a.extras = theta_extras(a, hypotheses, prior_deviance, prior_params)
-    return a
 
 
 def fixed_names(model: CrossedFormula) -> list[str]:

@@ -310,7 +310,9 @@ def summarise(frame: Frame, cols, level2_data, names: list[str], level2_names: l
     return Summary(unit_ids, l1, m, level2, deleted, notes)
 
 
-def analyse_summary(spec, summary: Summary, df_method: str = "hlm"):
+def analyse_summary(spec, summary: Summary, df_method: str = "hlm", constraints=None):
+    """constraints (--constrain): the fit on the block design B_jH (constrained.fit_constrained); the
+    per-unit moments of the level-1 columns do not see H."""
     from ..data.data_checks import check_linear_outcome_moments
     from .pipeline import analyse_stats, check_estimable
 
@@ -321,6 +323,10 @@ def analyse_summary(spec, summary: Summary, df_method: str = "hlm"):
                                        summary.n_deleted,
                                        digest_of(summary.unit_ids, summary.moments, outcome_column(spec, summary)))
     check_estimable(design)
+    if constraints is not None:
+        from .constrained import fit_constrained
+
+        return fit_constrained(design, unit, constraints, df_method)
     return analyse_stats(design, unit, df_method)
 
 
@@ -366,13 +372,25 @@ def summary_for_fit(data, engine: str, scheduler, ids: tuple[str, str], drop_unm
     return spec, summary, frame, f"{Path(data[0]).name} and {Path(data[1]).name}"
 
 
-def analyse_summary_with_extras(spec, summary: Summary, df_method: str = "hlm", tests=()):
-    """analyse_summary and the extras the options ask for (tests, deviance test, homogeneity, full output)."""
+def analyse_summary_with_extras(spec, summary: Summary, df_method: str = "hlm", tests=(), constraints=()):
+    """analyse_summary and the extras the options ask for (tests, deviance test, homogeneity, full output;
+    with --constrain, its tests of the free γs and the likelihood-ratio test of the ties, as in memory)."""
     from ..language.hypotheses import parse_test
     from .pipeline import add_extras
 
     o = spec.options
     hypotheses = list(o.hypotheses) + [parse_test(t, spec) for t in tests]
+    if constraints:
+        from .constrained import constrained_tests, linear_constraint_test, parse_constraints
+
+        parsed = parse_constraints(constraints, spec)
+        analysis = analyse_summary(spec, summary, df_method, parsed)
+        add_extras(analysis, (), None, None, o.homogeneity, o.full_output, o.ols_units)
+        analysis.extras.update(constrained_tests(analysis, parsed, hypotheses, o.prior_deviance, o.prior_params))
+        analysis.extras["constraint_test"] = linear_constraint_test(
+            analysis, spec, parsed, lambda s: analyse_summary(s, summary, constraints=parsed).result,
+            lambda s: analyse_summary(s, summary).result)
+        return analysis
     analysis = analyse_summary(spec, summary, df_method)
     add_extras(analysis, hypotheses, o.prior_deviance, o.prior_params, o.homogeneity, o.full_output, o.ols_units)
     return analysis

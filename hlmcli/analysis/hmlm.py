@@ -107,6 +107,7 @@ def analyse_hmlm(spec, archive, structure: str, occasion: str, df_method: str = 
         "tau": f.tau.tolist() if q_kept else [],
         "marginal": _marginal(f.delta, f.tau if q_kept else np.zeros((0, 0)), Z[:, :q_kept], occ, T).tolist(),
     }
+    record["aic"], record["bic"] = inference.information_criteria(f.deviance, data.p, f.n_variance_params, data.n)
     record.update(_structure_fields(f, structure, r, n_params))
     a.extras["level1_covariance"] = record
     if not f.converged:
@@ -115,6 +116,73 @@ def analyse_hmlm(spec, archive, structure: str, occasion: str, df_method: str = 
         r.certificate.failed.extend(f"{OPTION} {structure}: {why}" for why in f.failed)
     return a
 
+
+
+NO_SANDWICH = ("the structured fit has no sandwich covariance of γ, so HLM 7's robust test is not given")
+
+
+def structured_tests(record: dict, hypotheses=(), prior_deviance=None, prior_params=None) -> dict:
+    """The Wald tests of γ (--test) and the deviance test against a prior model (--compare-deviance) of the
+    structured fit an HMLM record holds: the one path's tests_of_gamma fed its γ, model-based Cov(γ), deviance
+    and parameter count (Δ's and τ's, and γ's under ML). Stored in the record, not at the top level, whose
+    numbers are the homogeneous model's."""
+    from .pipeline import tests_of_gamma
+
+    gamma = np.array([fx["estimate"] for fx in record["fixed_effects"]])
+    return tests_of_gamma(hypotheses, gamma, np.array(record["gamma_covariance"]), None, prior_deviance,
+                          prior_params, float(record["deviance"]), int(record["n_params"]), no_robust=NO_SANDWICH)
+
+
+def analyse_hmlm_plausible(spec, archive, outcomes: list[str], structure: str, occasion: str,
+                           df_method: str = "hlm") -> list[Analysis]:
+    """--plausible-values with HMLM: one homogeneous and one structured fit per outcome column."""
+    from dataclasses import replace
+
+    from .plausible import check_outcomes
+
+    check_outcomes(spec, archive, outcomes)
+    return [analyse_hmlm(replace(spec, outcome=o), archive, structure, occasion, df_method) for o in outcomes]
+
+
+def combine_structured(analyses: list[Analysis], hypotheses=()) -> dict:
+    """The structured fits of M HMLM analyses combined as the other kinds combine theirs (plausible.py):
+    Rubin's rules on γ with its model-based covariance (Barnard-Rubin d.f. from each γ's d.f.), Δ, τ, the
+    marginal covariance and the deviance averaged over the fits; --test by D1 on the structured γ."""
+    from .plausible import RULE, d1_test, rubin
+
+    records = [a.extras["level1_covariance"] for a in analyses]
+    r0 = records[0]
+    est = np.array([[fx["estimate"] for fx in r["fixed_effects"]] for r in records])
+    cov = np.array([r["gamma_covariance"] for r in records])
+    df = np.array([fx["df"] for fx in r0["fixed_effects"]])
+    pooled = rubin(est, cov, df)
+    keys = ("estimate", "se", "t", "df", "p", "within", "between", "total", "riv", "lambda", "fmi")
+    rows = [{"gamma": fx["gamma"], "coefficient": fx["coefficient"], "predictor": fx["predictor"],
+             **{key: float(pooled[key][k]) for key in keys}, "df_complete": float(df[k])}
+            for k, fx in enumerate(r0["fixed_effects"])]
+    mean = lambda key: np.mean([np.asarray(r[key], dtype=float) for r in records], axis=0).tolist()  # noqa: E731
+    out = {"structure": r0["structure"], "occasion": r0["occasion"], "occasions": r0["occasions"],
+           "method": r0["method"], "m": len(records), "rule": RULE, "fixed_effects": rows,
+           "gamma_covariance": pooled["total_covariance"].tolist(), "delta": mean("delta"), "tau": mean("tau"),
+           "marginal": mean("marginal"), "deviance": float(np.mean([r["deviance"] for r in records])),
+           "deviances": [float(r["deviance"]) for r in records], "n_params": int(r0["n_params"]),
+           "converged": all(r["check"]["converged"] for r in records)}
+    for key in ("sigma2", "rho", "sigma2_by_occasion"):
+        if key in r0:
+            out[key] = mean(key)
+    tests = []
+    for h in hypotheses:
+        C = np.array(h.rows, dtype=float)
+        d = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
+        if C.shape[1] != est.shape[1]:
+            raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {est.shape[1]} γs")
+        if np.linalg.matrix_rank(C) < C.shape[0]:
+            raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
+        tests.append({"label": h.label, "contrast": C.tolist(), "rhs": d.tolist(), "statistic": "D1",
+                      "model": d1_test(C, d, est, cov), "robust": None, "covariance": f"model-based: {NO_SANDWICH}"})
+    if tests:
+        out["hypothesis_tests"] = tests
+    return out
 
 
 def _structure_fields(f, structure: str, r, n_params: int) -> dict:

@@ -198,13 +198,16 @@ def boundary_notes(result: FitResult, spec: ModelSpec) -> list[str]:
 
 
 def tests_of_gamma(hypotheses, gamma, cov, robust_cov, prior_deviance=None, prior_params=None,
-                   deviance=None, n_params=None, robust_only: bool = False) -> dict:
+                   deviance=None, n_params=None, robust_only: bool = False,
+                   no_robust: str | None = None) -> dict:
     """Wald tests of linear hypotheses on γ (model-based and robust covariance), and the likelihood-ratio
     test of this fit's deviance against a prior model's: the entries 'hypothesis_tests' and
     'deviance_test' of the extras, shared by the linear and the HGLM analyses.
     robust_only (a pseudo-likelihood fit with sampling weights): the model-based covariance assumes the
     weights carry no information, so only the sandwich test is given (the model entry is null) and a
-    likelihood-ratio test is refused (weights.NO_LIKELIHOOD_RATIO)."""
+    likelihood-ratio test is refused (weights.NO_LIKELIHOOD_RATIO).
+    no_robust (a fit with no sandwich covariance, e.g. HMLM's structured fit): why; the robust entry is null and
+    the entry's 'covariance' says the test is model-based."""
     ex: dict = {}
     if robust_only and prior_deviance is not None:
         from ..data.weights import NO_LIKELIHOOD_RATIO
@@ -220,13 +223,15 @@ def tests_of_gamma(hypotheses, gamma, cov, robust_cov, prior_deviance=None, prio
             raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
         entry = {"label": h.label, "contrast": C.tolist(), "rhs": d.tolist()}
         for kind, V in (("model", cov), ("robust", robust_cov)):
-            if kind == "model" and robust_only:
+            if (kind == "model" and robust_only) or (kind == "robust" and no_robust):
                 entry[kind] = {"chi2": None, "df": None, "p": None}
                 continue
             chi2, df, p = inference.wald_test(C, gamma, V, d)
             entry[kind] = {"chi2": chi2, "df": df, "p": p}
         if robust_only:
             entry["covariance"] = "robust (sandwich, clustered on level-2 units): sampling weights"
+        elif no_robust:
+            entry["covariance"] = f"model-based: {no_robust}"
         tests.append(entry)
     if tests:
         ex["hypothesis_tests"] = tests

@@ -55,13 +55,8 @@ def outcome_columns(value: str, names: list[str], archive=None) -> list[str]:
     return found
 
 
-def analyse_plausible(spec, archive, outcomes: list[str], df_method: str = "hlm", weights=None) -> list:
-    """One Analysis per outcome column, sharing the design, the weights and L'L."""
-    from ..data import design as design_stage
-    from .pipeline import analyse_stats, check_estimable
-    from ..engine.sufficient import unit_cross_products_many
-
-    base = replace(spec, outcome=outcomes[0])
+def check_outcomes(spec, archive, outcomes: list[str]) -> None:
+    """Plausible values are outcomes only, missing on the same records."""
     for o in outcomes:
         if any(t.name.lower() == o.lower() for t in spec.level1):
             raise ModelError(f"{o} is a plausible value of the outcome and also a level-1 predictor; remove it")
@@ -70,6 +65,16 @@ def analyse_plausible(spec, archive, outcomes: list[str], df_method: str = "hlm"
         if not np.array_equal(np.isnan(archive.level1_column(o)), first_missing):
             raise ModelError(f"the plausible values {outcomes[0]} and {o} are missing on different records; "
                              "plausible values must be complete on the same records")
+
+
+def analyse_plausible(spec, archive, outcomes: list[str], df_method: str = "hlm", weights=None) -> list:
+    """One Analysis per outcome column, sharing the design, the weights and L'L."""
+    from ..data import design as design_stage
+    from .pipeline import analyse_stats, check_estimable
+    from ..engine.sufficient import unit_cross_products_many
+
+    base = replace(spec, outcome=outcomes[0])
+    check_outcomes(spec, archive, outcomes)
     design = design_stage.make_design(base, archive)
     check_estimable(design)
     resolved = None

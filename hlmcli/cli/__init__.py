@@ -731,7 +731,8 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
 @click.option("--level1-covariance", type=click.Choice(["unrestricted", "homogeneous", "heterogeneous", "ar1"]),
               help="HMLM (repeated measures): the within-person covariance over the occasions of --occasion: "
               "unrestricted (no random effects), homogeneous σ², heterogeneous σ² by occasion, or ar1 (first-order "
-              "autoregressive in the occasion index), with the likelihood-ratio test against homogeneous σ².")
+              "autoregressive in the occasion index), with the likelihood-ratio test against homogeneous σ². "
+              "--test, --compare-deviance and --plausible-values/--imputed use the structured fit (two levels).")
 @click.option("--occasion", metavar="VAR", help="HMLM: the level-1 variable holding each record's occasion "
               "(its distinct values, in increasing order, are occasions 1..T).")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")
@@ -866,7 +867,7 @@ def fit_cmd(**params):
                                {"--residuals-l1": out.residuals_l1, "--residuals-l2": out.residuals_l2,
                                 "--keep": params["keep"], "--weight1": fit.weight1, "--weight2": fit.weight2,
                                 "--plausible-values": fit.plausible_values, "--imputed": fit.imputed},
-                               scheduler=_dask_scheduler(more))
+                               scheduler=_dask_scheduler(more), constraints=fit.constraints)
     if fit.normalize and not (fit.weight1 or fit.weight2):
         raise click.UsageError("--normalize needs --weight1 or --weight2")
     archive, source_text = _load_data(data, build2, build["cache_dir"], out.quiet)
@@ -896,7 +897,7 @@ def fit_cmd(**params):
                       out.timestamp, fit.df_method, out.ascii_only, weight_spec(spec, fit), fit.plausible_values,
                       fit.imputed, fit.full_output, build2, build["cache_dir"], out.quiet, out.keep_failed_output,
                       hypotheses=hypotheses, json_out=out.json_out, allow_unequal=more["allow_unequal_imputations"],
-                      table_options=out.table)
+                      table_options=out.table, hmlm=(fit.level1_covariance, fit.occasion))
         return
     from ..api import analyse_model
     from ..results import Results
@@ -1052,7 +1053,7 @@ def fit_status(results, strict: bool) -> tuple[int, list[str]]:
 
 def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, tests, title, max_iterations,
                     compare_deviance, compare_params, test_homogeneity, full_output, ols_units, out: OutputOptions,
-                    build_opts: dict, unsupported: dict, scheduler=None) -> None:
+                    build_opts: dict, unsupported: dict, scheduler=None, constraints=()) -> None:
     """`hlmcli fit` by the stream or dask engine, or from a statistics archive: the per-unit summary
     (engines.py), the same spec, fit and ending as in memory."""
     from ..analysis.engines import analyse_summary_with_extras, summary_for_fit
@@ -1091,7 +1092,7 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
             analysis = fit_hglm_stream(spec, summary, data[0], frame.id_names[0], build_opts.get("file_format"),
                                        build_opts.get("delimiter"), fit.tests)
     else:
-        analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests)
+        analysis = analyse_summary_with_extras(spec, summary, fit.df_method, fit.tests, constraints)
     results = Results(analysis, frame, {"warn": warn, "source_files": None})
     finish(results, out, [], source_text=source_text, level1=level1, level2=level2, model_file=model_file)
 
@@ -1230,9 +1231,11 @@ def _refuse_weighted_likelihood_ratio(compare_deviance, model_file):
 
 def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                   df_method, ascii_only, wspec, plausible_values, imputed, full_output, build_opts, cache_dir, quiet,
-                  keep_failed_output=False, hypotheses=(), json_out=None, allow_unequal=False, table_options=None):
+                  keep_failed_output=False, hypotheses=(), json_out=None, allow_unequal=False, table_options=None,
+                  hmlm=(None, None)):
     """Plausible values (one archive, several outcome columns) or imputed files (several archives):
-    one fit each, combined with Rubin's rules (plausible.py); --test by D1."""
+    one fit each, combined with Rubin's rules (plausible.py); --test by D1. hmlm: --level1-covariance and
+    --occasion, each fit an HMLM one (analysis/hmlm.py) and its structured fits combined too."""
     from ..errors import EXIT_NOT_CONVERGED
     from ..io.files import atomic_write_text
     from ..analysis.pipeline import analyse
@@ -1259,6 +1262,18 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
 
         def analyse(spec, archive, df_method, weights=None):  # noqa: F811
             return analyse_hglm_one(spec, archive, level1, weights)
+    if any(hmlm):
+        from ..analysis.hmlm import analyse_hmlm, analyse_hmlm_plausible, combine_structured
+
+        if not all(hmlm):
+            raise click.UsageError("--level1-covariance and --occasion go together: the structure of the "
+                                   "within-person covariance and the level-1 variable holding each record's occasion")
+
+        def analyse_plausible(spec, archive, outcomes, df_method, weights):  # noqa: F811
+            return analyse_hmlm_plausible(spec, archive, outcomes, *hmlm, df_method)
+
+        def analyse(spec, archive, df_method, weights=None):  # noqa: F811
+            return analyse_hmlm(spec, archive, *hmlm, df_method)
     if plausible_values:
         outcomes = outcome_columns(plausible_values, list(archive.level1_names), archive)
         analyses = analyse_plausible(spec, archive, outcomes, df_method, weights)
@@ -1284,8 +1299,13 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
         tests = combined_tests_hglm(analyses, hypotheses) if hypotheses else None
         doc = combined_json_hglm(analyses, meta, source, labels, tests)
     else:
+        structured = None
+        if any(hmlm):  # the tests are the structured model's unless it is the homogeneous one printed first
+            own = hmlm[0] != "homogeneous"
+            structured = combine_structured(analyses, hypotheses if own else ())
+            hypotheses = () if own else hypotheses
         tests = combined_tests(analyses, hypotheses, robust_only=weights is not None) if hypotheses else None
-        doc = combined_json(analyses, meta, source, bool(full_output), labels, tests)
+        doc = combined_json(analyses, meta, source, bool(full_output), labels, tests, structured)
     if out_format == "json":
         text = dumps_json(doc)
     elif out_format == "text" and hglm:
@@ -1293,7 +1313,7 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
                                   labels, tests, bool(full_output))
     elif out_format == "text":
         text = combined_text(analyses, meta, Symbols(_use_ascii(ascii_only) if not output else ascii_only), source,
-                             bool(full_output or opts.full_output), labels, tests)
+                             bool(full_output or opts.full_output), labels, tests, structured)
     else:
         from ..report.tables import TableOptions, combined_table
 

@@ -18,7 +18,7 @@ from ..errors import EXIT_NOT_CONVERGED, ModelError, RefusedOption, UsageError
 # options a cross-classified fit reads; every other typed option is refused below
 _TAKEN = {"--formula", "--ml", "--reml", "--max-iterations", "--quiet", "--title", "--format", "--output",
           "--json-out", "--keep-failed-output", "--tau", "--delimiter", "--data-format", "--no-follow", "--row-id",
-          "--col-id", "--test", "--compare-deviance", "--compare-params", "--residuals-l1", "--residuals-l2",
+          "--col-id", "--test", "--constrain", "--compare-deviance", "--compare-params", "--residuals-l1", "--residuals-l2",
           "--residuals-l3", "--residuals-l4", "--keep", "--df", "--timestamp", "--caption", "--stars", "--notes",
           "--se", "--conf-level", "--plausible-values", "--imputed", "--allow-unequal-imputations"}
 # the capabilities table's feature for a typed option
@@ -183,7 +183,7 @@ def fit_crossed_command(data, formula: str, model, fit, out, build: dict, given:
         return fit_crossed_combined(table, read_more, model, formula, fit, out, str(method), df, hcm2,
                                     bool(build.get("allow_unequal")), factor_files, stderr, echo)
     analysis = analyse_crossed(table, model, formula, str(method), fit.max_iterations, out.title, df, fit.tests,
-                               fit.compare_deviance, fit.compare_params, hcm2=hcm2)
+                               fit.compare_deviance, fit.compare_params, hcm2=hcm2, constraints=fit.constraints)
     meta = {"data_source": analysis.source}
     if out.timestamp:
         from datetime import datetime, timezone

@@ -224,21 +224,32 @@ def compare_crossed(a: dict, b: dict, name_a: str, name_b: str) -> dict:
     return result
 
 
-def _refuse_structured(fit: dict, name: str) -> None:
+def structured_view(fit: dict, name: str) -> dict:
     """An HMLM document (--level1-covariance) holds two models: its top-level deviance, n_params, τ and σ² are
-    the homogeneous model's, printed first as HLM 7 does. Tested as they are, they would stand for the
-    structured model the user fitted; the structured fit's own test against the homogeneous one is in the
-    fit's output ("Summary of Model Fit")."""
+    the homogeneous model's, printed first as HLM 7 does. compare tests the structured model the user asked
+    for: the document as seen through its 'level1_covariance' record (deviance, parameters counting Δ's and τ's,
+    AIC, BIC, the local check of its optimum); its variance components are Δ, not τ and σ², so none is
+    reduced. HMLM2 documents (three levels) do not record the structured fit's data for compare: refused."""
     lc = fit.get("level1_covariance")
-    if isinstance(lc, dict) and lc.get("structure") != "homogeneous":
-        raise DataError(f"{name} is an HMLM fit (--level1-covariance {lc.get('structure')}): its file's deviance is "
-                        "the homogeneous model's, not the structured one's, so compare cannot test it; the structured "
-                        "model's test against the homogeneous one is in the fit's 'Summary of Model Fit'")
+    if not (isinstance(lc, dict) and lc.get("structure") != "homogeneous"):
+        return fit
+    if fit.get("levels", 2) > 2:
+        raise DataError(f"{name} is an HMLM2 fit (--level1-covariance {lc.get('structure')}, three levels): its file's "
+                        "deviance is the homogeneous model's, and compare does not test the structured one at three "
+                        "levels; its test against the homogeneous model is in the fit's 'Summary of Model Fit'")
+    check = lc.get("check")
+    if not (_number(lc.get("deviance")) and isinstance(lc.get("n_params"), int) and _number(lc.get("aic"))
+            and isinstance(check, dict)):
+        raise DataError(f"{name} is an HMLM fit (--level1-covariance {lc.get('structure')}) that does not record the "
+                        "structured model's deviance, parameters and AIC (an older hlmcli wrote it); refit it with "
+                        "this version")
+    return {**fit, "deviance": lc["deviance"], "n_params": lc["n_params"], "aic": lc["aic"], "bic": lc["bic"],
+            "converged": bool(fit.get("converged") and check.get("converged")), "random_coefficients": [],
+            "tau": [], "sigma2": None, "structure": lc["structure"]}
 
 
 def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
-    _refuse_structured(a, name_a)
-    _refuse_structured(b, name_b)
+    a, b = structured_view(a, name_a), structured_view(b, name_b)
     if a.get("kind") == "cross-classified linear" or b.get("kind") == "cross-classified linear":
         return compare_crossed(a, b, name_a, name_b)
     if a.get("levels", 2) > 2 or b.get("levels", 2) > 2:
@@ -284,13 +295,16 @@ def compare_fits(a: dict, b: dict, name_a: str, name_b: str) -> dict:
               "bic_b": b.get("bic"), "chi2": chi2, "df": df, "p": p, "p_mixture": None, "mixture_note": None}
     ra, rb = simple["random_coefficients"], full["random_coefficients"]
     added = [c for c in rb if c not in ra]
-    if same_fixed and set(ra) <= set(rb) and len(added) == 1 and df == len(rb):
+    structured = "structure" in a or "structure" in b  # HMLM: Δ's parameters are counted too
+    if same_fixed and set(ra) <= set(rb) and len(added) == 1 and df == len(rb) and not structured:
         result["p_mixture"] = mixture_p(chi2, df)
         result["mixture_note"] = (f"the test that the variance of {added[0]} is zero puts it on the boundary; "
                                   f"p_mixture is the 50:50 mixture of chi-square({df - 1}) and chi-square({df}) "
                                   "(Stram & Lee 1994), p is the naive chi-square")
     result["variance_reduction"] = _variance_reductions(a, b)
     result["order_note"] = "B has fewer parameters than A; the test treats B as the simpler model" if swapped else None
+    if structured:
+        result["structures"] = [a.get("structure", "homogeneous"), b.get("structure", "homogeneous")]
     return result
 
 
@@ -308,6 +322,11 @@ def compare_text(r: dict) -> str:
         out.append(f"   {r['mixture_note']}")
     if r.get("order_note"):
         out.append(f" Note: {r['order_note']}")
+    if r.get("structures"):
+        out.append(f" Level-1 covariance (HMLM): A {r['structures'][0]}, B {r['structures'][1]}; the structured "
+                   "models' deviances and parameters (Delta's and tau's)")
+    if r.get("structures") and not r["variance_reduction"]:
+        return "\n".join(out) + "\n"
     out += ["", " Proportion reduction in variance, (A - B) / A:"]
     for v in r["variance_reduction"]:
         out.append(f"  {v['component']:>12}: {v['a']:.5f} -> {v['b']:.5f}  {round(v['proportion_reduction'], 3) + 0.0:.3f}")

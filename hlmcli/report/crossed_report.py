@@ -150,6 +150,10 @@ def text(a, meta: dict | None = None) -> str:
             f" Deviance = {fit.deviance:.6f}",
             f" Number of estimated parameters = {a.n_params}", ""]
     extra = extras_text(a.extras, Symbols(True)) if a.extras else []
+    if "constraints" in a.extras:  # --constrain: which θs are tied
+        from .report import constraint_note
+
+        extra = constraint_note(a.extras["constraints"], Symbols(True)) + extra
     return "\n".join(printable(line) for line in out + extra) + ("\n" if extra else "")
 
 
@@ -259,7 +263,7 @@ def crossed_view(doc: dict) -> dict:
             "deviance": doc["deviance"], "n_params": doc["n_params"], "aic": doc["aic"], "bic": doc["bic"],
             "n_level1": doc["n_level1"], "n_level2": groups_text, "converged": doc["converged"],
             "certificate": doc.get("certificate"), "lme4_formula": doc.get("lme4_formula")}
-    for key in ("hypothesis_tests", "deviance_test"):
+    for key in ("hypothesis_tests", "deviance_test", "constraints", "constraint_test"):
         if key in doc:
             view[key] = doc[key]
     return view

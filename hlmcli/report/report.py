@@ -792,7 +792,11 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
     if "level1_covariance" in a.extras:  # HMLM: the structured model after the homogeneous one, as HLM 7
         from .report_hmlm import level1_covariance_lines
 
-        out += level1_covariance_lines(a.extras["level1_covariance"], sym, hlm_name, hlm_p, text_table)
+        lc = a.extras["level1_covariance"]
+        out += level1_covariance_lines(lc, sym, hlm_name, hlm_p, text_table)
+        if "hypothesis_tests" in lc or "deviance_test" in lc:
+            out += ["", f"Tests of the {lc['structure']} model"] + extras_text(
+                {k: lc[k] for k in ("deviance_test", "hypothesis_tests") if k in lc}, sym)
     out += _r_call_lines(a, meta)
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
@@ -836,8 +840,10 @@ def extras_text(ex: dict, sym: Symbols) -> list[str]:
             if r["chi2"] is None:  # a weighted fit: the sandwich test only
                 continue
             w(f" {title:>12}: {sym.chi2} statistic = {r['chi2']:.6f}, d.f. = {r['df']}, p-value = {hlm_p(r['p'])}")
-        if h.get("covariance"):
+        if str(h.get("covariance", "")).startswith("robust"):
             w(" (sampling weights: the test uses the robust covariance only; the model-based one ignores the weights' information)")
+        elif h.get("covariance"):
+            w(f" ({h['covariance']})")
     if "constraint_test" in ex:
         t = ex["constraint_test"]
         w("")

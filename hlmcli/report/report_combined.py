@@ -13,8 +13,10 @@ from .report import fit_json, fit_text, hlm_name, hlm_p, model_record, model_sum
 from .terms import with_terms
 
 
-def combined_json(analyses: list, meta: dict, source: str, full_output: bool, labels=None, tests=None) -> dict:
-    """The combined JSON document of two-level fits (schema 2, kind "combined"), each fit's own under "fits"."""
+def combined_json(analyses: list, meta: dict, source: str, full_output: bool, labels=None, tests=None,
+                  structured=None) -> dict:
+    """The combined JSON document of two-level fits (schema 2, kind "combined"), each fit's own under "fits";
+    structured: HMLM's structured fits combined (analysis/hmlm.combine_structured)."""
     a0 = analyses[0]
     c = combine(analyses, labels)
     out = {"schema": 2, "tool": "hlmcli", "version": __version__, "title": meta.get("title"),
@@ -25,6 +27,8 @@ def combined_json(analyses: list, meta: dict, source: str, full_output: bool, la
     out.update({k: v for k, v in c.items() if k not in ("m", "rule", "outcomes")})
     if tests:
         out["hypothesis_tests"] = tests
+    if structured is not None:
+        out["level1_covariance"] = structured
     out["fits"] = [fit_json(a, meta) for a in analyses]
     return with_terms(out)
 
@@ -74,8 +78,10 @@ def _d1_test_lines(tests: list, notes: bool = True) -> list[str]:
     return out
 
 
-def combined_text(analyses: list, meta: dict, sym, source: str, full_output: bool, labels=None, tests=None) -> str:
-    """HLM-style text of combined two-level fits; each fit's own text after it with --full-output."""
+def combined_text(analyses: list, meta: dict, sym, source: str, full_output: bool, labels=None, tests=None,
+                  structured=None) -> str:
+    """HLM-style text of combined two-level fits; each fit's own text after it with --full-output;
+    structured: HMLM's structured fits combined, printed after the homogeneous ones (as a single fit)."""
     a0 = analyses[0]
     d = a0.design
     c = combine(analyses, labels)
@@ -121,6 +127,13 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
     w(f" Deviance (average over the fits) = {c['deviance']:.6f}")
     w(f" Number of estimated parameters   = {c['n_params']}")
     out += _d1_test_lines(tests or [])
+    if structured is not None:
+        from .report_hmlm import combined_level1_covariance_lines
+
+        out += combined_level1_covariance_lines(structured, sym, text_table)
+        out += _d1_test_lines(structured.get("hypothesis_tests") or [], notes=False)
+        for h in structured.get("hypothesis_tests") or []:
+            w(f" ({h['label']}: {h['covariance']})")
     text = "\n".join(line.rstrip() for line in out) + "\n"
     if full_output:
         for m, a in enumerate(analyses, start=1):

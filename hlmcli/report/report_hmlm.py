@@ -84,3 +84,42 @@ _NLME = {"unrestricted": "nlme::gls(<fixed>, correlation = corSymm(form = ~ {occ
                           "method = \"{method}\")",
          "ar1": "nlme::lme(<fixed>, random = <random>, correlation = corAR1(form = ~ {occ} | <id>), method = "
                 "\"{method}\") ({occ} as occasion indices 1..T)"}
+
+
+def combined_level1_covariance_lines(c: dict, sym, text_table) -> list[str]:
+    """The structured fits combined over plausible values or data sets (analysis/hmlm.combine_structured):
+    Δ, τ and the marginal covariance averaged, the γ table by Rubin's rules, the average deviance."""
+    title = _TITLE[c["structure"]]
+    delta = "Delta" if sym.ascii else "Δ"
+    if sym.ascii:
+        title = title.replace("Δ", "Delta").replace("σ²", "sigma2").replace("ρ", "rho")
+    labels = [f"{c['occasion']}={t:g}" for t in c["occasions"]]
+    out = ["", "-" * 78, f"HMLM: {title}, combined over the {c['m']} fits",
+           f" Occasions: {c['occasion']} = " + ", ".join(f"{t:g}" for t in c["occasions"])
+           + f" (T = {len(c['occasions'])}); {c['method']}"]
+    if not c["converged"]:
+        out.append(" At least one fit's point is NOT a checked optimum (see each fit with --full-output)")
+    out.append("")
+    out += _matrix_lines(f"{delta} (within-person covariance, average over the fits)", c["delta"], labels)
+    if c.get("rho") is not None:
+        out.append(f" {'rho' if sym.ascii else 'ρ'} = {c['rho']:.5f}, {sym.sigma2} = {c['sigma2']:.5f} (averages)")
+    if c["tau"]:
+        out.append("")
+        out += _matrix_lines(sym.tau + " (average over the fits)", c["tau"], [f"u{k}" for k in range(len(c["tau"]))])
+    out.append("")
+    out += _matrix_lines("Marginal covariance Z tau Z' + " + delta + " (average over the fits)", c["marginal"], labels)
+    out += ["", f"Final estimation of fixed effects ({c['structure']}), combined over the fits"]
+    rows = [[f["gamma"], f"{f['estimate']:.6f}", f"{f['se']:.6f}", f"{f['t']:.3f}", f"{f['df']:.2f}",
+             _p(f["p"]), f"{f['fmi']:.3f}"] for f in c["fixed_effects"]]
+    out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
+                      rows, [30, 12, 14, 9, 12, 8, 6])
+    out.append("(model-based standard errors: the structured fits have no sandwich covariance; d.f.: Barnard-Rubin)")
+    out += ["", f" Deviance (average over the fits) = {c['deviance']:.6f}, number of estimated parameters = "
+                f"{c['n_params']}"]
+    return out
+
+
+def _p(p: float) -> str:
+    from .report import hlm_p
+
+    return hlm_p(p)

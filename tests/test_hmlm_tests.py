@@ -1,0 +1,143 @@
+"""HMLM's tests on the structured fit: --test (Wald χ² of γ), --compare-deviance, `hlmcli compare` of two HMLM
+fits, and plausible values combined by Rubin's rules, all of the structured model the user asked for, not of
+the homogeneous model printed first.
+
+References (tests/data/hmlm/hmlm_tests_nlme.json, made by tests/reference_scripts/hmlm_tests_nlme.R): nlme's
+ML fits of Early (with missing occasions, COG ~ AGE·TRT, a random intercept) with σ² by occasion, AR(1),
+homogeneous, and gls's unrestricted Δ; their fixef, vcov, logLik d.f. and anova() between two structures.
+The Wald χ² is computed here by hand from nlme's fixef and vcov. Plausible values: tests/data/hmlm/early_pv1.csv
+is early1.csv with PV1..PV3 = COG + N(0, 3²) noise (numpy seed 1, rounded to 3 decimals); Rubin's rules by hand
+(test_hglm_weights.assert_rubin_tables) from each fit's structured γ and covariance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hlmcli.errors import DataError
+from conftest import hlmcli as run_cli
+from test_hmlm import D
+
+NLME = json.loads((D / "hmlm_tests_nlme.json").read_text())
+OURS = ["γ00", "γ01", "γ10", "γ11"]
+R_INDEX = {"γ00": 0, "γ10": 1, "γ01": 2, "γ11": 3}  # nlme's (Intercept), AGE, TRT, AGE:TRT
+EQS = ["-1", "COG = b0 + b1*AGE + r", "-2", "b0 = g00 + g01*TRT + u0", "-2", "b1 = g10 + g11*TRT"]
+FILES = [D / "early1.csv", D / "early2.csv", "--id", "ID"]
+
+
+def structured_fit(structure: str, path, *more):
+    proc = run_cli("fit", *FILES, *EQS, "--ml", "--level1-covariance", structure, "--occasion", "OCC",
+                   "--json-out", path, *more)
+    assert proc.returncode == 0, proc.stderr
+    return proc, json.loads(path.read_text())
+
+
+def wald_by_hand(ref: dict, gammas: list[str], rhs=None) -> float:
+    """(Cγ - d)'(C V C')⁻¹(Cγ - d) from nlme's fixef and vcov."""
+    C = np.zeros((len(gammas), 4))
+    for row, g in enumerate(gammas):
+        C[row, R_INDEX[g]] = 1.0
+    r = C @ np.array(ref["fixef"]) - (0.0 if rhs is None else np.array(rhs))
+    return float(r @ np.linalg.solve(C @ np.array(ref["vcov"]) @ C.T, r))
+
+
+@pytest.fixture(scope="module")
+def heterogeneous(tmp_path_factory):
+    """σ² by occasion (ML) with two Wald tests and a deviance test against nlme's unrestricted fit: one call."""
+    prior = NLME["unrestricted"]
+    return structured_fit("heterogeneous", tmp_path_factory.mktemp("het") / "het.json",
+                          "--test", "g01 = 0, g11 = 0", "--test", "g10 = -20",
+                          "--compare-deviance", repr(prior["deviance"]), "--compare-params", str(prior["df"]))
+
+
+def test_wald_and_deviance_tests_are_the_structured_models(heterogeneous):
+    """--test: the Wald χ² of the heterogeneous model's γ with its model-based covariance, nlme's by hand to
+    1e-6; no robust test (no sandwich), said so. --compare-deviance: nlme's anova() of heterogeneous against
+    unrestricted (χ² to 1e-6), the parameters counted as nlme does (4 γ + τ00 + 3 σ²_t = 8). The top level
+    (the homogeneous model) carries neither test."""
+    proc, doc = heterogeneous
+    ref = NLME["heterogeneous"]
+    v = doc["level1_covariance"]
+    assert v["deviance"] == pytest.approx(ref["deviance"], abs=1e-6) and v["n_params"] == ref["df"]
+    assert "hypothesis_tests" not in doc and "deviance_test" not in doc
+    (both, one) = v["hypothesis_tests"]
+    assert both["model"]["chi2"] == pytest.approx(wald_by_hand(ref, ["γ01", "γ11"]), rel=1e-6)
+    assert both["model"]["df"] == 2
+    assert one["model"]["chi2"] == pytest.approx(wald_by_hand(ref, ["γ10"], [-20.0]), rel=1e-6)
+    assert both["robust"]["chi2"] is None and "no sandwich" in both["covariance"]
+    t = v["deviance_test"]
+    lr = next(a for a in NLME["anova"] if a["models"] == ["heterogeneous", "unrestricted"])
+    assert t["chi2"] == pytest.approx(lr["chi2"], abs=1e-6) and t["df"] == lr["df"] == 2
+    assert t["p"] == pytest.approx(lr["p"], rel=1e-5)
+    text = proc.stdout.split("Tests of the heterogeneous model")[1]
+    assert f"{both['model']['chi2']:.6f}" in text and f"{t['chi2']:.6f}" in text and "no sandwich" in text
+
+
+def test_compare_tests_the_structured_deviances(heterogeneous, tmp_path):
+    """`hlmcli compare` of the heterogeneous and the unrestricted fit (ML): nlme's anova() χ² to 1e-6 and
+    nlme's parameter counts (8, T(T+1)/2 + 4 = 10); the files' homogeneous deviances are not used. Refused:
+    a REML fit against an ML one, and (the same document altered) fits of different records."""
+    _, het = heterogeneous
+    het_path = tmp_path / "het.json"
+    het_path.write_text(json.dumps(het))
+    _, un = structured_fit("unrestricted", tmp_path / "un.json", "-q")
+    proc = run_cli("compare", het_path, tmp_path / "un.json", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    lr = next(a for a in NLME["anova"] if a["models"] == ["heterogeneous", "unrestricted"])
+    assert r["chi2"] == pytest.approx(lr["chi2"], abs=1e-6) and r["df"] == lr["df"]
+    assert (r["n_params_a"], r["n_params_b"]) == (NLME["heterogeneous"]["df"], NLME["unrestricted"]["df"])
+    assert r["deviance_b"] == pytest.approx(NLME["unrestricted"]["deviance"], abs=1e-6)
+    assert r["structures"] == ["heterogeneous", "unrestricted"] and r["p_mixture"] is None
+    from hlmcli.report.compare import compare_fits
+
+    with pytest.raises(DataError, match="is REML and .* is ML"):
+        compare_fits(dict(het, method="REML"), un, "a.json", "b.json")
+    with pytest.raises(DataError, match="different records"):
+        compare_fits(dict(het, data_hash="0" * 16), un, "a.json", "b.json")
+
+
+def test_plausible_values_combine_the_structured_fits(tmp_path):
+    """Three plausible values, σ² by occasion: one structured fit per PV (each one's own document under
+    "fits"), Rubin's rules on their γ and model-based covariance by hand, Δ and τ averaged; --test by D1 on
+    the structured γ (model-based only)."""
+    from test_hglm_weights import assert_rubin_tables
+
+    proc = run_cli("fit", D / "early_pv1.csv", D / "early2.csv", "--id", "ID", *EQS, "--ml",
+                   "--level1-covariance", "heterogeneous", "--occasion", "OCC", "--plausible-values", "PV1,PV2,PV3",
+                   "--test", "g01 = 0, g11 = 0", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    c = doc["level1_covariance"]
+    fits = [f["level1_covariance"] for f in doc["fits"]]
+    assert [f["outcome"] for f in doc["fits"]] == ["PV1", "PV2", "PV3"] and c["m"] == 3
+    assert all(f["check"]["converged"] for f in fits) and c["converged"]
+    assert len({round(f["deviance"], 6) for f in fits}) == 3  # three different fits
+    for f in fits:
+        f["gamma_robust_covariance"] = f["gamma_covariance"]
+    assert_rubin_tables({"fixed_effects": c["fixed_effects"], "fixed_effects_robust": c["fixed_effects"]},
+                        rel=1e-10, fits=fits)
+    assert np.array(c["delta"]) == pytest.approx(np.mean([f["delta"] for f in fits], axis=0), rel=1e-12)
+    assert np.array(c["tau"]) == pytest.approx(np.mean([f["tau"] for f in fits], axis=0), rel=1e-12)
+    assert c["deviance"] == pytest.approx(np.mean([f["deviance"] for f in fits]), rel=1e-12)
+    (h,) = c["hypothesis_tests"]
+    assert h["statistic"] == "D1" and h["robust"] is None and h["model"]["df1"] == 2
+    assert "hypothesis_tests" not in doc
+
+
+def test_hmlm2_still_refuses_what_it_would_compute_on_the_homogeneous_model(tmp_path):
+    """At three levels (HMLM2) --test and --compare-deviance with a structure other than homogeneous, and plausible
+    values with any, are refused in one line (exit 2): they would use the homogeneous HLM3 model's numbers."""
+    from test_hmlm import EG_MODEL, eg_files
+
+    files = eg_files(tmp_path)
+    cases = [(["--level1-covariance", "ar1", "--test", "g100 = 0"], "at three levels (HMLM2) the Wald tests would use"),
+             (["--level1-covariance", "heterogeneous", "--compare-deviance", "100", "--compare-params", "3"],
+              "at three levels (HMLM2) the test would use the homogeneous model's deviance"),
+             (["--level1-covariance", "homogeneous", "--plausible-values", "MATH,YEAR"],
+              "at three levels (HMLM2) Rubin's rules")]
+    for extra, text in cases:
+        proc = run_cli("fit", *files, *EG_MODEL, "--occasion", "OCC", *extra)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and text in proc.stderr, proc.stderr
