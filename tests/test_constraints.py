@@ -252,9 +252,33 @@ def test_cli_hglm_constrained_fit(tmp_path):
     assert doc["constraint_test"]["df"] == 1 and doc["constraint_test"]["chi2"] > 0
 
 
-def test_hglm_constraints_with_thresholds_are_refused(cbpp):
-    with pytest.raises(ModelError, match="--constrain: not available: .*thresholds"):
-        hlmcli.fit(*cbpp, id="HERD", level1_eq=CBPP_TIED[0], level2_eqs=CBPP_TIED[1], family="ordinal",
+@pytest.mark.parametrize("estimation", ["pql", "laplace"])
+def test_ordinal_constrained_fit_is_the_summed_predictor_fit(estimation):
+    """wine (ordinal, cumulative logit): warm's and contact's effects tied; by hand their sum. The thresholds
+    δ(m) are fitted alongside and equal the summed fit's; a tie naming γ00 (the first threshold) is refused."""
+    D = DATA / "ordinal"
+    l1, l2 = pd.read_csv(D / "wine_l1.csv"), pd.read_csv(D / "wine_l2.csv")
+    kw = dict(id="judge", family="ordinal", estimation=estimation)
+    tied = hlmcli.fit(l1, l2, level1_eq="rating = b0 + b1*warm + b2*contact", constrain="g10 = g20",
+                      level2_eqs=["b0 = g00 + u0", "b1 = g10", "b2 = g20"], **kw).to_dict()
+    summed = hlmcli.fit(l1.assign(S=l1["warm"] + l1["contact"]), l2, level1_eq="rating = b0 + b1*S",
+                        level2_eqs=["b0 = g00 + u0", "b1 = g10"], **kw).to_dict()
+    if estimation != "pql":
+        assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9)
+    hand = [summed["fixed_effects"][k] for k in (0, 1, 1)]
+    for f, g in zip(tied["fixed_effects"], hand):
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (f["gamma"], key)
+    for f, g in zip(tied["thresholds"], summed["thresholds"]):
+        assert (f["estimate"], f["se"]) == pytest.approx((g["estimate"], g["se"]), rel=1e-6)
+    with pytest.raises(ModelError, match="first threshold"):
+        hlmcli.fit(l1, l2, level1_eq="rating = b0 + b1*warm", constrain="g00 = g10",
+                   level2_eqs=["b0 = g00 + u0", "b1 = g10"], **kw)
+
+
+def test_hglm_constraints_across_multinomial_logits_are_refused(cbpp):
+    with pytest.raises(ModelError, match="--constrain: not available: .*logits"):
+        hlmcli.fit(*cbpp, id="HERD", level1_eq=CBPP_TIED[0], level2_eqs=CBPP_TIED[1], family="multinomial",
                    estimation="laplace", constrain=["g20 = g30"])
 
 
