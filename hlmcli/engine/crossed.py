@@ -697,22 +697,23 @@ NEWTON_START_STEPS = 8
 def newton_start(obj: Objective, Gs, diagonal, gtol: float, max_steps: int = NEWTON_START_STEPS):
     """From the one-factor starts to the crossed optimum by Newton steps in L-BFGS-B's own coordinates
     θ (the blocks' lower-triangular factors, or the square roots of a diagonal block's variances),
-    until the largest gradient entry is below gtol (L-BFGS-B's own stopping rule, so that it stops at
-    once from here). The Hessian is forward differences of the analytic gradient (one solve per
-    coordinate), made at the start and again after a step whose decrease its quadratic model
-    predicted poorly (search.poor_model: the start is still far), otherwise updated by BFGS from the
-    gradients' change along the step (search.secant_update). At InstEval's size a crossed solve with
-    its gradient costs a tenth of a second; from the one-factor starts this takes about eight solves,
-    where L-BFGS-B from a scaled identity took nine and left the face Newton a point from which it
-    needed two difference Hessians (one to step, a fresh one to stop on) instead of one.
+    until the largest gradient entry is at most gtol: L-BFGS-B's own test of the projected gradient,
+    made at the same point (same bits, so the same cached solve) and the same formula, so that it
+    stops at once from here.
+
+    The Hessian: the first step takes the one-factor models' (one_factor_hessian: no crossed solve);
+    after it, forward differences of the crossed model's analytic gradient (one crossed solve per
+    coordinate) at the new point, once; then BFGS updates from the gradients' change along each step
+    (search.secant_update) rather than new difference Hessians. On InstEval this takes 9 crossed solves
+    where L-BFGS-B from the same starts took 9 and ended where the face Newton then needed two
+    central-difference Hessians (8 solves: one to step on, a fresh one to stop on) instead of one.
 
     Only a search aid: the answer is still L-BFGS-B's from here, polished by the face Newton and
-    certified on a fresh central-difference Hessian, as from any start. It stops at a step that does
-    not lower the deviance (allowed to rise within the rounding noise when the predicted decrease is
-    below it, as search.newton_on_face), at a non-positive-definite Hessian, and at a start on the
-    boundary (a zero diagonal: the face Newton's business). Every point is evaluated at the factor
-    L-BFGS-B re-derives from G (chol_psd), so L-BFGS-B's first solve is the last one made here.
-    Returns (Gs, steps)."""
+    certified on a fresh central-difference Hessian at the final point, as from any start. It stops at
+    a step that does not lower the deviance (allowed to rise within the rounding noise when the
+    predicted decrease is below it, as search.newton_on_face), at a Hessian that is not positive
+    definite, and at a start on the boundary (a zero diagonal: the face Newton's business). Every point
+    is evaluated at the factor L-BFGS-B re-derives from G (chol_psd). Returns (Gs, steps)."""
     from .search import chol_psd, secant_update, tol_decrement
     qs = [G.shape[0] for G in Gs]
     idx = [(np.arange(q), np.arange(q)) if d else np.tril_indices(q) for q, d in zip(qs, diagonal)]
@@ -753,7 +754,7 @@ def newton_start(obj: Objective, Gs, diagonal, gtol: float, max_steps: int = NEW
     if not (np.isfinite(dev) and np.all(np.isfinite(g))):
         return tuple(Gs), 0
     tol = tol_decrement(dev, obj.noise(G))
-    H = hessian(theta, g)
+    H = one_factor_hessian(obj, theta, idx, cuts)
     steps = 0
     while H is not None and steps < max_steps and float(np.abs(g).max()) > gtol:
         w, E = np.linalg.eigh(H)
@@ -774,12 +775,48 @@ def newton_start(obj: Objective, Gs, diagonal, gtol: float, max_steps: int = NEW
         if moved is None:
             break
         steps += 1
-        # once, after the first step: from the one-factor starts (about 10% off) the start's Hessian is
-        # off by as much, and BFGS alone then creeps (eight steps against five)
+        # once, after the first step: the one-factor Hessian leaves out the factors' interaction, and
+        # BFGS from it alone creeps (on InstEval, eight steps against five)
         refresh = steps == 1
         H = hessian(moved[1], moved[3]) if refresh else secant_update(H, moved[1] - theta, moved[3] - g)
         G, theta, dev, g = moved
     return G, steps
+
+
+def one_factor_hessian(obj: Objective, theta, idx, cuts):
+    """A first Hessian for newton_start at no crossed solve: blockdiag_b of the one-factor model's
+    Hessian in block b's coordinates (forward differences of its analytic gradient, each a
+    block-diagonal solve of milliseconds), the factors' interaction left out. When the factors are not
+    confounded, each factor's curvature is near its one-factor curvature, and newton_start's first
+    step only has to bring the search near enough for a crossed Hessian to take over."""
+    from .search import chol_psd
+    blocks = []
+    for b, (i, t) in enumerate(zip(idx, np.split(theta, cuts))):
+        single = Objective(obj.stats.subset((b,)), obj.reml)
+        q = obj.stats.terms[b].q
+
+        def grad(tb):
+            lam = np.zeros((q, q))
+            lam[i] = tb
+            lam = chol_psd(lam @ lam.T)
+            g = single.at((lam @ lam.T,), factors=(lam,))[1][0]
+            return (2.0 * g @ lam)[i], lam[i]
+
+        g0, t0 = grad(t)
+        Hb = np.empty((t.size, t.size))
+        for k in range(t.size):
+            tk = t0.copy()
+            tk[k] += 1e-5 * max(abs(float(t0[k])), 1e-3)
+            gk, tk = grad(tk)
+            Hb[:, k] = (gk - g0) / (tk[k] - t0[k])
+        obj.count += single.count  # every solve is counted
+        blocks.append(0.5 * (Hb + Hb.T))
+    if not all(np.all(np.isfinite(Hb)) for Hb in blocks):
+        return None
+    H = np.zeros((theta.size, theta.size))
+    for lo, Hb in zip(np.concatenate([[0], cuts]).astype(int), blocks):
+        H[lo:lo + len(Hb), lo:lo + len(Hb)] = Hb
+    return H
 
 
 def _search(obj: Objective, qs, max_iterations: int, diagonal):
@@ -791,7 +828,7 @@ def _search(obj: Objective, qs, max_iterations: int, diagonal):
         from .nested_fit import search
         return search(obj, qs, max_iterations, diagonal)
     starts, steps = newton_start(obj, one_factor_starts(obj, qs, diagonal, max_iterations), diagonal,
-                                 0.1 * NESTED_LBFGS.gtol)
+                                 NESTED_LBFGS.gtol)
     plan = Plan([("one-factor fits", starts)],
                 boundary_starts=[("identity*10", tuple(2.5 * np.eye(q) for q in qs))], tolerances=NESTED_LBFGS)
     found = one_search(obj, plan, diagonal, max(1, max_iterations - steps), tau_names(len(qs) + 1))
