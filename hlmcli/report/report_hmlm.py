@@ -46,6 +46,7 @@ def level1_covariance_lines(v: dict, sym, hlm_name, hlm_p, text_table) -> list[s
     if v.get("tau_level3"):
         out.append("")
         out += _matrix_lines(sym.tau + " (level-3 units)", v["tau_level3"], [f"u{k}" for k in range(len(v["tau_level3"]))])
+    out += _variance_parameter_lines(v, sym, labels, text_table)
     out.append("")
     out += _matrix_lines("Marginal covariance Z tau Z' + " + delta + " (Z at each occasion's mean)",
                          v["marginal"], labels)
@@ -123,3 +124,24 @@ def _p(p: float) -> str:
     from .report import hlm_p
 
     return hlm_p(p)
+
+
+def _variance_parameter_lines(v: dict, sym, labels, text_table) -> list[str]:
+    """τ's and Δ's parameters with their standard errors (analysis/hmlm.variance_parameter_table)."""
+    table = v.get("variance_parameters")
+    if not table:
+        return []
+    delta, rho = ("Delta", "rho") if sym.ascii else ("Δ", "ρ")
+
+    def label(name: str) -> str:
+        if name.startswith("tau"):
+            return sym.tau + name[3:]
+        if name.startswith("delta_"):
+            return f"{delta}({labels[int(name[6]) - 1]},{labels[int(name[7]) - 1]})"
+        if name.startswith("sigma2_"):
+            return f"{sym.sigma2}({labels[int(name[7:]) - 1]})"
+        return sym.sigma2 if name == "sigma2" else rho
+
+    rows = [[label(p["parameter"]), f"{p['estimate']:.5f}", f"{p['se']:.5f}"] for p in table]
+    return ["", " Covariance parameters (standard errors by the delta method from the deviance's Hessian)"] + \
+        text_table(["Parameter", "Estimate", "Standard error"], rows, [26, 14, 16])
