@@ -87,7 +87,7 @@ _NLME = {"unrestricted": "nlme::gls(<fixed>, correlation = corSymm(form = ~ {occ
                 "\"{method}\") ({occ} as occasion indices 1..T)"}
 
 
-def combined_level1_covariance_lines(c: dict, sym, text_table) -> list[str]:
+def combined_level1_covariance_lines(c: dict, sym, hlm_p, text_table) -> list[str]:
     """The structured fits combined over plausible values or data sets (analysis/hmlm.combine_structured):
     Δ, τ and the marginal covariance averaged, the γ table by Rubin's rules, the average deviance."""
     title = _TITLE[c["structure"]]
@@ -111,7 +111,7 @@ def combined_level1_covariance_lines(c: dict, sym, text_table) -> list[str]:
     out += _matrix_lines("Marginal covariance Z tau Z' + " + delta + " (average over the fits)", c["marginal"], labels)
     out += ["", f"Final estimation of fixed effects ({c['structure']}), combined over the fits"]
     rows = [[f["gamma"], f"{f['estimate']:.6f}", f"{f['se']:.6f}", f"{f['t']:.3f}", f"{f['df']:.2f}",
-             _p(f["p"]), f"{f['fmi']:.3f}"] for f in c["fixed_effects"]]
+             hlm_p(f["p"]), f"{f['fmi']:.3f}"] for f in c["fixed_effects"]]
     out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
                       rows, [30, 12, 14, 9, 12, 8, 6])
     out.append("(model-based standard errors: the structured fits have no sandwich covariance; d.f.: Barnard-Rubin)")
@@ -119,11 +119,6 @@ def combined_level1_covariance_lines(c: dict, sym, text_table) -> list[str]:
                 f"{c['n_params']}"]
     return out
 
-
-def _p(p: float) -> str:
-    from .report import hlm_p
-
-    return hlm_p(p)
 
 
 def _variance_parameter_lines(v: dict, sym, labels, text_table) -> list[str]:
