@@ -119,7 +119,7 @@ def analyse_hmlm(spec, archive, structure: str, occasion: str, df_method: str = 
 
 
 
-NO_SANDWICH = ("the structured fit has no sandwich covariance of γ, so HLM 7's robust test is not given")
+NO_SANDWICH = "the structured fit has no sandwich covariance of the fixed effects, so HLM 7's robust test is not given"
 
 
 def structured_tests(record: dict, hypotheses=(), prior_deviance=None, prior_params=None) -> dict:

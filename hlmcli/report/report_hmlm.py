@@ -51,8 +51,9 @@ def level1_covariance_lines(v: dict, sym, hlm_name, hlm_p, text_table) -> list[s
     out += _matrix_lines("Marginal covariance Z tau Z' + " + delta + " (Z at each occasion's mean)",
                          v["marginal"], labels)
     out += ["", "Final estimation of fixed effects (" + v["structure"] + ")"]
-    rows = [[f"{hlm_name(f['coefficient'])}, {hlm_name(f['predictor'])}, {f['gamma']}" if f["coefficient"] else
-             f["gamma"], f"{f['estimate']:.6f}",
+    gamma = lambda f: f["gamma"].replace("γ", sym.gamma)  # noqa: E731  (--ascii: G00)
+    rows = [[f"{hlm_name(f['coefficient'])}, {hlm_name(f['predictor'])}, {gamma(f)}" if f["coefficient"] else
+             gamma(f), f"{f['estimate']:.6f}",
              f"{f['se']:.6f}", f"{f['t']:.3f}", f"{f['df']:.0f}", hlm_p(f["p"])] for f in v["fixed_effects"]]
     out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "d.f.", "p-value"], rows,
                       [30, 12, 14, 9, 6, 8])
@@ -110,7 +111,7 @@ def combined_level1_covariance_lines(c: dict, sym, hlm_p, text_table) -> list[st
     out.append("")
     out += _matrix_lines("Marginal covariance Z tau Z' + " + delta + " (average over the fits)", c["marginal"], labels)
     out += ["", f"Final estimation of fixed effects ({c['structure']}), combined over the fits"]
-    rows = [[f["gamma"], f"{f['estimate']:.6f}", f"{f['se']:.6f}", f"{f['t']:.3f}", f"{f['df']:.2f}",
+    rows = [[f["gamma"].replace("γ", sym.gamma), f"{f['estimate']:.6f}", f"{f['se']:.6f}", f"{f['t']:.3f}", f"{f['df']:.2f}",
              hlm_p(f["p"]), f"{f['fmi']:.3f}"] for f in c["fixed_effects"]]
     out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
                       rows, [30, 12, 14, 9, 12, 8, 6])
