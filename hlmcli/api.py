@@ -223,7 +223,7 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
             from .analysis.constrained import parse_constraints
 
             constraints = parse_constraints(fit.constraints, spec, centred_intercept=False)
-            run = partial(analyse_hglm, constraints=constraints)
+            unconstrained_run, run = run, partial(run, constraints=constraints)
         a = fit_or_refuse(lambda: run(spec, archive, level1_text, weights if weights.any else None), archive,
                           spec.outcome)
         if o.family == "multinomial":  # one test per logit
@@ -236,7 +236,7 @@ def analyse_model(spec, archive, fit: FitOptions, level1_text: str | None = None
 
             a.extras["constraints"] = constraint_record(constraints, spec_gamma_labels(spec))
             a.extras["constraint_test"] = hglm_constraint_test(
-                a, constraints, lambda: fit_or_refuse(lambda: analyse_hglm(spec, archive, level1_text), archive,
+                a, constraints, lambda: fit_or_refuse(lambda: unconstrained_run(spec, archive, level1_text), archive,
                                                       spec.outcome))
         a.notes = boundary_notes(a)
         return a

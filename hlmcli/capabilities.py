@@ -188,10 +188,6 @@ CONSTRAIN_CONFLICTS = {
     "weights": "the sandwich and the scaled weights are wired to the unconstrained γs; fit without sampling weights",
     "plausible_values": "Rubin's rules combine unconstrained fits; fit each plausible value or data set on its own",
     "full_output": "its unit-by-unit OLS and least-squares tables are of the unconstrained model",
-    "ordinal": ("not built yet: the ordinal fit's parameters are γ and the thresholds δ(m) together, and its "
-                "design is not yet formed through the constrained design XH; fit the tied predictors summed"),
-    "negbinomial": ("not built yet: the negative binomial fit's parameters are γ and log θ together, and its design "
-                    "is not yet formed through the constrained design XH; fit the tied predictors summed"),
     "multinomial": ("not built yet: each of the M - 1 logits has its own γs, and ties within or across logits need "
                     "a constrained design per logit; fit the tied predictors summed"),
 }
@@ -246,7 +242,7 @@ FEATURES = (
     Feature("formats", "--format csv|markdown|latex|html", {}),
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
-            "HGLM: binary, binomial and count outcomes, no test under PQL; cross-classified: of θ, THETA1 = THETA2)",
+            "HGLM: every family but multinomial, ties among γs (not thresholds), no test under PQL; cross-classified: of θ, THETA1 = THETA2)",
             {HGLM_STREAM: _CONSTRAIN_HGLM,
              THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",

@@ -252,9 +252,33 @@ def test_cli_hglm_constrained_fit(tmp_path):
     assert doc["constraint_test"]["df"] == 1 and doc["constraint_test"]["chi2"] > 0
 
 
-def test_hglm_constraints_with_thresholds_are_refused(cbpp):
-    with pytest.raises(ModelError, match="--constrain: not available: .*thresholds"):
-        hlmcli.fit(*cbpp, id="HERD", level1_eq=CBPP_TIED[0], level2_eqs=CBPP_TIED[1], family="ordinal",
+@pytest.mark.parametrize("estimation", ["pql", "laplace"])
+def test_ordinal_constrained_fit_is_the_summed_predictor_fit(estimation):
+    """wine (ordinal, cumulative logit): warm's and contact's effects tied; by hand their sum. The thresholds
+    δ(m) are fitted alongside and equal the summed fit's; a tie naming γ00 (the first threshold) is refused."""
+    D = DATA / "ordinal"
+    l1, l2 = pd.read_csv(D / "wine_l1.csv"), pd.read_csv(D / "wine_l2.csv")
+    kw = dict(id="judge", family="ordinal", estimation=estimation)
+    tied = hlmcli.fit(l1, l2, level1_eq="rating = b0 + b1*warm + b2*contact", constrain="g10 = g20",
+                      level2_eqs=["b0 = g00 + u0", "b1 = g10", "b2 = g20"], **kw).to_dict()
+    summed = hlmcli.fit(l1.assign(S=l1["warm"] + l1["contact"]), l2, level1_eq="rating = b0 + b1*S",
+                        level2_eqs=["b0 = g00 + u0", "b1 = g10"], **kw).to_dict()
+    if estimation != "pql":
+        assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9)
+    hand = [summed["fixed_effects"][k] for k in (0, 1, 1)]
+    for f, g in zip(tied["fixed_effects"], hand):
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (f["gamma"], key)
+    for f, g in zip(tied["thresholds"], summed["thresholds"]):
+        assert (f["estimate"], f["se"]) == pytest.approx((g["estimate"], g["se"]), rel=1e-6)
+    with pytest.raises(ModelError, match="first threshold"):
+        hlmcli.fit(l1, l2, level1_eq="rating = b0 + b1*warm", constrain="g00 = g10",
+                   level2_eqs=["b0 = g00 + u0", "b1 = g10"], **kw)
+
+
+def test_hglm_constraints_across_multinomial_logits_are_refused(cbpp):
+    with pytest.raises(ModelError, match="--constrain: not available: .*logits"):
+        hlmcli.fit(*cbpp, id="HERD", level1_eq=CBPP_TIED[0], level2_eqs=CBPP_TIED[1], family="multinomial",
                    estimation="laplace", constrain=["g20 = g30"])
 
 
@@ -391,3 +415,23 @@ def test_hglm_weighted_constrained_fit_is_the_summed_predictor_fit():
     robust_t = tied["fixed_effects"][2]["robust_t"]
     assert tied["hypothesis_tests"][0]["robust"]["chi2"] == pytest.approx(robust_t ** 2, rel=1e-10)
     assert tied["constraint_test"]["chi2"] is None and "pseudo-likelihood" in tied["constraint_test"]["note"]
+
+
+def test_negbin_constrained_fit_is_the_summed_predictor_fit():
+    """grouseticks (NB2, Laplace): the 1996 and 1997 effects tied; by hand their dummies summed. θ is fitted
+    alongside either way, and the test of the tie compares with the unconstrained fit."""
+    D = DATA / "negbin"
+    l1, l2 = pd.read_csv(D / "grouseticks_l1.csv"), pd.read_csv(D / "grouseticks_l2.csv")
+    kw = dict(id="brood", family="negbinomial", estimation="laplace", level1_eq="ticks = b0")
+    tied = hlmcli.fit(l1, l2, level2_eqs=["b0 = g00 + g01*year96 + g02*year97 + u0"], constrain="g01 = g02",
+                      **kw).to_dict()
+    summed = hlmcli.fit(l1, l2.assign(Y=l2["year96"] + l2["year97"]), level2_eqs=["b0 = g00 + g01*Y + u0"],
+                        **kw).to_dict()
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9) and tied["n_params"] == summed["n_params"]
+    hand = [summed["fixed_effects"][k] for k in (0, 1, 1)]
+    for f, g in zip(tied["fixed_effects"], hand):
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (f["gamma"], key)
+    assert tied["dispersion"]["estimate"] == pytest.approx(summed["dispersion"]["estimate"], rel=1e-6)
+    t = tied["constraint_test"]
+    assert t["df"] == 1 and t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)

@@ -642,3 +642,60 @@ def test_crossed_search_starts_from_the_one_factor_fits(monkeypatch):
     m = hlmcli.fit_crossed(d, formula, "REML")
     assert m.certified and m.results.fit.start.startswith("one-factor fits")
     check_against_lme4(m, reference(formula, "REML"), m.tau)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_random_intercepts_fast_path_is_the_general_solve(reml):
+    """With every block 1 × 1 the Schur complement S and the first factor's trace are formed from the
+    fixed pattern of C_R1C_1R (CrossedStats.scalar_pairs): the deviance and gradient equal the general
+    blocked solve's (pattern switched off) to rounding, with one and with two dense factors, inside the
+    cone and near a zero λ (where the dense factors' T is formed), and the gradient is the derivative of
+    the deviance (central differences)."""
+    d = frame("attain").iloc[:900]
+    d = d.assign(third=np.arange(len(d)) % 7)
+    X = np.column_stack([np.ones(len(d)), d.verbal, d.female])
+    for spec in ([("primary", ["1"]), ("second", ["1"])], [("primary", ["1"]), ("second", ["1"]), ("third", ["1"])]):
+        st = CrossedStats(d.attain.to_numpy(float), X, _terms(d, spec))
+        general = CrossedStats(d.attain.to_numpy(float), X, _terms(d, spec))
+        general._scalar_pairs = None  # the blocked solve of any block shape
+        assert st.scalar_pairs() is not None and st.Q2 > 0
+        for values in ([0.3, 0.5, 0.2], [0.3, 1e-4, 0.7]):
+            lams = [np.array([[v]]) for v in values[:len(spec)]]
+            fast, slow = CrossedSolve(st, lams), CrossedSolve(general, lams)
+            assert fast.profiled_deviance(reml) == pytest.approx(slow.profiled_deviance(reml), rel=1e-13)
+            for g_fast, g_slow in zip(fast.gradients(reml), slow.gradients(reml)):
+                assert g_fast[0, 0] == pytest.approx(g_slow[0, 0], rel=1e-9, abs=1e-9)
+            Gs = [lam @ lam.T for lam in lams]
+            for b, G in enumerate(Gs):
+                h = 1e-6 * max(G[0, 0], 1e-3)
+                up, dn = list(Gs), list(Gs)
+                up[b], dn[b] = G + h, G - h
+                dev = [CrossedSolve(st, [np.sqrt(g) for g in Gx]).profiled_deviance(reml) for Gx in (up, dn)]
+                num = (dev[0] - dev[1]) / (2 * h)
+                assert fast.gradients(reml)[b][0, 0] == pytest.approx(num, abs=1e-5 * max(1.0, abs(num)))
+
+
+def test_newton_start_reaches_the_optimum_where_lbfgsb_stops_at_once():
+    """From the one-factor starts, Newton (the one-factor Hessians, a crossed forward-difference Hessian
+    after the first step, then BFGS) ends where L-BFGS-B's gradient test (NESTED_LBFGS.gtol) already
+    holds, at lmer's optimum (ScotsSec)."""
+    from hlmcli.engine.crossed import Objective, newton_start, one_factor_starts
+    from hlmcli.engine.nested_fit import NESTED_LBFGS
+    formula = "attain ~ verbal + female + (1 | primary) + (1 | second)"
+    d = frame("attain")
+    X = np.column_stack([np.ones(len(d)), d.verbal, d.female])
+    st = CrossedStats(d.attain.to_numpy(float), X, _terms(d, [("primary", ["1"]), ("second", ["1"])]))
+    obj = Objective(st, True)
+    starts = one_factor_starts(obj, (1, 1), (False, False), 100)
+    Gs, steps = newton_start(obj, starts, (False, False), NESTED_LBFGS.gtol)
+    assert 1 <= steps <= 8
+    _, gams = obj.at(Gs)
+    theta_gradient = [2.0 * g[0, 0] * np.sqrt(G[0, 0]) for g, G in zip(gams, Gs)]
+    assert max(map(abs, theta_gradient)) <= NESTED_LBFGS.gtol
+    ref = reference(formula, "REML")
+    us = obj.solve(tuple(np.sqrt(G) for G in Gs))
+    sigma2 = st.c ** 2 * us.sigma2_hat(True)
+    assert sigma2 == pytest.approx(ref["sigma2"], rel=1e-6)
+    for b, name in enumerate(("primary", "second")):
+        tau = sigma2 * (st.T[b] @ Gs[b] @ st.T[b].T)[0, 0]
+        assert tau == pytest.approx(float(np.ravel(ref["tau"][name])[0]), rel=1e-6), name

@@ -30,24 +30,34 @@ def model(outcome: str = "PV1") -> list:
             "--family", "bernoulli", "--estimation", "agq"]
 
 
-@pytest.fixture(scope="module")
-def two_pv(tmp_path_factory):
+# The default run's model: random intercepts at levels 2 and 3 and one fixed slope, four parameters (each AGQ
+# fit about 0.4 s of CPU); the slow test below runs model()'s seven with the same checks.
+SMALL = ["--id2", "CLASS", "--id3", "SCHOOL", "-1", "PV1 = p0 + p1*X", "-2", "p0 = b00 + r0", "-2", "p1 = b10",
+         "-3", "b00 = g000 + u00", "-3", "b10 = g100", "--family", "bernoulli", "--estimation", "agq"]
+
+
+def run_two_pv(folder, args: list, tests: tuple) -> tuple:
     """--plausible-values PV1,PV2 with two --test, N chosen adaptively, as typed: (JSON, text)."""
-    out = tmp_path_factory.mktemp("agq_pv") / "pv.json"
-    proc = hlmcli("fit", *FILES, *model(), "--plausible-values", "PV1,PV2", "--test", "g010 = 0, g100 = 0",
-                  "--test", "g001 = 0", "--json-out", out)
+    out = folder / "pv.json"
+    proc = hlmcli("fit", *FILES, *args, "--plausible-values", "PV1,PV2", "--test", tests[0], "--test", tests[1],
+                  "--json-out", out)
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text()), proc.stdout
 
 
-def check_rubin_and_d1(doc: dict) -> None:
+@pytest.fixture(scope="module")
+def two_pv(tmp_path_factory):
+    return run_two_pv(tmp_path_factory.mktemp("agq_pv"), SMALL, ("g000 = 0, g100 = 0", "g100 = 0")), "g100 = 0", (0, 1)
+
+
+def check_rubin_and_d1(doc: dict, both_columns: tuple = (2, 3)) -> None:
     """The combined tables, D1 tests and averages against the hand computations from the fits' own numbers."""
     from test_hglm3_weights import assert_d1_tests
     from test_hglm_weights import assert_rubin_tables
 
     fits = doc["fits"]
     assert_rubin_tables(doc, rel=1e-9)
-    assert_d1_tests(doc)
+    assert_d1_tests(doc, both_columns)
     assert doc["deviances"] == [f["deviance"] for f in fits]
     assert doc["deviance"] == pytest.approx(np.mean(doc["deviances"]), rel=1e-14)
     for level, key in ((0, "tau_pi"), (1, "tau_beta")):
@@ -58,9 +68,19 @@ def check_rubin_and_d1(doc: dict) -> None:
 def test_plausible_values_by_agq(two_pv):
     """Each fit certified by AGQ with the same N; Rubin's rules, D1 and the averaged deviance by hand; the JSON
     valid; the text names the method, its N for every fit and the averaged deviance."""
+    check_two_pv(*two_pv)
+
+
+@pytest.mark.slow
+def test_plausible_values_by_agq_with_predictors_at_every_level(tmp_path):
+    """The same checks on model(): a predictor at each level, seven parameters."""
+    check_two_pv(run_two_pv(tmp_path, model(), ("g010 = 0, g100 = 0", "g001 = 0")), "g001 = 0", (2, 3))
+
+
+def check_two_pv(run: tuple, single_test: str, both_columns: tuple) -> None:
     from hlmcli.report.schemas import first_error_file
 
-    doc, text = two_pv
+    doc, text = run
     assert first_error_file(doc, "combined-levels.json") is None
     assert doc["converged"] and doc["combining"]["outcomes"] == ["PV1", "PV2"]
     n = doc["hglm"]["quadrature_points"]
@@ -70,11 +90,11 @@ def test_plausible_values_by_agq(two_pv):
         assert fit["certificate"]["certified"] and fit["converged"]
         assert fit["hglm"]["estimation"] == "agq" and fit["hglm"]["quadrature_points"] == n
         assert fit["hglm"]["quadrature"]["accurate"]
-    check_rubin_and_d1(doc)
+    check_rubin_and_d1(doc, both_columns)
     for line in ("Results combined over 2 plausible values",
                  f"Method of estimation: adaptive Gauss-Hermite quadrature ({n} points, the same at both levels",
                  f"Quadrature points: {n} for every fit (chosen by each fit's accuracy check)",
-                 f"Deviance (average over the fits) = {doc['deviance']:.6f}", "combined over the fits: g001 = 0"):
+                 f"Deviance (average over the fits) = {doc['deviance']:.6f}", f"combined over the fits: {single_test}"):
         assert line in text, line
 
 

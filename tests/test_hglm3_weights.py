@@ -421,15 +421,15 @@ def test_plausible_values_of_a_public_data_set(tmp_path):
     assert other["deviance"] == pytest.approx(doc["deviance"], rel=1e-12)
 
 
-def assert_d1_tests(doc: dict) -> None:
-    """The combined document's two --test lines (γ010 = γ100 = 0, then one γ) against D1 by hand
-    (test_plausible.d1_by_hand) from its fits, model-based and robust; for one γ, D1 is the square of the
-    combined table's t-ratio."""
+def assert_d1_tests(doc: dict, both_columns: tuple = (2, 3)) -> None:
+    """The combined document's two --test lines (two γs = 0, by default γ010 and γ100 of four, then the
+    second γ alone) against D1 by hand (test_plausible.d1_by_hand) from its fits, model-based and robust;
+    for one γ, D1 is the square of the combined table's t-ratio."""
     from test_plausible import d1_by_hand
 
     fits = doc["fits"]
     both, one = doc["hypothesis_tests"]
-    C = np.array([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])  # γ010, γ100
+    C = np.eye(len(doc["fixed_effects"]))[list(both_columns)]
     for kind, cov in (("model", "gamma_covariance"), ("robust", "gamma_robust_covariance")):
         F, nu, p, r = d1_by_hand(fits, C, cov)
         assert both[kind]["F"] == pytest.approx(F, rel=1e-9) and both[kind]["df1"] == 2

@@ -138,11 +138,8 @@ def dask_source(data, tmp_path):
     return source
 
 
-def test_a_pass_over_dask_partitions_by_unit_equals_the_whole_data(bernoulli, tmp_path):
-    pytest.importorskip("distributed")
-    pytest.importorskip("pyarrow")
-    data, _ = bernoulli
-    one_pass_equal(dask_source(data, tmp_path), data)
+# One pass over Dask partitions by unit (dask_source) against the whole data: in test_hglm_dask_cli.py, whose
+# tests import dask.dataframe anyway (about 0.7 s of CPU that this file's default run no longer spends).
 
 
 @pytest.mark.slow

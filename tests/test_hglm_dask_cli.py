@@ -133,6 +133,16 @@ def test_partitions_hold_the_stream_paths_spilled_records(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_pass_over_dask_partitions_by_unit_equals_the_whole_data(tmp_path):
+    """test_hglm_blocks.py's data (30 units, random intercept and slope) shuffled over 3 partitions, then
+    partitioned by unit (DaskBlocks on the synchronous scheduler): one pass of each kind equals the whole
+    data. Here, beside the other Dask tests, so that the default run imports dask.dataframe once."""
+    from test_hglm_blocks import dask_source, make, one_pass_equal
+
+    data = make("bernoulli", 30, 2, 3)
+    one_pass_equal(dask_source(data, tmp_path), data)
+
+
 def test_records_spread_over_files_give_the_in_memory_fit(tmp_path, monkeypatch):
     """Binomial with trials (cbpp), every herd spread over three CSV files, and partitions of 4 herds
     after the shuffle: the blocked fit over the Dask partitions equals the in-memory fit to 1e-8."""
@@ -221,3 +231,114 @@ def test_api_dask_equals_the_in_memory_fit(tmp_path):
     memory = api.fit(H / "cbpp_l1.csv", H / "cbpp_l2.csv", id="HERD", **CBPP).to_dict()
     got = api.fit(source, H / "cbpp_l2.csv", id="HERD", engine="dask", **CBPP).to_dict()
     same_fit(got, memory)
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    """A distributed Client in this process (threads, no worker processes) that the fit's session takes in
+    place of the LocalCluster it would start: the session's passes, deadline and progress as on a cluster."""
+    import logging
+
+    from distributed import Client
+
+    client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None,
+                    silence_logs=logging.ERROR)
+    yield client
+    client.close()
+
+
+def _cbpp_design(tmp_path, bad=()):
+    """cbpp's records over three files (bad: (record, column, value) written first), the summary by the
+    stream engine over the same records in one file."""
+    from hlmcli.analysis.engines import summary_for_fit
+    from hlmcli.api import fit_options, model_spec
+
+    frame = pd.read_csv(H / "cbpp_l1.csv")
+    for record, column, value in bad:
+        frame.loc[record, column] = value
+    folder = tmp_path / "l1"
+    folder.mkdir(parents=True)
+    for k in range(3):
+        frame.iloc[k::3].to_csv(folder / f"part{k}.csv", index=False)
+    frame.to_csv(tmp_path / "whole.csv", index=False)
+    kw = dict(CBPP)
+    eq1, eqs2 = kw.pop("level1_eq"), kw.pop("level2_eqs")
+    options = fit_options(engine="stream", **kw)
+    spec, summary, _, _ = summary_for_fit(
+        (str(tmp_path / "whole.csv"), str(H / "cbpp_l2.csv")), "stream", None, ("HERD", "HERD"), False, "analysis",
+        None, None, lambda fr: model_spec(fr, eq1, eqs2, None, options), {}, print)
+    return spec, summary, str(folder / "*.csv")
+
+
+def _use(client, monkeypatch):
+    from hlmcli.data import dask_engine
+
+    monkeypatch.setattr(dask_engine, "_open_client", lambda where: (client, None))
+    monkeypatch.setattr(dask_engine, "_close", lambda c: None)
+
+
+def test_the_dask_fit_keeps_to_the_deadline_and_names_the_first_bad_value_in_file_order(in_process, tmp_path,
+                                                                                          monkeypatch):
+    """--deadline counts from the command's start (Scheduler.started) over the HGLM's own passes: past it,
+    the linear path's line. Bad values in two files: the one reported is the first in file order (part0's,
+    though its record comes later in the original file), every run, from one pass over the records."""
+    import time
+
+    from hlmcli.analysis import hglm_dask
+    from hlmcli.data.dask_engine import Scheduler
+    from hlmcli.errors import DataError
+
+    _use(in_process, monkeypatch)
+    spec, summary, path = _cbpp_design(tmp_path / "late")
+    with pytest.raises(DataError) as err:
+        hglm_dask.analyse_hglm_dask(spec, summary, path, "HERD", Scheduler(deadline=1.0, started=time.monotonic() - 2))
+    assert str(err.value) == ("--deadline 1: the Dask computation did not finish in time; raise --deadline or add "
+                              "workers")
+    # record 31 goes to part1.csv (row 11), record 42 to part0.csv (row 15): part0 comes first in file order
+    spec, summary, path = _cbpp_design(tmp_path / "bad", bad=[(31, "SIZE", 0), (42, "SIZE", 0)])
+    calls = []
+    records = hglm_dask._records
+
+    def late_part0(*a):  # part0's worker finds its bad value last
+        calls.append(a[8])
+        if a[8].endswith("part0.csv"):
+            time.sleep(0.3)
+        return records(*a)
+
+    monkeypatch.setattr(hglm_dask, "_records", late_part0)
+    for _ in range(2):
+        with pytest.raises(DataError) as err:
+            hglm_dask.analyse_hglm_dask(spec, summary, path, "HERD", Scheduler())
+        assert str(err.value).startswith("part0.csv, column SIZE, row 15: "), str(err.value)
+    assert len(calls) == 2 * 3  # each file's one partition read once per run
+
+
+def test_the_dask_fit_shows_progress_on_stderr(in_process, tmp_path, monkeypatch, capfd):
+    """--progress (on a terminal, or HLMCLI_PROGRESS=1): distributed's bar on stderr for the passes that
+    read the records, as the linear path shows it; stdout, which carries the tables, stays empty. Here
+    the records' pass ends on a bad value (the whole fit with progress: the slow test below)."""
+    from hlmcli.analysis import hglm_dask
+    from hlmcli.data.dask_engine import Scheduler
+    from hlmcli.errors import DataError
+
+    _use(in_process, monkeypatch)
+    spec, summary, path = _cbpp_design(tmp_path, bad=[(42, "SIZE", 0)])
+    capfd.readouterr()
+    with pytest.raises(DataError, match="part0.csv, column SIZE, row 15"):
+        hglm_dask.analyse_hglm_dask(spec, summary, path, "HERD", Scheduler(), progress=True)
+    out, err = capfd.readouterr()
+    assert out == "" and err.count("100% Completed") == 2, err  # the ids' pass, the records' pass
+
+
+@pytest.mark.slow
+def test_the_whole_dask_fit_with_progress(in_process, tmp_path, monkeypatch, capfd):
+    from hlmcli.analysis import hglm_dask
+    from hlmcli.data.dask_engine import Scheduler
+
+    _use(in_process, monkeypatch)
+    spec, summary, path = _cbpp_design(tmp_path)
+    capfd.readouterr()
+    analysis = hglm_dask.analyse_hglm_dask(spec, summary, path, "HERD", Scheduler(), progress=True)
+    out, err = capfd.readouterr()
+    assert out == "" and err.count("Completed") >= 2, err
+    assert analysis.converged and analysis.ml.certificate.certified

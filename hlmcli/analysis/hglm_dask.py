@@ -19,34 +19,54 @@ from ..errors import DataError
 from .hglm_stream import blocked_design, design_rows, fit_blocked, fit_blocks, level1_centers, record_columns
 
 
-def fit_hglm_dask(spec, summary, level1, id_name: str, where, delimiter=None, tests=()):
+def fit_hglm_dask(spec, summary, level1, id_name: str, where, delimiter=None, tests=(), progress: bool = False):
     """The command line's HGLM by --engine dask (`where`: a dask_engine.Scheduler), ended as the
     stream path's (fit_blocked)."""
     from pathlib import Path
 
-    return fit_blocked(spec, lambda: analyse_hglm_dask(spec, summary, str(level1), id_name, where, delimiter),
-                       Path(str(level1)).name, tests)
+    return fit_blocked(spec, lambda: analyse_hglm_dask(spec, summary, str(level1), id_name, where, delimiter,
+                                                       progress), Path(str(level1)).name, tests)
 
 
-def analyse_hglm_dask(spec, summary, path: str, id_name: str, where, delimiter=None):
+def analyse_hglm_dask(spec, summary, path: str, id_name: str, where, delimiter=None, progress: bool = False):
     """The HGLMAnalysis of `spec` from the Dask engine's summary and the records of the level-1 files
-    at `path` (a Parquet folder or file, or a CSV glob) on the scheduler `where`."""
-    from ..data.dask_engine import Scheduler, session
+    at `path` (a Parquet folder or file, or a CSV glob) on the scheduler `where`. Every computation keeps
+    to where.deadline, counted from where.started (the whole command's, the moments' pass included), and
+    ends past it with the linear path's one line (exit 1); `progress` shows distributed's bar for the two
+    passes that read the records (the ids, then the records into partitions), as the linear path shows
+    it for its one pass; the fit's passes over the persisted partitions are not shown."""
+    from ..data.dask_engine import Scheduler, compute_within, session
 
     where = where if isinstance(where, Scheduler) else Scheduler(where or None)
     design, fam, B, rnd = blocked_design(spec, summary)
+
+    def compute(tasks, progress_here=False):
+        return compute_within(where, tasks, progress and progress_here)
+
     with session(where, path):
-        ddf = unit_partitions(spec, design, summary, path, id_name, fam, delimiter)
+        errors: list = []
+        ddf = unit_partitions(spec, design, summary, path, id_name, fam, delimiter, compute, errors)
+        ddf = ddf.persist()  # the records' pass starts on the cluster; the partitions' errors share its tasks
+        first_error(compute(errors, True))
         from ..data.hglm_sources import DaskBlocks
 
-        source = DaskBlocks(ddf, fam, B, rnd)
-        check_sizes(source, design, path)
+        source = DaskBlocks(ddf, fam, B, rnd, compute=lambda tasks, progress=False: compute(tasks, progress))
+        check_sizes(source, design, path, compute)
         return fit_blocks(spec, design, source)
 
 
-def unit_partitions(spec, design, summary, path: str, id_name: str, fam, delimiter=None):
+def unit_partitions(spec, design, summary, path: str, id_name: str, fam, delimiter=None, compute=None,
+                    errors: list | None = None):
     """The design's records as a Dask DataFrame of spill columns (unit, l0 .., y, trials, offset) whose
-    partitions hold whole units in unit order, each unit's records in file order."""
+    partitions hold whole units in unit order, each unit's records in file order. `compute(tasks,
+    progress)`: as DaskBlocks takes it (default dask.compute).
+
+    A bad value (an outcome that is not a count, trials below it) stops the fit with its file, column
+    and row. Without `errors`, a partition raises it on its worker, and with bad values in several
+    partitions the one reported is whichever worker fails first. With `errors` (a list), each input
+    partition hands its first bad value's line (or None) to a delayed appended there, in file order,
+    and an empty frame to the shuffle: computed with the records' pass (the same tasks, not a second
+    pass), first_error then reports the first bad partition in file order, every run the same."""
     import dask
     import pandas as pd
     from dask import delayed
@@ -61,7 +81,9 @@ def unit_partitions(spec, design, summary, path: str, id_name: str, fam, delimit
         ids = read_dataset(f, id_name, [], delimiter).to_delayed()
         lengths.append([delayed(len)(p) for p in ids])
         parts.append(read_dataset(f, id_name, model + extra, delimiter).to_delayed())
-    lengths = dask.compute(lengths)[0]
+    compute = compute or (lambda tasks, progress=False: dask.compute(*tasks))
+    flat = iter(compute([n for file_lengths in lengths for n in file_lengths], True))
+    lengths = [[next(flat) for _ in file_lengths] for file_lengths in lengths]
     # once in the graph, not once per partition's task
     where_unit = delayed({u: j for j, u in enumerate(design.unit_ids)}, traverse=False)
     centers = delayed(level1_centers(spec, design, summary), traverse=False)
@@ -73,8 +95,13 @@ def unit_partitions(spec, design, summary, path: str, id_name: str, fam, delimit
     for f, counts, file_parts in zip(files, lengths, parts):
         first = 0
         for n, part in zip(counts, file_parts):
-            records.append(delayed(_records)(part, spec, centers, fam, where_unit, id_name, model, extra, f, first,
-                                             order, names))
+            args = (part, spec, centers, fam, where_unit, id_name, model, extra, f, first, order, names)
+            if errors is None:
+                records.append(delayed(_records)(*args))
+            else:
+                frame_and_error = delayed(_records_or_error, nout=2)(*args)
+                records.append(frame_and_error[0])
+                errors.append(frame_and_error[1])
             first += n
             order += n
     import dask.dataframe as dd
@@ -83,16 +110,35 @@ def unit_partitions(spec, design, summary, path: str, id_name: str, fam, delimit
     return ddf.map_partitions(_file_order, meta=meta.drop(columns="order"))
 
 
-def check_sizes(source, design, path) -> None:
+def check_sizes(source, design, path, compute=None) -> None:
     """The persisted partitions hold each unit's records as the first pass counted them (a file that
     changed between the passes would give another fit)."""
     import dask
     from dask import delayed
 
-    sizes = dask.compute(*[delayed(_sizes)(p, j0) for p, j0 in zip(source.parts, source.j0)])
+    tasks = [delayed(_sizes)(p, j0) for p, j0 in zip(source.parts, source.j0)]
+    sizes = compute(tasks) if compute is not None else dask.compute(*tasks)
     if not np.array_equal(np.concatenate(sizes), design.sizes):
         raise DataError(f"{path}: the files changed between the passes over them (the records of their units "
                         "differ); fit again")
+
+
+def first_error(found) -> None:
+    """The first bad value in file order among the partitions' (unit_partitions' `errors`), as one line."""
+    bad = next((line for line in found if line is not None), None)
+    if bad is not None:
+        raise DataError(bad)
+
+
+def _records_or_error(pdf, spec, centers, fam, where_unit, id_name, model, extra, path, first, order, names):
+    """On a worker: _records and None, or an empty frame and the line of the partition's bad value."""
+    import pandas as pd
+
+    try:
+        return _records(pdf, spec, centers, fam, where_unit, id_name, model, extra, path, first, order, names), None
+    except DataError as exc:
+        empty = {n: np.empty(0, dtype=np.int64 if n in ("unit", "order") else np.float64) for n in names}
+        return pd.DataFrame(empty, columns=names), str(exc)
 
 
 def _sizes(pdf, j0: int) -> np.ndarray:

@@ -59,8 +59,10 @@ class NegBinAnalysis(HGLMAnalysis):
         return level1_table(SimpleNamespace(design=self.design, data=self.data, gamma=self.params, b=self.b))
 
 
-def analyse_negbin(spec, archive, level1_text: str | None = None, weights=None) -> NegBinAnalysis:
-    """weights: a weights.WeightSpec (the pseudo-likelihood of engine/hglm_weights.py), or None."""
+def analyse_negbin(spec, archive, level1_text: str | None = None, weights=None, constraints=None) -> NegBinAnalysis:
+    """weights: a weights.WeightSpec (the pseudo-likelihood of engine/hglm_weights.py), or None.
+    constraints: --constrain's (constrained.Constraints): fitted on the design B_jH with θ as usual (the
+    linear predictor is linear in γ), then given back in every γ, the d.f. by constrained_df."""
     from ..data.data_checks import check_quadrature
     from ..engine.hglm import working_model
     from ..engine.negbin import NegBinData, NegBinFamily, ThetaOverflow, fit
@@ -69,6 +71,11 @@ def analyse_negbin(spec, archive, level1_text: str | None = None, weights=None) 
     if opts.estimation in (None, "pql"):
         raise ModelError(PQL_REFUSAL)
     fam, design = checked_design(spec, archive, level1_text)
+    full = design
+    if constraints is not None:
+        from .constrained import constrained_view
+
+        design = constrained_view(full, constraints.basis)
     files = {s.role: s.name for s in archive.sources}
     l1file = files.get("level-1", "the level-1 file")
     rows = design.record_positions if design.record_positions is not None else np.arange(design.n)
@@ -103,13 +110,22 @@ def analyse_negbin(spec, archive, level1_text: str | None = None, weights=None) 
     theta = math.exp(res.gamma[pf])
     if theta > THETA_POISSON * max(1.0, float(np.exp(eta).max())):
         raise ModelError(_poisson_limit(theta))
+    cov, rcov = res.cov[:pf, :pf], res.robust_cov[:pf, :pf] if res.robust_cov is not None else None
+    params, df = res.gamma.copy(), inference.hlm_fixed_df(design)
+    if constraints is not None:  # back to every γ, on the full design (θ set again by eta)
+        from .constrained import constrained_df, expand_estimates
+
+        gamma, cov, rcov = expand_estimates(constraints.basis, gamma, cov, rcov)
+        design, df, params = full, constrained_df(full, constraints.basis), np.append(gamma, res.gamma[pf])
+        data = NegBinData(NegBinFamily(design.y), design.L, design.block_design(), design.offsets,
+                          np.flatnonzero(design.random), design.y, None, offset, w1, w2)
+        data.eta(params, res.b)
     stats, unit = working_model(data, res.eta)
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
     variance = inference.variance_tests(design, ols, res.tau, stats)
     rse = math.sqrt(res.robust_cov[pf, pf]) if res.robust_cov is not None else math.nan
-    return NegBinAnalysis(spec, design, data, opts.estimation, res.nodes, None, res, gamma, res.cov[:pf, :pf],
-                          res.robust_cov[:pf, :pf] if res.robust_cov is not None else None, res.tau, None,
-                          inference.hlm_fixed_df(design), variance, res.converged, res.b, res.b_var,
+    return NegBinAnalysis(spec, design, data, opts.estimation, res.nodes, None, res, gamma, cov, rcov, res.tau, None,
+                          df, variance, res.converged, res.b, res.b_var,
                           weights=resolved, theta=math.exp(res.gamma[pf]), log_theta_se=math.sqrt(res.cov[pf, pf]),
-                          log_theta_robust_se=rse, params=res.gamma.copy())
+                          log_theta_robust_se=rse, params=params)

@@ -162,8 +162,34 @@ class OrdinalAnalysis(HGLMAnalysis):
         return pd.DataFrame(cols)
 
 
-def analyse_ordinal(spec, archive, level1_text: str | None = None, weights=None) -> OrdinalAnalysis:
-    """weights: a weights.WeightSpec (the pseudo-likelihood of engine/hglm_weights.py), or None."""
+def _given_back(a: OrdinalAnalysis, constraints, full) -> OrdinalAnalysis:
+    """--constrain: the fit on B_jH given back in every γ (the thresholds δ(m) untouched: the restrictions
+    name γs only), on the full design, with the d.f. by constrained_df."""
+    from dataclasses import replace
+
+    from ..engine.ordinal import OrdinalData
+    from .constrained import constrained_df, expand_estimates
+
+    pf = a.data.pf
+    gamma, cov, rcov = expand_estimates(constraints.basis, a.gamma, a.cov, a.robust_cov)
+    data = OrdinalData(a.data.family, full.L, full.block_design(), full.offsets, a.data.rnd, a.data.y, w1=a.data.w1,
+                       w2=a.data.w2)
+    params = np.concatenate([gamma, a.params[pf:]])
+    data.eta(params, a.b)  # the thresholds set again
+    return replace(a, design=full, data=data, gamma=gamma, cov=cov, robust_cov=rcov, params=params,
+                   df=constrained_df(full, constraints.basis))
+
+
+def analyse_ordinal(spec, archive, level1_text: str | None = None, weights=None, constraints=None) -> OrdinalAnalysis:
+    """weights: a weights.WeightSpec (the pseudo-likelihood of engine/hglm_weights.py), or None.
+    constraints: --constrain's ties among γs (not the thresholds, which --test does not name either): the
+    fit on B_jH by PQL, Laplace or AGQ, given back in every γ (_given_back). γ00 is the first threshold,
+    so a tie naming it is refused."""
+    a = _analyse_ordinal(spec, archive, level1_text, weights, constraints)
+    return a if constraints is None else _given_back(a, constraints, a.design.full)
+
+
+def _analyse_ordinal(spec, archive, level1_text, weights, constraints) -> OrdinalAnalysis:
     from ..data.data_checks import check_quadrature
     from ..engine.hglm import working_model
     from ..engine.ordinal import LINKS, OrdinalData, OrdinalFamily, fit
@@ -175,6 +201,13 @@ def analyse_ordinal(spec, archive, level1_text: str | None = None, weights=None)
     if link not in LINKS:
         raise ModelError(f"--link {link}: an ordinal outcome's link is logit, probit or cloglog")
     design = design_stage.make_design(spec, archive)
+    if constraints is not None:
+        from .constrained import constrained_view
+
+        if 0 in constraints.basis.involved():
+            raise ModelError("--constrain: γ00 of an ordinal model is its first threshold (the other thresholds are "
+                             "δ(m) above it); tie other γs")
+        design = constrained_view(design, constraints.basis)
     if not design.random.any():
         raise ModelError("an HGLM needs at least one random effect (add u0 to the equation for b0)")
     if not design.fixed or (design.fixed[0].q, design.fixed[0].s) != (0, 0):
@@ -248,3 +281,4 @@ def _ordinal_pql(spec, design, data, B, codes, categories, link: str, diagonal: 
                            res.tau, None, inference.hlm_fixed_df(design), variance, res.converged, res.b, res.b_var,
                            categories=categories, params=res.gamma.copy(), delta=delta, delta_cov=D @ cc @ D.T,
                            delta_robust_cov=D @ rc @ D.T, link=link)
+

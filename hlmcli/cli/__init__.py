@@ -1085,7 +1085,7 @@ def _fit_summarised(data, level1, level2, model_file, ml, more, tau, df_method, 
             from ..analysis.hglm_dask import fit_hglm_dask
 
             analysis = fit_hglm_dask(spec, summary, data[0], frame.id_names[0], scheduler, build_opts.get("delimiter"),
-                                     fit.tests)
+                                     fit.tests, progress=_progress_wanted(out.quiet))
         else:
             from ..analysis.hglm_stream import fit_hglm_stream
 

@@ -21,7 +21,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,9 @@ class Scheduler:
     address: str | None = None
     timeout: float = CONNECT_TIMEOUT
     deadline: float | None = None
+    # when the command's computation began (the options were read): a fit of several passes (the HGLM's)
+    # counts --deadline from here, so that the limit is on the whole computation
+    started: float = field(default_factory=time.monotonic, compare=False)
 
 
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)$")
@@ -403,8 +406,7 @@ def _compute(final, where: Scheduler, started: float, path, progress: bool = Fal
         try:
             return future.result(timeout=left)
         except TimeoutError:
-            raise DataError(f"--deadline {where.deadline:g}: the Dask computation did not finish in time; raise "
-                            "--deadline or add workers") from None
+            raise _past_deadline(where) from None
     except DataError:
         raise
     except (ImportError, OSError, ValueError, TypeError, KeyError, asyncio.CancelledError,
@@ -414,6 +416,39 @@ def _compute(final, where: Scheduler, started: float, path, progress: bool = Fal
         _close(client)
         if cluster is not None:
             cluster.close()
+
+
+def _past_deadline(where: Scheduler) -> DataError:
+    return DataError(f"--deadline {where.deadline:g}: the Dask computation did not finish in time; raise "
+                     "--deadline or add workers")
+
+
+def compute_within(where: Scheduler, tasks: list, progress: bool = False) -> tuple:
+    """dask.compute(*tasks) on the client of the current session(), within what is left of where.deadline
+    (counted from where.started); past it, the tasks are cancelled and _compute's one line is raised. With
+    `progress`, distributed's bar on stderr, as _compute shows it (not with a deadline: the bar waits
+    with no limit of its own); the bar follows what the tasks depend on, so a pass over persisted
+    partitions shows the reading too."""
+    import asyncio
+    import sys
+
+    from distributed import get_client, wait
+
+    client = get_client()
+    futures = client.compute(list(tasks))
+    if progress and where.deadline is None:
+        from distributed import progress as bar
+
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the tables
+            bar(futures)
+    if where.deadline is not None:
+        left = max(where.deadline - (time.monotonic() - where.started), 1e-3)
+        try:
+            wait(futures, timeout=left)
+        except (TimeoutError, asyncio.TimeoutError):
+            client.cancel(futures)
+            raise _past_deadline(where) from None
+    return tuple(client.gather(futures))
 
 
 @contextlib.contextmanager

@@ -127,15 +127,19 @@ class ParquetBlocks:
 class DaskBlocks:
     """A Dask DataFrame of the spill columns whose partitions each hold whole units in unit order
     (units do not span partitions): persisted once, then every pass maps the block function over
-    the partitions on the workers and gathers the per-block results (sums and per-unit rows)."""
+    the partitions on the workers and gathers the per-block results (sums and per-unit rows).
+    `compute(tasks, progress)`: how a list of delayed tasks is computed (the command line's keeps to
+    --deadline and shows --progress's bar for the first pass, which reads the records: dask_engine.
+    compute_within); by default dask.compute on `scheduler`."""
 
-    def __init__(self, ddf, family, B: np.ndarray, rnd, scheduler=None):
+    def __init__(self, ddf, family, B: np.ndarray, rnd, scheduler=None, compute=None):
         import dask
 
         self.family, self.B, self.rnd, self.scheduler = family, B, np.asarray(rnd), scheduler
+        self.compute = compute or (lambda tasks, progress=False: dask.compute(*tasks, scheduler=scheduler))
         self.K = sum(1 for n in ddf.columns if n.startswith("l") and n[1:].isdigit())
         self.parts = ddf.persist(scheduler=scheduler).to_delayed()
-        firsts = dask.compute(*[dask.delayed(_unit_range)(p) for p in self.parts], scheduler=scheduler)
+        firsts = self.compute([dask.delayed(_unit_range)(p) for p in self.parts], progress=True)
         self.j0 = [int(a) for a, _ in firsts]
         ends = [int(b) + 1 for _, b in firsts]
         if self.j0[0] != 0 or any(e != s for e, s in zip(ends[:-1], self.j0[1:])):
@@ -145,14 +149,14 @@ class DaskBlocks:
         self.J = ends[-1]
         if self.J != B.shape[0]:
             raise DataError(f"the Dask partitions hold {self.J} units, the model {B.shape[0]}")
-        self.template = block_of_table(_cols(self.parts[0].compute(scheduler=scheduler)), family, B, self.rnd, 0, self.K)
+        self.template = block_of_table(_cols(self.compute([self.parts[0]])[0]), family, B, self.rnd, 0, self.K)
 
     def map(self, fn):
         import dask
 
         tasks = [dask.delayed(_partition_pass)(p, j0, self.family, self.B[j0:j1], self.rnd, self.K, fn)
                  for p, j0, j1 in zip(self.parts, self.j0, self.ends)]
-        return list(dask.compute(*tasks, scheduler=self.scheduler))
+        return list(self.compute(tasks))
 
 
 def _cols(pdf) -> dict:
