@@ -54,6 +54,12 @@ def test_a_text_column_named_anywhere_is_one_line(labelled, args, column):
     assert proc.stderr.strip() == _text_line(column, file)
 
 
+def test_a_text_column_in_a_formula(labelled):
+    pytest.importorskip("formulae")
+    proc = hlmcli("fit", labelled, "--formula", "MATHACH ~ SECTL + (1 | ID)")
+    assert proc.returncode == 1 and proc.stderr.strip() == _text_line("SECTL", "schools.csv"), proc.stderr
+
+
 def test_a_column_that_is_not_there_keeps_its_message(labelled):
     proc = hlmcli("fit", labelled, *TWO, "--weight1", "NOPE")
     assert proc.returncode == 1 and "the level-1 weight NOPE is not a level-1 variable" in proc.stderr

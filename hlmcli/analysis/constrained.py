@@ -1,4 +1,12 @@
-"""A two-level linear fit under linear constraints on γ (--constrain "g10 = g20", HLM 7's constrain).
+"""Fits under linear constraints on γ (--constrain "g10 = g20", HLM 7's constrain), one mechanism for
+every kind of model linear in γ: each path forms its fixed design as X·H where it forms X (the two-level
+linear and HGLM fits: constrained_view; the stream and Dask engines: the same view of the summarised
+design; three and four levels: nested.reduce_standardised's affine maps; cross-classified fits:
+crossed_run), and the estimates are given back in every γ by expand_estimates. The restrictions are read
+by each kind's --test reader (constraints_from), the d.f. are each kind's rule with the eliminated γ's
+equation losing one, and the records "constraints" and "constraint_test" are the same for every kind.
+
+The two-level linear fit:
 
 The model is fitted on the free γs δ (engine/constraints.py: γ = Hδ, the design B_jH), so the GLS,
 the profiled deviance, the search and the certificate are those of the constrained model; the table

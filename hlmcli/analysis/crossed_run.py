@@ -132,7 +132,7 @@ def analyse_crossed(table, model: CrossedFormula, formula: str, method: str = "R
         return a
     from dataclasses import replace
 
-    from ..engine.nested_fit import _free_df
+    from ..engine.nested_fit import free_df
     from .constrained import constraint_record, expand_estimates, free_hypotheses, likelihood_ratio_record
 
     basis = parsed.basis
@@ -146,7 +146,7 @@ def analyse_crossed(table, model: CrossedFormula, formula: str, method: str = "R
     gamma, cov, _ = expand_estimates(basis, fit.gamma, fit.gamma_cov)
     a.fit = replace(fit, gamma=gamma, gamma_cov=cov, fixed_names=tuple(d.fixed_names), n_free=len(free))
     if a.df is not None:
-        a.df = _free_df(a.df, basis.H)
+        a.df = free_df(a.df, basis.H)
     a.extras["constraints"] = constraint_record(parsed, [f"THETA{k}" for k in range(len(gamma))])
 
     def ml(H):  # REML deviances of different fixed effects are not comparable: the test is by ML

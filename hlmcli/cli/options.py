@@ -20,7 +20,7 @@ def formula_equations(variables, level1, level2, level3=()):
         return level1, level2, level3, None
     from ..language.formula import translate
 
-    m = translate(formula, variables.level_of)
+    m = translate(formula, variables.level_of, getattr(variables, "unknown", None))
     eqs = [list(e) for e in m.equations] + [[]] * (3 - len(m.equations))
     if ctx.meta.get("hglm", {}).get("family") not in (None, "normal"):
         eqs[0][0] = re.sub(r"\s*\+\s*[re]$", "", eqs[0][0])  # an HGLM's level-1 equation has no residual term

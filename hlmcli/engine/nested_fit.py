@@ -67,7 +67,7 @@ def search(obj, qs, max_iterations: int, diagonal=None):
 
 # ---------------------------------------------------------------- inference
 
-def _free_df(df_delta: np.ndarray, H: np.ndarray) -> np.ndarray:
+def free_df(df_delta: np.ndarray, H: np.ndarray) -> np.ndarray:
     """d.f. of δ given to every γ = Hδ: a γ that is one δ (free, or tied to one) takes that δ's; a γ
     written in several δs has no one d.f. (Satterthwaite's would be of that combination): refused."""
     out = []
@@ -464,7 +464,7 @@ def fit_nested(data, reml: bool = False, max_iterations: int = 1000, diagonal=Fa
 
         df_gamma = satterthwaite_df(us, tr, sigma2, reml, diagonal)
         if fixed_map is not None:
-            df_gamma = _free_df(df_gamma, fixed_map)
+            df_gamma = free_df(df_gamma, fixed_map)
     else:
         df_gamma = hlm_df(data, n_units, raw.N, fixed_map)
     return NestedFit(

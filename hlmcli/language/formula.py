@@ -194,10 +194,11 @@ def _structure(formula: str):
     return lhs, fixed_text, ids, expanded
 
 
-def translate(formula: str, level_of: Callable[[str], int | None]) -> FormulaModel:
+def translate(formula: str, level_of: Callable[[str], int | None], unknown=None) -> FormulaModel:
     """Translate an lme4 formula into equations. level_of(column) is the level at which a data column
     varies (1 = within the level-2 units), for the levels the formula's grouping factors define, or
-    None when the data have no such column."""
+    None when the data have no such column; unknown(column, error), when given, is what to raise then
+    (Variables.unknown: a text column is named as such)."""
     lhs, fixed_text, ids, expanded = _structure(formula)
     k = len(ids) + 1
 
@@ -209,7 +210,8 @@ def translate(formula: str, level_of: Callable[[str], int | None]) -> FormulaMod
         base = m.group(2) if m else name
         lv = level_of(base)
         if lv is None:
-            raise ModelError(f"'{base}' in the formula is not a column of the data")
+            error = ModelError(f"'{base}' in the formula is not a column of the data")
+            raise unknown(base, error) if unknown is not None else error
         if m and m.group(1).lower() == "mean":
             lv = 2  # a unit's mean of a level-1 variable is a level-2 predictor
         return lv, name
