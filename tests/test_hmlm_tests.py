@@ -115,8 +115,9 @@ def test_standard_errors_of_the_covariance_parameters_every_structure(key):
 
 def test_compare_tests_the_structured_deviances(heterogeneous, tmp_path):
     """`hlmcli compare` of the heterogeneous and the unrestricted fit (ML): nlme's anova() χ² to 1e-6 and
-    nlme's parameter counts (8, T(T+1)/2 + 4 = 10); the files' homogeneous deviances are not used. Refused:
-    a REML fit against an ML one, and (the same document altered) fits of different records."""
+    nlme's parameter counts (8, T(T+1)/2 + 4 = 10); the files' homogeneous deviances are not used. Refused (the
+    same documents altered): a REML fit against an ML one, fits of different records, REML fits of different
+    fixed effects, a structured fit whose optimum was not checked."""
     _, het = heterogeneous
     het_path = tmp_path / "het.json"
     het_path.write_text(json.dumps(het))
@@ -135,6 +136,12 @@ def test_compare_tests_the_structured_deviances(heterogeneous, tmp_path):
         compare_fits(dict(het, method="REML"), un, "a.json", "b.json")
     with pytest.raises(DataError, match="different records"):
         compare_fits(dict(het, data_hash="0" * 16), un, "a.json", "b.json")
+    reml = lambda doc, **more: dict(doc, method="REML", **more)  # noqa: E731
+    with pytest.raises(DataError, match="different fixed effects .* REML deviances"):
+        compare_fits(reml(het), reml(un, fixed_effects=un["fixed_effects"][:3]), "a.json", "b.json")
+    failed = dict(het, level1_covariance=dict(het["level1_covariance"], check={"converged": False}))
+    with pytest.raises(DataError, match="a.json is not a certified optimum"):
+        compare_fits(failed, un, "a.json", "b.json")
 
 
 def test_plausible_values_combine_the_structured_fits(tmp_path):
