@@ -456,3 +456,67 @@ def test_negbin_constrained_fit_is_the_summed_predictor_fit():
     assert tied["dispersion"]["estimate"] == pytest.approx(summed["dispersion"]["estimate"], rel=1e-6)
     t = tied["constraint_test"]
     assert t["df"] == 1 and t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- plausible values and imputed data sets
+
+PV_TIED = ("-1", "PV1MATH = b0 + b1*SES + b2*MINORITY + b3*FEMALE + r", "-2", "b0 = g00 + g01*SECTOR + u0",
+           "-2", "b1 = g10", "-2", "b2 = g20", "-2", "b3 = g30")
+PV_SUMMED = ("-1", "PV1MATH = b0 + b1*SES + b2*S + r", "-2", "b0 = g00 + g01*SECTOR + u0", "-2", "b1 = g10",
+             "-2", "b2 = g20")
+
+
+@pytest.fixture(scope="module")
+def pv_files(tmp_path_factory):
+    from test_plausible import make_pv_files
+
+    d = tmp_path_factory.mktemp("pv_tied")
+    l1, l2 = make_pv_files(d)
+    frame = pd.read_csv(l1)
+    frame.assign(S=frame["MINORITY"] + frame["FEMALE"]).to_csv(l1, index=False)
+    return l1, l2
+
+
+def test_plausible_values_constrained_are_the_summed_predictor_fits_combined(pv_files):
+    """Each plausible value's fit constrained (with weights): Rubin's tables by hand from the fits, equal to
+    the summed-predictor fits combined (tied γs share estimate, SE, d.f.); --test by D1 on the free γs is the
+    squared combined t; the ties' likelihood-ratio tests are not combined (a note, no statistic)."""
+    from test_hglm_weights import assert_rubin_tables
+    from hlmcli.report.schemas import first_error
+
+    common = ("--id", "ID", "--weight1", "W1", "--weight2", "W2", "--plausible-values", "PV*MATH", "--format", "json")
+    tied = json.loads(run_cli("fit", *pv_files, *PV_TIED, *common, "--constrain", "g20 = g30", "--test", "g20 = 0",
+                              check=True).stdout)
+    summed = json.loads(run_cli("fit", *pv_files, *PV_SUMMED, *common, check=True).stdout)
+    assert first_error(tied, "combined") is None and tied["combining"]["m"] == 5
+    assert_rubin_tables(tied, rel=1e-10)
+    for key in ("fixed_effects", "fixed_effects_robust"):
+        by_hand = {f["gamma"]: f for f in summed[key]}
+        for f in tied[key]:
+            g = by_hand["γ20" if f["gamma"] in ("γ20", "γ30") else f["gamma"]]
+            for name in ("estimate", "se", "df", "fmi"):
+                assert f[name] == pytest.approx(g[name], rel=1e-6), (key, f["gamma"], name)
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9) and tied["n_params"] == summed["n_params"]
+    test = tied["hypothesis_tests"][0]
+    assert test["model"] is None and test["contrast"] == [[0.0, 0.0, 0.0, 1.0, 0.0]]
+    assert test["robust"]["F"] == pytest.approx(tied["fixed_effects_robust"][3]["t"] ** 2, rel=1e-9)
+    assert tied["constraint_test"]["chi2"] is None and "not combined" in tied["constraint_test"]["note"]
+    assert tied["constraints"]["eliminated"][0]["gamma"] == "g30"
+
+
+def test_cli_imputed_constrained_text(pv_files, tmp_path):
+    """--imputed with --constrain as a user types it: the imputed files give the plausible values' numbers,
+    the tied γs are marked and the left-out test says why."""
+    frame = pd.read_csv(pv_files[0])
+    files = []
+    for k in (1, 2):
+        f = tmp_path / f"imp{k}.csv"
+        frame.assign(PV1MATH=frame[f"PV{k}MATH"]).to_csv(f, index=False)
+        files.append(f)
+    args = ("--id", "ID", *PV_TIED, "--constrain", "g20 = g30")
+    imp = run_cli("fit", files[0], pv_files[1], *args, "--imputed", files[1], "--ascii", check=True).stdout
+    pv = run_cli("fit", *pv_files, *args, "--plausible-values", "PV1MATH,PV2MATH", "--ascii", check=True).stdout
+    assert "G20*" in imp and "G30*" in imp and "* constrained (--constrain): G30 = G20" in imp
+    assert "Test of the constraints (g20 = g30): no test" in imp
+    table = lambda text: text[text.index("Final estimation of fixed effects"):text.index("Deviance")]  # noqa: E731
+    assert table(imp) == table(pv)
