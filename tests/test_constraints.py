@@ -118,6 +118,25 @@ def test_satterthwaite_df_of_tied_gammas_are_those_of_the_summed_predictor(frame
         assert f["df"] == pytest.approx(df["γ20" if f["gamma"] == "γ30" else f["gamma"]], rel=1e-6)
 
 
+def test_tied_gammas_of_different_equations_share_one_df(frames):
+    """γ01 (SECTOR on the intercept, J - S - 1 = 158) tied to γ10 (the mean of the random SES slope, J - 1 = 159
+    alone): one parameter, one t-ratio, so one d.f. and one p, the smaller (γ10's was J = 160, more than
+    unconstrained)."""
+    tied = hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g01 = g10").to_dict()
+    rows = {f["gamma"]: f for f in tied["fixed_effects"]}
+    for key in ("estimate", "se", "df", "p"):
+        assert rows["γ10"][key] == rows["γ01"][key], key
+    assert rows["γ10"]["df"] == 160 - 1 - 1 and rows["γ20"]["df"] == 7185 - 2 * 160 - 2
+
+
+def test_tied_df_one_per_parameter():
+    from hlmcli.engine.constraints import tied_df
+
+    H = constraint_basis(np.array([[0, 1, -1, 0, 0], [0, 0, 1, 0, -2], [1, 0, 0, -1, -1]]), "t").H
+    # γ1 = γ2 = 2γ4: one parameter (70, 60, 80 -> 60); γ3 = γ0 - γ4, written in γ0 and γ1: min(90, 50, 60)
+    assert tied_df([50, 70, 60, 90, 80], H).tolist() == [50, 60, 60, 50, 60]
+
+
 # ---------------------------------------------------------------- refusals, one line each
 
 @pytest.mark.parametrize("text,message", [

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..data import design as design_stage
 from ..data.design import Design, MomentsDesign
-from ..engine.constraints import ConstraintBasis, constraint_basis
+from ..engine.constraints import ConstraintBasis, constraint_basis, tied_df
 from ..engine.sufficient import unit_cross_products
 from ..errors import ModelError
 from . import inference
@@ -168,7 +168,7 @@ def constrained_df(design: Design, basis: ConstraintBasis, rule: str = "hlm") ->
     """HLM 7's Approx. d.f. with the parameters counted as constrained: J - (free γs of equation q) for
     the γs of a random coefficient q (J - S_q - 1 unconstrained), and N - J·R - F' for those of fixed
     coefficients, F' their free γs (rule 'hlm6': N - p', p' all free γs). A restriction counts
-    against the equation of the γ it eliminates."""
+    against the equation of the γ it eliminates; tied γs, one parameter, then share one d.f. (tied_df)."""
     J, N = design.n_units, design.n
     R = int(design.random.sum())
     eliminated = set(basis.eliminated)
@@ -182,7 +182,7 @@ def constrained_df(design: Design, basis: ConstraintBasis, rule: str = "hlm") ->
             out.append(J - free_in[f.q])
         else:
             out.append(N - len(basis.free) if rule == "hlm6" else N - J * R - F)
-    return np.array(out, dtype=float)
+    return tied_df(np.array(out, dtype=float), basis.H)
 
 
 def expand_estimates(basis: ConstraintBasis, gamma, cov, robust_cov=None) -> tuple:
