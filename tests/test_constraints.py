@@ -146,6 +146,8 @@ def test_tied_df_one_per_parameter():
     ("g20 = 0", "sets g20 to 0; remove its term"),
     ("g40 = g30", "this model has no γ40"),
     ("g20 g30", "needs one '='"),
+    ("g20 = g30 = 1", "fixing a γ at a value"),
+    ("g20 = -g40", "this model has no γ40"),
 ])
 def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
     from hlmcli.analysis.constrained import parse_constraints
@@ -154,7 +156,19 @@ def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
     spec = make_spec(hsb_loaded, TIED[0], TIED[1])
     with pytest.raises(ModelError, match=message) as err:
         parse_constraints([text], spec)
-    assert str(err.value).startswith("--constrain '") and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"--constrain '{text}'") and "\n" not in str(err.value)  # as typed
+
+
+def test_a_chain_ties_every_gamma_it_names(hsb_loaded):
+    """'g10 = g20 = g30' (a three-way tie) is 'g10 = g20, g20 = g30'; a trailing comma is no restriction."""
+    from hlmcli.analysis.constrained import parse_constraints
+    from hlmcli.api import make_spec
+
+    spec = make_spec(hsb_loaded, TIED[0], TIED[1])
+    chain = parse_constraints(["g10 = g20 = g30,"], spec).basis
+    pairs = parse_constraints(["g10 = g20, g20 = g30"], spec).basis
+    assert chain.eliminated == pairs.eliminated == (3, 4) and np.array_equal(chain.H, pairs.H)
+    assert chain.H[:, 2].tolist() == [0, 0, 1, 1, 1]
 
 
 def test_constraint_with_sampling_weights_is_refused(hsb_archive):
