@@ -361,8 +361,14 @@ def test_three_level_constrained_fit_is_the_summed_predictor_fit_fast(tmp_path):
                       level3_eqs=["β00 = γ000 + u00", "β01 = γ010", "β02 = γ020"], constrain=["g010 = g020"], **kw)
     summed = hlmcli.fit(*files, level3=T3 / "pastes_l3.csv", level2_eqs=["π0 = β00 + β01*CAB + r0"],
                         level3_eqs=["β00 = γ000 + u00", "β01 = γ010"], **kw)
+    with pytest.raises(ModelError, match="tied by --constrain"):  # not a table that hides the ties
+        tied.table("csv")
     tied, summed = tied.to_dict(), summed.to_dict()
     _assert_levels_summed(tied, summed, [("γ000", "γ000"), ("γ010", "γ010"), ("γ020", "γ010")])
+    from hlmcli.levels_results import table_view  # what `hlmcli compare` and the tables read
+
+    for key in ("aic", "bic"):  # the tied γ is not a parameter
+        assert table_view(tied)[key] == pytest.approx(table_view(summed)[key], rel=1e-9), key
     assert np.allclose(tied["tau_pi"]["matrix"], summed["tau_pi"]["matrix"], rtol=1e-6)
     assert tied["constraint_test"]["chi2"] == pytest.approx(
         tied["deviance"] - tied["constraint_test"]["deviance_unconstrained"], rel=1e-12)
