@@ -170,6 +170,11 @@ def test_plausible_values_combine_the_structured_fits(tmp_path):
     (h,) = c["hypothesis_tests"]
     assert h["statistic"] == "D1" and h["robust"] is None and h["model"]["df1"] == 2
     assert "hypothesis_tests" not in doc
+    from hlmcli.errors import ModelError
+    from hlmcli.report.tables import combined_table
+
+    with pytest.raises(ModelError, match="the paper tables do not show its structured within-person covariance"):
+        combined_table(doc, "csv")  # its top-level tables are the homogeneous model's
 
 
 def test_hmlm2_still_refuses_what_it_would_compute_on_the_homogeneous_model(tmp_path):
