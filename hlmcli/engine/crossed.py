@@ -30,9 +30,10 @@ The search and the certificate are the nested ones (search.search, certify_neste
 block per factor, a diagonal τ_b where asked, started from the one-factor models' estimates
 (one_factor_starts) and, where the dense block is large, Newton steps from there (newton_start).
 With every block 1 × 1 (random intercepts) the products over C_1R's pattern are reweighted per Λ
-rather than formed by sparse products (CrossedStats.scalar_pairs). Coordinates are standardised first as for nested models: each factor's random
-columns centred (when it has an intercept) and scaled to unit spread,
-X orthonormalised, y residualised on X and scaled; every map back to the user's scale is exact.
+rather than formed by sparse products (CrossedStats.scalar_pairs). Coordinates are standardised
+first as for nested models: each factor's random columns centred (when it has an intercept) and
+scaled to unit spread, X orthonormalised, y residualised on X and scaled; every map back to the
+user's scale is exact.
 """
 
 from __future__ import annotations
