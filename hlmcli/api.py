@@ -274,7 +274,8 @@ def _analyse_constrained(spec, archive, fit: FitOptions, hypotheses):
 
     o = spec.options
     constraints = parse_constraints(fit.constraints, spec)
-    analysis = analyse_constrained(spec, archive, constraints, fit.df_method)
+    weights = weight_spec(spec, fit)
+    analysis = analyse_constrained(spec, archive, constraints, fit.df_method, weights if weights.any else None)
     add_extras(analysis, (), None, None, o.homogeneity, o.full_output, o.ols_units)
     prior = o.prior_deviance
     if fit.prior_version and prior is not None:  # HLM 5/6 print the ML deviance ln 2π low

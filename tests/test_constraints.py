@@ -171,11 +171,32 @@ def test_a_chain_ties_every_gamma_it_names(hsb_loaded):
     assert chain.H[:, 2].tolist() == [0, 0, 1, 1, 1]
 
 
-def test_constraint_with_sampling_weights_is_refused(hsb_archive):
+def test_weighted_constrained_fit_is_the_summed_predictor_fit(frames):
+    """Sampling weights at both levels (pseudo-ML): the constrained fit, its model-based and sandwich SEs are
+    the summed-predictor fit's; the robust Wald test of the free γ is its robust t²; no likelihood-ratio test."""
+    l1, l2 = frames
+    l1 = l1.assign(W1=1.0 + (np.arange(len(l1)) % 3) / 2.0)  # unequal level-1 weights, normalised per unit
+    kw = dict(id="ID", weight1="W1", weight2="SIZE", normalize="cluster")
+    tied = hlmcli.fit(l1, l2, level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g20 = g30", tests=["g20 = 0"],
+                      **kw).to_dict()
+    summed = hlmcli.fit(l1, l2, level1_eq=SUMMED[0], level2_eqs=SUMMED[1], **kw).to_dict()
+    assert tied["converged"] and tied["certificate"]["certified"] and tied["method"] == "ML"
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9)
+    assert tied["n_params"] == summed["n_params"]
+    _assert_summed(tied, summed)
+    assert tied["sigma2"] == pytest.approx(summed["sigma2"], rel=1e-6)
+    robust_t = tied["fixed_effects"][3]["robust_t"]
+    test = tied["hypothesis_tests"][0]
+    assert test["model"]["chi2"] is None and test["robust"]["chi2"] == pytest.approx(robust_t ** 2, rel=1e-10)
+    assert tied["constraint_test"]["chi2"] is None and "pseudo-likelihood" in tied["constraint_test"]["note"]
+
+
+def test_cli_weighted_constrained_fit(hsb_archive):
+    """As a user types it: weights and a tie together fit; the tie is marked and its test left out in words."""
     proc = run_cli("fit", hsb_archive, "-1", "MATHACH = b0 + b1*SES + b2*MINORITY + r", "-2", "b0 = g00 + u0",
                    "-2", "b1 = g10", "-2", "b2 = g20", "--constrain", "g10 = g20", "--weight2", "SIZE")
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "--weight2 with --constrain: not available" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "γ20*" in proc.stdout and "pseudo-likelihood" in proc.stdout
 
 
 def test_hlm_file_constrain_yes_points_to_the_option(tmp_path, hsb_loaded):

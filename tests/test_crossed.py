@@ -649,8 +649,8 @@ def test_random_intercepts_fast_path_is_the_general_solve(reml):
     """With every block 1 × 1 the Schur complement S and the first factor's trace are formed from the
     fixed pattern of C_R1C_1R (CrossedStats.scalar_pairs): the deviance and gradient equal the general
     blocked solve's (pattern switched off) to rounding, with one and with two dense factors, inside the
-    cone and near a zero λ (where the dense factors' T is formed), and the gradient is the derivative of
-    the deviance (central differences)."""
+    cone, near a zero λ (where the dense factors' T is formed) and at every dense λ zero (S = I taken
+    as it is), and the gradient is the derivative of the deviance (central differences)."""
     d = frame("attain").iloc[:900]
     d = d.assign(third=np.arange(len(d)) % 7)
     X = np.column_stack([np.ones(len(d)), d.verbal, d.female])
@@ -659,14 +659,19 @@ def test_random_intercepts_fast_path_is_the_general_solve(reml):
         general = CrossedStats(d.attain.to_numpy(float), X, _terms(d, spec))
         general._scalar_pairs = None  # the blocked solve of any block shape
         assert st.scalar_pairs() is not None and st.Q2 > 0
-        for values in ([0.3, 0.5, 0.2], [0.3, 1e-4, 0.7]):
+        for values in ([0.3, 0.5, 0.2], [0.3, 1e-4, 0.7], [0.3, 0.0, 0.0]):
             lams = [np.array([[v]]) for v in values[:len(spec)]]
             fast, slow = CrossedSolve(st, lams), CrossedSolve(general, lams)
             assert fast.profiled_deviance(reml) == pytest.approx(slow.profiled_deviance(reml), rel=1e-13)
+            if not any(values[1:len(spec)]):  # the first factor's model alone (no dense block at all)
+                alone = CrossedSolve(st.subset((0,)), lams[:1])
+                assert fast.profiled_deviance(reml) == pytest.approx(alone.profiled_deviance(reml), rel=1e-13)
             for g_fast, g_slow in zip(fast.gradients(reml), slow.gradients(reml)):
                 assert g_fast[0, 0] == pytest.approx(g_slow[0, 0], rel=1e-9, abs=1e-9)
             Gs = [lam @ lam.T for lam in lams]
             for b, G in enumerate(Gs):
+                if G[0, 0] == 0.0:  # on the boundary: the equality with the general solve above
+                    continue
                 h = 1e-6 * max(G[0, 0], 1e-3)
                 up, dn = list(Gs), list(Gs)
                 up[b], dn[b] = G + h, G - h

@@ -7,7 +7,14 @@ ML fits of Early (with missing occasions, COG ~ AGE·TRT, a random intercept) wi
 homogeneous, and gls's unrestricted Δ; their fixef, vcov, logLik d.f. and anova() between two structures.
 The Wald χ² is computed here by hand from nlme's fixef and vcov. Plausible values: tests/data/hmlm/early_pv1.csv
 is early1.csv with PV1..PV3 = COG + N(0, 3²) noise (numpy seed 1, rounded to 3 decimals); Rubin's rules by hand
-(test_hglm_weights.assert_rubin_tables) from each fit's structured γ and covariance."""
+(test_hglm_weights.assert_rubin_tables) from each fit's structured γ and covariance.
+
+Standard errors of the covariance parameters (τ00, σ², σ²_t, ρ, Δ_st): nlme's apVar carried to these parameters
+by the delta method (tests/data/hmlm/hmlm_apvar_nlme.json, tests/reference_scripts/hmlm_apvar_nlme.R), with
+apVar's Hessian taken by numDeriv's Richardson extrapolation of nlme's own log-likelihood function: they agree
+to 2e-6 (nlme's estimates agree to 2.5e-6). nlme's default apVar (its fdHess, steps of relative size 6e-6) is
+stored too and differs by up to 6.6% (AR(1), ML) from both: the inaccuracy is fdHess's, so it is not the
+reference."""
 
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from conftest import hlmcli as run_cli
 from test_hmlm import D
 
 NLME = json.loads((D / "hmlm_tests_nlme.json").read_text())
+APVAR = json.loads((D / "hmlm_apvar_nlme.json").read_text())
 OURS = ["γ00", "γ01", "γ10", "γ11"]
 R_INDEX = {"γ00": 0, "γ10": 1, "γ01": 2, "γ11": 3}  # nlme's (Intercept), AGE, TRT, AGE:TRT
 EQS = ["-1", "COG = b0 + b1*AGE + r", "-2", "b0 = g00 + g01*TRT + u0", "-2", "b1 = g10 + g11*TRT"]
@@ -75,10 +83,41 @@ def test_wald_and_deviance_tests_are_the_structured_models(heterogeneous):
     assert f"{both['model']['chi2']:.6f}" in text and f"{t['chi2']:.6f}" in text and "no sandwich" in text
 
 
+def check_variance_parameters(v: dict, key: str) -> None:
+    """The table of τ's and Δ's parameters against nlme's apVar (Richardson Hessian), estimates and SEs to
+    1e-5 relative."""
+    ref = APVAR[f"{key}_richardson"]
+    table = v["variance_parameters"]
+    assert [p["estimate"] for p in table] == pytest.approx(ref["estimate"], rel=1e-5)
+    assert [p["se"] for p in table] == pytest.approx(ref["se"], rel=1e-5)
+
+
+def test_standard_errors_of_the_covariance_parameters(heterogeneous):
+    """σ² by occasion, ML: τ00, σ²_1..σ²_3 and their SEs against nlme's apVar; printed in the text."""
+    proc, doc = heterogeneous
+    v = doc["level1_covariance"]
+    assert [p["parameter"] for p in v["variance_parameters"]] == ["tau00", "sigma2_1", "sigma2_2", "sigma2_3"]
+    check_variance_parameters(v, "heterogeneous_ML")
+    assert f"{v['variance_parameters'][3]['se']:.5f}" in proc.stdout.split("Covariance parameters")[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(k for k in APVAR if not k.endswith("richardson")))
+def test_standard_errors_of_the_covariance_parameters_every_structure(key):
+    """Every structure, ML and REML (the REML deviance's Hessian, as apVar's REML log-likelihood). (1 s each)"""
+    import hlmcli
+
+    structure, method = key.split("_")
+    doc = hlmcli.fit(D / "early1.csv", D / "early2.csv", id="ID", level1_eq=EQS[1], level2_eqs=[EQS[3], EQS[5]],
+                     method=method, level1_covariance=structure, occasion="OCC").to_dict()
+    check_variance_parameters(doc["level1_covariance"], key)
+
+
 def test_compare_tests_the_structured_deviances(heterogeneous, tmp_path):
     """`hlmcli compare` of the heterogeneous and the unrestricted fit (ML): nlme's anova() χ² to 1e-6 and
-    nlme's parameter counts (8, T(T+1)/2 + 4 = 10); the files' homogeneous deviances are not used. Refused:
-    a REML fit against an ML one, and (the same document altered) fits of different records."""
+    nlme's parameter counts (8, T(T+1)/2 + 4 = 10); the files' homogeneous deviances are not used. Refused (the
+    same documents altered): a REML fit against an ML one, fits of different records, REML fits of different
+    fixed effects, a structured fit whose optimum was not checked."""
     _, het = heterogeneous
     het_path = tmp_path / "het.json"
     het_path.write_text(json.dumps(het))
@@ -97,6 +136,12 @@ def test_compare_tests_the_structured_deviances(heterogeneous, tmp_path):
         compare_fits(dict(het, method="REML"), un, "a.json", "b.json")
     with pytest.raises(DataError, match="different records"):
         compare_fits(dict(het, data_hash="0" * 16), un, "a.json", "b.json")
+    reml = lambda doc, **more: dict(doc, method="REML", **more)  # noqa: E731
+    with pytest.raises(DataError, match="different fixed effects .* REML deviances"):
+        compare_fits(reml(het), reml(un, fixed_effects=un["fixed_effects"][:3]), "a.json", "b.json")
+    failed = dict(het, level1_covariance=dict(het["level1_covariance"], check={"converged": False}))
+    with pytest.raises(DataError, match="a.json is not a certified optimum"):
+        compare_fits(failed, un, "a.json", "b.json")
 
 
 def test_plausible_values_combine_the_structured_fits(tmp_path):
@@ -125,6 +170,11 @@ def test_plausible_values_combine_the_structured_fits(tmp_path):
     (h,) = c["hypothesis_tests"]
     assert h["statistic"] == "D1" and h["robust"] is None and h["model"]["df1"] == 2
     assert "hypothesis_tests" not in doc
+    from hlmcli.errors import ModelError
+    from hlmcli.report.tables import combined_table
+
+    with pytest.raises(ModelError, match="the paper tables do not show its structured within-person covariance"):
+        combined_table(doc, "csv")  # its top-level tables are the homogeneous model's
 
 
 def test_hmlm2_still_refuses_what_it_would_compute_on_the_homogeneous_model(tmp_path):

@@ -202,24 +202,36 @@ def expand_estimates(basis: ConstraintBasis, gamma, cov, robust_cov=None) -> tup
     return basis.expand(gamma), expand(cov), expand(robust_cov)
 
 
-def analyse_constrained(spec, archive, constraints: Constraints, df_method: str = "hlm") -> Analysis:
-    """The certified fit of the constrained model, reported in every γ."""
+def analyse_constrained(spec, archive, constraints: Constraints, df_method: str = "hlm", weights=None) -> Analysis:
+    """The certified fit of the constrained model, reported in every γ. weights: a weights.WeightSpec or
+    None; the pseudo-likelihood weights each record's and unit's contribution whatever the fixed design,
+    so over the design X·H it is the constrained model's, and its sandwich (of δ) goes back through H."""
     design = design_stage.make_design(spec, archive)
     check_estimable(design)
+    resolved = None
+    if weights is not None and weights.any:
+        from ..data.weights import resolve
+
+        resolved = resolve(weights, archive, design)
     view = constrained_view(design, constraints.basis)
-    unit = unit_cross_products(design.L, design.y, design.offsets, center_y=design_stage.has_overall_intercept(design))
-    centred = centred_statistics(view, unit) if centring_needed(view, unit) else None
-    return fit_constrained(design, unit, constraints, df_method, centred)
+    unit = unit_cross_products(design.L, design.y, design.offsets, center_y=design_stage.has_overall_intercept(design),
+                               weights=None if resolved is None else resolved.w1)
+    centred = centred_statistics(view, unit, resolved) if centring_needed(view, unit) else None
+    return fit_constrained(design, unit, constraints, df_method, centred, resolved)
 
 
-def fit_constrained(design: Design, unit, constraints: Constraints, df_method: str = "hlm", centred=None) -> Analysis:
+def fit_constrained(design: Design, unit, constraints: Constraints, df_method: str = "hlm", centred=None,
+                    weights=None) -> Analysis:
     """The constrained fit from a design and its per-unit cross-products of the level-1 columns, which
     do not see H (the block design B_jH does): the same for the records in memory and for the moments
-    of the stream and Dask engines (engines.analyse_summary)."""
+    of the stream and Dask engines (engines.analyse_summary). weights: a weights.Weights already
+    applied to `unit` at level 1, or None."""
     spec = design.spec
     basis = constraints.basis
     view = constrained_view(design, basis)
-    a = analyse_stats(view, unit, "hlm", None, centred=centred)
+    if weights is not None and df_method == "satterthwaite":
+        raise ModelError("Satterthwaite d.f. are not defined for a pseudo-likelihood fit with sampling weights; use --df hlm")
+    a = analyse_stats(view, unit, "hlm", weights, centred=centred)
     H = basis.H
     fx = a.fixed
     cov, robust = basis.expand_cov(fx.cov), basis.expand_cov(fx.robust_cov)
@@ -254,7 +266,7 @@ def constrained_tests(a: Analysis, constraints: Constraints, hypotheses=(), prio
     covariance of γ is singular along the restrictions); one that restricts only what the
     constraints already fix is refused. The deviance test against a prior model as usual."""
     return free_tests(constraints, hypotheses, a.fixed.gamma, a.fixed.cov, a.fixed.robust_cov, prior_deviance,
-                      prior_params, a.result.deviance, a.result.n_params)
+                      prior_params, a.result.deviance, a.result.n_params, robust_only=a.weights is not None)
 
 
 def free_tests(constraints: Constraints, hypotheses, gamma, cov, robust, prior_deviance=None, prior_params=None,
@@ -277,6 +289,8 @@ def constraint_test(a: Analysis, spec, archive, constraints: Constraints) -> dic
     unconstrained model's (refitted here), on as many d.f. as restrictions. REML deviances of models
     with different fixed effects are not comparable, so a REML fit's test refits both models by ML
     (as lmerTest's anova does), and says so."""
+    if a.weights is not None:  # a pseudo-likelihood: Wald tests (--test) instead
+        return no_pseudo_likelihood_test(constraints)
     return linear_constraint_test(a, spec, constraints, lambda s: analyse_constrained(s, archive, constraints).result,
                                   lambda s: analyse(s, archive).result)
 
@@ -318,11 +332,17 @@ def hglm_constraint_test(a, constraints: Constraints, unconstrained) -> dict:
                 "note": "no test: PQL has no deviance (it maximises a quasi-likelihood); fit with --estimation laplace "
                         "or agq for the likelihood-ratio test of the constraints"}
     if getattr(a, "weights", None) is not None:  # a pseudo-likelihood: Wald tests (--test) instead
-        from ..data.weights import NO_LIKELIHOOD_RATIO
-
-        return {"chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
-                "note": "no test: " + NO_LIKELIHOOD_RATIO}
+        return no_pseudo_likelihood_test(constraints)
     return likelihood_ratio_record(constraints, a.ml, unconstrained().ml)
+
+
+def no_pseudo_likelihood_test(constraints: Constraints) -> dict:
+    """The "constraint_test" record of a fit with sampling weights: a pseudo-likelihood has no
+    likelihood-ratio test, so the ties are left untested (--test gives the sandwich Wald tests)."""
+    from ..data.weights import NO_LIKELIHOOD_RATIO
+
+    return {"chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
+            "note": "no test: " + NO_LIKELIHOOD_RATIO}
 
 
 def levels_constraint_test(fit, constraints: Constraints, refit) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.hmlm import STRUCTURES, fit_hmlm, group_by_pattern
+from ..engine.hmlm import STRUCTURES, fit_hmlm, group_by_pattern, variance_parameter_covariance, variance_parameters
 from ..errors import DataError, ModelError
 from ..io.archive import unknown_column
 from . import inference
@@ -108,6 +108,7 @@ def analyse_hmlm(spec, archive, structure: str, occasion: str, df_method: str = 
         "marginal": _marginal(f.delta, f.tau if q_kept else np.zeros((0, 0)), Z[:, :q_kept], occ, T).tolist(),
     }
     record["aic"], record["bic"] = inference.information_criteria(f.deviance, data.p, f.n_variance_params, data.n)
+    record["variance_parameters"] = variance_parameter_table(f)
     record.update(_structure_fields(f, structure, r, n_params))
     a.extras["level1_covariance"] = record
     if not f.converged:
@@ -118,7 +119,7 @@ def analyse_hmlm(spec, archive, structure: str, occasion: str, df_method: str = 
 
 
 
-NO_SANDWICH = ("the structured fit has no sandwich covariance of γ, so HLM 7's robust test is not given")
+NO_SANDWICH = "the structured fit has no sandwich covariance of the fixed effects, so HLM 7's robust test is not given"
 
 
 def structured_tests(record: dict, hypotheses=(), prior_deviance=None, prior_params=None) -> dict:
@@ -183,6 +184,20 @@ def combine_structured(analyses: list[Analysis], hypotheses=()) -> dict:
     if tests:
         out["hypothesis_tests"] = tests
     return out
+
+
+def variance_parameter_table(f) -> list[dict] | None:
+    """τ's and Δ's parameters (engine.hmlm.variance_parameters) with standard errors by the delta method from
+    the deviance's Hessian over θ; None when the point is not a checked optimum (the Hessian is then not an
+    information matrix). Names: tau00, tau10, ... (τ_ab, a ≥ b), sigma2, sigma2_t (occasion t = 1..T), rho,
+    delta_st (Δ_st, s ≥ t)."""
+    if not f.converged or f.hessian is None:
+        return None
+    keys, values = variance_parameters(f.theta, f.parameters)
+    se = np.sqrt(np.diag(variance_parameter_covariance(f.theta, f.parameters, f.hessian)))
+    name = {"tau": lambda a, b: f"tau{a}{b}", "delta": lambda s, t: f"delta_{s + 1}{t + 1}",
+            "sigma2": lambda *t: f"sigma2_{t[0] + 1}" if t else "sigma2", "rho": lambda: "rho"}
+    return [{"parameter": name[k[0]](*k[1:]), "estimate": float(v), "se": float(e)} for k, v, e in zip(keys, values, se)]
 
 
 def _structure_fields(f, structure: str, r, n_params: int) -> dict:

@@ -28,9 +28,12 @@ a block-trace through the same blocked factor (for ML only M's part of it: V⁻�
 
 The search and the certificate are the nested ones (search.search, certify_nested): one PSD
 block per factor, a diagonal τ_b where asked, started from the one-factor models' estimates
-(one_factor_starts). Coordinates are standardised first as for nested models: each factor's random
-columns centred (when it has an intercept) and scaled to unit spread,
-X orthonormalised, y residualised on X and scaled; every map back to the user's scale is exact.
+(one_factor_starts) and, where the dense block is large, Newton steps from there (newton_start).
+With every block 1 × 1 (random intercepts) the products over C_1R's pattern are reweighted per Λ
+rather than formed by sparse products (CrossedStats.scalar_pairs). Coordinates are standardised
+first as for nested models: each factor's random columns centred (when it has an intercept) and
+scaled to unit spread, X orthonormalised, y residualised on X and scaled; every map back to the
+user's scale is exact.
 """
 
 from __future__ import annotations
@@ -324,11 +327,15 @@ class CrossedSolve:
         Q2 = st.Q2
         self.lamsR = lamsR
         pairs = st.scalar_pairs() if Q2 else None
-        if pairs is not None:
+        self.d1 = D1blocks[:, 0, 0] if pairs is not None else None  # L11⁻¹Λ₁' = diag(d1)
+        if Q2 and not any(np.any(lam) for lam in lamsR):
+            # every dense factor's τ 0 (the lower faces' τ = 0): A = 0 and S = I exactly, as is its factor
+            self.A = sparse.csr_matrix(st.C1R.shape)
+            self.LR = np.eye(Q2)
+        elif pairs is not None:
             # every block 1 × 1: A = diag(d1)·C_1R·diag(λ_col), and A'A = Λ_R C_R1 diag(d1²) C_1R Λ_R is the
             # fixed pattern of C_R1C_1R reweighted (CrossedStats.scalar_pairs), formed without a sparse product
-            d1, lam_col = D1blocks[:, 0, 0], st.lam_columns(lamsR)
-            self.d1 = d1
+            d1, lam_col = self.d1, st.lam_columns(lamsR)
             C = st.C1R_sorted
             self.A = sparse.csr_matrix((C.data * d1[st.c1r_rows] * lam_col[C.indices], C.indices, C.indptr),
                                        shape=C.shape)
@@ -435,8 +442,11 @@ class CrossedSolve:
         own = st.C11.sum(axis=0) - np.einsum("jak,jal->kl", Y1, Y1)
         scalar = Q2 and st.scalar_pairs() is not None
         if scalar:
-            # every block 1 × 1: T = Λ_R'C_R1·diag(1/M11_j) (below), so T'S⁻¹T's trace is read from S⁻¹ on
-            # the fixed pattern of C_R1C_1R (CrossedStats.scalar_pairs), rescaled at each Λ
+            # every block 1 × 1: with c_j = C11_j and M11_j = 1 + λ₁²c_j = L11_j², L11⁻¹Λ₁' = diag(λ₁/L11_j)
+            # and Y1 = diag(λ₁c_j/L11_j), so A'Y1 = Λ_R'C_R1·diag(λ₁²c_j/M11_j) and
+            # T = Λ_R'C_R1·diag(1 − λ₁²c_j/M11_j) = Λ_R'C_R1·diag(1/M11_j): Σ_j T_j'S⁻¹T_j = ⟨Λ_RS⁻¹Λ_R,
+            # C_R1 diag(1/M11_j²) C_1R⟩, read from S⁻¹'s lower triangle on the fixed pattern of C_R1C_1R
+            # (CrossedStats.scalar_pairs), reweighted at each Λ; likewise T'V = diag(1/M11_j)C_1RΛ_R V
             lam_col = st.lam_columns(lamsR)
             m11 = 1.0 + self.lams[first][0, 0] ** 2 * st.C11[:, 0, 0]  # M11_j = L11_j²
             flat, val, group = st.scalar_pairs()
@@ -692,6 +702,10 @@ def one_factor_starts(obj: Objective, qs, diagonal, max_iterations: int) -> tupl
 ONE_FACTOR_STARTS_MIN_DENSE = 256
 
 NEWTON_START_STEPS = 8
+# newton_start's one crossed difference Hessian, after this many steps: the first step (one-factor
+# Hessian) and one BFGS update bring InstEval to about 1e-4 of the optimum, where one Hessian then
+# converges quadratically (8 crossed solves; 9 with it after the first step, 9 with none)
+NEWTON_START_REFRESH = 2
 
 
 def newton_start(obj: Objective, Gs, diagonal, gtol: float, max_steps: int = NEWTON_START_STEPS):
@@ -701,11 +715,11 @@ def newton_start(obj: Objective, Gs, diagonal, gtol: float, max_steps: int = NEW
     made at the same point (same bits, so the same cached solve) and the same formula, so that it
     stops at once from here.
 
-    The Hessian: the first step takes the one-factor models' (one_factor_hessian: no crossed solve);
-    after it, forward differences of the crossed model's analytic gradient (one crossed solve per
-    coordinate) at the new point, once; then BFGS updates from the gradients' change along each step
-    (search.secant_update) rather than new difference Hessians. On InstEval this takes 9 crossed solves
-    where L-BFGS-B from the same starts took 9 and ended where the face Newton then needed two
+    The Hessian: the one-factor models' to start with (one_factor_hessian: no crossed solve), updated
+    by BFGS from the gradients' change along each step (search.secant_update), and once, after
+    NEWTON_START_REFRESH steps, forward differences of the crossed model's analytic gradient (one
+    crossed solve per coordinate) instead of more difference Hessians. On InstEval this takes 8 crossed
+    solves where L-BFGS-B from the same starts took 9 and ended where the face Newton then needed two
     central-difference Hessians (8 solves: one to step on, a fresh one to stop on) instead of one.
 
     Only a search aid: the answer is still L-BFGS-B's from here, polished by the face Newton and
@@ -775,9 +789,9 @@ def newton_start(obj: Objective, Gs, diagonal, gtol: float, max_steps: int = NEW
         if moved is None:
             break
         steps += 1
-        # once, after the first step: the one-factor Hessian leaves out the factors' interaction, and
-        # BFGS from it alone creeps (on InstEval, eight steps against five)
-        refresh = steps == 1
+        # once (NEWTON_START_REFRESH): the one-factor Hessian leaves out the factors' interaction, and
+        # BFGS from it alone creeps
+        refresh = steps == NEWTON_START_REFRESH
         H = hessian(moved[1], moved[3]) if refresh else secant_update(H, moved[1] - theta, moved[3] - g)
         G, theta, dev, g = moved
     return G, steps

@@ -302,6 +302,8 @@ class HmlmFit:
     converged: bool
     failed: list[str] = field(default_factory=list)
     tau3: np.ndarray | None = None  # HMLM2: the level-3 units' random-effect covariance
+    parameters: Parameters | None = None
+    hessian: np.ndarray | None = None  # of the deviance over θ at a checked optimum, for standard errors
 
 
 def fit_hmlm(data: Occasions, structure: str, method: str, sigma2: float, tau: np.ndarray | None,
@@ -371,14 +373,61 @@ def fit_hmlm(data: Occasions, structure: str, method: str, sigma2: float, tau: n
             logs = [start + i for i in range(par.T if structure == "heterogeneous" else 1)]
         with np.errstate(all="ignore"):
             failed += boundary_probe(f, theta, d, logs, [start + 1] if structure == "ar1" else [])
+    H_se = None
+    if not failed:  # for standard errors: steps of 1e-3 (1e-4 leaves the deviance's rounding noise, ~1e-9, at
+        # 1e-4 relative in H), Richardson-extrapolated from 2e-3 to cancel the O(h²) error
+        with np.errstate(all="ignore"):
+            H_se = (4.0 * derivatives(f, theta, 1e-3, d)[1] - derivatives(f, theta, 2e-3, d)[1]) / 3.0
     ev = evaluate(theta, data, par, method)
     L = par.tau_factor(theta)
     L3 = par.tau3_factor(theta)
     return HmlmFit(structure, method, theta, ev.deviance, ev.gamma, np.linalg.inv(ev.XVX), L @ L.T,
                    par.delta(theta), par.size, g, w0, float(decrement), count[0], not failed, failed,
-                   L3 @ L3.T if data.q3 else None)
+                   L3 @ L3.T if data.q3 else None, par, H_se)
 
 
 def marginal_covariance(delta: np.ndarray, tau: np.ndarray, Z: np.ndarray) -> np.ndarray:
     """V = ZτZ' + Δ for a person observed on every occasion, Z (T, q) its random-effect design."""
     return delta + (Z @ tau @ Z.T if tau.size else 0.0)
+
+
+def variance_parameters(theta: np.ndarray, par: Parameters) -> tuple[list[tuple], np.ndarray]:
+    """The covariance parameters in the field's terms, as nlme's and HLM 7's tables give them: τ's lower
+    triangle (diagonal only for a diagonal τ), then Δ's: σ² (homogeneous), σ²_t (heterogeneous), σ² and ρ
+    (ar1), or Δ's lower triangle (unrestricted). Keys ("tau", a, b), ("sigma2",), ("sigma2", t), ("rho",),
+    ("delta", s, t)."""
+    L = par.tau_factor(theta)
+    tau = L @ L.T
+    rows, cols = par.tau_index
+    keys = [("tau", int(a), int(b)) for a, b in zip(rows, cols)]
+    values = [tau[a, b] for a, b in zip(rows, cols)]
+    delta = par.delta(theta)
+    if par.structure == "homogeneous":
+        keys.append(("sigma2",))
+        values.append(delta[0, 0])
+    elif par.structure == "heterogeneous":
+        keys += [("sigma2", t) for t in range(par.T)]
+        values += list(np.diag(delta))
+    elif par.structure == "ar1":
+        keys += [("sigma2",), ("rho",)]
+        values += [delta[0, 0], np.tanh(theta[-1])]
+    else:
+        rows, cols = np.tril_indices(par.T)
+        keys += [("delta", int(a), int(b)) for a, b in zip(rows, cols)]
+        values += [delta[a, b] for a, b in zip(rows, cols)]
+    return keys, np.array(values, dtype=float)
+
+
+def variance_parameter_covariance(theta: np.ndarray, par: Parameters, hessian: np.ndarray,
+                                  h: float = 1e-6) -> np.ndarray:
+    """Cov of variance_parameters by the delta method: θ's covariance is the inverse of the observed
+    information, half the deviance's Hessian (deviance = -2 log L; REML: of the REML likelihood, as nlme's
+    apVar), Cov(θ) = 2H⁻¹, and Cov(φ) = J Cov(θ) J', J = ∂φ/∂θ by central differences of the smooth map
+    θ → φ (no noise from the likelihood in it)."""
+    k = theta.size
+    J = np.zeros((variance_parameters(theta, par)[1].size, k))
+    for i in range(k):
+        e = np.zeros(k)
+        e[i] = h
+        J[:, i] = (variance_parameters(theta + e, par)[1] - variance_parameters(theta - e, par)[1]) / (2 * h)
+    return J @ (2.0 * np.linalg.inv(hessian)) @ J.T

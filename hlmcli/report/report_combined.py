@@ -130,7 +130,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
     if structured is not None:
         from .report_hmlm import combined_level1_covariance_lines
 
-        out += combined_level1_covariance_lines(structured, sym, text_table)
+        out += combined_level1_covariance_lines(structured, sym, hlm_p, text_table)
         out += _d1_test_lines(structured.get("hypothesis_tests") or [], notes=False)
         for h in structured.get("hypothesis_tests") or []:
             w(f" ({h['label']}: {h['covariance']})")

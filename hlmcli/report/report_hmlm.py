@@ -46,12 +46,14 @@ def level1_covariance_lines(v: dict, sym, hlm_name, hlm_p, text_table) -> list[s
     if v.get("tau_level3"):
         out.append("")
         out += _matrix_lines(sym.tau + " (level-3 units)", v["tau_level3"], [f"u{k}" for k in range(len(v["tau_level3"]))])
+    out += _variance_parameter_lines(v, sym, labels, text_table)
     out.append("")
     out += _matrix_lines("Marginal covariance Z tau Z' + " + delta + " (Z at each occasion's mean)",
                          v["marginal"], labels)
     out += ["", "Final estimation of fixed effects (" + v["structure"] + ")"]
-    rows = [[f"{hlm_name(f['coefficient'])}, {hlm_name(f['predictor'])}, {f['gamma']}" if f["coefficient"] else
-             f["gamma"], f"{f['estimate']:.6f}",
+    gamma = lambda f: f["gamma"].replace("γ", sym.gamma)  # noqa: E731  (--ascii: G00)
+    rows = [[f"{hlm_name(f['coefficient'])}, {hlm_name(f['predictor'])}, {gamma(f)}" if f["coefficient"] else
+             gamma(f), f"{f['estimate']:.6f}",
              f"{f['se']:.6f}", f"{f['t']:.3f}", f"{f['df']:.0f}", hlm_p(f["p"])] for f in v["fixed_effects"]]
     out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "d.f.", "p-value"], rows,
                       [30, 12, 14, 9, 6, 8])
@@ -86,7 +88,7 @@ _NLME = {"unrestricted": "nlme::gls(<fixed>, correlation = corSymm(form = ~ {occ
                 "\"{method}\") ({occ} as occasion indices 1..T)"}
 
 
-def combined_level1_covariance_lines(c: dict, sym, text_table) -> list[str]:
+def combined_level1_covariance_lines(c: dict, sym, hlm_p, text_table) -> list[str]:
     """The structured fits combined over plausible values or data sets (analysis/hmlm.combine_structured):
     Δ, τ and the marginal covariance averaged, the γ table by Rubin's rules, the average deviance."""
     title = _TITLE[c["structure"]]
@@ -109,8 +111,8 @@ def combined_level1_covariance_lines(c: dict, sym, text_table) -> list[str]:
     out.append("")
     out += _matrix_lines("Marginal covariance Z tau Z' + " + delta + " (average over the fits)", c["marginal"], labels)
     out += ["", f"Final estimation of fixed effects ({c['structure']}), combined over the fits"]
-    rows = [[f["gamma"], f"{f['estimate']:.6f}", f"{f['se']:.6f}", f"{f['t']:.3f}", f"{f['df']:.2f}",
-             _p(f["p"]), f"{f['fmi']:.3f}"] for f in c["fixed_effects"]]
+    rows = [[f["gamma"].replace("γ", sym.gamma), f"{f['estimate']:.6f}", f"{f['se']:.6f}", f"{f['t']:.3f}", f"{f['df']:.2f}",
+             hlm_p(f["p"]), f"{f['fmi']:.3f}"] for f in c["fixed_effects"]]
     out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
                       rows, [30, 12, 14, 9, 12, 8, 6])
     out.append("(model-based standard errors: the structured fits have no sandwich covariance; d.f.: Barnard-Rubin)")
@@ -119,7 +121,23 @@ def combined_level1_covariance_lines(c: dict, sym, text_table) -> list[str]:
     return out
 
 
-def _p(p: float) -> str:
-    from .report import hlm_p
 
-    return hlm_p(p)
+def _variance_parameter_lines(v: dict, sym, labels, text_table) -> list[str]:
+    """τ's and Δ's parameters with their standard errors (analysis/hmlm.variance_parameter_table)."""
+    table = v.get("variance_parameters")
+    if not table:
+        return []
+    delta, rho = ("Delta", "rho") if sym.ascii else ("Δ", "ρ")
+
+    def label(name: str) -> str:
+        if name.startswith("tau"):
+            return sym.tau + name[3:]
+        if name.startswith("delta_"):
+            return f"{delta}({labels[int(name[6]) - 1]},{labels[int(name[7]) - 1]})"
+        if name.startswith("sigma2_"):
+            return f"{sym.sigma2}({labels[int(name[7:]) - 1]})"
+        return sym.sigma2 if name == "sigma2" else rho
+
+    rows = [[label(p["parameter"]), f"{p['estimate']:.5f}", f"{p['se']:.5f}"] for p in table]
+    return ["", " Covariance parameters (standard errors by the delta method from the deviance's Hessian)"] + \
+        text_table(["Parameter", "Estimate", "Standard error"], rows, [26, 14, 16])

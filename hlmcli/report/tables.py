@@ -590,6 +590,7 @@ def combined_table(doc: dict, fmt: str, options: TableOptions = TableOptions()) 
     and the run's numbers. `options.se` picks the combined model-based or robust rows."""
     if fmt not in FORMATS:
         raise ModelError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    refuse_unshown(doc)  # e.g. HMLM's combined structured fits: its top-level tables are the homogeneous model's
     kind = se_kind(doc, options.se)
     robust = {r["gamma"]: r for r in doc["fixed_effects_robust"]}
     model = {r["gamma"]: r for r in doc["fixed_effects"]}
