@@ -118,6 +118,25 @@ def test_satterthwaite_df_of_tied_gammas_are_those_of_the_summed_predictor(frame
         assert f["df"] == pytest.approx(df["γ20" if f["gamma"] == "γ30" else f["gamma"]], rel=1e-6)
 
 
+def test_tied_gammas_of_different_equations_share_one_df(frames):
+    """γ01 (SECTOR on the intercept, J - S - 1 = 158) tied to γ10 (the mean of the random SES slope, J - 1 = 159
+    alone): one parameter, one t-ratio, so one d.f. and one p, the smaller (γ10's was J = 160, more than
+    unconstrained)."""
+    tied = hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g01 = g10").to_dict()
+    rows = {f["gamma"]: f for f in tied["fixed_effects"]}
+    for key in ("estimate", "se", "df", "p"):
+        assert rows["γ10"][key] == rows["γ01"][key], key
+    assert rows["γ10"]["df"] == 160 - 1 - 1 and rows["γ20"]["df"] == 7185 - 2 * 160 - 2
+
+
+def test_tied_df_one_per_parameter():
+    from hlmcli.engine.constraints import tied_df
+
+    H = constraint_basis(np.array([[0, 1, -1, 0, 0], [0, 0, 1, 0, -2], [1, 0, 0, -1, -1]]), "t").H
+    # γ1 = γ2 = 2γ4: one parameter (70, 60, 80 -> 60); γ3 = γ0 - γ4, written in γ0 and γ1: min(90, 50, 60)
+    assert tied_df([50, 70, 60, 90, 80], H).tolist() == [50, 60, 60, 50, 60]
+
+
 # ---------------------------------------------------------------- refusals, one line each
 
 @pytest.mark.parametrize("text,message", [
@@ -127,6 +146,8 @@ def test_satterthwaite_df_of_tied_gammas_are_those_of_the_summed_predictor(frame
     ("g20 = 0", "sets g20 to 0; remove its term"),
     ("g40 = g30", "this model has no γ40"),
     ("g20 g30", "needs one '='"),
+    ("g20 = g30 = 1", "fixing a γ at a value"),
+    ("g20 = -g40", "this model has no γ40"),
 ])
 def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
     from hlmcli.analysis.constrained import parse_constraints
@@ -135,7 +156,19 @@ def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
     spec = make_spec(hsb_loaded, TIED[0], TIED[1])
     with pytest.raises(ModelError, match=message) as err:
         parse_constraints([text], spec)
-    assert str(err.value).startswith("--constrain '") and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"--constrain '{text}'") and "\n" not in str(err.value)  # as typed
+
+
+def test_a_chain_ties_every_gamma_it_names(hsb_loaded):
+    """'g10 = g20 = g30' (a three-way tie) is 'g10 = g20, g20 = g30'; a trailing comma is no restriction."""
+    from hlmcli.analysis.constrained import parse_constraints
+    from hlmcli.api import make_spec
+
+    spec = make_spec(hsb_loaded, TIED[0], TIED[1])
+    chain = parse_constraints(["g10 = g20 = g30,"], spec).basis
+    pairs = parse_constraints(["g10 = g20, g20 = g30"], spec).basis
+    assert chain.eliminated == pairs.eliminated == (3, 4) and np.array_equal(chain.H, pairs.H)
+    assert chain.H[:, 2].tolist() == [0, 0, 1, 1, 1]
 
 
 def test_weighted_constrained_fit_is_the_summed_predictor_fit(frames):
@@ -349,8 +382,14 @@ def test_three_level_constrained_fit_is_the_summed_predictor_fit_fast(tmp_path):
                       level3_eqs=["β00 = γ000 + u00", "β01 = γ010", "β02 = γ020"], constrain=["g010 = g020"], **kw)
     summed = hlmcli.fit(*files, level3=T3 / "pastes_l3.csv", level2_eqs=["π0 = β00 + β01*CAB + r0"],
                         level3_eqs=["β00 = γ000 + u00", "β01 = γ010"], **kw)
+    with pytest.raises(ModelError, match="tied by --constrain"):  # not a table that hides the ties
+        tied.table("csv")
     tied, summed = tied.to_dict(), summed.to_dict()
     _assert_levels_summed(tied, summed, [("γ000", "γ000"), ("γ010", "γ010"), ("γ020", "γ010")])
+    from hlmcli.levels_results import table_view  # what `hlmcli compare` and the tables read
+
+    for key in ("aic", "bic"):  # the tied γ is not a parameter
+        assert table_view(tied)[key] == pytest.approx(table_view(summed)[key], rel=1e-9), key
     assert np.allclose(tied["tau_pi"]["matrix"], summed["tau_pi"]["matrix"], rtol=1e-6)
     assert tied["constraint_test"]["chi2"] == pytest.approx(
         tied["deviance"] - tied["constraint_test"]["deviance_unconstrained"], rel=1e-12)
