@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from ..analysis.plausible import RULE, combine
+from ..analysis.plausible import RULE, combine, rule_text
 from ..data.weights import weighting_lines
 from ..version import __version__
 from .report import fit_json, fit_text, hlm_name, hlm_p, model_record, model_summary, printable, problem_lines, text_table
@@ -103,7 +103,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
     w("")
     out += model_summary(d.spec, sym)
     w("")
-    w(" Combining rule: " + RULE)
+    w(" Combining rule: " + rule_text(RULE, sym.ascii))
     names = c["random_coefficients"]
     w("")
     w(f" {sym.sigma2} (average over the fits) = {c['sigma2']:12.5f}")
@@ -175,7 +175,7 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     w("")
     out += model_lines
     w("")
-    w(" Combining rule: " + RULE)
+    w(" Combining rule: " + rule_text(RULE, sym_sigma2 == "sigma^2"))  # the levels' ASCII σ²
     w("")
     out += _sigma2_lines(doc, sym_sigma2) + _level_tau_lines(doc)
     for kind in ("fixed_effects", "fixed_effects_robust"):
