@@ -1,6 +1,7 @@
 # Reference numbers for tests/test_hmlm_tests.py (HMLM2: persons within level-3 units): the tests of the
 # structured fits and the standard errors of their covariance parameters, from nlme's lme with two grouping
-# levels on tests/data/hmlm/eg15.csv (written by hmlm2_nlme.R: mlmRev's egsingle, its first 15 schools):
+# levels on tests/data/hmlm/eg15.csv (written by hmlm2_nlme.R: mlmRev's egsingle, its first 15 schools; and its
+# first 4 schools, for the fast test):
 #   MATH ~ YEAR + (1 | SCHOOL) + (1 + YEAR | CHILD), within-child Delta homogeneous, heterogeneous (varIdent by
 #   OCC) or AR(1) in the occasion index (corAR1(form = ~ OCC | SCHOOL/CHILD)); ML.
 # - Wald tests: fixef and vcov, from which the test computes the Wald chi-square by hand.
@@ -29,10 +30,6 @@ richardson <- function(pars, fun, ..., .relStep, minAbsPar) {
 }
 assignInNamespace("fdHess", richardson, "nlme")
 fz <- function(z) (exp(z) - 1) / (exp(z) + 1)
-fit <- function(s) best(function(opt) lme(MATH ~ YEAR, random = list(SCHOOL = ~ 1, CHILD = ~ 1 + YEAR), data = d,
-                                          method = "ML", control = lctrl(opt),
-                                          weights = if (s == "heterogeneous") varIdent(form = ~ 1 | OCC) else NULL,
-                                          correlation = if (s == "ar1") corAR1(form = ~ OCC | SCHOOL/CHILD) else NULL))
 # apVar's parameters by name, to hlmcli's in hlmcli's order
 mapper <- function(m, s) {
   nm <- names(attr(m$apVar, "Pars"))
@@ -54,22 +51,32 @@ mapper <- function(m, s) {
     out
   }
 }
-out <- list(order = c("(Intercept)", "YEAR"))
-models <- list()
-for (s in c("homogeneous", "heterogeneous", "ar1")) {
-  message(s)
-  m <- fit(s)
-  models[[s]] <- m
-  stopifnot(is.matrix(m$apVar))
-  pars <- attr(m$apVar, "Pars")
-  map <- mapper(m, s)
-  J <- jacobian(map, pars)
-  V <- J %*% m$apVar %*% t(J)
-  out[[s]] <- list(deviance = -2 * as.numeric(logLik(m)), df = attr(logLik(m), "df"), fixef = unname(fixef(m)),
-                   vcov = unname(as.matrix(vcov(m))), apvar_pars = names(pars), parameters = names(map(pars)),
-                   estimate = unname(map(pars)), se = sqrt(diag(V)))
+references <- function(d, structures) {
+  fit <- function(s) best(function(opt) lme(MATH ~ YEAR, random = list(SCHOOL = ~ 1, CHILD = ~ 1 + YEAR), data = d,
+                                            method = "ML", control = lctrl(opt),
+                                            weights = if (s == "heterogeneous") varIdent(form = ~ 1 | OCC) else NULL,
+                                            correlation = if (s == "ar1") corAR1(form = ~ OCC | SCHOOL/CHILD) else NULL))
+  out <- list(order = c("(Intercept)", "YEAR"))
+  models <- list()
+  for (s in structures) {
+    message(s)
+    m <- fit(s)
+    models[[s]] <- m
+    stopifnot(is.matrix(m$apVar))
+    pars <- attr(m$apVar, "Pars")
+    map <- mapper(m, s)
+    J <- jacobian(map, pars)
+    V <- J %*% m$apVar %*% t(J)
+    out[[s]] <- list(deviance = -2 * as.numeric(logLik(m)), df = attr(logLik(m), "df"), fixef = unname(fixef(m)),
+                     vcov = unname(as.matrix(vcov(m))), apvar_pars = names(pars), parameters = names(map(pars)),
+                     estimate = unname(map(pars)), se = sqrt(diag(V)))
+  }
+  lr <- function(a, b) { t <- anova(models[[a]], models[[b]])
+                         list(models = c(a, b), chi2 = t$L.Ratio[2], df = diff(t$df), p = t[["p-value"]][2]) }
+  out$anova <- lapply(setdiff(structures, "homogeneous"), function(s) lr("homogeneous", s))
+  out
 }
-lr <- function(a, b) { t <- anova(models[[a]], models[[b]]); list(models = c(a, b), chi2 = t$L.Ratio[2], df = diff(t$df),
-                                                                    p = t[["p-value"]][2]) }
-out$anova <- list(lr("homogeneous", "heterogeneous"), lr("homogeneous", "ar1"))
+# the 15 schools (every structure), and the first 4 schools (for the default run's fast test)
+out <- list(eg15 = references(d, c("homogeneous", "heterogeneous", "ar1")),
+            eg4 = references(d[d$SCHOOL %in% unique(d$SCHOOL)[1:4], ], c("homogeneous", "ar1")))
 writeLines(toJSON(out, digits = NA, auto_unbox = TRUE, pretty = TRUE), file.path(dir, "hmlm2_tests_nlme.json"))
