@@ -203,11 +203,13 @@ EMULATE_CONFLICTS = {
 
 
 def _constrain_conflicts(kind: str) -> dict:
-    """CONSTRAIN_CONFLICTS for a kind: a two-level linear model (in memory) and a two-level HGLM by Laplace
-    or AGQ take sampling weights (the pseudo-likelihood weights each record's and unit's contribution
+    """CONSTRAIN_CONFLICTS for a kind: a two-level linear model (in memory; also with plausible values or
+    imputed data sets, each fit constrained) and a two-level HGLM by Laplace or AGQ take sampling weights (the pseudo-likelihood weights each record's and unit's contribution
     whatever the fixed design, so the fit on X·H and its sandwich, given back through H, are the
     constrained model's; no likelihood-ratio test of the ties)."""
-    if kind in ("linear", "laplace", "agq"):
+    if kind == "linear":  # and each plausible value or imputed data set fitted constrained, then combined
+        return {k: v for k, v in CONSTRAIN_CONFLICTS.items() if k not in ("weights", "plausible_values")}
+    if kind in ("laplace", "agq"):
         return {k: v for k, v in CONSTRAIN_CONFLICTS.items() if k != "weights"}
     return CONSTRAIN_CONFLICTS
 

@@ -160,7 +160,9 @@ def table_view(doc: dict) -> dict:
         tau[at:at + q, at:at + q] = np.array(block["matrix"], dtype=float).reshape(q, q)
         at += q
     counts = n_units(doc)
-    k = len(fixed) + sum(len(b["coefficients"]) * (len(b["coefficients"]) + 1) // 2 for b in blocks) + 1
+    # each --constrain restriction removes a γ (the table still lists it, tied)
+    free = len(fixed) - doc.get("constraints", {}).get("n_restrictions", 0)
+    k = free + sum(len(b["coefficients"]) * (len(b["coefficients"]) + 1) // 2 for b in blocks) + 1
     deviance = doc["deviance"]
     view = {"levels": doc["levels"], "method": doc["method"], "outcome": doc["outcome"], "fixed_effects": fixed,
             "random_coefficients": names, "r_names": r_names, "tau_levels": levels, "tau_groups": groups,
@@ -171,7 +173,7 @@ def table_view(doc: dict) -> dict:
             "n_level2": counts[2],
             "n_units": counts, "converged": doc["converged"], "certificate": doc.get("certificate"),
             "lme4_formula": doc.get("lme4_formula")}
-    for key in ("hypothesis_tests", "deviance_test", "weights"):
+    for key in ("hypothesis_tests", "deviance_test", "weights", "constraints", "constraint_test"):
         if key in doc:
             view[key] = doc[key]
     return view

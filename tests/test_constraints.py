@@ -118,6 +118,25 @@ def test_satterthwaite_df_of_tied_gammas_are_those_of_the_summed_predictor(frame
         assert f["df"] == pytest.approx(df["γ20" if f["gamma"] == "γ30" else f["gamma"]], rel=1e-6)
 
 
+def test_tied_gammas_of_different_equations_share_one_df(frames):
+    """γ01 (SECTOR on the intercept, J - S - 1 = 158) tied to γ10 (the mean of the random SES slope, J - 1 = 159
+    alone): one parameter, one t-ratio, so one d.f. and one p, the smaller (γ10's was J = 160, more than
+    unconstrained)."""
+    tied = hlmcli.fit(*frames, id="ID", level1_eq=TIED[0], level2_eqs=TIED[1], constrain="g01 = g10").to_dict()
+    rows = {f["gamma"]: f for f in tied["fixed_effects"]}
+    for key in ("estimate", "se", "df", "p"):
+        assert rows["γ10"][key] == rows["γ01"][key], key
+    assert rows["γ10"]["df"] == 160 - 1 - 1 and rows["γ20"]["df"] == 7185 - 2 * 160 - 2
+
+
+def test_tied_df_one_per_parameter():
+    from hlmcli.engine.constraints import tied_df
+
+    H = constraint_basis(np.array([[0, 1, -1, 0, 0], [0, 0, 1, 0, -2], [1, 0, 0, -1, -1]]), "t").H
+    # γ1 = γ2 = 2γ4: one parameter (70, 60, 80 -> 60); γ3 = γ0 - γ4, written in γ0 and γ1: min(90, 50, 60)
+    assert tied_df([50, 70, 60, 90, 80], H).tolist() == [50, 60, 60, 50, 60]
+
+
 # ---------------------------------------------------------------- refusals, one line each
 
 @pytest.mark.parametrize("text,message", [
@@ -127,6 +146,8 @@ def test_satterthwaite_df_of_tied_gammas_are_those_of_the_summed_predictor(frame
     ("g20 = 0", "sets g20 to 0; remove its term"),
     ("g40 = g30", "this model has no γ40"),
     ("g20 g30", "needs one '='"),
+    ("g20 = g30 = 1", "fixing a γ at a value"),
+    ("g20 = -g40", "this model has no γ40"),
 ])
 def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
     from hlmcli.analysis.constrained import parse_constraints
@@ -135,7 +156,19 @@ def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
     spec = make_spec(hsb_loaded, TIED[0], TIED[1])
     with pytest.raises(ModelError, match=message) as err:
         parse_constraints([text], spec)
-    assert str(err.value).startswith("--constrain '") and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"--constrain '{text}'") and "\n" not in str(err.value)  # as typed
+
+
+def test_a_chain_ties_every_gamma_it_names(hsb_loaded):
+    """'g10 = g20 = g30' (a three-way tie) is 'g10 = g20, g20 = g30'; a trailing comma is no restriction."""
+    from hlmcli.analysis.constrained import parse_constraints
+    from hlmcli.api import make_spec
+
+    spec = make_spec(hsb_loaded, TIED[0], TIED[1])
+    chain = parse_constraints(["g10 = g20 = g30,"], spec).basis
+    pairs = parse_constraints(["g10 = g20, g20 = g30"], spec).basis
+    assert chain.eliminated == pairs.eliminated == (3, 4) and np.array_equal(chain.H, pairs.H)
+    assert chain.H[:, 2].tolist() == [0, 0, 1, 1, 1]
 
 
 def test_weighted_constrained_fit_is_the_summed_predictor_fit(frames):
@@ -349,8 +382,14 @@ def test_three_level_constrained_fit_is_the_summed_predictor_fit_fast(tmp_path):
                       level3_eqs=["β00 = γ000 + u00", "β01 = γ010", "β02 = γ020"], constrain=["g010 = g020"], **kw)
     summed = hlmcli.fit(*files, level3=T3 / "pastes_l3.csv", level2_eqs=["π0 = β00 + β01*CAB + r0"],
                         level3_eqs=["β00 = γ000 + u00", "β01 = γ010"], **kw)
+    with pytest.raises(ModelError, match="tied by --constrain"):  # not a table that hides the ties
+        tied.table("csv")
     tied, summed = tied.to_dict(), summed.to_dict()
     _assert_levels_summed(tied, summed, [("γ000", "γ000"), ("γ010", "γ010"), ("γ020", "γ010")])
+    from hlmcli.levels_results import table_view  # what `hlmcli compare` and the tables read
+
+    for key in ("aic", "bic"):  # the tied γ is not a parameter
+        assert table_view(tied)[key] == pytest.approx(table_view(summed)[key], rel=1e-9), key
     assert np.allclose(tied["tau_pi"]["matrix"], summed["tau_pi"]["matrix"], rtol=1e-6)
     assert tied["constraint_test"]["chi2"] == pytest.approx(
         tied["deviance"] - tied["constraint_test"]["deviance_unconstrained"], rel=1e-12)
@@ -456,3 +495,67 @@ def test_negbin_constrained_fit_is_the_summed_predictor_fit():
     assert tied["dispersion"]["estimate"] == pytest.approx(summed["dispersion"]["estimate"], rel=1e-6)
     t = tied["constraint_test"]
     assert t["df"] == 1 and t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- plausible values and imputed data sets
+
+PV_TIED = ("-1", "PV1MATH = b0 + b1*SES + b2*MINORITY + b3*FEMALE + r", "-2", "b0 = g00 + g01*SECTOR + u0",
+           "-2", "b1 = g10", "-2", "b2 = g20", "-2", "b3 = g30")
+PV_SUMMED = ("-1", "PV1MATH = b0 + b1*SES + b2*S + r", "-2", "b0 = g00 + g01*SECTOR + u0", "-2", "b1 = g10",
+             "-2", "b2 = g20")
+
+
+@pytest.fixture(scope="module")
+def pv_files(tmp_path_factory):
+    from test_plausible import make_pv_files
+
+    d = tmp_path_factory.mktemp("pv_tied")
+    l1, l2 = make_pv_files(d)
+    frame = pd.read_csv(l1)
+    frame.assign(S=frame["MINORITY"] + frame["FEMALE"]).to_csv(l1, index=False)
+    return l1, l2
+
+
+def test_plausible_values_constrained_are_the_summed_predictor_fits_combined(pv_files):
+    """Each plausible value's fit constrained (with weights): Rubin's tables by hand from the fits, equal to
+    the summed-predictor fits combined (tied γs share estimate, SE, d.f.); --test by D1 on the free γs is the
+    squared combined t; the ties' likelihood-ratio tests are not combined (a note, no statistic)."""
+    from test_hglm_weights import assert_rubin_tables
+    from hlmcli.report.schemas import first_error
+
+    common = ("--id", "ID", "--weight1", "W1", "--weight2", "W2", "--plausible-values", "PV*MATH", "--format", "json")
+    tied = json.loads(run_cli("fit", *pv_files, *PV_TIED, *common, "--constrain", "g20 = g30", "--test", "g20 = 0",
+                              check=True).stdout)
+    summed = json.loads(run_cli("fit", *pv_files, *PV_SUMMED, *common, check=True).stdout)
+    assert first_error(tied, "combined") is None and tied["combining"]["m"] == 5
+    assert_rubin_tables(tied, rel=1e-10)
+    for key in ("fixed_effects", "fixed_effects_robust"):
+        by_hand = {f["gamma"]: f for f in summed[key]}
+        for f in tied[key]:
+            g = by_hand["γ20" if f["gamma"] in ("γ20", "γ30") else f["gamma"]]
+            for name in ("estimate", "se", "df", "fmi"):
+                assert f[name] == pytest.approx(g[name], rel=1e-6), (key, f["gamma"], name)
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9) and tied["n_params"] == summed["n_params"]
+    test = tied["hypothesis_tests"][0]
+    assert test["model"] is None and test["contrast"] == [[0.0, 0.0, 0.0, 1.0, 0.0]]
+    assert test["robust"]["F"] == pytest.approx(tied["fixed_effects_robust"][3]["t"] ** 2, rel=1e-9)
+    assert tied["constraint_test"]["chi2"] is None and "not combined" in tied["constraint_test"]["note"]
+    assert tied["constraints"]["eliminated"][0]["gamma"] == "g30"
+
+
+def test_cli_imputed_constrained_text(pv_files, tmp_path):
+    """--imputed with --constrain as a user types it: the imputed files give the plausible values' numbers,
+    the tied γs are marked and the left-out test says why."""
+    frame = pd.read_csv(pv_files[0])
+    files = []
+    for k in (1, 2):
+        f = tmp_path / f"imp{k}.csv"
+        frame.assign(PV1MATH=frame[f"PV{k}MATH"]).to_csv(f, index=False)
+        files.append(f)
+    args = ("--id", "ID", *PV_TIED, "--constrain", "g20 = g30")
+    imp = run_cli("fit", files[0], pv_files[1], *args, "--imputed", files[1], "--ascii", check=True).stdout
+    pv = run_cli("fit", *pv_files, *args, "--plausible-values", "PV1MATH,PV2MATH", "--ascii", check=True).stdout
+    assert "G20*" in imp and "G30*" in imp and "* constrained (--constrain): G30 = G20" in imp
+    assert "Test of the constraints (g20 = g30): no test" in imp
+    table = lambda text: text[text.index("Final estimation of fixed effects"):text.index("Deviance")]  # noqa: E731
+    assert table(imp) == table(pv)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..data import design as design_stage
 from ..data.design import Design, MomentsDesign
-from ..engine.constraints import ConstraintBasis, constraint_basis
+from ..engine.constraints import ConstraintBasis, constraint_basis, tied_df
 from ..engine.sufficient import unit_cross_products
 from ..errors import ModelError
 from . import inference
@@ -65,10 +65,12 @@ def constraints_from(texts, read, names: list[str]) -> Constraints:
     effects, labelled `names`), each with its right side moved to the left."""
     rows, labels = [], []
     for text in texts:
+        rewritten = _zero_right_side(text)
         try:
-            h = read(_zero_right_side(text))
-        except ModelError as exc:
-            raise ModelError(str(exc).replace("--test '", f"{OPTION} '", 1)) from None
+            h = read(rewritten)
+        except ModelError as exc:  # named as typed, not as rewritten for the reader
+            message = str(exc).replace(f"--test '{rewritten}'", f"{OPTION} '{text}'", 1)
+            raise ModelError(message.replace("--test '", f"{OPTION} '", 1)) from None
         if any(v != 0.0 for v in h.rhs):
             raise ModelError(f"{OPTION} '{text}': a restriction fixing a γ at a value is not built (the outcome would "
                              "need an offset); write ties between γs such as 'g10 = g20' (right side 0)")
@@ -99,15 +101,23 @@ def free_hypotheses(constraints: Constraints, hypotheses) -> list:
 
 
 # A comma between restrictions, not one inside a printed label such as g1,10: the next restriction
-# starts with a letter or a sign, or with a multiplier of a γ (2*g10, 2g10).
-_BETWEEN = re.compile(r",\s*(?=[^\d\s]|\d[\d.]*\s*\*?\s*[^\d\s.,*])")
+# starts with a letter or a sign, or with a multiplier of a γ (2*g10, 2g10); or the text ends.
+_BETWEEN = re.compile(r",\s*(?=[^\d\s]|\d[\d.]*\s*\*?\s*[^\d\s.,*]|$)")
 
 
 def _zero_right_side(text: str) -> str:
     """'g10 = g20, g11 = 2*g21' -> 'g10 - g20 = 0, g11 - 2*g21 = 0': each restriction with its γs on
-    the left, as the --test reader takes them (a right side that is a number stays)."""
+    the left, as the --test reader takes them (a right side that is a number stays). A chain ties
+    every γ it names: 'g10 = g20 = g30' is 'g10 = g20, g20 = g30'."""
     out = []
+    pairs = []
     for restriction in _BETWEEN.split(text):
+        sides = restriction.split("=")
+        if len(sides) > 2 and all(side.strip() for side in sides):
+            pairs += [f"{a} = {b}" for a, b in zip(sides, sides[1:])]
+        else:
+            pairs.append(restriction)
+    for restriction in pairs:
         if restriction.count("=") != 1:
             out.append(restriction)
             continue
@@ -168,7 +178,7 @@ def constrained_df(design: Design, basis: ConstraintBasis, rule: str = "hlm") ->
     """HLM 7's Approx. d.f. with the parameters counted as constrained: J - (free γs of equation q) for
     the γs of a random coefficient q (J - S_q - 1 unconstrained), and N - J·R - F' for those of fixed
     coefficients, F' their free γs (rule 'hlm6': N - p', p' all free γs). A restriction counts
-    against the equation of the γ it eliminates."""
+    against the equation of the γ it eliminates; tied γs, one parameter, then share one d.f. (tied_df)."""
     J, N = design.n_units, design.n
     R = int(design.random.sum())
     eliminated = set(basis.eliminated)
@@ -182,7 +192,7 @@ def constrained_df(design: Design, basis: ConstraintBasis, rule: str = "hlm") ->
             out.append(J - free_in[f.q])
         else:
             out.append(N - len(basis.free) if rule == "hlm6" else N - J * R - F)
-    return np.array(out, dtype=float)
+    return tied_df(np.array(out, dtype=float), basis.H)
 
 
 def expand_estimates(basis: ConstraintBasis, gamma, cov, robust_cov=None) -> tuple:

@@ -92,3 +92,20 @@ def constraint_basis(C: np.ndarray, what: str = "--constrain") -> ConstraintBasi
             if a != 0.0:
                 H[e, k] = -a
     return ConstraintBasis(H=H, free=tuple(free), eliminated=tuple(eliminated))
+
+
+def tied_df(df: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """The d.f. of each γ made one per parameter: γs that are multiples of one free γ (that γ and the
+    ones tied to it) are one parameter with one t-ratio, so they take one d.f., the smallest of their
+    equations' (a γ of a fixed slope tied to the mean of a random slope has the random slope's J − 1,
+    not N − ...). A γ written in several free γs takes the smallest of theirs and its own."""
+    df = np.asarray(df, dtype=float)
+    out = df.copy()
+    single = np.count_nonzero(H, axis=1) == 1
+    for k in range(H.shape[1]):
+        members = np.flatnonzero(single & (H[:, k] != 0.0))
+        if members.size:
+            out[members] = df[members].min()
+    for i in np.flatnonzero(~single):
+        out[i] = min(df[i], *(out[np.flatnonzero(single & (H[:, k] != 0.0))].min() for k in np.flatnonzero(H[i])))
+    return out

@@ -28,9 +28,12 @@ a block-trace through the same blocked factor (for ML only M's part of it: V⁻�
 
 The search and the certificate are the nested ones (search.search, certify_nested): one PSD
 block per factor, a diagonal τ_b where asked, started from the one-factor models' estimates
-(one_factor_starts). Coordinates are standardised first as for nested models: each factor's random
-columns centred (when it has an intercept) and scaled to unit spread,
-X orthonormalised, y residualised on X and scaled; every map back to the user's scale is exact.
+(one_factor_starts) and, where the dense block is large, Newton steps from there (newton_start).
+With every block 1 × 1 (random intercepts) the products over C_1R's pattern are reweighted per Λ
+rather than formed by sparse products (CrossedStats.scalar_pairs). Coordinates are standardised
+first as for nested models: each factor's random columns centred (when it has an intercept) and
+scaled to unit spread, X orthonormalised, y residualised on X and scaled; every map back to the
+user's scale is exact.
 """
 
 from __future__ import annotations
@@ -439,8 +442,11 @@ class CrossedSolve:
         own = st.C11.sum(axis=0) - np.einsum("jak,jal->kl", Y1, Y1)
         scalar = Q2 and st.scalar_pairs() is not None
         if scalar:
-            # every block 1 × 1: T = Λ_R'C_R1·diag(1/M11_j) (below), so T'S⁻¹T's trace is read from S⁻¹ on
-            # the fixed pattern of C_R1C_1R (CrossedStats.scalar_pairs), rescaled at each Λ
+            # every block 1 × 1: with c_j = C11_j and M11_j = 1 + λ₁²c_j = L11_j², L11⁻¹Λ₁' = diag(λ₁/L11_j)
+            # and Y1 = diag(λ₁c_j/L11_j), so A'Y1 = Λ_R'C_R1·diag(λ₁²c_j/M11_j) and
+            # T = Λ_R'C_R1·diag(1 − λ₁²c_j/M11_j) = Λ_R'C_R1·diag(1/M11_j): Σ_j T_j'S⁻¹T_j = ⟨Λ_RS⁻¹Λ_R,
+            # C_R1 diag(1/M11_j²) C_1R⟩, read from S⁻¹'s lower triangle on the fixed pattern of C_R1C_1R
+            # (CrossedStats.scalar_pairs), reweighted at each Λ; likewise T'V = diag(1/M11_j)C_1RΛ_R V
             lam_col = st.lam_columns(lamsR)
             m11 = 1.0 + self.lams[first][0, 0] ** 2 * st.C11[:, 0, 0]  # M11_j = L11_j²
             flat, val, group = st.scalar_pairs()

@@ -22,6 +22,7 @@ import numpy as np
 
 from .special_functions import special  # the compiled tails, without the scipy.special package
 from .certificate import BlockCertificate, certify_blocks, diagonal_blocks, rank_tolerance
+from .constraints import tied_df
 from ..errors import ModelError
 from .sandwich import weighted_sandwich
 from .nested import (COEFFICIENT_NAMES, LevelsData, LevelsSolve, LevelsStats, NestedData, NestedDeviance, NestedFit,
@@ -113,6 +114,7 @@ def hlm_df(data, n_units: dict, N: int, fixed_map: np.ndarray | None = None) -> 
         eliminated = [i for i in range(p) if i not in free]
         for i, g in enumerate(groups):
             out[i] += len(eliminated) if g is None else sum(groups[e] == g for e in eliminated)
+        out = tied_df(out, fixed_map)  # tied γs are one parameter: one d.f.
     return out
 
 
