@@ -526,12 +526,26 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
             from .data.weights import NO_LIKELIHOOD_RATIO
 
             raise ModelError(NO_LIKELIHOOD_RATIO)  # before the fit, not after it (levels_extras says the same)
-        design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
+        constraints = None
+        if fit.constraints:  # PQL (capabilities.check refused Laplace and AGQ): the working models on X H
+            from .analysis.constrained import parse_constraints
+
+            constraints = parse_constraints(fit.constraints, spec, centred_intercept=False)
+        design, nested, hglm = analyse_hglm_levels(spec, archive, fit,
+                                                   None if constraints is None else constraints.basis.H)
         analysis = LevelsAnalysis(spec, design, nested, hglm=hglm, weighting=weighting_meta(hglm.weights))
         # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL); a weighted
         # (pseudo-likelihood) fit gets the robust Wald tests only and no likelihood-ratio test
         analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
-                                        robust_only=hglm.weights is not None)
+                                        robust_only=hglm.weights is not None, constraints=constraints)
+        if constraints is not None:
+            from .analysis.constrained import constraint_record, spec_gamma_labels
+
+            analysis.extras["constraints"] = constraint_record(constraints, spec_gamma_labels(spec))
+            analysis.extras["constraint_test"] = {
+                "chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
+                "note": "no test: PQL has no deviance (it maximises a quasi-likelihood), and a three-level HGLM by "
+                        "Laplace or AGQ is not built with --constrain"}
         return analysis
     if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3

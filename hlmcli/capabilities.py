@@ -112,8 +112,8 @@ _X_MISSING = ("a cross-classified fit reads one file and leaves out records with
               "model uses (HLM's deletion at analysis)")
 _CONSTRAIN_HGLM = ("not built yet for the streamed HGLM: its passes over the spilled records would need the "
                    "constrained design B_jH formed per block; fit with --engine memory")
-_CONSTRAIN_LEVELS = ("not built yet for a three-level HGLM: its PQL and Laplace fits would need the constrained "
-                     "design X·H in their working model over the nested random effects; the linear fit has it")
+_CONSTRAIN_LEVELS = ("not built yet for a three-level HGLM by Laplace or AGQ: their Newton steps over (γ, τ) would "
+                     "need the constrained design X·H; the PQL fit (its working models on X·H) has it")
 _VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
                    "standard deviations before the per-unit summaries are formed; fit with --engine memory")
 _VKNOWN_HGLM = ("a V-known model is normal at level 1 with a known variance; an HGLM's level-1 variance is fixed by "
@@ -211,11 +211,13 @@ EMULATE_CONFLICTS = {
 
 
 def _constrain_conflicts(kind: str) -> dict:
-    """CONSTRAIN_CONFLICTS for a kind: a two-level linear model (in memory) and a two-level HGLM by Laplace
-    or AGQ take sampling weights (the pseudo-likelihood weights each record's and unit's contribution
+    """CONSTRAIN_CONFLICTS for a kind: a two-level linear model (in memory; also with plausible values or
+    imputed data sets, each fit constrained) and a two-level HGLM by Laplace or AGQ take sampling weights (the pseudo-likelihood weights each record's and unit's contribution
     whatever the fixed design, so the fit on X·H and its sandwich, given back through H, are the
     constrained model's; no likelihood-ratio test of the ties)."""
-    if kind in ("linear", "laplace", "agq"):
+    if kind == "linear":  # and each plausible value or imputed data set fitted constrained, then combined
+        return {k: v for k, v in CONSTRAIN_CONFLICTS.items() if k not in ("weights", "plausible_values")}
+    if kind in ("laplace", "agq"):
         return {k: v for k, v in CONSTRAIN_CONFLICTS.items() if k != "weights"}
     return CONSTRAIN_CONFLICTS
 
@@ -245,7 +247,7 @@ FEATURES = (
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
             "HGLM: every family but multinomial, ties among γs (not thresholds), no test under PQL; cross-classified: of θ, THETA1 = THETA2)",
             {HGLM_STREAM: _CONSTRAIN_HGLM,
-             THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
+             THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
              HGLM_STREAM: _VKNOWN_HGLM,

@@ -513,3 +513,93 @@ def test_negbin_constrained_fit_is_the_summed_predictor_fit():
     assert tied["dispersion"]["estimate"] == pytest.approx(summed["dispersion"]["estimate"], rel=1e-6)
     t = tied["constraint_test"]
     assert t["df"] == 1 and t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- plausible values and imputed data sets
+
+PV_TIED = ("-1", "PV1MATH = b0 + b1*SES + b2*MINORITY + b3*FEMALE + r", "-2", "b0 = g00 + g01*SECTOR + u0",
+           "-2", "b1 = g10", "-2", "b2 = g20", "-2", "b3 = g30")
+PV_SUMMED = ("-1", "PV1MATH = b0 + b1*SES + b2*S + r", "-2", "b0 = g00 + g01*SECTOR + u0", "-2", "b1 = g10",
+             "-2", "b2 = g20")
+
+
+@pytest.fixture(scope="module")
+def pv_files(tmp_path_factory):
+    from test_plausible import make_pv_files
+
+    d = tmp_path_factory.mktemp("pv_tied")
+    l1, l2 = make_pv_files(d)
+    frame = pd.read_csv(l1)
+    frame.assign(S=frame["MINORITY"] + frame["FEMALE"]).to_csv(l1, index=False)
+    return l1, l2
+
+
+def test_plausible_values_constrained_are_the_summed_predictor_fits_combined(pv_files):
+    """Each plausible value's fit constrained (with weights): Rubin's tables by hand from the fits, equal to
+    the summed-predictor fits combined (tied γs share estimate, SE, d.f.); --test by D1 on the free γs is the
+    squared combined t; the ties' likelihood-ratio tests are not combined (a note, no statistic)."""
+    from test_hglm_weights import assert_rubin_tables
+    from hlmcli.report.schemas import first_error
+
+    common = ("--id", "ID", "--weight1", "W1", "--weight2", "W2", "--plausible-values", "PV*MATH", "--format", "json")
+    tied = json.loads(run_cli("fit", *pv_files, *PV_TIED, *common, "--constrain", "g20 = g30", "--test", "g20 = 0",
+                              check=True).stdout)
+    summed = json.loads(run_cli("fit", *pv_files, *PV_SUMMED, *common, check=True).stdout)
+    assert first_error(tied, "combined") is None and tied["combining"]["m"] == 5
+    assert_rubin_tables(tied, rel=1e-10)
+    for key in ("fixed_effects", "fixed_effects_robust"):
+        by_hand = {f["gamma"]: f for f in summed[key]}
+        for f in tied[key]:
+            g = by_hand["γ20" if f["gamma"] in ("γ20", "γ30") else f["gamma"]]
+            for name in ("estimate", "se", "df", "fmi"):
+                assert f[name] == pytest.approx(g[name], rel=1e-6), (key, f["gamma"], name)
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9) and tied["n_params"] == summed["n_params"]
+    test = tied["hypothesis_tests"][0]
+    assert test["model"] is None and test["contrast"] == [[0.0, 0.0, 0.0, 1.0, 0.0]]
+    assert test["robust"]["F"] == pytest.approx(tied["fixed_effects_robust"][3]["t"] ** 2, rel=1e-9)
+    assert tied["constraint_test"]["chi2"] is None and "not combined" in tied["constraint_test"]["note"]
+    assert tied["constraints"]["eliminated"][0]["gamma"] == "g30"
+
+
+def test_cli_imputed_constrained_text(pv_files, tmp_path):
+    """--imputed with --constrain as a user types it: the imputed files give the plausible values' numbers,
+    the tied γs are marked and the left-out test says why."""
+    frame = pd.read_csv(pv_files[0])
+    files = []
+    for k in (1, 2):
+        f = tmp_path / f"imp{k}.csv"
+        frame.assign(PV1MATH=frame[f"PV{k}MATH"]).to_csv(f, index=False)
+        files.append(f)
+    args = ("--id", "ID", *PV_TIED, "--constrain", "g20 = g30")
+    imp = run_cli("fit", files[0], pv_files[1], *args, "--imputed", files[1], "--ascii", check=True).stdout
+    pv = run_cli("fit", *pv_files, *args, "--plausible-values", "PV1MATH,PV2MATH", "--ascii", check=True).stdout
+    assert "G20*" in imp and "G30*" in imp and "* constrained (--constrain): G30 = G20" in imp
+    assert "Test of the constraints (g20 = g30): no test" in imp
+    table = lambda text: text[text.index("Final estimation of fixed effects"):text.index("Deviance")]  # noqa: E731
+    assert table(imp) == table(pv)
+
+
+def test_three_level_pql_constrained_fit_is_the_summed_predictor_fit(tmp_path):
+    """A three-level Poisson HGLM by PQL (grouse ticks): the working models fitted on X·H converge to the
+    summed-predictor fit's fixed point (YEAR96 + YEAR97 as one level-2 column); no test of the tie (PQL)."""
+    H3 = DATA / "hglm3"
+    l2 = pd.read_csv(H3 / "grouse_l2.csv")
+    l2.assign(S=l2["YEAR96"] + l2["YEAR97"]).to_csv(tmp_path / "l2.csv", index=False)
+    files = (H3 / "grouse_l1.csv", tmp_path / "l2.csv", H3 / "grouse_l3.csv", "--id2", "BROOD", "--id3", "LOCATION")
+    rest = ("-3", "b00 = g000 + g001*CHEIGHT + u00", "--family", "poisson", "--format", "json")
+    tied = json.loads(run_cli("fit", *files, "-1", "TICKS = p0", "-2", "p0 = b00 + b01*YEAR96 + b02*YEAR97 + r0",
+                              "-3", "b01 = g010", "-3", "b02 = g020", *rest, "--constrain", "g010 = g020",
+                              check=True).stdout)
+    summed = json.loads(run_cli("fit", *files, "-1", "TICKS = p0", "-2", "p0 = b00 + b01*S + r0", "-3", "b01 = g010",
+                                *rest, check=True).stdout)
+    assert tied["converged"] and tied["hglm"]["fixed_point"]["passed"]
+    by_hand = {f["gamma"]: f for f in summed["fixed_effects"]}
+    assert len(tied["fixed_effects"]) == 4
+    for f in tied["fixed_effects"]:
+        g = by_hand["γ010" if f["gamma"] in ("γ010", "γ020") else f["gamma"]]
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (f["gamma"], key)
+    for key in ("tau_pi", "tau_beta"):
+        assert np.allclose(tied[key]["matrix"], summed[key]["matrix"], rtol=1e-6, atol=1e-12)
+    t = tied["constraint_test"]
+    assert t["chi2"] is None and "PQL has no deviance" in t["note"]

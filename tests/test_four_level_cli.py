@@ -168,10 +168,11 @@ def test_archives_of_every_level_are_one_format():
     assert shas == ARCHIVE_SHAS
 
 
-ARCHIVE_SHAS = {  # format 3 (format 2's three-level pins were 33ca8dbb… and b52e7cb7…)
+ARCHIVE_SHAS = {  # format 3 (format 2's three-level pins were 33ca8dbb… and b52e7cb7…); the pastes archives
+    # hold a text column (CASK), which the header now records by level (notes["text_column_levels"])
     "EG3": "465d51d16040a2ff5106d8927019adc238b2f02a3f7abf494342071aa0c891c8",
-    "PASTES3": "696da67efef7e6e5c0b8d0994c314151a8f5218d909ee2e2ec1ff6a740fff70f",
-    "PASTES2": "ffc7fb350797ae183a4904eaf3976948c5bfbe41d6359d1d2eddc3ce5038311a",
+    "PASTES3": "53831a2795f99aa9df256b8f607c82022f8afc661c40a56da0e302617f1e9e4d",
+    "PASTES2": "dbdf269fe627e1183c97f0cd1468582a9b0efd97d71a55f7122f555a6902f49a",
 }
 
 

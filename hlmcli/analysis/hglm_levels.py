@@ -120,9 +120,10 @@ def check_separation_levels(spec, design, y, trials, link: str, l1file: str, row
                         "no finite estimate; remove one of them or combine categories")
 
 
-def analyse_hglm_levels(spec, archive, fit):
+def analyse_hglm_levels(spec, archive, fit, fixed_map=None):
     """The PQL fit of a three-level HGLM: (its design, the NestedFit the report reads, HGLMLevels), which
-    api.analyse_levels makes a LevelsAnalysis of."""
+    api.analyse_levels makes a LevelsAnalysis of. fixed_map: H of --constrain (PQL only: capabilities.check
+    refused Laplace and AGQ), each working model fitted on X·H."""
     from ..data.design_levels import design3
     from ..engine.family import family as get_family
     from ..engine.nested import as_levels
@@ -161,7 +162,7 @@ def analyse_hglm_levels(spec, archive, fit):
                                           quadrature=res.quadrature, laplace_deviance=res.laplace_deviance)
     try:
         res = pql_levels(glm, reml=reml, overdispersion=bool(fit.overdispersion), diagonal=tau == "diagonal",
-                         max_iterations=spec.options.max_iterations)
+                         max_iterations=spec.options.max_iterations, fixed_map=fixed_map)
     except FloatingPointError as exc:
         raise ModelError(f"the PQL fit broke down: {exc}; check for units whose outcomes are all 0 or all 1, or "
                          "predictors that separate the outcome") from None

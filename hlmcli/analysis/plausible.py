@@ -67,8 +67,10 @@ def check_outcomes(spec, archive, outcomes: list[str]) -> None:
                              "plausible values must be complete on the same records")
 
 
-def analyse_plausible(spec, archive, outcomes: list[str], df_method: str = "hlm", weights=None) -> list:
-    """One Analysis per outcome column, sharing the design, the weights and L'L."""
+def analyse_plausible(spec, archive, outcomes: list[str], df_method: str = "hlm", weights=None,
+                      constraints=None) -> list:
+    """One Analysis per outcome column, sharing the design, the weights and L'L; constraints
+    (constrained.Constraints): each fit on X·H, given back in every γ (constrained.fit_constrained)."""
     from ..data import design as design_stage
     from .pipeline import analyse_stats, check_estimable
     from ..engine.sufficient import unit_cross_products_many
@@ -92,7 +94,12 @@ def analyse_plausible(spec, archive, outcomes: list[str], df_method: str = "hlm"
         w = None if resolved is None else replace(resolved, notes=[])
         # every outcome has the same Z, so the previous optimum (standardised scale) is a close start
         start = out[-1].result.certificate.G if out and out[-1].result.converged else None
-        out.append(analyse_stats(d, units[m], df_method, w, start=start))
+        if constraints is not None:
+            from .constrained import fit_constrained
+
+            out.append(fit_constrained(d, units[m], constraints, df_method, weights=w))
+        else:
+            out.append(analyse_stats(d, units[m], df_method, w, start=start))
     return out
 
 
@@ -156,24 +163,38 @@ def d1_test(C: np.ndarray, rhs: np.ndarray, estimates: np.ndarray, covariances: 
     return {"F": f, "df1": k, "df2": nu if math.isfinite(nu) else None, "p": p, "riv": r}
 
 
-def combined_tests(analyses: list, hypotheses, robust_only: bool = False) -> list[dict]:
+def combined_tests(analyses: list, hypotheses, robust_only: bool = False, constraints=None) -> list[dict]:
     """--test on combined fits: each hypothesis by D1, with the model-based and the robust covariances
-    (robust only for a weighted fit: the model-based covariance ignores the weights' information)."""
-    est = np.array([a.fixed.gamma for a in analyses])
+    (robust only for a weighted fit: the model-based covariance ignores the weights' information).
+    constraints: the fits are constrained (γ = Hδ), so each Cγ = d is tested as (CH)δ = d on the free
+    γs, whose covariances are not singular along the restrictions (constrained.free_hypotheses)."""
+    free = None
+    if constraints is not None:
+        from .constrained import free_hypotheses
+
+        free = list(constraints.basis.free)
+        typed, hypotheses = list(hypotheses), free_hypotheses(constraints, hypotheses)
+    est = np.array([a.fixed.gamma if free is None else a.fixed.gamma[free] for a in analyses])
+
+    def covariances(attr):
+        covs = np.array([getattr(a.fixed, attr) for a in analyses])
+        return covs if free is None else covs[:, free][:, :, free]
+
     out = []
-    for h in hypotheses:
+    for i, h in enumerate(hypotheses):
         C = np.array(h.rows, dtype=float)
         d = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
         if C.shape[1] != est.shape[1]:
             raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {est.shape[1]} γs")
         if np.linalg.matrix_rank(C) < C.shape[0]:
             raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
-        entry = {"label": h.label, "contrast": C.tolist(), "rhs": d.tolist(), "statistic": "D1"}
+        entry = {"label": h.label, "contrast": C.tolist() if free is None else [list(r) for r in typed[i].rows],
+                 "rhs": d.tolist(), "statistic": "D1"}
         for kind, attr in (("model", "cov"), ("robust", "robust_cov")):
             if kind == "model" and robust_only:
                 entry[kind] = None
                 continue
-            entry[kind] = d1_test(C, d, est, np.array([getattr(a.fixed, attr) for a in analyses]))
+            entry[kind] = d1_test(C, d, est, covariances(attr))
         out.append(entry)
     return out
 
@@ -227,4 +248,18 @@ def combine(analyses: list, labels: list[str] | None = None) -> dict:
         "deviances": [float(a.result.deviance) for a in analyses],
         "n_params": a0.result.n_params, "method": a0.result.method,
         "converged": all(a.result.converged for a in analyses),
+        **constraint_records(a0),
     }
+
+
+def constraint_records(a0) -> dict:
+    """Constrained fits (--constrain): the restrictions, as each fit has them, and no test of the ties:
+    each fit's likelihood-ratio statistic is not combined (a deviance difference has no Rubin's rule)."""
+    record = a0.extras.get("constraints")
+    if record is None:
+        return {}
+    return {"constraints": record,
+            "constraint_test": {"chi2": None, "df": record["n_restrictions"], "p": None, "refitted_ml": False,
+                                "note": "no test: the likelihood-ratio tests of the ties are not combined over the "
+                                        "fits (a deviance difference has no Rubin's rule); --test gives D1 Wald "
+                                        "tests of the free fixed effects"}}

@@ -897,7 +897,7 @@ def fit_cmd(**params):
                       out.timestamp, fit.df_method, out.ascii_only, weight_spec(spec, fit), fit.plausible_values,
                       fit.imputed, fit.full_output, build2, build["cache_dir"], out.quiet, out.keep_failed_output,
                       hypotheses=hypotheses, json_out=out.json_out, allow_unequal=more["allow_unequal_imputations"],
-                      table_options=out.table, hmlm=(fit.level1_covariance, fit.occasion))
+                      table_options=out.table, hmlm=(fit.level1_covariance, fit.occasion), constrain=fit.constraints)
         return
     from ..api import analyse_model
     from ..results import Results
@@ -1232,10 +1232,11 @@ def _refuse_weighted_likelihood_ratio(compare_deviance, model_file):
 def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, out_format, output, timestamp,
                   df_method, ascii_only, wspec, plausible_values, imputed, full_output, build_opts, cache_dir, quiet,
                   keep_failed_output=False, hypotheses=(), json_out=None, allow_unequal=False, table_options=None,
-                  hmlm=(None, None)):
+                  hmlm=(None, None), constrain=()):
     """Plausible values (one archive, several outcome columns) or imputed files (several archives):
     one fit each, combined with Rubin's rules (plausible.py); --test by D1. hmlm: --level1-covariance and
-    --occasion, each fit an HMLM one (analysis/hmlm.py) and its structured fits combined too."""
+    --occasion, each fit an HMLM one (analysis/hmlm.py) and its structured fits combined too. constrain:
+    --constrain's restrictions, each linear fit constrained (capabilities.check refused the other kinds)."""
     from ..errors import EXIT_NOT_CONVERGED
     from ..io.files import atomic_write_text
     from ..analysis.pipeline import analyse
@@ -1274,6 +1275,17 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
 
         def analyse(spec, archive, df_method, weights=None):  # noqa: F811
             return analyse_hmlm(spec, archive, *hmlm, df_method)
+    constraints = None
+    if constrain:  # each fit on X·H (analysis/constrained.py), its ties' test left out (constraint_records)
+        from functools import partial
+
+        from ..analysis.constrained import analyse_constrained, parse_constraints
+
+        constraints = parse_constraints(constrain, spec)
+        analyse_plausible = partial(analyse_plausible, constraints=constraints)  # noqa: F811
+
+        def analyse(spec, archive, df_method, weights=None):  # noqa: F811
+            return analyse_constrained(spec, archive, constraints, df_method, weights)
     if plausible_values:
         outcomes = outcome_columns(plausible_values, list(archive.level1_names), archive)
         analyses = analyse_plausible(spec, archive, outcomes, df_method, weights)
@@ -1304,7 +1316,8 @@ def _fit_combined(archive, source_text, spec, data, model_file, level1, level2, 
             own = hmlm[0] != "homogeneous"
             structured = combine_structured(analyses, hypotheses if own else ())
             hypotheses = () if own else hypotheses
-        tests = combined_tests(analyses, hypotheses, robust_only=weights is not None) if hypotheses else None
+        tests = combined_tests(analyses, hypotheses, robust_only=weights is not None,
+                               constraints=constraints) if hypotheses else None
         doc = combined_json(analyses, meta, source, bool(full_output), labels, tests, structured)
     if out_format == "json":
         text = dumps_json(doc)

@@ -8,6 +8,7 @@ import math
 
 from ..analysis.plausible import RULE, combine
 from ..data.weights import weighting_lines
+from ..spec import gamma_label
 from ..version import __version__
 from .report import fit_json, fit_text, hlm_name, hlm_p, model_record, model_summary, printable, problem_lines, text_table
 from .terms import with_terms
@@ -37,6 +38,7 @@ def _combined_fixed_lines(c: dict, d, sym, weighted: bool) -> list[str]:
     """The combined fixed effects (plausible.combine's tables), model-based then robust, with each γ's FMI."""
     out: list[str] = []
     w = out.append
+    tied = set(c.get("constraints", {}).get("involved", ()))  # --constrain: marked *
     for kind in ("fixed_effects", "fixed_effects_robust"):
         w("")
         w("Final estimation of fixed effects, combined over the fits")
@@ -50,10 +52,15 @@ def _combined_fixed_lines(c: dict, d, sym, weighted: bool) -> list[str]:
             if f.q != prev:
                 rows.append([f"For {hlm_name(f.coefficient)}"])
                 prev = f.q
-            rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}", f"{row['estimate']:.6f}", f"{row['se']:.6f}",
+            mark = "*" if gamma_label(f.q, f.s, "g") in tied else ""
+            rows.append([f"    {hlm_name(f.predictor)}, {sym.g(f.q, f.s)}{mark}", f"{row['estimate']:.6f}", f"{row['se']:.6f}",
                          f"{row['t']:.3f}", f"{row['df']:.2f}", hlm_p(row['p']), f"{row['fmi']:.3f}"])
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
                           rows, [30, 12, 14, 9, 12, 8, 6])
+        if "constraints" in c:
+            from .report import constraint_note
+
+            out += constraint_note(c["constraints"], sym)
     return out
 
 
@@ -126,6 +133,9 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
     w("")
     w(f" Deviance (average over the fits) = {c['deviance']:.6f}")
     w(f" Number of estimated parameters   = {c['n_params']}")
+    if "constraint_test" in c:
+        w("")
+        w(f"Test of the constraints ({', '.join(c['constraints']['restrictions'])}): {c['constraint_test']['note']}")
     out += _d1_test_lines(tests or [])
     if structured is not None:
         from .report_hmlm import combined_level1_covariance_lines
