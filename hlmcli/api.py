@@ -569,7 +569,10 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     result, weights = fit_weighted(design, archive, levels_weight_spec(archive.n_levels, fit), spec.method == "REML",
                                    spec.options.max_iterations, **options)
     analysis = LevelsAnalysis(spec, design, result, weighting=weighting_meta(weights))
-    analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
+    # HMLM2 with a structure other than homogeneous: the tests are the structured model's (below)
+    structured = str(fit.level1_covariance or "homogeneous") != "homogeneous"
+    analysis.extras = levels_extras(analysis, () if structured else fit.tests,
+                                    None if structured else fit.compare_deviance, fit.compare_params,
                                     robust_only=weights is not None, constraints=constraints)
     if constraints is not None:
         from .analysis.constrained import constraint_record, levels_constraint_test, spec_gamma_labels
@@ -585,6 +588,13 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
             raise UsageError("--level1-covariance and --occasion go together: the structure of the within-person "
                              "covariance and the level-1 variable holding each record's occasion")
         analyse_hmlm2(analysis, archive, fit.level1_covariance, fit.occasion)
+        if structured:  # as at two levels (_analyse_hmlm): --test and --compare-deviance of the structured fit
+            from .analysis.hmlm import structured_tests
+            from .language.hypotheses import parse_test
+
+            record = analysis.extras["level1_covariance"]
+            hypotheses = [parse_test(t, analysis.levels_spec) for t in fit.tests]
+            record.update(structured_tests(record, hypotheses, fit.compare_deviance, fit.compare_params))
     return analysis
 
 

@@ -153,14 +153,6 @@ LEVEL1_COVARIANCE_LEVELS = {
     "plausible_values": "at three levels (HMLM2) Rubin's rules would need the structured fit combined too, which is "
                         "not built; at two levels HMLM combines it",
 }
-# HMLM2 (three levels): options computed on the homogeneous HLM3 model printed first; with another structure they
-# would test that model, not the one asked for (at two levels they are computed on the structured fit).
-LEVEL1_COVARIANCE_STRUCTURED = {
-    "test": "at three levels (HMLM2) the Wald tests would use the homogeneous model's γ and covariance, not the "
-            "structured model's; the structured fit prints its own γ table with SEs",
-    "compare_deviance": "at three levels (HMLM2) the test would use the homogeneous model's deviance; the "
-                        "structured fit prints its likelihood-ratio test against the homogeneous model",
-}
 # With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
 LEVEL1_VARIANCE_CONFLICTS = {
     "weights": "not built together yet: the pseudo-likelihood and the variance model would both rescale the records",
@@ -461,11 +453,9 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
             if why:
                 label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(' (')[0]
                 raise RefusedOption(f"{label}: not available for an HGLM PQL (stream) fit: {why}")
-    structured = str(getattr(fit, "level1_covariance", None) or "homogeneous") != "homogeneous" and kind in _LEVELS
     for feature, option, conflicts in (("level1_covariance", "--level1-covariance",
                                         {**LEVEL1_COVARIANCE_CONFLICTS,
-                                         **(LEVEL1_COVARIANCE_LEVELS if kind in _LEVELS else {}),
-                                         **(LEVEL1_COVARIANCE_STRUCTURED if structured else {})}),
+                                         **(LEVEL1_COVARIANCE_LEVELS if kind in _LEVELS else {})}),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
                                        ("constrain", "--constrain", _constrain_conflicts(kind)),

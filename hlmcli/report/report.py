@@ -790,13 +790,9 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     out += extras_text(a.extras, sym)
     if "level1_covariance" in a.extras:  # HMLM: the structured model after the homogeneous one, as HLM 7
-        from .report_hmlm import level1_covariance_lines
+        from .report_hmlm import structured_model_lines
 
-        lc = a.extras["level1_covariance"]
-        out += level1_covariance_lines(lc, sym, hlm_name, hlm_p, text_table)
-        if "hypothesis_tests" in lc or "deviance_test" in lc:
-            out += ["", f"Tests of the {lc['structure']} model"] + extras_text(
-                {k: lc[k] for k in ("deviance_test", "hypothesis_tests") if k in lc}, sym)
+        out += structured_model_lines(a.extras["level1_covariance"], sym, hlm_name, hlm_p, text_table, extras_text)
     out += _r_call_lines(a, meta)
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 
