@@ -418,6 +418,24 @@ def test_three_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tie,order", [
+    ("g001 = g101", ["(Intercept)", "C1", "FEMALE", "YEAR", "C1", "YEAR:MOBILITY"]),
+    ("g101 = g102", ["(Intercept)", "LOWINC", "FEMALE", "YEAR", "C2", "C2"])])
+def test_three_level_constrained_fit_matches_lmer_on_the_summed_column(tie, order):
+    """Ties across the level-3 equations of two random coefficients (γ001 = γ101) and within one (γ101 =
+    γ102), against lmer by ML on the summed column (tests/data/constraints/eg_tied_lme4.json, made by
+    tests/reference_scripts/constraints_three_level_lme4.R); tied rows share every number."""
+    ref = json.loads((DATA / "constraints" / "eg_tied_lme4.json").read_text())[tie.replace(" = ", "_")]
+    doc = _json(T3 / "eg_l1.csv", T3 / "eg_l2.csv", T3 / "eg_l3.csv", *EG_IDS, *EG_TIED, "--ml", "--constrain", tie)
+    assert doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6) and doc["n_params"] == 12
+    for f, name in zip(doc["fixed_effects"], order):
+        assert f["estimate"] == pytest.approx(ref["fixef"][name], rel=1e-5), f["gamma"]
+        assert f["se"] == pytest.approx(ref["se"][name], rel=1e-5), f["gamma"]
+    a, b = (next(f for f in doc["fixed_effects"] if f["gamma"] == "γ" + g.strip()[1:]) for g in tie.split("="))
+    assert all(a[key] == b[key] for key in ("estimate", "se", "df", "p_value", "robust_se"))
+
+
+@pytest.mark.slow
 def test_four_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
     """CSIZE's and SEC3's (SECTOR copied to the classes) effects on the class intercept tied; by hand, S = CSIZE +
     SEC3 in the level-3 file. ML: the test of the tie is the change from the unconstrained fit's deviance."""
