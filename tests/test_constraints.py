@@ -628,3 +628,17 @@ def test_three_level_pql_constrained_fit_is_the_summed_predictor_fit(tmp_path):
         assert np.allclose(tied[key]["matrix"], summed[key]["matrix"], rtol=1e-6, atol=1e-12)
     t = tied["constraint_test"]
     assert t["chi2"] is None and "PQL has no deviance" in t["note"]
+
+
+def test_chi2_of_a_random_coefficient_counts_a_tie_in_its_equation(frames):
+    """A tie between two level-2 predictors of the random intercept (g01 = g02): HLM's χ² test of u0 is the
+    summed-predictor model's, statistic and d.f. (J - 2, not J - 3) and p-value."""
+    l1, l2 = frames
+    l2 = l2.assign(S2=l2["SECTOR"] + l2["MEANSES"])
+    tied = hlmcli.fit(l1, l2, id="ID", level1_eq="MATHACH = b0 + b1*SES + r",
+                      level2_eqs=["b0 = g00 + g01*SECTOR + g02*MEANSES + u0", "b1 = g10"], constrain="g01 = g02")
+    summed = hlmcli.fit(l1, l2, id="ID", level1_eq="MATHACH = b0 + b1*SES + r",
+                        level2_eqs=["b0 = g00 + g01*S2 + u0", "b1 = g10"])
+    t, s = tied.to_dict()["variance_components"][0], summed.to_dict()["variance_components"][0]
+    assert t["df"] == s["df"] == 158
+    assert t["chi2"] == pytest.approx(s["chi2"], rel=1e-9) and t["p"] == pytest.approx(s["p"], rel=1e-6)

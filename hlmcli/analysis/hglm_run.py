@@ -424,6 +424,10 @@ def analyse_hglm(spec, archive, level1_text: str | None = None, weights=None, co
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
     variance = inference.variance_tests(design, ols, tau, stats)
+    if constraints is not None:  # the χ² d.f. with the parameters counted as constrained
+        from .constrained import constrained_variance_tests
+
+        variance = constrained_variance_tests(variance, design, constraints.basis)
     return HGLMAnalysis(spec, design, data, est, m_res.nodes if m_res is not None else 0,
                         p_res, m_res, gamma, cov, rcov, tau, sigma2, df, variance,
                         converged, b, bvar, warnings=warnings, weights=resolved)
