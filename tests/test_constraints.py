@@ -148,6 +148,7 @@ def test_tied_df_one_per_parameter():
     ("g20 g30", "needs one '='"),
     ("g20 = g30 = 1", "fixing a γ at a value"),
     ("g20 = -g40", "this model has no γ40"),
+    ("g20 = g30, g20 = g20", "ties a γ to itself"),
 ])
 def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
     from hlmcli.analysis.constrained import parse_constraints
