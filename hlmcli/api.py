@@ -527,7 +527,7 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
 
             raise ModelError(NO_LIKELIHOOD_RATIO)  # before the fit, not after it (levels_extras says the same)
         constraints = None
-        if fit.constraints:  # PQL (capabilities.check refused Laplace and AGQ): the working models on X H
+        if fit.constraints:  # PQL, Laplace (capabilities.check refused AGQ): the fit on X H
             from .analysis.constrained import parse_constraints
 
             constraints = parse_constraints(fit.constraints, spec, centred_intercept=False)
@@ -542,10 +542,20 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
             from .analysis.constrained import constraint_record, spec_gamma_labels
 
             analysis.extras["constraints"] = constraint_record(constraints, spec_gamma_labels(spec))
-            analysis.extras["constraint_test"] = {
-                "chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
-                "note": "no test: PQL has no deviance (it maximises a quasi-likelihood), and a three-level HGLM by "
-                        "Laplace or AGQ is not built with --constrain"}
+            if hglm.weights is not None:
+                from .analysis.constrained import no_pseudo_likelihood_test
+
+                analysis.extras["constraint_test"] = no_pseudo_likelihood_test(constraints)
+            elif hglm.estimation == "laplace":  # against the unconstrained Laplace fit, refitted here
+                from .analysis.constrained import likelihood_ratio_record
+
+                analysis.extras["constraint_test"] = likelihood_ratio_record(
+                    constraints, nested, analyse_hglm_levels(spec, archive, fit)[1])
+            else:
+                analysis.extras["constraint_test"] = {
+                    "chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
+                    "note": "no test: PQL has no deviance (it maximises a quasi-likelihood); fit with --estimation "
+                            "laplace for the likelihood-ratio test of the constraints"}
         return analysis
     if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3

@@ -112,8 +112,8 @@ _X_MISSING = ("a cross-classified fit reads one file and leaves out records with
               "model uses (HLM's deletion at analysis)")
 _CONSTRAIN_HGLM = ("not built yet for the streamed HGLM: its passes over the spilled records would need the "
                    "constrained design B_jH formed per block; fit with --engine memory")
-_CONSTRAIN_LEVELS = ("not built yet for a three-level HGLM by Laplace or AGQ: their Newton steps over (γ, τ) would "
-                     "need the constrained design X·H; the PQL fit (its working models on X·H) has it")
+_CONSTRAIN_AGQ3 = ("not built yet for a three-level HGLM by AGQ: its nested quadrature would need the constrained "
+                   "design X·H; the PQL and Laplace fits have it")
 _VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
                    "standard deviations before the per-unit summaries are formed; fit with --engine memory")
 _VKNOWN_HGLM = ("a V-known model is normal at level 1 with a known variance; an HGLM's level-1 variance is fixed by "
@@ -238,8 +238,7 @@ FEATURES = (
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
             "HGLM: every family but multinomial, ties among γs (not thresholds), no test under PQL; cross-classified: of θ, THETA1 = THETA2)",
-            {HGLM_STREAM: _CONSTRAIN_HGLM,
-             THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
+            {HGLM_STREAM: _CONSTRAIN_HGLM}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
              HGLM_STREAM: _VKNOWN_HGLM,
@@ -315,6 +314,7 @@ FEATURES = (
 # The three-level AGQ column: the Laplace column's refusals, for the same reasons (the same search, certificate,
 # report and outputs), except its weights. Random slopes are refused by the model (hglm_levels_agq.py).
 _AGQ3_OWN = {
+    "constrain": _CONSTRAIN_AGQ3,
     "weights": ("the weighted pseudo-likelihood is not carried through the nested quadrature (level-2 weights inside "
                 "each level-3 unit's integral at every node, level-3 weights outside it); not built"),
 }

@@ -1190,6 +1190,13 @@ def check_hglm3l_formats(tmp_path):
     assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-9)
 
 
+def check_hglm3l_constrain(tmp_path):
+    """--constrain 'g010 = g020' by Laplace: the summed-predictor fit and the test of the tie (test_constraints.py)."""
+    from test_constraints import test_three_level_laplace_constrained_fit_is_the_summed_predictor_fit as check
+
+    check(tmp_path)
+
+
 def check_hglm3l_test(tmp_path):
     doc = hglm3l_json("--test", "γ001 = 0")
     f = next(f for f in doc["fixed_effects"] if f["gamma"] == "γ001")

@@ -593,19 +593,44 @@ def test_cli_imputed_constrained_text(pv_files, tmp_path):
     assert table(imp) == table(pv)
 
 
-def test_three_level_pql_constrained_fit_is_the_summed_predictor_fit(tmp_path):
-    """A three-level Poisson HGLM by PQL (grouse ticks): the working models fitted on X·H converge to the
-    summed-predictor fit's fixed point (YEAR96 + YEAR97 as one level-2 column); no test of the tie (PQL)."""
+def _grouse_pair(tmp_path, *estimation):
+    """The three-level Poisson HGLM of the grouse ticks with the tie g010 = g020, and the summed-predictor fit
+    (YEAR96 + YEAR97 as one level-2 column)."""
     H3 = DATA / "hglm3"
     l2 = pd.read_csv(H3 / "grouse_l2.csv")
     l2.assign(S=l2["YEAR96"] + l2["YEAR97"]).to_csv(tmp_path / "l2.csv", index=False)
     files = (H3 / "grouse_l1.csv", tmp_path / "l2.csv", H3 / "grouse_l3.csv", "--id2", "BROOD", "--id3", "LOCATION")
-    rest = ("-3", "b00 = g000 + g001*CHEIGHT + u00", "--family", "poisson", "--format", "json")
+    rest = ("-3", "b00 = g000 + g001*CHEIGHT + u00", "--family", "poisson", "--format", "json", *estimation)
     tied = json.loads(run_cli("fit", *files, "-1", "TICKS = p0", "-2", "p0 = b00 + b01*YEAR96 + b02*YEAR97 + r0",
                               "-3", "b01 = g010", "-3", "b02 = g020", *rest, "--constrain", "g010 = g020",
                               check=True).stdout)
     summed = json.loads(run_cli("fit", *files, "-1", "TICKS = p0", "-2", "p0 = b00 + b01*S + r0", "-3", "b01 = g010",
                                 *rest, check=True).stdout)
+    return tied, summed
+
+
+def test_three_level_laplace_constrained_fit_is_the_summed_predictor_fit(tmp_path):
+    """By Laplace: the deviance over δ on X·H is the summed-predictor fit's (deviance 1e-9, γ and SEs 1e-6), and
+    the likelihood-ratio test of the tie is against the unconstrained Laplace fit."""
+    tied, summed = _grouse_pair(tmp_path, "--estimation", "laplace")
+    assert tied["converged"] and tied["certificate"]["certified"]
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9) and tied["n_params"] == summed["n_params"]
+    by_hand = {f["gamma"]: f for f in summed["fixed_effects"]}
+    for f in tied["fixed_effects"]:
+        g = by_hand["γ010" if f["gamma"] in ("γ010", "γ020") else f["gamma"]]
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6, abs=1e-9), (f["gamma"], key)
+    for key in ("tau_pi", "tau_beta"):
+        assert np.allclose(tied[key]["matrix"], summed[key]["matrix"], rtol=1e-6, atol=1e-9)
+    t = tied["constraint_test"]
+    assert t["df"] == 1 and t["params_unconstrained"] == tied["n_params"] + 1
+    assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+def test_three_level_pql_constrained_fit_is_the_summed_predictor_fit(tmp_path):
+    """A three-level Poisson HGLM by PQL (grouse ticks): the working models fitted on X·H converge to the
+    summed-predictor fit's fixed point; no test of the tie (PQL)."""
+    tied, summed = _grouse_pair(tmp_path)
     assert tied["converged"] and tied["hglm"]["fixed_point"]["passed"]
     by_hand = {f["gamma"]: f for f in summed["fixed_effects"]}
     assert len(tied["fixed_effects"]) == 4
