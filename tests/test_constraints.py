@@ -137,6 +137,19 @@ def test_tied_df_one_per_parameter():
     assert tied_df([50, 70, 60, 90, 80], H).tolist() == [50, 60, 60, 50, 60]
 
 
+def test_the_note_says_what_each_eliminated_gamma_is():
+    from hlmcli.report.report import Symbols, constraint_note
+
+    def record(*equals):
+        return {"eliminated": [{"gamma": "g30", "equals": [{"coefficient": c, "gamma": g} for c, g in equals]}]}
+
+    sym = Symbols(ascii_only=False)
+    assert constraint_note(record((-1.0, "g10"), (1.0, "g20")), sym)[0] == (
+        "* constrained (--constrain): γ30 = -γ10 + γ20; given by the free γs, with the d.f. counted as constrained")
+    assert constraint_note(record((0.5, "g20")), sym)[0].startswith("* constrained (--constrain): γ30 = 0.5*γ20; "
+                                                                    "estimated as one")
+
+
 # ---------------------------------------------------------------- refusals, one line each
 
 @pytest.mark.parametrize("text,message", [
@@ -148,6 +161,7 @@ def test_tied_df_one_per_parameter():
     ("g20 g30", "needs one '='"),
     ("g20 = g30 = 1", "fixing a γ at a value"),
     ("g20 = -g40", "this model has no γ40"),
+    ("g20 = g30, g20 = g20", "ties a γ to itself"),
 ])
 def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
     from hlmcli.analysis.constrained import parse_constraints

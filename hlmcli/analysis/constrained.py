@@ -74,6 +74,9 @@ def constraints_from(texts, read, names: list[str]) -> Constraints:
         if any(v != 0.0 for v in h.rhs):
             raise ModelError(f"{OPTION} '{text}': a restriction fixing a γ at a value is not built (the outcome would "
                              "need an offset); write ties between γs such as 'g10 = g20' (right side 0)")
+        if any(not any(r) for r in h.rows):  # 'g20 = g20': 0 = 0, not a dependence on other restrictions
+            raise ModelError(f"{OPTION} '{text}': a restriction that ties a γ to itself (its terms cancel) restricts "
+                             "nothing; drop it")
         rows += [list(r) for r in h.rows]
         labels.append(text.strip())
     C = np.array(rows, dtype=float)

@@ -684,10 +684,13 @@ def constraint_note(record: dict, sym: Symbols, r_call: bool = False) -> list[st
 
     ties = []
     for e in record["eliminated"]:
-        terms = " + ".join(("" if c == 1.0 else f"{c:g}*") + name(g["gamma"]) for g in e["equals"]
+        terms = " + ".join({1.0: "", -1.0: "-"}.get(c, f"{c:g}*") + name(g["gamma"]) for g in e["equals"]
                            for c in [g["coefficient"]])
         ties.append(f"{name(e['gamma'])} = {terms}".replace("+ -", "- "))
-    out = [f"* constrained (--constrain): {'; '.join(ties)}; estimated as one, with the d.f. counted as constrained"]
+    # a γ written in several free γs is not one estimate shared: it is their combination
+    how = ("estimated as one" if all(len(e["equals"]) == 1 for e in record["eliminated"])
+           else "given by the free γs")
+    out = [f"* constrained (--constrain): {'; '.join(ties)}; {how}, with the d.f. counted as constrained"]
     if r_call:
         out.append("  (the R call printed is of the unconstrained model; for the constrained one, sum the tied "
                    "predictors into one column)")
