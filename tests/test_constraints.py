@@ -405,8 +405,20 @@ def test_three_level_constrained_fit_is_the_summed_predictor_fit_fast(tmp_path):
     for key in ("aic", "bic"):  # the tied γ is not a parameter
         assert table_view(tied)[key] == pytest.approx(table_view(summed)[key], rel=1e-9), key
     assert np.allclose(tied["tau_pi"]["matrix"], summed["tau_pi"]["matrix"], rtol=1e-6)
+    # HLM's χ² tests: the level-2 test of r0 counts β01 and β02 as one term (d.f. 30 - 2, not 30 - 3)
+    assert [c["df"] for c in tied["tau_pi"]["chi2"]] == [28]
+    _assert_chi2_summed(tied, summed, ("tau_pi", "tau_beta"))
     assert tied["constraint_test"]["chi2"] == pytest.approx(
         tied["deviance"] - tied["constraint_test"]["deviance_unconstrained"], rel=1e-12)
+
+
+def _assert_chi2_summed(tied, summed, keys):
+    """HLM's χ² table of every random coefficient (statistic, d.f., p) is the summed-predictor fit's."""
+    for key in keys:
+        t, s = tied[key]["chi2"], summed[key]["chi2"]
+        assert [c["df"] for c in t] == [c["df"] for c in s], key
+        for a, b in zip(t, s):
+            assert a["chi2"] == pytest.approx(b["chi2"], rel=1e-9) and a["p"] == pytest.approx(b["p"], rel=1e-6), key
 
 
 @pytest.mark.slow
@@ -463,6 +475,9 @@ def test_four_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
     summed = _json(*files, tmp_path / "summed3.csv", T4 / "schools_l4.csv", *SCHOOLS_IDS, *SCHOOLS_SUMMED, "--ml")
     same = ("δ0000", "δ0010", "δ0100", "δ1000")
     _assert_levels_summed(tied, summed, [*zip(same, same), ("δ0020", "δ0010")])
+    by_name = [{r["name"]: r for r in d["random_effects"]} for d in (tied, summed)]
+    assert by_name[0]["tau_beta"]["chi2"][0]["df"] == 144 - 2  # g001 and g002 one term of b00's equation
+    _assert_chi2_summed(*by_name, ("tau_pi", "tau_beta", "tau_gamma"))
     t = tied["constraint_test"]
     assert not t["refitted_ml"] and t["deviance_constrained"] == pytest.approx(tied["deviance"], rel=1e-15)
     assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
@@ -640,6 +655,8 @@ def test_three_level_pql_constrained_fit_is_the_summed_predictor_fit(tmp_path):
             assert f[key] == pytest.approx(g[key], rel=1e-6), (f["gamma"], key)
     for key in ("tau_pi", "tau_beta"):
         assert np.allclose(tied[key]["matrix"], summed[key]["matrix"], rtol=1e-6, atol=1e-12)
+    assert tied["tau_pi"]["chi2"][0]["df"] == 100 - 2  # YEAR96 and YEAR97 one term of π0's equation
+    _assert_chi2_summed(tied, summed, ("tau_pi", "tau_beta"))
     t = tied["constraint_test"]
     assert t["chi2"] is None and "PQL has no deviance" in t["note"]
 

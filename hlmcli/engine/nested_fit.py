@@ -151,6 +151,28 @@ def _has_fixed(node, depth: int, K: int) -> bool:
     return depth == K or any(_has_fixed(t, depth + 1, K) for t in node.terms)
 
 
+def _constrained_terms(node, depth: int, cols, H: np.ndarray) -> int:
+    """The terms of the equation of `node` (a coefficient at `depth`) that hold fixed effects, counted as
+    the constrained model has them (its χ² d.f. are the units less this). The fixed part is Σ_t X_t β_t,
+    β_t = Σ_s γ_ts W_s (s: the predictors below t) and γ = Hδ, so β_t = Σ_(k,s) H[ts,k] δ_k W_s: the terms
+    needed are the rank of the rows A[t, (k, s)] = H[ts, k]. Unconstrained (H = I) that is the terms
+    holding a γ; a tie of two terms' γs of the same W makes two rows equal (one term fewer: the
+    summed-predictor model's). A δ whose free γ is outside this equation is not counted (each parameter
+    belongs to the equation of its free γ, as at two levels: a γ tied to another equation's leaves
+    its own equation's count)."""
+    free = _free_rows(H)
+    owner = {k: next((i for i in free if H[i, k] == 1.0), None) for k in range(H.shape[1])}
+    mine = [i for i, nodes in enumerate(cols.x_path_nodes) if nodes[depth - 1] is node]
+    own = [k for k in range(H.shape[1]) if owner[k] in mine]
+    terms = list(dict.fromkeys(id(cols.x_path_nodes[i][depth]) for i in mine))
+    below = list(dict.fromkeys(tuple(c for _, c in cols.x[i][depth + 1:]) for i in mine))
+    A = np.zeros((len(terms), len(own) * len(below)))
+    for i in mine:
+        t, s = terms.index(id(cols.x_path_nodes[i][depth])), below.index(tuple(c for _, c in cols.x[i][depth + 1:]))
+        A[t, [m * len(below) + s for m in range(len(own))]] += H[i, own]
+    return int(np.linalg.matrix_rank(A)) if A.size else 0
+
+
 def _stars(data: LevelsData, gamma: np.ndarray, eb: tuple):
     """For each coefficient of a level-d equation (d < K), keyed by its id: its fitted value per
     level-(d+1) unit from its own equation (`fit`: the fixed part plus the EB of the higher levels)
@@ -286,7 +308,11 @@ def level_tests(data, raw: LevelsStats, us: LevelsSolve, tr, sigma2: float, taus
         for a, node in enumerate(nodes):
             dev = bhat[ok, a] - fits[a][ok]
             chi = float(np.sum(dev * dev / V[ok, a]))
-            df = int(ok.sum()) - sum(_has_fixed(t, depth + 1, K) for t in node.terms)
+            if fixed_map is None:
+                terms = sum(_has_fixed(t, depth + 1, K) for t in node.terms)
+            else:
+                terms = _constrained_terms(node, depth, cols, fixed_map)
+            df = int(ok.sum()) - terms
             chi_l.append({"chi2": chi, "df": df, "p": _pchisq_upper(chi, df), "n_units": int(ok.sum())})
         chis.append(chi_l)
     return tuple(rels), tuple(chis)
