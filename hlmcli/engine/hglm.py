@@ -624,7 +624,7 @@ class Conditional:
                 # direction (a count of 2⁵³ with η ≈ 30 makes yη and n·b(η) cancel to ±64). Another pass
                 # would repeat the same 30 halvings from the same point, so they stay where they are; the
                 # modes are then not exact and the certificate says so (not certified, exit 3)
-                stalled = worse
+                stalled |= worse
                 if stalled.all() or done[~stalled].all():
                     break
                 un = u + np.where(stalled, 0.0, t)[:, None] * step
