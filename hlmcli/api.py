@@ -526,12 +526,36 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
             from .data.weights import NO_LIKELIHOOD_RATIO
 
             raise ModelError(NO_LIKELIHOOD_RATIO)  # before the fit, not after it (levels_extras says the same)
-        design, nested, hglm = analyse_hglm_levels(spec, archive, fit)
+        constraints = None
+        if fit.constraints:  # PQL, Laplace (capabilities.check refused AGQ): the fit on X H
+            from .analysis.constrained import parse_constraints
+
+            constraints = parse_constraints(fit.constraints, spec, centred_intercept=False)
+        design, nested, hglm = analyse_hglm_levels(spec, archive, fit,
+                                                   None if constraints is None else constraints.basis.H)
         analysis = LevelsAnalysis(spec, design, nested, hglm=hglm, weighting=weighting_meta(hglm.weights))
         # --compare-deviance: Laplace has a deviance (capabilities.check refused it for PQL); a weighted
         # (pseudo-likelihood) fit gets the robust Wald tests only and no likelihood-ratio test
         analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
-                                        robust_only=hglm.weights is not None)
+                                        robust_only=hglm.weights is not None, constraints=constraints)
+        if constraints is not None:
+            from .analysis.constrained import constraint_record, spec_gamma_labels
+
+            analysis.extras["constraints"] = constraint_record(constraints, spec_gamma_labels(spec))
+            if hglm.weights is not None:
+                from .analysis.constrained import no_pseudo_likelihood_test
+
+                analysis.extras["constraint_test"] = no_pseudo_likelihood_test(constraints)
+            elif hglm.estimation == "laplace":  # against the unconstrained Laplace fit, refitted here
+                from .analysis.constrained import likelihood_ratio_record
+
+                analysis.extras["constraint_test"] = likelihood_ratio_record(
+                    constraints, nested, analyse_hglm_levels(spec, archive, fit)[1])
+            else:
+                analysis.extras["constraint_test"] = {
+                    "chi2": None, "df": constraints.basis.n_constraints, "p": None, "refitted_ml": False,
+                    "note": "no test: PQL has no deviance (it maximises a quasi-likelihood); fit with --estimation "
+                            "laplace for the likelihood-ratio test of the constraints"}
         return analysis
     if spec.n_levels == 3:  # HLM3's names
         from .data.design_levels import design3
@@ -555,7 +579,10 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
     result, weights = fit_weighted(design, archive, levels_weight_spec(archive.n_levels, fit), spec.method == "REML",
                                    spec.options.max_iterations, **options)
     analysis = LevelsAnalysis(spec, design, result, weighting=weighting_meta(weights))
-    analysis.extras = levels_extras(analysis, fit.tests, fit.compare_deviance, fit.compare_params,
+    # HMLM2 with a structure other than homogeneous: the tests are the structured model's (below)
+    structured = str(fit.level1_covariance or "homogeneous") != "homogeneous"
+    analysis.extras = levels_extras(analysis, () if structured else fit.tests,
+                                    None if structured else fit.compare_deviance, fit.compare_params,
                                     robust_only=weights is not None, constraints=constraints)
     if constraints is not None:
         from .analysis.constrained import constraint_record, levels_constraint_test, spec_gamma_labels
@@ -571,6 +598,13 @@ def analyse_levels(spec, archive, fit: FitOptions, level1=None):
             raise UsageError("--level1-covariance and --occasion go together: the structure of the within-person "
                              "covariance and the level-1 variable holding each record's occasion")
         analyse_hmlm2(analysis, archive, fit.level1_covariance, fit.occasion)
+        if structured:  # as at two levels (_analyse_hmlm): --test and --compare-deviance of the structured fit
+            from .analysis.hmlm import structured_tests
+            from .language.hypotheses import parse_test
+
+            record = analysis.extras["level1_covariance"]
+            hypotheses = [parse_test(t, analysis.levels_spec) for t in fit.tests]
+            record.update(structured_tests(record, hypotheses, fit.compare_deviance, fit.compare_params))
     return analysis
 
 

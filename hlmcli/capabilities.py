@@ -112,8 +112,8 @@ _X_MISSING = ("a cross-classified fit reads one file and leaves out records with
               "model uses (HLM's deletion at analysis)")
 _CONSTRAIN_HGLM = ("not built yet for the streamed HGLM: its passes over the spilled records would need the "
                    "constrained design B_jH formed per block; fit with --engine memory")
-_CONSTRAIN_LEVELS = ("not built yet for a three-level HGLM: its PQL and Laplace fits would need the constrained "
-                     "design X·H in their working model over the nested random effects; the linear fit has it")
+_CONSTRAIN_AGQ3 = ("not built yet for a three-level HGLM by AGQ: its nested quadrature would need the constrained "
+                   "design X·H; the PQL and Laplace fits have it")
 _VKNOWN_SUMMARY = ("not built yet for the stream and Dask engines: the records must be scaled by their known "
                    "standard deviations before the per-unit summaries are formed; fit with --engine memory")
 _VKNOWN_HGLM = ("a V-known model is normal at level 1 with a known variance; an HGLM's level-1 variance is fixed by "
@@ -152,14 +152,6 @@ LEVEL1_COVARIANCE_CONFLICTS = {
 LEVEL1_COVARIANCE_LEVELS = {
     "plausible_values": "at three levels (HMLM2) Rubin's rules would need the structured fit combined too, which is "
                         "not built; at two levels HMLM combines it",
-}
-# HMLM2 (three levels): options computed on the homogeneous HLM3 model printed first; with another structure they
-# would test that model, not the one asked for (at two levels they are computed on the structured fit).
-LEVEL1_COVARIANCE_STRUCTURED = {
-    "test": "at three levels (HMLM2) the Wald tests would use the homogeneous model's γ and covariance, not the "
-            "structured model's; the structured fit prints its own γ table with SEs",
-    "compare_deviance": "at three levels (HMLM2) the test would use the homogeneous model's deviance; the "
-                        "structured fit prints its likelihood-ratio test against the homogeneous model",
 }
 # With --level1-variance, options that assume one level-1 variance or are not built with it: refused.
 LEVEL1_VARIANCE_CONFLICTS = {
@@ -246,8 +238,7 @@ FEATURES = (
     Feature("test", "--test (Wald tests of γ; cross-classified: of θ, THETA1 = 0)", {}),
     Feature("constrain", "--constrain (ties among γs, fitted as one; the likelihood-ratio test of the ties by ML; "
             "HGLM: every family but multinomial, ties among γs (not thresholds), no test under PQL; cross-classified: of θ, THETA1 = THETA2)",
-            {HGLM_STREAM: _CONSTRAIN_HGLM,
-             THREE_LEVEL_HGLM: _CONSTRAIN_LEVELS, THREE_LEVEL_LAPLACE: _CONSTRAIN_LEVELS}),
+            {HGLM_STREAM: _CONSTRAIN_HGLM}),
     Feature("known_variance", "--known-variance (V-known: each record's level-1 variance known; meta-analysis)",
             {"linear-summary": _VKNOWN_SUMMARY, "pql": _VKNOWN_HGLM, "laplace": _VKNOWN_HGLM, "agq": _VKNOWN_HGLM,
              HGLM_STREAM: _VKNOWN_HGLM,
@@ -323,6 +314,7 @@ FEATURES = (
 # The three-level AGQ column: the Laplace column's refusals, for the same reasons (the same search, certificate,
 # report and outputs), except its weights. Random slopes are refused by the model (hglm_levels_agq.py).
 _AGQ3_OWN = {
+    "constrain": _CONSTRAIN_AGQ3,
     "weights": ("the weighted pseudo-likelihood is not carried through the nested quadrature (level-2 weights inside "
                 "each level-3 unit's integral at every node, level-3 weights outside it); not built"),
 }
@@ -461,11 +453,9 @@ def check(spec, fit: FitOptions, out: OutputOptions, engine: Engine | str = Engi
             if why:
                 label = _given_label(key, spec, fit) or _BY_KEY[key].label.split(' (')[0]
                 raise RefusedOption(f"{label}: not available for an HGLM PQL (stream) fit: {why}")
-    structured = str(getattr(fit, "level1_covariance", None) or "homogeneous") != "homogeneous" and kind in _LEVELS
     for feature, option, conflicts in (("level1_covariance", "--level1-covariance",
                                         {**LEVEL1_COVARIANCE_CONFLICTS,
-                                         **(LEVEL1_COVARIANCE_LEVELS if kind in _LEVELS else {}),
-                                         **(LEVEL1_COVARIANCE_STRUCTURED if structured else {})}),
+                                         **(LEVEL1_COVARIANCE_LEVELS if kind in _LEVELS else {})}),
                                        ("level1_variance", "--level1-variance", LEVEL1_VARIANCE_CONFLICTS),
                                        ("known_variance", "--known-variance", KNOWN_VARIANCE_CONFLICTS),
                                        ("constrain", "--constrain", _constrain_conflicts(kind)),

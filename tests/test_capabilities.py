@@ -1064,6 +1064,13 @@ def check_hglm3_test(tmp_path):
         assert test["robust"]["chi2"] == pytest.approx(f["robust_t"] ** 2, rel=1e-10)
 
 
+def check_hglm3_constrain(tmp_path):
+    """--constrain 'g010 = g020' by PQL: the summed-predictor fit (test_constraints.py), no test of the tie."""
+    from test_constraints import test_three_level_pql_constrained_fit_is_the_summed_predictor_fit as check
+
+    check(tmp_path)
+
+
 def check_hglm3_json_out(tmp_path):
     path = tmp_path / "fit.json"
     proc = run_cli("fit", *LEVELS_BASE["three-level-pql"], "--json-out", path, "-q")
@@ -1181,6 +1188,13 @@ def check_hglm3l_formats(tmp_path):
     tidy = pd.read_csv(pd.io.common.StringIO(proc.stdout))
     ref = hglm3l_json()["fixed_effects"][0]["estimate"]
     assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-9)
+
+
+def check_hglm3l_constrain(tmp_path):
+    """--constrain 'g010 = g020' by Laplace: the summed-predictor fit and the test of the tie (test_constraints.py)."""
+    from test_constraints import test_three_level_laplace_constrained_fit_is_the_summed_predictor_fit as check
+
+    check(tmp_path)
 
 
 def check_hglm3l_test(tmp_path):

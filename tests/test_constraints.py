@@ -137,6 +137,19 @@ def test_tied_df_one_per_parameter():
     assert tied_df([50, 70, 60, 90, 80], H).tolist() == [50, 60, 60, 50, 60]
 
 
+def test_the_note_says_what_each_eliminated_gamma_is():
+    from hlmcli.report.report import Symbols, constraint_note
+
+    def record(*equals):
+        return {"eliminated": [{"gamma": "g30", "equals": [{"coefficient": c, "gamma": g} for c, g in equals]}]}
+
+    sym = Symbols(ascii_only=False)
+    assert constraint_note(record((-1.0, "g10"), (1.0, "g20")), sym)[0] == (
+        "* constrained (--constrain): γ30 = -γ10 + γ20; given by the free γs, with the d.f. counted as constrained")
+    assert constraint_note(record((0.5, "g20")), sym)[0].startswith("* constrained (--constrain): γ30 = 0.5*γ20; "
+                                                                    "estimated as one")
+
+
 # ---------------------------------------------------------------- refusals, one line each
 
 @pytest.mark.parametrize("text,message", [
@@ -148,6 +161,7 @@ def test_tied_df_one_per_parameter():
     ("g20 g30", "needs one '='"),
     ("g20 = g30 = 1", "fixing a γ at a value"),
     ("g20 = -g40", "this model has no γ40"),
+    ("g20 = g30, g20 = g20", "ties a γ to itself"),
 ])
 def test_bad_constraints_are_refused_in_one_line(hsb_loaded, text, message):
     from hlmcli.analysis.constrained import parse_constraints
@@ -418,6 +432,24 @@ def test_three_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tie,order", [
+    ("g001 = g101", ["(Intercept)", "C1", "FEMALE", "YEAR", "C1", "YEAR:MOBILITY"]),
+    ("g101 = g102", ["(Intercept)", "LOWINC", "FEMALE", "YEAR", "C2", "C2"])])
+def test_three_level_constrained_fit_matches_lmer_on_the_summed_column(tie, order):
+    """Ties across the level-3 equations of two random coefficients (γ001 = γ101) and within one (γ101 =
+    γ102), against lmer by ML on the summed column (tests/data/constraints/eg_tied_lme4.json, made by
+    tests/reference_scripts/constraints_three_level_lme4.R); tied rows share every number."""
+    ref = json.loads((DATA / "constraints" / "eg_tied_lme4.json").read_text())[tie.replace(" = ", "_")]
+    doc = _json(T3 / "eg_l1.csv", T3 / "eg_l2.csv", T3 / "eg_l3.csv", *EG_IDS, *EG_TIED, "--ml", "--constrain", tie)
+    assert doc["deviance"] == pytest.approx(ref["deviance"], abs=1e-6) and doc["n_params"] == 12
+    for f, name in zip(doc["fixed_effects"], order):
+        assert f["estimate"] == pytest.approx(ref["fixef"][name], rel=1e-5), f["gamma"]
+        assert f["se"] == pytest.approx(ref["se"][name], rel=1e-5), f["gamma"]
+    a, b = (next(f for f in doc["fixed_effects"] if f["gamma"] == "γ" + g.strip()[1:]) for g in tie.split("="))
+    assert all(a[key] == b[key] for key in ("estimate", "se", "df", "p_value", "robust_se"))
+
+
+@pytest.mark.slow
 def test_four_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
     """CSIZE's and SEC3's (SECTOR copied to the classes) effects on the class intercept tied; by hand, S = CSIZE +
     SEC3 in the level-3 file. ML: the test of the tie is the change from the unconstrained fit's deviance."""
@@ -559,3 +591,68 @@ def test_cli_imputed_constrained_text(pv_files, tmp_path):
     assert "Test of the constraints (g20 = g30): no test" in imp
     table = lambda text: text[text.index("Final estimation of fixed effects"):text.index("Deviance")]  # noqa: E731
     assert table(imp) == table(pv)
+
+
+def _grouse_pair(tmp_path, *estimation):
+    """The three-level Poisson HGLM of the grouse ticks with the tie g010 = g020, and the summed-predictor fit
+    (YEAR96 + YEAR97 as one level-2 column)."""
+    H3 = DATA / "hglm3"
+    l2 = pd.read_csv(H3 / "grouse_l2.csv")
+    l2.assign(S=l2["YEAR96"] + l2["YEAR97"]).to_csv(tmp_path / "l2.csv", index=False)
+    files = (H3 / "grouse_l1.csv", tmp_path / "l2.csv", H3 / "grouse_l3.csv", "--id2", "BROOD", "--id3", "LOCATION")
+    rest = ("-3", "b00 = g000 + g001*CHEIGHT + u00", "--family", "poisson", "--format", "json", *estimation)
+    tied = json.loads(run_cli("fit", *files, "-1", "TICKS = p0", "-2", "p0 = b00 + b01*YEAR96 + b02*YEAR97 + r0",
+                              "-3", "b01 = g010", "-3", "b02 = g020", *rest, "--constrain", "g010 = g020",
+                              check=True).stdout)
+    summed = json.loads(run_cli("fit", *files, "-1", "TICKS = p0", "-2", "p0 = b00 + b01*S + r0", "-3", "b01 = g010",
+                                *rest, check=True).stdout)
+    return tied, summed
+
+
+def test_three_level_laplace_constrained_fit_is_the_summed_predictor_fit(tmp_path):
+    """By Laplace: the deviance over δ on X·H is the summed-predictor fit's (deviance 1e-9, γ and SEs 1e-6), and
+    the likelihood-ratio test of the tie is against the unconstrained Laplace fit."""
+    tied, summed = _grouse_pair(tmp_path, "--estimation", "laplace")
+    assert tied["converged"] and tied["certificate"]["certified"]
+    assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9) and tied["n_params"] == summed["n_params"]
+    by_hand = {f["gamma"]: f for f in summed["fixed_effects"]}
+    for f in tied["fixed_effects"]:
+        g = by_hand["γ010" if f["gamma"] in ("γ010", "γ020") else f["gamma"]]
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6, abs=1e-9), (f["gamma"], key)
+    for key in ("tau_pi", "tau_beta"):
+        assert np.allclose(tied[key]["matrix"], summed[key]["matrix"], rtol=1e-6, atol=1e-9)
+    t = tied["constraint_test"]
+    assert t["df"] == 1 and t["params_unconstrained"] == tied["n_params"] + 1
+    assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
+
+
+def test_three_level_pql_constrained_fit_is_the_summed_predictor_fit(tmp_path):
+    """A three-level Poisson HGLM by PQL (grouse ticks): the working models fitted on X·H converge to the
+    summed-predictor fit's fixed point; no test of the tie (PQL)."""
+    tied, summed = _grouse_pair(tmp_path)
+    assert tied["converged"] and tied["hglm"]["fixed_point"]["passed"]
+    by_hand = {f["gamma"]: f for f in summed["fixed_effects"]}
+    assert len(tied["fixed_effects"]) == 4
+    for f in tied["fixed_effects"]:
+        g = by_hand["γ010" if f["gamma"] in ("γ010", "γ020") else f["gamma"]]
+        for key in ("estimate", "se", "robust_se", "df"):
+            assert f[key] == pytest.approx(g[key], rel=1e-6), (f["gamma"], key)
+    for key in ("tau_pi", "tau_beta"):
+        assert np.allclose(tied[key]["matrix"], summed[key]["matrix"], rtol=1e-6, atol=1e-12)
+    t = tied["constraint_test"]
+    assert t["chi2"] is None and "PQL has no deviance" in t["note"]
+
+
+def test_chi2_of_a_random_coefficient_counts_a_tie_in_its_equation(frames):
+    """A tie between two level-2 predictors of the random intercept (g01 = g02): HLM's χ² test of u0 is the
+    summed-predictor model's, statistic and d.f. (J - 2, not J - 3) and p-value."""
+    l1, l2 = frames
+    l2 = l2.assign(S2=l2["SECTOR"] + l2["MEANSES"])
+    tied = hlmcli.fit(l1, l2, id="ID", level1_eq="MATHACH = b0 + b1*SES + r",
+                      level2_eqs=["b0 = g00 + g01*SECTOR + g02*MEANSES + u0", "b1 = g10"], constrain="g01 = g02")
+    summed = hlmcli.fit(l1, l2, id="ID", level1_eq="MATHACH = b0 + b1*SES + r",
+                        level2_eqs=["b0 = g00 + g01*S2 + u0", "b1 = g10"])
+    t, s = tied.to_dict()["variance_components"][0], summed.to_dict()["variance_components"][0]
+    assert t["df"] == s["df"] == 158
+    assert t["chi2"] == pytest.approx(s["chi2"], rel=1e-9) and t["p"] == pytest.approx(s["p"], rel=1e-6)

@@ -289,6 +289,7 @@ def test_imputed_data_sets_with_satterthwaite_df(plausible, tmp_path):
                    "--df", "satterthwaite", "--json-out", tmp_path / "c.json")
     assert proc.returncode == 0, proc.stderr
     assert "results combined over 2 imputed data sets" in proc.stdout and "Approx. d.f." in proc.stdout
+    assert all(b < 128 for b in proc.stdout.encode())  # HCM2's text is ASCII, the combining rule included
     doc = json.loads((tmp_path / "c.json").read_text())
     _schema_valid(doc)
     dfcom = (doc["fits"][0]["fixed_effects"][0]["df"] + doc["fits"][1]["fixed_effects"][0]["df"]) / 2

@@ -278,8 +278,9 @@ def test_imputed_files_with_weights_combined(tmp_path):
     l1.to_csv(other, index=False)
     proc = run_cli("fit", *FILES, *CLI_MODEL, "--estimation", "laplace", "--weight1", "W1I",
                    "--normalize", "none", "--imputed", other, "--test", "g10 = 0", "--full-output",
-                   "--json-out", tmp_path / "c.json")
+                   "--json-out", tmp_path / "c.json", "--ascii")
     assert proc.returncode == 0, proc.stderr
+    assert all(b < 128 for b in proc.stdout.encode())  # --ascii: pure ASCII, the combining rule included
     doc = json.loads((tmp_path / "c.json").read_text())
     text = proc.stdout
     assert "Results combined over 2 imputed data sets" in text and "Pseudo-deviance (average over the fits)" in text

@@ -76,3 +76,17 @@ def test_hlm6_stop_is_consistent_with_a_relative_rule(early, last_steps):
     change = {k: abs(ll[k - 1] - ll[k - 2]) / abs(ll[k - 1]) for k in (1492, 1493)}
     assert change[1492] >= 1e-8 > change[1493]
     assert abs(ll[1492] - ll[1491]) > 1e-6
+
+
+def test_hlm6_run_stops_where_hlm6_did(early):
+    """The rule --emulate hlm6 runs (engine/hlm_em.hlm6_run, in process): from HLM's start it stops by the rule
+    at HLM 6.06's printed iteration 1493, on its printed digits. The default run's guard of the stop rule (the
+    CLI test of Table 3.3 is slow): a looser or tighter rule stops at another iteration."""
+    from hlmcli.engine.hlm_em import hlm6_run
+
+    a, (sigma2, tau, _) = early
+    k, s, t, by_rule = hlm6_run(a.stats, sigma2, tau, lambda s2, t2: -deviance_at(s2, t2, a.stats, "ML") / 2
+                                + HALF_LN_2PI, reml=False, limit=10_000)
+    assert (k, by_rule) == (PRINTED["iteration"], True)
+    assert round(s, 5) == PRINTED["sigma2"]
+    np.testing.assert_array_equal(np.round(t, 5), PRINTED["tau"])

@@ -204,8 +204,9 @@ def test_three_level_plausible_values_with_weights(pastes_pv, tmp_path):
     fit carries the weights, and the text prints the combined tables."""
     paths = pastes_pv
     proc = hlmcli("fit", *paths, *PASTES_IDS, *PV_MODEL, "--plausible-values", "PV1,PV2,PV3", "--weight3", "W3",
-                  "--normalize", "total", "--json-out", tmp_path / "c.json", "--cache-dir", tmp_path / "c")
+                  "--normalize", "total", "--json-out", tmp_path / "c.json", "--cache-dir", tmp_path / "c", "--ascii")
     assert proc.returncode == 0, proc.stderr
+    assert all(b < 128 for b in proc.stdout.encode())  # --ascii: pure ASCII, the combining rule included
     doc = json.loads((tmp_path / "c.json").read_text())
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(doc, _schema("combined-levels.json"))

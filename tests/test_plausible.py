@@ -187,6 +187,7 @@ def test_cli_text_has_the_combined_tables_and_each_fit_with_full_output(pvdir):
     out = hlmcli("fit", pvdir / "pv_l1.csv", pvdir / "l2.csv", "--id", "ID", *MODEL, "--plausible-values",
                  "PV1MATH,PV2MATH,PV3MATH", "--full-output", "--ascii", cwd=pvdir, check=True).stdout
     assert "Results combined over 3 plausible values" in out
+    assert all(b < 128 for b in out.encode())  # --ascii: pure ASCII, the combining rule's product included
     assert "combined over the fits" in out and "FMI" in out
     assert out.count("Final Results - Iteration") == 3
     assert "Fit 3 of 3: PV3MATH" in out
@@ -269,6 +270,7 @@ def test_combined_fit_honours_test_with_d1(pvdir):
     assert one["model"]["F"] == pytest.approx(doc["fixed_effects"][2]["t"] ** 2, rel=1e-9)
     assert one["robust"]["F"] == pytest.approx(doc["fixed_effects_robust"][2]["t"] ** 2, rel=1e-9)
     text = _pv(pvdir, *PV_ARGS, "--test", "g01 = 0, g10 = 0", "--ascii").stdout
+    assert all(b < 128 for b in text.encode())
     assert "combined over the fits: g01 = 0, g10 = 0" in text and f"{both['model']['F']:.6f}" in text
 
 

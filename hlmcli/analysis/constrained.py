@@ -74,6 +74,9 @@ def constraints_from(texts, read, names: list[str]) -> Constraints:
         if any(v != 0.0 for v in h.rhs):
             raise ModelError(f"{OPTION} '{text}': a restriction fixing a γ at a value is not built (the outcome would "
                              "need an offset); write ties between γs such as 'g10 = g20' (right side 0)")
+        if any(not any(r) for r in h.rows):  # 'g20 = g20': 0 = 0, not a dependence on other restrictions
+            raise ModelError(f"{OPTION} '{text}': a restriction that ties a γ to itself (its terms cancel) restricts "
+                             "nothing; drop it")
         rows += [list(r) for r in h.rows]
         labels.append(text.strip())
     C = np.array(rows, dtype=float)
@@ -195,6 +198,22 @@ def constrained_df(design: Design, basis: ConstraintBasis, rule: str = "hlm") ->
     return tied_df(np.array(out, dtype=float), basis.H)
 
 
+def constrained_variance_tests(vt: inference.VarianceTests, design: Design, basis: ConstraintBasis):
+    """HLM's χ² test of each random coefficient q with the parameters counted as constrained: its d.f.
+    (J_s − S_q − 1) gain one for each γ of equation q a restriction eliminates (as constrained_df), so a
+    tie within an equation gives the summed-predictor model's d.f. The statistic is unchanged: the
+    fitted values Σ_s γ_qs W_sj are those of the constrained γ."""
+    from dataclasses import replace
+
+    from ..engine.special_functions import special
+
+    lost = {}
+    for e in basis.eliminated:
+        lost[design.fixed[e].q] = lost.get(design.fixed[e].q, 0) + 1
+    df = vt.df + np.array([lost.get(int(q), 0) for q in np.flatnonzero(design.random)], dtype=float)
+    return replace(vt, df=df, p=special.chdtrc(df, vt.chi2))
+
+
 def expand_estimates(basis: ConstraintBasis, gamma, cov, robust_cov=None) -> tuple:
     """A fit on the free γs given back in every γ: γ = Hδ, Cov(γ) = H Cov(δ) H' (model-based and
     robust alike; None stays None). Shared by every kind of model fitted on the design XH."""
@@ -241,6 +260,7 @@ def fit_constrained(design: Design, unit, constraints: Constraints, df_method: s
     a.fixed = inference.FixedTable(gamma=basis.expand(fx.gamma), se=se, robust_se=robust_se,
                                    df=constrained_df(design, basis, rule), cov=cov, robust_cov=robust)
     a.df_rule = rule
+    a.variance = constrained_variance_tests(a.variance, design, basis)
     if df_method == "satterthwaite":
         a.satterthwaite = inference.satterthwaite_df(a.stats, unit, a.result, gamma_map=H)
     a.design = design

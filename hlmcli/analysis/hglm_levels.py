@@ -5,6 +5,7 @@ the analysis `LevelsResults` reads (its report: report/report_hglm_levels.py).""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -120,9 +121,10 @@ def check_separation_levels(spec, design, y, trials, link: str, l1file: str, row
                         "no finite estimate; remove one of them or combine categories")
 
 
-def analyse_hglm_levels(spec, archive, fit):
+def analyse_hglm_levels(spec, archive, fit, fixed_map=None):
     """The PQL fit of a three-level HGLM: (its design, the NestedFit the report reads, HGLMLevels), which
-    api.analyse_levels makes a LevelsAnalysis of."""
+    api.analyse_levels makes a LevelsAnalysis of. fixed_map: H of --constrain (PQL and Laplace;
+    capabilities.check refused AGQ): the fit on X·H, given back in every γ."""
     from ..data.design_levels import design3
     from ..engine.family import family as get_family
     from ..engine.nested import as_levels
@@ -147,13 +149,17 @@ def analyse_hglm_levels(spec, archive, fit):
     if (fit.estimation.value if fit.estimation is not None else "pql") == "laplace":
         weights = _weights(archive, design, fit)
         if weights is None:
-            return design, *_laplace(glm, fit, tau, spec.options.max_iterations)
+            return design, *_laplace(glm, fit, tau, spec.options.max_iterations, fixed_map=fixed_map)
         from ..data.weights import weighted_data
 
-        nested, h = _laplace(glm, fit, tau, spec.options.max_iterations, replace(glm, data=weighted_data(design, weights)))
+        nested, h = _laplace(glm, fit, tau, spec.options.max_iterations, replace(glm, data=weighted_data(design, weights)),
+                             fixed_map=fixed_map)
         return design, nested, replace(h, weights=weights)
     if fit.estimation is not None and fit.estimation.value == "agq":
         from .hglm_levels_agq import agq_fit_levels
+
+        if fixed_map is not None:  # capabilities.check refuses it first; never fitted unconstrained
+            raise ModelError("--constrain: not built for a three-level HGLM by AGQ")
 
         nested, res = agq_fit_levels(glm, fit, spec.options.max_iterations, tau == "diagonal")
         return design, nested, HGLMLevels(fam.name, fam.link, "agq", False, False, 1.0, 0, None, fit.trials,
@@ -161,7 +167,7 @@ def analyse_hglm_levels(spec, archive, fit):
                                           quadrature=res.quadrature, laplace_deviance=res.laplace_deviance)
     try:
         res = pql_levels(glm, reml=reml, overdispersion=bool(fit.overdispersion), diagonal=tau == "diagonal",
-                         max_iterations=spec.options.max_iterations)
+                         max_iterations=spec.options.max_iterations, fixed_map=fixed_map)
     except FloatingPointError as exc:
         raise ModelError(f"the PQL fit broke down: {exc}; check for units whose outcomes are all 0 or all 1, or "
                          "predictors that separate the outcome") from None
@@ -191,11 +197,13 @@ def sampling_weights(spec, archive, fit):
     return _weights(archive, design3(spec, archive), fit)
 
 
-def _laplace(glm, fit, tau, max_iterations: int, weighted=None):
+def _laplace(glm, fit, tau, max_iterations: int, weighted=None, fixed_map=None):
     """The Laplace fit (engine/nested_laplace.py) from one full-PQL step, as (NestedFit, HGLMLevels): the
     PQL fit's NestedFit with the Laplace numbers in place of its own (its reliabilities and homogeneity
     χ² are the working model's, so they are left out). `weighted`: the data with sampling weights, whose
-    pseudo-likelihood is fitted from the unweighted PQL start (nested_laplace_weights.py)."""
+    pseudo-likelihood is fitted from the unweighted PQL start (nested_laplace_weights.py). fixed_map: H of
+    --constrain: the PQL start and the Laplace deviance over δ on the records' X·H (γ = Hδ, the linear
+    predictor XHδ + Zb is the constrained model's), γ and its covariances given back through H."""
     from ..engine.nested_glmm import pql_levels
     from ..engine.nested_laplace import laplace_levels
     from ..engine.nested_laplace_weights import WeightedNestedLaplace, level_weights
@@ -205,7 +213,8 @@ def _laplace(glm, fit, tau, max_iterations: int, weighted=None):
         # one PQL macro iteration (the model linearised at the data) is start enough: Newton on the exact
         # gradient does the rest (at 100,000 records the same optimum, 26 evaluations instead of 33 from five
         # macro iterations, and the start costs a quarter: benchmarks/README.md)
-        start = pql_levels(glm, reml=False, macroit=1, diagonal=diagonal, max_iterations=max_iterations, check=False)
+        start = pql_levels(glm, reml=False, macroit=1, diagonal=diagonal, max_iterations=max_iterations, check=False,
+                           fixed_map=fixed_map)
     except FloatingPointError:
         start = None
     if start is None:
@@ -213,7 +222,18 @@ def _laplace(glm, fit, tau, max_iterations: int, weighted=None):
                          "all 1, or predictors that separate the outcome")
     try:
         cond = None if weighted is None else WeightedNestedLaplace(weighted, level_weights(weighted))
-        res = laplace_levels(glm, start, diagonal=(diagonal, diagonal), cond=cond)
+        laplace_start = start
+        if fixed_map is not None:
+            from ..engine.nested_laplace import NestedLaplace
+
+            cond = NestedLaplace(glm) if cond is None else cond
+            cond.X, cond.p = cond.X @ fixed_map, fixed_map.shape[1]
+            laplace_start = SimpleNamespace(gamma=np.linalg.lstsq(fixed_map, start.gamma, rcond=None)[0],
+                                            taus=start.taus)
+        res = laplace_levels(glm, laplace_start, diagonal=(diagonal, diagonal), cond=cond)
+        if fixed_map is not None:  # back to every γ: γ = Hδ, Cov(γ) = H Cov(δ) H'
+            H = fixed_map
+            res = replace(res, gamma=H @ res.gamma, cov=H @ res.cov @ H.T, robust_cov=H @ res.robust_cov @ H.T)
     except (FloatingPointError, np.linalg.LinAlgError) as exc:
         raise ModelError(f"the Laplace fit broke down ({exc}); check for predictors that separate the "
                          "outcome") from None

@@ -278,7 +278,21 @@ def checked_design(spec, archive, level1_text: str | None):
     from .identifiability import check_units
 
     check_units(design.n_units, int(design.random.sum()))
+    check_fixed_rank(design)
     return fam, design
+
+
+def check_fixed_rank(design, LL=None) -> None:
+    """Collinear fixed effects refused in one line, as for the linear model: the likelihood is flat along
+    the alias, so there is no one optimum to certify (Laplace printed an arbitrary split with SEs of nan).
+    Judged on X'X = Σ B_j'L_j'L_jB_j, the design's own columns, whatever the family (LL: the per-unit
+    L_j'L_j when the records are not at hand, as in the streamed fit's summary)."""
+    from ..engine.sufficient import unit_cross_products
+
+    B = design.block_design()
+    if LL is None:
+        LL = unit_cross_products(design.L, np.zeros(design.n), design.offsets, center_y=False).LL
+    design_stage.check_collinearity(design, np.einsum("jqa,jqr,jrb->ab", B, LL, B))
 
 
 def _held_at_bounds(design, B, held, offset):
@@ -410,6 +424,10 @@ def analyse_hglm(spec, archive, level1_text: str | None = None, weights=None, co
     fake = SimpleNamespace(solve=SimpleNamespace(gamma=gamma), sigma2=sigma2 if sigma2 is not None else 1.0)
     ols = inference.unit_ols(design, unit, stats, fake)
     variance = inference.variance_tests(design, ols, tau, stats)
+    if constraints is not None:  # the χ² d.f. with the parameters counted as constrained
+        from .constrained import constrained_variance_tests
+
+        variance = constrained_variance_tests(variance, design, constraints.basis)
     return HGLMAnalysis(spec, design, data, est, m_res.nodes if m_res is not None else 0,
                         p_res, m_res, gamma, cov, rcov, tau, sigma2, df, variance,
                         converged, b, bvar, warnings=warnings, weights=resolved)

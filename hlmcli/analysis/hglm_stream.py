@@ -86,7 +86,7 @@ def analyse_hglm_stream(spec, summary, cols, id_name: str, tmp_dir=None):
 def blocked_design(spec, summary):
     """The design of a blocked HGLM from the summarising pass (checked as in memory), its family, the
     level-2 design per unit (B) and the random level-1 coefficients."""
-    from .hglm_run import check_options
+    from .hglm_run import check_fixed_rank, check_options
     from .identifiability import check_units
     from .pipeline import check_estimable
     from ..engine.family import family as get_family
@@ -98,6 +98,7 @@ def blocked_design(spec, summary):
     check_estimable(design)
     if not design.random.any():
         raise ModelError("an HGLM needs at least one random effect (add u0 to the equation for b0)")
+    check_fixed_rank(design, _unit.LL)
     check_units(design.n_units, int(design.random.sum()))
     return design, get_family(spec.options.family), design.block_design(), np.flatnonzero(design.random)
 

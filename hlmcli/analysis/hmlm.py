@@ -189,13 +189,13 @@ def combine_structured(analyses: list[Analysis], hypotheses=()) -> dict:
 def variance_parameter_table(f) -> list[dict] | None:
     """τ's and Δ's parameters (engine.hmlm.variance_parameters) with standard errors by the delta method from
     the deviance's Hessian over θ; None when the point is not a checked optimum (the Hessian is then not an
-    information matrix). Names: tau00, tau10, ... (τ_ab, a ≥ b), sigma2, sigma2_t (occasion t = 1..T), rho,
+    information matrix). Names: tau00, tau10, ... (τ_ab, a ≥ b), tau3_00, ... (HMLM2's level-3 τ), sigma2, sigma2_t (occasion t = 1..T), rho,
     delta_st (Δ_st, s ≥ t)."""
     if not f.converged or f.hessian is None:
         return None
     keys, values = variance_parameters(f.theta, f.parameters)
     se = np.sqrt(np.diag(variance_parameter_covariance(f.theta, f.parameters, f.hessian)))
-    name = {"tau": lambda a, b: f"tau{a}{b}", "delta": lambda s, t: f"delta_{s + 1}{t + 1}",
+    name = {"tau": lambda a, b: f"tau{a}{b}", "tau3": lambda a, b: f"tau3_{a}{b}", "delta": lambda s, t: f"delta_{s + 1}{t + 1}",
             "sigma2": lambda *t: f"sigma2_{t[0] + 1}" if t else "sigma2", "rho": lambda: "rho"}
     return [{"parameter": name[k[0]](*k[1:]), "estimate": float(v), "se": float(e)} for k, v, e in zip(keys, values, se)]
 
@@ -298,6 +298,9 @@ def analyse_hmlm2(analysis, archive, structure: str, occasion: str) -> None:
         "tau_level3": f.tau3.tolist() if f.tau3 is not None else [],
         "marginal": _marginal(f.delta, f.tau, Z, occ, T).tolist(),
     }
+    record["aic"], record["bic"] = inference.information_criteria(f.deviance, grouped.p, f.n_variance_params,
+                                                                  grouped.n)
+    record["variance_parameters"] = variance_parameter_table(f)
     record.update(_structure_fields(f, structure, r, n_params))
     analysis.extras["level1_covariance"] = record
     if not f.converged:

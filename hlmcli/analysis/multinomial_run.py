@@ -17,7 +17,7 @@ import numpy as np
 from ..data import design as design_stage
 from ..errors import DataError, ModelError
 from . import inference
-from .hglm_run import HGLMAnalysis, check_column_scales, check_options, resolve_weights
+from .hglm_run import HGLMAnalysis, check_column_scales, check_fixed_rank, check_options, resolve_weights
 from .ordinal_run import category_codes
 
 AGQ_REFUSAL = ("--family multinomial: adaptive quadrature is not available: the random effects of the M - 1 logits "
@@ -181,6 +181,7 @@ def analyse_multinomial(spec, archive, level1_text: str | None = None, weights=N
     if opts.estimation == "agq":
         raise ModelError(AGQ_REFUSAL)
     design = design_stage.make_design(spec, archive)
+    check_fixed_rank(design)
     if not design.random.any():
         raise ModelError("an HGLM needs at least one random effect (add u0 to the equation for b0)")
     files = {s.role: s.name for s in archive.sources}

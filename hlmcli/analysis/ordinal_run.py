@@ -18,7 +18,7 @@ import numpy as np
 from ..data import design as design_stage
 from ..errors import DataError, ModelError
 from . import inference
-from .hglm_run import HGLMAnalysis, check_column_scales, check_options, resolve_weights
+from .hglm_run import HGLMAnalysis, check_column_scales, check_fixed_rank, check_options, resolve_weights
 
 
 def category_codes(y: np.ndarray, ncat: int | None, where: dict, family: str, code_hint: str, estimate: str):
@@ -201,6 +201,7 @@ def _analyse_ordinal(spec, archive, level1_text, weights, constraints) -> Ordina
     if link not in LINKS:
         raise ModelError(f"--link {link}: an ordinal outcome's link is logit, probit or cloglog")
     design = design_stage.make_design(spec, archive)
+    check_fixed_rank(design)
     if constraints is not None:
         from .constrained import constrained_view
 

@@ -32,6 +32,11 @@ RULE = ("Rubin's rules: mean of the estimates; total variance = within + (1 + 1/
         "variance components averaged")
 
 
+def rule_text(rule: str, ascii_only: bool) -> str:
+    """A combining rule as printed: under --ascii its product dot (·) as '*', so the text is pure ASCII."""
+    return rule.replace("·", "*") if ascii_only else rule
+
+
 def outcome_columns(value: str, names: list[str], archive=None) -> list[str]:
     """PV1,PV2,... (a list) or a pattern such as 'PV*MATH' (matched case-insensitively, in file order);
     `archive`, where the names come from one, names a text column as such."""

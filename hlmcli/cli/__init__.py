@@ -732,7 +732,7 @@ def model_cmd(data, level1, level2, model_file, ml, ascii_only, id_, id1, id2, m
               help="HMLM (repeated measures): the within-person covariance over the occasions of --occasion: "
               "unrestricted (no random effects), homogeneous σ², heterogeneous σ² by occasion, or ar1 (first-order "
               "autoregressive in the occasion index), with the likelihood-ratio test against homogeneous σ². "
-              "--test, --compare-deviance and --plausible-values/--imputed use the structured fit (two levels).")
+              "--test and --compare-deviance use the structured fit, and --plausible-values/--imputed at two levels.")
 @click.option("--occasion", metavar="VAR", help="HMLM: the level-1 variable holding each record's occasion "
               "(its distinct values, in increasing order, are occasions 1..T).")
 @click.option("--compare-deviance", type=float, help="Deviance of a prior model, for a likelihood-ratio test.")

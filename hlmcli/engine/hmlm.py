@@ -393,14 +393,20 @@ def marginal_covariance(delta: np.ndarray, tau: np.ndarray, Z: np.ndarray) -> np
 
 def variance_parameters(theta: np.ndarray, par: Parameters) -> tuple[list[tuple], np.ndarray]:
     """The covariance parameters in the field's terms, as nlme's and HLM 7's tables give them: τ's lower
-    triangle (diagonal only for a diagonal τ), then Δ's: σ² (homogeneous), σ²_t (heterogeneous), σ² and ρ
-    (ar1), or Δ's lower triangle (unrestricted). Keys ("tau", a, b), ("sigma2",), ("sigma2", t), ("rho",),
-    ("delta", s, t)."""
+    triangle (diagonal only for a diagonal τ), HMLM2's level-3 τ's lower triangle, then Δ's: σ² (homogeneous),
+    σ²_t (heterogeneous), σ² and ρ (ar1), or Δ's lower triangle (unrestricted). Keys ("tau", a, b),
+    ("tau3", a, b), ("sigma2",), ("sigma2", t), ("rho",), ("delta", s, t)."""
     L = par.tau_factor(theta)
     tau = L @ L.T
     rows, cols = par.tau_index
     keys = [("tau", int(a), int(b)) for a, b in zip(rows, cols)]
     values = [tau[a, b] for a, b in zip(rows, cols)]
+    if par.q3:  # HMLM2: the level-3 units' τ, its lower triangle
+        L3 = par.tau3_factor(theta)
+        tau3 = L3 @ L3.T
+        rows, cols = np.tril_indices(par.q3)
+        keys += [("tau3", int(a), int(b)) for a, b in zip(rows, cols)]
+        values += [tau3[a, b] for a, b in zip(rows, cols)]
     delta = par.delta(theta)
     if par.structure == "homogeneous":
         keys.append(("sigma2",))

@@ -127,10 +127,13 @@ def working_data(glm: LevelsGLMData, eta: np.ndarray) -> tuple[LevelsData, float
     return replace(d, y=z, weights=(W * c,) + (None,) * (K - 1)), c
 
 
-def inner_fit(glm: LevelsGLMData, eta: np.ndarray, reml: bool, overdispersion: bool, diagonal, max_iterations: int):
-    """(the certified nested fit of the working model at η, its normalising factor c)."""
+def inner_fit(glm: LevelsGLMData, eta: np.ndarray, reml: bool, overdispersion: bool, diagonal, max_iterations: int,
+              fixed_map=None):
+    """(the certified nested fit of the working model at η, its normalising factor c); fixed_map: H of
+    --constrain (γ = Hδ): the working model fitted on X·H, given back in every γ by fit_nested."""
     wd, c = working_data(glm, eta)
-    return fit_nested(wd, reml, max_iterations, diagonal, sigma2=None if overdispersion else c), c
+    return fit_nested(wd, reml, max_iterations, diagonal, sigma2=None if overdispersion else c,
+                      fixed_map=fixed_map), c
 
 
 def _relative_G(fit: NestedFit, c_fit: float, c_to: float, overdispersion: bool) -> tuple:
@@ -155,7 +158,10 @@ def fixed_point_excess(last: NestedFit, c_last: float, refit: NestedFit, c_refit
         us0 = obj.solve(tuple(factor(G) for G in Gs0))
     except (FloatingPointError, np.linalg.LinAlgError):
         return np.inf, 0.0
-    dg = np.linalg.solve(tr.TX, last.gamma - tr.b) - us0.gamma  # γ̃ = TX⁻¹(γ − b)
+    gamma = last.gamma
+    if getattr(last, "fixed_map", None) is not None:  # --constrain: the standardisation is of δ (γ = Hδ, H of full rank)
+        gamma = np.linalg.lstsq(last.fixed_map, gamma, rcond=None)[0]
+    dg = np.linalg.solve(tr.TX, gamma - tr.b) - us0.gamma  # γ̃ = TX⁻¹(γ − b)
     s2 = refit.sigma2
     rise = float(dg @ us0.P @ dg) / s2
     Gs1 = tuple(lam @ lam.T for lam in us1.lams)
@@ -179,9 +185,10 @@ def _check_fixed_point(last, c_last, refit, c_refit, reml, overdispersion) -> Fi
 
 def pql_levels(glm: LevelsGLMData, reml: bool = False, overdispersion: bool = False, macroit: int = 100,
                stopmacro: float = 1e-8, diagonal=False, max_iterations: int = 1000,
-               check: bool = True) -> LevelsPQLResult:
+               check: bool = True, fixed_map=None) -> LevelsPQLResult:
     """PQL macro iterations around the certified nested fit (module docstring); converged only when η
-    settles (max|Δη| ≤ stopmacro·(1 + max|η|)) and the fixed point passes its check."""
+    settles (max|Δη| ≤ stopmacro·(1 + max|η|)) and the fixed point passes its check. fixed_map: H of
+    --constrain: every working model fitted on X·H (η = XHδ + Zb is the constrained model's)."""
     fam, d = glm.family, glm.data
     y = np.asarray(d.y, dtype=float)
     cols = record_columns(d)
@@ -192,7 +199,7 @@ def pql_levels(glm: LevelsGLMData, reml: bool = False, overdispersion: bool = Fa
     change = np.inf
     for it in range(1, macroit + 1):
         try:
-            r_new, c_new = inner_fit(glm, eta, reml, overdispersion, diagonal, max_iterations)
+            r_new, c_new = inner_fit(glm, eta, reml, overdispersion, diagonal, max_iterations, fixed_map)
         except (FloatingPointError, np.linalg.LinAlgError) as exc:
             raise FloatingPointError(f"the linearised model cannot be fitted at macro iteration {it} ({exc})") from None
         r_prev, c_prev, r, c = r, c, r_new, c_new
@@ -212,7 +219,7 @@ def pql_levels(glm: LevelsGLMData, reml: bool = False, overdispersion: bool = Fa
         failed.append(f"the macro iterations did not converge in {macroit} (largest change of η {change:.1E})")
     fp = None
     if converged and check:
-        refit, c_refit = inner_fit(glm, eta, reml, overdispersion, diagonal, max_iterations)
+        refit, c_refit = inner_fit(glm, eta, reml, overdispersion, diagonal, max_iterations, fixed_map)
         fp = _check_fixed_point(r, c, refit, c_refit, reml, overdispersion)
         failed += fp.failed
         converged = fp.passed

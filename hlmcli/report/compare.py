@@ -144,11 +144,18 @@ def compare_levels(a: dict, b: dict, name_a: str, name_b: str) -> dict:
         chi2, df, p = deviance_test(simple["deviance"], simple["n_params"], full["deviance"], full["n_params"])
     except ModelError as exc:
         raise DataError(f"{name_a} and {name_b}: {exc}") from None
-    va, vb = table_view(a), table_view(b)
+    view = lambda fit: fit if "structure" in fit else table_view(fit)  # noqa: E731  (structured: its own AIC)
+    va, vb = view(a), view(b)
     result = {"tool": "hlmcli", "schema": 2, "model_a": name_a, "model_b": name_b, "method": a["method"],
               "deviance_a": a["deviance"], "deviance_b": b["deviance"], "n_params_a": a["n_params"],
               "n_params_b": b["n_params"], "aic_a": va["aic"], "aic_b": vb["aic"], "bic_a": va["bic"],
               "bic_b": vb["bic"], "chi2": chi2, "df": df, "p": p, "p_mixture": None, "mixture_note": None}
+    if "structure" in a or "structure" in b:  # HMLM2 (structured_view): Δ is not σ², so no variance is reduced
+        result.update({"variance_reduction": [],
+                       "structures": [a.get("structure", "homogeneous"), b.get("structure", "homogeneous")],
+                       "order_note": "B has fewer parameters than A; the test treats B as the simpler model"
+                       if swapped else None})
+        return result
     taus = [{(blk["level"], name): blk["matrix"][k][k] for blk in tau_blocks(fit)
              for k, name in enumerate(blk["coefficients"])} for fit in (simple, full)]
     added = [key for key in taus[1] if key not in taus[0]]
@@ -229,14 +236,10 @@ def structured_view(fit: dict, name: str) -> dict:
     the homogeneous model's, printed first as HLM 7 does. compare tests the structured model the user asked
     for: the document as seen through its 'level1_covariance' record (deviance, parameters counting Δ's and τ's,
     AIC, BIC, the local check of its optimum); its variance components are Δ, not τ and σ², so none is
-    reduced. HMLM2 documents (three levels) do not record the structured fit's data for compare: refused."""
+    reduced. The same at three levels (HMLM2: the parameters count both levels' τ)."""
     lc = fit.get("level1_covariance")
     if not (isinstance(lc, dict) and lc.get("structure") != "homogeneous"):
         return fit
-    if fit.get("levels", 2) > 2:
-        raise DataError(f"{name} is an HMLM2 fit (--level1-covariance {lc.get('structure')}, three levels): its file's "
-                        "deviance is the homogeneous model's, and compare does not test the structured one at three "
-                        "levels; its test against the homogeneous model is in the fit's 'Summary of Model Fit'")
     check = lc.get("check")
     if not (_number(lc.get("deviance")) and isinstance(lc.get("n_params"), int) and _number(lc.get("aic"))
             and isinstance(check, dict)):

@@ -334,6 +334,8 @@ def combined_json(analyses: list, c: dict, meta: dict, source: str, labels: list
 
 def combined_text(analyses: list, c: dict, source: str, labels: list[str], tests=None) -> str:
     """HCM2's tables of crossed fits combined over plausible values or data sets."""
+    from ..analysis.plausible import rule_text
+
     from .report import hlm_p, printable
 
     a0 = analyses[0]
@@ -351,7 +353,7 @@ def combined_text(analyses: list, c: dict, source: str, labels: list[str], tests
             f"  Records used: {a0.fit.n}", ""]
     for b, (factor, J) in enumerate(dict(zip(a0.fit.factors, a0.fit.n_groups)).items()):
         out.append(f"  The {'row' if b == 0 else 'column' if b == 1 else 'grouping'} factor is {factor}: {J} groups")
-    out += ["", f"    lme4: {a0.formula}", "", " Combining rule: " + c["rule"], "",
+    out += ["", f"    lme4: {a0.formula}", "", " Combining rule: " + rule_text(c["rule"], True), "",
             f" sigma^2 (average over the fits) = {c['sigma2']:12.5f}", ""]
     for block in c["random_effects"]:
         out.append(f" tau ({block['factor']}) (average over the fits)")

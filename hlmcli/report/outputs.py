@@ -75,9 +75,10 @@ def levels_text(analysis, meta: dict, ascii: bool) -> str:
         extra = ["", *constraint_note(a.extras["constraints"], Symbols(ascii), r_call=True)] + extra
     if "level1_covariance" in a.extras:  # HMLM2: the structured model after the homogeneous HLM3 one
         from .report import hlm_name, hlm_p, text_table
-        from .report_hmlm import level1_covariance_lines
+        from .report_hmlm import structured_model_lines
 
-        extra += level1_covariance_lines(a.extras["level1_covariance"], Symbols(ascii), hlm_name, hlm_p, text_table)
+        extra += structured_model_lines(a.extras["level1_covariance"], Symbols(ascii), hlm_name, hlm_p, text_table,
+                                        extras_text)
     return text + ("\n".join(printable(line) for line in extra) + "\n" if extra else "")
 
 

@@ -684,10 +684,13 @@ def constraint_note(record: dict, sym: Symbols, r_call: bool = False) -> list[st
 
     ties = []
     for e in record["eliminated"]:
-        terms = " + ".join(("" if c == 1.0 else f"{c:g}*") + name(g["gamma"]) for g in e["equals"]
+        terms = " + ".join({1.0: "", -1.0: "-"}.get(c, f"{c:g}*") + name(g["gamma"]) for g in e["equals"]
                            for c in [g["coefficient"]])
         ties.append(f"{name(e['gamma'])} = {terms}".replace("+ -", "- "))
-    out = [f"* constrained (--constrain): {'; '.join(ties)}; estimated as one, with the d.f. counted as constrained"]
+    # a γ written in several free γs is not one estimate shared: it is their combination
+    how = ("estimated as one" if all(len(e["equals"]) == 1 for e in record["eliminated"])
+           else "given by the free γs")
+    out = [f"* constrained (--constrain): {'; '.join(ties)}; {how}, with the d.f. counted as constrained"]
     if r_call:
         out.append("  (the R call printed is of the unconstrained model; for the constrained one, sum the tied "
                    "predictors into one column)")
@@ -790,13 +793,9 @@ def fit_text(analysis, meta: dict, sym: Symbols) -> str:
         w(" (with sampling weights these are pseudo-likelihood quantities: not for likelihood-ratio tests)")
     out += extras_text(a.extras, sym)
     if "level1_covariance" in a.extras:  # HMLM: the structured model after the homogeneous one, as HLM 7
-        from .report_hmlm import level1_covariance_lines
+        from .report_hmlm import structured_model_lines
 
-        lc = a.extras["level1_covariance"]
-        out += level1_covariance_lines(lc, sym, hlm_name, hlm_p, text_table)
-        if "hypothesis_tests" in lc or "deviance_test" in lc:
-            out += ["", f"Tests of the {lc['structure']} model"] + extras_text(
-                {k: lc[k] for k in ("deviance_test", "hypothesis_tests") if k in lc}, sym)
+        out += structured_model_lines(a.extras["level1_covariance"], sym, hlm_name, hlm_p, text_table, extras_text)
     out += _r_call_lines(a, meta)
     return "\n".join(printable(line.rstrip()) for line in out) + "\n"
 

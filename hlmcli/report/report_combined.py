@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from ..analysis.plausible import RULE, combine
+from ..analysis.plausible import RULE, combine, rule_text
 from ..data.weights import weighting_lines
 from ..spec import gamma_label
 from ..version import __version__
@@ -110,7 +110,7 @@ def combined_text(analyses: list, meta: dict, sym, source: str, full_output: boo
     w("")
     out += model_summary(d.spec, sym)
     w("")
-    w(" Combining rule: " + RULE)
+    w(" Combining rule: " + rule_text(RULE, sym.ascii))
     names = c["random_coefficients"]
     w("")
     w(f" {sym.sigma2} (average over the fits) = {c['sigma2']:12.5f}")
@@ -185,7 +185,8 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     w("")
     out += model_lines
     w("")
-    w(" Combining rule: " + RULE)
+    ascii_only = sym_sigma2 == "sigma^2"  # the levels' symbols under --ascii
+    w(" Combining rule: " + rule_text(RULE, ascii_only))
     w("")
     out += _sigma2_lines(doc, sym_sigma2) + _level_tau_lines(doc)
     for kind in ("fixed_effects", "fixed_effects_robust"):
@@ -194,7 +195,7 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
         if kind.endswith("robust"):
             w(f"(with robust standard errors, clustered on level-{K} units"
               + ("; the standard errors to report with sampling weights)" if doc["weights"] else ")"))
-        rows = [[r["gamma"], f"{r['estimate']:.6f}", f"{r['se']:.6f}", f"{r['t']:.3f}", f"{r['df']:.2f}",
+        rows = [[_ascii_coefficient(r["gamma"]) if ascii_only else r["gamma"], f"{r['estimate']:.6f}", f"{r['se']:.6f}", f"{r['t']:.3f}", f"{r['df']:.2f}",
                  hlm_p(r["p"]), f"{r['fmi']:.3f}"] for r in doc[kind]]
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value", "FMI"],
                           rows, [30, 12, 14, 9, 12, 8, 6])
@@ -210,6 +211,13 @@ def combined_text_levels(doc: dict, model_lines: list[str], weighting_lines: lis
     for m, t in enumerate(fit_texts or [], start=1):
         text += f"\n{'=' * 78}\nFit {m} of {doc['combining']['m']}: {doc['combining']['outcomes'][m - 1]}\n{'=' * 78}\n" + t
     return text
+
+
+def _ascii_coefficient(label: str) -> str:
+    """γ000 as G000 (δ0000 as D0000), as the single fit's text prints it under --ascii (SymbolsLevels.coef)."""
+    from ..language.lexer import COEF_LETTERS, GREEK
+
+    return "".join(COEF_LETTERS[GREEK.index(c)].upper() if c in GREEK else c for c in label)
 
 
 def _sigma2_lines(doc: dict, sym_sigma2: str) -> list[str]:

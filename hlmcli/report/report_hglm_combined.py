@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from ..analysis.hglm_combined import combine_hglm
-from ..analysis.plausible import RULE
+from ..analysis.plausible import RULE, rule_text
 from ..version import __version__
 from .report import hlm_name, hlm_p, model_record, printable, problem_lines, text_table
 from .report_combined import combined_d1_lines
@@ -124,7 +124,7 @@ def combined_text_hglm(analyses: list, meta: dict, sym, source: str, labels=None
     w("")
     out += hglm_model_summary(a0.spec, sym)
     w("")
-    w(" Combining rule: " + RULE)
+    w(" Combining rule: " + rule_text(RULE, sym.ascii))
     if c["sigma2"] is not None:
         w("")
         w(f" {sym.sigma2} (average over the fits) = {c['sigma2']:12.5f}")

@@ -20,6 +20,16 @@ def _matrix_lines(name: str, m, labels) -> list[str]:
     return out
 
 
+def structured_model_lines(v: dict, sym, hlm_name, hlm_p, text_table, extras_text) -> list[str]:
+    """The structured model's block (level1_covariance_lines) and its own --test and --compare-deviance
+    (analysis/hmlm.structured_tests), at two levels and three: extras_text is report.extras_text."""
+    out = level1_covariance_lines(v, sym, hlm_name, hlm_p, text_table)
+    if "hypothesis_tests" in v or "deviance_test" in v:
+        out += ["", f"Tests of the {v['structure']} model"] + extras_text(
+            {k: v[k] for k in ("deviance_test", "hypothesis_tests") if k in v}, sym)
+    return out
+
+
 def level1_covariance_lines(v: dict, sym, hlm_name, hlm_p, text_table) -> list[str]:
     """The block printed after the homogeneous model's tables (report.fit_text)."""
     title = _TITLE[v["structure"]]
@@ -130,6 +140,8 @@ def _variance_parameter_lines(v: dict, sym, labels, text_table) -> list[str]:
     delta, rho = ("Delta", "rho") if sym.ascii else ("Δ", "ρ")
 
     def label(name: str) -> str:
+        if name.startswith("tau3_"):  # HMLM2's level-3 units
+            return f"{sym.tau}{name[5:]} (level-3 units)"
         if name.startswith("tau"):
             return sym.tau + name[3:]
         if name.startswith("delta_"):
