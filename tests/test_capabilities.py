@@ -674,10 +674,11 @@ def test_levels_compare_refuses_other_data_of_the_same_shape(tmp_path):
     l1 = pd.read_csv(tmp_path / PASTES[0].name)
     l1.loc[0, "STRENGTH"] += 1.0
     l1.to_csv(tmp_path / PASTES[0].name, index=False)
-    files = [tmp_path / src.name for src in PASTES[:3]]
-    res = hlmcli.fit(*files[:2], level3=files[2], id2="SAMPLE", id3="BATCH", level1_eq=PASTES_MODEL[1],
-                     level2_eqs=[PASTES_MODEL[3]], level3_eqs=[PASTES_MODEL[5]], warn=lambda m: None)
-    docs = [levels_json("three-level"), res.to_dict()]  # the first: the CLI's fit of the original files (cached)
+    def fit(files):  # in process: check_levels_compare (slow) makes both fits with the command
+        return hlmcli.fit(*files[:2], level3=files[2], id2="SAMPLE", id3="BATCH", level1_eq=PASTES_MODEL[1],
+                          level2_eqs=[PASTES_MODEL[3]], level3_eqs=[PASTES_MODEL[5]], warn=lambda m: None).to_dict()
+
+    docs = [fit(PASTES[:3]), fit([tmp_path / src.name for src in PASTES[:3]])]
     assert docs[0]["n_level1"] == docs[1]["n_level1"] and docs[0]["data_hash"] != docs[1]["data_hash"]
     with pytest.raises(DataError, match=r"fitted to different records \(the outcome values or units differ\)"):
         compare_fits(docs[0], docs[1], "a.json", "b.json")

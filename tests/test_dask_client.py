@@ -105,8 +105,8 @@ def listener():
 def test_a_silent_endpoint_is_refused_after_the_timeout(level1, listener):
     """Accepts the connection, never answers: Dask's own client waited forever here."""
     server = listener()
-    msg = one_line(fit(level1, f"tcp://127.0.0.1:{server.port}", "--timeout", "1"), 1)
-    assert f"tcp://127.0.0.1:{server.port}" in msg and "says nothing within 1 s" in msg and "--timeout" in msg
+    msg = one_line(fit(level1, f"tcp://127.0.0.1:{server.port}", "--timeout", "0.5"), 1)
+    assert f"tcp://127.0.0.1:{server.port}" in msg and "says nothing within 0.5 s" in msg and "--timeout" in msg
 
 
 def test_an_http_server_is_refused(level1):
@@ -115,7 +115,7 @@ def test_an_http_server_is_refused(level1):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         port = server.server_address[1]
-        msg = one_line(fit(level1, f"127.0.0.1:{port}", "--timeout", "1"), 1)
+        msg = one_line(fit(level1, f"127.0.0.1:{port}", "--timeout", "0.5"), 1)
         assert "says nothing" in msg and "dashboard" in msg
         # its http:// address is not a scheduler address at all: a usage error, no connection made
         msg = one_line(fit(level1, f"http://127.0.0.1:{port}/status"), 2)
@@ -139,8 +139,8 @@ def test_an_endpoint_that_stalls_after_a_greeting_is_refused(level1, listener):
     import struct
 
     server = listener(lambda conn: conn.sendall(struct.pack("<QQ", 58, 1)))
-    msg = one_line(fit(level1, f"127.0.0.1:{server.port}", "--timeout", "2"), 1)
-    assert msg == f"hlmcli: error: --scheduler 127.0.0.1:{server.port}: no answer within 2 s; check the address or raise --timeout"
+    msg = one_line(fit(level1, f"127.0.0.1:{server.port}", "--timeout", "0.5"), 1)
+    assert msg == f"hlmcli: error: --scheduler 127.0.0.1:{server.port}: no answer within 0.5 s; check the address or raise --timeout"
 
 
 def test_an_endpoint_that_closes_at_once_is_refused(level1, listener):

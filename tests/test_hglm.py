@@ -471,3 +471,32 @@ def test_deviance_at_zero_tau_is_the_laplace_deviance_there(family):
     laplace = laplace[0] if isinstance(laplace, tuple) else laplace
     assert math.isclose(deviance_without_random_effects(data, gamma), -2 * ll, rel_tol=1e-12)
     assert math.isclose(float(laplace), -2 * ll, rel_tol=1e-12)
+
+
+def test_a_unit_whose_likelihood_is_rounding_noise_stops_its_mode_search(monkeypatch):
+    """A binomial record of 2^53 successes in 2^53 trials at η ≈ 34 (test_hglm_input's extreme_count data, seed
+    1116): yη and n·b(η) cancel to ±64, so no Newton step raises that unit's ℓ and every mode solve used to
+    repeat 60 passes × 30 halvings (16 s of CPU for 15 records). The unit now stays where it stands after one
+    failed line search; the other units' modes are the ones solved without it (each unit's Newton is its own)."""
+    from hlmcli.engine.family import BINOMIAL
+    from hlmcli.engine.hglm import Conditional, GLMData
+
+    x = np.array([-0.6348840494292676, -1.9122207517140442, -0.368098214683529, 1.0279449740820619,
+                  2.0436999260814295, 1.9845217280315859, -0.7705647967956608, 0.008326658993070515,
+                  -2.703292863347189, -0.1391489536268772, 0.45834990797075303, -0.297696144884344,
+                  -3.2490158291005797, -1.6785769206317878])
+    y = np.array([1, 0, 1, 2, 3, 5, 2, 0, 0, 0, 2.0 ** 53, 2, 1, 2], float)
+    trials = np.array([4, 1, 7, 3, 4, 5, 4, 2, 5, 3, 2.0 ** 53, 7, 5, 7], float)
+    w = np.array([0.2965471515447379, 0.665037315600235, 0.7607272913363522])
+    offs = np.array([0, 6, 10, 14])  # the data set's first three units (the fourth's one record is not needed)
+    L = np.column_stack([np.ones(14), x])
+    B = np.array([[[1.0, wj, 0.0], [0.0, 0.0, 1.0]] for wj in w])
+    gamma, lam = np.array([-44.614, 93.123, 16.622]), np.array([[0.5]])
+    calls = []
+    evaluate = type(BINOMIAL).evaluate
+    monkeypatch.setattr(type(BINOMIAL), "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    u, _ = Conditional(GLMData(BINOMIAL, L, B, offs, np.arange(1), y, trials)).modes(gamma, lam)
+    assert len(calls) <= 60  # was 1801 = 1 + 60 passes × 30 halvings
+    assert u[2, 0] == 0.0  # the start (b = 0), where the failed search left it
+    rest = Conditional(GLMData(BINOMIAL, L[:10], B[:2], offs[:3], np.arange(1), y[:10], trials[:10])).modes(gamma, lam)[0]
+    np.testing.assert_array_equal(u[:2], rest)

@@ -598,6 +598,7 @@ class Conditional:
             return eta, pl, ev
 
         eta, pl, ev = state(u)
+        stalled = np.zeros(d.J, bool)
         for _ in range(maxit):
             _, dl, W, _ = ev
             g = d.Zv(dl)
@@ -606,7 +607,7 @@ class Conditional:
             step = _bsolve(H, g @ lam - u)
             # converged units stay where they are: each unit's Newton path is its own, so the modes
             # do not depend on which other units share the pass (hglm_blocks.py)
-            done = np.max(np.abs(step), axis=1) < tol
+            done = (np.max(np.abs(step), axis=1) < tol) | stalled
             if done.all():
                 break
             step[done] = 0.0
@@ -618,6 +619,16 @@ class Conditional:
                 if not worse.any():
                     break
                 t = np.where(worse, t * 0.5, t)
+            else:
+                # no step of 2⁻³⁰ or more raises these units' ℓ: their ℓ is rounding noise along Newton's
+                # direction (a count of 2⁵³ with η ≈ 30 makes yη and n·b(η) cancel to ±64). Another pass
+                # would repeat the same 30 halvings from the same point, so they stay where they are; the
+                # modes are then not exact and the certificate says so (not certified, exit 3)
+                stalled |= worse
+                if stalled.all() or done[~stalled].all():
+                    break
+                un = u + np.where(stalled, 0.0, t)[:, None] * step
+                etan, pln, evn = state(un)
             u, eta, pl, ev = un, etan, pln, evn
         self.b = u @ lam.T
         self.last = ev
