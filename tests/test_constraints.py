@@ -398,6 +398,8 @@ def test_three_level_constrained_fit_is_the_summed_predictor_fit_fast(tmp_path):
                         level3_eqs=["β00 = γ000 + u00", "β01 = γ010"], **kw)
     with pytest.raises(ModelError, match="tied by --constrain"):  # not a table that hides the ties
         tied.table("csv")
+    text = tied.summary(ascii=True)  # the tied γs starred in both tables, as at two levels
+    assert text.count("G010*") == text.count("G020*") == 2 and "G000*" not in text
     tied, summed = tied.to_dict(), summed.to_dict()
     _assert_levels_summed(tied, summed, [("γ000", "γ000"), ("γ010", "γ010"), ("γ020", "γ010")])
     from hlmcli.levels_results import table_view  # what `hlmcli compare` and the tables read
@@ -478,6 +480,9 @@ def test_four_level_constrained_fit_is_the_summed_predictor_fit(tmp_path):
     by_name = [{r["name"]: r for r in d["random_effects"]} for d in (tied, summed)]
     assert by_name[0]["tau_beta"]["chi2"][0]["df"] == 144 - 2  # g001 and g002 one term of b00's equation
     _assert_chi2_summed(*by_name, ("tau_pi", "tau_beta", "tau_gamma"))
+    text = run_cli("fit", *files, tmp_path / "tied3.csv", T4 / "schools_l4.csv", *SCHOOLS_IDS, *SCHOOLS_TIED, "--ml",
+                   "--constrain", "d0010 = d0020", check=True).stdout
+    assert text.count("INTRCPT4, δ0010*") == text.count("INTRCPT4, δ0020*") == 2 and "δ0000*" not in text
     t = tied["constraint_test"]
     assert not t["refitted_ml"] and t["deviance_constrained"] == pytest.approx(tied["deviance"], rel=1e-15)
     assert t["chi2"] == pytest.approx(tied["deviance"] - t["deviance_unconstrained"], rel=1e-12)
@@ -610,24 +615,24 @@ def test_cli_imputed_constrained_text(pv_files, tmp_path):
 
 def _grouse_pair(tmp_path, *estimation):
     """The three-level Poisson HGLM of the grouse ticks with the tie g010 = g020, and the summed-predictor fit
-    (YEAR96 + YEAR97 as one level-2 column)."""
+    (YEAR96 + YEAR97 as one level-2 column); the tied fit's text too (its JSON by --json-out, one run)."""
     H3 = DATA / "hglm3"
     l2 = pd.read_csv(H3 / "grouse_l2.csv")
     l2.assign(S=l2["YEAR96"] + l2["YEAR97"]).to_csv(tmp_path / "l2.csv", index=False)
     files = (H3 / "grouse_l1.csv", tmp_path / "l2.csv", H3 / "grouse_l3.csv", "--id2", "BROOD", "--id3", "LOCATION")
-    rest = ("-3", "b00 = g000 + g001*CHEIGHT + u00", "--family", "poisson", "--format", "json", *estimation)
-    tied = json.loads(run_cli("fit", *files, "-1", "TICKS = p0", "-2", "p0 = b00 + b01*YEAR96 + b02*YEAR97 + r0",
-                              "-3", "b01 = g010", "-3", "b02 = g020", *rest, "--constrain", "g010 = g020",
-                              check=True).stdout)
+    rest = ("-3", "b00 = g000 + g001*CHEIGHT + u00", "--family", "poisson", *estimation)
+    text = run_cli("fit", *files, "-1", "TICKS = p0", "-2", "p0 = b00 + b01*YEAR96 + b02*YEAR97 + r0",
+                   "-3", "b01 = g010", "-3", "b02 = g020", *rest, "--constrain", "g010 = g020",
+                   "--json-out", tmp_path / "tied.json", check=True).stdout
     summed = json.loads(run_cli("fit", *files, "-1", "TICKS = p0", "-2", "p0 = b00 + b01*S + r0", "-3", "b01 = g010",
-                                *rest, check=True).stdout)
-    return tied, summed
+                                *rest, "--format", "json", check=True).stdout)
+    return json.loads((tmp_path / "tied.json").read_text()), summed, text
 
 
 def test_three_level_laplace_constrained_fit_is_the_summed_predictor_fit(tmp_path):
     """By Laplace: the deviance over δ on X·H is the summed-predictor fit's (deviance 1e-9, γ and SEs 1e-6), and
     the likelihood-ratio test of the tie is against the unconstrained Laplace fit."""
-    tied, summed = _grouse_pair(tmp_path, "--estimation", "laplace")
+    tied, summed, _ = _grouse_pair(tmp_path, "--estimation", "laplace")
     assert tied["converged"] and tied["certificate"]["certified"]
     assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9) and tied["n_params"] == summed["n_params"]
     by_hand = {f["gamma"]: f for f in summed["fixed_effects"]}
@@ -645,7 +650,7 @@ def test_three_level_laplace_constrained_fit_is_the_summed_predictor_fit(tmp_pat
 def test_three_level_pql_constrained_fit_is_the_summed_predictor_fit(tmp_path):
     """A three-level Poisson HGLM by PQL (grouse ticks): the working models fitted on X·H converge to the
     summed-predictor fit's fixed point; no test of the tie (PQL)."""
-    tied, summed = _grouse_pair(tmp_path)
+    tied, summed, text = _grouse_pair(tmp_path)
     assert tied["converged"] and tied["hglm"]["fixed_point"]["passed"]
     by_hand = {f["gamma"]: f for f in summed["fixed_effects"]}
     assert len(tied["fixed_effects"]) == 4
@@ -659,6 +664,9 @@ def test_three_level_pql_constrained_fit_is_the_summed_predictor_fit(tmp_path):
     _assert_chi2_summed(tied, summed, ("tau_pi", "tau_beta"))
     t = tied["constraint_test"]
     assert t["chi2"] is None and "PQL has no deviance" in t["note"]
+    # the tied γs starred in each of the four tables (SEs, robust SEs, each with its ratio table), as at two levels
+    assert text.count("INTRCPT3, γ010*") == text.count("INTRCPT3, γ020*") == 4 and "γ000*" not in text
+    assert "* constrained (--constrain): γ020 = γ010" in text
 
 
 def test_chi2_of_a_random_coefficient_counts_a_tie_in_its_equation(frames):

@@ -60,6 +60,11 @@ def levels_text(analysis, meta: dict, ascii: bool) -> str:
     from .report_levels import Symbols3, SymbolsLevels, fit_text as levels_fit_text, fit_text3
 
     a = analysis
+    if "constraints" in a.extras:  # --constrain: the tied γs' positions, marked * in the tables
+        from ..analysis.constrained import spec_gamma_labels
+
+        involved = set(a.extras["constraints"]["involved"])
+        meta = {**meta, "tied": {k for k, name in enumerate(spec_gamma_labels(a.design.spec)) if name in involved}}
     if getattr(a, "hglm", None) is not None:
         from .report_hglm_levels import hglm_text3
 

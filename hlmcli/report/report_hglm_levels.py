@@ -197,7 +197,8 @@ def hglm_text3(design, fit, meta: dict, sym: Symbols3, h) -> str:
             if k == 0 or gammas[k - 1].idx[:2] != (p, q):
                 rows.append([f"   For {hlm_name(level2)}, {sym.b(p, q)}"])
                 ratio_rows.append(rows[-1])
-            label = f"      {hlm_name(level3)}, {sym.g(p, q, s_)}"
+            mark = "*" if k in meta.get("tied", ()) else ""  # --constrain: the note follows the tables
+            label = f"      {hlm_name(level3)}, {sym.g(p, q, s_)}{mark}"
             rows.append([label, f"{fit.gamma[k]:.6f}", f"{se[k]:.6f}", f"{t[k]:.3f}", df_text(fit.df_gamma[k]),
                          hlm_p(pv[k])])
             tq = float(special.stdtrit(fit.df_gamma[k], 0.975))

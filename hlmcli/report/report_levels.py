@@ -315,8 +315,9 @@ def _tau_blocks3(spec: ModelSpec, fit, sym: Symbols3) -> list[str]:
     return out + text_table(["Random level-2 coefficient", "Reliability estimate"], rows, [28, 22])
 
 
-def _fixed_effects3(spec: ModelSpec, fit, sym: Symbols3) -> list[str]:
-    """The γ table with model-based, then robust standard errors, grouped by π and β as HLM3 prints it."""
+def _fixed_effects3(spec: ModelSpec, fit, sym: Symbols3, tied=()) -> list[str]:
+    """The γ table with model-based, then robust standard errors, grouped by π and β as HLM3 prints it;
+    tied: the positions of the γs --constrain ties, marked * (the note follows the tables)."""
     out: list[str] = []
     gammas = spec.fixed()
     for robust in (False, True):
@@ -334,7 +335,8 @@ def _fixed_effects3(spec: ModelSpec, fit, sym: Symbols3) -> list[str]:
                 rows.append([f"For {_pi_label(spec, p, sym)}"])
             if k == 0 or gammas[k - 1].idx[:2] != (p, q):
                 rows.append([f"   For {hlm_name(level2)}, {sym.b(p, q)}"])
-            rows.append([f"      {hlm_name(level3)}, {sym.g(p, q, s)}", f"{fit.gamma[k]:.6f}", f"{se[k]:.6f}",
+            mark = "*" if k in tied else ""
+            rows.append([f"      {hlm_name(level3)}, {sym.g(p, q, s)}{mark}", f"{fit.gamma[k]:.6f}", f"{se[k]:.6f}",
                          f"{t[k]:.3f}", df_text(fit.df_gamma[k]), hlm_p(pv[k])])
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                           rows, [30, 12, 14, 9, 12, 8])
@@ -379,7 +381,7 @@ def fit_text3(design, fit, meta: dict, sym: Symbols3) -> str:
     out += _run_middle(design, fit, meta, sym, model_summary(spec, sym), certificate_text3(fit, sym))
     out += _tau_blocks3(spec, fit, sym)
     out += ["", f"The value of the log-likelihood function at iteration {fit.iterations} = {hlm_e(-fit.deviance / 2)}"]
-    out += _fixed_effects3(spec, fit, sym)
+    out += _fixed_effects3(spec, fit, sym, meta.get("tied", ()))
     out += _components3(design, fit, sym)
     out += ["", "Statistics for the current model", f" Deviance                       = {fit.deviance:.6f}",
             f" Number of estimated parameters = {fit.n_params}"]
@@ -650,7 +652,8 @@ def fit_text(design, fit, meta: dict, sym: SymbolsLevels) -> str:
             for depth in range(1, K):
                 if f.idx[:depth] != prev[:depth]:
                     rows.append([f"{'   ' * (depth - 1)}For {hlm_name(f.names[depth - 1])}, {sym.coef(depth, f.idx[:depth])}"])
-            rows.append([f"{'   ' * (K - 1)}{hlm_name(f.names[-1])}, {sym.coef(K, f.idx)}", f"{fit.gamma[k]:.6f}",
+            mark = "*" if k in meta.get("tied", ()) else ""  # --constrain: the note follows the tables
+            rows.append([f"{'   ' * (K - 1)}{hlm_name(f.names[-1])}, {sym.coef(K, f.idx)}{mark}", f"{fit.gamma[k]:.6f}",
                          f"{se[k]:.6f}", f"{t[k]:.3f}", df_text(fit.df_gamma[k]), hlm_p(pv[k])])
         out += text_table(["Fixed Effect", "Coefficient", "Standard error", "t-ratio", "Approx. d.f.", "p-value"],
                       rows, [34, 12, 14, 9, 12, 8])
