@@ -414,6 +414,29 @@ def test_three_level_constrained_fit_is_the_summed_predictor_fit_fast(tmp_path):
         tied["deviance"] - tied["constraint_test"]["deviance_unconstrained"], rel=1e-12)
 
 
+def test_three_level_chi2_counts_a_tied_term_that_keeps_another_gamma(tmp_path):
+    """β01 = γ010 + γ011*W, β02 = γ020 with γ010 = γ020: π0's fixed part is γ010*(CA + CB) + γ011*W*CA, still
+    three terms (the summed-predictor model β01*CAB + β02*CA with β02 = γ021*W), so the level-2 χ² d.f. do not
+    change, whichever γ the restriction eliminates."""
+    l2 = pd.read_csv(T3 / "pastes_l2.csv")
+    l2["CA"], l2["CB"] = (l2["CASK"] == "a").astype(int), (l2["CASK"] == "b").astype(int)
+    l2.assign(CAB=l2["CA"] + l2["CB"]).drop(columns="CASK").to_csv(tmp_path / "l2.csv", index=False)
+    l3 = pd.read_csv(T3 / "pastes_l3.csv")
+    l3.assign(W=(l3["BATCH"] - 5.5) / 3).to_csv(tmp_path / "l3.csv", index=False)
+    kw = dict(level3=tmp_path / "l3.csv", id2="SAMPLE", id3="BATCH", level1_eq="STRENGTH = π0 + e", method="ML",
+              warn=lambda m: None)
+    files = (T3 / "pastes_l1.csv", tmp_path / "l2.csv")
+    summed = hlmcli.fit(*files, level2_eqs=["π0 = β00 + β01*CAB + β02*CA + r0"],
+                        level3_eqs=["β00 = γ000 + u00", "β01 = γ010", "β02 = γ021*W"], **kw).to_dict()
+    assert [c["df"] for c in summed["tau_pi"]["chi2"]] == [30 - 3]
+    for tie in ("g010 = g020", "g020 = g010"):
+        tied = hlmcli.fit(*files, level2_eqs=["π0 = β00 + β01*CA + β02*CB + r0"],
+                          level3_eqs=["β00 = γ000 + u00", "β01 = γ010 + γ011*W", "β02 = γ020"], constrain=[tie],
+                          **kw).to_dict()
+        assert tied["deviance"] == pytest.approx(summed["deviance"], rel=1e-9)
+        _assert_chi2_summed(tied, summed, ("tau_pi", "tau_beta"))
+
+
 def _assert_chi2_summed(tied, summed, keys):
     """HLM's χ² table of every random coefficient (statistic, d.f., p) is the summed-predictor fit's."""
     for key in keys:
