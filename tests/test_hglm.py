@@ -495,8 +495,32 @@ def test_a_unit_whose_likelihood_is_rounding_noise_stops_its_mode_search(monkeyp
     calls = []
     evaluate = type(BINOMIAL).evaluate
     monkeypatch.setattr(type(BINOMIAL), "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
-    u, _ = Conditional(GLMData(BINOMIAL, L, B, offs, np.arange(1), y, trials)).modes(gamma, lam)
+    cond = Conditional(GLMData(BINOMIAL, L, B, offs, np.arange(1), y, trials))
+    u, _ = cond.modes(gamma, lam)
     assert len(calls) <= 60  # was 1801 = 1 + 60 passes × 30 halvings
     assert u[2, 0] == 0.0  # the start (b = 0), where the failed search left it
+    assert cond.unsolved.tolist() == [False, False, True]  # what the fit's certificate reads
     rest = Conditional(GLMData(BINOMIAL, L[:10], B[:2], offs[:3], np.arange(1), y[:10], trials[:10])).modes(gamma, lam)[0]
     np.testing.assert_array_equal(u[:2], rest)
+
+
+def test_a_fit_whose_modes_are_not_all_solved_is_not_certified(monkeypatch):
+    """The Laplace deviance and its gradient assume û_j is each unit's mode. When the mode search leaves
+    a unit unsolved (its line search stalled, or maxit passes ran out) at the optimum, the fit must not
+    be certified, whatever the certificate's checks of the deviance saw: the same fit certifies
+    without the unsolved unit."""
+    from hlmcli.engine.hglm import Conditional, ml_fit
+
+    data = _small_data(1, seed=5, J=6)
+    assert ml_fit(data).certificate.certified
+    modes = Conditional.modes
+
+    def one_unsolved(self, gamma, lam, *a, **k):
+        out = modes(self, gamma, lam, *a, **k)
+        self.unsolved = np.arange(self.data.J) == 2
+        return out
+
+    monkeypatch.setattr(Conditional, "modes", one_unsolved)
+    fit = ml_fit(data)
+    assert not fit.certificate.certified and not fit.converged
+    assert any("mode of 1 unit(s) was not found" in f for f in fit.certificate.failed)

@@ -599,6 +599,9 @@ class Conditional:
 
         eta, pl, ev = state(u)
         stalled = np.zeros(d.J, bool)
+        # the units whose û is not a verified mode: stalled ones, and after maxit passes those whose
+        # last step was still above tol (read by _ml_fit_one: such modes are not certified)
+        self.unsolved = stalled
         for _ in range(maxit):
             _, dl, W, _ = ev
             g = d.Zv(dl)
@@ -608,6 +611,7 @@ class Conditional:
             # converged units stay where they are: each unit's Newton path is its own, so the modes
             # do not depend on which other units share the pass (hglm_blocks.py)
             done = (np.max(np.abs(step), axis=1) < tol) | stalled
+            self.unsolved = ~done | stalled
             if done.all():
                 break
             step[done] = 0.0
@@ -626,6 +630,7 @@ class Conditional:
                 # modes are then not exact and the certificate says so (not certified, exit 3)
                 stalled |= worse
                 if stalled.all() or done[~stalled].all():
+                    self.unsolved = stalled
                     break
                 un = u + np.where(stalled, 0.0, t)[:, None] * step
                 etan, pln, evn = state(un)
@@ -1102,6 +1107,13 @@ def _ml_fit_one(data: GLMData, nodes: int = 1, start: PQLResult | None = None, m
         H0 = None
     cov, robust = _covariances(cond, gamma, lam, H_se, sel, p)
     b, bvar = cond.posterior(gamma, lam)
+    unsolved = getattr(cond, "unsolved", None)
+    if unsolved is not None and unsolved.any():
+        # the deviance and its gradient assume û_j is each unit's mode (∂f_j/∂u = 0); a unit whose
+        # Newton search stalled or ran out of passes leaves both unverified, whatever the certificate saw
+        cert.failed.append(f"the mode of {int(unsolved.sum())} unit(s) was not found (Newton's line search "
+                           "failed or ran out of passes): the Laplace/AGQ deviance there is not verified")
+        cert.certified = False
     eta = data.eta(gamma, b)
     tau = lam @ lam.T
     return MLResult(method="laplace" if nodes == 1 else "agq", nodes=nodes, gamma=gamma, cov=cov, robust_cov=robust,
