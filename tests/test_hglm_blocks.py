@@ -208,3 +208,23 @@ def test_pql_over_dask_partitions_equals_pql_in_memory(bernoulli, tmp_path):
 
     data, _ = bernoulli
     same_pql(pql(BlockedGLMData(dask_source(data, tmp_path))), pql(data))
+
+
+def test_unsolved_modes_leave_the_blocked_fit_uncertified_as_in_memory(monkeypatch):
+    """A unit whose mode search did not finish at the optimum leaves the fit uncertified (hglm._ml_fit_one):
+    over blocks the units' state comes back from each block's pass, so the blocked fit says what the
+    in-memory one says, not 'certified'."""
+    from hlmcli.engine.hglm import Conditional
+
+    data = make("bernoulli", 12, 1, 5)
+    modes = Conditional.modes
+
+    def none_solved(self, gamma, lam, *a, **k):
+        out = modes(self, gamma, lam, *a, **k)
+        self.unsolved = np.ones(self.data.J, bool)
+        return out
+
+    monkeypatch.setattr(Conditional, "modes", none_solved)
+    for fit in (ml_fit(data), blocked_fit(BlockedGLMData(MemoryBlocks(data, 5)))):
+        assert not fit.certificate.certified and not fit.converged
+        assert any("mode of 12 unit(s) was not found" in f for f in fit.certificate.failed)

@@ -70,7 +70,7 @@ def block_pass(j0: int, d: GLMData, what: str, gamma, lam, nodes: int, b_all):
     cond = Conditional(d, nodes)
     cond.b = np.array(b_all[j0:j0 + d.J], dtype=float)
     if what == "posterior":
-        return cond.posterior(gamma, lam)
+        return (*cond.posterior(gamma, lam), cond.unsolved)
     cond.keep_units = what == "scores"
     out = cond.evaluate(gamma, lam, grad=what != "deviance")
     return out, cond.b, getattr(cond, "unit_scores", None)
@@ -124,6 +124,8 @@ class BlockedConditional:
 
     def posterior(self, gamma, lam):
         parts = self._pass("posterior", gamma, lam)
+        # the units whose mode search did not finish, read by the fit's certificate as in memory
+        self.unsolved = np.concatenate([p[2] for p in parts])
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
