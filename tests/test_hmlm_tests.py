@@ -285,3 +285,26 @@ def test_hmlm2_tests_and_standard_errors_every_structure(structure, tmp_path):
         assert ref[structure]["deviance"] - 1e-7 < v["deviance"] <= ref[structure]["deviance"]
         v = dict(v, deviance=ref[structure]["deviance"])
     check_hmlm2(proc, v, ref[structure], lr, 1e-4 if structure == "ar1" else 1e-5)
+
+def test_occasion_indices_of_ten_or_more_are_named_and_labelled_apart():
+    """Unrestricted Δ with T = 10: Δ_{10,1} was named delta_101 and every row of occasion 10 printed as
+    Δ(OCC=1,OCC=10) (the label read one digit per index). From 10 on an underscore sets the indices apart;
+    the one-digit names stay as they were."""
+    from types import SimpleNamespace
+
+    from hlmcli.analysis.hmlm import variance_parameter_table
+    from hlmcli.engine.hmlm import Parameters
+    from hlmcli.report.report import Symbols, text_table
+    from hlmcli.report.report_hmlm import _variance_parameter_lines
+
+    par = Parameters("unrestricted", 10, 1)
+    k = par.n_tau + par.n_delta
+    fit = SimpleNamespace(converged=True, hessian=np.eye(k), theta=np.linspace(0.5, 1.5, k), parameters=par)
+    names = [p["parameter"] for p in variance_parameter_table(fit)]
+    assert names[:4] == ["tau00", "delta_11", "delta_21", "delta_22"]
+    assert names[-10:] == [f"delta_10_{t}" for t in range(1, 11)] and len(set(names)) == k
+    v = {"variance_parameters": variance_parameter_table(fit)}
+    lines = _variance_parameter_lines(v, Symbols(False), [f"OCC={t}" for t in range(1, 11)], text_table)
+    assert [line.split()[0] for line in lines if line.startswith("Δ(OCC=10")] == \
+        [f"Δ(OCC=10,OCC={t})" for t in range(1, 11)]
+    assert any(line.startswith("Δ(OCC=2,OCC=1) ") for line in lines)

@@ -190,12 +190,16 @@ def variance_parameter_table(f) -> list[dict] | None:
     """τ's and Δ's parameters (engine.hmlm.variance_parameters) with standard errors by the delta method from
     the deviance's Hessian over θ; None when the point is not a checked optimum (the Hessian is then not an
     information matrix). Names: tau00, tau10, ... (τ_ab, a ≥ b), tau3_00, ... (HMLM2's level-3 τ), sigma2, sigma2_t (occasion t = 1..T), rho,
-    delta_st (Δ_st, s ≥ t)."""
+    delta_st (Δ_st, s ≥ t); an index of 10 or more is set off by an underscore (delta_10_1, tau10_2)."""
     if not f.converged or f.hessian is None:
         return None
     keys, values = variance_parameters(f.theta, f.parameters)
     se = np.sqrt(np.diag(variance_parameter_covariance(f.theta, f.parameters, f.hessian)))
-    name = {"tau": lambda a, b: f"tau{a}{b}", "tau3": lambda a, b: f"tau3_{a}{b}", "delta": lambda s, t: f"delta_{s + 1}{t + 1}",
+    # two indices side by side while both are one digit (delta_21); from 10 on an underscore between them
+    # (delta_10_1), as delta_101 would read as Δ(1, 01) or Δ(10, 1)
+    pair = lambda a, b: f"{a}{b}" if a < 10 and b < 10 else f"{a}_{b}"  # noqa: E731
+    name = {"tau": lambda a, b: f"tau{pair(a, b)}", "tau3": lambda a, b: f"tau3_{pair(a, b)}",
+            "delta": lambda s, t: f"delta_{pair(s + 1, t + 1)}",
             "sigma2": lambda *t: f"sigma2_{t[0] + 1}" if t else "sigma2", "rho": lambda: "rho"}
     return [{"parameter": name[k[0]](*k[1:]), "estimate": float(v), "se": float(e)} for k, v, e in zip(keys, values, se)]
 

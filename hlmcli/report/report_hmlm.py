@@ -139,13 +139,17 @@ def _variance_parameter_lines(v: dict, sym, labels, text_table) -> list[str]:
         return []
     delta, rho = ("Delta", "rho") if sym.ascii else ("Δ", "ρ")
 
+    def pair(rest: str) -> list[int]:  # "21" or, from index 10 on, "10_1" (analysis/hmlm.variance_parameter_table)
+        return [int(i) for i in rest.split("_")] if "_" in rest else [int(i) for i in rest]
+
     def label(name: str) -> str:
         if name.startswith("tau3_"):  # HMLM2's level-3 units
             return f"{sym.tau}{name[5:]} (level-3 units)"
         if name.startswith("tau"):
             return sym.tau + name[3:]
         if name.startswith("delta_"):
-            return f"{delta}({labels[int(name[6]) - 1]},{labels[int(name[7]) - 1]})"
+            s, t = pair(name[6:])
+            return f"{delta}({labels[s - 1]},{labels[t - 1]})"
         if name.startswith("sigma2_"):
             return f"{sym.sigma2}({labels[int(name[7:]) - 1]})"
         return sym.sigma2 if name == "sigma2" else rho
