@@ -149,7 +149,7 @@ def combine_structured(analyses: list[Analysis], hypotheses=()) -> dict:
     """The structured fits of M HMLM analyses combined as the other kinds combine theirs (plausible.py):
     Rubin's rules on γ with its model-based covariance (Barnard-Rubin d.f. from each γ's d.f.), Δ, τ, the
     marginal covariance and the deviance averaged over the fits; --test by D1 on the structured γ."""
-    from .plausible import RULE, d1_test, rubin
+    from .plausible import RULE, contrast, d1_test, rubin
 
     records = [a.extras["level1_covariance"] for a in analyses]
     r0 = records[0]
@@ -173,12 +173,7 @@ def combine_structured(analyses: list[Analysis], hypotheses=()) -> dict:
             out[key] = mean(key)
     tests = []
     for h in hypotheses:
-        C = np.array(h.rows, dtype=float)
-        d = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
-        if C.shape[1] != est.shape[1]:
-            raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {est.shape[1]} γs")
-        if np.linalg.matrix_rank(C) < C.shape[0]:
-            raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
+        C, d = contrast(h, est.shape[1])
         tests.append({"label": h.label, "contrast": C.tolist(), "rhs": d.tolist(), "statistic": "D1",
                       "model": d1_test(C, d, est, cov), "robust": None, "covariance": f"model-based: {NO_SANDWICH}"})
     if tests:

@@ -168,6 +168,17 @@ def d1_test(C: np.ndarray, rhs: np.ndarray, estimates: np.ndarray, covariances: 
     return {"F": f, "df1": k, "df2": nu if math.isfinite(nu) else None, "p": p, "riv": r}
 
 
+def contrast(h, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """A hypothesis's rows C and right side d over p γs, checked for D1: one entry per γ, independent rows."""
+    C = np.array(h.rows, dtype=float)
+    d = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
+    if C.shape[1] != p:
+        raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {p} γs")
+    if np.linalg.matrix_rank(C) < C.shape[0]:
+        raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
+    return C, d
+
+
 def combined_tests(analyses: list, hypotheses, robust_only: bool = False, constraints=None) -> list[dict]:
     """--test on combined fits: each hypothesis by D1, with the model-based and the robust covariances
     (robust only for a weighted fit: the model-based covariance ignores the weights' information).
@@ -187,12 +198,7 @@ def combined_tests(analyses: list, hypotheses, robust_only: bool = False, constr
 
     out = []
     for i, h in enumerate(hypotheses):
-        C = np.array(h.rows, dtype=float)
-        d = np.array(h.rhs, dtype=float) if h.rhs else np.zeros(C.shape[0])
-        if C.shape[1] != est.shape[1]:
-            raise ModelError(f"{h.label}: the contrast has {C.shape[1]} entries but the model has {est.shape[1]} γs")
-        if np.linalg.matrix_rank(C) < C.shape[0]:
-            raise ModelError(f"{h.label}: the restrictions are linearly dependent; drop the redundant ones")
+        C, d = contrast(h, est.shape[1])
         entry = {"label": h.label, "contrast": C.tolist() if free is None else [list(r) for r in typed[i].rows],
                  "rhs": d.tolist(), "statistic": "D1"}
         for kind, attr in (("model", "cov"), ("robust", "robust_cov")):
