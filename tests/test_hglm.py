@@ -502,6 +502,15 @@ def test_a_unit_whose_likelihood_is_rounding_noise_stops_its_mode_search(monkeyp
     assert cond.unsolved.tolist() == [False, False, True]  # what the fit's certificate reads
     rest = Conditional(GLMData(BINOMIAL, L[:10], B[:2], offs[:3], np.arange(1), y[:10], trials[:10])).modes(gamma, lam)[0]
     np.testing.assert_array_equal(u[:2], rest)
+    # a fourth unit of one such record, started at η = 0: Newton climbs for some passes before its ℓ turns to
+    # noise and it stalls too; the third unit must stay stalled (and unsolved) through that later failure
+    L4 = np.column_stack([np.ones(15), np.r_[x, 0.0]])
+    B4 = np.concatenate([B, [[[1.0, 44.614 / 93.123, 0.0], [0.0, 0.0, 1.0]]]])
+    cond = Conditional(GLMData(BINOMIAL, L4, B4, np.r_[offs, 15], np.arange(1), np.r_[y, 2.0 ** 53],
+                               np.r_[trials, 2.0 ** 53]))
+    u4, _ = cond.modes(gamma, lam)
+    assert cond.unsolved.tolist() == [False, False, True, True] and u4[2, 0] == 0.0 and u4[3, 0] > 1.0
+    np.testing.assert_array_equal(u4[:2], rest)
 
 
 def test_a_fit_whose_modes_are_not_all_solved_is_not_certified(monkeypatch):
