@@ -446,3 +446,22 @@ def test_level3_unit_scores_against_dense(grouse_doc):
         h = 1e-5
         num = np.array([(dev(x0 + h * e) - dev(x0 - h * e)) / (2 * h) for e in np.eye(x0.size)])
         assert S[k] == pytest.approx(-0.5 * num, rel=1e-5, abs=1e-6), locations[k]
+
+
+def test_a_fit_whose_modes_were_not_found_is_not_certified(monkeypatch):
+    """The three-level Laplace deviance and its gradient assume the modes; when Newton for them ends after its
+    passes without its step falling below tolerance at the final point, the fit is not certified (it was:
+    nothing read the mode search's state)."""
+    from hlmcli.engine.nested_laplace import NestedLaplace
+
+    modes = NestedLaplace.modes
+
+    def not_found(self, *a, **k):
+        out = modes(self, *a, **k)
+        self.modes_found = False
+        return out
+
+    monkeypatch.setattr(NestedLaplace, "modes", not_found)
+    doc = api_fit("grouseticks")
+    assert not doc["converged"] and not doc["certificate"]["certified"]
+    assert any("modes were not found" in f for f in doc["certificate"]["failed"])

@@ -274,6 +274,10 @@ def _search(glm, nodes: int, x, H0):
         cov = robust = np.full((p, p), np.nan)
     f, _ = fg(x)
     b2, V2, b3, V3, eta = cond.posterior(gamma, L2, L3)
+    if not getattr(cond, "modes_found", True):  # as nested_laplace.laplace_levels
+        cert.failed.append("the modes were not found (Newton's step did not fall below its tolerance): "
+                           "the quadrature's deviance there is not verified")
+        cert.certified = False
     return NestedAGQResult(nodes=nodes, gamma=gamma, cov=0.5 * (cov + cov.T), robust_cov=0.5 * (robust + robust.T),
                            taus=Gs, deviance=float(f), eb=(b2, b3), eb_var=(V2, V3), eta=eta, iterations=iters,
                            evaluations=cond.count, certificate=cert, converged=bool(cert.certified), n_params=p + 2,

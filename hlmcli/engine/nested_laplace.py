@@ -150,6 +150,9 @@ class NestedLaplace:
             return eta, ev, pl
 
         eta, ev, pl = state(u2, u3)
+        # whether Newton's step fell below tol (the modes found); False after maxit passes without it, which
+        # laplace_levels reads at its final point: the deviance and its gradient assume exact modes
+        self.modes_found = False
         for _ in range(maxit):
             ll, dl, W, _ = ev
             Hinv, P, S, _ld = self._parts(A, B, W)
@@ -157,6 +160,7 @@ class NestedLaplace:
             g3 = self._s3(B * dl[:, None]) - u3
             d2, d3 = self._solve(Hinv, P, _inv(S), g2, g3)
             if max(np.max(np.abs(d2), initial=0.0), np.max(np.abs(d3), initial=0.0)) < tol:
+                self.modes_found = True
                 break
             t = np.ones(self.J3)
             for _h in range(40):
@@ -488,6 +492,10 @@ def laplace_levels(glm: LevelsGLMData, start=None, diagonal=(False, False), cond
     except np.linalg.LinAlgError:
         cov = robust = np.full((p, p), np.nan)
     b2, V2, b3, V3, eta = cond.posterior(gamma, L2, L3)
+    if not getattr(cond, "modes_found", True):
+        cert.failed.append("the modes were not found (Newton's step did not fall below its tolerance): "
+                           "the Laplace deviance there is not verified")
+        cert.certified = False
     failed = list(cert.failed)
     n_params = p + nt
     return NestedLaplaceResult(gamma=gamma, cov=0.5 * (cov + cov.T), robust_cov=0.5 * (robust + robust.T), taus=Gs,
