@@ -248,3 +248,31 @@ def test_bad_codes_are_refused(tmp_path):
     cmd.write_text(text % 3)
     res = api.fit(M / "sim_l1.csv", M / "sim_l2.csv", id="school", model=cmd, estimation="laplace")
     assert res.deviance == pytest.approx(REF["laplace"]["deviance"], abs=1e-6)
+
+
+def test_a_mode_search_that_runs_out_of_passes_leaves_the_fit_uncertified(laplace, monkeypatch):
+    """The multinomial mode solve says which units' Newton step is still above its tolerance (hglm's fit
+    reads it at the final point): none at the certified fit, every moved unit after one pass from zero; and
+    a fit whose final mode solve runs out of passes is not certified (it was: nothing read the state)."""
+    from hlmcli.engine.multinomial import MultinomialConditional
+
+    data, res = laplace
+    assert res.certificate.certified
+    cond = data.conditional(1)
+    cond.modes(res.gamma, res.lam)
+    assert not cond.unsolved.any()
+    cond.b = np.zeros_like(cond.b)
+    cond.modes(res.gamma, res.lam, maxit=1)
+    assert cond.unsolved.sum() > 0
+    posterior = MultinomialConditional.posterior
+
+    def short(self, gamma, lam):  # the final point's posterior, then a mode solve cut to one pass from zero
+        out = posterior(self, gamma, lam)
+        self.b = np.zeros_like(self.b)
+        self.modes(gamma, lam, maxit=1)
+        return out
+
+    monkeypatch.setattr(MultinomialConditional, "posterior", short)
+    out = fit(data)
+    assert not out.certificate.certified
+    assert any("was not found" in f for f in out.certificate.failed)

@@ -262,11 +262,15 @@ class MultinomialConditional(Conditional):
 
         eta, pl, ev = state(u)
         I = np.eye(d.q)
+        # the units whose Newton step is still above tol: after maxit passes their û is no mode (read by
+        # hglm._ml_fit_one at the final point, as for hglm.Conditional)
+        self.unsolved = np.zeros(d.J, bool)
         for _ in range(maxit):
             _, l1, W = ev
             H = np.einsum("ba,jbc,cd->jad", lam, d.a_matrix(W), lam) + I
             step = np.linalg.solve(H, (d.zsum(l1) @ lam - u)[..., None])[..., 0]
-            if np.max(np.abs(step)) < tol:
+            self.unsolved = np.max(np.abs(step), axis=1) >= tol
+            if not self.unsolved.any():
                 break
             t = np.ones(d.J)
             for _h in range(30):
