@@ -318,3 +318,15 @@ def test_fixed_effect_labels_are_the_designs_without_a_level1_intercept(hsb_load
     assert fixed_effect_labels(spec) == [(1, 0), (1, 1)]
     assert [(f.q, f.s) for f in make_design(spec, hsb_loaded).fixed] == [(1, 0), (1, 1)]
     assert parse_test("g11 = 0", spec).rows == ((0.0, 1.0),)
+
+
+def test_a_test_may_name_gammas_on_the_right(hsb_loaded):
+    """--test 'g10 = g11' is the restriction γ10 − γ11 = 0, as --constrain reads it (it was refused: "the right
+    side must be a finite number"); numbers on the right stay there: 'g10 = -g11 + 1' is γ10 + γ11 = 1."""
+    from hlmcli.language.hypotheses import parse_test
+
+    spec = build_spec("MATHACH = b1*group(SES) + r", ["b1 = g10 + g11*SECTOR + u1"], variables_of(hsb_loaded))
+    h = parse_test("g10 = g11, g10 = -g11 + 1, 2*g10 = 3*g11", spec)
+    assert h.rows == ((1.0, -1.0), (1.0, 1.0), (2.0, -3.0)) and h.rhs == (0.0, 1.0, 0.0)
+    with pytest.raises(ModelError, match="finite number"):
+        parse_test("g10 = nan", spec)

@@ -69,8 +69,15 @@ def parse_test(text: str, spec) -> Hypothesis:
         left, right = restriction.split("=")
         try:
             value = float(right.strip())
-        except ValueError:
+        except ValueError:  # γs on the right ('g10 = g20'): moved to the left, the right side 0
             value = math.nan
+            if re.search(rf"[{letter}{letter.upper()}]\d", right):
+                value = 0.0
+                for piece in re.findall(r"[+-]?[^+-]+", right.replace(" ", "")):
+                    try:
+                        value += float(piece)  # a number stays on the right
+                    except ValueError:
+                        left += ("+" + piece[1:]) if piece.startswith("-") else ("-" + piece.lstrip("+"))
         if not math.isfinite(value):
             raise ModelError(f"--test '{text}': the right side of '{restriction.strip()}' must be a finite number")
         row = [0.0] * len(labels)
