@@ -81,6 +81,8 @@ def test_wald_and_deviance_tests_are_the_structured_models(heterogeneous):
     assert t["p"] == pytest.approx(lr["p"], rel=1e-5)
     text = proc.stdout.split("Tests of the heterogeneous model")[1]
     assert f"{both['model']['chi2']:.6f}" in text and f"{t['chi2']:.6f}" in text and "no sandwich" in text
+    # lmer's formula printed after the structured model's tests is the homogeneous model's, and says so
+    assert "The homogeneous model in R (lme4" in text and "The same model in R" not in text
 
 
 def check_variance_parameters(v: dict, key: str) -> None:

@@ -743,7 +743,10 @@ def _r_call_lines(a, meta: dict) -> list[str]:
     if "constraints" in a.extras:
         notes = notes + [f"--constrain {', '.join(a.extras['constraints']['restrictions'])}: not in this call; in lmer "
                          "the tied terms become one column, e.g. I(X1 + X2) for γs of X1 and X2 made equal"]
-    return ["", "The same model in R (lme4)", f" {formula}"] + [f"   {note}" for note in notes]
+    title = "The same model in R (lme4)"
+    if a.extras.get("level1_covariance", {}).get("structure", "homogeneous") != "homogeneous":
+        title = "The homogeneous model in R (lme4; the structured model's nlme call is above)"
+    return ["", title, f" {formula}"] + [f"   {note}" for note in notes]
 
 
 def r_method(a) -> str:
