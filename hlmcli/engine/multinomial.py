@@ -49,7 +49,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .hglm import Conditional, GLMData, ml_fit
+from .hglm import MODE_DECREMENT, Conditional, GLMData, ml_fit
 
 
 class Curvature:
@@ -268,9 +268,12 @@ class MultinomialConditional(Conditional):
         for _ in range(maxit):
             _, l1, W = ev
             H = np.einsum("ba,jbc,cd->jad", lam, d.a_matrix(W), lam) + I
-            step = np.linalg.solve(H, (d.zsum(l1) @ lam - u)[..., None])[..., 0]
-            self.unsolved = np.max(np.abs(step), axis=1) >= tol
-            if not self.unsolved.any():
+            rhs = d.zsum(l1) @ lam - u
+            step = np.linalg.solve(H, rhs[..., None])[..., 0]
+            stepping = np.max(np.abs(step), axis=1) >= tol
+            # unsolved: still stepping with a Newton decrement above hglm.MODE_DECREMENT (Conditional.modes)
+            self.unsolved = stepping & ~(0.5 * np.sum(rhs * step, axis=1) <= MODE_DECREMENT)
+            if not stepping.any():
                 break
             t = np.ones(d.J)
             for _h in range(30):

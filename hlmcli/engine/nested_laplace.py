@@ -50,7 +50,7 @@ import numpy as np
 
 from . import lbfgsb
 from .certificate import BlockFace, certify_blocks
-from .hglm import chain_to_face, difference_hessian, damped_newton, lower_phi
+from .hglm import MODE_DECREMENT, chain_to_face, difference_hessian, damped_newton, lower_phi
 from .nested_glmm import LevelsGLMData, record_columns
 
 TOL = 1e-6  # the certificate's tolerance, deviance units (as hglm.ml_fit)
@@ -162,6 +162,9 @@ class NestedLaplace:
             if max(np.max(np.abs(d2), initial=0.0), np.max(np.abs(d3), initial=0.0)) < tol:
                 self.modes_found = True
                 break
+            # or the log-posterior can rise by no more than its Newton decrement ½ g'H⁻¹g, at most
+            # hglm.MODE_DECREMENT per level-3 unit (a rare-event unit's step can stay near 1e-9 at its mode)
+            self.modes_found = bool(0.5 * (np.sum(g2 * d2) + np.sum(g3 * d3)) <= MODE_DECREMENT * self.J3)
             t = np.ones(self.J3)
             for _h in range(40):
                 n2, n3 = u2 + t[self.k2][:, None] * d2, u3 + t[:, None] * d3
