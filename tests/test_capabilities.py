@@ -6,6 +6,7 @@ refused cell is refused in one line giving the table's reason. The README's matr
 from __future__ import annotations
 
 import json
+from functools import partial
 import math
 import re
 from pathlib import Path
@@ -1166,6 +1167,79 @@ def hglm3l_json(*extra) -> dict:
     return levels_json("three-level-laplace", *extra)
 
 
+def hglm3_kind_table(kind, tmp_path):
+    """`hlmcli table` of a saved three-level HGLM fit (kind: three-level-laplace or three-level-agq)."""
+    a = tmp_path / "fit.json"
+    a.write_text(json.dumps(levels_json(kind)))
+    proc = run_cli("table", a, a, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{levels_json(kind)['fixed_effects'][0]['estimate']:.3f}" in proc.stdout and "J (level 3)" in proc.stdout
+
+
+def hglm3_kind_formats(kind, tmp_path):
+    proc = run("fit", *LEVELS_BASE[kind], "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    tidy = pd.read_csv(pd.io.common.StringIO(proc.stdout))
+    ref = levels_json(kind)["fixed_effects"][0]["estimate"]
+    assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-9)
+
+
+def hglm3_kind_test(kind, tmp_path):
+    doc = levels_json(kind, "--test", "γ001 = 0")
+    f = next(f for f in doc["fixed_effects"] if f["gamma"] == "γ001")
+    test = doc["hypothesis_tests"][0]
+    assert test["model"]["chi2"] == pytest.approx(f["t"] ** 2, rel=1e-10)
+    assert test["robust"]["chi2"] == pytest.approx(f["robust_t"] ** 2, rel=1e-10)
+
+
+def hglm3_kind_json_out(kind, matches, tmp_path):
+    path = tmp_path / "fit.json"
+    proc = run_cli("fit", *LEVELS_BASE[kind], "--json-out", path, "-q")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(path.read_text())
+    assert doc == levels_json(kind)
+    matches(doc)
+
+
+def hglm3_kind_compare(kind, tmp_path):
+    """The likelihood-ratio test of γ001 (CHEIGHT): the difference of the two fits' deviances (Laplace, or AGQ
+    with 15 points in both), 1 d.f., and no level-1 row in the variance reduction (an HGLM has no σ²)."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    b.write_text(json.dumps(levels_json(kind)))
+    small = [x if x != "b00 = g000 + g001*CHEIGHT + u00" else "b00 = g000 + u00" for x in LEVELS_BASE[kind]]
+    proc = run_cli("fit", *small, "--json-out", a, "-q")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("compare", a, b, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    da, db = json.loads(a.read_text())["deviance"], json.loads(b.read_text())["deviance"]
+    assert doc["chi2"] == pytest.approx(da - db, rel=1e-12) and doc["df"] == 1
+    assert all(r["component"] != "level-1" for r in doc["variance_reduction"])
+
+
+def hglm3_kind_compare_deviance(kind, tmp_path):
+    doc = levels_json(kind, "--compare-deviance", "2010", "--compare-params", "5")
+    test = doc["deviance_test"]
+    assert test["chi2"] == pytest.approx(2010 - doc["deviance"], rel=1e-12) and test["df"] == 1
+
+
+def hglm3_kind_tau_diagonal(kind, matches, tmp_path):
+    """One random effect per level: a diagonal τ is the same model, so the same fit."""
+    doc = levels_json(kind, "--tau", "diagonal")
+    matches(doc)
+    assert set(doc["tau_structure"]) == {"diagonal"}
+
+
+# The checks shared by the two three-level HGLM kinds (hglm3_kind_*), for three-level-laplace
+check_hglm3l_table = partial(hglm3_kind_table, "three-level-laplace")
+check_hglm3l_formats = partial(hglm3_kind_formats, "three-level-laplace")
+check_hglm3l_test = partial(hglm3_kind_test, "three-level-laplace")
+check_hglm3l_json_out = partial(hglm3_kind_json_out, "three-level-laplace", hglm3l_matches)
+check_hglm3l_compare = partial(hglm3_kind_compare, "three-level-laplace")
+check_hglm3l_compare_deviance = partial(hglm3_kind_compare_deviance, "three-level-laplace")
+check_hglm3l_tau_diagonal = partial(hglm3_kind_tau_diagonal, "three-level-laplace", hglm3l_matches)
+
+
 def check_hglm3l_api(tmp_path):
     res = hlmcli.fit(*GROUSE[:2], level3=GROUSE[2], id2="BROOD", id3="LOCATION", level1_eq=GROUSE_MODEL[1],
                      level2_eqs=[GROUSE_MODEL[3]], level3_eqs=GROUSE_MODEL[5::2][:3], family="poisson",
@@ -1175,72 +1249,11 @@ def check_hglm3l_api(tmp_path):
     assert res.converged and res.failures == []
 
 
-def check_hglm3l_table(tmp_path):
-    a = tmp_path / "fit.json"
-    a.write_text(json.dumps(hglm3l_json()))
-    proc = run_cli("table", a, a, "--format", "csv")
-    assert proc.returncode == 0, proc.stderr
-    assert f"{hglm3l_json()['fixed_effects'][0]['estimate']:.3f}" in proc.stdout and "J (level 3)" in proc.stdout
-
-
-def check_hglm3l_formats(tmp_path):
-    proc = run("fit", *LEVELS_BASE["three-level-laplace"], "--format", "csv")
-    assert proc.returncode == 0, proc.stderr
-    tidy = pd.read_csv(pd.io.common.StringIO(proc.stdout))
-    ref = hglm3l_json()["fixed_effects"][0]["estimate"]
-    assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-9)
-
-
 def check_hglm3l_constrain(tmp_path):
     """--constrain 'g010 = g020' by Laplace: the summed-predictor fit and the test of the tie (test_constraints.py)."""
     from test_constraints import test_three_level_laplace_constrained_fit_is_the_summed_predictor_fit as check
 
     check(tmp_path)
-
-
-def check_hglm3l_test(tmp_path):
-    doc = hglm3l_json("--test", "γ001 = 0")
-    f = next(f for f in doc["fixed_effects"] if f["gamma"] == "γ001")
-    test = doc["hypothesis_tests"][0]
-    assert test["model"]["chi2"] == pytest.approx(f["t"] ** 2, rel=1e-10)
-    assert test["robust"]["chi2"] == pytest.approx(f["robust_t"] ** 2, rel=1e-10)
-
-
-def check_hglm3l_json_out(tmp_path):
-    path = tmp_path / "fit.json"
-    proc = run_cli("fit", *LEVELS_BASE["three-level-laplace"], "--json-out", path, "-q")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(path.read_text())
-    assert doc == hglm3l_json()
-    hglm3l_matches(doc)
-
-
-def check_hglm3l_compare(tmp_path):
-    """The likelihood-ratio test of γ001 (CHEIGHT): the difference of the two Laplace deviances, 1 d.f."""
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    b.write_text(json.dumps(hglm3l_json()))
-    small = [x if x != "b00 = g000 + g001*CHEIGHT + u00" else "b00 = g000 + u00" for x in LEVELS_BASE["three-level-laplace"]]
-    proc = run_cli("fit", *small, "--json-out", a, "-q")
-    assert proc.returncode == 0, proc.stderr
-    proc = run_cli("compare", a, b, "--format", "json")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    da, db = json.loads(a.read_text())["deviance"], json.loads(b.read_text())["deviance"]
-    assert doc["chi2"] == pytest.approx(da - db, rel=1e-12) and doc["df"] == 1
-    assert all(r["component"] != "level-1" for r in doc["variance_reduction"])  # no σ² in an HGLM
-
-
-def check_hglm3l_compare_deviance(tmp_path):
-    doc = hglm3l_json("--compare-deviance", "2010", "--compare-params", "5")
-    test = doc["deviance_test"]
-    assert test["chi2"] == pytest.approx(2010 - doc["deviance"], rel=1e-12) and test["df"] == 1
-
-
-def check_hglm3l_tau_diagonal(tmp_path):
-    """One random effect per level: a diagonal τ is the same model, so the same fit."""
-    doc = hglm3l_json("--tau", "diagonal")
-    hglm3l_matches(doc)
-    assert set(doc["tau_structure"]) == {"diagonal"}
 
 
 def check_hglm3l_residuals(tmp_path):
@@ -1294,6 +1307,16 @@ def hglm3a_json(*extra) -> dict:
     return levels_json("three-level-agq", *extra)
 
 
+# The checks shared by the two three-level HGLM kinds (hglm3_kind_*), for three-level-agq
+check_hglm3a_table = partial(hglm3_kind_table, "three-level-agq")
+check_hglm3a_formats = partial(hglm3_kind_formats, "three-level-agq")
+check_hglm3a_test = partial(hglm3_kind_test, "three-level-agq")
+check_hglm3a_json_out = partial(hglm3_kind_json_out, "three-level-agq", hglm3a_matches)
+check_hglm3a_compare = partial(hglm3_kind_compare, "three-level-agq")
+check_hglm3a_compare_deviance = partial(hglm3_kind_compare_deviance, "three-level-agq")
+check_hglm3a_tau_diagonal = partial(hglm3_kind_tau_diagonal, "three-level-agq", hglm3a_matches)
+
+
 def check_hglm3a_api(tmp_path):
     res = hlmcli.fit(*GROUSE[:2], level3=GROUSE[2], id2="BROOD", id3="LOCATION", level1_eq=GROUSE_MODEL[1],
                      level2_eqs=[GROUSE_MODEL[3]], level3_eqs=GROUSE_MODEL[5::2][:3], family="poisson",
@@ -1301,66 +1324,6 @@ def check_hglm3a_api(tmp_path):
     assert res.to_dict()["fixed_effects"] == hglm3a_json()["fixed_effects"]
     hglm3a_matches(res.to_dict())
     assert res.converged and res.failures == [] and res.to_dict()["hglm"]["quadrature_points"] == 15
-
-
-def check_hglm3a_table(tmp_path):
-    a = tmp_path / "fit.json"
-    a.write_text(json.dumps(hglm3a_json()))
-    proc = run_cli("table", a, a, "--format", "csv")
-    assert proc.returncode == 0, proc.stderr
-    assert f"{hglm3a_json()['fixed_effects'][0]['estimate']:.3f}" in proc.stdout and "J (level 3)" in proc.stdout
-
-
-def check_hglm3a_formats(tmp_path):
-    proc = run("fit", *LEVELS_BASE["three-level-agq"], "--format", "csv")
-    assert proc.returncode == 0, proc.stderr
-    tidy = pd.read_csv(pd.io.common.StringIO(proc.stdout))
-    ref = hglm3a_json()["fixed_effects"][0]["estimate"]
-    assert tidy.loc[tidy.term == "(Intercept)", "estimate"].item() == pytest.approx(ref, rel=1e-9)
-
-
-def check_hglm3a_test(tmp_path):
-    doc = hglm3a_json("--test", "γ001 = 0")
-    f = next(f for f in doc["fixed_effects"] if f["gamma"] == "γ001")
-    test = doc["hypothesis_tests"][0]
-    assert test["model"]["chi2"] == pytest.approx(f["t"] ** 2, rel=1e-10)
-    assert test["robust"]["chi2"] == pytest.approx(f["robust_t"] ** 2, rel=1e-10)
-
-
-def check_hglm3a_json_out(tmp_path):
-    path = tmp_path / "fit.json"
-    proc = run_cli("fit", *LEVELS_BASE["three-level-agq"], "--json-out", path, "-q")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(path.read_text())
-    assert doc == hglm3a_json()
-    hglm3a_matches(doc)
-
-
-def check_hglm3a_compare(tmp_path):
-    """The likelihood-ratio test of γ001 (CHEIGHT): the difference of the two AGQ deviances (both with 15 points)."""
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    b.write_text(json.dumps(hglm3a_json()))
-    small = [x if x != "b00 = g000 + g001*CHEIGHT + u00" else "b00 = g000 + u00" for x in LEVELS_BASE["three-level-agq"]]
-    proc = run_cli("fit", *small, "--json-out", a, "-q")
-    assert proc.returncode == 0, proc.stderr
-    proc = run_cli("compare", a, b, "--format", "json")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    da, db = json.loads(a.read_text())["deviance"], json.loads(b.read_text())["deviance"]
-    assert doc["chi2"] == pytest.approx(da - db, rel=1e-12) and doc["df"] == 1
-
-
-def check_hglm3a_compare_deviance(tmp_path):
-    doc = hglm3a_json("--compare-deviance", "2010", "--compare-params", "5")
-    test = doc["deviance_test"]
-    assert test["chi2"] == pytest.approx(2010 - doc["deviance"], rel=1e-12) and test["df"] == 1
-
-
-def check_hglm3a_tau_diagonal(tmp_path):
-    """One random effect per level: a diagonal τ is the same model, so the same fit."""
-    doc = hglm3a_json("--tau", "diagonal")
-    hglm3a_matches(doc)
-    assert set(doc["tau_structure"]) == {"diagonal"}
 
 
 def check_hglm3a_residuals(tmp_path):
