@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_ordinal import timed  # the one timer of the HGLM family benchmarks (wall, child CPU, stdout)
+from bench_ordinal import data_files, timed, unit_of_records  # the one timer of the HGLM family benchmarks (wall, child CPU, stdout)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -36,15 +36,13 @@ THETA = 2.0                     # NB2 dispersion: Var = μ + μ²/θ
 
 
 def generate(n: int, J: int, seed: int) -> tuple[Path, Path]:
-    DATA.mkdir(exist_ok=True)
-    l1, l2 = DATA / f"nb_l1_{n}_{J}_{seed}.csv", DATA / f"nb_l2_{n}_{J}_{seed}.csv"
+    l1, l2 = data_files("nb", n, J, seed)
     if l1.exists() and l2.exists():
         return l1, l2
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    sizes = rng.multinomial(n - 2 * J, np.full(J, 1.0 / J)) + 2
-    unit = np.repeat(np.arange(J), sizes)
+    unit = unit_of_records(rng, n, J)
     w = rng.normal(size=J).round(4)
     u = rng.multivariate_normal(np.zeros(2), np.array(TAU), size=J)
     x = rng.normal(size=n).round(4)

@@ -30,16 +30,25 @@ DATA = HERE / "data"
 CUTS = np.array([-1.5, -0.3, 0.6, 1.8])  # clmm's θ; η = 0.5 x − 0.3 w + u, u ~ N(0, 0.8)
 
 
-def generate(n: int, J: int, seed: int) -> tuple[Path, Path]:
+def data_files(tag: str, n: int, J: int, seed: int) -> tuple[Path, Path]:
+    """The generated level-1 and level-2 CSVs of a family benchmark (benchmarks/data, not committed)."""
     DATA.mkdir(exist_ok=True)
-    l1, l2 = DATA / f"ord_l1_{n}_{J}_{seed}.csv", DATA / f"ord_l2_{n}_{J}_{seed}.csv"
+    return DATA / f"{tag}_l1_{n}_{J}_{seed}.csv", DATA / f"{tag}_l2_{n}_{J}_{seed}.csv"
+
+
+def unit_of_records(rng, n: int, J: int) -> np.ndarray:
+    """Each of n records' unit: J units of at least 2 records, the rest spread multinomially."""
+    return np.repeat(np.arange(J), rng.multinomial(n - 2 * J, np.full(J, 1.0 / J)) + 2)
+
+
+def generate(n: int, J: int, seed: int) -> tuple[Path, Path]:
+    l1, l2 = data_files("ord", n, J, seed)
     if l1.exists() and l2.exists():
         return l1, l2
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    sizes = rng.multinomial(n - 2 * J, np.full(J, 1.0 / J)) + 2
-    unit = np.repeat(np.arange(J), sizes)
+    unit = unit_of_records(rng, n, J)
     w = rng.normal(size=J)
     u = rng.normal(scale=np.sqrt(0.8), size=J)
     x = rng.normal(size=n)
