@@ -59,25 +59,33 @@ CBPP = dict(level1_eq="INCID = b0 + b1*P2", level2_eqs=["b0 = g00 + u0"], family
             estimation="laplace")
 
 
+def stream_summary(l1, l2, id_name: str, kw: dict):
+    """The model of `kw` (fit options with level1_eq, level2_eqs) over the records of one level-1 file, by the
+    stream engine's first pass: (spec, summary, frame)."""
+    from hlmcli.analysis.engines import summary_for_fit
+    from hlmcli.api import fit_options, model_spec
+
+    kw = dict(kw)
+    eq1, eqs2 = kw.pop("level1_eq"), kw.pop("level2_eqs")
+    options = fit_options(engine="stream", **kw)
+    spec, summary, frame, _ = summary_for_fit(
+        (str(l1), str(l2)), "stream", None, (id_name, id_name), False, "analysis", None, None,
+        lambda fr: model_spec(fr, eq1, eqs2, None, options), {}, print)
+    return spec, summary, frame
+
+
 def synchronous_fit(l1, l2, id_name: str, kw: dict, whole=None):
     """analyse_hglm_dask's steps with the synchronous scheduler: the first pass by the stream engine over
     `whole` (the records of l1's files in one file; the same moments as Dask's: test_dask_engine.py), the
     records of `l1` through unit_partitions and DaskBlocks, the fit as the command line ends it."""
     import dask
 
-    from hlmcli.analysis.engines import summary_for_fit
     from hlmcli.analysis.hglm_dask import check_sizes, unit_partitions
     from hlmcli.analysis.hglm_stream import blocked_design, fit_blocks
-    from hlmcli.api import fit_options, model_spec
     from hlmcli.data.hglm_sources import DaskBlocks
     from hlmcli.results import Results
 
-    kw = dict(kw)
-    eq1, eqs2 = kw.pop("level1_eq"), kw.pop("level2_eqs")
-    options = fit_options(engine="stream", **kw)
-    spec, summary, frame, _ = summary_for_fit(
-        (str(whole or l1), str(l2)), "stream", None, (id_name, id_name), False, "analysis", None, None,
-        lambda fr: model_spec(fr, eq1, eqs2, None, options), {}, print)
+    spec, summary, frame = stream_summary(whole or l1, l2, id_name, kw)
     design, fam, B, rnd = blocked_design(spec, summary)
     with dask.config.set(scheduler="synchronous"):
         ddf = unit_partitions(spec, design, summary, str(l1), id_name, fam)
@@ -96,21 +104,14 @@ def test_partitions_hold_the_stream_paths_spilled_records(tmp_path):
     import dask
     import pyarrow.parquet as pq
 
-    from hlmcli.analysis.engines import summary_for_fit
     from hlmcli.analysis.hglm_dask import unit_partitions
     from hlmcli.analysis.hglm_stream import blocked_design, spill_records
-    from hlmcli.api import fit_options, model_spec
     from hlmcli.data.streaming import file_columns
 
     source, shuffled = split_shuffled(H / "cbpp_l1.csv", tmp_path)
     in_file_order = pd.concat([shuffled.iloc[k::3] for k in range(3)])  # the files one after another
     in_file_order.to_csv(tmp_path / "whole.csv", index=False)
-    kw = dict(CBPP)
-    eq1, eqs2 = kw.pop("level1_eq"), kw.pop("level2_eqs")
-    options = fit_options(engine="stream", **kw)
-    spec, summary, _, _ = summary_for_fit(
-        (str(tmp_path / "whole.csv"), str(H / "cbpp_l2.csv")), "stream", None, ("HERD", "HERD"), False, "analysis",
-        None, None, lambda fr: model_spec(fr, eq1, eqs2, None, options), {}, print)
+    spec, summary, _ = stream_summary(tmp_path / "whole.csv", H / "cbpp_l2.csv", "HERD", CBPP)
     design, fam, _, _ = blocked_design(spec, summary)
     spill_records(spec, design, summary, file_columns(tmp_path / "whole.csv"), "HERD", fam, tmp_path / "s.parquet",
                   tmp_path)
@@ -250,9 +251,6 @@ def in_process():
 def _cbpp_design(tmp_path, bad=()):
     """cbpp's records over three files (bad: (record, column, value) written first), the summary by the
     stream engine over the same records in one file."""
-    from hlmcli.analysis.engines import summary_for_fit
-    from hlmcli.api import fit_options, model_spec
-
     frame = pd.read_csv(H / "cbpp_l1.csv")
     for record, column, value in bad:
         frame.loc[record, column] = value
@@ -261,12 +259,7 @@ def _cbpp_design(tmp_path, bad=()):
     for k in range(3):
         frame.iloc[k::3].to_csv(folder / f"part{k}.csv", index=False)
     frame.to_csv(tmp_path / "whole.csv", index=False)
-    kw = dict(CBPP)
-    eq1, eqs2 = kw.pop("level1_eq"), kw.pop("level2_eqs")
-    options = fit_options(engine="stream", **kw)
-    spec, summary, _, _ = summary_for_fit(
-        (str(tmp_path / "whole.csv"), str(H / "cbpp_l2.csv")), "stream", None, ("HERD", "HERD"), False, "analysis",
-        None, None, lambda fr: model_spec(fr, eq1, eqs2, None, options), {}, print)
+    spec, summary, _ = stream_summary(tmp_path / "whole.csv", H / "cbpp_l2.csv", "HERD", CBPP)
     return spec, summary, str(folder / "*.csv")
 
 
