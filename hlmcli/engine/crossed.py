@@ -728,26 +728,16 @@ def newton_start(obj: Objective, Gs, diagonal, gtol: float, max_steps: int = NEW
     predicted decrease is below it, as search.newton_on_face), at a Hessian that is not positive
     definite, and at a start on the boundary (a zero diagonal: the face Newton's business). Every point
     is evaluated at the factor L-BFGS-B re-derives from G (chol_psd). Returns (Gs, steps)."""
-    from .search import chol_psd, secant_update, tol_decrement
-    qs = [G.shape[0] for G in Gs]
-    idx = [(np.arange(q), np.arange(q)) if d else np.tril_indices(q) for q, d in zip(qs, diagonal)]
-    cuts = np.cumsum([len(i[0]) for i in idx])[:-1]
+    from .search import FactorCoordinates, chol_psd, secant_update, tol_decrement
+    coords = FactorCoordinates([G.shape[0] for G in Gs], diagonal)
+    idx, cuts = coords.idx, coords.cuts
     on_diagonal = np.concatenate([r == c for i in idx for r, c in [i]])
 
-    def lams(theta):
-        out = []
-        for q, i, t in zip(qs, idx, np.split(theta, cuts)):
-            lam = np.zeros((q, q))
-            lam[i] = t
-            out.append(lam)
-        return out
-
     def evaluate(theta):
-        G = tuple(lam @ lam.T for lam in lams(theta))
+        G = tuple(lam @ lam.T for lam in coords.lams(theta))
         ls = tuple(chol_psd(Gb) for Gb in G)
         dev, gams = obj.at(G, factors=ls)
-        grad = np.concatenate([(2.0 * g @ lam)[i] for g, lam, i in zip(gams, ls, idx)])
-        return G, np.concatenate([lam[i] for lam, i in zip(ls, idx)]), float(dev), grad
+        return G, coords.of_factors(ls), float(dev), coords.gradient(gams, ls)
 
     def hessian(theta, g):
         H = np.empty((theta.size, theta.size))
@@ -760,8 +750,7 @@ def newton_start(obj: Objective, Gs, diagonal, gtol: float, max_steps: int = NEW
             H[:, k] = (g_k - g) / (t[k] - theta[k])
         return 0.5 * (H + H.T)
 
-    theta0 = np.concatenate([np.sqrt(np.clip(np.diag(G), 0.0, None)) if d else chol_psd(G)[i]
-                             for G, i, d in zip(Gs, idx, diagonal)])
+    theta0 = coords.theta(Gs)
     if theta0.size == 0 or np.any(theta0[on_diagonal] <= 0.0):
         return tuple(Gs), 0
     G, theta, dev, g = evaluate(theta0)

@@ -74,34 +74,51 @@ class LbfgsTolerances:
 def lbfgs(obj, Gs0, diagonal, maxiter: int, tolerances: LbfgsTolerances = LbfgsTolerances()):
     """L-BFGS-B over the blocks' lower-triangular factors (diagonal ≥ 0), or over the square roots of
     a diagonal block's variances, from Gs0. Returns (Gs, deviance, iterations, message)."""
-    qs = [G.shape[0] for G in Gs0]
-    diagonal = diagonal_blocks(diagonal, len(qs))
-    idx = [(np.arange(q), np.arange(q)) if d else np.tril_indices(q) for q, d in zip(qs, diagonal)]
-    cuts = np.cumsum([len(i[0]) for i in idx])[:-1]
-    theta0 = np.concatenate([np.sqrt(np.clip(np.diag(G), 0.0, None)) if d else chol_psd(G)[i]
-                             for G, i, d in zip(Gs0, idx, diagonal)])
+    coords = FactorCoordinates([G.shape[0] for G in Gs0], diagonal_blocks(diagonal, len(Gs0)))
+    theta0 = coords.theta(Gs0)
     if theta0.size == 0:  # no random effects: the GLS fit is ordinary least squares, nothing to search
         return tuple(Gs0), obj.value(tuple(Gs0)), 0, "no covariance parameters besides sigma2"
-    bounds = [(0.0, None) if r == c else (None, None) for i in idx for r, c in zip(*i)]
+    bounds = [(0.0, None) if r == c else (None, None) for i in coords.idx for r, c in zip(*i)]
 
-    def lams(theta):
+    def fun(theta):
+        ls = coords.lams(theta)
+        dev, gs = obj.at(tuple(lam @ lam.T for lam in ls), factors=ls)
+        if not np.isfinite(dev):
+            return np.inf, np.zeros_like(theta)
+        return dev, coords.gradient(gs, ls)
+
+    res = lbfgsb.minimize(fun, theta0, bounds, maxiter=max(1, maxiter), ftol=tolerances.ftol, gtol=tolerances.gtol,
+                          maxcor=20)
+    return tuple(lam @ lam.T for lam in coords.lams(res.x)), float(res.fun), int(res.nit), str(res.message)
+
+
+class FactorCoordinates:
+    """L-BFGS-B's coordinates θ of the blocks' covariances (lbfgs; crossed.newton_start): each block's
+    lower-triangular factor Λ (G = ΛΛ'), or the square roots of a diagonal block's variances, one
+    block after another. The deviance's gradient in θ is 2·(∂d/∂G)Λ at those entries."""
+
+    def __init__(self, qs, diagonal):
+        self.qs, self.diagonal = list(qs), list(diagonal)
+        self.idx = [(np.arange(q), np.arange(q)) if d else np.tril_indices(q) for q, d in zip(qs, diagonal)]
+        self.cuts = np.cumsum([len(i[0]) for i in self.idx])[:-1]
+
+    def theta(self, Gs) -> np.ndarray:
+        return np.concatenate([np.sqrt(np.clip(np.diag(G), 0.0, None)) if d else chol_psd(G)[i]
+                               for G, i, d in zip(Gs, self.idx, self.diagonal)])
+
+    def of_factors(self, ls) -> np.ndarray:
+        return np.concatenate([lam[i] for lam, i in zip(ls, self.idx)])
+
+    def lams(self, theta) -> tuple:
         out = []
-        for q, i, t in zip(qs, idx, np.split(theta, cuts)):
+        for q, i, t in zip(self.qs, self.idx, np.split(theta, self.cuts)):
             lam = np.zeros((q, q))
             lam[i] = t
             out.append(lam)
         return tuple(out)
 
-    def fun(theta):
-        ls = lams(theta)
-        dev, gs = obj.at(tuple(lam @ lam.T for lam in ls), factors=ls)
-        if not np.isfinite(dev):
-            return np.inf, np.zeros_like(theta)
-        return dev, np.concatenate([(2.0 * g @ lam)[i] for g, lam, i in zip(gs, ls, idx)])
-
-    res = lbfgsb.minimize(fun, theta0, bounds, maxiter=max(1, maxiter), ftol=tolerances.ftol, gtol=tolerances.gtol,
-                          maxcor=20)
-    return tuple(lam @ lam.T for lam in lams(res.x)), float(res.fun), int(res.nit), str(res.message)
+    def gradient(self, gams, ls) -> np.ndarray:
+        return np.concatenate([(2.0 * g @ lam)[i] for g, lam, i in zip(gams, ls, self.idx)])
 
 
 # ---------------------------------------------------------------- Newton on the face
